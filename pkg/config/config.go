@@ -1,0 +1,250 @@
+// Package config is LLMProxy's YAML schema: one file for every target. Load
+// reads a file, interpolates ${ENV}, rejects unknown keys and bad values with
+// the line number and key path, fills defaults and validates.
+package config
+
+// Config is the whole configuration file. Every target reads the same file
+// and uses the parts it needs.
+type Config struct {
+	// Listen is the gateway's address (default ":8000").
+	Listen string `yaml:"listen"`
+	// DataDir holds the embedded NATS store, the local ledger and the
+	// outbox (default "./data").
+	DataDir string `yaml:"data_dir"`
+	NATS    NATS   `yaml:"nats"`
+	Redis   Redis  `yaml:"redis"`
+	Admin   Admin  `yaml:"admin"`
+	// TrustedProxies are the CIDRs (or single IPs) whose X-Forwarded-For is
+	// believed; from anyone else the connection's address is the client IP.
+	TrustedProxies []string    `yaml:"trusted_proxies"`
+	Server         Server      `yaml:"server"`
+	Backends       []Backend   `yaml:"backends"`
+	UsageHook      UsageHook   `yaml:"usage_hook"`
+	Webhooks       []Webhook   `yaml:"webhooks"`
+	HealthCheck    HealthCheck `yaml:"health_check"`
+	Routing        Routing     `yaml:"routing"`
+	Auth           Auth        `yaml:"auth"`
+	APIKeys        []APIKey    `yaml:"api_keys"`
+	RateLimit      RateLimit   `yaml:"rate_limit"`
+	Lua            Lua         `yaml:"lua"`
+	Logging        Logging     `yaml:"logging"`
+}
+
+// NATS locates the event bus.
+type NATS struct {
+	// URL is empty for the embedded server (target all), else nats://…;
+	// a comma-separated list for a cluster.
+	URL string `yaml:"url"`
+	// Stream sets how the LLMPROXY stream is kept.
+	Stream Stream `yaml:"stream"`
+	// EmbeddedListen, when set, makes the embedded server (target all) also
+	// accept clients on this address, e.g. "127.0.0.1:4333".
+	EmbeddedListen string `yaml:"embedded_listen"`
+}
+
+// Stream configures the LLMPROXY stream.
+type Stream struct {
+	MaxAge   Duration `yaml:"max_age"`  // default 168h
+	Replicas int      `yaml:"replicas"` // default 1
+}
+
+// Redis locates the shared ledger and key store.
+type Redis struct {
+	// URL is redis://… ; empty means the local ledger (target all).
+	URL string `yaml:"url"`
+	// Addrs lists Redis Cluster nodes (host:port) instead of URL.
+	Addrs    []string `yaml:"addrs"`
+	Password string   `yaml:"password"`
+	// Prefix is put before every key (default "llmproxy").
+	Prefix string `yaml:"prefix"`
+}
+
+// Enabled reports whether a Redis server is configured.
+func (r Redis) Enabled() bool { return r.URL != "" || len(r.Addrs) > 0 }
+
+// Admin is the admin API's own listener.
+type Admin struct {
+	Listen string `yaml:"listen"`
+	Token  string `yaml:"token"`
+}
+
+// Server holds the gateway's HTTP limits.
+type Server struct {
+	MaxBodyBytes      int64    `yaml:"max_body_bytes"`      // default 10 MiB
+	ReadHeaderTimeout Duration `yaml:"read_header_timeout"` // default 10s
+	IdleTimeout       Duration `yaml:"idle_timeout"`        // default 120s
+	DrainTimeout      Duration `yaml:"drain_timeout"`       // default 30s
+}
+
+// Backend is one inference engine.
+type Backend struct {
+	URL    string `yaml:"url"`
+	Name   string `yaml:"name"`   // default: the URL
+	Weight int    `yaml:"weight"` // default 1
+	// Models, when set, are the only models routed to this backend.
+	Models []string `yaml:"models"`
+	// Headers are added to every request to this backend (credentials).
+	Headers map[string]string `yaml:"headers"`
+	// Timeouts per try.
+	ConnectTimeout   Duration `yaml:"connect_timeout"`    // default 5s
+	FirstByteTimeout Duration `yaml:"first_byte_timeout"` // default 60s
+	Timeout          Duration `yaml:"timeout"`            // total; default 0 = none
+}
+
+// UsageHook is the upstream's single webhook; it is one of the notifier's
+// endpoints.
+type UsageHook struct {
+	Enabled *bool    `yaml:"enabled"` // default: true when url is set
+	URL     string   `yaml:"url"`
+	Timeout Duration `yaml:"timeout"` // default 5s
+	// Retry is the maximum number of delivery attempts (default 3).
+	Retry  int    `yaml:"retry"`
+	Secret string `yaml:"secret"`
+}
+
+// IsEnabled reports whether the usage hook delivers.
+func (u UsageHook) IsEnabled() bool {
+	if u.Enabled != nil {
+		return *u.Enabled && u.URL != ""
+	}
+	return u.URL != ""
+}
+
+// Webhook is one endpoint the notifier delivers every event to.
+type Webhook struct {
+	Name        string   `yaml:"name"` // default: derived from the URL
+	URL         string   `yaml:"url"`
+	Secret      string   `yaml:"secret"`
+	Timeout     Duration `yaml:"timeout"`      // default 5s
+	MaxAttempts int      `yaml:"max_attempts"` // default 10
+	MaxAge      Duration `yaml:"max_age"`      // default 24h
+}
+
+// HealthCheck configures active health checks of backends.
+type HealthCheck struct {
+	Enabled            *bool    `yaml:"enabled"` // default: true when path is set
+	Path               string   `yaml:"path"`
+	Interval           Duration `yaml:"interval"`            // default 10s
+	Timeout            Duration `yaml:"timeout"`             // default 2s
+	HealthyThreshold   int      `yaml:"healthy_threshold"`   // default 1
+	UnhealthyThreshold int      `yaml:"unhealthy_threshold"` // default 2
+	// Passive ejection: after FailureThreshold consecutive failures a
+	// backend is skipped for Cooldown.
+	FailureThreshold int      `yaml:"failure_threshold"` // default 3
+	Cooldown         Duration `yaml:"cooldown"`          // default 10s
+}
+
+// Routing chooses a backend and hides failures.
+type Routing struct {
+	Retry Retry `yaml:"retry"`
+	// LoadBalanceStrategy is round_robin (default), weighted,
+	// least_connections, latency_based or least_load.
+	LoadBalanceStrategy string     `yaml:"load_balance_strategy"`
+	Fallback            []Fallback `yaml:"fallback"`
+}
+
+// Retry is the retry policy, applied only before the first byte has gone to
+// the client.
+type Retry struct {
+	Enabled     bool     `yaml:"enabled"`
+	MaxRetries  int      `yaml:"max_retries"`  // default 2
+	InitialWait Duration `yaml:"initial_wait"` // default 100ms
+	MaxWait     Duration `yaml:"max_wait"`     // default 2s
+	Multiplier  float64  `yaml:"multiplier"`   // default 2
+	// On lists what is retried: "connect", "429", "5xx", "timeout"
+	// (default all four).
+	On []string `yaml:"on"`
+}
+
+// Fallback sends a primary backend's traffic to others, in order, when the
+// primary fails. Backends are named by URL (or name).
+type Fallback struct {
+	Primary  string   `yaml:"primary"`
+	Fallback []string `yaml:"fallback"`
+}
+
+// Auth configures API keys.
+type Auth struct {
+	Enabled *bool `yaml:"enabled"` // default: true when api_keys are given
+	// Storage is file (the api_keys list) or redis.
+	Storage  string      `yaml:"storage"`
+	Defaults KeyDefaults `yaml:"defaults"`
+}
+
+// KeyDefaults fill in what a key leaves unset.
+type KeyDefaults struct {
+	QuotaResetPeriod string `yaml:"quota_reset_period"` // default monthly
+	TotalQuota       int64  `yaml:"total_quota"`        // 0 = unlimited
+	// MaxTokensCap is reserved for a request that sets no max_tokens
+	// (default 4096).
+	MaxTokensCap int64 `yaml:"max_tokens_cap"`
+}
+
+// APIKey is one key of the file key store.
+type APIKey struct {
+	// Key is the plaintext secret, or give KeySHA256 (hex) instead.
+	Key       string `yaml:"key"`
+	KeySHA256 string `yaml:"key_sha256"`
+	// ID is the key's public id (default: derived from the hash).
+	ID               string   `yaml:"id"`
+	Name             string   `yaml:"name"`
+	UserID           string   `yaml:"user_id"`
+	Status           string   `yaml:"status"` // active (default) or disabled
+	TotalQuota       *int64   `yaml:"total_quota"`
+	QuotaResetPeriod string   `yaml:"quota_reset_period"`
+	AllowedIPs       []string `yaml:"allowed_ips"`
+	AllowedModels    []string `yaml:"allowed_models"`
+	ExpiresAt        string   `yaml:"expires_at"` // RFC 3339
+	// Limits override rate_limit.per_key for this key.
+	Limits *PerKeyLimits `yaml:"limits"`
+	// CaptureResponse overrides logging.capture_response for this key.
+	CaptureResponse *bool `yaml:"capture_response"`
+}
+
+// RateLimit holds the global and per-key limits.
+type RateLimit struct {
+	Enabled *bool `yaml:"enabled"` // default true
+	// Storage is memory (this process) or redis (shared).
+	Storage string       `yaml:"storage"`
+	Global  GlobalLimit  `yaml:"global"`
+	PerKey  PerKeyLimits `yaml:"per_key"`
+}
+
+// GlobalLimit bounds the whole gateway fleet.
+type GlobalLimit struct {
+	Enabled           *bool   `yaml:"enabled"` // default: true when a rate is set
+	RequestsPerSecond float64 `yaml:"requests_per_second"`
+	BurstSize         int     `yaml:"burst_size"` // default: requests_per_second
+}
+
+// PerKeyLimits bound each key; zero means no limit.
+type PerKeyLimits struct {
+	Enabled           *bool   `yaml:"enabled"` // default: true when a limit is set
+	RequestsPerSecond float64 `yaml:"requests_per_second"`
+	RequestsPerMinute int64   `yaml:"requests_per_minute"`
+	TokensPerMinute   int64   `yaml:"tokens_per_minute"`
+	MaxConcurrent     int64   `yaml:"max_concurrent"`
+}
+
+// Lua configures the script hooks.
+type Lua struct {
+	Scripts []string `yaml:"scripts"`
+	Timeout Duration `yaml:"timeout"` // default 50ms
+	// FailOpen lets a request through when on_auth errors (default false:
+	// fail closed).
+	FailOpen bool `yaml:"fail_open"`
+}
+
+// Logging configures logs and the request log.
+type Logging struct {
+	Level           string   `yaml:"level"` // debug, info (default), warn, error
+	CaptureResponse bool     `yaml:"capture_response"`
+	MaxCaptureBytes int      `yaml:"max_capture_bytes"` // default 65536
+	Redact          []string `yaml:"redact"`
+	Postgres        Postgres `yaml:"postgres"`
+}
+
+// Postgres is the recorder's database.
+type Postgres struct {
+	URL string `yaml:"url"`
+}

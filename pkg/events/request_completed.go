@@ -1,0 +1,93 @@
+// Package events is the wire contract between the gateway and every consumer
+// of its events: the RequestCompleted v1 body, the subjects it is published on
+// and the JetStream streams that hold it.
+package events
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// SchemaRequestCompletedV1 is the value of RequestCompleted.Schema for this
+// version of the body. Consumers must ignore fields they do not know.
+const SchemaRequestCompletedV1 = "llmproxy.request.completed/v1"
+
+// Usage sources.
+const (
+	// UsageSourceBackend means the counts were read off the backend's reply.
+	UsageSourceBackend = "backend"
+	// UsageSourceEstimated means the gateway counted tokens itself (the
+	// backend sent no usage, or the client left mid-stream).
+	UsageSourceEstimated = "estimated"
+)
+
+// Usage is the token count of one request, in the OpenAI shape.
+type Usage struct {
+	PromptTokens     int64 `json:"prompt_tokens"`
+	CompletionTokens int64 `json:"completion_tokens"`
+	TotalTokens      int64 `json:"total_tokens"`
+}
+
+// CapturedResponse is the response content kept in an event when capture is
+// on: a non-stream body, or the assembled delta text of a stream, bounded.
+type CapturedResponse struct {
+	Content   string `json:"content"`
+	Truncated bool   `json:"truncated"`
+}
+
+// RequestCompleted is published once per request, success or not, on
+// Subject(KeyID) with the Nats-Msg-Id header set to RequestID.
+//
+// The fields from request_id to status_code are the upstream webhook body
+// and keep its names and types; api_key is always masked.
+type RequestCompleted struct {
+	Schema string `json:"schema"`
+
+	RequestID   string          `json:"request_id"`
+	UserID      string          `json:"user_id"`
+	APIKey      string          `json:"api_key"`
+	RequestBody json.RawMessage `json:"request_body"`
+	Usage       Usage           `json:"usage"`
+	IsStream    bool            `json:"is_stream"`
+	Endpoint    string          `json:"endpoint"`
+	Timestamp   time.Time       `json:"timestamp"`
+	BackendURL  string          `json:"backend_url"`
+	LatencyMS   int64           `json:"latency_ms"`
+	StatusCode  int             `json:"status_code"`
+
+	KeyID        string `json:"key_id"`
+	KeyName      string `json:"key_name"`
+	Model        string `json:"model"`
+	UsageSource  string `json:"usage_source"`
+	TTFTMS       int64  `json:"ttft_ms"`
+	FinishReason string `json:"finish_reason"`
+	ClientIP     string `json:"client_ip"`
+	Error        string `json:"error"`
+	// Reservation is the number of tokens the gateway reserved at admission
+	// for this request; the meter releases it when it applies the event.
+	Reservation int64 `json:"reservation"`
+	// QuotaPeriod is the key's quota_reset_period at the time of the request
+	// (daily, weekly, monthly or never).
+	QuotaPeriod string `json:"quota_period,omitempty"`
+
+	Tags     map[string]string `json:"tags,omitempty"`
+	Response *CapturedResponse `json:"response,omitempty"`
+}
+
+// Marshal encodes e, filling in the schema name when it is empty.
+func (e *RequestCompleted) Marshal() ([]byte, error) {
+	if e.Schema == "" {
+		e.Schema = SchemaRequestCompletedV1
+	}
+	if e.RequestBody == nil {
+		e.RequestBody = json.RawMessage("null")
+	}
+	return json.Marshal(e)
+}
+
+// Unmarshal decodes one RequestCompleted body.
+func Unmarshal(data []byte) (RequestCompleted, error) {
+	var e RequestCompleted
+	err := json.Unmarshal(data, &e)
+	return e, err
+}
