@@ -1,9 +1,6 @@
 package main
 
-import (
-	"fmt"
-	"net/http"
-)
+import "net/http"
 
 // family is the API dialect of an endpoint; errors are written in the
 // dialect's own shape.
@@ -15,8 +12,6 @@ const (
 	famOllama
 	famAnthropic
 )
-
-func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
 
 // writeError writes an error body as the engine behind fam does:
 //

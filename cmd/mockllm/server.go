@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"math"
@@ -33,10 +34,10 @@ func (o options) validate() error {
 		return err
 	}
 	if o.Waiting < 0 {
-		return errorf("waiting: must be >= 0, got %d", o.Waiting)
+		return fmt.Errorf("waiting: must be >= 0, got %d", o.Waiting)
 	}
 	if o.GPUCache < 0 || o.GPUCache > 1 {
-		return errorf("gpu-cache: must be within 0..1, got %g", o.GPUCache)
+		return fmt.Errorf("gpu-cache: must be within 0..1, got %g", o.GPUCache)
 	}
 	return nil
 }
