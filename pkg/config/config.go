@@ -3,6 +3,8 @@
 // the line number and key path, fills defaults and validates.
 package config
 
+import "path/filepath"
+
 // Config is the whole configuration file. Every target reads the same file
 // and uses the parts it needs.
 type Config struct {
@@ -28,6 +30,10 @@ type Config struct {
 	RateLimit      RateLimit   `yaml:"rate_limit"`
 	Lua            Lua         `yaml:"lua"`
 	Logging        Logging     `yaml:"logging"`
+
+	// src is where the config was read from (nil when built in Go); it
+	// lets Validate name lines.
+	src *source
 }
 
 // NATS locates the event bus.
@@ -78,9 +84,12 @@ type Server struct {
 
 // Backend is one inference engine.
 type Backend struct {
-	URL    string `yaml:"url"`
-	Name   string `yaml:"name"`   // default: the URL
-	Weight int    `yaml:"weight"` // default 1
+	URL  string `yaml:"url"`
+	Name string `yaml:"name"` // default: the URL
+	// Weight is the backend's share of traffic (default 1). A backend
+	// with weight 0 gets no traffic of its own and serves only as a
+	// fallback.
+	Weight int `yaml:"weight"`
 	// Models, when set, are the only models routed to this backend.
 	Models []string `yaml:"models"`
 	// Headers are added to every request to this backend (credentials).
@@ -97,7 +106,9 @@ type UsageHook struct {
 	Enabled *bool    `yaml:"enabled"` // default: true when url is set
 	URL     string   `yaml:"url"`
 	Timeout Duration `yaml:"timeout"` // default 5s
-	// Retry is the maximum number of delivery attempts (default 3).
+	// Retry is how many times a failed delivery is tried again after the
+	// first attempt, as upstream means it: retry: 2 is at most 3 attempts
+	// (default 2). Endpoints turns it into Webhook.MaxAttempts = Retry+1.
 	Retry  int    `yaml:"retry"`
 	Secret string `yaml:"secret"`
 }
@@ -147,7 +158,7 @@ type Routing struct {
 // the client.
 type Retry struct {
 	Enabled     bool     `yaml:"enabled"`
-	MaxRetries  int      `yaml:"max_retries"`  // default 2
+	MaxRetries  int      `yaml:"max_retries"`  // default 2 (0 when written as 0)
 	InitialWait Duration `yaml:"initial_wait"` // default 100ms
 	MaxWait     Duration `yaml:"max_wait"`     // default 2s
 	Multiplier  float64  `yaml:"multiplier"`   // default 2
@@ -165,8 +176,8 @@ type Fallback struct {
 
 // Auth configures API keys.
 type Auth struct {
-	Enabled *bool `yaml:"enabled"` // default: true when api_keys are given
-	// Storage is file (the api_keys list) or redis.
+	Enabled *bool `yaml:"enabled"` // default: true when api_keys are given or storage is redis
+	// Storage is file (the api_keys list; default) or redis.
 	Storage  string      `yaml:"storage"`
 	Defaults KeyDefaults `yaml:"defaults"`
 }
@@ -186,11 +197,15 @@ type APIKey struct {
 	Key       string `yaml:"key"`
 	KeySHA256 string `yaml:"key_sha256"`
 	// ID is the key's public id (default: derived from the hash).
-	ID               string   `yaml:"id"`
-	Name             string   `yaml:"name"`
-	UserID           string   `yaml:"user_id"`
-	Status           string   `yaml:"status"` // active (default) or disabled
-	TotalQuota       *int64   `yaml:"total_quota"`
+	ID     string `yaml:"id"`
+	Name   string `yaml:"name"`
+	UserID string `yaml:"user_id"`
+	Status string `yaml:"status"` // active (default) or disabled
+	// TotalQuota is tokens per QuotaResetPeriod, 0 = unlimited; after
+	// defaults it is never nil (auth.defaults.total_quota when unset).
+	TotalQuota *int64 `yaml:"total_quota"`
+	// QuotaResetPeriod is daily, weekly, monthly or never (default
+	// auth.defaults.quota_reset_period).
 	QuotaResetPeriod string   `yaml:"quota_reset_period"`
 	AllowedIPs       []string `yaml:"allowed_ips"`
 	AllowedModels    []string `yaml:"allowed_models"`
@@ -204,7 +219,7 @@ type APIKey struct {
 // RateLimit holds the global and per-key limits.
 type RateLimit struct {
 	Enabled *bool `yaml:"enabled"` // default true
-	// Storage is memory (this process) or redis (shared).
+	// Storage is memory (this process; default) or redis (shared).
 	Storage string       `yaml:"storage"`
 	Global  GlobalLimit  `yaml:"global"`
 	PerKey  PerKeyLimits `yaml:"per_key"`
@@ -214,7 +229,7 @@ type RateLimit struct {
 type GlobalLimit struct {
 	Enabled           *bool   `yaml:"enabled"` // default: true when a rate is set
 	RequestsPerSecond float64 `yaml:"requests_per_second"`
-	BurstSize         int     `yaml:"burst_size"` // default: requests_per_second
+	BurstSize         int     `yaml:"burst_size"` // default: requests_per_second, rounded up
 }
 
 // PerKeyLimits bound each key; zero means no limit.
@@ -247,4 +262,57 @@ type Logging struct {
 // Postgres is the recorder's database.
 type Postgres struct {
 	URL string `yaml:"url"`
+}
+
+// AuthEnabled reports whether requests need an API key: auth.enabled when
+// written, else true when api_keys are listed or keys live in Redis.
+func (c *Config) AuthEnabled() bool {
+	if c.Auth.Enabled != nil {
+		return *c.Auth.Enabled
+	}
+	return len(c.APIKeys) > 0 || c.Auth.Storage == "redis"
+}
+
+// RateLimitEnabled reports whether rate limits apply (rate_limit.enabled,
+// default true). Each limit also has its own switch: see
+// GlobalLimit.IsEnabled and PerKeyLimits.IsEnabled.
+func (c *Config) RateLimitEnabled() bool {
+	return c.RateLimit.Enabled == nil || *c.RateLimit.Enabled
+}
+
+// IsEnabled reports whether the global limit applies: enabled when
+// written, else when a rate is set.
+func (g GlobalLimit) IsEnabled() bool {
+	if g.Enabled != nil {
+		return *g.Enabled && g.RequestsPerSecond > 0
+	}
+	return g.RequestsPerSecond > 0
+}
+
+// IsEnabled reports whether the per-key limits apply: enabled when
+// written, else when any limit is set.
+func (l PerKeyLimits) IsEnabled() bool {
+	if l.Enabled != nil {
+		return *l.Enabled
+	}
+	return l.anySet()
+}
+
+// IsEnabled reports whether active health checks run: enabled when
+// written, else when a path is set.
+func (h HealthCheck) IsEnabled() bool {
+	if h.Enabled != nil {
+		return *h.Enabled
+	}
+	return h.Path != ""
+}
+
+// DataPath joins elem under data_dir (default "./data", relative to the
+// working directory).
+func (c *Config) DataPath(elem ...string) string {
+	dir := c.DataDir
+	if dir == "" {
+		dir = DefaultDataDir
+	}
+	return filepath.Join(append([]string{dir}, elem...)...)
 }

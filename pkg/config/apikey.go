@@ -1,0 +1,31 @@
+package config
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"strings"
+)
+
+// Hash returns the hex SHA-256 of the key's secret: of Key when given, else
+// KeySHA256 lowercased. Keys are looked up by this hash, never by the secret.
+func (k APIKey) Hash() string {
+	if k.Key != "" {
+		sum := sha256.Sum256([]byte(k.Key))
+		return hex.EncodeToString(sum[:])
+	}
+	return strings.ToLower(k.KeySHA256)
+}
+
+// PublicID returns the key's public id: ID when set, else "key_" and the
+// first 12 hex digits of Hash. It is safe to log and to put in event
+// subjects.
+func (k APIKey) PublicID() string {
+	if k.ID != "" {
+		return k.ID
+	}
+	h := k.Hash()
+	if len(h) > 12 {
+		h = h[:12]
+	}
+	return "key_" + h
+}

@@ -1,0 +1,206 @@
+package config
+
+import (
+	"fmt"
+	"math"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Defaults that config.go documents field by field.
+const (
+	DefaultListen          = ":8000"
+	DefaultDataDir         = "./data"
+	DefaultRedisPrefix     = "llmproxy"
+	DefaultStrategy        = "round_robin"
+	DefaultAuthStorage     = "file"
+	DefaultRateStorage     = "memory"
+	DefaultResetPeriod     = "monthly"
+	DefaultMaxTokensCap    = 4096
+	DefaultMaxBodyBytes    = 10 << 20
+	DefaultMaxCaptureBytes = 65536
+	DefaultLogLevel        = "info"
+	DefaultKeyStatus       = "active"
+	// UsageHookName is the endpoint name Endpoints gives the usage hook.
+	UsageHookName = "usage_hook"
+)
+
+// RetryOn is every failure class routing.retry.on may name, and its default.
+var RetryOn = []string{"connect", "429", "5xx", "timeout"}
+
+// applyDefaults fills what the file left unset with the defaults documented
+// in config.go. Where zero is a meaningful value (weight, max_retries,
+// usage_hook.retry) the default applies only when the key is absent from
+// the file. It is idempotent.
+func (c *Config) applyDefaults() {
+	setStr(&c.Listen, DefaultListen)
+	setStr(&c.DataDir, DefaultDataDir)
+	setDur(&c.NATS.Stream.MaxAge, 168*time.Hour)
+	setInt(&c.NATS.Stream.Replicas, 1)
+	setStr(&c.Redis.Prefix, DefaultRedisPrefix)
+
+	setInt(&c.Server.MaxBodyBytes, DefaultMaxBodyBytes)
+	setDur(&c.Server.ReadHeaderTimeout, 10*time.Second)
+	setDur(&c.Server.IdleTimeout, 120*time.Second)
+	setDur(&c.Server.DrainTimeout, 30*time.Second)
+
+	for i := range c.Backends {
+		b := &c.Backends[i]
+		setStr(&b.Name, b.URL)
+		if b.Weight == 0 && !c.given(fmt.Sprintf("backends[%d].weight", i)) {
+			b.Weight = 1
+		}
+		setDur(&b.ConnectTimeout, 5*time.Second)
+		setDur(&b.FirstByteTimeout, 60*time.Second)
+	}
+
+	u := &c.UsageHook
+	setDur(&u.Timeout, 5*time.Second)
+	if u.Retry == 0 && !c.given("usage_hook.retry") {
+		u.Retry = 2
+	}
+	setBool(&u.Enabled, u.URL != "")
+
+	names := map[string]bool{UsageHookName: true}
+	for _, w := range c.Webhooks {
+		names[w.Name] = true
+	}
+	for i := range c.Webhooks {
+		w := &c.Webhooks[i]
+		if w.Name == "" {
+			w.Name = uniqueName(slug(w.URL), names)
+		}
+		setDur(&w.Timeout, 5*time.Second)
+		if w.MaxAttempts == 0 && !c.given(fmt.Sprintf("webhooks[%d].max_attempts", i)) {
+			w.MaxAttempts = 10
+		}
+		setDur(&w.MaxAge, 24*time.Hour)
+	}
+
+	h := &c.HealthCheck
+	setBool(&h.Enabled, h.Path != "")
+	setDur(&h.Interval, 10*time.Second)
+	setDur(&h.Timeout, 2*time.Second)
+	setInt(&h.HealthyThreshold, 1)
+	setInt(&h.UnhealthyThreshold, 2)
+	setInt(&h.FailureThreshold, 3)
+	setDur(&h.Cooldown, 10*time.Second)
+
+	r := &c.Routing
+	setStr(&r.LoadBalanceStrategy, DefaultStrategy)
+	if r.Retry.MaxRetries == 0 && !c.given("routing.retry.max_retries") {
+		r.Retry.MaxRetries = 2
+	}
+	setDur(&r.Retry.InitialWait, 100*time.Millisecond)
+	setDur(&r.Retry.MaxWait, 2*time.Second)
+	if r.Retry.Multiplier == 0 && !c.given("routing.retry.multiplier") {
+		r.Retry.Multiplier = 2
+	}
+	if r.Retry.On == nil {
+		r.Retry.On = append([]string(nil), RetryOn...)
+	}
+
+	a := &c.Auth
+	setStr(&a.Storage, DefaultAuthStorage)
+	setBool(&a.Enabled, len(c.APIKeys) > 0 || a.Storage == "redis")
+	setStr(&a.Defaults.QuotaResetPeriod, DefaultResetPeriod)
+	setInt(&a.Defaults.MaxTokensCap, DefaultMaxTokensCap)
+	for i := range c.APIKeys {
+		k := &c.APIKeys[i]
+		setStr(&k.Status, DefaultKeyStatus)
+		setStr(&k.QuotaResetPeriod, a.Defaults.QuotaResetPeriod)
+		if k.TotalQuota == nil {
+			q := a.Defaults.TotalQuota
+			k.TotalQuota = &q
+		}
+		if k.Limits != nil {
+			setBool(&k.Limits.Enabled, k.Limits.anySet())
+		}
+		if k.Key != "" || k.KeySHA256 != "" {
+			k.ID = k.PublicID()
+		}
+	}
+
+	rl := &c.RateLimit
+	setBool(&rl.Enabled, true)
+	setStr(&rl.Storage, DefaultRateStorage)
+	setBool(&rl.Global.Enabled, rl.Global.RequestsPerSecond > 0)
+	if rl.Global.BurstSize == 0 && rl.Global.RequestsPerSecond > 0 &&
+		rl.Global.RequestsPerSecond <= math.MaxInt32 {
+		rl.Global.BurstSize = int(math.Ceil(rl.Global.RequestsPerSecond))
+	}
+	setBool(&rl.PerKey.Enabled, rl.PerKey.anySet())
+
+	setDur(&c.Lua.Timeout, 50*time.Millisecond)
+	setStr(&c.Logging.Level, DefaultLogLevel)
+	setInt(&c.Logging.MaxCaptureBytes, DefaultMaxCaptureBytes)
+}
+
+// anySet reports whether any limit is set.
+func (l PerKeyLimits) anySet() bool {
+	return l.RequestsPerSecond > 0 || l.RequestsPerMinute > 0 || l.TokensPerMinute > 0 || l.MaxConcurrent > 0
+}
+
+// slug makes a short endpoint name from a URL's host and path, e.g.
+// "https://billing.internal/llm-usage" → "billing-internal-llm-usage".
+func slug(raw string) string {
+	s := raw
+	if u, err := url.Parse(raw); err == nil && u.Host != "" {
+		s = u.Host + u.Path
+	}
+	var b strings.Builder
+	dash := false
+	for _, r := range strings.ToLower(s) {
+		if ('a' <= r && r <= 'z') || ('0' <= r && r <= '9') {
+			if dash && b.Len() > 0 {
+				b.WriteByte('-')
+			}
+			b.WriteRune(r)
+			dash = false
+			if b.Len() >= 48 {
+				break
+			}
+			continue
+		}
+		dash = true
+	}
+	if b.Len() == 0 {
+		return "webhook"
+	}
+	return b.String()
+}
+
+// uniqueName returns name, or name-2, name-3… when taken, and marks it taken.
+func uniqueName(name string, taken map[string]bool) string {
+	n := name
+	for i := 2; taken[n]; i++ {
+		n = fmt.Sprintf("%s-%d", name, i)
+	}
+	taken[n] = true
+	return n
+}
+
+func setStr(p *string, v string) {
+	if *p == "" {
+		*p = v
+	}
+}
+
+func setInt[T int | int64](p *T, v T) {
+	if *p == 0 {
+		*p = v
+	}
+}
+
+func setDur(p *Duration, v time.Duration) {
+	if *p == 0 {
+		*p = Duration(v)
+	}
+}
+
+func setBool(p **bool, v bool) {
+	if *p == nil {
+		*p = &v
+	}
+}

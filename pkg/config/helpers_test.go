@@ -1,0 +1,125 @@
+package config
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestAPIKeyHashAndPublicID(t *testing.T) {
+	sum := sha256.Sum256([]byte("sk-x"))
+	h := hex.EncodeToString(sum[:])
+	tests := []struct {
+		name     string
+		key      APIKey
+		hash, id string
+	}{
+		{"plaintext", APIKey{Key: "sk-x"}, h, "key_" + h[:12]},
+		{"hash given, upper case", APIKey{KeySHA256: strings.ToUpper(h)}, h, "key_" + h[:12]},
+		{"explicit id", APIKey{Key: "sk-x", ID: "team-a"}, h, "team-a"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tt.key.Hash(); got != tt.hash {
+				t.Errorf("Hash = %q, want %q", got, tt.hash)
+			}
+			if got := tt.key.PublicID(); got != tt.id {
+				t.Errorf("PublicID = %q, want %q", got, tt.id)
+			}
+		})
+	}
+}
+
+func TestEndpointsAndWebhookDefaults(t *testing.T) {
+	y := minimal + `webhooks:
+  - url: https://billing.internal/llm-usage
+  - url: https://billing.internal/llm-usage
+    secret: s
+  - url: https://audit.example.com/
+    name: audit
+    max_attempts: 3
+usage_hook:
+  url: https://h.example.com/u
+`
+	c, err := Parse([]byte(y), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	eps := c.Endpoints()
+	var names []string
+	for _, e := range eps {
+		names = append(names, e.Name)
+	}
+	if got := strings.Join(names, ","); got != "billing-internal-llm-usage,billing-internal-llm-usage-2,audit,usage_hook" {
+		t.Errorf("names %s", got)
+	}
+	w := eps[0]
+	if w.Timeout.D() != 5*time.Second || w.MaxAttempts != 10 || w.MaxAge.D() != 24*time.Hour {
+		t.Errorf("webhook defaults %+v", w)
+	}
+	if eps[2].MaxAttempts != 3 {
+		t.Errorf("audit %+v", eps[2])
+	}
+	u := eps[3]
+	if u.MaxAttempts != 3 || u.Timeout.D() != 5*time.Second || u.URL != "https://h.example.com/u" {
+		t.Errorf("usage hook endpoint %+v (default retry 2 → 3 attempts)", u)
+	}
+
+	c, err = Parse([]byte(minimal+"usage_hook:\n  enabled: false\n  url: https://h/u\n"), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Endpoints()) != 0 {
+		t.Errorf("disabled usage hook listed: %+v", c.Endpoints())
+	}
+}
+
+func TestEnabledDefaults(t *testing.T) {
+	tests := []struct {
+		name                       string
+		yaml                       string
+		auth, rate, global, perKey bool
+	}{
+		{"nothing set", "", false, true, false, false},
+		{"keys turn auth on", "api_keys: [{key: sk-a}]\n", true, true, false, false},
+		{"auth off wins", "auth: {enabled: false}\napi_keys: [{key: sk-a}]\n", false, true, false, false},
+		{"redis keys turn auth on", "redis: {url: redis://r:6379}\nauth: {storage: redis}\n", true, true, false, false},
+		{"a rate turns limits on", "rate_limit: {global: {requests_per_second: 2.5}, per_key: {max_concurrent: 1}}\n", false, true, true, true},
+		{"limits off", "rate_limit: {enabled: false, global: {enabled: false, requests_per_second: 5}}\n", false, false, false, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse([]byte(minimal+tt.yaml), "c.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			rl := c.RateLimit
+			if c.AuthEnabled() != tt.auth || c.RateLimitEnabled() != tt.rate ||
+				rl.Global.IsEnabled() != tt.global || rl.PerKey.IsEnabled() != tt.perKey {
+				t.Errorf("auth %v rate %v global %v perKey %v", c.AuthEnabled(), c.RateLimitEnabled(),
+					rl.Global.IsEnabled(), rl.PerKey.IsEnabled())
+			}
+			if *c.Auth.Enabled != tt.auth || *rl.Global.Enabled != tt.global || *rl.PerKey.Enabled != tt.perKey {
+				t.Errorf("defaults did not fill the switches: %+v", rl)
+			}
+		})
+	}
+	c, _ := Parse([]byte(minimal+"rate_limit: {global: {requests_per_second: 2.5}}\n"), "c.yaml")
+	if c.RateLimit.Global.BurstSize != 3 {
+		t.Errorf("burst %d, want ceil(2.5) = 3", c.RateLimit.Global.BurstSize)
+	}
+}
+
+func TestDataPath(t *testing.T) {
+	c := &Config{}
+	if got := c.DataPath("nats"); got != filepath.Join("data", "nats") {
+		t.Errorf("default DataPath = %q", got)
+	}
+	c.DataDir = "/var/lib/llmproxy"
+	if got := c.DataPath("ledger", "db"); got != "/var/lib/llmproxy/ledger/db" {
+		t.Errorf("DataPath = %q", got)
+	}
+}

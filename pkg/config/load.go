@@ -1,0 +1,183 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// source remembers where a Config came from, so that Validate can name lines
+// and defaults can tell an absent key from a zero written on purpose.
+type source struct {
+	file  string          // as given to Load or Parse
+	dir   string          // the file's directory; relative paths start here
+	lines map[string]int  // key path → line
+	given map[string]bool // key path → a non-null value was written
+}
+
+// Load reads the config file at path; see Parse.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		errs := &Errors{List: []*Error{{Msg: "read config: " + err.Error(), Err: err}}}
+		return nil, errs.err(path)
+	}
+	return Parse(data, path)
+}
+
+// Parse reads a config from data. filename is used in error messages and as
+// the base for relative paths in the file (lua.scripts); "" means the
+// working directory.
+//
+// Parse interpolates ${VAR} and ${VAR:-default} from the environment,
+// rejects unknown keys and badly typed values, fills defaults
+// (applyDefaults) and validates (Validate). Every problem found is returned
+// at once as a *Errors, each with the line and key path.
+func Parse(data []byte, filename string) (*Config, error) {
+	text := interpolate(string(data), os.LookupEnv)
+	root, perr := parseYAML(text)
+	if perr != nil {
+		errs := &Errors{List: []*Error{perr}}
+		return nil, errs.err(filename)
+	}
+
+	c := &Config{}
+	d := newDecoder(root)
+	if root != nil {
+		if root.Kind != yaml.MappingNode && !isNull(root) {
+			d.fail(root, "", "want a mapping of keys at the top level, not a %s", kindName(root))
+		} else {
+			d.decode(root, reflect.ValueOf(c).Elem(), "")
+		}
+	}
+	dir := "."
+	if filename != "" {
+		dir = filepath.Dir(filename)
+	}
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	c.src = &source{file: filename, dir: dir, lines: d.lines, given: d.given}
+	c.applyDefaults()
+	c.resolvePaths()
+
+	errs := d.errs
+	for _, e := range c.validate().List {
+		if !covered(e.Path, d.bad) {
+			errs.List = append(errs.List, e)
+		}
+	}
+	if err := errs.err(filename); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// covered reports whether path, or a key above it, already has a decode
+// problem; a validation complaint about it would only repeat that problem.
+func covered(path string, bad map[string]bool) bool {
+	for p := path; p != ""; p = parentPath(p) {
+		if bad[p] {
+			return true
+		}
+	}
+	return bad[""]
+}
+
+// parentPath returns the path one level up: "a.b[2].c" → "a.b[2]" → "a.b".
+func parentPath(p string) string {
+	i := strings.LastIndexAny(p, ".[")
+	if i < 0 {
+		return ""
+	}
+	return p[:i]
+}
+
+var yamlLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+
+// parseYAML parses text into its single document's root node (nil for an
+// empty file).
+func parseYAML(text string) (root *yaml.Node, perr *Error) {
+	defer func() {
+		if r := recover(); r != nil {
+			root, perr = nil, &Error{Msg: fmt.Sprintf("invalid YAML: %v", r)}
+		}
+	}()
+	dec := yaml.NewDecoder(bytes.NewReader([]byte(text)))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, nil
+		}
+		return nil, yamlError(err)
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		if err != nil {
+			return nil, yamlError(err)
+		}
+		return nil, &Error{Line: extra.Line, Msg: "only one YAML document is allowed"}
+	}
+	if doc.Kind == yaml.DocumentNode && len(doc.Content) > 0 {
+		return doc.Content[0], nil
+	}
+	return nil, nil
+}
+
+func yamlError(err error) *Error {
+	msg := err.Error()
+	if m := yamlLine.FindStringSubmatch(msg); m != nil {
+		line, _ := strconv.Atoi(m[1])
+		return &Error{Line: line, Msg: "invalid YAML: " + m[2], Err: err}
+	}
+	return &Error{Msg: "invalid YAML: " + strings.TrimPrefix(msg, "yaml: "), Err: err}
+}
+
+// line returns the line of path, or of the nearest key above it that is in
+// the file; 0 when none is.
+func (c *Config) line(path string) int {
+	if c.src == nil {
+		return 0
+	}
+	for p := path; p != ""; p = parentPath(p) {
+		if l, ok := c.src.lines[p]; ok {
+			return l
+		}
+	}
+	return 0
+}
+
+// given reports whether the file wrote a non-null value at path.
+func (c *Config) given(path string) bool {
+	return c.src != nil && c.src.given[path]
+}
+
+// resolvePaths makes relative file paths absolute, relative to the config
+// file's directory.
+func (c *Config) resolvePaths() {
+	dir := "."
+	if c.src != nil {
+		dir = c.src.dir
+	}
+	for i, s := range c.Lua.Scripts {
+		if s == "" {
+			continue
+		}
+		if !filepath.IsAbs(s) {
+			s = filepath.Join(dir, s)
+		}
+		if abs, err := filepath.Abs(s); err == nil {
+			s = abs
+		}
+		c.Lua.Scripts[i] = s
+	}
+}

@@ -1,0 +1,217 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// mustErrors returns err as *Errors, failing the test when it is not one.
+func mustErrors(t *testing.T, err error) *Errors {
+	t.Helper()
+	if err == nil {
+		t.Fatal("want an error, got none")
+	}
+	var errs *Errors
+	if !errors.As(err, &errs) {
+		t.Fatalf("want *Errors, got %T: %v", err, err)
+	}
+	return errs
+}
+
+// paths lists the key paths the errors name.
+func paths(errs *Errors) []string {
+	var out []string
+	for _, e := range errs.List {
+		out = append(out, e.Path)
+	}
+	return out
+}
+
+func TestUpstreamCustomerService(t *testing.T) {
+	c, err := Load("testdata/upstream/01-customer-service.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Backends) != 3 {
+		t.Fatalf("backends: got %d, want 3", len(c.Backends))
+	}
+	for i, b := range c.Backends {
+		if b.Weight != 10 {
+			t.Errorf("backends[%d].weight = %d, want 10", i, b.Weight)
+		}
+		if b.Name != b.URL {
+			t.Errorf("backends[%d].name = %q, want the URL", i, b.Name)
+		}
+	}
+	r := c.Routing.Retry
+	if !r.Enabled || r.MaxRetries != 2 {
+		t.Errorf("retry = %+v, want enabled with 2 retries", r)
+	}
+	if len(c.Routing.Fallback) != 1 {
+		t.Fatalf("fallback: got %d entries", len(c.Routing.Fallback))
+	}
+	f := c.Routing.Fallback[0]
+	if i, ok := c.FindBackend(f.Primary); !ok || i != 0 {
+		t.Errorf("fallback primary %q resolves to %d, %v", f.Primary, i, ok)
+	}
+	for j, name := range f.Fallback {
+		if i, ok := c.FindBackend(name); !ok || i != j+1 {
+			t.Errorf("fallback[%d] %q resolves to %d, %v", j, name, i, ok)
+		}
+	}
+	g := c.RateLimit.Global
+	if !c.RateLimitEnabled() || !g.IsEnabled() || g.RequestsPerSecond != 500 || g.BurstSize != 500 {
+		t.Errorf("global limit = %+v, want on at 500 rps, burst 500", g)
+	}
+	if c.RateLimit.PerKey.IsEnabled() {
+		t.Error("per-key limits on with no limit set")
+	}
+	if c.AuthEnabled() {
+		t.Error("auth on with no keys")
+	}
+	if c.Routing.LoadBalanceStrategy != "round_robin" || c.Listen != ":8000" {
+		t.Errorf("defaults: strategy %q listen %q", c.Routing.LoadBalanceStrategy, c.Listen)
+	}
+}
+
+func TestUpstreamEnterpriseAssistantNeedsBackends(t *testing.T) {
+	_, err := Load("testdata/upstream/02-enterprise-assistant.yaml")
+	errs := mustErrors(t, err)
+	if got := paths(errs); len(got) != 1 || got[0] != "backends" {
+		t.Fatalf("errors name %v, want only backends:\n%v", got, err)
+	}
+	if !strings.Contains(err.Error(), "02-enterprise-assistant.yaml: key backends: ") {
+		t.Errorf("message %q", err)
+	}
+
+	// With a backend the rest of the file means what it says.
+	data, _ := os.ReadFile("testdata/upstream/02-enterprise-assistant.yaml")
+	data = append(data, "\nbackends:\n  - url: http://tgi-1:8080\n  - url: http://tgi-2:8080\n"...)
+	c, err := Parse(data, "02.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pk := c.RateLimit.PerKey
+	if !pk.IsEnabled() || *pk.Enabled != true || pk.RequestsPerMinute != 100 || pk.MaxConcurrent != 5 {
+		t.Errorf("per_key = %+v, want on with 100 rpm and 5 concurrent", pk)
+	}
+	if !c.AuthEnabled() || len(c.APIKeys) != 2 {
+		t.Fatalf("auth %v keys %d", c.AuthEnabled(), len(c.APIKeys))
+	}
+	k := c.APIKeys[0]
+	if *k.TotalQuota != 500000 || k.AllowedIPs[0] != "10.0.1.0/24" || k.Status != "active" || k.QuotaResetPeriod != "monthly" {
+		t.Errorf("key 0 = %+v", k)
+	}
+}
+
+func TestUpstreamModelProviderNeedsRedis(t *testing.T) {
+	_, err := Load("testdata/upstream/03-model-provider.yaml")
+	errs := mustErrors(t, err)
+	if got := paths(errs); len(got) != 1 || got[0] != "auth.storage" {
+		t.Fatalf("errors name %v, want only auth.storage:\n%v", got, err)
+	}
+	want := `03-model-provider.yaml:13: key auth.storage: "redis" needs redis.url (or redis.addrs) to say where Redis is`
+	if !strings.HasSuffix(err.Error(), want) {
+		t.Errorf("got %q, want it to end in %q", err, want)
+	}
+}
+
+func TestUpstreamReference(t *testing.T) {
+	data, err := os.ReadFile("testdata/upstream/04-reference.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Parse(data, "04-reference.yaml")
+	errs := mustErrors(t, err)
+	if got := paths(errs); len(got) != 1 || got[0] != "rate_limit.storage" {
+		t.Fatalf("errors name %v, want only rate_limit.storage:\n%v", got, err)
+	}
+	if errs.List[0].Line != 48 || !strings.Contains(err.Error(), "needs redis.url") {
+		t.Errorf("got %v", err)
+	}
+
+	data = append(data, "\nredis: {url: redis://127.0.0.1:6379}\n"...)
+	c, err := Parse(data, "04-reference.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen != ":8000" || len(c.Backends) != 2 || c.Backends[0].URL != "http://vllm:8000" ||
+		c.Backends[0].Weight != 5 || c.Backends[1].URL != "http://tgi:8081" || c.Backends[1].Weight != 3 {
+		t.Errorf("listen/backends = %q %+v", c.Listen, c.Backends)
+	}
+	u := c.UsageHook
+	if !u.IsEnabled() || u.URL != "https://your-billing.com/llm-usage" || u.Timeout.D() != time.Second || u.Retry != 2 {
+		t.Errorf("usage_hook = %+v", u)
+	}
+	eps := c.Endpoints()
+	if len(eps) != 1 || eps[0].Name != UsageHookName || eps[0].MaxAttempts != 3 || eps[0].Timeout.D() != time.Second || eps[0].URL != u.URL {
+		t.Errorf("endpoints = %+v", eps)
+	}
+	h := c.HealthCheck
+	if !h.IsEnabled() || h.Path != "/health" || h.Interval.D() != 10*time.Second {
+		t.Errorf("health_check = %+v", h)
+	}
+	r := c.Routing
+	if r.LoadBalanceStrategy != "least_connections" || !r.Retry.Enabled || r.Retry.MaxRetries != 3 ||
+		r.Retry.InitialWait.D() != time.Second || r.Retry.MaxWait.D() != 10*time.Second || r.Retry.Multiplier != 2.0 {
+		t.Errorf("routing = %+v", r)
+	}
+	a := c.Auth
+	if !c.AuthEnabled() || a.Storage != "file" || a.Defaults.QuotaResetPeriod != "monthly" || a.Defaults.TotalQuota != 1000000 {
+		t.Errorf("auth = %+v", a)
+	}
+	if len(c.APIKeys) != 1 {
+		t.Fatalf("api_keys: %d", len(c.APIKeys))
+	}
+	k := c.APIKeys[0]
+	if k.Key != "sk-llmproxy-test123" || k.Name != "Test key" || k.UserID != "user_001" || k.Status != "active" ||
+		*k.TotalQuota != 100000 || k.QuotaResetPeriod != "daily" || len(k.AllowedIPs) != 1 ||
+		k.AllowedIPs[0] != "192.168.1.0/24" || k.ExpiresAt != "2026-12-31T23:59:59Z" {
+		t.Errorf("key = %+v", k)
+	}
+	if k.ID != k.PublicID() || !strings.HasPrefix(k.ID, "key_") || len(k.ID) != 16 {
+		t.Errorf("key id = %q", k.ID)
+	}
+	rl := c.RateLimit
+	if !c.RateLimitEnabled() || rl.Storage != "redis" || !rl.Global.IsEnabled() || rl.Global.RequestsPerSecond != 1000 ||
+		rl.Global.BurstSize != 2000 || !rl.PerKey.IsEnabled() || rl.PerKey.RequestsPerSecond != 10 ||
+		rl.PerKey.RequestsPerMinute != 500 || rl.PerKey.TokensPerMinute != 100000 || rl.PerKey.MaxConcurrent != 5 {
+		t.Errorf("rate_limit = %+v", rl)
+	}
+}
+
+func TestQuickstartLoads(t *testing.T) {
+	t.Setenv("LLMPROXY_ADMIN_TOKEN", "")
+	c, err := Load("../../examples/quickstart.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen != "127.0.0.1:8080" || c.Admin.Listen != "127.0.0.1:8081" || c.Admin.Token != "change-me" {
+		t.Errorf("listen %q admin %+v", c.Listen, c.Admin)
+	}
+	if len(c.Backends) != 1 || c.Backends[0].URL != "http://127.0.0.1:9000" {
+		t.Errorf("backends %+v", c.Backends)
+	}
+	if len(c.APIKeys) != 1 || c.APIKeys[0].Key != "sk-llmproxy-demo-123" || c.APIKeys[0].UserID != "demo-user" ||
+		*c.APIKeys[0].TotalQuota != 1000000 || c.APIKeys[0].QuotaResetPeriod != "daily" {
+		t.Errorf("api_keys %+v", c.APIKeys)
+	}
+	if !c.AuthEnabled() || c.UsageHook.IsEnabled() || len(c.Endpoints()) != 0 {
+		t.Errorf("auth %v usage hook %v", c.AuthEnabled(), c.UsageHook.IsEnabled())
+	}
+	if got := c.DataPath("ledger"); got != filepath.Join("data", "ledger") {
+		t.Errorf("DataPath = %q", got)
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "nope.yaml"))
+	mustErrors(t, err)
+	if !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("want os.ErrNotExist inside, got %v", err)
+	}
+}

@@ -1,0 +1,480 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Allowed values of the enumerated keys.
+var (
+	Strategies    = []string{"round_robin", "weighted", "least_connections", "latency_based", "least_load"}
+	AuthStorages  = []string{"file", "redis"}
+	RateStorages  = []string{"memory", "redis"}
+	ResetPeriods  = []string{"daily", "weekly", "monthly", "never"}
+	KeyStatuses   = []string{"active", "disabled"}
+	LogLevels     = []string{"debug", "info", "warn", "error"}
+	natsSchemes   = []string{"nats", "tls"}
+	redisSchemes  = []string{"redis", "rediss"}
+	pgSchemes     = []string{"postgres", "postgresql"}
+	endpointName  = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+	sha256Hex     = regexp.MustCompile(`^[0-9a-fA-F]{64}$`)
+	needRedisText = `"redis" needs redis.url (or redis.addrs) to say where Redis is`
+)
+
+// Validate checks a config whose defaults are filled in (Load and Parse do
+// both) and returns every problem as a *Errors, each naming the key path,
+// the reason and, for a config read from a file, the line; nil when the
+// config is sound. Empty enumerated values count as their defaults.
+func (c *Config) Validate() error {
+	file := ""
+	if c.src != nil {
+		file = c.src.file
+	}
+	return c.validate().err(file)
+}
+
+// FindBackend returns the index of the backend that ref names, by name or
+// by URL (a trailing slash does not matter).
+func (c *Config) FindBackend(ref string) (int, bool) {
+	for i, b := range c.Backends {
+		if ref != "" && (ref == b.Name || sameURL(ref, b.URL)) {
+			return i, true
+		}
+	}
+	return -1, false
+}
+
+func sameURL(a, b string) bool {
+	return strings.TrimSuffix(a, "/") == strings.TrimSuffix(b, "/")
+}
+
+type checker struct {
+	c    *Config
+	errs *Errors
+}
+
+func (v *checker) add(path, format string, args ...any) {
+	v.errs.add(v.c.line(path), path, format, args...)
+}
+
+func (c *Config) validate() *Errors {
+	v := &checker{c: c, errs: &Errors{}}
+	v.listener("listen", c.Listen)
+	v.nats()
+	v.redis()
+	if c.Admin.Listen != "" {
+		v.listener("admin.listen", c.Admin.Listen)
+		if c.Admin.Token == "" {
+			v.add("admin.token", "the admin API needs a token when admin.listen is set")
+		}
+	}
+	for i, p := range c.TrustedProxies {
+		v.prefix(fmt.Sprintf("trusted_proxies[%d]", i), p)
+	}
+	v.server()
+	v.backends()
+	v.usageHook()
+	v.webhooks()
+	v.healthCheck()
+	v.routing()
+	v.auth()
+	v.apiKeys()
+	v.rateLimit()
+	v.lua()
+	v.logging()
+	return v.errs
+}
+
+func (v *checker) listener(path, addr string) {
+	if addr == "" {
+		return
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err == nil {
+		if n, perr := strconv.Atoi(port); perr == nil && n >= 0 && n <= 65535 {
+			return
+		}
+	}
+	v.add(path, "want host:port such as :8000 or 127.0.0.1:8000, got %q", addr)
+}
+
+func (v *checker) nats() {
+	n := v.c.NATS
+	if n.URL != "" {
+		for part := range strings.SplitSeq(n.URL, ",") {
+			v.url("nats.url", strings.TrimSpace(part), natsSchemes,
+				"want nats://host:port or tls://host:port (a comma-separated list for a cluster)")
+		}
+	}
+	v.listener("nats.embedded_listen", n.EmbeddedListen)
+	if r := n.Stream.Replicas; r < 1 || r > 5 {
+		v.add("nats.stream.replicas", "want 1 to 5 (JetStream's limit), got %d", r)
+	}
+}
+
+func (v *checker) redis() {
+	r := v.c.Redis
+	if r.URL != "" {
+		v.url("redis.url", r.URL, redisSchemes, "want redis://host:port or rediss://host:port")
+		if len(r.Addrs) > 0 {
+			v.add("redis.addrs", "set redis.url or redis.addrs (a cluster), not both")
+		}
+	}
+	for i, a := range r.Addrs {
+		host, port, err := net.SplitHostPort(a)
+		if _, perr := strconv.Atoi(port); err != nil || perr != nil || host == "" {
+			v.add(fmt.Sprintf("redis.addrs[%d]", i), "want host:port, got %q", a)
+		}
+	}
+}
+
+func (v *checker) server() {
+	s := v.c.Server
+	v.nonNegative("server.max_body_bytes", s.MaxBodyBytes)
+}
+
+func (v *checker) backends() {
+	c := v.c
+	if len(c.Backends) == 0 {
+		v.add("backends", "at least one backend is required (a list of {url: http://host:port})")
+		return
+	}
+	names := map[string]int{}
+	urls := map[string]int{}
+	anyWeight := false
+	for i, b := range c.Backends {
+		p := fmt.Sprintf("backends[%d]", i)
+		if b.URL == "" {
+			v.add(p+".url", "every backend needs a url such as http://vllm:8000")
+		} else {
+			v.httpURL(p+".url", b.URL)
+			if j, dup := urls[strings.TrimSuffix(b.URL, "/")]; dup {
+				v.add(p+".url", "backends[%d] has the same url; give each backend its own url", j)
+			}
+			urls[strings.TrimSuffix(b.URL, "/")] = i
+		}
+		if b.Name != "" && b.Name != b.URL {
+			if j, dup := names[b.Name]; dup {
+				v.add(p+".name", "duplicate backend name %q (also backends[%d])", b.Name, j)
+			}
+			names[b.Name] = i
+		}
+		if b.Weight < 0 {
+			v.add(p+".weight", "must not be negative, got %d", b.Weight)
+		}
+		anyWeight = anyWeight || b.Weight > 0
+		for j, m := range b.Models {
+			if strings.TrimSpace(m) == "" {
+				v.add(fmt.Sprintf("%s.models[%d]", p, j), "empty model name")
+			}
+		}
+		for h := range b.Headers {
+			if !validHeaderName(h) {
+				v.add(p+".headers."+h, "not a valid HTTP header name")
+			}
+		}
+	}
+	if !anyWeight {
+		v.add("backends", "every backend has weight 0; at least one needs a weight above 0 to get traffic")
+	}
+}
+
+func (v *checker) usageHook() {
+	u := v.c.UsageHook
+	if u.URL != "" {
+		v.httpURL("usage_hook.url", u.URL)
+	} else if u.Enabled != nil && *u.Enabled {
+		v.add("usage_hook.enabled", "the usage hook is enabled but has no url")
+	}
+	v.nonNegative("usage_hook.retry", int64(u.Retry))
+}
+
+func (v *checker) webhooks() {
+	names := map[string]int{}
+	for i, w := range v.c.Webhooks {
+		p := fmt.Sprintf("webhooks[%d]", i)
+		if w.URL == "" {
+			v.add(p+".url", "every webhook needs a url")
+		} else {
+			v.httpURL(p+".url", w.URL)
+		}
+		switch j, dup := names[w.Name]; {
+		case w.Name == UsageHookName:
+			v.add(p+".name", "%q is the usage hook's name; choose another", w.Name)
+		case !endpointName.MatchString(w.Name):
+			v.add(p+".name", "want letters, digits, '-' or '_' (it names a durable consumer), got %q", w.Name)
+		case dup:
+			v.add(p+".name", "duplicate webhook name %q (also webhooks[%d])", w.Name, j)
+		}
+		names[w.Name] = i
+		if w.MaxAttempts < 1 {
+			v.add(p+".max_attempts", "want at least 1, got %d", w.MaxAttempts)
+		}
+	}
+}
+
+func (v *checker) healthCheck() {
+	h := v.c.HealthCheck
+	if h.IsEnabled() && !strings.HasPrefix(h.Path, "/") {
+		v.add("health_check.path", "enabled health checks need a path starting with /, such as /health")
+	}
+	v.positive("health_check.healthy_threshold", int64(h.HealthyThreshold))
+	v.positive("health_check.unhealthy_threshold", int64(h.UnhealthyThreshold))
+	v.positive("health_check.failure_threshold", int64(h.FailureThreshold))
+}
+
+func (v *checker) routing() {
+	r := v.c.Routing
+	v.oneOf("routing.load_balance_strategy", r.LoadBalanceStrategy, Strategies)
+	rt := r.Retry
+	v.nonNegative("routing.retry.max_retries", int64(rt.MaxRetries))
+	if rt.Multiplier < 1 {
+		v.add("routing.retry.multiplier", "want at least 1 (the wait grows by this factor), got %g", rt.Multiplier)
+	}
+	if rt.MaxWait > 0 && rt.InitialWait > rt.MaxWait {
+		v.add("routing.retry.initial_wait", "is longer than max_wait (%s > %s)",
+			time.Duration(rt.InitialWait), time.Duration(rt.MaxWait))
+	}
+	for i, on := range rt.On {
+		v.oneOf(fmt.Sprintf("routing.retry.on[%d]", i), on, RetryOn)
+	}
+	primaries := map[int]int{}
+	for i, f := range r.Fallback {
+		p := fmt.Sprintf("routing.fallback[%d]", i)
+		pi, ok := v.c.FindBackend(f.Primary)
+		switch {
+		case f.Primary == "":
+			v.add(p+".primary", "name the backend (by url or name) whose traffic falls back")
+		case !ok:
+			v.add(p+".primary", "%q names no configured backend (give its url or name)", f.Primary)
+		default:
+			if j, dup := primaries[pi]; dup {
+				v.add(p+".primary", "routing.fallback[%d] already has this primary", j)
+			}
+			primaries[pi] = i
+		}
+		if len(f.Fallback) == 0 {
+			v.add(p+".fallback", "list at least one backend to fall back to")
+		}
+		for j, name := range f.Fallback {
+			fi, ok := v.c.FindBackend(name)
+			switch {
+			case !ok:
+				v.add(fmt.Sprintf("%s.fallback[%d]", p, j), "%q names no configured backend (give its url or name)", name)
+			case fi == pi:
+				v.add(fmt.Sprintf("%s.fallback[%d]", p, j), "a backend cannot be its own fallback")
+			}
+		}
+	}
+}
+
+func (v *checker) auth() {
+	a := v.c.Auth
+	v.oneOf("auth.storage", a.Storage, AuthStorages)
+	if a.Storage == "redis" && !v.c.Redis.Enabled() {
+		v.add("auth.storage", "%s", needRedisText)
+	}
+	v.oneOf("auth.defaults.quota_reset_period", a.Defaults.QuotaResetPeriod, ResetPeriods)
+	v.nonNegative("auth.defaults.total_quota", a.Defaults.TotalQuota)
+	v.nonNegative("auth.defaults.max_tokens_cap", a.Defaults.MaxTokensCap)
+	if a.Storage != "redis" && v.c.AuthEnabled() && len(v.c.APIKeys) == 0 {
+		v.add("auth.enabled", "auth is enabled with file storage but api_keys lists no key, so every request would be refused")
+	}
+	if a.Storage == "redis" && len(v.c.APIKeys) > 0 {
+		v.add("api_keys", `keys listed here are not used when auth.storage is "redis"; add them with llmproxy keys create`)
+	}
+}
+
+func (v *checker) apiKeys() {
+	hashes := map[string]int{}
+	ids := map[string]int{}
+	for i, k := range v.c.APIKeys {
+		p := fmt.Sprintf("api_keys[%d]", i)
+		switch {
+		case k.Key != "" && k.KeySHA256 != "":
+			v.add(p+".key_sha256", "give key or key_sha256, not both")
+		case k.Key == "" && k.KeySHA256 == "":
+			v.add(p+".key", "every key needs key (the secret) or key_sha256 (its hex SHA-256)")
+		case k.KeySHA256 != "" && !sha256Hex.MatchString(k.KeySHA256):
+			v.add(p+".key_sha256", "want 64 hex digits (a SHA-256)")
+		default:
+			h := k.Hash()
+			if j, dup := hashes[h]; dup {
+				field := ".key"
+				if k.Key == "" {
+					field = ".key_sha256"
+				}
+				v.add(p+field, "same secret as api_keys[%d]", j)
+				break
+			}
+			hashes[h] = i
+			id := k.PublicID()
+			if j, dup := ids[id]; dup {
+				v.add(p+".id", "duplicate key id %q (also api_keys[%d])", id, j)
+			}
+			ids[id] = i
+		}
+		if k.ID != "" && !endpointName.MatchString(k.ID) {
+			v.add(p+".id", "want letters, digits, '-' or '_' (it is used in event subjects), got %q", k.ID)
+		}
+		v.oneOf(p+".status", k.Status, KeyStatuses)
+		if k.TotalQuota != nil {
+			v.nonNegative(p+".total_quota", *k.TotalQuota)
+		}
+		v.oneOf(p+".quota_reset_period", k.QuotaResetPeriod, ResetPeriods)
+		for j, ip := range k.AllowedIPs {
+			v.prefix(fmt.Sprintf("%s.allowed_ips[%d]", p, j), ip)
+		}
+		for j, m := range k.AllowedModels {
+			if strings.TrimSpace(m) == "" {
+				v.add(fmt.Sprintf("%s.allowed_models[%d]", p, j), "empty model name")
+			}
+		}
+		if k.ExpiresAt != "" {
+			if _, err := time.Parse(time.RFC3339, k.ExpiresAt); err != nil {
+				v.add(p+".expires_at", "want an RFC 3339 time such as 2026-12-31T23:59:59Z, got %q", k.ExpiresAt)
+			}
+		}
+		if k.Limits != nil {
+			v.limits(p+".limits", *k.Limits)
+		}
+	}
+}
+
+func (v *checker) rateLimit() {
+	r := v.c.RateLimit
+	v.oneOf("rate_limit.storage", r.Storage, RateStorages)
+	if r.Storage == "redis" && !v.c.Redis.Enabled() {
+		v.add("rate_limit.storage", "%s", needRedisText)
+	}
+	g := r.Global
+	if g.RequestsPerSecond < 0 {
+		v.add("rate_limit.global.requests_per_second", "must not be negative, got %g", g.RequestsPerSecond)
+	} else if g.Enabled != nil && *g.Enabled && g.RequestsPerSecond == 0 {
+		v.add("rate_limit.global.requests_per_second", "the global limit is enabled but has no rate")
+	}
+	v.nonNegative("rate_limit.global.burst_size", int64(g.BurstSize))
+	v.limits("rate_limit.per_key", r.PerKey)
+}
+
+func (v *checker) limits(p string, l PerKeyLimits) {
+	if l.RequestsPerSecond < 0 {
+		v.add(p+".requests_per_second", "must not be negative, got %g", l.RequestsPerSecond)
+	}
+	v.nonNegative(p+".requests_per_minute", l.RequestsPerMinute)
+	v.nonNegative(p+".tokens_per_minute", l.TokensPerMinute)
+	v.nonNegative(p+".max_concurrent", l.MaxConcurrent)
+}
+
+func (v *checker) lua() {
+	for i, s := range v.c.Lua.Scripts {
+		p := fmt.Sprintf("lua.scripts[%d]", i)
+		if s == "" {
+			v.add(p, "empty script path")
+			continue
+		}
+		fi, err := os.Stat(s)
+		switch {
+		case err != nil:
+			v.add(p, "cannot read script %s: %v", s, unwrapPathError(err))
+		case !fi.Mode().IsRegular():
+			v.add(p, "%s is not a regular file", s)
+		}
+	}
+}
+
+func (v *checker) logging() {
+	l := v.c.Logging
+	v.oneOf("logging.level", l.Level, LogLevels)
+	v.nonNegative("logging.max_capture_bytes", int64(l.MaxCaptureBytes))
+	for i, r := range l.Redact {
+		p := fmt.Sprintf("logging.redact[%d]", i)
+		switch {
+		case strings.TrimSpace(r) == "":
+			v.add(p, "empty pattern")
+		case strings.HasPrefix(r, "$"):
+			// A JSON path; the recorder and publisher interpret it.
+		default:
+			if _, err := regexp.Compile(r); err != nil {
+				v.add(p, "not a JSON path ($…) nor a valid regular expression: %v", err)
+			}
+		}
+	}
+	if l.Postgres.URL != "" {
+		v.url("logging.postgres.url", l.Postgres.URL, pgSchemes, "want postgres://user@host:5432/db")
+	}
+}
+
+// oneOf checks an enumerated value; empty means the default and passes.
+func (v *checker) oneOf(path, val string, allowed []string) {
+	if val != "" && !slices.Contains(allowed, val) {
+		v.add(path, "want one of %s, got %q", strings.Join(allowed, ", "), val)
+	}
+}
+
+func (v *checker) nonNegative(path string, n int64) {
+	if n < 0 {
+		v.add(path, "must not be negative, got %d", n)
+	}
+}
+
+func (v *checker) positive(path string, n int64) {
+	if n < 1 {
+		v.add(path, "want at least 1, got %d", n)
+	}
+}
+
+func (v *checker) httpURL(path, raw string) {
+	v.url(path, raw, []string{"http", "https"}, "want an absolute http:// or https:// URL")
+}
+
+// url checks that raw is an absolute URL with a host and one of schemes.
+// The message shows the URL without its password.
+func (v *checker) url(path, raw string, schemes []string, want string) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		v.add(path, "%s; cannot parse it", want)
+		return
+	}
+	if !slices.Contains(schemes, strings.ToLower(u.Scheme)) || u.Host == "" || u.Hostname() == "" {
+		v.add(path, "%s, got %q", want, u.Redacted())
+	}
+}
+
+// prefix checks a CIDR ("10.0.0.0/8", "fd00::/8") or single IP.
+func (v *checker) prefix(path, s string) {
+	if _, err := netip.ParsePrefix(s); err == nil {
+		return
+	}
+	if _, err := netip.ParseAddr(s); err == nil {
+		return
+	}
+	v.add(path, "want a CIDR such as 10.0.0.0/8 or an IP address, got %q", s)
+}
+
+func validHeaderName(h string) bool {
+	if h == "" {
+		return false
+	}
+	for _, r := range h {
+		if r <= ' ' || r >= 0x7f || strings.ContainsRune(`"(),/:;<=>?@[\]{}`, r) {
+			return false
+		}
+	}
+	return true
+}
+
+func unwrapPathError(err error) error {
+	if pe, ok := err.(*os.PathError); ok {
+		return pe.Err
+	}
+	return err
+}

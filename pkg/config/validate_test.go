@@ -1,0 +1,197 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string // appended to minimal
+		want []string
+	}{
+		{"fine", "", nil},
+		{
+			"fallback naming no backend",
+			"routing:\n  fallback:\n    - primary: http://b:8000\n      fallback: [http://nowhere:1]\n    - primary: ghost\n      fallback: [http://b:8000/]\n",
+			[]string{
+				`c.yaml:6: key routing.fallback[0].fallback[0]: "http://nowhere:1" names no configured backend`,
+				`c.yaml:7: key routing.fallback[1].primary: "ghost" names no configured backend`,
+			},
+		},
+		{
+			"unknown strategy",
+			"routing:\n  load_balance_strategy: random\n",
+			[]string{`c.yaml:4: key routing.load_balance_strategy: want one of round_robin, weighted, least_connections, latency_based, least_load, got "random"`},
+		},
+		{
+			"bad CIDR",
+			"trusted_proxies: [10.0.0.0/8, \"fd00::/8\", 10.1.2.3, 10.0.0.0/33]\napi_keys:\n  - key: sk-a\n    allowed_ips: [\"::1\", 192.168.1.300/24]\n",
+			[]string{
+				`c.yaml:3: key trusted_proxies[3]: want a CIDR such as 10.0.0.0/8 or an IP address, got "10.0.0.0/33"`,
+				`c.yaml:6: key api_keys[0].allowed_ips[1]: want a CIDR`,
+			},
+		},
+		{
+			"backend urls and weights",
+			"  - url: vllm:8000\n  - url: ftp://x/\n  - url: http://c:1\n    weight: -1\n",
+			[]string{
+				`c.yaml:3: key backends[1].url: want an absolute http:// or https:// URL, got "vllm:8000"`,
+				`c.yaml:4: key backends[2].url: want an absolute http:// or https:// URL`,
+				`c.yaml:6: key backends[3].weight: must not be negative, got -1`,
+			},
+		},
+		{
+			"storages",
+			"auth:\n  storage: ldap\nrate_limit:\n  storage: redis\n",
+			[]string{
+				`c.yaml:4: key auth.storage: want one of file, redis, got "ldap"`,
+				`c.yaml:6: key rate_limit.storage: "redis" needs redis.url (or redis.addrs) to say where Redis is`,
+			},
+		},
+		{
+			"redis cluster addrs satisfy storage redis",
+			"redis:\n  addrs: [r1:6379, r2:6379]\nrate_limit:\n  storage: redis\n",
+			nil,
+		},
+		{
+			"url schemes",
+			"nats:\n  url: nats://n1:4222,http://n2:4222\nredis:\n  url: http://u:secret@r:6379\nlogging:\n  level: loud\n",
+			[]string{
+				`c.yaml:4: key nats.url: want nats://host:port or tls://host:port`,
+				`c.yaml:6: key redis.url: want redis://host:port or rediss://host:port, got "http://u:xxxxx@r:6379"`,
+				`c.yaml:8: key logging.level: want one of debug, info, warn, error, got "loud"`,
+			},
+		},
+		{
+			"api keys",
+			"api_keys:\n" +
+				"  - key: sk-a\n    key_sha256: " + strings.Repeat("a", 64) + "\n" +
+				"  - name: nothing\n" +
+				"  - key_sha256: abc\n" +
+				"  - key: sk-b\n    status: paused\n    quota_reset_period: hourly\n    expires_at: 2026-12-31\n    total_quota: -5\n" +
+				"  - key: sk-b\n" +
+				"  - key: sk-c\n    id: key-1\n  - key: sk-d\n    id: key-1\n",
+			[]string{
+				`c.yaml:5: key api_keys[0].key_sha256: give key or key_sha256, not both`,
+				`c.yaml:6: key api_keys[1].key: every key needs key (the secret) or key_sha256`,
+				`c.yaml:7: key api_keys[2].key_sha256: want 64 hex digits`,
+				`c.yaml:9: key api_keys[3].status: want one of active, disabled, got "paused"`,
+				`c.yaml:10: key api_keys[3].quota_reset_period: want one of daily, weekly, monthly, never, got "hourly"`,
+				`c.yaml:11: key api_keys[3].expires_at: want an RFC 3339 time`,
+				`c.yaml:12: key api_keys[3].total_quota: must not be negative, got -5`,
+				`c.yaml:13: key api_keys[4].key: same secret as api_keys[3]`,
+				`c.yaml:17: key api_keys[6].id: duplicate key id "key-1" (also api_keys[5])`,
+			},
+		},
+		{
+			"negative numbers and retry",
+			"routing:\n  retry:\n    max_retries: -1\n    multiplier: 0.5\nrate_limit:\n  per_key:\n    tokens_per_minute: -1\n  global:\n    requests_per_second: -3\n",
+			[]string{
+				`c.yaml:5: key routing.retry.max_retries: must not be negative, got -1`,
+				`c.yaml:6: key routing.retry.multiplier: want at least 1`,
+				`c.yaml:9: key rate_limit.per_key.tokens_per_minute: must not be negative, got -1`,
+				`c.yaml:11: key rate_limit.global.requests_per_second: must not be negative, got -3`,
+			},
+		},
+		{
+			"hooks",
+			"usage_hook:\n  enabled: true\nwebhooks:\n  - url: billing.internal/x\n  - url: https://a/b\n    name: \"has space\"\n    max_attempts: 0\n",
+			[]string{
+				`c.yaml:4: key usage_hook.enabled: the usage hook is enabled but has no url`,
+				`c.yaml:6: key webhooks[0].url: want an absolute http:// or https:// URL`,
+				`c.yaml:8: key webhooks[1].name: want letters, digits`,
+				`c.yaml:9: key webhooks[1].max_attempts: want at least 1, got 0`,
+			},
+		},
+		{
+			"auth on with no keys",
+			"auth:\n  enabled: true\n",
+			[]string{`c.yaml:4: key auth.enabled: auth is enabled with file storage but api_keys lists no key`},
+		},
+		{
+			"admin without token",
+			"admin:\n  listen: 127.0.0.1:8001\n  token: ${LLMPROXY_TEST_UNSET_TOKEN}\n",
+			[]string{`c.yaml:5: key admin.token: the admin API needs a token`},
+		},
+		{
+			"missing lua script",
+			"lua:\n  scripts: [hooks/none.lua]\n",
+			[]string{`c.yaml:4: key lua.scripts[0]: cannot read script`},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse([]byte(minimal+tt.yaml), "c.yaml")
+			if tt.want == nil {
+				if err != nil {
+					t.Fatalf("unexpected error:\n%v", err)
+				}
+				return
+			}
+			errs := mustErrors(t, err)
+			if len(errs.List) != len(tt.want) {
+				t.Fatalf("got %d errors, want %d:\n%v", len(errs.List), len(tt.want), err)
+			}
+			for i, w := range tt.want {
+				if got := errs.List[i].Error(); !strings.Contains(got, w) {
+					t.Errorf("error %d = %q, want it to contain %q", i, got, w)
+				}
+			}
+		})
+	}
+}
+
+func TestValidateNeverShowsSecrets(t *testing.T) {
+	y := minimal + "redis:\n  url: redis://:hunter2@/0\napi_keys:\n  - key: sk-secret-1\n  - key: sk-secret-1\n"
+	_, err := Parse([]byte(y), "c.yaml")
+	mustErrors(t, err)
+	for _, s := range []string{"hunter2", "sk-secret-1"} {
+		if strings.Contains(err.Error(), s) {
+			t.Errorf("error shows %q:\n%v", s, err)
+		}
+	}
+}
+
+func TestLuaScriptsRelativeToConfig(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "hooks"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	script := filepath.Join(dir, "hooks", "tenant.lua")
+	if err := os.WriteFile(script, []byte("function on_request() end\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "llmproxy.yaml")
+	if err := os.WriteFile(cfg, []byte(minimal+"lua:\n  scripts: [hooks/tenant.lua]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Lua.Scripts[0] != script {
+		t.Errorf("script path %q, want %q", c.Lua.Scripts[0], script)
+	}
+	if c.Lua.Timeout.D().Milliseconds() != 50 {
+		t.Errorf("lua timeout %v", c.Lua.Timeout.D())
+	}
+}
+
+func TestValidateBuiltInGo(t *testing.T) {
+	c := &Config{Backends: []Backend{{URL: "http://b:1", Weight: 1}}}
+	c.Routing.Retry.Multiplier = 2
+	c.NATS.Stream.Replicas = 1
+	c.HealthCheck = HealthCheck{HealthyThreshold: 1, UnhealthyThreshold: 1, FailureThreshold: 1}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	c.Backends = nil
+	err := c.Validate()
+	if errs := mustErrors(t, err); errs.List[0].Path != "backends" || errs.List[0].Line != 0 {
+		t.Errorf("got %v", err)
+	}
+}
