@@ -1,0 +1,183 @@
+package balancer
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
+)
+
+// Health check defaults applied to zero values.
+const (
+	DefaultHealthTimeout      = 2 * time.Second
+	DefaultHealthyThreshold   = 1
+	DefaultUnhealthyThreshold = 2
+	// maxScrapeBytes bounds a /metrics body; engines expose a few KiB.
+	maxScrapeBytes = 1 << 20
+)
+
+// HealthChecker actively checks the pool's upstreams (GET base URL + path;
+// 2xx is a pass) and, when the pool balances by least_load, scrapes each
+// engine's /metrics on the same loop. An upstream turns unhealthy after
+// UnhealthyThreshold failed checks in a row and healthy again after
+// HealthyThreshold passes; its very first check decides at once. Checks of
+// different upstreams run in parallel, each under Timeout.
+type HealthChecker struct {
+	pool       *Pool
+	client     *http.Client
+	path       string
+	checks     bool
+	scrape     bool
+	interval   time.Duration
+	timeout    time.Duration
+	healthyN   int
+	unhealthyN int
+	log        *slog.Logger
+}
+
+// NewHealthChecker returns a checker for pool configured by cfg
+// (health_check). Checks are disabled when cfg has no path or enabled is
+// false. client nil means http.DefaultClient; its Transport should not
+// share the proxy's connection pool limits.
+func NewHealthChecker(pool *Pool, cfg config.HealthCheck, client *http.Client) *HealthChecker {
+	if client == nil {
+		client = http.DefaultClient
+	}
+	h := &HealthChecker{
+		pool:       pool,
+		client:     client,
+		path:       cfg.Path,
+		checks:     cfg.Path != "" && (cfg.Enabled == nil || *cfg.Enabled),
+		scrape:     pool.Strategy() == LeastLoad,
+		interval:   cfg.Interval.D(),
+		timeout:    cfg.Timeout.D(),
+		healthyN:   cfg.HealthyThreshold,
+		unhealthyN: cfg.UnhealthyThreshold,
+		log:        slog.Default().With("component", "balancer"),
+	}
+	if h.path != "" && !strings.HasPrefix(h.path, "/") {
+		h.path = "/" + h.path
+	}
+	if h.interval <= 0 {
+		h.interval = DefaultHealthInterval
+	}
+	if h.timeout <= 0 {
+		h.timeout = DefaultHealthTimeout
+	}
+	if h.healthyN <= 0 {
+		h.healthyN = DefaultHealthyThreshold
+	}
+	if h.unhealthyN <= 0 {
+		h.unhealthyN = DefaultUnhealthyThreshold
+	}
+	return h
+}
+
+// Enabled reports whether the checker has anything to do: active checks,
+// load scraping, or both.
+func (h *HealthChecker) Enabled() bool { return h.checks || h.scrape }
+
+// Start runs one round synchronously, so the gateway serves only after a
+// first verdict, then one round every interval in a goroutine until ctx is
+// done. It does nothing when the checker is disabled.
+func (h *HealthChecker) Start(ctx context.Context) {
+	if !h.Enabled() {
+		return
+	}
+	h.RunOnce(ctx)
+	go func() {
+		t := time.NewTicker(h.interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				h.RunOnce(ctx)
+			}
+		}
+	}()
+}
+
+// RunOnce checks (and scrapes) every upstream once, in parallel, and
+// returns when all are done.
+func (h *HealthChecker) RunOnce(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, u := range h.pool.Upstreams() {
+		wg.Go(func() {
+			if h.checks {
+				h.check(ctx, u)
+			}
+			if h.scrape {
+				h.scrapeLoad(ctx, u)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func (h *HealthChecker) check(ctx context.Context, u *Upstream) {
+	if ctx.Err() != nil {
+		return
+	}
+	ok := h.get(ctx, u, h.path, nil)
+	was := u.Healthy()
+	u.recordCheck(ok, h.healthyN, h.unhealthyN)
+	if now := u.Healthy(); now != was {
+		h.log.Info("backend health changed", "backend", u.Name, "healthy", now)
+	}
+}
+
+func (h *HealthChecker) scrapeLoad(ctx context.Context, u *Upstream) {
+	if ctx.Err() != nil {
+		return
+	}
+	var body []byte
+	if !h.get(ctx, u, "/metrics", &body) {
+		return
+	}
+	l, found := ParseLoad(body)
+	if !found {
+		return
+	}
+	l.At = h.pool.clock.Now()
+	l.InFlightAtScrape = u.InFlight()
+	u.SetLoad(l)
+}
+
+// get requests base URL + path with the backend's headers and reports a
+// 2xx; with body non-nil it also reads the body (bounded).
+func (h *HealthChecker) get(ctx context.Context, u *Upstream, path string, body *[]byte) bool {
+	ctx, cancel := context.WithTimeout(ctx, h.timeout)
+	defer cancel()
+	target := strings.TrimRight(u.URL.String(), "/") + path
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+	if err != nil {
+		return false
+	}
+	for k, v := range u.Headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := h.client.Do(req)
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	ok := resp.StatusCode >= 200 && resp.StatusCode < 300
+	if body != nil && ok {
+		b, err := io.ReadAll(io.LimitReader(resp.Body, maxScrapeBytes))
+		if err != nil {
+			return false
+		}
+		*body = b
+		return true
+	}
+	// Drain a little so the connection can be reused.
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+	return ok
+}

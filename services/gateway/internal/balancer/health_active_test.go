@@ -1,0 +1,215 @@
+package balancer
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
+)
+
+// flipServer answers its health path with the current status and its
+// /metrics with the current body.
+type flipServer struct {
+	*httptest.Server
+	status  atomic.Int32
+	metrics atomic.Pointer[string]
+	hits    atomic.Int32
+	auth    atomic.Pointer[string]
+}
+
+func newFlipServer(t *testing.T) *flipServer {
+	s := &flipServer{}
+	s.status.Store(http.StatusOK)
+	empty := ""
+	s.metrics.Store(&empty)
+	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a := r.Header.Get("Authorization")
+		s.auth.Store(&a)
+		switch r.URL.Path {
+		case "/health":
+			s.hits.Add(1)
+			w.WriteHeader(int(s.status.Load()))
+		case "/metrics":
+			fmt.Fprint(w, *s.metrics.Load())
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+func TestHealthCheckerThresholds(t *testing.T) {
+	a, b := newFlipServer(t), newFlipServer(t)
+	b.status.Store(http.StatusServiceUnavailable)
+	p := mustPool(t, PoolConfig{Backends: []config.Backend{
+		{URL: a.URL, Name: "a", Headers: map[string]string{"Authorization": "Bearer k"}},
+		{URL: b.URL, Name: "b"},
+	}})
+	h := NewHealthChecker(p, config.HealthCheck{
+		Path:               "health",
+		HealthyThreshold:   2,
+		UnhealthyThreshold: 3,
+	}, a.Client())
+	ctx := context.Background()
+	ua, ub := p.ByName("a"), p.ByName("b")
+
+	// The first round decides at once.
+	h.RunOnce(ctx)
+	if ua.State() != StateHealthy || ub.State() != StateUnhealthy {
+		t.Fatalf("after first round: a=%s b=%s", ua.State(), ub.State())
+	}
+	if got := *a.auth.Load(); got != "Bearer k" {
+		t.Errorf("backend headers not sent: %q", got)
+	}
+
+	// a fails twice: still healthy (threshold 3); the third failure flips.
+	a.status.Store(http.StatusServiceUnavailable)
+	h.RunOnce(ctx)
+	h.RunOnce(ctx)
+	if ua.State() != StateHealthy {
+		t.Fatalf("a unhealthy after 2 failures, threshold 3")
+	}
+	h.RunOnce(ctx)
+	if ua.State() != StateUnhealthy {
+		t.Fatalf("a = %s after 3 failures", ua.State())
+	}
+	if _, err := p.Pick("", nil); err != ErrNoAvailable {
+		t.Fatalf("Pick with all down: %v", err)
+	}
+
+	// b recovers: one pass is not enough (threshold 2), two are.
+	b.status.Store(http.StatusOK)
+	h.RunOnce(ctx)
+	if ub.State() != StateUnhealthy {
+		t.Fatalf("b healthy after 1 pass, threshold 2")
+	}
+	a.status.Store(http.StatusOK)
+	h.RunOnce(ctx)
+	if ub.State() != StateHealthy {
+		t.Fatalf("b = %s after 2 passes", ub.State())
+	}
+	// A pass interrupted by a failure starts over.
+	if ua.State() != StateUnhealthy {
+		t.Fatalf("a healthy after 1 pass")
+	}
+	a.status.Store(http.StatusInternalServerError)
+	h.RunOnce(ctx)
+	a.status.Store(http.StatusOK)
+	h.RunOnce(ctx)
+	if ua.State() != StateUnhealthy {
+		t.Fatalf("a healthy after fail, pass")
+	}
+	h.RunOnce(ctx)
+	if ua.State() != StateHealthy {
+		t.Fatalf("a = %s after 2 passes", ua.State())
+	}
+}
+
+func TestHealthCheckerTimeoutAndDeadBackend(t *testing.T) {
+	block := make(chan struct{})
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-block:
+		case <-r.Context().Done():
+		}
+	}))
+	defer slow.Close()
+	defer close(block)
+	dead := httptest.NewServer(http.NotFoundHandler())
+	deadURL := dead.URL
+	dead.Close()
+	p := mustPool(t, PoolConfig{Backends: []config.Backend{{URL: slow.URL, Name: "slow"}, {URL: deadURL, Name: "dead"}}})
+	h := NewHealthChecker(p, config.HealthCheck{Path: "/health", Timeout: config.Duration(50 * time.Millisecond)}, nil)
+	h.RunOnce(context.Background())
+	for _, n := range []string{"slow", "dead"} {
+		if s := p.ByName(n).State(); s != StateUnhealthy {
+			t.Errorf("%s = %s, want unhealthy", n, s)
+		}
+	}
+}
+
+func TestHealthCheckerStartRunsFirstRoundSynchronously(t *testing.T) {
+	s := newFlipServer(t)
+	s.status.Store(http.StatusServiceUnavailable)
+	p := mustPool(t, PoolConfig{Backends: []config.Backend{{URL: s.URL, Name: "s"}}})
+	h := NewHealthChecker(p, config.HealthCheck{Path: "/health", Interval: config.Duration(time.Hour)}, s.Client())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	h.Start(ctx)
+	if got := p.ByName("s").State(); got != StateUnhealthy {
+		t.Fatalf("state after Start = %s, want unhealthy", got)
+	}
+	if s.hits.Load() != 1 {
+		t.Fatalf("hits = %d, want 1", s.hits.Load())
+	}
+}
+
+func TestHealthCheckerDisabled(t *testing.T) {
+	s := newFlipServer(t)
+	p := mustPool(t, PoolConfig{Backends: []config.Backend{{URL: s.URL}}})
+	off := false
+	for name, cfg := range map[string]config.HealthCheck{
+		"no path":     {},
+		"enabled off": {Path: "/health", Enabled: &off},
+	} {
+		h := NewHealthChecker(p, cfg, s.Client())
+		if h.Enabled() {
+			t.Errorf("%s: enabled", name)
+		}
+		h.Start(context.Background())
+	}
+	if s.hits.Load() != 0 {
+		t.Fatalf("disabled checker sent %d checks", s.hits.Load())
+	}
+	if !p.Upstreams()[0].Available(time.Now()) {
+		t.Fatal("unchecked upstream not available")
+	}
+}
+
+func TestLoadScrape(t *testing.T) {
+	a, b := newFlipServer(t), newFlipServer(t)
+	ma := "vllm:num_requests_waiting{model_name=\"m\"} 4\nvllm:gpu_cache_usage_perc 0.5\n"
+	mb := "vllm:num_requests_waiting{model_name=\"m\"} 1\n"
+	a.metrics.Store(&ma)
+	b.metrics.Store(&mb)
+	clk := newFakeClock()
+	p := mustPool(t, PoolConfig{
+		Backends:    []config.Backend{{URL: a.URL, Name: "a"}, {URL: b.URL, Name: "b"}},
+		Strategy:    LeastLoad,
+		Clock:       clk,
+		Rand:        seeded(1),
+		HealthCheck: config.HealthCheck{Interval: config.Duration(10 * time.Second)},
+	})
+	p.ByName("b").Acquire()
+	h := NewHealthChecker(p, config.HealthCheck{}, a.Client())
+	if !h.Enabled() {
+		t.Fatal("least_load scraping should enable the checker without a health path")
+	}
+	h.RunOnce(context.Background())
+	if a.hits.Load() != 0 {
+		t.Error("health path checked without health_check.path")
+	}
+	la := p.ByName("a").LastLoad()
+	if la == nil || la.Waiting != 4 || la.GPUCache != 0.5 || !la.At.Equal(clk.Now()) {
+		t.Fatalf("a load = %+v", la)
+	}
+	if lb := p.ByName("b").LastLoad(); lb == nil || lb.InFlightAtScrape != 1 {
+		t.Fatalf("b load = %+v", lb)
+	}
+	for range 5 {
+		if u, _ := p.Pick("", nil); u.Name != "b" {
+			t.Fatalf("picked %s, want b (fewest waiting)", u.Name)
+		}
+	}
+	// Past 3 × interval without a scrape: least connections, b has one.
+	clk.Advance(31 * time.Second)
+	if u, _ := p.Pick("", nil); u.Name != "a" {
+		t.Fatalf("stale: picked %s, want a", u.Name)
+	}
+}

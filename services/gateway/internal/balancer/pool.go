@@ -1,0 +1,300 @@
+package balancer
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
+)
+
+// Pick errors. The proxy maps them to HTTP statuses.
+var (
+	// ErrModelNotFound means no upstream lists the model (404
+	// model_not_found).
+	ErrModelNotFound = errors.New("no backend serves the model")
+	// ErrNoAvailable means upstreams serve the model but all are down,
+	// ejected or already tried in this request (503).
+	ErrNoAvailable = errors.New("no backend available")
+)
+
+// Defaults applied by NewPool to zero values of the health config.
+const (
+	DefaultFailureThreshold = 3
+	DefaultCooldown         = 10 * time.Second
+	DefaultHealthInterval   = 10 * time.Second
+)
+
+// PoolConfig is what a Pool is built from.
+type PoolConfig struct {
+	// Backends are the configured backends (backends[]).
+	Backends []config.Backend
+	// Strategy is routing.load_balance_strategy ("" = round_robin).
+	Strategy string
+	// Fallback is routing.fallback[]; entries name backends by name or URL.
+	Fallback []config.Fallback
+	// HealthCheck gives the passive ejection settings (failure_threshold,
+	// cooldown) and the check interval that bounds a scrape's age.
+	HealthCheck config.HealthCheck
+	// LoadMaxAge is how old a load scrape may be before least_load falls
+	// back to least_connections (default 3 × health interval).
+	LoadMaxAge time.Duration
+	// NewTransport builds each upstream's Transport (default
+	// NewTransport, from the backend's timeouts).
+	NewTransport func(config.Backend) http.RoundTripper
+	// Clock defaults to SystemClock.
+	Clock Clock
+	// Rand defaults to GlobalRand.
+	Rand Rand
+}
+
+// Pool is the set of upstreams and the strategy choosing among them. It is
+// immutable after NewPool apart from the upstreams' atomic state, and safe
+// for concurrent use; Pick takes no lock of its own (the weighted strategy
+// holds a mutex for its small state).
+type Pool struct {
+	upstreams []*Upstream
+	byName    map[string]*Upstream
+	// byModel lists, per model named by some backend, the upstreams that
+	// serve it (including those serving every model); anyModel are the
+	// upstreams without a Models list.
+	byModel   map[string][]*Upstream
+	anyModel  []*Upstream
+	fallbacks map[*Upstream][]*Upstream
+	picker    Picker
+	strategy  string
+	clock     Clock
+}
+
+// NewPool validates cfg and builds the pool. Errors name the config key.
+func NewPool(cfg PoolConfig) (*Pool, error) {
+	if len(cfg.Backends) == 0 {
+		return nil, errors.New("backends: at least one backend is required")
+	}
+	clock := cfg.Clock
+	if clock == nil {
+		clock = SystemClock
+	}
+	rnd := cfg.Rand
+	if rnd == nil {
+		rnd = GlobalRand
+	}
+	threshold := cfg.HealthCheck.FailureThreshold
+	if threshold == 0 {
+		threshold = DefaultFailureThreshold
+	}
+	cooldown := cfg.HealthCheck.Cooldown.D()
+	if cooldown <= 0 {
+		cooldown = DefaultCooldown
+	}
+	maxAge := cfg.LoadMaxAge
+	if maxAge <= 0 {
+		interval := cfg.HealthCheck.Interval.D()
+		if interval <= 0 {
+			interval = DefaultHealthInterval
+		}
+		maxAge = 3 * interval
+	}
+	picker, err := NewPicker(cfg.Strategy, rnd, clock, maxAge)
+	if err != nil {
+		return nil, fmt.Errorf("routing.load_balance_strategy: %w", err)
+	}
+	newTransport := cfg.NewTransport
+	if newTransport == nil {
+		newTransport = NewTransport
+	}
+	strategy := cfg.Strategy
+	if strategy == "" {
+		strategy = RoundRobin
+	}
+	p := &Pool{
+		byName:    make(map[string]*Upstream),
+		byModel:   make(map[string][]*Upstream),
+		fallbacks: make(map[*Upstream][]*Upstream),
+		picker:    picker,
+		strategy:  strategy,
+		clock:     clock,
+	}
+	for i, b := range cfg.Backends {
+		u, err := newUpstream(b, clock, int64(threshold), cooldown)
+		if err != nil {
+			return nil, fmt.Errorf("backends[%d]: %w", i, err)
+		}
+		u.Transport = newTransport(b)
+		if _, dup := p.byName[u.Name]; dup {
+			return nil, fmt.Errorf("backends[%d].name: duplicate backend %q", i, u.Name)
+		}
+		p.byName[u.Name] = u
+		p.upstreams = append(p.upstreams, u)
+		if len(u.Models) == 0 {
+			p.anyModel = append(p.anyModel, u)
+		}
+	}
+	for _, u := range p.upstreams {
+		for m := range u.Models {
+			if _, done := p.byModel[m]; done {
+				continue
+			}
+			for _, v := range p.upstreams {
+				if v.Serves(m) {
+					p.byModel[m] = append(p.byModel[m], v)
+				}
+			}
+		}
+	}
+	for i, f := range cfg.Fallback {
+		prim := p.lookup(f.Primary)
+		if prim == nil {
+			return nil, fmt.Errorf("routing.fallback[%d].primary: no backend named %q", i, f.Primary)
+		}
+		for j, ref := range f.Fallback {
+			fb := p.lookup(ref)
+			if fb == nil {
+				return nil, fmt.Errorf("routing.fallback[%d].fallback[%d]: no backend named %q", i, j, ref)
+			}
+			if fb == prim {
+				return nil, fmt.Errorf("routing.fallback[%d].fallback[%d]: %q falls back to itself", i, j, ref)
+			}
+			p.fallbacks[prim] = append(p.fallbacks[prim], fb)
+		}
+	}
+	return p, nil
+}
+
+func newUpstream(b config.Backend, clock Clock, threshold int64, cooldown time.Duration) (*Upstream, error) {
+	u, err := url.Parse(b.URL)
+	if err != nil {
+		return nil, fmt.Errorf("url: %w", err)
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("url: %q is not an http(s) URL", b.URL)
+	}
+	if b.Weight < 0 {
+		return nil, fmt.Errorf("weight: %d is negative", b.Weight)
+	}
+	up := &Upstream{
+		Name:             b.Name,
+		URL:              u,
+		Weight:           max(b.Weight, 1),
+		Headers:          b.Headers,
+		clock:            clock,
+		failureThreshold: threshold,
+		cooldown:         cooldown,
+	}
+	if up.Name == "" {
+		up.Name = b.URL
+	}
+	if len(b.Models) > 0 {
+		up.Models = make(map[string]struct{}, len(b.Models))
+		for _, m := range b.Models {
+			up.Models[m] = struct{}{}
+		}
+	}
+	return up, nil
+}
+
+// lookup finds an upstream by name, or by URL ignoring a trailing slash.
+func (p *Pool) lookup(ref string) *Upstream {
+	if u, ok := p.byName[ref]; ok {
+		return u
+	}
+	want := strings.TrimRight(ref, "/")
+	for _, u := range p.upstreams {
+		if strings.TrimRight(u.URL.String(), "/") == want {
+			return u
+		}
+	}
+	return nil
+}
+
+// Pick chooses an upstream for model among those that serve it, are
+// available now and for which tried (nil = none tried) returns false. It
+// returns ErrModelNotFound when no upstream serves the model at all and
+// ErrNoAvailable when some do but none can be used.
+func (p *Pool) Pick(model string, tried func(*Upstream) bool) (*Upstream, error) {
+	serving := p.serving(model)
+	if len(serving) == 0 {
+		return nil, ErrModelNotFound
+	}
+	now := p.clock.Now()
+	cands := make([]*Upstream, 0, len(serving))
+	for _, u := range serving {
+		if u.Available(now) && (tried == nil || !tried(u)) {
+			cands = append(cands, u)
+		}
+	}
+	if len(cands) == 0 {
+		return nil, ErrNoAvailable
+	}
+	return p.picker.Pick(cands), nil
+}
+
+// serving returns the upstreams that serve model; the slice is shared and
+// must not be modified.
+func (p *Pool) serving(model string) []*Upstream {
+	if model == "" {
+		return p.upstreams
+	}
+	if us, ok := p.byModel[model]; ok {
+		return us
+	}
+	return p.anyModel
+}
+
+// HasModel reports whether any upstream serves model.
+func (p *Pool) HasModel(model string) bool { return len(p.serving(model)) > 0 }
+
+// FallbackChain returns the configured fallbacks of a primary, in order,
+// or nil. The slice is shared and must not be modified.
+func (p *Pool) FallbackChain(u *Upstream) []*Upstream { return p.fallbacks[u] }
+
+// Upstreams returns every upstream in config order. The slice is shared
+// and must not be modified.
+func (p *Pool) Upstreams() []*Upstream { return p.upstreams }
+
+// ByName returns the upstream with that name (or URL), or nil.
+func (p *Pool) ByName(name string) *Upstream { return p.lookup(name) }
+
+// Strategy returns the load-balancing strategy's name.
+func (p *Pool) Strategy() string { return p.strategy }
+
+// Now returns the pool's clock reading; pass it to ReportFailure.
+func (p *Pool) Now() time.Time { return p.clock.Now() }
+
+// UpstreamStatus is one upstream in a Snapshot.
+type UpstreamStatus struct {
+	Name     string `json:"name"`
+	URL      string `json:"url"`
+	State    string `json:"state"`
+	InFlight int64  `json:"inflight"`
+}
+
+// Snapshot returns every upstream's state, in config order, for /readyz.
+// URLs are given without credentials.
+func (p *Pool) Snapshot() []UpstreamStatus {
+	now := p.clock.Now()
+	out := make([]UpstreamStatus, len(p.upstreams))
+	for i, u := range p.upstreams {
+		out[i] = UpstreamStatus{
+			Name:     u.Name,
+			URL:      u.URL.Redacted(),
+			State:    u.stateAt(now),
+			InFlight: u.InFlight(),
+		}
+	}
+	return out
+}
+
+// AnyAvailable reports whether at least one upstream is available now.
+func (p *Pool) AnyAvailable() bool {
+	now := p.clock.Now()
+	for _, u := range p.upstreams {
+		if u.Available(now) {
+			return true
+		}
+	}
+	return false
+}

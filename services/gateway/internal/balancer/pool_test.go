@@ -1,0 +1,308 @@
+package balancer
+
+import (
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
+)
+
+func TestPickModelFiltering(t *testing.T) {
+	clk := newFakeClock()
+	p := mustPool(t, PoolConfig{
+		Backends: []config.Backend{
+			{URL: "http://qwen-1:8000", Name: "qwen-1", Models: []string{"qwen2.5-72b"}},
+			{URL: "http://qwen-2:8000", Name: "qwen-2", Models: []string{"qwen2.5-72b", "qwen2.5-7b"}},
+			{URL: "http://llama:8000", Name: "llama", Models: []string{"llama-3-8b"}},
+		},
+		Clock: clk,
+	})
+	none := func(*Upstream) bool { return false }
+	tests := []struct {
+		model   string
+		tried   []string
+		down    []string
+		want    []string // acceptable picks
+		wantErr error
+	}{
+		{model: "qwen2.5-72b", want: []string{"qwen-1", "qwen-2"}},
+		{model: "qwen2.5-7b", want: []string{"qwen-2"}},
+		{model: "llama-3-8b", want: []string{"llama"}},
+		{model: "gpt-4o", wantErr: ErrModelNotFound},
+		{model: "qwen2.5-72b", tried: []string{"qwen-1"}, want: []string{"qwen-2"}},
+		{model: "qwen2.5-72b", tried: []string{"qwen-1", "qwen-2"}, wantErr: ErrNoAvailable},
+		{model: "qwen2.5-7b", down: []string{"qwen-2"}, wantErr: ErrNoAvailable},
+		{model: "llama-3-8b", down: []string{"qwen-1", "qwen-2"}, want: []string{"llama"}},
+	}
+	for _, tt := range tests {
+		name := tt.model + "/tried=" + strings.Join(tt.tried, ",") + "/down=" + strings.Join(tt.down, ",")
+		t.Run(name, func(t *testing.T) {
+			for _, u := range p.Upstreams() {
+				u.unhealthy.Store(false)
+			}
+			for _, n := range tt.down {
+				p.ByName(n).unhealthy.Store(true)
+			}
+			tried := none
+			if tt.tried != nil {
+				tried = func(u *Upstream) bool {
+					for _, n := range tt.tried {
+						if u.Name == n {
+							return true
+						}
+					}
+					return false
+				}
+			}
+			for range 4 {
+				u, err := p.Pick(tt.model, tried)
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("err = %v, want %v", err, tt.wantErr)
+				}
+				if err != nil {
+					return
+				}
+				ok := false
+				for _, n := range tt.want {
+					ok = ok || u.Name == n
+				}
+				if !ok {
+					t.Fatalf("picked %s, want one of %v", u.Name, tt.want)
+				}
+			}
+		})
+	}
+}
+
+func TestPickServeAllBackends(t *testing.T) {
+	p := mustPool(t, PoolConfig{Backends: []config.Backend{
+		{URL: "http://any:8000"},
+		{URL: "http://qwen:8000", Models: []string{"qwen"}},
+	}})
+	for _, tt := range []struct{ model, want string }{{"other", "http://any:8000"}} {
+		u, err := p.Pick(tt.model, nil)
+		if err != nil || u.Name != tt.want {
+			t.Fatalf("Pick(%q) = %v, %v; want %s", tt.model, u, err, tt.want)
+		}
+	}
+	seen := map[string]bool{}
+	for range 4 {
+		u, err := p.Pick("qwen", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[u.Name] = true
+	}
+	if len(seen) != 2 {
+		t.Fatalf("qwen went to %v, want both (the catch-all serves it too)", seen)
+	}
+	if !p.HasModel("anything") {
+		t.Fatal("catch-all backend should serve any model")
+	}
+}
+
+func TestPassiveEjectionAndCooldown(t *testing.T) {
+	clk := newFakeClock()
+	p := mustPool(t, PoolConfig{
+		Backends:    backends(2),
+		HealthCheck: config.HealthCheck{FailureThreshold: 3, Cooldown: config.Duration(10 * time.Second)},
+		Clock:       clk,
+	})
+	b0 := p.ByName("b0")
+	b0.ReportFailure(clk.Now())
+	b0.ReportFailure(clk.Now())
+	b0.ReportSuccess() // resets the run
+	b0.ReportFailure(clk.Now())
+	b0.ReportFailure(clk.Now())
+	if b0.State() != StateHealthy || !b0.Available(clk.Now()) {
+		t.Fatalf("ejected after non-consecutive failures: %s", b0.State())
+	}
+	b0.ReportFailure(clk.Now())
+	if b0.State() != StateEjected || b0.Available(clk.Now()) {
+		t.Fatalf("state = %s after 3 failures, want ejected", b0.State())
+	}
+	if b0.Ejections() != 1 {
+		t.Fatalf("ejections = %d", b0.Ejections())
+	}
+	for range 10 {
+		u, err := p.Pick("", nil)
+		if err != nil || u == b0 {
+			t.Fatalf("picked %v, %v while b0 ejected", u, err)
+		}
+	}
+	clk.Advance(9 * time.Second)
+	if b0.Available(clk.Now()) {
+		t.Fatal("back before cooldown ended")
+	}
+	clk.Advance(time.Second)
+	if !b0.Available(clk.Now()) || b0.State() != StateHealthy {
+		t.Fatalf("state = %s after cooldown, want healthy", b0.State())
+	}
+	// The failure run starts over after an ejection.
+	b0.ReportFailure(clk.Now())
+	if !b0.Available(clk.Now()) {
+		t.Fatal("one failure after cooldown re-ejected")
+	}
+}
+
+func TestStateUnhealthyWinsOverEjected(t *testing.T) {
+	clk := newFakeClock()
+	p := mustPool(t, PoolConfig{Backends: backends(1), Clock: clk})
+	u := p.ByName("b0")
+	for range DefaultFailureThreshold {
+		u.ReportFailure(clk.Now())
+	}
+	u.recordCheck(false, 1, 1)
+	if u.State() != StateUnhealthy {
+		t.Fatalf("state = %s", u.State())
+	}
+	if _, err := p.Pick("", nil); !errors.Is(err, ErrNoAvailable) {
+		t.Fatalf("err = %v, want ErrNoAvailable", err)
+	}
+}
+
+func TestFallbackChain(t *testing.T) {
+	p := mustPool(t, PoolConfig{
+		Backends: backends(4),
+		Fallback: []config.Fallback{
+			{Primary: "http://b0.test:8000/", Fallback: []string{"b2", "http://b1.test:8000"}},
+			{Primary: "b3", Fallback: []string{"b0"}},
+		},
+	})
+	names := func(us []*Upstream) string {
+		var s []string
+		for _, u := range us {
+			s = append(s, u.Name)
+		}
+		return strings.Join(s, ",")
+	}
+	if got := names(p.FallbackChain(p.ByName("b0"))); got != "b2,b1" {
+		t.Errorf("chain(b0) = %s", got)
+	}
+	if got := names(p.FallbackChain(p.ByName("http://b3.test:8000"))); got != "b0" {
+		t.Errorf("chain(b3) = %s", got)
+	}
+	if got := p.FallbackChain(p.ByName("b1")); got != nil {
+		t.Errorf("chain(b1) = %v, want none", got)
+	}
+	if p.ByName("nope") != nil {
+		t.Error("ByName(nope) found something")
+	}
+}
+
+func TestNewPoolErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  PoolConfig
+		want string
+	}{
+		{"no backends", PoolConfig{}, "backends"},
+		{"bad url", PoolConfig{Backends: []config.Backend{{URL: "vllm:8000"}}}, "backends[0]: url"},
+		{"duplicate", PoolConfig{Backends: []config.Backend{{URL: "http://a"}, {URL: "http://a"}}}, "backends[1].name"},
+		{"strategy", PoolConfig{Backends: backends(1), Strategy: "fastest"}, "routing.load_balance_strategy"},
+		{"fallback primary", PoolConfig{Backends: backends(1), Fallback: []config.Fallback{{Primary: "x"}}}, "routing.fallback[0].primary"},
+		{"fallback entry", PoolConfig{Backends: backends(1), Fallback: []config.Fallback{{Primary: "b0", Fallback: []string{"y"}}}}, "routing.fallback[0].fallback[0]"},
+		{"fallback to self", PoolConfig{Backends: backends(1), Fallback: []config.Fallback{{Primary: "b0", Fallback: []string{"b0"}}}}, "itself"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := NewPool(tt.cfg)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want mention of %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestStrategiesByName(t *testing.T) {
+	for _, s := range []string{"", RoundRobin, Weighted, LeastConnections, LatencyBased, LeastLoad} {
+		p := mustPool(t, PoolConfig{Backends: backends(3), Strategy: s, Rand: seeded(1)})
+		for range 10 {
+			if _, err := p.Pick("m", nil); err != nil {
+				t.Fatalf("%s: %v", s, err)
+			}
+		}
+	}
+}
+
+func TestSnapshot(t *testing.T) {
+	clk := newFakeClock()
+	p := mustPool(t, PoolConfig{
+		Backends: []config.Backend{
+			{URL: "http://user:secret@a:8000", Name: "a"},
+			{URL: "http://b:8000", Name: "b"},
+		},
+		Clock: clk,
+	})
+	p.ByName("a").Acquire()
+	p.ByName("b").recordCheck(false, 1, 1)
+	got := p.Snapshot()
+	if len(got) != 2 {
+		t.Fatalf("snapshot = %v", got)
+	}
+	if got[0].State != StateHealthy || got[0].InFlight != 1 || strings.Contains(got[0].URL, "secret") {
+		t.Errorf("a = %+v", got[0])
+	}
+	if got[1].State != StateUnhealthy || got[1].InFlight != 0 {
+		t.Errorf("b = %+v", got[1])
+	}
+	if !p.AnyAvailable() {
+		t.Error("AnyAvailable = false with a up")
+	}
+}
+
+func TestPickConcurrent(t *testing.T) {
+	for _, s := range []string{RoundRobin, Weighted, LeastConnections, LatencyBased, LeastLoad} {
+		p := mustPool(t, PoolConfig{
+			Backends:    backends(3),
+			Strategy:    s,
+			HealthCheck: config.HealthCheck{FailureThreshold: 1 << 30},
+		})
+		done := make(chan struct{})
+		for range 4 {
+			go func() {
+				defer func() { done <- struct{}{} }()
+				for range 500 {
+					u, err := p.Pick("m", nil)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					u.Acquire()
+					u.ObserveTTFT(time.Millisecond)
+					u.ReportFailure(time.Now())
+					u.ReportSuccess()
+					u.Release()
+				}
+			}()
+		}
+		for range 4 {
+			<-done
+		}
+		for _, u := range p.Upstreams() {
+			if u.InFlight() != 0 {
+				t.Fatalf("%s: %s in flight = %d", s, u.Name, u.InFlight())
+			}
+		}
+	}
+}
+
+func TestTransportFromBackendTimeouts(t *testing.T) {
+	p := mustPool(t, PoolConfig{Backends: []config.Backend{
+		{URL: "http://a:8000", Name: "a", FirstByteTimeout: config.Duration(7 * time.Second)},
+		{URL: "http://b:8000", Name: "b"},
+	}})
+	ta, ok := p.ByName("a").Transport.(*http.Transport)
+	if !ok {
+		t.Fatalf("transport = %T", p.ByName("a").Transport)
+	}
+	if ta.ResponseHeaderTimeout != 7*time.Second || !ta.DisableCompression {
+		t.Errorf("a: header timeout %s, compression disabled %v", ta.ResponseHeaderTimeout, ta.DisableCompression)
+	}
+	if tb := p.ByName("b").Transport.(*http.Transport); tb.ResponseHeaderTimeout != DefaultFirstByteTimeout || tb == ta {
+		t.Errorf("b: header timeout %s (shared %v)", tb.ResponseHeaderTimeout, tb == ta)
+	}
+}
