@@ -20,8 +20,9 @@ const (
 // engine that starts queueing, slow enough to ignore one long prompt.
 const ttftAlpha = 0.3
 
-// Upstream is one inference backend. Its identity (Name, URL, Weight,
-// Models, Headers) is fixed when the Pool is built and must not be changed;
+// Upstream is one inference backend, made by NewPool. Its identity (Name,
+// URL, Weight, Models, Headers, Transport) is fixed when the Pool is built
+// and must not be changed;
 // its state is held in atomics, so every method is safe for concurrent use
 // and an Upstream must not be copied.
 type Upstream struct {
