@@ -1,0 +1,57 @@
+package usage
+
+// tgi reads a TGI /generate body or a /generate_stream event.
+//
+// TGI reports generated_tokens in "details": on the last stream event
+// always, in a /generate body only when the request set
+// parameters.details=true. The prompt length comes from the stream details'
+// input_length (prompt_tokens in some builds) or from the length of
+// details.prefill, which TGI fills only with decoder_input_details=true.
+// Otherwise the prompt is not known: Found is true with PromptKnown false,
+// and the caller estimates the prompt.
+func (e *Extractor) tgi(obj []byte, stream bool) {
+	var details []byte
+	m := objectMembers(obj)
+	for k, v, ok := m.next(); ok; k, v, ok = m.next() {
+		switch {
+		case keyIs(k, "token") && stream:
+			// Each event carries one token; generated_text on the last
+			// event repeats them all. Special tokens (</s>) are not text.
+			if string(member(v, "special")) != "true" {
+				e.addJSONString(member(v, "text"))
+			}
+		case keyIs(k, "generated_text") && !stream:
+			e.addJSONString(v)
+		case keyIs(k, "details"):
+			details = v
+		}
+	}
+	var prefill int64
+	var prompt, generated int64
+	var hasPrompt, hasGenerated bool
+	d := objectMembers(details)
+	for k, v, ok := d.next(); ok; k, v, ok = d.next() {
+		switch {
+		case keyIs(k, "finish_reason"):
+			e.setFinish(v)
+		case keyIs(k, "generated_tokens"):
+			generated, hasGenerated = parseCount(v)
+		case keyIs(k, "input_length"), keyIs(k, "prompt_tokens"):
+			prompt, hasPrompt = parseCount(v)
+		case keyIs(k, "prefill"):
+			el := arrayElements(v)
+			for _, ok := el.next(); ok; _, ok = el.next() {
+				prefill++
+			}
+		}
+	}
+	if !hasPrompt && prefill > 0 {
+		prompt, hasPrompt = prefill, true
+	}
+	if hasPrompt {
+		e.res.PromptTokens, e.res.PromptKnown = prompt, true
+	}
+	if hasGenerated {
+		e.res.CompletionTokens, e.res.Found = generated, true
+	}
+}

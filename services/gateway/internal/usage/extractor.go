@@ -1,0 +1,194 @@
+package usage
+
+import (
+	"bytes"
+	"encoding/json"
+	"unicode/utf8"
+)
+
+// DefaultMaxText is the text bound used when Options.MaxText is 0.
+const DefaultMaxText = 64 << 10
+
+// Options tune an Extractor.
+type Options struct {
+	// MaxText bounds, in bytes, the completion text the Extractor keeps.
+	// 0 means DefaultMaxText; a negative value keeps no text (TextBytes is
+	// still counted).
+	MaxText int
+}
+
+// Result is what an Extractor read off a response.
+type Result struct {
+	// PromptTokens and CompletionTokens are the backend's counts when it sent
+	// them, else 0.
+	PromptTokens     int64
+	CompletionTokens int64
+	// Found reports that the backend sent its final usage: CompletionTokens
+	// is the backend's count (0 for embeddings). When false, estimate from
+	// Text (see CountTokens).
+	Found bool
+	// PromptKnown reports that PromptTokens is the backend's count. It can be
+	// false while Found is true: TGI reports the prompt length only in
+	// stream details (input_length) or with decoder_input_details (prefill),
+	// and Ollama omits prompt_eval_count when the prompt was cached. The
+	// caller then uses EstimatePrompt for the prompt.
+	PromptKnown bool
+	// FinishReason is the backend's stop reason as sent ("stop", "length",
+	// "end_turn", "eos_token", ...); empty if none was seen.
+	FinishReason string
+	// Model is the model name the backend reported.
+	Model string
+	// Text is the assembled completion: content deltas, reasoning deltas and
+	// tool-call arguments of every choice, in arrival order, cut at the
+	// MaxText bound on a UTF-8 boundary.
+	Text string
+	// TextBytes is the length of the whole assembled text, including what
+	// was cut; a caller can scale an estimate made from a truncated Text.
+	TextBytes int64
+	// TextTruncated reports that Text was cut at MaxText.
+	TextTruncated bool
+}
+
+// Extractor reads usage, model, finish reason and completion text from one
+// response, event by event or from a whole body. It keeps parse state between
+// calls and reuses its buffers, so a steady stream costs few allocations.
+//
+// An Extractor serves one request and is not safe for concurrent use.
+// Malformed events are ignored: usage extraction never fails a response.
+type Extractor struct {
+	format  Format
+	maxText int
+	noText  bool
+	res     Result
+	text    []byte
+	scratch []byte
+	dec     []byte
+}
+
+// NewExtractor returns an Extractor for responses in format f.
+func NewExtractor(f Format, opts Options) *Extractor {
+	m := opts.MaxText
+	if m == 0 {
+		m = DefaultMaxText
+	}
+	if m < 0 {
+		m = 0
+	}
+	return &Extractor{format: f, maxText: m, noText: opts.MaxText < 0}
+}
+
+// Event reads one piece emitted by a Splitter: an SSE event (for the SSE
+// formats) or an NDJSON line. "data: [DONE]", comments, pings, blank pieces
+// and unparsable events are ignored.
+func (e *Extractor) Event(ev []byte) {
+	data := ev
+	if e.format.sse() {
+		var ok bool
+		data, e.scratch, ok = sseData(ev, e.scratch)
+		if !ok {
+			return
+		}
+	}
+	data = bytes.TrimSpace(data)
+	if len(data) == 0 || data[0] != '{' {
+		return // [DONE], keep-alives, raw overflow pieces
+	}
+	e.parse(data, true)
+}
+
+// Body reads a whole non-streamed JSON response body.
+func (e *Extractor) Body(b []byte) {
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 || b[0] != '{' {
+		return
+	}
+	e.parse(b, false)
+}
+
+func (e *Extractor) parse(obj []byte, stream bool) {
+	if !json.Valid(obj) {
+		return
+	}
+	switch e.format.family() {
+	case familyOpenAI:
+		e.openai(obj)
+	case familyAnthropic:
+		e.anthropic(obj)
+	case familyOllama:
+		e.ollama(obj)
+	case familyTGI:
+		e.tgi(obj, stream)
+	}
+}
+
+// Result returns what was read so far. It may be called at any time, e.g.
+// when the client left mid-stream.
+func (e *Extractor) Result() Result {
+	r := e.res
+	r.Text = string(e.text)
+	return r
+}
+
+// addText appends decoded text, honouring the bound.
+func (e *Extractor) addText(p []byte) {
+	if len(p) == 0 {
+		return
+	}
+	e.res.TextBytes += int64(len(p))
+	room := e.maxText - len(e.text)
+	if room <= 0 {
+		e.res.TextTruncated = e.res.TextTruncated || !e.noText
+		return
+	}
+	if len(p) > room {
+		cut := room
+		for cut > 0 && !utf8.RuneStart(p[cut]) {
+			cut--
+		}
+		p = p[:cut]
+		e.res.TextTruncated = true
+		e.text = append(e.text, p...)
+		e.maxText = len(e.text) // a later short piece must not sneak in
+		return
+	}
+	e.text = append(e.text, p...)
+}
+
+// addJSONString appends the decoded JSON string raw to the text.
+func (e *Extractor) addJSONString(raw []byte) {
+	if !isJSONString(raw) || len(raw) == 2 {
+		return
+	}
+	e.dec = appendUnquoted(e.dec[:0], raw)
+	e.addText(e.dec)
+}
+
+// addJSONRaw appends a raw JSON value (tool arguments sent as an object).
+func (e *Extractor) addJSONRaw(raw []byte) {
+	if isNullOrEmpty(raw) {
+		return
+	}
+	if isJSONString(raw) {
+		e.addJSONString(raw)
+		return
+	}
+	e.addText(raw)
+}
+
+func (e *Extractor) setModel(raw []byte) {
+	if e.res.Model != "" || !isJSONString(raw) || len(raw) == 2 {
+		return
+	}
+	e.dec = appendUnquoted(e.dec[:0], raw)
+	e.res.Model = string(e.dec)
+}
+
+func (e *Extractor) setFinish(raw []byte) {
+	if !isJSONString(raw) || len(raw) == 2 {
+		return
+	}
+	e.dec = appendUnquoted(e.dec[:0], raw)
+	if e.res.FinishReason != string(e.dec) {
+		e.res.FinishReason = string(e.dec)
+	}
+}

@@ -1,0 +1,135 @@
+package usage
+
+import (
+	"strings"
+	"testing"
+	"unicode/utf8"
+)
+
+func events(f Format, opts Options, evs ...string) Result {
+	ex := NewExtractor(f, opts)
+	for _, ev := range evs {
+		ex.Event([]byte(ev))
+	}
+	return ex.Result()
+}
+
+func TestExtractorTextTruncation(t *testing.T) {
+	ev := func(s string) string {
+		return `data: {"choices":[{"index":0,"delta":{"content":"` + s + `"}}]}` + "\n\n"
+	}
+	// "é" is two bytes: a cut at 5 bytes must not split it.
+	r := events(FormatOpenAISSE, Options{MaxText: 5}, ev("abcd"), ev("\u00e9f"), ev("g"))
+	if r.Text != "abcd" || !r.TextTruncated || r.TextBytes != 8 {
+		t.Errorf("got %q truncated=%v bytes=%d", r.Text, r.TextTruncated, r.TextBytes)
+	}
+	if !utf8.ValidString(r.Text) {
+		t.Error("text is not valid UTF-8")
+	}
+	r = events(FormatOpenAISSE, Options{MaxText: 6}, ev("abcd"), ev(`\u00e9f`))
+	if r.Text != "abcdé" || !r.TextTruncated {
+		t.Errorf("got %q truncated=%v", r.Text, r.TextTruncated)
+	}
+	r = events(FormatOpenAISSE, Options{MaxText: -1}, ev("abcd"))
+	if r.Text != "" || r.TextTruncated || r.TextBytes != 4 {
+		t.Errorf("MaxText<0: got %q truncated=%v bytes=%d", r.Text, r.TextTruncated, r.TextBytes)
+	}
+	r = events(FormatOpenAISSE, Options{}, ev(strings.Repeat("x", 1000)))
+	if len(r.Text) != 1000 || r.TextTruncated {
+		t.Errorf("default bound: len %d truncated=%v", len(r.Text), r.TextTruncated)
+	}
+}
+
+func TestExtractorTextAssembly(t *testing.T) {
+	tests := []struct {
+		name string
+		f    Format
+		evs  []string
+		want string
+	}{
+		{"escapes", FormatOpenAISSE, []string{
+			`data: {"choices":[{"delta":{"content":"a\"b\\c\/d\n\t\u00e9 \ud83d\ude00"}}]}` + "\n\n",
+		}, "a\"b\\c/d\n\té 😀"},
+		{"n=2 choices and reasoning", FormatOpenAISSE, []string{
+			`data: {"choices":[{"index":0,"delta":{"reasoning_content":"think "}},{"index":1,"delta":{"content":"B"}}]}` + "\n\n",
+			`data: {"choices":[{"index":0,"delta":{"content":"A"}}]}` + "\n\n",
+		}, "think BA"},
+		{"reused slots do not leak", FormatOpenAISSE, []string{
+			`data: {"choices":[{"index":0,"delta":{"content":"x","tool_calls":[{"function":{"arguments":"{}"}}]}}]}` + "\n\n",
+			`data: {"choices":[{"index":0,"delta":{}}]}` + "\n\n",
+		}, "x{}"},
+		{"multi data lines", FormatOpenAISSE, []string{
+			"data: {\"choices\":[{\"delta\":\ndata: {\"content\":\"hi\"}}]}\n\n",
+		}, "hi"},
+		{"done and junk ignored", FormatOpenAISSE, []string{
+			"data: [DONE]\n\n", ": keep-alive\n\n", "data: {not json\n\n", "\n", "event: x\n\n",
+		}, ""},
+		{"anthropic thinking", FormatAnthropicSSE, []string{
+			"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"hmm\"}}\n\n",
+			"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"text_delta\",\"text\":\" ok\"}}\n\n",
+		}, "hmm ok"},
+		{"tgi special token skipped", FormatTGISSE, []string{
+			`data:{"index":1,"token":{"id":1,"text":"a","logprob":0,"special":false},"generated_text":null,"details":null}` + "\n\n",
+			`data:{"index":2,"token":{"id":2,"text":"</s>","logprob":0,"special":true},"generated_text":"a","details":null}` + "\n\n",
+		}, "a"},
+	}
+	for _, tt := range tests {
+		if got := events(tt.f, Options{}, tt.evs...); got.Text != tt.want {
+			t.Errorf("%s: text %q, want %q", tt.name, got.Text, tt.want)
+		}
+	}
+}
+
+func TestExtractorUsageVariants(t *testing.T) {
+	tests := []struct {
+		name         string
+		f            Format
+		evs          []string
+		prompt, comp int64
+		found, known bool
+	}{
+		{"usage on the last content chunk", FormatOpenAISSE, []string{
+			`data: {"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}` + "\n\n",
+		}, 3, 1, true, true},
+		{"continuous usage: last wins", FormatOpenAISSE, []string{
+			`data: {"choices":[{"delta":{"content":"x"}}],"usage":{"prompt_tokens":3,"completion_tokens":1}}` + "\n\n",
+			`data: {"choices":[{"delta":{"content":"y"}}],"usage":{"prompt_tokens":3,"completion_tokens":2}}` + "\n\n",
+		}, 3, 2, true, true},
+		{"no usage", FormatOpenAISSE, []string{
+			`data: {"choices":[{"delta":{"content":"x"}}]}` + "\n\n",
+		}, 0, 0, false, false},
+		{"anthropic left after message_start", FormatAnthropicSSE, []string{
+			"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"c\",\"usage\":{\"input_tokens\":9,\"output_tokens\":1}}}\n\n",
+		}, 9, 0, false, true},
+		{"anthropic cumulative message_delta", FormatAnthropicSSE, []string{
+			"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":9,\"output_tokens\":1}}}\n\n",
+			"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"input_tokens\":10,\"cache_read_input_tokens\":5,\"output_tokens\":7}}\n\n",
+		}, 15, 7, true, true},
+		{"ollama not done", FormatOllamaNDJSON, []string{
+			`{"model":"m","response":"x","done":false,"eval_count":3}` + "\n",
+		}, 0, 0, false, false},
+		{"ollama cached prompt", FormatOllamaNDJSON, []string{
+			`{"model":"m","response":"","done":true,"eval_count":3}` + "\n",
+		}, 0, 3, true, false},
+	}
+	for _, tt := range tests {
+		r := events(tt.f, Options{}, tt.evs...)
+		if r.PromptTokens != tt.prompt || r.CompletionTokens != tt.comp || r.Found != tt.found || r.PromptKnown != tt.known {
+			t.Errorf("%s: got %+v", tt.name, r)
+		}
+	}
+}
+
+func TestExtractorSteadyAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts are not meaningful under -race")
+	}
+	ev := []byte(`data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":" token"},"logprobs":null,"finish_reason":null}]}` + "\n\n")
+	ex := NewExtractor(FormatOpenAISSE, Options{MaxText: 1 << 20})
+	for i := 0; i < 10; i++ {
+		ex.Event(ev)
+	}
+	if n := testing.AllocsPerRun(200, func() { ex.Event(ev) }); n != 0 {
+		t.Errorf("allocs per event = %v, want 0", n)
+	}
+}

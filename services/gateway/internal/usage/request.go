@@ -1,0 +1,265 @@
+package usage
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+)
+
+// ErrNotObject is returned for a request body that is valid JSON but not an
+// object.
+var ErrNotObject = errors.New("request body is not a JSON object")
+
+// RequestInfo is what the gateway needs from a request body for admission and
+// estimation.
+type RequestInfo struct {
+	// Model is the "model" field.
+	Model string
+	// Stream is the "stream" field. StreamSet reports whether the field was
+	// present at all: Ollama's /api/chat and /api/generate stream when it is
+	// absent, TGI streams by path (/generate_stream).
+	Stream    bool
+	StreamSet bool
+	// MaxTokens is the completion cap the client asked for: max_tokens
+	// (OpenAI, Anthropic), max_completion_tokens, max_output_tokens
+	// (Responses API), options.num_predict (Ollama) or
+	// parameters.max_new_tokens (TGI); 0 when absent. When several are
+	// present the first in that order wins.
+	MaxTokens int64
+	// IncludeUsage reports stream_options.include_usage == true as sent by
+	// the client.
+	IncludeUsage bool
+	// Messages counts the chat messages (plus one for an Anthropic or
+	// Ollama top-level system prompt), for the per-message overhead.
+	Messages int
+	// Prompt is the prompt text for estimation: message contents (text parts
+	// of multi-part contents), the system prompt, prompt, input or inputs,
+	// joined by "\n".
+	Prompt string
+}
+
+type requestBody struct {
+	Model               string `json:"model"`
+	Stream              *bool  `json:"stream"`
+	MaxTokens           *int64 `json:"max_tokens"`
+	MaxCompletionTokens *int64 `json:"max_completion_tokens"`
+	MaxOutputTokens     *int64 `json:"max_output_tokens"`
+	StreamOptions       *struct {
+		IncludeUsage bool `json:"include_usage"`
+	} `json:"stream_options"`
+	Options *struct {
+		NumPredict *int64 `json:"num_predict"`
+	} `json:"options"`
+	Parameters *struct {
+		MaxNewTokens *int64 `json:"max_new_tokens"`
+	} `json:"parameters"`
+	Messages     []requestMessage `json:"messages"`
+	System       json.RawMessage  `json:"system"`
+	Instructions json.RawMessage  `json:"instructions"`
+	Prompt       json.RawMessage  `json:"prompt"`
+	Input        json.RawMessage  `json:"input"`
+	Inputs       json.RawMessage  `json:"inputs"`
+}
+
+type requestMessage struct {
+	Content json.RawMessage `json:"content"`
+}
+
+// ParseRequest reads a request body in one JSON pass. Invalid JSON, a body
+// that is not an object, or a field of the wrong type returns an error; the
+// proxy answers 400.
+func ParseRequest(body []byte) (RequestInfo, error) {
+	var info RequestInfo
+	t := skipSpace(body)
+	if len(t) == 0 || t[0] != '{' {
+		if json.Valid(body) {
+			return info, ErrNotObject
+		}
+		var v any
+		return info, fmt.Errorf("parse request: %w", json.Unmarshal(body, &v))
+	}
+	var r requestBody
+	if err := json.Unmarshal(body, &r); err != nil {
+		return info, fmt.Errorf("parse request: %w", err)
+	}
+	info.Model = r.Model
+	if r.Stream != nil {
+		info.Stream, info.StreamSet = *r.Stream, true
+	}
+	if r.StreamOptions != nil {
+		info.IncludeUsage = r.StreamOptions.IncludeUsage
+	}
+	var caps [5]*int64
+	caps[0], caps[1], caps[2] = r.MaxTokens, r.MaxCompletionTokens, r.MaxOutputTokens
+	if r.Options != nil {
+		caps[3] = r.Options.NumPredict
+	}
+	if r.Parameters != nil {
+		caps[4] = r.Parameters.MaxNewTokens
+	}
+	for _, c := range caps {
+		if c != nil && *c > 0 {
+			info.MaxTokens = *c
+			break
+		}
+	}
+
+	var p []byte
+	if !isNullOrEmpty(r.System) {
+		p = appendPromptValue(p, r.System, 0)
+		info.Messages++
+	}
+	p = appendPromptValue(p, r.Instructions, 0)
+	for _, m := range r.Messages {
+		p = appendPromptValue(p, m.Content, 0)
+		info.Messages++
+	}
+	p = appendPromptValue(p, r.Prompt, 0)
+	p = appendPromptValue(p, r.Input, 0)
+	p = appendPromptValue(p, r.Inputs, 0)
+	info.Prompt = string(p)
+	return info, nil
+}
+
+// appendPromptValue appends the text in a content value: a string, an array
+// of strings or of parts ({"type":"text","text":...}; Anthropic tool_result
+// parts nest "content"; Responses API input items carry "content"), joined
+// by "\n". Token-id arrays and images contribute nothing.
+func appendPromptValue(dst, raw []byte, depth int) []byte {
+	if isNullOrEmpty(raw) || depth > 4 {
+		return dst
+	}
+	switch raw[0] {
+	case '"':
+		if len(dst) > 0 {
+			dst = append(dst, '\n')
+		}
+		return appendUnquoted(dst, raw)
+	case '[':
+		var parts []json.RawMessage
+		if json.Unmarshal(raw, &parts) != nil {
+			return dst
+		}
+		for _, p := range parts {
+			dst = appendPromptValue(dst, p, depth+1)
+		}
+	case '{':
+		var part struct {
+			Text    json.RawMessage `json:"text"`
+			Content json.RawMessage `json:"content"`
+		}
+		if json.Unmarshal(raw, &part) != nil {
+			return dst
+		}
+		dst = appendPromptValue(dst, part.Text, depth+1)
+		dst = appendPromptValue(dst, part.Content, depth+1)
+	}
+	return dst
+}
+
+// AddIncludeUsage makes a streaming OpenAI request ask for usage: it sets
+// "stream_options":{"include_usage":true} when the body has "stream": true
+// and include_usage is not already true. added reports a change; the proxy
+// then hides the usage-only chunk (IsUsageOnlyChunk) from the client, who
+// did not ask for it — this includes the case where the client sent
+// include_usage:false.
+//
+// Every other byte is kept: the option is spliced into an existing
+// stream_options object (other fields kept), replaces a null stream_options
+// or include_usage value in place, or is spliced in before the body's final
+// "}". Non-streaming bodies, and bodies whose stream_options is not an
+// object, come back unchanged. Invalid JSON or a non-object returns an error.
+func AddIncludeUsage(body []byte) (newBody []byte, added bool, err error) {
+	if !json.Valid(body) {
+		return body, false, errors.New("add include_usage: invalid JSON")
+	}
+	t := skipSpace(body)
+	if len(t) == 0 || t[0] != '{' {
+		return body, false, ErrNotObject
+	}
+	stream, opts, ok := topLevelField(body, 0, "stream", "stream_options")
+	if !ok || stream.start < 0 || !bytes.Equal(body[stream.start:stream.end], litTrue) {
+		return body, false, nil
+	}
+	const opt = `{"include_usage":true}`
+	if opts.start < 0 || bytes.Equal(body[opts.start:opts.end], litNull) {
+		if opts.start >= 0 {
+			return splice(body, opts.start, opts.end, opt), true, nil
+		}
+		end := closingBrace(body)
+		return splice(body, end, end, `,"stream_options":`+opt), true, nil
+	}
+	if body[opts.start] != '{' {
+		return body, false, nil
+	}
+	inc, _, ok := topLevelField(body[:opts.end], opts.start, "include_usage", "")
+	if !ok {
+		return body, false, nil
+	}
+	if inc.start >= 0 {
+		if bytes.Equal(body[inc.start:inc.end], litTrue) {
+			return body, false, nil
+		}
+		return splice(body, inc.start, inc.end, "true"), true, nil
+	}
+	end := opts.end - 1 // the object's '}'
+	if len(skipSpace(body[opts.start+1:end])) == 0 {
+		return splice(body, opts.start+1, opts.start+1, `"include_usage":true`), true, nil
+	}
+	return splice(body, end, end, `,"include_usage":true`), true, nil
+}
+
+// span is a value's byte range in a body; start is -1 when the key is absent.
+type span struct{ start, end int }
+
+// topLevelField finds the values of up to two keys among the members of the
+// JSON object starting at body[from] (exact, case-sensitive key match; the
+// last occurrence wins, as in encoding/json). body[from:] must start with a
+// valid object.
+func topLevelField(body []byte, from int, key1, key2 string) (v1, v2 span, ok bool) {
+	v1, v2 = span{-1, -1}, span{-1, -1}
+	dec := json.NewDecoder(bytes.NewReader(body[from:]))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return v1, v2, false
+	}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return v1, v2, false
+		}
+		key, _ := tok.(string)
+		after := int(dec.InputOffset())
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return v1, v2, false
+		}
+		if key != key1 && (key2 == "" || key != key2) {
+			continue
+		}
+		end := int(dec.InputOffset())
+		i := bytes.Index(body[from+after:from+end], raw)
+		if i < 0 {
+			return v1, v2, false
+		}
+		s := span{from + after + i, from + after + i + len(raw)}
+		if key == key1 {
+			v1 = s
+		} else {
+			v2 = s
+		}
+	}
+	return v1, v2, true
+}
+
+// closingBrace returns the index of the final '}' of a valid JSON object.
+func closingBrace(body []byte) int {
+	return bytes.LastIndexByte(body, '}')
+}
+
+func splice(body []byte, start, end int, ins string) []byte {
+	out := make([]byte, 0, len(body)-(end-start)+len(ins))
+	out = append(out, body[:start]...)
+	out = append(out, ins...)
+	return append(out, body[end:]...)
+}

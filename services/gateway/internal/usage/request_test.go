@@ -1,0 +1,105 @@
+package usage
+
+import (
+	"encoding/json"
+	"testing"
+)
+
+func TestAddIncludeUsage(t *testing.T) {
+	tests := []struct {
+		name  string
+		in    string
+		want  string
+		added bool
+	}{
+		{"absent", `{"model":"m","stream":true,"messages":[]}`,
+			`{"model":"m","stream":true,"messages":[],"stream_options":{"include_usage":true}}`, true},
+		{"absent, pretty", "{\n  \"stream\": true,\n  \"model\": \"m\"\n}\n",
+			"{\n  \"stream\": true,\n  \"model\": \"m\"\n,\"stream_options\":{\"include_usage\":true}}\n", true},
+		{"present false", `{"stream":true,"stream_options":{"include_usage":false}}`,
+			`{"stream":true,"stream_options":{"include_usage":true}}`, true},
+		{"present false, spaced", `{"stream" : true , "stream_options" : { "include_usage" : false } }`,
+			`{"stream" : true , "stream_options" : { "include_usage" : true } }`, true},
+		{"present true", `{"stream":true,"stream_options":{"include_usage":true}}`,
+			`{"stream":true,"stream_options":{"include_usage":true}}`, false},
+		{"present null", `{"stream":true,"stream_options":{"include_usage":null}}`,
+			`{"stream":true,"stream_options":{"include_usage":true}}`, true},
+		{"stream_options null", `{"stream":true,"stream_options":null}`,
+			`{"stream":true,"stream_options":{"include_usage":true}}`, true},
+		{"other options kept", `{"stream":true,"stream_options":{"continuous_usage_stats":true}}`,
+			`{"stream":true,"stream_options":{"continuous_usage_stats":true,"include_usage":true}}`, true},
+		{"empty options", "{\"stream\":true,\"stream_options\":{ \t}}",
+			"{\"stream\":true,\"stream_options\":{\"include_usage\":true \t}}", true},
+		{"non-stream untouched", `{"model":"m","stream":false}`, `{"model":"m","stream":false}`, false},
+		{"stream absent untouched", `{"model":"m"}`, `{"model":"m"}`, false},
+		{"stream string untouched", `{"stream":"true"}`, `{"stream":"true"}`, false},
+		{"nested stream ignored", `{"x":{"stream":true}}`, `{"x":{"stream":true}}`, false},
+		{"nested include_usage ignored", `{"stream":true,"stream_options":{"x":{"include_usage":true}}}`,
+			`{"stream":true,"stream_options":{"x":{"include_usage":true},"include_usage":true}}`, true},
+		{"tabs and CRLF", "{\r\n\t\"stream\":\ttrue\r\n}\r\n",
+			"{\r\n\t\"stream\":\ttrue\r\n,\"stream_options\":{\"include_usage\":true}}\r\n", true},
+		{"unicode kept", `{"stream":true,"messages":[{"content":"h\u00e9 – ok"}]}`,
+			`{"stream":true,"messages":[{"content":"h\u00e9 – ok"}],"stream_options":{"include_usage":true}}`, true},
+	}
+	for _, tt := range tests {
+		got, added, err := AddIncludeUsage([]byte(tt.in))
+		if err != nil {
+			t.Errorf("%s: err %v", tt.name, err)
+			continue
+		}
+		if string(got) != tt.want || added != tt.added {
+			t.Errorf("%s:\n got %s (added=%v)\nwant %s (added=%v)", tt.name, got, added, tt.want, tt.added)
+		}
+		if !json.Valid(got) {
+			t.Errorf("%s: output is not valid JSON", tt.name)
+		}
+	}
+	for _, bad := range []string{``, `{`, `[1]`, `{"stream":true}x`, `null`} {
+		if _, _, err := AddIncludeUsage([]byte(bad)); err == nil {
+			t.Errorf("AddIncludeUsage(%q): no error", bad)
+		}
+	}
+}
+
+func TestParseRequest(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want RequestInfo
+	}{
+		{"openai chat", `{"model":"gpt","stream":true,"stream_options":{"include_usage":true},"max_tokens":64,
+			"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"Hi"},{"type":"image_url","image_url":{"url":"data:x"}}]}]}`,
+			RequestInfo{Model: "gpt", Stream: true, StreamSet: true, MaxTokens: 64, IncludeUsage: true, Messages: 2, Prompt: "Be brief.\nHi"}},
+		{"max_completion_tokens", `{"model":"o3","max_completion_tokens":100,"messages":[{"role":"user","content":"x"}]}`,
+			RequestInfo{Model: "o3", MaxTokens: 100, Messages: 1, Prompt: "x"}},
+		{"completions prompt list", `{"model":"m","prompt":["a","b"],"max_tokens":5,"stream":false}`,
+			RequestInfo{Model: "m", StreamSet: true, MaxTokens: 5, Prompt: "a\nb"}},
+		{"embeddings", `{"model":"e","input":"hello world"}`,
+			RequestInfo{Model: "e", Prompt: "hello world"}},
+		{"anthropic", `{"model":"claude","max_tokens":1024,"system":"Sys","messages":[{"role":"user","content":[{"type":"tool_result","tool_use_id":"t","content":[{"type":"text","text":"42"}]}]}],"stream":true}`,
+			RequestInfo{Model: "claude", Stream: true, StreamSet: true, MaxTokens: 1024, Messages: 2, Prompt: "Sys\n42"}},
+		{"ollama", `{"model":"llama3.2","messages":[{"role":"user","content":"why?"}],"options":{"num_predict":128,"temperature":0}}`,
+			RequestInfo{Model: "llama3.2", MaxTokens: 128, Messages: 1, Prompt: "why?"}},
+		{"tgi", `{"inputs":"What is Deep Learning?","parameters":{"max_new_tokens":20,"details":true}}`,
+			RequestInfo{MaxTokens: 20, Prompt: "What is Deep Learning?"}},
+		{"responses", `{"model":"gpt-4.1","instructions":"Be kind.","input":[{"role":"user","content":[{"type":"input_text","text":"Hello"}]}],"max_output_tokens":50}`,
+			RequestInfo{Model: "gpt-4.1", MaxTokens: 50, Prompt: "Be kind.\nHello"}},
+		{"include_usage false", `{"stream":true,"stream_options":{"include_usage":false}}`,
+			RequestInfo{Stream: true, StreamSet: true}},
+	}
+	for _, tt := range tests {
+		got, err := ParseRequest([]byte(tt.in))
+		if err != nil {
+			t.Errorf("%s: %v", tt.name, err)
+			continue
+		}
+		if got != tt.want {
+			t.Errorf("%s:\n got %+v\nwant %+v", tt.name, got, tt.want)
+		}
+	}
+	for _, bad := range []string{``, `{`, `[]`, `"x"`, `null`, `{"stream":"yes"}`, `{"max_tokens":"5"}`, `{"a":1} {}`} {
+		if _, err := ParseRequest([]byte(bad)); err == nil {
+			t.Errorf("ParseRequest(%q): no error", bad)
+		}
+	}
+}

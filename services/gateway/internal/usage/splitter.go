@@ -1,0 +1,183 @@
+package usage
+
+import "bytes"
+
+// DefaultMaxEvent is the largest partial event a Splitter holds by default.
+const DefaultMaxEvent = 1 << 20
+
+// Splitter cuts a byte stream into complete Server-Sent Events (each ended by
+// a blank line: "\n\n", "\r\n\r\n" or "\r\r") or, with Lines set, into
+// NDJSON lines (each ended by "\n").
+//
+// Emitted pieces include their terminator, so writing every piece in order
+// reproduces the stream byte for byte. A piece is valid only during the emit
+// call: it may alias the caller's slice or the Splitter's buffer.
+//
+// A Splitter holds at most Max bytes of an unfinished event between calls.
+// When an event outgrows that bound, what is held is emitted as one raw piece
+// (not a complete event) and Overflowed reports true; the rest of that event
+// follows as further pieces. After warm-up Feed does not allocate: the buffer
+// is reused.
+//
+// A Splitter is not safe for concurrent use. The zero value splits SSE with
+// the default bound. After emit returns an error the Splitter must be
+// discarded, since the unread part of that Feed is dropped.
+type Splitter struct {
+	// Lines selects NDJSON mode: one piece per "\n"-terminated line.
+	Lines bool
+	// Max bounds the bytes held for an unfinished event; 0 means
+	// DefaultMaxEvent.
+	Max int
+
+	buf        []byte
+	notFresh   bool // inside an event: a non-terminator byte was seen
+	lineStart  bool // the previous byte ended a line inside the event
+	skipLF     bool // the previous piece ended with '\r'; a leading '\n' belongs to it
+	overflowed bool
+}
+
+// NewSplitter returns a Splitter for the stream format f: NDJSON lines for
+// FormatOllamaNDJSON, SSE events otherwise.
+func NewSplitter(f Format) *Splitter {
+	return &Splitter{Lines: f == FormatOllamaNDJSON}
+}
+
+// Overflowed reports whether an event was ever larger than the bound and was
+// emitted in raw pieces.
+func (s *Splitter) Overflowed() bool { return s.overflowed }
+
+// Reset clears the state and the held bytes, keeping the buffer's storage.
+func (s *Splitter) Reset() {
+	s.buf = s.buf[:0]
+	s.notFresh, s.lineStart, s.skipLF, s.overflowed = false, false, false, false
+}
+
+func (s *Splitter) max() int {
+	if s.Max > 0 {
+		return s.Max
+	}
+	return DefaultMaxEvent
+}
+
+// Feed scans p and calls emit for every event completed by it, in order.
+// Bytes of an unfinished event are kept for the next call. Feed returns the
+// first error emit returns.
+func (s *Splitter) Feed(p []byte, emit func(ev []byte) error) error {
+	start := 0
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if s.skipLF {
+			s.skipLF = false
+			if c == '\n' {
+				continue
+			}
+		}
+		end := false
+		if s.Lines {
+			if c != '\n' {
+				if j := bytes.IndexByte(p[i+1:], '\n'); j >= 0 {
+					i += j
+				} else {
+					i = len(p) - 1
+				}
+				continue
+			}
+			end = true
+		} else if c == '\n' || c == '\r' {
+			if s.lineStart || !s.notFresh {
+				end = true
+			} else {
+				s.lineStart = true
+			}
+			if c == '\r' {
+				if i+1 < len(p) {
+					if p[i+1] == '\n' {
+						i++
+					}
+				} else {
+					s.skipLF = true
+				}
+			}
+		} else {
+			s.notFresh, s.lineStart = true, false
+			// Jump to the next line terminator: the bytes between cannot
+			// change the state.
+			i += nextTerminator(p[i+1:])
+			continue
+		}
+		if !end {
+			continue
+		}
+		s.notFresh, s.lineStart = false, false
+		if err := s.emitPiece(p[start:i+1], emit); err != nil {
+			return err
+		}
+		start = i + 1
+	}
+	if start == len(p) {
+		return nil
+	}
+	tail := p[start:]
+	if len(s.buf)+len(tail) > s.max() {
+		s.overflowed = true
+		if len(s.buf) > 0 {
+			err := emit(s.buf)
+			s.buf = s.buf[:0]
+			if err != nil {
+				return err
+			}
+		}
+		return emit(tail)
+	}
+	if s.buf == nil {
+		s.buf = make([]byte, 0, min(s.max(), 4096))
+	}
+	s.buf = append(s.buf, tail...)
+	return nil
+}
+
+// emitPiece emits the held bytes joined with piece, which completes an event.
+func (s *Splitter) emitPiece(piece []byte, emit func([]byte) error) error {
+	if len(s.buf) == 0 {
+		return emit(piece)
+	}
+	if len(s.buf)+len(piece) > s.max() {
+		s.overflowed = true
+		err := emit(s.buf)
+		s.buf = s.buf[:0]
+		if err != nil {
+			return err
+		}
+		return emit(piece)
+	}
+	s.buf = append(s.buf, piece...)
+	err := emit(s.buf)
+	s.buf = s.buf[:0]
+	return err
+}
+
+// Flush emits whatever is held (an event the stream ended without
+// terminating) and resets the Splitter for reuse.
+func (s *Splitter) Flush(emit func(ev []byte) error) error {
+	var err error
+	if len(s.buf) > 0 {
+		err = emit(s.buf)
+	}
+	overflowed := s.overflowed
+	s.Reset()
+	s.overflowed = overflowed
+	return err
+}
+
+// nextTerminator returns how many bytes of p precede the first '\r' or '\n'
+// (len(p) if there is none).
+func nextTerminator(p []byte) int {
+	n := bytes.IndexByte(p, '\n')
+	if n < 0 {
+		n = len(p)
+	}
+	if r := bytes.IndexByte(p[:n], '\r'); r >= 0 {
+		return r
+	}
+	return n
+}

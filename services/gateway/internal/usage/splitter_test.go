@@ -1,0 +1,214 @@
+package usage
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"testing"
+)
+
+func collect(t testing.TB, s *Splitter, parts ...[]byte) []string {
+	t.Helper()
+	var evs []string
+	emit := func(ev []byte) error {
+		evs = append(evs, string(ev))
+		return nil
+	}
+	for _, p := range parts {
+		if err := s.Feed(p, emit); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Flush(emit); err != nil {
+		t.Fatal(err)
+	}
+	return evs
+}
+
+// normalize drops line-terminator-only pieces and trims terminators, so
+// splits that move a CRLF's LF into the next piece compare equal.
+func normalize(evs []string) []string {
+	var out []string
+	for _, e := range evs {
+		e = strings.Trim(e, "\r\n")
+		if e != "" {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func equal(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// TestSplitterEveryOffset cuts every capture at every byte offset (into
+// three pieces: [0,i), [i,i+3), the rest) and checks that the same events
+// come out. With CRLF line ends a cut between an event's final CR and LF
+// moves the LF into the next piece, so those are compared with terminators
+// trimmed.
+func TestSplitterEveryOffset(t *testing.T) {
+	for _, g := range goldens {
+		if !g.format.Streaming() {
+			continue
+		}
+		for _, crlf := range []bool{false, true} {
+			b := readGolden(t, g.file)
+			if crlf {
+				b = bytes.ReplaceAll(b, []byte("\n"), []byte("\r\n"))
+			}
+			want := collect(t, NewSplitter(g.format), b)
+			if strings.Join(want, "") != string(b) {
+				t.Fatalf("%s: pieces do not reproduce the stream", g.file)
+			}
+			loose := crlf && g.format.sse()
+			if loose {
+				want = normalize(want)
+			}
+			sp := NewSplitter(g.format)
+			for i := 0; i <= len(b); i++ {
+				j := min(len(b), i+3)
+				n, pos, bad := 0, 0, false
+				emit := func(ev []byte) error {
+					if !bytes.Equal(ev, b[pos:pos+len(ev)]) {
+						bad = true
+					}
+					pos += len(ev)
+					if loose {
+						ev = bytes.Trim(ev, "\r\n")
+						if len(ev) == 0 {
+							return nil
+						}
+					}
+					if n >= len(want) || string(ev) != want[n] {
+						bad = true
+					}
+					n++
+					return nil
+				}
+				sp.Reset()
+				for _, p := range [][]byte{b[:i], b[i:j], b[j:]} {
+					_ = sp.Feed(p, emit)
+				}
+				_ = sp.Flush(emit)
+				if bad || n != len(want) || pos != len(b) {
+					t.Fatalf("%s crlf=%v cut %d: events differ", g.file, crlf, i)
+				}
+			}
+		}
+	}
+}
+
+func TestSplitterTerminators(t *testing.T) {
+	tests := []struct {
+		name  string
+		lines bool
+		in    string
+		want  []string
+	}{
+		{"lf", false, "data: a\n\ndata: b\n\n", []string{"data: a\n\n", "data: b\n\n"}},
+		{"crlf", false, "data: a\r\n\r\ndata: b\r\n\r\n", []string{"data: a\r\n\r\n", "data: b\r\n\r\n"}},
+		{"cr", false, "data: a\r\rdata: b\r\r", []string{"data: a\r\r", "data: b\r\r"}},
+		{"multi-line event", false, "event: x\ndata: a\ndata: b\n\n", []string{"event: x\ndata: a\ndata: b\n\n"}},
+		{"comment", false, ": ping\n\ndata: a\n\n", []string{": ping\n\n", "data: a\n\n"}},
+		{"leading blank line", false, "\ndata: a\n\n", []string{"\n", "data: a\n\n"}},
+		{"unterminated tail", false, "data: a\n\ndata: b\n", []string{"data: a\n\n", "data: b\n"}},
+		{"ndjson", true, "{\"a\":1}\n{\"b\":2}\r\n{\"c\":3}", []string{"{\"a\":1}\n", "{\"b\":2}\r\n", "{\"c\":3}"}},
+		{"ndjson blank", true, "{}\n\n{}\n", []string{"{}\n", "\n", "{}\n"}},
+	}
+	for _, tt := range tests {
+		got := collect(t, &Splitter{Lines: tt.lines}, []byte(tt.in))
+		if !equal(got, tt.want) {
+			t.Errorf("%s: got %q, want %q", tt.name, got, tt.want)
+		}
+	}
+}
+
+func TestSplitterCRAtChunkEnd(t *testing.T) {
+	// The event is emitted as soon as its final CR arrives; the LF that
+	// follows in the next read starts the next piece.
+	s := &Splitter{}
+	var got []string
+	emit := func(ev []byte) error { got = append(got, string(ev)); return nil }
+	_ = s.Feed([]byte("data: a\r\n\r"), emit)
+	if !equal(got, []string{"data: a\r\n\r"}) {
+		t.Fatalf("got %q", got)
+	}
+	_ = s.Feed([]byte("\ndata: b\r\n\r\n"), emit)
+	if !equal(got, []string{"data: a\r\n\r", "\ndata: b\r\n\r\n"}) {
+		t.Fatalf("got %q", got)
+	}
+}
+
+func TestSplitterOversize(t *testing.T) {
+	s := &Splitter{Max: 16}
+	big := "data: " + strings.Repeat("x", 40) + "\n\n"
+	in := "data: a\n\n" + big + "data: b\n\n"
+	// Fed a byte at a time, the splitter may hold no more than Max bytes.
+	var got []string
+	emit := func(ev []byte) error {
+		got = append(got, string(ev))
+		return nil
+	}
+	for i := 0; i < len(in); i++ {
+		if err := s.Feed([]byte{in[i]}, emit); err != nil {
+			t.Fatal(err)
+		}
+		if len(s.buf) > s.Max || cap(s.buf) > 4096 {
+			t.Fatalf("held %d bytes (cap %d)", len(s.buf), cap(s.buf))
+		}
+	}
+	_ = s.Flush(emit)
+	if !s.Overflowed() {
+		t.Error("Overflowed = false")
+	}
+	if strings.Join(got, "") != in {
+		t.Error("bytes lost")
+	}
+	if got[0] != "data: a\n\n" || got[len(got)-1] != "data: b\n\n" {
+		t.Errorf("neighbours of the oversize event damaged: %q", got)
+	}
+	for _, ev := range got {
+		if len(ev) > 16 {
+			t.Errorf("piece of %d bytes > Max", len(ev))
+		}
+	}
+}
+
+func TestSplitterEmitError(t *testing.T) {
+	errStop := errors.New("client gone")
+	s := &Splitter{}
+	err := s.Feed([]byte("data: a\n\ndata: b\n\n"), func([]byte) error { return errStop })
+	if !errors.Is(err, errStop) {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestSplitterNoAlloc(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts are not meaningful under -race")
+	}
+	b := readGolden(t, "openai_chat_stream.sse")
+	s := NewSplitter(FormatOpenAISSE)
+	emit := func([]byte) error { return nil }
+	feed := func() {
+		for p := b; len(p) > 0; {
+			n := min(37, len(p))
+			_ = s.Feed(p[:n], emit)
+			p = p[n:]
+		}
+		_ = s.Flush(emit)
+	}
+	feed() // warm up the buffer
+	if n := testing.AllocsPerRun(50, feed); n != 0 {
+		t.Errorf("allocs per stream = %v, want 0", n)
+	}
+}
