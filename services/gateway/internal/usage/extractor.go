@@ -51,7 +51,8 @@ type Result struct {
 
 // Extractor reads usage, model, finish reason and completion text from one
 // response, event by event or from a whole body. It keeps parse state between
-// calls and reuses its buffers, so a steady stream costs few allocations.
+// calls and reuses its buffers: once they have grown, an event costs no
+// allocation (the model and finish reason strings are made once).
 //
 // An Extractor serves one request and is not safe for concurrent use.
 // Malformed events are ignored: usage extraction never fails a response.

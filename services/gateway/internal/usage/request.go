@@ -33,9 +33,10 @@ type RequestInfo struct {
 	// Messages counts the chat messages (plus one for an Anthropic or
 	// Ollama top-level system prompt), for the per-message overhead.
 	Messages int
-	// Prompt is the prompt text for estimation: message contents (text parts
-	// of multi-part contents), the system prompt, prompt, input or inputs,
-	// joined by "\n".
+	// Prompt is the prompt text for estimation, joined by "\n": the system
+	// prompt or instructions, message contents (text parts of multi-part
+	// contents) and tool-call arguments, prompt, input or inputs, and the
+	// raw JSON of tool definitions (which the model also reads).
 	Prompt string
 }
 
@@ -60,10 +61,16 @@ type requestBody struct {
 	Prompt       json.RawMessage  `json:"prompt"`
 	Input        json.RawMessage  `json:"input"`
 	Inputs       json.RawMessage  `json:"inputs"`
+	Tools        json.RawMessage  `json:"tools"`
 }
 
 type requestMessage struct {
-	Content json.RawMessage `json:"content"`
+	Content   json.RawMessage `json:"content"`
+	ToolCalls []struct {
+		Function struct {
+			Arguments json.RawMessage `json:"arguments"`
+		} `json:"function"`
+	} `json:"tool_calls"`
 }
 
 // ParseRequest reads a request body in one JSON pass. Invalid JSON, a body
@@ -113,11 +120,15 @@ func ParseRequest(body []byte) (RequestInfo, error) {
 	p = appendPromptValue(p, r.Instructions, 0)
 	for _, m := range r.Messages {
 		p = appendPromptValue(p, m.Content, 0)
+		for _, c := range m.ToolCalls {
+			p = appendPromptRaw(p, c.Function.Arguments)
+		}
 		info.Messages++
 	}
 	p = appendPromptValue(p, r.Prompt, 0)
 	p = appendPromptValue(p, r.Input, 0)
 	p = appendPromptValue(p, r.Inputs, 0)
+	p = appendPromptRaw(p, r.Tools)
 	info.Prompt = string(p)
 	return info, nil
 }
@@ -127,7 +138,7 @@ func ParseRequest(body []byte) (RequestInfo, error) {
 // parts nest "content"; Responses API input items carry "content"), joined
 // by "\n". Token-id arrays and images contribute nothing.
 func appendPromptValue(dst, raw []byte, depth int) []byte {
-	if isNullOrEmpty(raw) || depth > 4 {
+	if isNullOrEmpty(raw) || depth > 8 {
 		return dst
 	}
 	switch raw[0] {
@@ -137,25 +148,34 @@ func appendPromptValue(dst, raw []byte, depth int) []byte {
 		}
 		return appendUnquoted(dst, raw)
 	case '[':
-		var parts []json.RawMessage
-		if json.Unmarshal(raw, &parts) != nil {
-			return dst
-		}
-		for _, p := range parts {
-			dst = appendPromptValue(dst, p, depth+1)
+		el := arrayElements(raw)
+		for v, ok := el.next(); ok; v, ok = el.next() {
+			dst = appendPromptValue(dst, v, depth+1)
 		}
 	case '{':
-		var part struct {
-			Text    json.RawMessage `json:"text"`
-			Content json.RawMessage `json:"content"`
+		m := objectMembers(raw)
+		for k, v, ok := m.next(); ok; k, v, ok = m.next() {
+			if keyIs(k, "text") || keyIs(k, "content") {
+				dst = appendPromptValue(dst, v, depth+1)
+			}
 		}
-		if json.Unmarshal(raw, &part) != nil {
-			return dst
-		}
-		dst = appendPromptValue(dst, part.Text, depth+1)
-		dst = appendPromptValue(dst, part.Content, depth+1)
 	}
 	return dst
+}
+
+// appendPromptRaw appends a raw JSON value (tool definitions, tool-call
+// arguments) as text: the model reads it as such.
+func appendPromptRaw(dst, raw []byte) []byte {
+	if isNullOrEmpty(raw) {
+		return dst
+	}
+	if len(dst) > 0 {
+		dst = append(dst, '\n')
+	}
+	if isJSONString(raw) {
+		return appendUnquoted(dst, raw)
+	}
+	return append(dst, raw...)
 }
 
 // AddIncludeUsage makes a streaming OpenAI request ask for usage: it sets
@@ -164,6 +184,10 @@ func appendPromptValue(dst, raw []byte, depth int) []byte {
 // then hides the usage-only chunk (IsUsageOnlyChunk) from the client, who
 // did not ask for it — this includes the case where the client sent
 // include_usage:false.
+//
+// Call it only for /v1/chat/completions and /v1/completions: no other API
+// takes stream_options (Anthropic, Ollama, TGI and the Responses API report
+// usage unasked).
 //
 // Every other byte is kept: the option is spliced into an existing
 // stream_options object (other fields kept), replaces a null stream_options
@@ -215,37 +239,21 @@ type span struct{ start, end int }
 
 // topLevelField finds the values of up to two keys among the members of the
 // JSON object starting at body[from] (exact, case-sensitive key match; the
-// last occurrence wins, as in encoding/json). body[from:] must start with a
-// valid object.
+// last occurrence wins, as in encoding/json). body must be valid JSON.
 func topLevelField(body []byte, from int, key1, key2 string) (v1, v2 span, ok bool) {
 	v1, v2 = span{-1, -1}, span{-1, -1}
-	dec := json.NewDecoder(bytes.NewReader(body[from:]))
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+	obj := body[from:]
+	end := valueEnd(obj, skipWS(obj, 0))
+	if end < 0 {
 		return v1, v2, false
 	}
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return v1, v2, false
-		}
-		key, _ := tok.(string)
-		after := int(dec.InputOffset())
-		var raw json.RawMessage
-		if err := dec.Decode(&raw); err != nil {
-			return v1, v2, false
-		}
-		if key != key1 && (key2 == "" || key != key2) {
-			continue
-		}
-		end := int(dec.InputOffset())
-		i := bytes.Index(body[from+after:from+end], raw)
-		if i < 0 {
-			return v1, v2, false
-		}
-		s := span{from + after + i, from + after + i + len(raw)}
-		if key == key1 {
+	m := objectMembers(obj[:end])
+	for k, v, ok := m.next(); ok; k, v, ok = m.next() {
+		s := span{from + m.i - len(v), from + m.i}
+		switch {
+		case keyIs(k, key1):
 			v1 = s
-		} else {
+		case key2 != "" && keyIs(k, key2):
 			v2 = s
 		}
 	}

@@ -84,6 +84,8 @@ func TestParseRequest(t *testing.T) {
 			RequestInfo{MaxTokens: 20, Prompt: "What is Deep Learning?"}},
 		{"responses", `{"model":"gpt-4.1","instructions":"Be kind.","input":[{"role":"user","content":[{"type":"input_text","text":"Hello"}]}],"max_output_tokens":50}`,
 			RequestInfo{Model: "gpt-4.1", MaxTokens: 50, Prompt: "Be kind.\nHello"}},
+		{"tools and tool calls", `{"model":"m","tools":[{"type":"function","function":{"name":"f"}}],"messages":[{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{\"x\":1}"}}]},{"role":"tool","tool_call_id":"c","content":"ok"}]}`,
+			RequestInfo{Model: "m", Messages: 2, Prompt: `{"x":1}` + "\nok\n" + `[{"type":"function","function":{"name":"f"}}]`}},
 		{"include_usage false", `{"stream":true,"stream_options":{"include_usage":false}}`,
 			RequestInfo{Stream: true, StreamSet: true}},
 	}
