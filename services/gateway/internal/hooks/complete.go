@@ -1,0 +1,108 @@
+package hooks
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/llmproxy/llmproxy/pkg/events"
+	lua "github.com/yuin/gopher-lua"
+)
+
+// OnComplete runs on_complete(ev) before ev is published. The script sees
+// the event as a table with the JSON field names of events.RequestCompleted.
+// Three parts are written back into ev; changes to any other field are
+// discarded:
+//
+//   - ev.tags, a table of string to string (values go through tostring);
+//   - ev.request_body, a body object (get/set/table/replace/raw/set_raw),
+//     re-encoded only if changed;
+//   - ev.response.content, when the event carries a captured response.
+//
+// On error ev is left unchanged; the caller publishes it as it was.
+func (e *Engine) OnComplete(ctx context.Context, ev *events.RequestCompleted) error {
+	if !e.has[hookComplete] {
+		return nil
+	}
+	view := *ev
+	view.RequestBody = nil // handed over as a body object instead
+	raw, err := json.Marshal(&view)
+	if err != nil {
+		return fmt.Errorf("lua on_complete: encode event: %w", err)
+	}
+	generic, err := decodeJSON(raw)
+	if err != nil {
+		return fmt.Errorf("lua on_complete: decode event: %w", err)
+	}
+	var (
+		tags     map[string]string
+		content  *string
+		newBody  []byte
+		bodyEdit bool
+	)
+	err = e.run(ctx, hookComplete, func(v *vm) error {
+		L := v.L
+		tbl, ok := toLua(L, generic).(*lua.LTable)
+		if !ok {
+			return fmt.Errorf("event is not an object")
+		}
+		body := newJSONBody(ev.RequestBody)
+		tbl.RawSetString("request_body", v.newBody(body))
+		if _, ok := tbl.RawGetString("tags").(*lua.LTable); !ok {
+			tbl.RawSetString("tags", L.NewTable())
+		}
+		for _, fn := range v.hooks[hookComplete] {
+			if _, err := v.call(fn, tbl); err != nil {
+				return err
+			}
+		}
+
+		var err error
+		if tags, err = tagsFrom(tbl.RawGetString("tags")); err != nil {
+			return err
+		}
+		if ev.Response != nil {
+			if resp, ok := tbl.RawGetString("response").(*lua.LTable); ok {
+				if c, ok := resp.RawGetString("content").(lua.LString); ok {
+					s := string(c)
+					content = &s
+				}
+			}
+		}
+		if bodyEdit = body.changed; bodyEdit {
+			newBody, err = body.bytes()
+		}
+		return err
+	})
+	if err != nil {
+		// ev is left as it was: a failed hook must not publish a
+		// half-redacted event.
+		return err
+	}
+	ev.Tags = tags
+	if content != nil {
+		ev.Response.Content = *content
+	}
+	if bodyEdit {
+		ev.RequestBody = newBody
+	}
+	return nil
+}
+
+func tagsFrom(lv lua.LValue) (map[string]string, error) {
+	t, ok := lv.(*lua.LTable)
+	if !ok {
+		if lv == lua.LNil {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("ev.tags is a %s, want a table", lv.Type())
+	}
+	var tags map[string]string
+	t.ForEach(func(k, x lua.LValue) {
+		if tags == nil {
+			tags = make(map[string]string)
+		}
+		tags[k.String()] = x.String()
+	})
+	return tags, nil
+}

@@ -1,0 +1,261 @@
+package hooks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+
+	lua "github.com/yuin/gopher-lua"
+)
+
+// Every On* method is safe for concurrent use, returns at once when no
+// script defines its hook, and runs the handlers of all scripts that define
+// it in script order on one state under one deadline (see Options.Timeout).
+// Errors wrap ErrTimeout or ErrScript, or the caller's context error. After
+// an error, Body fields are unchanged; header (and response status) edits
+// made before the failure may remain, as they are applied in place.
+
+// OnAuth runs on_auth(req). The first script that returns something other
+// than nil decides: nil means no opinion (the normal key check applies), an
+// Identity with Allowed=false means reject with 401. With Options.FailOpen,
+// an error is logged and reported as no opinion.
+func (e *Engine) OnAuth(ctx context.Context, r *Request) (*Identity, error) {
+	if !e.has[hookAuth] {
+		return nil, nil
+	}
+	var id *Identity
+	err := e.run(ctx, hookAuth, func(v *vm) error {
+		req, _ := v.newReq(r)
+		for _, fn := range v.hooks[hookAuth] {
+			ret, err := v.call(fn, req)
+			if err != nil {
+				return err
+			}
+			if id, err = identityFrom(ret); err != nil {
+				return fmt.Errorf("%s: on_auth: %w", fn.Proto.SourceName, err)
+			}
+			if id != nil {
+				return nil
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		if e.opts.FailOpen {
+			e.opts.Logger.WarnContext(ctx, "lua on_auth failed; failing open", "err", err)
+			return nil, nil
+		}
+		return nil, err
+	}
+	return id, nil
+}
+
+// OnRequest runs on_request(req). Scripts may edit req.headers (in place)
+// and req.body; r.Body is replaced only if a script changed the body. The
+// first script that returns a table rejects the request and stops the chain.
+func (e *Engine) OnRequest(ctx context.Context, r *Request) (*Rejection, error) {
+	if !e.has[hookRequest] {
+		return nil, nil
+	}
+	var (
+		rej  *Rejection
+		body []byte
+	)
+	err := e.run(ctx, hookRequest, func(v *vm) error {
+		req, rv := v.newReq(r)
+		for _, fn := range v.hooks[hookRequest] {
+			ret, err := v.call(fn, req)
+			if err != nil {
+				return err
+			}
+			if rej, err = rejectionFrom(ret); err != nil {
+				return fmt.Errorf("%s: on_request: %w", fn.Proto.SourceName, err)
+			}
+			if rej != nil {
+				break
+			}
+		}
+		var err error
+		body, err = rv.result()
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		r.Body = body
+	}
+	return rej, nil
+}
+
+// OnRoute runs on_route(req) and returns the backend named by the first
+// script that returns a non-empty string; "" means no opinion.
+func (e *Engine) OnRoute(ctx context.Context, r *Request) (string, error) {
+	if !e.has[hookRoute] {
+		return "", nil
+	}
+	var backend string
+	err := e.run(ctx, hookRoute, func(v *vm) error {
+		req, _ := v.newReq(r)
+		for _, fn := range v.hooks[hookRoute] {
+			ret, err := v.call(fn, req)
+			if err != nil {
+				return err
+			}
+			switch ret := ret.(type) {
+			case *lua.LNilType:
+			case lua.LString:
+				if backend = string(ret); backend != "" {
+					return nil
+				}
+			default:
+				return fmt.Errorf("%s: on_route returned a %s, want a backend name or nil", fn.Proto.SourceName, ret.Type())
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return "", err
+	}
+	return backend, nil
+}
+
+// OnResponse runs on_response(req, resp) for a non-streamed reply. Scripts
+// may set resp.status, edit resp.headers (in place) and resp.body; p.Body is
+// replaced only if a script changed it. Return values are ignored.
+func (e *Engine) OnResponse(ctx context.Context, r *Request, p *Response) error {
+	if !e.has[hookResponse] {
+		return nil
+	}
+	var body []byte
+	err := e.run(ctx, hookResponse, func(v *vm) error {
+		req, _ := v.newReq(r)
+		resp, pv := v.newResp(p)
+		for _, fn := range v.hooks[hookResponse] {
+			if _, err := v.call(fn, req, resp); err != nil {
+				return err
+			}
+		}
+		if pv.body != nil && pv.body.changed {
+			var err error
+			if body, err = pv.body.bytes(); body == nil && err == nil {
+				body = []byte{}
+			}
+			return err
+		}
+		return nil
+	})
+	if err == nil && body != nil {
+		p.Body = body
+	}
+	return err
+}
+
+// call runs fn with args and returns its first result.
+func (v *vm) call(fn *lua.LFunction, args ...lua.LValue) (lua.LValue, error) {
+	L := v.L
+	L.Push(fn)
+	for _, a := range args {
+		L.Push(a)
+	}
+	if err := L.PCall(len(args), 1, nil); err != nil {
+		return nil, err
+	}
+	ret := L.Get(-1)
+	L.Pop(1)
+	return ret, nil
+}
+
+// result returns the body a script changed, or nil when it did not.
+func (rv *reqView) result() ([]byte, error) {
+	if rv.body == nil || !rv.body.changed {
+		return nil, nil
+	}
+	b, err := rv.body.bytes()
+	if b == nil && err == nil {
+		b = []byte{}
+	}
+	return b, err
+}
+
+// identityFrom reads on_auth's result: nil, false, or a table
+// {id=, name=, user_id=, limits={name=number}, allowed=bool (default true)}.
+func identityFrom(ret lua.LValue) (*Identity, error) {
+	switch ret := ret.(type) {
+	case *lua.LNilType:
+		return nil, nil
+	case lua.LBool:
+		if !ret {
+			return &Identity{Allowed: false}, nil
+		}
+		return nil, errors.New("returned true, want nil, false or an identity table")
+	case *lua.LTable:
+		id := &Identity{
+			ID:      optString(ret, "id"),
+			Name:    optString(ret, "name"),
+			UserID:  optString(ret, "user_id"),
+			Allowed: ret.RawGetString("allowed") != lua.LFalse,
+		}
+		switch lim := ret.RawGetString("limits").(type) {
+		case *lua.LNilType:
+		case *lua.LTable:
+			id.Limits = make(map[string]int64)
+			var err error
+			lim.ForEach(func(k, x lua.LValue) {
+				n, ok := x.(lua.LNumber)
+				if !ok || math.IsNaN(float64(n)) {
+					err = fmt.Errorf("limits.%s is a %s, want a number", k, x.Type())
+					return
+				}
+				id.Limits[k.String()] = int64(n)
+			})
+			if err != nil {
+				return nil, err
+			}
+		default:
+			return nil, fmt.Errorf("limits is a %s, want a table", lim.Type())
+		}
+		return id, nil
+	}
+	return nil, fmt.Errorf("returned a %s, want nil, false or an identity table", ret.Type())
+}
+
+// rejectionFrom reads on_request's result: nil, or a table
+// {status=, message=, code=} with the Default* values for missing fields.
+func rejectionFrom(ret lua.LValue) (*Rejection, error) {
+	switch ret := ret.(type) {
+	case *lua.LNilType:
+		return nil, nil
+	case *lua.LTable:
+		rej := &Rejection{
+			Status:  DefaultRejectStatus,
+			Message: optString(ret, "message"),
+			Code:    optString(ret, "code"),
+		}
+		if st, ok := ret.RawGetString("status").(lua.LNumber); ok {
+			rej.Status = int(st)
+		}
+		if rej.Status < 400 || rej.Status > 599 {
+			return nil, fmt.Errorf("rejection status %d, want 400..599", rej.Status)
+		}
+		if rej.Message == "" {
+			rej.Message = DefaultRejectMessage
+		}
+		if rej.Code == "" {
+			rej.Code = DefaultRejectCode
+		}
+		return rej, nil
+	}
+	return nil, fmt.Errorf("returned a %s, want nil or a rejection table", ret.Type())
+}
+
+func optString(t *lua.LTable, key string) string {
+	switch x := t.RawGetString(key).(type) {
+	case lua.LString:
+		return string(x)
+	case lua.LNumber:
+		return x.String()
+	}
+	return ""
+}

@@ -1,0 +1,179 @@
+package hooks
+
+import (
+	"net/http"
+
+	lua "github.com/yuin/gopher-lua"
+)
+
+// Request is what a hook sees of a client request. Hooks that may change it
+// (on_request) change Headers in place and replace Body; the caller must
+// recompute Content-Length from len(Body) afterwards.
+type Request struct {
+	Method   string
+	Path     string
+	Headers  http.Header
+	ClientIP string
+	// Key is the authenticated key; empty in on_auth and when auth is off.
+	Key KeyInfo
+	// Body is the JSON request body, possibly empty.
+	Body []byte
+}
+
+// KeyInfo names the API key a request was authenticated with. It never
+// holds the secret.
+type KeyInfo struct {
+	ID     string
+	Name   string
+	UserID string
+}
+
+// Response is a non-streamed backend reply. on_response may change Status,
+// Headers (in place) and Body; the caller must recompute Content-Length.
+type Response struct {
+	Status  int
+	Headers http.Header
+	Body    []byte
+}
+
+// Identity is what on_auth decided. Allowed=false means reject with 401.
+type Identity struct {
+	ID     string
+	Name   string
+	UserID string
+	// Limits are the script's limits by name, e.g. "requests_per_minute".
+	Limits  map[string]int64
+	Allowed bool
+}
+
+// Rejection is on_request's refusal of a request.
+type Rejection struct {
+	Status  int    // default 403
+	Message string // default "request rejected by policy"
+	Code    string // default "lua_rejected"
+}
+
+// Defaults of a Rejection's fields a script leaves out.
+const (
+	DefaultRejectStatus  = http.StatusForbidden
+	DefaultRejectMessage = "request rejected by policy"
+	DefaultRejectCode    = "lua_rejected"
+)
+
+// reqView backs the req userdata of one call.
+type reqView struct {
+	r       *Request
+	body    *jsonBody
+	bodyUD  lua.LValue
+	hdrUD   lua.LValue
+	keyTbl  lua.LValue
+	headers *http.Header
+}
+
+func (v *vm) newReq(r *Request) (*lua.LUserData, *reqView) {
+	rv := &reqView{r: r, headers: &r.Headers}
+	ud := v.L.NewUserData()
+	ud.Value = rv
+	ud.Metatable = v.reqMT
+	return ud, rv
+}
+
+// reqIndex is req's __index: fields are built on first access, so a hook
+// pays only for what it reads.
+func (v *vm) reqIndex(L *lua.LState) int {
+	rv, ok := L.CheckUserData(1).Value.(*reqView)
+	if !ok {
+		L.ArgError(1, "req expected")
+	}
+	switch L.CheckString(2) {
+	case "method":
+		L.Push(lua.LString(rv.r.Method))
+	case "path":
+		L.Push(lua.LString(rv.r.Path))
+	case "client_ip":
+		L.Push(lua.LString(rv.r.ClientIP))
+	case "headers":
+		if rv.hdrUD == nil {
+			rv.hdrUD = v.newHeaders(rv.headers)
+		}
+		L.Push(rv.hdrUD)
+	case "body":
+		if rv.bodyUD == nil {
+			rv.body = newJSONBody(rv.r.Body)
+			rv.bodyUD = v.newBody(rv.body)
+		}
+		L.Push(rv.bodyUD)
+	case "key":
+		if rv.keyTbl == nil {
+			t := L.CreateTable(0, 3)
+			t.RawSetString("id", lua.LString(rv.r.Key.ID))
+			t.RawSetString("name", lua.LString(rv.r.Key.Name))
+			t.RawSetString("user_id", lua.LString(rv.r.Key.UserID))
+			rv.keyTbl = t
+		}
+		L.Push(rv.keyTbl)
+	default:
+		L.Push(lua.LNil)
+	}
+	return 1
+}
+
+// respView backs the resp userdata of one on_response call.
+type respView struct {
+	r      *Response
+	body   *jsonBody
+	bodyUD lua.LValue
+	hdrUD  lua.LValue
+}
+
+func (v *vm) newResp(r *Response) (*lua.LUserData, *respView) {
+	rv := &respView{r: r}
+	ud := v.L.NewUserData()
+	ud.Value = rv
+	ud.Metatable = v.respMT
+	return ud, rv
+}
+
+func checkResp(L *lua.LState) *respView {
+	rv, ok := L.CheckUserData(1).Value.(*respView)
+	if !ok {
+		L.ArgError(1, "resp expected")
+	}
+	return rv
+}
+
+func (v *vm) respIndex(L *lua.LState) int {
+	rv := checkResp(L)
+	switch L.CheckString(2) {
+	case "status":
+		L.Push(lua.LNumber(rv.r.Status))
+	case "headers":
+		if rv.hdrUD == nil {
+			rv.hdrUD = v.newHeaders(&rv.r.Headers)
+		}
+		L.Push(rv.hdrUD)
+	case "body":
+		if rv.bodyUD == nil {
+			rv.body = newJSONBody(rv.r.Body)
+			rv.bodyUD = v.newBody(rv.body)
+		}
+		L.Push(rv.bodyUD)
+	default:
+		L.Push(lua.LNil)
+	}
+	return 1
+}
+
+// respNewIndex is resp's __newindex: only status is assignable.
+func (v *vm) respNewIndex(L *lua.LState) int {
+	rv := checkResp(L)
+	if key := L.CheckString(2); key != "status" {
+		L.RaiseError("resp.%s is read-only (use resp.headers / resp.body methods)", key)
+	}
+	st := L.CheckInt(3)
+	if st < 100 || st > 999 {
+		L.RaiseError("resp.status %d out of range", st)
+	}
+	rv.r.Status = st
+	return 0
+}

@@ -1,0 +1,180 @@
+package hooks
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	lua "github.com/yuin/gopher-lua"
+)
+
+// removedGlobals are base-library functions that reach outside the sandbox
+// (files, code loading, the environment of other functions, the collector)
+// or print to stdout.
+var removedGlobals = []string{
+	"dofile", "loadfile", "load", "loadstring", "require", "module",
+	"getfenv", "setfenv", "collectgarbage", "newproxy", "_printregs",
+	"os", "io", "package", "debug", "coroutine", "channel",
+}
+
+// vm is one pooled Lua state with every script's top-level code already run.
+// A vm is used by one goroutine at a time.
+type vm struct {
+	L *lua.LState
+	// hooks holds, per hook, the handlers of the scripts that define it, in
+	// script order.
+	hooks [numHooks][]*lua.LFunction
+	// Metatables of the userdata views handed to scripts.
+	reqMT, respMT, headersMT, bodyMT *lua.LTable
+}
+
+// newVM builds a sandboxed state and runs every script's top-level code in
+// it, each script in its own global environment.
+func (e *Engine) newVM() (v *vm, err error) {
+	L := lua.NewState(lua.Options{
+		SkipOpenLibs:        true,
+		CallStackSize:       e.opts.MaxCallDepth,
+		RegistrySize:        e.opts.RegistrySize,
+		RegistryMaxSize:     e.opts.MaxRegistrySize,
+		MinimizeStackMemory: true,
+	})
+	v = &vm{L: L}
+	ctx, cancel := context.WithTimeout(context.Background(), e.opts.InitTimeout)
+	defer cancel()
+	L.SetContext(ctx)
+	err = v.protect(func(v *vm) error {
+		v.openLibs(e)
+		for _, s := range e.scripts {
+			if err := v.runChunk(s); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil || ctx.Err() != nil {
+		L.Close()
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("lua init: %w: top-level code ran past %s", ErrTimeout, e.opts.InitTimeout)
+		}
+		return nil, fmt.Errorf("lua init: %s", luaMessage(err))
+	}
+	L.RemoveContext()
+	return v, nil
+}
+
+// protect runs fn and turns a panic inside it into an error, so that a bug
+// in a library function or in this package fails one call, not the process.
+func (v *vm) protect(fn func(v *vm) error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panic: %v", r)
+		}
+	}()
+	return fn(v)
+}
+
+func (v *vm) openLibs(e *Engine) {
+	L := v.L
+	for _, lib := range []struct {
+		name string
+		open lua.LGFunction
+	}{
+		{lua.BaseLibName, lua.OpenBase},
+		{lua.TabLibName, lua.OpenTable},
+		{lua.StringLibName, lua.OpenString},
+		{lua.MathLibName, lua.OpenMath},
+	} {
+		L.Push(L.NewFunction(lib.open))
+		L.Push(lua.LString(lib.name))
+		L.Call(1, 0)
+	}
+	g := L.G.Global
+	for _, name := range removedGlobals {
+		g.RawSetString(name, lua.LNil)
+	}
+	if str, ok := g.RawGetString("string").(*lua.LTable); ok {
+		str.RawSetString("dump", lua.LNil)
+		str.RawSetString("rep", L.NewFunction(boundedRep(e.opts.MaxStringRep)))
+	}
+	g.RawSetString("print", L.NewFunction(e.luaPrint))
+	g.RawSetString("llmproxy", e.library(L))
+
+	v.headersMT = newMethodsMT(L, "llmproxy.headers", headerMethods)
+	v.bodyMT = newMethodsMT(L, "llmproxy.body", bodyMethods)
+	v.reqMT = L.NewTable()
+	v.reqMT.RawSetString("__index", L.NewFunction(v.reqIndex))
+	v.reqMT.RawSetString("__newindex", L.NewFunction(readOnly("req")))
+	v.reqMT.RawSetString("__metatable", lua.LFalse)
+	v.respMT = L.NewTable()
+	v.respMT.RawSetString("__index", L.NewFunction(v.respIndex))
+	v.respMT.RawSetString("__newindex", L.NewFunction(v.respNewIndex))
+	v.respMT.RawSetString("__metatable", lua.LFalse)
+}
+
+// runChunk runs a script's top-level code in a fresh environment whose reads
+// fall through to the shared globals, collects its hook functions and then
+// seals the environment: a hook that assigns a global the top-level code did
+// not define fails, instead of leaking request data into later requests
+// served by the same state (the usual missing `local`).
+func (v *vm) runChunk(s compiled) error {
+	L := v.L
+	env := L.NewTable()
+	mt := L.NewTable()
+	mt.RawSetString("__index", L.G.Global)
+	L.SetMetatable(env, mt)
+	env.RawSetString("_G", env)
+
+	fn := L.NewFunctionFromProto(s.proto)
+	fn.Env = env
+	L.Push(fn)
+	if err := L.PCall(0, 0, nil); err != nil {
+		return err
+	}
+	for i, name := range hookNames {
+		if f, ok := env.RawGetString(name).(*lua.LFunction); ok {
+			v.hooks[i] = append(v.hooks[i], f)
+		}
+	}
+	mt.RawSetString("__newindex", L.NewFunction(func(L *lua.LState) int {
+		L.RaiseError("assignment to undeclared global %q (declare it at top level or use local)", L.CheckAny(2).String())
+		return 0
+	}))
+	mt.RawSetString("__metatable", lua.LFalse)
+	return nil
+}
+
+func newMethodsMT(L *lua.LState, name string, methods map[string]lua.LGFunction) *lua.LTable {
+	mt := L.NewTable()
+	mt.RawSetString("__index", L.SetFuncs(L.NewTable(), methods))
+	mt.RawSetString("__metatable", lua.LFalse)
+	mt.RawSetString("__tostring", L.NewFunction(func(L *lua.LState) int {
+		L.Push(lua.LString(name))
+		return 1
+	}))
+	return mt
+}
+
+func readOnly(what string) lua.LGFunction {
+	return func(L *lua.LState) int {
+		L.RaiseError("%s.%s is read-only", what, L.CheckAny(2).String())
+		return 0
+	}
+}
+
+// boundedRep is string.rep with a cap on the result, which the deadline
+// cannot enforce: the library function runs to completion in one step.
+func boundedRep(limit int) lua.LGFunction {
+	return func(L *lua.LState) int {
+		s := L.CheckString(1)
+		n := L.CheckInt(2)
+		if n <= 0 || s == "" {
+			L.Push(lua.LString(""))
+			return 1
+		}
+		if len(s) > limit/n {
+			L.RaiseError("string.rep: result longer than %d bytes", limit)
+		}
+		L.Push(lua.LString(strings.Repeat(s, n)))
+		return 1
+	}
+}

@@ -1,0 +1,251 @@
+package hooks
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func newEngine(t *testing.T, src string, opts Options) *Engine {
+	t.Helper()
+	if opts.Logger == nil {
+		opts.Logger = quietLogger()
+	}
+	if opts.Timeout == 0 {
+		opts.Timeout = testTimeout
+	}
+	e, err := New([]Script{{Name: "test.lua", Source: src}}, opts)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return e
+}
+
+func TestSandboxHidesDangerousGlobals(t *testing.T) {
+	e := newEngine(t, `
+local hidden = {"os", "io", "load", "loadstring", "dofile", "loadfile", "require",
+  "module", "package", "debug", "collectgarbage", "getfenv", "setfenv",
+  "coroutine", "newproxy"}
+local function check(sealed)
+  for _, name in ipairs(hidden) do
+    assert(type(_G[name]) == "nil", name .. " is reachable")
+  end
+  assert(type(string.dump) == "nil", "string.dump is reachable")
+  assert(type(string.format) == "function" and type(table.concat) == "function"
+    and type(math.floor) == "function", "a safe library is missing")
+  if sealed then
+    assert(getmetatable(_G) == false, "the environment's metatable is reachable")
+  end
+end
+check()
+function on_request(req) check(true) end
+`, Options{})
+	if _, err := e.OnRequest(context.Background(), &Request{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSyntaxErrorNamesFileAndLine(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "broken.lua")
+	if err := os.WriteFile(path, []byte("function on_request(req)\n  local x = = 1\nend\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Load([]string{path}, Options{Logger: quietLogger()})
+	if err == nil || !strings.HasPrefix(err.Error(), path+":2: ") {
+		t.Fatalf("Load error = %v, want prefix %q", err, path+":2: ")
+	}
+}
+
+func TestLoadErrors(t *testing.T) {
+	tests := []struct{ name, src, want string }{
+		{"unterminated function", "function on_auth(req)\n", "test.lua: at end of file"},
+		{"top-level error", "local x = 1\nerror('boom')\n", "test.lua:2: boom"},
+		{"top-level runaway", "while true do end", "timed out"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := New([]Script{{Name: "test.lua", Source: tc.src}}, Options{InitTimeout: 200 * time.Millisecond, Logger: quietLogger()})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("New error = %v, want it to contain %q", err, tc.want)
+			}
+		})
+	}
+	if _, err := Load([]string{"/nonexistent/x.lua"}, Options{}); err == nil {
+		t.Fatal("Load of a missing file succeeded")
+	}
+}
+
+func TestRuntimeErrors(t *testing.T) {
+	tests := []struct {
+		name, src, want string
+	}{
+		{"error names file and line", "function on_request(req)\n  local t = nil\n  return t.x\nend", "test.lua:3:"},
+		{"undeclared global", "function on_request(req)\n  leaked = req.path\nend", `test.lua:2: assignment to undeclared global "leaked"`},
+		{"bad return", "function on_request(req) return 42 end", "on_request: returned a number"},
+		{"bad status", "function on_request(req) return {status = 200} end", "rejection status 200"},
+		{"deep recursion", "local function f(n) return 1 + f(n + 1) end\nfunction on_request(req) return f(1) end", "stack overflow"},
+		{"huge string.rep", "function on_request(req) local s = string.rep('x', 1e9) end", "string.rep: result longer"},
+		{"req is read-only", "function on_request(req) req.path = '/x' end", "req.path is read-only"},
+		{"set on non-JSON body", "function on_request(req) req.body:set('a', 1) end", "body is not JSON"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEngine(t, tc.src, Options{})
+			_, err := e.OnRequest(context.Background(), &Request{Path: "/v1", Body: []byte("not json")})
+			if !errors.Is(err, ErrScript) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("OnRequest error = %v, want ErrScript containing %q", err, tc.want)
+			}
+			// The failed state was dropped; a new one serves the next call.
+			_, err = e.OnRequest(context.Background(), &Request{Path: "/v1", Body: []byte("not json")})
+			if !errors.Is(err, ErrScript) {
+				t.Fatalf("second call error = %v", err)
+			}
+		})
+	}
+}
+
+func TestGlobalsDefinedAtLoadStayPerState(t *testing.T) {
+	e := newEngine(t, `
+count = 0
+function on_route(req)
+  count = count + 1
+  return tostring(count)
+end`, Options{PoolSize: 1})
+	for _, want := range []string{"1", "2"} {
+		got, err := e.OnRoute(context.Background(), &Request{})
+		if err != nil || got != want {
+			t.Fatalf("OnRoute = %q, %v; want %q", got, err, want)
+		}
+	}
+}
+
+func TestScriptsChainInOrder(t *testing.T) {
+	e, err := New([]Script{
+		{Name: "a.lua", Source: `
+function on_request(req) req.body:set("a", 1) end
+function on_route(req) return nil end
+function on_auth(req) return nil end`},
+		{Name: "b.lua", Source: `
+function on_request(req)
+  req.body:set("b", req.body:get("a") + 1)
+  return {status = 429, code = "tenant_busy"}
+end
+function on_route(req) return "second" end
+function on_auth(req) return {id = "k1", limits = {rpm = 5}} end`},
+		{Name: "c.lua", Source: `
+function on_request(req) error("must not run after a rejection") end
+function on_route(req) return "third" end`},
+	}, Options{Logger: quietLogger(), Timeout: testTimeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &Request{Body: []byte(`{}`)}
+	rej, err := e.OnRequest(context.Background(), r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Rejection{Status: 429, Message: DefaultRejectMessage, Code: "tenant_busy"}
+	if rej == nil || *rej != want {
+		t.Errorf("rejection = %+v, want %+v", rej, want)
+	}
+	jsonEqual(t, r.Body, `{"a":1,"b":2}`)
+	if b, err := e.OnRoute(context.Background(), r); err != nil || b != "second" {
+		t.Errorf("OnRoute = %q, %v", b, err)
+	}
+	if id, err := e.OnAuth(context.Background(), r); err != nil || id == nil || id.ID != "k1" || !id.Allowed || id.Limits["rpm"] != 5 {
+		t.Errorf("OnAuth = %+v, %v", id, err)
+	}
+}
+
+func TestFailOpen(t *testing.T) {
+	src := `function on_auth(req) error("backend down") end`
+	closed := newEngine(t, src, Options{})
+	if id, err := closed.OnAuth(context.Background(), &Request{}); err == nil || id != nil {
+		t.Errorf("fail closed: OnAuth = %v, %v; want an error", id, err)
+	}
+	open := newEngine(t, src, Options{FailOpen: true})
+	if id, err := open.OnAuth(context.Background(), &Request{}); err != nil || id != nil {
+		t.Errorf("fail open: OnAuth = %v, %v; want no opinion", id, err)
+	}
+}
+
+func TestOnResponse(t *testing.T) {
+	e := newEngine(t, `
+function on_response(req, resp)
+  if resp.status == 500 then
+    resp.status = 503
+  end
+  resp.headers:set("X-Served-By", "llmproxy")
+  resp.headers:del("Server")
+  local model = resp.body:get("model")
+  if model then
+    resp.body:set("model", req.body:get("model"))
+  end
+end`, Options{})
+	r := &Request{Body: []byte(`{"model":"gpt-4o"}`)}
+	p := &Response{Status: 500, Headers: http.Header{"Server": {"vllm"}}, Body: []byte(`{"model":"qwen2.5-72b","choices":[]}`)}
+	if err := e.OnResponse(context.Background(), r, p); err != nil {
+		t.Fatal(err)
+	}
+	if p.Status != 503 || p.Headers.Get("X-Served-By") != "llmproxy" || p.Headers.Get("Server") != "" {
+		t.Errorf("response = %d %v", p.Status, p.Headers)
+	}
+	jsonEqual(t, p.Body, `{"model":"gpt-4o","choices":[]}`)
+}
+
+func TestRequestFieldsAndHelpers(t *testing.T) {
+	e := newEngine(t, `
+function on_route(req)
+  assert(req.method == "POST" and req.path == "/v1/chat/completions")
+  assert(req.client_ip == "10.0.0.7")
+  assert(req.key.id == "k1" and req.key.name == "ci" and req.key.user_id == "u1")
+  assert(req.headers:get("x-custom") == "a" and #req.headers:values("X-Custom") == 2)
+  assert(req.headers:get("missing") == nil)
+  assert(req.body:get("stream_options.include_usage") == true)
+  assert(req.body:get("messages.1.role") == "user")
+  assert(req.body:get("messages.9.role") == nil)
+  req.body:set("stream_options.include_usage", nil)
+  req.body:set("metadata.tenant.id", "t1")
+  req.body:set("messages.2", {role = "assistant", content = "ok"})
+  local t = req.body:table()
+  assert(t.messages[2].role == "assistant")
+  t.model = "changed-copy"
+  assert(req.body:get("model") == "m", "table() must be a copy")
+
+  local s = llmproxy.json_encode({a = {1, 2, 3}, b = llmproxy.array(), c = llmproxy.null})
+  assert(s == '{"a":[1,2,3],"b":[],"c":null}', s)
+  local v = llmproxy.json_decode('{"x":[1,{"y":null}]}')
+  assert(v.x[2].y == llmproxy.null)
+  assert(select(2, llmproxy.json_decode("{")) ~= nil)
+  assert(llmproxy.sha256("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+  assert(llmproxy.hmac_sha256("key", "The quick brown fox jumps over the lazy dog") ==
+    "f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8")
+  assert(llmproxy.base64_encode("hi?") == "aGk/")
+  assert(llmproxy.base64_decode("aGk/") == "hi?" and llmproxy.base64_decode("aGk_") == "hi?")
+  assert(llmproxy.base64_decode("!!") == nil)
+  assert(llmproxy.now() == 1700000000.5)
+  llmproxy.log("info", "routing")
+  print("debug line")
+  return "ok"
+end`, Options{Now: fixedNow})
+	r := &Request{
+		Method: "POST", Path: "/v1/chat/completions", ClientIP: "10.0.0.7",
+		Key:     KeyInfo{ID: "k1", Name: "ci", UserID: "u1"},
+		Headers: http.Header{"X-Custom": {"a", "b"}},
+		Body:    []byte(`{"model":"m","messages":[{"role":"user","content":"hi"}],"stream_options":{"include_usage":true}}`),
+	}
+	if got, err := e.OnRoute(context.Background(), r); err != nil || got != "ok" {
+		t.Fatalf("OnRoute = %q, %v", got, err)
+	}
+	// on_route's body edits are not written back: only on_request may
+	// rewrite the request.
+	if !strings.Contains(string(r.Body), "include_usage") {
+		t.Errorf("on_route changed the body: %s", r.Body)
+	}
+}
