@@ -1,0 +1,207 @@
+package notifier
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/events"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Dead-letter reasons, the values of DeadLetter.Reason.
+const (
+	// ReasonPermanent: the endpoint answered with a status that retrying
+	// will not change (a 4xx other than 408 and 429).
+	ReasonPermanent = "permanent_failure"
+	// ReasonMaxAttempts: every allowed attempt failed.
+	ReasonMaxAttempts = "max_attempts_exceeded"
+	// ReasonMaxAge: the event became older than the endpoint's MaxAge while
+	// it was being retried.
+	ReasonMaxAge = "max_age_exceeded"
+)
+
+// DeadLetter is one event an endpoint did not take, as stored on the
+// LLMPROXY_DLQ stream (subject events.DLQSubjectFor(Endpoint), Nats-Msg-Id
+// "<endpoint>:<event_id>").
+type DeadLetter struct {
+	// Seq is the dead letter's sequence in LLMPROXY_DLQ; it is not part of
+	// the stored record.
+	Seq uint64 `json:"-"`
+
+	Endpoint string `json:"endpoint"`
+	URL      string `json:"url"`
+	EventID  string `json:"event_id"`
+	// Reason is one of the Reason constants.
+	Reason string `json:"reason"`
+	// Attempts is the number of deliveries made before giving up.
+	Attempts   int       `json:"attempts"`
+	LastStatus int       `json:"last_status"`
+	LastError  string    `json:"last_error"`
+	FailedAt   time.Time `json:"failed_at"`
+	// Event is the event body exactly as it was published.
+	Event json.RawMessage `json:"event"`
+}
+
+// DLQFilter selects dead letters; zero fields match everything.
+type DLQFilter struct {
+	// Endpoint keeps only the dead letters of this endpoint.
+	Endpoint string
+	// ID keeps only the dead letters whose event id, "<endpoint>:<event id>"
+	// message id or DLQ sequence number (decimal) equals it.
+	ID string
+	// Limit stops after this many matches (0 = no limit).
+	Limit int
+}
+
+func (f DLQFilter) match(d DeadLetter) bool {
+	if f.Endpoint != "" && d.Endpoint != f.Endpoint {
+		return false
+	}
+	if f.ID == "" {
+		return true
+	}
+	return f.ID == d.EventID || f.ID == dlqMsgID(d.Endpoint, d.EventID) || f.ID == strconv.FormatUint(d.Seq, 10)
+}
+
+func dlqMsgID(endpoint, eventID string) string { return endpoint + ":" + eventID }
+
+// publishDeadLetter stores d on LLMPROXY_DLQ and returns once the server has
+// it. A repeat within the stream's duplicate window is dropped by the server.
+func publishDeadLetter(ctx context.Context, js jetstream.JetStream, d DeadLetter) error {
+	data, err := json.Marshal(d)
+	if err != nil {
+		return fmt.Errorf("encode dead letter: %w", err)
+	}
+	_, err = js.Publish(ctx, events.DLQSubjectFor(d.Endpoint), data,
+		jetstream.WithMsgID(dlqMsgID(d.Endpoint, d.EventID)),
+		jetstream.WithExpectStream(events.DLQStreamName))
+	if err != nil {
+		return fmt.Errorf("publish dead letter: %w", err)
+	}
+	return nil
+}
+
+// rawEvent keeps body as raw JSON in a dead letter; a body that is not JSON
+// (no gateway publishes one) is kept as a JSON string rather than lost.
+func rawEvent(body []byte) json.RawMessage {
+	if json.Valid(body) {
+		return json.RawMessage(body)
+	}
+	s, _ := json.Marshal(string(body))
+	return s
+}
+
+// ListDLQ returns the dead letters on LLMPROXY_DLQ that match filter, oldest
+// first. It reads the stream with an ephemeral ordered consumer and so never
+// changes it; its cost is one read of every dead letter of the endpoint (or
+// of all endpoints).
+func ListDLQ(ctx context.Context, js jetstream.JetStream, filter DLQFilter) ([]DeadLetter, error) {
+	stream, err := js.Stream(ctx, events.DLQStreamName)
+	if err != nil {
+		return nil, fmt.Errorf("dlq stream: %w", err)
+	}
+	subject := events.DLQSubject
+	if filter.Endpoint != "" {
+		subject = events.DLQSubjectFor(filter.Endpoint)
+	}
+	info, err := stream.Info(ctx, jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		return nil, fmt.Errorf("dlq stream info: %w", err)
+	}
+	if info.State.Msgs == 0 || (filter.Endpoint != "" && len(info.State.Subjects) == 0) {
+		return nil, nil
+	}
+	cons, err := js.OrderedConsumer(ctx, events.DLQStreamName, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{subject},
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("dlq consumer: %w", err)
+	}
+
+	var out []DeadLetter
+	for {
+		// A dead letter deleted between Info and here leaves nothing to
+		// fetch; the short wait then ends the listing.
+		msg, err := cons.Next(jetstream.FetchMaxWait(2 * time.Second))
+		if errors.Is(err, jetstream.ErrNoMessages) || errors.Is(err, context.DeadlineExceeded) {
+			return out, nil
+		}
+		if err != nil {
+			return out, fmt.Errorf("read dlq: %w", err)
+		}
+		meta, err := msg.Metadata()
+		if err != nil {
+			return out, fmt.Errorf("read dlq: %w", err)
+		}
+		var d DeadLetter
+		if err := json.Unmarshal(msg.Data(), &d); err != nil {
+			return out, fmt.Errorf("decode dead letter %d: %w", meta.Sequence.Stream, err)
+		}
+		d.Seq = meta.Sequence.Stream
+		if filter.match(d) {
+			out = append(out, d)
+			if filter.Limit > 0 && len(out) >= filter.Limit {
+				return out, nil
+			}
+		}
+		if meta.NumPending == 0 {
+			return out, nil
+		}
+		if err := ctx.Err(); err != nil {
+			return out, err
+		}
+	}
+}
+
+// Replay re-delivers dead letters to their endpoints, signed as any
+// delivery, and deletes each one that the endpoint accepts (2xx) from
+// LLMPROXY_DLQ. id selects the dead letters as DLQFilter.ID does; "" replays
+// all. Dead letters that fail again, or whose endpoint is not in endpoints,
+// stay; the returned error lists them. Replay makes one attempt per dead
+// letter, one at a time.
+func Replay(ctx context.Context, js jetstream.JetStream, endpoints []Endpoint, id string) (delivered int, err error) {
+	byName := make(map[string]Endpoint, len(endpoints))
+	for _, e := range endpoints {
+		byName[e.Name] = e.withDefaults()
+	}
+	letters, err := ListDLQ(ctx, js, DLQFilter{ID: id})
+	if err != nil {
+		return 0, err
+	}
+	if id != "" && len(letters) == 0 {
+		return 0, fmt.Errorf("no dead letter %q", id)
+	}
+	stream, err := js.Stream(ctx, events.DLQStreamName)
+	if err != nil {
+		return 0, fmt.Errorf("dlq stream: %w", err)
+	}
+	client := newHTTPClient(1)
+	defer client.CloseIdleConnections()
+
+	var errs []error
+	for _, d := range letters {
+		if err := ctx.Err(); err != nil {
+			return delivered, errors.Join(append(errs, err)...)
+		}
+		ep, ok := byName[d.Endpoint]
+		if !ok {
+			errs = append(errs, fmt.Errorf("dead letter %d (%s): endpoint %q is not configured", d.Seq, d.EventID, d.Endpoint))
+			continue
+		}
+		a := post(ctx, client, ep, d.EventID, d.Event, time.Now())
+		if classify(a.Status) != classSuccess {
+			errs = append(errs, fmt.Errorf("dead letter %d (%s) to %s: %w", d.Seq, d.EventID, ep.Name, a.Err))
+			continue
+		}
+		delivered++
+		if err := stream.DeleteMsg(ctx, d.Seq); err != nil {
+			errs = append(errs, fmt.Errorf("dead letter %d (%s) delivered but not removed: %w", d.Seq, d.EventID, err))
+		}
+	}
+	return delivered, errors.Join(errs...)
+}

@@ -1,0 +1,141 @@
+package notifier
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// message is the part of jetstream.Msg the handler uses.
+type message interface {
+	Data() []byte
+	Headers() nats.Header
+	Metadata() (*jetstream.MsgMetadata, error)
+	Ack() error
+	NakWithDelay(delay time.Duration) error
+}
+
+// dlqPublishTimeout bounds the publish of one dead letter.
+const dlqPublishTimeout = 10 * time.Second
+
+// handler decides the fate of one event for one endpoint. It is safe for
+// concurrent use.
+type handler struct {
+	ep      Endpoint
+	client  *http.Client
+	opts    Options
+	metrics *metrics
+	log     *slog.Logger
+	// deadLetter stores a dead letter durably (LLMPROXY_DLQ in production).
+	deadLetter func(context.Context, DeadLetter) error
+}
+
+// handle delivers msg once and then acks it, schedules another attempt
+// (NakWithDelay) or dead-letters it. ctx should not be cancelled by shutdown:
+// an attempt that has started is finished.
+func (h *handler) handle(ctx context.Context, msg message) {
+	body := msg.Data()
+	meta, err := msg.Metadata()
+	if err != nil {
+		// Not a JetStream message; nothing can be acked either.
+		h.log.Error("webhook: message without metadata", "endpoint", h.ep.Name, "err", err)
+		return
+	}
+	id := eventID(msg.Headers(), body, meta)
+	n := int(meta.NumDelivered)
+	now := h.opts.Clock.Now()
+	log := h.log.With("endpoint", h.ep.Name, "event_id", id, "attempt", n)
+
+	if n > h.ep.MaxAttempts {
+		// The last allowed attempt was made but its outcome was lost
+		// (process stopped, ack wait expired or the dead letter could not
+		// be stored): dead-letter without another POST.
+		h.toDLQ(ctx, msg, log, DeadLetter{
+			EventID: id, Reason: ReasonMaxAttempts, Attempts: h.ep.MaxAttempts,
+			LastError: "outcome of the last attempt not recorded",
+		}, body, n)
+		return
+	}
+
+	a := post(ctx, h.client, h.ep, id, body, now)
+	h.metrics.seconds.WithLabelValues(h.ep.Name).Observe(a.Duration.Seconds())
+
+	d := DeadLetter{EventID: id, Attempts: n, LastStatus: a.Status}
+	if a.Err != nil {
+		d.LastError = a.Err.Error()
+	}
+	switch classify(a.Status) {
+	case classSuccess:
+		if err := msg.Ack(); err != nil {
+			log.Warn("webhook: ack failed; the event may be delivered again", "err", err)
+		}
+		h.metrics.success.Inc()
+		h.metrics.deliveries.WithLabelValues(h.ep.Name, outcomeSuccess).Inc()
+		return
+	case classPermanent:
+		d.Reason = ReasonPermanent
+	case classRetry:
+		switch {
+		case n >= h.ep.MaxAttempts:
+			d.Reason = ReasonMaxAttempts
+		case now.Sub(meta.Timestamp) >= h.ep.MaxAge:
+			d.Reason = ReasonMaxAge
+		default:
+			delay := retryDelay(Backoff(n, h.opts.BackoffBase, h.opts.BackoffMax, h.opts.Rand), a.RetryAfter)
+			log.Debug("webhook: attempt failed, retrying", "status", a.Status, "err", a.Err, "delay", delay)
+			if err := msg.NakWithDelay(delay); err != nil {
+				log.Warn("webhook: nak failed; the event is retried after the ack wait", "err", err)
+			}
+			h.metrics.retries.WithLabelValues(h.ep.Name).Inc()
+			h.metrics.deliveries.WithLabelValues(h.ep.Name, outcomeRetry).Inc()
+			return
+		}
+	}
+	h.toDLQ(ctx, msg, log, d, body, n)
+}
+
+// toDLQ stores the dead letter and only then acks the event; when the store
+// fails the event is nak'd so that nothing is lost.
+func (h *handler) toDLQ(ctx context.Context, msg message, log *slog.Logger, d DeadLetter, body []byte, n int) {
+	d.Endpoint = h.ep.Name
+	d.URL = h.ep.URL
+	d.FailedAt = h.opts.Clock.Now().UTC()
+	d.Event = rawEvent(body)
+
+	pctx, cancel := context.WithTimeout(ctx, dlqPublishTimeout)
+	err := h.deadLetter(pctx, d)
+	cancel()
+	if err != nil {
+		log.Error("webhook: dead letter not stored; retrying the event", "reason", d.Reason, "err", err)
+		h.metrics.deliveries.WithLabelValues(h.ep.Name, outcomeDLQError).Inc()
+		if err := msg.NakWithDelay(Backoff(n, h.opts.BackoffBase, h.opts.BackoffMax, h.opts.Rand)); err != nil {
+			log.Warn("webhook: nak failed; the event is retried after the ack wait", "err", err)
+		}
+		return
+	}
+	if err := msg.Ack(); err != nil {
+		log.Warn("webhook: ack after dead letter failed; the dead letter may repeat", "err", err)
+	}
+	log.Warn("webhook: event dead-lettered", "reason", d.Reason, "last_status", d.LastStatus, "last_error", d.LastError)
+	h.metrics.failure.Inc()
+	h.metrics.dlq.WithLabelValues(h.ep.Name).Inc()
+	h.metrics.deliveries.WithLabelValues(h.ep.Name, outcomeDeadLetter).Inc()
+}
+
+// eventID is the event's request id: the Nats-Msg-Id the gateway sets, else
+// the body's request_id, else the event's place in its stream.
+func eventID(h nats.Header, body []byte, meta *jetstream.MsgMetadata) string {
+	if id := h.Get(jetstream.MsgIDHeader); id != "" {
+		return id
+	}
+	if id := eventIDFromBody(body); id != "" {
+		return id
+	}
+	return fmt.Sprintf("%s-%s", meta.Stream, strconv.FormatUint(meta.Sequence.Stream, 10))
+}

@@ -1,0 +1,173 @@
+package notifier
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// fakeMsg is a JetStream message without a broker.
+type fakeMsg struct {
+	body     []byte
+	header   nats.Header
+	meta     jetstream.MsgMetadata
+	mu       sync.Mutex
+	acked    bool
+	nakDelay time.Duration
+	nakked   bool
+	ackErr   error
+}
+
+func (m *fakeMsg) Data() []byte                              { return m.body }
+func (m *fakeMsg) Headers() nats.Header                      { return m.header }
+func (m *fakeMsg) Metadata() (*jetstream.MsgMetadata, error) { return &m.meta, nil }
+func (m *fakeMsg) Ack() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.acked = true
+	return m.ackErr
+}
+func (m *fakeMsg) NakWithDelay(d time.Duration) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.nakked, m.nakDelay = true, d
+	return nil
+}
+
+type fixedClock struct{ t time.Time }
+
+func (c fixedClock) Now() time.Time { return c.t }
+
+func TestHandlerOutcomes(t *testing.T) {
+	now := time.Date(2026, 1, 14, 10, 30, 0, 0, time.UTC)
+	tests := []struct {
+		name           string
+		status         int
+		retryAfter     string
+		delivered      uint64
+		age            time.Duration
+		dlqErr         error
+		wantPosts      int
+		wantAck        bool
+		wantNak        bool
+		wantNakAtLeast time.Duration
+		wantReason     string
+	}{
+		{name: "2xx acks", status: 200, delivered: 1, wantPosts: 1, wantAck: true},
+		{name: "503 retries", status: 503, delivered: 1, wantPosts: 1, wantNak: true},
+		{name: "408 retries", status: 408, delivered: 2, wantPosts: 1, wantNak: true},
+		{name: "429 honours Retry-After", status: 429, retryAfter: "30", delivered: 1, wantPosts: 1, wantNak: true, wantNakAtLeast: 30 * time.Second},
+		{name: "404 is permanent", status: 404, delivered: 1, wantPosts: 1, wantAck: true, wantReason: ReasonPermanent},
+		{name: "last attempt dead-letters", status: 500, delivered: 5, wantPosts: 1, wantAck: true, wantReason: ReasonMaxAttempts},
+		{name: "too old dead-letters", status: 500, delivered: 2, age: 2 * time.Hour, wantPosts: 1, wantAck: true, wantReason: ReasonMaxAge},
+		{name: "old but delivered is fine", status: 200, delivered: 1, age: 2 * time.Hour, wantPosts: 1, wantAck: true},
+		{name: "lost last attempt dead-letters without a post", status: 200, delivered: 6, wantPosts: 0, wantAck: true, wantReason: ReasonMaxAttempts},
+		{name: "dlq publish failure naks", status: 400, delivered: 1, dlqErr: errors.New("no stream"), wantPosts: 1, wantNak: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var posts int
+			var mu sync.Mutex
+			rc := newReceiver(t, func(_ int, w http.ResponseWriter, _ *http.Request) int {
+				mu.Lock()
+				posts++
+				mu.Unlock()
+				if tt.retryAfter != "" {
+					w.Header().Set("Retry-After", tt.retryAfter)
+				}
+				return tt.status
+			})
+			var letters []DeadLetter
+			opts := Options{BackoffBase: time.Millisecond, BackoffMax: 4 * time.Millisecond, Clock: fixedClock{now}, Rand: fixedRand{1, 1}}.withDefaults()
+			m, _ := newMetrics(nil)
+			h := &handler{
+				ep:      Endpoint{Name: "ep", URL: rc.srv.URL, MaxAttempts: 5, MaxAge: time.Hour}.withDefaults(),
+				client:  opts.HTTPClient,
+				opts:    opts,
+				metrics: m,
+				log:     slog.New(slog.NewTextHandler(io.Discard, nil)),
+				deadLetter: func(_ context.Context, d DeadLetter) error {
+					if tt.dlqErr != nil {
+						return tt.dlqErr
+					}
+					letters = append(letters, d)
+					return nil
+				},
+			}
+			msg := &fakeMsg{
+				body:   []byte(`{"request_id":"req_1"}`),
+				header: nats.Header{},
+				meta:   jetstream.MsgMetadata{NumDelivered: tt.delivered, Timestamp: now.Add(-tt.age), Stream: "LLMPROXY"},
+			}
+			h.handle(context.Background(), msg)
+
+			if posts != tt.wantPosts {
+				t.Errorf("posts = %d, want %d", posts, tt.wantPosts)
+			}
+			if msg.acked != tt.wantAck || msg.nakked != tt.wantNak {
+				t.Errorf("acked %v nakked %v, want %v %v", msg.acked, msg.nakked, tt.wantAck, tt.wantNak)
+			}
+			if tt.wantNak && tt.dlqErr == nil {
+				if msg.nakDelay < tt.wantNakAtLeast || (tt.wantNakAtLeast == 0 && msg.nakDelay > 4*time.Millisecond) {
+					t.Errorf("nak delay %s", msg.nakDelay)
+				}
+			}
+			switch {
+			case tt.wantReason == "" && len(letters) != 0:
+				t.Errorf("unexpected dead letter %+v", letters)
+			case tt.wantReason != "":
+				if len(letters) != 1 {
+					t.Fatalf("dead letters = %d, want 1", len(letters))
+				}
+				d := letters[0]
+				if d.Reason != tt.wantReason || d.EventID != "req_1" || d.Endpoint != "ep" || string(d.Event) != string(msg.body) || !d.FailedAt.Equal(now) {
+					t.Errorf("dead letter %+v", d)
+				}
+				if tt.wantPosts > 0 && d.LastStatus != tt.status {
+					t.Errorf("last_status %d, want %d", d.LastStatus, tt.status)
+				}
+			}
+		})
+	}
+}
+
+func TestEventID(t *testing.T) {
+	meta := &jetstream.MsgMetadata{Stream: "LLMPROXY", Sequence: jetstream.SequencePair{Stream: 42}}
+	tests := []struct {
+		name   string
+		header nats.Header
+		body   string
+		want   string
+	}{
+		{"from Nats-Msg-Id", nats.Header{jetstream.MsgIDHeader: []string{"req_h"}}, `{"request_id":"req_b"}`, "req_h"},
+		{"from body", nats.Header{}, `{"request_id":"req_b"}`, "req_b"},
+		{"from sequence", nats.Header{}, `not json`, "LLMPROXY-42"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := eventID(tt.header, []byte(tt.body), meta); got != tt.want {
+				t.Errorf("eventID = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestTransportErrorHidesURL(t *testing.T) {
+	ep := Endpoint{Name: "x", URL: "http://user:pass@127.0.0.1:1/hook"}.withDefaults()
+	a := post(context.Background(), newHTTPClient(1), ep, "id", []byte("{}"), time.Now())
+	if a.Err == nil || a.Status != 0 {
+		t.Fatalf("attempt = %+v", a)
+	}
+	if msg := a.Err.Error(); strings.Contains(msg, "pass") || strings.Contains(msg, "/hook") {
+		t.Errorf("error leaks the URL: %q", msg)
+	}
+}
