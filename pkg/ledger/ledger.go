@@ -7,6 +7,7 @@ package ledger
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -87,6 +88,29 @@ type Entry struct {
 	// request; applying the entry releases the reservation.
 	Reserved int64
 }
+
+// ErrInvalidEntry reports an entry a store cannot record: it lacks the
+// request id that makes Apply idempotent, the key id, or the time that picks
+// its periods. Retrying such an entry never succeeds.
+var ErrInvalidEntry = errors.New("invalid ledger entry")
+
+// Validate reports whether e can be applied; its error wraps ErrInvalidEntry.
+func (e Entry) Validate() error {
+	switch {
+	case e.RequestID == "":
+		return fmt.Errorf("%w: empty request id", ErrInvalidEntry)
+	case e.KeyID == "":
+		return fmt.Errorf("%w: request %s: empty key id", ErrInvalidEntry, e.RequestID)
+	case e.Time.IsZero():
+		return fmt.Errorf("%w: request %s: zero time", ErrInvalidEntry, e.RequestID)
+	}
+	return nil
+}
+
+// DefaultDedupeRetention is how long both stores remember an applied request
+// id by default. It must exceed the longest time an event can be redelivered
+// (the event stream's retention), or a late redelivery is counted again.
+const DefaultDedupeRetention = 30 * 24 * time.Hour
 
 // Totals is the usage of one key in one period.
 type Totals struct {

@@ -1,0 +1,338 @@
+package ledger
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+)
+
+// ErrLocked reports that another process holds the local ledger file open.
+// A CLI that gets it should ask the running server instead.
+var ErrLocked = errors.New("ledger file is locked by another process")
+
+// Bucket names of the local store's file. Keys inside the usage buckets are
+// built from length-prefixed parts (see appendPart), so no id can collide
+// with another however it is spelled.
+var (
+	bucketSeen     = []byte("seen")     // request id → applied-at unix nanos
+	bucketSeenAt   = []byte("seen_at")  // applied-at unix nanos ‖ request id → nothing (prune index)
+	bucketUsage    = []byte("usage")    // period id, key id → Totals
+	bucketModel    = []byte("model")    // period id, key id, model → Totals
+	bucketUser     = []byte("user")     // period id, user id → Totals
+	bucketReserved = []byte("reserved") // key id → reserved tokens
+)
+
+const (
+	// pruneEvery is how often Apply drops request ids older than the
+	// dedupe retention.
+	pruneEvery = time.Hour
+	// pruneBatch bounds the ids one Apply drops, so pruning a long backlog
+	// never makes one transaction slow; the rest goes in the next Apply.
+	pruneBatch = 10000
+)
+
+// LocalStore is a durable ledger in one bbolt file, for the single binary.
+// Only one process can open the file at a time. It is safe for concurrent
+// use; Apply calls are serialized, each one a single transaction with a
+// single fsync.
+type LocalStore struct {
+	db   *bolt.DB
+	opts options
+	// lastPrune is when Apply last dropped every expired request id, in
+	// unix nanos.
+	lastPrune atomic.Int64
+}
+
+// OpenLocal opens, creating it if needed, the ledger file at path. If another
+// process holds the file, OpenLocal waits for the lock timeout (WithLockTimeout,
+// default 1s) and then fails with an error wrapping ErrLocked.
+func OpenLocal(path string, opts ...Option) (*LocalStore, error) {
+	o := newOptions(opts)
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: o.lockTimeout})
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return nil, fmt.Errorf("open ledger %s: %w", path, ErrLocked)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open ledger %s: %w", path, err)
+	}
+	s := &LocalStore{db: db, opts: o}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketSeen, bucketSeenAt, bucketUsage, bucketModel, bucketUser, bucketReserved} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open ledger %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// Apply records entries in one transaction: either the whole batch is durable
+// when Apply returns nil, or none of it is. Entries whose request id was
+// applied before (in an earlier batch or earlier in this one) are skipped.
+// Every new entry releases its Reserved tokens from the key's reservation
+// counter. A batch with an invalid entry is rejected as a whole with an
+// error wrapping ErrInvalidEntry.
+func (s *LocalStore) Apply(ctx context.Context, entries []Entry) (int, error) {
+	for _, e := range entries {
+		if err := e.Validate(); err != nil {
+			return 0, err
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	now := s.opts.now()
+	var applied int
+	pruned := false
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		applied = 0
+		seen, seenAt := tx.Bucket(bucketSeen), tx.Bucket(bucketSeenAt)
+		usage, model, user := tx.Bucket(bucketUsage), tx.Bucket(bucketModel), tx.Bucket(bucketUser)
+		stamp := binary.BigEndian.AppendUint64(nil, uint64(now.UnixNano()))
+		for _, e := range entries {
+			rid := []byte(e.RequestID)
+			if seen.Get(rid) != nil {
+				continue
+			}
+			if err := seen.Put(rid, stamp); err != nil {
+				return err
+			}
+			if err := seenAt.Put(append(stamp[:8:8], rid...), nil); err != nil {
+				return err
+			}
+			for _, p := range Periods {
+				pid := PeriodID(p, e.Time)
+				if err := addTotals(usage, partsKey(pid, e.KeyID), e); err != nil {
+					return err
+				}
+				if err := addTotals(model, partsKey(pid, e.KeyID, e.Model), e); err != nil {
+					return err
+				}
+				if e.UserID != "" {
+					if err := addTotals(user, partsKey(pid, e.UserID), e); err != nil {
+						return err
+					}
+				}
+			}
+			if e.Reserved > 0 {
+				if err := addReserved(tx, e.KeyID, -e.Reserved); err != nil {
+					return err
+				}
+			}
+			applied++
+		}
+		if now.Sub(time.Unix(0, s.lastPrune.Load())) >= pruneEvery {
+			done, err := s.prune(seen, seenAt, now)
+			if err != nil {
+				return err
+			}
+			pruned = done
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("apply %d entries: %w", len(entries), err)
+	}
+	if pruned {
+		s.lastPrune.Store(now.UnixNano())
+	}
+	return applied, nil
+}
+
+// prune drops up to pruneBatch request ids applied before now minus the
+// dedupe retention and reports whether none older are left.
+func (s *LocalStore) prune(seen, seenAt *bolt.Bucket, now time.Time) (bool, error) {
+	horizon := binary.BigEndian.AppendUint64(nil, uint64(now.Add(-s.opts.dedupeRetention).UnixNano()))
+	c := seenAt.Cursor()
+	n := 0
+	for k, _ := c.First(); k != nil && bytes.Compare(k[:8], horizon) < 0; k, _ = c.First() {
+		if n == pruneBatch {
+			return false, nil
+		}
+		k = bytes.Clone(k)
+		if err := seen.Delete(k[8:]); err != nil {
+			return false, err
+		}
+		if err := c.Delete(); err != nil {
+			return false, err
+		}
+		n++
+	}
+	return true, nil
+}
+
+// Usage returns key keyID's usage in the period of kind p containing at.
+func (s *LocalStore) Usage(ctx context.Context, keyID string, p Period, at time.Time) (Totals, error) {
+	var t Totals
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		k := partsKey(PeriodID(p, at), keyID)
+		t = decodeTotals(tx.Bucket(bucketUsage).Get(k))
+		return nil
+	})
+	return t, err
+}
+
+// UsageAll returns every key's usage in the period of kind p containing at.
+func (s *LocalStore) UsageAll(ctx context.Context, p Period, at time.Time) (map[string]Totals, error) {
+	out := map[string]Totals{}
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		prefix := partsKey(PeriodID(p, at))
+		c := tx.Bucket(bucketUsage).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			keyID, _, ok := cutPart(k[len(prefix):])
+			if !ok {
+				return fmt.Errorf("corrupt usage key %q", k)
+			}
+			out[keyID] = decodeTotals(v)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// UsageByModel returns key keyID's usage in the period of kind p containing
+// at, by model.
+func (s *LocalStore) UsageByModel(ctx context.Context, keyID string, p Period, at time.Time) (map[string]Totals, error) {
+	out := map[string]Totals{}
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		prefix := partsKey(PeriodID(p, at), keyID)
+		c := tx.Bucket(bucketModel).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			m, _, ok := cutPart(k[len(prefix):])
+			if !ok {
+				return fmt.Errorf("corrupt model key %q", k)
+			}
+			out[m] = decodeTotals(v)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// UsageByUser returns user userID's usage in the period of kind p containing
+// at.
+func (s *LocalStore) UsageByUser(ctx context.Context, userID string, p Period, at time.Time) (Totals, error) {
+	var t Totals
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		k := partsKey(PeriodID(p, at), userID)
+		t = decodeTotals(tx.Bucket(bucketUser).Get(k))
+		return nil
+	})
+	return t, err
+}
+
+// Reserved returns key keyID's outstanding reserved tokens.
+func (s *LocalStore) Reserved(ctx context.Context, keyID string) (int64, error) {
+	var n int64
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		n = decodeInt(tx.Bucket(bucketReserved).Get([]byte(keyID)))
+		return nil
+	})
+	return n, err
+}
+
+// AddReserved adds tokens to key keyID's reservation counter, durably; the
+// counter never goes below zero.
+func (s *LocalStore) AddReserved(ctx context.Context, keyID string, tokens int64) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error { return addReserved(tx, keyID, tokens) })
+	if err != nil {
+		return fmt.Errorf("add reserved %s: %w", keyID, err)
+	}
+	return nil
+}
+
+// Close closes the file and releases its lock.
+func (s *LocalStore) Close() error { return s.db.Close() }
+
+func (s *LocalStore) view(ctx context.Context, fn func(tx *bolt.Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := s.db.View(fn); err != nil {
+		return fmt.Errorf("read ledger: %w", err)
+	}
+	return nil
+}
+
+func addReserved(tx *bolt.Tx, keyID string, delta int64) error {
+	b := tx.Bucket(bucketReserved)
+	k := []byte(keyID)
+	n := max(decodeInt(b.Get(k))+delta, 0)
+	if n == 0 {
+		return b.Delete(k)
+	}
+	return b.Put(k, binary.BigEndian.AppendUint64(nil, uint64(n)))
+}
+
+func addTotals(b *bolt.Bucket, k []byte, e Entry) error {
+	t := decodeTotals(b.Get(k))
+	t.Add(e)
+	return b.Put(k, encodeTotals(t))
+}
+
+func encodeTotals(t Totals) []byte {
+	v := make([]byte, 0, 32)
+	for _, n := range []int64{t.PromptTokens, t.CompletionTokens, t.TotalTokens, t.Requests} {
+		v = binary.BigEndian.AppendUint64(v, uint64(n))
+	}
+	return v
+}
+
+func decodeTotals(v []byte) Totals {
+	if len(v) != 32 {
+		return Totals{}
+	}
+	return Totals{
+		PromptTokens:     decodeInt(v[0:8]),
+		CompletionTokens: decodeInt(v[8:16]),
+		TotalTokens:      decodeInt(v[16:24]),
+		Requests:         decodeInt(v[24:32]),
+	}
+}
+
+func decodeInt(v []byte) int64 {
+	if len(v) != 8 {
+		return 0
+	}
+	return int64(binary.BigEndian.Uint64(v))
+}
+
+// partsKey returns a new key made of parts.
+func partsKey(parts ...string) []byte {
+	var b []byte
+	for _, p := range parts {
+		b = appendPart(b, p)
+	}
+	return b
+}
+
+// appendPart appends s to b as a uvarint length and the bytes of s. Keys made
+// of such parts sort by their first part and never collide.
+func appendPart(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+// cutPart splits the first part off b.
+func cutPart(b []byte) (part string, rest []byte, ok bool) {
+	n, w := binary.Uvarint(b)
+	if w <= 0 || uint64(len(b)-w) < n {
+		return "", nil, false
+	}
+	return string(b[w : w+int(n)]), b[w+int(n):], true
+}

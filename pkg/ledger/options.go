@@ -1,0 +1,56 @@
+package ledger
+
+import "time"
+
+// Option configures a store. Each option says which stores read it; the
+// others ignore it.
+type Option func(*options)
+
+type options struct {
+	lockTimeout     time.Duration
+	dedupeRetention time.Duration
+	now             func() time.Time
+}
+
+func newOptions(opts []Option) options {
+	o := options{
+		lockTimeout:     time.Second,
+		dedupeRetention: DefaultDedupeRetention,
+		now:             time.Now,
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return o
+}
+
+// WithLockTimeout sets how long OpenLocal waits for the file lock another
+// process holds before it fails with ErrLocked (default 1s). LocalStore only.
+func WithLockTimeout(d time.Duration) Option {
+	return func(o *options) {
+		if d > 0 {
+			o.lockTimeout = d
+		}
+	}
+}
+
+// WithDedupeRetention sets how long an applied request id is remembered
+// (default DefaultDedupeRetention). Both stores.
+func WithDedupeRetention(d time.Duration) Option {
+	return func(o *options) {
+		if d > 0 {
+			o.dedupeRetention = d
+		}
+	}
+}
+
+// WithClock sets the clock that stamps applied request ids and decides when
+// they expire (default time.Now). Periods never come from it: they come from
+// Entry.Time. LocalStore only; Redis expires ids on its own clock.
+func WithClock(now func() time.Time) Option {
+	return func(o *options) {
+		if now != nil {
+			o.now = now
+		}
+	}
+}

@@ -1,0 +1,449 @@
+package ledger
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// RedisStore is a ledger in Redis, shared by any number of processes. It is
+// safe for concurrent use.
+//
+// Key layout, for prefix P (keyID and userID are public ids, never secrets):
+//
+//	P:{<keyID>}:usage:<periodID>     hash: p, c, n (prompt, completion, requests)
+//	                                 and m:<model>:p, m:<model>:c, m:<model>:n
+//	P:{<keyID>}:seen:<dayID>         set of the request ids applied whose entry time
+//	                                 is in that UTC day; expires the dedupe retention
+//	                                 after the day ends (or after now, if later)
+//	P:{<keyID>}:reserved             outstanding reserved tokens (absent = 0)
+//	P:{u:<userID>}:usage:<periodID>  hash: p, c, n
+//	P:{u:<userID>}:seen:<dayID>      the same, for the per-user totals
+//	P:keys:<periodID>                set of key ids with usage in the period
+//
+// A redelivered event carries the time of its first delivery, so its request
+// id is looked up in the one set it was added to; one set per key and day
+// costs a fraction of the memory and the work of one expiring key per
+// request.
+//
+// Every key of one API key carries the {<keyID>} hash tag, so the script that
+// applies a key's entries touches one hash slot and runs on Redis Cluster; the
+// per-user totals live in their own slot and are applied by a second script
+// call, deduplicated by their own seen sets, so a redelivery never counts
+// either twice.
+// The period sets are single keys: UsageAll reads one set and pipelines one
+// read per key, which works on a single node and on a cluster alike. Usage
+// hashes do not expire. The prefix must not contain '{' or '}', and a key id
+// must not start with "u:", the user ids' tag.
+type RedisStore struct {
+	rdb    redis.UniversalClient
+	prefix string
+	ttl    int64 // dedupe retention in seconds
+
+	apply, addReserved *redis.Script
+}
+
+// NewRedis returns a store on rdb whose keys all start with prefix. It reads
+// WithDedupeRetention. The caller owns rdb: Close does not close it.
+func NewRedis(rdb redis.UniversalClient, prefix string, opts ...Option) *RedisStore {
+	o := newOptions(opts)
+	return &RedisStore{
+		rdb:         rdb,
+		prefix:      prefix,
+		ttl:         max(int64(o.dedupeRetention/time.Second), 1),
+		apply:       redis.NewScript(applyLua),
+		addReserved: redis.NewScript(addReservedLua),
+	}
+}
+
+// applyLua applies a group of entries of one key, or of one user, in one
+// atomic step: each entry whose request id is new to its day's seen set adds
+// its counts, and the sums go to the usage hashes in one HINCRBY per field.
+// It returns how many entries were new.
+//
+// KEYS[1] is the reservation counter new entries release their reserved
+// tokens from; the other keys are the seen sets and usage hashes ARGV points
+// at. ARGV[1] is "1" to count per model too; then come 11 values per entry: the KEYS index of its seen set, its request id, the unix time
+// its seen set expires at, the KEYS indexes of its four period hashes,
+// prompt, completion, reserved and model.
+const applyLua = `
+local models = ARGV[1] == '1'
+local sums, hashes, expire = {}, {}, {}
+local applied, release = 0, 0
+local function add(h, f, v)
+  local t = sums[h]
+  if not t then
+    t = {}
+    sums[h] = t
+    hashes[#hashes + 1] = h
+  end
+  t[f] = (t[f] or 0) + v
+end
+for a = 2, #ARGV, 11 do
+  local s = tonumber(ARGV[a])
+  if redis.call('SADD', KEYS[s], ARGV[a + 1]) == 1 then
+    local at = tonumber(ARGV[a + 2])
+    if (expire[s] or 0) < at then expire[s] = at end
+    applied = applied + 1
+    local p, c = tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8])
+    local r = tonumber(ARGV[a + 9])
+    if r > 0 then release = release + r end
+    local m = 'm:' .. ARGV[a + 10] .. ':'
+    for i = 3, 6 do
+      local h = tonumber(ARGV[a + i])
+      add(h, 'p', p)
+      add(h, 'c', c)
+      add(h, 'n', 1)
+      if models then
+        add(h, m .. 'p', p)
+        add(h, m .. 'c', c)
+        add(h, m .. 'n', 1)
+      end
+    end
+  end
+end
+for s, at in pairs(expire) do
+  redis.call('EXPIREAT', KEYS[s], string.format('%d', at))
+end
+for _, h in ipairs(hashes) do
+  for f, v in pairs(sums[h]) do
+    redis.call('HINCRBY', KEYS[h], f, string.format('%d', v))
+  end
+end
+if release > 0 and redis.call('DECRBY', KEYS[1], string.format('%d', release)) <= 0 then
+  redis.call('DEL', KEYS[1])
+end
+return applied
+`
+
+// maxGroup bounds the entries one script call applies, so that a batch
+// dominated by one key never holds Redis for long.
+const maxGroup = 256
+
+// addReservedLua adds ARGV[1] to the counter KEYS[1], never below zero.
+const addReservedLua = `
+local v = redis.call('INCRBY', KEYS[1], ARGV[1])
+if v <= 0 then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
+return v
+`
+
+func (s *RedisStore) keyTag(keyID string) string   { return s.prefix + ":{" + keyID + "}" }
+func (s *RedisStore) userTag(userID string) string { return s.prefix + ":{u:" + userID + "}" }
+func (s *RedisStore) keysSet(pid string) string    { return s.prefix + ":keys:" + pid }
+func (s *RedisStore) reservedKey(keyID string) string {
+	return s.keyTag(keyID) + ":reserved"
+}
+
+// scriptCall is one call of applyLua: a group of entries of one key or one
+// user. It is kept so that it can be sent again with EVAL when the server
+// does not have the script cached.
+type scriptCall struct {
+	keys  []string
+	args  []any
+	index map[string]int // KEYS index (1-based) by key name
+	n     int            // entries in the group
+	isKey bool           // a key group, whose result counts as applied
+	cmd   *redis.Cmd
+}
+
+func newScriptCall(counter string, isKey bool) *scriptCall {
+	models := "0"
+	if isKey {
+		models = "1"
+	}
+	return &scriptCall{
+		keys:  []string{counter},
+		args:  []any{models},
+		index: map[string]int{counter: 1},
+		isKey: isKey,
+	}
+}
+
+// key returns the KEYS index of name, adding it if needed.
+func (c *scriptCall) key(name string) int {
+	if i, ok := c.index[name]; ok {
+		return i
+	}
+	c.keys = append(c.keys, name)
+	c.index[name] = len(c.keys)
+	return len(c.keys)
+}
+
+// add appends e to the group whose keys all start with tag.
+func (c *scriptCall) add(tag string, e Entry, pids *[4]string, expireAt, reserved int64, model string) {
+	c.args = append(c.args, c.key(tag+":seen:"+pids[0]), e.RequestID, expireAt,
+		c.key(tag+":usage:"+pids[0]), c.key(tag+":usage:"+pids[1]),
+		c.key(tag+":usage:"+pids[2]), c.key(tag+":usage:"+pids[3]),
+		e.PromptTokens, e.CompletionTokens, reserved, model)
+	c.n++
+}
+
+// Apply records entries in one round trip: the entries are grouped by key,
+// and by user, and each group is applied by one atomic script call; the calls
+// and the period-set updates are pipelined. Each entry is applied at most
+// once, to its key's totals and to its user's; when Apply returns an error
+// some entries may have been applied, and applying the batch again is safe.
+// Deduplication is per key and UTC day of the entry's time: a request id
+// belongs to one key, and its redeliveries carry its time. A batch with an
+// invalid entry is rejected as a whole with an error wrapping
+// ErrInvalidEntry.
+func (s *RedisStore) Apply(ctx context.Context, entries []Entry) (int, error) {
+	for _, e := range entries {
+		if err := e.Validate(); err != nil {
+			return 0, err
+		}
+	}
+	if len(entries) == 0 {
+		return 0, nil
+	}
+	var calls []*scriptCall
+	open := map[string]*scriptCall{} // the group being filled, by tag
+	group := func(tag string, isKey bool) *scriptCall {
+		c := open[tag]
+		if c == nil || c.n == maxGroup {
+			c = newScriptCall(tag+":reserved", isKey)
+			open[tag] = c
+			calls = append(calls, c)
+		}
+		return c
+	}
+	sets := map[string]map[string]struct{}{}
+	now := time.Now().Unix()
+	for _, e := range entries {
+		var pids [4]string
+		for i, p := range Periods {
+			pids[i] = PeriodID(p, e.Time)
+			ks := sets[pids[i]]
+			if ks == nil {
+				ks = map[string]struct{}{}
+				sets[pids[i]] = ks
+			}
+			ks[e.KeyID] = struct{}{}
+		}
+		expireAt := max(PeriodEnd(Daily, e.Time).Unix(), now) + s.ttl
+		tag := s.keyTag(e.KeyID)
+		group(tag, true).add(tag, e, &pids, expireAt, e.Reserved, e.Model)
+		if e.UserID != "" {
+			// A user's groups never release reservations: their counter
+			// key is named but never written.
+			utag := s.userTag(e.UserID)
+			group(utag, false).add(utag, e, &pids, expireAt, 0, "")
+		}
+	}
+
+	pipe := s.rdb.Pipeline()
+	for _, c := range calls {
+		c.cmd = s.apply.EvalSha(ctx, pipe, c.keys, c.args...)
+	}
+	// The period sets only list key ids; adding one is idempotent, and
+	// UsageAll skips a listed key whose totals are empty.
+	for pid, ks := range sets {
+		members := make([]any, 0, len(ks))
+		for k := range ks {
+			members = append(members, k)
+		}
+		pipe.SAdd(ctx, s.keysSet(pid), members...)
+	}
+	cmds, err := pipe.Exec(ctx)
+	if err != nil && !allNoScript(cmds) {
+		return 0, fmt.Errorf("apply %d entries: %w", len(entries), firstErr(cmds, err))
+	}
+
+	// A script the server has not cached did not run: send those calls
+	// again with their source, which also caches them.
+	var retry []*scriptCall
+	for _, c := range calls {
+		if isNoScript(c.cmd.Err()) {
+			retry = append(retry, c)
+		}
+	}
+	if len(retry) > 0 {
+		pipe := s.rdb.Pipeline()
+		for _, c := range retry {
+			c.cmd = s.apply.Eval(ctx, pipe, c.keys, c.args...)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return 0, fmt.Errorf("apply %d entries: %w", len(entries), err)
+		}
+	}
+
+	applied := 0
+	for _, c := range calls {
+		if !c.isKey {
+			continue
+		}
+		n, err := c.cmd.Int()
+		if err != nil {
+			return 0, fmt.Errorf("apply %d entries: %w", len(entries), err)
+		}
+		applied += n
+	}
+	return applied, nil
+}
+
+func isNoScript(err error) bool { return err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") }
+
+// allNoScript reports whether every failed command failed only because its
+// script was not cached.
+func allNoScript(cmds []redis.Cmder) bool {
+	for _, c := range cmds {
+		if err := c.Err(); err != nil && !isNoScript(err) {
+			return false
+		}
+	}
+	return true
+}
+
+// firstErr returns the first command error that is not NOSCRIPT, or err.
+func firstErr(cmds []redis.Cmder, err error) error {
+	for _, c := range cmds {
+		if e := c.Err(); e != nil && !isNoScript(e) {
+			return e
+		}
+	}
+	return err
+}
+
+// Usage returns key keyID's usage in the period of kind p containing at.
+func (s *RedisStore) Usage(ctx context.Context, keyID string, p Period, at time.Time) (Totals, error) {
+	key := s.keyTag(keyID) + ":usage:" + PeriodID(p, at)
+	vals, err := s.rdb.HMGet(ctx, key, "p", "c", "n").Result()
+	if err != nil {
+		return Totals{}, fmt.Errorf("usage of key %s: %w", keyID, err)
+	}
+	return totalsOf(vals)
+}
+
+// UsageAll returns every key's usage in the period of kind p containing at:
+// one read of the period's key set, then one pipelined round trip.
+func (s *RedisStore) UsageAll(ctx context.Context, p Period, at time.Time) (map[string]Totals, error) {
+	pid := PeriodID(p, at)
+	keyIDs, err := s.rdb.SMembers(ctx, s.keysSet(pid)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("usage of all keys: %w", err)
+	}
+	out := make(map[string]Totals, len(keyIDs))
+	if len(keyIDs) == 0 {
+		return out, nil
+	}
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.SliceCmd, len(keyIDs))
+	for i, k := range keyIDs {
+		cmds[i] = pipe.HMGet(ctx, s.keyTag(k)+":usage:"+pid, "p", "c", "n")
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, fmt.Errorf("usage of all keys: %w", err)
+	}
+	for i, k := range keyIDs {
+		t, err := totalsOf(cmds[i].Val())
+		if err != nil {
+			return nil, fmt.Errorf("usage of key %s: %w", k, err)
+		}
+		if t.Requests > 0 {
+			out[k] = t
+		}
+	}
+	return out, nil
+}
+
+// UsageByModel returns key keyID's usage in the period of kind p containing
+// at, by model.
+func (s *RedisStore) UsageByModel(ctx context.Context, keyID string, p Period, at time.Time) (map[string]Totals, error) {
+	key := s.keyTag(keyID) + ":usage:" + PeriodID(p, at)
+	fields, err := s.rdb.HGetAll(ctx, key).Result()
+	if err != nil {
+		return nil, fmt.Errorf("usage by model of key %s: %w", keyID, err)
+	}
+	out := map[string]Totals{}
+	for f, v := range fields {
+		rest, ok := strings.CutPrefix(f, "m:")
+		if !ok || len(rest) < 2 || rest[len(rest)-2] != ':' {
+			continue
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("usage by model of key %s: field %s: %w", keyID, f, err)
+		}
+		model := rest[:len(rest)-2]
+		t := out[model]
+		switch rest[len(rest)-1] {
+		case 'p':
+			t.PromptTokens = n
+		case 'c':
+			t.CompletionTokens = n
+		case 'n':
+			t.Requests = n
+		}
+		out[model] = t
+	}
+	for m, t := range out {
+		t.TotalTokens = t.PromptTokens + t.CompletionTokens
+		out[m] = t
+	}
+	return out, nil
+}
+
+// UsageByUser returns user userID's usage in the period of kind p containing
+// at.
+func (s *RedisStore) UsageByUser(ctx context.Context, userID string, p Period, at time.Time) (Totals, error) {
+	key := s.userTag(userID) + ":usage:" + PeriodID(p, at)
+	vals, err := s.rdb.HMGet(ctx, key, "p", "c", "n").Result()
+	if err != nil {
+		return Totals{}, fmt.Errorf("usage of user %s: %w", userID, err)
+	}
+	return totalsOf(vals)
+}
+
+// Reserved returns key keyID's outstanding reserved tokens.
+func (s *RedisStore) Reserved(ctx context.Context, keyID string) (int64, error) {
+	n, err := s.rdb.Get(ctx, s.reservedKey(keyID)).Int64()
+	if errors.Is(err, redis.Nil) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("reserved of key %s: %w", keyID, err)
+	}
+	return max(n, 0), nil
+}
+
+// AddReserved adds tokens to key keyID's reservation counter atomically; the
+// counter never goes below zero.
+func (s *RedisStore) AddReserved(ctx context.Context, keyID string, tokens int64) error {
+	if err := s.addReserved.Run(ctx, s.rdb, []string{s.reservedKey(keyID)}, tokens).Err(); err != nil {
+		return fmt.Errorf("add reserved %s: %w", keyID, err)
+	}
+	return nil
+}
+
+// Close does nothing: the caller owns the client.
+func (s *RedisStore) Close() error { return nil }
+
+// totalsOf reads the p, c, n fields of a usage hash, as HMGET returns them.
+func totalsOf(vals []any) (Totals, error) {
+	var n [3]int64
+	for i, v := range vals {
+		str, ok := v.(string)
+		if !ok {
+			continue // field absent
+		}
+		x, err := strconv.ParseInt(str, 10, 64)
+		if err != nil {
+			return Totals{}, fmt.Errorf("usage field: %w", err)
+		}
+		n[i] = x
+	}
+	return Totals{
+		PromptTokens:     n[0],
+		CompletionTokens: n[1],
+		TotalTokens:      n[0] + n[1],
+		Requests:         n[2],
+	}, nil
+}
