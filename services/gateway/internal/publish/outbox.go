@@ -1,0 +1,539 @@
+package publish
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// The outbox is a directory of segment files, each an append-only run of
+// records named after the sequence number of its first record
+// ("00000000000000000042.seg"), plus a small "acked" file holding the
+// position of the first record JetStream has not acknowledged yet.
+//
+// Records are appended with one write(2) per batch, so a process crash loses
+// nothing that was appended; the files are fsynced every SyncInterval and on
+// close, so a machine crash loses at most one interval. A segment is deleted
+// once every record in it is acknowledged, and when everything is
+// acknowledged the whole directory is emptied at the next sync.
+//
+// When the segments reach maxBytes, further records wait in memory (up to
+// maxMem bytes, oldest first) and move to disk as acknowledgements free
+// room; records past that bound are dropped and counted.
+const (
+	segmentExt  = ".seg"
+	ackFileName = "acked"
+	ackFileSize = 28
+)
+
+type segment struct {
+	id    uint64 // sequence number of the first record; names the file
+	f     *os.File
+	size  int64  // bytes of whole records
+	count uint64 // records
+	dirty bool   // written since the last fsync
+}
+
+// outbox is safe for concurrent use. Appends come from the writer goroutine
+// and from Publish callers that spill; reads and acks from the sender.
+type outbox struct {
+	dir      string
+	maxBytes int64
+	segBytes int64
+	maxMem   int64
+	log      *slog.Logger
+	m        *metrics
+
+	ackFile *os.File
+
+	mu         sync.Mutex
+	segs       []*segment // oldest first; the last one takes appends
+	nextSeq    uint64
+	acked      position // first record not acknowledged
+	ackedDirty bool
+	diskBytes  int64
+	mem        [][]byte // encoded records waiting for room on disk
+	memBytes   int64
+	lastWarn   time.Time
+	warnEvery  time.Duration
+}
+
+func openOutbox(dir string, o Options, m *metrics) (*outbox, error) {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("create outbox dir: %w", err)
+	}
+	ob := &outbox{
+		dir:       dir,
+		maxBytes:  o.MaxOutboxBytes,
+		segBytes:  o.SegmentBytes,
+		maxMem:    o.MaxMemoryBytes,
+		log:       o.Logger,
+		m:         m,
+		warnEvery: o.WarnInterval,
+	}
+	af, err := os.OpenFile(filepath.Join(dir, ackFileName), os.O_RDWR|os.O_CREATE, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("open outbox ack file: %w", err)
+	}
+	ob.ackFile = af
+	if err := ob.recover(); err != nil {
+		ob.closeFiles()
+		return nil, err
+	}
+	ob.updateGaugesLocked()
+	return ob, nil
+}
+
+// readAckFile returns the acknowledged position stored in the ack file, or
+// ok=false when there is none or it does not verify.
+func (ob *outbox) readAckFile() (p position, ok bool) {
+	var b [ackFileSize]byte
+	if _, err := ob.ackFile.ReadAt(b[:], 0); err != nil {
+		return position{}, false
+	}
+	if crc32.Checksum(b[:24], crcTable) != binary.LittleEndian.Uint32(b[24:]) {
+		return position{}, false
+	}
+	p.seq = binary.LittleEndian.Uint64(b[0:])
+	p.seg = binary.LittleEndian.Uint64(b[8:])
+	p.off = int64(binary.LittleEndian.Uint64(b[16:]))
+	return p, true
+}
+
+func (ob *outbox) writeAckFile(p position) error {
+	var b [ackFileSize]byte
+	binary.LittleEndian.PutUint64(b[0:], p.seq)
+	binary.LittleEndian.PutUint64(b[8:], p.seg)
+	binary.LittleEndian.PutUint64(b[16:], uint64(p.off))
+	binary.LittleEndian.PutUint32(b[24:], crc32.Checksum(b[:24], crcTable))
+	if _, err := ob.ackFile.WriteAt(b[:], 0); err != nil {
+		return err
+	}
+	return ob.ackFile.Sync()
+}
+
+// recover loads the segments left in dir, truncates a record torn by a
+// crash, and positions the acknowledged mark.
+func (ob *outbox) recover() error {
+	names, err := os.ReadDir(ob.dir)
+	if err != nil {
+		return fmt.Errorf("read outbox dir: %w", err)
+	}
+	var ids []uint64
+	for _, de := range names {
+		name := de.Name()
+		if !strings.HasSuffix(name, segmentExt) {
+			continue
+		}
+		id, err := strconv.ParseUint(strings.TrimSuffix(name, segmentExt), 10, 64)
+		if err != nil {
+			continue
+		}
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+
+	ack, ackOK := ob.readAckFile()
+	ackFound := false
+	for _, id := range ids {
+		seg, boundarySeq, err := ob.loadSegment(id, ack, ackOK)
+		if err != nil {
+			return err
+		}
+		if ackOK && id == ack.seg && boundarySeq == ack.seq {
+			ackFound = true
+		}
+		ob.segs = append(ob.segs, seg)
+		ob.diskBytes += seg.size
+		if end := seg.id + seg.count; end > ob.nextSeq {
+			ob.nextSeq = end
+		}
+	}
+	if ackOK && ack.seq > ob.nextSeq && len(ob.segs) == 0 {
+		ob.nextSeq = ack.seq
+	}
+	switch {
+	case ackFound:
+		ob.acked = ack
+	case len(ob.segs) > 0:
+		// No usable mark: republish everything; the stream's duplicate
+		// window and the meter's idempotence absorb what was sent before.
+		ob.acked = position{seq: ob.segs[0].id, seg: ob.segs[0].id}
+	default:
+		ob.acked = position{seq: ob.nextSeq, seg: ob.nextSeq}
+	}
+	ob.trimLocked()
+	if n := ob.nextSeq - ob.acked.seq; n > 0 {
+		ob.log.Info("event outbox recovered unacknowledged events", "dir", ob.dir, "events", n, "bytes", ob.diskBytes)
+	}
+	return nil
+}
+
+// loadSegment opens and verifies one segment file. A record that does not
+// verify (torn by a crash) ends the segment: the file is truncated there.
+// boundarySeq is the sequence number at ack.off when that offset is a record
+// boundary of this segment.
+func (ob *outbox) loadSegment(id uint64, ack position, ackOK bool) (*segment, uint64, error) {
+	path := filepath.Join(ob.dir, segmentName(id))
+	f, err := os.OpenFile(path, os.O_RDWR, 0o640)
+	if err != nil {
+		return nil, 0, fmt.Errorf("open outbox segment: %w", err)
+	}
+	seg := &segment{id: id, f: f}
+	boundarySeq := ^uint64(0)
+	r := bufio.NewReaderSize(io.NewSectionReader(f, 0, 1<<62), 256<<10)
+	var buf []byte
+	for {
+		if ackOK && ack.seg == id && ack.off == seg.size {
+			boundarySeq = id + seg.count
+		}
+		hdr, err := r.Peek(recordHeaderSize)
+		if err != nil {
+			if len(hdr) > 0 {
+				ob.log.Warn("event outbox: truncating torn record", "segment", path, "offset", seg.size)
+			}
+			break
+		}
+		n, err := peekRecordLen(hdr)
+		if err == nil {
+			buf = slices.Grow(buf[:0], n)[:n]
+			if _, err = io.ReadFull(r, buf); err == nil {
+				_, _, _, err = decodeRecord(buf)
+			}
+		}
+		if err != nil {
+			ob.log.Warn("event outbox: truncating unreadable record", "segment", path, "offset", seg.size, "err", err)
+			break
+		}
+		seg.size += int64(n)
+		seg.count++
+	}
+	if st, err := f.Stat(); err == nil && st.Size() != seg.size {
+		if err := f.Truncate(seg.size); err != nil {
+			f.Close()
+			return nil, 0, fmt.Errorf("truncate outbox segment: %w", err)
+		}
+	}
+	return seg, boundarySeq, nil
+}
+
+func segmentName(id uint64) string {
+	return fmt.Sprintf("%020d%s", id, segmentExt)
+}
+
+// append stores encoded records: buf holds them back to back and ends[i] is
+// the offset just past record i. It returns how many were dropped because
+// both the disk and the memory bound were reached.
+func (ob *outbox) append(buf []byte, ends []int) (dropped int) {
+	ob.mu.Lock()
+	defer ob.mu.Unlock()
+	i := 0
+	if len(ob.mem) == 0 {
+		k := 0
+		for k < len(ends) && ob.diskBytes+int64(ends[k]) <= ob.maxBytes {
+			k++
+		}
+		if k > 0 {
+			if err := ob.writeLocked(buf[:ends[k-1]], k); err != nil {
+				ob.log.Error("event outbox: write failed; holding events in memory", "dir", ob.dir, "err", err)
+				k = 0
+			}
+		}
+		i = k
+	}
+	start := 0
+	if i > 0 {
+		start = ends[i-1]
+	}
+	for ; i < len(ends); i++ {
+		rec := buf[start:ends[i]]
+		start = ends[i]
+		if ob.memBytes+int64(len(rec)) > ob.maxMem {
+			dropped++
+			continue
+		}
+		ob.mem = append(ob.mem, slices.Clone(rec))
+		ob.memBytes += int64(len(rec))
+	}
+	if dropped > 0 {
+		ob.m.dropped.Add(float64(dropped))
+	}
+	ob.updateGaugesLocked()
+	return dropped
+}
+
+// writeLocked appends n whole records in b to the last segment, starting a
+// new segment when the last one is full.
+func (ob *outbox) writeLocked(b []byte, n int) error {
+	var seg *segment
+	if len(ob.segs) > 0 {
+		seg = ob.segs[len(ob.segs)-1]
+	}
+	if seg == nil || (seg.size > 0 && seg.size+int64(len(b)) > ob.segBytes) {
+		f, err := os.OpenFile(filepath.Join(ob.dir, segmentName(ob.nextSeq)), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o640)
+		if err != nil {
+			return fmt.Errorf("create outbox segment: %w", err)
+		}
+		seg = &segment{id: ob.nextSeq, f: f}
+		ob.segs = append(ob.segs, seg)
+	}
+	if _, err := seg.f.WriteAt(b, seg.size); err != nil {
+		// Cut a partial write back so the segment ends on a record.
+		_ = seg.f.Truncate(seg.size)
+		return err
+	}
+	seg.size += int64(len(b))
+	seg.count += uint64(n)
+	seg.dirty = true
+	ob.nextSeq += uint64(n)
+	ob.diskBytes += int64(len(b))
+	return nil
+}
+
+// flushMemLocked moves records waiting in memory to disk while they fit, or
+// all of them when force is set.
+func (ob *outbox) flushMemLocked(force bool) {
+	for len(ob.mem) > 0 {
+		rec := ob.mem[0]
+		if !force && ob.diskBytes+int64(len(rec)) > ob.maxBytes {
+			return
+		}
+		if err := ob.writeLocked(rec, 1); err != nil {
+			ob.log.Error("event outbox: write failed; holding events in memory", "dir", ob.dir, "err", err)
+			return
+		}
+		ob.mem[0] = nil
+		ob.mem = ob.mem[1:]
+		ob.memBytes -= int64(len(rec))
+	}
+	ob.mem = nil
+}
+
+// read returns up to max records starting at from, reading at most about
+// limit bytes. The records' data is freshly allocated and owned by the
+// caller. It returns no records when from is at the end of the outbox.
+func (ob *outbox) read(from position, max int, limit int) ([]record, error) {
+	ob.mu.Lock()
+	seg := ob.findLocked(&from)
+	if seg == nil {
+		ob.mu.Unlock()
+		return nil, nil
+	}
+	f, size := seg.f, seg.size
+	ob.mu.Unlock()
+
+	want := min(size-from.off, int64(limit))
+	chunk := make([]byte, want)
+	if _, err := f.ReadAt(chunk, from.off); err != nil {
+		return nil, fmt.Errorf("read outbox segment: %w", err)
+	}
+	var recs []record
+	pos := from
+	for len(recs) < max {
+		b := chunk[pos.off-from.off:]
+		if len(b) < recordHeaderSize {
+			break
+		}
+		n, err := peekRecordLen(b)
+		if err != nil {
+			return recs, fmt.Errorf("outbox segment %d offset %d: %w", pos.seg, pos.off, err)
+		}
+		if n > len(b) {
+			if len(recs) > 0 {
+				break
+			}
+			// One record larger than limit: read it whole.
+			big := make([]byte, n)
+			if _, err := f.ReadAt(big, pos.off); err != nil {
+				return nil, fmt.Errorf("read outbox segment: %w", err)
+			}
+			b = big
+		}
+		subject, msgID, data, err := decodeRecord(b[:n])
+		if err != nil {
+			return recs, fmt.Errorf("outbox segment %d offset %d: %w", pos.seg, pos.off, err)
+		}
+		end := position{seq: pos.seq + 1, seg: pos.seg, off: pos.off + int64(n)}
+		recs = append(recs, record{subject: subject, msgID: msgID, data: data, at: pos, end: end})
+		pos = end
+	}
+	return recs, nil
+}
+
+// findLocked returns the segment holding the record at *p, moving *p to the
+// start of the next segment when it points past the end of its own. It
+// returns nil when there is nothing to read at *p.
+func (ob *outbox) findLocked(p *position) *segment {
+	i := slices.IndexFunc(ob.segs, func(s *segment) bool { return s.id == p.seg })
+	if i < 0 {
+		// The segment was emptied and removed; reading resumes in the
+		// first segment created after it.
+		i = slices.IndexFunc(ob.segs, func(s *segment) bool { return s.id >= p.seq })
+		if i < 0 {
+			return nil
+		}
+		*p = position{seq: ob.segs[i].id, seg: ob.segs[i].id}
+	}
+	for p.off >= ob.segs[i].size {
+		if i == len(ob.segs)-1 {
+			return nil
+		}
+		i++
+		*p = position{seq: ob.segs[i].id, seg: ob.segs[i].id}
+	}
+	return ob.segs[i]
+}
+
+// ackedPos returns the position of the first record not acknowledged.
+func (ob *outbox) ackedPos() position {
+	ob.mu.Lock()
+	defer ob.mu.Unlock()
+	return ob.acked
+}
+
+// ack records that every record before p is acknowledged, deletes the
+// segments that holds only such records and lets waiting records in.
+func (ob *outbox) ack(p position) {
+	ob.mu.Lock()
+	defer ob.mu.Unlock()
+	ob.acked = p
+	ob.ackedDirty = true
+	ob.trimLocked()
+	ob.flushMemLocked(false)
+	ob.updateGaugesLocked()
+}
+
+// trimLocked deletes the fully acknowledged segments before the last one,
+// and the last one too when records wait in memory for its room. (An idle
+// outbox is emptied by sync instead, so that a quiet gateway does not create
+// and delete a file per event.)
+func (ob *outbox) trimLocked() {
+	for len(ob.segs) > 1 || len(ob.segs) == 1 && len(ob.mem) > 0 {
+		s := ob.segs[0]
+		if s.id == ob.acked.seg && ob.acked.off < s.size || s.id > ob.acked.seg {
+			return
+		}
+		ob.removeSegmentLocked(s)
+		ob.segs = ob.segs[1:]
+	}
+}
+
+func (ob *outbox) removeSegmentLocked(s *segment) {
+	_ = s.f.Close()
+	if err := os.Remove(filepath.Join(ob.dir, segmentName(s.id))); err != nil {
+		ob.log.Error("event outbox: remove segment", "segment", segmentName(s.id), "err", err)
+	}
+	ob.diskBytes -= s.size
+}
+
+// sync runs on every SyncInterval: it moves waiting records to disk,
+// empties a fully acknowledged outbox, fsyncs what was written and stores
+// the acknowledged position.
+func (ob *outbox) sync(now time.Time) {
+	ob.mu.Lock()
+	ob.flushMemLocked(false)
+	if ob.acked.seq >= ob.nextSeq && len(ob.mem) == 0 && len(ob.segs) > 0 {
+		for _, s := range ob.segs {
+			ob.removeSegmentLocked(s)
+		}
+		ob.segs = nil
+	}
+	var files []*os.File
+	for _, s := range ob.segs {
+		if s.dirty {
+			files = append(files, s.f)
+			s.dirty = false
+		}
+	}
+	ack, ackDirty := ob.acked, ob.ackedDirty
+	ob.ackedDirty = false
+	if len(ob.mem) > 0 && now.Sub(ob.lastWarn) >= ob.warnEvery {
+		ob.lastWarn = now
+		ob.log.Error("event outbox full: events are held in memory and dropped past its bound until NATS acknowledges the backlog",
+			"dir", ob.dir, "outbox_bytes", ob.diskBytes, "max_outbox_bytes", ob.maxBytes,
+			"memory_events", len(ob.mem), "memory_bytes", ob.memBytes, "max_memory_bytes", ob.maxMem)
+	}
+	ob.updateGaugesLocked()
+	ob.mu.Unlock()
+
+	// A segment removed meanwhile is fully acknowledged; its sync error is
+	// of no consequence.
+	for _, f := range files {
+		if err := f.Sync(); err != nil && !errors.Is(err, os.ErrClosed) {
+			ob.log.Error("event outbox: fsync", "dir", ob.dir, "err", err)
+		}
+	}
+	if ackDirty {
+		if err := ob.writeAckFile(ack); err != nil {
+			ob.log.Error("event outbox: write ack file", "dir", ob.dir, "err", err)
+		}
+	}
+}
+
+// close writes every record still in memory to disk, past the bound if need
+// be, syncs and closes the files. The outbox must not be used afterwards.
+func (ob *outbox) close() error {
+	ob.mu.Lock()
+	ob.flushMemLocked(true)
+	lost := len(ob.mem)
+	ob.mu.Unlock()
+	ob.sync(time.Now())
+	ob.mu.Lock()
+	defer ob.mu.Unlock()
+	if lost > 0 {
+		ob.m.dropped.Add(float64(lost))
+		ob.log.Error("event outbox: events lost at close", "dir", ob.dir, "events", lost)
+	}
+	return ob.closeFiles()
+}
+
+func (ob *outbox) closeFiles() error {
+	var errs []error
+	for _, s := range ob.segs {
+		errs = append(errs, s.f.Close())
+	}
+	ob.segs = nil
+	errs = append(errs, ob.ackFile.Close())
+	return errors.Join(errs...)
+}
+
+// depth returns the number of records not acknowledged, on disk and in
+// memory.
+func (ob *outbox) depth() int64 {
+	ob.mu.Lock()
+	defer ob.mu.Unlock()
+	return ob.depthLocked()
+}
+
+func (ob *outbox) depthLocked() int64 {
+	return int64(ob.nextSeq-ob.acked.seq) + int64(len(ob.mem))
+}
+
+func (ob *outbox) updateGaugesLocked() {
+	ob.m.depth.Set(float64(ob.depthLocked()))
+	ob.m.bytes.Set(float64(ob.diskBytes))
+}
+
+// nextSegment returns the position of the first record of the segment
+// after the one p is in, or the end of the outbox.
+func (ob *outbox) nextSegment(p position) position {
+	ob.mu.Lock()
+	defer ob.mu.Unlock()
+	for _, s := range ob.segs {
+		if s.id > p.seg {
+			return position{seq: s.id, seg: s.id}
+		}
+	}
+	return position{seq: ob.nextSeq, seg: ob.nextSeq}
+}

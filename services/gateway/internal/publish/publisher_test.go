@@ -1,0 +1,395 @@
+package publish
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/events"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// startNATS starts an embedded JetStream server storing in storeDir on port
+// (-1 picks one).
+func startNATS(t testing.TB, storeDir string, port int) *server.Server {
+	t.Helper()
+	srv, err := server.NewServer(&server.Options{
+		Host:      "127.0.0.1",
+		Port:      port,
+		JetStream: true,
+		StoreDir:  storeDir,
+		NoLog:     true,
+		NoSigs:    true,
+	})
+	if err != nil {
+		t.Fatalf("nats server: %v", err)
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server not ready")
+	}
+	return srv
+}
+
+// connect returns a JetStream context on a connection that reconnects for
+// ever, with the event streams in place.
+func connect(t testing.TB, url string) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond))
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatalf("jetstream: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := events.EnsureStreams(ctx, js, events.StreamOptions{}); err != nil {
+		t.Fatalf("ensure streams: %v", err)
+	}
+	return js
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func event(i int) *events.RequestCompleted {
+	return &events.RequestCompleted{
+		RequestID: fmt.Sprintf("req-%06d", i),
+		KeyID:     fmt.Sprintf("key%d", i%3),
+		Model:     "m",
+		Timestamp: time.Unix(1700000000, 0).UTC(),
+		Usage:     events.Usage{PromptTokens: 10, CompletionTokens: int64(i), TotalTokens: 10 + int64(i)},
+	}
+}
+
+// streamIDs returns the Nats-Msg-Id of every message in the event stream,
+// in stream order, checking that each matches its body's request id and
+// subject.
+func streamIDs(t testing.TB, js jetstream.JetStream) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, events.StreamName)
+	if err != nil {
+		t.Fatalf("stream: %v", err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatalf("stream info: %v", err)
+	}
+	var ids []string
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatalf("get msg %d: %v", seq, err)
+		}
+		ev, err := events.Unmarshal(m.Data)
+		if err != nil {
+			t.Fatalf("msg %d: %v", seq, err)
+		}
+		if id := m.Header.Get(jetstream.MsgIDHeader); id != ev.RequestID {
+			t.Fatalf("msg %d: Nats-Msg-Id %q, request_id %q", seq, id, ev.RequestID)
+		}
+		if m.Subject != events.Subject(ev.KeyID) {
+			t.Fatalf("msg %d: subject %q, want %q", seq, m.Subject, events.Subject(ev.KeyID))
+		}
+		ids = append(ids, ev.RequestID)
+	}
+	return ids
+}
+
+func streamCount(t testing.TB, js jetstream.JetStream) uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, events.StreamName)
+	if err != nil {
+		return 0
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return 0
+	}
+	return info.State.Msgs
+}
+
+// checkIDs fails unless ids are req-from .. req-(to-1) in order.
+func checkIDs(t testing.TB, ids []string, from, to int) {
+	t.Helper()
+	if len(ids) != to-from {
+		t.Fatalf("got %d events, want %d", len(ids), to-from)
+	}
+	for i, id := range ids {
+		if want := event(from + i).RequestID; id != want {
+			t.Fatalf("event %d is %s, want %s", i, id, want)
+		}
+	}
+}
+
+// flakyJS fails every async publish while fail is set.
+type flakyJS struct {
+	jetstream.JetStream
+	fail atomic.Bool
+}
+
+var errFlaky = errors.New("nats unreachable")
+
+func (f *flakyJS) PublishMsgAsync(m *nats.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
+	if f.fail.Load() || f.JetStream == nil {
+		return nil, errFlaky
+	}
+	return f.JetStream.PublishMsgAsync(m, opts...)
+}
+
+func testOptions(reg prometheus.Registerer) Options {
+	return Options{
+		Registerer:   reg,
+		SyncInterval: 10 * time.Millisecond,
+		AckTimeout:   2 * time.Second,
+		RetryInitial: 10 * time.Millisecond,
+		RetryMax:     100 * time.Millisecond,
+	}
+}
+
+func newPublisher(t testing.TB, js jetstream.JetStream, dir string, o Options) *Publisher {
+	t.Helper()
+	p, err := New(js, dir, o)
+	if err != nil {
+		t.Fatalf("new publisher: %v", err)
+	}
+	return p
+}
+
+func closePublisher(t testing.TB, p *Publisher) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := p.Close(ctx); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+}
+
+// crash stops p's goroutines as a killed process would: nothing queued is
+// drained, nothing is synced, the ack mark is whatever was last written.
+func crash(p *Publisher) {
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	close(p.abort)
+	<-p.writerDone
+	<-p.senderDone
+	p.ob.mu.Lock()
+	_ = p.ob.closeFiles()
+	p.ob.mu.Unlock()
+}
+
+func segmentFiles(t testing.TB, dir string) []string {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(dir, "*"+segmentExt))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestPublishOncePerEventWithMsgID(t *testing.T) {
+	srv := startNATS(t, t.TempDir(), -1)
+	defer srv.Shutdown()
+	js := connect(t, srv.ClientURL())
+	reg := prometheus.NewRegistry()
+	dir := t.TempDir()
+	p := newPublisher(t, js, dir, testOptions(reg))
+
+	const n = 300
+	for i := range n {
+		p.Publish(event(i))
+	}
+	waitFor(t, 10*time.Second, "all events acked", func() bool {
+		return testutil.ToFloat64(p.m.published) == n && p.Depth() == 0
+	})
+	checkIDs(t, streamIDs(t, js), 0, n)
+	waitFor(t, 5*time.Second, "outbox emptied", func() bool {
+		return len(segmentFiles(t, dir)) == 0 && testutil.ToFloat64(p.m.bytes) == 0
+	})
+	closePublisher(t, p)
+	if got := testutil.ToFloat64(p.m.dropped); got != 0 {
+		t.Fatalf("dropped %v events", got)
+	}
+}
+
+func TestOutageRepublishesInOrder(t *testing.T) {
+	store := t.TempDir()
+	srv := startNATS(t, store, -1)
+	js := connect(t, srv.ClientURL())
+	reg := prometheus.NewRegistry()
+	dir := t.TempDir()
+	p := newPublisher(t, js, dir, testOptions(reg))
+	defer closePublisher(t, p)
+
+	for i := range 100 {
+		p.Publish(event(i))
+	}
+	waitFor(t, 10*time.Second, "first events acked", func() bool { return p.Depth() == 0 && streamCount(t, js) == 100 })
+
+	port := clientPort(t, srv)
+	srv.Shutdown()
+	srv.WaitForShutdown()
+
+	for i := 100; i < 600; i++ {
+		p.Publish(event(i))
+	}
+	waitFor(t, 10*time.Second, "events held in the outbox", func() bool { return p.ob.depth() == 500 })
+	if len(segmentFiles(t, dir)) == 0 {
+		t.Fatal("no outbox segment while NATS is down")
+	}
+
+	srv = startNATS(t, store, port)
+	defer srv.Shutdown()
+	waitFor(t, 20*time.Second, "backlog published", func() bool { return p.Depth() == 0 })
+	checkIDs(t, streamIDs(t, js), 0, 600)
+	waitFor(t, 5*time.Second, "outbox emptied", func() bool { return len(segmentFiles(t, dir)) == 0 })
+}
+
+func clientPort(t testing.TB, srv *server.Server) int {
+	t.Helper()
+	var port int
+	if _, err := fmt.Sscanf(srv.ClientURL(), "nats://127.0.0.1:%d", &port); err != nil {
+		t.Fatalf("client url %q: %v", srv.ClientURL(), err)
+	}
+	return port
+}
+
+func TestCloseKeepsPendingForNextPublisher(t *testing.T) {
+	srv := startNATS(t, t.TempDir(), -1)
+	defer srv.Shutdown()
+	js := connect(t, srv.ClientURL())
+	dir := t.TempDir()
+
+	down := &flakyJS{}
+	p := newPublisher(t, down, dir, testOptions(nil))
+	for i := range 50 {
+		p.Publish(event(i))
+	}
+	start := time.Now()
+	closePublisher(t, p)
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("Close took %v with NATS down", d)
+	}
+	if got := p.Depth(); got != 50 {
+		t.Fatalf("closed with %d events in the outbox, want 50", got)
+	}
+	p.Publish(event(99)) // after Close: dropped and counted, no panic
+	if got := testutil.ToFloat64(p.m.dropped); got != 1 {
+		t.Fatalf("dropped = %v after Close, want 1", got)
+	}
+
+	p2 := newPublisher(t, js, dir, testOptions(nil))
+	defer closePublisher(t, p2)
+	waitFor(t, 10*time.Second, "pending events published", func() bool { return p2.Depth() == 0 && streamCount(t, js) == 50 })
+	checkIDs(t, streamIDs(t, js), 0, 50)
+}
+
+func TestCrashRepublishesUnacked(t *testing.T) {
+	srv := startNATS(t, t.TempDir(), -1)
+	defer srv.Shutdown()
+	js := connect(t, srv.ClientURL())
+	dir := t.TempDir()
+
+	fj := &flakyJS{JetStream: js}
+	p := newPublisher(t, fj, dir, testOptions(nil))
+	for i := range 20 {
+		p.Publish(event(i))
+	}
+	waitFor(t, 10*time.Second, "first events acked", func() bool { return p.Depth() == 0 && streamCount(t, js) == 20 })
+	fj.fail.Store(true)
+	for i := 20; i < 70; i++ {
+		p.Publish(event(i))
+	}
+	// A crash loses what is still in the hand-off queue; wait until the
+	// events are in the outbox.
+	waitFor(t, 10*time.Second, "events in the outbox", func() bool { return p.ob.depth() == 50 })
+	crash(p)
+
+	p2 := newPublisher(t, js, dir, testOptions(nil))
+	defer closePublisher(t, p2)
+	waitFor(t, 10*time.Second, "unacked events republished", func() bool {
+		return p2.Depth() == 0 && streamCount(t, js) == 70
+	})
+	checkIDs(t, streamIDs(t, js), 0, 70)
+}
+
+func TestOutboxBound(t *testing.T) {
+	srv := startNATS(t, t.TempDir(), -1)
+	defer srv.Shutdown()
+	js := connect(t, srv.ClientURL())
+	dir := t.TempDir()
+
+	fj := &flakyJS{JetStream: js}
+	fj.fail.Store(true)
+	o := testOptions(prometheus.NewRegistry())
+	o.MaxOutboxBytes = 32 << 10
+	o.MaxMemoryBytes = 8 << 10
+	p := newPublisher(t, fj, dir, o)
+	defer closePublisher(t, p)
+
+	const n = 1000
+	for i := range n {
+		p.Publish(event(i))
+	}
+	var dropped float64
+	waitFor(t, 10*time.Second, "every event stored or dropped", func() bool {
+		dropped = testutil.ToFloat64(p.m.dropped)
+		return float64(p.ob.depth())+dropped == n
+	})
+	if dropped == 0 {
+		t.Fatal("nothing dropped past both bounds")
+	}
+	var onDisk int64
+	for _, f := range segmentFiles(t, dir) {
+		st, err := os.Stat(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		onDisk += st.Size()
+	}
+	if onDisk > o.MaxOutboxBytes {
+		t.Fatalf("outbox holds %d bytes, bound %d", onDisk, o.MaxOutboxBytes)
+	}
+	if got := testutil.ToFloat64(p.m.bytes); int64(got) != onDisk {
+		t.Fatalf("outbox_bytes gauge %v, files %d", got, onDisk)
+	}
+	p.ob.mu.Lock()
+	inMem, memBytes := len(p.ob.mem), p.ob.memBytes
+	p.ob.mu.Unlock()
+	if inMem == 0 || memBytes > o.MaxMemoryBytes {
+		t.Fatalf("%d events, %d bytes in memory; want some, at most %d bytes", inMem, memBytes, o.MaxMemoryBytes)
+	}
+
+	// NATS returns: everything kept, disk and memory, goes out in order.
+	kept := n - int(dropped)
+	fj.fail.Store(false)
+	waitFor(t, 20*time.Second, "kept events published", func() bool { return p.Depth() == 0 })
+	ids := streamIDs(t, js)
+	checkIDs(t, ids, 0, kept)
+}
