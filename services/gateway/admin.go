@@ -1,0 +1,70 @@
+package gateway
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/ledger"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/apierr"
+)
+
+// AdminOptions wires the admin API.
+type AdminOptions struct {
+	// Token is compared in constant time with the request's bearer token;
+	// empty disables the /admin endpoints.
+	Token  string
+	Ledger ledger.Store
+	// PeriodOf returns a key's quota period ("" when unknown).
+	PeriodOf func(keyID string) ledger.Period
+	Now      func() time.Time
+}
+
+// AdminHandler serves the admin API (GET /admin/usage) on its own listener.
+func AdminHandler(o AdminOptions) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /admin/usage", func(w http.ResponseWriter, r *http.Request) {
+		if !adminAuthorized(o.Token, r) {
+			apierr.Write(w, apierr.Unauthorized("admin token required: send 'Authorization: Bearer <admin.token>'"))
+			return
+		}
+		if o.Ledger == nil {
+			apierr.Write(w, apierr.Unavailable("no_ledger", "this process has no ledger"))
+			return
+		}
+		q := r.URL.Query()
+		var p ledger.Period
+		if s := q.Get("period"); s != "" {
+			var err error
+			if p, err = ledger.ParsePeriod(s); err != nil {
+				apierr.Write(w, apierr.BadRequest("invalid_period", err.Error()))
+				return
+			}
+		}
+		now := time.Now
+		if o.Now != nil {
+			now = o.Now
+		}
+		rows, err := ledger.Report(r.Context(), o.Ledger, q.Get("key"), p, o.PeriodOf, now())
+		if err != nil {
+			apierr.Write(w, apierr.Unavailable("ledger_unavailable", "the ledger is unavailable: "+err.Error()))
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]any{"usage": rows})
+	})
+	return mux
+}
+
+func adminAuthorized(token string, r *http.Request) bool {
+	if token == "" {
+		return false
+	}
+	h := r.Header.Get("Authorization")
+	if len(h) < 7 || !strings.EqualFold(h[:7], "bearer ") {
+		return false
+	}
+	return subtle.ConstantTimeCompare([]byte(strings.TrimSpace(h[7:])), []byte(token)) == 1
+}

@@ -1,0 +1,265 @@
+// Package gateway is LLMProxy's HTTP front: it authenticates a request,
+// admits it, picks a backend, relays the response without buffering a
+// stream, reads the token usage off the passing bytes and hands a
+// RequestCompleted event to the publisher.
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
+	"github.com/llmproxy/llmproxy/pkg/events"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/apierr"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/auth"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/balancer"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/clientip"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/publish"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/retry"
+)
+
+// EventSink receives one event per finished request. Publish must not block
+// the request for long: it is called on the request's goroutine.
+type EventSink interface {
+	Publish(ev *events.RequestCompleted)
+}
+
+// Options wires a Gateway.
+type Options struct {
+	Config *config.Config
+	// JetStream and OutboxDir make the gateway publish its events through
+	// its own durable outbox; Events overrides them (tests).
+	JetStream jetstream.JetStream
+	OutboxDir string
+	Events    EventSink
+	// Keys overrides the key store built from the config (e.g. Redis).
+	Keys       auth.Store
+	Registerer prometheus.Registerer
+	Gatherer   prometheus.Gatherer
+	Logger     *slog.Logger
+	// Ready reports whether the gateway's dependencies (NATS, Redis) are
+	// reachable; nil means always.
+	Ready func(ctx context.Context) error
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// Gateway serves the client-facing API. It is safe for concurrent use.
+type Gateway struct {
+	cfg      *config.Config
+	events   EventSink
+	keys     auth.Store
+	authOn   bool
+	ips      *clientip.Resolver
+	pool     *balancer.Pool
+	health   *balancer.HealthChecker
+	retry    *retry.Policy
+	metrics  *metrics
+	log      *slog.Logger
+	ready    func(ctx context.Context) error
+	now      func() time.Time
+	maxBody  int64
+	gatherer prometheus.Gatherer
+	echo     *echo.Echo
+	reqIDs   requestIDs
+	// publisher is the gateway's own event publisher, closed by Close.
+	publisher *publish.Publisher
+	inflight atomic.Int64
+}
+
+// New builds a Gateway from opts.
+func New(opts Options) (*Gateway, error) {
+	cfg := opts.Config
+	if cfg == nil {
+		return nil, errors.New("gateway: config is required")
+	}
+	g := &Gateway{
+		cfg:      cfg,
+		events:   opts.Events,
+		keys:     opts.Keys,
+		authOn:   cfg.AuthEnabled(),
+		log:      opts.Logger,
+		ready:    opts.Ready,
+		now:      opts.Now,
+		maxBody:  cfg.Server.MaxBodyBytes,
+		gatherer: opts.Gatherer,
+		reqIDs:   newRequestIDs(),
+	}
+	if g.log == nil {
+		g.log = slog.Default()
+	}
+	if g.now == nil {
+		g.now = time.Now
+	}
+	if g.maxBody <= 0 {
+		g.maxBody = 10 << 20
+	}
+	if g.keys == nil {
+		fs, err := auth.NewFileStore(cfg)
+		if err != nil {
+			return nil, err
+		}
+		g.keys = fs
+	}
+	var trusted []netip.Prefix
+	for _, s := range cfg.TrustedProxies {
+		p, err := auth.ParsePrefix(s)
+		if err != nil {
+			return nil, fmt.Errorf("trusted_proxies: %w", err)
+		}
+		trusted = append(trusted, p)
+	}
+	g.ips = clientip.New(trusted)
+	pool, err := balancer.NewPool(balancer.PoolConfig{
+		Backends:    cfg.Backends,
+		Strategy:    cfg.Routing.LoadBalanceStrategy,
+		Fallback:    cfg.Routing.Fallback,
+		HealthCheck: cfg.HealthCheck,
+	})
+	if err != nil {
+		return nil, err
+	}
+	g.pool = pool
+	g.retry = retry.NewPolicy(cfg.Routing.Retry)
+	reg := opts.Registerer
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	g.metrics = newMetrics(reg, g.inflight.Load)
+	if g.events == nil && opts.JetStream != nil {
+		p, err := publish.New(opts.JetStream, opts.OutboxDir, publish.Options{Logger: g.log, Registerer: reg})
+		if err != nil {
+			return nil, fmt.Errorf("event outbox: %w", err)
+		}
+		g.publisher = p
+		g.events = p
+	}
+	if g.events == nil {
+		g.events = discardEvents{}
+	}
+	if err := balancer.RegisterMetrics(reg, pool); err != nil {
+		return nil, err
+	}
+	if g.gatherer == nil {
+		if gr, ok := reg.(prometheus.Gatherer); ok {
+			g.gatherer = gr
+		}
+	}
+	g.health = balancer.NewHealthChecker(pool, cfg.HealthCheck, nil)
+	g.echo = g.routes()
+	return g, nil
+}
+
+// Start runs the first round of health checks and starts the background
+// checkers; it returns when the first verdict is in.
+func (g *Gateway) Start(ctx context.Context) {
+	g.health.Start(ctx)
+}
+
+// Close flushes the events still waiting to be published (to NATS, or to
+// the on-disk outbox) and stops background work. Call it after the HTTP
+// server has drained.
+func (g *Gateway) Close(ctx context.Context) error {
+	if g.publisher != nil {
+		return g.publisher.Close(ctx)
+	}
+	return nil
+}
+
+// Handler returns the client-facing HTTP handler.
+func (g *Gateway) Handler() http.Handler { return g.echo }
+
+func (g *Gateway) routes() *echo.Echo {
+	e := echo.New()
+	e.HideBanner = true
+	e.HidePort = true
+	e.HTTPErrorHandler = func(err error, c echo.Context) {
+		if c.Response().Committed {
+			return
+		}
+		var he *echo.HTTPError
+		if errors.As(err, &he) {
+			switch he.Code {
+			case http.StatusNotFound:
+				apierr.Write(c.Response(), apierr.NotFound("unknown_url", "unknown path "+c.Request().URL.Path))
+				return
+			case http.StatusMethodNotAllowed:
+				apierr.Write(c.Response(), &apierr.Error{Status: 405, Type: "invalid_request_error", Code: "method_not_allowed", Message: "method " + c.Request().Method + " is not allowed on " + c.Request().URL.Path})
+				return
+			}
+		}
+		apierr.Write(c.Response(), apierr.Internal("internal_error", "internal error"))
+	}
+	proxy := echo.WrapHandler(http.HandlerFunc(g.serveProxy))
+	for _, p := range proxiedPOST {
+		e.POST(p, proxy)
+	}
+	for _, p := range proxiedGET {
+		e.GET(p, proxy)
+	}
+	e.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
+	e.GET("/readyz", g.readyz)
+	if g.gatherer != nil {
+		e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(g.gatherer, promhttp.HandlerOpts{})))
+	}
+	return e
+}
+
+// The client-facing endpoints passed through to backends.
+var (
+	proxiedPOST = []string{
+		"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages",
+		"/api/chat", "/api/generate", "/api/embed", "/generate", "/generate_stream",
+	}
+	proxiedGET = []string{"/v1/models", "/api/tags"}
+)
+
+func (g *Gateway) readyz(c echo.Context) error {
+	type backendState struct {
+		Name  string `json:"name"`
+		URL   string `json:"url"`
+		State string `json:"state"`
+	}
+	resp := struct {
+		Ready    bool           `json:"ready"`
+		Error    string         `json:"error,omitempty"`
+		Backends []backendState `json:"backends"`
+	}{Ready: true}
+	anyUp := false
+	for _, s := range g.pool.Snapshot() {
+		resp.Backends = append(resp.Backends, backendState{Name: s.Name, URL: s.URL, State: s.State})
+		if s.State == "healthy" {
+			anyUp = true
+		}
+	}
+	if !anyUp {
+		resp.Ready, resp.Error = false, "no backend is available"
+	}
+	if g.ready != nil {
+		ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
+		defer cancel()
+		if err := g.ready(ctx); err != nil {
+			resp.Ready, resp.Error = false, err.Error()
+		}
+	}
+	status := http.StatusOK
+	if !resp.Ready {
+		status = http.StatusServiceUnavailable
+	}
+	return c.JSON(status, resp)
+}
+
+type discardEvents struct{}
+
+func (discardEvents) Publish(*events.RequestCompleted) {}

@@ -1,0 +1,221 @@
+package gateway
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
+	"github.com/llmproxy/llmproxy/pkg/events"
+)
+
+const testKey = "sk-llmproxy-unit-test-0042"
+
+// sink records published events.
+type sink struct {
+	mu  sync.Mutex
+	evs []*events.RequestCompleted
+	ch  chan *events.RequestCompleted
+}
+
+func newSink() *sink { return &sink{ch: make(chan *events.RequestCompleted, 100)} }
+
+func (s *sink) Publish(ev *events.RequestCompleted) {
+	s.mu.Lock()
+	s.evs = append(s.evs, ev)
+	s.mu.Unlock()
+	s.ch <- ev
+}
+
+func (s *sink) next(t *testing.T) *events.RequestCompleted {
+	t.Helper()
+	select {
+	case ev := <-s.ch:
+		return ev
+	case <-time.After(5 * time.Second):
+		t.Fatal("no event published")
+		return nil
+	}
+}
+
+func newTestGateway(t *testing.T, backend string, extra string) (*httptest.Server, *sink) {
+	t.Helper()
+	yaml := fmt.Sprintf(`
+backends:
+  - url: %q
+    headers: { Authorization: "Bearer backend-secret" }
+    models: ["m1", "m2"]
+api_keys:
+  - key: %q
+    id: unit
+    user_id: u1
+server: { max_body_bytes: 4096 }
+%s`, backend, testKey, extra)
+	cfg, err := config.Parse([]byte(yaml), "test.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newSink()
+	g, err := New(Options{Config: cfg, Events: s})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Start(context.Background())
+	srv := httptest.NewServer(g.Handler())
+	t.Cleanup(srv.Close)
+	return srv, s
+}
+
+func do(t *testing.T, method, url string, body string, hdr map[string]string) (*http.Response, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, b
+}
+
+func withKey() map[string]string { return map[string]string{"Authorization": "Bearer " + testKey} }
+
+func TestBadInputGetsOpenAIErrors(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"ok":true}`))
+	}))
+	defer backend.Close()
+	gw, _ := newTestGateway(t, backend.URL, "")
+	cases := []struct {
+		name, method, path, body string
+		hdr                      map[string]string
+		status                   int
+		code                     string
+	}{
+		{"invalid json", "POST", "/v1/chat/completions", `{"model":`, withKey(), 400, "invalid_json"},
+		{"too large", "POST", "/v1/chat/completions", `{"model":"m1","x":"` + strings.Repeat("a", 5000) + `"}`, withKey(), 413, "request_too_large"},
+		{"unknown path", "GET", "/v1/nothing", "", withKey(), 404, "unknown_url"},
+		{"no key", "POST", "/v1/chat/completions", `{"model":"m1"}`, nil, 401, "invalid_api_key"},
+		{"bad key", "POST", "/v1/chat/completions", `{"model":"m1"}`, map[string]string{"Authorization": "Bearer sk-nope-123456789"}, 401, "invalid_api_key"},
+		{"unknown model", "POST", "/v1/chat/completions", `{"model":"m9"}`, withKey(), 404, "model_not_found"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			resp, body := do(t, c.method, gw.URL+c.path, c.body, c.hdr)
+			var e struct {
+				Error struct{ Message, Type, Code string } `json:"error"`
+			}
+			if resp.StatusCode != c.status || json.Unmarshal(body, &e) != nil || e.Error.Code != c.code || e.Error.Message == "" || e.Error.Type == "" {
+				t.Fatalf("got %d %s, want %d with code %s", resp.StatusCode, body, c.status, c.code)
+			}
+		})
+	}
+	// The process is still healthy and serves a good request.
+	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1"}`, map[string]string{"x-api-key": testKey})
+	if resp.StatusCode != 200 || string(body) != `{"ok":true}` {
+		t.Fatalf("good request after bad ones: %d %s", resp.StatusCode, body)
+	}
+}
+
+func TestCredentialsNeverReachTheBackend(t *testing.T) {
+	var got http.Header
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = r.Header.Clone()
+		_, _ = w.Write([]byte(`{}`))
+	}))
+	defer backend.Close()
+	gw, s := newTestGateway(t, backend.URL, "")
+	do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1"}`, map[string]string{"x-api-key": testKey, "Connection": "keep-alive, X-Hop", "X-Hop": "1", "X-Custom": "kept"})
+	if got.Get("Authorization") != "Bearer backend-secret" || got.Get("X-Api-Key") != "" || got.Get("X-Hop") != "" || got.Get("X-Custom") != "kept" {
+		t.Fatalf("backend saw headers %v", got)
+	}
+	ev := s.next(t)
+	if strings.Contains(ev.APIKey, "0042") && !strings.Contains(ev.APIKey, "…") || ev.APIKey == testKey || ev.KeyID != "unit" || ev.UserID != "u1" {
+		t.Fatalf("event key fields: %+v", ev)
+	}
+}
+
+// TestClientLeavesMidStream checks that the backend's request is cancelled
+// at once and the delivered tokens are billed as estimated usage.
+func TestClientLeavesMidStream(t *testing.T) {
+	cancelled := make(chan time.Time, 1)
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		f := w.(http.Flusher)
+		for i := 0; ; i++ {
+			fmt.Fprintf(w, "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"word%d \"}}]}\n\n", i)
+			f.Flush()
+			select {
+			case <-r.Context().Done():
+				cancelled <- time.Now()
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}))
+	defer backend.Close()
+	gw, s := newTestGateway(t, backend.URL, "")
+	req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m1","stream":true,"messages":[{"role":"user","content":"hi"}]}`))
+	req.Header.Set("Authorization", "Bearer "+testKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(resp.Body)
+	seen := 0
+	for seen < 3 {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasPrefix(line, "data: ") {
+			seen++
+		}
+	}
+	left := time.Now()
+	resp.Body.Close()
+	select {
+	case at := <-cancelled:
+		if d := at.Sub(left); d > 100*time.Millisecond {
+			t.Fatalf("backend cancelled %s after the client left", d)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("the backend's request was not cancelled")
+	}
+	ev := s.next(t)
+	if ev.UsageSource != estimatedSource || ev.Usage.CompletionTokens < 3 || ev.Usage.PromptTokens == 0 {
+		t.Fatalf("event usage %+v source %s", ev.Usage, ev.UsageSource)
+	}
+}
+
+const estimatedSource = events.UsageSourceEstimated
+
+func TestBackendFailureMidStreamEndsWithErrorEvent(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = w.Write([]byte("data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n"))
+		w.(http.Flusher).Flush()
+		hj, _ := w.(http.Hijacker)
+		conn, _, _ := hj.Hijack()
+		conn.Close()
+	}))
+	defer backend.Close()
+	gw, _ := newTestGateway(t, backend.URL, "")
+	_, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1","stream":true}`, withKey())
+	if !bytes.Contains(body, []byte("event: error")) || !bytes.HasSuffix(body, []byte("data: [DONE]\n\n")) {
+		t.Fatalf("stream did not end with an error event: %q", body)
+	}
+}

@@ -1,0 +1,103 @@
+// Package apierr is the one place where gateway failures become HTTP
+// statuses and OpenAI-shaped error bodies:
+//
+//	{"error":{"message":"...","type":"...","code":"..."}}
+package apierr
+
+import (
+	"encoding/json"
+	"net/http"
+	"strconv"
+)
+
+// Error is a failure the client is told about. Message must be safe to show:
+// it never carries a secret or an upstream's internals.
+type Error struct {
+	Status  int
+	Type    string
+	Code    string
+	Message string
+	// RetryAfter, when positive, is sent as the Retry-After header (seconds).
+	RetryAfter int
+	// Header holds extra response headers (e.g. x-ratelimit-*).
+	Header http.Header
+}
+
+func (e *Error) Error() string { return e.Code + ": " + e.Message }
+
+// Constructors for the classes of failure the gateway knows.
+func BadRequest(code, msg string) *Error {
+	return &Error{Status: http.StatusBadRequest, Type: "invalid_request_error", Code: code, Message: msg}
+}
+
+func Unauthorized(msg string) *Error {
+	return &Error{Status: http.StatusUnauthorized, Type: "invalid_request_error", Code: "invalid_api_key", Message: msg}
+}
+
+func Forbidden(code, msg string) *Error {
+	return &Error{Status: http.StatusForbidden, Type: "permission_error", Code: code, Message: msg}
+}
+
+func NotFound(code, msg string) *Error {
+	return &Error{Status: http.StatusNotFound, Type: "invalid_request_error", Code: code, Message: msg}
+}
+
+func TooLarge(limit int64) *Error {
+	return &Error{Status: http.StatusRequestEntityTooLarge, Type: "invalid_request_error", Code: "request_too_large",
+		Message: "request body exceeds the limit of " + strconv.FormatInt(limit, 10) + " bytes"}
+}
+
+func RateLimited(code, msg string, retryAfter int) *Error {
+	return &Error{Status: http.StatusTooManyRequests, Type: "rate_limit_error", Code: code, Message: msg, RetryAfter: retryAfter}
+}
+
+func QuotaExceeded(msg string, retryAfter int) *Error {
+	return &Error{Status: http.StatusTooManyRequests, Type: "insufficient_quota", Code: "insufficient_quota", Message: msg, RetryAfter: retryAfter}
+}
+
+func BadGateway(msg string) *Error {
+	return &Error{Status: http.StatusBadGateway, Type: "api_error", Code: "backend_error", Message: msg}
+}
+
+func Unavailable(code, msg string) *Error {
+	return &Error{Status: http.StatusServiceUnavailable, Type: "api_error", Code: code, Message: msg}
+}
+
+func GatewayTimeout(msg string) *Error {
+	return &Error{Status: http.StatusGatewayTimeout, Type: "api_error", Code: "backend_timeout", Message: msg}
+}
+
+func Internal(code, msg string) *Error {
+	return &Error{Status: http.StatusInternalServerError, Type: "api_error", Code: code, Message: msg}
+}
+
+// Write sends e to the client.
+func Write(w http.ResponseWriter, e *Error) {
+	h := w.Header()
+	for k, v := range e.Header {
+		h[k] = v
+	}
+	if e.RetryAfter > 0 {
+		h.Set("Retry-After", strconv.Itoa(e.RetryAfter))
+	}
+	h.Set("Content-Type", "application/json")
+	h.Del("Content-Length")
+	w.WriteHeader(e.Status)
+	_, _ = w.Write(Body(e))
+}
+
+// Body returns e's JSON body.
+func Body(e *Error) []byte {
+	b, _ := json.Marshal(wire{Error: wireError{Message: e.Message, Type: e.Type, Code: e.Code}})
+	return append(b, '\n')
+}
+
+type wire struct {
+	Error wireError `json:"error"`
+}
+
+type wireError struct {
+	Message string `json:"message"`
+	Type    string `json:"type"`
+	Code    string `json:"code"`
+}

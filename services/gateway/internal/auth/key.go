@@ -1,0 +1,79 @@
+// Package auth finds the API key a request presents and decides whether it
+// may be used: status, expiry, client IP and model. Keys are looked up by the
+// SHA-256 of the secret; the plaintext is never stored or logged.
+package auth
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/apierr"
+)
+
+// Key is a resolved API key. A Key is immutable once built and safe to share.
+type Key struct {
+	ID            string
+	Name          string
+	UserID        string
+	Hash          string
+	Disabled      bool
+	ExpiresAt     time.Time // zero = never
+	AllowedIPs    []netip.Prefix
+	AllowedModels map[string]bool // nil = every model
+	Quota         int64           // tokens per period; 0 = unlimited
+	Period        string          // daily, weekly, monthly, never
+	Limits        config.PerKeyLimits
+	Capture       *bool // per-key override of logging.capture_response
+}
+
+// HashSecret returns the hex SHA-256 of a presented secret.
+func HashSecret(secret string) string {
+	sum := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(sum[:])
+}
+
+// Mask returns a form of secret that is safe to log and to put in events:
+// its prefix up to the last dash (at most 12 characters), "…", and its last
+// four characters, e.g. "sk-llmproxy-…t123".
+func Mask(secret string) string {
+	if len(secret) <= 8 {
+		return "…"
+	}
+	prefix := secret[:6]
+	if i := strings.LastIndexByte(secret[:min(len(secret)-4, 13)], '-'); i > 0 {
+		prefix = secret[:i+1]
+	}
+	return prefix + "…" + secret[len(secret)-4:]
+}
+
+// Check decides whether k may be used now, from ip, for model. It returns
+// nil or an error a user can act on.
+func (k *Key) Check(now time.Time, ip netip.Addr, model string) *apierr.Error {
+	if k.Disabled {
+		return apierr.Forbidden("key_disabled", "this API key is disabled; ask your administrator to enable it")
+	}
+	if !k.ExpiresAt.IsZero() && !now.Before(k.ExpiresAt) {
+		return apierr.Forbidden("key_expired", "this API key expired at "+k.ExpiresAt.UTC().Format(time.RFC3339)+"; ask for a new one")
+	}
+	if len(k.AllowedIPs) > 0 && !allowedIP(k.AllowedIPs, ip) {
+		return apierr.Forbidden("ip_not_allowed", "this API key may not be used from "+ip.String())
+	}
+	if k.AllowedModels != nil && model != "" && !k.AllowedModels[model] {
+		return apierr.Forbidden("model_not_allowed", "this API key may not use model "+model)
+	}
+	return nil
+}
+
+func allowedIP(prefixes []netip.Prefix, ip netip.Addr) bool {
+	ip = ip.Unmap()
+	for _, p := range prefixes {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}

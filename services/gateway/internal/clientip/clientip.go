@@ -1,0 +1,64 @@
+// Package clientip decides a request's client address: the connection's
+// peer, or the right-most untrusted X-Forwarded-For entry when the peer is a
+// trusted proxy.
+package clientip
+
+import (
+	"net/http"
+	"net/netip"
+	"strings"
+)
+
+// Resolver is immutable and safe for concurrent use.
+type Resolver struct {
+	trusted []netip.Prefix
+}
+
+// New returns a Resolver that believes X-Forwarded-For only from peers
+// inside trusted.
+func New(trusted []netip.Prefix) *Resolver { return &Resolver{trusted: trusted} }
+
+// ClientIP returns the client address of r.
+func (res *Resolver) ClientIP(r *http.Request) netip.Addr {
+	peer := peerAddr(r.RemoteAddr)
+	if len(res.trusted) == 0 || !res.isTrusted(peer) {
+		return peer
+	}
+	xff := r.Header.Values("X-Forwarded-For")
+	// Walk from the right: the nearest hop first; skip our own trusted
+	// proxies, the first untrusted address is the client.
+	for i := len(xff) - 1; i >= 0; i-- {
+		parts := strings.Split(xff[i], ",")
+		for j := len(parts) - 1; j >= 0; j-- {
+			a, err := netip.ParseAddr(strings.TrimSpace(parts[j]))
+			if err != nil {
+				return peer
+			}
+			a = a.Unmap()
+			if !res.isTrusted(a) {
+				return a
+			}
+			peer = a
+		}
+	}
+	return peer
+}
+
+func (res *Resolver) isTrusted(a netip.Addr) bool {
+	for _, p := range res.trusted {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+func peerAddr(remote string) netip.Addr {
+	if ap, err := netip.ParseAddrPort(remote); err == nil {
+		return ap.Addr().Unmap()
+	}
+	if a, err := netip.ParseAddr(remote); err == nil {
+		return a.Unmap()
+	}
+	return netip.Addr{}
+}

@@ -1,0 +1,52 @@
+package gateway
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the gateway's Prometheus series. The first four keep the
+// upstream project's names and labels.
+type metrics struct {
+	requests   *prometheus.CounterVec
+	latency    prometheus.Histogram
+	ttft       prometheus.Histogram
+	tokens     *prometheus.CounterVec
+	rejections *prometheus.CounterVec
+	prompt     prometheus.Counter
+	completion prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer, inflight func() int64) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "llmproxy_requests_total",
+			Help: "Requests served by the gateway, by path, stream (true/false), backend and HTTP status.",
+		}, []string{"path", "stream", "backend", "status"}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "llmproxy_latency_ms",
+			Help:    "Request latency in milliseconds, from arrival to the last byte sent.",
+			Buckets: []float64{1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000},
+		}),
+		ttft: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "llmproxy_ttft_ms",
+			Help:    "Time to first byte of the response body in milliseconds (time to first token for streams).",
+			Buckets: []float64{1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000},
+		}),
+		tokens: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "llmproxy_usage_tokens_total",
+			Help: "Tokens served, by type (prompt, completion).",
+		}, []string{"type"}),
+		rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "llmproxy_admission_rejections_total",
+			Help: "Requests refused before reaching a backend, by reason.",
+		}, []string{"reason"}),
+	}
+	m.prompt = m.tokens.WithLabelValues("prompt")
+	m.completion = m.tokens.WithLabelValues("completion")
+	inflightGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "llmproxy_inflight_requests",
+		Help: "Requests being served right now.",
+	}, func() float64 { return float64(inflight()) })
+	reg.MustRegister(m.requests, m.latency, m.ttft, m.tokens, m.rejections, inflightGauge)
+	return m
+}

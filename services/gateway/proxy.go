@@ -1,0 +1,507 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/events"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/apierr"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/auth"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/balancer"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/usage"
+)
+
+// exchange is the state of one request as it passes through the gateway.
+type exchange struct {
+	start     time.Time
+	requestID string
+	clientIP  netip.Addr
+	key       *auth.Key
+	masked    string
+	path      string
+	body      []byte
+	info      usage.RequestInfo
+	// hideUsage is set when the gateway asked the backend for a usage
+	// chunk the client did not ask for; the chunk is then not relayed.
+	hideUsage bool
+	upstream  *balancer.Upstream
+	status    int
+	ttft      time.Duration
+	result    usage.Result
+	source    string
+	errMsg    string
+	delivered bool
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// serveProxy is the request path of DESIGN §4.
+func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) {
+	g.inflight.Add(1)
+	defer g.inflight.Add(-1)
+	x := &exchange{start: g.now(), path: r.URL.Path}
+	x.requestID = r.Header.Get("X-Request-Id")
+	if !validRequestID(x.requestID) {
+		x.requestID = g.reqIDs.next()
+	}
+	w.Header().Set("X-Request-Id", x.requestID)
+	x.clientIP = g.ips.ClientIP(r)
+
+	if e := g.prepare(r, x); e != nil {
+		g.fail(w, x, e)
+		return
+	}
+	g.forward(w, r, x)
+	g.finish(x)
+}
+
+// prepare authenticates, reads and checks the request body.
+func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
+	if g.authOn {
+		secret := bearer(r)
+		if secret == "" {
+			return g.reject("missing_key", apierr.Unauthorized("no API key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'"))
+		}
+		x.masked = auth.Mask(secret)
+		key, err := g.keys.LookupHash(r.Context(), auth.HashSecret(secret))
+		if err != nil {
+			if errors.Is(err, auth.ErrUnknownKey) {
+				return g.reject("invalid_key", apierr.Unauthorized("invalid API key "+x.masked))
+			}
+			g.log.Error("key lookup failed", "request_id", x.requestID, "err", err)
+			return apierr.Unavailable("key_store_unavailable", "the key store is unavailable; try again shortly")
+		}
+		x.key = key
+	}
+	if r.Method == http.MethodPost {
+		if r.ContentLength > g.maxBody {
+			return g.reject("body_too_large", apierr.TooLarge(g.maxBody))
+		}
+		body, err := readBody(r.Body, g.maxBody)
+		if err != nil {
+			if errors.Is(err, errTooLarge) {
+				return g.reject("body_too_large", apierr.TooLarge(g.maxBody))
+			}
+			return apierr.BadRequest("invalid_body", "could not read the request body")
+		}
+		info, err := usage.ParseRequest(body)
+		if err != nil {
+			return g.reject("invalid_json", apierr.BadRequest("invalid_json", "request body is not valid JSON: "+err.Error()))
+		}
+		x.body, x.info = body, info
+	}
+	if x.key != nil {
+		if e := x.key.Check(g.now(), x.clientIP, x.info.Model); e != nil {
+			return g.reject(e.Code, e)
+		}
+	}
+	if x.info.Stream && isOpenAIStreamPath(x.path) && !x.info.IncludeUsage {
+		if nb, added, err := usage.AddIncludeUsage(x.body); err == nil && added {
+			x.body, x.hideUsage = nb, true
+		}
+	}
+	return nil
+}
+
+func (g *Gateway) reject(reason string, e *apierr.Error) *apierr.Error {
+	g.metrics.rejections.WithLabelValues(reason).Inc()
+	return e
+}
+
+func isOpenAIStreamPath(p string) bool {
+	return p == "/v1/chat/completions" || p == "/v1/completions"
+}
+
+// bearer returns the API key the request presents.
+func bearer(r *http.Request) string {
+	if h := r.Header.Get("Authorization"); h != "" {
+		if len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+			return strings.TrimSpace(h[7:])
+		}
+	}
+	return strings.TrimSpace(r.Header.Get("X-Api-Key"))
+}
+
+var errTooLarge = errors.New("body too large")
+
+func readBody(rc io.Reader, limit int64) ([]byte, error) {
+	var buf bytes.Buffer
+	n, err := buf.ReadFrom(io.LimitReader(rc, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if n > limit {
+		return nil, errTooLarge
+	}
+	return buf.Bytes(), nil
+}
+
+// fail answers x with e before anything was sent, and records the request.
+func (g *Gateway) fail(w http.ResponseWriter, x *exchange, e *apierr.Error) {
+	apierr.Write(w, e)
+	x.status = e.Status
+	x.errMsg = e.Code
+	g.finish(x)
+}
+
+// forward sends x to a backend, with retries and fallback before the first
+// byte, and relays the response.
+func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
+	ctx := r.Context()
+	var tried []*balancer.Upstream
+	isTried := func(u *balancer.Upstream) bool {
+		for _, t := range tried {
+			if t == u {
+				return true
+			}
+		}
+		return false
+	}
+	var fallbacks []*balancer.Upstream
+	var lastErr *apierr.Error
+	for attempt := 0; ; attempt++ {
+		up := nextFallback(fallbacks, isTried)
+		if up == nil {
+			var err error
+			up, err = g.pool.Pick(x.info.Model, isTried)
+			if errors.Is(err, balancer.ErrNoAvailable) && len(tried) > 0 {
+				// Every backend was tried once: retry on any that is
+				// still available rather than give up.
+				up, err = g.pool.Pick(x.info.Model, func(*balancer.Upstream) bool { return false })
+			}
+			if err != nil {
+				if lastErr != nil {
+					g.failForward(w, x, lastErr)
+					return
+				}
+				if errors.Is(err, balancer.ErrModelNotFound) {
+					g.failForward(w, x, apierr.NotFound("model_not_found", "no backend serves model "+strconv.Quote(x.info.Model)))
+				} else {
+					g.failForward(w, x, apierr.Unavailable("no_backend_available", "no backend is available; try again shortly"))
+				}
+				return
+			}
+		}
+		if attempt == 0 {
+			fallbacks = g.pool.FallbackChain(up)
+		}
+		tried = append(tried, up)
+		x.upstream = up
+		resp, err := g.roundTrip(ctx, r, x, up)
+		if err != nil {
+			up.ReportFailure(g.now())
+			lastErr = classify(err)
+			if ctx.Err() != nil {
+				x.status, x.errMsg = 499, "client_closed_request"
+				return
+			}
+			if g.retry.ShouldRetry(attempt, 0, err) {
+				if !g.sleep(ctx, g.retry.Backoff(attempt)) {
+					x.status, x.errMsg = 499, "client_closed_request"
+					return
+				}
+				continue
+			}
+			g.failForward(w, x, lastErr)
+			return
+		}
+		if resp.StatusCode >= 500 {
+			up.ReportFailure(g.now())
+		} else {
+			up.ReportSuccess()
+		}
+		if g.retry.ShouldRetry(attempt, resp.StatusCode, nil) {
+			drain(resp.Body)
+			up.Release()
+			lastErr = apierr.BadGateway("backend " + up.Name + " answered " + strconv.Itoa(resp.StatusCode))
+			if !g.sleep(ctx, g.retry.Backoff(attempt)) {
+				x.status, x.errMsg = 499, "client_closed_request"
+				return
+			}
+			// Without another backend to try, the last answer stands: keep
+			// it by falling through on the final attempt.
+			continue
+		}
+		g.relay(w, x, resp)
+		up.Release()
+		return
+	}
+}
+
+func nextFallback(chain []*balancer.Upstream, tried func(*balancer.Upstream) bool) *balancer.Upstream {
+	for _, u := range chain {
+		if !tried(u) && u.Available(time.Now()) {
+			return u
+		}
+	}
+	return nil
+}
+
+func (g *Gateway) failForward(w http.ResponseWriter, x *exchange, e *apierr.Error) {
+	apierr.Write(w, e)
+	x.status = e.Status
+	x.errMsg = e.Code
+}
+
+func (g *Gateway) sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func drain(rc io.ReadCloser) {
+	_, _ = io.CopyN(io.Discard, rc, 64<<10)
+	_ = rc.Close()
+}
+
+// roundTrip sends one try to up. On success the upstream stays acquired
+// until the caller releases it.
+func (g *Gateway) roundTrip(ctx context.Context, r *http.Request, x *exchange, up *balancer.Upstream) (*http.Response, error) {
+	target := up.URL.JoinPath(r.URL.Path)
+	target.RawQuery = r.URL.RawQuery
+	var body io.Reader = http.NoBody
+	if x.body != nil {
+		body = bytes.NewReader(x.body)
+	}
+	out, err := http.NewRequestWithContext(ctx, r.Method, target.String(), body)
+	if err != nil {
+		return nil, err
+	}
+	if x.body != nil {
+		out.ContentLength = int64(len(x.body))
+	}
+	copyRequestHeader(out.Header, r.Header)
+	out.Header.Set("X-Request-Id", x.requestID)
+	for k, v := range up.Headers {
+		out.Header.Set(k, v)
+	}
+	up.Acquire()
+	sent := time.Now()
+	resp, err := up.Transport.RoundTrip(out)
+	if err != nil {
+		up.Release()
+		return nil, err
+	}
+	up.ObserveTTFT(time.Since(sent))
+	return resp, nil
+}
+
+// relay copies the backend's response to the client: streams event by
+// event with a flush after each read, other bodies as they come.
+func (g *Gateway) relay(w http.ResponseWriter, x *exchange, resp *http.Response) {
+	defer resp.Body.Close()
+	ctype := resp.Header.Get("Content-Type")
+	format := usage.DetectFormat(x.path, ctype)
+	streaming := isStreamContentType(ctype)
+	copyResponseHeader(w.Header(), resp.Header)
+	if streaming {
+		w.Header().Del("Content-Length")
+	}
+	x.status = resp.StatusCode
+	w.WriteHeader(resp.StatusCode)
+	ex := usage.NewExtractor(format, usage.Options{MaxText: 1 << 20})
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	rc := http.NewResponseController(w)
+	compressed := resp.Header.Get("Content-Encoding") != ""
+
+	if streaming && !compressed {
+		sp := usage.NewSplitter(format)
+		var writeErr error
+		emit := func(ev []byte) error {
+			ex.Event(ev)
+			if x.hideUsage && usage.IsUsageOnlyChunk(ev) {
+				return nil
+			}
+			if _, err := w.Write(ev); err != nil {
+				writeErr = err
+				return err
+			}
+			return nil
+		}
+		for {
+			n, err := resp.Body.Read(buf)
+			if n > 0 {
+				if x.ttft == 0 {
+					x.ttft = time.Since(x.start)
+				}
+				if ferr := sp.Feed(buf[:n], emit); ferr != nil {
+					break
+				}
+				if writeErr == nil {
+					if ferr := rc.Flush(); ferr != nil {
+						writeErr = ferr
+						break
+					}
+				}
+			}
+			if err != nil {
+				if err != io.EOF && writeErr == nil {
+					// The backend failed mid-stream: end the stream
+					// with an error event rather than silence.
+					_ = sp.Flush(emit)
+					x.errMsg = "backend_stream_error"
+					if strings.HasPrefix(ctype, "text/event-stream") {
+						_, _ = w.Write(streamErrorEvent)
+						_ = rc.Flush()
+					}
+				} else if writeErr == nil {
+					_ = sp.Flush(emit)
+					_ = rc.Flush()
+				}
+				break
+			}
+		}
+		if writeErr != nil {
+			x.errMsg = "client_closed_request"
+		}
+	} else {
+		var capture bytes.Buffer
+		const maxCapture = 8 << 20
+		for {
+			n, err := resp.Body.Read(buf)
+			if n > 0 {
+				if x.ttft == 0 {
+					x.ttft = time.Since(x.start)
+				}
+				if !compressed && capture.Len()+n <= maxCapture {
+					capture.Write(buf[:n])
+				}
+				if _, werr := w.Write(buf[:n]); werr != nil {
+					x.errMsg = "client_closed_request"
+					break
+				}
+				if streaming {
+					_ = rc.Flush()
+				}
+			}
+			if err != nil {
+				if err != io.EOF {
+					x.errMsg = "backend_error"
+				}
+				break
+			}
+		}
+		if capture.Len() > 0 {
+			ex.Body(capture.Bytes())
+		}
+	}
+	x.result = ex.Result()
+	x.delivered = true
+}
+
+var streamErrorEvent = []byte("event: error\ndata: {\"error\":{\"message\":\"the backend failed mid-stream\",\"type\":\"api_error\",\"code\":\"backend_stream_error\"}}\n\ndata: [DONE]\n\n")
+
+func isStreamContentType(ct string) bool {
+	return strings.HasPrefix(ct, "text/event-stream") || strings.Contains(ct, "ndjson")
+}
+
+// classify maps a transport error to the client's error.
+func classify(err error) *apierr.Error {
+	var ne interface{ Timeout() bool }
+	if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
+		return apierr.GatewayTimeout("the backend did not answer in time")
+	}
+	return apierr.BadGateway("the backend could not be reached")
+}
+
+// estimateCompletion counts the delivered text's tokens, scaled up when the
+// kept text was cut short.
+func estimateCompletion(res usage.Result) int64 {
+	n := int64(usage.CountTokens(res.Text))
+	if res.TextTruncated && len(res.Text) > 0 {
+		n = n * res.TextBytes / int64(len(res.Text))
+	}
+	return n
+}
+
+// finish settles accounting for x: usage, metrics, the event.
+func (g *Gateway) finish(x *exchange) {
+	latency := g.now().Sub(x.start)
+	res := x.result
+	x.source = events.UsageSourceBackend
+	if x.delivered && (!res.Found || !res.PromptKnown || x.errMsg == "client_closed_request") {
+		// No usage from the backend, or the client left: count what was
+		// delivered ourselves.
+		x.source = events.UsageSourceEstimated
+		if !res.PromptKnown {
+			res.PromptTokens = usage.EstimatePrompt(x.info)
+		}
+		if !res.Found {
+			res.CompletionTokens = estimateCompletion(res)
+		}
+	}
+	if !x.delivered {
+		res = usage.Result{}
+	}
+	backend := ""
+	if x.upstream != nil {
+		backend = x.upstream.Name
+	}
+	g.metrics.requests.WithLabelValues(x.path, strconv.FormatBool(x.info.Stream), backend, strconv.Itoa(x.status)).Inc()
+	g.metrics.latency.Observe(float64(latency.Microseconds()) / 1000)
+	if x.ttft > 0 {
+		g.metrics.ttft.Observe(float64(x.ttft.Microseconds()) / 1000)
+	}
+	if res.PromptTokens > 0 {
+		g.metrics.prompt.Add(float64(res.PromptTokens))
+	}
+	if res.CompletionTokens > 0 {
+		g.metrics.completion.Add(float64(res.CompletionTokens))
+	}
+	ev := &events.RequestCompleted{
+		Schema:      events.SchemaRequestCompletedV1,
+		RequestID:   x.requestID,
+		APIKey:      x.masked,
+		RequestBody: x.body,
+		Usage: events.Usage{
+			PromptTokens:     res.PromptTokens,
+			CompletionTokens: res.CompletionTokens,
+			TotalTokens:      res.PromptTokens + res.CompletionTokens,
+		},
+		IsStream:     x.info.Stream,
+		Endpoint:     x.path,
+		Timestamp:    x.start.UTC(),
+		LatencyMS:    latency.Milliseconds(),
+		StatusCode:   x.status,
+		KeyID:        events.AnonymousKeyID,
+		Model:        x.info.Model,
+		UsageSource:  x.source,
+		TTFTMS:       x.ttft.Milliseconds(),
+		FinishReason: res.FinishReason,
+		ClientIP:     x.clientIP.String(),
+		Error:        x.errMsg,
+	}
+	if res.Model != "" && ev.Model == "" {
+		ev.Model = res.Model
+	}
+	if x.upstream != nil {
+		ev.BackendURL = x.upstream.URL.String()
+	}
+	if x.key != nil {
+		ev.KeyID, ev.KeyName, ev.UserID, ev.QuotaPeriod = x.key.ID, x.key.Name, x.key.UserID, x.key.Period
+	}
+	g.events.Publish(ev)
+	g.log.Info("request",
+		"request_id", x.requestID, "key_id", ev.KeyID, "model", ev.Model, "path", x.path,
+		"status", x.status, "latency_ms", ev.LatencyMS, "ttft_ms", ev.TTFTMS,
+		"prompt_tokens", res.PromptTokens, "completion_tokens", res.CompletionTokens,
+		"usage_source", x.source, "backend", backend, "error", x.errMsg)
+}
