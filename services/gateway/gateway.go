@@ -75,7 +75,7 @@ type Gateway struct {
 	reqIDs   requestIDs
 	// publisher is the gateway's own event publisher, closed by Close.
 	publisher *publish.Publisher
-	inflight atomic.Int64
+	inflight  atomic.Int64
 }
 
 // New builds a Gateway from opts.
