@@ -1,0 +1,49 @@
+// Command llmproxy runs LLMProxy's roles (gateway, meter, notifier) and its
+// operator commands. See the README for every command.
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+const usageText = `llmproxy — a gateway for self-hosted LLM inference
+
+Usage:
+  llmproxy serve --config FILE [--target all|gateway|meter|notifier] [--admin-listen ADDR]
+  llmproxy config check FILE
+  llmproxy usage --config FILE [--key ID] [--period daily|weekly|monthly|never] [--json]
+  llmproxy webhooks dlq list|replay --config FILE [--id EVENT_ID] [--json]
+  llmproxy version
+`
+
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	if len(args) == 0 {
+		fmt.Fprint(os.Stderr, usageText)
+		return 2
+	}
+	switch args[0] {
+	case "serve":
+		return cmdServe(args[1:])
+	case "config":
+		return cmdConfig(args[1:])
+	case "usage":
+		return cmdUsage(args[1:])
+	case "webhooks":
+		return cmdWebhooks(args[1:])
+	case "version", "--version":
+		fmt.Println("llmproxy", version)
+		return 0
+	case "help", "-h", "--help":
+		fmt.Print(usageText)
+		return 0
+	}
+	fmt.Fprintf(os.Stderr, "llmproxy: unknown command %q\n\n%s", args[0], usageText)
+	return 2
+}

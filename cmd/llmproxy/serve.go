@@ -1,0 +1,271 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
+	"github.com/llmproxy/llmproxy/pkg/ledger"
+	"github.com/llmproxy/llmproxy/services/gateway"
+	"github.com/llmproxy/llmproxy/services/meter"
+	"github.com/llmproxy/llmproxy/services/notifier"
+)
+
+func cmdServe(args []string) int {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	cfgPath := fs.String("config", "", "config file (YAML)")
+	target := fs.String("target", "all", "role to run: all, gateway, meter or notifier")
+	adminListen := fs.String("admin-listen", "", "address of the admin/metrics listener (overrides admin.listen)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *cfgPath == "" {
+		fmt.Fprintln(os.Stderr, "llmproxy serve: --config is required")
+		return 2
+	}
+	switch *target {
+	case "all", "gateway", "meter", "notifier":
+	default:
+		fmt.Fprintf(os.Stderr, "llmproxy serve: unknown target %q (want all, gateway, meter or notifier)\n", *target)
+		return 2
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if *adminListen != "" {
+		cfg.Admin.Listen = *adminListen
+	}
+	log := newLogger(cfg.Logging.Level)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := serve(ctx, cfg, *target, log); err != nil {
+		log.Error("llmproxy stopped", "target", *target, "err", err)
+		return 1
+	}
+	return 0
+}
+
+func newLogger(level string) *slog.Logger {
+	var l slog.Level
+	switch level {
+	case "debug":
+		l = slog.LevelDebug
+	case "warn":
+		l = slog.LevelWarn
+	case "error":
+		l = slog.LevelError
+	default:
+		l = slog.LevelInfo
+	}
+	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+}
+
+// serve runs target until ctx is done, then shuts down in order: stop
+// accepting, let in-flight requests finish (up to server.drain_timeout),
+// flush events, stop the workers, close the stores.
+func serve(ctx context.Context, cfg *config.Config, target string, log *slog.Logger) error {
+	log = log.With("target", target)
+	runGateway := target == "all" || target == "gateway"
+	runMeter := target == "all" || target == "meter"
+	runNotifier := target == "all" || target == "notifier"
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	b, err := openBus(ctx, cfg, target == "all", log)
+	if err != nil {
+		return err
+	}
+	defer b.close()
+
+	var lh *ledgerHandle
+	if runMeter || (runGateway && cfg.Redis.Enabled()) {
+		if lh, err = openLedger(ctx, cfg, target == "all"); err != nil {
+			return err
+		}
+		defer lh.close()
+	}
+	readyFn := func(ctx context.Context) error {
+		if err := b.ready(); err != nil {
+			return err
+		}
+		if lh != nil && lh.ready != nil {
+			if err := lh.ready(ctx); err != nil {
+				return fmt.Errorf("redis: %w", err)
+			}
+		}
+		return nil
+	}
+
+	workers, stopWorkers := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWorkers()
+	var wg sync.WaitGroup
+	errc := make(chan error, 4)
+	startWorker := func(name string, run func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := run(workers); err != nil && !errors.Is(err, context.Canceled) {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+
+	if runMeter {
+		m, err := meter.New(b.js, lh.store, meter.Options{Logger: log, Registerer: reg})
+		if err != nil {
+			return err
+		}
+		startWorker("meter", m.Run)
+	}
+	if runNotifier {
+		n, err := notifier.New(b.js, endpointsOf(cfg), notifier.Options{Logger: log, Registerer: reg})
+		if err != nil {
+			return err
+		}
+		startWorker("notifier", n.Run)
+	}
+
+	var gw *gateway.Gateway
+	var srv *http.Server
+	if runGateway {
+		gw, err = gateway.New(gateway.Options{
+			Config: cfg, JetStream: b.js, OutboxDir: cfg.DataPath("outbox"),
+			Registerer: reg, Gatherer: reg, Logger: log, Ready: readyFn,
+		})
+		if err != nil {
+			return err
+		}
+		gw.Start(workers)
+		srv = &http.Server{
+			Addr:              cfg.Listen,
+			Handler:           gw.Handler(),
+			ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout.D(),
+			IdleTimeout:       cfg.Server.IdleTimeout.D(),
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		}
+		ln, err := net.Listen("tcp", cfg.Listen)
+		if err != nil {
+			_ = gw.Close(context.Background())
+			return fmt.Errorf("listen %s: %w", cfg.Listen, err)
+		}
+		log.Info("gateway listening", "addr", ln.Addr().String())
+		go func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("gateway: %w", err)
+			}
+		}()
+	}
+
+	var admin *http.Server
+	if cfg.Admin.Listen != "" {
+		admin, err = startAdmin(cfg, reg, lh, readyFn, log, errc)
+		if err != nil {
+			return err
+		}
+	}
+
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case err = <-errc:
+		log.Error("shutting down after a failure", "err", err)
+	}
+	drain := cfg.Server.DrainTimeout.D()
+	if drain <= 0 {
+		drain = 30 * time.Second
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), drain)
+	defer cancel()
+	if srv != nil {
+		if serr := srv.Shutdown(sctx); serr != nil {
+			log.Warn("drain deadline passed with requests still open", "err", serr)
+		}
+	}
+	if gw != nil {
+		if cerr := gw.Close(sctx); cerr != nil {
+			log.Error("events not flushed", "err", cerr)
+		}
+	}
+	if admin != nil {
+		_ = admin.Shutdown(sctx)
+	}
+	stopWorkers()
+	wg.Wait()
+	log.Info("stopped")
+	return err
+}
+
+func startAdmin(cfg *config.Config, reg *prometheus.Registry, lh *ledgerHandle, ready func(context.Context) error, log *slog.Logger, errc chan<- error) (*http.Server, error) {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if err := ready(r.Context()); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	var store ledger.Store
+	if lh != nil {
+		store = lh.store
+	}
+	mux.Handle("/admin/", gateway.AdminHandler(gateway.AdminOptions{
+		Token: cfg.Admin.Token, Ledger: store, PeriodOf: periodOf(cfg),
+	}))
+	ln, err := net.Listen("tcp", cfg.Admin.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("admin listen %s: %w", cfg.Admin.Listen, err)
+	}
+	log.Info("admin listening", "addr", ln.Addr().String())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("admin: %w", err)
+		}
+	}()
+	return srv, nil
+}
+
+// periodOf returns each configured key's quota period.
+func periodOf(cfg *config.Config) func(string) ledger.Period {
+	m := map[string]ledger.Period{}
+	for _, k := range cfg.APIKeys {
+		p := k.QuotaResetPeriod
+		if p == "" {
+			p = cfg.Auth.Defaults.QuotaResetPeriod
+		}
+		if lp, err := ledger.ParsePeriod(p); err == nil {
+			m[k.PublicID()] = lp
+		}
+	}
+	return func(id string) ledger.Period { return m[id] }
+}
+
+func endpointsOf(cfg *config.Config) []notifier.Endpoint {
+	var out []notifier.Endpoint
+	for _, w := range cfg.Endpoints() {
+		out = append(out, notifier.Endpoint{
+			Name: w.Name, URL: w.URL, Secret: w.Secret,
+			Timeout: w.Timeout.D(), MaxAttempts: w.MaxAttempts, MaxAge: w.MaxAge.D(),
+		})
+	}
+	return out
+}
