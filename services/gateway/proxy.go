@@ -230,7 +230,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 			// it by falling through on the final attempt.
 			continue
 		}
-		g.relay(w, x, resp)
+		g.relay(ctx, w, x, resp)
 		up.Release()
 		return
 	}
@@ -304,7 +304,7 @@ func (g *Gateway) roundTrip(ctx context.Context, r *http.Request, x *exchange, u
 
 // relay copies the backend's response to the client: streams event by
 // event with a flush after each read, other bodies as they come.
-func (g *Gateway) relay(w http.ResponseWriter, x *exchange, resp *http.Response) {
+func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange, resp *http.Response) {
 	defer resp.Body.Close()
 	ctype := resp.Header.Get("Content-Type")
 	format := usage.DetectFormat(x.path, ctype)
@@ -353,7 +353,11 @@ func (g *Gateway) relay(w http.ResponseWriter, x *exchange, resp *http.Response)
 				}
 			}
 			if err != nil {
-				if err != io.EOF && writeErr == nil {
+				if err != io.EOF && writeErr == nil && ctx.Err() != nil {
+					// The client left; the request's context cancelled
+					// the backend read.
+					writeErr = ctx.Err()
+				} else if err != io.EOF && writeErr == nil {
 					// The backend failed mid-stream: end the stream
 					// with an error event rather than silence.
 					_ = sp.Flush(emit)
@@ -395,6 +399,9 @@ func (g *Gateway) relay(w http.ResponseWriter, x *exchange, resp *http.Response)
 			if err != nil {
 				if err != io.EOF {
 					x.errMsg = "backend_error"
+					if ctx.Err() != nil {
+						x.errMsg = "client_closed_request"
+					}
 				}
 				break
 			}
