@@ -1,0 +1,56 @@
+package meter
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/events"
+	"github.com/llmproxy/llmproxy/pkg/ledger"
+)
+
+// meteredFields are the fields of events.RequestCompleted the meter reads,
+// under the same JSON names. Decoding only these skips the request body and
+// captured response, which dominate the cost of decoding the whole event.
+type meteredFields struct {
+	RequestID   string       `json:"request_id"`
+	UserID      string       `json:"user_id"`
+	KeyID       string       `json:"key_id"`
+	Model       string       `json:"model"`
+	Timestamp   time.Time    `json:"timestamp"`
+	Usage       events.Usage `json:"usage"`
+	Reservation int64        `json:"reservation"`
+}
+
+// entryFromEvent decodes one RequestCompleted body into the ledger entry it
+// stands for. An error means the body can never be applied (a poison
+// message); it says why, without the body.
+func entryFromEvent(data []byte) (ledger.Entry, error) {
+	var ev meteredFields
+	if err := json.Unmarshal(data, &ev); err != nil {
+		return ledger.Entry{}, fmt.Errorf("decode event: %w", err)
+	}
+	if ev.Usage.PromptTokens < 0 || ev.Usage.CompletionTokens < 0 || ev.Reservation < 0 {
+		return ledger.Entry{}, fmt.Errorf("request %s: negative token count", ev.RequestID)
+	}
+	keyID := ev.KeyID
+	if keyID == "" {
+		// The gateway publishes keyless requests under the anonymous
+		// subject; count them there too.
+		keyID = events.AnonymousKeyID
+	}
+	e := ledger.Entry{
+		RequestID:        ev.RequestID,
+		KeyID:            keyID,
+		UserID:           ev.UserID,
+		Model:            ev.Model,
+		Time:             ev.Timestamp,
+		PromptTokens:     ev.Usage.PromptTokens,
+		CompletionTokens: ev.Usage.CompletionTokens,
+		Reserved:         ev.Reservation,
+	}
+	if err := e.Validate(); err != nil {
+		return ledger.Entry{}, err
+	}
+	return e, nil
+}

@@ -1,0 +1,92 @@
+package meter
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/events"
+	"github.com/llmproxy/llmproxy/pkg/ledger"
+)
+
+func TestEntryFromEvent(t *testing.T) {
+	ts := time.Date(2026, 11, 25, 1, 2, 3, 0, time.UTC)
+	for _, tc := range []struct {
+		name    string
+		body    string
+		want    ledger.Entry
+		wantErr string
+	}{
+		{
+			name: "full event",
+			body: `{"schema":"llmproxy.request.completed/v1","request_id":"r1","user_id":"u1","key_id":"k1","model":"qwen","timestamp":"2026-11-25T01:02:03Z","usage":{"prompt_tokens":7,"completion_tokens":9,"total_tokens":16},"reservation":100,"unknown_field":true}`,
+			want: ledger.Entry{RequestID: "r1", KeyID: "k1", UserID: "u1", Model: "qwen", Time: ts, PromptTokens: 7, CompletionTokens: 9, Reserved: 100},
+		},
+		{
+			name: "no key id counts as anonymous",
+			body: `{"request_id":"r2","timestamp":"2026-11-25T01:02:03Z","usage":{"prompt_tokens":1}}`,
+			want: ledger.Entry{RequestID: "r2", KeyID: events.AnonymousKeyID, Time: ts, PromptTokens: 1},
+		},
+		{name: "not JSON", body: `not json`, wantErr: "decode event"},
+		{name: "truncated", body: `{"request_id":"r3"`, wantErr: "decode event"},
+		{name: "no request id", body: `{"key_id":"k","timestamp":"2026-11-25T01:02:03Z"}`, wantErr: "empty request id"},
+		{name: "no time", body: `{"request_id":"r4","key_id":"k"}`, wantErr: "zero time"},
+		{name: "negative tokens", body: `{"request_id":"r5","key_id":"k","timestamp":"2026-11-25T01:02:03Z","usage":{"completion_tokens":-1}}`, wantErr: "negative"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := entryFromEvent([]byte(tc.body))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want one containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !got.Time.Equal(tc.want.Time) {
+				t.Fatalf("time %v, want %v", got.Time, tc.want.Time)
+			}
+			got.Time = tc.want.Time
+			if got != tc.want {
+				t.Fatalf("got %+v\nwant %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+func FuzzEntryFromEvent(f *testing.F) {
+	f.Add([]byte(`{"request_id":"r","key_id":"k","timestamp":"2026-11-25T01:02:03Z","usage":{"prompt_tokens":1}}`))
+	f.Add([]byte(`{}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		e, err := entryFromEvent(b)
+		if err != nil {
+			return
+		}
+		if e.Validate() != nil || e.PromptTokens < 0 || e.CompletionTokens < 0 || e.Reserved < 0 {
+			t.Fatalf("accepted an entry a store would refuse: %+v", e)
+		}
+	})
+}
+
+// TestMeteredFieldsMatchEvent guards the field names the meter decodes
+// against the event contract.
+func TestMeteredFieldsMatchEvent(t *testing.T) {
+	ev := events.RequestCompleted{
+		RequestID: "r", UserID: "u", KeyID: "k", Model: "m",
+		Timestamp: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Reservation: 9,
+		Usage: events.Usage{PromptTokens: 1, CompletionTokens: 2, TotalTokens: 3},
+	}
+	data, err := ev.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := entryFromEvent(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := ledger.Entry{RequestID: "r", KeyID: "k", UserID: "u", Model: "m", Time: ev.Timestamp, PromptTokens: 1, CompletionTokens: 2, Reserved: 9}
+	if got != want {
+		t.Fatalf("got %+v, want %+v", got, want)
+	}
+}

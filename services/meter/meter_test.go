@@ -1,0 +1,380 @@
+package meter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/events"
+	"github.com/llmproxy/llmproxy/pkg/ledger"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+var testTime = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+
+func startNATS(t testing.TB) *server.Server {
+	t.Helper()
+	srv, err := server.NewServer(&server.Options{
+		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
+	})
+	if err != nil {
+		t.Fatalf("nats server: %v", err)
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server not ready")
+	}
+	t.Cleanup(srv.Shutdown)
+	return srv
+}
+
+func connect(t testing.TB, srv *server.Server) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatalf("jetstream: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := events.EnsureStreams(ctx, js, events.StreamOptions{}); err != nil {
+		t.Fatalf("ensure streams: %v", err)
+	}
+	return js
+}
+
+func openStore(t testing.TB) *ledger.LocalStore {
+	t.Helper()
+	s, err := ledger.OpenLocal(filepath.Join(t.TempDir(), "ledger.db"))
+	if err != nil {
+		t.Fatalf("open ledger: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func event(i int) *events.RequestCompleted {
+	return &events.RequestCompleted{
+		RequestID:   fmt.Sprintf("req-%06d", i),
+		KeyID:       fmt.Sprintf("key%d", i%5),
+		Model:       "m",
+		Timestamp:   testTime.Add(time.Duration(i) * time.Millisecond),
+		Usage:       events.Usage{PromptTokens: 10 + int64(i%7), CompletionTokens: int64(i % 100), TotalTokens: 10 + int64(i%7) + int64(i%100)},
+		Reservation: 50,
+	}
+}
+
+// publisher publishes raw bodies asynchronously and waits for the acks.
+type publisher struct {
+	t  testing.TB
+	js jetstream.JetStream
+}
+
+func (p publisher) raw(subject, msgID string, data []byte) {
+	p.t.Helper()
+	m := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
+	if msgID != "" {
+		m.Header.Set(jetstream.MsgIDHeader, msgID)
+	}
+	if _, err := p.js.PublishMsgAsync(m); err != nil {
+		p.t.Fatalf("publish: %v", err)
+	}
+}
+
+func (p publisher) event(ev *events.RequestCompleted, msgID string) {
+	p.t.Helper()
+	data, err := ev.Marshal()
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.raw(events.Subject(ev.KeyID), msgID, data)
+}
+
+func (p publisher) wait() {
+	p.t.Helper()
+	select {
+	case <-p.js.PublishAsyncComplete():
+	case <-time.After(30 * time.Second):
+		p.t.Fatal("publish acks timed out")
+	}
+}
+
+// expected is what the ledger must hold for a set of events, per key in the
+// never-reset period.
+type expected map[string]ledger.Totals
+
+func (x expected) add(ev *events.RequestCompleted) {
+	t := x[ev.KeyID]
+	t.Add(ledger.Entry{PromptTokens: ev.Usage.PromptTokens, CompletionTokens: ev.Usage.CompletionTokens})
+	x[ev.KeyID] = t
+}
+
+// waitExact waits until the consumer has nothing pending or unacked and
+// the ledger matches want exactly.
+func waitExact(t testing.TB, js jetstream.JetStream, store ledger.Store, want expected) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	var got map[string]ledger.Totals
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		var err error
+		got, err = store.UsageAll(ctx, ledger.Never, testTime)
+		drained := false
+		if c, cerr := js.Consumer(ctx, events.StreamName, DefaultDurable); cerr == nil {
+			info := c.CachedInfo()
+			drained = info.NumPending == 0 && info.NumAckPending == 0
+		}
+		cancel()
+		if err != nil {
+			t.Fatalf("usage: %v", err)
+		}
+		if drained && equal(got, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ledger not exact (drained=%v):\n got %v\nwant %v", drained, got, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func equal(a map[string]ledger.Totals, b expected) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range b {
+		if a[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func testOptions(reg prometheus.Registerer) Options {
+	return Options{Registerer: reg, AckWait: 3 * time.Second, NakDelay: 50 * time.Millisecond, MaxNakDelay: 200 * time.Millisecond, LagInterval: 50 * time.Millisecond}
+}
+
+// run starts m.Run and returns a function that stops it and returns its
+// error.
+func run(t testing.TB, m *Meter) (stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	var once sync.Once
+	var err error
+	stop = func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case err = <-done:
+			case <-time.After(15 * time.Second):
+				err = errors.New("Run did not return after cancel")
+			}
+		})
+		return err
+	}
+	t.Cleanup(func() { stop() })
+	return stop
+}
+
+func newMeter(t testing.TB, js jetstream.JetStream, store ledger.Store, o Options) *Meter {
+	t.Helper()
+	m, err := New(js, store, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestMeterExactWithRedeliveredDuplicates(t *testing.T) {
+	js := connect(t, startNATS(t))
+	store := openStore(t)
+	m := newMeter(t, js, store, testOptions(prometheus.NewRegistry()))
+	stop := run(t, m)
+
+	pub := publisher{t, js}
+	want := expected{}
+	const n, dups = 2000, 300
+	for i := range n {
+		ev := event(i)
+		pub.event(ev, ev.RequestID)
+		want.add(ev)
+	}
+	// The same requests again under other message ids, as after an
+	// outbox replay beyond the duplicate window: the stream keeps them.
+	for i := range dups {
+		ev := event(i * 3)
+		pub.event(ev, ev.RequestID+"-replay")
+	}
+	pub.wait()
+	waitExact(t, js, store, want)
+	if err := stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if got := testutil.ToFloat64(m.m.applied); got != n {
+		t.Fatalf("applied = %v, want %d", got, n)
+	}
+	if got := testutil.ToFloat64(m.m.duplicate); got != dups {
+		t.Fatalf("duplicates = %v, want %d", got, dups)
+	}
+	if got := testutil.ToFloat64(m.m.lag); got != 0 {
+		t.Fatalf("lag = %v after draining", got)
+	}
+	// Reservations are released: 50 per request applied once.
+	for k := range want {
+		if r, _ := store.Reserved(context.Background(), k); r != 0 {
+			t.Fatalf("key %s: reserved %d after release", k, r)
+		}
+	}
+}
+
+func TestTwoMetersConcurrentlyExact(t *testing.T) {
+	js := connect(t, startNATS(t))
+	store := openStore(t)
+	reg := prometheus.NewRegistry()
+	o := testOptions(reg)
+	o.BatchSize = 64
+	m1, m2 := newMeter(t, js, store, o), newMeter(t, js, store, o)
+	run(t, m1)
+	run(t, m2)
+
+	pub := publisher{t, js}
+	want := expected{}
+	const n = 3000
+	for i := range n {
+		ev := event(i)
+		pub.event(ev, ev.RequestID)
+		want.add(ev)
+		if i%500 == 0 {
+			pub.wait()
+		}
+	}
+	for i := range 200 {
+		ev := event(i * 7)
+		pub.event(ev, ev.RequestID+"-replay")
+	}
+	pub.wait()
+	waitExact(t, js, store, want)
+	// The two meters share their series on one registry.
+	if got := testutil.ToFloat64(m1.m.applied); got != n {
+		t.Fatalf("applied = %v, want %d", got, n)
+	}
+}
+
+func TestMeterRestartMidRunExact(t *testing.T) {
+	js := connect(t, startNATS(t))
+	store := openStore(t)
+	pub := publisher{t, js}
+	want := expected{}
+	const n = 4000
+	for i := range n {
+		ev := event(i)
+		pub.event(ev, ev.RequestID)
+		want.add(ev)
+	}
+	pub.wait()
+
+	o := testOptions(nil)
+	o.BatchSize = 32
+	first := newMeter(t, js, store, o)
+	stop := run(t, first)
+	deadline := time.Now().Add(20 * time.Second)
+	for testutil.ToFloat64(first.m.applied) < n/4 {
+		if time.Now().After(deadline) {
+			t.Fatal("first meter applied too little")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	applied := testutil.ToFloat64(first.m.applied)
+	if applied >= n {
+		t.Skipf("first meter finished (%v events) before it was cancelled", applied)
+	}
+
+	second := newMeter(t, js, store, o)
+	run(t, second)
+	waitExact(t, js, store, want)
+	total := applied + testutil.ToFloat64(second.m.applied)
+	if total != n {
+		t.Fatalf("applied %v + %v = %v, want %d", applied, testutil.ToFloat64(second.m.applied), total, n)
+	}
+}
+
+func TestPoisonTerminatedAndCounted(t *testing.T) {
+	js := connect(t, startNATS(t))
+	store := openStore(t)
+	m := newMeter(t, js, store, testOptions(nil))
+	run(t, m)
+
+	pub := publisher{t, js}
+	want := expected{}
+	for i := range 10 {
+		ev := event(i)
+		pub.event(ev, ev.RequestID)
+		want.add(ev)
+		if i == 4 {
+			pub.raw(events.Subject("key1"), "bad-json", []byte(`{"request_id": "x", "usage": `))
+			noID := event(1000)
+			noID.RequestID = ""
+			pub.event(noID, "no-request-id")
+			noTime := event(1001)
+			noTime.Timestamp = time.Time{}
+			pub.event(noTime, "zero-time")
+		}
+	}
+	pub.wait()
+	waitExact(t, js, store, want)
+	if got := testutil.ToFloat64(m.m.poison); got != 3 {
+		t.Fatalf("poison = %v, want 3", got)
+	}
+}
+
+// flakyStore fails its first Apply calls.
+type flakyStore struct {
+	ledger.Store
+	failures atomic.Int64
+}
+
+func (s *flakyStore) Apply(ctx context.Context, entries []ledger.Entry) (int, error) {
+	if s.failures.Add(-1) >= 0 {
+		return 0, errors.New("store unavailable")
+	}
+	return s.Store.Apply(ctx, entries)
+}
+
+func TestApplyErrorRedeliversWithoutLoss(t *testing.T) {
+	js := connect(t, startNATS(t))
+	store := &flakyStore{Store: openStore(t)}
+	store.failures.Store(3)
+	m := newMeter(t, js, store, testOptions(nil))
+	run(t, m)
+
+	pub := publisher{t, js}
+	want := expected{}
+	for i := range 500 {
+		ev := event(i)
+		pub.event(ev, ev.RequestID)
+		want.add(ev)
+	}
+	pub.wait()
+	waitExact(t, js, store, want)
+	if got := testutil.ToFloat64(m.m.applyErrors); got != 3 {
+		t.Fatalf("apply errors = %v, want 3", got)
+	}
+}
