@@ -66,6 +66,7 @@ type outbox struct {
 	mem        [][]byte // encoded records waiting for room on disk
 	memBytes   int64
 	lastWarn   time.Time
+	lastErrLog time.Time
 	warnEvery  time.Duration
 }
 
@@ -85,6 +86,10 @@ func openOutbox(dir string, o Options, m *metrics) (*outbox, error) {
 	af, err := os.OpenFile(filepath.Join(dir, ackFileName), os.O_RDWR|os.O_CREATE, 0o640)
 	if err != nil {
 		return nil, fmt.Errorf("open outbox ack file: %w", err)
+	}
+	if err := lockDir(af); err != nil {
+		af.Close()
+		return nil, err
 	}
 	ob.ackFile = af
 	if err := ob.recover(); err != nil {
@@ -246,7 +251,7 @@ func (ob *outbox) append(buf []byte, ends []int) (dropped int) {
 		}
 		if k > 0 {
 			if err := ob.writeLocked(buf[:ends[k-1]], k); err != nil {
-				ob.log.Error("event outbox: write failed; holding events in memory", "dir", ob.dir, "err", err)
+				ob.writeFailedLocked(err)
 				k = 0
 			}
 		}
@@ -310,7 +315,7 @@ func (ob *outbox) flushMemLocked(force bool) {
 			return
 		}
 		if err := ob.writeLocked(rec, 1); err != nil {
-			ob.log.Error("event outbox: write failed; holding events in memory", "dir", ob.dir, "err", err)
+			ob.writeFailedLocked(err)
 			return
 		}
 		ob.mem[0] = nil
@@ -536,4 +541,15 @@ func (ob *outbox) nextSegment(p position) position {
 		}
 	}
 	return position{seq: ob.nextSeq, seg: ob.nextSeq}
+}
+
+// writeFailedLocked logs a failed outbox write at most once per warnEvery;
+// the records stay in memory and are written again on the next sync.
+func (ob *outbox) writeFailedLocked(err error) {
+	now := time.Now()
+	if now.Sub(ob.lastErrLog) < ob.warnEvery {
+		return
+	}
+	ob.lastErrLog = now
+	ob.log.Error("event outbox: write failed; holding events in memory", "dir", ob.dir, "err", err)
 }

@@ -57,7 +57,7 @@ var ErrClosed = errors.New("publisher closed")
 
 // Publisher publishes RequestCompleted events through a durable outbox. It
 // is safe for concurrent use. Only one Publisher may use a directory at a
-// time.
+// time; New fails while another holds it (an flock(2) on the ack file).
 type Publisher struct {
 	js   jetstream.JetStream
 	opts Options

@@ -393,3 +393,14 @@ func TestOutboxBound(t *testing.T) {
 	ids := streamIDs(t, js)
 	checkIDs(t, ids, 0, kept)
 }
+
+func TestSecondPublisherOnDirFails(t *testing.T) {
+	dir := t.TempDir()
+	p := newPublisher(t, &flakyJS{}, dir, testOptions(nil))
+	if _, err := New(&flakyJS{}, dir, testOptions(nil)); err == nil {
+		t.Fatal("second publisher opened a directory in use")
+	}
+	closePublisher(t, p)
+	p2 := newPublisher(t, &flakyJS{}, dir, testOptions(nil))
+	closePublisher(t, p2)
+}
