@@ -1,0 +1,106 @@
+// Package redact removes configured content (logging.redact) from request
+// and response bodies before an event leaves the gateway.
+//
+// A rule that starts with "$" is a JSON path whose values are replaced by
+// the string "[REDACTED]"; any other rule is a Go regular expression whose
+// matches inside every JSON string value (or in plain text) are replaced by
+// "[REDACTED]". The package is pure: no I/O, no globals.
+package redact
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+)
+
+// Placeholder is what redacted content is replaced by.
+const Placeholder = "[REDACTED]"
+
+var quotedPlaceholder = []byte(`"` + Placeholder + `"`)
+
+// Redactor applies a compiled set of rules. It is immutable after Compile
+// and safe for concurrent use. A nil *Redactor redacts nothing.
+type Redactor struct {
+	paths   []path
+	regexps []*regexp.Regexp
+}
+
+// Compile parses rules. Empty rules are ignored; an invalid rule is an error
+// that names it.
+func Compile(rules []string) (*Redactor, error) {
+	r := &Redactor{}
+	for i, rule := range rules {
+		rule = strings.TrimSpace(rule)
+		if rule == "" {
+			continue
+		}
+		if strings.HasPrefix(rule, "$") {
+			p, err := parsePath(rule)
+			if err != nil {
+				return nil, fmt.Errorf("redact[%d] %q: %w", i, rule, err)
+			}
+			r.paths = append(r.paths, p)
+			continue
+		}
+		re, err := regexp.Compile(rule)
+		if err != nil {
+			return nil, fmt.Errorf("redact[%d] %q: %w", i, rule, err)
+		}
+		r.regexps = append(r.regexps, re)
+	}
+	return r, nil
+}
+
+// Empty reports whether r has no rules, so callers can skip the work.
+func (r *Redactor) Empty() bool {
+	return r == nil || (len(r.paths) == 0 && len(r.regexps) == 0)
+}
+
+// Text returns s with every regular-expression match replaced. JSON paths
+// do not apply to plain text. s itself is returned when nothing matches.
+func (r *Redactor) Text(s string) string {
+	if r == nil {
+		return s
+	}
+	for _, re := range r.regexps {
+		if re.MatchString(s) {
+			s = re.ReplaceAllLiteralString(s, Placeholder)
+		}
+	}
+	return s
+}
+
+// JSON returns body with the values selected by the JSON paths replaced by
+// "[REDACTED]" and regular-expression matches replaced inside every string
+// value. The rest of the document (key order, spacing, numbers) is kept
+// byte for byte. When no rule applies, body itself is returned and nothing
+// is allocated. A body that is not valid JSON is treated as text: only the
+// regular expressions apply, to the raw bytes. Valid JSON in gives valid
+// JSON out.
+func (r *Redactor) JSON(body []byte) []byte {
+	if r.Empty() || len(body) == 0 {
+		return body
+	}
+	if !validJSON(body) {
+		return r.raw(body)
+	}
+	w := walkers.Get().(*walker)
+	defer w.release()
+	w.r, w.in = r, body
+	w.value(w.ws(0))
+	if w.out == nil {
+		return body
+	}
+	return append(w.out, body[w.last:]...)
+}
+
+// raw applies the regular expressions to bytes that are not JSON.
+func (r *Redactor) raw(b []byte) []byte {
+	out := b
+	for _, re := range r.regexps {
+		if re.Match(out) {
+			out = re.ReplaceAllLiteral(out, []byte(Placeholder))
+		}
+	}
+	return out
+}
