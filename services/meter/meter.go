@@ -68,7 +68,9 @@ func (mt *Meter) ConsumerConfig() jetstream.ConsumerConfig {
 	}
 }
 
-// Run creates (or updates) the durable consumer and applies events until
+// Run creates (or updates) the durable consumer on the LLMPROXY stream,
+// which must exist (the wiring calls events.EnsureStreams with the
+// configured retention and replicas), and applies events until
 // ctx is cancelled, then returns nil after the batch under way is applied
 // and acked; events fetched but not yet applied are nak'ed for immediate
 // redelivery. It returns an error when the consumer cannot be created at

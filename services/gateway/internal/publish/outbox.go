@@ -67,6 +67,7 @@ type outbox struct {
 	memBytes   int64
 	lastWarn   time.Time
 	lastErrLog time.Time
+	sealed     bool // the last segment takes no more appends
 	warnEvery  time.Duration
 }
 
@@ -285,7 +286,8 @@ func (ob *outbox) writeLocked(b []byte, n int) error {
 	if len(ob.segs) > 0 {
 		seg = ob.segs[len(ob.segs)-1]
 	}
-	if seg == nil || (seg.size > 0 && seg.size+int64(len(b)) > ob.segBytes) {
+	if seg == nil || ob.sealed || (seg.size > 0 && seg.size+int64(len(b)) > ob.segBytes) {
+		ob.sealed = false
 		f, err := os.OpenFile(filepath.Join(ob.dir, segmentName(ob.nextSeq)), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o640)
 		if err != nil {
 			return fmt.Errorf("create outbox segment: %w", err)
@@ -531,7 +533,8 @@ func (ob *outbox) updateGaugesLocked() {
 }
 
 // nextSegment returns the position of the first record of the segment
-// after the one p is in, or the end of the outbox.
+// after the one p is in. When p is in the last segment, that segment is
+// sealed so that the next append starts the segment nextSegment points to.
 func (ob *outbox) nextSegment(p position) position {
 	ob.mu.Lock()
 	defer ob.mu.Unlock()
@@ -540,6 +543,7 @@ func (ob *outbox) nextSegment(p position) position {
 			return position{seq: s.id, seg: s.id}
 		}
 	}
+	ob.sealed = true
 	return position{seq: ob.nextSeq, seg: ob.nextSeq}
 }
 

@@ -126,6 +126,9 @@ func New(js jetstream.JetStream, dir string, opts Options) (*Publisher, error) {
 // block on the queue or drop the event. After Close, events are dropped and
 // counted.
 func (p *Publisher) Publish(ev *events.RequestCompleted) {
+	if ev == nil {
+		return
+	}
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	if p.closed {
