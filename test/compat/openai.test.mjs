@@ -121,6 +121,8 @@ test('429 → RateLimitError with Retry-After', async () => {
   assert.equal(err.status, 429);
   const ra = err.headers?.get('retry-after');
   assert.ok(ra && Number(ra) > 0, `Retry-After header: ${ra}`);
+  const rl = [...err.headers.keys()].filter((h) => h.startsWith('x-ratelimit-'));
+  assert.ok(rl.length > 0, 'no x-ratelimit-* headers on the 429');
   assert.equal(typeof err.error?.message, 'string', 'OpenAI-shaped error body');
 });
 

@@ -54,7 +54,8 @@ test('opencode run against the gateway exits 0 and is metered under its key', as
       llmproxy: {
         npm: '@ai-sdk/openai-compatible',
         name: 'LLMProxy',
-        options: { baseURL: `${GATEWAY}/v1`, apiKey: KEY },
+        // The key comes from the environment, as in USE_WITH_TOOLS.md.
+        options: { baseURL: `${GATEWAY}/v1`, apiKey: '{env:LLMPROXY_API_KEY}' },
         models: { [MODEL]: { name: 'Mock model' } },
       },
     },
@@ -73,6 +74,7 @@ test('opencode run against the gateway exits 0 and is metered under its key', as
     XDG_CACHE_HOME: join(home, '.cache'),
     XDG_STATE_HOME: join(home, '.local', 'state'),
     TERM: 'dumb',
+    LLMPROXY_API_KEY: KEY,
     OPENCODE_DISABLE_AUTOUPDATE: '1',
     OPENCODE_DISABLE_MODELS_FETCH: '1',
     HTTP_PROXY: dead,
