@@ -1,0 +1,420 @@
+#!/usr/bin/env bash
+# bench/run.sh: LLMProxy side by side with its references, in one run on
+# loopback. `make bench` builds the binaries and calls this script; see
+# bench/README.md for what is measured and the knobs below.
+#
+# Every figure comes from bench/loadgen (HTTP) or bench/eventload (events),
+# so the references and LLMProxy are measured by the same client in the
+# same run. The table goes to stdout and to bench/RESULTS.md.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN="$ROOT/bin"
+
+# Knobs (durations are Go durations).
+WARMUP=${BENCH_WARMUP:-1s}
+LAT_DURATION=${BENCH_LAT_DURATION:-6s}     # concurrency 1, non-stream
+TPUT_DURATION=${BENCH_TPUT_DURATION:-6s}   # concurrency BENCH_TPUT_CONC, non-stream
+TPUT_CONC=${BENCH_TPUT_CONC:-64}
+STREAM_DURATION=${BENCH_STREAM_DURATION:-6s}
+STREAMS=${BENCH_STREAMS:-200}
+STREAM_GAP=${BENCH_STREAM_GAP:-20ms}
+STREAM_TOKENS=${BENCH_STREAM_TOKENS:-20}
+if [[ "${BENCH_FULL:-0}" == 1 ]]; then IDLE_DEFAULT=10000; else IDLE_DEFAULT=1000; fi
+IDLE=${BENCH_IDLE:-$IDLE_DEFAULT}
+METER_EVENTS=${BENCH_METER_EVENTS:-50000}
+NOTIFIER_EVENTS=${BENCH_NOTIFIER_EVENTS:-20000}
+REDIS_URL_BENCH=${BENCH_REDIS_URL:-redis://127.0.0.1:6379/14}
+# BENCH_NATS_URL points the Redis setup at an existing NATS; by default the
+# run starts its own nats-server (or an embedded one) so that no other
+# stream consumer shares the LLMPROXY stream with the measurement.
+NATS_URL_EXT=${BENCH_NATS_URL:-}
+# BENCH_ONLY limits the HTTP targets, e.g. "direct httputil all".
+ONLY=${BENCH_ONLY:-direct httputil nginx passthrough all redis}
+
+for b in "$BIN/llmproxy" "$BIN/mockllm"; do
+	[[ -x "$b" ]] || { echo "bench: $b missing; run make build" >&2; exit 1; }
+done
+
+WORK=$(mktemp -d /tmp/llmproxy-bench.XXXXXX)
+RUN_ID=bench$(date +%s)$$
+PIDS=()
+
+cleanup() {
+	local pid
+	for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+	for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+	if [[ -n "${REDIS_PREFIX:-}" ]] && command -v redis-cli >/dev/null; then
+		redis-cli -u "$REDIS_URL_BENCH" --scan --pattern "${REDIS_PREFIX}*" 2>/dev/null |
+			xargs -r -n 500 redis-cli -u "$REDIS_URL_BENCH" del >/dev/null 2>&1 || true
+	fi
+	[[ "${BENCH_KEEP:-0}" == 1 ]] && echo "bench: work dir kept: $WORK" >&2 || rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { echo "bench: $*" >&2; }
+
+# start NAME CMD...: runs CMD in the background, output to $WORK/NAME.log.
+start() {
+	local name=$1
+	shift
+	"$@" >"$WORK/$name.log" 2>&1 &
+	PIDS+=($!)
+	LAST_PID=$!
+}
+
+# stop PID: ends one process this script started.
+stop() {
+	kill "$1" 2>/dev/null || true
+	wait "$1" 2>/dev/null || true
+}
+
+# port: a free loopback port (not bound now, not handed out before).
+NEXT_PORT=$((20000 + RANDOM % 20000))
+port() {
+	while (exec 3<>"/dev/tcp/127.0.0.1/$NEXT_PORT") 2>/dev/null; do NEXT_PORT=$((NEXT_PORT + 1)); done
+	PORT=$NEXT_PORT
+	NEXT_PORT=$((NEXT_PORT + 1))
+}
+
+wait_http() { # URL [what]
+	local i
+	for i in $(seq 1 300); do
+		curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+		sleep 0.1
+	done
+	log "${2:-$1} did not come up; its log:"
+	tail -20 "$WORK/${2:-x}.log" >&2 2>/dev/null || true
+	exit 1
+}
+
+wait_tcp() { # HOST PORT
+	local i
+	for i in $(seq 1 300); do
+		(exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
+		sleep 0.1
+	done
+	log "$1:$2 did not open"
+	exit 1
+}
+
+rss_kb() { # PID...: summed VmRSS in KiB
+	local sum=0 pid v
+	for pid in "$@"; do
+		v=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+		sum=$((sum + ${v:-0}))
+	done
+	echo "$sum"
+}
+
+
+# --- build the bench tools ---------------------------------------------------
+log "building bench tools"
+(cd "$ROOT/bench" && go build -o "$WORK/bin/" ./loadgen ./httputilproxy ./eventload)
+LOADGEN="$WORK/bin/loadgen"
+EVENTLOAD="$WORK/bin/eventload"
+
+FDMAX=$(ulimit -Hn)
+ulimit -n "$FDMAX" 2>/dev/null || true
+# A proxy holds two descriptors per idle stream (client and upstream).
+FIT=$(((FDMAX - 1024) / 2))
+IDLE_NOTE=""
+if ((IDLE > FIT)); then
+	IDLE_NOTE="idle streams capped at $FIT (asked for $IDLE): the open-files limit here is $FDMAX and a proxy holds two descriptors per stream"
+	log "$IDLE_NOTE"
+	IDLE=$FIT
+fi
+
+# --- mockllm -------------------------------------------------------------------
+port; MOCK_PORT=$PORT
+MOCK="http://127.0.0.1:$MOCK_PORT"
+start mockllm "$BIN/mockllm" --listen "127.0.0.1:$MOCK_PORT"
+MOCK_PID=$LAST_PID
+wait_http "$MOCK/health" mockllm
+
+# --- NATS for the gateway/meter processes --------------------------------------
+start_nats() { # sets NATS_URL
+	port
+	local p=$PORT dir
+	dir=$(mktemp -d "$WORK/nats.XXXX")
+	if command -v nats-server >/dev/null; then
+		start "nats-$p" nats-server -a 127.0.0.1 -p "$p" -js -sd "$dir"
+	else
+		start "nats-$p" "$EVENTLOAD" nats --listen "127.0.0.1:$p" --store "$dir"
+	fi
+	wait_tcp 127.0.0.1 "$p"
+	NATS_URL="nats://127.0.0.1:$p"
+}
+
+# --- configs -------------------------------------------------------------------
+KEY="sk-bench-$RUN_ID"
+ADMIN_TOKEN="bench-$RUN_ID"
+REDIS_PREFIX="llmproxy-$RUN_ID"
+
+port; SINK_PORT=$PORT
+start sink "$EVENTLOAD" sink --listen "127.0.0.1:$SINK_PORT"
+wait_tcp 127.0.0.1 "$SINK_PORT"
+
+# gw_config NAME LISTEN ADMIN MODE [extra yaml]: MODE is passthrough, all or redis.
+gw_config() {
+	local name=$1 listen=$2 admin=$3 mode=$4 f="$WORK/$1.yaml"
+	mkdir -p "$WORK/$name-data"
+	cat >"$f" <<EOF
+listen: "$listen"
+data_dir: "$WORK/$name-data"
+backends:
+  - url: "$MOCK"
+    name: mock
+# A client that leaves before the first byte counts as a backend failure
+# in this build, so closing the idle streams would eject the only backend;
+# the threshold is set out of reach (see RESULTS.md, notes).
+health_check: { failure_threshold: 1000000000 }
+EOF
+	case $mode in
+	passthrough)
+		cat >>"$f" <<EOF
+auth: { enabled: false }
+rate_limit: { enabled: false }
+logging: { level: warn }
+EOF
+		;;
+	all | redis)
+		sed -i 's|^health_check: {|health_check: { path: /health, interval: 10s,|' "$f"
+		cat >>"$f" <<EOF
+admin: { listen: "$admin", token: "$ADMIN_TOKEN" }
+routing:
+  retry: { enabled: true, max_retries: 2 }
+auth:
+  enabled: true
+  storage: file
+api_keys:
+  - key: "$KEY"
+    id: bench
+    name: bench
+    user_id: bench-user
+    total_quota: 1000000000000000
+    quota_reset_period: monthly
+rate_limit:
+  enabled: true
+  storage: $([[ $mode == redis ]] && echo redis || echo memory)
+  global: { requests_per_second: 10000000, burst_size: 10000000 }
+  per_key:
+    requests_per_minute: 1000000000
+    tokens_per_minute: 1000000000000
+    max_concurrent: 1000000
+logging: { level: info }
+EOF
+		;;
+	esac
+	if [[ $mode == all ]]; then
+		cat >>"$f" <<EOF
+usage_hook: { url: "http://127.0.0.1:$SINK_PORT/usage", timeout: 5s, retry: 2 }
+EOF
+	fi
+	if [[ $mode == redis ]]; then
+		cat >>"$f" <<EOF
+nats: { url: "$NATS_URL" }
+redis: { url: "$REDIS_URL_BENCH", prefix: "$REDIS_PREFIX" }
+EOF
+	fi
+	if [[ -n "${5:-}" ]]; then echo "$5" >>"$f"; fi
+	"$BIN/llmproxy" config check "$f" >&2 || { log "bad config $f"; cat "$f" >&2; exit 1; }
+}
+
+# --- targets -------------------------------------------------------------------
+declare -A URL PIDSOF
+URL[direct]=$MOCK
+PIDSOF[direct]=""
+
+has() { [[ " $ONLY " == *" $1 "* ]]; }
+
+if has httputil; then
+	port
+	start httputil "$WORK/bin/httputilproxy" --listen "127.0.0.1:$PORT" --target "$MOCK"
+	URL[httputil]="http://127.0.0.1:$PORT"; PIDSOF[httputil]=$LAST_PID
+	wait_http "${URL[httputil]}/health" httputil
+fi
+
+NGINX_NOTE=""
+if has nginx; then
+	if ! command -v nginx >/dev/null && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+		log "installing nginx"
+		DEBIAN_FRONTEND=noninteractive apt-get -y install nginx >"$WORK/apt.log" 2>&1 ||
+			{ apt-get update >>"$WORK/apt.log" 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get -y install nginx >>"$WORK/apt.log" 2>&1; } || true
+	fi
+	if command -v nginx >/dev/null; then
+		port
+		mkdir -p "$WORK/nginx"
+		cat >"$WORK/nginx/nginx.conf" <<EOF
+worker_processes auto;
+worker_rlimit_nofile $FDMAX;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+daemon off;
+events { worker_connections $FDMAX; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/body;
+  proxy_temp_path $WORK/nginx/proxy;
+  fastcgi_temp_path $WORK/nginx/fastcgi;
+  uwsgi_temp_path $WORK/nginx/uwsgi;
+  scgi_temp_path $WORK/nginx/scgi;
+  upstream mock { server 127.0.0.1:$MOCK_PORT; keepalive 1024; }
+  server {
+    listen 127.0.0.1:$PORT;
+    keepalive_requests 1000000;
+    location / {
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+      proxy_request_buffering off;
+    }
+  }
+}
+EOF
+		start nginx nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf"
+		URL[nginx]="http://127.0.0.1:$PORT"; PIDSOF[nginx]=$LAST_PID
+		wait_http "${URL[nginx]}/health" nginx
+		# The master only forks; the workers carry the connections.
+		PIDSOF[nginx]="$(pgrep -P "$LAST_PID" | tr '\n' ' ')"
+	else
+		NGINX_NOTE="nginx not installed (and could not be installed): its column is empty"
+		log "$NGINX_NOTE"
+		ONLY=${ONLY//nginx/}
+	fi
+fi
+
+if has passthrough; then
+	port; l="127.0.0.1:$PORT"
+	gw_config passthrough "$l" "" passthrough
+	start passthrough "$BIN/llmproxy" serve --config "$WORK/passthrough.yaml"
+	PIDSOF[passthrough]=$LAST_PID
+	URL[passthrough]="http://$l"
+	wait_http "${URL[passthrough]}/healthz" passthrough
+fi
+
+if has all; then
+	port; l="127.0.0.1:$PORT"; port; a="127.0.0.1:$PORT"
+	gw_config all "$l" "$a" all
+	start all "$BIN/llmproxy" serve --config "$WORK/all.yaml"
+	PIDSOF[all]=$LAST_PID
+	URL[all]="http://$l"
+	wait_http "http://$a/readyz" all
+fi
+
+NATS_NOTE=""
+if has redis; then
+	if [[ -n "$NATS_URL_EXT" ]]; then NATS_URL=$NATS_URL_EXT; else start_nats; fi
+	port; l="127.0.0.1:$PORT"; port; a="127.0.0.1:$PORT"; port; ma="127.0.0.1:$PORT"
+	gw_config redis "$l" "$a" redis
+	start redis-gateway "$BIN/llmproxy" serve --config "$WORK/redis.yaml" --target gateway
+	PIDSOF[redis]=$LAST_PID
+	start redis-meter "$BIN/llmproxy" serve --config "$WORK/redis.yaml" --target meter --admin-listen "$ma"
+	URL[redis]="http://$l"
+	wait_http "http://$a/readyz" redis-gateway
+	wait_http "http://$ma/readyz" redis-meter
+fi
+
+# --- HTTP measurements ---------------------------------------------------------
+CHAT=/v1/chat/completions
+auth_args() { # TARGET
+	case $1 in all | redis) printf "%s\n" "--header" "Authorization: Bearer $KEY" ;; esac
+}
+
+mock_idle() { # waits until mockllm has no request in flight
+	local i n
+	for i in $(seq 1 600); do
+		n=$(curl -fsS "$MOCK/metrics" | awk '/^mock_requests_inflight / {print $2}')
+		[[ "$n" == 0 ]] && return 0
+		sleep 0.1
+	done
+	log "mockllm still has $n requests in flight"
+}
+
+TARGETS=()
+for t in direct httputil nginx passthrough all redis; do
+	if has "$t"; then TARGETS+=("$t"); fi
+done
+
+for t in "${TARGETS[@]}"; do
+	u="${URL[$t]}$CHAT"
+	mapfile -t A < <(auth_args "$t")
+	# Idle streams first, while the process is fresh: a Go heap grown by the
+	# load phases is kept and would hide what the open streams cost.
+	if [[ $t != direct ]]; then
+		log "$t: RSS with $IDLE idle open streams"
+		read -r -a P <<<"${PIDSOF[$t]}"
+		before=$(rss_kb "${P[@]}")
+		rm -f "$WORK/ready"
+		"$LOADGEN" --label "$t" --mode idle --concurrency "$IDLE" --url "$u" "${A[@]}" --header "X-Mock-Ttft: 1h" \
+			--inflight-url "$MOCK/metrics" --ready-file "$WORK/ready" --hold 5m >"$WORK/res-$t-idle.json" &
+		lg=$!
+		PIDS+=($lg)
+		for i in $(seq 1 1800); do [[ -f "$WORK/ready" ]] && break; kill -0 "$lg" 2>/dev/null || break; sleep 0.1; done
+		sleep 1
+		after=$(rss_kb "${P[@]}")
+		stop "$lg"
+		echo "{\"before_kb\":$before,\"after_kb\":$after,\"streams\":$IDLE,\"ready\":$([[ -f "$WORK/ready" ]] && echo true || echo false)}" >"$WORK/res-$t-rss.json"
+		mock_idle
+	fi
+	log "$t: latency at concurrency 1 ($LAT_DURATION)"
+	"$LOADGEN" --label "$t" --mode request --concurrency 1 --warmup "$WARMUP" --duration "$LAT_DURATION" --url "$u" "${A[@]}" >"$WORK/res-$t-lat.json"
+	log "$t: throughput at concurrency $TPUT_CONC ($TPUT_DURATION)"
+	"$LOADGEN" --label "$t" --mode request --concurrency "$TPUT_CONC" --warmup "$WARMUP" --duration "$TPUT_DURATION" --url "$u" "${A[@]}" >"$WORK/res-$t-tput.json"
+	log "$t: $STREAMS streams, $STREAM_TOKENS tokens $STREAM_GAP apart ($STREAM_DURATION)"
+	"$LOADGEN" --label "$t" --mode stream --concurrency "$STREAMS" --warmup "$WARMUP" --duration "$STREAM_DURATION" --url "$u" "${A[@]}" \
+		--header "X-Mock-Gap: $STREAM_GAP" --header "X-Mock-Tokens: $STREAM_TOKENS" >"$WORK/res-$t-stream.json"
+	mock_idle
+done
+
+# --- event consumers -----------------------------------------------------------
+# Each runs against its own fresh NATS so that no backlog from the HTTP phase
+# is counted.
+METER_NOTE=""
+if has redis || [[ "${BENCH_EVENTS:-1}" == 1 ]]; then
+	log "meter (Redis ledger, own process): $METER_EVENTS events"
+	start_nats
+	port; ma="127.0.0.1:$PORT"; port; l="127.0.0.1:$PORT"
+	gw_config meter "$l" "" redis
+	start meter "$BIN/llmproxy" serve --config "$WORK/meter.yaml" --target meter --admin-listen "$ma"
+	METER_PID=$LAST_PID
+	wait_http "http://$ma/readyz" meter
+	"$EVENTLOAD" measure --label meter-redis --nats "$NATS_URL" --n "$METER_EVENTS" --run "$RUN_ID-m" \
+		--metrics "http://$ma/metrics" --metric llmproxy_meter_events_applied_total >"$WORK/res-meter-redis.json" ||
+		METER_NOTE="meter (Redis) did not finish: see $WORK/meter.log"
+	stop "$METER_PID"
+
+	log "meter (local ledger, single binary): $METER_EVENTS events"
+	port; en="127.0.0.1:$PORT"; port; ma="127.0.0.1:$PORT"; port; l="127.0.0.1:$PORT"
+	gw_config meterlocal "$l" "$ma" all "nats: { embedded_listen: \"$en\" }"
+	start meterlocal "$BIN/llmproxy" serve --config "$WORK/meterlocal.yaml"
+	ML_PID=$LAST_PID
+	wait_http "http://$ma/readyz" meterlocal
+	"$EVENTLOAD" measure --label meter-local --nats "nats://$en" --n "$METER_EVENTS" --run "$RUN_ID-l" \
+		--metrics "http://$ma/metrics" --metric llmproxy_meter_events_applied_total >"$WORK/res-meter-local.json" ||
+		METER_NOTE="$METER_NOTE meter (local) did not finish: see $WORK/meterlocal.log"
+	stop "$ML_PID"
+
+	log "notifier (own process, one fast local receiver): $NOTIFIER_EVENTS events"
+	start_nats
+	port; ma="127.0.0.1:$PORT"; port; l="127.0.0.1:$PORT"
+	gw_config notifier "$l" "" passthrough "nats: { url: \"$NATS_URL\" }
+admin: { listen: \"$ma\", token: \"$ADMIN_TOKEN\" }
+webhooks:
+  - { name: sink, url: \"http://127.0.0.1:$SINK_PORT/hook\", timeout: 5s }"
+	start notifier "$BIN/llmproxy" serve --config "$WORK/notifier.yaml" --target notifier
+	N_PID=$LAST_PID
+	wait_http "http://$ma/readyz" notifier
+	"$EVENTLOAD" measure --label notifier --nats "$NATS_URL" --n "$NOTIFIER_EVENTS" --run "$RUN_ID-n" \
+		--metrics "http://$ma/metrics" --metric llmproxy_webhook_deliveries_total --match 'outcome="success"' >"$WORK/res-notifier.json" ||
+		METER_NOTE="$METER_NOTE notifier did not finish: see $WORK/notifier.log"
+	stop "$N_PID"
+fi
+
+# --- report --------------------------------------------------------------------
+CMDLINE="BENCH_LAT_DURATION=$LAT_DURATION BENCH_TPUT_DURATION=$TPUT_DURATION BENCH_TPUT_CONC=$TPUT_CONC BENCH_STREAM_DURATION=$STREAM_DURATION BENCH_STREAMS=$STREAMS BENCH_STREAM_GAP=$STREAM_GAP BENCH_STREAM_TOKENS=$STREAM_TOKENS BENCH_IDLE=$IDLE BENCH_METER_EVENTS=$METER_EVENTS BENCH_NOTIFIER_EVENTS=$NOTIFIER_EVENTS make bench"
+python3 "$ROOT/bench/report.py" --work "$WORK" --targets "${TARGETS[*]}" --out "$ROOT/bench/RESULTS.md" \
+	--cmdline "$CMDLINE" --loadgen "$LOADGEN" --mock "$MOCK" --notes "$IDLE_NOTE" --notes "$NGINX_NOTE" --notes "$METER_NOTE" \
+	--configs "$WORK/passthrough.yaml" --configs "$WORK/all.yaml" --configs "$WORK/redis.yaml" --configs "$WORK/nginx/nginx.conf"
