@@ -31,14 +31,20 @@ test('chat completion, non-stream: same reply as straight from the backend', asy
   assert.deepEqual(a.usage, { prompt_tokens: 11, completion_tokens: 5, total_tokens: 16 });
 });
 
-test('chat completion, stream without stream_options: same chunks, no usage chunk', async () => {
+test('chat completion, stream without stream_options: no usage chunk', async () => {
+  const req = { model: MODEL, messages, max_tokens: 4, stream: true };
+  const a = await collect(await gw.chat.completions.create(req));
+  assert.equal(usageChunks(a).length, 0, 'the client did not ask for usage, so it must get no usage chunk');
+  assert.equal(a.filter((c) => c.choices.length === 0).length, 0, 'no chunk with empty choices');
+  assert.equal(a.map((c) => c.choices[0]?.delta?.content ?? '').join(''), 'tok0 tok1 tok2 tok3 ');
+  assert.equal(a.at(-1).choices[0].finish_reason, 'length');
+});
+
+test('chat completion, stream without stream_options: same chunks as straight from the backend', async () => {
   const req = { model: MODEL, messages, max_tokens: 4, stream: true };
   const a = await collect(await gw.chat.completions.create(req));
   const b = await collect(await direct.chat.completions.create(req));
-  assert.equal(usageChunks(a).length, 0, 'the client did not ask for usage, so it must get no usage chunk');
-  assert.equal(a.filter((c) => c.choices.length === 0).length, 0, 'no chunk with empty choices');
   assert.deepEqual(strip(a), strip(b), 'chunks through the gateway differ from the backend\'s');
-  assert.equal(a.map((c) => c.choices[0]?.delta?.content ?? '').join(''), 'tok0 tok1 tok2 tok3 ');
 });
 
 test('chat completion, stream with include_usage: same chunks, exactly one usage chunk', async () => {
@@ -53,19 +59,31 @@ test('chat completion, stream with include_usage: same chunks, exactly one usage
   assert.deepEqual(strip(a), strip(b), 'chunks through the gateway differ from the backend\'s');
 });
 
-test('completions, non-stream and stream', async () => {
+test('completions, non-stream', async () => {
   const req = { model: MODEL, prompt: 'once upon a time', max_tokens: 3 };
   const [a, b] = await Promise.all([gw.completions.create(req), direct.completions.create(req)]);
   assert.deepEqual(strip(a), strip(b));
   assert.equal(a.choices[0].text, 'tok0 tok1 tok2 ');
   assert.deepEqual(a.usage, { prompt_tokens: 4, completion_tokens: 3, total_tokens: 7 });
+});
 
-  const sreq = { ...req, stream: true };
-  const sa = await collect(await gw.completions.create(sreq));
-  const sb = await collect(await direct.completions.create(sreq));
-  assert.equal(usageChunks(sa).length, 0);
-  assert.deepEqual(strip(sa), strip(sb));
-  assert.equal(sa.map((c) => c.choices[0]?.text ?? '').join(''), 'tok0 tok1 tok2 ');
+test('completions, stream: no usage chunk, same chunks as straight from the backend', async () => {
+  const req = { model: MODEL, prompt: 'once upon a time', max_tokens: 3, stream: true };
+  const a = await collect(await gw.completions.create(req));
+  const b = await collect(await direct.completions.create(req));
+  assert.equal(usageChunks(a).length, 0, 'the client did not ask for usage, so it must get no usage chunk');
+  assert.equal(a.map((c) => c.choices[0]?.text ?? '').join(''), 'tok0 tok1 tok2 ');
+  assert.deepEqual(strip(a), strip(b), 'chunks through the gateway differ from the backend\'s');
+});
+
+test('completions, stream with include_usage: exactly one usage chunk, same chunks', async () => {
+  const req = { model: MODEL, prompt: 'once upon a time', max_tokens: 3, stream: true, stream_options: { include_usage: true } };
+  const a = await collect(await gw.completions.create(req));
+  const b = await collect(await direct.completions.create(req));
+  const u = usageChunks(a);
+  assert.equal(u.length, 1, 'exactly one usage chunk');
+  assert.deepEqual(u[0].usage, { prompt_tokens: 4, completion_tokens: 3, total_tokens: 7 });
+  assert.deepEqual(strip(a), strip(b), 'chunks through the gateway differ from the backend\'s');
 });
 
 test('embeddings', async () => {
@@ -88,9 +106,35 @@ test('models list', async () => {
 });
 
 test('the requests above are metered under the key', async () => {
-  // 2 chat + 2 chat streams + 2 completions + 1 embeddings (+ models, which may or may not count).
-  const u = await waitUsage(KEY_ID, (x) => x.requests >= 7 && x.completion_tokens >= 5 + 4 + 4 + 3 + 3);
-  assert.ok(u.prompt_tokens >= 11 * 3 + 4 * 2 + 5, JSON.stringify(u));
+  // 1 chat + 3 chat streams + 1 completion + 2 completion streams + 1 embeddings (+ models, which may or may not count).
+  const u = await waitUsage(KEY_ID, (x) => x.requests >= 8 && x.completion_tokens >= 5 + 4 * 3 + 3 * 3);
+  assert.ok(u.prompt_tokens >= 11 * 4 + 4 * 3 + 5, JSON.stringify(u));
+});
+
+test('stream: each chunk reaches the SDK when the backend sends it', async () => {
+  // mockllm waits 200 ms between tokens (X-Mock-Gap, passed through by the gateway).
+  const stream = await gw.chat.completions.create(
+    { model: MODEL, messages, max_tokens: 4, stream: true },
+    { headers: { 'X-Mock-Gap': '200ms' } },
+  );
+  const at = [];
+  for await (const c of stream) if (c.choices[0]?.delta?.content) at.push(Date.now());
+  assert.equal(at.length, 4);
+  for (let i = 1; i < at.length; i++) {
+    assert.ok(at[i] - at[i - 1] >= 120, `tokens ${i - 1} and ${i} arrived ${at[i] - at[i - 1]} ms apart (backend gap 200 ms): buffered`);
+  }
+});
+
+test('a backend 400 reaches the SDK as BadRequestError', async () => {
+  await assert.rejects(
+    gw.chat.completions.create({ model: MODEL, messages }, { headers: { 'X-Mock-Error-Rate': '1', 'X-Mock-Error-Status': '400' } }),
+    (err) => {
+      assert.ok(err instanceof OpenAI.BadRequestError, `got ${err?.constructor?.name}: ${err?.message}`);
+      assert.equal(err.status, 400);
+      assert.equal(typeof err.error?.message, 'string');
+      return true;
+    },
+  );
 });
 
 test('bad key → AuthenticationError (401)', async () => {
