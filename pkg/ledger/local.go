@@ -48,6 +48,8 @@ type LocalStore struct {
 	// lastPrune is when Apply last dropped every expired request id, in
 	// unix nanos.
 	lastPrune atomic.Int64
+	// admit is the admitter whose reservations Apply settles (nil: none).
+	admit atomic.Pointer[MemoryAdmitter]
 }
 
 // OpenLocal opens, creating it if needed, the ledger file at path. If another
@@ -81,8 +83,10 @@ func OpenLocal(path string, opts ...Option) (*LocalStore, error) {
 // Apply records entries in one transaction: either the whole batch is durable
 // when Apply returns nil, or none of it is. Entries whose request id was
 // applied before (in an earlier batch or earlier in this one) are skipped.
-// Every new entry releases its Reserved tokens from the key's reservation
-// counter. A batch with an invalid entry is rejected as a whole with an
+// Every new entry releases its reservation: the one its request holds in the
+// store's admitter (NewLocalAdmitter), whose TPM window then counts the
+// entry's tokens at the entry's time, or else its Reserved tokens from the
+// key's reservation counter. A batch with an invalid entry is rejected as a whole with an
 // error wrapping ErrInvalidEntry.
 func (s *LocalStore) Apply(ctx context.Context, entries []Entry) (int, error) {
 	for _, e := range entries {
@@ -96,8 +100,17 @@ func (s *LocalStore) Apply(ctx context.Context, entries []Entry) (int, error) {
 	now := s.opts.now()
 	var applied int
 	pruned := false
+	// Requests admitted by this store's admitter hold their reservation
+	// there, not in the counter; it is settled once the batch is durable.
+	admit := s.admit.Load()
+	var held map[string]bool
+	if admit != nil {
+		held = admit.holds(entries)
+	}
+	var fresh []Entry
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		applied = 0
+		fresh = fresh[:0]
 		seen, seenAt := tx.Bucket(bucketSeen), tx.Bucket(bucketSeenAt)
 		usage, model, user := tx.Bucket(bucketUsage), tx.Bucket(bucketModel), tx.Bucket(bucketUser)
 		stamp := binary.BigEndian.AppendUint64(nil, uint64(now.UnixNano()))
@@ -126,11 +139,12 @@ func (s *LocalStore) Apply(ctx context.Context, entries []Entry) (int, error) {
 					}
 				}
 			}
-			if e.Reserved > 0 {
+			if e.Reserved > 0 && !held[e.RequestID] {
 				if err := addReserved(tx, e.KeyID, -e.Reserved); err != nil {
 					return err
 				}
 			}
+			fresh = append(fresh, e)
 			applied++
 		}
 		if now.Sub(time.Unix(0, s.lastPrune.Load())) >= pruneEvery {
@@ -147,6 +161,9 @@ func (s *LocalStore) Apply(ctx context.Context, entries []Entry) (int, error) {
 	}
 	if pruned {
 		s.lastPrune.Store(now.UnixNano())
+	}
+	if admit != nil && len(fresh) > 0 {
+		admit.settle(fresh)
 	}
 	return applied, nil
 }
@@ -233,13 +250,17 @@ func (s *LocalStore) UsageByUser(ctx context.Context, userID string, p Period, a
 	return t, err
 }
 
-// Reserved returns key keyID's outstanding reserved tokens.
+// Reserved returns key keyID's outstanding reserved tokens: the counter
+// AddReserved moves plus the reservations of requests its admitter admitted.
 func (s *LocalStore) Reserved(ctx context.Context, keyID string) (int64, error) {
 	var n int64
 	err := s.view(ctx, func(tx *bolt.Tx) error {
 		n = decodeInt(tx.Bucket(bucketReserved).Get([]byte(keyID)))
 		return nil
 	})
+	if a := s.admit.Load(); a != nil {
+		n += a.reserved(keyID)
+	}
 	return n, err
 }
 

@@ -22,6 +22,8 @@ import (
 //	                                 is in that UTC day; expires the dedupe retention
 //	                                 after the day ends (or after now, if later)
 //	P:{<keyID>}:reserved             outstanding reserved tokens (absent = 0)
+//	P:{<keyID>}:rl:*                 the RedisAdmitter's state (see there); Apply
+//	                                 settles its reservations and fills its TPM window
 //	P:{u:<userID>}:usage:<periodID>  hash: p, c, n
 //	P:{u:<userID>}:seen:<dayID>      the same, for the per-user totals
 //	P:keys:<periodID>                set of key ids with usage in the period
@@ -67,14 +69,24 @@ func NewRedis(rdb redis.UniversalClient, prefix string, opts ...Option) *RedisSt
 // It returns how many entries were new.
 //
 // KEYS[1] is the reservation counter new entries release their reserved
-// tokens from; the other keys are the seen sets and usage hashes ARGV points
-// at. ARGV[1] is "1" to count per model too; then come 11 values per entry: the KEYS index of its seen set, its request id, the unix time
-// its seen set expires at, the KEYS indexes of its four period hashes,
-// prompt, completion, reserved and model.
+// tokens from, KEYS[2] and KEYS[3] the RedisAdmitter's reservations (hash
+// and expiry zset), KEYS[4] its TPM window and KEYS[5] the reservations'
+// sum; the other keys are the seen
+// sets and usage hashes ARGV points at. ARGV[1] is "1" for a key's group
+// (count per model, settle reservations, fill the TPM window), "0" for a
+// user's; then come 12 values per entry: the KEYS index of its seen set, its
+// request id, the unix time its seen set expires at, the KEYS indexes of its
+// four period hashes, prompt, completion, reserved, model and the unix second
+// of its time.
+//
+// A new entry whose request holds an admitter reservation releases that
+// reservation (and not the counter); any other releases its Reserved tokens
+// from the counter. Its tokens go to the TPM window's second of the entry's
+// time, which the admitter drops once it is 60 s old.
 const applyLua = `
 local models = ARGV[1] == '1'
 local sums, hashes, expire = {}, {}, {}
-local applied, release = 0, 0
+local applied, release, settled, tpm = 0, 0, 0, false
 local function add(h, f, v)
   local t = sums[h]
   if not t then
@@ -84,7 +96,7 @@ local function add(h, f, v)
   end
   t[f] = (t[f] or 0) + v
 end
-for a = 2, #ARGV, 11 do
+for a = 2, #ARGV, 12 do
   local s = tonumber(ARGV[a])
   if redis.call('SADD', KEYS[s], ARGV[a + 1]) == 1 then
     local at = tonumber(ARGV[a + 2])
@@ -92,7 +104,18 @@ for a = 2, #ARGV, 11 do
     applied = applied + 1
     local p, c = tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8])
     local r = tonumber(ARGV[a + 9])
-    if r > 0 then release = release + r end
+    local held = models and redis.call('HGET', KEYS[2], ARGV[a + 1])
+    if held then
+      redis.call('HDEL', KEYS[2], ARGV[a + 1])
+      redis.call('ZREM', KEYS[3], ARGV[a + 1])
+      settled = settled + tonumber(held)
+    elseif r > 0 then
+      release = release + r
+    end
+    if models and p + c > 0 then
+      redis.call('HINCRBY', KEYS[4], ARGV[a + 11], string.format('%d', p + c))
+      tpm = true
+    end
     local m = 'm:' .. ARGV[a + 10] .. ':'
     for i = 3, 6 do
       local h = tonumber(ARGV[a + i])
@@ -114,6 +137,10 @@ for _, h in ipairs(hashes) do
   for f, v in pairs(sums[h]) do
     redis.call('HINCRBY', KEYS[h], f, string.format('%d', v))
   end
+end
+if tpm then redis.call('EXPIRE', KEYS[4], 120) end
+if settled > 0 and redis.call('DECRBY', KEYS[5], string.format('%d', settled)) <= 0 then
+  redis.call('DEL', KEYS[5])
 end
 if release > 0 and redis.call('DECRBY', KEYS[1], string.format('%d', release)) <= 0 then
   redis.call('DEL', KEYS[1])
@@ -154,17 +181,20 @@ type scriptCall struct {
 	cmd   *redis.Cmd
 }
 
-func newScriptCall(counter string, isKey bool) *scriptCall {
+// newScriptCall starts a group of the entries whose keys start with tag.
+func newScriptCall(tag string, isKey bool) *scriptCall {
 	models := "0"
 	if isKey {
 		models = "1"
 	}
-	return &scriptCall{
-		keys:  []string{counter},
-		args:  []any{models},
-		index: map[string]int{counter: 1},
-		isKey: isKey,
+	// A user's group never settles reservations nor fills a TPM window:
+	// its KEYS[1..5] are named in its own slot but never written.
+	keys := []string{tag + ":reserved", tag + ":rl:resv", tag + ":rl:resvexp", tag + ":rl:tpm", tag + ":rl:resvsum"}
+	index := make(map[string]int, len(keys))
+	for i, k := range keys {
+		index[k] = i + 1
 	}
+	return &scriptCall{keys: keys, args: []any{models}, index: index, isKey: isKey}
 }
 
 // key returns the KEYS index of name, adding it if needed.
@@ -182,7 +212,7 @@ func (c *scriptCall) add(tag string, e Entry, pids *[4]string, expireAt, reserve
 	c.args = append(c.args, c.key(tag+":seen:"+pids[0]), e.RequestID, expireAt,
 		c.key(tag+":usage:"+pids[0]), c.key(tag+":usage:"+pids[1]),
 		c.key(tag+":usage:"+pids[2]), c.key(tag+":usage:"+pids[3]),
-		e.PromptTokens, e.CompletionTokens, reserved, model)
+		e.PromptTokens, e.CompletionTokens, reserved, model, e.Time.Unix())
 	c.n++
 }
 
@@ -209,7 +239,7 @@ func (s *RedisStore) Apply(ctx context.Context, entries []Entry) (int, error) {
 	group := func(tag string, isKey bool) *scriptCall {
 		c := open[tag]
 		if c == nil || c.n == maxGroup {
-			c = newScriptCall(tag+":reserved", isKey)
+			c = newScriptCall(tag, isKey)
 			open[tag] = c
 			calls = append(calls, c)
 		}
@@ -402,16 +432,26 @@ func (s *RedisStore) UsageByUser(ctx context.Context, userID string, p Period, a
 	return totalsOf(vals)
 }
 
-// Reserved returns key keyID's outstanding reserved tokens.
+// Reserved returns key keyID's outstanding reserved tokens: the counter
+// AddReserved moves plus the reservations of requests a RedisAdmitter
+// admitted (an expired one counts until the key's next admission drops it).
 func (s *RedisStore) Reserved(ctx context.Context, keyID string) (int64, error) {
-	n, err := s.rdb.Get(ctx, s.reservedKey(keyID)).Int64()
-	if errors.Is(err, redis.Nil) {
-		return 0, nil
-	}
-	if err != nil {
+	pipe := s.rdb.Pipeline()
+	counter := pipe.Get(ctx, s.reservedKey(keyID))
+	resv := pipe.Get(ctx, s.keyTag(keyID)+":rl:resvsum")
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return 0, fmt.Errorf("reserved of key %s: %w", keyID, err)
 	}
-	return max(n, 0), nil
+	n, err := counter.Int64()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return 0, fmt.Errorf("reserved of key %s: %w", keyID, err)
+	}
+	m, err := resv.Int64()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return 0, fmt.Errorf("reserved of key %s: %w", keyID, err)
+	}
+	n = max(n, 0) + max(m, 0)
+	return n, nil
 }
 
 // AddReserved adds tokens to key keyID's reservation counter atomically; the

@@ -1,0 +1,456 @@
+package ledger
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// RedisAdmitter is an Admitter on the Redis that holds a RedisStore's
+// ledger, shared by every gateway: each decision is one atomic Lua script
+// whose clock is the server's TIME, so the limits are exact across any
+// number of processes and no gateway's clock matters. It is safe for
+// concurrent use.
+//
+// Key layout, for prefix P (all a key's state carries its {keyID} hash tag,
+// like the RedisStore's usage hashes the quota check reads):
+//
+//	P:{<keyID>}:rl:tat       key RPS: GCRA theoretical arrival time (µs)
+//	P:{<keyID>}:rl:rpm       zset of the admissions of the last 60 s, by time (µs)
+//	P:{<keyID>}:rl:leases    zset of concurrency leases, by expiry (µs)
+//	P:{<keyID>}:rl:resv      hash request id → reserved tokens
+//	P:{<keyID>}:rl:resvexp   zset request id → reservation expiry (µs)
+//	P:{<keyID>}:rl:resvsum   the sum of rl:resv's tokens
+//	P:{<keyID>}:rl:tpm       hash unix second → tokens applied (event time)
+//	P:global:rl:tat          global RPS: GCRA theoretical arrival time (µs)
+//
+// The global bucket cannot share a slot with every key. On a single node
+// (any client but *redis.ClusterClient) the script reads and writes it with
+// the key's state, so one script decides everything. On Redis Cluster the
+// key's script and a global script go in one pipeline (one round trip); when
+// only one of them admits, a compensating script undoes what it recorded (a
+// second round trip on that path only), so a rejected request still leaves
+// no trace.
+//
+// The period quota reads P:{<keyID>}:usage:<periodID>, the hash RedisStore
+// Apply fills; the period id comes from this process's clock, as the entries'
+// times (and so their periods) do. Reservations are released by Apply, which
+// also counts each applied entry's tokens in the TPM window at the entry's
+// time.
+type RedisAdmitter struct {
+	rdb     redis.UniversalClient
+	prefix  string
+	split   bool
+	resvTTL time.Duration
+
+	admitScript, globalScript, undoScript *redis.Script
+
+	// now overrides the server's TIME; only tests set it.
+	now func() time.Time
+}
+
+// NewRedisAdmitter returns an admitter on rdb for the keys of a RedisStore
+// with the same prefix. The caller owns rdb.
+func NewRedisAdmitter(rdb redis.UniversalClient, prefix string) *RedisAdmitter {
+	_, cluster := rdb.(*redis.ClusterClient)
+	return &RedisAdmitter{
+		rdb:          rdb,
+		prefix:       prefix,
+		split:        cluster,
+		resvTTL:      DefaultReservationTTL,
+		admitScript:  redis.NewScript(admitLua),
+		globalScript: redis.NewScript(globalLua),
+		undoScript:   redis.NewScript(undoLua),
+	}
+}
+
+// luaClock is the clock prologue of the admission scripts: ARGV[1] is "0"
+// for the server's TIME, or a time in µs (tests only).
+const luaClock = `
+local now
+if ARGV[1] ~= '0' then
+  now = tonumber(ARGV[1])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local function fmt(x) return string.format('%d', x) end
+local function gcra(key, T, burst)
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  local newtat = tat + T
+  local diff = now - (newtat - burst * T)
+  if diff < 0 then return false, tat, 0, -diff, tat - now end
+  return true, newtat, math.floor(diff / T), 0, newtat - now
+end
+local function settat(key, tat)
+  redis.call('SET', key, fmt(tat), 'PX', fmt(math.floor((tat - now) / 1000) + 1))
+end
+`
+
+// admitLua decides one request of one key and, when it is admitted, records
+// it; see RedisAdmitter for KEYS[1..7] (tat, rpm, leases, resv, resvexp, tpm,
+// usage), KEYS[8] is the RedisStore's reservation counter, KEYS[9] the sum
+// of the reservations and KEYS[10], when present, the global bucket. ARGV after the clock: lease id, global
+// interval (µs, 0 = none) and burst, key interval (µs, 0 = none) and burst,
+// rpm, tpm, max concurrent, quota, reserve, lease TTL (µs), reservation TTL
+// (µs), period end (µs, 0 = never).
+// It returns allowed (0/1), reason, retry after (µs), limit, remaining and
+// reset (µs) of requests, the same of tokens.
+const admitLua = luaClock + `
+local lease = ARGV[2]
+local gT, gburst = tonumber(ARGV[3]), tonumber(ARGV[4])
+local kT, kburst = tonumber(ARGV[5]), tonumber(ARGV[6])
+local rpm, tpm, maxc = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local quota, reserve = tonumber(ARGV[10]), tonumber(ARGV[11])
+local leasettl, resvttl, pend = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
+local WIN = 60000000
+
+local allowed, reason, retry = true, '', 0
+local function reject(r, after)
+  if allowed then allowed, reason, retry = false, r, after end
+end
+local function fits(used, outstanding, limit)
+  if reserve > limit then return outstanding == 0 and used < limit end
+  return used + outstanding + reserve <= limit
+end
+local limreq, remreq, resetreq, limtok, remtok, resettok = 0, 0, 0, 0, 0, 0
+
+local gtat
+if gT > 0 and #KEYS >= 10 then
+  local ok, t, _, after = gcra(KEYS[10], gT, gburst)
+  if not ok then reject('global_rps', after) end
+  gtat = t
+end
+
+local ktat
+if kT > 0 then
+  local ok, t, rem, after, reset = gcra(KEYS[1], kT, kburst)
+  if not ok then reject('key_rps', after) end
+  ktat = t
+  if rpm <= 0 then limreq, remreq, resetreq = kburst, rem, reset end
+end
+
+if rpm > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', fmt(now - WIN))
+  local n = redis.call('ZCARD', KEYS[2])
+  local reset = WIN
+  if n > 0 then
+    local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+    reset = tonumber(first[2]) + WIN - now
+  end
+  if n >= rpm then reject('key_rpm', reset) end
+  limreq, remreq, resetreq = rpm, math.max(rpm - n, 0), reset
+end
+
+if maxc > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', fmt(now))
+  local n = redis.call('ZCARD', KEYS[3])
+  if n >= maxc and not redis.call('ZSCORE', KEYS[3], lease) then
+    local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+    reject('concurrency', math.min(tonumber(first[2]) - now, 1000000))
+  end
+end
+
+if tpm > 0 or quota > 0 then
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', fmt(now))
+  if #expired > 0 then
+    local gone = 0
+    for _, id in ipairs(expired) do
+      gone = gone + tonumber(redis.call('HGET', KEYS[4], id) or '0')
+      redis.call('HDEL', KEYS[4], id)
+    end
+    redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', fmt(now))
+    if redis.call('DECRBY', KEYS[9], fmt(gone)) <= 0 then redis.call('DEL', KEYS[9]) end
+  end
+  local outstanding = math.max(tonumber(redis.call('GET', KEYS[8]) or '0'), 0)
+    + math.max(tonumber(redis.call('GET', KEYS[9]) or '0'), 0)
+    - tonumber(redis.call('HGET', KEYS[4], lease) or '0')
+
+  if tpm > 0 then
+    local oldest = math.floor(now / 1000000) - 60
+    local f = redis.call('HGETALL', KEYS[6])
+    local used, secs, bysec = 0, {}, {}
+    for i = 1, #f, 2 do
+      local s = tonumber(f[i])
+      if s <= oldest then
+        redis.call('HDEL', KEYS[6], f[i])
+      else
+        local v = tonumber(f[i + 1])
+        used = used + v
+        if not bysec[s] then secs[#secs + 1] = s end
+        bysec[s] = (bysec[s] or 0) + v
+      end
+    end
+    table.sort(secs)
+    if not fits(used, outstanding, tpm) then
+      local excess, freed, after = used + outstanding + reserve - tpm, 0, 1000000
+      for _, s in ipairs(secs) do
+        freed = freed + bysec[s]
+        if freed >= excess then
+          after = (s + 60) * 1000000 - now
+          break
+        end
+      end
+      reject('tpm', after)
+    end
+    limtok, remtok = tpm, math.max(tpm - used - outstanding, 0)
+    if #secs > 0 then resettok = (secs[1] + 60) * 1000000 - now end
+  end
+
+  if quota > 0 then
+    local u = redis.call('HMGET', KEYS[7], 'p', 'c')
+    local used = tonumber(u[1] or '0') + tonumber(u[2] or '0')
+    local after = 0
+    if pend > 0 then after = pend - now end
+    if not fits(used, outstanding, quota) then reject('quota', after) end
+    if tpm <= 0 then limtok, remtok, resettok = quota, math.max(quota - used - outstanding, 0), after end
+  end
+end
+
+if not allowed then
+  return {0, reason, fmt(retry), limreq, remreq, fmt(resetreq), limtok, remtok, fmt(resettok)}
+end
+
+if gtat then settat(KEYS[10], gtat) end
+if ktat then settat(KEYS[1], ktat) end
+if rpm > 0 then
+  redis.call('ZADD', KEYS[2], fmt(now), lease)
+  redis.call('PEXPIRE', KEYS[2], 61000)
+  remreq = math.max(remreq - 1, 0)
+end
+if maxc > 0 then
+  redis.call('ZADD', KEYS[3], fmt(now + leasettl), lease)
+  local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
+  redis.call('PEXPIRE', KEYS[3], fmt(math.floor((tonumber(last[2]) - now) / 1000) + 1000))
+end
+if reserve > 0 and (tpm > 0 or quota > 0) then
+  local prev = tonumber(redis.call('HGET', KEYS[4], lease) or '0')
+  redis.call('HSET', KEYS[4], lease, fmt(reserve))
+  redis.call('ZADD', KEYS[5], fmt(now + resvttl), lease)
+  redis.call('INCRBY', KEYS[9], fmt(reserve - prev))
+  local ttl = fmt(math.floor(resvttl / 1000) + 1000)
+  for i = 4, 5 do redis.call('PEXPIRE', KEYS[i], ttl) end
+  redis.call('PEXPIRE', KEYS[9], ttl)
+  remtok = math.max(remtok - reserve, 0)
+end
+return {1, '', '0', limreq, remreq, fmt(resetreq), limtok, remtok, fmt(resettok)}
+`
+
+// globalLua is the global bucket's decision on Redis Cluster: KEYS[1] is the
+// bucket, ARGV after the clock the interval (µs) and burst. It returns
+// allowed (0/1) and the retry after (µs).
+const globalLua = luaClock + `
+local ok, t, _, after = gcra(KEYS[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
+if not ok then return {0, fmt(after)} end
+settat(KEYS[1], t)
+return {1, '0'}
+`
+
+// undoLua takes back one admission on Redis Cluster when the other half of
+// the decision rejected it. With ARGV[2] = "global", KEYS[1] is the global
+// bucket and ARGV[3] its interval (µs). Otherwise KEYS[1..5] are the key's
+// tat, rpm, leases, resv, resvexp and resvsum, ARGV[2] the lease id and
+// ARGV[3] the key's interval (µs, 0 = none).
+const undoLua = luaClock + `
+local function refund(key, T)
+  local tat = tonumber(redis.call('GET', key) or '0')
+  if tat - T <= now then
+    redis.call('DEL', key)
+  else
+    settat(key, tat - T)
+  end
+end
+local T = tonumber(ARGV[3])
+if ARGV[2] == 'global' then
+  refund(KEYS[1], T)
+  return 1
+end
+if T > 0 then refund(KEYS[1], T) end
+local lease = ARGV[2]
+redis.call('ZREM', KEYS[2], lease)
+redis.call('ZREM', KEYS[3], lease)
+local r = tonumber(redis.call('HGET', KEYS[4], lease) or '0')
+redis.call('HDEL', KEYS[4], lease)
+redis.call('ZREM', KEYS[5], lease)
+if r > 0 and redis.call('DECRBY', KEYS[6], fmt(r)) <= 0 then redis.call('DEL', KEYS[6]) end
+return 1
+`
+
+func (a *RedisAdmitter) tag(keyID string) string { return a.prefix + ":{" + keyID + "}" }
+func (a *RedisAdmitter) globalKey() string       { return a.prefix + ":global:rl:tat" }
+
+// keyKeys returns KEYS[1..9] of admitLua for keyID and the period id pid.
+func (a *RedisAdmitter) keyKeys(keyID, pid string) []string {
+	t := a.tag(keyID)
+	return []string{t + ":rl:tat", t + ":rl:rpm", t + ":rl:leases", t + ":rl:resv",
+		t + ":rl:resvexp", t + ":rl:tpm", t + ":usage:" + pid, t + ":reserved", t + ":rl:resvsum"}
+}
+
+func micros(d time.Duration) int64 { return int64(d / time.Microsecond) }
+
+// Admit decides req in one round trip; see Admitter and RedisAdmitter.
+func (a *RedisAdmitter) Admit(ctx context.Context, req AdmitRequest) (Decision, error) {
+	req = req.withDefaults()
+	clock, at := "0", time.Now()
+	if a.now != nil {
+		at = a.now()
+		clock = strconv.FormatInt(at.UnixMicro(), 10)
+	}
+	var gT, gBurst, kT, kBurst int64
+	if req.Global.RPS > 0 {
+		gT, gBurst = max(micros(interval(req.Global.RPS)), 1), globalBurst(req.Global)
+	}
+	if req.Limits.RPS > 0 {
+		kT, kBurst = max(micros(interval(req.Limits.RPS)), 1), keyBurst(req.Limits.RPS)
+	}
+	var pend int64
+	if end := PeriodEnd(req.Period, at); !end.IsZero() {
+		pend = end.UnixMicro()
+	}
+	keys := a.keyKeys(req.KeyID, PeriodID(req.Period, at))
+	args := []any{clock, req.LeaseID, gT, gBurst, kT, kBurst, req.Limits.RPM, req.Limits.TPM,
+		req.Limits.MaxConcurrent, req.Quota, req.Reserve, micros(req.LeaseTTL), micros(a.resvTTL), pend}
+
+	if gT == 0 || !a.split {
+		if gT > 0 {
+			keys = append(keys, a.globalKey())
+		}
+		res, err := a.admitScript.Run(ctx, a.rdb, keys, args...).Slice()
+		if err != nil {
+			return Decision{}, fmt.Errorf("admit key %s: %w", req.KeyID, err)
+		}
+		return decisionOf(res)
+	}
+	return a.admitSplit(ctx, req, keys, args, clock, gT, gBurst, kT)
+}
+
+// admitSplit decides req on Redis Cluster: the key's script and the global
+// script in one pipeline, then, when only one of them admitted, its undo.
+func (a *RedisAdmitter) admitSplit(ctx context.Context, req AdmitRequest, keys []string, args []any, clock string, gT, gBurst, kT int64) (Decision, error) {
+	gkeys, gargs := []string{a.globalKey()}, []any{clock, gT, gBurst}
+	run := func(evalsha bool) (*redis.Cmd, *redis.Cmd, error) {
+		pipe := a.rdb.Pipeline()
+		var kc, gc *redis.Cmd
+		if evalsha {
+			kc = a.admitScript.EvalSha(ctx, pipe, keys, args...)
+			gc = a.globalScript.EvalSha(ctx, pipe, gkeys, gargs...)
+		} else {
+			kc = a.admitScript.Eval(ctx, pipe, keys, args...)
+			gc = a.globalScript.Eval(ctx, pipe, gkeys, gargs...)
+		}
+		_, err := pipe.Exec(ctx)
+		return kc, gc, err
+	}
+	kc, gc, err := run(true)
+	if err != nil && (isNoScript(kc.Err()) || isNoScript(gc.Err())) {
+		// A NOSCRIPT reply means that script did not run; the other one
+		// may have, so it is undone (if it admitted) before both are sent
+		// again with their source.
+		if kc.Err() == nil || gc.Err() == nil {
+			if err := a.undoRan(ctx, req, kc, gc, clock, gT, kT); err != nil {
+				return Decision{}, err
+			}
+		}
+		kc, gc, err = run(false)
+	}
+	if err != nil {
+		return Decision{}, fmt.Errorf("admit key %s: %w", req.KeyID, err)
+	}
+	res, _ := kc.Slice()
+	d, err := decisionOf(res)
+	if err != nil {
+		return Decision{}, err
+	}
+	g, _ := gc.Slice()
+	gOK := len(g) == 2 && g[0] == int64(1)
+	switch {
+	case d.Allowed && !gOK:
+		if err := a.undoKey(ctx, req, clock, kT); err != nil {
+			return Decision{}, err
+		}
+		var retry int64
+		if len(g) == 2 {
+			retry, _ = parseInt(g[1])
+		}
+		d.Allowed, d.Reason, d.RetryAfter = false, ReasonGlobalRPS, time.Duration(retry)*time.Microsecond
+	case !d.Allowed && gOK:
+		if err := a.undoScript.Run(ctx, a.rdb, []string{a.globalKey()}, clock, "global", gT).Err(); err != nil {
+			return Decision{}, fmt.Errorf("admit key %s: undo global: %w", req.KeyID, err)
+		}
+	}
+	return d, nil
+}
+
+// undoRan undoes whichever half of a split decision ran and admitted.
+func (a *RedisAdmitter) undoRan(ctx context.Context, req AdmitRequest, kc, gc *redis.Cmd, clock string, gT, kT int64) error {
+	if kc.Err() == nil {
+		if res, _ := kc.Slice(); len(res) > 0 && res[0] == int64(1) {
+			return a.undoKey(ctx, req, clock, kT)
+		}
+	}
+	if gc.Err() == nil {
+		if res, _ := gc.Slice(); len(res) > 0 && res[0] == int64(1) {
+			return a.undoScript.Run(ctx, a.rdb, []string{a.globalKey()}, clock, "global", gT).Err()
+		}
+	}
+	return nil
+}
+
+func (a *RedisAdmitter) undoKey(ctx context.Context, req AdmitRequest, clock string, kT int64) error {
+	k := a.keyKeys(req.KeyID, "")
+	keys := append(k[:5:5], k[8])
+	if err := a.undoScript.Run(ctx, a.rdb, keys, clock, req.LeaseID, kT).Err(); err != nil {
+		return fmt.Errorf("admit key %s: undo: %w", req.KeyID, err)
+	}
+	return nil
+}
+
+// Release frees a lease; see Admitter.
+func (a *RedisAdmitter) Release(ctx context.Context, keyID, leaseID string) error {
+	if err := a.rdb.ZRem(ctx, a.tag(keyID)+":rl:leases", leaseID).Err(); err != nil {
+		return fmt.Errorf("release lease of key %s: %w", keyID, err)
+	}
+	return nil
+}
+
+// decisionOf reads admitLua's reply.
+func decisionOf(res []any) (Decision, error) {
+	if len(res) != 9 {
+		return Decision{}, fmt.Errorf("admit: unexpected reply %v", res)
+	}
+	var n [9]int64
+	for _, i := range []int{0, 2, 3, 4, 5, 6, 7, 8} {
+		v, err := parseInt(res[i])
+		if err != nil {
+			return Decision{}, fmt.Errorf("admit: reply field %d: %w", i, err)
+		}
+		n[i] = v
+	}
+	reason, _ := res[1].(string)
+	us := func(v int64) time.Duration { return time.Duration(max(v, 0)) * time.Microsecond }
+	return Decision{
+		Allowed:           n[0] == 1,
+		Reason:            reason,
+		RetryAfter:        us(n[2]),
+		LimitRequests:     n[3],
+		RemainingRequests: n[4],
+		ResetRequests:     us(n[5]),
+		LimitTokens:       n[6],
+		RemainingTokens:   n[7],
+		ResetTokens:       us(n[8]),
+	}, nil
+}
+
+func parseInt(v any) (int64, error) {
+	switch x := v.(type) {
+	case int64:
+		return x, nil
+	case string:
+		return strconv.ParseInt(x, 10, 64)
+	}
+	return 0, fmt.Errorf("not an integer: %v", v)
+}

@@ -1,0 +1,353 @@
+package ledger
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// admitEnv is an admitter under test, the store that settles its
+// reservations, and the clock both decide by.
+type admitEnv struct {
+	admit Admitter
+	store DetailedStore
+	clock *fakeClock
+}
+
+// runAdmitSuite checks the admission semantics every store must share.
+// newEnv returns a fresh, empty environment whose clock is at start.
+func runAdmitSuite(t *testing.T, newEnv func(t *testing.T, start time.Time) admitEnv) {
+	ctx := context.Background()
+	t0 := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	var seq atomic.Int64
+	newID := func() string { return fmt.Sprintf("req-%d", seq.Add(1)) }
+
+	admit := func(t *testing.T, env admitEnv, req AdmitRequest) Decision {
+		t.Helper()
+		if req.LeaseID == "" {
+			req.LeaseID = newID()
+		}
+		d, err := env.admit.Admit(ctx, req)
+		if err != nil {
+			t.Fatalf("Admit: %v", err)
+		}
+		return d
+	}
+	// concurrently runs n admissions of req from workers goroutines and
+	// returns the lease ids admitted.
+	concurrently := func(t *testing.T, env admitEnv, workers, n int, req AdmitRequest) []string {
+		t.Helper()
+		var (
+			mu      sync.Mutex
+			allowed []string
+			wg      sync.WaitGroup
+			next    atomic.Int64
+		)
+		for range workers {
+			wg.Go(func() {
+				for next.Add(1) <= int64(n) {
+					r := req
+					r.LeaseID = newID()
+					d, err := env.admit.Admit(ctx, r)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					if d.Allowed {
+						mu.Lock()
+						allowed = append(allowed, r.LeaseID)
+						mu.Unlock()
+					}
+				}
+			})
+		}
+		wg.Wait()
+		return allowed
+	}
+	wantReserved := func(t *testing.T, env admitEnv, key string, want int64) {
+		t.Helper()
+		got, err := env.store.Reserved(ctx, key)
+		if err != nil || got != want {
+			t.Fatalf("Reserved(%s) = %d, %v; want %d", key, got, err, want)
+		}
+	}
+	apply := func(t *testing.T, env admitEnv, entries ...Entry) {
+		t.Helper()
+		if _, err := env.store.Apply(ctx, entries); err != nil {
+			t.Fatalf("Apply: %v", err)
+		}
+	}
+
+	t.Run("RPMExactUnderConcurrency", func(t *testing.T) {
+		env := newEnv(t, t0)
+		req := AdmitRequest{KeyID: "k", Limits: KeyLimits{RPM: 600}}
+		total := 0
+		// A simulated minute: 8 admitters make 40 attempts every second.
+		for s := range 60 {
+			env.clock.Set(t0.Add(time.Duration(s) * time.Second))
+			total += len(concurrently(t, env, 8, 40, req))
+		}
+		if total != 600 {
+			t.Fatalf("admitted %d requests in a minute, want exactly 600", total)
+		}
+		d := admit(t, env, req)
+		if d.Allowed || d.Reason != ReasonKeyRPM || d.LimitRequests != 600 || d.RemainingRequests != 0 {
+			t.Fatalf("601st request: %+v; want a key_rpm rejection with limit 600, 0 remaining", d)
+		}
+		if want := time.Second; d.RetryAfter != want {
+			t.Fatalf("RetryAfter = %s, want %s (the first admissions leave the window at t0+60s)", d.RetryAfter, want)
+		}
+		// At t0+60s the 40 admissions of t0 leave the window: exactly 40
+		// more fit.
+		env.clock.Set(t0.Add(time.Minute))
+		if n := len(concurrently(t, env, 8, 100, req)); n != 40 {
+			t.Fatalf("admitted %d at t0+60s, want 40", n)
+		}
+	})
+
+	t.Run("KeyRPSWithBurst", func(t *testing.T) {
+		env := newEnv(t, t0)
+		req := AdmitRequest{KeyID: "k", Limits: KeyLimits{RPS: 20}}
+		total := len(concurrently(t, env, 8, 100, req)) // the burst
+		for i := 1; i <= 20; i++ {
+			env.clock.Set(t0.Add(time.Duration(i) * 50 * time.Millisecond))
+			total += len(concurrently(t, env, 4, 5, req))
+		}
+		if total != 40 {
+			t.Fatalf("admitted %d over 1s at 20 rps, want 40 (a burst of 20, then 20)", total)
+		}
+		d := admit(t, env, req)
+		if d.Allowed || d.Reason != ReasonKeyRPS || d.RetryAfter != 50*time.Millisecond {
+			t.Fatalf("over the rate: %+v; want key_rps, retry after 50ms", d)
+		}
+	})
+
+	t.Run("GlobalRPSAcrossKeys", func(t *testing.T) {
+		env := newEnv(t, t0)
+		g := GlobalLimit{RPS: 10, Burst: 5}
+		n := 0
+		for i := range 10 {
+			if admit(t, env, AdmitRequest{KeyID: fmt.Sprintf("k%d", i%3), Global: g}).Allowed {
+				n++
+			}
+		}
+		if n != 5 {
+			t.Fatalf("admitted %d, want the burst of 5", n)
+		}
+		d := admit(t, env, AdmitRequest{KeyID: "k9", Global: g})
+		if d.Allowed || d.Reason != ReasonGlobalRPS || d.RetryAfter != 100*time.Millisecond {
+			t.Fatalf("over the global rate: %+v; want global_rps, retry after 100ms", d)
+		}
+		env.clock.Advance(100 * time.Millisecond)
+		if !admit(t, env, AdmitRequest{KeyID: "k9", Global: g}).Allowed {
+			t.Fatal("not admitted after one emission interval")
+		}
+	})
+
+	t.Run("MaxConcurrent", func(t *testing.T) {
+		env := newEnv(t, t0)
+		req := AdmitRequest{KeyID: "k", Limits: KeyLimits{MaxConcurrent: 5}}
+		held := concurrently(t, env, 50, 50, req)
+		if len(held) != 5 {
+			t.Fatalf("admitted %d of 50 concurrent requests, want 5", len(held))
+		}
+		d := admit(t, env, req)
+		if d.Allowed || d.Reason != ReasonConcurrency || d.RetryAfter <= 0 {
+			t.Fatalf("6th: %+v; want a concurrency rejection with a retry", d)
+		}
+		if err := env.admit.Release(ctx, "k", held[0]); err != nil {
+			t.Fatal(err)
+		}
+		if err := env.admit.Release(ctx, "k", held[0]); err != nil { // twice is harmless
+			t.Fatal(err)
+		}
+		if n := len(concurrently(t, env, 10, 10, req)); n != 1 {
+			t.Fatalf("after one release admitted %d, want 1", n)
+		}
+	})
+
+	t.Run("LeasesExpire", func(t *testing.T) {
+		env := newEnv(t, t0)
+		req := AdmitRequest{KeyID: "k", Limits: KeyLimits{MaxConcurrent: 2}, LeaseTTL: 5 * time.Second}
+		if n := len(concurrently(t, env, 4, 4, req)); n != 2 {
+			t.Fatalf("admitted %d, want 2", n)
+		}
+		// The holders die without releasing.
+		env.clock.Advance(4 * time.Second)
+		if admit(t, env, req).Allowed {
+			t.Fatal("admitted while both leases are live")
+		}
+		env.clock.Advance(time.Second)
+		if n := len(concurrently(t, env, 4, 4, req)); n != 2 {
+			t.Fatalf("after the lease TTL admitted %d, want 2", n)
+		}
+	})
+
+	t.Run("QuotaWithConcurrentReservations", func(t *testing.T) {
+		env := newEnv(t, t0)
+		req := AdmitRequest{KeyID: "k", Quota: 10000, Period: Daily, Reserve: 300}
+		held := concurrently(t, env, 100, 100, req)
+		if len(held) != 33 {
+			t.Fatalf("admitted %d requests reserving 300 of a 10000 quota, want 33", len(held))
+		}
+		wantReserved(t, env, "k", 33*300)
+		d := admit(t, env, req)
+		if d.Allowed || d.Reason != ReasonQuota || d.RetryAfter != 12*time.Hour {
+			t.Fatalf("34th: %+v; want a quota rejection retrying at midnight UTC", d)
+		}
+		if d.LimitTokens != 10000 || d.RemainingTokens != 100 {
+			t.Fatalf("token figures %d/%d, want 10000/100", d.LimitTokens, d.RemainingTokens)
+		}
+		// Each request used 250 tokens: applying the events releases the
+		// reservations and counts the real tokens.
+		var entries []Entry
+		for _, id := range held {
+			entries = append(entries, Entry{RequestID: id, KeyID: "k", Time: t0, PromptTokens: 200, CompletionTokens: 50, Reserved: 300})
+		}
+		apply(t, env, entries...)
+		wantReserved(t, env, "k", 0)
+		// 33×250 = 8250 used: 5 more of 300 fit (9750), the 6th does not.
+		if n := len(concurrently(t, env, 10, 10, req)); n != 5 {
+			t.Fatalf("after settling admitted %d, want 5", n)
+		}
+	})
+
+	t.Run("ReservationSettledByApply", func(t *testing.T) {
+		env := newEnv(t, t0)
+		req := func(reserve int64) AdmitRequest {
+			return AdmitRequest{KeyID: "k", Limits: KeyLimits{TPM: 1000}, Reserve: reserve}
+		}
+		first := req(600)
+		first.LeaseID = "r-first"
+		if !admit(t, env, first).Allowed {
+			t.Fatal("first request rejected")
+		}
+		if d := admit(t, env, req(600)); d.Allowed || d.Reason != ReasonTPM {
+			t.Fatalf("second 600: %+v; want a tpm rejection (600 reserved)", d)
+		}
+		wantReserved(t, env, "k", 600)
+		apply(t, env, Entry{RequestID: "r-first", KeyID: "k", Time: t0, PromptTokens: 150, CompletionTokens: 50, Reserved: 600})
+		wantReserved(t, env, "k", 0)
+		apply(t, env, Entry{RequestID: "r-first", KeyID: "k", Time: t0, PromptTokens: 150, CompletionTokens: 50, Reserved: 600})
+		wantReserved(t, env, "k", 0) // a redelivery changes nothing
+		// 200 real tokens in the window: 800 more fit, not 801.
+		d := admit(t, env, req(801))
+		if d.Allowed || d.Reason != ReasonTPM || d.RemainingTokens != 800 {
+			t.Fatalf("801 after 200 used: %+v; want a tpm rejection with 800 remaining", d)
+		}
+		if d.RetryAfter != time.Minute {
+			t.Fatalf("RetryAfter = %s, want 1m (the 200 leave the window at t0+60s)", d.RetryAfter)
+		}
+		if d := admit(t, env, req(800)); !d.Allowed || d.RemainingTokens != 0 {
+			t.Fatalf("800 after 200 used: %+v; want admitted, 0 remaining", d)
+		}
+	})
+
+	t.Run("TPMSlidingWindow", func(t *testing.T) {
+		env := newEnv(t, t0)
+		req := AdmitRequest{KeyID: "k", Limits: KeyLimits{TPM: 1000}}
+		// 400 tokens at t0, 400 at t0+30s, applied without reservations.
+		apply(t, env, Entry{RequestID: "a", KeyID: "k", Time: t0, PromptTokens: 400})
+		apply(t, env, Entry{RequestID: "b", KeyID: "k", Time: t0.Add(30 * time.Second), PromptTokens: 400})
+		env.clock.Set(t0.Add(59 * time.Second))
+		req.Reserve = 201
+		if d := admit(t, env, req); d.Allowed || d.Reason != ReasonTPM || d.RetryAfter != time.Second {
+			t.Fatalf("at t0+59s: %+v; want tpm, retry after 1s", d)
+		}
+		env.clock.Set(t0.Add(60 * time.Second)) // the first 400 leave
+		req.Reserve = 600
+		if d := admit(t, env, req); !d.Allowed {
+			t.Fatalf("at t0+60s: %+v; want admitted (400 + 600)", d)
+		}
+		req.Reserve = 1
+		if d := admit(t, env, req); d.Allowed {
+			t.Fatalf("window full: %+v; want rejected", d)
+		}
+	})
+
+	t.Run("LoneRequestLargerThanLimit", func(t *testing.T) {
+		env := newEnv(t, t0)
+		req := AdmitRequest{KeyID: "k", Limits: KeyLimits{TPM: 1000}, Quota: 2000, Reserve: 4096}
+		if d := admit(t, env, req); !d.Allowed {
+			t.Fatalf("a lone request larger than the limits: %+v; want admitted", d)
+		}
+		if d := admit(t, env, req); d.Allowed {
+			t.Fatalf("a second one: %+v; want rejected", d)
+		}
+	})
+
+	t.Run("DailyQuotaResetsAtUTCMidnight", func(t *testing.T) {
+		late := time.Date(2026, 11, 25, 23, 59, 30, 0, time.UTC)
+		env := newEnv(t, late)
+		apply(t, env, Entry{RequestID: "used", KeyID: "k", Time: late, PromptTokens: 1000})
+		req := AdmitRequest{KeyID: "k", Quota: 1000, Period: Daily, Reserve: 10}
+		d := admit(t, env, req)
+		if d.Allowed || d.Reason != ReasonQuota || d.RetryAfter != 30*time.Second {
+			t.Fatalf("quota used up at 23:59:30: %+v; want quota, retry after 30s", d)
+		}
+		env.clock.Set(time.Date(2026, 11, 25, 23, 59, 59, 999999000, time.UTC))
+		if admit(t, env, req).Allowed {
+			t.Fatal("admitted before midnight")
+		}
+		env.clock.Set(time.Date(2026, 11, 26, 0, 0, 0, 0, time.UTC))
+		if d := admit(t, env, req); !d.Allowed {
+			t.Fatalf("at midnight UTC: %+v; want admitted", d)
+		}
+		// A never-resetting quota gives no retry time.
+		never := AdmitRequest{KeyID: "k", Quota: 1000, Period: Never, Reserve: 10}
+		if d := admit(t, env, never); d.Allowed || d.RetryAfter != 0 {
+			t.Fatalf("never-resetting quota used up: %+v; want rejected without a retry time", d)
+		}
+	})
+
+	t.Run("RejectionLeavesNoTrace", func(t *testing.T) {
+		env := newEnv(t, t0)
+		req := AdmitRequest{
+			KeyID: "k", Global: GlobalLimit{RPS: 1, Burst: 2},
+			Limits: KeyLimits{RPS: 2, RPM: 2, TPM: 100, MaxConcurrent: 1}, Reserve: 10,
+		}
+		a := req
+		a.LeaseID = "A"
+		if d := admit(t, env, a); !d.Allowed {
+			t.Fatalf("A: %+v", d)
+		}
+		// B passes the rates and fails on concurrency: it must take no
+		// global or key rate token, no RPM slot and no reservation.
+		if d := admit(t, env, req); d.Allowed || d.Reason != ReasonConcurrency {
+			t.Fatalf("B: %+v; want a concurrency rejection", d)
+		}
+		wantReserved(t, env, "k", 10)
+		if err := env.admit.Release(ctx, "k", "A"); err != nil {
+			t.Fatal(err)
+		}
+		if d := admit(t, env, req); !d.Allowed {
+			t.Fatalf("C after A's release: %+v; want admitted (B took nothing)", d)
+		}
+		wantReserved(t, env, "k", 20)
+		// A quota rejection after every rate passed takes nothing either.
+		q := AdmitRequest{KeyID: "q", Limits: KeyLimits{RPM: 1}, Quota: 100, Reserve: 60}
+		if !admit(t, env, q).Allowed {
+			t.Fatal("first quota request rejected")
+		}
+		q.Limits.RPM = 2
+		if d := admit(t, env, q); d.Allowed || d.Reason != ReasonQuota {
+			t.Fatalf("second: %+v; want quota", d)
+		}
+		q.Reserve = 40
+		if d := admit(t, env, q); !d.Allowed {
+			t.Fatalf("third: %+v; want admitted (the quota rejection took no RPM slot)", d)
+		}
+	})
+
+	t.Run("ZeroLimitsEnforceNothing", func(t *testing.T) {
+		env := newEnv(t, t0)
+		req := AdmitRequest{KeyID: "k", Reserve: 1 << 40}
+		if n := len(concurrently(t, env, 8, 200, req)); n != 200 {
+			t.Fatalf("admitted %d of 200 without limits", n)
+		}
+		wantReserved(t, env, "k", 0)
+	})
+}

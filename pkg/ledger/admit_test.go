@@ -1,0 +1,163 @@
+package ledger
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Set moves the clock to t.
+func (c *fakeClock) Set(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = t
+}
+
+func newLocalAdmitEnv(t *testing.T, start time.Time) admitEnv {
+	t.Helper()
+	clock := &fakeClock{t: start}
+	s, err := OpenLocal(filepath.Join(t.TempDir(), "ledger.db"), WithClock(clock.Now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return admitEnv{admit: NewLocalAdmitter(s, clock.Now), store: s, clock: clock}
+}
+
+// newRedisAdmitEnv returns an environment on the test Redis whose scripts
+// decide by the fake clock instead of the server's TIME. split makes the
+// admitter decide as it does on Redis Cluster.
+func newRedisAdmitEnv(split bool) func(t *testing.T, start time.Time) admitEnv {
+	return func(t *testing.T, start time.Time) admitEnv {
+		t.Helper()
+		rdb := testRedis(t)
+		prefix := testPrefix(t, rdb)
+		clock := &fakeClock{t: start}
+		a := NewRedisAdmitter(rdb, prefix)
+		a.now, a.split = clock.Now, split
+		return admitEnv{admit: a, store: NewRedis(rdb, prefix), clock: clock}
+	}
+}
+
+func TestLocalAdmitter(t *testing.T) { runAdmitSuite(t, newLocalAdmitEnv) }
+
+func TestRedisAdmitter(t *testing.T) { runAdmitSuite(t, newRedisAdmitEnv(false)) }
+
+// TestRedisAdmitterSplit runs the suite the way the admitter decides on Redis
+// Cluster: the key's script and the global script in one pipeline, undoing
+// the half that admitted when the other rejected.
+func TestRedisAdmitterSplit(t *testing.T) { runAdmitSuite(t, newRedisAdmitEnv(true)) }
+
+// TestRedisAdmitterServerClock decides by the server's TIME, as in
+// production.
+func TestRedisAdmitterServerClock(t *testing.T) {
+	ctx := context.Background()
+	rdb := testRedis(t)
+	prefix := testPrefix(t, rdb)
+	a := NewRedisAdmitter(rdb, prefix)
+	req := AdmitRequest{KeyID: "k", Limits: KeyLimits{RPM: 5, MaxConcurrent: 10, TPM: 1000}, Quota: 10000, Period: Daily, Reserve: 100}
+	for i := range 6 {
+		req.LeaseID = fmt.Sprintf("r%d", i)
+		d, err := a.Admit(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := i < 5; d.Allowed != want {
+			t.Fatalf("request %d: %+v; want allowed=%v", i, d, want)
+		}
+		if i == 5 && (d.Reason != ReasonKeyRPM || d.RetryAfter <= 0 || d.RetryAfter > time.Minute) {
+			t.Fatalf("6th: %+v; want key_rpm retrying within a minute", d)
+		}
+	}
+	// The keys a decision writes all carry the key's hash tag.
+	keys, err := rdb.Keys(ctx, prefix+":*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if k[:len(prefix)+4] != prefix+":{k}" {
+			t.Errorf("key %s is outside the key's hash slot", k)
+		}
+	}
+	if len(keys) != 5 { // rpm, leases, resv, resvexp, resvsum
+		t.Errorf("keys after admission = %v, want rpm, leases, resv, resvexp and resvsum", keys)
+	}
+}
+
+// TestMemoryAdmitterSettle: in rate_limit.storage: memory the gateway settles
+// its own requests.
+func TestMemoryAdmitterSettle(t *testing.T) {
+	ctx := context.Background()
+	clock := &fakeClock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
+	a := NewMemoryAdmitter(nil, clock.Now)
+	req := AdmitRequest{KeyID: "k", LeaseID: "r1", Limits: KeyLimits{TPM: 1000}, Reserve: 900}
+	if d, _ := a.Admit(ctx, req); !d.Allowed {
+		t.Fatalf("first: %+v", d)
+	}
+	req.LeaseID = "r2"
+	if d, _ := a.Admit(ctx, req); d.Allowed {
+		t.Fatalf("second while 900 reserved: %+v; want rejected", d)
+	}
+	if !a.Settle("k", "r1", 50, clock.Now()) {
+		t.Fatal("Settle found no reservation for r1")
+	}
+	if d, _ := a.Admit(ctx, req); !d.Allowed {
+		t.Fatalf("after settling 50: %+v; want admitted", d)
+	}
+}
+
+// BenchmarkAdmit measures one admission and its release per operation, with
+// every limit enabled, 50 keys and 8 callers per CPU.
+func BenchmarkAdmit(b *testing.B) {
+	req := AdmitRequest{
+		Global: GlobalLimit{RPS: 1e9, Burst: 1 << 30},
+		Limits: KeyLimits{RPS: 1e9, RPM: 1 << 40, TPM: 1 << 50, MaxConcurrent: 1 << 30},
+		Quota:  1 << 50, Period: Monthly, Reserve: 500,
+	}
+	for _, bc := range []struct {
+		name string
+		new  func(b *testing.B) Admitter
+	}{
+		{"local", func(b *testing.B) Admitter {
+			s, err := OpenLocal(filepath.Join(b.TempDir(), "ledger.db"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { s.Close() })
+			return NewLocalAdmitter(s, nil)
+		}},
+		{"redis", func(b *testing.B) Admitter {
+			rdb := testRedis(b)
+			return NewRedisAdmitter(rdb, testPrefix(b, rdb))
+		}},
+	} {
+		b.Run(bc.name+"/parallel", func(b *testing.B) {
+			ctx := context.Background()
+			a := bc.new(b)
+			var seq atomic.Int64
+			b.SetParallelism(8) // gateways wait on Redis, not on CPU
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					n := seq.Add(1)
+					r := req
+					r.KeyID = "key-" + strconv.FormatInt(n%50, 10)
+					r.LeaseID = "req-" + strconv.FormatInt(n, 10)
+					d, err := a.Admit(ctx, r)
+					if err != nil || !d.Allowed {
+						b.Errorf("Admit = %+v, %v", d, err)
+						return
+					}
+					if err := a.Release(ctx, r.KeyID, r.LeaseID); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(seq.Load())/b.Elapsed().Seconds(), "admits/s")
+		})
+	}
+}
