@@ -1,0 +1,217 @@
+package recorder
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/llmproxy/llmproxy/pkg/events"
+)
+
+const defaultPGURL = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+
+// startPostgres returns a pool whose search_path is a new, empty schema
+// that is dropped at cleanup, so tests never see each other's rows. It
+// skips the test when PostgreSQL is unreachable, and fails it under CI.
+func startPostgres(t testing.TB) *pgxpool.Pool {
+	t.Helper()
+	url := os.Getenv("PG_URL")
+	if url == "" {
+		url = defaultPGURL
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	admin, err := pgx.Connect(ctx, url)
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("PostgreSQL at %s is required under CI: %v", url, err)
+		}
+		t.Skipf("PostgreSQL at %s unreachable (set PG_URL): %v", url, err)
+	}
+	defer admin.Close(ctx)
+	schema := fmt.Sprintf("rec_%s_%d", strings.ToLower(strings.NewReplacer("/", "_", "-", "_").Replace(t.Name())), time.Now().UnixNano()%1e9)
+	if len(schema) > 60 {
+		schema = schema[len(schema)-60:]
+		schema = "r" + schema
+	}
+	if _, err := admin.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{schema}.Sanitize()); err != nil {
+		t.Fatalf("create schema: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if c, err := pgx.Connect(ctx, url); err == nil {
+			_, _ = c.Exec(ctx, "DROP SCHEMA "+pgx.Identifier{schema}.Sanitize()+" CASCADE")
+			_ = c.Close(ctx)
+		}
+	})
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ConnConfig.RuntimeParams["search_path"] = schema
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if err := Migrate(ctx, pool); err != nil {
+		t.Fatalf("Migrate: %v", err)
+	}
+	return pool
+}
+
+// startJetStream runs an embedded nats-server with JetStream in a temp dir
+// and returns a JetStream client with the LLMProxy streams in place.
+func startJetStream(t testing.TB) jetstream.JetStream {
+	t.Helper()
+	s, err := server.NewServer(&server.Options{
+		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
+		NoLog: true, NoSigs: true,
+	})
+	if err != nil {
+		t.Fatalf("nats server: %v", err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server not ready")
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatalf("jetstream: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := events.EnsureStreams(ctx, js, events.StreamOptions{}); err != nil {
+		t.Fatalf("ensure streams: %v", err)
+	}
+	return js
+}
+
+func testOptions() Options {
+	return Options{
+		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
+		BatchSize:    50,
+		BatchWait:    20 * time.Millisecond,
+		AckWait:      3 * time.Second,
+		WriteTimeout: 2 * time.Second,
+		RetryWait:    50 * time.Millisecond,
+	}
+}
+
+// event returns a filled-in event.
+func event(id, key string, status int) *events.RequestCompleted {
+	return &events.RequestCompleted{
+		RequestID:   id,
+		UserID:      "user_alice",
+		APIKey:      "sk-llmproxy-…t123",
+		RequestBody: []byte(`{"model":"m","messages":[{"role":"user","content":"hi"}]}`),
+		Usage:       events.Usage{PromptTokens: 15, CompletionTokens: 42, TotalTokens: 57},
+		Endpoint:    "/v1/chat/completions",
+		Timestamp:   time.Now().UTC().Truncate(time.Microsecond),
+		StatusCode:  status,
+		KeyID:       key,
+		KeyName:     "team " + key,
+		Model:       "m",
+		UsageSource: events.UsageSourceBackend,
+		LatencyMS:   120,
+		Tags:        map[string]string{"team": "a"},
+		Response:    &events.CapturedResponse{Content: "hello", Truncated: false},
+	}
+}
+
+func publishEvent(t testing.TB, js jetstream.JetStream, e *events.RequestCompleted, msgID string) {
+	t.Helper()
+	body, err := e.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := js.Publish(ctx, events.Subject(e.KeyID), body, jetstream.WithMsgID(msgID)); err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+}
+
+// publishN publishes n events with ids prefix-0000… and returns the ids.
+func publishN(t testing.TB, js jetstream.JetStream, prefix string, n int) []string {
+	t.Helper()
+	ids := make([]string, n)
+	for i := range n {
+		ids[i] = fmt.Sprintf("%s-%04d", prefix, i)
+		publishEvent(t, js, event(ids[i], "key1", 200), ids[i])
+	}
+	return ids
+}
+
+// runRecorder starts r and returns a function that stops it and returns
+// Run's error; the stop also runs at cleanup.
+func runRecorder(t testing.TB, r *Recorder) func() error {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	var once sync.Once
+	var runErr error
+	stop := func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case runErr = <-done:
+			case <-time.After(30 * time.Second):
+				runErr = fmt.Errorf("Run did not return after cancel")
+			}
+		})
+		return runErr
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return stop
+}
+
+// rowCounts returns the number of rows and of distinct request ids.
+func rowCounts(t testing.TB, pool *pgxpool.Pool) (rows, distinct int) {
+	t.Helper()
+	err := pool.QueryRow(context.Background(), `SELECT count(*), count(DISTINCT request_id) FROM `+Table).Scan(&rows, &distinct)
+	if err != nil {
+		t.Fatalf("count rows: %v", err)
+	}
+	return rows, distinct
+}
+
+// waitRows waits until the table holds want rows.
+func waitRows(t testing.TB, pool *pgxpool.Pool, want int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		n, _ := rowCounts(t, pool)
+		if n == want {
+			return
+		}
+		if n > want || time.Now().After(deadline) {
+			t.Fatalf("table holds %d rows, want %d", n, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -1,0 +1,78 @@
+package recorder
+
+import (
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Option defaults.
+const (
+	DefaultDurable      = "recorder"
+	DefaultBatchSize    = 500
+	DefaultBatchWait    = 200 * time.Millisecond
+	DefaultAckWait      = time.Minute
+	DefaultWriteTimeout = 30 * time.Second
+	DefaultRetryWait    = 2 * time.Second
+)
+
+// Options tune a Recorder. The zero value is ready to use.
+type Options struct {
+	// Logger receives write failures and poison messages (default
+	// slog.Default()). Event bodies are never logged.
+	Logger *slog.Logger
+	// Registerer receives the metrics (default: none are exported).
+	Registerer prometheus.Registerer
+	// Durable is the name of the shared durable consumer (default
+	// "recorder"). Every recorder process with the same name shares the
+	// work.
+	Durable string
+	// BatchSize and BatchWait bound one batch: at most BatchSize events,
+	// collected for at most BatchWait (defaults 500 and 200ms).
+	BatchSize int
+	BatchWait time.Duration
+	// AckWait is how long the server waits for a batch to be acknowledged
+	// before it redelivers its events (default 1m). It must exceed
+	// WriteTimeout.
+	AckWait time.Duration
+	// WriteTimeout bounds one batch's transaction (default 30s). A batch
+	// that has started is finished even after Run's context is done.
+	WriteTimeout time.Duration
+	// RetryWait is how long events of a batch that could not be written
+	// wait before they are redelivered (default 2s).
+	RetryWait time.Duration
+}
+
+func (o Options) withDefaults() Options {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Durable == "" {
+		o.Durable = DefaultDurable
+	}
+	if o.BatchSize <= 0 {
+		o.BatchSize = DefaultBatchSize
+	}
+	if o.BatchWait <= 0 {
+		o.BatchWait = DefaultBatchWait
+	}
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = DefaultWriteTimeout
+	}
+	if o.AckWait <= 0 {
+		o.AckWait = max(DefaultAckWait, 2*o.WriteTimeout)
+	}
+	if o.RetryWait <= 0 {
+		o.RetryWait = DefaultRetryWait
+	}
+	return o
+}
+
+func (o Options) validate() error {
+	if o.AckWait <= o.WriteTimeout {
+		return errors.New("ack wait must exceed the write timeout")
+	}
+	return nil
+}

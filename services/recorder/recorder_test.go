@@ -1,0 +1,275 @@
+package recorder
+
+import (
+	"context"
+	"encoding/json"
+	"reflect"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/llmproxy/llmproxy/pkg/events"
+)
+
+func TestMigrateIsIdempotent(t *testing.T) {
+	pool := startPostgres(t)
+	ctx := context.Background()
+	for range 2 {
+		if err := Migrate(ctx, pool); err != nil {
+			t.Fatalf("Migrate again: %v", err)
+		}
+	}
+	var v int
+	if err := pool.QueryRow(ctx, `SELECT version FROM llmproxy_schema_version WHERE component = 'recorder'`).Scan(&v); err != nil || v != SchemaVersion {
+		t.Fatalf("schema version = %d, %v; want %d", v, err, SchemaVersion)
+	}
+	var n int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_indexes WHERE tablename = $1 AND schemaname = current_schema()`, Table).Scan(&n); err != nil || n != 4 {
+		t.Fatalf("indexes = %d, %v; want 4 (primary key and three)", n, err)
+	}
+}
+
+func TestRecordsEventsAndQueryReturnsThemWhole(t *testing.T) {
+	js, pool := startJetStream(t), startPostgres(t)
+	reg := prometheus.NewRegistry()
+	opts := testOptions()
+	opts.Registerer = reg
+	rec, err := New(js, pool, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := event("req-whole", "key1", 200)
+	want.IsStream, want.TTFTMS, want.FinishReason, want.ClientIP = true, 35, "stop", "10.0.0.1"
+	want.BackendURL, want.Reservation, want.QuotaPeriod = "http://vllm:8000", 300, "daily"
+	want.Response = &events.CapturedResponse{Content: "Hello there", Truncated: true}
+	publishEvent(t, js, want, want.RequestID)
+	// NUL characters are legal in JSON and in Go strings but not in
+	// PostgreSQL text or jsonb: they are stored as U+FFFD instead of
+	// poisoning the event.
+	nul := event("req-nul", "key1", 502)
+	nul.RequestBody = []byte(`{"content":"a\u0000b","lit":"\\u0000"}`)
+	nul.Error = "bad\x00byte"
+	nul.Response = nil
+	publishEvent(t, js, nul, nul.RequestID)
+	runRecorder(t, rec)
+	waitRows(t, pool, 2)
+
+	got, err := Query(context.Background(), pool, Filter{RequestID: want.RequestID})
+	if err != nil || len(got) != 1 {
+		t.Fatalf("Query = %d events, %v", len(got), err)
+	}
+	want.Schema = events.SchemaRequestCompletedV1
+	g := got[0]
+	if !jsonEqual(t, g.RequestBody, want.RequestBody) {
+		t.Errorf("request_body = %s, want %s", g.RequestBody, want.RequestBody)
+	}
+	g.RequestBody, want.RequestBody = nil, nil
+	g.Timestamp, want.Timestamp = g.Timestamp.UTC(), want.Timestamp.UTC()
+	if !reflect.DeepEqual(g, *want) {
+		t.Errorf("Query returned\n%+v\nwant\n%+v", g, *want)
+	}
+
+	got, err = Query(context.Background(), pool, Filter{RequestID: "req-nul"})
+	if err != nil || len(got) != 1 {
+		t.Fatalf("Query nul = %d events, %v", len(got), err)
+	}
+	if got[0].Error != "bad\uFFFDbyte" || !jsonEqual(t, got[0].RequestBody, []byte(`{"content":"a\ufffdb","lit":"\\u0000"}`)) || got[0].Response != nil {
+		t.Errorf("NUL event stored as error=%q body=%s response=%v", got[0].Error, got[0].RequestBody, got[0].Response)
+	}
+	if n := testutil.ToFloat64(rec.metrics.written); n != 2 {
+		t.Errorf("events written = %v, want 2", n)
+	}
+	if n := testutil.CollectAndCount(reg, "llmproxy_recorder_batch_seconds"); n != 1 {
+		t.Errorf("batch histogram not exported")
+	}
+}
+
+func jsonEqual(t testing.TB, a, b []byte) bool {
+	t.Helper()
+	var x, y any
+	if err := json.Unmarshal(a, &x); err != nil {
+		t.Fatalf("%s: %v", a, err)
+	}
+	if err := json.Unmarshal(b, &y); err != nil {
+		t.Fatalf("%s: %v", b, err)
+	}
+	return reflect.DeepEqual(x, y)
+}
+
+// TestSameRequestUnderTwoMessageIDsIsOneRow: the server's duplicate window
+// catches a repeated message id, but not a request published again under
+// another id (an outbox replay after the window, a republish by hand).
+func TestSameRequestUnderTwoMessageIDsIsOneRow(t *testing.T) {
+	js, pool := startJetStream(t), startPostgres(t)
+	rec, err := New(js, pool, testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := event("req-twice", "key1", 200)
+	publishEvent(t, js, e, "msg-a")
+	publishEvent(t, js, e, "msg-b") // same batch
+	stop := runRecorder(t, rec)
+	waitRows(t, pool, 1)
+	publishEvent(t, js, e, "msg-c") // a later batch
+	publishEvent(t, js, event("req-other", "key1", 200), "req-other")
+	waitRows(t, pool, 2)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if rows, distinct := rowCounts(t, pool); rows != 2 || distinct != 2 {
+		t.Fatalf("rows=%d distinct=%d, want 2 and 2", rows, distinct)
+	}
+	assertAllAcked(t, js)
+}
+
+// assertAllAcked checks that the durable consumer has nothing pending or
+// unacknowledged: every event was settled.
+func assertAllAcked(t testing.TB, js jetstream.JetStream) {
+	t.Helper()
+	ctx := context.Background()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := js.Consumer(ctx, events.StreamName, DefaultDurable)
+		if err != nil {
+			t.Fatalf("consumer: %v", err)
+		}
+		info, err := c.Info(ctx)
+		if err != nil {
+			t.Fatalf("consumer info: %v", err)
+		}
+		if info.NumPending == 0 && info.NumAckPending == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("consumer still has %d pending and %d unacknowledged", info.NumPending, info.NumAckPending)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestRestartMidBatchWritesEveryEventOnce stops a recorder between a
+// batch's commit and its acks, and in the middle of the stream, and checks
+// that a second recorder leaves every event in the table exactly once.
+func TestRestartMidBatchWritesEveryEventOnce(t *testing.T) {
+	js, pool := startJetStream(t), startPostgres(t)
+	const n = 600
+	ids := publishN(t, js, "req", n)
+
+	first, err := New(js, pool, testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var commits atomic.Int32
+	died := make(chan struct{})
+	first.afterCommit = func() bool {
+		if commits.Add(1) == 3 {
+			close(died)
+		}
+		// From the third commit on, the process is "dead": its batches
+		// are in the table but never acknowledged.
+		return commits.Load() < 3
+	}
+	stop := runRecorder(t, first)
+	<-died
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	written, _ := rowCounts(t, pool)
+	if written == 0 || written >= n {
+		t.Fatalf("first recorder wrote %d of %d events; the test needs it stopped midway", written, n)
+	}
+
+	more := publishN(t, js, "late", 100)
+	second, err := New(js, pool, testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	runRecorder(t, second)
+	waitRows(t, pool, n+len(more))
+	assertAllAcked(t, js)
+	rows, distinct := rowCounts(t, pool)
+	if rows != n+len(more) || distinct != rows {
+		t.Fatalf("rows=%d distinct=%d, want %d", rows, distinct, n+len(more))
+	}
+	got, err := Query(context.Background(), pool, Filter{RequestID: ids[n-1]})
+	if err != nil || len(got) != 1 {
+		t.Fatalf("Query last = %v, %v", got, err)
+	}
+}
+
+func TestPoisonEventsAreTerminated(t *testing.T) {
+	js, pool := startJetStream(t), startPostgres(t)
+	rec, err := New(js, pool, testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := js.Publish(ctx, events.Subject("key1"), []byte("not json"), jetstream.WithMsgID("bad-1")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, events.Subject("key1"), []byte(`{"schema":"x","status_code":200}`), jetstream.WithMsgID("bad-2")); err != nil {
+		t.Fatal(err)
+	}
+	publishEvent(t, js, event("good", "key1", 200), "good")
+	runRecorder(t, rec)
+	waitRows(t, pool, 1)
+	assertAllAcked(t, js)
+	if n := testutil.ToFloat64(rec.metrics.errors.WithLabelValues(errPoison)); n != 2 {
+		t.Fatalf("poison errors = %v, want 2", n)
+	}
+}
+
+func TestQueryFilters(t *testing.T) {
+	js, pool := startJetStream(t), startPostgres(t)
+	rec, err := New(js, pool, testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := event("old", "key1", 200)
+	old.Timestamp = time.Now().Add(-3 * time.Hour).UTC()
+	publishEvent(t, js, old, "old")
+	for i, e := range []*events.RequestCompleted{
+		event("a", "key1", 200), event("b", "key2", 429), event("c", "key1", 500), event("d", "key1", 200),
+	} {
+		e.Timestamp = e.Timestamp.Add(time.Duration(i) * time.Millisecond)
+		publishEvent(t, js, e, e.RequestID)
+	}
+	runRecorder(t, rec)
+	waitRows(t, pool, 5)
+	ctx := context.Background()
+	for _, tt := range []struct {
+		name string
+		f    Filter
+		want []string
+	}{
+		{"default window", Filter{}, []string{"a", "b", "c", "d"}},
+		{"key", Filter{KeyID: "key1"}, []string{"a", "c", "d"}},
+		{"status", Filter{Status: 429}, []string{"b"}},
+		{"limit keeps the newest", Filter{Limit: 2}, []string{"c", "d"}},
+		{"since", Filter{Since: time.Now().Add(-4 * time.Hour)}, []string{"old", "a", "b", "c", "d"}},
+		{"request id ignores the window", Filter{RequestID: "old"}, []string{"old"}},
+		{"nothing", Filter{KeyID: "nobody"}, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := Query(ctx, pool, tt.f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ids := requestIDs(got); !reflect.DeepEqual(ids, tt.want) {
+				t.Fatalf("got %v, want %v", ids, tt.want)
+			}
+		})
+	}
+}
+
+func requestIDs(list []events.RequestCompleted) []string {
+	var out []string
+	for _, e := range list {
+		out = append(out, e.RequestID)
+	}
+	return out
+}

@@ -1,0 +1,94 @@
+package recorder
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/events"
+)
+
+// toRow turns one event body into a table row (in the order of columns).
+// received stands in for a missing timestamp. The event column keeps the
+// whole event except request_body and response, which have columns of
+// their own; Query puts them back.
+func toRow(data []byte, received time.Time) (string, []any, error) {
+	e, err := events.Unmarshal(data)
+	if err != nil {
+		return "", nil, err
+	}
+	if e.RequestID == "" {
+		return "", nil, errors.New("no request_id")
+	}
+	ts := e.Timestamp
+	if ts.IsZero() {
+		ts = received
+	}
+	body := jsonb(e.RequestBody)
+	var resp, tags []byte
+	if e.Response != nil {
+		if resp, err = json.Marshal(e.Response); err != nil {
+			return "", nil, err
+		}
+	}
+	if len(e.Tags) > 0 {
+		if tags, err = json.Marshal(e.Tags); err != nil {
+			return "", nil, err
+		}
+	}
+	rest := e
+	rest.RequestBody, rest.Response = nil, nil
+	ev, err := rest.Marshal()
+	if err != nil {
+		return "", nil, err
+	}
+	return e.RequestID, []any{
+		text(e.RequestID), ts.UTC(), text(e.KeyID), text(e.KeyName), text(e.UserID), text(e.Model), text(e.Endpoint),
+		int32(e.StatusCode), e.IsStream, e.Usage.PromptTokens, e.Usage.CompletionTokens, e.Usage.TotalTokens,
+		text(e.UsageSource), e.LatencyMS, e.TTFTMS, text(e.BackendURL), text(e.ClientIP), text(e.Error),
+		text(e.FinishReason), jsonb(tags), body, jsonb(resp), jsonb(ev),
+	}, nil
+}
+
+// text drops NUL characters, which PostgreSQL text cannot hold.
+func text(s string) string {
+	if strings.IndexByte(s, 0) < 0 {
+		return s
+	}
+	return strings.ReplaceAll(s, "\x00", "\uFFFD")
+}
+
+// jsonb prepares JSON text for a jsonb column: null and empty become SQL
+// NULL, and \u0000 escapes, which jsonb rejects, become \ufffd.
+func jsonb(b []byte) any {
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 || string(b) == "null" {
+		return nil
+	}
+	if bytes.Contains(b, []byte(`\u0000`)) {
+		b = replaceNULEscapes(b)
+	}
+	return string(b)
+}
+
+// replaceNULEscapes rewrites every \u0000 escape of a JSON text as \ufffd,
+// leaving an escaped backslash followed by "u0000" alone.
+func replaceNULEscapes(b []byte) []byte {
+	out := make([]byte, 0, len(b))
+	for i := 0; i < len(b); i++ {
+		if b[i] != '\\' || i+1 >= len(b) {
+			out = append(out, b[i])
+			continue
+		}
+		if b[i+1] == 'u' && i+6 <= len(b) && string(b[i+2:i+6]) == "0000" {
+			out = append(out, `\ufffd`...)
+			i += 5
+			continue
+		}
+		out = append(out, b[i], b[i+1])
+		i++
+	}
+	return out
+}

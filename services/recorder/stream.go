@@ -1,0 +1,96 @@
+package recorder
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/llmproxy/llmproxy/pkg/events"
+)
+
+// ReadStream returns the requests that f selects from the LLMPROXY stream
+// itself, the short-term request log: the newest f.Limit of them, oldest
+// first. It reads with an ordered consumer (nothing durable is left
+// behind) on the key's subject, or on every key's, from f.Since, and stops
+// at the last matching event stored when it was called, so it never waits
+// for new ones. Without KeyID and Since it reads the whole window, which
+// costs as much as the window holds; with RequestID it stops at the first
+// match.
+func ReadStream(ctx context.Context, js jetstream.JetStream, f Filter) ([]events.RequestCompleted, error) {
+	f = f.withDefaults(time.Now())
+	subject := events.SubjectCompletedAll
+	if f.KeyID != "" {
+		subject = events.Subject(f.KeyID)
+	}
+	stream, err := js.Stream(ctx, events.StreamName)
+	if err != nil {
+		return nil, fmt.Errorf("read stream: %w", err)
+	}
+	last, err := stream.GetLastMsgForSubject(ctx, subject)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read stream: last event on %s: %w", subject, err)
+	}
+	if !f.Since.IsZero() && last.Time.Before(f.Since) {
+		return nil, nil
+	}
+
+	cfg := jetstream.OrderedConsumerConfig{
+		FilterSubjects:    []string{subject},
+		DeliverPolicy:     jetstream.DeliverAllPolicy,
+		InactiveThreshold: time.Minute,
+	}
+	if !f.Since.IsZero() {
+		since := f.Since
+		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
+	}
+	cons, err := js.OrderedConsumer(ctx, events.StreamName, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("read stream: consumer: %w", err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return nil, fmt.Errorf("read stream: %w", err)
+	}
+	defer it.Stop()
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+
+	// ring keeps the newest f.Limit matches.
+	ring := make([]events.RequestCompleted, 0, min(f.Limit, 1024))
+	next := 0
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("read stream: %w", ctx.Err())
+			}
+			return nil, fmt.Errorf("read stream: %w", err)
+		}
+		md, err := msg.Metadata()
+		if err != nil {
+			return nil, fmt.Errorf("read stream: %w", err)
+		}
+		if e, err := events.Unmarshal(msg.Data()); err == nil && f.match(&e) {
+			if len(ring) < f.Limit {
+				ring = append(ring, e)
+			} else {
+				ring[next] = e
+				next = (next + 1) % f.Limit
+			}
+			if f.RequestID != "" {
+				break
+			}
+		}
+		if md.Sequence.Stream >= last.Sequence || md.NumPending == 0 {
+			break
+		}
+	}
+	return slices.Concat(ring[next:], ring[:next]), nil
+}
