@@ -1,0 +1,190 @@
+package keys
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
+)
+
+// testRedis returns a client for REDIS_URL (default
+// redis://127.0.0.1:6379/15) and a key prefix unique to the test, whose keys
+// are deleted when it ends. Without Redis the test is skipped, or fails when
+// CI=true.
+func testRedis(t *testing.T) (*redis.Client, string) {
+	t.Helper()
+	url := os.Getenv("REDIS_URL")
+	if url == "" {
+		url = "redis://127.0.0.1:6379/15"
+	}
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatalf("REDIS_URL %q: %v", url, err)
+	}
+	rdb := redis.NewClient(opts)
+	t.Cleanup(func() { rdb.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("redis at %s unreachable (CI=true requires it): %v", url, err)
+		}
+		t.Skipf("redis at %s unreachable, skipping: %v", url, err)
+	}
+	b := make([]byte, 6)
+	rand.Read(b)
+	prefix := "llmproxy-test:keys:" + hex.EncodeToString(b)
+	t.Cleanup(func() {
+		ctx := context.Background()
+		keys, _ := rdb.Keys(ctx, prefix+":*").Result()
+		if len(keys) > 0 {
+			rdb.Del(ctx, keys...)
+		}
+	})
+	return rdb, prefix
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func TestNewSecret(t *testing.T) {
+	re := regexp.MustCompile(`^sk-llmproxy-[0-9A-Za-z]{32}$`)
+	seen := map[string]bool{}
+	for range 1000 {
+		s := NewSecret()
+		if !re.MatchString(s) {
+			t.Fatalf("secret %q does not match %s", s, re)
+		}
+		if seen[s] {
+			t.Fatalf("secret %q made twice", s)
+		}
+		seen[s] = true
+	}
+}
+
+func TestSpecValidate(t *testing.T) {
+	for name, s := range map[string]Spec{
+		"bad id":         {ID: "a{b}"},
+		"bad status":     {Status: "paused"},
+		"negative quota": {TotalQuota: ptr[int64](-1)},
+		"bad period":     {QuotaResetPeriod: "hourly"},
+		"bad ip":         {AllowedIPs: []string{"10.0.0.0/33"}},
+		"negative limit": {Limits: &Limits{MaxConcurrent: ptr[int64](-1)}},
+	} {
+		if err := s.Validate(); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: Validate = %v, want ErrInvalid", name, err)
+		}
+	}
+	ok := Spec{ID: "team-a.1", Status: "disabled", TotalQuota: ptr[int64](0), QuotaResetPeriod: "daily",
+		AllowedIPs: []string{"10.0.0.0/8", "2001:db8::/32", "192.168.1.7", "::1"}}
+	if err := ok.Validate(); err != nil {
+		t.Fatalf("Validate(%+v) = %v", ok, err)
+	}
+}
+
+func TestRecordAPIKeyMergesLimits(t *testing.T) {
+	perKey := config.PerKeyLimits{RequestsPerMinute: 100, TokensPerMinute: 5000, MaxConcurrent: 5}
+	exp := time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)
+	r := Record{Spec: Spec{ID: "k", Status: "active", ExpiresAt: &exp, Limits: &Limits{MaxConcurrent: ptr[int64](2), TokensPerMinute: ptr[int64](0)}}, SHA256: "ab"}
+	k := r.APIKey(perKey)
+	if k.Limits == nil || k.Limits.RequestsPerMinute != 100 || k.Limits.TokensPerMinute != 0 || k.Limits.MaxConcurrent != 2 || !k.Limits.IsEnabled() {
+		t.Fatalf("Limits = %+v; want rpm 100 kept, tpm 0 and max_concurrent 2 overridden, enabled", k.Limits)
+	}
+	if k.ExpiresAt != "2027-01-01T00:00:00Z" || k.KeySHA256 != "ab" || k.Key != "" {
+		t.Fatalf("APIKey = %+v", k)
+	}
+	if k := (Record{}).APIKey(perKey); k.Limits != nil {
+		t.Fatalf("no overrides: Limits = %+v, want nil (per_key applies)", k.Limits)
+	}
+}
+
+func TestStoreLifecycle(t *testing.T) {
+	ctx := context.Background()
+	rdb, prefix := testRedis(t)
+	exp := time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)
+	spec := Spec{Name: "alice laptop", UserID: "alice", TotalQuota: ptr[int64](100000), QuotaResetPeriod: "daily",
+		AllowedIPs: []string{"10.0.0.0/8"}, AllowedModels: []string{"qwen"}, ExpiresAt: &exp,
+		Limits: &Limits{RequestsPerMinute: ptr[int64](60)}}
+	secret, rec, err := Create(ctx, rdb, prefix, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.ID != "key_"+Hash(secret)[:12] || rec.Status != StatusActive || rec.SHA256 != Hash(secret) || rec.CreatedAt.IsZero() {
+		t.Fatalf("record = %+v", rec)
+	}
+	if !strings.HasPrefix(rec.Masked, "sk-llmproxy-…") || !strings.HasSuffix(rec.Masked, secret[len(secret)-4:]) {
+		t.Fatalf("masked = %q", rec.Masked)
+	}
+	got, err := LookupHash(ctx, rdb, prefix, Hash(secret))
+	if err != nil || got.Name != "alice laptop" || *got.Limits.RequestsPerMinute != 60 || !got.ExpiresAt.Equal(exp) {
+		t.Fatalf("LookupHash = %+v, %v", got, err)
+	}
+	if _, err := LookupHash(ctx, rdb, prefix, Hash("sk-llmproxy-nope")); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("LookupHash(unknown) = %v, want ErrNotFound", err)
+	}
+
+	// Nothing in Redis holds the secret, in a key name or a value.
+	names, err := rdb.Keys(ctx, prefix+":*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(names) != 3 {
+		t.Fatalf("keys = %v, want byhash, id and ids", names)
+	}
+	for _, n := range names {
+		dump, _ := rdb.Dump(ctx, n).Result()
+		if strings.Contains(n, secret) || strings.Contains(dump, secret) || strings.Contains(dump, secret[len(SecretPrefix):]) {
+			t.Fatalf("%s holds the plaintext secret", n)
+		}
+	}
+
+	_, rec2, err := Create(ctx, rdb, prefix, Spec{ID: "bob", Status: "disabled"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := Create(ctx, rdb, prefix, Spec{ID: "bob"}); !errors.Is(err, ErrExists) {
+		t.Fatalf("Create with a taken id = %v, want ErrExists", err)
+	}
+	if _, _, err := Create(ctx, rdb, prefix, Spec{QuotaResetPeriod: "hourly"}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("Create(invalid) = %v, want ErrInvalid", err)
+	}
+	list, err := List(ctx, rdb, prefix)
+	if err != nil || len(list) != 2 {
+		t.Fatalf("List = %v, %v; want 2 keys", list, err)
+	}
+	if b, err := Get(ctx, rdb, prefix, "bob"); err != nil || b.SHA256 != rec2.SHA256 || b.Active() {
+		t.Fatalf("Get(bob) = %+v, %v; want the disabled key", b, err)
+	}
+	if b, err := SetStatus(ctx, rdb, prefix, "bob", StatusActive); err != nil || !b.Active() {
+		t.Fatalf("SetStatus(active) = %+v, %v", b, err)
+	}
+	if b, err := Get(ctx, rdb, prefix, "bob"); err != nil || !b.Active() {
+		t.Fatalf("after enable: Get(bob) = %+v, %v", b, err)
+	}
+	if _, err := SetStatus(ctx, rdb, prefix, "bob", "paused"); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("SetStatus(paused) = %v, want ErrInvalid", err)
+	}
+	if _, err := SetStatus(ctx, rdb, prefix, "nobody", StatusDisabled); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("SetStatus(nobody) = %v, want ErrNotFound", err)
+	}
+	if err := Delete(ctx, rdb, prefix, "bob"); err != nil {
+		t.Fatal(err)
+	}
+	if err := Delete(ctx, rdb, prefix, "bob"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second Delete = %v, want ErrNotFound", err)
+	}
+	if _, err := LookupHash(ctx, rdb, prefix, rec2.SHA256); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("LookupHash of a deleted key = %v, want ErrNotFound", err)
+	}
+	if list, err := List(ctx, rdb, prefix); err != nil || len(list) != 1 || list[0].ID != rec.ID {
+		t.Fatalf("List after delete = %v, %v", list, err)
+	}
+}

@@ -1,0 +1,217 @@
+package keys
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+func byHashKey(prefix, hash string) string { return prefix + ":keys:byhash:" + hash }
+func byIDKey(prefix, id string) string     { return prefix + ":keys:id:" + id }
+func idsKey(prefix string) string          { return prefix + ":keys:ids" }
+
+// Create stores a new key made from spec and returns its secret, which is
+// shown once and never stored, and its record.
+func Create(ctx context.Context, rdb redis.UniversalClient, prefix string, spec Spec) (string, Record, error) {
+	if err := spec.Validate(); err != nil {
+		return "", Record{}, err
+	}
+	secret := NewSecret()
+	rec := Record{Spec: spec, SHA256: Hash(secret), Masked: Mask(secret), CreatedAt: time.Now().UTC().Truncate(time.Second)}
+	if rec.ID == "" {
+		rec.ID = "key_" + rec.SHA256[:12]
+	}
+	if rec.Status == "" {
+		rec.Status = StatusActive
+	}
+	body, err := json.Marshal(rec)
+	if err != nil {
+		return "", Record{}, err
+	}
+	// The id index is claimed first, so two creates of one id cannot both
+	// succeed.
+	ok, err := rdb.SetNX(ctx, byIDKey(prefix, rec.ID), rec.SHA256, 0).Result()
+	if err != nil {
+		return "", Record{}, fmt.Errorf("create key %s: %w", rec.ID, err)
+	}
+	if !ok {
+		return "", Record{}, fmt.Errorf("create key %s: %w", rec.ID, ErrExists)
+	}
+	_, err = rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.Set(ctx, byHashKey(prefix, rec.SHA256), body, 0)
+		p.SAdd(ctx, idsKey(prefix), rec.ID)
+		return nil
+	})
+	if err != nil {
+		_ = rdb.Del(context.WithoutCancel(ctx), byIDKey(prefix, rec.ID)).Err()
+		return "", Record{}, fmt.Errorf("create key %s: %w", rec.ID, err)
+	}
+	return secret, rec, nil
+}
+
+// LookupHash returns the key whose secret has the SHA-256 hash (hex).
+func LookupHash(ctx context.Context, rdb redis.UniversalClient, prefix, hash string) (Record, error) {
+	body, err := rdb.Get(ctx, byHashKey(prefix, hash)).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return Record{}, ErrNotFound
+	}
+	if err != nil {
+		return Record{}, fmt.Errorf("look up key: %w", err)
+	}
+	return decode(body)
+}
+
+// Get returns the key with public id id.
+func Get(ctx context.Context, rdb redis.UniversalClient, prefix, id string) (Record, error) {
+	hash, err := rdb.Get(ctx, byIDKey(prefix, id)).Result()
+	if errors.Is(err, redis.Nil) {
+		return Record{}, fmt.Errorf("key %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Record{}, fmt.Errorf("key %s: %w", id, err)
+	}
+	rec, err := LookupHash(ctx, rdb, prefix, hash)
+	if err != nil {
+		return Record{}, fmt.Errorf("key %s: %w", id, err)
+	}
+	return rec, nil
+}
+
+// List returns every key, oldest first.
+func List(ctx context.Context, rdb redis.UniversalClient, prefix string) ([]Record, error) {
+	ids, err := rdb.SMembers(ctx, idsKey(prefix)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("list keys: %w", err)
+	}
+	if len(ids) == 0 {
+		return []Record{}, nil
+	}
+	hashes := make([]*redis.StringCmd, len(ids))
+	pipe := rdb.Pipeline()
+	for i, id := range ids {
+		hashes[i] = pipe.Get(ctx, byIDKey(prefix, id))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("list keys: %w", err)
+	}
+	pipe = rdb.Pipeline()
+	var bodies []*redis.StringCmd
+	for _, h := range hashes {
+		if hash, err := h.Result(); err == nil {
+			bodies = append(bodies, pipe.Get(ctx, byHashKey(prefix, hash)))
+		}
+	}
+	if len(bodies) == 0 {
+		return []Record{}, nil
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("list keys: %w", err)
+	}
+	out := make([]Record, 0, len(bodies))
+	for _, b := range bodies {
+		body, err := b.Bytes()
+		if err != nil {
+			continue // a half-deleted key
+		}
+		rec, err := decode(body)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, rec)
+	}
+	slices.SortFunc(out, func(a, b Record) int {
+		return cmp.Or(a.CreatedAt.Compare(b.CreatedAt), cmp.Compare(a.ID, b.ID))
+	})
+	return out, nil
+}
+
+// SetStatus sets key id's status (active or disabled) and returns the
+// updated record. A gateway's cache may use the old status for its TTL.
+func SetStatus(ctx context.Context, rdb redis.UniversalClient, prefix, id, status string) (Record, error) {
+	if status != StatusActive && status != StatusDisabled {
+		return Record{}, fmt.Errorf("%w: status %q: want active or disabled", ErrInvalid, status)
+	}
+	return update(ctx, rdb, prefix, id, func(r *Record) { r.Status = status })
+}
+
+// update changes key id's record with fn, retrying when another writer
+// changed it meanwhile.
+func update(ctx context.Context, rdb redis.UniversalClient, prefix, id string, fn func(*Record)) (Record, error) {
+	hash, err := rdb.Get(ctx, byIDKey(prefix, id)).Result()
+	if errors.Is(err, redis.Nil) {
+		return Record{}, fmt.Errorf("key %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Record{}, fmt.Errorf("key %s: %w", id, err)
+	}
+	key := byHashKey(prefix, hash)
+	var rec Record
+	for range 10 {
+		err = rdb.Watch(ctx, func(tx *redis.Tx) error {
+			body, err := tx.Get(ctx, key).Bytes()
+			if errors.Is(err, redis.Nil) {
+				return ErrNotFound
+			}
+			if err != nil {
+				return err
+			}
+			if rec, err = decode(body); err != nil {
+				return err
+			}
+			fn(&rec)
+			out, err := json.Marshal(rec)
+			if err != nil {
+				return err
+			}
+			_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+				p.Set(ctx, key, out, 0)
+				return nil
+			})
+			return err
+		}, key)
+		if !errors.Is(err, redis.TxFailedErr) {
+			break
+		}
+	}
+	if err != nil {
+		return Record{}, fmt.Errorf("key %s: %w", id, err)
+	}
+	return rec, nil
+}
+
+// Delete removes key id: its secret stops working once gateways' caches
+// expire.
+func Delete(ctx context.Context, rdb redis.UniversalClient, prefix, id string) error {
+	hash, err := rdb.Get(ctx, byIDKey(prefix, id)).Result()
+	if errors.Is(err, redis.Nil) {
+		return fmt.Errorf("key %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("key %s: %w", id, err)
+	}
+	// The record goes first: a key whose id outlives it reads as deleted.
+	_, err = rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.Del(ctx, byHashKey(prefix, hash))
+		p.Del(ctx, byIDKey(prefix, id))
+		p.SRem(ctx, idsKey(prefix), id)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("delete key %s: %w", id, err)
+	}
+	return nil
+}
+
+func decode(body []byte) (Record, error) {
+	var rec Record
+	if err := json.Unmarshal(body, &rec); err != nil {
+		return Record{}, fmt.Errorf("decode key record: %w", err)
+	}
+	return rec, nil
+}
