@@ -73,6 +73,8 @@ def machine():
         f"- memory: {mem}",
         f"- kernel: {platform.release()}",
         f"- {go}",
+        f"- load average when the report was written: {open('/proc/loadavg').read().split()[:3]} "
+        "(other work on the machine during the run shows up as noise, most in the p99 figures)",
         "- everything on loopback on this one machine: load generator, proxies, mockllm, NATS and Redis share the CPUs",
     ]
 

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# bench/profile.sh: CPU profile of the single binary with every feature on,
+# under the throughput load of `make bench` (non-stream, concurrency 64) and
+# then under 200 streams. llmproxy serves no pprof endpoint, so the profile
+# is taken from outside with perf (call graphs from frame pointers, which Go
+# keeps on amd64 and arm64).
+#
+#   bash bench/profile.sh            # after make build
+#   BENCH_PROFILE_SECONDS=20 bash bench/profile.sh
+#
+# It prints the hottest functions (self time) and the hottest callers
+# (time including callees) for each load, and keeps perf.data in the
+# directory it names.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN="$ROOT/bin"
+SECS=${BENCH_PROFILE_SECONDS:-12}
+command -v perf >/dev/null || { echo "profile: perf is not installed" >&2; exit 1; }
+
+OUT=$(mktemp -d /tmp/llmproxy-profile.XXXXXX)
+PIDS=()
+cleanup() {
+	local pid
+	for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+	for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+NEXT_PORT=$((20000 + RANDOM % 20000))
+port() {
+	while (exec 3<>"/dev/tcp/127.0.0.1/$NEXT_PORT") 2>/dev/null; do NEXT_PORT=$((NEXT_PORT + 1)); done
+	PORT=$NEXT_PORT
+	NEXT_PORT=$((NEXT_PORT + 1))
+}
+wait_http() {
+	for _ in $(seq 1 300); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done
+	echo "profile: $1 did not come up" >&2
+	exit 1
+}
+
+(cd "$ROOT/bench" && go build -o "$OUT/" ./loadgen ./eventload)
+port; MOCK_PORT=$PORT
+"$BIN/mockllm" --listen "127.0.0.1:$MOCK_PORT" >"$OUT/mockllm.log" 2>&1 &
+PIDS+=($!)
+port; SINK=$PORT
+"$OUT/eventload" sink --listen "127.0.0.1:$SINK" >"$OUT/sink.log" 2>&1 &
+PIDS+=($!)
+port; GW=$PORT; port; ADMIN=$PORT
+KEY=sk-profile-$$
+mkdir -p "$OUT/data"
+cat >"$OUT/all.yaml" <<EOF
+listen: "127.0.0.1:$GW"
+data_dir: "$OUT/data"
+backends:
+  - { url: "http://127.0.0.1:$MOCK_PORT", name: mock }
+health_check: { path: /health, interval: 10s, failure_threshold: 1000000000 }
+routing: { retry: { enabled: true, max_retries: 2 } }
+admin: { listen: "127.0.0.1:$ADMIN", token: "profile-$$" }
+auth: { enabled: true, storage: file }
+api_keys:
+  - { key: "$KEY", id: bench, name: bench, user_id: bench-user, total_quota: 1000000000000000, quota_reset_period: monthly }
+rate_limit:
+  enabled: true
+  storage: memory
+  global: { requests_per_second: 10000000, burst_size: 10000000 }
+  per_key: { requests_per_minute: 1000000000, tokens_per_minute: 1000000000000, max_concurrent: 1000000 }
+usage_hook: { url: "http://127.0.0.1:$SINK/usage", timeout: 5s, retry: 2 }
+logging: { level: info }
+EOF
+"$BIN/llmproxy" serve --config "$OUT/all.yaml" >"$OUT/access.log" 2>&1 &
+GPID=$!
+PIDS+=($GPID)
+wait_http "http://127.0.0.1:$ADMIN/readyz"
+U="http://127.0.0.1:$GW/v1/chat/completions"
+
+profile() { # NAME LOADGEN-ARGS...
+	local name=$1
+	shift
+	"$OUT/loadgen" --warmup 2s --duration "$((SECS + 2))s" --url "$U" --header "Authorization: Bearer $KEY" "$@" >"$OUT/$name.json" &
+	local lg=$!
+	sleep 2.5
+	perf record -q -F 499 -g -p "$GPID" -o "$OUT/$name.perf.data" -- sleep "$SECS" >/dev/null 2>&1
+	wait "$lg"
+	echo "== $name: $(cut -c1-200 "$OUT/$name.json")"
+	echo "-- self time"
+	perf report -i "$OUT/$name.perf.data" --stdio --no-children --sort symbol --percent-limit 1 -g none 2>/dev/null |
+		grep -E '^ +[0-9]' | head -30
+	echo "-- including callees (llmproxy and library frames)"
+	perf report -i "$OUT/$name.perf.data" --stdio --children --sort symbol --percent-limit 3 -g none 2>/dev/null |
+		grep -E '^ +[0-9]' | head -45
+}
+
+profile nonstream --mode request --concurrency 64
+profile stream --mode stream --concurrency 200 --header "X-Mock-Gap: 20ms" --header "X-Mock-Tokens: 20"
+echo "profile: data in $OUT"
