@@ -1,0 +1,158 @@
+package auth
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"net/netip"
+	"os"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
+	"github.com/llmproxy/llmproxy/pkg/keys"
+)
+
+// testRedis returns a client for REDIS_URL (default
+// redis://127.0.0.1:6379/15) and a key prefix unique to the test. Without
+// Redis the test is skipped, or fails when CI=true.
+func testRedis(t *testing.T) (*redis.Client, string) {
+	t.Helper()
+	url := os.Getenv("REDIS_URL")
+	if url == "" {
+		url = "redis://127.0.0.1:6379/15"
+	}
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatalf("REDIS_URL %q: %v", url, err)
+	}
+	rdb := redis.NewClient(opts)
+	t.Cleanup(func() { rdb.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("redis at %s unreachable (CI=true requires it): %v", url, err)
+		}
+		t.Skipf("redis at %s unreachable, skipping: %v", url, err)
+	}
+	b := make([]byte, 6)
+	rand.Read(b)
+	prefix := "llmproxy-test:auth:" + hex.EncodeToString(b)
+	t.Cleanup(func() {
+		ctx := context.Background()
+		if names, _ := rdb.Keys(ctx, prefix+":*").Result(); len(names) > 0 {
+			rdb.Del(ctx, names...)
+		}
+	})
+	return rdb, prefix
+}
+
+// countGets counts the GET commands a client sends.
+type countGets struct{ n atomic.Int64 }
+
+func (c *countGets) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (c *countGets) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (c *countGets) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() == "get" {
+			c.n.Add(1)
+		}
+		return next(ctx, cmd)
+	}
+}
+
+
+func TestRedisStore(t *testing.T) {
+	ctx := context.Background()
+	rdb, prefix := testRedis(t)
+	gets := &countGets{}
+	rdb.AddHook(gets)
+	cfg := &config.Config{
+		Auth:      config.Auth{Defaults: config.KeyDefaults{QuotaResetPeriod: "weekly", TotalQuota: 5000}},
+		RateLimit: config.RateLimit{PerKey: config.PerKeyLimits{RequestsPerMinute: 100, MaxConcurrent: 5}},
+	}
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	s := NewRedisStore(rdb, prefix, cfg, 5*time.Second)
+	s.now = func() time.Time { return now }
+
+	mc := int64(2)
+	secret, rec, err := keys.Create(ctx, rdb, prefix, keys.Spec{
+		Name: "alice", UserID: "u-alice", AllowedIPs: []string{"10.0.0.0/8", "2001:db8::/32"},
+		AllowedModels: []string{"qwen"}, Limits: &keys.Limits{MaxConcurrent: &mc},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := s.LookupHash(ctx, HashSecret(secret))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.ID != rec.ID || k.Name != "alice" || k.UserID != "u-alice" || k.Disabled {
+		t.Fatalf("key = %+v", k)
+	}
+	// auth.defaults and rate_limit.per_key fill the gaps.
+	if k.Period != "weekly" || k.Quota != 5000 || k.Limits.RequestsPerMinute != 100 || k.Limits.MaxConcurrent != 2 {
+		t.Fatalf("key period %s, quota %d, limits %+v; want weekly, 5000, rpm 100 and max_concurrent 2", k.Period, k.Quota, k.Limits)
+	}
+	if e := k.Check(now, netip.MustParseAddr("2001:db8::1"), "qwen"); e != nil {
+		t.Fatalf("Check from an allowed IPv6 address: %v", e)
+	}
+	if e := k.Check(now, netip.MustParseAddr("192.168.0.1"), "qwen"); e == nil {
+		t.Fatal("Check from outside allowed_ips passed")
+	}
+
+	// Cached: disabling shows only after the TTL.
+	if _, err := keys.SetStatus(ctx, rdb, prefix, rec.ID, keys.StatusDisabled); err != nil {
+		t.Fatal(err)
+	}
+	before := gets.n.Load()
+	if k, err := s.LookupHash(ctx, HashSecret(secret)); err != nil || k.Disabled {
+		t.Fatalf("within the TTL: %+v, %v; want the cached active key", k, err)
+	}
+	if gets.n.Load() != before {
+		t.Fatal("a cached lookup read Redis")
+	}
+	now = now.Add(5 * time.Second)
+	if k, err := s.LookupHash(ctx, HashSecret(secret)); err != nil || !k.Disabled {
+		t.Fatalf("after the TTL: %+v, %v; want the disabled key", k, err)
+	}
+
+	// Unknown keys are cached too.
+	unknown := HashSecret("sk-llmproxy-unknown")
+	for range 3 {
+		if _, err := s.LookupHash(ctx, unknown); !errors.Is(err, ErrUnknownKey) {
+			t.Fatalf("unknown key: %v, want ErrUnknownKey", err)
+		}
+	}
+	if got := gets.n.Load() - before; got != 2 {
+		t.Fatalf("Redis GETs = %d, want 2 (one after the TTL, one for the unknown key)", got)
+	}
+	if err := keys.Delete(ctx, rdb, prefix, rec.ID); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(5 * time.Second)
+	if _, err := s.LookupHash(ctx, HashSecret(secret)); !errors.Is(err, ErrUnknownKey) {
+		t.Fatalf("deleted key after the TTL: %v, want ErrUnknownKey", err)
+	}
+}
+
+func TestRedisStoreErrorsAreNotCached(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialTimeout: 100 * time.Millisecond})
+	defer rdb.Close()
+	s := NewRedisStore(rdb, "p", &config.Config{}, time.Minute)
+	for range 2 {
+		if _, err := s.LookupHash(context.Background(), "ab"); err == nil || errors.Is(err, ErrUnknownKey) {
+			t.Fatalf("LookupHash with Redis down = %v, want a store error", err)
+		}
+	}
+	if len(s.cache) != 0 {
+		t.Fatalf("cache = %v, want empty", s.cache)
+	}
+}
