@@ -68,7 +68,6 @@ func (c *countGets) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	}
 }
 
-
 func TestRedisStore(t *testing.T) {
 	ctx := context.Background()
 	rdb, prefix := testRedis(t)
