@@ -1,0 +1,106 @@
+package gateway
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/llmproxy/llmproxy/pkg/keys"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/apierr"
+)
+
+// maxKeySpecBytes bounds the body of POST /admin/keys.
+const maxKeySpecBytes = 64 << 10
+
+// SecretWarning goes with every new secret.
+const SecretWarning = "store this key now: it is shown only once and cannot be recovered"
+
+// AdminKeysHandler serves the Redis key store's admin API, for the admin
+// listener next to AdminHandler:
+//
+//	POST   /admin/keys                  create (body: keys.Spec) → 201 {key, record, warning}
+//	GET    /admin/keys                  list → {keys: [record…]}
+//	GET    /admin/keys/{id}             show → record
+//	DELETE /admin/keys/{id}             delete → 204
+//	POST   /admin/keys/{id}/disable     → record
+//	POST   /admin/keys/{id}/enable      → record
+//
+// Every request needs 'Authorization: Bearer <token>', compared in constant
+// time; an empty token disables the API. Records carry the secret's SHA-256
+// and a masked form, never the secret. Gateways see a change within their key
+// cache's TTL.
+func AdminKeysHandler(rdb redis.UniversalClient, prefix string, token string) http.Handler {
+	mux := http.NewServeMux()
+	handle := func(pattern string, fn func(w http.ResponseWriter, r *http.Request) (int, any, error)) {
+		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+			if !adminAuthorized(token, r) {
+				apierr.Write(w, apierr.Unauthorized("admin token required: send 'Authorization: Bearer <admin.token>'"))
+				return
+			}
+			status, body, err := fn(w, r)
+			if err != nil {
+				apierr.Write(w, keysError(err))
+				return
+			}
+			if body == nil {
+				w.WriteHeader(status)
+				return
+			}
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(status)
+			_ = json.NewEncoder(w).Encode(body)
+		})
+	}
+	handle("POST /admin/keys", func(w http.ResponseWriter, r *http.Request) (int, any, error) {
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxKeySpecBytes))
+		dec.DisallowUnknownFields()
+		var spec keys.Spec
+		if err := dec.Decode(&spec); err != nil {
+			return 0, nil, apierr.BadRequest("invalid_json", "the body must be a JSON key spec: "+err.Error())
+		}
+		secret, rec, err := keys.Create(r.Context(), rdb, prefix, spec)
+		if err != nil {
+			return 0, nil, err
+		}
+		return http.StatusCreated, map[string]any{"key": secret, "record": rec, "warning": SecretWarning}, nil
+	})
+	handle("GET /admin/keys", func(_ http.ResponseWriter, r *http.Request) (int, any, error) {
+		list, err := keys.List(r.Context(), rdb, prefix)
+		if err != nil {
+			return 0, nil, err
+		}
+		return http.StatusOK, map[string]any{"keys": list}, nil
+	})
+	handle("GET /admin/keys/{id}", func(_ http.ResponseWriter, r *http.Request) (int, any, error) {
+		rec, err := keys.Get(r.Context(), rdb, prefix, r.PathValue("id"))
+		return http.StatusOK, rec, err
+	})
+	handle("DELETE /admin/keys/{id}", func(_ http.ResponseWriter, r *http.Request) (int, any, error) {
+		return http.StatusNoContent, nil, keys.Delete(r.Context(), rdb, prefix, r.PathValue("id"))
+	})
+	for action, status := range map[string]string{"disable": keys.StatusDisabled, "enable": keys.StatusActive} {
+		handle("POST /admin/keys/{id}/"+action, func(_ http.ResponseWriter, r *http.Request) (int, any, error) {
+			rec, err := keys.SetStatus(r.Context(), rdb, prefix, r.PathValue("id"), status)
+			return http.StatusOK, rec, err
+		})
+	}
+	return mux
+}
+
+// keysError maps a key store error to the client's answer.
+func keysError(err error) *apierr.Error {
+	var ae *apierr.Error
+	switch {
+	case errors.As(err, &ae):
+		return ae
+	case errors.Is(err, keys.ErrInvalid):
+		return apierr.BadRequest("invalid_key_spec", err.Error())
+	case errors.Is(err, keys.ErrNotFound):
+		return apierr.NotFound("key_not_found", err.Error())
+	case errors.Is(err, keys.ErrExists):
+		return &apierr.Error{Status: http.StatusConflict, Type: "invalid_request_error", Code: "key_exists", Message: err.Error()}
+	}
+	return apierr.Unavailable("key_store_unavailable", "the key store is unavailable; try again shortly")
+}

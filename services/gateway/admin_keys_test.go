@@ -1,0 +1,121 @@
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/llmproxy/llmproxy/pkg/keys"
+)
+
+// adminKeysRedis returns a client for REDIS_URL (default
+// redis://127.0.0.1:6379/15) and a prefix unique to the test. Without Redis
+// the test is skipped, or fails when CI=true.
+func adminKeysRedis(t *testing.T) (*redis.Client, string) {
+	t.Helper()
+	url := os.Getenv("REDIS_URL")
+	if url == "" {
+		url = "redis://127.0.0.1:6379/15"
+	}
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatalf("REDIS_URL %q: %v", url, err)
+	}
+	rdb := redis.NewClient(opts)
+	t.Cleanup(func() { rdb.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("redis at %s unreachable (CI=true requires it): %v", url, err)
+		}
+		t.Skipf("redis at %s unreachable, skipping: %v", url, err)
+	}
+	b := make([]byte, 6)
+	rand.Read(b)
+	prefix := "llmproxy-test:admin-keys:" + hex.EncodeToString(b)
+	t.Cleanup(func() {
+		ctx := context.Background()
+		if names, _ := rdb.Keys(ctx, prefix+":*").Result(); len(names) > 0 {
+			rdb.Del(ctx, names...)
+		}
+	})
+	return rdb, prefix
+}
+
+func TestAdminKeysHandler(t *testing.T) {
+	rdb, prefix := adminKeysRedis(t)
+	srv := httptest.NewServer(AdminKeysHandler(rdb, prefix, "admin-secret"))
+	defer srv.Close()
+	do := func(method, path, token, body string, want int) map[string]any {
+		t.Helper()
+		req, _ := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var out map[string]any
+		_ = json.NewDecoder(resp.Body).Decode(&out)
+		if resp.StatusCode != want {
+			t.Fatalf("%s %s = %d %v, want %d", method, path, resp.StatusCode, out, want)
+		}
+		return out
+	}
+
+	do("GET", "/admin/keys", "", "", http.StatusUnauthorized)
+	do("GET", "/admin/keys", "wrong", "", http.StatusUnauthorized)
+	created := do("POST", "/admin/keys", "admin-secret",
+		`{"id":"alice","name":"Alice","user_id":"u1","total_quota":1000,"quota_reset_period":"daily","allowed_ips":["10.0.0.0/8"],"limits":{"max_concurrent":2}}`,
+		http.StatusCreated)
+	secret, _ := created["key"].(string)
+	if !strings.HasPrefix(secret, keys.SecretPrefix) || created["warning"] == nil {
+		t.Fatalf("create answered %v; want the secret and a warning", created)
+	}
+	do("POST", "/admin/keys", "admin-secret", `{"id":"alice"}`, http.StatusConflict)
+	do("POST", "/admin/keys", "admin-secret", `{"quota_reset_period":"hourly"}`, http.StatusBadRequest)
+	do("POST", "/admin/keys", "admin-secret", `{"bogus":1}`, http.StatusBadRequest)
+
+	list := do("GET", "/admin/keys", "admin-secret", "", http.StatusOK)
+	if ks, _ := list["keys"].([]any); len(ks) != 1 {
+		t.Fatalf("list = %v, want one key", list)
+	}
+	if b, _ := json.Marshal(list); strings.Contains(string(b), secret[len(keys.SecretPrefix):]) {
+		t.Fatal("the list shows the secret")
+	}
+	if rec := do("GET", "/admin/keys/alice", "admin-secret", "", http.StatusOK); rec["sha256"] != keys.Hash(secret) {
+		t.Fatalf("show = %v", rec)
+	}
+	if rec := do("POST", "/admin/keys/alice/disable", "admin-secret", "", http.StatusOK); rec["status"] != "disabled" {
+		t.Fatalf("disable = %v", rec)
+	}
+	if rec := do("POST", "/admin/keys/alice/enable", "admin-secret", "", http.StatusOK); rec["status"] != "active" {
+		t.Fatalf("enable = %v", rec)
+	}
+	do("DELETE", "/admin/keys/alice", "admin-secret", "", http.StatusNoContent)
+	do("DELETE", "/admin/keys/alice", "admin-secret", "", http.StatusNotFound)
+	do("GET", "/admin/keys/alice", "admin-secret", "", http.StatusNotFound)
+
+	off := httptest.NewServer(AdminKeysHandler(rdb, prefix, ""))
+	defer off.Close()
+	resp, err := http.Get(off.URL + "/admin/keys")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("with no token configured: %d, want 401", resp.StatusCode)
+	}
+}
