@@ -14,6 +14,7 @@ require (
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/google/go-tpm v0.9.8 // indirect
 	github.com/klauspost/compress v1.20.3 // indirect
+	github.com/llmproxy/llmproxy/services/recorder v0.0.0
 	github.com/minio/highwayhash v1.0.4 // indirect
 	github.com/nats-io/jwt/v2 v2.8.2 // indirect
 	github.com/nats-io/nats-server/v2 v2.15.2 // indirect
@@ -34,3 +35,5 @@ replace github.com/llmproxy/llmproxy/services/gateway => ../services/gateway
 replace github.com/llmproxy/llmproxy/services/meter => ../services/meter
 
 replace github.com/llmproxy/llmproxy/services/notifier => ../services/notifier
+
+replace github.com/llmproxy/llmproxy/services/recorder => ../services/recorder

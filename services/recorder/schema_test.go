@@ -1,0 +1,42 @@
+package recorder
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestOpenPoolNeverPrintsThePassword(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, url := range []string{
+		"postgres://u:s3cret@127.0.0.1:1/db?sslmode=disable&connect_timeout=1",
+		"postgres://u:s3cret@[bad",
+		"host=127.0.0.1 port=1 user=u password=s3cret sslmode=disable connect_timeout=1",
+	} {
+		pool, err := OpenPool(ctx, url)
+		if err == nil {
+			pool.Close()
+			t.Fatalf("OpenPool(%q): want an error", url)
+		}
+		if strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("OpenPool error leaks the password: %v", err)
+		}
+	}
+}
+
+func TestReplaceNULEscapes(t *testing.T) {
+	for in, want := range map[string]string{
+		`"a\u0000b"`:        `"a\ufffdb"`,
+		`"\\u0000"`:         `"\\u0000"`,
+		`"\\\u0000"`:        `"\\\ufffd"`,
+		`{"k\u0000":1}`:     `{"k\ufffd":1}`,
+		`"\u00001\u000"`:    `"\ufffd1\u000"`,
+		`"no escapes here"`: `"no escapes here"`,
+	} {
+		if got := string(replaceNULEscapes([]byte(in))); got != want {
+			t.Errorf("replaceNULEscapes(%s) = %s, want %s", in, got, want)
+		}
+	}
+}
