@@ -1,0 +1,256 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
+	"github.com/llmproxy/llmproxy/pkg/keys"
+)
+
+const keysUsage = `Usage:
+  llmproxy keys create --config FILE [--id ID] [--name N] [--user U] [--quota TOKENS] [--period daily|weekly|monthly|never]
+                       [--allowed-ips CIDR,...] [--models M,...] [--expires RFC3339] [--rps N] [--rpm N] [--tpm N]
+                       [--max-concurrent N] [--disabled] [--json]
+  llmproxy keys list --config FILE [--json]
+  llmproxy keys show|disable|enable|delete ID --config FILE [--json]
+
+Keys live in Redis (redis.url or redis.addrs); only the SHA-256 of a secret is
+stored, so create prints the secret once. Unset fields take auth.defaults and
+rate_limit.per_key; 0 means unlimited.
+`
+
+// cmdKeys manages the Redis key store.
+func cmdKeys(args []string) int { return runKeys(args, os.Stdout, os.Stderr) }
+
+func runKeys(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, keysUsage)
+		return 2
+	}
+	sub, args := args[0], args[1:]
+	fail := func(code int, format string, a ...any) int {
+		fmt.Fprintf(stderr, "llmproxy keys %s: "+format+"\n", append([]any{sub}, a...)...)
+		return code
+	}
+	switch sub {
+	case "create", "list", "show", "disable", "enable", "delete":
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, keysUsage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "llmproxy keys: unknown command %q\n\n%s", sub, keysUsage)
+		return 2
+	}
+	// The id may come before or after the flags.
+	var id string
+	if sub != "create" && sub != "list" && len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		id, args = args[0], args[1:]
+	}
+
+	fs := flag.NewFlagSet("keys "+sub, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", "", "config file (YAML)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	var (
+		spec                keys.Spec
+		quota               int64
+		ips, models, expiry string
+		rps                 float64
+		rpm, tpm, conc      int64
+		disabled            bool
+	)
+	if sub == "create" {
+		fs.StringVar(&spec.ID, "id", "", "public id (default: derived from the secret's hash)")
+		fs.StringVar(&spec.Name, "name", "", "name")
+		fs.StringVar(&spec.UserID, "user", "", "user id")
+		fs.Int64Var(&quota, "quota", 0, "tokens per period (0 = unlimited; default auth.defaults.total_quota)")
+		fs.StringVar(&spec.QuotaResetPeriod, "period", "", "quota period: daily, weekly, monthly or never")
+		fs.StringVar(&ips, "allowed-ips", "", "comma-separated CIDRs or addresses (IPv4 or IPv6)")
+		fs.StringVar(&models, "models", "", "comma-separated models the key may use (default: all)")
+		fs.StringVar(&expiry, "expires", "", "expiry time, RFC 3339")
+		fs.Float64Var(&rps, "rps", 0, "requests per second (overrides rate_limit.per_key)")
+		fs.Int64Var(&rpm, "rpm", 0, "requests per minute (overrides rate_limit.per_key)")
+		fs.Int64Var(&tpm, "tpm", 0, "tokens per minute (overrides rate_limit.per_key)")
+		fs.Int64Var(&conc, "max-concurrent", 0, "requests at once (overrides rate_limit.per_key)")
+		fs.BoolVar(&disabled, "disabled", false, "create the key disabled")
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if id == "" && fs.NArg() > 0 && sub != "create" && sub != "list" {
+		id = fs.Arg(0)
+	}
+	if *cfgPath == "" {
+		return fail(2, "--config is required")
+	}
+	if sub != "create" && sub != "list" && id == "" {
+		return fail(2, "a key id is required")
+	}
+	if sub == "create" {
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		if set["quota"] {
+			spec.TotalQuota = &quota
+		}
+		spec.AllowedIPs = splitList(ips)
+		spec.AllowedModels = splitList(models)
+		if expiry != "" {
+			t, err := time.Parse(time.RFC3339, expiry)
+			if err != nil {
+				return fail(2, "--expires: %v", err)
+			}
+			spec.ExpiresAt = &t
+		}
+		var l keys.Limits
+		if set["rps"] {
+			l.RequestsPerSecond = &rps
+		}
+		if set["rpm"] {
+			l.RequestsPerMinute = &rpm
+		}
+		if set["tpm"] {
+			l.TokensPerMinute = &tpm
+		}
+		if set["max-concurrent"] {
+			l.MaxConcurrent = &conc
+		}
+		if !l.IsZero() {
+			spec.Limits = &l
+		}
+		if disabled {
+			spec.Status = keys.StatusDisabled
+		}
+		if err := spec.Validate(); err != nil {
+			return fail(2, "%v", err)
+		}
+	}
+
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	if !cfg.Redis.Enabled() {
+		return fail(1, "keys live in Redis: set redis.url (or redis.addrs) in %s", *cfgPath)
+	}
+	if cfg.Auth.Storage != "redis" {
+		fmt.Fprintf(stderr, "llmproxy keys: warning: auth.storage is %q, not redis: gateways with this config will not accept these keys\n", cfg.Auth.Storage)
+	}
+	rdb, err := openRedis(cfg)
+	if err != nil {
+		return fail(1, "%v", err)
+	}
+	defer rdb.Close()
+	prefix := redisPrefix(cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	printJSON := func(v any) {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(v)
+	}
+	code := func(err error) int { return fail(1, "%v", err) }
+
+	switch sub {
+	case "create":
+		secret, rec, err := keys.Create(ctx, rdb, prefix, spec)
+		if err != nil {
+			return code(err)
+		}
+		if *asJSON {
+			printJSON(map[string]any{"key": secret, "record": rec, "warning": "shown only once"})
+		} else {
+			fmt.Fprintf(stdout, "Created key %s.\n\n    %s\n\n", rec.ID, secret)
+		}
+		fmt.Fprintln(stderr, "llmproxy keys: store this key now: it is shown only once and cannot be recovered (only its SHA-256 is kept)")
+	case "list":
+		list, err := keys.List(ctx, rdb, prefix)
+		if err != nil {
+			return code(err)
+		}
+		if *asJSON {
+			printJSON(map[string]any{"keys": list})
+			return 0
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tNAME\tUSER\tSTATUS\tQUOTA\tPERIOD\tEXPIRES\tKEY")
+		for _, r := range list {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, dash(r.Name), dash(r.UserID), r.Status,
+				quotaText(r.TotalQuota), dash(r.QuotaResetPeriod), expiresText(r.ExpiresAt), r.Masked)
+		}
+		_ = tw.Flush()
+	case "show":
+		rec, err := keys.Get(ctx, rdb, prefix, id)
+		if err != nil {
+			return code(err)
+		}
+		printJSON(rec)
+	case "disable", "enable":
+		status := keys.StatusDisabled
+		if sub == "enable" {
+			status = keys.StatusActive
+		}
+		rec, err := keys.SetStatus(ctx, rdb, prefix, id, status)
+		if err != nil {
+			return code(err)
+		}
+		if *asJSON {
+			printJSON(rec)
+		} else {
+			fmt.Fprintf(stdout, "Key %s is %s (gateways see it within their key cache's TTL).\n", rec.ID, rec.Status)
+		}
+	case "delete":
+		if err := keys.Delete(ctx, rdb, prefix, id); err != nil {
+			return code(err)
+		}
+		if *asJSON {
+			printJSON(map[string]any{"deleted": id})
+		} else {
+			fmt.Fprintf(stdout, "Key %s deleted.\n", id)
+		}
+	}
+	return 0
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func quotaText(q *int64) string {
+	switch {
+	case q == nil:
+		return "default"
+	case *q == 0:
+		return "unlimited"
+	}
+	return fmt.Sprint(*q)
+}
+
+func expiresText(t *time.Time) string {
+	if t == nil {
+		return "never"
+	}
+	return t.UTC().Format(time.RFC3339)
+}

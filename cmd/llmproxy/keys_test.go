@@ -1,0 +1,129 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/llmproxy/llmproxy/pkg/keys"
+)
+
+// keysTestConfig writes a config whose key store is the test Redis under a
+// prefix unique to the test, and returns its path and a client. Without Redis
+// the test is skipped, or fails when CI=true.
+func keysTestConfig(t *testing.T) (string, *redis.Client, string) {
+	t.Helper()
+	url := os.Getenv("REDIS_URL")
+	if url == "" {
+		url = "redis://127.0.0.1:6379/15"
+	}
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatalf("REDIS_URL %q: %v", url, err)
+	}
+	rdb := redis.NewClient(opts)
+	t.Cleanup(func() { rdb.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("redis at %s unreachable (CI=true requires it): %v", url, err)
+		}
+		t.Skipf("redis at %s unreachable, skipping: %v", url, err)
+	}
+	b := make([]byte, 6)
+	rand.Read(b)
+	prefix := "llmproxy-test-cli-" + hex.EncodeToString(b)
+	t.Cleanup(func() {
+		ctx := context.Background()
+		if names, _ := rdb.Keys(ctx, prefix+":*").Result(); len(names) > 0 {
+			rdb.Del(ctx, names...)
+		}
+	})
+	path := filepath.Join(t.TempDir(), "llmproxy.yaml")
+	cfg := "backends:\n  - url: http://127.0.0.1:9\nauth:\n  storage: redis\nredis:\n  url: " + url + "\n  prefix: " + prefix + "\n"
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path, rdb, prefix
+}
+
+func runKeysCmd(t *testing.T, want int, args ...string) (string, string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	if code := runKeys(args, &out, &errOut); code != want {
+		t.Fatalf("keys %v = %d, want %d\nstdout: %s\nstderr: %s", args, code, want, out.String(), errOut.String())
+	}
+	return out.String(), errOut.String()
+}
+
+func TestKeysCommand(t *testing.T) {
+	ctx := context.Background()
+	cfg, rdb, prefix := keysTestConfig(t)
+
+	out, errOut := runKeysCmd(t, 0, "create", "--config", cfg, "--id", "alice", "--name", "Alice", "--user", "u-alice",
+		"--quota", "100000", "--period", "daily", "--allowed-ips", "10.0.0.0/8, 2001:db8::/32", "--models", "qwen",
+		"--expires", "2027-01-01T00:00:00Z", "--rpm", "60", "--tpm", "0", "--max-concurrent", "3")
+	secret := regexp.MustCompile(`sk-llmproxy-[0-9A-Za-z]{32}`).FindString(out)
+	if secret == "" || !strings.Contains(errOut, "shown only once") {
+		t.Fatalf("create printed %q / %q; want the secret and a warning", out, errOut)
+	}
+	rec, err := keys.LookupHash(ctx, rdb, prefix, keys.Hash(secret))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.ID != "alice" || rec.UserID != "u-alice" || *rec.TotalQuota != 100000 || rec.QuotaResetPeriod != "daily" ||
+		len(rec.AllowedIPs) != 2 || rec.AllowedModels[0] != "qwen" || !rec.ExpiresAt.Equal(time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)) ||
+		*rec.Limits.RequestsPerMinute != 60 || *rec.Limits.TokensPerMinute != 0 || *rec.Limits.MaxConcurrent != 3 ||
+		rec.Limits.RequestsPerSecond != nil {
+		t.Fatalf("stored record = %+v", rec)
+	}
+
+	out, _ = runKeysCmd(t, 0, "create", "--config", cfg, "--json")
+	var created struct {
+		Key    string      `json:"key"`
+		Record keys.Record `json:"record"`
+	}
+	if err := json.Unmarshal([]byte(out), &created); err != nil || created.Record.TotalQuota != nil || created.Record.Limits != nil {
+		t.Fatalf("create --json = %s, %v; want a key with no overrides", out, err)
+	}
+	runKeysCmd(t, 1, "create", "--config", cfg, "--id", "alice") // taken
+	runKeysCmd(t, 2, "create", "--config", cfg, "--period", "hourly")
+	runKeysCmd(t, 2, "create", "--config", cfg, "--expires", "tomorrow")
+	runKeysCmd(t, 2, "create")
+
+	out, _ = runKeysCmd(t, 0, "list", "--config", cfg)
+	if !strings.Contains(out, "alice") || !strings.Contains(out, created.Record.ID) || strings.Contains(out, secret[12:]) {
+		t.Fatalf("list = %s", out)
+	}
+	out, _ = runKeysCmd(t, 0, "list", "--config", cfg, "--json")
+	var list struct{ Keys []keys.Record }
+	if err := json.Unmarshal([]byte(out), &list); err != nil || len(list.Keys) != 2 {
+		t.Fatalf("list --json = %s, %v", out, err)
+	}
+
+	runKeysCmd(t, 0, "disable", "alice", "--config", cfg)
+	if r, _ := keys.Get(ctx, rdb, prefix, "alice"); r.Active() {
+		t.Fatal("disable left the key active")
+	}
+	runKeysCmd(t, 0, "enable", "--config", cfg, "alice")
+	out, _ = runKeysCmd(t, 0, "show", "alice", "--config", cfg)
+	if !strings.Contains(out, `"status": "active"`) || strings.Contains(out, secret) {
+		t.Fatalf("show = %s", out)
+	}
+	runKeysCmd(t, 0, "delete", "alice", "--config", cfg)
+	runKeysCmd(t, 1, "show", "alice", "--config", cfg)
+	runKeysCmd(t, 1, "delete", "alice", "--config", cfg)
+	runKeysCmd(t, 2, "show", "--config", cfg)
+	runKeysCmd(t, 2, "rotate", "--config", cfg)
+}
