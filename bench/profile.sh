@@ -84,12 +84,8 @@ profile() { # NAME LOADGEN-ARGS...
 	perf record -q -F 499 -g -p "$GPID" -o "$OUT/$name.perf.data" -- sleep "$SECS" >/dev/null 2>&1
 	wait "$lg"
 	echo "== $name: $(cut -c1-200 "$OUT/$name.json")"
-	echo "-- self time"
-	perf report -i "$OUT/$name.perf.data" --stdio --no-children --sort symbol --percent-limit 1 -g none 2>/dev/null |
-		grep -E '^ +[0-9]' | head -30
-	echo "-- including callees (llmproxy and library frames)"
-	perf report -i "$OUT/$name.perf.data" --stdio --children --sort symbol --percent-limit 3 -g none 2>/dev/null |
-		grep -E '^ +[0-9]' | head -45
+	perf script -i "$OUT/$name.perf.data" -F comm,tid,ip,sym 2>/dev/null >"$OUT/$name.stacks" || true
+	python3 "$ROOT/bench/perfsum.py" "$OUT/$name.stacks" || true
 }
 
 profile nonstream --mode request --concurrency 64
