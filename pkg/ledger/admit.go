@@ -115,6 +115,17 @@ type Admitter interface {
 	Release(ctx context.Context, keyID, leaseID string) error
 }
 
+// LeaseRenewer extends a held concurrency lease, for a request that may
+// outlive its lease TTL (a long stream): renewing every TTL/2 keeps the slot
+// held while the request runs, and a crash still frees it within the TTL.
+// Both admitters implement it.
+type LeaseRenewer interface {
+	// Renew sets lease leaseID of key keyID to expire ttl from now and
+	// reports whether the lease was still held; a lease that expired or was
+	// released is not brought back.
+	Renew(ctx context.Context, keyID, leaseID string, ttl time.Duration) (bool, error)
+}
+
 // UsageReader reads a key's usage in a period; every Store is one.
 type UsageReader interface {
 	Usage(ctx context.Context, keyID string, p Period, at time.Time) (Totals, error)

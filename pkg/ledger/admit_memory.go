@@ -226,6 +226,23 @@ func (a *MemoryAdmitter) Release(_ context.Context, keyID, leaseID string) error
 	return nil
 }
 
+// Renew extends a held lease; see LeaseRenewer.
+func (a *MemoryAdmitter) Renew(_ context.Context, keyID, leaseID string, ttl time.Duration) (bool, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	k := a.keys[keyID]
+	if k == nil {
+		return false, nil
+	}
+	now := a.now()
+	exp, ok := k.leases[leaseID]
+	if !ok || !exp.After(now) {
+		return false, nil
+	}
+	k.leases[leaseID] = now.Add(ttl)
+	return true, nil
+}
+
 // Settle ends request requestID's reservation and counts its real tokens in
 // the key's TPM window at time at. It reports whether the request held a
 // reservation. Settling a request twice counts its tokens twice: the local

@@ -46,7 +46,7 @@ type RedisAdmitter struct {
 	split   bool
 	resvTTL time.Duration
 
-	admitScript, globalScript, undoScript *redis.Script
+	admitScript, globalScript, undoScript, renewScript *redis.Script
 
 	// now overrides the server's TIME; only tests set it.
 	now func() time.Time
@@ -64,6 +64,7 @@ func NewRedisAdmitter(rdb redis.UniversalClient, prefix string) *RedisAdmitter {
 		admitScript:  redis.NewScript(admitLua),
 		globalScript: redis.NewScript(globalLua),
 		undoScript:   redis.NewScript(undoLua),
+		renewScript:  redis.NewScript(renewLua),
 	}
 }
 
@@ -280,6 +281,18 @@ if r > 0 and redis.call('DECRBY', KEYS[6], fmt(r)) <= 0 then redis.call('DEL', K
 return 1
 `
 
+// renewLua moves lease ARGV[2] in KEYS[1] to expire ARGV[3] µs from now if
+// it is still held, and returns 1 if it was.
+const renewLua = luaClock + `
+local exp = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[2]) or '0')
+if exp <= now then return 0 end
+local at = now + tonumber(ARGV[3])
+redis.call('ZADD', KEYS[1], fmt(at), ARGV[2])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIRE', KEYS[1], fmt(math.floor((tonumber(last[2]) - now) / 1000) + 1000))
+return 1
+`
+
 func (a *RedisAdmitter) tag(keyID string) string { return a.prefix + ":{" + keyID + "}" }
 func (a *RedisAdmitter) globalKey() string       { return a.prefix + ":global:rl:tat" }
 
@@ -415,6 +428,19 @@ func (a *RedisAdmitter) Release(ctx context.Context, keyID, leaseID string) erro
 		return fmt.Errorf("release lease of key %s: %w", keyID, err)
 	}
 	return nil
+}
+
+// Renew extends a held lease; see LeaseRenewer.
+func (a *RedisAdmitter) Renew(ctx context.Context, keyID, leaseID string, ttl time.Duration) (bool, error) {
+	clock := "0"
+	if a.now != nil {
+		clock = strconv.FormatInt(a.now().UnixMicro(), 10)
+	}
+	n, err := a.renewScript.Run(ctx, a.rdb, []string{a.tag(keyID) + ":rl:leases"}, clock, leaseID, micros(ttl)).Int()
+	if err != nil {
+		return false, fmt.Errorf("renew lease of key %s: %w", keyID, err)
+	}
+	return n == 1, nil
 }
 
 // decisionOf reads admitLua's reply.

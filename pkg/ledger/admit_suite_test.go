@@ -186,6 +186,33 @@ func runAdmitSuite(t *testing.T, newEnv func(t *testing.T, start time.Time) admi
 		}
 	})
 
+	t.Run("RenewKeepsLease", func(t *testing.T) {
+		env := newEnv(t, t0)
+		r, ok := env.admit.(LeaseRenewer)
+		if !ok {
+			t.Fatal("the admitter cannot renew leases")
+		}
+		req := AdmitRequest{KeyID: "k", LeaseID: "long", Limits: KeyLimits{MaxConcurrent: 1}, LeaseTTL: 5 * time.Second}
+		if !admit(t, env, req).Allowed {
+			t.Fatal("first rejected")
+		}
+		env.clock.Advance(4 * time.Second)
+		if held, err := r.Renew(ctx, "k", "long", 5*time.Second); err != nil || !held {
+			t.Fatalf("Renew = %v, %v; want held", held, err)
+		}
+		env.clock.Advance(4 * time.Second) // past the first TTL, within the renewed one
+		if admit(t, env, AdmitRequest{KeyID: "k", Limits: req.Limits}).Allowed {
+			t.Fatal("admitted while the renewed lease is held")
+		}
+		env.clock.Advance(time.Second)
+		if held, err := r.Renew(ctx, "k", "long", 5*time.Second); err != nil || held {
+			t.Fatalf("Renew of an expired lease = %v, %v; want not held", held, err)
+		}
+		if !admit(t, env, AdmitRequest{KeyID: "k", Limits: req.Limits}).Allowed {
+			t.Fatal("not admitted after the renewed lease expired")
+		}
+	})
+
 	t.Run("QuotaWithConcurrentReservations", func(t *testing.T) {
 		env := newEnv(t, t0)
 		req := AdmitRequest{KeyID: "k", Quota: 10000, Period: Daily, Reserve: 300}
@@ -243,6 +270,23 @@ func runAdmitSuite(t *testing.T, newEnv func(t *testing.T, start time.Time) admi
 		}
 		if d := admit(t, env, req(800)); !d.Allowed || d.RemainingTokens != 0 {
 			t.Fatalf("800 after 200 used: %+v; want admitted, 0 remaining", d)
+		}
+	})
+
+	t.Run("LostReservationExpires", func(t *testing.T) {
+		env := newEnv(t, t0)
+		req := AdmitRequest{KeyID: "k", Quota: 1000, Period: Monthly, Reserve: 600}
+		if !admit(t, env, req).Allowed {
+			t.Fatal("first rejected")
+		}
+		// Its event never reaches the meter.
+		env.clock.Advance(DefaultReservationTTL - time.Second)
+		if admit(t, env, req).Allowed {
+			t.Fatal("admitted while the first reservation is outstanding")
+		}
+		env.clock.Advance(time.Second)
+		if d := admit(t, env, req); !d.Allowed {
+			t.Fatalf("after the reservation TTL: %+v; want admitted", d)
 		}
 	})
 
