@@ -27,6 +27,18 @@ const defaultPGURL = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
 // skips the test when PostgreSQL is unreachable, and fails it under CI.
 func startPostgres(t testing.TB) *pgxpool.Pool {
 	t.Helper()
+	pool := startPostgresSchema(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := Migrate(ctx, pool); err != nil {
+		t.Fatalf("Migrate: %v", err)
+	}
+	return pool
+}
+
+// startPostgresSchema is startPostgres without the migration.
+func startPostgresSchema(t testing.TB) *pgxpool.Pool {
+	t.Helper()
 	url := os.Getenv("PG_URL")
 	if url == "" {
 		url = defaultPGURL
@@ -67,9 +79,6 @@ func startPostgres(t testing.TB) *pgxpool.Pool {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	if err := Migrate(ctx, pool); err != nil {
-		t.Fatalf("Migrate: %v", err)
-	}
 	return pool
 }
 

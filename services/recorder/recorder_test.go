@@ -3,7 +3,9 @@ package recorder
 import (
 	"context"
 	"encoding/json"
+	"os"
 	"reflect"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -272,4 +274,49 @@ func requestIDs(list []events.RequestCompleted) []string {
 		out = append(out, e.RequestID)
 	}
 	return out
+}
+
+// TestPartitionedTable runs the recorder on the day-partitioned layout the
+// README documents: the migration keeps it, duplicates still give one row.
+func TestPartitionedTable(t *testing.T) {
+	js, pool := startJetStream(t), startPostgresSchema(t)
+	ddl, err := os.ReadFile("testdata/partitioned.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	day := time.Now().UTC().Truncate(24 * time.Hour)
+	sql := strings.NewReplacer("__FROM__", day.Format(time.RFC3339), "__TO__", day.Add(24*time.Hour).Format(time.RFC3339)).Replace(string(ddl))
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, sql); err != nil {
+		t.Fatalf("create partitioned table: %v", err)
+	}
+	if err := Migrate(ctx, pool); err != nil {
+		t.Fatalf("Migrate on a partitioned table: %v", err)
+	}
+	rec, err := New(js, pool, testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := event("part-1", "key1", 200)
+	publishEvent(t, js, e, "m1")
+	publishEvent(t, js, e, "m2")
+	old := event("part-old", "key1", 200)
+	old.Timestamp = day.Add(-72 * time.Hour)
+	publishEvent(t, js, old, "m3")
+	stop := runRecorder(t, rec)
+	waitRows(t, pool, 2)
+	publishEvent(t, js, e, "m4")
+	publishEvent(t, js, event("part-2", "key1", 200), "m5")
+	waitRows(t, pool, 3)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	assertAllAcked(t, js)
+	var today, other int
+	if err := pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM llmproxy_requests_today), (SELECT count(*) FROM llmproxy_requests_default)`).Scan(&today, &other); err != nil {
+		t.Fatal(err)
+	}
+	if today != 2 || other != 1 {
+		t.Fatalf("rows today=%d default=%d, want 2 and 1", today, other)
+	}
 }
