@@ -161,3 +161,36 @@ func BenchmarkAdmit(b *testing.B) {
 		})
 	}
 }
+
+// TestRedisAdmitterAcrossClients: two gateways, each with its own client,
+// share the limits exactly.
+func TestRedisAdmitterAcrossClients(t *testing.T) {
+	ctx := context.Background()
+	rdb1 := testRedis(t)
+	prefix := testPrefix(t, rdb1)
+	rdb2 := testRedis(t)
+	gateways := []*RedisAdmitter{NewRedisAdmitter(rdb1, prefix), NewRedisAdmitter(rdb2, prefix)}
+	req := AdmitRequest{KeyID: "k", Limits: KeyLimits{MaxConcurrent: 5, RPM: 600}, LeaseTTL: time.Minute}
+	var allowed atomic.Int64
+	done := make(chan struct{})
+	for i := range 50 {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			r := req
+			r.LeaseID = fmt.Sprintf("r%d", i)
+			d, err := gateways[i%2].Admit(ctx, r)
+			if err != nil {
+				t.Error(err)
+			}
+			if d.Allowed {
+				allowed.Add(1)
+			}
+		}()
+	}
+	for range 50 {
+		<-done
+	}
+	if n := allowed.Load(); n != 5 {
+		t.Fatalf("two gateways admitted %d of 50 concurrent requests, want 5", n)
+	}
+}
