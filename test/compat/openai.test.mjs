@@ -38,6 +38,11 @@ test('chat completion, stream without stream_options: no usage chunk', async () 
   assert.equal(a.filter((c) => c.choices.length === 0).length, 0, 'no chunk with empty choices');
   assert.equal(a.map((c) => c.choices[0]?.delta?.content ?? '').join(''), 'tok0 tok1 tok2 tok3 ');
   assert.equal(a.at(-1).choices[0].finish_reason, 'length');
+
+  // The same with include_usage set to false explicitly.
+  const f = await collect(await gw.chat.completions.create({ ...req, stream_options: { include_usage: false } }));
+  assert.equal(usageChunks(f).length, 0, 'include_usage: false, yet a usage chunk');
+  assert.equal(f.map((c) => c.choices[0]?.delta?.content ?? '').join(''), 'tok0 tok1 tok2 tok3 ');
 });
 
 test('chat completion, stream without stream_options: same chunks as straight from the backend', async () => {
@@ -106,8 +111,8 @@ test('models list', async () => {
 });
 
 test('the requests above are metered under the key', async () => {
-  // 1 chat + 3 chat streams + 1 completion + 2 completion streams + 1 embeddings (+ models, which may or may not count).
-  const u = await waitUsage(KEY_ID, (x) => x.requests >= 8 && x.completion_tokens >= 5 + 4 * 3 + 3 * 3);
+  // 1 chat + 4 chat streams + 1 completion + 2 completion streams + 1 embeddings (+ models, which may or may not count).
+  const u = await waitUsage(KEY_ID, (x) => x.requests >= 9 && x.completion_tokens >= 5 + 4 * 4 + 3 * 3);
   assert.ok(u.prompt_tokens >= 11 * 4 + 4 * 3 + 5, JSON.stringify(u));
 });
 
