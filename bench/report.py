@@ -39,6 +39,29 @@ def get(d, *path):
     return d
 
 
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def merge_rounds(rounds):
+    """merge_rounds takes the median over the rounds of every number in
+    the results (errors and counts are summed), keeping the shape."""
+    rounds = [x for x in rounds if x is not None]
+    if not rounds:
+        return None
+    out = dict(rounds[0])
+    for k, v in rounds[0].items():
+        if isinstance(v, dict):
+            out[k] = {kk: median([x[k][kk] for x in rounds]) for kk in v}
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and k != "concurrency":
+            vals = [x[k] for x in rounds]
+            out[k] = sum(vals) if k in ("errors", "ok", "streams", "events") else median(vals)
+    out["rounds"] = len(rounds)
+    return out
+
+
 def fmt(v, unit="", digits=0):
     if v is None:
         return "–"
@@ -87,6 +110,7 @@ def main():
     ap.add_argument("--cmdline", required=True)
     ap.add_argument("--loadgen", required=True)
     ap.add_argument("--mock", required=True)
+    ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--notes", action="append", default=[])
     ap.add_argument("--configs", action="append", default=[])
     a = ap.parse_args()
@@ -95,7 +119,9 @@ def main():
 
     R = {}
     for t in targets:
-        R[t] = {k: load(work, f"res-{t}-{k}.json") for k in ("lat", "tput", "stream", "idle", "rss")}
+        R[t] = {k: load(work, f"res-{t}-{k}.json") for k in ("idle", "rss")}
+        for k in ("lat", "tput", "stream"):
+            R[t][k] = merge_rounds([load(work, f"res-{t}-{k}-{i}.json") for i in range(1, a.rounds + 1)])
     d = R.get("direct", {})
     d_p50 = get(d.get("lat"), "latency", "p50_us")
     d_p99 = get(d.get("lat"), "latency", "p99_us")
@@ -138,6 +164,7 @@ def main():
                "concurrency shown in the command; streams: TTFT and per-event lag "
                "(receive time − the event's `mock_sent_ns`) with many concurrent streams; "
                "RSS per idle open stream = (VmRSS with the streams open − VmRSS before) / streams. "
+               f"Load figures are the median of {a.rounds} rounds; each round visits every target in turn. "
                "\"added\" = the target's percentile − the same percentile measured direct to mockllm. µs unless stated.\n")
     hdr = ["target", "p50", "p99", "added p50", "added p99", "req/s", "× httputil", "× nginx",
            "TTFT p99", "added TTFT p99", "lag p99", "added lag p99", "KB / idle stream", "errors"]
@@ -219,6 +246,11 @@ def main():
                  "leaves before the backend's first byte is counted as a backend failure (proxy.go reports the "
                  "failure before it checks the client's context), so closing the idle streams ejected the only "
                  "backend and every later request got 503 no_backend_available")
+    notes.append("the all-features processes log every request at info (the access log, JSON lines on stderr) "
+                 "to a file in the run's work directory")
+    notes.append("errors: failed requests or streams in the measured window, not counted in the figures; the bare "
+                 "httputil proxy drops a few streams (\"ReverseProxy read error during body copy: use of closed "
+                 "network connection\" in its log)")
     notes.append("the httputil reference raises the transport's idle connections per host from 2 to 1024, "
                  "so that it does not redial under concurrency 64; nothing else is changed")
     out.append("## Notes\n")
@@ -234,9 +266,9 @@ def main():
     lat = R[targets[0]]["lat"] or {}
     tp = R[targets[0]]["tput"] or {}
     st = R[targets[0]]["stream"] or {}
-    out.append(f"loadgen --mode request --concurrency 1 --duration {lat.get('seconds', '?')}s --url URL")
-    out.append(f"loadgen --mode request --concurrency {tp.get('concurrency', '?')} --duration {tp.get('seconds', '?')}s --url URL")
-    out.append(f"loadgen --mode stream --concurrency {st.get('concurrency', '?')} --duration {st.get('seconds', '?')}s --url URL "
+    out.append(f"loadgen --mode request --concurrency 1 --duration {lat.get('seconds', 0):g}s --url URL")
+    out.append(f"loadgen --mode request --concurrency {tp.get('concurrency', '?')} --duration {tp.get('seconds', 0):g}s --url URL")
+    out.append(f"loadgen --mode stream --concurrency {st.get('concurrency', '?')} --duration {st.get('seconds', 0):g}s --url URL "
                "--header 'X-Mock-Gap: …' --header 'X-Mock-Tokens: …'")
     out.append("loadgen --mode idle --concurrency N --url URL --header 'X-Mock-Ttft: 1h' --inflight-url MOCK/metrics --ready-file F")
     out.append("eventload measure --nats URL --n N --metrics ADMIN/metrics --metric llmproxy_meter_events_applied_total")

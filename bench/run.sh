@@ -13,10 +13,14 @@ BIN="$ROOT/bin"
 
 # Knobs (durations are Go durations).
 WARMUP=${BENCH_WARMUP:-1s}
-LAT_DURATION=${BENCH_LAT_DURATION:-6s}     # concurrency 1, non-stream
-TPUT_DURATION=${BENCH_TPUT_DURATION:-6s}   # concurrency BENCH_TPUT_CONC, non-stream
+# Each load figure is measured in BENCH_ROUNDS rounds; a round visits every
+# target in turn, so a slow patch on a shared machine falls on all of them,
+# and the report takes the median of the rounds.
+ROUNDS=${BENCH_ROUNDS:-2}
+LAT_DURATION=${BENCH_LAT_DURATION:-3s}     # per round; concurrency 1, non-stream
+TPUT_DURATION=${BENCH_TPUT_DURATION:-3s}   # per round; concurrency BENCH_TPUT_CONC, non-stream
 TPUT_CONC=${BENCH_TPUT_CONC:-64}
-STREAM_DURATION=${BENCH_STREAM_DURATION:-6s}
+STREAM_DURATION=${BENCH_STREAM_DURATION:-3s} # per round
 STREAMS=${BENCH_STREAMS:-200}
 STREAM_GAP=${BENCH_STREAM_GAP:-20ms}
 STREAM_TOKENS=${BENCH_STREAM_TOKENS:-20}
@@ -338,35 +342,41 @@ for t in direct httputil nginx passthrough all redis; do
 	if has "$t"; then TARGETS+=("$t"); fi
 done
 
+# Idle streams first, while every process is fresh: a Go heap grown by the
+# load phases is kept and would hide what the open streams cost.
 for t in "${TARGETS[@]}"; do
+	[[ $t == direct ]] && continue
 	u="${URL[$t]}$CHAT"
 	mapfile -t A < <(auth_args "$t")
-	# Idle streams first, while the process is fresh: a Go heap grown by the
-	# load phases is kept and would hide what the open streams cost.
-	if [[ $t != direct ]]; then
-		log "$t: RSS with $IDLE idle open streams"
-		read -r -a P <<<"${PIDSOF[$t]}"
-		before=$(rss_kb "${P[@]}")
-		rm -f "$WORK/ready"
-		"$LOADGEN" --label "$t" --mode idle --concurrency "$IDLE" --url "$u" "${A[@]}" --header "X-Mock-Ttft: 1h" \
-			--inflight-url "$MOCK/metrics" --ready-file "$WORK/ready" --hold 5m >"$WORK/res-$t-idle.json" &
-		lg=$!
-		PIDS+=($lg)
-		for i in $(seq 1 1800); do [[ -f "$WORK/ready" ]] && break; kill -0 "$lg" 2>/dev/null || break; sleep 0.1; done
-		sleep 1
-		after=$(rss_kb "${P[@]}")
-		stop "$lg"
-		echo "{\"before_kb\":$before,\"after_kb\":$after,\"streams\":$IDLE,\"ready\":$([[ -f "$WORK/ready" ]] && echo true || echo false)}" >"$WORK/res-$t-rss.json"
-		mock_idle
-	fi
-	log "$t: latency at concurrency 1 ($LAT_DURATION)"
-	"$LOADGEN" --label "$t" --mode request --concurrency 1 --warmup "$WARMUP" --duration "$LAT_DURATION" --url "$u" "${A[@]}" >"$WORK/res-$t-lat.json"
-	log "$t: throughput at concurrency $TPUT_CONC ($TPUT_DURATION)"
-	"$LOADGEN" --label "$t" --mode request --concurrency "$TPUT_CONC" --warmup "$WARMUP" --duration "$TPUT_DURATION" --url "$u" "${A[@]}" >"$WORK/res-$t-tput.json"
-	log "$t: $STREAMS streams, $STREAM_TOKENS tokens $STREAM_GAP apart ($STREAM_DURATION)"
-	"$LOADGEN" --label "$t" --mode stream --concurrency "$STREAMS" --warmup "$WARMUP" --duration "$STREAM_DURATION" --url "$u" "${A[@]}" \
-		--header "X-Mock-Gap: $STREAM_GAP" --header "X-Mock-Tokens: $STREAM_TOKENS" >"$WORK/res-$t-stream.json"
+	log "$t: RSS with $IDLE idle open streams"
+	read -r -a P <<<"${PIDSOF[$t]}"
+	before=$(rss_kb "${P[@]}")
+	rm -f "$WORK/ready"
+	"$LOADGEN" --label "$t" --mode idle --concurrency "$IDLE" --url "$u" "${A[@]}" --header "X-Mock-Ttft: 1h" \
+		--inflight-url "$MOCK/metrics" --ready-file "$WORK/ready" --hold 5m >"$WORK/res-$t-idle.json" &
+	lg=$!
+	PIDS+=($lg)
+	for i in $(seq 1 1800); do [[ -f "$WORK/ready" ]] && break; kill -0 "$lg" 2>/dev/null || break; sleep 0.1; done
+	sleep 1
+	after=$(rss_kb "${P[@]}")
+	stop "$lg"
+	echo "{\"before_kb\":$before,\"after_kb\":$after,\"streams\":$IDLE,\"ready\":$([[ -f "$WORK/ready" ]] && echo true || echo false)}" >"$WORK/res-$t-rss.json"
 	mock_idle
+done
+
+for r in $(seq 1 "$ROUNDS"); do
+	for t in "${TARGETS[@]}"; do
+		u="${URL[$t]}$CHAT"
+		mapfile -t A < <(auth_args "$t")
+		log "round $r, $t: latency at concurrency 1 ($LAT_DURATION)"
+		"$LOADGEN" --label "$t" --mode request --concurrency 1 --warmup "$WARMUP" --duration "$LAT_DURATION" --url "$u" "${A[@]}" >"$WORK/res-$t-lat-$r.json"
+		log "round $r, $t: throughput at concurrency $TPUT_CONC ($TPUT_DURATION)"
+		"$LOADGEN" --label "$t" --mode request --concurrency "$TPUT_CONC" --warmup "$WARMUP" --duration "$TPUT_DURATION" --url "$u" "${A[@]}" >"$WORK/res-$t-tput-$r.json"
+		log "round $r, $t: $STREAMS streams, $STREAM_TOKENS tokens $STREAM_GAP apart ($STREAM_DURATION)"
+		"$LOADGEN" --label "$t" --mode stream --concurrency "$STREAMS" --warmup "$WARMUP" --duration "$STREAM_DURATION" --url "$u" "${A[@]}" \
+			--header "X-Mock-Gap: $STREAM_GAP" --header "X-Mock-Tokens: $STREAM_TOKENS" >"$WORK/res-$t-stream-$r.json"
+		mock_idle
+	done
 done
 
 # --- event consumers -----------------------------------------------------------
@@ -414,7 +424,7 @@ webhooks:
 fi
 
 # --- report --------------------------------------------------------------------
-CMDLINE="BENCH_LAT_DURATION=$LAT_DURATION BENCH_TPUT_DURATION=$TPUT_DURATION BENCH_TPUT_CONC=$TPUT_CONC BENCH_STREAM_DURATION=$STREAM_DURATION BENCH_STREAMS=$STREAMS BENCH_STREAM_GAP=$STREAM_GAP BENCH_STREAM_TOKENS=$STREAM_TOKENS BENCH_IDLE=$IDLE BENCH_METER_EVENTS=$METER_EVENTS BENCH_NOTIFIER_EVENTS=$NOTIFIER_EVENTS make bench"
-python3 "$ROOT/bench/report.py" --work "$WORK" --targets "${TARGETS[*]}" --out "$ROOT/bench/RESULTS.md" \
+CMDLINE="BENCH_ROUNDS=$ROUNDS BENCH_LAT_DURATION=$LAT_DURATION BENCH_TPUT_DURATION=$TPUT_DURATION BENCH_TPUT_CONC=$TPUT_CONC BENCH_STREAM_DURATION=$STREAM_DURATION BENCH_STREAMS=$STREAMS BENCH_STREAM_GAP=$STREAM_GAP BENCH_STREAM_TOKENS=$STREAM_TOKENS BENCH_IDLE=$IDLE BENCH_METER_EVENTS=$METER_EVENTS BENCH_NOTIFIER_EVENTS=$NOTIFIER_EVENTS make bench"
+python3 "$ROOT/bench/report.py" --work "$WORK" --rounds "$ROUNDS" --targets "${TARGETS[*]}" --out "${BENCH_OUT:-$ROOT/bench/RESULTS.md}" \
 	--cmdline "$CMDLINE" --loadgen "$LOADGEN" --mock "$MOCK" --notes "$IDLE_NOTE" --notes "$NGINX_NOTE" --notes "$METER_NOTE" \
 	--configs "$WORK/passthrough.yaml" --configs "$WORK/all.yaml" --configs "$WORK/redis.yaml" --configs "$WORK/nginx/nginx.conf"
