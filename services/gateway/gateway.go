@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/netip"
 	"sync/atomic"
 	"time"
 
@@ -23,10 +22,7 @@ import (
 	"github.com/llmproxy/llmproxy/pkg/events"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/apierr"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/auth"
-	"github.com/llmproxy/llmproxy/services/gateway/internal/balancer"
-	"github.com/llmproxy/llmproxy/services/gateway/internal/clientip"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/publish"
-	"github.com/llmproxy/llmproxy/services/gateway/internal/retry"
 )
 
 // EventSink receives one event per finished request. Publish must not block
@@ -57,25 +53,20 @@ type Options struct {
 
 // Gateway serves the client-facing API. It is safe for concurrent use.
 type Gateway struct {
-	cfg      *config.Config
-	events   EventSink
-	keys     auth.Store
-	authOn   bool
-	ips      *clientip.Resolver
-	pool     *balancer.Pool
-	health   *balancer.HealthChecker
-	retry    *retry.Policy
-	metrics  *metrics
-	log      *slog.Logger
-	ready    func(ctx context.Context) error
-	now      func() time.Time
-	maxBody  int64
-	gatherer prometheus.Gatherer
-	echo     *echo.Echo
-	reqIDs   requestIDs
+	rt           atomic.Pointer[runtime]
+	keysOverride auth.Store
+	collector    *poolCollector
+	events       EventSink
+	metrics      *metrics
+	log          *slog.Logger
+	ready        func(ctx context.Context) error
+	now          func() time.Time
+	gatherer     prometheus.Gatherer
+	echo         *echo.Echo
+	reqIDs       requestIDs
+	inflight     atomic.Int64
 	// publisher is the gateway's own event publisher, closed by Close.
 	publisher *publish.Publisher
-	inflight  atomic.Int64
 }
 
 // New builds a Gateway from opts.
@@ -85,16 +76,14 @@ func New(opts Options) (*Gateway, error) {
 		return nil, errors.New("gateway: config is required")
 	}
 	g := &Gateway{
-		cfg:      cfg,
-		events:   opts.Events,
-		keys:     opts.Keys,
-		authOn:   cfg.AuthEnabled(),
-		log:      opts.Logger,
-		ready:    opts.Ready,
-		now:      opts.Now,
-		maxBody:  cfg.Server.MaxBodyBytes,
-		gatherer: opts.Gatherer,
-		reqIDs:   newRequestIDs(),
+		events:       opts.Events,
+		keysOverride: opts.Keys,
+		collector:    &poolCollector{},
+		log:          opts.Logger,
+		ready:        opts.Ready,
+		now:          opts.Now,
+		gatherer:     opts.Gatherer,
+		reqIDs:       newRequestIDs(),
 	}
 	if g.log == nil {
 		g.log = slog.Default()
@@ -102,41 +91,20 @@ func New(opts Options) (*Gateway, error) {
 	if g.now == nil {
 		g.now = time.Now
 	}
-	if g.maxBody <= 0 {
-		g.maxBody = 10 << 20
-	}
-	if g.keys == nil {
-		fs, err := auth.NewFileStore(cfg)
-		if err != nil {
-			return nil, err
-		}
-		g.keys = fs
-	}
-	var trusted []netip.Prefix
-	for _, s := range cfg.TrustedProxies {
-		p, err := auth.ParsePrefix(s)
-		if err != nil {
-			return nil, fmt.Errorf("trusted_proxies: %w", err)
-		}
-		trusted = append(trusted, p)
-	}
-	g.ips = clientip.New(trusted)
-	pool, err := balancer.NewPool(balancer.PoolConfig{
-		Backends:    cfg.Backends,
-		Strategy:    cfg.Routing.LoadBalanceStrategy,
-		Fallback:    cfg.Routing.Fallback,
-		HealthCheck: cfg.HealthCheck,
-	})
+	rt, err := g.buildRuntime(cfg, opts.Keys)
 	if err != nil {
 		return nil, err
 	}
-	g.pool = pool
-	g.retry = retry.NewPolicy(cfg.Routing.Retry)
+	g.rt.Store(rt)
+	_ = g.collector.swap(rt.pool)
 	reg := opts.Registerer
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
 	g.metrics = newMetrics(reg, g.inflight.Load)
+	if err := reg.Register(g.collector); err != nil {
+		return nil, fmt.Errorf("register backend metrics: %w", err)
+	}
 	if g.events == nil && opts.JetStream != nil {
 		p, err := publish.New(opts.JetStream, opts.OutboxDir, publish.Options{Logger: g.log, Registerer: reg})
 		if err != nil {
@@ -148,15 +116,11 @@ func New(opts Options) (*Gateway, error) {
 	if g.events == nil {
 		g.events = discardEvents{}
 	}
-	if err := balancer.RegisterMetrics(reg, pool); err != nil {
-		return nil, err
-	}
 	if g.gatherer == nil {
 		if gr, ok := reg.(prometheus.Gatherer); ok {
 			g.gatherer = gr
 		}
 	}
-	g.health = balancer.NewHealthChecker(pool, cfg.HealthCheck, nil)
 	g.echo = g.routes()
 	return g, nil
 }
@@ -164,7 +128,7 @@ func New(opts Options) (*Gateway, error) {
 // Start runs the first round of health checks and starts the background
 // checkers; it returns when the first verdict is in.
 func (g *Gateway) Start(ctx context.Context) {
-	g.health.Start(ctx)
+	g.rt.Load().start(ctx)
 }
 
 // Close flushes the events still waiting to be published (to NATS, or to
@@ -237,7 +201,7 @@ func (g *Gateway) readyz(c echo.Context) error {
 		Backends []backendState `json:"backends"`
 	}{Ready: true}
 	anyUp := false
-	for _, s := range g.pool.Snapshot() {
+	for _, s := range g.rt.Load().pool.Snapshot() {
 		resp.Backends = append(resp.Backends, backendState{Name: s.Name, URL: s.URL, State: s.State})
 		if s.State == "healthy" {
 			anyUp = true

@@ -16,11 +16,13 @@ import (
 	"github.com/llmproxy/llmproxy/services/gateway/internal/apierr"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/auth"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/balancer"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/hooks"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/usage"
 )
 
 // exchange is the state of one request as it passes through the gateway.
 type exchange struct {
+	rt        *runtime
 	start     time.Time
 	requestID string
 	clientIP  netip.Addr
@@ -32,6 +34,8 @@ type exchange struct {
 	// hideUsage is set when the gateway asked the backend for a usage
 	// chunk the client did not ask for; the chunk is then not relayed.
 	hideUsage bool
+	// route is the backend an on_route script chose ("" = none).
+	route     string
 	upstream  *balancer.Upstream
 	status    int
 	ttft      time.Duration
@@ -47,67 +51,136 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }
 func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) {
 	g.inflight.Add(1)
 	defer g.inflight.Add(-1)
-	x := &exchange{start: g.now(), path: r.URL.Path}
+	x := &exchange{rt: g.rt.Load(), start: g.now(), path: r.URL.Path}
 	x.requestID = r.Header.Get("X-Request-Id")
 	if !validRequestID(x.requestID) {
 		x.requestID = g.reqIDs.next()
 	}
 	w.Header().Set("X-Request-Id", x.requestID)
-	x.clientIP = g.ips.ClientIP(r)
+	x.clientIP = x.rt.ips.ClientIP(r)
 
 	if e := g.prepare(r, x); e != nil {
 		g.fail(w, x, e)
 		return
 	}
 	g.forward(w, r, x)
-	g.finish(x)
+	g.finish(r.Context(), x)
 }
 
-// prepare authenticates, reads and checks the request body.
+// prepare authenticates, reads and checks the request, and runs the
+// on_auth, on_request and on_route hooks.
 func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
-	if g.authOn {
-		secret := bearer(r)
-		if secret == "" {
-			return g.reject("missing_key", apierr.Unauthorized("no API key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'"))
+	rt := x.rt
+	lua := rt.lua
+	luaAuth := lua != nil && lua.Has(hooks.HookAuth)
+	if luaAuth {
+		// on_auth may read the body: read it first.
+		if e := g.readRequest(r, x); e != nil {
+			return e
 		}
-		x.masked = auth.Mask(secret)
-		key, err := g.keys.LookupHash(r.Context(), auth.HashSecret(secret))
-		if err != nil {
-			if errors.Is(err, auth.ErrUnknownKey) {
-				return g.reject("invalid_key", apierr.Unauthorized("invalid API key "+x.masked))
-			}
-			g.log.Error("key lookup failed", "request_id", x.requestID, "err", err)
-			return apierr.Unavailable("key_store_unavailable", "the key store is unavailable; try again shortly")
-		}
-		x.key = key
 	}
-	if r.Method == http.MethodPost {
-		if r.ContentLength > g.maxBody {
-			return g.reject("body_too_large", apierr.TooLarge(g.maxBody))
+	if rt.authOn {
+		if e := g.authenticate(r, x, luaAuth); e != nil {
+			return e
 		}
-		body, err := readBody(r.Body, g.maxBody)
+	}
+	if !luaAuth {
+		if e := g.readRequest(r, x); e != nil {
+			return e
+		}
+	}
+	if lua != nil && lua.Has(hooks.HookRequest) {
+		hr := g.hookRequest(r, x)
+		rej, err := lua.OnRequest(r.Context(), hr)
 		if err != nil {
-			if errors.Is(err, errTooLarge) {
-				return g.reject("body_too_large", apierr.TooLarge(g.maxBody))
+			return g.luaError(x, hooks.HookRequest, err)
+		}
+		if rej != nil {
+			return g.reject("lua_rejected", &apierr.Error{Status: rej.Status, Type: "invalid_request_error", Code: rej.Code, Message: rej.Message})
+		}
+		if !bytes.Equal(hr.Body, x.body) {
+			info, err := usage.ParseRequest(hr.Body)
+			if err != nil {
+				return apierr.Internal("lua_error", "on_request produced a body that is not valid JSON")
 			}
-			return apierr.BadRequest("invalid_body", "could not read the request body")
+			x.body, x.info = hr.Body, info
 		}
-		info, err := usage.ParseRequest(body)
-		if err != nil {
-			return g.reject("invalid_json", apierr.BadRequest("invalid_json", "request body is not valid JSON: "+err.Error()))
-		}
-		x.body, x.info = body, info
+		r.Header = hr.Headers
 	}
 	if x.key != nil {
 		if e := x.key.Check(g.now(), x.clientIP, x.info.Model); e != nil {
 			return g.reject(e.Code, e)
 		}
 	}
+	if lua != nil && lua.Has(hooks.HookRoute) {
+		name, err := lua.OnRoute(r.Context(), g.hookRequest(r, x))
+		if err != nil {
+			return g.luaError(x, hooks.HookRoute, err)
+		}
+		x.route = name
+	}
 	if x.info.Stream && isOpenAIStreamPath(x.path) && !x.info.IncludeUsage {
 		if nb, added, err := usage.AddIncludeUsage(x.body); err == nil && added {
 			x.body, x.hideUsage = nb, true
 		}
 	}
+	return nil
+}
+
+// authenticate finds the request's key, or lets on_auth decide.
+func (g *Gateway) authenticate(r *http.Request, x *exchange, luaAuth bool) *apierr.Error {
+	if luaAuth {
+		id, err := x.rt.lua.OnAuth(r.Context(), g.hookRequest(r, x))
+		if err != nil {
+			return g.luaError(x, hooks.HookAuth, err)
+		}
+		if id != nil {
+			if !id.Allowed {
+				return g.reject("lua_auth", apierr.Unauthorized("the request was not authenticated"))
+			}
+			x.key = identityKey(x.rt, id)
+			x.masked = "lua:" + id.ID
+			return nil
+		}
+	}
+	secret := bearer(r)
+	if secret == "" {
+		return g.reject("missing_key", apierr.Unauthorized("no API key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'"))
+	}
+	x.masked = auth.Mask(secret)
+	key, err := x.rt.keys.LookupHash(r.Context(), auth.HashSecret(secret))
+	if err != nil {
+		if errors.Is(err, auth.ErrUnknownKey) {
+			return g.reject("invalid_key", apierr.Unauthorized("invalid API key "+x.masked))
+		}
+		g.log.Error("key lookup failed", "request_id", x.requestID, "err", err)
+		return apierr.Unavailable("key_store_unavailable", "the key store is unavailable; try again shortly")
+	}
+	x.key = key
+	return nil
+}
+
+// readRequest reads and parses the request body (POST only).
+func (g *Gateway) readRequest(r *http.Request, x *exchange) *apierr.Error {
+	if r.Method != http.MethodPost || x.body != nil {
+		return nil
+	}
+	limit := x.rt.maxBody
+	if r.ContentLength > limit {
+		return g.reject("body_too_large", apierr.TooLarge(limit))
+	}
+	body, err := readBody(r.Body, limit)
+	if err != nil {
+		if errors.Is(err, errTooLarge) {
+			return g.reject("body_too_large", apierr.TooLarge(limit))
+		}
+		return apierr.BadRequest("invalid_body", "could not read the request body")
+	}
+	info, err := usage.ParseRequest(body)
+	if err != nil {
+		return g.reject("invalid_json", apierr.BadRequest("invalid_json", "request body is not valid JSON: "+err.Error()))
+	}
+	x.body, x.info = body, info
 	return nil
 }
 
@@ -149,7 +222,7 @@ func (g *Gateway) fail(w http.ResponseWriter, x *exchange, e *apierr.Error) {
 	apierr.Write(w, e)
 	x.status = e.Status
 	x.errMsg = e.Code
-	g.finish(x)
+	g.finish(context.Background(), x)
 }
 
 // forward sends x to a backend, with retries and fallback before the first
@@ -165,17 +238,25 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 		}
 		return false
 	}
+	rt := x.rt
 	var fallbacks []*balancer.Upstream
+	if x.route != "" {
+		if u := rt.pool.ByName(x.route); u != nil {
+			fallbacks = []*balancer.Upstream{u}
+		} else {
+			g.log.Warn("on_route named an unknown backend", "request_id", x.requestID, "backend", x.route)
+		}
+	}
 	var lastErr *apierr.Error
 	for attempt := 0; ; attempt++ {
 		up := nextFallback(fallbacks, isTried)
 		if up == nil {
 			var err error
-			up, err = g.pool.Pick(x.info.Model, isTried)
+			up, err = rt.pool.Pick(x.info.Model, isTried)
 			if errors.Is(err, balancer.ErrNoAvailable) && len(tried) > 0 {
 				// Every backend was tried once: retry on any that is
 				// still available rather than give up.
-				up, err = g.pool.Pick(x.info.Model, func(*balancer.Upstream) bool { return false })
+				up, err = rt.pool.Pick(x.info.Model, func(*balancer.Upstream) bool { return false })
 			}
 			if err != nil {
 				if lastErr != nil {
@@ -190,8 +271,8 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 				return
 			}
 		}
-		if attempt == 0 {
-			fallbacks = g.pool.FallbackChain(up)
+		if attempt == 0 && x.route == "" {
+			fallbacks = rt.pool.FallbackChain(up)
 		}
 		tried = append(tried, up)
 		x.upstream = up
@@ -203,8 +284,8 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 				x.status, x.errMsg = 499, "client_closed_request"
 				return
 			}
-			if g.retry.ShouldRetry(attempt, 0, err) {
-				if !g.sleep(ctx, g.retry.Backoff(attempt)) {
+			if rt.retry.ShouldRetry(attempt, 0, err) {
+				if !g.sleep(ctx, rt.retry.Backoff(attempt)) {
 					x.status, x.errMsg = 499, "client_closed_request"
 					return
 				}
@@ -218,11 +299,11 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 		} else {
 			up.ReportSuccess()
 		}
-		if g.retry.ShouldRetry(attempt, resp.StatusCode, nil) {
+		if rt.retry.ShouldRetry(attempt, resp.StatusCode, nil) {
 			drain(resp.Body)
 			up.Release()
 			lastErr = apierr.BadGateway("backend " + up.Name + " answered " + strconv.Itoa(resp.StatusCode))
-			if !g.sleep(ctx, g.retry.Backoff(attempt)) {
+			if !g.sleep(ctx, rt.retry.Backoff(attempt)) {
 				x.status, x.errMsg = 499, "client_closed_request"
 				return
 			}
@@ -230,7 +311,11 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 			// it by falling through on the final attempt.
 			continue
 		}
-		g.relay(ctx, w, x, resp)
+		if lua := rt.lua; lua != nil && lua.Has(hooks.HookResponse) && !isStreamContentType(resp.Header.Get("Content-Type")) {
+			g.relayWithHook(r, w, x, resp)
+		} else {
+			g.relay(ctx, w, x, resp)
+		}
 		up.Release()
 		return
 	}
@@ -440,7 +525,7 @@ func estimateCompletion(res usage.Result) int64 {
 }
 
 // finish settles accounting for x: usage, metrics, the event.
-func (g *Gateway) finish(x *exchange) {
+func (g *Gateway) finish(ctx context.Context, x *exchange) {
 	latency := g.now().Sub(x.start)
 	res := x.result
 	x.source = events.UsageSourceBackend
@@ -504,6 +589,11 @@ func (g *Gateway) finish(x *exchange) {
 	}
 	if x.key != nil {
 		ev.KeyID, ev.KeyName, ev.UserID, ev.QuotaPeriod = x.key.ID, x.key.Name, x.key.UserID, x.key.Period
+	}
+	if lua := x.rt.lua; lua != nil && lua.Has(hooks.HookComplete) {
+		if err := lua.OnComplete(context.WithoutCancel(ctx), ev); err != nil {
+			g.log.Warn("on_complete failed; the event is published unchanged", "request_id", x.requestID, "err", err)
+		}
 	}
 	g.events.Publish(ev)
 	g.log.Info("request",

@@ -1,0 +1,115 @@
+package gateway
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/llmproxy/llmproxy/services/gateway/internal/apierr"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/auth"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/hooks"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/usage"
+)
+
+// hookRequest is the view of x a script gets. Headers are the request's
+// own, so on_request edits apply in place.
+func (g *Gateway) hookRequest(r *http.Request, x *exchange) *hooks.Request {
+	hr := &hooks.Request{
+		Method:   r.Method,
+		Path:     x.path,
+		Headers:  r.Header,
+		ClientIP: x.clientIP.String(),
+		Body:     x.body,
+	}
+	if x.key != nil {
+		hr.Key = hooks.KeyInfo{ID: x.key.ID, Name: x.key.Name, UserID: x.key.UserID}
+	}
+	return hr
+}
+
+// luaError maps a failed hook call to the client's error; the script's
+// message (file:line) goes to the log only.
+func (g *Gateway) luaError(x *exchange, hook string, err error) *apierr.Error {
+	g.log.Error("lua hook failed", "request_id", x.requestID, "hook", hook, "err", err)
+	if errors.Is(err, hooks.ErrTimeout) {
+		return g.reject("lua_timeout", apierr.Internal("lua_timeout", "a gateway script ("+hook+") ran past its time limit"))
+	}
+	return g.reject("lua_error", apierr.Internal("lua_error", "a gateway script ("+hook+") failed"))
+}
+
+// identityKey turns an on_auth identity into a key with the script's
+// limits, filled from the config's defaults where the script is silent.
+func identityKey(rt *runtime, id *hooks.Identity) *auth.Key {
+	cfg := rt.cfg
+	k := &auth.Key{
+		ID:     id.ID,
+		Name:   id.Name,
+		UserID: id.UserID,
+		Period: cfg.Auth.Defaults.QuotaResetPeriod,
+		Quota:  cfg.Auth.Defaults.TotalQuota,
+		Limits: cfg.RateLimit.PerKey,
+	}
+	if k.ID == "" {
+		k.ID = "lua"
+	}
+	if k.Period == "" {
+		k.Period = "monthly"
+	}
+	for name, v := range id.Limits {
+		switch name {
+		case "requests_per_second":
+			k.Limits.RequestsPerSecond = float64(v)
+		case "requests_per_minute":
+			k.Limits.RequestsPerMinute = v
+		case "tokens_per_minute":
+			k.Limits.TokensPerMinute = v
+		case "max_concurrent":
+			k.Limits.MaxConcurrent = v
+		case "total_quota":
+			k.Quota = v
+		}
+	}
+	return k
+}
+
+// maxHookBody bounds a non-streamed reply held for on_response.
+const maxHookBody = 16 << 20
+
+// relayWithHook answers a non-streamed reply after on_response has seen
+// (and possibly rewritten) it. Streams never come here.
+func (g *Gateway) relayWithHook(r *http.Request, w http.ResponseWriter, x *exchange, resp *http.Response) {
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxHookBody+1))
+	if x.ttft == 0 {
+		x.ttft = time.Since(x.start)
+	}
+	if err != nil || len(body) > maxHookBody {
+		e := apierr.BadGateway("the backend's reply could not be read")
+		if len(body) > maxHookBody {
+			e = apierr.BadGateway("the backend's reply is too large for on_response")
+		}
+		g.failForward(w, x, e)
+		return
+	}
+	format := usage.DetectFormat(x.path, resp.Header.Get("Content-Type"))
+	ex := usage.NewExtractor(format, usage.Options{})
+	if resp.Header.Get("Content-Encoding") == "" {
+		ex.Body(body)
+	}
+	hresp := &hooks.Response{Status: resp.StatusCode, Headers: resp.Header, Body: body}
+	if err := x.rt.lua.OnResponse(r.Context(), g.hookRequest(r, x), hresp); err != nil {
+		g.failForward(w, x, g.luaError(x, hooks.HookResponse, err))
+		return
+	}
+	copyResponseHeader(w.Header(), hresp.Headers)
+	w.Header().Set("Content-Length", strconv.Itoa(len(hresp.Body)))
+	x.status = hresp.Status
+	w.WriteHeader(hresp.Status)
+	if _, err := w.Write(hresp.Body); err != nil {
+		x.errMsg = "client_closed_request"
+	}
+	x.result = ex.Result()
+	x.delivered = true
+}

@@ -1,0 +1,207 @@
+package gateway
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	goruntime "runtime"
+	"runtime/pprof"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// recordingBackend answers JSON and records the body and headers it got,
+// and which backend name it is.
+func recordingBackend(t *testing.T, name string, got chan<- map[string]any) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		var m map[string]any
+		_ = json.Unmarshal(b, &m)
+		if m == nil {
+			m = map[string]any{}
+		}
+		m["_backend"] = name
+		m["_alias_header"] = r.Header.Get("X-Model-Alias")
+		select {
+		case got <- m:
+		default:
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"choices":[{"message":{"content":"secret sk-abc"}}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}`))
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func examplesDir(t *testing.T) string {
+	t.Helper()
+	dir, err := filepath.Abs("../../examples/lua")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func TestLuaExamplesThroughTheGateway(t *testing.T) {
+	got := make(chan map[string]any, 10)
+	a := recordingBackend(t, "a", got)
+	b := recordingBackend(t, "b", got)
+	dir := examplesDir(t)
+	yaml := fmt.Sprintf(`
+backends:
+  - { url: %q, name: vllm-a100 }
+  - { url: %q, name: vllm-h100 }
+api_keys:
+  - { key: %q, id: unit }
+lua:
+  scripts: [%q, %q, %q, %q]
+  timeout: 200ms
+`, a.URL, b.URL, testKey, filepath.Join(dir, "model_alias.lua"), filepath.Join(dir, "route_by_header.lua"), filepath.Join(dir, "tenant_auth.lua"), filepath.Join(dir, "redact.lua"))
+	gw, s := gatewayFromYAML(t, yaml)
+
+	// model_alias: the backend sees the served model and a default max_tokens.
+	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"gpt-4o","messages":[{"role":"user","content":"mail me at bob@example.com"}]}`, withKey())
+	if resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	m := <-got
+	if m["model"] != "qwen2.5-72b" || m["max_tokens"] != float64(512) || m["_alias_header"] != "gpt-4o" {
+		t.Fatalf("backend saw %v", m)
+	}
+	ev := s.next(t)
+	if ev.Model != "qwen2.5-72b" {
+		t.Fatalf("event model %q", ev.Model)
+	}
+	// redact (on_complete): the email is gone from the event, a tag is set.
+	if strings.Contains(string(ev.RequestBody), "bob@example.com") || len(ev.Tags) == 0 {
+		t.Fatalf("on_complete did not redact/tag: body %s tags %v", ev.RequestBody, ev.Tags)
+	}
+
+	// route_by_header: X-Backend-Pool picks the backend by name.
+	for i := 0; i < 4; i++ {
+		hdr := withKey()
+		hdr["X-Backend-Pool"] = "gpu-b"
+		do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"x"}`, hdr)
+		if m := <-got; m["_backend"] != "b" {
+			t.Fatalf("request %d went to %v", i, m["_backend"])
+		}
+		s.next(t)
+	}
+
+	// tenant_auth: a signed tenant is accepted without an API key; a bad
+	// signature is refused.
+	mac := hmac.New(sha256.New, []byte("acme-signing-secret"))
+	mac.Write([]byte("acme"))
+	good := map[string]string{"X-Tenant": "acme", "X-Tenant-Signature": hex.EncodeToString(mac.Sum(nil))}
+	resp, body = do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"x"}`, good)
+	if resp.StatusCode != 200 {
+		t.Fatalf("signed tenant: %d %s", resp.StatusCode, body)
+	}
+	<-got
+	if ev := s.next(t); ev.KeyID != "tenant:acme" {
+		t.Fatalf("tenant event key %q", ev.KeyID)
+	}
+	resp, _ = do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"x"}`, map[string]string{"X-Tenant": "acme", "X-Tenant-Signature": "00"})
+	if resp.StatusCode != 401 {
+		t.Fatalf("bad signature: %d", resp.StatusCode)
+	}
+}
+
+func gatewayFromYAML(t *testing.T, yaml string) (*httptest.Server, *sink) {
+	t.Helper()
+	cfgPath := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return newTestGatewayFile(t, cfgPath)
+}
+
+// TestRunawayScriptsFailTheirRequestOnly runs `while true do end` in each
+// hook: the request fails with 500 lua_timeout promptly, and 100 such
+// requests at once leave the gateway healthy with its goroutines back.
+func TestRunawayScriptsFailTheirRequestOnly(t *testing.T) {
+	got := make(chan map[string]any, 1000)
+	a := recordingBackend(t, "a", got)
+	for _, hook := range []string{"on_auth", "on_request", "on_route", "on_response"} {
+		t.Run(hook, func(t *testing.T) {
+			dir := t.TempDir()
+			script := filepath.Join(dir, "loop.lua")
+			src := fmt.Sprintf("function %s(req, resp)\n  if req.headers:get(\"X-Loop\") then\n    while true do end\n  end\n  return nil\nend\n", hook)
+			if err := os.WriteFile(script, []byte(src), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			gw, _ := gatewayFromYAML(t, fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q}]\nlua: {scripts: [%q], timeout: 50ms}\n", a.URL, testKey, script))
+			loop := withKey()
+			loop["X-Loop"] = "1"
+			start := time.Now()
+			resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"x"}`, loop)
+			took := time.Since(start)
+			if resp.StatusCode != 500 || !strings.Contains(string(body), `"code":"lua_timeout"`) {
+				t.Fatalf("runaway %s: %d %s", hook, resp.StatusCode, body)
+			}
+			if took > time.Second {
+				t.Fatalf("runaway %s took %s", hook, took)
+			}
+			burst := func(hdr map[string]string, want int) {
+				var wg sync.WaitGroup
+				var bad sync.Map
+				for i := 0; i < 100; i++ {
+					wg.Add(1)
+					go func(i int) {
+						defer wg.Done()
+						resp, _ := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"x"}`, hdr)
+						if resp.StatusCode != want {
+							bad.Store(i, resp.StatusCode)
+						}
+					}(i)
+				}
+				wg.Wait()
+				bad.Range(func(k, v any) bool { t.Errorf("request %v: status %v, want %d", k, v, want); return true })
+			}
+			// The baseline is taken with the connection pools warm: 100
+			// normal requests at once first.
+			burst(withKey(), 200)
+			http.DefaultClient.CloseIdleConnections()
+			time.Sleep(100 * time.Millisecond)
+			base := goruntime.NumGoroutine()
+			burst(loop, 500)
+			resp, body = do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"x"}`, withKey())
+			if resp.StatusCode != 200 {
+				t.Fatalf("normal request after runaways: %d %s", resp.StatusCode, body)
+			}
+			// No goroutine is left running a script: every call stopped
+			// at its deadline. (Connection pools make a raw goroutine
+			// count noisy, so look for script frames themselves.)
+			deadline := time.Now().Add(5 * time.Second)
+			for luaGoroutines() > 0 && time.Now().Before(deadline) {
+				time.Sleep(20 * time.Millisecond)
+			}
+			if n := luaGoroutines(); n > 0 {
+				t.Fatalf("%d goroutines still run Lua after the burst (baseline total %d, now %d)", n, base, goruntime.NumGoroutine())
+			}
+		})
+	}
+}
+
+// luaGoroutines counts goroutines with a Lua VM frame on their stack.
+func luaGoroutines() int {
+	var b strings.Builder
+	_ = pprof.Lookup("goroutine").WriteTo(&b, 2)
+	n := 0
+	for _, g := range strings.Split(b.String(), "\n\n") {
+		if strings.Contains(g, "gopher-lua") {
+			n++
+		}
+	}
+	return n
+}

@@ -1,0 +1,110 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/auth"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/balancer"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/clientip"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/hooks"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/retry"
+)
+
+// runtime is everything a config reload replaces: keys, backends, routing
+// and scripts. A request reads the current runtime once at its start and
+// keeps it to its end, so a reload never changes a request midway. A
+// runtime is immutable once built.
+type runtime struct {
+	cfg     *config.Config
+	keys    auth.Store
+	authOn  bool
+	ips     *clientip.Resolver
+	pool    *balancer.Pool
+	health  *balancer.HealthChecker
+	retry   *retry.Policy
+	lua     *hooks.Engine // nil without scripts
+	maxBody int64
+	// stop ends the runtime's background work (health checks).
+	stop context.CancelFunc
+}
+
+// buildRuntime makes a runtime from cfg. keys, when non-nil, is kept
+// instead of the config file's key list (a Redis key store).
+func (g *Gateway) buildRuntime(cfg *config.Config, keys auth.Store) (*runtime, error) {
+	rt := &runtime{cfg: cfg, authOn: cfg.AuthEnabled(), maxBody: cfg.Server.MaxBodyBytes, stop: func() {}}
+	if rt.maxBody <= 0 {
+		rt.maxBody = 10 << 20
+	}
+	rt.keys = keys
+	if rt.keys == nil {
+		fs, err := auth.NewFileStore(cfg)
+		if err != nil {
+			return nil, err
+		}
+		rt.keys = fs
+	}
+	var trusted []netip.Prefix
+	for _, s := range cfg.TrustedProxies {
+		p, err := auth.ParsePrefix(s)
+		if err != nil {
+			return nil, fmt.Errorf("trusted_proxies: %w", err)
+		}
+		trusted = append(trusted, p)
+	}
+	rt.ips = clientip.New(trusted)
+	pool, err := balancer.NewPool(balancer.PoolConfig{
+		Backends:    cfg.Backends,
+		Strategy:    cfg.Routing.LoadBalanceStrategy,
+		Fallback:    cfg.Routing.Fallback,
+		HealthCheck: cfg.HealthCheck,
+	})
+	if err != nil {
+		return nil, err
+	}
+	rt.pool = pool
+	rt.retry = retry.NewPolicy(cfg.Routing.Retry)
+	rt.health = balancer.NewHealthChecker(pool, cfg.HealthCheck, nil)
+	if len(cfg.Lua.Scripts) > 0 {
+		eng, err := hooks.Load(cfg.Lua.Scripts, hooks.Options{
+			Timeout: cfg.Lua.Timeout.D(), FailOpen: cfg.Lua.FailOpen, Logger: g.log,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("lua: %w", err)
+		}
+		rt.lua = eng
+	}
+	return rt, nil
+}
+
+// start runs the runtime's first health round and its background checks.
+func (rt *runtime) start(ctx context.Context) {
+	ctx, rt.stop = context.WithCancel(ctx)
+	rt.health.Start(ctx)
+}
+
+// Reload replaces keys (from the file), backends, routing and Lua scripts
+// with cfg's, without dropping a connection: requests in flight finish on
+// the runtime they started with. On error the running runtime stays.
+func (g *Gateway) Reload(ctx context.Context, cfg *config.Config) error {
+	rt, err := g.buildRuntime(cfg, g.keysOverride)
+	if err != nil {
+		return err
+	}
+	rt.start(ctx)
+	if err := g.collector.swap(rt.pool); err != nil {
+		rt.stop()
+		return err
+	}
+	old := g.rt.Swap(rt)
+	if old != nil {
+		old.stop()
+		if old.lua != nil {
+			old.lua.Close()
+		}
+	}
+	g.log.Info("configuration reloaded", "backends", len(cfg.Backends), "keys", len(cfg.APIKeys), "lua_scripts", len(cfg.Lua.Scripts))
+	return nil
+}
