@@ -40,12 +40,9 @@ wait_http() {
 	exit 1
 }
 
-(cd "$ROOT/bench" && go build -o "$OUT/" ./loadgen ./eventload)
+(cd "$ROOT/bench" && go build -o "$OUT/" ./loadgen)
 port; MOCK_PORT=$PORT
 "$BIN/mockllm" --listen "127.0.0.1:$MOCK_PORT" >"$OUT/mockllm.log" 2>&1 &
-PIDS+=($!)
-port; SINK=$PORT
-"$OUT/eventload" sink --listen "127.0.0.1:$SINK" >"$OUT/sink.log" 2>&1 &
 PIDS+=($!)
 port; GW=$PORT; port; ADMIN=$PORT
 KEY=sk-profile-$$
@@ -66,7 +63,6 @@ rate_limit:
   storage: memory
   global: { requests_per_second: 10000000, burst_size: 10000000 }
   per_key: { requests_per_minute: 1000000000, tokens_per_minute: 1000000000000, max_concurrent: 1000000 }
-usage_hook: { url: "http://127.0.0.1:$SINK/usage", timeout: 5s, retry: 2 }
 logging: { level: info }
 EOF
 "$BIN/llmproxy" serve --config "$OUT/all.yaml" >"$OUT/access.log" 2>&1 &

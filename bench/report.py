@@ -190,7 +190,7 @@ def main():
     out.append("| consumer | events | published/s | done in | consumed/s |")
     out.append("|---|---|---|---|---|")
     for name, r in (("meter, Redis ledger, own process (`--target meter`)", mr),
-                    ("meter, local ledger, single binary (notifier delivering the same events)", ml),
+                    ("meter, local ledger, single binary", ml),
                     ("notifier, own process, one local receiver", nt)):
         out.append(f"| {name} | {fmt(get(r, 'events'))} | {fmt(get(r, 'published_per_s'))} | "
                    f"{fmt(get(r, 'done_seconds'), ' s', 2)} | {fmt(get(r, 'per_s'))} |")
@@ -246,6 +246,10 @@ def main():
                  "leaves before the backend's first byte is counted as a backend failure (proxy.go reports the "
                  "failure before it checks the client's context), so closing the idle streams ejected the only "
                  "backend and every later request got 503 no_backend_available")
+    notes.append("\"all features\": file key + auth, rate limits on (memory, or Redis in the Redis setup) with "
+                 "limits high enough that nothing is refused, quota admission, RequestCompleted events to "
+                 "JetStream through the outbox, the meter (local ledger in the single binary, its own process "
+                 "on Redis in the Redis setup), metrics, access log; no webhooks unless BENCH_WEBHOOK=1")
     notes.append("the all-features processes log every request at info (the access log, JSON lines on stderr) "
                  "to a file in the run's work directory")
     notes.append("errors: failed requests or streams in the measured window, not counted in the figures; the bare "
