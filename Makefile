@@ -1,6 +1,6 @@
 # LLMProxy — build, run, test, benchmark.
 GO       ?= go
-MODULES  := pkg services/gateway services/meter services/notifier cmd test/e2e bench
+MODULES  := pkg services/gateway services/meter services/notifier services/recorder cmd test/e2e bench
 REDIS_URL ?= redis://127.0.0.1:6379/15
 export REDIS_URL
 

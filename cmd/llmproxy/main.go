@@ -10,9 +10,11 @@ import (
 const usageText = `llmproxy — a gateway for self-hosted LLM inference
 
 Usage:
-  llmproxy serve --config FILE [--target all|gateway|meter|notifier] [--admin-listen ADDR]
+  llmproxy serve --config FILE [--target all|gateway|meter|notifier|recorder] [--admin-listen ADDR]
   llmproxy config check FILE
   llmproxy usage --config FILE [--key ID] [--period daily|weekly|monthly|never] [--json]
+  llmproxy keys create|list|show|disable|enable|delete --config FILE [ID] [flags]
+  llmproxy logs --config FILE [--key ID] [--request-id ID] [--since 1h|RFC3339] [--status N] [--limit N] [--from auto|stream|postgres] [--json]
   llmproxy webhooks dlq list|replay --config FILE [--id EVENT_ID] [--json]
   llmproxy version
 `
@@ -37,6 +39,10 @@ func run(args []string) int {
 		return cmdUsage(args[1:])
 	case "webhooks":
 		return cmdWebhooks(args[1:])
+	case "keys":
+		return cmdKeys(args[1:])
+	case "logs":
+		return cmdLogs(args[1:])
 	case "version", "--version":
 		fmt.Println("llmproxy", version)
 		return 0

@@ -61,7 +61,9 @@ func openBus(ctx context.Context, cfg *config.Config, allowEmbedded bool, log *s
 		return nil, fmt.Errorf("connect to nats: %w", err)
 	}
 	b.nc = nc
-	js, err := jetstream.New(nc)
+	// A publish ack the server never sends must not stay pending forever:
+	// the gateway's outbox retries it.
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(10*time.Second))
 	if err != nil {
 		b.close()
 		return nil, err

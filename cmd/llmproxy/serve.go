@@ -28,7 +28,7 @@ import (
 func cmdServe(args []string) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	cfgPath := fs.String("config", "", "config file (YAML)")
-	target := fs.String("target", "all", "role to run: all, gateway, meter or notifier")
+	target := fs.String("target", "all", "role to run: all, gateway, meter, notifier or recorder")
 	adminListen := fs.String("admin-listen", "", "address of the admin/metrics listener (overrides admin.listen)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -38,9 +38,9 @@ func cmdServe(args []string) int {
 		return 2
 	}
 	switch *target {
-	case "all", "gateway", "meter", "notifier":
+	case "all", "gateway", "meter", "notifier", "recorder":
 	default:
-		fmt.Fprintf(os.Stderr, "llmproxy serve: unknown target %q (want all, gateway, meter or notifier)\n", *target)
+		fmt.Fprintf(os.Stderr, "llmproxy serve: unknown target %q (want all, gateway, meter, notifier or recorder)\n", *target)
 		return 2
 	}
 	cfg, err := config.Load(*cfgPath)
@@ -54,7 +54,7 @@ func cmdServe(args []string) int {
 	log := newLogger(cfg.Logging.Level)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := serve(ctx, cfg, *target, log); err != nil {
+	if err := serve(ctx, cfg, *cfgPath, *target, log); err != nil {
 		log.Error("llmproxy stopped", "target", *target, "err", err)
 		return 1
 	}
@@ -79,11 +79,12 @@ func newLogger(level string) *slog.Logger {
 // serve runs target until ctx is done, then shuts down in order: stop
 // accepting, let in-flight requests finish (up to server.drain_timeout),
 // flush events, stop the workers, close the stores.
-func serve(ctx context.Context, cfg *config.Config, target string, log *slog.Logger) error {
+func serve(ctx context.Context, cfg *config.Config, cfgPath, target string, log *slog.Logger) error {
 	log = log.With("target", target)
 	runGateway := target == "all" || target == "gateway"
 	runMeter := target == "all" || target == "meter"
 	runNotifier := target == "all" || target == "notifier"
+	runRec := target == "recorder" || (target == "all" && cfg.Logging.Postgres.URL != "")
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -142,13 +143,23 @@ func serve(ctx context.Context, cfg *config.Config, target string, log *slog.Log
 		startWorker("notifier", n.Run)
 	}
 
+	if runRec {
+		startWorker("recorder", func(ctx context.Context) error { return runRecorder(ctx, cfg, b, log, reg) })
+	}
+
 	var gw *gateway.Gateway
 	var srv *http.Server
 	if runGateway {
-		gw, err = gateway.New(gateway.Options{
+		admitter, settle := chooseAdmitter(cfg, lh)
+		gopts := gateway.Options{
 			Config: cfg, JetStream: b.js, OutboxDir: cfg.DataPath("outbox"),
+			Admitter: admitter, SettleLocally: settle,
 			Registerer: reg, Gatherer: reg, Logger: log, Ready: readyFn,
-		})
+		}
+		if lh != nil && lh.rdb != nil {
+			gopts.Redis, gopts.RedisPrefix = lh.rdb, redisPrefix(cfg)
+		}
+		gw, err = gateway.New(gopts)
 		if err != nil {
 			return err
 		}
@@ -181,11 +192,21 @@ func serve(ctx context.Context, cfg *config.Config, target string, log *slog.Log
 		}
 	}
 
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down")
-	case err = <-errc:
-		log.Error("shutting down after a failure", "err", err)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("shutting down")
+			break wait
+		case err = <-errc:
+			log.Error("shutting down after a failure", "err", err)
+			break wait
+		case <-hup:
+			reload(workers, cfgPath, gw, log)
+		}
 	}
 	drain := cfg.Server.DrainTimeout.D()
 	if drain <= 0 {
@@ -230,6 +251,11 @@ func startAdmin(cfg *config.Config, reg *prometheus.Registry, lh *ledgerHandle, 
 	mux.Handle("/admin/", gateway.AdminHandler(gateway.AdminOptions{
 		Token: cfg.Admin.Token, Ledger: store, PeriodOf: periodOf(cfg),
 	}))
+	if lh != nil && lh.rdb != nil {
+		keysAPI := gateway.AdminKeysHandler(lh.rdb, redisPrefix(cfg), cfg.Admin.Token)
+		mux.Handle("/admin/keys", keysAPI)
+		mux.Handle("/admin/keys/", keysAPI)
+	}
 	ln, err := net.Listen("tcp", cfg.Admin.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("admin listen %s: %w", cfg.Admin.Listen, err)
@@ -268,4 +294,21 @@ func endpointsOf(cfg *config.Config) []notifier.Endpoint {
 		})
 	}
 	return out
+}
+
+// reload re-reads the config file on SIGHUP and swaps the gateway's keys,
+// backends, routing and Lua scripts; a bad file keeps the running config.
+func reload(ctx context.Context, path string, gw *gateway.Gateway, log *slog.Logger) {
+	if gw == nil {
+		log.Info("SIGHUP ignored: this target has nothing to reload")
+		return
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		log.Error("reload refused; the running configuration stays", "err", err)
+		return
+	}
+	if err := gw.Reload(ctx, cfg); err != nil {
+		log.Error("reload failed; the running configuration stays", "err", err)
+	}
 }

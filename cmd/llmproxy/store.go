@@ -38,6 +38,10 @@ func redisPrefix(cfg *config.Config) string {
 // ledgerHandle is an open ledger and what it needs to report and close.
 type ledgerHandle struct {
 	store ledger.DetailedStore
+	// local is the local store (target all without Redis); rdb the Redis
+	// client otherwise.
+	local *ledger.LocalStore
+	rdb   redis.UniversalClient
 	ready func(ctx context.Context) error
 	close func() error
 }
@@ -58,6 +62,7 @@ func openLedger(ctx context.Context, cfg *config.Config, allowLocal bool) (*ledg
 		}
 		return &ledgerHandle{
 			store: ledger.NewRedis(rdb, redisPrefix(cfg)),
+			rdb:   rdb,
 			ready: func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
 			close: rdb.Close,
 		}, nil
@@ -72,5 +77,21 @@ func openLedger(ctx context.Context, cfg *config.Config, allowLocal bool) (*ledg
 	if err != nil {
 		return nil, err
 	}
-	return &ledgerHandle{store: s, ready: func(context.Context) error { return nil }, close: s.Close}, nil
+	return &ledgerHandle{store: s, local: s, ready: func(context.Context) error { return nil }, close: s.Close}, nil
+}
+
+// chooseAdmitter picks the admission store: the single binary's local
+// ledger, Redis (rate_limit.storage: redis), or this process's memory
+// (rate_limit.storage: memory), whose reservations the gateway settles
+// itself.
+func chooseAdmitter(cfg *config.Config, lh *ledgerHandle) (a ledger.Admitter, settleLocally bool) {
+	switch {
+	case lh == nil:
+		return ledger.NewMemoryAdmitter(nil, nil), true
+	case lh.local != nil:
+		return ledger.NewLocalAdmitter(lh.local, nil), false
+	case cfg.RateLimit.Storage == "redis":
+		return ledger.NewRedisAdmitter(lh.rdb, redisPrefix(cfg)), false
+	}
+	return ledger.NewMemoryAdmitter(lh.store, nil), true
 }

@@ -223,6 +223,10 @@ type RateLimit struct {
 	Storage string       `yaml:"storage"`
 	Global  GlobalLimit  `yaml:"global"`
 	PerKey  PerKeyLimits `yaml:"per_key"`
+	// LeaseTTL bounds how long a request holds its max_concurrent slot when
+	// its gateway dies without releasing it (default 2m). Long streams renew
+	// their lease every LeaseTTL/2.
+	LeaseTTL Duration `yaml:"lease_ttl"`
 }
 
 // GlobalLimit bounds the whole gateway fleet.

@@ -131,6 +131,7 @@ func (c *Config) applyDefaults() {
 		rl.Global.BurstSize = int(math.Ceil(rl.Global.RequestsPerSecond))
 	}
 	setBool(&rl.PerKey.Enabled, rl.PerKey.anySet())
+	setDur(&rl.LeaseTTL, 2*time.Minute)
 
 	setDur(&c.Lua.Timeout, 50*time.Millisecond)
 	setStr(&c.Logging.Level, DefaultLogLevel)

@@ -69,6 +69,9 @@ type RequestCompleted struct {
 	// QuotaPeriod is the key's quota_reset_period at the time of the request
 	// (daily, weekly, monthly or never).
 	QuotaPeriod string `json:"quota_period,omitempty"`
+	// ClientRequestID is the X-Request-Id the client sent, if any. The
+	// gateway never uses it as RequestID: a client could reuse it.
+	ClientRequestID string `json:"client_request_id,omitempty"`
 
 	Tags     map[string]string `json:"tags,omitempty"`
 	Response *CapturedResponse `json:"response,omitempty"`

@@ -15,11 +15,13 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/pkg/events"
+	"github.com/llmproxy/llmproxy/pkg/ledger"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/apierr"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/auth"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/publish"
@@ -40,7 +42,17 @@ type Options struct {
 	OutboxDir string
 	Events    EventSink
 	// Keys overrides the key store built from the config (e.g. Redis).
-	Keys       auth.Store
+	Keys auth.Store
+	// Admitter decides rate limits, concurrency and quotas; nil admits
+	// everything.
+	Admitter ledger.Admitter
+	// SettleLocally makes the gateway settle each request's reservation
+	// with the Admitter itself (rate_limit.storage: memory, whose admitter
+	// the meter cannot reach).
+	SettleLocally bool
+	// Redis is the shared Redis, for auth.storage: redis.
+	Redis       redis.UniversalClient
+	RedisPrefix string
 	Registerer prometheus.Registerer
 	Gatherer   prometheus.Gatherer
 	Logger     *slog.Logger
@@ -55,6 +67,10 @@ type Options struct {
 type Gateway struct {
 	rt           atomic.Pointer[runtime]
 	keysOverride auth.Store
+	admitter     ledger.Admitter
+	settler      settler
+	redis        redis.UniversalClient
+	redisPrefix  string
 	collector    *poolCollector
 	events       EventSink
 	metrics      *metrics
@@ -78,6 +94,9 @@ func New(opts Options) (*Gateway, error) {
 	g := &Gateway{
 		events:       opts.Events,
 		keysOverride: opts.Keys,
+		admitter:     opts.Admitter,
+		redis:        opts.Redis,
+		redisPrefix:  opts.RedisPrefix,
 		collector:    &poolCollector{},
 		log:          opts.Logger,
 		ready:        opts.Ready,
@@ -90,6 +109,13 @@ func New(opts Options) (*Gateway, error) {
 	}
 	if g.now == nil {
 		g.now = time.Now
+	}
+	if opts.SettleLocally {
+		st, ok := opts.Admitter.(settler)
+		if !ok {
+			return nil, errors.New("gateway: SettleLocally needs an admitter that settles (ledger.MemoryAdmitter)")
+		}
+		g.settler = st
 	}
 	rt, err := g.buildRuntime(cfg, opts.Keys)
 	if err != nil {
@@ -222,6 +248,11 @@ func (g *Gateway) readyz(c echo.Context) error {
 		status = http.StatusServiceUnavailable
 	}
 	return c.JSON(status, resp)
+}
+
+// settler settles a request's reservation with its real token count.
+type settler interface {
+	Settle(keyID, requestID string, tokens int64, at time.Time) bool
 }
 
 type discardEvents struct{}

@@ -25,17 +25,21 @@ type exchange struct {
 	rt        *runtime
 	start     time.Time
 	requestID string
-	clientIP  netip.Addr
-	key       *auth.Key
-	masked    string
-	path      string
-	body      []byte
-	info      usage.RequestInfo
+	// clientRequestID is the client's own X-Request-Id, if it sent one.
+	clientRequestID string
+	clientIP        netip.Addr
+	key             *auth.Key
+	masked          string
+	path            string
+	body            []byte
+	info            usage.RequestInfo
 	// hideUsage is set when the gateway asked the backend for a usage
 	// chunk the client did not ask for; the chunk is then not relayed.
 	hideUsage bool
 	// route is the backend an on_route script chose ("" = none).
-	route     string
+	route string
+	// adm is what admission granted (nil when nothing was admitted).
+	adm       *admission
 	upstream  *balancer.Upstream
 	status    int
 	ttft      time.Duration
@@ -45,6 +49,15 @@ type exchange struct {
 	delivered bool
 }
 
+// traceID is the id the client and the backend see: the client's own, else
+// the gateway's.
+func (x *exchange) traceID() string {
+	if x.clientRequestID != "" {
+		return x.clientRequestID
+	}
+	return x.requestID
+}
+
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // serveProxy is the request path of DESIGN §4.
@@ -52,18 +65,25 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) {
 	g.inflight.Add(1)
 	defer g.inflight.Add(-1)
 	x := &exchange{rt: g.rt.Load(), start: g.now(), path: r.URL.Path}
-	x.requestID = r.Header.Get("X-Request-Id")
-	if !validRequestID(x.requestID) {
-		x.requestID = g.reqIDs.next()
+	// The request id names the request in the ledger, so it is always the
+	// gateway's own: a client reusing an id must not share a lease, a
+	// reservation or a dedupe entry. The client's X-Request-Id is kept for
+	// tracing: echoed back, sent to the backend and recorded in the event.
+	x.requestID = g.reqIDs.next()
+	if id := r.Header.Get("X-Request-Id"); validRequestID(id) {
+		x.clientRequestID = id
 	}
-	w.Header().Set("X-Request-Id", x.requestID)
+	w.Header().Set("X-Request-Id", x.traceID())
+	w.Header().Set("X-LLMProxy-Request-Id", x.requestID)
 	x.clientIP = x.rt.ips.ClientIP(r)
 
 	if e := g.prepare(r, x); e != nil {
+		g.release(x)
 		g.fail(w, x, e)
 		return
 	}
 	g.forward(w, r, x)
+	g.release(x)
 	g.finish(r.Context(), x)
 }
 
@@ -111,6 +131,9 @@ func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
 		if e := x.key.Check(g.now(), x.clientIP, x.info.Model); e != nil {
 			return g.reject(e.Code, e)
 		}
+	}
+	if e := g.admit(r.Context(), x); e != nil {
+		return e
 	}
 	if lua != nil && lua.Has(hooks.HookRoute) {
 		name, err := lua.OnRoute(r.Context(), g.hookRequest(r, x))
@@ -372,7 +395,7 @@ func (g *Gateway) roundTrip(ctx context.Context, r *http.Request, x *exchange, u
 		out.ContentLength = int64(len(x.body))
 	}
 	copyRequestHeader(out.Header, r.Header)
-	out.Header.Set("X-Request-Id", x.requestID)
+	out.Header.Set("X-Request-Id", x.traceID())
 	for k, v := range up.Headers {
 		out.Header.Set(k, v)
 	}
@@ -580,6 +603,11 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 		FinishReason: res.FinishReason,
 		ClientIP:     x.clientIP.String(),
 		Error:        x.errMsg,
+
+		ClientRequestID: x.clientRequestID,
+	}
+	if x.adm != nil {
+		ev.Reservation = x.adm.reserved
 	}
 	if res.Model != "" && ev.Model == "" {
 		ev.Model = res.Model
@@ -589,6 +617,9 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 	}
 	if x.key != nil {
 		ev.KeyID, ev.KeyName, ev.UserID, ev.QuotaPeriod = x.key.ID, x.key.Name, x.key.UserID, x.key.Period
+	}
+	if g.settler != nil && x.adm != nil {
+		g.settler.Settle(x.adm.keyID, x.requestID, ev.Usage.TotalTokens, x.start)
 	}
 	if lua := x.rt.lua; lua != nil && lua.Has(hooks.HookComplete) {
 		if err := lua.OnComplete(context.WithoutCancel(ctx), ev); err != nil {

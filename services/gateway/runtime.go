@@ -39,6 +39,12 @@ func (g *Gateway) buildRuntime(cfg *config.Config, keys auth.Store) (*runtime, e
 		rt.maxBody = 10 << 20
 	}
 	rt.keys = keys
+	if rt.keys == nil && cfg.Auth.Storage == "redis" {
+		if g.redis == nil {
+			return nil, fmt.Errorf("auth.storage is redis but no Redis client was given")
+		}
+		rt.keys = auth.NewRedisStore(g.redis, g.redisPrefix, cfg, 0)
+	}
 	if rt.keys == nil {
 		fs, err := auth.NewFileStore(cfg)
 		if err != nil {

@@ -296,7 +296,13 @@ func (w *webhookReceiver) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	if w.payloads == nil {
 		w.payloads = map[string]map[string]any{}
 	}
-	w.payloads[r.Header.Get("X-LLMProxy-Event-Id")] = m
+	// Tests name their requests with X-Request-Id, which the event keeps
+	// as client_request_id (its request_id is always the gateway's own).
+	id, _ := m["client_request_id"].(string)
+	if id == "" {
+		id = r.Header.Get("X-LLMProxy-Event-Id")
+	}
+	w.payloads[id] = m
 	w.posts++
 	w.mu.Unlock()
 	rw.WriteHeader(204)

@@ -1,0 +1,176 @@
+package gateway
+
+import (
+	"context"
+	"math"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/events"
+	"github.com/llmproxy/llmproxy/pkg/ledger"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/apierr"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/usage"
+)
+
+// defaultMaxTokensCap is reserved for a request that sets no max_tokens
+// when auth.defaults.max_tokens_cap is unset.
+const defaultMaxTokensCap = 4096
+
+// admission is what an admitted request holds: a concurrency lease to
+// release and tokens reserved until the meter settles them.
+type admission struct {
+	keyID    string
+	lease    bool
+	reserved int64
+	renew    *time.Timer
+}
+
+// admit asks the ledger, in one round trip, whether x may start. It returns
+// nil when admitted (or when no limit applies).
+func (g *Gateway) admit(ctx context.Context, x *exchange) *apierr.Error {
+	if g.admitter == nil {
+		return nil
+	}
+	cfg := x.rt.cfg
+	if !cfg.RateLimitEnabled() && (x.key == nil || x.key.Quota <= 0) {
+		return nil
+	}
+	req := ledger.AdmitRequest{KeyID: events.AnonymousKeyID, LeaseID: x.requestID, LeaseTTL: cfg.RateLimit.LeaseTTL.D()}
+	if cfg.RateLimitEnabled() && cfg.RateLimit.Global.IsEnabled() {
+		req.Global = ledger.GlobalLimit{RPS: cfg.RateLimit.Global.RequestsPerSecond, Burst: cfg.RateLimit.Global.BurstSize}
+	}
+	if k := x.key; k != nil {
+		req.KeyID = k.ID
+		if cfg.RateLimitEnabled() && k.Limits.IsEnabled() {
+			req.Limits = ledger.KeyLimits{
+				RPS: k.Limits.RequestsPerSecond, RPM: k.Limits.RequestsPerMinute,
+				TPM: k.Limits.TokensPerMinute, MaxConcurrent: k.Limits.MaxConcurrent,
+			}
+		}
+		req.Quota = k.Quota
+		if p, err := ledger.ParsePeriod(k.Period); err == nil {
+			req.Period = p
+		}
+	}
+	if req.Global.RPS <= 0 && req.Limits == (ledger.KeyLimits{}) && req.Quota <= 0 {
+		return nil
+	}
+	if req.Limits.TPM > 0 || req.Quota > 0 {
+		req.Reserve = reservation(x.info, cfg.Auth.Defaults.MaxTokensCap)
+	}
+	d, err := g.admitter.Admit(ctx, req)
+	if err != nil {
+		g.log.Error("admission failed", "request_id", x.requestID, "key_id", req.KeyID, "err", err)
+		return g.reject("ledger_unavailable", apierr.Unavailable("rate_limiter_unavailable", "the rate limiter is unavailable; try again shortly"))
+	}
+	if !d.Allowed {
+		e := rejection(d)
+		e.Header = rateLimitHeaders(d)
+		return g.reject(d.Reason, e)
+	}
+	x.adm = &admission{keyID: req.KeyID, lease: req.Limits.MaxConcurrent > 0, reserved: req.Reserve}
+	if x.adm.lease {
+		g.keepLease(x, req.LeaseTTL)
+	}
+	return nil
+}
+
+// reservation is the tokens a request may use: its prompt estimate plus its
+// completion limit (or the configured cap).
+func reservation(info usage.RequestInfo, capTokens int64) int64 {
+	limit := info.MaxTokens
+	if limit <= 0 {
+		limit = capTokens
+	}
+	if limit <= 0 {
+		limit = defaultMaxTokensCap
+	}
+	return usage.EstimatePrompt(info) + limit
+}
+
+// keepLease renews x's lease every ttl/2 while the request runs, so a long
+// stream keeps its slot and a dead gateway's slot frees within ttl.
+func (g *Gateway) keepLease(x *exchange, ttl time.Duration) {
+	renewer, ok := g.admitter.(ledger.LeaseRenewer)
+	if !ok {
+		return
+	}
+	if ttl <= 0 {
+		ttl = ledger.DefaultLeaseTTL
+	}
+	a := x.adm
+	var renew func()
+	renew = func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if held, err := renewer.Renew(ctx, a.keyID, x.requestID, ttl); err != nil || !held {
+			g.log.Warn("lease not renewed", "request_id", x.requestID, "held", held, "err", err)
+		}
+		a.renew.Reset(ttl / 2)
+	}
+	a.renew = time.AfterFunc(ttl/2, renew)
+}
+
+// release frees x's concurrency lease; tokens stay reserved until the meter
+// applies x's event.
+func (g *Gateway) release(x *exchange) {
+	a := x.adm
+	if a == nil || !a.lease {
+		return
+	}
+	if a.renew != nil {
+		a.renew.Stop()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := g.admitter.Release(ctx, a.keyID, x.requestID); err != nil {
+		g.log.Warn("lease not released; it expires on its own", "request_id", x.requestID, "err", err)
+	}
+}
+
+func rejection(d ledger.Decision) *apierr.Error {
+	retry := int(math.Ceil(d.RetryAfter.Seconds()))
+	switch d.Reason {
+	case ledger.ReasonQuota:
+		msg := "this API key's token quota is used up"
+		if retry > 0 {
+			msg += "; it resets in " + (time.Duration(retry) * time.Second).String()
+		}
+		return apierr.QuotaExceeded(msg, retry)
+	case ledger.ReasonGlobalRPS:
+		return apierr.RateLimited("rate_limit_exceeded", "the gateway is at its request rate limit; retry after "+strconv.Itoa(retry)+"s", retry)
+	case ledger.ReasonConcurrency:
+		return apierr.RateLimited("rate_limit_exceeded", "this API key has too many requests in flight; retry when one finishes", retry)
+	case ledger.ReasonTPM:
+		return apierr.RateLimited("rate_limit_exceeded", "this API key is over its tokens per minute; retry after "+strconv.Itoa(retry)+"s", retry)
+	}
+	return apierr.RateLimited("rate_limit_exceeded", "this API key is over its request rate ("+d.Reason+"); retry after "+strconv.Itoa(retry)+"s", retry)
+}
+
+// rateLimitHeaders are OpenAI's x-ratelimit-* headers for d.
+func rateLimitHeaders(d ledger.Decision) http.Header {
+	h := http.Header{}
+	if d.LimitRequests > 0 {
+		h.Set("X-Ratelimit-Limit-Requests", strconv.FormatInt(d.LimitRequests, 10))
+		h.Set("X-Ratelimit-Remaining-Requests", strconv.FormatInt(max(d.RemainingRequests, 0), 10))
+		h.Set("X-Ratelimit-Reset-Requests", resetString(d.ResetRequests))
+	}
+	if d.LimitTokens > 0 {
+		h.Set("X-Ratelimit-Limit-Tokens", strconv.FormatInt(d.LimitTokens, 10))
+		h.Set("X-Ratelimit-Remaining-Tokens", strconv.FormatInt(max(d.RemainingTokens, 0), 10))
+		h.Set("X-Ratelimit-Reset-Tokens", resetString(d.ResetTokens))
+	}
+	return h
+}
+
+// resetString writes a duration as OpenAI does ("1s", "6m0s", "20ms").
+func resetString(d time.Duration) string {
+	if d <= 0 {
+		return "0s"
+	}
+	if d < time.Second {
+		return strconv.FormatInt(d.Milliseconds(), 10) + "ms"
+	}
+	return d.Round(time.Second).String()
+}
