@@ -15,9 +15,9 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/redis/go-redis/v9"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/pkg/events"
@@ -53,9 +53,9 @@ type Options struct {
 	// Redis is the shared Redis, for auth.storage: redis.
 	Redis       redis.UniversalClient
 	RedisPrefix string
-	Registerer prometheus.Registerer
-	Gatherer   prometheus.Gatherer
-	Logger     *slog.Logger
+	Registerer  prometheus.Registerer
+	Gatherer    prometheus.Gatherer
+	Logger      *slog.Logger
 	// Ready reports whether the gateway's dependencies (NATS, Redis) are
 	// reachable; nil means always.
 	Ready func(ctx context.Context) error
