@@ -56,8 +56,8 @@ func (g *Gateway) admit(ctx context.Context, x *exchange) *apierr.Error {
 	if req.Global.RPS <= 0 && req.Limits == (ledger.KeyLimits{}) && req.Quota <= 0 {
 		return nil
 	}
-	if req.Limits.TPM > 0 || req.Quota > 0 {
-		req.Reserve = reservation(x.info, cfg.Auth.Defaults.MaxTokensCap)
+	if (req.Limits.TPM > 0 || req.Quota > 0) && x.body != nil {
+		req.Reserve = reservation(x.path, x.info, cfg.Auth.Defaults.MaxTokensCap)
 	}
 	d, err := g.admitter.Admit(ctx, req)
 	if err != nil {
@@ -78,7 +78,10 @@ func (g *Gateway) admit(ctx context.Context, x *exchange) *apierr.Error {
 
 // reservation is the tokens a request may use: its prompt estimate plus its
 // completion limit (or the configured cap).
-func reservation(info usage.RequestInfo, capTokens int64) int64 {
+func reservation(path string, info usage.RequestInfo, capTokens int64) int64 {
+	if path == "/v1/embeddings" || path == "/api/embed" {
+		return usage.EstimatePrompt(info)
+	}
 	limit := info.MaxTokens
 	if limit <= 0 {
 		limit = capTokens

@@ -198,6 +198,7 @@ func (g *Gateway) routes() *echo.Echo {
 	for _, p := range proxiedGET {
 		e.GET(p, proxy)
 	}
+	e.GET("/v1/models", echo.WrapHandler(http.HandlerFunc(g.serveModels)))
 	e.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
 	e.GET("/readyz", g.readyz)
 	if g.gatherer != nil {
@@ -212,7 +213,7 @@ var (
 		"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages",
 		"/api/chat", "/api/generate", "/api/embed", "/generate", "/generate_stream",
 	}
-	proxiedGET = []string{"/v1/models", "/api/tags"}
+	proxiedGET = []string{"/api/tags"}
 )
 
 func (g *Gateway) readyz(c echo.Context) error {

@@ -299,8 +299,13 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 		}
 		tried = append(tried, up)
 		x.upstream = up
-		resp, err := g.roundTrip(ctx, r, x, up)
+		tctx, cancel := ctx, context.CancelFunc(func() {})
+		if d := rt.timeouts[up]; d > 0 {
+			tctx, cancel = context.WithTimeout(ctx, d)
+		}
+		resp, err := g.roundTrip(tctx, r, x, up)
 		if err != nil {
+			cancel()
 			up.ReportFailure(g.now())
 			lastErr = classify(err)
 			if ctx.Err() != nil {
@@ -324,6 +329,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 		}
 		if rt.retry.ShouldRetry(attempt, resp.StatusCode, nil) {
 			drain(resp.Body)
+			cancel()
 			up.Release()
 			lastErr = apierr.BadGateway("backend " + up.Name + " answered " + strconv.Itoa(resp.StatusCode))
 			if !g.sleep(ctx, rt.retry.Backoff(attempt)) {
@@ -339,6 +345,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 		} else {
 			g.relay(ctx, w, x, resp)
 		}
+		cancel()
 		up.Release()
 		return
 	}
@@ -428,7 +435,12 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 	defer bufPool.Put(bp)
 	buf := *bp
 	rc := http.NewResponseController(w)
-	compressed := resp.Header.Get("Content-Encoding") != ""
+	encoding := resp.Header.Get("Content-Encoding")
+	compressed := encoding != "" && !strings.EqualFold(encoding, "identity")
+	var tee *decodeTee
+	if compressed {
+		tee = newDecodeTee(encoding, streaming, format, ex)
+	}
 
 	if streaming && !compressed {
 		sp := usage.NewSplitter(format)
@@ -493,7 +505,9 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 				if x.ttft == 0 {
 					x.ttft = time.Since(x.start)
 				}
-				if !compressed && capture.Len()+n <= maxCapture {
+				if tee != nil {
+					tee.Write(buf[:n])
+				} else if !compressed && capture.Len()+n <= maxCapture {
 					capture.Write(buf[:n])
 				}
 				if _, werr := w.Write(buf[:n]); werr != nil {
@@ -514,7 +528,9 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 				break
 			}
 		}
-		if capture.Len() > 0 {
+		if tee != nil {
+			tee.Close()
+		} else if capture.Len() > 0 {
 			ex.Body(capture.Bytes())
 		}
 	}

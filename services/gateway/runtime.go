@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/auth"
@@ -18,15 +19,17 @@ import (
 // keeps it to its end, so a reload never changes a request midway. A
 // runtime is immutable once built.
 type runtime struct {
-	cfg     *config.Config
-	keys    auth.Store
-	authOn  bool
-	ips     *clientip.Resolver
-	pool    *balancer.Pool
-	health  *balancer.HealthChecker
-	retry   *retry.Policy
-	lua     *hooks.Engine // nil without scripts
-	maxBody int64
+	cfg    *config.Config
+	keys   auth.Store
+	authOn bool
+	ips    *clientip.Resolver
+	pool   *balancer.Pool
+	health *balancer.HealthChecker
+	retry  *retry.Policy
+	lua    *hooks.Engine // nil without scripts
+	// timeouts are the backends' total time limits per try (none: absent).
+	timeouts map[*balancer.Upstream]time.Duration
+	maxBody  int64
 	// stop ends the runtime's background work (health checks).
 	stop context.CancelFunc
 }
@@ -71,6 +74,21 @@ func (g *Gateway) buildRuntime(cfg *config.Config, keys auth.Store) (*runtime, e
 		return nil, err
 	}
 	rt.pool = pool
+	for _, b := range cfg.Backends {
+		if b.Timeout.D() <= 0 {
+			continue
+		}
+		ref := b.Name
+		if ref == "" {
+			ref = b.URL
+		}
+		if u := pool.ByName(ref); u != nil {
+			if rt.timeouts == nil {
+				rt.timeouts = map[*balancer.Upstream]time.Duration{}
+			}
+			rt.timeouts[u] = b.Timeout.D()
+		}
+	}
 	rt.retry = retry.NewPolicy(cfg.Routing.Retry)
 	rt.health = balancer.NewHealthChecker(pool, cfg.HealthCheck, nil)
 	if len(cfg.Lua.Scripts) > 0 {

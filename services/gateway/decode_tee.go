@@ -1,0 +1,94 @@
+package gateway
+
+import (
+	"compress/flate"
+	"compress/gzip"
+	"compress/zlib"
+	"io"
+	"strings"
+
+	"github.com/llmproxy/llmproxy/services/gateway/internal/usage"
+)
+
+// decodeTee meters a compressed response without touching what the client
+// gets: the compressed bytes go to the client as they are, and a copy is
+// decompressed on the side and fed to the usage extractor. The side reader
+// always drains its pipe, so it never holds the relay back.
+type decodeTee struct {
+	pw   *io.PipeWriter
+	done chan struct{}
+}
+
+// newDecodeTee starts metering a body in encoding enc ("gzip", "deflate");
+// it returns nil for encodings it cannot read.
+func newDecodeTee(enc string, streaming bool, format usage.Format, ex *usage.Extractor) *decodeTee {
+	enc = strings.ToLower(strings.TrimSpace(enc))
+	if enc != "gzip" && enc != "x-gzip" && enc != "deflate" {
+		return nil
+	}
+	pr, pw := io.Pipe()
+	t := &decodeTee{pw: pw, done: make(chan struct{})}
+	go func() {
+		defer close(t.done)
+		defer func() { _, _ = io.Copy(io.Discard, pr) }()
+		r, err := decompressor(enc, pr)
+		if err != nil {
+			return
+		}
+		if !streaming {
+			body, _ := io.ReadAll(io.LimitReader(r, 8<<20))
+			ex.Body(body)
+			return
+		}
+		sp := usage.NewSplitter(format)
+		emit := func(ev []byte) error { ex.Event(ev); return nil }
+		buf := make([]byte, 16<<10)
+		for {
+			n, err := r.Read(buf)
+			if n > 0 {
+				_ = sp.Feed(buf[:n], emit)
+			}
+			if err != nil {
+				_ = sp.Flush(emit)
+				return
+			}
+		}
+	}()
+	return t
+}
+
+func decompressor(enc string, r io.Reader) (io.Reader, error) {
+	if enc == "deflate" {
+		// HTTP's "deflate" is zlib-wrapped; some servers send raw deflate.
+		br := &peekReader{r: r}
+		if zr, err := zlib.NewReader(br); err == nil {
+			return zr, nil
+		}
+		return flate.NewReader(io.MultiReader(strings.NewReader(string(br.seen)), r)), nil
+	}
+	return gzip.NewReader(r)
+}
+
+// peekReader remembers what was read through it, so a failed zlib header
+// can be handed to the raw deflate reader.
+type peekReader struct {
+	r    io.Reader
+	seen []byte
+}
+
+func (p *peekReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	if len(p.seen) < 64 {
+		p.seen = append(p.seen, b[:n]...)
+	}
+	return n, err
+}
+
+// Write copies p to the side reader.
+func (t *decodeTee) Write(p []byte) { _, _ = t.pw.Write(p) }
+
+// Close ends the body and waits for the metering to finish.
+func (t *decodeTee) Close() {
+	_ = t.pw.Close()
+	<-t.done
+}

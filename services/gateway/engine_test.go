@@ -1,0 +1,129 @@
+package gateway
+
+import (
+	"bytes"
+	"compress/gzip"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+func gzipBytes(t *testing.T, s string) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	zw := gzip.NewWriter(&b)
+	_, _ = zw.Write([]byte(s))
+	_ = zw.Close()
+	return b.Bytes()
+}
+
+// TestCompressedRepliesPassThroughAndAreMetered: gzip bodies reach the
+// client as the backend sent them, and their usage is still read.
+func TestCompressedRepliesPassThroughAndAreMetered(t *testing.T) {
+	jsonBody := gzipBytes(t, `{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":11,"completion_tokens":22,"total_tokens":33}}`)
+	sseBody := gzipBytes(t, "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":5,\"total_tokens\":9}}\n\ndata: [DONE]\n\n")
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Header().Set("Content-Encoding", "gzip")
+		if bytes.Contains(b, []byte(`"stream":true`)) {
+			w.Header().Set("Content-Type", "text/event-stream")
+			_, _ = w.Write(sseBody)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(jsonBody)
+	}))
+	defer backend.Close()
+	gw, s := newTestGateway(t, backend.URL, "")
+	tr := &http.Transport{DisableCompression: true}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr}
+	for _, c := range []struct {
+		body       string
+		want       []byte
+		prompt, co int64
+	}{
+		{`{"model":"m1"}`, jsonBody, 11, 22},
+		{`{"model":"m1","stream":true,"stream_options":{"include_usage":true}}`, sseBody, 4, 5},
+	} {
+		req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(c.body))
+		req.Header.Set("Authorization", "Bearer "+testKey)
+		req.Header.Set("Accept-Encoding", "gzip")
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.Header.Get("Content-Encoding") != "gzip" || !bytes.Equal(got, c.want) {
+			t.Fatalf("compressed body changed: encoding %q, %d bytes vs %d", resp.Header.Get("Content-Encoding"), len(got), len(c.want))
+		}
+		ev := s.next(t)
+		if ev.Usage.PromptTokens != c.prompt || ev.Usage.CompletionTokens != c.co || ev.UsageSource != "backend" {
+			t.Fatalf("usage %+v source %s", ev.Usage, ev.UsageSource)
+		}
+	}
+}
+
+func TestModelsIsTheUnionOfBackends(t *testing.T) {
+	mk := func(ids ...string) *httptest.Server {
+		return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			var data []map[string]any
+			for _, id := range ids {
+				data = append(data, map[string]any{"id": id, "object": "model", "owned_by": "x"})
+			}
+			_ = json.NewEncoder(w).Encode(map[string]any{"object": "list", "data": data})
+		}))
+	}
+	a, b := mk("alpha", "shared"), mk("beta", "shared")
+	defer a.Close()
+	defer b.Close()
+	yaml := fmt.Sprintf("backends: [{url: %q}, {url: %q}]\napi_keys: [{key: %q}]\n", a.URL, b.URL, testKey)
+	gw, _ := gatewayFromYAML(t, yaml)
+	resp, body := do(t, "GET", gw.URL+"/v1/models", "", withKey())
+	var out struct {
+		Object string `json:"object"`
+		Data   []struct{ ID string }
+	}
+	if err := json.Unmarshal(body, &out); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	var ids []string
+	for _, d := range out.Data {
+		ids = append(ids, d.ID)
+	}
+	if out.Object != "list" || strings.Join(ids, ",") != "alpha,beta,shared" {
+		t.Fatalf("models %v", ids)
+	}
+}
+
+func TestBackendTotalTimeout(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		for i := 0; i < 100; i++ {
+			fmt.Fprintf(w, "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}\n\n")
+			w.(http.Flusher).Flush()
+			select {
+			case <-r.Context().Done():
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}))
+	defer backend.Close()
+	yaml := fmt.Sprintf("backends: [{url: %q, timeout: 300ms}]\napi_keys: [{key: %q}]\n", backend.URL, testKey)
+	gw, _ := gatewayFromYAML(t, yaml)
+	start := time.Now()
+	_, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m","stream":true}`, withKey())
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("the stream ran %s past a 300ms total timeout", d)
+	}
+	if !bytes.HasSuffix(body, []byte("data: [DONE]\n\n")) || !bytes.Contains(body, []byte("backend_stream_error")) {
+		t.Fatalf("a timed-out stream must end with an error event: %q", body)
+	}
+}

@@ -1,0 +1,120 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/llmproxy/llmproxy/services/gateway/internal/apierr"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/balancer"
+)
+
+// modelEntry is one model of GET /v1/models, in OpenAI's shape.
+type modelEntry struct {
+	ID      string `json:"id"`
+	Object  string `json:"object"`
+	Created int64  `json:"created"`
+	OwnedBy string `json:"owned_by"`
+}
+
+// serveModels answers GET /v1/models with the union of every available
+// backend's models (and the models configured for backends that list
+// them), each model once. A key restricted to some models sees only those.
+func (g *Gateway) serveModels(w http.ResponseWriter, r *http.Request) {
+	g.inflight.Add(1)
+	defer g.inflight.Add(-1)
+	x := &exchange{rt: g.rt.Load(), start: g.now(), path: r.URL.Path}
+	x.requestID = g.reqIDs.next()
+	w.Header().Set("X-Request-Id", x.requestID)
+	x.clientIP = x.rt.ips.ClientIP(r)
+	if e := g.prepare(r, x); e != nil {
+		g.fail(w, x, e)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	var (
+		mu   sync.Mutex
+		seen = map[string]modelEntry{}
+		wg   sync.WaitGroup
+	)
+	add := func(m modelEntry) {
+		if m.ID == "" || (x.key != nil && x.key.AllowedModels != nil && !x.key.AllowedModels[m.ID]) {
+			return
+		}
+		if m.Object == "" {
+			m.Object = "model"
+		}
+		mu.Lock()
+		if _, ok := seen[m.ID]; !ok {
+			seen[m.ID] = m
+		}
+		mu.Unlock()
+	}
+	now := time.Now()
+	for _, up := range x.rt.pool.Upstreams() {
+		for m := range up.Models {
+			add(modelEntry{ID: m, OwnedBy: up.Name})
+		}
+		if !up.Available(now) {
+			continue
+		}
+		wg.Add(1)
+		go func(up *balancer.Upstream) {
+			defer wg.Done()
+			for _, m := range g.backendModels(ctx, up) {
+				if up.Serves(m.ID) {
+					add(m)
+				}
+			}
+		}(up)
+	}
+	wg.Wait()
+	list := make([]modelEntry, 0, len(seen))
+	for _, m := range seen {
+		list = append(list, m)
+	}
+	sort.Slice(list, func(i, j int) bool { return list[i].ID < list[j].ID })
+	if len(list) == 0 && !x.rt.pool.AnyAvailable() {
+		g.failForward(w, x, apierr.Unavailable("no_backend_available", "no backend is available; try again shortly"))
+		g.finish(r.Context(), x)
+		return
+	}
+	body, _ := json.Marshal(map[string]any{"object": "list", "data": list})
+	w.Header().Set("Content-Type", "application/json")
+	x.status = http.StatusOK
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(body)
+	g.finish(r.Context(), x)
+}
+
+// backendModels asks one backend for its models; a backend that fails to
+// answer contributes none.
+func (g *Gateway) backendModels(ctx context.Context, up *balancer.Upstream) []modelEntry {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, up.URL.JoinPath("/v1/models").String(), nil)
+	if err != nil {
+		return nil
+	}
+	for k, v := range up.Headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := up.Transport.RoundTrip(req)
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil
+	}
+	var out struct {
+		Data []modelEntry `json:"data"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 4<<20)).Decode(&out); err != nil {
+		return nil
+	}
+	return out.Data
+}
