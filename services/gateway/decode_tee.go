@@ -17,6 +17,9 @@ import (
 type decodeTee struct {
 	pw   *io.PipeWriter
 	done chan struct{}
+	// body is the decompressed non-stream body (bounded); read it after
+	// Close.
+	body []byte
 }
 
 // newDecodeTee starts metering a body in encoding enc ("gzip", "deflate");
@@ -38,6 +41,7 @@ func newDecodeTee(enc string, streaming bool, format usage.Format, ex *usage.Ext
 		if !streaming {
 			body, _ := io.ReadAll(io.LimitReader(r, 8<<20))
 			ex.Body(body)
+			t.body = body
 			return
 		}
 		sp := usage.NewSplitter(format)

@@ -127,3 +127,58 @@ func TestBackendTotalTimeout(t *testing.T) {
 		t.Fatalf("a timed-out stream must end with an error event: %q", body)
 	}
 }
+
+// TestCaptureAndRedaction: with capture on, the event carries what the
+// client received (non-stream body; stream text), bounded, and redaction
+// rules remove secrets from the request and the response in the event.
+func TestCaptureAndRedaction(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		if bytes.Contains(b, []byte(`"stream":true`)) {
+			w.Header().Set("Content-Type", "text/event-stream")
+			for _, tok := range []string{"the ", "code ", "is ", "sk-SECRET99 ", strings.Repeat("z", 300)} {
+				fmt.Fprintf(w, "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":%q}}]}\n\n", tok)
+			}
+			fmt.Fprint(w, "data: [DONE]\n\n")
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"choices":[{"message":{"content":"your key is sk-SECRET99"}}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}`))
+	}))
+	defer backend.Close()
+	extra := "logging: {capture_response: true, max_capture_bytes: 200, redact: ['sk-[A-Za-z0-9]+', '$.metadata.password']}\n"
+	gw, s := newTestGateway(t, backend.URL, extra)
+
+	_, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1","metadata":{"password":"hunter2"},"messages":[{"role":"user","content":"use sk-SECRET99"}]}`, withKey())
+	ev := s.next(t)
+	if !strings.Contains(string(body), "sk-SECRET99") {
+		t.Fatal("the client's own reply must not be redacted")
+	}
+	evJSON, _ := json.Marshal(ev)
+	if strings.Contains(string(evJSON), "SECRET99") || strings.Contains(string(evJSON), "hunter2") {
+		t.Fatalf("a secret reached the event: %s", evJSON)
+	}
+	if ev.Response == nil || ev.Response.Truncated || !strings.Contains(ev.Response.Content, `"content":"your key is [REDACTED]"`) {
+		t.Fatalf("captured non-stream reply: %+v", ev.Response)
+	}
+
+	do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1","stream":true}`, withKey())
+	ev = s.next(t)
+	if ev.Response == nil || !ev.Response.Truncated || !strings.HasPrefix(ev.Response.Content, "the code is [REDACTED] zz") || len(ev.Response.Content) > 200 {
+		t.Fatalf("captured stream text: %+v", ev.Response)
+	}
+}
+
+func TestNoCaptureByDefault(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`{"choices":[{"message":{"content":"private answer"}}]}`))
+	}))
+	defer backend.Close()
+	gw, s := newTestGateway(t, backend.URL, "")
+	do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1"}`, withKey())
+	ev := s.next(t)
+	evJSON, _ := json.Marshal(ev)
+	if ev.Response != nil || strings.Contains(string(evJSON), "private answer") {
+		t.Fatalf("response content in the event with capture off: %s", evJSON)
+	}
+}

@@ -39,14 +39,56 @@ type exchange struct {
 	// route is the backend an on_route script chose ("" = none).
 	route string
 	// adm is what admission granted (nil when nothing was admitted).
-	adm       *admission
-	upstream  *balancer.Upstream
-	status    int
-	ttft      time.Duration
-	result    usage.Result
+	adm      *admission
+	upstream *balancer.Upstream
+	status   int
+	ttft     time.Duration
+	result   usage.Result
+	// body is the non-stream reply as the client got it (decompressed,
+	// bounded), kept for response capture.
+	replyBody []byte
+	// streamed is set when the reply was SSE or NDJSON.
+	streamed  bool
 	source    string
 	errMsg    string
 	delivered bool
+}
+
+// captures reports whether x's response content goes into its event:
+// logging.capture_response, or the key's own setting.
+func (x *exchange) captures() bool {
+	if x.key != nil && x.key.Capture != nil {
+		return *x.key.Capture
+	}
+	return x.rt.capture
+}
+
+// capture puts the response content into ev when capture is on, and
+// removes configured secrets from everything ev carries. The stream's text
+// was assembled from the bytes already passing the usage scanner.
+func (g *Gateway) capture(x *exchange, ev *events.RequestCompleted, res usage.Result) {
+	red := x.rt.redact
+	if len(ev.RequestBody) > 0 && !red.Empty() {
+		ev.RequestBody = red.JSON(ev.RequestBody)
+	}
+	if !x.captures() || !x.delivered {
+		return
+	}
+	c := &events.CapturedResponse{}
+	if x.streamed || x.replyBody == nil {
+		c.Content, c.Truncated = red.Text(res.Text), res.TextTruncated
+	} else {
+		body := x.replyBody
+		if len(body) > x.rt.maxCapture {
+			body, c.Truncated = body[:x.rt.maxCapture], true
+		}
+		if c.Truncated {
+			c.Content = red.Text(string(body))
+		} else {
+			c.Content = string(red.JSON(body))
+		}
+	}
+	ev.Response = c
 }
 
 // traceID is the id the client and the backend see: the client's own, else
@@ -424,13 +466,18 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 	ctype := resp.Header.Get("Content-Type")
 	format := usage.DetectFormat(x.path, ctype)
 	streaming := isStreamContentType(ctype)
+	x.streamed = streaming
 	copyResponseHeader(w.Header(), resp.Header)
 	if streaming {
 		w.Header().Del("Content-Length")
 	}
 	x.status = resp.StatusCode
 	w.WriteHeader(resp.StatusCode)
-	ex := usage.NewExtractor(format, usage.Options{MaxText: 1 << 20})
+	maxText := 1 << 20
+	if x.captures() {
+		maxText = x.rt.maxCapture
+	}
+	ex := usage.NewExtractor(format, usage.Options{MaxText: maxText})
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	buf := *bp
@@ -530,8 +577,10 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 		}
 		if tee != nil {
 			tee.Close()
+			x.replyBody = tee.body
 		} else if capture.Len() > 0 {
 			ex.Body(capture.Bytes())
+			x.replyBody = capture.Bytes()
 		}
 	}
 	x.result = ex.Result()
@@ -586,7 +635,7 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 	if x.upstream != nil {
 		backend = x.upstream.Name
 	}
-	g.metrics.requests.WithLabelValues(x.path, strconv.FormatBool(x.info.Stream), backend, strconv.Itoa(x.status)).Inc()
+	g.metrics.requests.WithLabelValues(x.path, strconv.FormatBool(x.info.Stream || x.streamed), backend, strconv.Itoa(x.status)).Inc()
 	g.metrics.latency.Observe(float64(latency.Microseconds()) / 1000)
 	if x.ttft > 0 {
 		g.metrics.ttft.Observe(float64(x.ttft.Microseconds()) / 1000)
@@ -607,7 +656,7 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 			CompletionTokens: res.CompletionTokens,
 			TotalTokens:      res.PromptTokens + res.CompletionTokens,
 		},
-		IsStream:     x.info.Stream,
+		IsStream:     x.info.Stream || x.streamed,
 		Endpoint:     x.path,
 		Timestamp:    x.start.UTC(),
 		LatencyMS:    latency.Milliseconds(),
@@ -625,6 +674,7 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 	if x.adm != nil {
 		ev.Reservation = x.adm.reserved
 	}
+	g.capture(x, ev, res)
 	if res.Model != "" && ev.Model == "" {
 		ev.Model = res.Model
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/llmproxy/llmproxy/services/gateway/internal/balancer"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/clientip"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/hooks"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/redact"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/retry"
 )
 
@@ -27,6 +28,11 @@ type runtime struct {
 	health *balancer.HealthChecker
 	retry  *retry.Policy
 	lua    *hooks.Engine // nil without scripts
+	// redact removes configured secrets from events; capture and
+	// maxCapture say whether and how much response content they carry.
+	redact     *redact.Redactor
+	capture    bool
+	maxCapture int
 	// timeouts are the backends' total time limits per try (none: absent).
 	timeouts map[*balancer.Upstream]time.Duration
 	maxBody  int64
@@ -64,6 +70,14 @@ func (g *Gateway) buildRuntime(cfg *config.Config, keys auth.Store) (*runtime, e
 		trusted = append(trusted, p)
 	}
 	rt.ips = clientip.New(trusted)
+	red, err := redact.Compile(cfg.Logging.Redact)
+	if err != nil {
+		return nil, fmt.Errorf("logging.redact: %w", err)
+	}
+	rt.redact, rt.capture, rt.maxCapture = red, cfg.Logging.CaptureResponse, cfg.Logging.MaxCaptureBytes
+	if rt.maxCapture <= 0 {
+		rt.maxCapture = 64 << 10
+	}
 	pool, err := balancer.NewPool(balancer.PoolConfig{
 		Backends:    cfg.Backends,
 		Strategy:    cfg.Routing.LoadBalanceStrategy,
