@@ -91,11 +91,17 @@ def machine():
     except OSError:
         pass
     go = subprocess.run(["go", "version"], capture_output=True, text=True).stdout.strip()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "cmd", "services", "pkg"],
+                           capture_output=True, text=True).stdout.splitlines()
     return [
         f"- CPU: {os.cpu_count()} × {model} (`nproc` = {os.cpu_count()})",
         f"- memory: {mem}",
         f"- kernel: {platform.release()}",
         f"- {go}",
+        f"- binaries built by `make build` from commit {head or '?'}"
+        + (f" with {len(dirty)} uncommitted files under cmd/, services/, pkg/" if dirty else ""),
         f"- load average when the report was written: {open('/proc/loadavg').read().split()[:3]} "
         "(other work on the machine during the run shows up as noise, most in the p99 figures)",
         "- everything on loopback on this one machine: load generator, proxies, mockllm, NATS and Redis share the CPUs",
