@@ -348,12 +348,13 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 		resp, err := g.roundTrip(tctx, r, x, up)
 		if err != nil {
 			cancel()
-			up.ReportFailure(g.now())
-			lastErr = classify(err)
 			if ctx.Err() != nil {
+				// The client left: not the backend's failure.
 				x.status, x.errMsg = 499, "client_closed_request"
 				return
 			}
+			up.ReportFailure(g.now())
+			lastErr = classify(err)
 			if rt.retry.ShouldRetry(attempt, 0, err) {
 				if !g.sleep(ctx, rt.retry.Backoff(attempt)) {
 					x.status, x.errMsg = 499, "client_closed_request"
@@ -494,8 +495,11 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 		var writeErr error
 		emit := func(ev []byte) error {
 			ex.Event(ev)
-			if x.hideUsage && usage.IsUsageOnlyChunk(ev) {
-				return nil
+			if x.hideUsage {
+				if usage.IsUsageOnlyChunk(ev) {
+					return nil
+				}
+				ev = usage.StripNullUsage(ev)
 			}
 			if _, err := w.Write(ev); err != nil {
 				writeErr = err

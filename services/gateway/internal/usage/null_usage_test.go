@@ -1,0 +1,37 @@
+package usage
+
+import (
+	"encoding/json"
+	"testing"
+)
+
+func TestStripNullUsage(t *testing.T) {
+	cases := map[string]string{
+		`data: {"id":"a","choices":[],"usage":null}` + "\n\n":                                           `data: {"id":"a","choices":[]}` + "\n\n",
+		`data: {"usage":null,"id":"a"}` + "\n\n":                                                        `data: {"id":"a"}` + "\n\n",
+		`data: {"id":"a", "usage":null, "x":1}` + "\n\n":                                                `data: {"id":"a", "x":1}` + "\n\n",
+		`data: {"id":"a","usage":{"prompt_tokens":1}}` + "\n\n":                                         `data: {"id":"a","usage":{"prompt_tokens":1}}` + "\n\n",
+		`data: {"id":"a","choices":[{"delta":{"content":"x"}}],"usage":null,"mock_sent_ns":1}` + "\n\n": `data: {"id":"a","choices":[{"delta":{"content":"x"}}],"mock_sent_ns":1}` + "\n\n",
+	}
+	for in, want := range cases {
+		got := string(StripNullUsage([]byte(in)))
+		if got != want {
+			t.Errorf("StripNullUsage(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func FuzzStripNullUsage(f *testing.F) {
+	f.Add([]byte(`{"a":1,"usage":null}`))
+	f.Add([]byte(`{"usage":null}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		valid := json.Valid(b)
+		out := StripNullUsage(append([]byte(nil), b...))
+		var m map[string]any
+		if valid && json.Unmarshal(b, &m) == nil {
+			if _, ok := m["usage"]; ok && m["usage"] == nil && !json.Valid(out) {
+				t.Fatalf("valid object %q became invalid %q", b, out)
+			}
+		}
+	})
+}
