@@ -81,8 +81,9 @@ func (g *Gateway) admit(ctx context.Context, x *exchange) *apierr.Error {
 func reservation(path string, info usage.RequestInfo, capTokens int64) int64 {
 	// A reservation is settled with the real count later, so the prompt is
 	// bounded cheaply from its length rather than tokenized on the hot
-	// path: a token is rarely shorter than three bytes of text.
-	prompt := int64(len(info.Prompt))/3 + 3*int64(info.Messages) + 3
+	// path: tokens average about four bytes of text, and two bytes per
+	// token keeps the bound above the real count for nearly any text.
+	prompt := int64(len(info.Prompt))/2 + 3*int64(info.Messages) + 3
 	if path == "/v1/embeddings" || path == "/api/embed" {
 		return prompt
 	}
