@@ -4,7 +4,7 @@ MODULES  := pkg services/gateway services/meter services/notifier services/recor
 REDIS_URL ?= redis://127.0.0.1:6379/15
 export REDIS_URL
 
-.PHONY: build run test vet lint fmt bench clean
+.PHONY: build run test vet lint fmt bench clean stack
 
 build: bin/llmproxy bin/mockllm
 
@@ -21,16 +21,25 @@ FORCE:
 run: build
 	@bash scripts/run.sh
 
+# The compose topology as local processes: 3-node NATS JetStream cluster,
+# Redis, 2 gateways, 2 meters, 1 notifier, mockllm (scripts/stack.sh).
+stack:
+	@bash scripts/stack.sh
+
 vet:
 	@for m in $(MODULES); do (cd $$m && $(GO) vet ./...) || exit 1; done
 
 lint: vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-# Unit and integration tests in every module, with the race detector.
-# Integration tests use an embedded nats-server and the Redis at REDIS_URL.
+# Unit and integration tests in every module, with the race detector, then
+# the compatibility suite with real clients (needs node and npm).
+# Integration tests use an embedded nats-server, the Redis at REDIS_URL and
+# the PostgreSQL at PG_URL.
 test: lint build
 	@for m in $(MODULES); do echo "== $$m"; (cd $$m && $(GO) test -race -count=1 -timeout 600s ./...) || exit 1; done
+	@echo "== test/compat (real clients: openai, @anthropic-ai/sdk, opencode, the README's curl lines)"
+	@bash test/compat/run.sh
 
 bench: build
 	@bash bench/run.sh
