@@ -54,7 +54,7 @@ test('opencode run against the gateway exits 0 and is metered under its key', as
       llmproxy: {
         npm: '@ai-sdk/openai-compatible',
         name: 'LLMProxy',
-        // The key comes from the environment, as in USE_WITH_TOOLS.md.
+        // The key comes from the environment, as in the README's "Use with your tools".
         options: { baseURL: `${GATEWAY}/v1`, apiKey: '{env:LLMPROXY_API_KEY}' },
         models: { [MODEL]: { name: 'Mock model' } },
       },
