@@ -530,11 +530,14 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 					writeErr = ctx.Err()
 				} else if err != io.EOF && writeErr == nil {
 					// The backend failed mid-stream: end the stream
-					// with an error event rather than silence.
-					_ = sp.Flush(emit)
+					// with an error event in the client's dialect rather
+					// than silence. An event the backend tore off half
+					// way is not relayed: its bytes would run into the
+					// error event and hide it.
+					sp.Reset()
 					x.errMsg = "backend_stream_error"
-					if strings.HasPrefix(ctype, "text/event-stream") {
-						_, _ = w.Write(streamErrorEvent)
+					if end := streamErrorEnding(format, ctype); end != nil {
+						_, _ = w.Write(end)
 						_ = rc.Flush()
 					}
 				} else if writeErr == nil {
@@ -591,7 +594,36 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 	x.delivered = true
 }
 
-var streamErrorEvent = []byte("event: error\ndata: {\"error\":{\"message\":\"the backend failed mid-stream\",\"type\":\"api_error\",\"code\":\"backend_stream_error\"}}\n\ndata: [DONE]\n\n")
+// The endings of a stream whose backend failed mid-way, each in the shape
+// its own clients read as an error: OpenAI-style streams get an SSE error
+// event and [DONE], Anthropic's its error event, TGI's an event with
+// error and error_type, Ollama's an NDJSON line with error.
+var (
+	streamErrorEvent    = []byte("event: error\ndata: {\"error\":{\"message\":\"the backend failed mid-stream\",\"type\":\"api_error\",\"code\":\"backend_stream_error\"}}\n\ndata: [DONE]\n\n")
+	anthropicErrorEvent = []byte("event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"the backend failed mid-stream\"}}\n\n")
+	tgiErrorEvent       = []byte("data:{\"error\":\"the backend failed mid-stream\",\"error_type\":\"backend_stream_error\"}\n\n")
+	ollamaErrorLine     = []byte("{\"error\":\"the backend failed mid-stream\"}\n")
+)
+
+// streamErrorEnding returns what ends a stream of format whose backend
+// failed mid-way.
+func streamErrorEnding(format usage.Format, ctype string) []byte {
+	switch format {
+	case usage.FormatAnthropicSSE:
+		return anthropicErrorEvent
+	case usage.FormatTGISSE:
+		return tgiErrorEvent
+	case usage.FormatOllamaNDJSON:
+		return ollamaErrorLine
+	}
+	if strings.HasPrefix(ctype, "text/event-stream") {
+		return streamErrorEvent
+	}
+	if strings.Contains(ctype, "ndjson") {
+		return ollamaErrorLine
+	}
+	return nil
+}
 
 func isStreamContentType(ct string) bool {
 	return strings.HasPrefix(ct, "text/event-stream") || strings.Contains(ct, "ndjson")
