@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"text/tabwriter"
 	"time"
@@ -17,13 +18,14 @@ import (
 // cmdWebhooks runs `llmproxy webhooks dlq list|replay`.
 func cmdWebhooks(args []string) int {
 	if len(args) < 2 || args[0] != "dlq" || (args[1] != "list" && args[1] != "replay") {
-		fmt.Fprintln(os.Stderr, "usage: llmproxy webhooks dlq list|replay --config FILE [--id EVENT_ID] [--json]")
+		fmt.Fprintln(os.Stderr, "usage: llmproxy webhooks dlq list|replay --config FILE [--id EVENT_ID] [--json] [--nats-url URL]")
 		return 2
 	}
 	fs := flag.NewFlagSet("webhooks dlq", flag.ContinueOnError)
 	cfgPath := fs.String("config", "", "config file (YAML)")
 	id := fs.String("id", "", "only this event id")
 	asJSON := fs.Bool("json", false, "print JSON")
+	natsURL := fs.String("nats-url", "", "NATS to use (overrides nats.url)")
 	if err := fs.Parse(args[2:]); err != nil {
 		return 2
 	}
@@ -36,8 +38,16 @@ func cmdWebhooks(args []string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	if *natsURL != "" {
+		cfg.NATS.URL = *natsURL
+	}
 	if cfg.NATS.URL == "" {
-		fmt.Fprintln(os.Stderr, "llmproxy webhooks: nats.url is required (with the embedded server, set nats.embedded_listen and point nats.url at it)")
+		// The single binary's config: reach its embedded server through
+		// the listener it opens.
+		cfg.NATS.URL = embeddedURL(cfg.NATS.EmbeddedListen)
+	}
+	if cfg.NATS.URL == "" {
+		fmt.Fprintln(os.Stderr, "llmproxy webhooks: no NATS to talk to: set nats.url, or nats.embedded_listen on the server, or pass --nats-url")
 		return 1
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -63,6 +73,10 @@ func cmdWebhooks(args []string) int {
 		return 1
 	}
 	if *asJSON {
+		if list == nil {
+			// An empty DLQ is an empty array, not null.
+			list = []notifier.DeadLetter{}
+		}
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(list)
@@ -75,4 +89,22 @@ func cmdWebhooks(args []string) int {
 	}
 	_ = tw.Flush()
 	return 0
+}
+
+// embeddedURL is the client URL of an embedded server listening on listen
+// ("host:port"), "" when it does not listen. A wildcard host is reached on
+// the loopback address.
+func embeddedURL(listen string) string {
+	if listen == "" {
+		return ""
+	}
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return ""
+	}
+	switch host {
+	case "", "0.0.0.0", "::":
+		host = "127.0.0.1"
+	}
+	return "nats://" + net.JoinHostPort(host, port)
 }

@@ -46,13 +46,18 @@ func Backoff(attempt int, base, max time.Duration, rnd Rand) time.Duration {
 	return time.Duration(rnd.Int64N(int64(ceiling) + 1))
 }
 
-// retryDelay is the wait before the next attempt: the backoff, or the
-// receiver's Retry-After when that is longer.
-func retryDelay(backoff, retryAfter time.Duration) time.Duration {
-	if retryAfter > maxRetryAfter {
-		retryAfter = maxRetryAfter
+// retryDelay is the wait before the next attempt. A receiver that sent
+// Retry-After knows best when it will take the event again: its value is
+// used as given (bounded by maxRetryAfter, and never below floor so that
+// "Retry-After: 0" cannot make a tight loop), in place of the backoff, which
+// may by then be minutes — a receiver back from an outage would otherwise
+// wait for events it asked to get in a second. Without Retry-After the wait
+// is the backoff.
+func retryDelay(backoff, retryAfter time.Duration, hasRetryAfter bool, floor time.Duration) time.Duration {
+	if !hasRetryAfter {
+		return backoff
 	}
-	return max(backoff, retryAfter)
+	return max(min(retryAfter, maxRetryAfter), floor)
 }
 
 // parseRetryAfter reads a Retry-After header value, either delta-seconds or

@@ -64,17 +64,19 @@ func TestRetryDelay(t *testing.T) {
 	tests := []struct {
 		name           string
 		backoff, after time.Duration
+		hasAfter       bool
 		want           time.Duration
 	}{
-		{"backoff when longer", 3 * time.Second, time.Second, 3 * time.Second},
-		{"retry-after when longer", time.Second, 30 * time.Second, 30 * time.Second},
-		{"no retry-after", 2 * time.Second, 0, 2 * time.Second},
-		{"retry-after capped", time.Second, 48 * time.Hour, maxRetryAfter},
+		{"retry-after shorter than the backoff wins", 3 * time.Minute, time.Second, true, time.Second},
+		{"retry-after longer than the backoff wins", time.Second, 30 * time.Second, true, 30 * time.Second},
+		{"no retry-after", 2 * time.Second, 0, false, 2 * time.Second},
+		{"retry-after zero is floored", 2 * time.Minute, 0, true, time.Second},
+		{"retry-after capped", time.Second, 48 * time.Hour, true, maxRetryAfter},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := retryDelay(tt.backoff, tt.after); got != tt.want {
-				t.Errorf("retryDelay(%s, %s) = %s, want %s", tt.backoff, tt.after, got, tt.want)
+			if got := retryDelay(tt.backoff, tt.after, tt.hasAfter, time.Second); got != tt.want {
+				t.Errorf("retryDelay(%s, %s, %v) = %s, want %s", tt.backoff, tt.after, tt.hasAfter, got, tt.want)
 			}
 		})
 	}

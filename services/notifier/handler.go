@@ -87,7 +87,7 @@ func (h *handler) handle(ctx context.Context, msg message) {
 		case now.Sub(meta.Timestamp) >= h.ep.MaxAge:
 			d.Reason = ReasonMaxAge
 		default:
-			delay := retryDelay(Backoff(n, h.opts.BackoffBase, h.opts.BackoffMax, h.opts.Rand), a.RetryAfter)
+			delay := retryDelay(Backoff(n, h.opts.BackoffBase, h.opts.BackoffMax, h.opts.Rand), a.RetryAfter, a.HasRetryAfter, h.opts.BackoffBase)
 			log.Debug("webhook: attempt failed, retrying", "status", a.Status, "err", a.Err, "delay", delay)
 			if err := msg.NakWithDelay(delay); err != nil {
 				log.Warn("webhook: nak failed; the event is retried after the ack wait", "err", err)
