@@ -2,6 +2,7 @@ package meter
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -20,7 +21,14 @@ type meteredFields struct {
 	Timestamp   time.Time    `json:"timestamp"`
 	Usage       events.Usage `json:"usage"`
 	Reservation int64        `json:"reservation"`
+	BackendURL  string       `json:"backend_url"`
 }
+
+// errNothingToApply marks an event of a request refused before it reached a
+// backend (bad key, rate limit, bad input): it used no tokens and holds no
+// reservation, so the ledger has nothing to count. Such events stay in the
+// stream for the request log and the webhooks.
+var errNothingToApply = errors.New("request refused before a backend: nothing to apply")
 
 // entryFromEvent decodes one RequestCompleted body into the ledger entry it
 // stands for. An error means the body can never be applied (a poison
@@ -51,6 +59,9 @@ func entryFromEvent(data []byte) (ledger.Entry, error) {
 	}
 	if err := e.Validate(); err != nil {
 		return ledger.Entry{}, err
+	}
+	if ev.BackendURL == "" && e.PromptTokens == 0 && e.CompletionTokens == 0 && e.Reserved == 0 {
+		return ledger.Entry{}, errNothingToApply
 	}
 	return e, nil
 }

@@ -27,6 +27,16 @@ func TestEntryFromEvent(t *testing.T) {
 			body: `{"request_id":"r2","timestamp":"2026-11-25T01:02:03Z","usage":{"prompt_tokens":1}}`,
 			want: ledger.Entry{RequestID: "r2", KeyID: events.AnonymousKeyID, Time: ts, PromptTokens: 1},
 		},
+		{
+			name:    "refused before a backend: nothing to apply",
+			body:    `{"request_id":"r6","key_id":"k","timestamp":"2026-11-25T01:02:03Z","status_code":429,"backend_url":"","usage":{"prompt_tokens":0,"completion_tokens":0},"reservation":0}`,
+			wantErr: "nothing to apply",
+		},
+		{
+			name: "a backend failure without tokens still counts a request",
+			body: `{"request_id":"r7","key_id":"k","timestamp":"2026-11-25T01:02:03Z","status_code":502,"backend_url":"http://b","usage":{}}`,
+			want: ledger.Entry{RequestID: "r7", KeyID: "k", Time: ts},
+		},
 		{name: "not JSON", body: `not json`, wantErr: "decode event"},
 		{name: "truncated", body: `{"request_id":"r3"`, wantErr: "decode event"},
 		{name: "no request id", body: `{"key_id":"k","timestamp":"2026-11-25T01:02:03Z"}`, wantErr: "empty request id"},

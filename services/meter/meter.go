@@ -177,6 +177,10 @@ func (mt *Meter) process(ctx context.Context, b *batch) {
 	b.entries, b.ok = b.entries[:0], b.ok[:0]
 	for _, msg := range b.msgs {
 		e, err := entryFromEvent(msg.Data())
+		if errors.Is(err, errNothingToApply) {
+			_ = msg.Ack()
+			continue
+		}
 		if err != nil {
 			mt.poison(msg, err)
 			continue
