@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"net/netip"
+	"sort"
 	"strings"
 	"time"
 
@@ -60,10 +61,10 @@ func (k *Key) Check(now time.Time, ip netip.Addr, model string) *apierr.Error {
 		return apierr.Forbidden("key_expired", "this API key expired at "+k.ExpiresAt.UTC().Format(time.RFC3339)+"; ask for a new one")
 	}
 	if len(k.AllowedIPs) > 0 && !allowedIP(k.AllowedIPs, ip) {
-		return apierr.Forbidden("ip_not_allowed", "this API key may not be used from "+ip.String())
+		return apierr.Forbidden("ip_not_allowed", "this API key may not be used from "+ip.String()+"; use it from an allowed network or ask your administrator to add this address to its allowed_ips")
 	}
 	if k.AllowedModels != nil && model != "" && !k.AllowedModels[model] {
-		return apierr.Forbidden("model_not_allowed", "this API key may not use model "+model)
+		return apierr.Forbidden("model_not_allowed", "this API key may not use model "+model+"; allowed: "+strings.Join(sortedModels(k.AllowedModels), ", "))
 	}
 	return nil
 }
@@ -76,4 +77,13 @@ func allowedIP(prefixes []netip.Prefix, ip netip.Addr) bool {
 		}
 	}
 	return false
+}
+
+func sortedModels(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
