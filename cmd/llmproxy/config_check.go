@@ -6,6 +6,7 @@ import (
 	"os"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
+	"github.com/llmproxy/llmproxy/services/gateway"
 )
 
 // cmdConfig runs `llmproxy config check FILE`: every error on its own line
@@ -15,15 +16,27 @@ func cmdConfig(args []string) int {
 		fmt.Fprintln(os.Stderr, "usage: llmproxy config check FILE")
 		return 2
 	}
-	if _, err := config.Load(args[1]); err != nil {
-		var list *config.Errors
-		if errors.As(err, &list) {
-			fmt.Fprintln(os.Stderr, list.Error())
-		} else {
-			fmt.Fprintln(os.Stderr, err)
-		}
+	if err := checkConfig(args[1]); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	fmt.Printf("%s: ok\n", args[1])
 	return 0
+}
+
+// checkConfig loads path as every target would, and compiles its Lua
+// scripts.
+func checkConfig(path string) error {
+	cfg, err := config.Load(path)
+	if err != nil {
+		var list *config.Errors
+		if errors.As(err, &list) {
+			return errors.New(list.Error())
+		}
+		return err
+	}
+	if err := gateway.CheckScripts(cfg.Lua.Scripts); err != nil {
+		return fmt.Errorf("lua.scripts: %w", err)
+	}
+	return nil
 }

@@ -146,3 +146,17 @@ func (g *Gateway) Reload(ctx context.Context, cfg *config.Config) error {
 	g.log.Info("configuration reloaded", "backends", len(cfg.Backends), "keys", len(cfg.APIKeys), "lua_scripts", len(cfg.Lua.Scripts))
 	return nil
 }
+
+// CheckScripts compiles Lua scripts the way the gateway will, so that
+// `llmproxy config check` reports a syntax error as file:line.
+func CheckScripts(paths []string) error {
+	if len(paths) == 0 {
+		return nil
+	}
+	eng, err := hooks.Load(paths, hooks.Options{})
+	if err != nil {
+		return err
+	}
+	eng.Close()
+	return nil
+}
