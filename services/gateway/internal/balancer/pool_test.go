@@ -2,7 +2,6 @@ package balancer
 
 import (
 	"errors"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -295,14 +294,15 @@ func TestTransportFromBackendTimeouts(t *testing.T) {
 		{URL: "http://a:8000", Name: "a", FirstByteTimeout: config.Duration(7 * time.Second)},
 		{URL: "http://b:8000", Name: "b"},
 	}})
-	ta, ok := p.ByName("a").Transport.(*http.Transport)
+	ra, ok := p.ByName("a").Transport.(*ReplayTransport)
 	if !ok {
 		t.Fatalf("transport = %T", p.ByName("a").Transport)
 	}
+	ta := ra.Transport
 	if ta.ResponseHeaderTimeout != 7*time.Second || !ta.DisableCompression {
 		t.Errorf("a: header timeout %s, compression disabled %v", ta.ResponseHeaderTimeout, ta.DisableCompression)
 	}
-	if tb := p.ByName("b").Transport.(*http.Transport); tb.ResponseHeaderTimeout != DefaultFirstByteTimeout || tb == ta {
+	if tb := p.ByName("b").Transport.(*ReplayTransport).Transport; tb.ResponseHeaderTimeout != DefaultFirstByteTimeout || tb == ta {
 		t.Errorf("b: header timeout %s (shared %v)", tb.ResponseHeaderTimeout, tb == ta)
 	}
 }

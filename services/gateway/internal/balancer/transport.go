@@ -20,6 +20,9 @@ const (
 // gateway's concurrency. Compression is left to the client so bodies pass
 // through untouched and streams are not held in a decompressor. The total
 // timeout (backend.timeout) is the caller's, per request.
+//
+// The transport is a *ReplayTransport: a request that fails on a kept-alive
+// connection the backend had closed is sent again on another connection.
 func NewTransport(b config.Backend) http.RoundTripper {
 	connect := b.ConnectTimeout.D()
 	if connect <= 0 {
@@ -35,5 +38,40 @@ func NewTransport(b config.Backend) http.RoundTripper {
 	t.DisableCompression = true
 	t.MaxIdleConns = 0
 	t.MaxIdleConnsPerHost = 256
-	return t
+	return &ReplayTransport{Transport: t}
+}
+
+// ReplayTransport lets the embedded transport resend a request whose
+// kept-alive connection turns out closed by the backend before any byte
+// of a response came back. Engines such as llama.cpp's server close the
+// connection a moment after a stream without saying so (no Connection:
+// close), so the connection may already sit in the idle pool, or be taken
+// for the next request, when the close arrives; the request then fails
+// with "server closed idle connection" or an EOF. net/http resends such a
+// request by itself only when it is idempotent, which a POST is not unless
+// it carries an idempotency key: ReplayTransport marks every request so
+// with an empty X-Idempotency-Key, which net/http does not send on the
+// wire. The resend happens only on a reused connection that failed before
+// the response began (never on a fresh one, never after response bytes),
+// so a backend that is down still fails at once, as a connect error.
+type ReplayTransport struct {
+	*http.Transport
+}
+
+// idempotencyKey is net/http's marker; an empty value is not sent.
+const idempotencyKey = "X-Idempotency-Key"
+
+// RoundTrip sends req, marked replayable when its body can be re-read.
+func (t *ReplayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	replayable := req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
+	if !replayable || req.Header.Get("Idempotency-Key") != "" || req.Header.Get(idempotencyKey) != "" {
+		return t.Transport.RoundTrip(req)
+	}
+	r := *req // RoundTrip must not modify the caller's request
+	r.Header = req.Header.Clone()
+	if r.Header == nil {
+		r.Header = make(http.Header)
+	}
+	r.Header[idempotencyKey] = nil
+	return t.Transport.RoundTrip(&r)
 }

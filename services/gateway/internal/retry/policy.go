@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -198,8 +199,16 @@ func Classify(err error) string {
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return OnConnect
 	}
+	// net/http's unexported errServerClosedIdle: the backend closed a
+	// kept-alive connection just as a request was sent on it, before it
+	// read a byte of that request. Matched by its text.
+	if strings.Contains(err.Error(), errServerClosedIdle) {
+		return OnConnect
+	}
 	return ""
 }
+
+const errServerClosedIdle = "http: server closed idle connection"
 
 // Backoff returns the wait before the retry that follows try attempt
 // (counted as in ShouldRetry, from 0): initial_wait × multiplier^attempt,

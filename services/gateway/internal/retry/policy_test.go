@@ -61,6 +61,7 @@ func TestShouldRetry(t *testing.T) {
 		{"reset", all, 0, 0, reset, true},
 		{"dns", all, 0, 0, &net.DNSError{Err: "no such host", Name: "x"}, true},
 		{"unexpected eof", all, 0, 0, io.ErrUnexpectedEOF, true},
+		{"server closed idle connection", all, 0, 0, errors.New("http: server closed idle connection"), true},
 		{"deadline", all, 0, 0, context.DeadlineExceeded, true},
 		{"os deadline", all, 0, 0, fmt.Errorf("read: %w", os.ErrDeadlineExceeded), true},
 		{"net timeout", all, 0, 0, timeoutErr{}, true},
