@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"path/filepath"
 	"regexp"
@@ -13,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -745,4 +747,126 @@ health_check: { path: /health, interval: 1s }
 	}
 	sort.Strings(names)
 	t.Logf("requests per backend: %v; m-x → %d %s", names, resp.StatusCode, bytes.TrimSpace(body))
+}
+
+// TestRoutingClientLeavingIsNoBackendFailure: a client that gives up while
+// the backend is still thinking is not the backend's failure. With
+// failure_threshold 1, counting it as one would eject a healthy backend
+// for the whole cooldown and turn every other client away.
+func TestRoutingClientLeavingIsNoBackendFailure(t *testing.T) {
+	b := startRoutingMock(t, "b1", "--tokens", "2", "--ttft", "2s")
+	gw := startRoutingGateway(t, routingBackendsYAML(b), `
+health_check: { path: /health, interval: 200ms, failure_threshold: 1, cooldown: 30s }
+routing: { retry: { enabled: true, max_retries: 2, initial_wait: 10ms } }
+`)
+	impatient := &http.Client{Timeout: 200 * time.Millisecond}
+	for range 3 {
+		req, _ := http.NewRequest(http.MethodPost, gw+"/v1/chat/completions", bytes.NewReader(routingBody("mock-model", false)))
+		req.Header.Set("Content-Type", "application/json")
+		if resp, err := impatient.Do(req); err == nil {
+			resp.Body.Close()
+			t.Fatalf("the request should have timed out at the client, got %d", resp.StatusCode)
+		}
+	}
+	// The mock counts the cancelled requests once the gateway has
+	// cancelled them; by then the gateway has reported the try.
+	eventually(t, 10*time.Second, "the backend sees the clients leave", func() (bool, string) {
+		m, err := routingGet(b.url() + "/metrics")
+		if err != nil {
+			return false, err.Error()
+		}
+		v, _ := routingProm(m, "mock_cancelled_total")
+		return v == 3, fmt.Sprintf("mock_cancelled_total %.0f", v)
+	})
+	states, err := routingReadyz(gw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := routingSend(gw, "mock-model", false, map[string]string{"X-Mock-Ttft": "0s"})
+	t.Logf("after 3 clients left: /readyz %v; next request: %d %s", states, r.status, r.err)
+	if states["b1"] != "healthy" {
+		t.Errorf("clients leaving ejected the backend: /readyz says %q", states["b1"])
+	}
+	if r.err != "" {
+		t.Errorf("a patient client after them failed: %s", r.err)
+	}
+}
+
+// silentCloser is an engine that, like llama.cpp's server, closes the
+// connection a moment after each stream without announcing it with
+// Connection: close, so the gateway's transport may already have put the
+// connection back in its idle pool, or taken it for the next request.
+// It answers /health on a kept-alive connection.
+func silentCloser(t *testing.T) (string, *atomic.Int64) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var streams atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					_, _ = io.Copy(io.Discard, req.Body)
+					if req.URL.Path == "/health" {
+						_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+						continue
+					}
+					n := streams.Add(1)
+					var body strings.Builder
+					fmt.Fprintf(&body, "data: {\"id\":\"s%d\",\"object\":\"chat.completion.chunk\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"finish_reason\":\"stop\"}]}\n\n", n)
+					body.WriteString("data: {\"id\":\"s\",\"object\":\"chat.completion.chunk\",\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1,\"total_tokens\":6}}\n\n")
+					body.WriteString("data: [DONE]\n\n")
+					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n", body.Len(), body.String())
+					time.Sleep(time.Millisecond)
+					return
+				}
+			}()
+		}
+	}()
+	return "http://" + ln.Addr().String(), &streams
+}
+
+// TestRoutingSilentCloseAfterStream: the same as TestRoutingCloseAfterStream
+// with a backend that does not announce the close; 4 clients × 100
+// streams. Retries are off: a request that meets a connection the backend
+// has just closed must be resent by the gateway's transport, not counted
+// as a failed try (which would also eject the backend).
+func TestRoutingSilentCloseAfterStream(t *testing.T) {
+	url, streams := silentCloser(t)
+	gw := startRoutingGateway(t, fmt.Sprintf("  - { name: llama, url: %q }\n", url), `
+health_check: { path: /health, interval: 1s }
+routing: { retry: { enabled: false } }
+`)
+	var mu sync.Mutex
+	var errs []string
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for range 100 {
+				if r := routingSend(gw, "mock-model", true, nil); r.err != "" {
+					mu.Lock()
+					errs = append(errs, r.err)
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	t.Logf("400 streams, %d failed; the backend answered %d streams", len(errs), streams.Load())
+	if len(errs) > 0 {
+		t.Fatalf("%d of 400 streams failed; first: %s", len(errs), strings.Join(errs[:min(3, len(errs))], "\n"))
+	}
 }
