@@ -118,11 +118,20 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 		strategy:  strategy,
 		clock:     clock,
 	}
+	// A backend given weight 0 beside others with a weight is a standby:
+	// it takes no traffic of its own and is reached only through
+	// routing.fallback. When no backend has a weight (all zero, as in a
+	// Backend built without config defaults) every one counts as 1.
+	anyWeight := false
+	for _, b := range cfg.Backends {
+		anyWeight = anyWeight || b.Weight > 0
+	}
 	for i, b := range cfg.Backends {
 		u, err := newUpstream(b, clock, int64(threshold), cooldown)
 		if err != nil {
 			return nil, fmt.Errorf("backends[%d]: %w", i, err)
 		}
+		u.standby = anyWeight && b.Weight == 0
 		u.Transport = newTransport(b)
 		if _, dup := p.byName[u.Name]; dup {
 			return nil, fmt.Errorf("backends[%d].name: duplicate backend %q", i, u.Name)
@@ -211,7 +220,8 @@ func (p *Pool) lookup(ref string) *Upstream {
 }
 
 // Pick chooses an upstream for model among those that serve it, are
-// available now and for which tried (nil = none tried) returns false. It
+// available now, are not standbys (weight 0) and for which tried (nil =
+// none tried) returns false. It
 // returns ErrModelNotFound when no upstream serves the model at all and
 // ErrNoAvailable when some do but none can be used.
 func (p *Pool) Pick(model string, tried func(*Upstream) bool) (*Upstream, error) {
@@ -222,7 +232,7 @@ func (p *Pool) Pick(model string, tried func(*Upstream) bool) (*Upstream, error)
 	now := p.clock.Now()
 	cands := make([]*Upstream, 0, len(serving))
 	for _, u := range serving {
-		if u.Available(now) && (tried == nil || !tried(u)) {
+		if !u.standby && u.Available(now) && (tried == nil || !tried(u)) {
 			cands = append(cands, u)
 		}
 	}

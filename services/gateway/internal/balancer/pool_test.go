@@ -306,3 +306,40 @@ func TestTransportFromBackendTimeouts(t *testing.T) {
 		t.Errorf("b: header timeout %s (shared %v)", tb.ResponseHeaderTimeout, tb == ta)
 	}
 }
+
+func TestZeroWeightIsStandby(t *testing.T) {
+	bs := backends(3)
+	bs[0].Weight, bs[1].Weight, bs[2].Weight = 2, 1, 0
+	p := mustPool(t, PoolConfig{Backends: bs, Strategy: RoundRobin, Fallback: []config.Fallback{{Primary: "b0", Fallback: []string{"b2"}}}})
+	got := map[string]int{}
+	for range 30 {
+		u, err := p.Pick("", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[u.Name]++
+	}
+	if got["b2"] != 0 || got["b0"] == 0 || got["b1"] == 0 {
+		t.Fatalf("weight 0 must take no traffic of its own: %v", got)
+	}
+	if !p.ByName("b2").Standby() || p.ByName("b0").Standby() {
+		t.Fatal("standby flags wrong")
+	}
+	if fb := p.FallbackChain(p.ByName("b0")); len(fb) != 1 || fb[0].Name != "b2" {
+		t.Fatalf("the standby must stay reachable as a fallback: %v", fb)
+	}
+	// Tried everything else: no standby is chosen.
+	if _, err := p.Pick("", func(u *Upstream) bool { return u.Name != "b2" }); !errors.Is(err, ErrNoAvailable) {
+		t.Fatalf("Pick with only the standby left: %v", err)
+	}
+	// No weights at all (a Backend built without config defaults): all serve.
+	q := mustPool(t, PoolConfig{Backends: backends(2)})
+	seen := map[string]bool{}
+	for range 4 {
+		u, _ := q.Pick("", nil)
+		seen[u.Name] = true
+	}
+	if len(seen) != 2 {
+		t.Fatalf("unweighted backends must all serve: %v", seen)
+	}
+}

@@ -40,6 +40,10 @@ type Upstream struct {
 	// first-byte timeouts; it keeps the backend's idle connections.
 	Transport http.RoundTripper
 
+	// standby is set for a backend configured with weight 0 beside
+	// weighted ones: Pool.Pick never chooses it; fallback chains may.
+	standby bool
+
 	clock            Clock
 	failureThreshold int64
 	cooldown         time.Duration
@@ -84,6 +88,10 @@ type Load struct {
 func (u *Upstream) Available(now time.Time) bool {
 	return !u.unhealthy.Load() && !u.Ejected(now)
 }
+
+// Standby reports whether the upstream was configured with weight 0: it
+// takes no traffic of its own and serves only as a fallback.
+func (u *Upstream) Standby() bool { return u.standby }
 
 // Healthy reports the active health checker's verdict.
 func (u *Upstream) Healthy() bool { return !u.unhealthy.Load() }
