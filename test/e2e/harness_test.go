@@ -26,6 +26,10 @@ import (
 var binDir string
 
 func TestMain(m *testing.M) {
+	// A child JetStream server for the meter tests (meter_test.go).
+	if spec := os.Getenv(natsdEnv); spec != "" {
+		os.Exit(natsdMain(spec))
+	}
 	dir, err := os.MkdirTemp("", "llmproxy-e2e-bin")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
