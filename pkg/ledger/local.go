@@ -108,12 +108,18 @@ func (s *LocalStore) Apply(ctx context.Context, entries []Entry) (int, error) {
 		held = admit.holds(entries)
 	}
 	var fresh []Entry
+	// A batch's entries mostly share a few keys, models and users: their
+	// totals are summed here first, so that each usage row is read and
+	// written once per batch rather than once per entry and period.
+	sums := newBatchSums()
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		applied = 0
 		fresh = fresh[:0]
+		sums.reset()
 		seen, seenAt := tx.Bucket(bucketSeen), tx.Bucket(bucketSeenAt)
 		usage, model, user := tx.Bucket(bucketUsage), tx.Bucket(bucketModel), tx.Bucket(bucketUser)
 		stamp := binary.BigEndian.AppendUint64(nil, uint64(now.UnixNano()))
+		seenKey := make([]byte, 0, 64)
 		for _, e := range entries {
 			rid := []byte(e.RequestID)
 			if seen.Get(rid) != nil {
@@ -122,30 +128,19 @@ func (s *LocalStore) Apply(ctx context.Context, entries []Entry) (int, error) {
 			if err := seen.Put(rid, stamp); err != nil {
 				return err
 			}
-			if err := seenAt.Put(append(stamp[:8:8], rid...), nil); err != nil {
+			seenKey = append(append(seenKey[:0], stamp...), rid...)
+			if err := seenAt.Put(seenKey, nil); err != nil {
 				return err
 			}
-			for _, p := range Periods {
-				pid := PeriodID(p, e.Time)
-				if err := addTotals(usage, partsKey(pid, e.KeyID), e); err != nil {
-					return err
-				}
-				if err := addTotals(model, partsKey(pid, e.KeyID, e.Model), e); err != nil {
-					return err
-				}
-				if e.UserID != "" {
-					if err := addTotals(user, partsKey(pid, e.UserID), e); err != nil {
-						return err
-					}
-				}
-			}
+			sums.add(e)
 			if e.Reserved > 0 && !held[e.RequestID] {
-				if err := addReserved(tx, e.KeyID, -e.Reserved); err != nil {
-					return err
-				}
+				sums.reserved[e.KeyID] -= e.Reserved
 			}
 			fresh = append(fresh, e)
 			applied++
+		}
+		if err := sums.write(tx, usage, model, user); err != nil {
+			return err
 		}
 		if now.Sub(time.Unix(0, s.lastPrune.Load())) >= pruneEvery {
 			done, err := s.prune(seen, seenAt, now)
@@ -300,9 +295,106 @@ func addReserved(tx *bolt.Tx, keyID string, delta int64) error {
 	return b.Put(k, binary.BigEndian.AppendUint64(nil, uint64(n)))
 }
 
-func addTotals(b *bolt.Bucket, k []byte, e Entry) error {
-	t := decodeTotals(b.Get(k))
+// batchSums are one Apply's totals per usage row and reservation changes
+// per key, summed before they are written.
+type batchSums struct {
+	usage, model, user map[string]*Totals
+	reserved           map[string]int64
+	// order lists the rows in first-seen order, so that writes go in a
+	// stable order.
+	order []sumRow
+	// day memoizes the period ids of the last entry's day.
+	day     [3]int
+	periods []string
+}
+
+type sumRow struct {
+	bucket byte // 'u', 'm' or 's' (user)
+	key    string
+}
+
+func newBatchSums() *batchSums {
+	return &batchSums{
+		usage: map[string]*Totals{}, model: map[string]*Totals{}, user: map[string]*Totals{},
+		reserved: map[string]int64{}, periods: make([]string, len(Periods)),
+	}
+}
+
+func (b *batchSums) reset() {
+	clear(b.usage)
+	clear(b.model)
+	clear(b.user)
+	clear(b.reserved)
+	b.order = b.order[:0]
+	b.day = [3]int{}
+}
+
+// periodIDs returns the id of every period in Periods containing t. The
+// slice is reused by the next call.
+func (b *batchSums) periodIDs(t time.Time) []string {
+	u := t.UTC()
+	y, m, d := u.Date()
+	if day := [3]int{y, int(m), d}; day != b.day {
+		for i, p := range Periods {
+			b.periods[i] = PeriodID(p, u)
+		}
+		b.day = day
+	}
+	return b.periods
+}
+
+func (b *batchSums) add(e Entry) {
+	for _, pid := range b.periodIDs(e.Time) {
+		b.addRow(b.usage, 'u', string(partsKey(pid, e.KeyID)), e)
+		b.addRow(b.model, 'm', string(partsKey(pid, e.KeyID, e.Model)), e)
+		if e.UserID != "" {
+			b.addRow(b.user, 's', string(partsKey(pid, e.UserID)), e)
+		}
+	}
+}
+
+func (b *batchSums) addRow(rows map[string]*Totals, bucket byte, k string, e Entry) {
+	t := rows[k]
+	if t == nil {
+		t = &Totals{}
+		rows[k] = t
+		b.order = append(b.order, sumRow{bucket: bucket, key: k})
+	}
 	t.Add(e)
+}
+
+// write adds the sums to the rows in tx.
+func (b *batchSums) write(tx *bolt.Tx, usage, model, user *bolt.Bucket) error {
+	for _, r := range b.order {
+		bk, rows := usage, b.usage
+		switch r.bucket {
+		case 'm':
+			bk, rows = model, b.model
+		case 's':
+			bk, rows = user, b.user
+		}
+		if err := addTotals(bk, []byte(r.key), *rows[r.key]); err != nil {
+			return err
+		}
+	}
+	for keyID, delta := range b.reserved {
+		if delta == 0 {
+			continue
+		}
+		if err := addReserved(tx, keyID, delta); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addTotals adds sum to the totals stored under k.
+func addTotals(b *bolt.Bucket, k []byte, sum Totals) error {
+	t := decodeTotals(b.Get(k))
+	t.PromptTokens += sum.PromptTokens
+	t.CompletionTokens += sum.CompletionTokens
+	t.TotalTokens += sum.TotalTokens
+	t.Requests += sum.Requests
 	return b.Put(k, encodeTotals(t))
 }
 
