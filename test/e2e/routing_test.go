@@ -870,3 +870,27 @@ routing: { retry: { enabled: false } }
 		t.Fatalf("%d of 400 streams failed; first: %s", len(errs), strings.Join(errs[:min(3, len(errs))], "\n"))
 	}
 }
+
+// TestRoutingFallbackKeepsModels: a fallback chain does not carry a request
+// to a backend that does not serve its model. A (models [m-a], down) falls
+// back to B (models [m-b]); a request for m-a must not reach B.
+func TestRoutingFallbackKeepsModels(t *testing.T) {
+	downA := "http://" + freeAddr(t) // nothing listens there
+	b := startRoutingMock(t, "B", "--tokens", "2")
+	gw := startRoutingGateway(t, fmt.Sprintf(`  - { name: A, url: %q, models: [m-a] }
+  - { name: B, url: %q, models: [m-b] }
+`, downA, b.url()), `
+routing:
+  retry: { enabled: true, max_retries: 2, initial_wait: 10ms }
+  fallback:
+    - { primary: A, fallback: [B] }
+`)
+	r := routingSend(gw, "m-a", false, nil)
+	t.Logf("m-a with A down: status %d, served by %q", r.status, r.backend)
+	if r.backend == "B" {
+		t.Errorf("a request for m-a fell back to B, which serves only m-b")
+	}
+	if r := routingSend(gw, "m-b", false, nil); r.err != "" || r.backend != "B" {
+		t.Errorf("m-b: %s (backend %q)", r.err, r.backend)
+	}
+}
