@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -51,7 +53,8 @@ func cmdServe(args []string) int {
 	if *adminListen != "" {
 		cfg.Admin.Listen = *adminListen
 	}
-	log := newLogger(cfg.Logging.Level)
+	log, closeLog := newLogger(cfg.Logging.Level, os.Stderr)
+	defer closeLog()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := serve(ctx, cfg, *cfgPath, *target, log); err != nil {
@@ -61,7 +64,10 @@ func cmdServe(args []string) int {
 	return 0
 }
 
-func newLogger(level string) *slog.Logger {
+// newLogger returns the process's JSON logger writing to w through a
+// logWriter, and the function that flushes it and stops its flusher; call
+// that before the process exits so that no line is lost.
+func newLogger(level string, w io.Writer) (*slog.Logger, func()) {
 	var l slog.Level
 	switch level {
 	case "debug":
@@ -73,7 +79,93 @@ func newLogger(level string) *slog.Logger {
 	default:
 		l = slog.LevelInfo
 	}
-	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+	lw := newLogWriter(w, logFlushInterval)
+	h := slog.NewJSONHandler(lw, &slog.HandlerOptions{Level: l})
+	return slog.New(flushingHandler{Handler: h, w: lw}), lw.Close
+}
+
+// logFlushInterval bounds how long a logged line waits in the buffer.
+const logFlushInterval = 100 * time.Millisecond
+
+// logWriter buffers log lines and writes them out every interval, when the
+// buffer fills, at a warning or worse, and on Close. The access log writes
+// one line per request; one write(2) per line cost the request path more
+// than the line's encoding. It is safe for concurrent use.
+type logWriter struct {
+	mu   sync.Mutex
+	bw   *bufio.Writer
+	stop chan struct{}
+	done chan struct{}
+	once sync.Once
+}
+
+func newLogWriter(w io.Writer, interval time.Duration) *logWriter {
+	lw := &logWriter{bw: bufio.NewWriterSize(w, 64<<10), stop: make(chan struct{}), done: make(chan struct{})}
+	go lw.flushLoop(interval)
+	return lw
+}
+
+// Write buffers p, which slog hands over as whole lines.
+func (lw *logWriter) Write(p []byte) (int, error) {
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	return lw.bw.Write(p)
+}
+
+// Flush writes out every buffered line.
+func (lw *logWriter) Flush() {
+	lw.mu.Lock()
+	_ = lw.bw.Flush()
+	lw.mu.Unlock()
+}
+
+func (lw *logWriter) flushLoop(interval time.Duration) {
+	defer close(lw.done)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			lw.Flush()
+		case <-lw.stop:
+			return
+		}
+	}
+}
+
+// Close stops the flusher and writes out what is buffered. Lines logged
+// after Close are still written, at once: Close leaves the buffer flushed
+// and every later Write of a warning or worse flushes it again.
+func (lw *logWriter) Close() {
+	lw.once.Do(func() {
+		close(lw.stop)
+		<-lw.done
+	})
+	lw.Flush()
+}
+
+// flushingHandler flushes its logWriter after every record at WARN or
+// above, so that warnings and errors are on disk the moment they are logged
+// (and before a crash that may follow them).
+type flushingHandler struct {
+	slog.Handler
+	w *logWriter
+}
+
+func (h flushingHandler) Handle(ctx context.Context, r slog.Record) error {
+	err := h.Handler.Handle(ctx, r)
+	if r.Level >= slog.LevelWarn {
+		h.w.Flush()
+	}
+	return err
+}
+
+func (h flushingHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return flushingHandler{Handler: h.Handler.WithAttrs(attrs), w: h.w}
+}
+
+func (h flushingHandler) WithGroup(name string) slog.Handler {
+	return flushingHandler{Handler: h.Handler.WithGroup(name), w: h.w}
 }
 
 // serve runs target until ctx is done, then shuts down in order: stop
