@@ -45,6 +45,12 @@ type segment struct {
 	dirty bool   // written since the last fsync
 }
 
+// ackMark is an acknowledged position and when it was acknowledged.
+type ackMark struct {
+	at  time.Time
+	pos position
+}
+
 // outbox is safe for concurrent use. Appends come from the writer goroutine
 // and from Publish callers that spill; reads and acks from the sender.
 type outbox struct {
@@ -57,18 +63,28 @@ type outbox struct {
 
 	ackFile *os.File
 
-	mu         sync.Mutex
-	segs       []*segment // oldest first; the last one takes appends
-	nextSeq    uint64
-	acked      position // first record not acknowledged
-	ackedDirty bool
-	diskBytes  int64
-	mem        [][]byte // encoded records waiting for room on disk
-	memBytes   int64
-	lastWarn   time.Time
-	lastErrLog time.Time
-	sealed     bool // the last segment takes no more appends
-	warnEvery  time.Duration
+	mu      sync.Mutex
+	segs    []*segment // oldest first; the last one takes appends
+	nextSeq uint64
+	acked   position // first record not acknowledged
+	// durable is the acknowledged position the outbox trusts across a
+	// crash: acked as it was durableDelay ago. A JetStream server acks a
+	// message before its file store has written it, so a server dying in
+	// the same instant (the embedded one dies with this process) can lose
+	// acked messages; keeping them here a little longer means a restart
+	// publishes them again (the stream's duplicate window and the meter's
+	// idempotence absorb the ones it did keep).
+	durable      position
+	durableDelay time.Duration
+	marks        []ackMark // acks not yet durable, oldest first
+	ackedDirty   bool
+	diskBytes    int64
+	mem          [][]byte // encoded records waiting for room on disk
+	memBytes     int64
+	lastWarn     time.Time
+	lastErrLog   time.Time
+	sealed       bool // the last segment takes no more appends
+	warnEvery    time.Duration
 }
 
 func openOutbox(dir string, o Options, m *metrics) (*outbox, error) {
@@ -83,6 +99,9 @@ func openOutbox(dir string, o Options, m *metrics) (*outbox, error) {
 		log:       o.Logger,
 		m:         m,
 		warnEvery: o.WarnInterval,
+		// durableDelay covers the JetStream file store's write-behind
+		// (milliseconds) with a wide margin.
+		durableDelay: 2 * time.Second,
 	}
 	af, err := os.OpenFile(filepath.Join(dir, ackFileName), os.O_RDWR|os.O_CREATE, 0o640)
 	if err != nil {
@@ -179,6 +198,7 @@ func (ob *outbox) recover() error {
 	default:
 		ob.acked = position{seq: ob.nextSeq, seg: ob.nextSeq}
 	}
+	ob.durable = ob.acked
 	ob.trimLocked()
 	if n := ob.nextSeq - ob.acked.seq; n > 0 {
 		ob.log.Info("event outbox recovered unacknowledged events", "dir", ob.dir, "events", n, "bytes", ob.diskBytes)
@@ -415,7 +435,12 @@ func (ob *outbox) ack(p position) {
 	ob.mu.Lock()
 	defer ob.mu.Unlock()
 	ob.acked = p
-	ob.ackedDirty = true
+	now := time.Now()
+	if n := len(ob.marks); n > 0 && now.Sub(ob.marks[n-1].at) < 50*time.Millisecond {
+		ob.marks[n-1].pos = p
+	} else {
+		ob.marks = append(ob.marks, ackMark{at: now, pos: p})
+	}
 	ob.trimLocked()
 	ob.flushMemLocked(false)
 	ob.updateGaugesLocked()
@@ -428,7 +453,7 @@ func (ob *outbox) ack(p position) {
 func (ob *outbox) trimLocked() {
 	for len(ob.segs) > 1 || len(ob.segs) == 1 && len(ob.mem) > 0 {
 		s := ob.segs[0]
-		if s.id == ob.acked.seg && ob.acked.off < s.size || s.id > ob.acked.seg {
+		if s.id == ob.durable.seg && ob.durable.off < s.size || s.id > ob.durable.seg {
 			return
 		}
 		ob.removeSegmentLocked(s)
@@ -446,11 +471,16 @@ func (ob *outbox) removeSegmentLocked(s *segment) {
 
 // sync runs on every SyncInterval: it moves waiting records to disk,
 // empties a fully acknowledged outbox, fsyncs what was written and stores
-// the acknowledged position.
-func (ob *outbox) sync(now time.Time) {
+// the acknowledged position. It reports whether records moved from memory
+// to disk (the sender must then be woken).
+func (ob *outbox) sync(now time.Time) (moved bool) {
 	ob.mu.Lock()
+	ob.advanceDurableLocked(now.Add(-ob.durableDelay))
+	ob.trimLocked()
+	before := ob.nextSeq
 	ob.flushMemLocked(false)
-	if ob.acked.seq >= ob.nextSeq && len(ob.mem) == 0 && len(ob.segs) > 0 {
+	moved = ob.nextSeq != before
+	if ob.durable.seq >= ob.nextSeq && len(ob.mem) == 0 && len(ob.segs) > 0 {
 		for _, s := range ob.segs {
 			ob.removeSegmentLocked(s)
 		}
@@ -463,7 +493,7 @@ func (ob *outbox) sync(now time.Time) {
 			s.dirty = false
 		}
 	}
-	ack, ackDirty := ob.acked, ob.ackedDirty
+	ack, ackDirty := ob.durable, ob.ackedDirty
 	ob.ackedDirty = false
 	if len(ob.mem) > 0 && now.Sub(ob.lastWarn) >= ob.warnEvery {
 		ob.lastWarn = now
@@ -486,12 +516,32 @@ func (ob *outbox) sync(now time.Time) {
 			ob.log.Error("event outbox: write ack file", "dir", ob.dir, "err", err)
 		}
 	}
+	return moved
+}
+
+// advanceDurableLocked makes durable every ack made at or before cutoff.
+func (ob *outbox) advanceDurableLocked(cutoff time.Time) {
+	i := 0
+	for i < len(ob.marks) && !ob.marks[i].at.After(cutoff) {
+		i++
+	}
+	if i == 0 {
+		return
+	}
+	ob.durable = ob.marks[i-1].pos
+	ob.marks = append(ob.marks[:0], ob.marks[i:]...)
+	ob.ackedDirty = true
 }
 
 // close writes every record still in memory to disk, past the bound if need
 // be, syncs and closes the files. The outbox must not be used afterwards.
+// Every ack counts as durable at close: the server is shut down cleanly
+// after the publisher.
 func (ob *outbox) close() error {
 	ob.mu.Lock()
+	if n := len(ob.marks); n > 0 {
+		ob.durable, ob.marks, ob.ackedDirty = ob.marks[n-1].pos, nil, true
+	}
 	ob.flushMemLocked(true)
 	lost := len(ob.mem)
 	ob.mu.Unlock()

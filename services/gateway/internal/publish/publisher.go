@@ -228,7 +228,12 @@ func (p *Publisher) writeLoop() {
 		case ev := <-p.in:
 			write(ev)
 		case now := <-t.C:
-			p.ob.sync(now)
+			if p.ob.sync(now) {
+				select {
+				case p.wake <- struct{}{}:
+				default:
+				}
+			}
 		case <-p.abort:
 			return
 		case <-p.closing:

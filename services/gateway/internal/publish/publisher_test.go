@@ -339,6 +339,36 @@ func TestCrashRepublishesUnacked(t *testing.T) {
 	checkIDs(t, streamIDs(t, js), 0, 70)
 }
 
+// TestCrashRepublishesRecentlyAcked: a JetStream server acks before its
+// file store has written the message, so a server that dies with the
+// gateway (the embedded one) can lose what it just acked. Events acked in
+// the last moments before a crash are therefore published again at restart;
+// the stream's duplicate window drops the copies it kept.
+func TestCrashRepublishesRecentlyAcked(t *testing.T) {
+	srv := startNATS(t, t.TempDir(), -1)
+	defer srv.Shutdown()
+	js := connect(t, srv.ClientURL())
+	dir := t.TempDir()
+
+	p := newPublisher(t, js, dir, testOptions(nil))
+	for i := range 20 {
+		p.Publish(event(i))
+	}
+	waitFor(t, 10*time.Second, "events acked", func() bool { return p.Depth() == 0 && streamCount(t, js) == 20 })
+	crash(p)
+
+	// A fresh stream stands for a server that lost the acked messages.
+	fresh := startNATS(t, t.TempDir(), -1)
+	defer fresh.Shutdown()
+	js2 := connect(t, fresh.ClientURL())
+	p2 := newPublisher(t, js2, dir, testOptions(nil))
+	defer closePublisher(t, p2)
+	waitFor(t, 10*time.Second, "recently acked events republished", func() bool {
+		return p2.Depth() == 0 && streamCount(t, js2) == 20
+	})
+	checkIDs(t, streamIDs(t, js2), 0, 20)
+}
+
 func TestOutboxBound(t *testing.T) {
 	srv := startNATS(t, t.TempDir(), -1)
 	defer srv.Shutdown()
