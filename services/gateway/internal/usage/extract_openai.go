@@ -2,7 +2,6 @@ package usage
 
 import (
 	"bytes"
-	"encoding/json"
 )
 
 // openai reads an OpenAI-style body or stream chunk: chat completions
@@ -170,7 +169,7 @@ func IsUsageOnlyChunk(ev []byte) bool {
 		return false
 	}
 	data, _, ok := sseData(ev, nil)
-	if !ok || !json.Valid(data) {
+	if !ok || !validJSON(data) {
 		return false
 	}
 	var choices, usage []byte

@@ -2,7 +2,6 @@ package usage
 
 import (
 	"bytes"
-	"encoding/json"
 	"unicode/utf8"
 )
 
@@ -107,7 +106,7 @@ func (e *Extractor) Body(b []byte) {
 }
 
 func (e *Extractor) parse(obj []byte, stream bool) {
-	if !json.Valid(obj) {
+	if !validJSON(obj) {
 		return
 	}
 	switch e.format.family() {

@@ -1,8 +1,7 @@
 package usage
 
-// A small allocation-free walk over JSON that encoding/json has validated
-// (json.Valid keeps its scanner pooled, so checking costs no allocation,
-// while json.Unmarshal allocates on every object). Values are returned as
+// A small allocation-free walk over JSON that validJSON has checked
+// (json.Unmarshal would allocate on every object). Values are returned as
 // raw subslices of the input; keys are compared raw, quotes included, which
 // is exact for the plain ASCII keys the engines send.
 

@@ -195,7 +195,7 @@ func appendPromptRaw(dst, raw []byte) []byte {
 // "}". Non-streaming bodies, and bodies whose stream_options is not an
 // object, come back unchanged. Invalid JSON or a non-object returns an error.
 func AddIncludeUsage(body []byte) (newBody []byte, added bool, err error) {
-	if !json.Valid(body) {
+	if !validJSON(body) {
 		return body, false, errors.New("add include_usage: invalid JSON")
 	}
 	t := skipSpace(body)
