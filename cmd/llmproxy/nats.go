@@ -24,12 +24,14 @@ type bus struct {
 	embedded *server.Server
 	nc       *nats.Conn
 	js       jetstream.JetStream
+	// streams is closed once the LLMPROXY and LLMPROXY_DLQ streams exist.
+	streams chan struct{}
 }
 
 // openBus connects to cfg's NATS, or starts the embedded server under
 // data_dir when nats.url is empty and embedded is allowed.
 func openBus(ctx context.Context, cfg *config.Config, allowEmbedded bool, log *slog.Logger) (*bus, error) {
-	b := &bus{}
+	b := &bus{streams: make(chan struct{})}
 	opts := []nats.Option{
 		nats.Name("llmproxy"),
 		nats.MaxReconnects(-1),
@@ -76,7 +78,11 @@ func openBus(ctx context.Context, cfg *config.Config, allowEmbedded bool, log *s
 	ectx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	err = events.EnsureStreams(ectx, js, so)
 	cancel()
-	if err != nil {
+	if err == nil {
+		close(b.streams)
+	} else {
+		// A JetStream cluster that has just started needs some seconds to
+		// elect its meta leader before it can create a stream.
 		log.Warn("event streams not ready yet; retrying in the background", "err", err)
 		go func() {
 			for ctx.Err() == nil {
@@ -86,8 +92,10 @@ func openBus(ctx context.Context, cfg *config.Config, allowEmbedded bool, log *s
 				cancel()
 				if err == nil {
 					log.Info("event streams ready")
+					close(b.streams)
 					return
 				}
+				log.Debug("event streams not ready yet", "err", err)
 			}
 		}()
 	}
@@ -128,6 +136,18 @@ func startEmbedded(cfg *config.Config) (*server.Server, error) {
 		return nil, fmt.Errorf("embedded nats did not start within 15s")
 	}
 	return ns, nil
+}
+
+// waitStreams blocks until the event streams exist or ctx is done. Workers
+// (meter, notifier, recorder) need them before they can create their
+// consumers; a gateway does not wait (its outbox keeps the events).
+func (b *bus) waitStreams(ctx context.Context) error {
+	select {
+	case <-b.streams:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("event streams not ready: %w", ctx.Err())
+	}
 }
 
 // ready reports whether NATS is connected.

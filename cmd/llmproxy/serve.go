@@ -206,6 +206,17 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target string, log 
 		return nil
 	}
 
+	if runMeter || runNotifier || runRec {
+		// The consumers need the streams; without them a worker started
+		// beside a JetStream cluster that is still forming would exit.
+		if err := b.waitStreams(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil // stopped (SIGTERM) while waiting: a clean exit
+			}
+			return err
+		}
+	}
+
 	workers, stopWorkers := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWorkers()
 	var wg sync.WaitGroup
