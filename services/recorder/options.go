@@ -13,7 +13,7 @@ const (
 	DefaultDurable      = "recorder"
 	DefaultBatchSize    = 500
 	DefaultBatchWait    = 200 * time.Millisecond
-	DefaultAckWait      = time.Minute
+	DefaultAckWait      = 10 * time.Second
 	DefaultWriteTimeout = 30 * time.Second
 	DefaultRetryWait    = 2 * time.Second
 )
@@ -34,8 +34,11 @@ type Options struct {
 	BatchSize int
 	BatchWait time.Duration
 	// AckWait is how long the server waits for a batch to be acknowledged
-	// before it redelivers its events (default 1m). It must exceed
-	// WriteTimeout.
+	// before it redelivers its events (default 10s): after a recorder
+	// crashed, the batch it held comes back to the others (or to it, once
+	// restarted) after AckWait. While a batch is being written the
+	// recorder keeps it alive with progress acknowledgements, so a write
+	// may take longer (up to WriteTimeout).
 	AckWait time.Duration
 	// WriteTimeout bounds one batch's transaction (default 30s). A batch
 	// that has started is finished even after Run's context is done.
@@ -62,7 +65,7 @@ func (o Options) withDefaults() Options {
 		o.WriteTimeout = DefaultWriteTimeout
 	}
 	if o.AckWait <= 0 {
-		o.AckWait = max(DefaultAckWait, 2*o.WriteTimeout)
+		o.AckWait = DefaultAckWait
 	}
 	if o.RetryWait <= 0 {
 		o.RetryWait = DefaultRetryWait
@@ -71,8 +74,8 @@ func (o Options) withDefaults() Options {
 }
 
 func (o Options) validate() error {
-	if o.AckWait <= o.WriteTimeout {
-		return errors.New("ack wait must exceed the write timeout")
+	if o.AckWait < 30*time.Millisecond {
+		return errors.New("ack wait must be at least 30ms")
 	}
 	return nil
 }

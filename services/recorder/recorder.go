@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -153,6 +154,12 @@ func (r *Recorder) process(ctx context.Context, msgs []jetstream.Msg) {
 	if len(rows) == 0 {
 		return
 	}
+	// The server redelivers a batch that is not settled within AckWait;
+	// while its transaction runs, tell it the batch is still being worked
+	// on, so that AckWait can stay short (a crashed recorder's batch comes
+	// back quickly) whatever the write takes.
+	stopKeepAlive := r.keepAlive(append(ok[:len(ok):len(ok)], dups...))
+	defer stopKeepAlive()
 	err := r.writeAll(ctx, rows)
 	var pgErr *pgconn.PgError
 	if err != nil && errors.As(err, &pgErr) && (pgErr.Code[:2] == "22" || pgErr.Code[:2] == "23") {
@@ -160,9 +167,11 @@ func (r *Recorder) process(ctx context.Context, msgs []jetstream.Msg) {
 		// writing the rows one at a time.
 		log.Warn("recorder: batch rejected, writing events one by one", "events", len(rows), "err", err)
 		r.writeEach(ctx, rows, ok)
+		stopKeepAlive()
 		r.ack(dups)
 		return
 	}
+	stopKeepAlive()
 	if err != nil {
 		r.metrics.errors.WithLabelValues(errWrite).Inc()
 		log.Error("recorder: write batch; events will be redelivered", "events", len(rows), "err", err)
@@ -175,6 +184,34 @@ func (r *Recorder) process(ctx context.Context, msgs []jetstream.Msg) {
 		return
 	}
 	r.ack(append(ok, dups...))
+}
+
+// keepAlive sends a progress acknowledgement for msgs every third of
+// AckWait until the returned function is called (which may be called more
+// than once, and returns once no more are sent).
+func (r *Recorder) keepAlive(msgs []jetstream.Msg) func() {
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(max(r.opts.AckWait/3, 10*time.Millisecond))
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				for _, m := range msgs {
+					_ = m.InProgress()
+				}
+			}
+		}
+	}()
+	var once sync.Once
+	return func() {
+		once.Do(func() { close(done) })
+		<-stopped
+	}
 }
 
 func (r *Recorder) writeEach(ctx context.Context, rows [][]any, msgs []jetstream.Msg) {
