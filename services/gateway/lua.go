@@ -106,6 +106,10 @@ func (g *Gateway) relayWithHook(r *http.Request, w http.ResponseWriter, x *excha
 	copyResponseHeader(w.Header(), hresp.Headers)
 	w.Header().Set("Content-Length", strconv.Itoa(len(hresp.Body)))
 	x.status = hresp.Status
+	x.result, x.delivered = ex.Result(), true
+	if x.commit != nil {
+		x.commit()
+	}
 	w.WriteHeader(hresp.Status)
 	if _, err := w.Write(hresp.Body); err != nil {
 		x.errMsg = "client_closed_request"

@@ -52,6 +52,11 @@ type exchange struct {
 	source    string
 	errMsg    string
 	delivered bool
+	// commit settles the request's accounting (its event is durable on
+	// return); the relay calls it just before the reply's last bytes, so a
+	// client never holds a complete reply whose event a crash could lose.
+	commit    func()
+	committed bool
 }
 
 // captures reports whether x's response content goes into its event:
@@ -91,6 +96,12 @@ func (g *Gateway) capture(x *exchange, ev *events.RequestCompleted, res usage.Re
 	ev.Response = c
 }
 
+// durableSink is an EventSink that can make an event durable before it
+// returns (the gateway's outbox publisher).
+type durableSink interface {
+	PublishDurable(ev *events.RequestCompleted)
+}
+
 // traceID is the id the client and the backend see: the client's own, else
 // the gateway's.
 func (x *exchange) traceID() string {
@@ -124,9 +135,18 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) {
 		g.fail(w, x, e)
 		return
 	}
+	x.commit = func() {
+		if !x.committed {
+			x.committed = true
+			g.finish(r.Context(), x)
+		}
+	}
 	g.forward(w, r, x)
 	g.release(x)
-	g.finish(r.Context(), x)
+	if !x.committed {
+		x.committed = true
+		g.finish(r.Context(), x)
+	}
 }
 
 // prepare authenticates, reads and checks the request, and runs the
@@ -495,6 +515,10 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 		var writeErr error
 		emit := func(ev []byte) error {
 			ex.Event(ev)
+			if !x.committed && x.commit != nil && usage.IsFinalEvent(format, ev) {
+				x.result, x.delivered = ex.Result(), true
+				x.commit()
+			}
 			if x.hideUsage {
 				if usage.IsUsageOnlyChunk(ev) {
 					return nil
@@ -553,6 +577,17 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 	} else {
 		var capture bytes.Buffer
 		const maxCapture = 8 << 20
+		// The last piece read is held back until the body has ended, so
+		// that the request's event is durable before the client has the
+		// whole reply (streams, compressed or not, go straight through).
+		hold := !streaming
+		var held, spare []byte
+		if hold {
+			hp, sp := bufPool.Get().(*[]byte), bufPool.Get().(*[]byte)
+			defer bufPool.Put(hp)
+			defer bufPool.Put(sp)
+			held, spare = (*hp)[:0], (*sp)[:0]
+		}
 		for {
 			n, err := resp.Body.Read(buf)
 			if n > 0 {
@@ -564,9 +599,18 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 				} else if !compressed && capture.Len()+n <= maxCapture {
 					capture.Write(buf[:n])
 				}
-				if _, werr := w.Write(buf[:n]); werr != nil {
-					x.errMsg = "client_closed_request"
-					break
+				out := buf[:n]
+				if hold {
+					// Write what was held; hold this piece instead.
+					out = held
+					held, spare = append(spare[:0], buf[:n]...), held
+				}
+				if len(out) > 0 {
+					if _, werr := w.Write(out); werr != nil {
+						x.errMsg = "client_closed_request"
+						held = nil
+						break
+					}
 				}
 				if streaming {
 					_ = rc.Flush()
@@ -588,6 +632,15 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 		} else if capture.Len() > 0 {
 			ex.Body(capture.Bytes())
 			x.replyBody = capture.Bytes()
+		}
+		if len(held) > 0 {
+			x.result, x.delivered = ex.Result(), true
+			if x.commit != nil {
+				x.commit()
+			}
+			if _, werr := w.Write(held); werr != nil {
+				x.errMsg = "client_closed_request"
+			}
 		}
 	}
 	x.result = ex.Result()
@@ -728,7 +781,11 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 			g.log.Warn("on_complete failed; the event is published unchanged", "request_id", x.requestID, "err", err)
 		}
 	}
-	g.events.Publish(ev)
+	if d, ok := g.events.(durableSink); ok {
+		d.PublishDurable(ev)
+	} else {
+		g.events.Publish(ev)
+	}
 	g.log.Info("request",
 		"request_id", x.requestID, "key_id", ev.KeyID, "model", ev.Model, "path", x.path,
 		"status", x.status, "latency_ms", ev.LatencyMS, "ttft_ms", ev.TTFTMS,
