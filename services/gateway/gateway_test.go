@@ -115,7 +115,7 @@ func TestBadInputGetsOpenAIErrors(t *testing.T) {
 		_, _ = w.Write([]byte(`{"ok":true}`))
 	}))
 	defer backend.Close()
-	gw, _ := newTestGateway(t, backend.URL, "")
+	gw, s := newTestGateway(t, backend.URL, "")
 	cases := []struct {
 		name, method, path, body string
 		hdr                      map[string]string
@@ -139,6 +139,22 @@ func TestBadInputGetsOpenAIErrors(t *testing.T) {
 				t.Fatalf("got %d %s, want %d with code %s", resp.StatusCode, body, c.status, c.code)
 			}
 		})
+	}
+	// Refused requests are recorded, under the unauthenticated key id when
+	// they had no valid key.
+	var unauth int
+	s.mu.Lock()
+	for _, ev := range s.evs {
+		if ev.StatusCode == 401 {
+			if ev.KeyID != UnauthenticatedKeyID {
+				t.Errorf("401 event key id %q", ev.KeyID)
+			}
+			unauth++
+		}
+	}
+	s.mu.Unlock()
+	if unauth != 2 {
+		t.Fatalf("%d events for the two 401s", unauth)
 	}
 	// The process is still healthy and serves a good request.
 	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1"}`, map[string]string{"x-api-key": testKey})

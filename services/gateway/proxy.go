@@ -96,6 +96,10 @@ func (g *Gateway) capture(x *exchange, ev *events.RequestCompleted, res usage.Re
 	ev.Response = c
 }
 
+// UnauthenticatedKeyID is the key id of events of requests refused for want
+// of a valid key.
+const UnauthenticatedKeyID = "unauthenticated"
+
 // durableSink is an EventSink that can make an event durable before it
 // returns (the gateway's outbox publisher).
 type durableSink interface {
@@ -772,6 +776,10 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 	}
 	if x.key != nil {
 		ev.KeyID, ev.KeyName, ev.UserID, ev.QuotaPeriod = x.key.ID, x.key.Name, x.key.UserID, x.key.Period
+	} else if x.rt.authOn {
+		// Auth is on and the request had no valid key; "anonymous" is
+		// kept for gateways without auth.
+		ev.KeyID = UnauthenticatedKeyID
 	}
 	if g.settler != nil && x.adm != nil {
 		g.settler.Settle(x.adm.keyID, x.requestID, ev.Usage.TotalTokens, x.start)
