@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -180,5 +181,52 @@ func TestNoCaptureByDefault(t *testing.T) {
 	evJSON, _ := json.Marshal(ev)
 	if ev.Response != nil || strings.Contains(string(evJSON), "private answer") {
 		t.Fatalf("response content in the event with capture off: %s", evJSON)
+	}
+}
+
+// TestFallbackWithoutRetries: a configured fallback chain is used when the
+// primary fails even with routing.retry off, in order, and only through
+// backends that serve the model.
+func TestFallbackWithoutRetries(t *testing.T) {
+	var primaryHits, wrongHits int
+	var mu sync.Mutex
+	primary := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		primaryHits++
+		mu.Unlock()
+		http.Error(w, `{"error":"overloaded"}`, http.StatusServiceUnavailable)
+	}))
+	defer primary.Close()
+	wrongModel := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		wrongHits++
+		mu.Unlock()
+		_, _ = w.Write([]byte(`{"from":"wrong"}`))
+	}))
+	defer wrongModel.Close()
+	good := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`{"from":"fallback"}`))
+	}))
+	defer good.Close()
+	yaml := fmt.Sprintf(`
+backends:
+  - {url: %q, name: primary, models: [m]}
+  - {url: %q, name: other, models: [x]}
+  - {url: %q, name: good, models: [m], weight: 0}
+routing:
+  retry: {enabled: false}
+  fallback:
+    - {primary: primary, fallback: [other, good]}
+api_keys: [{key: %q}]
+`, primary.URL, wrongModel.URL, good.URL, testKey)
+	gw, _ := gatewayFromYAML(t, yaml)
+	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m"}`, withKey())
+	if resp.StatusCode != 200 || string(body) != `{"from":"fallback"}` {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if primaryHits != 1 || wrongHits != 0 {
+		t.Fatalf("primary tried %d times, the backend without the model %d times", primaryHits, wrongHits)
 	}
 }

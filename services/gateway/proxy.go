@@ -338,7 +338,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 	}
 	var lastErr *apierr.Error
 	for attempt := 0; ; attempt++ {
-		up := nextFallback(fallbacks, isTried)
+		up := nextFallback(fallbacks, isTried, x.info.Model, rt.pool.Now())
 		if up == nil {
 			var err error
 			up, err = rt.pool.Pick(x.info.Model, isTried)
@@ -379,6 +379,12 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 			}
 			up.ReportFailure(g.now())
 			lastErr = classify(err)
+			// A configured fallback is tried at once, with retries on or
+			// off; a retry of the pool waits its backoff first.
+			fallback := nextFallback(fallbacks, isTried, x.info.Model, rt.pool.Now()) != nil
+			if fallback {
+				continue
+			}
 			if rt.retry.ShouldRetry(attempt, 0, err) {
 				if !g.sleep(ctx, rt.retry.Backoff(attempt)) {
 					x.status, x.errMsg = 499, "client_closed_request"
@@ -394,17 +400,18 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 		} else {
 			up.ReportSuccess()
 		}
-		if rt.retry.ShouldRetry(attempt, resp.StatusCode, nil) {
+		fallback := resp.StatusCode >= 500 && nextFallback(fallbacks, isTried, x.info.Model, rt.pool.Now()) != nil
+		if fallback || rt.retry.ShouldRetry(attempt, resp.StatusCode, nil) {
 			drain(resp.Body)
 			cancel()
 			up.Release()
 			lastErr = apierr.BadGateway("backend " + up.Name + " answered " + strconv.Itoa(resp.StatusCode))
-			if !g.sleep(ctx, rt.retry.Backoff(attempt)) {
+			if !fallback && !g.sleep(ctx, rt.retry.Backoff(attempt)) {
 				x.status, x.errMsg = 499, "client_closed_request"
 				return
 			}
-			// Without another backend to try, the last answer stands: keep
-			// it by falling through on the final attempt.
+			// On the last attempt ShouldRetry is false and the backend's
+			// answer is relayed as it is.
 			continue
 		}
 		if lua := rt.lua; lua != nil && lua.Has(hooks.HookResponse) && !isStreamContentType(resp.Header.Get("Content-Type")) {
@@ -418,9 +425,11 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 	}
 }
 
-func nextFallback(chain []*balancer.Upstream, tried func(*balancer.Upstream) bool) *balancer.Upstream {
+// nextFallback returns the first upstream of chain not yet tried that is
+// available and serves model.
+func nextFallback(chain []*balancer.Upstream, tried func(*balancer.Upstream) bool, model string, now time.Time) *balancer.Upstream {
 	for _, u := range chain {
-		if !tried(u) && u.Available(time.Now()) {
+		if !tried(u) && u.Available(now) && u.Serves(model) {
 			return u
 		}
 	}
