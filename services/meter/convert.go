@@ -35,8 +35,11 @@ var errNothingToApply = errors.New("request refused before a backend: nothing to
 // message); it says why, without the body.
 func entryFromEvent(data []byte) (ledger.Entry, error) {
 	var ev meteredFields
-	if err := json.Unmarshal(data, &ev); err != nil {
-		return ledger.Entry{}, fmt.Errorf("decode event: %w", err)
+	if !decodeMetered(data, &ev) {
+		ev = meteredFields{}
+		if err := json.Unmarshal(data, &ev); err != nil {
+			return ledger.Entry{}, fmt.Errorf("decode event: %w", err)
+		}
 	}
 	if ev.Usage.PromptTokens < 0 || ev.Usage.CompletionTokens < 0 || ev.Reservation < 0 {
 		return ledger.Entry{}, fmt.Errorf("request %s: negative token count", ev.RequestID)
