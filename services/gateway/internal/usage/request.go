@@ -65,12 +65,14 @@ type requestBody struct {
 }
 
 type requestMessage struct {
-	Content   json.RawMessage `json:"content"`
-	ToolCalls []struct {
-		Function struct {
-			Arguments json.RawMessage `json:"arguments"`
-		} `json:"function"`
-	} `json:"tool_calls"`
+	Content   json.RawMessage   `json:"content"`
+	ToolCalls []requestToolCall `json:"tool_calls"`
+}
+
+type requestToolCall struct {
+	Function struct {
+		Arguments json.RawMessage `json:"arguments"`
+	} `json:"function"`
 }
 
 // ParseRequest reads a request body in one JSON pass. Invalid JSON, a body
@@ -87,8 +89,11 @@ func ParseRequest(body []byte) (RequestInfo, error) {
 		return info, fmt.Errorf("parse request: %w", json.Unmarshal(body, &v))
 	}
 	var r requestBody
-	if err := json.Unmarshal(body, &r); err != nil {
-		return info, fmt.Errorf("parse request: %w", err)
+	if !decodeRequest(body, &r) {
+		r = requestBody{}
+		if err := json.Unmarshal(body, &r); err != nil {
+			return info, fmt.Errorf("parse request: %w", err)
+		}
 	}
 	info.Model = r.Model
 	if r.Stream != nil {
