@@ -139,6 +139,13 @@ func (g *Gateway) Reload(ctx context.Context, cfg *config.Config) error {
 	old := g.rt.Swap(rt)
 	if old != nil {
 		old.stop()
+		// Requests in flight keep their connections; idle ones of the
+		// replaced backends are closed.
+		for _, u := range old.pool.Upstreams() {
+			if c, ok := u.Transport.(interface{ CloseIdleConnections() }); ok {
+				c.CloseIdleConnections()
+			}
+		}
 		if old.lua != nil {
 			old.lua.Close()
 		}
