@@ -34,7 +34,19 @@ REDIS_URL_BENCH=${BENCH_REDIS_URL:-redis://127.0.0.1:6379/14}
 # stream consumer shares the LLMPROXY stream with the measurement.
 NATS_URL_EXT=${BENCH_NATS_URL:-}
 # BENCH_ONLY limits the HTTP targets, e.g. "direct httputil all".
-ONLY=${BENCH_ONLY:-direct httputil nginx passthrough all redis}
+ONLY=${BENCH_ONLY:-direct httputil nginx core passthrough all lua capture redis}
+# The feature rows (lua, capture) are measured only for the figure they are
+# there for: lua the latency at concurrency 1, capture the streams.
+declare -A MEAS=(
+	[lua]="lat"
+	[capture]="stream"
+)
+measures() { [[ " ${MEAS[$1]:-rss lat tput stream} " == *" $2 "* ]]; }
+LUA_SCRIPT="$ROOT/examples/lua/model_alias.lua"
+# The Lua row's request names the public alias gpt-4o, which model_alias.lua
+# rewrites to qwen2.5-72b (mockllm answers for any model).
+LUA_BODY='{"model":"gpt-4o","stream":false,"messages":[{"role":"user","content":"Hello there, how are you today?"}]}'
+
 
 for b in "$BIN/llmproxy" "$BIN/mockllm"; do
 	[[ -x "$b" ]] || { echo "bench: $b missing; run make build" >&2; exit 1; }
@@ -115,7 +127,7 @@ rss_kb() { # PID...: summed VmRSS in KiB
 
 # --- build the bench tools ---------------------------------------------------
 log "building bench tools"
-(cd "$ROOT/bench" && go build -o "$WORK/bin/" ./loadgen ./httputilproxy ./eventload)
+(cd "$ROOT/bench" && go build -o "$WORK/bin/" ./loadgen ./httputilproxy ./eventload ./gatewaycore)
 LOADGEN="$WORK/bin/loadgen"
 EVENTLOAD="$WORK/bin/eventload"
 
@@ -160,7 +172,9 @@ port; SINK_PORT=$PORT
 start sink "$EVENTLOAD" sink --listen "127.0.0.1:$SINK_PORT"
 wait_tcp 127.0.0.1 "$SINK_PORT"
 
-# gw_config NAME LISTEN ADMIN MODE [extra yaml]: MODE is passthrough, all or redis.
+# gw_config NAME LISTEN ADMIN MODE [extra yaml]: MODE is passthrough, all,
+# lua (all + the model-alias on_request script), capture (all + response
+# capture) or redis.
 gw_config() {
 	local name=$1 listen=$2 admin=$3 mode=$4 f="$WORK/$1.yaml"
 	mkdir -p "$WORK/$name-data"
@@ -183,7 +197,7 @@ rate_limit: { enabled: false }
 logging: { level: warn }
 EOF
 		;;
-	all | redis)
+	all | lua | capture | redis)
 		sed -i 's|^health_check: {|health_check: { path: /health, interval: 10s,|' "$f"
 		cat >>"$f" <<EOF
 admin: { listen: "$admin", token: "$ADMIN_TOKEN" }
@@ -207,14 +221,21 @@ rate_limit:
     requests_per_minute: 1000000000
     tokens_per_minute: 1000000000000
     max_concurrent: 1000000
-logging: { level: info }
 EOF
+		if [[ $mode == capture ]]; then
+			echo "logging: { level: info, capture_response: true, max_capture_bytes: 65536 }" >>"$f"
+		else
+			echo "logging: { level: info }" >>"$f"
+		fi
+		if [[ $mode == lua ]]; then
+			echo "lua: { scripts: [\"$LUA_SCRIPT\"] }" >>"$f"
+		fi
 		;;
 	esac
 	# Issue 9's "every feature" is keys, admission, metering events, metrics
 	# and the access log; BENCH_WEBHOOK=1 adds webhook delivery (the
 	# notifier POSTs every event to a local receiver) on top.
-	if [[ $mode == all && "${BENCH_WEBHOOK:-0}" == 1 ]]; then
+	if [[ $mode =~ ^(all|lua|capture)$ && "${BENCH_WEBHOOK:-0}" == 1 ]]; then
 		cat >>"$f" <<EOF
 usage_hook: { url: "http://127.0.0.1:$SINK_PORT/usage", timeout: 5s, retry: 2 }
 EOF
@@ -293,6 +314,17 @@ EOF
 	fi
 fi
 
+if has core; then
+	# The gateway package alone (bench/gatewaycore): the same config as the
+	# single-binary passthrough, served without events, NATS or meter.
+	port; l="127.0.0.1:$PORT"
+	gw_config core "$l" "" passthrough
+	start core "$WORK/bin/gatewaycore" --config "$WORK/core.yaml"
+	PIDSOF[core]=$LAST_PID
+	URL[core]="http://$l"
+	wait_http "${URL[core]}/healthz" core
+fi
+
 if has passthrough; then
 	port; l="127.0.0.1:$PORT"
 	gw_config passthrough "$l" "" passthrough
@@ -311,6 +343,21 @@ if has all; then
 	wait_http "http://$a/readyz" all
 fi
 
+for t in lua capture; do
+	has $t || continue
+	port; l="127.0.0.1:$PORT"; port; a="127.0.0.1:$PORT"
+	gw_config $t "$l" "$a" $t
+	start $t "$BIN/llmproxy" serve --config "$WORK/$t.yaml"
+	PIDSOF[$t]=$LAST_PID
+	URL[$t]="http://$l"
+	wait_http "http://$a/readyz" $t
+done
+if has lua; then
+	# The script must really rewrite the model, or the row measures nothing.
+	got=$(curl -fsS "${URL[lua]}/v1/chat/completions" -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d "$LUA_BODY")
+	[[ $got == *'"model":"qwen2.5-72b"'* ]] || { log "lua: the model was not rewritten: $got"; exit 1; }
+fi
+
 NATS_NOTE=""
 if has redis; then
 	if [[ -n "$NATS_URL_EXT" ]]; then NATS_URL=$NATS_URL_EXT; else start_nats; fi
@@ -327,7 +374,7 @@ fi
 # --- HTTP measurements ---------------------------------------------------------
 CHAT=/v1/chat/completions
 auth_args() { # TARGET
-	case $1 in all | redis) printf "%s\n" "--header" "Authorization: Bearer $KEY" ;; esac
+	case $1 in all | lua | capture | redis) printf "%s\n" "--header" "Authorization: Bearer $KEY" ;; esac
 }
 
 mock_idle() { # waits until mockllm has no request in flight
@@ -341,7 +388,7 @@ mock_idle() { # waits until mockllm has no request in flight
 }
 
 TARGETS=()
-for t in direct httputil nginx passthrough all redis; do
+for t in direct httputil nginx core passthrough all lua capture redis; do
 	if has "$t"; then TARGETS+=("$t"); fi
 done
 
@@ -349,6 +396,7 @@ done
 # load phases is kept and would hide what the open streams cost.
 for t in "${TARGETS[@]}"; do
 	[[ $t == direct ]] && continue
+	measures "$t" rss || continue
 	u="${URL[$t]}$CHAT"
 	mapfile -t A < <(auth_args "$t")
 	log "$t: RSS with $IDLE idle open streams"
@@ -371,13 +419,20 @@ for r in $(seq 1 "$ROUNDS"); do
 	for t in "${TARGETS[@]}"; do
 		u="${URL[$t]}$CHAT"
 		mapfile -t A < <(auth_args "$t")
-		log "round $r, $t: latency at concurrency 1 ($LAT_DURATION)"
-		"$LOADGEN" --label "$t" --mode request --concurrency 1 --warmup "$WARMUP" --duration "$LAT_DURATION" --url "$u" "${A[@]}" >"$WORK/res-$t-lat-$r.json"
-		log "round $r, $t: throughput at concurrency $TPUT_CONC ($TPUT_DURATION)"
-		"$LOADGEN" --label "$t" --mode request --concurrency "$TPUT_CONC" --warmup "$WARMUP" --duration "$TPUT_DURATION" --url "$u" "${A[@]}" >"$WORK/res-$t-tput-$r.json"
-		log "round $r, $t: $STREAMS streams, $STREAM_TOKENS tokens $STREAM_GAP apart ($STREAM_DURATION)"
-		"$LOADGEN" --label "$t" --mode stream --concurrency "$STREAMS" --warmup "$WARMUP" --duration "$STREAM_DURATION" --url "$u" "${A[@]}" \
-			--header "X-Mock-Gap: $STREAM_GAP" --header "X-Mock-Tokens: $STREAM_TOKENS" >"$WORK/res-$t-stream-$r.json"
+		if [[ $t == lua ]]; then A+=(--body "$LUA_BODY"); fi
+		if measures "$t" lat; then
+			log "round $r, $t: latency at concurrency 1 ($LAT_DURATION)"
+			"$LOADGEN" --label "$t" --mode request --concurrency 1 --warmup "$WARMUP" --duration "$LAT_DURATION" --url "$u" "${A[@]}" >"$WORK/res-$t-lat-$r.json"
+		fi
+		if measures "$t" tput; then
+			log "round $r, $t: throughput at concurrency $TPUT_CONC ($TPUT_DURATION)"
+			"$LOADGEN" --label "$t" --mode request --concurrency "$TPUT_CONC" --warmup "$WARMUP" --duration "$TPUT_DURATION" --url "$u" "${A[@]}" >"$WORK/res-$t-tput-$r.json"
+		fi
+		if measures "$t" stream; then
+			log "round $r, $t: $STREAMS streams, $STREAM_TOKENS tokens $STREAM_GAP apart ($STREAM_DURATION)"
+			"$LOADGEN" --label "$t" --mode stream --concurrency "$STREAMS" --warmup "$WARMUP" --duration "$STREAM_DURATION" --url "$u" "${A[@]}" \
+				--header "X-Mock-Gap: $STREAM_GAP" --header "X-Mock-Tokens: $STREAM_TOKENS" >"$WORK/res-$t-stream-$r.json"
+		fi
 		mock_idle
 	done
 done
@@ -430,4 +485,4 @@ fi
 CMDLINE="BENCH_WEBHOOK=${BENCH_WEBHOOK:-0} BENCH_ROUNDS=$ROUNDS BENCH_LAT_DURATION=$LAT_DURATION BENCH_TPUT_DURATION=$TPUT_DURATION BENCH_TPUT_CONC=$TPUT_CONC BENCH_STREAM_DURATION=$STREAM_DURATION BENCH_STREAMS=$STREAMS BENCH_STREAM_GAP=$STREAM_GAP BENCH_STREAM_TOKENS=$STREAM_TOKENS BENCH_IDLE=$IDLE BENCH_METER_EVENTS=$METER_EVENTS BENCH_NOTIFIER_EVENTS=$NOTIFIER_EVENTS make bench"
 python3 "$ROOT/bench/report.py" --work "$WORK" --rounds "$ROUNDS" --targets "${TARGETS[*]}" --out "${BENCH_OUT:-$ROOT/bench/RESULTS.md}" \
 	--cmdline "$CMDLINE" --loadgen "$LOADGEN" --mock "$MOCK" --notes "$IDLE_NOTE" --notes "$NGINX_NOTE" --notes "$METER_NOTE" \
-	--configs "$WORK/passthrough.yaml" --configs "$WORK/all.yaml" --configs "$WORK/redis.yaml" --configs "$WORK/nginx/nginx.conf"
+	--configs "$WORK/core.yaml" --configs "$WORK/passthrough.yaml" --configs "$WORK/all.yaml" --configs "$WORK/lua.yaml" --configs "$WORK/capture.yaml" --configs "$WORK/redis.yaml" --configs "$WORK/nginx/nginx.conf"
