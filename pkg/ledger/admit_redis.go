@@ -25,6 +25,8 @@ import (
 //	P:{<keyID>}:rl:resvexp   zset request id → reservation expiry (µs)
 //	P:{<keyID>}:rl:resvsum   the sum of rl:resv's tokens
 //	P:{<keyID>}:rl:tpm       hash unix second → tokens applied (event time)
+//	P:{<keyID>}:rl:tpmsum    hash: s, the sum of rl:tpm's tokens, and lo, its
+//	                         oldest second (absent = read rl:tpm whole)
 //	P:global:rl:tat          global RPS: GCRA theoretical arrival time (µs)
 //
 // The global bucket cannot share a slot with every key. On a single node
@@ -95,7 +97,8 @@ end
 // admitLua decides one request of one key and, when it is admitted, records
 // it; see RedisAdmitter for KEYS[1..7] (tat, rpm, leases, resv, resvexp, tpm,
 // usage), KEYS[8] is the RedisStore's reservation counter, KEYS[9] the sum
-// of the reservations and KEYS[10], when present, the global bucket. ARGV after the clock: lease id, global
+// of the reservations, KEYS[10] the TPM window's sum and KEYS[11], when
+// present, the global bucket. ARGV after the clock: lease id, global
 // interval (µs, 0 = none) and burst, key interval (µs, 0 = none) and burst,
 // rpm, tpm, max concurrent, quota, reserve, lease TTL (µs), reservation TTL
 // (µs), period end (µs, 0 = never).
@@ -121,8 +124,8 @@ end
 local limreq, remreq, resetreq, limtok, remtok, resettok = 0, 0, 0, 0, 0, 0
 
 local gtat
-if gT > 0 and #KEYS >= 10 then
-  local ok, t, _, after = gcra(KEYS[10], gT, gburst)
+if gT > 0 and #KEYS >= 11 then
+  local ok, t, _, after = gcra(KEYS[11], gT, gburst)
   if not ok then reject('global_rps', after) end
   gtat = t
 end
@@ -172,22 +175,45 @@ if tpm > 0 or quota > 0 then
     - tonumber(redis.call('HGET', KEYS[4], lease) or '0')
 
   if tpm > 0 then
+    -- KEYS[10] keeps the window's sum (s) and its oldest second (lo), so
+    -- the window is read whole only when its oldest second has left it
+    -- (at most once a second) or when a rejection needs its seconds.
     local oldest = math.floor(now / 1000000) - 60
-    local f = redis.call('HGETALL', KEYS[6])
-    local used, secs, bysec = 0, {}, {}
-    for i = 1, #f, 2 do
-      local s = tonumber(f[i])
-      if s <= oldest then
-        redis.call('HDEL', KEYS[6], f[i])
-      else
-        local v = tonumber(f[i + 1])
-        used = used + v
-        if not bysec[s] then secs[#secs + 1] = s end
-        bysec[s] = (bysec[s] or 0) + v
+    local m = redis.call('HMGET', KEYS[10], 's', 'lo')
+    local used, lo = tonumber(m[1]), tonumber(m[2])
+    local bysec
+    local function scan()
+      local f = redis.call('HGETALL', KEYS[6])
+      local secs, sum, gone = {}, 0, {}
+      bysec = {}
+      for i = 1, #f, 2 do
+        local s = tonumber(f[i])
+        if s <= oldest then
+          gone[#gone + 1] = f[i]
+        else
+          local v = tonumber(f[i + 1])
+          sum = sum + v
+          if not bysec[s] then secs[#secs + 1] = s end
+          bysec[s] = (bysec[s] or 0) + v
+        end
+      end
+      if #gone > 0 then redis.call('HDEL', KEYS[6], unpack(gone)) end
+      table.sort(secs)
+      return secs, sum
+    end
+    local secs
+    if not used or not lo or lo <= oldest then
+      secs, used = scan()
+      lo = secs[1]
+      if lo then
+        redis.call('HSET', KEYS[10], 's', fmt(used), 'lo', fmt(lo))
+        redis.call('EXPIRE', KEYS[10], 120)
+      elseif m[1] or m[2] then
+        redis.call('DEL', KEYS[10])
       end
     end
-    table.sort(secs)
     if not fits(used, outstanding, tpm) then
+      if not secs then secs = scan() end
       local excess, freed, after = used + outstanding + reserve - tpm, 0, 1000000
       for _, s in ipairs(secs) do
         freed = freed + bysec[s]
@@ -199,7 +225,7 @@ if tpm > 0 or quota > 0 then
       reject('tpm', after)
     end
     limtok, remtok = tpm, math.max(tpm - used - outstanding, 0)
-    if #secs > 0 then resettok = (secs[1] + 60) * 1000000 - now end
+    if lo then resettok = (lo + 60) * 1000000 - now end
   end
 
   if quota > 0 then
@@ -216,7 +242,7 @@ if not allowed then
   return {0, reason, fmt(retry), limreq, remreq, fmt(resetreq), limtok, remtok, fmt(resettok)}
 end
 
-if gtat then settat(KEYS[10], gtat) end
+if gtat then settat(KEYS[11], gtat) end
 if ktat then settat(KEYS[1], ktat) end
 if rpm > 0 then
   redis.call('ZADD', KEYS[2], fmt(now), lease)
@@ -296,11 +322,12 @@ return 1
 func (a *RedisAdmitter) tag(keyID string) string { return a.prefix + ":{" + keyID + "}" }
 func (a *RedisAdmitter) globalKey() string       { return a.prefix + ":global:rl:tat" }
 
-// keyKeys returns KEYS[1..9] of admitLua for keyID and the period id pid.
+// keyKeys returns KEYS[1..10] of admitLua for keyID and the period id pid.
 func (a *RedisAdmitter) keyKeys(keyID, pid string) []string {
 	t := a.tag(keyID)
 	return []string{t + ":rl:tat", t + ":rl:rpm", t + ":rl:leases", t + ":rl:resv",
-		t + ":rl:resvexp", t + ":rl:tpm", t + ":usage:" + pid, t + ":reserved", t + ":rl:resvsum"}
+		t + ":rl:resvexp", t + ":rl:tpm", t + ":usage:" + pid, t + ":reserved", t + ":rl:resvsum",
+		t + ":rl:tpmsum"}
 }
 
 func micros(d time.Duration) int64 { return int64(d / time.Microsecond) }

@@ -134,6 +134,24 @@ func BenchmarkAdmit(b *testing.B) {
 			rdb := testRedis(b)
 			return NewRedisAdmitter(rdb, testPrefix(b, rdb))
 		}},
+		// redis-window: each key's TPM window holds a second of applied
+		// tokens for each of the last 59 s, as under steady traffic.
+		{"redis-window", func(b *testing.B) Admitter {
+			rdb := testRedis(b)
+			prefix := testPrefix(b, rdb)
+			store, now := NewRedis(rdb, prefix), time.Now()
+			var entries []Entry
+			for k := range 50 {
+				for s := range 59 {
+					entries = append(entries, Entry{RequestID: fmt.Sprintf("w-%d-%d", k, s), KeyID: "key-" + strconv.Itoa(k),
+						Time: now.Add(-time.Duration(s) * time.Second), PromptTokens: 10})
+				}
+			}
+			if _, err := store.Apply(context.Background(), entries); err != nil {
+				b.Fatal(err)
+			}
+			return NewRedisAdmitter(rdb, prefix)
+		}},
 	} {
 		b.Run(bc.name+"/parallel", func(b *testing.B) {
 			ctx := context.Background()

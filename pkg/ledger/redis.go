@@ -70,8 +70,9 @@ func NewRedis(rdb redis.UniversalClient, prefix string, opts ...Option) *RedisSt
 //
 // KEYS[1] is the reservation counter new entries release their reserved
 // tokens from, KEYS[2] and KEYS[3] the RedisAdmitter's reservations (hash
-// and expiry zset), KEYS[4] its TPM window and KEYS[5] the reservations'
-// sum; the other keys are the seen
+// and expiry zset), KEYS[4] its TPM window, KEYS[5] the reservations' sum
+// and KEYS[6] the TPM window's sum (kept up to date only while it exists);
+// the other keys are the seen
 // sets and usage hashes ARGV points at. ARGV[1] is "1" for a key's group
 // (count per model, settle reservations, fill the TPM window), "0" for a
 // user's; then come 12 values per entry: the KEYS index of its seen set, its
@@ -86,7 +87,7 @@ func NewRedis(rdb redis.UniversalClient, prefix string, opts ...Option) *RedisSt
 const applyLua = `
 local models = ARGV[1] == '1'
 local sums, hashes, expire = {}, {}, {}
-local applied, release, settled, tpm = 0, 0, 0, false
+local applied, release, settled, tpm, tpmlo = 0, 0, 0, 0, nil
 local function add(h, f, v)
   local t = sums[h]
   if not t then
@@ -114,7 +115,9 @@ for a = 2, #ARGV, 12 do
     end
     if models and p + c > 0 then
       redis.call('HINCRBY', KEYS[4], ARGV[a + 11], string.format('%d', p + c))
-      tpm = true
+      tpm = tpm + p + c
+      local sec = tonumber(ARGV[a + 11])
+      if not tpmlo or sec < tpmlo then tpmlo = sec end
     end
     local m = 'm:' .. ARGV[a + 10] .. ':'
     for i = 3, 6 do
@@ -138,7 +141,17 @@ for _, h in ipairs(hashes) do
     redis.call('HINCRBY', KEYS[h], f, string.format('%d', v))
   end
 end
-if tpm then redis.call('EXPIRE', KEYS[4], 120) end
+if tpmlo then
+  redis.call('EXPIRE', KEYS[4], 120)
+  -- The window's sum is kept only while it is whole: when it is absent the
+  -- admitter rebuilds it from the window.
+  local lo = redis.call('HGET', KEYS[6], 'lo')
+  if lo then
+    redis.call('HINCRBY', KEYS[6], 's', string.format('%d', tpm))
+    if tpmlo < tonumber(lo) then redis.call('HSET', KEYS[6], 'lo', string.format('%d', tpmlo)) end
+    redis.call('EXPIRE', KEYS[6], 120)
+  end
+end
 if settled > 0 and redis.call('DECRBY', KEYS[5], string.format('%d', settled)) <= 0 then
   redis.call('DEL', KEYS[5])
 end
@@ -188,8 +201,8 @@ func newScriptCall(tag string, isKey bool) *scriptCall {
 		models = "1"
 	}
 	// A user's group never settles reservations nor fills a TPM window:
-	// its KEYS[1..5] are named in its own slot but never written.
-	keys := []string{tag + ":reserved", tag + ":rl:resv", tag + ":rl:resvexp", tag + ":rl:tpm", tag + ":rl:resvsum"}
+	// its KEYS[1..6] are named in its own slot but never written.
+	keys := []string{tag + ":reserved", tag + ":rl:resv", tag + ":rl:resvexp", tag + ":rl:tpm", tag + ":rl:resvsum", tag + ":rl:tpmsum"}
 	index := make(map[string]int, len(keys))
 	for i, k := range keys {
 		index[k] = i + 1
