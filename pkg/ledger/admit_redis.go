@@ -150,15 +150,18 @@ if rpm > 0 then
   limreq, remreq, resetreq = rpm, math.max(rpm - n, 0), reset
 end
 
+local leases = 0
 if maxc > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', fmt(now))
   local n = redis.call('ZCARD', KEYS[3])
+  leases = n
   if n >= maxc and not redis.call('ZSCORE', KEYS[3], lease) then
     local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
     reject('concurrency', math.min(tonumber(first[2]) - now, 1000000))
   end
 end
 
+local prev = 0
 if tpm > 0 or quota > 0 then
   local expired = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', fmt(now))
   if #expired > 0 then
@@ -170,9 +173,9 @@ if tpm > 0 or quota > 0 then
     redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', fmt(now))
     if redis.call('DECRBY', KEYS[9], fmt(gone)) <= 0 then redis.call('DEL', KEYS[9]) end
   end
+  prev = tonumber(redis.call('HGET', KEYS[4], lease) or '0')
   local outstanding = math.max(tonumber(redis.call('GET', KEYS[8]) or '0'), 0)
-    + math.max(tonumber(redis.call('GET', KEYS[9]) or '0'), 0)
-    - tonumber(redis.call('HGET', KEYS[4], lease) or '0')
+    + math.max(tonumber(redis.call('GET', KEYS[9]) or '0'), 0) - prev
 
   if tpm > 0 then
     -- KEYS[10] keeps the window's sum (s) and its oldest second (lo), so
@@ -251,11 +254,16 @@ if rpm > 0 then
 end
 if maxc > 0 then
   redis.call('ZADD', KEYS[3], fmt(now + leasettl), lease)
-  local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
-  redis.call('PEXPIRE', KEYS[3], fmt(math.floor((tonumber(last[2]) - now) / 1000) + 1000))
+  -- The set lives as long as its last lease: a set that had leases has a
+  -- TTL (every write sets one), which only grows.
+  local ttl = fmt(math.floor(leasettl / 1000) + 1000)
+  if leases > 0 then
+    redis.call('PEXPIRE', KEYS[3], ttl, 'GT')
+  else
+    redis.call('PEXPIRE', KEYS[3], ttl)
+  end
 end
 if reserve > 0 and (tpm > 0 or quota > 0) then
-  local prev = tonumber(redis.call('HGET', KEYS[4], lease) or '0')
   redis.call('HSET', KEYS[4], lease, fmt(reserve))
   redis.call('ZADD', KEYS[5], fmt(now + resvttl), lease)
   redis.call('INCRBY', KEYS[9], fmt(reserve - prev))
