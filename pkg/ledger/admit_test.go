@@ -212,3 +212,37 @@ func TestRedisAdmitterAcrossClients(t *testing.T) {
 		t.Fatalf("two gateways admitted %d of 50 concurrent requests, want 5", n)
 	}
 }
+
+// TestRedisTPMSumFollowsApply: once the admitter keeps the window's sum,
+// Apply adds to it, including a late entry older than the window's oldest
+// second, and the sum drops seconds as they leave the window.
+func TestRedisTPMSumFollowsApply(t *testing.T) {
+	ctx := context.Background()
+	t0 := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	env := newRedisAdmitEnv(false)(t, t0)
+	apply := func(id string, at time.Time, tokens int64) {
+		t.Helper()
+		if _, err := env.store.Apply(ctx, []Entry{{RequestID: id, KeyID: "k", Time: at, PromptTokens: tokens}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	remaining := func(want int64) {
+		t.Helper()
+		d, err := env.admit.Admit(ctx, AdmitRequest{KeyID: "k", LeaseID: "probe", Limits: KeyLimits{TPM: 1000}})
+		if err != nil || !d.Allowed || d.RemainingTokens != want {
+			t.Fatalf("at %s: %+v, %v; want admitted with %d tokens remaining", env.clock.Now().Format(time.TimeOnly), d, err, want)
+		}
+	}
+	apply("a", t0.Add(10*time.Second), 100)
+	env.clock.Set(t0.Add(20 * time.Second))
+	remaining(900) // builds the sum
+	apply("b", t0.Add(20*time.Second), 50)
+	apply("c", t0.Add(5*time.Second), 30) // late, older than the oldest second
+	remaining(820)
+	env.clock.Set(t0.Add(65 * time.Second)) // c leaves
+	remaining(850)
+	env.clock.Set(t0.Add(70 * time.Second)) // a leaves
+	remaining(950)
+	env.clock.Set(t0.Add(80 * time.Second)) // b leaves
+	remaining(1000)
+}
