@@ -353,6 +353,16 @@ func TestMeterThreeMetersKilledEvery2s(t *testing.T) {
 		}
 	}()
 
+	// The killer stops before the meters' processes are cleaned up, also
+	// when the test fails half way.
+	var stopOnce sync.Once
+	stopKilling := func() int {
+		kills := -1
+		stopOnce.Do(func() { close(stopKills); kills = <-killsDone })
+		return kills
+	}
+	t.Cleanup(func() { stopKilling() })
+
 	const chunks = 10
 	per := (len(all) + chunks - 1) / chunks
 	started := time.Now()
@@ -395,8 +405,7 @@ func TestMeterThreeMetersKilledEvery2s(t *testing.T) {
 	// not live long enough to ack what it took, and the catch-up below
 	// must not depend on that.
 	time.Sleep(4 * time.Second)
-	close(stopKills)
-	kills := <-killsDone
+	kills := stopKilling()
 	if kills < 4 {
 		t.Fatalf("only %d meter kills happened while the meters worked", kills)
 	}
