@@ -6,6 +6,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/llmproxy/llmproxy/pkg/events"
+	"github.com/llmproxy/llmproxy/pkg/jsonscan"
 )
 
 // meteredKeys are the JSON names of meteredFields.
@@ -20,7 +21,7 @@ var meteredKeys = []string{"request_id", "user_id", "key_id", "model", "timestam
 // matches case-insensitively); ev is then in an unspecified state and the
 // caller decodes again with json.Unmarshal, whose result and errors stand.
 func decodeMetered(data []byte, ev *meteredFields) bool {
-	if !validJSON(data) {
+	if !jsonscan.Valid(data) {
 		return false
 	}
 	i := skipWS(data, 0)

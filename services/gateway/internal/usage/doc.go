@@ -36,7 +36,7 @@
 //		r.CompletionTokens = int64(usage.CountTokens(r.Text)) // scale by r.TextBytes if r.TextTruncated
 //	}
 //
-// The JSON of every event is checked with validJSON (json.Valid's verdict at
+// The JSON of every event is checked with jsonscan.Valid (json.Valid's verdict at
 // a fraction of its cost) and then walked in place: no decoding into structs, so a content chunk costs no allocation
 // once the Extractor's buffers have grown.
 package usage

@@ -2,6 +2,8 @@ package usage
 
 import (
 	"bytes"
+
+	"github.com/llmproxy/llmproxy/pkg/jsonscan"
 )
 
 // openai reads an OpenAI-style body or stream chunk: chat completions
@@ -169,7 +171,7 @@ func IsUsageOnlyChunk(ev []byte) bool {
 		return false
 	}
 	data, _, ok := sseData(ev, nil)
-	if !ok || !validJSON(data) {
+	if !ok || !jsonscan.Valid(data) {
 		return false
 	}
 	var choices, usage []byte

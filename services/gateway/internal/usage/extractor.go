@@ -3,6 +3,8 @@ package usage
 import (
 	"bytes"
 	"unicode/utf8"
+
+	"github.com/llmproxy/llmproxy/pkg/jsonscan"
 )
 
 // DefaultMaxText is the text bound used when Options.MaxText is 0.
@@ -106,7 +108,7 @@ func (e *Extractor) Body(b []byte) {
 }
 
 func (e *Extractor) parse(obj []byte, stream bool) {
-	if !validJSON(obj) {
+	if !jsonscan.Valid(obj) {
 		return
 	}
 	switch e.format.family() {

@@ -1,6 +1,6 @@
 package usage
 
-// A small allocation-free walk over JSON that validJSON has checked
+// A small allocation-free walk over JSON that jsonscan.Valid has checked
 // (json.Unmarshal would allocate on every object). Values are returned as
 // raw subslices of the input; keys are compared raw, quotes included, which
 // is exact for the plain ASCII keys the engines send.

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+
+	"github.com/llmproxy/llmproxy/pkg/jsonscan"
 )
 
 // ErrNotObject is returned for a request body that is valid JSON but not an
@@ -200,7 +202,7 @@ func appendPromptRaw(dst, raw []byte) []byte {
 // "}". Non-streaming bodies, and bodies whose stream_options is not an
 // object, come back unchanged. Invalid JSON or a non-object returns an error.
 func AddIncludeUsage(body []byte) (newBody []byte, added bool, err error) {
-	if !validJSON(body) {
+	if !jsonscan.Valid(body) {
 		return body, false, errors.New("add include_usage: invalid JSON")
 	}
 	t := skipSpace(body)

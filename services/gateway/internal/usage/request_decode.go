@@ -3,6 +3,8 @@ package usage
 import (
 	"bytes"
 	"unicode/utf8"
+
+	"github.com/llmproxy/llmproxy/pkg/jsonscan"
 )
 
 // The JSON names decodeRequest reads, per object.
@@ -27,7 +29,7 @@ var (
 // case; r is then in an unspecified state and the caller decodes again
 // with json.Unmarshal, whose result and errors stand.
 func decodeRequest(body []byte, r *requestBody) bool {
-	if !validJSON(body) {
+	if !jsonscan.Valid(body) {
 		return false
 	}
 	var seen uint32
