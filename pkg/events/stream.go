@@ -63,18 +63,51 @@ func DLQStreamConfig(o StreamOptions) jetstream.StreamConfig {
 	}
 }
 
-// EnsureStreams creates or updates the LLMPROXY and LLMPROXY_DLQ streams.
-// It is safe to call from every process at start.
+// EnsureStreams creates the LLMPROXY and LLMPROXY_DLQ streams, or updates
+// one whose settings differ from o. It is safe to call from every process
+// at start: a stream that already has these settings is left alone, so
+// processes starting together do not update a stream under each other's
+// consumers.
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions) error {
 	for _, cfg := range []jetstream.StreamConfig{StreamConfig(o), DLQStreamConfig(o)} {
-		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
-			// An existing stream with other replicas cannot always be
-			// updated in place; keep it rather than fail the start.
-			if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-				continue
-			}
+		if err := ensureStream(ctx, js, cfg); err != nil {
 			return fmt.Errorf("ensure stream %s: %w", cfg.Name, err)
 		}
 	}
 	return nil
+}
+
+func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) error {
+	s, err := js.Stream(ctx, cfg.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		_, err = js.CreateStream(ctx, cfg)
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			return nil // another process created it meanwhile
+		}
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	if sameSettings(s.CachedInfo().Config, cfg) {
+		return nil
+	}
+	_, err = js.UpdateStream(ctx, cfg)
+	return err
+}
+
+// sameSettings reports whether the stream's config already has what cfg
+// asks for.
+func sameSettings(have, want jetstream.StreamConfig) bool {
+	if len(have.Subjects) != len(want.Subjects) {
+		return false
+	}
+	for i := range want.Subjects {
+		if have.Subjects[i] != want.Subjects[i] {
+			return false
+		}
+	}
+	return have.Storage == want.Storage && have.Retention == want.Retention &&
+		have.MaxAge == want.MaxAge && have.Duplicates == want.Duplicates &&
+		have.Replicas == want.Replicas && have.Description == want.Description
 }

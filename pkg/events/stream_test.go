@@ -1,0 +1,57 @@
+package events
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+func TestEnsureStreamsCreatesUpdatesAndLeavesAlone(t *testing.T) {
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	defer ns.Shutdown()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server did not start")
+	}
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx := context.Background()
+
+	if err := EnsureStreams(ctx, js, StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(ctx, StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	created := s.CachedInfo().Created
+	if s.CachedInfo().Config.MaxAge != 7*24*time.Hour || s.CachedInfo().Config.Duplicates != 2*time.Minute {
+		t.Fatalf("defaults not applied: %+v", s.CachedInfo().Config)
+	}
+	// Same settings again: nothing changes.
+	if err := EnsureStreams(ctx, js, StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// New retention: updated in place, messages kept.
+	if err := EnsureStreams(ctx, js, StreamOptions{MaxAge: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	s, _ = js.Stream(ctx, StreamName)
+	if s.CachedInfo().Config.MaxAge != time.Hour || !s.CachedInfo().Created.Equal(created) {
+		t.Fatalf("stream not updated in place: %+v", s.CachedInfo())
+	}
+	if _, err := js.Stream(ctx, DLQStreamName); err != nil {
+		t.Fatalf("dead-letter stream: %v", err)
+	}
+}
