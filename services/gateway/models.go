@@ -27,10 +27,7 @@ type modelEntry struct {
 func (g *Gateway) serveModels(w http.ResponseWriter, r *http.Request) {
 	g.inflight.Add(1)
 	defer g.inflight.Add(-1)
-	x := &exchange{rt: g.rt.Load(), start: g.now(), path: r.URL.Path}
-	x.requestID = g.reqIDs.next()
-	w.Header().Set("X-Request-Id", x.requestID)
-	x.clientIP = x.rt.ips.ClientIP(r)
+	x := g.begin(w, r)
 	if e := g.prepare(r, x); e != nil {
 		g.fail(w, x, e)
 		return

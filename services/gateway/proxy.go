@@ -117,10 +117,9 @@ func (x *exchange) traceID() string {
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
-// serveProxy is the request path of DESIGN §4.
-func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) {
-	g.inflight.Add(1)
-	defer g.inflight.Add(-1)
+// begin starts the exchange of r: the runtime it keeps to its end, its ids
+// and its client address.
+func (g *Gateway) begin(w http.ResponseWriter, r *http.Request) *exchange {
 	x := &exchange{rt: g.rt.Load(), start: g.now(), path: r.URL.Path}
 	// The request id names the request in the ledger, so it is always the
 	// gateway's own: a client reusing an id must not share a lease, a
@@ -133,7 +132,14 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Request-Id", x.traceID())
 	w.Header().Set("X-LLMProxy-Request-Id", x.requestID)
 	x.clientIP = x.rt.ips.ClientIP(r)
+	return x
+}
 
+// serveProxy is the request path of DESIGN §4.
+func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) {
+	g.inflight.Add(1)
+	defer g.inflight.Add(-1)
+	x := g.begin(w, r)
 	if e := g.prepare(r, x); e != nil {
 		g.release(x)
 		g.fail(w, x, e)
