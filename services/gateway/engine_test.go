@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"compress/gzip"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -12,6 +13,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
+	"github.com/llmproxy/llmproxy/pkg/ledger"
 )
 
 func gzipBytes(t *testing.T, s string) []byte {
@@ -228,5 +232,34 @@ api_keys: [{key: %q}]
 	defer mu.Unlock()
 	if primaryHits != 1 || wrongHits != 0 {
 		t.Fatalf("primary tried %d times, the backend without the model %d times", primaryHits, wrongHits)
+	}
+}
+
+// TestModelsReleasesItsLease: listing models takes a concurrency slot like
+// any request and gives it back, so a key with max_concurrent: 1 can list
+// models and then still make a request.
+func TestModelsReleasesItsLease(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`{"object":"list","data":[{"id":"m1","object":"model"}]}`))
+	}))
+	defer backend.Close()
+	cfg, err := config.Parse([]byte(fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q, limits: {max_concurrent: 1}}]\n", backend.URL, testKey)), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := New(Options{Config: cfg, Events: newSink(), Admitter: ledger.NewMemoryAdmitter(nil, nil), SettleLocally: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Start(context.Background())
+	srv := httptest.NewServer(g.Handler())
+	defer srv.Close()
+	for i := 0; i < 3; i++ {
+		if resp, body := do(t, "GET", srv.URL+"/v1/models", "", withKey()); resp.StatusCode != 200 {
+			t.Fatalf("models call %d: %d %s", i, resp.StatusCode, body)
+		}
+	}
+	if resp, body := do(t, "POST", srv.URL+"/v1/chat/completions", `{"model":"m1"}`, withKey()); resp.StatusCode != 200 {
+		t.Fatalf("request after listing models: %d %s", resp.StatusCode, body)
 	}
 }

@@ -28,6 +28,7 @@ func (g *Gateway) serveModels(w http.ResponseWriter, r *http.Request) {
 	g.inflight.Add(1)
 	defer g.inflight.Add(-1)
 	x := g.begin(w, r)
+	defer g.release(x)
 	if e := g.prepare(r, x); e != nil {
 		g.fail(w, x, e)
 		return
