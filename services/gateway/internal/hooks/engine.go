@@ -186,14 +186,11 @@ func (e *Engine) put(v *vm) {
 // run borrows a state and runs fn on it under the hook deadline. A state on
 // which fn failed is closed rather than pooled: its stacks may hold a
 // half-finished call and its globals may be half-updated.
+//
+// The hook's deadline starts once it has a state: a state made for a burst
+// of requests is bounded by InitTimeout, and the time it takes to make is
+// not the script's.
 func (e *Engine) run(ctx context.Context, hook int, fn func(v *vm) error) error {
-	deadline := time.Now().Add(e.opts.Timeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	callCtx, cancel := context.WithDeadline(ctx, deadline)
-	defer cancel()
-
 	name := hookNames[hook]
 	v, err := e.get()
 	if err != nil {
@@ -202,6 +199,12 @@ func (e *Engine) run(ctx context.Context, hook int, fn func(v *vm) error) error 
 		}
 		return fmt.Errorf("%w: %s: %v", ErrScript, name, err)
 	}
+	deadline := time.Now().Add(e.opts.Timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	callCtx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
 	v.L.SetContext(callCtx)
 	err = v.protect(fn)
 	// A script can catch the deadline's error with pcall and return

@@ -249,3 +249,32 @@ end`, Options{Now: fixedNow})
 		t.Errorf("on_route changed the body: %s", r.Body)
 	}
 }
+
+// TestDeadlineStartsWithTheState: making a Lua state for a call (its
+// scripts' top level run, bounded by InitTimeout) does not count against
+// the hook's own Timeout, so a burst of requests that each need a new
+// state does not fail with lua_timeout.
+func TestDeadlineStartsWithTheState(t *testing.T) {
+	// The top level takes far longer than the hook's 20 ms; the hook itself
+	// returns at once.
+	e := newEngine(t, `
+local x = 0
+for i = 1, 3000000 do x = x + i end
+function on_request(req) return nil end
+`, Options{Timeout: 20 * time.Millisecond, InitTimeout: 30 * time.Second, PoolSize: 1})
+	start := time.Now()
+	v, err := e.newVM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.L.Close()
+	if d := time.Since(start); d < 40*time.Millisecond {
+		t.Skipf("making a state took %s here, too fast to tell the two deadlines apart", d)
+	}
+	// With no idle state left, the call makes its own.
+	e.Close()
+	r := &Request{Method: "POST", Path: "/v1/chat/completions", Headers: http.Header{}, Body: []byte(`{"model":"m"}`)}
+	if _, err := e.OnRequest(context.Background(), r); err != nil {
+		t.Fatalf("OnRequest: %v (making the state was counted against the hook's deadline)", err)
+	}
+}
