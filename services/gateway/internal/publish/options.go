@@ -32,6 +32,14 @@ type Options struct {
 	// MaxInFlight bounds the publishes awaiting a JetStream ack (default
 	// 1024).
 	MaxInFlight int
+	// Linger is how long the sender waits, once woken from idle by a new
+	// event, for more to arrive before it reads the outbox and publishes
+	// (default 2 ms; negative turns it off). The event is already in the
+	// outbox, so the wait costs no durability: it only delays when the
+	// meter sees it, and it lets a gateway under light load publish a few
+	// events per round trip to NATS instead of waking the sender, NATS and
+	// the meter once per request.
+	Linger time.Duration
 	// SyncInterval is how often the outbox is fsynced (default 100 ms).
 	SyncInterval time.Duration
 	// AckTimeout is how long a publish may wait for its ack before it counts
@@ -64,6 +72,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MaxInFlight == 0 {
 		o.MaxInFlight = 1024
+	}
+	if o.Linger == 0 {
+		o.Linger = 2 * time.Millisecond
 	}
 	if o.SyncInterval == 0 {
 		o.SyncInterval = 100 * time.Millisecond

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -433,4 +435,83 @@ func TestSecondPublisherOnDirFails(t *testing.T) {
 	closePublisher(t, p)
 	p2 := newPublisher(t, &flakyJS{}, dir, testOptions(nil))
 	closePublisher(t, p2)
+}
+
+// stampingJS records when each async publish was made.
+type stampingJS struct {
+	jetstream.JetStream
+	mu    sync.Mutex
+	times []time.Time
+}
+
+func (s *stampingJS) PublishMsgAsync(m *nats.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
+	s.mu.Lock()
+	s.times = append(s.times, time.Now())
+	s.mu.Unlock()
+	return s.JetStream.PublishMsgAsync(m, opts...)
+}
+
+func (s *stampingJS) stamps() []time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.times)
+}
+
+// TestLingerSendsEventsTogether: events that reach the outbox while the
+// sender lingers are published together once the linger ends, and an
+// event is in the outbox (durable) the moment PublishDurable returns.
+func TestLingerSendsEventsTogether(t *testing.T) {
+	srv := startNATS(t, t.TempDir(), -1)
+	defer srv.Shutdown()
+	js := &stampingJS{JetStream: connect(t, srv.ClientURL())}
+	o := testOptions(prometheus.NewRegistry())
+	o.Linger = 400 * time.Millisecond
+	p := newPublisher(t, js, t.TempDir(), o)
+	defer closePublisher(t, p)
+	time.Sleep(50 * time.Millisecond) // the sender has found the outbox empty and waits
+
+	first := time.Now()
+	const n = 5
+	for i := range n {
+		p.PublishDurable(event(i))
+		if got := p.ob.depth(); got != int64(i+1) {
+			t.Fatalf("after PublishDurable %d the outbox holds %d events, want %d", i, got, i+1)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := js.stamps(); len(got) != 0 && got[0].Sub(first) < 100*time.Millisecond {
+		t.Fatalf("published %v after the first event, inside the linger", got[0].Sub(first))
+	}
+	waitFor(t, 10*time.Second, "all events acked", func() bool {
+		return testutil.ToFloat64(p.m.published) == n && p.Depth() == 0
+	})
+	got := js.stamps()
+	if len(got) != n {
+		t.Fatalf("%d publishes, want %d", len(got), n)
+	}
+	if d := got[0].Sub(first); d < 300*time.Millisecond {
+		t.Fatalf("first publish %v after the first event, want the 400ms linger", d)
+	}
+	if spread := got[n-1].Sub(got[0]); spread > 100*time.Millisecond {
+		t.Fatalf("the %d events went out over %v, want one batch", n, spread)
+	}
+	checkIDs(t, streamIDs(t, js), 0, n)
+}
+
+// TestNoLingerPublishesAtOnce: with Linger negative an event goes out as
+// soon as it is in the outbox.
+func TestNoLingerPublishesAtOnce(t *testing.T) {
+	srv := startNATS(t, t.TempDir(), -1)
+	defer srv.Shutdown()
+	js := &stampingJS{JetStream: connect(t, srv.ClientURL())}
+	o := testOptions(prometheus.NewRegistry())
+	o.Linger = -1
+	p := newPublisher(t, js, t.TempDir(), o)
+	defer closePublisher(t, p)
+	first := time.Now()
+	p.PublishDurable(event(0))
+	waitFor(t, 10*time.Second, "event acked", func() bool { return testutil.ToFloat64(p.m.published) == 1 })
+	if d := js.stamps()[0].Sub(first); d > 200*time.Millisecond {
+		t.Fatalf("published %v after PublishDurable with linger off", d)
+	}
 }

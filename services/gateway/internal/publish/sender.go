@@ -113,6 +113,9 @@ func (p *Publisher) sendLoop() {
 			}
 			select {
 			case <-p.wake:
+				if p.opts.Linger > 0 && !p.linger(timer, drainCh) {
+					return
+				}
 			case <-drainCh:
 				draining, drainCh = true, nil
 			case <-p.abort:
@@ -150,6 +153,26 @@ func (p *Publisher) sendLoop() {
 			return
 		}
 	}
+}
+
+// linger waits Options.Linger for more events to reach the outbox after
+// the sender was woken from idle, so that they go out together. It returns
+// early when the outbox already holds a full window or a drain begins, and
+// reports false when the publisher is aborted.
+func (p *Publisher) linger(timer *time.Timer, drainCh <-chan struct{}) bool {
+	if p.ob.depth() >= int64(p.opts.MaxInFlight) {
+		return true
+	}
+	timer.Reset(p.opts.Linger)
+	select {
+	case <-timer.C:
+	case <-drainCh:
+		// drain is closed, so the loop's next wait sees it again.
+		timer.Stop()
+	case <-p.abort:
+		return false
+	}
+	return true
 }
 
 // resolvedOK reports, without blocking, whether f has been acked.
