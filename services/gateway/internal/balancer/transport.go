@@ -14,6 +14,15 @@ const (
 	DefaultFirstByteTimeout = 60 * time.Second
 )
 
+// connBufferSize is the size of each backend connection's read and write
+// buffers (net/http's default is 4 KiB each). They are held for as long as
+// the connection lives, so on a gateway holding thousands of open streams
+// they are most of what a connection costs beyond its goroutines. The
+// heads an engine sends and receives are a few hundred bytes, as is one
+// streamed event; a body read or written in pieces at least as large as
+// the buffer goes around it, straight to the socket.
+const connBufferSize = 1 << 10
+
 // NewTransport returns the transport for one backend: the default
 // transport's settings with the backend's connect timeout and first-byte
 // (response header) timeout, and enough idle connections per host for a
@@ -38,6 +47,8 @@ func NewTransport(b config.Backend) http.RoundTripper {
 	t.DisableCompression = true
 	t.MaxIdleConns = 0
 	t.MaxIdleConnsPerHost = 256
+	t.ReadBufferSize = connBufferSize
+	t.WriteBufferSize = connBufferSize
 	return &ReplayTransport{Transport: t}
 }
 
