@@ -80,6 +80,7 @@ func (g *Gateway) serveModels(w http.ResponseWriter, r *http.Request) {
 	if len(list) == 0 && !x.rt.pool.AnyAvailable() {
 		g.failForward(w, x, apierr.Unavailable("no_backend_available", "no backend is available; try again shortly"))
 		g.finish(r.Context(), x)
+		g.observe(x)
 		return
 	}
 	body, _ := json.Marshal(map[string]any{"object": "list", "data": list})
@@ -88,6 +89,7 @@ func (g *Gateway) serveModels(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(body)
 	g.finish(r.Context(), x)
+	g.observe(x)
 }
 
 // backendModels asks one backend for its models; a backend that fails to

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/netip"
 	"strconv"
@@ -57,6 +58,10 @@ type exchange struct {
 	// client never holds a complete reply whose event a crash could lose.
 	commit    func()
 	committed bool
+	// What finish recorded, for observe once the reply is complete.
+	billed       usage.Result
+	latency      time.Duration
+	keyID, model string
 }
 
 // captures reports whether x's response content goes into its event:
@@ -157,6 +162,7 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) {
 		x.committed = true
 		g.finish(r.Context(), x)
 	}
+	g.observe(x)
 }
 
 // prepare authenticates, reads and checks the request, and runs the
@@ -264,7 +270,7 @@ func (g *Gateway) readRequest(r *http.Request, x *exchange) *apierr.Error {
 	if r.ContentLength > limit {
 		return g.reject("body_too_large", apierr.TooLarge(limit))
 	}
-	body, err := readBody(r.Body, limit)
+	body, err := readBody(r.Body, r.ContentLength, limit)
 	if err != nil {
 		if errors.Is(err, errTooLarge) {
 			return g.reject("body_too_large", apierr.TooLarge(limit))
@@ -300,7 +306,25 @@ func bearer(r *http.Request) string {
 
 var errTooLarge = errors.New("body too large")
 
-func readBody(rc io.Reader, limit int64) ([]byte, error) {
+// readBody reads a body of at most limit bytes. When the client declared
+// its length (size >= 0, at most limit) the body is read into one buffer of
+// exactly that size.
+func readBody(rc io.Reader, size, limit int64) ([]byte, error) {
+	if size >= 0 && size <= limit {
+		b := make([]byte, size)
+		if _, err := io.ReadFull(rc, b); err != nil {
+			return nil, err
+		}
+		var one [1]byte
+		if n, err := io.ReadFull(rc, one[:]); n == 0 {
+			if err == io.EOF {
+				return b, nil
+			}
+			return nil, err
+		}
+		// Longer than declared: read on, within the limit.
+		rc = io.MultiReader(bytes.NewReader(append(b, one[0])), rc)
+	}
 	var buf bytes.Buffer
 	n, err := buf.ReadFrom(io.LimitReader(rc, limit+1))
 	if err != nil {
@@ -318,6 +342,7 @@ func (g *Gateway) fail(w http.ResponseWriter, x *exchange, e *apierr.Error) {
 	x.status = e.Status
 	x.errMsg = e.Code
 	g.finish(context.Background(), x)
+	g.observe(x)
 }
 
 // forward sends x to a backend, with retries and fallback before the first
@@ -739,21 +764,6 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 	if !x.delivered {
 		res = usage.Result{}
 	}
-	backend := ""
-	if x.upstream != nil {
-		backend = x.upstream.Name
-	}
-	g.metrics.requests.WithLabelValues(x.path, strconv.FormatBool(x.info.Stream || x.streamed), backend, strconv.Itoa(x.status)).Inc()
-	g.metrics.latency.Observe(float64(latency.Microseconds()) / 1000)
-	if x.ttft > 0 {
-		g.metrics.ttft.Observe(float64(x.ttft.Microseconds()) / 1000)
-	}
-	if res.PromptTokens > 0 {
-		g.metrics.prompt.Add(float64(res.PromptTokens))
-	}
-	if res.CompletionTokens > 0 {
-		g.metrics.completion.Add(float64(res.CompletionTokens))
-	}
 	ev := &events.RequestCompleted{
 		Schema:      events.SchemaRequestCompletedV1,
 		RequestID:   x.requestID,
@@ -809,9 +819,37 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 	} else {
 		g.events.Publish(ev)
 	}
-	g.log.Info("request",
-		"request_id", x.requestID, "key_id", ev.KeyID, "model", ev.Model, "path", x.path,
-		"status", x.status, "latency_ms", ev.LatencyMS, "ttft_ms", ev.TTFTMS,
-		"prompt_tokens", res.PromptTokens, "completion_tokens", res.CompletionTokens,
-		"usage_source", x.source, "backend", backend, "error", x.errMsg)
+	x.billed, x.latency = res, latency
+	x.keyID, x.model = ev.KeyID, ev.Model
+}
+
+// observe counts x in the metrics and writes its access log line. It runs
+// once the client has the whole reply: none of it delays the last bytes.
+func (g *Gateway) observe(x *exchange) {
+	backend := ""
+	if x.upstream != nil {
+		backend = x.upstream.Name
+	}
+	res := x.billed
+	g.metrics.requests.WithLabelValues(x.path, strconv.FormatBool(x.info.Stream || x.streamed), backend, strconv.Itoa(x.status)).Inc()
+	g.metrics.latency.Observe(float64(x.latency.Microseconds()) / 1000)
+	if x.ttft > 0 {
+		g.metrics.ttft.Observe(float64(x.ttft.Microseconds()) / 1000)
+	}
+	if res.PromptTokens > 0 {
+		g.metrics.prompt.Add(float64(res.PromptTokens))
+	}
+	if res.CompletionTokens > 0 {
+		g.metrics.completion.Add(float64(res.CompletionTokens))
+	}
+	if !g.log.Enabled(context.Background(), slog.LevelInfo) {
+		return
+	}
+	g.log.LogAttrs(context.Background(), slog.LevelInfo, "request",
+		slog.String("request_id", x.requestID), slog.String("key_id", x.keyID),
+		slog.String("model", x.model), slog.String("path", x.path),
+		slog.Int("status", x.status), slog.Int64("latency_ms", x.latency.Milliseconds()),
+		slog.Int64("ttft_ms", x.ttft.Milliseconds()),
+		slog.Int64("prompt_tokens", res.PromptTokens), slog.Int64("completion_tokens", res.CompletionTokens),
+		slog.String("usage_source", x.source), slog.String("backend", backend), slog.String("error", x.errMsg))
 }
