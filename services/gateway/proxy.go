@@ -513,6 +513,9 @@ func (g *Gateway) roundTrip(ctx context.Context, r *http.Request, x *exchange, u
 	for k, v := range up.Headers {
 		out.Header.Set(k, v)
 	}
+	if out.GetBody != nil || x.body == nil {
+		balancer.MarkReplayable(out.Header)
+	}
 	up.Acquire()
 	sent := time.Now()
 	resp, err := up.Transport.RoundTrip(out)

@@ -72,10 +72,19 @@ type ReplayTransport struct {
 // idempotencyKey is net/http's marker; an empty value is not sent.
 const idempotencyKey = "X-Idempotency-Key"
 
+// MarkReplayable marks a request the caller built itself as one
+// ReplayTransport may resend, sparing RoundTrip a copy of its header.
+func MarkReplayable(h http.Header) {
+	if h.Get("Idempotency-Key") == "" {
+		h[idempotencyKey] = nil
+	}
+}
+
 // RoundTrip sends req, marked replayable when its body can be re-read.
 func (t *ReplayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	replayable := req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
-	if !replayable || req.Header.Get("Idempotency-Key") != "" || req.Header.Get(idempotencyKey) != "" {
+	_, marked := req.Header[idempotencyKey]
+	if !replayable || marked || req.Header.Get("Idempotency-Key") != "" {
 		return t.Transport.RoundTrip(req)
 	}
 	r := *req // RoundTrip must not modify the caller's request

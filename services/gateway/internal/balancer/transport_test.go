@@ -45,31 +45,39 @@ func closingServer(t *testing.T, sawKey *atomic.Bool) string {
 	return "http://" + ln.Addr().String()
 }
 
+// TestReplayTransportResendsOnClosedKeepAlive: POSTs are resent on a
+// kept-alive connection the backend closed, whether ReplayTransport marks
+// them (on a copy of their header) or the caller did with MarkReplayable.
 func TestReplayTransportResendsOnClosedKeepAlive(t *testing.T) {
-	var sawKey atomic.Bool
-	url := closingServer(t, &sawKey)
-	rt := NewTransport(config.Backend{URL: url})
-	for i := range 50 {
-		req, err := http.NewRequest(http.MethodPost, url+"/v1/chat/completions", strings.NewReader(`{"model":"m"}`))
-		if err != nil {
-			t.Fatal(err)
+	for _, marked := range []bool{false, true} {
+		var sawKey atomic.Bool
+		url := closingServer(t, &sawKey)
+		rt := NewTransport(config.Backend{URL: url})
+		for i := range 50 {
+			req, err := http.NewRequest(http.MethodPost, url+"/v1/chat/completions", strings.NewReader(`{"model":"m"}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("Content-Type", "application/json")
+			if marked {
+				MarkReplayable(req.Header)
+			}
+			resp, err := rt.RoundTrip(req)
+			if err != nil {
+				t.Fatalf("marked %v, request %d: %v", marked, i, err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if string(b) != "ok" {
+				t.Fatalf("marked %v, request %d: body %q", marked, i, b)
+			}
+			if _, ok := req.Header["X-Idempotency-Key"]; ok != marked {
+				t.Fatal("RoundTrip modified the caller's request")
+			}
 		}
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := rt.RoundTrip(req)
-		if err != nil {
-			t.Fatalf("request %d: %v", i, err)
+		if sawKey.Load() {
+			t.Fatalf("marked %v: the empty idempotency marker went on the wire", marked)
 		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if string(b) != "ok" {
-			t.Fatalf("request %d: body %q", i, b)
-		}
-		if _, ok := req.Header["X-Idempotency-Key"]; ok {
-			t.Fatal("RoundTrip modified the caller's request")
-		}
-	}
-	if sawKey.Load() {
-		t.Fatal("the empty idempotency marker went on the wire")
 	}
 }
 
