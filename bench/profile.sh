@@ -52,7 +52,7 @@ listen: "127.0.0.1:$GW"
 data_dir: "$OUT/data"
 backends:
   - { url: "http://127.0.0.1:$MOCK_PORT", name: mock }
-health_check: { path: /health, interval: 10s, failure_threshold: 1000000000 }
+health_check: { path: /health, interval: 10s }
 routing: { retry: { enabled: true, max_retries: 2 } }
 admin: { listen: "127.0.0.1:$ADMIN", token: "profile-$$" }
 auth: { enabled: true, storage: file }

@@ -309,10 +309,6 @@ def main():
                  "max_tokens 512; the run checks the rewrite before measuring); measured for latency at concurrency 1 "
                  "only. \"+ response capture\" sets `logging: { capture_response: true, max_capture_bytes: 65536 }`; "
                  "measured for streams only. Neither has an RSS, throughput or (Lua) stream figure")
-    notes.append("health_check.failure_threshold is set to 1e9 for LLMProxy: in this build a client that "
-                 "leaves before the backend's first byte is counted as a backend failure (proxy.go reports the "
-                 "failure before it checks the client's context), so closing the idle streams ejected the only "
-                 "backend and every later request got 503 no_backend_available")
     notes.append("\"all features\": file key + auth, rate limits on (memory, or Redis in the Redis setup) with "
                  "limits high enough that nothing is refused, quota admission, RequestCompleted events to "
                  "JetStream through the outbox, the meter (local ledger in the single binary, its own process "
