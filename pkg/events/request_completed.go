@@ -77,7 +77,9 @@ type RequestCompleted struct {
 	Response *CapturedResponse `json:"response,omitempty"`
 }
 
-// Marshal encodes e, filling in the schema name when it is empty.
+// Marshal encodes e, filling in the schema name when it is empty and the
+// request body with null when it is nil. The bytes are those json.Marshal(e)
+// gives; see AppendJSON.
 func (e *RequestCompleted) Marshal() ([]byte, error) {
 	if e.Schema == "" {
 		e.Schema = SchemaRequestCompletedV1
@@ -85,7 +87,7 @@ func (e *RequestCompleted) Marshal() ([]byte, error) {
 	if e.RequestBody == nil {
 		e.RequestBody = json.RawMessage("null")
 	}
-	return json.Marshal(e)
+	return e.AppendJSON(make([]byte, 0, e.encodedSizeHint()))
 }
 
 // Unmarshal decodes one RequestCompleted body.
