@@ -127,6 +127,7 @@ func (g *Gateway) release(x *exchange) {
 	if a == nil || !a.lease {
 		return
 	}
+	a.lease = false
 	if a.renew != nil {
 		a.renew.Stop()
 	}

@@ -154,6 +154,10 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) {
 		if !x.committed {
 			x.committed = true
 			g.finish(r.Context(), x)
+			// The lease goes before the last bytes too: a client that
+			// sends its next request the moment it has this reply must
+			// find its concurrency slot free.
+			g.release(x)
 		}
 	}
 	g.forward(w, r, x)
@@ -687,6 +691,12 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 			}
 			if _, werr := w.Write(held); werr != nil {
 				x.errMsg = "client_closed_request"
+			} else if w.Header().Get("Content-Length") != "" {
+				// The reply is whole: send it now rather than when the
+				// handler returns, so the metrics and the access line
+				// that follow do not delay it. (A chunked reply waits
+				// for its terminator, which only the return writes.)
+				_ = rc.Flush()
 			}
 		}
 	}

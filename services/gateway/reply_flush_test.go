@@ -1,0 +1,107 @@
+package gateway
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
+)
+
+// blockingHandler holds every "request" access line until release is
+// closed.
+type blockingHandler struct {
+	slog.Handler
+	held    chan struct{}
+	release chan struct{}
+}
+
+func (h *blockingHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == "request" {
+		select {
+		case h.held <- struct{}{}:
+		default:
+		}
+		<-h.release
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+// TestReplyBeforeAccessLine: a non-stream reply with a length reaches the
+// client whole while the gateway is still writing its access line, so
+// nothing after the reply's accounting delays it.
+func TestReplyBeforeAccessLine(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"id":"x","choices":[{"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}`)
+	}))
+	defer backend.Close()
+	cfg, err := config.Parse([]byte("backends: [{url: \""+backend.URL+"\"}]\napi_keys: [{key: \""+testKey+"\"}]\n"), "test.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &blockingHandler{Handler: slog.NewTextHandler(io.Discard, nil), held: make(chan struct{}, 1), release: make(chan struct{})}
+	g, err := New(Options{Config: cfg, Events: newSink(), Logger: slog.New(h)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Start(context.Background())
+	srv := httptest.NewServer(g.Handler())
+	defer srv.Close()
+	defer close(h.release) // before srv.Close, which waits for the handler
+
+	got := make(chan string, 1)
+	go func() {
+		req, _ := http.NewRequest("POST", srv.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m","messages":[]}`))
+		req.Header.Set("Authorization", "Bearer "+testKey)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			got <- "error: " + err.Error()
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		got <- string(b)
+	}()
+	select {
+	case <-h.held:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no access line was written")
+	}
+	select {
+	case body := <-got:
+		if !strings.Contains(body, `"content":"hi"`) {
+			t.Fatalf("reply %q", body)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("the reply waited for the access line")
+	}
+}
+
+// TestBackToBackRequestsKeepTheirSlot: a key with max_concurrent 1 that
+// sends each request the moment it has the last reply is never refused:
+// the lease is given back before the reply's last bytes, now that the
+// reply no longer waits for the handler's return.
+func TestBackToBackRequestsKeepTheirSlot(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"id":"x","choices":[{"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}`)
+	}))
+	defer backend.Close()
+	cfg, err := config.Parse([]byte("backends: [{url: \""+backend.URL+"\"}]\napi_keys: [{key: \""+testKey+"\", limits: {max_concurrent: 1}}]\n"), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, _ := serveConfig(t, cfg)
+	for i := range 200 {
+		resp, body := do(t, "POST", srv.URL+"/v1/chat/completions", `{"model":"m","messages":[]}`, withKey())
+		if resp.StatusCode != 200 {
+			t.Fatalf("request %d: %d %s", i, resp.StatusCode, body)
+		}
+	}
+}
