@@ -86,7 +86,10 @@ stop() {
 }
 
 # port: a free loopback port (not bound now, not handed out before).
-NEXT_PORT=$((20000 + RANDOM % 20000))
+# Below the kernel's ephemeral range (32768 and up here), so that no port
+# a client connection took in the meantime is handed out: with 10,000 idle
+# streams that happens.
+NEXT_PORT=$((20000 + RANDOM % 10000))
 port() {
 	while (exec 3<>"/dev/tcp/127.0.0.1/$NEXT_PORT") 2>/dev/null; do NEXT_PORT=$((NEXT_PORT + 1)); done
 	PORT=$NEXT_PORT
