@@ -354,6 +354,7 @@ func startAdmin(cfg *config.Config, reg *prometheus.Registry, lh *ledgerHandle, 
 	mux.Handle("/admin/", gateway.AdminHandler(gateway.AdminOptions{
 		Token: cfg.Admin.Token, Ledger: store, PeriodOf: periodOf(cfg),
 	}))
+	mux.Handle("/debug/pprof/", gateway.ProfileHandler(cfg.Admin.Token))
 	if lh != nil && lh.rdb != nil {
 		keysAPI := gateway.AdminKeysHandler(lh.rdb, redisPrefix(cfg), cfg.Admin.Token)
 		mux.Handle("/admin/keys", keysAPI)

@@ -4,6 +4,7 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"time"
 
@@ -56,6 +57,26 @@ func AdminHandler(o AdminOptions) http.Handler {
 		_ = json.NewEncoder(w).Encode(map[string]any{"usage": rows})
 	})
 	return mux
+}
+
+// ProfileHandler serves Go's runtime profiles (net/http/pprof: CPU, heap,
+// goroutines, allocations, execution trace) under /debug/pprof/ to holders
+// of the admin token, for looking into a live process; `go tool pprof`
+// reads them with `-http` or after a download with the token.
+func ProfileHandler(token string) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !adminAuthorized(token, r) {
+			apierr.Write(w, apierr.Unauthorized("admin token required: send 'Authorization: Bearer <admin.token>'"))
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
 }
 
 func adminAuthorized(token string, r *http.Request) bool {
