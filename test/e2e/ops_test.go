@@ -116,6 +116,26 @@ func TestOpsMetrics(t *testing.T) {
 		t.Fatalf("bad key: %d", resp.StatusCode)
 	}
 
+	// The admin listener serves runtime profiles to the admin token only.
+	for _, tc := range []struct {
+		token string
+		code  int
+	}{{"e2e-admin-token", 200}, {"", 401}} {
+		req, _ := http.NewRequest("GET", "http://"+admin+"/debug/pprof/heap?debug=1", nil)
+		if tc.token != "" {
+			req.Header.Set("Authorization", "Bearer "+tc.token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.code || (tc.code == 200) != strings.Contains(string(b), "# HeapInuse") {
+			t.Fatalf("heap profile with token %q: %d %.200s", tc.token, resp.StatusCode, b)
+		}
+	}
+
 	type want struct {
 		typ    dto.MetricType
 		labels []string
