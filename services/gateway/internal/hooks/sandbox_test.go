@@ -259,7 +259,7 @@ func TestDeadlineStartsWithTheState(t *testing.T) {
 	// returns at once.
 	e := newEngine(t, `
 local x = 0
-for i = 1, 3000000 do x = x + i end
+for i = 1, 1000000 do x = x + i end
 function on_request(req) return nil end
 `, Options{Timeout: 20 * time.Millisecond, InitTimeout: 30 * time.Second, PoolSize: 1})
 	start := time.Now()
