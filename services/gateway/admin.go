@@ -27,10 +27,6 @@ type AdminOptions struct {
 func AdminHandler(o AdminOptions) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /admin/usage", func(w http.ResponseWriter, r *http.Request) {
-		if !adminAuthorized(o.Token, r) {
-			apierr.Write(w, apierr.Unauthorized("admin token required: send 'Authorization: Bearer <admin.token>'"))
-			return
-		}
 		if o.Ledger == nil {
 			apierr.Write(w, apierr.Unavailable("no_ledger", "this process has no ledger"))
 			return
@@ -56,7 +52,7 @@ func AdminHandler(o AdminOptions) http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(map[string]any{"usage": rows})
 	})
-	return mux
+	return adminOnly(o.Token, mux)
 }
 
 // ProfileHandler serves Go's runtime profiles (net/http/pprof: CPU, heap,
@@ -70,12 +66,18 @@ func ProfileHandler(token string) http.Handler {
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return adminOnly(token, mux)
+}
+
+// adminOnly serves h to requests bearing the admin token and answers the
+// rest 401; with no token configured it answers every request 401.
+func adminOnly(token string, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !adminAuthorized(token, r) {
 			apierr.Write(w, apierr.Unauthorized("admin token required: send 'Authorization: Bearer <admin.token>'"))
 			return
 		}
-		mux.ServeHTTP(w, r)
+		h.ServeHTTP(w, r)
 	})
 }
 

@@ -35,10 +35,6 @@ func AdminKeysHandler(rdb redis.UniversalClient, prefix string, token string) ht
 	mux := http.NewServeMux()
 	handle := func(pattern string, fn func(w http.ResponseWriter, r *http.Request) (int, any, error)) {
 		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
-			if !adminAuthorized(token, r) {
-				apierr.Write(w, apierr.Unauthorized("admin token required: send 'Authorization: Bearer <admin.token>'"))
-				return
-			}
 			status, body, err := fn(w, r)
 			if err != nil {
 				apierr.Write(w, keysError(err))
@@ -86,7 +82,7 @@ func AdminKeysHandler(rdb redis.UniversalClient, prefix string, token string) ht
 			return http.StatusOK, rec, err
 		})
 	}
-	return mux
+	return adminOnly(token, mux)
 }
 
 // keysError maps a key store error to the client's answer.
