@@ -150,22 +150,19 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) {
 		g.fail(w, x, e)
 		return
 	}
+	// commit runs once: from the relay just before the reply's last bytes,
+	// or here when the relay did not get that far. The lease goes back
+	// with the event, so a client that sends its next request the moment
+	// it has this reply finds its concurrency slot free.
 	x.commit = func() {
 		if !x.committed {
 			x.committed = true
 			g.finish(r.Context(), x)
-			// The lease goes before the last bytes too: a client that
-			// sends its next request the moment it has this reply must
-			// find its concurrency slot free.
 			g.release(x)
 		}
 	}
 	g.forward(w, r, x)
-	g.release(x)
-	if !x.committed {
-		x.committed = true
-		g.finish(r.Context(), x)
-	}
+	x.commit()
 	g.observe(x)
 }
 
@@ -517,9 +514,7 @@ func (g *Gateway) roundTrip(ctx context.Context, r *http.Request, x *exchange, u
 	for k, v := range up.Headers {
 		out.Header.Set(k, v)
 	}
-	if out.GetBody != nil || x.body == nil {
-		balancer.MarkReplayable(out.Header)
-	}
+	balancer.MarkReplayable(out)
 	up.Acquire()
 	sent := time.Now()
 	resp, err := up.Transport.RoundTrip(out)

@@ -72,19 +72,26 @@ type ReplayTransport struct {
 // idempotencyKey is net/http's marker; an empty value is not sent.
 const idempotencyKey = "X-Idempotency-Key"
 
-// MarkReplayable marks a request the caller built itself as one
-// ReplayTransport may resend, sparing RoundTrip a copy of its header.
-func MarkReplayable(h http.Header) {
-	if h.Get("Idempotency-Key") == "" {
-		h[idempotencyKey] = nil
+// MarkReplayable marks req, a request the caller built itself, as one
+// ReplayTransport may resend when its body can be re-read, sparing
+// RoundTrip a copy of its header.
+func MarkReplayable(req *http.Request) {
+	if needsMark(req) {
+		req.Header[idempotencyKey] = nil
 	}
+}
+
+// needsMark reports whether req can be resent (its body can be re-read)
+// and carries neither idempotency header yet.
+func needsMark(req *http.Request) bool {
+	replayable := req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
+	_, marked := req.Header[idempotencyKey]
+	return replayable && !marked && req.Header.Get("Idempotency-Key") == ""
 }
 
 // RoundTrip sends req, marked replayable when its body can be re-read.
 func (t *ReplayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	replayable := req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
-	_, marked := req.Header[idempotencyKey]
-	if !replayable || marked || req.Header.Get("Idempotency-Key") != "" {
+	if !needsMark(req) {
 		return t.Transport.RoundTrip(req)
 	}
 	r := *req // RoundTrip must not modify the caller's request

@@ -60,7 +60,7 @@ func TestReplayTransportResendsOnClosedKeepAlive(t *testing.T) {
 			}
 			req.Header.Set("Content-Type", "application/json")
 			if marked {
-				MarkReplayable(req.Header)
+				MarkReplayable(req)
 			}
 			resp, err := rt.RoundTrip(req)
 			if err != nil {
