@@ -1,59 +1,18 @@
 package gateway
 
 import (
-	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/llmproxy/llmproxy/pkg/keys"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/redistest"
 )
 
-// adminKeysRedis returns a client for REDIS_URL (default
-// redis://127.0.0.1:6379/15) and a prefix unique to the test. Without Redis
-// the test is skipped, or fails when CI=true.
-func adminKeysRedis(t *testing.T) (*redis.Client, string) {
-	t.Helper()
-	url := os.Getenv("REDIS_URL")
-	if url == "" {
-		url = "redis://127.0.0.1:6379/15"
-	}
-	opts, err := redis.ParseURL(url)
-	if err != nil {
-		t.Fatalf("REDIS_URL %q: %v", url, err)
-	}
-	rdb := redis.NewClient(opts)
-	t.Cleanup(func() { rdb.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := rdb.Ping(ctx).Err(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("redis at %s unreachable (CI=true requires it): %v", url, err)
-		}
-		t.Skipf("redis at %s unreachable, skipping: %v", url, err)
-	}
-	b := make([]byte, 6)
-	rand.Read(b)
-	prefix := "llmproxy-test:admin-keys:" + hex.EncodeToString(b)
-	t.Cleanup(func() {
-		ctx := context.Background()
-		if names, _ := rdb.Keys(ctx, prefix+":*").Result(); len(names) > 0 {
-			rdb.Del(ctx, names...)
-		}
-	})
-	return rdb, prefix
-}
-
 func TestAdminKeysHandler(t *testing.T) {
-	rdb, prefix := adminKeysRedis(t)
+	rdb, prefix := redistest.New(t, "admin-keys")
 	srv := httptest.NewServer(AdminKeysHandler(rdb, prefix, "admin-secret"))
 	defer srv.Close()
 	do := func(method, path, token, body string, want int) map[string]any {

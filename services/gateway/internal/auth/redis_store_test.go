@@ -2,11 +2,8 @@ package auth
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"net/netip"
-	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,42 +12,8 @@ import (
 
 	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/pkg/keys"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/redistest"
 )
-
-// testRedis returns a client for REDIS_URL (default
-// redis://127.0.0.1:6379/15) and a key prefix unique to the test. Without
-// Redis the test is skipped, or fails when CI=true.
-func testRedis(t *testing.T) (*redis.Client, string) {
-	t.Helper()
-	url := os.Getenv("REDIS_URL")
-	if url == "" {
-		url = "redis://127.0.0.1:6379/15"
-	}
-	opts, err := redis.ParseURL(url)
-	if err != nil {
-		t.Fatalf("REDIS_URL %q: %v", url, err)
-	}
-	rdb := redis.NewClient(opts)
-	t.Cleanup(func() { rdb.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := rdb.Ping(ctx).Err(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("redis at %s unreachable (CI=true requires it): %v", url, err)
-		}
-		t.Skipf("redis at %s unreachable, skipping: %v", url, err)
-	}
-	b := make([]byte, 6)
-	rand.Read(b)
-	prefix := "llmproxy-test:auth:" + hex.EncodeToString(b)
-	t.Cleanup(func() {
-		ctx := context.Background()
-		if names, _ := rdb.Keys(ctx, prefix+":*").Result(); len(names) > 0 {
-			rdb.Del(ctx, names...)
-		}
-	})
-	return rdb, prefix
-}
 
 // countGets counts the GET commands a client sends.
 type countGets struct{ n atomic.Int64 }
@@ -70,7 +33,7 @@ func (c *countGets) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 
 func TestRedisStore(t *testing.T) {
 	ctx := context.Background()
-	rdb, prefix := testRedis(t)
+	rdb, prefix := redistest.New(t, "auth")
 	gets := &countGets{}
 	rdb.AddHook(gets)
 	cfg := &config.Config{
