@@ -1,0 +1,125 @@
+package ledger
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// roundTrips counts the commands and pipelines a client sends.
+type roundTrips struct {
+	n   atomic.Int64 // sends: a command alone or a whole pipeline
+	gap time.Duration
+}
+
+func (h *roundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.n.Add(1)
+		time.Sleep(h.gap)
+		return next(ctx, cmd)
+	}
+}
+
+func (h *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.n.Add(1)
+		time.Sleep(h.gap) // a slow network: callers pile up behind a send
+		return next(ctx, cmds)
+	}
+}
+
+// TestRedisAdmitterCombinesConcurrentCalls: admissions and releases of
+// concurrent requests share pipelines, and each still gets its own exact
+// answer.
+func TestRedisAdmitterCombinesConcurrentCalls(t *testing.T) {
+	ctx := context.Background()
+	rdb := testRedis(t)
+	prefix := testPrefix(t, rdb)
+	hook := &roundTrips{gap: 2 * time.Millisecond}
+	rdb.AddHook(hook)
+	a := NewRedisAdmitter(rdb, prefix)
+	// The first send caches the script; NOSCRIPT must not fail a batch.
+	if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	hook.n.Store(0)
+
+	const callers = 100
+	req := AdmitRequest{KeyID: "k", Limits: KeyLimits{MaxConcurrent: 30, RPM: 1000}, LeaseTTL: time.Minute}
+	var allowed atomic.Int64
+	var leases sync.Map
+	var wg sync.WaitGroup
+	for i := range callers {
+		wg.Go(func() {
+			r := req
+			r.LeaseID = fmt.Sprintf("r%d", i)
+			d, err := a.Admit(ctx, r)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if d.Allowed {
+				allowed.Add(1)
+				leases.Store(r.LeaseID, true)
+			}
+		})
+	}
+	wg.Wait()
+	if n := allowed.Load(); n != 30 {
+		t.Fatalf("admitted %d of %d concurrent requests with max_concurrent 30, want 30", n, callers)
+	}
+	admits := hook.n.Load()
+	if admits >= callers/4 {
+		t.Fatalf("%d concurrent admissions took %d sends; want them combined (fewer than %d)", callers, admits, callers/4)
+	}
+
+	hook.n.Store(0)
+	leases.Range(func(k, _ any) bool {
+		wg.Go(func() {
+			if err := a.Release(ctx, "k", k.(string)); err != nil {
+				t.Error(err)
+			}
+		})
+		return true
+	})
+	wg.Wait()
+	if n := hook.n.Load(); n >= 30/3 {
+		t.Fatalf("30 concurrent releases took %d sends; want them combined", n)
+	}
+	if n := rdb.ZCard(ctx, prefix+":{k}:rl:leases").Val(); n != 0 {
+		t.Fatalf("%d leases left after releasing all", n)
+	}
+	t.Logf("%d admissions in %d sends", callers, admits)
+}
+
+// TestCombinerAloneSendsAtOnce: a caller that finds nothing in flight is not
+// held back, and a failing command fails only itself.
+func TestCombinerAloneSendsAtOnce(t *testing.T) {
+	ctx := context.Background()
+	rdb := testRedis(t)
+	prefix := testPrefix(t, rdb)
+	c := &combiner{rdb: rdb}
+	if err := rdb.Set(ctx, prefix+":str", "x", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// ZREM on a string is a WRONGTYPE error for that command only.
+	if err := c.zrem(ctx, prefix+":str", "m").Err(); err == nil {
+		t.Fatal("ZREM on a string: want WRONGTYPE")
+	}
+	if err := rdb.ZAdd(ctx, prefix+":z", redis.Z{Score: 1, Member: "m"}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := c.zrem(ctx, prefix+":z", "m").Result(); err != nil || n != 1 {
+		t.Fatalf("zrem = %d, %v; want 1", n, err)
+	}
+	if c.busy || len(c.queue) != 0 {
+		t.Fatalf("combiner left busy=%v with %d queued", c.busy, len(c.queue))
+	}
+}
