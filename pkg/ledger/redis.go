@@ -72,13 +72,17 @@ func NewRedis(rdb redis.UniversalClient, prefix string, opts ...Option) *RedisSt
 // tokens from, KEYS[2] and KEYS[3] the RedisAdmitter's reservations (hash
 // and expiry zset), KEYS[4] its TPM window, KEYS[5] the reservations' sum
 // and KEYS[6] the TPM window's sum (kept up to date only while it exists);
-// the other keys are the seen
-// sets and usage hashes ARGV points at. ARGV[1] is "1" for a key's group
-// (count per model, settle reservations, fill the TPM window), "0" for a
-// user's; then come 12 values per entry: the KEYS index of its seen set, its
-// request id, the unix time its seen set expires at, the KEYS indexes of its
-// four period hashes, prompt, completion, reserved, model and the unix second
-// of its time.
+// the other keys are the seen sets and usage hashes ARGV points at.
+//
+// ARGV[1] is "1" for a key's group (count per model, settle reservations,
+// fill the TPM window), "0" for a user's; ARGV[2] the number of classes.
+// A class is what entries share: 7 values, the KEYS index of their seen set,
+// the unix time it expires at, the KEYS indexes of their four period hashes
+// and their model. Then come 6 values per entry: its class (1-based), its
+// request id, prompt, completion, reserved and the unix second of its time.
+// Each seen set is asked once (SMISMEMBER) and added to once, and the
+// reservations are looked up, settled and dropped once per call, so the
+// commands a call runs do not grow with its entries.
 //
 // A new entry whose request holds an admitter reservation releases that
 // reservation (and not the counter); any other releases its Reserved tokens
@@ -86,8 +90,84 @@ func NewRedis(rdb redis.UniversalClient, prefix string, opts ...Option) *RedisSt
 // time, which the admitter drops once it is 60 s old.
 const applyLua = `
 local models = ARGV[1] == '1'
-local sums, hashes, expire = {}, {}, {}
-local applied, release, settled, tpm, tpmlo = 0, 0, 0, 0, nil
+local function fmt(x) return string.format('%d', x) end
+local cls, a = {}, 3
+for i = 1, tonumber(ARGV[2]) do
+  cls[i] = {s = tonumber(ARGV[a]), at = tonumber(ARGV[a + 1]),
+    h = {tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])},
+    m = ARGV[a + 6], p = 0, c = 0, n = 0}
+  a = a + 7
+end
+
+-- The new entries: not in their seen set, and first of their id in the call.
+local sets, byset = {}, {}
+for e = a, #ARGV, 6 do
+  local s = cls[tonumber(ARGV[e])].s
+  if not byset[s] then
+    byset[s] = {}
+    sets[#sets + 1] = s
+  end
+  local l = byset[s]
+  l[#l + 1] = e
+end
+local new, expire = {}, {}
+for _, s in ipairs(sets) do
+  local l, ids = byset[s], {}
+  for i, e in ipairs(l) do ids[i] = ARGV[e + 1] end
+  local there = redis.call('SMISMEMBER', KEYS[s], unpack(ids))
+  local add, dup = {}, {}
+  for i, e in ipairs(l) do
+    if there[i] == 0 and not dup[ids[i]] then
+      dup[ids[i]] = true
+      add[#add + 1] = ids[i]
+      new[#new + 1] = e
+      local at = cls[tonumber(ARGV[e])].at
+      if (expire[s] or 0) < at then expire[s] = at end
+    end
+  end
+  if #add > 0 then redis.call('SADD', KEYS[s], unpack(add)) end
+end
+if #new == 0 then return 0 end
+
+local release, settled = 0, 0
+local held = {}
+if models then
+  local ids = {}
+  for i, e in ipairs(new) do ids[i] = ARGV[e + 1] end
+  held = redis.call('HMGET', KEYS[2], unpack(ids))
+  local gone = {}
+  for i, v in ipairs(held) do
+    if v then
+      gone[#gone + 1] = ids[i]
+      settled = settled + tonumber(v)
+    end
+  end
+  if #gone > 0 then
+    redis.call('HDEL', KEYS[2], unpack(gone))
+    redis.call('ZREM', KEYS[3], unpack(gone))
+  end
+end
+
+local tpm, tpmlo, secs, bysec = 0, nil, {}, {}
+for i, e in ipairs(new) do
+  local k = cls[tonumber(ARGV[e])]
+  local p, c = tonumber(ARGV[e + 2]), tonumber(ARGV[e + 3])
+  k.p, k.c, k.n = k.p + p, k.c + c, k.n + 1
+  if not held[i] then release = release + tonumber(ARGV[e + 4]) end
+  if models and p + c > 0 then
+    local sec = ARGV[e + 5]
+    if not bysec[sec] then
+      bysec[sec] = 0
+      secs[#secs + 1] = sec
+    end
+    bysec[sec] = bysec[sec] + p + c
+    tpm = tpm + p + c
+    local n = tonumber(sec)
+    if not tpmlo or n < tpmlo then tpmlo = n end
+  end
+end
+
+local sums, hashes = {}, {}
 local function add(h, f, v)
   local t = sums[h]
   if not t then
@@ -97,68 +177,48 @@ local function add(h, f, v)
   end
   t[f] = (t[f] or 0) + v
 end
-for a = 2, #ARGV, 12 do
-  local s = tonumber(ARGV[a])
-  if redis.call('SADD', KEYS[s], ARGV[a + 1]) == 1 then
-    local at = tonumber(ARGV[a + 2])
-    if (expire[s] or 0) < at then expire[s] = at end
-    applied = applied + 1
-    local p, c = tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8])
-    local r = tonumber(ARGV[a + 9])
-    local held = models and redis.call('HGET', KEYS[2], ARGV[a + 1])
-    if held then
-      redis.call('HDEL', KEYS[2], ARGV[a + 1])
-      redis.call('ZREM', KEYS[3], ARGV[a + 1])
-      settled = settled + tonumber(held)
-    elseif r > 0 then
-      release = release + r
-    end
-    if models and p + c > 0 then
-      redis.call('HINCRBY', KEYS[4], ARGV[a + 11], string.format('%d', p + c))
-      tpm = tpm + p + c
-      local sec = tonumber(ARGV[a + 11])
-      if not tpmlo or sec < tpmlo then tpmlo = sec end
-    end
-    local m = 'm:' .. ARGV[a + 10] .. ':'
-    for i = 3, 6 do
-      local h = tonumber(ARGV[a + i])
-      add(h, 'p', p)
-      add(h, 'c', c)
-      add(h, 'n', 1)
+for _, k in ipairs(cls) do
+  if k.n > 0 then
+    local m = 'm:' .. k.m .. ':'
+    for _, h in ipairs(k.h) do
+      add(h, 'p', k.p)
+      add(h, 'c', k.c)
+      add(h, 'n', k.n)
       if models then
-        add(h, m .. 'p', p)
-        add(h, m .. 'c', c)
-        add(h, m .. 'n', 1)
+        add(h, m .. 'p', k.p)
+        add(h, m .. 'c', k.c)
+        add(h, m .. 'n', k.n)
       end
     end
   end
 end
-for s, at in pairs(expire) do
-  redis.call('EXPIREAT', KEYS[s], string.format('%d', at))
+for _, s in ipairs(sets) do
+  if expire[s] then redis.call('EXPIREAT', KEYS[s], fmt(expire[s])) end
 end
 for _, h in ipairs(hashes) do
   for f, v in pairs(sums[h]) do
-    redis.call('HINCRBY', KEYS[h], f, string.format('%d', v))
+    redis.call('HINCRBY', KEYS[h], f, fmt(v))
   end
 end
 if tpmlo then
+  for _, sec in ipairs(secs) do redis.call('HINCRBY', KEYS[4], sec, fmt(bysec[sec])) end
   redis.call('EXPIRE', KEYS[4], 120)
   -- The window's sum is kept only while it is whole: when it is absent the
   -- admitter rebuilds it from the window.
   local lo = redis.call('HGET', KEYS[6], 'lo')
   if lo then
-    redis.call('HINCRBY', KEYS[6], 's', string.format('%d', tpm))
-    if tpmlo < tonumber(lo) then redis.call('HSET', KEYS[6], 'lo', string.format('%d', tpmlo)) end
+    redis.call('HINCRBY', KEYS[6], 's', fmt(tpm))
+    if tpmlo < tonumber(lo) then redis.call('HSET', KEYS[6], 'lo', fmt(tpmlo)) end
     redis.call('EXPIRE', KEYS[6], 120)
   end
 end
-if settled > 0 and redis.call('DECRBY', KEYS[5], string.format('%d', settled)) <= 0 then
+if settled > 0 and redis.call('DECRBY', KEYS[5], fmt(settled)) <= 0 then
   redis.call('DEL', KEYS[5])
 end
-if release > 0 and redis.call('DECRBY', KEYS[1], string.format('%d', release)) <= 0 then
+if release > 0 and redis.call('DECRBY', KEYS[1], fmt(release)) <= 0 then
   redis.call('DEL', KEYS[1])
 end
-return applied
+return #new
 `
 
 // maxGroup bounds the entries one script call applies, so that a batch
@@ -186,20 +246,27 @@ func (s *RedisStore) reservedKey(keyID string) string {
 // user. It is kept so that it can be sent again with EVAL when the server
 // does not have the script cached.
 type scriptCall struct {
-	keys  []string
-	args  []any
-	index map[string]int // KEYS index (1-based) by key name
-	n     int            // entries in the group
-	isKey bool           // a key group, whose result counts as applied
-	cmd   *redis.Cmd
+	keys    []string
+	index   map[string]int // KEYS index (1-based) by key name
+	classes []any          // 7 values per class
+	byClass map[class]int  // class number (1-based) by class
+	entries []any          // 6 values per entry
+	n       int            // entries in the group
+	isKey   bool           // a key group, whose result counts as applied
+	cmd     *redis.Cmd
+}
+
+// class is what the entries of a group share with others: where they are
+// deduplicated and counted.
+type class struct {
+	seen     int
+	expireAt int64
+	hashes   [4]int
+	model    string
 }
 
 // newScriptCall starts a group of the entries whose keys start with tag.
 func newScriptCall(tag string, isKey bool) *scriptCall {
-	models := "0"
-	if isKey {
-		models = "1"
-	}
 	// A user's group never settles reservations nor fills a TPM window:
 	// its KEYS[1..6] are named in its own slot but never written.
 	keys := []string{tag + ":reserved", tag + ":rl:resv", tag + ":rl:resvexp", tag + ":rl:tpm", tag + ":rl:resvsum", tag + ":rl:tpmsum"}
@@ -207,7 +274,7 @@ func newScriptCall(tag string, isKey bool) *scriptCall {
 	for i, k := range keys {
 		index[k] = i + 1
 	}
-	return &scriptCall{keys: keys, args: []any{models}, index: index, isKey: isKey}
+	return &scriptCall{keys: keys, index: index, byClass: map[class]int{}, isKey: isKey}
 }
 
 // key returns the KEYS index of name, adding it if needed.
@@ -222,11 +289,30 @@ func (c *scriptCall) key(name string) int {
 
 // add appends e to the group whose keys all start with tag.
 func (c *scriptCall) add(tag string, e Entry, pids *[4]string, expireAt, reserved int64, model string) {
-	c.args = append(c.args, c.key(tag+":seen:"+pids[0]), e.RequestID, expireAt,
-		c.key(tag+":usage:"+pids[0]), c.key(tag+":usage:"+pids[1]),
-		c.key(tag+":usage:"+pids[2]), c.key(tag+":usage:"+pids[3]),
-		e.PromptTokens, e.CompletionTokens, reserved, model, e.Time.Unix())
+	k := class{seen: c.key(tag + ":seen:" + pids[0]), expireAt: expireAt, model: model}
+	for i, pid := range pids {
+		k.hashes[i] = c.key(tag + ":usage:" + pid)
+	}
+	n, ok := c.byClass[k]
+	if !ok {
+		c.classes = append(c.classes, k.seen, k.expireAt, k.hashes[0], k.hashes[1], k.hashes[2], k.hashes[3], k.model)
+		n = len(c.byClass) + 1
+		c.byClass[k] = n
+	}
+	c.entries = append(c.entries, n, e.RequestID, e.PromptTokens, e.CompletionTokens, reserved, e.Time.Unix())
 	c.n++
+}
+
+// args returns applyLua's ARGV for the group.
+func (c *scriptCall) args() []any {
+	models := "0"
+	if c.isKey {
+		models = "1"
+	}
+	args := make([]any, 0, 2+len(c.classes)+len(c.entries))
+	args = append(args, models, len(c.byClass))
+	args = append(args, c.classes...)
+	return append(args, c.entries...)
 }
 
 // Apply records entries in one round trip: the entries are grouped by key,
@@ -284,7 +370,7 @@ func (s *RedisStore) Apply(ctx context.Context, entries []Entry) (int, error) {
 
 	pipe := s.rdb.Pipeline()
 	for _, c := range calls {
-		c.cmd = s.apply.EvalSha(ctx, pipe, c.keys, c.args...)
+		c.cmd = s.apply.EvalSha(ctx, pipe, c.keys, c.args()...)
 	}
 	// The period sets only list key ids; adding one is idempotent, and
 	// UsageAll skips a listed key whose totals are empty.
@@ -311,7 +397,7 @@ func (s *RedisStore) Apply(ctx context.Context, entries []Entry) (int, error) {
 	if len(retry) > 0 {
 		pipe := s.rdb.Pipeline()
 		for _, c := range retry {
-			c.cmd = s.apply.Eval(ctx, pipe, c.keys, c.args...)
+			c.cmd = s.apply.Eval(ctx, pipe, c.keys, c.args()...)
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
 			return 0, fmt.Errorf("apply %d entries: %w", len(entries), err)
