@@ -151,7 +151,10 @@ def main():
         if r["rss"] and r["rss"].get("ready") and r["rss"]["streams"]:
             rss = (r["rss"]["after_kb"] - r["rss"]["before_kb"]) / r["rss"]["streams"]
         errs = sum((get(r[k], "errors") or 0) for k in ("lat", "tput", "stream"))
+        cpu = get(r["tput"], "cpu_us_per_request") or {}
+        own = {k: v for k, v in cpu.items() if k != "mockllm"}
         fig[t] = dict(
+            cpu=sum(own.values()) if own else None, cpu_parts=own, cpu_mock=cpu.get("mockllm"),
             p50=p50, p99=p99,
             add50=None if t == "direct" or p50 is None or d_p50 is None else p50 - d_p50,
             add99=None if t == "direct" or p99 is None or d_p99 is None else p99 - d_p99,
@@ -176,7 +179,7 @@ def main():
                f"Load figures are the median of {a.rounds} rounds; each round visits every target in turn. "
                "\"added\" = the target's percentile − the same percentile measured direct to mockllm. µs unless stated.\n")
     hdr = ["target", "p50", "p99", "added p50", "added p99", "req/s", "× httputil", "× nginx",
-           "TTFT p99", "added TTFT p99", "lag p99", "added lag p99", "KB / idle stream", "errors"]
+           "CPU / req", "mockllm CPU / req", "TTFT p99", "added TTFT p99", "lag p99", "added lag p99", "KB / idle stream", "errors"]
     out.append("| " + " | ".join(hdr) + " |")
     out.append("|" + "---|" * len(hdr))
     for t in targets:
@@ -184,9 +187,19 @@ def main():
         out.append("| " + " | ".join([
             NAMES.get(t, t), fmt(f["p50"]), fmt(f["p99"]), fmt(f["add50"]), fmt(f["add99"]),
             fmt(f["rps"]), fmt(f["vs_ref"], "×", 2), fmt(f["vs_ngx"], "×", 2),
-            fmt(f["ttft"]), fmt(f["addttft"]), fmt(f["lag"]), fmt(f["addlag"]),
+            fmt(f["cpu"]), fmt(f["cpu_mock"]), fmt(f["ttft"]), fmt(f["addttft"]), fmt(f["lag"]), fmt(f["addlag"]),
             fmt(f["rss"], "", 1), str(f["errs"]),
         ]) + " |")
+    out.append("")
+    out.append("CPU / req: the CPU time (user + system, from /proc) the target's own processes used in the "
+               "throughput window, divided by the requests in it (µs); mockllm's is shown beside it as a check "
+               "that every target asked the same of the upstream. It is steadier than req/s on a shared host: "
+               "it does not count the time a process waited for a CPU.")
+    parts = fig.get("redis", {}).get("cpu_parts") or {}
+    if len(parts) > 1:
+        out.append("")
+        out.append("Redis setup, CPU per request by process: " + ", ".join(
+            f"{k} {fmt(v)} µs" for k, v in sorted(parts.items(), key=lambda kv: -kv[1])) + ".")
     out.append("")
 
     mr = load(work, "res-meter-redis.json")
@@ -224,6 +237,8 @@ def main():
          fmt(fp.get("vs_ref"), "×", 2), None),
         ("all features, single binary: throughput ≥ 0.8× httputil", fmt(fa.get("vs_ref"), "×", 2), ge(fa.get("vs_ref"), 0.8)),
         ("all features, Redis: throughput ≥ 0.7× httputil", fmt(fr.get("vs_ref"), "×", 2), ge(fr.get("vs_ref"), 0.7)),
+        ("(for reference, not a target) CPU per request × httputil's: passthrough core / all features / Redis setup",
+         " / ".join(fmt(ratio(f.get("cpu"), fh.get("cpu")), "×", 2) for f in (fc, fa, fr)), None),
         ("all features: added p50 ≤ bare proxy's added p50 + 30 µs",
          f"{fmt(fa.get('add50'))} µs vs {fmt(bare50)} + 30 µs",
          None if fa.get("add50") is None or bare50 is None else fa["add50"] <= bare50 + 30),

@@ -161,6 +161,7 @@ start_nats() { # sets NATS_URL
 	else
 		start "nats-$p" "$EVENTLOAD" nats --listen "127.0.0.1:$p" --store "$dir"
 	fi
+	NATS_PID=$LAST_PID
 	wait_tcp 127.0.0.1 "$p"
 	NATS_URL="nats://127.0.0.1:$p"
 }
@@ -249,7 +250,7 @@ EOF
 }
 
 # --- targets -------------------------------------------------------------------
-declare -A URL PIDSOF
+declare -A URL PIDSOF CPUOF
 URL[direct]=$MOCK
 PIDSOF[direct]=""
 
@@ -358,16 +359,32 @@ fi
 
 NATS_NOTE=""
 if has redis; then
+	NATS_PID=""
 	if [[ -n "$NATS_URL_EXT" ]]; then NATS_URL=$NATS_URL_EXT; else start_nats; fi
 	port; l="127.0.0.1:$PORT"; port; a="127.0.0.1:$PORT"; port; ma="127.0.0.1:$PORT"
 	gw_config redis "$l" "$a" redis
 	start redis-gateway "$BIN/llmproxy" serve --config "$WORK/redis.yaml" --target gateway
 	PIDSOF[redis]=$LAST_PID
+	CPUOF[redis]="gateway=$LAST_PID"
 	start redis-meter "$BIN/llmproxy" serve --config "$WORK/redis.yaml" --target meter --admin-listen "$ma"
+	CPUOF[redis]+=" meter=$LAST_PID"
+	if [[ -n "$NATS_PID" ]]; then CPUOF[redis]+=" nats=$NATS_PID"; fi
+	# The Redis server's CPU counts when it runs on this machine.
+	rpid=$(redis-cli -u "$REDIS_URL_BENCH" info server 2>/dev/null | awk -F: '/^process_id:/ {print $2}' | tr -d '\r')
+	if [[ -n "$rpid" && -r "/proc/$rpid/stat" ]]; then CPUOF[redis]+=" redis=$rpid"; fi
 	URL[redis]="http://$l"
 	wait_http "http://$a/readyz" redis-gateway
 	wait_http "http://$ma/readyz" redis-meter
 fi
+
+# CPU per request in the throughput phase: each target's own processes (the
+# Redis setup names its gateway, meter, NATS and Redis), and mockllm's as a
+# check that every target asked the same of the upstream.
+for t in direct httputil nginx core passthrough all lua capture; do
+	has "$t" || continue
+	CPUOF[$t]=""
+	for pid in ${PIDSOF[$t]}; do CPUOF[$t]+=" proxy=$pid"; done
+done
 
 # --- HTTP measurements ---------------------------------------------------------
 CHAT=/v1/chat/completions
@@ -424,7 +441,9 @@ for r in $(seq 1 "$ROUNDS"); do
 		fi
 		if measures "$t" tput; then
 			log "round $r, $t: throughput at concurrency $TPUT_CONC ($TPUT_DURATION)"
-			"$LOADGEN" --label "$t" --mode request --concurrency "$TPUT_CONC" --warmup "$WARMUP" --duration "$TPUT_DURATION" --url "$u" "${A[@]}" >"$WORK/res-$t-tput-$r.json"
+			C=(--cpu "mockllm=$MOCK_PID")
+			for x in ${CPUOF[$t]}; do C+=(--cpu "$x"); done
+			"$LOADGEN" --label "$t" --mode request --concurrency "$TPUT_CONC" --warmup "$WARMUP" --duration "$TPUT_DURATION" --url "$u" "${A[@]}" "${C[@]}" >"$WORK/res-$t-tput-$r.json"
 		fi
 		if measures "$t" stream; then
 			log "round $r, $t: $STREAMS streams, $STREAM_TOKENS tokens $STREAM_GAP apart ($STREAM_DURATION)"

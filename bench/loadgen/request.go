@@ -23,6 +23,9 @@ type RequestResult struct {
 	FirstError string  `json:"first_error,omitempty"`
 	RPS        float64 `json:"rps"`
 	Latency    Dist    `json:"latency"`
+	// CPUUSPerRequest is, per --cpu name, the CPU time its processes used
+	// in the measured window divided by the requests measured (µs).
+	CPUUSPerRequest map[string]float64 `json:"cpu_us_per_request,omitempty"`
 }
 
 // errorLog keeps the error count and the first error.
@@ -72,6 +75,11 @@ func (w *window) take(t time.Time) bool {
 func runRequests(ctx context.Context, c config) (*RequestResult, error) {
 	client := newClient(c.concurrency)
 	w := newWindow(c)
+	var cpuEnd time.Time
+	if w.budget == 0 {
+		cpuEnd = w.end
+	}
+	cpu := (&cpuMeter{procs: c.cpu}).run(w.start, cpuEnd)
 	var errs errorLog
 	samples := make([][]int64, c.concurrency)
 	var wg sync.WaitGroup
@@ -100,6 +108,10 @@ func runRequests(ctx context.Context, c config) (*RequestResult, error) {
 		}()
 	}
 	wg.Wait()
+	used, err := cpu()
+	if err != nil {
+		return nil, fmt.Errorf("cpu: %w", err)
+	}
 	end := time.Now()
 	if w.budget == 0 && end.After(w.end) {
 		end = w.end
@@ -114,6 +126,12 @@ func runRequests(ctx context.Context, c config) (*RequestResult, error) {
 		Seconds: secs, OK: int64(len(all)), Errors: errs.n.Load(), FirstError: errs.first,
 		RPS:     float64(len(all)) / secs,
 		Latency: summarise(all),
+	}
+	if n := len(all) + int(errs.n.Load()); used != nil && n > 0 {
+		r.CPUUSPerRequest = map[string]float64{}
+		for name, s := range used {
+			r.CPUUSPerRequest[name] = s * 1e6 / float64(n)
+		}
 	}
 	return r, nil
 }
