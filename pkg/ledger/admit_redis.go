@@ -183,8 +183,8 @@ if tpm > 0 or quota > 0 then
     if redis.call('DECRBY', KEYS[9], fmt(gone)) <= 0 then redis.call('DEL', KEYS[9]) end
   end
   prev = tonumber(redis.call('HGET', KEYS[4], lease) or '0')
-  local outstanding = math.max(tonumber(redis.call('GET', KEYS[8]) or '0'), 0)
-    + math.max(tonumber(redis.call('GET', KEYS[9]) or '0'), 0) - prev
+  local r = redis.call('MGET', KEYS[8], KEYS[9])
+  local outstanding = math.max(tonumber(r[1] or '0'), 0) + math.max(tonumber(r[2] or '0'), 0) - prev
 
   if tpm > 0 then
     -- KEYS[10] keeps the window's sum (s) and its oldest second (lo), so
