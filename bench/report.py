@@ -153,8 +153,11 @@ def main():
         errs = sum((get(r[k], "errors") or 0) for k in ("lat", "tput", "stream"))
         cpu = get(r["tput"], "cpu_us_per_request") or {}
         own = {k: v for k, v in cpu.items() if k != "mockllm"}
+        ecpu = get(r["stream"], "cpu_us_per_event") or {}
+        eown = {k: v for k, v in ecpu.items() if k != "mockllm"}
         fig[t] = dict(
             cpu=sum(own.values()) if own else None, cpu_parts=own, cpu_mock=cpu.get("mockllm"),
+            ecpu=sum(eown.values()) if eown else None, ecpu_mock=ecpu.get("mockllm"),
             p50=p50, p99=p99,
             add50=None if t == "direct" or p50 is None or d_p50 is None else p50 - d_p50,
             add99=None if t == "direct" or p99 is None or d_p99 is None else p99 - d_p99,
@@ -179,7 +182,8 @@ def main():
                f"Load figures are the median of {a.rounds} rounds; each round visits every target in turn. "
                "\"added\" = the target's percentile − the same percentile measured direct to mockllm. µs unless stated.\n")
     hdr = ["target", "p50", "p99", "added p50", "added p99", "req/s", "× httputil", "× nginx",
-           "CPU / req", "mockllm CPU / req", "TTFT p99", "added TTFT p99", "lag p99", "added lag p99", "KB / idle stream", "errors"]
+           "CPU / req", "mockllm CPU / req", "TTFT p99", "added TTFT p99", "lag p99", "added lag p99",
+           "CPU / event", "mockllm CPU / event", "KB / idle stream", "errors"]
     out.append("| " + " | ".join(hdr) + " |")
     out.append("|" + "---|" * len(hdr))
     for t in targets:
@@ -188,13 +192,15 @@ def main():
             NAMES.get(t, t), fmt(f["p50"]), fmt(f["p99"]), fmt(f["add50"]), fmt(f["add99"]),
             fmt(f["rps"]), fmt(f["vs_ref"], "×", 2), fmt(f["vs_ngx"], "×", 2),
             fmt(f["cpu"]), fmt(f["cpu_mock"]), fmt(f["ttft"]), fmt(f["addttft"]), fmt(f["lag"]), fmt(f["addlag"]),
-            fmt(f["rss"], "", 1), str(f["errs"]),
+            fmt(f["ecpu"], "", 1), fmt(f["ecpu_mock"], "", 1), fmt(f["rss"], "", 1), str(f["errs"]),
         ]) + " |")
     out.append("")
     out.append("CPU / req: the CPU time (user + system, from /proc) the target's own processes used in the "
                "throughput window, divided by the requests in it (µs); mockllm's is shown beside it as a check "
-               "that every target asked the same of the upstream. It is steadier than req/s on a shared host: "
-               "it does not count the time a process waited for a CPU.")
+               "that every target asked the same of the upstream. CPU / event: the same over the stream phase, "
+               "divided by the stream events measured. Neither counts time a process waited for a CPU, "
+               "but on a shared host both still grow with contention: mockllm does the same work for every "
+               "target, so its column shows how much the machine itself slowed down under each target's load.")
     parts = fig.get("redis", {}).get("cpu_parts") or {}
     if len(parts) > 1:
         out.append("")

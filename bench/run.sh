@@ -12,15 +12,16 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN="$ROOT/bin"
 
 # Knobs (durations are Go durations).
-WARMUP=${BENCH_WARMUP:-1s}
+WARMUP=${BENCH_WARMUP:-500ms}
 # Each load figure is measured in BENCH_ROUNDS rounds; a round visits every
 # target in turn, so a slow patch on a shared machine falls on all of them,
-# and the report takes the median of the rounds.
-ROUNDS=${BENCH_ROUNDS:-2}
-LAT_DURATION=${BENCH_LAT_DURATION:-3s}     # per round; concurrency 1, non-stream
-TPUT_DURATION=${BENCH_TPUT_DURATION:-3s}   # per round; concurrency BENCH_TPUT_CONC, non-stream
+# and the report takes the median of the rounds. Many short rounds beat a
+# few long ones here: the host's speed drifts over tens of seconds.
+ROUNDS=${BENCH_ROUNDS:-5}
+LAT_DURATION=${BENCH_LAT_DURATION:-2s}     # per round; concurrency 1, non-stream
+TPUT_DURATION=${BENCH_TPUT_DURATION:-2s}   # per round; concurrency BENCH_TPUT_CONC, non-stream
 TPUT_CONC=${BENCH_TPUT_CONC:-64}
-STREAM_DURATION=${BENCH_STREAM_DURATION:-3s} # per round
+STREAM_DURATION=${BENCH_STREAM_DURATION:-2s} # per round
 STREAMS=${BENCH_STREAMS:-200}
 STREAM_GAP=${BENCH_STREAM_GAP:-20ms}
 STREAM_TOKENS=${BENCH_STREAM_TOKENS:-20}
@@ -439,16 +440,16 @@ for r in $(seq 1 "$ROUNDS"); do
 			log "round $r, $t: latency at concurrency 1 ($LAT_DURATION)"
 			"$LOADGEN" --label "$t" --mode request --concurrency 1 --warmup "$WARMUP" --duration "$LAT_DURATION" --url "$u" "${A[@]}" >"$WORK/res-$t-lat-$r.json"
 		fi
+		C=(--cpu "mockllm=$MOCK_PID")
+		for x in ${CPUOF[$t]}; do C+=(--cpu "$x"); done
 		if measures "$t" tput; then
 			log "round $r, $t: throughput at concurrency $TPUT_CONC ($TPUT_DURATION)"
-			C=(--cpu "mockllm=$MOCK_PID")
-			for x in ${CPUOF[$t]}; do C+=(--cpu "$x"); done
 			"$LOADGEN" --label "$t" --mode request --concurrency "$TPUT_CONC" --warmup "$WARMUP" --duration "$TPUT_DURATION" --url "$u" "${A[@]}" "${C[@]}" >"$WORK/res-$t-tput-$r.json"
 		fi
 		if measures "$t" stream; then
 			log "round $r, $t: $STREAMS streams, $STREAM_TOKENS tokens $STREAM_GAP apart ($STREAM_DURATION)"
 			"$LOADGEN" --label "$t" --mode stream --concurrency "$STREAMS" --warmup "$WARMUP" --duration "$STREAM_DURATION" --url "$u" "${A[@]}" \
-				--header "X-Mock-Gap: $STREAM_GAP" --header "X-Mock-Tokens: $STREAM_TOKENS" >"$WORK/res-$t-stream-$r.json"
+				--header "X-Mock-Gap: $STREAM_GAP" --header "X-Mock-Tokens: $STREAM_TOKENS" "${C[@]}" >"$WORK/res-$t-stream-$r.json"
 		fi
 		mock_idle
 	done

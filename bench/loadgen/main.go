@@ -75,7 +75,7 @@ func main() {
 	flag.StringVar(&c.readyFile, "ready-file", "", "idle: file written once every stream is open")
 	flag.DurationVar(&c.hold, "hold", 10*time.Minute, "idle: how long to hold the streams open")
 	flag.StringVar(&c.label, "label", "", "copied into the output")
-	flag.Var(&c.cpu, "cpu", "request: NAME=PID of a process whose CPU time in the measured window is reported per request (repeatable; PIDs sharing a NAME are summed)")
+	flag.Var(&c.cpu, "cpu", "request, stream: NAME=PID of a process whose CPU time in the measured window is reported per request or per event (repeatable; PIDs sharing a NAME are summed)")
 	flag.Parse()
 
 	if c.body == "" {

@@ -29,6 +29,9 @@ type StreamResult struct {
 	TTFT Dist `json:"ttft"`
 	// Lag is each event's receive time minus its mock_sent_ns.
 	Lag Dist `json:"event_lag"`
+	// CPUUSPerEvent is, per --cpu name, the CPU time its processes used in
+	// the measured window divided by the events measured (µs).
+	CPUUSPerEvent map[string]float64 `json:"cpu_us_per_event,omitempty"`
 }
 
 var sentKey = []byte(`"mock_sent_ns":`)
@@ -36,6 +39,11 @@ var sentKey = []byte(`"mock_sent_ns":`)
 func runStreams(ctx context.Context, c config) (*StreamResult, error) {
 	client := newClient(c.concurrency)
 	w := newWindow(c)
+	var cpuEnd time.Time
+	if w.budget == 0 {
+		cpuEnd = w.end
+	}
+	cpu := (&cpuMeter{procs: c.cpu}).run(w.start, cpuEnd)
 	var errs errorLog
 	ttfts := make([][]int64, c.concurrency)
 	lags := make([][]int64, c.concurrency)
@@ -67,6 +75,10 @@ func runStreams(ctx context.Context, c config) (*StreamResult, error) {
 		}()
 	}
 	wg.Wait()
+	used, err := cpu()
+	if err != nil {
+		return nil, fmt.Errorf("cpu: %w", err)
+	}
 	end := time.Now()
 	if w.budget == 0 && end.After(w.end) {
 		end = w.end
@@ -76,12 +88,19 @@ func runStreams(ctx context.Context, c config) (*StreamResult, error) {
 		allTTFT = append(allTTFT, ttfts[i]...)
 		allLag = append(allLag, lags[i]...)
 	}
-	return &StreamResult{
+	r := &StreamResult{
 		Label: c.label, Mode: c.mode, URL: c.url, Concurrency: c.concurrency,
 		Seconds: end.Sub(w.start).Seconds(), Streams: int64(len(allTTFT)), Events: int64(len(allLag)),
 		Errors: errs.n.Load(), FirstError: errs.first,
 		TTFT: summarise(allTTFT), Lag: summarise(allLag),
-	}, nil
+	}
+	if used != nil && len(allLag) > 0 {
+		r.CPUUSPerEvent = map[string]float64{}
+		for name, s := range used {
+			r.CPUUSPerEvent[name] = s * 1e6 / float64(len(allLag))
+		}
+	}
+	return r, nil
 }
 
 // readStream sends one stream request and reads it to the end, returning
