@@ -273,6 +273,50 @@ func runAdmitSuite(t *testing.T, newEnv func(t *testing.T, start time.Time) admi
 		}
 	})
 
+	// One batch settles each entry by its own reservation: admitted
+	// requests release what they reserved at admission, an entry the
+	// admitter never saw releases its Reserved from the store's counter,
+	// and a repeat within the batch settles nothing twice.
+	t.Run("MixedBatchSettlesEach", func(t *testing.T) {
+		env := newEnv(t, t0)
+		for _, r := range []struct {
+			id      string
+			reserve int64
+		}{{"m1", 300}, {"m2", 200}} {
+			req := AdmitRequest{KeyID: "k", LeaseID: r.id, Limits: KeyLimits{TPM: 10000}, Reserve: r.reserve}
+			if !admit(t, env, req).Allowed {
+				t.Fatalf("%s rejected", r.id)
+			}
+		}
+		// Reserved outside the admitter (the counter): 150, of which m3
+		// releases its 50.
+		if err := env.store.AddReserved(ctx, "k", 150); err != nil {
+			t.Fatal(err)
+		}
+		wantReserved(t, env, "k", 650)
+		e1 := Entry{RequestID: "m1", KeyID: "k", Model: "a", Time: t0, PromptTokens: 100, CompletionTokens: 20, Reserved: 300}
+		e2 := Entry{RequestID: "m2", KeyID: "k", Model: "b", Time: t0.Add(time.Second), PromptTokens: 10, CompletionTokens: 5, Reserved: 200}
+		e3 := Entry{RequestID: "m3", KeyID: "k", Model: "a", Time: t0, PromptTokens: 1, CompletionTokens: 1, Reserved: 50}
+		n, err := env.store.Apply(ctx, []Entry{e1, e2, e1, e3})
+		if err != nil || n != 3 {
+			t.Fatalf("Apply = %d, %v; want 3 new entries", n, err)
+		}
+		wantReserved(t, env, "k", 100)
+		tot, err := env.store.Usage(ctx, "k", Monthly, t0)
+		if err != nil || tot != (Totals{PromptTokens: 111, CompletionTokens: 26, TotalTokens: 137, Requests: 3}) {
+			t.Fatalf("Usage = %+v, %v; want 111 prompt, 26 completion, 3 requests", tot, err)
+		}
+		// With the counter emptied, the window holds the 137 applied
+		// tokens and nothing else: 9,863 more fit.
+		if err := env.store.AddReserved(ctx, "k", -100); err != nil {
+			t.Fatal(err)
+		}
+		d := admit(t, env, AdmitRequest{KeyID: "k", Limits: KeyLimits{TPM: 10000}, Reserve: 9864})
+		if d.Allowed || d.RemainingTokens != 9863 {
+			t.Fatalf("9,864 after 137 applied: %+v; want a rejection with 9,863 remaining", d)
+		}
+	})
+
 	t.Run("LostReservationExpires", func(t *testing.T) {
 		env := newEnv(t, t0)
 		req := AdmitRequest{KeyID: "k", Quota: 1000, Period: Monthly, Reserve: 600}
