@@ -366,9 +366,10 @@ def main():
     tp = R[targets[0]]["tput"] or {}
     st = R[targets[0]]["stream"] or {}
     out.append(f"loadgen --mode request --concurrency 1 --duration {lat.get('seconds', 0):g}s --url URL")
-    out.append(f"loadgen --mode request --concurrency {tp.get('concurrency', '?')} --duration {tp.get('seconds', 0):g}s --url URL")
+    out.append(f"loadgen --mode request --concurrency {tp.get('concurrency', '?')} --duration {tp.get('seconds', 0):g}s --url URL "
+               "--cpu mockllm=PID --cpu proxy=PID   # Redis setup: --cpu gateway=… meter=… nats=… redis=…")
     out.append(f"loadgen --mode stream --concurrency {st.get('concurrency', '?')} --duration {st.get('seconds', 0):g}s --url URL "
-               "--header 'X-Mock-Gap: …' --header 'X-Mock-Tokens: …'")
+               "--header 'X-Mock-Gap: …' --header 'X-Mock-Tokens: …' --cpu mockllm=PID --cpu proxy=PID")
     out.append("loadgen --mode idle --concurrency N --url URL --header 'X-Mock-Ttft: 1h' --inflight-url MOCK/metrics --ready-file F")
     out.append("eventload measure --nats URL --n N --metrics ADMIN/metrics --metric llmproxy_meter_events_applied_total")
     out.append("eventload measure --nats URL --n N --metrics ADMIN/metrics --metric llmproxy_webhook_deliveries_total --match 'outcome=\"success\"'")
