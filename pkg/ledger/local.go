@@ -306,6 +306,9 @@ type batchSums struct {
 	// day memoizes the period ids of the last entry's day.
 	day     [3]int
 	periods []string
+	// key is scratch space for a row's key: a row already summed is found
+	// without making its key a string.
+	key []byte
 }
 
 type sumRow struct {
@@ -345,17 +348,22 @@ func (b *batchSums) periodIDs(t time.Time) []string {
 
 func (b *batchSums) add(e Entry) {
 	for _, pid := range b.periodIDs(e.Time) {
-		b.addRow(b.usage, 'u', string(partsKey(pid, e.KeyID)), e)
-		b.addRow(b.model, 'm', string(partsKey(pid, e.KeyID, e.Model)), e)
+		b.key = appendPart(appendPart(b.key[:0], pid), e.KeyID)
+		b.addRow(b.usage, 'u', e)
+		b.key = appendPart(b.key, e.Model)
+		b.addRow(b.model, 'm', e)
 		if e.UserID != "" {
-			b.addRow(b.user, 's', string(partsKey(pid, e.UserID)), e)
+			b.key = appendPart(appendPart(b.key[:0], pid), e.UserID)
+			b.addRow(b.user, 's', e)
 		}
 	}
 }
 
-func (b *batchSums) addRow(rows map[string]*Totals, bucket byte, k string, e Entry) {
-	t := rows[k]
+// addRow adds e to the row of rows keyed b.key.
+func (b *batchSums) addRow(rows map[string]*Totals, bucket byte, e Entry) {
+	t := rows[string(b.key)]
 	if t == nil {
+		k := string(b.key)
 		t = &Totals{}
 		rows[k] = t
 		b.order = append(b.order, sumRow{bucket: bucket, key: k})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -131,4 +132,32 @@ func TestLocalStorePrunesOldRequestIDs(t *testing.T) {
 	apply(0, recent) // runs the prune: "old" is past the retention, "recent" is not
 	apply(1, old)    // so "old" counts again: the retention must outlast redelivery
 	apply(0, recent)
+}
+
+// BenchmarkLocalApply measures a batch of 100 entries as the meter applies
+// them to the local ledger: 50 keys, 20 users, one model.
+func BenchmarkLocalApply(b *testing.B) {
+	ctx := context.Background()
+	s, err := OpenLocal(filepath.Join(b.TempDir(), "ledger.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	at := time.Now()
+	batch := make([]Entry, 100)
+	var seq int64
+	b.ReportAllocs()
+	for b.Loop() {
+		for i := range batch {
+			seq++
+			batch[i] = Entry{
+				RequestID: "req-" + strconv.FormatInt(seq, 10), KeyID: "key-" + strconv.FormatInt(seq%50, 10),
+				UserID: "user-" + strconv.FormatInt(seq%20, 10), Model: "qwen2.5-72b", Time: at,
+				PromptTokens: 100, CompletionTokens: 50, Reserved: 150,
+			}
+		}
+		if _, err := s.Apply(ctx, batch); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
