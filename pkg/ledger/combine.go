@@ -28,38 +28,72 @@ type combiner struct {
 	queue []*pending // commands for the next pipeline, oldest first
 }
 
+// queued is one command of a pipeline.
+type queued struct {
+	// send queues the command on pipe; with eval, a script goes as EVAL
+	// instead of EVALSHA.
+	send func(ctx context.Context, pipe redis.Pipeliner, eval bool) redis.Cmder
+	// script is set when the command is an EVALSHA: a NOSCRIPT reply (a
+	// server that has not cached the script) sends it again as EVAL.
+	script bool
+	cmd    redis.Cmder // its reply, once sent
+}
+
+// scriptCmd returns the queued EVALSHA of s.
+func scriptCmd(s *redis.Script, keys []string, args func() []any) queued {
+	return queued{script: true, send: func(ctx context.Context, pipe redis.Pipeliner, eval bool) redis.Cmder {
+		if eval {
+			return s.Eval(ctx, pipe, keys, args()...)
+		}
+		return s.EvalSha(ctx, pipe, keys, args()...)
+	}}
+}
+
+// execQueued sends qs in one pipeline, then the scripts the server had not
+// cached again as EVAL in a second one. Each command keeps its own reply or
+// error.
+func execQueued(ctx context.Context, rdb redis.UniversalClient, qs []*queued) {
+	run := func(qs []*queued, eval bool) {
+		pipe := rdb.Pipeline()
+		for _, q := range qs {
+			q.cmd = q.send(ctx, pipe, eval)
+		}
+		_, _ = pipe.Exec(ctx)
+	}
+	run(qs, false)
+	var retry []*queued
+	for _, q := range qs {
+		if q.script && isNoScript(q.cmd.Err()) {
+			retry = append(retry, q)
+		}
+	}
+	if len(retry) > 0 {
+		run(retry, true)
+	}
+}
+
 // pending is one caller's command.
 type pending struct {
-	cmd redis.Cmder
-	// script is set when cmd is an EVALSHA of it: a NOSCRIPT reply (a
-	// server that has not cached the script) sends it again as EVAL.
-	script *redis.Script
-	keys   []string
-	args   []any
-
+	queued
 	done chan struct{} // closed when cmd has its reply, or when this caller sends the next pipeline
 	lead bool          // set before done is closed: this caller sends the next pipeline
 }
 
-// evalSha queues an EVALSHA of script, falling back to EVAL, and returns
-// its reply.
+// evalSha sends an EVALSHA of script, falling back to EVAL, and returns its
+// reply.
 func (c *combiner) evalSha(ctx context.Context, s *redis.Script, keys []string, args ...any) *redis.Cmd {
-	argv := make([]any, 0, 3+len(keys)+len(args))
-	argv = append(argv, "evalsha", s.Hash(), len(keys))
-	for _, k := range keys {
-		argv = append(argv, k)
-	}
-	argv = append(argv, args...)
-	p := &pending{cmd: redis.NewCmd(ctx, argv...), script: s, keys: keys, args: args}
+	p := &pending{queued: scriptCmd(s, keys, func() []any { return args })}
 	c.do(ctx, p)
-	return p.cmd.(*redis.Cmd) // the EVAL's, if it was sent again
+	return p.cmd.(*redis.Cmd)
 }
 
-// zrem queues a ZREM and returns its reply.
+// zrem sends a ZREM and returns its reply.
 func (c *combiner) zrem(ctx context.Context, key string, member string) *redis.IntCmd {
-	cmd := redis.NewIntCmd(ctx, "zrem", key, member)
-	c.do(ctx, &pending{cmd: cmd})
-	return cmd
+	p := &pending{queued: queued{send: func(ctx context.Context, pipe redis.Pipeliner, _ bool) redis.Cmder {
+		return pipe.ZRem(ctx, key, member)
+	}}}
+	c.do(ctx, p)
+	return p.cmd.(*redis.IntCmd)
 }
 
 // do sends p's command, alone or with others, and returns once it has its
@@ -89,17 +123,11 @@ func (c *combiner) do(ctx context.Context, p *pending) {
 // send runs batch as one pipeline, wakes the callers whose commands it
 // carried, and hands the next pipeline to the oldest waiting caller, if any.
 func (c *combiner) send(ctx context.Context, batch []*pending) {
-	ctx = context.WithoutCancel(ctx)
-	c.exec(ctx, batch, false)
-	var retry []*pending
-	for _, p := range batch {
-		if p.script != nil && isNoScript(p.cmd.Err()) {
-			retry = append(retry, p)
-		}
+	qs := make([]*queued, len(batch))
+	for i, p := range batch {
+		qs[i] = &p.queued
 	}
-	if len(retry) > 0 {
-		c.exec(ctx, retry, true)
-	}
+	execQueued(context.WithoutCancel(ctx), c.rdb, qs)
 	for _, p := range batch[1:] {
 		close(p.done)
 	}
@@ -114,18 +142,4 @@ func (c *combiner) send(ctx context.Context, batch []*pending) {
 	c.mu.Unlock()
 	next.lead = true
 	close(next.done)
-}
-
-// exec sends cmds in one pipeline; with eval, as EVAL of their scripts. Each
-// command keeps its own reply or error.
-func (c *combiner) exec(ctx context.Context, batch []*pending, eval bool) {
-	pipe := c.rdb.Pipeline()
-	for _, p := range batch {
-		if eval {
-			p.cmd = p.script.Eval(ctx, pipe, p.keys, p.args...)
-		} else {
-			_ = pipe.Process(ctx, p.cmd)
-		}
-	}
-	_, _ = pipe.Exec(ctx)
 }

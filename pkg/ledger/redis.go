@@ -253,7 +253,7 @@ type scriptCall struct {
 	entries []any          // 6 values per entry
 	n       int            // entries in the group
 	isKey   bool           // a key group, whose result counts as applied
-	cmd     *redis.Cmd
+	q       queued         // the call, once sent
 }
 
 // class is what the entries of a group share with others: where they are
@@ -368,38 +368,27 @@ func (s *RedisStore) Apply(ctx context.Context, entries []Entry) (int, error) {
 		}
 	}
 
-	pipe := s.rdb.Pipeline()
+	qs := make([]*queued, 0, len(calls)+len(sets))
 	for _, c := range calls {
-		c.cmd = s.apply.EvalSha(ctx, pipe, c.keys, c.args()...)
+		c.q = scriptCmd(s.apply, c.keys, c.args)
+		qs = append(qs, &c.q)
 	}
 	// The period sets only list key ids; adding one is idempotent, and
 	// UsageAll skips a listed key whose totals are empty.
 	for pid, ks := range sets {
-		members := make([]any, 0, len(ks))
+		key, members := s.keysSet(pid), make([]any, 0, len(ks))
 		for k := range ks {
 			members = append(members, k)
 		}
-		pipe.SAdd(ctx, s.keysSet(pid), members...)
+		qs = append(qs, &queued{send: func(ctx context.Context, pipe redis.Pipeliner, _ bool) redis.Cmder {
+			return pipe.SAdd(ctx, key, members...)
+		}})
 	}
-	cmds, err := pipe.Exec(ctx)
-	if err != nil && !allNoScript(cmds) {
-		return 0, fmt.Errorf("apply %d entries: %w", len(entries), firstErr(cmds, err))
-	}
-
-	// A script the server has not cached did not run: send those calls
-	// again with their source, which also caches them.
-	var retry []*scriptCall
-	for _, c := range calls {
-		if isNoScript(c.cmd.Err()) {
-			retry = append(retry, c)
-		}
-	}
-	if len(retry) > 0 {
-		pipe := s.rdb.Pipeline()
-		for _, c := range retry {
-			c.cmd = s.apply.Eval(ctx, pipe, c.keys, c.args()...)
-		}
-		if _, err := pipe.Exec(ctx); err != nil {
+	// A script the server has not cached does not run: execQueued sends
+	// those calls again with their source, which also caches them.
+	execQueued(ctx, s.rdb, qs)
+	for _, q := range qs {
+		if err := q.cmd.Err(); err != nil {
 			return 0, fmt.Errorf("apply %d entries: %w", len(entries), err)
 		}
 	}
@@ -409,7 +398,7 @@ func (s *RedisStore) Apply(ctx context.Context, entries []Entry) (int, error) {
 		if !c.isKey {
 			continue
 		}
-		n, err := c.cmd.Int()
+		n, err := c.q.cmd.(*redis.Cmd).Int()
 		if err != nil {
 			return 0, fmt.Errorf("apply %d entries: %w", len(entries), err)
 		}
@@ -419,27 +408,6 @@ func (s *RedisStore) Apply(ctx context.Context, entries []Entry) (int, error) {
 }
 
 func isNoScript(err error) bool { return err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") }
-
-// allNoScript reports whether every failed command failed only because its
-// script was not cached.
-func allNoScript(cmds []redis.Cmder) bool {
-	for _, c := range cmds {
-		if err := c.Err(); err != nil && !isNoScript(err) {
-			return false
-		}
-	}
-	return true
-}
-
-// firstErr returns the first command error that is not NOSCRIPT, or err.
-func firstErr(cmds []redis.Cmder, err error) error {
-	for _, c := range cmds {
-		if e := c.Err(); e != nil && !isNoScript(e) {
-			return e
-		}
-	}
-	return err
-}
 
 // Usage returns key keyID's usage in the period of kind p containing at.
 func (s *RedisStore) Usage(ctx context.Context, keyID string, p Period, at time.Time) (Totals, error) {
