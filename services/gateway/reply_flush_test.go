@@ -32,15 +32,21 @@ func (h *blockingHandler) Handle(ctx context.Context, r slog.Record) error {
 	return h.Handler.Handle(ctx, r)
 }
 
-// TestReplyBeforeAccessLine: a non-stream reply with a length reaches the
-// client whole while the gateway is still writing its access line, so
-// nothing after the reply's accounting delays it.
-func TestReplyBeforeAccessLine(t *testing.T) {
+// chatBackend answers every request with one whole chat completion.
+func chatBackend(t *testing.T) *httptest.Server {
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = io.WriteString(w, `{"id":"x","choices":[{"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}`)
 	}))
-	defer backend.Close()
+	t.Cleanup(backend.Close)
+	return backend
+}
+
+// TestReplyBeforeAccessLine: a non-stream reply with a length reaches the
+// client whole while the gateway is still writing its access line, so
+// nothing after the reply's accounting delays it.
+func TestReplyBeforeAccessLine(t *testing.T) {
+	backend := chatBackend(t)
 	cfg, err := config.Parse([]byte("backends: [{url: \""+backend.URL+"\"}]\napi_keys: [{key: \""+testKey+"\"}]\n"), "test.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -88,11 +94,7 @@ func TestReplyBeforeAccessLine(t *testing.T) {
 // the lease is given back before the reply's last bytes, now that the
 // reply no longer waits for the handler's return.
 func TestBackToBackRequestsKeepTheirSlot(t *testing.T) {
-	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = io.WriteString(w, `{"id":"x","choices":[{"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}`)
-	}))
-	defer backend.Close()
+	backend := chatBackend(t)
 	cfg, err := config.Parse([]byte("backends: [{url: \""+backend.URL+"\"}]\napi_keys: [{key: \""+testKey+"\", limits: {max_concurrent: 1}}]\n"), "c.yaml")
 	if err != nil {
 		t.Fatal(err)
