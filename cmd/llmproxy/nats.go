@@ -43,6 +43,16 @@ func openBus(ctx context.Context, cfg *config.Config, allowEmbedded bool, log *s
 			}
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", c.ConnectedUrlRedacted()) }),
+		// Asynchronous errors, such as messages a subscription dropped
+		// because it fell behind (slow consumer), would otherwise go
+		// unseen.
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			if sub != nil {
+				log.Warn("nats async error", "subject", sub.Subject, "err", err)
+				return
+			}
+			log.Warn("nats async error", "err", err)
+		}),
 	}
 	url := cfg.NATS.URL
 	if url == "" {

@@ -1,0 +1,83 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
+)
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestBusLogsAsyncErrors: messages a subscription drops because it fell
+// behind are reported in the log rather than lost without a trace.
+func TestBusLogsAsyncErrors(t *testing.T) {
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
+		StoreDir: t.TempDir(), NoSigs: true, NoLog: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server did not start")
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+
+	var out lockedBuffer
+	log := slog.New(slog.NewTextHandler(&out, nil))
+	cfg := &config.Config{}
+	cfg.NATS.URL = ns.ClientURL()
+	b, err := openBus(context.Background(), cfg, false, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.close()
+
+	// A channel subscription with room for one message, never read.
+	sub, err := b.nc.ChanSubscribe("probe.slow", make(chan *nats.Msg, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	for range 10 {
+		if err := b.nc.Publish("probe.slow", []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(out.String(), "slow consumer") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no async error logged; log:\n%s", out.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !strings.Contains(out.String(), "subject=probe.slow") {
+		t.Errorf("the log does not name the subscription:\n%s", out.String())
+	}
+}
