@@ -112,7 +112,7 @@ func (mt *Meter) Run(ctx context.Context) error {
 // batch is the first event to arrive plus whatever follows within
 // BatchWait, up to BatchSize.
 func (mt *Meter) consume(ctx context.Context, cons jetstream.Consumer) error {
-	it, err := cons.Messages(jetstream.PullMaxMessages(2 * mt.opts.BatchSize))
+	it, err := cons.Messages(jetstream.PullMaxMessages(2*mt.opts.BatchSize), jetstream.PullExpiry(events.PullExpiry))
 	if err != nil {
 		return fmt.Errorf("pull from consumer %s: %w", mt.opts.Durable, err)
 	}
@@ -120,6 +120,12 @@ func (mt *Meter) consume(ctx context.Context, cons jetstream.Consumer) error {
 	b := newBatch(mt.opts.BatchSize)
 	for {
 		msg, err := it.Next(jetstream.NextContext(ctx))
+		if errors.Is(err, jetstream.ErrNoHeartbeat) {
+			// The server held no pull request of ours (see
+			// events.PullExpiry); the next Next sends a new one.
+			mt.log.Warn("meter: no heartbeat from the consumer; pulling again", "consumer", mt.opts.Durable)
+			continue
+		}
 		if err != nil {
 			return err
 		}

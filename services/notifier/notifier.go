@@ -120,7 +120,7 @@ func (n *Notifier) Run(ctx context.Context) error {
 // consume runs one endpoint: at most Concurrency deliveries at a time, each
 // in its own goroutine, taken from the consumer only when a slot is free.
 func (n *Notifier) consume(ctx context.Context, cons jetstream.Consumer, h *handler) error {
-	it, err := cons.Messages(jetstream.PullMaxMessages(n.opts.Concurrency))
+	it, err := cons.Messages(jetstream.PullMaxMessages(n.opts.Concurrency), jetstream.PullExpiry(events.PullExpiry))
 	if err != nil {
 		return fmt.Errorf("consume: %w", err)
 	}
