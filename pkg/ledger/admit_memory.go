@@ -31,6 +31,19 @@ type MemoryAdmitter struct {
 	mu        sync.Mutex
 	globalTAT time.Time
 	keys      map[string]*memKey
+	// usageCache (lockedUsage only) holds each key's usage as last read
+	// from the store, for the period of its last admission. The store
+	// changes usage only in Apply, which calls settle, which drops the
+	// applied keys' entries; so a cached figure is never behind the
+	// store by a request whose reservation is already gone.
+	usageCache map[string]cachedUsage
+}
+
+// cachedUsage is one key's quota usage in one period.
+type cachedUsage struct {
+	period Period
+	id     string // PeriodID
+	tokens int64
 }
 
 // memKey is one key's admission state.
@@ -68,6 +81,7 @@ func NewMemoryAdmitter(usage UsageReader, now func() time.Time) *MemoryAdmitter 
 func NewLocalAdmitter(store *LocalStore, now func() time.Time) *MemoryAdmitter {
 	a := NewMemoryAdmitter(store, now)
 	a.lockedUsage = true
+	a.usageCache = map[string]cachedUsage{}
 	store.admit.Store(a)
 	return a
 }
@@ -104,9 +118,15 @@ func (a *MemoryAdmitter) Admit(ctx context.Context, req AdmitRequest) (Decision,
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	now := a.now()
-	if a.lockedUsage {
-		if err := readUsage(now); err != nil {
-			return Decision{}, err
+	if a.lockedUsage && req.Quota > 0 && a.usage != nil {
+		id := PeriodID(req.Period, now)
+		if c, ok := a.usageCache[req.KeyID]; ok && c.period == req.Period && c.id == id {
+			used = c.tokens
+		} else {
+			if err := readUsage(now); err != nil {
+				return Decision{}, err
+			}
+			a.usageCache[req.KeyID] = cachedUsage{period: req.Period, id: id, tokens: used}
 		}
 	}
 	k := a.key(req.KeyID)
@@ -285,6 +305,7 @@ func (a *MemoryAdmitter) settle(entries []Entry) {
 	defer a.mu.Unlock()
 	for _, e := range entries {
 		a.settleLocked(e.KeyID, e.RequestID, e.PromptTokens+e.CompletionTokens, e.Time)
+		delete(a.usageCache, e.KeyID)
 	}
 }
 

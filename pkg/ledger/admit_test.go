@@ -246,3 +246,44 @@ func TestRedisTPMSumFollowsApply(t *testing.T) {
 	env.clock.Set(t0.Add(80 * time.Second)) // b leaves
 	remaining(1000)
 }
+
+// TestLocalAdmitterCachesUsage: the single binary's admitter reads a key's
+// quota usage from the store once, not on every admission (a read
+// transaction costs 11 allocations), and the cache follows the store: a
+// batch applied in between, and the next period, are both seen.
+func TestLocalAdmitterCachesUsage(t *testing.T) {
+	ctx := context.Background()
+	start := time.Date(2026, 1, 31, 23, 59, 0, 0, time.UTC)
+	env := newLocalAdmitEnv(t, start)
+	a := env.admit.(*MemoryAdmitter)
+	req := AdmitRequest{KeyID: "k", Quota: 100, Period: Monthly, Reserve: 1}
+	i := 0
+	allocs := testing.AllocsPerRun(100, func() {
+		i++
+		r := req
+		r.LeaseID = "probe-" + strconv.Itoa(i)
+		if d, err := a.Admit(ctx, r); err != nil || !d.Allowed {
+			t.Fatalf("Admit = %+v, %v", d, err)
+		}
+		_ = a.Release(ctx, r.KeyID, r.LeaseID)
+		a.Settle(r.KeyID, r.LeaseID, 0, start)
+	})
+	if allocs > 5 {
+		t.Errorf("an admission with quota makes %.0f allocations; reading the store each time makes 14", allocs)
+	}
+
+	// 90 of the 100 tokens applied: an admission asking for 20 no longer fits.
+	if _, err := env.store.Apply(ctx, []Entry{{RequestID: "used", KeyID: "k", Time: start, PromptTokens: 90}}); err != nil {
+		t.Fatal(err)
+	}
+	r := req
+	r.LeaseID, r.Reserve = "big", 20
+	if d, err := a.Admit(ctx, r); err != nil || d.Allowed || d.Reason != ReasonQuota {
+		t.Fatalf("after 90 of 100 tokens, Admit(20) = %+v, %v; want a quota rejection", d, err)
+	}
+	// A minute later it is February: January's usage no longer counts.
+	env.clock.Set(start.Add(time.Minute))
+	if d, err := a.Admit(ctx, r); err != nil || !d.Allowed {
+		t.Fatalf("in the next period, Admit(20) = %+v, %v; want it allowed", d, err)
+	}
+}
