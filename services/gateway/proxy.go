@@ -58,6 +58,10 @@ type exchange struct {
 	// client never holds a complete reply whose event a crash could lose.
 	commit    func()
 	committed bool
+	// holdWake asks finish to leave the event sender asleep; wake is then
+	// the sink to wake once the reply is out.
+	holdWake bool
+	wake     durableSink
 	// What finish recorded, for observe once the reply is complete.
 	billed       usage.Result
 	latency      time.Duration
@@ -106,9 +110,12 @@ func (g *Gateway) capture(x *exchange, ev *events.RequestCompleted, res usage.Re
 const UnauthenticatedKeyID = "unauthenticated"
 
 // durableSink is an EventSink that can make an event durable before it
-// returns (the gateway's outbox publisher).
+// returns (the gateway's outbox publisher), and hold back the start of its
+// publishing until Wake.
 type durableSink interface {
 	PublishDurable(ev *events.RequestCompleted)
+	AppendDurable(ev *events.RequestCompleted) bool
+	Wake()
 }
 
 // traceID is the id the client and the backend see: the client's own, else
@@ -157,13 +164,24 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) {
 	x.commit = func() {
 		if !x.committed {
 			x.committed = true
+			x.holdWake = true
 			g.finish(r.Context(), x)
 			g.release(x)
 		}
 	}
+	// The sender starts on the event once the reply is out (even if the
+	// relay panicked): waking it earlier would cost the reply a thread
+	// wake-up. The event itself is in the outbox before the last bytes.
+	defer x.wakeSender()
 	g.forward(w, r, x)
 	x.commit()
 	g.observe(x)
+}
+
+func (x *exchange) wakeSender() {
+	if x.wake != nil {
+		x.wake.Wake()
+	}
 }
 
 // prepare authenticates, reads and checks the request, and runs the
@@ -823,7 +841,11 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 		}
 	}
 	if d, ok := g.events.(durableSink); ok {
-		d.PublishDurable(ev)
+		if !x.holdWake {
+			d.PublishDurable(ev)
+		} else if d.AppendDurable(ev) {
+			x.wake = d
+		}
 	} else {
 		g.events.Publish(ev)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
+	"github.com/llmproxy/llmproxy/pkg/events"
 )
 
 // blockingHandler holds every "request" access line until release is
@@ -105,5 +106,84 @@ func TestBackToBackRequestsKeepTheirSlot(t *testing.T) {
 		if resp.StatusCode != 200 {
 			t.Fatalf("request %d: %d %s", i, resp.StatusCode, body)
 		}
+	}
+}
+
+// heldWakeSink is a durable event sink whose sender wake-up blocks until
+// release is closed.
+type heldWakeSink struct {
+	*sink
+	held    chan struct{}
+	release chan struct{}
+}
+
+func (s *heldWakeSink) PublishDurable(ev *events.RequestCompleted) {
+	if s.AppendDurable(ev) {
+		s.Wake()
+	}
+}
+
+func (s *heldWakeSink) AppendDurable(ev *events.RequestCompleted) bool {
+	s.Publish(ev)
+	return true
+}
+
+func (s *heldWakeSink) Wake() {
+	select {
+	case s.held <- struct{}{}:
+	default:
+	}
+	<-s.release
+}
+
+// TestReplyBeforeSenderWake: the request's event is in the outbox before
+// the reply's last bytes, but the event sender is woken only once the
+// client has the whole reply, so starting it is no part of the reply's
+// latency.
+func TestReplyBeforeSenderWake(t *testing.T) {
+	backend := chatBackend(t)
+	cfg, err := config.Parse([]byte("backends: [{url: \""+backend.URL+"\"}]\napi_keys: [{key: \""+testKey+"\"}]\n"), "test.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &heldWakeSink{sink: newSink(), held: make(chan struct{}, 1), release: make(chan struct{})}
+	g, err := New(Options{Config: cfg, Events: s, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Start(context.Background())
+	srv := httptest.NewServer(g.Handler())
+	defer srv.Close()
+	defer close(s.release) // before srv.Close, which waits for the handler
+
+	got := make(chan string, 1)
+	go func() {
+		req, _ := http.NewRequest("POST", srv.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m","messages":[]}`))
+		req.Header.Set("Authorization", "Bearer "+testKey)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			got <- "error: " + err.Error()
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		got <- string(b)
+	}()
+	ev := s.next(t) // appended before the reply completes
+	select {
+	case body := <-got:
+		if !strings.Contains(body, `"content":"hi"`) {
+			t.Fatalf("reply %q", body)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("the reply waited for the event sender's wake-up")
+	}
+	select {
+	case <-s.held:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the event sender was never woken")
+	}
+	if ev.Usage.TotalTokens != 4 {
+		t.Errorf("event usage %+v, want 4 tokens", ev.Usage)
 	}
 }

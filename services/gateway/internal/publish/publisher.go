@@ -158,36 +158,56 @@ func (p *Publisher) encode(buf []byte, ev *events.RequestCompleted) ([]byte, boo
 	return appendRecord(buf, events.Subject(ev.KeyID), ev.RequestID, data), true
 }
 
-// store appends encoded records to the outbox and wakes the sender.
 // PublishDurable is Publish for the moment a reply is about to complete: it
 // encodes ev and appends it to the outbox on the caller's goroutine, so once
 // it returns a process killed at any instant still publishes ev at restart.
 // It costs the caller an encode and a write(2); it never waits for NATS.
 func (p *Publisher) PublishDurable(ev *events.RequestCompleted) {
+	if p.AppendDurable(ev) {
+		p.Wake()
+	}
+}
+
+// AppendDurable is PublishDurable without waking the sender: the caller
+// calls Wake once it can spare the cost (the gateway does so after the
+// reply's last bytes are written, so that starting the sender, and the
+// thread it may wake, is not part of the reply's latency). It reports
+// whether ev was appended; until Wake, an appended event waits for the
+// sender's next wake by anyone.
+func (p *Publisher) AppendDurable(ev *events.RequestCompleted) bool {
 	if ev == nil {
-		return
+		return false
 	}
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	if p.closed {
 		p.dropped(1, "publisher closed", ev.RequestID)
-		return
+		return false
 	}
 	buf, ok := p.encode(nil, ev)
 	if !ok {
-		return
+		return false
 	}
-	p.store(buf, []int{len(buf)})
-}
-
-func (p *Publisher) store(buf []byte, ends []int) {
-	if n := p.ob.append(buf, ends); n > 0 {
+	if n := p.ob.append(buf, []int{len(buf)}); n > 0 {
 		p.dropped(0, "outbox and memory overflow full", "")
 	}
+	return true
+}
+
+// Wake tells the sender that the outbox has new records.
+func (p *Publisher) Wake() {
 	select {
 	case p.wake <- struct{}{}:
 	default:
 	}
+}
+
+// store appends encoded records to the outbox and wakes the sender.
+func (p *Publisher) store(buf []byte, ends []int) {
+	if n := p.ob.append(buf, ends); n > 0 {
+		p.dropped(0, "outbox and memory overflow full", "")
+	}
+	p.Wake()
 }
 
 // dropped counts n dropped events and logs why, at most once per
