@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"net/http/httptest"
 	"path/filepath"
 	"sync"
 	"syscall"
@@ -41,13 +40,8 @@ func TestDistributedTargetsWithMeterKilled(t *testing.T) {
 	cleanRedis(t, rurl, prefix)
 	_, natsURL := natsServer(t)
 
-	mockAddr := freeAddr(t)
-	start(t, "mockllm", "--listen", mockAddr, "--tokens", "7")
-	mock := "http://" + mockAddr
-	waitHTTP(t, mock+"/health")
-	recv := &webhookReceiver{}
-	hook := httptest.NewServer(recv)
-	defer hook.Close()
+	mock := startMock(t, "--tokens", "7")
+	recv, hook := startReceiver(t)
 
 	dir := t.TempDir()
 	listen := freeAddr(t)

@@ -36,9 +36,7 @@ func startEngineEnv(t *testing.T, maxBody int, backends string) *engineEnv {
 	mockAddr := freeAddr(t)
 	start(t, "mockllm", "--listen", mockAddr)
 	mock := "http://" + mockAddr
-	recv := &webhookReceiver{}
-	hook := httptest.NewServer(recv)
-	t.Cleanup(hook.Close)
+	recv, hook := startReceiver(t)
 	if backends == "" {
 		backends = "  - url: MOCK\n"
 	}

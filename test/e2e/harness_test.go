@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -280,6 +281,25 @@ func cleanRedis(t testing.TB, url, prefix string) {
 			c.Del(ctx, iter.Val())
 		}
 	})
+}
+
+// startMock starts mockllm with args on a free address, waits until it
+// answers and returns its base URL.
+func startMock(t testing.TB, args ...string) string {
+	t.Helper()
+	addr := freeAddr(t)
+	start(t, "mockllm", append([]string{"--listen", addr}, args...)...)
+	u := "http://" + addr
+	waitHTTP(t, u+"/health")
+	return u
+}
+
+// startReceiver serves a webhookReceiver until the test ends.
+func startReceiver(t testing.TB) (*webhookReceiver, *httptest.Server) {
+	recv := &webhookReceiver{}
+	hook := httptest.NewServer(recv)
+	t.Cleanup(hook.Close)
+	return recv, hook
 }
 
 // webhookReceiver collects the payloads POSTed to it, by event id.

@@ -644,10 +644,7 @@ logging: { level: warn }
 }
 
 func TestMeterServeAllKill9(t *testing.T) {
-	mockAddr := freeAddr(t)
-	start(t, "mockllm", "--listen", mockAddr, "--tokens", "4")
-	mock := "http://" + mockAddr
-	waitHTTP(t, mock+"/health")
+	mock := startMock(t, "--tokens", "4")
 	dir := t.TempDir()
 	listen, admin := freeAddr(t), freeAddr(t)
 	cfg := filepath.Join(dir, "llmproxy.yaml")

@@ -77,10 +77,7 @@ func opsFamilies(t testing.TB, url string) (map[string]*dto.MetricFamily, error)
 }
 
 func TestOpsMetrics(t *testing.T) {
-	mockAddr := freeAddr(t)
-	start(t, "mockllm", "--listen", mockAddr, "--tokens", "5")
-	mock := "http://" + mockAddr
-	waitHTTP(t, mock+"/health")
+	mock := startMock(t, "--tokens", "5")
 
 	// The usage hook fails each event's first attempt (retries); a second
 	// endpoint refuses everything (dead letters).
@@ -282,10 +279,7 @@ func labelOf(m *dto.Metric, name string) string {
 }
 
 func TestOpsAccessLog(t *testing.T) {
-	mockAddr := freeAddr(t)
-	start(t, "mockllm", "--listen", mockAddr, "--tokens", "4")
-	mock := "http://" + mockAddr
-	waitHTTP(t, mock+"/health")
+	mock := startMock(t, "--tokens", "4")
 	dir := t.TempDir()
 	listen, admin := freeAddr(t), freeAddr(t)
 	cfg := filepath.Join(dir, "llmproxy.yaml")

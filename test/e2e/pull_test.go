@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http/httptest"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -117,13 +116,8 @@ func TestConsumersRecoverFromLostPullRequest(t *testing.T) {
 	_, natsURL := natsServer(t)
 	drop := startPullDropper(t, natsURL)
 
-	mockAddr := freeAddr(t)
-	start(t, "mockllm", "--listen", mockAddr, "--tokens", "7")
-	mock := "http://" + mockAddr
-	waitHTTP(t, mock+"/health")
-	recv := &webhookReceiver{}
-	hook := httptest.NewServer(recv)
-	defer hook.Close()
+	mock := startMock(t, "--tokens", "7")
+	recv, hook := startReceiver(t)
 
 	dir := t.TempDir()
 	listen := freeAddr(t)

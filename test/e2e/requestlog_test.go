@@ -262,9 +262,7 @@ type rlGateway struct {
 func startRLGateway(t *testing.T, mock, secret string, capture bool, redact string) *rlGateway {
 	t.Helper()
 	pgURL, pool := rlPostgres(t)
-	recv := &webhookReceiver{}
-	hook := httptest.NewServer(recv)
-	t.Cleanup(hook.Close)
+	recv, hook := startReceiver(t)
 	dir := t.TempDir()
 	listen := freeAddr(t)
 	cfg := filepath.Join(dir, "llmproxy.yaml")

@@ -142,13 +142,8 @@ func TestServeAllRelaysBytesExactly(t *testing.T) {
 }
 
 func TestServeAllMetersAndNotifiesAcrossRestart(t *testing.T) {
-	mockAddr := freeAddr(t)
-	start(t, "mockllm", "--listen", mockAddr, "--tokens", "9")
-	mock := "http://" + mockAddr
-	waitHTTP(t, mock+"/health")
-	recv := &webhookReceiver{}
-	hook := httptest.NewServer(recv)
-	defer hook.Close()
+	mock := startMock(t, "--tokens", "9")
+	recv, hook := startReceiver(t)
 
 	dir := t.TempDir()
 	listen, admin := freeAddr(t), freeAddr(t)

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -169,13 +168,8 @@ func TestStackNATSNodeKilled(t *testing.T) {
 	nodes := stackCluster(t, dir)
 	natsURL := stackNatsURL(nodes)
 
-	mockAddr := freeAddr(t)
-	start(t, "mockllm", "--listen", mockAddr, "--tokens", "7", "--gap", "5ms")
-	mock := "http://" + mockAddr
-	waitHTTP(t, mock+"/health")
-	recv := &webhookReceiver{}
-	hook := httptest.NewServer(recv)
-	defer hook.Close()
+	mock := startMock(t, "--tokens", "7", "--gap", "5ms")
+	recv, hook := startReceiver(t)
 
 	cfg := filepath.Join(dir, "llmproxy.yaml")
 	writeFile(t, cfg, stackConfig("127.0.0.1:1", filepath.Join(dir, "workers"), natsURL, rurl, prefix, mock, hook.URL))

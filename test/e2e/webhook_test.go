@@ -265,10 +265,7 @@ func startWebhookSingle(t *testing.T, hooks ...hookEndpoint) *webhookStack {
 
 func startWebhookProcs(t *testing.T, natsCfg string, single bool, hooks []hookEndpoint) *webhookStack {
 	t.Helper()
-	mockAddr := freeAddr(t)
-	start(t, "mockllm", "--listen", mockAddr, "--tokens", "5")
-	mock := "http://" + mockAddr
-	waitHTTP(t, mock+"/health")
+	mock := startMock(t, "--tokens", "5")
 
 	var b strings.Builder
 	for _, h := range hooks {
