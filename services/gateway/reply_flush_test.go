@@ -43,28 +43,30 @@ func chatBackend(t *testing.T) *httptest.Server {
 	return backend
 }
 
-// TestReplyBeforeAccessLine: a non-stream reply with a length reaches the
-// client whole while the gateway is still writing its access line, so
-// nothing after the reply's accounting delays it.
-func TestReplyBeforeAccessLine(t *testing.T) {
+// chatGateway serves a gateway with opts in front of chatBackend, with one
+// key (testKey). The caller closes the server.
+func chatGateway(t *testing.T, opts Options) *httptest.Server {
+	t.Helper()
 	backend := chatBackend(t)
 	cfg, err := config.Parse([]byte("backends: [{url: \""+backend.URL+"\"}]\napi_keys: [{key: \""+testKey+"\"}]\n"), "test.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &blockingHandler{Handler: slog.NewTextHandler(io.Discard, nil), held: make(chan struct{}, 1), release: make(chan struct{})}
-	g, err := New(Options{Config: cfg, Events: newSink(), Logger: slog.New(h)})
+	opts.Config = cfg
+	g, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	g.Start(context.Background())
-	srv := httptest.NewServer(g.Handler())
-	defer srv.Close()
-	defer close(h.release) // before srv.Close, which waits for the handler
+	return httptest.NewServer(g.Handler())
+}
 
+// chatAsync sends one chat completion to base with testKey and delivers
+// the reply's body, or the error, on the returned channel.
+func chatAsync(base string) <-chan string {
 	got := make(chan string, 1)
 	go func() {
-		req, _ := http.NewRequest("POST", srv.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m","messages":[]}`))
+		req, _ := http.NewRequest("POST", base+"/v1/chat/completions", strings.NewReader(`{"model":"m","messages":[]}`))
 		req.Header.Set("Authorization", "Bearer "+testKey)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -75,6 +77,19 @@ func TestReplyBeforeAccessLine(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		got <- string(b)
 	}()
+	return got
+}
+
+// TestReplyBeforeAccessLine: a non-stream reply with a length reaches the
+// client whole while the gateway is still writing its access line, so
+// nothing after the reply's accounting delays it.
+func TestReplyBeforeAccessLine(t *testing.T) {
+	h := &blockingHandler{Handler: slog.NewTextHandler(io.Discard, nil), held: make(chan struct{}, 1), release: make(chan struct{})}
+	srv := chatGateway(t, Options{Events: newSink(), Logger: slog.New(h)})
+	defer srv.Close()
+	defer close(h.release) // before srv.Close, which waits for the handler
+
+	got := chatAsync(srv.URL)
 	select {
 	case <-h.held:
 	case <-time.After(5 * time.Second):
@@ -141,34 +156,12 @@ func (s *heldWakeSink) Wake() {
 // client has the whole reply, so starting it is no part of the reply's
 // latency.
 func TestReplyBeforeSenderWake(t *testing.T) {
-	backend := chatBackend(t)
-	cfg, err := config.Parse([]byte("backends: [{url: \""+backend.URL+"\"}]\napi_keys: [{key: \""+testKey+"\"}]\n"), "test.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
 	s := &heldWakeSink{sink: newSink(), held: make(chan struct{}, 1), release: make(chan struct{})}
-	g, err := New(Options{Config: cfg, Events: s, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	g.Start(context.Background())
-	srv := httptest.NewServer(g.Handler())
+	srv := chatGateway(t, Options{Events: s, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	defer srv.Close()
 	defer close(s.release) // before srv.Close, which waits for the handler
 
-	got := make(chan string, 1)
-	go func() {
-		req, _ := http.NewRequest("POST", srv.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m","messages":[]}`))
-		req.Header.Set("Authorization", "Bearer "+testKey)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			got <- "error: " + err.Error()
-			return
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		got <- string(b)
-	}()
+	got := chatAsync(srv.URL)
 	ev := s.next(t) // appended before the reply completes
 	select {
 	case body := <-got:
