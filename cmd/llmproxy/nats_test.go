@@ -15,18 +15,19 @@ import (
 	"github.com/llmproxy/llmproxy/pkg/config"
 )
 
-type lockedBuffer struct {
+// syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.
+type syncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
+func (l *syncBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Write(p)
 }
 
-func (l *lockedBuffer) String() string {
+func (l *syncBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
@@ -46,7 +47,7 @@ func TestBusLogsAsyncErrors(t *testing.T) {
 	}
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
 
-	var out lockedBuffer
+	var out syncBuffer
 	log := slog.New(slog.NewTextHandler(&out, nil))
 	cfg := &config.Config{}
 	cfg.NATS.URL = ns.ClientURL()
