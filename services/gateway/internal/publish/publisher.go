@@ -188,9 +188,7 @@ func (p *Publisher) AppendDurable(ev *events.RequestCompleted) bool {
 	if !ok {
 		return false
 	}
-	if n := p.ob.append(buf, []int{len(buf)}); n > 0 {
-		p.dropped(0, "outbox and memory overflow full", "")
-	}
+	p.appendRecords(buf, []int{len(buf)})
 	return true
 }
 
@@ -204,10 +202,16 @@ func (p *Publisher) Wake() {
 
 // store appends encoded records to the outbox and wakes the sender.
 func (p *Publisher) store(buf []byte, ends []int) {
+	p.appendRecords(buf, ends)
+	p.Wake()
+}
+
+// appendRecords appends encoded records to the outbox, counting those that
+// found no room.
+func (p *Publisher) appendRecords(buf []byte, ends []int) {
 	if n := p.ob.append(buf, ends); n > 0 {
 		p.dropped(0, "outbox and memory overflow full", "")
 	}
-	p.Wake()
 }
 
 // dropped counts n dropped events and logs why, at most once per
