@@ -293,17 +293,29 @@ func TestTransportFromBackendTimeouts(t *testing.T) {
 	p := mustPool(t, PoolConfig{Backends: []config.Backend{
 		{URL: "http://a:8000", Name: "a", FirstByteTimeout: config.Duration(7 * time.Second)},
 		{URL: "http://b:8000", Name: "b"},
+		{URL: "https://c:8443", Name: "c", FirstByteTimeout: config.Duration(3 * time.Second)},
 	}})
-	ra, ok := p.ByName("a").Transport.(*ReplayTransport)
+	da, ok := p.ByName("a").Transport.(*DirectTransport)
 	if !ok {
-		t.Fatalf("transport = %T", p.ByName("a").Transport)
+		t.Fatalf("a (http): transport = %T", p.ByName("a").Transport)
 	}
-	ta := ra.Transport
-	if ta.ResponseHeaderTimeout != 7*time.Second || !ta.DisableCompression {
-		t.Errorf("a: header timeout %s, compression disabled %v", ta.ResponseHeaderTimeout, ta.DisableCompression)
+	ta := da.fallback.(*ReplayTransport).Transport
+	if da.firstByte != 7*time.Second || ta.ResponseHeaderTimeout != 7*time.Second || !ta.DisableCompression {
+		t.Errorf("a: first byte %s, fallback's header timeout %s, compression disabled %v", da.firstByte, ta.ResponseHeaderTimeout, ta.DisableCompression)
 	}
-	if tb := p.ByName("b").Transport.(*ReplayTransport).Transport; tb.ResponseHeaderTimeout != DefaultFirstByteTimeout || tb == ta {
-		t.Errorf("b: header timeout %s (shared %v)", tb.ResponseHeaderTimeout, tb == ta)
+	if da.addr != "a:8000" || da.host != "a:8000" {
+		t.Errorf("a: dials %q for host %q", da.addr, da.host)
+	}
+	db := p.ByName("b").Transport.(*DirectTransport)
+	if db.firstByte != DefaultFirstByteTimeout || db == da {
+		t.Errorf("b: first byte %s (shared %v)", db.firstByte, db == da)
+	}
+	rc, ok := p.ByName("c").Transport.(*ReplayTransport)
+	if !ok {
+		t.Fatalf("c (https): transport = %T", p.ByName("c").Transport)
+	}
+	if rc.Transport.ResponseHeaderTimeout != 3*time.Second {
+		t.Errorf("c: header timeout %s", rc.Transport.ResponseHeaderTimeout)
 	}
 }
 

@@ -3,6 +3,7 @@ package balancer
 import (
 	"net"
 	"net/http"
+	"net/url"
 	"time"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
@@ -30,8 +31,11 @@ const connBufferSize = 1 << 10
 // through untouched and streams are not held in a decompressor. The total
 // timeout (backend.timeout) is the caller's, per request.
 //
-// The transport is a *ReplayTransport: a request that fails on a kept-alive
-// connection the backend had closed is sent again on another connection.
+// A plain-http backend reached without a proxy gets a *DirectTransport;
+// any other (https, or a proxy set in the environment) net/http's own
+// transport, as a *ReplayTransport. Either resends a request that fails
+// on a kept-alive connection the backend had closed before any byte of a
+// response came back.
 func NewTransport(b config.Backend) http.RoundTripper {
 	connect := b.ConnectTimeout.D()
 	if connect <= 0 {
@@ -41,16 +45,40 @@ func NewTransport(b config.Backend) http.RoundTripper {
 	if firstByte <= 0 {
 		firstByte = DefaultFirstByteTimeout
 	}
+	dialer := net.Dialer{Timeout: connect, KeepAlive: 30 * time.Second}
 	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.DialContext = (&net.Dialer{Timeout: connect, KeepAlive: 30 * time.Second}).DialContext
+	t.DialContext = dialer.DialContext
 	t.ResponseHeaderTimeout = firstByte
 	t.DisableCompression = true
 	t.MaxIdleConns = 0
-	t.MaxIdleConnsPerHost = 256
+	t.MaxIdleConnsPerHost = maxIdlePerHost
 	t.ReadBufferSize = connBufferSize
 	t.WriteBufferSize = connBufferSize
-	return &ReplayTransport{Transport: t}
+	replay := &ReplayTransport{Transport: t}
+	u, err := url.Parse(b.URL)
+	if err != nil || u.Scheme != "http" || u.Host == "" {
+		return replay
+	}
+	if p, err := t.Proxy(&http.Request{URL: u}); err != nil || p != nil {
+		return replay
+	}
+	addr := u.Host
+	if u.Port() == "" {
+		addr = net.JoinHostPort(u.Hostname(), "80")
+	}
+	return &DirectTransport{
+		host:        u.Host,
+		addr:        addr,
+		dialer:      dialer,
+		firstByte:   firstByte,
+		maxIdle:     maxIdlePerHost,
+		idleTimeout: t.IdleConnTimeout,
+		fallback:    replay,
+	}
 }
+
+// maxIdlePerHost is how many idle connections a backend's transport keeps.
+const maxIdlePerHost = 256
 
 // ReplayTransport lets the embedded transport resend a request whose
 // kept-alive connection turns out closed by the backend before any byte

@@ -1,0 +1,332 @@
+package balancer
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// DirectTransport carries HTTP/1.1 requests to one plain-http backend on
+// connections it keeps itself, doing the whole exchange on the caller's
+// goroutine: it writes the request, reads the response head, and hands
+// back a body that reads straight from the connection. net/http's
+// Transport runs two goroutines per connection (a reader and a writer)
+// and passes every request and response between them and the caller; on
+// a gateway that is two goroutine hand-offs per request and two stacks,
+// a set of channels and a per-request context per open stream.
+//
+// Semantics follow net/http's Transport as the gateway uses it: keep-alive
+// connections are reused (last used first), at most maxIdle wait idle and
+// none longer than idleTimeout; a request that fails on a reused
+// connection before any byte of a response came back is sent again on
+// another connection when its body can be re-read (an engine such as
+// llama.cpp's server may close a kept-alive connection without saying
+// so); the request's context cancels a dial, a write or a read in
+// progress; the first-byte timeout runs from the request's last byte to
+// the response's head. Requests for any other scheme or host go to
+// fallback.
+type DirectTransport struct {
+	host        string // URL host the transport serves, as in req.URL.Host
+	addr        string // host:port dialled
+	dialer      net.Dialer
+	firstByte   time.Duration
+	maxIdle     int
+	idleTimeout time.Duration
+	fallback    http.RoundTripper
+
+	mu       sync.Mutex
+	idle     []*directConn // oldest first
+	sweeping bool
+}
+
+// directConn is one backend connection.
+type directConn struct {
+	t        *DirectTransport
+	nc       net.Conn
+	br       *bufio.Reader
+	bw       *bufio.Writer
+	read     int64 // bytes read from nc, for telling a stale connection
+	lastUsed time.Time
+}
+
+func (c *directConn) Read(p []byte) (int, error) {
+	n, err := c.nc.Read(p)
+	c.read += int64(n)
+	return n, err
+}
+
+func (c *directConn) close() { _ = c.nc.Close() }
+
+// errHeaderTimeout is the first-byte timeout's error, a timeout like
+// net/http's own.
+var errHeaderTimeout = timeoutError("timeout awaiting response headers")
+
+type timeoutError string
+
+func (e timeoutError) Error() string { return string(e) }
+func (e timeoutError) Timeout() bool { return true }
+
+// errBodyClosed is returned by a read after the body was closed.
+var errBodyClosed = errors.New("read on closed response body")
+
+// longAgo is a deadline in the past: setting it fails the I/O in progress.
+var longAgo = time.Unix(1, 0)
+
+// RoundTrip sends req and returns the backend's response.
+func (t *DirectTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL.Scheme != "http" || req.URL.Host != t.host {
+		return t.fallback.RoundTrip(req)
+	}
+	ctx := req.Context()
+	for {
+		c, reused, err := t.conn(ctx)
+		if err != nil {
+			return nil, err
+		}
+		resp, retry, err := c.roundTrip(ctx, req)
+		if err == nil {
+			return resp, nil
+		}
+		if !reused || !retry {
+			return nil, err
+		}
+		// A reused connection that failed before any response byte:
+		// most likely the backend closed it while it sat idle. Send
+		// again on the next connection, if the body can be read again.
+		if req.Body != nil && req.Body != http.NoBody {
+			if req.GetBody == nil {
+				return nil, err
+			}
+			body, gerr := req.GetBody()
+			if gerr != nil {
+				return nil, err
+			}
+			r := *req
+			r.Body = body
+			req = &r
+		}
+	}
+}
+
+// conn returns the most recently used idle connection (reused true) or
+// dials a new one.
+func (t *DirectTransport) conn(ctx context.Context) (*directConn, bool, error) {
+	t.mu.Lock()
+	if n := len(t.idle); n > 0 {
+		c := t.idle[n-1]
+		t.idle[n-1] = nil
+		t.idle = t.idle[:n-1]
+		if time.Since(c.lastUsed) < t.idleTimeout {
+			t.mu.Unlock()
+			return c, true, nil
+		}
+		// The newest is too old, so are the rest.
+		stale := append(t.idle, c)
+		t.idle = nil
+		t.mu.Unlock()
+		for _, s := range stale {
+			s.close()
+		}
+	} else {
+		t.mu.Unlock()
+	}
+	nc, err := t.dialer.DialContext(ctx, "tcp", t.addr)
+	if err != nil {
+		return nil, false, err
+	}
+	c := &directConn{t: t, nc: nc}
+	c.br = bufio.NewReaderSize(c, connBufferSize)
+	c.bw = bufio.NewWriterSize(nc, connBufferSize)
+	return c, false, nil
+}
+
+// put returns c to the idle pool, or closes it when the pool is full.
+func (t *DirectTransport) put(c *directConn) {
+	c.lastUsed = time.Now()
+	t.mu.Lock()
+	if len(t.idle) >= t.maxIdle {
+		t.mu.Unlock()
+		c.close()
+		return
+	}
+	t.idle = append(t.idle, c)
+	sweep := !t.sweeping
+	t.sweeping = true
+	t.mu.Unlock()
+	if sweep {
+		time.AfterFunc(t.idleTimeout, t.sweep)
+	}
+}
+
+// sweep closes the connections idle for idleTimeout and runs again while
+// any are left, so a quiet gateway does not hold connections its backends
+// have long closed.
+func (t *DirectTransport) sweep() {
+	now := time.Now()
+	t.mu.Lock()
+	n := 0
+	for n < len(t.idle) && now.Sub(t.idle[n].lastUsed) >= t.idleTimeout {
+		n++
+	}
+	stale := append([]*directConn(nil), t.idle[:n]...)
+	t.idle = append(t.idle[:0], t.idle[n:]...)
+	clear(t.idle[len(t.idle):cap(t.idle)])
+	var next time.Duration
+	if len(t.idle) > 0 {
+		next = t.idleTimeout - now.Sub(t.idle[0].lastUsed)
+	} else {
+		t.sweeping = false
+	}
+	t.mu.Unlock()
+	for _, c := range stale {
+		c.close()
+	}
+	if next > 0 {
+		time.AfterFunc(next, t.sweep)
+	}
+}
+
+// CloseIdleConnections closes the connections waiting idle; those in use
+// are closed when their requests end.
+func (t *DirectTransport) CloseIdleConnections() {
+	t.mu.Lock()
+	idle := t.idle
+	t.idle = nil
+	t.mu.Unlock()
+	for _, c := range idle {
+		c.close()
+	}
+	if f, ok := t.fallback.(interface{ CloseIdleConnections() }); ok {
+		f.CloseIdleConnections()
+	}
+}
+
+// roundTrip does one exchange on c. On error c is closed, and retry
+// reports whether the request may be sent again: no byte of a response
+// came back and neither the context nor the first-byte timeout ended it.
+func (c *directConn) roundTrip(ctx context.Context, req *http.Request) (_ *http.Response, retry bool, _ error) {
+	var canceled atomic.Bool
+	stop := context.AfterFunc(ctx, func() {
+		canceled.Store(true)
+		_ = c.nc.SetDeadline(longAgo)
+	})
+	start := c.read
+	fail := func(err error) (*http.Response, bool, error) {
+		stop()
+		c.close()
+		if ctx.Err() != nil {
+			return nil, false, ctx.Err()
+		}
+		return nil, c.read == start && err != errHeaderTimeout, err
+	}
+	werr := req.Write(c.bw)
+	if werr == nil {
+		werr = c.bw.Flush()
+	}
+	if werr != nil && canceled.Load() {
+		return fail(werr)
+	}
+	// A backend may answer before it has read the whole body (a 413, say)
+	// and close: its answer is still read after a failed write.
+	if c.t.firstByte > 0 {
+		_ = c.nc.SetReadDeadline(time.Now().Add(c.t.firstByte))
+	}
+	var resp *http.Response
+	var err error
+	for {
+		resp, err = http.ReadResponse(c.br, req)
+		if err != nil || resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+			break
+		}
+		// An interim 1xx head: the final one follows.
+	}
+	if err != nil {
+		var ne net.Error
+		if werr != nil {
+			err = werr
+		} else if !canceled.Load() && errors.As(err, &ne) && ne.Timeout() {
+			err = errHeaderTimeout
+		}
+		return fail(err)
+	}
+	if c.t.firstByte > 0 {
+		_ = c.nc.SetReadDeadline(time.Time{})
+		if canceled.Load() {
+			// The context ended while the deadline was being cleared;
+			// put its deadline back.
+			_ = c.nc.SetDeadline(longAgo)
+		}
+	}
+	reuse := werr == nil && !resp.Close && !req.Close
+	if resp.Body == http.NoBody {
+		// Nothing follows the head: the connection is free already.
+		if stop() && reuse && c.br.Buffered() == 0 {
+			c.t.put(c)
+		} else {
+			c.close()
+		}
+		return resp, false, nil
+	}
+	resp.Body = &directBody{c: c, rc: resp.Body, stop: stop, ctx: ctx, reuse: reuse}
+	return resp, false, nil
+}
+
+// directBody is a response body read straight from its connection. At its
+// end the connection goes back to the pool; closed before its end, or
+// broken, the connection is closed.
+type directBody struct {
+	c     *directConn
+	rc    io.ReadCloser
+	stop  func() bool
+	ctx   context.Context
+	reuse bool
+	eof   bool // set by Read before finish
+	done  atomic.Bool
+}
+
+func (b *directBody) Read(p []byte) (int, error) {
+	if b.done.Load() {
+		if b.eof {
+			return 0, io.EOF
+		}
+		return 0, errBodyClosed
+	}
+	n, err := b.rc.Read(p)
+	switch {
+	case err == io.EOF:
+		b.eof = true
+		b.finish(b.reuse && b.c.br.Buffered() == 0)
+	case err != nil:
+		b.finish(false)
+		if b.ctx.Err() != nil {
+			err = b.ctx.Err()
+		}
+	}
+	return n, err
+}
+
+// Close ends the body; an unread rest is not drained, its connection is
+// closed instead.
+func (b *directBody) Close() error {
+	b.finish(false)
+	return nil
+}
+
+func (b *directBody) finish(reuse bool) {
+	if !b.done.CompareAndSwap(false, true) {
+		return
+	}
+	// stop reports false once the context's cancellation has set the
+	// connection's deadline: such a connection cannot be used again.
+	if b.stop() && reuse {
+		b.c.t.put(b.c)
+		return
+	}
+	b.c.close()
+}

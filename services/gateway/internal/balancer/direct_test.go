@@ -1,0 +1,339 @@
+package balancer
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
+)
+
+// rawBackend serves each connection with handle, reading requests one after
+// another until handle returns false, and counts the connections accepted.
+type rawBackend struct {
+	url   string
+	conns atomic.Int64
+}
+
+func newRawBackend(t *testing.T, handle func(c net.Conn, req *http.Request) bool) *rawBackend {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	b := &rawBackend{url: "http://" + ln.Addr().String()}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			b.conns.Add(1)
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					if !handle(c, req) {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return b
+}
+
+// okHandler reads the body and answers 200 "ok" with a Content-Length.
+func okHandler(c net.Conn, req *http.Request) bool {
+	_, _ = io.Copy(io.Discard, req.Body)
+	_, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	return err == nil
+}
+
+func directTransport(t *testing.T, url string, firstByte time.Duration) *DirectTransport {
+	t.Helper()
+	d, ok := NewTransport(config.Backend{URL: url, FirstByteTimeout: config.Duration(firstByte)}).(*DirectTransport)
+	if !ok {
+		t.Fatalf("%s: not a DirectTransport", url)
+	}
+	t.Cleanup(d.CloseIdleConnections)
+	return d
+}
+
+func post(t *testing.T, ctx context.Context, url, body string) *http.Request {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+"/v1/chat/completions", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return req
+}
+
+func readAll(t *testing.T, resp *http.Response) string {
+	t.Helper()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return string(b)
+}
+
+func TestDirectTransportReusesConnection(t *testing.T) {
+	be := newRawBackend(t, okHandler)
+	d := directTransport(t, be.url, 0)
+	for i := range 20 {
+		resp, err := d.RoundTrip(post(t, context.Background(), be.url, `{"i":1}`))
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		if got := readAll(t, resp); got != "ok" || resp.StatusCode != 200 {
+			t.Fatalf("request %d: %d %q", i, resp.StatusCode, got)
+		}
+	}
+	if n := be.conns.Load(); n != 1 {
+		t.Fatalf("20 requests in turn used %d connections, want 1", n)
+	}
+}
+
+func TestDirectTransportChunkedAndInterimHeads(t *testing.T) {
+	be := newRawBackend(t, func(c net.Conn, req *http.Request) bool {
+		_, _ = io.Copy(io.Discard, req.Body)
+		_, err := io.WriteString(c, "HTTP/1.1 100 Continue\r\n\r\n"+
+			"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"+
+			"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"+
+			"6\r\ndata: \r\n3\r\nab\n\r\n0\r\nX-Trailer: t\r\n\r\n")
+		return err == nil
+	})
+	d := directTransport(t, be.url, 0)
+	for i := range 3 {
+		resp, err := d.RoundTrip(post(t, context.Background(), be.url, `{}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
+			t.Fatalf("request %d: %d %v", i, resp.StatusCode, resp.Header)
+		}
+		if got := readAll(t, resp); got != "data: ab\n" {
+			t.Fatalf("request %d: body %q", i, got)
+		}
+	}
+	if n := be.conns.Load(); n != 1 {
+		t.Fatalf("chunked replies: %d connections, want 1", n)
+	}
+}
+
+func TestDirectTransportEarlyCloseDropsConnection(t *testing.T) {
+	be := newRawBackend(t, func(c net.Conn, req *http.Request) bool {
+		_, _ = io.Copy(io.Discard, req.Body)
+		_, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789")
+		return err == nil
+	})
+	d := directTransport(t, be.url, 0)
+	for range 3 {
+		resp, err := d.RoundTrip(post(t, context.Background(), be.url, `{}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 4)
+		if _, err := io.ReadFull(resp.Body, buf); err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if _, err := resp.Body.Read(buf); err == nil {
+			t.Fatal("a read after Close succeeded")
+		}
+	}
+	// The unread rest would corrupt the next reply on the same
+	// connection: each request needs its own.
+	if n := be.conns.Load(); n != 3 {
+		t.Fatalf("3 bodies closed early: %d connections, want 3", n)
+	}
+}
+
+func TestDirectTransportCloseDelimitedBody(t *testing.T) {
+	be := newRawBackend(t, func(c net.Conn, req *http.Request) bool {
+		_, _ = io.Copy(io.Discard, req.Body)
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end")
+		return false
+	})
+	d := directTransport(t, be.url, 0)
+	for range 2 {
+		resp, err := d.RoundTrip(post(t, context.Background(), be.url, `{}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := readAll(t, resp); got != "until the end" {
+			t.Fatalf("body %q", got)
+		}
+	}
+	if n := be.conns.Load(); n != 2 {
+		t.Fatalf("close-delimited replies: %d connections, want 2", n)
+	}
+}
+
+func TestDirectTransportFirstByteTimeout(t *testing.T) {
+	be := newRawBackend(t, func(c net.Conn, req *http.Request) bool {
+		time.Sleep(time.Second)
+		return okHandler(c, req)
+	})
+	d := directTransport(t, be.url, 50*time.Millisecond)
+	_, err := d.RoundTrip(post(t, context.Background(), be.url, `{}`))
+	var ne interface{ Timeout() bool } // what the gateway's classify looks for
+	if !errors.Is(err, errHeaderTimeout) || !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("err = %v, want the first-byte timeout", err)
+	}
+	if n := be.conns.Load(); n != 1 {
+		t.Fatalf("a timed-out request was sent again: %d connections", n)
+	}
+}
+
+func TestDirectTransportContextCancels(t *testing.T) {
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	be := newRawBackend(t, func(c net.Conn, req *http.Request) bool {
+		_, _ = io.Copy(io.Discard, req.Body)
+		if req.URL.Path == "/v1/chat/completions" && req.Header.Get("X-Stall") == "body" {
+			_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")
+		}
+		<-release
+		return false
+	})
+	d := directTransport(t, be.url, time.Minute)
+	for _, stall := range []string{"head", "body"} {
+		ctx, cancel := context.WithCancel(context.Background())
+		req := post(t, ctx, be.url, `{}`)
+		req.Header.Set("X-Stall", stall)
+		time.AfterFunc(50*time.Millisecond, cancel)
+		start := time.Now()
+		resp, err := d.RoundTrip(req)
+		if stall == "body" {
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = io.ReadAll(resp.Body)
+		}
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("stalled %s: err = %v, want context.Canceled", stall, err)
+		}
+		if el := time.Since(start); el > 5*time.Second {
+			t.Fatalf("stalled %s: cancel took %s", stall, el)
+		}
+	}
+	if len(d.idle) != 0 {
+		t.Fatal("a cancelled exchange's connection went back to the pool")
+	}
+}
+
+func TestDirectTransportEarlyAnswerToUnreadBody(t *testing.T) {
+	// The backend refuses a huge body from its head alone and closes,
+	// as a server enforcing a size limit does: the client gets the 413,
+	// not a write error.
+	be := newRawBackend(t, func(c net.Conn, req *http.Request) bool {
+		_, _ = io.WriteString(c, "HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large")
+		return false
+	})
+	d := directTransport(t, be.url, 0)
+	resp, err := d.RoundTrip(post(t, context.Background(), be.url, strings.Repeat("x", 64<<20)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(t, resp); resp.StatusCode != 413 || got != "too large" {
+		t.Fatalf("%d %q", resp.StatusCode, got)
+	}
+}
+
+func TestDirectTransportStaleConnection(t *testing.T) {
+	// Each connection serves one request and closes without saying so.
+	be := newRawBackend(t, func(c net.Conn, req *http.Request) bool {
+		okHandler(c, req)
+		return false
+	})
+	d := directTransport(t, be.url, 0)
+	for i := range 5 {
+		resp, err := d.RoundTrip(post(t, context.Background(), be.url, `{}`))
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		readAll(t, resp)
+		time.Sleep(10 * time.Millisecond) // let the close arrive
+	}
+	// A body that cannot be read again is not resent.
+	req := post(t, context.Background(), be.url, `{}`)
+	req.Body = io.NopCloser(strings.NewReader(`{}`))
+	req.GetBody = nil
+	if _, err := d.RoundTrip(req); err == nil {
+		t.Fatal("a request with a one-shot body was resent on a new connection")
+	}
+}
+
+func TestDirectTransportIdleLimits(t *testing.T) {
+	be := newRawBackend(t, okHandler)
+	d := directTransport(t, be.url, 0)
+	d.maxIdle = 2
+	d.idleTimeout = 100 * time.Millisecond
+	// Four at once: four connections, of which two stay idle.
+	resps := make([]*http.Response, 4)
+	for i := range resps {
+		var err error
+		if resps[i], err = d.RoundTrip(post(t, context.Background(), be.url, `{}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, r := range resps {
+		readAll(t, r)
+	}
+	d.mu.Lock()
+	idle := len(d.idle)
+	d.mu.Unlock()
+	if idle != 2 || be.conns.Load() != 4 {
+		t.Fatalf("idle %d of %d connections, want 2 of 4", idle, be.conns.Load())
+	}
+	// Past the idle timeout the sweep closes them.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		d.mu.Lock()
+		idle = len(d.idle)
+		d.mu.Unlock()
+		if idle == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections still idle after the timeout", idle)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	resp, err := d.RoundTrip(post(t, context.Background(), be.url, `{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	readAll(t, resp)
+	if n := be.conns.Load(); n != 5 {
+		t.Fatalf("after the sweep: %d connections, want a fifth", n)
+	}
+}
+
+func TestDirectTransportOtherHostsGoToFallback(t *testing.T) {
+	be := newRawBackend(t, okHandler)
+	other := newRawBackend(t, okHandler)
+	d := directTransport(t, be.url, 0)
+	resp, err := d.RoundTrip(post(t, context.Background(), other.url, `{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(t, resp); got != "ok" || other.conns.Load() != 1 || len(d.idle) != 0 {
+		t.Fatalf("%q; other host's connections %d, direct pool %d", got, other.conns.Load(), len(d.idle))
+	}
+}
