@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"sync"
@@ -52,14 +53,25 @@ type directConn struct {
 	br       *bufio.Reader
 	bw       *bufio.Writer
 	read     int64 // bytes read from nc, for telling a stale connection
+	limit    int64 // bytes a read may still take (bounds a response head)
 	lastUsed time.Time
 }
 
 func (c *directConn) Read(p []byte) (int, error) {
+	if c.limit <= 0 {
+		return 0, errHeadTooLarge
+	}
 	n, err := c.nc.Read(p)
 	c.read += int64(n)
+	c.limit -= int64(n)
 	return n, err
 }
+
+// maxHeadBytes bounds a response's head (status line, headers and any
+// interim heads before it), as net/http's MaxResponseHeaderBytes does.
+const maxHeadBytes = 1 << 20
+
+var errHeadTooLarge = errors.New("backend response head larger than 1 MiB")
 
 func (c *directConn) close() { _ = c.nc.Close() }
 
@@ -239,6 +251,7 @@ func (c *directConn) roundTrip(ctx context.Context, req *http.Request) (_ *http.
 	}
 	var resp *http.Response
 	var err error
+	c.limit = maxHeadBytes
 	for {
 		resp, err = http.ReadResponse(c.br, req)
 		if err != nil || resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
@@ -255,6 +268,7 @@ func (c *directConn) roundTrip(ctx context.Context, req *http.Request) (_ *http.
 		}
 		return fail(err)
 	}
+	c.limit = math.MaxInt64
 	if c.t.firstByte > 0 {
 		_ = c.nc.SetReadDeadline(time.Time{})
 		if canceled.Load() {

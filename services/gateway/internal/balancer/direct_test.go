@@ -337,3 +337,21 @@ func TestDirectTransportOtherHostsGoToFallback(t *testing.T) {
 		t.Fatalf("%q; other host's connections %d, direct pool %d", got, other.conns.Load(), len(d.idle))
 	}
 }
+
+func TestDirectTransportBoundsTheHead(t *testing.T) {
+	be := newRawBackend(t, func(c net.Conn, req *http.Request) bool {
+		_, _ = io.Copy(io.Discard, req.Body)
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\n")
+		line := "X-Filler: " + strings.Repeat("x", 1000) + "\r\n"
+		for range 2000 {
+			if _, err := io.WriteString(c, line); err != nil {
+				return false
+			}
+		}
+		return false
+	})
+	d := directTransport(t, be.url, 0)
+	if _, err := d.RoundTrip(post(t, context.Background(), be.url, `{}`)); !errors.Is(err, errHeadTooLarge) {
+		t.Fatalf("a 2 MB head: err = %v", err)
+	}
+}
