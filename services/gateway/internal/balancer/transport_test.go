@@ -1,7 +1,6 @@
 package balancer
 
 import (
-	"bufio"
 	"io"
 	"net"
 	"net/http"
@@ -9,7 +8,6 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/llmproxy/llmproxy/pkg/config"
 )
 
 // closingServer answers every request on a connection and then closes it
@@ -17,62 +15,53 @@ import (
 // records whether a request carried an idempotency header on the wire.
 func closingServer(t *testing.T, sawKey *atomic.Bool) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				req, err := http.ReadRequest(bufio.NewReader(c))
-				if err != nil {
-					return
-				}
-				if _, ok := req.Header["X-Idempotency-Key"]; ok {
-					sawKey.Store(true)
-				}
-				_, _ = io.Copy(io.Discard, req.Body)
-				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-			}()
+	return newRawBackend(t, func(c net.Conn, req *http.Request) bool {
+		if _, ok := req.Header["X-Idempotency-Key"]; ok {
+			sawKey.Store(true)
 		}
-	}()
-	return "http://" + ln.Addr().String()
+		okHandler(c, req)
+		return false
+	}).url
 }
 
-// TestReplayTransportResendsOnClosedKeepAlive: POSTs are resent on a
-// kept-alive connection the backend closed, whether ReplayTransport marks
-// them (on a copy of their header) or the caller did with MarkReplayable.
-func TestReplayTransportResendsOnClosedKeepAlive(t *testing.T) {
+// transports returns both kinds of transport NewTransport builds for url:
+// the direct one (plain http) and net/http's behind ReplayTransport (what
+// https and proxied backends get).
+func transports(t *testing.T, url string) map[string]http.RoundTripper {
+	t.Helper()
+	d := directTransport(t, url, 0)
+	return map[string]http.RoundTripper{"direct": d, "replay": d.fallback.(*ReplayTransport)}
+}
+
+// TestTransportsResendOnClosedKeepAlive: POSTs are resent on a kept-alive
+// connection the backend closed, whether the transport marks them (on a
+// copy of their header) or the caller did with MarkReplayable.
+func TestTransportsResendOnClosedKeepAlive(t *testing.T) {
 	for _, marked := range []bool{false, true} {
 		var sawKey atomic.Bool
 		url := closingServer(t, &sawKey)
-		rt := NewTransport(config.Backend{URL: url})
-		for i := range 50 {
-			req, err := http.NewRequest(http.MethodPost, url+"/v1/chat/completions", strings.NewReader(`{"model":"m"}`))
-			if err != nil {
-				t.Fatal(err)
-			}
-			req.Header.Set("Content-Type", "application/json")
-			if marked {
-				MarkReplayable(req)
-			}
-			resp, err := rt.RoundTrip(req)
-			if err != nil {
-				t.Fatalf("marked %v, request %d: %v", marked, i, err)
-			}
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if string(b) != "ok" {
-				t.Fatalf("marked %v, request %d: body %q", marked, i, b)
-			}
-			if _, ok := req.Header["X-Idempotency-Key"]; ok != marked {
-				t.Fatal("RoundTrip modified the caller's request")
+		for name, rt := range transports(t, url) {
+			for i := range 50 {
+				req, err := http.NewRequest(http.MethodPost, url+"/v1/chat/completions", strings.NewReader(`{"model":"m"}`))
+				if err != nil {
+					t.Fatal(err)
+				}
+				req.Header.Set("Content-Type", "application/json")
+				if marked {
+					MarkReplayable(req)
+				}
+				resp, err := rt.RoundTrip(req)
+				if err != nil {
+					t.Fatalf("%s, marked %v, request %d: %v", name, marked, i, err)
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if string(b) != "ok" {
+					t.Fatalf("%s, marked %v, request %d: body %q", name, marked, i, b)
+				}
+				if _, ok := req.Header["X-Idempotency-Key"]; ok != marked {
+					t.Fatalf("%s: RoundTrip modified the caller's request", name)
+				}
 			}
 		}
 		if sawKey.Load() {
@@ -81,15 +70,17 @@ func TestReplayTransportResendsOnClosedKeepAlive(t *testing.T) {
 	}
 }
 
-func TestReplayTransportDownBackendFailsAtOnce(t *testing.T) {
+func TestTransportsDownBackendFailsAtOnce(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	url := "http://" + ln.Addr().String()
 	ln.Close()
-	req, _ := http.NewRequest(http.MethodPost, url+"/v1/chat/completions", strings.NewReader(`{}`))
-	if _, err := NewTransport(config.Backend{URL: url}).RoundTrip(req); err == nil {
-		t.Fatal("a request to a closed port succeeded")
+	for name, rt := range transports(t, url) {
+		req, _ := http.NewRequest(http.MethodPost, url+"/v1/chat/completions", strings.NewReader(`{}`))
+		if _, err := rt.RoundTrip(req); err == nil {
+			t.Fatalf("%s: a request to a closed port succeeded", name)
+		}
 	}
 }
