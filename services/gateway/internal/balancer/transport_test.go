@@ -7,7 +7,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
-
 )
 
 // closingServer answers every request on a connection and then closes it
