@@ -51,6 +51,7 @@ type config struct {
 	concurrency int
 	duration    time.Duration
 	warmup      time.Duration
+	stagger     time.Duration
 	requests    int64
 	body        string
 	headers     headerFlags
@@ -68,6 +69,7 @@ func main() {
 	flag.IntVar(&c.concurrency, "concurrency", 1, "workers (request, stream) or open streams (idle)")
 	flag.DurationVar(&c.duration, "duration", 10*time.Second, "how long to measure (request, stream)")
 	flag.DurationVar(&c.warmup, "warmup", time.Second, "load before measuring starts; not counted")
+	flag.DurationVar(&c.stagger, "stagger", 0, "stream: spread the workers' first streams evenly over this long (e.g. one stream's length), so that streams start and send their events spread out rather than all at once")
 	flag.Int64Var(&c.requests, "requests", 0, "stop after this many measured requests in all (0: run for --duration)")
 	flag.StringVar(&c.body, "body", "", "request body (default: a small chat completion, streamed in stream and idle modes)")
 	flag.Var(&c.headers, "header", `extra request header "Name: value" (repeatable)`)

@@ -54,6 +54,12 @@ func runStreams(ctx context.Context, c config) (*StreamResult, error) {
 			defer wg.Done()
 			br := bufio.NewReaderSize(nil, 16<<10)
 			var myTTFT, myLag []int64
+			if c.stagger > 0 {
+				select {
+				case <-time.After(c.stagger * time.Duration(i) / time.Duration(c.concurrency)):
+				case <-ctx.Done():
+				}
+			}
 			for ctx.Err() == nil {
 				t0 := time.Now()
 				if w.done(t0) {

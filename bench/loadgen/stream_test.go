@@ -1,6 +1,11 @@
 package main
 
 import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"sync"
 	"testing"
 	"time"
 )
@@ -40,5 +45,45 @@ func TestSummarise(t *testing.T) {
 	}
 	if (summarise(nil) != Dist{}) {
 		t.Fatal("summarise(nil) is not zero")
+	}
+}
+
+// firstArrivals runs 4 stream workers against a backend that holds each
+// stream 600 ms, so each worker sends one request in the run, and returns
+// how far apart the 4 requests arrived.
+func firstArrivals(t *testing.T, stagger time.Duration) time.Duration {
+	t.Helper()
+	var mu sync.Mutex
+	var arrived []time.Time
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		arrived = append(arrived, time.Now())
+		mu.Unlock()
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprintf(w, "data: {\"mock_sent_ns\":%d}\n\n", time.Now().UnixNano())
+		w.(http.Flusher).Flush()
+		time.Sleep(600 * time.Millisecond)
+		fmt.Fprint(w, "data: [DONE]\n\n")
+	}))
+	defer srv.Close()
+	c := config{url: srv.URL, mode: "stream", concurrency: 4, duration: 500 * time.Millisecond, stagger: stagger}
+	if _, err := runStreams(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(arrived) != 4 {
+		t.Fatalf("%d requests, want one per worker", len(arrived))
+	}
+	return arrived[3].Sub(arrived[0])
+}
+
+func TestStaggerSpreadsFirstStreams(t *testing.T) {
+	if d := firstArrivals(t, 0); d > 150*time.Millisecond {
+		t.Fatalf("without stagger the 4 streams began %s apart", d)
+	}
+	// Evenly over 400 ms: the last worker starts 300 ms after the first.
+	if d := firstArrivals(t, 400*time.Millisecond); d < 250*time.Millisecond {
+		t.Fatalf("with a 400 ms stagger the 4 streams began only %s apart", d)
 	}
 }
