@@ -35,9 +35,7 @@ logging: { level: warn }
 }
 
 func TestDistributedTargetsWithMeterKilled(t *testing.T) {
-	rurl := redisURL(t)
-	prefix := fmt.Sprintf("e2e%d", time.Now().UnixNano())
-	cleanRedis(t, rurl, prefix)
+	rurl, prefix := redisPrefix(t, "e2e")
 	_, natsURL := natsServer(t)
 
 	mock := startMock(t, "--tokens", "7")

@@ -269,8 +269,12 @@ func redisURL(t testing.TB) string {
 	return u
 }
 
-// cleanRedis removes every key under prefix when the test ends.
-func cleanRedis(t testing.TB, url, prefix string) {
+// redisPrefix returns the test Redis's URL and a key prefix of its own for
+// one test (name and the time), whose keys are deleted when the test ends.
+func redisPrefix(t testing.TB, name string) (url, prefix string) {
+	t.Helper()
+	url = redisURL(t)
+	prefix = fmt.Sprintf("%s%d", name, time.Now().UnixNano())
 	t.Cleanup(func() {
 		opt, _ := redis.ParseURL(url)
 		c := redis.NewClient(opt)
@@ -281,6 +285,7 @@ func cleanRedis(t testing.TB, url, prefix string) {
 			c.Del(ctx, iter.Val())
 		}
 	})
+	return url, prefix
 }
 
 // startMock starts mockllm with args on a free address, waits until it

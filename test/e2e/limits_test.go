@@ -199,8 +199,8 @@ type limCluster struct {
 }
 
 func limStartCluster(t *testing.T) *limCluster {
-	c := &limCluster{redisURL: redisURL(t), prefix: fmt.Sprintf("e2elim%d", time.Now().UnixNano())}
-	cleanRedis(t, c.redisURL, c.prefix)
+	rurl, prefix := redisPrefix(t, "e2elim")
+	c := &limCluster{redisURL: rurl, prefix: prefix}
 	_, natsURL := natsServer(t)
 	c.mock = limMock(t)
 	dir := t.TempDir()

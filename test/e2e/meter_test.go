@@ -254,9 +254,7 @@ func waitUsageExact(t testing.TB, cfg string, within time.Duration, want map[str
 }
 
 func TestMeterThreeMetersKilledEvery2s(t *testing.T) {
-	rurl := redisURL(t)
-	prefix := fmt.Sprintf("e2emeter%d", time.Now().UnixNano())
-	cleanRedis(t, rurl, prefix)
+	rurl, prefix := redisPrefix(t, "e2emeter")
 	_, natsURL := natsServer(t)
 
 	nc, err := nats.Connect(natsURL)
@@ -547,9 +545,7 @@ func streamCounts(t testing.TB, natsURL string) map[string]int {
 }
 
 func TestMeterNATSStopped20s(t *testing.T) {
-	rurl := redisURL(t)
-	prefix := fmt.Sprintf("e2emnats%d", time.Now().UnixNano())
-	cleanRedis(t, rurl, prefix)
+	rurl, prefix := redisPrefix(t, "e2emnats")
 	nd := startNatsd(t)
 
 	mockAddr := freeAddr(t)

@@ -228,9 +228,7 @@ func TestOpsMetrics(t *testing.T) {
 	}
 
 	// /healthz and /readyz on every target.
-	rurl := redisURL(t)
-	prefix := fmt.Sprintf("ops%d", time.Now().UnixNano())
-	cleanRedis(t, rurl, prefix)
+	rurl, prefix := redisPrefix(t, "ops")
 	_, natsURL := natsServer(t)
 	dcfg := filepath.Join(dir, "distributed.yaml")
 	dlisten := freeAddr(t)

@@ -110,9 +110,7 @@ func (p *pullDropper) lost() map[string]time.Time {
 // a few seconds and deliver every event; with the client library's default
 // pull expiry (30 s) they sat idle for 30 s with the events pending.
 func TestConsumersRecoverFromLostPullRequest(t *testing.T) {
-	rurl := redisURL(t)
-	prefix := fmt.Sprintf("e2e%d", time.Now().UnixNano())
-	cleanRedis(t, rurl, prefix)
+	rurl, prefix := redisPrefix(t, "e2e")
 	_, natsURL := natsServer(t)
 	drop := startPullDropper(t, natsURL)
 

@@ -161,9 +161,7 @@ logging: { level: warn }
 }
 
 func TestStackNATSNodeKilled(t *testing.T) {
-	rurl := redisURL(t)
-	prefix := fmt.Sprintf("stack%d", time.Now().UnixNano())
-	cleanRedis(t, rurl, prefix)
+	rurl, prefix := redisPrefix(t, "stack")
 	dir := t.TempDir()
 	nodes := stackCluster(t, dir)
 	natsURL := stackNatsURL(nodes)
