@@ -95,14 +95,7 @@ func TestReplyBeforeAccessLine(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("no access line was written")
 	}
-	select {
-	case body := <-got:
-		if !strings.Contains(body, `"content":"hi"`) {
-			t.Fatalf("reply %q", body)
-		}
-	case <-time.After(2 * time.Second):
-		t.Fatal("the reply waited for the access line")
-	}
+	wantReply(t, got, "the access line")
 }
 
 // TestBackToBackRequestsKeepTheirSlot: a key with max_concurrent 1 that
@@ -163,14 +156,7 @@ func TestReplyBeforeSenderWake(t *testing.T) {
 
 	got := chatAsync(srv.URL)
 	ev := s.next(t) // appended before the reply completes
-	select {
-	case body := <-got:
-		if !strings.Contains(body, `"content":"hi"`) {
-			t.Fatalf("reply %q", body)
-		}
-	case <-time.After(2 * time.Second):
-		t.Fatal("the reply waited for the event sender's wake-up")
-	}
+	wantReply(t, got, "the event sender's wake-up")
 	select {
 	case <-s.held:
 	case <-time.After(5 * time.Second):
@@ -178,5 +164,19 @@ func TestReplyBeforeSenderWake(t *testing.T) {
 	}
 	if ev.Usage.TotalTokens != 4 {
 		t.Errorf("event usage %+v, want 4 tokens", ev.Usage)
+	}
+}
+
+// wantReply fails t unless chatAsync's reply arrives whole while the server
+// still holds back held.
+func wantReply(t *testing.T, got <-chan string, held string) {
+	t.Helper()
+	select {
+	case body := <-got:
+		if !strings.Contains(body, `"content":"hi"`) {
+			t.Fatalf("reply %q", body)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("the reply waited for " + held)
 	}
 }
