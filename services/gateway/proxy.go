@@ -58,10 +58,9 @@ type exchange struct {
 	// client never holds a complete reply whose event a crash could lose.
 	commit    func()
 	committed bool
-	// holdWake asks finish to leave the event sender asleep; wake is then
-	// the sink to wake once the reply is out.
-	holdWake bool
-	wake     durableSink
+	// wake is the sink whose sender a committed exchange's finish left
+	// asleep, to be woken once the reply is out.
+	wake durableSink
 	// What finish recorded, for observe once the reply is complete.
 	billed       usage.Result
 	latency      time.Duration
@@ -164,7 +163,6 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) {
 	x.commit = func() {
 		if !x.committed {
 			x.committed = true
-			x.holdWake = true
 			g.finish(r.Context(), x)
 			g.release(x)
 		}
@@ -841,7 +839,9 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 		}
 	}
 	if d, ok := g.events.(durableSink); ok {
-		if !x.holdWake {
+		if !x.committed {
+			// Refusals and /v1/models finish after their reply is
+			// written: the sender can start at once.
 			d.PublishDurable(ev)
 		} else if d.AppendDurable(ev) {
 			x.wake = d
