@@ -98,6 +98,11 @@ type Backend struct {
 	ConnectTimeout   Duration `yaml:"connect_timeout"`    // default 5s
 	FirstByteTimeout Duration `yaml:"first_byte_timeout"` // default 60s
 	Timeout          Duration `yaml:"timeout"`            // total; default 0 = none
+	// HealthCheckPath, when set, is the path this backend is actively
+	// checked at instead of health_check.path: engines differ (vLLM, TGI
+	// and llama.cpp answer /health, Ollama / or /api/version). A backend
+	// with neither is not actively checked.
+	HealthCheckPath string `yaml:"health_check_path"`
 }
 
 // UsageHook is the upstream's single webhook; it is one of the notifier's
@@ -303,13 +308,15 @@ func (l PerKeyLimits) IsEnabled() bool {
 }
 
 // IsEnabled reports whether active health checks run: enabled when
-// written, else when a path is set.
+// written, else when a path is set. A backend's health_check_path turns
+// them on for that backend unless enabled is false.
 func (h HealthCheck) IsEnabled() bool {
 	if h.Enabled != nil {
 		return *h.Enabled
 	}
 	return h.Path != ""
 }
+
 
 // DataPath joins elem under data_dir (default "./data", relative to the
 // working directory).

@@ -223,8 +223,20 @@ func (v *checker) webhooks() {
 
 func (v *checker) healthCheck() {
 	h := v.c.HealthCheck
-	if h.IsEnabled() && !strings.HasPrefix(h.Path, "/") {
-		v.add("health_check.path", "enabled health checks need a path starting with /, such as /health")
+	if h.IsEnabled() && h.Path != "" && !strings.HasPrefix(h.Path, "/") {
+		v.add("health_check.path", "want a path starting with /, such as /health, got %q", h.Path)
+	} else if h.IsEnabled() && h.Path == "" {
+		for i, b := range v.c.Backends {
+			if b.HealthCheckPath == "" {
+				v.add("health_check.path", "enabled health checks need a path starting with /, such as /health (or a health_check_path on backends[%d])", i)
+				break
+			}
+		}
+	}
+	for i, b := range v.c.Backends {
+		if b.HealthCheckPath != "" && !strings.HasPrefix(b.HealthCheckPath, "/") {
+			v.add(fmt.Sprintf("backends[%d].health_check_path", i), "want a path starting with /, such as /health, got %q", b.HealthCheckPath)
+		}
 	}
 	v.positive("health_check.healthy_threshold", int64(h.HealthyThreshold))
 	v.positive("health_check.unhealthy_threshold", int64(h.UnhealthyThreshold))

@@ -108,6 +108,19 @@ func TestValidate(t *testing.T) {
 			},
 		},
 		{
+			"health check paths",
+			"    health_check_path: health\n  - url: http://c:1\nhealth_check:\n  enabled: true\n",
+			[]string{
+				`key backends[0].health_check_path: want a path starting with /, such as /health, got "health"`,
+				`key health_check.path: enabled health checks need a path starting with /, such as /health (or a health_check_path on backends[1])`,
+			},
+		},
+		{
+			"a backend's own health check path",
+			"    health_check_path: /api/version\nhealth_check:\n  enabled: true\n",
+			nil,
+		},
+		{
 			"auth on with no keys",
 			"auth:\n  enabled: true\n",
 			[]string{`c.yaml:4: key auth.enabled: auth is enabled with file storage but api_keys lists no key`},

@@ -21,8 +21,9 @@ const (
 	maxScrapeBytes = 1 << 20
 )
 
-// HealthChecker actively checks the pool's upstreams (GET base URL + path;
-// 2xx is a pass) and, when the pool balances by least_load, scrapes each
+// HealthChecker actively checks the pool's upstreams (GET base URL + the
+// upstream's own health path, else the configured one; 2xx is a pass; an
+// upstream with neither is not checked) and, when the pool balances by least_load, scrapes each
 // engine's /metrics on the same loop. An upstream turns unhealthy after
 // UnhealthyThreshold failed checks in a row and healthy again after
 // HealthyThreshold passes; its very first check decides at once. Checks of
@@ -30,8 +31,8 @@ const (
 type HealthChecker struct {
 	pool       *Pool
 	client     *http.Client
-	path       string
-	checks     bool
+	path       string // health_check.path, for upstreams without their own
+	checks     bool   // active checks are on (enabled is not false)
 	scrape     bool
 	interval   time.Duration
 	timeout    time.Duration
@@ -41,8 +42,8 @@ type HealthChecker struct {
 }
 
 // NewHealthChecker returns a checker for pool configured by cfg
-// (health_check). Checks are disabled when cfg has no path or enabled is
-// false. client nil means http.DefaultClient; its Transport should not
+// (health_check). Checks are disabled when enabled is false, and for an
+// upstream when neither it nor cfg has a path. client nil means http.DefaultClient; its Transport should not
 // share the proxy's connection pool limits.
 func NewHealthChecker(pool *Pool, cfg config.HealthCheck, client *http.Client) *HealthChecker {
 	if client == nil {
@@ -52,7 +53,7 @@ func NewHealthChecker(pool *Pool, cfg config.HealthCheck, client *http.Client) *
 		pool:       pool,
 		client:     client,
 		path:       cfg.Path,
-		checks:     cfg.Path != "" && (cfg.Enabled == nil || *cfg.Enabled),
+		checks:     cfg.Enabled == nil || *cfg.Enabled,
 		scrape:     pool.Strategy() == LeastLoad,
 		interval:   cfg.Interval.D(),
 		timeout:    cfg.Timeout.D(),
@@ -60,8 +61,12 @@ func NewHealthChecker(pool *Pool, cfg config.HealthCheck, client *http.Client) *
 		unhealthyN: cfg.UnhealthyThreshold,
 		log:        slog.Default().With("component", "balancer"),
 	}
-	if h.path != "" && !strings.HasPrefix(h.path, "/") {
-		h.path = "/" + h.path
+	h.path = absPath(h.path)
+	if h.checks {
+		h.checks = false
+		for _, u := range pool.Upstreams() {
+			h.checks = h.checks || h.pathOf(u) != ""
+		}
 	}
 	if h.interval <= 0 {
 		h.interval = DefaultHealthInterval
@@ -110,7 +115,7 @@ func (h *HealthChecker) RunOnce(ctx context.Context) {
 	var wg sync.WaitGroup
 	for _, u := range h.pool.Upstreams() {
 		wg.Go(func() {
-			if h.checks {
+			if h.checks && h.pathOf(u) != "" {
 				h.check(ctx, u)
 			}
 			if h.scrape {
@@ -125,12 +130,29 @@ func (h *HealthChecker) check(ctx context.Context, u *Upstream) {
 	if ctx.Err() != nil {
 		return
 	}
-	ok := h.get(ctx, u, h.path, nil)
+	ok := h.get(ctx, u, h.pathOf(u), nil)
 	was := u.Healthy()
 	u.recordCheck(ok, h.healthyN, h.unhealthyN)
 	if now := u.Healthy(); now != was {
 		h.log.Info("backend health changed", "backend", u.Name, "healthy", now)
 	}
+}
+
+// pathOf returns the path u is checked at: its own, else the configured
+// one; empty when it has neither.
+func (h *HealthChecker) pathOf(u *Upstream) string {
+	if u.HealthPath != "" {
+		return absPath(u.HealthPath)
+	}
+	return h.path
+}
+
+// absPath puts a leading slash on a path that lacks one.
+func absPath(p string) string {
+	if p != "" && !strings.HasPrefix(p, "/") {
+		return "/" + p
+	}
+	return p
 }
 
 func (h *HealthChecker) scrapeLoad(ctx context.Context, u *Upstream) {

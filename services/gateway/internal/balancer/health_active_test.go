@@ -150,6 +150,59 @@ func TestHealthCheckerStartRunsFirstRoundSynchronously(t *testing.T) {
 	}
 }
 
+// TestHealthCheckerBackendPath checks each backend at its own
+// health_check_path when it has one, at health_check.path otherwise, and
+// not at all when it has neither.
+func TestHealthCheckerBackendPath(t *testing.T) {
+	vllm := newFlipServer(t) // answers /health
+	var versionHits atomic.Int32
+	ollama := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/api/version" {
+			http.NotFound(w, r) // like Ollama: no /health
+			return
+		}
+		versionHits.Add(1)
+		fmt.Fprint(w, `{"version":"0.5.0"}`)
+	}))
+	defer ollama.Close()
+	backends := []config.Backend{
+		{URL: vllm.URL, Name: "vllm"},
+		{URL: ollama.URL, Name: "ollama", HealthCheckPath: "api/version"},
+	}
+
+	p := mustPool(t, PoolConfig{Backends: backends})
+	NewHealthChecker(p, config.HealthCheck{Path: "/health"}, nil).RunOnce(context.Background())
+	for _, n := range []string{"vllm", "ollama"} {
+		if s := p.ByName(n).State(); s != StateHealthy {
+			t.Errorf("%s = %s, want healthy", n, s)
+		}
+	}
+	if vllm.hits.Load() != 1 || versionHits.Load() != 1 {
+		t.Fatalf("checks: vllm /health %d, ollama /api/version %d; want 1 each", vllm.hits.Load(), versionHits.Load())
+	}
+
+	// Without health_check.path only the backend with its own path is
+	// checked; the other is left alone, and available.
+	p = mustPool(t, PoolConfig{Backends: backends})
+	h := NewHealthChecker(p, config.HealthCheck{}, nil)
+	if !h.Enabled() {
+		t.Fatal("a backend's own path did not enable checks")
+	}
+	h.RunOnce(context.Background())
+	if vllm.hits.Load() != 1 || versionHits.Load() != 2 {
+		t.Fatalf("checks: vllm /health %d, ollama /api/version %d; want 1 and 2", vllm.hits.Load(), versionHits.Load())
+	}
+	if !p.ByName("vllm").Available(time.Now()) {
+		t.Fatal("unchecked backend not available")
+	}
+
+	// enabled: false turns every check off, the backends' own paths too.
+	off := false
+	if NewHealthChecker(p, config.HealthCheck{Enabled: &off}, nil).Enabled() {
+		t.Fatal("enabled: false left checks on")
+	}
+}
+
 func TestHealthCheckerDisabled(t *testing.T) {
 	s := newFlipServer(t)
 	p := mustPool(t, PoolConfig{Backends: []config.Backend{{URL: s.URL}}})

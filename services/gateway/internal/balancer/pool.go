@@ -189,6 +189,7 @@ func newUpstream(b config.Backend, clock Clock, threshold int64, cooldown time.D
 		URL:              u,
 		Weight:           max(b.Weight, 1),
 		Headers:          b.Headers,
+		HealthPath:       b.HealthCheckPath,
 		clock:            clock,
 		failureThreshold: threshold,
 		cooldown:         cooldown,

@@ -36,6 +36,9 @@ type Upstream struct {
 	Models map[string]struct{}
 	// Headers are added to every request to this backend (credentials).
 	Headers map[string]string
+	// HealthPath is the path this backend is actively checked at, when its
+	// config sets one (health_check_path); empty means health_check.path.
+	HealthPath string
 	// Transport carries requests to this backend with its connect and
 	// first-byte timeouts; it keeps the backend's idle connections.
 	Transport http.RoundTripper
