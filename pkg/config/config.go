@@ -317,7 +317,6 @@ func (h HealthCheck) IsEnabled() bool {
 	return h.Path != ""
 }
 
-
 // DataPath joins elem under data_dir (default "./data", relative to the
 // working directory).
 func (c *Config) DataPath(elem ...string) string {
