@@ -19,7 +19,7 @@ import (
 	"github.com/llmproxy/llmproxy/services/recorder"
 )
 
-const logsUsage = "usage: llmproxy logs --config FILE [--key ID] [--request-id ID] [--since 1h|RFC3339] [--status N] [--limit N] [--from auto|stream|postgres] [--json]"
+const logsUsage = "usage: llmproxy logs --config FILE [--key ID] [--request-id ID] [--client-request-id ID] [--since 1h|RFC3339] [--status N] [--limit N] [--from auto|stream|postgres] [--json]"
 
 // cmdLogs runs `llmproxy logs`: the request log, read from PostgreSQL when
 // logging.postgres.url is set, else straight from the event stream.
@@ -27,7 +27,8 @@ func cmdLogs(args []string) int {
 	fs := flag.NewFlagSet("logs", flag.ContinueOnError)
 	cfgPath := fs.String("config", "", "config file (YAML)")
 	key := fs.String("key", "", "only this key (public id)")
-	requestID := fs.String("request-id", "", "only this request (searches the whole log unless --since is given)")
+	requestID := fs.String("request-id", "", "only this request, by the gateway's id (searches the whole log unless --since is given)")
+	clientID := fs.String("client-request-id", "", "only the requests whose client sent this X-Request-Id (searches the whole log unless --since is given)")
 	since := fs.String("since", "", "earliest request: a duration back from now (1h, 30m) or a time (RFC3339 or 2006-01-02); default 1h")
 	status := fs.Int("status", 0, "only this HTTP status code")
 	limit := fs.Int("limit", recorder.DefaultLimit, "most requests shown, the newest")
@@ -40,7 +41,7 @@ func cmdLogs(args []string) int {
 		fmt.Fprintln(os.Stderr, logsUsage)
 		return 2
 	}
-	f := recorder.Filter{KeyID: *key, RequestID: *requestID, Status: *status, Limit: *limit}
+	f := recorder.Filter{KeyID: *key, RequestID: *requestID, ClientRequestID: *clientID, Status: *status, Limit: *limit}
 	if *since != "" {
 		t, err := parseSince(*since, time.Now())
 		if err != nil {
@@ -84,12 +85,16 @@ func cmdLogs(args []string) int {
 		_ = enc.Encode(list)
 		return 0
 	}
-	if *requestID != "" && len(list) == 0 {
+	if (*requestID != "" || *clientID != "") && len(list) == 0 {
 		where := "event stream"
 		if *from == "postgres" {
 			where = "PostgreSQL request log"
 		}
-		fmt.Fprintf(os.Stderr, "llmproxy logs: request %s not found in the %s\n", *requestID, where)
+		what := "request " + *requestID
+		if *requestID == "" {
+			what = "client request id " + *clientID
+		}
+		fmt.Fprintf(os.Stderr, "llmproxy logs: %s not found in the %s\n", what, where)
 		return 1
 	}
 	printLogs(os.Stdout, list)

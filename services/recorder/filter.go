@@ -11,10 +11,14 @@ import (
 type Filter struct {
 	// KeyID is the key's public id.
 	KeyID string
-	// RequestID selects one request.
+	// RequestID selects one request by the gateway's id.
 	RequestID string
+	// ClientRequestID selects the requests whose client sent this
+	// X-Request-Id (the event's client_request_id); clients may reuse one.
+	ClientRequestID string
 	// Since is the earliest time of a request. When zero it is one hour
-	// ago, unless RequestID is set: then the whole log is searched.
+	// ago, unless RequestID or ClientRequestID is set: then the whole log
+	// is searched.
 	Since time.Time
 	// Status is the HTTP status code of the reply.
 	Status int
@@ -30,7 +34,7 @@ const DefaultLimit = 100
 const DefaultWindow = time.Hour
 
 func (f Filter) withDefaults(now time.Time) Filter {
-	if f.Since.IsZero() && f.RequestID == "" {
+	if f.Since.IsZero() && f.RequestID == "" && f.ClientRequestID == "" {
 		f.Since = now.Add(-DefaultWindow)
 	}
 	if f.Limit <= 0 {
@@ -42,6 +46,9 @@ func (f Filter) withDefaults(now time.Time) Filter {
 // match reports whether e passes the filters the stream cannot apply.
 func (f Filter) match(e *events.RequestCompleted) bool {
 	if f.RequestID != "" && e.RequestID != f.RequestID {
+		return false
+	}
+	if f.ClientRequestID != "" && e.ClientRequestID != f.ClientRequestID {
 		return false
 	}
 	if f.KeyID != "" && e.KeyID != f.KeyID {

@@ -13,6 +13,10 @@ import (
 	"github.com/llmproxy/llmproxy/pkg/events"
 )
 
+// clientIDCond selects by the event's client_request_id; its first half
+// lets the partial index llmproxy_requests_client_id serve it.
+const clientIDCond = "event ? 'client_request_id' AND event->>'client_request_id' = $%d"
+
 // Query returns the requests in PostgreSQL that f selects, the newest
 // f.Limit of them, oldest first. Each event is whole again: its request
 // body and captured response come from their own columns.
@@ -26,6 +30,9 @@ func Query(ctx context.Context, pool *pgxpool.Pool, f Filter) ([]events.RequestC
 	}
 	if f.RequestID != "" {
 		add("request_id = $%d", f.RequestID)
+	}
+	if f.ClientRequestID != "" {
+		add(clientIDCond, f.ClientRequestID)
 	}
 	if f.KeyID != "" {
 		add("key_id = $%d", f.KeyID)

@@ -3,6 +3,7 @@ package recorder
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"reflect"
 	"strings"
@@ -30,8 +31,33 @@ func TestMigrateIsIdempotent(t *testing.T) {
 		t.Fatalf("schema version = %d, %v; want %d", v, err, SchemaVersion)
 	}
 	var n int
-	if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_indexes WHERE tablename = $1 AND schemaname = current_schema()`, Table).Scan(&n); err != nil || n != 4 {
-		t.Fatalf("indexes = %d, %v; want 4 (primary key and three)", n, err)
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_indexes WHERE tablename = $1 AND schemaname = current_schema()`, Table).Scan(&n); err != nil || n != 5 {
+		t.Fatalf("indexes = %d, %v; want 5 (primary key and four)", n, err)
+	}
+
+	// A lookup by client request id can use its partial index.
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "SET enable_seqscan = off"); err != nil {
+		t.Fatal(err)
+	}
+	var plan strings.Builder
+	rows, err := conn.Query(ctx, "EXPLAIN SELECT request_id FROM "+Table+" WHERE "+fmt.Sprintf(clientIDCond, 1), "retry-7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var line string
+		if err := rows.Scan(&line); err != nil {
+			t.Fatal(err)
+		}
+		plan.WriteString(line + "\n")
+	}
+	if rows.Err() != nil || !strings.Contains(plan.String(), "llmproxy_requests_client_id") {
+		t.Fatalf("the client request id lookup does not use its index (%v):\n%s", rows.Err(), plan.String())
 	}
 }
 
@@ -233,11 +259,15 @@ func TestQueryFilters(t *testing.T) {
 	}
 	old := event("old", "key1", 200)
 	old.Timestamp = time.Now().Add(-3 * time.Hour).UTC()
+	old.ClientRequestID = "retry-7"
 	publishEvent(t, js, old, "old")
 	for i, e := range []*events.RequestCompleted{
 		event("a", "key1", 200), event("b", "key2", 429), event("c", "key1", 500), event("d", "key1", 200),
 	} {
 		e.Timestamp = e.Timestamp.Add(time.Duration(i) * time.Millisecond)
+		if e.RequestID == "c" {
+			e.ClientRequestID = "retry-7" // a client that reused its id
+		}
 		publishEvent(t, js, e, e.RequestID)
 	}
 	runRecorder(t, rec)
@@ -254,6 +284,9 @@ func TestQueryFilters(t *testing.T) {
 		{"limit keeps the newest", Filter{Limit: 2}, []string{"c", "d"}},
 		{"since", Filter{Since: time.Now().Add(-4 * time.Hour)}, []string{"old", "a", "b", "c", "d"}},
 		{"request id ignores the window", Filter{RequestID: "old"}, []string{"old"}},
+		{"client request id ignores the window", Filter{ClientRequestID: "retry-7"}, []string{"old", "c"}},
+		{"client request id and status", Filter{ClientRequestID: "retry-7", Status: 500}, []string{"c"}},
+		{"client request id is not the gateway's", Filter{ClientRequestID: "a"}, nil},
 		{"nothing", Filter{KeyID: "nobody"}, nil},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

@@ -15,7 +15,7 @@ const Table = "llmproxy_requests"
 
 // SchemaVersion is the version of the request-log schema this package
 // writes; Migrate records it in llmproxy_schema_version.
-const SchemaVersion = 1
+const SchemaVersion = 2
 
 // columns are the table's columns in the order rows are copied.
 var columns = []string{
@@ -64,6 +64,10 @@ var migration = []string{
 	`CREATE INDEX IF NOT EXISTS llmproxy_requests_key_ts ON ` + Table + ` (key_id, ts)`,
 	`CREATE INDEX IF NOT EXISTS llmproxy_requests_ts ON ` + Table + ` (ts)`,
 	`CREATE INDEX IF NOT EXISTS llmproxy_requests_user_ts ON ` + Table + ` (user_id, ts)`,
+	// Version 2: `llmproxy logs --client-request-id` looks requests up by
+	// the X-Request-Id their client sent. Partial: most clients send none.
+	`CREATE INDEX IF NOT EXISTS llmproxy_requests_client_id ON ` + Table + ` ((event->>'client_request_id'))
+		WHERE event ? 'client_request_id'`,
 }
 
 // migrateLock serialises Migrate across recorder replicas starting at once:

@@ -18,6 +18,9 @@ func TestReadStream(t *testing.T) {
 	for _, e := range []*events.RequestCompleted{
 		event("a", "key1", 200), event("b", "key2", 429), event("c", "key1", 500), event("d", "key1", 200),
 	} {
+		if e.RequestID == "b" || e.RequestID == "d" {
+			e.ClientRequestID = "retry-7" // a client that reused its id
+		}
 		publishEvent(t, js, e, e.RequestID)
 	}
 	for _, tt := range []struct {
@@ -36,6 +39,9 @@ func TestReadStream(t *testing.T) {
 		{"since the future", Filter{Since: time.Now().Add(time.Hour)}, nil},
 		{"unknown key", Filter{KeyID: "nobody"}, nil},
 		{"unknown request", Filter{RequestID: "zzz"}, nil},
+		{"client request id", Filter{ClientRequestID: "retry-7"}, []string{"b", "d"}},
+		{"client request id and key", Filter{ClientRequestID: "retry-7", KeyID: "key1"}, []string{"d"}},
+		{"client request id is not the gateway's", Filter{ClientRequestID: "a"}, nil},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(ctx, 5*time.Second)

@@ -506,6 +506,14 @@ func TestRequestLogCaptureRedactionAndLogs(t *testing.T) {
 			if _, err := runCLI(t, "logs", "--config", on.cfg, "--request-id", "req-does-not-exist", "--from", from); err == nil {
 				t.Errorf("llmproxy logs --from %s: an unknown request id should exit 1", from)
 			}
+			// The same request, sought by the X-Request-Id its client sent.
+			out, err = runCLI(t, "logs", "--config", on.cfg, "--client-request-id", "rl-find", "--from", from)
+			if err != nil || !strings.Contains(out, id) {
+				t.Errorf("llmproxy logs --client-request-id rl-find --from %s: %v\n%s", from, err, out)
+			}
+			if _, err := runCLI(t, "logs", "--config", on.cfg, "--client-request-id", id, "--from", from); err == nil {
+				t.Errorf("llmproxy logs --from %s: the gateway's id is not a client request id; want exit 1", from)
+			}
 		}
 	})
 }
