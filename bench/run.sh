@@ -25,6 +25,12 @@ STREAM_DURATION=${BENCH_STREAM_DURATION:-2s} # per round
 STREAMS=${BENCH_STREAMS:-200}
 STREAM_GAP=${BENCH_STREAM_GAP:-20ms}
 STREAM_TOKENS=${BENCH_STREAM_TOKENS:-20}
+# The stream phase starts all STREAMS together, so their events come in
+# waves; the targets in BENCH_SPREAD are measured a second time with the
+# first streams spread over STREAM_STAGGER (one stream's length), so that
+# streams start and send their events spread out, as independent clients do.
+STREAM_STAGGER=${BENCH_STREAM_STAGGER:-400ms}
+SPREAD=${BENCH_SPREAD-direct httputil nginx core all redis}
 IDLE=${BENCH_IDLE:-10000}
 METER_EVENTS=${BENCH_METER_EVENTS:-50000}
 NOTIFIER_EVENTS=${BENCH_NOTIFIER_EVENTS:-20000}
@@ -451,6 +457,12 @@ for r in $(seq 1 "$ROUNDS"); do
 			"$LOADGEN" --label "$t" --mode stream --concurrency "$STREAMS" --warmup "$WARMUP" --duration "$STREAM_DURATION" --url "$u" "${A[@]}" \
 				--header "X-Mock-Gap: $STREAM_GAP" --header "X-Mock-Tokens: $STREAM_TOKENS" "${C[@]}" >"$WORK/res-$t-stream-$r.json"
 		fi
+		if [[ " $SPREAD " == *" $t "* ]]; then
+			mock_idle
+			log "round $r, $t: $STREAMS streams spread over $STREAM_STAGGER ($STREAM_DURATION)"
+			"$LOADGEN" --label "$t" --mode stream --concurrency "$STREAMS" --stagger "$STREAM_STAGGER" --warmup "$WARMUP" --duration "$STREAM_DURATION" --url "$u" "${A[@]}" \
+				--header "X-Mock-Gap: $STREAM_GAP" --header "X-Mock-Tokens: $STREAM_TOKENS" "${C[@]}" >"$WORK/res-$t-spread-$r.json"
+		fi
 		mock_idle
 	done
 done
@@ -500,7 +512,7 @@ webhooks:
 fi
 
 # --- report --------------------------------------------------------------------
-CMDLINE="BENCH_WEBHOOK=${BENCH_WEBHOOK:-0} BENCH_ROUNDS=$ROUNDS BENCH_LAT_DURATION=$LAT_DURATION BENCH_TPUT_DURATION=$TPUT_DURATION BENCH_TPUT_CONC=$TPUT_CONC BENCH_STREAM_DURATION=$STREAM_DURATION BENCH_STREAMS=$STREAMS BENCH_STREAM_GAP=$STREAM_GAP BENCH_STREAM_TOKENS=$STREAM_TOKENS BENCH_IDLE=$IDLE BENCH_METER_EVENTS=$METER_EVENTS BENCH_NOTIFIER_EVENTS=$NOTIFIER_EVENTS make bench"
+CMDLINE="BENCH_WEBHOOK=${BENCH_WEBHOOK:-0} BENCH_ROUNDS=$ROUNDS BENCH_LAT_DURATION=$LAT_DURATION BENCH_TPUT_DURATION=$TPUT_DURATION BENCH_TPUT_CONC=$TPUT_CONC BENCH_STREAM_DURATION=$STREAM_DURATION BENCH_STREAMS=$STREAMS BENCH_STREAM_GAP=$STREAM_GAP BENCH_STREAM_TOKENS=$STREAM_TOKENS BENCH_STREAM_STAGGER=$STREAM_STAGGER BENCH_SPREAD='$SPREAD' BENCH_IDLE=$IDLE BENCH_METER_EVENTS=$METER_EVENTS BENCH_NOTIFIER_EVENTS=$NOTIFIER_EVENTS make bench"
 python3 "$ROOT/bench/report.py" --work "$WORK" --rounds "$ROUNDS" --targets "${TARGETS[*]}" --out "${BENCH_OUT:-$ROOT/bench/RESULTS.md}" \
 	--cmdline "$CMDLINE" --loadgen "$LOADGEN" --mock "$MOCK" --notes "$IDLE_NOTE" --notes "$NGINX_NOTE" --notes "$METER_NOTE" \
 	--configs "$WORK/core.yaml" --configs "$WORK/passthrough.yaml" --configs "$WORK/all.yaml" --configs "$WORK/lua.yaml" --configs "$WORK/capture.yaml" --configs "$WORK/redis.yaml" --configs "$WORK/nginx/nginx.conf"
