@@ -34,8 +34,12 @@ func Create(ctx context.Context, rdb redis.UniversalClient, prefix string, spec 
 	if err != nil {
 		return "", Record{}, err
 	}
-	// The id index is claimed first, so two creates of one id cannot both
-	// succeed.
+	// Each write touches one Redis key, so the store works the same on
+	// Redis Cluster, where the three keys live in different slots. The id
+	// is claimed first, so two creates of one id cannot both succeed; the
+	// record, which makes the secret work, is written last, so a key that
+	// works is always listed. A create cut short leaves at most a claimed
+	// id without a record, which reads as deleted and `keys delete` clears.
 	ok, err := rdb.SetNX(ctx, byIDKey(prefix, rec.ID), rec.SHA256, 0).Result()
 	if err != nil {
 		return "", Record{}, fmt.Errorf("create key %s: %w", rec.ID, err)
@@ -43,13 +47,14 @@ func Create(ctx context.Context, rdb redis.UniversalClient, prefix string, spec 
 	if !ok {
 		return "", Record{}, fmt.Errorf("create key %s: %w", rec.ID, ErrExists)
 	}
-	_, err = rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.Set(ctx, byHashKey(prefix, rec.SHA256), body, 0)
-		p.SAdd(ctx, idsKey(prefix), rec.ID)
-		return nil
-	})
+	err = rdb.SAdd(ctx, idsKey(prefix), rec.ID).Err()
+	if err == nil {
+		err = rdb.Set(ctx, byHashKey(prefix, rec.SHA256), body, 0).Err()
+	}
 	if err != nil {
-		_ = rdb.Del(context.WithoutCancel(ctx), byIDKey(prefix, rec.ID)).Err()
+		undo := context.WithoutCancel(ctx)
+		_ = rdb.SRem(undo, idsKey(prefix), rec.ID).Err()
+		_ = rdb.Del(undo, byIDKey(prefix, rec.ID)).Err()
 		return "", Record{}, fmt.Errorf("create key %s: %w", rec.ID, err)
 	}
 	return secret, rec, nil
@@ -195,15 +200,18 @@ func Delete(ctx context.Context, rdb redis.UniversalClient, prefix, id string) e
 	if err != nil {
 		return fmt.Errorf("key %s: %w", id, err)
 	}
-	// The record goes first: a key whose id outlives it reads as deleted.
-	_, err = rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.Del(ctx, byHashKey(prefix, hash))
-		p.Del(ctx, byIDKey(prefix, id))
-		p.SRem(ctx, idsKey(prefix), id)
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("delete key %s: %w", id, err)
+	// The record goes first, so the secret stops working before anything
+	// else changes: a key whose id outlives it reads as deleted, and a
+	// delete cut short can be run again. One Redis key per write, as in
+	// Create.
+	for _, del := range []func() error{
+		func() error { return rdb.Del(ctx, byHashKey(prefix, hash)).Err() },
+		func() error { return rdb.Del(ctx, byIDKey(prefix, id)).Err() },
+		func() error { return rdb.SRem(ctx, idsKey(prefix), id).Err() },
+	} {
+		if err := del(); err != nil {
+			return fmt.Errorf("delete key %s: %w", id, err)
+		}
 	}
 	return nil
 }

@@ -103,7 +103,11 @@ func start(t testing.TB, name string, args ...string) *proc {
 
 func (p *proc) start() {
 	p.t.Helper()
-	p.cmd = exec.Command(filepath.Join(binDir, p.name), p.args...)
+	path := p.name // one of ours, from binDir, unless given whole
+	if !filepath.IsAbs(path) {
+		path = filepath.Join(binDir, path)
+	}
+	p.cmd = exec.Command(path, p.args...)
 	if p.out == nil {
 		p.out = &syncBuffer{}
 	}

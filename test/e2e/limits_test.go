@@ -201,6 +201,25 @@ type limCluster struct {
 func limStartCluster(t *testing.T) *limCluster {
 	rurl, prefix := redisPrefix(t, "e2elim")
 	c := &limCluster{redisURL: rurl, prefix: prefix}
+	c.configure(t, fmt.Sprintf("{ url: %q, prefix: %q }", rurl, prefix), "")
+	return c
+}
+
+// limStartRedisCluster is limStartCluster on a real three-node Redis
+// Cluster (redis.addrs), with a global requests-per-second limit on: the
+// global bucket's slot is on another node than most keys', so each
+// admission runs the key's script and the global one side by side.
+func limStartRedisCluster(t *testing.T) *limCluster {
+	addrs := redisCluster(t)
+	c := &limCluster{prefix: "e2elim"}
+	c.configure(t, fmt.Sprintf("{ addrs: [%s], prefix: %q }", strings.Join(addrs, ", "), c.prefix),
+		"  global: { requests_per_second: 100000, burst_size: 100000 }\n")
+	return c
+}
+
+// configure writes the two gateways' configs, with redis set to redisYAML
+// and extra lines in rate_limit.
+func (c *limCluster) configure(t *testing.T, redisYAML, rateLimit string) {
 	_, natsURL := natsServer(t)
 	c.mock = limMock(t)
 	dir := t.TempDir()
@@ -210,7 +229,7 @@ func limStartCluster(t *testing.T) *limCluster {
 listen: %q
 data_dir: %q
 nats: { url: %q }
-redis: { url: %q, prefix: %q }
+redis: %s
 backends:
   - url: %q
 auth:
@@ -218,14 +237,13 @@ auth:
 rate_limit:
   storage: redis
   lease_ttl: 2s
-logging: { level: info }
-`, listen, filepath.Join(dir, name), natsURL, c.redisURL, c.prefix, c.mock))
+%slogging: { level: info }
+`, listen, filepath.Join(dir, name), natsURL, redisYAML, c.mock, rateLimit))
 		return path
 	}
 	la, lb := freeAddr(t), freeAddr(t)
 	c.cfgA, c.cfgB = conf("a", la), conf("b", lb)
 	c.gwA, c.gwB = "http://"+la, "http://"+lb
-	return c
 }
 
 // run starts the processes, once the keys exist.
@@ -273,73 +291,8 @@ func TestLimitsAcrossGateways(t *testing.T) {
 	secrets := []string{kRPM.secret, kConc.secret, kQuota.secret, kLease.secret, kT.secret}
 	c.run(t)
 
-	t.Run("RPM", func(t *testing.T) {
-		const n, limit = 2000, 600
-		began := time.Now()
-		replies := limFanOut(n, 16, func(i int) limReply {
-			gw := c.gwA
-			if i%2 == 1 {
-				gw = c.gwB
-			}
-			return limSend(gw, kRPM.secret, limQuickChat(), nil)
-		})
-		took := time.Since(began)
-		if took > 50*time.Second {
-			t.Fatalf("%d requests took %s: not within one 60 s window, the count proves nothing", n, took)
-		}
-		admitted, perGW := 0, [2]int{}
-		for i, r := range replies {
-			switch {
-			case r.err == nil && r.status == 200:
-				admitted++
-				perGW[i%2]++
-			default:
-				limCheck429(t, fmt.Sprintf("request %d", i), r, limit)
-			}
-		}
-		t.Logf("RPM %d: %d of %d admitted in %s (gateway A %d, B %d)", limit, admitted, n, took.Round(time.Millisecond), perGW[0], perGW[1])
-		if admitted < limit-limit/100 || admitted > limit+limit/100 {
-			t.Fatalf("admitted %d, want %d ± 1%%", admitted, limit)
-		}
-		if perGW[0] == 0 || perGW[1] == 0 {
-			t.Fatalf("one gateway admitted nothing: %v", perGW)
-		}
-	})
-
-	t.Run("MaxConcurrent", func(t *testing.T) {
-		limMockReset(t, c.mock)
-		hdr := map[string]string{"X-Mock-Tokens": "20", "X-Mock-Gap": "50ms"}
-		replies := limFanOut(50, 0, func(i int) limReply {
-			gw := c.gwA
-			if i%2 == 1 {
-				gw = c.gwB
-			}
-			return limSend(gw, kConc.secret, limSlowStream(), hdr)
-		})
-		ok := 0
-		for i, r := range replies {
-			if r.err == nil && r.status == 200 {
-				if !strings.Contains(string(r.body), "data: [DONE]") {
-					t.Fatalf("stream %d did not finish: %q", i, r.body)
-				}
-				ok++
-				continue
-			}
-			limCheckError(t, fmt.Sprintf("stream %d", i), r, 429, "rate_limit_exceeded")
-			if r.header.Get("Retry-After") == "" {
-				t.Fatalf("stream %d: 429 without Retry-After", i)
-			}
-		}
-		maxIn := limMaxInflight(t, c.mock)
-		t.Logf("max_concurrent 5: %d of 50 streams served, %d refused; mockllm max inflight %d", ok, 50-ok, maxIn)
-		if maxIn > 5 || maxIn < 1 {
-			t.Fatalf("mockllm saw %d streams at once, want ≤ 5", maxIn)
-		}
-		if ok < 5 {
-			t.Fatalf("only %d streams served, want ≥ 5", ok)
-		}
-	})
-
+	t.Run("RPM", func(t *testing.T) { limRPMCase(t, c, kRPM.secret, 600) })
+	t.Run("MaxConcurrent", func(t *testing.T) { limConcCase(t, c, kConc.secret, 5) })
 	t.Run("Quota", func(t *testing.T) {
 		cases := []struct {
 			name  string
@@ -484,6 +437,134 @@ logging: { level: warn }
 		}
 		t.Logf("%d Redis keys under %s read: no secret; the new key is stored by its sha256", nkeys, c.prefix)
 	})
+}
+
+// TestLimitsOnRedisCluster runs the distributed setup on a real three-node
+// Redis Cluster: keys made, listed, disabled and deleted with `llmproxy
+// keys`; two gateways (with a global limit, so that each admission also
+// runs the global bucket's script on its own node) and a meter; the key's
+// RPM and concurrency hold across the gateways, the quota holds and is
+// settled, and `llmproxy usage` reads it back.
+func TestLimitsOnRedisCluster(t *testing.T) {
+	c := limStartRedisCluster(t)
+	kRPM := limCreateKey(t, c.cfgA, "--id", "rpm", "--name", "rpm", "--rpm", "300")
+	kConc := limCreateKey(t, c.cfgA, "--id", "conc", "--name", "conc", "--max-concurrent", "3")
+	kQuota := limCreateKey(t, c.cfgA, "--id", "quota", "--name", "quota", "--quota", "10000", "--period", "daily")
+	kGone := limCreateKey(t, c.cfgA, "--id", "gone", "--name", "gone")
+	c.run(t)
+
+	t.Run("RPM", func(t *testing.T) { limRPMCase(t, c, kRPM.secret, 300) })
+	t.Run("MaxConcurrent", func(t *testing.T) { limConcCase(t, c, kConc.secret, 3) })
+	t.Run("Quota", func(t *testing.T) {
+		limQuotaCase(t, []string{c.gwA, c.gwB}, c.cfgA, kQuota.secret, kQuota.id)
+	})
+	t.Run("KeyLifecycle", func(t *testing.T) {
+		if r := limSend(c.gwB, kGone.secret, limQuickChat(), nil); r.err != nil || r.status != 200 {
+			t.Fatalf("new key: %d %s %v", r.status, r.body, r.err)
+		}
+		out, err := runCLI(t, "keys", "list", "--config", c.cfgB)
+		if err != nil || !strings.Contains(out, "gone") || !strings.Contains(out, "quota") {
+			t.Fatalf("keys list: %v\n%s", err, out)
+		}
+		if _, err := runCLI(t, "keys", "disable", "--config", c.cfgB, "gone"); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 15*time.Second, "both gateways refuse the disabled key", func() (bool, string) {
+			for _, gw := range []string{c.gwA, c.gwB} {
+				if r := limSend(gw, kGone.secret, limQuickChat(), nil); r.status != 403 {
+					return false, fmt.Sprintf("%s: %d %s", gw, r.status, r.body)
+				}
+			}
+			return true, ""
+		})
+		if _, err := runCLI(t, "keys", "delete", "--config", c.cfgA, "gone"); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 15*time.Second, "both gateways refuse the deleted key", func() (bool, string) {
+			for _, gw := range []string{c.gwA, c.gwB} {
+				if r := limSend(gw, kGone.secret, limQuickChat(), nil); r.status != 401 {
+					return false, fmt.Sprintf("%s: %d %s", gw, r.status, r.body)
+				}
+			}
+			return true, ""
+		})
+		if out, err := runCLI(t, "keys", "list", "--config", c.cfgA); err != nil || strings.Contains(out, "gone") {
+			t.Fatalf("keys list after delete: %v\n%s", err, out)
+		}
+	})
+}
+
+// limRPMCase sends 2,000 requests at a key with requests_per_minute limit,
+// alternating between the two gateways: limit ± 1% are admitted, and both
+// gateways admit some.
+func limRPMCase(t *testing.T, c *limCluster, secret string, limit int) {
+	const n = 2000
+	began := time.Now()
+	replies := limFanOut(n, 16, func(i int) limReply {
+		gw := c.gwA
+		if i%2 == 1 {
+			gw = c.gwB
+		}
+		return limSend(gw, secret, limQuickChat(), nil)
+	})
+	took := time.Since(began)
+	if took > 50*time.Second {
+		t.Fatalf("%d requests took %s: not within one 60 s window, the count proves nothing", n, took)
+	}
+	admitted, perGW := 0, [2]int{}
+	for i, r := range replies {
+		switch {
+		case r.err == nil && r.status == 200:
+			admitted++
+			perGW[i%2]++
+		default:
+			limCheck429(t, fmt.Sprintf("request %d", i), r, int64(limit))
+		}
+	}
+	t.Logf("RPM %d: %d of %d admitted in %s (gateway A %d, B %d)", limit, admitted, n, took.Round(time.Millisecond), perGW[0], perGW[1])
+	if admitted < limit-limit/100 || admitted > limit+limit/100 {
+		t.Fatalf("admitted %d, want %d ± 1%%", admitted, limit)
+	}
+	if perGW[0] == 0 || perGW[1] == 0 {
+		t.Fatalf("one gateway admitted nothing: %v", perGW)
+	}
+}
+
+// limConcCase runs 50 slow streams at a key with max_concurrent limit
+// through both gateways: mockllm never sees more than limit at once, and at
+// least limit are served.
+func limConcCase(t *testing.T, c *limCluster, secret string, limit int) {
+	limMockReset(t, c.mock)
+	hdr := map[string]string{"X-Mock-Tokens": "20", "X-Mock-Gap": "50ms"}
+	replies := limFanOut(50, 0, func(i int) limReply {
+		gw := c.gwA
+		if i%2 == 1 {
+			gw = c.gwB
+		}
+		return limSend(gw, secret, limSlowStream(), hdr)
+	})
+	ok := 0
+	for i, r := range replies {
+		if r.err == nil && r.status == 200 {
+			if !strings.Contains(string(r.body), "data: [DONE]") {
+				t.Fatalf("stream %d did not finish: %q", i, r.body)
+			}
+			ok++
+			continue
+		}
+		limCheckError(t, fmt.Sprintf("stream %d", i), r, 429, "rate_limit_exceeded")
+		if r.header.Get("Retry-After") == "" {
+			t.Fatalf("stream %d: 429 without Retry-After", i)
+		}
+	}
+	maxIn := limMaxInflight(t, c.mock)
+	t.Logf("max_concurrent %d: %d of 50 streams served, %d refused; mockllm max inflight %d", limit, ok, 50-ok, maxIn)
+	if maxIn > limit || maxIn < 1 {
+		t.Fatalf("mockllm saw %d streams at once, want ≤ %d", maxIn, limit)
+	}
+	if ok < limit {
+		t.Fatalf("only %d streams served, want ≥ %d", ok, limit)
+	}
 }
 
 // limHasSecret reports whether s holds any secret, or the random part of one.
