@@ -492,6 +492,13 @@ func TestLimitsOnRedisCluster(t *testing.T) {
 			t.Fatalf("keys list after delete: %v\n%s", err, out)
 		}
 	})
+	for _, p := range []*proc{c.a, c.b, c.m} {
+		for _, line := range strings.Split(p.out.String(), "\n") {
+			if strings.Contains(line, `"level":"WARN"`) || strings.Contains(line, `"level":"ERROR"`) {
+				t.Errorf("%v logged: %s", p.args, line)
+			}
+		}
+	}
 }
 
 // limRPMCase sends 2,000 requests at a key with requests_per_minute limit,
