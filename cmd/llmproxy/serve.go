@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/pkg/ledger"
@@ -173,6 +174,7 @@ func (h flushingHandler) WithGroup(name string) slog.Handler {
 // flush events, stop the workers, close the stores.
 func serve(ctx context.Context, cfg *config.Config, cfgPath, target string, log *slog.Logger) error {
 	log = log.With("target", target)
+	redis.SetLogger(newRedisLogger(log))
 	runGateway := target == "all" || target == "gateway"
 	runMeter := target == "all" || target == "meter"
 	runNotifier := target == "all" || target == "notifier"

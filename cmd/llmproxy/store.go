@@ -3,7 +3,10 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -94,4 +97,42 @@ func chooseAdmitter(cfg *config.Config, lh *ledgerHandle) (a ledger.Admitter, se
 		return ledger.NewRedisAdmitter(lh.rdb, redisPrefix(cfg)), false
 	}
 	return ledger.NewMemoryAdmitter(lh.store, nil), true
+}
+
+// redisLogger routes go-redis's own messages (a dial that failed, a pool
+// that gave up) into the process's JSON log as warnings, so that log
+// shippers see one format; during an outage it writes at most one line per
+// interval and counts the ones it left out.
+type redisLogger struct {
+	log      *slog.Logger
+	interval time.Duration
+	now      func() time.Time
+
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int
+}
+
+func newRedisLogger(log *slog.Logger) *redisLogger {
+	return &redisLogger{log: log.With("component", "redis"), interval: time.Second, now: time.Now}
+}
+
+// Printf implements go-redis's internal.Logging.
+func (l *redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	l.mu.Lock()
+	now := l.now()
+	if !l.last.IsZero() && now.Sub(l.last) < l.interval {
+		l.suppressed++
+		l.mu.Unlock()
+		return
+	}
+	n := l.suppressed
+	l.last, l.suppressed = now, 0
+	l.mu.Unlock()
+	msg := strings.TrimPrefix(fmt.Sprintf(format, v...), "redis: ")
+	if n > 0 {
+		l.log.WarnContext(ctx, msg, "suppressed", n)
+		return
+	}
+	l.log.WarnContext(ctx, msg)
 }

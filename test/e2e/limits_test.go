@@ -810,3 +810,141 @@ logging: { level: warn }
 		t.Fatalf("the gateway's output holds a secret:\n%s", tail(out, 4000))
 	}
 }
+
+// TestLimitsRedisOutage: a gateway whose keys and limits live in Redis
+// keeps answering while Redis is SIGKILLed for 6 s and restarted. Before and
+// after, requests are served; in between each gets a 503 in OpenAI's error
+// shape (the rate limiter or the key store is unavailable) within seconds,
+// or is admitted by Redis once it is back: never a hang, never a request
+// let through unchecked. Once Redis is back the gateway serves again
+// without a restart, its log stays JSON, and the meter has counted exactly
+// the tokens served.
+func TestLimitsRedisOutage(t *testing.T) {
+	rd := startRedisd(t)
+	_, natsURL := natsServer(t)
+	mock := limMock(t)
+	dir := t.TempDir()
+	listen := freeAddr(t)
+	cfg := filepath.Join(dir, "llmproxy.yaml")
+	writeFile(t, cfg, fmt.Sprintf(`
+listen: %q
+data_dir: %q
+nats: { url: %q }
+redis: { url: %q, prefix: "e2eout" }
+backends:
+  - url: %q
+auth:
+  storage: redis
+rate_limit:
+  storage: redis
+  per_key: { requests_per_minute: 100000, max_concurrent: 1000 }
+logging: { level: warn }
+`, listen, filepath.Join(dir, "data"), natsURL, rd.url(), mock))
+	k := limCreateKey(t, cfg, "--id", "out", "--name", "out", "--quota", "1000000000", "--period", "daily")
+	gwProc := start(t, "llmproxy", "serve", "--config", cfg, "--target", "gateway")
+	start(t, "llmproxy", "serve", "--config", cfg, "--target", "meter")
+	gw := "http://" + listen
+	waitHTTP(t, gw+"/healthz")
+
+	type sent struct {
+		at, took time.Duration
+		r        limReply
+	}
+	var (
+		mu    sync.Mutex
+		all   []sent
+		wg    sync.WaitGroup
+		begin = time.Now()
+	)
+	send := func() {
+		wg.Go(func() {
+			at := time.Since(begin)
+			r := limSend(gw, k.secret, limQuickChat(), nil)
+			mu.Lock()
+			all = append(all, sent{at: at, took: time.Since(begin) - at, r: r})
+			mu.Unlock()
+		})
+	}
+	load := func(d time.Duration) {
+		tick := time.NewTicker(25 * time.Millisecond)
+		defer tick.Stop()
+		for end := time.Now().Add(d); time.Now().Before(end); <-tick.C {
+			send()
+		}
+	}
+	load(2 * time.Second)
+	killed := time.Since(begin)
+	rd.kill()
+	load(6 * time.Second)
+	restarting := time.Since(begin)
+	rd.start()
+	restarted := time.Since(begin)
+	// Served again without a restart of the gateway.
+	var tokensServed int64
+	eventually(t, 20*time.Second, "a request served after Redis restarted", func() (bool, string) {
+		r := limSend(gw, k.secret, limQuickChat(), nil)
+		if r.err == nil && r.status == 200 {
+			u := usageFromJSON(t, r.body)
+			tokensServed += u.prompt + u.completion
+			return true, ""
+		}
+		return false, fmt.Sprintf("%d %s %v", r.status, r.body, r.err)
+	})
+	load(2 * time.Second)
+	wg.Wait()
+
+	var served, refused int
+	for _, s := range all {
+		r := s.r
+		if r.err != nil {
+			t.Fatalf("request sent at %s: no answer: %v", s.at.Round(time.Millisecond), r.err)
+		}
+		if s.took > 10*time.Second {
+			t.Fatalf("request sent at %s took %s", s.at.Round(time.Millisecond), s.took)
+		}
+		switch r.status {
+		case 200:
+			// Served while Redis was down from start to end: nothing can
+			// have admitted it. (A request may wait in the admission
+			// pipeline and be admitted once Redis is back.)
+			if s.at > killed+100*time.Millisecond && s.at+s.took < restarting {
+				t.Fatalf("request sent at %s and answered within Redis's outage (%s..%s) was served: its limits went unchecked",
+					s.at.Round(time.Millisecond), killed.Round(time.Millisecond), restarting.Round(time.Millisecond))
+			}
+			u := usageFromJSON(t, r.body)
+			tokensServed += u.prompt + u.completion
+			served++
+		case 503:
+			var e limAPIError
+			if json.Unmarshal(r.body, &e) != nil || e.Error.Type == "" || e.Error.Message == "" ||
+				(e.Error.Code != "rate_limiter_unavailable" && e.Error.Code != "key_store_unavailable") {
+				t.Fatalf("request sent at %s: 503 %s; want OpenAI's error shape, the rate limiter or key store unavailable", s.at.Round(time.Millisecond), r.body)
+			}
+			if s.at < killed || s.at > restarted+15*time.Second {
+				t.Fatalf("request sent at %s refused outside the outage (%s..%s): %s", s.at.Round(time.Millisecond),
+					killed.Round(time.Millisecond), restarted.Round(time.Millisecond), r.body)
+			}
+			refused++
+		default:
+			t.Fatalf("request sent at %s: %d %s", s.at.Round(time.Millisecond), r.status, r.body)
+		}
+	}
+	t.Logf("%d requests: %d served, %d refused with 503 while Redis was down (%s..%s)", len(all), served, refused,
+		killed.Round(time.Millisecond), restarted.Round(time.Millisecond))
+	if refused == 0 {
+		t.Fatal("no request refused while Redis was down")
+	}
+	for _, line := range strings.Split(strings.TrimSpace(gwProc.out.String()), "\n") {
+		if !json.Valid([]byte(line)) {
+			t.Fatalf("the gateway's log has a line that is not JSON: %q", line)
+		}
+	}
+	eventually(t, 30*time.Second, "the meter counted exactly the tokens served", func() (bool, string) {
+		rows, err := usageOf(t, cfg)
+		if err != nil {
+			return false, err.Error()
+		}
+		r := rows[k.id]
+		return r.TotalTokens == tokensServed, fmt.Sprintf("%+v, want %d tokens", r, tokensServed)
+	})
+}
