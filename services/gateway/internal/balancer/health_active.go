@@ -23,8 +23,8 @@ const (
 
 // HealthChecker actively checks the pool's upstreams (GET base URL + the
 // upstream's own health path, else the configured one; 2xx is a pass; an
-// upstream with neither is not checked) and, when the pool balances by least_load, scrapes each
-// engine's /metrics on the same loop. An upstream turns unhealthy after
+// upstream with neither is not checked) and, when the pool balances by
+// least_load, scrapes each engine's /metrics on the same loop. An upstream turns unhealthy after
 // UnhealthyThreshold failed checks in a row and healthy again after
 // HealthyThreshold passes; its very first check decides at once. Checks of
 // different upstreams run in parallel, each under Timeout.
@@ -43,8 +43,9 @@ type HealthChecker struct {
 
 // NewHealthChecker returns a checker for pool configured by cfg
 // (health_check). Checks are disabled when enabled is false, and for an
-// upstream when neither it nor cfg has a path. client nil means http.DefaultClient; its Transport should not
-// share the proxy's connection pool limits.
+// upstream when neither it nor cfg has a path. client nil means
+// http.DefaultClient; its Transport should not share the proxy's
+// connection pool limits.
 func NewHealthChecker(pool *Pool, cfg config.HealthCheck, client *http.Client) *HealthChecker {
 	if client == nil {
 		client = http.DefaultClient
