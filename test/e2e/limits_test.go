@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/llmproxy/llmproxy/pkg/ledger"
 )
 
 // limitsClient keeps enough idle connections for the workers below, so a
@@ -194,6 +196,7 @@ type limCluster struct {
 	gwA, gwB   string
 	a, b, m    *proc
 	redisURL   string
+	redisAddrs []string // a Redis Cluster's nodes, instead of redisURL
 	prefix     string
 	mock       string
 }
@@ -211,7 +214,7 @@ func limStartCluster(t *testing.T) *limCluster {
 // admission runs the key's script and the global one side by side.
 func limStartRedisCluster(t *testing.T) *limCluster {
 	addrs := redisCluster(t)
-	c := &limCluster{prefix: "e2elim"}
+	c := &limCluster{prefix: "e2elim", redisAddrs: addrs}
 	c.configure(t, fmt.Sprintf("{ addrs: [%s], prefix: %q }", strings.Join(addrs, ", "), c.prefix),
 		"  global: { requests_per_second: 100000, burst_size: 100000 }\n")
 	return c
@@ -449,7 +452,9 @@ func TestLimitsOnRedisCluster(t *testing.T) {
 	c := limStartRedisCluster(t)
 	kRPM := limCreateKey(t, c.cfgA, "--id", "rpm", "--name", "rpm", "--rpm", "300")
 	kConc := limCreateKey(t, c.cfgA, "--id", "conc", "--name", "conc", "--max-concurrent", "3")
-	kQuota := limCreateKey(t, c.cfgA, "--id", "quota", "--name", "quota", "--quota", "10000", "--period", "daily")
+	// A user id makes the meter also apply per-user totals, in the user's
+	// own slot.
+	kQuota := limCreateKey(t, c.cfgA, "--id", "quota", "--name", "quota", "--user", "alice", "--quota", "10000", "--period", "daily")
 	kGone := limCreateKey(t, c.cfgA, "--id", "gone", "--name", "gone")
 	c.run(t)
 
@@ -457,6 +462,20 @@ func TestLimitsOnRedisCluster(t *testing.T) {
 	t.Run("MaxConcurrent", func(t *testing.T) { limConcCase(t, c, kConc.secret, 3) })
 	t.Run("Quota", func(t *testing.T) {
 		limQuotaCase(t, []string{c.gwA, c.gwB}, c.cfgA, kQuota.secret, kQuota.id)
+		// The per-user totals, kept in the user's slot, match the key's.
+		rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.redisAddrs})
+		defer rdb.Close()
+		user, err := ledger.NewRedis(rdb, c.prefix).UsageByUser(context.Background(), "alice", ledger.Daily, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		rows, err := usageOf(t, c.cfgA)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if k := rows[kQuota.id]; user.TotalTokens != k.TotalTokens || user.Requests != k.Requests || k.TotalTokens == 0 {
+			t.Fatalf("user alice: %+v; her one key: %+v", user, k)
+		}
 	})
 	t.Run("KeyLifecycle", func(t *testing.T) {
 		if r := limSend(c.gwB, kGone.secret, limQuickChat(), nil); r.err != nil || r.status != 200 {
