@@ -837,29 +837,14 @@ logging: { level: warn }
 // the tokens served.
 func TestLimitsRedisOutage(t *testing.T) {
 	rd := startRedisd(t)
-	_, natsURL := natsServer(t)
-	mock := limMock(t)
-	dir := t.TempDir()
-	listen := freeAddr(t)
-	cfg := filepath.Join(dir, "llmproxy.yaml")
-	writeFile(t, cfg, fmt.Sprintf(`
-listen: %q
-data_dir: %q
-nats: { url: %q }
-redis: { url: %q, prefix: "e2eout" }
-backends:
-  - url: %q
-auth:
-  storage: redis
-rate_limit:
-  storage: redis
-  per_key: { requests_per_minute: 100000, max_concurrent: 1000 }
-logging: { level: warn }
-`, listen, filepath.Join(dir, "data"), natsURL, rd.url(), mock))
+	c := &limCluster{redisURL: rd.url(), prefix: "e2eout"}
+	c.configure(t, fmt.Sprintf("{ url: %q, prefix: %q }", c.redisURL, c.prefix),
+		"  per_key: { requests_per_minute: 100000, max_concurrent: 1000 }\n")
+	cfg := c.cfgA // one gateway and the meter are enough here
 	k := limCreateKey(t, cfg, "--id", "out", "--name", "out", "--quota", "1000000000", "--period", "daily")
 	gwProc := start(t, "llmproxy", "serve", "--config", cfg, "--target", "gateway")
 	start(t, "llmproxy", "serve", "--config", cfg, "--target", "meter")
-	gw := "http://" + listen
+	gw := c.gwA
 	waitHTTP(t, gw+"/healthz")
 
 	type sent struct {
