@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Set moves the clock to t.
@@ -118,25 +120,27 @@ func BenchmarkAdmit(b *testing.B) {
 		Limits: KeyLimits{RPS: 1e9, RPM: 1 << 40, TPM: 1 << 50, MaxConcurrent: 1 << 30},
 		Quota:  1 << 50, Period: Monthly, Reserve: 500,
 	}
+	// new returns the admitter and, for a Redis one, its client, whose
+	// server's CPU per admission is reported too.
 	for _, bc := range []struct {
 		name string
-		new  func(b *testing.B) Admitter
+		new  func(b *testing.B) (Admitter, *redis.Client)
 	}{
-		{"local", func(b *testing.B) Admitter {
+		{"local", func(b *testing.B) (Admitter, *redis.Client) {
 			s, err := OpenLocal(filepath.Join(b.TempDir(), "ledger.db"))
 			if err != nil {
 				b.Fatal(err)
 			}
 			b.Cleanup(func() { s.Close() })
-			return NewLocalAdmitter(s, nil)
+			return NewLocalAdmitter(s, nil), nil
 		}},
-		{"redis", func(b *testing.B) Admitter {
+		{"redis", func(b *testing.B) (Admitter, *redis.Client) {
 			rdb := testRedis(b)
-			return NewRedisAdmitter(rdb, testPrefix(b, rdb))
+			return NewRedisAdmitter(rdb, testPrefix(b, rdb)), rdb
 		}},
 		// redis-window: each key's TPM window holds a second of applied
 		// tokens for each of the last 59 s, as under steady traffic.
-		{"redis-window", func(b *testing.B) Admitter {
+		{"redis-window", func(b *testing.B) (Admitter, *redis.Client) {
 			rdb := testRedis(b)
 			prefix := testPrefix(b, rdb)
 			store, now := NewRedis(rdb, prefix), time.Now()
@@ -150,12 +154,16 @@ func BenchmarkAdmit(b *testing.B) {
 			if _, err := store.Apply(context.Background(), entries); err != nil {
 				b.Fatal(err)
 			}
-			return NewRedisAdmitter(rdb, prefix)
+			return NewRedisAdmitter(rdb, prefix), rdb
 		}},
 	} {
 		b.Run(bc.name+"/parallel", func(b *testing.B) {
 			ctx := context.Background()
-			a := bc.new(b)
+			a, rdb := bc.new(b)
+			cpu := func(int64) {}
+			if rdb != nil {
+				cpu = redisCPUMeter(b, rdb, "admit")
+			}
 			var seq atomic.Int64
 			b.SetParallelism(8) // gateways wait on Redis, not on CPU
 			b.RunParallel(func(pb *testing.PB) {
@@ -176,6 +184,7 @@ func BenchmarkAdmit(b *testing.B) {
 				}
 			})
 			b.ReportMetric(float64(seq.Load())/b.Elapsed().Seconds(), "admits/s")
+			cpu(seq.Load())
 		})
 	}
 }

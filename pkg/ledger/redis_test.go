@@ -172,6 +172,49 @@ func TestRedisStoreKeyLayout(t *testing.T) {
 	}
 }
 
+// redisCPU returns the CPU time (user + system) the Redis server behind rdb
+// has used since it started, from INFO cpu.
+func redisCPU(ctx context.Context, rdb *redis.Client) (time.Duration, error) {
+	info, err := rdb.Info(ctx, "cpu").Result()
+	if err != nil {
+		return 0, err
+	}
+	var sum float64
+	for _, line := range strings.Split(info, "\n") {
+		name, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok || (name != "used_cpu_sys" && name != "used_cpu_user") {
+			continue
+		}
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			return 0, fmt.Errorf("INFO cpu %s: %w", name, err)
+		}
+		sum += f
+	}
+	return time.Duration(sum * float64(time.Second)), nil
+}
+
+// redisCPUMeter starts timing the Redis server's CPU; the function it
+// returns reports that time per unit of work (n units since the start): what
+// a Redis core pays for each admission or entry, and so how many one core
+// can serve. It is the whole server's time, so other clients of the same
+// Redis add to it.
+func redisCPUMeter(b *testing.B, rdb *redis.Client, unit string) func(n int64) {
+	ctx := context.Background()
+	start, err := redisCPU(ctx, rdb)
+	if err != nil {
+		b.Logf("no Redis CPU figure: %v", err)
+		return func(int64) {}
+	}
+	return func(n int64) {
+		end, err := redisCPU(ctx, rdb)
+		if err != nil || n <= 0 {
+			return
+		}
+		b.ReportMetric(float64((end-start).Microseconds())/float64(n), "redis-µs/"+unit)
+	}
+}
+
 // BenchmarkRedisApply measures entries applied per second from one process,
 // in batches as the meter sends them: 50 keys, 20 users, one model. The
 // parallel cases run 2×GOMAXPROCS Apply callers at once, as a meter with
@@ -191,6 +234,7 @@ func BenchmarkRedisApply(b *testing.B) {
 			s := NewRedis(rdb, testPrefix(b, rdb), WithDedupeRetention(10*time.Minute))
 			at := time.Now()
 			var seq, total atomic.Int64
+			cpu := redisCPUMeter(b, rdb, "entry")
 			apply := func(batch []Entry) error {
 				for i := range batch {
 					n := seq.Add(1)
@@ -224,6 +268,7 @@ func BenchmarkRedisApply(b *testing.B) {
 				}
 			}
 			b.ReportMetric(float64(total.Load())/b.Elapsed().Seconds(), "entries/s")
+			cpu(seq.Load())
 		})
 	}
 }
