@@ -77,7 +77,7 @@ def ratio(a, b):
     return a / b
 
 
-def machine():
+def machine(commit, dirty):
     model = "?"
     try:
         for line in open("/proc/cpuinfo"):
@@ -94,17 +94,13 @@ def machine():
     except OSError:
         pass
     go = subprocess.run(["go", "version"], capture_output=True, text=True).stdout.strip()
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "cmd", "services", "pkg"],
-                           capture_output=True, text=True).stdout.splitlines()
     return [
         f"- CPU: {os.cpu_count()} × {model} (`nproc` = {os.cpu_count()})",
         f"- memory: {mem}",
         f"- kernel: {platform.release()}",
         f"- {go}",
-        f"- binaries built by `make build` from commit {head or '?'}"
-        + (f" with {len(dirty)} uncommitted files under cmd/, services/, pkg/" if dirty else ""),
+        f"- binaries built by `make build` from commit {commit or '?'}"
+        + (f" with {dirty} uncommitted files under cmd/, services/, pkg/" if dirty else ""),
         f"- load average when the report was written: {open('/proc/loadavg').read().split()[:3]} "
         "(other work on the machine during the run shows up as noise, most in the p99 figures)",
         "- everything on loopback on this one machine: load generator, proxies, mockllm, NATS and Redis share the CPUs",
@@ -122,6 +118,11 @@ def main():
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--notes", action="append", default=[])
     ap.add_argument("--configs", action="append", default=[])
+    # The commit the binaries were built from, and how many files under
+    # cmd/, services/ and pkg/ differed from it, as run.sh read them when it
+    # started: a commit made while the run goes on is not credited with it.
+    ap.add_argument("--commit", default="")
+    ap.add_argument("--dirty", type=int, default=0)
     a = ap.parse_args()
     work = a.work
     targets = a.targets.split()
@@ -182,7 +183,7 @@ def main():
     out.append(f"Run {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, "
                "produced by `make bench` (bench/run.sh); every figure below comes from this one run.\n")
     out.append("## Machine\n")
-    out += machine()
+    out += machine(a.commit, a.dirty)
     out.append("")
     out.append("## HTTP\n")
     out.append("Latency at concurrency 1 (non-stream chat completion, 16 tokens); throughput at the "

@@ -58,6 +58,11 @@ for b in "$BIN/llmproxy" "$BIN/mockllm"; do
 	[[ -x "$b" ]] || { echo "bench: $b missing; run make build" >&2; exit 1; }
 done
 
+# The commit `make bench` just built the binaries from, read before the
+# run: a commit made while it goes on must not be credited with its figures.
+BUILD_COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || true)
+BUILD_DIRTY=$(git -C "$ROOT" status --porcelain -- cmd services pkg 2>/dev/null | wc -l)
+
 WORK=$(mktemp -d /tmp/llmproxy-bench.XXXXXX)
 RUN_ID=bench$(date +%s)$$
 PIDS=()
@@ -514,5 +519,5 @@ fi
 # --- report --------------------------------------------------------------------
 CMDLINE="BENCH_WEBHOOK=${BENCH_WEBHOOK:-0} BENCH_ROUNDS=$ROUNDS BENCH_LAT_DURATION=$LAT_DURATION BENCH_TPUT_DURATION=$TPUT_DURATION BENCH_TPUT_CONC=$TPUT_CONC BENCH_STREAM_DURATION=$STREAM_DURATION BENCH_STREAMS=$STREAMS BENCH_STREAM_GAP=$STREAM_GAP BENCH_STREAM_TOKENS=$STREAM_TOKENS BENCH_STREAM_STAGGER=$STREAM_STAGGER BENCH_SPREAD='$SPREAD' BENCH_IDLE=$IDLE BENCH_METER_EVENTS=$METER_EVENTS BENCH_NOTIFIER_EVENTS=$NOTIFIER_EVENTS make bench"
 python3 "$ROOT/bench/report.py" --work "$WORK" --rounds "$ROUNDS" --targets "${TARGETS[*]}" --out "${BENCH_OUT:-$ROOT/bench/RESULTS.md}" \
-	--cmdline "$CMDLINE" --loadgen "$LOADGEN" --mock "$MOCK" --notes "$IDLE_NOTE" --notes "$NGINX_NOTE" --notes "$METER_NOTE" \
+	--cmdline "$CMDLINE" --loadgen "$LOADGEN" --mock "$MOCK" --commit "$BUILD_COMMIT" --dirty "$BUILD_DIRTY" --notes "$IDLE_NOTE" --notes "$NGINX_NOTE" --notes "$METER_NOTE" \
 	--configs "$WORK/core.yaml" --configs "$WORK/passthrough.yaml" --configs "$WORK/all.yaml" --configs "$WORK/lua.yaml" --configs "$WORK/capture.yaml" --configs "$WORK/redis.yaml" --configs "$WORK/nginx/nginx.conf"
