@@ -77,6 +77,12 @@ def ratio(a, b):
     return a / b
 
 
+def table(hdr, rows):
+    """A markdown table: the header, its separator and a line per row."""
+    return ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)] + \
+        ["| " + " | ".join(r) + " |" for r in rows]
+
+
 def machine(commit, dirty):
     model = "?"
     try:
@@ -195,16 +201,12 @@ def main():
     hdr = ["target", "p50", "p99", "added p50", "added p99", "req/s", "× httputil", "× nginx",
            "CPU / req", "mockllm CPU / req", "TTFT p99", "added TTFT p99", "lag p99", "added lag p99",
            "CPU / event", "mockllm CPU / event", "KB / idle stream", "errors"]
-    out.append("| " + " | ".join(hdr) + " |")
-    out.append("|" + "---|" * len(hdr))
-    for t in targets:
-        f = fig[t]
-        out.append("| " + " | ".join([
-            NAMES.get(t, t), fmt(f["p50"]), fmt(f["p99"]), fmt(f["add50"]), fmt(f["add99"]),
-            fmt(f["rps"]), fmt(f["vs_ref"], "×", 2), fmt(f["vs_ngx"], "×", 2),
-            fmt(f["cpu"]), fmt(f["cpu_mock"]), fmt(f["ttft"]), fmt(f["addttft"]), fmt(f["lag"]), fmt(f["addlag"]),
-            fmt(f["ecpu"], "", 1), fmt(f["ecpu_mock"], "", 1), fmt(f["rss"], "", 1), str(f["errs"]),
-        ]) + " |")
+    out += table(hdr, ([
+        NAMES.get(t, t), fmt(f["p50"]), fmt(f["p99"]), fmt(f["add50"]), fmt(f["add99"]),
+        fmt(f["rps"]), fmt(f["vs_ref"], "×", 2), fmt(f["vs_ngx"], "×", 2),
+        fmt(f["cpu"]), fmt(f["cpu_mock"]), fmt(f["ttft"]), fmt(f["addttft"]), fmt(f["lag"]), fmt(f["addlag"]),
+        fmt(f["ecpu"], "", 1), fmt(f["ecpu_mock"], "", 1), fmt(f["rss"], "", 1), str(f["errs"]),
+    ] for t, f in ((t, fig[t]) for t in targets)))
     out.append("")
     out.append("CPU / req: the CPU time (user + system, from /proc) the target's own processes used in the "
                "throughput window, divided by the requests in it (µs); mockllm's is shown beside it as a check "
@@ -239,14 +241,10 @@ def main():
                    "Same rounds, medians of the rounds; \"added\" is against direct to mockllm measured the same way.\n")
         shdr = ["target", "TTFT p50", "TTFT p99", "added TTFT p99", "lag p50", "lag p99", "added lag p99",
                 "CPU / event", "errors"]
-        out.append("| " + " | ".join(shdr) + " |")
-        out.append("|" + "---|" * len(shdr))
-        for t in spread:
-            f = fig[t]
-            out.append("| " + " | ".join([
-                NAMES.get(t, t), fmt(f["s_ttft50"]), fmt(f["s_ttft"]), fmt(f["s_addttft"]), fmt(f["s_lag50"]),
-                fmt(f["s_lag"]), fmt(f["s_addlag"]), fmt(f["s_ecpu"], "", 1), str(f["s_errs"] or 0),
-            ]) + " |")
+        out += table(shdr, ([
+            NAMES.get(t, t), fmt(f["s_ttft50"]), fmt(f["s_ttft"]), fmt(f["s_addttft"]), fmt(f["s_lag50"]),
+            fmt(f["s_lag"]), fmt(f["s_addlag"]), fmt(f["s_ecpu"], "", 1), str(f["s_errs"] or 0),
+        ] for t, f in ((t, fig[t]) for t in spread)))
         out.append("")
 
     mr = load(work, "res-meter-redis.json")
@@ -256,13 +254,12 @@ def main():
     out.append("Events published straight to JetStream (a fresh NATS per figure), timed from the first "
                "publish until the consumer's own counter (`llmproxy_meter_events_applied_total`, "
                "`llmproxy_webhook_deliveries_total{outcome=\"success\"}`) has moved by all of them.\n")
-    out.append("| consumer | events | published/s | done in | consumed/s |")
-    out.append("|---|---|---|---|---|")
-    for name, r in (("meter, Redis ledger, own process (`--target meter`)", mr),
-                    ("meter, local ledger, single binary", ml),
-                    ("notifier, own process, one local receiver", nt)):
-        out.append(f"| {name} | {fmt(get(r, 'events'))} | {fmt(get(r, 'published_per_s'))} | "
-                   f"{fmt(get(r, 'done_seconds'), ' s', 2)} | {fmt(get(r, 'per_s'))} |")
+    out += table(["consumer", "events", "published/s", "done in", "consumed/s"], (
+        [name, fmt(get(r, "events")), fmt(get(r, "published_per_s")), fmt(get(r, "done_seconds"), " s", 2),
+         fmt(get(r, "per_s"))]
+        for name, r in (("meter, Redis ledger, own process (`--target meter`)", mr),
+                        ("meter, local ledger, single binary", ml),
+                        ("notifier, own process, one local receiver", nt))))
     out.append("")
 
     # Targets of issue 9.
@@ -324,10 +321,7 @@ def main():
     out.append("A throughput ratio is the target's median req/s over httputil's; in brackets, the lowest and "
                "highest of the same ratio taken round by round (the two measured seconds apart), which shows "
                "how far the host's drift moves it.\n")
-    out.append("| target | measured | verdict |")
-    out.append("|---|---|---|")
-    for name, val, ok in rows:
-        out.append(f"| {name} | {val} | {verdict(ok)} |")
+    out += table(["target", "measured", "verdict"], ([name, val, verdict(ok)] for name, val, ok in rows))
     out.append("")
 
     # What a feature adds on top of the all-features single binary, each
@@ -358,20 +352,17 @@ def main():
                    "same rounds as the all-features row and only for the figure it is there for. "
                    "\"added by the feature\" = the feature row − the all-features row (µs); at p99, "
                    "differences within the run-to-run spread of the all-features row are noise.\n")
-        out.append("| figure | all features | with the feature | added by the feature |")
-        out.append("|---|---|---|---|")
-        for name, base, withf, added in frows:
-            out.append(f"| {name} | {base} | {withf} | {added} |")
+        out += table(["figure", "all features", "with the feature", "added by the feature"], frows)
         out.append("")
         if "capture" in fig:
             cl, al = fcap.get("addlag"), fa.get("addlag")
-            out.append("| check | measured | verdict |")
-            out.append("|---|---|---|")
-            out.append(f"| capture on: added per-event lag p99 ≤ 0.5 ms (the proxy engine's bound, issue 9) | "
-                       f"{fmt(cl)} µs | {verdict(le(cl, 500))} |")
-            out.append(f"| capture on: added per-event lag p99 ≤ the same figure with capture off + 0.5 ms | "
-                       f"{fmt(cl)} µs vs {fmt(al)} + 500 µs | "
-                       f"{verdict(None if cl is None or al is None else cl <= al + 500)} |")
+            out += table(["check", "measured", "verdict"], [
+                ["capture on: added per-event lag p99 ≤ 0.5 ms (the proxy engine's bound, issue 9)",
+                 f"{fmt(cl)} µs", verdict(le(cl, 500))],
+                ["capture on: added per-event lag p99 ≤ the same figure with capture off + 0.5 ms",
+                 f"{fmt(cl)} µs vs {fmt(al)} + 500 µs",
+                 verdict(None if cl is None or al is None else cl <= al + 500)],
+            ])
             out.append("")
 
     notes = [n.strip() for n in a.notes if n.strip()]

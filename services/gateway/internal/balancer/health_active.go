@@ -24,9 +24,9 @@ const (
 // HealthChecker actively checks the pool's upstreams (GET base URL + the
 // upstream's own health path, else the configured one; 2xx is a pass; an
 // upstream with neither is not checked) and, when the pool balances by
-// least_load, scrapes each engine's /metrics on the same loop. An upstream turns unhealthy after
-// UnhealthyThreshold failed checks in a row and healthy again after
-// HealthyThreshold passes; its very first check decides at once. Checks of
+// least_load, scrapes each engine's /metrics on the same loop. An
+// upstream turns unhealthy after UnhealthyThreshold failed checks in a row
+// and healthy again after HealthyThreshold passes; its very first check decides at once. Checks of
 // different upstreams run in parallel, each under Timeout.
 type HealthChecker struct {
 	pool       *Pool
