@@ -26,8 +26,9 @@ const (
 // upstream with neither is not checked) and, when the pool balances by
 // least_load, scrapes each engine's /metrics on the same loop. An
 // upstream turns unhealthy after UnhealthyThreshold failed checks in a row
-// and healthy again after HealthyThreshold passes; its very first check decides at once. Checks of
-// different upstreams run in parallel, each under Timeout.
+// and healthy again after HealthyThreshold passes; its very first check
+// decides at once. Checks of different upstreams run in parallel, each
+// under Timeout.
 type HealthChecker struct {
 	pool       *Pool
 	client     *http.Client
