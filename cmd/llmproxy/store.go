@@ -64,7 +64,7 @@ func openLedger(ctx context.Context, cfg *config.Config, allowLocal bool) (*ledg
 			return nil, fmt.Errorf("redis: %w", err)
 		}
 		return &ledgerHandle{
-			store: ledger.NewRedis(rdb, redisPrefix(cfg)),
+			store: ledger.NewRedis(rdb, redisPrefix(cfg), ledger.WithDedupeRetention(dedupeRetention(cfg))),
 			rdb:   rdb,
 			ready: func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
 			close: rdb.Close,
@@ -76,11 +76,19 @@ func openLedger(ctx context.Context, cfg *config.Config, allowLocal bool) (*ledg
 	if err := os.MkdirAll(cfg.DataPath(), 0o750); err != nil {
 		return nil, err
 	}
-	s, err := ledger.OpenLocal(cfg.DataPath("ledger.db"))
+	s, err := ledger.OpenLocal(cfg.DataPath("ledger.db"), ledger.WithDedupeRetention(dedupeRetention(cfg)))
 	if err != nil {
 		return nil, err
 	}
 	return &ledgerHandle{store: s, local: s, ready: func(context.Context) error { return nil }, close: s.Close}, nil
+}
+
+// dedupeRetention is how long the ledger remembers an applied request id:
+// longer than the event stream keeps an event (nats.stream.max_age), with a
+// day to spare, so that a consumer replaying the whole stream (a meter's
+// durable consumer recreated) counts no event twice.
+func dedupeRetention(cfg *config.Config) time.Duration {
+	return max(ledger.DefaultDedupeRetention, cfg.NATS.Stream.MaxAge.D()+24*time.Hour)
 }
 
 // chooseAdmitter picks the admission store: the single binary's local

@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
+	"github.com/llmproxy/llmproxy/pkg/ledger"
 )
 
 // TestRedisLogger: go-redis's messages become warnings in the JSON log, at
@@ -41,6 +44,22 @@ func TestRedisLogger(t *testing.T) {
 		}
 		if want := []any{nil, 2.0}[i]; rec["suppressed"] != want {
 			t.Fatalf("line %d: suppressed = %v, want %v", i, rec["suppressed"], want)
+		}
+	}
+}
+
+// TestDedupeRetention: the ledger remembers request ids for longer than the
+// stream keeps events, however long that is.
+func TestDedupeRetention(t *testing.T) {
+	for _, tc := range []struct{ maxAge, want time.Duration }{
+		{0, ledger.DefaultDedupeRetention},
+		{168 * time.Hour, ledger.DefaultDedupeRetention},
+		{90 * 24 * time.Hour, 91 * 24 * time.Hour},
+	} {
+		var cfg config.Config
+		cfg.NATS.Stream.MaxAge = config.Duration(tc.maxAge)
+		if got := dedupeRetention(&cfg); got != tc.want {
+			t.Errorf("max_age %v: dedupe retention %v, want %v", tc.maxAge, got, tc.want)
 		}
 	}
 }

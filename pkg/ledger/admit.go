@@ -115,14 +115,19 @@ type Admitter interface {
 	Release(ctx context.Context, keyID, leaseID string) error
 }
 
-// LeaseRenewer extends a held concurrency lease, for a request that may
-// outlive its lease TTL (a long stream): renewing every TTL/2 keeps the slot
-// held while the request runs, and a crash still frees it within the TTL.
-// Both admitters implement it.
+// LeaseRenewer keeps a running request's hold on its key: its concurrency
+// lease and its token reservation. A request that may outlive either TTL (a
+// long stream) renews every lease TTL/2: its slot stays held while it runs,
+// a crash still frees the slot within the lease TTL, and its reservation
+// lasts at least a reservation TTL past the last renewal, so the meter has
+// that long to settle it after the request ends. Both admitters implement
+// it.
 type LeaseRenewer interface {
-	// Renew sets lease leaseID of key keyID to expire ttl from now and
-	// reports whether the lease was still held; a lease that expired or was
-	// released is not brought back.
+	// Renew sets lease leaseID of key keyID to expire ttl from now, and the
+	// reservation of the same request id to expire a reservation TTL from
+	// now (never earlier than it already does). It reports whether either
+	// was still held; one that expired or was released is not brought
+	// back.
 	Renew(ctx context.Context, keyID, leaseID string, ttl time.Duration) (bool, error)
 }
 

@@ -246,7 +246,7 @@ func (a *MemoryAdmitter) Release(_ context.Context, keyID, leaseID string) error
 	return nil
 }
 
-// Renew extends a held lease; see LeaseRenewer.
+// Renew extends a held lease and reservation; see LeaseRenewer.
 func (a *MemoryAdmitter) Renew(_ context.Context, keyID, leaseID string, ttl time.Duration) (bool, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -255,12 +255,19 @@ func (a *MemoryAdmitter) Renew(_ context.Context, keyID, leaseID string, ttl tim
 		return false, nil
 	}
 	now := a.now()
-	exp, ok := k.leases[leaseID]
-	if !ok || !exp.After(now) {
-		return false, nil
+	held := false
+	if exp, ok := k.leases[leaseID]; ok && exp.After(now) {
+		k.leases[leaseID] = now.Add(ttl)
+		held = true
 	}
-	k.leases[leaseID] = now.Add(ttl)
-	return true, nil
+	if r, ok := k.resv[leaseID]; ok && r.expires.After(now) {
+		if exp := now.Add(a.resvTTL); exp.After(r.expires) {
+			r.expires = exp
+			k.resv[leaseID] = r
+		}
+		held = true
+	}
+	return held, nil
 }
 
 // Settle ends request requestID's reservation and counts its real tokens in

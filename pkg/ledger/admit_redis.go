@@ -324,16 +324,33 @@ if r > 0 and redis.call('DECRBY', KEYS[6], fmt(r)) <= 0 then redis.call('DEL', K
 return 1
 `
 
-// renewLua moves lease ARGV[2] in KEYS[1] to expire ARGV[3] µs from now if
-// it is still held, and returns 1 if it was.
+// renewLua keeps a running request's hold on its key: lease ARGV[2] in
+// KEYS[1] (the leases) moves to expire ARGV[3] µs from now if it is still
+// held, and its reservation in KEYS[2] (the expiries) to ARGV[4] µs from now
+// if it is still there, never earlier than it already expires; KEYS[3] and
+// KEYS[4] (the reservations and their sum) live as long as the latest. It
+// returns 1 if either was held.
 const renewLua = luaClock + `
+local held = 0
 local exp = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[2]) or '0')
-if exp <= now then return 0 end
-local at = now + tonumber(ARGV[3])
-redis.call('ZADD', KEYS[1], fmt(at), ARGV[2])
-local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-redis.call('PEXPIRE', KEYS[1], fmt(math.floor((tonumber(last[2]) - now) / 1000) + 1000))
-return 1
+if exp > now then
+  held = 1
+  local at = now + tonumber(ARGV[3])
+  redis.call('ZADD', KEYS[1], fmt(at), ARGV[2])
+  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+  redis.call('PEXPIRE', KEYS[1], fmt(math.floor((tonumber(last[2]) - now) / 1000) + 1000))
+end
+local rexp = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[2]) or '0')
+if rexp > now then
+  held = 1
+  local at = now + tonumber(ARGV[4])
+  if at > rexp then
+    redis.call('ZADD', KEYS[2], fmt(at), ARGV[2])
+    local ttl = fmt(math.floor(tonumber(ARGV[4]) / 1000) + 1000)
+    for i = 2, 4 do redis.call('PEXPIRE', KEYS[i], ttl, 'GT') end
+  end
+end
+return held
 `
 
 func (a *RedisAdmitter) tag(keyID string) string { return a.prefix + ":{" + keyID + "}" }
@@ -475,13 +492,15 @@ func (a *RedisAdmitter) Release(ctx context.Context, keyID, leaseID string) erro
 	return nil
 }
 
-// Renew extends a held lease; see LeaseRenewer.
+// Renew extends a held lease and reservation; see LeaseRenewer.
 func (a *RedisAdmitter) Renew(ctx context.Context, keyID, leaseID string, ttl time.Duration) (bool, error) {
 	clock := "0"
 	if a.now != nil {
 		clock = strconv.FormatInt(a.now().UnixMicro(), 10)
 	}
-	n, err := a.renewScript.Run(ctx, a.rdb, []string{a.tag(keyID) + ":rl:leases"}, clock, leaseID, micros(ttl)).Int()
+	t := a.tag(keyID)
+	keys := []string{t + ":rl:leases", t + ":rl:resvexp", t + ":rl:resv", t + ":rl:resvsum"}
+	n, err := a.renewScript.Run(ctx, a.rdb, keys, clock, leaseID, micros(ttl), micros(a.resvTTL)).Int()
 	if err != nil {
 		return false, fmt.Errorf("renew lease of key %s: %w", keyID, err)
 	}

@@ -213,6 +213,45 @@ func runAdmitSuite(t *testing.T, newEnv func(t *testing.T, start time.Time) admi
 		}
 	})
 
+	t.Run("RenewKeepsReservation", func(t *testing.T) {
+		// A stream that runs past the reservation TTL keeps its tokens
+		// reserved while its gateway renews it, without a concurrency
+		// limit (no lease) and with one.
+		for _, maxc := range []int64{0, 5} {
+			env := newEnv(t, t0)
+			r := env.admit.(LeaseRenewer)
+			req := AdmitRequest{KeyID: "k", Quota: 10000, Period: Daily, Reserve: 5000,
+				Limits: KeyLimits{MaxConcurrent: maxc}, LeaseTTL: DefaultLeaseTTL}
+			for _, id := range []string{"long-a", "long-b"} {
+				req.LeaseID = id
+				if !admit(t, env, req).Allowed {
+					t.Fatalf("max_concurrent %d: %s rejected", maxc, id)
+				}
+			}
+			for range 3 { // 15 minutes, renewed every 5
+				env.clock.Advance(DefaultLeaseTTL / 2)
+				for _, id := range []string{"long-a", "long-b"} {
+					if held, err := r.Renew(ctx, "k", id, DefaultLeaseTTL); err != nil || !held {
+						t.Fatalf("max_concurrent %d: Renew(%s) = %v, %v; want held", maxc, id, held, err)
+					}
+				}
+			}
+			req.LeaseID = ""
+			if d := admit(t, env, req); d.Allowed || d.Reason != ReasonQuota {
+				t.Fatalf("max_concurrent %d: admitted past the quota while two renewed reservations hold it: %+v", maxc, d)
+			}
+			wantReserved(t, env, "k", 10000)
+			// Renewing never brings back an expired reservation.
+			env.clock.Advance(DefaultReservationTTL + time.Second)
+			if held, err := r.Renew(ctx, "k", "long-a", DefaultLeaseTTL); err != nil || held {
+				t.Fatalf("max_concurrent %d: Renew after both TTLs = %v, %v; want not held", maxc, held, err)
+			}
+			if !admit(t, env, req).Allowed {
+				t.Fatalf("max_concurrent %d: not admitted once the reservations expired", maxc)
+			}
+		}
+	})
+
 	t.Run("QuotaWithConcurrentReservations", func(t *testing.T) {
 		env := newEnv(t, t0)
 		req := AdmitRequest{KeyID: "k", Quota: 10000, Period: Daily, Reserve: 300}
