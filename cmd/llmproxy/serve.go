@@ -321,13 +321,22 @@ wait:
 	defer cancel()
 	if srv != nil {
 		if serr := srv.Shutdown(sctx); serr != nil {
-			log.Warn("drain deadline passed with requests still open", "err", serr)
+			// Past the deadline: close the connections still open, so
+			// that their requests end now (a stream is cut where it is,
+			// and billed for what was delivered) and publish their
+			// events below.
+			log.Warn("drain deadline passed with requests still open; closing them", "err", serr)
+			_ = srv.Close()
 		}
 	}
 	if gw != nil {
-		if cerr := gw.Close(sctx); cerr != nil {
+		// The drain deadline may be spent: the requests just cut get a
+		// moment to finish, and the outbox its own time to publish.
+		fctx, fcancel := context.WithTimeout(context.Background(), flushTimeout)
+		if cerr := gw.Close(fctx); cerr != nil {
 			log.Error("events not flushed", "err", cerr)
 		}
+		fcancel()
 	}
 	if admin != nil {
 		_ = admin.Shutdown(sctx)
@@ -337,6 +346,11 @@ wait:
 	log.Info("stopped")
 	return err
 }
+
+// flushTimeout bounds how long a stopping gateway waits, after the drain,
+// for the requests it cut to finish and for its outbox to be published.
+// Events it could not publish stay in the outbox for the next start.
+const flushTimeout = 10 * time.Second
 
 func startAdmin(cfg *config.Config, reg *prometheus.Registry, lh *ledgerHandle, ready func(context.Context) error, log *slog.Logger, errc chan<- error) (*http.Server, error) {
 	mux := http.NewServeMux()

@@ -157,10 +157,29 @@ func (g *Gateway) Start(ctx context.Context) {
 	g.rt.Load().start(ctx)
 }
 
-// Close flushes the events still waiting to be published (to NATS, or to
-// the on-disk outbox) and stops background work. Call it after the HTTP
-// server has drained.
+// Close waits for the requests still running to finish and put their
+// events in the outbox (until ctx is done), then flushes the events still
+// waiting to be published (to NATS, or to the on-disk outbox) and stops
+// background work. Call it once the HTTP server has shut down: drained, or
+// closed with its connections when the drain deadline passed.
 func (g *Gateway) Close(ctx context.Context) error {
+	// A request still running has yet to put its event in the outbox:
+	// wait for it (its server has been shut down, so no new one starts),
+	// or for ctx.
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for g.inflight.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			g.log.Error("requests still running when the gateway closed; their events are not published", "requests", g.inflight.Load())
+			return g.closePublisher(ctx)
+		case <-t.C:
+		}
+	}
+	return g.closePublisher(ctx)
+}
+
+func (g *Gateway) closePublisher(ctx context.Context) error {
 	if g.publisher != nil {
 		return g.publisher.Close(ctx)
 	}

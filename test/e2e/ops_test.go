@@ -500,6 +500,66 @@ func TestOpsGracefulShutdown(t *testing.T) {
 	waitLedger(t, cfg, map[string]tokens{"alpha": want}, map[string]int64{"alpha": n})
 }
 
+// TestOpsShutdownPastDrain: streams still running when the drain deadline
+// passes are cut, and each one's event is still published and counted.
+func TestOpsShutdownPastDrain(t *testing.T) {
+	// 100 tokens 100 ms apart: each stream would last 10 s.
+	mock := startMock(t, "--tokens", "100", "--gap", "100ms")
+	dir := t.TempDir()
+	listen, admin := freeAddr(t), freeAddr(t)
+	cfg := filepath.Join(dir, "llmproxy.yaml")
+	const drain = 2 * time.Second
+	writeFile(t, cfg, strings.Replace(opsConfig(listen, admin, filepath.Join(dir, "data"), opsBackend(mock, "mockllm"), "", false, ""),
+		"drain_timeout: 20s", "drain_timeout: 2s", 1))
+	p := start(t, "llmproxy", "serve", "--config", cfg)
+	gw := "http://" + listen
+	waitHTTP(t, gw+"/readyz")
+
+	const n = 10
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: n}}
+	var wg, startedAll sync.WaitGroup
+	for i := range n {
+		started := make(chan struct{})
+		wg.Add(1)
+		startedAll.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = openStream(client, gw+"/v1/chat/completions", keyAlpha, fmt.Sprintf("cut-%d", i), chatBody(i, true, true), started)
+		}()
+		go func() { <-started; startedAll.Done() }()
+	}
+	startedAll.Wait()
+	sigAt := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if d := time.Since(sigAt); d > drain+3*time.Second {
+		t.Fatalf("the streams ended %s after SIGTERM; the drain deadline is %s", d, drain)
+	}
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("llmproxy did not exit after SIGTERM")
+	}
+	if code := p.exitCode(); code != 0 {
+		t.Fatalf("llmproxy exited %d after SIGTERM", code)
+	}
+
+	// After a restart the ledger has all ten requests, each billed for
+	// what it delivered before the cut.
+	p.start()
+	waitHTTP(t, gw+"/readyz")
+	eventually(t, 60*time.Second, "ten cut streams in the ledger", func() (bool, string) {
+		rows, err := usageOf(t, cfg)
+		if err != nil {
+			return false, err.Error()
+		}
+		r := rows["alpha"]
+		return r.Requests == n && r.CompletionTokens >= n, fmt.Sprintf("%+v", r)
+	})
+}
+
 func TestOpsReload(t *testing.T) {
 	m1, m2 := freeAddr(t), freeAddr(t)
 	start(t, "mockllm", "--listen", m1, "--tokens", "25", "--gap", "100ms", "--name", "m1")
