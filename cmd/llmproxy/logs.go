@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -24,6 +25,11 @@ const logsUsage = "usage: llmproxy logs --config FILE [--key ID] [--request-id I
 // cmdLogs runs `llmproxy logs`: the request log, read from PostgreSQL when
 // logging.postgres.url is set, else straight from the event stream.
 func cmdLogs(args []string) int {
+	return runLogs(args, os.Stdout, os.Stderr)
+}
+
+// runLogs is cmdLogs writing to stdout and stderr.
+func runLogs(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("logs", flag.ContinueOnError)
 	cfgPath := fs.String("config", "", "config file (YAML)")
 	key := fs.String("key", "", "only this key (public id)")
@@ -38,21 +44,21 @@ func cmdLogs(args []string) int {
 		return 2
 	}
 	if *cfgPath == "" || fs.NArg() > 0 {
-		fmt.Fprintln(os.Stderr, logsUsage)
+		fmt.Fprintln(stderr, logsUsage)
 		return 2
 	}
 	f := recorder.Filter{KeyID: *key, RequestID: *requestID, ClientRequestID: *clientID, Status: *status, Limit: *limit}
 	if *since != "" {
 		t, err := parseSince(*since, time.Now())
 		if err != nil {
-			fmt.Fprintln(os.Stderr, "llmproxy logs: --since:", err)
+			fmt.Fprintln(stderr, "llmproxy logs: --since:", err)
 			return 2
 		}
 		f.Since = t
 	}
 	cfg, err := config.Load(*cfgPath)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
+		fmt.Fprintln(stderr, err)
 		return 1
 	}
 	switch *from {
@@ -63,7 +69,7 @@ func cmdLogs(args []string) int {
 		}
 	case "stream", "postgres":
 	default:
-		fmt.Fprintf(os.Stderr, "llmproxy logs: --from %q: want auto, stream or postgres\n", *from)
+		fmt.Fprintf(stderr, "llmproxy logs: --from %q: want auto, stream or postgres\n", *from)
 		return 2
 	}
 
@@ -71,16 +77,16 @@ func cmdLogs(args []string) int {
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	list, err := readLogs(ctx, cfg, *from, f)
+	list, err := readLogs(ctx, cfg, *from, f, stderr)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "llmproxy logs:", err)
+		fmt.Fprintln(stderr, "llmproxy logs:", err)
 		return 1
 	}
 	if *asJSON {
 		if list == nil {
 			list = []events.RequestCompleted{}
 		}
-		enc := json.NewEncoder(os.Stdout)
+		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(list)
 		return 0
@@ -94,14 +100,18 @@ func cmdLogs(args []string) int {
 		if *requestID == "" {
 			what = "client request id " + *clientID
 		}
-		fmt.Fprintf(os.Stderr, "llmproxy logs: %s not found in the %s\n", what, where)
+		fmt.Fprintf(stderr, "llmproxy logs: %s not found in the %s\n", what, where)
 		return 1
 	}
-	printLogs(os.Stdout, list)
+	printLogs(stdout, list)
 	return 0
 }
 
-func readLogs(ctx context.Context, cfg *config.Config, from string, f recorder.Filter) ([]events.RequestCompleted, error) {
+// readLogs reads the request log from PostgreSQL or the stream. Without
+// nats.url the stream is the embedded server's on data_dir: the running
+// serve's, or one of the command's own on the store (embedded.go). Warnings
+// go to stderr.
+func readLogs(ctx context.Context, cfg *config.Config, from string, f recorder.Filter, stderr io.Writer) ([]events.RequestCompleted, error) {
 	if from == "postgres" {
 		if cfg.Logging.Postgres.URL == "" {
 			return nil, fmt.Errorf("logging.postgres.url is not set")
@@ -113,20 +123,7 @@ func readLogs(ctx context.Context, cfg *config.Config, from string, f recorder.F
 		defer pool.Close()
 		return recorder.Query(ctx, pool, f)
 	}
-	if cfg.NATS.URL == "" {
-		if cfg.NATS.EmbeddedListen == "" {
-			return nil, fmt.Errorf("nats.url is required to read the request log from the stream " +
-				"(with the embedded server, set nats.embedded_listen, e.g. 127.0.0.1:4333, and run llmproxy serve: " +
-				"logs then reads from it; or point nats.url at a NATS server), " +
-				"or set logging.postgres.url to read it from PostgreSQL")
-		}
-		// The embedded server of a running `llmproxy serve` accepts
-		// clients on nats.embedded_listen.
-		c := *cfg
-		c.NATS.URL = "nats://" + cfg.NATS.EmbeddedListen
-		cfg = &c
-	}
-	b, err := openBus(ctx, cfg, false, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	b, err := openCLIBus(ctx, cfg, slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	if err != nil {
 		return nil, err
 	}
@@ -155,7 +152,7 @@ func parseSince(s string, now time.Time) (time.Time, error) {
 }
 
 // printLogs writes one line per request.
-func printLogs(w *os.File, list []events.RequestCompleted) {
+func printLogs(w io.Writer, list []events.RequestCompleted) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TIME\tREQUEST ID\tKEY\tMODEL\tSTATUS\tTOKENS (P+C=T)\tLATENCY\tERROR")
 	for _, e := range list {

@@ -2,15 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
-	"path/filepath"
-	"strconv"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -21,7 +18,7 @@ import (
 // bus is the process's connection to NATS JetStream, and the embedded
 // server when the process runs one.
 type bus struct {
-	embedded *server.Server
+	embedded *embeddedServer
 	nc       *nats.Conn
 	js       jetstream.JetStream
 	// streams is closed once the LLMPROXY and LLMPROXY_DLQ streams exist.
@@ -29,9 +26,53 @@ type bus struct {
 }
 
 // openBus connects to cfg's NATS, or starts the embedded server under
-// data_dir when nats.url is empty and embedded is allowed.
+// data_dir when nats.url is empty and embedded is allowed (llmproxy serve
+// --target all); that server also accepts the CLI's clients (embedded.go).
 func openBus(ctx context.Context, cfg *config.Config, allowEmbedded bool, log *slog.Logger) (*bus, error) {
-	b := &bus{streams: make(chan struct{})}
+	if cfg.NATS.URL != "" {
+		return connectBus(ctx, cfg, cfg.NATS.URL, nil, nil, log)
+	}
+	if !allowEmbedded {
+		return nil, fmt.Errorf("nats.url is required for this target (the embedded server runs only with --target all)")
+	}
+	if err := os.MkdirAll(cfg.DataPath(), 0o750); err != nil {
+		return nil, fmt.Errorf("create %s: %w", cfg.DataPath(), err)
+	}
+	lock, err := lockStore(ctx, cfg, 0)
+	if errors.Is(err, errStoreBusy) {
+		// Another serve, or a CLI command that opened the store itself.
+		log.Warn("data_dir is in use by another process; waiting for it", "data_dir", cfg.DataPath(),
+			"pid", storeHolder(cfg), "wait", serveLockWait.String())
+		lock, err = lockStore(ctx, cfg, serveLockWait)
+	}
+	if err != nil {
+		return nil, err
+	}
+	e, err := startEmbedded(cfg, lock, true)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("embedded nats listening", "url", e.url(), "client_file", e.clientFile)
+	return connectBus(ctx, cfg, "", e, nil, log)
+}
+
+// openCLIBus connects a CLI command to cfg's NATS: nats.url, else the
+// embedded server of data_dir, a running serve's or one of the command's
+// own (reachEmbedded). Unlike a server's, the connection is not retried in
+// the background: a server that does not answer is an error at once.
+func openCLIBus(ctx context.Context, cfg *config.Config, log *slog.Logger) (*bus, error) {
+	once := []nats.Option{nats.RetryOnFailedConnect(false)}
+	if cfg.NATS.URL != "" {
+		return connectBus(ctx, cfg, cfg.NATS.URL, nil, once, log)
+	}
+	return reachEmbedded(ctx, cfg, once, log)
+}
+
+// connectBus connects to url, or in process to e when e is set (and shuts
+// e down if that fails), and makes sure the event streams exist. extra
+// options come after the defaults and override them.
+func connectBus(ctx context.Context, cfg *config.Config, url string, e *embeddedServer, extra []nats.Option, log *slog.Logger) (*bus, error) {
+	b := &bus{streams: make(chan struct{}), embedded: e}
 	opts := []nats.Option{
 		nats.Name("llmproxy"),
 		nats.MaxReconnects(-1),
@@ -54,19 +95,11 @@ func openBus(ctx context.Context, cfg *config.Config, allowEmbedded bool, log *s
 			log.Warn("nats async error", "err", err)
 		}),
 	}
-	url := cfg.NATS.URL
-	if url == "" {
-		if !allowEmbedded {
-			return nil, fmt.Errorf("nats.url is required for this target (the embedded server runs only with --target all)")
-		}
-		ns, err := startEmbedded(cfg)
-		if err != nil {
-			return nil, err
-		}
-		b.embedded = ns
-		url = ns.ClientURL()
-		opts = append(opts, nats.InProcessServer(ns))
+	if e != nil {
+		url = e.url()
+		opts = append(opts, nats.InProcessServer(e.ns), nats.Token(e.token))
 	}
+	opts = append(opts, extra...)
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		b.close()
@@ -112,42 +145,6 @@ func openBus(ctx context.Context, cfg *config.Config, allowEmbedded bool, log *s
 	return b, nil
 }
 
-func startEmbedded(cfg *config.Config) (*server.Server, error) {
-	dir := cfg.DataPath("nats")
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return nil, fmt.Errorf("create %s: %w", dir, err)
-	}
-	opts := &server.Options{
-		ServerName: "llmproxy-embedded",
-		JetStream:  true,
-		StoreDir:   filepath.Clean(dir),
-		NoSigs:     true,
-		NoLog:      true,
-		DontListen: true,
-	}
-	if l := cfg.NATS.EmbeddedListen; l != "" {
-		host, port, err := net.SplitHostPort(l)
-		if err != nil {
-			return nil, fmt.Errorf("nats.embedded_listen: %w", err)
-		}
-		p, err := strconv.Atoi(port)
-		if err != nil {
-			return nil, fmt.Errorf("nats.embedded_listen: bad port %q", port)
-		}
-		opts.DontListen, opts.Host, opts.Port = false, host, p
-	}
-	ns, err := server.NewServer(opts)
-	if err != nil {
-		return nil, fmt.Errorf("embedded nats: %w", err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(15 * time.Second) {
-		ns.Shutdown()
-		return nil, fmt.Errorf("embedded nats did not start within 15s")
-	}
-	return ns, nil
-}
-
 // waitStreams blocks until the event streams exist or ctx is done. Workers
 // (meter, notifier, recorder) need them before they can create their
 // consumers; a gateway does not wait (its outbox keeps the events).
@@ -178,7 +175,6 @@ func (b *bus) close() {
 		b.nc.Close()
 	}
 	if b.embedded != nil {
-		b.embedded.Shutdown()
-		b.embedded.WaitForShutdown()
+		b.embedded.shutdown()
 	}
 }

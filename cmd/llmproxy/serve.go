@@ -32,7 +32,8 @@ func cmdServe(args []string) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	cfgPath := fs.String("config", "", "config file (YAML)")
 	target := fs.String("target", "all", "role to run: all, gateway, meter, notifier or recorder")
-	adminListen := fs.String("admin-listen", "", "address of the admin/metrics listener (overrides admin.listen)")
+	adminListen := fs.String("admin-listen", "", "address of the admin listener: /healthz, /readyz, /metrics and the admin API (overrides admin.listen); "+
+		"the only place a meter, notifier or recorder serves them")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -179,6 +180,13 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target string, log 
 	runMeter := target == "all" || target == "meter"
 	runNotifier := target == "all" || target == "notifier"
 	runRec := target == "recorder" || (target == "all" && cfg.Logging.Postgres.URL != "")
+	if !runGateway && cfg.Admin.Listen == "" {
+		// A worker has no listener of its own. It gets no default address:
+		// workers scale by running more of them, and on one host a fixed
+		// port would let only the first one start.
+		log.Warn("no admin listener: this worker serves no /healthz, /readyz or /metrics; " +
+			"set admin.listen or pass --admin-listen ADDR, one address per process on a host")
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

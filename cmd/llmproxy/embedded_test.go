@@ -1,0 +1,321 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
+)
+
+// freeAddr returns a loopback address with a free port.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// eventually calls cond until it holds or d has passed.
+func eventually(t *testing.T, d time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s; last: %s", what, d, state)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// runCmd runs a CLI command in process and returns its exit code, stdout
+// and stderr.
+func runCmd(run func([]string, io.Writer, io.Writer) int, args ...string) (int, string, string) {
+	var out, errOut bytes.Buffer
+	code := run(args, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+// dataDirOnlyConfig writes a single-binary config with nothing but
+// data_dir for NATS and the ledger: a backend, one key and a webhook
+// that answers 400 (so every event is dead-lettered at once).
+func dataDirOnlyConfig(t *testing.T, extra string) (path, listen string) {
+	t.Helper()
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"id":"chatcmpl-1","object":"chat.completion","created":1700000000,"model":"mock-model",`+
+			`"choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],`+
+			`"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}`)
+	}))
+	t.Cleanup(backend.Close)
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, "bad request", http.StatusBadRequest)
+	}))
+	t.Cleanup(hook.Close)
+	dir := t.TempDir()
+	listen = freeAddr(t)
+	path = filepath.Join(dir, "llmproxy.yaml")
+	cfg := fmt.Sprintf(`listen: %q
+data_dir: %q
+backends:
+  - url: %q
+webhooks:
+  - { name: strict, url: %q, secret: s3cret }
+auth: { enabled: true, storage: file }
+api_keys:
+  - { key: sk-llmproxy-cli-test, id: cli }
+logging: { level: warn }
+%s
+`, listen, filepath.Join(dir, "data"), backend.URL, hook.URL, extra)
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path, listen
+}
+
+// findRequest runs `logs --request-id id` and reports whether it printed
+// that request.
+func findRequest(path, id string) (bool, string) {
+	code, out, errOut := runCmd(runLogs, "--config", path, "--request-id", id, "--json")
+	var list []struct {
+		RequestID string `json:"request_id"`
+		KeyID     string `json:"key_id"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &list) != nil {
+		return false, fmt.Sprintf("exit %d: %s%s", code, out, errOut)
+	}
+	return len(list) == 1 && list[0].RequestID == id && list[0].KeyID == "cli", out
+}
+
+// findDeadLetter runs `webhooks dlq list` and reports whether it listed
+// the one dead letter, of request id.
+func findDeadLetter(path, id string) (bool, string) {
+	code, out, errOut := runCmd(runWebhooks, "dlq", "list", "--config", path, "--json")
+	var list []struct {
+		Endpoint string `json:"endpoint"`
+		Reason   string `json:"reason"`
+		Event    struct {
+			RequestID string `json:"request_id"`
+		} `json:"event"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &list) != nil {
+		return false, fmt.Sprintf("exit %d: %s%s", code, out, errOut)
+	}
+	return len(list) == 1 && list[0].Event.RequestID == id && list[0].Endpoint == "strict" &&
+		list[0].Reason == "permanent_failure", out
+}
+
+// TestCLIWithDataDirOnly: with a config whose only NATS is data_dir (the
+// single binary's embedded server), `llmproxy logs` and `llmproxy webhooks
+// dlq list` find a request and its dead letter through the running serve,
+// and, once serve has stopped (cleanly, or leaving a stale client file as a
+// crash does), by opening the store themselves. The server listens on
+// 127.0.0.1 and asks a token, or, with nats.embedded_listen, listens there
+// and asks none, as that key always has.
+func TestCLIWithDataDirOnly(t *testing.T) {
+	t.Run("loopback", func(t *testing.T) { testCLIWithDataDirOnly(t, "") })
+	t.Run("embedded_listen", func(t *testing.T) { testCLIWithDataDirOnly(t, freeAddr(t)) })
+}
+
+func testCLIWithDataDirOnly(t *testing.T, embeddedListen string) {
+	extra := ""
+	if embeddedListen != "" {
+		extra = fmt.Sprintf("nats: { embedded_listen: %q }", embeddedListen)
+	}
+	path, listen := dataDirOnlyConfig(t, extra)
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logBuf syncBuffer
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	served := make(chan error, 1)
+	go func() { served <- serve(ctx, cfg, path, "all", slog.New(slog.NewTextHandler(&logBuf, nil))) }()
+	eventually(t, 30*time.Second, "the gateway up", func() (bool, string) {
+		resp, err := http.Get("http://" + listen + "/healthz")
+		if err != nil {
+			return false, err.Error()
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, resp.Status
+	})
+
+	req, _ := http.NewRequest(http.MethodPost, "http://"+listen+"/v1/chat/completions",
+		strings.NewReader(`{"model":"mock-model","messages":[{"role":"user","content":"hello"}]}`))
+	req.Header.Set("Authorization", "Bearer sk-llmproxy-cli-test")
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	id := resp.Header.Get("X-LLMProxy-Request-Id")
+	if resp.StatusCode != http.StatusOK || id == "" {
+		t.Fatalf("request: %s, request id %q", resp.Status, id)
+	}
+
+	// While serve runs, the commands go through its server.
+	eventually(t, 30*time.Second, "logs through the running server", func() (bool, string) { return findRequest(path, id) })
+	eventually(t, 30*time.Second, "the dead letter through the running server", func() (bool, string) { return findDeadLetter(path, id) })
+
+	// The client file: the owner's only, the server's address, and the
+	// token it asks of every client (none on nats.embedded_listen).
+	clientFile := cfg.DataPath(clientFileName)
+	st, err := os.Stat(clientFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o600 {
+		t.Errorf("%s has mode %v, want 0600", clientFile, st.Mode().Perm())
+	}
+	c, err := readClientFile(cfg)
+	if err != nil || c.PID != os.Getpid() {
+		t.Fatalf("client file = %+v, %v; want this pid", c, err)
+	}
+	if embeddedListen != "" {
+		if c.URL != "nats://"+embeddedListen || c.Token != "" {
+			t.Fatalf("client file = %+v; want nats://%s and no token", c, embeddedListen)
+		}
+		nc, err := nats.Connect(c.URL, nats.RetryOnFailedConnect(false))
+		if err != nil {
+			t.Fatalf("nats.embedded_listen refused a client without a token: %v", err)
+		}
+		nc.Close()
+	} else {
+		if !strings.HasPrefix(c.URL, "nats://127.0.0.1:") || len(c.Token) < 32 {
+			t.Fatalf("client file = %+v; want a loopback URL and a token", c)
+		}
+		if nc, err := nats.Connect(c.URL, nats.RetryOnFailedConnect(false)); err == nil {
+			nc.Close()
+			t.Fatal("the embedded server let in a client without the token")
+		}
+		nc, err := nats.Connect(c.URL, nats.RetryOnFailedConnect(false), nats.Token(c.Token))
+		if err != nil {
+			t.Fatalf("the token from the client file: %v", err)
+		}
+		nc.Close()
+	}
+
+	stop()
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Fatalf("serve: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("serve did not stop")
+	}
+	if _, err := os.Stat(clientFile); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("client file after a clean shutdown: %v, want none", err)
+	}
+
+	// No server runs: the commands open the store themselves.
+	if ok, state := findRequest(path, id); !ok {
+		t.Fatalf("logs with serve stopped: %s", state)
+	}
+	if ok, state := findDeadLetter(path, id); !ok {
+		t.Fatalf("dlq list with serve stopped: %s", state)
+	}
+
+	// A client file left by a crashed server names an address nothing
+	// answers at: the free lock shows it stale.
+	if err := writeClientFile(clientFile, embeddedClient{URL: "nats://" + freeAddr(t), Token: "stale", PID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if ok, state := findRequest(path, id); !ok {
+		t.Fatalf("logs beside a stale client file: %s", state)
+	}
+	if ok, state := findDeadLetter(path, id); !ok {
+		t.Fatalf("dlq list beside a stale client file: %s", state)
+	}
+	if _, err := os.Stat(clientFile); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("stale client file left in place: %v", err)
+	}
+	// Each command let go of the store when it ended.
+	lock, err := lockStore(context.Background(), cfg, 0)
+	if err != nil {
+		t.Fatalf("the store's lock after the commands: %v", err)
+	}
+	lock.release()
+	if out := logBuf.String(); strings.Contains(out, "level=ERROR") {
+		t.Errorf("serve logged errors:\n%s", out)
+	}
+}
+
+// TestStoreLock: a second process (here a second open file) cannot take a
+// data_dir's store while the first holds it; it waits as long as it is
+// told, then names the holder.
+func TestStoreLock(t *testing.T) {
+	cfg := &config.Config{DataDir: t.TempDir()}
+	ctx := context.Background()
+	first, err := lockStore(ctx, cfg, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err = lockStore(ctx, cfg, 200*time.Millisecond)
+	if !errors.Is(err, errStoreBusy) || !strings.Contains(err.Error(), "pid "+strconv.Itoa(os.Getpid())) {
+		t.Fatalf("second lock = %v; want errStoreBusy naming pid %d", err, os.Getpid())
+	}
+	if waited := time.Since(start); waited < 200*time.Millisecond {
+		t.Errorf("gave up after %s, want 200ms", waited)
+	}
+	first.release()
+	second, err := lockStore(ctx, cfg, 0)
+	if err != nil {
+		t.Fatalf("lock after release: %v", err)
+	}
+	second.release()
+}
+
+// TestCLIWithoutStore: without nats.url, a data_dir where serve never ran
+// is an error that says so, and the command creates nothing there.
+func TestCLIWithoutStore(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "llmproxy.yaml")
+	data := filepath.Join(dir, "data")
+	if err := os.WriteFile(path, []byte(fmt.Sprintf("data_dir: %q\nbackends: [{url: http://127.0.0.1:9}]\n", data)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, run := range []struct {
+		name string
+		fn   func([]string, io.Writer, io.Writer) int
+		args []string
+	}{
+		{"logs", runLogs, []string{"--config", path}},
+		{"webhooks dlq list", runWebhooks, []string{"dlq", "list", "--config", path}},
+	} {
+		code, _, errOut := runCmd(run.fn, run.args...)
+		if code != 1 || !strings.Contains(errOut, "no event store at "+filepath.Join(data, "nats")) {
+			t.Errorf("%s = %d, %q; want 1 and no event store", run.name, code, errOut)
+		}
+	}
+	if _, err := os.Stat(data); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("data_dir created: %v", err)
+	}
+}

@@ -1,0 +1,102 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
+)
+
+// TestServeHealthListeners: every target serves /healthz and /readyz
+// somewhere, or says at start that it does not. The gateway serves them on
+// its own listener; a worker (here the notifier) has only the admin
+// listener, and without one it logs a warning that names the fix.
+func TestServeHealthListeners(t *testing.T) {
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
+		StoreDir: t.TempDir(), NoSigs: true, NoLog: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server did not start")
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+
+	const warning = "no admin listener"
+	cases := []struct {
+		name   string
+		target string
+		admin  bool
+		// probe is the listener expected to serve /healthz and /readyz:
+		// "listen", "admin" or "" for none (then the warning is expected).
+		probe string
+	}{
+		{"notifier without an admin listener", "notifier", false, ""},
+		{"notifier with an admin listener", "notifier", true, "admin"},
+		{"gateway without an admin listener", "gateway", false, "listen"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			listen, admin := freeAddr(t), ""
+			if c.admin {
+				admin = freeAddr(t)
+			}
+			path := filepath.Join(dir, "llmproxy.yaml")
+			yaml := fmt.Sprintf("listen: %q\ndata_dir: %q\nnats: { url: %q }\nbackends: [{url: \"http://127.0.0.1:9\"}]\n",
+				listen, filepath.Join(dir, "data"), ns.ClientURL())
+			if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := config.Load(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.Admin.Listen = admin // as --admin-listen does
+			var logBuf syncBuffer
+			ctx, stop := context.WithCancel(context.Background())
+			served := make(chan error, 1)
+			go func() { served <- serve(ctx, cfg, path, c.target, slog.New(slog.NewJSONHandler(&logBuf, nil))) }()
+			defer func() {
+				stop()
+				if err := <-served; err != nil {
+					t.Errorf("serve: %v", err)
+				}
+			}()
+
+			if c.probe == "" {
+				eventually(t, 10*time.Second, "the warning", func() (bool, string) {
+					return strings.Contains(logBuf.String(), warning), logBuf.String()
+				})
+				return
+			}
+			base := "http://" + listen
+			if c.probe == "admin" {
+				base = "http://" + admin
+			}
+			for _, p := range []string{"/healthz", "/readyz"} {
+				eventually(t, 10*time.Second, c.probe+p, func() (bool, string) {
+					resp, err := http.Get(base + p)
+					if err != nil {
+						return false, err.Error()
+					}
+					resp.Body.Close()
+					return resp.StatusCode == http.StatusOK, resp.Status
+				})
+			}
+			if strings.Contains(logBuf.String(), warning) {
+				t.Errorf("warned of no admin listener while %s serves health:\n%s", c.probe, logBuf.String())
+			}
+		})
+	}
+}
