@@ -241,7 +241,7 @@ func reachEmbedded(ctx context.Context, cfg *config.Config, extra []nats.Option,
 		c, err := readClientFile(cfg)
 		switch {
 		case err == nil:
-			b, cerr := connectBus(ctx, cfg, c.URL, nil, append(extra, nats.Token(c.Token)), log)
+			b, cerr := connectBus(ctx, cfg, c.URL, nil, append(extra, nats.Token(c.Token)), false, log)
 			if cerr == nil {
 				return b, nil
 			}
@@ -268,7 +268,7 @@ func reachEmbedded(ctx context.Context, cfg *config.Config, extra []nats.Option,
 // runs, else to a server of its own, without a listener, on the store.
 func openStore(ctx context.Context, cfg *config.Config, lock *storeLock, extra []nats.Option, log *slog.Logger) (*bus, error) {
 	if c, err := readClientFile(cfg); err == nil && !storeLocking {
-		if b, err := connectBus(ctx, cfg, c.URL, nil, append(extra, nats.Token(c.Token)), log); err == nil {
+		if b, err := connectBus(ctx, cfg, c.URL, nil, append(extra, nats.Token(c.Token)), false, log); err == nil {
 			lock.release()
 			return b, nil
 		}
@@ -293,7 +293,7 @@ func openStore(ctx context.Context, cfg *config.Config, lock *storeLock, extra [
 	if err != nil {
 		return nil, err
 	}
-	return connectBus(ctx, cfg, "", e, extra, log)
+	return connectBus(ctx, cfg, "", e, extra, false, log)
 }
 
 // embeddedURL is the client URL of an embedded server listening on listen

@@ -30,7 +30,7 @@ type bus struct {
 // --target all); that server also accepts the CLI's clients (embedded.go).
 func openBus(ctx context.Context, cfg *config.Config, allowEmbedded bool, log *slog.Logger) (*bus, error) {
 	if cfg.NATS.URL != "" {
-		return connectBus(ctx, cfg, cfg.NATS.URL, nil, nil, log)
+		return connectBus(ctx, cfg, cfg.NATS.URL, nil, nil, true, log)
 	}
 	if !allowEmbedded {
 		return nil, fmt.Errorf("nats.url is required for this target (the embedded server runs only with --target all)")
@@ -53,7 +53,7 @@ func openBus(ctx context.Context, cfg *config.Config, allowEmbedded bool, log *s
 		return nil, err
 	}
 	log.Info("embedded nats listening", "url", e.url(), "client_file", e.clientFile)
-	return connectBus(ctx, cfg, "", e, nil, log)
+	return connectBus(ctx, cfg, "", e, nil, true, log)
 }
 
 // openCLIBus connects a CLI command to cfg's NATS: nats.url, else the
@@ -63,15 +63,18 @@ func openBus(ctx context.Context, cfg *config.Config, allowEmbedded bool, log *s
 func openCLIBus(ctx context.Context, cfg *config.Config, log *slog.Logger) (*bus, error) {
 	once := []nats.Option{nats.RetryOnFailedConnect(false)}
 	if cfg.NATS.URL != "" {
-		return connectBus(ctx, cfg, cfg.NATS.URL, nil, once, log)
+		return connectBus(ctx, cfg, cfg.NATS.URL, nil, once, false, log)
 	}
 	return reachEmbedded(ctx, cfg, once, log)
 }
 
 // connectBus connects to url, or in process to e when e is set (and shuts
 // e down if that fails), and makes sure the event streams exist. extra
-// options come after the defaults and override them.
-func connectBus(ctx context.Context, cfg *config.Config, url string, e *embeddedServer, extra []nats.Option, log *slog.Logger) (*bus, error) {
+// options come after the defaults and override them. update is for
+// servers: a stream whose settings differ from cfg's is updated to them; a
+// command (update false) only creates missing streams, so that running it
+// with another config never changes the servers' streams.
+func connectBus(ctx context.Context, cfg *config.Config, url string, e *embeddedServer, extra []nats.Option, update bool, log *slog.Logger) (*bus, error) {
 	b := &bus{streams: make(chan struct{}), embedded: e}
 	opts := []nats.Option{
 		nats.Name("llmproxy"),
@@ -119,7 +122,11 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 	// trying in the background rather than refuse to start, so a gateway
 	// can serve and keep its events in the outbox meanwhile.
 	ectx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	err = events.EnsureStreams(ectx, js, so)
+	ensure := events.EnsureStreams
+	if !update {
+		ensure = events.CreateStreams
+	}
+	err = ensure(ectx, js, so)
 	cancel()
 	if err == nil {
 		close(b.streams)
@@ -131,7 +138,7 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 			for ctx.Err() == nil {
 				time.Sleep(time.Second)
 				ectx, cancel := context.WithTimeout(ctx, 5*time.Second)
-				err := events.EnsureStreams(ectx, js, so)
+				err := ensure(ectx, js, so)
 				cancel()
 				if err == nil {
 					log.Info("event streams ready")

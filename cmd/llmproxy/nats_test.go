@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
+	"github.com/llmproxy/llmproxy/pkg/events"
 )
 
 // syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.
@@ -80,5 +81,53 @@ func TestBusLogsAsyncErrors(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "subject=probe.slow") {
 		t.Errorf("the log does not name the subscription:\n%s", out.String())
+	}
+}
+
+// TestCLIBusLeavesStreamsAlone: a server's config sets the streams'
+// settings; a command run with another config (logs, webhooks dlq) reads
+// them without changing them.
+func TestCLIBusLeavesStreamsAlone(t *testing.T) {
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
+		StoreDir: t.TempDir(), NoSigs: true, NoLog: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server did not start")
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	ctx := context.Background()
+	log := slog.New(slog.DiscardHandler)
+
+	srvCfg := &config.Config{}
+	srvCfg.NATS.URL = ns.ClientURL()
+	srvCfg.NATS.Stream.MaxAge = config.Duration(720 * time.Hour)
+	b, err := openBus(ctx, srvCfg, false, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.close()
+
+	cliCfg := &config.Config{}
+	cliCfg.NATS.URL = ns.ClientURL()
+	cliCfg.NATS.Stream.MaxAge = config.Duration(time.Hour)
+	cb, err := openCLIBus(ctx, cliCfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cb.close()
+	if err := cb.waitStreams(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]time.Duration{events.StreamName: 720 * time.Hour, events.DLQStreamName: 4 * 720 * time.Hour} {
+		s, err := cb.js.Stream(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := s.CachedInfo().Config.MaxAge; got != want {
+			t.Fatalf("stream %s: max age %s after a command with another config, want the server's %s", name, got, want)
+		}
 	}
 }

@@ -81,15 +81,27 @@ func DLQStreamConfig(o StreamOptions) jetstream.StreamConfig {
 // processes starting together do not update a stream under each other's
 // consumers.
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions) error {
+	return ensureStreams(ctx, js, o, true)
+}
+
+// CreateStreams creates the LLMPROXY and LLMPROXY_DLQ streams that do not
+// exist and leaves existing ones as they are, whatever their settings: for
+// commands that only read or replay events, whose config must not change
+// the servers' streams.
+func CreateStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions) error {
+	return ensureStreams(ctx, js, o, false)
+}
+
+func ensureStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions, update bool) error {
 	for _, cfg := range []jetstream.StreamConfig{StreamConfig(o), DLQStreamConfig(o)} {
-		if err := ensureStream(ctx, js, cfg); err != nil {
+		if err := ensureStream(ctx, js, cfg, update); err != nil {
 			return fmt.Errorf("ensure stream %s: %w", cfg.Name, err)
 		}
 	}
 	return nil
 }
 
-func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) error {
+func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig, update bool) error {
 	s, err := js.Stream(ctx, cfg.Name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		_, err = js.CreateStream(ctx, cfg)
@@ -101,7 +113,7 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.Str
 	if err != nil {
 		return err
 	}
-	if sameSettings(s.CachedInfo().Config, cfg) {
+	if !update || sameSettings(s.CachedInfo().Config, cfg) {
 		return nil
 	}
 	_, err = js.UpdateStream(ctx, cfg)

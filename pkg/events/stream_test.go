@@ -54,4 +54,39 @@ func TestEnsureStreamsCreatesUpdatesAndLeavesAlone(t *testing.T) {
 	if _, err := js.Stream(ctx, DLQStreamName); err != nil {
 		t.Fatalf("dead-letter stream: %v", err)
 	}
+	// CreateStreams (the commands that only read) leaves them as they are.
+	if err := CreateStreams(ctx, js, StreamOptions{MaxAge: 30 * 24 * time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	s, _ = js.Stream(ctx, StreamName)
+	if s.CachedInfo().Config.MaxAge != time.Hour {
+		t.Fatalf("CreateStreams changed the stream's retention to %s", s.CachedInfo().Config.MaxAge)
+	}
+}
+
+func TestCreateStreamsCreatesMissing(t *testing.T) {
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	defer ns.Shutdown()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server did not start")
+	}
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx := context.Background()
+	if err := CreateStreams(ctx, js, StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{StreamName, DLQStreamName} {
+		if _, err := js.Stream(ctx, name); err != nil {
+			t.Fatalf("stream %s: %v", name, err)
+		}
+	}
 }
