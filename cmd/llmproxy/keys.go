@@ -76,10 +76,10 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 		fs.StringVar(&ips, "allowed-ips", "", "comma-separated CIDRs or addresses (IPv4 or IPv6)")
 		fs.StringVar(&models, "models", "", "comma-separated models the key may use (default: all)")
 		fs.StringVar(&expiry, "expires", "", "expiry time, RFC 3339")
-		fs.Float64Var(&rps, "rps", 0, "requests per second (overrides rate_limit.per_key)")
-		fs.Int64Var(&rpm, "rpm", 0, "requests per minute (overrides rate_limit.per_key)")
-		fs.Int64Var(&tpm, "tpm", 0, "tokens per minute (overrides rate_limit.per_key)")
-		fs.Int64Var(&conc, "max-concurrent", 0, "requests at once (overrides rate_limit.per_key)")
+		fs.Float64Var(&rps, "rps", 0, "requests per second (overrides rate_limit.per_key; 0: no limit for this key)")
+		fs.Int64Var(&rpm, "rpm", 0, "requests per minute (overrides rate_limit.per_key; 0: no limit for this key)")
+		fs.Int64Var(&tpm, "tpm", 0, "tokens per minute (overrides rate_limit.per_key; 0: no limit for this key)")
+		fs.Int64Var(&conc, "max-concurrent", 0, "requests at once (overrides rate_limit.per_key; 0: no limit for this key)")
 		fs.BoolVar(&disabled, "disabled", false, "create the key disabled")
 	}
 	if err := fs.Parse(args); err != nil {

@@ -215,7 +215,11 @@ type APIKey struct {
 	AllowedIPs       []string `yaml:"allowed_ips"`
 	AllowedModels    []string `yaml:"allowed_models"`
 	ExpiresAt        string   `yaml:"expires_at"` // RFC 3339
-	// Limits override rate_limit.per_key for this key.
+	// Limits override rate_limit.per_key for this key, field by field: a
+	// limit written here replaces per_key's (0: no limit of that kind for
+	// this key), one left out is per_key's; enabled: false switches the
+	// key's per-key limits off. After defaults it holds the key's resolved
+	// limits (nil when the key writes none: per_key applies).
 	Limits *PerKeyLimits `yaml:"limits"`
 	// CaptureResponse overrides logging.capture_response for this key.
 	CaptureResponse *bool `yaml:"capture_response"`

@@ -67,11 +67,16 @@ func (l *Limits) IsZero() bool {
 		l.TokensPerMinute == nil && l.MaxConcurrent == nil
 }
 
-// Apply returns base with l's set fields in place of its own. A key with
-// overrides is limited even when per_key sets no limit of its own.
+// Apply returns base (rate_limit.per_key) with l's set fields in place of
+// its own, as config.Load resolves a file key's limits: a key with
+// overrides is limited even when per_key sets no limit of its own, and
+// with per_key switched off (enabled: false) it has only its overrides.
 func (l *Limits) Apply(base config.PerKeyLimits) config.PerKeyLimits {
 	if l.IsZero() {
 		return base
+	}
+	if !base.IsEnabled() {
+		base = config.PerKeyLimits{}
 	}
 	if l.RequestsPerSecond != nil {
 		base.RequestsPerSecond = *l.RequestsPerSecond

@@ -104,6 +104,12 @@ func TestRecordAPIKeyMergesLimits(t *testing.T) {
 	if k := (Record{}).APIKey(perKey); k.Limits != nil {
 		t.Fatalf("no overrides: Limits = %+v, want nil (per_key applies)", k.Limits)
 	}
+	// With per_key switched off, a key has only its own overrides.
+	off := false
+	perKey.Enabled = &off
+	if k := r.APIKey(perKey); k.Limits == nil || *k.Limits != (config.PerKeyLimits{Enabled: k.Limits.Enabled, MaxConcurrent: 2}) || !k.Limits.IsEnabled() {
+		t.Fatalf("per_key off: Limits = %+v; want max_concurrent 2 alone, enabled", k.Limits)
+	}
 }
 
 func TestStoreLifecycle(t *testing.T) {
