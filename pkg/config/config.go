@@ -162,13 +162,16 @@ type Routing struct {
 // Retry is the retry policy, applied only before the first byte has gone to
 // the client.
 type Retry struct {
-	Enabled     bool     `yaml:"enabled"`
-	MaxRetries  int      `yaml:"max_retries"`  // default 2 (0 when written as 0)
+	Enabled bool `yaml:"enabled"`
+	// MaxRetries is how many times a request is tried again after its
+	// first try: 0 written means none (default 2 when the key is absent).
+	MaxRetries  int      `yaml:"max_retries"`
 	InitialWait Duration `yaml:"initial_wait"` // default 100ms
 	MaxWait     Duration `yaml:"max_wait"`     // default 2s
 	Multiplier  float64  `yaml:"multiplier"`   // default 2
 	// On lists what is retried: "connect", "429", "5xx", "timeout"
-	// (default all four).
+	// (default all four when absent). An empty list is an error: it would
+	// retry nothing, which enabled: false says plainly.
 	On []string `yaml:"on"`
 }
 

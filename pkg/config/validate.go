@@ -255,6 +255,10 @@ func (v *checker) routing() {
 		v.add("routing.retry.initial_wait", "is longer than max_wait (%s > %s)",
 			time.Duration(rt.InitialWait), time.Duration(rt.MaxWait))
 	}
+	if rt.On != nil && len(rt.On) == 0 {
+		v.add("routing.retry.on", "an empty list would retry nothing; leave on out to retry on all of %s, or write enabled: false",
+			strings.Join(RetryOn, ", "))
+	}
 	for i, on := range rt.On {
 		v.oneOf(fmt.Sprintf("routing.retry.on[%d]", i), on, RetryOn)
 	}

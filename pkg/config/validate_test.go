@@ -23,6 +23,11 @@ func TestValidate(t *testing.T) {
 			},
 		},
 		{
+			"retry on nothing",
+			"routing:\n  retry:\n    enabled: true\n    on: []\n",
+			[]string{`c.yaml:6: key routing.retry.on: an empty list would retry nothing; leave on out to retry on all of connect, 429, 5xx, timeout, or write enabled: false`},
+		},
+		{
 			"unknown strategy",
 			"routing:\n  load_balance_strategy: random\n",
 			[]string{`c.yaml:4: key routing.load_balance_strategy: want one of round_robin, weighted, least_connections, latency_based, least_load, got "random"`},
