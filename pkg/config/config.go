@@ -138,7 +138,9 @@ type Webhook struct {
 
 // HealthCheck configures active health checks of backends.
 type HealthCheck struct {
-	Enabled            *bool    `yaml:"enabled"` // default: true when path is set
+	// Enabled defaults to true when path or any backend's
+	// health_check_path is set.
+	Enabled            *bool    `yaml:"enabled"`
 	Path               string   `yaml:"path"`
 	Interval           Duration `yaml:"interval"`            // default 10s
 	Timeout            Duration `yaml:"timeout"`             // default 2s
@@ -315,8 +317,9 @@ func (l PerKeyLimits) IsEnabled() bool {
 }
 
 // IsEnabled reports whether active health checks run: enabled when
-// written, else when a path is set. A backend's health_check_path turns
-// them on for that backend unless enabled is false.
+// written, else when a path is set. Load fills enabled in, true when
+// health_check.path or any backend's health_check_path is set, so that a
+// backend's own path turns checks on for it unless enabled is false.
 func (h HealthCheck) IsEnabled() bool {
 	if h.Enabled != nil {
 		return *h.Enabled

@@ -79,7 +79,11 @@ func (c *Config) applyDefaults() {
 	}
 
 	h := &c.HealthCheck
-	setBool(&h.Enabled, h.Path != "")
+	anyPath := h.Path != ""
+	for _, b := range c.Backends {
+		anyPath = anyPath || b.HealthCheckPath != ""
+	}
+	setBool(&h.Enabled, anyPath)
 	setDur(&h.Interval, 10*time.Second)
 	setDur(&h.Timeout, 2*time.Second)
 	setInt(&h.HealthyThreshold, 1)

@@ -223,9 +223,13 @@ func (v *checker) webhooks() {
 
 func (v *checker) healthCheck() {
 	h := v.c.HealthCheck
+	// Enabled by default because some backend has its own path, checks
+	// leave the backends without one alone; written enabled: true asks
+	// for every backend to be checked.
+	asked := h.IsEnabled() && (v.c.src == nil || v.c.given("health_check.enabled"))
 	if h.IsEnabled() && h.Path != "" && !strings.HasPrefix(h.Path, "/") {
 		v.add("health_check.path", "want a path starting with /, such as /health, got %q", h.Path)
-	} else if h.IsEnabled() && h.Path == "" {
+	} else if asked && h.Path == "" {
 		for i, b := range v.c.Backends {
 			if b.HealthCheckPath == "" {
 				v.add("health_check.path", "enabled health checks need a path starting with /, such as /health (or a health_check_path on backends[%d])", i)

@@ -121,6 +121,11 @@ func TestValidate(t *testing.T) {
 			},
 		},
 		{
+			"only some backends with their own health check path",
+			"    health_check_path: /api/version\n  - url: http://c:1\n",
+			nil,
+		},
+		{
 			"a backend's own health check path",
 			"    health_check_path: /api/version\nhealth_check:\n  enabled: true\n",
 			nil,
