@@ -357,11 +357,12 @@ func startAdmin(cfg *config.Config, reg *prometheus.Registry, lh *ledgerHandle, 
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	var store ledger.Store
+	var rdb redis.UniversalClient
 	if lh != nil {
-		store = lh.store
+		store, rdb = lh.store, lh.rdb
 	}
 	mux.Handle("/admin/", gateway.AdminHandler(gateway.AdminOptions{
-		Token: cfg.Admin.Token, Ledger: store, PeriodOf: periodOf(cfg),
+		Token: cfg.Admin.Token, Ledger: store, PeriodOf: periodOf(cfg, rdb),
 	}))
 	mux.Handle("/debug/pprof/", gateway.ProfileHandler(cfg.Admin.Token))
 	if lh != nil && lh.rdb != nil {
@@ -381,21 +382,6 @@ func startAdmin(cfg *config.Config, reg *prometheus.Registry, lh *ledgerHandle, 
 		}
 	}()
 	return srv, nil
-}
-
-// periodOf returns each configured key's quota period.
-func periodOf(cfg *config.Config) func(string) ledger.Period {
-	m := map[string]ledger.Period{}
-	for _, k := range cfg.APIKeys {
-		p := k.QuotaResetPeriod
-		if p == "" {
-			p = cfg.Auth.Defaults.QuotaResetPeriod
-		}
-		if lp, err := ledger.ParsePeriod(p); err == nil {
-			m[k.PublicID()] = lp
-		}
-	}
-	return func(id string) ledger.Period { return m[id] }
 }
 
 func endpointsOf(cfg *config.Config) []notifier.Endpoint {
