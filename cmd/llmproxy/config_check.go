@@ -27,7 +27,7 @@ func cmdConfig(args []string) int {
 // checkConfig loads path as every target would, and compiles its Lua
 // scripts.
 func checkConfig(path string) error {
-	cfg, err := config.Load(path)
+	cfg, err := loadConfig(path)
 	if err != nil {
 		var list *config.Errors
 		if errors.As(err, &list) {
@@ -39,4 +39,27 @@ func checkConfig(path string) error {
 		return fmt.Errorf("lua.scripts: %w", err)
 	}
 	return nil
+}
+
+// loadConfig loads path (config.Load) and checks what pkg/config cannot
+// compile itself, with the same file:line form: the JSON paths of
+// logging.redact, which only the gateway understands. `config check`,
+// `serve` and its reload on SIGHUP all load through it, so that a file one
+// accepts the others do not refuse.
+func loadConfig(path string) (*config.Config, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	bad := gateway.CheckRedact(cfg.Logging.Redact)
+	if len(bad) == 0 {
+		return cfg, nil
+	}
+	errs := &config.Errors{}
+	for i := range cfg.Logging.Redact {
+		if e := bad[i]; e != nil {
+			errs.List = append(errs.List, cfg.Problem(fmt.Sprintf("logging.redact[%d]", i), "not a valid JSON path: %v", e))
+		}
+	}
+	return nil, errs
 }

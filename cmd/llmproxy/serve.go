@@ -47,7 +47,7 @@ func cmdServe(args []string) int {
 		fmt.Fprintf(os.Stderr, "llmproxy serve: unknown target %q (want all, gateway, meter, notifier or recorder)\n", *target)
 		return 2
 	}
-	cfg, err := config.Load(*cfgPath)
+	cfg, err := loadConfig(*cfgPath)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -402,7 +402,7 @@ func reload(ctx context.Context, path string, gw *gateway.Gateway, log *slog.Log
 		log.Info("SIGHUP ignored: this target has nothing to reload")
 		return
 	}
-	cfg, err := config.Load(path)
+	cfg, err := loadConfig(path)
 	if err != nil {
 		log.Error("reload refused; the running configuration stays", "err", err)
 		return

@@ -156,6 +156,18 @@ func (c *Config) line(path string) int {
 	return 0
 }
 
+// Problem returns a problem with the value at path, located as Validate
+// locates its own: the file and the line of the key (or of the nearest key
+// above it). Checks this package cannot make, such as compiling what only
+// a service understands, report through it.
+func (c *Config) Problem(path, format string, args ...any) *Error {
+	e := &Error{Line: c.line(path), Path: path, Msg: fmt.Sprintf(format, args...)}
+	if c.src != nil {
+		e.File = c.src.file
+	}
+	return e
+}
+
 // given reports whether the file wrote a non-null value at path.
 func (c *Config) given(path string) bool {
 	return c.src != nil && c.src.given[path]

@@ -421,7 +421,9 @@ func (v *checker) logging() {
 		case strings.TrimSpace(r) == "":
 			v.add(p, "empty pattern")
 		case strings.HasPrefix(r, "$"):
-			// A JSON path; the recorder and publisher interpret it.
+			// A JSON path: the gateway compiles it, and `llmproxy config
+			// check` and `serve` check it through the gateway (see
+			// Problem), since this package cannot import a service.
 		default:
 			if _, err := regexp.Compile(r); err != nil {
 				v.add(p, "not a JSON path ($…) nor a valid regular expression: %v", err)
