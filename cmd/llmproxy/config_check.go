@@ -51,9 +51,18 @@ func loadConfig(path string) (*config.Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := checkRedact(cfg); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// checkRedact compiles cfg's logging.redact rules as the gateway will and
+// returns a *config.Errors naming each rule that does not compile.
+func checkRedact(cfg *config.Config) error {
 	bad := gateway.CheckRedact(cfg.Logging.Redact)
 	if len(bad) == 0 {
-		return cfg, nil
+		return nil
 	}
 	errs := &config.Errors{}
 	for i := range cfg.Logging.Redact {
@@ -61,5 +70,5 @@ func loadConfig(path string) (*config.Config, error) {
 			errs.List = append(errs.List, cfg.Problem(fmt.Sprintf("logging.redact[%d]", i), "not a valid JSON path: %v", e))
 		}
 	}
-	return nil, errs
+	return errs
 }
