@@ -1,6 +1,7 @@
 // Package config is LLMProxy's YAML schema: one file for every target. Load
-// reads a file, interpolates ${ENV}, rejects unknown keys and bad values with
-// the line number and key path, fills defaults and validates.
+// reads a file, interpolates ${ENV} into its values, rejects unknown keys and
+// bad values with the line number and key path, fills defaults and
+// validates.
 package config
 
 import "path/filepath"

@@ -137,7 +137,7 @@ func TestValidate(t *testing.T) {
 		},
 		{
 			"admin without token",
-			"admin:\n  listen: 127.0.0.1:8001\n  token: ${LLMPROXY_TEST_UNSET_TOKEN}\n",
+			"admin:\n  listen: 127.0.0.1:8001\n  token: ${LLMPROXY_TEST_UNSET_TOKEN:-}\n",
 			[]string{`c.yaml:5: key admin.token: the admin API needs a token`},
 		},
 		{
