@@ -68,7 +68,7 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 		disabled            bool
 	)
 	if sub == "create" {
-		fs.StringVar(&spec.ID, "id", "", "public id (default: derived from the secret's hash)")
+		fs.StringVar(&spec.ID, "id", "", "public id: letters, digits, '_' and '-', at most 64 (default: derived from the secret's hash)")
 		fs.StringVar(&spec.Name, "name", "", "name")
 		fs.StringVar(&spec.UserID, "user", "", "user id")
 		fs.Int64Var(&quota, "quota", 0, "tokens per period (0 = unlimited; default auth.defaults.total_quota)")

@@ -342,8 +342,8 @@ func (v *checker) apiKeys() {
 			}
 			ids[id] = i
 		}
-		if k.ID != "" && !endpointName.MatchString(k.ID) {
-			v.add(p+".id", "want letters, digits, '-' or '_' (it is used in event subjects), got %q", k.ID)
+		if k.ID != "" && !KeyIDPattern.MatchString(k.ID) {
+			v.add(p+".id", "want %s, got %q", KeyIDRule, k.ID)
 		}
 		v.oneOf(p+".status", k.Status, KeyStatuses)
 		if k.TotalQuota != nil {

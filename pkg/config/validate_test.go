@@ -23,6 +23,11 @@ func TestValidate(t *testing.T) {
 			},
 		},
 		{
+			"key id with a dot",
+			"api_keys:\n  - key: sk-a\n    id: team.a\n",
+			[]string{`c.yaml:5: key api_keys[0].id: want 1 to 64 letters, digits, '_' or '-' (no '.': the id is a token of event subjects), got "team.a"`},
+		},
+		{
 			"retry on nothing",
 			"routing:\n  retry:\n    enabled: true\n    on: []\n",
 			[]string{`c.yaml:6: key routing.retry.on: an empty list would retry nothing; leave on out to retry on all of connect, 429, 5xx, timeout, or write enabled: false`},
