@@ -86,7 +86,14 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if id == "" && fs.NArg() > 0 && sub != "create" && sub != "list" {
+		// The id after the flags; flags may follow it too.
 		id = fs.Arg(0)
+		if err := fs.Parse(fs.Args()[1:]); err != nil {
+			return 2
+		}
+	}
+	if fs.NArg() > 0 {
+		return fail(2, "unexpected argument %q (see llmproxy keys --help)", fs.Arg(0))
 	}
 	if *cfgPath == "" {
 		return fail(2, "--config is required")
