@@ -2,32 +2,63 @@ package main
 
 import (
 	"errors"
+	"flag"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/services/gateway"
 )
 
+const configUsage = `Usage:
+  llmproxy config check FILE
+
+Loads FILE as serve does, for every target: unknown keys, bad values,
+environment variables that are not set, Lua scripts and logging.redact rules
+that do not compile. Prints each problem with its line number and key, and
+exits 1 when there is any.
+`
+
 // cmdConfig runs `llmproxy config check FILE`: every error on its own line
 // with the file's line number, exit 1 when there is any.
-func cmdConfig(args []string) int {
-	if len(args) != 2 || args[0] != "check" {
-		fmt.Fprintln(os.Stderr, "usage: llmproxy config check FILE")
+func cmdConfig(args []string) int { return runConfig(args, os.Stdout, os.Stderr) }
+
+func runConfig(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && (args[0] == "help" || args[0] == "-h" || args[0] == "--help") {
+		fmt.Fprint(stdout, configUsage)
+		return 0
+	}
+	if len(args) == 0 || args[0] != "check" {
+		fmt.Fprint(stderr, configUsage)
 		return 2
 	}
-	if err := checkConfig(args[1]); err != nil {
-		fmt.Fprintln(os.Stderr, err)
+	fs := flag.NewFlagSet("config check", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args[1:]); errors.Is(err, flag.ErrHelp) {
+		fmt.Fprint(stdout, configUsage)
+		return 0
+	} else if err != nil {
+		fmt.Fprintf(stderr, "llmproxy config check: %v\n\n%s", err, configUsage)
+		return 2
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprint(stderr, configUsage)
+		return 2
+	}
+	path := fs.Arg(0)
+	if err := checkConfig(path); err != nil {
+		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	fmt.Printf("%s: ok\n", args[1])
+	fmt.Fprintf(stdout, "%s: ok\n", path)
 	return 0
 }
 
 // checkConfig loads path as every target would, and compiles its Lua
 // scripts.
 func checkConfig(path string) error {
-	cfg, err := config.Load(path)
+	cfg, err := loadConfig(path)
 	if err != nil {
 		var list *config.Errors
 		if errors.As(err, &list) {
@@ -39,4 +70,36 @@ func checkConfig(path string) error {
 		return fmt.Errorf("lua.scripts: %w", err)
 	}
 	return nil
+}
+
+// loadConfig loads path (config.Load) and checks what pkg/config cannot
+// compile itself, with the same file:line form: the JSON paths of
+// logging.redact, which only the gateway understands. `config check`,
+// `serve` and its reload on SIGHUP all load through it, so that a file one
+// accepts the others do not refuse.
+func loadConfig(path string) (*config.Config, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkRedact(cfg); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// checkRedact compiles cfg's logging.redact rules as the gateway will and
+// returns a *config.Errors naming each rule that does not compile.
+func checkRedact(cfg *config.Config) error {
+	bad := gateway.CheckRedact(cfg.Logging.Redact)
+	if len(bad) == 0 {
+		return nil
+	}
+	errs := &config.Errors{}
+	for i := range cfg.Logging.Redact {
+		if e := bad[i]; e != nil {
+			errs.List = append(errs.List, cfg.Problem(fmt.Sprintf("logging.redact[%d]", i), "not a valid JSON path: %v", e))
+		}
+	}
+	return errs
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,6 +27,7 @@ func TestConfigCheck(t *testing.T) {
 		{"lua syntax error names file and line", "backends: [{url: http://127.0.0.1:9000}]\nlua: {scripts: [bad.lua]}\n", []string{"lua.scripts", "bad.lua:4"}},
 		{"unknown key with line", "backends: [{url: http://127.0.0.1:9000}]\nroutng: {}\n", []string{":2:", "routng"}},
 		{"unknown strategy", "backends: [{url: http://127.0.0.1:9000}]\nrouting: {load_balance_strategy: fastest}\n", []string{":2:", "load_balance_strategy"}},
+		{"redact JSON path that does not compile", "backends: [{url: http://127.0.0.1:9000}]\nlogging:\n  redact:\n    - '$.messages[*].content'\n    - '$.messages['\n    - 'sk-[a-z]+'\n", []string{":5: key logging.redact[1]: not a valid JSON path: unterminated ["}},
 		{"fallback naming no backend", "backends: [{url: http://127.0.0.1:9000}]\nrouting:\n  fallback:\n    - {primary: http://127.0.0.1:9000, fallback: [http://nowhere:1]}\n", []string{":4:", "fallback"}},
 	}
 	for _, c := range cases {
@@ -47,4 +49,44 @@ func TestConfigCheck(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestServeLoadsAsConfigCheck: serve (and its reload) refuse a redaction
+// rule that config check refuses, with the same file:line.
+func TestServeLoadsAsConfigCheck(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c.yaml")
+	y := "listen: 127.0.0.1:0\ndata_dir: " + filepath.Join(dir, "data") + "\nbackends: [{url: http://127.0.0.1:9000}]\nlogging: {redact: ['$..']}\n"
+	if err := os.WriteFile(path, []byte(y), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	want := path + `:4: key logging.redact[0]: not a valid JSON path: empty member name at offset 3`
+	if _, err := loadConfig(path); err == nil || err.Error() != want {
+		t.Fatalf("loadConfig = %v, want %s", err, want)
+	}
+	var code int
+	stderr := captureStderr(t, func() { code = cmdServe([]string{"--config", path}) })
+	if code != 1 || strings.TrimSpace(stderr) != want {
+		t.Fatalf("serve = %d, printed %q; want 1 and %q", code, stderr, want)
+	}
+}
+
+// captureStderr returns what fn writes to os.Stderr.
+func captureStderr(t *testing.T, fn func()) string {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := os.Stderr
+	os.Stderr = w
+	done := make(chan string)
+	go func() {
+		b, _ := io.ReadAll(r)
+		done <- string(b)
+	}()
+	defer func() { os.Stderr = old }()
+	fn()
+	w.Close()
+	return <-done
 }

@@ -68,7 +68,7 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 		disabled            bool
 	)
 	if sub == "create" {
-		fs.StringVar(&spec.ID, "id", "", "public id (default: derived from the secret's hash)")
+		fs.StringVar(&spec.ID, "id", "", "public id: letters, digits, '_' and '-', at most 64 (default: derived from the secret's hash)")
 		fs.StringVar(&spec.Name, "name", "", "name")
 		fs.StringVar(&spec.UserID, "user", "", "user id")
 		fs.Int64Var(&quota, "quota", 0, "tokens per period (0 = unlimited; default auth.defaults.total_quota)")
@@ -76,17 +76,24 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 		fs.StringVar(&ips, "allowed-ips", "", "comma-separated CIDRs or addresses (IPv4 or IPv6)")
 		fs.StringVar(&models, "models", "", "comma-separated models the key may use (default: all)")
 		fs.StringVar(&expiry, "expires", "", "expiry time, RFC 3339")
-		fs.Float64Var(&rps, "rps", 0, "requests per second (overrides rate_limit.per_key)")
-		fs.Int64Var(&rpm, "rpm", 0, "requests per minute (overrides rate_limit.per_key)")
-		fs.Int64Var(&tpm, "tpm", 0, "tokens per minute (overrides rate_limit.per_key)")
-		fs.Int64Var(&conc, "max-concurrent", 0, "requests at once (overrides rate_limit.per_key)")
+		fs.Float64Var(&rps, "rps", 0, "requests per second (overrides rate_limit.per_key; 0: no limit for this key)")
+		fs.Int64Var(&rpm, "rpm", 0, "requests per minute (overrides rate_limit.per_key; 0: no limit for this key)")
+		fs.Int64Var(&tpm, "tpm", 0, "tokens per minute (overrides rate_limit.per_key; 0: no limit for this key)")
+		fs.Int64Var(&conc, "max-concurrent", 0, "requests at once (overrides rate_limit.per_key; 0: no limit for this key)")
 		fs.BoolVar(&disabled, "disabled", false, "create the key disabled")
 	}
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	if id == "" && fs.NArg() > 0 && sub != "create" && sub != "list" {
+		// The id after the flags; flags may follow it too.
 		id = fs.Arg(0)
+		if err := fs.Parse(fs.Args()[1:]); err != nil {
+			return 2
+		}
+	}
+	if fs.NArg() > 0 {
+		return fail(2, "unexpected argument %q (see llmproxy keys --help)", fs.Arg(0))
 	}
 	if *cfgPath == "" {
 		return fail(2, "--config is required")

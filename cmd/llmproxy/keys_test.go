@@ -117,6 +117,9 @@ func TestKeysCommand(t *testing.T) {
 		t.Fatal("disable left the key active")
 	}
 	runKeysCmd(t, 0, "enable", "--config", cfg, "alice")
+	if out, _ := runKeysCmd(t, 0, "show", "--config", cfg, "alice", "--json"); !strings.Contains(out, `"id": "alice"`) {
+		t.Fatalf("show with flags after the id = %s", out)
+	}
 	out, _ = runKeysCmd(t, 0, "show", "alice", "--config", cfg)
 	if !strings.Contains(out, `"status": "active"`) || strings.Contains(out, secret) {
 		t.Fatalf("show = %s", out)

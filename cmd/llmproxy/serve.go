@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -47,9 +48,15 @@ func cmdServe(args []string) int {
 		fmt.Fprintf(os.Stderr, "llmproxy serve: unknown target %q (want all, gateway, meter, notifier or recorder)\n", *target)
 		return 2
 	}
-	cfg, err := config.Load(*cfgPath)
+	cfg, err := loadConfig(*cfgPath)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := checkTarget(cfg, *target); err != nil {
+		for _, line := range strings.Split(err.Error(), "\n") {
+			fmt.Fprintln(os.Stderr, "llmproxy serve:", line)
+		}
 		return 1
 	}
 	if *adminListen != "" {
@@ -372,11 +379,12 @@ func startAdmin(cfg *config.Config, reg *prometheus.Registry, lh *ledgerHandle, 
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	var store ledger.Store
+	var rdb redis.UniversalClient
 	if lh != nil {
-		store = lh.store
+		store, rdb = lh.store, lh.rdb
 	}
 	mux.Handle("/admin/", gateway.AdminHandler(gateway.AdminOptions{
-		Token: cfg.Admin.Token, Ledger: store, PeriodOf: periodOf(cfg),
+		Token: cfg.Admin.Token, Ledger: store, PeriodOf: periodOf(cfg, rdb),
 	}))
 	mux.Handle("/debug/pprof/", gateway.ProfileHandler(cfg.Admin.Token))
 	if lh != nil && lh.rdb != nil {
@@ -398,21 +406,6 @@ func startAdmin(cfg *config.Config, reg *prometheus.Registry, lh *ledgerHandle, 
 	return srv, nil
 }
 
-// periodOf returns each configured key's quota period.
-func periodOf(cfg *config.Config) func(string) ledger.Period {
-	m := map[string]ledger.Period{}
-	for _, k := range cfg.APIKeys {
-		p := k.QuotaResetPeriod
-		if p == "" {
-			p = cfg.Auth.Defaults.QuotaResetPeriod
-		}
-		if lp, err := ledger.ParsePeriod(p); err == nil {
-			m[k.PublicID()] = lp
-		}
-	}
-	return func(id string) ledger.Period { return m[id] }
-}
-
 func endpointsOf(cfg *config.Config) []notifier.Endpoint {
 	var out []notifier.Endpoint
 	for _, w := range cfg.Endpoints() {
@@ -431,7 +424,7 @@ func reload(ctx context.Context, path string, gw *gateway.Gateway, log *slog.Log
 		log.Info("SIGHUP ignored: this target has nothing to reload")
 		return
 	}
-	cfg, err := config.Load(path)
+	cfg, err := loadConfig(path)
 	if err != nil {
 		log.Error("reload refused; the running configuration stays", "err", err)
 		return

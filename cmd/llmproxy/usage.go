@@ -80,14 +80,14 @@ func readUsage(ctx context.Context, cfg *config.Config, key string, p ledger.Per
 			return nil, err
 		}
 		defer s.Close()
-		return ledger.Report(ctx, s, key, p, periodOf(cfg), time.Now())
+		return ledger.Report(ctx, s, key, p, periodOf(cfg, nil), time.Now())
 	}
 	lh, err := openLedger(ctx, cfg, false)
 	if err != nil {
 		return nil, err
 	}
 	defer lh.close()
-	return ledger.Report(ctx, lh.store, key, p, periodOf(cfg), time.Now())
+	return ledger.Report(ctx, lh.store, key, p, periodOf(cfg, lh.rdb), time.Now())
 }
 
 // usageFromAdmin asks the running server, which holds the local ledger.

@@ -3,8 +3,18 @@ package config
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"regexp"
 	"strings"
 )
+
+// KeyIDPattern is what a key's public id may be, in the file (api_keys[].id)
+// and in the Redis key store (llmproxy keys create --id) alike: 1 to 64
+// letters, digits, '_' or '-'. The id is one token of the event subject
+// llmproxy.v1.request.completed.<key_id>, so it never holds a '.'.
+var KeyIDPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// KeyIDRule says in words what KeyIDPattern allows, for error messages.
+const KeyIDRule = "1 to 64 letters, digits, '_' or '-' (no '.': the id is a token of event subjects)"
 
 // Hash returns the hex SHA-256 of the key's secret: of Key when given, else
 // KeySHA256 lowercased. Keys are looked up by this hash, never by the secret.

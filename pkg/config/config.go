@@ -1,6 +1,7 @@
 // Package config is LLMProxy's YAML schema: one file for every target. Load
-// reads a file, interpolates ${ENV}, rejects unknown keys and bad values with
-// the line number and key path, fills defaults and validates.
+// reads a file, interpolates ${ENV} into its values, rejects unknown keys and
+// bad values with the line number and key path, fills defaults and
+// validates.
 package config
 
 import "path/filepath"
@@ -138,7 +139,9 @@ type Webhook struct {
 
 // HealthCheck configures active health checks of backends.
 type HealthCheck struct {
-	Enabled            *bool    `yaml:"enabled"` // default: true when path is set
+	// Enabled defaults to true when path or any backend's
+	// health_check_path is set.
+	Enabled            *bool    `yaml:"enabled"`
 	Path               string   `yaml:"path"`
 	Interval           Duration `yaml:"interval"`            // default 10s
 	Timeout            Duration `yaml:"timeout"`             // default 2s
@@ -162,13 +165,16 @@ type Routing struct {
 // Retry is the retry policy, applied only before the first byte has gone to
 // the client.
 type Retry struct {
-	Enabled     bool     `yaml:"enabled"`
-	MaxRetries  int      `yaml:"max_retries"`  // default 2 (0 when written as 0)
+	Enabled bool `yaml:"enabled"`
+	// MaxRetries is how many times a request is tried again after its
+	// first try: 0 written means none (default 2 when the key is absent).
+	MaxRetries  int      `yaml:"max_retries"`
 	InitialWait Duration `yaml:"initial_wait"` // default 100ms
 	MaxWait     Duration `yaml:"max_wait"`     // default 2s
 	Multiplier  float64  `yaml:"multiplier"`   // default 2
 	// On lists what is retried: "connect", "429", "5xx", "timeout"
-	// (default all four).
+	// (default all four when absent). An empty list is an error: it would
+	// retry nothing, which enabled: false says plainly.
 	On []string `yaml:"on"`
 }
 
@@ -215,7 +221,11 @@ type APIKey struct {
 	AllowedIPs       []string `yaml:"allowed_ips"`
 	AllowedModels    []string `yaml:"allowed_models"`
 	ExpiresAt        string   `yaml:"expires_at"` // RFC 3339
-	// Limits override rate_limit.per_key for this key.
+	// Limits override rate_limit.per_key for this key, field by field: a
+	// limit written here replaces per_key's (0: no limit of that kind for
+	// this key), one left out is per_key's; enabled: false switches the
+	// key's per-key limits off. After defaults it holds the key's resolved
+	// limits (nil when the key writes none: per_key applies).
 	Limits *PerKeyLimits `yaml:"limits"`
 	// CaptureResponse overrides logging.capture_response for this key.
 	CaptureResponse *bool `yaml:"capture_response"`
@@ -308,8 +318,9 @@ func (l PerKeyLimits) IsEnabled() bool {
 }
 
 // IsEnabled reports whether active health checks run: enabled when
-// written, else when a path is set. A backend's health_check_path turns
-// them on for that backend unless enabled is false.
+// written, else when a path is set. Load fills enabled in, true when
+// health_check.path or any backend's health_check_path is set, so that a
+// backend's own path turns checks on for it unless enabled is false.
 func (h HealthCheck) IsEnabled() bool {
 	if h.Enabled != nil {
 		return *h.Enabled

@@ -79,7 +79,11 @@ func (c *Config) applyDefaults() {
 	}
 
 	h := &c.HealthCheck
-	setBool(&h.Enabled, h.Path != "")
+	anyPath := h.Path != ""
+	for _, b := range c.Backends {
+		anyPath = anyPath || b.HealthCheckPath != ""
+	}
+	setBool(&h.Enabled, anyPath)
 	setDur(&h.Interval, 10*time.Second)
 	setDur(&h.Timeout, 2*time.Second)
 	setInt(&h.HealthyThreshold, 1)
@@ -114,9 +118,6 @@ func (c *Config) applyDefaults() {
 			q := a.Defaults.TotalQuota
 			k.TotalQuota = &q
 		}
-		if k.Limits != nil {
-			setBool(&k.Limits.Enabled, k.Limits.anySet())
-		}
 		if k.Key != "" || k.KeySHA256 != "" {
 			k.ID = k.PublicID()
 		}
@@ -132,10 +133,46 @@ func (c *Config) applyDefaults() {
 	}
 	setBool(&rl.PerKey.Enabled, rl.PerKey.anySet())
 	setDur(&rl.LeaseTTL, 2*time.Minute)
+	for i := range c.APIKeys {
+		if k := &c.APIKeys[i]; k.Limits != nil {
+			l := c.keyLimits(i, *k.Limits)
+			k.Limits = &l
+		}
+	}
 
 	setDur(&c.Lua.Timeout, 50*time.Millisecond)
 	setStr(&c.Logging.Level, DefaultLogLevel)
 	setInt(&c.Logging.MaxCaptureBytes, DefaultMaxCaptureBytes)
+}
+
+// keyLimits resolves api_keys[i].limits, as written (own), against
+// rate_limit.per_key, field by field: a limit the key writes replaces
+// per_key's, 0 included (no limit of that kind for this key, as `llmproxy
+// keys create --tpm 0` means for a key in Redis); a limit it leaves out is
+// per_key's. With per_key switched off (enabled: false) a key has only the
+// limits it writes itself. The key's limits are on when it writes
+// enabled: true, or leaves enabled out and ends up with any limit.
+func (c *Config) keyLimits(i int, own PerKeyLimits) PerKeyLimits {
+	var out PerKeyLimits
+	if c.RateLimit.PerKey.IsEnabled() {
+		out = c.RateLimit.PerKey
+	}
+	out.Enabled = own.Enabled
+	p := fmt.Sprintf("api_keys[%d].limits.", i)
+	if c.given(p + "requests_per_second") {
+		out.RequestsPerSecond = own.RequestsPerSecond
+	}
+	if c.given(p + "requests_per_minute") {
+		out.RequestsPerMinute = own.RequestsPerMinute
+	}
+	if c.given(p + "tokens_per_minute") {
+		out.TokensPerMinute = own.TokensPerMinute
+	}
+	if c.given(p + "max_concurrent") {
+		out.MaxConcurrent = own.MaxConcurrent
+	}
+	setBool(&out.Enabled, out.anySet())
+	return out
 }
 
 // anySet reports whether any limit is set.

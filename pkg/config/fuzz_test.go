@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -19,6 +20,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(minimal + "routing: &r\n  retry:\n    <<: *r\n"))
 	f.Add([]byte("backends: &a [*a]\n"))
 	f.Add([]byte("a: ${X:-${Y:-z}}\nb: $${c}\n"))
+	f.Add([]byte("backends: [{url: ${X:-http://a:1}, headers: {${K:-X}: ${V:-v}}}]\n"))
 	f.Add([]byte("backends:\n  - {url: http://a:1, weight: 1e3, headers: {X: y}}\napi_keys: [{key_sha256: ABC}]\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := Parse(data, "fuzz.yaml")
@@ -33,6 +35,22 @@ func FuzzParse(f *testing.F) {
 		_ = c.DataPath("x")
 		if err := c.Validate(); err != nil {
 			t.Fatalf("a config Parse accepted fails Validate: %v", err)
+		}
+	})
+}
+
+// FuzzMaskRefs checks that the placeholders put in for references come out
+// as written, and that no line moves.
+func FuzzMaskRefs(f *testing.F) {
+	f.Add("a: ${X}\nb: [${Y:-${Z}}, $${W}]\n# ${C}\n")
+	f.Add("__env0_ ${A} __env_0_ ${B")
+	f.Fuzz(func(t *testing.T, text string) {
+		masked, e := maskRefs(text)
+		if strings.Count(masked, "\n") != strings.Count(text, "\n") {
+			t.Fatalf("lines moved: %q → %q", text, masked)
+		}
+		if got := e.unmask(masked); got != text {
+			t.Fatalf("unmask(maskRefs(%q)) = %q", text, got)
 		}
 	})
 }

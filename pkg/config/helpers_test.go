@@ -123,3 +123,54 @@ func TestDataPath(t *testing.T) {
 		t.Errorf("DataPath = %q", got)
 	}
 }
+
+func TestKeyLimitsOverridePerKeyFieldByField(t *testing.T) {
+	const perKey = "rate_limit: {per_key: {requests_per_minute: 100, tokens_per_minute: 1000, max_concurrent: 5}}\n"
+	const off = "rate_limit: {per_key: {enabled: false, requests_per_minute: 100, tokens_per_minute: 1000}}\n"
+	tests := []struct {
+		name, yaml, limits string // limits: the key's limits block, "" for none
+		want               *PerKeyLimits
+		on                 bool
+	}{
+		{"no block: per_key applies", perKey, "", nil, true},
+		{"empty block inherits everything", perKey, "{}", &PerKeyLimits{RequestsPerMinute: 100, TokensPerMinute: 1000, MaxConcurrent: 5}, true},
+		{"one field replaced", perKey, "{max_concurrent: 2}", &PerKeyLimits{RequestsPerMinute: 100, TokensPerMinute: 1000, MaxConcurrent: 2}, true},
+		{"zero is no limit of that kind", perKey, "{tokens_per_minute: 0}", &PerKeyLimits{RequestsPerMinute: 100, MaxConcurrent: 5}, true},
+		{"null is left out", perKey, "{tokens_per_minute: ~}", &PerKeyLimits{RequestsPerMinute: 100, TokensPerMinute: 1000, MaxConcurrent: 5}, true},
+		{"every limit zero", perKey, "{requests_per_minute: 0, tokens_per_minute: 0, max_concurrent: 0}", &PerKeyLimits{}, false},
+		{"switched off", perKey, "{enabled: false}", &PerKeyLimits{RequestsPerMinute: 100, TokensPerMinute: 1000, MaxConcurrent: 5}, false},
+		{"per_key off: only the key's own", off, "{max_concurrent: 2}", &PerKeyLimits{MaxConcurrent: 2}, true},
+		{"per_key off, empty block", off, "{}", &PerKeyLimits{}, false},
+		{"no per_key", "", "{requests_per_second: 1.5}", &PerKeyLimits{RequestsPerSecond: 1.5}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			key := "api_keys: [{key: sk-a}]\n"
+			if tt.limits != "" {
+				key = "api_keys: [{key: sk-a, limits: " + tt.limits + "}]\n"
+			}
+			c, err := Parse([]byte(minimal+tt.yaml+key), "c.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := c.APIKeys[0].Limits
+			if tt.want == nil {
+				if got != nil {
+					t.Fatalf("limits = %+v, want nil", got)
+				}
+				return
+			}
+			if got == nil {
+				t.Fatal("limits = nil")
+			}
+			if got.Enabled == nil || got.IsEnabled() != tt.on {
+				t.Errorf("enabled = %v, want %v", got.Enabled, tt.on)
+			}
+			g := *got
+			g.Enabled = nil
+			if g != *tt.want {
+				t.Errorf("limits = %+v, want %+v", g, *tt.want)
+			}
+		})
+	}
+}

@@ -1,26 +1,49 @@
 package config
 
-import "strings"
+import (
+	"fmt"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
 
-// interpolate replaces ${VAR} and ${VAR:-default} in text with values from
-// lookup. It works on the raw file so that line numbers in later errors stay
-// right. "$${" writes a literal "${". An unset variable without a default
-// becomes empty; ${VAR:-default} also uses the default when VAR is set but
-// empty, as a shell does. The default may itself contain ${…}. Anything that
-// does not look like a reference (no closing brace, a name that is not
-// [A-Za-z_][A-Za-z0-9_]*) is kept as written.
-//
-// The value is pasted into the YAML text as is: quote the YAML scalar when a
-// value may hold characters such as '#' or ": ".
-func interpolate(text string, lookup func(string) (string, bool)) string {
+	"gopkg.in/yaml.v3"
+)
+
+// ${VAR} and ${VAR:-default} are replaced in scalar values after the file is
+// parsed, never in its text: a value can never change the file's structure,
+// whatever characters it holds (a newline, a quote, ": ", "#"), and the
+// lines of later errors are the file's own. Before parsing, each reference
+// is swapped for a placeholder of letters, digits and underscores
+// (maskRefs), so that an unquoted reference is still a plain scalar inside
+// a flow collection such as "{ token: ${TOKEN} }", where its braces would
+// otherwise end the collection; the walk after parsing (interpolate) puts
+// the reference back and expands it.
+
+// envRefs holds the references maskRefs took out of a file's text.
+type envRefs struct {
+	refs []string       // the references as written, by placeholder number
+	re   *regexp.Regexp // matches a placeholder; nil when there are none
+	pre  string
+}
+
+// maskRefs returns text with every reference replaced by a placeholder
+// that occurs nowhere else in text. References never span lines, so line
+// numbers are unchanged.
+func maskRefs(text string) (string, *envRefs) {
+	e := &envRefs{}
 	if !strings.Contains(text, "${") {
-		return text
+		return text, e
+	}
+	e.pre = "__env"
+	for strings.Contains(text, e.pre) {
+		e.pre += "_"
 	}
 	var b strings.Builder
 	b.Grow(len(text))
 	for i := 0; i < len(text); {
 		if strings.HasPrefix(text[i:], "$${") {
-			b.WriteString("${")
+			b.WriteString("$${")
 			i += 3
 			continue
 		}
@@ -29,35 +52,158 @@ func interpolate(text string, lookup func(string) (string, bool)) string {
 			i++
 			continue
 		}
-		val, n, ok := reference(text[i:], lookup)
+		_, n, _, ok := reference(text[i:], func(string) (string, bool) { return "", true })
 		if !ok {
 			b.WriteString("${")
 			i += 2
 			continue
 		}
+		fmt.Fprintf(&b, "%s%d_", e.pre, len(e.refs))
+		e.refs = append(e.refs, text[i:i+n])
+		i += n
+	}
+	if len(e.refs) > 0 {
+		e.re = regexp.MustCompile(regexp.QuoteMeta(e.pre) + `(\d+)_`)
+	}
+	return b.String(), e
+}
+
+// unmask puts the references maskRefs took out of s back.
+func (e *envRefs) unmask(s string) string {
+	if e.re == nil || !strings.Contains(s, e.pre) {
+		return s
+	}
+	return e.re.ReplaceAllStringFunc(s, func(m string) string {
+		i, err := strconv.Atoi(e.re.FindStringSubmatch(m)[1])
+		if err != nil || i >= len(e.refs) {
+			return m
+		}
+		return e.refs[i]
+	})
+}
+
+// interpolate walks the tree under n (path is n's key path): it puts the
+// references e took out back into keys and values, and expands those of
+// scalar values with lookup. Keys are kept as written; an alias is
+// expanded where its anchor is written.
+//
+// An unset variable without a default is a problem with the key whose
+// value names it: a secret or a header silently left empty is worse than a
+// server that does not start. The value then counts as absent. A plain
+// (unquoted) value is read again after substitution as if written so, so
+// that ${PORT} can fill a number and an empty result means unset.
+func (d *decoder) interpolate(n *yaml.Node, path string, e *envRefs, lookup func(string) (string, bool), depth int) {
+	if n == nil || depth > maxDepth {
+		return
+	}
+	switch n.Kind {
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			p := path
+			if k.Kind == yaml.ScalarNode {
+				k.Value = e.unmask(k.Value)
+				if k.Value != "<<" || k.ShortTag() != "!!merge" {
+					p = join(path, k.Value)
+				}
+			}
+			d.interpolate(v, p, e, lookup, depth+1)
+		}
+	case yaml.SequenceNode:
+		for i, item := range n.Content {
+			d.interpolate(item, fmt.Sprintf("%s[%d]", path, i), e, lookup, depth+1)
+		}
+	case yaml.ScalarNode:
+		raw := e.unmask(n.Value)
+		if !strings.Contains(raw, "${") {
+			n.Value = raw
+			return
+		}
+		val, unset := expand(raw, lookup)
+		if len(unset) > 0 {
+			d.fail(n, path, "%s", unsetMessage(unset))
+			n.Value, n.Tag, n.Style = "", "!!null", 0
+			return
+		}
+		n.Value = val
+		if n.Style == 0 {
+			n.Tag = "" // resolved again from the new value
+		}
+	}
+}
+
+// unsetMessage says which variables are unset and how to give a default.
+func unsetMessage(names []string) string {
+	v := names[0]
+	what := "environment variable " + v + " is not set"
+	if len(names) > 1 {
+		what = "environment variables " + strings.Join(names, ", ") + " are not set"
+	}
+	return fmt.Sprintf("%s; write ${%s:-default} to give a default, ${%s:-} for an empty value", what, v, v)
+}
+
+// expand replaces the references in s: ${VAR} by VAR's value, and
+// ${VAR:-default} by VAR's value when it is set and not empty, else by the
+// default, as a shell does (the default may itself hold references).
+// "$${" writes a literal "${". Anything that does not look like a
+// reference (no closing brace on the line, a name that is not
+// [A-Za-z_][A-Za-z0-9_]*) is kept as written. unset lists, once each, the
+// variables referred to without a default that are not set; they expand
+// to nothing.
+func expand(s string, lookup func(string) (string, bool)) (out string, unset []string) {
+	if !strings.Contains(s, "${") {
+		return s, nil
+	}
+	var b strings.Builder
+	b.Grow(len(s))
+	for i := 0; i < len(s); {
+		if strings.HasPrefix(s[i:], "$${") {
+			b.WriteString("${")
+			i += 3
+			continue
+		}
+		if !strings.HasPrefix(s[i:], "${") {
+			b.WriteByte(s[i])
+			i++
+			continue
+		}
+		val, n, missing, ok := reference(s[i:], lookup)
+		if !ok {
+			b.WriteString("${")
+			i += 2
+			continue
+		}
+		for _, m := range missing {
+			if !slices.Contains(unset, m) {
+				unset = append(unset, m)
+			}
+		}
 		b.WriteString(val)
 		i += n
 	}
-	return b.String()
+	return b.String(), unset
 }
 
 // reference expands the reference at the start of s ("${…}") and reports
-// how many bytes it spans.
-func reference(s string, lookup func(string) (string, bool)) (val string, n int, ok bool) {
+// how many bytes it spans and which variables it needed that are unset.
+func reference(s string, lookup func(string) (string, bool)) (val string, n int, unset []string, ok bool) {
 	i := 2
 	for i < len(s) && isNameByte(s[i], i == 2) {
 		i++
 	}
 	name := s[2:i]
 	if name == "" || i >= len(s) {
-		return "", 0, false
+		return "", 0, nil, false
 	}
 	if s[i] == '}' {
-		v, _ := lookup(name)
-		return v, i + 1, true
+		v, set := lookup(name)
+		if !set {
+			return "", i + 1, []string{name}, true
+		}
+		return v, i + 1, nil, true
 	}
 	if !strings.HasPrefix(s[i:], ":-") {
-		return "", 0, false
+		return "", 0, nil, false
 	}
 	start := i + 2
 	depth := 0
@@ -69,19 +215,20 @@ func reference(s string, lookup func(string) (string, bool)) (val string, n int,
 			depth++
 			j++
 		case s[j] == '\n':
-			return "", 0, false
+			return "", 0, nil, false
 		case s[j] == '}':
 			if depth > 0 {
 				depth--
 				continue
 			}
 			if v, set := lookup(name); set && v != "" {
-				return v, j + 1, true
+				return v, j + 1, nil, true
 			}
-			return interpolate(s[start:j], lookup), j + 1, true
+			v, missing := expand(s[start:j], lookup)
+			return v, j + 1, missing, true
 		}
 	}
-	return "", 0, false
+	return "", 0, nil, false
 }
 
 func isNameByte(c byte, first bool) bool {

@@ -1,31 +1,40 @@
 package config
 
 import (
+	"slices"
 	"strings"
 	"testing"
 )
 
-func TestInterpolate(t *testing.T) {
+func TestExpand(t *testing.T) {
 	env := map[string]string{"HOST": "vllm", "EMPTY": "", "PORT": "8000"}
 	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
-	tests := []struct{ name, in, want string }{
-		{"plain", "url: http://${HOST}:${PORT}", "url: http://vllm:8000"},
-		{"unset is empty", "token: ${NOPE}", "token: "},
-		{"default when unset", "token: ${NOPE:-change-me}", "token: change-me"},
-		{"default when empty", "token: ${EMPTY:-x}", "token: x"},
-		{"set beats default", "host: ${HOST:-other}", "host: vllm"},
-		{"empty default", "a: ${NOPE:-}", "a: "},
-		{"nested default", "a: ${NOPE:-${HOST}:${PORT}}", "a: vllm:8000"},
-		{"escape", "a: $${HOST} and $$HOST", "a: ${HOST} and $$HOST"},
-		{"escape in default", "a: ${NOPE:-$${HOST}}", "a: ${HOST}"},
-		{"not a reference", "a: ${not valid} ${1X} ${HOST", "a: ${not valid} ${1X} ${HOST"},
-		{"no brace before newline", "a: ${NOPE:-x\nb: 1}", "a: ${NOPE:-x\nb: 1}"},
-		{"dollar alone", "price: $5", "price: $5"},
+	tests := []struct {
+		name, in, want string
+		unset          []string
+	}{
+		{"plain", "http://${HOST}:${PORT}", "http://vllm:8000", nil},
+		{"unset is reported", "Bearer ${NOPE}", "Bearer ", []string{"NOPE"}},
+		{"each unset once", "${NOPE}${B}${NOPE}", "", []string{"NOPE", "B"}},
+		{"set but empty", "x${EMPTY}y", "xy", nil},
+		{"default when unset", "${NOPE:-change-me}", "change-me", nil},
+		{"default when empty", "${EMPTY:-x}", "x", nil},
+		{"set beats default", "${HOST:-other}", "vllm", nil},
+		{"empty default", "${NOPE:-}", "", nil},
+		{"nested default", "${NOPE:-${HOST}:${PORT}}", "vllm:8000", nil},
+		{"unset in a default", "${NOPE:-${ALSO_NOPE}}", "", []string{"ALSO_NOPE"}},
+		{"default not needed", "${HOST:-${ALSO_NOPE}}", "vllm", nil},
+		{"escape", "$${HOST} and $$HOST", "${HOST} and $$HOST", nil},
+		{"escape in default", "${NOPE:-$${HOST}}", "${HOST}", nil},
+		{"not a reference", "${not valid} ${1X} ${HOST", "${not valid} ${1X} ${HOST", nil},
+		{"no brace before newline", "${NOPE:-x\nb: 1}", "${NOPE:-x\nb: 1}", nil},
+		{"dollar alone", "$5", "$5", nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := interpolate(tt.in, lookup); got != tt.want {
-				t.Errorf("interpolate(%q) = %q, want %q", tt.in, got, tt.want)
+			got, unset := expand(tt.in, lookup)
+			if got != tt.want || !slices.Equal(unset, tt.unset) {
+				t.Errorf("expand(%q) = %q, unset %q; want %q, unset %q", tt.in, got, unset, tt.want, tt.unset)
 			}
 		})
 	}
@@ -34,11 +43,14 @@ func TestInterpolate(t *testing.T) {
 func TestParseInterpolatesEnv(t *testing.T) {
 	t.Setenv("LLMPROXY_TEST_BACKEND", "http://vllm-7:8000")
 	t.Setenv("LLMPROXY_TEST_RPS", "25")
-	y := `# ${LLMPROXY_TEST_BACKEND} in a comment is harmless
+	t.Setenv("LLMPROXY_TEST_EMPTY", "")
+	y := `# ${LLMPROXY_TEST_BACKEND} and ${LLMPROXY_TEST_UNSET} in a comment are harmless
 backends:
   - url: "${LLMPROXY_TEST_BACKEND}"
     headers:
       Authorization: "Bearer ${LLMPROXY_TEST_UNSET_KEY:-dev-key}"
+      X-Empty: "${LLMPROXY_TEST_EMPTY}"
+  - { url: ${LLMPROXY_TEST_BACKEND}/b, name: ${LLMPROXY_TEST_UNSET_NAME:-second} }
 admin:
   listen: "${LLMPROXY_TEST_UNSET_ADMIN:-127.0.0.1:8001}"
   token: "$${literal}"
@@ -49,7 +61,7 @@ rate_limit:
 `
 	_, err := Parse([]byte(y), "c.yaml")
 	// The line numbers stay those of the file as written.
-	if err == nil || !strings.Contains(err.Error(), "c.yaml:12: key rate_limit.bogus: unknown key") {
+	if err == nil || !strings.Contains(err.Error(), "c.yaml:14: key rate_limit.bogus: unknown key") {
 		t.Fatalf("got %v", err)
 	}
 	c, err := Parse([]byte(strings.Replace(y, "  bogus: 1\n", "", 1)), "c.yaml")
@@ -57,13 +69,72 @@ rate_limit:
 		t.Fatal(err)
 	}
 	b := c.Backends[0]
-	if b.URL != "http://vllm-7:8000" || b.Headers["Authorization"] != "Bearer dev-key" {
+	if b.URL != "http://vllm-7:8000" || b.Headers["Authorization"] != "Bearer dev-key" || b.Headers["X-Empty"] != "" {
 		t.Errorf("backend %+v", b)
+	}
+	if b := c.Backends[1]; b.URL != "http://vllm-7:8000/b" || b.Name != "second" {
+		t.Errorf("backend in a flow mapping %+v", b)
 	}
 	if c.Admin.Listen != "127.0.0.1:8001" || c.Admin.Token != "${literal}" {
 		t.Errorf("admin %+v", c.Admin)
 	}
 	if g := c.RateLimit.Global; g.RequestsPerSecond != 25 || g.BurstSize != 25 {
 		t.Errorf("global %+v", g)
+	}
+}
+
+// TestParseUnsetVariable: a variable that is not set and has no default is
+// an error naming the line, the key and the variable, instead of an empty
+// secret; ${VAR:-} asks for an empty value.
+func TestParseUnsetVariable(t *testing.T) {
+	y := minimal + `webhooks:
+  - url: https://billing.internal/hook
+    secret: "${LLMPROXY_TEST_UNSET_SECRET}"
+admin:
+  listen: 127.0.0.1:8001
+  token: ${LLMPROXY_TEST_UNSET_TOKEN}
+usage_hook:
+  url: https://h.internal/${LLMPROXY_TEST_UNSET_A}/${LLMPROXY_TEST_UNSET_B}
+  secret: "${LLMPROXY_TEST_UNSET_EMPTY:-}"
+`
+	_, err := Parse([]byte(y), "c.yaml")
+	errs := mustErrors(t, err)
+	want := []string{
+		`c.yaml:5: key webhooks[0].secret: environment variable LLMPROXY_TEST_UNSET_SECRET is not set; write ${LLMPROXY_TEST_UNSET_SECRET:-default} to give a default, ${LLMPROXY_TEST_UNSET_SECRET:-} for an empty value`,
+		// Only the unset variable: not also "the admin API needs a token".
+		`c.yaml:8: key admin.token: environment variable LLMPROXY_TEST_UNSET_TOKEN is not set`,
+		`c.yaml:10: key usage_hook.url: environment variables LLMPROXY_TEST_UNSET_A, LLMPROXY_TEST_UNSET_B are not set`,
+	}
+	if len(errs.List) != len(want) {
+		t.Fatalf("got %d errors, want %d:\n%v", len(errs.List), len(want), err)
+	}
+	for i, w := range want {
+		if got := errs.List[i].Error(); !strings.HasPrefix(got, w) {
+			t.Errorf("error %d = %q, want it to start with %q", i, got, w)
+		}
+	}
+}
+
+// TestParseValuesCannotChangeStructure: a value with a newline, a quote or
+// ": " stays one string, and later lines keep their numbers.
+func TestParseValuesCannotChangeStructure(t *testing.T) {
+	t.Setenv("LLMPROXY_TEST_NAME", "a\"\nlisten: \":1\"\nbogus: {x: 1}")
+	t.Setenv("LLMPROXY_TEST_HEADER", "v # not a comment")
+	y := minimal + `    name: ${LLMPROXY_TEST_NAME}
+    headers: { X-A: ${LLMPROXY_TEST_HEADER}, X-B: "${LLMPROXY_TEST_HEADER}" }
+`
+	c, err := Parse([]byte(y), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Backends[0].Name != "a\"\nlisten: \":1\"\nbogus: {x: 1}" || c.Listen != DefaultListen {
+		t.Errorf("name %q, listen %q", c.Backends[0].Name, c.Listen)
+	}
+	if h := c.Backends[0].Headers; h["X-A"] != "v # not a comment" || h["X-B"] != "v # not a comment" {
+		t.Errorf("headers %q", h)
+	}
+	_, err = Parse([]byte(y+"routng: {}\n"), "c.yaml")
+	if err == nil || !strings.HasPrefix(err.Error(), "c.yaml:5: key routng: unknown key") {
+		t.Fatalf("got %v, want the unknown key on line 5", err)
 	}
 }

@@ -38,12 +38,13 @@ func Load(path string) (*Config, error) {
 // the base for relative paths in the file (lua.scripts); "" means the
 // working directory.
 //
-// Parse interpolates ${VAR} and ${VAR:-default} from the environment,
-// rejects unknown keys and badly typed values, fills defaults
+// Parse interpolates ${VAR} and ${VAR:-default} from the environment into
+// the values of the file (an unset variable without a default is an
+// error), rejects unknown keys and badly typed values, fills defaults
 // (applyDefaults) and validates (Validate). Every problem found is returned
 // at once as a *Errors, each with the line and key path.
 func Parse(data []byte, filename string) (*Config, error) {
-	text := interpolate(string(data), os.LookupEnv)
+	text, refs := maskRefs(string(data))
 	root, perr := parseYAML(text)
 	if perr != nil {
 		errs := &Errors{List: []*Error{perr}}
@@ -52,6 +53,7 @@ func Parse(data []byte, filename string) (*Config, error) {
 
 	c := &Config{}
 	d := newDecoder(root)
+	d.interpolate(root, "", refs, os.LookupEnv, 0)
 	if root != nil {
 		if root.Kind != yaml.MappingNode && !isNull(root) {
 			d.fail(root, "", "want a mapping of keys at the top level, not a %s", kindName(root))
@@ -154,6 +156,18 @@ func (c *Config) line(path string) int {
 		}
 	}
 	return 0
+}
+
+// Problem returns a problem with the value at path, located as Validate
+// locates its own: the file and the line of the key (or of the nearest key
+// above it). Checks this package cannot make, such as compiling what only
+// a service understands, report through it.
+func (c *Config) Problem(path, format string, args ...any) *Error {
+	e := &Error{Line: c.line(path), Path: path, Msg: fmt.Sprintf(format, args...)}
+	if c.src != nil {
+		e.File = c.src.file
+	}
+	return e
 }
 
 // given reports whether the file wrote a non-null value at path.

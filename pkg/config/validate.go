@@ -223,9 +223,13 @@ func (v *checker) webhooks() {
 
 func (v *checker) healthCheck() {
 	h := v.c.HealthCheck
+	// Enabled by default because some backend has its own path, checks
+	// leave the backends without one alone; written enabled: true asks
+	// for every backend to be checked.
+	asked := h.IsEnabled() && (v.c.src == nil || v.c.given("health_check.enabled"))
 	if h.IsEnabled() && h.Path != "" && !strings.HasPrefix(h.Path, "/") {
 		v.add("health_check.path", "want a path starting with /, such as /health, got %q", h.Path)
-	} else if h.IsEnabled() && h.Path == "" {
+	} else if asked && h.Path == "" {
 		for i, b := range v.c.Backends {
 			if b.HealthCheckPath == "" {
 				v.add("health_check.path", "enabled health checks need a path starting with /, such as /health (or a health_check_path on backends[%d])", i)
@@ -254,6 +258,10 @@ func (v *checker) routing() {
 	if rt.MaxWait > 0 && rt.InitialWait > rt.MaxWait {
 		v.add("routing.retry.initial_wait", "is longer than max_wait (%s > %s)",
 			time.Duration(rt.InitialWait), time.Duration(rt.MaxWait))
+	}
+	if rt.On != nil && len(rt.On) == 0 {
+		v.add("routing.retry.on", "an empty list would retry nothing; leave on out to retry on all of %s, or write enabled: false",
+			strings.Join(RetryOn, ", "))
 	}
 	for i, on := range rt.On {
 		v.oneOf(fmt.Sprintf("routing.retry.on[%d]", i), on, RetryOn)
@@ -334,8 +342,8 @@ func (v *checker) apiKeys() {
 			}
 			ids[id] = i
 		}
-		if k.ID != "" && !endpointName.MatchString(k.ID) {
-			v.add(p+".id", "want letters, digits, '-' or '_' (it is used in event subjects), got %q", k.ID)
+		if k.ID != "" && !KeyIDPattern.MatchString(k.ID) {
+			v.add(p+".id", "want %s, got %q", KeyIDRule, k.ID)
 		}
 		v.oneOf(p+".status", k.Status, KeyStatuses)
 		if k.TotalQuota != nil {
@@ -413,7 +421,9 @@ func (v *checker) logging() {
 		case strings.TrimSpace(r) == "":
 			v.add(p, "empty pattern")
 		case strings.HasPrefix(r, "$"):
-			// A JSON path; the recorder and publisher interpret it.
+			// A JSON path: the gateway compiles it, and `llmproxy config
+			// check` and `serve` check it through the gateway (see
+			// Problem), since this package cannot import a service.
 		default:
 			if _, err := regexp.Compile(r); err != nil {
 				v.add(p, "not a JSON path ($…) nor a valid regular expression: %v", err)

@@ -23,6 +23,16 @@ func TestValidate(t *testing.T) {
 			},
 		},
 		{
+			"key id with a dot",
+			"api_keys:\n  - key: sk-a\n    id: team.a\n",
+			[]string{`c.yaml:5: key api_keys[0].id: want 1 to 64 letters, digits, '_' or '-' (no '.': the id is a token of event subjects), got "team.a"`},
+		},
+		{
+			"retry on nothing",
+			"routing:\n  retry:\n    enabled: true\n    on: []\n",
+			[]string{`c.yaml:6: key routing.retry.on: an empty list would retry nothing; leave on out to retry on all of connect, 429, 5xx, timeout, or write enabled: false`},
+		},
+		{
 			"unknown strategy",
 			"routing:\n  load_balance_strategy: random\n",
 			[]string{`c.yaml:4: key routing.load_balance_strategy: want one of round_robin, weighted, least_connections, latency_based, least_load, got "random"`},
@@ -116,6 +126,11 @@ func TestValidate(t *testing.T) {
 			},
 		},
 		{
+			"only some backends with their own health check path",
+			"    health_check_path: /api/version\n  - url: http://c:1\n",
+			nil,
+		},
+		{
 			"a backend's own health check path",
 			"    health_check_path: /api/version\nhealth_check:\n  enabled: true\n",
 			nil,
@@ -127,7 +142,7 @@ func TestValidate(t *testing.T) {
 		},
 		{
 			"admin without token",
-			"admin:\n  listen: 127.0.0.1:8001\n  token: ${LLMPROXY_TEST_UNSET_TOKEN}\n",
+			"admin:\n  listen: 127.0.0.1:8001\n  token: ${LLMPROXY_TEST_UNSET_TOKEN:-}\n",
 			[]string{`c.yaml:5: key admin.token: the admin API needs a token`},
 		},
 		{

@@ -22,7 +22,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"regexp"
 	"strings"
 	"time"
 
@@ -67,11 +66,16 @@ func (l *Limits) IsZero() bool {
 		l.TokensPerMinute == nil && l.MaxConcurrent == nil
 }
 
-// Apply returns base with l's set fields in place of its own. A key with
-// overrides is limited even when per_key sets no limit of its own.
+// Apply returns base (rate_limit.per_key) with l's set fields in place of
+// its own, as config.Load resolves a file key's limits: a key with
+// overrides is limited even when per_key sets no limit of its own, and
+// with per_key switched off (enabled: false) it has only its overrides.
 func (l *Limits) Apply(base config.PerKeyLimits) config.PerKeyLimits {
 	if l.IsZero() {
 		return base
+	}
+	if !base.IsEnabled() {
+		base = config.PerKeyLimits{}
 	}
 	if l.RequestsPerSecond != nil {
 		base.RequestsPerSecond = *l.RequestsPerSecond
@@ -94,7 +98,7 @@ func (l *Limits) Apply(base config.PerKeyLimits) config.PerKeyLimits {
 // auth.defaults and rate_limit.per_key when the key is used.
 type Spec struct {
 	// ID is the key's public id (default: "key_" and 12 hex digits of the
-	// secret's hash). Letters, digits, '_', '-' and '.', at most 64.
+	// secret's hash): config.KeyIDPattern, as for a key of the file.
 	ID     string `json:"id,omitempty"`
 	Name   string `json:"name,omitempty"`
 	UserID string `json:"user_id,omitempty"`
@@ -149,15 +153,13 @@ func (r Record) APIKey(perKey config.PerKeyLimits) config.APIKey {
 	return k
 }
 
-var idPattern = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
-
 // Validate reports what in s cannot be stored; its error wraps ErrInvalid.
 func (s Spec) Validate() error {
 	bad := func(format string, a ...any) error {
 		return fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, a...)...)
 	}
-	if s.ID != "" && !idPattern.MatchString(s.ID) {
-		return bad("id %q: use 1 to 64 letters, digits, '_', '-' or '.'", s.ID)
+	if s.ID != "" && !config.KeyIDPattern.MatchString(s.ID) {
+		return bad("id %q: use %s", s.ID, config.KeyIDRule)
 	}
 	switch s.Status {
 	case "", StatusActive, StatusDisabled:

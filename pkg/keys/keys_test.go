@@ -73,6 +73,7 @@ func TestNewSecret(t *testing.T) {
 func TestSpecValidate(t *testing.T) {
 	for name, s := range map[string]Spec{
 		"bad id":         {ID: "a{b}"},
+		"id with a dot":  {ID: "team.a"},
 		"bad status":     {Status: "paused"},
 		"negative quota": {TotalQuota: ptr[int64](-1)},
 		"bad period":     {QuotaResetPeriod: "hourly"},
@@ -83,7 +84,7 @@ func TestSpecValidate(t *testing.T) {
 			t.Errorf("%s: Validate = %v, want ErrInvalid", name, err)
 		}
 	}
-	ok := Spec{ID: "team-a.1", Status: "disabled", TotalQuota: ptr[int64](0), QuotaResetPeriod: "daily",
+	ok := Spec{ID: "team-a_1", Status: "disabled", TotalQuota: ptr[int64](0), QuotaResetPeriod: "daily",
 		AllowedIPs: []string{"10.0.0.0/8", "2001:db8::/32", "192.168.1.7", "::1"}}
 	if err := ok.Validate(); err != nil {
 		t.Fatalf("Validate(%+v) = %v", ok, err)
@@ -103,6 +104,12 @@ func TestRecordAPIKeyMergesLimits(t *testing.T) {
 	}
 	if k := (Record{}).APIKey(perKey); k.Limits != nil {
 		t.Fatalf("no overrides: Limits = %+v, want nil (per_key applies)", k.Limits)
+	}
+	// With per_key switched off, a key has only its own overrides.
+	off := false
+	perKey.Enabled = &off
+	if k := r.APIKey(perKey); k.Limits == nil || *k.Limits != (config.PerKeyLimits{Enabled: k.Limits.Enabled, MaxConcurrent: 2}) || !k.Limits.IsEnabled() {
+		t.Fatalf("per_key off: Limits = %+v; want max_concurrent 2 alone, enabled", k.Limits)
 	}
 }
 
@@ -186,5 +193,21 @@ func TestStoreLifecycle(t *testing.T) {
 	}
 	if list, err := List(ctx, rdb, prefix); err != nil || len(list) != 1 || list[0].ID != rec.ID {
 		t.Fatalf("List after delete = %v, %v", list, err)
+	}
+}
+
+// TestKeyIDsAsInTheFile: an id is accepted by llmproxy keys create exactly
+// when api_keys[].id accepts it.
+func TestKeyIDsAsInTheFile(t *testing.T) {
+	for _, id := range []string{"team-a", "Team_A-2", "key_0123456789ab", strings.Repeat("x", 64),
+		"team.a", "a.b.c", strings.Repeat("x", 65), "a b", "a*", "a>", "ü"} {
+		specErr := Spec{ID: id}.Validate()
+		_, fileErr := config.Parse([]byte("backends: [{url: \"http://b:1\"}]\napi_keys: [{key: sk-a, id: \""+id+"\"}]\n"), "c.yaml")
+		if (specErr == nil) != (fileErr == nil) {
+			t.Errorf("id %q: keys create says %v, the file says %v", id, specErr, fileErr)
+		}
+		if strings.Contains(id, ".") && specErr == nil {
+			t.Errorf("id %q with a '.' accepted", id)
+		}
 	}
 }

@@ -240,7 +240,8 @@ type hookEndpoint struct {
 }
 
 // webhookStack is a gateway and a notifier (separate processes) on a
-// JetStream server of the test, with mockllm as the backend.
+// JetStream server of the test and the test Redis, with mockllm as the
+// backend.
 type webhookStack struct {
 	gw       string // gateway base URL
 	cfg      string // config path, for the CLI
@@ -252,7 +253,8 @@ type webhookStack struct {
 func startWebhookStack(t *testing.T, hooks ...hookEndpoint) *webhookStack {
 	t.Helper()
 	_, natsURL := natsServer(t)
-	return startWebhookProcs(t, fmt.Sprintf("nats: { url: %q }", natsURL), false, hooks)
+	rurl, prefix := redisPrefix(t, "e2ehook")
+	return startWebhookProcs(t, fmt.Sprintf("nats: { url: %q }\nredis: { url: %q, prefix: %q }", natsURL, rurl, prefix), false, hooks)
 }
 
 // startWebhookSingle runs the single binary (target all, embedded NATS)

@@ -80,7 +80,10 @@ func FromConfig(cfg *config.Config, k config.APIKey) (*Key, error) {
 		key.Quota = *k.TotalQuota
 	}
 	if k.Limits != nil {
-		key.Limits = MergeLimits(key.Limits, *k.Limits)
+		// Already resolved against rate_limit.per_key, field by field (a
+		// limit of 0 is no limit for this key): by config.Load for the
+		// file's keys, by keys.Record.APIKey for Redis's.
+		key.Limits = *k.Limits
 	}
 	if k.ExpiresAt != "" {
 		t, err := time.Parse(time.RFC3339, k.ExpiresAt)
@@ -120,29 +123,4 @@ func ParsePrefix(s string) (netip.Prefix, error) {
 	}
 	a = a.Unmap()
 	return netip.PrefixFrom(a, a.BitLen()), nil
-}
-
-// MergeLimits applies a key's own limits over the defaults, field by field:
-// a limit the key sets replaces the default, one it leaves at zero keeps
-// it. A key that writes enabled: false has no per-key limits at all.
-func MergeLimits(def, own config.PerKeyLimits) config.PerKeyLimits {
-	if own.Enabled != nil && !*own.Enabled {
-		return own
-	}
-	out := def
-	if own.RequestsPerSecond > 0 {
-		out.RequestsPerSecond = own.RequestsPerSecond
-	}
-	if own.RequestsPerMinute > 0 {
-		out.RequestsPerMinute = own.RequestsPerMinute
-	}
-	if own.TokensPerMinute > 0 {
-		out.TokensPerMinute = own.TokensPerMinute
-	}
-	if own.MaxConcurrent > 0 {
-		out.MaxConcurrent = own.MaxConcurrent
-	}
-	on := out.RequestsPerSecond > 0 || out.RequestsPerMinute > 0 || out.TokensPerMinute > 0 || out.MaxConcurrent > 0
-	out.Enabled = &on
-	return out
 }

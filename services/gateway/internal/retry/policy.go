@@ -29,7 +29,9 @@ const (
 	OnTimeout = "timeout" // deadline exceeded, i/o timeouts
 )
 
-// Defaults applied to zero values of config.Retry.
+// Defaults of config.Retry: DefaultMaxRetries for a negative max_retries
+// (config.Load fills it in when the key is absent; 0 written means no
+// retries), the others for zero values.
 const (
 	DefaultMaxRetries  = 2
 	DefaultInitialWait = 100 * time.Millisecond
@@ -71,9 +73,12 @@ type Option func(*Policy)
 // WithRand sets the jitter source (default math/rand/v2's global source).
 func WithRand(r Rand) Option { return func(p *Policy) { p.rnd = r } }
 
-// NewPolicy builds a Policy from cfg (routing.retry). Zero values take the
-// defaults; so do values Validate rejects, and unknown entries in on are
-// ignored, so a policy built from an unchecked config is still sane.
+// NewPolicy builds a Policy from cfg (routing.retry). MaxRetries is taken
+// as given, 0 meaning no retries (config.Load fills in the default when
+// the key is absent); a nil On means every kind, an empty one none. Zero
+// waits and multiplier take the defaults; so do values Validate rejects,
+// and unknown entries in on are ignored, so a policy built from an
+// unchecked config is still sane.
 func NewPolicy(cfg config.Retry, opts ...Option) *Policy {
 	p := &Policy{
 		enabled:    cfg.Enabled,
@@ -84,7 +89,7 @@ func NewPolicy(cfg config.Retry, opts ...Option) *Policy {
 		on:         make(map[string]bool, 4),
 		rnd:        globalRand{},
 	}
-	if p.maxRetries <= 0 {
+	if p.maxRetries < 0 {
 		p.maxRetries = DefaultMaxRetries
 	}
 	if p.initial <= 0 {
@@ -98,7 +103,7 @@ func NewPolicy(cfg config.Retry, opts ...Option) *Policy {
 		p.multiplier = DefaultMultiplier
 	}
 	on := cfg.On
-	if len(on) == 0 {
+	if on == nil {
 		on = kinds
 	}
 	for _, k := range on {
@@ -128,6 +133,9 @@ func Validate(cfg config.Retry) error {
 	}
 	if cfg.Multiplier != 0 && cfg.Multiplier < 1 {
 		return fmt.Errorf("routing.retry.multiplier: %g is less than 1", cfg.Multiplier)
+	}
+	if cfg.On != nil && len(cfg.On) == 0 {
+		return errors.New("routing.retry.on: an empty list retries nothing; leave it out to retry on all four kinds, or write enabled: false")
 	}
 	for i, k := range cfg.On {
 		if !slices.Contains(kinds, k) {

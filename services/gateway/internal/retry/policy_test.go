@@ -73,9 +73,8 @@ func TestShouldRetry(t *testing.T) {
 		{"5xx only: 429", only5xx, 0, 429, nil, false},
 		{"5xx only: refused", only5xx, 0, 0, dialRefused, false},
 		{"5xx only: timeout", only5xx, 0, 0, context.DeadlineExceeded, false},
-		{"timeout only", config.Retry{Enabled: true, On: []string{"timeout"}}, 0, 0, timeoutErr{}, true},
-		{"default max retries", config.Retry{Enabled: true}, 1, 503, nil, true},
-		{"default max retries exhausted", config.Retry{Enabled: true}, 2, 503, nil, false},
+		{"timeout only", config.Retry{Enabled: true, MaxRetries: 1, On: []string{"timeout"}}, 0, 0, timeoutErr{}, true},
+		{"max retries 0: none", config.Retry{Enabled: true}, 0, 503, nil, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -96,6 +95,7 @@ func TestValidateRejectsBadConfig(t *testing.T) {
 		{"negative retries", config.Retry{MaxRetries: -1}},
 		{"max below initial", config.Retry{InitialWait: config.Duration(time.Second), MaxWait: config.Duration(time.Millisecond)}},
 		{"multiplier below one", config.Retry{Multiplier: 0.5}},
+		{"empty on", config.Retry{On: []string{}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -104,7 +104,7 @@ func TestValidateRejectsBadConfig(t *testing.T) {
 			}
 			// A policy built anyway falls back to sane values.
 			p := NewPolicy(tt.cfg, WithRand(fixedRand(0.5)))
-			if p.MaxRetries() < 1 || p.Backoff(0) <= 0 || p.Backoff(5) < p.Backoff(0) {
+			if p.MaxRetries() < 0 || p.Backoff(0) <= 0 || p.Backoff(5) < p.Backoff(0) {
 				t.Fatalf("unsane policy from %+v", tt.cfg)
 			}
 		})

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// TestUsageNamesLogsFlags: the top-level usage names every flag that
+// `llmproxy logs` documents.
+func TestUsageNamesLogsFlags(t *testing.T) {
+	var line string
+	for l := range strings.SplitSeq(usageText, "\n") {
+		if strings.Contains(l, "llmproxy logs ") {
+			line = l
+		}
+	}
+	for _, f := range regexp.MustCompile(`--[a-z-]+`).FindAllString(logsUsage, -1) {
+		if !regexp.MustCompile(regexp.QuoteMeta(f) + `([^a-z-]|$)`).MatchString(line) {
+			t.Errorf("usage line %q lacks %s", line, f)
+		}
+	}
+}
+
+func TestConfigCommandArguments(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	if err := os.WriteFile(good, []byte("backends: [{url: http://127.0.0.1:9000}]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		args       []string
+		code       int
+		stdout     string // a substring; "" for none
+		stderrSays string
+	}{
+		{[]string{"check", "--help"}, 0, "Usage:\n  llmproxy config check FILE", ""},
+		{[]string{"check", "-h"}, 0, "Usage:", ""},
+		{[]string{"--help"}, 0, "Usage:", ""},
+		{[]string{"check", good}, 0, good + ": ok", ""},
+		{[]string{"check"}, 2, "", "Usage:"},
+		{[]string{"check", good, "extra"}, 2, "", "Usage:"},
+		{[]string{"check", "--strict", good}, 2, "", "flag provided but not defined: -strict"},
+		{[]string{"verify", good}, 2, "", "Usage:"},
+		{[]string{"check", filepath.Join(dir, "missing.yaml")}, 1, "", "missing.yaml"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			if code := runConfig(tt.args, &out, &errOut); code != tt.code {
+				t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", code, tt.code, out.String(), errOut.String())
+			}
+			if !strings.Contains(out.String(), tt.stdout) || (tt.stdout == "" && out.Len() > 0) {
+				t.Errorf("stdout %q, want %q", out.String(), tt.stdout)
+			}
+			if !strings.Contains(errOut.String(), tt.stderrSays) {
+				t.Errorf("stderr %q, want it to say %q", errOut.String(), tt.stderrSays)
+			}
+		})
+	}
+}
+
+// TestKeysUnexpectedArguments: an argument no keys command takes is a
+// usage error, found before the config is read.
+func TestKeysUnexpectedArguments(t *testing.T) {
+	for _, args := range [][]string{
+		{"list", "--config", "F", "extra"},
+		{"create", "--config", "F", "extra"},
+		{"show", "alice", "--config", "F", "extra"},
+		{"show", "--config", "F", "alice", "extra"},
+		{"delete", "--config", "F", "alice", "--json", "bob"},
+	} {
+		_, errOut := runKeysCmd(t, 2, args...)
+		if !strings.Contains(errOut, "unexpected argument") {
+			t.Errorf("keys %v: stderr %q", args, errOut)
+		}
+	}
+}

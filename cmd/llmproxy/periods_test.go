@@ -1,0 +1,86 @@
+package main
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
+	"github.com/llmproxy/llmproxy/pkg/keys"
+	"github.com/llmproxy/llmproxy/pkg/ledger"
+)
+
+// TestUsagePeriodsOfRedisKeys: usage of keys in the Redis key store is
+// reported over each key's own quota period, and over
+// auth.defaults.quota_reset_period for a key that sets none or is gone.
+func TestUsagePeriodsOfRedisKeys(t *testing.T) {
+	ctx := context.Background()
+	path, rdb, prefix := keysTestConfig(t)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withDefault := strings.Replace(string(data), "  storage: redis\n", "  storage: redis\n  defaults: {quota_reset_period: weekly}\n", 1)
+	if err := os.WriteFile(path, []byte(withDefault), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := keys.Create(ctx, rdb, prefix, keys.Spec{ID: "daily-key", QuotaResetPeriod: "daily"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := keys.Create(ctx, rdb, prefix, keys.Spec{ID: "plain-key"}); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	var entries []ledger.Entry
+	for i, id := range []string{"daily-key", "plain-key", "gone-key"} {
+		entries = append(entries, ledger.Entry{RequestID: "r" + id, KeyID: id, Time: now, PromptTokens: int64(i + 1), CompletionTokens: 1})
+	}
+	if _, err := ledger.NewRedis(rdb, prefix).Apply(ctx, entries); err != nil {
+		t.Fatal(err)
+	}
+
+	rows, err := readUsage(ctx, cfg, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]ledger.Period{"daily-key": ledger.Daily, "plain-key": ledger.Weekly, "gone-key": ledger.Weekly}
+	if len(rows) != len(want) {
+		t.Fatalf("rows %+v, want one per key of %v", rows, want)
+	}
+	for _, r := range rows {
+		if r.Period != want[r.KeyID] || r.PeriodID != ledger.PeriodID(want[r.KeyID], now) {
+			t.Errorf("%s: period %s (%s), want %s", r.KeyID, r.Period, r.PeriodID, want[r.KeyID])
+		}
+	}
+	rows, err = readUsage(ctx, cfg, "daily-key", "")
+	if err != nil || len(rows) != 1 || rows[0].Period != ledger.Daily || rows[0].TotalTokens != 2 {
+		t.Fatalf("--key daily-key: %+v, %v; want one daily row of 2 tokens", rows, err)
+	}
+}
+
+// TestPeriodOfFileKeys: a file key's own period, else the configured
+// default, also for a key no longer in the file.
+func TestPeriodOfFileKeys(t *testing.T) {
+	cfg, err := config.Parse([]byte(`
+backends: [{url: "http://127.0.0.1:9"}]
+auth: {defaults: {quota_reset_period: daily}}
+api_keys:
+  - {key: sk-a, id: a, quota_reset_period: never}
+  - {key: sk-b, id: b}
+`), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	of := periodOf(cfg, nil)
+	for id, want := range map[string]ledger.Period{"a": ledger.Never, "b": ledger.Daily, "gone": ledger.Daily} {
+		if got := of(id); got != want {
+			t.Errorf("period of %s = %s, want %s", id, got, want)
+		}
+	}
+}
