@@ -223,25 +223,22 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target string, log 
 		return nil
 	}
 
-	if runMeter || runNotifier || runRec {
-		// The consumers need the streams; without them a worker started
-		// beside a JetStream cluster that is still forming would exit.
-		if err := b.waitStreams(ctx); err != nil {
-			if ctx.Err() != nil {
-				return nil // stopped (SIGTERM) while waiting: a clean exit
-			}
-			return err
-		}
-	}
-
 	workers, stopWorkers := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWorkers()
 	var wg sync.WaitGroup
 	errc := make(chan error, 4)
+	// startWorker runs a consumer once the event streams exist: without
+	// them a worker started beside a JetStream cluster that is still
+	// forming, or a NATS that is down, would exit. The gateway does not
+	// wait for them (its outbox keeps the events), so the single binary
+	// serves meanwhile; a stop while waiting is a clean exit.
 	startWorker := func(name string, run func(context.Context) error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			if err := b.waitStreams(workers); err != nil {
+				return
+			}
 			if err := run(workers); err != nil && !errors.Is(err, context.Canceled) {
 				errc <- fmt.Errorf("%s: %w", name, err)
 			}

@@ -1,0 +1,101 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
+)
+
+// TestServeAllWhileNATSIsDown: the single binary pointed at an external
+// NATS that is down serves at once, keeping its events in the outbox; the
+// meter starts when NATS comes up and counts them.
+func TestServeAllWhileNATSIsDown(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"id":"c1","object":"chat.completion","model":"m",`+
+			`"choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],`+
+			`"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}`)
+	}))
+	defer backend.Close()
+	natsAddr := freeAddr(t)
+	host, portStr, _ := net.SplitHostPort(natsAddr)
+	port, _ := strconv.Atoi(portStr)
+	dir := t.TempDir()
+	listen, admin := freeAddr(t), freeAddr(t)
+	path := filepath.Join(dir, "llmproxy.yaml")
+	yaml := fmt.Sprintf(`listen: %q
+data_dir: %q
+nats: { url: "nats://%s" }
+admin: { listen: %q, token: admin-token-0123456789 }
+backends:
+  - url: %q
+auth: { enabled: true, storage: file }
+api_keys:
+  - { key: sk-llmproxy-nats-down, id: down }
+logging: { level: warn }
+`, listen, filepath.Join(dir, "data"), natsAddr, admin, backend.URL)
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- serve(ctx, cfg, path, "all", slog.New(slog.DiscardHandler)) }()
+	defer func() {
+		stop()
+		select {
+		case <-served:
+		case <-time.After(30 * time.Second):
+			t.Error("serve did not stop")
+		}
+	}()
+
+	eventually(t, 15*time.Second, "the gateway serving with NATS down", func() (bool, string) {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+listen+"/v1/chat/completions",
+			strings.NewReader(`{"model":"m","messages":[{"role":"user","content":"hello"}]}`))
+		req.Header.Set("Authorization", "Bearer sk-llmproxy-nats-down")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false, err.Error()
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, resp.Status
+	})
+
+	ns, err := server.NewServer(&server.Options{Host: host, Port: port, JetStream: true,
+		StoreDir: t.TempDir(), NoSigs: true, NoLog: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+	eventually(t, 60*time.Second, "the request counted once NATS is up", func() (bool, string) {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+admin+"/admin/usage?key=down", nil)
+		req.Header.Set("Authorization", "Bearer admin-token-0123456789")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return strings.Contains(string(b), `"total_tokens":4`), string(b)
+	})
+}
