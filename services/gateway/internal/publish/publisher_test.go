@@ -188,6 +188,13 @@ type flakyJS struct {
 
 var errFlaky = errors.New("nats unreachable")
 
+func (f *flakyJS) Conn() *nats.Conn {
+	if f.JetStream == nil {
+		return nil
+	}
+	return f.JetStream.Conn()
+}
+
 func (f *flakyJS) PublishMsgAsync(m *nats.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
 	if f.fail.Load() || f.JetStream == nil {
 		return nil, errFlaky
@@ -389,6 +396,94 @@ func TestEventsLargerThanReadLimit(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(p.m.dropped); got != 0 {
 		t.Fatalf("dropped %v events", got)
+	}
+}
+
+// TestEventOverMaxPayload: an event larger than the server's max_payload
+// goes out with its content cut and marked, its accounting intact, and the
+// events after it follow; one that cannot be cut to fit is dropped and
+// counted rather than blocking them.
+func TestEventOverMaxPayload(t *testing.T) {
+	srv := startNATSMaxPayload(t, t.TempDir(), -1, 64<<10)
+	defer srv.Shutdown()
+	js := connect(t, srv.ClientURL())
+	p := newPublisher(t, js, t.TempDir(), testOptions(prometheus.NewRegistry()))
+	defer closePublisher(t, p)
+
+	huge := bigEvent(1, 120<<10)
+	huge.Response = &events.CapturedResponse{Content: strings.Repeat("r", 30<<10)}
+	unfit := event(2)
+	unfit.Tags = map[string]string{"t": strings.Repeat("t", 100<<10)}
+	p.Publish(event(0))
+	p.Publish(huge)
+	p.Publish(unfit)
+	for i := 3; i < 10; i++ {
+		p.Publish(event(i))
+	}
+	waitFor(t, 10*time.Second, "events published", func() bool { return p.Depth() == 0 && streamCount(t, js) == 9 })
+
+	msgs := streamMsgs(t, js, 9)
+	for i, m := range msgs {
+		want := i
+		if i >= 2 {
+			want++ // unfit was dropped
+		}
+		if id := m.Headers().Get(jetstream.MsgIDHeader); id != event(want).RequestID {
+			t.Fatalf("message %d is %s, want %s", i+1, id, event(want).RequestID)
+		}
+	}
+	got, err := events.Unmarshal(msgs[1].Data())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.Truncated || string(got.RequestBody) != "null" || got.Response == nil || got.Response.Content != huge.Response.Content {
+		t.Fatalf("oversized event: truncated %v, request_body %.20s, response kept %v", got.Truncated, got.RequestBody, got.Response != nil && got.Response.Content == huge.Response.Content)
+	}
+	if got.Usage != huge.Usage || got.KeyID != huge.KeyID || got.Timestamp != huge.Timestamp {
+		t.Fatalf("oversized event lost its accounting: %+v", got)
+	}
+	if n := testutil.ToFloat64(p.m.truncated); n != 1 {
+		t.Errorf("truncated = %v, want 1", n)
+	}
+	if n := testutil.ToFloat64(p.m.dropped); n != 1 {
+		t.Errorf("dropped = %v, want 1", n)
+	}
+	if n := testutil.ToFloat64(p.m.published); n != 9 {
+		t.Errorf("published = %v, want 9", n)
+	}
+}
+
+// limitJS refuses, as a client whose server changed would, every message
+// larger than limit with nats.ErrMaxPayload.
+type limitJS struct {
+	jetstream.JetStream
+	limit int
+}
+
+func (l *limitJS) PublishMsgAsync(m *nats.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
+	if len(m.Data) > l.limit {
+		return nil, nats.ErrMaxPayload
+	}
+	return l.JetStream.PublishMsgAsync(m, opts...)
+}
+
+// TestMaxPayloadErrorNotRetried: a publish refused for its size is not
+// retried for ever; the events after it are published.
+func TestMaxPayloadErrorNotRetried(t *testing.T) {
+	srv := startNATS(t, t.TempDir(), -1)
+	defer srv.Shutdown()
+	js := connect(t, srv.ClientURL())
+	p := newPublisher(t, &limitJS{JetStream: js, limit: 4096}, t.TempDir(), testOptions(prometheus.NewRegistry()))
+	defer closePublisher(t, p)
+
+	p.Publish(bigEvent(0, 8192))
+	for i := 1; i < 5; i++ {
+		p.Publish(event(i))
+	}
+	waitFor(t, 10*time.Second, "events published", func() bool { return p.Depth() == 0 && streamCount(t, js) == 4 })
+	checkIDs(t, streamIDs(t, js), 1, 5)
+	if n := testutil.ToFloat64(p.m.dropped); n != 1 {
+		t.Errorf("dropped = %v, want 1", n)
 	}
 }
 
