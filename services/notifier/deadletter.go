@@ -37,7 +37,8 @@ type DeadLetter struct {
 	EventID  string `json:"event_id"`
 	// Reason is one of the Reason constants.
 	Reason string `json:"reason"`
-	// Attempts is the number of deliveries made before giving up.
+	// Attempts is the number of delivery attempts (POSTs) made before
+	// giving up.
 	Attempts   int       `json:"attempts"`
 	LastStatus int       `json:"last_status"`
 	LastError  string    `json:"last_error"`
