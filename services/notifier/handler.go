@@ -127,7 +127,7 @@ func (h *handler) record(ctx context.Context, log *slog.Logger, key string, r at
 // fails the event is nak'd so that nothing is lost.
 func (h *handler) toDLQ(ctx context.Context, msg message, log *slog.Logger, d DeadLetter, body []byte, n int) {
 	d.Endpoint = h.ep.Name
-	d.URL = h.ep.URL
+	d.URL = displayURL(h.ep.URL)
 	d.FailedAt = h.opts.Clock.Now().UTC()
 	d.Event = rawEvent(body)
 

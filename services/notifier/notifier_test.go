@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -133,7 +134,10 @@ func TestPermanentFailureDeadLettersThenReplay(t *testing.T) {
 	opts := testOptions()
 	opts.Registerer = reg
 	opts.DLQDepthInterval = 20 * time.Millisecond
-	ep := Endpoint{Name: "billing", URL: rc.srv.URL, Secret: "k", MaxAttempts: 10}
+	// Credentials in the URL stay out of the dead letter.
+	u, _ := url.Parse(rc.srv.URL + "/hook?token=q-s3cret#frag")
+	u.User = url.UserPassword("hookuser", "p-s3cret")
+	ep := Endpoint{Name: "billing", URL: u.String(), Secret: "k", MaxAttempts: 10}
 	stop := runNotifier(t, js, []Endpoint{ep}, opts)
 	sent := publish(t, js, "req", 1)
 
@@ -146,8 +150,11 @@ func TestPermanentFailureDeadLettersThenReplay(t *testing.T) {
 	if d.Reason != ReasonPermanent || d.LastStatus != http.StatusBadRequest || d.Attempts != 1 {
 		t.Errorf("dead letter = reason %q status %d attempts %d; want %q 400 1", d.Reason, d.LastStatus, d.Attempts, ReasonPermanent)
 	}
-	if d.Endpoint != "billing" || d.URL != ep.URL || d.EventID != "req-0000" || d.FailedAt.IsZero() || d.Seq == 0 {
+	if d.Endpoint != "billing" || d.URL != rc.srv.URL+"/hook" || d.EventID != "req-0000" || d.FailedAt.IsZero() || d.Seq == 0 {
 		t.Errorf("dead letter fields: %+v", d)
+	}
+	if raw, _ := json.Marshal(d); bytes.Contains(raw, []byte("s3cret")) {
+		t.Errorf("dead letter holds a credential: %s", raw)
 	}
 	if !strings.Contains(d.LastError, "400") {
 		t.Errorf("last_error %q does not name the status", d.LastError)
@@ -198,6 +205,10 @@ func TestPermanentFailureDeadLettersThenReplay(t *testing.T) {
 	}
 	if err := Verify("k", last.header.Get(SignatureHeader), last.body, time.Minute); err != nil {
 		t.Errorf("replayed delivery signature: %v", err)
+	}
+	// Replay went to the configured URL, credentials included.
+	if user, pass, ok := (&http.Request{Header: last.header}).BasicAuth(); !ok || user != "hookuser" || pass != "p-s3cret" {
+		t.Errorf("replayed delivery without the URL's credentials: %q %q %v", user, pass, ok)
 	}
 }
 
