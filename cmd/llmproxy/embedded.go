@@ -95,6 +95,9 @@ func startEmbedded(cfg *config.Config, lock *storeLock, listen bool) (*embeddedS
 		NoSigs:     true,
 		NoLog:      true,
 		DontListen: true,
+		// An event carries a request body up to max_body_bytes and a
+		// captured response, JSON-escaped.
+		MaxPayload: int32(min(cfg.Server.MaxBodyBytes+6*int64(cfg.Logging.MaxCaptureBytes)+1<<20, 64<<20)),
 	}
 	if listen {
 		opts.DontListen = false

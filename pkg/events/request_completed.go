@@ -75,6 +75,13 @@ type RequestCompleted struct {
 
 	Tags     map[string]string `json:"tags,omitempty"`
 	Response *CapturedResponse `json:"response,omitempty"`
+
+	// Truncated reports that the event was too large to publish whole (over
+	// the NATS server's max_payload): its largest content was cut to fit —
+	// RequestBody replaced by null, Response.Content shortened (with
+	// Response.Truncated set). Usage, ids, status and every other field
+	// are exact.
+	Truncated bool `json:"truncated,omitempty"`
 }
 
 // Marshal encodes e, filling in the schema name when it is empty and the

@@ -87,6 +87,9 @@ func (e *RequestCompleted) AppendJSON(dst []byte) ([]byte, error) {
 		b = strconv.AppendBool(b, e.Response.Truncated)
 		b = append(b, '}')
 	}
+	if e.Truncated {
+		b = append(b, `,"truncated":true`...)
+	}
 	return append(b, '}'), nil
 }
 
@@ -94,7 +97,7 @@ func (e *RequestCompleted) AppendJSON(dst []byte) ([]byte, error) {
 // string needs escaping, so that Marshal allocates once.
 func (e *RequestCompleted) encodedSizeHint() int {
 	// Field names, punctuation and the widest numbers and timestamp.
-	n := 640 + len(e.RequestBody) + len(e.Schema) + len(e.RequestID) + len(e.UserID) +
+	n := 660 + len(e.RequestBody) + len(e.Schema) + len(e.RequestID) + len(e.UserID) +
 		len(e.APIKey) + len(e.Endpoint) + len(e.BackendURL) + len(e.KeyID) + len(e.KeyName) +
 		len(e.Model) + len(e.UsageSource) + len(e.FinishReason) + len(e.ClientIP) +
 		len(e.Error) + len(e.QuotaPeriod) + len(e.ClientRequestID)

@@ -177,6 +177,7 @@ func TestAppendJSONMatchesEncodingJSON(t *testing.T) {
 	check("bools", func(e *RequestCompleted) {
 		e.IsStream = !e.IsStream
 		e.Response = &CapturedResponse{Truncated: true}
+		e.Truncated = true
 	})
 }
 
@@ -250,6 +251,7 @@ func FuzzAppendJSON(f *testing.F) {
 		if flag {
 			ev.Tags = map[string]string{key: val, s1: s2, val: key}
 			ev.Response = &CapturedResponse{Content: s1 + val, Truncated: n%2 == 0}
+			ev.Truncated = n%3 == 0
 		}
 		checkSameAsEncodingJSON(t, "fuzz", ev)
 	})

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"strconv"
 	"time"
 
@@ -33,11 +34,15 @@ type DeadLetter struct {
 	Seq uint64 `json:"-"`
 
 	Endpoint string `json:"endpoint"`
-	URL      string `json:"url"`
-	EventID  string `json:"event_id"`
+	// URL is the endpoint's URL without what may carry credentials (user
+	// info, query, fragment); replay goes by Endpoint, to the configured
+	// URL.
+	URL     string `json:"url"`
+	EventID string `json:"event_id"`
 	// Reason is one of the Reason constants.
 	Reason string `json:"reason"`
-	// Attempts is the number of deliveries made before giving up.
+	// Attempts is the number of delivery attempts (POSTs) made before
+	// giving up.
 	Attempts   int       `json:"attempts"`
 	LastStatus int       `json:"last_status"`
 	LastError  string    `json:"last_error"`
@@ -83,6 +88,17 @@ func publishDeadLetter(ctx context.Context, js jetstream.JetStream, d DeadLetter
 		return fmt.Errorf("publish dead letter: %w", err)
 	}
 	return nil
+}
+
+// displayURL returns raw without its user info, query and fragment, which
+// may carry credentials, or "" when it does not parse.
+func displayURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return ""
+	}
+	u.User, u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = nil, "", false, "", ""
+	return u.String()
 }
 
 // rawEvent keeps body as raw JSON in a dead letter; a body that is not JSON

@@ -90,9 +90,10 @@ func DurableName(name string) string {
 // consumer's first creation is missed.
 //
 // MaxDeliver is left unlimited on purpose: the notifier counts attempts
-// itself (NumDelivered) and dead-letters the event on the last one. A server
-// limit would make an event vanish when the last attempt is lost (process
-// killed, ack wait expired) or when publishing its dead letter fails.
+// itself (AttemptsBucket; NumDelivered also counts deliveries that were no
+// attempt) and dead-letters the event on the last one. A server limit would
+// make an event vanish when the last attempt is lost (process killed, ack
+// wait expired) or when publishing its dead letter fails.
 func consumerConfig(e Endpoint, ackWait time.Duration) jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
 		Durable:       DurableName(e.Name),

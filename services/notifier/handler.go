@@ -34,6 +34,9 @@ type handler struct {
 	log     *slog.Logger
 	// deadLetter stores a dead letter durably (LLMPROXY_DLQ in production).
 	deadLetter func(context.Context, DeadLetter) error
+	// attempts records failed attempts (AttemptsBucket in production); nil
+	// records none.
+	attempts attemptLog
 }
 
 // handle delivers msg once and then acks it, schedules another attempt
@@ -48,20 +51,24 @@ func (h *handler) handle(ctx context.Context, msg message) {
 		return
 	}
 	id := eventID(msg.Headers(), body, meta)
-	n := int(meta.NumDelivered)
 	now := h.opts.Clock.Now()
-	log := h.log.With("endpoint", h.ep.Name, "event_id", id, "attempt", n)
-
-	if n > h.ep.MaxAttempts {
-		// The last allowed attempt was made but its outcome was lost
-		// (process stopped, ack wait expired or the dead letter could not
-		// be stored): dead-letter without another POST.
-		h.toDLQ(ctx, msg, log, DeadLetter{
-			EventID: id, Reason: ReasonMaxAttempts, Attempts: h.ep.MaxAttempts,
-			LastError: "outcome of the last attempt not recorded",
-		}, body, n)
-		return
+	// NumDelivered also counts deliveries that were no attempt (see
+	// AttemptsBucket): the attempts made are those written down. A first
+	// delivery has none.
+	var prev attemptRecord
+	if meta.NumDelivered > 1 && h.attempts != nil {
+		gctx, cancel := context.WithTimeout(ctx, attemptsTimeout)
+		r, _, err := h.attempts.get(gctx, attemptKey(h.ep.Name, meta.Sequence.Stream))
+		cancel()
+		if err != nil {
+			// Without the count the event gets more attempts than
+			// MaxAttempts, never fewer; MaxAge still bounds them.
+			h.log.Warn("webhook: attempt count not read; counting from here", "endpoint", h.ep.Name, "event_id", id, "err", err)
+		}
+		prev = r
 	}
+	n := prev.Attempts + 1
+	log := h.log.With("endpoint", h.ep.Name, "event_id", id, "attempt", n)
 
 	a := post(ctx, h.client, h.ep, id, body, now)
 	h.metrics.seconds.WithLabelValues(h.ep.Name).Observe(a.Duration.Seconds())
@@ -87,6 +94,7 @@ func (h *handler) handle(ctx context.Context, msg message) {
 		case now.Sub(meta.Timestamp) >= h.ep.MaxAge:
 			d.Reason = ReasonMaxAge
 		default:
+			h.record(ctx, log, attemptKey(h.ep.Name, meta.Sequence.Stream), attemptRecord{Attempts: n, LastStatus: d.LastStatus, LastError: d.LastError})
 			delay := retryDelay(Backoff(n, h.opts.BackoffBase, h.opts.BackoffMax, h.opts.Rand), a.RetryAfter, a.HasRetryAfter, h.opts.BackoffBase)
 			log.Debug("webhook: attempt failed, retrying", "status", a.Status, "err", a.Err, "delay", delay)
 			if err := msg.NakWithDelay(delay); err != nil {
@@ -100,11 +108,26 @@ func (h *handler) handle(ctx context.Context, msg message) {
 	h.toDLQ(ctx, msg, log, d, body, n)
 }
 
+// record writes down a failed attempt before the event is scheduled again.
+// When it cannot, the event is retried all the same: it then gets more
+// attempts than MaxAttempts, never fewer, and MaxAge bounds them.
+func (h *handler) record(ctx context.Context, log *slog.Logger, key string, r attemptRecord) {
+	if h.attempts == nil {
+		return
+	}
+	pctx, cancel := context.WithTimeout(ctx, attemptsTimeout)
+	err := h.attempts.put(pctx, key, r)
+	cancel()
+	if err != nil {
+		log.Warn("webhook: failed attempt not recorded; it will not count towards max_attempts", "err", err)
+	}
+}
+
 // toDLQ stores the dead letter and only then acks the event; when the store
 // fails the event is nak'd so that nothing is lost.
 func (h *handler) toDLQ(ctx context.Context, msg message, log *slog.Logger, d DeadLetter, body []byte, n int) {
 	d.Endpoint = h.ep.Name
-	d.URL = h.ep.URL
+	d.URL = displayURL(h.ep.URL)
 	d.FailedAt = h.opts.Clock.Now().UTC()
 	d.Event = rawEvent(body)
 

@@ -56,6 +56,7 @@ func TestHandlerOutcomes(t *testing.T) {
 		delivered      uint64
 		age            time.Duration
 		dlqErr         error
+		prev           *attemptRecord // failed attempts recorded before
 		wantPosts      int
 		wantAck        bool
 		wantNak        bool
@@ -67,10 +68,14 @@ func TestHandlerOutcomes(t *testing.T) {
 		{name: "408 retries", status: 408, delivered: 2, wantPosts: 1, wantNak: true},
 		{name: "429 honours Retry-After", status: 429, retryAfter: "30", delivered: 1, wantPosts: 1, wantNak: true, wantNakAtLeast: 30 * time.Second},
 		{name: "404 is permanent", status: 404, delivered: 1, wantPosts: 1, wantAck: true, wantReason: ReasonPermanent},
-		{name: "last attempt dead-letters", status: 500, delivered: 5, wantPosts: 1, wantAck: true, wantReason: ReasonMaxAttempts},
+		{name: "last attempt dead-letters", status: 500, delivered: 5, prev: &attemptRecord{Attempts: 4}, wantPosts: 1, wantAck: true, wantReason: ReasonMaxAttempts},
 		{name: "too old dead-letters", status: 500, delivered: 2, age: 2 * time.Hour, wantPosts: 1, wantAck: true, wantReason: ReasonMaxAge},
 		{name: "old but delivered is fine", status: 200, delivered: 1, age: 2 * time.Hour, wantPosts: 1, wantAck: true},
-		{name: "lost last attempt dead-letters without a post", status: 200, delivered: 6, wantPosts: 0, wantAck: true, wantReason: ReasonMaxAttempts},
+		// Deliveries that were no attempt (handed back at shutdown, ack
+		// wait run out in the buffer) do not use attempts up.
+		{name: "redelivered past max_attempts still posts", status: 200, delivered: 6, wantPosts: 1, wantAck: true},
+		{name: "redelivered past max_attempts retries", status: 500, delivered: 9, prev: &attemptRecord{Attempts: 2}, wantPosts: 1, wantNak: true},
+		{name: "recorded attempts exhausted", status: 503, delivered: 9, prev: &attemptRecord{Attempts: 4}, wantPosts: 1, wantAck: true, wantReason: ReasonMaxAttempts},
 		{name: "dlq publish failure naks", status: 400, delivered: 1, dlqErr: errors.New("no stream"), wantPosts: 1, wantNak: true},
 	}
 	for _, tt := range tests {
@@ -87,6 +92,10 @@ func TestHandlerOutcomes(t *testing.T) {
 				return tt.status
 			})
 			var letters []DeadLetter
+			log := &memAttempts{}
+			if tt.prev != nil {
+				log.m = map[string]attemptRecord{attemptKey("ep", 7): *tt.prev}
+			}
 			opts := Options{BackoffBase: time.Millisecond, BackoffMax: 4 * time.Millisecond, Clock: fixedClock{now}, Rand: fixedRand{1, 1}}.withDefaults()
 			m, _ := newMetrics(nil)
 			h := &handler{
@@ -102,13 +111,26 @@ func TestHandlerOutcomes(t *testing.T) {
 					letters = append(letters, d)
 					return nil
 				},
+				attempts: log,
 			}
 			msg := &fakeMsg{
 				body:   []byte(`{"request_id":"req_1"}`),
 				header: nats.Header{},
-				meta:   jetstream.MsgMetadata{NumDelivered: tt.delivered, Timestamp: now.Add(-tt.age), Stream: "LLMPROXY"},
+				meta: jetstream.MsgMetadata{NumDelivered: tt.delivered, Timestamp: now.Add(-tt.age), Stream: "LLMPROXY",
+					Sequence: jetstream.SequencePair{Stream: 7}},
 			}
 			h.handle(context.Background(), msg)
+
+			wantAttempt := 1
+			if tt.prev != nil {
+				wantAttempt = tt.prev.Attempts + 1
+			}
+			if tt.wantNak && tt.dlqErr == nil {
+				r, ok, _ := log.get(context.Background(), attemptKey("ep", 7))
+				if !ok || r.Attempts != wantAttempt || r.LastStatus != tt.status {
+					t.Errorf("recorded %+v (found %v), want attempt %d with status %d", r, ok, wantAttempt, tt.status)
+				}
+			}
 
 			if posts != tt.wantPosts {
 				t.Errorf("posts = %d, want %d", posts, tt.wantPosts)
@@ -135,9 +157,35 @@ func TestHandlerOutcomes(t *testing.T) {
 				if tt.wantPosts > 0 && d.LastStatus != tt.status {
 					t.Errorf("last_status %d, want %d", d.LastStatus, tt.status)
 				}
+				if d.Attempts != wantAttempt {
+					t.Errorf("attempts %d, want %d", d.Attempts, wantAttempt)
+				}
 			}
 		})
 	}
+}
+
+// memAttempts is an attemptLog in memory.
+type memAttempts struct {
+	mu sync.Mutex
+	m  map[string]attemptRecord
+}
+
+func (a *memAttempts) get(_ context.Context, key string) (attemptRecord, bool, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	r, ok := a.m[key]
+	return r, ok, nil
+}
+
+func (a *memAttempts) put(_ context.Context, key string, r attemptRecord) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.m == nil {
+		a.m = map[string]attemptRecord{}
+	}
+	a.m[key] = r
+	return nil
 }
 
 func TestEventID(t *testing.T) {

@@ -69,13 +69,29 @@ func (n *Notifier) Endpoints() []Endpoint {
 	return append([]Endpoint(nil), n.endpoints...)
 }
 
-// Run creates or updates each endpoint's durable consumer and delivers
-// events until ctx is done. It then stops taking events, hands back the ones
-// it had taken but not started (so another notifier gets them at once) and
-// waits for the deliveries in flight, each bounded by its endpoint's
-// Timeout. It returns nil after a shutdown through ctx, or the error that
-// stopped it. The streams must exist (events.EnsureStreams).
+// Run creates or updates each endpoint's durable consumer and the
+// AttemptsBucket, and delivers events until ctx is done. It then stops
+// taking events, hands back the ones it had taken but not started (so
+// another notifier gets them at once) and waits for the deliveries in
+// flight, each bounded by its endpoint's Timeout. It returns nil after a
+// shutdown through ctx, or the error that stopped it. The streams must
+// exist (events.EnsureStreams).
 func (n *Notifier) Run(ctx context.Context) error {
+	var attempts attemptLog
+	if len(n.endpoints) > 0 {
+		var ttl time.Duration
+		for _, e := range n.endpoints {
+			ttl = max(ttl, e.MaxAge+maxRetryAfter)
+		}
+		kv, err := openAttempts(ctx, n.js, ttl)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("notifier: attempts bucket: %w", err)
+		}
+		attempts = kv
+	}
 	consumers := make([]jetstream.Consumer, len(n.endpoints))
 	for i, e := range n.endpoints {
 		c, err := n.js.CreateOrUpdateConsumer(ctx, events.StreamName, consumerConfig(e, n.opts.ackWait(e.Timeout)))
@@ -101,6 +117,7 @@ func (n *Notifier) Run(ctx context.Context) error {
 			deadLetter: func(ctx context.Context, d DeadLetter) error {
 				return publishDeadLetter(ctx, n.js, d)
 			},
+			attempts: attempts,
 		}
 		wg.Go(func() {
 			if err := n.consume(ctx, consumers[i], h); err != nil {

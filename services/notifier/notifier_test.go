@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -133,7 +134,10 @@ func TestPermanentFailureDeadLettersThenReplay(t *testing.T) {
 	opts := testOptions()
 	opts.Registerer = reg
 	opts.DLQDepthInterval = 20 * time.Millisecond
-	ep := Endpoint{Name: "billing", URL: rc.srv.URL, Secret: "k", MaxAttempts: 10}
+	// Credentials in the URL stay out of the dead letter.
+	u, _ := url.Parse(rc.srv.URL + "/hook?token=q-s3cret#frag")
+	u.User = url.UserPassword("hookuser", "p-s3cret")
+	ep := Endpoint{Name: "billing", URL: u.String(), Secret: "k", MaxAttempts: 10}
 	stop := runNotifier(t, js, []Endpoint{ep}, opts)
 	sent := publish(t, js, "req", 1)
 
@@ -146,8 +150,11 @@ func TestPermanentFailureDeadLettersThenReplay(t *testing.T) {
 	if d.Reason != ReasonPermanent || d.LastStatus != http.StatusBadRequest || d.Attempts != 1 {
 		t.Errorf("dead letter = reason %q status %d attempts %d; want %q 400 1", d.Reason, d.LastStatus, d.Attempts, ReasonPermanent)
 	}
-	if d.Endpoint != "billing" || d.URL != ep.URL || d.EventID != "req-0000" || d.FailedAt.IsZero() || d.Seq == 0 {
+	if d.Endpoint != "billing" || d.URL != rc.srv.URL+"/hook" || d.EventID != "req-0000" || d.FailedAt.IsZero() || d.Seq == 0 {
 		t.Errorf("dead letter fields: %+v", d)
+	}
+	if raw, _ := json.Marshal(d); bytes.Contains(raw, []byte("s3cret")) {
+		t.Errorf("dead letter holds a credential: %s", raw)
 	}
 	if !strings.Contains(d.LastError, "400") {
 		t.Errorf("last_error %q does not name the status", d.LastError)
@@ -198,6 +205,10 @@ func TestPermanentFailureDeadLettersThenReplay(t *testing.T) {
 	}
 	if err := Verify("k", last.header.Get(SignatureHeader), last.body, time.Minute); err != nil {
 		t.Errorf("replayed delivery signature: %v", err)
+	}
+	// Replay went to the configured URL, credentials included.
+	if user, pass, ok := (&http.Request{Header: last.header}).BasicAuth(); !ok || user != "hookuser" || pass != "p-s3cret" {
+		t.Errorf("replayed delivery without the URL's credentials: %q %q %v", user, pass, ok)
 	}
 }
 
@@ -352,6 +363,75 @@ func TestStopMidDeliveryThenRestartDeliversAll(t *testing.T) {
 		if rc.delivered()[id] == 0 {
 			t.Errorf("%s never delivered", id)
 		}
+	}
+}
+
+// TestRestartUsesNoAttempt: events a stopping notifier hands back, or whose
+// pull was in flight, are delivered again as often as before even with a
+// single attempt allowed (usage_hook with retry: 0); none is dead-lettered
+// unPOSTed.
+func TestRestartUsesNoAttempt(t *testing.T) {
+	t.Parallel()
+	js := startJetStream(t)
+	rc := newReceiver(t, func(int, http.ResponseWriter, *http.Request) int {
+		time.Sleep(50 * time.Millisecond)
+		return http.StatusOK
+	})
+	ep := []Endpoint{{Name: "usage_hook", URL: rc.srv.URL, Timeout: time.Second, MaxAttempts: 1}}
+	opts := testOptions()
+	opts.Concurrency = 4
+	opts.AckWait = 3 * time.Second
+	const n = 60
+	sent := publish(t, js, "req", n)
+
+	for round := 0; round < 3 && len(rc.delivered()) < n/2; round++ {
+		stop := runNotifier(t, js, ep, opts)
+		before := len(rc.snapshot())
+		waitFor(t, 10*time.Second, "deliveries", func() bool { return len(rc.snapshot()) >= before+6 && rc.inFlight() > 0 })
+		if err := stop(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := len(rc.delivered()); got >= n {
+		t.Fatalf("all %d delivered before the last stop; the test proves nothing", got)
+	}
+	runNotifier(t, js, ep, opts)
+	waitFor(t, 20*time.Second, "every event delivered", func() bool { return len(rc.delivered()) == n })
+	waitFor(t, 10*time.Second, "consumer settled", func() bool { return settled(t, js, "usage_hook") })
+	for id := range sent {
+		if rc.delivered()[id] == 0 {
+			t.Errorf("%s never delivered", id)
+		}
+	}
+	if dl := listDLQ(t, js, DLQFilter{}); len(dl) != 0 {
+		t.Errorf("%d events dead-lettered, first %+v", len(dl), dl[0])
+	}
+}
+
+// TestAttemptsSurviveRestart: the failed attempts made before a restart
+// count after it; an event gets MaxAttempts POSTs in all.
+func TestAttemptsSurviveRestart(t *testing.T) {
+	t.Parallel()
+	js := startJetStream(t)
+	rc := newReceiver(t, func(int, http.ResponseWriter, *http.Request) int { return http.StatusServiceUnavailable })
+	ep := []Endpoint{{Name: "down", URL: rc.srv.URL, MaxAttempts: 4}}
+	opts := testOptions()
+	opts.BackoffBase, opts.BackoffMax = 300*time.Millisecond, 300*time.Millisecond
+	publish(t, js, "req", 1)
+
+	stop := runNotifier(t, js, ep, opts)
+	waitFor(t, 10*time.Second, "two attempts", func() bool { return len(rc.snapshot()) >= 2 })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	runNotifier(t, js, ep, opts)
+	var dl []DeadLetter
+	waitFor(t, 20*time.Second, "a dead letter", func() bool {
+		dl = listDLQ(t, js, DLQFilter{Endpoint: "down"})
+		return len(dl) == 1
+	})
+	if calls := len(rc.snapshot()); dl[0].Attempts != 4 || calls != 4 || dl[0].Reason != ReasonMaxAttempts {
+		t.Errorf("dead letter after %d attempts (%s), receiver got %d calls; want 4", dl[0].Attempts, dl[0].Reason, calls)
 	}
 }
 

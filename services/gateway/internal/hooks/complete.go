@@ -1,8 +1,10 @@
 package hooks
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/llmproxy/llmproxy/pkg/events"
@@ -16,7 +18,7 @@ import (
 //
 //   - ev.tags, a table of string to string (values go through tostring);
 //   - ev.request_body, a body object (get/set/table/replace/raw/set_raw),
-//     re-encoded only if changed;
+//     re-encoded only if changed; it must stay JSON (set_raw("") sets null);
 //   - ev.response.content, when the event carries a captured response.
 //
 // On error ev is left unchanged; the caller publishes it as it was.
@@ -70,7 +72,9 @@ func (e *Engine) OnComplete(ctx context.Context, ev *events.RequestCompleted) er
 			}
 		}
 		if bodyEdit = body.changed; bodyEdit {
-			newBody, err = body.bytes()
+			if newBody, err = body.bytes(); err == nil {
+				newBody, err = eventBody(newBody)
+			}
 		}
 		return err
 	})
@@ -87,6 +91,20 @@ func (e *Engine) OnComplete(ctx context.Context, ev *events.RequestCompleted) er
 		ev.RequestBody = newBody
 	}
 	return nil
+}
+
+// eventBody checks a request body a script set for the event: it must be
+// JSON, or the event could not be encoded and would be lost. An empty body
+// stands for none (null). Tags and the response content are strings, which
+// always encode.
+func eventBody(b []byte) ([]byte, error) {
+	if len(bytes.TrimSpace(b)) == 0 {
+		return json.RawMessage("null"), nil
+	}
+	if !json.Valid(b) {
+		return nil, errors.New("ev.request_body is not valid JSON")
+	}
+	return b, nil
 }
 
 func tagsFrom(lv lua.LValue) (map[string]string, error) {

@@ -58,3 +58,48 @@ end`, Options{})
 		t.Errorf("event changed by a failed hook: %+v %s", ev, ev.RequestBody)
 	}
 }
+
+// TestOnCompleteBodyMustBeJSON: a request body the event could not carry
+// fails the hook, so the event is published as it was instead of being
+// lost to an encoding error.
+func TestOnCompleteBodyMustBeJSON(t *testing.T) {
+	const orig = `{"prompt":"hi"}`
+	tests := []struct {
+		name, raw string
+		wantErr   bool
+		want      string
+	}{
+		{"not json", `not json`, true, orig},
+		{"truncated json", `{"prompt":`, true, orig},
+		{"two values", `{} {}`, true, orig},
+		{"empty is null", ``, false, `null`},
+		{"spaces are null", "  \n", false, `null`},
+		{"json", ` {"redacted": true} `, false, ` {"redacted": true} `},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEngine(t, `
+function on_complete(ev)
+  ev.tags.seen = "yes"
+  ev.request_body:set_raw([==[`+tc.raw+`]==])
+end`, Options{})
+			ev := &events.RequestCompleted{RequestID: "r1", RequestBody: json.RawMessage(orig)}
+			err := e.OnComplete(context.Background(), ev)
+			if tc.wantErr != (err != nil) {
+				t.Fatalf("error = %v, want error %v", err, tc.wantErr)
+			}
+			if tc.wantErr && !errors.Is(err, ErrScript) {
+				t.Errorf("error = %v, want ErrScript", err)
+			}
+			if string(ev.RequestBody) != tc.want {
+				t.Errorf("request_body = %q, want %q", ev.RequestBody, tc.want)
+			}
+			if tc.wantErr && ev.Tags != nil {
+				t.Errorf("tags %v applied from a failed hook", ev.Tags)
+			}
+			if _, err := ev.Marshal(); err != nil {
+				t.Errorf("event does not encode: %v", err)
+			}
+		})
+	}
+}

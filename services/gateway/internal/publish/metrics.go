@@ -11,6 +11,7 @@ type metrics struct {
 	published prometheus.Counter
 	failures  prometheus.Counter
 	dropped   prometheus.Counter
+	truncated prometheus.Counter
 	depth     prometheus.Gauge
 	bytes     prometheus.Gauge
 }
@@ -27,7 +28,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		dropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "llmproxy_events_dropped_total",
-			Help: "Events dropped because the outbox and its memory overflow were full, or the event could not be encoded.",
+			Help: "Events dropped because the outbox and its memory overflow were full, the event could not be encoded, or it did not fit the NATS server's max_payload even with its content cut.",
+		}),
+		truncated: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "llmproxy_events_truncated_total",
+			Help: "Events too large for the NATS server's max_payload (or an outbox record), published with their request body or captured response cut; an event sent again after a failed publish counts again.",
 		}),
 		depth: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "llmproxy_events_outbox_depth",
@@ -48,6 +53,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	if err == nil {
 		m.dropped, err = register(reg, m.dropped)
+	}
+	if err == nil {
+		m.truncated, err = register(reg, m.truncated)
 	}
 	if err == nil {
 		m.depth, err = register(reg, m.depth)

@@ -368,7 +368,13 @@ func (ob *outbox) read(from position, max int, limit int) ([]record, error) {
 	var recs []record
 	pos := from
 	for len(recs) < max {
-		b := chunk[pos.off-from.off:]
+		// A record larger than limit was read on its own and ends past
+		// chunk: the records after it are for the next call.
+		rel := pos.off - from.off
+		if rel >= int64(len(chunk)) {
+			break
+		}
+		b := chunk[rel:]
 		if len(b) < recordHeaderSize {
 			break
 		}
@@ -380,7 +386,7 @@ func (ob *outbox) read(from position, max int, limit int) ([]record, error) {
 			if len(recs) > 0 {
 				break
 			}
-			// One record larger than limit: read it whole.
+			// One record larger than limit: read it whole, and alone.
 			big := make([]byte, n)
 			if _, err := f.ReadAt(big, pos.off); err != nil {
 				return nil, fmt.Errorf("read outbox segment: %w", err)

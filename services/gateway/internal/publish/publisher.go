@@ -35,6 +35,17 @@
 // An event arriving when both are full is dropped and counted in
 // llmproxy_events_dropped_total. Close writes the events held in memory to
 // disk even past MaxOutboxBytes, so a clean shutdown drops nothing.
+//
+// Size: an event larger than the connected server's max_payload (less room
+// for its headers and for a dead letter wrapping it) would be refused on
+// every retry and hold back every event after it. The sender publishes it
+// with its largest content cut instead — the request body replaced by null,
+// the captured response shortened — and marked "truncated": true; usage,
+// ids and every other field are kept, so the meter counts it. Such events
+// are counted in llmproxy_events_truncated_total and logged at WARN. The
+// outbox keeps the event whole, so a server with a larger max_payload gets
+// it whole. An event that cannot fit even so (it would take kilobytes of
+// Lua tags) is dropped, counted and logged at ERROR.
 package publish
 
 import (
@@ -79,8 +90,11 @@ type Publisher struct {
 	senderDone chan struct{}
 	closeOnce  sync.Once
 
-	dropMu      sync.Mutex
-	lastDropLog time.Time
+	// dropMu guards the times of the last log lines about dropped and
+	// truncated events.
+	dropMu       sync.Mutex
+	lastDropLog  time.Time
+	lastTruncLog time.Time
 }
 
 // New opens (or creates) the outbox in dir, queues for publishing whatever
@@ -148,14 +162,27 @@ func (p *Publisher) Publish(ev *events.RequestCompleted) {
 }
 
 // encode appends ev's outbox record to buf. An event that cannot be
-// encoded is dropped and counted.
+// encoded is dropped and counted. An event too large for an outbox record
+// (larger than any NATS server takes) is cut to fit, as the sender does
+// for a server's max_payload.
 func (p *Publisher) encode(buf []byte, ev *events.RequestCompleted) ([]byte, bool) {
 	data, err := ev.Marshal()
 	if err != nil {
 		p.dropped(1, "encode event: "+err.Error(), ev.RequestID)
 		return buf, false
 	}
-	return appendRecord(buf, events.Subject(ev.KeyID), ev.RequestID, data), true
+	subject := events.Subject(ev.KeyID)
+	if n := recordSize(subject, ev.RequestID, data); n > recordHeaderSize+maxRecordBody {
+		limit := len(data) - (n - recordHeaderSize - maxRecordBody)
+		fitted, err := fitEvent(data, limit)
+		if err != nil {
+			p.dropped(1, "larger than an outbox record: "+err.Error(), ev.RequestID)
+			return buf, false
+		}
+		p.truncated(ev.RequestID, len(data), len(fitted), "max_outbox_record", maxRecordBody)
+		data = fitted
+	}
+	return appendRecord(buf, subject, ev.RequestID, data), true
 }
 
 // PublishDurable is Publish for the moment a reply is about to complete: it

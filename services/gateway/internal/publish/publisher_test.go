@@ -1,12 +1,14 @@
 package publish
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -24,13 +26,21 @@ import (
 // (-1 picks one).
 func startNATS(t testing.TB, storeDir string, port int) *server.Server {
 	t.Helper()
+	return startNATSMaxPayload(t, storeDir, port, 0)
+}
+
+// startNATSMaxPayload is startNATS with the server's max_payload set (0:
+// the server's default, 1 MB).
+func startNATSMaxPayload(t testing.TB, storeDir string, port int, maxPayload int32) *server.Server {
+	t.Helper()
 	srv, err := server.NewServer(&server.Options{
-		Host:      "127.0.0.1",
-		Port:      port,
-		JetStream: true,
-		StoreDir:  storeDir,
-		NoLog:     true,
-		NoSigs:    true,
+		Host:       "127.0.0.1",
+		Port:       port,
+		JetStream:  true,
+		StoreDir:   storeDir,
+		MaxPayload: maxPayload,
+		NoLog:      true,
+		NoSigs:     true,
 	})
 	if err != nil {
 		t.Fatalf("nats server: %v", err)
@@ -121,6 +131,27 @@ func streamIDs(t testing.TB, js jetstream.JetStream) []string {
 	return ids
 }
 
+// streamMsgs reads the first n messages of the event stream. (An ordered
+// consumer gets them as they are; GetMsg would decode each from JSON.)
+func streamMsgs(t testing.TB, js jetstream.JetStream, n int) []jetstream.Msg {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := js.OrderedConsumer(ctx, events.StreamName, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatalf("consumer: %v", err)
+	}
+	var out []jetstream.Msg
+	for len(out) < n {
+		m, err := c.Next(jetstream.FetchMaxWait(5 * time.Second))
+		if err != nil {
+			t.Fatalf("message %d: %v", len(out)+1, err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
 func streamCount(t testing.TB, js jetstream.JetStream) uint64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -156,6 +187,13 @@ type flakyJS struct {
 }
 
 var errFlaky = errors.New("nats unreachable")
+
+func (f *flakyJS) Conn() *nats.Conn {
+	if f.JetStream == nil {
+		return nil
+	}
+	return f.JetStream.Conn()
+}
 
 func (f *flakyJS) PublishMsgAsync(m *nats.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
 	if f.fail.Load() || f.JetStream == nil {
@@ -310,6 +348,143 @@ func TestCloseKeepsPendingForNextPublisher(t *testing.T) {
 	defer closePublisher(t, p2)
 	waitFor(t, 10*time.Second, "pending events published", func() bool { return p2.Depth() == 0 && streamCount(t, js) == 50 })
 	checkIDs(t, streamIDs(t, js), 0, 50)
+}
+
+// bigEvent is event(i) with a request body of about n bytes.
+func bigEvent(i, n int) *events.RequestCompleted {
+	ev := event(i)
+	ev.RequestBody = []byte(`{"prompt":"` + strings.Repeat("x", n) + `"}`)
+	return ev
+}
+
+// TestEventsLargerThanReadLimit publishes events larger than the sender's
+// read limit, alone and among small ones, both from a backlog read with a
+// full window at start and as they come.
+func TestEventsLargerThanReadLimit(t *testing.T) {
+	srv := startNATSMaxPayload(t, t.TempDir(), -1, 8<<20)
+	defer srv.Shutdown()
+	js := connect(t, srv.ClientURL())
+	dir := t.TempDir()
+
+	big := map[int]int{0: 2400 << 10, 3: readLimit + 1, 4: readLimit + 1000, 9: readLimit + 10}
+	ev := func(i int) *events.RequestCompleted {
+		if n, ok := big[i]; ok {
+			return bigEvent(i, n)
+		}
+		return event(i)
+	}
+	// A backlog left by a publisher that could not reach NATS.
+	down := newPublisher(t, &flakyJS{}, dir, testOptions(nil))
+	for i := range 10 {
+		down.Publish(ev(i))
+	}
+	closePublisher(t, down)
+
+	p := newPublisher(t, js, dir, testOptions(prometheus.NewRegistry()))
+	defer closePublisher(t, p)
+	waitFor(t, 20*time.Second, "backlog published", func() bool { return p.Depth() == 0 && streamCount(t, js) == 10 })
+	big[12], big[13], big[17] = readLimit+100, 3<<19, readLimit
+	for i := 10; i < 20; i++ {
+		p.Publish(ev(i))
+	}
+	waitFor(t, 20*time.Second, "events published", func() bool { return p.Depth() == 0 && streamCount(t, js) == 20 })
+	for i, m := range streamMsgs(t, js, 20) {
+		want, _ := ev(i).Marshal()
+		if id := m.Headers().Get(jetstream.MsgIDHeader); id != ev(i).RequestID || !bytes.Equal(m.Data(), want) {
+			t.Fatalf("message %d: %s, %d bytes; want event %s, %d bytes", i+1, id, len(m.Data()), ev(i).RequestID, len(want))
+		}
+	}
+	if got := testutil.ToFloat64(p.m.dropped); got != 0 {
+		t.Fatalf("dropped %v events", got)
+	}
+}
+
+// TestEventOverMaxPayload: an event larger than the server's max_payload
+// goes out with its content cut and marked, its accounting intact, and the
+// events after it follow; one that cannot be cut to fit is dropped and
+// counted rather than blocking them.
+func TestEventOverMaxPayload(t *testing.T) {
+	srv := startNATSMaxPayload(t, t.TempDir(), -1, 64<<10)
+	defer srv.Shutdown()
+	js := connect(t, srv.ClientURL())
+	p := newPublisher(t, js, t.TempDir(), testOptions(prometheus.NewRegistry()))
+	defer closePublisher(t, p)
+
+	huge := bigEvent(1, 120<<10)
+	huge.Response = &events.CapturedResponse{Content: strings.Repeat("r", 30<<10)}
+	unfit := event(2)
+	unfit.Tags = map[string]string{"t": strings.Repeat("t", 100<<10)}
+	p.Publish(event(0))
+	p.Publish(huge)
+	p.Publish(unfit)
+	for i := 3; i < 10; i++ {
+		p.Publish(event(i))
+	}
+	waitFor(t, 10*time.Second, "events published", func() bool { return p.Depth() == 0 && streamCount(t, js) == 9 })
+
+	msgs := streamMsgs(t, js, 9)
+	for i, m := range msgs {
+		want := i
+		if i >= 2 {
+			want++ // unfit was dropped
+		}
+		if id := m.Headers().Get(jetstream.MsgIDHeader); id != event(want).RequestID {
+			t.Fatalf("message %d is %s, want %s", i+1, id, event(want).RequestID)
+		}
+	}
+	got, err := events.Unmarshal(msgs[1].Data())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.Truncated || string(got.RequestBody) != "null" || got.Response == nil || got.Response.Content != huge.Response.Content {
+		t.Fatalf("oversized event: truncated %v, request_body %.20s, response kept %v", got.Truncated, got.RequestBody, got.Response != nil && got.Response.Content == huge.Response.Content)
+	}
+	if got.Usage != huge.Usage || got.KeyID != huge.KeyID || got.Timestamp != huge.Timestamp {
+		t.Fatalf("oversized event lost its accounting: %+v", got)
+	}
+	if n := testutil.ToFloat64(p.m.truncated); n != 1 {
+		t.Errorf("truncated = %v, want 1", n)
+	}
+	if n := testutil.ToFloat64(p.m.dropped); n != 1 {
+		t.Errorf("dropped = %v, want 1", n)
+	}
+	if n := testutil.ToFloat64(p.m.published); n != 9 {
+		t.Errorf("published = %v, want 9", n)
+	}
+}
+
+// limitJS refuses, as a client whose server changed would, every message
+// larger than limit with nats.ErrMaxPayload.
+type limitJS struct {
+	jetstream.JetStream
+	limit int
+}
+
+func (l *limitJS) PublishMsgAsync(m *nats.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
+	if len(m.Data) > l.limit {
+		return nil, nats.ErrMaxPayload
+	}
+	return l.JetStream.PublishMsgAsync(m, opts...)
+}
+
+// TestMaxPayloadErrorNotRetried: a publish refused for its size is not
+// retried for ever; the events after it are published.
+func TestMaxPayloadErrorNotRetried(t *testing.T) {
+	srv := startNATS(t, t.TempDir(), -1)
+	defer srv.Shutdown()
+	js := connect(t, srv.ClientURL())
+	p := newPublisher(t, &limitJS{JetStream: js, limit: 4096}, t.TempDir(), testOptions(prometheus.NewRegistry()))
+	defer closePublisher(t, p)
+
+	p.Publish(bigEvent(0, 8192))
+	for i := 1; i < 5; i++ {
+		p.Publish(event(i))
+	}
+	waitFor(t, 10*time.Second, "events published", func() bool { return p.Depth() == 0 && streamCount(t, js) == 4 })
+	checkIDs(t, streamIDs(t, js), 1, 5)
+	if n := testutil.ToFloat64(p.m.dropped); n != 1 {
+		t.Errorf("dropped = %v, want 1", n)
+	}
 }
 
 func TestCrashRepublishesUnacked(t *testing.T) {

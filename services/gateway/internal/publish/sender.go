@@ -2,6 +2,7 @@ package publish
 
 import (
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"time"
 
@@ -20,6 +21,22 @@ type inflight struct {
 	fut      jetstream.PubAckFuture
 	end      position
 	deadline time.Time
+}
+
+// skipped is the future of a record dropped rather than published: it is
+// resolved already, so the outbox's mark moves past the record in order.
+var skipped jetstream.PubAckFuture = skippedFuture(closedAck())
+
+type skippedFuture <-chan *jetstream.PubAck
+
+func (f skippedFuture) Ok() <-chan *jetstream.PubAck { return f }
+func (skippedFuture) Err() <-chan error              { return nil }
+func (skippedFuture) Msg() *nats.Msg                 { return nil }
+
+func closedAck() <-chan *jetstream.PubAck {
+	c := make(chan *jetstream.PubAck)
+	close(c)
+	return c
 }
 
 // sendLoop publishes the outbox in order. Acks are taken in publish order:
@@ -76,12 +93,12 @@ func (p *Publisher) sendLoop() {
 		var pubErr error
 		for len(q) < window && pubErr == nil {
 			recs, err := p.ob.read(cursor, window-len(q), readLimit)
+			var maxPayload int64
+			if len(recs) > 0 {
+				maxPayload = p.maxPayload()
+			}
 			for _, r := range recs {
-				msg := &nats.Msg{Subject: r.subject, Data: r.data, Header: nats.Header{}}
-				if r.msgID != "" {
-					msg.Header[jetstream.MsgIDHeader] = []string{r.msgID}
-				}
-				fut, perr := p.js.PublishMsgAsync(msg)
+				fut, perr := p.send(r, maxPayload)
 				if perr != nil {
 					pubErr = perr
 					break
@@ -128,12 +145,15 @@ func (p *Publisher) sendLoop() {
 		timer.Reset(time.Until(q[0].deadline))
 		select {
 		case <-q[0].fut.Ok():
-			n := 1
-			for n < len(q) && resolvedOK(q[n].fut) {
+			n, published := 0, 0
+			for n < len(q) && (n == 0 || resolvedOK(q[n].fut)) {
+				if q[n].fut != skipped {
+					published++
+				}
 				n++
 			}
 			p.ob.ack(q[n-1].end)
-			p.m.published.Add(float64(n))
+			p.m.published.Add(float64(published))
 			clear(q[:n])
 			q = q[n:]
 			attempt = 0
@@ -153,6 +173,68 @@ func (p *Publisher) sendLoop() {
 			return
 		}
 	}
+}
+
+// send publishes r, fitted to a server that takes maxPayload bytes per
+// message (0: not known). An event larger than that is published with its
+// largest content cut (see fitEvent) rather than failing for ever and
+// holding back every event after it. An event that cannot be made to fit
+// is dropped, counted and logged; its future is skipped.
+func (p *Publisher) send(r record, maxPayload int64) (jetstream.PubAckFuture, error) {
+	for try := 0; ; try++ {
+		data := r.data
+		if limit := maxEventBytes(maxPayload, r.msgID); limit > 0 && int64(len(data)) > limit {
+			fitted, err := fitEvent(data, int(limit))
+			if err != nil {
+				p.dropped(1, fmt.Sprintf("larger than the NATS server's max_payload (%d bytes): %v", maxPayload, err), r.msgID)
+				return skipped, nil
+			}
+			p.truncated(r.msgID, len(data), len(fitted), "max_payload", maxPayload)
+			data = fitted
+		}
+		msg := &nats.Msg{Subject: r.subject, Data: data, Header: nats.Header{}}
+		if r.msgID != "" {
+			msg.Header[jetstream.MsgIDHeader] = []string{r.msgID}
+		}
+		fut, err := p.js.PublishMsgAsync(msg)
+		if !errors.Is(err, nats.ErrMaxPayload) {
+			return fut, err
+		}
+		// Retrying cannot help: the connection takes less than maxPayload
+		// said (it reached another server meanwhile). Fit r to what it
+		// takes now, once.
+		if now := p.maxPayload(); try == 0 && now > 0 && (maxPayload <= 0 || now < maxPayload) {
+			maxPayload = now
+			continue
+		}
+		p.dropped(1, fmt.Sprintf("larger than the NATS server's max_payload (%d bytes): %v", maxPayload, err), r.msgID)
+		return skipped, nil
+	}
+}
+
+// maxPayload returns the most bytes the connected server takes per
+// message, or 0 before the connection has reached a server.
+func (p *Publisher) maxPayload() int64 {
+	if nc := p.js.Conn(); nc != nil {
+		return nc.MaxPayload()
+	}
+	return 0
+}
+
+// truncated counts an event published with its content cut and logs it,
+// at most once per WarnInterval; bound names the limit it had to fit.
+func (p *Publisher) truncated(requestID string, size, fitted int, bound string, limit int64) {
+	p.m.truncated.Inc()
+	p.dropMu.Lock()
+	now := time.Now()
+	if now.Sub(p.lastTruncLog) < p.opts.WarnInterval {
+		p.dropMu.Unlock()
+		return
+	}
+	p.lastTruncLog = now
+	p.dropMu.Unlock()
+	p.log.Warn("event too large: published with its request body or response cut (marked truncated)",
+		"request_id", requestID, "bytes", size, "published_bytes", fitted, bound, limit)
 }
 
 // linger waits Options.Linger for more events to reach the outbox after

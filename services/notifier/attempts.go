@@ -1,0 +1,117 @@
+package notifier
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/events"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// AttemptsBucket is the JetStream key-value bucket in which the notifier
+// records the failed attempts of the events it will try again.
+//
+// JetStream's NumDelivered is no count of attempts: it also rises for an
+// event handed back unstarted at shutdown, and for one whose ack wait ran
+// out while it waited in a notifier's prefetch buffer. Counting it as
+// attempts dead-lettered events that were never POSTed. So a failed attempt
+// is written down before the event is scheduled again, and a redelivered
+// event (NumDelivered > 1) reads the count back; a first delivery, and an
+// event delivered at its first attempt, cost nothing extra.
+//
+// Keys are "<durable>.<stream sequence>"; an entry is kept as long as the
+// longest MaxAge of the endpoints and an hour more, after which the event is
+// past retrying anyway. When an attempt ends with the process (killed
+// mid-POST) it is not written down and is made again; MaxAge still bounds
+// how long an event is retried.
+const AttemptsBucket = "LLMPROXY_WEBHOOK_ATTEMPTS"
+
+// attemptsTimeout bounds one read or write of the attempts bucket.
+const attemptsTimeout = 10 * time.Second
+
+// attemptRecord is what is known of the failed attempts to deliver one event
+// to one endpoint.
+type attemptRecord struct {
+	Attempts   int    `json:"attempts"`
+	LastStatus int    `json:"last_status"`
+	LastError  string `json:"last_error"`
+}
+
+// attemptLog stores attempt records across processes and restarts.
+// Implementations must be safe for concurrent use.
+type attemptLog interface {
+	// get returns the record under key; ok is false when there is none.
+	get(ctx context.Context, key string) (r attemptRecord, ok bool, err error)
+	put(ctx context.Context, key string, r attemptRecord) error
+}
+
+// attemptKey is the key of the event at stream sequence seq for the
+// endpoint called name: its consumer's durable name, '.', seq.
+func attemptKey(name string, seq uint64) string {
+	return DurableName(name) + "." + strconv.FormatUint(seq, 10)
+}
+
+// kvAttempts is an attemptLog on a JetStream key-value bucket.
+type kvAttempts struct{ kv jetstream.KeyValue }
+
+func (a kvAttempts) get(ctx context.Context, key string) (attemptRecord, bool, error) {
+	e, err := a.kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return attemptRecord{}, false, nil
+	}
+	if err != nil {
+		return attemptRecord{}, false, err
+	}
+	var r attemptRecord
+	if err := json.Unmarshal(e.Value(), &r); err != nil {
+		return attemptRecord{}, false, fmt.Errorf("decode attempt record %s: %w", key, err)
+	}
+	return r, true, nil
+}
+
+func (a kvAttempts) put(ctx context.Context, key string, r attemptRecord) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	_, err = a.kv.Put(ctx, key, b)
+	return err
+}
+
+// openAttempts creates the attempts bucket, keeping entries for ttl and with
+// the event stream's replicas, or opens it; a bucket that keeps entries for
+// less than ttl is updated.
+func openAttempts(ctx context.Context, js jetstream.JetStream, ttl time.Duration) (kvAttempts, error) {
+	kv, err := js.KeyValue(ctx, AttemptsBucket)
+	if err == nil {
+		st, err := kv.Status(ctx)
+		if err != nil {
+			return kvAttempts{}, err
+		}
+		if st.TTL() >= ttl {
+			return kvAttempts{kv}, nil
+		}
+	} else if !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return kvAttempts{}, err
+	}
+	replicas := 1
+	if s, err := js.Stream(ctx, events.StreamName); err == nil {
+		replicas = max(s.CachedInfo().Config.Replicas, 1)
+	}
+	kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      AttemptsBucket,
+		Description: "LLMProxy notifier: failed webhook attempts of events to be retried",
+		History:     1,
+		TTL:         ttl,
+		Storage:     jetstream.FileStorage,
+		Replicas:    replicas,
+	})
+	if err != nil {
+		return kvAttempts{}, err
+	}
+	return kvAttempts{kv}, nil
+}
