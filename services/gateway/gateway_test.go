@@ -252,3 +252,53 @@ func TestBackendFailureMidStreamEndsWithErrorEvent(t *testing.T) {
 		t.Fatalf("stream did not end with an error event: %q", body)
 	}
 }
+
+// TestLimitedKeyMustNameItsModel: a key with allowed_models is refused a
+// request that names no model (any backend could serve it any model), while
+// it still lists its models and runs the ones it may use.
+func TestLimitedKeyMustNameItsModel(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			_, _ = w.Write([]byte(`{"object":"list","data":[{"id":"m1","object":"model"},{"id":"m2","object":"model"}]}`))
+			return
+		}
+		_, _ = w.Write([]byte(`{"ok":true}`))
+	}))
+	defer backend.Close()
+	const limited = "sk-llmproxy-unit-limited-0043"
+	yaml := fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q, id: limited, allowed_models: [m1]}]\n", backend.URL, limited)
+	gw, s := gatewayFromYAML(t, yaml)
+	hdr := map[string]string{"Authorization": "Bearer " + limited}
+	cases := []struct {
+		name, method, path, body string
+		status                   int
+	}{
+		{"allowed model", "POST", "/v1/chat/completions", `{"model":"m1"}`, 200},
+		{"other model", "POST", "/v1/chat/completions", `{"model":"m2"}`, 403},
+		{"no model", "POST", "/v1/chat/completions", `{"messages":[{"role":"user","content":"hi"}]}`, 403},
+		{"empty model", "POST", "/v1/embeddings", `{"model":"","input":"hi"}`, 403},
+		{"no model, TGI", "POST", "/generate", `{"inputs":"hi"}`, 403},
+		{"model list", "GET", "/v1/models", "", 200},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			resp, body := do(t, c.method, gw.URL+c.path, c.body, hdr)
+			if resp.StatusCode != c.status {
+				t.Fatalf("%d %s, want %d", resp.StatusCode, body, c.status)
+			}
+			ev := s.next(t)
+			if c.status != 403 {
+				return
+			}
+			var e struct {
+				Error struct{ Message, Type, Code string } `json:"error"`
+			}
+			if json.Unmarshal(body, &e) != nil || e.Error.Code != "model_not_allowed" || e.Error.Type != "permission_error" || !strings.Contains(e.Error.Message, "m1") {
+				t.Fatalf("refusal %s", body)
+			}
+			if ev.StatusCode != 403 || ev.BackendURL != "" {
+				t.Fatalf("event of the refusal: status %d, backend %q", ev.StatusCode, ev.BackendURL)
+			}
+		})
+	}
+}

@@ -223,7 +223,13 @@ func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
 		r.Header = hr.Headers
 	}
 	if x.key != nil {
-		if e := x.key.Check(g.now(), x.clientIP, x.info.Model); e != nil {
+		e := x.key.Check(g.now(), x.clientIP)
+		if e == nil && r.Method == http.MethodPost {
+			// Every POST endpoint runs a model; the model lists (GET
+			// /v1/models, /api/tags) name none and are not refused.
+			e = x.key.CheckModel(x.info.Model)
+		}
+		if e != nil {
 			return g.reject(e.Code, e)
 		}
 	}

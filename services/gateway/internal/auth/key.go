@@ -51,9 +51,10 @@ func Mask(secret string) string {
 	return prefix + "…" + secret[len(secret)-4:]
 }
 
-// Check decides whether k may be used now, from ip, for model. It returns
-// nil or an error a user can act on.
-func (k *Key) Check(now time.Time, ip netip.Addr, model string) *apierr.Error {
+// Check decides whether k may be used now, from ip. It returns nil or an
+// error a user can act on. Requests for a model are also checked with
+// CheckModel.
+func (k *Key) Check(now time.Time, ip netip.Addr) *apierr.Error {
 	if k.Disabled {
 		return apierr.Forbidden("key_disabled", "this API key is disabled; ask your administrator to enable it")
 	}
@@ -63,7 +64,20 @@ func (k *Key) Check(now time.Time, ip netip.Addr, model string) *apierr.Error {
 	if len(k.AllowedIPs) > 0 && !allowedIP(k.AllowedIPs, ip) {
 		return apierr.Forbidden("ip_not_allowed", "this API key may not be used from "+ip.String()+"; use it from an allowed network or ask your administrator to add this address to its allowed_ips")
 	}
-	if k.AllowedModels != nil && model != "" && !k.AllowedModels[model] {
+	return nil
+}
+
+// CheckModel decides whether k may be used for a request naming model ("" for
+// a request that names none). A key limited to some models must name one of
+// them: a request without a model could be served any model a backend has.
+func (k *Key) CheckModel(model string) *apierr.Error {
+	if k.AllowedModels == nil {
+		return nil
+	}
+	if model == "" {
+		return apierr.Forbidden("model_not_allowed", "this API key may only use the models "+strings.Join(sortedModels(k.AllowedModels), ", ")+"; the request must name one of them in \"model\"")
+	}
+	if !k.AllowedModels[model] {
 		return apierr.Forbidden("model_not_allowed", "this API key may not use model "+model+"; allowed: "+strings.Join(sortedModels(k.AllowedModels), ", "))
 	}
 	return nil
