@@ -263,3 +263,34 @@ func TestModelsReleasesItsLease(t *testing.T) {
 		t.Fatalf("request after listing models: %d %s", resp.StatusCode, body)
 	}
 }
+
+// TestFinalWordsInTextDoNotEndBilling: generated text that names a stream's
+// final event (message_stop, response.completed) does not settle the
+// request early; the backend's usage, sent after it, is what is billed.
+func TestFinalWordsInTextDoNotEndBilling(t *testing.T) {
+	streams := map[string]string{
+		"/v1/messages": "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"m1\",\"usage\":{\"input_tokens\":10,\"output_tokens\":1}}}\n\n" +
+			"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"then send {\\\"type\\\":\\\"message_stop\\\"}\"}}\n\n" +
+			"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\" and more\"}}\n\n" +
+			"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":7}}\n\n" +
+			"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+		"/v1/responses": "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"wait for response.completed\"}\n\n" +
+			"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\" then stop\"}\n\n" +
+			"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"status\":\"completed\",\"usage\":{\"input_tokens\":10,\"output_tokens\":7}}}\n\n",
+	}
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, streams[r.URL.Path])
+	}))
+	defer backend.Close()
+	gw, s := newTestGateway(t, backend.URL, "")
+	for path := range streams {
+		t.Run(path, func(t *testing.T) {
+			do(t, "POST", gw.URL+path, `{"model":"m1","stream":true,"messages":[{"role":"user","content":"hi"}]}`, withKey())
+			ev := s.next(t)
+			if ev.UsageSource != "backend" || ev.Usage.PromptTokens != 10 || ev.Usage.CompletionTokens != 7 {
+				t.Fatalf("usage %+v source %s, want the backend's 10 + 7", ev.Usage, ev.UsageSource)
+			}
+		})
+	}
+}
