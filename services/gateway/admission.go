@@ -76,14 +76,20 @@ func (g *Gateway) admit(ctx context.Context, x *exchange) *apierr.Error {
 	return nil
 }
 
+// maxReservation bounds what one request reserves. No engine serves a
+// context anywhere near it, so a larger max_tokens only says "no limit";
+// the bound keeps every sum of reservations in the ledger far from
+// overflowing (and exact in Redis's Lua numbers, which are doubles).
+const maxReservation = 1 << 30
+
 // reservation is the tokens a request may use: its prompt estimate plus its
-// completion limit (or the configured cap).
+// completion limit (or the configured cap), at most maxReservation.
 func reservation(path string, info usage.RequestInfo, capTokens int64) int64 {
 	// A reservation is settled with the real count later, so the prompt is
 	// bounded cheaply from its length rather than tokenized on the hot
 	// path: tokens average about four bytes of text, and two bytes per
 	// token keeps the bound above the real count for nearly any text.
-	prompt := int64(len(info.Prompt))/2 + 3*int64(info.Messages) + 3
+	prompt := min(int64(len(info.Prompt))/2+3*int64(info.Messages)+3, maxReservation)
 	if path == "/v1/embeddings" || path == "/api/embed" {
 		return prompt
 	}
@@ -93,6 +99,10 @@ func reservation(path string, info usage.RequestInfo, capTokens int64) int64 {
 	}
 	if limit <= 0 {
 		limit = defaultMaxTokensCap
+	}
+	// Saturate: a max_tokens near the int64 maximum must not wrap the sum.
+	if limit >= maxReservation-prompt {
+		return maxReservation
 	}
 	return prompt + limit
 }
