@@ -294,3 +294,39 @@ func TestFinalWordsInTextDoNotEndBilling(t *testing.T) {
 		})
 	}
 }
+
+// TestFirstByteTimeoutIsRetried: a plain-http backend that does not answer
+// within first_byte_timeout is retried (routing.retry.on includes timeout
+// by default), and the later answer is served instead of a 504.
+func TestFirstByteTimeoutIsRetried(t *testing.T) {
+	var mu sync.Mutex
+	hits := 0
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		hits++
+		n := hits
+		mu.Unlock()
+		_, _ = io.ReadAll(r.Body) // so the server notices the gateway hang up
+		if n == 1 {
+			select {
+			case <-r.Context().Done():
+			case <-time.After(5 * time.Second):
+			}
+			return
+		}
+		_, _ = w.Write([]byte(`{"ok":true}`))
+	}))
+	defer backend.Close()
+	yaml := fmt.Sprintf(`
+backends: [{url: %q, first_byte_timeout: 200ms}]
+routing: {retry: {enabled: true, max_retries: 2, initial_wait: 10ms, max_wait: 20ms}}
+api_keys: [{key: %q}]
+`, backend.URL, testKey)
+	gw, _ := gatewayFromYAML(t, yaml)
+	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m"}`, withKey())
+	mu.Lock()
+	defer mu.Unlock()
+	if resp.StatusCode != 200 || string(body) != `{"ok":true}` || hits != 2 {
+		t.Fatalf("%d %s after %d tries, want the second try's answer", resp.StatusCode, body, hits)
+	}
+}
