@@ -330,3 +330,80 @@ api_keys: [{key: %q}]
 		t.Fatalf("%d %s after %d tries, want the second try's answer", resp.StatusCode, body, hits)
 	}
 }
+
+// TestBackendsAreAskedForWhatTheGatewayReads: a stream is asked for
+// uncompressed whatever the client accepts, so the usage chunk the client
+// did not ask for is still removed; any other reply only in an encoding
+// the gateway decompresses to read usage.
+func TestBackendsAreAskedForWhatTheGatewayReads(t *testing.T) {
+	const usageChunk = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":5,\"total_tokens\":9}}\n\n"
+	sse := "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n" + usageChunk + "data: [DONE]\n\n"
+	jsonBody := `{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":11,"completion_tokens":22,"total_tokens":33}}`
+	seen := make(chan string, 1)
+	// The backend compresses when asked, as engines behind a compressing
+	// server do; it answers an encoding it is not asked for with 406.
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		ae := r.Header.Get("Accept-Encoding")
+		seen <- ae
+		body := jsonBody
+		if bytes.Contains(b, []byte(`"stream":true`)) {
+			w.Header().Set("Content-Type", "text/event-stream")
+			body = sse
+		} else {
+			w.Header().Set("Content-Type", "application/json")
+		}
+		switch {
+		case strings.Contains(ae, "br"):
+			w.Header().Set("Content-Encoding", "br")
+			_, _ = w.Write([]byte("not readable without brotli"))
+		case strings.Contains(ae, "gzip"):
+			w.Header().Set("Content-Encoding", "gzip")
+			_, _ = w.Write(gzipBytes(t, body))
+		default:
+			_, _ = io.WriteString(w, body)
+		}
+	}))
+	defer backend.Close()
+	gw, s := newTestGateway(t, backend.URL, "")
+	tr := &http.Transport{DisableCompression: true}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr}
+	for _, c := range []struct {
+		name, body, accept string
+		backendSaw         string
+		prompt, completion int64
+		encoding           string
+	}{
+		{"stream, gzip", `{"model":"m1","stream":true}`, "gzip", "identity", 4, 5, ""},
+		{"stream, br", `{"model":"m1","stream":true}`, "br, gzip", "identity", 4, 5, ""},
+		{"json, br and gzip", `{"model":"m1"}`, "br, gzip", "gzip", 11, 22, "gzip"},
+		{"json, br", `{"model":"m1"}`, "br", "identity", 11, 22, ""},
+		{"json, browser", `{"model":"m1"}`, "gzip, deflate, br, zstd", "gzip, deflate", 11, 22, "gzip"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(c.body))
+			req.Header.Set("Authorization", "Bearer "+testKey)
+			req.Header.Set("Accept-Encoding", c.accept)
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if ae := <-seen; ae != c.backendSaw {
+				t.Fatalf("backend was sent Accept-Encoding %q, want %q", ae, c.backendSaw)
+			}
+			if enc := resp.Header.Get("Content-Encoding"); enc != c.encoding || resp.StatusCode != 200 {
+				t.Fatalf("%d with Content-Encoding %q, want 200 with %q", resp.StatusCode, enc, c.encoding)
+			}
+			if bytes.Contains(got, []byte(`"usage"`)) && c.encoding == "" && strings.Contains(c.body, "stream") {
+				t.Fatalf("the client saw the usage chunk it did not ask for: %q", got)
+			}
+			ev := s.next(t)
+			if ev.Usage.PromptTokens != c.prompt || ev.Usage.CompletionTokens != c.completion || ev.UsageSource != "backend" {
+				t.Fatalf("usage %+v source %s", ev.Usage, ev.UsageSource)
+			}
+		})
+	}
+}

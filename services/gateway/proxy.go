@@ -313,6 +313,21 @@ func (g *Gateway) reject(reason string, e *apierr.Error) *apierr.Error {
 	return e
 }
 
+// streams reports whether x asks for a stream: "stream": true, or an
+// endpoint that streams unless told otherwise (Ollama's chat and generate
+// without "stream", TGI's /generate_stream).
+func (x *exchange) streams() bool {
+	switch {
+	case x.info.Stream:
+		return true
+	case x.path == "/generate_stream":
+		return true
+	case !x.info.StreamSet:
+		return x.path == "/api/chat" || x.path == "/api/generate"
+	}
+	return false
+}
+
 func isOpenAIStreamPath(p string) bool {
 	return p == "/v1/chat/completions" || p == "/v1/completions"
 }
@@ -532,6 +547,7 @@ func (g *Gateway) roundTrip(ctx context.Context, r *http.Request, x *exchange, u
 		out.ContentLength = int64(len(x.body))
 	}
 	copyRequestHeader(out.Header, r.Header)
+	setBackendAcceptEncoding(out.Header, x.streams())
 	out.Header.Set("X-Request-Id", x.traceID())
 	for k, v := range up.Headers {
 		out.Header.Set(k, v)
