@@ -46,8 +46,10 @@ type exchange struct {
 	ttft     time.Duration
 	result   usage.Result
 	// body is the non-stream reply as the client got it (decompressed,
-	// bounded), kept for response capture.
+	// bounded), kept for response capture; replyCut says the reply went on
+	// past it.
 	replyBody []byte
+	replyCut  bool
 	// streamed is set when the reply was SSE or NDJSON.
 	streamed  bool
 	source    string
@@ -92,6 +94,7 @@ func (g *Gateway) capture(x *exchange, ev *events.RequestCompleted, res usage.Re
 		c.Content, c.Truncated = red.Text(res.Text), res.TextTruncated
 	} else {
 		body := x.replyBody
+		c.Truncated = x.replyCut
 		if len(body) > x.rt.maxCapture {
 			body, c.Truncated = body[:x.rt.maxCapture], true
 		}
@@ -659,8 +662,7 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 			x.errMsg = "client_closed_request"
 		}
 	} else {
-		var capture bytes.Buffer
-		const maxCapture = 8 << 20
+		var capture replyCapture
 		// The last piece read is held back until the body has ended, so
 		// that the request's event is durable before the client has the
 		// whole reply (streams, compressed or not, go straight through).
@@ -680,7 +682,7 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 				}
 				if tee != nil {
 					tee.Write(buf[:n])
-				} else if !compressed && capture.Len()+n <= maxCapture {
+				} else if !compressed {
 					capture.Write(buf[:n])
 				}
 				out := buf[:n]
@@ -712,10 +714,10 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 		}
 		if tee != nil {
 			tee.Close()
-			x.replyBody = tee.body
-		} else if capture.Len() > 0 {
-			ex.Body(capture.Bytes())
-			x.replyBody = capture.Bytes()
+			x.replyBody, x.replyCut = tee.body, tee.cut
+		} else if !compressed {
+			capture.meter(ex)
+			x.replyBody, x.replyCut = capture.kept()
 		}
 		if len(held) > 0 {
 			x.result, x.delivered = ex.Result(), true
