@@ -25,12 +25,29 @@ func copyRequestHeader(dst, src http.Header) {
 	removeHop(dst)
 }
 
-// copyResponseHeader copies the backend's headers for the client.
+// copyResponseHeader copies the backend's headers for the client, except
+// a backend's own request ids: the client gets the ones the gateway set
+// (begin), which name the request in its logs and events.
 func copyResponseHeader(dst, src http.Header) {
 	for k, vv := range src {
+		if isRequestIDHeader(k) {
+			continue
+		}
 		dst[k] = vv
 	}
 	removeHop(dst)
+}
+
+// isRequestIDHeader reports whether k names one of the request id headers
+// the gateway answers with, in any case.
+func isRequestIDHeader(k string) bool {
+	switch len(k) {
+	case len("X-Request-Id"):
+		return strings.EqualFold(k, "X-Request-Id")
+	case len("X-Llmproxy-Request-Id"):
+		return strings.EqualFold(k, "X-Llmproxy-Request-Id")
+	}
+	return false
 }
 
 func removeHop(h http.Header) {
