@@ -41,3 +41,38 @@ func TestCheckModel(t *testing.T) {
 		})
 	}
 }
+
+func TestMask(t *testing.T) {
+	cases := []struct{ secret, want string }{
+		{"sk-llmproxy-AbCdEfGhIjKlMnOpQrStUvWxYz012345", "sk-llmproxy-…2345"}, // made by llmproxy keys
+		{"sk-llmproxy-unit-test-0042", "sk-llmproxy-…0042"},
+		{"sk-llmproxy-wrong-9999", "sk-llmproxy-…999"},
+		{"sk-llmproxy-demo-123", "sk-llmproxy-…"},
+		{"sk-llmproxy-", "sk-llmproxy-…"},
+		{"0123456789", "…789"},
+		{"sk-nope-123456789", "…6789"},
+		{"team-a-0123456789abcdef", "…cdef"},
+		{"sk-proj-0123456789abcdefghijklmnopqrstuvwxyz", "…wxyz"},
+		{"12345678", "…"},
+		{"abc", "…"},
+		{"", "…"},
+		{"secret-passwörd", "…örd"},
+		{"secret-passwordö", "…rdö"},
+	}
+	for _, c := range cases {
+		got := Mask(c.secret)
+		if got != c.want {
+			t.Errorf("Mask(%q) = %q, want %q", c.secret, got, c.want)
+		}
+		// Never more than a third of what is secret, nor more than four
+		// characters of it.
+		shown := len(got) - len("…")
+		if strings.HasPrefix(c.secret, "sk-llmproxy-") {
+			shown -= len("sk-llmproxy-")
+		}
+		secret := len(strings.TrimPrefix(c.secret, "sk-llmproxy-"))
+		if shown > secret/3 || shown > 4 {
+			t.Errorf("Mask(%q) = %q shows %d of %d secret bytes", c.secret, got, shown, secret)
+		}
+	}
+}
