@@ -73,15 +73,16 @@ var (
 )
 
 // setBackendAcceptEncoding limits the Accept-Encoding that h, a request for
-// a backend, carries to what the gateway can read. A stream is asked for
-// uncompressed: its events are read, filtered (the usage chunk the client
-// did not ask for) and ended with an error event one by one. Any other
-// reply may come in gzip or deflate, which the gateway decompresses on the
-// side to read usage while the client gets the compressed bytes; codings
-// it cannot read (br, zstd, ...) are dropped, and a request without
+// a backend, carries to what the gateway can read. With identity (a stream,
+// or a reply an on_response script will read) the reply is asked for
+// uncompressed: a stream's events are read, filtered (the usage chunk the
+// client did not ask for) and ended with an error event one by one. Any
+// other reply may come in gzip or deflate, which the gateway decompresses
+// on the side to read usage while the client gets the compressed bytes;
+// codings it cannot read (br, zstd, ...) are dropped, and a request without
 // Accept-Encoding is left without. It does not allocate.
-func setBackendAcceptEncoding(h http.Header, stream bool) {
-	if stream {
+func setBackendAcceptEncoding(h http.Header, identity bool) {
+	if identity {
 		h["Accept-Encoding"] = acceptIdentity
 		return
 	}

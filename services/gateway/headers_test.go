@@ -7,10 +7,10 @@ import (
 
 func TestBackendAcceptEncoding(t *testing.T) {
 	cases := []struct {
-		name   string
-		client []string // nil: no header
-		stream bool
-		want   []string // nil: no header
+		name     string
+		client   []string // nil: no header
+		identity bool
+		want     []string // nil: no header
 	}{
 		{"stream, gzip", []string{"gzip"}, true, []string{"identity"}},
 		{"stream, br", []string{"br"}, true, []string{"identity"}},
@@ -37,7 +37,7 @@ func TestBackendAcceptEncoding(t *testing.T) {
 			if c.client != nil {
 				h["Accept-Encoding"] = c.client
 			}
-			setBackendAcceptEncoding(h, c.stream)
+			setBackendAcceptEncoding(h, c.identity)
 			got, ok := h["Accept-Encoding"]
 			if ok != (c.want != nil) || len(got) != len(c.want) || len(got) > 0 && got[0] != c.want[0] {
 				t.Fatalf("Accept-Encoding %q, want %q", got, c.want)

@@ -550,7 +550,10 @@ func (g *Gateway) roundTrip(ctx context.Context, r *http.Request, x *exchange, u
 		out.ContentLength = int64(len(x.body))
 	}
 	copyRequestHeader(out.Header, r.Header)
-	setBackendAcceptEncoding(out.Header, x.streams())
+	// on_response scripts read the reply's bytes, and its usage is read
+	// off the same bytes: they are asked for uncompressed.
+	hooked := x.rt.lua != nil && x.rt.lua.Has(hooks.HookResponse)
+	setBackendAcceptEncoding(out.Header, hooked || x.streams())
 	out.Header.Set("X-Request-Id", x.traceID())
 	for k, v := range up.Headers {
 		out.Header.Set(k, v)
