@@ -66,7 +66,7 @@ func (g *Gateway) admit(ctx context.Context, x *exchange) *apierr.Error {
 	}
 	if !d.Allowed {
 		e := rejection(d)
-		e.Header = rateLimitHeaders(d)
+		e.Header = rateLimitHeaders(refusedBy(req, d))
 		return g.reject(d.Reason, e)
 	}
 	x.adm = &admission{keyID: req.KeyID, lease: req.Limits.MaxConcurrent > 0, reserved: req.Reserve}
@@ -76,14 +76,20 @@ func (g *Gateway) admit(ctx context.Context, x *exchange) *apierr.Error {
 	return nil
 }
 
+// maxReservation bounds what one request reserves. No engine serves a
+// context anywhere near it, so a larger max_tokens only says "no limit";
+// the bound keeps every sum of reservations in the ledger far from
+// overflowing (and exact in Redis's Lua numbers, which are doubles).
+const maxReservation = 1 << 30
+
 // reservation is the tokens a request may use: its prompt estimate plus its
-// completion limit (or the configured cap).
+// completion limit (or the configured cap), at most maxReservation.
 func reservation(path string, info usage.RequestInfo, capTokens int64) int64 {
 	// A reservation is settled with the real count later, so the prompt is
 	// bounded cheaply from its length rather than tokenized on the hot
 	// path: tokens average about four bytes of text, and two bytes per
 	// token keeps the bound above the real count for nearly any text.
-	prompt := int64(len(info.Prompt))/2 + 3*int64(info.Messages) + 3
+	prompt := min(int64(len(info.Prompt))/2+3*int64(info.Messages)+3, maxReservation)
 	if path == "/v1/embeddings" || path == "/api/embed" {
 		return prompt
 	}
@@ -93,6 +99,10 @@ func reservation(path string, info usage.RequestInfo, capTokens int64) int64 {
 	}
 	if limit <= 0 {
 		limit = defaultMaxTokensCap
+	}
+	// Saturate: a max_tokens near the int64 maximum must not wrap the sum.
+	if limit >= maxReservation-prompt {
+		return maxReservation
 	}
 	return prompt + limit
 }
@@ -155,6 +165,27 @@ func rejection(d ledger.Decision) *apierr.Error {
 		return apierr.RateLimited("rate_limit_exceeded", "this API key is over its tokens per minute; retry after "+strconv.Itoa(retry)+"s", retry)
 	}
 	return apierr.RateLimited("rate_limit_exceeded", "this API key is over its request rate ("+d.Reason+"); retry after "+strconv.Itoa(retry)+"s", retry)
+}
+
+// refusedBy returns d with its request figures describing the limit that
+// refused it when that is the global rate or the key's concurrency. A
+// decision's request figures describe the key's request rate (RPM, else
+// RPS), which did not refuse the request and may not be set at all: the
+// client is told instead that the limit that did has nothing left, and
+// when to try again.
+func refusedBy(req ledger.AdmitRequest, d ledger.Decision) ledger.Decision {
+	switch d.Reason {
+	case ledger.ReasonGlobalRPS:
+		// ledger.GlobalLimit: a burst of 0 is the rate rounded up.
+		burst := int64(req.Global.Burst)
+		if burst <= 0 {
+			burst = max(int64(math.Ceil(req.Global.RPS)), 1)
+		}
+		d.LimitRequests, d.RemainingRequests, d.ResetRequests = burst, 0, d.RetryAfter
+	case ledger.ReasonConcurrency:
+		d.LimitRequests, d.RemainingRequests, d.ResetRequests = req.Limits.MaxConcurrent, 0, d.RetryAfter
+	}
+	return d
 }
 
 // rateLimitHeaders are OpenAI's x-ratelimit-* headers for d.

@@ -17,9 +17,10 @@ import (
 type decodeTee struct {
 	pw   *io.PipeWriter
 	done chan struct{}
-	// body is the decompressed non-stream body (bounded); read it after
-	// Close.
+	// body is the decompressed non-stream body (bounded) and cut says the
+	// body went on past it; read them after Close.
 	body []byte
+	cut  bool
 }
 
 // newDecodeTee starts metering a body in encoding enc ("gzip", "deflate");
@@ -38,15 +39,24 @@ func newDecodeTee(enc string, streaming bool, format usage.Format, ex *usage.Ext
 		if err != nil {
 			return
 		}
+		buf := make([]byte, 16<<10)
 		if !streaming {
-			body, _ := io.ReadAll(io.LimitReader(r, 8<<20))
-			ex.Body(body)
-			t.body = body
+			// All of the body is decompressed, so that the usage at the
+			// end of a long one is read too.
+			var c replyCapture
+			for {
+				n, err := r.Read(buf)
+				c.Write(buf[:n])
+				if err != nil {
+					break
+				}
+			}
+			c.meter(ex)
+			t.body, t.cut = c.kept()
 			return
 		}
 		sp := usage.NewSplitter(format)
 		emit := func(ev []byte) error { ex.Event(ev); return nil }
-		buf := make([]byte, 16<<10)
 		for {
 			n, err := r.Read(buf)
 			if n > 0 {

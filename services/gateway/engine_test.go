@@ -263,3 +263,147 @@ func TestModelsReleasesItsLease(t *testing.T) {
 		t.Fatalf("request after listing models: %d %s", resp.StatusCode, body)
 	}
 }
+
+// TestFinalWordsInTextDoNotEndBilling: generated text that names a stream's
+// final event (message_stop, response.completed) does not settle the
+// request early; the backend's usage, sent after it, is what is billed.
+func TestFinalWordsInTextDoNotEndBilling(t *testing.T) {
+	streams := map[string]string{
+		"/v1/messages": "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"m1\",\"usage\":{\"input_tokens\":10,\"output_tokens\":1}}}\n\n" +
+			"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"then send {\\\"type\\\":\\\"message_stop\\\"}\"}}\n\n" +
+			"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\" and more\"}}\n\n" +
+			"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":7}}\n\n" +
+			"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+		"/v1/responses": "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"wait for response.completed\"}\n\n" +
+			"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\" then stop\"}\n\n" +
+			"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"status\":\"completed\",\"usage\":{\"input_tokens\":10,\"output_tokens\":7}}}\n\n",
+	}
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, streams[r.URL.Path])
+	}))
+	defer backend.Close()
+	gw, s := newTestGateway(t, backend.URL, "")
+	for path := range streams {
+		t.Run(path, func(t *testing.T) {
+			do(t, "POST", gw.URL+path, `{"model":"m1","stream":true,"messages":[{"role":"user","content":"hi"}]}`, withKey())
+			ev := s.next(t)
+			if ev.UsageSource != "backend" || ev.Usage.PromptTokens != 10 || ev.Usage.CompletionTokens != 7 {
+				t.Fatalf("usage %+v source %s, want the backend's 10 + 7", ev.Usage, ev.UsageSource)
+			}
+		})
+	}
+}
+
+// TestFirstByteTimeoutIsRetried: a plain-http backend that does not answer
+// within first_byte_timeout is retried (routing.retry.on includes timeout
+// by default), and the later answer is served instead of a 504.
+func TestFirstByteTimeoutIsRetried(t *testing.T) {
+	var mu sync.Mutex
+	hits := 0
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		hits++
+		n := hits
+		mu.Unlock()
+		_, _ = io.ReadAll(r.Body) // so the server notices the gateway hang up
+		if n == 1 {
+			select {
+			case <-r.Context().Done():
+			case <-time.After(5 * time.Second):
+			}
+			return
+		}
+		_, _ = w.Write([]byte(`{"ok":true}`))
+	}))
+	defer backend.Close()
+	yaml := fmt.Sprintf(`
+backends: [{url: %q, first_byte_timeout: 200ms}]
+routing: {retry: {enabled: true, max_retries: 2, initial_wait: 10ms, max_wait: 20ms}}
+api_keys: [{key: %q}]
+`, backend.URL, testKey)
+	gw, _ := gatewayFromYAML(t, yaml)
+	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m"}`, withKey())
+	mu.Lock()
+	defer mu.Unlock()
+	if resp.StatusCode != 200 || string(body) != `{"ok":true}` || hits != 2 {
+		t.Fatalf("%d %s after %d tries, want the second try's answer", resp.StatusCode, body, hits)
+	}
+}
+
+// TestBackendsAreAskedForWhatTheGatewayReads: a stream is asked for
+// uncompressed whatever the client accepts, so the usage chunk the client
+// did not ask for is still removed; any other reply only in an encoding
+// the gateway decompresses to read usage.
+func TestBackendsAreAskedForWhatTheGatewayReads(t *testing.T) {
+	const usageChunk = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":5,\"total_tokens\":9}}\n\n"
+	sse := "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n" + usageChunk + "data: [DONE]\n\n"
+	jsonBody := `{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":11,"completion_tokens":22,"total_tokens":33}}`
+	seen := make(chan string, 1)
+	// The backend compresses when asked, as engines behind a compressing
+	// server do; it answers an encoding it is not asked for with 406.
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		ae := r.Header.Get("Accept-Encoding")
+		seen <- ae
+		body := jsonBody
+		if bytes.Contains(b, []byte(`"stream":true`)) {
+			w.Header().Set("Content-Type", "text/event-stream")
+			body = sse
+		} else {
+			w.Header().Set("Content-Type", "application/json")
+		}
+		switch {
+		case strings.Contains(ae, "br"):
+			w.Header().Set("Content-Encoding", "br")
+			_, _ = w.Write([]byte("not readable without brotli"))
+		case strings.Contains(ae, "gzip"):
+			w.Header().Set("Content-Encoding", "gzip")
+			_, _ = w.Write(gzipBytes(t, body))
+		default:
+			_, _ = io.WriteString(w, body)
+		}
+	}))
+	defer backend.Close()
+	gw, s := newTestGateway(t, backend.URL, "")
+	tr := &http.Transport{DisableCompression: true}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr}
+	for _, c := range []struct {
+		name, body, accept string
+		backendSaw         string
+		prompt, completion int64
+		encoding           string
+	}{
+		{"stream, gzip", `{"model":"m1","stream":true}`, "gzip", "identity", 4, 5, ""},
+		{"stream, br", `{"model":"m1","stream":true}`, "br, gzip", "identity", 4, 5, ""},
+		{"json, br and gzip", `{"model":"m1"}`, "br, gzip", "gzip", 11, 22, "gzip"},
+		{"json, br", `{"model":"m1"}`, "br", "identity", 11, 22, ""},
+		{"json, browser", `{"model":"m1"}`, "gzip, deflate, br, zstd", "gzip, deflate", 11, 22, "gzip"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(c.body))
+			req.Header.Set("Authorization", "Bearer "+testKey)
+			req.Header.Set("Accept-Encoding", c.accept)
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if ae := <-seen; ae != c.backendSaw {
+				t.Fatalf("backend was sent Accept-Encoding %q, want %q", ae, c.backendSaw)
+			}
+			if enc := resp.Header.Get("Content-Encoding"); enc != c.encoding || resp.StatusCode != 200 {
+				t.Fatalf("%d with Content-Encoding %q, want 200 with %q", resp.StatusCode, enc, c.encoding)
+			}
+			if bytes.Contains(got, []byte(`"usage"`)) && c.encoding == "" && strings.Contains(c.body, "stream") {
+				t.Fatalf("the client saw the usage chunk it did not ask for: %q", got)
+			}
+			ev := s.next(t)
+			if ev.Usage.PromptTokens != c.prompt || ev.Usage.CompletionTokens != c.completion || ev.UsageSource != "backend" {
+				t.Fatalf("usage %+v source %s", ev.Usage, ev.UsageSource)
+			}
+		})
+	}
+}

@@ -9,6 +9,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -250,5 +252,108 @@ func TestBackendFailureMidStreamEndsWithErrorEvent(t *testing.T) {
 	_, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1","stream":true}`, withKey())
 	if !bytes.Contains(body, []byte("event: error")) || !bytes.HasSuffix(body, []byte("data: [DONE]\n\n")) {
 		t.Fatalf("stream did not end with an error event: %q", body)
+	}
+}
+
+// TestLimitedKeyMustNameItsModel: a key with allowed_models is refused a
+// request that names no model (any backend could serve it any model), while
+// it still lists its models and runs the ones it may use.
+func TestLimitedKeyMustNameItsModel(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			_, _ = w.Write([]byte(`{"object":"list","data":[{"id":"m1","object":"model"},{"id":"m2","object":"model"}]}`))
+			return
+		}
+		_, _ = w.Write([]byte(`{"ok":true}`))
+	}))
+	defer backend.Close()
+	const limited = "sk-llmproxy-unit-limited-0043"
+	yaml := fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q, id: limited, allowed_models: [m1]}]\n", backend.URL, limited)
+	gw, s := gatewayFromYAML(t, yaml)
+	hdr := map[string]string{"Authorization": "Bearer " + limited}
+	cases := []struct {
+		name, method, path, body string
+		status                   int
+	}{
+		{"allowed model", "POST", "/v1/chat/completions", `{"model":"m1"}`, 200},
+		{"other model", "POST", "/v1/chat/completions", `{"model":"m2"}`, 403},
+		{"no model", "POST", "/v1/chat/completions", `{"messages":[{"role":"user","content":"hi"}]}`, 403},
+		{"empty model", "POST", "/v1/embeddings", `{"model":"","input":"hi"}`, 403},
+		{"no model, TGI", "POST", "/generate", `{"inputs":"hi"}`, 403},
+		{"model list", "GET", "/v1/models", "", 200},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			resp, body := do(t, c.method, gw.URL+c.path, c.body, hdr)
+			if resp.StatusCode != c.status {
+				t.Fatalf("%d %s, want %d", resp.StatusCode, body, c.status)
+			}
+			ev := s.next(t)
+			if c.status != 403 {
+				return
+			}
+			var e struct {
+				Error struct{ Message, Type, Code string } `json:"error"`
+			}
+			if json.Unmarshal(body, &e) != nil || e.Error.Code != "model_not_allowed" || e.Error.Type != "permission_error" || !strings.Contains(e.Error.Message, "m1") {
+				t.Fatalf("refusal %s", body)
+			}
+			if ev.StatusCode != 403 || ev.BackendURL != "" {
+				t.Fatalf("event of the refusal: status %d, backend %q", ev.StatusCode, ev.BackendURL)
+			}
+		})
+	}
+}
+
+// TestBackendRequestIDsDoNotReplaceTheGateways: the client gets the
+// gateway's request ids whatever ids the backend answers with, on plain,
+// streamed and on_response replies.
+func TestBackendRequestIDsDoNotReplaceTheGateways(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Request-Id", "backend-id-1")
+		w.Header()["x-llmproxy-request-id"] = []string{"backend-id-2"}
+		b, _ := io.ReadAll(r.Body)
+		if bytes.Contains(b, []byte(`"stream":true`)) {
+			w.Header().Set("Content-Type", "text/event-stream")
+			_, _ = io.WriteString(w, "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\ndata: [DONE]\n\n")
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"choices":[{"message":{"content":"a"}}]}`))
+	}))
+	defer backend.Close()
+	script := filepath.Join(t.TempDir(), "on_response.lua")
+	if err := os.WriteFile(script, []byte("function on_response(req, resp)\n  return nil\nend\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	plain, _ := newTestGateway(t, backend.URL, "")
+	hooked, _ := newTestGateway(t, backend.URL, fmt.Sprintf("lua: {scripts: [%q]}\n", script))
+	for _, c := range []struct {
+		name, url, body, clientID string
+	}{
+		{"json", plain.URL, `{"model":"m1"}`, ""},
+		{"json with the client's id", plain.URL, `{"model":"m1"}`, "client-id-7"},
+		{"stream", plain.URL, `{"model":"m1","stream":true}`, ""},
+		{"stream with the client's id", plain.URL, `{"model":"m1","stream":true}`, "client-id-8"},
+		{"on_response", hooked.URL, `{"model":"m1"}`, "client-id-9"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			hdr := withKey()
+			if c.clientID != "" {
+				hdr["X-Request-Id"] = c.clientID
+			}
+			resp, body := do(t, "POST", c.url+"/v1/chat/completions", c.body, hdr)
+			gwID := resp.Header.Values("X-Llmproxy-Request-Id")
+			want := c.clientID
+			if want == "" && len(gwID) == 1 {
+				want = gwID[0]
+			}
+			if resp.StatusCode != 200 || len(gwID) != 1 || !strings.HasPrefix(gwID[0], "req_") {
+				t.Fatalf("%d %s; X-LLMProxy-Request-Id %q", resp.StatusCode, body, gwID)
+			}
+			if got := resp.Header.Values("X-Request-Id"); len(got) != 1 || got[0] != want {
+				t.Fatalf("X-Request-Id %q, want %q", got, want)
+			}
+		})
 	}
 }

@@ -25,12 +25,29 @@ func copyRequestHeader(dst, src http.Header) {
 	removeHop(dst)
 }
 
-// copyResponseHeader copies the backend's headers for the client.
+// copyResponseHeader copies the backend's headers for the client, except
+// a backend's own request ids: the client gets the ones the gateway set
+// (begin), which name the request in its logs and events.
 func copyResponseHeader(dst, src http.Header) {
 	for k, vv := range src {
+		if isRequestIDHeader(k) {
+			continue
+		}
 		dst[k] = vv
 	}
 	removeHop(dst)
+}
+
+// isRequestIDHeader reports whether k names one of the request id headers
+// the gateway answers with, in any case.
+func isRequestIDHeader(k string) bool {
+	switch len(k) {
+	case len("X-Request-Id"):
+		return strings.EqualFold(k, "X-Request-Id")
+	case len("X-Llmproxy-Request-Id"):
+		return strings.EqualFold(k, "X-Llmproxy-Request-Id")
+	}
+	return false
 }
 
 func removeHop(h http.Header) {
@@ -44,4 +61,93 @@ func removeHop(h http.Header) {
 	for _, k := range hopHeaders {
 		delete(h, k)
 	}
+}
+
+// The Accept-Encoding values the gateway sends a backend. They are shared
+// and never modified.
+var (
+	acceptIdentity    = []string{"identity"}
+	acceptGzipDeflate = []string{"gzip, deflate"}
+	acceptGzip        = []string{"gzip"}
+	acceptDeflate     = []string{"deflate"}
+)
+
+// setBackendAcceptEncoding limits the Accept-Encoding that h, a request for
+// a backend, carries to what the gateway can read. With identity (a stream,
+// or a reply an on_response script will read) the reply is asked for
+// uncompressed: a stream's events are read, filtered (the usage chunk the
+// client did not ask for) and ended with an error event one by one. Any
+// other reply may come in gzip or deflate, which the gateway decompresses
+// on the side to read usage while the client gets the compressed bytes;
+// codings it cannot read (br, zstd, ...) are dropped, and a request without
+// Accept-Encoding is left without. It does not allocate.
+func setBackendAcceptEncoding(h http.Header, identity bool) {
+	if identity {
+		h["Accept-Encoding"] = acceptIdentity
+		return
+	}
+	vv, ok := h["Accept-Encoding"]
+	if !ok {
+		return
+	}
+	gzip, deflate := readableCodings(vv)
+	switch {
+	case gzip && deflate:
+		h["Accept-Encoding"] = acceptGzipDeflate
+	case gzip:
+		h["Accept-Encoding"] = acceptGzip
+	case deflate:
+		h["Accept-Encoding"] = acceptDeflate
+	default:
+		h["Accept-Encoding"] = acceptIdentity
+	}
+}
+
+// readableCodings reports whether the Accept-Encoding values vv accept
+// gzip (or x-gzip) and deflate: named with a q above 0, or matched by "*"
+// when not named.
+func readableCodings(vv []string) (gzip, deflate bool) {
+	var gzipNamed, deflateNamed, wildcard bool
+	for _, v := range vv {
+		for v != "" {
+			var item string
+			item, v, _ = strings.Cut(v, ",")
+			name, params, _ := strings.Cut(item, ";")
+			name = strings.TrimSpace(name)
+			ok := qAccepts(params)
+			switch {
+			case strings.EqualFold(name, "gzip"), strings.EqualFold(name, "x-gzip"):
+				gzipNamed, gzip = true, gzip || ok
+			case strings.EqualFold(name, "deflate"):
+				deflateNamed, deflate = true, deflate || ok
+			case name == "*":
+				wildcard = ok
+			}
+		}
+	}
+	return gzip || !gzipNamed && wildcard, deflate || !deflateNamed && wildcard
+}
+
+// qAccepts reports whether the parameters of an Accept-Encoding item leave
+// it accepted: no q, or a q other than 0.
+func qAccepts(params string) bool {
+	for params != "" {
+		var p string
+		p, params, _ = strings.Cut(params, ";")
+		k, val, _ := strings.Cut(p, "=")
+		if !strings.EqualFold(strings.TrimSpace(k), "q") {
+			continue
+		}
+		val = strings.TrimSpace(val)
+		if val == "" || val[0] != '0' {
+			return true
+		}
+		for _, c := range val[1:] {
+			if c != '.' && c != '0' {
+				return true
+			}
+		}
+		return false
+	}
+	return true
 }

@@ -205,3 +205,37 @@ func luaGoroutines() int {
 	}
 	return n
 }
+
+// TestOnResponseRepliesAreAskedUncompressed: with an on_response script
+// the backend is asked for an uncompressed reply whatever the client
+// accepts, so the script reads the reply and its usage is billed.
+func TestOnResponseRepliesAreAskedUncompressed(t *testing.T) {
+	seen := make(chan string, 1)
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- r.Header.Get("Accept-Encoding")
+		body := []byte(`{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":11,"completion_tokens":22,"total_tokens":33}}`)
+		w.Header().Set("Content-Type", "application/json")
+		if strings.Contains(r.Header.Get("Accept-Encoding"), "gzip") {
+			w.Header().Set("Content-Encoding", "gzip")
+			body = gzipBytes(t, string(body))
+		}
+		_, _ = w.Write(body)
+	}))
+	defer backend.Close()
+	script := filepath.Join(t.TempDir(), "on_response.lua")
+	src := "function on_response(req, resp)\n  if resp.body:get(\"choices.1.message.content\") ~= \"hi\" then error(\"unreadable reply\") end\n  return nil\nend\n"
+	if err := os.WriteFile(script, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	gw, s := newTestGateway(t, backend.URL, fmt.Sprintf("lua: {scripts: [%q]}\n", script))
+	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1"}`, map[string]string{"Authorization": "Bearer " + testKey, "Accept-Encoding": "gzip"})
+	if ae := <-seen; ae != "identity" {
+		t.Fatalf("backend was sent Accept-Encoding %q, want identity", ae)
+	}
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `"hi"`) {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	if ev := s.next(t); ev.UsageSource != "backend" || ev.Usage.CompletionTokens != 22 {
+		t.Fatalf("usage %+v source %s", ev.Usage, ev.UsageSource)
+	}
+}

@@ -46,8 +46,10 @@ type exchange struct {
 	ttft     time.Duration
 	result   usage.Result
 	// body is the non-stream reply as the client got it (decompressed,
-	// bounded), kept for response capture.
+	// bounded), kept for response capture; replyCut says the reply went on
+	// past it.
 	replyBody []byte
+	replyCut  bool
 	// streamed is set when the reply was SSE or NDJSON.
 	streamed  bool
 	source    string
@@ -92,6 +94,7 @@ func (g *Gateway) capture(x *exchange, ev *events.RequestCompleted, res usage.Re
 		c.Content, c.Truncated = red.Text(res.Text), res.TextTruncated
 	} else {
 		body := x.replyBody
+		c.Truncated = x.replyCut
 		if len(body) > x.rt.maxCapture {
 			body, c.Truncated = body[:x.rt.maxCapture], true
 		}
@@ -223,7 +226,13 @@ func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
 		r.Header = hr.Headers
 	}
 	if x.key != nil {
-		if e := x.key.Check(g.now(), x.clientIP, x.info.Model); e != nil {
+		e := x.key.Check(g.now(), x.clientIP)
+		if e == nil && r.Method == http.MethodPost {
+			// Every POST endpoint runs a model; the model lists (GET
+			// /v1/models, /api/tags) name none and are not refused.
+			e = x.key.CheckModel(x.info.Model)
+		}
+		if e != nil {
 			return g.reject(e.Code, e)
 		}
 	}
@@ -305,6 +314,21 @@ func (g *Gateway) readRequest(r *http.Request, x *exchange) *apierr.Error {
 func (g *Gateway) reject(reason string, e *apierr.Error) *apierr.Error {
 	g.metrics.rejections.WithLabelValues(reason).Inc()
 	return e
+}
+
+// streams reports whether x asks for a stream: "stream": true, or an
+// endpoint that streams unless told otherwise (Ollama's chat and generate
+// without "stream", TGI's /generate_stream).
+func (x *exchange) streams() bool {
+	switch {
+	case x.info.Stream:
+		return true
+	case x.path == "/generate_stream":
+		return true
+	case !x.info.StreamSet:
+		return x.path == "/api/chat" || x.path == "/api/generate"
+	}
+	return false
 }
 
 func isOpenAIStreamPath(p string) bool {
@@ -526,6 +550,10 @@ func (g *Gateway) roundTrip(ctx context.Context, r *http.Request, x *exchange, u
 		out.ContentLength = int64(len(x.body))
 	}
 	copyRequestHeader(out.Header, r.Header)
+	// on_response scripts read the reply's bytes, and its usage is read
+	// off the same bytes: they are asked for uncompressed.
+	hooked := x.rt.lua != nil && x.rt.lua.Has(hooks.HookResponse)
+	setBackendAcceptEncoding(out.Header, hooked || x.streams())
 	out.Header.Set("X-Request-Id", x.traceID())
 	for k, v := range up.Headers {
 		out.Header.Set(k, v)
@@ -637,8 +665,7 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 			x.errMsg = "client_closed_request"
 		}
 	} else {
-		var capture bytes.Buffer
-		const maxCapture = 8 << 20
+		var capture replyCapture
 		// The last piece read is held back until the body has ended, so
 		// that the request's event is durable before the client has the
 		// whole reply (streams, compressed or not, go straight through).
@@ -658,7 +685,7 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 				}
 				if tee != nil {
 					tee.Write(buf[:n])
-				} else if !compressed && capture.Len()+n <= maxCapture {
+				} else if !compressed {
 					capture.Write(buf[:n])
 				}
 				out := buf[:n]
@@ -690,10 +717,10 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 		}
 		if tee != nil {
 			tee.Close()
-			x.replyBody = tee.body
-		} else if capture.Len() > 0 {
-			ex.Body(capture.Bytes())
-			x.replyBody = capture.Bytes()
+			x.replyBody, x.replyCut = tee.body, tee.cut
+		} else if !compressed {
+			capture.meter(ex)
+			x.replyBody, x.replyCut = capture.kept()
 		}
 		if len(held) > 0 {
 			x.result, x.delivered = ex.Result(), true

@@ -10,8 +10,10 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
+	"github.com/llmproxy/llmproxy/pkg/keys"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/apierr"
 )
 
@@ -37,23 +39,32 @@ func HashSecret(secret string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// Mask returns a form of secret that is safe to log and to put in events:
-// its prefix up to the last dash (at most 12 characters), "…", and its last
-// four characters, e.g. "sk-llmproxy-…t123".
+// Mask returns a form of secret that is safe to log and to put in events.
+// It shows at most a third of what is secret, and never more than its last
+// four characters: "…" and the last characters of the secret, none for a
+// secret of eight characters or fewer. The prefix every key made by
+// `llmproxy keys` starts with (keys.SecretPrefix, "sk-llmproxy-") is public
+// and kept, and does not count: a made key shows as "sk-llmproxy-…t123".
 func Mask(secret string) string {
-	if len(secret) <= 8 {
-		return "…"
+	prefix, rest := "", secret
+	if r, ok := strings.CutPrefix(secret, keys.SecretPrefix); ok {
+		prefix, rest = keys.SecretPrefix, r
 	}
-	prefix := secret[:6]
-	if i := strings.LastIndexByte(secret[:min(len(secret)-4, 13)], '-'); i > 0 {
-		prefix = secret[:i+1]
+	n := 0
+	if len(rest) > 8 {
+		n = min(4, len(rest)/3)
 	}
-	return prefix + "…" + secret[len(secret)-4:]
+	i := len(rest) - n
+	for i < len(rest) && !utf8.RuneStart(rest[i]) {
+		i++ // show less rather than part of a character
+	}
+	return prefix + "…" + rest[i:]
 }
 
-// Check decides whether k may be used now, from ip, for model. It returns
-// nil or an error a user can act on.
-func (k *Key) Check(now time.Time, ip netip.Addr, model string) *apierr.Error {
+// Check decides whether k may be used now, from ip. It returns nil or an
+// error a user can act on. Requests for a model are also checked with
+// CheckModel.
+func (k *Key) Check(now time.Time, ip netip.Addr) *apierr.Error {
 	if k.Disabled {
 		return apierr.Forbidden("key_disabled", "this API key is disabled; ask your administrator to enable it")
 	}
@@ -63,7 +74,20 @@ func (k *Key) Check(now time.Time, ip netip.Addr, model string) *apierr.Error {
 	if len(k.AllowedIPs) > 0 && !allowedIP(k.AllowedIPs, ip) {
 		return apierr.Forbidden("ip_not_allowed", "this API key may not be used from "+ip.String()+"; use it from an allowed network or ask your administrator to add this address to its allowed_ips")
 	}
-	if k.AllowedModels != nil && model != "" && !k.AllowedModels[model] {
+	return nil
+}
+
+// CheckModel decides whether k may be used for a request naming model ("" for
+// a request that names none). A key limited to some models must name one of
+// them: a request without a model could be served any model a backend has.
+func (k *Key) CheckModel(model string) *apierr.Error {
+	if k.AllowedModels == nil {
+		return nil
+	}
+	if model == "" {
+		return apierr.Forbidden("model_not_allowed", "this API key may only use the models "+strings.Join(sortedModels(k.AllowedModels), ", ")+"; the request must name one of them in \"model\"")
+	}
+	if !k.AllowedModels[model] {
 		return apierr.Forbidden("model_not_allowed", "this API key may not use model "+model+"; allowed: "+strings.Join(sortedModels(k.AllowedModels), ", "))
 	}
 	return nil

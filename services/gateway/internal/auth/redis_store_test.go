@@ -63,10 +63,13 @@ func TestRedisStore(t *testing.T) {
 	if k.Period != "weekly" || k.Quota != 5000 || k.Limits.RequestsPerMinute != 100 || k.Limits.MaxConcurrent != 2 {
 		t.Fatalf("key period %s, quota %d, limits %+v; want weekly, 5000, rpm 100 and max_concurrent 2", k.Period, k.Quota, k.Limits)
 	}
-	if e := k.Check(now, netip.MustParseAddr("2001:db8::1"), "qwen"); e != nil {
+	if e := k.Check(now, netip.MustParseAddr("2001:db8::1")); e != nil {
 		t.Fatalf("Check from an allowed IPv6 address: %v", e)
 	}
-	if e := k.Check(now, netip.MustParseAddr("192.168.0.1"), "qwen"); e == nil {
+	if e := k.CheckModel("qwen"); e != nil {
+		t.Fatalf("CheckModel of an allowed model: %v", e)
+	}
+	if e := k.Check(now, netip.MustParseAddr("192.168.0.1")); e == nil {
 		t.Fatal("Check from outside allowed_ips passed")
 	}
 

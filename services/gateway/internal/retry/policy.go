@@ -198,8 +198,11 @@ func Classify(err error) string {
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
 		return OnTimeout
 	}
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
+	// Any error that says it is a timeout, not only a net.Error: the
+	// gateway's own transport reports a first-byte timeout with an error
+	// that has Timeout and no Temporary.
+	var te interface{ Timeout() bool }
+	if errors.As(err, &te) && te.Timeout() {
 		return OnTimeout
 	}
 	// A kept-alive connection the backend closed before answering (as

@@ -32,6 +32,18 @@ func (timeoutErr) Error() string   { return "i/o timeout" }
 func (timeoutErr) Timeout() bool   { return true }
 func (timeoutErr) Temporary() bool { return true }
 
+// timeoutOnly is a timeout that is not a net.Error (no Temporary), as the
+// gateway's own transport reports a first-byte timeout.
+type timeoutOnly struct{}
+
+func (timeoutOnly) Error() string { return "timeout awaiting response headers" }
+func (timeoutOnly) Timeout() bool { return true }
+
+type notTimeout struct{}
+
+func (notTimeout) Error() string { return "not a timeout" }
+func (notTimeout) Timeout() bool { return false }
+
 func TestShouldRetry(t *testing.T) {
 	dialRefused := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
 	reset := &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", syscall.ECONNRESET)}
@@ -65,6 +77,10 @@ func TestShouldRetry(t *testing.T) {
 		{"deadline", all, 0, 0, context.DeadlineExceeded, true},
 		{"os deadline", all, 0, 0, fmt.Errorf("read: %w", os.ErrDeadlineExceeded), true},
 		{"net timeout", all, 0, 0, timeoutErr{}, true},
+		{"timeout without Temporary", all, 0, 0, timeoutOnly{}, true},
+		{"wrapped timeout without Temporary", all, 0, 0, fmt.Errorf("backend a: %w", timeoutOnly{}), true},
+		{"Timeout false", all, 0, 0, notTimeout{}, false},
+		{"5xx only: timeout without Temporary", only5xx, 0, 0, timeoutOnly{}, false},
 		{"client cancelled", all, 0, 0, context.Canceled, false},
 		{"client cancelled wrapped in dial", all, 0, 0, &net.OpError{Op: "dial", Err: context.Canceled}, false},
 		{"client cancelled with 503", all, 0, 503, fmt.Errorf("copy: %w", context.Canceled), false},

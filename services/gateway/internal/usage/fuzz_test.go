@@ -52,6 +52,7 @@ func FuzzExtractor(f *testing.F) {
 		emit := func(ev []byte) error {
 			ex.Event(ev)
 			IsUsageOnlyChunk(ev)
+			IsFinalEvent(fmt, ev)
 			return nil
 		}
 		_ = sp.Feed(in, emit)

@@ -1,0 +1,189 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
+	"github.com/llmproxy/llmproxy/pkg/ledger"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/redistest"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/usage"
+)
+
+func TestReservation(t *testing.T) {
+	prompt := usage.RequestInfo{Prompt: "0123456789", Messages: 1} // 5 + 3 + 3
+	cases := []struct {
+		name string
+		path string
+		info usage.RequestInfo
+		cap  int64
+		want int64
+	}{
+		{"max_tokens", "/v1/chat/completions", withMax(prompt, 100), 0, 111},
+		{"configured cap", "/v1/chat/completions", prompt, 50, 61},
+		{"default cap", "/v1/chat/completions", prompt, 0, 11 + defaultMaxTokensCap},
+		{"embeddings", "/v1/embeddings", withMax(prompt, 100), 0, 11},
+		{"max_tokens at the bound", "/v1/chat/completions", withMax(prompt, maxReservation-11), 0, maxReservation},
+		{"max_tokens past the bound", "/v1/chat/completions", withMax(prompt, maxReservation), 0, maxReservation},
+		{"max_tokens near int64 max", "/v1/chat/completions", withMax(prompt, math.MaxInt64-5), 0, maxReservation},
+		{"max_tokens int64 max", "/v1/chat/completions", withMax(prompt, math.MaxInt64), 0, maxReservation},
+		{"cap int64 max", "/v1/chat/completions", prompt, math.MaxInt64, maxReservation},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := reservation(c.path, c.info, c.cap); got != c.want {
+				t.Fatalf("reservation = %d, want %d", got, c.want)
+			}
+		})
+	}
+}
+
+func withMax(info usage.RequestInfo, n int64) usage.RequestInfo {
+	info.MaxTokens = n
+	return info
+}
+
+// TestHugeMaxTokensIsReserved: a max_tokens near the int64 maximum reserves
+// the bound (not a wrapped, negative sum that reserves nothing), so the
+// event the meter applies carries a reservation it accepts.
+func TestHugeMaxTokensIsReserved(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}`))
+	}))
+	defer backend.Close()
+	cfg, err := config.Parse([]byte(fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q, total_quota: 1000000}]\n", backend.URL, testKey)), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newSink()
+	g, err := New(Options{Config: cfg, Events: s, Admitter: ledger.NewMemoryAdmitter(nil, nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Start(context.Background())
+	srv := httptest.NewServer(g.Handler())
+	defer srv.Close()
+	body := fmt.Sprintf(`{"model":"m","max_tokens":%d,"messages":[{"role":"user","content":"hi"}]}`, int64(math.MaxInt64))
+	if resp, b := do(t, "POST", srv.URL+"/v1/chat/completions", body, withKey()); resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, b)
+	}
+	if ev := s.next(t); ev.Reservation != maxReservation {
+		t.Fatalf("event reservation %d, want %d", ev.Reservation, maxReservation)
+	}
+	// The reservation is outstanding: a second request does not fit the
+	// quota until the first is settled.
+	resp, b := do(t, "POST", srv.URL+"/v1/chat/completions", `{"model":"m","max_tokens":10}`, withKey())
+	if resp.StatusCode != 429 {
+		t.Fatalf("second request: %d %s, want 429 while the first's reservation is outstanding", resp.StatusCode, b)
+	}
+}
+
+// TestRefusalsCarryRateLimitHeaders: a 429 of the global rate or of the
+// key's concurrency says, in OpenAI's x-ratelimit-* headers, which limit it
+// hit, that it has nothing left and when to try again; with either ledger.
+func TestRefusalsCarryRateLimitHeaders(t *testing.T) {
+	admitters := map[string]func(t *testing.T) ledger.Admitter{
+		"memory": func(*testing.T) ledger.Admitter { return ledger.NewMemoryAdmitter(nil, nil) },
+		"redis": func(t *testing.T) ledger.Admitter {
+			rdb, prefix := redistest.New(t, "admission")
+			return ledger.NewRedisAdmitter(rdb, prefix)
+		},
+	}
+	for name, admitter := range admitters {
+		t.Run(name, func(t *testing.T) {
+			// The backend holds a request marked hold until it is released.
+			arrived, release := make(chan struct{}), make(chan struct{})
+			backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Query().Get("hold") != "" {
+					arrived <- struct{}{}
+					<-release
+				}
+				_, _ = w.Write([]byte(`{"choices":[{"message":{"content":"hi"}}]}`))
+			}))
+			t.Cleanup(backend.Close)
+			serve := func(limits string) string {
+				cfg, err := config.Parse([]byte(fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q}]\n%s", backend.URL, testKey, limits)), "c.yaml")
+				if err != nil {
+					t.Fatal(err)
+				}
+				g, err := New(Options{Config: cfg, Events: newSink(), Admitter: admitter(t)})
+				if err != nil {
+					t.Fatal(err)
+				}
+				g.Start(context.Background())
+				srv := httptest.NewServer(g.Handler())
+				t.Cleanup(srv.Close)
+				return srv.URL
+			}
+			check := func(t *testing.T, resp *http.Response, limit string) {
+				t.Helper()
+				h := resp.Header
+				if resp.StatusCode != 429 || h.Get("Retry-After") == "" {
+					t.Fatalf("%d, Retry-After %q; want a 429 with Retry-After", resp.StatusCode, h.Get("Retry-After"))
+				}
+				reset, err := time.ParseDuration(h.Get("X-Ratelimit-Reset-Requests"))
+				if h.Get("X-Ratelimit-Limit-Requests") != limit || h.Get("X-Ratelimit-Remaining-Requests") != "0" || err != nil || reset <= 0 {
+					t.Fatalf("x-ratelimit-*-requests: limit %q remaining %q reset %q; want %s, 0 and a reset",
+						h.Get("X-Ratelimit-Limit-Requests"), h.Get("X-Ratelimit-Remaining-Requests"), h.Get("X-Ratelimit-Reset-Requests"), limit)
+				}
+			}
+
+			t.Run("global rate", func(t *testing.T) {
+				url := serve("rate_limit: {global: {requests_per_second: 0.1, burst_size: 2}}\n")
+				for i := range 2 {
+					if resp, b := do(t, "POST", url+"/v1/chat/completions", `{"model":"m"}`, withKey()); resp.StatusCode != 200 {
+						t.Fatalf("request %d within the burst: %d %s", i, resp.StatusCode, b)
+					}
+				}
+				resp, _ := do(t, "POST", url+"/v1/chat/completions", `{"model":"m"}`, withKey())
+				check(t, resp, "2")
+			})
+			t.Run("concurrency", func(t *testing.T) {
+				url := serve("rate_limit: {per_key: {max_concurrent: 1}}\n")
+				go func() {
+					req, _ := http.NewRequest("POST", url+"/v1/chat/completions?hold=1", strings.NewReader(`{"model":"m"}`))
+					req.Header.Set("Authorization", "Bearer "+testKey)
+					if resp, err := http.DefaultClient.Do(req); err == nil {
+						resp.Body.Close()
+					}
+				}()
+				<-arrived // the first request holds the key's one slot
+				defer func() { release <- struct{}{} }()
+				resp, _ := do(t, "POST", url+"/v1/chat/completions", `{"model":"m"}`, withKey())
+				check(t, resp, "1")
+			})
+		})
+	}
+}
+
+func TestRefusedBy(t *testing.T) {
+	req := ledger.AdmitRequest{Global: ledger.GlobalLimit{RPS: 2.5}, Limits: ledger.KeyLimits{RPM: 100, MaxConcurrent: 3}}
+	rpm := ledger.Decision{LimitRequests: 100, RemainingRequests: 40, ResetRequests: 30 * time.Second, LimitTokens: 1000, RemainingTokens: 10, RetryAfter: 400 * time.Millisecond}
+	cases := []struct {
+		reason           string
+		limit, remaining int64
+		reset            time.Duration
+	}{
+		{ledger.ReasonGlobalRPS, 3, 0, 400 * time.Millisecond}, // burst: 2.5 rounded up
+		{ledger.ReasonConcurrency, 3, 0, 400 * time.Millisecond},
+		{ledger.ReasonKeyRPM, 100, 40, 30 * time.Second},
+		{ledger.ReasonTPM, 100, 40, 30 * time.Second},
+	}
+	for _, c := range cases {
+		d := rpm
+		d.Reason = c.reason
+		got := refusedBy(req, d)
+		if got.LimitRequests != c.limit || got.RemainingRequests != c.remaining || got.ResetRequests != c.reset {
+			t.Errorf("%s: requests %d/%d reset %s, want %d/%d reset %s", c.reason, got.LimitRequests, got.RemainingRequests, got.ResetRequests, c.limit, c.remaining, c.reset)
+		}
+		if got.LimitTokens != 1000 || got.RemainingTokens != 10 {
+			t.Errorf("%s: token figures changed: %+v", c.reason, got)
+		}
+	}
+}

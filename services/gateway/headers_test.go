@@ -1,0 +1,55 @@
+package gateway
+
+import (
+	"net/http"
+	"testing"
+)
+
+func TestBackendAcceptEncoding(t *testing.T) {
+	cases := []struct {
+		name     string
+		client   []string // nil: no header
+		identity bool
+		want     []string // nil: no header
+	}{
+		{"stream, gzip", []string{"gzip"}, true, []string{"identity"}},
+		{"stream, br", []string{"br"}, true, []string{"identity"}},
+		{"stream, none", nil, true, []string{"identity"}},
+		{"none", nil, false, nil},
+		{"gzip", []string{"gzip"}, false, []string{"gzip"}},
+		{"x-gzip", []string{"x-gzip"}, false, []string{"gzip"}},
+		{"deflate", []string{"deflate"}, false, []string{"deflate"}},
+		{"browser", []string{"gzip, deflate, br, zstd"}, false, []string{"gzip, deflate"}},
+		{"two lines", []string{"br", "Deflate;q=0.5"}, false, []string{"deflate"}},
+		{"br and zstd only", []string{"br, zstd"}, false, []string{"identity"}},
+		{"identity", []string{"identity"}, false, []string{"identity"}},
+		{"gzip refused", []string{"gzip;q=0, deflate"}, false, []string{"deflate"}},
+		{"gzip refused, spaced", []string{"gzip ; q=0.000, br"}, false, []string{"identity"}},
+		{"gzip low q", []string{"gzip;q=0.001"}, false, []string{"gzip"}},
+		{"wildcard", []string{"*"}, false, []string{"gzip, deflate"}},
+		{"wildcard but gzip", []string{"*, gzip;q=0"}, false, []string{"deflate"}},
+		{"wildcard refused", []string{"*;q=0, gzip"}, false, []string{"gzip"}},
+		{"empty", []string{""}, false, []string{"identity"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			h := http.Header{}
+			if c.client != nil {
+				h["Accept-Encoding"] = c.client
+			}
+			setBackendAcceptEncoding(h, c.identity)
+			got, ok := h["Accept-Encoding"]
+			if ok != (c.want != nil) || len(got) != len(c.want) || len(got) > 0 && got[0] != c.want[0] {
+				t.Fatalf("Accept-Encoding %q, want %q", got, c.want)
+			}
+		})
+	}
+	browser := []string{"gzip, deflate, br, zstd"}
+	h := http.Header{"Accept-Encoding": browser}
+	if n := testing.AllocsPerRun(100, func() {
+		h["Accept-Encoding"] = browser
+		setBackendAcceptEncoding(h, false)
+	}); n != 0 {
+		t.Fatalf("%v allocations", n)
+	}
+}
