@@ -5,6 +5,7 @@ import (
 	"math"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/llmproxy/llmproxy/pkg/events"
@@ -23,7 +24,13 @@ type admission struct {
 	keyID    string
 	lease    bool
 	reserved int64
-	renew    *time.Timer
+
+	// renew keeps the lease and the reservation while the request runs;
+	// ended (under mu) stops it from being re-armed once the request is
+	// over.
+	mu    sync.Mutex
+	ended bool
+	renew *time.Timer
 }
 
 // admit asks the ledger, in one round trip, whether x may start. It returns
@@ -70,8 +77,9 @@ func (g *Gateway) admit(ctx context.Context, x *exchange) *apierr.Error {
 		return g.reject(d.Reason, e)
 	}
 	x.adm = &admission{keyID: req.KeyID, lease: req.Limits.MaxConcurrent > 0, reserved: req.Reserve}
-	if x.adm.lease {
-		g.keepLease(x, req.LeaseTTL)
+	// The ledger holds a reservation only where a token limit reads it.
+	if x.adm.lease || (req.Reserve > 0 && (req.Limits.TPM > 0 || req.Quota > 0)) {
+		g.keepHold(x, req.LeaseTTL)
 	}
 	return nil
 }
@@ -107,9 +115,11 @@ func reservation(path string, info usage.RequestInfo, capTokens int64) int64 {
 	return prompt + limit
 }
 
-// keepLease renews x's lease every ttl/2 while the request runs, so a long
-// stream keeps its slot and a dead gateway's slot frees within ttl.
-func (g *Gateway) keepLease(x *exchange, ttl time.Duration) {
+// keepHold renews x's lease and reservation while the request runs, so a
+// long stream keeps its slot and its tokens, a dead gateway's slot frees
+// within ttl, and the reservation outlives the request by at least half a
+// reservation TTL (the meter's time to settle it).
+func (g *Gateway) keepHold(x *exchange, ttl time.Duration) {
 	renewer, ok := g.admitter.(ledger.LeaseRenewer)
 	if !ok {
 		return
@@ -117,30 +127,46 @@ func (g *Gateway) keepLease(x *exchange, ttl time.Duration) {
 	if ttl <= 0 {
 		ttl = ledger.DefaultLeaseTTL
 	}
+	every := min(ttl, ledger.DefaultReservationTTL) / 2
 	a := x.adm
-	var renew func()
-	renew = func() {
+	renew := func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if held, err := renewer.Renew(ctx, a.keyID, x.requestID, ttl); err != nil || !held {
-			g.log.Warn("lease not renewed", "request_id", x.requestID, "held", held, "err", err)
+		held, err := renewer.Renew(ctx, a.keyID, x.requestID, ttl)
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if a.ended {
+			return
 		}
-		a.renew.Reset(ttl / 2)
+		if err != nil || !held {
+			g.log.Warn("lease and reservation not renewed", "request_id", x.requestID, "held", held, "err", err)
+		}
+		if err != nil || held {
+			a.renew.Reset(every)
+		}
 	}
-	a.renew = time.AfterFunc(ttl/2, renew)
+	a.mu.Lock()
+	a.renew = time.AfterFunc(every, renew)
+	a.mu.Unlock()
 }
 
-// release frees x's concurrency lease; tokens stay reserved until the meter
-// applies x's event.
+// release ends x's hold on its key: the renewals stop and the concurrency
+// lease is freed; tokens stay reserved until the meter applies x's event.
 func (g *Gateway) release(x *exchange) {
 	a := x.adm
-	if a == nil || !a.lease {
+	if a == nil {
 		return
 	}
-	a.lease = false
+	a.mu.Lock()
+	a.ended = true
 	if a.renew != nil {
 		a.renew.Stop()
 	}
+	a.mu.Unlock()
+	if !a.lease {
+		return
+	}
+	a.lease = false
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := g.admitter.Release(ctx, a.keyID, x.requestID); err != nil {

@@ -1,0 +1,82 @@
+package gateway
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
+	"github.com/llmproxy/llmproxy/pkg/ledger"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/auth"
+)
+
+// renewCounter is an admitter whose Renew calls are counted and may be
+// held up by block.
+type renewCounter struct {
+	calls atomic.Int64
+	block chan struct{}
+}
+
+func (r *renewCounter) Admit(context.Context, ledger.AdmitRequest) (ledger.Decision, error) {
+	return ledger.Decision{Allowed: true}, nil
+}
+func (r *renewCounter) Release(context.Context, string, string) error { return nil }
+func (r *renewCounter) Renew(context.Context, string, string, time.Duration) (bool, error) {
+	r.calls.Add(1)
+	if r.block != nil {
+		<-r.block
+	}
+	return true, nil
+}
+
+// TestAdmitKeepsAReservationWithoutALease: a request that reserves tokens
+// against a quota or TPM limit, with no concurrency limit, still has its
+// hold renewed while it runs, so a long stream keeps its reservation.
+func TestAdmitKeepsAReservationWithoutALease(t *testing.T) {
+	r := &renewCounter{}
+	g := &Gateway{admitter: r, log: slog.New(slog.DiscardHandler)}
+	cfg := &config.Config{}
+	cfg.RateLimit.LeaseTTL = config.Duration(20 * time.Millisecond)
+	x := &exchange{requestID: "req-long", rt: &runtime{cfg: cfg}, body: []byte(`{}`),
+		key: &auth.Key{ID: "k", Quota: 100000, Period: "daily"}}
+	if e := g.admit(context.Background(), x); e != nil {
+		t.Fatal(e)
+	}
+	if x.adm == nil || x.adm.lease || x.adm.reserved <= 0 {
+		t.Fatalf("admission %+v; want a reservation and no lease", x.adm)
+	}
+	time.Sleep(100 * time.Millisecond)
+	g.release(x)
+	n := r.calls.Load()
+	if n < 3 {
+		t.Fatalf("%d renewals in 100 ms at one per 10 ms", n)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if m := r.calls.Load(); m != n {
+		t.Fatalf("%d renewals after release", m-n)
+	}
+}
+
+// TestReleaseDuringRenewStopsRenewing: a renewal in flight when the
+// request ends does not re-arm the timer.
+func TestReleaseDuringRenewStopsRenewing(t *testing.T) {
+	r := &renewCounter{block: make(chan struct{})}
+	g := &Gateway{admitter: r, log: slog.New(slog.DiscardHandler)}
+	x := &exchange{requestID: "req-a"}
+	x.adm = &admission{keyID: "k", lease: true, reserved: 500}
+	g.keepHold(x, 20*time.Millisecond)
+	for r.calls.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { g.release(x) })
+	wg.Wait()
+	close(r.block) // the renewal in flight returns after the release
+	time.Sleep(100 * time.Millisecond)
+	if n := r.calls.Load(); n != 1 {
+		t.Fatalf("%d renewals; want the one in flight at release and none after", n)
+	}
+}
