@@ -97,7 +97,8 @@ func reservation(path string, info usage.RequestInfo, capTokens int64) int64 {
 	// bounded cheaply from its length rather than tokenized on the hot
 	// path: tokens average about four bytes of text, and two bytes per
 	// token keeps the bound above the real count for nearly any text.
-	prompt := min(int64(len(info.Prompt))/2+3*int64(info.Messages)+3, maxReservation)
+	// A prompt given as token ids counts one token per id.
+	prompt := min(int64(len(info.Prompt))/2+3*int64(info.Messages)+3+min(info.PromptTokenIDs, maxReservation), maxReservation)
 	if path == "/v1/embeddings" || path == "/api/embed" {
 		return prompt
 	}
@@ -108,9 +109,12 @@ func reservation(path string, info usage.RequestInfo, capTokens int64) int64 {
 	if limit <= 0 {
 		limit = defaultMaxTokensCap
 	}
-	// Saturate: a max_tokens near the int64 maximum must not wrap the sum.
-	if limit >= maxReservation-prompt {
+	// n and best_of ask for that many completions, each up to the limit.
+	// Saturate: a max_tokens or n near the int64 maximum must not wrap.
+	if c := max(info.Choices, 1); limit >= (maxReservation-prompt)/c {
 		return maxReservation
+	} else {
+		limit *= c
 	}
 	return prompt + limit
 }

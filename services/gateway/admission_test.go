@@ -34,6 +34,11 @@ func TestReservation(t *testing.T) {
 		{"max_tokens near int64 max", "/v1/chat/completions", withMax(prompt, math.MaxInt64-5), 0, maxReservation},
 		{"max_tokens int64 max", "/v1/chat/completions", withMax(prompt, math.MaxInt64), 0, maxReservation},
 		{"cap int64 max", "/v1/chat/completions", prompt, math.MaxInt64, maxReservation},
+		{"n 4", "/v1/chat/completions", withChoices(withMax(prompt, 100), 4), 0, 411},
+		{"n near int64 max", "/v1/chat/completions", withChoices(withMax(prompt, 100), math.MaxInt64), 0, maxReservation},
+		{"token ids", "/v1/completions", usage.RequestInfo{PromptTokenIDs: 20000, MaxTokens: 16}, 0, 3 + 20000 + 16},
+		{"token ids, embeddings", "/v1/embeddings", usage.RequestInfo{PromptTokenIDs: 20000}, 0, 3 + 20000},
+		{"token ids past the bound", "/v1/embeddings", usage.RequestInfo{PromptTokenIDs: math.MaxInt64}, 0, maxReservation},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -42,6 +47,11 @@ func TestReservation(t *testing.T) {
 			}
 		})
 	}
+}
+
+func withChoices(info usage.RequestInfo, n int64) usage.RequestInfo {
+	info.Choices = n
+	return info
 }
 
 func withMax(info usage.RequestInfo, n int64) usage.RequestInfo {

@@ -35,6 +35,13 @@ type RequestInfo struct {
 	// Messages counts the chat messages (plus one for an Anthropic or
 	// Ollama top-level system prompt), for the per-message overhead.
 	Messages int
+	// PromptTokenIDs counts the token ids of a prompt given as ids rather
+	// than text (prompt or input of /v1/completions and /v1/embeddings:
+	// an array of integers, or of such arrays).
+	PromptTokenIDs int64
+	// Choices is how many completions the request asks for: the largest of
+	// n and best_of (OpenAI, vLLM), at least 1.
+	Choices int64
 	// Prompt is the prompt text for estimation, joined by "\n": the system
 	// prompt or instructions, message contents (text parts of multi-part
 	// contents) and tool-call arguments, prompt, input or inputs, and the
@@ -48,6 +55,8 @@ type requestBody struct {
 	MaxTokens           *int64 `json:"max_tokens"`
 	MaxCompletionTokens *int64 `json:"max_completion_tokens"`
 	MaxOutputTokens     *int64 `json:"max_output_tokens"`
+	N                   *int64 `json:"n"`
+	BestOf              *int64 `json:"best_of"`
 	StreamOptions       *struct {
 		IncludeUsage bool `json:"include_usage"`
 	} `json:"stream_options"`
@@ -119,6 +128,14 @@ func ParseRequest(body []byte) (RequestInfo, error) {
 		}
 	}
 
+	info.Choices = 1
+	for _, c := range [2]*int64{r.N, r.BestOf} {
+		if c != nil && *c > info.Choices {
+			info.Choices = *c
+		}
+	}
+	info.PromptTokenIDs = countTokenIDs(r.Prompt, 0) + countTokenIDs(r.Input, 0) + countTokenIDs(r.Inputs, 0)
+
 	var p []byte
 	if !isNullOrEmpty(r.System) {
 		p = appendPromptValue(p, r.System, 0)
@@ -168,6 +185,25 @@ func appendPromptValue(dst, raw []byte, depth int) []byte {
 		}
 	}
 	return dst
+}
+
+// countTokenIDs counts the integers in a prompt given as token ids: an
+// array of integers, or an array of such arrays (a batch).
+func countTokenIDs(raw []byte, depth int) int64 {
+	if len(raw) == 0 || raw[0] != '[' || depth > 1 {
+		return 0
+	}
+	var n int64
+	el := arrayElements(raw)
+	for v, ok := el.next(); ok; v, ok = el.next() {
+		switch {
+		case len(v) > 0 && (v[0] == '-' || v[0] >= '0' && v[0] <= '9'):
+			n++
+		case len(v) > 0 && v[0] == '[':
+			n += countTokenIDs(v, depth+1)
+		}
+	}
+	return n
 }
 
 // appendPromptRaw appends a raw JSON value (tool definitions, tool-call

@@ -9,7 +9,7 @@ import (
 
 // The JSON names decodeRequest reads, per object.
 var (
-	requestKeys = []string{"model", "stream", "max_tokens", "max_completion_tokens", "max_output_tokens",
+	requestKeys = []string{"model", "stream", "max_tokens", "max_completion_tokens", "max_output_tokens", "n", "best_of",
 		"stream_options", "options", "parameters", "messages", "system", "instructions", "prompt", "input", "inputs", "tools"}
 	streamOptionKeys = []string{"include_usage"}
 	optionKeys       = []string{"num_predict"}
@@ -49,6 +49,10 @@ func decodeRequest(body []byte, r *requestBody) bool {
 			return decodeCount(v, &r.MaxCompletionTokens)
 		case "max_output_tokens":
 			return decodeCount(v, &r.MaxOutputTokens)
+		case "n":
+			return decodeCount(v, &r.N)
+		case "best_of":
+			return decodeCount(v, &r.BestOf)
 		case "stream_options":
 			r.StreamOptions = &struct {
 				IncludeUsage bool `json:"include_usage"`

@@ -69,25 +69,33 @@ func TestParseRequest(t *testing.T) {
 	}{
 		{"openai chat", `{"model":"gpt","stream":true,"stream_options":{"include_usage":true},"max_tokens":64,
 			"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"Hi"},{"type":"image_url","image_url":{"url":"data:x"}}]}]}`,
-			RequestInfo{Model: "gpt", Stream: true, StreamSet: true, MaxTokens: 64, IncludeUsage: true, Messages: 2, Prompt: "Be brief.\nHi"}},
+			RequestInfo{Choices: 1, Model: "gpt", Stream: true, StreamSet: true, MaxTokens: 64, IncludeUsage: true, Messages: 2, Prompt: "Be brief.\nHi"}},
 		{"max_completion_tokens", `{"model":"o3","max_completion_tokens":100,"messages":[{"role":"user","content":"x"}]}`,
-			RequestInfo{Model: "o3", MaxTokens: 100, Messages: 1, Prompt: "x"}},
+			RequestInfo{Choices: 1, Model: "o3", MaxTokens: 100, Messages: 1, Prompt: "x"}},
 		{"completions prompt list", `{"model":"m","prompt":["a","b"],"max_tokens":5,"stream":false}`,
-			RequestInfo{Model: "m", StreamSet: true, MaxTokens: 5, Prompt: "a\nb"}},
+			RequestInfo{Choices: 1, Model: "m", StreamSet: true, MaxTokens: 5, Prompt: "a\nb"}},
 		{"embeddings", `{"model":"e","input":"hello world"}`,
-			RequestInfo{Model: "e", Prompt: "hello world"}},
+			RequestInfo{Choices: 1, Model: "e", Prompt: "hello world"}},
 		{"anthropic", `{"model":"claude","max_tokens":1024,"system":"Sys","messages":[{"role":"user","content":[{"type":"tool_result","tool_use_id":"t","content":[{"type":"text","text":"42"}]}]}],"stream":true}`,
-			RequestInfo{Model: "claude", Stream: true, StreamSet: true, MaxTokens: 1024, Messages: 2, Prompt: "Sys\n42"}},
+			RequestInfo{Choices: 1, Model: "claude", Stream: true, StreamSet: true, MaxTokens: 1024, Messages: 2, Prompt: "Sys\n42"}},
 		{"ollama", `{"model":"llama3.2","messages":[{"role":"user","content":"why?"}],"options":{"num_predict":128,"temperature":0}}`,
-			RequestInfo{Model: "llama3.2", MaxTokens: 128, Messages: 1, Prompt: "why?"}},
+			RequestInfo{Choices: 1, Model: "llama3.2", MaxTokens: 128, Messages: 1, Prompt: "why?"}},
 		{"tgi", `{"inputs":"What is Deep Learning?","parameters":{"max_new_tokens":20,"details":true}}`,
-			RequestInfo{MaxTokens: 20, Prompt: "What is Deep Learning?"}},
+			RequestInfo{Choices: 1, MaxTokens: 20, Prompt: "What is Deep Learning?"}},
 		{"responses", `{"model":"gpt-4.1","instructions":"Be kind.","input":[{"role":"user","content":[{"type":"input_text","text":"Hello"}]}],"max_output_tokens":50}`,
-			RequestInfo{Model: "gpt-4.1", MaxTokens: 50, Prompt: "Be kind.\nHello"}},
+			RequestInfo{Choices: 1, Model: "gpt-4.1", MaxTokens: 50, Prompt: "Be kind.\nHello"}},
 		{"tools and tool calls", `{"model":"m","tools":[{"type":"function","function":{"name":"f"}}],"messages":[{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{\"x\":1}"}}]},{"role":"tool","tool_call_id":"c","content":"ok"}]}`,
-			RequestInfo{Model: "m", Messages: 2, Prompt: `{"x":1}` + "\nok\n" + `[{"type":"function","function":{"name":"f"}}]`}},
+			RequestInfo{Choices: 1, Model: "m", Messages: 2, Prompt: `{"x":1}` + "\nok\n" + `[{"type":"function","function":{"name":"f"}}]`}},
 		{"include_usage false", `{"stream":true,"stream_options":{"include_usage":false}}`,
-			RequestInfo{Stream: true, StreamSet: true}},
+			RequestInfo{Choices: 1, Stream: true, StreamSet: true}},
+		{"n and best_of", `{"model":"m","n":3,"best_of":5,"max_tokens":10,"messages":[{"role":"user","content":"x"}]}`,
+			RequestInfo{Choices: 5, Model: "m", MaxTokens: 10, Messages: 1, Prompt: "x"}},
+		{"n", `{"model":"m","n":4,"messages":[{"role":"user","content":"x"}]}`,
+			RequestInfo{Choices: 4, Model: "m", Messages: 1, Prompt: "x"}},
+		{"token-id prompt", `{"model":"m","prompt":[1,2,3,4],"max_tokens":16}`,
+			RequestInfo{Choices: 1, Model: "m", MaxTokens: 16, PromptTokenIDs: 4}},
+		{"token-id batch", `{"model":"m","input":[[1,2],[3,4,5]]}`,
+			RequestInfo{Choices: 1, Model: "m", PromptTokenIDs: 5}},
 	}
 	for _, tt := range tests {
 		got, err := ParseRequest([]byte(tt.in))
@@ -99,7 +107,7 @@ func TestParseRequest(t *testing.T) {
 			t.Errorf("%s:\n got %+v\nwant %+v", tt.name, got, tt.want)
 		}
 	}
-	for _, bad := range []string{``, `{`, `[]`, `"x"`, `null`, `{"stream":"yes"}`, `{"max_tokens":"5"}`, `{"a":1} {}`} {
+	for _, bad := range []string{``, `{`, `[]`, `"x"`, `null`, `{"stream":"yes"}`, `{"max_tokens":"5"}`, `{"n":"2"}`, `{"a":1} {}`} {
 		if _, err := ParseRequest([]byte(bad)); err == nil {
 			t.Errorf("ParseRequest(%q): no error", bad)
 		}
