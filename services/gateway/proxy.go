@@ -37,6 +37,9 @@ type exchange struct {
 	// hideUsage is set when the gateway asked the backend for a usage
 	// chunk the client did not ask for; the chunk is then not relayed.
 	hideUsage bool
+	// eventBody, when set, is the request body the event carries: the
+	// client's, before the gateway added stream_options for the backend.
+	eventBody []byte
 	// route is the backend an on_route script chose ("" = none).
 	route string
 	// adm is what admission granted (nil when nothing was admitted).
@@ -149,6 +152,15 @@ func (g *Gateway) begin(w http.ResponseWriter, r *http.Request) *exchange {
 	return x
 }
 
+// requestBody is the request body the event carries: as the client sent
+// it (after any on_request rewrite), without what the gateway added.
+func (x *exchange) requestBody() []byte {
+	if x.eventBody != nil {
+		return x.eventBody
+	}
+	return x.body
+}
+
 // serveProxy is the request path of DESIGN §4.
 func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) {
 	g.inflight.Add(1)
@@ -248,7 +260,7 @@ func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
 	}
 	if x.info.Stream && isOpenAIStreamPath(x.path) && !x.info.IncludeUsage {
 		if nb, added, err := usage.AddIncludeUsage(x.body); err == nil && added {
-			x.body, x.hideUsage = nb, true
+			x.eventBody, x.body, x.hideUsage = x.body, nb, true
 		}
 	}
 	return nil
@@ -819,7 +831,7 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 		Schema:      events.SchemaRequestCompletedV1,
 		RequestID:   x.requestID,
 		APIKey:      x.masked,
-		RequestBody: x.body,
+		RequestBody: x.requestBody(),
 		Usage: events.Usage{
 			PromptTokens:     res.PromptTokens,
 			CompletionTokens: res.CompletionTokens,
