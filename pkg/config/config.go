@@ -8,6 +8,10 @@ import "path/filepath"
 
 // Config is the whole configuration file. Every target reads the same file
 // and uses the parts it needs.
+// MaxLimit bounds quotas, token and request limits and counts (2^53): the
+// ledger's sums stay exact, on Redis too, whose scripts count in doubles.
+const MaxLimit = 1 << 53
+
 type Config struct {
 	// Listen is the gateway's address (default ":8000").
 	Listen string `yaml:"listen"`

@@ -303,8 +303,8 @@ func (v *checker) auth() {
 		v.add("auth.storage", "%s", needRedisText)
 	}
 	v.oneOf("auth.defaults.quota_reset_period", a.Defaults.QuotaResetPeriod, ResetPeriods)
-	v.nonNegative("auth.defaults.total_quota", a.Defaults.TotalQuota)
-	v.nonNegative("auth.defaults.max_tokens_cap", a.Defaults.MaxTokensCap)
+	v.limit("auth.defaults.total_quota", a.Defaults.TotalQuota)
+	v.limit("auth.defaults.max_tokens_cap", a.Defaults.MaxTokensCap)
 	if a.Storage != "redis" && v.c.AuthEnabled() && len(v.c.APIKeys) == 0 {
 		v.add("auth.enabled", "auth is enabled with file storage but api_keys lists no key, so every request would be refused")
 	}
@@ -347,7 +347,7 @@ func (v *checker) apiKeys() {
 		}
 		v.oneOf(p+".status", k.Status, KeyStatuses)
 		if k.TotalQuota != nil {
-			v.nonNegative(p+".total_quota", *k.TotalQuota)
+			v.limit(p+".total_quota", *k.TotalQuota)
 		}
 		v.oneOf(p+".quota_reset_period", k.QuotaResetPeriod, ResetPeriods)
 		for j, ip := range k.AllowedIPs {
@@ -389,9 +389,9 @@ func (v *checker) limits(p string, l PerKeyLimits) {
 	if l.RequestsPerSecond < 0 {
 		v.add(p+".requests_per_second", "must not be negative, got %g", l.RequestsPerSecond)
 	}
-	v.nonNegative(p+".requests_per_minute", l.RequestsPerMinute)
-	v.nonNegative(p+".tokens_per_minute", l.TokensPerMinute)
-	v.nonNegative(p+".max_concurrent", l.MaxConcurrent)
+	v.limit(p+".requests_per_minute", l.RequestsPerMinute)
+	v.limit(p+".tokens_per_minute", l.TokensPerMinute)
+	v.limit(p+".max_concurrent", l.MaxConcurrent)
 }
 
 func (v *checker) lua() {
@@ -445,6 +445,17 @@ func (v *checker) oneOf(path, val string, allowed []string) {
 func (v *checker) nonNegative(path string, n int64) {
 	if n < 0 {
 		v.add(path, "must not be negative, got %d", n)
+	}
+}
+
+// limit checks a quota, a token or request limit or a count: 0 or more,
+// and at most MaxLimit.
+func (v *checker) limit(path string, n int64) {
+	switch {
+	case n < 0:
+		v.add(path, "must not be negative, got %d", n)
+	case n > MaxLimit:
+		v.add(path, "at most %d (2^53), got %d", int64(MaxLimit), n)
 	}
 }
 

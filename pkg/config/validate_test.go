@@ -33,6 +33,14 @@ func TestValidate(t *testing.T) {
 			[]string{`c.yaml:6: key routing.retry.on: an empty list would retry nothing; leave on out to retry on all of connect, 429, 5xx, timeout, or write enabled: false`},
 		},
 		{
+			"limits past 2^53",
+			"auth:\n  defaults: { total_quota: 9007199254740993 }\nrate_limit:\n  per_key: { tokens_per_minute: 9223372036854775807 }\n",
+			[]string{
+				`c.yaml:4: key auth.defaults.total_quota: at most 9007199254740992 (2^53), got 9007199254740993`,
+				`c.yaml:6: key rate_limit.per_key.tokens_per_minute: at most 9007199254740992 (2^53), got 9223372036854775807`,
+			},
+		},
+		{
 			"unknown strategy",
 			"routing:\n  load_balance_strategy: random\n",
 			[]string{`c.yaml:4: key routing.load_balance_strategy: want one of round_robin, weighted, least_connections, latency_based, least_load, got "random"`},

@@ -166,8 +166,8 @@ func (s Spec) Validate() error {
 	default:
 		return bad("status %q: want active or disabled", s.Status)
 	}
-	if s.TotalQuota != nil && *s.TotalQuota < 0 {
-		return bad("total_quota %d: want 0 (unlimited) or more", *s.TotalQuota)
+	if s.TotalQuota != nil && (*s.TotalQuota < 0 || *s.TotalQuota > config.MaxLimit) {
+		return bad("total_quota %d: want 0 (unlimited) to %d", *s.TotalQuota, int64(config.MaxLimit))
 	}
 	if s.QuotaResetPeriod != "" {
 		if _, err := ledger.ParsePeriod(s.QuotaResetPeriod); err != nil {
@@ -183,11 +183,10 @@ func (s Spec) Validate() error {
 		}
 	}
 	if l := s.Limits; l != nil {
+		out := func(n *int64) bool { return n != nil && (*n < 0 || *n > config.MaxLimit) }
 		if l.RequestsPerSecond != nil && *l.RequestsPerSecond < 0 ||
-			l.RequestsPerMinute != nil && *l.RequestsPerMinute < 0 ||
-			l.TokensPerMinute != nil && *l.TokensPerMinute < 0 ||
-			l.MaxConcurrent != nil && *l.MaxConcurrent < 0 {
-			return bad("limits: want 0 (no limit) or more")
+			out(l.RequestsPerMinute) || out(l.TokensPerMinute) || out(l.MaxConcurrent) {
+			return bad("limits: want 0 (no limit) to %d", int64(config.MaxLimit))
 		}
 	}
 	return nil

@@ -72,13 +72,15 @@ func TestNewSecret(t *testing.T) {
 
 func TestSpecValidate(t *testing.T) {
 	for name, s := range map[string]Spec{
-		"bad id":         {ID: "a{b}"},
-		"id with a dot":  {ID: "team.a"},
-		"bad status":     {Status: "paused"},
-		"negative quota": {TotalQuota: ptr[int64](-1)},
-		"bad period":     {QuotaResetPeriod: "hourly"},
-		"bad ip":         {AllowedIPs: []string{"10.0.0.0/33"}},
-		"negative limit": {Limits: &Limits{MaxConcurrent: ptr[int64](-1)}},
+		"bad id":          {ID: "a{b}"},
+		"id with a dot":   {ID: "team.a"},
+		"bad status":      {Status: "paused"},
+		"negative quota":  {TotalQuota: ptr[int64](-1)},
+		"quota past 2^53": {TotalQuota: ptr[int64](1<<53 + 1)},
+		"tpm past 2^53":   {Limits: &Limits{TokensPerMinute: ptr[int64](1<<53 + 1)}},
+		"bad period":      {QuotaResetPeriod: "hourly"},
+		"bad ip":          {AllowedIPs: []string{"10.0.0.0/33"}},
+		"negative limit":  {Limits: &Limits{MaxConcurrent: ptr[int64](-1)}},
 	} {
 		if err := s.Validate(); !errors.Is(err, ErrInvalid) {
 			t.Errorf("%s: Validate = %v, want ErrInvalid", name, err)
