@@ -34,10 +34,11 @@ func (l *syncBuffer) String() string {
 	return l.b.String()
 }
 
-// TestBusLogsAsyncErrors: messages a subscription drops because it fell
-// behind are reported in the log rather than lost without a trace.
-func TestBusLogsAsyncErrors(t *testing.T) {
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
+// startNATS runs a JetStream server for the test on host:port (port -1:
+// any free one), stopped at the test's end.
+func startNATS(t *testing.T, host string, port int) *server.Server {
+	t.Helper()
+	ns, err := server.NewServer(&server.Options{Host: host, Port: port, JetStream: true,
 		StoreDir: t.TempDir(), NoSigs: true, NoLog: true})
 	if err != nil {
 		t.Fatal(err)
@@ -47,6 +48,13 @@ func TestBusLogsAsyncErrors(t *testing.T) {
 		t.Fatal("nats-server did not start")
 	}
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	return ns
+}
+
+// TestBusLogsAsyncErrors: messages a subscription drops because it fell
+// behind are reported in the log rather than lost without a trace.
+func TestBusLogsAsyncErrors(t *testing.T) {
+	ns := startNATS(t, "127.0.0.1", -1)
 
 	var out syncBuffer
 	log := slog.New(slog.NewTextHandler(&out, nil))
@@ -88,16 +96,7 @@ func TestBusLogsAsyncErrors(t *testing.T) {
 // settings; a command run with another config (logs, webhooks dlq) reads
 // them without changing them.
 func TestCLIBusLeavesStreamsAlone(t *testing.T) {
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
-		StoreDir: t.TempDir(), NoSigs: true, NoLog: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server did not start")
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	ns := startNATS(t, "127.0.0.1", -1)
 	ctx := context.Background()
 	log := slog.New(slog.DiscardHandler)
 

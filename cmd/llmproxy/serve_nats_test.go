@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
-
 	"github.com/llmproxy/llmproxy/pkg/config"
 )
 
@@ -80,13 +78,7 @@ logging: { level: warn }
 		return resp.StatusCode == http.StatusOK, resp.Status
 	})
 
-	ns, err := server.NewServer(&server.Options{Host: host, Port: port, JetStream: true,
-		StoreDir: t.TempDir(), NoSigs: true, NoLog: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+	startNATS(t, host, port)
 	eventually(t, 60*time.Second, "the request counted once NATS is up", func() (bool, string) {
 		req, _ := http.NewRequest(http.MethodGet, "http://"+admin+"/admin/usage?key=down", nil)
 		req.Header.Set("Authorization", "Bearer admin-token-0123456789")

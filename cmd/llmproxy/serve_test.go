@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
-
 	"github.com/llmproxy/llmproxy/pkg/config"
 )
 
@@ -21,16 +19,7 @@ import (
 // its own listener; a worker (here the notifier) has only the admin
 // listener, and without one it logs a warning that names the fix.
 func TestServeHealthListeners(t *testing.T) {
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
-		StoreDir: t.TempDir(), NoSigs: true, NoLog: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server did not start")
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	ns := startNATS(t, "127.0.0.1", -1)
 
 	const warning = "no admin listener"
 	cases := []struct {

@@ -10,13 +10,15 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-func TestEnsureStreamsCreatesUpdatesAndLeavesAlone(t *testing.T) {
+// testJetStream runs a JetStream server for the test and connects to it.
+func testJetStream(t *testing.T) jetstream.JetStream {
+	t.Helper()
 	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	go ns.Start()
-	defer ns.Shutdown()
+	t.Cleanup(ns.Shutdown)
 	if !ns.ReadyForConnections(10 * time.Second) {
 		t.Fatal("nats-server did not start")
 	}
@@ -24,8 +26,13 @@ func TestEnsureStreamsCreatesUpdatesAndLeavesAlone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nc.Close()
+	t.Cleanup(nc.Close)
 	js, _ := jetstream.New(nc)
+	return js
+}
+
+func TestEnsureStreamsCreatesUpdatesAndLeavesAlone(t *testing.T) {
+	js := testJetStream(t)
 	ctx := context.Background()
 
 	if err := EnsureStreams(ctx, js, StreamOptions{}); err != nil {
@@ -65,21 +72,7 @@ func TestEnsureStreamsCreatesUpdatesAndLeavesAlone(t *testing.T) {
 }
 
 func TestCreateStreamsCreatesMissing(t *testing.T) {
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	defer ns.Shutdown()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server did not start")
-	}
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js := testJetStream(t)
 	ctx := context.Background()
 	if err := CreateStreams(ctx, js, StreamOptions{}); err != nil {
 		t.Fatal(err)

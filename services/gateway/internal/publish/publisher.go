@@ -247,15 +247,24 @@ func (p *Publisher) dropped(n int, reason, requestID string) {
 	if n > 0 {
 		p.m.dropped.Add(float64(n))
 	}
-	p.dropMu.Lock()
-	now := time.Now()
-	if now.Sub(p.lastDropLog) < p.opts.WarnInterval {
-		p.dropMu.Unlock()
+	if !p.logDue(&p.lastDropLog) {
 		return
 	}
-	p.lastDropLog = now
-	p.dropMu.Unlock()
 	p.log.Error("event dropped: it will not be published", "reason", reason, "request_id", requestID)
+}
+
+// logDue reports whether a line whose last one was logged at *last may be
+// logged now, at most one per WarnInterval, and if so moves *last to now.
+// last is guarded by dropMu.
+func (p *Publisher) logDue(last *time.Time) bool {
+	p.dropMu.Lock()
+	defer p.dropMu.Unlock()
+	now := time.Now()
+	if now.Sub(*last) < p.opts.WarnInterval {
+		return false
+	}
+	*last = now
+	return true
 }
 
 // writeLoop moves queued events into the outbox and syncs it on every

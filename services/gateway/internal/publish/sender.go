@@ -225,14 +225,9 @@ func (p *Publisher) maxPayload() int64 {
 // at most once per WarnInterval; bound names the limit it had to fit.
 func (p *Publisher) truncated(requestID string, size, fitted int, bound string, limit int64) {
 	p.m.truncated.Inc()
-	p.dropMu.Lock()
-	now := time.Now()
-	if now.Sub(p.lastTruncLog) < p.opts.WarnInterval {
-		p.dropMu.Unlock()
+	if !p.logDue(&p.lastTruncLog) {
 		return
 	}
-	p.lastTruncLog = now
-	p.dropMu.Unlock()
 	p.log.Warn("event too large: published with its request body or response cut (marked truncated)",
 		"request_id", requestID, "bytes", size, "published_bytes", fitted, bound, limit)
 }
