@@ -37,7 +37,7 @@ func TestConfigCommandArguments(t *testing.T) {
 		stdout     string // a substring; "" for none
 		stderrSays string
 	}{
-		{[]string{"check", "--help"}, 0, "Usage:\n  llmproxy config check FILE", ""},
+		{[]string{"check", "--help"}, 0, "Usage:\n  llmproxy config check [--target T] FILE", ""},
 		{[]string{"check", "-h"}, 0, "Usage:", ""},
 		{[]string{"--help"}, 0, "Usage:", ""},
 		{[]string{"check", good}, 0, good + ": ok", ""},
@@ -46,6 +46,10 @@ func TestConfigCommandArguments(t *testing.T) {
 		{[]string{"check", "--strict", good}, 2, "", "flag provided but not defined: -strict"},
 		{[]string{"verify", good}, 2, "", "Usage:"},
 		{[]string{"check", filepath.Join(dir, "missing.yaml")}, 1, "", "missing.yaml"},
+		{[]string{"check", "--target", "all", good}, 0, good + ": ok", ""},
+		{[]string{"check", good, "--target", "notifier"}, 1, "", "--target notifier needs nats.url"},
+		{[]string{"check", "--target", "gateway", good}, 1, "", "--target gateway needs redis.url"},
+		{[]string{"check", "--target", "proxy", good}, 2, "", `--target "proxy": want all, gateway`},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {

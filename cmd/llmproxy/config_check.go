@@ -12,12 +12,14 @@ import (
 )
 
 const configUsage = `Usage:
-  llmproxy config check FILE
+  llmproxy config check [--target T] FILE
 
 Loads FILE as serve does, for every target: unknown keys, bad values,
 environment variables that are not set, Lua scripts and logging.redact rules
-that do not compile. Prints each problem with its line number and key, and
-exits 1 when there is any.
+that do not compile. With --target (all, gateway, meter, notifier,
+recorder) it also checks that FILE has what serve --target T needs, such as
+nats.url and redis.url for a gateway. Prints each problem with its line
+number and key, and exits 1 when there is any.
 `
 
 // cmdConfig runs `llmproxy config check FILE`: every error on its own line
@@ -35,19 +37,40 @@ func runConfig(args []string, stdout, stderr io.Writer) int {
 	}
 	fs := flag.NewFlagSet("config check", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	if err := fs.Parse(args[1:]); errors.Is(err, flag.ErrHelp) {
-		fmt.Fprint(stdout, configUsage)
-		return 0
-	} else if err != nil {
-		fmt.Fprintf(stderr, "llmproxy config check: %v\n\n%s", err, configUsage)
-		return 2
+	target := fs.String("target", "", "also check what serve --target T needs")
+	// Flags may come before or after FILE.
+	parse := func(args []string) (int, bool) {
+		if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, configUsage)
+			return 0, false
+		} else if err != nil {
+			fmt.Fprintf(stderr, "llmproxy config check: %v\n\n%s", err, configUsage)
+			return 2, false
+		}
+		return 0, true
 	}
-	if fs.NArg() != 1 {
+	if code, ok := parse(args[1:]); !ok {
+		return code
+	}
+	if fs.NArg() == 0 {
 		fmt.Fprint(stderr, configUsage)
 		return 2
 	}
 	path := fs.Arg(0)
-	if err := checkConfig(path); err != nil {
+	if code, ok := parse(fs.Args()[1:]); !ok {
+		return code
+	}
+	if fs.NArg() != 0 {
+		fmt.Fprint(stderr, configUsage)
+		return 2
+	}
+	switch *target {
+	case "", "all", "gateway", "meter", "notifier", "recorder":
+	default:
+		fmt.Fprintf(stderr, "llmproxy config check: --target %q: want all, gateway, meter, notifier or recorder\n", *target)
+		return 2
+	}
+	if err := checkConfig(path, *target); err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
@@ -55,9 +78,9 @@ func runConfig(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// checkConfig loads path as every target would, and compiles its Lua
-// scripts.
-func checkConfig(path string) error {
+// checkConfig loads path as every target would, compiles its Lua scripts
+// and, given a target, checks that path has what that target needs.
+func checkConfig(path, target string) error {
 	cfg, err := loadConfig(path)
 	if err != nil {
 		var list *config.Errors
@@ -68,6 +91,9 @@ func checkConfig(path string) error {
 	}
 	if err := gateway.CheckScripts(cfg.Lua.Scripts); err != nil {
 		return fmt.Errorf("lua.scripts: %w", err)
+	}
+	if target != "" {
+		return checkTarget(cfg, target)
 	}
 	return nil
 }

@@ -32,7 +32,7 @@ func TestConfigCheck(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			err := checkConfig(write(strings.ReplaceAll(c.name, " ", "_")+".yaml", c.yaml))
+			err := checkConfig(write(strings.ReplaceAll(c.name, " ", "_")+".yaml", c.yaml), "")
 			if c.want == nil {
 				if err != nil {
 					t.Fatalf("unexpected error: %v", err)
