@@ -6,6 +6,8 @@ import (
 	"io"
 	"net/http"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -117,4 +119,58 @@ func (g *Gateway) backendModels(ctx context.Context, up *balancer.Upstream) []mo
 		return nil
 	}
 	return out.Data
+}
+
+// filtersTags reports whether x is an Ollama model list (GET /api/tags)
+// asked with a key restricted to some models: the reply lists only those.
+func (x *exchange) filtersTags() bool {
+	return x.path == "/api/tags" && x.key != nil && x.key.AllowedModels != nil
+}
+
+// maxTagsBody bounds the model list held to be filtered.
+const maxTagsBody = 16 << 20
+
+// relayTags answers GET /api/tags for a key restricted to some models with
+// the backend's list less the models the key may not use (matched by name
+// or model, with and without the ":latest" tag Ollama adds). A reply that
+// is not such a list is refused rather than passed on whole.
+func (g *Gateway) relayTags(w http.ResponseWriter, x *exchange, resp *http.Response) {
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxTagsBody+1))
+	if x.ttft == 0 {
+		x.ttft = time.Since(x.start)
+	}
+	var list struct {
+		Models []json.RawMessage `json:"models"`
+	}
+	enc := resp.Header.Get("Content-Encoding")
+	if err != nil || len(body) > maxTagsBody || (enc != "" && enc != "identity") || json.Unmarshal(body, &list) != nil {
+		g.failForward(w, x, apierr.BadGateway("the backend's model list could not be read"))
+		return
+	}
+	kept := make([]json.RawMessage, 0, len(list.Models))
+	for _, m := range list.Models {
+		var id struct{ Name, Model string }
+		if json.Unmarshal(m, &id) == nil && (allowedTag(x.key.AllowedModels, id.Name) || allowedTag(x.key.AllowedModels, id.Model)) {
+			kept = append(kept, m)
+		}
+	}
+	out, _ := json.Marshal(map[string]any{"models": kept})
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(out)))
+	x.status = http.StatusOK
+	x.delivered = true
+	w.WriteHeader(http.StatusOK)
+	if _, err := w.Write(out); err != nil {
+		x.errMsg = "client_closed_request"
+	}
+}
+
+// allowedTag reports whether the Ollama model name is in allowed, as
+// written or without its ":latest" tag.
+func allowedTag(allowed map[string]bool, name string) bool {
+	if name == "" {
+		return false
+	}
+	return allowed[name] || allowed[strings.TrimSuffix(name, ":latest")]
 }

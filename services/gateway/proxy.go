@@ -500,6 +500,8 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 		}
 		if lua := rt.lua; lua != nil && lua.Has(hooks.HookResponse) && !isStreamContentType(resp.Header.Get("Content-Type")) {
 			g.relayWithHook(r, w, x, resp)
+		} else if x.filtersTags() && resp.StatusCode == http.StatusOK {
+			g.relayTags(w, x, resp)
 		} else {
 			g.relay(ctx, w, x, resp)
 		}
@@ -565,7 +567,7 @@ func (g *Gateway) roundTrip(ctx context.Context, r *http.Request, x *exchange, u
 	// on_response scripts read the reply's bytes, and its usage is read
 	// off the same bytes: they are asked for uncompressed.
 	hooked := x.rt.lua != nil && x.rt.lua.Has(hooks.HookResponse)
-	setBackendAcceptEncoding(out.Header, hooked || x.streams())
+	setBackendAcceptEncoding(out.Header, hooked || x.streams() || x.filtersTags())
 	out.Header.Set("X-Request-Id", x.traceID())
 	for k, v := range up.Headers {
 		out.Header.Set(k, v)

@@ -1,0 +1,49 @@
+package gateway
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"testing"
+)
+
+// TestTagsListOnlyTheKeysModels: Ollama's GET /api/tags, asked with a key
+// restricted to some models, lists only those; an unrestricted key gets the
+// backend's list as it is.
+func TestTagsListOnlyTheKeysModels(t *testing.T) {
+	const tags = `{"models":[{"name":"llama3:latest","model":"llama3:latest","size":1},` +
+		`{"name":"qwen2.5:7b","model":"qwen2.5:7b","size":2},{"name":"mistral:latest","model":"mistral:latest","size":3}]}`
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(tags))
+	}))
+	defer backend.Close()
+	const limited, open = "sk-llmproxy-unit-limited-0044", "sk-llmproxy-unit-open-00045"
+	yaml := fmt.Sprintf("backends: [{url: %q}]\napi_keys:\n  - {key: %q, id: limited, allowed_models: [llama3, \"qwen2.5:7b\"]}\n  - {key: %q, id: open}\n",
+		backend.URL, limited, open)
+	gw, s := gatewayFromYAML(t, yaml)
+	names := func(key string) []string {
+		resp, body := do(t, "GET", gw.URL+"/api/tags", "", map[string]string{"Authorization": "Bearer " + key})
+		s.next(t)
+		if resp.StatusCode != 200 {
+			t.Fatalf("%d %s", resp.StatusCode, body)
+		}
+		var list struct{ Models []struct{ Name string } }
+		if err := json.Unmarshal([]byte(body), &list); err != nil {
+			t.Fatalf("%v: %s", err, body)
+		}
+		var out []string
+		for _, m := range list.Models {
+			out = append(out, m.Name)
+		}
+		return out
+	}
+	if got := names(limited); !slices.Equal(got, []string{"llama3:latest", "qwen2.5:7b"}) {
+		t.Fatalf("restricted key sees %v", got)
+	}
+	if got := names(open); len(got) != 3 {
+		t.Fatalf("open key sees %v", got)
+	}
+}
