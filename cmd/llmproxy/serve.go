@@ -303,7 +303,18 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target string, log 
 
 	var admin *http.Server
 	if cfg.Admin.Listen != "" {
-		admin, err = startAdmin(cfg, reg, lh, readyFn, log, errc)
+		adminReady := readyFn
+		if gw != nil {
+			// The admin listener's /readyz says what the gateway's does:
+			// backends, NATS and Redis.
+			adminReady = func(ctx context.Context) error {
+				if err := gw.BackendsReady(); err != nil {
+					return err
+				}
+				return readyFn(ctx)
+			}
+		}
+		admin, err = startAdmin(cfg, reg, lh, adminReady, log, errc)
 		if err != nil {
 			return err
 		}

@@ -235,6 +235,18 @@ var (
 	proxiedGET = []string{"/api/tags"}
 )
 
+// BackendsReady reports an error when no backend is available, the
+// backends' half of the gateway's /readyz, for a readiness check served
+// elsewhere (the admin listener).
+func (g *Gateway) BackendsReady() error {
+	for _, s := range g.rt.Load().pool.Snapshot() {
+		if s.State == "healthy" {
+			return nil
+		}
+	}
+	return errors.New("no backend is available")
+}
+
 func (g *Gateway) readyz(c echo.Context) error {
 	type backendState struct {
 		Name  string `json:"name"`
