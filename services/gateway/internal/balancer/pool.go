@@ -222,9 +222,12 @@ func (p *Pool) lookup(ref string) *Upstream {
 
 // Pick chooses an upstream for model among those that serve it, are
 // available now, are not standbys (weight 0) and for which tried (nil =
-// none tried) returns false. It
-// returns ErrModelNotFound when no upstream serves the model at all and
-// ErrNoAvailable when some do but none can be used.
+// none tried) returns false. When none is left, it takes the first such
+// upstream, standbys included, from the routing.fallback chains of the
+// upstreams serving the model that are unavailable or tried, in config
+// order: a primary that is down or ejected is never picked, so its chain
+// is read here. It returns ErrModelNotFound when no upstream serves the
+// model at all and ErrNoAvailable when some do but none can be used.
 func (p *Pool) Pick(model string, tried func(*Upstream) bool) (*Upstream, error) {
 	serving := p.serving(model)
 	if len(serving) == 0 {
@@ -237,10 +240,31 @@ func (p *Pool) Pick(model string, tried func(*Upstream) bool) (*Upstream, error)
 			cands = append(cands, u)
 		}
 	}
-	if len(cands) == 0 {
-		return nil, ErrNoAvailable
+	if len(cands) > 0 {
+		return p.picker.Pick(cands), nil
 	}
-	return p.picker.Pick(cands), nil
+	if u := p.fallbackFor(model, serving, now, tried); u != nil {
+		return u, nil
+	}
+	return nil, ErrNoAvailable
+}
+
+// fallbackFor returns the first upstream that is available, serves model
+// and was not tried, from the fallback chains of the upstreams in serving
+// that cannot take the request themselves, or nil.
+func (p *Pool) fallbackFor(model string, serving []*Upstream, now time.Time, tried func(*Upstream) bool) *Upstream {
+	for _, prim := range serving {
+		chain := p.fallbacks[prim]
+		if len(chain) == 0 || (prim.Available(now) && (tried == nil || !tried(prim))) {
+			continue
+		}
+		for _, u := range chain {
+			if u.Available(now) && u.Serves(model) && (tried == nil || !tried(u)) {
+				return u
+			}
+		}
+	}
+	return nil
 }
 
 // serving returns the upstreams that serve model; the slice is shared and
