@@ -420,6 +420,8 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 			g.log.Warn("on_route named an unknown backend", "request_id", x.requestID, "backend", x.route)
 		}
 	}
+	// failed are the upstreams that failed a try of this request.
+	var failed []*balancer.Upstream
 	var lastErr *apierr.Error
 	for attempt := 0; ; attempt++ {
 		up := nextFallback(fallbacks, isTried, x.info.Model, rt.pool.Now())
@@ -461,7 +463,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 				x.status, x.errMsg = 499, "client_closed_request"
 				return
 			}
-			up.ReportFailure(g.now())
+			failed = reportFailure(failed, up, g.now())
 			lastErr = classify(err)
 			// A configured fallback is tried at once, with retries on or
 			// off; a retry of the pool waits its backoff first.
@@ -480,7 +482,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 			return
 		}
 		if resp.StatusCode >= 500 {
-			up.ReportFailure(g.now())
+			failed = reportFailure(failed, up, g.now())
 		} else {
 			up.ReportSuccess()
 		}
@@ -509,6 +511,20 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 		up.Release()
 		return
 	}
+}
+
+// reportFailure counts a failed try against up unless up already failed
+// in this request, and returns failed with up in it: one bad request is
+// one failure of a backend however many of its retries went there, so that
+// retries alone do not eject the only backend.
+func reportFailure(failed []*balancer.Upstream, up *balancer.Upstream, now time.Time) []*balancer.Upstream {
+	for _, f := range failed {
+		if f == up {
+			return failed
+		}
+	}
+	up.ReportFailure(now)
+	return append(failed, up)
 }
 
 // nextFallback returns the first upstream of chain not yet tried that is

@@ -1,12 +1,34 @@
 package gateway
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
 	"testing"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/balancer"
 )
+
+// routingGateway serves yaml and returns the gateway's pool with it, so
+// that a test can read the upstreams' state.
+func routingGateway(t *testing.T, yaml string) (*httptest.Server, *balancer.Pool) {
+	t.Helper()
+	cfg, err := config.Parse([]byte(yaml), "test.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := New(Options{Config: cfg, Events: newSink()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Start(context.Background())
+	srv := httptest.NewServer(g.Handler())
+	t.Cleanup(srv.Close)
+	return srv, g.rt.Load().pool
+}
 
 // countingBackend answers every request with status and body and counts
 // the requests.
@@ -49,5 +71,36 @@ api_keys: [{key: %q}]
 	}
 	if standbyHits.Load() != 8 || primaryHits.Load() >= 8 {
 		t.Fatalf("primary tried %d times, standby %d", primaryHits.Load(), standbyHits.Load())
+	}
+}
+
+// TestRetriesOfOneRequestCountOnce: a request answered 5xx on every try
+// is one failure of its backend, not one per retry, so with max_retries 2
+// and failure_threshold 3 it takes three bad requests, not one, to eject
+// the backend.
+func TestRetriesOfOneRequestCountOnce(t *testing.T) {
+	backend, hits := countingBackend(t, http.StatusInternalServerError, `{"error":"boom"}`)
+	gw, pool := routingGateway(t, fmt.Sprintf(`
+backends: [{url: %q, name: only}]
+routing:
+  retry: {enabled: true, max_retries: 2, initial_wait: 1ms, max_wait: 1ms}
+health_check: {failure_threshold: 3, cooldown: 1m}
+api_keys: [{key: %q}]
+`, backend.URL, testKey))
+	up := pool.ByName("only")
+	for i := range 3 {
+		if up.State() != balancer.StateHealthy {
+			t.Fatalf("after %d requests (%d tries) the backend is %s", i, hits.Load(), up.State())
+		}
+		resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m"}`, withKey())
+		if resp.StatusCode < 500 {
+			t.Fatalf("request %d: %d %s", i, resp.StatusCode, body)
+		}
+		if i == 0 && hits.Load() != 3 {
+			t.Fatalf("backend tried %d times, want 1 + 2 retries", hits.Load())
+		}
+	}
+	if up.State() != balancer.StateEjected || up.Ejections() != 1 {
+		t.Fatalf("after 3 failed requests: %s, %d ejections", up.State(), up.Ejections())
 	}
 }
