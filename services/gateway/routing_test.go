@@ -104,3 +104,37 @@ api_keys: [{key: %q}]
 		t.Fatalf("after 3 failed requests: %s, %d ejections", up.State(), up.Ejections())
 	}
 }
+
+// TestOnlyBackendEjectedIsStillTried: a backend ejected after a blip is the
+// only one for the model; the next request is sent to it anyway and
+// succeeds, instead of 503 for the whole cooldown.
+func TestOnlyBackendEjectedIsStillTried(t *testing.T) {
+	var calls atomic.Int64
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) == 1 {
+			http.Error(w, `{"error":"blip"}`, http.StatusBadGateway)
+			return
+		}
+		_, _ = w.Write([]byte(`{"ok":true}`))
+	}))
+	t.Cleanup(backend.Close)
+	gw, pool := routingGateway(t, fmt.Sprintf(`
+backends: [{url: %q, name: only}]
+routing:
+  retry: {enabled: false}
+health_check: {failure_threshold: 1, cooldown: 1m}
+api_keys: [{key: %q}]
+`, backend.URL, testKey))
+	if resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m"}`, withKey()); resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("first request: %d %s", resp.StatusCode, body)
+	}
+	if st := pool.ByName("only").State(); st != balancer.StateEjected {
+		t.Fatalf("after the failure the backend is %s", st)
+	}
+	for i := range 3 {
+		resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m"}`, withKey())
+		if resp.StatusCode != 200 || string(body) != `{"ok":true}` {
+			t.Fatalf("request %d while ejected: %d %s", i, resp.StatusCode, body)
+		}
+	}
+}

@@ -403,3 +403,69 @@ func TestPickFallsBackWhenPrimaryUnavailable(t *testing.T) {
 		t.Fatalf("primary down: picked %v, %v; want vllm-2", u, err)
 	}
 }
+
+// TestPickEjectedWhenNothingIsAvailable: with every upstream for a model
+// down or ejected, the ejected ones are picked by the strategy rather than
+// none; those the active checks mark down never are.
+func TestPickEjectedWhenNothingIsAvailable(t *testing.T) {
+	clk := newFakeClock()
+	p := mustPool(t, PoolConfig{Backends: backends(3), Strategy: RoundRobin, Clock: clk})
+	b0, b1, b2 := p.ByName("b0"), p.ByName("b1"), p.ByName("b2")
+	eject := func(u *Upstream) {
+		for range DefaultFailureThreshold {
+			u.ReportFailure(clk.Now())
+		}
+	}
+	eject(b0)
+	eject(b1)
+	// b2 is available: no panic, the ejected ones are left alone, even
+	// when b2 was tried (the caller may try it again).
+	if u, err := p.Pick("", nil); err != nil || u != b2 {
+		t.Fatalf("picked %v, %v; want b2", u, err)
+	}
+	isB2 := func(u *Upstream) bool { return u == b2 }
+	if u, err := p.Pick("", isB2); !errors.Is(err, ErrNoAvailable) {
+		t.Fatalf("b2 tried: picked %v, %v; want ErrNoAvailable", u, err)
+	}
+	eject(b2)
+	b2.recordCheck(false, 1, 1)
+	got := map[string]int{}
+	for range 10 {
+		u, err := p.Pick("", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[u.Name]++
+	}
+	if got["b0"] != 5 || got["b1"] != 5 {
+		t.Fatalf("all ejected, b2 down: picks %v, want b0 and b1 in turn", got)
+	}
+	isB0 := func(u *Upstream) bool { return u == b0 }
+	if u, err := p.Pick("", isB0); err != nil || u != b1 {
+		t.Fatalf("b0 tried: picked %v, %v; want b1", u, err)
+	}
+	if _, err := p.Pick("", func(u *Upstream) bool { return u != b2 }); !errors.Is(err, ErrNoAvailable) {
+		t.Fatalf("every ejected one tried, b2 down: %v", err)
+	}
+
+	// A standby in the chain of an ejected primary comes after it, and
+	// in its place when the primary is down.
+	bs := []config.Backend{
+		{Name: "vllm-1", URL: "http://vllm-1.test:8000", Weight: 5},
+		{Name: "vllm-2", URL: "http://vllm-2.test:8000", Weight: 0},
+	}
+	q := mustPool(t, PoolConfig{Backends: bs, Fallback: []config.Fallback{{Primary: "vllm-1", Fallback: []string{"vllm-2"}}}, Clock: clk})
+	v1, v2 := q.ByName("vllm-1"), q.ByName("vllm-2")
+	eject(v1)
+	eject(v2)
+	if u, err := q.Pick("", nil); err != nil || u != v1 {
+		t.Fatalf("both ejected: picked %v, %v; want vllm-1", u, err)
+	}
+	if u, err := q.Pick("", func(u *Upstream) bool { return u == v1 }); err != nil || u != v2 {
+		t.Fatalf("both ejected, vllm-1 tried: picked %v, %v; want vllm-2", u, err)
+	}
+	v1.recordCheck(false, 1, 1)
+	if u, err := q.Pick("", nil); err != nil || u != v2 {
+		t.Fatalf("vllm-1 down, vllm-2 ejected: picked %v, %v; want vllm-2", u, err)
+	}
+}
