@@ -3,10 +3,12 @@ package gateway
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/balancer"
@@ -136,5 +138,69 @@ api_keys: [{key: %q}]
 		if resp.StatusCode != 200 || string(body) != `{"ok":true}` {
 			t.Fatalf("request %d while ejected: %d %s", i, resp.StatusCode, body)
 		}
+	}
+}
+
+// sseBackend streams one chat chunk after wait, its head sent and flushed
+// at once as vLLM and TGI do, and counts the requests.
+func sseBackend(t *testing.T, wait time.Duration) (*httptest.Server, *atomic.Int64) {
+	t.Helper()
+	var hits atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+		http.NewResponseController(w).Flush()
+		select {
+		case <-time.After(wait):
+		case <-r.Context().Done():
+			return
+		}
+		_, _ = io.WriteString(w, "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]\n\n")
+	}))
+	t.Cleanup(srv.Close)
+	return srv, &hits
+}
+
+// TestLatencyBasedTimesTheFirstToken: latency_based learns from the
+// first byte of the body, not from the head, so a backend that answers
+// its head at once but its first token only after 300 ms counts as slow
+// and the fast one takes most requests; a failed reply is no sample.
+func TestLatencyBasedTimesTheFirstToken(t *testing.T) {
+	slow, slowHits := sseBackend(t, 300*time.Millisecond)
+	fast, fastHits := sseBackend(t, 0)
+	failing, _ := countingBackend(t, http.StatusServiceUnavailable, `{"error":"overloaded"}`)
+	gw, pool := routingGateway(t, fmt.Sprintf(`
+backends:
+  - {url: %q, name: slow, models: [m]}
+  - {url: %q, name: fast, models: [m]}
+  - {url: %q, name: failing, models: [f]}
+routing:
+  load_balance_strategy: latency_based
+  retry: {enabled: false}
+api_keys: [{key: %q}]
+`, slow.URL, fast.URL, failing.URL, testKey))
+	const n = 40
+	for i := range n {
+		resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m","stream":true}`, withKey())
+		if resp.StatusCode != 200 {
+			t.Fatalf("request %d: %d %s", i, resp.StatusCode, body)
+		}
+	}
+	slowTTFT, _ := pool.ByName("slow").TTFT()
+	fastTTFT, _ := pool.ByName("fast").TTFT()
+	t.Logf("slow: %d requests, EWMA %s; fast: %d requests, EWMA %s", slowHits.Load(), slowTTFT, fastHits.Load(), fastTTFT)
+	if slowTTFT < 250*time.Millisecond || fastTTFT > 100*time.Millisecond {
+		t.Errorf("EWMA of time to first token: slow %s, fast %s", slowTTFT, fastTTFT)
+	}
+	if fastHits.Load() <= n/2 {
+		t.Errorf("the fast backend took %d of %d requests, want most", fastHits.Load(), n)
+	}
+
+	if resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"f"}`, withKey()); resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("failing backend: %d %s", resp.StatusCode, body)
+	}
+	if d, ok := pool.ByName("failing").TTFT(); ok {
+		t.Errorf("a 503 reply was taken as a sample: %s", d)
 	}
 }
