@@ -5,7 +5,6 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-	"time"
 
 	"github.com/llmproxy/llmproxy/services/gateway/internal/apierr"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/auth"
@@ -82,9 +81,7 @@ const maxHookBody = 16 << 20
 func (g *Gateway) relayWithHook(r *http.Request, w http.ResponseWriter, x *exchange, resp *http.Response) {
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxHookBody+1))
-	if x.ttft == 0 {
-		x.ttft = time.Since(x.start)
-	}
+	x.firstByte(resp.StatusCode)
 	if err != nil || len(body) > maxHookBody {
 		e := apierr.BadGateway("the backend's reply could not be read")
 		if len(body) > maxHookBody {

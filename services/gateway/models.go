@@ -137,9 +137,7 @@ const maxTagsBody = 16 << 20
 func (g *Gateway) relayTags(w http.ResponseWriter, x *exchange, resp *http.Response) {
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxTagsBody+1))
-	if x.ttft == 0 {
-		x.ttft = time.Since(x.start)
-	}
+	x.firstByte(resp.StatusCode)
 	var list struct {
 		Models []json.RawMessage `json:"models"`
 	}

@@ -45,9 +45,11 @@ type exchange struct {
 	// adm is what admission granted (nil when nothing was admitted).
 	adm      *admission
 	upstream *balancer.Upstream
-	status   int
-	ttft     time.Duration
-	result   usage.Result
+	// sent is when the last try was sent to upstream.
+	sent   time.Time
+	status int
+	ttft   time.Duration
+	result usage.Result
 	// body is the non-stream reply as the client got it (decompressed,
 	// bounded), kept for response capture; replyCut says the reply went on
 	// past it.
@@ -420,6 +422,8 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 			g.log.Warn("on_route named an unknown backend", "request_id", x.requestID, "backend", x.route)
 		}
 	}
+	// failed are the upstreams that failed a try of this request.
+	var failed []*balancer.Upstream
 	var lastErr *apierr.Error
 	for attempt := 0; ; attempt++ {
 		up := nextFallback(fallbacks, isTried, x.info.Model, rt.pool.Now())
@@ -461,7 +465,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 				x.status, x.errMsg = 499, "client_closed_request"
 				return
 			}
-			up.ReportFailure(g.now())
+			failed = reportFailure(failed, up, g.now())
 			lastErr = classify(err)
 			// A configured fallback is tried at once, with retries on or
 			// off; a retry of the pool waits its backoff first.
@@ -480,7 +484,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 			return
 		}
 		if resp.StatusCode >= 500 {
-			up.ReportFailure(g.now())
+			failed = reportFailure(failed, up, g.now())
 		} else {
 			up.ReportSuccess()
 		}
@@ -509,6 +513,20 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 		up.Release()
 		return
 	}
+}
+
+// reportFailure counts a failed try against up unless up already failed
+// in this request, and returns failed with up in it: one bad request is
+// one failure of a backend however many of its retries went there, so that
+// retries alone do not eject the only backend.
+func reportFailure(failed []*balancer.Upstream, up *balancer.Upstream, now time.Time) []*balancer.Upstream {
+	for _, f := range failed {
+		if f == up {
+			return failed
+		}
+	}
+	up.ReportFailure(now)
+	return append(failed, up)
 }
 
 // nextFallback returns the first upstream of chain not yet tried that is
@@ -574,14 +592,30 @@ func (g *Gateway) roundTrip(ctx context.Context, r *http.Request, x *exchange, u
 	}
 	balancer.MarkReplayable(out)
 	up.Acquire()
-	sent := time.Now()
+	x.sent = time.Now()
 	resp, err := up.Transport.RoundTrip(out)
 	if err != nil {
 		up.Release()
 		return nil, err
 	}
-	up.ObserveTTFT(time.Since(sent))
 	return resp, nil
+}
+
+// firstByte records the arrival of the first byte of the reply's body
+// with status: the request's time to first token and, for a 2xx reply,
+// the upstream's sample for latency_based, timed from when the try was
+// sent. The body's first byte, not the head: vLLM and TGI send a stream's
+// head at once and its first event only after queueing and prefill. A
+// failed reply is no sample, or a backend failing fast would look fast.
+func (x *exchange) firstByte(status int) {
+	if x.ttft != 0 {
+		return
+	}
+	now := time.Now()
+	x.ttft = now.Sub(x.start)
+	if status >= 200 && status < 300 && x.upstream != nil {
+		x.upstream.ObserveTTFT(now.Sub(x.sent))
+	}
 }
 
 // relay copies the backend's response to the client: streams event by
@@ -638,9 +672,7 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 		for {
 			n, err := resp.Body.Read(buf)
 			if n > 0 {
-				if x.ttft == 0 {
-					x.ttft = time.Since(x.start)
-				}
+				x.firstByte(resp.StatusCode)
 				if ferr := sp.Feed(buf[:n], emit); ferr != nil {
 					break
 				}
@@ -694,9 +726,7 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 		for {
 			n, err := resp.Body.Read(buf)
 			if n > 0 {
-				if x.ttft == 0 {
-					x.ttft = time.Since(x.start)
-				}
+				x.firstByte(resp.StatusCode)
 				if tee != nil {
 					tee.Write(buf[:n])
 				} else if !compressed {

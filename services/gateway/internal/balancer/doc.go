@@ -5,7 +5,9 @@
 // EWMA, last scraped engine load). A Pool holds the configured upstreams and
 // one Picker, the load-balancing strategy; Pool.Pick filters the upstreams
 // that serve a model, are available and were not tried yet in this request,
-// and hands the candidates to the Picker. Pickers are small types, one per
+// and hands the candidates to the Picker; with none, it reads the fallback
+// chains of those that cannot take the request, and with nothing available
+// at all it picks among the passively ejected ones (panic mode). Pickers are small types, one per
 // file, with randomness and time injected so tests are deterministic.
 //
 // The HealthChecker runs active health checks and, for least_load, scrapes

@@ -16,8 +16,8 @@ var (
 	// ErrModelNotFound means no upstream lists the model (404
 	// model_not_found).
 	ErrModelNotFound = errors.New("no backend serves the model")
-	// ErrNoAvailable means upstreams serve the model but all are down,
-	// ejected or already tried in this request (503).
+	// ErrNoAvailable means upstreams serve the model but all are down
+	// or already tried in this request (503).
 	ErrNoAvailable = errors.New("no backend available")
 )
 
@@ -222,8 +222,20 @@ func (p *Pool) lookup(ref string) *Upstream {
 
 // Pick chooses an upstream for model among those that serve it, are
 // available now, are not standbys (weight 0) and for which tried (nil =
-// none tried) returns false. It
-// returns ErrModelNotFound when no upstream serves the model at all and
+// none tried) returns false. When none is left, it takes the first such
+// upstream, standbys included, from the routing.fallback chains of the
+// upstreams serving the model that are unavailable or tried, in config
+// order: a primary that is down or ejected is never picked, so its chain
+// is read here.
+//
+// When no upstream for the model is available at all, tried or not, Pick
+// chooses the same way among those that are only passively ejected (panic
+// mode, as nginx does with a single server and Envoy below its panic
+// threshold): an ejection is a guess from a few failures, and answering
+// 503 to every request for a whole cooldown is worse than trying. Those
+// the active health checks mark down are never chosen.
+//
+// It returns ErrModelNotFound when no upstream serves the model at all and
 // ErrNoAvailable when some do but none can be used.
 func (p *Pool) Pick(model string, tried func(*Upstream) bool) (*Upstream, error) {
 	serving := p.serving(model)
@@ -232,15 +244,66 @@ func (p *Pool) Pick(model string, tried func(*Upstream) bool) (*Upstream, error)
 	}
 	now := p.clock.Now()
 	cands := make([]*Upstream, 0, len(serving))
+	cands, fb := p.choose(model, serving, cands, now, tried, false)
+	if len(cands) > 0 {
+		return p.picker.Pick(cands), nil
+	}
+	if fb != nil {
+		return fb, nil
+	}
+	if tried != nil {
+		// An available upstream that was tried already is the caller's
+		// to try again; the ejected ones are not tried before it.
+		if c, fb := p.choose(model, serving, cands, now, nil, false); len(c) > 0 || fb != nil {
+			return nil, ErrNoAvailable
+		}
+	}
+	cands, fb = p.choose(model, serving, cands, now, tried, true)
+	if len(cands) > 0 {
+		return p.picker.Pick(cands), nil
+	}
+	if fb != nil {
+		return fb, nil
+	}
+	return nil, ErrNoAvailable
+}
+
+// choose appends to cands[:0] the upstreams of serving, standbys aside,
+// that may take the request and were not tried, and returns them. When
+// there is none it also returns the first upstream that may take it,
+// serves model and was not tried from the fallback chains of those in
+// serving that cannot take it themselves, or nil. An upstream may take the
+// request when it is available, or with ejected set when only the active
+// health checks do not mark it down.
+func (p *Pool) choose(model string, serving, cands []*Upstream, now time.Time, tried func(*Upstream) bool, ejected bool) ([]*Upstream, *Upstream) {
+	usable := func(u *Upstream) bool {
+		ok := u.Available(now)
+		if ejected {
+			ok = u.Healthy()
+		}
+		return ok && (tried == nil || !tried(u))
+	}
+	cands = cands[:0]
 	for _, u := range serving {
-		if !u.standby && u.Available(now) && (tried == nil || !tried(u)) {
+		if !u.standby && usable(u) {
 			cands = append(cands, u)
 		}
 	}
-	if len(cands) == 0 {
-		return nil, ErrNoAvailable
+	if len(cands) > 0 {
+		return cands, nil
 	}
-	return p.picker.Pick(cands), nil
+	for _, prim := range serving {
+		chain := p.fallbacks[prim]
+		if len(chain) == 0 || usable(prim) {
+			continue
+		}
+		for _, u := range chain {
+			if u.Serves(model) && usable(u) {
+				return cands, u
+			}
+		}
+	}
+	return cands, nil
 }
 
 // serving returns the upstreams that serve model; the slice is shared and

@@ -340,8 +340,13 @@ func TestZeroWeightIsStandby(t *testing.T) {
 	if fb := p.FallbackChain(p.ByName("b0")); len(fb) != 1 || fb[0].Name != "b2" {
 		t.Fatalf("the standby must stay reachable as a fallback: %v", fb)
 	}
-	// Tried everything else: no standby is chosen.
-	if _, err := p.Pick("", func(u *Upstream) bool { return u.Name != "b2" }); !errors.Is(err, ErrNoAvailable) {
+	// Tried everything else: the standby is reached through b0's chain,
+	// and a standby in no chain is never chosen.
+	if u, err := p.Pick("", func(u *Upstream) bool { return u.Name != "b2" }); err != nil || u.Name != "b2" {
+		t.Fatalf("Pick with only b0's fallback left: %v, %v", u, err)
+	}
+	alone := mustPool(t, PoolConfig{Backends: bs, Strategy: RoundRobin})
+	if _, err := alone.Pick("", func(u *Upstream) bool { return u.Name != "b2" }); !errors.Is(err, ErrNoAvailable) {
 		t.Fatalf("Pick with only the standby left: %v", err)
 	}
 	// No weights at all (a Backend built without config defaults): all serve.
@@ -353,5 +358,114 @@ func TestZeroWeightIsStandby(t *testing.T) {
 	}
 	if len(seen) != 2 {
 		t.Fatalf("unweighted backends must all serve: %v", seen)
+	}
+}
+
+// TestPickFallsBackWhenPrimaryUnavailable: a primary that is ejected or
+// down is never picked, so Pick itself reads its fallback chain.
+func TestPickFallsBackWhenPrimaryUnavailable(t *testing.T) {
+	clk := newFakeClock()
+	bs := []config.Backend{
+		{Name: "vllm-1", URL: "http://vllm-1.test:8000", Weight: 5, Models: []string{"m"}},
+		{Name: "vllm-2", URL: "http://vllm-2.test:8000", Weight: 0, Models: []string{"m"}},
+		{Name: "other", URL: "http://other.test:8000", Weight: 0, Models: []string{"x"}},
+		{Name: "vllm-3", URL: "http://vllm-3.test:8000", Weight: 0, Models: []string{"m"}},
+	}
+	p := mustPool(t, PoolConfig{
+		Backends: bs,
+		Fallback: []config.Fallback{{Primary: "vllm-1", Fallback: []string{"other", "vllm-2", "vllm-3"}}},
+		Clock:    clk,
+	})
+	v1, v2 := p.ByName("vllm-1"), p.ByName("vllm-2")
+	if u, err := p.Pick("m", nil); err != nil || u != v1 {
+		t.Fatalf("healthy primary: picked %v, %v", u, err)
+	}
+	for range DefaultFailureThreshold {
+		v1.ReportFailure(clk.Now())
+	}
+	for range 3 {
+		if u, err := p.Pick("m", nil); err != nil || u != v2 {
+			t.Fatalf("ejected primary: picked %v, %v; want vllm-2", u, err)
+		}
+	}
+	// The next in the chain once vllm-2 was tried; none after that.
+	isV2 := func(u *Upstream) bool { return u == v2 }
+	if u, err := p.Pick("m", isV2); err != nil || u.Name != "vllm-3" {
+		t.Fatalf("vllm-2 tried: picked %v, %v; want vllm-3", u, err)
+	}
+	if _, err := p.Pick("x", nil); !errors.Is(err, ErrNoAvailable) {
+		t.Fatalf("model x has no primary, only a standby in no chain for it: %v", err)
+	}
+	// Down by the active checks rather than ejected: the same.
+	clk.Advance(DefaultCooldown)
+	v1.recordCheck(false, 1, 1)
+	if u, err := p.Pick("m", nil); err != nil || u != v2 {
+		t.Fatalf("primary down: picked %v, %v; want vllm-2", u, err)
+	}
+}
+
+// TestPickEjectedWhenNothingIsAvailable: with every upstream for a model
+// down or ejected, the ejected ones are picked by the strategy rather than
+// none; those the active checks mark down never are.
+func TestPickEjectedWhenNothingIsAvailable(t *testing.T) {
+	clk := newFakeClock()
+	p := mustPool(t, PoolConfig{Backends: backends(3), Strategy: RoundRobin, Clock: clk})
+	b0, b1, b2 := p.ByName("b0"), p.ByName("b1"), p.ByName("b2")
+	eject := func(u *Upstream) {
+		for range DefaultFailureThreshold {
+			u.ReportFailure(clk.Now())
+		}
+	}
+	eject(b0)
+	eject(b1)
+	// b2 is available: no panic, the ejected ones are left alone, even
+	// when b2 was tried (the caller may try it again).
+	if u, err := p.Pick("", nil); err != nil || u != b2 {
+		t.Fatalf("picked %v, %v; want b2", u, err)
+	}
+	isB2 := func(u *Upstream) bool { return u == b2 }
+	if u, err := p.Pick("", isB2); !errors.Is(err, ErrNoAvailable) {
+		t.Fatalf("b2 tried: picked %v, %v; want ErrNoAvailable", u, err)
+	}
+	eject(b2)
+	b2.recordCheck(false, 1, 1)
+	got := map[string]int{}
+	for range 10 {
+		u, err := p.Pick("", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[u.Name]++
+	}
+	if got["b0"] != 5 || got["b1"] != 5 {
+		t.Fatalf("all ejected, b2 down: picks %v, want b0 and b1 in turn", got)
+	}
+	isB0 := func(u *Upstream) bool { return u == b0 }
+	if u, err := p.Pick("", isB0); err != nil || u != b1 {
+		t.Fatalf("b0 tried: picked %v, %v; want b1", u, err)
+	}
+	if _, err := p.Pick("", func(u *Upstream) bool { return u != b2 }); !errors.Is(err, ErrNoAvailable) {
+		t.Fatalf("every ejected one tried, b2 down: %v", err)
+	}
+
+	// A standby in the chain of an ejected primary comes after it, and
+	// in its place when the primary is down.
+	bs := []config.Backend{
+		{Name: "vllm-1", URL: "http://vllm-1.test:8000", Weight: 5},
+		{Name: "vllm-2", URL: "http://vllm-2.test:8000", Weight: 0},
+	}
+	q := mustPool(t, PoolConfig{Backends: bs, Fallback: []config.Fallback{{Primary: "vllm-1", Fallback: []string{"vllm-2"}}}, Clock: clk})
+	v1, v2 := q.ByName("vllm-1"), q.ByName("vllm-2")
+	eject(v1)
+	eject(v2)
+	if u, err := q.Pick("", nil); err != nil || u != v1 {
+		t.Fatalf("both ejected: picked %v, %v; want vllm-1", u, err)
+	}
+	if u, err := q.Pick("", func(u *Upstream) bool { return u == v1 }); err != nil || u != v2 {
+		t.Fatalf("both ejected, vllm-1 tried: picked %v, %v; want vllm-2", u, err)
+	}
+	v1.recordCheck(false, 1, 1)
+	if u, err := q.Pick("", nil); err != nil || u != v2 {
+		t.Fatalf("vllm-1 down, vllm-2 ejected: picked %v, %v; want vllm-2", u, err)
 	}
 }

@@ -157,9 +157,10 @@ func (u *Upstream) TTFT() (time.Duration, bool) {
 // count.
 func (u *Upstream) ReportSuccess() { u.failures.Store(0) }
 
-// ReportFailure records a failed try at now (connect error, timeout, 5xx).
-// After the pool's FailureThreshold consecutive failures the upstream is
-// ejected for Cooldown and the count starts again.
+// ReportFailure records a failed request at now (connect error, timeout,
+// 5xx); the proxy reports a request once however many of its retries
+// failed here. After the pool's FailureThreshold consecutive failures the
+// upstream is ejected for Cooldown and the count starts again.
 func (u *Upstream) ReportFailure(now time.Time) {
 	if u.failureThreshold <= 0 {
 		return

@@ -1,0 +1,206 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/balancer"
+)
+
+// routingGateway serves yaml and returns the gateway's pool with it, so
+// that a test can read the upstreams' state.
+func routingGateway(t *testing.T, yaml string) (*httptest.Server, *balancer.Pool) {
+	t.Helper()
+	cfg, err := config.Parse([]byte(yaml), "test.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := New(Options{Config: cfg, Events: newSink()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Start(context.Background())
+	srv := httptest.NewServer(g.Handler())
+	t.Cleanup(srv.Close)
+	return srv, g.rt.Load().pool
+}
+
+// countingBackend answers every request with status and body and counts
+// the requests.
+func countingBackend(t *testing.T, status int, body string) (*httptest.Server, *atomic.Int64) {
+	t.Helper()
+	var hits atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		_, _ = w.Write([]byte(body))
+	}))
+	t.Cleanup(srv.Close)
+	return srv, &hits
+}
+
+// TestStandbyServesWhileItsPrimaryIsEjected: the README's pattern, a
+// primary with weight and a weight 0 standby as its fallback. Once the
+// failing primary is ejected every request goes to the standby instead of
+// getting 503.
+func TestStandbyServesWhileItsPrimaryIsEjected(t *testing.T) {
+	primary, primaryHits := countingBackend(t, http.StatusServiceUnavailable, `{"error":"overloaded"}`)
+	standby, standbyHits := countingBackend(t, http.StatusOK, `{"from":"standby"}`)
+	gw, _ := gatewayFromYAML(t, fmt.Sprintf(`
+backends:
+  - {url: %q, name: vllm-1, weight: 5}
+  - {url: %q, name: vllm-2, weight: 0}
+routing:
+  retry: {enabled: true, max_retries: 2, initial_wait: 1ms, max_wait: 1ms}
+  fallback:
+    - {primary: vllm-1, fallback: [vllm-2]}
+health_check: {failure_threshold: 3, cooldown: 1m}
+api_keys: [{key: %q}]
+`, primary.URL, standby.URL, testKey))
+	for i := range 8 {
+		resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m"}`, withKey())
+		if resp.StatusCode != 200 || string(body) != `{"from":"standby"}` {
+			t.Fatalf("request %d: %d %s", i, resp.StatusCode, body)
+		}
+	}
+	if standbyHits.Load() != 8 || primaryHits.Load() >= 8 {
+		t.Fatalf("primary tried %d times, standby %d", primaryHits.Load(), standbyHits.Load())
+	}
+}
+
+// TestRetriesOfOneRequestCountOnce: a request answered 5xx on every try
+// is one failure of its backend, not one per retry, so with max_retries 2
+// and failure_threshold 3 it takes three bad requests, not one, to eject
+// the backend.
+func TestRetriesOfOneRequestCountOnce(t *testing.T) {
+	backend, hits := countingBackend(t, http.StatusInternalServerError, `{"error":"boom"}`)
+	gw, pool := routingGateway(t, fmt.Sprintf(`
+backends: [{url: %q, name: only}]
+routing:
+  retry: {enabled: true, max_retries: 2, initial_wait: 1ms, max_wait: 1ms}
+health_check: {failure_threshold: 3, cooldown: 1m}
+api_keys: [{key: %q}]
+`, backend.URL, testKey))
+	up := pool.ByName("only")
+	for i := range 3 {
+		if up.State() != balancer.StateHealthy {
+			t.Fatalf("after %d requests (%d tries) the backend is %s", i, hits.Load(), up.State())
+		}
+		resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m"}`, withKey())
+		if resp.StatusCode < 500 {
+			t.Fatalf("request %d: %d %s", i, resp.StatusCode, body)
+		}
+		if i == 0 && hits.Load() != 3 {
+			t.Fatalf("backend tried %d times, want 1 + 2 retries", hits.Load())
+		}
+	}
+	if up.State() != balancer.StateEjected || up.Ejections() != 1 {
+		t.Fatalf("after 3 failed requests: %s, %d ejections", up.State(), up.Ejections())
+	}
+}
+
+// TestOnlyBackendEjectedIsStillTried: a backend ejected after a blip is the
+// only one for the model; the next request is sent to it anyway and
+// succeeds, instead of 503 for the whole cooldown.
+func TestOnlyBackendEjectedIsStillTried(t *testing.T) {
+	var calls atomic.Int64
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) == 1 {
+			http.Error(w, `{"error":"blip"}`, http.StatusBadGateway)
+			return
+		}
+		_, _ = w.Write([]byte(`{"ok":true}`))
+	}))
+	t.Cleanup(backend.Close)
+	gw, pool := routingGateway(t, fmt.Sprintf(`
+backends: [{url: %q, name: only}]
+routing:
+  retry: {enabled: false}
+health_check: {failure_threshold: 1, cooldown: 1m}
+api_keys: [{key: %q}]
+`, backend.URL, testKey))
+	if resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m"}`, withKey()); resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("first request: %d %s", resp.StatusCode, body)
+	}
+	if st := pool.ByName("only").State(); st != balancer.StateEjected {
+		t.Fatalf("after the failure the backend is %s", st)
+	}
+	for i := range 3 {
+		resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m"}`, withKey())
+		if resp.StatusCode != 200 || string(body) != `{"ok":true}` {
+			t.Fatalf("request %d while ejected: %d %s", i, resp.StatusCode, body)
+		}
+	}
+}
+
+// sseBackend streams one chat chunk after wait, its head sent and flushed
+// at once as vLLM and TGI do, and counts the requests.
+func sseBackend(t *testing.T, wait time.Duration) (*httptest.Server, *atomic.Int64) {
+	t.Helper()
+	var hits atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+		http.NewResponseController(w).Flush()
+		select {
+		case <-time.After(wait):
+		case <-r.Context().Done():
+			return
+		}
+		_, _ = io.WriteString(w, "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]\n\n")
+	}))
+	t.Cleanup(srv.Close)
+	return srv, &hits
+}
+
+// TestLatencyBasedTimesTheFirstToken: latency_based learns from the
+// first byte of the body, not from the head, so a backend that answers
+// its head at once but its first token only after 300 ms counts as slow
+// and the fast one takes most requests; a failed reply is no sample.
+func TestLatencyBasedTimesTheFirstToken(t *testing.T) {
+	slow, slowHits := sseBackend(t, 300*time.Millisecond)
+	fast, fastHits := sseBackend(t, 0)
+	failing, _ := countingBackend(t, http.StatusServiceUnavailable, `{"error":"overloaded"}`)
+	gw, pool := routingGateway(t, fmt.Sprintf(`
+backends:
+  - {url: %q, name: slow, models: [m]}
+  - {url: %q, name: fast, models: [m]}
+  - {url: %q, name: failing, models: [f]}
+routing:
+  load_balance_strategy: latency_based
+  retry: {enabled: false}
+api_keys: [{key: %q}]
+`, slow.URL, fast.URL, failing.URL, testKey))
+	const n = 40
+	for i := range n {
+		resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m","stream":true}`, withKey())
+		if resp.StatusCode != 200 {
+			t.Fatalf("request %d: %d %s", i, resp.StatusCode, body)
+		}
+	}
+	slowTTFT, _ := pool.ByName("slow").TTFT()
+	fastTTFT, _ := pool.ByName("fast").TTFT()
+	t.Logf("slow: %d requests, EWMA %s; fast: %d requests, EWMA %s", slowHits.Load(), slowTTFT, fastHits.Load(), fastTTFT)
+	if slowTTFT < 250*time.Millisecond || fastTTFT > 100*time.Millisecond {
+		t.Errorf("EWMA of time to first token: slow %s, fast %s", slowTTFT, fastTTFT)
+	}
+	if fastHits.Load() <= n/2 {
+		t.Errorf("the fast backend took %d of %d requests, want most", fastHits.Load(), n)
+	}
+
+	if resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"f"}`, withKey()); resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("failing backend: %d %s", resp.StatusCode, body)
+	}
+	if d, ok := pool.ByName("failing").TTFT(); ok {
+		t.Errorf("a 503 reply was taken as a sample: %s", d)
+	}
+}
