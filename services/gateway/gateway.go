@@ -24,6 +24,7 @@ import (
 	"github.com/llmproxy/llmproxy/pkg/ledger"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/apierr"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/auth"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/balancer"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/publish"
 )
 
@@ -240,11 +241,18 @@ var (
 // elsewhere (the admin listener).
 func (g *Gateway) BackendsReady() error {
 	for _, s := range g.rt.Load().pool.Snapshot() {
-		if s.State == "healthy" {
+		if servable(s.State) {
 			return nil
 		}
 	}
 	return errors.New("no backend is available")
+}
+
+// servable reports whether a backend in state is still sent requests: a
+// healthy one, or one only ejected by passive checks, which is tried when
+// nothing else is left. A backend active checks mark down is not.
+func servable(state string) bool {
+	return state == balancer.StateHealthy || state == balancer.StateEjected
 }
 
 func (g *Gateway) readyz(c echo.Context) error {
@@ -261,7 +269,7 @@ func (g *Gateway) readyz(c echo.Context) error {
 	anyUp := false
 	for _, s := range g.rt.Load().pool.Snapshot() {
 		resp.Backends = append(resp.Backends, backendState{Name: s.Name, URL: s.URL, State: s.State})
-		if s.State == "healthy" {
+		if servable(s.State) {
 			anyUp = true
 		}
 	}

@@ -133,6 +133,10 @@ api_keys: [{key: %q}]
 	if st := pool.ByName("only").State(); st != balancer.StateEjected {
 		t.Fatalf("after the failure the backend is %s", st)
 	}
+	// Requests are still sent to it: the gateway stays ready.
+	if resp, body := do(t, "GET", gw.URL+"/readyz", "", nil); resp.StatusCode != 200 {
+		t.Fatalf("/readyz with the only backend ejected: %d %s", resp.StatusCode, body)
+	}
 	for i := range 3 {
 		resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m"}`, withKey())
 		if resp.StatusCode != 200 || string(body) != `{"ok":true}` {
