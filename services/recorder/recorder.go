@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -214,9 +215,27 @@ func (r *Recorder) keepAlive(msgs []jetstream.Msg) func() {
 	}
 }
 
+// writeEach writes rows one at a time, after a batch was refused for a
+// data error. A row PostgreSQL refuses for a data exception (class 22) is
+// written again with its request body as a JSON string, then without its
+// request body and response, so that a request is never missing from the log because
+// of what its client sent; only a row refused in every form is poison.
 func (r *Recorder) writeEach(ctx context.Context, rows [][]any, msgs []jetstream.Msg) {
 	for i, row := range rows {
 		err := r.writeAll(ctx, rows[i:i+1])
+		if isDataException(err) {
+			r.opts.Logger.Warn("recorder: event refused, storing its request body as text", "request_id", row[0], "err", err)
+			err = r.writeAll(ctx, [][]any{bodyAsText(row)})
+		}
+		if isDataException(err) {
+			r.opts.Logger.Warn("recorder: event refused, storing it without its bodies", "request_id", row[0], "err", err)
+			bare, berr := withoutBodies(row)
+			if berr != nil {
+				err = fmt.Errorf("%w; without bodies: %w", err, berr)
+			} else {
+				err = r.writeAll(ctx, [][]any{bare})
+			}
+		}
 		var pgErr *pgconn.PgError
 		switch {
 		case err == nil:
@@ -229,6 +248,13 @@ func (r *Recorder) writeEach(ctx context.Context, rows [][]any, msgs []jetstream
 			_ = msgs[i].NakWithDelay(r.opts.RetryWait)
 		}
 	}
+}
+
+// isDataException reports whether err is a PostgreSQL data exception
+// (SQLSTATE class 22): a value the column's type refuses.
+func isDataException(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "22")
 }
 
 func (r *Recorder) ack(msgs []jetstream.Msg) {

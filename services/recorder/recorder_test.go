@@ -353,3 +353,53 @@ func TestPartitionedTable(t *testing.T) {
 		t.Fatalf("rows today=%d default=%d, want 2 and 1", today, other)
 	}
 }
+
+// TestBodiesPostgreSQLRefusesAreStoredAsText checks that a request body
+// jsonb refuses (a lone surrogate escape, a number out of numeric's range)
+// neither keeps the request out of the log nor loses its metadata.
+func TestBodiesPostgreSQLRefusesAreStoredAsText(t *testing.T) {
+	js, pool := startJetStream(t), startPostgres(t)
+	rec, err := New(js, pool, testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bodies := map[string]string{
+		"surrogate": `{"model":"m","messages":[{"role":"user","content":"hi \ud800 there"}]}`,
+		"overflow":  `{"model":"m","temperature":1e1000000}`,
+	}
+	for id, body := range bodies {
+		e := event(id, "key1", 200)
+		e.RequestBody = json.RawMessage(body)
+		publishEvent(t, js, e, id)
+	}
+	publishEvent(t, js, event("good", "key1", 200), "good")
+	runRecorder(t, rec)
+	waitRows(t, pool, 3)
+	assertAllAcked(t, js)
+	if n := testutil.ToFloat64(rec.metrics.errors.WithLabelValues(errPoison)); n != 0 {
+		t.Fatalf("poison errors = %v, want 0", n)
+	}
+	got, err := Query(context.Background(), pool, Filter{KeyID: "key1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 3 {
+		t.Fatalf("Query returned %d events, want 3", len(got))
+	}
+	for _, e := range got {
+		want, ok := bodies[e.RequestID]
+		if !ok {
+			continue
+		}
+		var text string
+		if err := json.Unmarshal(e.RequestBody, &text); err != nil || text != want {
+			t.Errorf("%s: request_body = %s, want the text %s as a JSON string (%v)", e.RequestID, e.RequestBody, want, err)
+		}
+		if e.Model != "m" || e.Usage.TotalTokens != 57 || e.StatusCode != 200 || e.Tags["team"] != "a" {
+			t.Errorf("%s: metadata lost: %+v", e.RequestID, e)
+		}
+		if e.Response == nil || e.Response.Content != "hello" {
+			t.Errorf("%s: response = %+v, want content hello", e.RequestID, e.Response)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"time"
 
@@ -91,4 +92,46 @@ func replaceNULEscapes(b []byte) []byte {
 		i++
 	}
 	return out
+}
+
+// Positions in a row of the columns writeEach rewrites.
+var (
+	colRequestBody = slices.Index(columns, "request_body")
+	colResponse    = slices.Index(columns, "response")
+	colEvent       = slices.Index(columns, "event")
+)
+
+// bodyAsText returns a copy of row whose request_body holds the client's
+// JSON text as a JSON string. jsonb refuses some texts that are valid JSON
+// to Go (a lone surrogate escape such as \ud800, a number such as
+// 1e1000000); as a string the text is kept and the row stored. The
+// response needs no such form: it is encoded here, from Go strings.
+func bodyAsText(row []any) []any {
+	out := slices.Clone(row)
+	if s, ok := out[colRequestBody].(string); ok {
+		b, _ := json.Marshal(s) // a string always encodes
+		out[colRequestBody] = string(b)
+	}
+	return out
+}
+
+// withoutBodies returns a copy of row with no request_body or response and
+// with truncated set in its event, which marks that content was left out.
+// It is the last resort for a row PostgreSQL refuses even with its body as
+// a string.
+func withoutBodies(row []any) ([]any, error) {
+	out := slices.Clone(row)
+	out[colRequestBody], out[colResponse] = nil, nil
+	ev, _ := out[colEvent].(string)
+	e, err := events.Unmarshal([]byte(ev))
+	if err != nil {
+		return nil, err
+	}
+	e.Truncated = true
+	b, err := e.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	out[colEvent] = jsonb(b)
+	return out, nil
 }

@@ -1,0 +1,36 @@
+package recorder
+
+import (
+	"testing"
+	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/events"
+)
+
+func TestWithoutBodiesMarksTheEventTruncated(t *testing.T) {
+	data, err := event("r1", "key1", 200).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, row, err := toRow(data, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bare, err := withoutBodies(row)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bare[colRequestBody] != nil || bare[colResponse] != nil {
+		t.Fatalf("request_body, response = %v, %v; want NULL", bare[colRequestBody], bare[colResponse])
+	}
+	e, err := events.Unmarshal([]byte(bare[colEvent].(string)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !e.Truncated || e.RequestID != "r1" || e.Usage.TotalTokens != 57 {
+		t.Fatalf("event = %+v, want it whole with truncated set", e)
+	}
+	if row[colRequestBody] == nil {
+		t.Fatal("withoutBodies changed the row it was given")
+	}
+}
