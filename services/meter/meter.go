@@ -243,7 +243,9 @@ func (mt *Meter) nakDelay(msg jetstream.Msg) time.Duration {
 	return min(d, mt.opts.MaxNakDelay)
 }
 
-// poison terminates a message that can never be applied, saying why.
+// poison terminates a message that can never be applied, saying why in
+// the log. It sends a plain Term: servers before 2.10.4 ignore a term with
+// a reason, and the message would come back every AckWait for ever.
 func (mt *Meter) poison(msg jetstream.Msg, reason error) {
 	mt.m.poison.Inc()
 	attrs := []any{"subject", msg.Subject(), "reason", reason}
@@ -251,11 +253,7 @@ func (mt *Meter) poison(msg jetstream.Msg, reason error) {
 		attrs = append(attrs, "stream_seq", md.Sequence.Stream)
 	}
 	mt.log.Error("meter: poison event terminated", attrs...)
-	r := reason.Error()
-	if len(r) > 256 {
-		r = r[:256]
-	}
-	_ = msg.TermWithReason(r)
+	_ = msg.Term()
 }
 
 // watchLag refreshes llmproxy_meter_lag every LagInterval until ctx is

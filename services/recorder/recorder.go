@@ -267,7 +267,9 @@ func (r *Recorder) ack(msgs []jetstream.Msg) {
 }
 
 // poison terminates a message that can never be stored, so that it is not
-// redelivered, and says why.
+// redelivered, and says why in the log. It sends a plain Term: servers
+// before 2.10.4 ignore a term with a reason, and with MaxDeliver -1 the
+// message would come back every AckWait for ever.
 func (r *Recorder) poison(m jetstream.Msg, reason error) {
 	r.metrics.errors.WithLabelValues(errPoison).Inc()
 	attrs := []any{"subject", m.Subject(), "reason", reason.Error()}
@@ -275,7 +277,7 @@ func (r *Recorder) poison(m jetstream.Msg, reason error) {
 		attrs = append(attrs, "stream_seq", md.Sequence.Stream)
 	}
 	r.opts.Logger.Error("recorder: poison event terminated", attrs...)
-	if err := m.TermWithReason("recorder: " + reason.Error()); err != nil {
+	if err := m.Term(); err != nil {
 		r.metrics.errors.WithLabelValues(errAck).Inc()
 	}
 }
