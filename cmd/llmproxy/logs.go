@@ -82,15 +82,7 @@ func runLogs(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "llmproxy logs:", err)
 		return 1
 	}
-	if *asJSON {
-		if list == nil {
-			list = []events.RequestCompleted{}
-		}
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(list)
-		return 0
-	}
+	// A request asked for by id and not found is an error, with --json too.
 	if (*requestID != "" || *clientID != "") && len(list) == 0 {
 		where := "event stream"
 		if *from == "postgres" {
@@ -102,6 +94,15 @@ func runLogs(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stderr, "llmproxy logs: %s not found in the %s\n", what, where)
 		return 1
+	}
+	if *asJSON {
+		if list == nil {
+			list = []events.RequestCompleted{}
+		}
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(list)
+		return 0
 	}
 	printLogs(stdout, list)
 	return 0
