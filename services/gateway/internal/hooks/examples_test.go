@@ -115,7 +115,7 @@ func TestTenantAuth(t *testing.T) {
 		{name: "no tenant header is no opinion", headers: nil, want: nil},
 		{name: "good signature", headers: map[string]string{"X-Tenant": "acme", "X-Tenant-Signature": sign("acme-signing-secret", "acme")},
 			want: &Identity{ID: "tenant:acme", Name: "acme", UserID: "acme-corp", Allowed: true,
-				Limits: map[string]int64{"requests_per_minute": 600, "tokens_per_minute": 200000}}},
+				Limits: map[string]float64{"requests_per_minute": 600, "tokens_per_minute": 200000}}},
 		{name: "bad signature", headers: map[string]string{"X-Tenant": "acme", "X-Tenant-Signature": sign("wrong", "acme")},
 			want: &Identity{Allowed: false}},
 		{name: "signature of another tenant", headers: map[string]string{"X-Tenant": "globex", "X-Tenant-Signature": sign("acme-signing-secret", "acme")},
