@@ -59,15 +59,15 @@ func identityKey(rt *runtime, id *hooks.Identity) *auth.Key {
 	for name, v := range id.Limits {
 		switch name {
 		case "requests_per_second":
-			k.Limits.RequestsPerSecond = float64(v)
+			k.Limits.RequestsPerSecond = v
 		case "requests_per_minute":
-			k.Limits.RequestsPerMinute = v
+			k.Limits.RequestsPerMinute = int64(v)
 		case "tokens_per_minute":
-			k.Limits.TokensPerMinute = v
+			k.Limits.TokensPerMinute = int64(v)
 		case "max_concurrent":
-			k.Limits.MaxConcurrent = v
+			k.Limits.MaxConcurrent = int64(v)
 		case "total_quota":
-			k.Quota = v
+			k.Quota = int64(v)
 		}
 	}
 	return k

@@ -17,6 +17,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/hooks"
 )
 
 // recordingBackend answers JSON and records the body and headers it got,
@@ -237,5 +240,17 @@ func TestOnResponseRepliesAreAskedUncompressed(t *testing.T) {
 	}
 	if ev := s.next(t); ev.UsageSource != "backend" || ev.Usage.CompletionTokens != 22 {
 		t.Fatalf("usage %+v source %s", ev.Usage, ev.UsageSource)
+	}
+}
+
+// TestIdentityKeyLimits: on_auth's limits override rate_limit.per_key, a
+// fractional requests_per_second included.
+func TestIdentityKeyLimits(t *testing.T) {
+	cfg := &config.Config{}
+	cfg.RateLimit.PerKey = config.PerKeyLimits{RequestsPerSecond: 10, RequestsPerMinute: 100, MaxConcurrent: 5}
+	k := identityKey(&runtime{cfg: cfg}, &hooks.Identity{ID: "t", Limits: map[string]float64{"requests_per_second": 0.5, "requests_per_minute": 30, "total_quota": 1000}})
+	want := config.PerKeyLimits{RequestsPerSecond: 0.5, RequestsPerMinute: 30, MaxConcurrent: 5}
+	if k.Limits != want || k.Quota != 1000 {
+		t.Errorf("key limits %+v quota %d, want %+v quota 1000", k.Limits, k.Quota, want)
 	}
 }

@@ -906,7 +906,7 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 	}
 	if lua := x.rt.lua; lua != nil && lua.Has(hooks.HookComplete) {
 		if err := lua.OnComplete(context.WithoutCancel(ctx), ev); err != nil {
-			g.log.Warn("on_complete failed; the event is published unchanged", "request_id", x.requestID, "err", err)
+			g.log.Warn("on_complete failed; the event is published without its request body and captured response", "request_id", x.requestID, "err", err)
 		}
 	}
 	if d, ok := g.events.(durableSink); ok {

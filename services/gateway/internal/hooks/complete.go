@@ -21,7 +21,12 @@ import (
 //     re-encoded only if changed; it must stay JSON (set_raw("") sets null);
 //   - ev.response.content, when the event carries a captured response.
 //
-// On error ev is left unchanged; the caller publishes it as it was.
+// On error (a script error, a timeout, a body that is not JSON) the hook
+// fails closed for content: ev.request_body becomes null, a captured
+// response is dropped, and ev.Tags are the tags as the scripts had left them
+// plus "lua_error": "on_complete"; other edits are discarded and the
+// accounting fields stay as they were. A redaction script that fails thus
+// never lets through what it was meant to remove.
 func (e *Engine) OnComplete(ctx context.Context, ev *events.RequestCompleted) error {
 	if !e.has[hookComplete] {
 		return nil
@@ -41,6 +46,9 @@ func (e *Engine) OnComplete(ctx context.Context, ev *events.RequestCompleted) er
 		content  *string
 		newBody  []byte
 		bodyEdit bool
+		// tagsAtError are ev.tags as the scripts left them when one
+		// failed.
+		tagsAtError map[string]string
 	)
 	err = e.run(ctx, hookComplete, func(v *vm) error {
 		L := v.L
@@ -55,6 +63,9 @@ func (e *Engine) OnComplete(ctx context.Context, ev *events.RequestCompleted) er
 		}
 		for _, fn := range v.hooks[hookComplete] {
 			if _, err := v.call(fn, tbl); err != nil {
+				// The tags, metadata rather than content, survive:
+				// those of the scripts before this one are kept.
+				tagsAtError, _ = tagsFrom(tbl.RawGetString("tags"))
 				return err
 			}
 		}
@@ -79,8 +90,13 @@ func (e *Engine) OnComplete(ctx context.Context, ev *events.RequestCompleted) er
 		return err
 	})
 	if err != nil {
-		// ev is left as it was: a failed hook must not publish a
-		// half-redacted event.
+		if tagsAtError == nil {
+			tagsAtError = tags // the body a script set is not JSON
+		}
+		if tagsAtError == nil {
+			tagsAtError = ev.Tags
+		}
+		failClosed(ev, tagsAtError)
 		return err
 	}
 	ev.Tags = tags
@@ -91,6 +107,25 @@ func (e *Engine) OnComplete(ctx context.Context, ev *events.RequestCompleted) er
 		ev.RequestBody = newBody
 	}
 	return nil
+}
+
+// TagLuaError is the tag an event carries when on_complete failed on it; its
+// value is the hook's name.
+const TagLuaError = "lua_error"
+
+// failClosed strips from ev what a failed on_complete may have been meant to
+// redact, the request body and the captured response, and sets its tags to
+// a copy of tags with TagLuaError added.
+func failClosed(ev *events.RequestCompleted, tags map[string]string) {
+	ev.RequestBody = json.RawMessage("null")
+	ev.Response = nil
+	kept := tags
+	tags = make(map[string]string, len(kept)+1)
+	for k, v := range kept {
+		tags[k] = v
+	}
+	tags[TagLuaError] = HookComplete
+	ev.Tags = tags
 }
 
 // eventBody checks a request body a script set for the event: it must be

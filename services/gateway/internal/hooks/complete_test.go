@@ -1,11 +1,13 @@
 package hooks
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"reflect"
 	"testing"
+	"time"
 
 	"github.com/llmproxy/llmproxy/pkg/events"
 )
@@ -38,30 +40,71 @@ end`, Options{})
 	}
 }
 
-func TestOnCompleteFailureLeavesEventAlone(t *testing.T) {
-	e := newEngine(t, `
+// TestOnCompleteFailureFailsClosed: when on_complete fails, the event
+// loses its request body and captured response, which the hook may have
+// been meant to redact, keeps its accounting and the tags set so far, and
+// says that the hook failed.
+func TestOnCompleteFailureFailsClosed(t *testing.T) {
+	const tagger = `function on_complete(ev) ev.tags.team = "search" end`
+	tests := []struct {
+		name    string
+		src     string
+		timeout time.Duration
+		wantErr error
+	}{
+		{"error", `
 function on_complete(ev)
   ev.tags.half = "done"
   ev.request_body:set("secret", nil)
   ev.response.content = "scrubbed"
   error("second half failed")
-end`, Options{})
-	ev := &events.RequestCompleted{
-		RequestBody: json.RawMessage(`{"secret":"sk-1"}`),
-		Response:    &events.CapturedResponse{Content: "sk-2"},
+end`, 0, ErrScript},
+		{"timeout", `
+function on_complete(ev)
+  ev.tags.half = "done"
+  ev.request_body:set("secret", nil)
+  while true do end
+end`, 20 * time.Millisecond, ErrTimeout},
 	}
-	err := e.OnComplete(context.Background(), ev)
-	if !errors.Is(err, ErrScript) {
-		t.Fatalf("error = %v, want ErrScript", err)
-	}
-	if ev.Tags != nil || string(ev.RequestBody) != `{"secret":"sk-1"}` || ev.Response.Content != "sk-2" {
-		t.Errorf("event changed by a failed hook: %+v %s", ev, ev.RequestBody)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e, err := New([]Script{{Name: "tag.lua", Source: tagger}, {Name: "redact.lua", Source: tc.src}},
+				Options{Logger: quietLogger(), Timeout: cmp.Or(tc.timeout, testTimeout)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ev := &events.RequestCompleted{
+				RequestID:   "r1",
+				RequestBody: json.RawMessage(`{"secret":"jane@example.com"}`),
+				Usage:       events.Usage{PromptTokens: 3, CompletionTokens: 4, TotalTokens: 7},
+				StatusCode:  200,
+				Response:    &events.CapturedResponse{Content: "sk-2"},
+				Tags:        map[string]string{"env": "prod"},
+			}
+			err = e.OnComplete(context.Background(), ev)
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("error = %v, want %v", err, tc.wantErr)
+			}
+			if string(ev.RequestBody) != "null" || ev.Response != nil {
+				t.Errorf("content kept by a failed hook: body %s, response %+v", ev.RequestBody, ev.Response)
+			}
+			wantTags := map[string]string{"env": "prod", "team": "search", "half": "done", TagLuaError: HookComplete}
+			if !reflect.DeepEqual(ev.Tags, wantTags) {
+				t.Errorf("tags = %v, want %v", ev.Tags, wantTags)
+			}
+			if ev.RequestID != "r1" || ev.Usage.TotalTokens != 7 || ev.StatusCode != 200 {
+				t.Errorf("accounting changed: %+v", ev)
+			}
+			if _, err := ev.Marshal(); err != nil {
+				t.Errorf("event does not encode: %v", err)
+			}
+		})
 	}
 }
 
 // TestOnCompleteBodyMustBeJSON: a request body the event could not carry
-// fails the hook, so the event is published as it was instead of being
-// lost to an encoding error.
+// fails the hook, so the event is published without it (null) instead of
+// being lost to an encoding error.
 func TestOnCompleteBodyMustBeJSON(t *testing.T) {
 	const orig = `{"prompt":"hi"}`
 	tests := []struct {
@@ -69,9 +112,9 @@ func TestOnCompleteBodyMustBeJSON(t *testing.T) {
 		wantErr   bool
 		want      string
 	}{
-		{"not json", `not json`, true, orig},
-		{"truncated json", `{"prompt":`, true, orig},
-		{"two values", `{} {}`, true, orig},
+		{"not json", `not json`, true, `null`},
+		{"truncated json", `{"prompt":`, true, `null`},
+		{"two values", `{} {}`, true, `null`},
 		{"empty is null", ``, false, `null`},
 		{"spaces are null", "  \n", false, `null`},
 		{"json", ` {"redacted": true} `, false, ` {"redacted": true} `},
@@ -94,8 +137,8 @@ end`, Options{})
 			if string(ev.RequestBody) != tc.want {
 				t.Errorf("request_body = %q, want %q", ev.RequestBody, tc.want)
 			}
-			if tc.wantErr && ev.Tags != nil {
-				t.Errorf("tags %v applied from a failed hook", ev.Tags)
+			if tc.wantErr && !reflect.DeepEqual(ev.Tags, map[string]string{"seen": "yes", TagLuaError: HookComplete}) {
+				t.Errorf("tags = %v after a failed hook", ev.Tags)
 			}
 			if _, err := ev.Marshal(); err != nil {
 				t.Errorf("event does not encode: %v", err)

@@ -8,9 +8,11 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/llmproxy/llmproxy/pkg/events"
@@ -113,7 +115,7 @@ func TestTenantAuth(t *testing.T) {
 		{name: "no tenant header is no opinion", headers: nil, want: nil},
 		{name: "good signature", headers: map[string]string{"X-Tenant": "acme", "X-Tenant-Signature": sign("acme-signing-secret", "acme")},
 			want: &Identity{ID: "tenant:acme", Name: "acme", UserID: "acme-corp", Allowed: true,
-				Limits: map[string]int64{"requests_per_minute": 600, "tokens_per_minute": 200000}}},
+				Limits: map[string]float64{"requests_per_minute": 600, "tokens_per_minute": 200000}}},
 		{name: "bad signature", headers: map[string]string{"X-Tenant": "acme", "X-Tenant-Signature": sign("wrong", "acme")},
 			want: &Identity{Allowed: false}},
 		{name: "signature of another tenant", headers: map[string]string{"X-Tenant": "globex", "X-Tenant-Signature": sign("acme-signing-secret", "acme")},
@@ -221,3 +223,76 @@ func TestRedact(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestRedactMatchesItsPattern checks that redact.lua's scan from each '@'
+// redacts what string.gsub with the e-mail pattern would.
+func TestRedactMatchesItsPattern(t *testing.T) {
+	e := loadExample(t, "redact.lua")
+	ref := newEngine(t, `
+function on_complete(ev)
+  local s, n1 = string.gsub(ev.response.content, "[%w%.%%%+%-_]+@[%w%-_]+%.[%w%.%-_]+", "[email]")
+  local s, n2 = string.gsub(s, "sk%-[%w%-_]+", "[secret]")
+  ev.response.content = s
+  if n1 + n2 > 0 then ev.tags.redacted = tostring(n1 + n2) end
+end`, Options{})
+	inputs := []string{
+		"", "@", "a@b.c", "@b.c", "a@b", "a@.c", "a@b.", "x@y@w.com", "a@b.c.d@e.f",
+		"a@b.c+d@e.f", "x@y z@w.com", "jane.doe+x@example.co.uk, bob@corp.io!",
+		"sk-abc@x.com", "mail a%b_c-d@e-f_g.h-i_j. then sk-1", "@@a@@b.c@@",
+		"sk-", "sk-sk-a", "ssk-k sk-", "xsk-1 sk-@a.b",
+	}
+	rnd := rand.New(rand.NewPCG(1, 2))
+	const alphabet = "ak.@+-_% s"
+	for range 2000 {
+		b := make([]byte, rnd.IntN(24))
+		for i := range b {
+			b[i] = alphabet[rnd.IntN(len(alphabet))]
+		}
+		inputs = append(inputs, string(b))
+	}
+	for _, in := range inputs {
+		got := &events.RequestCompleted{RequestBody: json.RawMessage(`{}`), Tags: map[string]string{}, Response: &events.CapturedResponse{Content: in}}
+		want := &events.RequestCompleted{RequestBody: json.RawMessage(`{}`), Tags: map[string]string{}, Response: &events.CapturedResponse{Content: in}}
+		if err := e.OnComplete(context.Background(), got); err != nil {
+			t.Fatal(err)
+		}
+		if err := ref.OnComplete(context.Background(), want); err != nil {
+			t.Fatal(err)
+		}
+		if got.Response.Content != want.Response.Content || !reflect.DeepEqual(got.Tags, want.Tags) {
+			t.Errorf("%q: got %q %v, want %q %v", in, got.Response.Content, got.Tags, want.Response.Content, want.Tags)
+		}
+	}
+}
+
+// TestRedactLongBase64EndsInTime runs redact.lua under the default timeout
+// on an event whose request body and captured response hold 100 KB of
+// base64 image data.
+func TestRedactLongBase64EndsInTime(t *testing.T) {
+	e, err := Load([]string{filepath.Join(examplesDir, "redact.lua")}, Options{Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const b64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+	img := "data:image/png;base64," + strings.Repeat(b64, 100<<10/len(b64))
+	body, _ := json.Marshal(map[string]any{"model": "m", "messages": []any{map[string]any{"role": "user", "content": img}}})
+	ev := &events.RequestCompleted{RequestID: "r1", RequestBody: body, Response: &events.CapturedResponse{Content: img + " from jane@example.com"}}
+	if err := e.OnComplete(context.Background(), ev); err != nil {
+		t.Fatalf("OnComplete: %v", err)
+	}
+	if !strings.HasSuffix(ev.Response.Content, " from [email]") || ev.Tags["redacted"] != "1" {
+		t.Errorf("address not redacted: tags %v", ev.Tags)
+	}
+	if string(ev.RequestBody) != string(body) {
+		t.Error("request body changed")
+	}
+}
+
+func TestRedactEscapedAddress(t *testing.T) {
+	e := loadExample(t, "redact.lua")
+	ev := &events.RequestCompleted{RequestID: "r1", RequestBody: json.RawMessage(`{"prompt":"jane\u0040example.com"}`)}
+	if err := e.OnComplete(context.Background(), ev); err != nil {
+		t.Fatal(err)
+	}
+	jsonEqual(t, ev.RequestBody, `{"prompt":"[email]"}`)
+}

@@ -200,15 +200,26 @@ func identityFrom(ret lua.LValue) (*Identity, error) {
 		switch lim := ret.RawGetString("limits").(type) {
 		case *lua.LNilType:
 		case *lua.LTable:
-			id.Limits = make(map[string]int64)
+			id.Limits = make(map[string]float64)
 			var err error
 			lim.ForEach(func(k, x lua.LValue) {
-				n, ok := x.(lua.LNumber)
-				if !ok || math.IsNaN(float64(n)) {
-					err = fmt.Errorf("limits.%s is a %s, want a number", k, x.Type())
+				if err != nil {
 					return
 				}
-				id.Limits[k.String()] = int64(n)
+				name := k.String()
+				whole, known := LimitNames[name]
+				n, ok := x.(lua.LNumber)
+				f := float64(n)
+				switch {
+				case !known:
+					err = fmt.Errorf("limits.%s is not a limit", name)
+				case !ok || math.IsNaN(f) || math.IsInf(f, 0):
+					err = fmt.Errorf("limits.%s is a %s, want a number", name, x.Type())
+				case whole && f != math.Trunc(f):
+					err = fmt.Errorf("limits.%s is %v, want a whole number", name, f)
+				default:
+					id.Limits[name] = f
+				}
 			})
 			if err != nil {
 				return nil, err

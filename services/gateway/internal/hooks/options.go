@@ -87,3 +87,12 @@ func (o Options) withDefaults() Options {
 	}
 	return o
 }
+
+// registryGrowStep is how many slots the value stack grows by at a time.
+// gopher-lua copies the whole stack on each growth, so a small step makes a
+// call that pushes many values (s:byte(1, -1) on a long string) quadratic,
+// and a quadratic copy inside one Go function is not stopped by the
+// deadline, which is checked between instructions.
+func (o Options) registryGrowStep() int {
+	return max(o.MaxRegistrySize/16, 1)
+}

@@ -41,8 +41,9 @@ type Identity struct {
 	ID     string
 	Name   string
 	UserID string
-	// Limits are the script's limits by name, e.g. "requests_per_minute".
-	Limits  map[string]int64
+	// Limits are the script's limits by name, one of LimitNames. Each is a
+	// whole number except requests_per_second, which may have a fraction.
+	Limits  map[string]float64
 	Allowed bool
 }
 
@@ -176,4 +177,14 @@ func (v *vm) respNewIndex(L *lua.LState) int {
 	}
 	rv.r.Status = st
 	return 0
+}
+
+// LimitNames are the limits on_auth may return, and whether each must be a
+// whole number.
+var LimitNames = map[string]bool{
+	"requests_per_second": false,
+	"requests_per_minute": true,
+	"tokens_per_minute":   true,
+	"max_concurrent":      true,
+	"total_quota":         true,
 }

@@ -36,6 +36,7 @@ func (e *Engine) newVM() (v *vm, err error) {
 		CallStackSize:       e.opts.MaxCallDepth,
 		RegistrySize:        e.opts.RegistrySize,
 		RegistryMaxSize:     e.opts.MaxRegistrySize,
+		RegistryGrowStep:    e.opts.registryGrowStep(),
 		MinimizeStackMemory: true,
 	})
 	v = &vm{L: L}

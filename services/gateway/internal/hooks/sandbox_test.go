@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -137,7 +138,7 @@ function on_request(req)
   return {status = 429, code = "tenant_busy"}
 end
 function on_route(req) return "second" end
-function on_auth(req) return {id = "k1", limits = {rpm = 5}} end`},
+function on_auth(req) return {id = "k1", limits = {requests_per_minute = 5}} end`},
 		{Name: "c.lua", Source: `
 function on_request(req) error("must not run after a rejection") end
 function on_route(req) return "third" end`},
@@ -158,7 +159,7 @@ function on_route(req) return "third" end`},
 	if b, err := e.OnRoute(context.Background(), r); err != nil || b != "second" {
 		t.Errorf("OnRoute = %q, %v", b, err)
 	}
-	if id, err := e.OnAuth(context.Background(), r); err != nil || id == nil || id.ID != "k1" || !id.Allowed || id.Limits["rpm"] != 5 {
+	if id, err := e.OnAuth(context.Background(), r); err != nil || id == nil || id.ID != "k1" || !id.Allowed || id.Limits["requests_per_minute"] != 5 {
 		t.Errorf("OnAuth = %+v, %v", id, err)
 	}
 }
@@ -276,5 +277,36 @@ function on_request(req) return nil end
 	r := &Request{Method: "POST", Path: "/v1/chat/completions", Headers: http.Header{}, Body: []byte(`{"model":"m"}`)}
 	if _, err := e.OnRequest(context.Background(), r); err != nil {
 		t.Fatalf("OnRequest: %v (making the state was counted against the hook's deadline)", err)
+	}
+}
+
+func TestOnAuthLimits(t *testing.T) {
+	tests := []struct {
+		limits  string
+		want    map[string]float64
+		wantErr string
+	}{
+		{`{requests_per_second = 0.5}`, map[string]float64{"requests_per_second": 0.5}, ""},
+		{`{requests_per_minute = 600, tokens_per_minute = 2e5, max_concurrent = 3, total_quota = 1000000}`,
+			map[string]float64{"requests_per_minute": 600, "tokens_per_minute": 200000, "max_concurrent": 3, "total_quota": 1e6}, ""},
+		{`{requests_per_minute = 0.5}`, nil, "limits.requests_per_minute is 0.5, want a whole number"},
+		{`{max_concurrent = 1/0}`, nil, "limits.max_concurrent is a number, want a number"},
+		{`{rpm = 5}`, nil, "limits.rpm is not a limit"},
+		{`{requests_per_second = "1"}`, nil, "limits.requests_per_second is a string, want a number"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.limits, func(t *testing.T) {
+			e := newEngine(t, `function on_auth(req) return {id = "k1", limits = `+tc.limits+`} end`, Options{})
+			id, err := e.OnAuth(context.Background(), &Request{Headers: http.Header{}})
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("OnAuth = %+v, %v; want error %q", id, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || id == nil || !reflect.DeepEqual(id.Limits, tc.want) {
+				t.Fatalf("OnAuth = %+v, %v; want limits %v", id, err, tc.want)
+			}
+		})
 	}
 }

@@ -207,3 +207,20 @@ function on_complete(ev) ev.tags.id = ev.request_id end
 		t.Error(err)
 	}
 }
+
+func TestManyPushedValuesEndInTime(t *testing.T) {
+	e := newEngine(t, `
+function on_request(req)
+  local s = string.rep("a", 200000)
+  local n = select('#', s:byte(1, -1))
+  if n ~= 200000 then error("got " .. n .. " values") end
+end`, Options{})
+	start := time.Now()
+	_, err := e.OnRequest(context.Background(), &Request{Headers: http.Header{}})
+	if took := time.Since(start); took > 2*time.Second {
+		t.Fatalf("OnRequest returned after %v (err %v), want at most 2s", took, err)
+	}
+	if err != nil && !errors.Is(err, ErrTimeout) {
+		t.Fatalf("error = %v, want nil or ErrTimeout", err)
+	}
+}
