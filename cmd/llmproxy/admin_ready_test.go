@@ -1,17 +1,12 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
-
-	"github.com/llmproxy/llmproxy/pkg/config"
 )
 
 // TestAdminReadyzSeesBackends: with every backend down, the admin
@@ -28,24 +23,7 @@ backends:
 health_check: { path: /health, interval: 200ms, timeout: 100ms, failure_threshold: 1 }
 logging: { level: warn }
 `, listen, filepath.Join(dir, "data"), admin, dead)
-	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- serve(ctx, cfg, path, "all", slog.New(slog.DiscardHandler)) }()
-	defer func() {
-		stop()
-		select {
-		case <-served:
-		case <-time.After(30 * time.Second):
-			t.Error("serve did not stop")
-		}
-	}()
+	serveAll(t, path, yaml)
 	status := func(url string) (int, string) {
 		resp, err := http.Get(url)
 		if err != nil {

@@ -96,12 +96,7 @@ func runLogs(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if *asJSON {
-		if list == nil {
-			list = []events.RequestCompleted{}
-		}
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(list)
+		writeJSONList(stdout, list)
 		return 0
 	}
 	printLogs(stdout, list)
@@ -182,4 +177,14 @@ func oneLine(s string, n int) string {
 		s = string(r[:n]) + "…"
 	}
 	return s
+}
+
+// writeJSONList writes list as indented JSON; an empty list is [], not null.
+func writeJSONList[T any](w io.Writer, list []T) {
+	if list == nil {
+		list = []T{}
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(list)
 }

@@ -18,6 +18,30 @@ import (
 	"github.com/llmproxy/llmproxy/pkg/config"
 )
 
+// serveAll writes yaml to path and runs serve --target all on it until the
+// test ends.
+func serveAll(t *testing.T, path, yaml string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- serve(ctx, cfg, path, "all", slog.New(slog.DiscardHandler)) }()
+	t.Cleanup(func() {
+		stop()
+		select {
+		case <-served:
+		case <-time.After(30 * time.Second):
+			t.Error("serve did not stop")
+		}
+	})
+}
+
 // TestServeAllWhileNATSIsDown: the single binary pointed at an external
 // NATS that is down serves at once, keeping its events in the outbox; the
 // meter starts when NATS comes up and counts them.
@@ -46,24 +70,7 @@ api_keys:
   - { key: sk-llmproxy-nats-down, id: down }
 logging: { level: warn }
 `, listen, filepath.Join(dir, "data"), natsAddr, admin, backend.URL)
-	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- serve(ctx, cfg, path, "all", slog.New(slog.DiscardHandler)) }()
-	defer func() {
-		stop()
-		select {
-		case <-served:
-		case <-time.After(30 * time.Second):
-			t.Error("serve did not stop")
-		}
-	}()
+	serveAll(t, path, yaml)
 
 	eventually(t, 15*time.Second, "the gateway serving with NATS down", func() (bool, string) {
 		req, _ := http.NewRequest(http.MethodPost, "http://"+listen+"/v1/chat/completions",

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -71,13 +70,7 @@ func runWebhooks(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if *asJSON {
-		if list == nil {
-			// An empty DLQ is an empty array, not null.
-			list = []notifier.DeadLetter{}
-		}
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(list)
+		writeJSONList(stdout, list)
 		return 0
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)

@@ -14,6 +14,16 @@ local SECRET = "^sk%-[%w%-_]+"         -- anchored
 
 -- scrub_emails replaces each local@domain.tld in s with "[email]", as
 -- string.gsub(s, LOCAL .. "+@[%w%-_]+%.[%w%.%-_]+", "[email]") would.
+-- joined returns s with its n replacements: the pieces in out, then s from
+-- done on (s itself when nothing was replaced).
+local function joined(s, out, n, done)
+  if n == 0 then
+    return s, 0
+  end
+  out[#out + 1] = string.sub(s, done)
+  return table.concat(out), n
+end
+
 local function scrub_emails(s)
   local at = string.find(s, "@", 1, true)
   if not at then
@@ -39,11 +49,7 @@ local function scrub_emails(s)
     end
     at = string.find(s, "@", lo, true)
   end
-  if n == 0 then
-    return s, 0
-  end
-  out[#out + 1] = string.sub(s, done)
-  return table.concat(out), n
+  return joined(s, out, n, done)
 end
 
 -- scrub_secrets replaces each sk-... key in s with "[secret]", as
@@ -66,11 +72,7 @@ local function scrub_secrets(s)
       at = string.find(s, "sk-", at + 1, true)
     end
   end
-  if n == 0 then
-    return s, 0
-  end
-  out[#out + 1] = string.sub(s, done)
-  return table.concat(out), n
+  return joined(s, out, n, done)
 end
 
 -- might_hold tells whether the JSON text s can hold anything to redact
