@@ -100,8 +100,12 @@ type Backend struct {
 	// Headers are added to every request to this backend (credentials).
 	Headers map[string]string `yaml:"headers"`
 	// Timeouts per try.
-	ConnectTimeout   Duration `yaml:"connect_timeout"`    // default 5s
+	ConnectTimeout Duration `yaml:"connect_timeout"` // default 5s
+	// FirstByteTimeout is a streaming request's wait from its last byte
+	// to the answer's head; ResponseTimeout the same wait for a request
+	// that does not stream, whose answer comes whole when generation ends.
 	FirstByteTimeout Duration `yaml:"first_byte_timeout"` // default 60s
+	ResponseTimeout  Duration `yaml:"response_timeout"`   // default 10m
 	Timeout          Duration `yaml:"timeout"`            // total; default 0 = none
 	// HealthCheckPath, when set, is the path this backend is actively
 	// checked at instead of health_check.path: engines differ (vLLM, TGI

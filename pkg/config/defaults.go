@@ -53,6 +53,7 @@ func (c *Config) applyDefaults() {
 		}
 		setDur(&b.ConnectTimeout, 5*time.Second)
 		setDur(&b.FirstByteTimeout, 60*time.Second)
+		setDur(&b.ResponseTimeout, 10*time.Minute)
 	}
 
 	u := &c.UsageHook

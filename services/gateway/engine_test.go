@@ -296,8 +296,8 @@ func TestFinalWordsInTextDoNotEndBilling(t *testing.T) {
 }
 
 // TestFirstByteTimeoutIsRetried: a plain-http backend that does not answer
-// within first_byte_timeout is retried (routing.retry.on includes timeout
-// by default), and the later answer is served instead of a 504.
+// a stream within first_byte_timeout is retried (routing.retry.on includes
+// timeout by default), and the later answer is served instead of a 504.
 func TestFirstByteTimeoutIsRetried(t *testing.T) {
 	var mu sync.Mutex
 	hits := 0
@@ -323,11 +323,49 @@ routing: {retry: {enabled: true, max_retries: 2, initial_wait: 10ms, max_wait: 2
 api_keys: [{key: %q}]
 `, backend.URL, testKey)
 	gw, _ := gatewayFromYAML(t, yaml)
-	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m"}`, withKey())
+	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m","stream":true}`, withKey())
 	mu.Lock()
 	defer mu.Unlock()
 	if resp.StatusCode != 200 || string(body) != `{"ok":true}` || hits != 2 {
 		t.Fatalf("%d %s after %d tries, want the second try's answer", resp.StatusCode, body, hits)
+	}
+}
+
+// TestHeadTimeoutsByKind: a streaming request waits for the answer's head
+// up to first_byte_timeout, any other up to response_timeout, since an
+// engine sends a non-streamed completion's head only when generation has
+// ended: such a completion, slower than a stream may be, is served, and one
+// past its own limit is a 504 like a stream's.
+func TestHeadTimeoutsByKind(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body)
+		select {
+		case <-r.Context().Done():
+			return
+		case <-time.After(600 * time.Millisecond):
+		}
+		_, _ = w.Write([]byte(`{"ok":true}`))
+	}))
+	defer backend.Close()
+	for _, c := range []struct {
+		name, timeouts, body string
+		want                 int
+	}{
+		{"stream", "first_byte_timeout: 150ms", `{"model":"m","stream":true}`, 504},
+		{"whole answer, default response_timeout", "first_byte_timeout: 150ms", `{"model":"m"}`, 200},
+		{"whole answer past response_timeout", "first_byte_timeout: 10s, response_timeout: 150ms", `{"model":"m"}`, 504},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			gw, _ := gatewayFromYAML(t, fmt.Sprintf(`
+backends: [{url: %q, %s}]
+routing: {retry: {enabled: false}}
+api_keys: [{key: %q}]
+`, backend.URL, c.timeouts, testKey))
+			resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", c.body, withKey())
+			if resp.StatusCode != c.want {
+				t.Fatalf("%d %s, want %d", resp.StatusCode, body, c.want)
+			}
+		})
 	}
 }
 

@@ -574,6 +574,10 @@ func (g *Gateway) roundTrip(ctx context.Context, r *http.Request, x *exchange, u
 	if x.body != nil {
 		body = bytes.NewReader(x.body)
 	}
+	if !x.streams() {
+		// Its answer comes whole: the backend's response timeout applies.
+		ctx = balancer.WholeAnswer(ctx)
+	}
 	out, err := http.NewRequestWithContext(ctx, r.Method, target.String(), body)
 	if err != nil {
 		return nil, err

@@ -29,14 +29,15 @@ import (
 // another connection when its body can be re-read (an engine such as
 // llama.cpp's server may close a kept-alive connection without saying
 // so); the request's context cancels a dial, a write or a read in
-// progress; the first-byte timeout runs from the request's last byte to
-// the response's head. Requests for any other scheme or host go to
+// progress; the head timeout (the first-byte timeout, or the response
+// timeout for a request marked by WholeAnswer) runs from the request's last
+// byte to the response's head. Requests for any other scheme or host go to
 // fallback.
 type DirectTransport struct {
 	host        string // URL host the transport serves, as in req.URL.Host
 	addr        string // host:port dialled
 	dialer      net.Dialer
-	firstByte   time.Duration
+	heads       headTimeouts
 	maxIdle     int
 	idleTimeout time.Duration
 	fallback    http.RoundTripper
@@ -246,8 +247,9 @@ func (c *directConn) roundTrip(ctx context.Context, req *http.Request) (_ *http.
 	}
 	// A backend may answer before it has read the whole body (a 413, say)
 	// and close: its answer is still read after a failed write.
-	if c.t.firstByte > 0 {
-		_ = c.nc.SetReadDeadline(time.Now().Add(c.t.firstByte))
+	headTimeout := c.t.heads.of(ctx)
+	if headTimeout > 0 {
+		_ = c.nc.SetReadDeadline(time.Now().Add(headTimeout))
 	}
 	var resp *http.Response
 	var err error
@@ -269,7 +271,7 @@ func (c *directConn) roundTrip(ctx context.Context, req *http.Request) (_ *http.
 		return fail(err)
 	}
 	c.limit = math.MaxInt64
-	if c.t.firstByte > 0 {
+	if headTimeout > 0 {
 		_ = c.nc.SetReadDeadline(time.Time{})
 		if canceled.Load() {
 			// The context ended while the deadline was being cleared;

@@ -291,7 +291,7 @@ func TestPickConcurrent(t *testing.T) {
 
 func TestTransportFromBackendTimeouts(t *testing.T) {
 	p := mustPool(t, PoolConfig{Backends: []config.Backend{
-		{URL: "http://a:8000", Name: "a", FirstByteTimeout: config.Duration(7 * time.Second)},
+		{URL: "http://a:8000", Name: "a", FirstByteTimeout: config.Duration(7 * time.Second), ResponseTimeout: config.Duration(time.Hour)},
 		{URL: "http://b:8000", Name: "b"},
 		{URL: "https://c:8443", Name: "c", FirstByteTimeout: config.Duration(3 * time.Second)},
 	}})
@@ -299,23 +299,24 @@ func TestTransportFromBackendTimeouts(t *testing.T) {
 	if !ok {
 		t.Fatalf("a (http): transport = %T", p.ByName("a").Transport)
 	}
-	ta := da.fallback.(*ReplayTransport).Transport
-	if da.firstByte != 7*time.Second || ta.ResponseHeaderTimeout != 7*time.Second || !ta.DisableCompression {
-		t.Errorf("a: first byte %s, fallback's header timeout %s, compression disabled %v", da.firstByte, ta.ResponseHeaderTimeout, ta.DisableCompression)
+	ra := da.fallback.(*ReplayTransport)
+	want := headTimeouts{firstByte: 7 * time.Second, response: time.Hour}
+	if da.heads != want || ra.heads != want || !ra.Transport.DisableCompression {
+		t.Errorf("a: head timeouts %+v, fallback's %+v, compression disabled %v", da.heads, ra.heads, ra.Transport.DisableCompression)
 	}
 	if da.addr != "a:8000" || da.host != "a:8000" {
 		t.Errorf("a: dials %q for host %q", da.addr, da.host)
 	}
 	db := p.ByName("b").Transport.(*DirectTransport)
-	if db.firstByte != DefaultFirstByteTimeout || db == da {
-		t.Errorf("b: first byte %s (shared %v)", db.firstByte, db == da)
+	if db.heads != (headTimeouts{DefaultFirstByteTimeout, DefaultResponseTimeout}) || db == da {
+		t.Errorf("b: head timeouts %+v (shared %v)", db.heads, db == da)
 	}
 	rc, ok := p.ByName("c").Transport.(*ReplayTransport)
 	if !ok {
 		t.Fatalf("c (https): transport = %T", p.ByName("c").Transport)
 	}
-	if rc.Transport.ResponseHeaderTimeout != 3*time.Second {
-		t.Errorf("c: header timeout %s", rc.Transport.ResponseHeaderTimeout)
+	if rc.heads != (headTimeouts{3 * time.Second, DefaultResponseTimeout}) {
+		t.Errorf("c: head timeouts %+v", rc.heads)
 	}
 }
 

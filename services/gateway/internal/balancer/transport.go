@@ -1,9 +1,12 @@
 package balancer
 
 import (
+	"context"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
+	"sync"
 	"time"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
@@ -13,7 +16,35 @@ import (
 const (
 	DefaultConnectTimeout   = 5 * time.Second
 	DefaultFirstByteTimeout = 60 * time.Second
+	DefaultResponseTimeout  = 10 * time.Minute
 )
+
+// wholeKey marks a request context whose answer comes whole; see
+// WholeAnswer.
+type wholeKey struct{}
+
+// WholeAnswer marks ctx's request as one that does not stream: its
+// backend sends the answer's head only when the whole answer is ready (a
+// non-streamed completion, when generation ends), so the transport waits
+// for that head up to the backend's response timeout instead of its
+// first-byte timeout, which is the wait for a stream's first bytes.
+func WholeAnswer(ctx context.Context) context.Context {
+	return context.WithValue(ctx, wholeKey{}, true)
+}
+
+// headTimeouts are a backend's limits on the wait for an answer's head.
+type headTimeouts struct {
+	firstByte time.Duration // a streaming request's
+	response  time.Duration // a request marked by WholeAnswer
+}
+
+// of returns the limit for the request whose context is ctx.
+func (h headTimeouts) of(ctx context.Context) time.Duration {
+	if ctx.Value(wholeKey{}) != nil {
+		return h.response
+	}
+	return h.firstByte
+}
 
 // connBufferSize is the size of each backend connection's read and write
 // buffers (net/http's default is 4 KiB each). They are held for as long as
@@ -25,8 +56,8 @@ const (
 const connBufferSize = 1 << 10
 
 // NewTransport returns the transport for one backend: the default
-// transport's settings with the backend's connect timeout and first-byte
-// (response header) timeout, and enough idle connections per host for a
+// transport's settings with the backend's connect timeout and head
+// timeouts (first-byte for streams, response for whole answers), and enough idle connections per host for a
 // gateway's concurrency. Compression is left to the client so bodies pass
 // through untouched and streams are not held in a decompressor. The total
 // timeout (backend.timeout) is the caller's, per request.
@@ -41,20 +72,22 @@ func NewTransport(b config.Backend) http.RoundTripper {
 	if connect <= 0 {
 		connect = DefaultConnectTimeout
 	}
-	firstByte := b.FirstByteTimeout.D()
-	if firstByte <= 0 {
-		firstByte = DefaultFirstByteTimeout
+	heads := headTimeouts{firstByte: b.FirstByteTimeout.D(), response: b.ResponseTimeout.D()}
+	if heads.firstByte <= 0 {
+		heads.firstByte = DefaultFirstByteTimeout
+	}
+	if heads.response <= 0 {
+		heads.response = DefaultResponseTimeout
 	}
 	dialer := net.Dialer{Timeout: connect, KeepAlive: 30 * time.Second}
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.DialContext = dialer.DialContext
-	t.ResponseHeaderTimeout = firstByte
 	t.DisableCompression = true
 	t.MaxIdleConns = 0
 	t.MaxIdleConnsPerHost = maxIdlePerHost
 	t.ReadBufferSize = connBufferSize
 	t.WriteBufferSize = connBufferSize
-	replay := &ReplayTransport{Transport: t}
+	replay := &ReplayTransport{Transport: t, heads: heads}
 	u, err := url.Parse(b.URL)
 	if err != nil || u.Scheme != "http" || u.Host == "" {
 		return replay
@@ -70,7 +103,7 @@ func NewTransport(b config.Backend) http.RoundTripper {
 		host:        u.Host,
 		addr:        addr,
 		dialer:      dialer,
-		firstByte:   firstByte,
+		heads:       heads,
 		maxIdle:     maxIdlePerHost,
 		idleTimeout: t.IdleConnTimeout,
 		fallback:    replay,
@@ -93,8 +126,13 @@ const maxIdlePerHost = 256
 // wire. The resend happens only on a reused connection that failed before
 // the response began (never on a fresh one, never after response bytes),
 // so a backend that is down still fails at once, as a connect error.
+//
+// The wait for a response's head, from the request's last byte, is
+// limited as DirectTransport limits it (the first-byte or the response
+// timeout, by the request's context): the error is the same timeout.
 type ReplayTransport struct {
 	*http.Transport
+	heads headTimeouts
 }
 
 // idempotencyKey is net/http's marker; an empty value is not sent.
@@ -117,8 +155,51 @@ func needsMark(req *http.Request) bool {
 	return replayable && !marked && req.Header.Get("Idempotency-Key") == ""
 }
 
-// RoundTrip sends req, marked replayable when its body can be re-read.
+// RoundTrip sends req, marked replayable when its body can be re-read,
+// and waits for the response's head no longer than its head timeout.
 func (t *ReplayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	d := t.heads.of(req.Context())
+	if d <= 0 {
+		return t.roundTrip(req)
+	}
+	// The timer starts when the request has been written (again, if the
+	// transport resends it) and ends the request's context when it fires.
+	ctx, cancel := context.WithCancelCause(req.Context())
+	var mu sync.Mutex
+	var timer *time.Timer
+	returned := false
+	trace := &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case returned:
+		case timer == nil:
+			timer = time.AfterFunc(d, func() { cancel(errHeaderTimeout) })
+		default:
+			timer.Reset(d)
+		}
+	}}
+	resp, err := t.roundTrip(req.WithContext(httptrace.WithClientTrace(ctx, trace)))
+	mu.Lock()
+	returned = true
+	fired := timer != nil && !timer.Stop()
+	mu.Unlock()
+	if fired {
+		// Fired as the head came: the body's context has ended with it.
+		if err == nil {
+			_ = resp.Body.Close()
+		}
+		return nil, errHeaderTimeout
+	}
+	if err != nil {
+		cancel(err)
+	}
+	// On success the context lives on with the body, and ends with the
+	// caller's.
+	return resp, err
+}
+
+func (t *ReplayTransport) roundTrip(req *http.Request) (*http.Response, error) {
 	if !needsMark(req) {
 		return t.Transport.RoundTrip(req)
 	}

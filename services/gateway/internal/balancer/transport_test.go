@@ -1,12 +1,17 @@
 package balancer
 
 import (
+	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
 )
 
 // closingServer answers every request on a connection and then closes it
@@ -80,6 +85,48 @@ func TestTransportsDownBackendFailsAtOnce(t *testing.T) {
 		req, _ := http.NewRequest(http.MethodPost, url+"/v1/chat/completions", strings.NewReader(`{}`))
 		if _, err := rt.RoundTrip(req); err == nil {
 			t.Fatalf("%s: a request to a closed port succeeded", name)
+		}
+	}
+}
+
+// TestTransportsHeadTimeouts: a request waits for its answer's head up to
+// the first-byte timeout, or, marked WholeAnswer (it does not stream), up
+// to the response timeout; a late head is the same timeout error from
+// either transport, and a body that comes after the response timeout has
+// passed is still read whole: the limit ends with the head.
+func TestTransportsHeadTimeouts(t *testing.T) {
+	const head, body = 500 * time.Millisecond, 800 * time.Millisecond
+	be := newRawBackend(t, func(c net.Conn, req *http.Request) bool {
+		_, _ = io.Copy(io.Discard, req.Body)
+		time.Sleep(head)
+		if _, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"); err != nil {
+			return false
+		}
+		time.Sleep(body)
+		_, err := io.WriteString(c, "ok")
+		return err == nil
+	})
+	d, ok := NewTransport(config.Backend{URL: be.url,
+		FirstByteTimeout: config.Duration(100 * time.Millisecond),
+		ResponseTimeout:  config.Duration(time.Second)}).(*DirectTransport)
+	if !ok {
+		t.Fatal("not a DirectTransport")
+	}
+	t.Cleanup(d.CloseIdleConnections)
+	for name, rt := range map[string]http.RoundTripper{"direct": d, "replay": d.fallback.(*ReplayTransport)} {
+		_, err := rt.RoundTrip(post(t, context.Background(), be.url, `{}`))
+		var ne interface{ Timeout() bool }
+		if !errors.Is(err, errHeaderTimeout) || !errors.As(err, &ne) || !ne.Timeout() {
+			t.Fatalf("%s, stream: err = %v, want the head timeout", name, err)
+		}
+		resp, err := rt.RoundTrip(post(t, WholeAnswer(context.Background()), be.url, `{}`))
+		if err != nil {
+			t.Fatalf("%s, whole answer: %v", name, err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || string(b) != "ok" {
+			t.Fatalf("%s, whole answer: body %q, %v", name, b, err)
 		}
 	}
 }
