@@ -99,6 +99,7 @@ func (v *vm) openLibs(e *Engine) {
 	}
 	g.RawSetString("print", L.NewFunction(e.luaPrint))
 	g.RawSetString("llmproxy", e.library(L))
+	sealLibraries(L)
 
 	v.headersMT = newMethodsMT(L, "llmproxy.headers", headerMethods)
 	v.bodyMT = newMethodsMT(L, "llmproxy.body", bodyMethods)
@@ -110,6 +111,51 @@ func (v *vm) openLibs(e *Engine) {
 	v.respMT.RawSetString("__index", L.NewFunction(v.respIndex))
 	v.respMT.RawSetString("__newindex", L.NewFunction(v.respNewIndex))
 	v.respMT.RawSetString("__metatable", lua.LFalse)
+}
+
+// sealedLibraries are the library tables every script of a state shares.
+var sealedLibraries = []string{"string", "table", "math", "llmproxy"}
+
+// sealLibraries puts read-only views of the shared library tables in their
+// place: the scripts of a state share them, and so do all the requests
+// the state serves, so a hook that could write to them could replace
+// string.format for every other script, or leave a value in them for a
+// later request. Writing to a view (rawset included) is an error, and
+// neither a view's metatable nor the strings' (whose __index is the string
+// library) can be read or replaced.
+func sealLibraries(L *lua.LState) {
+	g := L.G.Global
+	views := make(map[*lua.LTable]string, len(sealedLibraries))
+	for _, name := range sealedLibraries {
+		lib, ok := g.RawGetString(name).(*lua.LTable)
+		if !ok {
+			continue
+		}
+		view := L.NewTable()
+		mt := L.NewTable()
+		mt.RawSetString("__index", lib)
+		mt.RawSetString("__newindex", L.NewFunction(readOnly(name)))
+		mt.RawSetString("__metatable", lua.LFalse)
+		L.SetMetatable(view, mt)
+		g.RawSetString(name, view)
+		views[view] = name
+	}
+	if mt, ok := L.GetMetatable(lua.LString("")).(*lua.LTable); ok {
+		mt.RawSetString("__metatable", lua.LFalse)
+	}
+	if rawset, ok := g.RawGetString("rawset").(*lua.LFunction); ok {
+		g.RawSetString("rawset", L.NewFunction(func(L *lua.LState) int {
+			if name, sealed := views[L.CheckTable(1)]; sealed {
+				L.RaiseError("%s.%s is read-only", name, L.CheckAny(2).String())
+			}
+			L.Push(rawset)
+			L.Push(L.Get(1))
+			L.Push(L.Get(2))
+			L.Push(L.Get(3))
+			L.Call(3, 1)
+			return 1
+		}))
+	}
 }
 
 // runChunk runs a script's top-level code in a fresh environment whose reads

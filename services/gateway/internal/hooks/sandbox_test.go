@@ -51,6 +51,51 @@ function on_request(req) check(true) end
 	}
 }
 
+// TestLibrariesAreReadOnly: the library tables the scripts of a state
+// share cannot be written, at load or in a hook, directly or with rawset,
+// nor reached through a metatable; so one script cannot change another's
+// string.upper, and a request cannot leave a value in them for the next.
+func TestLibrariesAreReadOnly(t *testing.T) {
+	e, err := New([]Script{
+		{Name: "a.lua", Source: `
+assert(not pcall(function() string.upper = string.lower end), "string written at load")
+local writes = {
+  function() string.upper = function() return "x" end end,
+  function() rawset(string, "upper", string.lower) end,
+  function() table.concat = nil end,
+  function() math.pi = 3 end,
+  function() llmproxy.now = nil end,
+  function() getmetatable("").__index = {} end,
+  function() setmetatable(string, {}) end,
+  function() llmproxy.cache = {} end,
+}
+function on_route(req)
+  for i, w in ipairs(writes) do
+    local ok, err = pcall(w)
+    if ok then error("write " .. i .. " went through") end
+  end
+  assert(getmetatable(string) == false and getmetatable("") == false, "a metatable is reachable")
+  local t = {}
+  rawset(t, "k", 1)
+  assert(t.k == 1, "rawset no longer works on a script's own table")
+  return nil
+end`},
+		{Name: "b.lua", Source: `
+function on_route(req)
+  assert(llmproxy.cache == nil, "a value was left in llmproxy")
+  return ("abc"):upper() .. string.upper("d") .. table.concat({"e"}) .. tostring(math.pi > 3.14)
+end`},
+	}, Options{Logger: quietLogger(), Timeout: testTimeout, PoolSize: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if got, err := e.OnRoute(context.Background(), &Request{}); err != nil || got != "ABCDetrue" {
+			t.Fatalf("OnRoute = %q, %v; want the libraries unchanged", got, err)
+		}
+	}
+}
+
 func TestSyntaxErrorNamesFileAndLine(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "broken.lua")
