@@ -1,6 +1,7 @@
 package config
 
 import (
+	"encoding/base64"
 	"fmt"
 	"math"
 	"net/url"
@@ -47,6 +48,7 @@ func (c *Config) applyDefaults() {
 
 	for i := range c.Backends {
 		b := &c.Backends[i]
+		moveURLCredentials(b)
 		setStr(&b.Name, b.URL)
 		if b.Weight == 0 && !c.given(fmt.Sprintf("backends[%d].weight", i)) {
 			b.Weight = 1
@@ -211,6 +213,32 @@ func slug(raw string) string {
 }
 
 // uniqueName returns name, or name-2, name-3… when taken, and marks it taken.
+// moveURLCredentials takes credentials out of b's URL (http://user:pass@host)
+// into its Authorization header, as HTTP Basic (what curl makes of them),
+// unless the headers set one already: the URL names the backend in events,
+// metrics and logs, and a request's URL carries no credentials on the wire.
+func moveURLCredentials(b *Backend) {
+	u, err := url.Parse(b.URL)
+	if err != nil || u.User == nil {
+		return
+	}
+	set := false
+	for k := range b.Headers {
+		set = set || strings.EqualFold(k, "Authorization")
+	}
+	if !set {
+		pass, _ := u.User.Password()
+		h := make(map[string]string, len(b.Headers)+1)
+		for k, v := range b.Headers {
+			h[k] = v
+		}
+		h["Authorization"] = "Basic " + base64.StdEncoding.EncodeToString([]byte(u.User.Username()+":"+pass))
+		b.Headers = h
+	}
+	u.User = nil
+	b.URL = u.String()
+}
+
 func uniqueName(name string, taken map[string]bool) string {
 	n := name
 	for i := 2; taken[n]; i++ {

@@ -215,3 +215,35 @@ func TestLoadMissingFile(t *testing.T) {
 		t.Errorf("want os.ErrNotExist inside, got %v", err)
 	}
 }
+
+// TestBackendURLCredentialsBecomeAHeader: user:password in a backend's URL
+// leave the URL, which names the backend in events, metrics and logs, and
+// become its Authorization header (HTTP Basic), unless one is set already.
+func TestBackendURLCredentialsBecomeAHeader(t *testing.T) {
+	c, err := Parse([]byte(`
+backends:
+  - url: http://bob:s3cret@vllm-1:8000/
+  - url: http://alice:0ther@vllm-2:8000
+    headers: { authorization: "Bearer tok" }
+  - url: http://vllm-3:8000
+    name: three
+`), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := c.Backends
+	if b[0].URL != "http://vllm-1:8000/" || b[0].Name != b[0].URL || b[0].Headers["Authorization"] != "Basic Ym9iOnMzY3JldA==" {
+		t.Errorf("backend 0: url %q, name %q, headers %v", b[0].URL, b[0].Name, b[0].Headers)
+	}
+	if b[1].URL != "http://vllm-2:8000" || len(b[1].Headers) != 1 || b[1].Headers["authorization"] != "Bearer tok" {
+		t.Errorf("backend 1: url %q, headers %v", b[1].URL, b[1].Headers)
+	}
+	if b[2].URL != "http://vllm-3:8000" || b[2].Headers != nil {
+		t.Errorf("backend 2: url %q, headers %v", b[2].URL, b[2].Headers)
+	}
+	for _, x := range b {
+		if strings.Contains(x.URL+x.Name, "s3cret") || strings.Contains(x.URL+x.Name, "0ther") {
+			t.Errorf("a password is left in %q / %q", x.URL, x.Name)
+		}
+	}
+}

@@ -369,6 +369,35 @@ api_keys: [{key: %q}]
 	}
 }
 
+// TestBackendURLCredentials: a backend configured as
+// http://user:pass@host is asked with HTTP Basic credentials, and its
+// password reaches neither the event's backend_url nor the metrics.
+func TestBackendURLCredentials(t *testing.T) {
+	auth := make(chan string, 1)
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body)
+		auth <- r.Header.Get("Authorization")
+		_, _ = w.Write([]byte(`{"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}`))
+	}))
+	defer backend.Close()
+	withPass := strings.Replace(backend.URL, "http://", "http://bob:s3cret@", 1)
+	gw, s := gatewayFromYAML(t, fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q}]\n", withPass, testKey))
+	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m"}`, withKey())
+	if resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	if got := <-auth; got != "Basic Ym9iOnMzY3JldA==" {
+		t.Errorf("the backend was asked with Authorization %q", got)
+	}
+	if ev := s.next(t); ev.BackendURL != backend.URL {
+		t.Errorf("backend_url %q, want %q", ev.BackendURL, backend.URL)
+	}
+	_, metrics := do(t, "GET", gw.URL+"/metrics", "", nil)
+	if strings.Contains(string(metrics), "s3cret") || !strings.Contains(string(metrics), backend.URL) {
+		t.Errorf("metrics name the backend with its password, or not at all")
+	}
+}
+
 // TestBackendsAreAskedForWhatTheGatewayReads: a stream is asked for
 // uncompressed whatever the client accepts, so the usage chunk the client
 // did not ask for is still removed; any other reply only in an encoding
