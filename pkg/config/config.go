@@ -137,12 +137,19 @@ func (u UsageHook) IsEnabled() bool {
 
 // Webhook is one endpoint the notifier delivers every event to.
 type Webhook struct {
-	Name        string   `yaml:"name"` // default: derived from the URL
+	// Name defaults to the URL's host and a hash of the URL, never its
+	// path, which may hold a secret (see defaultName).
+	Name        string   `yaml:"name"`
 	URL         string   `yaml:"url"`
 	Secret      string   `yaml:"secret"`
 	Timeout     Duration `yaml:"timeout"`      // default 5s
 	MaxAttempts int      `yaml:"max_attempts"` // default 10
 	MaxAge      Duration `yaml:"max_age"`      // default 24h
+	// LegacyName is set, not read from the file, when Name was defaulted:
+	// it is the name the URL's host and path gave before, so that the
+	// notifier can take over that name's consumer instead of delivering
+	// every retained event again. It may hold a secret: never log it.
+	LegacyName string `yaml:"-"`
 }
 
 // HealthCheck configures active health checks of backends.

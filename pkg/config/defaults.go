@@ -1,8 +1,11 @@
 package config
 
 import (
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"fmt"
+	"maps"
 	"math"
 	"net/url"
 	"strings"
@@ -69,10 +72,14 @@ func (c *Config) applyDefaults() {
 	for _, w := range c.Webhooks {
 		names[w.Name] = true
 	}
+	legacy := maps.Clone(names)
 	for i := range c.Webhooks {
 		w := &c.Webhooks[i]
 		if w.Name == "" {
-			w.Name = uniqueName(slug(w.URL), names)
+			w.Name = uniqueName(defaultName(w.URL), names)
+			if old := uniqueName(slug(w.URL), legacy); old != w.Name {
+				w.LegacyName = old
+			}
 		}
 		setDur(&w.Timeout, 5*time.Second)
 		if w.MaxAttempts == 0 && !c.given(fmt.Sprintf("webhooks[%d].max_attempts", i)) {
@@ -183,8 +190,27 @@ func (l PerKeyLimits) anySet() bool {
 	return l.RequestsPerSecond > 0 || l.RequestsPerMinute > 0 || l.TokensPerMinute > 0 || l.MaxConcurrent > 0
 }
 
-// slug makes a short endpoint name from a URL's host and path, e.g.
-// "https://billing.internal/llm-usage" → "billing-internal-llm-usage".
+// defaultName names a webhook that has no name: the slug of its URL's
+// host (port included) and the first 8 hex digits of the SHA-256 of the
+// whole URL, e.g. "https://hooks.slack.com/services/T0/B0/XXXX" →
+// "hooks-slack-com-c1e10ad4". Nothing of the path, query, fragment or user
+// info is in it: services such as Slack and Discord put the webhook's
+// secret in the path, and the name goes into metrics, logs and consumer
+// names. The hash keeps two endpoints on one host apart whatever their
+// order in the file.
+func defaultName(raw string) string {
+	host := "webhook"
+	if u, err := url.Parse(raw); err == nil && u.Host != "" {
+		host = slug(u.Host)
+	}
+	sum := sha256.Sum256([]byte(raw))
+	return host + "-" + hex.EncodeToString(sum[:4])
+}
+
+// slug makes a short name from a URL's host and path, e.g.
+// "https://billing.internal/llm-usage" → "billing-internal-llm-usage". It
+// was the default webhook name before defaultName, and still gives
+// Webhook.LegacyName.
 func slug(raw string) string {
 	s := raw
 	if u, err := url.Parse(raw); err == nil && u.Host != "" {

@@ -3,7 +3,9 @@ package config
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"net/url"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -53,8 +55,11 @@ usage_hook:
 	for _, e := range eps {
 		names = append(names, e.Name)
 	}
-	if got := strings.Join(names, ","); got != "billing-internal-llm-usage,billing-internal-llm-usage-2,audit,usage_hook" {
+	if got := strings.Join(names, ","); got != "billing-internal-cb300ce2,billing-internal-cb300ce2-2,audit,usage_hook" {
 		t.Errorf("names %s", got)
+	}
+	if eps[0].LegacyName != "billing-internal-llm-usage" || eps[1].LegacyName != "billing-internal-llm-usage-2" || eps[2].LegacyName != "" {
+		t.Errorf("legacy names %q, %q, %q", eps[0].LegacyName, eps[1].LegacyName, eps[2].LegacyName)
 	}
 	w := eps[0]
 	if w.Timeout.D() != 5*time.Second || w.MaxAttempts != 10 || w.MaxAge.D() != 24*time.Hour {
@@ -74,6 +79,68 @@ usage_hook:
 	}
 	if len(c.Endpoints()) != 0 {
 		t.Errorf("disabled usage hook listed: %+v", c.Endpoints())
+	}
+}
+
+// TestWebhookDefaultNameHidesThePath: Slack and Discord put the webhook's
+// secret in the URL's path; the default name, which reaches metrics, logs
+// and consumer names, holds only the host and a hash of the URL, the same
+// whatever the order of the endpoints.
+func TestWebhookDefaultNameHidesThePath(t *testing.T) {
+	const (
+		slack     = "https://hooks.slack.com/services/T0123ABCD/B0456EFGH/XyZsEcReTtOkEn0123456789"
+		slack2    = "https://hooks.slack.com/services/T0123ABCD/B0789IJKL/AnOtHeRsEcReT9876543210"
+		discord   = "https://discord.com/api/webhooks/123456789012345678/AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
+		withCreds = "https://user:pa55word@hooks.example.com:8443/x?token=q1w2e3#frag"
+	)
+	parse := func(urls ...string) map[string]Webhook {
+		t.Helper()
+		y := minimal + "webhooks:\n"
+		for _, u := range urls {
+			y += "  - url: " + u + "\n"
+		}
+		y += "  - url: " + slack + "\n    name: team-alerts\n"
+		c, err := Parse([]byte(y), "c.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]Webhook{}
+		for _, w := range c.Webhooks[:len(urls)] {
+			out[w.URL] = w
+		}
+		if w := c.Webhooks[len(urls)]; w.Name != "team-alerts" || w.LegacyName != "" {
+			t.Errorf("explicit name became %q (legacy %q)", w.Name, w.LegacyName)
+		}
+		return out
+	}
+	got := parse(slack, slack2, discord, withCreds)
+	hosts := map[string]string{slack: "hooks-slack-com", slack2: "hooks-slack-com", discord: "discord-com", withCreds: "hooks-example-com-8443"}
+	for u, w := range got {
+		if !regexp.MustCompile(`^` + hosts[u] + `-[0-9a-f]{8}$`).MatchString(w.Name) {
+			t.Errorf("name %q of %s: want %s-<8 hex digits>", w.Name, u, hosts[u])
+		}
+		parsed, err := url.Parse(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sep := func(r rune) bool { return r == '/' || r == '=' || r == ':' }
+		pieces := strings.FieldsFunc(parsed.Path+"/"+parsed.RawQuery+"/"+parsed.Fragment+"/"+parsed.User.String(), sep)
+		for _, p := range pieces {
+			if p = strings.ToLower(p); len(p) >= 4 && strings.Contains(w.Name, p[:4]) {
+				t.Errorf("name %q of %s holds the start of %q", w.Name, u, p)
+			}
+		}
+		if w.LegacyName != slug(u) {
+			t.Errorf("legacy name of %s = %q, want %q", u, w.LegacyName, slug(u))
+		}
+	}
+	if got[slack].Name == got[slack2].Name {
+		t.Errorf("two Slack webhooks share the name %q", got[slack].Name)
+	}
+	for u, w := range parse(withCreds, discord, slack2, slack) {
+		if w.Name != got[u].Name {
+			t.Errorf("name of %s is %q in one order, %q in another", u, got[u].Name, w.Name)
+		}
 	}
 }
 

@@ -177,13 +177,19 @@ func ListDLQ(ctx context.Context, js jetstream.JetStream, filter DLQFilter) ([]D
 // Replay re-delivers dead letters to their endpoints, signed as any
 // delivery, and deletes each one that the endpoint accepts (2xx) from
 // LLMPROXY_DLQ. id selects the dead letters as DLQFilter.ID does; "" replays
-// all. Dead letters that fail again, or whose endpoint is not in endpoints,
-// stay; the returned error lists them. Replay makes one attempt per dead
-// letter, one at a time.
+// all. A dead letter recorded under an endpoint's LegacyName goes to that
+// endpoint. Dead letters that fail again, or whose endpoint is not in
+// endpoints, stay; the returned error lists them. Replay makes one attempt
+// per dead letter, one at a time.
 func Replay(ctx context.Context, js jetstream.JetStream, endpoints []Endpoint, id string) (delivered int, err error) {
 	byName := make(map[string]Endpoint, len(endpoints))
 	for _, e := range endpoints {
 		byName[e.Name] = e.withDefaults()
+	}
+	for _, e := range endpoints {
+		if _, taken := byName[e.LegacyName]; e.LegacyName != "" && !taken {
+			byName[e.LegacyName] = e.withDefaults()
+		}
 	}
 	letters, err := ListDLQ(ctx, js, DLQFilter{ID: id})
 	if err != nil {

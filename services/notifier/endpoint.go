@@ -22,7 +22,8 @@ const (
 // config.Webhook:
 //
 //	notifier.Endpoint{Name: w.Name, URL: w.URL, Secret: w.Secret,
-//		Timeout: w.Timeout.D(), MaxAttempts: w.MaxAttempts, MaxAge: w.MaxAge.D()}
+//		Timeout: w.Timeout.D(), MaxAttempts: w.MaxAttempts, MaxAge: w.MaxAge.D(),
+//		LegacyName: w.LegacyName}
 //
 // and onto config.UsageHook, whose Retry is MaxAttempts (it has no name:
 // give it one, e.g. "usage_hook").
@@ -42,6 +43,13 @@ type Endpoint struct {
 	// MaxAge is how long after it was published an event is still retried
 	// (default 24h).
 	MaxAge time.Duration
+	// LegacyName, when set, is a name the endpoint had before (the default
+	// name a URL's path once gave, config.Webhook.LegacyName). When the
+	// endpoint's consumer does not exist yet and LegacyName's does, the new
+	// consumer continues where that one was acknowledged to, and that one
+	// is deleted. It may hold a secret and is never logged. It is ignored
+	// when its durable name is that of an endpoint's consumer.
+	LegacyName string
 }
 
 func (e Endpoint) withDefaults() Endpoint {
@@ -87,7 +95,8 @@ func DurableName(name string) string {
 // consumerConfig is the durable consumer of endpoint e. It starts at the
 // first event the stream holds, so an endpoint added later also receives
 // what the stream still retains, and no event published before the
-// consumer's first creation is missed.
+// consumer's first creation is missed; one that takes over from a legacy
+// name starts where that one was (ensureConsumer).
 //
 // MaxDeliver is left unlimited on purpose: the notifier counts attempts
 // itself (AttemptsBucket; NumDelivered also counts deliveries that were no

@@ -57,6 +57,12 @@ func New(js jetstream.JetStream, endpoints []Endpoint, opts Options) (*Notifier,
 		}
 		eps = append(eps, e)
 	}
+	for i, e := range eps {
+		// Taking over a consumer that feeds an endpoint would move it.
+		if _, live := seen[DurableName(e.LegacyName)]; live && e.LegacyName != "" {
+			eps[i].LegacyName = ""
+		}
+	}
 	m, err := newMetrics(opts.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("notifier: register metrics: %w", err)
@@ -69,8 +75,8 @@ func (n *Notifier) Endpoints() []Endpoint {
 	return append([]Endpoint(nil), n.endpoints...)
 }
 
-// Run creates or updates each endpoint's durable consumer and the
-// AttemptsBucket, and delivers events until ctx is done. It then stops
+// Run creates or updates each endpoint's durable consumer (taking over the
+// one of its LegacyName, see Endpoint) and the AttemptsBucket, and delivers events until ctx is done. It then stops
 // taking events, hands back the ones it had taken but not started (so
 // another notifier gets them at once) and waits for the deliveries in
 // flight, each bounded by its endpoint's Timeout. It returns nil after a
@@ -94,7 +100,7 @@ func (n *Notifier) Run(ctx context.Context) error {
 	}
 	consumers := make([]jetstream.Consumer, len(n.endpoints))
 	for i, e := range n.endpoints {
-		c, err := n.js.CreateOrUpdateConsumer(ctx, events.StreamName, consumerConfig(e, n.opts.ackWait(e.Timeout)))
+		c, err := n.ensureConsumer(ctx, e)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
