@@ -34,9 +34,9 @@ type DeadLetter struct {
 	Seq uint64 `json:"-"`
 
 	Endpoint string `json:"endpoint"`
-	// URL is the endpoint's URL without what may carry credentials (user
-	// info, query, fragment); replay goes by Endpoint, to the configured
-	// URL.
+	// URL is the endpoint's scheme and host, without what may carry
+	// credentials (user info, path, query, fragment); replay goes by
+	// Endpoint, to the configured URL.
 	URL     string `json:"url"`
 	EventID string `json:"event_id"`
 	// Reason is one of the Reason constants.
@@ -90,15 +90,15 @@ func publishDeadLetter(ctx context.Context, js jetstream.JetStream, d DeadLetter
 	return nil
 }
 
-// displayURL returns raw without its user info, query and fragment, which
-// may carry credentials, or "" when it does not parse.
+// displayURL returns raw's scheme and host, or "" when it does not parse:
+// every other part may carry a credential (user info, a query token, or a
+// path such as Slack's and Discord's, whose last segment is the secret).
 func displayURL(raw string) string {
 	u, err := url.Parse(raw)
-	if err != nil {
+	if err != nil || u.Host == "" {
 		return ""
 	}
-	u.User, u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = nil, "", false, "", ""
-	return u.String()
+	return (&url.URL{Scheme: u.Scheme, Host: u.Host}).String()
 }
 
 // rawEvent keeps body as raw JSON in a dead letter; a body that is not JSON
