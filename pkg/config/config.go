@@ -215,6 +215,10 @@ type KeyDefaults struct {
 	// MaxTokensCap is reserved for a request that sets no max_tokens
 	// (default 4096).
 	MaxTokensCap int64 `yaml:"max_tokens_cap"`
+	// ImageTokens is reserved for each image in a request's prompt, whose
+	// real count the model decides (default 2048; 0: images reserve
+	// nothing).
+	ImageTokens int64 `yaml:"image_tokens"`
 }
 
 // APIKey is one key of the file key store.

@@ -22,6 +22,7 @@ const (
 	DefaultRateStorage     = "memory"
 	DefaultResetPeriod     = "monthly"
 	DefaultMaxTokensCap    = 4096
+	DefaultImageTokens     = 2048
 	DefaultMaxBodyBytes    = 10 << 20
 	DefaultMaxCaptureBytes = 65536
 	DefaultLogLevel        = "info"
@@ -120,6 +121,9 @@ func (c *Config) applyDefaults() {
 	setBool(&a.Enabled, len(c.APIKeys) > 0 || a.Storage == "redis")
 	setStr(&a.Defaults.QuotaResetPeriod, DefaultResetPeriod)
 	setInt(&a.Defaults.MaxTokensCap, DefaultMaxTokensCap)
+	if a.Defaults.ImageTokens == 0 && !c.given("auth.defaults.image_tokens") {
+		a.Defaults.ImageTokens = DefaultImageTokens
+	}
 	for i := range c.APIKeys {
 		k := &c.APIKeys[i]
 		setStr(&k.Status, DefaultKeyStatus)

@@ -305,6 +305,7 @@ func (v *checker) auth() {
 	v.oneOf("auth.defaults.quota_reset_period", a.Defaults.QuotaResetPeriod, ResetPeriods)
 	v.limit("auth.defaults.total_quota", a.Defaults.TotalQuota)
 	v.limit("auth.defaults.max_tokens_cap", a.Defaults.MaxTokensCap)
+	v.limit("auth.defaults.image_tokens", a.Defaults.ImageTokens)
 	if a.Storage != "redis" && v.c.AuthEnabled() && len(v.c.APIKeys) == 0 {
 		v.add("auth.enabled", "auth is enabled with file storage but api_keys lists no key, so every request would be refused")
 	}

@@ -64,7 +64,7 @@ func (g *Gateway) admit(ctx context.Context, x *exchange) *apierr.Error {
 		return nil
 	}
 	if (req.Limits.TPM > 0 || req.Quota > 0) && x.body != nil {
-		req.Reserve = reservation(x.path, x.info, cfg.Auth.Defaults.MaxTokensCap)
+		req.Reserve = reservation(x.path, x.info, cfg.Auth.Defaults.MaxTokensCap, cfg.Auth.Defaults.ImageTokens)
 	}
 	d, err := g.admitter.Admit(ctx, req)
 	if err != nil {
@@ -90,15 +90,25 @@ func (g *Gateway) admit(ctx context.Context, x *exchange) *apierr.Error {
 // overflowing (and exact in Redis's Lua numbers, which are doubles).
 const maxReservation = 1 << 30
 
-// reservation is the tokens a request may use: its prompt estimate plus its
-// completion limit (or the configured cap), at most maxReservation.
-func reservation(path string, info usage.RequestInfo, capTokens int64) int64 {
+// reservation is the tokens a request may use: its prompt estimate (with
+// imageTokens for each image) plus its completion limit (or the configured
+// cap), at most maxReservation.
+func reservation(path string, info usage.RequestInfo, capTokens, imageTokens int64) int64 {
 	// A reservation is settled with the real count later, so the prompt is
 	// bounded cheaply from its length rather than tokenized on the hot
 	// path: tokens average about four bytes of text, and two bytes per
 	// token keeps the bound above the real count for nearly any text.
 	// A prompt given as token ids counts one token per id.
-	prompt := min(int64(len(info.Prompt))/2+3*int64(info.Messages)+3+min(info.PromptTokenIDs, maxReservation), maxReservation)
+	// An image's tokens depend on the model and the image's size: the
+	// configured allowance stands for each.
+	images := int64(0)
+	if info.Images > 0 && imageTokens > 0 {
+		images = maxReservation
+		if info.Images < maxReservation/imageTokens {
+			images = info.Images * imageTokens
+		}
+	}
+	prompt := min(int64(len(info.Prompt))/2+3*int64(info.Messages)+3+min(info.PromptTokenIDs, maxReservation)+images, maxReservation)
 	if path == "/v1/embeddings" || path == "/api/embed" {
 		return prompt
 	}

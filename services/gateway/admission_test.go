@@ -25,6 +25,8 @@ func TestReservation(t *testing.T) {
 		cap  int64
 		want int64
 	}{
+		{"images", "/v1/chat/completions", withImages(withMax(prompt, 100), 3), 0, 111 + 3*config.DefaultImageTokens},
+		{"images past the bound", "/v1/chat/completions", withImages(withMax(prompt, 100), math.MaxInt64/2), 0, maxReservation},
 		{"max_tokens", "/v1/chat/completions", withMax(prompt, 100), 0, 111},
 		{"configured cap", "/v1/chat/completions", prompt, 50, 61},
 		{"default cap", "/v1/chat/completions", prompt, 0, 11 + defaultMaxTokensCap},
@@ -42,11 +44,16 @@ func TestReservation(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			if got := reservation(c.path, c.info, c.cap); got != c.want {
+			if got := reservation(c.path, c.info, c.cap, config.DefaultImageTokens); got != c.want {
 				t.Fatalf("reservation = %d, want %d", got, c.want)
 			}
 		})
 	}
+}
+
+func withImages(info usage.RequestInfo, n int64) usage.RequestInfo {
+	info.Images = n
+	return info
 }
 
 func withChoices(info usage.RequestInfo, n int64) usage.RequestInfo {
@@ -91,6 +98,60 @@ func TestHugeMaxTokensIsReserved(t *testing.T) {
 	resp, b := do(t, "POST", srv.URL+"/v1/chat/completions", `{"model":"m","max_tokens":10}`, withKey())
 	if resp.StatusCode != 429 {
 		t.Fatalf("second request: %d %s, want 429 while the first's reservation is outstanding", resp.StatusCode, b)
+	}
+}
+
+// TestImagesAreReserved: each image in a prompt reserves
+// auth.defaults.image_tokens, so the event carries it, and while the
+// reservation is outstanding a second such request that would take the
+// quota past its limit is refused before it reaches the backend; with
+// image_tokens: 0 images reserve nothing and the second one fits.
+func TestImagesAreReserved(t *testing.T) {
+	hits := make(chan struct{}, 10)
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits <- struct{}{}
+		_, _ = w.Write([]byte(`{"choices":[{"message":{"content":"a cat"}}],"usage":{"prompt_tokens":900,"completion_tokens":2,"total_tokens":902}}`))
+	}))
+	defer backend.Close()
+	const body = `{"model":"m","max_tokens":10,"messages":[{"role":"user","content":[{"type":"text","text":"what?"},{"type":"image_url","image_url":{"url":"data:image/png;base64,iVBOR"}},{"type":"image_url","image_url":{"url":"https://x/y.png"}}]}]}`
+	for _, c := range []struct {
+		name     string
+		defaults string
+		reserved int64
+		second   int
+	}{
+		{"default allowance", "", 2 + 3 + 3 + 2*config.DefaultImageTokens + 10, 429},
+		{"configured allowance", "image_tokens: 1300", 2 + 3 + 3 + 2*1300 + 10, 429},
+		{"images reserve nothing", "image_tokens: 0", 2 + 3 + 3 + 10, 200},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, err := config.Parse([]byte(fmt.Sprintf("backends: [{url: %q}]\nauth: {defaults: {%s}}\napi_keys: [{key: %q, total_quota: 5000}]\n", backend.URL, c.defaults, testKey)), "c.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := newSink()
+			g, err := New(Options{Config: cfg, Events: s, Admitter: ledger.NewMemoryAdmitter(nil, nil)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			g.Start(context.Background())
+			srv := httptest.NewServer(g.Handler())
+			defer srv.Close()
+			if resp, b := do(t, "POST", srv.URL+"/v1/chat/completions", body, withKey()); resp.StatusCode != 200 {
+				t.Fatalf("first request: %d %s", resp.StatusCode, b)
+			}
+			<-hits
+			if ev := s.next(t); ev.Reservation != c.reserved {
+				t.Fatalf("event reservation %d, want %d", ev.Reservation, c.reserved)
+			}
+			resp, b := do(t, "POST", srv.URL+"/v1/chat/completions", body, withKey())
+			if resp.StatusCode != c.second {
+				t.Fatalf("second request: %d %s, want %d", resp.StatusCode, b, c.second)
+			}
+			if c.second != 200 && len(hits) != 0 {
+				t.Fatal("a refused request reached the backend")
+			}
+		})
 	}
 }
 

@@ -42,6 +42,11 @@ type RequestInfo struct {
 	// Choices is how many completions the request asks for: the largest of
 	// n and best_of (OpenAI, vLLM), at least 1.
 	Choices int64
+	// Images is how many images the prompt holds: content parts of type
+	// image_url (OpenAI chat), input_image (Responses) or image
+	// (Anthropic), and the entries of Ollama's images lists. Their tokens
+	// depend on the model and the image, so Prompt leaves them out.
+	Images int64
 	// Prompt is the prompt text for estimation, joined by "\n": the system
 	// prompt or instructions, message contents (text parts of multi-part
 	// contents) and tool-call arguments, prompt, input or inputs, and the
@@ -73,11 +78,13 @@ type requestBody struct {
 	Input        json.RawMessage  `json:"input"`
 	Inputs       json.RawMessage  `json:"inputs"`
 	Tools        json.RawMessage  `json:"tools"`
+	Images       json.RawMessage  `json:"images"`
 }
 
 type requestMessage struct {
 	Content   json.RawMessage   `json:"content"`
 	ToolCalls []requestToolCall `json:"tool_calls"`
+	Images    json.RawMessage   `json:"images"`
 }
 
 type requestToolCall struct {
@@ -137,22 +144,25 @@ func ParseRequest(body []byte) (RequestInfo, error) {
 	info.PromptTokenIDs = countTokenIDs(r.Prompt, 0) + countTokenIDs(r.Input, 0) + countTokenIDs(r.Inputs, 0)
 
 	var p []byte
+	images := &info.Images
 	if !isNullOrEmpty(r.System) {
-		p = appendPromptValue(p, r.System, 0)
+		p = appendPromptValue(p, r.System, 0, images)
 		info.Messages++
 	}
-	p = appendPromptValue(p, r.Instructions, 0)
+	p = appendPromptValue(p, r.Instructions, 0, images)
 	for _, m := range r.Messages {
-		p = appendPromptValue(p, m.Content, 0)
+		p = appendPromptValue(p, m.Content, 0, images)
 		for _, c := range m.ToolCalls {
 			p = appendPromptRaw(p, c.Function.Arguments)
 		}
+		info.Images += countElements(m.Images)
 		info.Messages++
 	}
-	p = appendPromptValue(p, r.Prompt, 0)
-	p = appendPromptValue(p, r.Input, 0)
-	p = appendPromptValue(p, r.Inputs, 0)
+	p = appendPromptValue(p, r.Prompt, 0, images)
+	p = appendPromptValue(p, r.Input, 0, images)
+	p = appendPromptValue(p, r.Inputs, 0, images)
 	p = appendPromptRaw(p, r.Tools)
+	info.Images += countElements(r.Images)
 	info.Prompt = string(p)
 	return info, nil
 }
@@ -160,8 +170,9 @@ func ParseRequest(body []byte) (RequestInfo, error) {
 // appendPromptValue appends the text in a content value: a string, an array
 // of strings or of parts ({"type":"text","text":...}; Anthropic tool_result
 // parts nest "content"; Responses API input items carry "content"), joined
-// by "\n". Token-id arrays and images contribute nothing.
-func appendPromptValue(dst, raw []byte, depth int) []byte {
+// by "\n". Token-id arrays contribute nothing; each image part adds one to
+// *images.
+func appendPromptValue(dst, raw []byte, depth int, images *int64) []byte {
 	if isNullOrEmpty(raw) || depth > 8 {
 		return dst
 	}
@@ -174,17 +185,43 @@ func appendPromptValue(dst, raw []byte, depth int) []byte {
 	case '[':
 		el := arrayElements(raw)
 		for v, ok := el.next(); ok; v, ok = el.next() {
-			dst = appendPromptValue(dst, v, depth+1)
+			dst = appendPromptValue(dst, v, depth+1, images)
 		}
 	case '{':
 		m := objectMembers(raw)
 		for k, v, ok := m.next(); ok; k, v, ok = m.next() {
-			if keyIs(k, "text") || keyIs(k, "content") {
-				dst = appendPromptValue(dst, v, depth+1)
+			switch {
+			case keyIs(k, "text") || keyIs(k, "content"):
+				dst = appendPromptValue(dst, v, depth+1, images)
+			case keyIs(k, "type") && isImageType(v):
+				*images++
 			}
 		}
 	}
 	return dst
+}
+
+// isImageType reports whether raw, a part's "type", names an image part.
+func isImageType(raw []byte) bool {
+	switch string(raw) {
+	case `"image_url"`, `"input_image"`, `"image"`:
+		return true
+	}
+	return false
+}
+
+// countElements returns the length of raw when it is a JSON array (Ollama's
+// images: one base64 string per image), else 0.
+func countElements(raw []byte) int64 {
+	if len(raw) == 0 || raw[0] != '[' {
+		return 0
+	}
+	var n int64
+	el := arrayElements(raw)
+	for _, ok := el.next(); ok; _, ok = el.next() {
+		n++
+	}
+	return n
 }
 
 // countTokenIDs counts the integers in a prompt given as token ids: an

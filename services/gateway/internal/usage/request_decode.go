@@ -10,11 +10,11 @@ import (
 // The JSON names decodeRequest reads, per object.
 var (
 	requestKeys = []string{"model", "stream", "max_tokens", "max_completion_tokens", "max_output_tokens", "n", "best_of",
-		"stream_options", "options", "parameters", "messages", "system", "instructions", "prompt", "input", "inputs", "tools"}
+		"stream_options", "options", "parameters", "messages", "system", "instructions", "prompt", "input", "inputs", "tools", "images"}
 	streamOptionKeys = []string{"include_usage"}
 	optionKeys       = []string{"num_predict"}
 	parameterKeys    = []string{"max_new_tokens"}
-	messageKeys      = []string{"content", "tool_calls"}
+	messageKeys      = []string{"content", "tool_calls", "images"}
 	toolCallKeys     = []string{"function"}
 	functionKeys     = []string{"arguments"}
 )
@@ -89,6 +89,8 @@ func decodeRequest(body []byte, r *requestBody) bool {
 			r.Inputs = v
 		case "tools":
 			r.Tools = v
+		case "images":
+			r.Images = v
 		}
 		return true
 	})
@@ -108,11 +110,15 @@ func decodeMessages(v []byte, r *requestBody) bool {
 				return false
 			}
 			seen |= 1 << k
-			if k == 0 {
+			switch k {
+			case 0:
 				msg.Content = v
-				return true
+			case 2:
+				msg.Images = v
+			default:
+				return decodeToolCalls(v, &msg)
 			}
-			return decodeToolCalls(v, &msg)
+			return true
 		}) {
 			return false
 		}
