@@ -55,6 +55,15 @@ func (e *Extractor) anthropic(obj []byte) {
 		}
 		e.setFinish(stopReason)
 		e.anthropicUsage(usage, true)
+	case "":
+		// The last members of a message too large to keep whole
+		// (BodyTail): its "type" came first and is not among them, but its
+		// usage, stop reason and model come last.
+		if e.format == FormatAnthropicJSON && usage != nil {
+			e.setModel(model)
+			e.setFinish(stopReason)
+			e.anthropicUsage(usage, true)
+		}
 	}
 }
 
