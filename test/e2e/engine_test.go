@@ -574,7 +574,8 @@ func TestEngineBadInput(t *testing.T) {
 }
 
 // TestEngineBackendFailures: nothing listening → 502; a backend slower than
-// its first_byte_timeout → 504; both in OpenAI's shape.
+// its response_timeout (the wait for a non-streamed answer's head) → 504;
+// both in OpenAI's shape.
 func TestEngineBackendFailures(t *testing.T) {
 	dead := freeAddr(t)
 	torn := httptest.NewServer(http.HandlerFunc(tornBackend))
@@ -588,7 +589,7 @@ func TestEngineBackendFailures(t *testing.T) {
   - url: MOCK
     name: slow
     models: [slow-model]
-    first_byte_timeout: 300ms
+    response_timeout: 300ms
 `, dead, torn.URL))
 	resp, body := send(t, env.gw, "/v1/chat/completions", "eng-dead", `{"model":"dead-model","messages":[{"role":"user","content":"hi"}]}`, nil)
 	errorShape(t, "dead backend", resp.StatusCode, 502, body)
@@ -596,7 +597,7 @@ func TestEngineBackendFailures(t *testing.T) {
 	resp, body = send(t, env.gw, "/v1/chat/completions", "eng-slow", `{"model":"slow-model","messages":[{"role":"user","content":"hi"}]}`, map[string]string{"X-Mock-Ttft": "5s"})
 	errorShape(t, "slow backend", resp.StatusCode, 504, body)
 	if d := time.Since(t0); d > 3*time.Second {
-		t.Fatalf("the 504 took %v with a 300ms first_byte_timeout", d)
+		t.Fatalf("the 504 took %v with a 300ms response_timeout", d)
 	}
 	// A backend that tears an event in half and drops the connection: the
 	// client gets the whole events, then a clean error, never half a JSON.

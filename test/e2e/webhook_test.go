@@ -549,7 +549,8 @@ func testDLQAndReplay(t *testing.T, startStack func(*testing.T, ...hookEndpoint)
 	if d.Reason != "permanent_failure" || d.Attempts != 1 || d.LastStatus != 400 || d.Endpoint != "strict" || d.EventID == "" {
 		t.Fatalf("dead letter = %+v; want reason permanent_failure, attempts 1, last_status 400, endpoint strict", d)
 	}
-	if d.URL != srv.URL+"/usage" || d.LastError == "" || d.FailedAt.IsZero() {
+	// The URL is the endpoint's scheme and host: a path may hold a secret.
+	if d.URL != srv.URL || d.LastError == "" || d.FailedAt.IsZero() {
 		t.Errorf("dead letter lacks url, last_error or failed_at: %+v", d)
 	}
 	var ev map[string]any
