@@ -51,6 +51,26 @@ func TestReservation(t *testing.T) {
 	}
 }
 
+// memoryLedgerGateway serves a gateway of config yaml whose admissions go
+// to an in-memory ledger that nothing settles, so every reservation stays
+// outstanding; its events go to the returned sink.
+func memoryLedgerGateway(t *testing.T, yaml string) (*httptest.Server, *sink) {
+	t.Helper()
+	cfg, err := config.Parse([]byte(yaml), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newSink()
+	g, err := New(Options{Config: cfg, Events: s, Admitter: ledger.NewMemoryAdmitter(nil, nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Start(context.Background())
+	srv := httptest.NewServer(g.Handler())
+	t.Cleanup(srv.Close)
+	return srv, s
+}
+
 func withImages(info usage.RequestInfo, n int64) usage.RequestInfo {
 	info.Images = n
 	return info
@@ -74,18 +94,7 @@ func TestHugeMaxTokensIsReserved(t *testing.T) {
 		_, _ = w.Write([]byte(`{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}`))
 	}))
 	defer backend.Close()
-	cfg, err := config.Parse([]byte(fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q, total_quota: 1000000}]\n", backend.URL, testKey)), "c.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := newSink()
-	g, err := New(Options{Config: cfg, Events: s, Admitter: ledger.NewMemoryAdmitter(nil, nil)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	g.Start(context.Background())
-	srv := httptest.NewServer(g.Handler())
-	defer srv.Close()
+	srv, s := memoryLedgerGateway(t, fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q, total_quota: 1000000}]\n", backend.URL, testKey))
 	body := fmt.Sprintf(`{"model":"m","max_tokens":%d,"messages":[{"role":"user","content":"hi"}]}`, int64(math.MaxInt64))
 	if resp, b := do(t, "POST", srv.URL+"/v1/chat/completions", body, withKey()); resp.StatusCode != 200 {
 		t.Fatalf("%d %s", resp.StatusCode, b)
@@ -125,18 +134,7 @@ func TestImagesAreReserved(t *testing.T) {
 		{"images reserve nothing", "image_tokens: 0", 2 + 3 + 3 + 10, 200},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			cfg, err := config.Parse([]byte(fmt.Sprintf("backends: [{url: %q}]\nauth: {defaults: {%s}}\napi_keys: [{key: %q, total_quota: 5000}]\n", backend.URL, c.defaults, testKey)), "c.yaml")
-			if err != nil {
-				t.Fatal(err)
-			}
-			s := newSink()
-			g, err := New(Options{Config: cfg, Events: s, Admitter: ledger.NewMemoryAdmitter(nil, nil)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			g.Start(context.Background())
-			srv := httptest.NewServer(g.Handler())
-			defer srv.Close()
+			srv, s := memoryLedgerGateway(t, fmt.Sprintf("backends: [{url: %q}]\nauth: {defaults: {%s}}\napi_keys: [{key: %q, total_quota: 5000}]\n", backend.URL, c.defaults, testKey))
 			if resp, b := do(t, "POST", srv.URL+"/v1/chat/completions", body, withKey()); resp.StatusCode != 200 {
 				t.Fatalf("first request: %d %s", resp.StatusCode, b)
 			}
