@@ -60,15 +60,7 @@ func memoryLedgerGateway(t *testing.T, yaml string) (*httptest.Server, *sink) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := newSink()
-	g, err := New(Options{Config: cfg, Events: s, Admitter: ledger.NewMemoryAdmitter(nil, nil)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	g.Start(context.Background())
-	srv := httptest.NewServer(g.Handler())
-	t.Cleanup(srv.Close)
-	return srv, s
+	return serveOptions(t, Options{Config: cfg, Admitter: ledger.NewMemoryAdmitter(nil, nil)})
 }
 
 func withImages(info usage.RequestInfo, n int64) usage.RequestInfo {

@@ -83,8 +83,16 @@ func newTestGatewayFile(t *testing.T, path string) (*httptest.Server, *sink) {
 
 func serveConfig(t *testing.T, cfg *config.Config) (*httptest.Server, *sink) {
 	t.Helper()
+	return serveOptions(t, Options{Config: cfg})
+}
+
+// serveOptions serves a gateway of opts, its events going to the returned
+// sink.
+func serveOptions(t *testing.T, opts Options) (*httptest.Server, *sink) {
+	t.Helper()
 	s := newSink()
-	g, err := New(Options{Config: cfg, Events: s})
+	opts.Events = s
+	g, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
