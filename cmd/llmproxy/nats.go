@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"time"
 
@@ -86,7 +87,7 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 				log.Warn("nats disconnected", "err", err)
 			}
 		}),
-		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", c.ConnectedUrlRedacted()) }),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", serverURL(c.ConnectedUrl())) }),
 		// Asynchronous errors, such as messages a subscription dropped
 		// because it fell behind (slow consumer), would otherwise go
 		// unseen.
@@ -184,4 +185,17 @@ func (b *bus) close() {
 	if b.embedded != nil {
 		b.embedded.shutdown()
 	}
+}
+
+// serverURL returns raw, a NATS server's URL, fit for a log: without its
+// user info. nats.go's ConnectedUrlRedacted hides a password
+// (nats://user:pass@host) but not a token, which a URL carries as its user
+// (nats://token@host).
+func serverURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return ""
+	}
+	u.User = nil
+	return u.String()
 }
