@@ -160,6 +160,11 @@ func (v *checker) backends() {
 			v.add(p+".url", "every backend needs a url such as http://vllm:8000")
 		} else {
 			v.httpURL(p+".url", b.URL)
+			if u, err := url.Parse(b.URL); err == nil && (u.RawQuery != "" || u.ForceQuery || u.Fragment != "") {
+				// Not shown: a query is where a key would be.
+				v.add(p+".url", "want no query or fragment: requests keep the client's query, so this one would never be sent, "+
+					"and the url names the backend in events, metrics and /readyz; give credentials in headers")
+			}
 			if j, dup := urls[strings.TrimSuffix(b.URL, "/")]; dup {
 				v.add(p+".url", "backends[%d] has the same url; give each backend its own url", j)
 			}

@@ -63,6 +63,15 @@ func TestValidate(t *testing.T) {
 			},
 		},
 		{
+			"backend url with a query",
+			"  - url: http://c:1/v1?api_key=sk-backend-1\n  - url: http://d:1#x\n  - url: http://e:1/?\n",
+			[]string{
+				`c.yaml:3: key backends[1].url: want no query or fragment: requests keep the client's query, so this one would never be sent`,
+				`c.yaml:4: key backends[2].url: want no query or fragment`,
+				`c.yaml:5: key backends[3].url: want no query or fragment`,
+			},
+		},
+		{
 			"storages",
 			"auth:\n  storage: ldap\nrate_limit:\n  storage: redis\n",
 			[]string{
