@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -107,7 +108,7 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		b.close()
-		return nil, fmt.Errorf("connect to nats: %w", err)
+		return nil, fmt.Errorf("connect to nats: %w", connectError(err))
 	}
 	b.nc = nc
 	// A publish ack the server never sends must not stay pending forever:
@@ -187,15 +188,29 @@ func (b *bus) close() {
 	}
 }
 
-// serverURL returns raw, a NATS server's URL, fit for a log: without its
-// user info. nats.go's ConnectedUrlRedacted hides a password
+// serverURL returns raw, a NATS server's URL, fit for a log or an error:
+// without its user info. nats.go's ConnectedUrlRedacted hides a password
 // (nats://user:pass@host) but not a token, which a URL carries as its user
-// (nats://token@host).
+// (nats://token@host). It works on the text, for a URL that does not parse
+// (an error says which) may hold them all the same.
 func serverURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return ""
+	start := 0
+	if i := strings.Index(raw, "://"); i >= 0 {
+		start = i + len("://")
 	}
-	u.User = nil
-	return u.String()
+	if at := strings.LastIndexByte(raw[start:], '@'); at >= 0 {
+		return raw[:start] + raw[start+at+1:]
+	}
+	return raw
+}
+
+// connectError is err, from nats.Connect, with the URL a parse error quotes
+// shown as serverURL shows it: a url given on the command line (--nats-url)
+// is not checked as the config's is before it gets there.
+func connectError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return &url.Error{Op: ue.Op, URL: serverURL(ue.URL), Err: ue.Err}
+	}
+	return err
 }

@@ -135,6 +135,19 @@ func TestBusLogsNoToken(t *testing.T) {
 	}
 }
 
+// TestBusErrorHidesUserInfo: a url that does not parse, as --nats-url
+// may give one, is quoted in the error without its password or token.
+func TestBusErrorHidesUserInfo(t *testing.T) {
+	for _, u := range []string{"nats://user:s3cret@127.0.0.1:bad", "nats://s3cret@127.0.0.1:4222/%zz", "s3cret@[::1"} {
+		cfg := &config.Config{}
+		cfg.NATS.URL = u
+		_, err := openCLIBus(context.Background(), cfg, slog.New(slog.DiscardHandler))
+		if err == nil || strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "connect to nats: parse") {
+			t.Errorf("%s: error %v", u, err)
+		}
+	}
+}
+
 // TestCLIBusLeavesStreamsAlone: a server's config sets the streams'
 // settings; a command run with another config (logs, webhooks dlq) reads
 // them without changing them.
