@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -86,7 +88,7 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 				log.Warn("nats disconnected", "err", err)
 			}
 		}),
-		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", c.ConnectedUrlRedacted()) }),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", serverURL(c.ConnectedUrl())) }),
 		// Asynchronous errors, such as messages a subscription dropped
 		// because it fell behind (slow consumer), would otherwise go
 		// unseen.
@@ -106,7 +108,7 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		b.close()
-		return nil, fmt.Errorf("connect to nats: %w", err)
+		return nil, fmt.Errorf("connect to nats: %w", connectError(err))
 	}
 	b.nc = nc
 	// A publish ack the server never sends must not stay pending forever:
@@ -184,4 +186,31 @@ func (b *bus) close() {
 	if b.embedded != nil {
 		b.embedded.shutdown()
 	}
+}
+
+// serverURL returns raw, a NATS server's URL, fit for a log or an error:
+// without its user info. nats.go's ConnectedUrlRedacted hides a password
+// (nats://user:pass@host) but not a token, which a URL carries as its user
+// (nats://token@host). It works on the text, for a URL that does not parse
+// (an error says which) may hold them all the same.
+func serverURL(raw string) string {
+	start := 0
+	if i := strings.Index(raw, "://"); i >= 0 {
+		start = i + len("://")
+	}
+	if at := strings.LastIndexByte(raw[start:], '@'); at >= 0 {
+		return raw[:start] + raw[start+at+1:]
+	}
+	return raw
+}
+
+// connectError is err, from nats.Connect, with the URL a parse error quotes
+// shown as serverURL shows it: a url given on the command line (--nats-url)
+// is not checked as the config's is before it gets there.
+func connectError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return &url.Error{Op: ue.Op, URL: serverURL(ue.URL), Err: ue.Err}
+	}
+	return err
 }

@@ -92,6 +92,62 @@ func TestBusLogsAsyncErrors(t *testing.T) {
 	}
 }
 
+// TestBusLogsNoToken: the "nats reconnected" line names the server
+// without the token of a nats://token@host url.
+func TestBusLogsNoToken(t *testing.T) {
+	const token = "s3cret-nats-token"
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
+		StoreDir: t.TempDir(), NoSigs: true, NoLog: true, Authorization: token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server did not start")
+	}
+	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+
+	var out syncBuffer
+	log := slog.New(slog.NewTextHandler(&out, nil))
+	cfg := &config.Config{}
+	cfg.NATS.URL = strings.Replace(ns.ClientURL(), "nats://", "nats://"+token+"@", 1)
+	b, err := openBus(context.Background(), cfg, false, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.close()
+	id, err := b.nc.GetClientID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.DisconnectClientByID(id); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(out.String(), "nats reconnected") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no reconnect logged; log:\n%s", out.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if strings.Contains(out.String(), token) || !strings.Contains(out.String(), ns.ClientURL()) {
+		t.Errorf("the log names the server with its token, or not at all:\n%s", out.String())
+	}
+}
+
+// TestBusErrorHidesUserInfo: a url that does not parse, as --nats-url
+// may give one, is quoted in the error without its password or token.
+func TestBusErrorHidesUserInfo(t *testing.T) {
+	for _, u := range []string{"nats://user:s3cret@127.0.0.1:bad", "nats://s3cret@127.0.0.1:4222/%zz", "s3cret@[::1"} {
+		cfg := &config.Config{}
+		cfg.NATS.URL = u
+		_, err := openCLIBus(context.Background(), cfg, slog.New(slog.DiscardHandler))
+		if err == nil || strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "connect to nats: parse") {
+			t.Errorf("%s: error %v", u, err)
+		}
+	}
+}
+
 // TestCLIBusLeavesStreamsAlone: a server's config sets the streams'
 // settings; a command run with another config (logs, webhooks dlq) reads
 // them without changing them.

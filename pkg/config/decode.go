@@ -36,9 +36,13 @@ type decoder struct {
 	// expanding holds the anchors being expanded, to refuse an alias that
 	// refers to a node containing itself.
 	expanding map[*yaml.Node]bool
-	depth     int
-	work      int
-	maxWork   int
+	// fromEnv holds the values interpolate expanded references in, and
+	// envAt the key paths decode found them at (an alias too).
+	fromEnv map[*yaml.Node]envValue
+	envAt   map[string]envValue
+	depth   int
+	work    int
+	maxWork int
 }
 
 // tooMuch counts a visited node and reports, once, when the budget is spent.
@@ -59,6 +63,8 @@ func newDecoder(root *yaml.Node) *decoder {
 		given:     map[string]bool{},
 		bad:       map[string]bool{},
 		expanding: map[*yaml.Node]bool{},
+		fromEnv:   map[*yaml.Node]envValue{},
+		envAt:     map[string]envValue{},
 	}
 }
 
@@ -92,6 +98,9 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		defer delete(d.expanding, n.Alias)
 		d.decode(n.Alias, v, path)
 		return
+	}
+	if ev, ok := d.fromEnv[n]; ok {
+		d.envAt[path] = ev
 	}
 	if isNull(n) {
 		return // null leaves the value unset

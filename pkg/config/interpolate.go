@@ -129,6 +129,31 @@ func (d *decoder) interpolate(n *yaml.Node, path string, e *envRefs, lookup func
 		if n.Style == 0 {
 			n.Tag = "" // resolved again from the new value
 		}
+		if val != "" && val != raw {
+			d.fromEnv[n] = envValue{written: raw, value: val}
+		}
+	}
+}
+
+// envValue is a value with references in it: as written, and expanded.
+type envValue struct {
+	written, value string
+}
+
+// hideEnv rewrites a problem's message to name the references its key's
+// value was written with where it would quote the value they expand to: a
+// variable is where a secret is kept (a token, a password, a URL with
+// them), and one given to the wrong key must not show up in an error.
+func hideEnv(e *Error, env map[string]envValue) {
+	ev, ok := env[e.Path]
+	if !ok {
+		return
+	}
+	// Messages quote values (%q); a number is written plain.
+	if q := strconv.Quote(ev.value); strings.Contains(e.Msg, q) {
+		e.Msg = strings.ReplaceAll(e.Msg, q, strconv.Quote(ev.written))
+	} else {
+		e.Msg = strings.ReplaceAll(e.Msg, ev.value, ev.written)
 	}
 }
 

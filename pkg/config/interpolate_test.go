@@ -115,6 +115,48 @@ usage_hook:
 	}
 }
 
+// TestParseErrorsHideVariables: a problem with a value that came from a
+// variable names the reference as written, never the value, which may be a
+// secret given to the wrong key.
+func TestParseErrorsHideVariables(t *testing.T) {
+	t.Setenv("LLMPROXY_TEST_SECRET", "s3cret\"value")
+	t.Setenv("LLMPROXY_TEST_TOKEN", "tok-123")
+	y := minimal + `webhooks:
+  - url: https://billing.internal/hook
+    secret: "${LLMPROXY_TEST_SECRET}"
+    max_attempts: "${LLMPROXY_TEST_SECRET}"
+    timeout: ${LLMPROXY_TEST_TOKEN}
+base: &tok "pre-${LLMPROXY_TEST_TOKEN}"
+admin:
+  listen: *tok
+  token: x
+auth:
+  storage: ${LLMPROXY_TEST_TOKEN}
+`
+	_, err := Parse([]byte(y), "c.yaml")
+	errs := mustErrors(t, err)
+	want := []string{
+		`c.yaml:6: key webhooks[0].max_attempts: want an integer, got "${LLMPROXY_TEST_SECRET}"`,
+		`c.yaml:7: key webhooks[0].timeout: want a duration such as 1s or 500ms, got "${LLMPROXY_TEST_TOKEN}"`,
+		`c.yaml:8: key base: unknown key`,
+		`c.yaml:10: key admin.listen: want host:port such as :8000 or 127.0.0.1:8000, got "pre-${LLMPROXY_TEST_TOKEN}"`,
+		`c.yaml:13: key auth.storage: want one of file, redis, got "${LLMPROXY_TEST_TOKEN}"`,
+	}
+	if len(errs.List) != len(want) {
+		t.Fatalf("got %d errors, want %d:\n%v", len(errs.List), len(want), err)
+	}
+	for i, w := range want {
+		if got := errs.List[i].Error(); got != w {
+			t.Errorf("error %d = %q, want %q", i, got, w)
+		}
+	}
+	for _, s := range []string{"s3cret", "tok-123"} {
+		if strings.Contains(err.Error(), s) {
+			t.Errorf("an error shows %q:\n%v", s, err)
+		}
+	}
+}
+
 // TestParseValuesCannotChangeStructure: a value with a newline, a quote or
 // ": " stays one string, and later lines keep their numbers.
 func TestParseValuesCannotChangeStructure(t *testing.T) {

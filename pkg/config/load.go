@@ -18,10 +18,11 @@ import (
 // source remembers where a Config came from, so that Validate can name lines
 // and defaults can tell an absent key from a zero written on purpose.
 type source struct {
-	file  string          // as given to Load or Parse
-	dir   string          // the file's directory; relative paths start here
-	lines map[string]int  // key path → line
-	given map[string]bool // key path → a non-null value was written
+	file  string              // as given to Load or Parse
+	dir   string              // the file's directory; relative paths start here
+	lines map[string]int      // key path → line
+	given map[string]bool     // key path → a non-null value was written
+	env   map[string]envValue // key path → a value with ${VAR} in it
 }
 
 // Load reads the config file at path; see Parse.
@@ -68,7 +69,7 @@ func Parse(data []byte, filename string) (*Config, error) {
 	if abs, err := filepath.Abs(dir); err == nil {
 		dir = abs
 	}
-	c.src = &source{file: filename, dir: dir, lines: d.lines, given: d.given}
+	c.src = &source{file: filename, dir: dir, lines: d.lines, given: d.given, env: d.envAt}
 	c.applyDefaults()
 	c.resolvePaths()
 
@@ -77,6 +78,9 @@ func Parse(data []byte, filename string) (*Config, error) {
 		if !covered(e.Path, d.bad) {
 			errs.List = append(errs.List, e)
 		}
+	}
+	for _, e := range errs.List {
+		hideEnv(e, d.envAt)
 	}
 	if err := errs.err(filename); err != nil {
 		return nil, err
@@ -166,6 +170,7 @@ func (c *Config) Problem(path, format string, args ...any) *Error {
 	e := &Error{Line: c.line(path), Path: path, Msg: fmt.Sprintf(format, args...)}
 	if c.src != nil {
 		e.File = c.src.file
+		hideEnv(e, c.src.env)
 	}
 	return e
 }

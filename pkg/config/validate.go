@@ -130,7 +130,11 @@ func (v *checker) redis() {
 	}
 	for i, a := range r.Addrs {
 		host, port, err := net.SplitHostPort(a)
-		if _, perr := strconv.Atoi(port); err != nil || perr != nil || host == "" {
+		switch _, perr := strconv.Atoi(port); {
+		case strings.Contains(a, "@"):
+			// Not shown: what comes before the @ is a password.
+			v.add(fmt.Sprintf("redis.addrs[%d]", i), "want host:port; a password goes in redis.password")
+		case err != nil || perr != nil || host == "":
 			v.add(fmt.Sprintf("redis.addrs[%d]", i), "want host:port, got %q", a)
 		}
 	}
@@ -156,6 +160,11 @@ func (v *checker) backends() {
 			v.add(p+".url", "every backend needs a url such as http://vllm:8000")
 		} else {
 			v.httpURL(p+".url", b.URL)
+			if u, err := url.Parse(b.URL); err == nil && (u.RawQuery != "" || u.ForceQuery || u.Fragment != "") {
+				// Not shown: a query is where a key would be.
+				v.add(p+".url", "want no query or fragment: requests keep the client's query, so this one would never be sent, "+
+					"and the url names the backend in events, metrics and /readyz; give credentials in headers")
+			}
 			if j, dup := urls[strings.TrimSuffix(b.URL, "/")]; dup {
 				v.add(p+".url", "backends[%d] has the same url; give each backend its own url", j)
 			}
@@ -471,7 +480,7 @@ func (v *checker) httpURL(path, raw string) {
 }
 
 // url checks that raw is an absolute URL with a host and one of schemes.
-// The message shows the URL without its password.
+// The message shows the URL as shownURL does.
 func (v *checker) url(path, raw string, schemes []string, want string) {
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -479,8 +488,47 @@ func (v *checker) url(path, raw string, schemes []string, want string) {
 		return
 	}
 	if !slices.Contains(schemes, strings.ToLower(u.Scheme)) || u.Host == "" || u.Hostname() == "" {
-		v.add(path, "%s, got %q", want, u.Redacted())
+		v.add(path, "%s, got %q", want, shownURL(u))
 	}
+}
+
+// shownURL is u as an error message may show it: its scheme and host, what
+// is wrong with a URL, with user info as xxxxx (a password, and a token,
+// which NATS takes as the user: url.Redacted would show that) and anything
+// after the host as "/…" (a webhook's path, such as Slack's, or a query
+// parameter may be its secret too). Without a scheme, the first segment of
+// the path stands for the host.
+func shownURL(u *url.URL) string {
+	var b strings.Builder
+	host, rest := u.Host, u.RawQuery != "" || u.Fragment != "" || u.ForceQuery
+	switch {
+	case u.Opaque != "": // "vllm:8000", or "user:pass@host" without "//"
+		b.WriteString(u.Scheme + ":")
+		host, rest = hostPart(u.Opaque, rest)
+	case u.Scheme != "" || u.Host != "":
+		b.WriteString(u.Scheme + "://")
+		rest = rest || u.Path != "" && u.Path != "/"
+	default:
+		host, rest = hostPart(u.Path, rest)
+	}
+	if u.User != nil || strings.Contains(host, "@") {
+		b.WriteString("xxxxx@")
+		host = host[strings.LastIndexByte(host, '@')+1:]
+	}
+	b.WriteString(host)
+	if rest {
+		b.WriteString("/…")
+	}
+	return b.String()
+}
+
+// hostPart returns s up to its first '/', and whether anything followed
+// (or rest already).
+func hostPart(s string, rest bool) (string, bool) {
+	if i := strings.IndexByte(s, '/'); i >= 0 {
+		return s[:i], rest || i < len(s)-1
+	}
+	return s, rest
 }
 
 // prefix checks a CIDR ("10.0.0.0/8", "fd00::/8") or single IP.

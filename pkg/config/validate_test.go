@@ -63,6 +63,15 @@ func TestValidate(t *testing.T) {
 			},
 		},
 		{
+			"backend url with a query",
+			"  - url: http://c:1/v1?api_key=sk-backend-1\n  - url: http://d:1#x\n  - url: http://e:1/?\n",
+			[]string{
+				`c.yaml:3: key backends[1].url: want no query or fragment: requests keep the client's query, so this one would never be sent`,
+				`c.yaml:4: key backends[2].url: want no query or fragment`,
+				`c.yaml:5: key backends[3].url: want no query or fragment`,
+			},
+		},
+		{
 			"storages",
 			"auth:\n  storage: ldap\nrate_limit:\n  storage: redis\n",
 			[]string{
@@ -80,7 +89,7 @@ func TestValidate(t *testing.T) {
 			"nats:\n  url: nats://n1:4222,http://n2:4222\nredis:\n  url: http://u:secret@r:6379\nlogging:\n  level: loud\n",
 			[]string{
 				`c.yaml:4: key nats.url: want nats://host:port or tls://host:port`,
-				`c.yaml:6: key redis.url: want redis://host:port or rediss://host:port, got "http://u:xxxxx@r:6379"`,
+				`c.yaml:6: key redis.url: want redis://host:port or rediss://host:port, got "http://xxxxx@r:6379"`,
 				`c.yaml:8: key logging.level: want one of debug, info, warn, error, got "loud"`,
 			},
 		},
@@ -182,10 +191,24 @@ func TestValidate(t *testing.T) {
 }
 
 func TestValidateNeverShowsSecrets(t *testing.T) {
-	y := minimal + "redis:\n  url: redis://:hunter2@/0\napi_keys:\n  - key: sk-secret-1\n  - key: sk-secret-1\n"
+	y := minimal + "redis:\n  url: redis://:hunter2@/0\n  addrs: [\"redis://:redis-secret-1@r1:6379\"]\napi_keys:\n  - key: sk-secret-1\n  - key: sk-secret-1\n" +
+		"nats:\n  url: nats://n1:4222,http://nats-token-1@n2:4222\n" +
+		"logging:\n  postgres:\n    url: mysql://db/x?password=pg-secret-1\n" +
+		"usage_hook:\n  url: hooks.slack.com/services/T0/B0/slack-secret-1\n" +
+		"webhooks:\n  - url: ftp://u:ftp-secret-1@h/p\n  - url: hook-user:hook-secret-1@h\n"
 	_, err := Parse([]byte(y), "c.yaml")
-	mustErrors(t, err)
-	for _, s := range []string{"hunter2", "sk-secret-1"} {
+	errs := mustErrors(t, err)
+	want := []string{`got "http://xxxxx@n2:4222"`, `got "mysql://db/…"`, `got "hooks.slack.com/…"`, `got "ftp://xxxxx@h/…"`, `got "hook-user:xxxxx@h"`, `redis.addrs[0]: want host:port; a password goes in redis.password`}
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("no error has %s:\n%v", w, err)
+		}
+	}
+	// And redis.url, redis.url with redis.addrs, the same key twice.
+	if len(errs.List) != len(want)+3 {
+		t.Errorf("%d errors, want %d:\n%v", len(errs.List), len(want)+3, err)
+	}
+	for _, s := range []string{"hunter2", "sk-secret-1", "nats-token-1", "pg-secret-1", "slack-secret-1", "ftp-secret-1", "hook-secret-1", "redis-secret-1"} {
 		if strings.Contains(err.Error(), s) {
 			t.Errorf("error shows %q:\n%v", s, err)
 		}

@@ -191,6 +191,35 @@ func TestCredentialsNeverReachTheBackend(t *testing.T) {
 	}
 }
 
+// TestKeysSentElsewhereNeverReachTheBackend: a key a client sends where
+// other APIs take one (Azure's api-key header, a key or api_key query
+// parameter) is not passed on either; other parameters are.
+func TestKeysSentElsewhereNeverReachTheBackend(t *testing.T) {
+	type seen struct {
+		h http.Header
+		q string
+	}
+	got := make(chan seen, 1)
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- seen{r.Header.Clone(), r.URL.RawQuery}
+		_, _ = w.Write([]byte(`{}`))
+	}))
+	defer backend.Close()
+	gw, _ := newTestGateway(t, backend.URL, "")
+	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions?api-version=2024-10-21&key=sk-in-query-1&API_KEY=sk-in-query-2&%61pi-key=sk-in-query-3&x=1",
+		`{"model":"m1"}`, map[string]string{"Authorization": "Bearer " + testKey, "api-key": "sk-azure-style"})
+	if resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	s := <-got
+	if s.q != "api-version=2024-10-21&x=1" {
+		t.Errorf("backend query %q", s.q)
+	}
+	if s.h.Get("Api-Key") != "" || s.h.Get("Authorization") != "Bearer backend-secret" {
+		t.Errorf("backend saw headers %v", s.h)
+	}
+}
+
 // TestClientLeavesMidStream checks that the backend's request is cancelled
 // at once and the delivered tokens are billed as estimated usage.
 func TestClientLeavesMidStream(t *testing.T) {

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"net/http"
+	"net/url"
 	"strings"
 )
 
@@ -13,16 +14,65 @@ var hopHeaders = []string{
 
 // copyRequestHeader copies the client's headers for the backend, without
 // hop-by-hop headers and without the client's credentials: a client's API
-// key is the gateway's business and never reaches a backend.
+// key is the gateway's business and never reaches a backend. Api-Key is
+// where Azure OpenAI clients send theirs; the gateway does not take a key
+// from it, but a client pointed at the gateway sends it all the same.
 func copyRequestHeader(dst, src http.Header) {
 	for k, vv := range src {
 		switch k {
-		case "Authorization", "X-Api-Key", "Content-Length", "Cookie", "Host":
+		case "Authorization", "X-Api-Key", "Api-Key", "Content-Length", "Cookie", "Host":
 			continue
 		}
 		dst[k] = vv
 	}
 	removeHop(dst)
+}
+
+// backendQuery returns the client's query string q for the backend, without
+// the parameters clients put an API key in (key, api_key, api-key, in any
+// case), as copyRequestHeader leaves out the headers: the gateway takes no
+// key from them, and a backend's credentials are its own headers. Other
+// parameters (Azure's api-version, say) are kept as written, in order.
+func backendQuery(q string) string {
+	if q == "" || !hasKeyParam(q) {
+		return q
+	}
+	var b strings.Builder
+	for q != "" {
+		var p string
+		p, q, _ = strings.Cut(q, "&")
+		if isKeyParam(p) {
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteByte('&')
+		}
+		b.WriteString(p)
+	}
+	return b.String()
+}
+
+func hasKeyParam(q string) bool {
+	for q != "" {
+		var p string
+		p, q, _ = strings.Cut(q, "&")
+		if isKeyParam(p) {
+			return true
+		}
+	}
+	return false
+}
+
+// isKeyParam reports whether the query parameter p ("name=value") names a
+// key parameter; the name may be percent-encoded.
+func isKeyParam(p string) bool {
+	name, _, _ := strings.Cut(p, "=")
+	if strings.ContainsAny(name, "%+") {
+		if n, err := url.QueryUnescape(name); err == nil {
+			name = n
+		}
+	}
+	return strings.EqualFold(name, "key") || strings.EqualFold(name, "api_key") || strings.EqualFold(name, "api-key")
 }
 
 // copyResponseHeader copies the backend's headers for the client, except

@@ -53,3 +53,20 @@ func TestBackendAcceptEncoding(t *testing.T) {
 		t.Fatalf("%v allocations", n)
 	}
 }
+
+func TestBackendQuery(t *testing.T) {
+	cases := []struct{ in, want string }{
+		{"", ""},
+		{"api-version=2024-10-21", "api-version=2024-10-21"},
+		{"key=sk-1", ""},
+		{"a=1&key=sk-1&b=2", "a=1&b=2"},
+		{"api_key=sk-1&API-KEY=sk-2&Key", ""},
+		{"%6Bey=sk-1&keys=x&monkey=y", "keys=x&monkey=y"},
+		{"a=1&&b", "a=1&&b"},
+	}
+	for _, c := range cases {
+		if got := backendQuery(c.in); got != c.want {
+			t.Errorf("backendQuery(%q) = %q, want %q", c.in, got, c.want)
+		}
+	}
+}

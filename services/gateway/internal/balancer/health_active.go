@@ -2,6 +2,7 @@ package balancer
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -44,12 +45,13 @@ type HealthChecker struct {
 
 // NewHealthChecker returns a checker for pool configured by cfg
 // (health_check). Checks are disabled when enabled is false, and for an
-// upstream when neither it nor cfg has a path. client nil means
-// http.DefaultClient; its Transport should not share the proxy's
-// connection pool limits.
+// upstream when neither it nor cfg has a path. client nil means a client
+// on http.DefaultTransport that follows redirects only within the
+// upstream's own scheme and host (sameOrigin); its Transport should not
+// share the proxy's connection pool limits.
 func NewHealthChecker(pool *Pool, cfg config.HealthCheck, client *http.Client) *HealthChecker {
 	if client == nil {
-		client = http.DefaultClient
+		client = &http.Client{CheckRedirect: sameOrigin}
 	}
 	h := &HealthChecker{
 		pool:       pool,
@@ -172,6 +174,23 @@ func (h *HealthChecker) scrapeLoad(ctx context.Context, u *Upstream) {
 	l.At = h.pool.clock.Now()
 	l.InFlightAtScrape = u.InFlight()
 	u.SetLoad(l)
+}
+
+// sameOrigin is the health checker's redirect policy: a redirect is
+// followed on the upstream's own scheme and host only. net/http leaves out
+// Authorization on a redirect to another host, but not the other headers
+// a backend's credentials may be in (api-key, x-api-key, ...), and would
+// send them in the clear on a redirect from https to http; a reply
+// from elsewhere does not say the upstream is healthy either. The 3xx
+// itself is then the answer: a failed check.
+func sameOrigin(req *http.Request, via []*http.Request) error {
+	if len(via) >= 10 {
+		return errors.New("stopped after 10 redirects")
+	}
+	if req.URL.Scheme != via[0].URL.Scheme || req.URL.Host != via[0].URL.Host {
+		return http.ErrUseLastResponse
+	}
+	return nil
 }
 
 // get requests base URL + path with the backend's headers and reports a

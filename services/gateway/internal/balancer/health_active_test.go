@@ -134,6 +134,45 @@ func TestHealthCheckerTimeoutAndDeadBackend(t *testing.T) {
 	}
 }
 
+// TestHealthCheckerKeepsCredentialsHome: a check follows a redirect on the
+// backend's own host, but not to another host, which would get the
+// backend's credential headers (net/http drops only Authorization) and
+// could not vouch for the backend anyway.
+func TestHealthCheckerKeepsCredentialsHome(t *testing.T) {
+	var elsewhere atomic.Value
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		elsewhere.Store(r.Header.Clone())
+	}))
+	defer other.Close()
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/health":
+			http.Redirect(w, r, "/health/", http.StatusMovedPermanently)
+		case "/health/":
+			w.WriteHeader(http.StatusOK)
+		default: // /away
+			http.Redirect(w, r, other.URL+"/health", http.StatusFound)
+		}
+	}))
+	defer backend.Close()
+	creds := map[string]string{"Api-Key": "backend-secret"}
+	p := mustPool(t, PoolConfig{Backends: []config.Backend{
+		{URL: backend.URL, Name: "home", Headers: creds},
+		{URL: backend.URL + "/x", Name: "away", Headers: creds, HealthCheckPath: "/away"},
+	}})
+	h := NewHealthChecker(p, config.HealthCheck{Path: "/health"}, nil)
+	h.RunOnce(context.Background())
+	if s := p.ByName("home").State(); s != StateHealthy {
+		t.Errorf("home = %s, want healthy (a redirect on its own host)", s)
+	}
+	if s := p.ByName("away").State(); s != StateUnhealthy {
+		t.Errorf("away = %s, want unhealthy (a redirect to another host)", s)
+	}
+	if hdr, _ := elsewhere.Load().(http.Header); hdr != nil {
+		t.Errorf("another host was asked, with headers %v", hdr)
+	}
+}
+
 func TestHealthCheckerStartRunsFirstRoundSynchronously(t *testing.T) {
 	s := newFlipServer(t)
 	s.status.Store(http.StatusServiceUnavailable)
