@@ -242,7 +242,6 @@ func slug(raw string) string {
 	return b.String()
 }
 
-// uniqueName returns name, or name-2, name-3… when taken, and marks it taken.
 // moveURLCredentials takes credentials out of b's URL (http://user:pass@host)
 // into its Authorization header, as HTTP Basic (what curl makes of them),
 // unless the headers set one already: the URL names the backend in events,
@@ -269,6 +268,7 @@ func moveURLCredentials(b *Backend) {
 	b.URL = u.String()
 }
 
+// uniqueName returns name, or name-2, name-3… when taken, and marks it taken.
 func uniqueName(name string, taken map[string]bool) string {
 	n := name
 	for i := 2; taken[n]; i++ {
