@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -392,5 +393,62 @@ func TestBackendRequestIDsDoNotReplaceTheGateways(t *testing.T) {
 				t.Fatalf("X-Request-Id %q, want %q", got, want)
 			}
 		})
+	}
+}
+
+// recordHandler passes each log record's message and attributes on.
+type recordHandler struct {
+	attrs []slog.Attr
+	out   chan<- map[string]string
+}
+
+func (h recordHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h recordHandler) WithGroup(string) slog.Handler            { return h }
+func (h recordHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return recordHandler{attrs: append(append([]slog.Attr(nil), h.attrs...), as...), out: h.out}
+}
+func (h recordHandler) Handle(_ context.Context, r slog.Record) error {
+	m := map[string]string{"msg": r.Message}
+	for _, a := range h.attrs {
+		m[a.Key] = a.Value.String()
+	}
+	r.Attrs(func(a slog.Attr) bool {
+		m[a.Key] = a.Value.String()
+		return true
+	})
+	select {
+	case h.out <- m:
+	default:
+	}
+	return nil
+}
+
+// TestHealthChangesGoToTheGatewaysLog: a backend's health changes are
+// logged through the gateway's logger (JSON in llmproxy serve), not the
+// process default.
+func TestHealthChangesGoToTheGatewaysLog(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	defer backend.Close()
+	cfg, err := config.Parse([]byte(fmt.Sprintf("backends: [{url: %q, name: sick}]\nhealth_check: {path: /health, interval: 20ms, unhealthy_threshold: 1}\napi_keys: [{key: %q}]\n", backend.URL, testKey)), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan map[string]string, 100)
+	serveOptions(t, Options{Config: cfg, Logger: slog.New(recordHandler{out: lines})})
+	deadline := time.After(5 * time.Second)
+	for {
+		select {
+		case m := <-lines:
+			if m["msg"] == "backend health changed" {
+				if m["component"] != "balancer" || m["backend"] != "sick" || m["healthy"] != "false" {
+					t.Fatalf("line %v", m)
+				}
+				return
+			}
+		case <-deadline:
+			t.Fatal("no health change reached the gateway's logger")
+		}
 	}
 }

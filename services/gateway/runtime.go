@@ -105,6 +105,7 @@ func (g *Gateway) buildRuntime(cfg *config.Config, keys auth.Store) (*runtime, e
 	}
 	rt.retry = retry.NewPolicy(cfg.Routing.Retry)
 	rt.health = balancer.NewHealthChecker(pool, cfg.HealthCheck, nil)
+	rt.health.SetLogger(g.log)
 	if len(cfg.Lua.Scripts) > 0 {
 		eng, err := hooks.Load(cfg.Lua.Scripts, hooks.Options{
 			Timeout: cfg.Lua.Timeout.D(), FailOpen: cfg.Lua.FailOpen, Logger: g.log,

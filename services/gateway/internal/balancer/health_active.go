@@ -87,6 +87,15 @@ func NewHealthChecker(pool *Pool, cfg config.HealthCheck, client *http.Client) *
 	return h
 }
 
+// SetLogger sends the checker's lines (backend health changes) to log,
+// with component=balancer; the default is slog.Default(). Call it before
+// Start.
+func (h *HealthChecker) SetLogger(log *slog.Logger) {
+	if log != nil {
+		h.log = log.With("component", "balancer")
+	}
+}
+
 // Enabled reports whether the checker has anything to do: active checks,
 // load scraping, or both.
 func (h *HealthChecker) Enabled() bool { return h.checks || h.scrape }
