@@ -406,6 +406,8 @@ func (a *RedisAdmitter) Admit(ctx context.Context, req AdmitRequest) (Decision, 
 // admitSplit decides req on Redis Cluster: the key's script and the global
 // script in one pipeline, then, when only one of them admitted, its undo.
 func (a *RedisAdmitter) admitSplit(ctx context.Context, req AdmitRequest, keys []string, args []any, clock string, gT, gBurst, kT int64) (Decision, error) {
+	ctx, cancel := context.WithTimeout(ctx, a.batch.callTimeout())
+	defer cancel()
 	gkeys, gargs := []string{a.globalKey()}, []any{clock, gT, gBurst}
 	run := func(evalsha bool) (*redis.Cmd, *redis.Cmd, error) {
 		pipe := a.rdb.Pipeline()

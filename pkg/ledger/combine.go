@@ -3,6 +3,7 @@ package ledger
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -18,14 +19,36 @@ import (
 //
 // Commands in one pipeline are independent: each gets its own reply or
 // error, as if sent alone. A pipeline runs under its sender's context minus
-// its cancellation, so one client going away fails nobody else's command;
-// go-redis's read and write timeouts bound it.
+// its cancellation, so one client going away fails nobody else's command,
+// and under the combiner's own timeout (see callTimeout).
 type combiner struct {
 	rdb redis.UniversalClient
+	// timeout bounds each pipeline (0: callTimeout).
+	timeout time.Duration
 
 	mu    sync.Mutex
 	busy  bool       // a pipeline is in flight, or its sender is being woken
 	queue []*pending // commands for the next pipeline, oldest first
+}
+
+// callTimeout bounds one call to Redis on a request's path: an admission,
+// a release, a pipeline of them. A Redis that takes connections but does
+// not answer (stopped, swapping, cut off by the network) must fail the call
+// within seconds, so that the gateway refuses the request with 503 instead
+// of holding it, and every request after it, for as long as Redis is
+// silent. go-redis's own timeouts do not bound that: a pipeline whose reply
+// times out is sent again on a new connection, whose handshake times out in
+// turn, about ten times over. The deadline is checked between tries, so a
+// call may last one read timeout (go-redis's default: 5 s) past it.
+const callTimeout = 5 * time.Second
+
+// callTimeout returns the bound of one call: the combiner's timeout, or
+// callTimeout.
+func (c *combiner) callTimeout() time.Duration {
+	if c.timeout > 0 {
+		return c.timeout
+	}
+	return callTimeout
 }
 
 // queued is one command of a pipeline.
@@ -127,7 +150,9 @@ func (c *combiner) send(ctx context.Context, batch []*pending) {
 	for i, p := range batch {
 		qs[i] = &p.queued
 	}
-	execQueued(context.WithoutCancel(ctx), c.rdb, qs)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.callTimeout())
+	execQueued(ctx, c.rdb, qs)
+	cancel()
 	for _, p := range batch[1:] {
 		close(p.done)
 	}

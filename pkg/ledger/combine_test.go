@@ -3,6 +3,8 @@ package ledger
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -121,5 +123,83 @@ func TestCombinerAloneSendsAtOnce(t *testing.T) {
 	}
 	if c.busy || len(c.queue) != 0 {
 		t.Fatalf("combiner left busy=%v with %d queued", c.busy, len(c.queue))
+	}
+}
+
+// silentRedis listens like a Redis that accepts connections and then never
+// answers: a server that is stopped (SIGSTOP), swapping, or cut off by the
+// network after the handshake. It reads and discards what it is sent.
+func silentRedis(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			go io.Copy(io.Discard, c)
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// TestRedisAdmitterGivesUpOnSilentRedis: a Redis that accepts connections
+// but never answers fails an admission and a release within the
+// admitter's timeout, so that the gateway refuses the request with 503
+// rather than holding it for as long as Redis stays silent (go-redis alone
+// retries a pipeline on new connections for as long as their handshakes
+// time out).
+func TestRedisAdmitterGivesUpOnSilentRedis(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{
+		Addr: silentRedis(t), DialTimeout: 300 * time.Millisecond,
+		ReadTimeout: 300 * time.Millisecond, WriteTimeout: 300 * time.Millisecond,
+	})
+	t.Cleanup(func() { rdb.Close() })
+	a := NewRedisAdmitter(rdb, "silent")
+	a.batch.timeout = 300 * time.Millisecond
+	req := AdmitRequest{KeyID: "k", LeaseID: "r1", Limits: KeyLimits{MaxConcurrent: 1}, LeaseTTL: time.Minute}
+
+	calls := map[string]func(ctx context.Context) error{
+		"admit": func(ctx context.Context) error {
+			_, err := a.Admit(ctx, req)
+			return err
+		},
+		"release": func(ctx context.Context) error { return a.Release(ctx, "k", "r1") },
+	}
+	for name, call := range calls {
+		t.Run(name, func(t *testing.T) {
+			done := make(chan error, 1)
+			start := time.Now()
+			go func() { done <- call(context.Background()) }()
+			select {
+			case err := <-done:
+				if err == nil {
+					t.Fatal("a Redis that never answers: want an error")
+				}
+				t.Logf("failed after %s: %v", time.Since(start).Round(time.Millisecond), err)
+				if d := time.Since(start); d > 1500*time.Millisecond {
+					t.Fatalf("a Redis that never answers held the call %s; want it given up after the admitter's timeout (300ms) and one read timeout (300ms)", d.Round(time.Millisecond))
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("still waiting for a Redis that never answers after 10s")
+			}
+		})
 	}
 }
