@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"log/slog"
 	"math"
 	"net/http"
 	"strconv"
@@ -68,7 +69,7 @@ func (g *Gateway) admit(ctx context.Context, x *exchange) *apierr.Error {
 	}
 	d, err := g.admitter.Admit(ctx, req)
 	if err != nil {
-		g.log.Error("admission failed", "request_id", x.requestID, "key_id", req.KeyID, "err", err)
+		g.logFailure(slog.LevelError, "admission failed", "request_id", x.requestID, "key_id", req.KeyID, "err", err)
 		return g.reject("ledger_unavailable", apierr.Unavailable("rate_limiter_unavailable", "the rate limiter is unavailable; try again shortly"))
 	}
 	if !d.Allowed {
@@ -153,7 +154,7 @@ func (g *Gateway) keepHold(x *exchange, ttl time.Duration) {
 			return
 		}
 		if err != nil || !held {
-			g.log.Warn("lease and reservation not renewed", "request_id", x.requestID, "held", held, "err", err)
+			g.logFailure(slog.LevelWarn, "lease and reservation not renewed", "request_id", x.requestID, "held", held, "err", err)
 		}
 		if err != nil || held {
 			a.renew.Reset(every)
@@ -184,7 +185,7 @@ func (g *Gateway) release(x *exchange) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := g.admitter.Release(ctx, a.keyID, x.requestID); err != nil {
-		g.log.Warn("lease not released; it expires on its own", "request_id", x.requestID, "err", err)
+		g.logFailure(slog.LevelWarn, "lease not released; it expires on its own", "request_id", x.requestID, "err", err)
 	}
 }
 

@@ -64,7 +64,8 @@ type Options struct {
 	Now func() time.Time
 }
 
-// Gateway serves the client-facing API. It is safe for concurrent use.
+// Gateway serves the client-facing API. It is safe for concurrent use and
+// must not be copied.
 type Gateway struct {
 	rt           atomic.Pointer[runtime]
 	keysOverride auth.Store
@@ -82,6 +83,9 @@ type Gateway struct {
 	echo         *echo.Echo
 	reqIDs       requestIDs
 	inflight     atomic.Int64
+	// failures rate-limits the log lines of requests failed by a
+	// dependency that is down.
+	failures failureLog
 	// publisher is the gateway's own event publisher, closed by Close.
 	publisher *publish.Publisher
 }

@@ -294,7 +294,7 @@ func (g *Gateway) authenticate(r *http.Request, x *exchange, luaAuth bool) *apie
 		if errors.Is(err, auth.ErrUnknownKey) {
 			return g.reject("invalid_key", apierr.Unauthorized("invalid API key "+x.masked))
 		}
-		g.log.Error("key lookup failed", "request_id", x.requestID, "err", err)
+		g.logFailure(slog.LevelError, "key lookup failed", "request_id", x.requestID, "err", err)
 		return apierr.Unavailable("key_store_unavailable", "the key store is unavailable; try again shortly")
 	}
 	x.key = key
