@@ -206,10 +206,21 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target string, log 
 
 	var lh *ledgerHandle
 	if runMeter || (runGateway && cfg.Redis.Enabled()) {
-		if lh, err = openLedger(ctx, cfg, target == "all"); err != nil {
+		if lh, err = openLedger(ctx, cfg, target == "all", false); err != nil {
 			return err
 		}
 		defer lh.close()
+		// A Redis that is down now is waited for as one that goes down
+		// later is, rather than refused: a gateway refuses the requests
+		// that need it with 503, a meter leaves its events in the
+		// stream, /readyz says why, and both carry on on their own once
+		// it answers. (Exiting would leave a gateway's outbox unsent and
+		// its restart to a supervisor.)
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if err := lh.ready(pctx); err != nil {
+			log.Warn("redis is not answering; starting anyway, as if it had just gone away (/readyz fails until it answers)", "err", err)
+		}
+		cancel()
 	}
 	readyFn := func(ctx context.Context) error {
 		if err := b.ready(); err != nil {

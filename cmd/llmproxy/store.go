@@ -50,18 +50,22 @@ type ledgerHandle struct {
 }
 
 // openLedger opens the ledger: Redis when configured, else the local store
-// under data_dir (allowed only where the process owns data_dir).
-func openLedger(ctx context.Context, cfg *config.Config, allowLocal bool) (*ledgerHandle, error) {
+// under data_dir (allowed only where the process owns data_dir). With
+// ping, a Redis that does not answer is an error (a command); a server
+// passes false and starts without it (see serve).
+func openLedger(ctx context.Context, cfg *config.Config, allowLocal, ping bool) (*ledgerHandle, error) {
 	if cfg.Redis.Enabled() {
 		rdb, err := openRedis(cfg)
 		if err != nil {
 			return nil, err
 		}
-		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		if err := rdb.Ping(pctx).Err(); err != nil {
-			_ = rdb.Close()
-			return nil, fmt.Errorf("redis: %w", err)
+		if ping {
+			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			if err := rdb.Ping(pctx).Err(); err != nil {
+				_ = rdb.Close()
+				return nil, fmt.Errorf("redis: %w", err)
+			}
 		}
 		return &ledgerHandle{
 			store: ledger.NewRedis(rdb, redisPrefix(cfg), ledger.WithDedupeRetention(dedupeRetention(cfg))),

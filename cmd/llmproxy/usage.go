@@ -82,7 +82,7 @@ func readUsage(ctx context.Context, cfg *config.Config, key string, p ledger.Per
 		defer s.Close()
 		return ledger.Report(ctx, s, key, p, periodOf(cfg, nil), time.Now())
 	}
-	lh, err := openLedger(ctx, cfg, false)
+	lh, err := openLedger(ctx, cfg, false, true)
 	if err != nil {
 		return nil, err
 	}
