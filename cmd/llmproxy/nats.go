@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -78,6 +79,8 @@ func openCLIBus(ctx context.Context, cfg *config.Config, log *slog.Logger) (*bus
 // with another config never changes the servers' streams.
 func connectBus(ctx context.Context, cfg *config.Config, url string, e *embeddedServer, extra []nats.Option, update bool, log *slog.Logger) (*bus, error) {
 	b := &bus{streams: make(chan struct{}), embedded: e}
+	// reconnected runs after every reconnect, once the streams can be made.
+	var reconnected atomic.Pointer[func()]
 	opts := []nats.Option{
 		nats.Name("llmproxy"),
 		nats.MaxReconnects(-1),
@@ -88,7 +91,12 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 				log.Warn("nats disconnected", "err", err)
 			}
 		}),
-		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", serverURL(c.ConnectedUrl())) }),
+		nats.ReconnectHandler(func(c *nats.Conn) {
+			log.Info("nats reconnected", "url", serverURL(c.ConnectedUrl()))
+			if f := reconnected.Load(); f != nil {
+				go (*f)()
+			}
+		}),
 		// Asynchronous errors, such as messages a subscription dropped
 		// because it fell behind (slow consumer), would otherwise go
 		// unseen.
@@ -130,6 +138,34 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 	}
 	err = ensure(ectx, js, so)
 	cancel()
+	// A server that comes back may have lost its store (a node without a
+	// volume, say), and the streams with it: they are made again after
+	// every reconnect, so that the gateway's outbox drains and the workers
+	// re-create their consumers without a restart. Making streams that
+	// exist changes nothing.
+	var again atomic.Bool
+	remake := func() {
+		if !again.CompareAndSwap(false, true) {
+			return
+		}
+		defer again.Store(false)
+		for i := 0; ctx.Err() == nil; i++ {
+			ectx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err := ensure(ectx, js, so)
+			cancel()
+			if err == nil {
+				return
+			}
+			if i == 0 {
+				log.Warn("event streams not checked after the reconnect; retrying", "err", err)
+			}
+			select {
+			case <-time.After(time.Second):
+			case <-ctx.Done():
+			}
+		}
+	}
+	reconnected.Store(&remake)
 	if err == nil {
 		close(b.streams)
 	} else {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -184,5 +185,48 @@ func TestCLIBusLeavesStreamsAlone(t *testing.T) {
 		if got := s.CachedInfo().Config.MaxAge; got != want {
 			t.Fatalf("stream %s: max age %s after a command with another config, want the server's %s", name, got, want)
 		}
+	}
+}
+
+// TestBusRemakesStreamsAfterReconnect: a NATS server that comes back on
+// the same address without its store (no volume) has no streams; a
+// server's bus makes them again once it has reconnected, without a
+// restart, so the gateway's outbox drains and the workers' consumers can
+// be made again.
+func TestBusRemakesStreamsAfterReconnect(t *testing.T) {
+	first := startNATS(t, "127.0.0.1", -1)
+	port := first.Addr().(*net.TCPAddr).Port
+	cfg := &config.Config{}
+	cfg.NATS.URL = first.ClientURL()
+	var out syncBuffer
+	b, err := openBus(context.Background(), cfg, false, slog.New(slog.NewTextHandler(&out, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.close()
+	if err := b.waitStreams(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	first.Shutdown()
+	first.WaitForShutdown()
+
+	// The same address, an empty store.
+	startNATS(t, "127.0.0.1", port)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, errMain := b.js.Stream(ctx, events.StreamName)
+		_, errDLQ := b.js.Stream(ctx, events.DLQStreamName)
+		cancel()
+		if errMain == nil && errDLQ == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("streams not made again on the new server: %v, %v; log:\n%s", errMain, errDLQ, out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(out.String(), "nats reconnected") {
+		t.Errorf("no reconnect logged:\n%s", out.String())
 	}
 }
