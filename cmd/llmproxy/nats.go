@@ -97,6 +97,13 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 				go (*f)()
 			}
 		}),
+		// A connection nats.go gives up on (the server refused the
+		// credentials, say) is closed for good: say why, once.
+		nats.ClosedHandler(func(c *nats.Conn) {
+			if err := c.LastError(); err != nil {
+				log.Error("nats connection closed; no more events are published or consumed until a restart", "err", err)
+			}
+		}),
 		// Asynchronous errors, such as messages a subscription dropped
 		// because it fell behind (slow consumer), would otherwise go
 		// unseen.

@@ -136,6 +136,41 @@ func TestBusLogsNoToken(t *testing.T) {
 	}
 }
 
+// TestBusSaysWhyNATSClosed: a server that refuses the token closes the
+// connection for good; the log says why (not only "connection closed"),
+// without the token.
+func TestBusSaysWhyNATSClosed(t *testing.T) {
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
+		StoreDir: t.TempDir(), NoSigs: true, NoLog: true, Authorization: "the-right-token"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server did not start")
+	}
+	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+
+	var out syncBuffer
+	cfg := &config.Config{}
+	cfg.NATS.URL = strings.Replace(ns.ClientURL(), "nats://", "nats://wr0ng-token@", 1)
+	b, err := openBus(context.Background(), cfg, false, slog.New(slog.NewTextHandler(&out, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.close()
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(out.String(), "nats connection closed") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no closed line; log:\n%s", out.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !strings.Contains(strings.ToLower(out.String()), "authorization violation") || strings.Contains(out.String(), "wr0ng-token") {
+		t.Errorf("the log does not say why, or names the token:\n%s", out.String())
+	}
+}
+
 // TestBusErrorHidesUserInfo: a url that does not parse, as --nats-url
 // may give one, is quoted in the error without its password or token.
 func TestBusErrorHidesUserInfo(t *testing.T) {
