@@ -224,3 +224,59 @@ func waitRows(t testing.TB, pool *pgxpool.Pool, want int) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// wipeStream deletes the durable consumer and the LLMPROXY stream, as a
+// NATS server that restarted with an empty store has lost them.
+func wipeStream(t testing.TB, js jetstream.JetStream, durable string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := js.DeleteConsumer(ctx, events.StreamName, durable); err != nil {
+		t.Fatalf("delete consumer: %v", err)
+	}
+	if err := js.DeleteStream(ctx, events.StreamName); err != nil {
+		t.Fatalf("delete stream: %v", err)
+	}
+}
+
+// ensureStreams creates the streams again, as each process does on
+// reconnecting.
+func ensureStreams(t testing.TB, js jetstream.JetStream) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := events.EnsureStreams(ctx, js, events.StreamOptions{}); err != nil {
+		t.Fatalf("ensure streams: %v", err)
+	}
+}
+
+// logBuffer is an io.Writer for a test logger that is safe for concurrent
+// use.
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// waitLog waits until the log holds want.
+func waitLog(t testing.TB, l *logBuffer, want string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(l.String(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("log has no %q:\n%s", want, l.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
