@@ -85,12 +85,15 @@ var errConsumerGone = errors.New("consumer is gone")
 // means that e's consumer no longer exists. A consumer deleted while a pull
 // request waits on it says so (ErrConsumerDeleted); one lost with the
 // server's store says nothing, its pull requests are simply never
-// answered, so a missed heartbeat is checked with a look-up.
+// answered, so a missed heartbeat is checked with a look-up, and so is an
+// iterator closed for another reason than a closed connection.
 func (n *Notifier) consumerGone(ctx context.Context, e Endpoint, err error) bool {
 	switch {
 	case errors.Is(err, jetstream.ErrConsumerDeleted):
 		return true
-	case !errors.Is(err, jetstream.ErrNoHeartbeat):
+	case errors.Is(err, jetstream.ErrConnectionClosed):
+		return false
+	case !errors.Is(err, jetstream.ErrNoHeartbeat) && !errors.Is(err, jetstream.ErrMsgIteratorClosed):
 		return false
 	}
 	_, err = n.js.Consumer(ctx, events.StreamName, DurableName(e.Name))

@@ -251,3 +251,30 @@ func TestConsumerRecreatedAfterAnEmptyRestart(t *testing.T) {
 		t.Errorf("delivered %s after the stream came back", d)
 	}
 }
+
+// TestClosedConnectionEndsRun: a closed connection is no lost consumer; Run
+// returns an error at once instead of waiting for the consumer.
+func TestClosedConnectionEndsRun(t *testing.T) {
+	t.Parallel()
+	js := startJetStream(t)
+	rc := newReceiver(t, nil)
+	n, err := New(js, []Endpoint{{Name: "a", URL: rc.srv.URL}, {Name: "b", URL: rc.srv.URL}}, testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	publish(t, js, "req", 1)
+	waitFor(t, 10*time.Second, "delivery", func() bool { return rc.delivered()["req-0000"] == 2 })
+	js.Conn().Close()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Error("Run returned nil after the connection closed")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run still running 10s after the connection closed")
+	}
+}

@@ -183,14 +183,14 @@ func (n *Notifier) consume(ctx context.Context, cons jetstream.Consumer, h *hand
 		msg, err := it.Next()
 		if err != nil {
 			<-slots
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				if ctx.Err() != nil {
-					return nil
-				}
-				return fmt.Errorf("consume: %w", err)
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) && ctx.Err() != nil {
+				return nil
 			}
 			if n.consumerGone(ctx, h.ep, err) {
 				return fmt.Errorf("%w: %w", errConsumerGone, err)
+			}
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return fmt.Errorf("consume: %w", err)
 			}
 			// Missed heartbeats and the like: the iterator recovers.
 			h.log.Warn("webhook: consume", "endpoint", h.ep.Name, "err", err)
