@@ -440,3 +440,32 @@ func TestResumesAfterTheStreamIsRecreated(t *testing.T) {
 	}
 	assertAllAcked(t, js)
 }
+
+// TestResumesAfterAnEmptyRestart: after the NATS server restarted with an
+// empty store, once the stream exists again, the recorder creates its
+// consumer again and records the next event, without a restart.
+func TestResumesAfterAnEmptyRestart(t *testing.T) {
+	srv, js := startJetStreamServer(t)
+	pool := startPostgres(t)
+	var logs logBuffer
+	opts := testOptions()
+	opts.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	rec, err := New(js, pool, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	publishEvent(t, js, event("before", "key1", 200), "before")
+	runRecorder(t, rec)
+	waitRows(t, pool, 1)
+
+	restartEmpty(t, srv)
+	waitLog(t, &logs, "create consumer again")
+	ensureStreams(t, js)
+	start := time.Now()
+	publishEvent(t, js, event("after", "key1", 200), "after")
+	waitRows(t, pool, 2)
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("event recorded %s after the stream came back", d)
+	}
+	assertAllAcked(t, js)
+}
