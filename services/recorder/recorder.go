@@ -137,18 +137,28 @@ func (r *Recorder) Run(ctx context.Context) error {
 // consumerGone reports whether the durable consumer or its stream no
 // longer exists, after a fetch failed with err. The server answers a pull
 // on a consumer it does not have with no responders rather than with "not
-// found", so any failure but a closed connection is checked with a look-up.
+// found", so any failure is checked with a look-up while connected.
 func (r *Recorder) consumerGone(ctx context.Context, err error) bool {
 	if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) ||
 		errors.Is(err, jetstream.ErrStreamNotFound) {
 		return true
 	}
-	if errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, jetstream.ErrConnectionClosed) {
+	if errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, jetstream.ErrConnectionClosed) ||
+		errors.Is(err, jetstream.ErrServerShutdown) || !r.js.Conn().IsConnected() {
+		// Disconnected, or about to be: a look-up would only wait for
+		// the API timeout. The fetches after the reconnection tell.
 		return false
 	}
+	// A look-up sent just as the connection drops is never answered; the
+	// next failed fetch asks again.
+	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
+	defer cancel()
 	_, err = r.js.Consumer(ctx, events.StreamName, r.opts.Durable)
 	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound)
 }
+
+// lookupTimeout bounds the look-up of the consumer after a failed fetch.
+const lookupTimeout = time.Second
 
 // recreateConsumer creates the durable consumer again after it vanished
 // (cause says how that showed), waiting with a doubling delay, from

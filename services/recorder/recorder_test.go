@@ -455,7 +455,7 @@ func TestResumesAfterAnEmptyRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	publishEvent(t, js, event("before", "key1", 200), "before")
-	runRecorder(t, rec)
+	stop := runRecorder(t, rec)
 	waitRows(t, pool, 1)
 
 	restartEmpty(t, srv)
@@ -468,4 +468,8 @@ func TestResumesAfterAnEmptyRestart(t *testing.T) {
 		t.Errorf("event recorded %s after the stream came back", d)
 	}
 	assertAllAcked(t, js)
+	// Stop before the restarted server's cleanup shuts it down.
+	if err := stop(); err != nil {
+		t.Errorf("Run: %v", err)
+	}
 }
