@@ -174,7 +174,8 @@ func (mt *Meter) consumerGone(ctx context.Context, err error) bool {
 	switch {
 	case errors.Is(err, jetstream.ErrConsumerDeleted):
 		return true
-	case errors.Is(err, jetstream.ErrConnectionClosed):
+	case errors.Is(err, jetstream.ErrConnectionClosed), !mt.js.Conn().IsConnected():
+		// Disconnected, a look-up would only wait for the API timeout.
 		return false
 	case !errors.Is(err, jetstream.ErrNoHeartbeat) && !errors.Is(err, jetstream.ErrMsgIteratorClosed):
 		return false

@@ -481,7 +481,7 @@ func TestMeterResumesAfterAnEmptyRestart(t *testing.T) {
 	var logs logBuffer
 	o := testOptions(nil)
 	o.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	run(t, newMeter(t, js, store, o))
+	stop := run(t, newMeter(t, js, store, o))
 	pub := publisher{t, js}
 	want := expected{}
 	ev := event(1)
@@ -514,5 +514,9 @@ func TestMeterResumesAfterAnEmptyRestart(t *testing.T) {
 	waitExact(t, js, store, want)
 	if d := time.Since(start); d > 10*time.Second {
 		t.Errorf("event applied %s after the stream came back", d)
+	}
+	// Stop before the restarted server's cleanup shuts it down.
+	if err := stop(); err != nil {
+		t.Errorf("Run: %v", err)
 	}
 }

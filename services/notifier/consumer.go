@@ -91,7 +91,8 @@ func (n *Notifier) consumerGone(ctx context.Context, e Endpoint, err error) bool
 	switch {
 	case errors.Is(err, jetstream.ErrConsumerDeleted):
 		return true
-	case errors.Is(err, jetstream.ErrConnectionClosed):
+	case errors.Is(err, jetstream.ErrConnectionClosed), !n.js.Conn().IsConnected():
+		// Disconnected, a look-up would only wait for the API timeout.
 		return false
 	case !errors.Is(err, jetstream.ErrNoHeartbeat) && !errors.Is(err, jetstream.ErrMsgIteratorClosed):
 		return false

@@ -235,7 +235,7 @@ func TestConsumerRecreatedAfterAnEmptyRestart(t *testing.T) {
 	opts := testOptions()
 	opts.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	rc := newReceiver(t, nil)
-	runNotifier(t, js, []Endpoint{{Name: "a", URL: rc.srv.URL}}, opts)
+	stop := runNotifier(t, js, []Endpoint{{Name: "a", URL: rc.srv.URL}}, opts)
 	publish(t, js, "first", 1)
 	waitFor(t, 10*time.Second, "the first event", func() bool { return rc.delivered()["first-0000"] == 1 })
 
@@ -249,6 +249,11 @@ func TestConsumerRecreatedAfterAnEmptyRestart(t *testing.T) {
 	waitFor(t, 10*time.Second, "the second event", func() bool { return rc.delivered()["second-0000"] == 1 })
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("delivered %s after the stream came back", d)
+	}
+	// Stop before the restarted server's cleanup shuts it down: draining
+	// waits for the server.
+	if err := stop(); err != nil {
+		t.Errorf("Run: %v", err)
 	}
 }
 
