@@ -73,8 +73,10 @@ func (mt *Meter) ConsumerConfig() jetstream.ConsumerConfig {
 // configured retention and replicas), and applies events until
 // ctx is cancelled, then returns nil after the batch under way is applied
 // and acked; events fetched but not yet applied are nak'ed for immediate
-// redelivery. It returns an error when the consumer cannot be created at
-// start or the NATS connection is closed.
+// redelivery. A consumer that vanishes (a NATS server that came back with
+// an empty store) is created again once its stream exists again
+// (recreateConsumer). It returns an error when the consumer cannot be
+// created at start or the NATS connection is closed.
 func (mt *Meter) Run(ctx context.Context) error {
 	cons, err := mt.js.CreateOrUpdateConsumer(ctx, events.StreamName, mt.ConsumerConfig())
 	if err != nil {
@@ -93,6 +95,16 @@ func (mt *Meter) Run(ctx context.Context) error {
 		if errors.Is(err, jetstream.ErrConnectionClosed) || errors.Is(err, nats.ErrConnectionClosed) {
 			return fmt.Errorf("meter: %w", err)
 		}
+		if errors.Is(err, errConsumerGone) {
+			if cons, err = mt.recreateConsumer(ctx, err); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return fmt.Errorf("meter: %w", err)
+			}
+			wait = 100 * time.Millisecond
+			continue
+		}
 		mt.log.Warn("meter: consuming stopped; resuming", "err", err, "after", wait)
 		select {
 		case <-time.After(wait):
@@ -108,9 +120,74 @@ func (mt *Meter) Run(ctx context.Context) error {
 	}
 }
 
+// errConsumerGone is returned by consume when the durable consumer no
+// longer exists.
+var errConsumerGone = errors.New("consumer is gone")
+
+// Bounds of the delay between attempts to create a vanished consumer
+// again; it doubles from one to the other.
+const (
+	recreateWaitMin = 100 * time.Millisecond
+	recreateWaitMax = 5 * time.Second
+)
+
+// recreateConsumer creates the durable consumer again after it vanished,
+// as cause showed, retrying while its stream does not exist yet: the
+// process that lost it creates it again on reconnecting. The loss is logged
+// once, and so is the new consumer; the attempts in between are logged at
+// debug level. It returns an error only when ctx is done or the
+// connection is closed.
+func (mt *Meter) recreateConsumer(ctx context.Context, cause error) (jetstream.Consumer, error) {
+	log := mt.log.With("consumer", mt.opts.Durable)
+	log.Warn("meter: consumer is gone (NATS lost its store?); creating it again", "err", cause)
+	start := time.Now()
+	wait := recreateWaitMin
+	for {
+		c, err := mt.js.CreateOrUpdateConsumer(ctx, events.StreamName, mt.ConsumerConfig())
+		if err == nil {
+			log.Info("meter: consumer created again; metering resumes", "after", time.Since(start).Round(time.Millisecond))
+			return c, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if errors.Is(err, jetstream.ErrConnectionClosed) || errors.Is(err, nats.ErrConnectionClosed) {
+			return nil, fmt.Errorf("create consumer %s again: %w", mt.opts.Durable, err)
+		}
+		log.Debug("meter: create consumer again", "err", err, "retry_in", wait)
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		wait = min(2*wait, recreateWaitMax)
+	}
+}
+
+// consumerGone reports whether the error err from the message iterator
+// means that the consumer no longer exists. A consumer deleted while a
+// pull request waits on it says so (ErrConsumerDeleted); one lost with the
+// server's store says nothing, its pull requests are simply never
+// answered, so a missed heartbeat is checked with a look-up, and so is an
+// iterator closed for another reason than a closed connection.
+func (mt *Meter) consumerGone(ctx context.Context, err error) bool {
+	switch {
+	case errors.Is(err, jetstream.ErrConsumerDeleted):
+		return true
+	case errors.Is(err, jetstream.ErrConnectionClosed), !mt.js.Conn().IsConnected():
+		// Disconnected, a look-up would only wait for the API timeout.
+		return false
+	case !errors.Is(err, jetstream.ErrNoHeartbeat) && !errors.Is(err, jetstream.ErrMsgIteratorClosed):
+		return false
+	}
+	_, err = mt.js.Consumer(ctx, events.StreamName, mt.opts.Durable)
+	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound)
+}
+
 // consume pulls batches until ctx is cancelled or the iterator fails. A
 // batch is the first event to arrive plus whatever follows within
-// BatchWait, up to BatchSize.
+// BatchWait, up to BatchSize. It returns an error wrapping errConsumerGone
+// when the consumer no longer exists.
 func (mt *Meter) consume(ctx context.Context, cons jetstream.Consumer) error {
 	it, err := cons.Messages(jetstream.PullMaxMessages(2*mt.opts.BatchSize), jetstream.PullExpiry(events.PullExpiry))
 	if err != nil {
@@ -120,6 +197,9 @@ func (mt *Meter) consume(ctx context.Context, cons jetstream.Consumer) error {
 	b := newBatch(mt.opts.BatchSize)
 	for {
 		msg, err := it.Next(jetstream.NextContext(ctx))
+		if err != nil && mt.consumerGone(ctx, err) {
+			return fmt.Errorf("%w: %w", errConsumerGone, err)
+		}
 		if errors.Is(err, jetstream.ErrNoHeartbeat) {
 			// The server held no pull request of ours (see
 			// events.PullExpiry); the next Next sends a new one.

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -37,9 +40,9 @@ func startNATS(t testing.TB) *server.Server {
 	return srv
 }
 
-func connect(t testing.TB, srv *server.Server) jetstream.JetStream {
+func connect(t testing.TB, srv *server.Server, opts ...nats.Option) jetstream.JetStream {
 	t.Helper()
-	nc, err := nats.Connect(srv.ClientURL())
+	nc, err := nats.Connect(srv.ClientURL(), opts...)
 	if err != nil {
 		t.Fatalf("connect: %v", err)
 	}
@@ -376,5 +379,144 @@ func TestApplyErrorRedeliversWithoutLoss(t *testing.T) {
 	waitExact(t, js, store, want)
 	if got := testutil.ToFloat64(m.m.applyErrors); got != 3 {
 		t.Fatalf("apply errors = %v, want 3", got)
+	}
+}
+
+// logBuffer is an io.Writer for a test logger, safe for concurrent use.
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// waitLog waits until the log holds want.
+func waitLog(t testing.TB, l *logBuffer, want string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(l.String(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("log has no %q:\n%s", want, l.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// ensureStreams creates the streams again, as each process does on
+// reconnecting.
+func ensureStreams(t testing.TB, js jetstream.JetStream) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := events.EnsureStreams(ctx, js, events.StreamOptions{}); err != nil {
+		t.Fatalf("ensure streams: %v", err)
+	}
+}
+
+// TestMeterResumesAfterTheStreamIsRecreated: when the consumer and the
+// stream vanish (a NATS server that restarted with an empty store), the
+// meter waits for the stream, creates its consumer again and applies the
+// next event, without a restart.
+func TestMeterResumesAfterTheStreamIsRecreated(t *testing.T) {
+	js := connect(t, startNATS(t))
+	store := openStore(t)
+	var logs logBuffer
+	o := testOptions(nil)
+	o.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	run(t, newMeter(t, js, store, o))
+	pub := publisher{t, js}
+	want := expected{}
+	ev := event(1)
+	pub.event(ev, ev.RequestID)
+	want.add(ev)
+	pub.wait()
+	waitExact(t, js, store, want)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := js.DeleteConsumer(ctx, events.StreamName, DefaultDurable); err != nil {
+		t.Fatal(err)
+	}
+	if err := js.DeleteStream(ctx, events.StreamName); err != nil {
+		t.Fatal(err)
+	}
+	// The meter notices while the stream is still missing.
+	waitLog(t, &logs, "stream not found")
+	ensureStreams(t, js)
+	ev = event(2)
+	pub.event(ev, ev.RequestID)
+	want.add(ev)
+	pub.wait()
+	start := time.Now()
+	waitExact(t, js, store, want)
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("event applied %s after the stream came back", d)
+	}
+	// Deleting the consumer, then the stream, is two losses; the attempts
+	// while the stream was missing are no warnings.
+	if w, gone := strings.Count(logs.String(), "level=WARN"), strings.Count(logs.String(), `msg="meter: consumer is gone`); w != gone || gone > 2 {
+		t.Errorf("%d warnings, %d of them for a lost consumer; want only those, at most 2:\n%s", w, gone, logs.String())
+	}
+}
+
+// TestMeterResumesAfterAnEmptyRestart: after the NATS server restarted with
+// an empty store, once the stream exists again, the meter creates its
+// consumer again and applies the next event, without a restart. Nothing
+// tells the client that the consumer is gone: its pull requests go
+// unanswered, and it finds out at the first missed heartbeat.
+func TestMeterResumesAfterAnEmptyRestart(t *testing.T) {
+	srv := startNATS(t)
+	js := connect(t, srv, nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond))
+	store := openStore(t)
+	var logs logBuffer
+	o := testOptions(nil)
+	o.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	stop := run(t, newMeter(t, js, store, o))
+	pub := publisher{t, js}
+	want := expected{}
+	ev := event(1)
+	pub.event(ev, ev.RequestID)
+	want.add(ev)
+	pub.wait()
+	waitExact(t, js, store, want)
+
+	port := srv.Addr().(*net.TCPAddr).Port
+	srv.Shutdown()
+	srv.WaitForShutdown()
+	restarted, err := server.NewServer(&server.Options{
+		Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
+	})
+	if err != nil {
+		t.Fatalf("nats server: %v", err)
+	}
+	restarted.Start()
+	if !restarted.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server not ready")
+	}
+	t.Cleanup(restarted.Shutdown)
+	waitLog(t, &logs, "stream not found")
+	ensureStreams(t, js)
+	ev = event(2)
+	pub.event(ev, ev.RequestID)
+	want.add(ev)
+	pub.wait()
+	start := time.Now()
+	waitExact(t, js, store, want)
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("event applied %s after the stream came back", d)
+	}
+	// Stop before the restarted server's cleanup shuts it down.
+	if err := stop(); err != nil {
+		t.Errorf("Run: %v", err)
 	}
 }

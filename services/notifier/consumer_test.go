@@ -172,3 +172,114 @@ func TestLegacyNameOfALiveEndpointIgnored(t *testing.T) {
 		t.Errorf("legacy names %q, %q; want \"\", \"gone\"", eps[1].LegacyName, eps[2].LegacyName)
 	}
 }
+
+// TestConsumerRecreatedAfterItVanished: an endpoint whose consumer is
+// deleted gets a new one and keeps receiving events while the other
+// endpoint carries on; after the stream and every consumer vanished (a NATS
+// server that restarted with an empty store) and the stream came back,
+// both endpoints receive the next event. The notifier is never restarted.
+func TestConsumerRecreatedAfterItVanished(t *testing.T) {
+	t.Parallel()
+	js := startJetStream(t)
+	var logs syncBuffer
+	opts := testOptions()
+	opts.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	a, b := newReceiver(t, nil), newReceiver(t, nil)
+	runNotifier(t, js, []Endpoint{{Name: "a", URL: a.srv.URL}, {Name: "b", URL: b.srv.URL}}, opts)
+	both := func(id string) func() bool {
+		return func() bool { return a.delivered()[id] > 0 && b.delivered()[id] > 0 }
+	}
+	publish(t, js, "first", 1)
+	waitFor(t, 10*time.Second, "the first event at both endpoints", both("first-0000"))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := js.DeleteConsumer(ctx, events.StreamName, DurableName("a")); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, js, "second", 1)
+	waitFor(t, 10*time.Second, "the second event at both endpoints", both("second-0000"))
+
+	if err := js.DeleteConsumer(ctx, events.StreamName, DurableName("a")); err != nil {
+		t.Fatal(err)
+	}
+	if err := js.DeleteStream(ctx, events.StreamName); err != nil {
+		t.Fatal(err)
+	}
+	// Both endpoints notice while the stream is still missing.
+	waitFor(t, 10*time.Second, "both endpoints waiting for the stream", func() bool {
+		l := logs.String()
+		return strings.Contains(l, `create consumer again" endpoint=a`) && strings.Contains(l, `create consumer again" endpoint=b`)
+	})
+	ensureStreams(t, js)
+	start := time.Now()
+	publish(t, js, "third", 1)
+	waitFor(t, 10*time.Second, "the third event at both endpoints", both("third-0000"))
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("delivered %s after the stream came back", d)
+	}
+	if w := strings.Count(logs.String(), "level=WARN"); w != strings.Count(logs.String(), `msg="webhook: consumer is gone`) {
+		t.Errorf("warnings besides the lost consumers:\n%s", logs.String())
+	}
+}
+
+// TestConsumerRecreatedAfterAnEmptyRestart: after the NATS server restarted
+// with an empty store, once the stream exists again, the endpoint gets a new
+// consumer and receives the next event, without a restart of the notifier.
+// Nothing tells the client that the consumer is gone: its pull requests go
+// unanswered, and it finds out at the first missed heartbeat.
+func TestConsumerRecreatedAfterAnEmptyRestart(t *testing.T) {
+	t.Parallel()
+	srv, js := startJetStreamServer(t)
+	var logs syncBuffer
+	opts := testOptions()
+	opts.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	rc := newReceiver(t, nil)
+	stop := runNotifier(t, js, []Endpoint{{Name: "a", URL: rc.srv.URL}}, opts)
+	publish(t, js, "first", 1)
+	waitFor(t, 10*time.Second, "the first event", func() bool { return rc.delivered()["first-0000"] == 1 })
+
+	restartEmpty(t, srv)
+	waitFor(t, 10*time.Second, "the endpoint waiting for the stream", func() bool {
+		return strings.Contains(logs.String(), `create consumer again" endpoint=a`)
+	})
+	ensureStreams(t, js)
+	start := time.Now()
+	publish(t, js, "second", 1)
+	waitFor(t, 10*time.Second, "the second event", func() bool { return rc.delivered()["second-0000"] == 1 })
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("delivered %s after the stream came back", d)
+	}
+	// Stop before the restarted server's cleanup shuts it down: draining
+	// waits for the server.
+	if err := stop(); err != nil {
+		t.Errorf("Run: %v", err)
+	}
+}
+
+// TestClosedConnectionEndsRun: a closed connection is no lost consumer; Run
+// returns an error at once instead of waiting for the consumer.
+func TestClosedConnectionEndsRun(t *testing.T) {
+	t.Parallel()
+	js := startJetStream(t)
+	rc := newReceiver(t, nil)
+	n, err := New(js, []Endpoint{{Name: "a", URL: rc.srv.URL}, {Name: "b", URL: rc.srv.URL}}, testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	publish(t, js, "req", 1)
+	waitFor(t, 10*time.Second, "delivery", func() bool { return rc.delivered()["req-0000"] == 2 })
+	js.Conn().Close()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Error("Run returned nil after the connection closed")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run still running 10s after the connection closed")
+	}
+}

@@ -79,9 +79,12 @@ func (n *Notifier) Endpoints() []Endpoint {
 // one of its LegacyName, see Endpoint) and the AttemptsBucket, and delivers events until ctx is done. It then stops
 // taking events, hands back the ones it had taken but not started (so
 // another notifier gets them at once) and waits for the deliveries in
-// flight, each bounded by its endpoint's Timeout. It returns nil after a
-// shutdown through ctx, or the error that stopped it. The streams must
-// exist (events.EnsureStreams).
+// flight, each bounded by its endpoint's Timeout. An endpoint whose
+// consumer vanishes (deleted, or lost with the store of a NATS server that
+// restarted without it) gets a new one once the stream exists again, while
+// the other endpoints carry on (recreateConsumer). It returns nil after a
+// shutdown through ctx, or the error that stopped it, such as a closed
+// connection. The streams must exist (events.EnsureStreams).
 func (n *Notifier) Run(ctx context.Context) error {
 	var attempts attemptLog
 	if len(n.endpoints) > 0 {
@@ -126,8 +129,19 @@ func (n *Notifier) Run(ctx context.Context) error {
 			attempts: attempts,
 		}
 		wg.Go(func() {
-			if err := n.consume(ctx, consumers[i], h); err != nil {
-				cancel(fmt.Errorf("notifier: endpoint %s: %w", e.Name, err))
+			cons := consumers[i]
+			for {
+				err := n.consume(ctx, cons, h)
+				if errors.Is(err, errConsumerGone) {
+					cons, err = n.recreateConsumer(ctx, e, err)
+					if err == nil {
+						continue
+					}
+				}
+				if err != nil && ctx.Err() == nil {
+					cancel(fmt.Errorf("notifier: endpoint %s: %w", e.Name, err))
+				}
+				return
 			}
 		})
 	}
@@ -142,11 +156,14 @@ func (n *Notifier) Run(ctx context.Context) error {
 
 // consume runs one endpoint: at most Concurrency deliveries at a time, each
 // in its own goroutine, taken from the consumer only when a slot is free.
+// It returns an error wrapping errConsumerGone when the consumer no longer
+// exists, after the deliveries in flight are finished.
 func (n *Notifier) consume(ctx context.Context, cons jetstream.Consumer, h *handler) error {
 	it, err := cons.Messages(jetstream.PullMaxMessages(n.opts.Concurrency), jetstream.PullExpiry(events.PullExpiry))
 	if err != nil {
 		return fmt.Errorf("consume: %w", err)
 	}
+	defer it.Stop()
 	stop := context.AfterFunc(ctx, it.Drain)
 	defer stop()
 
@@ -166,10 +183,13 @@ func (n *Notifier) consume(ctx context.Context, cons jetstream.Consumer, h *hand
 		msg, err := it.Next()
 		if err != nil {
 			<-slots
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) && ctx.Err() != nil {
+				return nil
+			}
+			if n.consumerGone(ctx, h.ep, err) {
+				return fmt.Errorf("%w: %w", errConsumerGone, err)
+			}
 			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				if ctx.Err() != nil {
-					return nil
-				}
 				return fmt.Errorf("consume: %w", err)
 			}
 			// Missed heartbeats and the like: the iterator recovers.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 	"sync"
@@ -86,8 +87,34 @@ func startPostgresSchema(t testing.TB) *pgxpool.Pool {
 // and returns a JetStream client with the LLMProxy streams in place.
 func startJetStream(t testing.TB) jetstream.JetStream {
 	t.Helper()
+	_, js := startJetStreamServer(t)
+	return js
+}
+
+// startJetStreamServer is startJetStream that also returns the server, for
+// tests that restart it; the client reconnects within 20ms.
+func startJetStreamServer(t testing.TB) (*server.Server, jetstream.JetStream) {
+	t.Helper()
+	s := runServer(t, -1)
+	nc, err := nats.Connect(s.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond))
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatalf("jetstream: %v", err)
+	}
+	ensureStreams(t, js)
+	return s, js
+}
+
+// runServer runs an embedded nats-server with JetStream and an empty store
+// on port (-1: any free one).
+func runServer(t testing.TB, port int) *server.Server {
+	t.Helper()
 	s, err := server.NewServer(&server.Options{
-		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
+		Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: t.TempDir(),
 		NoLog: true, NoSigs: true,
 	})
 	if err != nil {
@@ -98,21 +125,17 @@ func startJetStream(t testing.TB) jetstream.JetStream {
 		t.Fatal("nats server not ready")
 	}
 	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatalf("jetstream: %v", err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := events.EnsureStreams(ctx, js, events.StreamOptions{}); err != nil {
-		t.Fatalf("ensure streams: %v", err)
-	}
-	return js
+	return s
+}
+
+// restartEmpty shuts s down and starts a server on its port with an empty
+// store, as a server without a volume comes back: no stream, no consumer.
+func restartEmpty(t testing.TB, s *server.Server) *server.Server {
+	t.Helper()
+	port := s.Addr().(*net.TCPAddr).Port
+	s.Shutdown()
+	s.WaitForShutdown()
+	return runServer(t, port)
 }
 
 func testOptions() Options {
@@ -222,5 +245,61 @@ func waitRows(t testing.TB, pool *pgxpool.Pool, want int) {
 			t.Fatalf("table holds %d rows, want %d", n, want)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// wipeStream deletes the durable consumer and the LLMPROXY stream, as a
+// NATS server that restarted with an empty store has lost them.
+func wipeStream(t testing.TB, js jetstream.JetStream, durable string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := js.DeleteConsumer(ctx, events.StreamName, durable); err != nil {
+		t.Fatalf("delete consumer: %v", err)
+	}
+	if err := js.DeleteStream(ctx, events.StreamName); err != nil {
+		t.Fatalf("delete stream: %v", err)
+	}
+}
+
+// ensureStreams creates the streams again, as each process does on
+// reconnecting.
+func ensureStreams(t testing.TB, js jetstream.JetStream) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := events.EnsureStreams(ctx, js, events.StreamOptions{}); err != nil {
+		t.Fatalf("ensure streams: %v", err)
+	}
+}
+
+// logBuffer is an io.Writer for a test logger that is safe for concurrent
+// use.
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// waitLog waits until the log holds want.
+func waitLog(t testing.TB, l *logBuffer, want string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(l.String(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("log has no %q:\n%s", want, l.String())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

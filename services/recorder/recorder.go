@@ -78,8 +78,10 @@ func (r *Recorder) consumerConfig() jetstream.ConsumerConfig {
 // Run creates or updates the durable consumer and writes batches until ctx
 // is done. A batch whose write has begun is finished (bounded by
 // WriteTimeout); events fetched but not yet written are handed back for
-// immediate redelivery. Run returns nil after a shutdown through ctx, or
-// the error that stopped it.
+// immediate redelivery. A consumer that disappears (a NATS server that
+// came back with an empty store) is created again once its stream exists
+// again, and recording resumes. Run returns nil after a shutdown through
+// ctx, or the error that stopped it.
 func (r *Recorder) Run(ctx context.Context) error {
 	cons, err := r.js.CreateOrUpdateConsumer(ctx, events.StreamName, r.consumerConfig())
 	if err != nil {
@@ -91,23 +93,31 @@ func (r *Recorder) Run(ctx context.Context) error {
 	log := r.opts.Logger
 	for ctx.Err() == nil {
 		batch, err := cons.Fetch(r.opts.BatchSize, jetstream.FetchMaxWait(r.opts.BatchWait))
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
+		var msgs []jetstream.Msg
+		if err == nil {
+			msgs = make([]jetstream.Msg, 0, r.opts.BatchSize)
+			for m := range batch.Messages() {
+				msgs = append(msgs, m)
+			}
+			if err = batch.Error(); errors.Is(err, nats.ErrTimeout) || errors.Is(err, jetstream.ErrNoMessages) {
+				err = nil
+			}
+		}
+		if err != nil && ctx.Err() == nil {
+			if r.consumerGone(ctx, err) {
+				if cons, err = r.recreateConsumer(ctx, err); err != nil {
+					if ctx.Err() != nil {
+						return nil
+					}
+					return fmt.Errorf("recorder: consumer: %w", err)
+				}
+				continue
 			}
 			r.metrics.errors.WithLabelValues(errFetch).Inc()
 			log.Warn("recorder: fetch", "err", err)
-			sleep(ctx, r.opts.RetryWait)
-			continue
-		}
-		msgs := make([]jetstream.Msg, 0, r.opts.BatchSize)
-		for m := range batch.Messages() {
-			msgs = append(msgs, m)
-		}
-		if err := batch.Error(); err != nil && ctx.Err() == nil &&
-			!errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) {
-			r.metrics.errors.WithLabelValues(errFetch).Inc()
-			log.Warn("recorder: fetch", "err", err)
+			if len(msgs) == 0 {
+				sleep(ctx, r.opts.RetryWait)
+			}
 		}
 		if len(msgs) == 0 {
 			continue
@@ -123,6 +133,66 @@ func (r *Recorder) Run(ctx context.Context) error {
 	}
 	return nil
 }
+
+// consumerGone reports whether the durable consumer or its stream no
+// longer exists, after a fetch failed with err. The server answers a pull
+// on a consumer it does not have with no responders rather than with "not
+// found", so any failure is checked with a look-up while connected.
+func (r *Recorder) consumerGone(ctx context.Context, err error) bool {
+	if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) ||
+		errors.Is(err, jetstream.ErrStreamNotFound) {
+		return true
+	}
+	if errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, jetstream.ErrConnectionClosed) ||
+		errors.Is(err, jetstream.ErrServerShutdown) || !r.js.Conn().IsConnected() {
+		// Disconnected, or about to be: a look-up would only wait for
+		// the API timeout. The fetches after the reconnection tell.
+		return false
+	}
+	// A look-up sent just as the connection drops is never answered; the
+	// next failed fetch asks again.
+	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
+	defer cancel()
+	_, err = r.js.Consumer(ctx, events.StreamName, r.opts.Durable)
+	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound)
+}
+
+// lookupTimeout bounds the look-up of the consumer after a failed fetch.
+const lookupTimeout = time.Second
+
+// recreateConsumer creates the durable consumer again after it vanished
+// (cause says how that showed), waiting with a doubling delay, from
+// RetryWait up to maxRecreateWait, while its stream does not exist yet:
+// the process that lost it creates it again on reconnecting. The loss is
+// logged once, and so is the new consumer; the attempts in between are
+// logged at debug level. It returns an error only when ctx is done or the
+// connection is closed.
+func (r *Recorder) recreateConsumer(ctx context.Context, cause error) (jetstream.Consumer, error) {
+	log := r.opts.Logger.With("consumer", r.opts.Durable)
+	log.Warn("recorder: consumer is gone (NATS lost its store?); creating it again", "err", cause)
+	start := time.Now()
+	wait := r.opts.RetryWait
+	for {
+		cons, err := r.js.CreateOrUpdateConsumer(ctx, events.StreamName, r.consumerConfig())
+		if err == nil {
+			log.Info("recorder: consumer created again; recording resumes", "after", time.Since(start).Round(time.Millisecond))
+			return cons, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, jetstream.ErrConnectionClosed) {
+			return nil, err
+		}
+		log.Debug("recorder: create consumer again", "err", err, "retry_in", wait)
+		sleep(ctx, wait)
+		wait = min(2*wait, max(r.opts.RetryWait, maxRecreateWait))
+	}
+}
+
+// maxRecreateWait bounds the delay between attempts to create a vanished
+// consumer again.
+const maxRecreateWait = 5 * time.Second
 
 // process writes one batch and settles each of its messages: ack after the
 // commit, term for a poison message, nak with delay when the write failed.

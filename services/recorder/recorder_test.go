@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
 	"reflect"
 	"strings"
@@ -401,5 +402,74 @@ func TestBodiesPostgreSQLRefusesAreStoredAsText(t *testing.T) {
 		if e.Response == nil || e.Response.Content != "hello" {
 			t.Errorf("%s: response = %+v, want content hello", e.RequestID, e.Response)
 		}
+	}
+}
+
+// TestResumesAfterTheStreamIsRecreated: when the consumer and the stream
+// vanish (a NATS server that restarted with an empty store), the recorder
+// waits for the stream, creates its consumer again and records the next
+// event, without a restart.
+func TestResumesAfterTheStreamIsRecreated(t *testing.T) {
+	js, pool := startJetStream(t), startPostgres(t)
+	var logs logBuffer
+	opts := testOptions()
+	opts.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	rec, err := New(js, pool, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	publishEvent(t, js, event("before", "key1", 200), "before")
+	runRecorder(t, rec)
+	waitRows(t, pool, 1)
+
+	wipeStream(t, js, DefaultDurable)
+	// The recorder notices while the stream is still missing.
+	waitLog(t, &logs, "consumer is gone")
+	waitLog(t, &logs, "create consumer again")
+	ensureStreams(t, js)
+	start := time.Now()
+	publishEvent(t, js, event("after", "key1", 200), "after")
+	waitRows(t, pool, 2)
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("event recorded %s after the stream came back", d)
+	}
+	// Deleting the consumer, then the stream, is two losses; the attempts
+	// while the stream was missing are no warnings.
+	if w, gone := strings.Count(logs.String(), "level=WARN"), strings.Count(logs.String(), "consumer is gone"); w != gone || gone > 2 {
+		t.Errorf("%d warnings, %d of them for a lost consumer; want only those, at most 2:\n%s", w, gone, logs.String())
+	}
+	assertAllAcked(t, js)
+}
+
+// TestResumesAfterAnEmptyRestart: after the NATS server restarted with an
+// empty store, once the stream exists again, the recorder creates its
+// consumer again and records the next event, without a restart.
+func TestResumesAfterAnEmptyRestart(t *testing.T) {
+	srv, js := startJetStreamServer(t)
+	pool := startPostgres(t)
+	var logs logBuffer
+	opts := testOptions()
+	opts.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	rec, err := New(js, pool, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	publishEvent(t, js, event("before", "key1", 200), "before")
+	stop := runRecorder(t, rec)
+	waitRows(t, pool, 1)
+
+	restartEmpty(t, srv)
+	waitLog(t, &logs, "create consumer again")
+	ensureStreams(t, js)
+	start := time.Now()
+	publishEvent(t, js, event("after", "key1", 200), "after")
+	waitRows(t, pool, 2)
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("event recorded %s after the stream came back", d)
+	}
+	assertAllAcked(t, js)
+	// Stop before the restarted server's cleanup shuts it down.
+	if err := stop(); err != nil {
+		t.Errorf("Run: %v", err)
 	}
 }
