@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/llmproxy/llmproxy/pkg/events"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -80,6 +82,60 @@ func (a kvAttempts) put(ctx context.Context, key string, r attemptRecord) error 
 	}
 	_, err = a.kv.Put(ctx, key, b)
 	return err
+}
+
+// reopeningAttempts is the attempts bucket of a running notifier: a call
+// that finds the bucket gone (a NATS server back without its store) opens
+// it again and is made once more, so attempts keep counting towards
+// MaxAttempts without a restart.
+type reopeningAttempts struct {
+	js  jetstream.JetStream
+	ttl time.Duration
+
+	mu  sync.Mutex
+	cur kvAttempts
+}
+
+func newReopeningAttempts(ctx context.Context, js jetstream.JetStream, ttl time.Duration) (*reopeningAttempts, error) {
+	kv, err := openAttempts(ctx, js, ttl)
+	if err != nil {
+		return nil, err
+	}
+	return &reopeningAttempts{js: js, ttl: ttl, cur: kv}, nil
+}
+
+func (a *reopeningAttempts) get(ctx context.Context, key string) (r attemptRecord, ok bool, err error) {
+	err = a.do(ctx, func(kv kvAttempts) error {
+		r, ok, err = kv.get(ctx, key)
+		return err
+	})
+	return r, ok, err
+}
+
+func (a *reopeningAttempts) put(ctx context.Context, key string, r attemptRecord) error {
+	return a.do(ctx, func(kv kvAttempts) error { return kv.put(ctx, key, r) })
+}
+
+// do runs f on the bucket, and once more on a bucket opened again when f
+// found none: a publish to a bucket without its stream gets no response
+// from a stream, a read no responder.
+func (a *reopeningAttempts) do(ctx context.Context, f func(kvAttempts) error) error {
+	a.mu.Lock()
+	kv := a.cur
+	a.mu.Unlock()
+	err := f(kv)
+	if !errors.Is(err, jetstream.ErrNoStreamResponse) && !errors.Is(err, nats.ErrNoResponders) &&
+		!errors.Is(err, jetstream.ErrBucketNotFound) && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return err
+	}
+	again, oerr := openAttempts(ctx, a.js, a.ttl)
+	if oerr != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.cur = again
+	a.mu.Unlock()
+	return f(again)
 }
 
 // openAttempts creates the attempts bucket, keeping entries for ttl and with

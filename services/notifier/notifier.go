@@ -92,7 +92,7 @@ func (n *Notifier) Run(ctx context.Context) error {
 		for _, e := range n.endpoints {
 			ttl = max(ttl, e.MaxAge+maxRetryAfter)
 		}
-		kv, err := openAttempts(ctx, n.js, ttl)
+		kv, err := newReopeningAttempts(ctx, n.js, ttl)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil

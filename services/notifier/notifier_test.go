@@ -436,6 +436,33 @@ func TestAttemptsSurviveRestart(t *testing.T) {
 	}
 }
 
+// TestAttemptsBucketLost: the attempts bucket lost while the notifier runs
+// (a NATS server back without its store) is opened again at the next
+// attempt, so the event still gets MaxAttempts POSTs, not more.
+func TestAttemptsBucketLost(t *testing.T) {
+	t.Parallel()
+	js := startJetStream(t)
+	rc := newReceiver(t, func(int, http.ResponseWriter, *http.Request) int { return http.StatusServiceUnavailable })
+	ep := []Endpoint{{Name: "down", URL: rc.srv.URL, MaxAttempts: 4}}
+	opts := testOptions()
+	opts.BackoffBase, opts.BackoffMax = 300*time.Millisecond, 300*time.Millisecond
+	publish(t, js, "req", 1)
+
+	runNotifier(t, js, ep, opts)
+	waitFor(t, 10*time.Second, "an attempt", func() bool { return len(rc.snapshot()) >= 1 })
+	if err := js.DeleteKeyValue(context.Background(), AttemptsBucket); err != nil {
+		t.Fatal(err)
+	}
+	var dl []DeadLetter
+	waitFor(t, 20*time.Second, "a dead letter", func() bool {
+		dl = listDLQ(t, js, DLQFilter{Endpoint: "down"})
+		return len(dl) == 1
+	})
+	if calls := len(rc.snapshot()); dl[0].Attempts != 4 || calls > 5 || dl[0].Reason != ReasonMaxAttempts {
+		t.Errorf("dead letter after %d attempts (%s), receiver got %d calls; want 4 (5 if the first record was lost)", dl[0].Attempts, dl[0].Reason, calls)
+	}
+}
+
 func TestNewRejectsBadEndpoints(t *testing.T) {
 	t.Parallel()
 	js := startJetStream(t)
