@@ -78,7 +78,7 @@ func (mt *Meter) ConsumerConfig() jetstream.ConsumerConfig {
 // (recreateConsumer). It returns an error when the consumer cannot be
 // created at start or the NATS connection is closed.
 func (mt *Meter) Run(ctx context.Context) error {
-	cons, err := mt.js.CreateOrUpdateConsumer(ctx, events.StreamName, mt.ConsumerConfig())
+	cons, err := mt.createConsumer(ctx)
 	if err != nil {
 		return fmt.Errorf("meter: create consumer %s: %w", mt.opts.Durable, err)
 	}
@@ -96,7 +96,8 @@ func (mt *Meter) Run(ctx context.Context) error {
 			return fmt.Errorf("meter: %w", err)
 		}
 		if errors.Is(err, errConsumerGone) {
-			if cons, err = mt.recreateConsumer(ctx, err); err != nil {
+			if cons, err = events.RecreateConsumer(ctx, mt.log.With("consumer", mt.opts.Durable), "meter", err,
+				100*time.Millisecond, mt.createConsumer); err != nil {
 				if ctx.Err() != nil {
 					return nil
 				}
@@ -112,7 +113,7 @@ func (mt *Meter) Run(ctx context.Context) error {
 			return nil
 		}
 		wait = min(wait*2, 5*time.Second)
-		if c, err := mt.js.CreateOrUpdateConsumer(ctx, events.StreamName, mt.ConsumerConfig()); err == nil {
+		if c, err := mt.createConsumer(ctx); err == nil {
 			cons, wait = c, 100*time.Millisecond
 		} else if ctx.Err() == nil {
 			mt.log.Warn("meter: recreate consumer", "consumer", mt.opts.Durable, "err", err)
@@ -124,64 +125,9 @@ func (mt *Meter) Run(ctx context.Context) error {
 // longer exists.
 var errConsumerGone = errors.New("consumer is gone")
 
-// Bounds of the delay between attempts to create a vanished consumer
-// again; it doubles from one to the other.
-const (
-	recreateWaitMin = 100 * time.Millisecond
-	recreateWaitMax = 5 * time.Second
-)
-
-// recreateConsumer creates the durable consumer again after it vanished,
-// as cause showed, retrying while its stream does not exist yet: the
-// process that lost it creates it again on reconnecting. The loss is logged
-// once, and so is the new consumer; the attempts in between are logged at
-// debug level. It returns an error only when ctx is done or the
-// connection is closed.
-func (mt *Meter) recreateConsumer(ctx context.Context, cause error) (jetstream.Consumer, error) {
-	log := mt.log.With("consumer", mt.opts.Durable)
-	log.Warn("meter: consumer is gone (NATS lost its store?); creating it again", "err", cause)
-	start := time.Now()
-	wait := recreateWaitMin
-	for {
-		c, err := mt.js.CreateOrUpdateConsumer(ctx, events.StreamName, mt.ConsumerConfig())
-		if err == nil {
-			log.Info("meter: consumer created again; metering resumes", "after", time.Since(start).Round(time.Millisecond))
-			return c, nil
-		}
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		if errors.Is(err, jetstream.ErrConnectionClosed) || errors.Is(err, nats.ErrConnectionClosed) {
-			return nil, fmt.Errorf("create consumer %s again: %w", mt.opts.Durable, err)
-		}
-		log.Debug("meter: create consumer again", "err", err, "retry_in", wait)
-		select {
-		case <-time.After(wait):
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-		wait = min(2*wait, recreateWaitMax)
-	}
-}
-
-// consumerGone reports whether the error err from the message iterator
-// means that the consumer no longer exists. A consumer deleted while a
-// pull request waits on it says so (ErrConsumerDeleted); one lost with the
-// server's store says nothing, its pull requests are simply never
-// answered, so a missed heartbeat is checked with a look-up, and so is an
-// iterator closed for another reason than a closed connection.
-func (mt *Meter) consumerGone(ctx context.Context, err error) bool {
-	switch {
-	case errors.Is(err, jetstream.ErrConsumerDeleted):
-		return true
-	case errors.Is(err, jetstream.ErrConnectionClosed), !mt.js.Conn().IsConnected():
-		// Disconnected, a look-up would only wait for the API timeout.
-		return false
-	case !errors.Is(err, jetstream.ErrNoHeartbeat) && !errors.Is(err, jetstream.ErrMsgIteratorClosed):
-		return false
-	}
-	_, err = mt.js.Consumer(ctx, events.StreamName, mt.opts.Durable)
-	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound)
+// createConsumer creates or updates the meters' durable consumer.
+func (mt *Meter) createConsumer(ctx context.Context) (jetstream.Consumer, error) {
+	return mt.js.CreateOrUpdateConsumer(ctx, events.StreamName, mt.ConsumerConfig())
 }
 
 // consume pulls batches until ctx is cancelled or the iterator fails. A
@@ -197,7 +143,7 @@ func (mt *Meter) consume(ctx context.Context, cons jetstream.Consumer) error {
 	b := newBatch(mt.opts.BatchSize)
 	for {
 		msg, err := it.Next(jetstream.NextContext(ctx))
-		if err != nil && mt.consumerGone(ctx, err) {
+		if err != nil && events.ConsumerGone(ctx, mt.js, mt.opts.Durable, err) {
 			return fmt.Errorf("%w: %w", errConsumerGone, err)
 		}
 		if errors.Is(err, jetstream.ErrNoHeartbeat) {

@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/llmproxy/llmproxy/pkg/events"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -80,67 +78,3 @@ func (n *Notifier) takeOver(ctx context.Context, e Endpoint, cfg jetstream.Consu
 // longer exists: deleted, or lost with the whole store by a NATS server
 // that restarted without it.
 var errConsumerGone = errors.New("consumer is gone")
-
-// consumerGone reports whether the error err from e's message iterator
-// means that e's consumer no longer exists. A consumer deleted while a pull
-// request waits on it says so (ErrConsumerDeleted); one lost with the
-// server's store says nothing, its pull requests are simply never
-// answered, so a missed heartbeat is checked with a look-up, and so is an
-// iterator closed for another reason than a closed connection.
-func (n *Notifier) consumerGone(ctx context.Context, e Endpoint, err error) bool {
-	switch {
-	case errors.Is(err, jetstream.ErrConsumerDeleted):
-		return true
-	case errors.Is(err, jetstream.ErrConnectionClosed), !n.js.Conn().IsConnected():
-		// Disconnected, a look-up would only wait for the API timeout.
-		return false
-	case !errors.Is(err, jetstream.ErrNoHeartbeat) && !errors.Is(err, jetstream.ErrMsgIteratorClosed):
-		return false
-	}
-	_, err = n.js.Consumer(ctx, events.StreamName, DurableName(e.Name))
-	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound)
-}
-
-// Bounds of the delay between attempts to create a vanished consumer
-// again; it doubles from one to the other.
-const (
-	recreateWaitMin = 100 * time.Millisecond
-	recreateWaitMax = 5 * time.Second
-)
-
-// recreateConsumer creates e's consumer again (ensureConsumer) after it
-// vanished, as cause showed, retrying while its stream does not exist yet:
-// the process that lost it creates it again on reconnecting. After a store
-// wipe there is no consumer of e's legacy name either, so the new consumer
-// starts at the first event of the new stream. The loss is logged once, and
-// so is the new consumer; the attempts in between are logged at debug
-// level. It returns an error only when ctx is done or the connection is
-// closed.
-func (n *Notifier) recreateConsumer(ctx context.Context, e Endpoint, cause error) (jetstream.Consumer, error) {
-	log := n.opts.Logger.With("endpoint", e.Name)
-	log.Warn("webhook: consumer is gone (NATS lost its store?); creating it again", "err", cause)
-	start := time.Now()
-	wait := recreateWaitMin
-	for {
-		c, err := n.ensureConsumer(ctx, e)
-		if err == nil {
-			log.Info("webhook: consumer created again; deliveries resume", "after", time.Since(start).Round(time.Millisecond))
-			return c, nil
-		}
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		if errors.Is(err, jetstream.ErrConnectionClosed) || errors.Is(err, nats.ErrConnectionClosed) {
-			return nil, fmt.Errorf("create consumer again: %w", err)
-		}
-		log.Debug("webhook: create consumer again", "err", err, "retry_in", wait)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, ctx.Err()
-		case <-t.C:
-		}
-		wait = min(2*wait, recreateWaitMax)
-	}
-}

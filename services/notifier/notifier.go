@@ -82,7 +82,7 @@ func (n *Notifier) Endpoints() []Endpoint {
 // flight, each bounded by its endpoint's Timeout. An endpoint whose
 // consumer vanishes (deleted, or lost with the store of a NATS server that
 // restarted without it) gets a new one once the stream exists again, while
-// the other endpoints carry on (recreateConsumer). It returns nil after a
+// the other endpoints carry on (events.RecreateConsumer). It returns nil after a
 // shutdown through ctx, or the error that stopped it, such as a closed
 // connection. The streams must exist (events.EnsureStreams).
 func (n *Notifier) Run(ctx context.Context) error {
@@ -133,7 +133,11 @@ func (n *Notifier) Run(ctx context.Context) error {
 			for {
 				err := n.consume(ctx, cons, h)
 				if errors.Is(err, errConsumerGone) {
-					cons, err = n.recreateConsumer(ctx, e, err)
+					// After a store wipe there is no consumer of e's legacy
+					// name either: the new one starts at the new stream's
+					// first event.
+					cons, err = events.RecreateConsumer(ctx, n.opts.Logger.With("endpoint", e.Name), "webhook", err,
+						100*time.Millisecond, func(ctx context.Context) (jetstream.Consumer, error) { return n.ensureConsumer(ctx, e) })
 					if err == nil {
 						continue
 					}
@@ -186,7 +190,7 @@ func (n *Notifier) consume(ctx context.Context, cons jetstream.Consumer, h *hand
 			if errors.Is(err, jetstream.ErrMsgIteratorClosed) && ctx.Err() != nil {
 				return nil
 			}
-			if n.consumerGone(ctx, h.ep, err) {
+			if events.ConsumerGone(ctx, n.js, DurableName(h.ep.Name), err) {
 				return fmt.Errorf("%w: %w", errConsumerGone, err)
 			}
 			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {

@@ -104,8 +104,12 @@ func (r *Recorder) Run(ctx context.Context) error {
 			}
 		}
 		if err != nil && ctx.Err() == nil {
-			if r.consumerGone(ctx, err) {
-				if cons, err = r.recreateConsumer(ctx, err); err != nil {
+			if events.ConsumerGone(ctx, r.js, r.opts.Durable, err) {
+				cons, err = events.RecreateConsumer(ctx, log.With("consumer", r.opts.Durable), "recorder", err, r.opts.RetryWait,
+					func(ctx context.Context) (jetstream.Consumer, error) {
+						return r.js.CreateOrUpdateConsumer(ctx, events.StreamName, r.consumerConfig())
+					})
+				if err != nil {
 					if ctx.Err() != nil {
 						return nil
 					}
@@ -133,66 +137,6 @@ func (r *Recorder) Run(ctx context.Context) error {
 	}
 	return nil
 }
-
-// consumerGone reports whether the durable consumer or its stream no
-// longer exists, after a fetch failed with err. The server answers a pull
-// on a consumer it does not have with no responders rather than with "not
-// found", so any failure is checked with a look-up while connected.
-func (r *Recorder) consumerGone(ctx context.Context, err error) bool {
-	if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) ||
-		errors.Is(err, jetstream.ErrStreamNotFound) {
-		return true
-	}
-	if errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, jetstream.ErrConnectionClosed) ||
-		errors.Is(err, jetstream.ErrServerShutdown) || !r.js.Conn().IsConnected() {
-		// Disconnected, or about to be: a look-up would only wait for
-		// the API timeout. The fetches after the reconnection tell.
-		return false
-	}
-	// A look-up sent just as the connection drops is never answered; the
-	// next failed fetch asks again.
-	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
-	defer cancel()
-	_, err = r.js.Consumer(ctx, events.StreamName, r.opts.Durable)
-	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound)
-}
-
-// lookupTimeout bounds the look-up of the consumer after a failed fetch.
-const lookupTimeout = time.Second
-
-// recreateConsumer creates the durable consumer again after it vanished
-// (cause says how that showed), waiting with a doubling delay, from
-// RetryWait up to maxRecreateWait, while its stream does not exist yet:
-// the process that lost it creates it again on reconnecting. The loss is
-// logged once, and so is the new consumer; the attempts in between are
-// logged at debug level. It returns an error only when ctx is done or the
-// connection is closed.
-func (r *Recorder) recreateConsumer(ctx context.Context, cause error) (jetstream.Consumer, error) {
-	log := r.opts.Logger.With("consumer", r.opts.Durable)
-	log.Warn("recorder: consumer is gone (NATS lost its store?); creating it again", "err", cause)
-	start := time.Now()
-	wait := r.opts.RetryWait
-	for {
-		cons, err := r.js.CreateOrUpdateConsumer(ctx, events.StreamName, r.consumerConfig())
-		if err == nil {
-			log.Info("recorder: consumer created again; recording resumes", "after", time.Since(start).Round(time.Millisecond))
-			return cons, nil
-		}
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		if errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, jetstream.ErrConnectionClosed) {
-			return nil, err
-		}
-		log.Debug("recorder: create consumer again", "err", err, "retry_in", wait)
-		sleep(ctx, wait)
-		wait = min(2*wait, max(r.opts.RetryWait, maxRecreateWait))
-	}
-}
-
-// maxRecreateWait bounds the delay between attempts to create a vanished
-// consumer again.
-const maxRecreateWait = 5 * time.Second
 
 // process writes one batch and settles each of its messages: ack after the
 // commit, term for a poison message, nak with delay when the write failed.
