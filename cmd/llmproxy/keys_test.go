@@ -18,12 +18,14 @@ import (
 	"github.com/llmproxy/llmproxy/pkg/keys"
 )
 
-// keysTestConfig writes a config whose key store is the test Redis under a
-// prefix unique to the test, and returns its path and a client. Without Redis
-// the test is skipped, or fails when CI=true.
-func keysTestConfig(t *testing.T) (string, *redis.Client, string) {
+// testRedis connects to the test Redis (REDIS_URL, default
+// redis://127.0.0.1:6379/15) and returns the client, the URL and a key
+// prefix unique to the test ("llmproxy-test-<kind>-…"), whose keys are
+// deleted when it ends. Without the test Redis the test is skipped, or
+// fails when CI=true.
+func testRedis(t *testing.T, kind string) (rdb *redis.Client, url, prefix string) {
 	t.Helper()
-	url := os.Getenv("REDIS_URL")
+	url = os.Getenv("REDIS_URL")
 	if url == "" {
 		url = "redis://127.0.0.1:6379/15"
 	}
@@ -31,7 +33,7 @@ func keysTestConfig(t *testing.T) (string, *redis.Client, string) {
 	if err != nil {
 		t.Fatalf("REDIS_URL %q: %v", url, err)
 	}
-	rdb := redis.NewClient(opts)
+	rdb = redis.NewClient(opts)
 	t.Cleanup(func() { rdb.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
@@ -43,13 +45,22 @@ func keysTestConfig(t *testing.T) (string, *redis.Client, string) {
 	}
 	b := make([]byte, 6)
 	rand.Read(b)
-	prefix := "llmproxy-test-cli-" + hex.EncodeToString(b)
+	prefix = "llmproxy-test-" + kind + "-" + hex.EncodeToString(b)
 	t.Cleanup(func() {
 		ctx := context.Background()
 		if names, _ := rdb.Keys(ctx, prefix+":*").Result(); len(names) > 0 {
 			rdb.Del(ctx, names...)
 		}
 	})
+	return rdb, url, prefix
+}
+
+// keysTestConfig writes a config whose key store is the test Redis under a
+// prefix unique to the test, and returns its path and a client. Without Redis
+// the test is skipped, or fails when CI=true.
+func keysTestConfig(t *testing.T) (string, *redis.Client, string) {
+	t.Helper()
+	rdb, url, prefix := testRedis(t, "cli")
 	path := filepath.Join(t.TempDir(), "llmproxy.yaml")
 	cfg := "backends:\n  - url: http://127.0.0.1:9\nauth:\n  storage: redis\nredis:\n  url: " + url + "\n  prefix: " + prefix + "\n"
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {

@@ -39,8 +39,15 @@ func (l *syncBuffer) String() string {
 // any free one), stopped at the test's end.
 func startNATS(t *testing.T, host string, port int) *server.Server {
 	t.Helper()
+	return startNATSWithToken(t, host, port, "")
+}
+
+// startNATSWithToken is startNATS with a server that wants token (none
+// when empty).
+func startNATSWithToken(t *testing.T, host string, port int, token string) *server.Server {
+	t.Helper()
 	ns, err := server.NewServer(&server.Options{Host: host, Port: port, JetStream: true,
-		StoreDir: t.TempDir(), NoSigs: true, NoLog: true})
+		StoreDir: t.TempDir(), NoSigs: true, NoLog: true, Authorization: token})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,16 +104,7 @@ func TestBusLogsAsyncErrors(t *testing.T) {
 // without the token of a nats://token@host url.
 func TestBusLogsNoToken(t *testing.T) {
 	const token = "s3cret-nats-token"
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
-		StoreDir: t.TempDir(), NoSigs: true, NoLog: true, Authorization: token})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server did not start")
-	}
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+	ns := startNATSWithToken(t, "127.0.0.1", -1, token)
 
 	var out syncBuffer
 	log := slog.New(slog.NewTextHandler(&out, nil))
@@ -140,16 +138,7 @@ func TestBusLogsNoToken(t *testing.T) {
 // connection for good; the log says why (not only "connection closed"),
 // without the token.
 func TestBusSaysWhyNATSClosed(t *testing.T) {
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
-		StoreDir: t.TempDir(), NoSigs: true, NoLog: true, Authorization: "the-right-token"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server did not start")
-	}
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+	ns := startNATSWithToken(t, "127.0.0.1", -1, "the-right-token")
 
 	var out syncBuffer
 	cfg := &config.Config{}

@@ -87,14 +87,21 @@ logging: { level: warn }
 
 	startNATS(t, host, port)
 	eventually(t, 60*time.Second, "the request counted once NATS is up", func() (bool, string) {
-		req, _ := http.NewRequest(http.MethodGet, "http://"+admin+"/admin/usage?key=down", nil)
-		req.Header.Set("Authorization", "Bearer admin-token-0123456789")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return false, err.Error()
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return strings.Contains(string(b), `"total_tokens":4`), string(b)
+		b := adminGet(admin, "/admin/usage?key=down")
+		return strings.Contains(b, `"total_tokens":4`), b
 	})
+}
+
+// adminGet returns the body of GET path from the admin listener at addr
+// with the tests' admin token, or the error's text.
+func adminGet(addr, path string) string {
+	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+path, nil)
+	req.Header.Set("Authorization", "Bearer admin-token-0123456789")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
 }

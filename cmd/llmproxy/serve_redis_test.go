@@ -1,22 +1,16 @@
 package main
 
 import (
-	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // laterRedis reserves an address where nothing listens until up is
@@ -27,34 +21,8 @@ import (
 // the test is skipped, or fails when CI=true.
 func laterRedis(t *testing.T) (url, prefix string, up func()) {
 	t.Helper()
-	target := os.Getenv("REDIS_URL")
-	if target == "" {
-		target = "redis://127.0.0.1:6379/15"
-	}
-	opts, err := redis.ParseURL(target)
-	if err != nil {
-		t.Fatalf("REDIS_URL %q: %v", target, err)
-	}
-	rdb := redis.NewClient(opts)
-	t.Cleanup(func() { rdb.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := rdb.Ping(ctx).Err(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("redis at %s unreachable (CI=true requires it): %v", target, err)
-		}
-		t.Skipf("redis at %s unreachable, skipping: %v", target, err)
-	}
-	b := make([]byte, 6)
-	rand.Read(b)
-	prefix = "llmproxy-test-serve-" + hex.EncodeToString(b)
-	t.Cleanup(func() {
-		ctx := context.Background()
-		if names, _ := rdb.Keys(ctx, prefix+":*").Result(); len(names) > 0 {
-			rdb.Del(ctx, names...)
-		}
-	})
-
+	rdb, _, prefix := testRedis(t, "serve")
+	opts := rdb.Options()
 	addr := freeAddr(t)
 	var (
 		mu    sync.Mutex
@@ -163,14 +131,7 @@ logging: { level: warn }
 		return code == http.StatusOK, fmt.Sprint(code, " ", body)
 	})
 	eventually(t, 60*time.Second, "the request counted by the meter", func() (bool, string) {
-		req, _ := http.NewRequest(http.MethodGet, "http://"+admin+"/admin/usage?key=rdown&period=never", nil)
-		req.Header.Set("Authorization", "Bearer admin-token-0123456789")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return false, err.Error()
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return strings.Contains(string(b), `"total_tokens":4,`), string(b)
+		b := adminGet(admin, "/admin/usage?key=rdown&period=never")
+		return strings.Contains(b, `"total_tokens":4,`), b
 	})
 }
