@@ -423,6 +423,30 @@ func ensureStreams(t testing.TB, js jetstream.JetStream) {
 	}
 }
 
+// debugOptions are the test options with a log, at debug level, that is
+// returned.
+func debugOptions() (Options, *logBuffer) {
+	logs := &logBuffer{}
+	o := testOptions(nil)
+	o.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return o, logs
+}
+
+// publishApplied publishes event n, adds it to want and waits until the
+// store holds exactly want; more than 10 s is an error.
+func publishApplied(t *testing.T, pub publisher, js jetstream.JetStream, store ledger.Store, want expected, n int) {
+	t.Helper()
+	ev := event(n)
+	pub.event(ev, ev.RequestID)
+	want.add(ev)
+	pub.wait()
+	start := time.Now()
+	waitExact(t, js, store, want)
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("event %d applied %s after it was published", n, d)
+	}
+}
+
 // TestMeterResumesAfterTheStreamIsRecreated: when the consumer and the
 // stream vanish (a NATS server that restarted with an empty store), the
 // meter waits for the stream, creates its consumer again and applies the
@@ -430,17 +454,11 @@ func ensureStreams(t testing.TB, js jetstream.JetStream) {
 func TestMeterResumesAfterTheStreamIsRecreated(t *testing.T) {
 	js := connect(t, startNATS(t))
 	store := openStore(t)
-	var logs logBuffer
-	o := testOptions(nil)
-	o.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	o, logs := debugOptions()
 	run(t, newMeter(t, js, store, o))
 	pub := publisher{t, js}
 	want := expected{}
-	ev := event(1)
-	pub.event(ev, ev.RequestID)
-	want.add(ev)
-	pub.wait()
-	waitExact(t, js, store, want)
+	publishApplied(t, pub, js, store, want, 1)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -451,17 +469,9 @@ func TestMeterResumesAfterTheStreamIsRecreated(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The meter notices while the stream is still missing.
-	waitLog(t, &logs, "stream not found")
+	waitLog(t, logs, "stream not found")
 	ensureStreams(t, js)
-	ev = event(2)
-	pub.event(ev, ev.RequestID)
-	want.add(ev)
-	pub.wait()
-	start := time.Now()
-	waitExact(t, js, store, want)
-	if d := time.Since(start); d > 10*time.Second {
-		t.Errorf("event applied %s after the stream came back", d)
-	}
+	publishApplied(t, pub, js, store, want, 2)
 	// Deleting the consumer, then the stream, is two losses; the attempts
 	// while the stream was missing are no warnings.
 	if w, gone := strings.Count(logs.String(), "level=WARN"), strings.Count(logs.String(), `msg="meter: consumer is gone`); w != gone || gone > 2 {
@@ -478,17 +488,11 @@ func TestMeterResumesAfterAnEmptyRestart(t *testing.T) {
 	srv := startNATS(t)
 	js := connect(t, srv, nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond))
 	store := openStore(t)
-	var logs logBuffer
-	o := testOptions(nil)
-	o.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	o, logs := debugOptions()
 	stop := run(t, newMeter(t, js, store, o))
 	pub := publisher{t, js}
 	want := expected{}
-	ev := event(1)
-	pub.event(ev, ev.RequestID)
-	want.add(ev)
-	pub.wait()
-	waitExact(t, js, store, want)
+	publishApplied(t, pub, js, store, want, 1)
 
 	port := srv.Addr().(*net.TCPAddr).Port
 	srv.Shutdown()
@@ -504,17 +508,9 @@ func TestMeterResumesAfterAnEmptyRestart(t *testing.T) {
 		t.Fatal("nats server not ready")
 	}
 	t.Cleanup(restarted.Shutdown)
-	waitLog(t, &logs, "stream not found")
+	waitLog(t, logs, "stream not found")
 	ensureStreams(t, js)
-	ev = event(2)
-	pub.event(ev, ev.RequestID)
-	want.add(ev)
-	pub.wait()
-	start := time.Now()
-	waitExact(t, js, store, want)
-	if d := time.Since(start); d > 10*time.Second {
-		t.Errorf("event applied %s after the stream came back", d)
-	}
+	publishApplied(t, pub, js, store, want, 2)
 	// Stop before the restarted server's cleanup shuts it down.
 	if err := stop(); err != nil {
 		t.Errorf("Run: %v", err)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/llmproxy/llmproxy/pkg/events"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -409,16 +410,23 @@ func TestRestartUsesNoAttempt(t *testing.T) {
 	}
 }
 
+// downEndpoint is an endpoint whose receiver always answers 503, allowed
+// four attempts 300 ms apart, and one event published for it.
+func downEndpoint(t *testing.T, js jetstream.JetStream) (*receiver, []Endpoint, Options) {
+	t.Helper()
+	rc := newReceiver(t, func(int, http.ResponseWriter, *http.Request) int { return http.StatusServiceUnavailable })
+	opts := testOptions()
+	opts.BackoffBase, opts.BackoffMax = 300*time.Millisecond, 300*time.Millisecond
+	publish(t, js, "req", 1)
+	return rc, []Endpoint{{Name: "down", URL: rc.srv.URL, MaxAttempts: 4}}, opts
+}
+
 // TestAttemptsSurviveRestart: the failed attempts made before a restart
 // count after it; an event gets MaxAttempts POSTs in all.
 func TestAttemptsSurviveRestart(t *testing.T) {
 	t.Parallel()
 	js := startJetStream(t)
-	rc := newReceiver(t, func(int, http.ResponseWriter, *http.Request) int { return http.StatusServiceUnavailable })
-	ep := []Endpoint{{Name: "down", URL: rc.srv.URL, MaxAttempts: 4}}
-	opts := testOptions()
-	opts.BackoffBase, opts.BackoffMax = 300*time.Millisecond, 300*time.Millisecond
-	publish(t, js, "req", 1)
+	rc, ep, opts := downEndpoint(t, js)
 
 	stop := runNotifier(t, js, ep, opts)
 	waitFor(t, 10*time.Second, "two attempts", func() bool { return len(rc.snapshot()) >= 2 })
@@ -442,11 +450,7 @@ func TestAttemptsSurviveRestart(t *testing.T) {
 func TestAttemptsBucketLost(t *testing.T) {
 	t.Parallel()
 	js := startJetStream(t)
-	rc := newReceiver(t, func(int, http.ResponseWriter, *http.Request) int { return http.StatusServiceUnavailable })
-	ep := []Endpoint{{Name: "down", URL: rc.srv.URL, MaxAttempts: 4}}
-	opts := testOptions()
-	opts.BackoffBase, opts.BackoffMax = 300*time.Millisecond, 300*time.Millisecond
-	publish(t, js, "req", 1)
+	rc, ep, opts := downEndpoint(t, js)
 
 	runNotifier(t, js, ep, opts)
 	waitFor(t, 10*time.Second, "an attempt", func() bool { return len(rc.snapshot()) >= 1 })

@@ -303,3 +303,17 @@ func waitLog(t testing.TB, l *logBuffer, want string) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// debugRecorder is a recorder of the test options whose log, at debug
+// level, is returned.
+func debugRecorder(t *testing.T, js jetstream.JetStream, pool *pgxpool.Pool) (*Recorder, *logBuffer) {
+	t.Helper()
+	logs := &logBuffer{}
+	opts := testOptions()
+	opts.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	rec, err := New(js, pool, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rec, logs
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"os"
 	"reflect"
 	"strings"
@@ -411,21 +410,15 @@ func TestBodiesPostgreSQLRefusesAreStoredAsText(t *testing.T) {
 // event, without a restart.
 func TestResumesAfterTheStreamIsRecreated(t *testing.T) {
 	js, pool := startJetStream(t), startPostgres(t)
-	var logs logBuffer
-	opts := testOptions()
-	opts.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	rec, err := New(js, pool, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rec, logs := debugRecorder(t, js, pool)
 	publishEvent(t, js, event("before", "key1", 200), "before")
 	runRecorder(t, rec)
 	waitRows(t, pool, 1)
 
 	wipeStream(t, js, DefaultDurable)
 	// The recorder notices while the stream is still missing.
-	waitLog(t, &logs, "consumer is gone")
-	waitLog(t, &logs, "create consumer again")
+	waitLog(t, logs, "consumer is gone")
+	waitLog(t, logs, "create consumer again")
 	ensureStreams(t, js)
 	start := time.Now()
 	publishEvent(t, js, event("after", "key1", 200), "after")
@@ -447,19 +440,13 @@ func TestResumesAfterTheStreamIsRecreated(t *testing.T) {
 func TestResumesAfterAnEmptyRestart(t *testing.T) {
 	srv, js := startJetStreamServer(t)
 	pool := startPostgres(t)
-	var logs logBuffer
-	opts := testOptions()
-	opts.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	rec, err := New(js, pool, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rec, logs := debugRecorder(t, js, pool)
 	publishEvent(t, js, event("before", "key1", 200), "before")
 	stop := runRecorder(t, rec)
 	waitRows(t, pool, 1)
 
 	restartEmpty(t, srv)
-	waitLog(t, &logs, "create consumer again")
+	waitLog(t, logs, "create consumer again")
 	ensureStreams(t, js)
 	start := time.Now()
 	publishEvent(t, js, event("after", "key1", 200), "after")
