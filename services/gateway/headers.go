@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 )
@@ -26,6 +27,29 @@ func copyRequestHeader(dst, src http.Header) {
 		dst[k] = vv
 	}
 	removeHop(dst)
+}
+
+// setForwardedFor gives the backend the request's chain of addresses in
+// X-Forwarded-For, as reverse proxies do: behind a trusted proxy the chain
+// it sent is kept and the peer (that proxy) is appended; from any other
+// peer the client's own X-Forwarded-For, X-Real-Ip and Forwarded are not
+// believed (a client could write anything there) and the backend sees the
+// peer alone.
+func setForwardedFor(dst http.Header, peer netip.Addr, trusted bool) {
+	if !trusted {
+		dst.Del("X-Forwarded-For")
+		dst.Del("X-Real-Ip")
+		dst.Del("Forwarded")
+		if peer.IsValid() {
+			dst["X-Forwarded-For"] = []string{peer.String()}
+		}
+		return
+	}
+	if prior := dst.Values("X-Forwarded-For"); len(prior) > 0 {
+		dst["X-Forwarded-For"] = []string{strings.Join(prior, ", ") + ", " + peer.String()}
+		return
+	}
+	dst["X-Forwarded-For"] = []string{peer.String()}
 }
 
 // backendQuery returns the client's query string q for the backend, without

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"net/http"
+	"net/http/httptest"
 	"testing"
 )
 
@@ -68,5 +69,50 @@ func TestBackendQuery(t *testing.T) {
 		if got := backendQuery(c.in); got != c.want {
 			t.Errorf("backendQuery(%q) = %q, want %q", c.in, got, c.want)
 		}
+	}
+}
+
+// TestForwardedForReachesTheBackend: the backend learns who asked in
+// X-Forwarded-For, as behind any reverse proxy. A direct client's own
+// X-Forwarded-For (and X-Real-Ip, Forwarded) is not passed on, so it cannot
+// pose as another address to the backend; a trusted proxy's chain is kept
+// and the proxy appended.
+func TestForwardedForReachesTheBackend(t *testing.T) {
+	got := make(chan http.Header, 1)
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- r.Header.Clone()
+		_, _ = w.Write([]byte(`{}`))
+	}))
+	defer backend.Close()
+	spoof := map[string]string{
+		"Authorization":   "Bearer " + testKey,
+		"X-Forwarded-For": "203.0.113.9",
+		"X-Real-Ip":       "203.0.113.9",
+		"Forwarded":       "for=203.0.113.9",
+	}
+	cases := []struct {
+		name, extra, want, realIP, client string
+	}{
+		{"direct client", "", "127.0.0.1", "", "127.0.0.1"},
+		{"behind a trusted proxy", "trusted_proxies: [127.0.0.1]\n", "203.0.113.9, 127.0.0.1", "203.0.113.9", "203.0.113.9"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			gw, s := newTestGateway(t, backend.URL, c.extra)
+			resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1"}`, spoof)
+			if resp.StatusCode != 200 {
+				t.Fatalf("%d %s", resp.StatusCode, body)
+			}
+			h := <-got
+			if xff := h.Values("X-Forwarded-For"); len(xff) != 1 || xff[0] != c.want {
+				t.Errorf("backend X-Forwarded-For %q, want %q", xff, c.want)
+			}
+			if h.Get("X-Real-Ip") != c.realIP || (c.realIP == "") != (h.Get("Forwarded") == "") {
+				t.Errorf("backend X-Real-Ip %q, Forwarded %q", h.Get("X-Real-Ip"), h.Get("Forwarded"))
+			}
+			if ev := s.next(t); ev.ClientIP != c.client {
+				t.Errorf("event client_ip %q, want %q", ev.ClientIP, c.client)
+			}
+		})
 	}
 }

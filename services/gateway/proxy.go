@@ -29,6 +29,8 @@ type exchange struct {
 	// clientRequestID is the client's own X-Request-Id, if it sent one.
 	clientRequestID string
 	clientIP        netip.Addr
+	peer            netip.Addr // the connection's peer
+	peerTrusted     bool       // peer is one of the trusted proxies
 	key             *auth.Key
 	masked          string
 	path            string
@@ -151,6 +153,7 @@ func (g *Gateway) begin(w http.ResponseWriter, r *http.Request) *exchange {
 	w.Header().Set("X-Request-Id", x.traceID())
 	w.Header().Set("X-LLMProxy-Request-Id", x.requestID)
 	x.clientIP = x.rt.ips.ClientIP(r)
+	x.peer, x.peerTrusted = x.rt.ips.Peer(r)
 	return x
 }
 
@@ -586,6 +589,7 @@ func (g *Gateway) roundTrip(ctx context.Context, r *http.Request, x *exchange, u
 		out.ContentLength = int64(len(x.body))
 	}
 	copyRequestHeader(out.Header, r.Header)
+	setForwardedFor(out.Header, x.peer, x.peerTrusted)
 	// on_response scripts read the reply's bytes, and its usage is read
 	// off the same bytes: they are asked for uncompressed.
 	hooked := x.rt.lua != nil && x.rt.lua.Has(hooks.HookResponse)

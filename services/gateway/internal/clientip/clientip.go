@@ -44,6 +44,13 @@ func (res *Resolver) ClientIP(r *http.Request) netip.Addr {
 	return peer
 }
 
+// Peer returns the connection's peer address of r and whether it is one of
+// the trusted proxies (whose X-Forwarded-For is believed).
+func (res *Resolver) Peer(r *http.Request) (netip.Addr, bool) {
+	peer := peerAddr(r.RemoteAddr)
+	return peer, peer.IsValid() && res.isTrusted(peer)
+}
+
 func (res *Resolver) isTrusted(a netip.Addr) bool {
 	for _, p := range res.trusted {
 		if p.Contains(a) {
