@@ -309,6 +309,9 @@ func (g *Gateway) readRequest(r *http.Request, x *exchange) *apierr.Error {
 	if r.Method != http.MethodPost || x.body != nil {
 		return nil
 	}
+	if compressedBody(r.Header) {
+		return g.reject("unsupported_encoding", apierr.UnsupportedEncoding())
+	}
 	limit := x.rt.maxBody
 	if r.ContentLength > limit {
 		return g.reject("body_too_large", apierr.TooLarge(limit))
@@ -326,6 +329,23 @@ func (g *Gateway) readRequest(r *http.Request, x *exchange) *apierr.Error {
 	}
 	x.body, x.info = body, info
 	return nil
+}
+
+// compressedBody reports whether h, a request's headers, says its body is
+// in a content coding other than identity. The gateway reads the body's
+// JSON as it is, so a gzip body would only be refused as invalid JSON, and
+// the backends (vLLM, TGI, Ollama) do not decompress requests either.
+func compressedBody(h http.Header) bool {
+	for _, v := range h.Values("Content-Encoding") {
+		for v != "" {
+			var c string
+			c, v, _ = strings.Cut(v, ",")
+			if c = strings.TrimSpace(c); c != "" && !strings.EqualFold(c, "identity") {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func (g *Gateway) reject(reason string, e *apierr.Error) *apierr.Error {

@@ -47,6 +47,15 @@ func TooLarge(limit int64) *Error {
 		Message: "request body exceeds the limit of " + strconv.FormatInt(limit, 10) + " bytes"}
 }
 
+// UnsupportedEncoding is the answer to a request body sent compressed
+// (Content-Encoding other than identity), which the gateway does not read:
+// RFC 7694's 415 with the Accept-Encoding it takes.
+func UnsupportedEncoding() *Error {
+	return &Error{Status: http.StatusUnsupportedMediaType, Type: "invalid_request_error", Code: "unsupported_content_encoding",
+		Message: "compressed request bodies are not accepted: send the body without Content-Encoding",
+		Header:  http.Header{"Accept-Encoding": []string{"identity"}}}
+}
+
 func RateLimited(code, msg string, retryAfter int) *Error {
 	return &Error{Status: http.StatusTooManyRequests, Type: "rate_limit_error", Code: code, Message: msg, RetryAfter: retryAfter}
 }

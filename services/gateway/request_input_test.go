@@ -1,0 +1,77 @@
+package gateway
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+
+	"github.com/llmproxy/llmproxy/pkg/events"
+)
+
+// inputBackend is a backend that answers every request with a small chat
+// reply and counts the requests that reached it.
+func inputBackend(t *testing.T) (*httptest.Server, *atomic.Int64) {
+	t.Helper()
+	var hits atomic.Int64
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}`))
+	}))
+	t.Cleanup(backend.Close)
+	return backend, &hits
+}
+
+// wantRefusal checks that resp is an OpenAI-shaped error with status and
+// code, and that the request's event records the refusal with no tokens.
+func wantRefusal(t *testing.T, resp *http.Response, body []byte, s *sink, status int, code string) {
+	t.Helper()
+	var e struct {
+		Error *struct{ Message, Type, Code *string } `json:"error"`
+	}
+	if resp.StatusCode != status || json.Unmarshal(body, &e) != nil || e.Error == nil ||
+		e.Error.Message == nil || *e.Error.Message == "" || e.Error.Type == nil || *e.Error.Type == "" || e.Error.Code == nil || *e.Error.Code != code {
+		t.Fatalf("got %d %s, want %d in OpenAI's error shape with code %s", resp.StatusCode, body, status, code)
+	}
+	ev := s.next(t)
+	if ev.StatusCode != status || ev.Error != code || ev.Usage != (events.Usage{}) || ev.Reservation != 0 || ev.KeyID != "unit" {
+		t.Fatalf("event: status %d error %q usage %+v reservation %d key %q; want %d %q, no tokens, key unit",
+			ev.StatusCode, ev.Error, ev.Usage, ev.Reservation, ev.KeyID, status, code)
+	}
+}
+
+// TestCompressedRequestBodyIsRefused: a request body in gzip (or any coding
+// but identity) gets 415 with the Accept-Encoding the gateway takes, not a
+// 400 saying a JSON body is not JSON; its event is published.
+func TestCompressedRequestBodyIsRefused(t *testing.T) {
+	backend, hits := inputBackend(t)
+	gw, s := newTestGateway(t, backend.URL, "")
+	plain := `{"model":"m1","messages":[{"role":"user","content":"hello"}]}`
+	for _, c := range []struct {
+		name, encoding, body string
+	}{
+		{"gzip", "gzip", string(gzipBytes(t, plain))},
+		{"deflate then identity", "deflate, identity", plain},
+		{"br", "br", plain},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			hdr := withKey()
+			hdr["Content-Encoding"] = c.encoding
+			resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", c.body, hdr)
+			wantRefusal(t, resp, body, s, http.StatusUnsupportedMediaType, "unsupported_content_encoding")
+			if got := resp.Header.Get("Accept-Encoding"); got != "identity" {
+				t.Fatalf("Accept-Encoding %q, want identity", got)
+			}
+		})
+	}
+	if hits.Load() != 0 {
+		t.Fatalf("%d compressed requests reached the backend", hits.Load())
+	}
+	hdr := withKey()
+	hdr["Content-Encoding"] = "identity"
+	if resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", plain, hdr); resp.StatusCode != 200 {
+		t.Fatalf("identity body: %d %s", resp.StatusCode, body)
+	}
+}
