@@ -3,11 +3,13 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -325,10 +327,80 @@ func (g *Gateway) readRequest(r *http.Request, x *exchange) *apierr.Error {
 	}
 	info, err := usage.ParseRequest(body)
 	if err != nil {
-		return g.reject("invalid_json", apierr.BadRequest("invalid_json", "request body is not valid JSON: "+err.Error()))
+		e := invalidBody(body, err)
+		return g.reject(e.Code, e)
 	}
 	x.body, x.info = body, info
 	return nil
+}
+
+// invalidBody is the 400 for a request body ParseRequest refused, said as
+// OpenAI says it: an empty body, a body that is JSON but not an object, a
+// field of the wrong type (named, with the type it must have), or JSON
+// that does not parse. No Go type or field name reaches the client.
+func invalidBody(body []byte, err error) *apierr.Error {
+	var te *json.UnmarshalTypeError
+	var se *json.SyntaxError
+	switch {
+	case len(bytes.TrimSpace(body)) == 0:
+		return apierr.BadRequest("invalid_json", "the request body is empty: send a JSON object")
+	case errors.Is(err, usage.ErrNotObject):
+		return apierr.BadRequest("invalid_json", "the request body must be a JSON object")
+	case errors.As(err, &te) && te.Field != "":
+		return apierr.BadRequest("invalid_type", "invalid type for '"+te.Field+"': expected "+jsonKind(te.Type)+", but got "+jsonValue(te.Value)+" instead")
+	case errors.As(err, &se):
+		return apierr.BadRequest("invalid_json", "the request body is not valid JSON: "+se.Error()+" (at byte "+strconv.FormatInt(se.Offset, 10)+")")
+	}
+	return apierr.BadRequest("invalid_json", "the request body is not valid JSON")
+}
+
+// jsonKind names the JSON type a value of Go type t is read from.
+func jsonKind(t reflect.Type) string {
+	for t != nil && t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t == nil {
+		return "another type"
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "a boolean"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "an integer"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.Slice, reflect.Array:
+		return "an array"
+	case reflect.Struct, reflect.Map:
+		return "an object"
+	}
+	return "another type"
+}
+
+// jsonValue says what an UnmarshalTypeError's Value ("string", "number
+// 1.5", "bool", ...) was; a number is quoted unless it is long (a body of
+// digits is not sent back).
+func jsonValue(v string) string {
+	kind, n, _ := strings.Cut(v, " ")
+	switch kind {
+	case "number":
+		if n != "" && len(n) <= 32 {
+			return "the number " + n
+		}
+		return "a number"
+	case "string":
+		return "a string"
+	case "bool":
+		return "a boolean"
+	case "object":
+		return "an object"
+	case "array":
+		return "an array"
+	}
+	return v
 }
 
 // compressedBody reports whether h, a request's headers, says its body is

@@ -75,3 +75,48 @@ func TestCompressedRequestBodyIsRefused(t *testing.T) {
 		t.Fatalf("identity body: %d %s", resp.StatusCode, body)
 	}
 }
+
+// TestBadBodiesAreExplained: a body the gateway cannot read gets a 400 in
+// OpenAI's shape that says what is wrong (a field of the wrong type by name
+// and type, as OpenAI's own API does) without Go's type and field names, and
+// every one is published as its event, with no tokens.
+func TestBadBodiesAreExplained(t *testing.T) {
+	backend, hits := inputBackend(t)
+	gw, s := newTestGateway(t, backend.URL, "")
+	cases := []struct {
+		name, body, code, message string
+	}{
+		{"empty", ``, "invalid_json", "the request body is empty: send a JSON object"},
+		{"spaces", "  \n", "invalid_json", "the request body is empty: send a JSON object"},
+		{"array", `[{"model":"m1"}]`, "invalid_json", "the request body must be a JSON object"},
+		{"string", `"m1"`, "invalid_json", "the request body must be a JSON object"},
+		{"null", `null`, "invalid_json", "the request body must be a JSON object"},
+		{"cut short", `{"model":`, "invalid_json", "the request body is not valid JSON: unexpected end of JSON input (at byte 9)"},
+		{"trailing data", `{"model":"m1"} x`, "invalid_json", "the request body is not valid JSON: invalid character 'x' after top-level value (at byte 16)"},
+		{"model a number", `{"model":5}`, "invalid_type", "invalid type for 'model': expected a string, but got a number instead"},
+		{"stream a string", `{"model":"m1","stream":"yes"}`, "invalid_type", "invalid type for 'stream': expected a boolean, but got a string instead"},
+		{"max_tokens a string", `{"model":"m1","max_tokens":"10"}`, "invalid_type", "invalid type for 'max_tokens': expected an integer, but got a string instead"},
+		{"max_tokens a fraction", `{"model":"m1","max_tokens":1.5}`, "invalid_type", "invalid type for 'max_tokens': expected an integer, but got the number 1.5 instead"},
+		{"max_tokens too long to quote", `{"model":"m1","max_tokens":1` + strings.Repeat("0", 40) + `}`, "invalid_type", "invalid type for 'max_tokens': expected an integer, but got a number instead"},
+		{"messages a string", `{"model":"m1","messages":"hi"}`, "invalid_type", "invalid type for 'messages': expected an array, but got a string instead"},
+		{"a message a number", `{"model":"m1","messages":[1]}`, "invalid_type", "invalid type for 'messages': expected an object, but got a number instead"},
+		{"options a number", `{"model":"m1","options":7}`, "invalid_type", "invalid type for 'options': expected an object, but got a number instead"},
+		{"num_predict a string", `{"model":"m1","options":{"num_predict":"x"}}`, "invalid_type", "invalid type for 'options.num_predict': expected an integer, but got a string instead"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", c.body, withKey())
+			wantRefusal(t, resp, body, s, http.StatusBadRequest, c.code)
+			var e struct {
+				Error struct{ Message string } `json:"error"`
+			}
+			_ = json.Unmarshal(body, &e)
+			if e.Error.Message != c.message {
+				t.Fatalf("message %q, want %q", e.Error.Message, c.message)
+			}
+		})
+	}
+	if hits.Load() != 0 {
+		t.Fatalf("%d bad bodies reached the backend", hits.Load())
+	}
+}
