@@ -223,10 +223,18 @@ func (g *Gateway) routes() *echo.Echo {
 		e.GET(p, proxy)
 	}
 	e.GET("/v1/models", echo.WrapHandler(http.HandlerFunc(g.serveModels)))
-	e.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
+	// The health and metrics endpoints answer HEAD as GET (net/http sends
+	// no body), as the admin listener's do: load balancers and uptime
+	// checkers probe with HEAD.
+	healthz := func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") }
+	e.GET("/healthz", healthz)
+	e.HEAD("/healthz", healthz)
 	e.GET("/readyz", g.readyz)
+	e.HEAD("/readyz", g.readyz)
 	if g.gatherer != nil {
-		e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(g.gatherer, promhttp.HandlerOpts{})))
+		metrics := echo.WrapHandler(promhttp.HandlerFor(g.gatherer, promhttp.HandlerOpts{}))
+		e.GET("/metrics", metrics)
+		e.HEAD("/metrics", metrics)
 	}
 	return e
 }

@@ -120,3 +120,21 @@ func TestBadBodiesAreExplained(t *testing.T) {
 		t.Fatalf("%d bad bodies reached the backend", hits.Load())
 	}
 }
+
+// TestHealthEndpointsAnswerHEAD: /healthz, /readyz and /metrics on the
+// gateway's listener answer HEAD as GET, without a body, as the admin
+// listener's do; the API's POST endpoints still refuse it with 405.
+func TestHealthEndpointsAnswerHEAD(t *testing.T) {
+	backend, _ := inputBackend(t)
+	gw, _ := newTestGateway(t, backend.URL, "")
+	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
+		get, _ := do(t, "GET", gw.URL+path, "", nil)
+		head, body := do(t, "HEAD", gw.URL+path, "", nil)
+		if head.StatusCode != get.StatusCode || head.StatusCode != 200 || len(body) != 0 || head.Header.Get("Content-Type") != get.Header.Get("Content-Type") {
+			t.Errorf("HEAD %s: %d %q (%d bytes); GET: %d %q", path, head.StatusCode, head.Header.Get("Content-Type"), len(body), get.StatusCode, get.Header.Get("Content-Type"))
+		}
+	}
+	if resp, _ := do(t, "HEAD", gw.URL+"/v1/chat/completions", "", withKey()); resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("HEAD /v1/chat/completions: %d, want 405", resp.StatusCode)
+	}
+}
