@@ -213,9 +213,20 @@ func rejection(d ledger.Decision) *apierr.Error {
 // decision's request figures describe the key's request rate (RPM, else
 // RPS), which did not refuse the request and may not be set at all: the
 // client is told instead that the limit that did has nothing left, and
-// when to try again.
+// when to try again. The same goes for the token figures, which describe
+// the key's TPM when it has one: a refusal by the period quota gives the
+// quota with nothing left and its reset; and a refusal by the TPM resets
+// no sooner than Retry-After (the window may hold only reservations,
+// whose oldest second is no reset).
 func refusedBy(req ledger.AdmitRequest, d ledger.Decision) ledger.Decision {
 	switch d.Reason {
+	case ledger.ReasonQuota:
+		if req.Limits.TPM > 0 {
+			d.LimitTokens, d.RemainingTokens = req.Quota, 0
+		}
+		d.ResetTokens = d.RetryAfter
+	case ledger.ReasonTPM:
+		d.ResetTokens = max(d.ResetTokens, d.RetryAfter)
 	case ledger.ReasonGlobalRPS:
 		// ledger.GlobalLimit: a burst of 0 is the rate rounded up.
 		burst := int64(req.Global.Burst)

@@ -2,10 +2,13 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"math"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -204,6 +207,54 @@ func TestRefusalsCarryRateLimitHeaders(t *testing.T) {
 				}
 				resp, _ := do(t, "POST", url+"/v1/chat/completions", `{"model":"m"}`, withKey())
 				check(t, resp, "2")
+			})
+			// checkTokens checks a 429's token figures: the limit that
+			// refused it, what it has left, and a reset no sooner than
+			// Retry-After.
+			checkTokens := func(t *testing.T, resp *http.Response, code, limit, remaining string) {
+				t.Helper()
+				h := resp.Header
+				var e struct{ Error struct{ Code string } }
+				body, _ := io.ReadAll(resp.Body)
+				_ = json.Unmarshal(body, &e)
+				retry, rerr := strconv.Atoi(h.Get("Retry-After"))
+				reset, err := time.ParseDuration(h.Get("X-Ratelimit-Reset-Tokens"))
+				if resp.StatusCode != 429 || e.Error.Code != code || rerr != nil || retry <= 0 {
+					t.Fatalf("%d %s, Retry-After %q; want a 429 %s with Retry-After", resp.StatusCode, body, h.Get("Retry-After"), code)
+				}
+				if h.Get("X-Ratelimit-Limit-Tokens") != limit || h.Get("X-Ratelimit-Remaining-Tokens") != remaining || err != nil || reset <= 0 || reset < time.Duration(retry-1)*time.Second {
+					t.Fatalf("x-ratelimit-*-tokens: limit %q remaining %q reset %q (Retry-After %d); want %s, %s and a reset no sooner than Retry-After",
+						h.Get("X-Ratelimit-Limit-Tokens"), h.Get("X-Ratelimit-Remaining-Tokens"), h.Get("X-Ratelimit-Reset-Tokens"), retry, limit, remaining)
+				}
+			}
+			big := `{"model":"m","max_tokens":3000}`
+			t.Run("quota beside a tpm", func(t *testing.T) {
+				url := serve("auth: {defaults: {total_quota: 5000, quota_reset_period: daily}}\nrate_limit: {per_key: {tokens_per_minute: 100000}}\n")
+				if resp, b := do(t, "POST", url+"/v1/chat/completions", big, withKey()); resp.StatusCode != 200 {
+					t.Fatalf("first request: %d %s", resp.StatusCode, b)
+				}
+				req, _ := http.NewRequest("POST", url+"/v1/chat/completions", strings.NewReader(big))
+				req.Header.Set("Authorization", "Bearer "+testKey)
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer resp.Body.Close()
+				checkTokens(t, resp, "insufficient_quota", "5000", "0")
+			})
+			t.Run("tpm held by a reservation", func(t *testing.T) {
+				url := serve("rate_limit: {per_key: {tokens_per_minute: 5000}}\n")
+				if resp, b := do(t, "POST", url+"/v1/chat/completions", big, withKey()); resp.StatusCode != 200 {
+					t.Fatalf("first request: %d %s", resp.StatusCode, b)
+				}
+				req, _ := http.NewRequest("POST", url+"/v1/chat/completions", strings.NewReader(big))
+				req.Header.Set("Authorization", "Bearer "+testKey)
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer resp.Body.Close()
+				checkTokens(t, resp, "rate_limit_exceeded", "5000", "1997")
 			})
 			t.Run("concurrency", func(t *testing.T) {
 				url := serve("rate_limit: {per_key: {max_concurrent: 1}}\n")
