@@ -209,7 +209,8 @@ func rejection(d ledger.Decision) *apierr.Error {
 }
 
 // refusedBy returns d with its request figures describing the limit that
-// refused it when that is the global rate or the key's concurrency. A
+// refused it when that is the global rate, the key's RPS beside an RPM or
+// the key's concurrency. A
 // decision's request figures describe the key's request rate (RPM, else
 // RPS), which did not refuse the request and may not be set at all: the
 // client is told instead that the limit that did has nothing left, and
@@ -236,6 +237,9 @@ func refusedBy(req ledger.AdmitRequest, d ledger.Decision) ledger.Decision {
 		d.LimitRequests, d.RemainingRequests, d.ResetRequests = burst, 0, d.RetryAfter
 	case ledger.ReasonConcurrency:
 		d.LimitRequests, d.RemainingRequests, d.ResetRequests = req.Limits.MaxConcurrent, 0, d.RetryAfter
+	case ledger.ReasonKeyRPS:
+		// ledger.KeyLimits: the key's burst is its rate rounded up.
+		d.LimitRequests, d.RemainingRequests, d.ResetRequests = max(int64(math.Ceil(req.Limits.RPS)), 1), 0, d.RetryAfter
 	}
 	return d
 }

@@ -208,6 +208,14 @@ func TestRefusalsCarryRateLimitHeaders(t *testing.T) {
 				resp, _ := do(t, "POST", url+"/v1/chat/completions", `{"model":"m"}`, withKey())
 				check(t, resp, "2")
 			})
+			t.Run("key rate beside an rpm", func(t *testing.T) {
+				url := serve("rate_limit: {per_key: {requests_per_second: 0.1, requests_per_minute: 100}}\n")
+				if resp, b := do(t, "POST", url+"/v1/chat/completions", `{"model":"m"}`, withKey()); resp.StatusCode != 200 {
+					t.Fatalf("first request: %d %s", resp.StatusCode, b)
+				}
+				resp, _ := do(t, "POST", url+"/v1/chat/completions", `{"model":"m"}`, withKey())
+				check(t, resp, "1")
+			})
 			// checkTokens checks a 429's token figures: the limit that
 			// refused it, what it has left, and a reset no sooner than
 			// Retry-After.
