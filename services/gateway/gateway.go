@@ -205,11 +205,14 @@ func (g *Gateway) routes() *echo.Echo {
 		var he *echo.HTTPError
 		if errors.As(err, &he) {
 			switch he.Code {
+			// The path is quoted as the client wrote it, as the router
+			// matched it: /v1/chat%2Fcompletions is not
+			// /v1/chat/completions.
 			case http.StatusNotFound:
-				apierr.Write(c.Response(), apierr.NotFound("unknown_url", "unknown path "+c.Request().URL.Path))
+				apierr.Write(c.Response(), apierr.NotFound("unknown_url", "unknown path "+c.Request().URL.EscapedPath()))
 				return
 			case http.StatusMethodNotAllowed:
-				apierr.Write(c.Response(), &apierr.Error{Status: 405, Type: "invalid_request_error", Code: "method_not_allowed", Message: "method " + c.Request().Method + " is not allowed on " + c.Request().URL.Path})
+				apierr.Write(c.Response(), &apierr.Error{Status: 405, Type: "invalid_request_error", Code: "method_not_allowed", Message: "method " + c.Request().Method + " is not allowed on " + c.Request().URL.EscapedPath()})
 				return
 			}
 		}

@@ -138,3 +138,35 @@ func TestHealthEndpointsAnswerHEAD(t *testing.T) {
 		t.Errorf("HEAD /v1/chat/completions: %d, want 405", resp.StatusCode)
 	}
 }
+
+// TestUnknownPathsAreNamedAsSent: a path the gateway does not serve gets
+// 404 naming the path as the client sent it, so that an encoded slash does
+// not read as a refusal of the real endpoint; a known path with the wrong
+// method gets 405.
+func TestUnknownPathsAreNamedAsSent(t *testing.T) {
+	backend, hits := inputBackend(t)
+	gw, _ := newTestGateway(t, backend.URL, "")
+	for _, c := range []struct {
+		method, path string
+		status       int
+		message      string
+	}{
+		{"POST", "/v1/chat%2Fcompletions", 404, "unknown path /v1/chat%2Fcompletions"},
+		{"POST", "/v1/chat/completions/", 404, "unknown path /v1/chat/completions/"},
+		{"POST", "/v1//chat/completions", 404, "unknown path /v1//chat/completions"},
+		{"GET", "/v1/models/m1", 404, "unknown path /v1/models/m1"},
+		{"GET", "/v1/chat/completions", 405, "method GET is not allowed on /v1/chat/completions"},
+		{"POST", "/v1/models", 405, "method POST is not allowed on /v1/models"},
+	} {
+		resp, body := do(t, c.method, gw.URL+c.path, `{"model":"m1"}`, withKey())
+		var e struct {
+			Error struct{ Message, Type, Code string } `json:"error"`
+		}
+		if resp.StatusCode != c.status || json.Unmarshal(body, &e) != nil || e.Error.Message != c.message || e.Error.Type == "" || e.Error.Code == "" {
+			t.Errorf("%s %s: %d %s, want %d %q", c.method, c.path, resp.StatusCode, body, c.status, c.message)
+		}
+	}
+	if hits.Load() != 0 {
+		t.Fatalf("%d requests reached the backend", hits.Load())
+	}
+}
