@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"mime"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -50,6 +51,18 @@ func setForwardedFor(dst http.Header, peer netip.Addr, trusted bool) {
 		return
 	}
 	dst["X-Forwarded-For"] = []string{peer.String()}
+}
+
+// setJSONContentType makes h, the headers of a request whose body the
+// gateway has read as a JSON object, say so: a client's missing or other
+// Content-Type (curl -d sends application/x-www-form-urlencoded) is
+// replaced with application/json, which vLLM and TGI require (415
+// otherwise). A client's application/json is kept with its parameters.
+func setJSONContentType(h http.Header) {
+	if mt, _, err := mime.ParseMediaType(h.Get("Content-Type")); err == nil && mt == "application/json" {
+		return
+	}
+	h.Set("Content-Type", "application/json")
 }
 
 // backendQuery returns the client's query string q for the backend, without

@@ -682,6 +682,9 @@ func (g *Gateway) roundTrip(ctx context.Context, r *http.Request, x *exchange, u
 	}
 	copyRequestHeader(out.Header, r.Header)
 	setForwardedFor(out.Header, x.peer, x.peerTrusted)
+	if x.body != nil {
+		setJSONContentType(out.Header)
+	}
 	// on_response scripts read the reply's bytes, and its usage is read
 	// off the same bytes: they are asked for uncompressed.
 	hooked := x.rt.lua != nil && x.rt.lua.Has(hooks.HookResponse)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -168,5 +169,45 @@ func TestUnknownPathsAreNamedAsSent(t *testing.T) {
 	}
 	if hits.Load() != 0 {
 		t.Fatalf("%d requests reached the backend", hits.Load())
+	}
+}
+
+// TestBackendIsToldTheBodyIsJSON: a body the gateway read as a JSON object
+// reaches the backend as application/json whatever Content-Type the client
+// gave (curl -d sends a form type; vLLM and TGI refuse anything but JSON
+// with 415); a client's own application/json is passed on as written.
+func TestBackendIsToldTheBodyIsJSON(t *testing.T) {
+	got := make(chan string, 1)
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- r.Header.Get("Content-Type")
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"choices":[{"message":{"content":"hi"}}]}`))
+	}))
+	t.Cleanup(backend.Close)
+	gw, _ := newTestGateway(t, backend.URL, "")
+	for _, c := range []struct{ client, want string }{
+		{"", "application/json"},
+		{"application/x-www-form-urlencoded", "application/json"},
+		{"text/plain", "application/json"},
+		{"not a media type;;", "application/json"},
+		{"application/json", "application/json"},
+		{"application/json; charset=utf-8", "application/json; charset=utf-8"},
+	} {
+		req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m1"}`))
+		req.Header.Set("Authorization", "Bearer "+testKey)
+		if c.client != "" {
+			req.Header.Set("Content-Type", c.client)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("Content-Type %q: %d", c.client, resp.StatusCode)
+		}
+		if ct := <-got; ct != c.want {
+			t.Errorf("client's Content-Type %q reached the backend as %q, want %q", c.client, ct, c.want)
+		}
 	}
 }
