@@ -1,12 +1,17 @@
 package gateway
 
 import (
+	"bufio"
 	"encoding/json"
+	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/llmproxy/llmproxy/pkg/events"
 )
@@ -209,5 +214,50 @@ func TestBackendIsToldTheBodyIsJSON(t *testing.T) {
 		if ct := <-got; ct != c.want {
 			t.Errorf("client's Content-Type %q reached the backend as %q, want %q", c.client, ct, c.want)
 		}
+	}
+}
+
+// TestOversizedBodiesAreRefusedWithTheirEvent: a body over
+// server.max_body_bytes gets 413 whether its length is declared or it
+// comes chunked, and one declared too large behind Expect: 100-continue is
+// refused before the client is asked for it; each has its event, with no
+// tokens.
+func TestOversizedBodiesAreRefusedWithTheirEvent(t *testing.T) {
+	backend, hits := inputBackend(t)
+	gw, s := newTestGateway(t, backend.URL, "") // max_body_bytes: 4096
+	big := `{"model":"m1","x":"` + strings.Repeat("a", 5000) + `"}`
+	t.Run("declared", func(t *testing.T) {
+		resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", big, withKey())
+		wantRefusal(t, resp, body, s, http.StatusRequestEntityTooLarge, "request_too_large")
+	})
+	t.Run("chunked", func(t *testing.T) {
+		req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", io.MultiReader(strings.NewReader(big)))
+		req.Header.Set("Authorization", "Bearer "+testKey)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		wantRefusal(t, resp, body, s, http.StatusRequestEntityTooLarge, "request_too_large")
+	})
+	t.Run("expect 100-continue", func(t *testing.T) {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(gw.URL, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer %s\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n", testKey, len(big))
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		wantRefusal(t, resp, body, s, http.StatusRequestEntityTooLarge, "request_too_large")
+	})
+	if hits.Load() != 0 {
+		t.Fatalf("%d oversized requests reached the backend", hits.Load())
 	}
 }
