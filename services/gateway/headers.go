@@ -59,7 +59,11 @@ func setForwardedFor(dst http.Header, peer netip.Addr, trusted bool) {
 // replaced with application/json, which vLLM and TGI require (415
 // otherwise). A client's application/json is kept with its parameters.
 func setJSONContentType(h http.Header) {
-	if mt, _, err := mime.ParseMediaType(h.Get("Content-Type")); err == nil && mt == "application/json" {
+	ct := h.Get("Content-Type")
+	if ct == "application/json" {
+		return // the usual case, without ParseMediaType's allocations
+	}
+	if mt, _, err := mime.ParseMediaType(ct); err == nil && mt == "application/json" {
 		return
 	}
 	h.Set("Content-Type", "application/json")

@@ -461,8 +461,8 @@ var errTooLarge = errors.New("body too large")
 // exactly that size.
 func readBody(rc io.Reader, size, limit int64) ([]byte, error) {
 	if size >= 0 && size <= limit {
-		b := make([]byte, size)
-		if _, err := io.ReadFull(rc, b); err != nil {
+		b, err := readDeclared(rc, size)
+		if err != nil {
 			return nil, err
 		}
 		var one [1]byte
@@ -484,6 +484,34 @@ func readBody(rc io.Reader, size, limit int64) ([]byte, error) {
 		return nil, errTooLarge
 	}
 	return buf.Bytes(), nil
+}
+
+// bodyUpfront is how much of a declared body readDeclared allocates before
+// any of it has come.
+const bodyUpfront = 64 << 10
+
+// readDeclared reads a body of the declared size. Its buffer grows with the
+// bytes that come (doubling, to exactly size), so that a client declaring a
+// large body and sending it slowly, or not at all, holds no more memory
+// than twice what it sent.
+func readDeclared(rc io.Reader, size int64) ([]byte, error) {
+	b := make([]byte, 0, min(size, bodyUpfront))
+	for int64(len(b)) < size {
+		if len(b) == cap(b) {
+			nb := make([]byte, len(b), min(2*int64(cap(b)), size))
+			copy(nb, b)
+			b = nb
+		}
+		n, err := rc.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF && int64(len(b)) < size {
+			return nil, io.ErrUnexpectedEOF
+		}
+		if err != nil && err != io.EOF {
+			return nil, err
+		}
+	}
+	return b, nil
 }
 
 // fail answers x with e before anything was sent, and records the request.

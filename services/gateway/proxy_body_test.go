@@ -51,3 +51,37 @@ func TestReadBody(t *testing.T) {
 		})
 	}
 }
+
+// TestReadBodyGrowsWithTheBytes: a client that declares a large body and
+// sends a little of it holds little memory; the buffer is not made at the
+// declared size before the bytes come.
+func TestReadBodyGrowsWithTheBytes(t *testing.T) {
+	const declared = 8 << 20
+	r := &trickle{left: 100}
+	if _, err := readBody(r, declared, 10<<20); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("err = %v", err)
+	}
+	if r.biggest > bodyUpfront {
+		t.Fatalf("a read into %d bytes after %d sent of %d declared", r.biggest, 100, declared)
+	}
+	// Sent in full, the body is whole, in a buffer of its own size.
+	body := bytes.Repeat([]byte("x"), declared)
+	got, err := readBody(bytes.NewReader(body), declared, 10<<20)
+	if err != nil || !bytes.Equal(got, body) || cap(got) != declared {
+		t.Fatalf("err %v, %d bytes, cap %d", err, len(got), cap(got))
+	}
+}
+
+// trickle gives left bytes in reads of at most 10, then EOF, and records
+// the largest buffer it was asked to fill.
+type trickle struct{ left, biggest int }
+
+func (r *trickle) Read(p []byte) (int, error) {
+	r.biggest = max(r.biggest, len(p))
+	if r.left == 0 {
+		return 0, io.EOF
+	}
+	n := min(len(p), r.left, 10)
+	r.left -= n
+	return n, nil
+}
