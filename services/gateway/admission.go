@@ -255,7 +255,10 @@ func rateLimitHeaders(d ledger.Decision) http.Header {
 	if d.LimitTokens > 0 {
 		h.Set("X-Ratelimit-Limit-Tokens", strconv.FormatInt(d.LimitTokens, 10))
 		h.Set("X-Ratelimit-Remaining-Tokens", strconv.FormatInt(max(d.RemainingTokens, 0), 10))
-		h.Set("X-Ratelimit-Reset-Tokens", resetString(d.ResetTokens))
+		// A period quota that never resets has no reset to tell.
+		if d.Reason != ledger.ReasonQuota || d.RetryAfter > 0 {
+			h.Set("X-Ratelimit-Reset-Tokens", resetString(d.ResetTokens))
+		}
 	}
 	return h
 }

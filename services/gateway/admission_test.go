@@ -250,6 +250,21 @@ func TestRefusalsCarryRateLimitHeaders(t *testing.T) {
 				defer resp.Body.Close()
 				checkTokens(t, resp, "insufficient_quota", "5000", "0")
 			})
+			t.Run("quota that never resets", func(t *testing.T) {
+				url := serve("auth: {defaults: {total_quota: 5000, quota_reset_period: never}}\n")
+				if resp, b := do(t, "POST", url+"/v1/chat/completions", big, withKey()); resp.StatusCode != 200 {
+					t.Fatalf("first request: %d %s", resp.StatusCode, b)
+				}
+				resp, b := do(t, "POST", url+"/v1/chat/completions", big, withKey())
+				h := resp.Header
+				// No reset is coming: neither Retry-After nor a reset of
+				// the tokens is claimed.
+				if resp.StatusCode != 429 || h.Get("Retry-After") != "" || h.Get("X-Ratelimit-Limit-Tokens") != "5000" ||
+					h.Get("X-Ratelimit-Remaining-Tokens") == "" || len(h.Values("X-Ratelimit-Reset-Tokens")) != 0 {
+					t.Fatalf("%d %s; Retry-After %q, x-ratelimit-*-tokens %q %q %q", resp.StatusCode, b, h.Get("Retry-After"),
+						h.Get("X-Ratelimit-Limit-Tokens"), h.Get("X-Ratelimit-Remaining-Tokens"), h.Values("X-Ratelimit-Reset-Tokens"))
+				}
+			})
 			t.Run("tpm held by a reservation", func(t *testing.T) {
 				url := serve("rate_limit: {per_key: {tokens_per_minute: 5000}}\n")
 				if resp, b := do(t, "POST", url+"/v1/chat/completions", big, withKey()); resp.StatusCode != 200 {
