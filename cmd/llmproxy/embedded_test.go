@@ -154,7 +154,7 @@ func testCLIWithDataDirOnly(t *testing.T, embeddedListen string) {
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	served := make(chan error, 1)
-	go func() { served <- serve(ctx, cfg, path, "all", slog.New(slog.NewTextHandler(&logBuf, nil))) }()
+	go func() { served <- serve(ctx, cfg, path, "all", "", slog.New(slog.NewTextHandler(&logBuf, nil))) }()
 	eventually(t, 30*time.Second, "the gateway up", func() (bool, string) {
 		resp, err := http.Get("http://" + listen + "/healthz")
 		if err != nil {

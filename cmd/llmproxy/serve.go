@@ -59,14 +59,11 @@ func cmdServe(args []string) int {
 		}
 		return 1
 	}
-	if *adminListen != "" {
-		cfg.Admin.Listen = *adminListen
-	}
 	log, closeLog := newLogger(cfg.Logging.Level, os.Stderr)
 	defer closeLog()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := serve(ctx, cfg, *cfgPath, *target, log); err != nil {
+	if err := serve(ctx, cfg, *cfgPath, *target, *adminListen, log); err != nil {
 		log.Error("llmproxy stopped", "target", *target, "err", err)
 		return 1
 	}
@@ -179,8 +176,13 @@ func (h flushingHandler) WithGroup(name string) slog.Handler {
 
 // serve runs target until ctx is done, then shuts down in order: stop
 // accepting, let in-flight requests finish (up to server.drain_timeout),
-// flush events, stop the workers, close the stores.
-func serve(ctx context.Context, cfg *config.Config, cfgPath, target string, log *slog.Logger) error {
+// flush events, stop the workers, close the stores. adminListen, when not
+// empty, overrides admin.listen (--admin-listen), at start and for the
+// config files SIGHUP reads.
+func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen string, log *slog.Logger) error {
+	if adminListen != "" {
+		cfg.Admin.Listen = adminListen
+	}
 	log = log.With("target", target)
 	redis.SetLogger(newRedisLogger(log))
 	runGateway := target == "all" || target == "gateway"
@@ -344,7 +346,7 @@ wait:
 			log.Error("shutting down after a failure", "err", err)
 			break wait
 		case <-hup:
-			reload(workers, cfgPath, gw, log)
+			reload(workers, cfgPath, adminListen, cfg, gw, log)
 		}
 	}
 	drain := cfg.Server.DrainTimeout.D()
@@ -435,21 +437,4 @@ func endpointsOf(cfg *config.Config) []notifier.Endpoint {
 		})
 	}
 	return out
-}
-
-// reload re-reads the config file on SIGHUP and swaps the gateway's keys,
-// backends, routing and Lua scripts; a bad file keeps the running config.
-func reload(ctx context.Context, path string, gw *gateway.Gateway, log *slog.Logger) {
-	if gw == nil {
-		log.Info("SIGHUP ignored: this target has nothing to reload")
-		return
-	}
-	cfg, err := loadConfig(path)
-	if err != nil {
-		log.Error("reload refused; the running configuration stays", "err", err)
-		return
-	}
-	if err := gw.Reload(ctx, cfg); err != nil {
-		log.Error("reload failed; the running configuration stays", "err", err)
-	}
 }

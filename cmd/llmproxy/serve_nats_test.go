@@ -31,7 +31,7 @@ func serveAll(t *testing.T, path, yaml string) {
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	served := make(chan error, 1)
-	go func() { served <- serve(ctx, cfg, path, "all", slog.New(slog.DiscardHandler)) }()
+	go func() { served <- serve(ctx, cfg, path, "all", "", slog.New(slog.DiscardHandler)) }()
 	t.Cleanup(func() {
 		stop()
 		select {

@@ -55,7 +55,7 @@ func TestServeHealthListeners(t *testing.T) {
 			var logBuf syncBuffer
 			ctx, stop := context.WithCancel(context.Background())
 			served := make(chan error, 1)
-			go func() { served <- serve(ctx, cfg, path, c.target, slog.New(slog.NewJSONHandler(&logBuf, nil))) }()
+			go func() { served <- serve(ctx, cfg, path, c.target, "", slog.New(slog.NewJSONHandler(&logBuf, nil))) }()
 			defer func() {
 				stop()
 				if err := <-served; err != nil {
