@@ -70,10 +70,12 @@ func Parse(data []byte, filename string) (*Config, error) {
 		dir = abs
 	}
 	c.src = &source{file: filename, dir: dir, lines: d.lines, given: d.given, env: d.envAt}
+	zeros := c.writtenZeros()
 	c.applyDefaults()
 	c.resolvePaths()
 
 	errs := d.errs
+	errs.List = append(errs.List, c.zeroProblems(zeros).List...)
 	for _, e := range c.validate().List {
 		if !covered(e.Path, d.bad) {
 			errs.List = append(errs.List, e)

@@ -560,3 +560,83 @@ func unwrapPathError(err error) error {
 	}
 	return err
 }
+
+// zeroKey is a key whose 0 would not mean none: left out it takes a
+// default above 0, and 0 itself is no sensible value (a timeout of
+// nothing, a store kept for no time, no body at all).
+type zeroKey struct {
+	path string
+	val  func() any // the value at path, read before and after defaults
+}
+
+// zeroKeys lists the keys of c that applyDefaults fills when they are 0.
+func (c *Config) zeroKeys() []zeroKey {
+	d := func(p *Duration) func() any { return func() any { return time.Duration(*p) } }
+	i := func(p *int) func() any { return func() any { return int64(*p) } }
+	i64 := func(p *int64) func() any { return func() any { return *p } }
+	keys := []zeroKey{
+		{"nats.stream.max_age", d(&c.NATS.Stream.MaxAge)},
+		{"nats.stream.replicas", i(&c.NATS.Stream.Replicas)},
+		{"server.max_body_bytes", i64(&c.Server.MaxBodyBytes)},
+		{"server.read_header_timeout", d(&c.Server.ReadHeaderTimeout)},
+		{"server.idle_timeout", d(&c.Server.IdleTimeout)},
+		{"server.drain_timeout", d(&c.Server.DrainTimeout)},
+		{"usage_hook.timeout", d(&c.UsageHook.Timeout)},
+		{"health_check.interval", d(&c.HealthCheck.Interval)},
+		{"health_check.timeout", d(&c.HealthCheck.Timeout)},
+		{"health_check.healthy_threshold", i(&c.HealthCheck.HealthyThreshold)},
+		{"health_check.unhealthy_threshold", i(&c.HealthCheck.UnhealthyThreshold)},
+		{"health_check.failure_threshold", i(&c.HealthCheck.FailureThreshold)},
+		{"health_check.cooldown", d(&c.HealthCheck.Cooldown)},
+		{"routing.retry.initial_wait", d(&c.Routing.Retry.InitialWait)},
+		{"routing.retry.max_wait", d(&c.Routing.Retry.MaxWait)},
+		{"auth.defaults.max_tokens_cap", i64(&c.Auth.Defaults.MaxTokensCap)},
+		{"rate_limit.lease_ttl", d(&c.RateLimit.LeaseTTL)},
+		{"lua.timeout", d(&c.Lua.Timeout)},
+		{"logging.max_capture_bytes", i(&c.Logging.MaxCaptureBytes)},
+	}
+	for n := range c.Backends {
+		b := &c.Backends[n]
+		p := fmt.Sprintf("backends[%d].", n)
+		keys = append(keys,
+			zeroKey{p + "connect_timeout", d(&b.ConnectTimeout)},
+			zeroKey{p + "first_byte_timeout", d(&b.FirstByteTimeout)},
+			zeroKey{p + "response_timeout", d(&b.ResponseTimeout)})
+	}
+	for n := range c.Webhooks {
+		w := &c.Webhooks[n]
+		p := fmt.Sprintf("webhooks[%d].", n)
+		keys = append(keys, zeroKey{p + "timeout", d(&w.Timeout)}, zeroKey{p + "max_age", d(&w.MaxAge)})
+	}
+	return keys
+}
+
+// writtenZeros returns the keys of zeroKeys the file sets to 0. Call it
+// before applyDefaults, which would replace those zeros with defaults an
+// operator who wrote 0 (meaning none, say) never asked for.
+func (c *Config) writtenZeros() []zeroKey {
+	var out []zeroKey
+	for _, k := range c.zeroKeys() {
+		switch v := k.val().(type) {
+		case time.Duration:
+			if v == 0 && c.given(k.path) {
+				out = append(out, k)
+			}
+		case int64:
+			if v == 0 && c.given(k.path) {
+				out = append(out, k)
+			}
+		}
+	}
+	return out
+}
+
+// zeroProblems reports each of zeros (see writtenZeros), naming the
+// default that leaving the key out gives; call it after applyDefaults.
+func (c *Config) zeroProblems(zeros []zeroKey) *Errors {
+	errs := &Errors{}
+	for _, k := range zeros {
+		errs.add(c.line(k.path), k.path, "want more than 0; leave the key out for the default, %v", k.val())
+	}
+	return errs
+}

@@ -163,6 +163,22 @@ func TestValidate(t *testing.T) {
 			[]string{`c.yaml:5: key admin.token: the admin API needs a token`},
 		},
 		{
+			"a written 0 that would silently be the default",
+			"    first_byte_timeout: 0s\nserver: { max_body_bytes: 0, drain_timeout: 0s }\nhealth_check: { cooldown: 0s, failure_threshold: 0 }\n" +
+				"nats: { stream: { max_age: 0s, replicas: 0 } }\nrate_limit: { lease_ttl: 0s }\nwebhooks:\n  - { url: https://a/b, max_age: 0s }\n",
+			[]string{
+				`c.yaml:3: key backends[0].first_byte_timeout: want more than 0; leave the key out for the default, 1m0s`,
+				`c.yaml:4: key server.max_body_bytes: want more than 0; leave the key out for the default, 10485760`,
+				`c.yaml:4: key server.drain_timeout: want more than 0; leave the key out for the default, 30s`,
+				`c.yaml:5: key health_check.failure_threshold: want more than 0; leave the key out for the default, 3`,
+				`c.yaml:5: key health_check.cooldown: want more than 0; leave the key out for the default, 10s`,
+				`c.yaml:6: key nats.stream.max_age: want more than 0; leave the key out for the default, 168h0m0s`,
+				`c.yaml:6: key nats.stream.replicas: want more than 0; leave the key out for the default, 1`,
+				`c.yaml:7: key rate_limit.lease_ttl: want more than 0; leave the key out for the default, 2m0s`,
+				`c.yaml:9: key webhooks[0].max_age: want more than 0; leave the key out for the default, 24h0m0s`,
+			},
+		},
+		{
 			"missing lua script",
 			"lua:\n  scripts: [hooks/none.lua]\n",
 			[]string{`c.yaml:4: key lua.scripts[0]: cannot read script`},
