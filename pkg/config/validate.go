@@ -142,7 +142,10 @@ func (v *checker) redis() {
 
 func (v *checker) server() {
 	s := v.c.Server
-	v.nonNegative("server.max_body_bytes", s.MaxBodyBytes)
+	// A size past MaxLimit would overflow where the gateway reads one
+	// byte past it (a chunked body) and the embedded NATS server adds
+	// captures to it: every such request would be refused.
+	v.limit("server.max_body_bytes", s.MaxBodyBytes)
 }
 
 func (v *checker) backends() {
@@ -424,7 +427,7 @@ func (v *checker) lua() {
 func (v *checker) logging() {
 	l := v.c.Logging
 	v.oneOf("logging.level", l.Level, LogLevels)
-	v.nonNegative("logging.max_capture_bytes", int64(l.MaxCaptureBytes))
+	v.limit("logging.max_capture_bytes", int64(l.MaxCaptureBytes))
 	for i, r := range l.Redact {
 		p := fmt.Sprintf("logging.redact[%d]", i)
 		switch {

@@ -41,6 +41,14 @@ func TestValidate(t *testing.T) {
 			},
 		},
 		{
+			"sizes past 2^53",
+			"server: { max_body_bytes: 9223372036854775807 }\nlogging: { max_capture_bytes: 9223372036854775807 }\n",
+			[]string{
+				`c.yaml:3: key server.max_body_bytes: at most 9007199254740992 (2^53), got 9223372036854775807`,
+				`c.yaml:4: key logging.max_capture_bytes: at most 9007199254740992 (2^53), got 9223372036854775807`,
+			},
+		},
+		{
 			"unknown strategy",
 			"routing:\n  load_balance_strategy: random\n",
 			[]string{`c.yaml:4: key routing.load_balance_strategy: want one of round_robin, weighted, least_connections, latency_based, least_load, got "random"`},
