@@ -258,8 +258,8 @@ type RateLimit struct {
 	Global  GlobalLimit  `yaml:"global"`
 	PerKey  PerKeyLimits `yaml:"per_key"`
 	// LeaseTTL bounds how long a request holds its max_concurrent slot when
-	// its gateway dies without releasing it (default 2m). Long streams renew
-	// their lease every LeaseTTL/2.
+	// its gateway dies without releasing it (default 2m, at least 1s). Long
+	// streams renew their lease every LeaseTTL/2.
 	LeaseTTL Duration `yaml:"lease_ttl"`
 }
 

@@ -29,6 +29,9 @@ var (
 	needRedisText = `"redis" needs redis.url (or redis.addrs) to say where Redis is`
 )
 
+// MinLeaseTTL is the shortest rate_limit.lease_ttl accepted.
+const MinLeaseTTL = time.Second
+
 // Validate checks a config whose defaults are filled in (Load and Parse do
 // both) and returns every problem as a *Errors, each naming the key path,
 // the reason and, for a config read from a file, the line; nil when the
@@ -396,6 +399,12 @@ func (v *checker) rateLimit() {
 	}
 	v.nonNegative("rate_limit.global.burst_size", int64(g.BurstSize))
 	v.limits("rate_limit.per_key", r.PerKey)
+	// Every request in flight renews its lease each lease_ttl/2: below a
+	// second (2ms written for 2m, say) that is a ledger round trip every
+	// millisecond or less per request, and a lease that lapses between two.
+	if r.LeaseTTL > 0 && r.LeaseTTL.D() < MinLeaseTTL {
+		v.add("rate_limit.lease_ttl", "want at least %s (requests renew their lease every lease_ttl/2), got %s", MinLeaseTTL, r.LeaseTTL.D())
+	}
 }
 
 func (v *checker) limits(p string, l PerKeyLimits) {

@@ -49,6 +49,11 @@ func TestValidate(t *testing.T) {
 			},
 		},
 		{
+			"lease_ttl of milliseconds",
+			"rate_limit:\n  lease_ttl: 2ms\n",
+			[]string{`c.yaml:4: key rate_limit.lease_ttl: want at least 1s (requests renew their lease every lease_ttl/2), got 2ms`},
+		},
+		{
 			"unknown strategy",
 			"routing:\n  load_balance_strategy: random\n",
 			[]string{`c.yaml:4: key routing.load_balance_strategy: want one of round_robin, weighted, least_connections, latency_based, least_load, got "random"`},
