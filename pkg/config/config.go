@@ -180,6 +180,9 @@ type Routing struct {
 // Retry is the retry policy, applied only before the first byte has gone to
 // the client.
 type Retry struct {
+	// Enabled turns retries on (default false: a failed try is the
+	// client's answer). The other keys are refused without it, since
+	// they would do nothing.
 	Enabled bool `yaml:"enabled"`
 	// MaxRetries is how many times a request is tried again after its
 	// first try: 0 written means none (default 2 when the key is absent).

@@ -266,6 +266,16 @@ func (v *checker) routing() {
 	r := v.c.Routing
 	v.oneOf("routing.load_balance_strategy", r.LoadBalanceStrategy, Strategies)
 	rt := r.Retry
+	if v.c.src != nil && !v.c.given("routing.retry.enabled") {
+		// max_retries: 0 agrees with retries off; anything else asks for
+		// retries that would never happen.
+		for _, k := range []string{"max_retries", "initial_wait", "max_wait", "multiplier", "on"} {
+			if v.c.given("routing.retry."+k) && (k != "max_retries" || rt.MaxRetries > 0) {
+				v.add("routing.retry."+k, "retries are off unless routing.retry.enabled is true; write enabled: true (or enabled: false to keep them off)")
+				break
+			}
+		}
+	}
 	v.nonNegative("routing.retry.max_retries", int64(rt.MaxRetries))
 	if rt.Multiplier < 1 {
 		v.add("routing.retry.multiplier", "want at least 1 (the wait grows by this factor), got %g", rt.Multiplier)

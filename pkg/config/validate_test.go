@@ -54,6 +54,16 @@ func TestValidate(t *testing.T) {
 			[]string{`c.yaml:4: key rate_limit.lease_ttl: want at least 1s (requests renew their lease every lease_ttl/2), got 2ms`},
 		},
 		{
+			"retry settings without enabled",
+			"routing:\n  retry:\n    max_retries: 3\n    initial_wait: 1s\n",
+			[]string{`c.yaml:5: key routing.retry.max_retries: retries are off unless routing.retry.enabled is true; write enabled: true (or enabled: false to keep them off)`},
+		},
+		{
+			"retry settings kept off",
+			"routing:\n  retry:\n    enabled: false\n    max_retries: 3\n",
+			nil,
+		},
+		{
 			"unknown strategy",
 			"routing:\n  load_balance_strategy: random\n",
 			[]string{`c.yaml:4: key routing.load_balance_strategy: want one of round_robin, weighted, least_connections, latency_based, least_load, got "random"`},
@@ -129,12 +139,12 @@ func TestValidate(t *testing.T) {
 		},
 		{
 			"negative numbers and retry",
-			"routing:\n  retry:\n    max_retries: -1\n    multiplier: 0.5\nrate_limit:\n  per_key:\n    tokens_per_minute: -1\n  global:\n    requests_per_second: -3\n",
+			"routing:\n  retry:\n    enabled: true\n    max_retries: -1\n    multiplier: 0.5\nrate_limit:\n  per_key:\n    tokens_per_minute: -1\n  global:\n    requests_per_second: -3\n",
 			[]string{
-				`c.yaml:5: key routing.retry.max_retries: must not be negative, got -1`,
-				`c.yaml:6: key routing.retry.multiplier: want at least 1`,
-				`c.yaml:9: key rate_limit.per_key.tokens_per_minute: must not be negative, got -1`,
-				`c.yaml:11: key rate_limit.global.requests_per_second: must not be negative, got -3`,
+				`c.yaml:6: key routing.retry.max_retries: must not be negative, got -1`,
+				`c.yaml:7: key routing.retry.multiplier: want at least 1`,
+				`c.yaml:10: key rate_limit.per_key.tokens_per_minute: must not be negative, got -1`,
+				`c.yaml:12: key rate_limit.global.requests_per_second: must not be negative, got -3`,
 			},
 		},
 		{
