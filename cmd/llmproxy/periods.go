@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -49,3 +50,27 @@ func periodOf(cfg *config.Config, rdb redis.UniversalClient) func(string) ledger
 		return def
 	}
 }
+
+// livePeriods is periodOf of the config in force: serve sets it again
+// after each reload, so that GET /admin/usage reports a key added or
+// given another quota_reset_period by SIGHUP over its new period. It is
+// safe for concurrent use.
+type livePeriods struct {
+	rdb redis.UniversalClient
+	f   atomic.Pointer[func(string) ledger.Period]
+}
+
+func newLivePeriods(cfg *config.Config, rdb redis.UniversalClient) *livePeriods {
+	l := &livePeriods{rdb: rdb}
+	l.set(cfg)
+	return l
+}
+
+// set makes cfg's periods the ones reported.
+func (l *livePeriods) set(cfg *config.Config) {
+	f := periodOf(cfg, l.rdb)
+	l.f.Store(&f)
+}
+
+// of returns keyID's quota period; see periodOf.
+func (l *livePeriods) of(keyID string) ledger.Period { return (*l.f.Load())(keyID) }

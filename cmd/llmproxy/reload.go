@@ -14,27 +14,29 @@ import (
 // config. running is the config the process started with: what SIGHUP
 // cannot change (see restartOnly) stays as it says, and a file that
 // changes it gets a warning naming the keys, instead of a "configuration
-// reloaded" that an operator would take to cover them too.
-func reload(ctx context.Context, path, adminListen string, running *config.Config, gw *gateway.Gateway, log *slog.Logger) {
+// reloaded" that an operator would take to cover them too. It returns
+// the config now in force, or nil when nothing was reloaded.
+func reload(ctx context.Context, path, adminListen string, running *config.Config, gw *gateway.Gateway, log *slog.Logger) *config.Config {
 	if gw == nil {
 		log.Info("SIGHUP ignored: this target has nothing to reload; restart it to apply a new config")
-		return
+		return nil
 	}
 	cfg, err := loadConfig(path)
 	if err != nil {
 		log.Error("reload refused; the running configuration stays", "err", err)
-		return
+		return nil
 	}
 	if adminListen != "" {
 		cfg.Admin.Listen = adminListen
 	}
 	if err := gw.Reload(ctx, cfg); err != nil {
 		log.Error("reload failed; the running configuration stays", "err", err)
-		return
+		return nil
 	}
 	if keys := restartOnly(running, cfg); len(keys) > 0 {
 		log.Warn("changed in the file but not reloaded: these keys take a restart; the running values stay", "keys", keys)
 	}
+	return cfg
 }
 
 // restartOnly lists the keys of next whose value differs from running's

@@ -3,12 +3,15 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/services/gateway"
@@ -73,5 +76,53 @@ api_keys: [{ key: sk-one, id: one }]
 				t.Errorf("warned of %v, want %v\nlog:\n%s", warned, c.want, logBuf.String())
 			}
 		})
+	}
+}
+
+// TestSIGHUPKeyPeriodsInAdminUsage: after a SIGHUP that adds a key with
+// its own quota_reset_period, GET /admin/usage (which `llmproxy usage`
+// asks while serve holds the local ledger) reports that key over its own
+// period, not over the default one the config at start gave every key it
+// did not list.
+func TestSIGHUPKeyPeriodsInAdminUsage(t *testing.T) {
+	dir := t.TempDir()
+	listen, admin := freeAddr(t), freeAddr(t)
+	path := filepath.Join(dir, "llmproxy.yaml")
+	head := fmt.Sprintf("listen: %q\ndata_dir: %q\nadmin: { listen: %q, token: admin-token-0123456789 }\n"+
+		"backends: [{url: \"http://127.0.0.1:9\"}]\nauth: { defaults: { quota_reset_period: monthly } }\n",
+		listen, filepath.Join(dir, "data"), admin)
+	if err := os.WriteFile(path, []byte(head+"api_keys: [{ key: sk-one, id: one }]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logBuf syncBuffer
+	ctx, stop := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- serve(ctx, cfg, path, "all", "", slog.New(slog.NewJSONHandler(&logBuf, nil))) }()
+	defer func() {
+		stop()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+	eventually(t, 30*time.Second, "the admin listener", func() (bool, string) {
+		b := adminGet(admin, "/admin/usage?key=two")
+		return strings.Contains(b, `"period":"monthly"`), b
+	})
+
+	if err := os.WriteFile(path, []byte(head+"api_keys: [{ key: sk-one, id: one }, { key: sk-two, id: two, quota_reset_period: daily }]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the reload", func() (bool, string) {
+		return strings.Contains(logBuf.String(), "configuration reloaded"), logBuf.String()
+	})
+	if b := adminGet(admin, "/admin/usage?key=two"); !strings.Contains(b, `"period":"daily"`) {
+		t.Errorf("after the reload /admin/usage?key=two = %s, want the key's own daily period", b)
 	}
 }

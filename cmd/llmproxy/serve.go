@@ -314,6 +314,11 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 		}()
 	}
 
+	var rdb redis.UniversalClient
+	if lh != nil {
+		rdb = lh.rdb
+	}
+	periods := newLivePeriods(cfg, rdb)
 	var admin *http.Server
 	if cfg.Admin.Listen != "" {
 		adminReady := readyFn
@@ -327,7 +332,7 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 				return readyFn(ctx)
 			}
 		}
-		admin, err = startAdmin(cfg, reg, lh, adminReady, log, errc)
+		admin, err = startAdmin(cfg, reg, lh, periods, adminReady, log, errc)
 		if err != nil {
 			return err
 		}
@@ -346,7 +351,9 @@ wait:
 			log.Error("shutting down after a failure", "err", err)
 			break wait
 		case <-hup:
-			reload(workers, cfgPath, adminListen, cfg, gw, log)
+			if next := reload(workers, cfgPath, adminListen, cfg, gw, log); next != nil {
+				periods.set(next)
+			}
 		}
 	}
 	drain := cfg.Server.DrainTimeout.D()
@@ -388,7 +395,7 @@ wait:
 // Events it could not publish stay in the outbox for the next start.
 const flushTimeout = 10 * time.Second
 
-func startAdmin(cfg *config.Config, reg *prometheus.Registry, lh *ledgerHandle, ready func(context.Context) error, log *slog.Logger, errc chan<- error) (*http.Server, error) {
+func startAdmin(cfg *config.Config, reg *prometheus.Registry, lh *ledgerHandle, periods *livePeriods, ready func(context.Context) error, log *slog.Logger, errc chan<- error) (*http.Server, error) {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
@@ -400,12 +407,11 @@ func startAdmin(cfg *config.Config, reg *prometheus.Registry, lh *ledgerHandle, 
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	var store ledger.Store
-	var rdb redis.UniversalClient
 	if lh != nil {
-		store, rdb = lh.store, lh.rdb
+		store = lh.store
 	}
 	mux.Handle("/admin/", gateway.AdminHandler(gateway.AdminOptions{
-		Token: cfg.Admin.Token, Ledger: store, PeriodOf: periodOf(cfg, rdb),
+		Token: cfg.Admin.Token, Ledger: store, PeriodOf: periods.of,
 	}))
 	mux.Handle("/debug/pprof/", gateway.ProfileHandler(cfg.Admin.Token))
 	if lh != nil && lh.rdb != nil {
