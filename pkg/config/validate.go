@@ -191,9 +191,16 @@ func (v *checker) backends() {
 				v.add(fmt.Sprintf("%s.models[%d]", p, j), "empty model name")
 			}
 		}
-		for h := range b.Headers {
-			if !validHeaderName(h) {
+		for h, val := range b.Headers {
+			switch {
+			case !validHeaderName(h):
 				v.add(p+".headers."+h, "not a valid HTTP header name")
+			case !validHeaderValue(val):
+				// Not shown: the value is a credential. An https backend
+				// would refuse every request, an http one get the value
+				// with the line break made a space.
+				v.add(p+".headers."+h, "the value has a line break or another control character, which a header cannot carry "+
+					"(a variable read from a file may end with a newline)")
 			}
 		}
 	}
@@ -574,6 +581,12 @@ func validHeaderName(h string) bool {
 		}
 	}
 	return true
+}
+
+// validHeaderValue reports whether s may be sent as a header's value:
+// no control character but tab (RFC 9110 §5.5).
+func validHeaderValue(s string) bool {
+	return !strings.ContainsFunc(s, func(r rune) bool { return (r < ' ' && r != '\t') || r == 0x7f })
 }
 
 func unwrapPathError(err error) error {

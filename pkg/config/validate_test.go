@@ -8,6 +8,7 @@ import (
 )
 
 func TestValidate(t *testing.T) {
+	t.Setenv("LLMPROXY_TEST_NEWLINE_KEY", "sk-backend-1\n")
 	tests := []struct {
 		name string
 		yaml string // appended to minimal
@@ -62,6 +63,11 @@ func TestValidate(t *testing.T) {
 			"retry settings kept off",
 			"routing:\n  retry:\n    enabled: false\n    max_retries: 3\n",
 			nil,
+		},
+		{
+			"backend header value with a newline",
+			"    headers: { Authorization: \"Bearer ${LLMPROXY_TEST_NEWLINE_KEY}\", X-Ok: \"a\\tb\" }\n",
+			[]string{`c.yaml:3: key backends[0].headers.Authorization: the value has a line break or another control character`},
 		},
 		{
 			"unknown strategy",
