@@ -6,9 +6,13 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/services/gateway"
+	"github.com/llmproxy/llmproxy/services/recorder"
 )
 
 const configUsage = `Usage:
@@ -111,7 +115,35 @@ func loadConfig(path string) (*config.Config, error) {
 	if err := checkRedact(cfg); err != nil {
 		return nil, err
 	}
+	if err := checkStoreURLs(cfg); err != nil {
+		return nil, err
+	}
 	return cfg, nil
+}
+
+// checkStoreURLs parses redis.url and logging.postgres.url as the Redis
+// and PostgreSQL clients will, so that what they refuse (a database
+// number that is not one, an unknown option or parameter) is a problem
+// with its line here, not a serve that stops at start (Redis) or a
+// recorder that retries for ever (PostgreSQL).
+func checkStoreURLs(cfg *config.Config) error {
+	errs := &config.Errors{}
+	if u := cfg.Redis.URL; u != "" {
+		if _, err := redis.ParseURL(u); err != nil {
+			// Its messages name the scheme, path or option at fault,
+			// never the user info.
+			errs.List = append(errs.List, cfg.Problem("redis.url", "%s", strings.TrimPrefix(err.Error(), "redis: ")))
+		}
+	}
+	if u := cfg.Logging.Postgres.URL; u != "" {
+		if err := recorder.CheckURL(u); err != nil {
+			errs.List = append(errs.List, cfg.Problem("logging.postgres.url", "%v", err))
+		}
+	}
+	if len(errs.List) == 0 {
+		return nil
+	}
+	return errs
 }
 
 // checkRedact compiles cfg's logging.redact rules as the gateway will and

@@ -102,6 +102,15 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
 	return nil
 }
 
+// CheckURL reports whether url is one OpenPool can parse, without
+// connecting; its error never quotes the URL, which may hold a password.
+func CheckURL(url string) error {
+	if _, err := pgxpool.ParseConfig(url); err != nil {
+		return errors.New("not a valid PostgreSQL URL")
+	}
+	return nil
+}
+
 // OpenPool connects to the PostgreSQL at url (a postgres:// URL or a
 // key=value DSN) and checks that it answers. The caller closes the pool.
 func OpenPool(ctx context.Context, url string) (*pgxpool.Pool, error) {
