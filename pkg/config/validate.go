@@ -518,6 +518,12 @@ func (v *checker) url(path, raw string, schemes []string, want string) {
 	}
 	if !slices.Contains(schemes, strings.ToLower(u.Scheme)) || u.Host == "" || u.Hostname() == "" {
 		v.add(path, "%s, got %q", want, shownURL(u))
+		return
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			v.add(path, "port %s is not 1 to 65535, in %q", p, shownURL(u))
+		}
 	}
 }
 

@@ -70,6 +70,15 @@ func TestValidate(t *testing.T) {
 			[]string{`c.yaml:3: key backends[0].headers.Authorization: the value has a line break or another control character`},
 		},
 		{
+			"url ports",
+			"  - url: http://c:99999\nwebhooks:\n  - url: https://h:0/x\nnats:\n  url: nats://n1:4222,nats://n2:70000\n",
+			[]string{
+				`c.yaml:3: key backends[1].url: port 99999 is not 1 to 65535, in "http://c:99999"`,
+				`c.yaml:5: key webhooks[0].url: port 0 is not 1 to 65535, in "https://h:0/…"`,
+				`c.yaml:7: key nats.url: port 70000 is not 1 to 65535, in "nats://n2:70000"`,
+			},
+		},
+		{
 			"unknown strategy",
 			"routing:\n  load_balance_strategy: random\n",
 			[]string{`c.yaml:4: key routing.load_balance_strategy: want one of round_robin, weighted, least_connections, latency_based, least_load, got "random"`},
