@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -125,4 +126,71 @@ func TestSIGHUPKeyPeriodsInAdminUsage(t *testing.T) {
 	if b := adminGet(admin, "/admin/usage?key=two"); !strings.Contains(b, `"period":"daily"`) {
 		t.Errorf("after the reload /admin/usage?key=two = %s, want the key's own daily period", b)
 	}
+}
+
+// TestSIGHUPWhileStarting: a SIGHUP that comes while serve is still
+// starting (here during the first health round, against a backend that
+// does not answer) neither ends the process, as SIGHUP's default action
+// would, nor is lost: it is acted on once serve runs.
+func TestSIGHUPWhileStarting(t *testing.T) {
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	checking := make(chan struct{}, 1)
+	go func() {
+		var held []net.Conn
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c) // never answered
+			select {
+			case checking <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "llmproxy.yaml")
+	y := fmt.Sprintf("listen: %q\ndata_dir: %q\nbackends: [{url: \"http://%s\"}]\nhealth_check: { path: /health, timeout: 2s }\n",
+		freeAddr(t), filepath.Join(dir, "data"), silent.Addr())
+	if err := os.WriteFile(path, []byte(y), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logBuf syncBuffer
+	ctx, stop := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- serve(ctx, cfg, path, "all", "", slog.New(slog.NewJSONHandler(&logBuf, nil))) }()
+	defer func() {
+		stop()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+	select {
+	case <-checking:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("no health check came\n%s", logBuf.String())
+	}
+	if strings.Contains(logBuf.String(), "gateway listening") {
+		t.Fatal("serve was past its first health round already")
+	}
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "the reload once serving", func() (bool, string) {
+		return strings.Contains(logBuf.String(), "configuration reloaded"), logBuf.String()
+	})
 }

@@ -183,6 +183,13 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 	if adminListen != "" {
 		cfg.Admin.Listen = adminListen
 	}
+	// SIGHUP is caught from the start: its default action ends the
+	// process, and starting (a first health round, a NATS or Redis that
+	// does not answer) takes seconds. One that comes meanwhile is acted
+	// on once the process serves.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	log = log.With("target", target)
 	redis.SetLogger(newRedisLogger(log))
 	runGateway := target == "all" || target == "gateway"
@@ -338,9 +345,6 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 		}
 	}
 
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 wait:
 	for {
 		select {
