@@ -79,6 +79,12 @@ func (c *Config) validate() *Errors {
 			v.add("admin.token", "the admin API needs a token when admin.listen is set")
 		}
 	}
+	if t := c.Admin.Token; t != strings.TrimSpace(t) || !validHeaderValue(t) {
+		// Not shown: the value is the token. A client's bearer token is
+		// read trimmed and cannot hold a line break, so none would match.
+		v.add("admin.token", "the token has a line break, another control character or spaces around it, so no request could "+
+			"send it (a variable read from a file may end with a newline)")
+	}
 	for i, p := range c.TrustedProxies {
 		v.prefix(fmt.Sprintf("trusted_proxies[%d]", i), p)
 	}

@@ -217,6 +217,11 @@ func TestValidate(t *testing.T) {
 			},
 		},
 		{
+			"admin token with a trailing newline",
+			"admin:\n  listen: 127.0.0.1:8001\n  token: ${LLMPROXY_TEST_NEWLINE_KEY}\n",
+			[]string{`c.yaml:5: key admin.token: the token has a line break, another control character or spaces around it`},
+		},
+		{
 			"missing lua script",
 			"lua:\n  scripts: [hooks/none.lua]\n",
 			[]string{`c.yaml:4: key lua.scripts[0]: cannot read script`},
