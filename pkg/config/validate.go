@@ -182,10 +182,17 @@ func (v *checker) backends() {
 			}
 			urls[strings.TrimSuffix(b.URL, "/")] = i
 		}
-		if b.Name != "" && b.Name != b.URL {
-			if j, dup := names[b.Name]; dup {
+		// A backend without a name is named by its url: that name may
+		// clash with another's too (two same urls are reported above).
+		if j, dup := names[b.Name]; dup && b.Name != "" {
+			switch other := c.Backends[j]; {
+			case b.Name != b.URL:
 				v.add(p+".name", "duplicate backend name %q (also backends[%d])", b.Name, j)
+			case other.Name != other.URL:
+				v.add(p+".url", "backends[%d] is named %q, this backend's url, which names it when it has no name; give one of them another name", j, b.Name)
 			}
+		}
+		if _, dup := names[b.Name]; !dup {
 			names[b.Name] = i
 		}
 		if b.Weight < 0 {

@@ -79,6 +79,14 @@ func TestValidate(t *testing.T) {
 			},
 		},
 		{
+			"backend named as another's url",
+			"    name: http://c:1\n  - url: http://c:1\n  - url: http://d:1\n    name: http://c:1\n",
+			[]string{
+				`c.yaml:4: key backends[1].url: backends[0] is named "http://c:1", this backend's url, which names it when it has no name; give one of them another name`,
+				`c.yaml:6: key backends[2].name: duplicate backend name "http://c:1" (also backends[0])`,
+			},
+		},
+		{
 			"unknown strategy",
 			"routing:\n  load_balance_strategy: random\n",
 			[]string{`c.yaml:4: key routing.load_balance_strategy: want one of round_robin, weighted, least_connections, latency_based, least_load, got "random"`},
