@@ -64,8 +64,9 @@ type Redis struct {
 	// URL is redis://… ; empty means the local ledger (target all).
 	URL string `yaml:"url"`
 	// Addrs lists Redis Cluster nodes (host:port) instead of URL.
-	Addrs    []string `yaml:"addrs"`
-	Password string   `yaml:"password"`
+	Addrs []string `yaml:"addrs"`
+	// Password is Redis's password, for addrs or in place of one in url.
+	Password string `yaml:"password"`
 	// Prefix is put before every key (default "llmproxy").
 	Prefix string `yaml:"prefix"`
 }
@@ -75,8 +76,12 @@ func (r Redis) Enabled() bool { return r.URL != "" || len(r.Addrs) > 0 }
 
 // Admin is the admin API's own listener.
 type Admin struct {
+	// Listen is the admin listener's address (default none: no admin
+	// listener; --admin-listen overrides it).
 	Listen string `yaml:"listen"`
-	Token  string `yaml:"token"`
+	// Token is the bearer token of /admin/ and /debug/pprof/; required
+	// with Listen.
+	Token string `yaml:"token"`
 }
 
 // Server holds the gateway's HTTP limits.
@@ -156,7 +161,9 @@ type Webhook struct {
 type HealthCheck struct {
 	// Enabled defaults to true when path or any backend's
 	// health_check_path is set.
-	Enabled            *bool    `yaml:"enabled"`
+	Enabled *bool `yaml:"enabled"`
+	// Path is where every backend without a health_check_path is
+	// checked, e.g. /health (default none).
 	Path               string   `yaml:"path"`
 	Interval           Duration `yaml:"interval"`            // default 10s
 	Timeout            Duration `yaml:"timeout"`             // default 2s
@@ -284,6 +291,9 @@ type PerKeyLimits struct {
 
 // Lua configures the script hooks.
 type Lua struct {
+	// Scripts are the script files, run in order; a relative path is
+	// relative to the config file's directory (data_dir, by contrast, to
+	// the working directory).
 	Scripts []string `yaml:"scripts"`
 	Timeout Duration `yaml:"timeout"` // default 50ms
 	// FailOpen lets a request through when on_auth errors (default false:
