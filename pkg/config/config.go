@@ -88,8 +88,11 @@ type Admin struct {
 type Server struct {
 	MaxBodyBytes      int64    `yaml:"max_body_bytes"`      // default 10 MiB
 	ReadHeaderTimeout Duration `yaml:"read_header_timeout"` // default 10s
-	IdleTimeout       Duration `yaml:"idle_timeout"`        // default 120s
-	DrainTimeout      Duration `yaml:"drain_timeout"`       // default 30s
+	// BodyTimeout is how long a request body may stop coming (no byte
+	// read) before the request is refused with 408.
+	BodyTimeout  Duration `yaml:"body_timeout"`  // default 60s
+	IdleTimeout  Duration `yaml:"idle_timeout"`  // default 120s
+	DrainTimeout Duration `yaml:"drain_timeout"` // default 30s
 }
 
 // Backend is one inference engine.

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"os"
 	"reflect"
 	"strconv"
 	"strings"
@@ -30,14 +31,17 @@ type exchange struct {
 	requestID string
 	// clientRequestID is the client's own X-Request-Id, if it sent one.
 	clientRequestID string
-	clientIP        netip.Addr
-	peer            netip.Addr // the connection's peer
-	peerTrusted     bool       // peer is one of the trusted proxies
-	key             *auth.Key
-	masked          string
-	path            string
-	body            []byte
-	info            usage.RequestInfo
+	// w is the client's response writer (its connection's read deadline
+	// paces the request body).
+	w           http.ResponseWriter
+	clientIP    netip.Addr
+	peer        netip.Addr // the connection's peer
+	peerTrusted bool       // peer is one of the trusted proxies
+	key         *auth.Key
+	masked      string
+	path        string
+	body        []byte
+	info        usage.RequestInfo
 	// hideUsage is set when the gateway asked the backend for a usage
 	// chunk the client did not ask for; the chunk is then not relayed.
 	hideUsage bool
@@ -143,7 +147,7 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }
 // begin starts the exchange of r: the runtime it keeps to its end, its ids
 // and its client address.
 func (g *Gateway) begin(w http.ResponseWriter, r *http.Request) *exchange {
-	x := &exchange{rt: g.rt.Load(), start: g.now(), path: r.URL.Path}
+	x := &exchange{rt: g.rt.Load(), start: g.now(), path: r.URL.Path, w: w}
 	// The request id names the request in the ledger, so it is always the
 	// gateway's own: a client reusing an id must not share a lease, a
 	// reservation or a dedupe entry. The client's X-Request-Id is kept for
@@ -318,10 +322,18 @@ func (g *Gateway) readRequest(r *http.Request, x *exchange) *apierr.Error {
 	if r.ContentLength > limit {
 		return g.reject("body_too_large", apierr.TooLarge(limit))
 	}
-	body, err := readBody(r.Body, r.ContentLength, limit)
+	pb := pacedBody{r: r.Body, timeout: x.rt.bodyTimeout}
+	if x.w != nil && pb.timeout > 0 {
+		pb.rc = http.NewResponseController(x.w)
+	}
+	body, err := readBody(&pb, r.ContentLength, limit)
+	pb.done(err)
 	if err != nil {
 		if errors.Is(err, errTooLarge) {
 			return g.reject("body_too_large", apierr.TooLarge(limit))
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return g.reject("body_timeout", apierr.BodyTimeout(pb.timeout))
 		}
 		return apierr.BadRequest("invalid_body", "could not read the request body")
 	}
@@ -484,6 +496,34 @@ func readBody(rc io.Reader, size, limit int64) ([]byte, error) {
 		return nil, errTooLarge
 	}
 	return buf.Bytes(), nil
+}
+
+// pacedBody is a request body each read of which must make progress
+// within timeout (server.body_timeout): the connection's read deadline is
+// moved before every read, so a body may take as long as it likes while it
+// keeps coming, and one that stops is refused. done takes the deadline off
+// again: the connection goes on to serve the reply (a stream may run for
+// minutes) and the next request. After a body that stopped, it stays: the
+// server would otherwise wait for the rest of the body before it sends the
+// 408, and it closes the connection instead.
+type pacedBody struct {
+	r       io.Reader
+	rc      *http.ResponseController // nil: no deadline
+	timeout time.Duration
+	set     bool
+}
+
+func (p *pacedBody) Read(b []byte) (int, error) {
+	if p.rc != nil && p.rc.SetReadDeadline(time.Now().Add(p.timeout)) == nil {
+		p.set = true
+	}
+	return p.r.Read(b)
+}
+
+func (p *pacedBody) done(err error) {
+	if p.set && !errors.Is(err, os.ErrDeadlineExceeded) {
+		_ = p.rc.SetReadDeadline(time.Time{})
+	}
 }
 
 // bodyUpfront is how much of a declared body readDeclared allocates before

@@ -36,6 +36,8 @@ type runtime struct {
 	// timeouts are the backends' total time limits per try (none: absent).
 	timeouts map[*balancer.Upstream]time.Duration
 	maxBody  int64
+	// bodyTimeout bounds a pause in a request body (server.body_timeout).
+	bodyTimeout time.Duration
 	// stop ends the runtime's background work (health checks).
 	stop context.CancelFunc
 }
@@ -43,7 +45,8 @@ type runtime struct {
 // buildRuntime makes a runtime from cfg. keys, when non-nil, is kept
 // instead of the config file's key list (a Redis key store).
 func (g *Gateway) buildRuntime(cfg *config.Config, keys auth.Store) (*runtime, error) {
-	rt := &runtime{cfg: cfg, authOn: cfg.AuthEnabled(), maxBody: cfg.Server.MaxBodyBytes, stop: func() {}}
+	rt := &runtime{cfg: cfg, authOn: cfg.AuthEnabled(), maxBody: cfg.Server.MaxBodyBytes,
+		bodyTimeout: cfg.Server.BodyTimeout.D(), stop: func() {}}
 	if rt.maxBody <= 0 {
 		rt.maxBody = 10 << 20
 	}

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
+	"time"
 )
 
 // Error is a failure the client is told about. Message must be safe to show:
@@ -28,6 +29,12 @@ func (e *Error) Error() string { return e.Code + ": " + e.Message }
 // Constructors for the classes of failure the gateway knows.
 func BadRequest(code, msg string) *Error {
 	return &Error{Status: http.StatusBadRequest, Type: "invalid_request_error", Code: code, Message: msg}
+}
+
+// BodyTimeout is the answer to a request whose body stopped coming.
+func BodyTimeout(after time.Duration) *Error {
+	return &Error{Status: http.StatusRequestTimeout, Type: "invalid_request_error", Code: "request_timeout",
+		Message: "the request body stopped coming: no byte for " + after.String()}
 }
 
 func Unauthorized(msg string) *Error {

@@ -1,0 +1,100 @@
+package gateway
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
+)
+
+// TestBodyTimeout: a request body that stops coming for server.body_timeout
+// is refused with 408 (and recorded); one that keeps coming, however
+// slowly, is served; and the deadline is gone once the body is read, so a
+// reply that takes longer than body_timeout is not cut.
+func TestBodyTimeout(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("slow") != "" {
+			time.Sleep(600 * time.Millisecond)
+		}
+		_, _ = w.Write([]byte(`{"ok":true}`))
+	}))
+	defer backend.Close()
+	cfg, err := config.Parse([]byte(fmt.Sprintf(`
+backends: [{url: %q}]
+api_keys: [{key: %q, id: unit}]
+server: { body_timeout: 200ms }
+`, backend.URL, testKey)), "test.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw, s := serveConfig(t, cfg)
+	addr := strings.TrimPrefix(gw.URL, "http://")
+	body := `{"model":"m1","messages":[{"role":"user","content":"hi"}]}`
+
+	// send writes the request's head and then its body in pieces, gap
+	// apart, and returns the response.
+	send := func(t *testing.T, path string, pieces []string, gap time.Duration) *http.Response {
+		t.Helper()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", path, testKey, len(body))
+		for _, p := range pieces {
+			time.Sleep(gap)
+			if _, err := io.WriteString(c, p); err != nil {
+				t.Fatal(err)
+			}
+		}
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+
+	t.Run("stalled", func(t *testing.T) {
+		start := time.Now()
+		resp := send(t, "/v1/chat/completions", []string{body[:10]}, 0)
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusRequestTimeout || !strings.Contains(string(b), `"code":"request_timeout"`) {
+			t.Fatalf("%d %s", resp.StatusCode, b)
+		}
+		if d := time.Since(start); d > 3*time.Second {
+			t.Fatalf("refused after %v", d)
+		}
+		if ev := s.next(t); ev.StatusCode != http.StatusRequestTimeout || ev.Error != "request_timeout" {
+			t.Fatalf("event status %d error %q", ev.StatusCode, ev.Error)
+		}
+	})
+	t.Run("slow but steady", func(t *testing.T) {
+		var pieces []string
+		for i := 0; i < len(body); i += 10 {
+			pieces = append(pieces, body[i:min(i+10, len(body))])
+		}
+		// 6 pieces 100ms apart: 600ms in all, three times body_timeout.
+		resp := send(t, "/v1/chat/completions", pieces, 100*time.Millisecond)
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 || string(b) != `{"ok":true}` {
+			t.Fatalf("%d %s", resp.StatusCode, b)
+		}
+		s.next(t)
+	})
+	t.Run("reply slower than body_timeout", func(t *testing.T) {
+		resp := send(t, "/v1/chat/completions?slow=1", []string{body}, 0)
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 || string(b) != `{"ok":true}` {
+			t.Fatalf("%d %s", resp.StatusCode, b)
+		}
+		s.next(t)
+	})
+}
