@@ -208,3 +208,50 @@ api_keys: [{key: %q}]
 		t.Errorf("a 503 reply was taken as a sample: %s", d)
 	}
 }
+
+// TestReloadKeepsBackendState: a reload that leaves a backend as it was
+// keeps what routing knows of it: a request in flight there still counts
+// (least_connections) and ends on the count it started on.
+func TestReloadKeepsBackendState(t *testing.T) {
+	arrived, release := make(chan struct{}), make(chan struct{})
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		<-release
+		_, _ = w.Write([]byte(`{}`))
+	}))
+	defer backend.Close()
+	text := fmt.Sprintf("backends: [{url: %q, name: busy}]\nrouting: {load_balance_strategy: least_connections}\napi_keys: [{key: %q}]\n", backend.URL, testKey)
+	cfg, err := config.Parse([]byte(text), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := New(Options{Config: cfg, Events: newSink()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Start(context.Background())
+	srv := httptest.NewServer(g.Handler())
+	defer srv.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		do(t, "POST", srv.URL+"/v1/chat/completions", `{"model":"m"}`, withKey())
+	}()
+	<-arrived
+	again, err := config.Parse([]byte(text), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Reload(context.Background(), again); err != nil {
+		t.Fatal(err)
+	}
+	busy := g.rt.Load().pool.ByName("busy")
+	if n := busy.InFlight(); n != 1 {
+		t.Fatalf("after the reload the backend has %d requests in flight, want the 1 open there", n)
+	}
+	release <- struct{}{}
+	<-done
+	if n := busy.InFlight(); n != 0 {
+		t.Fatalf("%d in flight once the request ended", n)
+	}
+}

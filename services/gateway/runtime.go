@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
@@ -81,11 +82,16 @@ func (g *Gateway) buildRuntime(cfg *config.Config, keys auth.Store) (*runtime, e
 	if rt.maxCapture <= 0 {
 		rt.maxCapture = 64 << 10
 	}
+	var prev *balancer.Pool
+	if old := g.rt.Load(); old != nil {
+		prev = old.pool // a reload: unchanged backends keep their state
+	}
 	pool, err := balancer.NewPool(balancer.PoolConfig{
 		Backends:    cfg.Backends,
 		Strategy:    cfg.Routing.LoadBalanceStrategy,
 		Fallback:    cfg.Routing.Fallback,
 		HealthCheck: cfg.HealthCheck,
+		Previous:    prev,
 	})
 	if err != nil {
 		return nil, err
@@ -144,8 +150,12 @@ func (g *Gateway) Reload(ctx context.Context, cfg *config.Config) error {
 	if old != nil {
 		old.stop()
 		// Requests in flight keep their connections; idle ones of the
-		// replaced backends are closed.
+		// replaced backends are closed (a backend kept as it was keeps
+		// them).
 		for _, u := range old.pool.Upstreams() {
+			if slices.Contains(rt.pool.Upstreams(), u) {
+				continue
+			}
 			if c, ok := u.Transport.(interface{ CloseIdleConnections() }); ok {
 				c.CloseIdleConnections()
 			}

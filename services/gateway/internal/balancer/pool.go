@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"reflect"
 	"strings"
 	"time"
 
@@ -49,6 +50,13 @@ type PoolConfig struct {
 	Clock Clock
 	// Rand defaults to GlobalRand.
 	Rand Rand
+	// Previous is the pool this one replaces (a reload), if any: a
+	// backend whose config is unchanged keeps its Upstream, with the
+	// requests in flight on it, its passive ejection and failure count,
+	// its health verdict, its TTFT average and load scrape, and its idle
+	// connections, so that a reload does not reset what least_connections,
+	// latency_based, least_load and ejection go by.
+	Previous *Pool
 }
 
 // Pool is the set of upstreams and the strategy choosing among them. It is
@@ -127,12 +135,16 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 		anyWeight = anyWeight || b.Weight > 0
 	}
 	for i, b := range cfg.Backends {
-		u, err := newUpstream(b, clock, int64(threshold), cooldown)
-		if err != nil {
-			return nil, fmt.Errorf("backends[%d]: %w", i, err)
+		standby := anyWeight && b.Weight == 0
+		u := cfg.Previous.same(b, int64(threshold), cooldown, standby)
+		if u == nil {
+			var err error
+			if u, err = newUpstream(b, clock, int64(threshold), cooldown); err != nil {
+				return nil, fmt.Errorf("backends[%d]: %w", i, err)
+			}
+			u.standby = standby
+			u.Transport = newTransport(b)
 		}
-		u.standby = anyWeight && b.Weight == 0
-		u.Transport = newTransport(b)
 		if _, dup := p.byName[u.Name]; dup {
 			return nil, fmt.Errorf("backends[%d].name: duplicate backend %q", i, u.Name)
 		}
@@ -185,6 +197,7 @@ func newUpstream(b config.Backend, clock Clock, threshold int64, cooldown time.D
 		return nil, fmt.Errorf("weight: %d is negative", b.Weight)
 	}
 	up := &Upstream{
+		spec:             b,
 		Name:             b.Name,
 		URL:              u,
 		Weight:           max(b.Weight, 1),
@@ -204,6 +217,27 @@ func newUpstream(b config.Backend, clock Clock, threshold int64, cooldown time.D
 		}
 	}
 	return up, nil
+}
+
+// same returns p's upstream for backend b when b's config, and what the
+// pool adds to it, are unchanged; nil otherwise (or when p is nil). A
+// backend of a pool built without its Transport from the config
+// (PoolConfig.NewTransport) is reused all the same: the config it was
+// built from is the same.
+func (p *Pool) same(b config.Backend, threshold int64, cooldown time.Duration, standby bool) *Upstream {
+	if p == nil {
+		return nil
+	}
+	name := b.Name
+	if name == "" {
+		name = b.URL
+	}
+	u := p.byName[name]
+	if u == nil || u.failureThreshold != threshold || u.cooldown != cooldown || u.standby != standby ||
+		!reflect.DeepEqual(u.spec, b) {
+		return nil
+	}
+	return u
 }
 
 // lookup finds an upstream by name, or by URL ignoring a trailing slash.

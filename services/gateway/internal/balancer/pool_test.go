@@ -470,3 +470,57 @@ func TestPickEjectedWhenNothingIsAvailable(t *testing.T) {
 		t.Fatalf("vllm-1 down, vllm-2 ejected: picked %v, %v; want vllm-2", u, err)
 	}
 }
+
+// TestReloadKeepsUnchangedBackends: a pool built to replace another (a
+// reload) keeps the Upstream of each backend whose config is the same, with
+// its requests in flight, its ejection and its TTFT average, so that the
+// strategies and ejection do not start over; a changed backend, or one whose
+// pool settings changed, starts afresh.
+func TestReloadKeepsUnchangedBackends(t *testing.T) {
+	clk := newFakeClock()
+	hc := config.HealthCheck{FailureThreshold: 1, Cooldown: config.Duration(time.Minute)}
+	bs := backends(3)
+	old := mustPool(t, PoolConfig{Backends: bs, Strategy: LeastConnections, Clock: clk, HealthCheck: hc})
+	a, b, c := old.Upstreams()[0], old.Upstreams()[1], old.Upstreams()[2]
+	a.Acquire() // a stream open on a
+	a.ObserveTTFT(300 * time.Millisecond)
+	b.ReportFailure(clk.Now()) // b ejected
+	if !b.Ejected(clk.Now()) {
+		t.Fatal("b not ejected")
+	}
+
+	next := append([]config.Backend(nil), bs...)
+	next[2].Headers = map[string]string{"Authorization": "Bearer new"} // c changed
+	p := mustPool(t, PoolConfig{Backends: next, Strategy: LeastConnections, Clock: clk, HealthCheck: hc, Previous: old})
+	na, nb, nc := p.Upstreams()[0], p.Upstreams()[1], p.Upstreams()[2]
+	if na != a || nb != b || nc == c {
+		t.Fatalf("kept a %v, b %v, c %v; want a and b kept, c new", na == a, nb == b, nc == c)
+	}
+	if na.InFlight() != 1 || !nb.Ejected(clk.Now()) {
+		t.Fatalf("a in flight %d, b ejected %v", na.InFlight(), nb.Ejected(clk.Now()))
+	}
+	if ttft, ok := na.TTFT(); !ok || ttft != 300*time.Millisecond {
+		t.Fatalf("a's TTFT %v %v", ttft, ok)
+	}
+	// least_connections sends the next request past a's open stream and
+	// the ejected b.
+	if u, err := p.Pick("", nil); err != nil || u != nc {
+		t.Fatalf("picked %v, %v; want %s", u, err, nc.Name)
+	}
+	// The request that started before the reload ends on the same
+	// Upstream, so the count comes back to 0 rather than -1 or 1.
+	a.Release()
+	if na.InFlight() != 0 {
+		t.Fatalf("a in flight %d after its stream ended", na.InFlight())
+	}
+
+	// Other passive-ejection settings: every backend starts afresh.
+	hc2 := hc
+	hc2.Cooldown = config.Duration(2 * time.Minute)
+	p2 := mustPool(t, PoolConfig{Backends: next, Strategy: LeastConnections, Clock: clk, HealthCheck: hc2, Previous: p})
+	for i, u := range p2.Upstreams() {
+		if u == p.Upstreams()[i] {
+			t.Fatalf("backend %d kept across a change of cooldown", i)
+		}
+	}
+}

@@ -6,6 +6,8 @@ import (
 	"net/url"
 	"sync/atomic"
 	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
 )
 
 // Upstream states reported by Upstream.State and in Snapshot.
@@ -26,6 +28,9 @@ const ttftAlpha = 0.3
 // its state is held in atomics, so every method is safe for concurrent use
 // and an Upstream must not be copied.
 type Upstream struct {
+	// spec is the backend's config, which a reloaded pool compares to
+	// keep this Upstream (PoolConfig.Previous).
+	spec config.Backend
 	// Name is the backend's configured name, or its URL.
 	Name string
 	// URL is the backend's base URL.
