@@ -2,7 +2,11 @@ package gateway
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -78,5 +82,48 @@ func TestReleaseDuringRenewStopsRenewing(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	if n := r.calls.Load(); n != 1 {
 		t.Fatalf("%d renewals; want the one in flight at release and none after", n)
+	}
+}
+
+// panicWriter is a ResponseWriter that panics on the reply's head, as a
+// handler bug or a writer raising http.ErrAbortHandler would.
+type panicWriter struct{ h http.Header }
+
+func (w *panicWriter) Header() http.Header       { return w.h }
+func (w *panicWriter) Write([]byte) (int, error) { panic(http.ErrAbortHandler) }
+func (w *panicWriter) WriteHeader(int)           { panic(http.ErrAbortHandler) }
+
+// TestPanicFreesTheLease: a request whose handler panics after admission
+// (net/http recovers it and drops the connection) gives its concurrency
+// slot back at once and stops renewing it, instead of holding the key's
+// slot for as long as the process lives.
+func TestPanicFreesTheLease(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}`))
+	}))
+	defer backend.Close()
+	cfg, err := config.Parse([]byte(fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q, limits: {max_concurrent: 1}}]\n", backend.URL, testKey)), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := New(Options{Config: cfg, Events: newSink(), Admitter: ledger.NewMemoryAdmitter(nil, nil), SettleLocally: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Start(context.Background())
+	req := httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader(`{"model":"m1"}`))
+	req.Header.Set("Authorization", "Bearer "+testKey)
+	func() {
+		defer func() {
+			if r := recover(); r != http.ErrAbortHandler {
+				t.Fatalf("recovered %v; want http.ErrAbortHandler", r)
+			}
+		}()
+		g.Handler().ServeHTTP(&panicWriter{h: http.Header{}}, req)
+	}()
+	srv := httptest.NewServer(g.Handler())
+	defer srv.Close()
+	if resp, body := do(t, "POST", srv.URL+"/v1/chat/completions", `{"model":"m1"}`, withKey()); resp.StatusCode != 200 {
+		t.Fatalf("request after a panicked one: %d %s; want 200 (its slot freed)", resp.StatusCode, body)
 	}
 }

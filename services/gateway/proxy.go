@@ -177,6 +177,11 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) {
 	g.inflight.Add(1)
 	defer g.inflight.Add(-1)
 	x := g.begin(w, r)
+	// A handler that panics (net/http recovers it and drops the
+	// connection) must still give the key's concurrency slot back: its
+	// renewals would otherwise hold it for as long as the process lives.
+	// Once commit or a refusal has released x, this does nothing.
+	defer g.release(x)
 	if e := g.prepare(r, x); e != nil {
 		g.release(x)
 		g.fail(w, x, e)
