@@ -7,12 +7,17 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/services/notifier"
 )
+
+// webhooksConnectTimeout bounds how long the webhooks commands try to reach NATS.
+var webhooksConnectTimeout = 60 * time.Second
 
 // cmdWebhooks runs `llmproxy webhooks dlq list|replay`.
 func cmdWebhooks(args []string) int {
@@ -47,9 +52,14 @@ func runWebhooks(args []string, stdout, stderr io.Writer) int {
 	if *natsURL != "" {
 		cfg.NATS.URL = *natsURL
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	// Listing and replaying take as long as the dead letters need (one
+	// POST each, bounded by its endpoint's timeout), until interrupted;
+	// only reaching NATS has a deadline.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	bctx, cancel := context.WithTimeout(ctx, webhooksConnectTimeout)
 	defer cancel()
-	b, err := openCLIBus(ctx, cfg, slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	b, err := openCLIBus(bctx, cfg, slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	if err != nil {
 		fmt.Fprintln(stderr, "llmproxy webhooks:", err)
 		return 1
