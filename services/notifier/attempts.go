@@ -38,7 +38,11 @@ const attemptsTimeout = 10 * time.Second
 // attemptRecord is what is known of the failed attempts to deliver one event
 // to one endpoint.
 type attemptRecord struct {
+	// Attempts are the failed attempts that count towards max_attempts;
+	// Deferred those the receiver answered with Retry-After, which only
+	// max_age bounds.
 	Attempts   int    `json:"attempts"`
+	Deferred   int    `json:"deferred,omitempty"`
 	LastStatus int    `json:"last_status"`
 	LastError  string `json:"last_error"`
 }

@@ -67,7 +67,9 @@ func (h *handler) handle(ctx context.Context, msg message) {
 		}
 		prev = r
 	}
-	n := prev.Attempts + 1
+	// n is this attempt's number among all made; only those failed without
+	// a Retry-After count towards max_attempts (see below).
+	n := prev.Attempts + prev.Deferred + 1
 	log := h.log.With("endpoint", h.ep.Name, "event_id", id, "attempt", n)
 
 	a := post(ctx, h.client, h.ep, id, body, now)
@@ -88,13 +90,22 @@ func (h *handler) handle(ctx context.Context, msg message) {
 	case classPermanent:
 		d.Reason = ReasonPermanent
 	case classRetry:
+		// A receiver that says when to come back (Retry-After: 1 during
+		// a deploy, say) is asked again then without using up an attempt:
+		// otherwise max_attempts of such answers would dead-letter an
+		// event within seconds of an outage that backoff rides out for
+		// minutes. max_age bounds those retries.
+		rec := attemptRecord{Attempts: prev.Attempts + 1, Deferred: prev.Deferred, LastStatus: d.LastStatus, LastError: d.LastError}
+		if a.HasRetryAfter {
+			rec.Attempts, rec.Deferred = prev.Attempts, prev.Deferred+1
+		}
 		switch {
-		case n >= h.ep.MaxAttempts:
+		case rec.Attempts >= h.ep.MaxAttempts:
 			d.Reason = ReasonMaxAttempts
 		case now.Sub(meta.Timestamp) >= h.ep.MaxAge:
 			d.Reason = ReasonMaxAge
 		default:
-			h.record(ctx, log, attemptKey(h.ep.Name, meta.Sequence.Stream), attemptRecord{Attempts: n, LastStatus: d.LastStatus, LastError: d.LastError})
+			h.record(ctx, log, attemptKey(h.ep.Name, meta.Sequence.Stream), rec)
 			delay := retryDelay(Backoff(n, h.opts.BackoffBase, h.opts.BackoffMax, h.opts.Rand), a.RetryAfter, a.HasRetryAfter, h.opts.BackoffBase)
 			log.Debug("webhook: attempt failed, retrying", "status", a.Status, "err", a.Err, "delay", delay)
 			if err := msg.NakWithDelay(delay); err != nil {

@@ -62,11 +62,12 @@ func TestHandlerOutcomes(t *testing.T) {
 		wantNak        bool
 		wantNakAtLeast time.Duration
 		wantReason     string
+		wantDeferred   bool // the attempt is recorded as deferred by Retry-After
 	}{
 		{name: "2xx acks", status: 200, delivered: 1, wantPosts: 1, wantAck: true},
 		{name: "503 retries", status: 503, delivered: 1, wantPosts: 1, wantNak: true},
 		{name: "408 retries", status: 408, delivered: 2, wantPosts: 1, wantNak: true},
-		{name: "429 honours Retry-After", status: 429, retryAfter: "30", delivered: 1, wantPosts: 1, wantNak: true, wantNakAtLeast: 30 * time.Second},
+		{name: "429 honours Retry-After", status: 429, retryAfter: "30", delivered: 1, wantPosts: 1, wantNak: true, wantNakAtLeast: 30 * time.Second, wantDeferred: true},
 		{name: "404 is permanent", status: 404, delivered: 1, wantPosts: 1, wantAck: true, wantReason: ReasonPermanent},
 		{name: "last attempt dead-letters", status: 500, delivered: 5, prev: &attemptRecord{Attempts: 4}, wantPosts: 1, wantAck: true, wantReason: ReasonMaxAttempts},
 		{name: "too old dead-letters", status: 500, delivered: 2, age: 2 * time.Hour, wantPosts: 1, wantAck: true, wantReason: ReasonMaxAge},
@@ -76,6 +77,12 @@ func TestHandlerOutcomes(t *testing.T) {
 		{name: "redelivered past max_attempts still posts", status: 200, delivered: 6, wantPosts: 1, wantAck: true},
 		{name: "redelivered past max_attempts retries", status: 500, delivered: 9, prev: &attemptRecord{Attempts: 2}, wantPosts: 1, wantNak: true},
 		{name: "recorded attempts exhausted", status: 503, delivered: 9, prev: &attemptRecord{Attempts: 4}, wantPosts: 1, wantAck: true, wantReason: ReasonMaxAttempts},
+		// Retry-After: the receiver said when; such retries do not use
+		// up max_attempts, and max_age still bounds them.
+		{name: "Retry-After does not use up attempts", status: 503, retryAfter: "1", delivered: 30, prev: &attemptRecord{Attempts: 4, Deferred: 20},
+			wantPosts: 1, wantNak: true, wantNakAtLeast: time.Second, wantDeferred: true},
+		{name: "Retry-After past max_age dead-letters", status: 503, retryAfter: "1", delivered: 30, age: 2 * time.Hour, prev: &attemptRecord{Attempts: 1, Deferred: 20},
+			wantPosts: 1, wantAck: true, wantReason: ReasonMaxAge},
 		{name: "dlq publish failure naks", status: 400, delivered: 1, dlqErr: errors.New("no stream"), wantPosts: 1, wantNak: true},
 	}
 	for _, tt := range tests {
@@ -121,14 +128,19 @@ func TestHandlerOutcomes(t *testing.T) {
 			}
 			h.handle(context.Background(), msg)
 
-			wantAttempt := 1
+			var prev attemptRecord
 			if tt.prev != nil {
-				wantAttempt = tt.prev.Attempts + 1
+				prev = *tt.prev
 			}
+			wantAttempt := prev.Attempts + prev.Deferred + 1 // all made, this one included
 			if tt.wantNak && tt.dlqErr == nil {
+				want := attemptRecord{Attempts: prev.Attempts + 1, Deferred: prev.Deferred}
+				if tt.wantDeferred {
+					want = attemptRecord{Attempts: prev.Attempts, Deferred: prev.Deferred + 1}
+				}
 				r, ok, _ := log.get(context.Background(), attemptKey("ep", 7))
-				if !ok || r.Attempts != wantAttempt || r.LastStatus != tt.status {
-					t.Errorf("recorded %+v (found %v), want attempt %d with status %d", r, ok, wantAttempt, tt.status)
+				if !ok || r.Attempts != want.Attempts || r.Deferred != want.Deferred || r.LastStatus != tt.status {
+					t.Errorf("recorded %+v (found %v), want %d attempts and %d deferred with status %d", r, ok, want.Attempts, want.Deferred, tt.status)
 				}
 			}
 
