@@ -106,7 +106,8 @@ func TestPanicFreesTheLease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := New(Options{Config: cfg, Events: newSink(), Admitter: ledger.NewMemoryAdmitter(nil, nil), SettleLocally: true})
+	s := newSink()
+	g, err := New(Options{Config: cfg, Events: s, Admitter: ledger.NewMemoryAdmitter(nil, nil), SettleLocally: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,6 +122,11 @@ func TestPanicFreesTheLease(t *testing.T) {
 		}()
 		g.Handler().ServeHTTP(&panicWriter{h: http.Header{}}, req)
 	}()
+	// The request is recorded all the same (nothing reached the client:
+	// the reply's head panicked).
+	if ev := s.next(t); ev.Error != "internal_error" || ev.Usage.TotalTokens != 0 {
+		t.Fatalf("event of the panicked request: error %q, usage %+v", ev.Error, ev.Usage)
+	}
 	srv := httptest.NewServer(g.Handler())
 	defer srv.Close()
 	if resp, body := do(t, "POST", srv.URL+"/v1/chat/completions", `{"model":"m1"}`, withKey()); resp.StatusCode != 200 {

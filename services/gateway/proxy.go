@@ -198,6 +198,24 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) {
 			g.release(x)
 		}
 	}
+	// A panic past this point still records the request: the event (what
+	// was served is billed, estimated where no usage was read) goes out
+	// before the panic goes on to net/http, which drops the connection.
+	defer func() {
+		if x.committed {
+			return
+		}
+		if p := recover(); p != nil {
+			if x.errMsg == "" {
+				x.errMsg = "internal_error"
+			}
+			if x.status == 0 {
+				x.status = http.StatusInternalServerError
+			}
+			x.commit()
+			panic(p)
+		}
+	}()
 	// The sender starts on the event once the reply is out (even if the
 	// relay panicked): waking it earlier would cost the reply a thread
 	// wake-up. The event itself is in the outbox before the last bytes.
