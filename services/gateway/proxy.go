@@ -1039,7 +1039,16 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 	latency := g.now().Sub(x.start)
 	res := x.result
 	x.source = events.UsageSourceBackend
-	if x.delivered && (!res.Found || !res.PromptKnown || x.errMsg == "client_closed_request") {
+	if x.delivered && x.status >= 400 && !res.Found {
+		// The backend answered with its own error (vLLM's context-length
+		// 400, Ollama's unknown-model 404, TGI's 422, an overloaded 5xx):
+		// it generated nothing and reported no usage, so nothing is billed,
+		// least of all an estimate of the prompt it refused.
+		res = usage.Result{Model: res.Model}
+		if x.errMsg == "" {
+			x.errMsg = "backend_error"
+		}
+	} else if x.delivered && (!res.Found || !res.PromptKnown || x.errMsg == "client_closed_request") {
 		// No usage from the backend, or the client left: count what was
 		// delivered ourselves.
 		x.source = events.UsageSourceEstimated

@@ -1,0 +1,60 @@
+package gateway
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+)
+
+// TestEngineErrorRepliesAreNotBilled: an engine's own error reply (its
+// status and body as each engine writes them) reaches the client
+// unchanged, and its event records the failure with no tokens: the engine
+// refused or failed the request and generated nothing, so an estimate of
+// the prompt (a whole over-long prompt, for a context-length refusal) must
+// not be charged.
+func TestEngineErrorRepliesAreNotBilled(t *testing.T) {
+	const prompt = `"messages":[{"role":"user","content":"tell me a long story about the sea and the ships on it"}]`
+	tests := []struct {
+		name, path, req, ctype string
+		status                 int
+		body                   string
+	}{
+		{"vllm context length", "/v1/chat/completions", `{"model":"m1",` + prompt + `}`, "application/json", 400,
+			`{"error":{"message":"This model's maximum context length is 4096 tokens. However, you requested 9000 tokens.","type":"BadRequestError","param":null,"code":400}}`},
+		{"vllm older shape", "/v1/completions", `{"model":"m1","prompt":"tell me a long story about the sea"}`, "application/json", 400,
+			`{"object":"error","message":"This model's maximum context length is 4096 tokens.","type":"BadRequestError","param":null,"code":400}`},
+		{"vllm stream refused", "/v1/chat/completions", `{"model":"m1","stream":true,` + prompt + `}`, "application/json", 400,
+			`{"error":{"message":"max_tokens must be at least 1, got 0.","type":"BadRequestError","param":null,"code":400}}`},
+		{"llama.cpp", "/v1/chat/completions", `{"model":"m1",` + prompt + `}`, "application/json; charset=utf-8", 400,
+			`{"error":{"code":400,"message":"the request exceeds the available context size, try increasing it","type":"exceed_context_size_error","n_prompt_tokens":9000,"n_ctx":4096}}`},
+		{"ollama unknown model", "/api/chat", `{"model":"m1",` + prompt + `}`, "application/json; charset=utf-8", 404,
+			`{"error":"model \"m1\" not found, try pulling it first"}`},
+		{"tgi validation", "/generate", `{"inputs":"tell me a long story about the sea","parameters":{"max_new_tokens":100000}}`, "application/json", 422,
+			`{"error":"Input validation error: max_new_tokens must be <= 4096. Given: 100000","error_type":"validation"}`},
+		{"anthropic overloaded", "/v1/messages", `{"model":"m1","max_tokens":100,` + prompt + `}`, "application/json", 529,
+			`{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", tt.ctype)
+				w.WriteHeader(tt.status)
+				_, _ = io.WriteString(w, tt.body)
+			}))
+			defer backend.Close()
+			gw, s := newTestGateway(t, backend.URL, "")
+			resp, body := do(t, "POST", gw.URL+tt.path, tt.req, withKey())
+			if resp.StatusCode != tt.status || string(body) != tt.body {
+				t.Fatalf("client got %d %s, want the engine's %d %s", resp.StatusCode, body, tt.status, tt.body)
+			}
+			ev := s.next(t)
+			if ev.StatusCode != tt.status || ev.Error != "backend_error" {
+				t.Errorf("event status %d error %q, want %d backend_error", ev.StatusCode, ev.Error, tt.status)
+			}
+			if ev.Usage.TotalTokens != 0 || ev.Usage.PromptTokens != 0 || ev.Usage.CompletionTokens != 0 {
+				t.Errorf("event usage %+v (%s), want none billed for an error reply", ev.Usage, ev.UsageSource)
+			}
+		})
+	}
+}
