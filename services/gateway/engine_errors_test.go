@@ -58,3 +58,53 @@ func TestEngineErrorRepliesAreNotBilled(t *testing.T) {
 		})
 	}
 }
+
+// TestEngineErrorEventsInStreams: an error an engine writes into a stream
+// it started with 200 (vLLM's and llama.cpp's data: {"error":...}, TGI's
+// error event, Ollama's {"error":...} line) reaches the client unchanged and
+// marks the event backend_stream_error. What was delivered before it is
+// billed as an estimate; an error before any output (TGI's validation
+// errors come this way) bills nothing.
+func TestEngineErrorEventsInStreams(t *testing.T) {
+	const chat = `{"model":"m1","stream":true,"messages":[{"role":"user","content":"tell me a long story about the sea and the ships on it"}]}`
+	tests := []struct {
+		name, path, req, ctype, body string
+		billed                       bool
+	}{
+		{"vllm mid-stream", "/v1/chat/completions", chat, "text/event-stream",
+			"data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"m1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Once upon a time\"},\"finish_reason\":null}]}\n\n" +
+				"data: {\"error\": {\"message\": \"The engine is dead.\", \"type\": \"InternalServerError\", \"param\": null, \"code\": 500}}\n\n" +
+				"data: [DONE]\n\n", true},
+		{"llama.cpp before output", "/v1/chat/completions", chat, "text/event-stream",
+			"data: {\"error\":{\"code\":500,\"message\":\"failed to decode the batch\",\"type\":\"server_error\"}}\n\n", false},
+		{"tgi validation", "/generate_stream", `{"inputs":"tell me a long story about the sea","parameters":{"max_new_tokens":100000}}`, "text/event-stream",
+			"data:{\"error\":\"Input validation error: `max_new_tokens` must be <= 4096. Given: 100000\",\"error_type\":\"validation\"}\n\n", false},
+		{"ollama mid-stream", "/api/chat", `{"model":"m1","messages":[{"role":"user","content":"tell me a long story about the sea"}]}`, "application/x-ndjson",
+			"{\"model\":\"m1\",\"created_at\":\"2024-07-22T20:00:00Z\",\"message\":{\"role\":\"assistant\",\"content\":\"Once upon a time\"},\"done\":false}\n" +
+				"{\"error\":\"an error was encountered while running the model: unexpected EOF\"}\n", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", tt.ctype)
+				_, _ = io.WriteString(w, tt.body)
+			}))
+			defer backend.Close()
+			gw, s := newTestGateway(t, backend.URL, "")
+			resp, body := do(t, "POST", gw.URL+tt.path, tt.req, withKey())
+			if resp.StatusCode != 200 || string(body) != tt.body {
+				t.Fatalf("client got %d %q, want the engine's stream %q", resp.StatusCode, body, tt.body)
+			}
+			ev := s.next(t)
+			if ev.Error != "backend_stream_error" {
+				t.Errorf("event error %q, want backend_stream_error", ev.Error)
+			}
+			if tt.billed && (ev.UsageSource != estimatedSource || ev.Usage.PromptTokens == 0 || ev.Usage.CompletionTokens == 0) {
+				t.Errorf("event usage %+v (%s), want an estimate of what was delivered", ev.Usage, ev.UsageSource)
+			}
+			if !tt.billed && ev.Usage.TotalTokens != 0 {
+				t.Errorf("event usage %+v (%s), want none billed for an error before any output", ev.Usage, ev.UsageSource)
+			}
+		})
+	}
+}

@@ -1039,11 +1039,16 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 	latency := g.now().Sub(x.start)
 	res := x.result
 	x.source = events.UsageSourceBackend
-	if x.delivered && x.status >= 400 && !res.Found {
+	if x.delivered && res.BackendError && x.errMsg == "" && x.status < 400 {
+		// The engine ended its stream with its own error event.
+		x.errMsg = "backend_stream_error"
+	}
+	if x.delivered && !res.Found && (x.status >= 400 || res.BackendError && res.TextBytes == 0) {
 		// The backend answered with its own error (vLLM's context-length
-		// 400, Ollama's unknown-model 404, TGI's 422, an overloaded 5xx):
-		// it generated nothing and reported no usage, so nothing is billed,
-		// least of all an estimate of the prompt it refused.
+		// 400, Ollama's unknown-model 404, TGI's 422 or its validation
+		// error event in a 200 stream, an overloaded 5xx) before any
+		// output: it generated nothing and reported no usage, so nothing
+		// is billed, least of all an estimate of the prompt it refused.
 		res = usage.Result{Model: res.Model}
 		if x.errMsg == "" {
 			x.errMsg = "backend_error"

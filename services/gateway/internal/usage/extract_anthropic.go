@@ -28,6 +28,8 @@ func (e *Extractor) anthropic(obj []byte) {
 		}
 	}
 	switch string(typ) {
+	case `"error"`:
+		e.res.BackendError = true
 	case `"content_block_delta"`:
 		m := objectMembers(delta)
 		for k, v, ok := m.next(); ok; k, v, ok = m.next() {

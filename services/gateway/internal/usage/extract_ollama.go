@@ -33,6 +33,8 @@ func (e *Extractor) ollama(obj []byte) {
 			promptEval = v
 		case keyIs(k, "eval_count"):
 			eval = v
+		case keyIs(k, "error"):
+			e.setBackendError(v)
 		}
 	}
 	isDone := string(done) == "true"

@@ -31,7 +31,13 @@ func (e *Extractor) openai(obj []byte) {
 			status = v
 		case keyIs(k, "response"):
 			response = v
+		case keyIs(k, "error"):
+			e.setBackendError(v)
 		}
+	}
+	if string(typ) == `"error"` {
+		e.res.BackendError = true
+		return
 	}
 	if typ != nil {
 		e.openaiResponsesEvent(typ, delta, response)

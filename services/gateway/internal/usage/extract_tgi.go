@@ -24,6 +24,8 @@ func (e *Extractor) tgi(obj []byte, stream bool) {
 			e.addJSONString(v)
 		case keyIs(k, "details"):
 			details = v
+		case keyIs(k, "error"):
+			e.setBackendError(v)
 		}
 	}
 	var prefill int64

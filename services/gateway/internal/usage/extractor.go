@@ -48,6 +48,11 @@ type Result struct {
 	TextBytes int64
 	// TextTruncated reports that Text was cut at MaxText.
 	TextTruncated bool
+	// BackendError reports that the backend wrote an error into its reply
+	// (a stream's error event): vLLM's and llama.cpp's data: {"error":{...}},
+	// TGI's {"error":..., "error_type":...}, Ollama's {"error":...} line,
+	// Anthropic's and the Responses API's events of type "error".
+	BackendError bool
 }
 
 // Extractor reads usage, model, finish reason and completion text from one
@@ -85,6 +90,11 @@ func NewExtractor(f Format, opts Options) *Extractor {
 func (e *Extractor) Event(ev []byte) {
 	data := ev
 	if e.format.sse() {
+		if bytes.HasPrefix(ev, litEventField) && isErrorEvent(ev) {
+			// llama.cpp names its Anthropic-style error event this way
+			// without a "type" in the data.
+			e.res.BackendError = true
+		}
 		var ok bool
 		data, e.scratch, ok = sseData(ev, e.scratch)
 		if !ok {
@@ -193,4 +203,23 @@ func (e *Extractor) setFinish(raw []byte) {
 	if e.res.FinishReason != string(e.dec) {
 		e.res.FinishReason = string(e.dec)
 	}
+}
+
+// setBackendError notes an "error" member of a reply's top-level object;
+// a null one (the Responses API's "error":null) is no error.
+func (e *Extractor) setBackendError(raw []byte) {
+	if !isNullOrEmpty(raw) {
+		e.res.BackendError = true
+	}
+}
+
+var (
+	litEventField = []byte("event:")
+	litError      = []byte("error")
+)
+
+// isErrorEvent reports whether the SSE event ev is named "error".
+func isErrorEvent(ev []byte) bool {
+	name, ok := sseField(ev, "event")
+	return ok && bytes.Equal(bytes.TrimSpace(name), litError)
 }
