@@ -85,26 +85,37 @@ func (e *Extractor) anthropicBlock(b []byte, start bool) {
 
 // anthropicUsage: the prompt is input_tokens plus the cache write and read
 // tokens, which Anthropic counts apart from input_tokens. Newer API versions
-// repeat input_tokens in message_delta (counts there are cumulative); older
-// ones send only output_tokens there.
+// repeat the input counts in message_delta; counts there are cumulative, and
+// a count a message_delta leaves out or sends as null is unchanged (as the
+// SDKs accumulate them), so a cache count from message_start is kept when a
+// later event repeats only input_tokens. Older versions send only
+// output_tokens there.
 func (e *Extractor) anthropicUsage(v []byte, final bool) {
-	var in, cacheWrite, cacheRead, out int64
+	var out int64
 	var hasIn, hasOut bool
 	m := objectMembers(v)
 	for k, v, ok := m.next(); ok; k, v, ok = m.next() {
+		var n int64
+		var has bool
 		switch {
 		case keyIs(k, "input_tokens"):
-			in, hasIn = parseCount(v)
+			if n, has = parseCount(v); has {
+				e.antIn, hasIn = n, true
+			}
 		case keyIs(k, "cache_creation_input_tokens"):
-			cacheWrite, _ = parseCount(v)
+			if n, has = parseCount(v); has {
+				e.antCacheWrite = n
+			}
 		case keyIs(k, "cache_read_input_tokens"):
-			cacheRead, _ = parseCount(v)
+			if n, has = parseCount(v); has {
+				e.antCacheRead = n
+			}
 		case keyIs(k, "output_tokens"):
 			out, hasOut = parseCount(v)
 		}
 	}
 	if hasIn {
-		e.res.PromptTokens = in + cacheWrite + cacheRead
+		e.res.PromptTokens = e.antIn + e.antCacheWrite + e.antCacheRead
 		e.res.PromptKnown = true
 	}
 	if final && hasOut {

@@ -70,6 +70,9 @@ type Extractor struct {
 	text    []byte
 	scratch []byte
 	dec     []byte
+	// The Anthropic input counts seen so far (message_start, then any
+	// message_delta that repeats them).
+	antIn, antCacheWrite, antCacheRead int64
 }
 
 // NewExtractor returns an Extractor for responses in format f.
