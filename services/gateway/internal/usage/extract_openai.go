@@ -9,9 +9,14 @@ import (
 // openai reads an OpenAI-style body or stream chunk: chat completions
 // (choices[].message / .delta), completions (choices[].text), embeddings
 // (usage only) and the Responses API (an "output" array in bodies; typed
-// stream events carrying "delta" or a "response" object).
+// stream events carrying "delta" or a "response" object). It also reads
+// llama.cpp's native completion shape, which llama-server builds before
+// its OpenAI-style /v1/completions (December 2024) answer that path with:
+// a flat object with "content", the counts in tokens_evaluated and
+// tokens_predicted, and a stream of such objects without [DONE].
 func (e *Extractor) openai(obj []byte) {
 	var usage, typ, delta, output, status, response []byte
+	var evaluated, predicted, stopType, stoppedLimit []byte
 	m := objectMembers(obj)
 	for k, v, ok := m.next(); ok; k, v, ok = m.next() {
 		switch {
@@ -33,7 +38,20 @@ func (e *Extractor) openai(obj []byte) {
 			response = v
 		case keyIs(k, "error"):
 			e.setBackendError(v)
+		case keyIs(k, "content"):
+			e.addJSONString(v) // llama.cpp native; a string or nothing
+		case keyIs(k, "tokens_evaluated"):
+			evaluated = v
+		case keyIs(k, "tokens_predicted"):
+			predicted = v
+		case keyIs(k, "stop_type"):
+			stopType = v
+		case keyIs(k, "stopped_limit"):
+			stoppedLimit = v
 		}
+	}
+	if predicted != nil {
+		e.llamacppNative(evaluated, predicted, stopType, stoppedLimit)
 	}
 	if string(typ) == `"error"` {
 		e.res.BackendError = true
@@ -79,6 +97,31 @@ func (e *Extractor) openaiMessage(v []byte) {
 				e.addJSONRaw(member(member(c, "function"), "arguments"))
 			}
 		}
+	}
+}
+
+// llamacppNative takes the counts of a llama.cpp native completion: the
+// prompt is tokens_evaluated (the whole prompt, cached or not), the
+// completion tokens_predicted. stop_type "limit" (stopped_limit in older
+// builds) is OpenAI's "length", "eos" and "word" its "stop".
+func (e *Extractor) llamacppNative(evaluated, predicted, stopType, stoppedLimit []byte) {
+	c, ok := parseCount(predicted)
+	if !ok {
+		return
+	}
+	e.res.CompletionTokens, e.res.Found = c, true
+	if p, ok := parseCount(evaluated); ok {
+		e.res.PromptTokens, e.res.PromptKnown = p, true
+	}
+	switch {
+	case string(stopType) == `"limit"`:
+		e.res.FinishReason = "length"
+	case string(stopType) == `"eos"`, string(stopType) == `"word"`:
+		e.res.FinishReason = "stop"
+	case stopType == nil && string(stoppedLimit) == "true":
+		e.res.FinishReason = "length"
+	case stopType == nil && string(stoppedLimit) == "false":
+		e.res.FinishReason = "stop"
 	}
 }
 

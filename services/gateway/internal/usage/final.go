@@ -4,7 +4,8 @@ import "bytes"
 
 // IsFinalEvent reports whether ev is the event that ends a stream of format
 // f: OpenAI's `data: [DONE]` (and the Responses API's response.completed,
-// response.incomplete or response.failed), Anthropic's message_stop,
+// response.incomplete or response.failed, and llama.cpp's native
+// completion event with "stop":true, whose stream has no [DONE]), Anthropic's message_stop,
 // Ollama's line with "done":true, TGI's event carrying the whole
 // generated_text. All usage of the stream is known once it has been seen.
 //
@@ -18,6 +19,11 @@ func IsFinalEvent(f Format, ev []byte) bool {
 	case FormatOpenAISSE:
 		if bytes.Contains(ev, litDone) && isDoneData(ev) {
 			return true
+		}
+		if bytes.Contains(ev, litTrue) && bytes.Contains(ev, keyStop) {
+			if data, ok := eventData(ev); ok && bytes.Equal(member(data, "stop"), litTrue) {
+				return true
+			}
 		}
 		return bytes.Contains(ev, responsesTypePrefix) && sseTypeIs(ev, responsesFinal...)
 	case FormatAnthropicSSE:
@@ -43,6 +49,7 @@ var (
 	responsesFinal      = [][]byte{[]byte("response.completed"), []byte("response.incomplete"), []byte("response.failed")}
 	anthropicFinal      = []byte("message_stop")
 	keyGeneratedText    = []byte("generated_text")
+	keyStop             = []byte(`"stop"`)
 )
 
 // isDoneData reports whether ev's data is exactly [DONE].

@@ -26,6 +26,9 @@ func TestIsFinalEvent(t *testing.T) {
 		{"responses delta quoting a type", FormatOpenAISSE, "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"\\\"type\\\":\\\"response.completed\\\"\"}\n\n", false},
 		{"responses nested type", FormatOpenAISSE, "data: {\"type\":\"response.output_item.done\",\"item\":{\"type\":\"response.completed\"}}\n\n", false},
 		{"responses delta, data only", FormatOpenAISSE, "data: {\"delta\":\"response.completed\",\"type\":\"response.output_text.delta\"}\n\n", false},
+		{"llama.cpp native stop", FormatOpenAISSE, "data: {\"content\":\"\",\"id_slot\":0,\"stop\":true,\"tokens_predicted\":5,\"tokens_evaluated\":6}\n\n", true},
+		{"llama.cpp native partial", FormatOpenAISSE, "data: {\"content\":\" true\",\"stop\":false,\"id_slot\":0}\n\n", false},
+		{"openai tool arguments with stop:true", FormatOpenAISSE, "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"function\":{\"arguments\":\"{\\\"stop\\\": true}\"}}]}}]}\n\n", false},
 		{"anthropic stop", FormatAnthropicSSE, "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n", true},
 		{"anthropic stop, data only", FormatAnthropicSSE, "data: {\"type\": \"message_stop\"}\r\n\r\n", true},
 		{"anthropic delta", FormatAnthropicSSE, "event: message_delta\ndata: {}\n\n", false},
@@ -93,6 +96,7 @@ func TestIsFinalEventDoesNotAllocate(t *testing.T) {
 		{FormatAnthropicSSE, "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"message_stop\"}}\n\n"},
 		{FormatOllamaNDJSON, "{\"message\":{\"content\":\"true\"},\"done\":false}\n"},
 		{FormatTGISSE, "data:{\"token\":{},\"generated_text\":\"hi\",\"details\":{}}\n\n"},
+		{FormatOpenAISSE, "data: {\"content\":\"\",\"stop\":true,\"tokens_predicted\":5}\n\n"},
 	}
 	for _, e := range evs {
 		ev := []byte(e.ev)

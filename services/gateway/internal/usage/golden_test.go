@@ -71,6 +71,14 @@ var goldens = []golden{
 		Text: "Because of Rayleigh scattering."}},
 	{"ollama_embed.json", FormatOllamaJSON, Result{
 		PromptTokens: 8, Found: true, PromptKnown: true, Model: "all-minilm"}},
+	{"llamacpp_completions_native.json", FormatOpenAIJSON, Result{
+		PromptTokens: 6, CompletionTokens: 8, Found: true, PromptKnown: true,
+		FinishReason: "stop", Model: "qwen2.5-7b-instruct-q4_k_m.gguf",
+		Text: " Paris, the city of light."}},
+	{"llamacpp_completions_native_stream.sse", FormatOpenAISSE, Result{
+		PromptTokens: 6, CompletionTokens: 5, Found: true, PromptKnown: true,
+		FinishReason: "length", Model: "qwen2.5-7b-instruct-q4_k_m.gguf",
+		Text: " Paris, the city of light."}},
 	{"tgi_generate.json", FormatTGIJSON, Result{
 		PromptTokens: 6, CompletionTokens: 5, Found: true, PromptKnown: true,
 		FinishReason: "length", Text: " Deep learning is a subset"}},
@@ -172,7 +180,7 @@ func pathFor(file string) string {
 	switch {
 	case bytes.HasPrefix([]byte(file), []byte("openai_chat")):
 		return "/v1/chat/completions"
-	case bytes.HasPrefix([]byte(file), []byte("openai_completions")):
+	case bytes.HasPrefix([]byte(file), []byte("openai_completions")), bytes.HasPrefix([]byte(file), []byte("llamacpp_completions")):
 		return "/v1/completions"
 	case bytes.HasPrefix([]byte(file), []byte("openai_embeddings")):
 		return "/v1/embeddings"
