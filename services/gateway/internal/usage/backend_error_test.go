@@ -36,6 +36,8 @@ func TestBackendErrorEvents(t *testing.T) {
 		{"ollama", FormatOllamaNDJSON, []string{
 			"{\"model\":\"llama3.2\",\"created_at\":\"2024-07-22T20:00:00Z\",\"message\":{\"role\":\"assistant\",\"content\":\"The\"},\"done\":false}\n",
 			"{\"error\":\"an error was encountered while running the model: unexpected EOF\"}\n"}, true, "The"},
+		{"responses failed", FormatOpenAISSE, []string{
+			"event: response.failed\ndata: {\"type\":\"response.failed\",\"sequence_number\":4,\"response\":{\"id\":\"resp_1\",\"status\":\"failed\",\"error\":{\"code\":\"server_error\",\"message\":\"The model failed to generate a response.\"},\"usage\":null}}\n\n"}, true, ""},
 		{"responses error null", FormatOpenAISSE, []string{
 			"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"status\":\"completed\",\"error\":null,\"usage\":{\"input_tokens\":1,\"output_tokens\":2}}}\n\n"}, false, ""},
 		{"text naming an error", FormatOpenAISSE, []string{

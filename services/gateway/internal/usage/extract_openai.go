@@ -53,9 +53,12 @@ func (e *Extractor) openai(obj []byte) {
 	if predicted != nil {
 		e.llamacppNative(evaluated, predicted, stopType, stoppedLimit)
 	}
-	if string(typ) == `"error"` {
+	switch string(typ) {
+	case `"error"`:
 		e.res.BackendError = true
 		return
+	case `"response.failed"`:
+		e.res.BackendError = true
 	}
 	if typ != nil {
 		e.openaiResponsesEvent(typ, delta, response)

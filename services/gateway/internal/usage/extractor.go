@@ -51,7 +51,8 @@ type Result struct {
 	// BackendError reports that the backend wrote an error into its reply
 	// (a stream's error event): vLLM's and llama.cpp's data: {"error":{...}},
 	// TGI's {"error":..., "error_type":...}, Ollama's {"error":...} line,
-	// Anthropic's and the Responses API's events of type "error".
+	// Anthropic's and the Responses API's events of type "error", and the
+	// Responses API's response.failed.
 	BackendError bool
 }
 
