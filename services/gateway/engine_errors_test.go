@@ -32,6 +32,8 @@ func TestEngineErrorRepliesAreNotBilled(t *testing.T) {
 			`{"error":"model \"m1\" not found, try pulling it first"}`},
 		{"tgi validation", "/generate", `{"inputs":"tell me a long story about the sea","parameters":{"max_new_tokens":100000}}`, "application/json", 422,
 			`{"error":"Input validation error: max_new_tokens must be <= 4096. Given: 100000","error_type":"validation"}`},
+		{"responses failed", "/v1/responses", `{"model":"m1","input":"tell me a long story about the sea"}`, "application/json", 200,
+			`{"id":"resp_1","object":"response","status":"failed","error":{"code":"server_error","message":"The model failed to generate a response."},"output":[],"usage":null}`},
 		{"anthropic overloaded", "/v1/messages", `{"model":"m1","max_tokens":100,` + prompt + `}`, "application/json", 529,
 			`{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}`},
 	}

@@ -1039,7 +1039,7 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 	latency := g.now().Sub(x.start)
 	res := x.result
 	x.source = events.UsageSourceBackend
-	if x.delivered && res.BackendError && x.errMsg == "" && x.status < 400 {
+	if x.delivered && res.BackendError && x.errMsg == "" && x.status < 400 && x.streamed {
 		// The engine ended its stream with its own error event.
 		x.errMsg = "backend_stream_error"
 	}
