@@ -474,3 +474,27 @@ func TestBackendsAreAskedForWhatTheGatewayReads(t *testing.T) {
 		})
 	}
 }
+
+// TestTGIGenerateCountsFromHeaders: TGI's /generate answers its counts in
+// x-prompt-tokens and x-generated-tokens whatever the request asked, so a
+// request without parameters.details is billed the engine's counts, not an
+// estimate.
+func TestTGIGenerateCountsFromHeaders(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("X-Compute-Type", "1-nvidia-a10g")
+		w.Header().Set("X-Prompt-Tokens", "6")
+		w.Header().Set("X-Generated-Tokens", "5")
+		_, _ = io.WriteString(w, `{"generated_text":" Deep learning is a subset"}`)
+	}))
+	defer backend.Close()
+	gw, s := newTestGateway(t, backend.URL, "")
+	resp, _ := do(t, "POST", gw.URL+"/generate", `{"inputs":"What is deep learning?","parameters":{"max_new_tokens":5}}`, withKey())
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	ev := s.next(t)
+	if ev.UsageSource != "backend" || ev.Usage.PromptTokens != 6 || ev.Usage.CompletionTokens != 5 {
+		t.Fatalf("event usage %+v (%s), want TGI's 6 + 5 from its headers", ev.Usage, ev.UsageSource)
+	}
+}

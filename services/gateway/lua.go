@@ -92,6 +92,7 @@ func (g *Gateway) relayWithHook(r *http.Request, w http.ResponseWriter, x *excha
 	}
 	format := usage.DetectFormat(x.path, resp.Header.Get("Content-Type"))
 	ex := usage.NewExtractor(format, usage.Options{})
+	ex.ResponseHeader(resp.Header)
 	if resp.Header.Get("Content-Encoding") == "" {
 		ex.Body(body)
 	}

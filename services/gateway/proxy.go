@@ -831,6 +831,7 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 		maxText = x.rt.maxCapture
 	}
 	ex := usage.NewExtractor(format, usage.Options{MaxText: maxText})
+	ex.ResponseHeader(resp.Header)
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	buf := *bp

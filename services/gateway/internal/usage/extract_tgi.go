@@ -1,5 +1,7 @@
 package usage
 
+import "net/http"
+
 // tgi reads a TGI /generate body or a /generate_stream event.
 //
 // TGI reports generated_tokens in "details": on the last stream event
@@ -55,5 +57,21 @@ func (e *Extractor) tgi(obj []byte, stream bool) {
 	}
 	if hasGenerated {
 		e.res.CompletionTokens, e.res.Found = generated, true
+	}
+}
+
+// ResponseHeader reads the counts an engine sends in its response headers:
+// TGI's /generate answers x-prompt-tokens and x-generated-tokens whatever
+// the request's parameters, where its body carries them only with details.
+// Call it before Body; counts the body carries are read over them.
+func (e *Extractor) ResponseHeader(h http.Header) {
+	if e.format != FormatTGIJSON {
+		return
+	}
+	if p, ok := parseCount([]byte(h.Get("X-Prompt-Tokens"))); ok {
+		e.res.PromptTokens, e.res.PromptKnown = p, true
+	}
+	if g, ok := parseCount([]byte(h.Get("X-Generated-Tokens"))); ok {
+		e.res.CompletionTokens, e.res.Found = g, true
 	}
 }

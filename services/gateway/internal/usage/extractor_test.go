@@ -1,6 +1,7 @@
 package usage
 
 import (
+	"net/http"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -139,5 +140,30 @@ func TestExtractorSteadyAllocs(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(200, func() { ex.Event(ev) }); n != 0 {
 		t.Errorf("allocs per event = %v, want 0", n)
+	}
+}
+
+// TestTGIResponseHeaders: TGI's /generate sends its counts in headers
+// whatever the request's details; a body with details is read over them.
+func TestTGIResponseHeaders(t *testing.T) {
+	h := http.Header{}
+	h.Set("X-Prompt-Tokens", "6")
+	h.Set("X-Generated-Tokens", "5")
+	ex := NewExtractor(FormatTGIJSON, Options{})
+	ex.ResponseHeader(h)
+	ex.Body(readGolden(t, "tgi_generate_nodetails.json"))
+	if r := ex.Result(); r.PromptTokens != 6 || r.CompletionTokens != 5 || !r.Found || !r.PromptKnown {
+		t.Errorf("without details: %+v", r)
+	}
+	ex = NewExtractor(FormatTGIJSON, Options{})
+	ex.ResponseHeader(http.Header{"X-Prompt-Tokens": {"99"}, "X-Generated-Tokens": {"99"}})
+	ex.Body(readGolden(t, "tgi_generate.json"))
+	if r := ex.Result(); r.PromptTokens != 6 || r.CompletionTokens != 5 {
+		t.Errorf("details read over the headers: %+v", r)
+	}
+	ex = NewExtractor(FormatOpenAIJSON, Options{})
+	ex.ResponseHeader(h)
+	if r := ex.Result(); r.Found || r.PromptKnown {
+		t.Errorf("headers read for another format: %+v", r)
 	}
 }
