@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -23,7 +24,11 @@ func TestTGIGenerate(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			m := decode(t, readAll(t, post(t, ts, "/generate", tc.body)))
+			resp := post(t, ts, "/generate", tc.body)
+			if p, g := resp.Header.Get("X-Prompt-Tokens"), resp.Header.Get("X-Generated-Tokens"); p != "3" || g != strconv.Itoa(tc.tokens) {
+				t.Fatalf("x-prompt-tokens %q, x-generated-tokens %q, want 3 and %d", p, g, tc.tokens)
+			}
+			m := decode(t, readAll(t, resp))
 			if m["generated_text"] != appendContentString(tc.tokens) {
 				t.Fatalf("text %v", m["generated_text"])
 			}
@@ -46,7 +51,7 @@ func appendContentString(n int) string { return string(appendContent(nil, n)) }
 
 func TestTGIGenerateStream(t *testing.T) {
 	_, ts := newTestServer(t, nil)
-	raw := readAll(t, post(t, ts, "/generate_stream", `{"inputs":"a b c","parameters":{"max_new_tokens":2}}`))
+	raw := readAll(t, post(t, ts, "/generate_stream", `{"inputs":"a b c","parameters":{"details":true,"max_new_tokens":2}}`))
 	if !bytes.HasPrefix(raw, []byte("data:{")) {
 		t.Fatalf("TGI writes data: without a space: %q", raw[:20])
 	}
@@ -72,6 +77,17 @@ func TestTGIGenerateStream(t *testing.T) {
 		if m["generated_text"] != "tok0 tok1 " || d["finish_reason"] != "length" || d["generated_tokens"] != 2.0 || d["input_length"] != 3.0 {
 			t.Fatalf("last event %v", m)
 		}
+	}
+}
+
+// TestTGIGenerateStreamWithoutDetails: as TGI, the last event has
+// "details":null unless the request set parameters.details.
+func TestTGIGenerateStreamWithoutDetails(t *testing.T) {
+	_, ts := newTestServer(t, nil)
+	evs := parseSSE(t, readAll(t, post(t, ts, "/generate_stream", `{"inputs":"a b c","parameters":{"max_new_tokens":2}}`)))
+	last := decode(t, []byte(evs[len(evs)-1].data))
+	if last["generated_text"] != "tok0 tok1 " || last["details"] != nil {
+		t.Fatalf("last event %v, want the text and details null", last)
 	}
 }
 

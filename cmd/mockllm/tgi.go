@@ -1,6 +1,9 @@
 package main
 
-import "net/http"
+import (
+	"net/http"
+	"strconv"
+)
 
 type tgiRequest struct {
 	Inputs     string `json:"inputs"`
@@ -25,11 +28,18 @@ func tgiFinish(capped bool) string {
 
 // tgiGenerate writes {"generated_text":..} and, when parameters.details
 // is set, "details" with finish_reason, generated_tokens, seed, prefill
-// (filled only with decoder_input_details, as TGI does) and tokens.
+// (filled only with decoder_input_details, as TGI does) and tokens. The
+// counts also go in the x-prompt-tokens and x-generated-tokens headers,
+// which TGI sends with every /generate reply.
 func (s *server) tgiGenerate(c *call, req *tgiRequest) {
 	n, capped := c.capTokens(req.Parameters.MaxNewTokens)
 	if !s.generate(c, n) {
 		return
+	}
+	if !c.k.OmitUsage {
+		h := c.w.Header()
+		h["X-Prompt-Tokens"] = []string{strconv.Itoa(countWords(req.Inputs))}
+		h["X-Generated-Tokens"] = []string{strconv.Itoa(n)}
 	}
 	bp := getBuf()
 	defer putBuf(bp)
@@ -82,18 +92,20 @@ func appendTGIToken(b []byte, i int) []byte {
 
 func (s *server) tgiGenerateStream(c *call, req *tgiRequest) {
 	n, capped := c.capTokens(req.Parameters.MaxNewTokens)
-	s.stream(c, n, &tgiStream{finish: tgiFinish(capped), prompt: countWords(req.Inputs)})
+	s.stream(c, n, &tgiStream{finish: tgiFinish(capped), prompt: countWords(req.Inputs), details: req.Parameters.Details})
 }
 
 // tgiStream writes TGI's SSE events, "data:{...}\n\n" with no space after
 // the colon: one event per token with "generated_text":null and
 // "details":null, except the last token's event, which carries the whole
-// generated_text and details {finish_reason, generated_tokens, seed,
+// generated_text and, when parameters.details is set (TGI sends them
+// only then), details {finish_reason, generated_tokens, seed,
 // input_length}. A zero-token reply sends one special end-of-sequence
 // token event.
 type tgiStream struct {
-	finish string
-	prompt int
+	finish  string
+	prompt  int
+	details bool
 }
 
 func (f *tgiStream) contentType() string { return "text/event-stream" }
@@ -118,7 +130,7 @@ func (f *tgiStream) appendFinal(b []byte, st *streamer) []byte {
 	b = append(b, `,"generated_text":"`...)
 	b = appendContent(b, st.n)
 	b = append(b, '"')
-	if st.c.k.OmitUsage {
+	if st.c.k.OmitUsage || !f.details {
 		return append(b, `,"details":null`...)
 	}
 	b = append(b, `,"details":{"finish_reason":"`...)
