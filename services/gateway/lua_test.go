@@ -143,7 +143,11 @@ func TestRunawayScriptsFailTheirRequestOnly(t *testing.T) {
 			if err := os.WriteFile(script, []byte(src), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			gw, _ := gatewayFromYAML(t, fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q}]\nlua: {scripts: [%q], timeout: 50ms}\n", a.URL, testKey, script))
+			// 200ms, not the default 50ms: the bursts below run 100
+			// scripts at once, and on two CPUs under the race detector a
+			// script that returns at once can wait longer than 50ms for
+			// a CPU.
+			gw, _ := gatewayFromYAML(t, fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q}]\nlua: {scripts: [%q], timeout: 200ms}\n", a.URL, testKey, script))
 			loop := withKey()
 			loop["X-Loop"] = "1"
 			start := time.Now()
