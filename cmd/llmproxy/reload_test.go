@@ -95,20 +95,7 @@ func TestSIGHUPKeyPeriodsInAdminUsage(t *testing.T) {
 	if err := os.WriteFile(path, []byte(head+"api_keys: [{ key: sk-one, id: one }]\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := config.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var logBuf syncBuffer
-	ctx, stop := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- serve(ctx, cfg, path, "all", "", slog.New(slog.NewJSONHandler(&logBuf, nil))) }()
-	defer func() {
-		stop()
-		if err := <-served; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	}()
+	logBuf := serveFile(t, path)
 	eventually(t, 30*time.Second, "the admin listener", func() (bool, string) {
 		b := adminGet(admin, "/admin/usage?key=two")
 		return strings.Contains(b, `"period":"monthly"`), b
@@ -165,20 +152,7 @@ func TestSIGHUPWhileStarting(t *testing.T) {
 	if err := os.WriteFile(path, []byte(y), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := config.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var logBuf syncBuffer
-	ctx, stop := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- serve(ctx, cfg, path, "all", "", slog.New(slog.NewJSONHandler(&logBuf, nil))) }()
-	defer func() {
-		stop()
-		if err := <-served; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	}()
+	logBuf := serveFile(t, path)
 	select {
 	case <-checking:
 	case <-time.After(20 * time.Second):
@@ -193,4 +167,26 @@ func TestSIGHUPWhileStarting(t *testing.T) {
 	eventually(t, 20*time.Second, "the reload once serving", func() (bool, string) {
 		return strings.Contains(logBuf.String(), "configuration reloaded"), logBuf.String()
 	})
+}
+
+// serveFile runs serve (target all) in this process on the config file at
+// path until the test ends; its log (JSON lines) goes to the buffer
+// returned.
+func serveFile(t *testing.T, path string) *syncBuffer {
+	t.Helper()
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logBuf := &syncBuffer{}
+	ctx, stop := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- serve(ctx, cfg, path, "all", "", slog.New(slog.NewJSONHandler(logBuf, nil))) }()
+	t.Cleanup(func() {
+		stop()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	return logBuf
 }

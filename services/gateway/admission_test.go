@@ -236,18 +236,25 @@ func TestRefusalsCarryRateLimitHeaders(t *testing.T) {
 				}
 			}
 			big := `{"model":"m","max_tokens":3000}`
-			t.Run("quota beside a tpm", func(t *testing.T) {
-				url := serve("auth: {defaults: {total_quota: 5000, quota_reset_period: daily}}\nrate_limit: {per_key: {tokens_per_minute: 100000}}\n")
-				if resp, b := do(t, "POST", url+"/v1/chat/completions", big, withKey()); resp.StatusCode != 200 {
-					t.Fatalf("first request: %d %s", resp.StatusCode, b)
-				}
+			// postBig sends big and returns the response with its body
+			// unread (checkTokens reads it).
+			postBig := func(t *testing.T, url string) *http.Response {
+				t.Helper()
 				req, _ := http.NewRequest("POST", url+"/v1/chat/completions", strings.NewReader(big))
 				req.Header.Set("Authorization", "Bearer "+testKey)
 				resp, err := http.DefaultClient.Do(req)
 				if err != nil {
 					t.Fatal(err)
 				}
-				defer resp.Body.Close()
+				t.Cleanup(func() { resp.Body.Close() })
+				return resp
+			}
+			t.Run("quota beside a tpm", func(t *testing.T) {
+				url := serve("auth: {defaults: {total_quota: 5000, quota_reset_period: daily}}\nrate_limit: {per_key: {tokens_per_minute: 100000}}\n")
+				if resp, b := do(t, "POST", url+"/v1/chat/completions", big, withKey()); resp.StatusCode != 200 {
+					t.Fatalf("first request: %d %s", resp.StatusCode, b)
+				}
+				resp := postBig(t, url)
 				checkTokens(t, resp, "insufficient_quota", "5000", "0")
 			})
 			t.Run("quota that never resets", func(t *testing.T) {
@@ -270,13 +277,7 @@ func TestRefusalsCarryRateLimitHeaders(t *testing.T) {
 				if resp, b := do(t, "POST", url+"/v1/chat/completions", big, withKey()); resp.StatusCode != 200 {
 					t.Fatalf("first request: %d %s", resp.StatusCode, b)
 				}
-				req, _ := http.NewRequest("POST", url+"/v1/chat/completions", strings.NewReader(big))
-				req.Header.Set("Authorization", "Bearer "+testKey)
-				resp, err := http.DefaultClient.Do(req)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer resp.Body.Close()
+				resp := postBig(t, url)
 				checkTokens(t, resp, "rate_limit_exceeded", "5000", "1997")
 			})
 			t.Run("concurrency", func(t *testing.T) {
