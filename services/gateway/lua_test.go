@@ -258,3 +258,39 @@ func TestIdentityKeyLimits(t *testing.T) {
 		t.Errorf("key limits %+v quota %d, want %+v quota 1000", k.Limits, k.Quota, want)
 	}
 }
+
+// TestOnAuthRunsWithoutAPIKeys: a config whose only authentication is an
+// on_auth script (no api_keys, so auth is off by default) still runs it:
+// its refusal is a 401, its identity names the event, and its "no
+// opinion" lets the request in as anonymous.
+func TestOnAuthRunsWithoutAPIKeys(t *testing.T) {
+	got := make(chan map[string]any, 10)
+	a := recordingBackend(t, "a", got)
+	gw, s := gatewayFromYAML(t, fmt.Sprintf("backends: [{url: %q}]\nlua: {scripts: [%q]}\n", a.URL, filepath.Join(examplesDir(t), "tenant_auth.lua")))
+
+	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"x"}`, map[string]string{"X-Tenant": "acme", "X-Tenant-Signature": "00"})
+	if resp.StatusCode != 401 {
+		t.Fatalf("bad signature: %d %s", resp.StatusCode, body)
+	}
+	s.next(t)
+
+	mac := hmac.New(sha256.New, []byte("acme-signing-secret"))
+	mac.Write([]byte("acme"))
+	resp, body = do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"x"}`, map[string]string{"X-Tenant": "acme", "X-Tenant-Signature": hex.EncodeToString(mac.Sum(nil))})
+	if resp.StatusCode != 200 {
+		t.Fatalf("signed tenant: %d %s", resp.StatusCode, body)
+	}
+	<-got
+	if ev := s.next(t); ev.KeyID != "tenant:acme" {
+		t.Fatalf("signed tenant's event key %q", ev.KeyID)
+	}
+
+	resp, body = do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"x"}`, nil)
+	if resp.StatusCode != 200 {
+		t.Fatalf("no tenant: %d %s", resp.StatusCode, body)
+	}
+	<-got
+	if ev := s.next(t); ev.KeyID != "anonymous" {
+		t.Fatalf("no tenant's event key %q", ev.KeyID)
+	}
+}

@@ -243,7 +243,9 @@ func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
 			return e
 		}
 	}
-	if rt.authOn {
+	// on_auth runs with auth off too (no api_keys: a script may be the
+	// only authentication); its "no opinion" then lets the request in.
+	if rt.authOn || luaAuth {
 		if e := g.authenticate(r, x, luaAuth); e != nil {
 			return e
 		}
@@ -313,6 +315,9 @@ func (g *Gateway) authenticate(r *http.Request, x *exchange, luaAuth bool) *apie
 			}
 			x.key = identityKey(x.rt, id)
 			x.masked = "lua:" + id.ID
+			return nil
+		}
+		if !x.rt.authOn {
 			return nil
 		}
 	}
