@@ -66,8 +66,12 @@ func installJSONMarkers(L *lua.LState, lib *lua.LTable) {
 	}))
 	mt.RawSetString("__metatable", lua.LFalse)
 	null.Metatable = mt
+	// The array metatable is shared by every array of every request the
+	// state serves: scripts can neither read nor replace it, or one
+	// request could change how later ones' arrays index and encode.
 	arrayMT := L.NewTable()
 	arrayMT.RawSetString(arrayField, lua.LTrue)
+	arrayMT.RawSetString("__metatable", lua.LFalse)
 	L.G.Registry.RawSetString(regNull, null)
 	L.G.Registry.RawSetString(regArrayMT, arrayMT)
 	lib.RawSetString("null", null)

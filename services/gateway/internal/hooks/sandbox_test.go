@@ -96,6 +96,33 @@ end`},
 	}
 }
 
+// TestArrayMarkerIsSealed: the metatable that marks JSON arrays is one per
+// state, shared by every array of every request it serves, so a hook that
+// could write to it would change how later requests' arrays index and
+// encode.
+func TestArrayMarkerIsSealed(t *testing.T) {
+	e := newEngine(t, `
+function on_route(req)
+  if req.headers:get("X-Poison") then
+    local mt = getmetatable(llmproxy.array())
+    mt.__index = function() return "poisoned" end
+    mt.__jsonarray = nil
+    return nil
+  end
+  local msgs = req.body:table().messages
+  assert(msgs.foo == nil, "an array indexes through a value another request left")
+  req.body:replace({messages = msgs})
+  return req.body:raw()
+end`, Options{PoolSize: 1})
+	poison := &Request{Headers: http.Header{"X-Poison": {"1"}}}
+	if _, err := e.OnRoute(context.Background(), poison); err == nil {
+		t.Error("a hook wrote to the array marker")
+	}
+	if got, err := e.OnRoute(context.Background(), &Request{Body: []byte(`{"messages":[]}`)}); err != nil || got != `{"messages":[]}` {
+		t.Fatalf("OnRoute = %q, %v; want the array marker unchanged", got, err)
+	}
+}
+
 func TestSyntaxErrorNamesFileAndLine(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "broken.lua")
