@@ -191,11 +191,15 @@ func identityFrom(ret lua.LValue) (*Identity, error) {
 		}
 		return nil, errors.New("returned true, want nil, false or an identity table")
 	case *lua.LTable:
-		id := &Identity{
-			ID:      optString(ret, "id"),
-			Name:    optString(ret, "name"),
-			UserID:  optString(ret, "user_id"),
-			Allowed: ret.RawGetString("allowed") != lua.LFalse,
+		id := &Identity{Allowed: ret.RawGetString("allowed") != lua.LFalse}
+		for _, f := range []struct {
+			name string
+			to   *string
+		}{{"id", &id.ID}, {"name", &id.Name}, {"user_id", &id.UserID}} {
+			var err error
+			if *f.to, err = optString(ret, f.name); err != nil {
+				return nil, err
+			}
 		}
 		switch lim := ret.RawGetString("limits").(type) {
 		case *lua.LNilType:
@@ -239,16 +243,23 @@ func rejectionFrom(ret lua.LValue) (*Rejection, error) {
 	case *lua.LNilType:
 		return nil, nil
 	case *lua.LTable:
-		rej := &Rejection{
-			Status:  DefaultRejectStatus,
-			Message: optString(ret, "message"),
-			Code:    optString(ret, "code"),
+		rej := &Rejection{Status: DefaultRejectStatus}
+		var err error
+		if rej.Message, err = optString(ret, "message"); err != nil {
+			return nil, err
 		}
-		if st, ok := ret.RawGetString("status").(lua.LNumber); ok {
+		if rej.Code, err = optString(ret, "code"); err != nil {
+			return nil, err
+		}
+		switch st := ret.RawGetString("status").(type) {
+		case *lua.LNilType:
+		case lua.LNumber:
+			if f := float64(st); f < 400 || f > 599 || f != math.Trunc(f) {
+				return nil, fmt.Errorf("rejection status %v, want 400..599", f)
+			}
 			rej.Status = int(st)
-		}
-		if rej.Status < 400 || rej.Status > 599 {
-			return nil, fmt.Errorf("rejection status %d, want 400..599", rej.Status)
+		default:
+			return nil, fmt.Errorf("status is a %s, want a number", st.Type())
 		}
 		if rej.Message == "" {
 			rej.Message = DefaultRejectMessage
@@ -261,12 +272,18 @@ func rejectionFrom(ret lua.LValue) (*Rejection, error) {
 	return nil, fmt.Errorf("returned a %s, want nil or a rejection table", ret.Type())
 }
 
-func optString(t *lua.LTable, key string) string {
+// optString reads a string field of a returned table: a string, a number
+// (as Lua's tostring writes it) or nil (""). Any other type is an error,
+// not a silent default.
+func optString(t *lua.LTable, key string) (string, error) {
 	switch x := t.RawGetString(key).(type) {
+	case *lua.LNilType:
+		return "", nil
 	case lua.LString:
-		return string(x)
+		return string(x), nil
 	case lua.LNumber:
-		return x.String()
+		return x.String(), nil
+	default:
+		return "", fmt.Errorf("%s is a %s, want a string", key, x.Type())
 	}
-	return ""
 }

@@ -162,6 +162,10 @@ func TestRuntimeErrors(t *testing.T) {
 		{"undeclared global", "function on_request(req)\n  leaked = req.path\nend", `test.lua:2: assignment to undeclared global "leaked"`},
 		{"bad return", "function on_request(req) return 42 end", "on_request: returned a number"},
 		{"bad status", "function on_request(req) return {status = 200} end", "rejection status 200"},
+		{"status as a string", "function on_request(req) return {status = '429'} end", "status is a string, want a number"},
+		{"fractional status", "function on_request(req) return {status = 429.5} end", "rejection status 429.5"},
+		{"message as a table", "function on_request(req) return {message = {}} end", "message is a table, want a string"},
+		{"code as a boolean", "function on_request(req) return {code = true} end", "code is a boolean, want a string"},
 		{"deep recursion", "local function f(n) return 1 + f(n + 1) end\nfunction on_request(req) return f(1) end", "stack overflow"},
 		{"huge string.rep", "function on_request(req) local s = string.rep('x', 1e9) end", "string.rep: result longer"},
 		{"req is read-only", "function on_request(req) req.path = '/x' end", "req.path is read-only"},
@@ -380,5 +384,21 @@ func TestOnAuthLimits(t *testing.T) {
 				t.Fatalf("OnAuth = %+v, %v; want limits %v", id, err, tc.want)
 			}
 		})
+	}
+}
+
+// TestOnAuthIdentityFields: an identity's id, name and user_id are strings
+// (a number is written as tostring does); another type fails the hook
+// rather than turning into the default id "lua", shared by every such
+// identity.
+func TestOnAuthIdentityFields(t *testing.T) {
+	e := newEngine(t, `function on_auth(req) return {id = 7, name = "n", user_id = "u"} end`, Options{})
+	id, err := e.OnAuth(context.Background(), &Request{Headers: http.Header{}})
+	if err != nil || id == nil || id.ID != "7" || id.Name != "n" || id.UserID != "u" {
+		t.Fatalf("OnAuth = %+v, %v", id, err)
+	}
+	e = newEngine(t, `function on_auth(req) return {id = {tenant = "acme"}} end`, Options{})
+	if id, err := e.OnAuth(context.Background(), &Request{Headers: http.Header{}}); !errors.Is(err, ErrScript) || !strings.Contains(err.Error(), "id is a table, want a string") {
+		t.Fatalf("OnAuth = %+v, %v; want ErrScript naming id", id, err)
 	}
 }
