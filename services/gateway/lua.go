@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 
+	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/apierr"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/auth"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/hooks"
@@ -40,6 +41,9 @@ func (g *Gateway) luaError(x *exchange, hook string, err error) *apierr.Error {
 
 // identityKey turns an on_auth identity into a key with the script's
 // limits, filled from the config's defaults where the script is silent.
+// The limits resolve as a file key's own do (keys.Limits.Apply): an
+// identity with limits is limited even when rate_limit.per_key sets none
+// or is switched off, and then has only its own.
 func identityKey(rt *runtime, id *hooks.Identity) *auth.Key {
 	cfg := rt.cfg
 	k := &auth.Key{
@@ -55,6 +59,13 @@ func identityKey(rt *runtime, id *hooks.Identity) *auth.Key {
 	}
 	if k.Period == "" {
 		k.Period = "monthly"
+	}
+	if len(id.Limits) > 0 {
+		if !k.Limits.IsEnabled() {
+			k.Limits = config.PerKeyLimits{}
+		}
+		on := true
+		k.Limits.Enabled = &on
 	}
 	for name, v := range id.Limits {
 		switch name {

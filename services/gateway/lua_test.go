@@ -254,8 +254,10 @@ func TestIdentityKeyLimits(t *testing.T) {
 	cfg.RateLimit.PerKey = config.PerKeyLimits{RequestsPerSecond: 10, RequestsPerMinute: 100, MaxConcurrent: 5}
 	k := identityKey(&runtime{cfg: cfg}, &hooks.Identity{ID: "t", Limits: map[string]float64{"requests_per_second": 0.5, "requests_per_minute": 30, "total_quota": 1000}})
 	want := config.PerKeyLimits{RequestsPerSecond: 0.5, RequestsPerMinute: 30, MaxConcurrent: 5}
-	if k.Limits != want || k.Quota != 1000 {
-		t.Errorf("key limits %+v quota %d, want %+v quota 1000", k.Limits, k.Quota, want)
+	got := k.Limits
+	got.Enabled = nil
+	if got != want || !k.Limits.IsEnabled() || k.Quota != 1000 {
+		t.Errorf("key limits %+v (enabled %v) quota %d, want %+v enabled, quota 1000", got, k.Limits.IsEnabled(), k.Quota, want)
 	}
 }
 
@@ -292,5 +294,28 @@ func TestOnAuthRunsWithoutAPIKeys(t *testing.T) {
 	<-got
 	if ev := s.next(t); ev.KeyID != "anonymous" {
 		t.Fatalf("no tenant's event key %q", ev.KeyID)
+	}
+}
+
+// TestOnAuthLimitsApplyWithoutPerKey: the limits of an on_auth identity
+// hold when rate_limit.per_key sets none (or is switched off), as a file
+// key's own limits do.
+func TestOnAuthLimitsApplyWithoutPerKey(t *testing.T) {
+	got := make(chan map[string]any, 10)
+	a := recordingBackend(t, "a", got)
+	script := filepath.Join(t.TempDir(), "auth.lua")
+	src := `function on_auth(req) return {id = "tenant", limits = {requests_per_minute = 1}} end` + "\n"
+	if err := os.WriteFile(script, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, perKey := range []string{"", "rate_limit: {per_key: {enabled: false, requests_per_minute: 100}}\n"} {
+		gw, _ := memoryLedgerGateway(t, fmt.Sprintf("backends: [{url: %q}]\nlua: {scripts: [%q]}\n%s", a.URL, script, perKey))
+		if resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"x"}`, nil); resp.StatusCode != 200 {
+			t.Fatalf("%q: first request: %d %s", perKey, resp.StatusCode, body)
+		}
+		<-got
+		if resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"x"}`, nil); resp.StatusCode != 429 {
+			t.Fatalf("%q: second request in the minute: %d %s, want 429", perKey, resp.StatusCode, body)
+		}
 	}
 }
