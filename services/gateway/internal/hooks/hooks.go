@@ -219,6 +219,8 @@ func identityFrom(ret lua.LValue) (*Identity, error) {
 					err = fmt.Errorf("limits.%s is not a limit", name)
 				case !ok || math.IsNaN(f) || math.IsInf(f, 0):
 					err = fmt.Errorf("limits.%s is a %s, want a number", name, x.Type())
+				case f < 0:
+					err = fmt.Errorf("limits.%s is %v, want 0 or more", name, f)
 				case whole && f != math.Trunc(f):
 					err = fmt.Errorf("limits.%s is %v, want a whole number", name, f)
 				default:

@@ -368,6 +368,8 @@ func TestOnAuthLimits(t *testing.T) {
 		{`{requests_per_minute = 0.5}`, nil, "limits.requests_per_minute is 0.5, want a whole number"},
 		{`{max_concurrent = 1/0}`, nil, "limits.max_concurrent is a number, want a number"},
 		{`{rpm = 5}`, nil, "limits.rpm is not a limit"},
+		{`{max_concurrent = -1}`, nil, "limits.max_concurrent is -1, want 0 or more"},
+		{`{requests_per_second = -0.5}`, nil, "limits.requests_per_second is -0.5, want 0 or more"},
 		{`{requests_per_second = "1"}`, nil, "limits.requests_per_second is a string, want a number"},
 	}
 	for _, tc := range tests {
