@@ -27,6 +27,9 @@ function on_auth(req)
   end
   local t = tenants[tenant]
   local sig = req.headers:get("X-Tenant-Signature")
+  -- The signature is the tenant's credential: like an API key, it is
+  -- not passed on to the backend (header edits in on_auth apply).
+  req.headers:del("X-Tenant-Signature")
   if t == nil or sig == nil then
     return false
   end

@@ -35,6 +35,7 @@ func recordingBackend(t *testing.T, name string, got chan<- map[string]any) *htt
 		}
 		m["_backend"] = name
 		m["_alias_header"] = r.Header.Get("X-Model-Alias")
+		m["_tenant_signature"] = r.Header.Get("X-Tenant-Signature")
 		select {
 		case got <- m:
 		default:
@@ -110,7 +111,11 @@ lua:
 	if resp.StatusCode != 200 {
 		t.Fatalf("signed tenant: %d %s", resp.StatusCode, body)
 	}
-	<-got
+	// The signature is the tenant's credential: like an API key, it
+	// does not reach the backend.
+	if m := <-got; m["_tenant_signature"] != "" {
+		t.Fatalf("the backend got X-Tenant-Signature %v", m["_tenant_signature"])
+	}
 	if ev := s.next(t); ev.KeyID != "tenant:acme" {
 		t.Fatalf("tenant event key %q", ev.KeyID)
 	}
