@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -32,6 +33,11 @@ func (g *Gateway) hookRequest(r *http.Request, x *exchange) *hooks.Request {
 // luaError maps a failed hook call to the client's error; the script's
 // message (file:line) goes to the log only.
 func (g *Gateway) luaError(x *exchange, hook string, err error) *apierr.Error {
+	if errors.Is(err, context.Canceled) {
+		// The client left while the hook ran, which stopped it: not
+		// the script's failure.
+		return apierr.ClientClosed()
+	}
 	g.log.Error("lua hook failed", "request_id", x.requestID, "hook", hook, "err", err)
 	if errors.Is(err, hooks.ErrTimeout) {
 		return g.reject("lua_timeout", apierr.Internal("lua_timeout", "a gateway script ("+hook+") ran past its time limit"))

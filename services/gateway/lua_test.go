@@ -324,3 +324,31 @@ func TestOnAuthLimitsApplyWithoutPerKey(t *testing.T) {
 		}
 	}
 }
+
+// TestClientGoneDuringHook: a client that leaves while a hook runs stops
+// the hook, and its request is recorded as the client's doing (499
+// client_closed_request), not as a failed script (500 lua_error).
+func TestClientGoneDuringHook(t *testing.T) {
+	got := make(chan map[string]any, 10)
+	a := recordingBackend(t, "a", got)
+	script := filepath.Join(t.TempDir(), "slow.lua")
+	if err := os.WriteFile(script, []byte("function on_request(req)\n  while true do end\nend\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	gw, s := gatewayFromYAML(t, fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q}]\nlua: {scripts: [%q], timeout: 10s}\n", a.URL, testKey, script))
+	client := &http.Client{Timeout: 200 * time.Millisecond}
+	req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(`{"model":"x"}`))
+	req.Header.Set("Authorization", "Bearer "+testKey)
+	start := time.Now()
+	if resp, err := client.Do(req); err == nil {
+		resp.Body.Close()
+		t.Fatalf("the request got an answer: %d", resp.StatusCode)
+	}
+	ev := s.next(t)
+	if ev.StatusCode != 499 || ev.Error != "client_closed_request" {
+		t.Fatalf("event status %d error %q, want 499 client_closed_request", ev.StatusCode, ev.Error)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("the hook ran %s after its client left", took)
+	}
+}

@@ -37,6 +37,12 @@ func BodyTimeout(after time.Duration) *Error {
 		Message: "the request body stopped coming: no byte for " + after.String()}
 }
 
+// ClientClosed records a request whose client left before it was
+// answered (nginx's 499); nobody reads the body written with it.
+func ClientClosed() *Error {
+	return &Error{Status: 499, Type: "invalid_request_error", Code: "client_closed_request", Message: "the client closed the request"}
+}
+
 func Unauthorized(msg string) *Error {
 	return &Error{Status: http.StatusUnauthorized, Type: "invalid_request_error", Code: "invalid_api_key", Message: msg}
 }
