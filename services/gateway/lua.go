@@ -126,6 +126,9 @@ func (g *Gateway) relayWithHook(r *http.Request, w http.ResponseWriter, x *excha
 		x.commit()
 	}
 	w.WriteHeader(hresp.Status)
+	if hresp.Status == http.StatusNoContent || hresp.Status == http.StatusNotModified {
+		return // no body goes with these
+	}
 	if _, err := w.Write(hresp.Body); err != nil {
 		x.errMsg = "client_closed_request"
 	}

@@ -352,3 +352,37 @@ func TestClientGoneDuringHook(t *testing.T) {
 		t.Fatalf("the hook ran %s after its client left", took)
 	}
 }
+
+// TestOnResponseStatus: resp.status is the final status the client gets,
+// 200 to 999; a 1xx (which net/http would send as an interim response
+// followed by a 200) fails the hook, and a status without a body (204,
+// 304) is sent without one and recorded as served.
+func TestOnResponseStatus(t *testing.T) {
+	got := make(chan map[string]any, 10)
+	a := recordingBackend(t, "a", got)
+	for _, tc := range []struct {
+		status     string
+		wantStatus int
+		wantErr    string
+	}{
+		{"103", 500, "lua_error"},
+		{"204", 204, ""},
+		{"304", 304, ""},
+		{"503", 503, ""},
+	} {
+		script := filepath.Join(t.TempDir(), "status.lua")
+		if err := os.WriteFile(script, []byte("function on_response(req, resp) resp.status = "+tc.status+" end\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		gw, s := gatewayFromYAML(t, fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q}]\nlua: {scripts: [%q]}\n", a.URL, testKey, script))
+		resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"x"}`, withKey())
+		<-got
+		ev := s.next(t)
+		if resp.StatusCode != tc.wantStatus || ev.StatusCode != tc.wantStatus || ev.Error != tc.wantErr {
+			t.Errorf("resp.status = %s: client got %d %q, event %d %q; want %d %q", tc.status, resp.StatusCode, body, ev.StatusCode, ev.Error, tc.wantStatus, tc.wantErr)
+		}
+		if tc.wantStatus == 204 && (len(body) > 0 || resp.Header.Get("Content-Length") != "") {
+			t.Errorf("204 with a body %q or Content-Length %q", body, resp.Header.Get("Content-Length"))
+		}
+	}
+}

@@ -171,9 +171,11 @@ func (v *vm) respNewIndex(L *lua.LState) int {
 	if key := L.CheckString(2); key != "status" {
 		L.RaiseError("resp.%s is read-only (use resp.headers / resp.body methods)", key)
 	}
+	// A 1xx is not a final status: net/http would send it as an interim
+	// response and the reply after it as a 200.
 	st := L.CheckInt(3)
-	if st < 100 || st > 999 {
-		L.RaiseError("resp.status %d out of range", st)
+	if st < 200 || st > 999 {
+		L.RaiseError("resp.status %d out of range 200..999", st)
 	}
 	rv.r.Status = st
 	return 0
