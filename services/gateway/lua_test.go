@@ -279,7 +279,9 @@ func TestOnAuthRunsWithoutAPIKeys(t *testing.T) {
 	if resp.StatusCode != 401 {
 		t.Fatalf("bad signature: %d %s", resp.StatusCode, body)
 	}
-	s.next(t)
+	if ev := s.next(t); ev.KeyID != UnauthenticatedKeyID {
+		t.Fatalf("bad signature's event key %q, want %q", ev.KeyID, UnauthenticatedKeyID)
+	}
 
 	mac := hmac.New(sha256.New, []byte("acme-signing-secret"))
 	mac.Write([]byte("acme"))

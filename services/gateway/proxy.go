@@ -39,9 +39,12 @@ type exchange struct {
 	peerTrusted bool       // peer is one of the trusted proxies
 	key         *auth.Key
 	masked      string
-	path        string
-	body        []byte
-	info        usage.RequestInfo
+	// unauthenticated is set when on_auth refused the request or failed
+	// on it: its event is "unauthenticated" even with auth off.
+	unauthenticated bool
+	path            string
+	body            []byte
+	info            usage.RequestInfo
 	// hideUsage is set when the gateway asked the backend for a usage
 	// chunk the client did not ask for; the chunk is then not relayed.
 	hideUsage bool
@@ -307,10 +310,12 @@ func (g *Gateway) authenticate(r *http.Request, x *exchange, luaAuth bool) *apie
 	if luaAuth {
 		id, err := x.rt.lua.OnAuth(r.Context(), g.hookRequest(r, x))
 		if err != nil {
+			x.unauthenticated = true
 			return g.luaError(x, hooks.HookAuth, err)
 		}
 		if id != nil {
 			if !id.Allowed {
+				x.unauthenticated = true
 				return g.reject("lua_auth", apierr.Unauthorized("the request was not authenticated"))
 			}
 			x.key = identityKey(x.rt, id)
@@ -1110,9 +1115,9 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 	}
 	if x.key != nil {
 		ev.KeyID, ev.KeyName, ev.UserID, ev.QuotaPeriod = x.key.ID, x.key.Name, x.key.UserID, x.key.Period
-	} else if x.rt.authOn {
-		// Auth is on and the request had no valid key; "anonymous" is
-		// kept for gateways without auth.
+	} else if x.rt.authOn || x.unauthenticated {
+		// Auth is on (or on_auth refused) and the request had no valid
+		// key; "anonymous" is kept for gateways without auth.
 		ev.KeyID = UnauthenticatedKeyID
 	}
 	if g.settler != nil && x.adm != nil {
