@@ -168,6 +168,11 @@ func (v *vm) runChunk(s compiled) error {
 	env := L.NewTable()
 	mt := L.NewTable()
 	mt.RawSetString("__index", L.G.Global)
+	// The metatable is hidden from the top-level code too: its __index
+	// is the global table every script of the state reads through, and
+	// a script that kept it could replace another's string library, or
+	// leave values there for later requests.
+	mt.RawSetString("__metatable", lua.LFalse)
 	L.SetMetatable(env, mt)
 	env.RawSetString("_G", env)
 
@@ -186,7 +191,6 @@ func (v *vm) runChunk(s compiled) error {
 		L.RaiseError("assignment to undeclared global %q (declare it at top level or use local)", L.CheckAny(2).String())
 		return 0
 	}))
-	mt.RawSetString("__metatable", lua.LFalse)
 	return nil
 }
 

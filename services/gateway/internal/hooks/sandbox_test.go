@@ -123,6 +123,26 @@ end`, Options{PoolSize: 1})
 	}
 }
 
+// TestSharedGlobalsAreUnreachable: a script's top-level code cannot reach
+// the global table every script of a state reads through (its
+// environment's metatable), so it cannot keep it to replace another
+// script's string library, or anything else, from a hook.
+func TestSharedGlobalsAreUnreachable(t *testing.T) {
+	e, err := New([]Script{
+		{Name: "a.lua", Source: `
+assert(getmetatable(_G) == false, "the environment's metatable is reachable at load")
+function on_route(req) return nil end`},
+		{Name: "b.lua", Source: `
+function on_route(req) return string.upper("b") end`},
+	}, Options{Logger: quietLogger(), Timeout: testTimeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := e.OnRoute(context.Background(), &Request{}); err != nil || got != "B" {
+		t.Fatalf("OnRoute = %q, %v", got, err)
+	}
+}
+
 func TestSyntaxErrorNamesFileAndLine(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "broken.lua")
