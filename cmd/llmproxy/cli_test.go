@@ -2,7 +2,11 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
+	"errors"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -80,6 +84,76 @@ func TestKeysUnexpectedArguments(t *testing.T) {
 		_, errOut := runKeysCmd(t, 2, args...)
 		if !strings.Contains(errOut, "unexpected argument") {
 			t.Errorf("keys %v: stderr %q", args, errOut)
+		}
+	}
+}
+
+// runArgsEnv carries, JSON-encoded, the arguments TestRunSelf runs the
+// command with in a child process.
+const runArgsEnv = "LLMPROXY_TEST_RUN_ARGS"
+
+// TestRunSelf is the child process of runSelf: with runArgsEnv set it runs
+// the command and exits with its code; otherwise it does nothing.
+func TestRunSelf(t *testing.T) {
+	s := os.Getenv(runArgsEnv)
+	if s == "" {
+		return
+	}
+	var args []string
+	if err := json.Unmarshal([]byte(s), &args); err != nil {
+		t.Fatal(err)
+	}
+	os.Exit(run(args))
+}
+
+// runSelf runs `llmproxy args…` in a child process (this test binary), so
+// that everything written to the process's stdout and stderr is seen, a
+// library's own writes to os.Stderr included, and returns its exit code
+// and output.
+func runSelf(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	enc, err := json.Marshal(args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestRunSelf$")
+	cmd.Env = append(os.Environ(), runArgsEnv+"="+string(enc))
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err = cmd.Run()
+	var exit *exec.ExitError
+	switch {
+	case errors.As(err, &exit):
+		code = exit.ExitCode()
+	case err != nil:
+		t.Fatal(err)
+	}
+	return code, out.String(), errOut.String()
+}
+
+// TestCommandsRedisDownSayOneLine: `keys` and `usage` with a Redis that
+// does not answer exit 1 with their own one-line error, without go-redis's
+// lines about each failed dial before it.
+func TestCommandsRedisDownSayOneLine(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	path := filepath.Join(t.TempDir(), "llmproxy.yaml")
+	cfg := "backends: [{url: http://127.0.0.1:9}]\nauth: {storage: redis}\nredis: {url: redis://" + addr + "/15}\n"
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"keys", "list", "--config", path},
+		{"keys", "create", "--config", path},
+		{"usage", "--config", path},
+	} {
+		code, _, stderr := runSelf(t, args...)
+		if code != 1 || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, "connection refused") {
+			t.Errorf("llmproxy %s = %d, stderr:\n%s\nwant 1 and one line saying why", strings.Join(args[:2], " "), code, stderr)
 		}
 	}
 }

@@ -151,6 +151,7 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 	if cfg.Auth.Storage != "redis" {
 		fmt.Fprintf(stderr, "llmproxy keys: warning: auth.storage is %q, not redis: gateways with this config will not accept these keys\n", cfg.Auth.Storage)
 	}
+	quietRedis()
 	rdb, err := openRedis(cfg)
 	if err != nil {
 		return fail(1, "%v", err)

@@ -31,6 +31,19 @@ func openRedis(cfg *config.Config) (redis.UniversalClient, error) {
 	return redis.NewClusterClient(&redis.ClusterOptions{Addrs: cfg.Redis.Addrs, Password: cfg.Redis.Password}), nil
 }
 
+// quietRedis silences go-redis's own log lines for a command: it writes
+// one to stderr per failed dial ("connection pool: failed to dial after 5
+// attempts …"), several before the command's own one-line error, which
+// already says why Redis failed. serve routes them to its JSON log
+// instead (redisLogger).
+func quietRedis() { redis.SetLogger(discardRedisLog{}) }
+
+// discardRedisLog implements go-redis's internal.Logging by writing
+// nothing.
+type discardRedisLog struct{}
+
+func (discardRedisLog) Printf(context.Context, string, ...any) {}
+
 func redisPrefix(cfg *config.Config) string {
 	if cfg.Redis.Prefix != "" {
 		return cfg.Redis.Prefix

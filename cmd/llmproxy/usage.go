@@ -82,6 +82,7 @@ func readUsage(ctx context.Context, cfg *config.Config, key string, p ledger.Per
 		defer s.Close()
 		return ledger.Report(ctx, s, key, p, periodOf(cfg, nil), time.Now())
 	}
+	quietRedis()
 	lh, err := openLedger(ctx, cfg, false, true)
 	if err != nil {
 		return nil, err
