@@ -52,8 +52,52 @@ func AdminHandler(o AdminOptions) http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(map[string]any{"usage": rows})
 	})
-	return adminOnly(o.Token, mux)
+	// The key API is mounted beside this handler only with Redis; without
+	// it, say so rather than that the path is unknown.
+	noKeys := func(w http.ResponseWriter, _ *http.Request) {
+		apierr.Write(w, apierr.NotFound("key_store_not_configured",
+			"the key API needs the Redis key store: set redis.url and auth.storage: redis"))
+	}
+	mux.HandleFunc("/admin/keys", noKeys)
+	mux.HandleFunc("/admin/keys/", noKeys)
+	return adminOnly(o.Token, routeErrors(mux))
 }
+
+// routeErrors serves mux, answering what none of its patterns matches in
+// the API's JSON error shape, as every other admin error is, instead of
+// ServeMux's plain text: 405 with the Allow header for a method the path
+// does not take, 404 for a path it does not have.
+func routeErrors(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h, pattern := mux.Handler(r)
+		if pattern != "" {
+			mux.ServeHTTP(w, r)
+			return
+		}
+		// h is ServeMux's own 404 or 405 answer; run it only to learn
+		// which, and the methods it allows.
+		probe := &routeProbe{header: http.Header{}, status: http.StatusOK}
+		h.ServeHTTP(probe, r)
+		if probe.status == http.StatusMethodNotAllowed {
+			w.Header().Set("Allow", probe.header.Get("Allow"))
+			apierr.Write(w, &apierr.Error{Status: http.StatusMethodNotAllowed, Type: "invalid_request_error", Code: "method_not_allowed",
+				Message: "method " + r.Method + " is not allowed on " + r.URL.EscapedPath() + " (allowed: " + probe.header.Get("Allow") + ")"})
+			return
+		}
+		apierr.Write(w, apierr.NotFound("unknown_url", "unknown admin path "+r.URL.EscapedPath()))
+	})
+}
+
+// routeProbe records the status and headers of a ServeMux error answer and
+// drops its body.
+type routeProbe struct {
+	header http.Header
+	status int
+}
+
+func (p *routeProbe) Header() http.Header         { return p.header }
+func (p *routeProbe) Write(b []byte) (int, error) { return len(b), nil }
+func (p *routeProbe) WriteHeader(status int)      { p.status = status }
 
 // ProfileHandler serves Go's runtime profiles (net/http/pprof: CPU, heap,
 // goroutines, allocations, execution trace) under /debug/pprof/ to holders

@@ -82,7 +82,7 @@ func AdminKeysHandler(rdb redis.UniversalClient, prefix string, token string) ht
 			return http.StatusOK, rec, err
 		})
 	}
-	return adminOnly(token, mux)
+	return adminOnly(token, routeErrors(mux))
 }
 
 // keysError maps a key store error to the client's answer.

@@ -1,0 +1,68 @@
+package gateway
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/llmproxy/llmproxy/services/gateway/internal/redistest"
+)
+
+// TestAdminRouteErrorsAreJSON: a path the admin API does not have, or a
+// method its path does not take, is answered in the API's JSON error
+// shape (405 with Allow), as every other admin error is, not in
+// ServeMux's plain text; and only to holders of the token.
+func TestAdminRouteErrorsAreJSON(t *testing.T) {
+	rdb, prefix := redistest.New(t, "admin-routes")
+	const token = "admin-secret"
+	usage := httptest.NewServer(AdminHandler(AdminOptions{Token: token}))
+	defer usage.Close()
+	keysAPI := httptest.NewServer(AdminKeysHandler(rdb, prefix, token))
+	defer keysAPI.Close()
+
+	tests := []struct {
+		srv          *httptest.Server
+		method, path string
+		token        string
+		status       int
+		code, allow  string
+	}{
+		{usage, "POST", "/admin/usage", token, 405, "method_not_allowed", "GET"},
+		{usage, "POST", "/admin/usage", "", 401, "invalid_api_key", ""},
+		{usage, "GET", "/admin/nothing", token, 404, "unknown_url", ""},
+		{usage, "GET", "/admin/nothing", "", 401, "invalid_api_key", ""},
+		{usage, "GET", "/admin/keys", token, 404, "key_store_not_configured", ""},
+		{usage, "POST", "/admin/keys/alice/disable", token, 404, "key_store_not_configured", ""},
+		{keysAPI, "PUT", "/admin/keys", token, 405, "method_not_allowed", "POST"},
+		{keysAPI, "PATCH", "/admin/keys/alice", token, 405, "method_not_allowed", "DELETE"},
+		{keysAPI, "GET", "/admin/keys/alice/disable", token, 405, "method_not_allowed", "POST"},
+		{keysAPI, "GET", "/admin/keys/", token, 404, "unknown_url", ""},
+		{keysAPI, "POST", "/admin/keys/alice/rotate", token, 404, "unknown_url", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.method+" "+tt.path, func(t *testing.T) {
+			req, _ := http.NewRequest(tt.method, tt.srv.URL+tt.path, nil)
+			if tt.token != "" {
+				req.Header.Set("Authorization", "Bearer "+tt.token)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var body struct {
+				Error struct{ Message, Type, Code string }
+			}
+			err = json.NewDecoder(resp.Body).Decode(&body)
+			if resp.StatusCode != tt.status || err != nil || body.Error.Code != tt.code || body.Error.Message == "" ||
+				resp.Header.Get("Content-Type") != "application/json" {
+				t.Fatalf("= %d %s %+v (%v), want %d with code %s in JSON", resp.StatusCode, resp.Header.Get("Content-Type"), body, err, tt.status, tt.code)
+			}
+			if !strings.Contains(resp.Header.Get("Allow"), tt.allow) {
+				t.Errorf("Allow: %q, want it to name %s", resp.Header.Get("Allow"), tt.allow)
+			}
+		})
+	}
+}
