@@ -157,3 +157,36 @@ func TestCommandsRedisDownSayOneLine(t *testing.T) {
 		}
 	}
 }
+
+// TestCommandHelpAndBadFlags: every command's -h/--help prints its flags to
+// stdout and exits 0; a flag it does not have is one line on stderr and
+// exit 2, before any config is read.
+func TestCommandHelpAndBadFlags(t *testing.T) {
+	for _, cmd := range [][]string{
+		{"serve"}, {"usage"}, {"logs"}, {"keys", "create"}, {"keys", "list"}, {"keys", "show"},
+		{"keys", "delete", "alice"}, {"webhooks", "dlq", "list"}, {"webhooks", "dlq", "replay"},
+	} {
+		name := strings.Join(cmd, " ")
+		if name == "keys delete alice" {
+			name = "keys delete"
+		}
+		t.Run(name, func(t *testing.T) {
+			for _, h := range []string{"-h", "--help"} {
+				code, stdout, stderr := runSelf(t, append(cmd, h)...)
+				if code != 0 || !strings.HasPrefix(stdout, "Usage of llmproxy "+name+":\n") || !strings.Contains(stdout, "-config") || stderr != "" {
+					t.Errorf("%s %s = %d\nstdout: %s\nstderr: %s\nwant 0 and the flags on stdout", name, h, code, stdout, stderr)
+				}
+			}
+			code, stdout, stderr := runSelf(t, append(cmd, "--bogus")...)
+			want := "llmproxy " + name + ": flag provided but not defined: -bogus (see llmproxy " + name + " --help)\n"
+			if code != 2 || stdout != "" || stderr != want {
+				t.Errorf("%s --bogus = %d\nstdout: %s\nstderr: %q\nwant 2 and %q", name, code, stdout, stderr, want)
+			}
+		})
+	}
+	for _, args := range [][]string{{"webhooks", "--help"}, {"webhooks", "dlq", "-h"}} {
+		if code, stdout, stderr := runSelf(t, args...); code != 0 || !strings.Contains(stdout, "webhooks dlq list|replay") || stderr != "" {
+			t.Errorf("%v = %d, %q, %q; want 0 and the usage on stdout", args, code, stdout, stderr)
+		}
+	}
+}

@@ -56,7 +56,6 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 	}
 
 	fs := flag.NewFlagSet("keys "+sub, flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", "", "config file (YAML)")
 	asJSON := fs.Bool("json", false, "print JSON")
 	var (
@@ -82,14 +81,14 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 		fs.Int64Var(&conc, "max-concurrent", 0, "requests at once (overrides rate_limit.per_key; 0: no limit for this key)")
 		fs.BoolVar(&disabled, "disabled", false, "create the key disabled")
 	}
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, args, stdout, stderr); !ok {
+		return code
 	}
 	if id == "" && fs.NArg() > 0 && sub != "create" && sub != "list" {
 		// The id after the flags; flags may follow it too.
 		id = fs.Arg(0)
-		if err := fs.Parse(fs.Args()[1:]); err != nil {
-			return 2
+		if code, ok := parseFlags(fs, fs.Args()[1:], stdout, stderr); !ok {
+			return code
 		}
 	}
 	if fs.NArg() > 0 {

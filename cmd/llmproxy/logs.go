@@ -40,8 +40,8 @@ func runLogs(args []string, stdout, stderr io.Writer) int {
 	limit := fs.Int("limit", recorder.DefaultLimit, "most requests shown, the newest")
 	from := fs.String("from", "auto", "where to read: auto (postgres when logging.postgres.url is set, else the stream), stream or postgres")
 	asJSON := fs.Bool("json", false, "print the events as JSON")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, args, stdout, stderr); !ok {
+		return code
 	}
 	if *cfgPath == "" || fs.NArg() > 0 {
 		fmt.Fprintln(stderr, logsUsage)

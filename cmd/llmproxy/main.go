@@ -3,7 +3,10 @@
 package main
 
 import (
+	"errors"
+	"flag"
 	"fmt"
+	"io"
 	"os"
 )
 
@@ -52,4 +55,26 @@ func run(args []string) int {
 	}
 	fmt.Fprintf(os.Stderr, "llmproxy: unknown command %q\n\n%s", args[0], usageText)
 	return 2
+}
+
+// isHelp reports whether arg asks for help.
+func isHelp(arg string) bool { return arg == "help" || arg == "-h" || arg == "--help" }
+
+// parseFlags parses a command's args into fs. -h or --help prints the
+// command's flags to stdout and ends it with exit 0; a bad flag is one line
+// on stderr and exit 2. ok is false when the command should end with code.
+func parseFlags(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) (code int, ok bool) {
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		fs.SetOutput(stdout)
+		fmt.Fprintf(stdout, "Usage of llmproxy %s:\n", fs.Name())
+		fs.PrintDefaults()
+		return 0, false
+	case err != nil:
+		fmt.Fprintf(stderr, "llmproxy %s: %v (see llmproxy %s --help)\n", fs.Name(), err, fs.Name())
+		return 2, false
+	}
+	return 0, true
 }

@@ -35,8 +35,8 @@ func cmdServe(args []string) int {
 	target := fs.String("target", "all", "role to run: all, gateway, meter, notifier or recorder")
 	adminListen := fs.String("admin-listen", "", "address of the admin listener: /healthz, /readyz, /metrics and the admin API (overrides admin.listen); "+
 		"the only place a meter, notifier or recorder serves them")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, args, os.Stdout, os.Stderr); !ok {
+		return code
 	}
 	if *cfgPath == "" {
 		fmt.Fprintln(os.Stderr, "llmproxy serve: --config is required")

@@ -25,8 +25,8 @@ func cmdUsage(args []string) int {
 	key := fs.String("key", "", "only this key id")
 	periodFlag := fs.String("period", "", "daily, weekly, monthly or never (default: each key's own quota period)")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, args, os.Stdout, os.Stderr); !ok {
+		return code
 	}
 	if *cfgPath == "" {
 		fmt.Fprintln(os.Stderr, "llmproxy usage: --config is required")

@@ -19,6 +19,8 @@ import (
 // webhooksConnectTimeout bounds how long the webhooks commands try to reach NATS.
 var webhooksConnectTimeout = 60 * time.Second
 
+const webhooksUsage = "usage: llmproxy webhooks dlq list|replay --config FILE [--id EVENT_ID] [--json] [--nats-url URL]"
+
 // cmdWebhooks runs `llmproxy webhooks dlq list|replay`.
 func cmdWebhooks(args []string) int {
 	return runWebhooks(args, os.Stdout, os.Stderr)
@@ -28,17 +30,21 @@ func cmdWebhooks(args []string) int {
 // (or --nats-url) it reaches the embedded server of data_dir: the running
 // serve's, or one of its own on the store (embedded.go).
 func runWebhooks(args []string, stdout, stderr io.Writer) int {
+	if n := len(args); n > 0 && n <= 2 && isHelp(args[n-1]) {
+		fmt.Fprintln(stdout, webhooksUsage)
+		return 0
+	}
 	if len(args) < 2 || args[0] != "dlq" || (args[1] != "list" && args[1] != "replay") {
-		fmt.Fprintln(stderr, "usage: llmproxy webhooks dlq list|replay --config FILE [--id EVENT_ID] [--json] [--nats-url URL]")
+		fmt.Fprintln(stderr, webhooksUsage)
 		return 2
 	}
-	fs := flag.NewFlagSet("webhooks dlq", flag.ContinueOnError)
+	fs := flag.NewFlagSet("webhooks dlq "+args[1], flag.ContinueOnError)
 	cfgPath := fs.String("config", "", "config file (YAML)")
 	id := fs.String("id", "", "only this event id")
 	asJSON := fs.Bool("json", false, "print JSON")
 	natsURL := fs.String("nats-url", "", "NATS to use (overrides nats.url)")
-	if err := fs.Parse(args[2:]); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, args[2:], stdout, stderr); !ok {
+		return code
 	}
 	if *cfgPath == "" {
 		fmt.Fprintln(stderr, "llmproxy webhooks: --config is required")
