@@ -13,18 +13,23 @@ import (
 	"testing"
 )
 
-// TestUsageNamesLogsFlags: the top-level usage names every flag that
-// `llmproxy logs` documents.
-func TestUsageNamesLogsFlags(t *testing.T) {
-	var line string
-	for l := range strings.SplitSeq(usageText, "\n") {
-		if strings.Contains(l, "llmproxy logs ") {
-			line = l
+// TestUsageNamesCommandFlags: the top-level usage names every flag that
+// `llmproxy logs` and `llmproxy config check` document.
+func TestUsageNamesCommandFlags(t *testing.T) {
+	for _, cmd := range []struct{ line, usage string }{
+		{"llmproxy logs ", logsUsage},
+		{"llmproxy config check ", configUsage},
+	} {
+		var line string
+		for l := range strings.SplitSeq(usageText, "\n") {
+			if strings.Contains(l, cmd.line) {
+				line = l
+			}
 		}
-	}
-	for _, f := range regexp.MustCompile(`--[a-z-]+`).FindAllString(logsUsage, -1) {
-		if !regexp.MustCompile(regexp.QuoteMeta(f) + `([^a-z-]|$)`).MatchString(line) {
-			t.Errorf("usage line %q lacks %s", line, f)
+		for _, f := range regexp.MustCompile(`--[a-z-]+`).FindAllString(cmd.usage, -1) {
+			if !regexp.MustCompile(regexp.QuoteMeta(f) + `([^a-z-]|$)`).MatchString(line) {
+				t.Errorf("usage line %q lacks %s", line, f)
+			}
 		}
 	}
 }
