@@ -182,9 +182,15 @@ func (s Spec) Validate() error {
 			return bad("allowed_ips: %q is neither a CIDR nor an address", ip)
 		}
 	}
+	for _, m := range s.AllowedModels {
+		if strings.TrimSpace(m) == "" {
+			// As the file's keys: a key limited to "" serves no request.
+			return bad("allowed_models: empty model name")
+		}
+	}
 	if l := s.Limits; l != nil {
 		out := func(n *int64) bool { return n != nil && (*n < 0 || *n > config.MaxLimit) }
-		if l.RequestsPerSecond != nil && *l.RequestsPerSecond < 0 ||
+		if l.RequestsPerSecond != nil && !(*l.RequestsPerSecond >= 0 && *l.RequestsPerSecond <= config.MaxLimit) ||
 			out(l.RequestsPerMinute) || out(l.TokensPerMinute) || out(l.MaxConcurrent) {
 			return bad("limits: want 0 (no limit) to %d", int64(config.MaxLimit))
 		}

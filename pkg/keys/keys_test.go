@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"math"
 	"os"
 	"regexp"
 	"strings"
@@ -81,6 +82,9 @@ func TestSpecValidate(t *testing.T) {
 		"bad period":      {QuotaResetPeriod: "hourly"},
 		"bad ip":          {AllowedIPs: []string{"10.0.0.0/33"}},
 		"negative limit":  {Limits: &Limits{MaxConcurrent: ptr[int64](-1)}},
+		"rps NaN":         {Limits: &Limits{RequestsPerSecond: ptr(math.NaN())}},
+		"rps infinite":    {Limits: &Limits{RequestsPerSecond: ptr(math.Inf(1))}},
+		"empty model":     {AllowedModels: []string{"qwen", " "}},
 	} {
 		if err := s.Validate(); !errors.Is(err, ErrInvalid) {
 			t.Errorf("%s: Validate = %v, want ErrInvalid", name, err)
