@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -170,6 +171,9 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 	switch sub {
 	case "create":
 		secret, rec, err := keys.Create(ctx, rdb, prefix, spec)
+		if errors.Is(err, keys.ErrInvalid) {
+			return fail(2, "%v", err)
+		}
 		if err != nil {
 			return code(err)
 		}

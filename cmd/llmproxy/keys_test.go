@@ -111,6 +111,7 @@ func TestKeysCommand(t *testing.T) {
 	runKeysCmd(t, 1, "create", "--config", cfg, "--id", "alice") // taken
 	runKeysCmd(t, 2, "create", "--config", cfg, "--period", "hourly")
 	runKeysCmd(t, 2, "create", "--config", cfg, "--expires", "tomorrow")
+	runKeysCmd(t, 2, "create", "--config", cfg, "--expires", "2020-01-01T00:00:00Z")
 	runKeysCmd(t, 2, "create")
 
 	out, _ = runKeysCmd(t, 0, "list", "--config", cfg)

@@ -217,3 +217,23 @@ func TestKeyIDsAsInTheFile(t *testing.T) {
 		}
 	}
 }
+
+// TestCreateRefusesPastExpiry: a key whose expires_at has passed, which
+// every gateway would refuse at its first use, is not made; nothing is
+// stored.
+func TestCreateRefusesPastExpiry(t *testing.T) {
+	ctx := context.Background()
+	rdb, prefix := testRedis(t)
+	past := time.Now().Add(-time.Minute)
+	_, _, err := Create(ctx, rdb, prefix, Spec{ID: "late", ExpiresAt: &past})
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "in the past") {
+		t.Fatalf("Create = %v, want ErrInvalid saying expires_at is in the past", err)
+	}
+	if _, err := Get(ctx, rdb, prefix, "late"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Get = %v, want ErrNotFound", err)
+	}
+	future := time.Now().Add(time.Hour)
+	if _, _, err := Create(ctx, rdb, prefix, Spec{ID: "late", ExpiresAt: &future}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -17,13 +17,19 @@ func byIDKey(prefix, id string) string     { return prefix + ":keys:id:" + id }
 func idsKey(prefix string) string          { return prefix + ":keys:ids" }
 
 // Create stores a new key made from spec and returns its secret, which is
-// shown once and never stored, and its record.
+// shown once and never stored, and its record. A spec that Validate refuses,
+// or whose ExpiresAt has passed, is an error wrapping ErrInvalid.
 func Create(ctx context.Context, rdb redis.UniversalClient, prefix string, spec Spec) (string, Record, error) {
 	if err := spec.Validate(); err != nil {
 		return "", Record{}, err
 	}
+	now := time.Now()
+	if spec.ExpiresAt != nil && !spec.ExpiresAt.After(now) {
+		// Such a key would be refused 403 key_expired at its first use.
+		return "", Record{}, fmt.Errorf("%w: expires_at %s is in the past", ErrInvalid, spec.ExpiresAt.UTC().Format(time.RFC3339))
+	}
 	secret := NewSecret()
-	rec := Record{Spec: spec, SHA256: Hash(secret), Masked: Mask(secret), CreatedAt: time.Now().UTC().Truncate(time.Second)}
+	rec := Record{Spec: spec, SHA256: Hash(secret), Masked: Mask(secret), CreatedAt: now.UTC().Truncate(time.Second)}
 	if rec.ID == "" {
 		rec.ID = "key_" + rec.SHA256[:12]
 	}
