@@ -3,6 +3,7 @@ package gateway
 import (
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 
 	"github.com/redis/go-redis/v9"
@@ -53,7 +54,18 @@ func AdminKeysHandler(rdb redis.UniversalClient, prefix string, token string) ht
 		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxKeySpecBytes))
 		dec.DisallowUnknownFields()
 		var spec keys.Spec
-		if err := dec.Decode(&spec); err != nil {
+		err := dec.Decode(&spec)
+		if err == nil {
+			// One spec, one key: a second object after it is not created.
+			if _, next := dec.Token(); !errors.Is(next, io.EOF) {
+				err = errors.New("more after the key spec's closing brace")
+			}
+		}
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return 0, nil, apierr.TooLarge(tooLarge.Limit)
+		}
+		if err != nil {
 			return 0, nil, apierr.BadRequest("invalid_json", "the body must be a JSON key spec: "+err.Error())
 		}
 		secret, rec, err := keys.Create(r.Context(), rdb, prefix, spec)

@@ -46,6 +46,10 @@ func TestAdminKeysHandler(t *testing.T) {
 	do("POST", "/admin/keys", "admin-secret", `{"id":"alice"}`, http.StatusConflict)
 	do("POST", "/admin/keys", "admin-secret", `{"quota_reset_period":"hourly"}`, http.StatusBadRequest)
 	do("POST", "/admin/keys", "admin-secret", `{"bogus":1}`, http.StatusBadRequest)
+	do("POST", "/admin/keys", "admin-secret", `{"id":"bob"} {"id":"carol"}`, http.StatusBadRequest)
+	do("POST", "/admin/keys", "admin-secret", `{"id":"bob"}]`, http.StatusBadRequest)
+	do("POST", "/admin/keys", "admin-secret", `{"name":"`+strings.Repeat("x", maxKeySpecBytes)+`"}`, http.StatusRequestEntityTooLarge)
+	do("GET", "/admin/keys/bob", "admin-secret", "", http.StatusNotFound)
 
 	list := do("GET", "/admin/keys", "admin-secret", "", http.StatusOK)
 	if ks, _ := list["keys"].([]any); len(ks) != 1 {
