@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Allowed values of the enumerated keys.
@@ -132,7 +134,16 @@ func (v *checker) nats() {
 func (v *checker) redis() {
 	r := v.c.Redis
 	if r.URL != "" {
+		n := len(v.errs.List)
 		v.url("redis.url", r.URL, redisSchemes, "want redis://host:port or rediss://host:port")
+		if len(v.errs.List) == n {
+			// What the Redis client refuses at start (a database that is
+			// not a number, an option it does not know, …). Its messages
+			// name the option and the bad value, never the user info.
+			if _, err := redis.ParseURL(r.URL); err != nil {
+				v.add("redis.url", "%s", strings.TrimPrefix(err.Error(), "redis: "))
+			}
+		}
 		if len(r.Addrs) > 0 {
 			v.add("redis.addrs", "set redis.url or redis.addrs (a cluster), not both")
 		}

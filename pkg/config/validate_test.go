@@ -126,6 +126,22 @@ func TestValidate(t *testing.T) {
 			},
 		},
 		{
+			// What the Redis client would refuse at start.
+			"redis url options",
+			"redis:\n  url: redis://:hunter2@r:6379/abc\n",
+			[]string{`c.yaml:4: key redis.url: invalid database number: "abc"`},
+		},
+		{
+			"redis url unknown option",
+			"redis:\n  url: redis://:hunter2@r:6379/0?timeout=1s&pool=3\n",
+			[]string{`c.yaml:4: key redis.url: unexpected option: pool, timeout`},
+		},
+		{
+			"redis url with options",
+			"redis:\n  url: rediss://:hunter2@r:6379/2?dial_timeout=3s&pool_size=20\n",
+			nil,
+		},
+		{
 			"redis cluster addrs satisfy storage redis",
 			"redis:\n  addrs: [r1:6379, r2:6379]\nrate_limit:\n  storage: redis\n",
 			nil,
