@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/pkg/keys"
 	"github.com/llmproxy/llmproxy/pkg/ledger"
+	"github.com/llmproxy/llmproxy/services/gateway"
 )
 
 // TestUsagePeriodsOfRedisKeys: usage of keys in the Redis key store is
@@ -82,5 +84,25 @@ api_keys:
 		if got := of(id); got != want {
 			t.Errorf("period of %s = %s, want %s", id, got, want)
 		}
+	}
+}
+
+// TestUsageFromAdminSaysWhy: when the running server refuses the
+// command's request, the error gives the server's reason, not only its
+// status.
+func TestUsageFromAdminSaysWhy(t *testing.T) {
+	srv := httptest.NewServer(gateway.AdminHandler(gateway.AdminOptions{Token: "server-token"}))
+	defer srv.Close()
+	cfg := &config.Config{}
+	cfg.Admin.Listen = strings.TrimPrefix(srv.URL, "http://")
+	cfg.Admin.Token = "another-token"
+	_, err := usageFromAdmin(context.Background(), cfg, "", "")
+	if err == nil || !strings.Contains(err.Error(), "401") || !strings.Contains(err.Error(), "admin token required") {
+		t.Fatalf("wrong token: %v, want the 401 and the server's reason", err)
+	}
+	cfg.Admin.Token = "server-token" // a process without a ledger
+	_, err = usageFromAdmin(context.Background(), cfg, "", "")
+	if err == nil || !strings.Contains(err.Error(), "503") || !strings.Contains(err.Error(), "no ledger") {
+		t.Fatalf("no ledger: %v, want the 503 and the server's reason", err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -114,6 +115,16 @@ func usageFromAdmin(ctx context.Context, cfg *config.Config, key string, p ledge
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
+		// The admin API's error says why: a token that differs from the
+		// server's (admin.token from another environment), a ledger it
+		// cannot read.
+		var e struct {
+			Error struct{ Message string }
+		}
+		_ = json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&e)
+		if e.Error.Message != "" {
+			return nil, fmt.Errorf("the running server answered %s: %s", resp.Status, e.Error.Message)
+		}
 		return nil, fmt.Errorf("the running server answered %s", resp.Status)
 	}
 	var out struct {
