@@ -117,6 +117,12 @@ func ProfileHandler(token string) http.Handler {
 // rest 401; with no token configured it answers every request 401.
 func adminOnly(token string, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if token == "" {
+			// A listener from --admin-listen with no admin.token in the
+			// file: no token would do, so asking for one misleads.
+			apierr.Write(w, apierr.Unauthorized("the admin API is off: this process has no admin.token"))
+			return
+		}
 		if !adminAuthorized(token, r) {
 			apierr.Write(w, apierr.Unauthorized("admin token required: send 'Authorization: Bearer <admin.token>'"))
 			return

@@ -66,3 +66,25 @@ func TestAdminRouteErrorsAreJSON(t *testing.T) {
 		})
 	}
 }
+
+// TestAdminWithoutTokenSaysItIsOff: a process with no admin.token (an admin
+// listener from --admin-listen alone) refuses every admin request, saying
+// that the API is off rather than asking for a token none would match.
+func TestAdminWithoutTokenSaysItIsOff(t *testing.T) {
+	for name, h := range map[string]http.Handler{"usage": AdminHandler(AdminOptions{}), "profiles": ProfileHandler("")} {
+		for _, auth := range []string{"", "Bearer ", "Bearer anything"} {
+			req := httptest.NewRequest("GET", "/admin/usage", nil)
+			if name == "profiles" {
+				req = httptest.NewRequest("GET", "/debug/pprof/", nil)
+			}
+			if auth != "" {
+				req.Header.Set("Authorization", auth)
+			}
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			if rec.Code != http.StatusUnauthorized || !strings.Contains(rec.Body.String(), "the admin API is off") {
+				t.Errorf("%s with %q = %d %s, want 401 saying the admin API is off", name, auth, rec.Code, rec.Body.String())
+			}
+		}
+	}
+}
