@@ -195,3 +195,19 @@ func TestCommandHelpAndBadFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestCommandsRefuseStrayArguments: an argument serve, usage or webhooks
+// dlq does not take (a forgotten --key before an id, a second target) is a
+// one-line usage error, exit 2, not silently ignored.
+func TestCommandsRefuseStrayArguments(t *testing.T) {
+	for _, args := range [][]string{
+		{"usage", "--config", "F", "team-a"},
+		{"serve", "--config", "F", "--target", "gateway", "meter"},
+		{"webhooks", "dlq", "replay", "--config", "F", "ev-1"},
+	} {
+		code, stdout, stderr := runSelf(t, args...)
+		if code != 2 || stdout != "" || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, "unexpected argument \""+args[len(args)-1]+"\"") {
+			t.Errorf("%v = %d, %q, %q; want 2 and one line naming the argument", args, code, stdout, stderr)
+		}
+	}
+}

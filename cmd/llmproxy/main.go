@@ -78,3 +78,17 @@ func parseFlags(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) (code
 	}
 	return 0, true
 }
+
+// parseOnlyFlags is parseFlags for a command that takes no arguments but
+// its flags: one left over (`usage --config F team-a`, the --key
+// forgotten) is a usage error, not ignored.
+func parseOnlyFlags(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) (code int, ok bool) {
+	if code, ok := parseFlags(fs, args, stdout, stderr); !ok {
+		return code, false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "llmproxy %s: unexpected argument %q (see llmproxy %s --help)\n", fs.Name(), fs.Arg(0), fs.Name())
+		return 2, false
+	}
+	return 0, true
+}

@@ -35,7 +35,7 @@ func cmdServe(args []string) int {
 	target := fs.String("target", "all", "role to run: all, gateway, meter, notifier or recorder")
 	adminListen := fs.String("admin-listen", "", "address of the admin listener: /healthz, /readyz, /metrics and the admin API (overrides admin.listen); "+
 		"the only place a meter, notifier or recorder serves them")
-	if code, ok := parseFlags(fs, args, os.Stdout, os.Stderr); !ok {
+	if code, ok := parseOnlyFlags(fs, args, os.Stdout, os.Stderr); !ok {
 		return code
 	}
 	if *cfgPath == "" {

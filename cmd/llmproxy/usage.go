@@ -26,7 +26,7 @@ func cmdUsage(args []string) int {
 	key := fs.String("key", "", "only this key id")
 	periodFlag := fs.String("period", "", "daily, weekly, monthly or never (default: each key's own quota period)")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if code, ok := parseFlags(fs, args, os.Stdout, os.Stderr); !ok {
+	if code, ok := parseOnlyFlags(fs, args, os.Stdout, os.Stderr); !ok {
 		return code
 	}
 	if *cfgPath == "" {

@@ -43,7 +43,7 @@ func runWebhooks(args []string, stdout, stderr io.Writer) int {
 	id := fs.String("id", "", "only this event id")
 	asJSON := fs.Bool("json", false, "print JSON")
 	natsURL := fs.String("nats-url", "", "NATS to use (overrides nats.url)")
-	if code, ok := parseFlags(fs, args[2:], stdout, stderr); !ok {
+	if code, ok := parseOnlyFlags(fs, args[2:], stdout, stderr); !ok {
 		return code
 	}
 	if *cfgPath == "" {
