@@ -19,7 +19,7 @@ import (
 const keysUsage = `Usage:
   llmproxy keys create --config FILE [--id ID] [--name N] [--user U] [--quota TOKENS] [--period daily|weekly|monthly|never]
                        [--allowed-ips CIDR,...] [--models M,...] [--expires RFC3339] [--rps N] [--rpm N] [--tpm N]
-                       [--max-concurrent N] [--disabled] [--json]
+                       [--max-concurrent N] [--capture-response[=false]] [--disabled] [--json]
   llmproxy keys list --config FILE [--json]
   llmproxy keys show|disable|enable|delete ID --config FILE [--json]
 
@@ -65,7 +65,7 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 		ips, models, expiry string
 		rps                 float64
 		rpm, tpm, conc      int64
-		disabled            bool
+		disabled, capture   bool
 	)
 	if sub == "create" {
 		fs.StringVar(&spec.ID, "id", "", "public id: letters, digits, '_' and '-', at most 64 (default: derived from the secret's hash)")
@@ -81,6 +81,7 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 		fs.Int64Var(&tpm, "tpm", 0, "tokens per minute (overrides rate_limit.per_key; 0: no limit for this key)")
 		fs.Int64Var(&conc, "max-concurrent", 0, "requests at once (overrides rate_limit.per_key; 0: no limit for this key)")
 		fs.BoolVar(&disabled, "disabled", false, "create the key disabled")
+		fs.BoolVar(&capture, "capture-response", false, "capture this key's responses into its events (=false: never; default: logging.capture_response)")
 	}
 	if code, ok := parseFlags(fs, args, stdout, stderr); !ok {
 		return code
@@ -134,6 +135,9 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 		}
 		if disabled {
 			spec.Status = keys.StatusDisabled
+		}
+		if set["capture-response"] {
+			spec.CaptureResponse = &capture
 		}
 		if err := spec.Validate(); err != nil {
 			return fail(2, "%v", err)

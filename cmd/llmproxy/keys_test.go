@@ -109,6 +109,14 @@ func TestKeysCommand(t *testing.T) {
 		t.Fatalf("create --json = %s, %v; want a key with no overrides", out, err)
 	}
 	runKeysCmd(t, 1, "create", "--config", cfg, "--id", "alice") // taken
+	for flagArg, want := range map[string]bool{"--capture-response": true, "--capture-response=false": false} {
+		out, _ := runKeysCmd(t, 0, "create", "--config", cfg, flagArg)
+		rec, err := keys.LookupHash(ctx, rdb, prefix, keys.Hash(regexp.MustCompile(`sk-llmproxy-[0-9A-Za-z]{32}`).FindString(out)))
+		if err != nil || rec.CaptureResponse == nil || *rec.CaptureResponse != want {
+			t.Fatalf("create %s stored %+v, %v; want capture_response %v", flagArg, rec, err, want)
+		}
+		runKeysCmd(t, 0, "delete", rec.ID, "--config", cfg)
+	}
 	runKeysCmd(t, 2, "create", "--config", cfg, "--period", "hourly")
 	runKeysCmd(t, 2, "create", "--config", cfg, "--expires", "tomorrow")
 	runKeysCmd(t, 2, "create", "--config", cfg, "--expires", "2020-01-01T00:00:00Z")

@@ -114,6 +114,9 @@ type Spec struct {
 	AllowedModels    []string   `json:"allowed_models,omitempty"` // empty: every model
 	ExpiresAt        *time.Time `json:"expires_at,omitempty"`
 	Limits           *Limits    `json:"limits,omitempty"`
+	// CaptureResponse overrides logging.capture_response for this key, as
+	// api_keys[].capture_response does for a key of the file; nil keeps it.
+	CaptureResponse *bool `json:"capture_response,omitempty"`
 }
 
 // Record is a stored key: its Spec, resolved id and status, the SHA-256 of
@@ -142,6 +145,7 @@ func (r Record) APIKey(perKey config.PerKeyLimits) config.APIKey {
 		QuotaResetPeriod: r.QuotaResetPeriod,
 		AllowedIPs:       r.AllowedIPs,
 		AllowedModels:    r.AllowedModels,
+		CaptureResponse:  r.CaptureResponse,
 	}
 	if r.ExpiresAt != nil {
 		k.ExpiresAt = r.ExpiresAt.UTC().Format(time.RFC3339)

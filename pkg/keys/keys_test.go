@@ -97,6 +97,18 @@ func TestSpecValidate(t *testing.T) {
 	}
 }
 
+// TestRecordAPIKeyCapture: a record's capture_response reaches the config
+// key the gateway resolves, as a file key's does; unset keeps the
+// configured default.
+func TestRecordAPIKeyCapture(t *testing.T) {
+	for _, c := range []*bool{nil, ptr(true), ptr(false)} {
+		k := Record{Spec: Spec{ID: "k", CaptureResponse: c}, SHA256: "ab"}.APIKey(config.PerKeyLimits{})
+		if (k.CaptureResponse == nil) != (c == nil) || c != nil && *k.CaptureResponse != *c {
+			t.Errorf("capture_response %v: APIKey has %v", c, k.CaptureResponse)
+		}
+	}
+}
+
 func TestRecordAPIKeyMergesLimits(t *testing.T) {
 	perKey := config.PerKeyLimits{RequestsPerMinute: 100, TokensPerMinute: 5000, MaxConcurrent: 5}
 	exp := time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)
