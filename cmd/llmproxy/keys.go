@@ -198,8 +198,9 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tNAME\tUSER\tSTATUS\tQUOTA\tPERIOD\tEXPIRES\tKEY")
+		now := time.Now()
 		for _, r := range list {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, dash(r.Name), dash(r.UserID), r.Status,
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, dash(r.Name), dash(r.UserID), statusText(r, now),
 				quotaText(r.TotalQuota), dash(r.QuotaResetPeriod), expiresText(r.ExpiresAt), r.Masked)
 		}
 		_ = tw.Flush()
@@ -261,6 +262,16 @@ func quotaText(q *int64) string {
 		return "unlimited"
 	}
 	return fmt.Sprint(*q)
+}
+
+// statusText is a key's status as gateways see it at now: an active key
+// whose expires_at has passed is refused 403 key_expired, and the list
+// says so.
+func statusText(r keys.Record, now time.Time) string {
+	if r.Active() && r.ExpiresAt != nil && !now.Before(*r.ExpiresAt) {
+		return "expired"
+	}
+	return r.Status
 }
 
 func expiresText(t *time.Time) string {

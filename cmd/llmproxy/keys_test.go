@@ -150,3 +150,24 @@ func TestKeysCommand(t *testing.T) {
 	runKeysCmd(t, 2, "show", "--config", cfg)
 	runKeysCmd(t, 2, "rotate", "--config", cfg)
 }
+
+// TestKeysStatusText: `keys list` shows a key whose expires_at has passed,
+// which every gateway refuses 403 key_expired, as expired, not active.
+func TestKeysStatusText(t *testing.T) {
+	now := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
+	past, future := now.Add(-time.Second), now.Add(time.Hour)
+	for _, tt := range []struct {
+		rec  keys.Record
+		want string
+	}{
+		{keys.Record{Spec: keys.Spec{Status: "active"}}, "active"},
+		{keys.Record{Spec: keys.Spec{Status: "active", ExpiresAt: &future}}, "active"},
+		{keys.Record{Spec: keys.Spec{Status: "active", ExpiresAt: &past}}, "expired"},
+		{keys.Record{Spec: keys.Spec{Status: "active", ExpiresAt: &now}}, "expired"},
+		{keys.Record{Spec: keys.Spec{Status: "disabled", ExpiresAt: &past}}, "disabled"},
+	} {
+		if got := statusText(tt.rec, now); got != tt.want {
+			t.Errorf("statusText(%+v) = %s, want %s", tt.rec.Spec, got, tt.want)
+		}
+	}
+}
