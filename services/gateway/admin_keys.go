@@ -72,6 +72,9 @@ func AdminKeysHandler(rdb redis.UniversalClient, prefix string, token string) ht
 		if err != nil {
 			return 0, nil, err
 		}
+		// The one answer that carries a secret: no cache between here and
+		// the operator may keep it.
+		w.Header().Set("Cache-Control", "no-store")
 		return http.StatusCreated, map[string]any{"key": secret, "record": rec, "warning": SecretWarning}, nil
 	})
 	handle("GET /admin/keys", func(_ http.ResponseWriter, r *http.Request) (int, any, error) {

@@ -15,6 +15,7 @@ func TestAdminKeysHandler(t *testing.T) {
 	rdb, prefix := redistest.New(t, "admin-keys")
 	srv := httptest.NewServer(AdminKeysHandler(rdb, prefix, "admin-secret"))
 	defer srv.Close()
+	var lastHeader http.Header
 	do := func(method, path, token, body string, want int) map[string]any {
 		t.Helper()
 		req, _ := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
@@ -26,6 +27,7 @@ func TestAdminKeysHandler(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer resp.Body.Close()
+		lastHeader = resp.Header
 		var out map[string]any
 		_ = json.NewDecoder(resp.Body).Decode(&out)
 		if resp.StatusCode != want {
@@ -40,6 +42,9 @@ func TestAdminKeysHandler(t *testing.T) {
 		`{"id":"alice","name":"Alice","user_id":"u1","total_quota":1000,"quota_reset_period":"daily","allowed_ips":["10.0.0.0/8"],"limits":{"max_concurrent":2}}`,
 		http.StatusCreated)
 	secret, _ := created["key"].(string)
+	if cc := lastHeader.Get("Cache-Control"); cc != "no-store" {
+		t.Errorf("create answered Cache-Control %q, want no-store: the body holds the secret", cc)
+	}
 	if !strings.HasPrefix(secret, keys.SecretPrefix) || created["warning"] == nil {
 		t.Fatalf("create answered %v; want the secret and a warning", created)
 	}
