@@ -6,9 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/services/gateway"
@@ -121,20 +118,12 @@ func loadConfig(path string) (*config.Config, error) {
 	return cfg, nil
 }
 
-// checkStoreURLs parses redis.url and logging.postgres.url as the Redis
-// and PostgreSQL clients will, so that what they refuse (a database
-// number that is not one, an unknown option or parameter) is a problem
-// with its line here, not a serve that stops at start (Redis) or a
-// recorder that retries for ever (PostgreSQL).
+// checkStoreURLs parses logging.postgres.url as the PostgreSQL client
+// will, so that what it refuses (an unknown parameter, a bad sslmode) is a
+// problem with its line here, not a recorder that retries for ever.
+// (redis.url is parsed by config.Load itself, for every command.)
 func checkStoreURLs(cfg *config.Config) error {
 	errs := &config.Errors{}
-	if u := cfg.Redis.URL; u != "" {
-		if _, err := redis.ParseURL(u); err != nil {
-			// Its messages name the scheme, path or option at fault,
-			// never the user info.
-			errs.List = append(errs.List, cfg.Problem("redis.url", "%s", strings.TrimPrefix(err.Error(), "redis: ")))
-		}
-	}
 	if u := cfg.Logging.Postgres.URL; u != "" {
 		if err := recorder.CheckURL(u); err != nil {
 			errs.List = append(errs.List, cfg.Problem("logging.postgres.url", "%v", err))
