@@ -401,6 +401,8 @@ func (v *checker) apiKeys() {
 		}
 		if k.ID != "" && !KeyIDPattern.MatchString(k.ID) {
 			v.add(p+".id", "want %s, got %q", KeyIDRule, k.ID)
+		} else if ReservedKeyID(k.ID) {
+			v.add(p+".id", "%q is the id the gateway gives requests without a key of their own; choose another", k.ID)
 		}
 		v.oneOf(p+".status", k.Status, KeyStatuses)
 		if k.TotalQuota != nil {

@@ -29,6 +29,14 @@ func TestValidate(t *testing.T) {
 			[]string{`c.yaml:5: key api_keys[0].id: want 1 to 64 letters, digits, '_' or '-' (no '.': the id is a token of event subjects), got "team.a"`},
 		},
 		{
+			"key ids the gateway gives keyless requests",
+			"api_keys:\n  - key: sk-a\n    id: unauthenticated\n  - key: sk-b\n    id: anonymous\n",
+			[]string{
+				`c.yaml:5: key api_keys[0].id: "unauthenticated" is the id the gateway gives requests without a key of their own; choose another`,
+				`c.yaml:7: key api_keys[1].id: "anonymous" is the id the gateway gives requests without a key of their own; choose another`,
+			},
+		},
+		{
 			"retry on nothing",
 			"routing:\n  retry:\n    enabled: true\n    on: []\n",
 			[]string{`c.yaml:6: key routing.retry.on: an empty list would retry nothing; leave on out to retry on all of connect, 429, 5xx, timeout, or write enabled: false`},

@@ -165,6 +165,9 @@ func (s Spec) Validate() error {
 	if s.ID != "" && !config.KeyIDPattern.MatchString(s.ID) {
 		return bad("id %q: use %s", s.ID, config.KeyIDRule)
 	}
+	if config.ReservedKeyID(s.ID) {
+		return bad("id %q is the id the gateway gives requests without a key of their own; choose another", s.ID)
+	}
 	switch s.Status {
 	case "", StatusActive, StatusDisabled:
 	default:

@@ -85,6 +85,8 @@ func TestSpecValidate(t *testing.T) {
 		"rps NaN":         {Limits: &Limits{RequestsPerSecond: ptr(math.NaN())}},
 		"rps infinite":    {Limits: &Limits{RequestsPerSecond: ptr(math.Inf(1))}},
 		"empty model":     {AllowedModels: []string{"qwen", " "}},
+		"id of no key":    {ID: "unauthenticated"},
+		"id of auth off":  {ID: "anonymous"},
 	} {
 		if err := s.Validate(); !errors.Is(err, ErrInvalid) {
 			t.Errorf("%s: Validate = %v, want ErrInvalid", name, err)
