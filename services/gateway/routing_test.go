@@ -255,3 +255,56 @@ func TestReloadKeepsBackendState(t *testing.T) {
 		t.Fatalf("%d in flight once the request ended", n)
 	}
 }
+
+// TestReloadWithoutHealthChecksForgetsTheirVerdict: a backend the active
+// checks marked down is served again after a reload that drops
+// health_check.path (or sets enabled: false); it kept its "unhealthy"
+// verdict with no check left to lift it, so every request got 503 until a
+// restart.
+func TestReloadWithoutHealthChecksForgetsTheirVerdict(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/health" {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte(`{"ok":true}`))
+	}))
+	defer backend.Close()
+	for _, c := range []struct{ name, without string }{
+		{"path dropped", ""},
+		{"checks disabled", "health_check: {path: /health, enabled: false}\n"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			text := "backends: [{url: %q, name: one}]\n%sapi_keys: [{key: %q}]\n"
+			cfg, err := config.Parse(fmt.Appendf(nil, text, backend.URL, "health_check: {path: /health, interval: 1h}\n", testKey), "c.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			g, err := New(Options{Config: cfg, Events: newSink()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			g.Start(ctx)
+			srv := httptest.NewServer(g.Handler())
+			defer srv.Close()
+			if resp, body := do(t, "POST", srv.URL+"/v1/chat/completions", `{"model":"m"}`, withKey()); resp.StatusCode != http.StatusServiceUnavailable {
+				t.Fatalf("with the health check failing: %d %s", resp.StatusCode, body)
+			}
+			again, err := config.Parse(fmt.Appendf(nil, text, backend.URL, c.without, testKey), "c.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := g.Reload(ctx, again); err != nil {
+				t.Fatal(err)
+			}
+			if resp, body := do(t, "POST", srv.URL+"/v1/chat/completions", `{"model":"m"}`, withKey()); resp.StatusCode != http.StatusOK {
+				t.Fatalf("after the reload without checks: %d %s", resp.StatusCode, body)
+			}
+			if resp, body := do(t, "GET", srv.URL+"/readyz", "", nil); resp.StatusCode != http.StatusOK {
+				t.Fatalf("/readyz after the reload: %d %s", resp.StatusCode, body)
+			}
+		})
+	}
+}

@@ -104,6 +104,19 @@ func (h *HealthChecker) Enabled() bool { return h.checks || h.scrape }
 // first verdict, then one round every interval in a goroutine until ctx is
 // done. It does nothing when the checker is disabled.
 func (h *HealthChecker) Start(ctx context.Context) {
+	// An upstream kept from the pool before a reload keeps its health
+	// verdict. One this checker does not check (the reload dropped
+	// health_check.path, or turned checks off) has no verdict any more:
+	// kept "down", no check would ever lift it and it would never be
+	// tried again.
+	for _, u := range h.pool.Upstreams() {
+		if h.checks && h.pathOf(u) != "" {
+			continue
+		}
+		if u.forgetChecks() {
+			h.log.Info("backend health changed", "backend", u.Name, "healthy", true, "reason", "no longer actively checked")
+		}
+	}
 	if !h.Enabled() {
 		return
 	}
@@ -144,6 +157,11 @@ func (h *HealthChecker) check(ctx context.Context, u *Upstream) {
 		return
 	}
 	ok := h.get(ctx, u, h.pathOf(u), nil)
+	if ctx.Err() != nil {
+		// Stopped (a reload replaced this checker): the check was cut
+		// short, and the verdict is no longer this checker's to give.
+		return
+	}
 	was := u.Healthy()
 	u.recordCheck(ok, h.healthyN, h.unhealthyN)
 	if now := u.Healthy(); now != was {

@@ -202,6 +202,16 @@ func (u *Upstream) LastLoad() *Load { return u.load.Load() }
 // SetLoad records a scraped load (used by the load scraper and tests).
 func (u *Upstream) SetLoad(l Load) { u.load.Store(&l) }
 
+// forgetChecks drops the active health verdict and its counts, for an
+// upstream no longer actively checked; it reports whether the upstream
+// was marked down. Only the health checker calls it, before it starts.
+func (u *Upstream) forgetChecks() bool {
+	u.checked.Store(false)
+	u.checkPass.Store(0)
+	u.checkFails.Store(0)
+	return u.unhealthy.Swap(false)
+}
+
 // recordCheck applies one active health check result with thresholds. The
 // first result decides at once, so the gateway does not route to a backend
 // found down at start. Only the health checker calls it, one goroutine per
