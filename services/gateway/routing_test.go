@@ -308,3 +308,37 @@ func TestReloadWithoutHealthChecksForgetsTheirVerdict(t *testing.T) {
 		})
 	}
 }
+
+// TestRoundRobinPerModel: two models on two backends each, their requests
+// taking turns, are each spread over their own backends. round_robin
+// turned one counter over every pick, so each model's requests went to
+// the same backend every time and the other two backends got nothing.
+func TestRoundRobinPerModel(t *testing.T) {
+	var srvs []string
+	var hits []*atomic.Int64
+	for range 4 {
+		s, n := countingBackend(t, http.StatusOK, `{}`)
+		srvs, hits = append(srvs, s.URL), append(hits, n)
+	}
+	gw, _ := routingGateway(t, fmt.Sprintf(`
+backends:
+  - {url: %q, models: [m1]}
+  - {url: %q, models: [m1]}
+  - {url: %q, models: [m2]}
+  - {url: %q, models: [m2]}
+routing: {load_balance_strategy: round_robin}
+api_keys: [{key: %q}]
+`, srvs[0], srvs[1], srvs[2], srvs[3], testKey))
+	for range 6 {
+		for _, m := range []string{"m1", "m2"} {
+			if resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"`+m+`"}`, withKey()); resp.StatusCode != 200 {
+				t.Fatalf("%s: %d %s", m, resp.StatusCode, body)
+			}
+		}
+	}
+	for i, n := range hits {
+		if n.Load() != 3 {
+			t.Fatalf("backend %d got %d of its model's 6 requests, want 3", i, n.Load())
+		}
+	}
+}
