@@ -645,7 +645,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 			}
 		}
 		if attempt == 0 && x.route == "" {
-			fallbacks = rt.pool.FallbackChain(up)
+			fallbacks = rt.pool.FallbackFor(x.info.Model, up)
 		}
 		tried = append(tried, up)
 		x.upstream = up

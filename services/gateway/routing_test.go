@@ -342,3 +342,36 @@ api_keys: [{key: %q}]
 		}
 	}
 }
+
+// TestChainGoesOnWhileItsPrimaryIsDown: with its primary down, a request
+// goes to the first fallback of the chain; when that one fails, the next
+// is tried at once, as when the primary itself had failed. The chain was
+// followed only from a try of the primary, so with retries off (the
+// default) the first fallback's 502 was the client's answer.
+func TestChainGoesOnWhileItsPrimaryIsDown(t *testing.T) {
+	primary := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	t.Cleanup(primary.Close)
+	first, firstHits := countingBackend(t, http.StatusBadGateway, `{"error":"down"}`)
+	second, secondHits := countingBackend(t, http.StatusOK, `{"from":"second"}`)
+	gw, pool := routingGateway(t, fmt.Sprintf(`
+backends:
+  - {url: %q, name: primary, weight: 1, health_check_path: /health}
+  - {url: %q, name: first, weight: 0}
+  - {url: %q, name: second, weight: 0}
+routing:
+  fallback: [{primary: primary, fallback: [first, second]}]
+api_keys: [{key: %q}]
+`, primary.URL, first.URL, second.URL, testKey))
+	if st := pool.ByName("primary").State(); st != balancer.StateUnhealthy {
+		t.Fatalf("primary is %s, want unhealthy", st)
+	}
+	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m"}`, withKey())
+	if resp.StatusCode != 200 || string(body) != `{"from":"second"}` {
+		t.Fatalf("%d %s, want the second fallback's answer", resp.StatusCode, body)
+	}
+	if firstHits.Load() != 1 || secondHits.Load() != 1 {
+		t.Fatalf("first fallback tried %d times, second %d", firstHits.Load(), secondHits.Load())
+	}
+}

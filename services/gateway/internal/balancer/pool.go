@@ -359,6 +359,32 @@ func (p *Pool) HasModel(model string) bool { return len(p.serving(model)) > 0 }
 // or nil. The slice is shared and must not be modified.
 func (p *Pool) FallbackChain(u *Upstream) []*Upstream { return p.fallbacks[u] }
 
+// FallbackFor returns the backends to try next, in order, once up has
+// failed a request for model: up's own routing.fallback chain or, when up
+// has none and was picked from the chain of a primary for model that
+// cannot take requests (down or ejected), that primary's chain, so that
+// its later members are tried as they are after the primary itself
+// failed. The slice is shared and must not be modified; nil when there is
+// neither.
+func (p *Pool) FallbackFor(model string, up *Upstream) []*Upstream {
+	if chain := p.fallbacks[up]; len(chain) > 0 {
+		return chain
+	}
+	now := p.clock.Now()
+	for _, prim := range p.serving(model) {
+		chain := p.fallbacks[prim]
+		if prim == up || len(chain) == 0 || prim.Available(now) {
+			continue
+		}
+		for _, u := range chain {
+			if u == up {
+				return chain
+			}
+		}
+	}
+	return nil
+}
+
 // Upstreams returns every upstream in config order. The slice is shared
 // and must not be modified.
 func (p *Pool) Upstreams() []*Upstream { return p.upstreams }
