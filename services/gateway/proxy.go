@@ -698,6 +698,12 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 			// answer is relayed as it is.
 			continue
 		}
+		// Deferred: a relay that panics (a writer raising
+		// http.ErrAbortHandler) must still end its try, or the upstream
+		// would count a request in flight for as long as the process
+		// lives, and least_connections and least_load would shun it.
+		defer cancel()
+		defer up.Release()
 		if lua := rt.lua; lua != nil && lua.Has(hooks.HookResponse) && !isStreamContentType(resp.Header.Get("Content-Type")) {
 			g.relayWithHook(r, w, x, resp)
 		} else if x.filtersTags() && resp.StatusCode == http.StatusOK {
@@ -705,8 +711,6 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 		} else {
 			g.relay(ctx, w, x, resp)
 		}
-		cancel()
-		up.Release()
 		return
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -373,5 +374,35 @@ api_keys: [{key: %q}]
 	}
 	if firstHits.Load() != 1 || secondHits.Load() != 1 {
 		t.Fatalf("first fallback tried %d times, second %d", firstHits.Load(), secondHits.Load())
+	}
+}
+
+// TestPanicEndsTheTry: a request whose relay panics (a writer raising
+// http.ErrAbortHandler) no longer counts in flight at its backend; it
+// counted for as long as the process lived, so least_connections sent
+// that backend nothing while another was idle.
+func TestPanicEndsTheTry(t *testing.T) {
+	backend, _ := countingBackend(t, http.StatusOK, `{}`)
+	cfg, err := config.Parse(fmt.Appendf(nil, "backends: [{url: %q, name: one}]\nrouting: {load_balance_strategy: least_connections}\napi_keys: [{key: %q}]\n", backend.URL, testKey), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := New(Options{Config: cfg, Events: newSink()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Start(context.Background())
+	req := httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader(`{"model":"m"}`))
+	req.Header.Set("Authorization", "Bearer "+testKey)
+	func() {
+		defer func() {
+			if r := recover(); r != http.ErrAbortHandler {
+				t.Fatalf("recovered %v; want http.ErrAbortHandler", r)
+			}
+		}()
+		g.Handler().ServeHTTP(&panicWriter{h: http.Header{}}, req)
+	}()
+	if n := g.rt.Load().pool.ByName("one").InFlight(); n != 0 {
+		t.Fatalf("%d requests in flight after the panicked one ended", n)
 	}
 }
