@@ -644,7 +644,9 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 				return
 			}
 		}
-		if attempt == 0 && x.route == "" {
+		if attempt == 0 {
+			// The first try's chain, whether on_route or the strategy
+			// chose its backend.
 			fallbacks = rt.pool.FallbackFor(x.info.Model, up)
 		}
 		tried = append(tried, up)

@@ -6,6 +6,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -404,5 +406,36 @@ func TestPanicEndsTheTry(t *testing.T) {
 	}()
 	if n := g.rt.Load().pool.ByName("one").InFlight(); n != 0 {
 		t.Fatalf("%d requests in flight after the panicked one ended", n)
+	}
+}
+
+// TestRoutedPrimaryFallsBack: a request an on_route script sends to a
+// primary that fails goes on to the primary's routing.fallback chain, as
+// one the strategy sent there does. A routed request followed no chain, so
+// with retries off (the default) the primary's 503 was the answer.
+func TestRoutedPrimaryFallsBack(t *testing.T) {
+	primary, primaryHits := countingBackend(t, http.StatusServiceUnavailable, `{"error":"overloaded"}`)
+	other, otherHits := countingBackend(t, http.StatusOK, `{"from":"other"}`)
+	standby, _ := countingBackend(t, http.StatusOK, `{"from":"standby"}`)
+	script := filepath.Join(t.TempDir(), "route.lua")
+	if err := os.WriteFile(script, []byte("function on_route(req)\n  return \"primary\"\nend\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	gw, _ := routingGateway(t, fmt.Sprintf(`
+backends:
+  - {url: %q, name: primary, weight: 1}
+  - {url: %q, name: other, weight: 1}
+  - {url: %q, name: standby, weight: 0}
+routing:
+  fallback: [{primary: primary, fallback: [standby]}]
+lua: {scripts: [%q]}
+api_keys: [{key: %q}]
+`, primary.URL, other.URL, standby.URL, script, testKey))
+	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m"}`, withKey())
+	if resp.StatusCode != 200 || string(body) != `{"from":"standby"}` {
+		t.Fatalf("%d %s, want the primary's fallback's answer", resp.StatusCode, body)
+	}
+	if primaryHits.Load() != 1 || otherHits.Load() != 0 {
+		t.Fatalf("primary tried %d times, other %d", primaryHits.Load(), otherHits.Load())
 	}
 }
