@@ -2,6 +2,8 @@ package usage
 
 import (
 	"sync"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/pkoukk/tiktoken-go"
 	tiktoken_loader "github.com/pkoukk/tiktoken-go-loader"
@@ -49,7 +51,61 @@ func CountTokens(text string) int {
 	if e == nil {
 		return (len(text) + 3) / 4
 	}
-	return len(e.EncodeOrdinary(text))
+	n := 0
+	for text != "" {
+		var piece string
+		piece, text = cutLongRun(text)
+		n += len(e.EncodeOrdinary(piece))
+	}
+	return n
+}
+
+// maxRun is the longest run of letters, of spaces or of other symbols
+// CountTokens gives the tokenizer whole. cl100k's pre-tokenizer makes such
+// a run one piece, and byte-pair merging is quadratic in a piece's length:
+// 64 KiB of one letter took seconds, a prompt of a few MiB of them hours
+// of a CPU. A longer run is counted maxRun bytes at a time, which changes
+// its count by about a token per cut; runs this long are rare in text.
+const maxRun = 256
+
+// cutLongRun splits text after the first maxRun bytes of a run of one
+// class (letters, spaces, anything else but digits) that goes on past
+// them; rest is empty when there is no such run.
+func cutLongRun(text string) (piece, rest string) {
+	class, run := -1, 0
+	for i := 0; i < len(text); {
+		r, size := utf8.DecodeRuneInString(text[i:])
+		c := runeClass(r)
+		if c != class {
+			class, run = c, 0
+		} else if c != classDigit && run >= maxRun {
+			return text[:i], text[i:]
+		}
+		run += size
+		i += size
+	}
+	return text, ""
+}
+
+const (
+	classLetter = iota
+	classDigit
+	classSpace
+	classOther
+)
+
+// runeClass sorts r as cl100k's pre-tokenizer does; digits are cut into
+// threes by the pre-tokenizer itself.
+func runeClass(r rune) int {
+	switch {
+	case unicode.IsLetter(r):
+		return classLetter
+	case unicode.IsNumber(r):
+		return classDigit
+	case unicode.IsSpace(r):
+		return classSpace
+	}
+	return classOther
 }
 
 // EstimatePrompt estimates the prompt tokens of a request: the tokens of its

@@ -1,8 +1,10 @@
 package usage
 
 import (
+	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 func TestCountTokens(t *testing.T) {
@@ -50,5 +52,39 @@ func TestEstimatePrompt(t *testing.T) {
 	}
 	if got := EstimatePrompt(RequestInfo{Prompt: "hello world"}); got != 2 {
 		t.Errorf("EstimatePrompt(prompt) = %d, want 2", got)
+	}
+}
+
+// TestCountTokensLongRunsAreLinear: a prompt of one long run of letters,
+// of symbols or of spaces is counted in about the time text of its size
+// takes. Byte-pair merging such a run whole is quadratic: these 64 KiB of
+// one letter took seconds, and a key holder's 10 MiB prompt, estimated when
+// the client left mid-stream, held a CPU for hours.
+func TestCountTokensLongRunsAreLinear(t *testing.T) {
+	CountTokens("load the encoder")
+	for _, c := range []struct {
+		name string
+		run  string
+	}{
+		{"letters", "a"},
+		{"symbols", "!"},
+		{"spaces", " "},
+		{"wide letters", "é"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			text := strings.Repeat(c.run, (64<<10)/len(c.run))
+			start := time.Now()
+			n := CountTokens(text)
+			if d := time.Since(start); d > 1500*time.Millisecond {
+				t.Fatalf("64 KiB took %s", d)
+			}
+			if n <= 0 || n > len(text) {
+				t.Fatalf("%d tokens for 64 KiB", n)
+			}
+		})
+	}
+	// A run up to maxRun is counted whole, as before.
+	if got, want := CountTokens(strings.Repeat("ab", maxRun/2)), len(encoder().EncodeOrdinary(strings.Repeat("ab", maxRun/2))); got != want {
+		t.Fatalf("a run of %d bytes: %d tokens, want %d", maxRun, got, want)
 	}
 }
