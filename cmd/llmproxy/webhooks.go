@@ -86,14 +86,26 @@ func runWebhooks(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if *asJSON {
-		writeJSONList(stdout, list)
+		// Each with its sequence in LLMPROXY_DLQ, which --id takes.
+		out := make([]listedLetter, len(list))
+		for i, d := range list {
+			out[i] = listedLetter{Seq: d.Seq, DeadLetter: d}
+		}
+		writeJSONList(stdout, out)
 		return 0
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "EVENT\tENDPOINT\tATTEMPTS\tLAST STATUS\tREASON\tFAILED AT")
+	fmt.Fprintln(tw, "SEQ\tEVENT\tENDPOINT\tATTEMPTS\tLAST STATUS\tREASON\tFAILED AT")
 	for _, d := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", d.EventID, d.Endpoint, d.Attempts, d.LastStatus, d.Reason, d.FailedAt.Format(time.RFC3339))
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%s\t%s\n", d.Seq, d.EventID, d.Endpoint, d.Attempts, d.LastStatus, d.Reason, d.FailedAt.Format(time.RFC3339))
 	}
 	_ = tw.Flush()
 	return 0
+}
+
+// listedLetter is a dead letter as `webhooks dlq list --json` prints it:
+// the stored record and its sequence in LLMPROXY_DLQ.
+type listedLetter struct {
+	Seq uint64 `json:"seq"`
+	notifier.DeadLetter
 }

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -36,35 +37,8 @@ func TestReplayIsNotCutShortByTheConnectTimeout(t *testing.T) {
 		w.WriteHeader(http.StatusNoContent)
 	}))
 	t.Cleanup(hook.Close)
-	path := filepath.Join(t.TempDir(), "llmproxy.yaml")
-	conf := fmt.Sprintf("nats: {url: %q}\nbackends: [{url: http://127.0.0.1:9}]\nwebhooks: [{name: billing, url: %q}]\n", ns.ClientURL(), hook.URL)
-	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := events.EnsureStreams(ctx, js, events.StreamOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	const n = 8 // 2 s of POSTs, twice the connect timeout
-	for i := range n {
-		id := fmt.Sprintf("req-%d", i)
-		d, _ := json.Marshal(map[string]any{"endpoint": "billing", "event_id": id, "reason": "max_attempts_exceeded",
-			"attempts": 10, "event": map[string]string{"request_id": id}})
-		if _, err := js.Publish(ctx, events.DLQSubjectFor("billing"), d, jetstream.WithMsgID("billing:"+id)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	path := dlqFixture(t, ns.ClientURL(), hook.URL, n)
 
 	code, out, errOut := runCmd(runWebhooks, "dlq", "replay", "--config", path)
 	if code != 0 || !strings.Contains(out, fmt.Sprintf("replayed %d dead letter(s)", n)) {
@@ -76,5 +50,75 @@ func TestReplayIsNotCutShortByTheConnectTimeout(t *testing.T) {
 	code, out, errOut = runCmd(runWebhooks, "dlq", "list", "--config", path, "--json")
 	if code != 0 || strings.TrimSpace(out) != "[]" {
 		t.Errorf("list after replay: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+}
+
+// dlqFixture writes a config with the webhook billing at hookURL on the
+// NATS at natsURL, and n dead letters of billing (req-0 … req-n-1) into
+// its DLQ; it returns the config's path.
+func dlqFixture(t *testing.T, natsURL, hookURL string, n int) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "llmproxy.yaml")
+	conf := fmt.Sprintf("nats: {url: %q}\nbackends: [{url: http://127.0.0.1:9}]\nwebhooks: [{name: billing, url: %q}]\n", natsURL, hookURL)
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := events.EnsureStreams(ctx, js, events.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		id := fmt.Sprintf("req-%d", i)
+		d, _ := json.Marshal(map[string]any{"endpoint": "billing", "event_id": id, "reason": "max_attempts_exceeded",
+			"attempts": 10, "event": map[string]string{"request_id": id}})
+		if _, err := js.Publish(ctx, events.DLQSubjectFor("billing"), d, jetstream.WithMsgID("billing:"+id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return path
+}
+
+// TestDLQListShowsSeq: `webhooks dlq list` shows each dead letter's
+// sequence in LLMPROXY_DLQ (a SEQ column, "seq" in --json), which
+// `replay --id` takes.
+func TestDLQListShowsSeq(t *testing.T) {
+	ns := startNATS(t, "127.0.0.1", -1)
+	var got atomic.Int32
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		got.Add(1)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(hook.Close)
+	path := dlqFixture(t, ns.ClientURL(), hook.URL, 2)
+
+	code, out, errOut := runCmd(runWebhooks, "dlq", "list", "--config", path, "--json")
+	var list []struct {
+		Seq     uint64 `json:"seq"`
+		EventID string `json:"event_id"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &list) != nil || len(list) != 2 || list[0].Seq == 0 || list[1].Seq <= list[0].Seq {
+		t.Fatalf("list --json: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	code, out, _ = runCmd(runWebhooks, "dlq", "list", "--config", path)
+	if code != 0 || !strings.HasPrefix(out, "SEQ") || !strings.Contains(out, fmt.Sprintf("%d  ", list[1].Seq)) {
+		t.Fatalf("list: exit %d\n%s", code, out)
+	}
+	code, out, errOut = runCmd(runWebhooks, "dlq", "replay", "--config", path, "--id", strconv.FormatUint(list[1].Seq, 10))
+	if code != 0 || !strings.Contains(out, "replayed 1 dead letter(s)") || got.Load() != 1 {
+		t.Fatalf("replay --id %d: exit %d, %d delivered\nstdout: %s\nstderr: %s", list[1].Seq, code, got.Load(), out, errOut)
+	}
+	code, out, _ = runCmd(runWebhooks, "dlq", "list", "--config", path, "--json")
+	if code != 0 || !strings.Contains(out, `"event_id": "`+list[0].EventID+`"`) || strings.Contains(out, list[1].EventID) {
+		t.Fatalf("after replaying %s: %s", list[1].EventID, out)
 	}
 }
