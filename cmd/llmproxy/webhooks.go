@@ -19,7 +19,8 @@ import (
 // webhooksConnectTimeout bounds how long the webhooks commands try to reach NATS.
 var webhooksConnectTimeout = 60 * time.Second
 
-const webhooksUsage = "usage: llmproxy webhooks dlq list|replay --config FILE [--id EVENT_ID] [--json] [--nats-url URL]"
+const webhooksUsage = "usage: llmproxy webhooks dlq list|replay --config FILE [--id ID] [--json] [--nats-url URL]\n" +
+	"       llmproxy webhooks dlq discard --config FILE (--id ID | --endpoint NAME | --all) [--nats-url URL]"
 
 // cmdWebhooks runs `llmproxy webhooks dlq list|replay`.
 func cmdWebhooks(args []string) int {
@@ -34,7 +35,7 @@ func runWebhooks(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, webhooksUsage)
 		return 0
 	}
-	if len(args) < 2 || args[0] != "dlq" || (args[1] != "list" && args[1] != "replay") {
+	if len(args) < 2 || args[0] != "dlq" || (args[1] != "list" && args[1] != "replay" && args[1] != "discard") {
 		fmt.Fprintln(stderr, webhooksUsage)
 		return 2
 	}
@@ -43,8 +44,15 @@ func runWebhooks(args []string, stdout, stderr io.Writer) int {
 	id := fs.String("id", "", "only this event id")
 	asJSON := fs.Bool("json", false, "print JSON")
 	natsURL := fs.String("nats-url", "", "NATS to use (overrides nats.url)")
+	endpoint := fs.String("endpoint", "", "discard: every dead letter of this endpoint")
+	all := fs.Bool("all", false, "discard: every dead letter")
 	if code, ok := parseOnlyFlags(fs, args[2:], stdout, stderr); !ok {
 		return code
+	}
+	if args[1] == "discard" && *id == "" && *endpoint == "" && !*all {
+		// Deleting is for good: what to delete is said, never implied.
+		fmt.Fprintln(stderr, "llmproxy webhooks dlq discard: say which: --id ID, --endpoint NAME or --all")
+		return 2
 	}
 	if *cfgPath == "" {
 		fmt.Fprintln(stderr, "llmproxy webhooks: --config is required")
@@ -71,6 +79,15 @@ func runWebhooks(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer b.close()
+	if args[1] == "discard" {
+		n, err := notifier.Discard(ctx, b.js, notifier.DLQFilter{ID: *id, Endpoint: *endpoint})
+		fmt.Fprintf(stdout, "discarded %d dead letter(s)\n", n)
+		if err != nil {
+			fmt.Fprintln(stderr, "llmproxy webhooks:", err)
+			return 1
+		}
+		return 0
+	}
 	if args[1] == "replay" {
 		n, err := notifier.Replay(ctx, b.js, endpointsOf(cfg), *id)
 		fmt.Fprintf(stdout, "replayed %d dead letter(s)\n", n)

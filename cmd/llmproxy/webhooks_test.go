@@ -122,3 +122,39 @@ func TestDLQListShowsSeq(t *testing.T) {
 		t.Fatalf("after replaying %s: %s", list[1].EventID, out)
 	}
 }
+
+// TestDLQDiscard: `webhooks dlq discard` deletes the dead letters it is
+// told to (one by --id, an endpoint's by --endpoint) without delivering
+// them, and refuses to guess when told nothing.
+func TestDLQDiscard(t *testing.T) {
+	ns := startNATS(t, "127.0.0.1", -1)
+	var got atomic.Int32
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		got.Add(1)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(hook.Close)
+	path := dlqFixture(t, ns.ClientURL(), hook.URL, 3)
+	count := func() int {
+		t.Helper()
+		code, out, errOut := runCmd(runWebhooks, "dlq", "list", "--config", path, "--json")
+		var list []json.RawMessage
+		if code != 0 || json.Unmarshal([]byte(out), &list) != nil {
+			t.Fatalf("list: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+		}
+		return len(list)
+	}
+
+	if code, _, errOut := runCmd(runWebhooks, "dlq", "discard", "--config", path); code != 2 || !strings.Contains(errOut, "--all") || count() != 3 {
+		t.Fatalf("discard without a selector: exit %d, %q", code, errOut)
+	}
+	if code, out, _ := runCmd(runWebhooks, "dlq", "discard", "--config", path, "--id", "req-1"); code != 0 || !strings.Contains(out, "discarded 1 ") || count() != 2 {
+		t.Fatalf("discard --id req-1: exit %d, %q", code, out)
+	}
+	if code, out, _ := runCmd(runWebhooks, "dlq", "discard", "--config", path, "--endpoint", "billing"); code != 0 || !strings.Contains(out, "discarded 2 ") || count() != 0 {
+		t.Fatalf("discard --endpoint billing: exit %d, %q", code, out)
+	}
+	if got.Load() != 0 {
+		t.Fatalf("the receiver got %d deliveries of discarded letters", got.Load())
+	}
+}

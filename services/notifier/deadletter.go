@@ -227,3 +227,29 @@ func Replay(ctx context.Context, js jetstream.JetStream, endpoints []Endpoint, i
 	}
 	return delivered, errors.Join(errs...)
 }
+
+// Discard deletes the dead letters filter selects from LLMPROXY_DLQ without
+// delivering them (those of an endpoint since removed from the config, or
+// events the receiver must never get), and returns how many it deleted.
+// A filter that selects nothing is no error.
+func Discard(ctx context.Context, js jetstream.JetStream, filter DLQFilter) (int, error) {
+	letters, err := ListDLQ(ctx, js, filter)
+	if err != nil {
+		return 0, err
+	}
+	if len(letters) == 0 {
+		return 0, nil
+	}
+	stream, err := js.Stream(ctx, events.DLQStreamName)
+	if err != nil {
+		return 0, fmt.Errorf("dlq stream: %w", err)
+	}
+	n := 0
+	for _, d := range letters {
+		if err := stream.DeleteMsg(ctx, d.Seq); err != nil {
+			return n, fmt.Errorf("dead letter %d (%s) not removed: %w", d.Seq, d.EventID, err)
+		}
+		n++
+	}
+	return n, nil
+}
