@@ -92,14 +92,7 @@ func dlqFixture(t *testing.T, natsURL, hookURL string, n int) string {
 // sequence in LLMPROXY_DLQ (a SEQ column, "seq" in --json), which
 // `replay --id` takes.
 func TestDLQListShowsSeq(t *testing.T) {
-	ns := startNATS(t, "127.0.0.1", -1)
-	var got atomic.Int32
-	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		got.Add(1)
-		w.WriteHeader(http.StatusNoContent)
-	}))
-	t.Cleanup(hook.Close)
-	path := dlqFixture(t, ns.ClientURL(), hook.URL, 2)
+	path, got := dlqWithReceiver(t, 2)
 
 	code, out, errOut := runCmd(runWebhooks, "dlq", "list", "--config", path, "--json")
 	var list []struct {
@@ -127,14 +120,7 @@ func TestDLQListShowsSeq(t *testing.T) {
 // told to (one by --id, an endpoint's by --endpoint) without delivering
 // them, and refuses to guess when told nothing.
 func TestDLQDiscard(t *testing.T) {
-	ns := startNATS(t, "127.0.0.1", -1)
-	var got atomic.Int32
-	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		got.Add(1)
-		w.WriteHeader(http.StatusNoContent)
-	}))
-	t.Cleanup(hook.Close)
-	path := dlqFixture(t, ns.ClientURL(), hook.URL, 3)
+	path, got := dlqWithReceiver(t, 3)
 	count := func() int {
 		t.Helper()
 		code, out, errOut := runCmd(runWebhooks, "dlq", "list", "--config", path, "--json")
@@ -157,4 +143,18 @@ func TestDLQDiscard(t *testing.T) {
 	if got.Load() != 0 {
 		t.Fatalf("the receiver got %d deliveries of discarded letters", got.Load())
 	}
+}
+
+// dlqWithReceiver is dlqFixture on a NATS of its own, the webhook's
+// receiver taking every POST (204); got counts them.
+func dlqWithReceiver(t *testing.T, n int) (path string, got *atomic.Int32) {
+	t.Helper()
+	ns := startNATS(t, "127.0.0.1", -1)
+	got = new(atomic.Int32)
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		got.Add(1)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(hook.Close)
+	return dlqFixture(t, ns.ClientURL(), hook.URL, n), got
 }

@@ -93,6 +93,20 @@ func (w *panicWriter) Header() http.Header       { return w.h }
 func (w *panicWriter) Write([]byte) (int, error) { panic(http.ErrAbortHandler) }
 func (w *panicWriter) WriteHeader(int)           { panic(http.ErrAbortHandler) }
 
+// servePanicking serves a chat request with body, with the test key, to g
+// through a panicWriter, and checks that the panic reached the server.
+func servePanicking(t *testing.T, g *Gateway, body string) {
+	t.Helper()
+	req := httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+testKey)
+	defer func() {
+		if r := recover(); r != http.ErrAbortHandler {
+			t.Fatalf("recovered %v; want http.ErrAbortHandler", r)
+		}
+	}()
+	g.Handler().ServeHTTP(&panicWriter{h: http.Header{}}, req)
+}
+
 // TestPanicFreesTheLease: a request whose handler panics after admission
 // (net/http recovers it and drops the connection) gives its concurrency
 // slot back at once and stops renewing it, instead of holding the key's
@@ -112,16 +126,7 @@ func TestPanicFreesTheLease(t *testing.T) {
 		t.Fatal(err)
 	}
 	g.Start(context.Background())
-	req := httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader(`{"model":"m1"}`))
-	req.Header.Set("Authorization", "Bearer "+testKey)
-	func() {
-		defer func() {
-			if r := recover(); r != http.ErrAbortHandler {
-				t.Fatalf("recovered %v; want http.ErrAbortHandler", r)
-			}
-		}()
-		g.Handler().ServeHTTP(&panicWriter{h: http.Header{}}, req)
-	}()
+	servePanicking(t, g, `{"model":"m1"}`)
 	// The request is recorded all the same (nothing reached the client:
 	// the reply's head panicked).
 	if ev := s.next(t); ev.Error != "internal_error" || ev.Usage.TotalTokens != 0 {

@@ -8,7 +8,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -394,16 +393,7 @@ func TestPanicEndsTheTry(t *testing.T) {
 		t.Fatal(err)
 	}
 	g.Start(context.Background())
-	req := httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader(`{"model":"m"}`))
-	req.Header.Set("Authorization", "Bearer "+testKey)
-	func() {
-		defer func() {
-			if r := recover(); r != http.ErrAbortHandler {
-				t.Fatalf("recovered %v; want http.ErrAbortHandler", r)
-			}
-		}()
-		g.Handler().ServeHTTP(&panicWriter{h: http.Header{}}, req)
-	}()
+	servePanicking(t, g, `{"model":"m"}`)
 	if n := g.rt.Load().pool.ByName("one").InFlight(); n != 0 {
 		t.Fatalf("%d requests in flight after the panicked one ended", n)
 	}
