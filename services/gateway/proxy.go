@@ -161,8 +161,7 @@ func (g *Gateway) begin(w http.ResponseWriter, r *http.Request) *exchange {
 	}
 	w.Header().Set("X-Request-Id", x.traceID())
 	w.Header().Set("X-LLMProxy-Request-Id", x.requestID)
-	x.clientIP = x.rt.ips.ClientIP(r)
-	x.peer, x.peerTrusted = x.rt.ips.Peer(r)
+	x.clientIP, x.peer, x.peerTrusted = x.rt.ips.Resolve(r)
 	return x
 }
 

@@ -18,12 +18,15 @@ type Resolver struct {
 // inside trusted.
 func New(trusted []netip.Prefix) *Resolver { return &Resolver{trusted: trusted} }
 
-// ClientIP returns the client address of r.
-func (res *Resolver) ClientIP(r *http.Request) netip.Addr {
-	peer := peerAddr(r.RemoteAddr)
-	if len(res.trusted) == 0 || !res.isTrusted(peer) {
-		return peer
+// Resolve returns the client address of r, the connection's peer and
+// whether the peer is one of the trusted proxies (whose X-Forwarded-For is
+// believed), reading the peer's address once.
+func (res *Resolver) Resolve(r *http.Request) (client, peer netip.Addr, trusted bool) {
+	peer = peerAddr(r.RemoteAddr)
+	if len(res.trusted) == 0 || !peer.IsValid() || !res.isTrusted(peer) {
+		return peer, peer, false
 	}
+	client = peer
 	xff := r.Header.Values("X-Forwarded-For")
 	// Walk from the right: the nearest hop first; skip our own trusted
 	// proxies, the first untrusted address is the client.
@@ -32,23 +35,16 @@ func (res *Resolver) ClientIP(r *http.Request) netip.Addr {
 		for j := len(parts) - 1; j >= 0; j-- {
 			a, err := netip.ParseAddr(strings.TrimSpace(parts[j]))
 			if err != nil {
-				return peer
+				return client, peer, true
 			}
 			a = a.Unmap()
 			if !res.isTrusted(a) {
-				return a
+				return a, peer, true
 			}
-			peer = a
+			client = a
 		}
 	}
-	return peer
-}
-
-// Peer returns the connection's peer address of r and whether it is one of
-// the trusted proxies (whose X-Forwarded-For is believed).
-func (res *Resolver) Peer(r *http.Request) (netip.Addr, bool) {
-	peer := peerAddr(r.RemoteAddr)
-	return peer, peer.IsValid() && res.isTrusted(peer)
+	return client, peer, true
 }
 
 func (res *Resolver) isTrusted(a netip.Addr) bool {
