@@ -4,13 +4,15 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/events/eventstest"
 )
 
 // BenchmarkMeter measures events per second through one meter into the
 // local (bbolt) ledger: b.N events are published first, then the time to
 // apply and ack all of them is measured.
 func BenchmarkMeter(b *testing.B) {
-	js := connect(b, startNATS(b))
+	js := eventstest.Connect(b, eventstest.Server(b, -1))
 	store := openStore(b)
 	pub := publisher{b, js}
 	for i := range b.N {

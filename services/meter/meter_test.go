@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -14,8 +13,8 @@ import (
 	"time"
 
 	"github.com/llmproxy/llmproxy/pkg/events"
+	"github.com/llmproxy/llmproxy/pkg/events/eventstest"
 	"github.com/llmproxy/llmproxy/pkg/ledger"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,41 +22,6 @@ import (
 )
 
 var testTime = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
-
-func startNATS(t testing.TB) *server.Server {
-	t.Helper()
-	srv, err := server.NewServer(&server.Options{
-		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
-	})
-	if err != nil {
-		t.Fatalf("nats server: %v", err)
-	}
-	srv.Start()
-	if !srv.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats server not ready")
-	}
-	t.Cleanup(srv.Shutdown)
-	return srv
-}
-
-func connect(t testing.TB, srv *server.Server, opts ...nats.Option) jetstream.JetStream {
-	t.Helper()
-	nc, err := nats.Connect(srv.ClientURL(), opts...)
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatalf("jetstream: %v", err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := events.EnsureStreams(ctx, js, events.StreamOptions{}); err != nil {
-		t.Fatalf("ensure streams: %v", err)
-	}
-	return js
-}
 
 func openStore(t testing.TB) *ledger.LocalStore {
 	t.Helper()
@@ -204,7 +168,7 @@ func newMeter(t testing.TB, js jetstream.JetStream, store ledger.Store, o Option
 }
 
 func TestMeterExactWithRedeliveredDuplicates(t *testing.T) {
-	js := connect(t, startNATS(t))
+	js := eventstest.Connect(t, eventstest.Server(t, -1))
 	store := openStore(t)
 	m := newMeter(t, js, store, testOptions(prometheus.NewRegistry()))
 	stop := run(t, m)
@@ -246,7 +210,7 @@ func TestMeterExactWithRedeliveredDuplicates(t *testing.T) {
 }
 
 func TestTwoMetersConcurrentlyExact(t *testing.T) {
-	js := connect(t, startNATS(t))
+	js := eventstest.Connect(t, eventstest.Server(t, -1))
 	store := openStore(t)
 	reg := prometheus.NewRegistry()
 	o := testOptions(reg)
@@ -279,7 +243,7 @@ func TestTwoMetersConcurrentlyExact(t *testing.T) {
 }
 
 func TestMeterRestartMidRunExact(t *testing.T) {
-	js := connect(t, startNATS(t))
+	js := eventstest.Connect(t, eventstest.Server(t, -1))
 	store := openStore(t)
 	pub := publisher{t, js}
 	want := expected{}
@@ -320,7 +284,7 @@ func TestMeterRestartMidRunExact(t *testing.T) {
 }
 
 func TestPoisonTerminatedAndCounted(t *testing.T) {
-	js := connect(t, startNATS(t))
+	js := eventstest.Connect(t, eventstest.Server(t, -1))
 	store := openStore(t)
 	m := newMeter(t, js, store, testOptions(nil))
 	run(t, m)
@@ -362,7 +326,7 @@ func (s *flakyStore) Apply(ctx context.Context, entries []ledger.Entry) (int, er
 }
 
 func TestApplyErrorRedeliversWithoutLoss(t *testing.T) {
-	js := connect(t, startNATS(t))
+	js := eventstest.Connect(t, eventstest.Server(t, -1))
 	store := &flakyStore{Store: openStore(t)}
 	store.failures.Store(3)
 	m := newMeter(t, js, store, testOptions(nil))
@@ -412,17 +376,6 @@ func waitLog(t testing.TB, l *logBuffer, want string) {
 	}
 }
 
-// ensureStreams creates the streams again, as each process does on
-// reconnecting.
-func ensureStreams(t testing.TB, js jetstream.JetStream) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := events.EnsureStreams(ctx, js, events.StreamOptions{}); err != nil {
-		t.Fatalf("ensure streams: %v", err)
-	}
-}
-
 // debugOptions are the test options with a log, at debug level, that is
 // returned.
 func debugOptions() (Options, *logBuffer) {
@@ -452,7 +405,7 @@ func publishApplied(t *testing.T, pub publisher, js jetstream.JetStream, store l
 // meter waits for the stream, creates its consumer again and applies the
 // next event, without a restart.
 func TestMeterResumesAfterTheStreamIsRecreated(t *testing.T) {
-	js := connect(t, startNATS(t))
+	js := eventstest.Connect(t, eventstest.Server(t, -1))
 	store := openStore(t)
 	o, logs := debugOptions()
 	run(t, newMeter(t, js, store, o))
@@ -470,7 +423,7 @@ func TestMeterResumesAfterTheStreamIsRecreated(t *testing.T) {
 	}
 	// The meter notices while the stream is still missing.
 	waitLog(t, logs, "stream not found")
-	ensureStreams(t, js)
+	eventstest.EnsureStreams(t, js)
 	publishApplied(t, pub, js, store, want, 2)
 	// Deleting the consumer, then the stream, is two losses; the attempts
 	// while the stream was missing are no warnings.
@@ -485,8 +438,7 @@ func TestMeterResumesAfterTheStreamIsRecreated(t *testing.T) {
 // tells the client that the consumer is gone: its pull requests go
 // unanswered, and it finds out at the first missed heartbeat.
 func TestMeterResumesAfterAnEmptyRestart(t *testing.T) {
-	srv := startNATS(t)
-	js := connect(t, srv, nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond))
+	srv, js := eventstest.Start(t)
 	store := openStore(t)
 	o, logs := debugOptions()
 	stop := run(t, newMeter(t, js, store, o))
@@ -494,22 +446,9 @@ func TestMeterResumesAfterAnEmptyRestart(t *testing.T) {
 	want := expected{}
 	publishApplied(t, pub, js, store, want, 1)
 
-	port := srv.Addr().(*net.TCPAddr).Port
-	srv.Shutdown()
-	srv.WaitForShutdown()
-	restarted, err := server.NewServer(&server.Options{
-		Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
-	})
-	if err != nil {
-		t.Fatalf("nats server: %v", err)
-	}
-	restarted.Start()
-	if !restarted.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats server not ready")
-	}
-	t.Cleanup(restarted.Shutdown)
+	eventstest.RestartEmpty(t, srv)
 	waitLog(t, logs, "stream not found")
-	ensureStreams(t, js)
+	eventstest.EnsureStreams(t, js)
 	publishApplied(t, pub, js, store, want, 2)
 	// Stop before the restarted server's cleanup shuts it down.
 	if err := stop(); err != nil {

@@ -6,13 +6,15 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/events/eventstest"
 )
 
 // BenchmarkDeliveries measures end-to-end deliveries per second to one fast
 // receiver with the default concurrency: events are published first, then
 // the clock runs from the notifier's start until the receiver has them all.
 func BenchmarkDeliveries(b *testing.B) {
-	js := startJetStream(b)
+	js := eventstest.JetStream(b)
 	var got atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		got.Add(1)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/llmproxy/llmproxy/pkg/events"
+	"github.com/llmproxy/llmproxy/pkg/events/eventstest"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -27,7 +28,7 @@ import (
 // consumer where it started.
 func TestConsumerTakesOverFromLegacyName(t *testing.T) {
 	t.Parallel()
-	js := startJetStream(t)
+	js := eventstest.JetStream(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	const (
@@ -135,7 +136,7 @@ func (s *syncBuffer) String() string {
 // default name is replayed to the endpoint.
 func TestReplayByLegacyName(t *testing.T) {
 	t.Parallel()
-	js := startJetStream(t)
+	js := eventstest.JetStream(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	const legacy = "127-0-0-1-hook-t0k3n"
@@ -160,7 +161,7 @@ func TestReplayByLegacyName(t *testing.T) {
 // another endpoint is not taken over.
 func TestLegacyNameOfALiveEndpointIgnored(t *testing.T) {
 	t.Parallel()
-	n, err := New(startJetStream(t), []Endpoint{
+	n, err := New(eventstest.JetStream(t), []Endpoint{
 		{Name: "a.b", URL: "http://x"},
 		{Name: "c", LegacyName: "a_b", URL: "http://y"},
 		{Name: "d", LegacyName: "gone", URL: "http://z"},
@@ -180,7 +181,7 @@ func TestLegacyNameOfALiveEndpointIgnored(t *testing.T) {
 // both endpoints receive the next event. The notifier is never restarted.
 func TestConsumerRecreatedAfterItVanished(t *testing.T) {
 	t.Parallel()
-	js := startJetStream(t)
+	js := eventstest.JetStream(t)
 	var logs syncBuffer
 	opts := testOptions()
 	opts.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -211,7 +212,7 @@ func TestConsumerRecreatedAfterItVanished(t *testing.T) {
 		l := logs.String()
 		return strings.Contains(l, `create consumer again" endpoint=a`) && strings.Contains(l, `create consumer again" endpoint=b`)
 	})
-	ensureStreams(t, js)
+	eventstest.EnsureStreams(t, js)
 	start := time.Now()
 	publish(t, js, "third", 1)
 	waitFor(t, 10*time.Second, "the third event at both endpoints", both("third-0000"))
@@ -230,7 +231,7 @@ func TestConsumerRecreatedAfterItVanished(t *testing.T) {
 // unanswered, and it finds out at the first missed heartbeat.
 func TestConsumerRecreatedAfterAnEmptyRestart(t *testing.T) {
 	t.Parallel()
-	srv, js := startJetStreamServer(t)
+	srv, js := eventstest.Start(t)
 	var logs syncBuffer
 	opts := testOptions()
 	opts.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -239,11 +240,11 @@ func TestConsumerRecreatedAfterAnEmptyRestart(t *testing.T) {
 	publish(t, js, "first", 1)
 	waitFor(t, 10*time.Second, "the first event", func() bool { return rc.delivered()["first-0000"] == 1 })
 
-	restartEmpty(t, srv)
+	eventstest.RestartEmpty(t, srv)
 	waitFor(t, 10*time.Second, "the endpoint waiting for the stream", func() bool {
 		return strings.Contains(logs.String(), `create consumer again" endpoint=a`)
 	})
-	ensureStreams(t, js)
+	eventstest.EnsureStreams(t, js)
 	start := time.Now()
 	publish(t, js, "second", 1)
 	waitFor(t, 10*time.Second, "the second event", func() bool { return rc.delivered()["second-0000"] == 1 })
@@ -261,7 +262,7 @@ func TestConsumerRecreatedAfterAnEmptyRestart(t *testing.T) {
 // returns an error at once instead of waiting for the consumer.
 func TestClosedConnectionEndsRun(t *testing.T) {
 	t.Parallel()
-	js := startJetStream(t)
+	js := eventstest.JetStream(t)
 	rc := newReceiver(t, nil)
 	n, err := New(js, []Endpoint{{Name: "a", URL: rc.srv.URL}, {Name: "b", URL: rc.srv.URL}}, testOptions())
 	if err != nil {

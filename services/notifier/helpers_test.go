@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -13,77 +12,9 @@ import (
 	"time"
 
 	"github.com/llmproxy/llmproxy/pkg/events"
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 )
-
-// startJetStream runs an embedded nats-server with JetStream in a temp dir
-// and returns a JetStream client with the LLMProxy streams in place.
-func startJetStream(t testing.TB) jetstream.JetStream {
-	t.Helper()
-	_, js := startJetStreamServer(t)
-	return js
-}
-
-// startJetStreamServer is startJetStream that also returns the server, for
-// tests that restart it; the client reconnects within 20ms.
-func startJetStreamServer(t testing.TB) (*server.Server, jetstream.JetStream) {
-	t.Helper()
-	s := runServer(t, -1)
-	nc, err := nats.Connect(s.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond))
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatalf("jetstream: %v", err)
-	}
-	ensureStreams(t, js)
-	return s, js
-}
-
-// runServer runs an embedded nats-server with JetStream and an empty store
-// on port (-1: any free one).
-func runServer(t testing.TB, port int) *server.Server {
-	t.Helper()
-	s, err := server.NewServer(&server.Options{
-		Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: t.TempDir(),
-		NoLog: true, NoSigs: true,
-	})
-	if err != nil {
-		t.Fatalf("nats server: %v", err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats server not ready")
-	}
-	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
-	return s
-}
-
-// restartEmpty shuts s down and starts a server on its port with an empty
-// store, as a server without a volume comes back: no stream, no consumer.
-func restartEmpty(t testing.TB, s *server.Server) *server.Server {
-	t.Helper()
-	port := s.Addr().(*net.TCPAddr).Port
-	s.Shutdown()
-	s.WaitForShutdown()
-	return runServer(t, port)
-}
-
-// ensureStreams creates the LLMProxy streams that are missing, as every
-// process does on connecting and reconnecting.
-func ensureStreams(t testing.TB, js jetstream.JetStream) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := events.EnsureStreams(ctx, js, events.StreamOptions{}); err != nil {
-		t.Fatalf("ensure streams: %v", err)
-	}
-}
 
 // testOptions are short timings for tests.
 func testOptions() Options {

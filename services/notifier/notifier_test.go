@@ -13,13 +13,14 @@ import (
 	"time"
 
 	"github.com/llmproxy/llmproxy/pkg/events"
+	"github.com/llmproxy/llmproxy/pkg/events/eventstest"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 func TestDeliverySignedWithHeaders(t *testing.T) {
 	t.Parallel()
-	js := startJetStream(t)
+	js := eventstest.JetStream(t)
 	const secret = "s3cret"
 	rc := newReceiver(t, nil)
 	reg := prometheus.NewRegistry()
@@ -61,7 +62,7 @@ func TestDeliverySignedWithHeaders(t *testing.T) {
 
 func TestNoSignatureWithoutSecret(t *testing.T) {
 	t.Parallel()
-	js := startJetStream(t)
+	js := eventstest.JetStream(t)
 	rc := newReceiver(t, nil)
 	runNotifier(t, js, []Endpoint{{Name: "plain", URL: rc.srv.URL}}, testOptions())
 	publish(t, js, "req", 1)
@@ -73,7 +74,7 @@ func TestNoSignatureWithoutSecret(t *testing.T) {
 
 func TestRetriesUntilDeliveredOnce(t *testing.T) {
 	t.Parallel()
-	js := startJetStream(t)
+	js := eventstest.JetStream(t)
 	rc := newReceiver(t, func(n int, _ http.ResponseWriter, _ *http.Request) int {
 		if n < 3 {
 			return http.StatusServiceUnavailable
@@ -103,7 +104,7 @@ func TestRetriesUntilDeliveredOnce(t *testing.T) {
 
 func TestRetryAfterHonoured(t *testing.T) {
 	t.Parallel()
-	js := startJetStream(t)
+	js := eventstest.JetStream(t)
 	rc := newReceiver(t, func(n int, w http.ResponseWriter, _ *http.Request) int {
 		if n == 0 {
 			w.Header().Set("Retry-After", "1")
@@ -127,7 +128,7 @@ func TestRetryAfterHonoured(t *testing.T) {
 
 func TestPermanentFailureDeadLettersThenReplay(t *testing.T) {
 	t.Parallel()
-	js := startJetStream(t)
+	js := eventstest.JetStream(t)
 	rc := newReceiver(t, func(_ int, w http.ResponseWriter, _ *http.Request) int {
 		return http.StatusBadRequest
 	})
@@ -216,7 +217,7 @@ func TestPermanentFailureDeadLettersThenReplay(t *testing.T) {
 
 func TestMaxAttemptsDeadLetters(t *testing.T) {
 	t.Parallel()
-	js := startJetStream(t)
+	js := eventstest.JetStream(t)
 	rc := newReceiver(t, func(int, http.ResponseWriter, *http.Request) int { return http.StatusInternalServerError })
 	runNotifier(t, js, []Endpoint{{Name: "down", URL: rc.srv.URL, MaxAttempts: 3}}, testOptions())
 	publish(t, js, "req", 2)
@@ -245,7 +246,7 @@ func TestMaxAttemptsDeadLetters(t *testing.T) {
 
 func TestSlowEndpointDoesNotDelayFastOne(t *testing.T) {
 	t.Parallel()
-	js := startJetStream(t)
+	js := eventstest.JetStream(t)
 	release := make(chan struct{})
 	var releaseOnce sync.Once
 	unblock := func() { releaseOnce.Do(func() { close(release) }) }
@@ -281,7 +282,7 @@ func TestSlowEndpointDoesNotDelayFastOne(t *testing.T) {
 
 func TestInstancesShareTheWork(t *testing.T) {
 	t.Parallel()
-	js := startJetStream(t)
+	js := eventstest.JetStream(t)
 	rc := newReceiver(t, func(int, http.ResponseWriter, *http.Request) int {
 		time.Sleep(2 * time.Millisecond)
 		return http.StatusOK
@@ -334,7 +335,7 @@ func (tt tagTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 
 func TestStopMidDeliveryThenRestartDeliversAll(t *testing.T) {
 	t.Parallel()
-	js := startJetStream(t)
+	js := eventstest.JetStream(t)
 	rc := newReceiver(t, func(int, http.ResponseWriter, *http.Request) int {
 		time.Sleep(50 * time.Millisecond)
 		return http.StatusOK
@@ -374,7 +375,7 @@ func TestStopMidDeliveryThenRestartDeliversAll(t *testing.T) {
 // unPOSTed.
 func TestRestartUsesNoAttempt(t *testing.T) {
 	t.Parallel()
-	js := startJetStream(t)
+	js := eventstest.JetStream(t)
 	rc := newReceiver(t, func(int, http.ResponseWriter, *http.Request) int {
 		time.Sleep(50 * time.Millisecond)
 		return http.StatusOK
@@ -425,7 +426,7 @@ func downEndpoint(t *testing.T, js jetstream.JetStream) (*receiver, []Endpoint, 
 // count after it; an event gets MaxAttempts POSTs in all.
 func TestAttemptsSurviveRestart(t *testing.T) {
 	t.Parallel()
-	js := startJetStream(t)
+	js := eventstest.JetStream(t)
 	rc, ep, opts := downEndpoint(t, js)
 
 	stop := runNotifier(t, js, ep, opts)
@@ -449,7 +450,7 @@ func TestAttemptsSurviveRestart(t *testing.T) {
 // attempt, so the event still gets MaxAttempts POSTs, not more.
 func TestAttemptsBucketLost(t *testing.T) {
 	t.Parallel()
-	js := startJetStream(t)
+	js := eventstest.JetStream(t)
 	rc, ep, opts := downEndpoint(t, js)
 
 	runNotifier(t, js, ep, opts)
@@ -469,7 +470,7 @@ func TestAttemptsBucketLost(t *testing.T) {
 
 func TestNewRejectsBadEndpoints(t *testing.T) {
 	t.Parallel()
-	js := startJetStream(t)
+	js := eventstest.JetStream(t)
 	tests := []struct {
 		name string
 		eps  []Endpoint

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/llmproxy/llmproxy/pkg/events"
+	"github.com/llmproxy/llmproxy/pkg/events/eventstest"
 )
 
 func TestMigrateIsIdempotent(t *testing.T) {
@@ -62,7 +63,7 @@ func TestMigrateIsIdempotent(t *testing.T) {
 }
 
 func TestRecordsEventsAndQueryReturnsThemWhole(t *testing.T) {
-	js, pool := startJetStream(t), startPostgres(t)
+	js, pool := eventstest.JetStream(t), startPostgres(t)
 	reg := prometheus.NewRegistry()
 	opts := testOptions()
 	opts.Registerer = reg
@@ -132,7 +133,7 @@ func jsonEqual(t testing.TB, a, b []byte) bool {
 // catches a repeated message id, but not a request published again under
 // another id (an outbox replay after the window, a republish by hand).
 func TestSameRequestUnderTwoMessageIDsIsOneRow(t *testing.T) {
-	js, pool := startJetStream(t), startPostgres(t)
+	js, pool := eventstest.JetStream(t), startPostgres(t)
 	rec, err := New(js, pool, testOptions())
 	if err != nil {
 		t.Fatal(err)
@@ -183,7 +184,7 @@ func assertAllAcked(t testing.TB, js jetstream.JetStream) {
 // batch's commit and its acks, and in the middle of the stream, and checks
 // that a second recorder leaves every event in the table exactly once.
 func TestRestartMidBatchWritesEveryEventOnce(t *testing.T) {
-	js, pool := startJetStream(t), startPostgres(t)
+	js, pool := eventstest.JetStream(t), startPostgres(t)
 	const n = 600
 	ids := publishN(t, js, "req", n)
 
@@ -230,7 +231,7 @@ func TestRestartMidBatchWritesEveryEventOnce(t *testing.T) {
 }
 
 func TestPoisonEventsAreTerminated(t *testing.T) {
-	js, pool := startJetStream(t), startPostgres(t)
+	js, pool := eventstest.JetStream(t), startPostgres(t)
 	rec, err := New(js, pool, testOptions())
 	if err != nil {
 		t.Fatal(err)
@@ -252,7 +253,7 @@ func TestPoisonEventsAreTerminated(t *testing.T) {
 }
 
 func TestQueryFilters(t *testing.T) {
-	js, pool := startJetStream(t), startPostgres(t)
+	js, pool := eventstest.JetStream(t), startPostgres(t)
 	rec, err := New(js, pool, testOptions())
 	if err != nil {
 		t.Fatal(err)
@@ -312,7 +313,7 @@ func requestIDs(list []events.RequestCompleted) []string {
 // TestPartitionedTable runs the recorder on the day-partitioned layout the
 // README documents: the migration keeps it, duplicates still give one row.
 func TestPartitionedTable(t *testing.T) {
-	js, pool := startJetStream(t), startPostgresSchema(t)
+	js, pool := eventstest.JetStream(t), startPostgresSchema(t)
 	ddl, err := os.ReadFile("testdata/partitioned.sql")
 	if err != nil {
 		t.Fatal(err)
@@ -358,7 +359,7 @@ func TestPartitionedTable(t *testing.T) {
 // jsonb refuses (a lone surrogate escape, a number out of numeric's range)
 // neither keeps the request out of the log nor loses its metadata.
 func TestBodiesPostgreSQLRefusesAreStoredAsText(t *testing.T) {
-	js, pool := startJetStream(t), startPostgres(t)
+	js, pool := eventstest.JetStream(t), startPostgres(t)
 	rec, err := New(js, pool, testOptions())
 	if err != nil {
 		t.Fatal(err)
@@ -409,7 +410,7 @@ func TestBodiesPostgreSQLRefusesAreStoredAsText(t *testing.T) {
 // waits for the stream, creates its consumer again and records the next
 // event, without a restart.
 func TestResumesAfterTheStreamIsRecreated(t *testing.T) {
-	js, pool := startJetStream(t), startPostgres(t)
+	js, pool := eventstest.JetStream(t), startPostgres(t)
 	rec, logs := debugRecorder(t, js, pool)
 	publishEvent(t, js, event("before", "key1", 200), "before")
 	runRecorder(t, rec)
@@ -419,7 +420,7 @@ func TestResumesAfterTheStreamIsRecreated(t *testing.T) {
 	// The recorder notices while the stream is still missing.
 	waitLog(t, logs, "consumer is gone")
 	waitLog(t, logs, "create consumer again")
-	ensureStreams(t, js)
+	eventstest.EnsureStreams(t, js)
 	start := time.Now()
 	publishEvent(t, js, event("after", "key1", 200), "after")
 	waitRows(t, pool, 2)
@@ -438,16 +439,16 @@ func TestResumesAfterTheStreamIsRecreated(t *testing.T) {
 // empty store, once the stream exists again, the recorder creates its
 // consumer again and records the next event, without a restart.
 func TestResumesAfterAnEmptyRestart(t *testing.T) {
-	srv, js := startJetStreamServer(t)
+	srv, js := eventstest.Start(t)
 	pool := startPostgres(t)
 	rec, logs := debugRecorder(t, js, pool)
 	publishEvent(t, js, event("before", "key1", 200), "before")
 	stop := runRecorder(t, rec)
 	waitRows(t, pool, 1)
 
-	restartEmpty(t, srv)
+	eventstest.RestartEmpty(t, srv)
 	waitLog(t, logs, "create consumer again")
-	ensureStreams(t, js)
+	eventstest.EnsureStreams(t, js)
 	start := time.Now()
 	publishEvent(t, js, event("after", "key1", 200), "after")
 	waitRows(t, pool, 2)

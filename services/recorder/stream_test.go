@@ -7,10 +7,11 @@ import (
 	"time"
 
 	"github.com/llmproxy/llmproxy/pkg/events"
+	"github.com/llmproxy/llmproxy/pkg/events/eventstest"
 )
 
 func TestReadStream(t *testing.T) {
-	js := startJetStream(t)
+	js := eventstest.JetStream(t)
 	ctx := context.Background()
 	if got, err := ReadStream(ctx, js, Filter{}); err != nil || len(got) != 0 {
 		t.Fatalf("empty stream: %v, %v", got, err)
