@@ -20,18 +20,35 @@ import (
 // that a test can read the upstreams' state.
 func routingGateway(t *testing.T, yaml string) (*httptest.Server, *balancer.Pool) {
 	t.Helper()
+	g, srv := startGateway(t, yaml)
+	return srv, g.rt.Load().pool
+}
+
+// startGateway starts a gateway of the config text yaml, its events going
+// to a sink nobody reads, and serves it until the test ends; it returns the
+// gateway too, for tests that reload it or read its runtime.
+func startGateway(t *testing.T, yaml string) (*Gateway, *httptest.Server) {
+	t.Helper()
+	g, err := New(Options{Config: parseConfig(t, yaml), Events: newSink()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	g.Start(ctx)
+	srv := httptest.NewServer(g.Handler())
+	t.Cleanup(srv.Close)
+	return g, srv
+}
+
+// parseConfig parses the config text yaml.
+func parseConfig(t *testing.T, yaml string) *config.Config {
+	t.Helper()
 	cfg, err := config.Parse([]byte(yaml), "test.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := New(Options{Config: cfg, Events: newSink()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	g.Start(context.Background())
-	srv := httptest.NewServer(g.Handler())
-	t.Cleanup(srv.Close)
-	return srv, g.rt.Load().pool
+	return cfg
 }
 
 // countingBackend answers every request with status and body and counts
@@ -223,28 +240,14 @@ func TestReloadKeepsBackendState(t *testing.T) {
 	}))
 	defer backend.Close()
 	text := fmt.Sprintf("backends: [{url: %q, name: busy}]\nrouting: {load_balance_strategy: least_connections}\napi_keys: [{key: %q}]\n", backend.URL, testKey)
-	cfg, err := config.Parse([]byte(text), "c.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, err := New(Options{Config: cfg, Events: newSink()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	g.Start(context.Background())
-	srv := httptest.NewServer(g.Handler())
-	defer srv.Close()
+	g, srv := startGateway(t, text)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		do(t, "POST", srv.URL+"/v1/chat/completions", `{"model":"m"}`, withKey())
 	}()
 	<-arrived
-	again, err := config.Parse([]byte(text), "c.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := g.Reload(context.Background(), again); err != nil {
+	if err := g.Reload(context.Background(), parseConfig(t, text)); err != nil {
 		t.Fatal(err)
 	}
 	busy := g.rt.Load().pool.ByName("busy")
@@ -278,27 +281,11 @@ func TestReloadWithoutHealthChecksForgetsTheirVerdict(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			text := "backends: [{url: %q, name: one}]\n%sapi_keys: [{key: %q}]\n"
-			cfg, err := config.Parse(fmt.Appendf(nil, text, backend.URL, "health_check: {path: /health, interval: 1h}\n", testKey), "c.yaml")
-			if err != nil {
-				t.Fatal(err)
-			}
-			g, err := New(Options{Config: cfg, Events: newSink()})
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			g.Start(ctx)
-			srv := httptest.NewServer(g.Handler())
-			defer srv.Close()
+			g, srv := startGateway(t, fmt.Sprintf(text, backend.URL, "health_check: {path: /health, interval: 1h}\n", testKey))
 			if resp, body := do(t, "POST", srv.URL+"/v1/chat/completions", `{"model":"m"}`, withKey()); resp.StatusCode != http.StatusServiceUnavailable {
 				t.Fatalf("with the health check failing: %d %s", resp.StatusCode, body)
 			}
-			again, err := config.Parse(fmt.Appendf(nil, text, backend.URL, c.without, testKey), "c.yaml")
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := g.Reload(ctx, again); err != nil {
+			if err := g.Reload(context.Background(), parseConfig(t, fmt.Sprintf(text, backend.URL, c.without, testKey))); err != nil {
 				t.Fatal(err)
 			}
 			if resp, body := do(t, "POST", srv.URL+"/v1/chat/completions", `{"model":"m"}`, withKey()); resp.StatusCode != http.StatusOK {
@@ -384,15 +371,7 @@ api_keys: [{key: %q}]
 // that backend nothing while another was idle.
 func TestPanicEndsTheTry(t *testing.T) {
 	backend, _ := countingBackend(t, http.StatusOK, `{}`)
-	cfg, err := config.Parse(fmt.Appendf(nil, "backends: [{url: %q, name: one}]\nrouting: {load_balance_strategy: least_connections}\napi_keys: [{key: %q}]\n", backend.URL, testKey), "c.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, err := New(Options{Config: cfg, Events: newSink()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	g.Start(context.Background())
+	g, _ := startGateway(t, fmt.Sprintf("backends: [{url: %q, name: one}]\nrouting: {load_balance_strategy: least_connections}\napi_keys: [{key: %q}]\n", backend.URL, testKey))
 	servePanicking(t, g, `{"model":"m"}`)
 	if n := g.rt.Load().pool.ByName("one").InFlight(); n != 0 {
 		t.Fatalf("%d requests in flight after the panicked one ended", n)
