@@ -64,13 +64,7 @@ func runCmd(run func([]string, io.Writer, io.Writer) int, args ...string) (int, 
 // that answers 400 (so every event is dead-lettered at once).
 func dataDirOnlyConfig(t *testing.T, extra string) (path, listen string) {
 	t.Helper()
-	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = io.WriteString(w, `{"id":"chatcmpl-1","object":"chat.completion","created":1700000000,"model":"mock-model",`+
-			`"choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],`+
-			`"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}`)
-	}))
-	t.Cleanup(backend.Close)
+	backend := chatBackend(t)
 	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		http.Error(w, "bad request", http.StatusBadRequest)
 	}))

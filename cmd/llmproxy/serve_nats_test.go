@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -46,13 +45,7 @@ func serveAll(t *testing.T, path, yaml string) {
 // NATS that is down serves at once, keeping its events in the outbox; the
 // meter starts when NATS comes up and counts them.
 func TestServeAllWhileNATSIsDown(t *testing.T) {
-	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = io.WriteString(w, `{"id":"c1","object":"chat.completion","model":"m",`+
-			`"choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],`+
-			`"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}`)
-	}))
-	defer backend.Close()
+	backend := chatBackend(t)
 	natsAddr := freeAddr(t)
 	host, portStr, _ := net.SplitHostPort(natsAddr)
 	port, _ := strconv.Atoi(portStr)

@@ -75,13 +75,7 @@ func laterRedis(t *testing.T) (url, prefix string, up func()) {
 // rate_limiter_unavailable and /readyz says Redis is down. Once Redis
 // answers the same process admits requests and the meter counts them.
 func TestServeWhileRedisIsDown(t *testing.T) {
-	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = io.WriteString(w, `{"id":"c1","object":"chat.completion","model":"m",`+
-			`"choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],`+
-			`"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}`)
-	}))
-	defer backend.Close()
+	backend := chatBackend(t)
 	redisURL, prefix, redisUp := laterRedis(t)
 	dir := t.TempDir()
 	listen, admin := freeAddr(t), freeAddr(t)
@@ -134,4 +128,19 @@ logging: { level: warn }
 		b := adminGet(admin, "/admin/usage?key=rdown&period=never")
 		return strings.Contains(b, `"total_tokens":4,`), b
 	})
+}
+
+// chatBackend is an engine that answers every request with one chat
+// completion of 3 prompt and 1 completion tokens; it stops when the test
+// ends.
+func chatBackend(t *testing.T) *httptest.Server {
+	t.Helper()
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"id":"chatcmpl-1","object":"chat.completion","created":1700000000,"model":"mock-model",`+
+			`"choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],`+
+			`"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}`)
+	}))
+	t.Cleanup(backend.Close)
+	return backend
 }
