@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"regexp"
 	"strings"
+
+	"github.com/llmproxy/llmproxy/pkg/events"
 )
 
 // KeyIDPattern is what a key's public id may be, in the file (api_keys[].id)
@@ -14,12 +16,13 @@ import (
 var KeyIDPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 
 // ReservedKeyID reports whether id is one the gateway gives requests
-// without a key of their own, which no key may take: its requests would be
-// counted, limited and listed with theirs. "anonymous" is the id of
-// requests served with auth off (events.AnonymousKeyID), "unauthenticated"
-// that of requests refused for want of a valid key (the gateway's
-// UnauthenticatedKeyID).
-func ReservedKeyID(id string) bool { return id == "anonymous" || id == "unauthenticated" }
+// without a key of their own (events.AnonymousKeyID with auth off,
+// events.UnauthenticatedKeyID refused for want of a valid key), which no
+// key may take: its requests would be counted, limited and listed with
+// theirs.
+func ReservedKeyID(id string) bool {
+	return id == events.AnonymousKeyID || id == events.UnauthenticatedKeyID
+}
 
 // KeyIDRule says in words what KeyIDPattern allows, for error messages.
 const KeyIDRule = "1 to 64 letters, digits, '_' or '-' (no '.': the id is a token of event subjects)"

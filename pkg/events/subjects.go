@@ -17,6 +17,9 @@ const (
 
 	// AnonymousKeyID is the key id of requests served with auth off.
 	AnonymousKeyID = "anonymous"
+	// UnauthenticatedKeyID is the key id of requests refused for want of a
+	// valid key.
+	UnauthenticatedKeyID = "unauthenticated"
 )
 
 // Subject returns the subject a RequestCompleted for keyID is published on.

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
-	"github.com/llmproxy/llmproxy/pkg/events"
 	"github.com/llmproxy/llmproxy/pkg/ledger"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/redistest"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/usage"
@@ -321,16 +320,6 @@ func TestRefusedBy(t *testing.T) {
 		}
 		if got.LimitTokens != 1000 || got.RemainingTokens != 10 {
 			t.Errorf("%s: token figures changed: %+v", c.reason, got)
-		}
-	}
-}
-
-// TestKeylessIDsAreReserved: the ids the gateway gives requests without a
-// key of their own are the ones no configured or stored key may take.
-func TestKeylessIDsAreReserved(t *testing.T) {
-	for _, id := range []string{UnauthenticatedKeyID, events.AnonymousKeyID} {
-		if !config.ReservedKeyID(id) {
-			t.Errorf("%q is not reserved", id)
 		}
 	}
 }

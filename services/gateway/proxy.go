@@ -125,7 +125,7 @@ func (g *Gateway) capture(x *exchange, ev *events.RequestCompleted, res usage.Re
 
 // UnauthenticatedKeyID is the key id of events of requests refused for want
 // of a valid key.
-const UnauthenticatedKeyID = "unauthenticated"
+const UnauthenticatedKeyID = events.UnauthenticatedKeyID
 
 // durableSink is an EventSink that can make an event durable before it
 // returns (the gateway's outbox publisher), and hold back the start of its
