@@ -25,12 +25,29 @@ import (
 // event (NumDelivered > 1) reads the count back; a first delivery, and an
 // event delivered at its first attempt, cost nothing extra.
 //
-// Keys are "<durable>.<stream sequence>"; an entry is kept as long as the
-// longest MaxAge of the endpoints and an hour more, after which the event is
-// past retrying anyway. When an attempt ends with the process (killed
-// mid-POST) it is not written down and is made again; MaxAge still bounds
-// how long an event is retried.
+// Keys are "<durable>.<stream sequence>". An event's record is removed, with
+// nothing left in its place, once the event is delivered or dead-lettered,
+// so the bucket holds about the events being retried: at most MaxAckPending
+// per endpoint. A record whose removal failed, or whose event was never
+// settled (its consumer deleted, the event aged out of the stream), is kept
+// as long as the longest MaxAge of the endpoints and an hour more, after
+// which the event is past retrying anyway; the bucket is bounded to
+// attemptsMaxBytes all the same. When an attempt ends with the process
+// (killed mid-POST) it is not written down and is made again; MaxAge still
+// bounds how long an event is retried.
 const AttemptsBucket = "LLMPROXY_WEBHOOK_ATTEMPTS"
+
+// attemptsStream is the stream that holds AttemptsBucket.
+const attemptsStream = "KV_" + AttemptsBucket
+
+// attemptsMaxBytes bounds AttemptsBucket. A record is about 100 to 700
+// bytes (the last error holds up to 512 bytes of the receiver's answer), so
+// this holds the records of several hundred thousand events in retry, far
+// more than the MaxAckPending of a few endpoints. A full bucket takes no
+// new record: the attempt is then not counted (more attempts than
+// MaxAttempts, never fewer; MaxAge still bounds them) and a warning is
+// logged.
+const attemptsMaxBytes = 256 << 20
 
 // attemptsTimeout bounds one read or write of the attempts bucket.
 const attemptsTimeout = 10 * time.Second
@@ -53,6 +70,9 @@ type attemptLog interface {
 	// get returns the record under key; ok is false when there is none.
 	get(ctx context.Context, key string) (r attemptRecord, ok bool, err error)
 	put(ctx context.Context, key string, r attemptRecord) error
+	// remove deletes the record under key and leaves nothing in its place;
+	// a key without a record is no error.
+	remove(ctx context.Context, key string) error
 }
 
 // attemptKey is the key of the event at stream sequence seq for the
@@ -61,8 +81,12 @@ func attemptKey(name string, seq uint64) string {
 	return DurableName(name) + "." + strconv.FormatUint(seq, 10)
 }
 
-// kvAttempts is an attemptLog on a JetStream key-value bucket.
-type kvAttempts struct{ kv jetstream.KeyValue }
+// kvAttempts is an attemptLog on a JetStream key-value bucket and the stream
+// under it.
+type kvAttempts struct {
+	kv     jetstream.KeyValue
+	stream jetstream.Stream
+}
 
 func (a kvAttempts) get(ctx context.Context, key string) (attemptRecord, bool, error) {
 	e, err := a.kv.Get(ctx, key)
@@ -86,6 +110,13 @@ func (a kvAttempts) put(ctx context.Context, key string, r attemptRecord) error 
 	}
 	_, err = a.kv.Put(ctx, key, b)
 	return err
+}
+
+// remove purges key's subject from the bucket's stream. A key-value Delete
+// or Purge would leave a marker under the key for as long as the bucket
+// keeps entries, one per event, which is what removing the record avoids.
+func (a kvAttempts) remove(ctx context.Context, key string) error {
+	return a.stream.Purge(ctx, jetstream.WithPurgeSubject("$KV."+AttemptsBucket+"."+key))
 }
 
 // reopeningAttempts is the attempts bucket of a running notifier: a call
@@ -120,6 +151,10 @@ func (a *reopeningAttempts) put(ctx context.Context, key string, r attemptRecord
 	return a.do(ctx, func(kv kvAttempts) error { return kv.put(ctx, key, r) })
 }
 
+func (a *reopeningAttempts) remove(ctx context.Context, key string) error {
+	return a.do(ctx, func(kv kvAttempts) error { return kv.remove(ctx, key) })
+}
+
 // do runs f on the bucket, and once more on a bucket opened again when f
 // found none: a publish to a bucket without its stream gets no response
 // from a stream, a read no responder.
@@ -142,20 +177,25 @@ func (a *reopeningAttempts) do(ctx context.Context, f func(kvAttempts) error) er
 	return f(again)
 }
 
-// openAttempts creates the attempts bucket, keeping entries for ttl and with
-// the event stream's replicas, or opens it; a bucket that keeps entries for
-// less than ttl is updated.
+// openAttempts creates the attempts bucket, keeping entries for ttl, bounded
+// to attemptsMaxBytes and with the event stream's replicas, or opens it; a
+// bucket that keeps entries for less than ttl, or has another bound (one
+// made by an earlier release has none), is updated.
 func openAttempts(ctx context.Context, js jetstream.JetStream, ttl time.Duration) (kvAttempts, error) {
 	kv, err := js.KeyValue(ctx, AttemptsBucket)
-	if err == nil {
-		st, err := kv.Status(ctx)
+	switch {
+	case err == nil:
+		s, err := js.Stream(ctx, attemptsStream)
 		if err != nil {
 			return kvAttempts{}, err
 		}
-		if st.TTL() >= ttl {
-			return kvAttempts{kv}, nil
+		cfg := s.CachedInfo().Config
+		if cfg.MaxAge >= ttl && cfg.MaxBytes == attemptsMaxBytes {
+			return kvAttempts{kv: kv, stream: s}, nil
 		}
-	} else if !errors.Is(err, jetstream.ErrBucketNotFound) {
+		// Another notifier may keep entries longer: keep its TTL.
+		ttl = max(ttl, cfg.MaxAge)
+	case !errors.Is(err, jetstream.ErrBucketNotFound):
 		return kvAttempts{}, err
 	}
 	replicas := 1
@@ -167,11 +207,16 @@ func openAttempts(ctx context.Context, js jetstream.JetStream, ttl time.Duration
 		Description: "LLMProxy notifier: failed webhook attempts of events to be retried",
 		History:     1,
 		TTL:         ttl,
+		MaxBytes:    attemptsMaxBytes,
 		Storage:     jetstream.FileStorage,
 		Replicas:    replicas,
 	})
 	if err != nil {
 		return kvAttempts{}, err
 	}
-	return kvAttempts{kv}, nil
+	s, err := js.Stream(ctx, attemptsStream)
+	if err != nil {
+		return kvAttempts{}, err
+	}
+	return kvAttempts{kv: kv, stream: s}, nil
 }

@@ -55,17 +55,21 @@ func (h *handler) handle(ctx context.Context, msg message) {
 	// NumDelivered also counts deliveries that were no attempt (see
 	// AttemptsBucket): the attempts made are those written down. A first
 	// delivery has none.
+	key := attemptKey(h.ep.Name, meta.Sequence.Stream)
 	var prev attemptRecord
+	// recorded: the event may have a record, to be removed once it is
+	// settled.
+	var recorded bool
 	if meta.NumDelivered > 1 && h.attempts != nil {
 		gctx, cancel := context.WithTimeout(ctx, attemptsTimeout)
-		r, _, err := h.attempts.get(gctx, attemptKey(h.ep.Name, meta.Sequence.Stream))
+		r, ok, err := h.attempts.get(gctx, key)
 		cancel()
 		if err != nil {
 			// Without the count the event gets more attempts than
 			// MaxAttempts, never fewer; MaxAge still bounds them.
 			h.log.Warn("webhook: attempt count not read; counting from here", "endpoint", h.ep.Name, "event_id", id, "err", err)
 		}
-		prev = r
+		prev, recorded = r, ok || err != nil
 	}
 	// n is this attempt's number among all made; only those failed without
 	// a Retry-After count towards max_attempts (see below).
@@ -83,6 +87,9 @@ func (h *handler) handle(ctx context.Context, msg message) {
 	case classSuccess:
 		if err := msg.Ack(); err != nil {
 			log.Warn("webhook: ack failed; the event may be delivered again", "err", err)
+		}
+		if recorded {
+			h.forget(ctx, log, key)
 		}
 		h.metrics.success.Inc()
 		h.metrics.deliveries.WithLabelValues(h.ep.Name, outcomeSuccess).Inc()
@@ -105,7 +112,7 @@ func (h *handler) handle(ctx context.Context, msg message) {
 		case now.Sub(meta.Timestamp) >= h.ep.MaxAge:
 			d.Reason = ReasonMaxAge
 		default:
-			h.record(ctx, log, attemptKey(h.ep.Name, meta.Sequence.Stream), rec)
+			h.record(ctx, log, key, rec)
 			delay := retryDelay(Backoff(n, h.opts.BackoffBase, h.opts.BackoffMax, h.opts.Rand), a.RetryAfter, a.HasRetryAfter, h.opts.BackoffBase)
 			log.Debug("webhook: attempt failed, retrying", "status", a.Status, "err", a.Err, "delay", delay)
 			if err := msg.NakWithDelay(delay); err != nil {
@@ -116,7 +123,9 @@ func (h *handler) handle(ctx context.Context, msg message) {
 			return
 		}
 	}
-	h.toDLQ(ctx, msg, log, d, body, n)
+	if h.toDLQ(ctx, msg, log, d, body, n) && recorded {
+		h.forget(ctx, log, key)
+	}
 }
 
 // record writes down a failed attempt before the event is scheduled again.
@@ -134,9 +143,22 @@ func (h *handler) record(ctx context.Context, log *slog.Logger, key string, r at
 	}
 }
 
+// forget removes the attempt record of an event that is settled (delivered
+// or dead-lettered). A record left behind only takes room until the bucket's
+// TTL drops it.
+func (h *handler) forget(ctx context.Context, log *slog.Logger, key string) {
+	rctx, cancel := context.WithTimeout(ctx, attemptsTimeout)
+	err := h.attempts.remove(rctx, key)
+	cancel()
+	if err != nil {
+		log.Debug("webhook: attempt record of a settled event not removed; it expires", "err", err)
+	}
+}
+
 // toDLQ stores the dead letter and only then acks the event; when the store
-// fails the event is nak'd so that nothing is lost.
-func (h *handler) toDLQ(ctx context.Context, msg message, log *slog.Logger, d DeadLetter, body []byte, n int) {
+// fails the event is nak'd so that nothing is lost. It reports whether the
+// dead letter was stored.
+func (h *handler) toDLQ(ctx context.Context, msg message, log *slog.Logger, d DeadLetter, body []byte, n int) bool {
 	d.Endpoint = h.ep.Name
 	d.URL = displayURL(h.ep.URL)
 	d.FailedAt = h.opts.Clock.Now().UTC()
@@ -151,7 +173,7 @@ func (h *handler) toDLQ(ctx context.Context, msg message, log *slog.Logger, d De
 		if err := msg.NakWithDelay(Backoff(n, h.opts.BackoffBase, h.opts.BackoffMax, h.opts.Rand)); err != nil {
 			log.Warn("webhook: nak failed; the event is retried after the ack wait", "err", err)
 		}
-		return
+		return false
 	}
 	if err := msg.Ack(); err != nil {
 		log.Warn("webhook: ack after dead letter failed; the dead letter may repeat", "err", err)
@@ -160,6 +182,7 @@ func (h *handler) toDLQ(ctx context.Context, msg message, log *slog.Logger, d De
 	h.metrics.failure.Inc()
 	h.metrics.dlq.WithLabelValues(h.ep.Name).Inc()
 	h.metrics.deliveries.WithLabelValues(h.ep.Name, outcomeDeadLetter).Inc()
+	return true
 }
 
 // eventID is the event's request id: the Nats-Msg-Id the gateway sets, else

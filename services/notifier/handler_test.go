@@ -144,6 +144,12 @@ func TestHandlerOutcomes(t *testing.T) {
 				}
 			}
 
+			if tt.wantAck && tt.dlqErr == nil {
+				if r, ok, _ := log.get(context.Background(), attemptKey("ep", 7)); ok {
+					t.Errorf("attempt record %+v kept after the event was settled", r)
+				}
+			}
+
 			if posts != tt.wantPosts {
 				t.Errorf("posts = %d, want %d", posts, tt.wantPosts)
 			}
@@ -230,4 +236,11 @@ func TestTransportErrorHidesURL(t *testing.T) {
 	if msg := a.Err.Error(); strings.Contains(msg, "pass") || strings.Contains(msg, "/hook") {
 		t.Errorf("error leaks the URL: %q", msg)
 	}
+}
+
+func (a *memAttempts) remove(_ context.Context, key string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.m, key)
+	return nil
 }

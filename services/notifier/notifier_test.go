@@ -518,3 +518,78 @@ func TestDeadLetterJSONShape(t *testing.T) {
 		t.Errorf("rawEvent of a non-JSON body = %s", got)
 	}
 }
+
+// attemptsStreamInfo returns the state of the stream under AttemptsBucket.
+func attemptsStreamInfo(t *testing.T, js jetstream.JetStream) *jetstream.StreamInfo {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, attemptsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info
+}
+
+// TestAttemptRecordsRemovedWhenSettled: an event's attempt record goes once
+// the event is delivered or dead-lettered, with nothing left behind, so a
+// long outage at a high event rate does not leave a key per event for
+// max_age and an hour; the bucket is bounded all the same.
+func TestAttemptRecordsRemovedWhenSettled(t *testing.T) {
+	t.Parallel()
+	js := eventstest.JetStream(t)
+	// Every event fails twice, then two are delivered and two run out of
+	// attempts.
+	var mu sync.Mutex
+	failed := map[string]int{}
+	rc := newReceiver(t, func(_ int, _ http.ResponseWriter, r *http.Request) int {
+		id := r.Header.Get(EventIDHeader)
+		mu.Lock()
+		defer mu.Unlock()
+		failed[id]++
+		if failed[id] > 2 && (id == "req-0000" || id == "req-0001") {
+			return http.StatusOK
+		}
+		return http.StatusServiceUnavailable
+	})
+	runNotifier(t, js, []Endpoint{{Name: "flaky", URL: rc.srv.URL, MaxAttempts: 3}}, testOptions())
+	sent := publish(t, js, "req", 4)
+	waitFor(t, 20*time.Second, "consumer settled", func() bool { return settled(t, js, "flaky") && len(rc.delivered()) == 2 })
+	if dl := listDLQ(t, js, DLQFilter{}); len(dl) != 2 {
+		t.Fatalf("%d dead letters, want 2", len(dl))
+	}
+	if len(rc.snapshot()) < 2*len(sent) {
+		t.Fatalf("receiver got %d calls; the events were not retried", len(rc.snapshot()))
+	}
+	info := attemptsStreamInfo(t, js)
+	if info.State.Msgs != 0 || info.State.NumSubjects != 0 {
+		t.Errorf("attempts bucket holds %d records (%d keys) after every event settled, want none", info.State.Msgs, info.State.NumSubjects)
+	}
+	if info.Config.MaxBytes != attemptsMaxBytes {
+		t.Errorf("attempts bucket max bytes %d, want %d", info.Config.MaxBytes, attemptsMaxBytes)
+	}
+}
+
+// TestAttemptsBucketOfEarlierReleaseBounded: a bucket made without a bound
+// (by an earlier release) gets one, and keeps a longer TTL another notifier
+// set.
+func TestAttemptsBucketOfEarlierReleaseBounded(t *testing.T) {
+	t.Parallel()
+	js := eventstest.JetStream(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: AttemptsBucket, History: 1, TTL: 25 * time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := openAttempts(ctx, js, 2*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	info := attemptsStreamInfo(t, js)
+	if info.Config.MaxBytes != attemptsMaxBytes || info.Config.MaxAge != 25*time.Hour {
+		t.Errorf("bucket max bytes %d, TTL %s; want %d, 25h", info.Config.MaxBytes, info.Config.MaxAge, attemptsMaxBytes)
+	}
+}
