@@ -241,6 +241,21 @@ func (v *checker) usageHook() {
 		v.add("usage_hook.enabled", "the usage hook is enabled but has no url")
 	}
 	v.nonNegative("usage_hook.retry", int64(u.Retry))
+	v.webhookSecret("usage_hook.secret", u.Secret)
+}
+
+// webhookSecret rejects a secret with whitespace around it. The secret is
+// the HMAC key byte for byte: one that ends in the newline of the file a
+// ${VAR} was read from signs with that newline, a receiver that reads the
+// secret trimmed (as most do) rejects every delivery, and every event ends
+// in the DLQ. Trimming it here instead would break, silently, the receiver
+// that kept the newline too; an error at start names the key.
+func (v *checker) webhookSecret(path, secret string) {
+	if secret != strings.TrimSpace(secret) {
+		// Not shown: the value is the secret.
+		v.add(path, "the secret has a line break or spaces around it, which would be part of the HMAC key: a receiver "+
+			"that holds the secret without them rejects every delivery (a variable read from a file may end with a newline)")
+	}
 }
 
 func (v *checker) webhooks() {
@@ -264,6 +279,7 @@ func (v *checker) webhooks() {
 		if w.MaxAttempts < 1 {
 			v.add(p+".max_attempts", "want at least 1, got %d", w.MaxAttempts)
 		}
+		v.webhookSecret(p+".secret", w.Secret)
 	}
 }
 

@@ -254,6 +254,16 @@ func TestValidate(t *testing.T) {
 			[]string{`c.yaml:5: key admin.token: the token has a line break, another control character or spaces around it`},
 		},
 		{
+			"webhook secrets with a trailing newline",
+			"webhooks:\n  - url: http://hook:9000/a\n    secret: ${LLMPROXY_TEST_NEWLINE_KEY}\n  - url: http://hook:9000/b\n    secret: \" s\"\n" +
+				"usage_hook:\n  url: http://hook:9000/u\n  secret: ${LLMPROXY_TEST_NEWLINE_KEY}\n",
+			[]string{
+				`c.yaml:5: key webhooks[0].secret: the secret has a line break or spaces around it`,
+				`c.yaml:7: key webhooks[1].secret: the secret has a line break or spaces around it`,
+				`c.yaml:10: key usage_hook.secret: the secret has a line break or spaces around it`,
+			},
+		},
+		{
 			"missing lua script",
 			"lua:\n  scripts: [hooks/none.lua]\n",
 			[]string{`c.yaml:4: key lua.scripts[0]: cannot read script`},
