@@ -19,10 +19,10 @@ import (
 // webhooksConnectTimeout bounds how long the webhooks commands try to reach NATS.
 var webhooksConnectTimeout = 60 * time.Second
 
-const webhooksUsage = "usage: llmproxy webhooks dlq list|replay --config FILE [--id ID] [--json] [--nats-url URL]\n" +
+const webhooksUsage = "usage: llmproxy webhooks dlq list|replay --config FILE [--id ID] [--endpoint NAME] [--json] [--nats-url URL]\n" +
 	"       llmproxy webhooks dlq discard --config FILE (--id ID | --endpoint NAME | --all) [--nats-url URL]"
 
-// cmdWebhooks runs `llmproxy webhooks dlq list|replay`.
+// cmdWebhooks runs `llmproxy webhooks dlq list|replay|discard`.
 func cmdWebhooks(args []string) int {
 	return runWebhooks(args, os.Stdout, os.Stderr)
 }
@@ -44,7 +44,7 @@ func runWebhooks(args []string, stdout, stderr io.Writer) int {
 	id := fs.String("id", "", "only this event id")
 	asJSON := fs.Bool("json", false, "print JSON")
 	natsURL := fs.String("nats-url", "", "NATS to use (overrides nats.url)")
-	endpoint := fs.String("endpoint", "", "discard: every dead letter of this endpoint")
+	endpoint := fs.String("endpoint", "", "only the dead letters of this endpoint")
 	all := fs.Bool("all", false, "discard: every dead letter")
 	if code, ok := parseOnlyFlags(fs, args[2:], stdout, stderr); !ok {
 		return code
@@ -89,7 +89,7 @@ func runWebhooks(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	if args[1] == "replay" {
-		n, err := notifier.Replay(ctx, b.js, endpointsOf(cfg), *id)
+		n, err := notifier.Replay(ctx, b.js, endpointsOf(cfg), notifier.DLQFilter{ID: *id, Endpoint: *endpoint})
 		fmt.Fprintf(stdout, "replayed %d dead letter(s)\n", n)
 		if err != nil {
 			fmt.Fprintln(stderr, "llmproxy webhooks:", err)
@@ -97,7 +97,7 @@ func runWebhooks(args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	}
-	list, err := notifier.ListDLQ(ctx, b.js, notifier.DLQFilter{ID: *id})
+	list, err := notifier.ListDLQ(ctx, b.js, notifier.DLQFilter{ID: *id, Endpoint: *endpoint})
 	if err != nil {
 		fmt.Fprintln(stderr, "llmproxy webhooks:", err)
 		return 1

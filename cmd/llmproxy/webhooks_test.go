@@ -158,3 +158,46 @@ func dlqWithReceiver(t *testing.T, n int) (path string, got *atomic.Int32) {
 	t.Cleanup(hook.Close)
 	return dlqFixture(t, ns.ClientURL(), hook.URL, n), got
 }
+
+// TestDLQListAndReplayByEndpoint: `list --endpoint` and `replay --endpoint`
+// keep to that endpoint's dead letters; replay used to take the flag and
+// re-deliver every endpoint's.
+func TestDLQListAndReplayByEndpoint(t *testing.T) {
+	path, got := dlqWithReceiver(t, 2)
+	nc, err := nats.Connect(natsURLOf(t, path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	d, _ := json.Marshal(map[string]any{"endpoint": "audit", "event_id": "req-a", "reason": "permanent_failure",
+		"attempts": 1, "event": map[string]string{"request_id": "req-a"}})
+	if _, err := js.Publish(context.Background(), events.DLQSubjectFor("audit"), d, jetstream.WithMsgID("audit:req-a")); err != nil {
+		t.Fatal(err)
+	}
+
+	code, out, errOut := runCmd(runWebhooks, "dlq", "list", "--config", path, "--endpoint", "audit", "--json")
+	if code != 0 || strings.Contains(out, "billing") || !strings.Contains(out, `"req-a"`) {
+		t.Fatalf("list --endpoint audit: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	code, out, errOut = runCmd(runWebhooks, "dlq", "replay", "--config", path, "--endpoint", "billing")
+	if code != 0 || !strings.Contains(out, "replayed 2 dead letter(s)") || got.Load() != 2 {
+		t.Fatalf("replay --endpoint billing: exit %d, %d delivered\nstdout: %s\nstderr: %s", code, got.Load(), out, errOut)
+	}
+	code, out, _ = runCmd(runWebhooks, "dlq", "list", "--config", path, "--json")
+	if code != 0 || !strings.Contains(out, `"req-a"`) || strings.Contains(out, "billing") {
+		t.Fatalf("after replaying billing's: %s", out)
+	}
+}
+
+// natsURLOf reads nats.url back from a config dlqFixture wrote.
+func natsURLOf(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, _ := strings.Cut(string(b), `nats: {url: "`)
+	u, _, _ := strings.Cut(rest, `"`)
+	return u
+}

@@ -146,7 +146,7 @@ func TestReplayByLegacyName(t *testing.T) {
 	}
 	rc := newReceiver(t, nil)
 	ep := Endpoint{Name: "127-0-0-1-3fa9c2d1", LegacyName: legacy, URL: rc.srv.URL + "/hook/t0k3n"}
-	if n, err := Replay(ctx, js, []Endpoint{ep}, ""); n != 1 || err != nil {
+	if n, err := Replay(ctx, js, []Endpoint{ep}, DLQFilter{}); n != 1 || err != nil {
 		t.Fatalf("Replay = %d, %v; want 1, nil", n, err)
 	}
 	if got := rc.delivered(); got["req-0000"] != 1 {

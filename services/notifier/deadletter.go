@@ -176,12 +176,13 @@ func ListDLQ(ctx context.Context, js jetstream.JetStream, filter DLQFilter) ([]D
 
 // Replay re-delivers dead letters to their endpoints, signed as any
 // delivery, and deletes each one that the endpoint accepts (2xx) from
-// LLMPROXY_DLQ. id selects the dead letters as DLQFilter.ID does; "" replays
-// all. A dead letter recorded under an endpoint's LegacyName goes to that
-// endpoint. Dead letters that fail again, or whose endpoint is not in
+// LLMPROXY_DLQ. A dead letter recorded under an endpoint's LegacyName goes to that
+// endpoint. filter selects the dead letters (its Limit is ignored); the
+// zero filter replays all, and one with an ID that selects nothing is an
+// error. Dead letters that fail again, or whose endpoint is not in
 // endpoints, stay; the returned error lists them. Replay makes one attempt
 // per dead letter, one at a time.
-func Replay(ctx context.Context, js jetstream.JetStream, endpoints []Endpoint, id string) (delivered int, err error) {
+func Replay(ctx context.Context, js jetstream.JetStream, endpoints []Endpoint, filter DLQFilter) (delivered int, err error) {
 	byName := make(map[string]Endpoint, len(endpoints))
 	for _, e := range endpoints {
 		byName[e.Name] = e.withDefaults()
@@ -191,12 +192,13 @@ func Replay(ctx context.Context, js jetstream.JetStream, endpoints []Endpoint, i
 			byName[e.LegacyName] = e.withDefaults()
 		}
 	}
-	letters, err := ListDLQ(ctx, js, DLQFilter{ID: id})
+	filter.Limit = 0
+	letters, err := ListDLQ(ctx, js, filter)
 	if err != nil {
 		return 0, err
 	}
-	if id != "" && len(letters) == 0 {
-		return 0, fmt.Errorf("no dead letter %q", id)
+	if filter.ID != "" && len(letters) == 0 {
+		return 0, fmt.Errorf("no dead letter %q", filter.ID)
 	}
 	stream, err := js.Stream(ctx, events.DLQStreamName)
 	if err != nil {

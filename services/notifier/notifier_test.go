@@ -179,14 +179,14 @@ func TestPermanentFailureDeadLettersThenReplay(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	// Still broken: the dead letter stays.
-	if n, err := Replay(ctx, js, []Endpoint{ep}, ""); n != 0 || err == nil {
+	if n, err := Replay(ctx, js, []Endpoint{ep}, DLQFilter{}); n != 0 || err == nil {
 		t.Fatalf("Replay to a broken receiver = %d, %v; want 0 and an error", n, err)
 	}
 	// Unknown endpoint: stays.
-	if n, err := Replay(ctx, js, nil, "req-0000"); n != 0 || err == nil {
+	if n, err := Replay(ctx, js, nil, DLQFilter{ID: "req-0000"}); n != 0 || err == nil {
 		t.Fatalf("Replay without the endpoint = %d, %v; want 0 and an error", n, err)
 	}
-	if n, err := Replay(ctx, js, []Endpoint{ep}, "no-such-id"); n != 0 || err == nil {
+	if n, err := Replay(ctx, js, []Endpoint{ep}, DLQFilter{ID: "no-such-id"}); n != 0 || err == nil {
 		t.Fatalf("Replay of an unknown id = %d, %v; want 0 and an error", n, err)
 	}
 	if len(listDLQ(t, js, DLQFilter{})) != 1 {
@@ -194,7 +194,7 @@ func TestPermanentFailureDeadLettersThenReplay(t *testing.T) {
 	}
 
 	rc.setRespond(nil) // fixed
-	n, err := Replay(ctx, js, []Endpoint{ep}, "req-0000")
+	n, err := Replay(ctx, js, []Endpoint{ep}, DLQFilter{ID: "req-0000"})
 	if err != nil || n != 1 {
 		t.Fatalf("Replay = %d, %v; want 1, nil", n, err)
 	}
