@@ -13,6 +13,7 @@ const (
 	DefaultDurable      = "recorder"
 	DefaultBatchSize    = 500
 	DefaultBatchWait    = 200 * time.Millisecond
+	DefaultBatchBytes   = 16 << 20
 	DefaultAckWait      = 10 * time.Second
 	DefaultWriteTimeout = 30 * time.Second
 	DefaultRetryWait    = 2 * time.Second
@@ -33,6 +34,12 @@ type Options struct {
 	// collected for at most BatchWait (defaults 500 and 200ms).
 	BatchSize int
 	BatchWait time.Duration
+	// BatchBytes bounds the size of one batch's events as NATS delivers
+	// them (default 16 MiB), so that a backlog of large events is not held
+	// BatchSize at a time in memory. It is raised to the server's
+	// max_payload and some room for headers when below: every event fits in
+	// a batch of its own.
+	BatchBytes int
 	// AckWait is how long the server waits for a batch to be acknowledged
 	// before it redelivers its events (default 10s): after a recorder
 	// crashed, the batch it held comes back to the others (or to it, once
@@ -57,6 +64,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.BatchSize <= 0 {
 		o.BatchSize = DefaultBatchSize
+	}
+	if o.BatchBytes <= 0 {
+		o.BatchBytes = DefaultBatchBytes
 	}
 	if o.BatchWait <= 0 {
 		o.BatchWait = DefaultBatchWait

@@ -92,7 +92,7 @@ func (r *Recorder) Run(ctx context.Context) error {
 	}
 	log := r.opts.Logger
 	for ctx.Err() == nil {
-		batch, err := cons.Fetch(r.opts.BatchSize, jetstream.FetchMaxWait(r.opts.BatchWait))
+		batch, err := cons.Fetch(r.opts.BatchSize, jetstream.FetchMaxWait(r.opts.BatchWait), jetstream.FetchMaxBytes(r.batchBytes()))
 		var msgs []jetstream.Msg
 		if err == nil {
 			msgs = make([]jetstream.Msg, 0, r.opts.BatchSize)
@@ -136,6 +136,19 @@ func (r *Recorder) Run(ctx context.Context) error {
 		r.process(context.WithoutCancel(ctx), msgs)
 	}
 	return nil
+}
+
+// batchHeadroom is what a delivered event may weigh beyond the server's
+// max_payload, which bounds only headers and data: its subject and reply
+// subject.
+const batchHeadroom = 64 << 10
+
+// batchBytes is the byte budget of one fetch: BatchBytes, and never less
+// than the largest event the server takes. The server answers a fetch whose
+// budget is smaller than the next event with nothing at all, which would
+// stop the recorder at that event for good.
+func (r *Recorder) batchBytes() int {
+	return max(r.opts.BatchBytes, int(r.js.Conn().MaxPayload())+batchHeadroom)
 }
 
 // process writes one batch and settles each of its messages: ack after the

@@ -461,3 +461,31 @@ func TestResumesAfterAnEmptyRestart(t *testing.T) {
 		t.Errorf("Run: %v", err)
 	}
 }
+
+// TestBatchBoundedByBytes: a batch holds at most BatchBytes of events (never
+// less than one event of the server's max_payload), so a backlog of large
+// events (long prompts with capture on, after a database outage) is not
+// held 500 at a time in memory.
+func TestBatchBoundedByBytes(t *testing.T) {
+	js, pool := eventstest.JetStream(t), startPostgres(t)
+	opts := testOptions()
+	opts.BatchBytes = 1 // below one event: raised to the server's max_payload
+	rec, err := New(js, pool, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var batches atomic.Int32
+	rec.afterCommit = func() bool { batches.Add(1); return true }
+	big := `{"content":"` + strings.Repeat("x", 300<<10) + `"}`
+	const n = 6
+	for i := range n {
+		e := event(fmt.Sprintf("req-big-%d", i), "key1", 200)
+		e.RequestBody = []byte(big)
+		publishEvent(t, js, e, e.RequestID)
+	}
+	runRecorder(t, rec)
+	waitRows(t, pool, n)
+	if b := batches.Load(); b < 2 {
+		t.Errorf("%d events of 300 KiB written in %d batch(es), want at most ~1 MiB (3 events) per batch", n, b)
+	}
+}
