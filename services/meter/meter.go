@@ -283,14 +283,18 @@ func (mt *Meter) poison(msg jetstream.Msg, reason error) {
 }
 
 // watchLag refreshes llmproxy_meter_lag every LagInterval until ctx is
-// cancelled.
+// cancelled. The lag is every event the consumer has not had acked: those
+// not yet delivered and those delivered but not applied. A ledger that is
+// down leaves its events delivered and nak'ed, waiting for redelivery
+// (up to MaxAckPending of them), and they are lag all the same.
 func (mt *Meter) watchLag(ctx context.Context) {
 	t := time.NewTicker(mt.opts.LagInterval)
 	defer t.Stop()
 	for {
 		qctx, cancel := context.WithTimeout(ctx, mt.opts.LagInterval)
 		if c, err := mt.js.Consumer(qctx, events.StreamName, mt.opts.Durable); err == nil {
-			mt.m.lag.Set(float64(c.CachedInfo().NumPending))
+			info := c.CachedInfo()
+			mt.m.lag.Set(float64(info.NumPending) + float64(info.NumAckPending))
 		}
 		cancel()
 		select {

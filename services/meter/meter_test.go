@@ -189,6 +189,13 @@ func TestMeterExactWithRedeliveredDuplicates(t *testing.T) {
 	}
 	pub.wait()
 	waitExact(t, js, store, want)
+	// The lag is refreshed every LagInterval: it reaches 0 at the first
+	// refresh after the last ack.
+	for deadline := time.Now().Add(5 * time.Second); testutil.ToFloat64(m.m.lag) != 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("lag = %v after draining", testutil.ToFloat64(m.m.lag))
+		}
+	}
 	if err := stop(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
@@ -197,9 +204,6 @@ func TestMeterExactWithRedeliveredDuplicates(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(m.m.duplicate); got != dups {
 		t.Fatalf("duplicates = %v, want %d", got, dups)
-	}
-	if got := testutil.ToFloat64(m.m.lag); got != 0 {
-		t.Fatalf("lag = %v after draining", got)
 	}
 	// Reservations are released: 50 per request applied once.
 	for k := range want {
@@ -453,5 +457,80 @@ func TestMeterResumesAfterAnEmptyRestart(t *testing.T) {
 	// Stop before the restarted server's cleanup shuts it down.
 	if err := stop(); err != nil {
 		t.Errorf("Run: %v", err)
+	}
+}
+
+// downStore is a ledger whose every write fails, as Redis down does.
+type downStore struct{ ledger.Store }
+
+func (downStore) Apply(context.Context, []ledger.Entry) (int, error) {
+	return 0, errors.New("store unavailable")
+}
+
+// lagRecorder is llmproxy_meter_lag registered ahead of the meter, so that
+// the meter shares it; it hands on every value the meter sets.
+type lagRecorder struct {
+	prometheus.Gauge
+	sets chan float64
+}
+
+func (g *lagRecorder) Set(v float64) {
+	g.Gauge.Set(v)
+	select {
+	case g.sets <- v:
+	default:
+	}
+}
+
+// TestLagCountsEventsWaitingForALedgerThatIsDown: events the meter has
+// fetched and could not apply (nak'ed, waiting for redelivery) are lag as
+// much as events not yet fetched: with the ledger down, llmproxy_meter_lag
+// says how many events wait, instead of 0 once the meter has them all.
+func TestLagCountsEventsWaitingForALedgerThatIsDown(t *testing.T) {
+	js := eventstest.Connect(t, eventstest.Server(t, -1))
+	base, err := newMetrics(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lag := &lagRecorder{Gauge: base.lag, sets: make(chan float64, 1)}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(lag)
+	m := newMeter(t, js, downStore{openStore(t)}, testOptions(reg))
+	run(t, m)
+
+	pub := publisher{t, js}
+	const n = 20
+	for i := range n {
+		ev := event(i)
+		pub.event(ev, ev.RequestID)
+	}
+	pub.wait()
+	// Wait until the meter has fetched every event and failed to apply
+	// them: none is left undelivered, all are waiting for an ack.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		c, err := js.Consumer(ctx, events.StreamName, DefaultDurable)
+		cancel()
+		if err == nil && c.CachedInfo().NumPending == 0 && c.CachedInfo().NumAckPending == n && testutil.ToFloat64(m.m.applyErrors) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the meter did not fetch every event")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The third value set from here on was read after every event was
+	// fetched: the first may be older, the second's read may have been
+	// under way.
+	for i := range 3 {
+		select {
+		case v := <-lag.sets:
+			if i == 2 && v != n {
+				t.Fatalf("llmproxy_meter_lag = %v with %d events waiting for the ledger, want %d", v, n, n)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("llmproxy_meter_lag not refreshed")
+		}
 	}
 }

@@ -41,7 +41,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		lag: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "llmproxy_meter_lag",
-			Help: "Events in the stream not yet delivered to the meter consumer (num_pending).",
+			Help: "Events in the stream not yet applied by the meters: not yet delivered to their consumer, or delivered and not acked (num_pending + num_ack_pending).",
 		}),
 	}
 	if reg == nil {
