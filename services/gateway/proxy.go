@@ -83,6 +83,8 @@ type exchange struct {
 	billed       usage.Result
 	latency      time.Duration
 	keyID, model string
+	// observed is set once observe has counted x.
+	observed bool
 }
 
 // captures reports whether x's response content goes into its event:
@@ -201,13 +203,15 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	// A panic past this point still records the request: the event (what
-	// was served is billed, estimated where no usage was read) goes out
-	// before the panic goes on to net/http, which drops the connection.
+	// was served is billed, estimated where no usage was read), the
+	// metrics and the access line are out before the panic goes on to
+	// net/http, which drops the connection. Only a panic gets here
+	// unobserved; it is not recovered, so the server logs its own stack.
 	defer func() {
-		if x.committed {
+		if x.observed {
 			return
 		}
-		if p := recover(); p != nil {
+		if !x.committed {
 			if x.errMsg == "" {
 				x.errMsg = "internal_error"
 			}
@@ -215,8 +219,8 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) {
 				x.status = http.StatusInternalServerError
 			}
 			x.commit()
-			panic(p)
 		}
+		g.observe(x)
 	}()
 	// The sender starts on the event once the reply is out (even if the
 	// relay panicked): waking it earlier would cost the reply a thread
@@ -1151,6 +1155,7 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 // observe counts x in the metrics and writes its access log line. It runs
 // once the client has the whole reply: none of it delays the last bytes.
 func (g *Gateway) observe(x *exchange) {
+	x.observed = true
 	backend := ""
 	if x.upstream != nil {
 		backend = x.upstream.Name

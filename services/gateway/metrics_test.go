@@ -1,0 +1,137 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
+)
+
+// gathered returns the series of the metric name in reg whose labels
+// include want.
+func gathered(t *testing.T, reg prometheus.Gatherer, name string, want map[string]string) []*dto.Metric {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*dto.Metric
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range mf.GetMetric() {
+			for k, v := range want {
+				found := false
+				for _, l := range m.GetLabel() {
+					found = found || (l.GetName() == k && l.GetValue() == v)
+				}
+				if !found {
+					continue series
+				}
+			}
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// counted sums the counters of name in reg whose labels include want.
+func counted(t *testing.T, reg prometheus.Gatherer, name string, want map[string]string) float64 {
+	t.Helper()
+	sum := 0.0
+	for _, m := range gathered(t, reg, name, want) {
+		sum += m.GetCounter().GetValue()
+	}
+	return sum
+}
+
+// observations counts the samples of the histogram name in reg.
+func observations(t *testing.T, reg prometheus.Gatherer, name string) uint64 {
+	t.Helper()
+	n := uint64(0)
+	for _, m := range gathered(t, reg, name, nil) {
+		n += m.GetHistogram().GetSampleCount()
+	}
+	return n
+}
+
+// bodyPanicWriter takes the reply's head and panics on its body, after
+// the request's event was committed.
+type bodyPanicWriter struct{ h http.Header }
+
+func (w *bodyPanicWriter) Header() http.Header       { return w.h }
+func (w *bodyPanicWriter) Write([]byte) (int, error) { panic(http.ErrAbortHandler) }
+func (w *bodyPanicWriter) WriteHeader(int)           {}
+
+// TestPanickedRequestIsCountedAndLogged: a request whose handler panics
+// (net/http recovers it and drops the connection), before its event was
+// committed or after, is in the metrics and has its access line, as its
+// event is published, instead of being billed but missing from
+// llmproxy_requests_total and the log.
+func TestPanickedRequestIsCountedAndLogged(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}`))
+	}))
+	defer backend.Close()
+	for _, c := range []struct {
+		name string
+		w    http.ResponseWriter
+	}{
+		{"panic on the head", &panicWriter{h: http.Header{}}},
+		{"panic on the body", &bodyPanicWriter{h: http.Header{}}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, err := config.Parse([]byte(fmt.Sprintf("backends: [{url: %q, name: b1}]\napi_keys: [{key: %q}]\n", backend.URL, testKey)), "c.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			reg := prometheus.NewRegistry()
+			lines := make(chan map[string]string, 10)
+			s := newSink()
+			g, err := New(Options{Config: cfg, Events: s, Registerer: reg, Logger: slog.New(recordHandler{out: lines})})
+			if err != nil {
+				t.Fatal(err)
+			}
+			g.Start(context.Background())
+			req := httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader(`{"model":"m1"}`))
+			req.Header.Set("Authorization", "Bearer "+testKey)
+			func() {
+				defer func() {
+					if r := recover(); r != http.ErrAbortHandler {
+						t.Fatalf("recovered %v; want http.ErrAbortHandler", r)
+					}
+				}()
+				g.Handler().ServeHTTP(c.w, req)
+			}()
+			s.next(t)
+			if n := counted(t, reg, "llmproxy_requests_total", map[string]string{"path": "/v1/chat/completions", "backend": "b1"}); n != 1 {
+				t.Errorf("llmproxy_requests_total = %v after a panicked request, want 1", n)
+			}
+			if n := observations(t, reg, "llmproxy_latency_ms"); n != 1 {
+				t.Errorf("llmproxy_latency_ms observed %d times, want 1", n)
+			}
+			access := 0
+			for len(lines) > 0 {
+				if l := <-lines; l["msg"] == "request" {
+					access++
+				}
+			}
+			if access != 1 {
+				t.Errorf("%d access lines for the panicked request, want 1", access)
+			}
+			if n := gathered(t, reg, "llmproxy_inflight_requests", nil); len(n) != 1 || n[0].GetGauge().GetValue() != 0 {
+				t.Errorf("llmproxy_inflight_requests after the panic: %v, want 0", n)
+			}
+		})
+	}
+}
