@@ -231,6 +231,13 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 		}
 		cancel()
 	}
+	// A recorder on its own is ready when it can write to PostgreSQL as
+	// well. Beside a gateway (target all) the request log is optional: a
+	// database outage does not take the gateway out of its load balancer.
+	var pg *pgReady
+	if target == "recorder" {
+		pg = &pgReady{}
+	}
 	readyFn := func(ctx context.Context) error {
 		if err := b.ready(); err != nil {
 			return err
@@ -239,6 +246,9 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 			if err := lh.ready(ctx); err != nil {
 				return fmt.Errorf("redis: %w", err)
 			}
+		}
+		if pg != nil {
+			return pg.ready(ctx)
 		}
 		return nil
 	}
@@ -281,7 +291,7 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 	}
 
 	if runRec {
-		startWorker("recorder", func(ctx context.Context) error { return runRecorder(ctx, cfg, b, log, reg) })
+		startWorker("recorder", func(ctx context.Context) error { return runRecorder(ctx, cfg, b, log, reg, pg) })
 	}
 
 	var gw *gateway.Gateway
