@@ -4,13 +4,16 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
 )
@@ -133,5 +136,37 @@ func TestPanickedRequestIsCountedAndLogged(t *testing.T) {
 				t.Errorf("llmproxy_inflight_requests after the panic: %v, want 0", n)
 			}
 		})
+	}
+}
+
+// TestKeyStoreDownIsARejection: a request refused because the Redis key
+// store does not answer is counted in llmproxy_admission_rejections_total
+// (reason key_store_unavailable), as one refused because the Redis rate
+// limiter does not answer is (ledger_unavailable).
+func TestKeyStoreDownIsARejection(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: dead, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	defer rdb.Close()
+	cfg, err := config.Parse([]byte(`
+backends: [{url: "http://127.0.0.1:9"}]
+auth: {enabled: true, storage: redis}
+redis: {url: "redis://`+dead+`"}
+`), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	gw, _ := serveOptions(t, Options{Config: cfg, Redis: rdb, RedisPrefix: "llmproxy-test:", Registerer: reg})
+	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1"}`, withKey())
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "key_store_unavailable") {
+		t.Fatalf("request with the key store down: %d %s, want 503 key_store_unavailable", resp.StatusCode, body)
+	}
+	if n := counted(t, reg, "llmproxy_admission_rejections_total", map[string]string{"reason": "key_store_unavailable"}); n != 1 {
+		t.Errorf("llmproxy_admission_rejections_total{reason=\"key_store_unavailable\"} = %v, want 1", n)
 	}
 }

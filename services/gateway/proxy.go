@@ -340,7 +340,7 @@ func (g *Gateway) authenticate(r *http.Request, x *exchange, luaAuth bool) *apie
 			return g.reject("invalid_key", apierr.Unauthorized("invalid API key "+x.masked))
 		}
 		g.logFailure(slog.LevelError, "key lookup failed", "request_id", x.requestID, "err", err)
-		return apierr.Unavailable("key_store_unavailable", "the key store is unavailable; try again shortly")
+		return g.reject("key_store_unavailable", apierr.Unavailable("key_store_unavailable", "the key store is unavailable; try again shortly"))
 	}
 	x.key = key
 	return nil
