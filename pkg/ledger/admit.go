@@ -60,6 +60,11 @@ type AdmitRequest struct {
 	// Quota is the key's tokens per Period; 0 means no quota.
 	Quota  int64
 	Period Period
+	// At is when the request arrived (zero: now). Its quota is that of the
+	// Period containing At, the period its usage is counted in (the
+	// event's timestamp, Entry.Time), even when the admission runs after
+	// that period ended (a body read or a key look-up across midnight).
+	At time.Time
 	// Reserve is the tokens reserved until the meter applies the request's
 	// usage: the prompt estimate plus max_tokens (or the default cap).
 	Reserve int64
@@ -100,8 +105,9 @@ type Decision struct {
 //   - concurrency: at most Limits.MaxConcurrent unexpired leases;
 //   - TPM: tokens applied with an event time in the last 60 s, plus
 //     outstanding reservations, plus Reserve, at most Limits.TPM;
-//   - quota: tokens used in the key's current Period (UTC, as Apply counts
-//     them), plus outstanding reservations, plus Reserve, at most Quota.
+//   - quota: tokens used in the key's Period containing At (UTC, as Apply
+//     counts them), plus outstanding reservations, plus Reserve, at most
+//     Quota.
 //
 // A request that alone is larger than a whole TPM or quota could never fit;
 // so that such a key still works (a small quota with a large max_tokens cap),

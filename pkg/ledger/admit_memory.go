@@ -99,11 +99,19 @@ func (a *MemoryAdmitter) key(id string) *memKey {
 func (a *MemoryAdmitter) Admit(ctx context.Context, req AdmitRequest) (Decision, error) {
 	req = req.withDefaults()
 	var used int64
-	readUsage := func(now time.Time) error {
+	// arrived picks the period whose quota applies: the one the request
+	// arrived in, where its usage is counted.
+	arrived := func(now time.Time) time.Time {
+		if req.At.IsZero() {
+			return now
+		}
+		return req.At
+	}
+	readUsage := func(at time.Time) error {
 		if req.Quota <= 0 || a.usage == nil {
 			return nil
 		}
-		t, err := a.usage.Usage(ctx, req.KeyID, req.Period, now)
+		t, err := a.usage.Usage(ctx, req.KeyID, req.Period, at)
 		if err != nil {
 			return fmt.Errorf("admit key %s: %w", req.KeyID, err)
 		}
@@ -111,19 +119,20 @@ func (a *MemoryAdmitter) Admit(ctx context.Context, req AdmitRequest) (Decision,
 		return nil
 	}
 	if !a.lockedUsage {
-		if err := readUsage(a.now()); err != nil {
+		if err := readUsage(arrived(a.now())); err != nil {
 			return Decision{}, err
 		}
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	now := a.now()
+	at := arrived(now)
 	if a.lockedUsage && req.Quota > 0 && a.usage != nil {
-		id := PeriodID(req.Period, now)
+		id := PeriodID(req.Period, at)
 		if c, ok := a.usageCache[req.KeyID]; ok && c.period == req.Period && c.id == id {
 			used = c.tokens
 		} else {
-			if err := readUsage(now); err != nil {
+			if err := readUsage(at); err != nil {
 				return Decision{}, err
 			}
 			a.usageCache[req.KeyID] = cachedUsage{period: req.Period, id: id, tokens: used}
@@ -196,8 +205,10 @@ func (a *MemoryAdmitter) Admit(ctx context.Context, req AdmitRequest) (Decision,
 	}
 	if req.Quota > 0 {
 		var retry time.Duration
-		if end := PeriodEnd(req.Period, now); !end.IsZero() {
-			retry = end.Sub(now)
+		if end := PeriodEnd(req.Period, at); !end.IsZero() {
+			// A request that arrived in a period that has ended since
+			// may retry at once: its retry is in the next period.
+			retry = max(end.Sub(now), time.Microsecond)
 		}
 		if !fits(used, outstanding, req.Reserve, req.Quota) {
 			reject(ReasonQuota, retry)

@@ -38,8 +38,9 @@ import (
 // no trace.
 //
 // The period quota reads P:{<keyID>}:usage:<periodID>, the hash RedisStore
-// Apply fills; the period id comes from this process's clock, as the entries'
-// times (and so their periods) do. Reservations are released by Apply, which
+// Apply fills; the period id comes from the request's arrival time
+// (AdmitRequest.At) on this process's clock, as the entries' times (and so
+// their periods) do. Reservations are released by Apply, which
 // also counts each applied entry's tokens in the TPM window at the entry's
 // time.
 //
@@ -244,7 +245,9 @@ if tpm > 0 or quota > 0 then
     local u = redis.call('HMGET', KEYS[7], 'p', 'c')
     local used = tonumber(u[1] or '0') + tonumber(u[2] or '0')
     local after = 0
-    if pend > 0 then after = pend - now end
+    -- A request that arrived in a period that has ended since may retry
+    -- at once: its retry is in the next period.
+    if pend > 0 then after = math.max(pend - now, 1) end
     if not fits(used, outstanding, quota) then reject('quota', after) end
     if tpm <= 0 then limtok, remtok, resettok = quota, math.max(quota - used - outstanding, 0), after end
   end
@@ -382,11 +385,17 @@ func (a *RedisAdmitter) Admit(ctx context.Context, req AdmitRequest) (Decision, 
 	if req.Limits.RPS > 0 {
 		kT, kBurst = max(micros(interval(req.Limits.RPS)), 1), keyBurst(req.Limits.RPS)
 	}
+	// The quota is the one of the period the request arrived in, where
+	// its usage is counted.
+	arrived := at
+	if !req.At.IsZero() {
+		arrived = req.At
+	}
 	var pend int64
-	if end := PeriodEnd(req.Period, at); !end.IsZero() {
+	if end := PeriodEnd(req.Period, arrived); !end.IsZero() {
 		pend = end.UnixMicro()
 	}
-	keys := a.keyKeys(req.KeyID, PeriodID(req.Period, at))
+	keys := a.keyKeys(req.KeyID, PeriodID(req.Period, arrived))
 	args := []any{clock, req.LeaseID, gT, gBurst, kT, kBurst, req.Limits.RPM, req.Limits.TPM,
 		req.Limits.MaxConcurrent, req.Quota, req.Reserve, micros(req.LeaseTTL), micros(a.resvTTL), pend}
 

@@ -430,6 +430,30 @@ func runAdmitSuite(t *testing.T, newEnv func(t *testing.T, start time.Time) admi
 		}
 	})
 
+	// A request's usage is counted in the period it arrived in (its
+	// event's timestamp), so its admission, which may run after that
+	// period ended (a slow body or key look-up across midnight), checks
+	// that period's quota too: it neither slips past a used-up day nor
+	// takes from the next one.
+	t.Run("QuotaOfThePeriodTheRequestArrivedIn", func(t *testing.T) {
+		before := time.Date(2026, 11, 25, 23, 59, 59, 0, time.UTC)
+		env := newEnv(t, before)
+		apply(t, env, Entry{RequestID: "used", KeyID: "k", Time: before, PromptTokens: 1000})
+		env.clock.Set(time.Date(2026, 11, 26, 0, 0, 2, 0, time.UTC))
+		req := AdmitRequest{KeyID: "k", Quota: 1000, Period: Daily, Reserve: 10, At: before.Add(500 * time.Millisecond)}
+		d := admit(t, env, req)
+		if d.Allowed || d.Reason != ReasonQuota {
+			t.Fatalf("arrived 23:59:59.5 with the day used up, admitted at 00:00:02: %+v; want a quota rejection", d)
+		}
+		if d.RetryAfter <= 0 || d.RetryAfter > time.Millisecond {
+			t.Fatalf("RetryAfter = %s; want a retry at once (the new day has begun)", d.RetryAfter)
+		}
+		req.At = time.Date(2026, 11, 26, 0, 0, 1, 0, time.UTC)
+		if d := admit(t, env, req); !d.Allowed {
+			t.Fatalf("arrived 00:00:01: %+v; want admitted against the new day", d)
+		}
+	})
+
 	t.Run("RejectionLeavesNoTrace", func(t *testing.T) {
 		env := newEnv(t, t0)
 		req := AdmitRequest{

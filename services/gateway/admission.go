@@ -44,7 +44,9 @@ func (g *Gateway) admit(ctx context.Context, x *exchange) *apierr.Error {
 	if !cfg.RateLimitEnabled() && (x.key == nil || x.key.Quota <= 0) {
 		return nil
 	}
-	req := ledger.AdmitRequest{KeyID: events.AnonymousKeyID, LeaseID: x.requestID, LeaseTTL: cfg.RateLimit.LeaseTTL.D()}
+	// At: the quota checked is that of the period the event's timestamp
+	// counts the request in, however long reading it took.
+	req := ledger.AdmitRequest{KeyID: events.AnonymousKeyID, LeaseID: x.requestID, LeaseTTL: cfg.RateLimit.LeaseTTL.D(), At: x.start}
 	if cfg.RateLimitEnabled() && cfg.RateLimit.Global.IsEnabled() {
 		req.Global = ledger.GlobalLimit{RPS: cfg.RateLimit.Global.RequestsPerSecond, Burst: cfg.RateLimit.Global.BurstSize}
 	}

@@ -148,6 +148,37 @@ func TestImagesAreReserved(t *testing.T) {
 	}
 }
 
+// TestQuotaOfThePeriodTheRequestArrivedIn: a request is admitted against
+// the quota of the period its event counts it in (the period it arrived
+// in, its timestamp), not the one its admission happens to run in: one that
+// arrived on a used-up day is refused even when admitted after midnight.
+func TestQuotaOfThePeriodTheRequestArrivedIn(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}`))
+	}))
+	defer backend.Close()
+	rdb, prefix := redistest.New(t, "arrival-period")
+	// The request arrives a day before the ledger's clock says: the
+	// admission runs in the next period.
+	arrived := time.Now().Add(-24 * time.Hour)
+	store := ledger.NewRedis(rdb, prefix)
+	if _, err := store.Apply(context.Background(), []ledger.Entry{{RequestID: "used", KeyID: "k1", Time: arrived, PromptTokens: 1000}}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Parse([]byte(fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{id: k1, key: %q, total_quota: 1000, quota_reset_period: daily}]\n", backend.URL, testKey)), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, s := serveOptions(t, Options{Config: cfg, Admitter: ledger.NewRedisAdmitter(rdb, prefix), Now: func() time.Time { return arrived }})
+	resp, b := do(t, "POST", srv.URL+"/v1/chat/completions", `{"model":"m","max_tokens":10}`, withKey())
+	if resp.StatusCode != 429 || !strings.Contains(string(b), "insufficient_quota") {
+		t.Fatalf("%d %s; want 429 insufficient_quota (the day it arrived in is used up)", resp.StatusCode, b)
+	}
+	if ev := s.next(t); !ev.Timestamp.Equal(arrived.UTC()) {
+		t.Fatalf("event timestamp %s, want the arrival %s", ev.Timestamp, arrived.UTC())
+	}
+}
+
 // TestRefusalsCarryRateLimitHeaders: a 429 of the global rate or of the
 // key's concurrency says, in OpenAI's x-ratelimit-* headers, which limit it
 // hit, that it has nothing left and when to try again; with either ledger.
