@@ -2,10 +2,9 @@
 -- from the request body and the captured response before the event leaves
 -- the gateway, and tags the event when it removed anything.
 
--- Lua pattern functions run to completion: the hook's deadline is checked
--- between instructions, not inside string.gsub. A pattern like
--- "[%w.]+@..." retried at every position of a long run without '@' (base64
--- image data) takes time quadratic in the run, so e-mail addresses are found
+-- A pattern like "[%w.]+@..." retried at every position of a long run
+-- without '@' (base64 image data) takes time quadratic in the run, and the
+-- hook would fail at its deadline on a large body, so e-mail addresses are found
 -- from each '@' outward instead, and keys from each "sk-", found by plain
 -- search, which is linear.
 local LOCAL = "[%w%.%%%+%-_]"         -- a character of the part before '@'

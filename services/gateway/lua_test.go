@@ -134,6 +134,43 @@ func gatewayFromYAML(t *testing.T, yaml string) (*httptest.Server, *sink) {
 	return newTestGatewayFile(t, cfgPath)
 }
 
+// TestLibraryBombsFailTheirRequestOnly runs, in on_request, single library
+// calls that the VM's per-instruction deadline check cannot stop: the
+// request gets its error about when the deadline passes, and the next
+// request is served.
+func TestLibraryBombsFailTheirRequestOnly(t *testing.T) {
+	got := make(chan map[string]any, 10)
+	a := recordingBackend(t, "a", got)
+	for _, tc := range []struct {
+		name, call, code string
+	}{
+		{"backtracking pattern", `string.rep("a", 65536):find("(.-)(.-)(.-)b")`, "lua_timeout"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			script := filepath.Join(t.TempDir(), "bomb.lua")
+			src := "function on_request(req)\n  if req.headers:get(\"X-Bomb\") then " + tc.call + " end\nend\n"
+			if err := os.WriteFile(script, []byte(src), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			gw, _ := gatewayFromYAML(t, fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q}]\nlua: {scripts: [%q], timeout: 50ms}\n", a.URL, testKey, script))
+			bomb := withKey()
+			bomb["X-Bomb"] = "1"
+			start := time.Now()
+			resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"x"}`, bomb)
+			if took := time.Since(start); took > time.Second {
+				t.Fatalf("answered after %s", took)
+			}
+			if resp.StatusCode != 500 || !strings.Contains(string(body), `"code":"`+tc.code+`"`) {
+				t.Fatalf("bomb: %d %s, want 500 %s", resp.StatusCode, body, tc.code)
+			}
+			if resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"x"}`, withKey()); resp.StatusCode != 200 {
+				t.Fatalf("next request: %d %s", resp.StatusCode, body)
+			}
+			<-got
+		})
+	}
+}
+
 // TestRunawayScriptsFailTheirRequestOnly runs `while true do end` in each
 // hook: the request fails with 500 lua_timeout promptly, and 100 such
 // requests at once leave the gateway healthy with its goroutines back.

@@ -63,3 +63,26 @@ func loadBench(b *testing.B, name string) *Engine {
 	}
 	return e
 }
+
+// BenchmarkOnRequestPatterns measures the pattern functions on small
+// inputs, as a hook that parses a header and scrubs a string uses them.
+func BenchmarkOnRequestPatterns(b *testing.B) {
+	e, err := New([]Script{{Name: "patterns.lua", Source: `
+function on_request(req)
+  local product, version = req.headers:get("User-Agent"):match("^([%w%-]+)/(%d+%.%d+)")
+  local s = ("contact bob@example.com or ann@example.org, key sk-abc123"):gsub("[%w.]+@[%w.]+", "[email]")
+  for w in s:gmatch("%a+") do end
+  if not s:find("sk-", 1, true) or not product then error("no match") end
+end`}}, Options{Logger: quietLogger(), Timeout: time.Second})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	r := &Request{Headers: http.Header{"User-Agent": {"openai-python/1.52 (linux)"}}, Body: []byte(`{"model":"m"}`)}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := e.OnRequest(ctx, r); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -96,6 +96,11 @@ func (v *vm) openLibs(e *Engine) {
 	if str, ok := g.RawGetString("string").(*lua.LTable); ok {
 		str.RawSetString("dump", lua.LNil)
 		str.RawSetString("rep", L.NewFunction(boundedRep(e.opts.MaxStringRep)))
+		for name, fn := range map[string]lua.LGFunction{
+			"find": strFind, "match": strMatch, "gmatch": strGmatch, "gsub": strGsub,
+		} {
+			str.RawSetString(name, L.NewFunction(fn))
+		}
 	}
 	g.RawSetString("print", L.NewFunction(e.luaPrint))
 	g.RawSetString("llmproxy", e.library(L))
