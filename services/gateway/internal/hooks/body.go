@@ -20,6 +20,9 @@ type jsonBody struct {
 	decoded  bool
 	changed  bool // the result differs from the original bytes
 	valDirty bool // val holds changes not yet encoded into raw
+	// v charges the encoding to its call's string budget; nil charges
+	// nothing.
+	v *vm
 }
 
 func newJSONBody(raw []byte) *jsonBody { return &jsonBody{raw: raw} }
@@ -38,7 +41,13 @@ func (b *jsonBody) value() (any, error) {
 // changed it.
 func (b *jsonBody) bytes() ([]byte, error) {
 	if b.valDirty {
-		enc, err := encodeJSON(b.val)
+		var enc []byte
+		var err error
+		if b.v != nil {
+			enc, err = b.v.encode(b.val)
+		} else {
+			enc, err = encodeJSON(b.val)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("encode body: %w", err)
 		}

@@ -57,6 +57,7 @@ func (e *Engine) OnComplete(ctx context.Context, ev *events.RequestCompleted) er
 			return fmt.Errorf("event is not an object")
 		}
 		body := newJSONBody(ev.RequestBody)
+		body.v = v
 		tbl.RawSetString("request_body", v.newBody(body))
 		if _, ok := tbl.RawGetString("tags").(*lua.LTable); !ok {
 			tbl.RawSetString("tags", L.NewTable())

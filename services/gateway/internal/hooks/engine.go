@@ -124,7 +124,7 @@ func compile(s Script) (*lua.FunctionProto, error) {
 		}
 		return nil, fmt.Errorf("%s: %w", s.Name, err)
 	}
-	proto, err := lua.Compile(chunk, s.Name)
+	proto, err := lua.Compile(boundConcat(chunk), s.Name)
 	if err != nil {
 		var cerr *lua.CompileError
 		if errors.As(err, &cerr) {
@@ -206,6 +206,7 @@ func (e *Engine) run(ctx context.Context, hook int, fn func(v *vm) error) error 
 	callCtx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	v.L.SetContext(callCtx)
+	v.resetBudget(e.opts.MaxStringBytes)
 	err = v.protect(fn)
 	// A script can catch the deadline's error with pcall and return
 	// normally; a call that outlived its deadline is a timeout all the same.

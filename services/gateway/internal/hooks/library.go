@@ -18,7 +18,6 @@ func (e *Engine) library(L *lua.LState) *lua.LTable {
 	lib := L.SetFuncs(L.NewTable(), map[string]lua.LGFunction{
 		"log":           e.luaLog,
 		"now":           e.luaNow,
-		"json_encode":   luaJSONEncode,
 		"json_decode":   luaJSONDecode,
 		"sha256":        luaSHA256,
 		"hmac_sha256":   luaHMACSHA256,
@@ -72,21 +71,6 @@ func (e *Engine) luaPrint(L *lua.LState) int {
 func (e *Engine) luaNow(L *lua.LState) int {
 	L.Push(lua.LNumber(float64(e.opts.Now().UnixNano()) / 1e9))
 	return 1
-}
-
-// luaJSONEncode is llmproxy.json_encode(v): a string, or nil and a message.
-func luaJSONEncode(L *lua.LState) int {
-	v, err := fromLua(L.CheckAny(1), 0)
-	if err == nil {
-		var b []byte
-		if b, err = encodeJSON(v); err == nil {
-			L.Push(lua.LString(b))
-			return 1
-		}
-	}
-	L.Push(lua.LNil)
-	L.Push(lua.LString(err.Error()))
-	return 2
 }
 
 // luaJSONDecode is llmproxy.json_decode(s): a value, or nil and a message.

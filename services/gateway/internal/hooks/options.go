@@ -14,6 +14,7 @@ const (
 	DefaultRegistrySize    = 1024 * 4
 	DefaultMaxRegistrySize = 1024 * 256
 	DefaultMaxStringRep    = 1 << 20
+	DefaultMaxStringBytes  = 64 << 20
 )
 
 // Options configures an Engine. The zero value is usable: every field has a
@@ -52,6 +53,12 @@ type Options struct {
 	// MaxStringRep bounds the length of the string string.rep may build, in
 	// bytes. Default 1 MiB.
 	MaxStringRep int
+	// MaxStringBytes bounds the bytes of the strings one hook call (or a
+	// state's top-level code) may build with `..`, string.rep,
+	// string.format, string.gsub, table.concat, llmproxy.json_encode and
+	// the encoding of a body it changed, all together; past it the call
+	// fails naming the limit. Default 64 MiB.
+	MaxStringBytes int
 
 	// Now is the clock behind llmproxy.now. Default time.Now.
 	Now func() time.Time
@@ -81,6 +88,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MaxStringRep <= 0 {
 		o.MaxStringRep = DefaultMaxStringRep
+	}
+	if o.MaxStringBytes <= 0 {
+		o.MaxStringBytes = DefaultMaxStringBytes
 	}
 	if o.Now == nil {
 		o.Now = time.Now

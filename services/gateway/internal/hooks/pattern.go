@@ -512,8 +512,9 @@ func strGmatch(L *lua.LState) int {
 	return 1
 }
 
-// strGsub is string.gsub(s, pattern, repl [, n]).
-func strGsub(L *lua.LState) int {
+// strGsub is string.gsub(s, pattern, repl [, n]), its result charged to
+// the call's string budget as it grows.
+func (v *vm) strGsub(L *lua.LState) int {
 	src := L.CheckString(1)
 	p := L.CheckString(2)
 	repl := L.Get(3)
@@ -539,6 +540,9 @@ scan:
 		if e >= 0 {
 			n++
 			b = ms.addValue(b, repl, s, e)
+			if !v.fits(len(b)) {
+				v.charge(L, "string.gsub", len(b))
+			}
 		}
 		switch {
 		case e > s:
@@ -554,6 +558,7 @@ scan:
 		}
 	}
 	b = append(b, src[s:]...)
+	v.charge(L, "string.gsub", len(b))
 	L.Push(lua.LString(b))
 	L.Push(lua.LNumber(n))
 	return 2

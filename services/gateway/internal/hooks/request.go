@@ -101,6 +101,7 @@ func (v *vm) reqIndex(L *lua.LState) int {
 	case "body":
 		if rv.bodyUD == nil {
 			rv.body = newJSONBody(rv.r.Body)
+			rv.body.v = v
 			rv.bodyUD = v.newBody(rv.body)
 		}
 		L.Push(rv.bodyUD)
@@ -156,6 +157,7 @@ func (v *vm) respIndex(L *lua.LState) int {
 	case "body":
 		if rv.bodyUD == nil {
 			rv.body = newJSONBody(rv.r.Body)
+			rv.body.v = v
 			rv.bodyUD = v.newBody(rv.body)
 		}
 		L.Push(rv.bodyUD)

@@ -3,7 +3,6 @@ package hooks
 import (
 	"context"
 	"fmt"
-	"strings"
 
 	lua "github.com/yuin/gopher-lua"
 )
@@ -26,6 +25,11 @@ type vm struct {
 	hooks [numHooks][]*lua.LFunction
 	// Metatables of the userdata views handed to scripts.
 	reqMT, respMT, headersMT, bodyMT *lua.LTable
+	// budget is what is left of the current call's string budget, of
+	// budgetLimit bytes (see budget.go).
+	budget, budgetLimit int
+	// concatFn is the checked `..` the compiled scripts call.
+	concatFn *lua.LFunction
 }
 
 // newVM builds a sandboxed state and runs every script's top-level code in
@@ -40,6 +44,7 @@ func (e *Engine) newVM() (v *vm, err error) {
 		MinimizeStackMemory: true,
 	})
 	v = &vm{L: L}
+	v.resetBudget(e.opts.MaxStringBytes)
 	ctx, cancel := context.WithTimeout(context.Background(), e.opts.InitTimeout)
 	defer cancel()
 	L.SetContext(ctx)
@@ -95,15 +100,22 @@ func (v *vm) openLibs(e *Engine) {
 	}
 	if str, ok := g.RawGetString("string").(*lua.LTable); ok {
 		str.RawSetString("dump", lua.LNil)
-		str.RawSetString("rep", L.NewFunction(boundedRep(e.opts.MaxStringRep)))
+		format, _ := str.RawGetString("format").(*lua.LFunction)
 		for name, fn := range map[string]lua.LGFunction{
-			"find": strFind, "match": strMatch, "gmatch": strGmatch, "gsub": strGsub,
+			"find": strFind, "match": strMatch, "gmatch": strGmatch, "gsub": v.strGsub,
+			"rep": v.rep(e.opts.MaxStringRep), "format": v.format(format.GFunction),
 		} {
 			str.RawSetString(name, L.NewFunction(fn))
 		}
 	}
+	if tab, ok := g.RawGetString("table").(*lua.LTable); ok {
+		tab.RawSetString("concat", L.NewFunction(v.tableConcat))
+	}
+	v.concatFn = L.NewFunction(v.concat)
 	g.RawSetString("print", L.NewFunction(e.luaPrint))
-	g.RawSetString("llmproxy", e.library(L))
+	lib := e.library(L)
+	lib.RawSetString("json_encode", L.NewFunction(v.jsonEncode))
+	g.RawSetString("llmproxy", lib)
 	sealLibraries(L)
 
 	v.headersMT = newMethodsMT(L, "llmproxy.headers", headerMethods)
@@ -180,6 +192,9 @@ func (v *vm) runChunk(s compiled) error {
 	mt.RawSetString("__metatable", lua.LFalse)
 	L.SetMetatable(env, mt)
 	env.RawSetString("_G", env)
+	// The chunk's first statement copies the checked `..` into a local
+	// (see boundConcat); the global is gone once the top-level code ran.
+	env.RawSetString(concatName, v.concatFn)
 
 	fn := L.NewFunctionFromProto(s.proto)
 	fn.Env = env
@@ -187,6 +202,7 @@ func (v *vm) runChunk(s compiled) error {
 	if err := L.PCall(0, 0, nil); err != nil {
 		return err
 	}
+	env.RawSetString(concatName, lua.LNil)
 	for i, name := range hookNames {
 		if f, ok := env.RawGetString(name).(*lua.LFunction); ok {
 			v.hooks[i] = append(v.hooks[i], f)
@@ -214,23 +230,5 @@ func readOnly(what string) lua.LGFunction {
 	return func(L *lua.LState) int {
 		L.RaiseError("%s.%s is read-only", what, L.CheckAny(2).String())
 		return 0
-	}
-}
-
-// boundedRep is string.rep with a cap on the result, which the deadline
-// cannot enforce: the library function runs to completion in one step.
-func boundedRep(limit int) lua.LGFunction {
-	return func(L *lua.LState) int {
-		s := L.CheckString(1)
-		n := L.CheckInt(2)
-		if n <= 0 || s == "" {
-			L.Push(lua.LString(""))
-			return 1
-		}
-		if len(s) > limit/n {
-			L.RaiseError("string.rep: result longer than %d bytes", limit)
-		}
-		L.Push(lua.LString(strings.Repeat(s, n)))
-		return 1
 	}
 }
