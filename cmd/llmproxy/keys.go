@@ -231,7 +231,7 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 		if *asJSON {
 			printJSON(map[string]any{"deleted": id})
 		} else {
-			fmt.Fprintf(stdout, "Key %s deleted.\n", id)
+			fmt.Fprintf(stdout, "Key %s deleted (gateways refuse it within their key cache's TTL; its usage stays recorded under its id, which no new key may take).\n", id)
 		}
 	}
 	return 0

@@ -147,6 +147,9 @@ func TestKeysCommand(t *testing.T) {
 	runKeysCmd(t, 0, "delete", "alice", "--config", cfg)
 	runKeysCmd(t, 1, "show", "alice", "--config", cfg)
 	runKeysCmd(t, 1, "delete", "alice", "--config", cfg)
+	if _, errOut := runKeysCmd(t, 1, "create", "--config", cfg, "--id", "alice"); !strings.Contains(errOut, "deleted key") {
+		t.Fatalf("create with a deleted key's id said %q; want it to say the id was a deleted key's", errOut)
+	}
 	runKeysCmd(t, 2, "show", "--config", cfg)
 	runKeysCmd(t, 2, "rotate", "--config", cfg)
 }

@@ -8,6 +8,8 @@
 //	P:keys:byhash:<sha256 hex>   string: the key's Record as JSON
 //	P:keys:id:<id>               string: the key's sha256 hex
 //	P:keys:ids                   set of every key id
+//	P:keys:deleted               set of the ids of deleted keys, which no new
+//	                             key may take: the ledger keeps usage by id
 //
 // The three keys of one API key live in different hash slots, so on Redis
 // Cluster a Create or Delete is not atomic across them; every function here
@@ -47,6 +49,11 @@ var (
 	ErrNotFound = errors.New("key not found")
 	// ErrExists reports a Create with an id another key has.
 	ErrExists = errors.New("key id already exists")
+	// ErrDeleted reports a Create with the id of a deleted key. The ledger
+	// keeps usage by key id, so a new key with that id would start with the
+	// deleted key's usage (and late events of the deleted key would count
+	// against it).
+	ErrDeleted = errors.New("key id belonged to a deleted key, whose usage stays recorded under it; choose another id")
 	// ErrInvalid reports a Spec that cannot be stored.
 	ErrInvalid = errors.New("invalid key")
 )

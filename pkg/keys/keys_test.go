@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
+	"github.com/llmproxy/llmproxy/pkg/ledger"
 )
 
 // testRedis returns a client for REDIS_URL (default
@@ -249,5 +250,54 @@ func TestCreateRefusesPastExpiry(t *testing.T) {
 	future := time.Now().Add(time.Hour)
 	if _, _, err := Create(ctx, rdb, prefix, Spec{ID: "late", ExpiresAt: &future}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestDeletedIDIsNotReused: the ledger keeps usage by key id, so a key made
+// with a deleted key's id would start with that key's quota spent (and an
+// operator could reset a quota by delete and create). Such a create is
+// refused and claims nothing; the deleted key's usage stays recorded under
+// its id. An id left by a create cut short, whose key never worked, is
+// free again once deleted.
+func TestDeletedIDIsNotReused(t *testing.T) {
+	ctx := context.Background()
+	rdb, prefix := testRedis(t)
+	if _, _, err := Create(ctx, rdb, prefix, Spec{ID: "team-a", TotalQuota: ptr[int64](1000), QuotaResetPeriod: "never"}); err != nil {
+		t.Fatal(err)
+	}
+	led := ledger.NewRedis(rdb, prefix)
+	if _, err := led.Apply(ctx, []ledger.Entry{{RequestID: "r1", KeyID: "team-a", Time: time.Now(), PromptTokens: 600, CompletionTokens: 300}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := Delete(ctx, rdb, prefix, "team-a"); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err := Create(ctx, rdb, prefix, Spec{ID: "team-a", TotalQuota: ptr[int64](1000), QuotaResetPeriod: "never"})
+	if !errors.Is(err, ErrDeleted) {
+		used, _ := led.Usage(ctx, "team-a", ledger.Never, time.Now())
+		t.Fatalf("Create with a deleted key's id = %v, want ErrDeleted (the new key would start with %d of its 1000 tokens used)", err, used.TotalTokens)
+	}
+	if _, err := Get(ctx, rdb, prefix, "team-a"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("after the refused create: Get = %v, want ErrNotFound", err)
+	}
+	if err := Delete(ctx, rdb, prefix, "team-a"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("after the refused create: Delete = %v, want ErrNotFound", err)
+	}
+	if used, err := led.Usage(ctx, "team-a", ledger.Never, time.Now()); err != nil || used.TotalTokens != 900 {
+		t.Fatalf("deleted key's usage = %+v, %v; want its 900 tokens kept", used, err)
+	}
+	if _, _, err := Create(ctx, rdb, prefix, Spec{ID: "team-a-2"}); err != nil {
+		t.Fatal(err)
+	}
+
+	// A create cut short after claiming the id.
+	if err := rdb.Set(ctx, byIDKey(prefix, "half"), Hash("sk-llmproxy-never-stored"), 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := Delete(ctx, rdb, prefix, "half"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := Create(ctx, rdb, prefix, Spec{ID: "half"}); err != nil {
+		t.Fatalf("Create of an id only a create cut short had = %v, want it made", err)
 	}
 }

@@ -15,10 +15,12 @@ import (
 func byHashKey(prefix, hash string) string { return prefix + ":keys:byhash:" + hash }
 func byIDKey(prefix, id string) string     { return prefix + ":keys:id:" + id }
 func idsKey(prefix string) string          { return prefix + ":keys:ids" }
+func deletedKey(prefix string) string      { return prefix + ":keys:deleted" }
 
 // Create stores a new key made from spec and returns its secret, which is
 // shown once and never stored, and its record. A spec that Validate refuses,
-// or whose ExpiresAt has passed, is an error wrapping ErrInvalid.
+// or whose ExpiresAt has passed, is an error wrapping ErrInvalid; an id a
+// key has, ErrExists; an id a deleted key had, ErrDeleted.
 func Create(ctx context.Context, rdb redis.UniversalClient, prefix string, spec Spec) (string, Record, error) {
 	if err := spec.Validate(); err != nil {
 		return "", Record{}, err
@@ -53,7 +55,17 @@ func Create(ctx context.Context, rdb redis.UniversalClient, prefix string, spec 
 	if !ok {
 		return "", Record{}, fmt.Errorf("create key %s: %w", rec.ID, ErrExists)
 	}
-	err = rdb.SAdd(ctx, idsKey(prefix), rec.ID).Err()
+	// The ledger keeps usage by key id, and a deleted key's events may
+	// still be on their way to it: a key given a deleted key's id would
+	// start with that key's usage. Delete marks the id before it frees
+	// it, so once the claim above holds, the mark is there to see.
+	deleted, err := rdb.SIsMember(ctx, deletedKey(prefix), rec.ID).Result()
+	if err == nil && deleted {
+		err = ErrDeleted
+	}
+	if err == nil {
+		err = rdb.SAdd(ctx, idsKey(prefix), rec.ID).Err()
+	}
 	if err == nil {
 		err = rdb.Set(ctx, byHashKey(prefix, rec.SHA256), body, 0).Err()
 	}
@@ -197,7 +209,8 @@ func update(ctx context.Context, rdb redis.UniversalClient, prefix, id string, f
 }
 
 // Delete removes key id: its secret stops working once gateways' caches
-// expire.
+// expire. The id is not given to another key (see Create): the usage the
+// ledger keeps under it stays the deleted key's.
 func Delete(ctx context.Context, rdb redis.UniversalClient, prefix, id string) error {
 	hash, err := rdb.Get(ctx, byIDKey(prefix, id)).Result()
 	if errors.Is(err, redis.Nil) {
@@ -206,7 +219,18 @@ func Delete(ctx context.Context, rdb redis.UniversalClient, prefix, id string) e
 	if err != nil {
 		return fmt.Errorf("key %s: %w", id, err)
 	}
-	// The record goes first, so the secret stops working before anything
+	// The id is marked deleted first, before it is freed, so a Create can
+	// never take it over. An id whose record is gone was either left by a
+	// create cut short, whose key never worked and is not marked, or by a
+	// delete cut short, which marked it already.
+	n, err := rdb.Exists(ctx, byHashKey(prefix, hash)).Result()
+	if err == nil && n > 0 {
+		err = rdb.SAdd(ctx, deletedKey(prefix), id).Err()
+	}
+	if err != nil {
+		return fmt.Errorf("delete key %s: %w", id, err)
+	}
+	// The record goes next, so the secret stops working before anything
 	// else changes: a key whose id outlives it reads as deleted, and a
 	// delete cut short can be run again. One Redis key per write, as in
 	// Create.

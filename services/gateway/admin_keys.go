@@ -112,6 +112,8 @@ func keysError(err error) *apierr.Error {
 		return apierr.NotFound("key_not_found", err.Error())
 	case errors.Is(err, keys.ErrExists):
 		return &apierr.Error{Status: http.StatusConflict, Type: "invalid_request_error", Code: "key_exists", Message: err.Error()}
+	case errors.Is(err, keys.ErrDeleted):
+		return &apierr.Error{Status: http.StatusConflict, Type: "invalid_request_error", Code: "key_id_deleted", Message: err.Error()}
 	}
 	return apierr.Unavailable("key_store_unavailable", "the key store is unavailable; try again shortly")
 }

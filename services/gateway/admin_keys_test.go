@@ -75,6 +75,10 @@ func TestAdminKeysHandler(t *testing.T) {
 	do("DELETE", "/admin/keys/alice", "admin-secret", "", http.StatusNoContent)
 	do("DELETE", "/admin/keys/alice", "admin-secret", "", http.StatusNotFound)
 	do("GET", "/admin/keys/alice", "admin-secret", "", http.StatusNotFound)
+	// The ledger keeps usage by id: a deleted key's id is not given again.
+	if e := do("POST", "/admin/keys", "admin-secret", `{"id":"alice"}`, http.StatusConflict); e["error"].(map[string]any)["code"] != "key_id_deleted" {
+		t.Fatalf("create with a deleted key's id = %v, want key_id_deleted", e)
+	}
 
 	off := httptest.NewServer(AdminKeysHandler(rdb, prefix, ""))
 	defer off.Close()
