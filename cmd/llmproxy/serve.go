@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -336,6 +337,10 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 		rdb = lh.rdb
 	}
 	periods := newLivePeriods(cfg, rdb)
+	// authStorage is the auth.storage in force, which a reload may change:
+	// the admin key API serves only while it is redis.
+	var authStorage atomic.Pointer[string]
+	authStorage.Store(&cfg.Auth.Storage)
 	var admin *http.Server
 	if cfg.Admin.Listen != "" {
 		adminReady := readyFn
@@ -349,7 +354,7 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 				return readyFn(ctx)
 			}
 		}
-		admin, err = startAdmin(cfg, reg, lh, periods, adminReady, log, errc)
+		admin, err = startAdmin(cfg, reg, lh, periods, func() string { return *authStorage.Load() }, adminReady, log, errc)
 		if err != nil {
 			return err
 		}
@@ -367,6 +372,7 @@ wait:
 		case <-hup:
 			if next := reload(workers, cfgPath, adminListen, cfg, gw, log); next != nil {
 				periods.set(next)
+				authStorage.Store(&next.Auth.Storage)
 			}
 		}
 	}
@@ -409,7 +415,7 @@ wait:
 // Events it could not publish stay in the outbox for the next start.
 const flushTimeout = 10 * time.Second
 
-func startAdmin(cfg *config.Config, reg *prometheus.Registry, lh *ledgerHandle, periods *livePeriods, ready func(context.Context) error, log *slog.Logger, errc chan<- error) (*http.Server, error) {
+func startAdmin(cfg *config.Config, reg *prometheus.Registry, lh *ledgerHandle, periods *livePeriods, authStorage func() string, ready func(context.Context) error, log *slog.Logger, errc chan<- error) (*http.Server, error) {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
@@ -429,7 +435,7 @@ func startAdmin(cfg *config.Config, reg *prometheus.Registry, lh *ledgerHandle, 
 	}))
 	mux.Handle("/debug/pprof/", gateway.ProfileHandler(cfg.Admin.Token))
 	if lh != nil && lh.rdb != nil {
-		keysAPI := gateway.AdminKeysHandler(lh.rdb, redisPrefix(cfg), cfg.Admin.Token)
+		keysAPI := gateway.AdminKeysHandler(lh.rdb, redisPrefix(cfg), cfg.Admin.Token, authStorage)
 		mux.Handle("/admin/keys", keysAPI)
 		mux.Handle("/admin/keys/", keysAPI)
 	}

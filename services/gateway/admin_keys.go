@@ -32,7 +32,12 @@ const SecretWarning = "store this key now: it is shown only once and cannot be r
 // time; an empty token disables the API. Records carry the secret's SHA-256
 // and a masked form, never the secret. Gateways see a change within their key
 // cache's TTL.
-func AdminKeysHandler(rdb redis.UniversalClient, prefix string, token string) http.Handler {
+//
+// storage returns the auth.storage in force (it may change on reload); nil
+// means redis. While it is not redis the process's gateway takes its keys
+// from the config file and would accept none made here, so every call is
+// refused 404 key_store_not_configured, as when there is no Redis at all.
+func AdminKeysHandler(rdb redis.UniversalClient, prefix string, token string, storage func() string) http.Handler {
 	mux := http.NewServeMux()
 	handle := func(pattern string, fn func(w http.ResponseWriter, r *http.Request) (int, any, error)) {
 		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
@@ -97,7 +102,18 @@ func AdminKeysHandler(rdb redis.UniversalClient, prefix string, token string) ht
 			return http.StatusOK, rec, err
 		})
 	}
-	return adminOnly(token, routeErrors(mux))
+	api := routeErrors(mux)
+	return adminOnly(token, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if storage != nil {
+			if st := storage(); st != "redis" {
+				apierr.Write(w, apierr.NotFound("key_store_not_configured",
+					"auth.storage is "+st+": the gateway takes its keys from api_keys in its config file and would accept no key made here; "+
+						"add keys to the file, or set auth.storage: redis to manage them with this API"))
+				return
+			}
+		}
+		api.ServeHTTP(w, r)
+	}))
 }
 
 // keysError maps a key store error to the client's answer.

@@ -13,7 +13,7 @@ import (
 
 func TestAdminKeysHandler(t *testing.T) {
 	rdb, prefix := redistest.New(t, "admin-keys")
-	srv := httptest.NewServer(AdminKeysHandler(rdb, prefix, "admin-secret"))
+	srv := httptest.NewServer(AdminKeysHandler(rdb, prefix, "admin-secret", nil))
 	defer srv.Close()
 	var lastHeader http.Header
 	do := func(method, path, token, body string, want int) map[string]any {
@@ -80,7 +80,7 @@ func TestAdminKeysHandler(t *testing.T) {
 		t.Fatalf("create with a deleted key's id = %v, want key_id_deleted", e)
 	}
 
-	off := httptest.NewServer(AdminKeysHandler(rdb, prefix, ""))
+	off := httptest.NewServer(AdminKeysHandler(rdb, prefix, "", nil))
 	defer off.Close()
 	resp, err := http.Get(off.URL + "/admin/keys")
 	if err != nil {

@@ -19,8 +19,11 @@ func TestAdminRouteErrorsAreJSON(t *testing.T) {
 	const token = "admin-secret"
 	usage := httptest.NewServer(AdminHandler(AdminOptions{Token: token}))
 	defer usage.Close()
-	keysAPI := httptest.NewServer(AdminKeysHandler(rdb, prefix, token))
+	keysAPI := httptest.NewServer(AdminKeysHandler(rdb, prefix, token, nil))
 	defer keysAPI.Close()
+	// Redis there, but the gateway takes its keys from the file.
+	fileKeys := httptest.NewServer(AdminKeysHandler(rdb, prefix, token, func() string { return "file" }))
+	defer fileKeys.Close()
 
 	tests := []struct {
 		srv          *httptest.Server
@@ -40,6 +43,9 @@ func TestAdminRouteErrorsAreJSON(t *testing.T) {
 		{keysAPI, "GET", "/admin/keys/alice/disable", token, 405, "method_not_allowed", "POST"},
 		{keysAPI, "GET", "/admin/keys/", token, 404, "unknown_url", ""},
 		{keysAPI, "POST", "/admin/keys/alice/rotate", token, 404, "unknown_url", ""},
+		{fileKeys, "POST", "/admin/keys", token, 404, "key_store_not_configured", ""},
+		{fileKeys, "GET", "/admin/keys/alice", token, 404, "key_store_not_configured", ""},
+		{fileKeys, "POST", "/admin/keys", "", 401, "invalid_api_key", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.method+" "+tt.path, func(t *testing.T) {
