@@ -108,14 +108,22 @@ func FromConfig(cfg *config.Config, k config.APIKey) (*Key, error) {
 	return key, nil
 }
 
-// ParsePrefix parses a CIDR or a single address (as a /32 or /128).
+// ParsePrefix parses a CIDR or a single address (as a /32 or /128). An
+// IPv4-mapped IPv6 range (::ffff:10.0.0.0/104) becomes the IPv4 range it
+// maps (10.0.0.0/8), as a mapped address becomes an IPv4 one: client
+// addresses are compared in their IPv4 form, which a mapped range would
+// never contain.
 func ParsePrefix(s string) (netip.Prefix, error) {
 	if strings.Contains(s, "/") {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
 			return netip.Prefix{}, err
 		}
-		return p.Masked(), nil
+		p = p.Masked()
+		if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
+			p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+		}
+		return p, nil
 	}
 	a, err := netip.ParseAddr(s)
 	if err != nil {

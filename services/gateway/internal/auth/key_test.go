@@ -1,8 +1,12 @@
 package auth
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
 )
 
 func TestCheckModel(t *testing.T) {
@@ -74,5 +78,48 @@ func TestMask(t *testing.T) {
 		if shown > secret/3 || shown > 4 {
 			t.Errorf("Mask(%q) = %q shows %d of %d secret bytes", c.secret, got, shown, secret)
 		}
+	}
+}
+
+// TestCheckAllowedIPs: allowed_ips matches a client whatever form the
+// operator wrote an IPv4 range or address in (IPv4, or IPv4-mapped IPv6 as
+// a dual-stack listener reports it) and whatever form the client's address
+// arrives in.
+func TestCheckAllowedIPs(t *testing.T) {
+	cases := []struct {
+		name    string
+		allowed string
+		client  string
+		ok      bool
+	}{
+		{"IPv4 CIDR", "10.0.0.0/8", "10.1.2.3", true},
+		{"IPv4 CIDR, mapped client", "10.0.0.0/8", "::ffff:10.1.2.3", true},
+		{"IPv4 CIDR, outside", "10.0.0.0/8", "11.0.0.1", false},
+		{"IPv6 CIDR", "2001:db8::/32", "2001:db8::1", true},
+		{"IPv6 CIDR, outside", "2001:db8::/32", "2001:db9::1", false},
+		{"mapped address", "::ffff:10.1.2.3", "10.1.2.3", true},
+		{"mapped CIDR", "::ffff:10.0.0.0/104", "10.1.2.3", true},
+		{"mapped CIDR, mapped client", "::ffff:10.0.0.0/104", "::ffff:10.1.2.3", true},
+		{"mapped CIDR, outside", "::ffff:10.0.0.0/104", "11.0.0.1", false},
+		{"mapped /128", "::ffff:10.1.2.3/128", "10.1.2.3", true},
+		{"all of IPv4, mapped", "::ffff:0.0.0.0/96", "192.0.2.1", true},
+		{"all of IPv4, mapped, not IPv6", "::ffff:0.0.0.0/96", "2001:db8::1", false},
+	}
+	cfg := &config.Config{}
+	now := time.Now()
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			k, err := FromConfig(cfg, config.APIKey{Key: "sk-test", AllowedIPs: []string{c.allowed}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			e := k.Check(now, netip.MustParseAddr(c.client))
+			if (e == nil) != c.ok {
+				t.Fatalf("allowed_ips [%s], client %s: refused = %v, want allowed %v", c.allowed, c.client, e, c.ok)
+			}
+			if e != nil && (e.Status != 403 || e.Code != "ip_not_allowed") {
+				t.Fatalf("refusal = %+v, want 403 ip_not_allowed", e)
+			}
+		})
 	}
 }
