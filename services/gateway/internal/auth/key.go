@@ -93,8 +93,11 @@ func (k *Key) CheckModel(model string) *apierr.Error {
 	return nil
 }
 
+// allowedIP reports whether ip is in one of prefixes. A link-local client's
+// address carries its zone (fe80::1%eth0), which no prefix can hold and
+// Contains would never match: it is compared without it.
 func allowedIP(prefixes []netip.Prefix, ip netip.Addr) bool {
-	ip = ip.Unmap()
+	ip = ip.Unmap().WithZone("")
 	for _, p := range prefixes {
 		if p.Contains(ip) {
 			return true

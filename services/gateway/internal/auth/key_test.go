@@ -104,6 +104,9 @@ func TestCheckAllowedIPs(t *testing.T) {
 		{"mapped /128", "::ffff:10.1.2.3/128", "10.1.2.3", true},
 		{"all of IPv4, mapped", "::ffff:0.0.0.0/96", "192.0.2.1", true},
 		{"all of IPv4, mapped, not IPv6", "::ffff:0.0.0.0/96", "2001:db8::1", false},
+		{"link-local client with its zone", "fe80::/10", "fe80::1%eth0", true},
+		{"link-local address with its zone", "fe80::1%eth0", "fe80::1%eth0", true},
+		{"link-local client, outside", "fe80::1", "fe80::2%eth0", false},
 	}
 	cfg := &config.Config{}
 	now := time.Now()
