@@ -155,7 +155,9 @@ func (r Record) APIKey(perKey config.PerKeyLimits) config.APIKey {
 		CaptureResponse:  r.CaptureResponse,
 	}
 	if r.ExpiresAt != nil {
-		k.ExpiresAt = r.ExpiresAt.UTC().Format(time.RFC3339)
+		// With its fraction of a second, if any: the key expires when it
+		// says, not up to a second early.
+		k.ExpiresAt = r.ExpiresAt.UTC().Format(time.RFC3339Nano)
 	}
 	if !r.Limits.IsZero() {
 		l := r.Limits.Apply(perKey)

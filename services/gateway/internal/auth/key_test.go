@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
+	"github.com/llmproxy/llmproxy/pkg/keys"
 )
 
 func TestCheckModel(t *testing.T) {
@@ -124,5 +125,37 @@ func TestCheckAllowedIPs(t *testing.T) {
 				t.Fatalf("refusal = %+v, want 403 ip_not_allowed", e)
 			}
 		})
+	}
+}
+
+// TestCheckExpiry: a key is refused from its expires_at on, to the
+// instant, whether it comes from the file or from Redis, where an expiry
+// with a fraction of a second is kept as given.
+func TestCheckExpiry(t *testing.T) {
+	exp := time.Date(2027, 1, 1, 12, 0, 0, 900_000_000, time.UTC)
+	file, err := FromConfig(&config.Config{}, config.APIKey{Key: "sk-test", ExpiresAt: exp.Format(time.RFC3339Nano)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromRedis, err := FromRecord(&config.Config{}, keys.Record{Spec: keys.Spec{ID: "r", ExpiresAt: &exp}, SHA256: HashSecret("sk-r")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ip := netip.MustParseAddr("10.0.0.1")
+	for name, k := range map[string]*Key{"file": file, "redis": fromRedis} {
+		for _, c := range []struct {
+			at      time.Time
+			expired bool
+		}{
+			{exp.Add(-time.Second), false},
+			{exp.Add(-time.Nanosecond), false},
+			{exp, true},
+			{exp.Add(time.Second), true},
+		} {
+			e := k.Check(c.at, ip)
+			if (e != nil) != c.expired || e != nil && e.Code != "key_expired" {
+				t.Errorf("%s key expiring at %s, checked at %s: %v, want expired %v", name, exp.Format(time.RFC3339Nano), c.at.Format(time.RFC3339Nano), e, c.expired)
+			}
+		}
 	}
 }
