@@ -138,6 +138,8 @@ func TestBadInputGetsOpenAIErrors(t *testing.T) {
 		{"unknown path", "GET", "/v1/nothing", "", withKey(), 404, "unknown_url"},
 		{"no key", "POST", "/v1/chat/completions", `{"model":"m1"}`, nil, 401, "invalid_api_key"},
 		{"bad key", "POST", "/v1/chat/completions", `{"model":"m1"}`, map[string]string{"Authorization": "Bearer sk-nope-123456789"}, 401, "invalid_api_key"},
+		// With both, the bearer token is the key checked.
+		{"bad bearer, good x-api-key", "POST", "/v1/chat/completions", `{"model":"m1"}`, map[string]string{"Authorization": "Bearer sk-nope-123456789", "x-api-key": testKey}, 401, "invalid_api_key"},
 		{"unknown model", "POST", "/v1/chat/completions", `{"model":"m9"}`, withKey(), 404, "model_not_found"},
 	}
 	for _, c := range cases {
@@ -164,8 +166,8 @@ func TestBadInputGetsOpenAIErrors(t *testing.T) {
 		}
 	}
 	s.mu.Unlock()
-	if unauth != 2 {
-		t.Fatalf("%d events for the two 401s", unauth)
+	if unauth != 3 {
+		t.Fatalf("%d events for the three 401s", unauth)
 	}
 	// The process is still healthy and serves a good request.
 	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1"}`, map[string]string{"x-api-key": testKey})
