@@ -29,7 +29,7 @@ func newMetrics(reg prometheus.Registerer, inflight func() int64) *metrics {
 		}),
 		ttft: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "llmproxy_ttft_ms",
-			Help:    "Time to first byte of the response body in milliseconds (time to first token for streams).",
+			Help:    "Time to first byte of the response body in milliseconds (time to first token for streams), of 2xx replies.",
 			Buckets: []float64{1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000},
 		}),
 		tokens: prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -170,3 +170,46 @@ redis: {url: "redis://`+dead+`"}
 		t.Errorf("llmproxy_admission_rejections_total{reason=\"key_store_unavailable\"} = %v, want 1", n)
 	}
 }
+
+// TestTTFTCountsOnlyServedReplies: llmproxy_ttft_ms samples replies that
+// served the request. An engine's fast refusal (a 400 for a prompt past
+// the context, a 503 when it is full) was a sample too, so the histogram's
+// percentiles fell while clients were being refused.
+func TestTTFTCountsOnlyServedReplies(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Has("refuse") {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusBadRequest)
+			_, _ = w.Write([]byte(`{"error":{"message":"too long","type":"BadRequestError","code":400}}`))
+			return
+		}
+		_, _ = w.Write([]byte(`{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}`))
+	}))
+	defer backend.Close()
+	cfg, err := config.Parse([]byte(fmt.Sprintf("backends: [{url: %q, name: b1}]\napi_keys: [{key: %q}]\n", backend.URL, testKey)), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	g, err := New(Options{Config: cfg, Events: newSink(), Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Start(context.Background())
+	srv := httptest.NewServer(g.Handler())
+	defer srv.Close()
+	if resp, body := do(t, "POST", srv.URL+"/v1/chat/completions?refuse=1", `{"model":"m1"}`, withKey()); resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("refused request: %d %s", resp.StatusCode, body)
+	}
+	if resp, body := do(t, "POST", srv.URL+"/v1/chat/completions", `{"model":"m1"}`, withKey()); resp.StatusCode != http.StatusOK {
+		t.Fatalf("served request: %d %s", resp.StatusCode, body)
+	}
+	// observe runs once the reply is out: wait for both requests.
+	deadline := time.Now().Add(5 * time.Second)
+	for counted(t, reg, "llmproxy_requests_total", nil) < 2 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := observations(t, reg, "llmproxy_ttft_ms"); n != 1 {
+		t.Errorf("llmproxy_ttft_ms has %d samples after one refused and one served request, want 1", n)
+	}
+}

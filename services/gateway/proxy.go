@@ -1163,7 +1163,9 @@ func (g *Gateway) observe(x *exchange) {
 	res := x.billed
 	g.metrics.requests.WithLabelValues(x.path, strconv.FormatBool(x.info.Stream || x.streamed), backend, strconv.Itoa(x.status)).Inc()
 	g.metrics.latency.Observe(float64(x.latency.Microseconds()) / 1000)
-	if x.ttft > 0 {
+	// Only a reply that served the request is a sample: an engine's fast
+	// refusal would pull the percentiles down while clients are refused.
+	if x.ttft > 0 && x.status >= 200 && x.status < 300 {
 		g.metrics.ttft.Observe(float64(x.ttft.Microseconds()) / 1000)
 	}
 	if res.PromptTokens > 0 {
