@@ -98,6 +98,11 @@ type Decision struct {
 // request counted against any rate. Implementations are safe for concurrent
 // use.
 //
+// An Admit that returns an error admitted nothing: an implementation whose
+// store may run a call it got no answer for (Redis) cancels that admission
+// itself, so that once the store answers again the request holds no lease,
+// no reservation and no place in the RPM window.
+//
 // Semantics shared by every implementation, checked in this order:
 //   - global RPS: GCRA at Global.RPS with bursts of Global.Burst;
 //   - key RPS: GCRA at Limits.RPS with bursts of ceil(Limits.RPS);

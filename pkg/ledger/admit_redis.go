@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -27,6 +28,10 @@ import (
 //	P:{<keyID>}:rl:tpm       hash unix second → tokens applied (event time)
 //	P:{<keyID>}:rl:tpmsum    hash: s, the sum of rl:tpm's tokens, and lo, its
 //	                         oldest second (absent = read rl:tpm whole)
+//	P:{<keyID>}:rl:cancel:<request id>
+//	                         marker of an admission cancelled after its call
+//	                         failed (see canceller): the admission refuses
+//	                         itself should it run after all
 //	P:global:rl:tat          global RPS: GCRA theoretical arrival time (µs)
 //
 // The global bucket cannot share a slot with every key. On a single node
@@ -47,6 +52,13 @@ import (
 // Concurrent admissions and releases share round trips: a call that finds
 // none of this admitter's pipelines in flight is sent at once, and calls
 // that arrive meanwhile go together in the next pipeline (see combiner).
+//
+// A call that fails without an answer may still run when Redis gets it. So
+// an Admit that returns an error is followed, in the background, by the
+// cancellation of its admission, sent until Redis answers (see canceller):
+// once Redis answers again, a failed admission holds no lease, no
+// reservation and no place in the RPM window, whichever of it and its
+// cancellation runs first.
 type RedisAdmitter struct {
 	rdb     redis.UniversalClient
 	prefix  string
@@ -58,6 +70,9 @@ type RedisAdmitter struct {
 	// batch carries the admissions (outside the Redis Cluster split path)
 	// and releases of concurrent requests in shared pipelines.
 	batch *combiner
+	// cancels follows up failed admissions and releases.
+	cancels      *canceller
+	cancelScript *redis.Script
 
 	// now overrides the server's TIME; only tests set it.
 	now func() time.Time
@@ -67,6 +82,7 @@ type RedisAdmitter struct {
 // with the same prefix. The caller owns rdb.
 func NewRedisAdmitter(rdb redis.UniversalClient, prefix string) *RedisAdmitter {
 	_, cluster := rdb.(*redis.ClusterClient)
+	batch := &combiner{rdb: rdb}
 	return &RedisAdmitter{
 		rdb:          rdb,
 		prefix:       prefix,
@@ -76,7 +92,9 @@ func NewRedisAdmitter(rdb redis.UniversalClient, prefix string) *RedisAdmitter {
 		globalScript: redis.NewScript(globalLua),
 		undoScript:   redis.NewScript(undoLua),
 		renewScript:  redis.NewScript(renewLua),
-		batch:        &combiner{rdb: rdb},
+		cancelScript: redis.NewScript(cancelLua),
+		batch:        batch,
+		cancels:      newCanceller(batch),
 	}
 }
 
@@ -107,14 +125,19 @@ end
 // admitLua decides one request of one key and, when it is admitted, records
 // it; see RedisAdmitter for KEYS[1..7] (tat, rpm, leases, resv, resvexp, tpm,
 // usage), KEYS[8] is the RedisStore's reservation counter, KEYS[9] the sum
-// of the reservations, KEYS[10] the TPM window's sum and KEYS[11], when
-// present, the global bucket. ARGV after the clock: lease id, global
+// of the reservations, KEYS[10] the TPM window's sum, KEYS[11] the
+// request's cancel marker and KEYS[12], when present, the global bucket.
+// A request whose marker is set was cancelled (cancelLua) after its call
+// failed: it is refused with reason "cancelled" and changes nothing. ARGV after the clock: lease id, global
 // interval (µs, 0 = none) and burst, key interval (µs, 0 = none) and burst,
 // rpm, tpm, max concurrent, quota, reserve, lease TTL (µs), reservation TTL
 // (µs), period end (µs, 0 = never).
 // It returns allowed (0/1), reason, retry after (µs), limit, remaining and
 // reset (µs) of requests, the same of tokens.
 const admitLua = luaClock + `
+if redis.call('EXISTS', KEYS[11]) == 1 then
+  return {0, 'cancelled', '0', 0, 0, '0', 0, 0, '0'}
+end
 local lease = ARGV[2]
 local gT, gburst = tonumber(ARGV[3]), tonumber(ARGV[4])
 local kT, kburst = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -134,8 +157,8 @@ end
 local limreq, remreq, resetreq, limtok, remtok, resettok = 0, 0, 0, 0, 0, 0
 
 local gtat
-if gT > 0 and #KEYS >= 11 then
-  local ok, t, _, after = gcra(KEYS[11], gT, gburst)
+if gT > 0 and #KEYS >= 12 then
+  local ok, t, _, after = gcra(KEYS[12], gT, gburst)
   if not ok then reject('global_rps', after) end
   gtat = t
 end
@@ -257,7 +280,7 @@ if not allowed then
   return {0, reason, fmt(retry), limreq, remreq, fmt(resetreq), limtok, remtok, fmt(resettok)}
 end
 
-if gtat then settat(KEYS[11], gtat) end
+if gtat then settat(KEYS[12], gtat) end
 if ktat then settat(KEYS[1], ktat) end
 if rpm > 0 then
   redis.call('ZADD', KEYS[2], fmt(now), lease)
@@ -359,12 +382,15 @@ return held
 func (a *RedisAdmitter) tag(keyID string) string { return a.prefix + ":{" + keyID + "}" }
 func (a *RedisAdmitter) globalKey() string       { return a.prefix + ":global:rl:tat" }
 
-// keyKeys returns KEYS[1..10] of admitLua for keyID and the period id pid.
-func (a *RedisAdmitter) keyKeys(keyID, pid string) []string {
+// keyKeys returns KEYS[1..11] of admitLua for keyID, the period id pid and
+// the request id leaseID, with room for the global bucket.
+func (a *RedisAdmitter) keyKeys(keyID, pid, leaseID string) []string {
 	t := a.tag(keyID)
-	return []string{t + ":rl:tat", t + ":rl:rpm", t + ":rl:leases", t + ":rl:resv",
-		t + ":rl:resvexp", t + ":rl:tpm", t + ":usage:" + pid, t + ":reserved", t + ":rl:resvsum",
-		t + ":rl:tpmsum"}
+	keys := make([]string, 11, 12)
+	keys[0], keys[1], keys[2], keys[3] = t+":rl:tat", t+":rl:rpm", t+":rl:leases", t+":rl:resv"
+	keys[4], keys[5], keys[6], keys[7] = t+":rl:resvexp", t+":rl:tpm", t+":usage:"+pid, t+":reserved"
+	keys[8], keys[9], keys[10] = t+":rl:resvsum", t+":rl:tpmsum", t+":rl:cancel:"+leaseID
+	return keys
 }
 
 func micros(d time.Duration) int64 { return int64(d / time.Microsecond) }
@@ -395,7 +421,7 @@ func (a *RedisAdmitter) Admit(ctx context.Context, req AdmitRequest) (Decision, 
 	if end := PeriodEnd(req.Period, arrived); !end.IsZero() {
 		pend = end.UnixMicro()
 	}
-	keys := a.keyKeys(req.KeyID, PeriodID(req.Period, arrived))
+	keys := a.keyKeys(req.KeyID, PeriodID(req.Period, arrived), req.LeaseID)
 	args := []any{clock, req.LeaseID, gT, gBurst, kT, kBurst, req.Limits.RPM, req.Limits.TPM,
 		req.Limits.MaxConcurrent, req.Quota, req.Reserve, micros(req.LeaseTTL), micros(a.resvTTL), pend}
 
@@ -405,11 +431,30 @@ func (a *RedisAdmitter) Admit(ctx context.Context, req AdmitRequest) (Decision, 
 		}
 		res, err := a.batch.evalSha(ctx, a.admitScript, keys, args...).Slice()
 		if err != nil {
+			a.cancel(req)
 			return Decision{}, fmt.Errorf("admit key %s: %w", req.KeyID, err)
 		}
-		return decisionOf(res)
+		d, err := decisionOf(res)
+		if err != nil {
+			a.cancel(req)
+		}
+		return d, err
 	}
-	return a.admitSplit(ctx, req, keys, args, clock, gT, gBurst, kT)
+	d, err := a.admitSplit(ctx, req, keys, args, clock, gT, gBurst, kT)
+	if err != nil {
+		a.cancel(req)
+	}
+	return d, err
+}
+
+// cancel has the canceller cancel req's admission, which failed: whatever
+// it recorded is freed, and it refuses itself should it run later. The
+// marker lives as long as anything the admission could hold.
+func (a *RedisAdmitter) cancel(req AdmitRequest) {
+	k := a.keyKeys(req.KeyID, "", req.LeaseID)
+	keys := []string{k[1], k[2], k[3], k[4], k[8], k[10]}
+	ttl := max(req.LeaseTTL, a.resvTTL).Milliseconds()
+	a.cancels.add(scriptCmd(a.cancelScript, keys, func() []any { return []any{req.LeaseID, ttl} }))
 }
 
 // admitSplit decides req on Redis Cluster: the key's script and the global
@@ -487,7 +532,7 @@ func (a *RedisAdmitter) undoRan(ctx context.Context, req AdmitRequest, kc, gc *r
 }
 
 func (a *RedisAdmitter) undoKey(ctx context.Context, req AdmitRequest, clock string, kT int64) error {
-	k := a.keyKeys(req.KeyID, "")
+	k := a.keyKeys(req.KeyID, "", req.LeaseID)
 	keys := append(k[:5:5], k[8])
 	if err := a.undoScript.Run(ctx, a.rdb, keys, clock, req.LeaseID, kT).Err(); err != nil {
 		return fmt.Errorf("admit key %s: undo: %w", req.KeyID, err)
@@ -532,6 +577,11 @@ func decisionOf(res []any) (Decision, error) {
 		n[i] = v
 	}
 	reason, _ := res[1].(string)
+	if reason == "cancelled" {
+		// Only an admission run after its call failed meets its marker,
+		// and nobody reads that reply.
+		return Decision{}, errors.New("admit: cancelled")
+	}
 	us := func(v int64) time.Duration { return time.Duration(max(v, 0)) * time.Microsecond }
 	return Decision{
 		Allowed:           n[0] == 1,

@@ -71,6 +71,8 @@ func (g *Gateway) admit(ctx context.Context, x *exchange) *apierr.Error {
 	}
 	d, err := g.admitter.Admit(ctx, req)
 	if err != nil {
+		// The admitter cancels a failed admission itself: it holds nothing
+		// once the ledger answers again, even if it ran after all.
 		g.logFailure(slog.LevelError, "admission failed", "request_id", x.requestID, "key_id", req.KeyID, "err", err)
 		return g.reject("ledger_unavailable", apierr.Unavailable("rate_limiter_unavailable", "the rate limiter is unavailable; try again shortly"))
 	}

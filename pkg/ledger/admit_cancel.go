@@ -1,0 +1,166 @@
+package ledger
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// A call to Redis that fails without an answer (a timeout, a connection cut)
+// may still run: its bytes can sit in the frozen server's socket, or in the
+// network, and run when they arrive. An admission that the gateway refused
+// with 503 would then hold a concurrency slot for a lease TTL and tokens for
+// a reservation TTL on behalf of a request that never ran. So the
+// RedisAdmitter follows every failed admission with a cancellation, sent by
+// a canceller in the background until Redis answers it.
+
+// cancelLua cancels the admission of request ARGV[1], whether it ran or
+// has yet to: it frees the request's entry in the RPM window (KEYS[1]), its
+// lease (KEYS[2]) and its reservation (KEYS[3], KEYS[4], and its tokens from
+// the sum KEYS[5]), and sets the marker KEYS[6] for ARGV[2] ms, which
+// admitLua reads to refuse the admission should it run later.
+const cancelLua = `
+redis.call('SET', KEYS[6], '1', 'PX', ARGV[2])
+local lease = ARGV[1]
+redis.call('ZREM', KEYS[1], lease)
+redis.call('ZREM', KEYS[2], lease)
+local r = tonumber(redis.call('HGET', KEYS[3], lease) or '0')
+if r > 0 then
+  redis.call('HDEL', KEYS[3], lease)
+  if redis.call('DECRBY', KEYS[5], string.format('%d', r)) <= 0 then redis.call('DEL', KEYS[5]) end
+end
+redis.call('ZREM', KEYS[4], lease)
+return 1
+`
+
+// Bounds of the canceller.
+const (
+	// maxCancels bounds the calls waiting to be sent again. Past it a
+	// failed call is not followed up: what it may have taken is freed
+	// by its TTL, as before a restart of the gateway.
+	maxCancels = 100000
+	// cancelBatch is the most calls sent in one pipeline.
+	cancelBatch = 256
+	// cancelWait and cancelMaxWait bound the pause between tries while
+	// Redis does not answer.
+	cancelWait    = 100 * time.Millisecond
+	cancelMaxWait = 5 * time.Second
+)
+
+// canceller sends calls to Redis in the background until Redis has answered
+// each of them: a goroutine runs while any is waiting, sending them in
+// pipelines, pausing between tries with a backoff while Redis does not
+// answer. Every call it carries must be idempotent, since a try that fails
+// without an answer may run too. It stops trying when the client is closed.
+// It is safe for concurrent use.
+type canceller struct {
+	batch *combiner // its client and call timeout
+
+	mu      sync.Mutex
+	idle    sync.Cond // broadcast when running turns false
+	queue   []*queued
+	running bool
+	dropped int64 // calls not followed up since queue was full
+}
+
+func newCanceller(batch *combiner) *canceller {
+	c := &canceller{batch: batch}
+	c.idle.L = &c.mu
+	return c
+}
+
+// add queues q, without waiting, and starts the goroutine that sends it if
+// none runs.
+func (c *canceller) add(q queued) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.queue) >= maxCancels {
+		c.dropped++
+		return
+	}
+	c.queue = append(c.queue, &q)
+	if !c.running {
+		c.running = true
+		go c.run()
+	}
+}
+
+// run sends the queue until it is empty.
+func (c *canceller) run() {
+	wait := cancelWait
+	for {
+		c.mu.Lock()
+		n := min(len(c.queue), cancelBatch)
+		if n == 0 {
+			c.running = false
+			c.queue = nil
+			c.idle.Broadcast()
+			c.mu.Unlock()
+			return
+		}
+		batch := append([]*queued(nil), c.queue[:n]...)
+		c.mu.Unlock()
+
+		ctx, cancel := context.WithTimeout(context.Background(), c.batch.callTimeout())
+		execQueued(ctx, c.batch.rdb, batch)
+		cancel()
+		var again []*queued
+		closed := false
+		for _, q := range batch {
+			err := q.cmd.Err()
+			if errors.Is(err, redis.ErrClosed) {
+				closed = true
+			}
+			if retryable(err) {
+				again = append(again, q)
+			}
+		}
+
+		c.mu.Lock()
+		if closed {
+			// The client is closed (shutdown): nothing more can be sent.
+			c.queue = nil
+			c.mu.Unlock()
+			continue
+		}
+		c.queue = append(again, c.queue[n:]...)
+		c.mu.Unlock()
+		if len(again) == 0 {
+			wait = cancelWait
+			continue
+		}
+		time.Sleep(wait)
+		wait = min(2*wait, cancelMaxWait)
+	}
+}
+
+// wait returns once nothing is waiting to be sent.
+func (c *canceller) wait() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for c.running {
+		c.idle.Wait()
+	}
+}
+
+// retryable reports whether a call that failed with err is worth sending
+// again: any failure to get an answer, or a reply that says the server
+// cannot take it yet. Any other reply error would come back every time.
+func retryable(err error) bool {
+	if err == nil || errors.Is(err, redis.ErrClosed) {
+		return false
+	}
+	var rerr redis.Error
+	if !errors.As(err, &rerr) {
+		return true
+	}
+	for _, p := range []string{"LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "READONLY", "OOM", "NOSCRIPT"} {
+		if redis.HasErrorPrefix(err, p) {
+			return true
+		}
+	}
+	return false
+}
