@@ -101,7 +101,8 @@ type Decision struct {
 // An Admit that returns an error admitted nothing: an implementation whose
 // store may run a call it got no answer for (Redis) cancels that admission
 // itself, so that once the store answers again the request holds no lease,
-// no reservation and no place in the RPM window.
+// no reservation and no place in the RPM window, and follows a Release that
+// returns an error with the release again.
 //
 // Semantics shared by every implementation, checked in this order:
 //   - global RPS: GCRA at Global.RPS with bursts of Global.Burst;

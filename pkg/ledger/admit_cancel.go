@@ -13,9 +13,11 @@ import (
 // may still run: its bytes can sit in the frozen server's socket, or in the
 // network, and run when they arrive. An admission that the gateway refused
 // with 503 would then hold a concurrency slot for a lease TTL and tokens for
-// a reservation TTL on behalf of a request that never ran. So the
-// RedisAdmitter follows every failed admission with a cancellation, sent by
-// a canceller in the background until Redis answers it.
+// a reservation TTL on behalf of a request that never ran; a release lost on
+// the way would leave its slot held until its lease expires. So the
+// RedisAdmitter follows every failed admission with a cancellation, and
+// every failed release with the release again, both sent by a canceller in
+// the background until Redis answers them.
 
 // cancelLua cancels the admission of request ARGV[1], whether it ran or
 // has yet to: it frees the request's entry in the RPM window (KEYS[1]), its

@@ -305,6 +305,28 @@ func TestRedisAdmitterFailedAdmissionHoldsNothing(t *testing.T) {
 	}
 }
 
+// TestRedisAdmitterFailedReleaseFreesLease: a release whose call timed out
+// and never reached Redis is sent again once Redis answers, so the slot
+// does not stay taken until the lease expires.
+func TestRedisAdmitterFailedReleaseFreesLease(t *testing.T) {
+	ctx := context.Background()
+	a, direct, relay, prefix := relayedAdmitter(t)
+	req := AdmitRequest{KeyID: "k", LeaseID: "r1", Limits: KeyLimits{MaxConcurrent: 1}, LeaseTTL: time.Minute}
+	if d, err := a.Admit(ctx, req); err != nil || !d.Allowed {
+		t.Fatalf("Admit = %+v, %v", d, err)
+	}
+	relay.hold()
+	if err := a.Release(ctx, "k", "r1"); err == nil {
+		t.Fatal("Release through a held connection: want a timeout")
+	}
+	relay.drop(0) // lost on the way
+	relay.pass()
+	a.cancels.wait()
+	if lease, _, _ := held(t, direct, prefix, "r1"); lease {
+		t.Fatal("lease still held after its release failed and Redis answers again; want it released")
+	}
+}
+
 // TestCancellerStopsWhenClientCloses: calls waiting for a Redis that never
 // answers are given up when the client is closed (the process shuts down).
 func TestCancellerStopsWhenClientCloses(t *testing.T) {

@@ -55,10 +55,11 @@ import (
 //
 // A call that fails without an answer may still run when Redis gets it. So
 // an Admit that returns an error is followed, in the background, by the
-// cancellation of its admission, sent until Redis answers (see canceller):
-// once Redis answers again, a failed admission holds no lease, no
-// reservation and no place in the RPM window, whichever of it and its
-// cancellation runs first.
+// cancellation of its admission, and a Release that returns an error by
+// the release again, each sent until Redis answers (see canceller): once
+// Redis answers again, a failed admission holds no lease, no reservation
+// and no place in the RPM window, whichever of it and its cancellation
+// runs first, and a failed release's lease is freed.
 type RedisAdmitter struct {
 	rdb     redis.UniversalClient
 	prefix  string
@@ -540,9 +541,14 @@ func (a *RedisAdmitter) undoKey(ctx context.Context, req AdmitRequest, clock str
 	return nil
 }
 
-// Release frees a lease; see Admitter.
+// Release frees a lease; see Admitter. When it fails, the canceller sends
+// the release again until Redis answers.
 func (a *RedisAdmitter) Release(ctx context.Context, keyID, leaseID string) error {
-	if err := a.batch.zrem(ctx, a.tag(keyID)+":rl:leases", leaseID).Err(); err != nil {
+	key := a.tag(keyID) + ":rl:leases"
+	if err := a.batch.zrem(ctx, key, leaseID).Err(); err != nil {
+		a.cancels.add(queued{send: func(ctx context.Context, pipe redis.Pipeliner, _ bool) redis.Cmder {
+			return pipe.ZRem(ctx, key, leaseID)
+		}})
 		return fmt.Errorf("release lease of key %s: %w", keyID, err)
 	}
 	return nil

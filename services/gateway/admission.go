@@ -188,8 +188,10 @@ func (g *Gateway) release(x *exchange) {
 	a.lease = false
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	// The Redis admitter sends a failed release again until Redis answers;
+	// the lease expires on its own if it never does.
 	if err := g.admitter.Release(ctx, a.keyID, x.requestID); err != nil {
-		g.logFailure(slog.LevelWarn, "lease not released; it expires on its own", "request_id", x.requestID, "err", err)
+		g.logFailure(slog.LevelWarn, "lease not released; retried in the background", "request_id", x.requestID, "err", err)
 	}
 }
 
