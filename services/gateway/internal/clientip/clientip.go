@@ -47,7 +47,11 @@ func (res *Resolver) Resolve(r *http.Request) (client, peer netip.Addr, trusted 
 	return client, peer, true
 }
 
+// isTrusted reports whether a is one of the trusted proxies. A link-local
+// peer's address carries its zone (fe80::1%eth0), which no prefix can hold
+// and Contains would never match: it is compared without it.
 func (res *Resolver) isTrusted(a netip.Addr) bool {
+	a = a.WithZone("")
 	for _, p := range res.trusted {
 		if p.Contains(a) {
 			return true
