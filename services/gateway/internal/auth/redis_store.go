@@ -17,9 +17,15 @@ import (
 // deleted key keeps working (and a new one stays unknown) at most this long.
 const DefaultCacheTTL = 5 * time.Second
 
-// maxCached bounds a RedisStore's cache; when it is full, expired entries are
-// dropped, and if none are, the whole cache.
-const maxCached = 100_000
+// maxKnown bounds the keys a RedisStore caches; when it is full, expired
+// entries are dropped, and if none are, all of them. Only keys found in
+// Redis count, so it fills only with that many keys in use.
+const maxKnown = 100_000
+
+// maxUnknown bounds the unknown keys a RedisStore caches, apart from the
+// known ones: a flood of made-up keys fills only this part, and evicts
+// the older half of it rather than a key in use.
+const maxUnknown = 100_000
 
 // RedisStore finds keys in the Redis key store (auth.storage: redis) that
 // `llmproxy keys` and the admin API manage. It caches each answer, unknown
@@ -33,12 +39,23 @@ type RedisStore struct {
 	ttl    time.Duration
 	now    func() time.Time
 
-	mu    sync.Mutex
-	cache map[string]cached // by hash
+	// mu guards known; a hit only reads it.
+	mu    sync.RWMutex
+	known map[string]cached // by hash
+
+	// unknownMu guards the unknown keys, kept in two generations: when
+	// unknown holds half of maxUnknown it becomes unknownOld (the
+	// previous one is dropped), so an eviction is cheap and keeps the
+	// latest entries.
+	unknownMu  sync.Mutex
+	unknown    map[string]time.Time // by hash: when the entry expires
+	unknownOld map[string]time.Time
+
+	maxKnown, maxUnknown int
 }
 
 type cached struct {
-	key     *Key // nil: unknown
+	key     *Key
 	expires time.Time
 }
 
@@ -49,53 +66,89 @@ func NewRedisStore(rdb redis.UniversalClient, prefix string, cfg *config.Config,
 	if ttl <= 0 {
 		ttl = DefaultCacheTTL
 	}
-	return &RedisStore{rdb: rdb, prefix: prefix, cfg: cfg, ttl: ttl, now: time.Now, cache: map[string]cached{}}
+	return &RedisStore{
+		rdb: rdb, prefix: prefix, cfg: cfg, ttl: ttl, now: time.Now,
+		known: map[string]cached{}, unknown: map[string]time.Time{},
+		maxKnown: maxKnown, maxUnknown: maxUnknown,
+	}
 }
 
 // LookupHash returns the key whose secret hashes to hash, or ErrUnknownKey.
 func (s *RedisStore) LookupHash(ctx context.Context, hash string) (*Key, error) {
 	now := s.now()
-	s.mu.Lock()
-	c, ok := s.cache[hash]
-	s.mu.Unlock()
-	if ok && now.Before(c.expires) {
-		if c.key == nil {
-			return nil, ErrUnknownKey
-		}
+	s.mu.RLock()
+	c, known := s.known[hash]
+	s.mu.RUnlock()
+	if known && now.Before(c.expires) {
 		return c.key, nil
 	}
-	rec, err := keys.LookupHash(ctx, s.rdb, s.prefix, hash)
-	var key *Key
-	switch {
-	case errors.Is(err, keys.ErrNotFound):
-	case err != nil:
-		return nil, err
-	default:
-		if key, err = FromRecord(s.cfg, rec); err != nil {
-			return nil, fmt.Errorf("key %s: %w", rec.ID, err)
-		}
-	}
-	s.put(hash, cached{key: key, expires: now.Add(s.ttl)}, now)
-	if key == nil {
+	if !known && s.isUnknown(hash, now) {
 		return nil, ErrUnknownKey
 	}
+	rec, err := keys.LookupHash(ctx, s.rdb, s.prefix, hash)
+	switch {
+	case errors.Is(err, keys.ErrNotFound):
+		s.putUnknown(hash, now.Add(s.ttl), known)
+		return nil, ErrUnknownKey
+	case err != nil:
+		return nil, err
+	}
+	key, err := FromRecord(s.cfg, rec)
+	if err != nil {
+		return nil, fmt.Errorf("key %s: %w", rec.ID, err)
+	}
+	s.putKnown(hash, cached{key: key, expires: now.Add(s.ttl)}, now)
 	return key, nil
 }
 
-func (s *RedisStore) put(hash string, c cached, now time.Time) {
+// isUnknown reports whether hash is cached as unknown at now.
+func (s *RedisStore) isUnknown(hash string, now time.Time) bool {
+	s.unknownMu.Lock()
+	exp, ok := s.unknown[hash]
+	if !ok {
+		exp, ok = s.unknownOld[hash]
+	}
+	s.unknownMu.Unlock()
+	return ok && now.Before(exp)
+}
+
+// putUnknown caches hash as unknown until expires; wasKnown says it was a
+// key (deleted since), whose entry goes.
+func (s *RedisStore) putUnknown(hash string, expires time.Time, wasKnown bool) {
+	if wasKnown {
+		s.mu.Lock()
+		delete(s.known, hash)
+		s.mu.Unlock()
+	}
+	s.unknownMu.Lock()
+	defer s.unknownMu.Unlock()
+	if _, ok := s.unknown[hash]; !ok && len(s.unknown) >= max(s.maxUnknown/2, 1) {
+		s.unknownOld, s.unknown = s.unknown, make(map[string]time.Time, len(s.unknown))
+	}
+	s.unknown[hash] = expires
+}
+
+// putKnown caches the key c hashed to hash.
+func (s *RedisStore) putKnown(hash string, c cached, now time.Time) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.cache) >= maxCached {
-		for h, e := range s.cache {
+	if _, ok := s.known[hash]; !ok && len(s.known) >= s.maxKnown {
+		for h, e := range s.known {
 			if !now.Before(e.expires) {
-				delete(s.cache, h)
+				delete(s.known, h)
 			}
 		}
-		if len(s.cache) >= maxCached {
-			clear(s.cache)
+		if len(s.known) >= s.maxKnown {
+			clear(s.known)
 		}
 	}
-	s.cache[hash] = c
+	s.known[hash] = c
+	s.mu.Unlock()
+	// A key created after its hash was cached as unknown: the stale
+	// entry would only take room.
+	s.unknownMu.Lock()
+	delete(s.unknown, hash)
+	delete(s.unknownOld, hash)
+	s.unknownMu.Unlock()
 }
 
 // FromRecord resolves a key of the Redis key store as FromConfig resolves a

@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"sync/atomic"
 	"testing"
@@ -117,7 +118,76 @@ func TestRedisStoreErrorsAreNotCached(t *testing.T) {
 			t.Fatalf("LookupHash with Redis down = %v, want a store error", err)
 		}
 	}
-	if len(s.cache) != 0 {
-		t.Fatalf("cache = %v, want empty", s.cache)
+	if len(s.known) != 0 || len(s.unknown) != 0 {
+		t.Fatalf("cache = %v, %v; want empty", s.known, s.unknown)
 	}
+}
+
+// TestRedisStoreUnknownFloodKeepsKnownKeys: a flood of made-up keys fills
+// only the unknown part of the cache, so a key in use is still answered
+// from it, and the unknown part stays within its bound.
+func TestRedisStoreUnknownFloodKeepsKnownKeys(t *testing.T) {
+	ctx := context.Background()
+	rdb, prefix := redistest.New(t, "auth")
+	gets := &countGets{}
+	rdb.AddHook(gets)
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	s := NewRedisStore(rdb, prefix, &config.Config{}, time.Minute)
+	s.now = func() time.Time { return now }
+	s.maxKnown, s.maxUnknown = 100, 100
+
+	secret, _, err := keys.Create(ctx, rdb, prefix, keys.Spec{Name: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hash := HashSecret(secret)
+	if _, err := s.LookupHash(ctx, hash); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 1000 {
+		if _, err := s.LookupHash(ctx, HashSecret(fmt.Sprintf("sk-made-up-%d", i))); !errors.Is(err, ErrUnknownKey) {
+			t.Fatalf("made-up key %d: %v, want ErrUnknownKey", i, err)
+		}
+	}
+	before := gets.n.Load()
+	if _, err := s.LookupHash(ctx, hash); err != nil {
+		t.Fatal(err)
+	}
+	if gets.n.Load() != before {
+		t.Fatal("after a flood of made-up keys, the key in use was read from Redis again within its TTL")
+	}
+	// The latest made-up key is still cached as unknown.
+	if _, err := s.LookupHash(ctx, HashSecret("sk-made-up-999")); !errors.Is(err, ErrUnknownKey) || gets.n.Load() != before {
+		t.Fatalf("latest made-up key: %v after %d Redis GETs; want ErrUnknownKey from the cache", err, gets.n.Load()-before)
+	}
+	s.unknownMu.Lock()
+	n := len(s.unknown) + len(s.unknownOld)
+	s.unknownMu.Unlock()
+	if n > 100 {
+		t.Fatalf("%d unknown keys cached, want at most 100", n)
+	}
+}
+
+// BenchmarkRedisStoreHit is the hot path: a key found in the cache.
+func BenchmarkRedisStoreHit(b *testing.B) {
+	ctx := context.Background()
+	rdb, prefix := redistest.New(b, "auth")
+	s := NewRedisStore(rdb, prefix, &config.Config{}, time.Hour)
+	secret, _, err := keys.Create(ctx, rdb, prefix, keys.Spec{Name: "bench"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	hash := HashSecret(secret)
+	if _, err := s.LookupHash(ctx, hash); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := s.LookupHash(ctx, hash); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
 }
