@@ -9,9 +9,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/pkg/events"
 	"github.com/llmproxy/llmproxy/pkg/ledger"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/apierr"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/auth"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/usage"
 )
 
@@ -212,6 +214,18 @@ func rejection(d ledger.Decision) *apierr.Error {
 		return apierr.RateLimited("rate_limit_exceeded", "this API key is over its tokens per minute; retry after "+strconv.Itoa(retry)+"s", retry)
 	}
 	return apierr.RateLimited("rate_limit_exceeded", "this API key is over its request rate ("+d.Reason+"); retry after "+strconv.Itoa(retry)+"s", retry)
+}
+
+// lookupsLimited is the refusal of a request whose key the key store
+// would not read for now (auth.LookupsLimitedError): the client sees the
+// gateway at its global rate limit, as it is.
+func lookupsLimited(cfg *config.Config, err *auth.LookupsLimitedError) *apierr.Error {
+	g := cfg.RateLimit.Global
+	req := ledger.AdmitRequest{Global: ledger.GlobalLimit{RPS: g.RequestsPerSecond, Burst: g.BurstSize}}
+	d := ledger.Decision{Reason: ledger.ReasonGlobalRPS, RetryAfter: err.RetryAfter}
+	e := rejection(d)
+	e.Header = rateLimitHeaders(refusedBy(req, d))
+	return e
 }
 
 // refusedBy returns d with its request figures describing the limit that

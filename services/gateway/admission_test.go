@@ -10,10 +10,15 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
 	"github.com/llmproxy/llmproxy/pkg/config"
+	"github.com/llmproxy/llmproxy/pkg/keys"
 	"github.com/llmproxy/llmproxy/pkg/ledger"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/redistest"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/usage"
@@ -352,5 +357,76 @@ func TestRefusedBy(t *testing.T) {
 		if got.LimitTokens != 1000 || got.RemainingTokens != 10 {
 			t.Errorf("%s: token figures changed: %+v", c.reason, got)
 		}
+	}
+}
+
+// countGets counts the GET commands a Redis client sends: the key store's
+// look-ups.
+type countGets struct{ n atomic.Int64 }
+
+func (c *countGets) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (c *countGets) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (c *countGets) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() == "get" {
+			c.n.Add(1)
+		}
+		return next(ctx, cmd)
+	}
+}
+
+// TestMadeUpKeysWithinGlobalRate: with the global rate limit on, a flood
+// of made-up keys, each looked up in the Redis key store before admission,
+// is read from Redis no faster than that rate allows: past its burst, such
+// requests get the global limit's 429 without a Redis read, while a key in
+// use keeps being served.
+func TestMadeUpKeysWithinGlobalRate(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`{"choices":[{"message":{"content":"hi"}}]}`))
+	}))
+	defer backend.Close()
+	rdb, prefix := redistest.New(t, "lookup-rate")
+	gets := &countGets{}
+	rdb.AddHook(gets)
+	secret, _, err := keys.Create(context.Background(), rdb, prefix, keys.Spec{Name: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// One read every 100 s: the burst is all the test can spend.
+	cfg, err := config.Parse([]byte(fmt.Sprintf(`
+backends: [{url: %q}]
+auth: {enabled: true, storage: redis}
+redis: {url: "redis://127.0.0.1:6379/15"}
+rate_limit: {global: {requests_per_second: 0.01, burst_size: 3}}
+`, backend.URL)), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	srv, _ := serveOptions(t, Options{Config: cfg, Redis: rdb, RedisPrefix: prefix, Admitter: ledger.NewRedisAdmitter(rdb, prefix), Registerer: reg})
+	alice := map[string]string{"Authorization": "Bearer " + secret}
+	if resp, b := do(t, "POST", srv.URL+"/v1/chat/completions", `{"model":"m"}`, alice); resp.StatusCode != 200 {
+		t.Fatalf("alice: %d %s", resp.StatusCode, b)
+	}
+	before := gets.n.Load()
+	for i := range 20 {
+		resp, b := do(t, "POST", srv.URL+"/v1/chat/completions", `{"model":"m"}`, map[string]string{"Authorization": fmt.Sprintf("Bearer sk-made-up-%d", i)})
+		switch {
+		case i < 2 && resp.StatusCode != 401:
+			t.Fatalf("made-up key %d within the burst: %d %s, want 401", i, resp.StatusCode, b)
+		case i >= 2 && (resp.StatusCode != 429 || !strings.Contains(string(b), "rate_limit_exceeded") || resp.Header.Get("Retry-After") == "" || resp.Header.Get("X-Ratelimit-Limit-Requests") != "3"):
+			t.Fatalf("made-up key %d past the burst: %d %v %s, want 429 rate_limit_exceeded with Retry-After and the global limit's headers", i, resp.StatusCode, resp.Header, b)
+		}
+	}
+	if got := gets.n.Load() - before; got != 2 {
+		t.Fatalf("20 made-up keys cost %d Redis GETs, want 2 (the rest of the burst)", got)
+	}
+	if n := counted(t, reg, "llmproxy_admission_rejections_total", map[string]string{"reason": "key_lookup_rate"}); n != 18 {
+		t.Errorf("llmproxy_admission_rejections_total{reason=\"key_lookup_rate\"} = %v, want 18", n)
+	}
+	if resp, b := do(t, "POST", srv.URL+"/v1/chat/completions", `{"model":"m"}`, alice); resp.StatusCode != 200 {
+		t.Fatalf("alice after the flood: %d %s", resp.StatusCode, b)
 	}
 }

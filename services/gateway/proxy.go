@@ -339,6 +339,10 @@ func (g *Gateway) authenticate(r *http.Request, x *exchange, luaAuth bool) *apie
 		if errors.Is(err, auth.ErrUnknownKey) {
 			return g.reject("invalid_key", apierr.Unauthorized("invalid API key "+x.masked))
 		}
+		var limited *auth.LookupsLimitedError
+		if errors.As(err, &limited) {
+			return g.reject("key_lookup_rate", lookupsLimited(x.rt.cfg, limited))
+		}
 		g.logFailure(slog.LevelError, "key lookup failed", "request_id", x.requestID, "err", err)
 		return g.reject("key_store_unavailable", apierr.Unavailable("key_store_unavailable", "the key store is unavailable; try again shortly"))
 	}

@@ -30,8 +30,9 @@ const maxUnknown = 100_000
 // RedisStore finds keys in the Redis key store (auth.storage: redis) that
 // `llmproxy keys` and the admin API manage. It caches each answer, unknown
 // keys included, for its TTL, so the hot path reads Redis at most once per key
-// and TTL (and a flood of made-up keys at most once per key). Errors are not
-// cached. It is safe for concurrent use.
+// and TTL (and a flood of made-up keys at most once per key, and within the
+// global rate limit: see LookupHash). Errors are not cached. It is safe for
+// concurrent use.
 type RedisStore struct {
 	rdb    redis.UniversalClient
 	prefix string
@@ -52,6 +53,10 @@ type RedisStore struct {
 	unknownOld map[string]time.Time
 
 	maxKnown, maxUnknown int
+
+	// lookups bounds the Redis reads of secrets not in known; nil
+	// without a global rate limit.
+	lookups *lookupBudget
 }
 
 type cached struct {
@@ -66,14 +71,24 @@ func NewRedisStore(rdb redis.UniversalClient, prefix string, cfg *config.Config,
 	if ttl <= 0 {
 		ttl = DefaultCacheTTL
 	}
-	return &RedisStore{
+	s := &RedisStore{
 		rdb: rdb, prefix: prefix, cfg: cfg, ttl: ttl, now: time.Now,
 		known: map[string]cached{}, unknown: map[string]time.Time{},
 		maxKnown: maxKnown, maxUnknown: maxUnknown,
 	}
+	if g := cfg.RateLimit.Global; cfg.RateLimitEnabled() && g.IsEnabled() {
+		s.lookups = newLookupBudget(g.RequestsPerSecond, g.BurstSize)
+	}
+	return s
 }
 
 // LookupHash returns the key whose secret hashes to hash, or ErrUnknownKey.
+// With a global rate limit, a secret that is not a key this store has read
+// (a new key, or a made-up one once its cached answer has expired) is read
+// from Redis only within that rate, with its burst; beyond it LookupHash
+// returns a *LookupsLimitedError. A key in use is re-read when its entry
+// expires whatever the rate, so a flood of made-up keys does not lock out
+// the keys in use.
 func (s *RedisStore) LookupHash(ctx context.Context, hash string) (*Key, error) {
 	now := s.now()
 	s.mu.RLock()
@@ -82,8 +97,15 @@ func (s *RedisStore) LookupHash(ctx context.Context, hash string) (*Key, error) 
 	if known && now.Before(c.expires) {
 		return c.key, nil
 	}
-	if !known && s.isUnknown(hash, now) {
-		return nil, ErrUnknownKey
+	if !known {
+		if s.isUnknown(hash, now) {
+			return nil, ErrUnknownKey
+		}
+		if s.lookups != nil {
+			if wait, ok := s.lookups.take(now); !ok {
+				return nil, &LookupsLimitedError{RetryAfter: wait}
+			}
+		}
 	}
 	rec, err := keys.LookupHash(ctx, s.rdb, s.prefix, hash)
 	switch {

@@ -168,6 +168,77 @@ func TestRedisStoreUnknownFloodKeepsKnownKeys(t *testing.T) {
 	}
 }
 
+// TestRedisStoreLookupsWithinGlobalRate: with a global rate limit, secrets
+// the store has not read are looked up in Redis only within that rate and
+// burst (a flood of made-up keys costs Redis no more), while a key in use
+// is re-read when its entry expires whatever the rate.
+func TestRedisStoreLookupsWithinGlobalRate(t *testing.T) {
+	ctx := context.Background()
+	rdb, prefix := redistest.New(t, "auth")
+	gets := &countGets{}
+	rdb.AddHook(gets)
+	cfg := &config.Config{RateLimit: config.RateLimit{Global: config.GlobalLimit{RequestsPerSecond: 2, BurstSize: 3}}}
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	s := NewRedisStore(rdb, prefix, cfg, 5*time.Second)
+	s.now = func() time.Time { return now }
+	secret, _, err := keys.Create(ctx, rdb, prefix, keys.Spec{Name: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice := HashSecret(secret)
+	if _, err := s.LookupHash(ctx, alice); err != nil {
+		t.Fatal(err)
+	}
+	// The burst has two reads left: two made-up keys are read, the others
+	// refused without a read.
+	var limited *LookupsLimitedError
+	for i := range 20 {
+		_, err := s.LookupHash(ctx, HashSecret(fmt.Sprintf("sk-made-up-%d", i)))
+		switch {
+		case i < 2 && !errors.Is(err, ErrUnknownKey):
+			t.Fatalf("made-up key %d within the burst: %v, want ErrUnknownKey", i, err)
+		case i >= 2 && !errors.As(err, &limited):
+			t.Fatalf("made-up key %d beyond the burst: %v, want a LookupsLimitedError", i, err)
+		}
+	}
+	if got := gets.n.Load(); got != 3 {
+		t.Fatalf("Redis GETs = %d, want 3 (alice and two made-up keys)", got)
+	}
+	if limited.RetryAfter != 500*time.Millisecond {
+		t.Fatalf("RetryAfter = %s, want 500ms (one read every 1/2 s)", limited.RetryAfter)
+	}
+	// A made-up key already answered is still answered from the cache.
+	if _, err := s.LookupHash(ctx, HashSecret("sk-made-up-0")); !errors.Is(err, ErrUnknownKey) {
+		t.Fatalf("cached made-up key: %v, want ErrUnknownKey", err)
+	}
+	// Past the TTL, with the budget spent again, alice is re-read all the
+	// same, and a new key waits for the rate.
+	now = now.Add(5 * time.Second)
+	for i := range 3 {
+		if _, err := s.LookupHash(ctx, HashSecret(fmt.Sprintf("sk-made-up-again-%d", i))); !errors.Is(err, ErrUnknownKey) {
+			t.Fatalf("made-up key after the TTL: %v, want ErrUnknownKey", err)
+		}
+	}
+	before := gets.n.Load()
+	if k, err := s.LookupHash(ctx, alice); err != nil || k.Name != "alice" {
+		t.Fatalf("alice after the TTL with the budget spent: %+v, %v", k, err)
+	}
+	if gets.n.Load() != before+1 {
+		t.Fatal("alice after the TTL was not re-read from Redis")
+	}
+	bobSecret, _, err := keys.Create(ctx, rdb, prefix, keys.Spec{Name: "bob"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.LookupHash(ctx, HashSecret(bobSecret)); !errors.As(err, &limited) {
+		t.Fatalf("new key with the budget spent: %v, want a LookupsLimitedError", err)
+	}
+	now = now.Add(limited.RetryAfter)
+	if k, err := s.LookupHash(ctx, HashSecret(bobSecret)); err != nil || k.Name != "bob" {
+		t.Fatalf("new key after RetryAfter: %+v, %v", k, err)
+	}
+}
+
 // BenchmarkRedisStoreHit is the hot path: a key found in the cache.
 func BenchmarkRedisStoreHit(b *testing.B) {
 	ctx := context.Background()
