@@ -461,7 +461,10 @@ func (a *RedisAdmitter) cancel(req AdmitRequest) {
 // admitSplit decides req on Redis Cluster: the key's script and the global
 // script in one pipeline, then, when only one of them admitted, its undo.
 func (a *RedisAdmitter) admitSplit(ctx context.Context, req AdmitRequest, keys []string, args []any, clock string, gT, gBurst, kT int64) (Decision, error) {
-	ctx, cancel := context.WithTimeout(ctx, a.batch.callTimeout())
+	// As on a single node (see combiner.send), the decision is made whole
+	// even if the caller leaves meanwhile: cut short, it could not tell
+	// whether it admitted, and the caller releases what it admitted.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.batch.callTimeout())
 	defer cancel()
 	gkeys, gargs := []string{a.globalKey()}, []any{clock, gT, gBurst}
 	run := func(evalsha bool) (*redis.Cmd, *redis.Cmd, error) {

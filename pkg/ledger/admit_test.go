@@ -296,3 +296,26 @@ func TestLocalAdmitterCachesUsage(t *testing.T) {
 		t.Fatalf("in the next period, Admit(20) = %+v, %v; want it allowed", d, err)
 	}
 }
+
+// TestAdmitOutlivesItsCaller: a decision is made whole even when the
+// caller's context ends while it is on its way (a client that left), on a
+// single node and on Redis Cluster's split path alike. The split path
+// stopped with the caller: the request got an error, and the admission,
+// which may have run, had to be cancelled by another round trip.
+func TestAdmitOutlivesItsCaller(t *testing.T) {
+	for _, split := range []bool{false, true} {
+		t.Run(fmt.Sprintf("split=%v", split), func(t *testing.T) {
+			env := newRedisAdmitEnv(split)(t, time.Unix(1_700_000_000, 0))
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			d, err := env.admit.Admit(ctx, AdmitRequest{KeyID: "k", LeaseID: "r1", Global: GlobalLimit{RPS: 100, Burst: 10},
+				Limits: KeyLimits{MaxConcurrent: 1}})
+			if err != nil {
+				t.Fatalf("Admit with the caller gone: %v", err)
+			}
+			if !d.Allowed {
+				t.Fatalf("Admit with the caller gone: %+v; want allowed", d)
+			}
+		})
+	}
+}
