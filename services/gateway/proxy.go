@@ -869,6 +869,7 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 	if streaming && !compressed {
 		sp := usage.NewSplitter(format)
 		var writeErr error
+		hid := false // the last piece was a hidden usage chunk
 		emit := func(ev []byte) error {
 			ex.Event(ev)
 			if !x.committed && x.commit != nil && usage.IsFinalEvent(format, ev) {
@@ -877,8 +878,15 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 			}
 			if x.hideUsage {
 				if usage.IsUsageOnlyChunk(ev) {
+					hid = true
 					return nil
 				}
+				if hid && len(ev) == 1 && ev[0] == '\n' {
+					// The LF of the hidden chunk's CRLF, cut off
+					// from it by a read: it goes with the chunk.
+					return nil
+				}
+				hid = false
 				ev = usage.StripNullUsage(ev)
 			}
 			if _, err := w.Write(ev); err != nil {

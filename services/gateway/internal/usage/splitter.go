@@ -10,7 +10,9 @@ const DefaultMaxEvent = 1 << 20
 // NDJSON lines (each ended by "\n").
 //
 // Emitted pieces include their terminator, so writing every piece in order
-// reproduces the stream byte for byte. A piece is valid only during the emit
+// reproduces the stream byte for byte. When a read ends between the CR and
+// the LF of an event's CRLF terminator, that LF comes as a piece of its own
+// ("\n") before the next event. A piece is valid only during the emit
 // call: it may alias the caller's slice or the Splitter's buffer.
 //
 // A Splitter holds at most Max bytes of an unfinished event between calls.
@@ -69,6 +71,16 @@ func (s *Splitter) Feed(p []byte, emit func(ev []byte) error) error {
 		if s.skipLF {
 			s.skipLF = false
 			if c == '\n' {
+				if !s.notFresh {
+					// The LF of a CRLF that ended the event before,
+					// cut off from it by the read: a piece of its
+					// own, so that whoever drops the next event
+					// (the relay, a usage chunk) keeps it.
+					if err := emit(p[i : i+1]); err != nil {
+						return err
+					}
+					start = i + 1
+				}
 				continue
 			}
 		}
