@@ -137,6 +137,13 @@ func TestDLQDiscard(t *testing.T) {
 	if code, out, _ := runCmd(runWebhooks, "dlq", "discard", "--config", path, "--id", "req-1"); code != 0 || !strings.Contains(out, "discarded 1 ") || count() != 2 {
 		t.Fatalf("discard --id req-1: exit %d, %q", code, out)
 	}
+	// An id that selects nothing (a typo, or one discarded already) is
+	// an error, as it is for replay: exit 1, saying so.
+	for _, sub := range []string{"discard", "replay"} {
+		if code, _, errOut := runCmd(runWebhooks, "dlq", sub, "--config", path, "--id", "req-1"); code != 1 || !strings.Contains(errOut, `no dead letter "req-1"`) || count() != 2 {
+			t.Fatalf("%s --id req-1 again: exit %d, %q", sub, code, errOut)
+		}
+	}
 	if code, out, _ := runCmd(runWebhooks, "dlq", "discard", "--config", path, "--endpoint", "billing"); code != 0 || !strings.Contains(out, "discarded 2 ") || count() != 0 {
 		t.Fatalf("discard --endpoint billing: exit %d, %q", code, out)
 	}

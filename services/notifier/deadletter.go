@@ -233,11 +233,16 @@ func Replay(ctx context.Context, js jetstream.JetStream, endpoints []Endpoint, f
 // Discard deletes the dead letters filter selects from LLMPROXY_DLQ without
 // delivering them (those of an endpoint since removed from the config, or
 // events the receiver must never get), and returns how many it deleted.
-// A filter that selects nothing is no error.
+// As for Replay, a filter with an ID that selects nothing is an error (a
+// mistyped id, or one already gone, is not silently nothing to do); one
+// without an ID that selects nothing is not.
 func Discard(ctx context.Context, js jetstream.JetStream, filter DLQFilter) (int, error) {
 	letters, err := ListDLQ(ctx, js, filter)
 	if err != nil {
 		return 0, err
+	}
+	if filter.ID != "" && len(letters) == 0 {
+		return 0, fmt.Errorf("no dead letter %q", filter.ID)
 	}
 	if len(letters) == 0 {
 		return 0, nil
