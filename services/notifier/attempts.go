@@ -62,6 +62,20 @@ type attemptRecord struct {
 	Deferred   int    `json:"deferred,omitempty"`
 	LastStatus int    `json:"last_status"`
 	LastError  string `json:"last_error"`
+	// Pending, when set, is the dead letter the event was settled to but
+	// that could not be stored: the event's next delivery stores it
+	// without POSTing the event again.
+	Pending *pendingDeadLetter `json:"dlq_pending,omitempty"`
+}
+
+// pendingDeadLetter is what a dead letter holds beside the event and the
+// endpoint, kept until it is stored.
+type pendingDeadLetter struct {
+	Reason     string    `json:"reason"`
+	Attempts   int       `json:"attempts"`
+	LastStatus int       `json:"last_status"`
+	LastError  string    `json:"last_error"`
+	FailedAt   time.Time `json:"failed_at"`
 }
 
 // attemptLog stores attempt records across processes and restarts.

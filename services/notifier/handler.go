@@ -71,6 +71,17 @@ func (h *handler) handle(ctx context.Context, msg message) {
 		}
 		prev, recorded = r, ok || err != nil
 	}
+	if p := prev.Pending; p != nil {
+		// The event was given up on, but its dead letter was not
+		// stored: store it now. The receiver has had its attempts and
+		// is not sent the event again.
+		log := h.log.With("endpoint", h.ep.Name, "event_id", id, "attempt", p.Attempts)
+		d := DeadLetter{EventID: id, Reason: p.Reason, Attempts: p.Attempts, LastStatus: p.LastStatus, LastError: p.LastError, FailedAt: p.FailedAt}
+		if h.toDLQ(ctx, msg, log, key, d, body, int(meta.NumDelivered)) {
+			h.forget(ctx, log, key)
+		}
+		return
+	}
 	// n is this attempt's number among all made; only those failed without
 	// a Retry-After count towards max_attempts (see below).
 	n := prev.Attempts + prev.Deferred + 1
@@ -123,7 +134,7 @@ func (h *handler) handle(ctx context.Context, msg message) {
 			return
 		}
 	}
-	if h.toDLQ(ctx, msg, log, d, body, n) && recorded {
+	if h.toDLQ(ctx, msg, log, key, d, body, n) && recorded {
 		h.forget(ctx, log, key)
 	}
 }
@@ -156,21 +167,36 @@ func (h *handler) forget(ctx context.Context, log *slog.Logger, key string) {
 }
 
 // toDLQ stores the dead letter and only then acks the event; when the store
-// fails the event is nak'd so that nothing is lost. It reports whether the
-// dead letter was stored.
-func (h *handler) toDLQ(ctx context.Context, msg message, log *slog.Logger, d DeadLetter, body []byte, n int) bool {
+// fails the event is nak'd so that nothing is lost, and the dead letter is
+// written down under key (the event's attempt record) so that the next
+// delivery only stores it, without POSTing the event again. It reports
+// whether the dead letter was stored; retry numbers the store's try, for
+// its backoff.
+func (h *handler) toDLQ(ctx context.Context, msg message, log *slog.Logger, key string, d DeadLetter, body []byte, retry int) bool {
 	d.Endpoint = h.ep.Name
 	d.URL = displayURL(h.ep.URL)
-	d.FailedAt = h.opts.Clock.Now().UTC()
+	if d.FailedAt.IsZero() {
+		d.FailedAt = h.opts.Clock.Now().UTC()
+	}
 	d.Event = rawEvent(body)
 
 	pctx, cancel := context.WithTimeout(ctx, dlqPublishTimeout)
 	err := h.deadLetter(pctx, d)
 	cancel()
 	if err != nil {
-		log.Error("webhook: dead letter not stored; retrying the event", "reason", d.Reason, "err", err)
+		log.Error("webhook: dead letter not stored; storing it again later", "reason", d.Reason, "err", err)
 		h.metrics.deliveries.WithLabelValues(h.ep.Name, outcomeDLQError).Inc()
-		if err := msg.NakWithDelay(Backoff(n, h.opts.BackoffBase, h.opts.BackoffMax, h.opts.Rand)); err != nil {
+		if h.attempts != nil {
+			rec := attemptRecord{Attempts: d.Attempts, LastStatus: d.LastStatus, LastError: d.LastError,
+				Pending: &pendingDeadLetter{Reason: d.Reason, Attempts: d.Attempts, LastStatus: d.LastStatus, LastError: d.LastError, FailedAt: d.FailedAt}}
+			rctx, cancel := context.WithTimeout(ctx, attemptsTimeout)
+			err := h.attempts.put(rctx, key, rec)
+			cancel()
+			if err != nil {
+				log.Warn("webhook: pending dead letter not recorded; the event will be POSTed again", "err", err)
+			}
+		}
+		if err := msg.NakWithDelay(Backoff(retry, h.opts.BackoffBase, h.opts.BackoffMax, h.opts.Rand)); err != nil {
 			log.Warn("webhook: nak failed; the event is retried after the ack wait", "err", err)
 		}
 		return false

@@ -593,3 +593,49 @@ func TestAttemptsBucketOfEarlierReleaseBounded(t *testing.T) {
 		t.Errorf("bucket max bytes %d, TTL %s; want %d, 25h", info.Config.MaxBytes, info.Config.MaxAge, attemptsMaxBytes)
 	}
 }
+
+// TestDeadLetterStoredLaterWithoutPostingAgain: an event given up on while
+// LLMPROXY_DLQ cannot be written is not POSTed again on every retry of the
+// dead letter's write: the receiver gets it once, and the dead letter is
+// stored once the stream is back, with what the attempt found.
+func TestDeadLetterStoredLaterWithoutPostingAgain(t *testing.T) {
+	t.Parallel()
+	js := eventstest.JetStream(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := js.DeleteStream(ctx, events.DLQStreamName); err != nil {
+		t.Fatal(err)
+	}
+	rc := newReceiver(t, func(int, http.ResponseWriter, *http.Request) int { return http.StatusBadRequest })
+	reg := prometheus.NewRegistry()
+	opts := testOptions()
+	opts.Registerer = reg
+	runNotifier(t, js, []Endpoint{{Name: "billing", URL: rc.srv.URL, MaxAttempts: 10}}, opts)
+	publish(t, js, "req", 1)
+
+	waitFor(t, 10*time.Second, "three failed dead-letter writes", func() bool {
+		return metricValue(t, reg, "llmproxy_webhook_deliveries_total", "endpoint", "billing", "outcome", outcomeDLQError) >= 3
+	})
+	if n := len(rc.snapshot()); n != 1 {
+		t.Fatalf("receiver got the event %d times while its dead letter could not be stored; want 1", n)
+	}
+
+	if err := events.EnsureStreams(ctx, js, events.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var dl []DeadLetter
+	waitFor(t, 10*time.Second, "dead letter", func() bool {
+		dl = listDLQ(t, js, DLQFilter{Endpoint: "billing"})
+		return len(dl) == 1
+	})
+	if d := dl[0]; d.EventID != "req-0000" || d.Reason != ReasonPermanent || d.Attempts != 1 || d.LastStatus != http.StatusBadRequest {
+		t.Errorf("dead letter %+v; want req-0000, %s after 1 attempt, 400", d, ReasonPermanent)
+	}
+	waitFor(t, 10*time.Second, "consumer settled", func() bool { return settled(t, js, "billing") })
+	if n := len(rc.snapshot()); n != 1 {
+		t.Errorf("receiver got the event %d times; want 1", n)
+	}
+	if info := attemptsStreamInfo(t, js); info.State.Msgs != 0 {
+		t.Errorf("attempt records left after the dead letter was stored: %d", info.State.Msgs)
+	}
+}
