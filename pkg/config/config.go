@@ -90,7 +90,11 @@ type Server struct {
 	ReadHeaderTimeout Duration `yaml:"read_header_timeout"` // default 10s
 	// BodyTimeout is how long a request body may stop coming (no byte
 	// read) before the request is refused with 408.
-	BodyTimeout  Duration `yaml:"body_timeout"`  // default 60s
+	BodyTimeout Duration `yaml:"body_timeout"` // default 60s
+	// SendTimeout is how long a reply may stop going out to its client
+	// (a client that stops reading, its connection left open) before
+	// the gateway cuts it.
+	SendTimeout  Duration `yaml:"send_timeout"`  // default 60s
 	IdleTimeout  Duration `yaml:"idle_timeout"`  // default 120s
 	DrainTimeout Duration `yaml:"drain_timeout"` // default 30s
 }

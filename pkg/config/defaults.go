@@ -48,6 +48,7 @@ func (c *Config) applyDefaults() {
 	setInt(&c.Server.MaxBodyBytes, DefaultMaxBodyBytes)
 	setDur(&c.Server.ReadHeaderTimeout, 10*time.Second)
 	setDur(&c.Server.BodyTimeout, 60*time.Second)
+	setDur(&c.Server.SendTimeout, 60*time.Second)
 	setDur(&c.Server.IdleTimeout, 120*time.Second)
 	setDur(&c.Server.DrainTimeout, 30*time.Second)
 

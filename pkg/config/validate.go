@@ -663,6 +663,7 @@ func (c *Config) zeroKeys() []zeroKey {
 		{"server.max_body_bytes", i64(&c.Server.MaxBodyBytes)},
 		{"server.read_header_timeout", d(&c.Server.ReadHeaderTimeout)},
 		{"server.body_timeout", d(&c.Server.BodyTimeout)},
+		{"server.send_timeout", d(&c.Server.SendTimeout)},
 		{"server.idle_timeout", d(&c.Server.IdleTimeout)},
 		{"server.drain_timeout", d(&c.Server.DrainTimeout)},
 		{"usage_hook.timeout", d(&c.UsageHook.Timeout)},

@@ -129,8 +129,11 @@ func (g *Gateway) relayWithHook(r *http.Request, w http.ResponseWriter, x *excha
 	if hresp.Status == http.StatusNoContent || hresp.Status == http.StatusNotModified {
 		return // no body goes with these
 	}
+	pace := newSendPace(http.NewResponseController(w), x.rt.sendTimeout)
+	defer pace.done()
+	pace.arm()
 	if _, err := w.Write(hresp.Body); err != nil {
-		x.errMsg = "client_closed_request"
+		x.errMsg = pace.clientWriteError(err)
 	}
 	x.result = ex.Result()
 	x.delivered = true

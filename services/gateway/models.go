@@ -159,8 +159,11 @@ func (g *Gateway) relayTags(w http.ResponseWriter, x *exchange, resp *http.Respo
 	x.status = http.StatusOK
 	x.delivered = true
 	w.WriteHeader(http.StatusOK)
+	pace := newSendPace(http.NewResponseController(w), x.rt.sendTimeout)
+	defer pace.done()
+	pace.arm()
 	if _, err := w.Write(out); err != nil {
-		x.errMsg = "client_closed_request"
+		x.errMsg = pace.clientWriteError(err)
 	}
 }
 

@@ -859,6 +859,8 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 	defer bufPool.Put(bp)
 	buf := *bp
 	rc := http.NewResponseController(w)
+	pace := newSendPace(rc, x.rt.sendTimeout)
+	defer pace.done()
 	encoding := resp.Header.Get("Content-Encoding")
 	compressed := encoding != "" && !strings.EqualFold(encoding, "identity")
 	var tee *decodeTee
@@ -899,6 +901,7 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 			n, err := resp.Body.Read(buf)
 			if n > 0 {
 				x.firstByte(resp.StatusCode)
+				pace.arm()
 				if ferr := sp.Feed(buf[:n], emit); ferr != nil {
 					break
 				}
@@ -934,7 +937,7 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 			}
 		}
 		if writeErr != nil {
-			x.errMsg = "client_closed_request"
+			x.errMsg = pace.clientWriteError(writeErr)
 		}
 	} else {
 		var capture replyCapture
@@ -965,14 +968,18 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 					held, spare = append(spare[:0], buf[:n]...), held
 				}
 				if len(out) > 0 {
+					pace.arm()
 					if _, werr := w.Write(out); werr != nil {
-						x.errMsg = "client_closed_request"
+						x.errMsg = pace.clientWriteError(werr)
 						held = nil
 						break
 					}
 				}
 				if streaming {
-					_ = rc.Flush()
+					if ferr := rc.Flush(); ferr != nil {
+						x.errMsg = pace.clientWriteError(ferr)
+						break
+					}
 				}
 			}
 			if err != nil {
@@ -997,8 +1004,9 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 			if x.commit != nil {
 				x.commit()
 			}
+			pace.arm()
 			if _, werr := w.Write(held); werr != nil {
-				x.errMsg = "client_closed_request"
+				x.errMsg = pace.clientWriteError(werr)
 			} else if w.Header().Get("Content-Length") != "" {
 				// The reply is whole: send it now rather than when the
 				// handler returns, so the metrics and the access line
@@ -1085,7 +1093,7 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 		if x.errMsg == "" {
 			x.errMsg = "backend_error"
 		}
-	} else if x.delivered && (!res.Found || !res.PromptKnown || x.errMsg == "client_closed_request") {
+	} else if x.delivered && (!res.Found || !res.PromptKnown || x.errMsg == "client_closed_request" || x.errMsg == "client_send_timeout") {
 		// No usage from the backend, or the client left: count what was
 		// delivered ourselves.
 		x.source = events.UsageSourceEstimated

@@ -39,6 +39,8 @@ type runtime struct {
 	maxBody  int64
 	// bodyTimeout bounds a pause in a request body (server.body_timeout).
 	bodyTimeout time.Duration
+	// sendTimeout bounds a pause in sending a reply (server.send_timeout).
+	sendTimeout time.Duration
 	// stop ends the runtime's background work (health checks).
 	stop context.CancelFunc
 }
@@ -47,7 +49,7 @@ type runtime struct {
 // instead of the config file's key list (a Redis key store).
 func (g *Gateway) buildRuntime(cfg *config.Config, keys auth.Store) (*runtime, error) {
 	rt := &runtime{cfg: cfg, authOn: cfg.AuthEnabled(), maxBody: cfg.Server.MaxBodyBytes,
-		bodyTimeout: cfg.Server.BodyTimeout.D(), stop: func() {}}
+		bodyTimeout: cfg.Server.BodyTimeout.D(), sendTimeout: cfg.Server.SendTimeout.D(), stop: func() {}}
 	if rt.maxBody <= 0 {
 		rt.maxBody = 10 << 20
 	}

@@ -1,0 +1,79 @@
+package gateway
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
+)
+
+// TestStalledClientIsCut: a client that stops reading a stream but keeps
+// its connection open is cut once nothing could be sent to it for
+// server.send_timeout: the backend's request is cancelled, the request is
+// recorded (what was delivered, estimated) and the key's concurrency slot
+// is free again, instead of all three being held for as long as the
+// client's connection stays open.
+func TestStalledClientIsCut(t *testing.T) {
+	cancelled := make(chan struct{})
+	chunk := "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"" + strings.Repeat("word ", 200) + "\"}}]}\n\n"
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if b, _ := io.ReadAll(r.Body); !bytes.Contains(b, []byte(`"stream":true`)) {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}`)
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		f := w.(http.Flusher)
+		for {
+			if _, err := fmt.Fprint(w, chunk); err != nil {
+				break
+			}
+			f.Flush()
+			if r.Context().Err() != nil {
+				break
+			}
+		}
+		close(cancelled)
+	}))
+	defer backend.Close()
+	cfg, err := config.Parse([]byte(fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q, limits: {max_concurrent: 1}}]\nserver: {send_timeout: 300ms}\n", backend.URL, testKey)), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw, s := serveConfig(t, cfg)
+
+	conn, err := net.Dial("tcp", strings.TrimPrefix(gw.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.(*net.TCPConn).SetReadBuffer(4096)
+	body := `{"model":"m1","stream":true,"messages":[{"role":"user","content":"hi"}]}`
+	fmt.Fprintf(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", testKey, len(body), body)
+	resp, err := http.ReadResponse(bufio.NewReaderSize(conn, 4096), nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("stream: %v %v", resp, err)
+	}
+	// The client reads no further and keeps the connection open.
+
+	select {
+	case <-cancelled:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the backend's request of a stalled client was never cancelled")
+	}
+	ev := s.next(t)
+	if ev.Error != "client_send_timeout" || ev.UsageSource != estimatedSource || ev.Usage.CompletionTokens == 0 {
+		t.Fatalf("event of the stalled stream: error %q, usage %+v (%s)", ev.Error, ev.Usage, ev.UsageSource)
+	}
+	if r, b := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1","messages":[]}`, withKey()); r.StatusCode != http.StatusOK {
+		t.Fatalf("the stalled stream still holds the key's slot: %d %s", r.StatusCode, b)
+	}
+}
