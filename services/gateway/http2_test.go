@@ -1,0 +1,66 @@
+package gateway
+
+import (
+	"bufio"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+// TestHTTP2ClientGetsEachEventAsItComes: behind an HTTP/2 front (the
+// gateway's handler served over TLS with h2), each event reaches the
+// client before the backend sends the next, the usage chunk the client did
+// not ask for is not relayed, and the backend's usage is read.
+func TestHTTP2ClientGetsEachEventAsItComes(t *testing.T) {
+	next := make(chan struct{})
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		for i := range 3 {
+			fmt.Fprintf(w, "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"w%d \"}}],\"usage\":null}\n\n", i)
+			w.(http.Flusher).Flush()
+			<-next
+		}
+		fmt.Fprint(w, "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":3,\"total_tokens\":8}}\n\ndata: [DONE]\n\n")
+	}))
+	defer backend.Close()
+	defer close(next)
+	gw, s := newTestGateway(t, backend.URL, "")
+	h2 := httptest.NewUnstartedServer(gw.Config.Handler)
+	h2.EnableHTTP2 = true
+	h2.StartTLS()
+	defer h2.Close()
+
+	req, _ := http.NewRequest("POST", h2.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m1","stream":true,"messages":[{"role":"user","content":"hi"}]}`))
+	req.Header.Set("Authorization", "Bearer "+testKey)
+	resp, err := h2.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.ProtoMajor != 2 {
+		t.Fatalf("served over %s; want HTTP/2", resp.Proto)
+	}
+	br := bufio.NewReader(resp.Body)
+	var got strings.Builder
+	for i := range 3 {
+		// The backend holds event i+1 until the client has event i.
+		line, err := br.ReadString('\n')
+		blank, err2 := br.ReadString('\n')
+		if err != nil || err2 != nil || blank != "\n" || !strings.Contains(line, fmt.Sprintf(`"w%d "`, i)) {
+			t.Fatalf("event %d: %q %v", i, line, err)
+		}
+		got.WriteString(line + blank)
+		next <- struct{}{}
+	}
+	rest, _ := br.ReadString(0)
+	got.WriteString(rest)
+	if strings.Contains(got.String(), "usage") || !strings.HasSuffix(got.String(), "data: [DONE]\n\n") {
+		t.Fatalf("client got %q", got.String())
+	}
+	ev := s.next(t)
+	if ev.UsageSource != "backend" || ev.Usage.PromptTokens != 5 || ev.Usage.CompletionTokens != 3 {
+		t.Fatalf("event usage %+v (%s)", ev.Usage, ev.UsageSource)
+	}
+}
