@@ -113,6 +113,10 @@ type Backend struct {
 	Headers map[string]string `yaml:"headers"`
 	// Timeouts per try.
 	ConnectTimeout Duration `yaml:"connect_timeout"` // default 5s
+	// WriteTimeout is how long writing a request to the backend may go
+	// without the backend taking a byte of it (one that accepted the
+	// connection but stopped reading the body).
+	WriteTimeout Duration `yaml:"write_timeout"` // default 60s
 	// FirstByteTimeout is a streaming request's wait from its last byte
 	// to the answer's head; ResponseTimeout the same wait for a request
 	// that does not stream, whose answer comes whole when generation ends.

@@ -60,6 +60,7 @@ func (c *Config) applyDefaults() {
 			b.Weight = 1
 		}
 		setDur(&b.ConnectTimeout, 5*time.Second)
+		setDur(&b.WriteTimeout, 60*time.Second)
 		setDur(&b.FirstByteTimeout, 60*time.Second)
 		setDur(&b.ResponseTimeout, 10*time.Minute)
 	}

@@ -685,6 +685,7 @@ func (c *Config) zeroKeys() []zeroKey {
 		p := fmt.Sprintf("backends[%d].", n)
 		keys = append(keys,
 			zeroKey{p + "connect_timeout", d(&b.ConnectTimeout)},
+			zeroKey{p + "write_timeout", d(&b.WriteTimeout)},
 			zeroKey{p + "first_byte_timeout", d(&b.FirstByteTimeout)},
 			zeroKey{p + "response_timeout", d(&b.ResponseTimeout)})
 	}

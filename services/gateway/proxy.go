@@ -1057,6 +1057,12 @@ func isStreamContentType(ct string) bool {
 
 // classify maps a transport error to the client's error.
 func classify(err error) *apierr.Error {
+	var us interface{ Unsent() bool }
+	if errors.As(err, &us) && us.Unsent() {
+		// The transport's write timeout: the backend stopped reading the
+		// request.
+		return apierr.GatewayTimeout("the backend did not take the request in time")
+	}
 	var ne interface{ Timeout() bool }
 	if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
 		return apierr.GatewayTimeout("the backend did not answer in time")

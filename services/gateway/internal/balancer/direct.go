@@ -8,6 +8,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,7 +30,9 @@ import (
 // another connection when its body can be re-read (an engine such as
 // llama.cpp's server may close a kept-alive connection without saying
 // so); the request's context cancels a dial, a write or a read in
-// progress; the head timeout (the first-byte timeout, or the response
+// progress; the write timeout fails a request the backend takes no byte
+// of for that long (its server stopped reading: a body larger than the
+// socket buffers would block for ever); the head timeout (the first-byte timeout, or the response
 // timeout for a request marked by WholeAnswer) runs from the request's last
 // byte to the response's head. Requests for any other scheme or host go to
 // fallback.
@@ -38,6 +41,7 @@ type DirectTransport struct {
 	addr        string // host:port dialled
 	dialer      net.Dialer
 	heads       headTimeouts
+	write       time.Duration // the write timeout; 0 = none
 	maxIdle     int
 	idleTimeout time.Duration
 	fallback    http.RoundTripper
@@ -56,6 +60,15 @@ type directConn struct {
 	read     int64 // bytes read from nc, for telling a stale connection
 	limit    int64 // bytes a read may still take (bounds a response head)
 	lastUsed time.Time
+
+	// The exchange in progress: its context's cancellation (set by the
+	// context.AfterFunc that ends its I/O), the bytes written in all and
+	// when the write deadline was last set, and whether the write timeout
+	// failed a write (net/http's Request.Write hides the error's cause).
+	canceled atomic.Bool
+	wrote    int64
+	mark     int64
+	stalled  bool
 }
 
 func (c *directConn) Read(p []byte) (int, error) {
@@ -74,11 +87,81 @@ const maxHeadBytes = 1 << 20
 
 var errHeadTooLarge = errors.New("backend response head larger than 1 MiB")
 
+// Write writes p to the backend. The write deadline bounds a stall, not
+// the whole write: when it passes with bytes taken since it was set, it is
+// set again and the write goes on, so only a backend that took nothing for
+// the write timeout fails the request (as nginx's proxy_send_timeout).
+// Setting the deadline once per request rather than before every write
+// keeps a write's cost that of the socket's.
+func (c *directConn) Write(p []byte) (int, error) {
+	n := 0
+	for {
+		m, err := c.nc.Write(p[n:])
+		n += m
+		c.wrote += int64(m)
+		if err == nil || !c.progressed(err) {
+			c.stalled = err != nil && !c.canceled.Load() && errors.Is(err, os.ErrDeadlineExceeded)
+			return n, err
+		}
+	}
+}
+
+// progressed reports whether err is the write deadline passing with bytes
+// taken since it was set, and if so sets it again.
+func (c *directConn) progressed(err error) bool {
+	if c.wrote == c.mark || c.canceled.Load() || !errors.Is(err, os.ErrDeadlineExceeded) {
+		return false
+	}
+	c.mark = c.wrote
+	_ = c.nc.SetWriteDeadline(time.Now().Add(c.t.write))
+	if c.canceled.Load() {
+		// The context ended while the deadline was being set; put its
+		// deadline back.
+		_ = c.nc.SetDeadline(longAgo)
+		return false
+	}
+	return true
+}
+
+// ReadFrom copies a request body to the backend through Write (bufio's
+// Writer hands a body to its writer's ReadFrom when it can), in pieces as
+// large as the socket's own ReadFrom would write.
+func (c *directConn) ReadFrom(r io.Reader) (int64, error) {
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	return io.CopyBuffer(connWriter{c}, r, *bp)
+}
+
+// connWriter hides directConn's ReadFrom from io.CopyBuffer, which would
+// call it again.
+type connWriter struct{ c *directConn }
+
+func (w connWriter) Write(p []byte) (int, error) { return w.c.Write(p) }
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
 func (c *directConn) close() { _ = c.nc.Close() }
 
 // errHeaderTimeout is the first-byte timeout's error, a timeout like
 // net/http's own.
 var errHeaderTimeout = timeoutError("timeout awaiting response headers")
+
+// errWriteTimeout is the write timeout's error: a timeout, and Unsent,
+// since the backend never had the whole request and so did nothing with
+// it; retrying it elsewhere costs no duplicate work, as after a failed
+// connect.
+var errWriteTimeout error = unsentTimeout("timeout writing the request: the backend stopped reading it")
+
+type unsentTimeout string
+
+func (e unsentTimeout) Error() string { return string(e) }
+func (e unsentTimeout) Timeout() bool { return true }
+func (e unsentTimeout) Unsent() bool  { return true }
+
+// earlyAnswerWait is how long the head of an answer the backend sent
+// before it stopped reading the request is waited for, after the write
+// timeout: such an answer has long arrived when the timeout passes.
+const earlyAnswerWait = 100 * time.Millisecond
 
 type timeoutError string
 
@@ -155,7 +238,7 @@ func (t *DirectTransport) conn(ctx context.Context) (*directConn, bool, error) {
 	}
 	c := &directConn{t: t, nc: nc}
 	c.br = bufio.NewReaderSize(c, connBufferSize)
-	c.bw = bufio.NewWriterSize(nc, connBufferSize)
+	c.bw = bufio.NewWriterSize(c, connBufferSize)
 	return c, false, nil
 }
 
@@ -224,7 +307,15 @@ func (t *DirectTransport) CloseIdleConnections() {
 // reports whether the request may be sent again: no byte of a response
 // came back and neither the context nor the first-byte timeout ended it.
 func (c *directConn) roundTrip(ctx context.Context, req *http.Request) (_ *http.Response, retry bool, _ error) {
-	var canceled atomic.Bool
+	canceled := &c.canceled
+	canceled.Store(false)
+	c.stalled = false
+	if c.t.write > 0 {
+		// Set before the context can end the exchange, which sets a
+		// deadline of its own.
+		c.mark = c.wrote
+		_ = c.nc.SetWriteDeadline(time.Now().Add(c.t.write))
+	}
 	stop := context.AfterFunc(ctx, func() {
 		canceled.Store(true)
 		_ = c.nc.SetDeadline(longAgo)
@@ -236,7 +327,7 @@ func (c *directConn) roundTrip(ctx context.Context, req *http.Request) (_ *http.
 		if ctx.Err() != nil {
 			return nil, false, ctx.Err()
 		}
-		return nil, c.read == start && err != errHeaderTimeout, err
+		return nil, c.read == start && err != errHeaderTimeout && err != errWriteTimeout, err
 	}
 	werr := req.Write(c.bw)
 	if werr == nil {
@@ -246,10 +337,23 @@ func (c *directConn) roundTrip(ctx context.Context, req *http.Request) (_ *http.
 		return fail(werr)
 	}
 	// A backend may answer before it has read the whole body (a 413, say)
-	// and close: its answer is still read after a failed write.
+	// and close: its answer is still read after a failed write. After the
+	// write timeout only an answer already sent is: the backend, not
+	// reading, does not have the request to answer it.
 	headTimeout := c.t.heads.of(ctx)
+	if werr != nil && c.stalled {
+		werr, headTimeout = errWriteTimeout, earlyAnswerWait
+	}
+	// The deadline covers writes too: the request is written, and this
+	// clears the write timeout with the read deadline below.
 	if headTimeout > 0 {
-		_ = c.nc.SetReadDeadline(time.Now().Add(headTimeout))
+		_ = c.nc.SetDeadline(time.Now().Add(headTimeout))
+	} else if c.t.write > 0 {
+		_ = c.nc.SetWriteDeadline(time.Time{})
+	}
+	if canceled.Load() {
+		// The context ended while the deadline was being set.
+		_ = c.nc.SetDeadline(longAgo)
 	}
 	var resp *http.Response
 	var err error
@@ -272,7 +376,7 @@ func (c *directConn) roundTrip(ctx context.Context, req *http.Request) (_ *http.
 	}
 	c.limit = math.MaxInt64
 	if headTimeout > 0 {
-		_ = c.nc.SetReadDeadline(time.Time{})
+		_ = c.nc.SetDeadline(time.Time{})
 		if canceled.Load() {
 			// The context ended while the deadline was being cleared;
 			// put its deadline back.

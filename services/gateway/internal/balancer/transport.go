@@ -7,6 +7,7 @@ import (
 	"net/http/httptrace"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
@@ -15,6 +16,7 @@ import (
 // Transport defaults applied to zero values of a backend's timeouts.
 const (
 	DefaultConnectTimeout   = 5 * time.Second
+	DefaultWriteTimeout     = 60 * time.Second
 	DefaultFirstByteTimeout = 60 * time.Second
 	DefaultResponseTimeout  = 10 * time.Minute
 )
@@ -56,9 +58,9 @@ func (h headTimeouts) of(ctx context.Context) time.Duration {
 const connBufferSize = 1 << 10
 
 // NewTransport returns the transport for one backend: the default
-// transport's settings with the backend's connect timeout and head
-// timeouts (first-byte for streams, response for whole answers), and enough idle connections per host for a
-// gateway's concurrency. Compression is left to the client so bodies pass
+// transport's settings with the backend's connect timeout, write timeout
+// and head timeouts (first-byte for streams, response for whole answers),
+// and enough idle connections per host for a gateway's concurrency. Compression is left to the client so bodies pass
 // through untouched and streams are not held in a decompressor. The total
 // timeout (backend.timeout) is the caller's, per request.
 //
@@ -72,6 +74,10 @@ func NewTransport(b config.Backend) http.RoundTripper {
 	if connect <= 0 {
 		connect = DefaultConnectTimeout
 	}
+	write := b.WriteTimeout.D()
+	if write <= 0 {
+		write = DefaultWriteTimeout
+	}
 	heads := headTimeouts{firstByte: b.FirstByteTimeout.D(), response: b.ResponseTimeout.D()}
 	if heads.firstByte <= 0 {
 		heads.firstByte = DefaultFirstByteTimeout
@@ -81,13 +87,21 @@ func NewTransport(b config.Backend) http.RoundTripper {
 	}
 	dialer := net.Dialer{Timeout: connect, KeepAlive: 30 * time.Second}
 	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.DialContext = dialer.DialContext
+	// Connections count the bytes written to them: the write timeout
+	// measures a request's progress by them.
+	t.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dialer.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &countedConn{Conn: c}, nil
+	}
 	t.DisableCompression = true
 	t.MaxIdleConns = 0
 	t.MaxIdleConnsPerHost = maxIdlePerHost
 	t.ReadBufferSize = connBufferSize
 	t.WriteBufferSize = connBufferSize
-	replay := &ReplayTransport{Transport: t, heads: heads}
+	replay := &ReplayTransport{Transport: t, heads: heads, write: write}
 	u, err := url.Parse(b.URL)
 	if err != nil || u.Scheme != "http" || u.Host == "" {
 		return replay
@@ -104,6 +118,7 @@ func NewTransport(b config.Backend) http.RoundTripper {
 		addr:        addr,
 		dialer:      dialer,
 		heads:       heads,
+		write:       write,
 		maxIdle:     maxIdlePerHost,
 		idleTimeout: t.IdleConnTimeout,
 		fallback:    replay,
@@ -127,12 +142,14 @@ const maxIdlePerHost = 256
 // the response began (never on a fresh one, never after response bytes),
 // so a backend that is down still fails at once, as a connect error.
 //
-// The wait for a response's head, from the request's last byte, is
-// limited as DirectTransport limits it (the first-byte or the response
-// timeout, by the request's context): the error is the same timeout.
+// Writing the request, and the wait for a response's head from the
+// request's last byte, are limited as DirectTransport limits them (the
+// write timeout while the body is taken, then the first-byte or the
+// response timeout, by the request's context): the errors are the same.
 type ReplayTransport struct {
 	*http.Transport
 	heads headTimeouts
+	write time.Duration // the write timeout; 0 = none
 }
 
 // idempotencyKey is net/http's marker; an empty value is not sent.
@@ -156,40 +173,81 @@ func needsMark(req *http.Request) bool {
 }
 
 // RoundTrip sends req, marked replayable when its body can be re-read,
+// fails it when the backend takes no byte of it for the write timeout,
 // and waits for the response's head no longer than its head timeout.
 func (t *ReplayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	d := t.heads.of(req.Context())
-	if d <= 0 {
+	if d <= 0 && t.write <= 0 {
 		return t.roundTrip(req)
 	}
-	// The timer starts when the request has been written (again, if the
-	// transport resends it) and ends the request's context when it fires.
+	// One timer, ending the request's context when it fires: from the
+	// connection's arrival it is the write timeout, pushed back while
+	// bytes go on being written to the connection; from the request's
+	// last byte (again, if the transport resends it) the head timeout.
 	ctx, cancel := context.WithCancelCause(req.Context())
 	var mu sync.Mutex
 	var timer *time.Timer
-	returned := false
-	trace := &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) {
+	var conn *countedConn // the request's connection, when it counts
+	var seen int64        // its bytes written when the timer was last set
+	writing, returned := false, false
+	fire := func() {
 		mu.Lock()
 		defer mu.Unlock()
 		switch {
 		case returned:
+		case !writing:
+			cancel(errHeaderTimeout)
+		case conn != nil && conn.wrote.Load() != seen:
+			seen = conn.wrote.Load()
+			timer.Reset(t.write)
+		default:
+			cancel(errWriteTimeout)
+		}
+	}
+	arm := func(c net.Conn, w bool, d time.Duration) {
+		mu.Lock()
+		defer mu.Unlock()
+		if w {
+			if tc, ok := c.(interface{ NetConn() net.Conn }); ok {
+				c = tc.NetConn() // TLS
+			}
+			conn, _ = c.(*countedConn)
+		}
+		writing = w
+		if conn != nil {
+			seen = conn.wrote.Load()
+		}
+		switch {
+		case returned:
+		case d <= 0:
+			if timer != nil {
+				timer.Stop()
+			}
 		case timer == nil:
-			timer = time.AfterFunc(d, func() { cancel(errHeaderTimeout) })
+			timer = time.AfterFunc(d, fire)
 		default:
 			timer.Reset(d)
 		}
-	}}
-	resp, err := t.roundTrip(req.WithContext(httptrace.WithClientTrace(ctx, trace)))
+	}
+	trace := &httptrace.ClientTrace{
+		GotConn:      func(i httptrace.GotConnInfo) { arm(i.Conn, true, t.write) },
+		WroteRequest: func(httptrace.WroteRequestInfo) { arm(nil, false, d) },
+	}
+	out := req.WithContext(httptrace.WithClientTrace(ctx, trace))
+	resp, err := t.roundTrip(out)
 	mu.Lock()
 	returned = true
-	fired := timer != nil && !timer.Stop()
+	if timer != nil {
+		timer.Stop()
+	}
 	mu.Unlock()
-	if fired {
+	// fire does nothing once returned is set: the cause is final.
+	if cause := context.Cause(ctx); cause == errHeaderTimeout || cause == errWriteTimeout {
 		// Fired as the head came: the body's context has ended with it.
 		if err == nil {
 			_ = resp.Body.Close()
 		}
-		return nil, errHeaderTimeout
+		return nil, cause
 	}
 	if err != nil {
 		cancel(err)
@@ -197,6 +255,18 @@ func (t *ReplayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	// On success the context lives on with the body, and ends with the
 	// caller's.
 	return resp, err
+}
+
+// countedConn counts the bytes written to a connection.
+type countedConn struct {
+	net.Conn
+	wrote atomic.Int64
+}
+
+func (c *countedConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.wrote.Add(int64(n))
+	return n, err
 }
 
 func (t *ReplayTransport) roundTrip(req *http.Request) (*http.Response, error) {

@@ -130,3 +130,87 @@ func TestTransportsHeadTimeouts(t *testing.T) {
 		}
 	}
 }
+
+// TestTransportsWriteTimeout: a backend that stops reading a request whose
+// body is larger than the socket buffers fails it after the write
+// timeout, with an error that is a timeout and says the request was not
+// sent whole (the gateway retries it as a connect failure); a backend
+// taking the body slowly, every pause shorter than the timeout, is not
+// cut off however long the whole write takes.
+func TestTransportsWriteTimeout(t *testing.T) {
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	be := newRawBackend(t, func(c net.Conn, req *http.Request) bool {
+		if req.Header.Get("X-Read") == "slowly" {
+			buf := make([]byte, 1<<20)
+			for {
+				time.Sleep(20 * time.Millisecond)
+				if _, err := req.Body.Read(buf); err != nil {
+					break
+				}
+			}
+			_, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			return err == nil
+		}
+		<-release
+		return false
+	})
+	d, ok := NewTransport(config.Backend{URL: be.url, WriteTimeout: config.Duration(300 * time.Millisecond)}).(*DirectTransport)
+	if !ok {
+		t.Fatal("not a DirectTransport")
+	}
+	t.Cleanup(d.CloseIdleConnections)
+	body := strings.Repeat("x", 24<<20)
+	for name, rt := range map[string]http.RoundTripper{"direct": d, "replay": d.fallback.(*ReplayTransport)} {
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := rt.RoundTrip(post(t, ctx, be.url, body))
+		cancel()
+		var ne interface{ Timeout() bool }
+		var us interface{ Unsent() bool }
+		if !errors.Is(err, errWriteTimeout) || !errors.As(err, &ne) || !ne.Timeout() || !errors.As(err, &us) || !us.Unsent() {
+			t.Fatalf("%s: after %v: err = %v, want the write timeout", name, time.Since(start), err)
+		}
+		req := post(t, context.Background(), be.url, body)
+		req.Header.Set("X-Read", "slowly")
+		resp, err := rt.RoundTrip(req)
+		if err != nil {
+			t.Fatalf("%s, a body read slowly: %v", name, err)
+		}
+		if got := readAll(t, resp); got != "ok" {
+			t.Fatalf("%s, a body read slowly: %q", name, got)
+		}
+	}
+}
+
+// TestTransportsEarlyAnswerThenStall: a backend that answers before it has
+// read the request's body, and then neither reads nor closes, has its
+// answer relayed once the write timeout ends the write (net/http's
+// transport reads it at once).
+func TestTransportsEarlyAnswerThenStall(t *testing.T) {
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	be := newRawBackend(t, func(c net.Conn, req *http.Request) bool {
+		_, _ = io.WriteString(c, "HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 9\r\n\r\ntoo large")
+		<-release
+		return false
+	})
+	d, ok := NewTransport(config.Backend{URL: be.url, WriteTimeout: config.Duration(300 * time.Millisecond)}).(*DirectTransport)
+	if !ok {
+		t.Fatal("not a DirectTransport")
+	}
+	t.Cleanup(d.CloseIdleConnections)
+	for name, rt := range map[string]http.RoundTripper{"direct": d, "replay": d.fallback.(*ReplayTransport)} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		resp, err := rt.RoundTrip(post(t, ctx, be.url, strings.Repeat("x", 24<<20)))
+		if err != nil {
+			cancel()
+			t.Fatalf("%s: %v", name, err)
+		}
+		got := readAll(t, resp)
+		cancel()
+		if resp.StatusCode != 413 || got != "too large" {
+			t.Fatalf("%s: %d %q", name, resp.StatusCode, got)
+		}
+	}
+}

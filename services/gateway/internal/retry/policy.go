@@ -195,6 +195,13 @@ func Classify(err error) string {
 		errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH) {
 		return OnConnect
 	}
+	// A request the backend stopped taking before it had all of it (the
+	// transport's write timeout) was never acted on: a connect failure,
+	// though it is a timeout, since a retry costs no duplicate work.
+	var us interface{ Unsent() bool }
+	if errors.As(err, &us) && us.Unsent() {
+		return OnConnect
+	}
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
 		return OnTimeout
 	}
