@@ -628,6 +628,9 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 	// failed are the upstreams that failed a try of this request.
 	var failed []*balancer.Upstream
 	var lastErr *apierr.Error
+	// retries counts the tries routing.retry made: a fallback's try is
+	// no retry, and uses none of max_retries.
+	retries := 0
 	for attempt := 0; ; attempt++ {
 		up := nextFallback(fallbacks, isTried, x.info.Model, rt.pool.Now())
 		if up == nil {
@@ -678,11 +681,12 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 			if fallback {
 				continue
 			}
-			if rt.retry.ShouldRetry(attempt, 0, err) {
-				if !g.sleep(ctx, rt.retry.Backoff(attempt)) {
+			if rt.retry.ShouldRetry(retries, 0, err) {
+				if !g.sleep(ctx, rt.retry.Backoff(retries)) {
 					x.status, x.errMsg = 499, "client_closed_request"
 					return
 				}
+				retries++
 				continue
 			}
 			g.failForward(w, x, lastErr)
@@ -694,14 +698,17 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 			up.ReportSuccess()
 		}
 		fallback := resp.StatusCode >= 500 && nextFallback(fallbacks, isTried, x.info.Model, rt.pool.Now()) != nil
-		if fallback || rt.retry.ShouldRetry(attempt, resp.StatusCode, nil) {
+		if fallback || rt.retry.ShouldRetry(retries, resp.StatusCode, nil) {
 			drain(resp.Body)
 			cancel()
 			up.Release()
 			lastErr = apierr.BadGateway("backend " + up.Name + " answered " + strconv.Itoa(resp.StatusCode))
-			if !fallback && !g.sleep(ctx, rt.retry.Backoff(attempt)) {
-				x.status, x.errMsg = 499, "client_closed_request"
-				return
+			if !fallback {
+				if !g.sleep(ctx, rt.retry.Backoff(retries)) {
+					x.status, x.errMsg = 499, "client_closed_request"
+					return
+				}
+				retries++
 			}
 			// On the last attempt ShouldRetry is false and the backend's
 			// answer is relayed as it is.

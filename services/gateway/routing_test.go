@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -413,4 +414,73 @@ api_keys: [{key: %q}]
 	if primaryHits.Load() != 1 || otherHits.Load() != 0 {
 		t.Fatalf("primary tried %d times, other %d", primaryHits.Load(), otherHits.Load())
 	}
+}
+
+// TestFallbacksDoNotUseUpRetries: a primary's fallback is tried at once
+// whether retries are on or off, and routing.retry.max_retries counts the
+// retries that follow, not the fallback tries: with max_retries 1 a
+// request whose primary and fallback both fail is tried a third time.
+// The fallback's try counted as a retry, so none was left.
+func TestFallbacksDoNotUseUpRetries(t *testing.T) {
+	for _, c := range []struct {
+		name, retry string
+		tries       int64
+	}{
+		{"retries off", "{enabled: false}", 2},
+		{"no retries", "{enabled: true, max_retries: 0}", 2},
+		{"one retry", "{enabled: true, max_retries: 1, initial_wait: 1ms, max_wait: 1ms}", 3},
+		{"two retries", "{enabled: true, max_retries: 2, initial_wait: 1ms, max_wait: 1ms}", 4},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			for _, fail := range []string{"5xx", "connect"} {
+				primary, primaryHits := failingBackend(t, fail)
+				standby, standbyHits := failingBackend(t, fail)
+				gw, _ := routingGateway(t, fmt.Sprintf(`
+backends:
+  - {url: %q, name: primary, weight: 1}
+  - {url: %q, name: standby, weight: 0}
+routing:
+  retry: %s
+  fallback: [{primary: primary, fallback: [standby]}]
+health_check: {failure_threshold: 100}
+api_keys: [{key: %q}]
+`, primary, standby, c.retry, testKey))
+				resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m"}`, withKey())
+				if resp.StatusCode < 500 {
+					t.Fatalf("%s: %d %s", fail, resp.StatusCode, body)
+				}
+				if n := primaryHits.Load() + standbyHits.Load(); n != c.tries || standbyHits.Load() != 1 {
+					t.Fatalf("%s: %d tries, %d of them on the fallback; want %d, 1", fail, n, standbyHits.Load(), c.tries)
+				}
+			}
+		})
+	}
+}
+
+// failingBackend returns the URL of a backend that fails every request,
+// with a 503 (fail "5xx") or by closing each connection it accepts before
+// reading from it ("connect"), and the count of requests or connections.
+func failingBackend(t *testing.T, fail string) (string, *atomic.Int64) {
+	t.Helper()
+	if fail == "5xx" {
+		srv, hits := countingBackend(t, http.StatusServiceUnavailable, `{"error":"overloaded"}`)
+		return srv.URL, hits
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var n atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			n.Add(1)
+			c.Close()
+		}
+	}()
+	return "http://" + ln.Addr().String(), &n
 }
