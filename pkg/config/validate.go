@@ -230,7 +230,34 @@ func (v *checker) backends() {
 	}
 	if !anyWeight {
 		v.add("backends", "every backend has weight 0; at least one needs a weight above 0 to get traffic")
+		return
 	}
+	// A backend with weight 0 is a standby, reached only through the
+	// fallback chain of a backend that serves the same model and has a
+	// weight: a model only standbys list would never be served.
+	for i, b := range c.Backends {
+		if b.Weight != 0 {
+			continue
+		}
+		for j, m := range b.Models {
+			if !c.weightedServes(m) {
+				v.add(fmt.Sprintf("backends[%d].models[%d]", i, j), "%q is served only by backends with weight 0, which take no traffic of their own "+
+					"(routing.fallback reaches them from a backend with a weight serving the same model), so every request for it would fail; "+
+					"give this backend a weight, or list the model on a backend that has one", m)
+			}
+		}
+	}
+}
+
+// weightedServes reports whether a backend with a weight serves model m
+// (lists it, or lists no models).
+func (c *Config) weightedServes(m string) bool {
+	for _, b := range c.Backends {
+		if b.Weight > 0 && (len(b.Models) == 0 || slices.Contains(b.Models, m)) {
+			return true
+		}
+	}
+	return false
 }
 
 func (v *checker) usageHook() {

@@ -264,6 +264,17 @@ func TestValidate(t *testing.T) {
 			},
 		},
 		{
+			"a model only standbys serve",
+			"    models: [m]\n  - url: http://spare:8000\n    weight: 0\n    models: [m, x]\n  - url: http://any:8000\n    weight: 0\n" +
+				"routing:\n  fallback: [{primary: http://b:8000, fallback: [http://spare:8000, http://any:8000]}]\n",
+			[]string{`c.yaml:6: key backends[1].models[1]: "x" is served only by backends with weight 0`},
+		},
+		{
+			"a standby serving what a weighted backend serves",
+			"    models: [m]\n  - url: http://spare:8000\n    weight: 0\n    models: [m]\n  - url: http://any:8000\n    weight: 0\n",
+			nil,
+		},
+		{
 			"missing lua script",
 			"lua:\n  scripts: [hooks/none.lua]\n",
 			[]string{`c.yaml:4: key lua.scripts[0]: cannot read script`},

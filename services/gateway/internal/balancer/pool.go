@@ -68,7 +68,8 @@ type Pool struct {
 	byName    map[string]*Upstream
 	// byModel lists, per model named by some backend, the upstreams that
 	// serve it (including those serving every model); anyModel are the
-	// upstreams without a Models list.
+	// upstreams without a Models list. A model only standbys serve has
+	// none (see routable).
 	byModel   map[string][]*Upstream
 	anyModel  []*Upstream
 	fallbacks map[*Upstream][]*Upstream
@@ -159,13 +160,16 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 			if _, done := p.byModel[m]; done {
 				continue
 			}
+			var us []*Upstream
 			for _, v := range p.upstreams {
 				if v.Serves(m) {
-					p.byModel[m] = append(p.byModel[m], v)
+					us = append(us, v)
 				}
 			}
+			p.byModel[m] = routable(us)
 		}
 	}
+	p.anyModel = routable(p.anyModel)
 	for i, f := range cfg.Fallback {
 		prim := p.lookup(f.Primary)
 		if prim == nil {
@@ -183,6 +187,21 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 		}
 	}
 	return p, nil
+}
+
+// routable returns us, or none of them when every one is a standby: a
+// standby is reached only through the fallback chain of a backend that
+// serves the same model and can take traffic of its own, so a model only
+// standbys serve is served by no backend (404 model_not_found), rather
+// than one whose backends are all unavailable (503, try again) while every
+// one is healthy.
+func routable(us []*Upstream) []*Upstream {
+	for _, u := range us {
+		if !u.standby {
+			return us
+		}
+	}
+	return nil
 }
 
 func newUpstream(b config.Backend, clock Clock, threshold int64, cooldown time.Duration) (*Upstream, error) {

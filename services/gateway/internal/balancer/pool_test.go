@@ -394,7 +394,7 @@ func TestPickFallsBackWhenPrimaryUnavailable(t *testing.T) {
 	if u, err := p.Pick("m", isV2); err != nil || u.Name != "vllm-3" {
 		t.Fatalf("vllm-2 tried: picked %v, %v; want vllm-3", u, err)
 	}
-	if _, err := p.Pick("x", nil); !errors.Is(err, ErrNoAvailable) {
+	if _, err := p.Pick("x", nil); !errors.Is(err, ErrModelNotFound) {
 		t.Fatalf("model x has no primary, only a standby in no chain for it: %v", err)
 	}
 	// Down by the active checks rather than ejected: the same.
@@ -522,5 +522,32 @@ func TestReloadKeepsUnchangedBackends(t *testing.T) {
 		if u == p.Upstreams()[i] {
 			t.Fatalf("backend %d kept across a change of cooldown", i)
 		}
+	}
+}
+
+// TestModelOnlyStandbysServe: a model that only weight 0 backends serve
+// (listed by them, or unlisted and they alone serve every model) is served
+// by no backend: Pick says ErrModelNotFound (404) whatever their health,
+// as for a model nobody lists. It said ErrNoAvailable (503, "try again
+// shortly") for ever while every backend was healthy.
+func TestModelOnlyStandbysServe(t *testing.T) {
+	p := mustPool(t, PoolConfig{
+		Backends: []config.Backend{
+			{Name: "main", URL: "http://main.test:8000", Weight: 1, Models: []string{"m"}},
+			{Name: "spare", URL: "http://spare.test:8000", Weight: 0, Models: []string{"m", "x"}},
+			{Name: "any", URL: "http://any.test:8000", Weight: 0},
+		},
+		Fallback: []config.Fallback{{Primary: "main", Fallback: []string{"spare", "any"}}},
+	})
+	for _, model := range []string{"x", "unlisted"} {
+		if u, err := p.Pick(model, nil); !errors.Is(err, ErrModelNotFound) || p.HasModel(model) {
+			t.Errorf("%s: picked %v, %v; want ErrModelNotFound", model, u, err)
+		}
+	}
+	if u, err := p.Pick("m", nil); err != nil || u.Name != "main" {
+		t.Fatalf("m: picked %v, %v", u, err)
+	}
+	if chain := p.FallbackFor("m", p.ByName("main")); len(chain) != 2 {
+		t.Fatalf("main's chain for m: %v", chain)
 	}
 }
