@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -101,6 +102,58 @@ api_keys: [{key: %q}]
 			}
 			if hits := goodHits.Load() - before; (c.want == http.StatusOK) != (hits == 1) {
 				t.Errorf("the other backend was tried %d times", hits)
+			}
+		})
+	}
+}
+
+// TestBackendFailingMidReplyFailsTheClientsReply: a backend that breaks off
+// a chunked reply that is not a stream leaves
+// the client a reply that visibly failed (its connection cut before the
+// end), not a complete-looking 200 with half a JSON body; the event says
+// backend_error. The client got a well-ended chunked reply.
+func TestBackendFailingMidReplyFailsTheClientsReply(t *testing.T) {
+	for _, c := range []struct{ name, head, body string }{
+		{"chunked", "Transfer-Encoding: chunked\r\n", "7\r\n{\"id\":1\r\n"},
+		{"chunked, torn inside a chunk", "Transfer-Encoding: chunked\r\n", "20\r\n{\"id\":1"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { ln.Close() })
+			go func() {
+				for {
+					conn, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					go func() {
+						defer conn.Close()
+						req, err := http.ReadRequest(bufio.NewReader(conn))
+						if err != nil {
+							return
+						}
+						_, _ = io.Copy(io.Discard, req.Body)
+						_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"+c.head+"\r\n"+c.body)
+					}()
+				}
+			}()
+			gw, s := newTestGateway(t, "http://"+ln.Addr().String(), "")
+			req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m1"}`))
+			req.Header.Set("Authorization", "Bearer "+testKey)
+			// The cut comes before the head or in the body: the
+			// gateway holds a reply's last piece back until its end.
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				b, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err == nil {
+					t.Fatalf("the client read %d %q as a whole reply", resp.StatusCode, b)
+				}
+			}
+			if ev := s.next(t); ev.Error != "backend_error" {
+				t.Errorf("event error %q, want backend_error", ev.Error)
 			}
 		})
 	}

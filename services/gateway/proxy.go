@@ -71,6 +71,11 @@ type exchange struct {
 	source    string
 	errMsg    string
 	delivered bool
+	// aborted is set when the backend broke off a reply the client cannot
+	// be told of in band (not an uncompressed stream, which ends with an
+	// error event): its response is cut, once recorded, so that it does
+	// not end as if whole.
+	aborted bool
 	// commit settles the request's accounting (its event is durable on
 	// return); the relay calls it just before the reply's last bytes, so a
 	// client never holds a complete reply whose event a crash could lose.
@@ -229,6 +234,11 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) {
 	g.forward(w, r, x)
 	x.commit()
 	g.observe(x)
+	if x.aborted {
+		// net/http cuts the connection (or resets the HTTP/2 stream)
+		// without ending the reply: a chunked body gets no last chunk.
+		panic(http.ErrAbortHandler)
+	}
 }
 
 func (x *exchange) wakeSender() {
@@ -994,6 +1004,8 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 					x.errMsg = "backend_error"
 					if ctx.Err() != nil {
 						x.errMsg = "client_closed_request"
+					} else {
+						x.aborted = true
 					}
 				}
 				break
