@@ -19,10 +19,12 @@ var hopHeaders = []string{
 // key is the gateway's business and never reaches a backend. Api-Key is
 // where Azure OpenAI clients send theirs; the gateway does not take a key
 // from it, but a client pointed at the gateway sends it all the same.
+// Expect is the gateway's to answer: it has the whole body before it sends
+// the request on.
 func copyRequestHeader(dst, src http.Header) {
 	for k, vv := range src {
 		switch k {
-		case "Authorization", "X-Api-Key", "Api-Key", "Content-Length", "Cookie", "Host":
+		case "Authorization", "X-Api-Key", "Api-Key", "Content-Length", "Cookie", "Host", "Expect":
 			continue
 		}
 		dst[k] = vv
