@@ -21,7 +21,17 @@ const (
 	UsageSourceEstimated = "estimated"
 )
 
-// Usage is the token count of one request, in the OpenAI shape.
+// MaxTokenCount is the largest prompt_tokens, completion_tokens or
+// reservation an event carries: 2^31-1, the range of the engines' own
+// (32-bit) token counts and far beyond any context served. A count above
+// it is no count: the gateway takes a backend's usage beyond it as absent
+// and estimates instead, and the meter refuses an event beyond it as
+// poison rather than let it into the ledger (Redis scripts compute in
+// doubles, exact only to 2^53, and HINCRBY stops at 2^63).
+const MaxTokenCount int64 = 1<<31 - 1
+
+// Usage is the token count of one request, in the OpenAI shape. Each count
+// is at most MaxTokenCount (total_tokens at most twice that).
 type Usage struct {
 	PromptTokens     int64 `json:"prompt_tokens"`
 	CompletionTokens int64 `json:"completion_tokens"`

@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/events"
 )
 
 // Period is a quota reset period. Period boundaries are in UTC.
@@ -91,7 +93,8 @@ type Entry struct {
 
 // ErrInvalidEntry reports an entry a store cannot record: it lacks the
 // request id that makes Apply idempotent, the key id, or the time that picks
-// its periods. Retrying such an entry never succeeds.
+// its periods, or a count of it is negative or above events.MaxTokenCount.
+// Retrying such an entry never succeeds.
 var ErrInvalidEntry = errors.New("invalid ledger entry")
 
 // Validate reports whether e can be applied; its error wraps ErrInvalidEntry.
@@ -103,9 +106,21 @@ func (e Entry) Validate() error {
 		return fmt.Errorf("%w: request %s: empty key id", ErrInvalidEntry, e.RequestID)
 	case e.Time.IsZero():
 		return fmt.Errorf("%w: request %s: zero time", ErrInvalidEntry, e.RequestID)
+	case !validCount(e.PromptTokens):
+		return fmt.Errorf("%w: request %s: prompt tokens %d out of range 0..%d", ErrInvalidEntry, e.RequestID, e.PromptTokens, events.MaxTokenCount)
+	case !validCount(e.CompletionTokens):
+		return fmt.Errorf("%w: request %s: completion tokens %d out of range 0..%d", ErrInvalidEntry, e.RequestID, e.CompletionTokens, events.MaxTokenCount)
+	case !validCount(e.Reserved):
+		return fmt.Errorf("%w: request %s: reserved tokens %d out of range 0..%d", ErrInvalidEntry, e.RequestID, e.Reserved, events.MaxTokenCount)
 	}
 	return nil
 }
+
+// validCount reports whether n is a token count an entry may carry. The
+// bound keeps both stores exact and in agreement: the Redis store's scripts
+// add counts in Lua numbers (doubles, exact to 2^53) and its HINCRBY fails
+// beyond 2^63, where the local store would count on.
+func validCount(n int64) bool { return n >= 0 && n <= events.MaxTokenCount }
 
 // DefaultDedupeRetention is how long both stores remember an applied request
 // id by default. It must exceed the longest time an event can be redelivered

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/events"
 )
 
 // runStoreSuite checks the semantics every store must share. newStore returns
@@ -269,6 +271,12 @@ func runStoreSuite(t *testing.T, newStore func(t *testing.T) DetailedStore) {
 			"no request id": {KeyID: "a", Time: at},
 			"no key id":     {RequestID: "x", Time: at},
 			"no time":       {RequestID: "x", KeyID: "a"},
+			// Counts beyond the bound: the Redis store would round them
+			// (Lua doubles) or fail HINCRBY on every retry.
+			"prompt above the bound":     entry("x", "a", events.MaxTokenCount+1, 0),
+			"completion above the bound": entry("x", "a", 0, 1e17),
+			"reserved above the bound":   {RequestID: "x", KeyID: "a", Time: at, Reserved: 1 << 62},
+			"negative count":             entry("x", "a", -1, 0),
 		} {
 			n, err := s.Apply(ctx, []Entry{entry("ok", "a", 1, 1), bad})
 			if !errors.Is(err, ErrInvalidEntry) || n != 0 {
@@ -276,6 +284,10 @@ func runStoreSuite(t *testing.T, newStore func(t *testing.T) DetailedStore) {
 			}
 		}
 		wantUsage(t, s, "a", Never, at, Totals{})
+		// At the bound, every store counts exactly.
+		mustApply(t, s, 3, entry("m1", "a", events.MaxTokenCount, events.MaxTokenCount),
+			entry("m2", "a", events.MaxTokenCount, 0), entry("m3", "a", 0, events.MaxTokenCount))
+		wantUsage(t, s, "a", Never, at, totals(2*events.MaxTokenCount, 2*events.MaxTokenCount, 3))
 		if n, err := s.Apply(ctx, nil); err != nil || n != 0 {
 			t.Fatalf("Apply(nil) = %d, %v", n, err)
 		}

@@ -498,3 +498,26 @@ func TestTGIGenerateCountsFromHeaders(t *testing.T) {
 		t.Fatalf("event usage %+v (%s), want TGI's 6 + 5 from its headers", ev.Usage, ev.UsageSource)
 	}
 }
+
+// TestBackendCountBeyondTheBoundIsEstimated: a backend whose usage claims
+// more than events.MaxTokenCount tokens is not believed: the event carries
+// the gateway's estimate, marked estimated, within the bound, so the
+// meter applies it like any other.
+func TestBackendCountBeyondTheBoundIsEstimated(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"choices":[{"message":{"content":"hello there"}}],"usage":{"prompt_tokens":12,"completion_tokens":400000000000000000,"total_tokens":400000000000000012}}`))
+	}))
+	defer backend.Close()
+	gw, s := newTestGateway(t, backend.URL, "")
+	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1","messages":[{"role":"user","content":"hi"}]}`, withKey())
+	if resp.StatusCode != 200 || !bytes.Contains(body, []byte("400000000000000000")) {
+		t.Fatalf("the reply is not passed through: %d %s", resp.StatusCode, body)
+	}
+	ev := s.next(t)
+	u := ev.Usage
+	if ev.UsageSource != "estimated" || u.PromptTokens <= 0 || u.CompletionTokens <= 0 || u.CompletionTokens > 10 ||
+		u.PromptTokens > 100 || u.TotalTokens != u.PromptTokens+u.CompletionTokens {
+		t.Fatalf("usage %+v source %q; want a small estimate", u, ev.UsageSource)
+	}
+}

@@ -1122,11 +1122,17 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 		// No usage from the backend, or the client left: count what was
 		// delivered ourselves.
 		x.source = events.UsageSourceEstimated
+		if res.CountRejected && x.upstream != nil {
+			// A misbehaving engine does this on every reply: the
+			// line is rate-limited like a dependency's failure.
+			g.logFailure(slog.LevelWarn, "backend reported a token count beyond the maximum; usage estimated",
+				"request_id", x.requestID, "backend", x.upstream.Name, "max", events.MaxTokenCount)
+		}
 		if !res.PromptKnown {
-			res.PromptTokens = usage.EstimatePrompt(x.info)
+			res.PromptTokens = min(usage.EstimatePrompt(x.info), events.MaxTokenCount)
 		}
 		if !res.Found {
-			res.CompletionTokens = estimateCompletion(res)
+			res.CompletionTokens = min(estimateCompletion(res), events.MaxTokenCount)
 		}
 	}
 	if !x.delivered {

@@ -2,7 +2,10 @@ module github.com/llmproxy/llmproxy/services/meter
 
 go 1.26.0
 
-require github.com/llmproxy/llmproxy/pkg v0.0.0
+require (
+	github.com/llmproxy/llmproxy/pkg v0.0.0
+	github.com/redis/go-redis/v9 v9.23.0
+)
 
 require (
 	github.com/klauspost/compress v1.20.3 // indirect

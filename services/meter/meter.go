@@ -6,7 +6,8 @@
 // Delivery rules: an event is acked only after the store has it (Apply
 // returned nil); a failed store write naks the batch with a growing delay,
 // so nothing is lost; an event that can never be applied (a body that does
-// not decode, or lacks its request id, key id or time) is a poison message:
+// not decode, lacks its request id, key id or time, or carries a token
+// count above events.MaxTokenCount) is a poison message:
 // it is logged with the reason, terminated so that it does not hold up the
 // stream, and counted.
 package meter

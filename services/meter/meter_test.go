@@ -534,3 +534,56 @@ func TestLagCountsEventsWaitingForALedgerThatIsDown(t *testing.T) {
 		}
 	}
 }
+
+// TestCountBeyondTheBoundIsPoison: an event whose counts exceed
+// events.MaxTokenCount (a backend's bogus usage) is terminated as poison
+// with its reason, and the events around it, in the same batches, are
+// applied exactly: on the local store and on Redis, which would otherwise
+// round such counts or fail the whole batch on every redelivery.
+func TestCountBeyondTheBoundIsPoison(t *testing.T) {
+	stores := map[string]func(t *testing.T) ledger.Store{
+		"local": func(t *testing.T) ledger.Store { return openStore(t) },
+		"redis": func(t *testing.T) ledger.Store {
+			rdb, prefix := testRedis(t)
+			return ledger.NewRedis(rdb, prefix)
+		},
+	}
+	for name, open := range stores {
+		t.Run(name, func(t *testing.T) {
+			js := eventstest.Connect(t, eventstest.Server(t, -1))
+			store := open(t)
+			o, logs := debugOptions()
+			m := newMeter(t, js, store, o)
+			pub := publisher{t, js}
+			want := expected{}
+			bad := 0
+			for i := range 40 {
+				ev := event(i)
+				switch i % 10 {
+				case 3:
+					ev.Usage.PromptTokens = 1e17
+				case 6:
+					ev.Usage.CompletionTokens = 1<<62 + 1
+				case 9:
+					ev.Usage.PromptTokens = events.MaxTokenCount + 1
+				default:
+					pub.event(ev, ev.RequestID)
+					want.add(ev)
+					continue
+				}
+				ev.Usage.TotalTokens = ev.Usage.PromptTokens + ev.Usage.CompletionTokens
+				pub.event(ev, ev.RequestID)
+				bad++
+			}
+			// Published before the meter runs: bad and good events share
+			// batches.
+			pub.wait()
+			run(t, m)
+			waitExact(t, js, store, want)
+			if got := testutil.ToFloat64(m.m.poison); got != float64(bad) {
+				t.Fatalf("poison = %v, want %d", got, bad)
+			}
+			waitLog(t, logs, "out of range 0..2147483647")
+		})
+	}
+}

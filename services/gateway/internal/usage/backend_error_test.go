@@ -45,7 +45,7 @@ func TestBackendErrorEvents(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := events(tt.format, Options{}, tt.evs...)
+			r := extract(tt.format, Options{}, tt.evs...)
 			if r.BackendError != tt.want || r.Text != tt.text {
 				t.Errorf("BackendError = %v, text %q; want %v, %q", r.BackendError, r.Text, tt.want, tt.text)
 			}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"unicode/utf8"
 
+	"github.com/llmproxy/llmproxy/pkg/events"
 	"github.com/llmproxy/llmproxy/pkg/jsonscan"
 )
 
@@ -54,6 +55,11 @@ type Result struct {
 	// Anthropic's and the Responses API's events of type "error", and the
 	// Responses API's response.failed.
 	BackendError bool
+	// CountRejected reports that the backend sent a count above
+	// events.MaxTokenCount. No engine counts that many tokens for one
+	// request, so its usage is taken as absent: Found and PromptKnown are
+	// false and the counts 0, and the caller estimates.
+	CountRejected bool
 }
 
 // Extractor reads usage, model, finish reason and completion text from one
@@ -142,6 +148,10 @@ func (e *Extractor) parse(obj []byte, stream bool) {
 func (e *Extractor) Result() Result {
 	r := e.res
 	r.Text = string(e.text)
+	if r.PromptTokens > events.MaxTokenCount || r.CompletionTokens > events.MaxTokenCount {
+		r.PromptTokens, r.CompletionTokens = 0, 0
+		r.Found, r.PromptKnown, r.CountRejected = false, false, true
+	}
 	return r
 }
 

@@ -7,7 +7,7 @@ import (
 	"unicode/utf8"
 )
 
-func events(f Format, opts Options, evs ...string) Result {
+func extract(f Format, opts Options, evs ...string) Result {
 	ex := NewExtractor(f, opts)
 	for _, ev := range evs {
 		ex.Event([]byte(ev))
@@ -20,22 +20,22 @@ func TestExtractorTextTruncation(t *testing.T) {
 		return `data: {"choices":[{"index":0,"delta":{"content":"` + s + `"}}]}` + "\n\n"
 	}
 	// "é" is two bytes: a cut at 5 bytes must not split it.
-	r := events(FormatOpenAISSE, Options{MaxText: 5}, ev("abcd"), ev("\u00e9f"), ev("g"))
+	r := extract(FormatOpenAISSE, Options{MaxText: 5}, ev("abcd"), ev("\u00e9f"), ev("g"))
 	if r.Text != "abcd" || !r.TextTruncated || r.TextBytes != 8 {
 		t.Errorf("got %q truncated=%v bytes=%d", r.Text, r.TextTruncated, r.TextBytes)
 	}
 	if !utf8.ValidString(r.Text) {
 		t.Error("text is not valid UTF-8")
 	}
-	r = events(FormatOpenAISSE, Options{MaxText: 6}, ev("abcd"), ev(`\u00e9f`))
+	r = extract(FormatOpenAISSE, Options{MaxText: 6}, ev("abcd"), ev(`\u00e9f`))
 	if r.Text != "abcdé" || !r.TextTruncated {
 		t.Errorf("got %q truncated=%v", r.Text, r.TextTruncated)
 	}
-	r = events(FormatOpenAISSE, Options{MaxText: -1}, ev("abcd"))
+	r = extract(FormatOpenAISSE, Options{MaxText: -1}, ev("abcd"))
 	if r.Text != "" || r.TextTruncated || r.TextBytes != 4 {
 		t.Errorf("MaxText<0: got %q truncated=%v bytes=%d", r.Text, r.TextTruncated, r.TextBytes)
 	}
-	r = events(FormatOpenAISSE, Options{}, ev(strings.Repeat("x", 1000)))
+	r = extract(FormatOpenAISSE, Options{}, ev(strings.Repeat("x", 1000)))
 	if len(r.Text) != 1000 || r.TextTruncated {
 		t.Errorf("default bound: len %d truncated=%v", len(r.Text), r.TextTruncated)
 	}
@@ -75,7 +75,7 @@ func TestExtractorTextAssembly(t *testing.T) {
 		}, "a"},
 	}
 	for _, tt := range tests {
-		if got := events(tt.f, Options{}, tt.evs...); got.Text != tt.want {
+		if got := extract(tt.f, Options{}, tt.evs...); got.Text != tt.want {
 			t.Errorf("%s: text %q, want %q", tt.name, got.Text, tt.want)
 		}
 	}
@@ -122,7 +122,7 @@ func TestExtractorUsageVariants(t *testing.T) {
 		}, 0, 3, true, false},
 	}
 	for _, tt := range tests {
-		r := events(tt.f, Options{}, tt.evs...)
+		r := extract(tt.f, Options{}, tt.evs...)
 		if r.PromptTokens != tt.prompt || r.CompletionTokens != tt.comp || r.Found != tt.found || r.PromptKnown != tt.known {
 			t.Errorf("%s: got %+v", tt.name, r)
 		}
@@ -165,5 +165,58 @@ func TestTGIResponseHeaders(t *testing.T) {
 	ex.ResponseHeader(h)
 	if r := ex.Result(); r.Found || r.PromptKnown {
 		t.Errorf("headers read for another format: %+v", r)
+	}
+}
+
+// TestExtractorCountBeyondTheBoundIsNoCount: a backend's count above
+// events.MaxTokenCount is not taken: its usage is absent (the gateway
+// estimates) and flagged, in every format and however the counts come.
+func TestExtractorCountBeyondTheBoundIsNoCount(t *testing.T) {
+	const huge = "2147483648" // MaxTokenCount + 1
+	tests := []struct {
+		name string
+		f    Format
+		body string
+		evs  []string
+	}{
+		{name: "openai prompt", f: FormatOpenAIJSON, body: `{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":` + huge + `,"completion_tokens":2}}`},
+		{name: "openai completion 18 digits", f: FormatOpenAIJSON, body: `{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":3,"completion_tokens":999999999999999999}}`},
+		{name: "responses api", f: FormatOpenAIJSON, body: `{"output":[{"type":"message","content":[{"type":"output_text","text":"hi"}]}],"usage":{"input_tokens":3,"output_tokens":` + huge + `}}`},
+		{name: "llama.cpp native", f: FormatOpenAIJSON, body: `{"content":"hi","tokens_evaluated":3,"tokens_predicted":` + huge + `}`},
+		{name: "openai stream", f: FormatOpenAISSE, evs: []string{
+			`data: {"choices":[{"delta":{"content":"hi"}}]}` + "\n\n",
+			`data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":` + huge + `}}` + "\n\n",
+		}},
+		{name: "anthropic summed input", f: FormatAnthropicSSE, evs: []string{
+			"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":2000000000,\"cache_read_input_tokens\":2000000000,\"output_tokens\":1}}}\n\n",
+			"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n",
+			"event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":5}}\n\n",
+		}},
+		{name: "ollama", f: FormatOllamaJSON, body: `{"message":{"content":"hi"},"done":true,"prompt_eval_count":3,"eval_count":` + huge + `}`},
+		{name: "tgi", f: FormatTGIJSON, body: `{"generated_text":"hi","details":{"generated_tokens":` + huge + `,"prefill":[]}}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ex := NewExtractor(tt.f, Options{})
+			if tt.body != "" {
+				ex.Body([]byte(tt.body))
+			}
+			for _, ev := range tt.evs {
+				ex.Event([]byte(ev))
+			}
+			r := ex.Result()
+			if r.Found || r.PromptKnown || r.PromptTokens != 0 || r.CompletionTokens != 0 || !r.CountRejected {
+				t.Fatalf("Result = found %v, prompt known %v, %d/%d, rejected %v; want no usage, rejected",
+					r.Found, r.PromptKnown, r.PromptTokens, r.CompletionTokens, r.CountRejected)
+			}
+			if r.Text == "" {
+				t.Fatal("the text to estimate from is gone")
+			}
+		})
+	}
+	// At the bound the counts stand.
+	r := extract(FormatOpenAISSE, Options{}, `data: {"choices":[],"usage":{"prompt_tokens":2147483647,"completion_tokens":2147483647}}`+"\n\n")
+	if !r.Found || !r.PromptKnown || r.PromptTokens != 2147483647 || r.CompletionTokens != 2147483647 || r.CountRejected {
+		t.Fatalf("at the bound: %+v", r)
 	}
 }
