@@ -20,6 +20,7 @@ import (
 
 	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/pkg/ledger"
+	"github.com/llmproxy/llmproxy/services/gateway"
 )
 
 // The single binary's NATS server runs inside `llmproxy serve` (target all,
@@ -98,6 +99,13 @@ func startEmbedded(cfg *config.Config, lock *storeLock, listen bool) (*embeddedS
 		// An event carries a request body up to max_body_bytes and a
 		// captured response, JSON-escaped.
 		MaxPayload: int32(min(cfg.Server.MaxBodyBytes+6*int64(cfg.Logging.MaxCaptureBytes)+1<<20, 64<<20)),
+		// The gateway's outbox drops an event OutboxDurableDelay after
+		// its publish was acknowledged, and the server acknowledges
+		// before it fsyncs: with nats-server's default (2 minutes) a
+		// power loss could take up to that much acknowledged usage with
+		// it. Syncing at half the delay leaves the other half for the
+		// write-behind and the fsync itself.
+		SyncInterval: gateway.OutboxDurableDelay / 2,
 	}
 	if listen {
 		opts.DontListen = false

@@ -22,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
+	"github.com/llmproxy/llmproxy/services/gateway"
 )
 
 // freeAddr returns a loopback address with a free port.
@@ -311,5 +312,34 @@ func TestCLIWithoutStore(t *testing.T) {
 	}
 	if _, err := os.Stat(data); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("data_dir created: %v", err)
+	}
+}
+
+// TestEmbeddedSyncsBeforeTheOutboxLetsGo: the embedded server fsyncs its
+// store well within the time the gateway's outbox keeps an event after
+// its publish was acknowledged, so a power loss cannot take an event from
+// both: the server has it on disk, or the outbox publishes it again.
+// nats-server's own default (2 minutes) left a window of acknowledged
+// events that neither held.
+func TestEmbeddedSyncsBeforeTheOutboxLetsGo(t *testing.T) {
+	cfg := &config.Config{DataDir: t.TempDir()}
+	lock, err := lockStore(context.Background(), cfg, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := startEmbedded(cfg, lock, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.shutdown()
+	js := e.ns.JetStreamConfig()
+	if js == nil {
+		t.Fatal("the embedded server runs without JetStream")
+	}
+	// Half the outbox's delay leaves the other half for the write-behind
+	// and the fsync itself.
+	if got, limit := js.SyncInterval, gateway.OutboxDurableDelay/2; got <= 0 || got > limit {
+		t.Fatalf("embedded JetStream sync interval %v; want at most %v (the outbox drops an acknowledged event after %v)",
+			got, limit, gateway.OutboxDurableDelay)
 	}
 }

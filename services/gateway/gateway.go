@@ -34,6 +34,13 @@ type EventSink interface {
 	Publish(ev *events.RequestCompleted)
 }
 
+// OutboxDurableDelay is how long the gateway's outbox keeps an event after
+// JetStream acknowledged it; the NATS server must fsync its store at least
+// this often (with a margin), or a power loss can lose acknowledged events
+// the outbox no longer holds. The single binary's embedded server syncs
+// every OutboxDurableDelay/2.
+const OutboxDurableDelay = publish.DurableDelay
+
 // Options wires a Gateway.
 type Options struct {
 	Config *config.Config

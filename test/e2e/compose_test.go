@@ -26,6 +26,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
@@ -860,6 +861,12 @@ func TestNATSServerConfigs(t *testing.T) {
 	if single.HTTPPort == 0 {
 		t.Errorf("nats.conf: no monitoring port (the compose healthcheck uses /healthz)")
 	}
+	// A gateway's outbox keeps an event 2 s after its ack
+	// (gateway.OutboxDurableDelay): the server must fsync well within it.
+	const maxSync = time.Second
+	if single.SyncInterval <= 0 || single.SyncInterval > maxSync {
+		t.Errorf("nats.conf: sync_interval %v, want at most %v", single.SyncInterval, maxSync)
+	}
 
 	files, _ := filepath.Glob(filepath.Join(dir, "cluster", "n*.conf"))
 	if len(files) != 3 {
@@ -876,6 +883,9 @@ func TestNATSServerConfigs(t *testing.T) {
 		base := filepath.Base(f)
 		if !o.JetStream || o.StoreDir == "" {
 			t.Errorf("%s: JetStream with a store_dir is required", base)
+		}
+		if o.SyncInterval <= 0 || o.SyncInterval > maxSync {
+			t.Errorf("%s: sync_interval %v, want at most %v", base, o.SyncInterval, maxSync)
 		}
 		if o.Cluster.Name != "llmproxy" {
 			t.Errorf("%s: cluster name %q, want llmproxy", base, o.Cluster.Name)

@@ -37,6 +37,16 @@ const (
 	ackFileSize = 28
 )
 
+// DurableDelay is how long the outbox keeps an event after JetStream
+// acknowledged it. A JetStream server acknowledges a message once it is in
+// its file store's buffers (written out within milliseconds) and fsyncs
+// the store only every sync_interval; a machine that loses power between
+// the two loses the acknowledged message unless the outbox still has it.
+// The server the outbox publishes to must therefore fsync at least this
+// often, with a margin for the write-behind and the fsync itself: the
+// single binary's embedded server syncs every DurableDelay/2.
+const DurableDelay = 2 * time.Second
+
 type segment struct {
 	id    uint64 // sequence number of the first record; names the file
 	f     *os.File
@@ -99,9 +109,9 @@ func openOutbox(dir string, o Options, m *metrics) (*outbox, error) {
 		log:       o.Logger,
 		m:         m,
 		warnEvery: o.WarnInterval,
-		// durableDelay covers the JetStream file store's write-behind
-		// (milliseconds) with a wide margin.
-		durableDelay: 2 * time.Second,
+		// durableDelay covers the NATS server's write-behind and fsync
+		// (see DurableDelay).
+		durableDelay: DurableDelay,
 	}
 	af, err := os.OpenFile(filepath.Join(dir, ackFileName), os.O_RDWR|os.O_CREATE, 0o640)
 	if err != nil {
