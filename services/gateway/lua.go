@@ -120,12 +120,16 @@ func (g *Gateway) relayWithHook(r *http.Request, w http.ResponseWriter, x *excha
 	}
 	copyResponseHeader(w.Header(), hresp.Headers)
 	w.Header().Set("Content-Length", strconv.Itoa(len(hresp.Body)))
+	// The head is only buffered until the body's first write (or the
+	// handler's return): committing after it still has the event durable
+	// before the client has the reply, and a panic writing it is
+	// recorded as the nothing the client got.
+	w.WriteHeader(hresp.Status)
 	x.status = hresp.Status
 	x.result, x.delivered = ex.Result(), true
 	if x.commit != nil {
 		x.commit()
 	}
-	w.WriteHeader(hresp.Status)
 	if hresp.Status == http.StatusNoContent || hresp.Status == http.StatusNotModified {
 		return // no body goes with these
 	}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +17,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
+	"github.com/llmproxy/llmproxy/pkg/ledger"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/auth"
 )
 
 // gathered returns the series of the metric name in reg whose labels
@@ -86,12 +89,15 @@ func TestPanickedRequestIsCountedAndLogged(t *testing.T) {
 		_, _ = w.Write([]byte(`{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}`))
 	}))
 	defer backend.Close()
+	// status is what the client saw: nothing (the connection dropped)
+	// is a 500, a head that went out is its status; both are errors.
 	for _, c := range []struct {
-		name string
-		w    http.ResponseWriter
+		name   string
+		w      http.ResponseWriter
+		status string
 	}{
-		{"panic on the head", &panicWriter{h: http.Header{}}},
-		{"panic on the body", &bodyPanicWriter{h: http.Header{}}},
+		{"panic on the head", &panicWriter{h: http.Header{}}, "500"},
+		{"panic on the body", &bodyPanicWriter{h: http.Header{}}, "200"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cfg, err := config.Parse([]byte(fmt.Sprintf("backends: [{url: %q, name: b1}]\napi_keys: [{key: %q}]\n", backend.URL, testKey)), "c.yaml")
@@ -116,9 +122,13 @@ func TestPanickedRequestIsCountedAndLogged(t *testing.T) {
 				}()
 				g.Handler().ServeHTTP(c.w, req)
 			}()
-			s.next(t)
-			if n := counted(t, reg, "llmproxy_requests_total", map[string]string{"path": "/v1/chat/completions", "backend": "b1"}); n != 1 {
-				t.Errorf("llmproxy_requests_total = %v after a panicked request, want 1", n)
+			// (A panic on the body comes after the event was committed:
+			// its error stays as it was.)
+			if ev := s.next(t); strconv.Itoa(ev.StatusCode) != c.status {
+				t.Errorf("event: status %d; want %s", ev.StatusCode, c.status)
+			}
+			if n := counted(t, reg, "llmproxy_requests_total", map[string]string{"path": "/v1/chat/completions", "backend": "b1", "status": c.status}); n != 1 {
+				t.Errorf("llmproxy_requests_total{status=%q} = %v after a panicked request, want 1", c.status, n)
 			}
 			if n := observations(t, reg, "llmproxy_latency_ms"); n != 1 {
 				t.Errorf("llmproxy_latency_ms observed %d times, want 1", n)
@@ -168,6 +178,108 @@ redis: {url: "redis://`+dead+`"}
 	}
 	if n := counted(t, reg, "llmproxy_admission_rejections_total", map[string]string{"reason": "key_store_unavailable"}); n != 1 {
 		t.Errorf("llmproxy_admission_rejections_total{reason=\"key_store_unavailable\"} = %v, want 1", n)
+	}
+}
+
+// panicKeys is a key store whose look-up panics.
+type panicKeys struct{}
+
+func (panicKeys) LookupHash(context.Context, string) (*auth.Key, error) {
+	panic(http.ErrAbortHandler)
+}
+
+// panicAdmitter admits nothing: its Admit panics.
+type panicAdmitter struct{ ledger.Admitter }
+
+func (panicAdmitter) Admit(context.Context, ledger.AdmitRequest) (ledger.Decision, error) {
+	panic(http.ErrAbortHandler)
+}
+
+// TestPanicBeforeTheRelayIsRecorded: a request whose handler panics before
+// it reached a backend (in the key look-up, in admission, or writing
+// /v1/models' reply) has its event, its count in the metrics as the 500
+// the dropped connection stands for, and its access line; an admitted
+// one gives its concurrency slot back.
+func TestPanicBeforeTheRelayIsRecorded(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/models" {
+			_, _ = w.Write([]byte(`{"object":"list","data":[{"id":"m1","object":"model"}]}`))
+			return
+		}
+		_, _ = w.Write([]byte(`{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}`))
+	}))
+	defer backend.Close()
+	for _, c := range []struct {
+		name     string
+		method   string
+		path     string
+		keys     auth.Store
+		admitter ledger.Admitter
+		w        http.ResponseWriter
+		keyID    string
+	}{
+		{name: "key look-up", method: "POST", path: "/v1/chat/completions", keys: panicKeys{},
+			w: httptest.NewRecorder(), keyID: UnauthenticatedKeyID},
+		{name: "admission", method: "POST", path: "/v1/chat/completions", admitter: panicAdmitter{},
+			w: httptest.NewRecorder(), keyID: "k1"},
+		{name: "models reply", method: "GET", path: "/v1/models", admitter: ledger.NewMemoryAdmitter(nil, nil),
+			w: &panicWriter{h: http.Header{}}, keyID: "k1"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, err := config.Parse([]byte(fmt.Sprintf("backends: [{url: %q, name: b1}]\napi_keys: [{key: %q, id: k1, limits: {max_concurrent: 1}}]\n", backend.URL, testKey)), "c.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			reg := prometheus.NewRegistry()
+			lines := make(chan map[string]string, 10)
+			s := newSink()
+			g, err := New(Options{Config: cfg, Events: s, Registerer: reg, Keys: c.keys, Admitter: c.admitter,
+				Logger: slog.New(recordHandler{out: lines})})
+			if err != nil {
+				t.Fatal(err)
+			}
+			g.Start(context.Background())
+			req := httptest.NewRequest(c.method, c.path, strings.NewReader(`{"model":"m1"}`))
+			req.Header.Set("Authorization", "Bearer "+testKey)
+			func() {
+				defer func() {
+					if r := recover(); r != http.ErrAbortHandler {
+						t.Fatalf("recovered %v; want http.ErrAbortHandler", r)
+					}
+				}()
+				g.Handler().ServeHTTP(c.w, req)
+			}()
+			select {
+			case ev := <-s.ch:
+				if ev.Error != "internal_error" || ev.StatusCode != 500 || ev.KeyID != c.keyID || ev.Endpoint != c.path {
+					t.Errorf("event: %s %d %q key %q; want %s 500 internal_error key %q", ev.Endpoint, ev.StatusCode, ev.Error, ev.KeyID, c.path, c.keyID)
+				}
+			default:
+				t.Error("no event for the panicked request")
+			}
+			if n := counted(t, reg, "llmproxy_requests_total", map[string]string{"path": c.path, "status": "500"}); n != 1 {
+				t.Errorf("llmproxy_requests_total{status=\"500\"} = %v after a panicked request, want 1", n)
+			}
+			access := 0
+			for len(lines) > 0 {
+				if l := <-lines; l["msg"] == "request" && l["status"] == "500" && l["error"] == "internal_error" {
+					access++
+				}
+			}
+			if access != 1 {
+				t.Errorf("%d access lines (status 500, internal_error) for the panicked request, want 1", access)
+			}
+			if n := gathered(t, reg, "llmproxy_inflight_requests", nil); len(n) != 1 || n[0].GetGauge().GetValue() != 0 {
+				t.Errorf("llmproxy_inflight_requests after the panic: %v, want 0", n)
+			}
+			if c.name == "models reply" {
+				srv := httptest.NewServer(g.Handler())
+				defer srv.Close()
+				if resp, body := do(t, "POST", srv.URL+"/v1/chat/completions", `{"model":"m1"}`, withKey()); resp.StatusCode != 200 {
+					t.Fatalf("request after a panicked one: %d %s; want 200 (its slot freed)", resp.StatusCode, body)
+				}
+			}
+		})
 	}
 }
 

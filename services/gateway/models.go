@@ -30,7 +30,7 @@ func (g *Gateway) serveModels(w http.ResponseWriter, r *http.Request) {
 	g.inflight.Add(1)
 	defer g.inflight.Add(-1)
 	x := g.begin(w, r)
-	defer g.release(x)
+	defer g.end(x)
 	if e := g.prepare(r, x); e != nil {
 		g.fail(w, x, e)
 		return
@@ -87,8 +87,8 @@ func (g *Gateway) serveModels(w http.ResponseWriter, r *http.Request) {
 	}
 	body, _ := json.Marshal(map[string]any{"object": "list", "data": list})
 	w.Header().Set("Content-Type", "application/json")
-	x.status = http.StatusOK
 	w.WriteHeader(http.StatusOK)
+	x.status = http.StatusOK
 	_, _ = w.Write(body)
 	g.finish(r.Context(), x)
 	g.observe(x)
@@ -156,9 +156,9 @@ func (g *Gateway) relayTags(w http.ResponseWriter, x *exchange, resp *http.Respo
 	out, _ := json.Marshal(map[string]any{"models": kept})
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(out)))
+	w.WriteHeader(http.StatusOK)
 	x.status = http.StatusOK
 	x.delivered = true
-	w.WriteHeader(http.StatusOK)
 	pace := newSendPace(http.NewResponseController(w), x.rt.sendTimeout)
 	defer pace.done()
 	pace.arm()

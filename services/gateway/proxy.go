@@ -186,11 +186,10 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) {
 	g.inflight.Add(1)
 	defer g.inflight.Add(-1)
 	x := g.begin(w, r)
-	// A handler that panics (net/http recovers it and drops the
-	// connection) must still give the key's concurrency slot back: its
-	// renewals would otherwise hold it for as long as the process lives.
-	// Once commit or a refusal has released x, this does nothing.
-	defer g.release(x)
+	// end records x if the handler panics, anywhere from here on, and
+	// gives the key's concurrency slot back (its renewals would otherwise
+	// hold it for as long as the process lives).
+	defer g.end(x)
 	if e := g.prepare(r, x); e != nil {
 		g.release(x)
 		g.fail(w, x, e)
@@ -207,30 +206,6 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) {
 			g.release(x)
 		}
 	}
-	// A panic past this point still records the request: the event (what
-	// was served is billed, estimated where no usage was read), the
-	// metrics and the access line are out before the panic goes on to
-	// net/http, which drops the connection. Only a panic gets here
-	// unobserved; it is not recovered, so the server logs its own stack.
-	defer func() {
-		if x.observed {
-			return
-		}
-		if !x.committed {
-			if x.errMsg == "" {
-				x.errMsg = "internal_error"
-			}
-			if x.status == 0 {
-				x.status = http.StatusInternalServerError
-			}
-			x.commit()
-		}
-		g.observe(x)
-	}()
-	// The sender starts on the event once the reply is out (even if the
-	// relay panicked): waking it earlier would cost the reply a thread
-	// wake-up. The event itself is in the outbox before the last bytes.
-	defer x.wakeSender()
 	g.forward(w, r, x)
 	x.commit()
 	g.observe(x)
@@ -239,6 +214,37 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) {
 		// without ending the reply: a chunked body gets no last chunk.
 		panic(http.ErrAbortHandler)
 	}
+}
+
+// end is deferred by every handler of the request path once x has begun.
+// A request observed by then only needs its sender woken: the sender
+// starts on the event once the reply is out, as waking it earlier would
+// cost the reply a thread wake-up (the event itself is in the outbox
+// before the last bytes). Only a panic gets here unobserved, from auth,
+// the Lua hooks, admission, routing, the relay or the models list: the
+// request is still recorded, its event (what was served is billed,
+// estimated where no usage was read; one that was committed already
+// stands), the metrics and the access line, before the panic goes on to
+// net/http, which drops the connection. Its status is what the client
+// got: 500 (error internal_error) when no reply head went out, else the
+// head's. The panic is not recovered, so the server logs its own stack.
+// Last, end releases whatever x still holds.
+func (g *Gateway) end(x *exchange) {
+	if !x.observed {
+		if !x.committed {
+			if x.errMsg == "" {
+				x.errMsg = "internal_error"
+			}
+			if x.status == 0 {
+				x.status = http.StatusInternalServerError
+			}
+			x.committed = true
+			g.finish(context.Background(), x)
+		}
+		g.observe(x)
+	}
+	x.wakeSender()
+	g.release(x)
 }
 
 func (x *exchange) wakeSender() {
@@ -864,8 +870,10 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 	if streaming {
 		w.Header().Del("Content-Length")
 	}
-	x.status = resp.StatusCode
+	// The status is recorded once its head is written: a panic writing
+	// it leaves the client nothing, which end records as a 500.
 	w.WriteHeader(resp.StatusCode)
+	x.status = resp.StatusCode
 	maxText := 1 << 20
 	if x.captures() {
 		maxText = x.rt.maxCapture
