@@ -14,11 +14,15 @@ import (
 )
 
 // TestUsageNamesCommandFlags: the top-level usage names every flag that
-// `llmproxy logs` and `llmproxy config check` document.
+// `llmproxy logs`, `llmproxy config check` and `llmproxy webhooks dlq`
+// document.
 func TestUsageNamesCommandFlags(t *testing.T) {
+	list, discard, _ := strings.Cut(webhooksUsage, "\n")
 	for _, cmd := range []struct{ line, usage string }{
 		{"llmproxy logs ", logsUsage},
 		{"llmproxy config check ", configUsage},
+		{"llmproxy webhooks dlq list|replay ", list},
+		{"llmproxy webhooks dlq discard ", discard},
 	} {
 		var line string
 		for l := range strings.SplitSeq(usageText, "\n") {

@@ -18,7 +18,7 @@ Usage:
   llmproxy usage --config FILE [--key ID] [--period daily|weekly|monthly|never] [--json]
   llmproxy keys create|list|show|disable|enable|delete --config FILE [ID] [flags]
   llmproxy logs --config FILE [--key ID] [--request-id ID] [--client-request-id ID] [--since 1h|RFC3339] [--status N] [--limit N] [--from auto|stream|postgres] [--json]
-  llmproxy webhooks dlq list|replay --config FILE [--id EVENT_ID] [--nats-url URL] [--json]
+  llmproxy webhooks dlq list|replay --config FILE [--id EVENT_ID] [--endpoint NAME] [--nats-url URL] [--json]
   llmproxy webhooks dlq discard --config FILE (--id ID | --endpoint NAME | --all) [--nats-url URL]
   llmproxy version
 `
