@@ -84,3 +84,71 @@ func TestDocsConfigExamplesLoad(t *testing.T) {
 		t.Fatal("found no complete config example in README.md")
 	}
 }
+
+// shippedConfigs are the LLMProxy configs of examples/ and deploy/, with
+// the targets each is run as: the quick start's single binary, the compose
+// stack's gateways, meters and notifier.
+var shippedConfigs = map[string][]string{
+	"examples/quickstart.yaml":     {"all"},
+	"deploy/compose/llmproxy.yaml": {"gateway", "meter", "notifier"},
+}
+
+// TestShippedConfigsCheck: every LLMProxy config under examples/ and
+// deploy/ (a YAML file with a top-level backends: key) passes `llmproxy
+// config check --target T` for each target it is run as, with the
+// environment variables it names set. A config found there but missing
+// from shippedConfigs fails the test, so that a new one is checked too.
+func TestShippedConfigsCheck(t *testing.T) {
+	found := map[string]bool{}
+	for _, dir := range []string{"examples", "deploy"} {
+		err := filepath.WalkDir(filepath.Join(repoRoot, dir), func(path string, d os.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
+			}
+			if ext := filepath.Ext(path); ext != ".yaml" && ext != ".yml" {
+				return nil
+			}
+			data, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			if wholeConfig.Match(data) {
+				rel, err := filepath.Rel(repoRoot, path)
+				if err != nil {
+					return err
+				}
+				found[filepath.ToSlash(rel)] = true
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for rel := range found {
+		if _, ok := shippedConfigs[rel]; !ok {
+			t.Errorf("%s is an LLMProxy config that shippedConfigs does not list: add it with the targets it runs as", rel)
+		}
+	}
+	for rel, targets := range shippedConfigs {
+		if !found[rel] {
+			t.Errorf("%s is listed in shippedConfigs but is not an LLMProxy config under examples/ or deploy/", rel)
+			continue
+		}
+		path := filepath.Join(repoRoot, filepath.FromSlash(rel))
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, target := range targets {
+			t.Run(rel+"/"+target, func(t *testing.T) {
+				for _, ref := range envRef.FindAllSubmatch(data, -1) {
+					t.Setenv(string(ref[1]), "example-"+strings.ToLower(string(ref[1])))
+				}
+				if err := checkConfig(path, target); err != nil {
+					t.Fatalf("llmproxy config check --target %s %s:\n%v", target, rel, err)
+				}
+			})
+		}
+	}
+}
