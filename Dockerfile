@@ -25,6 +25,7 @@ COPY pkg/go.mod pkg/go.sum pkg/
 COPY services/gateway/go.mod services/gateway/go.sum services/gateway/
 COPY services/meter/go.mod services/meter/go.sum services/meter/
 COPY services/notifier/go.mod services/notifier/go.sum services/notifier/
+COPY services/recorder/go.mod services/recorder/go.sum services/recorder/
 COPY cmd/go.mod cmd/go.sum cmd/
 COPY test/e2e/go.mod test/e2e/go.sum test/e2e/
 COPY bench/go.mod bench/go.sum bench/
