@@ -182,3 +182,18 @@ func fits(used, outstanding, reserve, limit int64) bool {
 	}
 	return used+outstanding+reserve <= limit
 }
+
+// excess returns how many of the used tokens must leave a sliding window
+// before reserve more fit under limit beside outstanding reservations (see
+// fits): for a request larger than the whole limit, enough to bring the
+// window below it. It is more than used when the window cannot free them on
+// its own, the reservations having to settle first.
+func excess(used, outstanding, reserve, limit int64) int64 {
+	if reserve > limit {
+		if outstanding > 0 {
+			return used + 1
+		}
+		return used - limit + 1
+	}
+	return used + outstanding + reserve - limit
+}

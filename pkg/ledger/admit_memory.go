@@ -196,7 +196,7 @@ func (a *MemoryAdmitter) Admit(ctx context.Context, req AdmitRequest) (Decision,
 	if l := req.Limits; l.TPM > 0 {
 		inWindow, secs := k.window(now)
 		if !fits(inWindow, outstanding, req.Reserve, l.TPM) {
-			reject(ReasonTPM, tpmRetry(secs, k.tpm, inWindow+outstanding+req.Reserve-l.TPM, now))
+			reject(ReasonTPM, tpmRetry(secs, k.tpm, excess(inWindow, outstanding, req.Reserve, l.TPM), now))
 		}
 		d.LimitTokens, d.RemainingTokens = l.TPM, max(l.TPM-inWindow-outstanding, 0)
 		if len(secs) > 0 {

@@ -251,7 +251,14 @@ if tpm > 0 or quota > 0 then
     end
     if not fits(used, outstanding, tpm) then
       if not secs then secs = scan() end
-      local excess, freed, after = used + outstanding + reserve - tpm, 0, 1000000
+      -- excess: the window's tokens that must leave it (see excess in
+      -- admit.go); more than it holds when reservations must settle first.
+      local excess = used + outstanding + reserve - tpm
+      if reserve > tpm then
+        excess = used - tpm + 1
+        if outstanding > 0 then excess = used + 1 end
+      end
+      local freed, after = 0, 1000000
       for _, s in ipairs(secs) do
         freed = freed + bysec[s]
         if freed >= excess then

@@ -406,6 +406,35 @@ func runAdmitSuite(t *testing.T, newEnv func(t *testing.T, start time.Time) admi
 		}
 	})
 
+	// A request larger than the whole TPM is admitted once the window is
+	// below the limit with nothing outstanding: its Retry-After is when
+	// that happens, so a client that waits it is admitted, not refused
+	// again every second until then.
+	t.Run("LoneRequestLargerThanTPMRetriesWhenWindowFrees", func(t *testing.T) {
+		env := newEnv(t, t0)
+		apply(t, env, Entry{RequestID: "a", KeyID: "k", Time: t0, PromptTokens: 600})
+		apply(t, env, Entry{RequestID: "b", KeyID: "k", Time: t0.Add(10 * time.Second), PromptTokens: 400})
+		env.clock.Set(t0.Add(20 * time.Second))
+		req := AdmitRequest{KeyID: "k", Limits: KeyLimits{TPM: 1000}, Reserve: 4096}
+		d := admit(t, env, req)
+		if d.Allowed || d.Reason != ReasonTPM || d.RetryAfter != 40*time.Second {
+			t.Fatalf("with the window full: %+v; want tpm, retry after 40s (when the 600 of t0 leave)", d)
+		}
+		env.clock.Advance(d.RetryAfter - time.Millisecond)
+		if d := admit(t, env, req); d.Allowed {
+			t.Fatalf("before Retry-After: %+v; want refused", d)
+		}
+		env.clock.Advance(time.Millisecond)
+		if d := admit(t, env, req); !d.Allowed {
+			t.Fatalf("after Retry-After: %+v; want admitted", d)
+		}
+		// Now its reservation is outstanding: only its settling frees
+		// the window for another such request.
+		if d := admit(t, env, req); d.Allowed || d.RetryAfter != time.Second {
+			t.Fatalf("a second one: %+v; want refused, retry after 1s", d)
+		}
+	})
+
 	t.Run("DailyQuotaResetsAtUTCMidnight", func(t *testing.T) {
 		late := time.Date(2026, 11, 25, 23, 59, 30, 0, time.UTC)
 		env := newEnv(t, late)
