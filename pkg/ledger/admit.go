@@ -83,6 +83,12 @@ type Decision struct {
 	// RetryAfter is when a retry may succeed; zero when waiting would not
 	// help (a never-resetting quota).
 	RetryAfter time.Duration
+	// HeldByReservations reports a refusal by the period quota that only
+	// the key's outstanding reservations caused: the request fits in what
+	// the period has left once the requests in flight finish and are
+	// settled with their real counts, so the quota is not used up and
+	// RetryAfter is a second, not the period's end.
+	HeldByReservations bool
 
 	LimitRequests, RemainingRequests int64
 	ResetRequests                    time.Duration

@@ -211,6 +211,10 @@ func (a *MemoryAdmitter) Admit(ctx context.Context, req AdmitRequest) (Decision,
 			retry = max(end.Sub(now), time.Microsecond)
 		}
 		if !fits(used, outstanding, req.Reserve, req.Quota) {
+			if d.Allowed && outstanding > 0 && fits(used, 0, req.Reserve, req.Quota) {
+				d.HeldByReservations = true
+				reject(ReasonQuota, time.Second)
+			}
 			reject(ReasonQuota, retry)
 		}
 		if req.Limits.TPM <= 0 {

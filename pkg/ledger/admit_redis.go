@@ -134,10 +134,11 @@ end
 // rpm, tpm, max concurrent, quota, reserve, lease TTL (µs), reservation TTL
 // (µs), period end (µs, 0 = never).
 // It returns allowed (0/1), reason, retry after (µs), limit, remaining and
-// reset (µs) of requests, the same of tokens.
+// reset (µs) of requests, the same of tokens, and whether only outstanding
+// reservations made the quota refuse (0/1, Decision.HeldByReservations).
 const admitLua = luaClock + `
 if redis.call('EXISTS', KEYS[11]) == 1 then
-  return {0, 'cancelled', '0', 0, 0, '0', 0, 0, '0'}
+  return {0, 'cancelled', '0', 0, 0, '0', 0, 0, '0', 0}
 end
 local lease = ARGV[2]
 local gT, gburst = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -147,7 +148,7 @@ local quota, reserve = tonumber(ARGV[10]), tonumber(ARGV[11])
 local leasettl, resvttl, pend = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
 local WIN = 60000000
 
-local allowed, reason, retry = true, '', 0
+local allowed, reason, retry, held = true, '', 0, 0
 local function reject(r, after)
   if allowed then allowed, reason, retry = false, r, after end
 end
@@ -279,13 +280,22 @@ if tpm > 0 or quota > 0 then
     -- A request that arrived in a period that has ended since may retry
     -- at once: its retry is in the next period.
     if pend > 0 then after = math.max(pend - now, 1) end
-    if not fits(used, outstanding, quota) then reject('quota', after) end
+    if not fits(used, outstanding, quota) then
+      -- Held only by the reservations of requests in flight: it fits
+      -- once they settle, so the client polls rather than waits for the
+      -- period's end.
+      if allowed and outstanding > 0 and fits(used, 0, quota) then
+        held = 1
+        reject('quota', 1000000)
+      end
+      reject('quota', after)
+    end
     if tpm <= 0 then limtok, remtok, resettok = quota, math.max(quota - used - outstanding, 0), after end
   end
 end
 
 if not allowed then
-  return {0, reason, fmt(retry), limreq, remreq, fmt(resetreq), limtok, remtok, fmt(resettok)}
+  return {0, reason, fmt(retry), limreq, remreq, fmt(resetreq), limtok, remtok, fmt(resettok), held}
 end
 
 if gtat then settat(KEYS[12], gtat) end
@@ -315,7 +325,7 @@ if reserve > 0 and (tpm > 0 or quota > 0) then
   redis.call('PEXPIRE', KEYS[9], ttl)
   remtok = math.max(remtok - reserve, 0)
 end
-return {1, '', '0', limreq, remreq, fmt(resetreq), limtok, remtok, fmt(resettok)}
+return {1, '', '0', limreq, remreq, fmt(resetreq), limtok, remtok, fmt(resettok), 0}
 `
 
 // globalLua is the global bucket's decision on Redis Cluster: KEYS[1] is the
@@ -581,11 +591,11 @@ func (a *RedisAdmitter) Renew(ctx context.Context, keyID, leaseID string, ttl ti
 
 // decisionOf reads admitLua's reply.
 func decisionOf(res []any) (Decision, error) {
-	if len(res) != 9 {
+	if len(res) != 10 {
 		return Decision{}, fmt.Errorf("admit: unexpected reply %v", res)
 	}
-	var n [9]int64
-	for _, i := range []int{0, 2, 3, 4, 5, 6, 7, 8} {
+	var n [10]int64
+	for _, i := range []int{0, 2, 3, 4, 5, 6, 7, 8, 9} {
 		v, err := parseInt(res[i])
 		if err != nil {
 			return Decision{}, fmt.Errorf("admit: reply field %d: %w", i, err)
@@ -609,6 +619,8 @@ func decisionOf(res []any) (Decision, error) {
 		LimitTokens:       n[6],
 		RemainingTokens:   n[7],
 		ResetTokens:       us(n[8]),
+
+		HeldByReservations: n[9] == 1,
 	}, nil
 }
 

@@ -260,9 +260,12 @@ func runAdmitSuite(t *testing.T, newEnv func(t *testing.T, start time.Time) admi
 			t.Fatalf("admitted %d requests reserving 300 of a 10000 quota, want 33", len(held))
 		}
 		wantReserved(t, env, "k", 33*300)
+		// Nothing is used yet: only the requests in flight hold the
+		// quota, so the refusal says so and asks for a retry in a second,
+		// not at the period's end.
 		d := admit(t, env, req)
-		if d.Allowed || d.Reason != ReasonQuota || d.RetryAfter != 12*time.Hour {
-			t.Fatalf("34th: %+v; want a quota rejection retrying at midnight UTC", d)
+		if d.Allowed || d.Reason != ReasonQuota || !d.HeldByReservations || d.RetryAfter != time.Second {
+			t.Fatalf("34th: %+v; want a quota rejection held by reservations, retry after 1s", d)
 		}
 		if d.LimitTokens != 10000 || d.RemainingTokens != 100 {
 			t.Fatalf("token figures %d/%d, want 10000/100", d.LimitTokens, d.RemainingTokens)
@@ -276,8 +279,21 @@ func runAdmitSuite(t *testing.T, newEnv func(t *testing.T, start time.Time) admi
 		apply(t, env, entries...)
 		wantReserved(t, env, "k", 0)
 		// 33×250 = 8250 used: 5 more of 300 fit (9750), the 6th does not.
-		if n := len(concurrently(t, env, 10, 10, req)); n != 5 {
-			t.Fatalf("after settling admitted %d, want 5", n)
+		held = concurrently(t, env, 10, 10, req)
+		if len(held) != 5 {
+			t.Fatalf("after settling admitted %d, want 5", len(held))
+		}
+		entries = entries[:0]
+		for _, id := range held {
+			entries = append(entries, Entry{RequestID: id, KeyID: "k", Time: t0, PromptTokens: 300, Reserved: 300})
+		}
+		apply(t, env, entries...)
+		// These used all they reserved, 9750 in all: 300 more do not fit
+		// whatever settles; the quota is used up for such a request
+		// until midnight UTC.
+		d = admit(t, env, req)
+		if d.Allowed || d.Reason != ReasonQuota || d.HeldByReservations || d.RetryAfter != 12*time.Hour {
+			t.Fatalf("with 9750 used: %+v; want a quota rejection retrying at midnight UTC", d)
 		}
 	})
 

@@ -201,6 +201,12 @@ func rejection(d ledger.Decision) *apierr.Error {
 	retry := int(math.Ceil(d.RetryAfter.Seconds()))
 	switch d.Reason {
 	case ledger.ReasonQuota:
+		if d.HeldByReservations {
+			// The quota has room for the request once the key's
+			// requests in flight are settled: a rate limit, not an
+			// exhausted quota.
+			return apierr.RateLimited("rate_limit_exceeded", "this API key's token quota is held by its requests in flight; retry after "+strconv.Itoa(retry)+"s", retry)
+		}
 		msg := "this API key's token quota is used up"
 		if retry > 0 {
 			msg += "; it resets in " + (time.Duration(retry) * time.Second).String()

@@ -188,11 +188,17 @@ func TestQuotaOfThePeriodTheRequestArrivedIn(t *testing.T) {
 // key's concurrency says, in OpenAI's x-ratelimit-* headers, which limit it
 // hit, that it has nothing left and when to try again; with either ledger.
 func TestRefusalsCarryRateLimitHeaders(t *testing.T) {
-	admitters := map[string]func(t *testing.T) ledger.Admitter{
-		"memory": func(*testing.T) ledger.Admitter { return ledger.NewMemoryAdmitter(nil, nil) },
-		"redis": func(t *testing.T) ledger.Admitter {
+	// Each admitter reads the key's quota usage from a ledger the test
+	// can fill (the meter's part).
+	admitters := map[string]func(t *testing.T) (ledger.Admitter, ledger.Store){
+		"memory": func(t *testing.T) (ledger.Admitter, ledger.Store) {
 			rdb, prefix := redistest.New(t, "admission")
-			return ledger.NewRedisAdmitter(rdb, prefix)
+			store := ledger.NewRedis(rdb, prefix)
+			return ledger.NewMemoryAdmitter(store, nil), store
+		},
+		"redis": func(t *testing.T) (ledger.Admitter, ledger.Store) {
+			rdb, prefix := redistest.New(t, "admission")
+			return ledger.NewRedisAdmitter(rdb, prefix), ledger.NewRedis(rdb, prefix)
 		},
 	}
 	for name, admitter := range admitters {
@@ -207,12 +213,20 @@ func TestRefusalsCarryRateLimitHeaders(t *testing.T) {
 				_, _ = w.Write([]byte(`{"choices":[{"message":{"content":"hi"}}]}`))
 			}))
 			t.Cleanup(backend.Close)
-			serve := func(limits string) string {
-				cfg, err := config.Parse([]byte(fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q}]\n%s", backend.URL, testKey, limits)), "c.yaml")
+			// serve serves a gateway with limits whose key k1 has used
+			// used tokens of its quota's current period.
+			serve := func(limits string, used int64) string {
+				cfg, err := config.Parse([]byte(fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{id: k1, key: %q}]\n%s", backend.URL, testKey, limits)), "c.yaml")
 				if err != nil {
 					t.Fatal(err)
 				}
-				g, err := New(Options{Config: cfg, Events: newSink(), Admitter: admitter(t)})
+				a, store := admitter(t)
+				if used > 0 {
+					if _, err := store.Apply(context.Background(), []ledger.Entry{{RequestID: "used", KeyID: "k1", Time: time.Now(), PromptTokens: used}}); err != nil {
+						t.Fatal(err)
+					}
+				}
+				g, err := New(Options{Config: cfg, Events: newSink(), Admitter: a})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -235,7 +249,7 @@ func TestRefusalsCarryRateLimitHeaders(t *testing.T) {
 			}
 
 			t.Run("global rate", func(t *testing.T) {
-				url := serve("rate_limit: {global: {requests_per_second: 0.1, burst_size: 2}}\n")
+				url := serve("rate_limit: {global: {requests_per_second: 0.1, burst_size: 2}}\n", 0)
 				for i := range 2 {
 					if resp, b := do(t, "POST", url+"/v1/chat/completions", `{"model":"m"}`, withKey()); resp.StatusCode != 200 {
 						t.Fatalf("request %d within the burst: %d %s", i, resp.StatusCode, b)
@@ -245,7 +259,7 @@ func TestRefusalsCarryRateLimitHeaders(t *testing.T) {
 				check(t, resp, "2")
 			})
 			t.Run("key rate beside an rpm", func(t *testing.T) {
-				url := serve("rate_limit: {per_key: {requests_per_second: 0.1, requests_per_minute: 100}}\n")
+				url := serve("rate_limit: {per_key: {requests_per_second: 0.1, requests_per_minute: 100}}\n", 0)
 				if resp, b := do(t, "POST", url+"/v1/chat/completions", `{"model":"m"}`, withKey()); resp.StatusCode != 200 {
 					t.Fatalf("first request: %d %s", resp.StatusCode, b)
 				}
@@ -286,18 +300,12 @@ func TestRefusalsCarryRateLimitHeaders(t *testing.T) {
 				return resp
 			}
 			t.Run("quota beside a tpm", func(t *testing.T) {
-				url := serve("auth: {defaults: {total_quota: 5000, quota_reset_period: daily}}\nrate_limit: {per_key: {tokens_per_minute: 100000}}\n")
-				if resp, b := do(t, "POST", url+"/v1/chat/completions", big, withKey()); resp.StatusCode != 200 {
-					t.Fatalf("first request: %d %s", resp.StatusCode, b)
-				}
+				url := serve("auth: {defaults: {total_quota: 5000, quota_reset_period: daily}}\nrate_limit: {per_key: {tokens_per_minute: 100000}}\n", 3000)
 				resp := postBig(t, url)
 				checkTokens(t, resp, "insufficient_quota", "5000", "0")
 			})
 			t.Run("quota that never resets", func(t *testing.T) {
-				url := serve("auth: {defaults: {total_quota: 5000, quota_reset_period: never}}\n")
-				if resp, b := do(t, "POST", url+"/v1/chat/completions", big, withKey()); resp.StatusCode != 200 {
-					t.Fatalf("first request: %d %s", resp.StatusCode, b)
-				}
+				url := serve("auth: {defaults: {total_quota: 5000, quota_reset_period: never}}\n", 3000)
 				resp, b := do(t, "POST", url+"/v1/chat/completions", big, withKey())
 				h := resp.Header
 				// No reset is coming: neither Retry-After nor a reset of
@@ -308,8 +316,28 @@ func TestRefusalsCarryRateLimitHeaders(t *testing.T) {
 						h.Get("X-Ratelimit-Limit-Tokens"), h.Get("X-Ratelimit-Remaining-Tokens"), h.Values("X-Ratelimit-Reset-Tokens"))
 				}
 			})
+			// A quota with room for the request once the key's request
+			// in flight is settled is not used up: the client is told to
+			// retry shortly, not at the period's end.
+			t.Run("quota held by a request in flight", func(t *testing.T) {
+				url := serve("auth: {defaults: {total_quota: 5000, quota_reset_period: never}}\n", 0)
+				go func() {
+					req, _ := http.NewRequest("POST", url+"/v1/chat/completions?hold=1", strings.NewReader(big))
+					req.Header.Set("Authorization", "Bearer "+testKey)
+					if resp, err := http.DefaultClient.Do(req); err == nil {
+						resp.Body.Close()
+					}
+				}()
+				<-arrived // the first request holds 3000 of the 5000 tokens
+				defer func() { release <- struct{}{} }()
+				resp := postBig(t, url)
+				if retry := resp.Header.Get("Retry-After"); retry != "1" {
+					t.Fatalf("Retry-After %q, want 1", retry)
+				}
+				checkTokens(t, resp, "rate_limit_exceeded", "5000", "1997")
+			})
 			t.Run("tpm held by a reservation", func(t *testing.T) {
-				url := serve("rate_limit: {per_key: {tokens_per_minute: 5000}}\n")
+				url := serve("rate_limit: {per_key: {tokens_per_minute: 5000}}\n", 0)
 				if resp, b := do(t, "POST", url+"/v1/chat/completions", big, withKey()); resp.StatusCode != 200 {
 					t.Fatalf("first request: %d %s", resp.StatusCode, b)
 				}
@@ -317,7 +345,7 @@ func TestRefusalsCarryRateLimitHeaders(t *testing.T) {
 				checkTokens(t, resp, "rate_limit_exceeded", "5000", "1997")
 			})
 			t.Run("concurrency", func(t *testing.T) {
-				url := serve("rate_limit: {per_key: {max_concurrent: 1}}\n")
+				url := serve("rate_limit: {per_key: {max_concurrent: 1}}\n", 0)
 				go func() {
 					req, _ := http.NewRequest("POST", url+"/v1/chat/completions?hold=1", strings.NewReader(`{"model":"m"}`))
 					req.Header.Set("Authorization", "Bearer "+testKey)

@@ -603,7 +603,9 @@ func limHasSecret(s string, secrets []string) bool {
 // limQuotaCase sends 100 concurrent requests of about 300 tokens each at a key
 // with a quota of 10,000 tokens: the tokens served must not exceed the quota
 // by more than the largest request, and once the meter has settled them the
-// key is refused with insufficient_quota.
+// key is refused with insufficient_quota. While they run, a request the
+// quota has room for once the others settle is refused as held by them
+// (rate_limit_exceeded, Retry-After 1), not as a quota used up.
 func limQuotaCase(t *testing.T, gws []string, cfg, key, keyID string) {
 	const quota = 10000
 	body := []byte(`{"model":"mock-model","max_tokens":290,"messages":[{"role":"user","content":"tell me a long story please"}]}`)
@@ -611,7 +613,7 @@ func limQuotaCase(t *testing.T, gws []string, cfg, key, keyID string) {
 	// requests overlap.
 	hdr := map[string]string{"X-Mock-Tokens": "5000", "X-Mock-Gap": "1ms"}
 	replies := limFanOut(100, 0, func(i int) limReply { return limSend(gws[i%len(gws)], key, body, hdr) })
-	var served, largest, admitted int64
+	var served, largest, admitted, heldRefusals int64
 	for i, r := range replies {
 		if r.err == nil && r.status == 200 {
 			u := usageFromJSON(t, r.body)
@@ -624,12 +626,21 @@ func limQuotaCase(t *testing.T, gws []string, cfg, key, keyID string) {
 			admitted++
 			continue
 		}
+		var e limAPIError
+		if r.err == nil && json.Unmarshal(r.body, &e) == nil && e.Error.Code == "rate_limit_exceeded" {
+			limCheckError(t, fmt.Sprintf("request %d", i), r, 429, "rate_limit_exceeded")
+			if r.header.Get("Retry-After") != "1" || !strings.Contains(e.Error.Message, "in flight") {
+				t.Fatalf("request %d: %s, Retry-After %q; want a quota held by requests in flight, retry after 1", i, r.body, r.header.Get("Retry-After"))
+			}
+			heldRefusals++
+			continue
+		}
 		limCheckError(t, fmt.Sprintf("request %d", i), r, 429, "insufficient_quota")
 		if r.header.Get("Retry-After") == "" {
 			t.Fatalf("request %d: insufficient_quota without Retry-After (a daily quota resets)", i)
 		}
 	}
-	t.Logf("quota %d: %d of 100 admitted, %d tokens served (largest request %d)", quota, admitted, served, largest)
+	t.Logf("quota %d: %d of 100 admitted, %d tokens served (largest request %d), %d refused as held by requests in flight", quota, admitted, served, largest, heldRefusals)
 	if admitted == 0 {
 		t.Fatal("no request admitted")
 	}
