@@ -175,6 +175,9 @@ func (a *MemoryAdmitter) Admit(ctx context.Context, req AdmitRequest) (Decision,
 			reset = k.recent[0].Add(tpmWindow).Sub(now)
 		}
 		if n >= l.RPM {
+			// The window holds more than the limit when the limit was
+			// lowered: a slot frees when all but RPM-1 have left.
+			reset = k.recent[n-l.RPM].Add(tpmWindow).Sub(now)
 			reject(ReasonKeyRPM, reset)
 		}
 		d.LimitRequests, d.RemainingRequests, d.ResetRequests = l.RPM, max(l.RPM-n, 0), reset

@@ -181,7 +181,15 @@ if rpm > 0 then
     local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
     reset = tonumber(first[2]) + WIN - now
   end
-  if n >= rpm then reject('key_rpm', reset) end
+  if n >= rpm then
+    -- The window holds more than the limit when the limit was lowered:
+    -- a slot frees when all but rpm - 1 have left.
+    if n > rpm then
+      local r = redis.call('ZRANGE', KEYS[2], n - rpm, n - rpm, 'WITHSCORES')
+      reset = tonumber(r[2]) + WIN - now
+    end
+    reject('key_rpm', reset)
+  end
   limreq, remreq, resetreq = rpm, math.max(rpm - n, 0), reset
 end
 

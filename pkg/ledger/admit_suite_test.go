@@ -108,6 +108,32 @@ func runAdmitSuite(t *testing.T, newEnv func(t *testing.T, start time.Time) admi
 		}
 	})
 
+	// A window holding more admissions than the limit (lowered by a
+	// reload) frees a slot only when all but limit-1 of them have left:
+	// Retry-After says when, so a client that waits it is admitted.
+	t.Run("RPMRetryAfterLoweredLimit", func(t *testing.T) {
+		env := newEnv(t, t0)
+		for s := range 10 {
+			env.clock.Set(t0.Add(time.Duration(s) * time.Second))
+			if d := admit(t, env, AdmitRequest{KeyID: "k", Limits: KeyLimits{RPM: 10}}); !d.Allowed {
+				t.Fatalf("admission %d of 10: %+v", s+1, d)
+			}
+		}
+		req := AdmitRequest{KeyID: "k", Limits: KeyLimits{RPM: 5}}
+		d := admit(t, env, req)
+		if d.Allowed || d.Reason != ReasonKeyRPM || d.RetryAfter != 56*time.Second || d.ResetRequests != d.RetryAfter {
+			t.Fatalf("10 in the window, limit 5: %+v; want key_rpm, retry and reset after 56s (when the admission of t0+5s leaves)", d)
+		}
+		env.clock.Advance(d.RetryAfter - time.Millisecond)
+		if d := admit(t, env, req); d.Allowed {
+			t.Fatalf("before Retry-After: %+v; want refused", d)
+		}
+		env.clock.Advance(time.Millisecond)
+		if d := admit(t, env, req); !d.Allowed {
+			t.Fatalf("after Retry-After: %+v; want admitted", d)
+		}
+	})
+
 	t.Run("KeyRPSWithBurst", func(t *testing.T) {
 		env := newEnv(t, t0)
 		req := AdmitRequest{KeyID: "k", Limits: KeyLimits{RPS: 20}}
