@@ -458,3 +458,102 @@ rate_limit: {global: {requests_per_second: 0.01, burst_size: 3}}
 		t.Fatalf("alice after the flood: %d %s", resp.StatusCode, b)
 	}
 }
+
+// TestLimitsHoldAcrossGateways: two gateways sharing one Redis never let
+// more of a key's requests reach the backends at once than its
+// max_concurrent, and admit exactly its requests_per_minute, the requests
+// refused for concurrency taking none of it.
+func TestLimitsHoldAcrossGateways(t *testing.T) {
+	const n = 16
+	// The backend holds the requests that reach it until each of the n
+	// has either reached it or been refused.
+	var arrived, refused, settled atomic.Int64
+	release := make(chan struct{})
+	settle := func() {
+		if settled.Add(1) == n {
+			close(release)
+		}
+	}
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived.Add(1)
+		settle()
+		<-release
+		_, _ = w.Write([]byte(`{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}`))
+	}))
+	defer backend.Close()
+	cfg, err := config.Parse([]byte(fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{id: k1, key: %q}]\nrate_limit: {per_key: {requests_per_minute: 7, max_concurrent: 3}}\n", backend.URL, testKey)), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var urls []string
+	rdb, prefix := redistest.New(t, "replicas")
+	for range 2 {
+		// Each gateway has its own client, as separate processes do.
+		own := redis.NewClient(rdb.Options())
+		t.Cleanup(func() { own.Close() })
+		srv, _ := serveOptions(t, Options{Config: cfg, Admitter: ledger.NewRedisAdmitter(own, prefix)})
+		urls = append(urls, srv.URL)
+	}
+	post := func(url string) (*http.Response, string) {
+		req, _ := http.NewRequest("POST", url+"/v1/chat/completions", strings.NewReader(`{"model":"m"}`))
+		req.Header.Set("Authorization", "Bearer "+testKey)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Error(err)
+			return nil, ""
+		}
+		defer resp.Body.Close()
+		var e struct{ Error struct{ Code string } }
+		b, _ := io.ReadAll(resp.Body)
+		_ = json.Unmarshal(b, &e)
+		return resp, e.Error.Code
+	}
+
+	// n requests at once: 3 reach the backend.
+	var served atomic.Int64
+	done := make(chan struct{})
+	for i := range n {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			resp, code := post(urls[i%2])
+			switch {
+			case resp == nil:
+				settle()
+			case resp.StatusCode == 200:
+				served.Add(1)
+			case resp.StatusCode == 429 && code == "rate_limit_exceeded":
+				refused.Add(1)
+				settle()
+			default:
+				t.Errorf("status %d %s", resp.StatusCode, code)
+				settle()
+			}
+		}()
+	}
+	for range n {
+		<-done
+	}
+	if a, s, r := arrived.Load(), served.Load(), refused.Load(); a != 3 || s != 3 || r != n-3 {
+		t.Fatalf("%d requests reached the backend, %d were served and %d refused; want 3 (max_concurrent), 3 and %d", a, s, r, n-3)
+	}
+
+	// 3 of the 7 requests a minute are taken: 4 more are admitted.
+	admitted := 0
+	for i := range 10 {
+		resp, _ := post(urls[i%2])
+		if resp == nil {
+			t.FailNow()
+		}
+		if resp.StatusCode == 200 {
+			admitted++
+			continue
+		}
+		retry, err := strconv.Atoi(resp.Header.Get("Retry-After"))
+		if resp.StatusCode != 429 || err != nil || retry < 1 || retry > 60 {
+			t.Fatalf("request %d: %d, Retry-After %q; want 429 with a retry within the minute", i, resp.StatusCode, resp.Header.Get("Retry-After"))
+		}
+	}
+	if admitted != 4 {
+		t.Fatalf("admitted %d more, want 4 (7 a minute, 3 served)", admitted)
+	}
+}
