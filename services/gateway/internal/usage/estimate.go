@@ -71,11 +71,12 @@ var countExact = func(text string) int {
 }
 
 // maxExact is the longest text CountTokens counts token by token; about
-// 0.7 s of a CPU. A longer one (a prompt of MiBs, estimated because its
-// backend reported no usage: the estimate is made before the reply's last
+// 0.2 s of a CPU. A longer one (a long prompt, or a reply captured up to
+// its 1 MiB, estimated because the backend reported no usage or the client
+// left: the estimate is made before the reply's last
 // bytes go out) is counted by samples.
 const (
-	maxExact   = 1 << 20
+	maxExact   = 256 << 10
 	numSamples = 16
 )
 
