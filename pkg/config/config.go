@@ -122,7 +122,14 @@ type Backend struct {
 	// that does not stream, whose answer comes whole when generation ends.
 	FirstByteTimeout Duration `yaml:"first_byte_timeout"` // default 60s
 	ResponseTimeout  Duration `yaml:"response_timeout"`   // default 10m
-	Timeout          Duration `yaml:"timeout"`            // total; default 0 = none
+	// ReadTimeout is how long a read of the answer's body may wait for
+	// the backend once the head has come (as nginx's proxy_read_timeout):
+	// it bounds a backend that sends a stream's head at once (vLLM, TGI)
+	// and then nothing, queueing and prefill included, and any pause
+	// between a stream's events. Its default is long enough for the
+	// prefill of a very long prompt behind a queue.
+	ReadTimeout Duration `yaml:"read_timeout"` // default 5m
+	Timeout     Duration `yaml:"timeout"`      // total; default 0 = none
 	// HealthCheckPath, when set, is the path this backend is actively
 	// checked at instead of health_check.path: engines differ (vLLM, TGI
 	// and llama.cpp answer /health, Ollama / or /api/version). A backend

@@ -63,6 +63,7 @@ func (c *Config) applyDefaults() {
 		setDur(&b.WriteTimeout, 60*time.Second)
 		setDur(&b.FirstByteTimeout, 60*time.Second)
 		setDur(&b.ResponseTimeout, 10*time.Minute)
+		setDur(&b.ReadTimeout, 5*time.Minute)
 	}
 
 	u := &c.UsageHook

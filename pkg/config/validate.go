@@ -714,7 +714,8 @@ func (c *Config) zeroKeys() []zeroKey {
 			zeroKey{p + "connect_timeout", d(&b.ConnectTimeout)},
 			zeroKey{p + "write_timeout", d(&b.WriteTimeout)},
 			zeroKey{p + "first_byte_timeout", d(&b.FirstByteTimeout)},
-			zeroKey{p + "response_timeout", d(&b.ResponseTimeout)})
+			zeroKey{p + "response_timeout", d(&b.ResponseTimeout)},
+			zeroKey{p + "read_timeout", d(&b.ReadTimeout)})
 	}
 	for n := range c.Webhooks {
 		w := &c.Webhooks[n]

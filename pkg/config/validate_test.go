@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestValidate(t *testing.T) {
@@ -249,6 +250,11 @@ func TestValidate(t *testing.T) {
 			},
 		},
 		{
+			"a written 0 read_timeout",
+			"    read_timeout: 0s\n",
+			[]string{`c.yaml:3: key backends[0].read_timeout: want more than 0; leave the key out for the default, 5m0s`},
+		},
+		{
 			"admin token with a trailing newline",
 			"admin:\n  listen: 127.0.0.1:8001\n  token: ${LLMPROXY_TEST_NEWLINE_KEY}\n",
 			[]string{`c.yaml:5: key admin.token: the token has a line break, another control character or spaces around it`},
@@ -364,5 +370,20 @@ func TestValidateBuiltInGo(t *testing.T) {
 	err := c.Validate()
 	if errs := mustErrors(t, err); errs.List[0].Path != "backends" || errs.List[0].Line != 0 {
 		t.Errorf("got %v", err)
+	}
+}
+
+// TestBackendReadTimeout: backends[].read_timeout is 5m when left out and
+// kept as written otherwise.
+func TestBackendReadTimeout(t *testing.T) {
+	c, err := Parse([]byte("backends:\n  - url: http://a:8000\n  - url: http://b:8000\n    read_timeout: 90s\n"), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Backends[0].ReadTimeout.D(); got != 5*time.Minute {
+		t.Errorf("left out: read_timeout %v, want 5m", got)
+	}
+	if got := c.Backends[1].ReadTimeout.D(); got != 90*time.Second {
+		t.Errorf("written 90s: read_timeout %v", got)
 	}
 }

@@ -949,7 +949,7 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 					// way is not relayed: its bytes would run into the
 					// error event and hide it.
 					sp.Reset()
-					x.errMsg = "backend_stream_error"
+					x.errMsg = backendReadError(err, "backend_stream_error")
 					if end := streamErrorEnding(format, ctype); end != nil {
 						_, _ = w.Write(end)
 						_ = rc.Flush()
@@ -1009,7 +1009,7 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 			}
 			if err != nil {
 				if err != io.EOF {
-					x.errMsg = "backend_error"
+					x.errMsg = backendReadError(err, "backend_error")
 					if ctx.Err() != nil {
 						x.errMsg = "client_closed_request"
 					} else {
@@ -1045,6 +1045,15 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 	}
 	x.result = ex.Result()
 	x.delivered = true
+}
+
+// backendReadError is the event's error for a reply the backend broke off
+// with err: the read timeout's own, else other.
+func backendReadError(err error, other string) string {
+	if errors.Is(err, balancer.ErrReadTimeout) {
+		return "backend_read_timeout"
+	}
+	return other
 }
 
 // The endings of a stream whose backend failed mid-way, each in the shape

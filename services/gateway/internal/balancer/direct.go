@@ -34,14 +34,16 @@ import (
 // of for that long (its server stopped reading: a body larger than the
 // socket buffers would block for ever); the head timeout (the first-byte timeout, or the response
 // timeout for a request marked by WholeAnswer) runs from the request's last
-// byte to the response's head. Requests for any other scheme or host go to
-// fallback.
+// byte to the response's head; the read timeout bounds each read of the
+// response's body (see readWatch). Requests for any other scheme or host go
+// to fallback.
 type DirectTransport struct {
 	host        string // URL host the transport serves, as in req.URL.Host
 	addr        string // host:port dialled
 	dialer      net.Dialer
 	heads       headTimeouts
 	write       time.Duration // the write timeout; 0 = none
+	read        time.Duration // the read timeout; 0 = none
 	maxIdle     int
 	idleTimeout time.Duration
 	fallback    http.RoundTripper
@@ -393,13 +395,18 @@ func (c *directConn) roundTrip(ctx context.Context, req *http.Request) (_ *http.
 		}
 		return resp, false, nil
 	}
-	resp.Body = &directBody{c: c, rc: resp.Body, stop: stop, ctx: ctx, reuse: reuse}
+	body := &directBody{c: c, rc: resp.Body, stop: stop, ctx: ctx, reuse: reuse}
+	if c.t.read > 0 && resp.StatusCode != http.StatusSwitchingProtocols {
+		// An upgraded connection's pauses are its protocol's own.
+		body.watch.start(c.t.read, body)
+	}
+	resp.Body = body
 	return resp, false, nil
 }
 
 // directBody is a response body read straight from its connection. At its
-// end the connection goes back to the pool; closed before its end, or
-// broken, the connection is closed.
+// end the connection goes back to the pool; closed before its end, broken,
+// or cut by the read timeout, the connection is closed.
 type directBody struct {
 	c     *directConn
 	rc    io.ReadCloser
@@ -407,28 +414,52 @@ type directBody struct {
 	ctx   context.Context
 	reuse bool
 	eof   bool // set by Read before finish
-	done  atomic.Bool
+	// state holds bodyDone once finish has run and bodyTimedOut once the
+	// read timeout has cut the connection's reads: whichever comes first
+	// decides whether the connection may go back to the pool.
+	state atomic.Int32
+	watch readWatch
 }
 
+const (
+	bodyDone     = 1
+	bodyTimedOut = 2
+)
+
 func (b *directBody) Read(p []byte) (int, error) {
-	if b.done.Load() {
-		if b.eof {
+	if st := b.state.Load(); st&bodyDone != 0 {
+		switch {
+		case b.eof:
 			return 0, io.EOF
+		case st&bodyTimedOut != 0:
+			return 0, ErrReadTimeout
 		}
 		return 0, errBodyClosed
 	}
+	b.watch.begin()
 	n, err := b.rc.Read(p)
+	b.watch.end()
 	switch {
 	case err == io.EOF:
 		b.eof = true
 		b.finish(b.reuse && b.c.br.Buffered() == 0)
 	case err != nil:
 		b.finish(false)
-		if b.ctx.Err() != nil {
+		if b.state.Load()&bodyTimedOut != 0 {
+			err = ErrReadTimeout
+		} else if b.ctx.Err() != nil {
 			err = b.ctx.Err()
 		}
 	}
 	return n, err
+}
+
+// expire is the read timeout's: it fails the read in progress, unless the
+// body has ended (its connection may be back in the pool by then).
+func (b *directBody) expire() {
+	if b.state.CompareAndSwap(0, bodyTimedOut) {
+		_ = b.c.nc.SetDeadline(longAgo)
+	}
 }
 
 // Close ends the body; an unread rest is not drained, its connection is
@@ -439,9 +470,17 @@ func (b *directBody) Close() error {
 }
 
 func (b *directBody) finish(reuse bool) {
-	if !b.done.CompareAndSwap(false, true) {
-		return
+	for {
+		st := b.state.Load()
+		if st&bodyDone != 0 {
+			return
+		}
+		if b.state.CompareAndSwap(st, st|bodyDone) {
+			reuse = reuse && st&bodyTimedOut == 0
+			break
+		}
 	}
+	b.watch.stop()
 	// stop reports false once the context's cancellation has set the
 	// connection's deadline: such a connection cannot be used again.
 	if b.stop() && reuse {

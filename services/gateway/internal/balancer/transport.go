@@ -2,6 +2,7 @@ package balancer
 
 import (
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -19,6 +20,7 @@ const (
 	DefaultWriteTimeout     = 60 * time.Second
 	DefaultFirstByteTimeout = 60 * time.Second
 	DefaultResponseTimeout  = 10 * time.Minute
+	DefaultReadTimeout      = 5 * time.Minute
 )
 
 // wholeKey marks a request context whose answer comes whole; see
@@ -58,9 +60,9 @@ func (h headTimeouts) of(ctx context.Context) time.Duration {
 const connBufferSize = 1 << 10
 
 // NewTransport returns the transport for one backend: the default
-// transport's settings with the backend's connect timeout, write timeout
-// and head timeouts (first-byte for streams, response for whole answers),
-// and enough idle connections per host for a gateway's concurrency. Compression is left to the client so bodies pass
+// transport's settings with the backend's connect timeout, write timeout,
+// head timeouts (first-byte for streams, response for whole answers) and
+// read timeout (a body's read waiting for the backend), and enough idle connections per host for a gateway's concurrency. Compression is left to the client so bodies pass
 // through untouched and streams are not held in a decompressor. The total
 // timeout (backend.timeout) is the caller's, per request.
 //
@@ -85,6 +87,10 @@ func NewTransport(b config.Backend) http.RoundTripper {
 	if heads.response <= 0 {
 		heads.response = DefaultResponseTimeout
 	}
+	read := b.ReadTimeout.D()
+	if read <= 0 {
+		read = DefaultReadTimeout
+	}
 	dialer := net.Dialer{Timeout: connect, KeepAlive: 30 * time.Second}
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	// Connections count the bytes written to them: the write timeout
@@ -101,7 +107,7 @@ func NewTransport(b config.Backend) http.RoundTripper {
 	t.MaxIdleConnsPerHost = maxIdlePerHost
 	t.ReadBufferSize = connBufferSize
 	t.WriteBufferSize = connBufferSize
-	replay := &ReplayTransport{Transport: t, heads: heads, write: write}
+	replay := &ReplayTransport{Transport: t, heads: heads, write: write, read: read}
 	u, err := url.Parse(b.URL)
 	if err != nil || u.Scheme != "http" || u.Host == "" {
 		return replay
@@ -119,6 +125,7 @@ func NewTransport(b config.Backend) http.RoundTripper {
 		dialer:      dialer,
 		heads:       heads,
 		write:       write,
+		read:        read,
 		maxIdle:     maxIdlePerHost,
 		idleTimeout: t.IdleConnTimeout,
 		fallback:    replay,
@@ -145,11 +152,14 @@ const maxIdlePerHost = 256
 // Writing the request, and the wait for a response's head from the
 // request's last byte, are limited as DirectTransport limits them (the
 // write timeout while the body is taken, then the first-byte or the
-// response timeout, by the request's context): the errors are the same.
+// response timeout, by the request's context), and each read of the
+// response's body by the read timeout, as DirectTransport limits them: the
+// errors are the same.
 type ReplayTransport struct {
 	*http.Transport
 	heads headTimeouts
 	write time.Duration // the write timeout; 0 = none
+	read  time.Duration // the read timeout; 0 = none
 }
 
 // idempotencyKey is net/http's marker; an empty value is not sent.
@@ -174,10 +184,11 @@ func needsMark(req *http.Request) bool {
 
 // RoundTrip sends req, marked replayable when its body can be re-read,
 // fails it when the backend takes no byte of it for the write timeout,
-// and waits for the response's head no longer than its head timeout.
+// waits for the response's head no longer than its head timeout, and
+// for each piece of its body no longer than the read timeout.
 func (t *ReplayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	d := t.heads.of(req.Context())
-	if d <= 0 && t.write <= 0 {
+	if d <= 0 && t.write <= 0 && t.read <= 0 {
 		return t.roundTrip(req)
 	}
 	// One timer, ending the request's context when it fires: from the
@@ -251,10 +262,50 @@ func (t *ReplayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	if err != nil {
 		cancel(err)
+		return nil, err
 	}
 	// On success the context lives on with the body, and ends with the
-	// caller's.
-	return resp, err
+	// caller's, or with the read timeout.
+	if t.read > 0 && resp.Body != nil && resp.Body != http.NoBody && resp.StatusCode != http.StatusSwitchingProtocols {
+		// (An upgraded connection's body is also its writer, and its
+		// pauses are its protocol's own.)
+		b := &replayBody{ReadCloser: resp.Body, cancel: cancel}
+		b.watch.start(t.read, b)
+		resp.Body = b
+	}
+	return resp, nil
+}
+
+// replayBody is a body of ReplayTransport's under the read timeout, which
+// ends the request's context to fail the read in progress.
+type replayBody struct {
+	io.ReadCloser
+	cancel context.CancelCauseFunc
+	fired  atomic.Bool
+	watch  readWatch
+}
+
+func (b *replayBody) Read(p []byte) (int, error) {
+	b.watch.begin()
+	n, err := b.ReadCloser.Read(p)
+	b.watch.end()
+	if err != nil {
+		b.watch.stop()
+		if err != io.EOF && b.fired.Load() {
+			err = ErrReadTimeout
+		}
+	}
+	return n, err
+}
+
+func (b *replayBody) Close() error {
+	b.watch.stop()
+	return b.ReadCloser.Close()
+}
+
+func (b *replayBody) expire() {
+	b.fired.Store(true)
+	b.cancel(ErrReadTimeout)
 }
 
 // countedConn counts the bytes written to a connection.

@@ -1,0 +1,109 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+// readTimeoutGateway serves a gateway of yaml and returns it with its
+// event sink.
+func readTimeoutGateway(t *testing.T, yaml string) (*Gateway, *httptest.Server, *sink) {
+	t.Helper()
+	s := newSink()
+	g, err := New(Options{Config: parseConfig(t, yaml), Events: s})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	g.Start(ctx)
+	srv := httptest.NewServer(g.Handler())
+	t.Cleanup(srv.Close)
+	return g, srv, s
+}
+
+// wedgedBackend answers a non-streamed request at once; a stream gets its
+// head, then the first event when first is set, and then nothing until the
+// gateway gives up on it, which closes cut.
+func wedgedBackend(t *testing.T, first bool, cut chan<- struct{}) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if b, _ := io.ReadAll(r.Body); !bytes.Contains(b, []byte(`"stream":true`)) {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}`)
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		if first {
+			_, _ = io.WriteString(w, "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hello there, how are you\"}}]}\n\n")
+		}
+		w.(http.Flusher).Flush()
+		select {
+		case <-r.Context().Done():
+			close(cut)
+		case <-time.After(10 * time.Second):
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// TestReadTimeoutCutsAStalledStream: a backend that sends a stream's head
+// and one event and then nothing, its connection left open, has the
+// stream ended about read_timeout later with the in-band error event; the
+// event records backend_read_timeout and bills what was delivered, and the
+// backend's request, its upstream slot and the key's concurrency slot are
+// all free again.
+func TestReadTimeoutCutsAStalledStream(t *testing.T) {
+	const read = 300 * time.Millisecond
+	cut := make(chan struct{})
+	backend := wedgedBackend(t, true, cut)
+	g, gw, s := readTimeoutGateway(t, fmt.Sprintf(`
+backends: [{url: %q, name: wedged, read_timeout: %s}]
+api_keys: [{key: %q, limits: {max_concurrent: 1}}]
+`, backend.URL, read, testKey))
+
+	client := &http.Client{Timeout: 10 * time.Second}
+	req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`))
+	req.Header.Set("Authorization", "Bearer "+testKey)
+	start := time.Now()
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	took := time.Since(start)
+	if err != nil {
+		t.Fatalf("stream: %v after %v (got %q)", err, took, body)
+	}
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "hello there") ||
+		!strings.HasSuffix(string(body), string(streamErrorEvent)) {
+		t.Fatalf("%d %q; want the first event and the error ending", resp.StatusCode, body)
+	}
+	if took < read || took > read+2*time.Second {
+		t.Fatalf("the stream ended after %v; want about read_timeout, %v", took, read)
+	}
+	ev := s.next(t)
+	if ev.Error != "backend_read_timeout" || ev.StatusCode != 200 || ev.UsageSource != estimatedSource || ev.Usage.CompletionTokens == 0 {
+		t.Fatalf("event: error %q, status %d, usage %+v (%s)", ev.Error, ev.StatusCode, ev.Usage, ev.UsageSource)
+	}
+	select {
+	case <-cut:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the backend's request was never cancelled")
+	}
+	if n := g.rt.Load().pool.ByName("wedged").InFlight(); n != 0 {
+		t.Fatalf("the backend still counts %d requests in flight", n)
+	}
+	if r, b := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m","messages":[]}`, withKey()); r.StatusCode != http.StatusOK {
+		t.Fatalf("the cut stream still holds the key's slot: %d %s", r.StatusCode, b)
+	}
+}
