@@ -10,6 +10,7 @@ import (
 	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/apierr"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/auth"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/balancer"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/hooks"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/usage"
 )
@@ -94,10 +95,15 @@ func identityKey(rt *runtime, id *hooks.Identity) *auth.Key {
 const maxHookBody = 16 << 20
 
 // relayWithHook answers a non-streamed reply after on_response has seen
-// (and possibly rewritten) it. Streams never come here.
-func (g *Gateway) relayWithHook(r *http.Request, w http.ResponseWriter, x *exchange, resp *http.Response) {
+// (and possibly rewritten) it. Streams never come here. As relay, it
+// returns the read timeout's error, which fails the try: nothing goes to
+// the client before the whole reply has been read.
+func (g *Gateway) relayWithHook(r *http.Request, w http.ResponseWriter, x *exchange, resp *http.Response) error {
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxHookBody+1))
+	if errors.Is(err, balancer.ErrReadTimeout) {
+		return err
+	}
 	x.firstByte(resp.StatusCode)
 	if err != nil || len(body) > maxHookBody {
 		e := apierr.BadGateway("the backend's reply could not be read")
@@ -105,7 +111,7 @@ func (g *Gateway) relayWithHook(r *http.Request, w http.ResponseWriter, x *excha
 			e = apierr.BadGateway("the backend's reply is too large for on_response")
 		}
 		g.failForward(w, x, e)
-		return
+		return nil
 	}
 	format := usage.DetectFormat(x.path, resp.Header.Get("Content-Type"))
 	ex := usage.NewExtractor(format, usage.Options{})
@@ -116,7 +122,7 @@ func (g *Gateway) relayWithHook(r *http.Request, w http.ResponseWriter, x *excha
 	hresp := &hooks.Response{Status: resp.StatusCode, Headers: resp.Header, Body: body}
 	if err := x.rt.lua.OnResponse(r.Context(), g.hookRequest(r, x), hresp); err != nil {
 		g.failForward(w, x, g.luaError(x, hooks.HookResponse, err))
-		return
+		return nil
 	}
 	copyResponseHeader(w.Header(), hresp.Headers)
 	w.Header().Set("Content-Length", strconv.Itoa(len(hresp.Body)))
@@ -131,7 +137,7 @@ func (g *Gateway) relayWithHook(r *http.Request, w http.ResponseWriter, x *excha
 		x.commit()
 	}
 	if hresp.Status == http.StatusNoContent || hresp.Status == http.StatusNotModified {
-		return // no body goes with these
+		return nil // no body goes with these
 	}
 	pace := newSendPace(http.NewResponseController(w), x.rt.sendTimeout)
 	defer pace.done()
@@ -141,4 +147,5 @@ func (g *Gateway) relayWithHook(r *http.Request, w http.ResponseWriter, x *excha
 	}
 	x.result = ex.Result()
 	x.delivered = true
+	return nil
 }

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"sort"
@@ -133,10 +134,14 @@ const maxTagsBody = 16 << 20
 // relayTags answers GET /api/tags for a key restricted to some models with
 // the backend's list less the models the key may not use (matched by name
 // or model, with and without the ":latest" tag Ollama adds). A reply that
-// is not such a list is refused rather than passed on whole.
-func (g *Gateway) relayTags(w http.ResponseWriter, x *exchange, resp *http.Response) {
+// is not such a list is refused rather than passed on whole. As relay, it
+// returns the read timeout's error, which fails the try.
+func (g *Gateway) relayTags(w http.ResponseWriter, x *exchange, resp *http.Response) error {
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxTagsBody+1))
+	if errors.Is(err, balancer.ErrReadTimeout) {
+		return err
+	}
 	x.firstByte(resp.StatusCode)
 	var list struct {
 		Models []json.RawMessage `json:"models"`
@@ -144,7 +149,7 @@ func (g *Gateway) relayTags(w http.ResponseWriter, x *exchange, resp *http.Respo
 	enc := resp.Header.Get("Content-Encoding")
 	if err != nil || len(body) > maxTagsBody || (enc != "" && enc != "identity") || json.Unmarshal(body, &list) != nil {
 		g.failForward(w, x, apierr.BadGateway("the backend's model list could not be read"))
-		return
+		return nil
 	}
 	kept := make([]json.RawMessage, 0, len(list.Models))
 	for _, m := range list.Models {
@@ -165,6 +170,7 @@ func (g *Gateway) relayTags(w http.ResponseWriter, x *exchange, resp *http.Respo
 	if _, err := w.Write(out); err != nil {
 		x.errMsg = pace.clientWriteError(err)
 	}
+	return nil
 }
 
 // allowedTag reports whether the Ollama model name is in allowed, as

@@ -682,69 +682,80 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 			tctx, cancel = context.WithTimeout(ctx, d)
 		}
 		resp, err := g.roundTrip(tctx, r, x, up)
-		if err != nil {
-			cancel()
-			if ctx.Err() != nil {
-				// The client left: not the backend's failure.
+		if err == nil {
+			if resp.StatusCode >= 500 {
+				failed = reportFailure(failed, up, g.now())
+			} else {
+				up.ReportSuccess()
+			}
+			fallback := resp.StatusCode >= 500 && nextFallback(fallbacks, isTried, x.info.Model, rt.pool.Now()) != nil
+			if fallback || rt.retry.ShouldRetry(retries, resp.StatusCode, nil) {
+				drain(resp.Body)
+				cancel()
+				up.Release()
+				lastErr = apierr.BadGateway("backend " + up.Name + " answered " + strconv.Itoa(resp.StatusCode))
+				if !fallback {
+					if !g.sleep(ctx, rt.retry.Backoff(retries)) {
+						x.status, x.errMsg = 499, "client_closed_request"
+						return
+					}
+					retries++
+				}
+				// On the last attempt ShouldRetry is false and the
+				// backend's answer is relayed as it is.
+				continue
+			}
+			// An error here is the read timeout's before the body's
+			// first byte: nothing went to the client, and the try failed
+			// as one whose head never came.
+			if err = g.relayTry(ctx, r, w, x, resp, cancel, up); err == nil {
+				return
+			}
+		}
+		cancel()
+		if ctx.Err() != nil {
+			// The client left: not the backend's failure.
+			x.status, x.errMsg = 499, "client_closed_request"
+			return
+		}
+		failed = reportFailure(failed, up, g.now())
+		lastErr = classify(err)
+		// A configured fallback is tried at once, with retries on or
+		// off; a retry of the pool waits its backoff first.
+		fallback := nextFallback(fallbacks, isTried, x.info.Model, rt.pool.Now()) != nil
+		if fallback {
+			continue
+		}
+		if rt.retry.ShouldRetry(retries, 0, err) {
+			if !g.sleep(ctx, rt.retry.Backoff(retries)) {
 				x.status, x.errMsg = 499, "client_closed_request"
 				return
 			}
-			failed = reportFailure(failed, up, g.now())
-			lastErr = classify(err)
-			// A configured fallback is tried at once, with retries on or
-			// off; a retry of the pool waits its backoff first.
-			fallback := nextFallback(fallbacks, isTried, x.info.Model, rt.pool.Now()) != nil
-			if fallback {
-				continue
-			}
-			if rt.retry.ShouldRetry(retries, 0, err) {
-				if !g.sleep(ctx, rt.retry.Backoff(retries)) {
-					x.status, x.errMsg = 499, "client_closed_request"
-					return
-				}
-				retries++
-				continue
-			}
-			g.failForward(w, x, lastErr)
-			return
-		}
-		if resp.StatusCode >= 500 {
-			failed = reportFailure(failed, up, g.now())
-		} else {
-			up.ReportSuccess()
-		}
-		fallback := resp.StatusCode >= 500 && nextFallback(fallbacks, isTried, x.info.Model, rt.pool.Now()) != nil
-		if fallback || rt.retry.ShouldRetry(retries, resp.StatusCode, nil) {
-			drain(resp.Body)
-			cancel()
-			up.Release()
-			lastErr = apierr.BadGateway("backend " + up.Name + " answered " + strconv.Itoa(resp.StatusCode))
-			if !fallback {
-				if !g.sleep(ctx, rt.retry.Backoff(retries)) {
-					x.status, x.errMsg = 499, "client_closed_request"
-					return
-				}
-				retries++
-			}
-			// On the last attempt ShouldRetry is false and the backend's
-			// answer is relayed as it is.
+			retries++
 			continue
 		}
-		// Deferred: a relay that panics (a writer raising
-		// http.ErrAbortHandler) must still end its try, or the upstream
-		// would count a request in flight for as long as the process
-		// lives, and least_connections and least_load would shun it.
-		defer cancel()
-		defer up.Release()
-		if lua := rt.lua; lua != nil && lua.Has(hooks.HookResponse) && !isStreamContentType(resp.Header.Get("Content-Type")) {
-			g.relayWithHook(r, w, x, resp)
-		} else if x.filtersTags() && resp.StatusCode == http.StatusOK {
-			g.relayTags(w, x, resp)
-		} else {
-			g.relay(ctx, w, x, resp)
-		}
+		g.failForward(w, x, lastErr)
 		return
 	}
+}
+
+// relayTry relays resp, the answer of a try at up, and ends the try. It
+// returns the error that failed the try before anything went to the
+// client (the read timeout), nil once the answer was relayed.
+func (g *Gateway) relayTry(ctx context.Context, r *http.Request, w http.ResponseWriter, x *exchange, resp *http.Response, cancel context.CancelFunc, up *balancer.Upstream) error {
+	// Deferred: a relay that panics (a writer raising
+	// http.ErrAbortHandler) must still end its try, or the upstream would
+	// count a request in flight for as long as the process lives, and
+	// least_connections and least_load would shun it.
+	defer cancel()
+	defer up.Release()
+	rt := x.rt
+	if lua := rt.lua; lua != nil && lua.Has(hooks.HookResponse) && !isStreamContentType(resp.Header.Get("Content-Type")) {
+		return g.relayWithHook(r, w, x, resp)
+	} else if x.filtersTags() && resp.StatusCode == http.StatusOK {
+		return g.relayTags(w, x, resp)
+	}
+	return g.relay(ctx, w, x, resp)
 }
 
 // reportFailure counts a failed try against up unless up already failed
@@ -859,9 +870,22 @@ func (x *exchange) firstByte(status int) {
 }
 
 // relay copies the backend's response to the client: streams event by
-// event with a flush after each read, other bodies as they come.
-func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange, resp *http.Response) {
+// event with a flush after each read, other bodies as they come. It
+// returns the read timeout's error when the backend sent nothing after
+// its head for its read timeout: nothing has gone to the client then,
+// and the try has failed as one whose head never came.
+func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange, resp *http.Response) error {
 	defer resp.Body.Close()
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	// The body's first piece is read before the head goes out (net/http
+	// would hold the head until then anyway: a stream is flushed after
+	// its first read).
+	n, err := resp.Body.Read(buf)
+	if n == 0 && errors.Is(err, balancer.ErrReadTimeout) {
+		return err
+	}
 	ctype := resp.Header.Get("Content-Type")
 	format := usage.DetectFormat(x.path, ctype)
 	streaming := isStreamContentType(ctype)
@@ -880,9 +904,6 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 	}
 	ex := usage.NewExtractor(format, usage.Options{MaxText: maxText})
 	ex.ResponseHeader(resp.Header)
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	buf := *bp
 	rc := http.NewResponseController(w)
 	pace := newSendPace(rc, x.rt.sendTimeout)
 	defer pace.done()
@@ -922,8 +943,7 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 			}
 			return nil
 		}
-		for {
-			n, err := resp.Body.Read(buf)
+		for ; ; n, err = resp.Body.Read(buf) {
 			if n > 0 {
 				x.firstByte(resp.StatusCode)
 				pace.arm()
@@ -977,8 +997,7 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 			defer bufPool.Put(sp)
 			held, spare = (*hp)[:0], (*sp)[:0]
 		}
-		for {
-			n, err := resp.Body.Read(buf)
+		for ; ; n, err = resp.Body.Read(buf) {
 			if n > 0 {
 				x.firstByte(resp.StatusCode)
 				if tee != nil {
@@ -1045,6 +1064,7 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 	}
 	x.result = ex.Result()
 	x.delivered = true
+	return nil
 }
 
 // backendReadError is the event's error for a reply the backend broke off
@@ -1098,6 +1118,9 @@ func classify(err error) *apierr.Error {
 		// The transport's write timeout: the backend stopped reading the
 		// request.
 		return apierr.GatewayTimeout("the backend did not take the request in time")
+	}
+	if errors.Is(err, balancer.ErrReadTimeout) {
+		return apierr.GatewayTimeout("the backend sent its answer's head and then nothing in time")
 	}
 	var ne interface{ Timeout() bool }
 	if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {

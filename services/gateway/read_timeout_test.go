@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -29,12 +30,19 @@ func readTimeoutGateway(t *testing.T, yaml string) (*Gateway, *httptest.Server, 
 	return g, srv, s
 }
 
-// wedgedBackend answers a non-streamed request at once; a stream gets its
-// head, then the first event when first is set, and then nothing until the
-// gateway gives up on it, which closes cut.
+// wedgedBackend serves wedgedHandler until the test ends.
 func wedgedBackend(t *testing.T, first bool, cut chan<- struct{}) *httptest.Server {
 	t.Helper()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := httptest.NewServer(wedgedHandler(first, cut))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// wedgedHandler answers a non-streamed request at once; a stream gets its
+// head, then the first event when first is set, and then nothing until the
+// gateway gives up on it, which closes cut.
+func wedgedHandler(first bool, cut chan<- struct{}) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
 		if b, _ := io.ReadAll(r.Body); !bytes.Contains(b, []byte(`"stream":true`)) {
 			w.Header().Set("Content-Type", "application/json")
 			_, _ = io.WriteString(w, `{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}`)
@@ -50,9 +58,7 @@ func wedgedBackend(t *testing.T, first bool, cut chan<- struct{}) *httptest.Serv
 			close(cut)
 		case <-time.After(10 * time.Second):
 		}
-	}))
-	t.Cleanup(srv.Close)
-	return srv
+	}
 }
 
 // TestReadTimeoutCutsAStalledStream: a backend that sends a stream's head
@@ -105,5 +111,74 @@ api_keys: [{key: %q, limits: {max_concurrent: 1}}]
 	}
 	if r, b := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m","messages":[]}`, withKey()); r.StatusCode != http.StatusOK {
 		t.Fatalf("the cut stream still holds the key's slot: %d %s", r.StatusCode, b)
+	}
+}
+
+// TestReadTimeoutBeforeTheFirstByte: a backend that sends a stream's head
+// at once and then nothing (as vLLM and TGI do, before queueing and
+// prefill) fails the try about read_timeout later as one whose head never
+// came, nothing having gone to the client: routing.retry retries it as a
+// timeout, and without a retry the client gets 504 backend_timeout; the
+// backend's request, its upstream slot and the key's concurrency slot are
+// free again.
+func TestReadTimeoutBeforeTheFirstByte(t *testing.T) {
+	const read = 300 * time.Millisecond
+	for _, c := range []struct {
+		name, retry string
+		status      int
+		tries       int64
+	}{
+		{"retried as a timeout", "{enabled: true, max_retries: 1, initial_wait: 10ms, max_wait: 20ms}", 200, 2},
+		{"not retried", "{enabled: true, max_retries: 1, on: [connect, 5xx]}", 504, 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var tries atomic.Int64
+			cut := make(chan struct{})
+			wedged := wedgedHandler(false, cut)
+			backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if b, _ := io.ReadAll(r.Body); bytes.Contains(b, []byte(`"stream":true`)) && tries.Add(1) == 1 {
+					r.Body = io.NopCloser(bytes.NewReader(b))
+					wedged(w, r)
+					return
+				}
+				w.Header().Set("Content-Type", "text/event-stream")
+				_, _ = io.WriteString(w, "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]\n\n")
+			}))
+			t.Cleanup(backend.Close)
+			g, gw, s := readTimeoutGateway(t, fmt.Sprintf(`
+backends: [{url: %q, name: wedged, read_timeout: %s}]
+routing: {retry: %s}
+api_keys: [{key: %q, limits: {max_concurrent: 1}}]
+`, backend.URL, read, c.retry, testKey))
+
+			start := time.Now()
+			resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`, withKey())
+			took := time.Since(start)
+			if resp.StatusCode != c.status || tries.Load() != c.tries {
+				t.Fatalf("%d %s after %d tries; want %d after %d", resp.StatusCode, body, tries.Load(), c.status, c.tries)
+			}
+			if took < read || took > read+2*time.Second {
+				t.Fatalf("answered after %v; want about read_timeout, %v", took, read)
+			}
+			ev := s.next(t)
+			if c.status == 504 {
+				if !strings.Contains(string(body), `"code":"backend_timeout"`) || ev.Error != "backend_timeout" || ev.StatusCode != 504 || ev.Usage.TotalTokens != 0 {
+					t.Fatalf("%s; event error %q, status %d, usage %+v", body, ev.Error, ev.StatusCode, ev.Usage)
+				}
+			} else if !strings.Contains(string(body), `"hi"`) || ev.Error != "" || ev.StatusCode != 200 {
+				t.Fatalf("%s; event error %q, status %d", body, ev.Error, ev.StatusCode)
+			}
+			select {
+			case <-cut:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the backend's request was never cancelled")
+			}
+			if n := g.rt.Load().pool.ByName("wedged").InFlight(); n != 0 {
+				t.Fatalf("the backend still counts %d requests in flight", n)
+			}
+			if r, b := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m","messages":[]}`, withKey()); r.StatusCode != http.StatusOK {
+				t.Fatalf("the failed try still holds the key's slot: %d %s", r.StatusCode, b)
+			}
+		})
 	}
 }
