@@ -92,7 +92,10 @@ function on_route(req) return pack(`+tc.expr+`) end`, Options{Timeout: testTimeo
 // hook fails with ErrTimeout about when its deadline passes.
 func TestRunawayPatternStopsAtDeadline(t *testing.T) {
 	const timeout = 50 * time.Millisecond
-	const bound = timeout + 200*time.Millisecond
+	// Unbounded, each call runs for minutes; the bound leaves a loaded
+	// machine under -race its margin (how close to the deadline a call
+	// stops is make bench's business).
+	const bound = 5 * time.Second
 	for _, call := range []string{
 		`s:find("(.-)(.-)(.-)b")`,
 		`s:match("(.-)(.-)(.-)b")`,
