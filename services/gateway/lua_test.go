@@ -161,7 +161,9 @@ func TestLibraryBombsFailTheirRequestOnly(t *testing.T) {
 			bomb["X-Bomb"] = "1"
 			start := time.Now()
 			resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"x"}`, bomb)
-			if took := time.Since(start); took > time.Second {
+			// Unbounded, a bomb runs for minutes or takes the memory; 5 s
+			// leaves a loaded machine under -race its margin.
+			if took := time.Since(start); took > 5*time.Second {
 				t.Fatalf("answered after %s", took)
 			}
 			if resp.StatusCode != 500 || !strings.Contains(string(body), `"code":"`+tc.code+`"`) {
@@ -202,7 +204,7 @@ func TestRunawayScriptsFailTheirRequestOnly(t *testing.T) {
 			if resp.StatusCode != 500 || !strings.Contains(string(body), `"code":"lua_timeout"`) {
 				t.Fatalf("runaway %s: %d %s", hook, resp.StatusCode, body)
 			}
-			if took > time.Second {
+			if took > 5*time.Second {
 				t.Fatalf("runaway %s took %s", hook, took)
 			}
 			burst := func(hdr map[string]string, want int) {
