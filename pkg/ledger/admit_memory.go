@@ -19,6 +19,11 @@ import (
 // gateway settles each request itself with Settle when it finishes, and the
 // quota reads a shared ledger the meter fills a little later, so a burst of
 // requests can overshoot the quota by what is in that gap).
+//
+// It holds state only for the keys in use: a key whose windows are empty and
+// whose leases and reservations are gone is dropped within about
+// memSweepEvery, as admissions come, without changing any decision (see
+// admit_memory_sweep.go).
 type MemoryAdmitter struct {
 	usage   UsageReader
 	now     func() time.Time
@@ -31,6 +36,9 @@ type MemoryAdmitter struct {
 	mu        sync.Mutex
 	globalTAT time.Time
 	keys      map[string]*memKey
+	// sweep drops the keys whose state no longer affects a decision, a
+	// few at a time (admit_memory_sweep.go).
+	sweep memSweep
 	// usageCache (lockedUsage only) holds each key's usage as last read
 	// from the store, for the period of its last admission. The store
 	// changes usage only in Apply, which calls settle, which drops the
@@ -48,6 +56,9 @@ type cachedUsage struct {
 
 // memKey is one key's admission state.
 type memKey struct {
+	id  string
+	pos int // index in MemoryAdmitter.sweep.order
+
 	tat    time.Time            // key RPS
 	recent []time.Time          // admissions in the RPM window, oldest first
 	leases map[string]time.Time // lease id → expiry
@@ -72,7 +83,10 @@ func NewMemoryAdmitter(usage UsageReader, now func() time.Time) *MemoryAdmitter 
 	if now == nil {
 		now = time.Now
 	}
-	return &MemoryAdmitter{usage: usage, now: now, resvTTL: DefaultReservationTTL, keys: map[string]*memKey{}}
+	return &MemoryAdmitter{
+		usage: usage, now: now, resvTTL: DefaultReservationTTL, keys: map[string]*memKey{},
+		sweep: memSweep{every: memSweepEvery, perNew: memSweepPerNew},
+	}
 }
 
 // NewLocalAdmitter returns the admitter of the single binary over store:
@@ -86,11 +100,14 @@ func NewLocalAdmitter(store *LocalStore, now func() time.Time) *MemoryAdmitter {
 	return a
 }
 
-func (a *MemoryAdmitter) key(id string) *memKey {
+// key returns key id's state, made at now if the admitter holds none.
+func (a *MemoryAdmitter) key(id string, now time.Time) *memKey {
 	k := a.keys[id]
 	if k == nil {
-		k = &memKey{leases: map[string]time.Time{}, resv: map[string]memResv{}, tpm: map[int64]int64{}}
+		a.sweepStep(now, a.sweep.perNew)
+		k = &memKey{id: id, leases: map[string]time.Time{}, resv: map[string]memResv{}, tpm: map[int64]int64{}}
 		a.keys[id] = k
+		a.addToSweep(k)
 	}
 	return k
 }
@@ -126,6 +143,7 @@ func (a *MemoryAdmitter) Admit(ctx context.Context, req AdmitRequest) (Decision,
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	now := a.now()
+	a.sweepTick(now)
 	at := arrived(now)
 	if a.lockedUsage && req.Quota > 0 && a.usage != nil {
 		id := PeriodID(req.Period, at)
@@ -138,7 +156,7 @@ func (a *MemoryAdmitter) Admit(ctx context.Context, req AdmitRequest) (Decision,
 			a.usageCache[req.KeyID] = cachedUsage{period: req.Period, id: id, tokens: used}
 		}
 	}
-	k := a.key(req.KeyID)
+	k := a.key(req.KeyID, now)
 	k.purge(now)
 	d := Decision{Allowed: true}
 	reject := func(reason string, retry time.Duration) {
@@ -290,33 +308,44 @@ func (a *MemoryAdmitter) Renew(_ context.Context, keyID, leaseID string, ttl tim
 
 // Settle ends request requestID's reservation and counts its real tokens in
 // the key's TPM window at time at. It reports whether the request held a
-// reservation. Settling a request twice counts its tokens twice: the local
-// store calls it once per newly applied entry.
+// reservation that had not expired. Settling a request twice counts its
+// tokens twice: the local store calls it once per newly applied entry.
 func (a *MemoryAdmitter) Settle(keyID, requestID string, tokens int64, at time.Time) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.settleLocked(keyID, requestID, tokens, at)
+	return a.settleLocked(keyID, requestID, tokens, at, a.now())
 }
 
-func (a *MemoryAdmitter) settleLocked(keyID, requestID string, tokens int64, at time.Time) bool {
-	k := a.key(keyID)
+func (a *MemoryAdmitter) settleLocked(keyID, requestID string, tokens int64, at, now time.Time) bool {
+	k := a.keys[keyID]
+	if k == nil {
+		if tokens <= 0 {
+			return false
+		}
+		// A key this admitter holds nothing of: the tokens still
+		// count in its TPM window.
+		k = a.key(keyID, now)
+	}
 	r, held := k.resv[requestID]
 	k.resvSum -= r.tokens
 	delete(k.resv, requestID)
 	if tokens > 0 {
 		k.tpm[at.Unix()] += tokens
 	}
-	return held
+	return held && r.expires.After(now)
 }
 
-// holds reports which of entries hold a reservation.
+// holds reports which of entries hold a reservation that has not expired:
+// whether an expired one was purged yet (by an admission of its key or a
+// sweep) makes no difference.
 func (a *MemoryAdmitter) holds(entries []Entry) map[string]bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	now := a.now()
 	out := map[string]bool{}
 	for _, e := range entries {
 		if k := a.keys[e.KeyID]; k != nil {
-			if _, ok := k.resv[e.RequestID]; ok {
+			if r, ok := k.resv[e.RequestID]; ok && r.expires.After(now) {
 				out[e.RequestID] = true
 			}
 		}
@@ -328,8 +357,9 @@ func (a *MemoryAdmitter) holds(entries []Entry) map[string]bool {
 func (a *MemoryAdmitter) settle(entries []Entry) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	now := a.now()
 	for _, e := range entries {
-		a.settleLocked(e.KeyID, e.RequestID, e.PromptTokens+e.CompletionTokens, e.Time)
+		a.settleLocked(e.KeyID, e.RequestID, e.PromptTokens+e.CompletionTokens, e.Time, now)
 		delete(a.usageCache, e.KeyID)
 	}
 }
