@@ -5,7 +5,8 @@
 # ./data/stack (STACK_DIR). Ctrl-C stops everything.
 #
 # Redis: the one at 127.0.0.1:6379 (db 13, key prefix "stack") when it
-# answers, else a redis-server started here on that port.
+# answers, else a redis-server started here on that port. STACK_REDIS_DB and
+# STACK_REDIS_PREFIX choose another database and key prefix.
 #
 # STACK_PORT_OFFSET=N adds N to every port but Redis's (NATS, gateways,
 # admin listeners, mockllm), to run beside something already on them.
@@ -14,6 +15,7 @@ cd "$(dirname "$0")/.."
 
 DIR=${STACK_DIR:-./data/stack}
 REDIS_DB=${STACK_REDIS_DB:-13}
+REDIS_PREFIX=${STACK_REDIS_PREFIX:-stack}
 GO=${GO:-go}
 OFF=${STACK_PORT_OFFSET:-0}
 port() { echo $(($1 + OFF)); }
@@ -26,29 +28,65 @@ pids=()
 names=()
 stopping=0
 stop_all() {
-  [ "$stopping" = 1 ] && return
+  [ "$stopping" = 1 ] && return 0
   stopping=1
   echo
-  echo "stopping the stack…"
-  # Gateways and workers first (they drain and flush events), NATS and Redis last.
-  local i
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-    kill -TERM "${pids[$i]}" 2>/dev/null || true
-    if [[ ${names[$i]} == gateway-* || ${names[$i]} == nats-n1 || ${names[$i]} == mockllm ]]; then
-      wait "${pids[$i]}" 2>/dev/null || true
-    fi
-  done
-  wait 2>/dev/null || true
+  echo "stopping the stack… (Ctrl-C again kills what is left)"
+  # Gateways first: they let open streams finish and flush their outbox to
+  # NATS. Then the workers (they ack what they applied) and mockllm, then
+  # NATS, Redis last.
+  stop_group 'gateway-*'
+  stop_group 'meter-*' notifier mockllm
+  stop_group 'nats-*'
+  stop_group redis
   echo "stopped; state kept in $DIR (rm -rf $DIR to start afresh)"
 }
-trap 'stop_all; exit 0' INT TERM
-trap 'stop_all' EXIT
+
+# stop_group PATTERN... sends SIGTERM to the processes whose names match and
+# waits until they have exited. (In a trap a bare `return` gives the status
+# from before the trap, e.g. an interrupted wait's 130, and set -e would end
+# the script there: hence `return 0`.)
+stop_group() {
+  local i pat sel=()
+  for i in "${!pids[@]}"; do
+    for pat in "$@"; do
+      # shellcheck disable=SC2053 # pat is a glob
+      [[ ${names[$i]} == $pat ]] && sel+=("${pids[$i]}")
+    done
+  done
+  [ ${#sel[@]} = 0 ] && return 0
+  kill -TERM "${sel[@]}" 2>/dev/null || true
+  for i in "${sel[@]}"; do
+    wait "$i" 2>/dev/null || true
+  done
+}
+
+# on_signal stops the stack in order; a second Ctrl-C while it stops kills
+# what is left.
+on_signal() {
+  if [ "$stopping" = 1 ]; then
+    echo "killing what is left of the stack" >&2
+    kill -KILL "${pids[@]}" 2>/dev/null || true
+    exit 130
+  fi
+  stop_all
+  exit 0
+}
+trap on_signal INT TERM HUP
+trap stop_all EXIT
 
 # run NAME CMD... starts CMD in the background, output to $DIR/logs/NAME.log.
+# CMD gets a process group of its own (set -m), out of the terminal's
+# foreground group: Ctrl-C reaches this script alone, which stops the
+# processes in order, instead of every process at once (NATS would be gone
+# before the gateways had flushed their events). Stdin is /dev/null, as for
+# any background command without job control.
 run() {
   local name=$1
   shift
-  "$@" >"$DIR/logs/$name.log" 2>&1 &
+  set -m
+  "$@" </dev/null >"$DIR/logs/$name.log" 2>&1 &
+  set +m
   pids+=($!)
   names+=("$name")
 }
@@ -113,7 +151,7 @@ data_dir: "$4"
 nats:
   url: $NATS_URL
   stream: { replicas: 3 }
-redis: { url: "redis://127.0.0.1:6379/$REDIS_DB", prefix: stack }
+redis: { url: "redis://127.0.0.1:6379/$REDIS_DB", prefix: "$REDIS_PREFIX" }
 admin: { listen: "$3", token: "\${LLMPROXY_ADMIN_TOKEN:-change-me}" }
 server: { drain_timeout: 30s }
 backends:
@@ -167,7 +205,7 @@ LLMProxy stack is up (logs in $DIR/logs, config $DIR/llmproxy.yaml):
   mockllm     http://$MOCK
   nats        $NATS_URL
               monitoring http://127.0.0.1:$(port 8222) … $(port 8224) (streams with 3 replicas)
-  redis       $redis_note db $REDIS_DB, prefix "stack"
+  redis       $redis_note db $REDIS_DB, prefix "$REDIS_PREFIX"
 
 Try:
 
@@ -181,9 +219,7 @@ Try:
 
 Ctrl-C stops all.
 MSG
+# Ctrl-C interrupts this wait and runs on_signal.
 wait -n "${pids[@]}" || true
-# On Ctrl-C the whole process group gets SIGINT and a child may exit before
-# the trap runs; give the trap its turn before calling this a failure.
-sleep 1
 echo "a process of the stack exited; see $DIR/logs" >&2
 exit 1

@@ -1,0 +1,245 @@
+package e2e
+
+// scripts/stack.sh (`make stack`) itself, run as an operator runs it: from a
+// copy of the repository's layout whose `go build` links the binaries this
+// package built, on ports moved by STACK_PORT_OFFSET, stopped with SIGINT to
+// its process group as a terminal's Ctrl-C does.
+
+import (
+	"bufio"
+	"fmt"
+	"math/rand"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// stackScriptPorts are the ports scripts/stack.sh listens on, before the offset.
+var stackScriptPorts = []int{4222, 4223, 4224, 6222, 6223, 6224, 8222, 8223, 8224, 9000, 8000, 8001, 8002, 8003, 8011, 8012, 8021}
+
+// stackScript is one run of scripts/stack.sh.
+type stackScript struct {
+	root string // the copy of the repository the script runs in
+	dir  string // STACK_DIR
+	off  int    // STACK_PORT_OFFSET
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+}
+
+func (s *stackScript) addr(port int) string {
+	return "127.0.0.1:" + strconv.Itoa(port+s.off)
+}
+
+// startStackScript lays out scripts/stack.sh, deploy/nats/cluster and a `go`
+// that links the built binaries into bin/ in a temporary directory, runs the
+// script against the test Redis and waits until it says the stack is up.
+func startStackScript(t *testing.T) *stackScript {
+	t.Helper()
+	if runtime.GOOS != "linux" {
+		t.Skip("finds the stack's processes through /proc")
+	}
+	rurl, prefix := redisPrefix(t, "stackscript")
+	ru, err := url.Parse(rurl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ru.Host != "127.0.0.1:6379" {
+		t.Skipf("scripts/stack.sh uses the Redis at 127.0.0.1:6379, the test's is %s", ru.Host)
+	}
+	db := strings.TrimPrefix(ru.Path, "/")
+	if db == "" {
+		db = "0"
+	}
+	stackNatsdBin(t)
+
+	repo := repoRoot(t)
+	root := t.TempDir()
+	for _, f := range []string{"scripts/stack.sh", "deploy/nats/cluster/n1.conf", "deploy/nats/cluster/n2.conf", "deploy/nats/cluster/n3.conf"} {
+		b, err := os.ReadFile(filepath.Join(repo, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(root, f)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, filepath.Join(root, f), string(b))
+	}
+	if err := os.MkdirAll(filepath.Join(root, "cmd"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// The script runs `$GO build -o ../bin/NAME ./NAME` in cmd/.
+	gostub := filepath.Join(root, "go-stub")
+	writeFile(t, gostub, fmt.Sprintf("#!/bin/sh\nmkdir -p \"$(dirname \"$3\")\" && ln -sf %q/\"$(basename \"$4\")\" \"$3\"\n", binDir))
+	if err := os.Chmod(gostub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	s := &stackScript{root: root, dir: filepath.Join(root, "data", "stack"), off: stackScriptOffset(t), out: &syncBuffer{}, done: make(chan struct{})}
+	s.cmd = exec.Command("bash", filepath.Join(root, "scripts", "stack.sh"))
+	s.cmd.Env = append(os.Environ(),
+		"GO="+gostub,
+		"STACK_DIR="+s.dir,
+		"STACK_PORT_OFFSET="+strconv.Itoa(s.off),
+		"STACK_REDIS_DB="+db,
+		"STACK_REDIS_PREFIX="+prefix,
+	)
+	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
+	// A process group of its own, as a shell gives a foreground job: SIGINT
+	// to the group is Ctrl-C in a terminal.
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = s.cmd.Wait(); close(s.done) }()
+	t.Cleanup(func() {
+		select {
+		case <-s.done:
+		default:
+			_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
+			<-s.done
+		}
+		for pid := range s.procs(t) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		if t.Failed() {
+			t.Logf("--- output of scripts/stack.sh:\n%s", tail(s.out.String(), 6000))
+			for _, name := range []string{"gateway-1", "gateway-2", "meter-1", "meter-2", "notifier", "nats-n1", "nats-n2", "nats-n3"} {
+				b, _ := os.ReadFile(filepath.Join(s.dir, "logs", name+".log"))
+				t.Logf("--- %s.log:\n%s", name, tail(string(b), 3000))
+			}
+		}
+	})
+	eventually(t, 90*time.Second, "stack up", func() (bool, string) {
+		select {
+		case <-s.done:
+			t.Fatalf("scripts/stack.sh exited (%v) before the stack was up", s.cmd.ProcessState)
+		default:
+		}
+		return strings.Contains(s.out.String(), "LLMProxy stack is up"), "waiting for the script"
+	})
+	return s
+}
+
+// stackScriptOffset picks a STACK_PORT_OFFSET under which every port of the
+// stack is free.
+func stackScriptOffset(t *testing.T) int {
+	t.Helper()
+	for try := 0; try < 50; try++ {
+		off := 20000 + rand.Intn(3500)*10
+		free := true
+		for _, p := range stackScriptPorts {
+			ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p+off))
+			if err != nil {
+				free = false
+				break
+			}
+			ln.Close()
+		}
+		if free {
+			return off
+		}
+	}
+	t.Fatal("no port offset with every port of the stack free")
+	return 0
+}
+
+// procs returns the command lines of the running processes whose working
+// directory is the script's root: the script's children.
+func (s *stackScript) procs(t *testing.T) map[int]string {
+	t.Helper()
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := map[int]string{}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == s.cmd.Process.Pid {
+			continue
+		}
+		cwd, err := os.Readlink(filepath.Join("/proc", e.Name(), "cwd"))
+		if err != nil || cwd != s.root {
+			continue
+		}
+		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		found[pid] = strings.ReplaceAll(strings.TrimRight(string(cmdline), "\x00"), "\x00", " ")
+	}
+	return found
+}
+
+// interrupt sends SIGINT to the script's process group, as Ctrl-C does, and
+// waits for the script to exit.
+func (s *stackScript) interrupt(t *testing.T) int {
+	t.Helper()
+	if err := syscall.Kill(-s.cmd.Process.Pid, syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-s.done:
+	case <-time.After(90 * time.Second):
+		t.Fatal("scripts/stack.sh still running 90 s after Ctrl-C")
+	}
+	return s.cmd.ProcessState.ExitCode()
+}
+
+func TestStackScriptCtrlCStopsInOrder(t *testing.T) {
+	s := startStackScript(t)
+	gw := "http://" + s.addr(8000)
+
+	// A stream open when Ctrl-C comes: gateway-1 lets it finish and must
+	// still have NATS to publish its event to.
+	req, err := http.NewRequest("POST", gw+"/v1/chat/completions", strings.NewReader(
+		`{"model":"mock-model","stream":true,"messages":[{"role":"user","content":"Hello"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer sk-llmproxy-demo-123")
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("stream: status %d", resp.StatusCode)
+	}
+	br := bufio.NewReader(resp.Body)
+	if _, err := br.ReadString('\n'); err != nil {
+		t.Fatalf("first event of the stream: %v", err)
+	}
+
+	exited := make(chan int, 1)
+	go func() { exited <- s.interrupt(t) }()
+	var rest strings.Builder
+	if _, err := br.WriteTo(&rest); err != nil {
+		t.Fatalf("stream cut by Ctrl-C: %v (read %q)", err, rest.String())
+	}
+	if !strings.Contains(rest.String(), "data: [DONE]") {
+		t.Fatalf("stream ended without [DONE]: %q", rest.String())
+	}
+	if code := <-exited; code != 0 {
+		t.Fatalf("scripts/stack.sh exited with %d after Ctrl-C, want 0", code)
+	}
+	if left := s.procs(t); len(left) > 0 {
+		t.Fatalf("processes of the stack still running after it stopped: %v", left)
+	}
+	for _, gwName := range []string{"gateway-1", "gateway-2"} {
+		b, err := os.ReadFile(filepath.Join(s.dir, "logs", gwName+".log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(b), "unpublished events") {
+			t.Fatalf("%s stopped with events it could not publish (NATS stopped before it):\n%s", gwName, tail(string(b), 2000))
+		}
+	}
+}
