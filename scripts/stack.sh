@@ -2,7 +2,8 @@
 # `make stack`: the compose topology (deploy/compose) as local processes —
 # a 3-node NATS JetStream cluster (bin/natsd with deploy/nats/cluster/n1..3.conf),
 # Redis, 2 gateways, 2 meters, 1 notifier and mockllm. State lives under
-# ./data/stack (STACK_DIR). Ctrl-C stops everything.
+# ./data/stack (STACK_DIR). A process that exits (killed to watch the
+# failover) is reported and the rest keeps running; Ctrl-C stops everything.
 #
 # Redis: the one at 127.0.0.1:6379 (db 13, key prefix "stack") when it
 # answers, else a redis-server started here on that port. STACK_REDIS_DB and
@@ -193,6 +194,9 @@ for a in meter-1:8011 meter-2:8012 notifier:8021 gateway-1:8001 gateway-2:8003; 
   wait_http "${a%%:*}" "http://127.0.0.1:$(port "${a##*:}")/readyz"
 done
 
+procs=
+for i in "${!pids[@]}"; do procs+="${procs:+ }${names[$i]}=${pids[$i]}"; done
+
 cat <<MSG
 
 LLMProxy stack is up (logs in $DIR/logs, config $DIR/llmproxy.yaml):
@@ -206,6 +210,7 @@ LLMProxy stack is up (logs in $DIR/logs, config $DIR/llmproxy.yaml):
   nats        $NATS_URL
               monitoring http://127.0.0.1:$(port 8222) … $(port 8224) (streams with 3 replicas)
   redis       $redis_note db $REDIS_DB, prefix "$REDIS_PREFIX"
+  pids        $procs
 
 Try:
 
@@ -217,9 +222,31 @@ Try:
     -d '{"model":"mock-model","stream":true,"messages":[{"role":"user","content":"Hello"}]}'
   ./bin/llmproxy usage --config $DIR/llmproxy.yaml
 
+To see failover, kill -9 one NATS node or one meter: the rest keeps running.
 Ctrl-C stops all.
 MSG
-# Ctrl-C interrupts this wait and runs on_signal.
-wait -n "${pids[@]}" || true
-echo "a process of the stack exited; see $DIR/logs" >&2
-exit 1
+# Run until Ctrl-C (which interrupts the wait and runs on_signal). A process
+# that exits — a NATS node or a meter killed to watch the failover — is
+# reported and the rest keeps running.
+gone=()
+while :; do
+  alive=0
+  for i in "${!pids[@]}"; do
+    [ -n "${gone[$i]:-}" ] && continue
+    if kill -0 "${pids[$i]}" 2>/dev/null; then
+      alive=$((alive + 1))
+      continue
+    fi
+    gone[$i]=1
+    rc=0
+    wait "${pids[$i]}" 2>/dev/null || rc=$?
+    how="with status $rc"
+    [ "$rc" -gt 128 ] && how="killed by signal $((rc - 128))"
+    echo "$(date +%T) ${names[$i]} (pid ${pids[$i]}) exited $how; the rest keeps running (see $DIR/logs/${names[$i]}.log)" >&2
+  done
+  if [ "$alive" = 0 ]; then
+    echo "every process of the stack has exited; see $DIR/logs" >&2
+    exit 1
+  fi
+  wait -n || true
+done

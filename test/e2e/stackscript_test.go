@@ -18,6 +18,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -241,5 +242,80 @@ func TestStackScriptCtrlCStopsInOrder(t *testing.T) {
 		if strings.Contains(string(b), "unpublished events") {
 			t.Fatalf("%s stopped with events it could not publish (NATS stopped before it):\n%s", gwName, tail(string(b), 2000))
 		}
+	}
+}
+
+// pidOf returns the pid of the stack's one process whose command line
+// contains part.
+func (s *stackScript) pidOf(t *testing.T, part string) int {
+	t.Helper()
+	var found []int
+	for pid, cmdline := range s.procs(t) {
+		if strings.Contains(cmdline, part) {
+			found = append(found, pid)
+		}
+	}
+	if len(found) != 1 {
+		t.Fatalf("%d processes of the stack with %q in their command line, want 1: %v", len(found), part, s.procs(t))
+	}
+	return found[0]
+}
+
+func TestStackScriptSurvivesKilledNodeAndMeter(t *testing.T) {
+	s := startStackScript(t)
+	cfg := filepath.Join(s.dir, "llmproxy.yaml")
+	mock := "http://" + s.addr(9000)
+	const key = "sk-llmproxy-demo-123"
+
+	// One client per gateway while a NATS node and a meter are killed;
+	// mixedLoad fails the test on any client error.
+	const perClient = 24
+	results := make([]tokens, 2)
+	counts := make([]int64, 2)
+	var wg sync.WaitGroup
+	for i, gw := range []string{"http://" + s.addr(8000), "http://" + s.addr(8002)} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w, ids := mixedLoad(t, gw, mock, key, fmt.Sprintf("script-%d", i), perClient)
+			results[i], counts[i] = w, int64(len(ids))
+		}()
+	}
+	eventually(t, 60*time.Second, "load under way", func() (bool, string) {
+		rows, err := usageOf(t, cfg)
+		return err == nil && rows["demo"].Requests >= 4, fmt.Sprintf("%+v %v", rows["demo"], err)
+	})
+	// The LLMPROXY stream's leader is the worst node to lose.
+	leader, replicas, _, err := stackStreamInfo(s.addr(8222))
+	if err != nil || replicas != 3 {
+		t.Fatalf("LLMPROXY stream: leader %q, %d replicas, err %v", leader, replicas, err)
+	}
+	node := s.pidOf(t, "deploy/nats/cluster/"+leader+".conf")
+	meter := s.pidOf(t, "--admin-listen "+s.addr(8011))
+	for _, pid := range []int{node, meter} {
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("SIGKILLed NATS node %s (stream leader, pid %d) and meter-1 (pid %d)", leader, node, meter)
+	wg.Wait()
+
+	want := tokens{prompt: results[0].prompt + results[1].prompt, completion: results[0].completion + results[1].completion}
+	waitLedger(t, cfg, map[string]tokens{"demo": want}, map[string]int64{"demo": counts[0] + counts[1]})
+	select {
+	case <-s.done:
+		t.Fatalf("scripts/stack.sh exited (%v) when one NATS node and one meter were killed", s.cmd.ProcessState)
+	default:
+	}
+	for _, name := range []string{"nats-" + leader, "meter-1"} {
+		if !strings.Contains(s.out.String(), fmt.Sprintf("%s (pid ", name)) {
+			t.Errorf("the script did not report that %s exited", name)
+		}
+	}
+	if code := s.interrupt(t); code != 0 {
+		t.Fatalf("scripts/stack.sh exited with %d after Ctrl-C, want 0", code)
+	}
+	if left := s.procs(t); len(left) > 0 {
+		t.Fatalf("processes of the stack still running after it stopped: %v", left)
 	}
 }
