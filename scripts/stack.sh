@@ -21,6 +21,17 @@ GO=${GO:-go}
 OFF=${STACK_PORT_OFFSET:-0}
 port() { echo $(($1 + OFF)); }
 
+# Ports first: a stack already running is reported before anything is built,
+# created or stopped.
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+for p in 4222 4223 4224 6222 6223 6224 8222 8223 8224 9000 8000 8001 8002 8003 8011 8012 8021; do
+  if port_busy "$(port $p)"; then
+    echo "port 127.0.0.1:$(port $p) is in use (a stack already running? set STACK_PORT_OFFSET); stop it first" >&2
+    exit 1
+  fi
+done
+
 echo "building bin/llmproxy bin/mockllm bin/natsd"
 (cd cmd && $GO build -o ../bin/llmproxy ./llmproxy && $GO build -o ../bin/mockllm ./mockllm && $GO build -o ../bin/natsd ./natsd)
 
@@ -103,15 +114,6 @@ wait_http() {
   tail -n 20 "$DIR/logs/$name.log" >&2 || true
   exit 1
 }
-
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-for p in 4222 4223 4224 6222 6223 6224 8222 8223 8224 9000 8000 8001 8002 8003 8011 8012 8021; do
-  if port_busy "$(port $p)"; then
-    echo "port 127.0.0.1:$(port $p) is in use (a stack already running? set STACK_PORT_OFFSET); stop it first" >&2
-    exit 1
-  fi
-done
 
 # Redis.
 if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || port_busy 6379; then

@@ -41,10 +41,49 @@ func (s *stackScript) addr(port int) string {
 	return "127.0.0.1:" + strconv.Itoa(port+s.off)
 }
 
-// startStackScript lays out scripts/stack.sh, deploy/nats/cluster and a `go`
-// that links the built binaries into bin/ in a temporary directory, runs the
-// script against the test Redis and waits until it says the stack is up.
+// startStackScript runs the script (newStackScript) and waits until it says
+// the stack is up.
 func startStackScript(t *testing.T) *stackScript {
+	t.Helper()
+	s := newStackScript(t, stackScriptOffset(t))
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = s.cmd.Wait(); close(s.done) }()
+	t.Cleanup(func() {
+		select {
+		case <-s.done:
+		default:
+			_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
+			<-s.done
+		}
+		for pid := range s.procs(t) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		if t.Failed() {
+			t.Logf("--- output of scripts/stack.sh:\n%s", tail(s.out.String(), 6000))
+			for _, name := range []string{"gateway-1", "gateway-2", "meter-1", "meter-2", "notifier", "nats-n1", "nats-n2", "nats-n3"} {
+				b, _ := os.ReadFile(filepath.Join(s.dir, "logs", name+".log"))
+				t.Logf("--- %s.log:\n%s", name, tail(string(b), 3000))
+			}
+		}
+	})
+	eventually(t, 90*time.Second, "stack up", func() (bool, string) {
+		select {
+		case <-s.done:
+			t.Fatalf("scripts/stack.sh exited (%v) before the stack was up", s.cmd.ProcessState)
+		default:
+		}
+		return strings.Contains(s.out.String(), "LLMProxy stack is up"), "waiting for the script"
+	})
+	return s
+}
+
+// newStackScript lays out scripts/stack.sh, deploy/nats/cluster and a `go`
+// that links the built binaries into bin/ in a temporary directory, and
+// prepares the script's command, against the test Redis, on ports moved by
+// off.
+func newStackScript(t *testing.T, off int) *stackScript {
 	t.Helper()
 	if runtime.GOOS != "linux" {
 		t.Skip("finds the stack's processes through /proc")
@@ -85,7 +124,7 @@ func startStackScript(t *testing.T) *stackScript {
 		t.Fatal(err)
 	}
 
-	s := &stackScript{root: root, dir: filepath.Join(root, "data", "stack"), off: stackScriptOffset(t), out: &syncBuffer{}, done: make(chan struct{})}
+	s := &stackScript{root: root, dir: filepath.Join(root, "data", "stack"), off: off, out: &syncBuffer{}, done: make(chan struct{})}
 	s.cmd = exec.Command("bash", filepath.Join(root, "scripts", "stack.sh"))
 	s.cmd.Env = append(os.Environ(),
 		"GO="+gostub,
@@ -98,36 +137,6 @@ func startStackScript(t *testing.T) *stackScript {
 	// A process group of its own, as a shell gives a foreground job: SIGINT
 	// to the group is Ctrl-C in a terminal.
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = s.cmd.Wait(); close(s.done) }()
-	t.Cleanup(func() {
-		select {
-		case <-s.done:
-		default:
-			_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
-			<-s.done
-		}
-		for pid := range s.procs(t) {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
-		if t.Failed() {
-			t.Logf("--- output of scripts/stack.sh:\n%s", tail(s.out.String(), 6000))
-			for _, name := range []string{"gateway-1", "gateway-2", "meter-1", "meter-2", "notifier", "nats-n1", "nats-n2", "nats-n3"} {
-				b, _ := os.ReadFile(filepath.Join(s.dir, "logs", name+".log"))
-				t.Logf("--- %s.log:\n%s", name, tail(string(b), 3000))
-			}
-		}
-	})
-	eventually(t, 90*time.Second, "stack up", func() (bool, string) {
-		select {
-		case <-s.done:
-			t.Fatalf("scripts/stack.sh exited (%v) before the stack was up", s.cmd.ProcessState)
-		default:
-		}
-		return strings.Contains(s.out.String(), "LLMProxy stack is up"), "waiting for the script"
-	})
 	return s
 }
 
@@ -317,5 +326,32 @@ func TestStackScriptSurvivesKilledNodeAndMeter(t *testing.T) {
 	}
 	if left := s.procs(t); len(left) > 0 {
 		t.Fatalf("processes of the stack still running after it stopped: %v", left)
+	}
+}
+
+func TestStackScriptPortInUse(t *testing.T) {
+	off := stackScriptOffset(t)
+	s := newStackScript(t, off)
+	ln, err := net.Listen("tcp", s.addr(8002))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	err = s.cmd.Run()
+	out := s.out.String()
+	if s.cmd.ProcessState == nil || s.cmd.ProcessState.ExitCode() != 1 {
+		t.Fatalf("scripts/stack.sh with a port in use: %v, want exit status 1; output:\n%s", err, out)
+	}
+	if !strings.Contains(out, "port "+s.addr(8002)+" is in use") {
+		t.Fatalf("output does not name the port in use:\n%s", out)
+	}
+	// Nothing was started, so nothing is built, stopped or kept.
+	for _, unwanted := range []string{"building", "stopping", "state kept"} {
+		if strings.Contains(out, unwanted) {
+			t.Errorf("output says %q although nothing was started:\n%s", unwanted, out)
+		}
+	}
+	if _, err := os.Stat(s.dir); !os.IsNotExist(err) {
+		t.Errorf("%s created although nothing was started (stat: %v)", s.dir, err)
 	}
 }
