@@ -51,7 +51,7 @@ stop_all() {
   stop_group 'meter-*' notifier mockllm
   stop_group 'nats-*'
   stop_group redis
-  echo "stopped; state kept in $DIR (rm -rf $DIR to start afresh)"
+  echo "stopped; state kept in $DIR and in Redis db $REDIS_DB under the prefix \"$REDIS_PREFIX\" (deploy/README.md says how to start afresh)"
 }
 
 # stop_group PATTERN... sends SIGTERM to the processes whose names match and
