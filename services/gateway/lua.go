@@ -10,7 +10,6 @@ import (
 	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/apierr"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/auth"
-	"github.com/llmproxy/llmproxy/services/gateway/internal/balancer"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/hooks"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/usage"
 )
@@ -95,13 +94,14 @@ func identityKey(rt *runtime, id *hooks.Identity) *auth.Key {
 const maxHookBody = 16 << 20
 
 // relayWithHook answers a non-streamed reply after on_response has seen
-// (and possibly rewritten) it. Streams never come here. As relay, it
-// returns the read timeout's error, which fails the try: nothing goes to
-// the client before the whole reply has been read.
+// (and possibly rewritten) it. Streams never come here. A failed read of
+// the reply (the read timeout, the backend breaking it off) is returned
+// and fails the try: nothing goes to the client before the whole reply
+// has been read.
 func (g *Gateway) relayWithHook(r *http.Request, w http.ResponseWriter, x *exchange, resp *http.Response) error {
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxHookBody+1))
-	if errors.Is(err, balancer.ErrReadTimeout) {
+	if err != nil {
 		return err
 	}
 	x.firstByte(resp.StatusCode)

@@ -3,7 +3,6 @@ package gateway
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"io"
 	"net/http"
 	"sort"
@@ -134,12 +133,12 @@ const maxTagsBody = 16 << 20
 // relayTags answers GET /api/tags for a key restricted to some models with
 // the backend's list less the models the key may not use (matched by name
 // or model, with and without the ":latest" tag Ollama adds). A reply that
-// is not such a list is refused rather than passed on whole. As relay, it
-// returns the read timeout's error, which fails the try.
+// is not such a list is refused rather than passed on whole. A failed
+// read of the reply is returned and fails the try, as in relayWithHook.
 func (g *Gateway) relayTags(w http.ResponseWriter, x *exchange, resp *http.Response) error {
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxTagsBody+1))
-	if errors.Is(err, balancer.ErrReadTimeout) {
+	if err != nil {
 		return err
 	}
 	x.firstByte(resp.StatusCode)

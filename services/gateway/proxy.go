@@ -871,9 +871,10 @@ func (x *exchange) firstByte(status int) {
 
 // relay copies the backend's response to the client: streams event by
 // event with a flush after each read, other bodies as they come. It
-// returns the read timeout's error when the backend sent nothing after
-// its head for its read timeout: nothing has gone to the client then,
-// and the try has failed as one whose head never came.
+// returns the error of a first read that failed with no byte (the read
+// timeout, or the backend closing the connection after its head):
+// nothing has gone to the client then, and the try has failed as one
+// whose head never came.
 func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange, resp *http.Response) error {
 	defer resp.Body.Close()
 	bp := bufPool.Get().(*[]byte)
@@ -883,7 +884,7 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 	// would hold the head until then anyway: a stream is flushed after
 	// its first read).
 	n, err := resp.Body.Read(buf)
-	if n == 0 && errors.Is(err, balancer.ErrReadTimeout) {
+	if n == 0 && err != nil && err != io.EOF {
 		return err
 	}
 	ctype := resp.Header.Get("Content-Type")
