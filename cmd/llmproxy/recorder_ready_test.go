@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -13,33 +12,13 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-
-	"github.com/llmproxy/llmproxy/pkg/config"
 )
 
 // serveRecorder runs serve --target recorder with the config yaml until
 // the test ends.
 func serveRecorder(t *testing.T, yaml string) {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "llmproxy.yaml")
-	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- serve(ctx, cfg, path, "recorder", "", slog.New(slog.DiscardHandler)) }()
-	t.Cleanup(func() {
-		stop()
-		select {
-		case <-served:
-		case <-time.After(30 * time.Second):
-			t.Error("serve did not stop")
-		}
-	})
+	serveTarget(t, filepath.Join(t.TempDir(), "llmproxy.yaml"), yaml, "recorder")
 }
 
 // readyz returns the status and body of GET url.

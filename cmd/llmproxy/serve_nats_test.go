@@ -21,6 +21,13 @@ import (
 // test ends.
 func serveAll(t *testing.T, path, yaml string) {
 	t.Helper()
+	serveTarget(t, path, yaml, "all")
+}
+
+// serveTarget writes yaml to path and runs serve --target target on it
+// until the test ends.
+func serveTarget(t *testing.T, path, yaml, target string) {
+	t.Helper()
 	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -30,7 +37,7 @@ func serveAll(t *testing.T, path, yaml string) {
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	served := make(chan error, 1)
-	go func() { served <- serve(ctx, cfg, path, "all", "", slog.New(slog.DiscardHandler)) }()
+	go func() { served <- serve(ctx, cfg, path, target, "", slog.New(slog.DiscardHandler)) }()
 	t.Cleanup(func() {
 		stop()
 		select {

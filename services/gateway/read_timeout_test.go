@@ -101,17 +101,7 @@ api_keys: [{key: %q, limits: {max_concurrent: 1}}]
 	if ev.Error != "backend_read_timeout" || ev.StatusCode != 200 || ev.UsageSource != estimatedSource || ev.Usage.CompletionTokens == 0 {
 		t.Fatalf("event: error %q, status %d, usage %+v (%s)", ev.Error, ev.StatusCode, ev.Usage, ev.UsageSource)
 	}
-	select {
-	case <-cut:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the backend's request was never cancelled")
-	}
-	if n := g.rt.Load().pool.ByName("wedged").InFlight(); n != 0 {
-		t.Fatalf("the backend still counts %d requests in flight", n)
-	}
-	if r, b := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m","messages":[]}`, withKey()); r.StatusCode != http.StatusOK {
-		t.Fatalf("the cut stream still holds the key's slot: %d %s", r.StatusCode, b)
-	}
+	assertTryEnded(t, g, gw, "wedged", cut)
 }
 
 // TestReadTimeoutBeforeTheFirstByte: a backend that sends a stream's head
@@ -168,17 +158,7 @@ api_keys: [{key: %q, limits: {max_concurrent: 1}}]
 			} else if !strings.Contains(string(body), `"hi"`) || ev.Error != "" || ev.StatusCode != 200 {
 				t.Fatalf("%s; event error %q, status %d", body, ev.Error, ev.StatusCode)
 			}
-			select {
-			case <-cut:
-			case <-time.After(5 * time.Second):
-				t.Fatal("the backend's request was never cancelled")
-			}
-			if n := g.rt.Load().pool.ByName("wedged").InFlight(); n != 0 {
-				t.Fatalf("the backend still counts %d requests in flight", n)
-			}
-			if r, b := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m","messages":[]}`, withKey()); r.StatusCode != http.StatusOK {
-				t.Fatalf("the failed try still holds the key's slot: %d %s", r.StatusCode, b)
-			}
+			assertTryEnded(t, g, gw, "wedged", cut)
 		})
 	}
 }
@@ -232,9 +212,28 @@ api_keys: [{key: %q, limits: {max_concurrent: 1}}]
 			} else if !strings.Contains(string(body), `"hi"`) || ev.Error != "" || ev.StatusCode != 200 {
 				t.Fatalf("%s; event error %q, status %d", body, ev.Error, ev.StatusCode)
 			}
-			if n := g.rt.Load().pool.ByName("broken").InFlight(); n != 0 {
-				t.Fatalf("the backend still counts %d requests in flight", n)
-			}
+			assertTryEnded(t, g, gw, "broken", nil)
 		})
+	}
+}
+
+// assertTryEnded checks that a try at backend that was cut or failed has
+// ended: the backend's request was cancelled (cut closed; nil: not
+// watched), the upstream counts nothing in flight and the key's
+// concurrency slot serves the next request.
+func assertTryEnded(t *testing.T, g *Gateway, gw *httptest.Server, backend string, cut <-chan struct{}) {
+	t.Helper()
+	if cut != nil {
+		select {
+		case <-cut:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the backend's request was never cancelled")
+		}
+	}
+	if n := g.rt.Load().pool.ByName(backend).InFlight(); n != 0 {
+		t.Fatalf("the backend still counts %d requests in flight", n)
+	}
+	if r, b := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m","messages":[]}`, withKey()); r.StatusCode != http.StatusOK {
+		t.Fatalf("the ended try still holds the key's slot: %d %s", r.StatusCode, b)
 	}
 }
