@@ -157,6 +157,11 @@ type UsageReader interface {
 // keyBurst is the burst of a key's RPS limit.
 func keyBurst(rps float64) int64 { return max(int64(math.Ceil(rps)), 1) }
 
+// Emission returns the global limit's rate as the cell rate algorithm
+// takes it: the interval between two requests and the burst. g.RPS must be
+// above 0.
+func (g GlobalLimit) Emission() (time.Duration, int64) { return interval(g.RPS), globalBurst(g) }
+
 // globalBurst is the burst of the global limit.
 func globalBurst(g GlobalLimit) int64 {
 	if g.Burst > 0 {

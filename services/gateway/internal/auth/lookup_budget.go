@@ -1,9 +1,10 @@
 package auth
 
 import (
-	"math"
 	"sync/atomic"
 	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/ledger"
 )
 
 // LookupsLimitedError is what RedisStore.LookupHash returns, without
@@ -28,14 +29,11 @@ type lookupBudget struct {
 	tat      atomic.Int64
 }
 
-// newLookupBudget returns a budget of rate reads a second (> 0) with a
-// burst of burst (at least 1; below, the rate rounded up).
-func newLookupBudget(rate float64, burst int) *lookupBudget {
-	if burst <= 0 {
-		burst = max(int(math.Ceil(rate)), 1)
-	}
-	interval := max(int64(float64(time.Second)/rate), 1)
-	return &lookupBudget{interval: interval, tau: interval * int64(burst)}
+// newLookupBudget returns a budget of the global limit g's rate and burst
+// (g.RPS > 0), as the ledger reads them.
+func newLookupBudget(g ledger.GlobalLimit) *lookupBudget {
+	interval, burst := g.Emission()
+	return &lookupBudget{interval: int64(interval), tau: int64(interval) * burst}
 }
 
 // take spends one read at now, or reports how long until one fits.

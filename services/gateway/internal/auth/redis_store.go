@@ -11,6 +11,7 @@ import (
 
 	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/pkg/keys"
+	"github.com/llmproxy/llmproxy/pkg/ledger"
 )
 
 // DefaultCacheTTL is how long a RedisStore trusts what it read: a disabled or
@@ -77,7 +78,7 @@ func NewRedisStore(rdb redis.UniversalClient, prefix string, cfg *config.Config,
 		maxKnown: maxKnown, maxUnknown: maxUnknown,
 	}
 	if g := cfg.RateLimit.Global; cfg.RateLimitEnabled() && g.IsEnabled() {
-		s.lookups = newLookupBudget(g.RequestsPerSecond, g.BurstSize)
+		s.lookups = newLookupBudget(ledger.GlobalLimit{RPS: g.RequestsPerSecond, Burst: g.BurstSize})
 	}
 	return s
 }
