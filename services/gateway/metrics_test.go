@@ -16,7 +16,6 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/pkg/ledger"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/auth"
 )
@@ -100,10 +99,7 @@ func TestPanickedRequestIsCountedAndLogged(t *testing.T) {
 		{"panic on the body", &bodyPanicWriter{h: http.Header{}}, "200"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			cfg, err := config.Parse([]byte(fmt.Sprintf("backends: [{url: %q, name: b1}]\napi_keys: [{key: %q}]\n", backend.URL, testKey)), "c.yaml")
-			if err != nil {
-				t.Fatal(err)
-			}
+			cfg := parseConfig(t, fmt.Sprintf("backends: [{url: %q, name: b1}]\napi_keys: [{key: %q}]\n", backend.URL, testKey))
 			reg := prometheus.NewRegistry()
 			lines := make(chan map[string]string, 10)
 			s := newSink()
@@ -162,14 +158,11 @@ func TestKeyStoreDownIsARejection(t *testing.T) {
 	ln.Close()
 	rdb := redis.NewClient(&redis.Options{Addr: dead, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
 	defer rdb.Close()
-	cfg, err := config.Parse([]byte(`
+	cfg := parseConfig(t, `
 backends: [{url: "http://127.0.0.1:9"}]
 auth: {enabled: true, storage: redis}
 redis: {url: "redis://`+dead+`"}
-`), "c.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	reg := prometheus.NewRegistry()
 	gw, _ := serveOptions(t, Options{Config: cfg, Redis: rdb, RedisPrefix: "llmproxy-test:", Registerer: reg})
 	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1"}`, withKey())
@@ -226,10 +219,7 @@ func TestPanicBeforeTheRelayIsRecorded(t *testing.T) {
 			w: &panicWriter{h: http.Header{}}, keyID: "k1"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			cfg, err := config.Parse([]byte(fmt.Sprintf("backends: [{url: %q, name: b1}]\napi_keys: [{key: %q, id: k1, limits: {max_concurrent: 1}}]\n", backend.URL, testKey)), "c.yaml")
-			if err != nil {
-				t.Fatal(err)
-			}
+			cfg := parseConfig(t, fmt.Sprintf("backends: [{url: %q, name: b1}]\napi_keys: [{key: %q, id: k1, limits: {max_concurrent: 1}}]\n", backend.URL, testKey))
 			reg := prometheus.NewRegistry()
 			lines := make(chan map[string]string, 10)
 			s := newSink()
@@ -298,10 +288,7 @@ func TestTTFTCountsOnlyServedReplies(t *testing.T) {
 		_, _ = w.Write([]byte(`{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}`))
 	}))
 	defer backend.Close()
-	cfg, err := config.Parse([]byte(fmt.Sprintf("backends: [{url: %q, name: b1}]\napi_keys: [{key: %q}]\n", backend.URL, testKey)), "c.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := parseConfig(t, fmt.Sprintf("backends: [{url: %q, name: b1}]\napi_keys: [{key: %q}]\n", backend.URL, testKey))
 	reg := prometheus.NewRegistry()
 	g, err := New(Options{Config: cfg, Events: newSink(), Registerer: reg})
 	if err != nil {
