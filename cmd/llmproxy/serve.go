@@ -459,7 +459,7 @@ func endpointsOf(cfg *config.Config) []notifier.Endpoint {
 		out = append(out, notifier.Endpoint{
 			Name: w.Name, URL: w.URL, Secret: w.Secret,
 			Timeout: w.Timeout.D(), MaxAttempts: w.MaxAttempts, MaxAge: w.MaxAge.D(),
-			LegacyName: w.LegacyName,
+			BackoffMax: w.BackoffMax.D(), LegacyName: w.LegacyName,
 		})
 	}
 	return out

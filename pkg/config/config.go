@@ -168,6 +168,11 @@ type Webhook struct {
 	Timeout     Duration `yaml:"timeout"`      // default 5s
 	MaxAttempts int      `yaml:"max_attempts"` // default 10
 	MaxAge      Duration `yaml:"max_age"`      // default 24h
+	// BackoffMax caps the wait before a retry (default 5m; at least 1s):
+	// after attempt n failed the wait is random in [0, min(BackoffMax,
+	// 1s·2^(n-1))]. A low cap brings the backlog to a receiver soon after
+	// an outage that did not answer with Retry-After.
+	BackoffMax Duration `yaml:"backoff_max"`
 	// LegacyName is set, not read from the file, when Name was defaulted:
 	// it is the name the URL's host and path gave before, so that the
 	// notifier can take over that name's consumer instead of delivering

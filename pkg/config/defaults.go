@@ -91,6 +91,7 @@ func (c *Config) applyDefaults() {
 			w.MaxAttempts = 10
 		}
 		setDur(&w.MaxAge, 24*time.Hour)
+		setDur(&w.BackoffMax, 5*time.Minute)
 	}
 
 	h := &c.HealthCheck

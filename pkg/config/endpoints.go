@@ -22,6 +22,7 @@ func (c *Config) Endpoints() []Webhook {
 			Timeout:     timeout,
 			MaxAttempts: max(u.Retry, 0) + 1,
 			MaxAge:      Duration(24 * time.Hour),
+			BackoffMax:  Duration(5 * time.Minute),
 		})
 	}
 	return out

@@ -306,6 +306,9 @@ func (v *checker) webhooks() {
 		if w.MaxAttempts < 1 {
 			v.add(p+".max_attempts", "want at least 1, got %d", w.MaxAttempts)
 		}
+		if w.BackoffMax.D() < time.Second {
+			v.add(p+".backoff_max", "want at least 1s (the first retry waits up to 1s), got %s", w.BackoffMax.D())
+		}
 		v.webhookSecret(p+".secret", w.Secret)
 	}
 }
@@ -720,7 +723,8 @@ func (c *Config) zeroKeys() []zeroKey {
 	for n := range c.Webhooks {
 		w := &c.Webhooks[n]
 		p := fmt.Sprintf("webhooks[%d].", n)
-		keys = append(keys, zeroKey{p + "timeout", d(&w.Timeout)}, zeroKey{p + "max_age", d(&w.MaxAge)})
+		keys = append(keys, zeroKey{p + "timeout", d(&w.Timeout)}, zeroKey{p + "max_age", d(&w.MaxAge)},
+			zeroKey{p + "backoff_max", d(&w.BackoffMax)})
 	}
 	return keys
 }

@@ -197,12 +197,14 @@ func TestValidate(t *testing.T) {
 		},
 		{
 			"hooks",
-			"usage_hook:\n  enabled: true\nwebhooks:\n  - url: billing.internal/x\n  - url: https://a/b\n    name: \"has space\"\n    max_attempts: 0\n",
+			"usage_hook:\n  enabled: true\nwebhooks:\n  - url: billing.internal/x\n  - url: https://a/b\n    name: \"has space\"\n    max_attempts: 0\n    backoff_max: 500ms\n  - url: https://a/c\n    backoff_max: 0s\n",
 			[]string{
 				`c.yaml:4: key usage_hook.enabled: the usage hook is enabled but has no url`,
 				`c.yaml:6: key webhooks[0].url: want an absolute http:// or https:// URL`,
 				`c.yaml:8: key webhooks[1].name: want letters, digits`,
 				`c.yaml:9: key webhooks[1].max_attempts: want at least 1, got 0`,
+				`c.yaml:10: key webhooks[1].backoff_max: want at least 1s (the first retry waits up to 1s), got 500ms`,
+				`c.yaml:12: key webhooks[2].backoff_max: want more than 0; leave the key out for the default, 5m0s`,
 			},
 		},
 		{

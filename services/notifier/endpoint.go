@@ -23,7 +23,7 @@ const (
 //
 //	notifier.Endpoint{Name: w.Name, URL: w.URL, Secret: w.Secret,
 //		Timeout: w.Timeout.D(), MaxAttempts: w.MaxAttempts, MaxAge: w.MaxAge.D(),
-//		LegacyName: w.LegacyName}
+//		BackoffMax: w.BackoffMax.D(), LegacyName: w.LegacyName}
 //
 // and onto config.UsageHook, whose Retry is MaxAttempts (it has no name:
 // give it one, e.g. "usage_hook").
@@ -43,6 +43,9 @@ type Endpoint struct {
 	// MaxAge is how long after it was published an event is still retried
 	// (default 24h).
 	MaxAge time.Duration
+	// BackoffMax, when set, caps this endpoint's retry backoff in place of
+	// Options.BackoffMax (it is never below Options.BackoffBase).
+	BackoffMax time.Duration
 	// LegacyName, when set, is a name the endpoint had before (the default
 	// name a URL's path once gave, config.Webhook.LegacyName). When the
 	// endpoint's consumer does not exist yet and LegacyName's does, the new

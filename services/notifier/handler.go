@@ -124,7 +124,7 @@ func (h *handler) handle(ctx context.Context, msg message) {
 			d.Reason = ReasonMaxAge
 		default:
 			h.record(ctx, log, key, rec)
-			delay := retryDelay(Backoff(n, h.opts.BackoffBase, h.opts.BackoffMax, h.opts.Rand), a.RetryAfter, a.HasRetryAfter, h.opts.BackoffBase)
+			delay := retryDelay(h.backoff(n), a.RetryAfter, a.HasRetryAfter, h.opts.BackoffBase)
 			log.Debug("webhook: attempt failed, retrying", "status", a.Status, "err", a.Err, "delay", delay)
 			if err := msg.NakWithDelay(delay); err != nil {
 				log.Warn("webhook: nak failed; the event is retried after the ack wait", "err", err)
@@ -137,6 +137,16 @@ func (h *handler) handle(ctx context.Context, msg message) {
 	if h.toDLQ(ctx, msg, log, key, d, body, n) && recorded {
 		h.forget(ctx, log, key)
 	}
+}
+
+// backoff is the wait after attempt n failed, capped by the endpoint's
+// BackoffMax when it has one.
+func (h *handler) backoff(n int) time.Duration {
+	ceiling := h.opts.BackoffMax
+	if h.ep.BackoffMax > 0 {
+		ceiling = max(h.ep.BackoffMax, h.opts.BackoffBase)
+	}
+	return Backoff(n, h.opts.BackoffBase, ceiling, h.opts.Rand)
 }
 
 // record writes down a failed attempt before the event is scheduled again.
@@ -196,7 +206,7 @@ func (h *handler) toDLQ(ctx context.Context, msg message, log *slog.Logger, key 
 				log.Warn("webhook: pending dead letter not recorded; the event will be POSTed again", "err", err)
 			}
 		}
-		if err := msg.NakWithDelay(Backoff(retry, h.opts.BackoffBase, h.opts.BackoffMax, h.opts.Rand)); err != nil {
+		if err := msg.NakWithDelay(h.backoff(retry)); err != nil {
 			log.Warn("webhook: nak failed; the event is retried after the ack wait", "err", err)
 		}
 		return false

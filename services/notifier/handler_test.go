@@ -244,3 +244,38 @@ func (a *memAttempts) remove(_ context.Context, key string) error {
 	delete(a.m, key)
 	return nil
 }
+
+// TestEndpointBackoffMax: an endpoint's BackoffMax caps its retry wait in
+// place of the notifier-wide one, however many attempts have failed.
+func TestEndpointBackoffMax(t *testing.T) {
+	rc := newReceiver(t, func(int, http.ResponseWriter, *http.Request) int { return http.StatusBadGateway })
+	opts := Options{BackoffBase: time.Second, BackoffMax: time.Hour, Rand: fixedRand{1, 1}}.withDefaults()
+	m, _ := newMetrics(nil)
+	for _, tt := range []struct {
+		name       string
+		backoffMax time.Duration
+		want       time.Duration
+	}{
+		{"notifier-wide cap", 0, time.Hour},
+		{"endpoint cap", 3 * time.Second, 3 * time.Second},
+		{"endpoint cap below the base", time.Millisecond, time.Second},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			log := &memAttempts{m: map[string]attemptRecord{attemptKey("ep", 7): {Attempts: 30}}}
+			h := &handler{
+				ep:       Endpoint{Name: "ep", URL: rc.srv.URL, MaxAttempts: 1000, BackoffMax: tt.backoffMax}.withDefaults(),
+				client:   opts.HTTPClient,
+				opts:     opts,
+				metrics:  m,
+				log:      slog.New(slog.NewTextHandler(io.Discard, nil)),
+				attempts: log,
+			}
+			msg := &fakeMsg{body: []byte(`{"request_id":"req_1"}`), header: nats.Header{},
+				meta: jetstream.MsgMetadata{NumDelivered: 31, Timestamp: opts.Clock.Now(), Stream: "LLMPROXY", Sequence: jetstream.SequencePair{Stream: 7}}}
+			h.handle(context.Background(), msg)
+			if !msg.nakked || msg.nakDelay != tt.want {
+				t.Fatalf("nakked %v with delay %s after 31 failed attempts, want the cap %s", msg.nakked, msg.nakDelay, tt.want)
+			}
+		})
+	}
+}
