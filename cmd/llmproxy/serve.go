@@ -277,7 +277,15 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 	}
 
 	if runMeter {
-		m, err := meter.New(b.js, lh.store, meter.Options{Logger: log, Registerer: reg})
+		mopts := meter.Options{Logger: log, Registerer: reg}
+		if lh.local != nil {
+			// The local ledger is this process's own, so is the only
+			// meter: events it had taken when it was killed come back
+			// after this ack wait instead of the default 30 s, which
+			// leaves time for other meters' batches on a slow Redis.
+			mopts.AckWait = localMeterAckWait
+		}
+		m, err := meter.New(b.js, lh.store, mopts)
 		if err != nil {
 			return err
 		}
@@ -452,6 +460,11 @@ func startAdmin(cfg *config.Config, reg *prometheus.Registry, lh *ledgerHandle, 
 	}()
 	return srv, nil
 }
+
+// localMeterAckWait is the meter's ack wait on the local ledger, whose
+// batches take milliseconds (an fsync each): an event redelivered while its
+// batch is still being written is skipped by request id.
+const localMeterAckWait = 5 * time.Second
 
 func endpointsOf(cfg *config.Config) []notifier.Endpoint {
 	var out []notifier.Endpoint
