@@ -399,7 +399,11 @@ func (l *lateListener) start(t testing.TB, h http.Handler) {
 // a Retry-After: backoff_max 2s bounds how long after the outage an event
 // may still wait (with the default 5m cap an event that drew a long wait
 // in the first 10 s is delivered minutes later, as it should be).
+//
+// Most of its minute is waiting, so it runs beside the other parallel
+// tests (they start once the sequential ones are done).
 func TestWebhookReceiverDownSixtySeconds(t *testing.T) {
+	t.Parallel()
 	const outage = 60 * time.Second
 	addr := freeAddr(t)
 	downSince := time.Now()
