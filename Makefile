@@ -36,8 +36,11 @@ lint: vet
 # the compatibility suite with real clients (needs node and npm).
 # Integration tests use an embedded nats-server, the Redis at REDIS_URL and
 # the PostgreSQL at PG_URL.
+# The end-to-end tests marked parallel spend most of their time waiting
+# (an outage, ack waits), so they all run at once there, not two at a time.
 test: lint build
-	@for m in $(MODULES); do echo "== $$m"; (cd $$m && $(GO) test -race -count=1 -timeout 600s ./...) || exit 1; done
+	@for m in $(MODULES); do echo "== $$m"; p=; [ $$m = test/e2e ] && p="-parallel 8"; \
+		(cd $$m && $(GO) test -race -count=1 -timeout 600s $$p ./...) || exit 1; done
 	@echo "== test/compat (real clients: openai, @anthropic-ai/sdk, opencode, the README's curl lines)"
 	@bash test/compat/run.sh
 

@@ -253,7 +253,12 @@ func waitUsageExact(t testing.TB, cfg string, within time.Duration, want map[str
 	}
 }
 
+// TestMeterThreeMetersKilledEvery2s: three meters share 20,000 events
+// while one is SIGKILLed every 2 s; the ledger is exact. Most of its time
+// is the 30 s ack wait of the killed meters' events, and its bounds are
+// counts, so it runs beside the other parallel tests.
 func TestMeterThreeMetersKilledEvery2s(t *testing.T) {
+	t.Parallel()
 	rurl, prefix := redisPrefix(t, "e2emeter")
 	_, natsURL := natsServer(t)
 
