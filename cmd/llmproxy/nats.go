@@ -134,7 +134,10 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 		return nil, err
 	}
 	b.js = js
-	so := events.StreamOptions{MaxAge: cfg.NATS.Stream.MaxAge.D(), Replicas: cfg.NATS.Stream.Replicas}
+	// The embedded server goes down only with the gateway whose outbox
+	// still holds the events it acked in the last 2 s, so its stream may
+	// write them to its files a few milliseconds later, in batches.
+	so := events.StreamOptions{MaxAge: cfg.NATS.Stream.MaxAge.D(), Replicas: cfg.NATS.Stream.Replicas, AsyncPersist: e != nil}
 	// The stream may not be reachable yet (NATS starting, or down): keep
 	// trying in the background rather than refuse to start, so a gateway
 	// can serve and keep its events in the outbox meanwhile.

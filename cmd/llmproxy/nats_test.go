@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/pkg/events"
@@ -252,5 +253,43 @@ func TestBusRemakesStreamsAfterReconnect(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "nats reconnected") {
 		t.Errorf("no reconnect logged:\n%s", out.String())
+	}
+}
+
+// TestBusStreamPersistMode: the embedded server's event stream is created
+// in async persist mode (the outbox covers what it has not yet written);
+// a stream the bus creates on an external server is not.
+func TestBusStreamPersistMode(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		embedded bool
+		want     jetstream.PersistModeType
+	}{
+		{"embedded", true, jetstream.AsyncPersistMode},
+		{"external", false, jetstream.DefaultPersistMode},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := &config.Config{DataDir: t.TempDir()}
+			if !tc.embedded {
+				cfg.NATS.URL = startNATS(t, "127.0.0.1", -1).ClientURL()
+			}
+			b, err := openBus(context.Background(), cfg, tc.embedded, slog.New(slog.DiscardHandler))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.close()
+			if err := b.waitStreams(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			for name, want := range map[string]jetstream.PersistModeType{events.StreamName: tc.want, events.DLQStreamName: jetstream.DefaultPersistMode} {
+				s, err := b.js.Stream(context.Background(), name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := s.CachedInfo().Config.PersistMode; got != want {
+					t.Errorf("%s: persist mode %s, want %s", name, got, want)
+				}
+			}
+		})
 	}
 }
