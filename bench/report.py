@@ -248,16 +248,24 @@ def main():
         out.append("")
 
     mr = load(work, "res-meter-redis.json")
+    mb = load(work, "res-meter-redis-backlog.json")
+    if mb is not None:
+        mb = dict(mb, published_per_s=get(load(work, "res-meter-redis-backlog-pub.json"), "published_per_s"))
     ml = load(work, "res-meter-local.json")
     nt = load(work, "res-notifier.json")
     out.append("## Events\n")
     out.append("Events published straight to JetStream (a fresh NATS per figure), timed from the first "
                "publish until the consumer's own counter (`llmproxy_meter_events_applied_total`, "
-               "`llmproxy_webhook_deliveries_total{outcome=\"success\"}`) has moved by all of them.\n")
+               "`llmproxy_webhook_deliveries_total{outcome=\"success\"}`) has moved by all of them: the "
+               "publisher runs on the same CPUs meanwhile, and a consumer cannot finish before the last "
+               "event is published. The backlog row starts the meter after all its events were published "
+               "(`eventload publish`, then `eventload measure --backlog`) and times it from its counter's "
+               "first move: the meter's own rate.\n")
     out += table(["consumer", "events", "published/s", "done in", "consumed/s"], (
         [name, fmt(get(r, "events")), fmt(get(r, "published_per_s")), fmt(get(r, "done_seconds"), " s", 2),
          fmt(get(r, "per_s"))]
         for name, r in (("meter, Redis ledger, own process (`--target meter`)", mr),
+                        ("meter, Redis ledger, own process, started after its events were published (backlog)", mb),
                         ("meter, local ledger, single binary", ml),
                         ("notifier, own process, one local receiver", nt))))
     out.append("")
@@ -313,7 +321,8 @@ def main():
         ("Redis setup: added TTFT p99 ≤ 1 ms", f"{fmt(fr.get('addttft'))} µs", le(fr.get("addttft"), 1000)),
         ("Redis setup: added per-event lag p99 ≤ 0.5 ms", f"{fmt(fr.get('addlag'))} µs", le(fr.get("addlag"), 500)),
         ("Redis setup: ≤ 40 KB RSS per idle stream", f"{fmt(fr.get('rss'), ' KB', 2)}", le(fr.get("rss"), 40)),
-        ("meter (Redis) ≥ 20,000 events/s", fmt(get(mr, "per_s")), ge(get(mr, "per_s"), 20000)),
+        ("meter (Redis) ≥ 20,000 events/s, publishing at the same time", fmt(get(mr, "per_s")), ge(get(mr, "per_s"), 20000)),
+        ("meter (Redis) ≥ 20,000 events/s, backlog", fmt(get(mb, "per_s")), ge(get(mb, "per_s"), 20000)),
         ("meter (local ledger) ≥ 20,000 events/s", fmt(get(ml, "per_s")), ge(get(ml, "per_s"), 20000)),
         ("notifier ≥ 2,000 deliveries/s", fmt(get(nt, "per_s")), ge(get(nt, "per_s"), 2000)),
     ]
@@ -416,6 +425,8 @@ def main():
                "--header 'X-Mock-Gap: …' --header 'X-Mock-Tokens: …' --cpu mockllm=PID --cpu proxy=PID   # streams spread out")
     out.append("loadgen --mode idle --concurrency N --url URL --header 'X-Mock-Ttft: 1h' --inflight-url MOCK/metrics --ready-file F")
     out.append("eventload measure --nats URL --n N --metrics ADMIN/metrics --metric llmproxy_meter_events_applied_total")
+    out.append("eventload publish --nats URL --n N; llmproxy serve --target meter …; "
+               "eventload measure --backlog --n N --metrics ADMIN/metrics --metric llmproxy_meter_events_applied_total")
     out.append("eventload measure --nats URL --n N --metrics ADMIN/metrics --metric llmproxy_webhook_deliveries_total --match 'outcome=\"success\"'")
     out.append("```\n")
     for c in a.configs:

@@ -489,6 +489,20 @@ if has redis || [[ "${BENCH_EVENTS:-1}" == 1 ]]; then
 		METER_NOTE="meter (Redis) did not finish: see $WORK/meter.log"
 	stop "$METER_PID"
 
+	# The same meter started after its events were published, so that the
+	# publisher does not share the CPUs with it: its own rate.
+	log "meter (Redis ledger, own process), backlog: $METER_EVENTS events published before it starts"
+	start_nats
+	"$EVENTLOAD" publish --nats "$NATS_URL" --n "$METER_EVENTS" --run "$RUN_ID-mb" >"$WORK/res-meter-redis-backlog-pub.json"
+	port; ma="127.0.0.1:$PORT"; port; l="127.0.0.1:$PORT"
+	gw_config meterb "$l" "" redis
+	start meterb "$BIN/llmproxy" serve --config "$WORK/meterb.yaml" --target meter --admin-listen "$ma"
+	METER_PID=$LAST_PID
+	"$EVENTLOAD" measure --backlog --n "$METER_EVENTS" --label meter-redis-backlog \
+		--metrics "http://$ma/metrics" --metric llmproxy_meter_events_applied_total >"$WORK/res-meter-redis-backlog.json" ||
+		METER_NOTE="$METER_NOTE meter (Redis, backlog) did not finish: see $WORK/meterb.log"
+	stop "$METER_PID"
+
 	log "meter (local ledger, single binary): $METER_EVENTS events"
 	port; en="127.0.0.1:$PORT"; port; ma="127.0.0.1:$PORT"; port; l="127.0.0.1:$PORT"
 	gw_config meterlocal "$l" "$ma" all "nats: { embedded_listen: \"$en\" }"

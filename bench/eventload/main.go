@@ -4,6 +4,8 @@
 // process's own counters off its /metrics.
 //
 //	eventload measure --nats URL --n N --metrics URL --metric NAME [--match S]
+//	eventload publish --nats URL --n N     then start the consumer, and
+//	eventload measure --backlog --n N --metrics URL --metric NAME
 //	eventload sink --listen ADDR          a fast webhook receiver (200 to all)
 //	eventload nats --listen ADDR --store DIR   an embedded JetStream server
 package main
@@ -15,13 +17,15 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: eventload measure|sink|nats [flags]")
+		fmt.Fprintln(os.Stderr, "usage: eventload measure|publish|sink|nats [flags]")
 		os.Exit(2)
 	}
 	var err error
 	switch os.Args[1] {
 	case "measure":
 		err = cmdMeasure(os.Args[2:])
+	case "publish":
+		err = cmdPublish(os.Args[2:])
 	case "sink":
 		err = cmdSink(os.Args[2:])
 	case "nats":
