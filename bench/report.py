@@ -110,7 +110,24 @@ def machine(commit, dirty):
         f"- load average when the report was written: {open('/proc/loadavg').read().split()[:3]} "
         "(other work on the machine during the run shows up as noise, most in the p99 figures)",
         "- everything on loopback on this one machine: load generator, proxies, mockllm, NATS and Redis share the CPUs",
+        f"- NATS for the Redis setup and the event consumers: {nats_server()}",
     ]
+
+
+def nats_server():
+    if os.environ.get("BENCH_NATS_URL"):
+        return "the server at BENCH_NATS_URL (the meter and notifier figures still start their own)"
+    if os.environ.get("BENCH_NATS_SERVER", "embedded") == "system":
+        v = subprocess.run(["nats-server", "--version"], capture_output=True, text=True).stdout.strip()
+        return f"the nats-server on PATH ({v or '?'}), BENCH_NATS_SERVER=system"
+    v = "?"
+    try:
+        for line in open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "go.mod")):
+            if "nats-io/nats-server/v2 " in line:
+                v = line.split()[-1]
+    except OSError:
+        pass
+    return f"`eventload nats`, nats-server {v} embedded (the release the single binary embeds)"
 
 
 def main():

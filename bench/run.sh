@@ -39,6 +39,14 @@ REDIS_URL_BENCH=${BENCH_REDIS_URL:-redis://127.0.0.1:6379/14}
 # run starts its own nats-server (or an embedded one) so that no other
 # stream consumer shares the LLMPROXY stream with the measurement.
 NATS_URL_EXT=${BENCH_NATS_URL:-}
+# The NATS the run starts: "embedded" is `eventload nats`, the nats-server
+# release LLMProxy embeds (go.mod); "system" the nats-server on PATH, which
+# on some distributions is years older than the compose stack's image.
+NATS_SERVER=${BENCH_NATS_SERVER:-embedded}
+if [[ $NATS_SERVER == system ]] && ! command -v nats-server >/dev/null; then
+	echo "bench: BENCH_NATS_SERVER=system but no nats-server on PATH" >&2
+	exit 1
+fi
 # BENCH_ONLY limits the HTTP targets, e.g. "direct httputil all".
 ONLY=${BENCH_ONLY:-direct httputil nginx core passthrough all lua capture redis}
 # The feature rows (lua, capture) are measured only for the figure they are
@@ -168,7 +176,7 @@ start_nats() { # sets NATS_URL
 	port
 	local p=$PORT dir
 	dir=$(mktemp -d "$WORK/nats.XXXX")
-	if command -v nats-server >/dev/null; then
+	if [[ $NATS_SERVER == system ]]; then
 		start "nats-$p" nats-server -a 127.0.0.1 -p "$p" -js -sd "$dir"
 	else
 		start "nats-$p" "$EVENTLOAD" nats --listen "127.0.0.1:$p" --store "$dir"
@@ -531,7 +539,7 @@ webhooks:
 fi
 
 # --- report --------------------------------------------------------------------
-CMDLINE="BENCH_WEBHOOK=${BENCH_WEBHOOK:-0} BENCH_ROUNDS=$ROUNDS BENCH_LAT_DURATION=$LAT_DURATION BENCH_TPUT_DURATION=$TPUT_DURATION BENCH_TPUT_CONC=$TPUT_CONC BENCH_STREAM_DURATION=$STREAM_DURATION BENCH_STREAMS=$STREAMS BENCH_STREAM_GAP=$STREAM_GAP BENCH_STREAM_TOKENS=$STREAM_TOKENS BENCH_STREAM_STAGGER=$STREAM_STAGGER BENCH_SPREAD='$SPREAD' BENCH_IDLE=$IDLE BENCH_METER_EVENTS=$METER_EVENTS BENCH_NOTIFIER_EVENTS=$NOTIFIER_EVENTS make bench"
+CMDLINE="BENCH_NATS_SERVER=$NATS_SERVER BENCH_WEBHOOK=${BENCH_WEBHOOK:-0} BENCH_ROUNDS=$ROUNDS BENCH_LAT_DURATION=$LAT_DURATION BENCH_TPUT_DURATION=$TPUT_DURATION BENCH_TPUT_CONC=$TPUT_CONC BENCH_STREAM_DURATION=$STREAM_DURATION BENCH_STREAMS=$STREAMS BENCH_STREAM_GAP=$STREAM_GAP BENCH_STREAM_TOKENS=$STREAM_TOKENS BENCH_STREAM_STAGGER=$STREAM_STAGGER BENCH_SPREAD='$SPREAD' BENCH_IDLE=$IDLE BENCH_METER_EVENTS=$METER_EVENTS BENCH_NOTIFIER_EVENTS=$NOTIFIER_EVENTS make bench"
 python3 "$ROOT/bench/report.py" --work "$WORK" --rounds "$ROUNDS" --targets "${TARGETS[*]}" --out "${BENCH_OUT:-$ROOT/bench/RESULTS.md}" \
 	--cmdline "$CMDLINE" --loadgen "$LOADGEN" --mock "$MOCK" --commit "$BUILD_COMMIT" --dirty "$BUILD_DIRTY" --notes "$IDLE_NOTE" --notes "$NGINX_NOTE" --notes "$METER_NOTE" \
 	--configs "$WORK/core.yaml" --configs "$WORK/passthrough.yaml" --configs "$WORK/all.yaml" --configs "$WORK/lua.yaml" --configs "$WORK/capture.yaml" --configs "$WORK/redis.yaml" --configs "$WORK/nginx/nginx.conf"
