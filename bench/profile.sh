@@ -7,6 +7,12 @@
 #
 #   bash bench/profile.sh            # after make build
 #   BENCH_PROFILE_SECONDS=20 bash bench/profile.sh
+#   BENCH_PROFILE_SETUP=redis bash bench/profile.sh   # the Redis setup's gateway
+#
+# With BENCH_PROFILE_SETUP=redis the profiled process is the gateway of the
+# Redis setup (`--target gateway`, admission in Redis at BENCH_REDIS_URL,
+# default redis://127.0.0.1:6379/14), with its meter in a process of its own
+# and a NATS server (`eventload nats`) beside it.
 #
 # It prints the hottest functions (self time) and the hottest callers
 # (time including callees) for each load, and keeps perf.data in the
@@ -16,6 +22,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN="$ROOT/bin"
 SECS=${BENCH_PROFILE_SECONDS:-12}
+SETUP=${BENCH_PROFILE_SETUP:-all}
+REDIS_URL_BENCH=${BENCH_REDIS_URL:-redis://127.0.0.1:6379/14}
+[[ $SETUP == all || $SETUP == redis ]] || { echo "profile: BENCH_PROFILE_SETUP is all or redis" >&2; exit 1; }
 command -v perf >/dev/null || { echo "profile: perf is not installed" >&2; exit 1; }
 
 OUT=$(mktemp -d /tmp/llmproxy-profile.XXXXXX)
@@ -24,6 +33,10 @@ cleanup() {
 	local pid
 	for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
 	for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+	if [[ $SETUP == redis ]] && command -v redis-cli >/dev/null; then
+		redis-cli -u "$REDIS_URL_BENCH" --scan --pattern "llmproxy-profile-$$*" 2>/dev/null |
+			xargs -r -n 500 redis-cli -u "$REDIS_URL_BENCH" del >/dev/null 2>&1 || true
+	fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -40,7 +53,7 @@ wait_http() {
 	exit 1
 }
 
-(cd "$ROOT/bench" && go build -o "$OUT/" ./loadgen)
+(cd "$ROOT/bench" && go build -o "$OUT/" ./loadgen ./eventload)
 port; MOCK_PORT=$PORT
 "$BIN/mockllm" --listen "127.0.0.1:$MOCK_PORT" >"$OUT/mockllm.log" 2>&1 &
 PIDS+=($!)
@@ -65,9 +78,27 @@ rate_limit:
   per_key: { requests_per_minute: 1000000000, tokens_per_minute: 1000000000000, max_concurrent: 1000000 }
 logging: { level: info }
 EOF
-"$BIN/llmproxy" serve --config "$OUT/all.yaml" >"$OUT/access.log" 2>&1 &
-GPID=$!
-PIDS+=($GPID)
+if [[ $SETUP == redis ]]; then
+	port; NATS_PORT=$PORT
+	"$OUT/eventload" nats --listen "127.0.0.1:$NATS_PORT" --store "$OUT/nats" >"$OUT/nats.log" 2>&1 &
+	PIDS+=($!)
+	sed -i 's/storage: memory/storage: redis/' "$OUT/all.yaml"
+	cat >>"$OUT/all.yaml" <<EOF
+nats: { url: "nats://127.0.0.1:$NATS_PORT" }
+redis: { url: "$REDIS_URL_BENCH", prefix: "llmproxy-profile-$$" }
+EOF
+	port; METER_ADMIN=$PORT
+	"$BIN/llmproxy" serve --config "$OUT/all.yaml" --target gateway >"$OUT/access.log" 2>&1 &
+	GPID=$!
+	PIDS+=($GPID)
+	"$BIN/llmproxy" serve --config "$OUT/all.yaml" --target meter --admin-listen "127.0.0.1:$METER_ADMIN" >"$OUT/meter.log" 2>&1 &
+	PIDS+=($!)
+	wait_http "http://127.0.0.1:$METER_ADMIN/readyz"
+else
+	"$BIN/llmproxy" serve --config "$OUT/all.yaml" >"$OUT/access.log" 2>&1 &
+	GPID=$!
+	PIDS+=($GPID)
+fi
 wait_http "http://127.0.0.1:$ADMIN/readyz"
 U="http://127.0.0.1:$GW/v1/chat/completions"
 
