@@ -307,6 +307,7 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 	var srv *http.Server
 	if runGateway {
 		admitter, settle := chooseAdmitter(cfg, lh)
+		registerFollowUps(reg, admitter)
 		gopts := gateway.Options{
 			Config: cfg, JetStream: b.js, OutboxDir: cfg.DataPath("outbox"),
 			Admitter: admitter, SettleLocally: settle,
@@ -459,6 +460,26 @@ func startAdmin(cfg *config.Config, reg *prometheus.Registry, lh *ledgerHandle, 
 		}
 	}()
 	return srv, nil
+}
+
+// registerFollowUps puts a Redis admitter's follow-ups (see
+// ledger.FollowUps) on /metrics: calls waiting to be sent again while Redis
+// does not answer, and those dropped past the bound.
+func registerFollowUps(reg prometheus.Registerer, a ledger.Admitter) {
+	ra, ok := a.(*ledger.RedisAdmitter)
+	if !ok {
+		return
+	}
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "llmproxy_admission_followups_waiting",
+			Help: "Cancellations of failed admissions and failed lease releases waiting to be sent to Redis again.",
+		}, func() float64 { return float64(ra.FollowUps().Waiting) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "llmproxy_admission_followups_dropped_total",
+			Help: "Follow-ups not queued because too many were waiting; what they held in Redis is freed by its TTL.",
+		}, func() float64 { return float64(ra.FollowUps().Dropped) }),
+	)
 }
 
 // localMeterAckWait is the meter's ack wait on the local ledger, whose

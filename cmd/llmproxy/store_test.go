@@ -5,9 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/pkg/ledger"
@@ -61,5 +65,33 @@ func TestDedupeRetention(t *testing.T) {
 		if got := dedupeRetention(&cfg); got != tc.want {
 			t.Errorf("max_age %v: dedupe retention %v, want %v", tc.maxAge, got, tc.want)
 		}
+	}
+}
+
+// TestFollowUpMetrics: a Redis admitter's follow-ups are on /metrics; an
+// admitter without any adds nothing.
+func TestFollowUpMetrics(t *testing.T) {
+	names := func(a ledger.Admitter) []string {
+		reg := prometheus.NewRegistry()
+		registerFollowUps(reg, a)
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, mf := range mfs {
+			out = append(out, mf.GetName())
+		}
+		return out
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	defer rdb.Close()
+	got := names(ledger.NewRedisAdmitter(rdb, "followups"))
+	want := []string{"llmproxy_admission_followups_dropped_total", "llmproxy_admission_followups_waiting"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("Redis admitter: metrics %v, want %v", got, want)
+	}
+	if got := names(ledger.NewMemoryAdmitter(nil, nil)); len(got) != 0 {
+		t.Fatalf("memory admitter: metrics %v, want none", got)
 	}
 }

@@ -65,13 +65,32 @@ type canceller struct {
 	idle    sync.Cond // broadcast when running turns false
 	queue   []*queued
 	running bool
+	max     int   // most calls queued (maxCancels)
 	dropped int64 // calls not followed up since queue was full
 }
 
 func newCanceller(batch *combiner) *canceller {
-	c := &canceller{batch: batch}
+	c := &canceller{batch: batch, max: maxCancels}
 	c.idle.L = &c.mu
 	return c
+}
+
+// FollowUps counts the calls a RedisAdmitter sends again in the background
+// (the cancellation of an admission whose call failed, a release that
+// failed) until Redis answers them.
+type FollowUps struct {
+	// Waiting are queued, to be sent again.
+	Waiting int
+	// Dropped were not queued since the queue was full (since the
+	// admitter was made): what they may hold in Redis is freed by its
+	// TTL instead.
+	Dropped int64
+}
+
+func (c *canceller) followUps() FollowUps {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return FollowUps{Waiting: len(c.queue), Dropped: c.dropped}
 }
 
 // add queues q, without waiting, and starts the goroutine that sends it if
@@ -79,7 +98,7 @@ func newCanceller(batch *combiner) *canceller {
 func (c *canceller) add(q queued) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.queue) >= maxCancels {
+	if len(c.queue) >= c.max {
 		c.dropped++
 		return
 	}

@@ -3,6 +3,7 @@ package ledger
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"slices"
@@ -319,12 +320,38 @@ func TestRedisAdmitterFailedReleaseFreesLease(t *testing.T) {
 	if err := a.Release(ctx, "k", "r1"); err == nil {
 		t.Fatal("Release through a held connection: want a timeout")
 	}
+	if f := a.FollowUps(); f.Waiting != 1 || f.Dropped != 0 {
+		t.Fatalf("FollowUps = %+v while Redis does not answer; want the release waiting", f)
+	}
 	relay.drop(0) // lost on the way
 	relay.pass()
 	a.cancels.wait()
 	if lease, _, _ := held(t, direct, prefix, "r1"); lease {
 		t.Fatal("lease still held after its release failed and Redis answers again; want it released")
 	}
+	if f := a.FollowUps(); f != (FollowUps{}) {
+		t.Fatalf("FollowUps = %+v once Redis answered; want none", f)
+	}
+}
+
+// TestCancellerDropsPastItsBound: past its bound the canceller queues no
+// more follow-ups and counts the ones it dropped.
+func TestCancellerDropsPastItsBound(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: silentRedis(t), DialTimeout: 100 * time.Millisecond,
+		ReadTimeout: 100 * time.Millisecond, MaxRetries: -1})
+	a := NewRedisAdmitter(rdb, "silent")
+	a.batch.timeout = 100 * time.Millisecond
+	a.cancels.max = 2
+	for i := range 3 {
+		if _, err := a.Admit(context.Background(), AdmitRequest{KeyID: "k", LeaseID: fmt.Sprintf("r%d", i), Limits: KeyLimits{MaxConcurrent: 1}}); err == nil {
+			t.Fatal("Admit on a silent Redis: want an error")
+		}
+	}
+	if f := a.FollowUps(); f != (FollowUps{Waiting: 2, Dropped: 1}) {
+		t.Fatalf("FollowUps = %+v after 3 failed admissions with room for 2; want 2 waiting, 1 dropped", f)
+	}
+	rdb.Close()
+	a.cancels.wait()
 }
 
 // TestCancellerStopsWhenClientCloses: calls waiting for a Redis that never

@@ -569,6 +569,10 @@ func (a *RedisAdmitter) undoKey(ctx context.Context, req AdmitRequest, clock str
 	return nil
 }
 
+// FollowUps reports the calls waiting to be sent again until Redis answers
+// them, and those dropped because too many were waiting.
+func (a *RedisAdmitter) FollowUps() FollowUps { return a.cancels.followUps() }
+
 // Release frees a lease; see Admitter. When it fails, the canceller sends
 // the release again until Redis answers.
 func (a *RedisAdmitter) Release(ctx context.Context, keyID, leaseID string) error {
