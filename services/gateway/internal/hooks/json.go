@@ -46,11 +46,17 @@ func encodeJSON(v any) ([]byte, error) {
 const (
 	regNull    = "llmproxy.null"
 	regArrayMT = "llmproxy.array_mt"
+	regBigMT   = "llmproxy.bignumber_mt"
 	arrayField = "__jsonarray"
 )
 
 // jsonNull is the Value of the llmproxy.null userdata.
 type jsonNull struct{}
+
+// jsonBigNumber is the Value of a userdata that stands for a JSON number a
+// float64 cannot hold (1e400): a script sees its text through tostring,
+// and it goes back into JSON as it came instead of as +Inf or a string.
+type jsonBigNumber json.Number
 
 // installJSONMarkers creates the two values that make JSON round trips
 // faithful: llmproxy.null stands for a null inside a decoded table (a Lua
@@ -72,8 +78,16 @@ func installJSONMarkers(L *lua.LState, lib *lua.LTable) {
 	arrayMT := L.NewTable()
 	arrayMT.RawSetString(arrayField, lua.LTrue)
 	arrayMT.RawSetString("__metatable", lua.LFalse)
+	bigMT := L.NewTable()
+	bigMT.RawSetString("__tostring", L.NewFunction(func(L *lua.LState) int {
+		n, _ := L.CheckUserData(1).Value.(jsonBigNumber)
+		L.Push(lua.LString(n))
+		return 1
+	}))
+	bigMT.RawSetString("__metatable", lua.LFalse)
 	L.G.Registry.RawSetString(regNull, null)
 	L.G.Registry.RawSetString(regArrayMT, arrayMT)
+	L.G.Registry.RawSetString(regBigMT, bigMT)
 	lib.RawSetString("null", null)
 	lib.RawSetString("array", L.NewFunction(func(L *lua.LState) int {
 		t := L.OptTable(1, nil)
@@ -106,6 +120,14 @@ func toLuaIn(L *lua.LState, v any) lua.LValue {
 		return lua.LString(v)
 	case json.Number:
 		f, err := strconv.ParseFloat(string(v), 64)
+		if errors.Is(err, strconv.ErrRange) && math.IsInf(f, 0) {
+			ud := L.NewUserData()
+			ud.Value = jsonBigNumber(v)
+			if mt, ok := L.G.Registry.RawGetString(regBigMT).(*lua.LTable); ok {
+				ud.Metatable = mt
+			}
+			return ud
+		}
 		if err != nil {
 			return lua.LString(v)
 		}
@@ -161,8 +183,11 @@ func fromLua(v lua.LValue, depth int) (any, error) {
 	case *lua.LTable:
 		return tableFromLua(v, depth)
 	case *lua.LUserData:
-		if _, ok := v.Value.(jsonNull); ok {
+		switch x := v.Value.(type) {
+		case jsonNull:
 			return nil, nil
+		case jsonBigNumber:
+			return json.Number(x), nil
 		}
 	}
 	return nil, fmt.Errorf("cannot encode a %s as JSON", v.Type())
