@@ -36,17 +36,31 @@ type MeasureResult struct {
 	Backlog bool `json:"backlog,omitempty"`
 }
 
+// publishFlags are the flags measure and publish share.
+type publishFlags struct {
+	natsURL, runID *string
+	n, keys        *int
+	timeout        *time.Duration
+}
+
+func addPublishFlags(fs *flag.FlagSet) publishFlags {
+	return publishFlags{
+		natsURL: fs.String("nats", "nats://127.0.0.1:4222", "NATS URL"),
+		n:       fs.Int("n", 20000, "events to publish"),
+		keys:    fs.Int("keys", 16, "distinct key ids the events are spread over"),
+		runID:   fs.String("run", strconv.FormatInt(time.Now().UnixNano(), 36), "prefix of request ids, unique per run"),
+		timeout: fs.Duration("timeout", 3*time.Minute, "give up after this long"),
+	}
+}
+
 func cmdMeasure(args []string) error {
 	fs := flag.NewFlagSet("measure", flag.ContinueOnError)
-	natsURL := fs.String("nats", "nats://127.0.0.1:4222", "NATS URL")
-	n := fs.Int("n", 20000, "events to publish")
-	keys := fs.Int("keys", 16, "distinct key ids the events are spread over")
-	runID := fs.String("run", strconv.FormatInt(time.Now().UnixNano(), 36), "prefix of request ids, unique per run")
+	pf := addPublishFlags(fs)
+	natsURL, n, keys, runID, timeout := pf.natsURL, pf.n, pf.keys, pf.runID, pf.timeout
 	metricsURL := fs.String("metrics", "", "the consumer's /metrics URL")
 	metric := fs.String("metric", "llmproxy_meter_events_applied_total", "counter to watch (all its series summed)")
 	match := fs.String("match", "", "only series whose labels contain this")
 	backlog := fs.Bool("backlog", false, "publish nothing: the n events are already in the stream (eventload publish) and the consumer was started after them; time from the counter's first move")
-	timeout := fs.Duration("timeout", 3*time.Minute, "give up after this long")
 	label := fs.String("label", "", "copied into the output")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -132,11 +146,8 @@ func measureBacklog(ctx context.Context, label string, n int, metricsURL, metric
 // cmdPublish publishes n events and prints how fast, for measure --backlog.
 func cmdPublish(args []string) error {
 	fs := flag.NewFlagSet("publish", flag.ContinueOnError)
-	natsURL := fs.String("nats", "nats://127.0.0.1:4222", "NATS URL")
-	n := fs.Int("n", 20000, "events to publish")
-	keys := fs.Int("keys", 16, "distinct key ids the events are spread over")
-	runID := fs.String("run", strconv.FormatInt(time.Now().UnixNano(), 36), "prefix of request ids, unique per run")
-	timeout := fs.Duration("timeout", 3*time.Minute, "give up after this long")
+	pf := addPublishFlags(fs)
+	natsURL, n, keys, runID, timeout := pf.natsURL, pf.n, pf.keys, pf.runID, pf.timeout
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
