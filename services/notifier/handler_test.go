@@ -104,21 +104,13 @@ func TestHandlerOutcomes(t *testing.T) {
 				log.m = map[string]attemptRecord{attemptKey("ep", 7): *tt.prev}
 			}
 			opts := Options{BackoffBase: time.Millisecond, BackoffMax: 4 * time.Millisecond, Clock: fixedClock{now}, Rand: fixedRand{1, 1}}.withDefaults()
-			m, _ := newMetrics(nil)
-			h := &handler{
-				ep:      Endpoint{Name: "ep", URL: rc.srv.URL, MaxAttempts: 5, MaxAge: time.Hour}.withDefaults(),
-				client:  opts.HTTPClient,
-				opts:    opts,
-				metrics: m,
-				log:     slog.New(slog.NewTextHandler(io.Discard, nil)),
-				deadLetter: func(_ context.Context, d DeadLetter) error {
-					if tt.dlqErr != nil {
-						return tt.dlqErr
-					}
-					letters = append(letters, d)
-					return nil
-				},
-				attempts: log,
+			h := testHandler(Endpoint{Name: "ep", URL: rc.srv.URL, MaxAttempts: 5, MaxAge: time.Hour}, opts, log)
+			h.deadLetter = func(_ context.Context, d DeadLetter) error {
+				if tt.dlqErr != nil {
+					return tt.dlqErr
+				}
+				letters = append(letters, d)
+				return nil
 			}
 			msg := &fakeMsg{
 				body:   []byte(`{"request_id":"req_1"}`),
@@ -180,6 +172,21 @@ func TestHandlerOutcomes(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// testHandler is a handler of ep (defaults filled in) with opts, recording
+// attempts in attempts, metrics on no registry and no log output; it has no
+// dead-letter store unless the test sets one.
+func testHandler(ep Endpoint, opts Options, attempts attemptLog) *handler {
+	m, _ := newMetrics(nil)
+	return &handler{
+		ep:       ep.withDefaults(),
+		client:   opts.HTTPClient,
+		opts:     opts,
+		metrics:  m,
+		log:      slog.New(slog.NewTextHandler(io.Discard, nil)),
+		attempts: attempts,
 	}
 }
 
@@ -250,7 +257,6 @@ func (a *memAttempts) remove(_ context.Context, key string) error {
 func TestEndpointBackoffMax(t *testing.T) {
 	rc := newReceiver(t, func(int, http.ResponseWriter, *http.Request) int { return http.StatusBadGateway })
 	opts := Options{BackoffBase: time.Second, BackoffMax: time.Hour, Rand: fixedRand{1, 1}}.withDefaults()
-	m, _ := newMetrics(nil)
 	for _, tt := range []struct {
 		name       string
 		backoffMax time.Duration
@@ -262,14 +268,7 @@ func TestEndpointBackoffMax(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			log := &memAttempts{m: map[string]attemptRecord{attemptKey("ep", 7): {Attempts: 30}}}
-			h := &handler{
-				ep:       Endpoint{Name: "ep", URL: rc.srv.URL, MaxAttempts: 1000, BackoffMax: tt.backoffMax}.withDefaults(),
-				client:   opts.HTTPClient,
-				opts:     opts,
-				metrics:  m,
-				log:      slog.New(slog.NewTextHandler(io.Discard, nil)),
-				attempts: log,
-			}
+			h := testHandler(Endpoint{Name: "ep", URL: rc.srv.URL, MaxAttempts: 1000, BackoffMax: tt.backoffMax}, opts, log)
 			msg := &fakeMsg{body: []byte(`{"request_id":"req_1"}`), header: nats.Header{},
 				meta: jetstream.MsgMetadata{NumDelivered: 31, Timestamp: opts.Clock.Now(), Stream: "LLMPROXY", Sequence: jetstream.SequencePair{Stream: 7}}}
 			h.handle(context.Background(), msg)
