@@ -53,10 +53,23 @@ func addPublishFlags(fs *flag.FlagSet) publishFlags {
 	}
 }
 
+// run connects to NATS, makes the event streams and publishes the events;
+// it returns when it began publishing and how long until every publish was
+// acked.
+func (pf publishFlags) run(ctx context.Context) (time.Time, time.Duration, error) {
+	js, closeNATS, err := connect(ctx, *pf.natsURL)
+	if err != nil {
+		return time.Time{}, 0, err
+	}
+	defer closeNATS()
+	start := time.Now()
+	err = publish(ctx, js, *pf.n, *pf.keys, *pf.runID)
+	return start, time.Since(start), err
+}
+
 func cmdMeasure(args []string) error {
 	fs := flag.NewFlagSet("measure", flag.ContinueOnError)
 	pf := addPublishFlags(fs)
-	natsURL, n, keys, runID, timeout := pf.natsURL, pf.n, pf.keys, pf.runID, pf.timeout
 	metricsURL := fs.String("metrics", "", "the consumer's /metrics URL")
 	metric := fs.String("metric", "llmproxy_meter_events_applied_total", "counter to watch (all its series summed)")
 	match := fs.String("match", "", "only series whose labels contain this")
@@ -68,43 +81,38 @@ func cmdMeasure(args []string) error {
 	if *metricsURL == "" {
 		return fmt.Errorf("--metrics is required")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), *pf.timeout)
 	defer cancel()
 
+	n := *pf.n
 	if *backlog {
-		return measureBacklog(ctx, *label, *n, *metricsURL, *metric, *match)
+		return measureBacklog(ctx, *label, n, *metricsURL, *metric, *match)
 	}
-	js, closeNATS, err := connect(ctx, *natsURL)
-	if err != nil {
-		return err
-	}
-	defer closeNATS()
 	base, err := readCounter(*metricsURL, *metric, *match)
 	if err != nil {
 		return err
 	}
-	start := time.Now()
-	if err := publish(ctx, js, *n, *keys, *runID); err != nil {
+	start, pub, err := pf.run(ctx)
+	if err != nil {
 		return err
 	}
-	pub := time.Since(start)
 
 	var got float64
 	for {
 		got, err = readCounter(*metricsURL, *metric, *match)
-		if err == nil && got-base >= float64(*n) {
+		if err == nil && got-base >= float64(n) {
 			break
 		}
 		if ctx.Err() != nil {
-			return fmt.Errorf("%s moved by %.0f of %d before the timeout", *metric, got-base, *n)
+			return fmt.Errorf("%s moved by %.0f of %d before the timeout", *metric, got-base, n)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	done := time.Since(start)
 	return json.NewEncoder(os.Stdout).Encode(MeasureResult{
-		Label: *label, Events: *n,
-		PublishS: pub.Seconds(), PublishPS: float64(*n) / pub.Seconds(),
-		DoneS: done.Seconds(), Rate: float64(*n) / done.Seconds(), Counted: got - base,
+		Label: *label, Events: n,
+		PublishS: pub.Seconds(), PublishPS: float64(n) / pub.Seconds(),
+		DoneS: done.Seconds(), Rate: float64(n) / done.Seconds(), Counted: got - base,
 	})
 }
 
@@ -147,23 +155,17 @@ func measureBacklog(ctx context.Context, label string, n int, metricsURL, metric
 func cmdPublish(args []string) error {
 	fs := flag.NewFlagSet("publish", flag.ContinueOnError)
 	pf := addPublishFlags(fs)
-	natsURL, n, keys, runID, timeout := pf.natsURL, pf.n, pf.keys, pf.runID, pf.timeout
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), *pf.timeout)
 	defer cancel()
-	js, closeNATS, err := connect(ctx, *natsURL)
+	_, pub, err := pf.run(ctx)
 	if err != nil {
 		return err
 	}
-	defer closeNATS()
-	start := time.Now()
-	if err := publish(ctx, js, *n, *keys, *runID); err != nil {
-		return err
-	}
-	pub := time.Since(start)
-	return json.NewEncoder(os.Stdout).Encode(MeasureResult{Events: *n, PublishS: pub.Seconds(), PublishPS: float64(*n) / pub.Seconds()})
+	n := *pf.n
+	return json.NewEncoder(os.Stdout).Encode(MeasureResult{Events: n, PublishS: pub.Seconds(), PublishPS: float64(n) / pub.Seconds()})
 }
 
 // connect connects to NATS and makes the event streams.
