@@ -279,10 +279,6 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 	if runMeter {
 		mopts := meter.Options{Logger: log, Registerer: reg}
 		if lh.local != nil {
-			// The local ledger is this process's own, so is the only
-			// meter: events it had taken when it was killed come back
-			// after this ack wait instead of the default 30 s, which
-			// leaves time for other meters' batches on a slow Redis.
 			mopts.AckWait = localMeterAckWait
 		}
 		m, err := meter.New(b.js, lh.store, mopts)
@@ -482,8 +478,11 @@ func registerFollowUps(reg prometheus.Registerer, a ledger.Admitter) {
 	)
 }
 
-// localMeterAckWait is the meter's ack wait on the local ledger, whose
-// batches take milliseconds (an fsync each): an event redelivered while its
+// localMeterAckWait is the meter's ack wait on the local ledger. That
+// ledger is this process's own, so its meter is the only one: events it had
+// taken when it was killed come back after this wait instead of the default
+// 30 s, which leaves time for other meters' batches on a slow Redis. Its
+// batches take milliseconds (an fsync each); an event redelivered while its
 // batch is still being written is skipped by request id.
 const localMeterAckWait = 5 * time.Second
 
