@@ -52,15 +52,15 @@ func maskRefs(text string) (string, *envRefs) {
 			i++
 			continue
 		}
-		_, n, _, ok := reference(text[i:], func(string) (string, bool) { return "", true })
+		r, ok := reference(text[i:], func(string) (string, bool) { return "", true })
 		if !ok {
 			b.WriteString("${")
 			i += 2
 			continue
 		}
 		fmt.Fprintf(&b, "%s%d_", e.pre, len(e.refs))
-		e.refs = append(e.refs, text[i:i+n])
-		i += n
+		e.refs = append(e.refs, text[i:i+r.n])
+		i += r.n
 	}
 	if len(e.refs) > 0 {
 		e.re = regexp.MustCompile(regexp.QuoteMeta(e.pre) + `(\d+)_`)
@@ -119,7 +119,12 @@ func (d *decoder) interpolate(n *yaml.Node, path string, e *envRefs, lookup func
 			n.Value = raw
 			return
 		}
-		val, unset := expand(raw, lookup)
+		val, unset, fails := expand(raw, lookup)
+		if len(fails) > 0 {
+			d.fail(n, path, "%s", strings.Join(fails, "; "))
+			n.Value, n.Tag, n.Style = "", "!!null", 0
+			return
+		}
 		if len(unset) > 0 {
 			d.fail(n, path, "%s", unsetMessage(unset))
 			n.Value, n.Tag, n.Style = "", "!!null", 0
@@ -167,17 +172,24 @@ func unsetMessage(names []string) string {
 	return fmt.Sprintf("%s; write ${%s:-default} to give a default, ${%s:-} for an empty value", what, v, v)
 }
 
-// expand replaces the references in s: ${VAR} by VAR's value, and
-// ${VAR:-default} by VAR's value when it is set and not empty, else by the
-// default, as a shell does (the default may itself hold references).
-// "$${" writes a literal "${". Anything that does not look like a
-// reference (no closing brace on the line, a name that is not
-// [A-Za-z_][A-Za-z0-9_]*) is kept as written. unset lists, once each, the
-// variables referred to without a default that are not set; they expand
-// to nothing.
-func expand(s string, lookup func(string) (string, bool)) (out string, unset []string) {
+// expand replaces the references in s, as a shell (or docker compose)
+// does: ${VAR} by VAR's value; ${VAR:-default} by VAR's value when it is
+// set and not empty, else by the default, and ${VAR-default} only when it
+// is unset; ${VAR:+alt} by alt when VAR is set and not empty, and
+// ${VAR+alt} when it is set; ${VAR:?message} by VAR's value, or a failure
+// saying message when it is unset or empty, and ${VAR?message} only when
+// it is unset. Defaults, alternatives and messages may themselves hold
+// references. "$${" writes a literal "${". Anything that does not look
+// like a reference (no name of [A-Za-z_][A-Za-z0-9_]* after "${", or a
+// name followed by neither "}" nor an operator) is kept as written. unset
+// lists, once each, the variables referred to without a default that are
+// not set; they expand to nothing. fails says why a reference could not
+// be expanded: a ${VAR:?message} whose VAR is missing, an operator LLMProxy
+// does not support (${VAR:=default} assigns in a shell, which a config
+// file cannot), or an operator with no closing brace on its line.
+func expand(s string, lookup func(string) (string, bool)) (out string, unset, fails []string) {
 	if !strings.Contains(s, "${") {
-		return s, nil
+		return s, nil, nil
 	}
 	var b strings.Builder
 	b.Grow(len(s))
@@ -192,45 +204,108 @@ func expand(s string, lookup func(string) (string, bool)) (out string, unset []s
 			i++
 			continue
 		}
-		val, n, missing, ok := reference(s[i:], lookup)
+		r, ok := reference(s[i:], lookup)
 		if !ok {
 			b.WriteString("${")
 			i += 2
 			continue
 		}
-		for _, m := range missing {
+		for _, m := range r.unset {
 			if !slices.Contains(unset, m) {
 				unset = append(unset, m)
 			}
 		}
-		b.WriteString(val)
-		i += n
+		fails = append(fails, r.fails...)
+		b.WriteString(r.val)
+		i += r.n
 	}
-	return b.String(), unset
+	return b.String(), unset, fails
 }
 
-// reference expands the reference at the start of s ("${…}") and reports
-// how many bytes it spans and which variables it needed that are unset.
-func reference(s string, lookup func(string) (string, bool)) (val string, n int, unset []string, ok bool) {
+// ref is one reference, expanded: its value, how many bytes it spans, the
+// variables it needed that are unset and why it failed, if it did.
+type ref struct {
+	val   string
+	n     int
+	unset []string
+	fails []string
+}
+
+// reference expands the reference at the start of s ("${…}"). It reports
+// false when s does not start with one (see expand).
+func reference(s string, lookup func(string) (string, bool)) (ref, bool) {
 	i := 2
 	for i < len(s) && isNameByte(s[i], i == 2) {
 		i++
 	}
 	name := s[2:i]
 	if name == "" || i >= len(s) {
-		return "", 0, nil, false
+		return ref{}, false
 	}
 	if s[i] == '}' {
 		v, set := lookup(name)
 		if !set {
-			return "", i + 1, []string{name}, true
+			return ref{n: i + 1, unset: []string{name}}, true
 		}
-		return v, i + 1, nil, true
+		return ref{val: v, n: i + 1}, true
 	}
-	if !strings.HasPrefix(s[i:], ":-") {
-		return "", 0, nil, false
+	colon := s[i] == ':'
+	j := i
+	if colon {
+		j++
 	}
-	start := i + 2
+	var op byte
+	if j < len(s) && strings.IndexByte("-+?", s[j]) >= 0 {
+		op = s[j]
+		j++
+	} else if !colon && s[i] != '=' {
+		return ref{}, false // "${HOST x", "${user.name}": not a reference
+	}
+	end := closingBrace(s, j)
+	if end < 0 {
+		return ref{n: j, fails: []string{fmt.Sprintf("${%s%s has no closing brace on its line", name, s[i:j])}}, true
+	}
+	if op == 0 {
+		return ref{n: end + 1, fails: []string{fmt.Sprintf("${%s%s…} is not a form LLMProxy reads: write ${%s}, ${%s:-default}, ${%s-default}, ${%s:?message} or ${%s:+value} ($${ writes a literal ${)",
+			name, s[i:min(j+1, end)], name, name, name, name, name)}}, true
+	}
+	v, set := lookup(name)
+	present := set && (!colon || v != "")
+	word := s[j:end]
+	r := ref{n: end + 1}
+	switch op {
+	case '-':
+		if present {
+			r.val = v
+		} else {
+			r.val, r.unset, r.fails = expand(word, lookup)
+		}
+	case '+':
+		if present {
+			r.val, r.unset, r.fails = expand(word, lookup)
+		}
+	case '?':
+		if present {
+			r.val = v
+			break
+		}
+		msg, _, _ := expand(word, lookup)
+		what := "environment variable " + name + " is not set"
+		if set {
+			what = "environment variable " + name + " is empty"
+		}
+		if msg != "" {
+			what += ": " + msg
+		}
+		r.fails = []string{what}
+	}
+	return r, true
+}
+
+// closingBrace returns the index of the "}" that closes a reference whose
+// word starts at s[start:], skipping nested references and "$${"; -1 when
+// the line ends first.
+func closingBrace(s string, start int) int {
 	depth := 0
 	for j := start; j < len(s); j++ {
 		switch {
@@ -240,20 +315,15 @@ func reference(s string, lookup func(string) (string, bool)) (val string, n int,
 			depth++
 			j++
 		case s[j] == '\n':
-			return "", 0, nil, false
+			return -1
 		case s[j] == '}':
-			if depth > 0 {
-				depth--
-				continue
+			if depth == 0 {
+				return j
 			}
-			if v, set := lookup(name); set && v != "" {
-				return v, j + 1, nil, true
-			}
-			v, missing := expand(s[start:j], lookup)
-			return v, j + 1, missing, true
+			depth--
 		}
 	}
-	return "", 0, nil, false
+	return -1
 }
 
 func isNameByte(c byte, first bool) bool {

@@ -11,30 +11,47 @@ func TestExpand(t *testing.T) {
 	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
 	tests := []struct {
 		name, in, want string
-		unset          []string
+		unset, fails   []string
 	}{
-		{"plain", "http://${HOST}:${PORT}", "http://vllm:8000", nil},
-		{"unset is reported", "Bearer ${NOPE}", "Bearer ", []string{"NOPE"}},
-		{"each unset once", "${NOPE}${B}${NOPE}", "", []string{"NOPE", "B"}},
-		{"set but empty", "x${EMPTY}y", "xy", nil},
-		{"default when unset", "${NOPE:-change-me}", "change-me", nil},
-		{"default when empty", "${EMPTY:-x}", "x", nil},
-		{"set beats default", "${HOST:-other}", "vllm", nil},
-		{"empty default", "${NOPE:-}", "", nil},
-		{"nested default", "${NOPE:-${HOST}:${PORT}}", "vllm:8000", nil},
-		{"unset in a default", "${NOPE:-${ALSO_NOPE}}", "", []string{"ALSO_NOPE"}},
-		{"default not needed", "${HOST:-${ALSO_NOPE}}", "vllm", nil},
-		{"escape", "$${HOST} and $$HOST", "${HOST} and $$HOST", nil},
-		{"escape in default", "${NOPE:-$${HOST}}", "${HOST}", nil},
-		{"not a reference", "${not valid} ${1X} ${HOST", "${not valid} ${1X} ${HOST", nil},
-		{"no brace before newline", "${NOPE:-x\nb: 1}", "${NOPE:-x\nb: 1}", nil},
-		{"dollar alone", "$5", "$5", nil},
+		{"plain", "http://${HOST}:${PORT}", "http://vllm:8000", nil, nil},
+		{"unset is reported", "Bearer ${NOPE}", "Bearer ", []string{"NOPE"}, nil},
+		{"each unset once", "${NOPE}${B}${NOPE}", "", []string{"NOPE", "B"}, nil},
+		{"set but empty", "x${EMPTY}y", "xy", nil, nil},
+		{"default when unset", "${NOPE:-change-me}", "change-me", nil, nil},
+		{"default when empty", "${EMPTY:-x}", "x", nil, nil},
+		{"set beats default", "${HOST:-other}", "vllm", nil, nil},
+		{"empty default", "${NOPE:-}", "", nil, nil},
+		{"nested default", "${NOPE:-${HOST}:${PORT}}", "vllm:8000", nil, nil},
+		{"unset in a default", "${NOPE:-${ALSO_NOPE}}", "", []string{"ALSO_NOPE"}, nil},
+		{"default not needed", "${HOST:-${ALSO_NOPE}}", "vllm", nil, nil},
+		{"default only when unset", "${NOPE-x} ${EMPTY-x} ${HOST-x}", "x  vllm", nil, nil},
+		{"alternative when set and not empty", "${HOST:+on} ${EMPTY:+on} ${NOPE:+on}", "on  ", nil, nil},
+		{"alternative when set", "${HOST+on} ${EMPTY+on} ${NOPE+on}", "on on ", nil, nil},
+		{"required and set", "${HOST:?must be set}", "vllm", nil, nil},
+		{"required and unset", "a${NOPE:?NOPE must be set to the ${HOST} token}", "a", nil,
+			[]string{"environment variable NOPE is not set: NOPE must be set to the vllm token"}},
+		{"required and empty", "${EMPTY:?}", "", nil, []string{"environment variable EMPTY is empty"}},
+		{"required only when unset", "${EMPTY?} ${NOPE?gone}", " ", nil, []string{"environment variable NOPE is not set: gone"}},
+		{"assignment is not read", "${NOPE:=x}", "", nil,
+			[]string{"${NOPE:=…} is not a form LLMProxy reads: write ${NOPE}, ${NOPE:-default}, ${NOPE-default}, ${NOPE:?message} or ${NOPE:+value} ($${ writes a literal ${)"}},
+		{"nor a bare =", "${HOST=x}", "", nil, []string{"${HOST=…} is not a form"}},
+		{"nor a substring", "${HOST:1}", "", nil, []string{"${HOST:1…} is not a form"}},
+		{"escape", "$${HOST} and $$HOST", "${HOST} and $$HOST", nil, nil},
+		{"escape in default", "${NOPE:-$${HOST}}", "${HOST}", nil, nil},
+		{"not a reference", "${not valid} ${1X} ${HOST ${user.name}", "${not valid} ${1X} ${HOST ${user.name}", nil, nil},
+		{"no brace before newline", "${NOPE:-x\nb: 1}", "x\nb: 1}", nil, []string{"${NOPE:- has no closing brace on its line"}},
+		{"dollar alone", "$5", "$5", nil, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, unset := expand(tt.in, lookup)
-			if got != tt.want || !slices.Equal(unset, tt.unset) {
-				t.Errorf("expand(%q) = %q, unset %q; want %q, unset %q", tt.in, got, unset, tt.want, tt.unset)
+			got, unset, fails := expand(tt.in, lookup)
+			if got != tt.want || !slices.Equal(unset, tt.unset) || len(fails) != len(tt.fails) {
+				t.Fatalf("expand(%q) = %q, unset %q, fails %q; want %q, unset %q, fails %q", tt.in, got, unset, fails, tt.want, tt.unset, tt.fails)
+			}
+			for i, f := range tt.fails {
+				if !strings.HasPrefix(fails[i], f) {
+					t.Errorf("expand(%q) fails[%d] = %q, want it to start with %q", tt.in, i, fails[i], f)
+				}
 			}
 		})
 	}
@@ -112,6 +129,44 @@ usage_hook:
 		if got := errs.List[i].Error(); !strings.HasPrefix(got, w) {
 			t.Errorf("error %d = %q, want it to start with %q", i, got, w)
 		}
+	}
+}
+
+// TestParseRequiredAndUnreadReferences: ${VAR:?message} with VAR unset,
+// and a form of reference the config does not read (a shell's
+// ${VAR:=default}), are errors naming the line and the key, never a value
+// kept as written: an admin token or a key that is literally
+// "${ADMIN_TOKEN:?...}" is one anyone reading the file could use.
+func TestParseRequiredAndUnreadReferences(t *testing.T) {
+	t.Setenv("LLMPROXY_TEST_SET_TOKEN", "s3cret-token")
+	y := minimal + `admin: { listen: 127.0.0.1:8001, token: ${LLMPROXY_TEST_UNSET_TOKEN:?set LLMPROXY_TEST_UNSET_TOKEN to the admin token} }
+webhooks:
+  - url: https://billing.internal/hook
+    secret: "${LLMPROXY_TEST_UNSET_SECRET:=dev}"
+usage_hook:
+  url: https://h.internal/hook
+  secret: "${LLMPROXY_TEST_SET_TOKEN:?}"
+`
+	_, err := Parse([]byte(y), "c.yaml")
+	errs := mustErrors(t, err)
+	want := []string{
+		`c.yaml:3: key admin.token: environment variable LLMPROXY_TEST_UNSET_TOKEN is not set: set LLMPROXY_TEST_UNSET_TOKEN to the admin token`,
+		`c.yaml:6: key webhooks[0].secret: ${LLMPROXY_TEST_UNSET_SECRET:=…} is not a form LLMProxy reads`,
+	}
+	if len(errs.List) != len(want) {
+		t.Fatalf("got %d errors, want %d:\n%v", len(errs.List), len(want), err)
+	}
+	for i, w := range want {
+		if got := errs.List[i].Error(); !strings.HasPrefix(got, w) {
+			t.Errorf("error %d = %q, want it to start with %q", i, got, w)
+		}
+	}
+	c, err := Parse([]byte(strings.NewReplacer("LLMPROXY_TEST_UNSET_TOKEN:", "LLMPROXY_TEST_SET_TOKEN:", ":=dev", ":-dev").Replace(y)), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Admin.Token != "s3cret-token" || c.Webhooks[0].Secret != "dev" || c.UsageHook.Secret != "s3cret-token" {
+		t.Errorf("admin token %q, webhook secret %q, usage hook secret %q", c.Admin.Token, c.Webhooks[0].Secret, c.UsageHook.Secret)
 	}
 }
 
