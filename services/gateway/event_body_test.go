@@ -42,3 +42,55 @@ func TestEventCarriesTheClientsBody(t *testing.T) {
 		t.Fatalf("usage %+v", ev.Usage)
 	}
 }
+
+// TestBodyKeyIsScrubbed: a client that sends its key in the body as well
+// (here as an "api_key" member and inside a message) has it replaced
+// before the body reaches the backend or the event; a key escaped by the
+// client's JSON encoder is found too, and the rest of the body is as sent.
+func TestBodyKeyIsScrubbed(t *testing.T) {
+	var sent []byte
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sent, _ = io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"choices":[{"index":0,"message":{"role":"assistant","content":"a"}}],"usage":{"prompt_tokens":4,"completion_tokens":1,"total_tokens":5}}`)
+	}))
+	defer backend.Close()
+	gw, s := newTestGateway(t, backend.URL, "")
+	body := `{"model":"m1","api_key":"` + testKey + `","messages":[{"role":"user","content":"my key is ` + testKey + `!"}]}`
+	want := `{"model":"m1","api_key":"[REDACTED]","messages":[{"role":"user","content":"my key is [REDACTED]!"}]}`
+	req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+testKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	if string(sent) != want {
+		t.Errorf("the backend got %s, want %s", sent, want)
+	}
+	if ev := s.next(t); string(ev.RequestBody) != want {
+		t.Errorf("event request_body %s, want %s", ev.RequestBody, want)
+	}
+}
+
+func TestScrubBodySecret(t *testing.T) {
+	tests := []struct{ name, body, secret, want string }{
+		{"absent", `{"a":"b"}`, "sk-12345678", `{"a":"b"}`},
+		{"escaped by the encoder", `{"k":"sk-a<b\"c12345"}`, `sk-a<b"c12345`, `{"k":"[REDACTED]"}`},
+		{"html-escaped", `{"k":"sk-a\u003cbc12345"}`, `sk-a<bc12345`, `{"k":"[REDACTED]"}`},
+		{"short keys are not looked for", `{"k":"abc"}`, "abc", `{"k":"abc"}`},
+		{"a key of digits that matches a number", `{"max_tokens":12345678}`, "12345678", `{"max_tokens":12345678}`},
+		{"no key", `{"k":"x"}`, "", `{"k":"x"}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := string(scrubBodySecret([]byte(tt.body), tt.secret)); got != tt.want {
+				t.Errorf("scrubBodySecret(%s, %q) = %s, want %s", tt.body, tt.secret, got, tt.want)
+			}
+		})
+	}
+}

@@ -277,6 +277,9 @@ func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
 			return e
 		}
 	}
+	if x.body != nil {
+		x.body = scrubBodySecret(x.body, bearer(r))
+	}
 	if lua != nil && lua.Has(hooks.HookRequest) {
 		hr := g.hookRequest(r, x)
 		rej, err := lua.OnRequest(r.Context(), hr)
