@@ -752,6 +752,11 @@ func (g *Gateway) relayTry(ctx context.Context, r *http.Request, w http.Response
 	// least_connections and least_load would shun it.
 	defer cancel()
 	defer up.Release()
+	if e := backendErrorReply(resp, up.Name); e != nil {
+		drain(resp.Body)
+		g.failForward(w, x, e)
+		return nil
+	}
 	rt := x.rt
 	if lua := rt.lua; lua != nil && lua.Has(hooks.HookResponse) && !isStreamContentType(resp.Header.Get("Content-Type")) {
 		return g.relayWithHook(r, w, x, resp)
