@@ -169,6 +169,9 @@ redis: {url: "redis://`+dead+`"}
 	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "key_store_unavailable") {
 		t.Fatalf("request with the key store down: %d %s, want 503 key_store_unavailable", resp.StatusCode, body)
 	}
+	if ra := resp.Header.Get("Retry-After"); ra != "1" {
+		t.Errorf("503 with Retry-After %q, want 1", ra)
+	}
 	if n := counted(t, reg, "llmproxy_admission_rejections_total", map[string]string{"reason": "key_store_unavailable"}); n != 1 {
 		t.Errorf("llmproxy_admission_rejections_total{reason=\"key_store_unavailable\"} = %v, want 1", n)
 	}

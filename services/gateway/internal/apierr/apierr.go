@@ -81,8 +81,12 @@ func BadGateway(msg string) *Error {
 	return &Error{Status: http.StatusBadGateway, Type: "api_error", Code: "backend_error", Message: msg}
 }
 
+// Unavailable is a 503 for something the gateway needs that is down for
+// now (every backend, the key store, the rate limiter): it carries
+// Retry-After: 1, so that a client's SDK waits a moment before it tries
+// again rather than choosing its own backoff or none.
 func Unavailable(code, msg string) *Error {
-	return &Error{Status: http.StatusServiceUnavailable, Type: "api_error", Code: code, Message: msg}
+	return &Error{Status: http.StatusServiceUnavailable, Type: "api_error", Code: code, Message: msg, RetryAfter: 1}
 }
 
 func GatewayTimeout(msg string) *Error {
