@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 
@@ -70,8 +71,12 @@ func AdminKeysHandler(rdb redis.UniversalClient, prefix string, token string, st
 		if errors.As(err, &tooLarge) {
 			return 0, nil, apierr.TooLarge(tooLarge.Limit)
 		}
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field != "" {
+			return 0, nil, apierr.BadRequest("invalid_type", "invalid type for '"+te.Field+"' in the key spec: expected "+jsonKind(te.Type)+", but got "+jsonValue(te.Value)+" instead")
+		}
 		if err != nil {
-			return 0, nil, apierr.BadRequest("invalid_json", "the body must be a JSON key spec: "+err.Error())
+			return 0, nil, apierr.BadRequest("invalid_json", "the body must be a JSON key spec: "+strings.TrimPrefix(err.Error(), "json: "))
 		}
 		secret, rec, err := keys.Create(r.Context(), rdb, prefix, spec)
 		if err != nil {

@@ -51,6 +51,11 @@ func TestAdminKeysHandler(t *testing.T) {
 	do("POST", "/admin/keys", "admin-secret", `{"id":"alice"}`, http.StatusConflict)
 	do("POST", "/admin/keys", "admin-secret", `{"quota_reset_period":"hourly"}`, http.StatusBadRequest)
 	do("POST", "/admin/keys", "admin-secret", `{"bogus":1}`, http.StatusBadRequest)
+	// A wrong type is named as the client wrote it, without Go's names.
+	e, _ := do("POST", "/admin/keys", "admin-secret", `{"id":5}`, http.StatusBadRequest)["error"].(map[string]any)
+	if msg, _ := e["message"].(string); e["code"] != "invalid_type" || msg != "invalid type for 'id' in the key spec: expected a string, but got a number instead" {
+		t.Errorf("a number for id: %v", e)
+	}
 	do("POST", "/admin/keys", "admin-secret", `{"id":"bob"} {"id":"carol"}`, http.StatusBadRequest)
 	do("POST", "/admin/keys", "admin-secret", `{"id":"bob"}]`, http.StatusBadRequest)
 	do("POST", "/admin/keys", "admin-secret", `{"name":"`+strings.Repeat("x", maxKeySpecBytes)+`"}`, http.StatusRequestEntityTooLarge)
