@@ -207,7 +207,9 @@ func rejection(d ledger.Decision) *apierr.Error {
 			// exhausted quota.
 			return apierr.RateLimited("rate_limit_exceeded", "this API key's token quota is held by its requests in flight; retry after "+strconv.Itoa(retry)+"s", retry)
 		}
-		msg := "this API key's token quota is used up"
+		// The refusal does not say which: the quota may have nothing
+		// left, or less than the request reserves.
+		msg := "this API key's token quota is used up, or has less left than this request reserves (its prompt's tokens plus max_tokens, or the gateway's cap when max_tokens is unset)"
 		if retry > 0 {
 			msg += "; it resets in " + (time.Duration(retry) * time.Second).String()
 		}

@@ -557,3 +557,15 @@ func TestLimitsHoldAcrossGateways(t *testing.T) {
 		t.Fatalf("admitted %d more, want 4 (7 a minute, 3 served)", admitted)
 	}
 }
+
+// TestQuotaRefusalSaysWhatDidNotFit: a period quota's refusal may be of a
+// request larger than what is left, not only of a quota with nothing left:
+// the message says both, and what a request reserves.
+func TestQuotaRefusalSaysWhatDidNotFit(t *testing.T) {
+	e := rejection(ledger.Decision{Reason: ledger.ReasonQuota, RetryAfter: time.Hour})
+	if e.Status != 429 || e.Code != "insufficient_quota" ||
+		!strings.Contains(e.Message, "has less left than this request reserves (its prompt's tokens plus max_tokens") ||
+		!strings.HasSuffix(e.Message, "; it resets in 1h0m0s") {
+		t.Fatalf("%+v", e)
+	}
+}
