@@ -396,6 +396,9 @@ func (g *Gateway) readRequest(r *http.Request, x *exchange) *apierr.Error {
 		}
 		return apierr.BadRequest("invalid_body", "could not read the request body")
 	}
+	if e := notUTF8(body); e != nil {
+		return g.reject(e.Code, e)
+	}
 	info, err := usage.ParseRequest(body)
 	if err != nil {
 		e := invalidBody(body, err)

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/llmproxy/llmproxy/pkg/events"
 )
@@ -124,6 +125,56 @@ func TestBadBodiesAreExplained(t *testing.T) {
 	}
 	if hits.Load() != 0 {
 		t.Fatalf("%d bad bodies reached the backend", hits.Load())
+	}
+}
+
+// TestNonUTF8BodiesAreRefused: a JSON body that is not valid UTF-8 (JSON
+// text must be) gets 400 invalid_json naming the first bad byte, on every
+// endpoint that takes a body, before it reaches a backend; its event carries
+// no request body, as for any body the gateway refuses, so the event stays
+// valid JSON.
+func TestNonUTF8BodiesAreRefused(t *testing.T) {
+	backend, hits := inputBackend(t)
+	gw, s := newTestGateway(t, backend.URL, "")
+	cases := []struct {
+		name, body, message string
+	}{
+		{"0xff in a string", "{\"model\":\"m\xff\",\"messages\":[]}", "the request body is not valid UTF-8 (at byte 12)"},
+		{"sequence cut short", "{\"model\":\"m1\",\"x\":\"\xe2\x82\"}", "the request body is not valid UTF-8 (at byte 20)"},
+		{"overlong", "{\"model\":\"m1\",\"x\":\"\xc0\xaf\"}", "the request body is not valid UTF-8 (at byte 20)"},
+		{"surrogate", "{\"model\":\"m1\",\"x\":\"\xed\xa0\x80\"}", "the request body is not valid UTF-8 (at byte 20)"},
+		{"outside a string", "{\"model\":\"m1\"}\x80", "the request body is not valid UTF-8 (at byte 15)"},
+	}
+	for _, path := range proxiedPOST {
+		for _, c := range cases {
+			t.Run(path+" "+c.name, func(t *testing.T) {
+				resp, body := do(t, "POST", gw.URL+path, c.body, withKey())
+				wantRefusal(t, resp, body, s, http.StatusBadRequest, "invalid_json")
+				var e struct {
+					Error struct{ Message, Type string } `json:"error"`
+				}
+				_ = json.Unmarshal(body, &e)
+				if e.Error.Message != c.message || e.Error.Type != "invalid_request_error" {
+					t.Fatalf("%s %q, want invalid_request_error %q", e.Error.Type, e.Error.Message, c.message)
+				}
+			})
+		}
+	}
+	if hits.Load() != 0 {
+		t.Fatalf("%d bodies that are not UTF-8 reached the backend", hits.Load())
+	}
+	s.mu.Lock()
+	evs := s.evs
+	s.mu.Unlock()
+	for _, ev := range evs {
+		b, err := ev.AppendJSON(nil)
+		if err != nil || !utf8.Valid(b) || !json.Valid(b) || ev.RequestBody != nil {
+			t.Fatalf("event %s (err %v): want valid UTF-8 JSON with no request_body", b, err)
+		}
+	}
+	// A valid body with multi-byte characters still goes through.
+	if resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1","messages":[{"role":"user","content":"héllo — 你好 🙂"}]}`, withKey()); resp.StatusCode != 200 {
+		t.Fatalf("UTF-8 body: %d %s", resp.StatusCode, body)
 	}
 }
 
