@@ -256,7 +256,8 @@ type KeyDefaults struct {
 
 // APIKey is one key of the file key store.
 type APIKey struct {
-	// Key is the plaintext secret, or give KeySHA256 (hex) instead.
+	// Key is the plaintext secret, or give KeySHA256 (hex) instead. No
+	// spaces or line break around it: a client's key is read trimmed.
 	Key       string `yaml:"key"`
 	KeySHA256 string `yaml:"key_sha256"`
 	// ID is the key's public id (default: derived from the hash).

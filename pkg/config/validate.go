@@ -81,12 +81,7 @@ func (c *Config) validate() *Errors {
 			v.add("admin.token", "the admin API needs a token when admin.listen is set")
 		}
 	}
-	if t := c.Admin.Token; t != strings.TrimSpace(t) || !validHeaderValue(t) {
-		// Not shown: the value is the token. A client's bearer token is
-		// read trimmed and cannot hold a line break, so none would match.
-		v.add("admin.token", "the token has a line break, another control character or spaces around it, so no request could "+
-			"send it (a variable read from a file may end with a newline)")
-	}
+	v.sentSecret("admin.token", "token", c.Admin.Token)
 	for i, p := range c.TrustedProxies {
 		v.prefix(fmt.Sprintf("trusted_proxies[%d]", i), p)
 	}
@@ -271,6 +266,19 @@ func (v *checker) usageHook() {
 	v.webhookSecret("usage_hook.secret", u.Secret)
 }
 
+// sentSecret rejects a secret a client sends in a header (admin.token, an
+// API key) that no request could send: the gateway reads the header's
+// value trimmed, and a header cannot hold a line break or another control
+// character, so a secret with any of them would match nothing. what names
+// it in the message ("token", "key").
+func (v *checker) sentSecret(path, what, secret string) {
+	if secret != strings.TrimSpace(secret) || !validHeaderValue(secret) {
+		// Not shown: the value is the secret.
+		v.add(path, "the %s has a line break, another control character or spaces around it, so no request could "+
+			"send it (a variable read from a file may end with a newline)", what)
+	}
+}
+
 // webhookSecret rejects a secret with whitespace around it. The secret is
 // the HMAC key byte for byte: one that ends in the newline of the file a
 // ${VAR} was read from signs with that newline, a receiver that reads the
@@ -450,6 +458,7 @@ func (v *checker) apiKeys() {
 		} else if ReservedKeyID(k.ID) {
 			v.add(p+".id", "%q is the id the gateway gives requests without a key of their own; choose another", k.ID)
 		}
+		v.sentSecret(p+".key", "key", k.Key)
 		v.oneOf(p+".status", k.Status, KeyStatuses)
 		if k.TotalQuota != nil {
 			v.limit(p+".total_quota", *k.TotalQuota)

@@ -262,6 +262,15 @@ func TestValidate(t *testing.T) {
 			[]string{`c.yaml:5: key admin.token: the token has a line break, another control character or spaces around it`},
 		},
 		{
+			"api keys with a trailing newline, spaces or a control character",
+			"api_keys:\n  - key: ${LLMPROXY_TEST_NEWLINE_KEY}\n  - key: \" sk-b \"\n  - key: \"sk-c\\x01d\"\n  - key: \"sk d\"\n",
+			[]string{
+				`c.yaml:4: key api_keys[0].key: the key has a line break, another control character or spaces around it`,
+				`c.yaml:5: key api_keys[1].key: the key has a line break, another control character or spaces around it`,
+				`c.yaml:6: key api_keys[2].key: the key has a line break, another control character or spaces around it`,
+			},
+		},
+		{
 			"webhook secrets with a trailing newline",
 			"webhooks:\n  - url: http://hook:9000/a\n    secret: ${LLMPROXY_TEST_NEWLINE_KEY}\n  - url: http://hook:9000/b\n    secret: \" s\"\n" +
 				"usage_hook:\n  url: http://hook:9000/u\n  secret: ${LLMPROXY_TEST_NEWLINE_KEY}\n",
