@@ -225,28 +225,42 @@ func (g *Gateway) routes() *echo.Echo {
 		}
 		apierr.Write(c.Response(), apierr.Internal("internal_error", "internal error"))
 	}
+	// Every GET endpoint answers HEAD as GET (net/http sends no body), as
+	// the admin listener's do: load balancers and uptime checkers probe
+	// with HEAD, and curl -I asks for the model lists' heads.
+	get := func(path string, h echo.HandlerFunc) {
+		e.GET(path, h)
+		e.HEAD(path, headAsGET(h))
+	}
 	proxy := echo.WrapHandler(http.HandlerFunc(g.serveProxy))
 	for _, p := range proxiedPOST {
 		e.POST(p, proxy)
 	}
 	for _, p := range proxiedGET {
-		e.GET(p, proxy)
+		get(p, proxy)
 	}
-	e.GET("/v1/models", echo.WrapHandler(http.HandlerFunc(g.serveModels)))
-	// The health and metrics endpoints answer HEAD as GET (net/http sends
-	// no body), as the admin listener's do: load balancers and uptime
-	// checkers probe with HEAD.
-	healthz := func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") }
-	e.GET("/healthz", healthz)
-	e.HEAD("/healthz", healthz)
-	e.GET("/readyz", g.readyz)
-	e.HEAD("/readyz", g.readyz)
+	get("/v1/models", echo.WrapHandler(http.HandlerFunc(g.serveModels)))
+	get("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
+	get("/readyz", g.readyz)
 	if g.gatherer != nil {
-		metrics := echo.WrapHandler(promhttp.HandlerFor(g.gatherer, promhttp.HandlerOpts{}))
-		e.GET("/metrics", metrics)
-		e.HEAD("/metrics", metrics)
+		get("/metrics", echo.WrapHandler(promhttp.HandlerFor(g.gatherer, promhttp.HandlerOpts{})))
 	}
 	return e
+}
+
+// headAsGET serves a HEAD request with h as the GET it stands for: h, the
+// hooks and a backend see a GET, so the answer's status and headers are
+// the GET's (a backend need not know HEAD, and a model list the gateway
+// filters needs the list). net/http, which knows the request was a HEAD,
+// drops the body h writes. A proxied HEAD therefore costs what its GET
+// does, and is authenticated, admitted and recorded as one.
+func headAsGET(h echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		r := c.Request().WithContext(c.Request().Context()) // a shallow copy
+		r.Method = http.MethodGet
+		c.SetRequest(r)
+		return h(c)
+	}
 }
 
 // The client-facing endpoints passed through to backends.

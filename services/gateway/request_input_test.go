@@ -8,11 +8,14 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"github.com/labstack/echo/v4"
 
 	"github.com/llmproxy/llmproxy/pkg/events"
 )
@@ -178,17 +181,78 @@ func TestNonUTF8BodiesAreRefused(t *testing.T) {
 	}
 }
 
-// TestHealthEndpointsAnswerHEAD: /healthz, /readyz and /metrics on the
-// gateway's listener answer HEAD as GET, without a body, as the admin
-// listener's do; the API's POST endpoints still refuse it with 405.
-func TestHealthEndpointsAnswerHEAD(t *testing.T) {
-	backend, _ := inputBackend(t)
-	gw, _ := newTestGateway(t, backend.URL, "")
-	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
-		get, _ := do(t, "GET", gw.URL+path, "", nil)
-		head, body := do(t, "HEAD", gw.URL+path, "", nil)
-		if head.StatusCode != get.StatusCode || head.StatusCode != 200 || len(body) != 0 || head.Header.Get("Content-Type") != get.Header.Get("Content-Type") {
-			t.Errorf("HEAD %s: %d %q (%d bytes); GET: %d %q", path, head.StatusCode, head.Header.Get("Content-Type"), len(body), get.StatusCode, get.Header.Get("Content-Type"))
+// TestGETEndpointsAnswerHEAD: every GET endpoint of the gateway's listener
+// (the model lists, /api/tags through a key whose list is filtered, and
+// /healthz, /readyz, /metrics) answers HEAD as GET, with the GET's status
+// and headers and no body; a proxied HEAD reaches the backend as a GET. The
+// API's POST endpoints still refuse HEAD with 405.
+func TestGETEndpointsAnswerHEAD(t *testing.T) {
+	const tags = `{"models":[{"name":"m1","model":"m1"},{"name":"m3","model":"m3"}]}`
+	methods := make(chan string, 10)
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/api/tags" {
+			methods <- r.Method
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, tags)
+	}))
+	t.Cleanup(backend.Close)
+	const limited = "sk-llmproxy-unit-limited-0046"
+	yaml := fmt.Sprintf("backends: [{url: %q, models: [m1, m3]}]\napi_keys:\n  - {key: %q, id: unit}\n  - {key: %q, id: limited, allowed_models: [m1]}\n",
+		backend.URL, testKey, limited)
+	gw, _ := serveConfig(t, parseConfig(t, yaml))
+	for _, c := range []struct {
+		path string
+		hdr  map[string]string
+	}{
+		{"/v1/models", withKey()},
+		{"/api/tags", withKey()},
+		{"/api/tags", map[string]string{"Authorization": "Bearer " + limited}},
+		{"/healthz", nil},
+		{"/readyz", nil},
+		{"/metrics", nil},
+	} {
+		get, getBody := do(t, "GET", gw.URL+c.path, "", c.hdr)
+		head, body := do(t, "HEAD", gw.URL+c.path, "", c.hdr)
+		if get.StatusCode != 200 || head.StatusCode != 200 || len(body) != 0 || head.Header.Get("Content-Type") != get.Header.Get("Content-Type") {
+			t.Errorf("HEAD %s: %d %q (%d bytes); GET: %d %q", c.path, head.StatusCode, head.Header.Get("Content-Type"), len(body), get.StatusCode, get.Header.Get("Content-Type"))
+		}
+		if c.path != "/metrics" && head.ContentLength != int64(len(getBody)) {
+			t.Errorf("HEAD %s: Content-Length %d, want the GET's %d", c.path, head.ContentLength, len(getBody))
+		}
+	}
+	// Over HTTP/2 too, the HEAD gets the GET's head and no body.
+	h2 := httptest.NewUnstartedServer(gw.Config.Handler)
+	h2.EnableHTTP2 = true
+	h2.StartTLS()
+	defer h2.Close()
+	req, _ := http.NewRequest("HEAD", h2.URL+"/api/tags", nil)
+	req.Header.Set("Authorization", "Bearer "+testKey)
+	resp, err := h2.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.ProtoMajor != 2 || resp.StatusCode != 200 || resp.ContentLength != int64(len(tags)) || len(body) != 0 {
+		t.Errorf("HEAD /api/tags over %s: %d, Content-Length %d, %d bytes", resp.Proto, resp.StatusCode, resp.ContentLength, len(body))
+	}
+	// Each request had its reply, so what reached the backend is in methods.
+	var got []string
+	for len(methods) > 0 {
+		got = append(got, <-methods)
+	}
+	if !slices.Equal(got, []string{"GET", "GET", "GET", "GET", "GET"}) { // /api/tags's two GETs and three HEADs
+		t.Errorf("the backend was asked for /api/tags with %v, want GET five times", got)
+	}
+	// Every GET route, including any added later, has its HEAD.
+	routes := map[string]bool{}
+	for _, r := range gw.Config.Handler.(*echo.Echo).Routes() {
+		routes[r.Method+" "+r.Path] = true
+	}
+	for route := range routes {
+		if path, ok := strings.CutPrefix(route, "GET "); ok && !routes["HEAD "+path] {
+			t.Errorf("GET %s has no HEAD", path)
 		}
 	}
 	if resp, _ := do(t, "HEAD", gw.URL+"/v1/chat/completions", "", withKey()); resp.StatusCode != http.StatusMethodNotAllowed {
