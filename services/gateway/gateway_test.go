@@ -195,8 +195,9 @@ func TestCredentialsNeverReachTheBackend(t *testing.T) {
 }
 
 // TestKeysSentElsewhereNeverReachTheBackend: a key a client sends where
-// other APIs take one (Azure's api-key header, a key or api_key query
-// parameter) is not passed on either; other parameters are.
+// other APIs take one (Azure's api-key header, a key, api_key, api-key,
+// apikey or access_token query parameter, behind a '&' or a ';') is not
+// passed on either; other parameters are.
 func TestKeysSentElsewhereNeverReachTheBackend(t *testing.T) {
 	type seen struct {
 		h http.Header
@@ -209,7 +210,7 @@ func TestKeysSentElsewhereNeverReachTheBackend(t *testing.T) {
 	}))
 	defer backend.Close()
 	gw, _ := newTestGateway(t, backend.URL, "")
-	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions?api-version=2024-10-21&key=sk-in-query-1&API_KEY=sk-in-query-2&%61pi-key=sk-in-query-3&x=1",
+	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions?api-version=2024-10-21&key=sk-in-query-1&API_KEY=sk-in-query-2&%61pi-key=sk-in-query-3&x=1;key=sk-in-query-4&apikey=sk-in-query-5;Access_Token=sk-in-query-6",
 		`{"model":"m1"}`, map[string]string{"Authorization": "Bearer " + testKey, "api-key": "sk-azure-style"})
 	if resp.StatusCode != 200 {
 		t.Fatalf("%d %s", resp.StatusCode, body)

@@ -72,38 +72,56 @@ func setJSONContentType(h http.Header) {
 }
 
 // backendQuery returns the client's query string q for the backend, without
-// the parameters clients put an API key in (key, api_key, api-key, in any
-// case), as copyRequestHeader leaves out the headers: the gateway takes no
-// key from them, and a backend's credentials are its own headers. Other
-// parameters (Azure's api-version, say) are kept as written, in order.
+// the parameters clients put an API key in (key, api_key, api-key, apikey,
+// access_token, in any case), as copyRequestHeader leaves out the headers:
+// the gateway takes no key from them, and a backend's credentials are its
+// own headers. A ';' counts as a separator as well as '&', since some
+// servers still split on it (Go's did before 1.17): "x=1;key=..." must not
+// take its key through. Other parameters are kept as written, in order,
+// each joined to the next kept one by the separator that followed it.
 func backendQuery(q string) string {
 	if q == "" || !hasKeyParam(q) {
 		return q
 	}
 	var b strings.Builder
-	for q != "" {
-		var p string
-		p, q, _ = strings.Cut(q, "&")
-		if isKeyParam(p) {
-			continue
+	var sep byte // what followed the last parameter kept; 0 before the first
+	for {
+		p, rest, next := cutParam(q)
+		if !isKeyParam(p) {
+			if sep != 0 {
+				b.WriteByte(sep)
+			}
+			b.WriteString(p)
+			sep = next
 		}
-		if b.Len() > 0 {
-			b.WriteByte('&')
+		if next == 0 {
+			return b.String()
 		}
-		b.WriteString(p)
+		q = rest
 	}
-	return b.String()
 }
 
 func hasKeyParam(q string) bool {
-	for q != "" {
-		var p string
-		p, q, _ = strings.Cut(q, "&")
+	for {
+		p, rest, next := cutParam(q)
 		if isKeyParam(p) {
 			return true
 		}
+		if next == 0 {
+			return false
+		}
+		q = rest
 	}
-	return false
+}
+
+// cutParam returns the first parameter of the query q, the rest after it,
+// and the separator between them ('&' or ';'; 0 when p is the last).
+func cutParam(q string) (p, rest string, sep byte) {
+	i := strings.IndexAny(q, "&;")
+	if i < 0 {
+		return q, "", 0
+	}
+	return q[:i], q[i+1:], q[i]
 }
 
 // isKeyParam reports whether the query parameter p ("name=value") names a
@@ -115,8 +133,17 @@ func isKeyParam(p string) bool {
 			name = n
 		}
 	}
-	return strings.EqualFold(name, "key") || strings.EqualFold(name, "api_key") || strings.EqualFold(name, "api-key")
+	for _, k := range keyParams {
+		if strings.EqualFold(name, k) {
+			return true
+		}
+	}
+	return false
 }
+
+// keyParams are the query parameters clients put an API key in (Google's
+// key, api_key, Azure's api-key, apikey, OAuth's access_token).
+var keyParams = [...]string{"key", "api_key", "api-key", "apikey", "access_token"}
 
 // copyResponseHeader copies the backend's headers for the client, except
 // a backend's own request ids: the client gets the ones the gateway set

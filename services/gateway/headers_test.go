@@ -3,6 +3,8 @@ package gateway
 import (
 	"net/http"
 	"net/http/httptest"
+	"slices"
+	"strings"
 	"testing"
 )
 
@@ -64,12 +66,51 @@ func TestBackendQuery(t *testing.T) {
 		{"api_key=sk-1&API-KEY=sk-2&Key", ""},
 		{"%6Bey=sk-1&keys=x&monkey=y", "keys=x&monkey=y"},
 		{"a=1&&b", "a=1&&b"},
+		{"apikey=sk-1&a=1&ApiKey=sk-2", "a=1"},
+		{"access_token=sk-1&Access_Token=sk-2&tokens=x", "tokens=x"},
+		{"access%5Ftoken=sk-1&b=2", "b=2"},
+		// A ';' separates parameters too for the servers that split on
+		// it: no key goes through behind one.
+		{"x=1;key=sk-1", "x=1"},
+		{"key=sk-1;x=1", "x=1"},
+		{"a=1;API_KEY=sk-1&b=2;apikey=sk-2;c=3", "a=1;b=2;c=3"},
+		{"a=1&access_token=sk-1;b=2", "a=1&b=2"},
+		{"a=1;b=x%3Bkey=y&c", "a=1;b=x%3Bkey=y&c"},
+		{"a=1;b;;c=%20&", "a=1;b;;c=%20&"},
+		{"key=sk-1&a=1&", "a=1&"},
 	}
 	for _, c := range cases {
 		if got := backendQuery(c.in); got != c.want {
 			t.Errorf("backendQuery(%q) = %q, want %q", c.in, got, c.want)
 		}
 	}
+}
+
+// FuzzBackendQuery: whatever the query, what the backend gets holds no key
+// parameter, split on '&' or ';', and every other parameter, as written
+// and in order; a query without one is passed on unchanged.
+func FuzzBackendQuery(f *testing.F) {
+	for _, s := range []string{"", "a=1&key=x", "x=1;key=sk-1", "a=1;API_KEY=sk-1&b=2;apikey=sk-2;c=3", "%6Bey=1&&;b", "access%5Ftoken=x;"} {
+		f.Add(s)
+	}
+	params := func(q string) (kept []string, keys int) {
+		for _, p := range strings.FieldsFunc(q, func(r rune) bool { return r == '&' || r == ';' }) {
+			if isKeyParam(p) {
+				keys++
+			} else {
+				kept = append(kept, p)
+			}
+		}
+		return kept, keys
+	}
+	f.Fuzz(func(t *testing.T, q string) {
+		got := backendQuery(q)
+		in, keys := params(q)
+		out, left := params(got)
+		if left != 0 || !slices.Equal(in, out) || keys == 0 && got != q {
+			t.Fatalf("backendQuery(%q) = %q", q, got)
+		}
+	})
 }
 
 // TestForwardedForReachesTheBackend: the backend learns who asked in
