@@ -431,3 +431,29 @@ func TestOnResponseStatus(t *testing.T) {
 		}
 	}
 }
+
+// TestOnRequestBodyMustBeUTF8: a body on_request sets raw must be valid
+// UTF-8 JSON, as a client's must: one that is not fails its request with
+// lua_error rather than reaching the backend and the event.
+func TestOnRequestBodyMustBeUTF8(t *testing.T) {
+	got := make(chan map[string]any, 10)
+	a := recordingBackend(t, "a", got)
+	script := filepath.Join(t.TempDir(), "raw.lua")
+	src := "function on_request(req)\n  req.body:set_raw('{\"model\":\"x\\255\"}')\nend\n"
+	if err := os.WriteFile(script, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	gw, s := gatewayFromYAML(t, fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q}]\nlua: {scripts: [%q]}\n", a.URL, testKey, script))
+	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"x"}`, withKey())
+	if resp.StatusCode != 500 || !strings.Contains(string(body), `"code":"lua_error"`) {
+		t.Fatalf("%d %s, want 500 lua_error", resp.StatusCode, body)
+	}
+	if ev := s.next(t); strings.Contains(string(ev.RequestBody), "\xff") {
+		t.Fatalf("the event carries the script's bytes: %q", ev.RequestBody)
+	}
+	select {
+	case r := <-got:
+		t.Fatalf("the backend got %v", r)
+	default:
+	}
+}

@@ -291,6 +291,9 @@ func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
 		}
 		if !bytes.Equal(hr.Body, x.body) {
 			info, err := usage.ParseRequest(hr.Body)
+			if err == nil && notUTF8(hr.Body) != nil {
+				err = errors.New("not UTF-8")
+			}
 			if err != nil {
 				return apierr.Internal("lua_error", "on_request produced a body that is not valid JSON")
 			}
