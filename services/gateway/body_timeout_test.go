@@ -98,3 +98,23 @@ server: { body_timeout: 200ms }
 		s.next(t)
 	})
 }
+
+// TestBodyCutByTheClient: a client whose connection closes before its
+// declared body ends left; its event says so (499 client_closed_request),
+// not that it sent a bad body (400).
+func TestBodyCutByTheClient(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t.Error("the backend was asked")
+	}))
+	defer backend.Close()
+	gw, s := newTestGateway(t, backend.URL, "")
+	c, err := net.Dial("tcp", strings.TrimPrefix(gw.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Length: 100\r\n\r\n{\"model\":", testKey)
+	c.Close()
+	if ev := s.next(t); ev.StatusCode != 499 || ev.Error != "client_closed_request" {
+		t.Fatalf("event status %d, error %q; want 499 client_closed_request", ev.StatusCode, ev.Error)
+	}
+}

@@ -397,6 +397,12 @@ func (g *Gateway) readRequest(r *http.Request, x *exchange) *apierr.Error {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			return g.reject("body_timeout", apierr.BodyTimeout(pb.timeout))
 		}
+		if errors.Is(err, io.ErrUnexpectedEOF) || r.Context().Err() != nil {
+			// The connection ended before the body did: the client
+			// left (or broke off its own request), nothing it sent is wrong.
+			return &apierr.Error{Status: 499, Type: "invalid_request_error", Code: "client_closed_request",
+				Message: "the connection closed before the request body ended"}
+		}
 		return apierr.BadRequest("invalid_body", "could not read the request body")
 	}
 	if e := notUTF8(body); e != nil {
