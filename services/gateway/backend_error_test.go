@@ -54,18 +54,9 @@ func TestBackendErrorReplies(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m1","messages":[{"role":"user","content":"hi"}]}`))
-			req.Header.Set("Authorization", "Bearer "+testKey)
-			req.Header.Set("X-Test-Status", tt.status)
-			req.Header.Set("X-Test-Type", tt.ctype)
-			req.Header.Set("X-Test-Body", tt.body)
-			req.Header.Set("X-Test-Retry-After", tt.retryAfter)
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
+			hdr := withKey()
+			hdr["X-Test-Status"], hdr["X-Test-Type"], hdr["X-Test-Body"], hdr["X-Test-Retry-After"] = tt.status, tt.ctype, tt.body, tt.retryAfter
+			resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1","messages":[{"role":"user","content":"hi"}]}`, hdr)
 			if resp.StatusCode != tt.wantStatus {
 				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tt.wantStatus, body)
 			}

@@ -58,16 +58,8 @@ func TestBodyKeyIsScrubbed(t *testing.T) {
 	gw, s := newTestGateway(t, backend.URL, "")
 	body := `{"model":"m1","api_key":"` + testKey + `","messages":[{"role":"user","content":"my key is ` + testKey + `!"}]}`
 	want := `{"model":"m1","api_key":"[REDACTED]","messages":[{"role":"user","content":"my key is [REDACTED]!"}]}`
-	req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+testKey)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("status %d", resp.StatusCode)
+	if resp, b := do(t, "POST", gw.URL+"/v1/chat/completions", body, withKey()); resp.StatusCode != http.StatusOK {
+		t.Fatalf("%d %s", resp.StatusCode, b)
 	}
 	if string(sent) != want {
 		t.Errorf("the backend got %s, want %s", sent, want)
