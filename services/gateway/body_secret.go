@@ -83,3 +83,10 @@ func plainInJSON(s string) bool {
 	}
 	return true
 }
+
+// holdsKey reports whether s, a value the gateway would pass on or record
+// (the client's X-Request-Id), holds the client's key secret (see
+// minScrubbedSecret): such a value is not kept.
+func holdsKey(s, secret string) bool {
+	return len(secret) >= minScrubbedSecret && strings.Contains(s, secret)
+}

@@ -86,3 +86,31 @@ func TestScrubBodySecret(t *testing.T) {
 		})
 	}
 }
+
+// TestRequestIDHoldingTheKeyIsNotKept: a client that sends its key as its
+// X-Request-Id (a misplaced header) does not have it passed to the backend
+// or recorded as client_request_id; the request goes on under the
+// gateway's id.
+func TestRequestIDHoldingTheKeyIsNotKept(t *testing.T) {
+	var sentID string
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sentID = r.Header.Get("X-Request-Id")
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"choices":[{"index":0,"message":{"role":"assistant","content":"a"}}],"usage":{"prompt_tokens":4,"completion_tokens":1,"total_tokens":5}}`)
+	}))
+	defer backend.Close()
+	gw, s := newTestGateway(t, backend.URL, "")
+	hdr := withKey()
+	hdr["X-Request-Id"] = "id-" + testKey
+	resp, b := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1"}`, hdr)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("%d %s", resp.StatusCode, b)
+	}
+	gwID := resp.Header.Get("X-Llmproxy-Request-Id")
+	if got := resp.Header.Get("X-Request-Id"); got != gwID || sentID != gwID {
+		t.Errorf("X-Request-Id to the client %q, to the backend %q; want the gateway's %q", got, sentID, gwID)
+	}
+	if ev := s.next(t); ev.ClientRequestID != "" {
+		t.Errorf("client_request_id %q recorded", ev.ClientRequestID)
+	}
+}

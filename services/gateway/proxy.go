@@ -163,7 +163,7 @@ func (g *Gateway) begin(w http.ResponseWriter, r *http.Request) *exchange {
 	// reservation or a dedupe entry. The client's X-Request-Id is kept for
 	// tracing: echoed back, sent to the backend and recorded in the event.
 	x.requestID = g.reqIDs.next()
-	if id := r.Header.Get("X-Request-Id"); validRequestID(id) {
+	if id := r.Header.Get("X-Request-Id"); validRequestID(id) && !holdsKey(id, bearer(r)) {
 		x.clientRequestID = id
 	}
 	w.Header().Set("X-Request-Id", x.traceID())
