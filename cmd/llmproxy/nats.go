@@ -134,10 +134,7 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 		return nil, err
 	}
 	b.js = js
-	// The embedded server goes down only with the gateway whose outbox
-	// still holds the events it acked in the last 2 s, so its stream may
-	// write them to its files a few milliseconds later, in batches.
-	so := events.StreamOptions{MaxAge: cfg.NATS.Stream.MaxAge.D(), Replicas: cfg.NATS.Stream.Replicas, AsyncPersist: e != nil}
+	so := events.StreamOptions{MaxAge: cfg.NATS.Stream.MaxAge.D(), Replicas: cfg.NATS.Stream.Replicas}
 	// The stream may not be reachable yet (NATS starting, or down): keep
 	// trying in the background rather than refuse to start, so a gateway
 	// can serve and keep its events in the outbox meanwhile.
@@ -177,6 +174,7 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 	}
 	reconnected.Store(&remake)
 	if err == nil {
+		warnAsyncStream(ctx, js, log)
 		close(b.streams)
 	} else {
 		// A JetStream cluster that has just started needs some seconds to
@@ -190,6 +188,7 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 				cancel()
 				if err == nil {
 					log.Info("event streams ready")
+					warnAsyncStream(ctx, js, log)
 					close(b.streams)
 					return
 				}
@@ -259,4 +258,20 @@ func connectError(err error) error {
 		return &url.Error{Op: ue.Op, URL: serverURL(ue.URL), Err: ue.Err}
 	}
 	return err
+}
+
+// warnAsyncStream says so when the event stream is in JetStream's async
+// persist mode, which an earlier release made the embedded server's in:
+// such a stream acknowledges an event before writing it, and a write that
+// then fails (a full disk) loses an event the outbox has let go of. A
+// stream's mode is fixed when it is made, so it cannot be changed here.
+func warnAsyncStream(ctx context.Context, js jetstream.JetStream, log *slog.Logger) {
+	ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	s, err := js.Stream(ictx, events.StreamName)
+	if err != nil || s.CachedInfo().Config.PersistMode != jetstream.AsyncPersistMode {
+		return
+	}
+	log.Warn("event stream " + events.StreamName + " is in async persist mode, made so by an earlier release: an event the server " +
+		"acknowledged can be lost if writing it then fails (a full disk); the mode is fixed when the stream is made")
 }

@@ -256,17 +256,18 @@ func TestBusRemakesStreamsAfterReconnect(t *testing.T) {
 	}
 }
 
-// TestBusStreamPersistMode: the embedded server's event stream is created
-// in async persist mode (the outbox covers what it has not yet written);
-// a stream the bus creates on an external server is not.
+// TestBusStreamPersistMode: the event stream the bus makes, on the
+// embedded server or an external one, is in the default persist mode (a
+// write per stored event, so a failed write fails its publish and the
+// outbox keeps the event), and one an earlier release made async is
+// named in a WARN line.
 func TestBusStreamPersistMode(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		embedded bool
-		want     jetstream.PersistModeType
 	}{
-		{"embedded", true, jetstream.AsyncPersistMode},
-		{"external", false, jetstream.DefaultPersistMode},
+		{"embedded", true},
+		{"external", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := &config.Config{DataDir: t.TempDir()}
@@ -281,15 +282,41 @@ func TestBusStreamPersistMode(t *testing.T) {
 			if err := b.waitStreams(context.Background()); err != nil {
 				t.Fatal(err)
 			}
-			for name, want := range map[string]jetstream.PersistModeType{events.StreamName: tc.want, events.DLQStreamName: jetstream.DefaultPersistMode} {
+			for _, name := range []string{events.StreamName, events.DLQStreamName} {
 				s, err := b.js.Stream(context.Background(), name)
 				if err != nil {
 					t.Fatal(err)
 				}
-				if got := s.CachedInfo().Config.PersistMode; got != want {
-					t.Errorf("%s: persist mode %s, want %s", name, got, want)
+				if got := s.CachedInfo().Config.PersistMode; got != jetstream.DefaultPersistMode {
+					t.Errorf("%s: persist mode %s, want default", name, got)
 				}
 			}
 		})
 	}
+	t.Run("async made earlier", func(t *testing.T) {
+		url := startNATS(t, "127.0.0.1", -1).ClientURL()
+		nc, err := nats.Connect(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		js, _ := jetstream.New(nc)
+		async := events.StreamConfig(events.StreamOptions{})
+		async.PersistMode = jetstream.AsyncPersistMode
+		if _, err := js.CreateStream(context.Background(), async); err != nil {
+			t.Fatal(err)
+		}
+		var out syncBuffer
+		b, err := openBus(context.Background(), &config.Config{DataDir: t.TempDir(), NATS: config.NATS{URL: url}}, false, slog.New(slog.NewTextHandler(&out, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.close()
+		if err := b.waitStreams(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(out.String(), "is in async persist mode") {
+			t.Errorf("no warning about the async stream:\n%s", out.String())
+		}
+	})
 }

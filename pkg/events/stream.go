@@ -30,16 +30,6 @@ type StreamOptions struct {
 	// DuplicateWindow is the window in which a repeated Nats-Msg-Id is
 	// dropped by the server (default 2 minutes).
 	DuplicateWindow time.Duration
-	// AsyncPersist creates LLMPROXY (not the dead-letter stream) with
-	// JetStream's async persist mode: the server writes stored messages to
-	// its files in batches, a few milliseconds after it acks them, instead
-	// of one write per message. Only where every publisher keeps what the
-	// server acked until it is written: the single binary, whose gateway
-	// outbox publishes the events of its last 2 s again after a crash
-	// that took the embedded server with it. An existing stream keeps the
-	// mode it was created with (the server cannot change it); one replica
-	// only, so it is ignored when Replicas > 1.
-	AsyncPersist bool
 }
 
 func (o StreamOptions) withDefaults() StreamOptions {
@@ -67,15 +57,7 @@ func StreamConfig(o StreamOptions) jetstream.StreamConfig {
 		MaxAge:      o.MaxAge,
 		Duplicates:  o.DuplicateWindow,
 		Replicas:    o.Replicas,
-		PersistMode: persistMode(o),
 	}
-}
-
-func persistMode(o StreamOptions) jetstream.PersistModeType {
-	if o.AsyncPersist && o.Replicas == 1 {
-		return jetstream.AsyncPersistMode
-	}
-	return jetstream.DefaultPersistMode
 }
 
 // DLQStreamConfig returns the configuration of the dead-letter stream.
@@ -131,7 +113,8 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.Str
 	if err != nil {
 		return err
 	}
-	// The persist mode is fixed when a stream is created.
+	// The persist mode is fixed when a stream is created: one made in
+	// async mode (by an earlier release) is updated in it.
 	cfg.PersistMode = s.CachedInfo().Config.PersistMode
 	if !update || sameSettings(s.CachedInfo().Config, cfg) {
 		return nil

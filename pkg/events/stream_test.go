@@ -84,11 +84,11 @@ func TestCreateStreamsCreatesMissing(t *testing.T) {
 	}
 }
 
-// TestAsyncPersistOnlyWhenCreated: AsyncPersist makes LLMPROXY (never the
-// dead-letter stream) async on creation; the server cannot change a
-// stream's persist mode, so later calls, with or without it, keep the mode
-// the stream has and still update its other settings.
-func TestAsyncPersistOnlyWhenCreated(t *testing.T) {
+// TestAsyncStreamKeepsItsMode: LLMPROXY is made in the default persist
+// mode (a write per stored event, so a failed write fails its publish,
+// which the outbox then keeps); a stream an earlier release made in async
+// mode, which the server cannot change, is still updated in its mode.
+func TestAsyncStreamKeepsItsMode(t *testing.T) {
 	ctx := context.Background()
 	mode := func(js jetstream.JetStream, name string) jetstream.PersistModeType {
 		t.Helper()
@@ -100,11 +100,18 @@ func TestAsyncPersistOnlyWhenCreated(t *testing.T) {
 	}
 
 	js := testJetStream(t)
-	if err := EnsureStreams(ctx, js, StreamOptions{AsyncPersist: true}); err != nil {
+	if err := EnsureStreams(ctx, js, StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if m, d := mode(js, StreamName), mode(js, DLQStreamName); m != jetstream.AsyncPersistMode || d != jetstream.DefaultPersistMode {
-		t.Fatalf("persist modes %s and %s, want async for %s and default for %s", m, d, StreamName, DLQStreamName)
+	if m, d := mode(js, StreamName), mode(js, DLQStreamName); m != jetstream.DefaultPersistMode || d != jetstream.DefaultPersistMode {
+		t.Fatalf("persist modes %s and %s, want default", m, d)
+	}
+
+	js = testJetStream(t)
+	async := StreamConfig(StreamOptions{})
+	async.PersistMode = jetstream.AsyncPersistMode
+	if _, err := js.CreateStream(ctx, async); err != nil {
+		t.Fatal(err)
 	}
 	if err := EnsureStreams(ctx, js, StreamOptions{MaxAge: time.Hour}); err != nil {
 		t.Fatalf("update of an async stream: %v", err)
@@ -112,22 +119,5 @@ func TestAsyncPersistOnlyWhenCreated(t *testing.T) {
 	s, _ := js.Stream(ctx, StreamName)
 	if c := s.CachedInfo().Config; c.MaxAge != time.Hour || c.PersistMode != jetstream.AsyncPersistMode {
 		t.Fatalf("after an update: max age %s, persist mode %s; want 1h, async", c.MaxAge, c.PersistMode)
-	}
-
-	// A stream made before keeps its default mode.
-	js = testJetStream(t)
-	if err := EnsureStreams(ctx, js, StreamOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := EnsureStreams(ctx, js, StreamOptions{AsyncPersist: true, MaxAge: time.Hour}); err != nil {
-		t.Fatalf("ensure with AsyncPersist on a default stream: %v", err)
-	}
-	if m := mode(js, StreamName); m != jetstream.DefaultPersistMode {
-		t.Fatalf("persist mode %s, want the stream's default kept", m)
-	}
-
-	// Replicated streams cannot be async: the option is ignored.
-	if c := StreamConfig(StreamOptions{AsyncPersist: true, Replicas: 3}); c.PersistMode != jetstream.DefaultPersistMode {
-		t.Fatalf("3 replicas: persist mode %s, want default", c.PersistMode)
 	}
 }
