@@ -156,6 +156,30 @@ func startEmbedded(cfg *config.Config, lock *storeLock, listen bool) (*embeddedS
 	return e, nil
 }
 
+// logTo sends the server's warnings and errors to log ("nats: " and the
+// server's own words), which NoLog otherwise drops: a store write that
+// fails and turns JetStream off must reach the operator. Its notices,
+// debug and trace lines are left out.
+func (e *embeddedServer) logTo(log *slog.Logger) {
+	e.ns.SetLoggerV2(natsLogger{log}, false, false, false)
+}
+
+// natsLogger is a nats-server logger writing to a slog.Logger.
+type natsLogger struct{ log *slog.Logger }
+
+func (l natsLogger) Noticef(string, ...any) {}
+func (l natsLogger) Debugf(string, ...any)  {}
+func (l natsLogger) Tracef(string, ...any)  {}
+func (l natsLogger) Warnf(format string, v ...any) {
+	l.log.Warn("nats: " + fmt.Sprintf(format, v...))
+}
+func (l natsLogger) Errorf(format string, v ...any) {
+	l.log.Error("nats: " + fmt.Sprintf(format, v...))
+}
+func (l natsLogger) Fatalf(format string, v ...any) {
+	l.log.Error("nats: " + fmt.Sprintf(format, v...))
+}
+
 // url is where clients reach the server: its listener, or the in-process
 // connection's placeholder when it has none.
 func (e *embeddedServer) url() string {

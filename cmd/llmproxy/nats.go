@@ -55,6 +55,7 @@ func openBus(ctx context.Context, cfg *config.Config, allowEmbedded bool, log *s
 	if err != nil {
 		return nil, err
 	}
+	e.logTo(log)
 	log.Info("embedded nats listening", "url", e.url(), "client_file", e.clientFile)
 	return connectBus(ctx, cfg, "", e, nil, true, log)
 }
@@ -211,10 +212,16 @@ func (b *bus) waitStreams(ctx context.Context) error {
 	}
 }
 
-// ready reports whether NATS is connected.
+// ready reports whether NATS is connected and, for the embedded server,
+// whether its JetStream runs: the server turns JetStream off for good when
+// a store write fails (a full disk), and events then only wait in the
+// outbox until a restart.
 func (b *bus) ready() error {
 	if b.nc == nil || !b.nc.IsConnected() {
 		return fmt.Errorf("nats is not connected")
+	}
+	if b.embedded != nil && !b.embedded.ns.JetStreamEnabled() {
+		return fmt.Errorf("the embedded NATS server has turned JetStream off (a write to data_dir failed: a full disk?); events wait in the outbox until llmproxy is restarted")
 	}
 	return nil
 }

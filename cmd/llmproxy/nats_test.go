@@ -320,3 +320,32 @@ func TestBusStreamPersistMode(t *testing.T) {
 		}
 	})
 }
+
+// TestEmbeddedJetStreamOff: the embedded server's warnings and errors reach
+// the process's log, and /readyz's check fails once the server has turned
+// JetStream off (as it does for good when a store write fails), rather
+// than saying ready while no event can be stored.
+func TestEmbeddedJetStreamOff(t *testing.T) {
+	var out syncBuffer
+	b, err := openBus(context.Background(), &config.Config{DataDir: t.TempDir()}, true, slog.New(slog.NewTextHandler(&out, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.close()
+	if err := b.waitStreams(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.ready(); err != nil {
+		t.Fatalf("ready: %v", err)
+	}
+	b.embedded.ns.Errorf("probe %d", 7)
+	if !strings.Contains(out.String(), `level=ERROR msg="nats: probe 7"`) {
+		t.Errorf("the server's error is not in the log:\n%s", out.String())
+	}
+	if err := b.embedded.ns.DisableJetStream(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.ready(); err == nil || !strings.Contains(err.Error(), "turned JetStream off") {
+		t.Fatalf("ready with JetStream off: %v", err)
+	}
+}

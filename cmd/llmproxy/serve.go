@@ -351,9 +351,12 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 		adminReady := readyFn
 		if gw != nil {
 			// The admin listener's /readyz says what the gateway's does:
-			// backends, NATS and Redis.
+			// backends, events, NATS and Redis.
 			adminReady = func(ctx context.Context) error {
 				if err := gw.BackendsReady(); err != nil {
+					return err
+				}
+				if err := gw.EventsReady(); err != nil {
 					return err
 				}
 				return readyFn(ctx)

@@ -95,6 +95,9 @@ type Gateway struct {
 	failures failureLog
 	// publisher is the gateway's own event publisher, closed by Close.
 	publisher *publish.Publisher
+	// eventStall is how long the publisher may fail before /readyz says
+	// so (eventStallLimit).
+	eventStall time.Duration
 }
 
 // New builds a Gateway from opts.
@@ -143,6 +146,7 @@ func New(opts Options) (*Gateway, error) {
 	if err := reg.Register(g.collector); err != nil {
 		return nil, fmt.Errorf("register backend metrics: %w", err)
 	}
+	g.eventStall = eventStallLimit
 	if g.events == nil && opts.JetStream != nil {
 		p, err := publish.New(opts.JetStream, opts.OutboxDir, publish.Options{Logger: g.log, Registerer: reg})
 		if err != nil {
@@ -291,6 +295,25 @@ func servable(state string) bool {
 	return state == balancer.StateHealthy || state == balancer.StateEjected
 }
 
+// eventStallLimit is how long the gateway's events may go unpublished,
+// every publish failing, before its /readyz says so.
+const eventStallLimit = 30 * time.Second
+
+// EventsReady reports an error when the gateway's events have gone
+// unpublished for eventStallLimit or more, every publish failing (a NATS
+// that answers but cannot store them: its store write failed, say): the
+// events' half of the gateway's /readyz, for a readiness check served
+// elsewhere (the admin listener). The events wait in the outbox meanwhile.
+func (g *Gateway) EventsReady() error {
+	if g.publisher == nil {
+		return nil
+	}
+	if d, msg := g.publisher.Stalled(); d >= g.eventStall {
+		return fmt.Errorf("events have not been published for %s (%s); they wait in the outbox", d.Round(time.Second), msg)
+	}
+	return nil
+}
+
 func (g *Gateway) readyz(c echo.Context) error {
 	type backendState struct {
 		Name  string `json:"name"`
@@ -311,6 +334,9 @@ func (g *Gateway) readyz(c echo.Context) error {
 	}
 	if !anyUp {
 		resp.Ready, resp.Error = false, "no backend is available"
+	}
+	if err := g.EventsReady(); err != nil {
+		resp.Ready, resp.Error = false, err.Error()
 	}
 	if g.ready != nil {
 		ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)

@@ -54,6 +54,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/llmproxy/llmproxy/pkg/events"
@@ -89,6 +90,12 @@ type Publisher struct {
 	abort      chan struct{} // closed when Close's deadline passes
 	senderDone chan struct{}
 	closeOnce  sync.Once
+
+	// stalledSince is when publishing started failing without an ack
+	// since (unix nanoseconds; 0 while publishes go through), stallErr
+	// the last failure's error.
+	stalledSince atomic.Int64
+	stallErr     atomic.Pointer[string]
 
 	// dropMu guards the times of the last log lines about dropped and
 	// truncated events.
@@ -362,3 +369,19 @@ func (p *Publisher) Close(ctx context.Context) error {
 // Depth returns the number of events accepted and not yet acknowledged by
 // JetStream: in the hand-off queue, in the outbox and waiting in memory.
 func (p *Publisher) Depth() int64 { return int64(len(p.in)) + p.ob.depth() }
+
+// Stalled reports how long publishing has failed with no acknowledgement
+// since, and the last failure; 0 while publishes go through. Events wait in
+// the outbox meanwhile: a NATS that is down, or one that answers but cannot
+// store them (a server whose store write failed).
+func (p *Publisher) Stalled() (time.Duration, string) {
+	since := p.stalledSince.Load()
+	if since == 0 {
+		return 0, ""
+	}
+	msg := ""
+	if e := p.stallErr.Load(); e != nil {
+		msg = *e
+	}
+	return time.Since(time.Unix(0, since)), msg
+}

@@ -690,3 +690,29 @@ func TestNoLingerPublishesAtOnce(t *testing.T) {
 		t.Fatalf("published %v after PublishDurable with linger off", d)
 	}
 }
+
+// TestStalledWhileNothingIsAcked: Stalled counts from the first failed
+// publish for as long as none is acknowledged, with the last error, and is
+// 0 again once one is.
+func TestStalledWhileNothingIsAcked(t *testing.T) {
+	srv := startNATS(t, t.TempDir(), -1)
+	defer srv.Shutdown()
+	js := &flakyJS{JetStream: connect(t, srv.ClientURL())}
+	p := newPublisher(t, js, t.TempDir(), testOptions(prometheus.NewRegistry()))
+	defer closePublisher(t, p)
+	if d, _ := p.Stalled(); d != 0 {
+		t.Fatalf("stalled %s before any publish", d)
+	}
+	js.fail.Store(true)
+	p.Publish(event(0))
+	waitFor(t, 5*time.Second, "a failed publish", func() bool { d, _ := p.Stalled(); return d > 0 })
+	time.Sleep(50 * time.Millisecond)
+	if d, msg := p.Stalled(); d < 50*time.Millisecond || msg != errFlaky.Error() {
+		t.Fatalf("stalled %s, %q; want at least 50ms, %q", d, msg, errFlaky)
+	}
+	js.fail.Store(false)
+	waitFor(t, 5*time.Second, "the event published", func() bool { return p.Depth() == 0 })
+	if d, _ := p.Stalled(); d != 0 {
+		t.Fatalf("stalled %s after an ack", d)
+	}
+}

@@ -63,6 +63,9 @@ func (p *Publisher) sendLoop() {
 	fail := func(err error) bool {
 		p.m.failures.Inc()
 		now := time.Now()
+		p.stalledSince.CompareAndSwap(0, now.UnixNano())
+		msg := err.Error()
+		p.stallErr.Store(&msg)
 		if now.Sub(lastWarn) >= p.opts.WarnInterval {
 			lastWarn = now
 			p.log.Warn("event publish failed; events stay in the outbox and are retried in order",
@@ -153,6 +156,7 @@ func (p *Publisher) sendLoop() {
 				n++
 			}
 			p.ob.ack(q[n-1].end)
+			p.stalledSince.Store(0)
 			p.m.published.Add(float64(published))
 			clear(q[:n])
 			q = q[n:]

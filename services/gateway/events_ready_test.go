@@ -1,0 +1,74 @@
+package gateway
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// TestReadyzSaysEventsAreStalled: a gateway whose events cannot be
+// published while NATS answers (here: no stream takes them, as when the
+// server's store write failed) says so on /readyz once publishing has
+// failed for its limit, and serves on, its events in the outbox.
+func TestReadyzSaysEventsAreStalled(t *testing.T) {
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	defer ns.Shutdown()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats did not start")
+	}
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"choices":[{"message":{"content":"a"}}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}`))
+	}))
+	defer backend.Close()
+	g, err := New(Options{Config: parseConfig(t, "backends: [{url: \""+backend.URL+"\"}]\n"), JetStream: js, OutboxDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.eventStall = 200 * time.Millisecond
+	g.Start(context.Background())
+	defer func() { _ = g.Close(context.Background()) }()
+	srv := httptest.NewServer(g.Handler())
+	defer srv.Close()
+
+	if resp, body := do(t, "GET", srv.URL+"/readyz", "", nil); resp.StatusCode != 200 {
+		t.Fatalf("/readyz before any event: %d %s", resp.StatusCode, body)
+	}
+	if resp, body := do(t, "POST", srv.URL+"/v1/chat/completions", `{"model":"m"}`, nil); resp.StatusCode != 200 {
+		t.Fatalf("request: %d %s", resp.StatusCode, body)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, body := do(t, "GET", srv.URL+"/readyz", "", nil)
+		if resp.StatusCode == 503 && strings.Contains(string(body), "events have not been published for") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz with every publish failing: %d %s", resp.StatusCode, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := g.EventsReady(); err == nil {
+		t.Fatal("EventsReady: nil, want the stall")
+	}
+}
