@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -174,7 +175,15 @@ func (l natsLogger) Warnf(format string, v ...any) {
 	l.log.Warn("nats: " + fmt.Sprintf(format, v...))
 }
 func (l natsLogger) Errorf(format string, v ...any) {
-	l.log.Error("nats: " + fmt.Sprintf(format, v...))
+	msg := fmt.Sprintf(format, v...)
+	if strings.Contains(msg, " - cid:") {
+		// One client's trouble (a wrong token, a slow reader), which the
+		// server names by its connection id: a warning, not the server's
+		// own failure.
+		l.log.Warn("nats: " + msg)
+		return
+	}
+	l.log.Error("nats: " + msg)
 }
 func (l natsLogger) Fatalf(format string, v ...any) {
 	l.log.Error("nats: " + fmt.Sprintf(format, v...))

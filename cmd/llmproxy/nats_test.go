@@ -339,8 +339,10 @@ func TestEmbeddedJetStreamOff(t *testing.T) {
 		t.Fatalf("ready: %v", err)
 	}
 	b.embedded.ns.Errorf("probe %d", 7)
-	if !strings.Contains(out.String(), `level=ERROR msg="nats: probe 7"`) {
-		t.Errorf("the server's error is not in the log:\n%s", out.String())
+	b.embedded.ns.Errorf("%s - cid:%d - authentication error", "127.0.0.1:9", 3)
+	if !strings.Contains(out.String(), `level=ERROR msg="nats: probe 7"`) ||
+		!strings.Contains(out.String(), `level=WARN msg="nats: 127.0.0.1:9 - cid:3 - authentication error"`) {
+		t.Errorf("the server's error (ERROR) or a client's (WARN) is not in the log:\n%s", out.String())
 	}
 	if err := b.embedded.ns.DisableJetStream(); err != nil {
 		t.Fatal(err)

@@ -30,7 +30,13 @@ func reload(ctx context.Context, path, adminListen string, running *config.Confi
 		cfg.Admin.Listen = adminListen
 	}
 	if err := gw.Reload(ctx, cfg); err != nil {
-		log.Error("reload failed; the running configuration stays", "err", err)
+		attrs := []any{"err", err}
+		if keys := restartOnly(running, cfg); len(keys) > 0 {
+			// What the new config asks may rest on one of them (auth.storage
+			// redis on a redis.url the process does not have yet).
+			attrs = append(attrs, "restart_only", keys, "hint", "these keys changed too and take a restart")
+		}
+		log.Error("reload failed; the running configuration stays", attrs...)
 		return nil
 	}
 	if keys := restartOnly(running, cfg); len(keys) > 0 {

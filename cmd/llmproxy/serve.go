@@ -30,7 +30,14 @@ import (
 	"github.com/llmproxy/llmproxy/services/notifier"
 )
 
+// earlyHUP holds a SIGHUP that came before serve caught its own: the
+// signal's default action ends the process, and reading the config (its
+// Lua scripts compiled) and starting take a while.
+var earlyHUP = make(chan os.Signal, 1)
+
 func cmdServe(args []string) int {
+	signal.Notify(earlyHUP, syscall.SIGHUP)
+	defer signal.Stop(earlyHUP)
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	cfgPath := fs.String("config", "", "config file (YAML)")
 	target := fs.String("target", "all", "role to run: all, gateway, meter, notifier or recorder")
@@ -191,6 +198,12 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	signal.Stop(earlyHUP)
+	select {
+	case sig := <-earlyHUP:
+		hup <- sig
+	default:
+	}
 	log = log.With("target", target)
 	redis.SetLogger(newRedisLogger(log))
 	runGateway := target == "all" || target == "gateway"
@@ -239,7 +252,13 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 	if target == "recorder" {
 		pg = &pgReady{}
 	}
+	// stopping is set once the process begins to shut down: its
+	// listeners close, so a load balancer must stop sending to it now.
+	var stopping atomic.Bool
 	readyFn := func(ctx context.Context) error {
+		if stopping.Load() {
+			return errors.New("shutting down")
+		}
 		if err := b.ready(); err != nil {
 			return err
 		}
@@ -384,6 +403,7 @@ wait:
 			}
 		}
 	}
+	stopping.Store(true)
 	drain := cfg.Server.DrainTimeout.D()
 	if drain <= 0 {
 		drain = 30 * time.Second
@@ -397,6 +417,7 @@ wait:
 			// and billed for what was delivered) and publish their
 			// events below.
 			log.Warn("drain deadline passed with requests still open; closing them", "err", serr)
+			gw.CutOpenRequests()
 			_ = srv.Close()
 		}
 	}

@@ -98,7 +98,17 @@ type Gateway struct {
 	// eventStall is how long the publisher may fail before /readyz says
 	// so (eventStallLimit).
 	eventStall time.Duration
+	// cutting is set by CutOpenRequests: the requests that end from now
+	// on for want of their connection were cut by the server.
+	cutting atomic.Bool
 }
+
+// CutOpenRequests tells the gateway that the server is about to close the
+// connections still open (the drain deadline of a shutdown has passed):
+// the requests they end are recorded as cut by the server (error
+// server_shutdown; 503 when no reply head had gone out), not as left by
+// their clients. What they delivered is billed as for a client that left.
+func (g *Gateway) CutOpenRequests() { g.cutting.Store(true) }
 
 // New builds a Gateway from opts.
 func New(opts Options) (*Gateway, error) {

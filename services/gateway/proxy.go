@@ -1163,6 +1163,13 @@ func estimateCompletion(res usage.Result) int64 {
 // finish settles accounting for x: usage, metrics, the event.
 func (g *Gateway) finish(ctx context.Context, x *exchange) {
 	latency := g.now().Sub(x.start)
+	if x.errMsg == "client_closed_request" && g.cutting.Load() {
+		// The server closed the connection at the end of its drain.
+		x.errMsg = "server_shutdown"
+		if x.status == 499 {
+			x.status = http.StatusServiceUnavailable
+		}
+	}
 	res := x.result
 	x.source = events.UsageSourceBackend
 	if x.delivered && res.BackendError && x.errMsg == "" && x.status < 400 && x.streamed {
@@ -1179,7 +1186,7 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 		if x.errMsg == "" {
 			x.errMsg = "backend_error"
 		}
-	} else if x.delivered && (!res.Found || !res.PromptKnown || x.errMsg == "client_closed_request" || x.errMsg == "client_send_timeout") {
+	} else if x.delivered && (!res.Found || !res.PromptKnown || x.errMsg == "client_closed_request" || x.errMsg == "client_send_timeout" || x.errMsg == "server_shutdown") {
 		// No usage from the backend, or the client left: count what was
 		// delivered ourselves.
 		x.source = events.UsageSourceEstimated

@@ -533,6 +533,17 @@ func TestOpsShutdownPastDrain(t *testing.T) {
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
+	// While it drains, the admin listener's /readyz says it is going, so
+	// that a load balancer probing there stops sending to it.
+	eventually(t, drain, "/readyz on the admin listener failing while draining", func() (bool, string) {
+		resp, err := http.Get("http://" + admin + "/readyz")
+		if err != nil {
+			return false, err.Error()
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode == 503 && strings.Contains(string(b), "shutting down"), fmt.Sprintf("%d %s", resp.StatusCode, b)
+	})
 	wg.Wait()
 	if d := time.Since(sigAt); d > drain+3*time.Second {
 		t.Fatalf("the streams ended %s after SIGTERM; the drain deadline is %s", d, drain)
@@ -558,6 +569,24 @@ func TestOpsShutdownPastDrain(t *testing.T) {
 		r := rows["alpha"]
 		return r.Requests == n && r.CompletionTokens >= n, fmt.Sprintf("%+v", r)
 	})
+	// The server cut them, not their clients.
+	out, err := runCLI(t, "logs", "--config", cfg, "--since", "1h", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list []map[string]any
+	if err := json.Unmarshal([]byte(out), &list); err != nil {
+		t.Fatalf("llmproxy logs --json: %v in %q", err, tail(out, 2000))
+	}
+	cut := 0
+	for _, ev := range list {
+		if ev["error"] == "server_shutdown" {
+			cut++
+		}
+	}
+	if cut != n {
+		t.Fatalf("%d of %d events with error server_shutdown: %s", cut, n, tail(out, 2000))
+	}
 }
 
 func TestOpsReload(t *testing.T) {
