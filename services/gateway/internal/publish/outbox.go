@@ -98,7 +98,7 @@ type outbox struct {
 }
 
 func openOutbox(dir string, o Options, m *metrics) (*outbox, error) {
-	if err := os.MkdirAll(dir, 0o750); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create outbox dir: %w", err)
 	}
 	ob := &outbox{
@@ -113,7 +113,7 @@ func openOutbox(dir string, o Options, m *metrics) (*outbox, error) {
 		// (see DurableDelay).
 		durableDelay: DurableDelay,
 	}
-	af, err := os.OpenFile(filepath.Join(dir, ackFileName), os.O_RDWR|os.O_CREATE, 0o640)
+	af, err := os.OpenFile(filepath.Join(dir, ackFileName), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open outbox ack file: %w", err)
 	}
@@ -222,7 +222,7 @@ func (ob *outbox) recover() error {
 // boundary of this segment.
 func (ob *outbox) loadSegment(id uint64, ack position, ackOK bool) (*segment, uint64, error) {
 	path := filepath.Join(ob.dir, segmentName(id))
-	f, err := os.OpenFile(path, os.O_RDWR, 0o640)
+	f, err := os.OpenFile(path, os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, 0, fmt.Errorf("open outbox segment: %w", err)
 	}
@@ -318,7 +318,7 @@ func (ob *outbox) writeLocked(b []byte, n int) error {
 	}
 	if seg == nil || ob.sealed || (seg.size > 0 && seg.size+int64(len(b)) > ob.segBytes) {
 		ob.sealed = false
-		f, err := os.OpenFile(filepath.Join(ob.dir, segmentName(ob.nextSeq)), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o640)
+		f, err := os.OpenFile(filepath.Join(ob.dir, segmentName(ob.nextSeq)), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 		if err != nil {
 			return fmt.Errorf("create outbox segment: %w", err)
 		}

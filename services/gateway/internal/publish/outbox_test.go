@@ -3,7 +3,10 @@ package publish
 import (
 	"bytes"
 	"fmt"
+	"io/fs"
+	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -88,5 +91,31 @@ func TestReadRecordsLargerThanLimit(t *testing.T) {
 				t.Fatalf("ended at sequence %d, want %d", pos.seq, len(sizes))
 			}
 		})
+	}
+}
+
+// TestOutboxFilesAreOwnersOnly: the outbox holds request bodies: its
+// directory and files are the owner's alone, as the JetStream store's are.
+func TestOutboxFilesAreOwnersOnly(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "outbox")
+	p := newPublisher(t, &flakyJS{}, dir, testOptions(prometheus.NewRegistry()))
+	p.Publish(event(1))
+	waitFor(t, 5*time.Second, "a segment", func() bool { return len(segmentFiles(t, dir)) > 0 })
+	closePublisher(t, p)
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if perm := info.Mode().Perm(); perm&0o077 != 0 {
+			t.Errorf("%s: mode %v, want none for group or others", path, perm)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
