@@ -20,6 +20,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(minimal + "routing: &r\n  retry:\n    <<: *r\n"))
 	f.Add([]byte("backends: &a [*a]\n"))
 	f.Add([]byte("a: ${X:-${Y:-z}}\nb: $${c}\n"))
+	f.Add([]byte("admin: {listen: ${L:?no ${M}}, token: ${T:=x}}\nusage_hook: {url: ${U-http://h}, secret: ${S:+s}}\nx: ${Y:}\n"))
 	f.Add([]byte("backends: [{url: ${X:-http://a:1}, headers: {${K:-X}: ${V:-v}}}]\n"))
 	f.Add([]byte("backends:\n  - {url: http://a:1, weight: 1e3, headers: {X: y}}\napi_keys: [{key_sha256: ABC}]\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -44,6 +45,7 @@ func FuzzParse(f *testing.F) {
 func FuzzMaskRefs(f *testing.F) {
 	f.Add("a: ${X}\nb: [${Y:-${Z}}, $${W}]\n# ${C}\n")
 	f.Add("__env0_ ${A} __env_0_ ${B")
+	f.Add("a: ${X:?m} ${Y:=d} ${Z-} ${W:+v} ${V?} ${U:1} ${T:-\n}")
 	f.Fuzz(func(t *testing.T, text string) {
 		masked, e := maskRefs(text)
 		if strings.Count(masked, "\n") != strings.Count(text, "\n") {

@@ -7,6 +7,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/llmproxy/llmproxy/pkg/jsonscan"
 )
 
 // TestEventCarriesTheClientsBody: the backend is asked for a usage chunk
@@ -113,4 +115,20 @@ func TestRequestIDHoldingTheKeyIsNotKept(t *testing.T) {
 	if ev := s.next(t); ev.ClientRequestID != "" {
 		t.Errorf("client_request_id %q recorded", ev.ClientRequestID)
 	}
+}
+
+// FuzzScrubBodySecret: a JSON body stays JSON, whatever key is scrubbed
+// out of it.
+func FuzzScrubBodySecret(f *testing.F) {
+	f.Add(`{"api_key":"sk-llmproxy-0123456789","m":[{"c":"key sk-llmproxy-0123456789"}]}`, "sk-llmproxy-0123456789")
+	f.Add(`{"k":"sk-a<b\"c12345","n":12345678}`, `sk-a<b"c12345`)
+	f.Add(`{"max_tokens":12345678}`, "12345678")
+	f.Fuzz(func(t *testing.T, body, secret string) {
+		if !jsonscan.Valid([]byte(body)) {
+			return
+		}
+		if out := scrubBodySecret([]byte(body), secret); !jsonscan.Valid(out) {
+			t.Fatalf("scrubBodySecret(%q, %q) = %q, not JSON", body, secret, out)
+		}
+	})
 }
