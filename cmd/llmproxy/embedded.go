@@ -185,9 +185,7 @@ func (l natsLogger) Errorf(format string, v ...any) {
 	}
 	l.log.Error("nats: " + msg)
 }
-func (l natsLogger) Fatalf(format string, v ...any) {
-	l.log.Error("nats: " + fmt.Sprintf(format, v...))
-}
+func (l natsLogger) Fatalf(format string, v ...any) { l.Errorf(format, v...) }
 
 // url is where clients reach the server: its listener, or the in-process
 // connection's placeholder when it has none.

@@ -73,7 +73,7 @@ func AdminKeysHandler(rdb redis.UniversalClient, prefix string, token string, st
 		}
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) && te.Field != "" {
-			return 0, nil, apierr.BadRequest("invalid_type", "invalid type for '"+te.Field+"' in the key spec: expected "+jsonKind(te.Type)+", but got "+jsonValue(te.Value)+" instead")
+			return 0, nil, typeMismatch(te, "the key spec")
 		}
 		if err != nil {
 			return 0, nil, apierr.BadRequest("invalid_json", "the body must be a JSON key spec: "+strings.TrimPrefix(err.Error(), "json: "))

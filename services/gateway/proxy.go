@@ -39,6 +39,9 @@ type exchange struct {
 	peerTrusted bool       // peer is one of the trusted proxies
 	key         *auth.Key
 	masked      string
+	// secret is the key the client sent (bearer), read once: looked up,
+	// and kept out of its X-Request-Id and its body.
+	secret string
 	// unauthenticated is set when on_auth refused the request or failed
 	// on it: its event is "unauthenticated" even with auth off.
 	unauthenticated bool
@@ -163,7 +166,8 @@ func (g *Gateway) begin(w http.ResponseWriter, r *http.Request) *exchange {
 	// reservation or a dedupe entry. The client's X-Request-Id is kept for
 	// tracing: echoed back, sent to the backend and recorded in the event.
 	x.requestID = g.reqIDs.next()
-	if id := r.Header.Get("X-Request-Id"); validRequestID(id) && !holdsKey(id, bearer(r)) {
+	x.secret = bearer(r)
+	if id := r.Header.Get("X-Request-Id"); validRequestID(id) && !holdsKey(id, x.secret) {
 		x.clientRequestID = id
 	}
 	w.Header().Set("X-Request-Id", x.traceID())
@@ -278,7 +282,7 @@ func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
 		}
 	}
 	if x.body != nil {
-		x.body = scrubBodySecret(x.body, bearer(r))
+		x.body = scrubBodySecret(x.body, x.secret)
 	}
 	if lua != nil && lua.Has(hooks.HookRequest) {
 		hr := g.hookRequest(r, x)
@@ -351,7 +355,7 @@ func (g *Gateway) authenticate(r *http.Request, x *exchange, luaAuth bool) *apie
 			return nil
 		}
 	}
-	secret := bearer(r)
+	secret := x.secret
 	if secret == "" {
 		return g.reject("missing_key", apierr.Unauthorized("no API key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'"))
 	}
@@ -430,11 +434,22 @@ func invalidBody(body []byte, err error) *apierr.Error {
 	case errors.Is(err, usage.ErrNotObject):
 		return apierr.BadRequest("invalid_json", "the request body must be a JSON object")
 	case errors.As(err, &te) && te.Field != "":
-		return apierr.BadRequest("invalid_type", "invalid type for '"+te.Field+"': expected "+jsonKind(te.Type)+", but got "+jsonValue(te.Value)+" instead")
+		return typeMismatch(te, "")
 	case errors.As(err, &se):
 		return apierr.BadRequest("invalid_json", "the request body is not valid JSON: "+se.Error()+" (at byte "+strconv.FormatInt(se.Offset, 10)+")")
 	}
 	return apierr.BadRequest("invalid_json", "the request body is not valid JSON")
+}
+
+// typeMismatch is the 400 invalid_type for te, a field of the wrong type,
+// said as OpenAI says it: the field (where it is, when in is set) and the
+// JSON type it takes, no Go type or field name.
+func typeMismatch(te *json.UnmarshalTypeError, in string) *apierr.Error {
+	field := "'" + te.Field + "'"
+	if in != "" {
+		field += " in " + in
+	}
+	return apierr.BadRequest("invalid_type", "invalid type for "+field+": expected "+jsonKind(te.Type)+", but got "+jsonValue(te.Value)+" instead")
 }
 
 // jsonKind names the JSON type a value of Go type t is read from.

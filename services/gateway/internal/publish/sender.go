@@ -156,7 +156,9 @@ func (p *Publisher) sendLoop() {
 				n++
 			}
 			p.ob.ack(q[n-1].end)
-			p.stalledSince.Store(0)
+			if p.stalledSince.Load() != 0 {
+				p.stalledSince.Store(0)
+			}
 			p.m.published.Add(float64(published))
 			clear(q[:n])
 			q = q[n:]
