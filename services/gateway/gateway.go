@@ -230,10 +230,14 @@ func (g *Gateway) routes() *echo.Echo {
 			// matched it: /v1/chat%2Fcompletions is not
 			// /v1/chat/completions.
 			case http.StatusNotFound:
+				id := g.unroutedID(c.Response())
 				apierr.Write(c.Response(), apierr.NotFound("unknown_url", "unknown path "+c.Request().URL.EscapedPath()))
+				g.logUnrouted(c.Request(), id, http.StatusNotFound, "unknown_url")
 				return
 			case http.StatusMethodNotAllowed:
+				id := g.unroutedID(c.Response())
 				apierr.Write(c.Response(), &apierr.Error{Status: 405, Type: "invalid_request_error", Code: "method_not_allowed", Message: "method " + c.Request().Method + " is not allowed on " + c.Request().URL.EscapedPath()})
+				g.logUnrouted(c.Request(), id, http.StatusMethodNotAllowed, "method_not_allowed")
 				return
 			}
 		}
@@ -260,6 +264,42 @@ func (g *Gateway) routes() *echo.Echo {
 		get("/metrics", echo.WrapHandler(promhttp.HandlerFor(g.gatherer, promhttp.HandlerOpts{})))
 	}
 	return e
+}
+
+// maxLoggedPath bounds the path an access line quotes for a request no
+// route matched: the client writes it, and a line per request must stay a
+// line.
+const maxLoggedPath = 256
+
+// unroutedID gives a request no route took an id of the gateway's own (a
+// client's X-Request-Id is not looked at: it might hold the key, which is
+// not read for such a request) and names it in the reply, as the access line
+// does.
+func (g *Gateway) unroutedID(w http.ResponseWriter) string {
+	id := g.reqIDs.next()
+	w.Header().Set("X-Request-Id", id)
+	return id
+}
+
+// logUnrouted writes the access line of a request no route took (an
+// unknown path, a known one with the wrong method), so that a client whose
+// base URL is wrong (a missing /v1, say) shows in the log. It has no key,
+// backend or event: nothing of it was authenticated, and its path is no
+// metric label (every client-chosen path would be a new series).
+func (g *Gateway) logUnrouted(r *http.Request, id string, status int, code string) {
+	if !g.log.Enabled(context.Background(), slog.LevelInfo) {
+		return
+	}
+	path := r.URL.EscapedPath()
+	if len(path) > maxLoggedPath {
+		path = path[:maxLoggedPath] + "…"
+	}
+	g.log.LogAttrs(context.Background(), slog.LevelInfo, "request",
+		slog.String("request_id", id), slog.String("key_id", ""),
+		slog.String("model", ""), slog.String("path", path), slog.String("method", r.Method),
+		slog.Int("status", status), slog.Int64("latency_ms", 0), slog.Int64("ttft_ms", 0),
+		slog.Int64("prompt_tokens", 0), slog.Int64("completion_tokens", 0),
+		slog.String("usage_source", ""), slog.String("backend", ""), slog.String("error", code))
 }
 
 // headAsGET serves a HEAD request with h as the GET it stands for: h, the

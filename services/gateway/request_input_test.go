@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -289,6 +291,54 @@ func TestUnknownPathsAreNamedAsSent(t *testing.T) {
 	}
 	if hits.Load() != 0 {
 		t.Fatalf("%d requests reached the backend", hits.Load())
+	}
+}
+
+// TestUnroutedRequestsAreLogged: a request no route takes (a client whose
+// base URL lacks /v1, a wrong method) has its access line, with the path as
+// sent (bounded) and the id its reply names, and no key or query in it.
+func TestUnroutedRequestsAreLogged(t *testing.T) {
+	cfg := parseConfig(t, fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q}]\n", "http://127.0.0.1:1", testKey))
+	lines := make(chan map[string]string, 10)
+	g, err := New(Options{Config: cfg, Events: newSink(), Logger: slog.New(recordHandler{out: lines})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := "/" + strings.Repeat("x", 2*maxLoggedPath)
+	for _, c := range []struct {
+		method, target, path string
+		status               int
+		code                 string
+	}{
+		{"POST", "/chat/completions?key=" + testKey, "/chat/completions", 404, "unknown_url"},
+		{"GET", "/v1/chat/completions", "/v1/chat/completions", 405, "method_not_allowed"},
+		{"GET", long, long[:maxLoggedPath] + "…", 404, "unknown_url"},
+	} {
+		req := httptest.NewRequest(c.method, c.target, strings.NewReader(`{}`))
+		req.Header.Set("Authorization", "Bearer "+testKey)
+		w := httptest.NewRecorder()
+		g.Handler().ServeHTTP(w, req)
+		var l map[string]string
+		for len(lines) > 0 && l == nil {
+			if m := <-lines; m["msg"] == "request" {
+				l = m
+			}
+		}
+		switch {
+		case w.Code != c.status:
+			t.Errorf("%s %s: %d, want %d", c.method, c.target, w.Code, c.status)
+		case l == nil:
+			t.Errorf("%s %s: no access line", c.method, c.target)
+		case l["path"] != c.path || l["method"] != c.method || l["status"] != strconv.Itoa(c.status) || l["error"] != c.code:
+			t.Errorf("%s %s: access line %v, want path %q, status %d, error %s", c.method, c.target, l, c.path, c.status, c.code)
+		case l["request_id"] == "" || l["request_id"] != w.Header().Get("X-Request-Id"):
+			t.Errorf("%s %s: access line's request_id %q, reply's X-Request-Id %q", c.method, c.target, l["request_id"], w.Header().Get("X-Request-Id"))
+		}
+		for _, v := range l {
+			if strings.Contains(v, testKey) {
+				t.Errorf("%s %s: the access line holds the key: %v", c.method, c.target, l)
+			}
+		}
 	}
 }
 
