@@ -279,6 +279,34 @@ func TestClientLeavesMidStream(t *testing.T) {
 
 const estimatedSource = events.UsageSourceEstimated
 
+// TestEstimateCountsTokenIDsAndImages: a prompt the gateway must estimate
+// (the backend reports no usage) counts one token per id of a prompt given
+// as token ids, and auth.defaults.image_tokens per image, as its
+// reservation does: a prompt of ids is not billed as empty.
+func TestEstimateCountsTokenIDsAndImages(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1]}]}`))
+	}))
+	defer backend.Close()
+	gw, s := gatewayFromYAML(t, fmt.Sprintf("backends: [{url: %q}]\nauth: {defaults: {image_tokens: 100}}\napi_keys: [{key: %q}]\n", backend.URL, testKey))
+	for _, c := range []struct {
+		path, body string
+		prompt     int64
+	}{
+		{"/v1/embeddings", `{"model":"m1","input":[[1,2,3,4,5,6,7,8,9,10],[11,12,13]]}`, 13},
+		{"/v1/completions", `{"model":"m1","prompt":[1,2,3,4,5]}`, 5},
+		{"/v1/chat/completions", `{"model":"m1","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:,"}}]}]}`, 3 + 3 + 100},
+	} {
+		resp, body := do(t, "POST", gw.URL+c.path, c.body, withKey())
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: %d %s", c.path, resp.StatusCode, body)
+		}
+		if ev := s.next(t); ev.UsageSource != estimatedSource || ev.Usage.PromptTokens != c.prompt {
+			t.Errorf("%s: prompt tokens %d (%s), want %d", c.path, ev.Usage.PromptTokens, ev.UsageSource, c.prompt)
+		}
+	}
+}
+
 func TestBackendFailureMidStreamEndsWithErrorEvent(t *testing.T) {
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/event-stream")

@@ -1212,7 +1212,7 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 				"request_id", x.requestID, "backend", x.upstream.Name, "max", events.MaxTokenCount)
 		}
 		if !res.PromptKnown {
-			res.PromptTokens = min(usage.EstimatePrompt(x.info), events.MaxTokenCount)
+			res.PromptTokens = min(usage.EstimatePrompt(x.info, x.rt.cfg.Auth.Defaults.ImageTokens), events.MaxTokenCount)
 		}
 		if !res.Found {
 			res.CompletionTokens = min(estimateCompletion(res), events.MaxTokenCount)

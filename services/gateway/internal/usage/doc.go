@@ -30,7 +30,7 @@
 //	}
 //	r := ex.Result()
 //	if !r.PromptKnown {
-//		r.PromptTokens = usage.EstimatePrompt(info)
+//		r.PromptTokens = usage.EstimatePrompt(info, imageTokens)
 //	}
 //	if !r.Found {
 //		r.CompletionTokens = int64(usage.CountTokens(r.Text)) // scale by r.TextBytes if r.TextTruncated

@@ -1,6 +1,7 @@
 package usage
 
 import (
+	"math"
 	"sync"
 	"unicode"
 	"unicode/utf8"
@@ -158,12 +159,29 @@ func runeClass(r rune) int {
 }
 
 // EstimatePrompt estimates the prompt tokens of a request: the tokens of its
-// prompt text, plus, for chat requests, tokensPerMessage per message and
-// tokensPerReply.
-func EstimatePrompt(info RequestInfo) int64 {
+// prompt text, one per token id of a prompt given as ids, imageTokens per
+// image, plus, for chat requests, tokensPerMessage per message and
+// tokensPerReply. The sum saturates at math.MaxInt64.
+func EstimatePrompt(info RequestInfo, imageTokens int64) int64 {
 	n := int64(CountTokens(info.Prompt))
 	if info.Messages > 0 {
 		n += int64(info.Messages)*tokensPerMessage + tokensPerReply
 	}
+	n = addSat(n, info.PromptTokenIDs)
+	if info.Images > 0 && imageTokens > 0 {
+		img := int64(math.MaxInt64)
+		if info.Images <= math.MaxInt64/imageTokens {
+			img = info.Images * imageTokens
+		}
+		n = addSat(n, img)
+	}
 	return n
+}
+
+// addSat is a + b for non-negative a and b, at most math.MaxInt64.
+func addSat(a, b int64) int64 {
+	if b > math.MaxInt64-a {
+		return math.MaxInt64
+	}
+	return a + b
 }

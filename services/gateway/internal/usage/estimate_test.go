@@ -1,6 +1,7 @@
 package usage
 
 import (
+	"math"
 	"strings"
 	"sync"
 	"testing"
@@ -47,11 +48,30 @@ func TestEstimatePrompt(t *testing.T) {
 		t.Fatal(err)
 	}
 	// "hello world\nhello world" is 5 tokens; 2 messages × 3 + 3 reply.
-	if got := EstimatePrompt(info); got != 5+2*3+3 {
+	if got := EstimatePrompt(info, 0); got != 5+2*3+3 {
 		t.Errorf("EstimatePrompt = %d, want 14", got)
 	}
-	if got := EstimatePrompt(RequestInfo{Prompt: "hello world"}); got != 2 {
+	if got := EstimatePrompt(RequestInfo{Prompt: "hello world"}, 0); got != 2 {
 		t.Errorf("EstimatePrompt(prompt) = %d, want 2", got)
+	}
+	// A prompt of token ids counts one token per id; an image counts the
+	// configured allowance, as in the reservation.
+	info, err = ParseRequest([]byte(`{"model":"m","input":[[1,2,3,4,5,6,7,8,9,10],[11,12,13]]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := EstimatePrompt(info, 0); got != 13 {
+		t.Errorf("EstimatePrompt(token ids) = %d, want 13", got)
+	}
+	info, err = ParseRequest([]byte(`{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hello world"},{"type":"image_url","image_url":{"url":"data:,"}},{"type":"image_url","image_url":{"url":"data:,"}}]}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := EstimatePrompt(info, 100); got != 2+3+3+200 {
+		t.Errorf("EstimatePrompt(two images at 100) = %d, want 208", got)
+	}
+	if got := EstimatePrompt(RequestInfo{Images: 3, PromptTokenIDs: 5}, math.MaxInt64/2); got != math.MaxInt64 {
+		t.Errorf("EstimatePrompt(images past int64) = %d, want MaxInt64", got)
 	}
 }
 

@@ -40,7 +40,8 @@ type RequestInfo struct {
 	// an array of integers, or of such arrays).
 	PromptTokenIDs int64
 	// Choices is how many completions the request asks for: the largest of
-	// n and best_of (OpenAI, vLLM), at least 1.
+	// n and best_of (OpenAI, vLLM) and TGI's parameters.best_of, at least
+	// 1.
 	Choices int64
 	// Images is how many images the prompt holds: content parts of type
 	// image_url (OpenAI chat), input_image (Responses) or image
@@ -70,6 +71,7 @@ type requestBody struct {
 	} `json:"options"`
 	Parameters *struct {
 		MaxNewTokens *int64 `json:"max_new_tokens"`
+		BestOf       *int64 `json:"best_of"`
 	} `json:"parameters"`
 	Messages     []requestMessage `json:"messages"`
 	System       json.RawMessage  `json:"system"`
@@ -136,7 +138,11 @@ func ParseRequest(body []byte) (RequestInfo, error) {
 	}
 
 	info.Choices = 1
-	for _, c := range [2]*int64{r.N, r.BestOf} {
+	choices := [3]*int64{r.N, r.BestOf}
+	if r.Parameters != nil {
+		choices[2] = r.Parameters.BestOf
+	}
+	for _, c := range choices {
 		if c != nil && *c > info.Choices {
 			info.Choices = *c
 		}

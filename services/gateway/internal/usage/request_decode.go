@@ -13,7 +13,7 @@ var (
 		"stream_options", "options", "parameters", "messages", "system", "instructions", "prompt", "input", "inputs", "tools", "images"}
 	streamOptionKeys = []string{"include_usage"}
 	optionKeys       = []string{"num_predict"}
-	parameterKeys    = []string{"max_new_tokens"}
+	parameterKeys    = []string{"max_new_tokens", "best_of"}
 	messageKeys      = []string{"content", "tool_calls", "images"}
 	toolCallKeys     = []string{"function"}
 	functionKeys     = []string{"arguments"}
@@ -73,8 +73,14 @@ func decodeRequest(body []byte, r *requestBody) bool {
 		case "parameters":
 			r.Parameters = &struct {
 				MaxNewTokens *int64 `json:"max_new_tokens"`
+				BestOf       *int64 `json:"best_of"`
 			}{}
-			return walkObject(v, parameterKeys, func(_ int, v []byte) bool { return decodeCount(v, &r.Parameters.MaxNewTokens) })
+			return walkObject(v, parameterKeys, func(i int, v []byte) bool {
+				if i == 1 {
+					return decodeCount(v, &r.Parameters.BestOf)
+				}
+				return decodeCount(v, &r.Parameters.MaxNewTokens)
+			})
 		case "messages":
 			return decodeMessages(v, r)
 		case "system":

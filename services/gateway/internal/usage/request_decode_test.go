@@ -20,6 +20,7 @@ var requestSeeds = []string{
 	`{"messages":[{"tool_calls":[{"function":null}]}]}`, `{"messages":[{"content":"a","content":"b"}]}`, `{"ſtream":true}`,
 	`{"options":{"num_predict":1,"num_predict":2}}`, `{"options":[]}`, `{"max_completion_tokens":0}`, `{"mo\u0064el":"x"}`,
 	`{"n":3,"best_of":5}`, `{"n":null}`, `{"n":"2"}`, `{"best_of":1.5}`, `{"N":2}`, `{"prompt":[1,2,[3]]}`,
+	`{"parameters":{"best_of":2,"max_new_tokens":3}}`, `{"parameters":{"best_of":null}}`, `{"parameters":{"best_of":"2"}}`,
 }
 
 // TestDecodeRequestMatchesEncodingJSON checks that whenever decodeRequest

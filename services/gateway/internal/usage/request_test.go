@@ -96,6 +96,8 @@ func TestParseRequest(t *testing.T) {
 			RequestInfo{Choices: 1, Stream: true, StreamSet: true}},
 		{"n and best_of", `{"model":"m","n":3,"best_of":5,"max_tokens":10,"messages":[{"role":"user","content":"x"}]}`,
 			RequestInfo{Choices: 5, Model: "m", MaxTokens: 10, Messages: 1, Prompt: "x"}},
+		{"tgi best_of", `{"inputs":"x","parameters":{"best_of":2,"max_new_tokens":10}}`,
+			RequestInfo{Choices: 2, MaxTokens: 10, Prompt: "x"}},
 		{"n", `{"model":"m","n":4,"messages":[{"role":"user","content":"x"}]}`,
 			RequestInfo{Choices: 4, Model: "m", Messages: 1, Prompt: "x"}},
 		{"token-id prompt", `{"model":"m","prompt":[1,2,3,4],"max_tokens":16}`,
