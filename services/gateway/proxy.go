@@ -994,6 +994,10 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 				}
 			}
 			if err != nil {
+				// What ends the stream may follow a long silence (a
+				// read_timeout longer than send_timeout): it gets the
+				// send_timeout of its own.
+				pace.arm()
 				if err != io.EOF && writeErr == nil && ctx.Err() != nil {
 					// The client left; the request's context cancelled
 					// the backend read.

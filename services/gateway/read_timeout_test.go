@@ -67,14 +67,25 @@ func wedgedHandler(first bool, cut chan<- struct{}) http.HandlerFunc {
 // event records backend_read_timeout and bills what was delivered, and the
 // backend's request, its upstream slot and the key's concurrency slot are
 // all free again.
+//
+// With a send_timeout shorter than the silence, the error ending still
+// reaches the client: it is a write of its own, not one the silence
+// overran.
 func TestReadTimeoutCutsAStalledStream(t *testing.T) {
+	for _, send := range []string{"60s", "100ms"} {
+		t.Run("send_timeout "+send, func(t *testing.T) { testReadTimeoutCutsAStalledStream(t, send) })
+	}
+}
+
+func testReadTimeoutCutsAStalledStream(t *testing.T, send string) {
 	const read = 300 * time.Millisecond
 	cut := make(chan struct{})
 	backend := wedgedBackend(t, true, cut)
 	g, gw, s := readTimeoutGateway(t, fmt.Sprintf(`
+server: {send_timeout: %s}
 backends: [{url: %q, name: wedged, read_timeout: %s}]
 api_keys: [{key: %q, limits: {max_concurrent: 1}}]
-`, backend.URL, read, testKey))
+`, send, backend.URL, read, testKey))
 
 	client := &http.Client{Timeout: 10 * time.Second}
 	req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`))
