@@ -2,19 +2,20 @@ package usage
 
 import "bytes"
 
-var nullUsage = []byte(`"usage":null`)
+var usageName = []byte(`"usage"`)
 
 // StripNullUsage removes the `"usage":null` member that OpenAI-style
 // engines add to every chunk of a stream asked for with include_usage, so
 // that a client who did not ask sees the chunks the engine would have sent
-// it. ev is edited in place and returned; an event without the member is
-// returned untouched.
+// it. The member may have spaces around its colon (Python's json.dumps
+// writes `"usage": null`). ev is edited in place and returned; an event
+// without the member is returned untouched.
 func StripNullUsage(ev []byte) []byte {
-	i := bytes.Index(ev, nullUsage)
+	i, end := nullUsageMember(ev)
 	if i < 0 {
 		return ev
 	}
-	start, end := i, i+len(nullUsage)
+	start := i
 	// Take one neighbouring comma (and the spaces around it) with it.
 	j := end
 	for j < len(ev) && (ev[j] == ' ' || ev[j] == '\t') {
@@ -35,4 +36,32 @@ func StripNullUsage(ev []byte) []byte {
 		}
 	}
 	return append(ev[:start], ev[end:]...)
+}
+
+// nullUsageMember finds a `"usage"` name followed by a colon and null,
+// with optional JSON whitespace between them, and returns where the member
+// starts and ends; -1 when ev has none. A string value is never followed
+// by a colon, and a quote escaped inside a name starts nothing.
+func nullUsageMember(ev []byte) (start, end int) {
+	for off := 0; ; {
+		i := bytes.Index(ev[off:], usageName)
+		if i < 0 {
+			return -1, -1
+		}
+		i += off
+		bs := 0 // backslashes before the quote: odd, it is escaped
+		for k := i - 1; k >= 0 && ev[k] == '\\'; k-- {
+			bs++
+		}
+		j := skipWS(ev, i+len(usageName))
+		if bs%2 == 0 && j < len(ev) && ev[j] == ':' {
+			j = skipWS(ev, j+1)
+			if bytes.HasPrefix(ev[j:], []byte("null")) {
+				if k := skipWS(ev, j+len("null")); k < len(ev) && (ev[k] == ',' || ev[k] == '}') {
+					return i, j + len("null")
+				}
+			}
+		}
+		off = i + len(usageName)
+	}
 }

@@ -12,6 +12,14 @@ func TestStripNullUsage(t *testing.T) {
 		`data: {"id":"a", "usage":null, "x":1}` + "\n\n":                                                `data: {"id":"a", "x":1}` + "\n\n",
 		`data: {"id":"a","usage":{"prompt_tokens":1}}` + "\n\n":                                         `data: {"id":"a","usage":{"prompt_tokens":1}}` + "\n\n",
 		`data: {"id":"a","choices":[{"delta":{"content":"x"}}],"usage":null,"mock_sent_ns":1}` + "\n\n": `data: {"id":"a","choices":[{"delta":{"content":"x"}}],"mock_sent_ns":1}` + "\n\n",
+		// Python's json.dumps separators.
+		`data: {"id": "c1", "choices": [], "usage": null}` + "\n\n": `data: {"id": "c1", "choices": []}` + "\n\n",
+		`data: {"usage" : null, "id": "c1"}` + "\n\n":               `data: {"id": "c1"}` + "\n\n",
+		// Not the member: a string value "usage", a name with an
+		// escaped quote before usage, a usage that is not null.
+		`data: {"x":"usage","usage": null}` + "\n\n": `data: {"x":"usage"}` + "\n\n",
+		`data: {"a\"usage": null}` + "\n\n":          `data: {"a\"usage": null}` + "\n\n",
+		`data: {"usage": nullx}` + "\n\n":            `data: {"usage": nullx}` + "\n\n",
 	}
 	for in, want := range cases {
 		got := string(StripNullUsage([]byte(in)))
@@ -24,6 +32,8 @@ func TestStripNullUsage(t *testing.T) {
 func FuzzStripNullUsage(f *testing.F) {
 	f.Add([]byte(`{"a":1,"usage":null}`))
 	f.Add([]byte(`{"usage":null}`))
+	f.Add([]byte(`{"id": "a", "usage" :  null}`))
+	f.Add([]byte(`{"a\\\"usage": null, "usage": null}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		valid := json.Valid(b)
 		out := StripNullUsage(append([]byte(nil), b...))
