@@ -291,13 +291,16 @@ func rateLimitHeaders(d ledger.Decision) http.Header {
 	return h
 }
 
-// resetString writes a duration as OpenAI does ("1s", "6m0s", "20ms").
+// resetString writes a duration as OpenAI does ("1s", "6m0s", "20ms",
+// "59.301s"), rounded up to the millisecond: a client that waits for it
+// is not back before the limit has room.
 func resetString(d time.Duration) string {
 	if d <= 0 {
 		return "0s"
 	}
+	d = (d + time.Millisecond - 1).Truncate(time.Millisecond)
 	if d < time.Second {
 		return strconv.FormatInt(d.Milliseconds(), 10) + "ms"
 	}
-	return d.Round(time.Second).String()
+	return d.String()
 }

@@ -362,6 +362,32 @@ func TestRefusalsCarryRateLimitHeaders(t *testing.T) {
 	}
 }
 
+// TestResetString: the x-ratelimit-reset-* durations are OpenAI's
+// format, rounded up to the millisecond: never before the limit has room.
+func TestResetString(t *testing.T) {
+	for _, c := range []struct {
+		d    time.Duration
+		want string
+	}{
+		{0, "0s"},
+		{-time.Second, "0s"},
+		{time.Nanosecond, "1ms"},
+		{20 * time.Millisecond, "20ms"},
+		{999*time.Millisecond + 1, "1s"},
+		{time.Second, "1s"},
+		{59*time.Second + 300*time.Millisecond + 1, "59.301s"},
+		{6 * time.Minute, "6m0s"},
+	} {
+		got := resetString(c.d)
+		if got != c.want {
+			t.Errorf("resetString(%v) = %q, want %q", c.d, got, c.want)
+		}
+		if d, err := time.ParseDuration(got); err != nil || d < c.d {
+			t.Errorf("resetString(%v) = %q: parses as %v, %v; want no less than the wait", c.d, got, d, err)
+		}
+	}
+}
+
 func TestRefusedBy(t *testing.T) {
 	req := ledger.AdmitRequest{Global: ledger.GlobalLimit{RPS: 2.5}, Limits: ledger.KeyLimits{RPM: 100, MaxConcurrent: 3}}
 	rpm := ledger.Decision{LimitRequests: 100, RemainingRequests: 40, ResetRequests: 30 * time.Second, LimitTokens: 1000, RemainingTokens: 10, RetryAfter: 400 * time.Millisecond}
