@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -714,5 +715,34 @@ func TestStalledWhileNothingIsAcked(t *testing.T) {
 	waitFor(t, 5*time.Second, "the event published", func() bool { return p.Depth() == 0 })
 	if d, _ := p.Stalled(); d != 0 {
 		t.Fatalf("stalled %s after an ack", d)
+	}
+}
+
+// TestNeverConnectedSaysSo: a publisher whose NATS has not been reachable
+// since the start says that NATS is not connected, not nats.go's "headers
+// not supported by this server", which would send an operator to upgrade
+// a server that is only down.
+func TestNeverConnectedSaysSo(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	nc, err := nats.Connect("nats://"+dead, nats.RetryOnFailedConnect(true), nats.MaxReconnects(-1), nats.ReconnectWait(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPublisher(t, js, t.TempDir(), testOptions(prometheus.NewRegistry()))
+	defer closePublisher(t, p)
+	p.Publish(event(0))
+	waitFor(t, 5*time.Second, "a failed publish", func() bool { d, _ := p.Stalled(); return d > 0 })
+	if _, msg := p.Stalled(); msg != errNotConnected.Error() {
+		t.Fatalf("stalled on %q; want %q", msg, errNotConnected)
 	}
 }

@@ -61,6 +61,7 @@ func (p *Publisher) sendLoop() {
 
 	// fail handles a failed publish and reports whether the loop must stop.
 	fail := func(err error) bool {
+		err = p.explain(err)
 		p.m.failures.Inc()
 		now := time.Now()
 		p.stalledSince.CompareAndSwap(0, now.UnixNano())
@@ -266,4 +267,22 @@ func resolvedOK(f jetstream.PubAckFuture) bool {
 	default:
 		return false
 	}
+}
+
+// errNotConnected stands for the error nats.go gives a publish with
+// headers before its connection has ever reached a server: that the server
+// does not support headers, which would send an operator to upgrade a NATS
+// server that is merely down.
+var errNotConnected = errors.New("nats is not connected")
+
+// explain returns err, or errNotConnected when err only says that a
+// connection that has not connected yet does not know the server supports
+// headers.
+func (p *Publisher) explain(err error) error {
+	if errors.Is(err, nats.ErrHeadersNotSupported) {
+		if nc := p.js.Conn(); nc != nil && !nc.IsConnected() {
+			return errNotConnected
+		}
+	}
+	return err
 }
