@@ -381,7 +381,7 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 				return readyFn(ctx)
 			}
 		}
-		admin, err = startAdmin(cfg, reg, lh, periods, func() string { return *authStorage.Load() }, adminReady, log, errc)
+		admin, err = startAdmin(cfg, target, reg, lh, periods, func() string { return *authStorage.Load() }, adminReady, log, errc)
 		if err != nil {
 			return err
 		}
@@ -444,7 +444,7 @@ wait:
 // Events it could not publish stay in the outbox for the next start.
 const flushTimeout = 10 * time.Second
 
-func startAdmin(cfg *config.Config, reg *prometheus.Registry, lh *ledgerHandle, periods *livePeriods, authStorage func() string, ready func(context.Context) error, log *slog.Logger, errc chan<- error) (*http.Server, error) {
+func startAdmin(cfg *config.Config, target string, reg *prometheus.Registry, lh *ledgerHandle, periods *livePeriods, authStorage func() string, ready func(context.Context) error, log *slog.Logger, errc chan<- error) (*http.Server, error) {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
@@ -459,9 +459,11 @@ func startAdmin(cfg *config.Config, reg *prometheus.Registry, lh *ledgerHandle, 
 	if lh != nil {
 		store = lh.store
 	}
-	mux.Handle("/admin/", gateway.AdminHandler(gateway.AdminOptions{
-		Token: cfg.Admin.Token, Ledger: store, PeriodOf: periods.of,
-	}))
+	opts := gateway.AdminOptions{Token: cfg.Admin.Token, Ledger: store, PeriodOf: periods.of}
+	if target == "notifier" || target == "recorder" {
+		opts.NotServed = "--target " + target + " serves no admin API: ask the admin listener of a gateway or a meter (or run llmproxy usage / llmproxy keys)"
+	}
+	mux.Handle("/admin/", gateway.AdminHandler(opts))
 	mux.Handle("/debug/pprof/", gateway.ProfileHandler(cfg.Admin.Token))
 	if lh != nil && lh.rdb != nil {
 		keysAPI := gateway.AdminKeysHandler(lh.rdb, redisPrefix(cfg), cfg.Admin.Token, authStorage)

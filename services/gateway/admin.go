@@ -21,6 +21,10 @@ type AdminOptions struct {
 	// PeriodOf returns a key's quota period ("" when unknown).
 	PeriodOf func(keyID string) ledger.Period
 	Now      func() time.Time
+	// NotServed, when set, says why this process serves neither the
+	// usage API (it has no ledger) nor the key API, and where to ask
+	// instead: the admin listener of a notifier or a recorder.
+	NotServed string
 }
 
 // AdminHandler serves the admin API (GET /admin/usage) on its own listener.
@@ -28,7 +32,11 @@ func AdminHandler(o AdminOptions) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /admin/usage", func(w http.ResponseWriter, r *http.Request) {
 		if o.Ledger == nil {
-			apierr.Write(w, apierr.Unavailable("no_ledger", "this process has no ledger"))
+			msg := "this process has no ledger"
+			if o.NotServed != "" {
+				msg = o.NotServed
+			}
+			apierr.Write(w, apierr.NotFound("no_ledger", msg))
 			return
 		}
 		q := r.URL.Query()
@@ -55,6 +63,10 @@ func AdminHandler(o AdminOptions) http.Handler {
 	// The key API is mounted beside this handler only with Redis; without
 	// it, say so rather than that the path is unknown.
 	noKeys := func(w http.ResponseWriter, _ *http.Request) {
+		if o.NotServed != "" {
+			apierr.Write(w, apierr.NotFound("not_served_here", o.NotServed))
+			return
+		}
 		apierr.Write(w, apierr.NotFound("key_store_not_configured",
 			"the key API needs the Redis key store: set redis.url and auth.storage: redis"))
 	}

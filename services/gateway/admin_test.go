@@ -24,6 +24,10 @@ func TestAdminRouteErrorsAreJSON(t *testing.T) {
 	// Redis there, but the gateway takes its keys from the file.
 	fileKeys := httptest.NewServer(AdminKeysHandler(rdb, prefix, token, func() string { return "file" }))
 	defer fileKeys.Close()
+	// A notifier's or recorder's admin listener: neither API is served
+	// there, whatever the config says.
+	notifier := httptest.NewServer(AdminHandler(AdminOptions{Token: token, NotServed: "--target notifier serves no admin API"}))
+	defer notifier.Close()
 
 	tests := []struct {
 		srv          *httptest.Server
@@ -36,7 +40,11 @@ func TestAdminRouteErrorsAreJSON(t *testing.T) {
 		{usage, "POST", "/admin/usage", "", 401, "invalid_api_key", ""},
 		{usage, "GET", "/admin/nothing", token, 404, "unknown_url", ""},
 		{usage, "GET", "/admin/nothing", "", 401, "invalid_api_key", ""},
+		{usage, "GET", "/admin/usage", token, 404, "no_ledger", ""},
 		{usage, "GET", "/admin/keys", token, 404, "key_store_not_configured", ""},
+		{notifier, "GET", "/admin/usage", token, 404, "no_ledger", ""},
+		{notifier, "GET", "/admin/keys", token, 404, "not_served_here", ""},
+		{notifier, "POST", "/admin/keys/alice/disable", token, 404, "not_served_here", ""},
 		{usage, "POST", "/admin/keys/alice/disable", token, 404, "key_store_not_configured", ""},
 		{keysAPI, "PUT", "/admin/keys", token, 405, "method_not_allowed", "POST"},
 		{keysAPI, "PATCH", "/admin/keys/alice", token, 405, "method_not_allowed", "DELETE"},
