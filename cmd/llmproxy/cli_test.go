@@ -215,3 +215,25 @@ func TestCommandsRefuseStrayArguments(t *testing.T) {
 		}
 	}
 }
+
+// TestCommandsRefuseFlagsThatDoNotFit: flags that the command would ignore
+// or read one of two ways are refused with a line saying why, before
+// anything is read or changed: --all with a filter or outside discard, a
+// --limit that shows nothing.
+func TestCommandsRefuseFlagsThatDoNotFit(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		says string
+	}{
+		{[]string{"webhooks", "dlq", "discard", "--config", "F", "--id", "3", "--all"}, "--all is for discard alone"},
+		{[]string{"webhooks", "dlq", "discard", "--config", "F", "--endpoint", "audit", "--all"}, "--all is for discard alone"},
+		{[]string{"webhooks", "dlq", "replay", "--config", "F", "--all"}, "--all is for discard alone"},
+		{[]string{"logs", "--config", "F", "--limit", "0"}, "--limit"},
+		{[]string{"logs", "--config", "F", "--limit", "-1"}, "--limit"},
+	} {
+		code, stdout, stderr := runSelf(t, c.args...)
+		if code != 2 || stdout != "" || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, c.says) {
+			t.Errorf("%v = %d, %q, %q; want 2 and one line saying %q", c.args, code, stdout, stderr, c.says)
+		}
+	}
+}

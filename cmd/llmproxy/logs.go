@@ -47,6 +47,10 @@ func runLogs(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, logsUsage)
 		return 2
 	}
+	if *limit <= 0 {
+		fmt.Fprintln(stderr, "llmproxy logs: --limit: want a number of requests above 0, got", *limit)
+		return 2
+	}
 	f := recorder.Filter{KeyID: *key, RequestID: *requestID, ClientRequestID: *clientID, Status: *status, Limit: *limit}
 	if *since != "" {
 		t, err := parseSince(*since, time.Now())

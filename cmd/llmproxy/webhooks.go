@@ -49,6 +49,12 @@ func runWebhooks(args []string, stdout, stderr io.Writer) int {
 	if code, ok := parseOnlyFlags(fs, args[2:], stdout, stderr); !ok {
 		return code
 	}
+	if *all && (args[1] != "discard" || *id != "" || *endpoint != "") {
+		// --all with a filter would be read one way by one reader and
+		// the other way by another: refuse rather than choose.
+		fmt.Fprintln(stderr, "llmproxy webhooks dlq "+args[1]+": --all is for discard alone, without --id or --endpoint")
+		return 2
+	}
 	if args[1] == "discard" && *id == "" && *endpoint == "" && !*all {
 		// Deleting is for good: what to delete is said, never implied.
 		fmt.Fprintln(stderr, "llmproxy webhooks dlq discard: say which: --id ID, --endpoint NAME or --all")

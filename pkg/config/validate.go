@@ -171,7 +171,7 @@ func (v *checker) backends() {
 	}
 	names := map[string]int{}
 	urls := map[string]int{}
-	anyWeight := false
+	anyWeight, negWeight := false, false // a negative weight has its own error
 	for i, b := range c.Backends {
 		p := fmt.Sprintf("backends[%d]", i)
 		if b.URL == "" {
@@ -205,6 +205,7 @@ func (v *checker) backends() {
 			v.add(p+".weight", "must not be negative, got %d", b.Weight)
 		}
 		anyWeight = anyWeight || b.Weight > 0
+		negWeight = negWeight || b.Weight < 0
 		for j, m := range b.Models {
 			if strings.TrimSpace(m) == "" {
 				v.add(fmt.Sprintf("%s.models[%d]", p, j), "empty model name")
@@ -224,7 +225,9 @@ func (v *checker) backends() {
 		}
 	}
 	if !anyWeight {
-		v.add("backends", "every backend has weight 0; at least one needs a weight above 0 to get traffic")
+		if !negWeight {
+			v.add("backends", "every backend has weight 0; at least one needs a weight above 0 to get traffic")
+		}
 		return
 	}
 	// A backend with weight 0 is a standby, reached only through the

@@ -398,3 +398,14 @@ func TestBackendReadTimeout(t *testing.T) {
 		t.Errorf("written 90s: read_timeout %v", got)
 	}
 }
+
+// TestNegativeWeightIsOneError: a backend list whose only weight is
+// negative gets that error alone, not also "every backend has weight 0",
+// which is not what the file says.
+func TestNegativeWeightIsOneError(t *testing.T) {
+	_, err := Parse([]byte("backends:\n  - url: http://a:1\n    weight: -1\n"), "w.yaml")
+	errs := mustErrors(t, err)
+	if len(errs.List) != 1 || !strings.Contains(errs.List[0].Error(), "w.yaml:3: key backends[0].weight: must not be negative, got -1") {
+		t.Fatalf("errors:\n%v\nwant only the negative weight's", err)
+	}
+}
