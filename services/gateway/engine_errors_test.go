@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -108,5 +109,39 @@ func TestEngineErrorEventsInStreams(t *testing.T) {
 				t.Errorf("event usage %+v (%s), want none billed for an error before any output", ev.Usage, ev.UsageSource)
 			}
 		})
+	}
+}
+
+// TestStreamRequestsAreStreamsInTheirEvent: a request that asks for a
+// stream the way its API does (Ollama's chat and generate without
+// "stream", TGI's /generate_stream) is recorded as one, is_stream true,
+// also when the backend's error reply means nothing was streamed.
+func TestStreamRequestsAreStreamsInTheirEvent(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusInternalServerError)
+		_, _ = w.Write([]byte(`{"error":"model failed to load"}`))
+	}))
+	defer backend.Close()
+	gw, s := gatewayFromYAML(t, fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q}]\n", backend.URL, testKey))
+	for _, c := range []struct {
+		path, body string
+		stream     bool
+	}{
+		{"/api/chat", `{"model":"m1","messages":[{"role":"user","content":"hi"}]}`, true},
+		{"/api/generate", `{"model":"m1","prompt":"hi"}`, true},
+		{"/api/chat", `{"model":"m1","stream":false,"messages":[{"role":"user","content":"hi"}]}`, false},
+		{"/generate_stream", `{"inputs":"hi"}`, true},
+		{"/generate", `{"inputs":"hi"}`, false},
+		{"/v1/chat/completions", `{"model":"m1","stream":true}`, true},
+		{"/v1/chat/completions", `{"model":"m1"}`, false},
+	} {
+		resp, body := do(t, "POST", gw.URL+c.path, c.body, withKey())
+		if resp.StatusCode != 500 {
+			t.Fatalf("%s: %d %s", c.path, resp.StatusCode, body)
+		}
+		if ev := s.next(t); ev.IsStream != c.stream {
+			t.Errorf("%s %s: is_stream %v, want %v", c.path, c.body, ev.IsStream, c.stream)
+		}
 	}
 }

@@ -1235,7 +1235,7 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 			CompletionTokens: res.CompletionTokens,
 			TotalTokens:      res.PromptTokens + res.CompletionTokens,
 		},
-		IsStream:     x.info.Stream || x.streamed,
+		IsStream:     x.streams() || x.streamed,
 		Endpoint:     x.path,
 		Timestamp:    x.start.UTC(),
 		LatencyMS:    latency.Milliseconds(),
@@ -1299,7 +1299,7 @@ func (g *Gateway) observe(x *exchange) {
 		backend = x.upstream.Name
 	}
 	res := x.billed
-	g.metrics.requests.WithLabelValues(x.path, strconv.FormatBool(x.info.Stream || x.streamed), backend, strconv.Itoa(x.status)).Inc()
+	g.metrics.requests.WithLabelValues(x.path, strconv.FormatBool(x.streams() || x.streamed), backend, strconv.Itoa(x.status)).Inc()
 	g.metrics.latency.Observe(float64(x.latency.Microseconds()) / 1000)
 	// Only a reply that served the request is a sample: an engine's fast
 	// refusal would pull the percentiles down while clients are refused.
