@@ -26,6 +26,9 @@ type bus struct {
 	js       jetstream.JetStream
 	// streams is closed once the LLMPROXY and LLMPROXY_DLQ streams exist.
 	streams chan struct{}
+	// closing is set once the process closes the connection itself: the
+	// close is then no news, whatever error the connection last had.
+	closing atomic.Bool
 }
 
 // openBus connects to cfg's NATS, or starts the embedded server under
@@ -101,7 +104,10 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 		// A connection nats.go gives up on (the server refused the
 		// credentials, say) is closed for good: say why, once.
 		nats.ClosedHandler(func(c *nats.Conn) {
-			if err := c.LastError(); err != nil {
+			// LastError stays set after the trouble it names has
+			// passed (a slow consumer, a reconnect): it says why only
+			// when the process did not close the connection itself.
+			if err := c.LastError(); err != nil && !b.closing.Load() {
 				log.Error("nats connection closed; no more events are published or consumed until a restart", "err", err)
 			}
 		}),
@@ -227,6 +233,7 @@ func (b *bus) ready() error {
 }
 
 func (b *bus) close() {
+	b.closing.Store(true)
 	if b.nc != nil {
 		_ = b.nc.Drain()
 		deadline := time.Now().Add(5 * time.Second)

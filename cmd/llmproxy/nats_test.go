@@ -99,6 +99,12 @@ func TestBusLogsAsyncErrors(t *testing.T) {
 	if !strings.Contains(out.String(), "subject=probe.slow") {
 		t.Errorf("the log does not name the subscription:\n%s", out.String())
 	}
+	// The connection's last error stays the slow consumer: the process's
+	// own close of it is not logged as NATS giving up.
+	b.close()
+	if strings.Contains(out.String(), "nats connection closed") {
+		t.Errorf("a close of the process's own was logged as NATS giving up:\n%s", out.String())
+	}
 }
 
 // TestBusLogsNoToken: the "nats reconnected" line names the server
