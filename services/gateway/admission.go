@@ -203,9 +203,10 @@ func rejection(d ledger.Decision) *apierr.Error {
 	case ledger.ReasonQuota:
 		if d.HeldByReservations {
 			// The quota has room for the request once the key's
-			// requests in flight are settled: a rate limit, not an
-			// exhausted quota.
-			return apierr.RateLimited("rate_limit_exceeded", "this API key's token quota is held by its requests in flight; retry after "+strconv.Itoa(retry)+"s", retry)
+			// reservations are settled: a rate limit, not an exhausted
+			// quota. They may be of requests that have finished, whose
+			// usage no meter has recorded yet (a meter that is down).
+			return apierr.RateLimited("rate_limit_exceeded", "this API key's token quota is held by the reservations of its recent requests (in flight, or finished and their usage not yet recorded); retry after "+strconv.Itoa(retry)+"s", retry)
 		}
 		// The refusal does not say which: the quota may have nothing
 		// left, or less than the request reserves.
