@@ -218,6 +218,23 @@ func (b *bus) waitStreams(ctx context.Context) error {
 	}
 }
 
+// jetStreamReady reports whether the NATS server answers JetStream
+// requests: a worker (meter, notifier, recorder) connected to a server
+// without JetStream, or whose JetStream cluster has no quorum, is
+// connected and can do nothing. It asks the server, so it is for /readyz,
+// not for every request.
+func (b *bus) jetStreamReady(ctx context.Context) error {
+	if b.js == nil {
+		return errors.New("nats jetstream: not connected")
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := b.js.AccountInfo(ctx); err != nil {
+		return fmt.Errorf("nats jetstream: %w", err)
+	}
+	return nil
+}
+
 // ready reports whether NATS is connected and, for the embedded server,
 // whether its JetStream runs: the server turns JetStream off for good when
 // a store write fails (a full disk), and events then only wait in the

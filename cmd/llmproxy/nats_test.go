@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -355,5 +356,39 @@ func TestEmbeddedJetStreamOff(t *testing.T) {
 	}
 	if err := b.ready(); err == nil || !strings.Contains(err.Error(), "turned JetStream off") {
 		t.Fatalf("ready with JetStream off: %v", err)
+	}
+}
+
+// TestJetStreamReady: a worker's readiness asks the server for JetStream:
+// a server without it is connected but not ready.
+func TestJetStreamReady(t *testing.T) {
+	ns := startNATS(t, "127.0.0.1", -1)
+	plain, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go plain.Start()
+	if !plain.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server did not start")
+	}
+	t.Cleanup(func() { plain.Shutdown(); plain.WaitForShutdown() })
+	for _, c := range []struct {
+		name, url string
+		ok        bool
+	}{{"jetstream", ns.ClientURL(), true}, {"no jetstream", plain.ClientURL(), false}} {
+		t.Run(c.name, func(t *testing.T) {
+			b, err := connectBus(context.Background(), &config.Config{}, c.url, nil, nil, false, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.close()
+			if err := b.ready(); err != nil {
+				t.Fatalf("ready: %v", err)
+			}
+			err = b.jetStreamReady(context.Background())
+			if c.ok != (err == nil) || (err != nil && !strings.Contains(err.Error(), "jetstream")) {
+				t.Fatalf("jetStreamReady = %v, want ok %v", err, c.ok)
+			}
+		})
 	}
 }

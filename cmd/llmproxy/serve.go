@@ -262,6 +262,14 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 		if err := b.ready(); err != nil {
 			return err
 		}
+		// A worker connected to a NATS whose JetStream does not answer
+		// cannot pull; a gateway's outbox keeps its events, and its
+		// stall says so (Gateway.EventsReady).
+		if !runGateway {
+			if err := b.jetStreamReady(ctx); err != nil {
+				return err
+			}
+		}
 		if lh != nil && lh.ready != nil {
 			if err := lh.ready(ctx); err != nil {
 				return fmt.Errorf("redis: %w", err)
