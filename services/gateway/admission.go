@@ -119,7 +119,7 @@ func reservation(path string, info usage.RequestInfo, capTokens, imageTokens int
 	if path == "/v1/embeddings" || path == "/api/embed" {
 		return prompt
 	}
-	limit := info.MaxTokens
+	limit := info.CompletionCap(path)
 	if limit <= 0 {
 		limit = capTokens
 	}

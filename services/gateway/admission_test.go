@@ -49,6 +49,11 @@ func TestReservation(t *testing.T) {
 		{"token ids", "/v1/completions", usage.RequestInfo{PromptTokenIDs: 20000, MaxTokens: 16}, 0, 3 + 20000 + 16},
 		{"token ids, embeddings", "/v1/embeddings", usage.RequestInfo{PromptTokenIDs: 20000}, 0, 3 + 20000},
 		{"token ids past the bound", "/v1/embeddings", usage.RequestInfo{PromptTokenIDs: math.MaxInt64}, 0, maxReservation},
+		// Ollama's API caps with num_predict alone: a max_tokens beside
+		// it caps nothing there, and neither does one without it.
+		{"ollama num_predict", "/api/chat", usage.RequestInfo{Messages: 1, MaxTokens: 1, NumPredict: 500}, 50, 6 + 500},
+		{"ollama max_tokens alone", "/api/chat", usage.RequestInfo{Messages: 1, MaxTokens: 1}, 50, 6 + 50},
+		{"tgi max_new_tokens", "/generate", usage.RequestInfo{MaxTokens: 1, MaxNewTokens: 500}, 50, 3 + 500},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -23,12 +23,16 @@ type RequestInfo struct {
 	// absent, TGI streams by path (/generate_stream).
 	Stream    bool
 	StreamSet bool
-	// MaxTokens is the completion cap the client asked for: max_tokens
-	// (OpenAI, Anthropic), max_completion_tokens, max_output_tokens
-	// (Responses API), options.num_predict (Ollama) or
-	// parameters.max_new_tokens (TGI); 0 when absent. When several are
-	// present the first in that order wins.
+	// MaxTokens is the largest completion cap the client asked for in
+	// OpenAI's and Anthropic's fields: max_tokens, max_completion_tokens,
+	// max_output_tokens (Responses API); 0 when none is set. Engines do
+	// not agree which of them wins (vLLM takes max_completion_tokens over
+	// max_tokens), so only the largest bounds what any of them generates.
 	MaxTokens int64
+	// NumPredict is Ollama's options.num_predict and MaxNewTokens TGI's
+	// parameters.max_new_tokens, each 0 when absent or not positive
+	// (Ollama's -1 and -2: no cap).
+	NumPredict, MaxNewTokens int64
 	// IncludeUsage reports stream_options.include_usage == true as sent by
 	// the client.
 	IncludeUsage bool
@@ -122,19 +126,16 @@ func ParseRequest(body []byte) (RequestInfo, error) {
 	if r.StreamOptions != nil {
 		info.IncludeUsage = r.StreamOptions.IncludeUsage
 	}
-	var caps [5]*int64
-	caps[0], caps[1], caps[2] = r.MaxTokens, r.MaxCompletionTokens, r.MaxOutputTokens
-	if r.Options != nil {
-		caps[3] = r.Options.NumPredict
-	}
-	if r.Parameters != nil {
-		caps[4] = r.Parameters.MaxNewTokens
-	}
-	for _, c := range caps {
-		if c != nil && *c > 0 {
+	for _, c := range [3]*int64{r.MaxTokens, r.MaxCompletionTokens, r.MaxOutputTokens} {
+		if c != nil && *c > info.MaxTokens {
 			info.MaxTokens = *c
-			break
 		}
+	}
+	if r.Options != nil && r.Options.NumPredict != nil && *r.Options.NumPredict > 0 {
+		info.NumPredict = *r.Options.NumPredict
+	}
+	if r.Parameters != nil && r.Parameters.MaxNewTokens != nil && *r.Parameters.MaxNewTokens > 0 {
+		info.MaxNewTokens = *r.Parameters.MaxNewTokens
 	}
 
 	info.Choices = 1
@@ -356,4 +357,21 @@ func splice(body []byte, start, end int, ins string) []byte {
 	out = append(out, body[:start]...)
 	out = append(out, ins...)
 	return append(out, body[end:]...)
+}
+
+// CompletionCap is the most completion tokens (per choice) the engine
+// behind path generates for this request by the request's own fields; 0
+// when they set no cap. Ollama's own API reads only options.num_predict and
+// TGI's only parameters.max_new_tokens: a max_tokens beside them caps
+// nothing. Elsewhere (OpenAI's and Anthropic's APIs, an engine's OpenAI
+// server) it is the largest cap of any field the request sets, so that no
+// engine's reading of them generates more.
+func (info RequestInfo) CompletionCap(path string) int64 {
+	switch path {
+	case "/api/chat", "/api/generate":
+		return info.NumPredict
+	case "/generate", "/generate_stream":
+		return info.MaxNewTokens
+	}
+	return max(info.MaxTokens, info.NumPredict, info.MaxNewTokens)
 }

@@ -85,9 +85,9 @@ func TestParseRequest(t *testing.T) {
 		{"anthropic", `{"model":"claude","max_tokens":1024,"system":"Sys","messages":[{"role":"user","content":[{"type":"tool_result","tool_use_id":"t","content":[{"type":"text","text":"42"}]}]}],"stream":true}`,
 			RequestInfo{Choices: 1, Model: "claude", Stream: true, StreamSet: true, MaxTokens: 1024, Messages: 2, Prompt: "Sys\n42"}},
 		{"ollama", `{"model":"llama3.2","messages":[{"role":"user","content":"why?"}],"options":{"num_predict":128,"temperature":0}}`,
-			RequestInfo{Choices: 1, Model: "llama3.2", MaxTokens: 128, Messages: 1, Prompt: "why?"}},
+			RequestInfo{Choices: 1, Model: "llama3.2", NumPredict: 128, Messages: 1, Prompt: "why?"}},
 		{"tgi", `{"inputs":"What is Deep Learning?","parameters":{"max_new_tokens":20,"details":true}}`,
-			RequestInfo{Choices: 1, MaxTokens: 20, Prompt: "What is Deep Learning?"}},
+			RequestInfo{Choices: 1, MaxNewTokens: 20, Prompt: "What is Deep Learning?"}},
 		{"responses", `{"model":"gpt-4.1","instructions":"Be kind.","input":[{"role":"user","content":[{"type":"input_text","text":"Hello"}]}],"max_output_tokens":50}`,
 			RequestInfo{Choices: 1, Model: "gpt-4.1", MaxTokens: 50, Prompt: "Be kind.\nHello"}},
 		{"tools and tool calls", `{"model":"m","tools":[{"type":"function","function":{"name":"f"}}],"messages":[{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{\"x\":1}"}}]},{"role":"tool","tool_call_id":"c","content":"ok"}]}`,
@@ -97,7 +97,11 @@ func TestParseRequest(t *testing.T) {
 		{"n and best_of", `{"model":"m","n":3,"best_of":5,"max_tokens":10,"messages":[{"role":"user","content":"x"}]}`,
 			RequestInfo{Choices: 5, Model: "m", MaxTokens: 10, Messages: 1, Prompt: "x"}},
 		{"tgi best_of", `{"inputs":"x","parameters":{"best_of":2,"max_new_tokens":10}}`,
-			RequestInfo{Choices: 2, MaxTokens: 10, Prompt: "x"}},
+			RequestInfo{Choices: 2, MaxNewTokens: 10, Prompt: "x"}},
+		{"the largest cap", `{"model":"m","max_tokens":1,"max_completion_tokens":500,"max_output_tokens":7}`,
+			RequestInfo{Choices: 1, Model: "m", MaxTokens: 500}},
+		{"ollama's -1", `{"model":"m","max_tokens":3,"options":{"num_predict":-1}}`,
+			RequestInfo{Choices: 1, Model: "m", MaxTokens: 3}},
 		{"n", `{"model":"m","n":4,"messages":[{"role":"user","content":"x"}]}`,
 			RequestInfo{Choices: 4, Model: "m", Messages: 1, Prompt: "x"}},
 		{"token-id prompt", `{"model":"m","prompt":[1,2,3,4],"max_tokens":16}`,
@@ -118,6 +122,38 @@ func TestParseRequest(t *testing.T) {
 	for _, bad := range []string{``, `{`, `[]`, `"x"`, `null`, `{"stream":"yes"}`, `{"max_tokens":"5"}`, `{"n":"2"}`, `{"a":1} {}`} {
 		if _, err := ParseRequest([]byte(bad)); err == nil {
 			t.Errorf("ParseRequest(%q): no error", bad)
+		}
+	}
+}
+
+// TestCompletionCap: the cap a reservation counts is the one the engine
+// behind the path reads: Ollama's num_predict alone on its own API, TGI's
+// max_new_tokens alone on its own, the largest of any elsewhere. A small
+// max_tokens beside a large cap the engine reads must not make a small
+// reservation.
+func TestCompletionCap(t *testing.T) {
+	for _, c := range []struct {
+		path, body string
+		want       int64
+	}{
+		{"/v1/chat/completions", `{"max_tokens":1,"max_completion_tokens":500}`, 500},
+		{"/v1/chat/completions", `{"max_completion_tokens":1,"max_tokens":500}`, 500},
+		{"/v1/responses", `{"max_output_tokens":300,"max_tokens":2}`, 300},
+		{"/v1/chat/completions", `{"max_tokens":1,"options":{"num_predict":500}}`, 500},
+		{"/v1/chat/completions", `{}`, 0},
+		{"/api/chat", `{"max_tokens":1,"options":{"num_predict":500}}`, 500},
+		{"/api/chat", `{"max_tokens":1}`, 0},
+		{"/api/generate", `{"max_tokens":1,"options":{"num_predict":-1}}`, 0},
+		{"/generate", `{"max_tokens":1,"parameters":{"max_new_tokens":500}}`, 500},
+		{"/generate_stream", `{"max_tokens":1}`, 0},
+		{"/v1/messages", `{"max_tokens":1024}`, 1024},
+	} {
+		info, err := ParseRequest([]byte(c.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := info.CompletionCap(c.path); got != c.want {
+			t.Errorf("%s %s: cap %d, want %d", c.path, c.body, got, c.want)
 		}
 	}
 }
