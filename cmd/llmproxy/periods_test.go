@@ -102,7 +102,7 @@ func TestUsageFromAdminSaysWhy(t *testing.T) {
 	}
 	cfg.Admin.Token = "server-token" // a process without a ledger
 	_, err = usageFromAdmin(context.Background(), cfg, "", "")
-	if err == nil || !strings.Contains(err.Error(), "503") || !strings.Contains(err.Error(), "no ledger") {
-		t.Fatalf("no ledger: %v, want the 503 and the server's reason", err)
+	if err == nil || !strings.Contains(err.Error(), "404") || !strings.Contains(err.Error(), "no ledger") {
+		t.Fatalf("no ledger: %v, want the 404 and the server's reason", err)
 	}
 }
