@@ -119,12 +119,15 @@ func reservation(path string, info usage.RequestInfo, capTokens, imageTokens int
 	if path == "/v1/embeddings" || path == "/api/embed" {
 		return prompt
 	}
+	if capTokens <= 0 {
+		capTokens = defaultMaxTokensCap
+	}
 	limit := info.CompletionCap(path)
 	if limit <= 0 {
 		limit = capTokens
-	}
-	if limit <= 0 {
-		limit = defaultMaxTokensCap
+	} else if info.CapsFolded {
+		// An engine that matches names exactly sees no cap.
+		limit = max(limit, capTokens)
 	}
 	// n and best_of ask for that many completions, each up to the limit.
 	// Saturate: a max_tokens or n near the int64 maximum must not wrap.

@@ -54,6 +54,9 @@ func TestReservation(t *testing.T) {
 		{"ollama num_predict", "/api/chat", usage.RequestInfo{Messages: 1, MaxTokens: 1, NumPredict: 500}, 50, 6 + 500},
 		{"ollama max_tokens alone", "/api/chat", usage.RequestInfo{Messages: 1, MaxTokens: 1}, 50, 6 + 50},
 		{"tgi max_new_tokens", "/generate", usage.RequestInfo{MaxTokens: 1, MaxNewTokens: 500}, 50, 3 + 500},
+		// MAX_TOKENS: 1 alone: vLLM sees no cap.
+		{"cap in another case", "/v1/chat/completions", usage.RequestInfo{MaxTokens: 1, CapsFolded: true}, 50, 3 + 50},
+		{"cap in another case, above the default", "/v1/chat/completions", usage.RequestInfo{MaxTokens: 500, CapsFolded: true}, 50, 3 + 500},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/llmproxy/llmproxy/pkg/jsonscan"
 )
@@ -33,6 +34,13 @@ type RequestInfo struct {
 	// parameters.max_new_tokens, each 0 when absent or not positive
 	// (Ollama's -1 and -2: no cap).
 	NumPredict, MaxNewTokens int64
+	// CapsFolded reports a cap given only under a name in another case
+	// (MAX_TOKENS): engines written in Go (Ollama) read it, those in
+	// Python, Rust or C++ (vLLM, TGI, llama.cpp) ignore it and generate
+	// without a cap. The caps above are then the largest of every
+	// spelling and every repeat, and a reservation counts no less than
+	// the cap of a request that sets none.
+	CapsFolded bool
 	// IncludeUsage reports stream_options.include_usage == true as sent by
 	// the client.
 	IncludeUsage bool
@@ -113,7 +121,8 @@ func ParseRequest(body []byte) (RequestInfo, error) {
 		return info, fmt.Errorf("parse request: %w", json.Unmarshal(body, &v))
 	}
 	var r requestBody
-	if !decodeRequest(body, &r) {
+	slow := !decodeRequest(body, &r)
+	if slow {
 		r = requestBody{}
 		if err := json.Unmarshal(body, &r); err != nil {
 			return info, fmt.Errorf("parse request: %w", err)
@@ -136,6 +145,11 @@ func ParseRequest(body []byte) (RequestInfo, error) {
 	}
 	if r.Parameters != nil && r.Parameters.MaxNewTokens != nil && *r.Parameters.MaxNewTokens > 0 {
 		info.MaxNewTokens = *r.Parameters.MaxNewTokens
+	}
+	if slow {
+		// Only a body decodeRequest left to encoding/json can spell a
+		// cap's name in another case or give it twice.
+		scanCaps(body, &info)
 	}
 
 	info.Choices = 1
@@ -374,4 +388,73 @@ func (info RequestInfo) CompletionCap(path string) int64 {
 		return info.MaxNewTokens
 	}
 	return max(info.MaxTokens, info.NumPredict, info.MaxNewTokens)
+}
+
+// capNames are the completion caps' names: at the top level, in
+// "options" (Ollama) and in "parameters" (TGI).
+var (
+	topCapNames    = [...]string{"max_tokens", "max_completion_tokens", "max_output_tokens"}
+	nestedCapNames = [...][2]string{{"options", "num_predict"}, {"parameters", "max_new_tokens"}}
+)
+
+// scanCaps reads the completion caps of a valid JSON object body under
+// every spelling an engine may match (encoding/json matches names in any
+// case; Python's, Rust's and C++'s JSON readers match them exactly) and
+// every repeat (each reader keeps the last), and raises info's caps to the
+// largest value found, so that no engine's reading generates more than
+// the reservation counts. It sets info.CapsFolded when a cap appears only
+// under other spellings.
+func scanCaps(body []byte, info *RequestInfo) {
+	var exact, folded [3]bool
+	caps := [3]*int64{&info.MaxTokens, &info.NumPredict, &info.MaxNewTokens}
+	note := func(i int, isExact bool, v []byte) {
+		n, ok := parseCount(v)
+		if !ok {
+			return
+		}
+		if isExact {
+			exact[i] = true
+		} else {
+			folded[i] = true
+		}
+		*caps[i] = max(*caps[i], n)
+	}
+	m := objectMembers(body)
+	for key, val, ok := m.next(); ok; key, val, ok = m.next() {
+		name, isExact := unquoteKey(key)
+		for _, n := range topCapNames {
+			if strings.EqualFold(name, n) {
+				note(0, isExact && name == n, val)
+			}
+		}
+		for i, nn := range nestedCapNames {
+			if !strings.EqualFold(name, nn[0]) {
+				continue
+			}
+			in := objectMembers(val)
+			for k, v, ok := in.next(); ok; k, v, ok = in.next() {
+				if inner, innerExact := unquoteKey(k); strings.EqualFold(inner, nn[1]) {
+					note(1+i, isExact && name == nn[0] && innerExact && inner == nn[1], v)
+				}
+			}
+		}
+	}
+	for i := range exact {
+		if folded[i] && !exact[i] {
+			info.CapsFolded = true
+		}
+	}
+}
+
+// unquoteKey returns a raw JSON key's name and whether it was read
+// without trouble.
+func unquoteKey(key []byte) (string, bool) {
+	if bytes.IndexByte(key, '\\') < 0 {
+		return string(key[1 : len(key)-1]), true
+	}
+	var s string
+	if err := json.Unmarshal(key, &s); err != nil {
+		return "", false
+	}
+	return s, true
 }

@@ -157,3 +157,38 @@ func TestCompletionCap(t *testing.T) {
 		}
 	}
 }
+
+// TestCapsUnderOtherSpellings: a cap under a name in another case is read
+// by Go's JSON (Ollama) and ignored by Python's, Rust's and C++'s (vLLM,
+// TGI, llama.cpp), and each reader keeps the last of a repeated name: the
+// caps are the largest under any spelling, and CapsFolded says when only
+// another spelling gave one, so that no engine's reading runs past the
+// reservation.
+func TestCapsUnderOtherSpellings(t *testing.T) {
+	for _, c := range []struct {
+		body                 string
+		max, predict, maxNew int64
+		folded               bool
+	}{
+		{`{"MAX_TOKENS":1}`, 1, 0, 0, true},
+		{`{"max_tokens":100000,"MAX_TOKENS":1}`, 100000, 0, 0, false},
+		{`{"MAX_TOKENS":1,"max_tokens":100000}`, 100000, 0, 0, false},
+		{`{"max_tokens":9,"max_tokens":5}`, 9, 0, 0, false},
+		{`{"max_tok\u0065ns":7}`, 7, 0, 0, false},
+		{`{"Max_Completion_Tokens":3,"max_tokens":2}`, 3, 0, 0, false},
+		{`{"options":{"NUM_PREDICT":500}}`, 0, 500, 0, true},
+		{`{"OPTIONS":{"num_predict":500}}`, 0, 500, 0, true},
+		{`{"options":{"num_predict":5},"Options":{"num_predict":500}}`, 0, 500, 0, false},
+		{`{"parameters":{"Max_New_Tokens":64}}`, 0, 0, 64, true},
+		{`{"ſtream":true,"max_tokens":4}`, 4, 0, 0, false},
+	} {
+		info, err := ParseRequest([]byte(c.body))
+		if err != nil {
+			t.Fatalf("%s: %v", c.body, err)
+		}
+		if info.MaxTokens != c.max || info.NumPredict != c.predict || info.MaxNewTokens != c.maxNew || info.CapsFolded != c.folded {
+			t.Errorf("%s: caps %d/%d/%d folded %v, want %d/%d/%d folded %v", c.body,
+				info.MaxTokens, info.NumPredict, info.MaxNewTokens, info.CapsFolded, c.max, c.predict, c.maxNew, c.folded)
+		}
+	}
+}
