@@ -428,6 +428,7 @@ func (g *Gateway) readRequest(r *http.Request, x *exchange) *apierr.Error {
 func invalidBody(body []byte, err error) *apierr.Error {
 	var te *json.UnmarshalTypeError
 	var se *json.SyntaxError
+	var ae *usage.AmbiguousFieldError
 	switch {
 	case len(bytes.TrimSpace(body)) == 0:
 		return apierr.BadRequest("invalid_json", "the request body is empty: send a JSON object")
@@ -435,6 +436,8 @@ func invalidBody(body []byte, err error) *apierr.Error {
 		return apierr.BadRequest("invalid_json", "the request body must be a JSON object")
 	case errors.As(err, &te) && te.Field != "":
 		return typeMismatch(te, "")
+	case errors.As(err, &ae):
+		return apierr.BadRequest("ambiguous_field", ae.Error()+": engines disagree on which counts; send it once")
 	case errors.As(err, &se):
 		return apierr.BadRequest("invalid_json", "the request body is not valid JSON: "+se.Error()+" (at byte "+strconv.FormatInt(se.Offset, 10)+")")
 	}

@@ -114,6 +114,7 @@ func TestBadBodiesAreExplained(t *testing.T) {
 		{"a message a number", `{"model":"m1","messages":[1]}`, "invalid_type", "invalid type for 'messages': expected an object, but got a number instead"},
 		{"options a number", `{"model":"m1","options":7}`, "invalid_type", "invalid type for 'options': expected an object, but got a number instead"},
 		{"num_predict a string", `{"model":"m1","options":{"num_predict":"x"}}`, "invalid_type", "invalid type for 'options.num_predict': expected an integer, but got a string instead"},
+		{"model twice", `{"model":"m2","MODEL":"m1"}`, "ambiguous_field", `the request gives "model" more than once (or under another spelling) with different values: engines disagree on which counts; send it once`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -146,11 +146,6 @@ func ParseRequest(body []byte) (RequestInfo, error) {
 	if r.Parameters != nil && r.Parameters.MaxNewTokens != nil && *r.Parameters.MaxNewTokens > 0 {
 		info.MaxNewTokens = *r.Parameters.MaxNewTokens
 	}
-	if slow {
-		// Only a body decodeRequest left to encoding/json can spell a
-		// cap's name in another case or give it twice.
-		scanCaps(body, &info)
-	}
 
 	info.Choices = 1
 	choices := [3]*int64{r.N, r.BestOf}
@@ -160,6 +155,13 @@ func ParseRequest(body []byte) (RequestInfo, error) {
 	for _, c := range choices {
 		if c != nil && *c > info.Choices {
 			info.Choices = *c
+		}
+	}
+	if slow {
+		// Only a body decodeRequest left to encoding/json can spell a
+		// name in another case or give it twice.
+		if err := scanSpellings(body, &info); err != nil {
+			return info, err
 		}
 	}
 	info.PromptTokenIDs = countTokenIDs(r.Prompt, 0) + countTokenIDs(r.Input, 0) + countTokenIDs(r.Inputs, 0)
@@ -397,14 +399,26 @@ var (
 	nestedCapNames = [...][2]string{{"options", "num_predict"}, {"parameters", "max_new_tokens"}}
 )
 
-// scanCaps reads the completion caps of a valid JSON object body under
-// every spelling an engine may match (encoding/json matches names in any
-// case; Python's, Rust's and C++'s JSON readers match them exactly) and
-// every repeat (each reader keeps the last), and raises info's caps to the
-// largest value found, so that no engine's reading generates more than
-// the reservation counts. It sets info.CapsFolded when a cap appears only
-// under other spellings.
-func scanCaps(body []byte, info *RequestInfo) {
+// AmbiguousFieldError is a request that gives a field twice, or under
+// another spelling, with different values: engines disagree on which one
+// counts (Go's JSON matches names in any case, Python's does not), so the
+// gateway could route, check or bill a model or a stream the engine does
+// not serve.
+type AmbiguousFieldError struct{ Field string }
+
+func (e *AmbiguousFieldError) Error() string {
+	return "the request gives \"" + e.Field + "\" more than once (or under another spelling) with different values"
+}
+
+// scanSpellings reads a valid JSON object body under every spelling an
+// engine may match (encoding/json matches names in any case; Python's,
+// Rust's and C++'s JSON readers match them exactly) and every repeat (each
+// reader keeps the last). It raises info's completion caps and Choices to
+// the largest value found, so that no engine's reading generates more
+// than the reservation counts, and sets info.CapsFolded when a cap appears
+// only under other spellings. A model or stream given with different
+// values is an *AmbiguousFieldError.
+func scanSpellings(body []byte, info *RequestInfo) error {
 	var exact, folded [3]bool
 	caps := [3]*int64{&info.MaxTokens, &info.NumPredict, &info.MaxNewTokens}
 	note := func(i int, isExact bool, v []byte) {
@@ -419,13 +433,46 @@ func scanCaps(body []byte, info *RequestInfo) {
 		}
 		*caps[i] = max(*caps[i], n)
 	}
+	choices := func(v []byte) {
+		if n, ok := parseCount(v); ok {
+			info.Choices = max(info.Choices, n)
+		}
+	}
+	seen := map[string]string{} // model and stream: the first value
+	same := func(field string, v []byte) error {
+		if string(v) == "null" {
+			return nil
+		}
+		val := string(v)
+		if v[0] == '"' {
+			var str string
+			if json.Unmarshal(v, &str) == nil {
+				val = str
+			}
+		}
+		if first, ok := seen[field]; ok && first != val {
+			return &AmbiguousFieldError{Field: field}
+		}
+		seen[field] = val
+		return nil
+	}
 	m := objectMembers(body)
 	for key, val, ok := m.next(); ok; key, val, ok = m.next() {
-		name, isExact := unquoteKey(key)
+		name, plain := unquoteKey(key)
 		for _, n := range topCapNames {
 			if strings.EqualFold(name, n) {
-				note(0, isExact && name == n, val)
+				note(0, plain && name == n, val)
 			}
+		}
+		for _, n := range [...]string{"model", "stream"} {
+			if strings.EqualFold(name, n) {
+				if err := same(n, val); err != nil {
+					return err
+				}
+			}
+		}
+		if strings.EqualFold(name, "n") || strings.EqualFold(name, "best_of") {
+			choices(val)
 		}
 		for i, nn := range nestedCapNames {
 			if !strings.EqualFold(name, nn[0]) {
@@ -433,8 +480,12 @@ func scanCaps(body []byte, info *RequestInfo) {
 			}
 			in := objectMembers(val)
 			for k, v, ok := in.next(); ok; k, v, ok = in.next() {
-				if inner, innerExact := unquoteKey(k); strings.EqualFold(inner, nn[1]) {
-					note(1+i, isExact && name == nn[0] && innerExact && inner == nn[1], v)
+				inner, innerPlain := unquoteKey(k)
+				if strings.EqualFold(inner, nn[1]) {
+					note(1+i, plain && name == nn[0] && innerPlain && inner == nn[1], v)
+				}
+				if nn[0] == "parameters" && strings.EqualFold(inner, "best_of") {
+					choices(v)
 				}
 			}
 		}
@@ -444,6 +495,7 @@ func scanCaps(body []byte, info *RequestInfo) {
 			info.CapsFolded = true
 		}
 	}
+	return nil
 }
 
 // unquoteKey returns a raw JSON key's name and whether it was read

@@ -2,6 +2,7 @@ package usage
 
 import (
 	"encoding/json"
+	"errors"
 	"testing"
 )
 
@@ -189,6 +190,45 @@ func TestCapsUnderOtherSpellings(t *testing.T) {
 		if info.MaxTokens != c.max || info.NumPredict != c.predict || info.MaxNewTokens != c.maxNew || info.CapsFolded != c.folded {
 			t.Errorf("%s: caps %d/%d/%d folded %v, want %d/%d/%d folded %v", c.body,
 				info.MaxTokens, info.NumPredict, info.MaxNewTokens, info.CapsFolded, c.max, c.predict, c.maxNew, c.folded)
+		}
+	}
+}
+
+// TestAmbiguousFields: a model or a stream given twice, or under another
+// spelling, with different values is refused (the gateway would check and
+// bill one model while an engine that reads names exactly ran the other);
+// the same value twice is not. n and best_of count at their largest.
+func TestAmbiguousFields(t *testing.T) {
+	for _, c := range []struct {
+		body  string
+		field string // "": accepted
+	}{
+		{`{"model":"expensive","MODEL":"cheap"}`, "model"},
+		{`{"model":"a","model":"b"}`, "model"},
+		{`{"Model":"a","model":"a"}`, ""},
+		{`{"model":"a","model":"\u0061"}`, ""},
+		{`{"stream":false,"STREAM":true}`, "stream"},
+		{`{"stream":true,"Stream":true}`, ""},
+		{`{"model":"a","MODEL":null}`, ""},
+	} {
+		_, err := ParseRequest([]byte(c.body))
+		var ae *AmbiguousFieldError
+		switch {
+		case c.field == "" && err != nil:
+			t.Errorf("%s: %v, want it accepted", c.body, err)
+		case c.field != "" && (!errors.As(err, &ae) || ae.Field != c.field):
+			t.Errorf("%s: %v, want an ambiguous %s", c.body, err, c.field)
+		}
+	}
+	for body, want := range map[string]int64{
+		`{"n":5,"N":1}`:                      5,
+		`{"N":1,"n":5}`:                      5,
+		`{"n":2,"BEST_OF":4}`:                4,
+		`{"parameters":{"Best_Of":3},"n":1}`: 3,
+	} {
+		info, err := ParseRequest([]byte(body))
+		if err != nil || info.Choices != want {
+			t.Errorf("%s: choices %d (%v), want %d", body, info.Choices, err, want)
 		}
 	}
 }
