@@ -105,6 +105,24 @@ func TestModelsIsTheUnionOfBackends(t *testing.T) {
 	if out.Object != "list" || strings.Join(ids, ",") != "alpha,beta,shared" {
 		t.Fatalf("models %v", ids)
 	}
+
+	// A standby (weight 0) reached through a chain from a backend that
+	// lists only alpha: the models its engine reports that no backend
+	// with a weight serves would be refused 404, and are not listed.
+	yaml = fmt.Sprintf("backends: [{url: %q, name: p, models: [alpha]}, {url: %q, name: s, weight: 0}]\nrouting: {fallback: [{primary: p, fallback: [s]}]}\napi_keys: [{key: %q}]\n", a.URL, b.URL, testKey)
+	gw, _ = gatewayFromYAML(t, yaml)
+	_, body = do(t, "GET", gw.URL+"/v1/models", "", withKey())
+	out.Data = nil
+	if err := json.Unmarshal(body, &out); err != nil {
+		t.Fatal(err)
+	}
+	ids = ids[:0]
+	for _, d := range out.Data {
+		ids = append(ids, d.ID)
+	}
+	if strings.Join(ids, ",") != "alpha" {
+		t.Fatalf("models with a standby %v, want alpha alone", ids)
+	}
 }
 
 func TestBackendTotalTimeout(t *testing.T) {

@@ -25,7 +25,8 @@ type modelEntry struct {
 
 // serveModels answers GET /v1/models with the union of every available
 // backend's models (and the models configured for backends that list
-// them), each model once. A key restricted to some models sees only those.
+// them), each model once, leaving out those no request could be routed to.
+// A key restricted to some models sees only those.
 func (g *Gateway) serveModels(w http.ResponseWriter, r *http.Request) {
 	g.inflight.Add(1)
 	defer g.inflight.Add(-1)
@@ -44,6 +45,12 @@ func (g *Gateway) serveModels(w http.ResponseWriter, r *http.Request) {
 	)
 	add := func(m modelEntry) {
 		if m.ID == "" || (x.key != nil && x.key.AllowedModels != nil && !x.key.AllowedModels[m.ID]) {
+			return
+		}
+		// A model only standbys serve (one a standby's engine reports
+		// that no backend with a weight serves) is answered 404
+		// model_not_found: it is not on the list either.
+		if !x.rt.pool.HasModel(m.ID) {
 			return
 		}
 		if m.Object == "" {
