@@ -22,6 +22,14 @@ type Picker interface {
 	Pick(cands []*Upstream) *Upstream
 }
 
+// RetryPicker is a Picker whose picks for a request's retries (another
+// try after a failed one) differ from its first picks: a rotation that a
+// retry's pick must not advance.
+type RetryPicker interface {
+	Picker
+	PickRetry(cands []*Upstream) *Upstream
+}
+
 // Rand is the randomness a Picker draws from; *math/rand.Rand satisfies it
 // (but is not safe for concurrent use: wrap it, or use the default).
 type Rand interface {

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/url"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 
@@ -299,7 +300,7 @@ func (p *Pool) Pick(model string, tried func(*Upstream) bool) (*Upstream, error)
 	cands := make([]*Upstream, 0, len(serving))
 	cands, fb := p.choose(model, serving, cands, now, tried, false)
 	if len(cands) > 0 {
-		return p.picker.Pick(cands), nil
+		return p.pick(serving, cands, tried), nil
 	}
 	if fb != nil {
 		return fb, nil
@@ -313,12 +314,21 @@ func (p *Pool) Pick(model string, tried func(*Upstream) bool) (*Upstream, error)
 	}
 	cands, fb = p.choose(model, serving, cands, now, tried, true)
 	if len(cands) > 0 {
-		return p.picker.Pick(cands), nil
+		return p.pick(serving, cands, tried), nil
 	}
 	if fb != nil {
 		return fb, nil
 	}
 	return nil, ErrNoAvailable
+}
+
+// pick has the picker choose among cands, as a retry's pick when one of
+// serving was tried already.
+func (p *Pool) pick(serving, cands []*Upstream, tried func(*Upstream) bool) *Upstream {
+	if rp, ok := p.picker.(RetryPicker); ok && tried != nil && slices.ContainsFunc(serving, tried) {
+		return rp.PickRetry(cands)
+	}
+	return p.picker.Pick(cands)
 }
 
 // choose appends to cands[:0] the upstreams of serving, standbys aside,

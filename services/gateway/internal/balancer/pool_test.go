@@ -551,3 +551,27 @@ func TestModelOnlyStandbysServe(t *testing.T) {
 		t.Fatalf("main's chain for m: %v", chain)
 	}
 }
+
+// TestRoundRobinRetryIsNoTurn: under round_robin a retry's pick (its first
+// choice failed) does not advance the rotation, so the first choices still
+// alternate: counted as a turn, the failing upstream became the least
+// recently picked again and every request went to it first.
+func TestRoundRobinRetryIsNoTurn(t *testing.T) {
+	p := mustPool(t, PoolConfig{Backends: backends(2), Strategy: RoundRobin})
+	first := map[string]int{}
+	for range 10 {
+		u, err := p.Pick("", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first[u.Name]++
+		if u.Name == "b0" { // b0 fails every request: retry elsewhere
+			if r, err := p.Pick("", func(t *Upstream) bool { return t == u }); err != nil || r.Name != "b1" {
+				t.Fatalf("retry: %v, %v", r, err)
+			}
+		}
+	}
+	if first["b0"] != 5 || first["b1"] != 5 {
+		t.Fatalf("first choices %v, want 5 each", first)
+	}
+}

@@ -20,6 +20,19 @@ type RoundRobinPicker struct {
 
 // Pick returns the candidate whose turn it is.
 func (p *RoundRobinPicker) Pick(cands []*Upstream) *Upstream {
+	return p.pick(cands, true)
+}
+
+// PickRetry returns the candidate whose turn it is without taking the
+// turn: a retry's pick (its first choice failed) is no turn of the
+// rotation. Counted as one, it made the failed upstream the least recently
+// picked again, so that with a backend answering 429 (which ejects
+// nothing) every request went to it first.
+func (p *RoundRobinPicker) PickRetry(cands []*Upstream) *Upstream {
+	return p.pick(cands, false)
+}
+
+func (p *RoundRobinPicker) pick(cands []*Upstream, turn bool) *Upstream {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.last == nil {
@@ -32,7 +45,9 @@ func (p *RoundRobinPicker) Pick(cands []*Upstream) *Upstream {
 			best, bestTurn = u, t
 		}
 	}
-	p.turn++
-	p.last[best] = p.turn
+	if turn {
+		p.turn++
+		p.last[best] = p.turn
+	}
 	return best
 }
