@@ -276,11 +276,11 @@ func (p *Pool) lookup(ref string) *Upstream {
 
 // Pick chooses an upstream for model among those that serve it, are
 // available now, are not standbys (weight 0) and for which tried (nil =
-// none tried) returns false. When none is left, it takes the first such
-// upstream, standbys included, from the routing.fallback chains of the
-// upstreams serving the model that are unavailable or tried, in config
-// order: a primary that is down or ejected is never picked, so its chain
-// is read here.
+// none tried) returns false, and the stand-ins of those that are down or
+// ejected: the first of each one's routing.fallback chain that can take
+// the request (see choose). When none is left, it takes the first such
+// upstream, standbys included, from the chains of the upstreams serving
+// the model that are unavailable or tried, in config order.
 //
 // When no upstream for the model is available at all, tried or not, Pick
 // chooses the same way among those that are only passively ejected (panic
@@ -298,9 +298,9 @@ func (p *Pool) Pick(model string, tried func(*Upstream) bool) (*Upstream, error)
 	}
 	now := p.clock.Now()
 	cands := make([]*Upstream, 0, len(serving))
-	cands, fb := p.choose(model, serving, cands, now, tried, false)
+	cands, fb, standIns := p.choose(model, serving, cands, now, tried, false)
 	if len(cands) > 0 {
-		return p.pick(serving, cands, tried), nil
+		return p.pick(serving, cands, tried, standIns), nil
 	}
 	if fb != nil {
 		return fb, nil
@@ -308,13 +308,13 @@ func (p *Pool) Pick(model string, tried func(*Upstream) bool) (*Upstream, error)
 	if tried != nil {
 		// An available upstream that was tried already is the caller's
 		// to try again; the ejected ones are not tried before it.
-		if c, fb := p.choose(model, serving, cands, now, nil, false); len(c) > 0 || fb != nil {
+		if c, fb, _ := p.choose(model, serving, cands, now, nil, false); len(c) > 0 || fb != nil {
 			return nil, ErrNoAvailable
 		}
 	}
-	cands, fb = p.choose(model, serving, cands, now, tried, true)
+	cands, fb, standIns = p.choose(model, serving, cands, now, tried, true)
 	if len(cands) > 0 {
-		return p.pick(serving, cands, tried), nil
+		return p.pick(serving, cands, tried, standIns), nil
 	}
 	if fb != nil {
 		return fb, nil
@@ -323,8 +323,12 @@ func (p *Pool) Pick(model string, tried func(*Upstream) bool) (*Upstream, error)
 }
 
 // pick has the picker choose among cands, as a retry's pick when one of
-// serving was tried already.
-func (p *Pool) pick(serving, cands []*Upstream, tried func(*Upstream) bool) *Upstream {
+// serving was tried already, and with the weights of the primaries their
+// stand-ins take the place of (see choose).
+func (p *Pool) pick(serving, cands []*Upstream, tried func(*Upstream) bool, standIns map[*Upstream]int) *Upstream {
+	if wp, ok := p.picker.(*WeightedPicker); ok && standIns != nil {
+		return wp.pickWith(cands, standIns)
+	}
 	if rp, ok := p.picker.(RetryPicker); ok && tried != nil && slices.ContainsFunc(serving, tried) {
 		return rp.PickRetry(cands)
 	}
@@ -332,28 +336,58 @@ func (p *Pool) pick(serving, cands []*Upstream, tried func(*Upstream) bool) *Ups
 }
 
 // choose appends to cands[:0] the upstreams of serving, standbys aside,
-// that may take the request and were not tried, and returns them. When
-// there is none it also returns the first upstream that may take it,
-// serves model and was not tried from the fallback chains of those in
-// serving that cannot take it themselves, or nil. An upstream may take the
-// request when it is available, or with ejected set when only the active
-// health checks do not mark it down.
-func (p *Pool) choose(model string, serving, cands []*Upstream, now time.Time, tried func(*Upstream) bool, ejected bool) ([]*Upstream, *Upstream) {
-	usable := func(u *Upstream) bool {
-		ok := u.Available(now)
+// that may take the request and were not tried, and returns them. A
+// primary that cannot take it (down, ejected; not one this request
+// tried) lends its place to the first of its fallback chain that can:
+// that upstream joins cands, and standIns gives it the primary's weight
+// (added to its own, and summed over the primaries it stands in for).
+// When cands is empty it also returns the first upstream that may take
+// the request, serves model and was not tried from the fallback chains of
+// those in serving that cannot take it themselves, or nil. An upstream may
+// take the request when it is available, or with ejected set when only the
+// active health checks do not mark it down.
+func (p *Pool) choose(model string, serving, cands []*Upstream, now time.Time, tried func(*Upstream) bool, ejected bool) (_ []*Upstream, fb *Upstream, standIns map[*Upstream]int) {
+	avail := func(u *Upstream) bool {
 		if ejected {
-			ok = u.Healthy()
+			return u.Healthy()
 		}
-		return ok && (tried == nil || !tried(u))
+		return u.Available(now)
 	}
+	usable := func(u *Upstream) bool { return avail(u) && (tried == nil || !tried(u)) }
 	cands = cands[:0]
+	down := false
 	for _, u := range serving {
-		if !u.standby && usable(u) {
+		if u.standby {
+			continue
+		}
+		if usable(u) {
 			cands = append(cands, u)
+		} else if !avail(u) {
+			down = true
+		}
+	}
+	if down && len(p.fallbacks) > 0 {
+		for _, prim := range serving {
+			if prim.standby || avail(prim) {
+				continue
+			}
+			for _, u := range p.fallbacks[prim] {
+				if !u.Serves(model) || !usable(u) {
+					continue
+				}
+				if standIns == nil {
+					standIns = make(map[*Upstream]int)
+				}
+				if _, ok := standIns[u]; !ok && !slices.Contains(cands, u) {
+					cands = append(cands, u)
+				}
+				standIns[u] += max(prim.Weight, 1)
+				break
+			}
 		}
 	}
 	if len(cands) > 0 {
-		return cands, nil
+		return cands, nil, standIns
 	}
 	for _, prim := range serving {
 		chain := p.fallbacks[prim]
@@ -362,11 +396,11 @@ func (p *Pool) choose(model string, serving, cands []*Upstream, now time.Time, t
 		}
 		for _, u := range chain {
 			if u.Serves(model) && usable(u) {
-				return cands, u
+				return cands, u, nil
 			}
 		}
 	}
-	return cands, nil
+	return cands, nil, nil
 }
 
 // serving returns the upstreams that serve model; the slice is shared and

@@ -575,3 +575,38 @@ func TestRoundRobinRetryIsNoTurn(t *testing.T) {
 		t.Fatalf("first choices %v, want 5 each", first)
 	}
 }
+
+// TestStandbyTakesItsPrimarysPlace: while a primary is down or ejected,
+// the first of its fallback chain that can take requests takes its place
+// beside the other backends, with its weight, rather than the others
+// taking its share.
+func TestStandbyTakesItsPrimarysPlace(t *testing.T) {
+	for _, strategy := range []string{Weighted, RoundRobin, LeastConnections} {
+		t.Run(strategy, func(t *testing.T) {
+			clk := newFakeClock()
+			bs := backends(3)
+			bs[0].Weight, bs[1].Weight, bs[2].Weight = 1, 3, 0 // b2 stands by for b1
+			p := mustPool(t, PoolConfig{Backends: bs, Strategy: strategy, Clock: clk,
+				HealthCheck: config.HealthCheck{FailureThreshold: 1, Cooldown: config.Duration(time.Minute)},
+				Fallback:    []config.Fallback{{Primary: "b1", Fallback: []string{"b2"}}}})
+			p.ByName("b1").ReportFailure(clk.Now()) // ejected
+			got := map[string]int{}
+			for range 40 {
+				u, err := p.Pick("", nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got[u.Name]++
+				if strategy == LeastConnections {
+					u.Acquire()
+				}
+			}
+			if got["b1"] != 0 || got["b2"] == 0 || got["b0"] == 0 {
+				t.Fatalf("picks %v: want b1's place taken by b2 beside b0", got)
+			}
+			if strategy == Weighted && (got["b2"] != 30 || got["b0"] != 10) {
+				t.Fatalf("picks %v: want b2 at b1's weight, 3 to b0's 1", got)
+			}
+		})
+	}
+}

@@ -20,12 +20,22 @@ func NewWeightedPicker() *WeightedPicker {
 
 // Pick returns the candidate with the largest current weight.
 func (p *WeightedPicker) Pick(cands []*Upstream) *Upstream {
+	return p.pickWith(cands, nil)
+}
+
+// pickWith is Pick with extra weight for the candidates standing in for
+// primaries that are down (a standby's own weight is 0).
+func (p *WeightedPicker) pickWith(cands []*Upstream, extra map[*Upstream]int) *Upstream {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var best *Upstream
 	bestW, total := 0, 0
 	for _, u := range cands {
-		w := max(u.Weight, 1)
+		w := u.Weight
+		if u.standby {
+			w = 0 // it takes no share of its own
+		}
+		w = max(w+extra[u], 1)
 		total += w
 		cw := p.current[u] + w
 		p.current[u] = cw
