@@ -192,6 +192,40 @@ func TestCaptureAndRedaction(t *testing.T) {
 	}
 }
 
+// TestCaptureCutKeepsNoPartOfASecret: a secret that the capture bound
+// would split (a rule with a minimum length no longer matches its start)
+// is redacted whole before the reply is cut, in a non-stream body and in
+// a stream's text alike.
+func TestCaptureCutKeepsNoPartOfASecret(t *testing.T) {
+	const secret = "sk-proj0123456789ABCDEFGHIJabcdefghij0123456789"
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		if bytes.Contains(b, []byte(`"stream":true`)) {
+			w.Header().Set("Content-Type", "text/event-stream")
+			for _, tok := range []string{strings.Repeat("a", 90), secret, " " + strings.Repeat("z", 300)} {
+				fmt.Fprintf(w, "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":%q}}]}\n\n", tok)
+			}
+			fmt.Fprint(w, "data: [DONE]\n\n")
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"choices":[{"message":{"content":"` + strings.Repeat("a", 60) + secret + " " + strings.Repeat("z", 300) + `"}}]}`))
+	}))
+	defer backend.Close()
+	extra := "logging: {capture_response: true, max_capture_bytes: 100, redact: ['sk-[A-Za-z0-9]{20,}']}\n"
+	gw, s := newTestGateway(t, backend.URL, extra)
+	for _, body := range []string{`{"model":"m1"}`, `{"model":"m1","stream":true}`} {
+		do(t, "POST", gw.URL+"/v1/chat/completions", body, withKey())
+		ev := s.next(t)
+		if ev.Response == nil || !ev.Response.Truncated || len(ev.Response.Content) > 100 {
+			t.Fatalf("%s: captured %+v, want at most 100 bytes, truncated", body, ev.Response)
+		}
+		if strings.Contains(ev.Response.Content, "sk-proj") {
+			t.Fatalf("%s: part of the secret was captured: %q", body, ev.Response.Content)
+		}
+	}
+}
+
 func TestNoCaptureByDefault(t *testing.T) {
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte(`{"choices":[{"message":{"content":"private answer"}}]}`))

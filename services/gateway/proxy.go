@@ -15,12 +15,14 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/llmproxy/llmproxy/pkg/events"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/apierr"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/auth"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/balancer"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/hooks"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/redact"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/usage"
 )
 
@@ -117,20 +119,40 @@ func (g *Gateway) capture(x *exchange, ev *events.RequestCompleted, res usage.Re
 	}
 	c := &events.CapturedResponse{}
 	if x.streamed || x.replyBody == nil {
-		c.Content, c.Truncated = red.Text(res.Text), res.TextTruncated
+		c.Content, c.Truncated = redactThenCut(red, res.Text, x.rt.maxCapture)
+		c.Truncated = c.Truncated || res.TextTruncated
 	} else {
 		body := x.replyBody
-		c.Truncated = x.replyCut
-		if len(body) > x.rt.maxCapture {
-			body, c.Truncated = body[:x.rt.maxCapture], true
-		}
-		if c.Truncated {
-			c.Content = red.Text(string(body))
-		} else {
+		if len(body) <= x.rt.maxCapture && !x.replyCut {
 			c.Content = string(red.JSON(body))
+		} else {
+			body = body[:min(len(body), x.rt.maxCapture+captureRedactMargin)]
+			c.Content, _ = redactThenCut(red, string(body), x.rt.maxCapture)
+			c.Truncated = true
 		}
 	}
 	ev.Response = c
+}
+
+// captureRedactMargin is how much text past logging.max_capture_bytes a
+// captured reply keeps until it is redacted: a secret that the cut would
+// split is then whole when the rules look for it (a rule with a minimum
+// length, sk-[A-Za-z0-9]{20,}, finds no cut-off start), so that no part of
+// a secret up to this long is published.
+const captureRedactMargin = 1 << 10
+
+// redactThenCut removes red's secrets from text, then cuts it to max bytes
+// on a UTF-8 boundary; cut reports whether it did.
+func redactThenCut(red *redact.Redactor, text string, max int) (out string, cut bool) {
+	out = red.Text(text)
+	if len(out) <= max {
+		return out, false
+	}
+	n := max
+	for n > 0 && !utf8.RuneStart(out[n]) {
+		n--
+	}
+	return out[:n], true
 }
 
 // UnauthenticatedKeyID is the key id of events of requests refused for want
@@ -939,7 +961,7 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 	x.status = resp.StatusCode
 	maxText := 1 << 20
 	if x.captures() {
-		maxText = x.rt.maxCapture
+		maxText = x.rt.maxCapture + captureRedactMargin
 	}
 	ex := usage.NewExtractor(format, usage.Options{MaxText: maxText})
 	ex.ResponseHeader(resp.Header)
