@@ -57,5 +57,10 @@ func (f Filter) match(e *events.RequestCompleted) bool {
 	if f.Status != 0 && e.StatusCode != f.Status {
 		return false
 	}
+	// The stream is read from the time NATS stored the events at or
+	// after Since; a request stored then may have arrived before it.
+	if !f.Since.IsZero() && e.Timestamp.Before(f.Since) {
+		return false
+	}
 	return true
 }

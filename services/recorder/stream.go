@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -13,8 +14,8 @@ import (
 )
 
 // ReadStream returns the requests that f selects from the LLMPROXY stream
-// itself, the short-term request log: the newest f.Limit of them, oldest
-// first. It reads with an ordered consumer (nothing durable is left
+// itself, the short-term request log: the newest f.Limit of them by
+// arrival, oldest first, each once. It reads with an ordered consumer (nothing durable is left
 // behind) on the key's subject, or on every key's, from f.Since, and stops
 // at the last matching event stored when it was called, so it never waits
 // for new ones. Without KeyID and Since it reads the whole window, which
@@ -62,9 +63,11 @@ func ReadStream(ctx context.Context, js jetstream.JetStream, f Filter) ([]events
 	stop := context.AfterFunc(ctx, it.Stop)
 	defer stop()
 
-	// ring keeps the newest f.Limit matches.
-	ring := make([]events.RequestCompleted, 0, min(f.Limit, 1024))
-	next := 0
+	// kept holds the matches, trimmed to the newest f.Limit by arrival
+	// whenever it holds twice as many: events are stored as their
+	// requests end (or, from an outbox, once NATS is back), so the
+	// stream's order is not the requests' order.
+	kept := make([]events.RequestCompleted, 0, min(2*f.Limit, 2048))
 	for {
 		msg, err := it.Next()
 		if err != nil {
@@ -78,11 +81,9 @@ func ReadStream(ctx context.Context, js jetstream.JetStream, f Filter) ([]events
 			return nil, fmt.Errorf("read stream: %w", err)
 		}
 		if e, err := events.Unmarshal(msg.Data()); err == nil && f.match(&e) {
-			if len(ring) < f.Limit {
-				ring = append(ring, e)
-			} else {
-				ring[next] = e
-				next = (next + 1) % f.Limit
+			kept = append(kept, e)
+			if len(kept) >= 2*f.Limit {
+				kept = newest(kept, f.Limit)
 			}
 			if f.RequestID != "" {
 				break
@@ -92,5 +93,23 @@ func ReadStream(ctx context.Context, js jetstream.JetStream, f Filter) ([]events
 			break
 		}
 	}
-	return slices.Concat(ring[next:], ring[:next]), nil
+	return newest(kept, f.Limit), nil
+}
+
+// newest sorts evs by arrival (then request id), drops the repeats of an
+// event the stream holds twice (an outbox publish past the duplicate
+// window), and returns the last n, oldest first, as PostgreSQL's query
+// orders them.
+func newest(evs []events.RequestCompleted, n int) []events.RequestCompleted {
+	slices.SortFunc(evs, func(a, b events.RequestCompleted) int {
+		if c := a.Timestamp.Compare(b.Timestamp); c != 0 {
+			return c
+		}
+		return strings.Compare(a.RequestID, b.RequestID)
+	})
+	evs = slices.CompactFunc(evs, func(a, b events.RequestCompleted) bool { return a.RequestID == b.RequestID })
+	if len(evs) > n {
+		evs = append(evs[:0], evs[len(evs)-n:]...)
+	}
+	return evs
 }

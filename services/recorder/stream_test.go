@@ -65,3 +65,54 @@ func TestReadStream(t *testing.T) {
 		t.Fatalf("ReadStream returned %+v, %v", got, err)
 	}
 }
+
+// TestReadStreamOrdersByArrival: the stream holds events in the order
+// their requests ended (a long stream's event comes after those of the
+// short requests that arrived after it; an outbox publishes after an
+// outage): ReadStream orders and limits them by arrival, as PostgreSQL's
+// query does, shows an event the stream holds twice (republished past the
+// duplicate window) once, and leaves out a request that arrived before
+// Since though stored after it.
+func TestReadStreamOrdersByArrival(t *testing.T) {
+	js := eventstest.JetStream(t)
+	ctx := context.Background()
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	at := func(id string, ago time.Duration) *events.RequestCompleted {
+		e := event(id, "key1", 200)
+		e.Timestamp = now.Add(-ago)
+		return e
+	}
+	for _, p := range []struct {
+		e     *events.RequestCompleted
+		msgID string
+	}{
+		{at("short1", 8*time.Second), "short1"},
+		{at("short2", 6*time.Second), "short2"},
+		{at("long", 10*time.Second), "long"},          // arrived first, ended last
+		{at("early", 2*time.Hour), "early"},           // from before the window, stored now
+		{at("short1", 8*time.Second), "short1-again"}, // republished past the window
+		{at("last", time.Second), "last"},
+	} {
+		publishEvent(t, js, p.e, p.msgID)
+	}
+	for _, tt := range []struct {
+		name string
+		f    Filter
+		want []string
+	}{
+		{"default window", Filter{}, []string{"long", "short1", "short2", "last"}},
+		{"limit keeps the newest arrivals", Filter{Limit: 2}, []string{"short2", "last"}},
+		{"since", Filter{Since: now.Add(-7 * time.Second)}, []string{"short2", "last"}},
+		{"whole stream", Filter{Since: now.Add(-3 * time.Hour)}, []string{"early", "long", "short1", "short2", "last"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ReadStream(ctx, js, tt.f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ids := requestIDs(got); !reflect.DeepEqual(ids, tt.want) {
+				t.Fatalf("got %v, want %v", ids, tt.want)
+			}
+		})
+	}
+}
