@@ -76,4 +76,11 @@ func TestSubjectNeverWidens(t *testing.T) {
 			t.Errorf("Subject(%q) = %q, want %q", in, got, want)
 		}
 	}
+	// A token past the bound (a NATS protocol line is at most 4 KiB) keeps
+	// its start and a hash of the whole: distinct ids stay distinct.
+	long1, long2 := strings.Repeat("a", 5000)+"1", strings.Repeat("a", 5000)+"2"
+	s1, s2 := Subject(long1), Subject(long2)
+	if len(s1) != len(SubjectCompletedPrefix)+maxToken || s1 == s2 || !strings.HasPrefix(s1, SubjectCompletedPrefix+"aaaa") {
+		t.Errorf("Subject of 5,001 bytes = %q (%d bytes), %q", s1, len(s1), s2)
+	}
 }

@@ -1,6 +1,10 @@
 package events
 
-import "strings"
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"strings"
+)
 
 // Stream and subject names. They are part of the public contract: other
 // systems subscribe to them directly.
@@ -37,7 +41,16 @@ func DLQSubjectFor(endpoint string) string {
 	return "llmproxy.dlq." + sanitizeToken(endpoint)
 }
 
+// maxToken bounds a subject token: NATS refuses a protocol line over 4 KiB
+// and closes the connection that sent it, so a token past the bound keeps
+// its start and a hash of the whole, never the whole.
+const maxToken = 128
+
 func sanitizeToken(s string) string {
+	if len(s) > maxToken {
+		sum := sha256.Sum256([]byte(s))
+		s = s[:maxToken-17] + "-" + hex.EncodeToString(sum[:8])
+	}
 	if !strings.ContainsAny(s, ". *>\t\r\n") {
 		return s
 	}

@@ -201,6 +201,10 @@ func identityFrom(ret lua.LValue) (*Identity, error) {
 				return nil, err
 			}
 		}
+		if id.ID != "" && !validID(id.ID) {
+			return nil, fmt.Errorf("returned id %s, want 1 to %d letters, digits, '_' or '-', as a key's id "+
+				"(it names the identity's events' subject and its limits' state)", quoteID(id.ID), maxIDLen)
+		}
 		switch lim := ret.RawGetString("limits").(type) {
 		case *lua.LNilType:
 		case *lua.LTable:
@@ -288,4 +292,31 @@ func optString(t *lua.LTable, key string) (string, error) {
 	default:
 		return "", fmt.Errorf("%s is a %s, want a string", key, x.Type())
 	}
+}
+
+// maxIDLen bounds an identity's id, as config.KeyIDPattern bounds a key's.
+const maxIDLen = 64
+
+// validID reports whether id is what a key's id may be (config.KeyIDPattern):
+// an id from a client's header, say, could otherwise make an event subject
+// longer than NATS takes, which closes the publishing connection.
+func validID(id string) bool {
+	if len(id) > maxIDLen {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// quoteID quotes an id for an error, its first 64 bytes at most.
+func quoteID(id string) string {
+	if len(id) > maxIDLen {
+		return fmt.Sprintf("%q… (%d bytes)", id[:maxIDLen], len(id))
+	}
+	return fmt.Sprintf("%q", id)
 }

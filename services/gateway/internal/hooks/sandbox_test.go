@@ -424,3 +424,31 @@ func TestOnAuthIdentityFields(t *testing.T) {
 		t.Fatalf("OnAuth = %+v, %v; want ErrScript naming id", id, err)
 	}
 }
+
+// TestOnAuthIdMustBeAKeyID: an identity's id follows a key id's rule (1
+// to 64 letters, digits, '_' or '-'): one built from a client's header,
+// 5,000 bytes long, would make an event subject NATS refuses, closing the
+// gateway's publishing connection, and stay at the head of the outbox.
+func TestOnAuthIdMustBeAKeyID(t *testing.T) {
+	e := newEngine(t, `function on_auth(req) return {id = "user-" .. (req.headers:get("X-User") or "")} end`, Options{})
+	for _, c := range []struct {
+		user string
+		ok   bool
+	}{
+		{"alice", true},
+		{strings.Repeat("a", 58), true}, // "user-" + 58 = 63
+		{strings.Repeat("a", 60), false},
+		{strings.Repeat("a", 5000), false},
+		{"a.b", false},
+		{"a b", false},
+		{"{a}", false},
+	} {
+		id, err := e.OnAuth(context.Background(), &Request{Headers: http.Header{"X-User": {c.user}}})
+		if c.ok && (err != nil || id == nil || id.ID != "user-"+c.user) {
+			t.Errorf("X-User %.20q: %+v, %v; want the identity", c.user, id, err)
+		}
+		if !c.ok && (!errors.Is(err, ErrScript) || !strings.Contains(err.Error(), "returned id") || len(err.Error()) > 400) {
+			t.Errorf("X-User %.20q: %+v, %v; want ErrScript naming the id, briefly", c.user, id, err)
+		}
+	}
+}
