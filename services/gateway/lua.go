@@ -30,6 +30,25 @@ func (g *Gateway) hookRequest(r *http.Request, x *exchange) *hooks.Request {
 	return hr
 }
 
+// luaRejection is the client's error for an on_request rejection, typed
+// as OpenAI types its own errors of that status; a 429 says when to retry
+// (1 s: the script gave no time), as every other 429 does.
+func luaRejection(rej *hooks.Rejection) *apierr.Error {
+	e := &apierr.Error{Status: rej.Status, Type: "invalid_request_error", Code: rej.Code, Message: rej.Message}
+	switch {
+	case rej.Status == http.StatusUnauthorized:
+		e.Type = "authentication_error"
+	case rej.Status == http.StatusForbidden:
+		e.Type = "permission_error"
+	case rej.Status == http.StatusTooManyRequests:
+		e.Type = "rate_limit_error"
+		e.Header = http.Header{"Retry-After": {"1"}}
+	case rej.Status >= 500:
+		e.Type = "api_error"
+	}
+	return e
+}
+
 // luaError maps a failed hook call to the client's error; the script's
 // message (file:line) goes to the log only.
 func (g *Gateway) luaError(x *exchange, hook string, err error) *apierr.Error {

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	goruntime "runtime"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -455,5 +456,31 @@ func TestOnRequestBodyMustBeUTF8(t *testing.T) {
 	case r := <-got:
 		t.Fatalf("the backend got %v", r)
 	default:
+	}
+}
+
+// TestLuaRejectionsAreTypedByStatus: an on_request rejection's error type
+// is OpenAI's for its status, and a 429 says when to retry, as every other
+// 429 the gateway sends does.
+func TestLuaRejectionsAreTypedByStatus(t *testing.T) {
+	got := make(chan map[string]any, 10)
+	a := recordingBackend(t, "a", got)
+	script := filepath.Join(t.TempDir(), "reject.lua")
+	src := "function on_request(req)\n  local s = tonumber(req.headers:get('X-Status'))\n  if s then return {status = s, message = 'no'} end\nend\n"
+	if err := os.WriteFile(script, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	gw, _ := gatewayFromYAML(t, fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q}]\nlua: {scripts: [%q]}\n", a.URL, testKey, script))
+	for status, want := range map[int]string{400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+		429: "rate_limit_error", 503: "api_error"} {
+		hdr := withKey()
+		hdr["X-Status"] = strconv.Itoa(status)
+		resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"x"}`, hdr)
+		if resp.StatusCode != status || !strings.Contains(string(body), `"type":"`+want+`"`) {
+			t.Errorf("%d: %d %s, want type %s", status, resp.StatusCode, body, want)
+		}
+		if (status == 429) != (resp.Header.Get("Retry-After") == "1") {
+			t.Errorf("%d: Retry-After %q", status, resp.Header.Get("Retry-After"))
+		}
 	}
 }

@@ -313,7 +313,7 @@ func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
 			return g.luaError(x, hooks.HookRequest, err)
 		}
 		if rej != nil {
-			return g.reject("lua_rejected", &apierr.Error{Status: rej.Status, Type: "invalid_request_error", Code: rej.Code, Message: rej.Message})
+			return g.reject("lua_rejected", luaRejection(rej))
 		}
 		if !bytes.Equal(hr.Body, x.body) {
 			info, err := usage.ParseRequest(hr.Body)
@@ -321,7 +321,11 @@ func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
 				err = errors.New("not UTF-8")
 			}
 			if err != nil {
-				return apierr.Internal("lua_error", "on_request produced a body that is not valid JSON")
+				// The script's failure, logged and counted as any other
+				// (the parse error names no secret: no body bytes).
+				g.log.Error("lua hook failed", "request_id", x.requestID, "hook", hooks.HookRequest,
+					"err", "the body it set is not a request the gateway can read: "+err.Error())
+				return g.reject("lua_error", apierr.Internal("lua_error", "on_request produced a body that is not valid JSON"))
 			}
 			x.body, x.info = hr.Body, info
 		}

@@ -202,7 +202,7 @@ func identityFrom(ret lua.LValue) (*Identity, error) {
 			}
 		}
 		if id.ID != "" && !validID(id.ID) {
-			return nil, fmt.Errorf("returned id %s, want 1 to %d letters, digits, '_' or '-', as a key's id "+
+			return nil, fmt.Errorf("returned id %s, want at most %d bytes and no spaces or control characters "+
 				"(it names the identity's events' subject and its limits' state)", quoteID(id.ID), maxIDLen)
 		}
 		switch lim := ret.RawGetString("limits").(type) {
@@ -297,16 +297,17 @@ func optString(t *lua.LTable, key string) (string, error) {
 // maxIDLen bounds an identity's id, as config.KeyIDPattern bounds a key's.
 const maxIDLen = 64
 
-// validID reports whether id is what a key's id may be (config.KeyIDPattern):
-// an id from a client's header, say, could otherwise make an event subject
-// longer than NATS takes, which closes the publishing connection.
+// validID reports whether id may name an identity: at most maxIDLen bytes,
+// none a space or a control character. An id from a client's header, say,
+// could otherwise make an event subject longer than NATS takes, which
+// closes the publishing connection, or split a log line. (The characters
+// NATS gives meaning to, '.', '*' and '>', are replaced in subjects.)
 func validID(id string) bool {
 	if len(id) > maxIDLen {
 		return false
 	}
 	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-') {
+		if c := id[i]; c <= ' ' || c == 0x7f {
 			return false
 		}
 	}

@@ -48,9 +48,11 @@ func (e *Engine) newVM() (v *vm, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), e.opts.InitTimeout)
 	defer cancel()
 	L.SetContext(ctx)
+	running := "" // the script whose top-level code runs
 	err = v.protect(func(v *vm) error {
 		v.openLibs(e)
 		for _, s := range e.scripts {
+			running = s.name
 			if err := v.runChunk(s); err != nil {
 				return err
 			}
@@ -60,7 +62,7 @@ func (e *Engine) newVM() (v *vm, err error) {
 	if err != nil || ctx.Err() != nil {
 		L.Close()
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("lua init: %w: top-level code ran past %s", ErrTimeout, e.opts.InitTimeout)
+			return nil, fmt.Errorf("lua init: %w: %s: top-level code ran past %s", ErrTimeout, running, e.opts.InitTimeout)
 		}
 		return nil, fmt.Errorf("lua init: %s", luaMessage(err))
 	}
