@@ -239,8 +239,13 @@ func reference(s string, lookup func(string) (string, bool)) (ref, bool) {
 		i++
 	}
 	name := s[2:i]
-	if name == "" || i >= len(s) {
+	if name == "" {
 		return ref{}, false
+	}
+	if i >= len(s) || s[i] == '\n' {
+		// "token: ${ADMIN_TOKEN": a reference missing its brace, not a
+		// value to keep as written (the literal would become the token).
+		return ref{n: i, fails: []string{fmt.Sprintf("${%s has no closing brace on its line ($${ writes a literal ${)", name)}}, true
 	}
 	if s[i] == '}' {
 		v, set := lookup(name)

@@ -41,6 +41,11 @@ func TestExpand(t *testing.T) {
 		{"not a reference", "${not valid} ${1X} ${HOST ${user.name}", "${not valid} ${1X} ${HOST ${user.name}", nil, nil},
 		{"no brace before newline", "${NOPE:-x\nb: 1}", "x\nb: 1}", nil, []string{"${NOPE:- has no closing brace on its line"}},
 		{"dollar alone", "$5", "$5", nil, nil},
+		// A name that runs to the end of the value or its line is a
+		// reference missing its brace: kept as text it would become a
+		// token or an HMAC key anyone reading the file knows.
+		{"name without a brace", "${LLMPROXY_ADMIN_TOKEN", "", nil, []string{"${LLMPROXY_ADMIN_TOKEN has no closing brace on its line"}},
+		{"name without a brace before newline", "Bearer ${TOKEN\nx", "Bearer \nx", nil, []string{"${TOKEN has no closing brace"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
