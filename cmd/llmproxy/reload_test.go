@@ -190,3 +190,30 @@ func serveFile(t *testing.T, path string) *syncBuffer {
 	})
 	return logBuf
 }
+
+// TestCarryHUPNeverBlocks: a SIGHUP caught both by the early channel and
+// by serve's (one signal can reach both while serve takes over) is one
+// reload, and carrying it over never blocks: a blocking send into serve's
+// full channel hung the process before it listened, deaf to SIGTERM.
+func TestCarryHUPNeverBlocks(t *testing.T) {
+	early, hup := make(chan os.Signal, 1), make(chan os.Signal, 1)
+	early <- syscall.SIGHUP
+	hup <- syscall.SIGHUP
+	done := make(chan struct{})
+	go func() { carryHUP(early, hup); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("carryHUP blocked with both channels holding a SIGHUP")
+	}
+	if len(hup) != 1 || len(early) != 0 {
+		t.Fatalf("hup holds %d, early %d; want one reload pending and nothing left early", len(hup), len(early))
+	}
+	// Only the early channel caught it: it is carried over.
+	early <- syscall.SIGHUP
+	<-hup
+	carryHUP(early, hup)
+	if len(hup) != 1 {
+		t.Fatal("a SIGHUP caught early only was not carried over")
+	}
+}

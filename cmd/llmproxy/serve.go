@@ -182,6 +182,22 @@ func (h flushingHandler) WithGroup(name string) slog.Handler {
 	return flushingHandler{Handler: h.Handler.WithGroup(name), w: h.w}
 }
 
+// carryHUP moves a SIGHUP that early caught before serve took over into
+// hup, unless hup holds one already: between signal.Notify(hup) and
+// signal.Stop(early) one signal can reach both, and a blocking send into
+// the full hup would hang the process before it serves or heeds SIGTERM.
+// One reload is all that any number of pending SIGHUPs asks for.
+func carryHUP(early <-chan os.Signal, hup chan os.Signal) {
+	select {
+	case sig := <-early:
+		select {
+		case hup <- sig:
+		default:
+		}
+	default:
+	}
+}
+
 // serve runs target until ctx is done, then shuts down in order: stop
 // accepting, let in-flight requests finish (up to server.drain_timeout),
 // flush events, stop the workers, close the stores. adminListen, when not
@@ -199,11 +215,7 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	signal.Stop(earlyHUP)
-	select {
-	case sig := <-earlyHUP:
-		hup <- sig
-	default:
-	}
+	carryHUP(earlyHUP, hup)
 	log = log.With("target", target)
 	redis.SetLogger(newRedisLogger(log))
 	runGateway := target == "all" || target == "gateway"
