@@ -69,7 +69,24 @@ func TestParseProblems(t *testing.T) {
 		{
 			name: "syntax error",
 			yaml: "backends:\n  - url: http://b:8000\n   weight: 1\n",
-			want: []string{`invalid YAML: did not find expected '-' indicator`},
+			want: []string{`c.yaml:2: invalid YAML: did not find expected '-' indicator`},
+		},
+		{
+			// yaml.v3 gives a parser error's line 0-based, at the start
+			// of the construct left open: the brace is on line 3.
+			name: "unclosed brace",
+			yaml: "backends:\n  - url: http://b:8000\nlogging: {level: info\nauth: {}\n",
+			want: []string{`c.yaml:3: invalid YAML: did not find expected ',' or '}' (a bracket opened on this line is not closed`},
+		},
+		{
+			name: "unclosed bracket",
+			yaml: "a: 1\nb: 2\nrouting: [oops\n",
+			want: []string{`c.yaml:3: invalid YAML: did not find expected ',' or ']'`},
+		},
+		{
+			name: "scanner errors are 1-based already",
+			yaml: "listen: \":1\"\n\tdata_dir: x\n",
+			want: []string{`c.yaml:2: invalid YAML: found character that cannot start any token`},
 		},
 		{
 			name: "top level not a mapping",

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -141,11 +142,29 @@ func parseYAML(text string) (root *yaml.Node, perr *Error) {
 	return nil, nil
 }
 
+// yamlParserErrors are the messages of yaml.v3's parser (not its
+// scanner) that name a construct left open. yaml.v3 gives their line
+// 0-based, and it is the line where the open construct (a flow mapping or
+// list, a block) starts rather than where the parser gave up.
+var yamlParserErrors = []string{
+	"did not find expected ',' or '}'",
+	"did not find expected ',' or ']'",
+	"did not find expected '-' indicator",
+	"did not find expected key",
+	"did not find expected node content",
+	"did not find expected <document start>",
+}
+
 func yamlError(err error) *Error {
 	msg := err.Error()
 	if m := yamlLine.FindStringSubmatch(msg); m != nil {
 		line, _ := strconv.Atoi(m[1])
-		return &Error{Line: line, Msg: "invalid YAML: " + m[2], Err: err}
+		text := m[2]
+		if slices.Contains(yamlParserErrors, text) {
+			line++
+			text += " (a bracket opened on this line is not closed, or a line of the block that starts here is out of place)"
+		}
+		return &Error{Line: line, Msg: "invalid YAML: " + text, Err: err}
 	}
 	return &Error{Msg: "invalid YAML: " + strings.TrimPrefix(msg, "yaml: "), Err: err}
 }
