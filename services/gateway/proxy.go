@@ -1234,9 +1234,10 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 		if x.errMsg == "" {
 			x.errMsg = "backend_error"
 		}
-	} else if x.delivered && (!res.Found || !res.PromptKnown || x.errMsg == "client_closed_request" || x.errMsg == "client_send_timeout" || x.errMsg == "server_shutdown") {
+	} else if x.delivered && x.body != nil && (!res.Found || !res.PromptKnown || x.errMsg == "client_closed_request" || x.errMsg == "client_send_timeout" || x.errMsg == "server_shutdown") {
 		// No usage from the backend, or the client left: count what was
-		// delivered ourselves.
+		// delivered ourselves. (A GET, Ollama's model list, has no
+		// prompt and generates nothing: there is nothing to count.)
 		x.source = events.UsageSourceEstimated
 		if res.CountRejected && x.upstream != nil {
 			// A misbehaving engine does this on every reply: the

@@ -7,6 +7,8 @@ import (
 	"net/http/httptest"
 	"slices"
 	"testing"
+
+	"github.com/llmproxy/llmproxy/pkg/events"
 )
 
 // TestTagsListOnlyTheKeysModels: Ollama's GET /api/tags, asked with a key
@@ -26,7 +28,10 @@ func TestTagsListOnlyTheKeysModels(t *testing.T) {
 	gw, s := gatewayFromYAML(t, yaml)
 	names := func(key string) []string {
 		resp, body := do(t, "GET", gw.URL+"/api/tags", "", map[string]string{"Authorization": "Bearer " + key})
-		s.next(t)
+		// A model list bills nothing, and nothing is estimated for it.
+		if ev := s.next(t); ev.UsageSource != events.UsageSourceBackend || ev.Usage.TotalTokens != 0 {
+			t.Fatalf("the model list's event: usage %+v (%s), want nothing, from the backend", ev.Usage, ev.UsageSource)
+		}
 		if resp.StatusCode != 200 {
 			t.Fatalf("%d %s", resp.StatusCode, body)
 		}
