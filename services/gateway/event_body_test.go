@@ -69,6 +69,12 @@ func TestBodyKeyIsScrubbed(t *testing.T) {
 	if ev := s.next(t); string(ev.RequestBody) != want {
 		t.Errorf("event request_body %s, want %s", ev.RequestBody, want)
 	}
+	// The key sent as the model: the event's model (and so the access
+	// line's and webhooks') is not the key either.
+	resp, b := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"`+testKey+`"}`, withKey())
+	if ev := s.next(t); ev.Model == testKey || strings.Contains(string(b), testKey) {
+		t.Errorf("a key sent as the model: event model %q, reply %d %s", ev.Model, resp.StatusCode, b)
+	}
 }
 
 func TestScrubBodySecret(t *testing.T) {

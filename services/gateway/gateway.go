@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -26,6 +27,7 @@ import (
 	"github.com/llmproxy/llmproxy/services/gateway/internal/auth"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/balancer"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/publish"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/redact"
 )
 
 // EventSink receives one event per finished request. Publish must not block
@@ -236,7 +238,7 @@ func (g *Gateway) routes() *echo.Echo {
 				return
 			case http.StatusMethodNotAllowed:
 				id := g.unroutedID(c.Response())
-				apierr.Write(c.Response(), &apierr.Error{Status: 405, Type: "invalid_request_error", Code: "method_not_allowed", Message: "method " + c.Request().Method + " is not allowed on " + c.Request().URL.EscapedPath()})
+				apierr.Write(c.Response(), &apierr.Error{Status: 405, Type: "invalid_request_error", Code: "method_not_allowed", Message: "method " + boundMethod(c.Request().Method) + " is not allowed on " + c.Request().URL.EscapedPath()})
 				g.logUnrouted(c.Request(), id, http.StatusMethodNotAllowed, "method_not_allowed")
 				return
 			}
@@ -290,16 +292,39 @@ func (g *Gateway) logUnrouted(r *http.Request, id string, status int, code strin
 	if !g.log.Enabled(context.Background(), slog.LevelInfo) {
 		return
 	}
-	path := r.URL.EscapedPath()
-	if len(path) > maxLoggedPath {
-		path = path[:maxLoggedPath] + "…"
-	}
 	g.log.LogAttrs(context.Background(), slog.LevelInfo, "request",
 		slog.String("request_id", id), slog.String("key_id", ""),
-		slog.String("model", ""), slog.String("path", path), slog.String("method", r.Method),
+		slog.String("model", ""), slog.String("path", g.unroutedPath(r)), slog.String("method", boundMethod(r.Method)),
 		slog.Int("status", status), slog.Int64("latency_ms", 0), slog.Int64("ttft_ms", 0),
 		slog.Int64("prompt_tokens", 0), slog.Int64("completion_tokens", 0),
 		slog.String("usage_source", ""), slog.String("backend", ""), slog.String("error", code))
+}
+
+// unroutedPath is the path of a request no route took, fit for the log:
+// the key the request presents, should a client have put it in the path
+// too, and what logging.redact's rules match are replaced, and what is
+// left is bounded.
+func (g *Gateway) unroutedPath(r *http.Request) string {
+	path := r.URL.EscapedPath()
+	if secret := bearer(r); holdsKey(path, secret) {
+		path = strings.ReplaceAll(path, secret, redact.Placeholder)
+	}
+	path = g.rt.Load().redact.Text(path)
+	if len(path) > maxLoggedPath {
+		path = path[:maxLoggedPath] + "…"
+	}
+	return path
+}
+
+// maxLoggedMethod bounds the method an access line or an error quotes: Go
+// takes request lines up to its header limit, 1 MiB.
+const maxLoggedMethod = 32
+
+func boundMethod(m string) string {
+	if len(m) > maxLoggedMethod {
+		return m[:maxLoggedMethod] + "…"
+	}
+	return m
 }
 
 // headAsGET serves a HEAD request with h as the GET it stands for: h, the

@@ -305,6 +305,12 @@ func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
 	}
 	if x.body != nil {
 		x.body = scrubBodySecret(x.body, x.secret)
+		// The model, read before the scrub, goes into the event, the
+		// access line and routing's errors: a key sent as the model
+		// reaches none of them.
+		if holdsKey(x.info.Model, x.secret) {
+			x.info.Model = redact.Placeholder
+		}
 	}
 	if lua != nil && lua.Has(hooks.HookRequest) {
 		hr := g.hookRequest(r, x)

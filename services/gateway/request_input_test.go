@@ -299,7 +299,7 @@ func TestUnknownPathsAreNamedAsSent(t *testing.T) {
 // base URL lacks /v1, a wrong method) has its access line, with the path as
 // sent (bounded) and the id its reply names, and no key or query in it.
 func TestUnroutedRequestsAreLogged(t *testing.T) {
-	cfg := parseConfig(t, fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q}]\n", "http://127.0.0.1:1", testKey))
+	cfg := parseConfig(t, fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q}]\nlogging: {redact: ['sk-proj-[a-z]+']}\n", "http://127.0.0.1:1", testKey))
 	lines := make(chan map[string]string, 10)
 	g, err := New(Options{Config: cfg, Events: newSink(), Logger: slog.New(recordHandler{out: lines})})
 	if err != nil {
@@ -314,6 +314,10 @@ func TestUnroutedRequestsAreLogged(t *testing.T) {
 		{"POST", "/chat/completions?key=" + testKey, "/chat/completions", 404, "unknown_url"},
 		{"GET", "/v1/chat/completions", "/v1/chat/completions", 405, "method_not_allowed"},
 		{"GET", long, long[:maxLoggedPath] + "…", 404, "unknown_url"},
+		// The key in the path too (a base URL with the key in it).
+		{"POST", "/" + testKey + "/v1/chat/completions", "/[REDACTED]/v1/chat/completions", 404, "unknown_url"},
+		// A rule of logging.redact, for a key without the header.
+		{"POST", "/v1/sk-proj-abcdefghij/chat", "/v1/[REDACTED]/chat", 404, "unknown_url"},
 	} {
 		req := httptest.NewRequest(c.method, c.target, strings.NewReader(`{}`))
 		req.Header.Set("Authorization", "Bearer "+testKey)
@@ -340,6 +344,19 @@ func TestUnroutedRequestsAreLogged(t *testing.T) {
 				t.Errorf("%s %s: the access line holds the key: %v", c.method, c.target, l)
 			}
 		}
+	}
+	// A method of 120,000 bytes is quoted in 32, in the line and the reply.
+	req := httptest.NewRequest(strings.Repeat("X", 120000), "/v1/chat/completions", nil)
+	w := httptest.NewRecorder()
+	g.Handler().ServeHTTP(w, req)
+	var l map[string]string
+	for len(lines) > 0 && l == nil {
+		if m := <-lines; m["msg"] == "request" {
+			l = m
+		}
+	}
+	if l == nil || len(l["method"]) > maxLoggedMethod+len("…") || w.Body.Len() > 1000 {
+		t.Errorf("a long method: line's method %d bytes, reply %d bytes", len(l["method"]), w.Body.Len())
 	}
 }
 
