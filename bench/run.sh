@@ -517,7 +517,11 @@ if has redis || [[ "${BENCH_EVENTS:-1}" == 1 ]]; then
 	start meterlocal "$BIN/llmproxy" serve --config "$WORK/meterlocal.yaml"
 	ML_PID=$LAST_PID
 	wait_http "http://$ma/readyz" meterlocal
-	"$EVENTLOAD" measure --label meter-local --nats "nats://$en" --n "$METER_EVENTS" --run "$RUN_ID-l" \
+	# Without credentials the embedded listener only lets clients read:
+	# the load generator publishes as the server's own user, whose
+	# password is in the client file.
+	creds=$(python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); print(c["user"]+":"+c["token"])' "$WORK/meterlocal-data/nats-client.json")
+	"$EVENTLOAD" measure --label meter-local --nats "nats://$creds@$en" --n "$METER_EVENTS" --run "$RUN_ID-l" \
 		--metrics "http://$ma/metrics" --metric llmproxy_meter_events_applied_total >"$WORK/res-meter-local.json" ||
 		METER_NOTE="$METER_NOTE meter (local) did not finish: see $WORK/meterlocal.log"
 	stop "$ML_PID"

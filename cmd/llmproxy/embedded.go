@@ -57,9 +57,14 @@ const (
 // process holds until the server has shut down.
 type embeddedServer struct {
 	ns *server.Server
-	// token is what clients present; "" when the server asks none.
+	// token is what clients present; "" when the server asks none. With
+	// user set (nats.embedded_listen), it is that user's password.
 	token string
-	lock  *storeLock
+	// user is the account this process and the CLI connect as when the
+	// server listens on nats.embedded_listen, where clients without
+	// credentials may only read (see readerPermissions).
+	user string
+	lock *storeLock
 	// clientFile is the client file this server wrote, "" when it does not
 	// listen.
 	clientFile string
@@ -69,9 +74,10 @@ type embeddedServer struct {
 type embeddedClient struct {
 	// URL is where the server accepts clients.
 	URL string `json:"url"`
-	// Token authenticates a client; absent when the server listens on
-	// nats.embedded_listen, which asks none.
+	// Token authenticates a client: as a token, or as User's password
+	// when User is set (nats.embedded_listen).
 	Token string `json:"token,omitempty"`
+	User  string `json:"user,omitempty"`
 	// PID is the server's process.
 	PID int `json:"pid"`
 }
@@ -122,15 +128,32 @@ func startEmbedded(cfg *config.Config, lock *storeLock, listen bool) (*embeddedS
 				return nil, fmt.Errorf("nats.embedded_listen: bad port %q", port)
 			}
 			opts.Host, opts.Port = host, p
-		} else {
-			// Loopback only, and a token: other users of the host can
-			// reach the port but cannot read data_dir, where the token is.
-			b := make([]byte, 32)
-			if _, err := rand.Read(b); err != nil {
+			// Clients without credentials may read the events (the
+			// listener is for other systems to subscribe), not publish
+			// one (usage a ledger would bill), take a consumer's
+			// messages (a meter's, unapplied) or purge the stream; this
+			// process and the CLI log in as the full user, whose
+			// password is in the client file (0600).
+			token, err := randomToken()
+			if err != nil {
 				lock.release()
 				return nil, err
 			}
-			e.token = hex.EncodeToString(b)
+			e.token, e.user = token, embeddedUser
+			opts.Users = []*server.User{
+				{Username: embeddedUser, Password: token},
+				{Username: embeddedReader, Permissions: readerPermissions()},
+			}
+			opts.NoAuthUser = embeddedReader
+		} else {
+			// Loopback only, and a token: other users of the host can
+			// reach the port but cannot read data_dir, where the token is.
+			token, err := randomToken()
+			if err != nil {
+				lock.release()
+				return nil, err
+			}
+			e.token = token
 			opts.Host, opts.Port, opts.Authorization = "127.0.0.1", server.RANDOM_PORT, e.token
 		}
 	}
@@ -146,7 +169,7 @@ func startEmbedded(cfg *config.Config, lock *storeLock, listen bool) (*embeddedS
 		return nil, fmt.Errorf("embedded nats did not start within 15s")
 	}
 	if listen {
-		c := embeddedClient{URL: embeddedURL(ns.Addr().String()), Token: e.token, PID: os.Getpid()}
+		c := embeddedClient{URL: embeddedURL(ns.Addr().String()), Token: e.token, User: e.user, PID: os.Getpid()}
 		path := cfg.DataPath(clientFileName)
 		if err := writeClientFile(path, c); err != nil {
 			e.shutdown()
@@ -155,6 +178,57 @@ func startEmbedded(cfg *config.Config, lock *storeLock, listen bool) (*embeddedS
 		e.clientFile = path
 	}
 	return e, nil
+}
+
+// The embedded server's users on nats.embedded_listen: the full one this
+// process and the CLI log in as, and the one clients without credentials
+// get.
+const (
+	embeddedUser   = "llmproxy"
+	embeddedReader = "reader"
+)
+
+// readerPermissions let a client without credentials on
+// nats.embedded_listen subscribe to anything (the events as they are
+// published, on llmproxy.v1.>) and read the streams' messages and state
+// through the JetStream API's read-only requests, and nothing else: no
+// publish to an event subject, no consumer (whose acks could take a
+// meter's events before it applies them), no purge or delete. A system
+// that needs a durable consumer of its own uses an external NATS.
+func readerPermissions() *server.Permissions {
+	return &server.Permissions{
+		Publish: &server.SubjectPermission{Allow: []string{
+			"$JS.API.INFO",
+			"$JS.API.STREAM.NAMES",
+			"$JS.API.STREAM.LIST",
+			"$JS.API.STREAM.INFO.*",
+			"$JS.API.STREAM.MSG.GET.*",
+			"$JS.API.DIRECT.GET.>",
+		}},
+		Subscribe: &server.SubjectPermission{Allow: []string{">"}},
+	}
+}
+
+// randomToken returns 32 random bytes in hex.
+func randomToken() (string, error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b), nil
+}
+
+// auth is the option a client of c's server connects with.
+func (c embeddedClient) auth() nats.Option {
+	if c.User != "" {
+		return nats.UserInfo(c.User, c.Token)
+	}
+	return nats.Token(c.Token)
+}
+
+// auth is the option this process's in-process connection uses.
+func (e *embeddedServer) auth() nats.Option {
+	return embeddedClient{Token: e.token, User: e.user}.auth()
 }
 
 // logTo sends the server's warnings and errors to log ("nats: " and the
@@ -283,7 +357,7 @@ func reachEmbedded(ctx context.Context, cfg *config.Config, extra []nats.Option,
 		c, err := readClientFile(cfg)
 		switch {
 		case err == nil:
-			b, cerr := connectBus(ctx, cfg, c.URL, nil, append(extra, nats.Token(c.Token)), false, log)
+			b, cerr := connectBus(ctx, cfg, c.URL, nil, append(extra, c.auth()), false, log)
 			if cerr == nil {
 				return b, nil
 			}
@@ -310,7 +384,7 @@ func reachEmbedded(ctx context.Context, cfg *config.Config, extra []nats.Option,
 // runs, else to a server of its own, without a listener, on the store.
 func openStore(ctx context.Context, cfg *config.Config, lock *storeLock, extra []nats.Option, log *slog.Logger) (*bus, error) {
 	if c, err := readClientFile(cfg); err == nil && !storeLocking {
-		if b, err := connectBus(ctx, cfg, c.URL, nil, append(extra, nats.Token(c.Token)), false, log); err == nil {
+		if b, err := connectBus(ctx, cfg, c.URL, nil, append(extra, c.auth()), false, log); err == nil {
 			lock.release()
 			return b, nil
 		}

@@ -20,8 +20,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
+	"github.com/llmproxy/llmproxy/pkg/events"
 	"github.com/llmproxy/llmproxy/services/gateway"
 )
 
@@ -341,5 +343,95 @@ func TestEmbeddedSyncsBeforeTheOutboxLetsGo(t *testing.T) {
 	if got, limit := js.SyncInterval, gateway.OutboxDurableDelay/2; got <= 0 || got > limit {
 		t.Fatalf("embedded JetStream sync interval %v; want at most %v (the outbox drops an acknowledged event after %v)",
 			got, limit, gateway.OutboxDurableDelay)
+	}
+}
+
+// TestEmbeddedListenIsReadOnlyWithoutCredentials: on nats.embedded_listen a
+// client without credentials reads the events (a subscription, a stream
+// message) but cannot publish one (usage a ledger would bill), make a
+// consumer (whose acks could take a meter's events) or purge the stream;
+// this process and the CLI, with the client file's credentials, can.
+func TestEmbeddedListenIsReadOnlyWithoutCredentials(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	cfg := &config.Config{DataDir: t.TempDir()}
+	cfg.NATS.EmbeddedListen = addr
+	lock, err := lockStore(context.Background(), cfg, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := startEmbedded(cfg, lock, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.shutdown()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	// The full user: this process (and the CLI, from the client file).
+	b, err := connectBus(ctx, cfg, "", e, nil, true, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.close()
+	if err := b.waitStreams(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c, err := readClientFile(cfg)
+	if err != nil || c.User == "" || c.Token == "" {
+		t.Fatalf("client file %+v, %v; want the full user's credentials", c, err)
+	}
+	cli, err := connectBus(ctx, cfg, c.URL, nil, []nats.Option{c.auth()}, false, log)
+	if err != nil {
+		t.Fatalf("the CLI's connection: %v", err)
+	}
+	defer cli.close()
+
+	anon, err := nats.Connect("nats://" + addr)
+	if err != nil {
+		t.Fatalf("a client without credentials is refused: %v", err)
+	}
+	defer anon.Close()
+	sub, err := anon.SubscribeSync(events.SubjectCompletedAll)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := anon.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.js.Publish(ctx, events.Subject("alpha"), []byte(`{"request_id":"r1"}`)); err != nil {
+		t.Fatalf("the full user's publish: %v", err)
+	}
+	if _, err := sub.NextMsg(5 * time.Second); err != nil {
+		t.Fatalf("the subscription without credentials got no event: %v", err)
+	}
+	ajs, err := jetstream.New(anon)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := ajs.Stream(ctx, events.StreamName)
+	if err != nil {
+		t.Fatalf("stream info without credentials: %v", err)
+	}
+	if _, err := stream.GetMsg(ctx, 1); err != nil {
+		t.Fatalf("reading a message without credentials: %v", err)
+	}
+	short, cancelShort := context.WithTimeout(ctx, 2*time.Second)
+	defer cancelShort()
+	if _, err := ajs.Publish(short, events.Subject("alpha"), []byte(`{"request_id":"fake"}`)); err == nil {
+		t.Error("an event published without credentials was stored")
+	}
+	if err := stream.Purge(short); err == nil {
+		t.Error("the stream was purged without credentials")
+	}
+	if _, err := ajs.CreateOrUpdateConsumer(short, events.StreamName, jetstream.ConsumerConfig{Durable: "meter"}); err == nil {
+		t.Error("a consumer was made without credentials")
+	}
+	if info, err := stream.Info(ctx); err != nil || info.State.Msgs != 1 {
+		t.Fatalf("stream after the attempts: %+v, %v; want the one event", info, err)
 	}
 }

@@ -124,7 +124,7 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 	}
 	if e != nil {
 		url = e.url()
-		opts = append(opts, nats.InProcessServer(e.ns), nats.Token(e.token))
+		opts = append(opts, nats.InProcessServer(e.ns), e.auth())
 	}
 	opts = append(opts, extra...)
 	nc, err := nats.Connect(url, opts...)
