@@ -5,7 +5,10 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strings"
+
+	"github.com/llmproxy/llmproxy/services/gateway/internal/redact"
 )
 
 // hopHeaders are removed in both directions (RFC 9110 §7.6.1).
@@ -20,14 +23,24 @@ var hopHeaders = []string{
 // where Azure OpenAI clients send theirs; the gateway does not take a key
 // from it, but a client pointed at the gateway sends it all the same.
 // Expect is the gateway's to answer: it has the whole body before it sends
-// the request on.
-func copyRequestHeader(dst, src http.Header) {
+// the request on. The key the request authenticated with (secret) is
+// replaced wherever else a client put it (a Referer with ?api_key=, a
+// header an SDK of another provider sends), as in the body.
+func copyRequestHeader(dst, src http.Header, secret string) {
 	for k, vv := range src {
 		switch k {
 		case "Authorization", "X-Api-Key", "Api-Key", "Content-Length", "Cookie", "Host", "Expect":
 			continue
 		}
 		dst[k] = vv
+		for i, v := range vv {
+			if holdsKey(v, secret) {
+				if &dst[k][0] == &vv[0] {
+					dst[k] = slices.Clone(vv) // the client's own stay as sent
+				}
+				dst[k][i] = strings.ReplaceAll(v, secret, redact.Placeholder)
+			}
+		}
 	}
 	removeHop(dst)
 }

@@ -170,7 +170,7 @@ func TestRequestHeadersForTheBackend(t *testing.T) {
 		"Content-Type": {"application/json"}, "X-Custom": {"kept"},
 	}
 	dst := http.Header{}
-	copyRequestHeader(dst, src)
+	copyRequestHeader(dst, src, "sk-x")
 	for _, k := range []string{"Authorization", "X-Api-Key", "Api-Key", "Cookie", "Expect", "Connection", "Te"} {
 		if v, ok := dst[k]; ok {
 			t.Errorf("%s reached the backend: %q", k, v)
@@ -180,5 +180,34 @@ func TestRequestHeadersForTheBackend(t *testing.T) {
 		if dst.Get(k) == "" {
 			t.Errorf("%s did not reach the backend", k)
 		}
+	}
+
+	// The request's key anywhere else (a Referer with ?api_key=, another
+	// provider's key header) is replaced; the client's header map is
+	// left as it was.
+	const key = "sk-llmproxy-0123456789abcdef"
+	src = http.Header{
+		"Referer":        {"https://app.example/chat?api_key=" + key},
+		"X-Goog-Api-Key": {key},
+		"X-Debug":        {"a", "Bearer " + key, "b " + key},
+		"X-Other":        {"sk-llmproxy-not-the-key"},
+	}
+	dst = http.Header{}
+	copyRequestHeader(dst, src, key)
+	for k, vv := range dst {
+		for _, v := range vv {
+			if strings.Contains(v, key) {
+				t.Errorf("%s: %q reached the backend", k, v)
+			}
+		}
+	}
+	if got := dst["X-Debug"]; len(got) != 3 || got[0] != "a" || got[1] != "Bearer [REDACTED]" || got[2] != "b [REDACTED]" {
+		t.Errorf("X-Debug %q", got)
+	}
+	if dst.Get("Referer") != "https://app.example/chat?api_key=[REDACTED]" || dst.Get("X-Other") != "sk-llmproxy-not-the-key" {
+		t.Errorf("Referer %q, X-Other %q", dst.Get("Referer"), dst.Get("X-Other"))
+	}
+	if src.Get("X-Goog-Api-Key") != key {
+		t.Error("the client's own header map was changed")
 	}
 }

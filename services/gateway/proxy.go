@@ -898,7 +898,7 @@ func (g *Gateway) roundTrip(ctx context.Context, r *http.Request, x *exchange, u
 	if x.body != nil {
 		out.ContentLength = int64(len(x.body))
 	}
-	copyRequestHeader(out.Header, r.Header)
+	copyRequestHeader(out.Header, r.Header, x.secret)
 	setForwardedFor(out.Header, x.peer, x.peerTrusted)
 	if x.body != nil {
 		setJSONContentType(out.Header)
