@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bufio"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"path/filepath"
 	"testing"
@@ -39,5 +41,54 @@ logging: { level: warn }
 	})
 	if code, body := status("http://" + admin + "/readyz"); code != http.StatusServiceUnavailable {
 		t.Fatalf("admin /readyz = %d %q with every backend down, want 503", code, body)
+	}
+}
+
+// TestAdminClosesIdleConnections: the admin listener closes a keep-alive
+// connection left idle for server.idle_timeout, as the API listener does;
+// it kept them for good, so anyone who could reach it could hold a
+// worker's descriptors.
+func TestAdminClosesIdleConnections(t *testing.T) {
+	dir := t.TempDir()
+	listen, admin := freeAddr(t), freeAddr(t)
+	path := filepath.Join(dir, "llmproxy.yaml")
+	yaml := fmt.Sprintf(`listen: %q
+data_dir: %q
+admin: { listen: %q, token: admin-token-0123456789 }
+server: { idle_timeout: 500ms }
+backends:
+  - url: "http://127.0.0.1:9"
+logging: { level: warn }
+`, listen, filepath.Join(dir, "data"), admin)
+	serveAll(t, path, yaml)
+	eventually(t, 20*time.Second, "the admin listener", func() (bool, string) {
+		resp, err := http.Get("http://" + admin + "/healthz")
+		if err != nil {
+			return false, err.Error()
+		}
+		resp.Body.Close()
+		return true, ""
+	})
+	conn, err := net.Dial("tcp", admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(r, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	start := time.Now()
+	if _, err := r.ReadByte(); err == nil {
+		t.Fatal("the idle connection sent more")
+	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatalf("the idle connection was still open after %v", time.Since(start))
 	}
 }

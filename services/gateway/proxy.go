@@ -484,7 +484,13 @@ func typeMismatch(te *json.UnmarshalTypeError, in string) *apierr.Error {
 	if in != "" {
 		field += " in " + in
 	}
-	return apierr.BadRequest("invalid_type", "invalid type for "+field+": expected "+jsonKind(te.Type)+", but got "+jsonValue(te.Value)+" instead")
+	kind := jsonKind(te.Type)
+	if n, ok := strings.CutPrefix(te.Value, "number "); ok && kind == "an integer" && n != "" && strings.Trim(n, "0123456789") == "" {
+		// An integer, too large for the field: not a type error to
+		// the client's eyes.
+		kind = "an integer below 2^63"
+	}
+	return apierr.BadRequest("invalid_type", "invalid type for "+field+": expected "+kind+", but got "+jsonValue(te.Value)+" instead")
 }
 
 // jsonKind names the JSON type a value of Go type t is read from.
