@@ -181,7 +181,8 @@ func testCLIWithDataDirOnly(t *testing.T, embeddedListen string) {
 	eventually(t, 30*time.Second, "the dead letter through the running server", func() (bool, string) { return findDeadLetter(path, id) })
 
 	// The client file: the owner's only, the server's address, and the
-	// token it asks of every client (none on nats.embedded_listen).
+	// token it asks of every client (on nats.embedded_listen, the full
+	// user's password: a client without one may only read).
 	clientFile := cfg.DataPath(clientFileName)
 	st, err := os.Stat(clientFile)
 	if err != nil {
@@ -195,12 +196,12 @@ func testCLIWithDataDirOnly(t *testing.T, embeddedListen string) {
 		t.Fatalf("client file = %+v, %v; want this pid", c, err)
 	}
 	if embeddedListen != "" {
-		if c.URL != "nats://"+embeddedListen || c.Token != "" {
-			t.Fatalf("client file = %+v; want nats://%s and no token", c, embeddedListen)
+		if c.URL != "nats://"+embeddedListen || c.User == "" || len(c.Token) < 32 {
+			t.Fatalf("client file = %+v; want nats://%s and the full user's credentials", c, embeddedListen)
 		}
 		nc, err := nats.Connect(c.URL, nats.RetryOnFailedConnect(false))
 		if err != nil {
-			t.Fatalf("nats.embedded_listen refused a client without a token: %v", err)
+			t.Fatalf("nats.embedded_listen refused a client without credentials (it may read): %v", err)
 		}
 		nc.Close()
 	} else {
@@ -391,7 +392,7 @@ func TestEmbeddedListenIsReadOnlyWithoutCredentials(t *testing.T) {
 	}
 	defer cli.close()
 
-	anon, err := nats.Connect("nats://" + addr)
+	anon, err := nats.Connect("nats://"+addr, nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
 	if err != nil {
 		t.Fatalf("a client without credentials is refused: %v", err)
 	}
