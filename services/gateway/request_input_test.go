@@ -306,6 +306,18 @@ func TestUnroutedRequestsAreLogged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// serve has the gateway answer req and returns the reply and the
+	// access line it wrote (nil: none).
+	serve := func(req *http.Request) (*httptest.ResponseRecorder, map[string]string) {
+		w := httptest.NewRecorder()
+		g.Handler().ServeHTTP(w, req)
+		for len(lines) > 0 {
+			if m := <-lines; m["msg"] == "request" {
+				return w, m
+			}
+		}
+		return w, nil
+	}
 	long := "/" + strings.Repeat("x", 2*maxLoggedPath)
 	for _, c := range []struct {
 		method, target, path string
@@ -322,14 +334,7 @@ func TestUnroutedRequestsAreLogged(t *testing.T) {
 	} {
 		req := httptest.NewRequest(c.method, c.target, strings.NewReader(`{}`))
 		req.Header.Set("Authorization", "Bearer "+testKey)
-		w := httptest.NewRecorder()
-		g.Handler().ServeHTTP(w, req)
-		var l map[string]string
-		for len(lines) > 0 && l == nil {
-			if m := <-lines; m["msg"] == "request" {
-				l = m
-			}
-		}
+		w, l := serve(req)
 		switch {
 		case w.Code != c.status:
 			t.Errorf("%s %s: %d, want %d", c.method, c.target, w.Code, c.status)
@@ -347,15 +352,7 @@ func TestUnroutedRequestsAreLogged(t *testing.T) {
 		}
 	}
 	// A method of 120,000 bytes is quoted in 32, in the line and the reply.
-	req := httptest.NewRequest(strings.Repeat("X", 120000), "/v1/chat/completions", nil)
-	w := httptest.NewRecorder()
-	g.Handler().ServeHTTP(w, req)
-	var l map[string]string
-	for len(lines) > 0 && l == nil {
-		if m := <-lines; m["msg"] == "request" {
-			l = m
-		}
-	}
+	w, l := serve(httptest.NewRequest(strings.Repeat("X", 120000), "/v1/chat/completions", nil))
 	if l == nil || len(l["method"]) > maxLoggedMethod+len("…") || w.Body.Len() > 1000 {
 		t.Errorf("a long method: line's method %d bytes, reply %d bytes", len(l["method"]), w.Body.Len())
 	}
