@@ -8,6 +8,7 @@ import (
 	"unsafe"
 
 	"github.com/llmproxy/llmproxy/pkg/jsonscan"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/redact"
 )
 
 // minScrubbedSecret is the shortest key scrubBodySecret looks for: a
@@ -15,7 +16,7 @@ import (
 const minScrubbedSecret = 8
 
 // scrubbedSecret stands for a key scrubBodySecret took out of a body.
-var scrubbedSecret = []byte("[REDACTED]")
+var scrubbedSecret = []byte(redact.Placeholder)
 
 // scrubBodySecret returns body with every copy of the client's own key
 // (secret, as it authenticated) replaced by "[REDACTED]": a client that
@@ -89,4 +90,13 @@ func plainInJSON(s string) bool {
 // minScrubbedSecret): such a value is not kept.
 func holdsKey(s, secret string) bool {
 	return len(secret) >= minScrubbedSecret && strings.Contains(s, secret)
+}
+
+// withoutKey returns s with the client's key secret, where s holds it (see
+// holdsKey), replaced by redact.Placeholder.
+func withoutKey(s, secret string) string {
+	if !holdsKey(s, secret) {
+		return s
+	}
+	return strings.ReplaceAll(s, secret, redact.Placeholder)
 }

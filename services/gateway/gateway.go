@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -27,7 +26,6 @@ import (
 	"github.com/llmproxy/llmproxy/services/gateway/internal/auth"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/balancer"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/publish"
-	"github.com/llmproxy/llmproxy/services/gateway/internal/redact"
 )
 
 // EventSink receives one event per finished request. Publish must not block
@@ -305,26 +303,21 @@ func (g *Gateway) logUnrouted(r *http.Request, id string, status int, code strin
 // too, and what logging.redact's rules match are replaced, and what is
 // left is bounded.
 func (g *Gateway) unroutedPath(r *http.Request) string {
-	path := r.URL.EscapedPath()
-	if secret := bearer(r); holdsKey(path, secret) {
-		path = strings.ReplaceAll(path, secret, redact.Placeholder)
-	}
-	path = g.rt.Load().redact.Text(path)
-	if len(path) > maxLoggedPath {
-		path = path[:maxLoggedPath] + "…"
-	}
-	return path
+	return clip(g.rt.Load().redact.Text(withoutKey(r.URL.EscapedPath(), bearer(r))), maxLoggedPath)
 }
 
 // maxLoggedMethod bounds the method an access line or an error quotes: Go
 // takes request lines up to its header limit, 1 MiB.
 const maxLoggedMethod = 32
 
-func boundMethod(m string) string {
-	if len(m) > maxLoggedMethod {
-		return m[:maxLoggedMethod] + "…"
+func boundMethod(m string) string { return clip(m, maxLoggedMethod) }
+
+// clip returns s, or its first n bytes and "…" when it is longer.
+func clip(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
 	}
-	return m
+	return s
 }
 
 // headAsGET serves a HEAD request with h as the GET it stands for: h, the

@@ -7,8 +7,6 @@ import (
 	"net/url"
 	"slices"
 	"strings"
-
-	"github.com/llmproxy/llmproxy/services/gateway/internal/redact"
 )
 
 // hopHeaders are removed in both directions (RFC 9110 §7.6.1).
@@ -34,11 +32,11 @@ func copyRequestHeader(dst, src http.Header, secret string) {
 		}
 		dst[k] = vv
 		for i, v := range vv {
-			if holdsKey(v, secret) {
+			if w := withoutKey(v, secret); w != v {
 				if &dst[k][0] == &vv[0] {
 					dst[k] = slices.Clone(vv) // the client's own stay as sent
 				}
-				dst[k][i] = strings.ReplaceAll(v, secret, redact.Placeholder)
+				dst[k][i] = w
 			}
 		}
 	}

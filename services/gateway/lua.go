@@ -41,8 +41,7 @@ func luaRejection(rej *hooks.Rejection) *apierr.Error {
 	case rej.Status == http.StatusForbidden:
 		e.Type = "permission_error"
 	case rej.Status == http.StatusTooManyRequests:
-		e.Type = "rate_limit_error"
-		e.Header = http.Header{"Retry-After": {"1"}}
+		e.Type, e.RetryAfter = "rate_limit_error", 1
 	case rej.Status >= 500:
 		e.Type = "api_error"
 	}

@@ -371,36 +371,42 @@ func (p *Pool) choose(model string, serving, cands []*Upstream, now time.Time, t
 			if prim.standby || avail(prim) {
 				continue
 			}
-			for _, u := range p.fallbacks[prim] {
-				if !u.Serves(model) || !usable(u) {
-					continue
-				}
-				if standIns == nil {
-					standIns = make(map[*Upstream]int)
-				}
-				if _, ok := standIns[u]; !ok && !slices.Contains(cands, u) {
-					cands = append(cands, u)
-				}
-				standIns[u] += max(prim.Weight, 1)
-				break
+			u := firstUsable(p.fallbacks[prim], model, usable)
+			if u == nil {
+				continue
 			}
+			if standIns == nil {
+				standIns = make(map[*Upstream]int)
+			}
+			if _, ok := standIns[u]; !ok && !slices.Contains(cands, u) {
+				cands = append(cands, u)
+			}
+			standIns[u] += max(prim.Weight, 1)
 		}
 	}
 	if len(cands) > 0 {
 		return cands, nil, standIns
 	}
 	for _, prim := range serving {
-		chain := p.fallbacks[prim]
-		if len(chain) == 0 || usable(prim) {
+		if usable(prim) {
 			continue
 		}
-		for _, u := range chain {
-			if u.Serves(model) && usable(u) {
-				return cands, u, nil
-			}
+		if u := firstUsable(p.fallbacks[prim], model, usable); u != nil {
+			return cands, u, nil
 		}
 	}
 	return cands, nil, nil
+}
+
+// firstUsable returns the first upstream of chain that serves model and
+// is usable, or nil.
+func firstUsable(chain []*Upstream, model string, usable func(*Upstream) bool) *Upstream {
+	for _, u := range chain {
+		if u.Serves(model) && usable(u) {
+			return u
+		}
+	}
+	return nil
 }
 
 // serving returns the upstreams that serve model; the slice is shared and

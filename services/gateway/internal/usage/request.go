@@ -444,11 +444,8 @@ func scanSpellings(body []byte, info *RequestInfo) error {
 			return nil
 		}
 		val := string(v)
-		if v[0] == '"' {
-			var str string
-			if json.Unmarshal(v, &str) == nil {
-				val = str
-			}
+		if isJSONString(v) {
+			val = string(appendUnquoted(nil, v))
 		}
 		if first, ok := seen[field]; ok && first != val {
 			return &AmbiguousFieldError{Field: field}
@@ -458,10 +455,10 @@ func scanSpellings(body []byte, info *RequestInfo) error {
 	}
 	m := objectMembers(body)
 	for key, val, ok := m.next(); ok; key, val, ok = m.next() {
-		name, plain := unquoteKey(key)
+		name := string(appendUnquoted(nil, key))
 		for _, n := range topCapNames {
 			if strings.EqualFold(name, n) {
-				note(0, plain && name == n, val)
+				note(0, name == n, val)
 			}
 		}
 		for _, n := range [...]string{"model", "stream"} {
@@ -480,9 +477,9 @@ func scanSpellings(body []byte, info *RequestInfo) error {
 			}
 			in := objectMembers(val)
 			for k, v, ok := in.next(); ok; k, v, ok = in.next() {
-				inner, innerPlain := unquoteKey(k)
+				inner := string(appendUnquoted(nil, k))
 				if strings.EqualFold(inner, nn[1]) {
-					note(1+i, plain && name == nn[0] && innerPlain && inner == nn[1], v)
+					note(1+i, name == nn[0] && inner == nn[1], v)
 				}
 				if nn[0] == "parameters" && strings.EqualFold(inner, "best_of") {
 					choices(v)
@@ -496,17 +493,4 @@ func scanSpellings(body []byte, info *RequestInfo) error {
 		}
 	}
 	return nil
-}
-
-// unquoteKey returns a raw JSON key's name and whether it was read
-// without trouble.
-func unquoteKey(key []byte) (string, bool) {
-	if bytes.IndexByte(key, '\\') < 0 {
-		return string(key[1 : len(key)-1]), true
-	}
-	var s string
-	if err := json.Unmarshal(key, &s); err != nil {
-		return "", false
-	}
-	return s, true
 }
