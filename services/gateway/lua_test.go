@@ -433,18 +433,24 @@ func TestOnResponseStatus(t *testing.T) {
 	}
 }
 
+// scriptGateway serves a gateway with one backend, the test key and one
+// Lua script of source src.
+func scriptGateway(t *testing.T, backendURL, src string) (*httptest.Server, *sink) {
+	t.Helper()
+	script := filepath.Join(t.TempDir(), "hook.lua")
+	if err := os.WriteFile(script, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return gatewayFromYAML(t, fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q}]\nlua: {scripts: [%q]}\n", backendURL, testKey, script))
+}
+
 // TestOnRequestBodyMustBeUTF8: a body on_request sets raw must be valid
 // UTF-8 JSON, as a client's must: one that is not fails its request with
 // lua_error rather than reaching the backend and the event.
 func TestOnRequestBodyMustBeUTF8(t *testing.T) {
 	got := make(chan map[string]any, 10)
 	a := recordingBackend(t, "a", got)
-	script := filepath.Join(t.TempDir(), "raw.lua")
-	src := "function on_request(req)\n  req.body:set_raw('{\"model\":\"x\\255\"}')\nend\n"
-	if err := os.WriteFile(script, []byte(src), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	gw, s := gatewayFromYAML(t, fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q}]\nlua: {scripts: [%q]}\n", a.URL, testKey, script))
+	gw, s := scriptGateway(t, a.URL, "function on_request(req)\n  req.body:set_raw('{\"model\":\"x\\255\"}')\nend\n")
 	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"x"}`, withKey())
 	if resp.StatusCode != 500 || !strings.Contains(string(body), `"code":"lua_error"`) {
 		t.Fatalf("%d %s, want 500 lua_error", resp.StatusCode, body)
@@ -465,12 +471,7 @@ func TestOnRequestBodyMustBeUTF8(t *testing.T) {
 func TestLuaRejectionsAreTypedByStatus(t *testing.T) {
 	got := make(chan map[string]any, 10)
 	a := recordingBackend(t, "a", got)
-	script := filepath.Join(t.TempDir(), "reject.lua")
-	src := "function on_request(req)\n  local s = tonumber(req.headers:get('X-Status'))\n  if s then return {status = s, message = 'no'} end\nend\n"
-	if err := os.WriteFile(script, []byte(src), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	gw, _ := gatewayFromYAML(t, fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q}]\nlua: {scripts: [%q]}\n", a.URL, testKey, script))
+	gw, _ := scriptGateway(t, a.URL, "function on_request(req)\n  local s = tonumber(req.headers:get('X-Status'))\n  if s then return {status = s, message = 'no'} end\nend\n")
 	for status, want := range map[int]string{400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
 		429: "rate_limit_error", 503: "api_error"} {
 		hdr := withKey()
