@@ -25,6 +25,7 @@ import (
 	"github.com/llmproxy/llmproxy/services/gateway/internal/apierr"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/auth"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/balancer"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/inflight"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/publish"
 )
 
@@ -95,6 +96,9 @@ type Gateway struct {
 	failures failureLog
 	// publisher is the gateway's own event publisher, closed by Close.
 	publisher *publish.Publisher
+	// journal records the streams under way, for a crash (nil without
+	// an outbox).
+	journal *inflight.Journal
 	// eventStall is how long the publisher may fail before /readyz says
 	// so (eventStallLimit).
 	eventStall time.Duration
@@ -164,6 +168,10 @@ func New(opts Options) (*Gateway, error) {
 		}
 		g.publisher = p
 		g.events = p
+		if err := g.openJournal(opts.OutboxDir); err != nil {
+			_ = p.Close(context.Background())
+			return nil, err
+		}
 	}
 	if g.events == nil {
 		g.events = discardEvents{}
@@ -206,6 +214,11 @@ func (g *Gateway) Close(ctx context.Context) error {
 }
 
 func (g *Gateway) closePublisher(ctx context.Context) error {
+	if g.journal != nil {
+		if err := g.journal.Shut(); err != nil {
+			g.log.Error("in-flight journal: close failed", "err", err)
+		}
+	}
 	if g.publisher != nil {
 		return g.publisher.Close(ctx)
 	}

@@ -95,6 +95,12 @@ type exchange struct {
 	keyID, model string
 	// observed is set once observe has counted x.
 	observed bool
+	// journaled is set once x's stream has an entry in the in-flight
+	// journal; checkpointAt is when its next checkpoint is due, and
+	// journalText how much of its kept text the journal has had.
+	journaled    bool
+	checkpointAt time.Time
+	journalText  int
 }
 
 // captures reports whether x's response content goes into its event:
@@ -1032,6 +1038,9 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 						writeErr = ferr
 						break
 					}
+					if g.journal != nil && !x.committed {
+						g.checkpoint(x, ex)
+					}
 				}
 			}
 			if err != nil {
@@ -1220,6 +1229,39 @@ func estimateCompletion(res usage.Result) int64 {
 	return n
 }
 
+// event is x's event as far as it is known before its reply ends: ids,
+// key, model, client, backend, status and reservation.
+func (x *exchange) event() *events.RequestCompleted {
+	ev := &events.RequestCompleted{
+		Schema:     events.SchemaRequestCompletedV1,
+		RequestID:  x.requestID,
+		APIKey:     x.masked,
+		IsStream:   x.streams() || x.streamed,
+		Endpoint:   x.path,
+		Timestamp:  x.start.UTC(),
+		StatusCode: x.status,
+		KeyID:      events.AnonymousKeyID,
+		Model:      x.info.Model,
+		ClientIP:   x.clientIP.String(),
+
+		ClientRequestID: x.clientRequestID,
+	}
+	if x.adm != nil {
+		ev.Reservation = x.adm.reserved
+	}
+	if x.upstream != nil {
+		ev.BackendURL = x.upstream.URL.String()
+	}
+	if x.key != nil {
+		ev.KeyID, ev.KeyName, ev.UserID, ev.QuotaPeriod = x.key.ID, x.key.Name, x.key.UserID, x.key.Period
+	} else if x.rt.authOn || x.unauthenticated {
+		// Auth is on (or on_auth refused) and the request had no valid
+		// key; "anonymous" is kept for gateways without auth.
+		ev.KeyID = UnauthenticatedKeyID
+	}
+	return ev
+}
+
 // finish settles accounting for x: usage, metrics, the event.
 func (g *Gateway) finish(ctx context.Context, x *exchange) {
 	latency := g.now().Sub(x.start)
@@ -1267,47 +1309,21 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 	if !x.delivered {
 		res = usage.Result{}
 	}
-	ev := &events.RequestCompleted{
-		Schema:      events.SchemaRequestCompletedV1,
-		RequestID:   x.requestID,
-		APIKey:      x.masked,
-		RequestBody: x.requestBody(),
-		Usage: events.Usage{
-			PromptTokens:     res.PromptTokens,
-			CompletionTokens: res.CompletionTokens,
-			TotalTokens:      res.PromptTokens + res.CompletionTokens,
-		},
-		IsStream:     x.streams() || x.streamed,
-		Endpoint:     x.path,
-		Timestamp:    x.start.UTC(),
-		LatencyMS:    latency.Milliseconds(),
-		StatusCode:   x.status,
-		KeyID:        events.AnonymousKeyID,
-		Model:        x.info.Model,
-		UsageSource:  x.source,
-		TTFTMS:       x.ttft.Milliseconds(),
-		FinishReason: res.FinishReason,
-		ClientIP:     x.clientIP.String(),
-		Error:        x.errMsg,
-
-		ClientRequestID: x.clientRequestID,
+	ev := x.event()
+	ev.RequestBody = x.requestBody()
+	ev.Usage = events.Usage{
+		PromptTokens:     res.PromptTokens,
+		CompletionTokens: res.CompletionTokens,
+		TotalTokens:      res.PromptTokens + res.CompletionTokens,
 	}
-	if x.adm != nil {
-		ev.Reservation = x.adm.reserved
-	}
+	ev.LatencyMS = latency.Milliseconds()
+	ev.UsageSource = x.source
+	ev.TTFTMS = x.ttft.Milliseconds()
+	ev.FinishReason = res.FinishReason
+	ev.Error = x.errMsg
 	g.capture(x, ev, res)
 	if res.Model != "" && ev.Model == "" {
 		ev.Model = res.Model
-	}
-	if x.upstream != nil {
-		ev.BackendURL = x.upstream.URL.String()
-	}
-	if x.key != nil {
-		ev.KeyID, ev.KeyName, ev.UserID, ev.QuotaPeriod = x.key.ID, x.key.Name, x.key.UserID, x.key.Period
-	} else if x.rt.authOn || x.unauthenticated {
-		// Auth is on (or on_auth refused) and the request had no valid
-		// key; "anonymous" is kept for gateways without auth.
-		ev.KeyID = UnauthenticatedKeyID
 	}
 	if g.settler != nil && x.adm != nil {
 		g.settler.Settle(x.adm.keyID, x.requestID, ev.Usage.TotalTokens, x.start)
@@ -1327,6 +1343,10 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 		}
 	} else {
 		g.events.Publish(ev)
+	}
+	if x.journaled {
+		// The event is in the outbox: the journal's entry has served.
+		g.journal.Close(x.requestID)
 	}
 	x.billed, x.latency = res, latency
 	x.keyID, x.model = ev.KeyID, ev.Model

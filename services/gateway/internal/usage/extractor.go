@@ -146,13 +146,24 @@ func (e *Extractor) parse(obj []byte, stream bool) {
 // Result returns what was read so far. It may be called at any time, e.g.
 // when the client left mid-stream.
 func (e *Extractor) Result() Result {
-	r := e.res
+	r, _ := e.Partial(0)
 	r.Text = string(e.text)
+	return r
+}
+
+// Partial is Result without its Text, for a look at a stream under way:
+// it copies nothing. text is the kept text from byte from on; it aliases
+// the Extractor's buffer and is valid until its next call.
+func (e *Extractor) Partial(from int) (r Result, text []byte) {
+	r = e.res
 	if r.PromptTokens > events.MaxTokenCount || r.CompletionTokens > events.MaxTokenCount {
 		r.PromptTokens, r.CompletionTokens = 0, 0
 		r.Found, r.PromptKnown, r.CountRejected = false, false, true
 	}
-	return r
+	if from < len(e.text) {
+		text = e.text[from:]
+	}
+	return r, text
 }
 
 // addText appends decoded text, honouring the bound.
