@@ -5,6 +5,8 @@ package e2e
 // Redis restarted mid-run, and the single binary killed with SIGKILL.
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -774,4 +776,93 @@ func TestMeterServeAllKill9(t *testing.T) {
 		KeyID: "alpha", PromptTokens: want * per.prompt, CompletionTokens: want * per.completion, Requests: want,
 	}})
 	t.Logf("run 3: %d lives, ledger exact at %d %s after the last restart", lives, want, time.Since(start3).Round(10*time.Millisecond))
+}
+
+// TestStreamsCutByKill9AreBilled: streams the single binary is relaying
+// when it is SIGKILLed are billed once it starts again, each for what it
+// had delivered by its last checkpoint, and only once.
+func TestStreamsCutByKill9AreBilled(t *testing.T) {
+	// 400 tokens 10 ms apart: each stream runs 4 s, and is cut after about 1.
+	mock := startMock(t, "--tokens", "400", "--gap", "10ms")
+	dir := t.TempDir()
+	listen, admin := freeAddr(t), freeAddr(t)
+	cfg := filepath.Join(dir, "llmproxy.yaml")
+	writeFile(t, cfg, allLocalConfig(listen, admin, filepath.Join(dir, "data"), mock))
+	srv := start(t, "llmproxy", "serve", "--config", cfg)
+	gw := "http://" + listen
+	waitHTTP(t, gw+"/healthz")
+
+	const streams = 3
+	var read [streams]atomic.Int64 // token events each client has read
+	var wg sync.WaitGroup
+	for i := range streams {
+		wg.Go(func() {
+			req, _ := http.NewRequest(http.MethodPost, gw+"/v1/chat/completions", bytes.NewReader(chatBody(i, true, false)))
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("Authorization", "Bearer "+keyAlpha)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Errorf("stream %d: %v", i, err)
+				return
+			}
+			defer resp.Body.Close()
+			sc := bufio.NewScanner(resp.Body)
+			for sc.Scan() {
+				if strings.Contains(sc.Text(), `"content":"tok`) {
+					read[i].Add(1)
+				}
+			}
+		})
+	}
+	eventually(t, 30*time.Second, "streams under way", func() (bool, string) {
+		for i := range read {
+			if read[i].Load() < 100 {
+				return false, fmt.Sprintf("stream %d read %d events", i, read[i].Load())
+			}
+		}
+		return true, ""
+	})
+	srv.stop(syscall.SIGKILL)
+	wg.Wait() // each client reads what was sent before the kill, then EOF
+	var delivered int64
+	for i := range read {
+		if n := read[i].Load(); n >= 400 {
+			t.Fatalf("stream %d ended (%d events) before the kill", i, n)
+		}
+		delivered += read[i].Load()
+	}
+	if rows, err := usageNever(t, cfg); err != nil || rows["alpha"].Requests != 0 {
+		t.Fatalf("usage before the restart: %+v %v", rows, err)
+	}
+
+	srv.start()
+	waitHTTP(t, gw+"/healthz")
+	var row usageRow
+	eventually(t, 30*time.Second, "the cut streams billed", func() (bool, string) {
+		rows, err := usageNever(t, cfg)
+		if err != nil {
+			return false, err.Error()
+		}
+		row = rows["alpha"]
+		return row.Requests == streams, fmt.Sprintf("%+v", row)
+	})
+	// A checkpoint every 0.5 s: each stream is billed for what it had
+	// delivered at most 0.5 s (50 events) before the kill, and no more
+	// than it delivered; an event's text, "tok<i> ", is 1 to 4 tokens.
+	lo, hi := delivered-streams*60, 4*delivered
+	if row.CompletionTokens < lo || row.CompletionTokens > hi || row.PromptTokens <= 0 {
+		t.Fatalf("billed %+v for %d events delivered; want completion in [%d, %d] and a prompt", row, delivered, lo, hi)
+	}
+	if !strings.Contains(srv.out.String(), "streams=3 error=gateway_crashed") && !strings.Contains(srv.out.String(), `"streams":3`) {
+		t.Errorf("no line says the streams were recovered:\n%s", tail(srv.out.String(), 2000))
+	}
+	// Once more, cleanly: nothing is billed twice.
+	srv.stop(syscall.SIGTERM)
+	srv.start()
+	waitHTTP(t, gw+"/healthz")
+	time.Sleep(time.Second)
+	if rows, err := usageNever(t, cfg); err != nil || rows["alpha"] != row {
+		t.Fatalf("usage after another restart: %+v %v, want %+v", rows["alpha"], err, row)
+	}
+	t.Logf("%d events delivered over %d streams before SIGKILL; billed %+v", delivered, streams, row)
 }
