@@ -45,6 +45,7 @@ func (g *Gateway) checkpoint(x *exchange, ex *usage.Extractor) {
 		// length, as admission does: tokenizing it here would cost every
 		// stream for the sake of the few a crash cuts.
 		ev.Usage.PromptTokens = usage.QuickEstimatePrompt(x.info, x.rt.cfg.Auth.Defaults.ImageTokens)
+		ev.LatencyMS, ev.TTFTMS = now.Sub(x.start).Milliseconds(), x.ttft.Milliseconds()
 		g.journal.Open(ev)
 		return
 	}

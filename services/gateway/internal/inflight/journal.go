@@ -422,12 +422,13 @@ func (j *Journal) drain() {
 func (j *Journal) apply(o *op) {
 	switch o.kind {
 	case opOpen:
-		b, err := json.Marshal(line{Open: o.ev})
+		// {"open":<the event>}, the event in its own encoding.
+		b, err := o.ev.AppendJSON(append(make([]byte, 0, 1024), `{"open":`...))
 		if err != nil {
 			j.warn("encode", err)
 			return
 		}
-		b = append(b, '\n')
+		b = append(b, "}\n"...)
 		j.live[o.id] = &stream{open: b}
 		j.buf = append(j.buf, b...)
 	case opProgress:
