@@ -35,6 +35,42 @@ type Meter struct {
 	opts  Options
 	log   *slog.Logger
 	m     *metrics
+
+	// logMu guards the rate limit of the lines logged per event or per
+	// batch: when the last of each kind went out, and how many were left
+	// out since.
+	logMu    sync.Mutex
+	logLast  map[string]time.Time
+	logSkips map[string]int
+}
+
+// logInterval is the least time between two lines of one kind logged per
+// event or per batch: a publisher sending nothing but poison, or a ledger
+// that is down, would otherwise fill the log at the event rate. The
+// metrics count every one.
+const logInterval = 10 * time.Second
+
+// logLimited logs msg at level unless a line with the same msg went out
+// less than logInterval ago; the next one that goes out says how many were
+// left out ("suppressed").
+func (mt *Meter) logLimited(level slog.Level, msg string, attrs ...any) {
+	now := time.Now()
+	mt.logMu.Lock()
+	if mt.logLast == nil {
+		mt.logLast, mt.logSkips = map[string]time.Time{}, map[string]int{}
+	}
+	if last, ok := mt.logLast[msg]; ok && now.Sub(last) < logInterval {
+		mt.logSkips[msg]++
+		mt.logMu.Unlock()
+		return
+	}
+	skipped := mt.logSkips[msg]
+	mt.logLast[msg], mt.logSkips[msg] = now, 0
+	mt.logMu.Unlock()
+	if skipped > 0 {
+		attrs = append(attrs, "suppressed", skipped)
+	}
+	mt.log.Log(context.Background(), level, msg, attrs...)
 }
 
 // New returns a Meter reading events through js into store. It does not
@@ -250,7 +286,7 @@ func (mt *Meter) apply(ctx context.Context, entries []ledger.Entry, msgs []jetst
 		mt.poison(msgs[0], err)
 	default:
 		mt.m.applyErrors.Inc()
-		mt.log.Error("meter: ledger write failed; events will be redelivered", "events", len(entries), "err", err)
+		mt.logLimited(slog.LevelError, "meter: ledger write failed; events will be redelivered", "events", len(entries), "err", err)
 		for _, msg := range msgs {
 			_ = msg.NakWithDelay(mt.nakDelay(msg))
 		}
@@ -271,7 +307,8 @@ func (mt *Meter) nakDelay(msg jetstream.Msg) time.Duration {
 }
 
 // poison terminates a message that can never be applied, saying why in
-// the log. It sends a plain Term: servers before 2.10.4 ignore a term with
+// the log (at most a line per logInterval; the event stays in the stream,
+// and the line names its sequence). It sends a plain Term: servers before 2.10.4 ignore a term with
 // a reason, and the message would come back every AckWait for ever.
 func (mt *Meter) poison(msg jetstream.Msg, reason error) {
 	mt.m.poison.Inc()
@@ -279,7 +316,7 @@ func (mt *Meter) poison(msg jetstream.Msg, reason error) {
 	if md, err := msg.Metadata(); err == nil {
 		attrs = append(attrs, "stream_seq", md.Sequence.Stream)
 	}
-	mt.log.Error("meter: poison event terminated", attrs...)
+	mt.logLimited(slog.LevelError, "meter: poison event terminated", attrs...)
 	_ = msg.Term()
 }
 

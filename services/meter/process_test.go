@@ -1,8 +1,11 @@
 package meter
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -104,5 +107,32 @@ func TestProcessNaksWithGrowingDelayOnStoreError(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(mt.m.applyErrors); got != 4 {
 		t.Fatalf("apply errors = %v, want 4", got)
+	}
+}
+
+// TestPoisonLinesAreRateLimited: a run of poison events is one log line
+// (the metric counts each); the next line after the interval says how many
+// were left out.
+func TestPoisonLinesAreRateLimited(t *testing.T) {
+	var buf bytes.Buffer
+	mt := meterFor(t, openStore(t))
+	mt.log = slog.New(slog.NewTextHandler(&buf, nil))
+	b := newBatch(8)
+	for range 5 {
+		b.msgs = append(b.msgs, &fakeMsg{data: []byte(`{`), delivered: 1})
+	}
+	mt.process(context.Background(), b)
+	if n := strings.Count(buf.String(), "poison event terminated"); n != 1 {
+		t.Fatalf("%d lines for 5 poison events:\n%s", n, buf.String())
+	}
+	if p := testutil.ToFloat64(mt.m.poison); p != 5 {
+		t.Fatalf("poison = %v, want 5", p)
+	}
+	// The interval has passed.
+	mt.logLast["meter: poison event terminated"] = time.Now().Add(-logInterval)
+	b.msgs = append(b.msgs[:0], &fakeMsg{data: []byte(`{`), delivered: 1})
+	mt.process(context.Background(), b)
+	if !strings.Contains(buf.String(), "suppressed=4") {
+		t.Fatalf("the next line does not say 4 were left out:\n%s", buf.String())
 	}
 }
