@@ -650,15 +650,23 @@ logging: { level: warn }
 `, listen, dataDir, admin, backend, keyAlpha)
 }
 
-func TestMeterServeAllKill9(t *testing.T) {
-	mock := startMock(t, "--tokens", "4")
+// serveAll starts the single binary on allLocalConfig in front of mock
+// and returns it, its config file and its base URL.
+func serveAll(t *testing.T, mock string) (srv *proc, cfg, gw string) {
+	t.Helper()
 	dir := t.TempDir()
 	listen, admin := freeAddr(t), freeAddr(t)
-	cfg := filepath.Join(dir, "llmproxy.yaml")
+	cfg = filepath.Join(dir, "llmproxy.yaml")
 	writeFile(t, cfg, allLocalConfig(listen, admin, filepath.Join(dir, "data"), mock))
-	srv := start(t, "llmproxy", "serve", "--config", cfg)
-	gw := "http://" + listen
+	srv = start(t, "llmproxy", "serve", "--config", cfg)
+	gw = "http://" + listen
 	waitHTTP(t, gw+"/healthz")
+	return srv, cfg, gw
+}
+
+func TestMeterServeAllKill9(t *testing.T) {
+	mock := startMock(t, "--tokens", "4")
+	srv, cfg, gw := serveAll(t, mock)
 
 	// Every request is the same, so every counted request has the same usage.
 	body := chatBody(3, false, false)
@@ -783,14 +791,7 @@ func TestMeterServeAllKill9(t *testing.T) {
 // had delivered by its last checkpoint, and only once.
 func TestStreamsCutByKill9AreBilled(t *testing.T) {
 	// 400 tokens 10 ms apart: each stream runs 4 s, and is cut after about 1.
-	mock := startMock(t, "--tokens", "400", "--gap", "10ms")
-	dir := t.TempDir()
-	listen, admin := freeAddr(t), freeAddr(t)
-	cfg := filepath.Join(dir, "llmproxy.yaml")
-	writeFile(t, cfg, allLocalConfig(listen, admin, filepath.Join(dir, "data"), mock))
-	srv := start(t, "llmproxy", "serve", "--config", cfg)
-	gw := "http://" + listen
-	waitHTTP(t, gw+"/healthz")
+	srv, cfg, gw := serveAll(t, startMock(t, "--tokens", "400", "--gap", "10ms"))
 
 	const streams = 3
 	var read [streams]atomic.Int64 // token events each client has read
@@ -847,9 +848,10 @@ func TestStreamsCutByKill9AreBilled(t *testing.T) {
 		return row.Requests == streams, fmt.Sprintf("%+v", row)
 	})
 	// A checkpoint every 0.5 s: each stream is billed for what it had
-	// delivered at most 0.5 s (50 events) before the kill, and no more
-	// than it delivered; an event's text, "tok<i> ", is 1 to 4 tokens.
-	lo, hi := delivered-streams*60, 4*delivered
+	// delivered about 0.5 s (50 events) before the kill (100 allows for a
+	// loaded machine), and no more than it delivered; an event's text,
+	// "tok<i> ", is 1 to 4 tokens.
+	lo, hi := delivered-streams*100, 4*delivered
 	if row.CompletionTokens < lo || row.CompletionTokens > hi || row.PromptTokens <= 0 {
 		t.Fatalf("billed %+v for %d events delivered; want completion in [%d, %d] and a prompt", row, delivered, lo, hi)
 	}

@@ -163,7 +163,12 @@ func runeClass(r rune) int {
 // image, plus, for chat requests, tokensPerMessage per message and
 // tokensPerReply. The sum saturates at math.MaxInt64.
 func EstimatePrompt(info RequestInfo, imageTokens int64) int64 {
-	n := int64(CountTokens(info.Prompt))
+	return withAllowances(int64(CountTokens(info.Prompt)), info, imageTokens)
+}
+
+// withAllowances adds to n, a prompt text's tokens, what EstimatePrompt
+// allows for messages, token ids and images.
+func withAllowances(n int64, info RequestInfo, imageTokens int64) int64 {
 	if info.Messages > 0 {
 		n += int64(info.Messages)*tokensPerMessage + tokensPerReply
 	}
@@ -183,19 +188,7 @@ func EstimatePrompt(info RequestInfo, imageTokens int64) int64 {
 // estimate made on the request path of every request, which only a few
 // will ever use.
 func QuickEstimatePrompt(info RequestInfo, imageTokens int64) int64 {
-	n := (int64(len(info.Prompt)) + 3) / 4
-	if info.Messages > 0 {
-		n += int64(info.Messages)*tokensPerMessage + tokensPerReply
-	}
-	n = addSat(n, info.PromptTokenIDs)
-	if info.Images > 0 && imageTokens > 0 {
-		img := int64(math.MaxInt64)
-		if info.Images <= math.MaxInt64/imageTokens {
-			img = info.Images * imageTokens
-		}
-		n = addSat(n, img)
-	}
-	return n
+	return withAllowances((int64(len(info.Prompt))+3)/4, info, imageTokens)
 }
 
 // addSat is a + b for non-negative a and b, at most math.MaxInt64.

@@ -132,3 +132,15 @@ func TestCountTokensHugeTextIsSampled(t *testing.T) {
 		t.Errorf("estimate %d for %d tokens (%.1f%% off)", got, exact, 100*diff)
 	}
 }
+
+// TestQuickEstimatePrompt: the text at four bytes a token (rounded up),
+// with EstimatePrompt's allowances for messages, token ids and images.
+func TestQuickEstimatePrompt(t *testing.T) {
+	info := RequestInfo{Prompt: strings.Repeat("x", 41), Messages: 2, PromptTokenIDs: 5, Images: 2}
+	if got, want := QuickEstimatePrompt(info, 100), int64(11+2*tokensPerMessage+tokensPerReply+5+200); got != want {
+		t.Fatalf("QuickEstimatePrompt = %d, want %d", got, want)
+	}
+	if got := QuickEstimatePrompt(RequestInfo{Images: 1 << 62}, 8); got != math.MaxInt64 {
+		t.Fatalf("QuickEstimatePrompt of 2^62 images at 8 = %d, want it saturated", got)
+	}
+}
