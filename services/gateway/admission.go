@@ -191,12 +191,42 @@ func (g *Gateway) release(x *exchange) {
 		return
 	}
 	a.lease = false
+	keyID, id := a.keyID, x.requestID
+	if _, local := g.admitter.(*ledger.MemoryAdmitter); local {
+		g.releaseLease(keyID, id)
+		return
+	}
+	// The reply's last bytes wait for the release (so that a client's
+	// next request finds its slot free), but no longer than releaseWait:
+	// a Redis that is down or frozen would hold every reply of a key with
+	// max_concurrent for seconds (the call's own bound), and the replies
+	// queued behind it in the same pipeline longer still. Past the wait
+	// the release goes on in the background.
+	done := make(chan struct{})
+	go func() {
+		g.releaseLease(keyID, id)
+		close(done)
+	}()
+	t := time.NewTimer(releaseWait)
+	select {
+	case <-done:
+	case <-t.C:
+	}
+	t.Stop()
+}
+
+// releaseWait bounds how long the end of a reply waits for its lease's
+// release: Redis answers in well under a millisecond when it is well.
+const releaseWait = 100 * time.Millisecond
+
+// releaseLease frees the lease of request id. The Redis admitter sends a
+// failed release again until Redis answers; the lease expires on its own if
+// it never does.
+func (g *Gateway) releaseLease(keyID, id string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	// The Redis admitter sends a failed release again until Redis answers;
-	// the lease expires on its own if it never does.
-	if err := g.admitter.Release(ctx, a.keyID, x.requestID); err != nil {
-		g.logFailure(slog.LevelWarn, "lease not released; retried in the background", "request_id", x.requestID, "err", err)
+	if err := g.admitter.Release(ctx, keyID, id); err != nil {
+		g.logFailure(slog.LevelWarn, "lease not released; retried in the background", "request_id", id, "err", err)
 	}
 }
 

@@ -138,3 +138,51 @@ func TestPanicFreesTheLease(t *testing.T) {
 		t.Fatalf("request after a panicked one: %d %s; want 200 (its slot freed)", resp.StatusCode, body)
 	}
 }
+
+// stuckRelease is an admitter whose Release does not return until
+// unblocked, as one on a Redis that is down or frozen.
+type stuckRelease struct {
+	renewCounter
+	unblock  chan struct{}
+	released atomic.Int64
+}
+
+func (s *stuckRelease) Release(context.Context, string, string) error {
+	<-s.unblock
+	s.released.Add(1)
+	return nil
+}
+
+// TestAStuckReleaseDoesNotHoldTheReply: the end of a reply waits for its
+// lease's release at most releaseWait; the release still happens once the
+// store answers.
+func TestAStuckReleaseDoesNotHoldTheReply(t *testing.T) {
+	s := &stuckRelease{unblock: make(chan struct{})}
+	g := &Gateway{admitter: s, log: slog.New(slog.DiscardHandler)}
+	cfg := &config.Config{}
+	cfg.RateLimit.LeaseTTL = config.Duration(time.Minute)
+	x := &exchange{requestID: "req-stuck", rt: &runtime{cfg: cfg}, body: []byte(`{}`),
+		key: &auth.Key{ID: "k", Limits: config.PerKeyLimits{MaxConcurrent: 1}}}
+	if e := g.admit(context.Background(), x); e != nil {
+		t.Fatal(e)
+	}
+	if x.adm == nil || !x.adm.lease {
+		t.Fatalf("admission %+v; want a lease", x.adm)
+	}
+	start := time.Now()
+	g.release(x)
+	if d := time.Since(start); d < releaseWait || d > releaseWait+time.Second {
+		t.Fatalf("release returned after %s, want about %s", d, releaseWait)
+	}
+	if s.released.Load() != 0 {
+		t.Fatal("released before the store answered")
+	}
+	close(s.unblock)
+	deadline := time.Now().Add(5 * time.Second)
+	for s.released.Load() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the release never happened")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

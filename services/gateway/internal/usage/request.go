@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unsafe"
 
 	"github.com/llmproxy/llmproxy/pkg/jsonscan"
 )
@@ -186,7 +187,9 @@ func ParseRequest(body []byte) (RequestInfo, error) {
 	p = appendPromptValue(p, r.Inputs, 0, images)
 	p = appendPromptRaw(p, r.Tools)
 	info.Images += countElements(r.Images)
-	info.Prompt = string(p)
+	// p is this call's own and never written again: the string shares
+	// it rather than copy a prompt that may be megabytes long.
+	info.Prompt = unsafe.String(unsafe.SliceData(p), len(p))
 	return info, nil
 }
 
