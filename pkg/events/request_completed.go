@@ -5,6 +5,7 @@ package events
 
 import (
 	"encoding/json"
+	"slices"
 	"time"
 )
 
@@ -98,13 +99,19 @@ type RequestCompleted struct {
 // request body with null when it is nil. The bytes are those json.Marshal(e)
 // gives; see AppendJSON.
 func (e *RequestCompleted) Marshal() ([]byte, error) {
+	return e.AppendMarshal(nil)
+}
+
+// AppendMarshal is Marshal appending to dst, which it grows once, to fit e
+// when no string needs escaping. On error dst is returned unextended.
+func (e *RequestCompleted) AppendMarshal(dst []byte) ([]byte, error) {
 	if e.Schema == "" {
 		e.Schema = SchemaRequestCompletedV1
 	}
 	if e.RequestBody == nil {
 		e.RequestBody = json.RawMessage("null")
 	}
-	return e.AppendJSON(make([]byte, 0, e.encodedSizeHint()))
+	return e.AppendJSON(slices.Grow(dst, e.encodedSizeHint()))
 }
 
 // Unmarshal decodes one RequestCompleted body.

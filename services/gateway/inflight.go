@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"fmt"
+	"unicode/utf8"
 
 	"github.com/llmproxy/llmproxy/services/gateway/internal/inflight"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/usage"
@@ -20,6 +21,11 @@ func (g *Gateway) openJournal(dir string) error {
 		g.publisher.PublishDurable(ev)
 	}
 	if len(cut) > 0 {
+		// The journal is emptied next: its events must be on disk in
+		// the outbox first, even past a power loss.
+		if err := g.publisher.Flush(); err != nil {
+			return err
+		}
 		g.log.Warn("published the events of streams an earlier process left unfinished (it stopped without ending them); their usage is estimated up to their last checkpoint",
 			"streams", len(cut), "error", inflight.ErrorCrashed)
 	}
@@ -54,9 +60,7 @@ func (g *Gateway) checkpoint(x *exchange, ex *usage.Extractor) {
 	}
 	x.checkpointAt = now.Add(inflight.CheckpointEvery)
 	res, text := ex.Partial(x.journalText)
-	// Text is counted up to its last space, so that no word is cut in
-	// two and counted twice.
-	n := bytes.LastIndexAny(text, " \n\t") + 1
+	n := countable(text)
 	cp := inflight.Checkpoint{
 		Uncounted:    res.TextBytes - int64(x.journalText+n),
 		PromptTokens: res.PromptTokens, PromptKnown: res.PromptKnown,
@@ -69,4 +73,28 @@ func (g *Gateway) checkpoint(x *exchange, ex *usage.Extractor) {
 	if g.journal.Progress(x.requestID, cp) {
 		x.journalText += n
 	}
+}
+
+// countable is how much of text, a stream's text since its last
+// checkpoint, a checkpoint counts: up to its last space, not including it,
+// so that no word is cut in two and the space is counted with the word
+// after it, as a tokenizer counts the whole (" tok12", not "tok12" and " ").
+// A text of no spaces (Chinese, say) is counted whole once it is long,
+// up to its last whole character.
+func countable(text []byte) int {
+	if n := bytes.LastIndexAny(text, " \n\t"); n > 0 {
+		return n
+	}
+	if len(text) < 256 {
+		return 0
+	}
+	// Leave a last character the text does not yet hold whole.
+	i := len(text) - 1
+	for i > 0 && !utf8.RuneStart(text[i]) {
+		i--
+	}
+	if utf8.FullRune(text[i:]) {
+		return len(text)
+	}
+	return i
 }

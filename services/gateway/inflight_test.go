@@ -195,9 +195,10 @@ func TestStreamCutByACrashIsBilledAtRestart(t *testing.T) {
 		t.Errorf("usage_source %q error %q", ev.UsageSource, ev.Error)
 	}
 	// What was delivered by the checkpoint (the words before the pause,
-	// and the first of those after, which triggered it) is billed.
+	// and the first of those after, which triggered it) is billed: its
+	// text up to the last space, as the tokenizer counts it whole.
 	first := strings.Fields(after)[0]
-	if want := int64(usage.CountTokens(before + first + " ")); ev.Usage.CompletionTokens != want {
+	if want := int64(usage.CountTokens(before + first)); ev.Usage.CompletionTokens != want {
 		t.Errorf("completion tokens %d, want %d (%q)", ev.Usage.CompletionTokens, want, before+first)
 	}
 	if ev.Usage.PromptTokens < int64(len(prompt)/4) || ev.Usage.TotalTokens != ev.Usage.PromptTokens+ev.Usage.CompletionTokens {
@@ -209,5 +210,46 @@ func TestStreamCutByACrashIsBilledAtRestart(t *testing.T) {
 	b, _ := os.ReadFile(filepath.Join(crashed, inflight.FileName))
 	if len(b) != 0 {
 		t.Errorf("the journal after recovery holds %q", b)
+	}
+}
+
+func TestCountable(t *testing.T) {
+	long := strings.Repeat("字", 100) // 300 bytes, no space
+	for _, tc := range []struct {
+		text string
+		want int
+	}{
+		{"", 0},
+		{"tok1 tok2 ", 9},   // the last space goes with the next word
+		{"tok1 tok2 to", 9}, // so does a word still coming
+		{" tok1", 0},
+		{"short", 0},
+		{long, len(long)},
+		{long + "\xe5\xad", len(long)}, // a character cut in two waits
+	} {
+		if got := countable([]byte(tc.text)); got != tc.want {
+			t.Errorf("countable(%.20q) = %d, want %d", tc.text, got, tc.want)
+		}
+	}
+}
+
+// TestCheckpointsCountAsTheWhole: a stream's text counted piece by piece,
+// as its checkpoints cut it, comes to what the tokenizer gives the text
+// whole: a piece's trailing space would otherwise be a token of its own,
+// one per checkpoint.
+func TestCheckpointsCountAsTheWhole(t *testing.T) {
+	var text []byte
+	counted, sum := 0, 0
+	for i := range 400 {
+		text = fmt.Appendf(text, "tok%d ", i)
+		if i%7 != 3 {
+			continue // a checkpoint every seventh token
+		}
+		n := countable(text[counted:])
+		sum += usage.CountTokens(string(text[counted : counted+n]))
+		counted += n
+	}
+	if whole := usage.CountTokens(string(text[:counted])); sum != whole {
+		t.Fatalf("pieces counted %d tokens, the whole %d", sum, whole)
 	}
 }

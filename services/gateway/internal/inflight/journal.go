@@ -198,49 +198,78 @@ func Open(dir string, opts Options) (*Journal, []*events.RequestCompleted, error
 		return nil, nil, fmt.Errorf("inflight journal: %w", err)
 	}
 	defer f.Close()
-	evs, err := recoverEntries(f)
+	evs, bad, err := recoverEntries(f)
 	if err != nil {
 		return nil, nil, fmt.Errorf("inflight journal %s: %w", j.path, err)
+	}
+	if bad > 0 {
+		j.log.Warn("in-flight journal: lines that could not be read were skipped; a stream they stood for is not billed",
+			"path", j.path, "lines", bad)
 	}
 	return j, evs, nil
 }
 
+// maxLine bounds a journal line read back: the gateway writes none near
+// it (an open line carries no request body), so a longer one is not the
+// gateway's and is skipped without being held in memory whole.
+const maxLine = 1 << 20
+
 // recoverEntries reads a journal and returns the events of its open
-// entries. A line that does not parse (the torn end of a crashed write) is
-// skipped.
-func recoverEntries(r io.Reader) ([]*events.RequestCompleted, error) {
+// entries, and how many whole lines it could not use (not JSON, too long,
+// an open line missing the event's request id, key id or time). A last
+// line with no newline, the torn end of a crashed write, is skipped
+// without being counted.
+func recoverEntries(r io.Reader) ([]*events.RequestCompleted, int, error) {
 	type entry struct {
 		ev *events.RequestCompleted
 		at *state
 	}
 	open := map[string]*entry{}
 	var order []string
-	br := bufio.NewReaderSize(r, 64<<10)
+	bad := 0
+	br := bufio.NewReaderSize(r, maxLine)
 	for {
-		b, err := br.ReadBytes('\n')
-		if len(b) > 0 && b[len(b)-1] == '\n' {
-			var l line
-			if json.Unmarshal(b, &l) == nil {
-				switch {
-				case l.Open != nil && l.Open.RequestID != "":
-					if _, dup := open[l.Open.RequestID]; !dup {
-						order = append(order, l.Open.RequestID)
-					}
-					open[l.Open.RequestID] = &entry{ev: l.Open}
-				case l.Closed:
-					delete(open, l.ID)
-				case l.At != nil:
-					if e := open[l.ID]; e != nil {
-						e.at = l.At
-					}
-				}
+		b, err := br.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			// A line past maxLine: skip to its end.
+			for errors.Is(err, bufio.ErrBufferFull) {
+				_, err = br.ReadSlice('\n')
+			}
+			if err == nil {
+				bad++
+				continue
 			}
 		}
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
-			return nil, err
+			return nil, 0, err
+		}
+		var l line
+		if json.Unmarshal(b, &l) != nil {
+			bad++
+			continue
+		}
+		switch {
+		case l.Open != nil:
+			ev := l.Open
+			if ev.RequestID == "" || ev.KeyID == "" || ev.Timestamp.IsZero() {
+				bad++
+				continue
+			}
+			if _, dup := open[ev.RequestID]; !dup {
+				order = append(order, ev.RequestID)
+			}
+			open[ev.RequestID] = &entry{ev: ev}
+		case l.Closed:
+			delete(open, l.ID)
+		case l.At != nil:
+			if e := open[l.ID]; e != nil {
+				e.at = l.At
+			}
+		default:
+			bad++
 		}
 	}
 	var evs []*events.RequestCompleted
@@ -266,7 +295,7 @@ func recoverEntries(r io.Reader) ([]*events.RequestCompleted, error) {
 		ev.Usage.TotalTokens = ev.Usage.PromptTokens + ev.Usage.CompletionTokens
 		evs = append(evs, ev)
 	}
-	return evs, nil
+	return evs, bad, nil
 }
 
 func clampCount(n int64) int64 {

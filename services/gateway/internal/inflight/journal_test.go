@@ -1,6 +1,7 @@
 package inflight
 
 import (
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -205,5 +206,46 @@ func TestRotationKeepsWhatIsOpen(t *testing.T) {
 	_, evs := open(t, dir)
 	if len(evs) != 1 || evs[0].RequestID != "kept" || evs[0].Usage.CompletionTokens != 3 {
 		t.Fatalf("after rewrites recovered %+v, want kept with its 3 tokens", evs)
+	}
+}
+
+// TestUnreadableLinesAreSkippedAndSaid: lines that are not the journal's
+// (not JSON, an open line with no key or time, one past maxLine) are
+// skipped, counted and said in a WARN line; the entries around them come
+// back; a line past maxLine is not held whole.
+func TestUnreadableLinesAreSkippedAndSaid(t *testing.T) {
+	dir := t.TempDir()
+	j, _ := open(t, dir)
+	start(t, j)
+	j.Open(skeleton("a", 1))
+	if err := j.Shut(); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, FileName), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range []string{
+		"\x00\x01garbage\n",
+		`{"open":{"request_id":"no-key","timestamp":"2026-11-27T08:00:00Z"}}` + "\n",
+		`{"open":{"request_id":"no-time","key_id":"k"}}` + "\n",
+		`{"open":{"request_id":"long","key_id":"k","model":"` + strings.Repeat("m", maxLine) + `"}}` + "\n",
+		`{}` + "\n",
+	} {
+		if _, err := f.WriteString(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.Close()
+	var buf strings.Builder
+	_, evs, err := Open(dir, Options{Count: words, Logger: slog.New(slog.NewTextHandler(&buf, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 1 || evs[0].RequestID != "a" {
+		t.Fatalf("recovered %+v, want a alone", evs)
+	}
+	if !strings.Contains(buf.String(), "lines that could not be read were skipped") || !strings.Contains(buf.String(), "lines=5") {
+		t.Fatalf("log: %s", buf.String())
 	}
 }

@@ -535,6 +535,33 @@ func (ob *outbox) sync(now time.Time) (moved bool) {
 	return moved
 }
 
+// flush writes every record held in memory to disk, past the bound if need
+// be, and fsyncs the segments written since their last sync: what was
+// appended is on disk when it returns nil.
+func (ob *outbox) flush() error {
+	ob.mu.Lock()
+	ob.flushMemLocked(true)
+	var files []*os.File
+	for _, s := range ob.segs {
+		if s.dirty {
+			files = append(files, s.f)
+			s.dirty = false
+		}
+	}
+	failed := len(ob.mem) > 0
+	ob.updateGaugesLocked()
+	ob.mu.Unlock()
+	if failed {
+		return errors.New("event outbox: records could not be written to disk")
+	}
+	for _, f := range files {
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("event outbox: fsync: %w", err)
+		}
+	}
+	return nil
+}
+
 // advanceDurableLocked makes durable every ack made at or before cutoff.
 func (ob *outbox) advanceDurableLocked(cutoff time.Time) {
 	i := 0

@@ -49,6 +49,7 @@
 package publish
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -173,23 +174,26 @@ func (p *Publisher) Publish(ev *events.RequestCompleted) {
 // (larger than any NATS server takes) is cut to fit, as the sender does
 // for a server's max_payload.
 func (p *Publisher) encode(buf []byte, ev *events.RequestCompleted) ([]byte, bool) {
-	data, err := ev.Marshal()
+	subject := events.Subject(ev.KeyID)
+	start := len(buf)
+	buf, err := appendRecordWith(buf, subject, ev.RequestID, ev.AppendMarshal)
 	if err != nil {
 		p.dropped(1, "encode event: "+err.Error(), ev.RequestID)
 		return buf, false
 	}
-	subject := events.Subject(ev.KeyID)
-	if n := recordSize(subject, ev.RequestID, data); n > recordHeaderSize+maxRecordBody {
+	if n := len(buf) - start; n > recordHeaderSize+maxRecordBody {
+		data := bytes.Clone(buf[start+recordSize(subject, ev.RequestID, nil):])
+		buf = buf[:start]
 		limit := len(data) - (n - recordHeaderSize - maxRecordBody)
 		fitted, err := fitEvent(data, limit)
 		if err != nil {
 			p.dropped(1, "larger than an outbox record: "+err.Error(), ev.RequestID)
 			return buf, false
 		}
-		p.truncated(ev.RequestID, len(data), len(fitted), "max_outbox_record", maxRecordBody)
-		data = fitted
+		p.truncated(ev.RequestID, len(data), len(fitted), "max_outbox_record", int64(maxRecordBody))
+		buf = appendRecord(buf, subject, ev.RequestID, fitted)
 	}
-	return appendRecord(buf, subject, ev.RequestID, data), true
+	return buf, true
 }
 
 // PublishDurable is Publish for the moment a reply is about to complete: it
@@ -225,6 +229,11 @@ func (p *Publisher) AppendDurable(ev *events.RequestCompleted) bool {
 	p.appendRecords(buf, []int{len(buf)})
 	return true
 }
+
+// Flush puts every event appended so far on disk: those held in memory
+// past the outbox's bound are written, and the files fsynced. For a caller
+// that must know its events would survive a power loss before it goes on.
+func (p *Publisher) Flush() error { return p.ob.flush() }
 
 // Wake tells the sender that the outbox has new records.
 func (p *Publisher) Wake() {

@@ -16,8 +16,9 @@ import (
 const recordHeaderSize = 8
 
 // maxRecordBody bounds the body length read back from disk so that a corrupt
-// header cannot make recovery allocate without limit.
-const maxRecordBody = 64 << 20
+// header cannot make recovery allocate without limit (a variable for the
+// tests that need a smaller bound).
+var maxRecordBody = 64 << 20
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
@@ -42,29 +43,43 @@ type position struct {
 
 // recordSize returns the encoded size of a record.
 func recordSize(subject, msgID string, data []byte) int {
-	return recordHeaderSize + 4 + len(subject) + len(msgID) + len(data)
+	return recordHeaderSize + 4 + min(len(subject), 0xffff) + min(len(msgID), 0xffff) + len(data)
 }
 
 // appendRecord appends the encoding of one record to buf.
 func appendRecord(buf []byte, subject, msgID string, data []byte) []byte {
+	buf, _ = appendRecordWith(buf, subject, msgID, func(b []byte) ([]byte, error) {
+		return append(b, data...), nil
+	})
+	return buf
+}
+
+// appendRecordWith appends one record to buf whose data add appends in
+// place, so that an event is encoded straight into its record. When add
+// fails, buf is returned unextended with its error.
+func appendRecordWith(buf []byte, subject, msgID string, add func([]byte) ([]byte, error)) ([]byte, error) {
 	if len(subject) > 0xffff {
 		subject = subject[:0xffff]
 	}
 	if len(msgID) > 0xffff {
 		msgID = msgID[:0xffff]
 	}
-	bodyLen := 4 + len(subject) + len(msgID) + len(data)
 	start := len(buf)
-	buf = binary.LittleEndian.AppendUint32(buf, uint32(bodyLen))
+	buf = binary.LittleEndian.AppendUint32(buf, 0) // body length, filled below
 	buf = binary.LittleEndian.AppendUint32(buf, 0) // checksum, filled below
 	buf = binary.LittleEndian.AppendUint16(buf, uint16(len(subject)))
 	buf = binary.LittleEndian.AppendUint16(buf, uint16(len(msgID)))
 	buf = append(buf, subject...)
 	buf = append(buf, msgID...)
-	buf = append(buf, data...)
+	out, err := add(buf)
+	if err != nil {
+		return buf[:start], err
+	}
+	buf = out
+	binary.LittleEndian.PutUint32(buf[start:], uint32(len(buf)-start-recordHeaderSize))
 	sum := crc32.Checksum(buf[start+recordHeaderSize:], crcTable)
 	binary.LittleEndian.PutUint32(buf[start+4:], sum)
-	return buf
+	return buf, nil
 }
 
 // peekRecordLen returns the total encoded length of the record whose header
@@ -74,7 +89,7 @@ func peekRecordLen(b []byte) (int, error) {
 		return 0, errCorruptRecord
 	}
 	n := binary.LittleEndian.Uint32(b)
-	if n < 4 || n > maxRecordBody {
+	if n < 4 || int64(n) > int64(maxRecordBody) {
 		return 0, errCorruptRecord
 	}
 	return recordHeaderSize + int(n), nil

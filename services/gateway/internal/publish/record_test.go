@@ -2,10 +2,12 @@ package publish
 
 import (
 	"bytes"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
 
+	"github.com/llmproxy/llmproxy/pkg/events"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -90,5 +92,53 @@ func TestRecoverTruncatesTornRecord(t *testing.T) {
 	recs, err := ob.read(ob.ackedPos(), 10, readLimit)
 	if err != nil || len(recs) != 3 || recs[2].msgID != event(2).RequestID {
 		t.Fatalf("read %d records, err %v", len(recs), err)
+	}
+}
+
+// TestEncodeCutsAnEventPastTheRecordBound: an event larger than an outbox
+// record may be is encoded with its request body cut (null) and marked
+// truncated, its usage and ids kept; a small one goes into its record as
+// Marshal encodes it.
+func TestEncodeCutsAnEventPastTheRecordBound(t *testing.T) {
+	p := &Publisher{log: slog.New(slog.DiscardHandler)}
+	m, err := newMetrics(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.m = m
+	small := event(1)
+	want, err := small.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf, ok := p.encode([]byte("prefix"), small)
+	if !ok {
+		t.Fatal("small event not encoded")
+	}
+	subject, id, data, err := decodeRecord(buf[len("prefix"):])
+	if err != nil || subject != events.Subject(small.KeyID) || id != small.RequestID || !bytes.Equal(data, want) {
+		t.Fatalf("small event's record: %q %q %v, data equal %v", subject, id, err, bytes.Equal(data, want))
+	}
+
+	defer func(n int) { maxRecordBody = n }(maxRecordBody)
+	maxRecordBody = 1 << 20
+	huge := bigEvent(2, maxRecordBody)
+	buf, ok = p.encode(nil, huge)
+	if !ok {
+		t.Fatal("huge event dropped")
+	}
+	if len(buf) > recordHeaderSize+maxRecordBody {
+		t.Fatalf("record of %d bytes", len(buf))
+	}
+	_, id, data, err = decodeRecord(buf)
+	if err != nil || id != huge.RequestID {
+		t.Fatalf("huge event's record: %q %v", id, err)
+	}
+	got, err := events.Unmarshal(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.Truncated || string(got.RequestBody) != "null" || got.Usage != huge.Usage || got.KeyID != huge.KeyID {
+		t.Fatalf("huge event: truncated %v body %.20s usage %+v", got.Truncated, got.RequestBody, got.Usage)
 	}
 }
