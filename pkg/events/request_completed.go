@@ -5,7 +5,6 @@ package events
 
 import (
 	"encoding/json"
-	"slices"
 	"time"
 )
 
@@ -111,7 +110,10 @@ func (e *RequestCompleted) AppendMarshal(dst []byte) ([]byte, error) {
 	if e.RequestBody == nil {
 		e.RequestBody = json.RawMessage("null")
 	}
-	return e.AppendJSON(slices.Grow(dst, e.encodedSizeHint()))
+	if n := e.encodedSizeHint(); cap(dst)-len(dst) < n {
+		dst = append(make([]byte, 0, len(dst)+n), dst...)
+	}
+	return e.AppendJSON(dst)
 }
 
 // Unmarshal decodes one RequestCompleted body.
