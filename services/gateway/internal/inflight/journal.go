@@ -235,9 +235,13 @@ func recoverEntries(r io.Reader) ([]*events.RequestCompleted, int, error) {
 			for errors.Is(err, bufio.ErrBufferFull) {
 				_, err = br.ReadSlice('\n')
 			}
-			if err == nil {
+			if err == nil || err == io.EOF {
+				// Not the torn end of a line of the journal's: it
+				// writes none this long.
 				bad++
-				continue
+				if err == nil {
+					continue
+				}
 			}
 		}
 		if err == io.EOF {
@@ -245,6 +249,9 @@ func recoverEntries(r io.Reader) ([]*events.RequestCompleted, int, error) {
 		}
 		if err != nil {
 			return nil, 0, err
+		}
+		if len(bytes.TrimSpace(b)) == 0 {
+			continue // a blank line stands for nothing
 		}
 		var l line
 		if json.Unmarshal(b, &l) != nil {

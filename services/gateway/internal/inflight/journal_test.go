@@ -231,6 +231,8 @@ func TestUnreadableLinesAreSkippedAndSaid(t *testing.T) {
 		`{"open":{"request_id":"no-time","key_id":"k"}}` + "\n",
 		`{"open":{"request_id":"long","key_id":"k","model":"` + strings.Repeat("m", maxLine) + `"}}` + "\n",
 		`{}` + "\n",
+		"\n   \n",                      // blank lines are not counted
+		strings.Repeat("x", maxLine+1), // nor is a torn last line, unless it is too long to be the journal's
 	} {
 		if _, err := f.WriteString(l); err != nil {
 			t.Fatal(err)
@@ -245,7 +247,7 @@ func TestUnreadableLinesAreSkippedAndSaid(t *testing.T) {
 	if len(evs) != 1 || evs[0].RequestID != "a" {
 		t.Fatalf("recovered %+v, want a alone", evs)
 	}
-	if !strings.Contains(buf.String(), "lines that could not be read were skipped") || !strings.Contains(buf.String(), "lines=5") {
+	if !strings.Contains(buf.String(), "lines that could not be read were skipped") || !strings.Contains(buf.String(), "lines=6") {
 		t.Fatalf("log: %s", buf.String())
 	}
 }
