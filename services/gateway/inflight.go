@@ -20,6 +20,7 @@ func (g *Gateway) openJournal(dir string) error {
 	for _, ev := range cut {
 		g.publisher.PublishDurable(ev)
 	}
+	g.metrics.recovered.Add(float64(len(cut)))
 	if len(cut) > 0 {
 		// The journal is emptied next: its events must be on disk in
 		// the outbox first, even past a power loss.

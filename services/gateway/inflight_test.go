@@ -17,6 +17,7 @@ import (
 	"github.com/llmproxy/llmproxy/pkg/events/eventstest"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/inflight"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/usage"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // TestStreamCutByACrashIsBilledAtRestart: a gateway killed while it relays
@@ -206,6 +207,9 @@ func TestStreamCutByACrashIsBilledAtRestart(t *testing.T) {
 	}
 	if ev.LatencyMS < inflight.CheckpointEvery.Milliseconds() || ev.TTFTMS > ev.LatencyMS {
 		t.Errorf("latency %d ttft %d", ev.LatencyMS, ev.TTFTMS)
+	}
+	if n := testutil.ToFloat64(g2.metrics.recovered); n != 1 {
+		t.Errorf("llmproxy_streams_recovered_total = %v, want 1", n)
 	}
 	b, _ := os.ReadFile(filepath.Join(crashed, inflight.FileName))
 	if len(b) != 0 {

@@ -14,6 +14,7 @@ type metrics struct {
 	rejections *prometheus.CounterVec
 	prompt     prometheus.Counter
 	completion prometheus.Counter
+	recovered  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, inflight func() int64) *metrics {
@@ -40,6 +41,10 @@ func newMetrics(reg prometheus.Registerer, inflight func() int64) *metrics {
 			Name: "llmproxy_admission_rejections_total",
 			Help: "Requests refused before reaching a backend, by reason.",
 		}, []string{"reason"}),
+		recovered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "llmproxy_streams_recovered_total",
+			Help: "Streams a previous process on this data directory left unfinished (it was killed mid-stream), whose events were published from the in-flight journal at start.",
+		}),
 	}
 	m.prompt = m.tokens.WithLabelValues("prompt")
 	m.completion = m.tokens.WithLabelValues("completion")
@@ -47,6 +52,6 @@ func newMetrics(reg prometheus.Registerer, inflight func() int64) *metrics {
 		Name: "llmproxy_inflight_requests",
 		Help: "Requests being served right now.",
 	}, func() float64 { return float64(inflight()) })
-	reg.MustRegister(m.requests, m.latency, m.ttft, m.tokens, m.rejections, inflightGauge)
+	reg.MustRegister(m.requests, m.latency, m.ttft, m.tokens, m.rejections, m.recovered, inflightGauge)
 	return m
 }
