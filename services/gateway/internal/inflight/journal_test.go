@@ -40,6 +40,20 @@ func skeleton(id string, prompt int64) *events.RequestCompleted {
 	}
 }
 
+// leftOpen writes a journal in dir holding an open entry for each id, as
+// a process killed with those streams running leaves it.
+func leftOpen(t *testing.T, dir string, ids ...string) {
+	t.Helper()
+	j, _ := open(t, dir)
+	start(t, j)
+	for _, id := range ids {
+		j.Open(skeleton(id, 1))
+	}
+	if err := j.Shut(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestRecoversTheStreamsLeftOpen: the entries a process did not close come
 // back at the next Open as events billing what the streams had delivered by
 // their last checkpoint; closed entries do not.
@@ -110,12 +124,7 @@ func TestRecoversTheStreamsLeftOpen(t *testing.T) {
 // returned, Start empties the file; a second start recovers nothing.
 func TestStartEmptiesTheJournal(t *testing.T) {
 	dir := t.TempDir()
-	j, _ := open(t, dir)
-	start(t, j)
-	j.Open(skeleton("a", 1))
-	if err := j.Shut(); err != nil {
-		t.Fatal(err)
-	}
+	leftOpen(t, dir, "a")
 	j, evs := open(t, dir)
 	if len(evs) != 1 {
 		t.Fatalf("recovered %d events, want 1", len(evs))
@@ -153,13 +162,7 @@ func TestShutEmptiesAJournalWithNothingOpen(t *testing.T) {
 // line at the end; recovery reads every whole line before it.
 func TestTornLineIsSkipped(t *testing.T) {
 	dir := t.TempDir()
-	j, _ := open(t, dir)
-	start(t, j)
-	j.Open(skeleton("a", 1))
-	j.Open(skeleton("b", 1))
-	if err := j.Shut(); err != nil {
-		t.Fatal(err)
-	}
+	leftOpen(t, dir, "a", "b")
 	f, err := os.OpenFile(filepath.Join(dir, FileName), os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -215,12 +218,7 @@ func TestRotationKeepsWhatIsOpen(t *testing.T) {
 // back; a line past maxLine is not held whole.
 func TestUnreadableLinesAreSkippedAndSaid(t *testing.T) {
 	dir := t.TempDir()
-	j, _ := open(t, dir)
-	start(t, j)
-	j.Open(skeleton("a", 1))
-	if err := j.Shut(); err != nil {
-		t.Fatal(err)
-	}
+	leftOpen(t, dir, "a")
 	f, err := os.OpenFile(filepath.Join(dir, FileName), os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
