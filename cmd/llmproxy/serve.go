@@ -359,6 +359,7 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 		srv = &http.Server{
 			Addr:              cfg.Listen,
 			Handler:           gw.Handler(),
+			BaseContext:       gw.BaseContext,
 			ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout.D(),
 			IdleTimeout:       cfg.Server.IdleTimeout.D(),
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
@@ -432,12 +433,13 @@ wait:
 	defer cancel()
 	if srv != nil {
 		if serr := srv.Shutdown(sctx); serr != nil {
-			// Past the deadline: close the connections still open, so
-			// that their requests end now (a stream is cut where it is,
-			// and billed for what was delivered) and publish their
-			// events below.
+			// Past the deadline: end the requests still open (a
+			// stream with an error event in its client's dialect, one
+			// with no reply yet with a 503; each billed for what was
+			// delivered), give them a moment to say so, then close
+			// the connections; their events are published below.
 			log.Warn("drain deadline passed with requests still open; closing them", "err", serr)
-			gw.CutOpenRequests()
+			gw.CutOpenRequests(time.Second)
 			_ = srv.Close()
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"sync/atomic"
 	"time"
@@ -105,14 +106,42 @@ type Gateway struct {
 	// cutting is set by CutOpenRequests: the requests that end from now
 	// on for want of their connection were cut by the server.
 	cutting atomic.Bool
+	// stop is the base context of the requests the gateway serves (see
+	// BaseContext); CutOpenRequests cancels it with errServerShutdown.
+	stop       context.Context
+	stopCancel context.CancelCauseFunc
 }
 
-// CutOpenRequests tells the gateway that the server is about to close the
-// connections still open (the drain deadline of a shutdown has passed):
-// the requests they end are recorded as cut by the server (error
-// server_shutdown; 503 when no reply head had gone out), not as left by
-// their clients. What they delivered is billed as for a client that left.
-func (g *Gateway) CutOpenRequests() { g.cutting.Store(true) }
+// errServerShutdown is the cause of a request's context cancelled by
+// CutOpenRequests.
+var errServerShutdown = errors.New("server shutdown: drain deadline passed")
+
+// BaseContext is the base context of every request the gateway serves: an
+// http.Server's BaseContext. CutOpenRequests cancels it.
+func (g *Gateway) BaseContext(net.Listener) context.Context { return g.stop }
+
+// CutOpenRequests ends the requests still running when the drain deadline
+// of a shutdown has passed, before the server closes their connections:
+// their contexts are cancelled (when the server's BaseContext is the
+// gateway's), a stream is ended with an error event in its client's
+// dialect and a request with no reply head yet gets a 503 server_shutdown,
+// and they are recorded as cut by the server (error server_shutdown), not
+// as left by their clients. What they delivered is billed as for a client
+// that left. It waits up to wait for them to end.
+func (g *Gateway) CutOpenRequests(wait time.Duration) {
+	g.cutting.Store(true)
+	g.stopCancel(errServerShutdown)
+	deadline := time.Now().Add(wait)
+	for g.inflight.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// cutByServer reports whether ctx, a request's, was cancelled by
+// CutOpenRequests.
+func cutByServer(ctx context.Context) bool {
+	return errors.Is(context.Cause(ctx), errServerShutdown)
+}
 
 // New builds a Gateway from opts.
 func New(opts Options) (*Gateway, error) {
@@ -133,6 +162,7 @@ func New(opts Options) (*Gateway, error) {
 		gatherer:     opts.Gatherer,
 		reqIDs:       newRequestIDs(),
 	}
+	g.stop, g.stopCancel = context.WithCancelCause(context.Background())
 	if g.log == nil {
 		g.log = slog.Default()
 	}

@@ -773,7 +773,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 				lastErr = apierr.BadGateway("backend " + up.Name + " answered " + strconv.Itoa(resp.StatusCode))
 				if !fallback {
 					if !g.sleep(ctx, rt.retry.Backoff(retries)) {
-						x.status, x.errMsg = 499, "client_closed_request"
+						g.abandoned(ctx, w, x)
 						return
 					}
 					retries++
@@ -791,8 +791,9 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 		}
 		cancel()
 		if ctx.Err() != nil {
-			// The client left: not the backend's failure.
-			x.status, x.errMsg = 499, "client_closed_request"
+			// The client left, or the server is cutting the request:
+			// not the backend's failure.
+			g.abandoned(ctx, w, x)
 			return
 		}
 		failed = reportFailure(failed, up, g.now())
@@ -805,7 +806,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 		}
 		if rt.retry.ShouldRetry(retries, 0, err) {
 			if !g.sleep(ctx, rt.retry.Backoff(retries)) {
-				x.status, x.errMsg = 499, "client_closed_request"
+				g.abandoned(ctx, w, x)
 				return
 			}
 			retries++
@@ -863,6 +864,17 @@ func nextFallback(chain []*balancer.Upstream, tried func(*balancer.Upstream) boo
 		}
 	}
 	return nil
+}
+
+// abandoned ends x, whose context ended before any reply went out: its
+// client left (499, recorded only), or the server is cutting it at its
+// drain deadline, and the client, still connected, gets a 503.
+func (g *Gateway) abandoned(ctx context.Context, w http.ResponseWriter, x *exchange) {
+	if cutByServer(ctx) {
+		g.failForward(w, x, apierr.Unavailable("server_shutdown", "the gateway is shutting down; try again"))
+		return
+	}
+	x.status, x.errMsg = 499, "client_closed_request"
 }
 
 func (g *Gateway) failForward(w http.ResponseWriter, x *exchange, e *apierr.Error) {
@@ -1048,7 +1060,17 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 				// read_timeout longer than send_timeout): it gets the
 				// send_timeout of its own.
 				pace.arm()
-				if err != io.EOF && writeErr == nil && ctx.Err() != nil {
+				if err != io.EOF && writeErr == nil && cutByServer(ctx) {
+					// The drain deadline passed: the stream ends as cut
+					// by the server, in its client's dialect, before the
+					// connection is closed.
+					sp.Reset()
+					x.errMsg = "server_shutdown"
+					if end := streamShutdownEnding(format, ctype); end != nil {
+						_, _ = w.Write(end)
+						_ = rc.Flush()
+					}
+				} else if err != io.EOF && writeErr == nil && ctx.Err() != nil {
 					// The client left; the request's context cancelled
 					// the backend read.
 					writeErr = ctx.Err()
@@ -1166,33 +1188,55 @@ func backendReadError(err error, other string) string {
 	return other
 }
 
-// The endings of a stream whose backend failed mid-way, each in the shape
-// its own clients read as an error: OpenAI-style streams get an SSE error
-// event and [DONE], Anthropic's its error event, TGI's an event with
-// error and error_type, Ollama's an NDJSON line with error.
+// The endings of a stream cut mid-way, each in the shape its own clients
+// read as an error: OpenAI-style streams get an SSE error event and
+// [DONE], Anthropic's its error event, TGI's an event with error and
+// error_type, Ollama's an NDJSON line with error. One set for a backend
+// that failed, one for a server cutting the stream at its drain deadline.
 var (
-	streamErrorEvent    = []byte("event: error\ndata: {\"error\":{\"message\":\"the backend failed mid-stream\",\"type\":\"api_error\",\"code\":\"backend_stream_error\"}}\n\ndata: [DONE]\n\n")
-	anthropicErrorEvent = []byte("event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"the backend failed mid-stream\"}}\n\n")
-	tgiErrorEvent       = []byte("data:{\"error\":\"the backend failed mid-stream\",\"error_type\":\"backend_stream_error\"}\n\n")
-	ollamaErrorLine     = []byte("{\"error\":\"the backend failed mid-stream\"}\n")
+	backendFailedEndings = streamEndings("the backend failed mid-stream", "api_error", "backend_stream_error")
+	shutdownEndings      = streamEndings("the gateway is shutting down; the reply was cut", "api_error", "server_shutdown")
 )
+
+// endings are a stream's error endings, by dialect.
+type endings struct{ openai, anthropic, tgi, ollama []byte }
+
+func streamEndings(msg, typ, code string) endings {
+	m, _ := json.Marshal(msg)
+	return endings{
+		openai:    []byte(`event: error` + "\n" + `data: {"error":{"message":` + string(m) + `,"type":"` + typ + `","code":"` + code + `"}}` + "\n\n" + `data: [DONE]` + "\n\n"),
+		anthropic: []byte(`event: error` + "\n" + `data: {"type":"error","error":{"type":"` + typ + `","message":` + string(m) + `}}` + "\n\n"),
+		tgi:       []byte(`data:{"error":` + string(m) + `,"error_type":"` + code + `"}` + "\n\n"),
+		ollama:    []byte(`{"error":` + string(m) + `}` + "\n"),
+	}
+}
 
 // streamErrorEnding returns what ends a stream of format whose backend
 // failed mid-way.
 func streamErrorEnding(format usage.Format, ctype string) []byte {
+	return backendFailedEndings.of(format, ctype)
+}
+
+// streamShutdownEnding returns what ends a stream of format the server
+// cuts at its drain deadline.
+func streamShutdownEnding(format usage.Format, ctype string) []byte {
+	return shutdownEndings.of(format, ctype)
+}
+
+func (e endings) of(format usage.Format, ctype string) []byte {
 	switch format {
 	case usage.FormatAnthropicSSE:
-		return anthropicErrorEvent
+		return e.anthropic
 	case usage.FormatTGISSE:
-		return tgiErrorEvent
+		return e.tgi
 	case usage.FormatOllamaNDJSON:
-		return ollamaErrorLine
+		return e.ollama
 	}
 	if strings.HasPrefix(ctype, "text/event-stream") {
-		return streamErrorEvent
+		return e.openai
 	}
 	if strings.Contains(ctype, "ndjson") {
-		return ollamaErrorLine
+		return e.ollama
 	}
 	return nil
 }

@@ -102,7 +102,7 @@ api_keys: [{key: %q, limits: {max_concurrent: 1}}]
 		t.Fatalf("stream: %v after %v (got %q)", err, took, body)
 	}
 	if resp.StatusCode != 200 || !strings.Contains(string(body), "hello there") ||
-		!strings.HasSuffix(string(body), string(streamErrorEvent)) {
+		!strings.HasSuffix(string(body), string(backendFailedEndings.openai)) {
 		t.Fatalf("%d %q; want the first event and the error ending", resp.StatusCode, body)
 	}
 	if took < read || took > read+5*time.Second {
