@@ -18,6 +18,8 @@ type message interface {
 	Headers() nats.Header
 	Metadata() (*jetstream.MsgMetadata, error)
 	Ack() error
+	// DoubleAck acks and waits for the server to confirm it.
+	DoubleAck(ctx context.Context) error
 	NakWithDelay(delay time.Duration) error
 }
 
@@ -77,9 +79,7 @@ func (h *handler) handle(ctx context.Context, msg message) {
 		// is not sent the event again.
 		log := h.log.With("endpoint", h.ep.Name, "event_id", id, "attempt", p.Attempts)
 		d := DeadLetter{EventID: id, Reason: p.Reason, Attempts: p.Attempts, LastStatus: p.LastStatus, LastError: p.LastError, FailedAt: p.FailedAt}
-		if h.toDLQ(ctx, msg, log, key, d, body, int(meta.NumDelivered)) {
-			h.forget(ctx, log, key)
-		}
+		h.toDLQ(ctx, msg, log, key, d, body, int(meta.NumDelivered))
 		return
 	}
 	// n is this attempt's number among all made; only those failed without
@@ -134,9 +134,7 @@ func (h *handler) handle(ctx context.Context, msg message) {
 			return
 		}
 	}
-	if h.toDLQ(ctx, msg, log, key, d, body, n) && recorded {
-		h.forget(ctx, log, key)
-	}
+	h.toDLQ(ctx, msg, log, key, d, body, n)
 }
 
 // backoff is the wait after attempt n failed, capped by the endpoint's
@@ -177,11 +175,14 @@ func (h *handler) forget(ctx context.Context, log *slog.Logger, key string) {
 }
 
 // toDLQ stores the dead letter and only then acks the event; when the store
-// fails the event is nak'd so that nothing is lost, and the dead letter is
-// written down under key (the event's attempt record) so that the next
-// delivery only stores it, without POSTing the event again. It reports
-// whether the dead letter was stored; retry numbers the store's try, for
-// its backoff.
+// fails the event is nak'd so that nothing is lost. The dead letter is
+// written down under key (the event's attempt record) before it is stored,
+// and the record is removed only once the server has confirmed the ack: a
+// delivery of the event after a failed store, or after a notifier killed
+// before its ack reached the server, finds it and only stores the dead
+// letter (a duplicate the DLQ stream drops), without POSTing the event
+// again. It reports whether the dead letter was stored; retry numbers the
+// store's try, for its backoff.
 func (h *handler) toDLQ(ctx context.Context, msg message, log *slog.Logger, key string, d DeadLetter, body []byte, retry int) bool {
 	d.Endpoint = h.ep.Name
 	d.URL = displayURL(h.ep.URL)
@@ -190,29 +191,36 @@ func (h *handler) toDLQ(ctx context.Context, msg message, log *slog.Logger, key 
 	}
 	d.Event = rawEvent(body)
 
+	if h.attempts != nil {
+		rec := attemptRecord{Attempts: d.Attempts, LastStatus: d.LastStatus, LastError: d.LastError,
+			Pending: &pendingDeadLetter{Reason: d.Reason, Attempts: d.Attempts, LastStatus: d.LastStatus, LastError: d.LastError, FailedAt: d.FailedAt}}
+		rctx, cancel := context.WithTimeout(ctx, attemptsTimeout)
+		err := h.attempts.put(rctx, key, rec)
+		cancel()
+		if err != nil {
+			log.Warn("webhook: pending dead letter not recorded; the event may be POSTed again", "err", err)
+		}
+	}
 	pctx, cancel := context.WithTimeout(ctx, dlqPublishTimeout)
 	err := h.deadLetter(pctx, d)
 	cancel()
 	if err != nil {
 		log.Error("webhook: dead letter not stored; storing it again later", "reason", d.Reason, "err", err)
 		h.metrics.deliveries.WithLabelValues(h.ep.Name, outcomeDLQError).Inc()
-		if h.attempts != nil {
-			rec := attemptRecord{Attempts: d.Attempts, LastStatus: d.LastStatus, LastError: d.LastError,
-				Pending: &pendingDeadLetter{Reason: d.Reason, Attempts: d.Attempts, LastStatus: d.LastStatus, LastError: d.LastError, FailedAt: d.FailedAt}}
-			rctx, cancel := context.WithTimeout(ctx, attemptsTimeout)
-			err := h.attempts.put(rctx, key, rec)
-			cancel()
-			if err != nil {
-				log.Warn("webhook: pending dead letter not recorded; the event will be POSTed again", "err", err)
-			}
-		}
 		if err := msg.NakWithDelay(h.backoff(retry)); err != nil {
 			log.Warn("webhook: nak failed; the event is retried after the ack wait", "err", err)
 		}
 		return false
 	}
-	if err := msg.Ack(); err != nil {
-		log.Warn("webhook: ack after dead letter failed; the dead letter may repeat", "err", err)
+	actx, cancel := context.WithTimeout(ctx, attemptsTimeout)
+	err = msg.DoubleAck(actx)
+	cancel()
+	if err != nil {
+		// The record stays: a redelivery stores the dead letter again
+		// (dropped as a duplicate) and acks, without a POST.
+		log.Warn("webhook: ack after dead letter not confirmed; the dead letter may repeat", "err", err)
+	} else if h.attempts != nil {
+		h.forget(ctx, log, key)
 	}
 	log.Warn("webhook: event dead-lettered", "reason", d.Reason, "last_status", d.LastStatus, "last_error", d.LastError)
 	h.metrics.failure.Inc()

@@ -36,6 +36,7 @@ func (m *fakeMsg) Ack() error {
 	m.acked = true
 	return m.ackErr
 }
+func (m *fakeMsg) DoubleAck(context.Context) error { return m.Ack() }
 func (m *fakeMsg) NakWithDelay(d time.Duration) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -276,5 +277,54 @@ func TestEndpointBackoffMax(t *testing.T) {
 				t.Fatalf("nakked %v with delay %s after 31 failed attempts, want the cap %s", msg.nakked, msg.nakDelay, tt.want)
 			}
 		})
+	}
+}
+
+// TestDeadLetterWithAnUnconfirmedAckIsNotPostedAgain: a notifier killed
+// after storing an event's dead letter but before the server had its ack
+// (here: the ack is not confirmed) leaves the event's record saying it
+// was given up on; its redelivery stores the dead letter again and acks,
+// without POSTing the event again.
+func TestDeadLetterWithAnUnconfirmedAckIsNotPostedAgain(t *testing.T) {
+	now := time.Date(2026, 1, 14, 10, 30, 0, 0, time.UTC)
+	var mu sync.Mutex
+	posts := 0
+	rc := newReceiver(t, func(_ int, w http.ResponseWriter, _ *http.Request) int {
+		mu.Lock()
+		posts++
+		mu.Unlock()
+		return 500
+	})
+	log := &memAttempts{m: map[string]attemptRecord{attemptKey("ep", 7): {Attempts: 2}}}
+	opts := Options{BackoffBase: time.Millisecond, BackoffMax: 4 * time.Millisecond, Clock: fixedClock{now}, Rand: fixedRand{1, 1}}.withDefaults()
+	h := testHandler(Endpoint{Name: "ep", URL: rc.srv.URL, MaxAttempts: 3, MaxAge: time.Hour}, opts, log)
+	var letters []DeadLetter
+	h.deadLetter = func(_ context.Context, d DeadLetter) error {
+		letters = append(letters, d)
+		return nil
+	}
+	msg := func(delivered uint64, ackErr error) *fakeMsg {
+		return &fakeMsg{body: []byte(`{"request_id":"req_1"}`), header: nats.Header{}, ackErr: ackErr,
+			meta: jetstream.MsgMetadata{NumDelivered: delivered, Timestamp: now, Stream: "LLMPROXY", Sequence: jetstream.SequencePair{Stream: 7}}}
+	}
+	h.handle(context.Background(), msg(3, errors.New("ack not confirmed")))
+	if posts != 1 || len(letters) != 1 || letters[0].Reason != ReasonMaxAttempts {
+		t.Fatalf("last attempt: %d posts, dead letters %+v", posts, letters)
+	}
+	r, ok, _ := log.get(context.Background(), attemptKey("ep", 7))
+	if !ok || r.Pending == nil {
+		t.Fatalf("record after an unconfirmed ack: %+v (found %v), want the pending dead letter", r, ok)
+	}
+
+	again := msg(4, nil)
+	h.handle(context.Background(), again)
+	if posts != 1 {
+		t.Fatalf("the dead-lettered event was POSTed again (%d posts)", posts)
+	}
+	if len(letters) != 2 || letters[1].Attempts != 3 || !again.acked {
+		t.Fatalf("redelivery: dead letters %+v, acked %v; want the dead letter stored again and the event acked", letters, again.acked)
+	}
+	if _, ok, _ := log.get(context.Background(), attemptKey("ep", 7)); ok {
+		t.Fatal("record kept once the ack was confirmed")
 	}
 }
