@@ -283,9 +283,9 @@ func recoverEntries(r io.Reader) ([]*events.RequestCompleted, int, error) {
 	for _, id := range order {
 		e := open[id]
 		if e == nil {
-			continue
+			continue // closed
 		}
-		delete(open, id) // an id opened twice is one event
+		delete(open, id) // an id in order twice (opened, closed, opened again) is one event
 		ev := e.ev
 		ev.UsageSource = events.UsageSourceEstimated
 		ev.Error = ErrorCrashed
@@ -338,16 +338,7 @@ func (j *Journal) Open(ev *events.RequestCompleted) {
 // when the writer is too far behind to take cp's text: the caller keeps
 // the text for its next checkpoint.
 func (j *Journal) Progress(id string, cp Checkpoint) bool {
-	j.mu.Lock()
-	if !j.started || j.closed || j.pending+len(cp.Text) > MaxPendingText {
-		j.mu.Unlock()
-		return false
-	}
-	j.pending += len(cp.Text)
-	j.ops = append(j.ops, op{kind: opProgress, id: id, cp: cp})
-	j.mu.Unlock()
-	j.signal()
-	return true
+	return j.put(op{kind: opProgress, id: id, cp: cp})
 }
 
 // Close closes the entry of stream id: its own event is in the outbox.
@@ -355,15 +346,20 @@ func (j *Journal) Close(id string) {
 	j.put(op{kind: opClose, id: id})
 }
 
-func (j *Journal) put(o op) {
+// put queues o for the writer and wakes it. It reports false, queueing
+// nothing, when the journal is not running or o's checkpoint text would
+// take the text waiting past MaxPendingText.
+func (j *Journal) put(o op) bool {
 	j.mu.Lock()
-	if !j.started || j.closed {
+	if !j.started || j.closed || j.pending+len(o.cp.Text) > MaxPendingText {
 		j.mu.Unlock()
-		return
+		return false
 	}
+	j.pending += len(o.cp.Text)
 	j.ops = append(j.ops, o)
 	j.mu.Unlock()
 	j.signal()
+	return true
 }
 
 func (j *Journal) signal() {
