@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -197,7 +198,8 @@ func TestCredentialsNeverReachTheBackend(t *testing.T) {
 // TestKeysSentElsewhereNeverReachTheBackend: a key a client sends where
 // other APIs take one (Azure's api-key header, a key, api_key, api-key,
 // apikey or access_token query parameter, behind a '&' or a ';') is not
-// passed on either; other parameters are.
+// passed on either; other parameters are, with the request's own key,
+// written as is or percent-encoded, replaced in their values.
 func TestKeysSentElsewhereNeverReachTheBackend(t *testing.T) {
 	type seen struct {
 		h http.Header
@@ -210,13 +212,15 @@ func TestKeysSentElsewhereNeverReachTheBackend(t *testing.T) {
 	}))
 	defer backend.Close()
 	gw, _ := newTestGateway(t, backend.URL, "")
-	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions?api-version=2024-10-21&key=sk-in-query-1&API_KEY=sk-in-query-2&%61pi-key=sk-in-query-3&x=1;key=sk-in-query-4&apikey=sk-in-query-5;Access_Token=sk-in-query-6",
+	escaped := strings.Replace(url.QueryEscape(testKey), "-", "%2D", 1)
+	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions?api-version=2024-10-21&key=sk-in-query-1&API_KEY=sk-in-query-2&%61pi-key=sk-in-query-3&x=1;key=sk-in-query-4&apikey=sk-in-query-5;Access_Token=sk-in-query-6"+
+		"&foo="+testKey+"&bar=x"+escaped+"y",
 		`{"model":"m1"}`, map[string]string{"Authorization": "Bearer " + testKey, "api-key": "sk-azure-style"})
 	if resp.StatusCode != 200 {
 		t.Fatalf("%d %s", resp.StatusCode, body)
 	}
 	s := <-got
-	if s.q != "api-version=2024-10-21&x=1" {
+	if s.q != "api-version=2024-10-21&x=1;foo=%5BREDACTED%5D&bar=x%5BREDACTED%5Dy" {
 		t.Errorf("backend query %q", s.q)
 	}
 	if s.h.Get("Api-Key") != "" || s.h.Get("Authorization") != "Bearer backend-secret" {

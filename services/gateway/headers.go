@@ -7,6 +7,8 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+
+	"github.com/llmproxy/llmproxy/services/gateway/internal/redact"
 )
 
 // hopHeaders are removed in both directions (RFC 9110 §7.6.1).
@@ -110,6 +112,50 @@ func backendQuery(q string) string {
 		}
 		q = rest
 	}
+}
+
+// queryWithoutKey returns the query q with the key the request
+// authenticated with (secret), written as is or percent-encoded, replaced
+// by redact.Placeholder in whatever parameter holds it, as the headers and
+// the body have it replaced. A parameter that holds it is written again
+// with its name and value escaped; the others are kept as written.
+func queryWithoutKey(q, secret string) string {
+	if len(secret) < minScrubbedSecret || (!strings.Contains(q, secret) && !strings.Contains(q, "%")) {
+		return q
+	}
+	var b strings.Builder
+	for {
+		p, rest, next := cutParam(q)
+		b.WriteString(paramWithoutKey(p, secret))
+		if next == 0 {
+			return b.String()
+		}
+		b.WriteByte(next)
+		q = rest
+	}
+}
+
+// paramWithoutKey returns the query parameter p ("name=value") with secret
+// replaced in its name and its value, each unescaped first; p itself when
+// neither holds it.
+func paramWithoutKey(p, secret string) string {
+	name, value, hasValue := strings.Cut(p, "=")
+	clean := func(s string) (string, bool) {
+		u, err := url.QueryUnescape(s)
+		if err != nil || !holdsKey(u, secret) {
+			return s, false
+		}
+		return url.QueryEscape(strings.ReplaceAll(u, secret, redact.Placeholder)), true
+	}
+	n, nc := clean(name)
+	v, vc := clean(value)
+	if !nc && !vc {
+		return p
+	}
+	if !hasValue {
+		return n
+	}
+	return n + "=" + v
 }
 
 func hasKeyParam(q string) bool {

@@ -906,7 +906,7 @@ func drain(rc io.ReadCloser) {
 // until the caller releases it.
 func (g *Gateway) roundTrip(ctx context.Context, r *http.Request, x *exchange, up *balancer.Upstream) (*http.Response, error) {
 	target := up.URL.JoinPath(r.URL.Path)
-	target.RawQuery = backendQuery(r.URL.RawQuery)
+	target.RawQuery = queryWithoutKey(backendQuery(r.URL.RawQuery), x.secret)
 	var body io.Reader = http.NoBody
 	if x.body != nil {
 		body = bytes.NewReader(x.body)
