@@ -473,6 +473,9 @@ func invalidBody(body []byte, err error) *apierr.Error {
 	case errors.Is(err, usage.ErrNotObject):
 		return apierr.BadRequest("invalid_json", "the request body must be a JSON object")
 	case errors.As(err, &te) && te.Field != "":
+		if f := fieldAt(body, te.Offset); f != "" {
+			te.Field = f
+		}
 		return typeMismatch(te, "")
 	case errors.As(err, &ae):
 		return apierr.BadRequest("ambiguous_field", ae.Error()+": engines disagree on which counts; send it once")
@@ -497,6 +500,76 @@ func typeMismatch(te *json.UnmarshalTypeError, in string) *apierr.Error {
 		kind = "an integer below 2^63"
 	}
 	return apierr.BadRequest("invalid_type", "invalid type for "+field+": expected "+kind+", but got "+jsonValue(te.Value)+" instead")
+}
+
+// fieldAt returns where in the JSON document body the value whose token
+// ends at off is, as OpenAI writes it ("messages[1].content"): off is
+// where a json.UnmarshalTypeError points, past a scalar or past an object's
+// or an array's opening bracket. Keys are as the client wrote them. It
+// returns "" when no value's token ends there, or the value is the
+// document itself.
+func fieldAt(body []byte, off int64) string {
+	type frame struct {
+		array   bool
+		index   int
+		key     string
+		wantKey bool
+	}
+	var stack []frame
+	path := func() string {
+		var b strings.Builder
+		for i, f := range stack {
+			switch {
+			case f.array:
+				b.WriteString("[" + strconv.Itoa(f.index) + "]")
+			case i > 0:
+				b.WriteString("." + f.key)
+			default:
+				b.WriteString(f.key)
+			}
+		}
+		return b.String()
+	}
+	// next moves the innermost container past a value that has ended.
+	next := func() {
+		if n := len(stack); n > 0 {
+			if stack[n-1].array {
+				stack[n-1].index++
+			} else {
+				stack[n-1].wantKey = true
+			}
+		}
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return ""
+		}
+		if n := len(stack); n > 0 && !stack[n-1].array && stack[n-1].wantKey {
+			if k, ok := tok.(string); ok {
+				stack[n-1].key, stack[n-1].wantKey = k, false
+				continue
+			}
+		}
+		if d, ok := tok.(json.Delim); ok && (d == '}' || d == ']') {
+			stack = stack[:len(stack)-1]
+			next()
+			continue
+		}
+		if dec.InputOffset() == off {
+			return path()
+		}
+		switch tok {
+		case json.Delim('{'):
+			stack = append(stack, frame{wantKey: true})
+		case json.Delim('['):
+			stack = append(stack, frame{array: true})
+		default:
+			next()
+		}
+	}
 }
 
 // jsonKind names the JSON type a value of Go type t is read from.
