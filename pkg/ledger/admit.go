@@ -160,7 +160,7 @@ func keyBurst(rps float64) int64 { return max(int64(math.Ceil(rps)), 1) }
 // Emission returns the global limit's rate as the cell rate algorithm
 // takes it: the interval between two requests and the burst. g.RPS must be
 // above 0.
-func (g GlobalLimit) Emission() (time.Duration, int64) { return interval(g.RPS), globalBurst(g) }
+func (g GlobalLimit) Emission() (time.Duration, int64) { return emission(g.RPS, globalBurst(g)) }
 
 // globalBurst is the burst of the global limit.
 func globalBurst(g GlobalLimit) int64 {

@@ -167,7 +167,8 @@ func (a *MemoryAdmitter) Admit(ctx context.Context, req AdmitRequest) (Decision,
 
 	var globalTAT time.Time
 	if req.Global.RPS > 0 {
-		ok, tat, _, retry, _ := gcra(a.globalTAT, now, interval(req.Global.RPS), globalBurst(req.Global))
+		iv, burst := req.Global.Emission()
+		ok, tat, _, retry, _ := gcra(a.globalTAT, now, iv, burst)
 		if !ok {
 			reject(ReasonGlobalRPS, retry)
 		}
@@ -176,7 +177,8 @@ func (a *MemoryAdmitter) Admit(ctx context.Context, req AdmitRequest) (Decision,
 
 	var keyTAT time.Time
 	if l := req.Limits; l.RPS > 0 {
-		ok, tat, rem, retry, reset := gcra(k.tat, now, interval(l.RPS), keyBurst(l.RPS))
+		iv, burst := emission(l.RPS, keyBurst(l.RPS))
+		ok, tat, rem, retry, reset := gcra(k.tat, now, iv, burst)
 		if !ok {
 			reject(ReasonKeyRPS, retry)
 		}

@@ -432,10 +432,12 @@ func (a *RedisAdmitter) Admit(ctx context.Context, req AdmitRequest) (Decision, 
 	}
 	var gT, gBurst, kT, kBurst int64
 	if req.Global.RPS > 0 {
-		gT, gBurst = max(micros(interval(req.Global.RPS)), 1), globalBurst(req.Global)
+		iv, burst := req.Global.Emission()
+		gT, gBurst = max(micros(iv), 1), burst
 	}
 	if req.Limits.RPS > 0 {
-		kT, kBurst = max(micros(interval(req.Limits.RPS)), 1), keyBurst(req.Limits.RPS)
+		iv, burst := emission(req.Limits.RPS, keyBurst(req.Limits.RPS))
+		kT, kBurst = max(micros(iv), 1), burst
 	}
 	// The quota is the one of the period the request arrived in, where
 	// its usage is counted.

@@ -151,6 +151,29 @@ func runAdmitSuite(t *testing.T, newEnv func(t *testing.T, start time.Time) admi
 		}
 	})
 
+	// A rate so low that its interval overflows a time.Duration is still
+	// a limit (it was none: the interval wrapped around to 1 ns).
+	t.Run("TinyRatesStillLimit", func(t *testing.T) {
+		env := newEnv(t, t0)
+		for _, c := range []struct {
+			req    AdmitRequest
+			reason string
+		}{
+			{AdmitRequest{KeyID: "k", Limits: KeyLimits{RPS: 1e-10}}, ReasonKeyRPS},
+			{AdmitRequest{KeyID: "g1", Global: GlobalLimit{RPS: 1e-300, Burst: 1 << 40}}, ReasonGlobalRPS},
+		} {
+			n := len(concurrently(t, env, 4, 20, c.req))
+			if n == 0 || n == 20 {
+				t.Fatalf("%+v: admitted %d of 20", c.req, n)
+			}
+			env.clock.Advance(24 * time.Hour)
+			d := admit(t, env, c.req)
+			if d.Allowed || d.Reason != c.reason || d.RetryAfter < 365*24*time.Hour {
+				t.Fatalf("%+v a day later: %+v; want %s, retry after years", c.req, d, c.reason)
+			}
+		}
+	})
+
 	t.Run("GlobalRPSAcrossKeys", func(t *testing.T) {
 		env := newEnv(t, t0)
 		g := GlobalLimit{RPS: 10, Burst: 5}

@@ -21,7 +21,23 @@ func gcra(tat, now time.Time, interval time.Duration, burst int64) (ok bool, new
 	return true, newTAT, int64(diff / interval), 0, newTAT.Sub(now)
 }
 
-// interval is the emission interval of rps requests per second.
-func interval(rps float64) time.Duration {
-	return max(time.Duration(float64(time.Second)/rps), 1)
+// maxInterval bounds the emission interval, and maxSpan a burst of them
+// (burst × interval): a rate so low that its interval would not fit a
+// time.Duration (1e-10 per second) is one request per maxInterval, about a
+// century, where the overflowing conversion made it an interval of 1 ns,
+// no limit at all; and the burst is cut to what fits maxSpan.
+const (
+	maxInterval = 100 * 365 * 24 * time.Hour
+	maxSpan     = 2 * maxInterval
+)
+
+// emission returns the emission interval of rps requests per second and
+// the burst the cell rate algorithm takes with it, at most maxInterval and
+// maxSpan.
+func emission(rps float64, burst int64) (time.Duration, int64) {
+	iv := maxInterval
+	if ns := float64(time.Second) / rps; ns < float64(maxInterval) {
+		iv = max(time.Duration(ns), 1)
+	}
+	return iv, min(burst, int64(maxSpan/iv))
 }
