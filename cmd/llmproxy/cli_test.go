@@ -237,3 +237,26 @@ func TestCommandsRefuseFlagsThatDoNotFit(t *testing.T) {
 		}
 	}
 }
+
+// TestServeChecksAdminListen: an --admin-listen that is no address, or that
+// would take the port of a listener the target runs, is refused before
+// anything starts.
+func TestServeChecksAdminListen(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(cfg, []byte("listen: \"127.0.0.1:19471\"\nbackends: [{url: http://127.0.0.1:9000}]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args []string
+		code int
+		says string
+	}{
+		{[]string{"serve", "--config", cfg, "--admin-listen", "bogus"}, 2, `--admin-listen: want host:port such as :8000 or 127.0.0.1:8000, got "bogus"`},
+		{[]string{"serve", "--config", cfg, "--admin-listen", ":19471"}, 1, `--admin-listen ":19471" takes the port of listen ("127.0.0.1:19471")`},
+	} {
+		code, stdout, stderr := runSelf(t, c.args...)
+		if code != c.code || stdout != "" || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, c.says) {
+			t.Errorf("%v = %d, %q, %q; want %d and one line saying %q", c.args, code, stdout, stderr, c.code, c.says)
+		}
+	}
+}

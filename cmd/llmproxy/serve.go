@@ -56,9 +56,19 @@ func cmdServe(args []string) int {
 		fmt.Fprintf(os.Stderr, "llmproxy serve: unknown target %q (want all, gateway, meter, notifier or recorder)\n", *target)
 		return 2
 	}
+	if *adminListen != "" {
+		if err := config.CheckAddr(*adminListen); err != nil {
+			fmt.Fprintln(os.Stderr, "llmproxy serve: --admin-listen:", err)
+			return 2
+		}
+	}
 	cfg, err := loadConfig(*cfgPath)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := adminListenApart(cfg, *target, *adminListen); err != nil {
+		fmt.Fprintln(os.Stderr, "llmproxy serve:", err)
 		return 1
 	}
 	if err := checkTarget(cfg, *target); err != nil {
@@ -196,6 +206,28 @@ func carryHUP(early <-chan os.Signal, hup chan os.Signal) {
 		}
 	default:
 	}
+}
+
+// adminListenApart reports an --admin-listen address that would take the
+// port of another listener target runs (the config file's own are
+// checked with the file).
+func adminListenApart(cfg *config.Config, target, adminListen string) error {
+	if adminListen == "" {
+		return nil
+	}
+	others := map[string]string{}
+	if target == "all" || target == "gateway" {
+		others["listen"] = cfg.Listen
+	}
+	if target == "all" {
+		others["nats.embedded_listen"] = cfg.NATS.EmbeddedListen
+	}
+	for _, path := range []string{"listen", "nats.embedded_listen"} {
+		if a := others[path]; a != "" && config.SameAddr(adminListen, a) {
+			return fmt.Errorf("--admin-listen %q takes the port of %s (%q): give each listener its own", adminListen, path, a)
+		}
+	}
+	return nil
 }
 
 // serve runs target until ctx is done, then shuts down in order: stop

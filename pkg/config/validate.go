@@ -81,6 +81,7 @@ func (c *Config) validate() *Errors {
 			v.add("admin.token", "the admin API needs a token when admin.listen is set")
 		}
 	}
+	v.listenersApart()
 	v.sentSecret("admin.token", "token", c.Admin.Token)
 	for i, p := range c.TrustedProxies {
 		v.prefix(fmt.Sprintf("trusted_proxies[%d]", i), p)
@@ -103,13 +104,48 @@ func (v *checker) listener(path, addr string) {
 	if addr == "" {
 		return
 	}
+	if err := CheckAddr(addr); err != nil {
+		v.add(path, "%s", err)
+	}
+}
+
+// CheckAddr reports whether addr is a listener's address, host:port.
+func CheckAddr(addr string) error {
 	_, port, err := net.SplitHostPort(addr)
 	if err == nil {
 		if n, perr := strconv.Atoi(port); perr == nil && n >= 0 && n <= 65535 {
-			return
+			return nil
 		}
 	}
-	v.add(path, "want host:port such as :8000 or 127.0.0.1:8000, got %q", addr)
+	return fmt.Errorf("want host:port such as :8000 or 127.0.0.1:8000, got %q", addr)
+}
+
+// SameAddr reports whether listeners on the addresses a and b (host:port)
+// would take the same port: the same port, other than 0, on the same host
+// or with either on every address ("", 0.0.0.0, ::).
+func SameAddr(a, b string) bool {
+	ha, pa, err1 := net.SplitHostPort(a)
+	hb, pb, err2 := net.SplitHostPort(b)
+	if err1 != nil || err2 != nil || pa != pb || pa == "0" {
+		return false
+	}
+	any := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
+	return any(ha) || any(hb) || strings.EqualFold(ha, hb)
+}
+
+// listenersApart reports the listeners of the file that would take the
+// same port: the process would fail to start, having begun to.
+func (v *checker) listenersApart() {
+	addrs := []struct{ path, addr string }{
+		{"listen", v.c.Listen}, {"admin.listen", v.c.Admin.Listen}, {"nats.embedded_listen", v.c.NATS.EmbeddedListen},
+	}
+	for i, a := range addrs {
+		for _, b := range addrs[:i] {
+			if a.addr != "" && b.addr != "" && SameAddr(a.addr, b.addr) {
+				v.add(a.path, "%q takes the port of %s (%q): give each listener its own", a.addr, b.path, b.addr)
+			}
+		}
+	}
 }
 
 func (v *checker) nats() {

@@ -17,6 +17,16 @@ func TestValidate(t *testing.T) {
 	}{
 		{"fine", "", nil},
 		{
+			"listeners on one port",
+			"listen: \"0.0.0.0:9100\"\nadmin: { listen: \"127.0.0.1:9100\", token: tok-a }\nnats: { embedded_listen: \":9100\" }\n",
+			[]string{
+				`c.yaml:4: key admin.listen: "127.0.0.1:9100" takes the port of listen ("0.0.0.0:9100"): give each listener its own`,
+				`c.yaml:5: key nats.embedded_listen: ":9100" takes the port of listen ("0.0.0.0:9100"): give each listener its own`,
+				`c.yaml:5: key nats.embedded_listen: ":9100" takes the port of admin.listen ("127.0.0.1:9100"): give each listener its own`,
+			},
+		},
+		{"listeners apart", "listen: \"127.0.0.1:9100\"\nadmin: { listen: \"127.0.0.2:9100\", token: tok-a }\nnats: { embedded_listen: \"127.0.0.1:0\" }\n", nil},
+		{
 			"fallback naming no backend",
 			"routing:\n  fallback:\n    - primary: http://b:8000\n      fallback: [http://nowhere:1]\n    - primary: ghost\n      fallback: [http://b:8000/]\n",
 			[]string{
