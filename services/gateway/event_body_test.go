@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bytes"
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -85,6 +86,15 @@ func TestScrubBodySecret(t *testing.T) {
 		{"short keys are not looked for", `{"k":"abc"}`, "abc", `{"k":"abc"}`},
 		{"a key of digits that matches a number", `{"max_tokens":12345678}`, "12345678", `{"max_tokens":12345678}`},
 		{"no key", `{"k":"x"}`, "", `{"k":"x"}`},
+		// Escapes JSON allows and encoders do not write: the key as JSON
+		// reads it.
+		{"a letter \\u-escaped", `{"k":"\u0073k-12345678 and sk-12345678","n":[1]}`, "sk-12345678", `{"k":"[REDACTED] and [REDACTED]","n":[1]}`},
+		{"a digit \\u-escaped, upper-case hex", `{"k":"a\nsk-1234567\u0038"}`, "sk-12345678", `{"k":"a\n[REDACTED]"}`},
+		{"every character escaped, in a name", `{"\u0073\u006b\u002d\u0031\u0032\u0033\u0034\u0035":1}`, "sk-12345", `{"[REDACTED]":1}`},
+		{"a slash escaped", `{"k":"sk-esc<>&\/\"q-123456"}`, `sk-esc<>&/"q-123456`, `{"k":"[REDACTED]"}`},
+		{"a non-ASCII key escaped", `{"k":"sk-cl\u00e9-123456"}`, "sk-clé-123456", `{"k":"[REDACTED]"}`},
+		{"an escaped backslash is no escape", `{"k":"\\u0073k-12345678"}`, "sk-12345678", `{"k":"\\u0073k-12345678"}`},
+		{"other escapes kept as written", `{"a":"caf\u00e9 \/","k":"\u0073k-12345678"}`, "sk-12345678", `{"a":"caf\u00e9 \/","k":"[REDACTED]"}`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -129,12 +139,30 @@ func FuzzScrubBodySecret(f *testing.F) {
 	f.Add(`{"api_key":"sk-llmproxy-0123456789","m":[{"c":"key sk-llmproxy-0123456789"}]}`, "sk-llmproxy-0123456789")
 	f.Add(`{"k":"sk-a<b\"c12345","n":12345678}`, `sk-a<b"c12345`)
 	f.Add(`{"max_tokens":12345678}`, "12345678")
+	f.Add(`{"\u0073k-1234567\u0038":"sk-esc\/12345678"}`, "sk-12345678")
+	f.Add(`{"k":"sk-esc\/12345678"}`, "sk-esc/12345678")
 	f.Fuzz(func(t *testing.T, body, secret string) {
 		if !jsonscan.Valid([]byte(body)) {
 			return
 		}
-		if out := scrubBodySecret([]byte(body), secret); !jsonscan.Valid(out) {
+		out := scrubBodySecret([]byte(body), secret)
+		if !jsonscan.Valid(out) {
 			t.Fatalf("scrubBodySecret(%q, %q) = %q, not JSON", body, secret, out)
+		}
+		if len(secret) < minScrubbedSecret {
+			return
+		}
+		// No string holds the key as JSON reads it, however it was
+		// written.
+		dec := json.NewDecoder(bytes.NewReader(out))
+		for {
+			tok, err := dec.Token()
+			if err != nil {
+				break
+			}
+			if s, ok := tok.(string); ok && strings.Contains(s, secret) {
+				t.Fatalf("scrubBodySecret(%q, %q) = %q: %q holds the key", body, secret, out, s)
+			}
 		}
 	})
 }
