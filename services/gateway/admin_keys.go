@@ -1,10 +1,13 @@
 package gateway
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
+	"reflect"
+	"strconv"
 	"strings"
 
 	"github.com/redis/go-redis/v9"
@@ -57,19 +60,28 @@ func AdminKeysHandler(rdb redis.UniversalClient, prefix string, token string, st
 		})
 	}
 	handle("POST /admin/keys", func(w http.ResponseWriter, r *http.Request) (int, any, error) {
-		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxKeySpecBytes))
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxKeySpecBytes))
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return 0, nil, apierr.TooLarge(tooLarge.Limit)
+		}
+		if err != nil {
+			return 0, nil, apierr.BadRequest("invalid_json", "the key spec could not be read: "+err.Error())
+		}
+		dec := json.NewDecoder(bytes.NewReader(body))
 		dec.DisallowUnknownFields()
 		var spec keys.Spec
-		err := dec.Decode(&spec)
+		err = dec.Decode(&spec)
 		if err == nil {
 			// One spec, one key: a second object after it is not created.
 			if _, next := dec.Token(); !errors.Is(next, io.EOF) {
 				err = errors.New("more after the key spec's closing brace")
 			}
 		}
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			return 0, nil, apierr.TooLarge(tooLarge.Limit)
+		if err == nil {
+			if f, why := oddField(body, reflect.TypeFor[keys.Spec]()); f != "" {
+				return 0, nil, apierr.BadRequest("ambiguous_field", "the key spec gives "+strconv.Quote(f)+" "+why+": send each field once, spelled as documented")
+			}
 		}
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) && te.Field != "" {
@@ -137,4 +149,78 @@ func keysError(err error) *apierr.Error {
 		return &apierr.Error{Status: http.StatusConflict, Type: "invalid_request_error", Code: "key_id_deleted", Message: err.Error()}
 	}
 	return apierr.Unavailable("key_store_unavailable", "the key store is unavailable; try again shortly")
+}
+
+// oddField returns a field of the JSON document body, read as a value of
+// type t, that encoding/json would take although it is not written
+// exactly as t names it, or is given twice (where it keeps the last): with
+// why, "more than once" or "spelled as no field is". A key spec that gave
+// allowed_ips once to a reviewer's eye and again, empty, as Allowed_IPs,
+// would otherwise make an unrestricted key. "" when there is none, or
+// body is not JSON (which Decode reports).
+func oddField(body []byte, t reflect.Type) (field, why string) {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	var walk func(t reflect.Type, path string) (string, string, bool)
+	walk = func(t reflect.Type, path string) (string, string, bool) {
+		for t.Kind() == reflect.Pointer {
+			t = t.Elem()
+		}
+		tok, err := dec.Token()
+		if err != nil {
+			return "", "", false
+		}
+		switch tok {
+		case json.Delim('{'):
+			names := map[string]reflect.Type{}
+			if t.Kind() == reflect.Struct {
+				for _, f := range reflect.VisibleFields(t) {
+					if name, _, _ := strings.Cut(f.Tag.Get("json"), ","); name != "" && name != "-" && f.IsExported() {
+						names[name] = f.Type
+					}
+				}
+			}
+			seen := map[string]bool{}
+			for dec.More() {
+				kt, err := dec.Token()
+				if err != nil {
+					return "", "", false
+				}
+				k, _ := kt.(string)
+				ft, known := names[k]
+				switch {
+				case t.Kind() == reflect.Map:
+					ft, known = t.Elem(), true
+				case !known && t.Kind() == reflect.Struct:
+					return path + k, "spelled as no field is", true
+				}
+				if seen[k] {
+					return path + k, "more than once", true
+				}
+				seen[k] = true
+				if !known {
+					ft = reflect.TypeFor[any]()
+				}
+				if f, why, ok := walk(ft, path+k+"."); f != "" || !ok {
+					return f, why, ok
+				}
+			}
+			_, err := dec.Token()
+			return "", "", err == nil
+		case json.Delim('['):
+			et := reflect.TypeFor[any]()
+			if t.Kind() == reflect.Slice || t.Kind() == reflect.Array {
+				et = t.Elem()
+			}
+			for dec.More() {
+				if f, why, ok := walk(et, path); f != "" || !ok {
+					return f, why, ok
+				}
+			}
+			_, err := dec.Token()
+			return "", "", err == nil
+		}
+		return "", "", true
+	}
+	f, why, _ := walk(t, "")
+	return f, why
 }

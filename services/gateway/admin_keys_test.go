@@ -56,6 +56,19 @@ func TestAdminKeysHandler(t *testing.T) {
 	if msg, _ := e["message"].(string); e["code"] != "invalid_type" || msg != "invalid type for 'id' in the key spec: expected a string, but got a number instead" {
 		t.Errorf("a number for id: %v", e)
 	}
+	// A field given twice, or in another spelling, is refused: encoding/json
+	// would keep the last (an empty allowed_ips after a reviewed one).
+	for _, c := range []struct{ body, field string }{
+		{`{"id":"amb1","allowed_ips":["10.0.0.0/8"],"Allowed_IPs":[]}`, `"Allowed_IPs" spelled as no field is`},
+		{`{"id":"amb2","total_quota":1000,"total_quota":0}`, `"total_quota" more than once`},
+		{`{"ID":"upper"}`, `"ID" spelled as no field is`},
+		{`{"id":"amb3","limits":{"max_concurrent":2,"Max_Concurrent":0}}`, `"limits.Max_Concurrent" spelled as no field is`},
+	} {
+		e, _ := do("POST", "/admin/keys", "admin-secret", c.body, http.StatusBadRequest)["error"].(map[string]any)
+		if msg, _ := e["message"].(string); e["code"] != "ambiguous_field" || !strings.Contains(msg, c.field) {
+			t.Errorf("%s: %v, want ambiguous_field naming %s", c.body, e, c.field)
+		}
+	}
 	do("POST", "/admin/keys", "admin-secret", `{"id":"bob"} {"id":"carol"}`, http.StatusBadRequest)
 	do("POST", "/admin/keys", "admin-secret", `{"id":"bob"}]`, http.StatusBadRequest)
 	do("POST", "/admin/keys", "admin-secret", `{"name":"`+strings.Repeat("x", maxKeySpecBytes)+`"}`, http.StatusRequestEntityTooLarge)
