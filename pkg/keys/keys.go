@@ -26,6 +26,8 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/pkg/ledger"
@@ -166,6 +168,9 @@ func (r Record) APIKey(perKey config.PerKeyLimits) config.APIKey {
 	return k
 }
 
+// maxLabel bounds a key's name and user id.
+const maxLabel = 256
+
 // Validate reports what in s cannot be stored; its error wraps ErrInvalid.
 func (s Spec) Validate() error {
 	bad := func(format string, a ...any) error {
@@ -176,6 +181,16 @@ func (s Spec) Validate() error {
 	}
 	if config.ReservedKeyID(s.ID) {
 		return bad("id %q is the id the gateway gives requests without a key of their own; choose another", s.ID)
+	}
+	for _, f := range []struct{ name, v string }{{"name", s.Name}, {"user_id", s.UserID}} {
+		if len(f.v) > maxLabel {
+			return bad("%s: at most %d bytes, got %d", f.name, maxLabel, len(f.v))
+		}
+		if !utf8.ValidString(f.v) || strings.IndexFunc(f.v, unicode.IsControl) >= 0 {
+			// A line break or a terminal escape in a name would forge
+			// rows of `llmproxy keys list`.
+			return bad("%s %q: no control characters (line breaks, tabs, escapes)", f.name, f.v)
+		}
 	}
 	switch s.Status {
 	case "", StatusActive, StatusDisabled:
@@ -205,10 +220,16 @@ func (s Spec) Validate() error {
 		}
 	}
 	if l := s.Limits; l != nil {
-		out := func(n *int64) bool { return n != nil && (*n < 0 || *n > config.MaxLimit) }
-		if l.RequestsPerSecond != nil && !(*l.RequestsPerSecond >= 0 && *l.RequestsPerSecond <= config.MaxLimit) ||
-			out(l.RequestsPerMinute) || out(l.TokensPerMinute) || out(l.MaxConcurrent) {
-			return bad("limits: want 0 (no limit) to %d", int64(config.MaxLimit))
+		if r := l.RequestsPerSecond; r != nil && !(*r >= 0 && *r <= config.MaxLimit) {
+			return bad("limits.requests_per_second %v: want 0 (no limit) to %d", *r, int64(config.MaxLimit))
+		}
+		for _, f := range []struct {
+			name string
+			n    *int64
+		}{{"requests_per_minute", l.RequestsPerMinute}, {"tokens_per_minute", l.TokensPerMinute}, {"max_concurrent", l.MaxConcurrent}} {
+			if f.n != nil && (*f.n < 0 || *f.n > config.MaxLimit) {
+				return bad("limits.%s %d: want 0 (no limit) to %d", f.name, *f.n, int64(config.MaxLimit))
+			}
 		}
 	}
 	return nil

@@ -74,26 +74,40 @@ func TestNewSecret(t *testing.T) {
 
 func TestSpecValidate(t *testing.T) {
 	for name, s := range map[string]Spec{
-		"bad id":          {ID: "a{b}"},
-		"id with a dot":   {ID: "team.a"},
-		"bad status":      {Status: "paused"},
-		"negative quota":  {TotalQuota: ptr[int64](-1)},
-		"quota past 2^53": {TotalQuota: ptr[int64](1<<53 + 1)},
-		"tpm past 2^53":   {Limits: &Limits{TokensPerMinute: ptr[int64](1<<53 + 1)}},
-		"bad period":      {QuotaResetPeriod: "hourly"},
-		"bad ip":          {AllowedIPs: []string{"10.0.0.0/33"}},
-		"negative limit":  {Limits: &Limits{MaxConcurrent: ptr[int64](-1)}},
-		"rps NaN":         {Limits: &Limits{RequestsPerSecond: ptr(math.NaN())}},
-		"rps infinite":    {Limits: &Limits{RequestsPerSecond: ptr(math.Inf(1))}},
-		"empty model":     {AllowedModels: []string{"qwen", " "}},
-		"id of no key":    {ID: "unauthenticated"},
-		"id of auth off":  {ID: "anonymous"},
+		"name with a line break": {Name: "evil\nkey_fake  FAKE  x  active"},
+		"user id with an escape": {UserID: "u\x1b[31m"},
+		"name not UTF-8":         {Name: "a\xffb"},
+		"name too long":          {Name: strings.Repeat("n", 257)},
+		"bad id":                 {ID: "a{b}"},
+		"id with a dot":          {ID: "team.a"},
+		"bad status":             {Status: "paused"},
+		"negative quota":         {TotalQuota: ptr[int64](-1)},
+		"quota past 2^53":        {TotalQuota: ptr[int64](1<<53 + 1)},
+		"tpm past 2^53":          {Limits: &Limits{TokensPerMinute: ptr[int64](1<<53 + 1)}},
+		"bad period":             {QuotaResetPeriod: "hourly"},
+		"bad ip":                 {AllowedIPs: []string{"10.0.0.0/33"}},
+		"negative limit":         {Limits: &Limits{MaxConcurrent: ptr[int64](-1)}},
+		"rps NaN":                {Limits: &Limits{RequestsPerSecond: ptr(math.NaN())}},
+		"rps infinite":           {Limits: &Limits{RequestsPerSecond: ptr(math.Inf(1))}},
+		"empty model":            {AllowedModels: []string{"qwen", " "}},
+		"id of no key":           {ID: "unauthenticated"},
+		"id of auth off":         {ID: "anonymous"},
 	} {
 		if err := s.Validate(); !errors.Is(err, ErrInvalid) {
 			t.Errorf("%s: Validate = %v, want ErrInvalid", name, err)
 		}
 	}
-	ok := Spec{ID: "team-a_1", Status: "disabled", TotalQuota: ptr[int64](0), QuotaResetPeriod: "daily",
+	// A bad limit is named.
+	for field, l := range map[string]*Limits{
+		"limits.requests_per_minute -1":  {RequestsPerMinute: ptr[int64](-1)},
+		"limits.max_concurrent -2":       {MaxConcurrent: ptr[int64](-2)},
+		"limits.requests_per_second NaN": {RequestsPerSecond: ptr(math.NaN())},
+	} {
+		if err := (Spec{Limits: l}).Validate(); err == nil || !strings.Contains(err.Error(), field) {
+			t.Errorf("Validate = %v, want it to name %s", err, field)
+		}
+	}
+	ok := Spec{ID: "team-a_1", Name: "Équipe A — 東京", UserID: strings.Repeat("u", 256), Status: "disabled", TotalQuota: ptr[int64](0), QuotaResetPeriod: "daily",
 		AllowedIPs: []string{"10.0.0.0/8", "2001:db8::/32", "192.168.1.7", "::1"}}
 	if err := ok.Validate(); err != nil {
 		t.Fatalf("Validate(%+v) = %v", ok, err)
