@@ -57,7 +57,7 @@ func TestConfigCommandArguments(t *testing.T) {
 		{[]string{"check"}, 2, "", "Usage:"},
 		{[]string{"check", good, "extra"}, 2, "", "Usage:"},
 		{[]string{"check", "--strict", good}, 2, "", "flag provided but not defined: -strict"},
-		{[]string{"verify", good}, 2, "", "Usage:"},
+		{[]string{"verify", good}, 2, "", "llmproxy config: unknown command \"verify\""},
 		{[]string{"check", filepath.Join(dir, "missing.yaml")}, 1, "", "missing.yaml"},
 		{[]string{"check", "--target", "all", good}, 0, good + ": ok", ""},
 		{[]string{"check", good, "--target", "notifier"}, 1, "", "--target notifier needs nats.url"},
@@ -230,6 +230,9 @@ func TestCommandsRefuseFlagsThatDoNotFit(t *testing.T) {
 		{[]string{"webhooks", "dlq", "replay", "--config", "F", "--all"}, "--all is for discard alone"},
 		{[]string{"logs", "--config", "F", "--limit", "0"}, "--limit"},
 		{[]string{"logs", "--config", "F", "--limit", "-1"}, "--limit"},
+		{[]string{"logs", "--config", "F", "--since=-5m"}, "--since: \"-5m\": give how far back without a sign"},
+		{[]string{"logs", "--config", "F", "--since=-7d"}, "--since: \"-7d\": give how far back without a sign"},
+		{[]string{"logs", "--config", "F", "--since", "7x"}, "is neither a duration"},
 	} {
 		code, stdout, stderr := runSelf(t, c.args...)
 		if code != 2 || stdout != "" || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, c.says) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/services/gateway"
@@ -33,6 +34,9 @@ func runConfig(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	if len(args) == 0 || args[0] != "check" {
+		if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+			fmt.Fprintf(stderr, "llmproxy config: unknown command %q\n\n", args[0])
+		}
 		fmt.Fprint(stderr, configUsage)
 		return 2
 	}

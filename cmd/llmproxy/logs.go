@@ -134,13 +134,13 @@ func readLogs(ctx context.Context, cfg *config.Config, from string, f recorder.F
 // parseSince reads --since: a duration back from now, an RFC 3339 time or
 // a date (midnight UTC).
 func parseSince(s string, now time.Time) (time.Time, error) {
+	if strings.HasPrefix(s, "-") || strings.HasPrefix(s, "+") {
+		return time.Time{}, fmt.Errorf("%q: give how far back without a sign (1h, 30m, 7d) or a time (RFC3339 or 2006-01-02)", s)
+	}
 	if d, err := time.ParseDuration(s); err == nil {
-		if d < 0 {
-			d = -d
-		}
 		return now.Add(-d), nil
 	}
-	if n, err := strconv.Atoi(strings.TrimSuffix(s, "d")); err == nil && strings.HasSuffix(s, "d") && n >= 0 {
+	if n, err := strconv.Atoi(strings.TrimSuffix(s, "d")); err == nil && strings.HasSuffix(s, "d") {
 		return now.AddDate(0, 0, -n), nil
 	}
 	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04:05", "2006-01-02"} {

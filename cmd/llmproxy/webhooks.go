@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -36,6 +37,12 @@ func runWebhooks(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	if len(args) < 2 || args[0] != "dlq" || (args[1] != "list" && args[1] != "replay" && args[1] != "discard") {
+		switch {
+		case len(args) > 0 && args[0] != "dlq" && !strings.HasPrefix(args[0], "-"):
+			fmt.Fprintf(stderr, "llmproxy webhooks: unknown command %q\n", args[0])
+		case len(args) > 1 && args[0] == "dlq" && !strings.HasPrefix(args[1], "-"):
+			fmt.Fprintf(stderr, "llmproxy webhooks dlq: unknown command %q\n", args[1])
+		}
 		fmt.Fprintln(stderr, webhooksUsage)
 		return 2
 	}
@@ -85,8 +92,28 @@ func runWebhooks(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer b.close()
+	// An endpoint the config does not name may still have dead letters (it
+	// was removed since); one that has none is likely a typo, and is said
+	// so, as an unknown --id is.
+	unknownEndpoint := func(found int) bool {
+		if found > 0 || *endpoint == "" {
+			return false
+		}
+		var names []string
+		for _, e := range endpointsOf(cfg) {
+			if e.Name == *endpoint {
+				return false
+			}
+			names = append(names, e.Name)
+		}
+		fmt.Fprintf(stderr, "llmproxy webhooks: no dead letters of endpoint %q, which the config does not name (it names: %s)\n", *endpoint, strings.Join(names, ", "))
+		return true
+	}
 	if args[1] == "discard" {
 		n, err := notifier.Discard(ctx, b.js, notifier.DLQFilter{ID: *id, Endpoint: *endpoint})
+		if err == nil && unknownEndpoint(n) {
+			return 1
+		}
 		fmt.Fprintf(stdout, "discarded %d dead letter(s)\n", n)
 		if err != nil {
 			fmt.Fprintln(stderr, "llmproxy webhooks:", err)
@@ -106,6 +133,9 @@ func runWebhooks(args []string, stdout, stderr io.Writer) int {
 	list, err := notifier.ListDLQ(ctx, b.js, notifier.DLQFilter{ID: *id, Endpoint: *endpoint})
 	if err != nil {
 		fmt.Fprintln(stderr, "llmproxy webhooks:", err)
+		return 1
+	}
+	if unknownEndpoint(len(list)) {
 		return 1
 	}
 	if *asJSON {

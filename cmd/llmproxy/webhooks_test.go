@@ -144,6 +144,12 @@ func TestDLQDiscard(t *testing.T) {
 			t.Fatalf("%s --id req-1 again: exit %d, %q", sub, code, errOut)
 		}
 	}
+	// So is an endpoint the config does not name, when it has none.
+	for _, sub := range []string{"discard", "list"} {
+		if code, _, errOut := runCmd(runWebhooks, "dlq", sub, "--config", path, "--endpoint", "biling"); code != 1 || !strings.Contains(errOut, `no dead letters of endpoint "biling", which the config does not name (it names: billing)`) || count() != 2 {
+			t.Fatalf("%s --endpoint biling: exit %d, %q", sub, code, errOut)
+		}
+	}
 	if code, out, _ := runCmd(runWebhooks, "dlq", "discard", "--config", path, "--endpoint", "billing"); code != 0 || !strings.Contains(out, "discarded 2 ") || count() != 0 {
 		t.Fatalf("discard --endpoint billing: exit %d, %q", code, out)
 	}
