@@ -209,7 +209,11 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			return code(err)
 		}
-		printJSON(rec)
+		if *asJSON {
+			printJSON(rec)
+		} else {
+			printRecord(stdout, rec, time.Now())
+		}
 	case "disable", "enable":
 		status := keys.StatusDisabled
 		if sub == "enable" {
@@ -252,6 +256,43 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// printRecord writes rec as `keys show` does without --json, a field a
+// line.
+func printRecord(w io.Writer, rec keys.Record, now time.Time) {
+	list := func(l []string) string { return dash(strings.Join(l, ", ")) }
+	limits := "default"
+	if l := rec.Limits; !l.IsZero() {
+		var parts []string
+		if l.RequestsPerSecond != nil {
+			parts = append(parts, fmt.Sprintf("requests_per_second %v", *l.RequestsPerSecond))
+		}
+		for _, f := range []struct {
+			name string
+			n    *int64
+		}{{"requests_per_minute", l.RequestsPerMinute}, {"tokens_per_minute", l.TokensPerMinute}, {"max_concurrent", l.MaxConcurrent}} {
+			if f.n != nil {
+				parts = append(parts, fmt.Sprintf("%s %d", f.name, *f.n))
+			}
+		}
+		limits = strings.Join(parts, ", ") + " (the rest default)"
+	}
+	capture := "default"
+	if rec.CaptureResponse != nil {
+		capture = fmt.Sprint(*rec.CaptureResponse)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, f := range [][2]string{
+		{"id", rec.ID}, {"name", dash(rec.Name)}, {"user", dash(rec.UserID)}, {"status", statusText(rec, now)},
+		{"quota", quotaText(rec.TotalQuota)}, {"period", dash(rec.QuotaResetPeriod)}, {"expires", expiresText(rec.ExpiresAt)},
+		{"allowed ips", list(rec.AllowedIPs)}, {"allowed models", list(rec.AllowedModels)}, {"limits", limits},
+		{"capture response", capture}, {"key", rec.Masked}, {"sha256", rec.SHA256},
+		{"created", rec.CreatedAt.UTC().Format(time.RFC3339)},
+	} {
+		fmt.Fprintf(tw, "%s:\t%s\n", f[0], f[1])
+	}
+	_ = tw.Flush()
 }
 
 func quotaText(q *int64) string {

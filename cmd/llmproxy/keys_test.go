@@ -141,8 +141,9 @@ func TestKeysCommand(t *testing.T) {
 		t.Fatalf("show with flags after the id = %s", out)
 	}
 	out, _ = runKeysCmd(t, 0, "show", "alice", "--config", cfg)
-	if !strings.Contains(out, `"status": "active"`) || strings.Contains(out, secret) {
-		t.Fatalf("show = %s", out)
+	if !regexp.MustCompile(`(?m)^id: +alice$`).MatchString(out) || !regexp.MustCompile(`(?m)^status: +active$`).MatchString(out) ||
+		strings.Contains(out, "{") || strings.Contains(out, secret) {
+		t.Fatalf("show = %s; want a field a line, no JSON and no secret", out)
 	}
 	runKeysCmd(t, 0, "delete", "alice", "--config", cfg)
 	runKeysCmd(t, 1, "show", "alice", "--config", cfg)
