@@ -3,8 +3,12 @@ package gateway
 import (
 	"crypto/subtle"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
+	"path"
+	"slices"
 	"strings"
 	"time"
 
@@ -39,7 +43,14 @@ func AdminHandler(o AdminOptions) http.Handler {
 			apierr.Write(w, apierr.NotFound("no_ledger", msg))
 			return
 		}
-		q := r.URL.Query()
+		q, err := url.ParseQuery(r.URL.RawQuery)
+		if err == nil {
+			err = onlyOnce(q, "key", "period")
+		}
+		if err != nil {
+			apierr.Write(w, apierr.BadRequest("invalid_query", "GET /admin/usage takes ?key=ID&period=P, each at most once: "+err.Error()))
+			return
+		}
 		var p ledger.Period
 		if s := q.Get("period"); s != "" {
 			var err error
@@ -73,6 +84,33 @@ func AdminHandler(o AdminOptions) http.Handler {
 	mux.HandleFunc("/admin/keys", noKeys)
 	mux.HandleFunc("/admin/keys/", noKeys)
 	return adminOnly(o.Token, routeErrors(mux))
+}
+
+// onlyOnce reports a parameter of q other than names, or one of them given
+// more than once (which one counts would be a guess).
+func onlyOnce(q url.Values, names ...string) error {
+	for k, v := range q {
+		if !slices.Contains(names, k) {
+			return fmt.Errorf("unknown parameter %q", k)
+		}
+		if len(v) > 1 {
+			return fmt.Errorf("%q given %d times", k, len(v))
+		}
+	}
+	return nil
+}
+
+// CanonicalPaths answers a request for a path not in its canonical form
+// (/admin//keys, /admin/../admin/keys) with 404 in the admin API's error
+// shape, where ServeMux would answer with an HTML redirect.
+func CanonicalPaths(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if p, c := r.URL.Path, path.Clean(r.URL.Path); p != c && p != c+"/" {
+			apierr.Write(w, apierr.NotFound("unknown_url", "unknown admin path "+r.URL.EscapedPath()+": ask "+c))
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // routeErrors serves mux, answering what none of its patterns matches in

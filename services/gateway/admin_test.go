@@ -4,21 +4,33 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/llmproxy/llmproxy/pkg/ledger"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/redistest"
 )
 
 // TestAdminRouteErrorsAreJSON: a path the admin API does not have, or a
 // method its path does not take, is answered in the API's JSON error
 // shape (405 with Allow), as every other admin error is, not in
-// ServeMux's plain text; and only to holders of the token.
+// ServeMux's plain text (nor its HTML redirect for a path not in canonical
+// form); and only to holders of the token. A usage query that cannot be
+// read, names an unknown parameter or gives one twice is refused rather
+// than read as no filter.
 func TestAdminRouteErrorsAreJSON(t *testing.T) {
 	rdb, prefix := redistest.New(t, "admin-routes")
 	const token = "admin-secret"
-	usage := httptest.NewServer(AdminHandler(AdminOptions{Token: token}))
+	usage := httptest.NewServer(CanonicalPaths(AdminHandler(AdminOptions{Token: token})))
 	defer usage.Close()
+	store, err := ledger.OpenLocal(filepath.Join(t.TempDir(), "ledger.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	withLedger := httptest.NewServer(AdminHandler(AdminOptions{Token: token, Ledger: store}))
+	defer withLedger.Close()
 	keysAPI := httptest.NewServer(AdminKeysHandler(rdb, prefix, token, nil))
 	defer keysAPI.Close()
 	// Redis there, but the gateway takes its keys from the file.
@@ -41,6 +53,12 @@ func TestAdminRouteErrorsAreJSON(t *testing.T) {
 		{usage, "GET", "/admin/nothing", token, 404, "unknown_url", ""},
 		{usage, "GET", "/admin/nothing", "", 401, "invalid_api_key", ""},
 		{usage, "GET", "/admin/usage", token, 404, "no_ledger", ""},
+		{usage, "GET", "/admin//keys", token, 404, "unknown_url", ""},
+		{usage, "POST", "/admin/./usage", "", 404, "unknown_url", ""},
+		{withLedger, "GET", "/admin/usage?key=%ZZ", token, 400, "invalid_query", ""},
+		{withLedger, "GET", "/admin/usage?key=a&key=b", token, 400, "invalid_query", ""},
+		{withLedger, "GET", "/admin/usage?keys=a", token, 400, "invalid_query", ""},
+		{withLedger, "GET", "/admin/usage?period=hourly", token, 400, "invalid_period", ""},
 		{usage, "GET", "/admin/keys", token, 404, "key_store_not_configured", ""},
 		{notifier, "GET", "/admin/usage", token, 404, "no_ledger", ""},
 		{notifier, "GET", "/admin/keys", token, 404, "not_served_here", ""},
