@@ -499,10 +499,14 @@ func (v *checker) apiKeys() {
 		}
 		v.sentSecret(p+".key", "key", k.Key)
 		v.oneOf(p+".status", k.Status, KeyStatuses)
-		if k.TotalQuota != nil {
+		// A value the key takes from auth.defaults is reported there,
+		// once, not again for every key.
+		if k.TotalQuota != nil && (v.c.given(p+".total_quota") || v.c.src == nil) {
 			v.limit(p+".total_quota", *k.TotalQuota)
 		}
-		v.oneOf(p+".quota_reset_period", k.QuotaResetPeriod, ResetPeriods)
+		if v.c.given(p+".quota_reset_period") || v.c.src == nil {
+			v.oneOf(p+".quota_reset_period", k.QuotaResetPeriod, ResetPeriods)
+		}
 		for j, ip := range k.AllowedIPs {
 			v.prefix(fmt.Sprintf("%s.allowed_ips[%d]", p, j), ip)
 		}

@@ -17,6 +17,15 @@ func TestValidate(t *testing.T) {
 	}{
 		{"fine", "", nil},
 		{
+			"bad defaults said once, not for each key that takes them",
+			"auth:\n  defaults: { quota_reset_period: hourly, total_quota: -1 }\napi_keys:\n  - key: sk-a\n    id: a\n  - key: sk-b\n    id: b\n    total_quota: -2\n",
+			[]string{
+				`c.yaml:4: key auth.defaults.quota_reset_period: want one of daily, weekly, monthly, never, got "hourly"`,
+				`c.yaml:4: key auth.defaults.total_quota: must not be negative, got -1`,
+				`c.yaml:10: key api_keys[1].total_quota: must not be negative, got -2`,
+			},
+		},
+		{
 			"listeners on one port",
 			"listen: \"0.0.0.0:9100\"\nadmin: { listen: \"127.0.0.1:9100\", token: tok-a }\nnats: { embedded_listen: \":9100\" }\n",
 			[]string{
