@@ -19,7 +19,7 @@ import (
 const keysUsage = `Usage:
   llmproxy keys create --config FILE [--id ID] [--name N] [--user U] [--quota TOKENS] [--period daily|weekly|monthly|never]
                        [--allowed-ips CIDR,...] [--models M,...] [--expires RFC3339] [--rps N] [--rpm N] [--tpm N]
-                       [--max-concurrent N] [--capture-response[=false]] [--disabled] [--json]
+                       [--max-concurrent N] [--no-limits] [--capture-response[=false]] [--disabled] [--json]
   llmproxy keys list --config FILE [--json]
   llmproxy keys show|disable|enable|delete ID --config FILE [--json]
 
@@ -66,6 +66,7 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 		rps                 float64
 		rpm, tpm, conc      int64
 		disabled, capture   bool
+		noLimits            bool
 	)
 	if sub == "create" {
 		fs.StringVar(&spec.ID, "id", "", "public id: letters, digits, '_' and '-', at most 64 (default: derived from the secret's hash)")
@@ -80,6 +81,7 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 		fs.Int64Var(&rpm, "rpm", 0, "requests per minute (overrides rate_limit.per_key; 0: no limit for this key)")
 		fs.Int64Var(&tpm, "tpm", 0, "tokens per minute (overrides rate_limit.per_key; 0: no limit for this key)")
 		fs.Int64Var(&conc, "max-concurrent", 0, "requests at once (overrides rate_limit.per_key; 0: no limit for this key)")
+		fs.BoolVar(&noLimits, "no-limits", false, "free the key of every per-key limit (rate_limit.per_key's and its own)")
 		fs.BoolVar(&disabled, "disabled", false, "create the key disabled")
 		fs.BoolVar(&capture, "capture-response", false, "capture this key's responses into its events (=false: never; default: logging.capture_response)")
 	}
@@ -129,6 +131,13 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 		}
 		if set["max-concurrent"] {
 			l.MaxConcurrent = &conc
+		}
+		if noLimits {
+			if !l.IsZero() {
+				return fail(2, "--no-limits frees the key of every limit: give it without --rps, --rpm, --tpm or --max-concurrent")
+			}
+			off := false
+			l.Enabled = &off
 		}
 		if !l.IsZero() {
 			spec.Limits = &l
@@ -263,7 +272,9 @@ func dash(s string) string {
 func printRecord(w io.Writer, rec keys.Record, now time.Time) {
 	list := func(l []string) string { return dash(strings.Join(l, ", ")) }
 	limits := "default"
-	if l := rec.Limits; !l.IsZero() {
+	if l := rec.Limits; l != nil && l.Enabled != nil && !*l.Enabled {
+		limits = "none (limits.enabled: false)"
+	} else if !l.IsZero() {
 		var parts []string
 		if l.RequestsPerSecond != nil {
 			parts = append(parts, fmt.Sprintf("requests_per_second %v", *l.RequestsPerSecond))

@@ -117,6 +117,14 @@ func TestKeysCommand(t *testing.T) {
 		}
 		runKeysCmd(t, 0, "delete", rec.ID, "--config", cfg)
 	}
+	out, _ = runKeysCmd(t, 0, "create", "--config", cfg, "--no-limits")
+	if rec, err := keys.LookupHash(ctx, rdb, prefix, keys.Hash(regexp.MustCompile(`sk-llmproxy-[0-9A-Za-z]{32}`).FindString(out))); err != nil ||
+		rec.Limits == nil || rec.Limits.Enabled == nil || *rec.Limits.Enabled {
+		t.Fatalf("create --no-limits stored %+v, %v; want limits.enabled false", rec, err)
+	} else {
+		runKeysCmd(t, 0, "delete", rec.ID, "--config", cfg)
+	}
+	runKeysCmd(t, 2, "create", "--config", cfg, "--no-limits", "--rpm", "5")
 	runKeysCmd(t, 2, "create", "--config", cfg, "--period", "hourly")
 	runKeysCmd(t, 2, "create", "--config", cfg, "--expires", "tomorrow")
 	runKeysCmd(t, 2, "create", "--config", cfg, "--expires", "2020-01-01T00:00:00Z")

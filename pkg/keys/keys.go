@@ -61,8 +61,11 @@ var (
 )
 
 // Limits override rate_limit.per_key for one key, field by field: an unset
-// field keeps the configured value, and 0 means no limit.
+// field keeps the configured value, and 0 means no limit. Enabled false
+// frees the key of every per-key limit, as api_keys[].limits.enabled does
+// for a key of the file.
 type Limits struct {
+	Enabled           *bool    `json:"enabled,omitempty"`
 	RequestsPerSecond *float64 `json:"requests_per_second,omitempty"`
 	RequestsPerMinute *int64   `json:"requests_per_minute,omitempty"`
 	TokensPerMinute   *int64   `json:"tokens_per_minute,omitempty"`
@@ -71,7 +74,7 @@ type Limits struct {
 
 // IsZero reports whether l overrides nothing.
 func (l *Limits) IsZero() bool {
-	return l == nil || l.RequestsPerSecond == nil && l.RequestsPerMinute == nil &&
+	return l == nil || l.Enabled == nil && l.RequestsPerSecond == nil && l.RequestsPerMinute == nil &&
 		l.TokensPerMinute == nil && l.MaxConcurrent == nil
 }
 
@@ -82,6 +85,9 @@ func (l *Limits) IsZero() bool {
 func (l *Limits) Apply(base config.PerKeyLimits) config.PerKeyLimits {
 	if l.IsZero() {
 		return base
+	}
+	if l.Enabled != nil && !*l.Enabled {
+		return config.PerKeyLimits{Enabled: l.Enabled}
 	}
 	if !base.IsEnabled() {
 		base = config.PerKeyLimits{}

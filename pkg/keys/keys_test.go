@@ -146,6 +146,12 @@ func TestRecordAPIKeyMergesLimits(t *testing.T) {
 	if k := r.APIKey(perKey); k.Limits == nil || *k.Limits != (config.PerKeyLimits{Enabled: k.Limits.Enabled, MaxConcurrent: 2}) || !k.Limits.IsEnabled() {
 		t.Fatalf("per_key off: Limits = %+v; want max_concurrent 2 alone, enabled", k.Limits)
 	}
+	// enabled: false frees the key of every limit, per_key's and its own.
+	perKey.Enabled = nil
+	r.Limits.Enabled = &off
+	if k := r.APIKey(perKey); k.Limits == nil || k.Limits.IsEnabled() {
+		t.Fatalf("limits.enabled false: Limits = %+v; want none enabled", k.Limits)
+	}
 }
 
 func TestStoreLifecycle(t *testing.T) {
