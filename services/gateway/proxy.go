@@ -762,7 +762,7 @@ func readDeclared(rc io.Reader, size int64) ([]byte, error) {
 
 // fail answers x with e before anything was sent, and records the request.
 func (g *Gateway) fail(w http.ResponseWriter, x *exchange, e *apierr.Error) {
-	apierr.Write(w, e)
+	apierr.WriteShaped(w, e, x.errorShape())
 	x.status = e.Status
 	x.errMsg = e.Code
 	g.finish(context.Background(), x)
@@ -950,8 +950,18 @@ func (g *Gateway) abandoned(ctx context.Context, w http.ResponseWriter, x *excha
 	x.status, x.errMsg = 499, "client_closed_request"
 }
 
+// errorShape is the shape of the gateway's own errors for x's client:
+// Anthropic's for the Messages API, whose SDKs read its envelope, OpenAI's
+// for every other endpoint.
+func (x *exchange) errorShape() apierr.Shape {
+	if x.path == "/v1/messages" {
+		return apierr.Anthropic
+	}
+	return apierr.OpenAI
+}
+
 func (g *Gateway) failForward(w http.ResponseWriter, x *exchange, e *apierr.Error) {
-	apierr.Write(w, e)
+	apierr.WriteShaped(w, e, x.errorShape())
 	x.status = e.Status
 	x.errMsg = e.Code
 }

@@ -2,6 +2,10 @@
 // statuses and OpenAI-shaped error bodies:
 //
 //	{"error":{"message":"...","type":"...","code":"..."}}
+//
+// or, for Anthropic's Messages API, the same fields in its envelope:
+//
+//	{"type":"error","error":{"message":"...","type":"authentication_error","code":"..."}}
 package apierr
 
 import (
@@ -97,8 +101,23 @@ func Internal(code, msg string) *Error {
 	return &Error{Status: http.StatusInternalServerError, Type: "api_error", Code: code, Message: msg}
 }
 
-// Write sends e to the client.
-func Write(w http.ResponseWriter, e *Error) {
+// Shape is the envelope of an error body.
+type Shape int
+
+const (
+	// OpenAI is {"error":{"message","type","code"}}.
+	OpenAI Shape = iota
+	// Anthropic is the Messages API's {"type":"error","error":{"type",
+	// "message"}}, its error.type one of Anthropic's for the status, and
+	// code kept beside them: OpenAI's three fields are all there too.
+	Anthropic
+)
+
+// Write sends e to the client in OpenAI's shape.
+func Write(w http.ResponseWriter, e *Error) { WriteShaped(w, e, OpenAI) }
+
+// WriteShaped sends e to the client in shape.
+func WriteShaped(w http.ResponseWriter, e *Error, shape Shape) {
 	h := w.Header()
 	for k, v := range e.Header {
 		h[k] = v
@@ -109,16 +128,48 @@ func Write(w http.ResponseWriter, e *Error) {
 	h.Set("Content-Type", "application/json")
 	h.Del("Content-Length")
 	w.WriteHeader(e.Status)
-	_, _ = w.Write(Body(e))
+	_, _ = w.Write(BodyShaped(e, shape))
 }
 
-// Body returns e's JSON body.
-func Body(e *Error) []byte {
-	b, _ := json.Marshal(wire{Error: wireError{Message: e.Message, Type: e.Type, Code: e.Code}})
+// Body returns e's JSON body in OpenAI's shape.
+func Body(e *Error) []byte { return BodyShaped(e, OpenAI) }
+
+// BodyShaped returns e's JSON body in shape.
+func BodyShaped(e *Error, shape Shape) []byte {
+	v := wire{Error: wireError{Message: e.Message, Type: e.Type, Code: e.Code}}
+	if shape == Anthropic {
+		v.Type, v.Error.Type = "error", anthropicType(e.Status)
+	}
+	b, _ := json.Marshal(v)
 	return append(b, '\n')
 }
 
+// anthropicType is the error.type Anthropic's API gives a status, which
+// its SDKs and clients (Claude Code) read to decide whether to retry.
+func anthropicType(status int) string {
+	switch status {
+	case http.StatusBadRequest, http.StatusRequestTimeout, http.StatusUnsupportedMediaType, 499:
+		return "invalid_request_error"
+	case http.StatusUnauthorized:
+		return "authentication_error"
+	case http.StatusForbidden:
+		return "permission_error"
+	case http.StatusNotFound:
+		return "not_found_error"
+	case http.StatusRequestEntityTooLarge:
+		return "request_too_large"
+	case http.StatusTooManyRequests:
+		return "rate_limit_error"
+	case http.StatusServiceUnavailable:
+		return "overloaded_error"
+	case http.StatusGatewayTimeout:
+		return "timeout_error"
+	}
+	return "api_error"
+}
+
 type wire struct {
+	Type  string    `json:"type,omitempty"`
 	Error wireError `json:"error"`
 }
 
