@@ -40,6 +40,10 @@ const SecretPrefix = "sk-llmproxy-"
 // (about 190 bits).
 const secretLen = 32
 
+// SecretPattern is a regular expression that matches a secret Create
+// makes, wherever it stands in a text.
+const SecretPattern = SecretPrefix + "[0-9A-Za-z]{32}"
+
 // Statuses of a key.
 const (
 	StatusActive   = "active"

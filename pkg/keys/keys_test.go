@@ -58,7 +58,7 @@ func testRedis(t *testing.T) (*redis.Client, string) {
 func ptr[T any](v T) *T { return &v }
 
 func TestNewSecret(t *testing.T) {
-	re := regexp.MustCompile(`^sk-llmproxy-[0-9A-Za-z]{32}$`)
+	re := regexp.MustCompile("^" + SecretPattern + "$")
 	seen := map[string]bool{}
 	for range 1000 {
 		s := NewSecret()

@@ -11,6 +11,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"regexp"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -22,12 +24,14 @@ import (
 
 	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/pkg/events"
+	"github.com/llmproxy/llmproxy/pkg/keys"
 	"github.com/llmproxy/llmproxy/pkg/ledger"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/apierr"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/auth"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/balancer"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/inflight"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/publish"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/redact"
 )
 
 // EventSink receives one event per finished request. Publish must not block
@@ -343,11 +347,19 @@ func (g *Gateway) logUnrouted(r *http.Request, id string, status int, code strin
 
 // unroutedPath is the path of a request no route took, fit for the log:
 // the key the request presents, should a client have put it in the path
-// too, and what logging.redact's rules match are replaced, and what is
+// too, any key made by `llmproxy keys` (one a client sent without a
+// header), and what logging.redact's rules match are replaced, and what is
 // left is bounded.
 func (g *Gateway) unroutedPath(r *http.Request) string {
-	return clip(g.rt.Load().redact.Text(withoutKey(r.URL.EscapedPath(), bearer(r))), maxLoggedPath)
+	p := withoutKey(r.URL.EscapedPath(), bearer(r))
+	if strings.Contains(p, keys.SecretPrefix) {
+		p = madeSecret.ReplaceAllLiteralString(p, redact.Placeholder)
+	}
+	return clip(g.rt.Load().redact.Text(p), maxLoggedPath)
 }
+
+// madeSecret matches a key made by `llmproxy keys`.
+var madeSecret = regexp.MustCompile(keys.SecretPattern)
 
 // maxLoggedMethod bounds the method an access line or an error quotes: Go
 // takes request lines up to its header limit, 1 MiB.

@@ -331,6 +331,8 @@ func TestUnroutedRequestsAreLogged(t *testing.T) {
 		{"GET", long, long[:maxLoggedPath] + "…", 404, "unknown_url"},
 		// The key in the path too (a base URL with the key in it).
 		{"POST", "/" + testKey + "/v1/chat/completions", "/[REDACTED]/v1/chat/completions", 404, "unknown_url"},
+		// A key made by llmproxy keys, other than the one presented.
+		{"POST", "/foo/sk-llmproxy-b2imTaK5uXKrz7OM9OcYGCz3Y2TNT5Ek/x", "/foo/[REDACTED]/x", 404, "unknown_url"},
 		// A rule of logging.redact, for a key without the header.
 		{"POST", "/v1/sk-proj-abcdefghij/chat", "/v1/[REDACTED]/chat", 404, "unknown_url"},
 	} {
