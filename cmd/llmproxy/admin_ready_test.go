@@ -2,11 +2,14 @@ package main
 
 import (
 	"bufio"
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -90,5 +93,23 @@ logging: { level: warn }
 		t.Fatal("the idle connection sent more")
 	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
 		t.Fatalf("the idle connection was still open after %v", time.Since(start))
+	}
+}
+
+// TestReadyWithinAnswersWhenTheStoreDoesNot: a readiness check whose store
+// does not answer, and whose client does not heed the context, still fails
+// once its bound has passed.
+func TestReadyWithinAnswersWhenTheStoreDoesNot(t *testing.T) {
+	stuck := make(chan struct{})
+	defer close(stuck)
+	check := readyWithin(50*time.Millisecond, func(context.Context) error {
+		<-stuck // a frozen server's socket: no answer, whatever the context says
+		return nil
+	})
+	if err := check(context.Background()); err == nil || !strings.Contains(err.Error(), "no answer within 50ms") {
+		t.Fatalf("check = %v, want it to say nothing answered within its bound", err)
+	}
+	if err := readyWithin(time.Second, func(context.Context) error { return errors.New("redis: down") })(context.Background()); err == nil || err.Error() != "redis: down" {
+		t.Fatalf("a check that answers: %v, want its own error", err)
 	}
 }

@@ -145,13 +145,19 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 	// The stream may not be reachable yet (NATS starting, or down): keep
 	// trying in the background rather than refuse to start, so a gateway
 	// can serve and keep its events in the outbox meanwhile.
-	ectx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	ensure := events.EnsureStreams
 	if !update {
 		ensure = events.CreateStreams
 	}
-	err = ensure(ectx, js, so)
-	cancel()
+	if nc.IsConnected() {
+		ectx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err = ensure(ectx, js, so)
+		cancel()
+	} else {
+		// The first connection failed (nats.go goes on trying): waiting
+		// for the streams would only hold the start.
+		err = errors.New("nats is not answering")
+	}
 	// A server that comes back may have lost its store (a node without a
 	// volume, say), and the streams with it: they are made again after
 	// every reconnect, so that the gateway's outbox drains and the workers

@@ -392,3 +392,44 @@ func TestJetStreamReady(t *testing.T) {
 		})
 	}
 }
+
+// TestBusStartsWithoutWaitingForADeadNATS: a process whose NATS does not
+// answer at start (down, or taking connections and saying nothing) goes on
+// at once, its streams made in the background once NATS answers, instead
+// of first waiting for the streams on a connection that is not there.
+func TestBusStartsWithoutWaitingForADeadNATS(t *testing.T) {
+	// A listener that takes connections and never says a word, as a
+	// stopped server's socket does.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	var out syncBuffer
+	cfg := &config.Config{}
+	cfg.NATS.URL = "nats://" + ln.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	b, err := openBus(ctx, cfg, false, slog.New(slog.NewTextHandler(&out, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.close()
+	if !strings.Contains(out.String(), `event streams not ready yet; retrying in the background" err="nats is not answering"`) {
+		t.Fatalf("log:\n%s\nwant the streams left to the background, NATS not answering", out.String())
+	}
+	select {
+	case <-b.streams:
+		t.Fatal("streams said ready with no NATS")
+	default:
+	}
+}

@@ -208,6 +208,30 @@ func carryHUP(early <-chan os.Signal, hup chan os.Signal) {
 	}
 }
 
+// readyTimeout bounds a readiness check (/readyz).
+const readyTimeout = 2 * time.Second
+
+// readyWithin bounds the check ready to d: a store that takes connections
+// but does not answer (a frozen Redis or NATS) fails the check once d has
+// passed, not after its client's own timeouts (5 to 10 s), which a load
+// balancer's probe with a shorter timeout would count as a failure of the
+// process itself. The check goes on in the background until its client
+// gives up.
+func readyWithin(d time.Duration, ready func(context.Context) error) func(context.Context) error {
+	return func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, d)
+		defer cancel()
+		done := make(chan error, 1)
+		go func() { done <- ready(ctx) }()
+		select {
+		case err := <-done:
+			return err
+		case <-ctx.Done():
+			return fmt.Errorf("no answer within %s from NATS, Redis or PostgreSQL", d)
+		}
+	}
+}
+
 // adminListenApart reports an --admin-listen address that would take the
 // port of another listener target runs (the config file's own are
 // checked with the file).
@@ -283,11 +307,9 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 		// stream, /readyz says why, and both carry on on their own once
 		// it answers. (Exiting would leave a gateway's outbox unsent and
 		// its restart to a supervisor.)
-		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		if err := lh.ready(pctx); err != nil {
+		if err := readyWithin(time.Second, lh.ready)(ctx); err != nil {
 			log.Warn("redis is not answering; starting anyway, as if it had just gone away (/readyz fails until it answers)", "err", err)
 		}
-		cancel()
 	}
 	// A recorder on its own is ready when it can write to PostgreSQL as
 	// well. Beside a gateway (target all) the request log is optional: a
@@ -299,7 +321,7 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 	// stopping is set once the process begins to shut down: its
 	// listeners close, so a load balancer must stop sending to it now.
 	var stopping atomic.Bool
-	readyFn := func(ctx context.Context) error {
+	readyFn := readyWithin(readyTimeout, func(ctx context.Context) error {
 		if stopping.Load() {
 			return errors.New("shutting down")
 		}
@@ -323,7 +345,7 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 			return pg.ready(ctx)
 		}
 		return nil
-	}
+	})
 
 	workers, stopWorkers := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWorkers()
