@@ -248,6 +248,7 @@ func (mt *Meter) process(ctx context.Context, b *batch) {
 		e, err := entryFromEvent(msg.Data())
 		if errors.Is(err, errNothingToApply) {
 			_ = msg.Ack()
+			mt.m.skipped.Inc()
 			continue
 		}
 		if err != nil {

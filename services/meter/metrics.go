@@ -10,6 +10,7 @@ import (
 type metrics struct {
 	applied     prometheus.Counter
 	duplicate   prometheus.Counter
+	skipped     prometheus.Counter
 	applyErrors prometheus.Counter
 	poison      prometheus.Counter
 	batch       prometheus.Histogram
@@ -25,6 +26,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		duplicate: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "llmproxy_meter_events_duplicate_total",
 			Help: "Events delivered again whose request id the ledger already had; they changed nothing.",
+		}),
+		skipped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "llmproxy_meter_events_skipped_total",
+			Help: "Events of requests refused before a backend (no tokens used, none reserved): nothing to record, acked. Applied, duplicate, skipped and poison add up to the events the meter consumed.",
 		}),
 		applyErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "llmproxy_meter_apply_errors_total",
@@ -51,6 +56,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.applied, err = register(reg, m.applied)
 	if err == nil {
 		m.duplicate, err = register(reg, m.duplicate)
+	}
+	if err == nil {
+		m.skipped, err = register(reg, m.skipped)
 	}
 	if err == nil {
 		m.applyErrors, err = register(reg, m.applyErrors)

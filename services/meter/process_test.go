@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/llmproxy/llmproxy/pkg/events"
 	"github.com/llmproxy/llmproxy/pkg/ledger"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -69,11 +70,18 @@ func TestProcessAcksAfterApplyAndTermsPoison(t *testing.T) {
 	mt := meterFor(t, store)
 	ok1, ok2, dup := eventMsg(t, 1, 1), eventMsg(t, 2, 1), eventMsg(t, 1, 2)
 	bad := &fakeMsg{data: []byte(`{"request_id":`), delivered: 1}
+	refused := event(3)
+	refused.StatusCode, refused.Usage, refused.Reservation = 429, events.Usage{}, 0
+	data, err := refused.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	skip := &fakeMsg{data: data, delivered: 1}
 	b := newBatch(8)
-	b.msgs = append(b.msgs, ok1, bad, ok2, dup)
+	b.msgs = append(b.msgs, ok1, bad, ok2, dup, skip)
 	mt.process(context.Background(), b)
 
-	for i, m := range []*fakeMsg{ok1, ok2, dup} {
+	for i, m := range []*fakeMsg{ok1, ok2, dup, skip} {
 		if !m.acked || m.termed != "" || m.nakDelay != 0 {
 			t.Fatalf("msg %d: acked=%v termed=%q nak=%v; want acked only", i, m.acked, m.termed, m.nakDelay)
 		}
@@ -82,8 +90,8 @@ func TestProcessAcksAfterApplyAndTermsPoison(t *testing.T) {
 	if bad.acked || bad.termed != "+TERM" {
 		t.Fatalf("poison: acked=%v termed=%q; want a plain +TERM", bad.acked, bad.termed)
 	}
-	if a, d, p := testutil.ToFloat64(mt.m.applied), testutil.ToFloat64(mt.m.duplicate), testutil.ToFloat64(mt.m.poison); a != 2 || d != 1 || p != 1 {
-		t.Fatalf("applied/duplicate/poison = %v/%v/%v, want 2/1/1", a, d, p)
+	if a, d, s, p := testutil.ToFloat64(mt.m.applied), testutil.ToFloat64(mt.m.duplicate), testutil.ToFloat64(mt.m.skipped), testutil.ToFloat64(mt.m.poison); a != 2 || d != 1 || s != 1 || p != 1 {
+		t.Fatalf("applied/duplicate/skipped/poison = %v/%v/%v/%v, want 2/1/1/1", a, d, s, p)
 	}
 	tot, _ := store.Usage(context.Background(), event(1).KeyID, ledger.Never, testTime)
 	if tot.Requests != 1 {
