@@ -34,7 +34,12 @@ func copyRequestHeader(dst, src http.Header, secret string) {
 		}
 		dst[k] = vv
 		for i, v := range vv {
-			if w := withoutKey(v, secret); w != v {
+			w := withoutKey(v, secret)
+			if w == v && strings.ContainsAny(v, "%+") {
+				// A URL (a Referer) with the key percent-encoded.
+				w, _ = spelledWithoutKey(v, secret)
+			}
+			if w != v {
 				if &dst[k][0] == &vv[0] {
 					dst[k] = slices.Clone(vv) // the client's own stay as sent
 				}
@@ -120,7 +125,7 @@ func backendQuery(q string) string {
 // the body have it replaced. A parameter that holds it is written again
 // with its name and value escaped; the others are kept as written.
 func queryWithoutKey(q, secret string) string {
-	if len(secret) < minScrubbedSecret || (!strings.Contains(q, secret) && !strings.Contains(q, "%")) {
+	if len(secret) < minScrubbedSecret || (!strings.Contains(q, secret) && !strings.ContainsAny(q, "%+")) {
 		return q
 	}
 	var b strings.Builder
@@ -136,16 +141,16 @@ func queryWithoutKey(q, secret string) string {
 }
 
 // paramWithoutKey returns the query parameter p ("name=value") with secret
-// replaced in its name and its value, each unescaped first; p itself when
+// replaced in its name and its value (see spelledWithoutKey); p itself when
 // neither holds it.
 func paramWithoutKey(p, secret string) string {
 	name, value, hasValue := strings.Cut(p, "=")
 	clean := func(s string) (string, bool) {
-		u, err := url.QueryUnescape(s)
-		if err != nil || !holdsKey(u, secret) {
+		u, ok := spelledWithoutKey(s, secret)
+		if !ok {
 			return s, false
 		}
-		return url.QueryEscape(strings.ReplaceAll(u, secret, redact.Placeholder)), true
+		return url.QueryEscape(u), true
 	}
 	n, nc := clean(name)
 	v, vc := clean(value)
@@ -156,6 +161,29 @@ func paramWithoutKey(p, secret string) string {
 		return n
 	}
 	return n + "=" + v
+}
+
+// spelledWithoutKey returns s, a part of a URL, with secret replaced by
+// redact.Placeholder, read as servers read it: as written, unescaped as a
+// query ('+' a space) and unescaped as a path ('+' itself). The result is
+// unescaped; ok is false, and s returned, when no reading holds the key.
+func spelledWithoutKey(s, secret string) (string, bool) {
+	if len(secret) < minScrubbedSecret {
+		return s, false
+	}
+	forms := [3]string{s}
+	if u, err := url.QueryUnescape(s); err == nil {
+		forms[1] = u
+	}
+	if u, err := url.PathUnescape(s); err == nil {
+		forms[2] = u
+	}
+	for _, f := range forms {
+		if holdsKey(f, secret) {
+			return strings.ReplaceAll(f, secret, redact.Placeholder), true
+		}
+	}
+	return s, false
 }
 
 func hasKeyParam(q string) bool {

@@ -210,4 +210,30 @@ func TestRequestHeadersForTheBackend(t *testing.T) {
 	if src.Get("X-Goog-Api-Key") != key {
 		t.Error("the client's own header map was changed")
 	}
+	// Percent-encoded, as a browser writes a Referer's query.
+	dst = http.Header{}
+	copyRequestHeader(dst, http.Header{"Referer": {"https://app.example/?foo=%73%6B%2Dllmproxy-0123456789abcdef&x=%2F+y"}}, key)
+	if got := dst.Get("Referer"); got != "https://app.example/?foo=[REDACTED]&x=/ y" {
+		t.Errorf("percent-encoded key in a Referer: %q", got)
+	}
+}
+
+// TestQueryWithoutKey: the request's own key in any query parameter, in
+// any spelling a server decodes back to it ('+' for a space, percent
+// escapes) or as written (a key with '+' or '%' of its own), is replaced;
+// parameters without it are kept as written.
+func TestQueryWithoutKey(t *testing.T) {
+	for _, c := range []struct{ secret, in, want string }{
+		{"sk-space key-123456", "x=sk-space+key-123456&y=a+b", "x=%5BREDACTED%5D&y=a+b"},
+		{"sk-space key-123456", "x=sk-space%20key-123456", "x=%5BREDACTED%5D"},
+		{"sk-plus+key-123456", "x=sk-plus+key-123456", "x=%5BREDACTED%5D"},
+		{"sk-plus+key-123456", "x=sk-plus%2Bkey-123456", "x=%5BREDACTED%5D"},
+		{"sk-pct%41key-123456", "x=sk-pct%41key-123456;z=1", "x=%5BREDACTED%5D;z=1"},
+		{"sk-llmproxy-0123456789", "sk-llmproxy-0123456789&b=%2F", "%5BREDACTED%5D&b=%2F"},
+		{"sk-llmproxy-0123456789", "a=%2F+x&b=c", "a=%2F+x&b=c"},
+	} {
+		if got := queryWithoutKey(c.in, c.secret); got != c.want {
+			t.Errorf("queryWithoutKey(%q, %q) = %q, want %q", c.in, c.secret, got, c.want)
+		}
+	}
 }
