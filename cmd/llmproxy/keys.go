@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -77,7 +78,17 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 		fs.StringVar(&ips, "allowed-ips", "", "comma-separated CIDRs or addresses (IPv4 or IPv6)")
 		fs.StringVar(&models, "models", "", "comma-separated models the key may use (default: all)")
 		fs.StringVar(&expiry, "expires", "", "expiry time, RFC 3339")
-		fs.Float64Var(&rps, "rps", 0, "requests per second (overrides rate_limit.per_key; 0: no limit for this key)")
+		fs.Func("rps", "requests per second (overrides rate_limit.per_key; 0: no limit for this key)", func(v string) error {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				return errors.New("want a number")
+			}
+			if config.RoundsToZero(v) {
+				return fmt.Errorf("%s is too small to hold: it would read as 0, which means no limit", v)
+			}
+			rps = f
+			return nil
+		})
 		fs.Int64Var(&rpm, "rpm", 0, "requests per minute (overrides rate_limit.per_key; 0: no limit for this key)")
 		fs.Int64Var(&tpm, "tpm", 0, "tokens per minute (overrides rate_limit.per_key; 0: no limit for this key)")
 		fs.Int64Var(&conc, "max-concurrent", 0, "requests at once (overrides rate_limit.per_key; 0: no limit for this key)")

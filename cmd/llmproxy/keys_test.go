@@ -125,6 +125,9 @@ func TestKeysCommand(t *testing.T) {
 		runKeysCmd(t, 0, "delete", rec.ID, "--config", cfg)
 	}
 	runKeysCmd(t, 2, "create", "--config", cfg, "--no-limits", "--rpm", "5")
+	if _, errOut := runKeysCmd(t, 2, "create", "--config", cfg, "--rps", "1e-400"); !strings.Contains(errOut, "too small to hold") {
+		t.Fatalf("create --rps 1e-400 said %q; want it refused as reading as 0", errOut)
+	}
 	runKeysCmd(t, 2, "create", "--config", cfg, "--period", "hourly")
 	runKeysCmd(t, 2, "create", "--config", cfg, "--expires", "tomorrow")
 	runKeysCmd(t, 2, "create", "--config", cfg, "--expires", "2020-01-01T00:00:00Z")

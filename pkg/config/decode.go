@@ -222,6 +222,10 @@ func (d *decoder) decodeScalar(n *yaml.Node, v reflect.Value, path string) {
 	case reflect.Float32, reflect.Float64:
 		if f, err := strconv.ParseFloat(strings.ReplaceAll(s, "_", ""), 64); err == nil &&
 			!math.IsInf(f, 0) && !math.IsNaN(f) && !v.OverflowFloat(f) {
+			if RoundsToZero(s) {
+				d.fail(n, path, "%q is too small to hold: it would read as 0, which means none", s)
+				return
+			}
 			v.SetFloat(f)
 			return
 		}
@@ -230,6 +234,23 @@ func (d *decoder) decodeScalar(n *yaml.Node, v reflect.Value, path string) {
 		return
 	}
 	d.fail(n, path, "want %s, got %q", want, s)
+}
+
+// RoundsToZero reports whether s, a number, is not zero but reads as 0 in
+// a float64 (1e-400): a rate so written would be taken for "no limit".
+func RoundsToZero(s string) bool {
+	s = strings.ToLower(strings.ReplaceAll(s, "_", ""))
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f != 0 {
+		return false
+	}
+	s = strings.TrimLeft(s, "+-")
+	if h, ok := strings.CutPrefix(s, "0x"); ok {
+		m, _, _ := strings.Cut(h, "p")
+		return strings.ContainsAny(m, "123456789abcdef")
+	}
+	m, _, _ := strings.Cut(s, "e")
+	return strings.ContainsAny(m, "123456789")
 }
 
 // countNodes counts the nodes under n without following aliases.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/pkg/keys"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/apierr"
 )
@@ -81,6 +82,15 @@ func AdminKeysHandler(rdb redis.UniversalClient, prefix string, token string, st
 		if err == nil {
 			if f, why := oddField(body, reflect.TypeFor[keys.Spec]()); f != "" {
 				return 0, nil, apierr.BadRequest("ambiguous_field", "the key spec gives "+strconv.Quote(f)+" "+why+": send each field once, spelled as documented")
+			}
+			// A rate too small for a float64 reads as 0, no limit.
+			var raw struct {
+				Limits *struct {
+					RPS json.Number `json:"requests_per_second"`
+				} `json:"limits"`
+			}
+			if json.Unmarshal(body, &raw) == nil && raw.Limits != nil && config.RoundsToZero(raw.Limits.RPS.String()) {
+				return 0, nil, apierr.BadRequest("invalid_key_spec", "limits.requests_per_second "+raw.Limits.RPS.String()+" is too small to hold: it would read as 0, which means no limit")
 			}
 		}
 		var te *json.UnmarshalTypeError
