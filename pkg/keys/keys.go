@@ -178,6 +178,13 @@ func (r Record) APIKey(perKey config.PerKeyLimits) config.APIKey {
 	return k
 }
 
+// unprintable reports a character a key's name or user id may not hold:
+// a control character, a format character (a direction override) or a
+// line or paragraph separator.
+func unprintable(r rune) bool {
+	return unicode.IsControl(r) || unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp)
+}
+
 // maxLabel bounds a key's name and user id.
 const maxLabel = 256
 
@@ -196,10 +203,10 @@ func (s Spec) Validate() error {
 		if len(f.v) > maxLabel {
 			return bad("%s: at most %d bytes, got %d", f.name, maxLabel, len(f.v))
 		}
-		if !utf8.ValidString(f.v) || strings.IndexFunc(f.v, unicode.IsControl) >= 0 {
-			// A line break or a terminal escape in a name would forge
-			// rows of `llmproxy keys list`.
-			return bad("%s %q: no control characters (line breaks, tabs, escapes)", f.name, f.v)
+		if !utf8.ValidString(f.v) || strings.IndexFunc(f.v, unprintable) >= 0 {
+			// A line break, a terminal escape or a right-to-left
+			// override in a name would forge rows of `llmproxy keys list`.
+			return bad("%s %q: no control or format characters (line breaks, tabs, escapes, direction overrides)", f.name, f.v)
 		}
 	}
 	switch s.Status {
@@ -230,6 +237,9 @@ func (s Spec) Validate() error {
 		}
 	}
 	if l := s.Limits; l != nil {
+		if l.Enabled != nil && !*l.Enabled && (l.RequestsPerSecond != nil || l.RequestsPerMinute != nil || l.TokensPerMinute != nil || l.MaxConcurrent != nil) {
+			return bad("limits: enabled false frees the key of every limit; give it without requests_per_second, requests_per_minute, tokens_per_minute or max_concurrent")
+		}
 		if r := l.RequestsPerSecond; r != nil && !(*r >= 0 && *r <= config.MaxLimit) {
 			return bad("limits.requests_per_second %v: want 0 (no limit) to %d", *r, int64(config.MaxLimit))
 		}

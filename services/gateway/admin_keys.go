@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/redis/go-redis/v9"
 
@@ -68,6 +69,10 @@ func AdminKeysHandler(rdb redis.UniversalClient, prefix string, token string, st
 		}
 		if err != nil {
 			return 0, nil, apierr.BadRequest("invalid_json", "the key spec could not be read: "+err.Error())
+		}
+		if !utf8.Valid(body) {
+			// encoding/json would store U+FFFD for the bad bytes.
+			return 0, nil, apierr.BadRequest("invalid_json", "the key spec is not valid UTF-8")
 		}
 		dec := json.NewDecoder(bytes.NewReader(body))
 		dec.DisallowUnknownFields()

@@ -69,6 +69,7 @@ func TestAdminKeysHandler(t *testing.T) {
 			t.Errorf("%s: %v, want ambiguous_field naming %s", c.body, e, c.field)
 		}
 	}
+	do("POST", "/admin/keys", "admin-secret", "{\"name\":\"a\xffb\"}", http.StatusBadRequest)
 	// A rate that would read as 0 (no limit) is refused.
 	if e, _ := do("POST", "/admin/keys", "admin-secret", `{"limits":{"requests_per_second":1e-400}}`, http.StatusBadRequest)["error"].(map[string]any); e["code"] != "invalid_key_spec" {
 		t.Errorf("rps 1e-400: %v", e)
