@@ -339,7 +339,7 @@ func (g *Gateway) logUnrouted(r *http.Request, id string, status int, code strin
 	}
 	g.log.LogAttrs(context.Background(), slog.LevelInfo, "request",
 		slog.String("request_id", id), slog.String("key_id", ""),
-		slog.String("model", ""), slog.String("path", g.unroutedPath(r)), slog.String("method", boundMethod(r.Method)),
+		slog.String("model", ""), slog.String("path", g.unroutedPath(r)), slog.String("method", boundMethod(withoutSecrets(r.Method, bearer(r)))),
 		slog.Int("status", status), slog.Int64("latency_ms", 0), slog.Int64("ttft_ms", 0),
 		slog.Int64("prompt_tokens", 0), slog.Int64("completion_tokens", 0),
 		slog.String("usage_source", ""), slog.String("backend", ""), slog.String("error", code))
@@ -351,15 +351,27 @@ func (g *Gateway) logUnrouted(r *http.Request, id string, status int, code strin
 // header), and what logging.redact's rules match are replaced, and what is
 // left is bounded.
 func (g *Gateway) unroutedPath(r *http.Request) string {
-	p := withoutKey(r.URL.EscapedPath(), bearer(r))
-	if strings.Contains(p, keys.SecretPrefix) {
-		p = madeSecret.ReplaceAllLiteralString(p, redact.Placeholder)
+	p, key := r.URL.EscapedPath(), bearer(r)
+	if d := r.URL.Path; d != p && (holdsKey(d, key) || strings.Contains(d, keys.SecretPrefix)) {
+		p = d // a key percent-encoded: logged decoded, without it
 	}
-	return clip(g.rt.Load().redact.Text(p), maxLoggedPath)
+	return clip(g.rt.Load().redact.Text(withoutSecrets(p, key)), maxLoggedPath)
 }
 
-// madeSecret matches a key made by `llmproxy keys`.
-var madeSecret = regexp.MustCompile(keys.SecretPattern)
+// withoutSecrets returns s, something a client sent that the log quotes,
+// with the key the request presents and any key made by `llmproxy keys`
+// replaced; a made key's prefix followed by what could be the start of
+// one (a method cut at its bound) is replaced with what follows.
+func withoutSecrets(s, key string) string {
+	s = withoutKey(s, key)
+	if strings.Contains(s, keys.SecretPrefix) {
+		s = madeSecret.ReplaceAllLiteralString(s, redact.Placeholder)
+	}
+	return s
+}
+
+// madeSecret matches a key made by `llmproxy keys`, or what starts one.
+var madeSecret = regexp.MustCompile(regexp.QuoteMeta(keys.SecretPrefix) + "[0-9A-Za-z]+")
 
 // maxLoggedMethod bounds the method an access line or an error quotes: Go
 // takes request lines up to its header limit, 1 MiB.

@@ -333,6 +333,9 @@ func TestUnroutedRequestsAreLogged(t *testing.T) {
 		{"POST", "/" + testKey + "/v1/chat/completions", "/[REDACTED]/v1/chat/completions", 404, "unknown_url"},
 		// A key made by llmproxy keys, other than the one presented.
 		{"POST", "/foo/sk-llmproxy-b2imTaK5uXKrz7OM9OcYGCz3Y2TNT5Ek/x", "/foo/[REDACTED]/x", 404, "unknown_url"},
+		// Percent-encoded, a made key or the one presented.
+		{"POST", "/x/%73k-llmproxy-ZyXwVuTsRqPoNmLkJiHgFeDcBa987654/y%20z", "/x/[REDACTED]/y z", 404, "unknown_url"},
+		{"POST", "/x/" + strings.Replace(testKey, "u", "%75", 1) + "/y", "/x/[REDACTED]/y", 404, "unknown_url"},
 		// A rule of logging.redact, for a key without the header.
 		{"POST", "/v1/sk-proj-abcdefghij/chat", "/v1/[REDACTED]/chat", 404, "unknown_url"},
 	} {
@@ -359,6 +362,11 @@ func TestUnroutedRequestsAreLogged(t *testing.T) {
 	w, l := serve(httptest.NewRequest(strings.Repeat("X", 120000), "/v1/chat/completions", nil))
 	if l == nil || len(l["method"]) > maxLoggedMethod+len("…") || w.Body.Len() > 1000 {
 		t.Errorf("a long method: line's method %d bytes, reply %d bytes", len(l["method"]), w.Body.Len())
+	}
+	// A made key as the method (curl -X with the wrong argument) is not
+	// quoted, not even the part that fits the bound.
+	if _, l := serve(httptest.NewRequest("sk-llmproxy-ZyXwVuTsRqPoNmLkJiHgFeDcBa987654", "/v1/chat/completions", nil)); l == nil || l["method"] != "[REDACTED]" {
+		t.Errorf("a key as the method: access line %v", l)
 	}
 }
 
