@@ -126,11 +126,26 @@ func CheckAddr(addr string) error {
 func SameAddr(a, b string) bool {
 	ha, pa, err1 := net.SplitHostPort(a)
 	hb, pb, err2 := net.SplitHostPort(b)
-	if err1 != nil || err2 != nil || pa != pb || pa == "0" {
+	na, err3 := strconv.Atoi(pa)
+	nb, err4 := strconv.Atoi(pb)
+	if err1 != nil || err2 != nil || err3 != nil || err4 != nil || na != nb || na == 0 {
 		return false
 	}
+	// The host as the listener takes it: "localhost" is the loopback
+	// address, and an address is compared by value (::ffff:127.0.0.1 is
+	// 127.0.0.1).
+	host := func(h string) string {
+		if strings.EqualFold(h, "localhost") {
+			return "127.0.0.1"
+		}
+		if ip, err := netip.ParseAddr(h); err == nil {
+			return ip.Unmap().String()
+		}
+		return strings.ToLower(h)
+	}
 	any := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
-	return any(ha) || any(hb) || strings.EqualFold(ha, hb)
+	ha, hb = host(ha), host(hb)
+	return any(ha) || any(hb) || ha == hb
 }
 
 // listenersApart reports the listeners of the file that would take the

@@ -34,6 +34,11 @@ func TestValidate(t *testing.T) {
 				`c.yaml:5: key nats.embedded_listen: ":9100" takes the port of admin.listen ("127.0.0.1:9100"): give each listener its own`,
 			},
 		},
+		{
+			"one port spelled two ways",
+			"listen: \"localhost:9100\"\nadmin: { listen: \"127.0.0.1:09100\", token: tok-a }\n",
+			[]string{`c.yaml:4: key admin.listen: "127.0.0.1:09100" takes the port of listen ("localhost:9100"): give each listener its own`},
+		},
 		{"listeners apart", "listen: \"127.0.0.1:9100\"\nadmin: { listen: \"127.0.0.2:9100\", token: tok-a }\nnats: { embedded_listen: \"127.0.0.1:0\" }\n", nil},
 		{
 			"fallback naming no backend",
