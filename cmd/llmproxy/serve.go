@@ -554,7 +554,7 @@ func startAdmin(cfg *config.Config, target string, reg *prometheus.Registry, lh 
 	// An idle keep-alive connection is closed as the API listener's are:
 	// for a worker this is the only listener, and anyone who can reach
 	// it could otherwise hold its descriptors for good.
-	srv := &http.Server{Handler: gateway.CanonicalPaths(mux), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: cfg.Server.IdleTimeout.D()}
+	srv := &http.Server{Handler: gateway.AdminRoutes(mux), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: cfg.Server.IdleTimeout.D()}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("admin: %w", err)

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/pkg/ledger"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/apierr"
 )
@@ -46,6 +47,9 @@ func AdminHandler(o AdminOptions) http.Handler {
 		q, err := url.ParseQuery(r.URL.RawQuery)
 		if err == nil {
 			err = onlyOnce(q, "key", "period")
+		}
+		if k := q.Get("key"); err == nil && k != "" && !config.KeyIDPattern.MatchString(k) {
+			err = fmt.Errorf("key %q is no key id (%s)", k, config.KeyIDRule)
 		}
 		if err != nil {
 			apierr.Write(w, apierr.BadRequest("invalid_query", "GET /admin/usage takes ?key=ID&period=P, each at most once: "+err.Error()))
@@ -100,10 +104,16 @@ func onlyOnce(q url.Values, names ...string) error {
 	return nil
 }
 
-// CanonicalPaths answers a request for a path not in its canonical form
+// AdminRoutes serves the admin listener's mux, answering what it has no
+// route for, or would redirect (a path not in canonical form, a subtree
+// without its slash), in the admin API's JSON error shape, where ServeMux
+// answers plain text or an HTML redirect.
+func AdminRoutes(mux *http.ServeMux) http.Handler { return canonicalPaths(routeErrors(mux)) }
+
+// canonicalPaths answers a request for a path not in its canonical form
 // (/admin//keys, /admin/../admin/keys) with 404 in the admin API's error
 // shape, where ServeMux would answer with an HTML redirect.
-func CanonicalPaths(h http.Handler) http.Handler {
+func canonicalPaths(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if p, c := r.URL.Path, path.Clean(r.URL.Path); p != c && p != c+"/" {
 			apierr.Write(w, apierr.NotFound("unknown_url", "unknown admin path "+r.URL.EscapedPath()+": ask "+c))
@@ -121,6 +131,12 @@ func routeErrors(mux *http.ServeMux) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h, pattern := mux.Handler(r)
 		if pattern != "" {
+			// A path a subtree's pattern takes with a slash added
+			// (/admin for /admin/) would be ServeMux's HTML redirect.
+			if _, pp, ok := strings.Cut(pattern, " "); (ok && pp == r.URL.Path+"/") || (!ok && pattern == r.URL.Path+"/") {
+				apierr.Write(w, apierr.NotFound("unknown_url", "unknown admin path "+r.URL.EscapedPath()+": ask "+r.URL.Path+"/"))
+				return
+			}
 			mux.ServeHTTP(w, r)
 			return
 		}

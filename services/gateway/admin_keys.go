@@ -47,6 +47,12 @@ func AdminKeysHandler(rdb redis.UniversalClient, prefix string, token string, st
 	mux := http.NewServeMux()
 	handle := func(pattern string, fn func(w http.ResponseWriter, r *http.Request) (int, any, error)) {
 		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.RawQuery != "" {
+				// No key route takes a query; one sent is a mistake
+				// (a filter that would be ignored).
+				apierr.Write(w, apierr.BadRequest("invalid_query", "the key API takes no query parameters"))
+				return
+			}
 			status, body, err := fn(w, r)
 			if err != nil {
 				apierr.Write(w, keysError(err))

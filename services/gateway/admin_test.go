@@ -22,7 +22,7 @@ import (
 func TestAdminRouteErrorsAreJSON(t *testing.T) {
 	rdb, prefix := redistest.New(t, "admin-routes")
 	const token = "admin-secret"
-	usage := httptest.NewServer(CanonicalPaths(AdminHandler(AdminOptions{Token: token})))
+	usage := httptest.NewServer(canonicalPaths(AdminHandler(AdminOptions{Token: token})))
 	defer usage.Close()
 	store, err := ledger.OpenLocal(filepath.Join(t.TempDir(), "ledger.db"))
 	if err != nil {
@@ -59,6 +59,8 @@ func TestAdminRouteErrorsAreJSON(t *testing.T) {
 		{withLedger, "GET", "/admin/usage?key=a&key=b", token, 400, "invalid_query", ""},
 		{withLedger, "GET", "/admin/usage?keys=a", token, 400, "invalid_query", ""},
 		{withLedger, "GET", "/admin/usage?period=hourly", token, 400, "invalid_period", ""},
+		{withLedger, "GET", "/admin/usage?key=a%00", token, 400, "invalid_query", ""},
+		{keysAPI, "GET", "/admin/keys?bogus=1", token, 400, "invalid_query", ""},
 		{usage, "GET", "/admin/keys", token, 404, "key_store_not_configured", ""},
 		{notifier, "GET", "/admin/usage", token, 404, "no_ledger", ""},
 		{notifier, "GET", "/admin/keys", token, 404, "not_served_here", ""},
@@ -117,6 +119,41 @@ func TestAdminWithoutTokenSaysItIsOff(t *testing.T) {
 			if rec.Code != http.StatusUnauthorized || !strings.Contains(rec.Body.String(), "the admin API is off") {
 				t.Errorf("%s with %q = %d %s, want 401 saying the admin API is off", name, auth, rec.Code, rec.Body.String())
 			}
+		}
+	}
+}
+
+// TestAdminRoutesAnswerJSON: on the admin listener as serve builds it, a
+// path it has no route for (/foo, /metrics/) or would redirect (/admin to
+// /admin/, a path not in canonical form) is answered 404 in the admin
+// API's JSON shape, not ServeMux's plain text or HTML; its routes serve.
+func TestAdminRoutesAnswerJSON(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("# metrics\n")) })
+	mux.Handle("/admin/", AdminHandler(AdminOptions{Token: "tok"}))
+	srv := httptest.NewServer(AdminRoutes(mux))
+	defer srv.Close()
+	for _, p := range []string{"/admin", "/foo", "/metrics/", "/readyz/", "//healthz", "/admin//usage"} {
+		resp, err := http.Get(srv.URL + p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var body struct{ Error struct{ Code string } }
+		err = json.NewDecoder(resp.Body).Decode(&body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound || err != nil || body.Error.Code != "unknown_url" || resp.Header.Get("Content-Type") != "application/json" {
+			t.Errorf("GET %s = %d %s (%v), want a JSON 404 unknown_url", p, resp.StatusCode, resp.Header.Get("Content-Type"), err)
+		}
+	}
+	for _, p := range []string{"/healthz", "/metrics"} {
+		resp, err := http.Get(srv.URL + p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("GET %s = %d, want 200", p, resp.StatusCode)
 		}
 	}
 }
