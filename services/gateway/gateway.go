@@ -270,6 +270,7 @@ func (g *Gateway) routes() *echo.Echo {
 		if c.Response().Committed {
 			return
 		}
+		shape := shapeOf(c.Request().URL.Path)
 		var he *echo.HTTPError
 		if errors.As(err, &he) {
 			switch he.Code {
@@ -278,17 +279,17 @@ func (g *Gateway) routes() *echo.Echo {
 			// /v1/chat/completions.
 			case http.StatusNotFound:
 				id := g.unroutedID(c.Response())
-				apierr.Write(c.Response(), apierr.NotFound("unknown_url", "unknown path "+c.Request().URL.EscapedPath()))
+				apierr.WriteShaped(c.Response(), apierr.NotFound("unknown_url", "unknown path "+c.Request().URL.EscapedPath()), shape)
 				g.logUnrouted(c.Request(), id, http.StatusNotFound, "unknown_url")
 				return
 			case http.StatusMethodNotAllowed:
 				id := g.unroutedID(c.Response())
-				apierr.Write(c.Response(), &apierr.Error{Status: 405, Type: "invalid_request_error", Code: "method_not_allowed", Message: "method " + boundMethod(c.Request().Method) + " is not allowed on " + c.Request().URL.EscapedPath()})
+				apierr.WriteShaped(c.Response(), &apierr.Error{Status: 405, Type: "invalid_request_error", Code: "method_not_allowed", Message: "method " + boundMethod(c.Request().Method) + " is not allowed on " + c.Request().URL.EscapedPath()}, shape)
 				g.logUnrouted(c.Request(), id, http.StatusMethodNotAllowed, "method_not_allowed")
 				return
 			}
 		}
-		apierr.Write(c.Response(), apierr.Internal("internal_error", "internal error"))
+		apierr.WriteShaped(c.Response(), apierr.Internal("internal_error", "internal error"), shape)
 	}
 	// Every GET endpoint answers HEAD as GET (net/http sends no body), as
 	// the admin listener's do: load balancers and uptime checkers probe

@@ -950,11 +950,16 @@ func (g *Gateway) abandoned(ctx context.Context, w http.ResponseWriter, x *excha
 	x.status, x.errMsg = 499, "client_closed_request"
 }
 
-// errorShape is the shape of the gateway's own errors for x's client:
-// Anthropic's for the Messages API, whose SDKs read its envelope, OpenAI's
-// for every other endpoint.
-func (x *exchange) errorShape() apierr.Shape {
-	if x.path == "/v1/messages" {
+// errorShape is the shape of the gateway's own errors for x's client (see
+// shapeOf).
+func (x *exchange) errorShape() apierr.Shape { return shapeOf(x.path) }
+
+// shapeOf is the shape of the gateway's own errors on path: Anthropic's
+// for the Messages API and the paths under it (count_tokens, which the
+// gateway does not serve), whose SDKs read its envelope, OpenAI's for
+// every other path.
+func shapeOf(path string) apierr.Shape {
+	if path == "/v1/messages" || strings.HasPrefix(path, "/v1/messages/") {
 		return apierr.Anthropic
 	}
 	return apierr.OpenAI

@@ -456,9 +456,10 @@ func TestOversizedBodiesAreRefusedWithTheirEvent(t *testing.T) {
 }
 
 // TestMessagesErrorsInAnthropicShape: the gateway's own errors on
-// Anthropic's Messages API come in its envelope, with Anthropic's error
-// type for the status (its SDKs and Claude Code read both), OpenAI's three
-// fields still inside; every other endpoint keeps OpenAI's shape.
+// Anthropic's Messages API, and on the paths under it it does not serve,
+// come in Anthropic's envelope, with Anthropic's error type for the status
+// (its SDKs and Claude Code read both), OpenAI's three fields still inside;
+// every other endpoint keeps OpenAI's shape.
 func TestMessagesErrorsInAnthropicShape(t *testing.T) {
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/html")
@@ -472,21 +473,26 @@ func TestMessagesErrorsInAnthropicShape(t *testing.T) {
 		Error struct{ Type, Message, Code string }
 	}
 	for _, c := range []struct {
-		path, key, body    string
-		status             int
-		typ, code, topType string
+		method, path, key, body string
+		status                  int
+		typ, code, topType      string
+		event                   bool // a path no route takes has none
 	}{
-		{"/v1/messages", "sk-wrong-key-000000", `{"model":"m1"}`, 401, "authentication_error", "invalid_api_key", "error"},
-		{"/v1/messages", testKey, `{"model":5}`, 400, "invalid_request_error", "invalid_type", "error"},
-		{"/v1/messages", testKey, `{"model":"m1","max_tokens":8}`, 502, "api_error", "backend_error", "error"},
-		{"/v1/chat/completions", "sk-wrong-key-000000", `{"model":"m1"}`, 401, "invalid_request_error", "invalid_api_key", ""},
+		{"POST", "/v1/messages", "sk-wrong-key-000000", `{"model":"m1"}`, 401, "authentication_error", "invalid_api_key", "error", true},
+		{"POST", "/v1/messages", testKey, `{"model":5}`, 400, "invalid_request_error", "invalid_type", "error", true},
+		{"POST", "/v1/messages", testKey, `{"model":"m1","max_tokens":8}`, 502, "api_error", "backend_error", "error", true},
+		{"POST", "/v1/messages/count_tokens", testKey, `{"model":"m1"}`, 404, "not_found_error", "unknown_url", "error", false},
+		{"GET", "/v1/messages", testKey, ``, 405, "invalid_request_error", "method_not_allowed", "error", false},
+		{"POST", "/v1/chat/completions", "sk-wrong-key-000000", `{"model":"m1"}`, 401, "invalid_request_error", "invalid_api_key", "", true},
 	} {
-		resp, body := do(t, "POST", gw.URL+c.path, c.body, map[string]string{"Authorization": "Bearer " + c.key})
+		resp, body := do(t, c.method, gw.URL+c.path, c.body, map[string]string{"Authorization": "Bearer " + c.key})
 		var got shape
 		if err := json.Unmarshal(body, &got); err != nil || resp.StatusCode != c.status || got.Error.Type != c.typ ||
 			got.Error.Code != c.code || got.Error.Message == "" || (got.Type == nil) != (c.topType == "") || got.Type != nil && *got.Type != c.topType {
-			t.Errorf("%s with %s = %d %s; want %d, type %q, error.type %q, code %q", c.path, c.body, resp.StatusCode, body, c.status, c.topType, c.typ, c.code)
+			t.Errorf("%s %s with %s = %d %s; want %d, type %q, error.type %q, code %q", c.method, c.path, c.body, resp.StatusCode, body, c.status, c.topType, c.typ, c.code)
 		}
-		s.next(t)
+		if c.event {
+			s.next(t)
+		}
 	}
 }

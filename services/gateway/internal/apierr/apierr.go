@@ -148,7 +148,7 @@ func BodyShaped(e *Error, shape Shape) []byte {
 // its SDKs and clients (Claude Code) read to decide whether to retry.
 func anthropicType(status int) string {
 	switch status {
-	case http.StatusBadRequest, http.StatusRequestTimeout, http.StatusUnsupportedMediaType, 499:
+	case http.StatusBadRequest, http.StatusMethodNotAllowed, http.StatusRequestTimeout, http.StatusUnsupportedMediaType, 499:
 		return "invalid_request_error"
 	case http.StatusUnauthorized:
 		return "authentication_error"
