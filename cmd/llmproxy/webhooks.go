@@ -106,7 +106,11 @@ func runWebhooks(args []string, stdout, stderr io.Writer) int {
 			}
 			names = append(names, e.Name)
 		}
-		fmt.Fprintf(stderr, "llmproxy webhooks: no dead letters of endpoint %q, which the config does not name (it names: %s)\n", *endpoint, strings.Join(names, ", "))
+		named := "it names no endpoint"
+		if len(names) > 0 {
+			named = "it names: " + strings.Join(names, ", ")
+		}
+		fmt.Fprintf(stderr, "llmproxy webhooks: no dead letters of endpoint %q, which the config does not name (%s)\n", *endpoint, named)
 		return true
 	}
 	if args[1] == "discard" {
@@ -123,6 +127,9 @@ func runWebhooks(args []string, stdout, stderr io.Writer) int {
 	}
 	if args[1] == "replay" {
 		n, err := notifier.Replay(ctx, b.js, endpointsOf(cfg), notifier.DLQFilter{ID: *id, Endpoint: *endpoint})
+		if err == nil && unknownEndpoint(n) {
+			return 1
+		}
 		fmt.Fprintf(stdout, "replayed %d dead letter(s)\n", n)
 		if err != nil {
 			fmt.Fprintln(stderr, "llmproxy webhooks:", err)

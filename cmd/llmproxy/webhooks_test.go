@@ -145,7 +145,7 @@ func TestDLQDiscard(t *testing.T) {
 		}
 	}
 	// So is an endpoint the config does not name, when it has none.
-	for _, sub := range []string{"discard", "list"} {
+	for _, sub := range []string{"discard", "list", "replay"} {
 		if code, _, errOut := runCmd(runWebhooks, "dlq", sub, "--config", path, "--endpoint", "biling"); code != 1 || !strings.Contains(errOut, `no dead letters of endpoint "biling", which the config does not name (it names: billing)`) || count() != 2 {
 			t.Fatalf("%s --endpoint biling: exit %d, %q", sub, code, errOut)
 		}
