@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -141,11 +142,26 @@ func newStackScript(t *testing.T, off int) *stackScript {
 }
 
 // stackScriptOffset picks a STACK_PORT_OFFSET under which every port of the
-// stack is free.
+// stack is free, and below the kernel's range of ephemeral ports: a port in
+// it that is free when checked can be taken by any process's outgoing
+// connection before the script binds it (mockllm once failed so).
 func stackScriptOffset(t *testing.T) int {
 	t.Helper()
+	low := 32768 // Linux's default start of ip_local_port_range
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil {
+				low = n
+			}
+		}
+	}
+	top := slices.Max(stackScriptPorts)
+	span := (low - 1 - top - 10000) / 10
+	if span < 1 {
+		t.Skipf("no room for the stack's ports below the ephemeral range (%d)", low)
+	}
 	for try := 0; try < 50; try++ {
-		off := 20000 + rand.Intn(3500)*10
+		off := 10000 + rand.Intn(span)*10
 		free := true
 		for _, p := range stackScriptPorts {
 			ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p+off))
