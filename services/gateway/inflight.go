@@ -13,6 +13,12 @@ import (
 // publishes, through the outbox, an event for every stream a previous
 // process left unfinished, and starts the journal.
 func (g *Gateway) openJournal(dir string) error {
+	// The tokenizer loads its ranks on first use (hundreds of
+	// milliseconds, more on a loaded machine); the journal's writer counts
+	// each checkpoint with it before writing it, so the ranks are loaded
+	// now, in the background, rather than on the first checkpoint, which a
+	// crash in the first second of a stream would then find unwritten.
+	go usage.CountTokens("warm")
 	j, cut, err := inflight.Open(dir, inflight.Options{Count: usage.CountTokens, Logger: g.log})
 	if err != nil {
 		return err

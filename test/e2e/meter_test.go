@@ -790,7 +790,8 @@ func TestMeterServeAllKill9(t *testing.T) {
 // when it is SIGKILLed are billed once it starts again, each for what it
 // had delivered by its last checkpoint, and only once.
 func TestStreamsCutByKill9AreBilled(t *testing.T) {
-	// 400 tokens 10 ms apart: each stream runs 4 s, and is cut after about 1.
+	// 400 tokens 10 ms apart: each stream runs 4 s, and is cut after about
+	// 1.5, which leaves it two checkpoints even on a loaded machine.
 	srv, cfg, gw := serveAll(t, startMock(t, "--tokens", "400", "--gap", "10ms"))
 
 	const streams = 3
@@ -817,7 +818,7 @@ func TestStreamsCutByKill9AreBilled(t *testing.T) {
 	}
 	eventually(t, 30*time.Second, "streams under way", func() (bool, string) {
 		for i := range read {
-			if read[i].Load() < 100 {
+			if read[i].Load() < 150 {
 				return false, fmt.Sprintf("stream %d read %d events", i, read[i].Load())
 			}
 		}
