@@ -456,8 +456,21 @@ func (g *Gateway) readRequest(r *http.Request, x *exchange) *apierr.Error {
 		return g.reject(e.Code, e)
 	}
 	x.body, x.info = body, info
+	if n := len(info.Model); n > maxModelBytes {
+		// A model name goes into the event, the access line and the
+		// metrics' errors whole: one of a megabyte would make the event
+		// too large to publish, and the request would go unbilled. The
+		// event keeps its first bytes.
+		x.info.Model = clip(strings.ToValidUTF8(info.Model[:maxModelBytes], ""), maxModelBytes)
+		return g.reject("invalid_model", apierr.BadRequest("invalid_model",
+			"the model name is "+strconv.Itoa(n)+" bytes long; at most "+strconv.Itoa(maxModelBytes)))
+	}
 	return nil
 }
+
+// maxModelBytes bounds a request's model name (Hugging Face ids are at
+// most 96 characters; a GGUF path a few hundred).
+const maxModelBytes = 512
 
 // invalidBody is the 400 for a request body ParseRequest refused, said as
 // OpenAI says it: an empty body, a body that is JSON but not an object, a

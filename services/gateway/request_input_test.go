@@ -117,6 +117,7 @@ func TestBadBodiesAreExplained(t *testing.T) {
 		{"a function a number, keys as written", `{"model":"m1", "Messages" : [ {"role":"user"} , { "Tool_Calls" : [ {"function":{}}, {"id":"b","FUNCTION":5} ] } ]}`, "invalid_type", "invalid type for 'Messages[1].Tool_Calls[1].FUNCTION': expected an object, but got a number instead"},
 		{"options a number", `{"model":"m1","options":7}`, "invalid_type", "invalid type for 'options': expected an object, but got a number instead"},
 		{"num_predict a string", `{"model":"m1","options":{"num_predict":"x"}}`, "invalid_type", "invalid type for 'options.num_predict': expected an integer, but got a string instead"},
+		{"model too long", `{"model":"` + strings.Repeat("m", maxModelBytes+1) + `"}`, "invalid_model", "the model name is 513 bytes long; at most 512"},
 		{"model twice", `{"model":"m2","MODEL":"m1"}`, "ambiguous_field", `the request gives "model" more than once (or under another spelling) with different values: engines disagree on which counts; send it once`},
 	}
 	for _, c := range cases {
