@@ -133,7 +133,7 @@ func (g *Gateway) capture(x *exchange, ev *events.RequestCompleted, res usage.Re
 			c.Content = string(red.JSON(body))
 		} else {
 			body = body[:min(len(body), x.rt.maxCapture+captureRedactMargin)]
-			c.Content, _ = redactThenCut(red, string(body), x.rt.maxCapture)
+			c.Content, _ = cutAt(red.CutJSON(string(body)), x.rt.maxCapture)
 			c.Truncated = true
 		}
 	}
@@ -150,7 +150,12 @@ const captureRedactMargin = 1 << 10
 // redactThenCut removes red's secrets from text, then cuts it to max bytes
 // on a UTF-8 boundary; cut reports whether it did.
 func redactThenCut(red *redact.Redactor, text string, max int) (out string, cut bool) {
-	out = red.Text(text)
+	return cutAt(red.Text(text), max)
+}
+
+// cutAt cuts out, a redacted text, to max bytes on a UTF-8 boundary;
+// cut reports whether it did.
+func cutAt(out string, max int) (string, bool) {
 	if len(out) <= max {
 		return out, false
 	}

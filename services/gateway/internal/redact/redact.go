@@ -10,7 +10,11 @@ package redact
 import (
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf16"
+	"unicode/utf8"
 )
 
 // Placeholder is what redacted content is replaced by.
@@ -68,6 +72,79 @@ func (r *Redactor) Text(s string) string {
 		}
 	}
 	return s
+}
+
+// CutJSON is Text for the start of a JSON document cut short (a captured
+// reply past logging.max_capture_bytes), which JSON cannot read: the
+// escapes that stand for printable characters (\u002d, \u00e9, a surrogate
+// pair, \/) are undone first, so that a rule finds a secret an encoder
+// escaped (Python's json.dumps escapes all non-ASCII, Go's <, > and &),
+// as it does in a document read whole. Escapes of quotes, backslashes and
+// control characters are kept.
+func (r *Redactor) CutJSON(s string) string {
+	if r == nil || len(r.regexps) == 0 {
+		return s
+	}
+	return r.Text(unescapePrintable(s))
+}
+
+// unescapePrintable undoes s's JSON escapes of printable characters other
+// than '"' and '\\'.
+func unescapePrintable(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	b.Grow(len(s))
+	for i := 0; i < len(s); i++ {
+		if s[i] != '\\' || i+1 >= len(s) {
+			b.WriteByte(s[i])
+			continue
+		}
+		switch s[i+1] {
+		case '/':
+			b.WriteByte('/')
+			i++
+			continue
+		case 'u':
+			if r, n := escapedRune(s[i:]); n > 0 && r >= ' ' && r != '"' && r != '\\' && r != 0x7f && !unicode.IsControl(r) {
+				b.WriteRune(r)
+				i += n - 1
+				continue
+			}
+		}
+		b.WriteString(s[i : i+2]) // another escape, kept whole
+		i++
+	}
+	return b.String()
+}
+
+// escapedRune reads the \u escape at the start of s, and the low half of a
+// surrogate pair after it, returning the character and the bytes read (0:
+// not a whole escape, or a lone surrogate).
+func escapedRune(s string) (rune, int) {
+	hex := func(s string) (rune, bool) {
+		v, err := strconv.ParseUint(s, 16, 16)
+		return rune(v), err == nil
+	}
+	if len(s) < 6 {
+		return 0, 0
+	}
+	r, ok := hex(s[2:6])
+	if !ok {
+		return 0, 0
+	}
+	if !utf16.IsSurrogate(r) {
+		return r, 6
+	}
+	if len(s) < 12 || s[6] != '\\' || s[7] != 'u' {
+		return 0, 0
+	}
+	lo, ok := hex(s[8:12])
+	if c := utf16.DecodeRune(r, lo); ok && c != utf8.RuneError {
+		return c, 12
+	}
+	return 0, 0
 }
 
 // JSON returns body with the values selected by the JSON paths replaced by

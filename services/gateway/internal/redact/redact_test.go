@@ -144,3 +144,28 @@ func BenchmarkJSONNoMatch(b *testing.B) {
 		}
 	})
 }
+
+// TestCutJSON: the start of a JSON document cut short is redacted as it
+// reads, escapes of printable characters undone first; escapes of quotes,
+// backslashes and control characters are kept, and an escaped backslash
+// is no escape.
+func TestCutJSON(t *testing.T) {
+	r, err := Compile([]string{`sk-[a-z0-9]{8,}`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for in, want := range map[string]string{
+		`{"c":"caf\u00e9 sk\u002dabcdefgh1 \/x`:     `{"c":"café [REDACTED] /x`,
+		`{"c":"\u0073\u006b-abcdefgh1\ud83d\ude00 `: `{"c":"[REDACTED]😀 `,
+		`{"c":"a\"b\\c\n\u0000\u001f\u005c\u0022 `:  `{"c":"a\"b\\c\n\u0000\u001f\u005c\u0022 `,
+		`{"c":"\\u0073k-abcdefgh1`:                  `{"c":"\\u0073k-abcdefgh1`,
+		`{"c":"lone \ud800 and cut \u00`:            `{"c":"lone \ud800 and cut \u00`,
+	} {
+		if got := r.CutJSON(in); got != want {
+			t.Errorf("CutJSON(%s) = %s, want %s", in, got, want)
+		}
+	}
+	if got := (&Redactor{}).CutJSON(`\u0073k-abcdefgh1`); got != `\u0073k-abcdefgh1` {
+		t.Errorf("without rules: %s", got)
+	}
+}
