@@ -220,7 +220,7 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(tw, "ID\tNAME\tUSER\tSTATUS\tQUOTA\tPERIOD\tEXPIRES\tKEY")
 		now := time.Now()
 		for _, r := range list {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, dash(r.Name), dash(r.UserID), statusText(r, now),
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, dash(cell(r.Name)), dash(cell(r.UserID)), statusText(r, now),
 				quotaText(r.TotalQuota), dash(r.QuotaResetPeriod), expiresText(r.ExpiresAt), r.Masked)
 		}
 		_ = tw.Flush()
@@ -306,7 +306,7 @@ func printRecord(w io.Writer, rec keys.Record, now time.Time) {
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	for _, f := range [][2]string{
-		{"id", rec.ID}, {"name", dash(rec.Name)}, {"user", dash(rec.UserID)}, {"status", statusText(rec, now)},
+		{"id", rec.ID}, {"name", dash(cell(rec.Name))}, {"user", dash(cell(rec.UserID))}, {"status", statusText(rec, now)},
 		{"quota", quotaText(rec.TotalQuota)}, {"period", dash(rec.QuotaResetPeriod)}, {"expires", expiresText(rec.ExpiresAt)},
 		{"allowed ips", list(rec.AllowedIPs)}, {"allowed models", list(rec.AllowedModels)}, {"limits", limits},
 		{"capture response", capture}, {"key", rec.Masked}, {"sha256", rec.SHA256},

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/pkg/events"
@@ -160,27 +162,45 @@ func printLogs(w io.Writer, list []events.RequestCompleted) {
 		if e.KeyName != "" && e.KeyName != e.KeyID {
 			key += " (" + e.KeyName + ")"
 		}
+		key = cell(key)
 		tokens := fmt.Sprintf("%d+%d=%d", e.Usage.PromptTokens, e.Usage.CompletionTokens, e.Usage.TotalTokens)
 		if e.UsageSource == events.UsageSourceEstimated {
 			tokens += "~"
 		}
-		model := e.Model
+		model := cell(e.Model)
 		if e.IsStream {
 			model += " (stream)"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%dms\t%s\n",
-			e.Timestamp.Local().Format("2006-01-02 15:04:05.000"), e.RequestID, key, model,
+			e.Timestamp.Local().Format("2006-01-02 15:04:05.000"), cell(e.RequestID), key, model,
 			e.StatusCode, tokens, e.LatencyMS, oneLine(e.Error, 60))
 	}
 	_ = tw.Flush()
 }
 
 func oneLine(s string, n int) string {
-	s = strings.Join(strings.Fields(s), " ")
+	s = cell(strings.Join(strings.Fields(s), " "))
 	if r := []rune(s); len(r) > n {
 		s = string(r[:n]) + "…"
 	}
 	return s
+}
+
+// cell is s, a value a client or a key's maker chose, fit for one cell of
+// a table a terminal shows: whitespace becomes a space, and other control
+// and format characters (an escape sequence, a direction override) and
+// bytes that are not UTF-8 become '?', so that a model name cannot forge
+// a row or drive the terminal.
+func cell(s string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r == '\t' || r == '\n' || r == '\r':
+			return ' '
+		case r == utf8.RuneError || unicode.IsControl(r) || unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp):
+			return '?'
+		}
+		return r
+	}, s)
 }
 
 // writeJSONList writes list as indented JSON; an empty list is [], not null.

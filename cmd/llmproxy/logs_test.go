@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
+	"github.com/llmproxy/llmproxy/pkg/events"
 )
 
 // TestLogsRequestIDNotFound: a request asked for by id and not found
@@ -42,5 +43,21 @@ func TestLogsRequestIDNotFound(t *testing.T) {
 				t.Fatalf("logs = %d, stdout %q, stderr %q; want 1, nothing, not found", code, out, errOut)
 			}
 		})
+	}
+}
+
+// TestLogsTableHoldsOneLinePerRequest: what a client chose (its model, its
+// key's name) cannot add a row to the table or drive the terminal: line
+// breaks become spaces, escapes and direction overrides '?'.
+func TestLogsTableHoldsOneLinePerRequest(t *testing.T) {
+	var out strings.Builder
+	printLogs(&out, []events.RequestCompleted{{
+		RequestID: "req_1", KeyID: "kb", KeyName: "B\u202e",
+		Model:      "x\n2026-11-27 12:00:00.000  req_FORGED_1  kb  gpt-4  200  1+1=2  1ms  \x1b[31mRED\x1b[0m",
+		StatusCode: 404, Error: "model_not_found\r\nforged",
+	}})
+	got := out.String()
+	if n := strings.Count(got, "\n"); n != 2 || strings.ContainsAny(got, "\x1b\r\u202e") {
+		t.Fatalf("table (%d lines):\n%q\nwant a header and one row, no escape or override", n, got)
 	}
 }
