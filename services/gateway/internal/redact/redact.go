@@ -50,6 +50,9 @@ func Compile(rules []string) (*Redactor, error) {
 		if err != nil {
 			return nil, fmt.Errorf("redact[%d] %q: %w", i, rule, err)
 		}
+		if re.MatchString("") {
+			return nil, fmt.Errorf("redact[%d] %q: matches the empty string, so it would put [REDACTED] between every two characters; make it match at least one (x+ rather than x*)", i, rule)
+		}
 		r.regexps = append(r.regexps, re)
 	}
 	return r, nil

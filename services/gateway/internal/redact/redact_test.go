@@ -100,7 +100,7 @@ func TestText(t *testing.T) {
 }
 
 func TestCompileErrors(t *testing.T) {
-	for _, rule := range []string{"$.", "$.a[", "$.a[x]", "$.a[-1]", "$a", "$['a", "(unclosed", "$.a.[0]"} {
+	for _, rule := range []string{"$.", "$.a[", "$.a[x]", "$.a[-1]", "$a", "$['a", "(unclosed", "$.a.[0]", "q*", "(a|)", "^"} {
 		if _, err := Compile([]string{"ok", rule}); err == nil {
 			t.Errorf("Compile(%q): want an error", rule)
 		} else if !strings.Contains(err.Error(), "redact[1]") {
