@@ -39,9 +39,7 @@ func toRow(data []byte, received time.Time) (string, []any, error) {
 			return "", nil, err
 		}
 	}
-	rest := e
-	rest.RequestBody, rest.Response = nil, nil
-	ev, err := rest.Marshal()
+	ev, err := eventColumn(e)
 	if err != nil {
 		return "", nil, err
 	}
@@ -128,10 +126,28 @@ func withoutBodies(row []any) ([]any, error) {
 		return nil, err
 	}
 	e.Truncated = true
-	b, err := e.Marshal()
+	b, err := eventColumn(e)
 	if err != nil {
 		return nil, err
 	}
 	out[colEvent] = jsonb(b)
 	return out, nil
+}
+
+// eventColumn is the event column of e: the event without its request_body
+// and response members, which have columns of their own (a SQL reader of
+// event->'request_body' would otherwise find null beside a body).
+func eventColumn(e events.RequestCompleted) ([]byte, error) {
+	e.RequestBody, e.Response = nil, nil
+	b, err := e.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, err
+	}
+	delete(m, "request_body")
+	delete(m, "response")
+	return json.Marshal(m)
 }

@@ -1,6 +1,7 @@
 package recorder
 
 import (
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -32,5 +33,28 @@ func TestWithoutBodiesMarksTheEventTruncated(t *testing.T) {
 	}
 	if row[colRequestBody] == nil {
 		t.Fatal("withoutBodies changed the row it was given")
+	}
+}
+
+// TestEventColumnHoldsNoBodies: the event column has no request_body or
+// response member (they have columns of their own), not even a null one.
+func TestEventColumnHoldsNoBodies(t *testing.T) {
+	data, err := event("r1", "key1", 200).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, row, err := toRow(data, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(row[colEvent].(string)), &m); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := m["request_body"]; ok || m["response"] != nil || string(m["request_id"]) != `"r1"` {
+		t.Fatalf("event column = %s", row[colEvent])
+	}
+	if row[colRequestBody] == nil {
+		t.Fatal("the request body's own column is empty")
 	}
 }
