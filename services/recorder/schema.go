@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -111,6 +112,10 @@ func CheckURL(url string) error {
 	return nil
 }
 
+// connectTimeout bounds a connection to PostgreSQL when the URL gives no
+// connect_timeout of its own.
+var connectTimeout = 10 * time.Second
+
 // OpenPool connects to the PostgreSQL at url (a postgres:// URL or a
 // key=value DSN) and checks that it answers. The caller closes the pool.
 func OpenPool(ctx context.Context, url string) (*pgxpool.Pool, error) {
@@ -121,6 +126,11 @@ func OpenPool(ctx context.Context, url string) (*pgxpool.Pool, error) {
 	}
 	if cfg.ConnConfig.RuntimeParams["application_name"] == "" {
 		cfg.ConnConfig.RuntimeParams["application_name"] = "llmproxy"
+	}
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		// A server that takes the connection and says nothing (stopped,
+		// behind a stalled proxy) must fail the connect, not hold it.
+		cfg.ConnConfig.ConnectTimeout = connectTimeout
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {

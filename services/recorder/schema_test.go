@@ -2,6 +2,7 @@ package recorder
 
 import (
 	"context"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -38,5 +39,45 @@ func TestReplaceNULEscapes(t *testing.T) {
 		if got := string(replaceNULEscapes([]byte(in))); got != want {
 			t.Errorf("replaceNULEscapes(%s) = %s, want %s", in, got, want)
 		}
+	}
+}
+
+// TestOpenPoolGivesUpOnASilentServer: a server that takes the connection
+// and never answers (stopped, or behind a stalled proxy) fails the connect
+// within the connect timeout, not the caller's whole deadline.
+func TestOpenPoolGivesUpOnASilentServer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	defer func(d time.Duration) { connectTimeout = d }(connectTimeout)
+	connectTimeout = 100 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background()) // no deadline of its own
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		pool, err := OpenPool(ctx, "postgres://u@"+ln.Addr().String()+"/db?sslmode=disable")
+		if err == nil {
+			pool.Close()
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("OpenPool of a silent server: no error")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("OpenPool of a silent server did not give up")
 	}
 }
