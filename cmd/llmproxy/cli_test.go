@@ -233,6 +233,8 @@ func TestCommandsRefuseFlagsThatDoNotFit(t *testing.T) {
 		{[]string{"logs", "--config", "F", "--since=-5m"}, "--since: \"-5m\": give how far back without a sign"},
 		{[]string{"logs", "--config", "F", "--since=-7d"}, "--since: \"-7d\": give how far back without a sign"},
 		{[]string{"logs", "--config", "F", "--since", "7x"}, "is neither a duration"},
+		{[]string{"logs", "--config", "F", "--status", "999"}, "--status: want an HTTP status"},
+		{[]string{"logs", "--config", "F", "--status", "-1"}, "--status: want an HTTP status"},
 	} {
 		code, stdout, stderr := runSelf(t, c.args...)
 		if code != 2 || stdout != "" || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, c.says) {

@@ -53,6 +53,10 @@ func runLogs(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "llmproxy logs: --limit: want a number of requests above 0, got", *limit)
 		return 2
 	}
+	if *status != 0 && (*status < 100 || *status > 599) {
+		fmt.Fprintln(stderr, "llmproxy logs: --status: want an HTTP status, 100 to 599 (499: the client left), got", *status)
+		return 2
+	}
 	f := recorder.Filter{KeyID: *key, RequestID: *requestID, ClientRequestID: *clientID, Status: *status, Limit: *limit}
 	if *since != "" {
 		t, err := parseSince(*since, time.Now())
