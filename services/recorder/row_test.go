@@ -8,7 +8,9 @@ import (
 	"github.com/llmproxy/llmproxy/pkg/events"
 )
 
-func TestWithoutBodiesMarksTheEventTruncated(t *testing.T) {
+// rowOf is the table row of the test event r1.
+func rowOf(t *testing.T) []any {
+	t.Helper()
 	data, err := event("r1", "key1", 200).Marshal()
 	if err != nil {
 		t.Fatal(err)
@@ -17,6 +19,11 @@ func TestWithoutBodiesMarksTheEventTruncated(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return row
+}
+
+func TestWithoutBodiesMarksTheEventTruncated(t *testing.T) {
+	row := rowOf(t)
 	bare, err := withoutBodies(row)
 	if err != nil {
 		t.Fatal(err)
@@ -39,14 +46,7 @@ func TestWithoutBodiesMarksTheEventTruncated(t *testing.T) {
 // TestEventColumnHoldsNoBodies: the event column has no request_body or
 // response member (they have columns of their own), not even a null one.
 func TestEventColumnHoldsNoBodies(t *testing.T) {
-	data, err := event("r1", "key1", 200).Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, row, err := toRow(data, time.Time{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	row := rowOf(t)
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal([]byte(row[colEvent].(string)), &m); err != nil {
 		t.Fatal(err)
