@@ -99,10 +99,12 @@ func ReadStream(ctx context.Context, js jetstream.JetStream, f Filter) ([]events
 // newest sorts evs by arrival (then request id), drops the repeats of an
 // event the stream holds twice (an outbox publish past the duplicate
 // window), and returns the last n, oldest first, as PostgreSQL's query
-// orders them.
+// orders them: arrival to the microsecond, as its timestamptz keeps it,
+// so that requests a few nanoseconds apart are ordered by id there and
+// here alike.
 func newest(evs []events.RequestCompleted, n int) []events.RequestCompleted {
 	slices.SortFunc(evs, func(a, b events.RequestCompleted) int {
-		if c := a.Timestamp.Compare(b.Timestamp); c != 0 {
+		if c := a.Timestamp.Truncate(time.Microsecond).Compare(b.Timestamp.Truncate(time.Microsecond)); c != 0 {
 			return c
 		}
 		return strings.Compare(a.RequestID, b.RequestID)

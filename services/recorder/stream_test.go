@@ -116,3 +116,18 @@ func TestReadStreamOrdersByArrival(t *testing.T) {
 		})
 	}
 }
+
+// TestNewestOrdersAsPostgreSQLDoes: requests that arrived within the same
+// microsecond, which PostgreSQL's timestamptz cannot tell apart, are
+// ordered by request id, as its query orders them, not by nanoseconds.
+func TestNewestOrdersAsPostgreSQLDoes(t *testing.T) {
+	t0 := time.Date(2026, 11, 27, 12, 0, 0, 1000, time.UTC)
+	evs := []events.RequestCompleted{
+		{RequestID: "b", Timestamp: t0},
+		{RequestID: "a", Timestamp: t0.Add(500 * time.Nanosecond)},
+		{RequestID: "c", Timestamp: t0.Add(-time.Microsecond)},
+	}
+	if ids := requestIDs(newest(evs, 10)); !reflect.DeepEqual(ids, []string{"c", "a", "b"}) {
+		t.Fatalf("order %v, want c, a, b", ids)
+	}
+}
