@@ -178,10 +178,10 @@ func (r Record) APIKey(perKey config.PerKeyLimits) config.APIKey {
 	return k
 }
 
-// unprintable reports a character a key's name or user id may not hold:
-// a control character, a format character (a direction override) or a
-// line or paragraph separator.
-func unprintable(r rune) bool {
+// Unprintable reports a character a key's name or user id may not hold,
+// nor a table a terminal shows: a control character, a format character
+// (a direction override) or a line or paragraph separator.
+func Unprintable(r rune) bool {
 	return unicode.IsControl(r) || unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp)
 }
 
@@ -203,7 +203,7 @@ func (s Spec) Validate() error {
 		if len(f.v) > maxLabel {
 			return bad("%s: at most %d bytes, got %d", f.name, maxLabel, len(f.v))
 		}
-		if !utf8.ValidString(f.v) || strings.IndexFunc(f.v, unprintable) >= 0 {
+		if !utf8.ValidString(f.v) || strings.IndexFunc(f.v, Unprintable) >= 0 {
 			// A line break, a terminal escape or a right-to-left
 			// override in a name would forge rows of `llmproxy keys list`.
 			return bad("%s %q: no control or format characters (line breaks, tabs, escapes, direction overrides)", f.name, f.v)

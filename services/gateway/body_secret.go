@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"slices"
 	"strings"
+	"unicode/utf8"
 	"unsafe"
 
 	"github.com/llmproxy/llmproxy/pkg/jsonscan"
@@ -100,30 +101,11 @@ func mayHoldEscapedSecret(body []byte, secret string) bool {
 			return false
 		}
 		i += j
-		r, ok := hex4(body[i+2 : i+6])
-		if ok && (r >= 0x80 && !ascii || r < 0x80 && strings.IndexByte(secret, byte(r)) >= 0) {
+		r, _ := jsonscan.DecodeU(body[i:])
+		if r != utf8.RuneError && (r >= 0x80 && !ascii || r < 0x80 && strings.IndexByte(secret, byte(r)) >= 0) {
 			return true
 		}
 	}
-}
-
-// hex4 reads the four hexadecimal digits of a \u escape.
-func hex4(b []byte) (rune, bool) {
-	var r rune
-	for _, c := range b {
-		switch {
-		case '0' <= c && c <= '9':
-			c -= '0'
-		case 'a' <= c && c <= 'f':
-			c -= 'a' - 10
-		case 'A' <= c && c <= 'F':
-			c -= 'A' - 10
-		default:
-			return 0, false
-		}
-		r = r<<4 | rune(c)
-	}
-	return r, true
 }
 
 // scrubEscapedSecret replaces secret in every string of the JSON body as

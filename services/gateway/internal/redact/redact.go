@@ -10,11 +10,11 @@ package redact
 import (
 	"fmt"
 	"regexp"
-	"strconv"
 	"strings"
 	"unicode"
-	"unicode/utf16"
 	"unicode/utf8"
+
+	"github.com/llmproxy/llmproxy/pkg/jsonscan"
 )
 
 // Placeholder is what redacted content is replaced by.
@@ -110,7 +110,8 @@ func unescapePrintable(s string) string {
 			i++
 			continue
 		case 'u':
-			if r, n := escapedRune(s[i:]); n > 0 && r >= ' ' && r != '"' && r != '\\' && r != 0x7f && !unicode.IsControl(r) {
+			// A lone surrogate or a cut escape decodes as U+FFFD: kept.
+			if r, n := jsonscan.DecodeU(s[i:]); r != utf8.RuneError && r >= ' ' && r != '"' && r != '\\' && r != 0x7f && !unicode.IsControl(r) {
 				b.WriteRune(r)
 				i += n - 1
 				continue
@@ -120,34 +121,6 @@ func unescapePrintable(s string) string {
 		i++
 	}
 	return b.String()
-}
-
-// escapedRune reads the \u escape at the start of s, and the low half of a
-// surrogate pair after it, returning the character and the bytes read (0:
-// not a whole escape, or a lone surrogate).
-func escapedRune(s string) (rune, int) {
-	hex := func(s string) (rune, bool) {
-		v, err := strconv.ParseUint(s, 16, 16)
-		return rune(v), err == nil
-	}
-	if len(s) < 6 {
-		return 0, 0
-	}
-	r, ok := hex(s[2:6])
-	if !ok {
-		return 0, 0
-	}
-	if !utf16.IsSurrogate(r) {
-		return r, 6
-	}
-	if len(s) < 12 || s[6] != '\\' || s[7] != 'u' {
-		return 0, 0
-	}
-	lo, ok := hex(s[8:12])
-	if c := utf16.DecodeRune(r, lo); ok && c != utf8.RuneError {
-		return c, 12
-	}
-	return 0, 0
 }
 
 // JSON returns body with the values selected by the JSON paths replaced by

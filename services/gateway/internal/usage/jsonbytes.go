@@ -2,8 +2,9 @@ package usage
 
 import (
 	"bytes"
-	"unicode/utf16"
 	"unicode/utf8"
+
+	"github.com/llmproxy/llmproxy/pkg/jsonscan"
 )
 
 // isJSONString reports whether raw (a value json.Unmarshal already checked)
@@ -54,7 +55,7 @@ func appendUnquoted(dst, raw []byte) []byte {
 		case 't':
 			dst = append(dst, '\t')
 		case 'u':
-			r, n := decodeU(s)
+			r, n := jsonscan.DecodeU(s)
 			dst = utf8.AppendRune(dst, r)
 			s = s[n:]
 			continue
@@ -64,47 +65,6 @@ func appendUnquoted(dst, raw []byte) []byte {
 		s = s[2:]
 	}
 	return dst
-}
-
-// decodeU decodes a \uXXXX escape (and its low surrogate, if any) at the
-// start of s, returning the rune and the bytes consumed.
-func decodeU(s []byte) (rune, int) {
-	r := hex4(s[2:])
-	if r < 0 {
-		return utf8.RuneError, min(len(s), 2)
-	}
-	if utf16.IsSurrogate(r) {
-		if len(s) >= 12 && s[6] == '\\' && s[7] == 'u' {
-			if r2 := hex4(s[8:]); r2 >= 0 {
-				if d := utf16.DecodeRune(r, r2); d != utf8.RuneError {
-					return d, 12
-				}
-			}
-		}
-		return utf8.RuneError, 6
-	}
-	return r, 6
-}
-
-func hex4(s []byte) rune {
-	if len(s) < 4 {
-		return -1
-	}
-	var r rune
-	for _, c := range s[:4] {
-		switch {
-		case '0' <= c && c <= '9':
-			c -= '0'
-		case 'a' <= c && c <= 'f':
-			c = c - 'a' + 10
-		case 'A' <= c && c <= 'F':
-			c = c - 'A' + 10
-		default:
-			return -1
-		}
-		r = r<<4 | rune(c)
-	}
-	return r
 }
 
 // sseData returns the data of an SSE event: the values of its "data:" lines
