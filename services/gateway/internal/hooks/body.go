@@ -224,8 +224,7 @@ var bodyMethods = map[string]lua.LGFunction{
 }
 
 func checkBody(L *lua.LState) *jsonBody {
-	ud := L.CheckUserData(1)
-	b, ok := ud.Value.(*jsonBody)
+	b, ok := checkLive(L).(*jsonBody)
 	if !ok {
 		L.ArgError(1, "body expected (use body:method(...))")
 	}

@@ -10,7 +10,9 @@ import (
 
 // The string budget bounds the memory a hook can take through the library
 // functions that build strings (string.rep, string.format, string.gsub,
-// table.concat, llmproxy.json_encode, the body's encoding) and `..`: each
+// string.upper, string.lower, string.reverse, table.concat,
+// llmproxy.json_encode, json_decode, base64_encode and base64_decode, the
+// body's encoding) and `..`: each
 // charges its result, before building it where the size is known, to a
 // budget of Options.MaxStringBytes per call. The deadline bounds time,
 // but one such call builds its result in one step, and a loop of them
@@ -60,6 +62,21 @@ func (v *vm) rep(repLimit int) lua.LGFunction {
 		return 1
 	}
 }
+
+// sized wraps a library function whose result (or, for json_decode, the
+// strings of its result) grows with its first argument: size(len(arg))
+// bytes are charged before fn builds anything. Chained, such calls would
+// otherwise build gigabytes within the deadline (base64 grows a string by
+// a third each time), each in one step the deadline cannot stop.
+func (v *vm) sized(name string, size func(int) int, fn lua.LGFunction) lua.LGFunction {
+	return func(L *lua.LState) int {
+		v.charge(L, name, size(len(L.CheckString(1))))
+		return fn(L)
+	}
+}
+
+// sameSize is the size of a result as long as its argument.
+func sameSize(n int) int { return n }
 
 // tableConcat is table.concat(t [, sep [, i [, j]]]) with the result's
 // size charged before it is built. Like gopher-lua's, it clamps i and j to

@@ -23,6 +23,11 @@ func TestStringBudget(t *testing.T) {
 		{"format", `local t = {} for i = 1, 16 do t[i] = s end string.format(string.rep("%s", 16), unpack(t))`},
 		{"json_encode", `local t = {} for i = 1, 64 do t[i] = s end llmproxy.json_encode(t)`},
 		{"body replace", `local t = {} for i = 1, 64 do t[i] = s end req.body:replace({messages = t})`},
+		{"base64 chain", `local b = s for i = 1, 40 do b = llmproxy.base64_encode(b) end`},
+		{"upper kept in a table", `local t = {} for i = 1, 16 do t[i] = s:upper() end`},
+		{"lower, reverse", `local t = {} for i = 1, 8 do t[i] = s:lower() t[i + 8] = s:reverse() end`},
+		{"base64_decode", `local b = llmproxy.base64_encode(s) local t = {} for i = 1, 8 do t[i] = llmproxy.base64_decode(b) end`},
+		{"json_decode", `local j = '"' .. s .. '"' local t = {} for i = 1, 8 do t[i] = llmproxy.json_decode(j) end`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEngine(t, `

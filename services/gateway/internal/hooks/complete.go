@@ -62,17 +62,29 @@ func (e *Engine) OnComplete(ctx context.Context, ev *events.RequestCompleted) er
 		if _, ok := tbl.RawGetString("tags").(*lua.LTable); !ok {
 			tbl.RawSetString("tags", L.NewTable())
 		}
+		given := tbl.RawGetString("tags")
+		// kept are the tags that survive a failure, metadata rather than
+		// content: those the scripts set, in the table they were given
+		// if ev.tags no longer holds a table, without the values that
+		// are not strings.
+		kept := func() map[string]string {
+			lv := tbl.RawGetString("tags")
+			if _, ok := lv.(*lua.LTable); !ok {
+				lv = given
+			}
+			t, _ := tagsFrom(lv)
+			return t
+		}
 		for _, fn := range v.hooks[hookComplete] {
 			if _, err := v.call(fn, tbl); err != nil {
-				// The tags, metadata rather than content, survive:
-				// those of the scripts before this one are kept.
-				tagsAtError, _ = tagsFrom(tbl.RawGetString("tags"))
+				tagsAtError = kept()
 				return err
 			}
 		}
 
 		var err error
 		if tags, err = tagsFrom(tbl.RawGetString("tags")); err != nil {
+			tagsAtError = kept()
 			return err
 		}
 		if ev.Response != nil {
@@ -151,12 +163,32 @@ func tagsFrom(lv lua.LValue) (map[string]string, error) {
 		}
 		return nil, fmt.Errorf("ev.tags is a %s, want a table", lv.Type())
 	}
-	var tags map[string]string
+	var (
+		tags map[string]string
+		bad  error
+	)
 	t.ForEach(func(k, x lua.LValue) {
+		switch x.Type() {
+		case lua.LTString, lua.LTNumber, lua.LTBool:
+		default:
+			// A table's or a function's tostring is its address.
+			if bad == nil {
+				bad = fmt.Errorf("ev.tags[%q] is a %s, want a string", clipTag(k.String()), x.Type())
+			}
+			return
+		}
 		if tags == nil {
 			tags = make(map[string]string)
 		}
 		tags[k.String()] = x.String()
 	})
-	return tags, nil
+	return tags, bad
+}
+
+// clipTag bounds a tag name quoted in an error.
+func clipTag(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "…"
+	}
+	return s
 }

@@ -146,3 +146,26 @@ end`, Options{})
 		})
 	}
 }
+
+// TestOnCompleteTagsAreStrings: a tag value that is neither a string nor
+// a number or boolean (tostring of a table is its address) fails the hook;
+// the tags set before, in the table the scripts were given, are kept.
+func TestOnCompleteTagsAreStrings(t *testing.T) {
+	for _, tc := range []struct{ name, src string }{
+		{"table value", `function on_complete(ev) ev.tags.n = 5 ev.tags.ok = true ev.tags.t = {1} end`},
+		{"tags replaced by a string", `function on_complete(ev) ev.tags.n = 5 ev.tags.ok = true ev.tags = "notatable" end`},
+		{"tags replaced, then an error", `function on_complete(ev) ev.tags.n = 5 ev.tags.ok = true ev.tags = "x" error("late") end`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEngine(t, tc.src, Options{})
+			ev := &events.RequestCompleted{RequestID: "r1", RequestBody: json.RawMessage(`{}`)}
+			if err := e.OnComplete(context.Background(), ev); !errors.Is(err, ErrScript) {
+				t.Fatalf("error = %v, want ErrScript", err)
+			}
+			want := map[string]string{"n": "5", "ok": "true", TagLuaError: HookComplete}
+			if !reflect.DeepEqual(ev.Tags, want) {
+				t.Errorf("tags = %v, want %v", ev.Tags, want)
+			}
+		})
+	}
+}

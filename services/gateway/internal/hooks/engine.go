@@ -208,6 +208,7 @@ func (e *Engine) run(ctx context.Context, hook int, fn func(v *vm) error) error 
 	v.L.SetContext(callCtx)
 	v.resetBudget(e.opts.MaxStringBytes)
 	err = v.protect(fn)
+	v.revoke()
 	// A script can catch the deadline's error with pcall and return
 	// normally; a call that outlived its deadline is a timeout all the same.
 	if err == nil && callCtx.Err() == nil {
@@ -233,6 +234,18 @@ func (e *Engine) run(ctx context.Context, hook int, fn func(v *vm) error) error 
 func luaMessage(err error) string {
 	var aerr *lua.ApiError
 	if errors.As(err, &aerr) && aerr.Object != nil {
+		if t, ok := aerr.Object.(*lua.LTable); ok {
+			// error({code = 418}): the table, not its address.
+			if val, err := fromLua(t, 0); err == nil {
+				if b, err := encodeJSON(val); err == nil {
+					const max = 512
+					if len(b) > max {
+						return "error value " + strings.ToValidUTF8(string(b[:max]), "") + "…"
+					}
+					return "error value " + string(b)
+				}
+			}
+		}
 		return aerr.Object.String()
 	}
 	return err.Error()

@@ -69,8 +69,7 @@ func (hv *headerView) ensure() http.Header {
 }
 
 func checkHeaders(L *lua.LState) *headerView {
-	ud := L.CheckUserData(1)
-	hv, ok := ud.Value.(*headerView)
+	hv, ok := checkLive(L).(*headerView)
 	if !ok {
 		L.ArgError(1, "headers expected (use headers:method(...))")
 	}
@@ -78,10 +77,7 @@ func checkHeaders(L *lua.LState) *headerView {
 }
 
 func (v *vm) newHeaders(h *http.Header) *lua.LUserData {
-	ud := v.L.NewUserData()
-	ud.Value = &headerView{h: h}
-	ud.Metatable = v.headersMT
-	return ud
+	return v.issue(&headerView{h: h}, v.headersMT)
 }
 
 func (v *vm) newBody(b *jsonBody) *lua.LUserData {

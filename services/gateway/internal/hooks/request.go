@@ -73,16 +73,14 @@ type reqView struct {
 
 func (v *vm) newReq(r *Request) (*lua.LUserData, *reqView) {
 	rv := &reqView{r: r, headers: &r.Headers}
-	ud := v.L.NewUserData()
-	ud.Value = rv
-	ud.Metatable = v.reqMT
+	ud := v.issue(rv, v.reqMT)
 	return ud, rv
 }
 
 // reqIndex is req's __index: fields are built on first access, so a hook
 // pays only for what it reads.
 func (v *vm) reqIndex(L *lua.LState) int {
-	rv, ok := L.CheckUserData(1).Value.(*reqView)
+	rv, ok := checkLive(L).(*reqView)
 	if !ok {
 		L.ArgError(1, "req expected")
 	}
@@ -130,14 +128,12 @@ type respView struct {
 
 func (v *vm) newResp(r *Response) (*lua.LUserData, *respView) {
 	rv := &respView{r: r}
-	ud := v.L.NewUserData()
-	ud.Value = rv
-	ud.Metatable = v.respMT
+	ud := v.issue(rv, v.respMT)
 	return ud, rv
 }
 
 func checkResp(L *lua.LState) *respView {
-	rv, ok := L.CheckUserData(1).Value.(*respView)
+	rv, ok := checkLive(L).(*respView)
 	if !ok {
 		L.ArgError(1, "resp expected")
 	}
@@ -191,4 +187,40 @@ var LimitNames = map[string]bool{
 	"tokens_per_minute":   true,
 	"max_concurrent":      true,
 	"total_quota":         true,
+}
+
+// issue makes the userdata of a view handed to the current call; revoke
+// takes its value away when the call ends.
+func (v *vm) issue(value any, mt *lua.LTable) *lua.LUserData {
+	ud := v.L.NewUserData()
+	ud.Value = value
+	ud.Metatable = mt
+	v.issued = append(v.issued, ud)
+	return ud
+}
+
+// revokedView is the value of a view whose call has ended.
+type revokedView struct{}
+
+// revoke empties the views the call that just ended was handed. A script
+// that kept one in a global (`last = req`) would otherwise read and write
+// the headers and body of a request that has moved on — its own or
+// another's, from another goroutine: the state is pooled, the request is
+// not.
+func (v *vm) revoke() {
+	for i, ud := range v.issued {
+		ud.Value = revokedView{}
+		v.issued[i] = nil
+	}
+	v.issued = v.issued[:0]
+}
+
+// checkLive is the value of the view userdata at argument 1, failing the
+// call with a clear error when the view's own call has ended.
+func checkLive(L *lua.LState) any {
+	val := L.CheckUserData(1).Value
+	if _, gone := val.(revokedView); gone {
+		L.RaiseError("a request or response object was used after the hook it was given to returned (keep what it holds, not the object)")
+	}
+	return val
 }

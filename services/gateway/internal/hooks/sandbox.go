@@ -2,6 +2,7 @@ package hooks
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 
 	lua "github.com/yuin/gopher-lua"
@@ -30,6 +31,12 @@ type vm struct {
 	budget, budgetLimit int
 	// concatFn is the checked `..` the compiled scripts call.
 	concatFn *lua.LFunction
+	// issued are the views (req, resp, their headers and bodies) handed
+	// out in the current call; revoke empties them when it ends.
+	issued []*lua.LUserData
+	// envs are the scripts' global environments, sealed once their
+	// top-level code has run.
+	envs map[*lua.LTable]bool
 }
 
 // newVM builds a sandboxed state and runs every script's top-level code in
@@ -109,6 +116,11 @@ func (v *vm) openLibs(e *Engine) {
 		} {
 			str.RawSetString(name, L.NewFunction(fn))
 		}
+		for _, name := range []string{"upper", "lower", "reverse"} {
+			if fn, ok := str.RawGetString(name).(*lua.LFunction); ok {
+				str.RawSetString(name, L.NewFunction(v.sized("string."+name, sameSize, fn.GFunction)))
+			}
+		}
 	}
 	if tab, ok := g.RawGetString("table").(*lua.LTable); ok {
 		tab.RawSetString("concat", L.NewFunction(v.tableConcat))
@@ -117,8 +129,11 @@ func (v *vm) openLibs(e *Engine) {
 	g.RawSetString("print", L.NewFunction(e.luaPrint))
 	lib := e.library(L)
 	lib.RawSetString("json_encode", L.NewFunction(v.jsonEncode))
+	lib.RawSetString("json_decode", L.NewFunction(v.sized("llmproxy.json_decode", sameSize, luaJSONDecode)))
+	lib.RawSetString("base64_encode", L.NewFunction(v.sized("llmproxy.base64_encode", base64.StdEncoding.EncodedLen, luaBase64Encode)))
+	lib.RawSetString("base64_decode", L.NewFunction(v.sized("llmproxy.base64_decode", sameSize, luaBase64Decode)))
 	g.RawSetString("llmproxy", lib)
-	sealLibraries(L)
+	v.sealLibraries()
 
 	v.headersMT = newMethodsMT(L, "llmproxy.headers", headerMethods)
 	v.bodyMT = newMethodsMT(L, "llmproxy.body", bodyMethods)
@@ -142,7 +157,12 @@ var sealedLibraries = []string{"string", "table", "math", "llmproxy"}
 // later request. Writing to a view (rawset included) is an error, and
 // neither a view's metatable nor the strings' (whose __index is the string
 // library) can be read or replaced.
-func sealLibraries(L *lua.LState) {
+//
+// rawset on a script's sealed environment (rawset(_G, name, v)) may change
+// a global the top-level code defined, as an assignment may, but not add
+// one: that would be the undeclared global runChunk refuses.
+func (v *vm) sealLibraries() {
+	L := v.L
 	g := L.G.Global
 	views := make(map[*lua.LTable]string, len(sealedLibraries))
 	for _, name := range sealedLibraries {
@@ -164,8 +184,12 @@ func sealLibraries(L *lua.LState) {
 	}
 	if rawset, ok := g.RawGetString("rawset").(*lua.LFunction); ok {
 		g.RawSetString("rawset", L.NewFunction(func(L *lua.LState) int {
-			if name, sealed := views[L.CheckTable(1)]; sealed {
+			t := L.CheckTable(1)
+			if name, sealed := views[t]; sealed {
 				L.RaiseError("%s.%s is read-only", name, L.CheckAny(2).String())
+			}
+			if v.envs[t] && t.RawGet(L.CheckAny(2)) == lua.LNil {
+				L.RaiseError("assignment to undeclared global %q (declare it at top level or use local)", L.CheckAny(2).String())
 			}
 			L.Push(rawset)
 			L.Push(L.Get(1))
@@ -206,10 +230,21 @@ func (v *vm) runChunk(s compiled) error {
 	}
 	env.RawSetString(concatName, lua.LNil)
 	for i, name := range hookNames {
-		if f, ok := env.RawGetString(name).(*lua.LFunction); ok {
+		switch f := env.RawGetString(name).(type) {
+		case *lua.LFunction:
 			v.hooks[i] = append(v.hooks[i], f)
+		case *lua.LNilType:
+		default:
+			// A hook name bound to something else is a mistake that
+			// would otherwise drop the hook silently — on_auth's check
+			// among them.
+			return fmt.Errorf("%s: %s is a %s, not a function", s.name, name, f.Type())
 		}
 	}
+	if v.envs == nil {
+		v.envs = map[*lua.LTable]bool{}
+	}
+	v.envs[env] = true
 	mt.RawSetString("__newindex", L.NewFunction(func(L *lua.LState) int {
 		L.RaiseError("assignment to undeclared global %q (declare it at top level or use local)", L.CheckAny(2).String())
 		return 0

@@ -160,6 +160,11 @@ func TestLoadErrors(t *testing.T) {
 		{"unterminated function", "function on_auth(req)\n", "test.lua: at end of file"},
 		{"top-level error", "local x = 1\nerror('boom')\n", "test.lua:2: boom"},
 		{"top-level runaway", "while true do end", "timed out: test.lua: top-level code ran past"},
+		// A hook bound to something else would drop the hook silently,
+		// on_auth's check among them.
+		{"hook not a function", "on_auth = 5\n", "test.lua: on_auth is a number, not a function"},
+		{"hook a table", "on_request = {}\n", "test.lua: on_request is a table, not a function"},
+		{"error with a table", "error({code = 418})\n", `error value {"code":418}`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -189,6 +194,8 @@ func TestRuntimeErrors(t *testing.T) {
 		{"deep recursion", "local function f(n) return 1 + f(n + 1) end\nfunction on_request(req) return f(1) end", "stack overflow"},
 		{"huge string.rep", "function on_request(req) local s = string.rep('x', 1e9) end", "string.rep: result longer"},
 		{"req is read-only", "function on_request(req) req.path = '/x' end", "req.path is read-only"},
+		{"rawset of an undeclared global", "function on_request(req)\n  rawset(_G, 'leaked', req.path)\nend", `assignment to undeclared global "leaked"`},
+		{"error with a table", "function on_request(req) error({code = 418, why = 'teapot'}) end", `error value {"code":418,"why":"teapot"}`},
 		{"set on non-JSON body", "function on_request(req) req.body:set('a', 1) end", "body is not JSON"},
 	}
 	for _, tc := range tests {
@@ -451,5 +458,62 @@ func TestOnAuthIdIsBounded(t *testing.T) {
 		if !c.ok && (!errors.Is(err, ErrScript) || !strings.Contains(err.Error(), "returned id") || len(err.Error()) > 400) {
 			t.Errorf("X-User %.20q: %+v, %v; want ErrScript naming the id, briefly", c.user, id, err)
 		}
+	}
+}
+
+// TestRawsetOfADeclaredGlobal: rawset on a script's environment changes a
+// global its top-level code declared, as an assignment does.
+func TestRawsetOfADeclaredGlobal(t *testing.T) {
+	e := newEngine(t, `
+count = 0
+function on_route(req) rawset(_G, "count", count + 1) return tostring(count) end`, Options{PoolSize: 1})
+	for _, want := range []string{"1", "2"} {
+		if got, err := e.OnRoute(context.Background(), &Request{}); err != nil || got != want {
+			t.Fatalf("OnRoute = %q, %v; want %q", got, err, want)
+		}
+	}
+}
+
+// TestViewsEndWithTheirCall: a req kept in a global is empty once its
+// call returns. Without that, a later call on the same pooled state would
+// read and write the headers of a request that has moved on, from another
+// goroutine than the one serving it: a data race that can kill the
+// process (concurrent map read and write).
+func TestViewsEndWithTheirCall(t *testing.T) {
+	e := newEngine(t, `
+kept = false
+kept_headers = false
+function on_request(req)
+  if kept then
+    if req.headers:get("X-Use") == "req" then return {message = tostring(kept.path)} end
+    if req.headers:get("X-Use") == "headers" then kept_headers:set("X-W", "w") end
+    if req.headers:get("X-Use") == "body" then kept.body:get("model") end
+  end
+  kept, kept_headers = req, req.headers
+end
+function on_response(req, resp) kept = resp end`, Options{PoolSize: 1})
+	first := &Request{Path: "/v1/first", Headers: http.Header{"X-Secret": {"tenant-a"}}, Body: []byte(`{"model":"m"}`)}
+	if _, err := e.OnRequest(context.Background(), first); err != nil {
+		t.Fatal(err)
+	}
+	for _, use := range []string{"req", "headers", "body"} {
+		_, err := e.OnRequest(context.Background(), &Request{Headers: http.Header{"X-Use": {use}}, Body: []byte(`{}`)})
+		if !errors.Is(err, ErrScript) || !strings.Contains(err.Error(), "used after the hook it was given to returned") {
+			t.Fatalf("%s kept from an earlier call: error = %v", use, err)
+		}
+		// The failed state is dropped; keep one for the next use.
+		if _, err := e.OnRequest(context.Background(), first); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if first.Headers.Get("X-W") != "" {
+		t.Errorf("a later call wrote the first request's headers: %v", first.Headers)
+	}
+	if err := e.OnResponse(context.Background(), &Request{}, &Response{Status: 200, Body: []byte(`{}`)}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.OnRequest(context.Background(), &Request{Headers: http.Header{"X-Use": {"req"}}, Body: []byte(`{}`)})
+	if !errors.Is(err, ErrScript) || !strings.Contains(err.Error(), "used after") {
+		t.Fatalf("resp kept from an earlier call: error = %v", err)
 	}
 }
