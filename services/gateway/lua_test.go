@@ -465,6 +465,27 @@ func TestOnRequestBodyMustBeUTF8(t *testing.T) {
 	}
 }
 
+// TestKeyAScriptCopiesIntoTheBodyIsScrubbed: a script that copies the
+// Authorization header into the body does not send the key to the
+// backend or the event, as the header copy is not.
+func TestKeyAScriptCopiesIntoTheBodyIsScrubbed(t *testing.T) {
+	got := make(chan map[string]any, 10)
+	a := recordingBackend(t, "a", got)
+	gw, s := scriptGateway(t, a.URL, "function on_request(req)\n  local auth = req.headers:get('Authorization')\n  req.body:set('copied', auth)\n  req.body:set('model', auth:sub(8))\nend\n")
+	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"x"}`, withKey())
+	if resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	r := <-got
+	if c, _ := r["copied"].(string); strings.Contains(c, testKey) || !strings.Contains(c, "[REDACTED]") {
+		t.Errorf("the backend got copied = %q", c)
+	}
+	ev := s.next(t)
+	if strings.Contains(string(ev.RequestBody), testKey) || strings.Contains(ev.Model, testKey) {
+		t.Errorf("the event holds the key: model %q, body %s", ev.Model, ev.RequestBody)
+	}
+}
+
 // TestLuaRejectionsAreTypedByStatus: an on_request rejection's error type
 // is OpenAI's for its status, and a 429 says when to retry, as every other
 // 429 the gateway sends does.

@@ -333,6 +333,10 @@ func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
 			return g.reject("lua_rejected", luaRejection(rej))
 		}
 		if !bytes.Equal(hr.Body, x.body) {
+			// A script that copied the key into the body (from the
+			// Authorization header it sees) is scrubbed as the client's
+			// body was: the headers are, after the hook, on the way out.
+			hr.Body = scrubBodySecret(hr.Body, x.secret)
 			info, err := usage.ParseRequest(hr.Body)
 			if err == nil && notUTF8(hr.Body) != nil {
 				err = errors.New("not UTF-8")
@@ -343,6 +347,9 @@ func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
 				g.log.Error("lua hook failed", "request_id", x.requestID, "hook", hooks.HookRequest,
 					"err", "the body it set is not a request the gateway can read: "+err.Error())
 				return g.reject("lua_error", apierr.Internal("lua_error", "on_request produced a body that is not valid JSON"))
+			}
+			if holdsKey(info.Model, x.secret) {
+				info.Model = redact.Placeholder
 			}
 			x.body, x.info = hr.Body, info
 		}
