@@ -11,6 +11,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -25,11 +26,15 @@ import (
 //
 // Semantics follow net/http's Transport as the gateway uses it: keep-alive
 // connections are reused (last used first), at most maxIdle wait idle and
-// none longer than idleTimeout; a request that fails on a reused
-// connection before any byte of a response came back is sent again on
-// another connection when its body can be re-read (an engine such as
-// llama.cpp's server may close a kept-alive connection without saying
-// so); the request's context cancels a dial, a write or a read in
+// none longer than idleTimeout; an idle connection is checked for the
+// backend's close, or for bytes no request asked for, before it is reused
+// (see peerClosed); a
+// request that fails on a reused connection before any byte of a response
+// came back, in a way that says the backend had closed the connection
+// rather than taken the request (see resendable), is sent again on another
+// connection when its body can be re-read (an engine such as llama.cpp's
+// server may close a kept-alive connection without saying so), but never
+// one the backend may have taken and worked on; the request's context cancels a dial, a write or a read in
 // progress; the write timeout fails a request the backend takes no byte
 // of for that long (its server stopped reading: a body larger than the
 // socket buffers would block for ever); the head timeout (the first-byte timeout, or the response
@@ -46,6 +51,7 @@ type DirectTransport struct {
 	read        time.Duration // the read timeout; 0 = none
 	maxIdle     int
 	idleTimeout time.Duration
+	stale       time.Duration // staleWindow
 	fallback    http.RoundTripper
 
 	mu       sync.Mutex
@@ -71,6 +77,9 @@ type directConn struct {
 	wrote    int64
 	mark     int64
 	stalled  bool
+	// sent is when the request's last byte was written, on a reused
+	// connection (for resendable).
+	sent time.Time
 }
 
 func (c *directConn) Read(p []byte) (int, error) {
@@ -222,6 +231,16 @@ func (t *DirectTransport) conn(ctx context.Context) (*directConn, bool, error) {
 		t.idle = t.idle[:n-1]
 		if time.Since(c.lastUsed) < t.idleTimeout {
 			t.mu.Unlock()
+			if peerClosed(c.nc) {
+				// Closed by the backend while it sat idle (nothing was
+				// sent on it), or holding bytes no request asked for
+				// (an engine that framed a reply wrongly, or sent a
+				// second one): read as the next request's reply they
+				// would answer another client. The next one may be
+				// fresher.
+				c.close()
+				return t.conn(ctx)
+			}
 			return c, true, nil
 		}
 		// The newest is too old, so are the rest.
@@ -305,9 +324,33 @@ func (t *DirectTransport) CloseIdleConnections() {
 	}
 }
 
+// staleWindow bounds how soon after a request's last byte the end of a
+// reused connection must come for resendable to take it for a close that
+// crossed the request on the wire. A backend that had closed the
+// connection before the request reached it answers at once (the close's
+// FIN, or a reset for the bytes it no longer reads); one that took the
+// request and then closed it, having done the request's work or part of
+// it, is not that quick.
+const staleWindow = 2 * time.Millisecond
+
+// resendable reports whether err, the failure of a request on a reused
+// connection before any byte of a response, says that the backend had
+// closed the connection rather than taken the request: a reset or a
+// broken pipe (the backend's socket was gone when the bytes arrived, or it
+// closed with them unread), or its end within staleWindow of the request.
+// A connection the backend closes 1.5 s after it took a POST is not one:
+// sending the POST again would have the engine do its work twice.
+func (c *directConn) resendable(err error) bool {
+	if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
+		return true
+	}
+	return (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) && time.Since(c.sent) < c.t.stale
+}
+
 // roundTrip does one exchange on c. On error c is closed, and retry
 // reports whether the request may be sent again: no byte of a response
-// came back and neither the context nor the first-byte timeout ended it.
+// came back, neither the context nor the first-byte timeout ended it, and
+// the failure says the backend had closed the connection (resendable).
 func (c *directConn) roundTrip(ctx context.Context, req *http.Request) (_ *http.Response, retry bool, _ error) {
 	canceled := &c.canceled
 	canceled.Store(false)
@@ -329,12 +372,13 @@ func (c *directConn) roundTrip(ctx context.Context, req *http.Request) (_ *http.
 		if ctx.Err() != nil {
 			return nil, false, ctx.Err()
 		}
-		return nil, c.read == start && err != errHeaderTimeout && err != errWriteTimeout, err
+		return nil, c.read == start && err != errHeaderTimeout && err != errWriteTimeout && c.resendable(err), err
 	}
 	werr := req.Write(c.bw)
 	if werr == nil {
 		werr = c.bw.Flush()
 	}
+	c.sent = time.Now()
 	if werr != nil && canceled.Load() {
 		return fail(werr)
 	}
@@ -483,7 +527,8 @@ func (b *directBody) finish(reuse bool) {
 	b.watch.stop()
 	// stop reports false once the context's cancellation has set the
 	// connection's deadline: such a connection cannot be used again.
-	if b.stop() && reuse {
+	// Bytes already read past the reply's end belong to no request.
+	if b.stop() && reuse && b.c.br.Buffered() == 0 {
 		b.c.t.put(b.c)
 		return
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -286,12 +287,143 @@ func TestDirectTransportStaleConnection(t *testing.T) {
 		readAll(t, resp)
 		<-closed // the pooled connection is now closed at the far end
 	}
-	// A body that cannot be read again is not resent.
-	req := post(t, context.Background(), be.url, `{}`)
-	req.Body = io.NopCloser(strings.NewReader(`{}`))
-	req.GetBody = nil
-	if _, err := d.RoundTrip(req); err == nil {
-		t.Fatal("a request with a one-shot body was resent on a new connection")
+	// Each closed connection was seen before a request was sent on it.
+	if n := be.conns.Load(); n != 5 {
+		t.Fatalf("%d connections for 5 requests", n)
+	}
+}
+
+// TestDirectTransportResendsOnlyWhatTheBackendRefused: a request that
+// fails on a reused connection is sent again only when the backend closed
+// it at once (the close crossed the request on the wire), never when the
+// backend took the request and closed the connection later: an engine
+// that may have done the work is not asked to do it twice.
+func TestDirectTransportResendsOnlyWhatTheBackendRefused(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		hold   time.Duration
+		reset  bool // close with a reset, not a FIN
+		stale  time.Duration
+		resend bool
+	}{
+		// The window is wide here so that a loaded machine's
+		// scheduling does not decide the test.
+		{"closed at once", 0, false, time.Minute, true},
+		{"reset, even late", 100 * time.Millisecond, true, time.Millisecond, true},
+		{"closed after taking it", 100 * time.Millisecond, false, 50 * time.Millisecond, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var requests atomic.Int64
+			be := newRawBackend(t, func(c net.Conn, req *http.Request) bool {
+				n := requests.Add(1)
+				_, _ = io.Copy(io.Discard, req.Body)
+				if req.Header.Get("X-Drop") != "" && n == 2 {
+					time.Sleep(tc.hold)
+					if tc.reset {
+						_ = c.(*net.TCPConn).SetLinger(0)
+					}
+					return false // closes without an answer
+				}
+				_, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				return err == nil
+			})
+			d := directTransport(t, be.url, 0)
+			d.stale = tc.stale
+			resp, err := d.RoundTrip(post(t, context.Background(), be.url, `{}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			readAll(t, resp)
+			req := post(t, context.Background(), be.url, `{}`)
+			req.Header.Set("X-Drop", "1")
+			resp, err = d.RoundTrip(req)
+			if tc.resend {
+				if err != nil {
+					t.Fatalf("not resent: %v", err)
+				}
+				readAll(t, resp)
+				if n := requests.Load(); n != 3 {
+					t.Fatalf("backend saw %d requests, want 3", n)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("got %d: the request was sent again", resp.StatusCode)
+			}
+			if n := requests.Load(); n != 2 {
+				t.Fatalf("backend saw %d requests, want 2 (sent once)", n)
+			}
+		})
+	}
+	t.Run("one-shot body", func(t *testing.T) {
+		be := newRawBackend(t, func(c net.Conn, req *http.Request) bool {
+			_, _ = io.Copy(io.Discard, req.Body)
+			if req.Header.Get("X-Drop") != "" {
+				return false
+			}
+			_, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			return err == nil
+		})
+		d := directTransport(t, be.url, 0)
+		resp, err := d.RoundTrip(post(t, context.Background(), be.url, `{}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		readAll(t, resp)
+		req := post(t, context.Background(), be.url, `{}`)
+		req.Header.Set("X-Drop", "1")
+		req.Body = io.NopCloser(strings.NewReader(`{}`))
+		req.GetBody = nil
+		if _, err := d.RoundTrip(req); err == nil {
+			t.Fatal("a request with a one-shot body was resent on a new connection")
+		}
+	})
+}
+
+// TestDirectTransportDropsUnsolicitedBytes: bytes a backend sends past a
+// reply (a second reply nobody asked for) are never read as the next
+// request's reply: that would hand one client's answer to another.
+func TestDirectTransportDropsUnsolicitedBytes(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		gap  time.Duration // between the reply and the extra bytes
+	}{{"with the reply", 0}, {"after the reply", 20 * time.Millisecond}} {
+		t.Run(tc.name, func(t *testing.T) {
+			var requests atomic.Int64
+			be := newRawBackend(t, func(c net.Conn, req *http.Request) bool {
+				n := requests.Add(1)
+				_, _ = io.Copy(io.Discard, req.Body)
+				reply := fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok%d", n)
+				if n == 1 {
+					extra := "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nINJECTED"
+					if tc.gap == 0 {
+						reply += extra
+					} else {
+						_, _ = io.WriteString(c, reply)
+						time.Sleep(tc.gap)
+						reply = extra
+					}
+				}
+				_, err := io.WriteString(c, reply)
+				return err == nil
+			})
+			d := directTransport(t, be.url, 0)
+			resp, err := d.RoundTrip(post(t, context.Background(), be.url, `{}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := readAll(t, resp); got != "ok1" {
+				t.Fatalf("first reply %q", got)
+			}
+			time.Sleep(2 * tc.gap)
+			resp, err = d.RoundTrip(post(t, context.Background(), be.url, `{}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := readAll(t, resp); got != "ok2" {
+				t.Fatalf("second request's reply %q, want the backend's answer to it", got)
+			}
+		})
 	}
 }
 

@@ -128,6 +128,7 @@ func NewTransport(b config.Backend) http.RoundTripper {
 		read:        read,
 		maxIdle:     maxIdlePerHost,
 		idleTimeout: t.IdleConnTimeout,
+		stale:       staleWindow,
 		fallback:    replay,
 	}
 }
