@@ -2,12 +2,14 @@ package gateway
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -116,5 +118,81 @@ func TestBodyCutByTheClient(t *testing.T) {
 	c.Close()
 	if ev := s.next(t); ev.StatusCode != 499 || ev.Error != "client_closed_request" {
 		t.Fatalf("event status %d, error %q; want 499 client_closed_request", ev.StatusCode, ev.Error)
+	}
+}
+
+// TestRefusalBeforeTheBodyIsNotHeld: a request refused before its body is
+// read (no key, a bad key) gets its reply at once even when the client
+// stops sending the body, and the connection closes after it; net/http
+// alone would first read the rest of the body, and a client that stalled
+// held the connection, without a reply, for as long as it liked.
+func TestRefusalBeforeTheBodyIsNotHeld(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`{"ok":true}`))
+	}))
+	defer backend.Close()
+	cfg, err := config.Parse([]byte(fmt.Sprintf(`
+backends: [{url: %q}]
+api_keys: [{key: %q, id: unit}]
+server: { body_timeout: 60s }
+`, backend.URL, testKey)), "test.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw, _ := serveConfig(t, cfg)
+	addr := strings.TrimPrefix(gw.URL, "http://")
+	for _, tc := range []struct{ name, head string }{
+		{"no key", "Content-Length: 100000\r\n"},
+		{"bad key", "Authorization: Bearer sk-not-a-key-0000\r\nContent-Length: 100000\r\n"},
+		{"chunked, no key", "Transfer-Encoding: chunked\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			fmt.Fprintf(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n%s\r\n", tc.head)
+			if strings.Contains(tc.head, "chunked") {
+				_, _ = io.WriteString(c, "a\r\n{\"model\":1")
+			} else {
+				_, _ = io.WriteString(c, `{"model":1`)
+			}
+			_ = c.SetReadDeadline(time.Now().Add(refusedBodyLinger / 2))
+			br := bufio.NewReader(c)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("no reply while the body is stalled: %v", err)
+			}
+			_ = c.SetReadDeadline(time.Now().Add(refusedBodyLinger + 5*time.Second))
+			_, _ = io.ReadAll(resp.Body)
+			if resp.StatusCode != http.StatusUnauthorized || !resp.Close {
+				t.Fatalf("%d, close %v; want 401 and the connection closed", resp.StatusCode, resp.Close)
+			}
+			// The connection ends once refusedBodyLinger has passed.
+			if _, err := br.ReadByte(); err != io.EOF && !errors.Is(err, syscall.ECONNRESET) {
+				t.Fatalf("the connection stays open after the reply: %v", err)
+			}
+		})
+	}
+	// A client that sent its whole body has it read, and its reply is
+	// not lost to a reset.
+	for range 20 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := strings.Repeat("x", 64<<10)
+		fmt.Fprintf(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("a client that sent its body lost the reply: %v", err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		if err != nil || resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("%d %s %v", resp.StatusCode, b, err)
+		}
+		c.Close()
 	}
 }

@@ -229,6 +229,19 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) {
 	defer g.end(x)
 	if e := g.prepare(r, x); e != nil {
 		g.release(x)
+		if x.body == nil && r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
+			// Refused before its body was read (a bad key, a body
+			// declared too large): net/http would read what is left
+			// of it before sending the reply, so a client that stops
+			// sending would have neither the reply nor the connection
+			// back, past every timeout. The reply goes now, and the
+			// connection closes after it. net/http still reads what
+			// is left of the body at the handler's end, so that a
+			// client whose whole body is on its way has it taken
+			// rather than reset: for refusedBodyLinger at most.
+			w.Header().Set("Connection", "close")
+			_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(refusedBodyLinger))
+		}
 		g.fail(w, x, e)
 		return
 	}
@@ -793,6 +806,10 @@ func (g *Gateway) fail(w http.ResponseWriter, x *exchange, e *apierr.Error) {
 	g.finish(context.Background(), x)
 	g.observe(x)
 }
+
+// refusedBodyLinger bounds the read of the rest of a body whose request was
+// refused before the body was read (see serveProxy).
+const refusedBodyLinger = 2 * time.Second
 
 // forward sends x to a backend, with retries and fallback before the first
 // byte, and relays the response.
