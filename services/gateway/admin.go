@@ -134,7 +134,7 @@ func routeErrors(mux *http.ServeMux) http.Handler {
 			// A path a subtree's pattern takes with a slash added
 			// (/admin for /admin/) would be ServeMux's HTML redirect.
 			if _, pp, ok := strings.Cut(pattern, " "); (ok && pp == r.URL.Path+"/") || (!ok && pattern == r.URL.Path+"/") {
-				apierr.Write(w, apierr.NotFound("unknown_url", "unknown admin path "+r.URL.EscapedPath()+": ask "+r.URL.Path+"/"))
+				apierr.Write(w, apierr.NotFound("unknown_url", "unknown admin path "+quotedPath(r)+": ask "+clip(withoutSecrets(r.URL.Path, bearer(r)), maxLoggedPath)+"/"))
 				return
 			}
 			mux.ServeHTTP(w, r)
@@ -147,11 +147,17 @@ func routeErrors(mux *http.ServeMux) http.Handler {
 		if probe.status == http.StatusMethodNotAllowed {
 			w.Header().Set("Allow", probe.header.Get("Allow"))
 			apierr.Write(w, &apierr.Error{Status: http.StatusMethodNotAllowed, Type: "invalid_request_error", Code: "method_not_allowed",
-				Message: "method " + r.Method + " is not allowed on " + r.URL.EscapedPath() + " (allowed: " + probe.header.Get("Allow") + ")"})
+				Message: "method " + boundMethod(withoutSecrets(r.Method, bearer(r))) + " is not allowed on " + quotedPath(r) + " (allowed: " + probe.header.Get("Allow") + ")"})
 			return
 		}
-		apierr.Write(w, apierr.NotFound("unknown_url", "unknown admin path "+r.URL.EscapedPath()))
+		apierr.Write(w, apierr.NotFound("unknown_url", "unknown admin path "+quotedPath(r)))
 	})
+}
+
+// quotedPath is r's path as an admin error quotes it: bounded, and without
+// the token or a key.
+func quotedPath(r *http.Request) string {
+	return clip(withoutSecrets(r.URL.EscapedPath(), bearer(r)), maxLoggedPath)
 }
 
 // routeProbe records the status and headers of a ServeMux error answer and

@@ -276,15 +276,17 @@ func (g *Gateway) routes() *echo.Echo {
 			switch he.Code {
 			// The path is quoted as the client wrote it, as the router
 			// matched it: /v1/chat%2Fcompletions is not
-			// /v1/chat/completions.
+			// /v1/chat/completions; and as the access line quotes it,
+			// bounded and without a key (replies end up in client
+			// logs and the proxies between).
 			case http.StatusNotFound:
 				id := g.unroutedID(c.Response())
-				apierr.WriteShaped(c.Response(), apierr.NotFound("unknown_url", "unknown path "+c.Request().URL.EscapedPath()), shape)
+				apierr.WriteShaped(c.Response(), apierr.NotFound("unknown_url", "unknown path "+g.unroutedPath(c.Request())), shape)
 				g.logUnrouted(c.Request(), id, http.StatusNotFound, "unknown_url")
 				return
 			case http.StatusMethodNotAllowed:
 				id := g.unroutedID(c.Response())
-				apierr.WriteShaped(c.Response(), &apierr.Error{Status: 405, Type: "invalid_request_error", Code: "method_not_allowed", Message: "method " + boundMethod(c.Request().Method) + " is not allowed on " + c.Request().URL.EscapedPath()}, shape)
+				apierr.WriteShaped(c.Response(), &apierr.Error{Status: 405, Type: "invalid_request_error", Code: "method_not_allowed", Message: "method " + boundMethod(withoutSecrets(c.Request().Method, bearer(c.Request()))) + " is not allowed on " + g.unroutedPath(c.Request())}, shape)
 				g.logUnrouted(c.Request(), id, http.StatusMethodNotAllowed, "method_not_allowed")
 				return
 			}

@@ -358,6 +358,14 @@ func TestUnroutedRequestsAreLogged(t *testing.T) {
 				t.Errorf("%s %s: the access line holds the key: %v", c.method, c.target, l)
 			}
 		}
+		// The reply quotes the path as the line does.
+		if b := w.Body.String(); !strings.Contains(b, c.path) || strings.Contains(b, testKey) || len(b) > 1000 {
+			t.Errorf("%s %s: reply %.300s, want it to quote %q", c.method, c.target, b, c.path)
+		}
+	}
+	// The key as the method is not quoted back either.
+	if w, _ := serve(httptest.NewRequest(testKey, "/v1/chat/completions", nil)); strings.Contains(w.Body.String(), testKey) {
+		t.Errorf("a key as the method: reply %s", w.Body.String())
 	}
 	// A method of 120,000 bytes is quoted in 32, in the line and the reply.
 	w, l := serve(httptest.NewRequest(strings.Repeat("X", 120000), "/v1/chat/completions", nil))
