@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"net/url"
@@ -262,10 +263,16 @@ func (v *checker) backends() {
 				v.add(fmt.Sprintf("%s.models[%d]", p, j), "empty model name")
 			}
 		}
-		for h, val := range b.Headers {
+		for _, h := range slices.Sorted(maps.Keys(b.Headers)) {
+			val := b.Headers[h]
 			switch {
 			case !validHeaderName(h):
 				v.add(p+".headers."+h, "not a valid HTTP header name")
+			case framingHeader(h):
+				// net/http writes these from the request itself and
+				// drops them from the headers: set, they would do
+				// nothing.
+				v.add(p+".headers."+h, "the gateway frames each request itself; this header cannot be set")
 			case !validHeaderValue(val):
 				// Not shown: the value is a credential. An https backend
 				// would refuse every request, an http one get the value
@@ -824,4 +831,15 @@ func (c *Config) zeroProblems(zeros []zeroKey) *Errors {
 		errs.add(c.line(k.path), k.path, "want more than 0; leave the key out for the default, %v", k.val())
 	}
 	return errs
+}
+
+// framingHeader reports whether name is a header that frames a request or
+// its connection, which backends[].headers cannot set.
+func framingHeader(name string) bool {
+	for _, f := range []string{"Content-Length", "Transfer-Encoding", "Trailer", "Connection", "Keep-Alive", "Te", "Upgrade"} {
+		if strings.EqualFold(name, f) {
+			return true
+		}
+	}
+	return false
 }

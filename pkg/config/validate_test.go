@@ -103,6 +103,14 @@ func TestValidate(t *testing.T) {
 			[]string{`c.yaml:3: key backends[0].headers.Authorization: the value has a line break or another control character`},
 		},
 		{
+			"backend framing header",
+			"    headers: { Content-Length: \"5\", transfer-encoding: chunked, Host: vhost.internal }\n",
+			[]string{
+				`c.yaml:3: key backends[0].headers.Content-Length: the gateway frames each request itself; this header cannot be set`,
+				`c.yaml:3: key backends[0].headers.transfer-encoding: the gateway frames each request itself; this header cannot be set`,
+			},
+		},
+		{
 			"url ports",
 			"  - url: http://c:99999\nwebhooks:\n  - url: https://h:0/x\nnats:\n  url: nats://n1:4222,nats://n2:70000\n",
 			[]string{

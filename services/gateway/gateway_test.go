@@ -177,6 +177,36 @@ func TestBadInputGetsOpenAIErrors(t *testing.T) {
 	}
 }
 
+// TestBackendHostHeader: a Host in backends[].headers is the Host every
+// request to that backend carries (requests, health checks, model lists):
+// net/http writes the request's Host field and drops a Host header.
+func TestBackendHostHeader(t *testing.T) {
+	hosts := make(chan string, 100)
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hosts <- r.URL.Path + " " + r.Host
+		_, _ = w.Write([]byte(`{"data":[{"id":"m1"}]}`))
+	}))
+	defer backend.Close()
+	cfg := parseConfig(t, fmt.Sprintf("backends: [{url: %q, headers: {host: vhost.internal}}]\nhealth_check: {path: /health, interval: 50ms}\n", backend.URL))
+	gw, _ := serveConfig(t, cfg)
+	do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1"}`, nil)
+	do(t, "GET", gw.URL+"/v1/models", "", nil)
+	seen := map[string]bool{}
+	deadline := time.After(5 * time.Second)
+	for len(seen) < 3 {
+		select {
+		case h := <-hosts:
+			path, host, _ := strings.Cut(h, " ")
+			if host != "vhost.internal" {
+				t.Fatalf("%s reached the backend with Host %q", path, host)
+			}
+			seen[path] = true
+		case <-deadline:
+			t.Fatalf("requests seen: %v; want the proxied one, /v1/models and /health", seen)
+		}
+	}
+}
+
 func TestCredentialsNeverReachTheBackend(t *testing.T) {
 	var got http.Header
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

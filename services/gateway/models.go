@@ -108,9 +108,7 @@ func (g *Gateway) backendModels(ctx context.Context, up *balancer.Upstream) []mo
 	if err != nil {
 		return nil
 	}
-	for k, v := range up.Headers {
-		req.Header.Set(k, v)
-	}
+	up.SetHeaders(req)
 	resp, err := up.Transport.RoundTrip(req)
 	if err != nil {
 		return nil

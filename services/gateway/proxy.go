@@ -1062,9 +1062,7 @@ func (g *Gateway) roundTrip(ctx context.Context, r *http.Request, x *exchange, u
 	hooked := x.rt.lua != nil && x.rt.lua.Has(hooks.HookResponse)
 	setBackendAcceptEncoding(out.Header, hooked || x.streams() || x.filtersTags())
 	out.Header.Set("X-Request-Id", x.traceID())
-	for k, v := range up.Headers {
-		out.Header.Set(k, v)
-	}
+	up.SetHeaders(out)
 	balancer.MarkReplayable(out)
 	up.Acquire()
 	x.sent = time.Now()

@@ -230,9 +230,7 @@ func (h *HealthChecker) get(ctx context.Context, u *Upstream, path string, body 
 	if err != nil {
 		return false
 	}
-	for k, v := range u.Headers {
-		req.Header.Set(k, v)
-	}
+	u.SetHeaders(req)
 	resp, err := h.client.Do(req)
 	if err != nil {
 		return false

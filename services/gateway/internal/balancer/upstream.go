@@ -4,6 +4,7 @@ import (
 	"math"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -230,5 +231,18 @@ func (u *Upstream) recordCheck(ok bool, healthyThreshold, unhealthyThreshold int
 	n := u.checkFails.Add(1)
 	if first || n >= int64(unhealthyThreshold) {
 		u.unhealthy.Store(true)
+	}
+}
+
+// SetHeaders adds u's configured headers to req; a Host among them is the
+// request's Host (net/http writes req.Host, not a Host header): a backend
+// behind an ingress that routes by virtual host.
+func (u *Upstream) SetHeaders(req *http.Request) {
+	for k, v := range u.Headers {
+		if strings.EqualFold(k, "Host") {
+			req.Host = v
+			continue
+		}
+		req.Header.Set(k, v)
 	}
 }
