@@ -75,6 +75,9 @@ func openCLIBus(ctx context.Context, cfg *config.Config, log *slog.Logger) (*bus
 	return reachEmbedded(ctx, cfg, once, log)
 }
 
+// pingInterval is how often the client pings its server (see connectBus).
+var pingInterval = 5 * time.Second
+
 // connectBus connects to url, or in process to e when e is set (and shuts
 // e down if that fails), and makes sure the event streams exist. extra
 // options come after the defaults and override them. update is for
@@ -87,6 +90,14 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 	var reconnected atomic.Pointer[func()]
 	opts := []nats.Option{
 		nats.Name("llmproxy"),
+		// A server that stops answering without closing the connection
+		// (a frozen process, a paused VM, a stuck disk) is left for
+		// another of the cluster after pingInterval × (1 + 2): nats.go's
+		// default, 2 minutes × 3, would stall the meters, the notifier
+		// and the gateway's publishing for 6 minutes while the other
+		// nodes serve.
+		nats.PingInterval(pingInterval),
+		nats.MaxPingsOutstanding(2),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.RetryOnFailedConnect(true),

@@ -433,3 +433,86 @@ func TestBusStartsWithoutWaitingForADeadNATS(t *testing.T) {
 	default:
 	}
 }
+
+// freezableProxy forwards TCP connections to target until frozen, then
+// holds them open without passing a byte, as a stopped process's sockets do.
+type freezableProxy struct {
+	ln     net.Listener
+	frozen chan struct{}
+}
+
+func newFreezableProxy(t *testing.T, target string) *freezableProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &freezableProxy{ln: ln, frozen: make(chan struct{})}
+	t.Cleanup(func() { ln.Close() })
+	pipe := func(dst, src net.Conn) {
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := src.Read(buf)
+			select {
+			case <-p.frozen:
+				return // holds both ends open, passing nothing
+			default:
+			}
+			if n > 0 {
+				if _, werr := dst.Write(buf[:n]); werr != nil {
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			t.Cleanup(func() { c.Close(); s.Close() })
+			go pipe(s, c)
+			go pipe(c, s)
+		}
+	}()
+	return p
+}
+
+// TestBusLeavesAFrozenServer: a server that stops answering without
+// closing the connection is left for another server of the URL list
+// within a few ping intervals, not after nats.go's default of minutes.
+func TestBusLeavesAFrozenServer(t *testing.T) {
+	old := pingInterval
+	pingInterval = 200 * time.Millisecond
+	t.Cleanup(func() { pingInterval = old })
+	a, b := startNATS(t, "127.0.0.1", -1), startNATS(t, "127.0.0.1", -1)
+	proxy := newFreezableProxy(t, a.Addr().String())
+	cfg := &config.Config{}
+	cfg.NATS.URL = "nats://" + proxy.ln.Addr().String() + ",nats://" + b.Addr().String()
+	var out syncBuffer
+	bus, err := connectBus(context.Background(), cfg, cfg.NATS.URL, nil, []nats.Option{nats.DontRandomize()}, true, slog.New(slog.NewTextHandler(&out, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.close()
+	if got := bus.nc.ConnectedAddr(); got != proxy.ln.Addr().String() {
+		t.Fatalf("connected to %s, want the first server (through the proxy)", got)
+	}
+	close(proxy.frozen)
+	deadline := time.Now().Add(10 * time.Second)
+	for bus.nc.ConnectedAddr() != b.Addr().String() {
+		if time.Now().After(deadline) {
+			t.Fatalf("still on %q 10 s after its server froze; log:\n%s", bus.nc.ConnectedAddr(), out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
