@@ -33,11 +33,15 @@ func (res *Resolver) Resolve(r *http.Request) (client, peer netip.Addr, trusted 
 	for i := len(xff) - 1; i >= 0; i-- {
 		parts := strings.Split(xff[i], ",")
 		for j := len(parts) - 1; j >= 0; j-- {
-			a, err := netip.ParseAddr(strings.TrimSpace(parts[j]))
-			if err != nil {
+			hop := strings.TrimSpace(parts[j])
+			if hop == "" {
+				continue // "a, , b" or a trailing comma
+			}
+			a, ok := parseHop(hop)
+			if !ok {
+				// Not an address: nothing left of it can be believed.
 				return client, peer, true
 			}
-			a = a.Unmap()
 			if !res.isTrusted(a) {
 				return a, peer, true
 			}
@@ -68,4 +72,26 @@ func peerAddr(remote string) netip.Addr {
 		return a.Unmap()
 	}
 	return netip.Addr{}
+}
+
+// parseHop reads an X-Forwarded-For entry: an address, or one with a port
+// as some load balancers write it (203.0.113.5:8080, [2001:db8::1]:443),
+// or an IPv6 address in brackets. The result is unmapped and has no zone:
+// a zone names an interface of the host that wrote it, not of this one.
+func parseHop(s string) (netip.Addr, bool) {
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		ap, perr := netip.ParseAddrPort(s)
+		switch {
+		case perr == nil:
+			a = ap.Addr()
+		case len(s) > 2 && s[0] == '[' && s[len(s)-1] == ']':
+			if a, err = netip.ParseAddr(s[1 : len(s)-1]); err != nil {
+				return netip.Addr{}, false
+			}
+		default:
+			return netip.Addr{}, false
+		}
+	}
+	return a.Unmap().WithZone(""), true
 }

@@ -31,6 +31,14 @@ func TestResolve(t *testing.T) {
 		{"link-local proxy in the chain with its zone", "10.1.2.3:4000", []string{"198.51.100.1, fe80::2%eth0"}, "198.51.100.1", "10.1.2.3", true},
 		{"single trusted address with a zone", "[2001:db8::1%eth0]:4000", []string{"198.51.100.1"}, "198.51.100.1", "2001:db8::1%eth0", true},
 		{"zoned address outside", "[fd00::1%eth0]:4000", []string{"198.51.100.1"}, "fd00::1%eth0", "fd00::1%eth0", false},
+		// Entries with a port, as some load balancers write them.
+		{"entry with a port", "10.1.2.3:4000", []string{"203.0.113.5:8080"}, "203.0.113.5", "10.1.2.3", true},
+		{"IPv6 entry with a port", "10.1.2.3:4000", []string{"[2001:db8::5]:443"}, "2001:db8::5", "10.1.2.3", true},
+		{"IPv6 entry in brackets", "10.1.2.3:4000", []string{"[2001:db8::5]"}, "2001:db8::5", "10.1.2.3", true},
+		{"trusted hop with a port", "10.1.2.3:4000", []string{"203.0.113.5, 10.9.9.9:81"}, "203.0.113.5", "10.1.2.3", true},
+		{"empty entries", "10.1.2.3:4000", []string{"203.0.113.5, ,", ""}, "203.0.113.5", "10.1.2.3", true},
+		// A client's zone names an interface of another host.
+		{"zoned client entry", "10.1.2.3:4000", []string{"2001:db8::7%eth0"}, "2001:db8::7", "10.1.2.3", true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
