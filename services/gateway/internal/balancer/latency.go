@@ -3,28 +3,37 @@ package balancer
 import "time"
 
 // LatencyPicker is the power of two choices over time to first token: it
-// draws two candidates at random and keeps the one with the lower cost,
-// EWMA(TTFT) × (in flight + 1). Always taking the global minimum would send
-// every request to one upstream until its EWMA moved; two random choices
-// spread the load, and because the draws are independent (the same
-// candidate may come up twice) even the slowest of n upstreams keeps about
-// 1/n² of the traffic, so its EWMA stays current and a recovery is seen.
-// An upstream without samples gets a neutral prior: the mean EWMA of the
-// candidates that have one.
+// draws two different candidates at random and keeps the one with the
+// lower cost, EWMA(TTFT) × (in flight + 1). Always taking the global
+// minimum would send every request to one upstream until its EWMA moved;
+// two random choices spread the load. The slowest of the candidates wins
+// no comparison while it stays the slowest, so one request in exploreOdds
+// goes to a candidate drawn at random instead: its EWMA stays current and
+// a recovery is seen, at a cost of 1/exploreOdds of the traffic spread
+// over all of them. An upstream without samples gets a neutral prior: the
+// mean EWMA of the candidates that have one.
 type LatencyPicker struct {
 	Rand Rand
 }
 
-// Pick returns the cheaper of two randomly drawn candidates.
+// exploreOdds is one in how many picks goes to a random candidate.
+const exploreOdds = 50
+
+// Pick returns the cheaper of two different randomly drawn candidates, or
+// now and then one drawn at random (see LatencyPicker).
 func (p *LatencyPicker) Pick(cands []*Upstream) *Upstream {
-	if len(cands) == 1 {
+	n := len(cands)
+	if n == 1 {
 		return cands[0]
 	}
-	a := cands[p.Rand.Intn(len(cands))]
-	b := cands[p.Rand.Intn(len(cands))]
-	if a == b {
-		return a
+	if p.Rand.Intn(exploreOdds) == 0 {
+		return cands[p.Rand.Intn(n)]
 	}
+	i, j := p.Rand.Intn(n), p.Rand.Intn(n-1)
+	if j >= i {
+		j++
+	}
+	a, b := cands[i], cands[j]
 	prior := neutralTTFT(cands)
 	if latencyCost(b, prior) < latencyCost(a, prior) {
 		return b
