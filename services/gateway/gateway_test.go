@@ -358,6 +358,35 @@ func TestBackendFailureMidStreamEndsWithErrorEvent(t *testing.T) {
 	}
 }
 
+// TestReplyCutMidBodyBillsItsText: a non-streamed reply the backend
+// breaks off after part of its body bills the text that arrived (and was
+// delivered), estimated, not nothing.
+func TestReplyCutMidBodyBillsItsText(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, bw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		_, _ = bw.WriteString("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n" +
+			`{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"the quick brown fox jumps over the lazy dog and then`)
+		_ = bw.Flush()
+		conn.Close()
+	}))
+	defer backend.Close()
+	gw, s := newTestGateway(t, backend.URL, "")
+	req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m1","messages":[{"role":"user","content":"hi"}]}`))
+	req.Header.Set("Authorization", "Bearer "+testKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err == nil {
+		_, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+	}
+	ev := s.next(t)
+	if ev.UsageSource != estimatedSource || ev.Usage.CompletionTokens < 10 || ev.Error != "backend_error" {
+		t.Fatalf("event: usage %+v (%s), error %q; want the delivered text's tokens, estimated", ev.Usage, ev.UsageSource, ev.Error)
+	}
+}
+
 // TestLimitedKeyMustNameItsModel: a key with allowed_models is refused a
 // request that names no model (any backend could serve it any model), while
 // it still lists its models and runs the ones it may use.

@@ -1284,6 +1284,11 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 		} else if !compressed {
 			capture.meter(ex)
 			x.replyBody, x.replyCut = capture.kept()
+			if x.aborted {
+				// The backend broke the reply off: what arrived of
+				// its text was delivered, and is billed.
+				ex.BodyCut(x.replyBody)
+			}
 		}
 		if len(held) > 0 {
 			x.result, x.delivered = ex.Result(), true

@@ -48,6 +48,8 @@ func FuzzExtractor(f *testing.F) {
 		fmt := Format(int(fm) % (int(FormatTGISSE) + 1))
 		ex := NewExtractor(fmt, Options{MaxText: 100})
 		ex.Body(in)
+		ex.BodyCut(in)
+		ex.BodyCut(in[:len(in)/2])
 		sp := NewSplitter(fmt)
 		emit := func(ev []byte) error {
 			ex.Event(ev)
