@@ -300,17 +300,19 @@ func TestDirectTransportStaleConnection(t *testing.T) {
 // that may have done the work is not asked to do it twice.
 func TestDirectTransportResendsOnlyWhatTheBackendRefused(t *testing.T) {
 	for _, tc := range []struct {
-		name   string
-		hold   time.Duration
-		reset  bool // close with a reset, not a FIN
-		stale  time.Duration
-		resend bool
+		name    string
+		hold    time.Duration
+		reset   bool // close with a reset, not a FIN
+		stale   time.Duration
+		oneShot bool // a body that cannot be read again
+		resend  bool
 	}{
 		// The window is wide here so that a loaded machine's
 		// scheduling does not decide the test.
-		{"closed at once", 0, false, time.Minute, true},
-		{"reset, even late", 100 * time.Millisecond, true, time.Millisecond, true},
-		{"closed after taking it", 100 * time.Millisecond, false, 50 * time.Millisecond, false},
+		{"closed at once", 0, false, time.Minute, false, true},
+		{"reset, even late", 100 * time.Millisecond, true, time.Millisecond, false, true},
+		{"closed after taking it", 100 * time.Millisecond, false, 50 * time.Millisecond, false, false},
+		{"closed at once, one-shot body", 0, false, time.Minute, true, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var requests atomic.Int64
@@ -336,6 +338,10 @@ func TestDirectTransportResendsOnlyWhatTheBackendRefused(t *testing.T) {
 			readAll(t, resp)
 			req := post(t, context.Background(), be.url, `{}`)
 			req.Header.Set("X-Drop", "1")
+			if tc.oneShot {
+				req.Body = io.NopCloser(strings.NewReader(`{}`))
+				req.GetBody = nil
+			}
 			resp, err = d.RoundTrip(req)
 			if tc.resend {
 				if err != nil {
@@ -355,29 +361,6 @@ func TestDirectTransportResendsOnlyWhatTheBackendRefused(t *testing.T) {
 			}
 		})
 	}
-	t.Run("one-shot body", func(t *testing.T) {
-		be := newRawBackend(t, func(c net.Conn, req *http.Request) bool {
-			_, _ = io.Copy(io.Discard, req.Body)
-			if req.Header.Get("X-Drop") != "" {
-				return false
-			}
-			_, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-			return err == nil
-		})
-		d := directTransport(t, be.url, 0)
-		resp, err := d.RoundTrip(post(t, context.Background(), be.url, `{}`))
-		if err != nil {
-			t.Fatal(err)
-		}
-		readAll(t, resp)
-		req := post(t, context.Background(), be.url, `{}`)
-		req.Header.Set("X-Drop", "1")
-		req.Body = io.NopCloser(strings.NewReader(`{}`))
-		req.GetBody = nil
-		if _, err := d.RoundTrip(req); err == nil {
-			t.Fatal("a request with a one-shot body was resent on a new connection")
-		}
-	})
 }
 
 // TestDirectTransportDropsUnsolicitedBytes: bytes a backend sends past a
