@@ -28,13 +28,13 @@ import (
 // connections are reused (last used first), at most maxIdle wait idle and
 // none longer than idleTimeout; an idle connection is checked for the
 // backend's close, or for bytes no request asked for, before it is reused
-// (see peerClosed); a
-// request that fails on a reused connection before any byte of a response
-// came back, in a way that says the backend had closed the connection
-// rather than taken the request (see resendable), is sent again on another
-// connection when its body can be re-read (an engine such as llama.cpp's
-// server may close a kept-alive connection without saying so), but never
-// one the backend may have taken and worked on; the request's context cancels a dial, a write or a read in
+// (see peerClosed); a request that fails on a reused connection before
+// any byte of a response came back, in a way that says the backend had
+// closed the connection rather than taken the request (see resendable),
+// is sent again on another connection when its body can be re-read (an
+// engine such as llama.cpp's server may close a kept-alive connection
+// without saying so), but never one the backend may have taken and worked
+// on; the request's context cancels a dial, a write or a read in
 // progress; the write timeout fails a request the backend takes no byte
 // of for that long (its server stopped reading: a body larger than the
 // socket buffers would block for ever); the head timeout (the first-byte timeout, or the response
@@ -77,8 +77,8 @@ type directConn struct {
 	wrote    int64
 	mark     int64
 	stalled  bool
-	// sent is when the request's last byte was written, on a reused
-	// connection (for resendable).
+	// sent is when the request's last byte was written (for
+	// resendable).
 	sent time.Time
 }
 
