@@ -209,9 +209,14 @@ var bodyMethods = map[string]lua.LGFunction{
 		return 0
 	},
 	"raw": func(L *lua.LState) int {
-		raw, err := checkBody(L).bytes()
+		b := checkBody(L)
+		raw, err := b.bytes()
 		if err != nil {
 			L.RaiseError("body:raw: %v", err)
+		}
+		// Each call copies the body into a new string.
+		if b.v != nil {
+			b.v.charge(L, "body:raw", len(raw))
 		}
 		L.Push(lua.LString(raw))
 		return 1

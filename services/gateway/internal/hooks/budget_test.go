@@ -28,6 +28,8 @@ func TestStringBudget(t *testing.T) {
 		{"lower, reverse", `local t = {} for i = 1, 8 do t[i] = s:lower() t[i + 8] = s:reverse() end`},
 		{"base64_decode", `local b = llmproxy.base64_encode(s) local t = {} for i = 1, 8 do t[i] = llmproxy.base64_decode(b) end`},
 		{"json_decode", `local j = '"' .. s .. '"' local t = {} for i = 1, 8 do t[i] = llmproxy.json_decode(j) end`},
+		{"string.char", `local b = {} for i = 1, 4000 do b[i] = 120 end local t = {} for i = 1, 3000 do t[i] = string.char(unpack(b)) end`},
+		{"body:raw", `req.body:set_raw('"' .. s .. '"') local t = {} for i = 1, 16 do t[i] = req.body:raw() end`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEngine(t, `

@@ -168,6 +168,12 @@ func tagsFrom(lv lua.LValue) (map[string]string, error) {
 		bad  error
 	)
 	t.ForEach(func(k, x lua.LValue) {
+		if kt := k.Type(); kt != lua.LTString && kt != lua.LTNumber {
+			if bad == nil {
+				bad = fmt.Errorf("ev.tags has a %s as a name, want a string", kt)
+			}
+			return
+		}
 		switch x.Type() {
 		case lua.LTString, lua.LTNumber, lua.LTBool:
 		default:

@@ -154,6 +154,7 @@ func TestOnCompleteTagsAreStrings(t *testing.T) {
 	for _, tc := range []struct{ name, src string }{
 		{"table value", `function on_complete(ev) ev.tags.n = 5 ev.tags.ok = true ev.tags.t = {1} end`},
 		{"tags replaced by a string", `function on_complete(ev) ev.tags.n = 5 ev.tags.ok = true ev.tags = "notatable" end`},
+		{"table as a name", `function on_complete(ev) ev.tags.n = 5 ev.tags.ok = true ev.tags[{}] = "x" end`},
 		{"tags replaced, then an error", `function on_complete(ev) ev.tags.n = 5 ev.tags.ok = true ev.tags = "x" error("late") end`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

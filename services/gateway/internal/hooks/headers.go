@@ -81,8 +81,5 @@ func (v *vm) newHeaders(h *http.Header) *lua.LUserData {
 }
 
 func (v *vm) newBody(b *jsonBody) *lua.LUserData {
-	ud := v.L.NewUserData()
-	ud.Value = b
-	ud.Metatable = v.bodyMT
-	return ud
+	return v.issue(b, v.bodyMT)
 }

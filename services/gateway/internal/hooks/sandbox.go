@@ -31,6 +31,8 @@ type vm struct {
 	budget, budgetLimit int
 	// concatFn is the checked `..` the compiled scripts call.
 	concatFn *lua.LFunction
+	// sealed are the read-only views of the shared libraries, by name.
+	sealed map[*lua.LTable]string
 	// issued are the views (req, resp, their headers and bodies) handed
 	// out in the current call; revoke empties them when it ends.
 	issued []*lua.LUserData
@@ -116,6 +118,12 @@ func (v *vm) openLibs(e *Engine) {
 		} {
 			str.RawSetString(name, L.NewFunction(fn))
 		}
+		if fn, ok := str.RawGetString("char").(*lua.LFunction); ok {
+			str.RawSetString("char", L.NewFunction(func(L *lua.LState) int {
+				v.charge(L, "string.char", L.GetTop())
+				return fn.GFunction(L)
+			}))
+		}
 		for _, name := range []string{"upper", "lower", "reverse"} {
 			if fn, ok := str.RawGetString(name).(*lua.LFunction); ok {
 				str.RawSetString(name, L.NewFunction(v.sized("string."+name, sameSize, fn.GFunction)))
@@ -124,6 +132,14 @@ func (v *vm) openLibs(e *Engine) {
 	}
 	if tab, ok := g.RawGetString("table").(*lua.LTable); ok {
 		tab.RawSetString("concat", L.NewFunction(v.tableConcat))
+		// insert, remove and sort write the table raw: on a library
+		// view or a script's environment they would leave a value for
+		// later requests and other scripts, past the metatables.
+		for _, name := range []string{"insert", "remove", "sort"} {
+			if fn, ok := tab.RawGetString(name).(*lua.LFunction); ok {
+				tab.RawSetString(name, L.NewFunction(v.unsealed("table."+name, fn.GFunction)))
+			}
+		}
 	}
 	v.concatFn = L.NewFunction(v.concat)
 	g.RawSetString("print", L.NewFunction(e.luaPrint))
@@ -165,6 +181,7 @@ func (v *vm) sealLibraries() {
 	L := v.L
 	g := L.G.Global
 	views := make(map[*lua.LTable]string, len(sealedLibraries))
+	v.sealed = views
 	for _, name := range sealedLibraries {
 		lib, ok := g.RawGetString(name).(*lua.LTable)
 		if !ok {
@@ -250,6 +267,21 @@ func (v *vm) runChunk(s compiled) error {
 		return 0
 	}))
 	return nil
+}
+
+// unsealed wraps a table function that writes its first argument raw: a
+// library view or a script's environment is refused.
+func (v *vm) unsealed(name string, fn lua.LGFunction) lua.LGFunction {
+	return func(L *lua.LState) int {
+		t := L.CheckTable(1)
+		if lib, ok := v.sealed[t]; ok {
+			L.RaiseError("%s: %s is read-only", name, lib)
+		}
+		if v.envs[t] {
+			L.RaiseError("%s: the global environment cannot be changed this way (declare globals at top level)", name)
+		}
+		return fn(L)
+	}
 }
 
 func newMethodsMT(L *lua.LState, name string, methods map[string]lua.LGFunction) *lua.LTable {

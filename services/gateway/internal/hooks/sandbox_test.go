@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/events"
 )
 
 func newEngine(t *testing.T, src string, opts Options) *Engine {
@@ -194,6 +196,9 @@ func TestRuntimeErrors(t *testing.T) {
 		{"deep recursion", "local function f(n) return 1 + f(n + 1) end\nfunction on_request(req) return f(1) end", "stack overflow"},
 		{"huge string.rep", "function on_request(req) local s = string.rep('x', 1e9) end", "string.rep: result longer"},
 		{"req is read-only", "function on_request(req) req.path = '/x' end", "req.path is read-only"},
+		{"table.insert into a library", "function on_request(req) table.insert(string, req.path) end", "table.insert: string is read-only"},
+		{"table.insert into the environment", "function on_request(req) table.insert(_G, req.path) end", "table.insert: the global environment cannot be changed"},
+		{"table.sort of a library", "function on_request(req) table.sort(math) end", "table.sort: math is read-only"},
 		{"rawset of an undeclared global", "function on_request(req)\n  rawset(_G, 'leaked', req.path)\nend", `assignment to undeclared global "leaked"`},
 		{"error with a table", "function on_request(req) error({code = 418, why = 'teapot'}) end", `error value {"code":418,"why":"teapot"}`},
 		{"set on non-JSON body", "function on_request(req) req.body:set('a', 1) end", "body is not JSON"},
@@ -483,15 +488,17 @@ func TestViewsEndWithTheirCall(t *testing.T) {
 	e := newEngine(t, `
 kept = false
 kept_headers = false
+kept_body = false
 function on_request(req)
   if kept then
     if req.headers:get("X-Use") == "req" then return {message = tostring(kept.path)} end
     if req.headers:get("X-Use") == "headers" then kept_headers:set("X-W", "w") end
-    if req.headers:get("X-Use") == "body" then kept.body:get("model") end
+    if req.headers:get("X-Use") == "body" then kept_body:set("model", "zz") end
   end
-  kept, kept_headers = req, req.headers
+  kept, kept_headers, kept_body = req, req.headers, req.body
 end
-function on_response(req, resp) kept = resp end`, Options{PoolSize: 1})
+function on_response(req, resp) kept = resp end
+function on_complete(ev) kept_body = ev.request_body end`, Options{PoolSize: 1})
 	first := &Request{Path: "/v1/first", Headers: http.Header{"X-Secret": {"tenant-a"}}, Body: []byte(`{"model":"m"}`)}
 	if _, err := e.OnRequest(context.Background(), first); err != nil {
 		t.Fatal(err)
@@ -506,13 +513,21 @@ function on_response(req, resp) kept = resp end`, Options{PoolSize: 1})
 			t.Fatal(err)
 		}
 	}
-	if first.Headers.Get("X-W") != "" {
-		t.Errorf("a later call wrote the first request's headers: %v", first.Headers)
+	if first.Headers.Get("X-W") != "" || string(first.Body) != `{"model":"m"}` {
+		t.Errorf("a later call wrote the first request: %v %s", first.Headers, first.Body)
+	}
+	// ev.request_body kept by on_complete.
+	if err := e.OnComplete(context.Background(), &events.RequestCompleted{RequestID: "r1", RequestBody: []byte(`{"a":1}`)}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.OnRequest(context.Background(), &Request{Headers: http.Header{"X-Use": {"body"}}, Body: []byte(`{}`)})
+	if !errors.Is(err, ErrScript) || !strings.Contains(err.Error(), "used after") {
+		t.Fatalf("ev.request_body kept from an earlier call: error = %v", err)
 	}
 	if err := e.OnResponse(context.Background(), &Request{}, &Response{Status: 200, Body: []byte(`{}`)}); err != nil {
 		t.Fatal(err)
 	}
-	_, err := e.OnRequest(context.Background(), &Request{Headers: http.Header{"X-Use": {"req"}}, Body: []byte(`{}`)})
+	_, err = e.OnRequest(context.Background(), &Request{Headers: http.Header{"X-Use": {"req"}}, Body: []byte(`{}`)})
 	if !errors.Is(err, ErrScript) || !strings.Contains(err.Error(), "used after") {
 		t.Fatalf("resp kept from an earlier call: error = %v", err)
 	}
