@@ -8,6 +8,7 @@ import (
 	"unicode/utf8"
 	"unsafe"
 
+	"github.com/llmproxy/llmproxy/pkg/events"
 	"github.com/llmproxy/llmproxy/pkg/jsonscan"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/redact"
 )
@@ -198,4 +199,24 @@ func withoutKey(s, secret string) string {
 		return s
 	}
 	return strings.ReplaceAll(s, secret, redact.Placeholder)
+}
+
+// scrubEventSecret takes the key out of what on_complete may have written
+// into ev (its tags, request body and captured response), as it is taken
+// out of the body and headers a script sets: a script sees the key and
+// may have kept it from on_request.
+func scrubEventSecret(ev *events.RequestCompleted, secret string) {
+	if len(secret) < minScrubbedSecret {
+		return
+	}
+	for k, v := range ev.Tags {
+		if holdsKey(v, secret) || holdsKey(k, secret) {
+			delete(ev.Tags, k)
+			ev.Tags[withoutKey(k, secret)] = withoutKey(v, secret)
+		}
+	}
+	ev.RequestBody = scrubBodySecret(ev.RequestBody, secret)
+	if ev.Response != nil {
+		ev.Response.Content = withoutKey(ev.Response.Content, secret)
+	}
 }

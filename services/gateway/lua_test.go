@@ -486,6 +486,44 @@ func TestKeyAScriptCopiesIntoTheBodyIsScrubbed(t *testing.T) {
 	}
 }
 
+// TestKeyAScriptQuotesIsScrubbed: the key a script puts into its
+// rejection, or keeps from on_request for on_complete's tags and body,
+// reaches neither the client, the event nor the log.
+func TestKeyAScriptQuotesIsScrubbed(t *testing.T) {
+	got := make(chan map[string]any, 10)
+	a := recordingBackend(t, "a", got)
+	gw, s := scriptGateway(t, a.URL, `
+stash = ""
+function on_request(req)
+  local auth = req.headers:get("Authorization")
+  if req.headers:get("X-Refuse") then return {status = 403, message = "your key " .. auth, code = auth} end
+  stash = auth
+end
+function on_complete(ev)
+  ev.tags.k = stash
+  ev.tags[stash] = "name"
+  ev.request_body:set("copied", stash)
+end
+`)
+	hdr := withKey()
+	hdr["X-Refuse"] = "1"
+	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"x"}`, hdr)
+	if resp.StatusCode != 403 || strings.Contains(string(body), testKey) {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	if ev := s.next(t); strings.Contains(ev.Error, testKey) || strings.Contains(fmt.Sprint(ev.Tags), testKey) || strings.Contains(string(ev.RequestBody), testKey) {
+		t.Fatalf("the refusal's event holds the key: error %q, tags %v, body %s", ev.Error, ev.Tags, ev.RequestBody)
+	}
+	resp, body = do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"x"}`, withKey())
+	if resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	ev := s.next(t)
+	if strings.Contains(fmt.Sprint(ev.Tags), testKey) || strings.Contains(string(ev.RequestBody), testKey) || ev.Tags["k"] != "Bearer [REDACTED]" {
+		t.Fatalf("the event holds the key: tags %v, body %s", ev.Tags, ev.RequestBody)
+	}
+}
+
 // TestLuaRejectionsAreTypedByStatus: an on_request rejection's error type
 // is OpenAI's for its status, and a 429 says when to retry, as every other
 // 429 the gateway sends does.

@@ -343,6 +343,10 @@ func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
 			return g.luaError(x, hooks.HookRequest, err)
 		}
 		if rej != nil {
+			// A script that quotes the key in its refusal (the
+			// Authorization header it sees) does not send it to the
+			// event, the log or back.
+			rej.Message, rej.Code = withoutKey(rej.Message, x.secret), withoutKey(rej.Code, x.secret)
 			return g.reject("lua_rejected", luaRejection(rej))
 		}
 		if !bytes.Equal(hr.Body, x.body) {
@@ -1509,6 +1513,7 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 		if err := lua.OnComplete(context.WithoutCancel(ctx), ev); err != nil {
 			g.log.Warn("on_complete failed; the event is published without its request body and captured response", "request_id", x.requestID, "err", err)
 		}
+		scrubEventSecret(ev, x.secret)
 	}
 	if d, ok := g.events.(durableSink); ok {
 		if !x.committed {
