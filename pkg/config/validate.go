@@ -268,6 +268,8 @@ func (v *checker) backends() {
 			switch {
 			case !validHeaderName(h):
 				v.add(p+".headers."+h, "not a valid HTTP header name")
+			case strings.EqualFold(h, "Host") && !validHostValue(val):
+				v.add(p+".headers."+h, "not a host (a name or address, with an optional :port): %q", val)
 			case framingHeader(h):
 				// net/http writes these from the request itself and
 				// drops them from the headers: set, they would do
@@ -836,10 +838,20 @@ func (c *Config) zeroProblems(zeros []zeroKey) *Errors {
 // framingHeader reports whether name is a header that frames a request or
 // its connection, which backends[].headers cannot set.
 func framingHeader(name string) bool {
-	for _, f := range []string{"Content-Length", "Transfer-Encoding", "Trailer", "Connection", "Keep-Alive", "Te", "Upgrade"} {
+	for _, f := range []string{"Content-Length", "Transfer-Encoding", "Trailer", "Connection", "Keep-Alive", "Te", "Upgrade", "Expect", "Proxy-Connection"} {
 		if strings.EqualFold(name, f) {
 			return true
 		}
 	}
 	return false
+}
+
+// validHostValue reports whether s can be a Host header: a host name or
+// address, with an optional port, without spaces or a path.
+func validHostValue(s string) bool {
+	if s == "" || strings.ContainsAny(s, " \t/?#@\\") {
+		return false
+	}
+	u, err := url.Parse("http://" + s)
+	return err == nil && u.Host == s && u.Hostname() != ""
 }

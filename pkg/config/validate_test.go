@@ -111,6 +111,19 @@ func TestValidate(t *testing.T) {
 			},
 		},
 		{
+			"backend Host not a host",
+			"    headers: { Host: \"a b\", Expect: 100-continue }\n",
+			[]string{
+				`c.yaml:3: key backends[0].headers.Expect: the gateway frames each request itself; this header cannot be set`,
+				`c.yaml:3: key backends[0].headers.Host: not a host (a name or address, with an optional :port): "a b"`,
+			},
+		},
+		{
+			"backend Host with a port",
+			"    headers: { Host: \"vhost.internal:8443\" }\n",
+			nil,
+		},
+		{
 			"url ports",
 			"  - url: http://c:99999\nwebhooks:\n  - url: https://h:0/x\nnats:\n  url: nats://n1:4222,nats://n2:70000\n",
 			[]string{

@@ -133,7 +133,7 @@ func TestRefusalBeforeTheBodyIsNotHeld(t *testing.T) {
 	defer backend.Close()
 	cfg, err := config.Parse([]byte(fmt.Sprintf(`
 backends: [{url: %q}]
-api_keys: [{key: %q, id: unit}]
+api_keys: [{key: %q, id: unit}, {key: sk-llmproxy-unit-elsewhere-0044, id: far, allowed_ips: [192.0.2.0/24]}]
 server: { body_timeout: 60s }
 `, backend.URL, testKey)), "test.yaml")
 	if err != nil {
@@ -145,6 +145,7 @@ server: { body_timeout: 60s }
 		{"no key", "Content-Length: 100000\r\n"},
 		{"bad key", "Authorization: Bearer sk-not-a-key-0000\r\nContent-Length: 100000\r\n"},
 		{"chunked, no key", "Transfer-Encoding: chunked\r\n"},
+		{"key from another address", "Authorization: Bearer sk-llmproxy-unit-elsewhere-0044\r\nContent-Length: 100000\r\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := net.Dial("tcp", addr)
@@ -166,8 +167,12 @@ server: { body_timeout: 60s }
 			}
 			_ = c.SetReadDeadline(time.Now().Add(refusedBodyLinger + 5*time.Second))
 			_, _ = io.ReadAll(resp.Body)
-			if resp.StatusCode != http.StatusUnauthorized || !resp.Close {
-				t.Fatalf("%d, close %v; want 401 and the connection closed", resp.StatusCode, resp.Close)
+			want := http.StatusUnauthorized
+			if strings.Contains(tc.head, "elsewhere") {
+				want = http.StatusForbidden
+			}
+			if resp.StatusCode != want || !resp.Close {
+				t.Fatalf("%d, close %v; want %d and the connection closed", resp.StatusCode, resp.Close, want)
 			}
 			// The connection ends once refusedBodyLinger has passed.
 			if _, err := br.ReadByte(); err != io.EOF && !errors.Is(err, syscall.ECONNRESET) {

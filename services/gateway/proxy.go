@@ -322,7 +322,17 @@ func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
 			return e
 		}
 	}
+	keyChecked := false
 	if !luaAuth {
+		if x.key != nil {
+			// Disabled, expired or from an address it may not be used
+			// from: refused before its body is read, which such a
+			// client might hold back for body_timeout.
+			if e := x.key.Check(g.now(), x.clientIP); e != nil {
+				return g.reject(e.Code, e)
+			}
+			keyChecked = true
+		}
 		if e := g.readRequest(r, x); e != nil {
 			return e
 		}
@@ -373,7 +383,10 @@ func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
 		r.Header = hr.Headers
 	}
 	if x.key != nil {
-		e := x.key.Check(g.now(), x.clientIP)
+		var e *apierr.Error
+		if !keyChecked {
+			e = x.key.Check(g.now(), x.clientIP)
+		}
 		if e == nil && r.Method == http.MethodPost {
 			// Every POST endpoint runs a model; the model lists (GET
 			// /v1/models, /api/tags) name none and are not refused.
