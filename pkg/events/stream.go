@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -20,6 +21,21 @@ import (
 // made that a 30 s stall; this one bounds it to about 2 s, for one small
 // pull request every 2 s from an idle consumer.
 const PullExpiry = 2 * time.Second
+
+// HeartbeatMissLevel is the level at which a consumer logs its inARow'th
+// pull request in a row that ended without a heartbeat: WARN at every
+// HeartbeatMissesToWarn'th, DEBUG otherwise. One alone is a loaded
+// machine's scheduling as often as a server's trouble, and the next pull
+// recovers it.
+func HeartbeatMissLevel(inARow int) slog.Level {
+	if inARow > 0 && inARow%HeartbeatMissesToWarn == 0 {
+		return slog.LevelWarn
+	}
+	return slog.LevelDebug
+}
+
+// HeartbeatMissesToWarn: see HeartbeatMissLevel.
+const HeartbeatMissesToWarn = 3
 
 // StreamOptions sets how the event streams are kept.
 type StreamOptions struct {

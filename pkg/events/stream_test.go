@@ -2,6 +2,7 @@ package events
 
 import (
 	"context"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -119,5 +120,15 @@ func TestAsyncStreamKeepsItsMode(t *testing.T) {
 	s, _ := js.Stream(ctx, StreamName)
 	if c := s.CachedInfo().Config; c.MaxAge != time.Hour || c.PersistMode != jetstream.AsyncPersistMode {
 		t.Fatalf("after an update: max age %s, persist mode %s; want 1h, async", c.MaxAge, c.PersistMode)
+	}
+}
+
+// TestHeartbeatMissLevel: one missed heartbeat is DEBUG (a loaded
+// machine's scheduling), a run of them WARN, and again while it lasts.
+func TestHeartbeatMissLevel(t *testing.T) {
+	for n, want := range map[int]slog.Level{1: slog.LevelDebug, 2: slog.LevelDebug, 3: slog.LevelWarn, 4: slog.LevelDebug, 6: slog.LevelWarn} {
+		if got := HeartbeatMissLevel(n); got != want {
+			t.Errorf("HeartbeatMissLevel(%d) = %v, want %v", n, got, want)
+		}
 	}
 }

@@ -178,6 +178,7 @@ func (mt *Meter) consume(ctx context.Context, cons jetstream.Consumer) error {
 	}
 	defer mt.release(it)
 	b := newBatch(mt.opts.BatchSize)
+	misses := 0 // heartbeats missed in a row
 	for {
 		msg, err := it.Next(jetstream.NextContext(ctx))
 		if err != nil && events.ConsumerGone(ctx, mt.js, mt.opts.Durable, err) {
@@ -186,12 +187,14 @@ func (mt *Meter) consume(ctx context.Context, cons jetstream.Consumer) error {
 		if errors.Is(err, jetstream.ErrNoHeartbeat) {
 			// The server held no pull request of ours (see
 			// events.PullExpiry); the next Next sends a new one.
-			mt.log.Warn("meter: no heartbeat from the consumer; pulling again", "consumer", mt.opts.Durable)
+			misses++
+			mt.log.Log(ctx, events.HeartbeatMissLevel(misses), "meter: no heartbeat from the consumer; pulling again", "consumer", mt.opts.Durable, "in_a_row", misses)
 			continue
 		}
 		if err != nil {
 			return err
 		}
+		misses = 0
 		b.msgs = append(b.msgs[:0], msg)
 		bctx, cancel := context.WithTimeout(ctx, mt.opts.BatchWait)
 		for len(b.msgs) < mt.opts.BatchSize {

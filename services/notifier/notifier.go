@@ -177,6 +177,7 @@ func (n *Notifier) consume(ctx context.Context, cons jetstream.Consumer, h *hand
 	var inflight sync.WaitGroup
 	defer inflight.Wait()
 
+	misses := 0 // heartbeats missed in a row
 	for {
 		select {
 		case slots <- struct{}{}:
@@ -197,9 +198,15 @@ func (n *Notifier) consume(ctx context.Context, cons jetstream.Consumer, h *hand
 				return fmt.Errorf("consume: %w", err)
 			}
 			// Missed heartbeats and the like: the iterator recovers.
+			if errors.Is(err, jetstream.ErrNoHeartbeat) {
+				misses++
+				h.log.Log(ctx, events.HeartbeatMissLevel(misses), "webhook: no heartbeat from the consumer; pulling again", "endpoint", h.ep.Name, "in_a_row", misses)
+				continue
+			}
 			h.log.Warn("webhook: consume", "endpoint", h.ep.Name, "err", err)
 			continue
 		}
+		misses = 0
 		if ctx.Err() != nil {
 			// Taken from the prefetch buffer after shutdown began.
 			nak(msg, h)
