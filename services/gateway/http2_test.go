@@ -3,8 +3,10 @@ package gateway
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
 	"strings"
 	"testing"
 )
@@ -62,5 +64,44 @@ func TestHTTP2ClientGetsEachEventAsItComes(t *testing.T) {
 	ev := s.next(t)
 	if ev.UsageSource != "backend" || ev.Usage.PromptTokens != 5 || ev.Usage.CompletionTokens != 3 {
 		t.Fatalf("event usage %+v (%s)", ev.Usage, ev.UsageSource)
+	}
+}
+
+// TestHTTP2RefusalKeepsTheConnection: over HTTP/2 a request refused before
+// its body is read is answered on its own stream; the connection, which
+// other requests share, is not closed (a Connection: close there would be
+// a GOAWAY for all of them).
+func TestHTTP2RefusalKeepsTheConnection(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`{"ok":true}`))
+	}))
+	defer backend.Close()
+	gw, _ := newTestGateway(t, backend.URL, "")
+	h2 := httptest.NewUnstartedServer(gw.Config.Handler)
+	h2.EnableHTTP2 = true
+	h2.StartTLS()
+	defer h2.Close()
+	client := h2.Client()
+	var conns []string
+	for _, key := range []string{"sk-not-a-key-0000", testKey} {
+		req, _ := http.NewRequest("POST", h2.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m1"}`))
+		req.Header.Set("Authorization", "Bearer "+key)
+		var addr string
+		req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+			GotConn: func(ci httptrace.GotConnInfo) { addr = ci.Conn.LocalAddr().String() },
+		}))
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.ProtoMajor != 2 {
+			t.Fatalf("served over %s; want HTTP/2", resp.Proto)
+		}
+		conns = append(conns, addr)
+	}
+	if conns[0] != conns[1] {
+		t.Fatalf("the request after a refusal used a new connection (%s, then %s)", conns[0], conns[1])
 	}
 }

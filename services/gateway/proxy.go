@@ -229,7 +229,7 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) {
 	defer g.end(x)
 	if e := g.prepare(r, x); e != nil {
 		g.release(x)
-		if x.body == nil && r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
+		if x.body == nil && r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody && r.ProtoMajor == 1 {
 			// Refused before its body was read (a bad key, a body
 			// declared too large): net/http would read what is left
 			// of it before sending the reply, so a client that stops
@@ -238,7 +238,9 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) {
 			// connection closes after it. net/http still reads what
 			// is left of the body at the handler's end, so that a
 			// client whose whole body is on its way has it taken
-			// rather than reset: for refusedBodyLinger at most.
+			// rather than reset: for refusedBodyLinger at most. (HTTP/2
+			// answers a stream at once, and would take the header
+			// for a GOAWAY of the whole connection.)
 			w.Header().Set("Connection", "close")
 			_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(refusedBodyLinger))
 		}
