@@ -56,11 +56,17 @@ func copyRequestHeader(dst, src http.Header, secret string) {
 // peer the client's own X-Forwarded-For, X-Real-Ip and Forwarded are not
 // believed (a client could write anything there) and the backend sees the
 // peer alone.
+// untrustedForwarding are the headers (canonical) a proxy sets about a
+// client's connection, dropped when the peer is not a trusted proxy.
+var untrustedForwarding = []string{"X-Forwarded-For", "X-Real-Ip", "Forwarded", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Forwarded-Port", "X-Forwarded-Server", "X-Client-Ip", "True-Client-Ip"}
+
 func setForwardedFor(dst http.Header, peer netip.Addr, trusted bool) {
 	if !trusted {
-		dst.Del("X-Forwarded-For")
-		dst.Del("X-Real-Ip")
-		dst.Del("Forwarded")
+		// Every header a proxy would set about the client's connection:
+		// from any other peer they are the client's own claims.
+		for _, h := range untrustedForwarding {
+			delete(dst, h)
+		}
 		if peer.IsValid() {
 			dst["X-Forwarded-For"] = []string{peer.String()}
 		}

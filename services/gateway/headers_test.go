@@ -130,6 +130,10 @@ func TestForwardedForReachesTheBackend(t *testing.T) {
 		"X-Forwarded-For": "203.0.113.9",
 		"X-Real-Ip":       "203.0.113.9",
 		"Forwarded":       "for=203.0.113.9",
+		// Claims about the client's connection a proxy would make.
+		"X-Forwarded-Host":  "evil.example",
+		"X-Forwarded-Proto": "https",
+		"True-Client-Ip":    "203.0.113.9",
 	}
 	cases := []struct {
 		name, extra, want, realIP, client string
@@ -150,6 +154,11 @@ func TestForwardedForReachesTheBackend(t *testing.T) {
 			}
 			if h.Get("X-Real-Ip") != c.realIP || (c.realIP == "") != (h.Get("Forwarded") == "") {
 				t.Errorf("backend X-Real-Ip %q, Forwarded %q", h.Get("X-Real-Ip"), h.Get("Forwarded"))
+			}
+			for _, k := range []string{"X-Forwarded-Host", "X-Forwarded-Proto", "True-Client-Ip"} {
+				if (c.realIP == "") != (h.Get(k) == "") {
+					t.Errorf("backend %s %q", k, h.Get(k))
+				}
 			}
 			if ev := s.next(t); ev.ClientIP != c.client {
 				t.Errorf("event client_ip %q, want %q", ev.ClientIP, c.client)
