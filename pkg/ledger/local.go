@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"sync/atomic"
 	"time"
 
@@ -44,6 +45,7 @@ const (
 // single fsync.
 type LocalStore struct {
 	db   *bolt.DB
+	path string
 	opts options
 	// lastPrune is when Apply last dropped every expired request id, in
 	// unix nanos.
@@ -55,16 +57,30 @@ type LocalStore struct {
 // OpenLocal opens, creating it if needed, the ledger file at path. If another
 // process holds the file, OpenLocal waits for the lock timeout (WithLockTimeout,
 // default 1s) and then fails with an error wrapping ErrLocked.
-func OpenLocal(path string, opts ...Option) (*LocalStore, error) {
+func OpenLocal(path string, opts ...Option) (s *LocalStore, err error) {
 	o := newOptions(opts)
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: o.lockTimeout})
+	var db *bolt.DB
+	// A file cut short leaves pages its meta names past the end of the
+	// mapping: reading one faults, which this makes a panic to recover.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		// bbolt panics on some damage it finds opening the file (a
+		// freelist cut short); an error naming the file says more.
+		if r := recover(); r != nil {
+			if db != nil {
+				_ = db.Close()
+			}
+			s, err = nil, damaged(path, r)
+		}
+	}()
+	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: o.lockTimeout})
 	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("open ledger %s: %w", path, ErrLocked)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open ledger %s: %w", path, err)
 	}
-	s := &LocalStore{db: db, opts: o}
+	s = &LocalStore{db: db, opts: o, path: path}
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketSeen, bucketSeenAt, bucketUsage, bucketModel, bucketUser, bucketReserved} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
@@ -112,7 +128,7 @@ func (s *LocalStore) Apply(ctx context.Context, entries []Entry) (int, error) {
 	// totals are summed here first, so that each usage row is read and
 	// written once per batch rather than once per entry and period.
 	sums := newBatchSums()
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		applied = 0
 		fresh = fresh[:0]
 		sums.reset()
@@ -265,7 +281,7 @@ func (s *LocalStore) AddReserved(ctx context.Context, keyID string, tokens int64
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	err := s.db.Update(func(tx *bolt.Tx) error { return addReserved(tx, keyID, tokens) })
+	err := s.update(func(tx *bolt.Tx) error { return addReserved(tx, keyID, tokens) })
 	if err != nil {
 		return fmt.Errorf("add reserved %s: %w", keyID, err)
 	}
@@ -279,10 +295,37 @@ func (s *LocalStore) view(ctx context.Context, fn func(tx *bolt.Tx) error) error
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := s.db.View(fn); err != nil {
+	if err := s.guard(func() error { return s.db.View(fn) }); err != nil {
 		return fmt.Errorf("read ledger: %w", err)
 	}
 	return nil
+}
+
+// update is db.Update with bbolt's panics turned into errors (guard).
+func (s *LocalStore) update(fn func(tx *bolt.Tx) error) error {
+	return s.guard(func() error { return s.db.Update(fn) })
+}
+
+// guard runs fn, turning a panic inside bbolt, which is how it reports a
+// damaged page it meets, into an error wrapping ErrDamaged: the meter then
+// logs its failed writes and retries, instead of its goroutine dying with
+// the ledger silently no longer written. (bbolt rolls the transaction back
+// as the panic passes.)
+func (s *LocalStore) guard(fn func() error) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = damaged(s.path, r)
+		}
+	}()
+	return fn()
+}
+
+// ErrDamaged is the error of a ledger file bbolt found damaged.
+var ErrDamaged = errors.New("the ledger file is damaged")
+
+func damaged(path string, r any) error {
+	return fmt.Errorf("%w: %s: %v (stop the server, move the file aside and start again: the single binary rebuilds the ledger from the event stream, which keeps nats.stream.max_age of events)", ErrDamaged, path, r)
 }
 
 func addReserved(tx *bolt.Tx, keyID string, delta int64) error {

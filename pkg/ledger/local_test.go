@@ -1,10 +1,14 @@
 package ledger
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -160,4 +164,75 @@ func BenchmarkLocalApply(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// TestLocalStoreDamage: a damaged ledger file gives errors wrapping
+// ErrDamaged that name the file, where bbolt panics: at open (a file cut
+// short) or on the first read or write that meets a garbled page, so that
+// the meter logs its failed writes instead of its goroutine dying.
+func TestLocalStoreDamage(t *testing.T) {
+	ctx := context.Background()
+	at := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	build := func(t *testing.T) string {
+		path := filepath.Join(t.TempDir(), "ledger.db")
+		s, err := OpenLocal(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var batch []Entry
+		for i := range 2000 {
+			batch = append(batch, Entry{RequestID: "r" + strconv.Itoa(i), KeyID: "k" + strconv.Itoa(i%50), UserID: "u", Model: "m", Time: at, PromptTokens: 3, CompletionTokens: 4})
+		}
+		if _, err := s.Apply(ctx, batch); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	use := func(path string) (err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				err = fmt.Errorf("panic: %v", r)
+			}
+		}()
+		s, err := OpenLocal(path)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		if _, err := s.UsageAll(ctx, Daily, at); err != nil {
+			return err
+		}
+		_, err = s.Apply(ctx, []Entry{{RequestID: "r1", KeyID: "k1", Model: "m", Time: at, PromptTokens: 1}})
+		return err
+	}
+	t.Run("cut short", func(t *testing.T) {
+		path := build(t)
+		if err := os.Truncate(path, 32768); err != nil {
+			t.Fatal(err)
+		}
+		if err := use(path); !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), path) {
+			t.Fatalf("error %v; want ErrDamaged naming the file", err)
+		}
+	})
+	t.Run("garbled pages", func(t *testing.T) {
+		path := build(t)
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, _ := f.Stat()
+		junk := bytes.Repeat([]byte{0xde, 0xad, 0xbe, 0xef}, 1024)
+		for off := int64(2 * 4096); off+4096 <= st.Size(); off += 4096 {
+			if _, err := f.WriteAt(junk, off); err != nil {
+				t.Fatal(err)
+			}
+		}
+		f.Close()
+		if err := use(path); !errors.Is(err, ErrDamaged) {
+			t.Fatalf("error %v; want ErrDamaged", err)
+		}
+	})
 }
