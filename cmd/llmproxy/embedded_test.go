@@ -24,6 +24,7 @@ import (
 
 	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/pkg/events"
+	"github.com/llmproxy/llmproxy/pkg/ledger"
 	"github.com/llmproxy/llmproxy/services/gateway"
 )
 
@@ -434,5 +435,67 @@ func TestEmbeddedListenIsReadOnlyWithoutCredentials(t *testing.T) {
 	}
 	if info, err := stream.Info(ctx); err != nil || info.State.Msgs != 1 {
 		t.Fatalf("stream after the attempts: %+v, %v; want the one event", info, err)
+	}
+}
+
+// TestLostLedgerIsRebuilt: a single binary whose ledger file is gone when
+// it starts, while the meter had applied events to it, rebuilds it from
+// the event stream instead of starting every key's usage at zero.
+func TestLostLedgerIsRebuilt(t *testing.T) {
+	admin := freeAddr(t)
+	path, listen := dataDirOnlyConfig(t, fmt.Sprintf("admin: { listen: %q, token: rebuild-token }", admin))
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logBuf syncBuffer
+	start := func() (stop func()) {
+		ctx, cancel := context.WithCancel(context.Background())
+		served := make(chan error, 1)
+		go func() { served <- serve(ctx, cfg, path, "all", "", slog.New(slog.NewTextHandler(&logBuf, nil))) }()
+		eventually(t, 30*time.Second, "the gateway up", func() (bool, string) {
+			resp, err := http.Get("http://" + listen + "/healthz")
+			if err != nil {
+				return false, err.Error()
+			}
+			resp.Body.Close()
+			return resp.StatusCode == http.StatusOK, resp.Status
+		})
+		return func() {
+			cancel()
+			if err := <-served; err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	requests := func() (bool, string) {
+		rows, err := readUsage(context.Background(), cfg, "cli", ledger.Never)
+		if err != nil || len(rows) != 1 {
+			return false, fmt.Sprint(rows, err)
+		}
+		return rows[0].Requests == 3, fmt.Sprint(rows)
+	}
+	stop := start()
+	for range 3 {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+listen+"/v1/chat/completions",
+			strings.NewReader(`{"model":"mock-model","messages":[{"role":"user","content":"hello"}]}`))
+		req.Header.Set("Authorization", "Bearer sk-llmproxy-cli-test")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	eventually(t, 30*time.Second, "three requests in the ledger", requests)
+	stop()
+	if err := os.Remove(cfg.DataPath("ledger.db")); err != nil {
+		t.Fatal(err)
+	}
+	stop = start()
+	defer stop()
+	eventually(t, 30*time.Second, "the ledger rebuilt from the stream", requests)
+	if !strings.Contains(logBuf.String(), "rebuilding it from the event stream") {
+		t.Errorf("no WARN line says the ledger is rebuilt; log:\n%s", logBuf.String())
 	}
 }

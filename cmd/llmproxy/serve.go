@@ -378,7 +378,14 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 		if err != nil {
 			return err
 		}
-		startWorker("meter", m.Run)
+		run := m.Run
+		if lh.fresh {
+			run = func(ctx context.Context) error {
+				rebuildLostLedger(ctx, b.js, m.ConsumerConfig().Durable, cfg.DataPath("ledger.db"), log)
+				return m.Run(ctx)
+			}
+		}
+		startWorker("meter", run)
 	}
 	if runNotifier {
 		n, err := notifier.New(b.js, endpointsOf(cfg), notifier.Options{Logger: log, Registerer: reg})

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -9,9 +10,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
+	"github.com/llmproxy/llmproxy/pkg/events"
 	"github.com/llmproxy/llmproxy/pkg/ledger"
 )
 
@@ -57,6 +60,9 @@ type ledgerHandle struct {
 	// local is the local store (target all without Redis); rdb the Redis
 	// client otherwise.
 	local *ledger.LocalStore
+	// fresh says the local store's file was missing or empty when it was
+	// opened: a first start, or a ledger lost (see rebuildLostLedger).
+	fresh bool
 	rdb   redis.UniversalClient
 	ready func(ctx context.Context) error
 	close func() error
@@ -93,11 +99,14 @@ func openLedger(ctx context.Context, cfg *config.Config, allowLocal, ping bool) 
 	if err := os.MkdirAll(cfg.DataPath(), 0o750); err != nil {
 		return nil, err
 	}
-	s, err := ledger.OpenLocal(cfg.DataPath("ledger.db"), ledger.WithDedupeRetention(dedupeRetention(cfg)))
+	path := cfg.DataPath("ledger.db")
+	st, serr := os.Stat(path)
+	fresh := errors.Is(serr, os.ErrNotExist) || serr == nil && st.Size() == 0
+	s, err := ledger.OpenLocal(path, ledger.WithDedupeRetention(dedupeRetention(cfg)))
 	if err != nil {
 		return nil, err
 	}
-	return &ledgerHandle{store: s, local: s, ready: func(context.Context) error { return nil }, close: s.Close}, nil
+	return &ledgerHandle{store: s, local: s, fresh: fresh, ready: func(context.Context) error { return nil }, close: s.Close}, nil
 }
 
 // dedupeRetention is how long the ledger remembers an applied request id:
@@ -160,4 +169,26 @@ func (l *redisLogger) Printf(ctx context.Context, format string, v ...any) {
 		return
 	}
 	l.log.WarnContext(ctx, msg)
+}
+
+// rebuildLostLedger starts the local ledger over from the event stream when
+// its file was missing or empty (fresh) although the meter's consumer had
+// already applied events: the file was deleted or lost with its usage. The
+// consumer is deleted, so that the meter, making it again, applies every
+// event the stream still holds (nats.stream.max_age) into the new file;
+// usage older than that is not recovered, and the WARN line says so.
+func rebuildLostLedger(ctx context.Context, js jetstream.JetStream, durable, path string, log *slog.Logger) {
+	c, err := js.Consumer(ctx, events.StreamName, durable)
+	if err != nil {
+		return // none yet: a first start
+	}
+	info := c.CachedInfo()
+	if info == nil || info.AckFloor.Stream == 0 && info.Delivered.Stream == 0 {
+		return
+	}
+	log.Warn("the local ledger was missing or empty although the meter had applied events to it; rebuilding it from the event stream (usage older than the stream keeps is not recovered)",
+		"ledger", path, "applied_up_to_seq", info.AckFloor.Stream)
+	if err := js.DeleteConsumer(ctx, events.StreamName, durable); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		log.Error("rebuild the local ledger: delete the meter's consumer", "consumer", durable, "err", err)
+	}
 }
