@@ -37,7 +37,7 @@ func lockStore(ctx context.Context, cfg *config.Config, wait time.Duration) (*st
 	path := cfg.DataPath(storeLockFile)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", path, err)
+		return nil, err // an *os.PathError: it names the file
 	}
 	deadline := time.Now().Add(wait)
 	for {

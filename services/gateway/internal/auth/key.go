@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"net/netip"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -85,10 +86,10 @@ func (k *Key) CheckModel(model string) *apierr.Error {
 		return nil
 	}
 	if model == "" {
-		return apierr.Forbidden("model_not_allowed", "this API key may only use the models "+strings.Join(sortedModels(k.AllowedModels), ", ")+"; the request must name one of them in \"model\"")
+		return apierr.Forbidden("model_not_allowed", "this API key may only use the models "+modelList(k.AllowedModels)+"; the request must name one of them in \"model\"")
 	}
 	if !k.AllowedModels[model] {
-		return apierr.Forbidden("model_not_allowed", "this API key may not use model "+model+"; allowed: "+strings.Join(sortedModels(k.AllowedModels), ", "))
+		return apierr.Forbidden("model_not_allowed", "this API key may not use model "+model+"; allowed: "+modelList(k.AllowedModels))
 	}
 	return nil
 }
@@ -113,4 +114,18 @@ func sortedModels(m map[string]bool) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// maxListedModels bounds the models an error lists: a key may allow
+// thousands, and each refusal would carry them all.
+const maxListedModels = 20
+
+// modelList is models, sorted, for an error: at most maxListedModels, then
+// how many more.
+func modelList(models map[string]bool) string {
+	all := sortedModels(models)
+	if len(all) <= maxListedModels {
+		return strings.Join(all, ", ")
+	}
+	return strings.Join(all[:maxListedModels], ", ") + " and " + strconv.Itoa(len(all)-maxListedModels) + " more"
 }

@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -13,6 +14,12 @@ import (
 func TestCheckModel(t *testing.T) {
 	limited := &Key{AllowedModels: map[string]bool{"qwen": true, "llama": true}}
 	open := &Key{}
+	// A key of 1,000 models: a refusal names the first 20 and a count,
+	// not 10 KB of names.
+	many := &Key{AllowedModels: map[string]bool{}}
+	for i := range 1000 {
+		many.AllowedModels[fmt.Sprintf("m%04d", i)] = true
+	}
 	cases := []struct {
 		name  string
 		key   *Key
@@ -25,6 +32,7 @@ func TestCheckModel(t *testing.T) {
 		{"no model on a limited key", limited, "", "model_not_allowed", []string{"only use the models llama, qwen", "must name one"}},
 		{"any model on an open key", open, "gpt-4", "", nil},
 		{"no model on an open key", open, "", "", nil},
+		{"other model on a key of many", many, "x", "model_not_allowed", []string{"allowed: m0000, m0001", "m0019 and 980 more"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -37,6 +45,9 @@ func TestCheckModel(t *testing.T) {
 			}
 			if e == nil || e.Status != 403 || e.Code != c.code || e.Type != "permission_error" {
 				t.Fatalf("got %+v, want 403 %s", e, c.code)
+			}
+			if len(e.Message) > 500 {
+				t.Errorf("message of %d bytes", len(e.Message))
 			}
 			for _, s := range c.says {
 				if !strings.Contains(e.Message, s) {
