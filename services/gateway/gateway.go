@@ -446,6 +446,9 @@ func (g *Gateway) EventsReady() error {
 	if g.publisher == nil {
 		return nil
 	}
+	if err := g.publisher.OutboxError(); err != nil {
+		return fmt.Errorf("the event outbox cannot write (%v); events are held in memory only", err)
+	}
 	if d, msg := g.publisher.Stalled(); d >= g.eventStall {
 		return fmt.Errorf("events have not been published for %s (%s); they wait in the outbox", d.Round(time.Second), msg)
 	}

@@ -91,6 +91,9 @@ type outbox struct {
 	diskBytes    int64
 	mem          [][]byte // encoded records waiting for room on disk
 	memBytes     int64
+	// writeErr is the last write's failure while records wait in memory
+	// for it (nil once a write went through): see writeError.
+	writeErr error
 	lastWarn     time.Time
 	lastErrLog   time.Time
 	sealed       bool // the last segment takes no more appends
@@ -355,6 +358,19 @@ func (ob *outbox) flushMemLocked(force bool) {
 		ob.memBytes -= int64(len(rec))
 	}
 	ob.mem = nil
+	ob.writeErr = nil
+}
+
+// writeError is the failure of the outbox's writes while events wait in
+// memory for them (a full or read-only disk): those events die with the
+// process. nil while the outbox writes.
+func (ob *outbox) writeError() error {
+	ob.mu.Lock()
+	defer ob.mu.Unlock()
+	if len(ob.mem) == 0 {
+		return nil
+	}
+	return ob.writeErr
 }
 
 // read returns up to max records starting at from, reading at most about
@@ -511,7 +527,7 @@ func (ob *outbox) sync(now time.Time) (moved bool) {
 	}
 	ack, ackDirty := ob.durable, ob.ackedDirty
 	ob.ackedDirty = false
-	if len(ob.mem) > 0 && now.Sub(ob.lastWarn) >= ob.warnEvery {
+	if len(ob.mem) > 0 && ob.writeErr == nil && now.Sub(ob.lastWarn) >= ob.warnEvery {
 		ob.lastWarn = now
 		ob.log.Error("event outbox full: events are held in memory and dropped past its bound until NATS acknowledges the backlog",
 			"dir", ob.dir, "outbox_bytes", ob.diskBytes, "max_outbox_bytes", ob.maxBytes,
@@ -643,6 +659,7 @@ func (ob *outbox) nextSegment(p position) position {
 // writeFailedLocked logs a failed outbox write at most once per warnEvery;
 // the records stay in memory and are written again on the next sync.
 func (ob *outbox) writeFailedLocked(err error) {
+	ob.writeErr = err
 	now := time.Now()
 	if now.Sub(ob.lastErrLog) < ob.warnEvery {
 		return

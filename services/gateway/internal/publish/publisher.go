@@ -379,6 +379,11 @@ func (p *Publisher) Close(ctx context.Context) error {
 // JetStream: in the hand-off queue, in the outbox and waiting in memory.
 func (p *Publisher) Depth() int64 { return int64(len(p.in)) + p.ob.depth() }
 
+// OutboxError is the outbox's write failure while events wait in memory
+// for it (a full or read-only disk), or nil: those events would die with
+// the process, so the gateway is not ready meanwhile.
+func (p *Publisher) OutboxError() error { return p.ob.writeError() }
+
 // Stalled reports how long publishing has failed with no acknowledgement
 // since, and the last failure; 0 while publishes go through. Events wait in
 // the outbox meanwhile: a NATS that is down, or one that answers but cannot

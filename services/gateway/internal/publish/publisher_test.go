@@ -746,3 +746,45 @@ func TestNeverConnectedSaysSo(t *testing.T) {
 		t.Fatalf("stalled on %q; want %q", msg, errNotConnected)
 	}
 }
+
+// TestOutboxWriteFailureIsReported: while the outbox cannot write (a full
+// or read-only disk) and events wait in memory for it, OutboxError says
+// so, which takes the gateway's /readyz down: those events would die with
+// the process. Once a write goes through it is nil again, and nothing was
+// lost.
+func TestOutboxWriteFailureIsReported(t *testing.T) {
+	srv := startNATS(t, t.TempDir(), -1)
+	defer srv.Shutdown()
+	js := connect(t, srv.ClientURL())
+	fj := &flakyJS{JetStream: js}
+	fj.fail.Store(true) // the events stay in the outbox
+	p := newPublisher(t, fj, t.TempDir(), testOptions(prometheus.NewRegistry()))
+	defer closePublisher(t, p)
+	p.Publish(event(0))
+	waitFor(t, 10*time.Second, "the first event written", func() bool { return p.ob.depth() == 1 })
+	if err := p.OutboxError(); err != nil {
+		t.Fatalf("OutboxError = %v while the outbox writes", err)
+	}
+	// The segment's file, read-only: every write fails.
+	p.ob.mu.Lock()
+	seg := p.ob.segs[len(p.ob.segs)-1]
+	good := seg.f
+	ro, err := os.Open(good.Name())
+	if err != nil {
+		p.ob.mu.Unlock()
+		t.Fatal(err)
+	}
+	seg.f = ro
+	p.ob.mu.Unlock()
+	p.Publish(event(1))
+	waitFor(t, 10*time.Second, "the failed write reported", func() bool { return p.OutboxError() != nil })
+	p.ob.mu.Lock()
+	seg.f = good
+	p.ob.mu.Unlock()
+	ro.Close()
+	p.Publish(event(2))
+	waitFor(t, 10*time.Second, "the outbox writing again", func() bool { return p.OutboxError() == nil })
+	fj.fail.Store(false)
+	waitFor(t, 20*time.Second, "every event published", func() bool { return p.Depth() == 0 })
+	checkIDs(t, streamIDs(t, js), 0, 3)
+}
