@@ -93,11 +93,11 @@ type outbox struct {
 	memBytes     int64
 	// writeErr is the last write's failure while records wait in memory
 	// for it (nil once a write went through): see writeError.
-	writeErr error
-	lastWarn     time.Time
-	lastErrLog   time.Time
-	sealed       bool // the last segment takes no more appends
-	warnEvery    time.Duration
+	writeErr   error
+	lastWarn   time.Time
+	lastErrLog time.Time
+	sealed     bool // the last segment takes no more appends
+	warnEvery  time.Duration
 }
 
 func openOutbox(dir string, o Options, m *metrics) (*outbox, error) {
