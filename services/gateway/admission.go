@@ -80,7 +80,12 @@ func (g *Gateway) admit(ctx context.Context, x *exchange) *apierr.Error {
 	}
 	if !d.Allowed {
 		e := rejection(d)
-		e.Header = rateLimitHeaders(refusedBy(req, d))
+		for k, v := range rateLimitHeaders(refusedBy(req, d)) {
+			if e.Header == nil {
+				e.Header = http.Header{}
+			}
+			e.Header[k] = v
+		}
 		return g.reject(d.Reason, e)
 	}
 	x.adm = &admission{keyID: req.KeyID, lease: req.Limits.MaxConcurrent > 0, reserved: req.Reserve}

@@ -311,6 +311,11 @@ func TestRefusalsCarryRateLimitHeaders(t *testing.T) {
 				url := serve("auth: {defaults: {total_quota: 5000, quota_reset_period: daily}}\nrate_limit: {per_key: {tokens_per_minute: 100000}}\n", 3000)
 				resp := postBig(t, url)
 				checkTokens(t, resp, "insufficient_quota", "5000", "0")
+				// Beside the limit headers, the SDKs are told not to
+				// sleep until the reset.
+				if resp.Header.Get("X-Should-Retry") != "false" || resp.Header.Get("Retry-After") == "" {
+					t.Errorf("X-Should-Retry %q, Retry-After %q", resp.Header.Get("X-Should-Retry"), resp.Header.Get("Retry-After"))
+				}
 			})
 			t.Run("quota that never resets", func(t *testing.T) {
 				url := serve("auth: {defaults: {total_quota: 5000, quota_reset_period: never}}\n", 3000)
@@ -601,5 +606,14 @@ func TestQuotaRefusalSaysWhatDidNotFit(t *testing.T) {
 		!strings.Contains(e.Message, "has less left than this request reserves (its prompt's tokens plus max_tokens") ||
 		!strings.HasSuffix(e.Message, "; it resets in 1h0m0s") {
 		t.Fatalf("%+v", e)
+	}
+	// The SDKs would sleep the hour before their next try: they are told
+	// not to retry.
+	if e.RetryAfter != 3600 || e.Header.Get("X-Should-Retry") != "false" {
+		t.Fatalf("Retry-After %d, X-Should-Retry %q", e.RetryAfter, e.Header.Get("X-Should-Retry"))
+	}
+	// A quota held by reservations is a rate limit: retried.
+	if e := rejection(ledger.Decision{Reason: ledger.ReasonQuota, HeldByReservations: true, RetryAfter: time.Second}); e.Header.Get("X-Should-Retry") != "" {
+		t.Fatalf("held quota: X-Should-Retry %q", e.Header.Get("X-Should-Retry"))
 	}
 }

@@ -77,8 +77,14 @@ func RateLimited(code, msg string, retryAfter int) *Error {
 	return &Error{Status: http.StatusTooManyRequests, Type: "rate_limit_error", Code: code, Message: msg, RetryAfter: retryAfter}
 }
 
+// QuotaExceeded is the 429 of a key whose period quota is used up.
+// Retry-After says when the period resets, which may be hours or days
+// away; X-Should-Retry: false tells the OpenAI and Anthropic SDKs, which
+// would otherwise sleep that long before their next try, to raise the
+// error at once.
 func QuotaExceeded(msg string, retryAfter int) *Error {
-	return &Error{Status: http.StatusTooManyRequests, Type: "insufficient_quota", Code: "insufficient_quota", Message: msg, RetryAfter: retryAfter}
+	return &Error{Status: http.StatusTooManyRequests, Type: "insufficient_quota", Code: "insufficient_quota", Message: msg, RetryAfter: retryAfter,
+		Header: http.Header{"X-Should-Retry": []string{"false"}}}
 }
 
 func BadGateway(msg string) *Error {
