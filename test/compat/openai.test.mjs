@@ -175,6 +175,35 @@ test('429 → RateLimitError with Retry-After', async () => {
   assert.equal(typeof err.error?.message, 'string', 'OpenAI-shaped error body');
 });
 
+// A used-up quota's 429 carries a Retry-After of hours (the daily reset):
+// with its default retries the SDK must raise it at once (the gateway
+// sends x-should-retry: false), not sleep until tomorrow.
+test('used-up quota → RateLimitError at once, default retries', async () => {
+  const [key] = KEYS.quota;
+  const c = new OpenAI({ baseURL: `${GATEWAY}/v1`, apiKey: key });
+  const req = { model: MODEL, messages, max_tokens: 1 };
+  const call = async () => {
+    try {
+      await c.chat.completions.create(req);
+      return null;
+    } catch (e) {
+      return e;
+    }
+  };
+  // The first request may be admitted (the quota has its one token).
+  let err = await call();
+  if (!err) err = await call();
+  const start = Date.now();
+  if (err?.error?.code !== 'insufficient_quota') err = await call();
+  const timer = new Promise((r) => setTimeout(() => r('timeout'), 20000));
+  const again = await Promise.race([call(), timer]);
+  assert.notEqual(again, 'timeout', 'the SDK is still waiting after 20 s: it sleeps the Retry-After');
+  assert.ok(again instanceof OpenAI.RateLimitError, `got ${again?.constructor?.name}: ${again?.message}`);
+  assert.equal(again.error?.code, 'insufficient_quota');
+  assert.ok(Number(again.headers?.get('retry-after')) > 60, `Retry-After ${again.headers?.get('retry-after')}`);
+  assert.ok(Date.now() - start < 20000);
+});
+
 // rate_limit: the key compat-rps allows one request a second, so a 429 carries
 // a Retry-After of about a second, which the SDK's own retry must honour.
 test('the SDK retry honours Retry-After', async () => {

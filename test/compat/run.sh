@@ -114,6 +114,13 @@ api_keys:
     name: "compat rps"
     user_id: compat
     limits: { requests_per_second: 1 }
+  # A daily quota of 1 token: used up by one request, refused until tomorrow.
+  - key: "sk-compat-quota-0001"
+    id: compat-quota
+    name: "compat quota"
+    user_id: compat
+    quota_reset_period: daily
+    total_quota: 1
 rate_limit:
   enabled: true
   storage: memory

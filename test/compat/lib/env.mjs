@@ -27,6 +27,7 @@ export const KEYS = {
   readme: ['sk-compat-readme-0001', 'compat-readme'],
   rpm: ['sk-compat-rpm-0001', 'compat-rpm'],
   rps: ['sk-compat-rps-0001', 'compat-rps'],
+  quota: ['sk-compat-quota-0001', 'compat-quota'],
 };
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
