@@ -94,6 +94,36 @@ logging: { level: warn }
 	return path, listen
 }
 
+// waitGatewayUp waits for the gateway at listen to answer /healthz.
+func waitGatewayUp(t *testing.T, listen string) {
+	t.Helper()
+	eventually(t, 30*time.Second, "the gateway up", func() (bool, string) {
+		resp, err := http.Get("http://" + listen + "/healthz")
+		if err != nil {
+			return false, err.Error()
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, resp.Status
+	})
+}
+
+// postHello sends dataDirOnlyConfig's key a chat completion and returns
+// the reply, its body read.
+func postHello(t *testing.T, listen string) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, "http://"+listen+"/v1/chat/completions",
+		strings.NewReader(`{"model":"mock-model","messages":[{"role":"user","content":"hello"}]}`))
+	req.Header.Set("Authorization", "Bearer sk-llmproxy-cli-test")
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp
+}
+
 // findRequest runs `logs --request-id id` and reports whether it printed
 // that request.
 func findRequest(path, id string) (bool, string) {
@@ -153,25 +183,9 @@ func testCLIWithDataDirOnly(t *testing.T, embeddedListen string) {
 	defer stop()
 	served := make(chan error, 1)
 	go func() { served <- serve(ctx, cfg, path, "all", "", slog.New(slog.NewTextHandler(&logBuf, nil))) }()
-	eventually(t, 30*time.Second, "the gateway up", func() (bool, string) {
-		resp, err := http.Get("http://" + listen + "/healthz")
-		if err != nil {
-			return false, err.Error()
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, resp.Status
-	})
+	waitGatewayUp(t, listen)
 
-	req, _ := http.NewRequest(http.MethodPost, "http://"+listen+"/v1/chat/completions",
-		strings.NewReader(`{"model":"mock-model","messages":[{"role":"user","content":"hello"}]}`))
-	req.Header.Set("Authorization", "Bearer sk-llmproxy-cli-test")
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
+	resp := postHello(t, listen)
 	id := resp.Header.Get("X-LLMProxy-Request-Id")
 	if resp.StatusCode != http.StatusOK || id == "" {
 		t.Fatalf("request: %s, request id %q", resp.Status, id)
@@ -453,14 +467,7 @@ func TestLostLedgerIsRebuilt(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		served := make(chan error, 1)
 		go func() { served <- serve(ctx, cfg, path, "all", "", slog.New(slog.NewTextHandler(&logBuf, nil))) }()
-		eventually(t, 30*time.Second, "the gateway up", func() (bool, string) {
-			resp, err := http.Get("http://" + listen + "/healthz")
-			if err != nil {
-				return false, err.Error()
-			}
-			resp.Body.Close()
-			return resp.StatusCode == http.StatusOK, resp.Status
-		})
+		waitGatewayUp(t, listen)
 		return func() {
 			cancel()
 			if err := <-served; err != nil {
@@ -477,15 +484,7 @@ func TestLostLedgerIsRebuilt(t *testing.T) {
 	}
 	stop := start()
 	for range 3 {
-		req, _ := http.NewRequest(http.MethodPost, "http://"+listen+"/v1/chat/completions",
-			strings.NewReader(`{"model":"mock-model","messages":[{"role":"user","content":"hello"}]}`))
-		req.Header.Set("Authorization", "Bearer sk-llmproxy-cli-test")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
+		postHello(t, listen)
 	}
 	eventually(t, 30*time.Second, "three requests in the ledger", requests)
 	stop()
