@@ -305,6 +305,20 @@ func (x *exchange) wakeSender() {
 	}
 }
 
+// scrubSecret takes the request's key out of x's body, and out of the
+// model read from it, which goes into the event, the access line and
+// routing's errors: a key sent in the body, or as the model, or copied
+// there by an on_request script, reaches none of them, nor the backend.
+func (x *exchange) scrubSecret() {
+	if x.body == nil {
+		return
+	}
+	x.body = scrubBodySecret(x.body, x.secret)
+	if holdsKey(x.info.Model, x.secret) {
+		x.info.Model = redact.Placeholder
+	}
+}
+
 // prepare authenticates, reads and checks the request, and runs the
 // on_auth, on_request and on_route hooks.
 func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
@@ -324,30 +338,20 @@ func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
 			return e
 		}
 	}
-	keyChecked := false
-	if !luaAuth {
-		if x.key != nil {
-			// Disabled, expired or from an address it may not be used
-			// from: refused before its body is read, which such a
-			// client might hold back for body_timeout.
-			if e := x.key.Check(g.now(), x.clientIP); e != nil {
-				return g.reject(e.Code, e)
-			}
-			keyChecked = true
+	if x.key != nil {
+		// Disabled, expired or from an address it may not be used from:
+		// refused before its body is read (without on_auth), which such
+		// a client might hold back for body_timeout.
+		if e := x.key.Check(g.now(), x.clientIP); e != nil {
+			return g.reject(e.Code, e)
 		}
+	}
+	if !luaAuth {
 		if e := g.readRequest(r, x); e != nil {
 			return e
 		}
 	}
-	if x.body != nil {
-		x.body = scrubBodySecret(x.body, x.secret)
-		// The model, read before the scrub, goes into the event, the
-		// access line and routing's errors: a key sent as the model
-		// reaches none of them.
-		if holdsKey(x.info.Model, x.secret) {
-			x.info.Model = redact.Placeholder
-		}
-	}
+	x.scrubSecret()
 	if lua != nil && lua.Has(hooks.HookRequest) {
 		hr := g.hookRequest(r, x)
 		rej, err := lua.OnRequest(r.Context(), hr)
@@ -362,10 +366,6 @@ func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
 			return g.reject("lua_rejected", luaRejection(rej))
 		}
 		if !bytes.Equal(hr.Body, x.body) {
-			// A script that copied the key into the body (from the
-			// Authorization header it sees) is scrubbed as the client's
-			// body was: the headers are, after the hook, on the way out.
-			hr.Body = scrubBodySecret(hr.Body, x.secret)
 			info, err := usage.ParseRequest(hr.Body)
 			if err == nil && notUTF8(hr.Body) != nil {
 				err = errors.New("not UTF-8")
@@ -377,24 +377,18 @@ func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
 					"err", "the body it set is not a request the gateway can read: "+err.Error())
 				return g.reject("lua_error", apierr.Internal("lua_error", "on_request produced a body that is not valid JSON"))
 			}
-			if holdsKey(info.Model, x.secret) {
-				info.Model = redact.Placeholder
-			}
+			// A script that copied the key into the body (from the
+			// Authorization header it sees) is scrubbed as the client's
+			// body was: the headers are, after the hook, on the way out.
 			x.body, x.info = hr.Body, info
+			x.scrubSecret()
 		}
 		r.Header = hr.Headers
 	}
-	if x.key != nil {
-		var e *apierr.Error
-		if !keyChecked {
-			e = x.key.Check(g.now(), x.clientIP)
-		}
-		if e == nil && r.Method == http.MethodPost {
-			// Every POST endpoint runs a model; the model lists (GET
-			// /v1/models, /api/tags) name none and are not refused.
-			e = x.key.CheckModel(x.info.Model)
-		}
-		if e != nil {
+	if x.key != nil && r.Method == http.MethodPost {
+		// Every POST endpoint runs a model; the model lists (GET
+		// /v1/models, /api/tags) name none and are not refused.
+		if e := x.key.CheckModel(x.info.Model); e != nil {
 			return g.reject(e.Code, e)
 		}
 	}
