@@ -116,7 +116,7 @@ func AdminRoutes(mux *http.ServeMux) http.Handler { return canonicalPaths(routeE
 func canonicalPaths(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if p, c := r.URL.Path, path.Clean(r.URL.Path); p != c && p != c+"/" {
-			apierr.Write(w, apierr.NotFound("unknown_url", "unknown admin path "+r.URL.EscapedPath()+": ask "+c))
+			apierr.Write(w, apierr.NotFound("unknown_url", "unknown admin path "+quotedPath(r)+": ask "+quoted(r, c)))
 			return
 		}
 		h.ServeHTTP(w, r)
@@ -134,7 +134,7 @@ func routeErrors(mux *http.ServeMux) http.Handler {
 			// A path a subtree's pattern takes with a slash added
 			// (/admin for /admin/) would be ServeMux's HTML redirect.
 			if _, pp, ok := strings.Cut(pattern, " "); (ok && pp == r.URL.Path+"/") || (!ok && pattern == r.URL.Path+"/") {
-				apierr.Write(w, apierr.NotFound("unknown_url", "unknown admin path "+quotedPath(r)+": ask "+clip(withoutSecrets(r.URL.Path, bearer(r)), maxLoggedPath)+"/"))
+				apierr.Write(w, apierr.NotFound("unknown_url", "unknown admin path "+quotedPath(r)+": ask "+quoted(r, r.URL.Path)+"/"))
 				return
 			}
 			mux.ServeHTTP(w, r)
@@ -147,7 +147,7 @@ func routeErrors(mux *http.ServeMux) http.Handler {
 		if probe.status == http.StatusMethodNotAllowed {
 			w.Header().Set("Allow", probe.header.Get("Allow"))
 			apierr.Write(w, &apierr.Error{Status: http.StatusMethodNotAllowed, Type: "invalid_request_error", Code: "method_not_allowed",
-				Message: "method " + boundMethod(withoutSecrets(r.Method, bearer(r))) + " is not allowed on " + quotedPath(r) + " (allowed: " + probe.header.Get("Allow") + ")"})
+				Message: "method " + unroutedMethod(r) + " is not allowed on " + quotedPath(r) + " (allowed: " + probe.header.Get("Allow") + ")"})
 			return
 		}
 		apierr.Write(w, apierr.NotFound("unknown_url", "unknown admin path "+quotedPath(r)))
@@ -157,7 +157,13 @@ func routeErrors(mux *http.ServeMux) http.Handler {
 // quotedPath is r's path as an admin error quotes it: bounded, and without
 // the token or a key.
 func quotedPath(r *http.Request) string {
-	return clip(withoutSecrets(r.URL.EscapedPath(), bearer(r)), maxLoggedPath)
+	return clip(pathWithoutSecrets(r), maxLoggedPath)
+}
+
+// quoted is s, a path r led to, as an admin error quotes it (see
+// quotedPath).
+func quoted(r *http.Request, s string) string {
+	return clip(withoutSecrets(s, bearer(r)), maxLoggedPath)
 }
 
 // routeProbe records the status and headers of a ServeMux error answer and

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -154,6 +155,22 @@ func TestAdminRoutesAnswerJSON(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
 			t.Errorf("GET %s = %d, want 200", p, resp.StatusCode)
+		}
+	}
+	// Every 404 quotes the path bounded and without the token, however it
+	// is spelled (not canonical, percent-encoded).
+	long := strings.Repeat("x", 5000)
+	for _, p := range []string{"/admin//" + long, "/admin/admin-secret-0001/../" + long, "/foo/%61dmin-secret-0001/" + long, "/foo/" + long + "/admin-secret-0001"} {
+		req, _ := http.NewRequest(http.MethodGet, srv.URL+p, nil)
+		req.Header.Set("Authorization", "Bearer admin-secret-0001")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound || len(b) > 1200 || strings.Contains(string(b), "admin-secret") {
+			t.Errorf("GET %.40s…: %d %.300s (%d bytes)", p, resp.StatusCode, b, len(b))
 		}
 	}
 }

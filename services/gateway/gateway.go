@@ -286,7 +286,7 @@ func (g *Gateway) routes() *echo.Echo {
 				return
 			case http.StatusMethodNotAllowed:
 				id := g.unroutedID(c.Response())
-				apierr.WriteShaped(c.Response(), &apierr.Error{Status: 405, Type: "invalid_request_error", Code: "method_not_allowed", Message: "method " + boundMethod(withoutSecrets(c.Request().Method, bearer(c.Request()))) + " is not allowed on " + g.unroutedPath(c.Request())}, shape)
+				apierr.WriteShaped(c.Response(), &apierr.Error{Status: 405, Type: "invalid_request_error", Code: "method_not_allowed", Message: "method " + unroutedMethod(c.Request()) + " is not allowed on " + g.unroutedPath(c.Request())}, shape)
 				g.logUnrouted(c.Request(), id, http.StatusMethodNotAllowed, "method_not_allowed")
 				return
 			}
@@ -342,7 +342,7 @@ func (g *Gateway) logUnrouted(r *http.Request, id string, status int, code strin
 	}
 	g.log.LogAttrs(context.Background(), slog.LevelInfo, "request",
 		slog.String("request_id", id), slog.String("key_id", ""),
-		slog.String("model", ""), slog.String("path", g.unroutedPath(r)), slog.String("method", boundMethod(withoutSecrets(r.Method, bearer(r)))),
+		slog.String("model", ""), slog.String("path", g.unroutedPath(r)), slog.String("method", unroutedMethod(r)),
 		slog.Int("status", status), slog.Int64("latency_ms", 0), slog.Int64("ttft_ms", 0),
 		slog.Int64("prompt_tokens", 0), slog.Int64("completion_tokens", 0),
 		slog.String("usage_source", ""), slog.String("backend", ""), slog.String("error", code))
@@ -354,11 +354,24 @@ func (g *Gateway) logUnrouted(r *http.Request, id string, status int, code strin
 // header), and what logging.redact's rules match are replaced, and what is
 // left is bounded.
 func (g *Gateway) unroutedPath(r *http.Request) string {
+	return clip(g.rt.Load().redact.Text(pathWithoutSecrets(r)), maxLoggedPath)
+}
+
+// pathWithoutSecrets is r's path as the client wrote it, with the key the
+// request presents and any key made by `llmproxy keys` replaced (decoded
+// where one was percent-encoded).
+func pathWithoutSecrets(r *http.Request) string {
 	p, key := r.URL.EscapedPath(), bearer(r)
 	if d := r.URL.Path; d != p && (holdsKey(d, key) || strings.Contains(d, keys.SecretPrefix)) {
-		p = d // a key percent-encoded: logged decoded, without it
+		p = d // a key percent-encoded: quoted decoded, without it
 	}
-	return clip(g.rt.Load().redact.Text(withoutSecrets(p, key)), maxLoggedPath)
+	return withoutSecrets(p, key)
+}
+
+// unroutedMethod is r's method as a reply or the log quotes it: bounded,
+// without a key.
+func unroutedMethod(r *http.Request) string {
+	return boundMethod(withoutSecrets(r.Method, bearer(r)))
 }
 
 // withoutSecrets returns s, something a client sent that the log quotes,
