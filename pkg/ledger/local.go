@@ -57,43 +57,35 @@ type LocalStore struct {
 // OpenLocal opens, creating it if needed, the ledger file at path. If another
 // process holds the file, OpenLocal waits for the lock timeout (WithLockTimeout,
 // default 1s) and then fails with an error wrapping ErrLocked.
-func OpenLocal(path string, opts ...Option) (s *LocalStore, err error) {
+func OpenLocal(path string, opts ...Option) (*LocalStore, error) {
 	o := newOptions(opts)
 	var db *bolt.DB
-	// A file cut short leaves pages its meta names past the end of the
-	// mapping: reading one faults, which this makes a panic to recover.
-	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-	defer func() {
-		// bbolt panics on some damage it finds opening the file (a
-		// freelist cut short); an error naming the file says more.
-		if r := recover(); r != nil {
-			if db != nil {
-				_ = db.Close()
-			}
-			s, err = nil, damaged(path, r)
+	err := guard(path, func() (err error) {
+		if db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: o.lockTimeout}); err != nil {
+			return err
 		}
-	}()
-	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: o.lockTimeout})
-	if errors.Is(err, bolterrors.ErrTimeout) {
-		return nil, fmt.Errorf("open ledger %s: %w", path, ErrLocked)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("open ledger %s: %w", path, err)
-	}
-	s = &LocalStore{db: db, opts: o, path: path}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketSeen, bucketSeenAt, bucketUsage, bucketModel, bucketUser, bucketReserved} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
+		return db.Update(func(tx *bolt.Tx) error {
+			for _, b := range [][]byte{bucketSeen, bucketSeenAt, bucketUsage, bucketModel, bucketUser, bucketReserved} {
+				if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+					return err
+				}
 			}
-		}
-		return nil
+			return nil
+		})
 	})
 	if err != nil {
-		db.Close()
+		if db != nil {
+			_ = db.Close()
+		}
+		switch {
+		case errors.Is(err, ErrDamaged):
+			return nil, err // it names the file
+		case errors.Is(err, bolterrors.ErrTimeout):
+			err = ErrLocked
+		}
 		return nil, fmt.Errorf("open ledger %s: %w", path, err)
 	}
-	return s, nil
+	return &LocalStore{db: db, opts: o, path: path}, nil
 }
 
 // Apply records entries in one transaction: either the whole batch is durable
@@ -295,7 +287,7 @@ func (s *LocalStore) view(ctx context.Context, fn func(tx *bolt.Tx) error) error
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := s.guard(func() error { return s.db.View(fn) }); err != nil {
+	if err := guard(s.path, func() error { return s.db.View(fn) }); err != nil {
 		return fmt.Errorf("read ledger: %w", err)
 	}
 	return nil
@@ -303,19 +295,22 @@ func (s *LocalStore) view(ctx context.Context, fn func(tx *bolt.Tx) error) error
 
 // update is db.Update with bbolt's panics turned into errors (guard).
 func (s *LocalStore) update(fn func(tx *bolt.Tx) error) error {
-	return s.guard(func() error { return s.db.Update(fn) })
+	return guard(s.path, func() error { return s.db.Update(fn) })
 }
 
-// guard runs fn, turning a panic inside bbolt, which is how it reports a
-// damaged page it meets, into an error wrapping ErrDamaged: the meter then
-// logs its failed writes and retries, instead of its goroutine dying with
-// the ledger silently no longer written. (bbolt rolls the transaction back
-// as the panic passes.)
-func (s *LocalStore) guard(fn func() error) (err error) {
+// guard runs fn on the ledger file at path, turning a panic inside bbolt,
+// which is how it reports a damaged page it meets (a freelist cut short at
+// open, say), into an error wrapping ErrDamaged: the meter then logs its
+// failed writes and retries, instead of its goroutine dying with the
+// ledger silently no longer written. A file cut short leaves pages its
+// meta names past the end of the mapping: reading one faults, which
+// SetPanicOnFault makes such a panic. (bbolt rolls a transaction back as
+// the panic passes.)
+func guard(path string, fn func() error) (err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
-			err = damaged(s.path, r)
+			err = damaged(path, r)
 		}
 	}()
 	return fn()
