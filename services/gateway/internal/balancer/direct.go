@@ -63,6 +63,7 @@ type DirectTransport struct {
 type directConn struct {
 	t        *DirectTransport
 	nc       net.Conn
+	raw      syscall.RawConn // nc's, for peerClosed; nil if it has none
 	br       *bufio.Reader
 	bw       *bufio.Writer
 	read     int64 // bytes read from nc, for telling a stale connection
@@ -231,7 +232,7 @@ func (t *DirectTransport) conn(ctx context.Context) (*directConn, bool, error) {
 		t.idle = t.idle[:n-1]
 		if time.Since(c.lastUsed) < t.idleTimeout {
 			t.mu.Unlock()
-			if peerClosed(c.nc) {
+			if peerClosed(c.raw) {
 				// Closed by the backend while it sat idle (nothing was
 				// sent on it), or holding bytes no request asked for
 				// (an engine that framed a reply wrongly, or sent a
@@ -258,6 +259,11 @@ func (t *DirectTransport) conn(ctx context.Context) (*directConn, bool, error) {
 		return nil, false, err
 	}
 	c := &directConn{t: t, nc: nc}
+	if sc, ok := nc.(syscall.Conn); ok {
+		// Taken once: SyscallConn allocates, and peerClosed asks for
+		// it at every reuse.
+		c.raw, _ = sc.SyscallConn()
+	}
 	c.br = bufio.NewReaderSize(c, connBufferSize)
 	c.bw = bufio.NewWriterSize(c, connBufferSize)
 	return c, false, nil

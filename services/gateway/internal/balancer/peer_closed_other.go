@@ -2,8 +2,8 @@
 
 package balancer
 
-import "net"
+import "syscall"
 
 // peerClosed cannot peek here: a connection the backend closed is told
 // when a request fails on it (see resendable).
-func peerClosed(net.Conn) bool { return false }
+func peerClosed(syscall.RawConn) bool { return false }
