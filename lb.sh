@@ -1,1 +1,0 @@
-for w in 1 2 3 4; do ( for i in $(seq 1 ${1:-100}); do curl -s -D - -o /dev/null -m 10 http://127.0.0.1:21640/v1/chat/completions -d '{"model":"mock-model","messages":[{"role":"user","content":"hi"}]}' | grep -i '^x-mock-backend' | tr -d '\r'; done ) & done; wait
