@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"sync/atomic"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -12,43 +11,53 @@ import (
 	"github.com/llmproxy/llmproxy/pkg/ledger"
 )
 
-// periodLookupTimeout bounds the Redis look-up of one key's period.
-const periodLookupTimeout = 5 * time.Second
-
-// periodOf returns the quota period of a key id, the period `llmproxy
-// usage` and GET /admin/usage report the key over: a file key's own
-// quota_reset_period; with auth.storage: redis, the one in the key's
-// record (read from rdb at each call, so that keys created after the
-// server started are right); else, and for a key that is gone,
-// auth.defaults.quota_reset_period. rdb may be nil.
-func periodOf(cfg *config.Config, rdb redis.UniversalClient) func(string) ledger.Period {
+// periodOf returns the key periods `llmproxy usage` and GET /admin/usage
+// report keys over: a file key's own quota_reset_period; with
+// auth.storage: redis, the one in the key's record (read from rdb at each
+// report, so that keys created after the server started are right); else,
+// and for a key that is gone, auth.defaults.quota_reset_period. rdb may be
+// nil.
+func periodOf(cfg *config.Config, rdb redis.UniversalClient) *ledger.KeyPeriods {
 	def, err := ledger.ParsePeriod(cfg.Auth.Defaults.QuotaResetPeriod)
 	if err != nil {
 		def = ledger.Monthly
 	}
 	file := map[string]ledger.Period{}
 	for _, k := range cfg.APIKeys {
-		if p, err := ledger.ParsePeriod(k.QuotaResetPeriod); err == nil && k.QuotaResetPeriod != "" {
-			file[k.PublicID()] = p
+		p, err := ledger.ParsePeriod(k.QuotaResetPeriod)
+		if err != nil || k.QuotaResetPeriod == "" {
+			p = def
 		}
+		file[k.PublicID()] = p
 	}
 	inRedis := rdb != nil && cfg.Auth.Storage == "redis"
 	prefix := redisPrefix(cfg)
-	return func(id string) ledger.Period {
-		if p, ok := file[id]; ok {
-			return p
-		}
-		if inRedis {
-			ctx, cancel := context.WithTimeout(context.Background(), periodLookupTimeout)
-			defer cancel()
-			if rec, err := keys.Get(ctx, rdb, prefix, id); err == nil && rec.QuotaResetPeriod != "" {
-				if p, err := ledger.ParsePeriod(rec.QuotaResetPeriod); err == nil {
-					return p
-				}
+	return &ledger.KeyPeriods{Default: def, Of: func(ctx context.Context, ids []string) (map[string]ledger.Period, error) {
+		out := make(map[string]ledger.Period, len(ids))
+		var rest []string
+		for _, id := range ids {
+			if p, ok := file[id]; ok {
+				out[id] = p
+			} else {
+				rest = append(rest, id)
 			}
 		}
-		return def
-	}
+		if !inRedis || len(rest) == 0 {
+			return out, nil
+		}
+		recs, err := keys.GetMany(ctx, rdb, prefix, rest)
+		if err != nil {
+			return nil, err
+		}
+		for id, rec := range recs {
+			p, err := ledger.ParsePeriod(rec.QuotaResetPeriod)
+			if err != nil || rec.QuotaResetPeriod == "" {
+				p = def
+			}
+			out[id] = p
+		}
+		return out, nil
+	}}
 }
 
 // livePeriods is periodOf of the config in force: serve sets it again
@@ -57,7 +66,7 @@ func periodOf(cfg *config.Config, rdb redis.UniversalClient) func(string) ledger
 // safe for concurrent use.
 type livePeriods struct {
 	rdb redis.UniversalClient
-	f   atomic.Pointer[func(string) ledger.Period]
+	kp  atomic.Pointer[ledger.KeyPeriods]
 }
 
 func newLivePeriods(cfg *config.Config, rdb redis.UniversalClient) *livePeriods {
@@ -68,9 +77,8 @@ func newLivePeriods(cfg *config.Config, rdb redis.UniversalClient) *livePeriods 
 
 // set makes cfg's periods the ones reported.
 func (l *livePeriods) set(cfg *config.Config) {
-	f := periodOf(cfg, l.rdb)
-	l.f.Store(&f)
+	l.kp.Store(periodOf(cfg, l.rdb))
 }
 
-// of returns keyID's quota period; see periodOf.
-func (l *livePeriods) of(keyID string) ledger.Period { return (*l.f.Load())(keyID) }
+// current returns the key periods of the config in force; see periodOf.
+func (l *livePeriods) current() *ledger.KeyPeriods { return l.kp.Load() }

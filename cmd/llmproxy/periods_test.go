@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"net/http/httptest"
 	"os"
 	"strings"
@@ -64,6 +65,15 @@ func TestUsagePeriodsOfRedisKeys(t *testing.T) {
 	if err != nil || len(rows) != 1 || rows[0].Period != ledger.Daily || rows[0].TotalTokens != 2 {
 		t.Fatalf("--key daily-key: %+v, %v; want one daily row of 2 tokens", rows, err)
 	}
+	// A key id no key has, and nothing was recorded under, is an error,
+	// not a row of zeros (a mistyped id); a gone key's usage is reported.
+	if rows, err = readUsage(ctx, cfg, "no-such-key", ""); !errors.Is(err, ledger.ErrUnknownKey) {
+		t.Fatalf("--key no-such-key: %+v, %v; want ErrUnknownKey", rows, err)
+	}
+	rows, err = readUsage(ctx, cfg, "gone-key", "")
+	if err != nil || len(rows) != 1 || rows[0].Period != ledger.Weekly || rows[0].TotalTokens != 4 {
+		t.Fatalf("--key gone-key: %+v, %v; want one weekly row of 4 tokens", rows, err)
+	}
 }
 
 // TestPeriodOfFileKeys: a file key's own period, else the configured
@@ -79,11 +89,18 @@ api_keys:
 	if err != nil {
 		t.Fatal(err)
 	}
-	of := periodOf(cfg, nil)
-	for id, want := range map[string]ledger.Period{"a": ledger.Never, "b": ledger.Daily, "gone": ledger.Daily} {
-		if got := of(id); got != want {
-			t.Errorf("period of %s = %s, want %s", id, got, want)
+	kp := periodOf(cfg, nil)
+	got, err := kp.Of(context.Background(), []string{"a", "b", "gone"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for id, want := range map[string]ledger.Period{"a": ledger.Never, "b": ledger.Daily} {
+		if got[id] != want {
+			t.Errorf("period of %s = %s, want %s", id, got[id], want)
 		}
+	}
+	if p, ok := got["gone"]; ok || kp.Default != ledger.Daily {
+		t.Errorf("a key not in the file: %q, %v, default %s; want unknown, and the default daily", p, ok, kp.Default)
 	}
 }
 

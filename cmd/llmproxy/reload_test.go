@@ -83,8 +83,7 @@ api_keys: [{ key: sk-one, id: one }]
 // TestSIGHUPKeyPeriodsInAdminUsage: after a SIGHUP that adds a key with
 // its own quota_reset_period, GET /admin/usage (which `llmproxy usage`
 // asks while serve holds the local ledger) reports that key over its own
-// period, not over the default one the config at start gave every key it
-// did not list.
+// period; before it, the admin API knew no such key.
 func TestSIGHUPKeyPeriodsInAdminUsage(t *testing.T) {
 	dir := t.TempDir()
 	listen, admin := freeAddr(t), freeAddr(t)
@@ -98,7 +97,7 @@ func TestSIGHUPKeyPeriodsInAdminUsage(t *testing.T) {
 	logBuf := serveFile(t, path)
 	eventually(t, 30*time.Second, "the admin listener", func() (bool, string) {
 		b := adminGet(admin, "/admin/usage?key=two")
-		return strings.Contains(b, `"period":"monthly"`), b
+		return strings.Contains(b, `"code":"key_not_found"`), b
 	})
 
 	if err := os.WriteFile(path, []byte(head+"api_keys: [{ key: sk-one, id: one }, { key: sk-two, id: two, quota_reset_period: daily }]\n"), 0o600); err != nil {

@@ -542,7 +542,7 @@ func startAdmin(cfg *config.Config, target string, reg *prometheus.Registry, lh 
 	if lh != nil {
 		store = lh.store
 	}
-	opts := gateway.AdminOptions{Token: cfg.Admin.Token, Ledger: store, PeriodOf: periods.of}
+	opts := gateway.AdminOptions{Token: cfg.Admin.Token, Ledger: store, Periods: periods.current}
 	if target == "notifier" || target == "recorder" {
 		opts.NotServed = "--target " + target + " serves no admin API: ask the admin listener of a gateway or a meter (or run llmproxy usage / llmproxy keys)"
 	}

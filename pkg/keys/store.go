@@ -112,8 +112,26 @@ func List(ctx context.Context, rdb redis.UniversalClient, prefix string) ([]Reco
 	if err != nil {
 		return nil, fmt.Errorf("list keys: %w", err)
 	}
+	recs, err := GetMany(ctx, rdb, prefix, ids)
+	if err != nil {
+		return nil, fmt.Errorf("list keys: %w", err)
+	}
+	out := make([]Record, 0, len(recs))
+	for _, rec := range recs {
+		out = append(out, rec)
+	}
+	slices.SortFunc(out, func(a, b Record) int {
+		return cmp.Or(a.CreatedAt.Compare(b.CreatedAt), cmp.Compare(a.ID, b.ID))
+	})
+	return out, nil
+}
+
+// GetMany returns the keys of ids that exist, by id, in two pipelined
+// round trips whatever their number.
+func GetMany(ctx context.Context, rdb redis.UniversalClient, prefix string, ids []string) (map[string]Record, error) {
+	out := make(map[string]Record, len(ids))
 	if len(ids) == 0 {
-		return []Record{}, nil
+		return out, nil
 	}
 	hashes := make([]*redis.StringCmd, len(ids))
 	pipe := rdb.Pipeline()
@@ -121,7 +139,7 @@ func List(ctx context.Context, rdb redis.UniversalClient, prefix string) ([]Reco
 		hashes[i] = pipe.Get(ctx, byIDKey(prefix, id))
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("list keys: %w", err)
+		return nil, err
 	}
 	pipe = rdb.Pipeline()
 	var bodies []*redis.StringCmd
@@ -131,12 +149,11 @@ func List(ctx context.Context, rdb redis.UniversalClient, prefix string) ([]Reco
 		}
 	}
 	if len(bodies) == 0 {
-		return []Record{}, nil
+		return out, nil
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("list keys: %w", err)
+		return nil, err
 	}
-	out := make([]Record, 0, len(bodies))
 	for _, b := range bodies {
 		body, err := b.Bytes()
 		if err != nil {
@@ -146,11 +163,8 @@ func List(ctx context.Context, rdb redis.UniversalClient, prefix string) ([]Reco
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, rec)
+		out[rec.ID] = rec
 	}
-	slices.SortFunc(out, func(a, b Record) int {
-		return cmp.Or(a.CreatedAt.Compare(b.CreatedAt), cmp.Compare(a.ID, b.ID))
-	})
 	return out, nil
 }
 

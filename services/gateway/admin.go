@@ -3,6 +3,7 @@ package gateway
 import (
 	"crypto/subtle"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/pprof"
@@ -23,9 +24,10 @@ type AdminOptions struct {
 	// empty disables the /admin endpoints.
 	Token  string
 	Ledger ledger.Store
-	// PeriodOf returns a key's quota period ("" when unknown).
-	PeriodOf func(keyID string) ledger.Period
-	Now      func() time.Time
+	// Periods returns the keys' quota periods in force (nil: monthly for
+	// every key, and no key is unknown).
+	Periods func() *ledger.KeyPeriods
+	Now     func() time.Time
 	// NotServed, when set, says why this process serves neither the
 	// usage API (it has no ledger) nor the key API, and where to ask
 	// instead: the admin listener of a notifier or a recorder.
@@ -67,7 +69,15 @@ func AdminHandler(o AdminOptions) http.Handler {
 		if o.Now != nil {
 			now = o.Now
 		}
-		rows, err := ledger.Report(r.Context(), o.Ledger, q.Get("key"), p, o.PeriodOf, now())
+		var kp *ledger.KeyPeriods
+		if o.Periods != nil {
+			kp = o.Periods()
+		}
+		rows, err := ledger.Report(r.Context(), o.Ledger, q.Get("key"), p, kp, now())
+		if errors.Is(err, ledger.ErrUnknownKey) {
+			apierr.Write(w, apierr.NotFound("key_not_found", err.Error()))
+			return
+		}
 		if err != nil {
 			apierr.Write(w, apierr.Unavailable("ledger_unavailable", "the ledger is unavailable: "+err.Error()))
 			return

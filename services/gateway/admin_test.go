@@ -1,11 +1,13 @@
 package gateway
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -32,6 +34,15 @@ func TestAdminRouteErrorsAreJSON(t *testing.T) {
 	defer store.Close()
 	withLedger := httptest.NewServer(AdminHandler(AdminOptions{Token: token, Ledger: store}))
 	defer withLedger.Close()
+	// A key source that knows key "known" only.
+	known := &ledger.KeyPeriods{Of: func(_ context.Context, ids []string) (map[string]ledger.Period, error) {
+		if slices.Contains(ids, "known") {
+			return map[string]ledger.Period{"known": ledger.Daily}, nil
+		}
+		return nil, nil
+	}}
+	withKeys := httptest.NewServer(AdminHandler(AdminOptions{Token: token, Ledger: store, Periods: func() *ledger.KeyPeriods { return known }}))
+	defer withKeys.Close()
 	keysAPI := httptest.NewServer(AdminKeysHandler(rdb, prefix, token, nil))
 	defer keysAPI.Close()
 	// Redis there, but the gateway takes its keys from the file.
@@ -61,6 +72,7 @@ func TestAdminRouteErrorsAreJSON(t *testing.T) {
 		{withLedger, "GET", "/admin/usage?keys=a", token, 400, "invalid_query", ""},
 		{withLedger, "GET", "/admin/usage?period=hourly", token, 400, "invalid_period", ""},
 		{withLedger, "GET", "/admin/usage?key=a%00", token, 400, "invalid_query", ""},
+		{withKeys, "GET", "/admin/usage?key=unknown", token, 404, "key_not_found", ""},
 		{keysAPI, "GET", "/admin/keys?bogus=1", token, 400, "invalid_query", ""},
 		{usage, "GET", "/admin/keys", token, 404, "key_store_not_configured", ""},
 		{notifier, "GET", "/admin/usage", token, 404, "no_ledger", ""},
