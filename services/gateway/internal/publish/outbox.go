@@ -220,21 +220,35 @@ func (ob *outbox) recover() error {
 }
 
 // loadSegment opens and verifies one segment file. A record that does not
-// verify (torn by a crash) ends the segment: the file is truncated there.
-// boundarySeq is the sequence number at ack.off when that offset is a record
-// boundary of this segment.
+// verify ends the segment when no whole record follows it (a record torn
+// by a crash, the file's last): the file is truncated there. One followed
+// by whole records (bytes damaged on disk) is cut out, and the records
+// after it are kept. boundarySeq is the sequence number at ack.off when
+// that offset is a record boundary of this segment.
 func (ob *outbox) loadSegment(id uint64, ack position, ackOK bool) (*segment, uint64, error) {
 	path := filepath.Join(ob.dir, segmentName(id))
 	f, err := os.OpenFile(path, os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, 0, fmt.Errorf("open outbox segment: %w", err)
 	}
+	fail := func(what string, err error) (*segment, uint64, error) {
+		f.Close()
+		return nil, 0, fmt.Errorf("%s outbox segment %s: %w", what, path, err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		return fail("stat", err)
+	}
+	size := st.Size()
 	seg := &segment{id: id, f: f}
 	boundarySeq := ^uint64(0)
+	// Once bytes are cut out, the acknowledged mark's offset no longer
+	// names a position here: recovery then republishes the outbox whole.
+	cut := false
 	r := bufio.NewReaderSize(io.NewSectionReader(f, 0, 1<<62), 256<<10)
 	var buf []byte
 	for {
-		if ackOK && ack.seg == id && ack.off == seg.size {
+		if ackOK && !cut && ack.seg == id && ack.off == seg.size {
 			boundarySeq = id + seg.count
 		}
 		hdr, err := r.Peek(recordHeaderSize)
@@ -251,20 +265,86 @@ func (ob *outbox) loadSegment(id uint64, ack position, ackOK bool) (*segment, ui
 				_, _, _, err = decodeRecord(buf)
 			}
 		}
+		if err == nil {
+			seg.size += int64(n)
+			seg.count++
+			continue
+		}
+		next, err := findRecord(f, seg.size+1, size)
 		if err != nil {
-			ob.log.Warn("event outbox: truncating unreadable record", "segment", path, "offset", seg.size, "err", err)
+			return fail("read", err)
+		}
+		if next < 0 {
+			ob.log.Warn("event outbox: truncating unreadable record", "segment", path, "offset", seg.size)
 			break
 		}
-		seg.size += int64(n)
-		seg.count++
+		ob.log.Warn("event outbox: cutting out damaged bytes; the records after them are kept",
+			"segment", path, "offset", seg.size, "bytes", next-seg.size)
+		if err := moveDown(f, next, seg.size, size); err != nil {
+			return fail("repair", err)
+		}
+		size -= next - seg.size
+		cut = true
+		r.Reset(io.NewSectionReader(f, seg.size, 1<<62))
 	}
-	if st, err := f.Stat(); err == nil && st.Size() != seg.size {
+	if size != seg.size || cut {
 		if err := f.Truncate(seg.size); err != nil {
-			f.Close()
-			return nil, 0, fmt.Errorf("truncate outbox segment: %w", err)
+			return fail("truncate", err)
+		}
+		if err := f.Sync(); err != nil {
+			return fail("sync", err)
 		}
 	}
 	return seg, boundarySeq, nil
+}
+
+// findRecord returns the offset of the first whole record of f at or after
+// from and before size, or -1 when there is none.
+func findRecord(f *os.File, from, size int64) (int64, error) {
+	const probe = recordHeaderSize + 4 // the header and the two name lengths
+	r := bufio.NewReaderSize(io.NewSectionReader(f, from, max(size-from, 0)), 256<<10)
+	var rec []byte
+	for off := from; size-off >= probe; off++ {
+		hdr, err := r.Peek(probe)
+		if err != nil {
+			return -1, err
+		}
+		// The cheap checks first: a record's length that fits the file,
+		// and names that fit the record; only then its checksum.
+		if n, err := peekRecordLen(hdr); err == nil && off+int64(n) <= size &&
+			probe+int(binary.LittleEndian.Uint16(hdr[8:]))+int(binary.LittleEndian.Uint16(hdr[10:])) <= n {
+			rec = slices.Grow(rec[:0], n)[:n]
+			if _, err := f.ReadAt(rec, off); err != nil {
+				return -1, err
+			}
+			if _, _, _, err := decodeRecord(rec); err == nil {
+				return off, nil
+			}
+		}
+		if _, err := r.Discard(1); err != nil {
+			return -1, err
+		}
+	}
+	return -1, nil
+}
+
+// moveDown copies f's bytes [from, size) to offset to (< from).
+func moveDown(f *os.File, from, to, size int64) error {
+	buf := make([]byte, 1<<20)
+	for from < size {
+		n, err := f.ReadAt(buf[:min(int64(len(buf)), size-from)], from)
+		if n > 0 {
+			if _, err := f.WriteAt(buf[:n], to); err != nil {
+				return err
+			}
+			from += int64(n)
+			to += int64(n)
+		}
+		if err != nil && !(errors.Is(err, io.EOF) && from >= size) {
+			return err
+		}
+	}
+	return nil
 }
 
 func segmentName(id uint64) string {

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/llmproxy/llmproxy/pkg/events"
@@ -92,6 +93,77 @@ func TestRecoverTruncatesTornRecord(t *testing.T) {
 	recs, err := ob.read(ob.ackedPos(), 10, readLimit)
 	if err != nil || len(recs) != 3 || recs[2].msgID != event(2).RequestID {
 		t.Fatalf("read %d records, err %v", len(recs), err)
+	}
+}
+
+// TestRecoverKeepsRecordsAfterDamage: bytes damaged in the middle of a
+// segment (not a crash's torn tail) lose the records they hit and no
+// other: recovery cuts them out and keeps the records after them, which a
+// truncation at the damage would have dropped with their usage.
+func TestRecoverKeepsRecordsAfterDamage(t *testing.T) {
+	var (
+		buf    []byte
+		starts []int
+	)
+	for i := range 6 {
+		starts = append(starts, len(buf))
+		buf = appendRecord(buf, "s", event(i).RequestID, bytes.Repeat([]byte{'a' + byte(i)}, 100+i))
+	}
+	starts = append(starts, len(buf))
+	tests := []struct {
+		name   string
+		damage func([]byte) []byte
+		want   []int
+	}{
+		{"a byte of a body flipped", func(b []byte) []byte { b[starts[2]+40] ^= 0xff; return b }, []int{0, 1, 3, 4, 5}},
+		{"a length garbled", func(b []byte) []byte { b[starts[1]+2] = 0x7f; return b }, []int{0, 2, 3, 4, 5}},
+		{"two records zeroed", func(b []byte) []byte { clear(b[starts[2]:starts[4]]); return b }, []int{0, 1, 4, 5}},
+		{"stray bytes between records", func(b []byte) []byte {
+			return slices.Concat(b[:starts[3]], []byte("garbage"), b[starts[3]:])
+		}, []int{0, 1, 2, 3, 4, 5}},
+		{"the first record hit", func(b []byte) []byte { b[5] ^= 1; return b }, []int{1, 2, 3, 4, 5}},
+		{"the last record hit", func(b []byte) []byte { b[starts[5]+20] ^= 1; return b }, []int{0, 1, 2, 3, 4}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.WriteFile(filepath.Join(dir, segmentName(0)), tt.damage(slices.Clone(buf)), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			m, _ := newMetrics(prometheus.NewRegistry())
+			ob, err := openOutbox(dir, Options{}.withDefaults(), m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ob.closeFiles()
+			recs, err := ob.read(ob.ackedPos(), 100, readLimit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, r := range recs {
+				got = append(got, r.msgID)
+			}
+			var want []string
+			for _, i := range tt.want {
+				want = append(want, event(i).RequestID)
+			}
+			if !slices.Equal(got, want) || ob.depth() != int64(len(want)) {
+				t.Fatalf("recovered %v (depth %d), want %v", got, ob.depth(), want)
+			}
+			// The repair is on disk: a second recovery reads the same.
+			if err := ob.closeFiles(); err != nil {
+				t.Fatal(err)
+			}
+			ob2, err := openOutbox(dir, Options{}.withDefaults(), m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ob2.closeFiles()
+			if d := ob2.depth(); d != int64(len(want)) {
+				t.Fatalf("second recovery: depth %d, want %d", d, len(want))
+			}
+		})
 	}
 }
 
