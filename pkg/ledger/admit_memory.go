@@ -361,7 +361,7 @@ func (a *MemoryAdmitter) settle(entries []Entry) {
 	defer a.mu.Unlock()
 	now := a.now()
 	for _, e := range entries {
-		a.settleLocked(e.KeyID, e.RequestID, e.PromptTokens+e.CompletionTokens, e.Time, now)
+		a.settleLocked(e.KeyID, e.RequestID, e.PromptTokens+e.CompletionTokens, e.tpmTime(), now)
 		delete(a.usageCache, e.KeyID)
 	}
 }

@@ -460,6 +460,26 @@ func runAdmitSuite(t *testing.T, newEnv func(t *testing.T, start time.Time) admi
 		}
 	})
 
+	t.Run("TPMCountsARequestWhenItEnds", func(t *testing.T) {
+		env := newEnv(t, t0)
+		req := AdmitRequest{KeyID: "k", LeaseID: "long", Limits: KeyLimits{TPM: 1000}, Reserve: 1000}
+		if d := admit(t, env, req); !d.Allowed {
+			t.Fatalf("first: %+v", d)
+		}
+		req.LeaseID = ""
+		// It streams for 90 s and ends with 1000 tokens: they count in
+		// the window from its end, not from its arrival, 90 s before.
+		env.clock.Set(t0.Add(90 * time.Second))
+		apply(t, env, Entry{RequestID: "long", KeyID: "k", Time: t0, Ended: t0.Add(90 * time.Second), CompletionTokens: 1000, Reserved: 1000})
+		if d := admit(t, env, req); d.Allowed || d.Reason != ReasonTPM {
+			t.Fatalf("right after a long request used 1000 tokens: %+v; want tpm", d)
+		}
+		env.clock.Set(t0.Add(150 * time.Second))
+		if d := admit(t, env, req); !d.Allowed {
+			t.Fatalf("60 s after its end: %+v; want admitted", d)
+		}
+	})
+
 	t.Run("LoneRequestLargerThanLimit", func(t *testing.T) {
 		env := newEnv(t, t0)
 		req := AdmitRequest{KeyID: "k", Limits: KeyLimits{TPM: 1000}, Quota: 2000, Reserve: 4096}

@@ -79,16 +79,29 @@ func PeriodEnd(p Period, t time.Time) time.Time {
 
 // Entry is what the ledger records of one completed request.
 type Entry struct {
-	RequestID        string
-	KeyID            string
-	UserID           string
-	Model            string
-	Time             time.Time
+	RequestID string
+	KeyID     string
+	UserID    string
+	Model     string
+	Time      time.Time
+	// Ended is when the request ended: its tokens count in the key's TPM
+	// window at this second, so that a request longer than the window
+	// counts in it when its tokens were used, not at its arrival, by then
+	// out of the window. Zero: Time.
+	Ended            time.Time
 	PromptTokens     int64
 	CompletionTokens int64
 	// Reserved is the number of tokens reserved at admission for this
 	// request; applying the entry releases the reservation.
 	Reserved int64
+}
+
+// tpmTime is when e's tokens count in the TPM window.
+func (e Entry) tpmTime() time.Time {
+	if e.Ended.IsZero() {
+		return e.Time
+	}
+	return e.Ended
 }
 
 // ErrInvalidEntry reports an entry a store cannot record: it lacks the

@@ -299,7 +299,7 @@ func (c *scriptCall) add(tag string, e Entry, pids *[4]string, expireAt, reserve
 		n = len(c.byClass) + 1
 		c.byClass[k] = n
 	}
-	c.entries = append(c.entries, n, e.RequestID, e.PromptTokens, e.CompletionTokens, reserved, e.Time.Unix())
+	c.entries = append(c.entries, n, e.RequestID, e.PromptTokens, e.CompletionTokens, reserved, e.tpmTime().Unix())
 	c.n++
 }
 

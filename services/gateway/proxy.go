@@ -1516,7 +1516,7 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 		ev.Model = res.Model
 	}
 	if g.settler != nil && x.adm != nil {
-		g.settler.Settle(x.adm.keyID, x.requestID, ev.Usage.TotalTokens, x.start)
+		g.settler.Settle(x.adm.keyID, x.requestID, ev.Usage.TotalTokens, x.start.Add(latency))
 	}
 	if lua := x.rt.lua; lua != nil && lua.Has(hooks.HookComplete) {
 		if err := lua.OnComplete(context.WithoutCancel(ctx), ev); err != nil {

@@ -19,6 +19,7 @@ type meteredFields struct {
 	KeyID       string       `json:"key_id"`
 	Model       string       `json:"model"`
 	Timestamp   time.Time    `json:"timestamp"`
+	LatencyMS   int64        `json:"latency_ms"`
 	Usage       events.Usage `json:"usage"`
 	Reservation int64        `json:"reservation"`
 	BackendURL  string       `json:"backend_url"`
@@ -56,6 +57,7 @@ func entryFromEvent(data []byte) (ledger.Entry, error) {
 		UserID:           ev.UserID,
 		Model:            ev.Model,
 		Time:             ev.Timestamp,
+		Ended:            ev.Timestamp.Add(time.Duration(max(ev.LatencyMS, 0)) * time.Millisecond),
 		PromptTokens:     ev.Usage.PromptTokens,
 		CompletionTokens: ev.Usage.CompletionTokens,
 		Reserved:         ev.Reservation,

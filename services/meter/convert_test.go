@@ -19,13 +19,14 @@ func TestEntryFromEvent(t *testing.T) {
 	}{
 		{
 			name: "full event",
-			body: `{"schema":"llmproxy.request.completed/v1","request_id":"r1","user_id":"u1","key_id":"k1","model":"qwen","timestamp":"2026-11-25T01:02:03Z","usage":{"prompt_tokens":7,"completion_tokens":9,"total_tokens":16},"reservation":100,"unknown_field":true}`,
-			want: ledger.Entry{RequestID: "r1", KeyID: "k1", UserID: "u1", Model: "qwen", Time: ts, PromptTokens: 7, CompletionTokens: 9, Reserved: 100},
+			body: `{"schema":"llmproxy.request.completed/v1","request_id":"r1","user_id":"u1","key_id":"k1","model":"qwen","timestamp":"2026-11-25T01:02:03Z","usage":{"prompt_tokens":7,"completion_tokens":9,"total_tokens":16},"reservation":100,"latency_ms":90500,"unknown_field":true}`,
+			// A request's tokens count in the TPM window when it ended.
+			want: ledger.Entry{RequestID: "r1", KeyID: "k1", UserID: "u1", Model: "qwen", Time: ts, Ended: ts.Add(90500 * time.Millisecond), PromptTokens: 7, CompletionTokens: 9, Reserved: 100},
 		},
 		{
 			name: "no key id counts as anonymous",
 			body: `{"request_id":"r2","timestamp":"2026-11-25T01:02:03Z","usage":{"prompt_tokens":1}}`,
-			want: ledger.Entry{RequestID: "r2", KeyID: events.AnonymousKeyID, Time: ts, PromptTokens: 1},
+			want: ledger.Entry{RequestID: "r2", KeyID: events.AnonymousKeyID, Time: ts, Ended: ts, PromptTokens: 1},
 		},
 		{
 			name:    "refused before a backend: nothing to apply",
@@ -35,7 +36,7 @@ func TestEntryFromEvent(t *testing.T) {
 		{
 			name: "a backend failure without tokens still counts a request",
 			body: `{"request_id":"r7","key_id":"k","timestamp":"2026-11-25T01:02:03Z","status_code":502,"backend_url":"http://b","usage":{}}`,
-			want: ledger.Entry{RequestID: "r7", KeyID: "k", Time: ts},
+			want: ledger.Entry{RequestID: "r7", KeyID: "k", Time: ts, Ended: ts},
 		},
 		{name: "not JSON", body: `not json`, wantErr: "decode event"},
 		{name: "truncated", body: `{"request_id":"r3"`, wantErr: "decode event"},
@@ -57,7 +58,10 @@ func TestEntryFromEvent(t *testing.T) {
 			if !got.Time.Equal(tc.want.Time) {
 				t.Fatalf("time %v, want %v", got.Time, tc.want.Time)
 			}
-			got.Time = tc.want.Time
+			if !got.Ended.Equal(tc.want.Ended) {
+				t.Fatalf("ended %v, want %v", got.Ended, tc.want.Ended)
+			}
+			got.Time, got.Ended = tc.want.Time, tc.want.Ended
 			if got != tc.want {
 				t.Fatalf("got %+v\nwant %+v", got, tc.want)
 			}
@@ -84,7 +88,7 @@ func FuzzEntryFromEvent(f *testing.F) {
 func TestMeteredFieldsMatchEvent(t *testing.T) {
 	ev := events.RequestCompleted{
 		RequestID: "r", UserID: "u", KeyID: "k", Model: "m",
-		Timestamp: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Reservation: 9,
+		Timestamp: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Reservation: 9, LatencyMS: 1500,
 		Usage: events.Usage{PromptTokens: 1, CompletionTokens: 2, TotalTokens: 3},
 	}
 	data, err := ev.Marshal()
@@ -95,7 +99,7 @@ func TestMeteredFieldsMatchEvent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := ledger.Entry{RequestID: "r", KeyID: "k", UserID: "u", Model: "m", Time: ev.Timestamp, PromptTokens: 1, CompletionTokens: 2, Reserved: 9}
+	want := ledger.Entry{RequestID: "r", KeyID: "k", UserID: "u", Model: "m", Time: ev.Timestamp, Ended: ev.Timestamp.Add(1500 * time.Millisecond), PromptTokens: 1, CompletionTokens: 2, Reserved: 9}
 	if got != want {
 		t.Fatalf("got %+v, want %+v", got, want)
 	}

@@ -10,7 +10,7 @@ import (
 )
 
 // meteredKeys are the JSON names of meteredFields.
-var meteredKeys = []string{"request_id", "user_id", "key_id", "model", "timestamp", "usage", "reservation", "backend_url"}
+var meteredKeys = []string{"request_id", "user_id", "key_id", "model", "timestamp", "latency_ms", "usage", "reservation", "backend_url"}
 
 // decodeMetered fills a zero ev from data exactly as json.Unmarshal(data, ev)
 // would, reading the top-level members in place: the request body and the
@@ -61,6 +61,8 @@ func decodeMetered(data []byte, ev *meteredFields) bool {
 		case "timestamp":
 			// time.Time decodes itself; null leaves it unchanged.
 			ok = ev.Timestamp.UnmarshalJSON(val) == nil
+		case "latency_ms":
+			ok = setInt(&ev.LatencyMS, val)
 		case "usage":
 			ok = decodeUsage(val, &ev.Usage)
 		case "reservation":
