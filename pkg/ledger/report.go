@@ -38,7 +38,8 @@ type KeyPeriods struct {
 // monthly for every key). With keyID set, only that key is reported (a row
 // of zeros when it has no usage in the period; ErrUnknownKey when kp knows
 // no such key and nothing was ever recorded under it); otherwise every key
-// with usage, sorted by key id.
+// with usage ever recorded, sorted by key id, with zeros for one that has
+// none in its period.
 //
 // The store is read once per period kind, not once per key.
 func Report(ctx context.Context, s Store, keyID string, p Period, kp *KeyPeriods, at time.Time) ([]UsageRow, error) {
