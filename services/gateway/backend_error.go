@@ -10,6 +10,7 @@ import (
 	"unicode"
 
 	"github.com/llmproxy/llmproxy/services/gateway/internal/apierr"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/usage"
 )
 
 // backendErrorReply returns the error the gateway answers in place of a
@@ -32,7 +33,7 @@ func backendErrorReply(resp *http.Response, name string) *apierr.Error {
 		return nil
 	}
 	ct := resp.Header.Get("Content-Type")
-	if isStreamContentType(ct) {
+	if usage.IsStreamType(ct) {
 		return nil
 	}
 	answered := "backend " + name + " answered " + strconv.Itoa(st)

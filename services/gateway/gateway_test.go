@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -544,5 +545,80 @@ func TestHealthChangesGoToTheGatewaysLog(t *testing.T) {
 		case <-deadline:
 			t.Fatal("no health change reached the gateway's logger")
 		}
+	}
+}
+
+// TestStreamWithoutItsContentTypeIsRelayedAsOne: an engine's event stream
+// sent without a Content-Type, or with one in another case, is relayed
+// event by event (the second event is sent only once the client has the
+// first) and its usage read; no content type is made up for it.
+func TestStreamWithoutItsContentTypeIsRelayedAsOne(t *testing.T) {
+	for _, ctype := range []string{"", "Text/Event-Stream;charset=UTF-8"} {
+		t.Run("content type "+strconv.Quote(ctype), func(t *testing.T) {
+			next := make(chan struct{})
+			backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if ctype == "" {
+					w.Header()["Content-Type"] = nil
+				} else {
+					w.Header().Set("Content-Type", ctype)
+				}
+				_, _ = io.WriteString(w, `data: {"choices":[{"index":0,"delta":{"content":"hello"}}]}`+"\n\n")
+				w.(http.Flusher).Flush()
+				select {
+				case <-next:
+				case <-time.After(10 * time.Second):
+					return
+				}
+				_, _ = io.WriteString(w, `data: {"choices":[{"index":0,"delta":{"content":" world"},"finish_reason":"stop"}]}`+"\n\n"+
+					`data: {"choices":[],"usage":{"prompt_tokens":11,"completion_tokens":5,"total_tokens":16}}`+"\n\ndata: [DONE]\n\n")
+			}))
+			defer backend.Close()
+			gw, s := newTestGateway(t, backend.URL, "")
+			req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m1","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}`))
+			req.Header.Set("Authorization", "Bearer "+testKey)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				close(next)
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if got := resp.Header.Values("Content-Type"); ctype == "" && len(got) != 0 {
+				t.Errorf("Content-Type %q; the backend sent none", got)
+			}
+			first := make([]byte, 4096)
+			n, err := resp.Body.Read(first)
+			close(next)
+			if err != nil || !strings.Contains(string(first[:n]), "hello") {
+				t.Fatalf("first read: %q, %v; want the first event before the backend sends the rest", first[:n], err)
+			}
+			rest, _ := io.ReadAll(resp.Body)
+			if !strings.Contains(string(rest), "[DONE]") {
+				t.Fatalf("rest: %q", rest)
+			}
+			ev := s.next(t)
+			if ev.UsageSource != events.UsageSourceBackend || ev.Usage.PromptTokens != 11 || ev.Usage.CompletionTokens != 5 || !ev.IsStream {
+				t.Fatalf("event: usage %+v (%s), stream %v; want the backend's 11/5", ev.Usage, ev.UsageSource, ev.IsStream)
+			}
+		})
+	}
+}
+
+// TestPromptCountAloneEstimatesTheCompletion: a reply whose usage gives
+// the prompt's count but not the completion's bills the delivered text,
+// estimated, not a completion of 0.
+func TestPromptCountAloneEstimatesTheCompletion(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"`+strings.Repeat("the quick brown fox ", 30)+`"},"finish_reason":"stop"}],"usage":{"prompt_tokens":21}}`)
+	}))
+	defer backend.Close()
+	gw, s := newTestGateway(t, backend.URL, "")
+	resp, _ := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1","messages":[{"role":"user","content":"hi"}]}`, withKey())
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	ev := s.next(t)
+	if ev.UsageSource != estimatedSource || ev.Usage.PromptTokens != 21 || ev.Usage.CompletionTokens < 100 {
+		t.Fatalf("event: usage %+v (%s); want the backend's prompt 21 and the text's ~120 tokens, estimated", ev.Usage, ev.UsageSource)
 	}
 }

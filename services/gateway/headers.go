@@ -247,6 +247,11 @@ func copyResponseHeader(dst, src http.Header) {
 		dst[k] = vv
 	}
 	removeHop(dst)
+	if len(src.Values("Content-Type")) == 0 {
+		// A reply the backend sent without a content type goes without
+		// one: net/http would otherwise name one it sniffed.
+		dst["Content-Type"] = nil
+	}
 }
 
 // isRequestIDHeader reports whether k names one of the request id headers

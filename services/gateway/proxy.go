@@ -961,7 +961,7 @@ func (g *Gateway) relayTry(ctx context.Context, r *http.Request, w http.Response
 		return nil
 	}
 	rt := x.rt
-	if lua := rt.lua; lua != nil && lua.Has(hooks.HookResponse) && !isStreamContentType(resp.Header.Get("Content-Type")) {
+	if lua := rt.lua; lua != nil && lua.Has(hooks.HookResponse) && !usage.IsStreamType(resp.Header.Get("Content-Type")) {
 		return g.relayWithHook(r, w, x, resp)
 	} else if x.filtersTags() && resp.StatusCode == http.StatusOK {
 		return g.relayTags(w, x, resp)
@@ -1123,8 +1123,8 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 		return err
 	}
 	ctype := resp.Header.Get("Content-Type")
-	format := usage.DetectFormat(x.path, ctype)
-	streaming := isStreamContentType(ctype)
+	format := usage.SniffFormat(x.path, ctype, buf[:n])
+	streaming := format.Streaming()
 	x.streamed = streaming
 	copyResponseHeader(w.Header(), resp.Header)
 	if streaming {
@@ -1378,17 +1378,14 @@ func (e endings) of(format usage.Format, ctype string) []byte {
 	case usage.FormatOllamaNDJSON:
 		return e.ollama
 	}
-	if strings.HasPrefix(ctype, "text/event-stream") {
+	if format == usage.FormatOpenAISSE {
+		// NDJSON on an OpenAI path ends as Ollama's lines do.
+		if strings.Contains(strings.ToLower(ctype), "ndjson") {
+			return e.ollama
+		}
 		return e.openai
 	}
-	if strings.Contains(ctype, "ndjson") {
-		return e.ollama
-	}
 	return nil
-}
-
-func isStreamContentType(ct string) bool {
-	return strings.HasPrefix(ct, "text/event-stream") || strings.Contains(ct, "ndjson")
 }
 
 // classify maps a transport error to the client's error.

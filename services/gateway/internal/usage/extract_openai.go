@@ -193,8 +193,10 @@ func (e *Extractor) openaiUsage(v []byte) {
 	switch {
 	case hasPrompt || hasComp:
 		e.res.PromptTokens, e.res.CompletionTokens, e.res.PromptKnown = prompt, comp, hasPrompt
+		e.promptOnly = !hasComp
 	case hasIn || hasOut:
 		e.res.PromptTokens, e.res.CompletionTokens, e.res.PromptKnown = in, out, hasIn
+		e.promptOnly = !hasOut
 	default:
 		return
 	}

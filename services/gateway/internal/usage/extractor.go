@@ -80,6 +80,9 @@ type Extractor struct {
 	// The Anthropic input counts seen so far (message_start, then any
 	// message_delta that repeats them).
 	antIn, antCacheWrite, antCacheRead int64
+	// promptOnly: the backend's usage gave the prompt's count and no
+	// completion count.
+	promptOnly bool
 }
 
 // NewExtractor returns an Extractor for responses in format f.
@@ -156,6 +159,12 @@ func (e *Extractor) Result() Result {
 // the Extractor's buffer and is valid until its next call.
 func (e *Extractor) Partial(from int) (r Result, text []byte) {
 	r = e.res
+	if e.promptOnly && r.TextBytes > 0 {
+		// Usage without a completion count, for a reply that has text:
+		// the completion is not the backend's 0, it is estimated. (An
+		// embedding's usage has only the prompt, and no text.)
+		r.Found, r.CompletionTokens = false, 0
+	}
 	if r.PromptTokens > events.MaxTokenCount || r.CompletionTokens > events.MaxTokenCount {
 		r.PromptTokens, r.CompletionTokens = 0, 0
 		r.Found, r.PromptKnown, r.CountRejected = false, false, true

@@ -114,6 +114,20 @@ func TestExtractorUsageVariants(t *testing.T) {
 			"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":9,\"cache_creation_input_tokens\":20,\"cache_read_input_tokens\":300,\"output_tokens\":1}}}\n\n",
 			"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"input_tokens\":9,\"cache_creation_input_tokens\":null,\"cache_read_input_tokens\":null,\"output_tokens\":7}}\n\n",
 		}, 329, 7, true, true},
+		{"a prompt count alone after text: the completion is estimated", FormatOpenAISSE, []string{
+			`data: {"choices":[{"delta":{"content":"hello there"}}]}` + "\n\n",
+			`data: {"choices":[],"usage":{"prompt_tokens":11}}` + "\n\n",
+		}, 11, 0, false, true},
+		{"a reply with a prompt count alone", FormatOpenAIJSON, []string{
+			`{"choices":[{"message":{"content":"hello there"}}],"usage":{"prompt_tokens":21}}`,
+		}, 21, 0, false, true},
+		{"an embedding's usage has the prompt alone", FormatOpenAIJSON, []string{
+			`{"object":"list","data":[{"embedding":[0.1]}],"usage":{"prompt_tokens":5,"total_tokens":5}}`,
+		}, 5, 0, true, true},
+		{"a completion count of 0 is the backend's", FormatOpenAISSE, []string{
+			`data: {"choices":[{"delta":{"content":"x"}}]}` + "\n\n",
+			`data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":0}}` + "\n\n",
+		}, 4, 0, true, true},
 		{"ollama not done", FormatOllamaNDJSON, []string{
 			`{"model":"m","response":"x","done":false,"eval_count":3}` + "\n",
 		}, 0, 0, false, false},

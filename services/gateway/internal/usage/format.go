@@ -1,6 +1,9 @@
 package usage
 
-import "strings"
+import (
+	"bytes"
+	"strings"
+)
 
 // Format names the wire format of a backend response body.
 type Format int
@@ -97,6 +100,16 @@ func (f Format) family() family {
 // is used: /generate_stream streams, Ollama's chat and generate stream as
 // NDJSON (Ollama's default), everything else is a JSON body.
 func DetectFormat(path string, contentType string) Format {
+	return SniffFormat(path, contentType, nil)
+}
+
+// SniffFormat is DetectFormat for a reply whose body begins with first:
+// when the content type is missing or unrecognised and first opens a
+// Server-Sent Event (a "data:", "event:", "id:" or "retry:" field, or a
+// ":" comment), the reply is the path's event stream, whatever the path's
+// default. An engine that streams without a Content-Type is relayed as a
+// stream, event by event, and its usage read.
+func SniffFormat(path string, contentType string, first []byte) Format {
 	if i := strings.IndexAny(path, "?#"); i >= 0 {
 		path = path[:i]
 	}
@@ -111,11 +124,7 @@ func DetectFormat(path string, contentType string) Format {
 		fam = familyTGI
 	}
 
-	media := contentType
-	if i := strings.IndexByte(media, ';'); i >= 0 {
-		media = media[:i]
-	}
-	media = strings.ToLower(strings.TrimSpace(media))
+	media := mediaType(contentType)
 	var stream, known bool
 	switch media {
 	case "text/event-stream":
@@ -127,6 +136,8 @@ func DetectFormat(path string, contentType string) Format {
 	}
 	if !known {
 		switch {
+		case fam != familyOllama && opensSSE(first):
+			stream = true
 		case fam == familyTGI:
 			stream = path == "/generate_stream"
 		case fam == familyOllama:
@@ -155,4 +166,37 @@ func DetectFormat(path string, contentType string) Format {
 		return FormatOpenAISSE
 	}
 	return FormatOpenAIJSON
+}
+
+// opensSSE reports whether b, the first bytes of a body, begin a
+// Server-Sent Event: a UTF-8 byte order mark and blank lines may come first.
+func opensSSE(b []byte) bool {
+	b = bytes.TrimPrefix(b, []byte("\xef\xbb\xbf"))
+	b = bytes.TrimLeft(b, "\r\n")
+	if len(b) > 0 && b[0] == ':' {
+		return true
+	}
+	for _, f := range sseFieldNames {
+		if bytes.HasPrefix(b, f) {
+			return true
+		}
+	}
+	return false
+}
+
+var sseFieldNames = [][]byte{[]byte("data:"), []byte("event:"), []byte("id:"), []byte("retry:")}
+
+// IsStreamType reports whether the content type ct names a stream: Server-
+// Sent Events or NDJSON, in any case.
+func IsStreamType(ct string) bool {
+	media := mediaType(ct)
+	return media == "text/event-stream" || strings.Contains(media, "ndjson")
+}
+
+// mediaType is ct's media type, lower case, without parameters.
+func mediaType(ct string) string {
+	if i := strings.IndexByte(ct, ';'); i >= 0 {
+		ct = ct[:i]
+	}
+	return strings.ToLower(strings.TrimSpace(ct))
 }

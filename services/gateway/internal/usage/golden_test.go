@@ -243,6 +243,37 @@ func TestDetectFormat(t *testing.T) {
 	}
 }
 
+// TestSniffFormat: a body that opens an event stream is one when its
+// content type is missing or unknown, never against a known one.
+func TestSniffFormat(t *testing.T) {
+	tests := []struct {
+		path, ct, first string
+		want            Format
+	}{
+		{"/v1/chat/completions", "", "data: {\"choices\":[]}\n\n", FormatOpenAISSE},
+		{"/v1/chat/completions", "text/plain", "\xef\xbb\xbf\r\nevent: x\n", FormatOpenAISSE},
+		{"/v1/chat/completions", "", ": ping\n\n", FormatOpenAISSE},
+		{"/v1/chat/completions", "", "id: 1\n", FormatOpenAISSE},
+		{"/v1/chat/completions", "", `{"choices":[]}`, FormatOpenAIJSON},
+		{"/v1/chat/completions", "application/json", "data: x\n\n", FormatOpenAIJSON},
+		{"/v1/messages", "", "event: message_start\n", FormatAnthropicSSE},
+		{"/generate", "", "data: {}\n\n", FormatTGISSE},
+		{"/api/chat", "", "data: {}\n", FormatOllamaNDJSON},
+		{"/api/embed", "", "data: {}\n", FormatOllamaJSON},
+		{"/v1/chat/completions", "", "dat", FormatOpenAIJSON},
+	}
+	for _, tt := range tests {
+		if got := SniffFormat(tt.path, tt.ct, []byte(tt.first)); got != tt.want {
+			t.Errorf("SniffFormat(%q, %q, %q) = %v, want %v", tt.path, tt.ct, tt.first, got, tt.want)
+		}
+	}
+	for ct, want := range map[string]bool{"text/event-stream": true, "Text/Event-Stream; charset=UTF-8": true, "application/x-ndjson": true, "APPLICATION/NDJSON": true, "application/json": false, "": false} {
+		if IsStreamType(ct) != want {
+			t.Errorf("IsStreamType(%q) = %v, want %v", ct, !want, want)
+		}
+	}
+}
+
 func TestIsUsageOnlyChunk(t *testing.T) {
 	tests := []struct {
 		name string
