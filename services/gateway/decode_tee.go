@@ -56,7 +56,13 @@ func newDecodeTee(enc string, streaming bool, format usage.Format, ex *usage.Ext
 			return
 		}
 		sp := usage.NewSplitter(format)
-		emit := func(ev []byte) error { ex.Event(ev); return nil }
+		sp.Whole = ex.Event
+		emit := func(ev []byte) error {
+			if !sp.Raw() {
+				ex.Event(ev)
+			}
+			return nil
+		}
 		for {
 			n, err := r.Read(buf)
 			if n > 0 {

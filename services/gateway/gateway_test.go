@@ -622,3 +622,43 @@ func TestPromptCountAloneEstimatesTheCompletion(t *testing.T) {
 		t.Fatalf("event: usage %+v (%s); want the backend's prompt 21 and the text's ~120 tokens, estimated", ev.Usage, ev.UsageSource)
 	}
 }
+
+// TestEventLargerThanTheSplitterHoldsIsBilled: an SSE event of more than
+// 1 MiB, relayed in pieces as it comes, is still read for its usage (the
+// backend's, on the event itself) or its text (estimated).
+func TestEventLargerThanTheSplitterHoldsIsBilled(t *testing.T) {
+	text := strings.Repeat("hello world ", 120_000) // 1.4 MB
+	for _, tc := range []struct {
+		name, usage string
+		check       func(ev *events.RequestCompleted) bool
+	}{
+		{"usage on the large event", `,"usage":{"prompt_tokens":13,"completion_tokens":4242,"total_tokens":4255}`, func(ev *events.RequestCompleted) bool {
+			return ev.UsageSource == events.UsageSourceBackend && ev.Usage.PromptTokens == 13 && ev.Usage.CompletionTokens == 4242 && ev.FinishReason == "stop"
+		}},
+		{"no usage", "", func(ev *events.RequestCompleted) bool {
+			return ev.UsageSource == estimatedSource && ev.Usage.CompletionTokens > 200_000
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			body := `data: {"choices":[{"index":0,"delta":{"content":"` + text + `"},"finish_reason":"stop"}]` + tc.usage + "}\n\ndata: [DONE]\n\n"
+			backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "text/event-stream")
+				for b := body; len(b) > 0; {
+					n := min(len(b), 100_000)
+					_, _ = io.WriteString(w, b[:n])
+					w.(http.Flusher).Flush()
+					b = b[n:]
+				}
+			}))
+			defer backend.Close()
+			gw, s := newTestGateway(t, backend.URL, "")
+			resp, got := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}`, withKey())
+			if resp.StatusCode != 200 || string(got) != body {
+				t.Fatalf("status %d, %d bytes; want the backend's %d bytes unchanged", resp.StatusCode, len(got), len(body))
+			}
+			if ev := s.next(t); !tc.check(ev) {
+				t.Fatalf("event: usage %+v (%s), finish %q", ev.Usage, ev.UsageSource, ev.FinishReason)
+			}
+		})
+	}
+}

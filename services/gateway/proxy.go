@@ -1154,13 +1154,22 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 		sp := usage.NewSplitter(format)
 		var writeErr error
 		hid := false // the last piece was a hidden usage chunk
-		emit := func(ev []byte) error {
+		parse := func(ev []byte) {
 			ex.Event(ev)
 			if !x.committed && x.commit != nil && usage.IsFinalEvent(format, ev) {
 				x.result, x.delivered = ex.Result(), true
 				x.commit()
 			}
-			if x.hideUsage {
+		}
+		// An event larger than the splitter holds goes out in pieces as
+		// they come, and is read once whole.
+		sp.Whole = parse
+		emit := func(ev []byte) error {
+			switch {
+			case sp.Raw():
+				hid = false
+			case x.hideUsage:
+				parse(ev)
 				if usage.IsUsageOnlyChunk(ev) {
 					hid = true
 					return nil
@@ -1172,6 +1181,8 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 				}
 				hid = false
 				ev = usage.StripNullUsage(ev)
+			default:
+				parse(ev)
 			}
 			if _, err := w.Write(ev); err != nil {
 				writeErr = err

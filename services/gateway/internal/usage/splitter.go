@@ -5,6 +5,10 @@ import "bytes"
 // DefaultMaxEvent is the largest partial event a Splitter holds by default.
 const DefaultMaxEvent = 1 << 20
 
+// DefaultMaxWhole is the largest event larger than the Splitter's bound
+// that it reassembles for Whole by default.
+const DefaultMaxWhole = 16 << 20
+
 // Splitter cuts a byte stream into complete Server-Sent Events (each ended by
 // a blank line: "\n\n", "\r\n\r\n" or "\r\r") or, with Lines set, into
 // NDJSON lines (each ended by "\n").
@@ -18,7 +22,9 @@ const DefaultMaxEvent = 1 << 20
 // A Splitter holds at most Max bytes of an unfinished event between calls.
 // When an event outgrows that bound, what is held is emitted as one raw piece
 // (not a complete event) and Overflowed reports true; the rest of that event
-// follows as further pieces. After warm-up Feed does not allocate: the buffer
+// follows as further pieces, and Raw reports true while each of them is
+// emitted. With Whole set, such an event is also kept (up to MaxWhole
+// bytes) and given to Whole whole after its last piece. After warm-up Feed does not allocate: the buffer
 // is reused.
 //
 // A Splitter is not safe for concurrent use. The zero value splits SSE with
@@ -30,7 +36,15 @@ type Splitter struct {
 	// Max bounds the bytes held for an unfinished event; 0 means
 	// DefaultMaxEvent.
 	Max int
+	// Whole, when set, is given each event larger than Max once its last
+	// piece was emitted: the whole event, if it is at most MaxWhole bytes
+	// (0 means DefaultMaxWhole). It is valid only during the call.
+	Whole    func(ev []byte)
+	MaxWhole int
 
+	big        []byte // the event larger than Max being emitted, for Whole
+	inBig      bool   // its pieces are being emitted
+	bigLost    bool   // it outgrew MaxWhole
 	buf        []byte
 	notFresh   bool // inside an event: a non-terminator byte was seen
 	lineStart  bool // the previous byte ended a line inside the event
@@ -48,10 +62,15 @@ func NewSplitter(f Format) *Splitter {
 // emitted in raw pieces.
 func (s *Splitter) Overflowed() bool { return s.overflowed }
 
+// Raw reports, during an emit call, whether the piece is a part of an
+// event larger than the bound rather than a complete event.
+func (s *Splitter) Raw() bool { return s.inBig }
+
 // Reset clears the state and the held bytes, keeping the buffer's storage.
 func (s *Splitter) Reset() {
 	s.buf = s.buf[:0]
 	s.notFresh, s.lineStart, s.skipLF, s.overflowed = false, false, false, false
+	s.big, s.inBig, s.bigLost = nil, false, false
 }
 
 func (s *Splitter) max() int {
@@ -131,14 +150,16 @@ func (s *Splitter) Feed(p []byte, emit func(ev []byte) error) error {
 	}
 	tail := p[start:]
 	if len(s.buf)+len(tail) > s.max() {
-		s.overflowed = true
+		s.overflowed, s.inBig = true, true
 		if len(s.buf) > 0 {
+			s.keepBig(s.buf)
 			err := emit(s.buf)
 			s.buf = s.buf[:0]
 			if err != nil {
 				return err
 			}
 		}
+		s.keepBig(tail)
 		return emit(tail)
 	}
 	if s.buf == nil {
@@ -151,16 +172,20 @@ func (s *Splitter) Feed(p []byte, emit func(ev []byte) error) error {
 // emitPiece emits the held bytes joined with piece, which completes an event.
 func (s *Splitter) emitPiece(piece []byte, emit func([]byte) error) error {
 	if len(s.buf) == 0 {
+		if s.inBig {
+			return s.endBig(piece, emit)
+		}
 		return emit(piece)
 	}
-	if len(s.buf)+len(piece) > s.max() {
-		s.overflowed = true
+	if s.inBig || len(s.buf)+len(piece) > s.max() {
+		s.overflowed, s.inBig = true, true
+		s.keepBig(s.buf)
 		err := emit(s.buf)
 		s.buf = s.buf[:0]
 		if err != nil {
 			return err
 		}
-		return emit(piece)
+		return s.endBig(piece, emit)
 	}
 	s.buf = append(s.buf, piece...)
 	err := emit(s.buf)
@@ -168,11 +193,45 @@ func (s *Splitter) emitPiece(piece []byte, emit func([]byte) error) error {
 	return err
 }
 
+// keepBig adds p to the event larger than the bound, for Whole.
+func (s *Splitter) keepBig(p []byte) {
+	if s.Whole == nil || s.bigLost {
+		return
+	}
+	maxWhole := s.MaxWhole
+	if maxWhole <= 0 {
+		maxWhole = DefaultMaxWhole
+	}
+	if len(s.big)+len(p) > maxWhole {
+		s.big, s.bigLost = nil, true
+		return
+	}
+	s.big = append(s.big, p...)
+}
+
+// endBig emits the last piece of the event larger than the bound and gives
+// the event to Whole.
+func (s *Splitter) endBig(piece []byte, emit func([]byte) error) error {
+	s.keepBig(piece)
+	var err error
+	if len(piece) > 0 {
+		err = emit(piece)
+	}
+	big, lost := s.big, s.bigLost
+	s.big, s.inBig, s.bigLost = nil, false, false
+	if err == nil && s.Whole != nil && !lost {
+		s.Whole(big)
+	}
+	return err
+}
+
 // Flush emits whatever is held (an event the stream ended without
 // terminating) and resets the Splitter for reuse.
 func (s *Splitter) Flush(emit func(ev []byte) error) error {
 	var err error
-	if len(s.buf) > 0 {
+	if s.inBig {
+		err = s.endBig(s.buf, emit)
+	} else if len(s.buf) > 0 {
 		err = emit(s.buf)
 	}
 	overflowed := s.overflowed

@@ -3,6 +3,7 @@ package usage
 import (
 	"bytes"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -180,6 +181,56 @@ func TestSplitterOversize(t *testing.T) {
 	for _, ev := range got {
 		if len(ev) > 16 {
 			t.Errorf("piece of %d bytes > Max", len(ev))
+		}
+	}
+}
+
+// TestSplitterWhole: an event larger than the bound that the splitter
+// had to hold across reads is emitted in raw pieces, marked by Raw, and
+// given whole to Whole after its last one; at every way of cutting the
+// stream into reads, each event is parsed once: emitted whole, or given to
+// Whole. One larger than MaxWhole is never given.
+func TestSplitterWhole(t *testing.T) {
+	big := "data: " + strings.Repeat("x", 40) + "\r\n\r\n"
+	huge := "data: " + strings.Repeat("y", 90) + "\n\n"
+	in := "data: a\n\n" + big + "data: b\n\n" + huge + "data: c\n\n" + big[:20]
+	for step := 1; step <= len(in); step++ {
+		s := &Splitter{Max: 16, MaxWhole: 60}
+		var (
+			parsed []string // complete events and Whole's, in order
+			all    strings.Builder
+		)
+		s.Whole = func(ev []byte) {
+			if len(ev) > 60 {
+				t.Fatalf("step %d: Whole given %d bytes", step, len(ev))
+			}
+			parsed = append(parsed, string(ev))
+		}
+		emit := func(ev []byte) error {
+			all.Write(ev)
+			if !s.Raw() {
+				parsed = append(parsed, string(ev))
+			}
+			return nil
+		}
+		for i := 0; i < len(in); i += step {
+			_ = s.Feed([]byte(in[i:min(i+step, len(in))]), emit)
+		}
+		_ = s.Flush(emit)
+		if all.String() != in {
+			t.Fatalf("step %d: bytes changed", step)
+		}
+		// A read that ends between the CR and the LF of the big event's
+		// CRLF leaves that LF to a piece of its own (see Splitter); the
+		// huge event is parsed only when it came in one read.
+		parsed = slices.DeleteFunc(parsed, func(ev string) bool { return ev == "\n" || ev == huge })
+		for i, ev := range parsed {
+			if ev == strings.TrimSuffix(big, "\n") {
+				parsed[i] = big
+			}
+		}
+		if want := []string{"data: a\n\n", big, "data: b\n\n", "data: c\n\n", big[:20]}; !slices.Equal(parsed, want) {
+			t.Fatalf("step %d: parsed %q, want %q", step, parsed, want)
 		}
 	}
 }
