@@ -48,6 +48,11 @@ func copyRequestHeader(dst, src http.Header, secret string) {
 		}
 	}
 	removeHop(dst)
+	if _, ok := src["User-Agent"]; !ok {
+		// A client that sent none: the backend sees none either, not
+		// the gateway's HTTP library's (as httputil.ReverseProxy does).
+		dst["User-Agent"] = []string{""}
+	}
 }
 
 // setForwardedFor gives the backend the request's chain of addresses in

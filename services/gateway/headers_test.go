@@ -134,6 +134,8 @@ func TestForwardedForReachesTheBackend(t *testing.T) {
 		"X-Forwarded-Host":  "evil.example",
 		"X-Forwarded-Proto": "https",
 		"True-Client-Ip":    "203.0.113.9",
+		// Not a claim: the client's own, for the backend's logs.
+		"User-Agent": "openai-python/1.52",
 	}
 	cases := []struct {
 		name, extra, want, realIP, client string
@@ -160,9 +162,23 @@ func TestForwardedForReachesTheBackend(t *testing.T) {
 					t.Errorf("backend %s %q", k, h.Get(k))
 				}
 			}
+			if ua := h.Get("User-Agent"); ua != "openai-python/1.52" {
+				t.Errorf("backend User-Agent %q, want the client's", ua)
+			}
 			if ev := s.next(t); ev.ClientIP != c.client {
 				t.Errorf("event client_ip %q, want %q", ev.ClientIP, c.client)
 			}
+			// A client that sends none: the backend gets none.
+			req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m1"}`))
+			req.Header.Set("Authorization", "Bearer "+testKey)
+			req.Header["User-Agent"] = []string{""}
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				resp.Body.Close()
+			}
+			if ua := (<-got).Values("User-Agent"); len(ua) != 0 {
+				t.Errorf("backend User-Agent %q for a client that sent none", ua)
+			}
+			s.next(t)
 		})
 	}
 }
