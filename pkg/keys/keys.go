@@ -55,6 +55,9 @@ var (
 	ErrNotFound = errors.New("key not found")
 	// ErrExists reports a Create with an id another key has.
 	ErrExists = errors.New("key id already exists")
+	// ErrBusy reports a change that lost to other changes of the same key
+	// for longer than an update waits.
+	ErrBusy = errors.New("key is being changed by other requests; try again")
 	// ErrDeleted reports a Create with the id of a deleted key. The ledger
 	// keeps usage by key id, so a new key with that id would start with the
 	// deleted key's usage (and late events of the deleted key would count

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"time"
 
@@ -179,6 +180,10 @@ func SetStatus(ctx context.Context, rdb redis.UniversalClient, prefix, id, statu
 
 // update changes key id's record with fn, retrying when another writer
 // changed it meanwhile.
+// updateWait bounds how long update retries a change that other changes
+// of the same key keep undoing.
+const updateWait = 5 * time.Second
+
 func update(ctx context.Context, rdb redis.UniversalClient, prefix, id string, fn func(*Record)) (Record, error) {
 	hash, err := rdb.Get(ctx, byIDKey(prefix, id)).Result()
 	if errors.Is(err, redis.Nil) {
@@ -189,7 +194,10 @@ func update(ctx context.Context, rdb redis.UniversalClient, prefix, id string, f
 	}
 	key := byHashKey(prefix, hash)
 	var rec Record
-	for range 10 {
+	// Concurrent changes of one key retry (after a short random pause, so
+	// that the writers spread out) until one has waited updateWait.
+	deadline := time.Now().Add(updateWait)
+	for try := 0; ; try++ {
 		err = rdb.Watch(ctx, func(tx *redis.Tx) error {
 			body, err := tx.Get(ctx, key).Bytes()
 			if errors.Is(err, redis.Nil) {
@@ -214,6 +222,15 @@ func update(ctx context.Context, rdb redis.UniversalClient, prefix, id string, f
 		}, key)
 		if !errors.Is(err, redis.TxFailedErr) {
 			break
+		}
+		if time.Now().After(deadline) {
+			err = ErrBusy
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return Record{}, fmt.Errorf("key %s: %w", id, ctx.Err())
+		case <-time.After(time.Duration(rand.Int64N(int64(min(try+1, 20)) * int64(time.Millisecond)))):
 		}
 	}
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"reflect"
 	"strconv"
@@ -55,7 +56,13 @@ func AdminKeysHandler(rdb redis.UniversalClient, prefix string, token string, st
 			}
 			status, body, err := fn(w, r)
 			if err != nil {
-				apierr.Write(w, keysError(err))
+				e := keysError(err)
+				if e.Status == http.StatusServiceUnavailable {
+					// The operator's answer says only "try again":
+					// the log says why.
+					slog.Warn("admin key API: the key store failed", "method", r.Method, "path", quotedPath(r), "err", err)
+				}
+				apierr.Write(w, e)
 				return
 			}
 			if body == nil {
@@ -166,6 +173,8 @@ func keysError(err error) *apierr.Error {
 		return apierr.NotFound("key_not_found", err.Error())
 	case errors.Is(err, keys.ErrExists):
 		return &apierr.Error{Status: http.StatusConflict, Type: "invalid_request_error", Code: "key_exists", Message: err.Error()}
+	case errors.Is(err, keys.ErrBusy):
+		return &apierr.Error{Status: http.StatusConflict, Type: "invalid_request_error", Code: "key_busy", Message: err.Error()}
 	case errors.Is(err, keys.ErrDeleted):
 		return &apierr.Error{Status: http.StatusConflict, Type: "invalid_request_error", Code: "key_id_deleted", Message: err.Error()}
 	}
