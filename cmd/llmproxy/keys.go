@@ -21,12 +21,18 @@ const keysUsage = `Usage:
   llmproxy keys create --config FILE [--id ID] [--name N] [--user U] [--quota TOKENS] [--period daily|weekly|monthly|never]
                        [--allowed-ips CIDR,...] [--models M,...] [--expires RFC3339] [--rps N] [--rpm N] [--tpm N]
                        [--max-concurrent N] [--no-limits] [--capture-response[=false]] [--disabled] [--json]
+  llmproxy keys update ID --config FILE [--name N] [--user U] [--quota TOKENS|default] [--period P|default]
+                       [--allowed-ips CIDR,...] [--models M,...] [--expires RFC3339|never] [--rps N|default]
+                       [--rpm N|default] [--tpm N|default] [--max-concurrent N|default] [--no-limits]
+                       [--default-limits] [--capture-response true|false|default] [--json]
   llmproxy keys list --config FILE [--json]
   llmproxy keys show|disable|enable|delete ID --config FILE [--json]
 
 Keys live in Redis (redis.url or redis.addrs); only the SHA-256 of a secret is
 stored, so create prints the secret once. Unset fields take auth.defaults and
-rate_limit.per_key; 0 means unlimited.
+rate_limit.per_key; 0 means unlimited. update changes only the fields given
+("default", or an empty list or name, puts a field back to the defaults);
+the secret and the id stay.
 `
 
 // cmdKeys manages the Redis key store.
@@ -43,7 +49,7 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	switch sub {
-	case "create", "list", "show", "disable", "enable", "delete":
+	case "create", "update", "list", "show", "disable", "enable", "delete":
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, keysUsage)
 		return 0
@@ -96,6 +102,80 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 		fs.BoolVar(&disabled, "disabled", false, "create the key disabled")
 		fs.BoolVar(&capture, "capture-response", false, "capture this key's responses into its events (=false: never; default: logging.capture_response)")
 	}
+	// update's flags make a merge patch of the key's spec: a field set,
+	// or null to put it back to the defaults.
+	patch, limits := map[string]any{}, map[string]any{}
+	if sub == "update" {
+		field := func(dst map[string]any, name, key, usage string, parse func(string) (any, error)) {
+			fs.Func(name, usage, func(v string) error {
+				if v == "default" {
+					dst[key] = nil
+					return nil
+				}
+				x, err := parse(v)
+				if err != nil {
+					return err
+				}
+				dst[key] = x
+				return nil
+			})
+		}
+		text := func(v string) (any, error) {
+			if v == "" {
+				return nil, nil
+			}
+			return v, nil
+		}
+		list := func(v string) (any, error) {
+			if l := splitList(v); l != nil {
+				return l, nil
+			}
+			return nil, nil
+		}
+		count := func(v string) (any, error) {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				return nil, errors.New("want a whole number, or default")
+			}
+			return n, nil
+		}
+		field(patch, "name", "name", "name (empty: none)", text)
+		field(patch, "user", "user_id", "user id (empty: none)", text)
+		field(patch, "quota", "total_quota", "tokens per period (0 = unlimited; default: auth.defaults.total_quota)", count)
+		field(patch, "period", "quota_reset_period", "quota period: daily, weekly, monthly, never or default", text)
+		field(patch, "allowed-ips", "allowed_ips", "comma-separated CIDRs or addresses (empty: any address)", list)
+		field(patch, "models", "allowed_models", "comma-separated models the key may use (empty: every model)", list)
+		field(patch, "expires", "expires_at", "expiry time, RFC 3339, or never", func(v string) (any, error) {
+			if v == "never" {
+				return nil, nil
+			}
+			if _, err := time.Parse(time.RFC3339, v); err != nil {
+				return nil, err
+			}
+			return v, nil
+		})
+		field(patch, "capture-response", "capture_response", "true, false or default (logging.capture_response)", func(v string) (any, error) {
+			return strconv.ParseBool(v)
+		})
+		field(limits, "rps", "requests_per_second", "requests per second (0: no limit for this key; default: rate_limit.per_key's)", func(v string) (any, error) {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				return nil, errors.New("want a number, or default")
+			}
+			if config.RoundsToZero(v) {
+				return nil, fmt.Errorf("%s is too small to hold: it would read as 0, which means no limit", v)
+			}
+			return f, nil
+		})
+		field(limits, "rpm", "requests_per_minute", "requests per minute (0: no limit for this key; default: rate_limit.per_key's)", count)
+		field(limits, "tpm", "tokens_per_minute", "tokens per minute (0: no limit for this key; default: rate_limit.per_key's)", count)
+		field(limits, "max-concurrent", "max_concurrent", "requests at once (0: no limit for this key; default: rate_limit.per_key's)", count)
+		fs.BoolVar(&noLimits, "no-limits", false, "free the key of every per-key limit (rate_limit.per_key's and its own)")
+		fs.BoolFunc("default-limits", "drop the key's own limits: rate_limit.per_key's apply", func(string) error {
+			patch["limits"] = nil
+			return nil
+		})
+	}
 	if code, ok := parseFlags(fs, args, stdout, stderr); !ok {
 		return code
 	}
@@ -114,6 +194,23 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 	}
 	if sub != "create" && sub != "list" && id == "" {
 		return fail(2, "a key id is required")
+	}
+	if sub == "update" {
+		if noLimits {
+			if len(limits) > 0 {
+				return fail(2, "--no-limits frees the key of every limit: give it without --rps, --rpm, --tpm or --max-concurrent")
+			}
+			limits = map[string]any{"enabled": false, "requests_per_second": nil, "requests_per_minute": nil, "tokens_per_minute": nil, "max_concurrent": nil}
+		}
+		if len(limits) > 0 {
+			if _, ok := patch["limits"]; ok {
+				return fail(2, "--default-limits drops the key's limits: give it without --rps, --rpm, --tpm, --max-concurrent or --no-limits")
+			}
+			patch["limits"] = limits
+		}
+		if len(patch) == 0 {
+			return fail(2, "nothing to change: give the fields to change (see llmproxy keys --help)")
+		}
 	}
 	if sub == "create" {
 		set := map[string]bool{}
@@ -232,6 +329,24 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 		if *asJSON {
 			printJSON(rec)
 		} else {
+			printRecord(stdout, rec, time.Now())
+		}
+	case "update":
+		body, err := json.Marshal(patch)
+		if err != nil {
+			return code(err)
+		}
+		rec, err := keys.Update(ctx, rdb, prefix, id, body)
+		if errors.Is(err, keys.ErrInvalid) {
+			return fail(2, "%v", err)
+		}
+		if err != nil {
+			return code(err)
+		}
+		if *asJSON {
+			printJSON(rec)
+		} else {
+			fmt.Fprintf(stdout, "Key %s updated (gateways see the change within their key cache's TTL):\n\n", rec.ID)
 			printRecord(stdout, rec, time.Now())
 		}
 	case "disable", "enable":

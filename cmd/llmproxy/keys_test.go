@@ -186,3 +186,41 @@ func TestKeysStatusText(t *testing.T) {
 		}
 	}
 }
+
+// TestKeysUpdateCommand: `keys update` changes only the fields given, puts
+// one back to the defaults with "default" (or an empty list), and keeps
+// the secret; a change that would be refused at create is refused.
+func TestKeysUpdateCommand(t *testing.T) {
+	ctx := context.Background()
+	cfg, rdb, prefix := keysTestConfig(t)
+	secret, _, err := keys.Create(ctx, rdb, prefix, keys.Spec{ID: "team", Name: "Team", TotalQuota: ptrTo(int64(100)), QuotaResetPeriod: "daily",
+		AllowedModels: []string{"qwen"}, Limits: &keys.Limits{RequestsPerMinute: ptrTo(int64(60))}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runKeysCmd(t, 0, "update", "team", "--config", cfg, "--quota", "5000", "--models", "", "--rpm", "default", "--max-concurrent", "4", "--expires", "2099-01-01T00:00:00Z")
+	rec, err := keys.LookupHash(ctx, rdb, prefix, keys.Hash(secret))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *rec.TotalQuota != 5000 || rec.AllowedModels != nil || rec.Limits.RequestsPerMinute != nil || *rec.Limits.MaxConcurrent != 4 ||
+		rec.QuotaResetPeriod != "daily" || rec.Name != "Team" || rec.ExpiresAt == nil {
+		t.Fatalf("after update: %+v (limits %+v)", rec, rec.Limits)
+	}
+	runKeysCmd(t, 0, "update", "--config", cfg, "team", "--no-limits", "--expires", "never", "--quota", "default")
+	if rec, _ = keys.Get(ctx, rdb, prefix, "team"); rec.Limits == nil || rec.Limits.Enabled == nil || *rec.Limits.Enabled || rec.Limits.MaxConcurrent != nil || rec.ExpiresAt != nil || rec.TotalQuota != nil {
+		t.Fatalf("after --no-limits --expires never --quota default: %+v (limits %+v)", rec, rec.Limits)
+	}
+	runKeysCmd(t, 0, "update", "team", "--config", cfg, "--default-limits")
+	if rec, _ = keys.Get(ctx, rdb, prefix, "team"); rec.Limits != nil {
+		t.Fatalf("after --default-limits: limits %+v", rec.Limits)
+	}
+	runKeysCmd(t, 2, "update", "team", "--config", cfg)
+	runKeysCmd(t, 2, "update", "team", "--config", cfg, "--quota", "-1")
+	runKeysCmd(t, 2, "update", "team", "--config", cfg, "--quota", "lots")
+	runKeysCmd(t, 2, "update", "team", "--config", cfg, "--period", "hourly")
+	runKeysCmd(t, 2, "update", "team", "--config", cfg, "--no-limits", "--rpm", "5")
+	runKeysCmd(t, 1, "update", "nobody", "--config", cfg, "--quota", "5")
+}
+
+func ptrTo[T any](v T) *T { return &v }

@@ -369,3 +369,61 @@ func TestConcurrentStatusChanges(t *testing.T) {
 		t.Fatalf("after the last change: %+v, %v; want disabled", rec, err)
 	}
 }
+
+// TestUpdate: a change is a JSON merge patch of the key's spec: fields
+// given replace, null clears (back to the defaults), limits merge field by
+// field; the id, secret and creation stay; what Create would refuse is
+// refused and changes nothing.
+func TestUpdate(t *testing.T) {
+	ctx := context.Background()
+	rdb, prefix := testRedis(t)
+	secret, orig, err := Create(ctx, rdb, prefix, Spec{ID: "team-a", Name: "Team A", TotalQuota: ptr(int64(1000)),
+		QuotaResetPeriod: "daily", AllowedModels: []string{"qwen"}, Limits: &Limits{RequestsPerMinute: ptr(int64(60)), MaxConcurrent: ptr(int64(2))}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := Update(ctx, rdb, prefix, "team-a", []byte(`{"total_quota": 9007199254740991, "allowed_models": null, "limits": {"max_concurrent": 5, "requests_per_minute": null}, "name": "Team A (grown)"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *rec.TotalQuota != 9007199254740991 || rec.AllowedModels != nil || *rec.Limits.MaxConcurrent != 5 || rec.Limits.RequestsPerMinute != nil ||
+		rec.Name != "Team A (grown)" || rec.QuotaResetPeriod != "daily" || rec.Status != StatusActive {
+		t.Fatalf("updated: %+v (limits %+v)", rec, rec.Limits)
+	}
+	if rec.SHA256 != orig.SHA256 || rec.Masked != orig.Masked || !rec.CreatedAt.Equal(orig.CreatedAt) || rec.ID != "team-a" {
+		t.Fatalf("identity changed: %+v, was %+v", rec, orig)
+	}
+	if got, err := LookupHash(ctx, rdb, prefix, Hash(secret)); err != nil || *got.TotalQuota != 9007199254740991 || *got.Limits.MaxConcurrent != 5 {
+		t.Fatalf("the secret reads %+v, %v", got, err)
+	}
+	// Clearing the last override drops the limits.
+	if rec, err = Update(ctx, rdb, prefix, "team-a", []byte(`{"limits": {"max_concurrent": null}}`)); err != nil || rec.Limits != nil {
+		t.Fatalf("limits cleared: %+v, %v", rec.Limits, err)
+	}
+	future := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	if rec, err = Update(ctx, rdb, prefix, "team-a", []byte(`{"expires_at": "`+future+`", "status": "disabled"}`)); err != nil || rec.ExpiresAt == nil || rec.Status != StatusDisabled {
+		t.Fatalf("expiry and status: %+v, %v", rec, err)
+	}
+	for _, bad := range []string{
+		`{"id": "team-b"}`,
+		`{"total_quota": -1}`,
+		`{"total_quota": "lots"}`,
+		`{"quota_reset_period": "hourly"}`,
+		`{"allowed_ips": ["not-an-ip"]}`,
+		`{"sha256": "00"}`,
+		`{"expires_at": "2020-01-01T00:00:00Z"}`,
+		`{"limits": {"enabled": false, "max_concurrent": 3}}`,
+		`[1]`,
+		`null`,
+	} {
+		if _, err := Update(ctx, rdb, prefix, "team-a", []byte(bad)); !errors.Is(err, ErrInvalid) {
+			t.Errorf("Update(%s) = %v, want ErrInvalid", bad, err)
+		}
+	}
+	if got, err := Get(ctx, rdb, prefix, "team-a"); err != nil || got.ExpiresAt == nil || got.Status != StatusDisabled || got.Limits != nil || *got.TotalQuota != 9007199254740991 {
+		t.Fatalf("after refused changes: %+v, %v", got, err)
+	}
+	if _, err := Update(ctx, rdb, prefix, "nobody", []byte(`{"name": "x"}`)); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown key: %v", err)
+	}
+}

@@ -1,6 +1,7 @@
 package keys
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -175,7 +177,89 @@ func SetStatus(ctx context.Context, rdb redis.UniversalClient, prefix, id, statu
 	if status != StatusActive && status != StatusDisabled {
 		return Record{}, fmt.Errorf("%w: status %q: want active or disabled", ErrInvalid, status)
 	}
-	return update(ctx, rdb, prefix, id, func(r *Record) { r.Status = status })
+	return update(ctx, rdb, prefix, id, func(r *Record) error { r.Status = status; return nil })
+}
+
+// Update changes key id by patch, a JSON merge patch (RFC 7386) of its
+// Spec: a field given replaces the key's, null clears it (the key then
+// takes auth.defaults or rate_limit.per_key, or has no expiry, no model or
+// address restriction), and limits is merged field by field. The id and
+// the secret do not change. The result is checked as Create checks a
+// spec (an error wrapping ErrInvalid), an expiry the patch sets must be
+// to come, and it returns the updated record. A gateway's cache may use
+// the old record for its TTL.
+func Update(ctx context.Context, rdb redis.UniversalClient, prefix, id string, patch []byte) (Record, error) {
+	var change map[string]any
+	dec := json.NewDecoder(bytes.NewReader(patch))
+	dec.UseNumber()
+	if err := dec.Decode(&change); err != nil || change == nil {
+		return Record{}, fmt.Errorf("%w: the change must be a JSON object of key fields", ErrInvalid)
+	}
+	// Names and types as a spec has them.
+	var check Spec
+	strict := json.NewDecoder(bytes.NewReader(patch))
+	strict.DisallowUnknownFields()
+	if err := strict.Decode(&check); err != nil {
+		return Record{}, fmt.Errorf("%w: %v", ErrInvalid, strings.TrimPrefix(err.Error(), "json: "))
+	}
+	if v, ok := change["id"]; ok && v != id {
+		return Record{}, fmt.Errorf("%w: a key's id does not change (create a key with the new id, move its clients, delete this one)", ErrInvalid)
+	}
+	_, setsExpiry := change["expires_at"]
+	return update(ctx, rdb, prefix, id, func(r *Record) error {
+		cur, err := json.Marshal(r.Spec)
+		if err != nil {
+			return err
+		}
+		var doc map[string]any
+		dec := json.NewDecoder(bytes.NewReader(cur))
+		dec.UseNumber()
+		if err := dec.Decode(&doc); err != nil {
+			return err
+		}
+		merged, err := json.Marshal(mergePatch(doc, change))
+		if err != nil {
+			return err
+		}
+		var spec Spec
+		if err := json.Unmarshal(merged, &spec); err != nil {
+			return fmt.Errorf("%w: %v", ErrInvalid, strings.TrimPrefix(err.Error(), "json: "))
+		}
+		spec.ID = r.ID
+		if spec.Status == "" {
+			spec.Status = StatusActive
+		}
+		if spec.Limits.IsZero() {
+			spec.Limits = nil
+		}
+		if err := spec.Validate(); err != nil {
+			return err
+		}
+		if setsExpiry && spec.ExpiresAt != nil && !spec.ExpiresAt.After(time.Now()) {
+			return fmt.Errorf("%w: expires_at %s is in the past (to stop a key now, disable it)", ErrInvalid, spec.ExpiresAt.UTC().Format(time.RFC3339))
+		}
+		r.Spec = spec
+		return nil
+	})
+}
+
+// mergePatch applies the JSON merge patch patch to doc (RFC 7386 §2).
+func mergePatch(doc, patch map[string]any) map[string]any {
+	if doc == nil {
+		doc = map[string]any{}
+	}
+	for k, v := range patch {
+		switch v := v.(type) {
+		case nil:
+			delete(doc, k)
+		case map[string]any:
+			sub, _ := doc[k].(map[string]any)
+			doc[k] = mergePatch(sub, v)
+		default:
+			doc[k] = v
+		}
+	}
+	return doc
 }
 
 // update changes key id's record with fn, retrying when another writer
@@ -184,7 +268,7 @@ func SetStatus(ctx context.Context, rdb redis.UniversalClient, prefix, id, statu
 // of the same key keep undoing.
 const updateWait = 5 * time.Second
 
-func update(ctx context.Context, rdb redis.UniversalClient, prefix, id string, fn func(*Record)) (Record, error) {
+func update(ctx context.Context, rdb redis.UniversalClient, prefix, id string, fn func(*Record) error) (Record, error) {
 	hash, err := rdb.Get(ctx, byIDKey(prefix, id)).Result()
 	if errors.Is(err, redis.Nil) {
 		return Record{}, fmt.Errorf("key %s: %w", id, ErrNotFound)
@@ -209,7 +293,9 @@ func update(ctx context.Context, rdb redis.UniversalClient, prefix, id string, f
 			if rec, err = decode(body); err != nil {
 				return err
 			}
-			fn(&rec)
+			if err := fn(&rec); err != nil {
+				return err
+			}
 			out, err := json.Marshal(rec)
 			if err != nil {
 				return err

@@ -19,7 +19,8 @@ import (
 	"github.com/llmproxy/llmproxy/services/gateway/internal/apierr"
 )
 
-// maxKeySpecBytes bounds the body of POST /admin/keys.
+// maxKeySpecBytes bounds the body of POST /admin/keys and PATCH
+// /admin/keys/{id}.
 const maxKeySpecBytes = 64 << 10
 
 // SecretWarning goes with every new secret.
@@ -75,48 +76,9 @@ func AdminKeysHandler(rdb redis.UniversalClient, prefix string, token string, st
 		})
 	}
 	handle("POST /admin/keys", func(w http.ResponseWriter, r *http.Request) (int, any, error) {
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxKeySpecBytes))
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			return 0, nil, apierr.TooLarge(tooLarge.Limit)
-		}
+		_, spec, err := readKeySpec(w, r)
 		if err != nil {
-			return 0, nil, apierr.BadRequest("invalid_json", "the key spec could not be read: "+err.Error())
-		}
-		if !utf8.Valid(body) {
-			// encoding/json would store U+FFFD for the bad bytes.
-			return 0, nil, apierr.BadRequest("invalid_json", "the key spec is not valid UTF-8")
-		}
-		dec := json.NewDecoder(bytes.NewReader(body))
-		dec.DisallowUnknownFields()
-		var spec keys.Spec
-		err = dec.Decode(&spec)
-		if err == nil {
-			// One spec, one key: a second object after it is not created.
-			if _, next := dec.Token(); !errors.Is(next, io.EOF) {
-				err = errors.New("more after the key spec's closing brace")
-			}
-		}
-		if err == nil {
-			if f, why := oddField(body, reflect.TypeFor[keys.Spec]()); f != "" {
-				return 0, nil, apierr.BadRequest("ambiguous_field", "the key spec gives "+strconv.Quote(f)+" "+why+": send each field once, spelled as documented")
-			}
-			// A rate too small for a float64 reads as 0, no limit.
-			var raw struct {
-				Limits *struct {
-					RPS json.Number `json:"requests_per_second"`
-				} `json:"limits"`
-			}
-			if json.Unmarshal(body, &raw) == nil && raw.Limits != nil && config.RoundsToZero(raw.Limits.RPS.String()) {
-				return 0, nil, apierr.BadRequest("invalid_key_spec", "limits.requests_per_second "+raw.Limits.RPS.String()+" is too small to hold: it would read as 0, which means no limit")
-			}
-		}
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) && te.Field != "" {
-			return 0, nil, typeMismatch(te, "the key spec")
-		}
-		if err != nil {
-			return 0, nil, apierr.BadRequest("invalid_json", "the body must be a JSON key spec: "+strings.TrimPrefix(err.Error(), "json: "))
+			return 0, nil, err
 		}
 		secret, rec, err := keys.Create(r.Context(), rdb, prefix, spec)
 		if err != nil {
@@ -136,6 +98,14 @@ func AdminKeysHandler(rdb redis.UniversalClient, prefix string, token string, st
 	})
 	handle("GET /admin/keys/{id}", func(_ http.ResponseWriter, r *http.Request) (int, any, error) {
 		rec, err := keys.Get(r.Context(), rdb, prefix, r.PathValue("id"))
+		return http.StatusOK, rec, err
+	})
+	handle("PATCH /admin/keys/{id}", func(w http.ResponseWriter, r *http.Request) (int, any, error) {
+		body, _, err := readKeySpec(w, r)
+		if err != nil {
+			return 0, nil, err
+		}
+		rec, err := keys.Update(r.Context(), rdb, prefix, r.PathValue("id"), body)
 		return http.StatusOK, rec, err
 	})
 	handle("DELETE /admin/keys/{id}", func(_ http.ResponseWriter, r *http.Request) (int, any, error) {
@@ -159,6 +129,58 @@ func AdminKeysHandler(rdb redis.UniversalClient, prefix string, token string, st
 		}
 		api.ServeHTTP(w, r)
 	}))
+}
+
+// readKeySpec reads a request's JSON key spec (POST /admin/keys) or
+// change of one (PATCH /admin/keys/{id}, whose nulls read as unset
+// fields), refusing what encoding/json would take in a way its sender did
+// not mean: unknown, misspelt or repeated fields, a second object, bad
+// UTF-8, a rate that rounds to 0.
+func readKeySpec(w http.ResponseWriter, r *http.Request) ([]byte, keys.Spec, error) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxKeySpecBytes))
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) {
+		return nil, keys.Spec{}, apierr.TooLarge(tooLarge.Limit)
+	}
+	if err != nil {
+		return nil, keys.Spec{}, apierr.BadRequest("invalid_json", "the key spec could not be read: "+err.Error())
+	}
+	if !utf8.Valid(body) {
+		// encoding/json would store U+FFFD for the bad bytes.
+		return nil, keys.Spec{}, apierr.BadRequest("invalid_json", "the key spec is not valid UTF-8")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	var spec keys.Spec
+	err = dec.Decode(&spec)
+	if err == nil {
+		// One spec, one key: a second object after it is not created.
+		if _, next := dec.Token(); !errors.Is(next, io.EOF) {
+			err = errors.New("more after the key spec's closing brace")
+		}
+	}
+	if err == nil {
+		if f, why := oddField(body, reflect.TypeFor[keys.Spec]()); f != "" {
+			return nil, keys.Spec{}, apierr.BadRequest("ambiguous_field", "the key spec gives "+strconv.Quote(f)+" "+why+": send each field once, spelled as documented")
+		}
+		// A rate too small for a float64 reads as 0, no limit.
+		var raw struct {
+			Limits *struct {
+				RPS json.Number `json:"requests_per_second"`
+			} `json:"limits"`
+		}
+		if json.Unmarshal(body, &raw) == nil && raw.Limits != nil && config.RoundsToZero(raw.Limits.RPS.String()) {
+			return nil, keys.Spec{}, apierr.BadRequest("invalid_key_spec", "limits.requests_per_second "+raw.Limits.RPS.String()+" is too small to hold: it would read as 0, which means no limit")
+		}
+	}
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) && te.Field != "" {
+		return nil, keys.Spec{}, typeMismatch(te, "the key spec")
+	}
+	if err != nil {
+		return nil, keys.Spec{}, apierr.BadRequest("invalid_json", "the body must be a JSON key spec: "+strings.TrimPrefix(err.Error(), "json: "))
+	}
+	return body, spec, nil
 }
 
 // keysError maps a key store error to the client's answer.

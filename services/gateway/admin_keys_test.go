@@ -89,6 +89,19 @@ func TestAdminKeysHandler(t *testing.T) {
 	if rec := do("GET", "/admin/keys/alice", "admin-secret", "", http.StatusOK); rec["sha256"] != keys.Hash(secret) {
 		t.Fatalf("show = %v", rec)
 	}
+	// A change: a merge patch of the spec, checked as a spec is.
+	rec := do("PATCH", "/admin/keys/alice", "admin-secret", `{"total_quota":5000,"allowed_ips":null,"limits":{"max_concurrent":4}}`, http.StatusOK)
+	if rec["total_quota"] != 5000.0 || rec["allowed_ips"] != nil || rec["limits"].(map[string]any)["max_concurrent"] != 4.0 || rec["quota_reset_period"] != "daily" {
+		t.Fatalf("patch = %v", rec)
+	}
+	do("PATCH", "/admin/keys/alice", "admin-secret", `{"total_quota":-5}`, http.StatusBadRequest)
+	do("PATCH", "/admin/keys/alice", "admin-secret", `{"id":"alice2"}`, http.StatusBadRequest)
+	do("PATCH", "/admin/keys/alice", "admin-secret", `{"total_quota":1,"total_quota":2}`, http.StatusBadRequest)
+	do("PATCH", "/admin/keys/alice", "admin-secret", `{"sha256":"00"}`, http.StatusBadRequest)
+	do("PATCH", "/admin/keys/nobody", "admin-secret", `{"name":"x"}`, http.StatusNotFound)
+	if rec := do("GET", "/admin/keys/alice", "admin-secret", "", http.StatusOK); rec["total_quota"] != 5000.0 {
+		t.Fatalf("after refused changes: %v", rec)
+	}
 	if rec := do("POST", "/admin/keys/alice/disable", "admin-secret", "", http.StatusOK); rec["status"] != "disabled" {
 		t.Fatalf("disable = %v", rec)
 	}

@@ -80,7 +80,7 @@ func TestAdminRouteErrorsAreJSON(t *testing.T) {
 		{notifier, "POST", "/admin/keys/alice/disable", token, 404, "not_served_here", ""},
 		{usage, "POST", "/admin/keys/alice/disable", token, 404, "key_store_not_configured", ""},
 		{keysAPI, "PUT", "/admin/keys", token, 405, "method_not_allowed", "POST"},
-		{keysAPI, "PATCH", "/admin/keys/alice", token, 405, "method_not_allowed", "DELETE"},
+		{keysAPI, "PUT", "/admin/keys/alice", token, 405, "method_not_allowed", "PATCH"},
 		{keysAPI, "GET", "/admin/keys/alice/disable", token, 405, "method_not_allowed", "POST"},
 		{keysAPI, "GET", "/admin/keys/", token, 404, "unknown_url", ""},
 		{keysAPI, "POST", "/admin/keys/alice/rotate", token, 404, "unknown_url", ""},
