@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -44,7 +43,7 @@ func (g *Gateway) serveModels(w http.ResponseWriter, r *http.Request) {
 		wg   sync.WaitGroup
 	)
 	add := func(m modelEntry) {
-		if m.ID == "" || (x.key != nil && x.key.AllowedModels != nil && !x.key.AllowedModels[m.ID]) {
+		if m.ID == "" || (x.key != nil && !x.key.AllowsModel(m.ID)) {
 			return
 		}
 		// A model only standbys serve (one a standby's engine reports
@@ -158,7 +157,7 @@ func (g *Gateway) relayTags(w http.ResponseWriter, x *exchange, resp *http.Respo
 	kept := make([]json.RawMessage, 0, len(list.Models))
 	for _, m := range list.Models {
 		var id struct{ Name, Model string }
-		if json.Unmarshal(m, &id) == nil && (allowedTag(x.key.AllowedModels, id.Name) || allowedTag(x.key.AllowedModels, id.Model)) {
+		if json.Unmarshal(m, &id) == nil && (id.Name != "" && x.key.AllowsModel(id.Name) || id.Model != "" && x.key.AllowsModel(id.Model)) {
 			kept = append(kept, m)
 		}
 	}
@@ -175,13 +174,4 @@ func (g *Gateway) relayTags(w http.ResponseWriter, x *exchange, resp *http.Respo
 		x.errMsg = pace.clientWriteError(err)
 	}
 	return nil
-}
-
-// allowedTag reports whether the Ollama model name is in allowed, as
-// written or without its ":latest" tag.
-func allowedTag(allowed map[string]bool, name string) bool {
-	if name == "" {
-		return false
-	}
-	return allowed[name] || allowed[strings.TrimSuffix(name, ":latest")]
 }

@@ -51,4 +51,12 @@ func TestTagsListOnlyTheKeysModels(t *testing.T) {
 	if got := names(open); len(got) != 3 {
 		t.Fatalf("open key sees %v", got)
 	}
+	// A name the list shows is one the key may ask for.
+	for model, want := range map[string]int{"llama3:latest": 200, "llama3": 200, "qwen2.5:7b": 200, "mistral:latest": 403} {
+		resp, body := do(t, "POST", gw.URL+"/api/chat", `{"model":"`+model+`","messages":[]}`, map[string]string{"Authorization": "Bearer " + limited})
+		if resp.StatusCode != want {
+			t.Errorf("chat with %s: %d %s, want %d", model, resp.StatusCode, body, want)
+		}
+		s.next(t)
+	}
 }

@@ -88,10 +88,29 @@ func (k *Key) CheckModel(model string) *apierr.Error {
 	if model == "" {
 		return apierr.Forbidden("model_not_allowed", "this API key may only use the models "+modelList(k.AllowedModels)+"; the request must name one of them in \"model\"")
 	}
-	if !k.AllowedModels[model] {
+	if !k.AllowsModel(model) {
 		return apierr.Forbidden("model_not_allowed", "this API key may not use model "+model+"; allowed: "+modelList(k.AllowedModels))
 	}
 	return nil
+}
+
+// AllowsModel reports whether k may use model: every model when it names
+// none, else one it names, where Ollama's "name" and "name:latest" are the
+// one model (Ollama answers to both, and lists the second).
+func (k *Key) AllowsModel(model string) bool {
+	if k.AllowedModels == nil {
+		return true
+	}
+	if model == "" {
+		return false
+	}
+	if k.AllowedModels[model] {
+		return true
+	}
+	if base, ok := strings.CutSuffix(model, ":latest"); ok {
+		return k.AllowedModels[base]
+	}
+	return !strings.Contains(model, ":") && k.AllowedModels[model+":latest"]
 }
 
 // allowedIP reports whether ip is in one of prefixes. A link-local client's

@@ -33,6 +33,11 @@ func TestCheckModel(t *testing.T) {
 		{"any model on an open key", open, "gpt-4", "", nil},
 		{"no model on an open key", open, "", "", nil},
 		{"other model on a key of many", many, "x", "model_not_allowed", []string{"allowed: m0000, m0001", "m0019 and 980 more"}},
+		// Ollama's name and name:latest are one model, either way round.
+		{"an allowed model's :latest", limited, "qwen:latest", "", nil},
+		{"the bare name of an allowed :latest", &Key{AllowedModels: map[string]bool{"mistral:latest": true}}, "mistral", "", nil},
+		{"another tag of an allowed model", limited, "qwen:7b", "model_not_allowed", nil},
+		{"a tag's bare name is not every tag", &Key{AllowedModels: map[string]bool{"qwen:7b": true}}, "qwen", "model_not_allowed", nil},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
