@@ -386,8 +386,10 @@ func withoutSecrets(s, key string) string {
 	return s
 }
 
-// madeSecret matches a key made by `llmproxy keys`, or what starts one.
-var madeSecret = regexp.MustCompile(regexp.QuoteMeta(keys.SecretPrefix) + "[0-9A-Za-z]+")
+// madeSecret matches a key made by `llmproxy keys`, or what starts one,
+// and a key of the file an operator gave the same prefix (dashes and
+// underscores included: sk-llmproxy-team-a-2026).
+var madeSecret = regexp.MustCompile(regexp.QuoteMeta(keys.SecretPrefix) + "[0-9A-Za-z_-]+")
 
 // maxLoggedMethod bounds the method an access line or an error quotes: Go
 // takes request lines up to its header limit, 1 MiB.

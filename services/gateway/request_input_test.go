@@ -334,6 +334,8 @@ func TestUnroutedRequestsAreLogged(t *testing.T) {
 		{"POST", "/" + testKey + "/v1/chat/completions", "/[REDACTED]/v1/chat/completions", 404, "unknown_url"},
 		// A key made by llmproxy keys, other than the one presented.
 		{"POST", "/foo/sk-llmproxy-b2imTaK5uXKrz7OM9OcYGCz3Y2TNT5Ek/x", "/foo/[REDACTED]/x", 404, "unknown_url"},
+		// A key of the file with the public prefix, dashes and all.
+		{"POST", "/v2/sk-llmproxy-demo-123_x/chat", "/v2/[REDACTED]/chat", 404, "unknown_url"},
 		// Percent-encoded, a made key or the one presented.
 		{"POST", "/x/%73k-llmproxy-ZyXwVuTsRqPoNmLkJiHgFeDcBa987654/y%20z", "/x/[REDACTED]/y z", 404, "unknown_url"},
 		{"POST", "/x/" + strings.Replace(testKey, "u", "%75", 1) + "/y", "/x/[REDACTED]/y", 404, "unknown_url"},
