@@ -304,10 +304,8 @@ func (g *Gateway) routes() *echo.Echo {
 	for _, p := range proxiedPOST {
 		e.POST(p, proxy)
 	}
-	for _, p := range proxiedGET {
-		get(p, proxy)
-	}
 	get("/v1/models", echo.WrapHandler(http.HandlerFunc(g.serveModels)))
+	get("/api/tags", echo.WrapHandler(http.HandlerFunc(g.serveTags)))
 	get("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
 	get("/readyz", g.readyz)
 	if g.gatherer != nil {
@@ -426,7 +424,6 @@ var (
 		"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages",
 		"/api/chat", "/api/generate", "/api/embed", "/generate", "/generate_stream",
 	}
-	proxiedGET = []string{"/api/tags"}
 )
 
 // BackendsReady reports an error when no backend is available, the

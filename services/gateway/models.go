@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -27,6 +28,96 @@ type modelEntry struct {
 // them), each model once, leaving out those no request could be routed to.
 // A key restricted to some models sees only those.
 func (g *Gateway) serveModels(w http.ResponseWriter, r *http.Request) {
+	g.serveList(w, r, "/v1/models", maxModelsBody, func(x *exchange, ups []*balancer.Upstream, replies [][]byte) (any, int) {
+		seen := map[string]modelEntry{}
+		add := func(up *balancer.Upstream, m modelEntry) {
+			if m.ID == "" || !x.listsModel(up, m.ID) {
+				return
+			}
+			if m.Object == "" {
+				m.Object = "model"
+			}
+			if _, ok := seen[m.ID]; !ok {
+				seen[m.ID] = m
+			}
+		}
+		for i, up := range ups {
+			for m := range up.Models {
+				add(up, modelEntry{ID: m, OwnedBy: up.Name})
+			}
+			var out struct {
+				Data []modelEntry `json:"data"`
+			}
+			if replies[i] != nil && json.Unmarshal(replies[i], &out) == nil {
+				for _, m := range out.Data {
+					add(up, m)
+				}
+			}
+		}
+		list := make([]modelEntry, 0, len(seen))
+		for _, m := range seen {
+			list = append(list, m)
+		}
+		sort.Slice(list, func(i, j int) bool { return list[i].ID < list[j].ID })
+		return map[string]any{"object": "list", "data": list}, len(list)
+	})
+}
+
+// serveTags answers Ollama's GET /api/tags with the union of every
+// available backend's list, as serveModels does /v1/models: each model
+// once (by name, as the first backend in the config's order lists it,
+// fields and all), in the backends' order, leaving out those no request
+// could be routed to and, for a key restricted to some models, the others.
+// A backend that is no Ollama (its /api/tags a 404) adds nothing.
+func (g *Gateway) serveTags(w http.ResponseWriter, r *http.Request) {
+	g.serveList(w, r, "/api/tags", maxTagsBody, func(x *exchange, ups []*balancer.Upstream, replies [][]byte) (any, int) {
+		seen := map[string]bool{}
+		kept := []json.RawMessage{}
+		for i, up := range ups {
+			var list struct {
+				Models []json.RawMessage `json:"models"`
+			}
+			if replies[i] == nil || json.Unmarshal(replies[i], &list) != nil {
+				continue
+			}
+			for _, m := range list.Models {
+				var id struct{ Name, Model string }
+				if json.Unmarshal(m, &id) != nil || id.Name == "" || seen[id.Name] {
+					continue
+				}
+				if x.listsModel(up, id.Name) || id.Model != "" && x.listsModel(up, id.Model) {
+					seen[id.Name] = true
+					kept = append(kept, m)
+				}
+			}
+		}
+		return map[string]any{"models": kept}, len(kept)
+	})
+}
+
+// listsModel reports whether x's model list shows model, as up reports
+// it: one x's key may use, that up serves, and that some backend with a
+// weight serves (a model only standbys serve is answered 404
+// model_not_found, so it is not listed either).
+func (x *exchange) listsModel(up *balancer.Upstream, model string) bool {
+	if x.key != nil && !x.key.AllowsModel(model) {
+		return false
+	}
+	return up.Serves(model) && x.rt.pool.HasModel(model)
+}
+
+// The largest model list read from one backend.
+const (
+	maxModelsBody = 4 << 20
+	maxTagsBody   = 16 << 20
+)
+
+// serveList answers a model list (GET path) as merge makes it, with the
+// number of its models, from the 200 replies of every available backend,
+// asked at once (nil for a backend that failed to answer, or was not asked:
+// not available), after the request is authenticated and admitted as any
+// other. An empty list while no backend is available is a 503.
+func (g *Gateway) serveList(w http.ResponseWriter, r *http.Request, path string, limit int64, merge func(x *exchange, ups []*balancer.Upstream, replies [][]byte) (any, int)) {
 	g.inflight.Add(1)
 	defer g.inflight.Add(-1)
 	x := g.begin(w, r)
@@ -37,62 +128,26 @@ func (g *Gateway) serveModels(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
-	var (
-		mu   sync.Mutex
-		seen = map[string]modelEntry{}
-		wg   sync.WaitGroup
-	)
-	add := func(m modelEntry) {
-		if m.ID == "" || (x.key != nil && !x.key.AllowsModel(m.ID)) {
-			return
-		}
-		// A model only standbys serve (one a standby's engine reports
-		// that no backend with a weight serves) is answered 404
-		// model_not_found: it is not on the list either.
-		if !x.rt.pool.HasModel(m.ID) {
-			return
-		}
-		if m.Object == "" {
-			m.Object = "model"
-		}
-		mu.Lock()
-		if _, ok := seen[m.ID]; !ok {
-			seen[m.ID] = m
-		}
-		mu.Unlock()
-	}
+	ups := x.rt.pool.Upstreams()
+	replies := make([][]byte, len(ups))
+	var wg sync.WaitGroup
 	now := time.Now()
-	for _, up := range x.rt.pool.Upstreams() {
-		for m := range up.Models {
-			add(modelEntry{ID: m, OwnedBy: up.Name})
+	for i, up := range ups {
+		if up.Available(now) {
+			wg.Go(func() { replies[i] = g.backendList(ctx, up, path, limit) })
 		}
-		if !up.Available(now) {
-			continue
-		}
-		wg.Add(1)
-		go func(up *balancer.Upstream) {
-			defer wg.Done()
-			for _, m := range g.backendModels(ctx, up) {
-				if up.Serves(m.ID) {
-					add(m)
-				}
-			}
-		}(up)
 	}
 	wg.Wait()
-	list := make([]modelEntry, 0, len(seen))
-	for _, m := range seen {
-		list = append(list, m)
-	}
-	sort.Slice(list, func(i, j int) bool { return list[i].ID < list[j].ID })
-	if len(list) == 0 && !x.rt.pool.AnyAvailable() {
+	list, n := merge(x, ups, replies)
+	if n == 0 && !x.rt.pool.AnyAvailable() {
 		g.failForward(w, x, apierr.Unavailable("no_backend_available", "no backend is available; try again shortly"))
 		g.finish(r.Context(), x)
 		g.observe(x)
 		return
 	}
-	body, _ := json.Marshal(map[string]any{"object": "list", "data": list})
+	body, _ := json.Marshal(list)
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(http.StatusOK)
 	x.status = http.StatusOK
 	_, _ = w.Write(body)
@@ -100,10 +155,10 @@ func (g *Gateway) serveModels(w http.ResponseWriter, r *http.Request) {
 	g.observe(x)
 }
 
-// backendModels asks one backend for its models; a backend that fails to
-// answer contributes none.
-func (g *Gateway) backendModels(ctx context.Context, up *balancer.Upstream) []modelEntry {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, up.URL.JoinPath("/v1/models").String(), nil)
+// backendList asks one backend for its model list at path; a backend that
+// fails to answer, or answers other than 200, contributes none (nil).
+func (g *Gateway) backendList(ctx context.Context, up *balancer.Upstream, path string, limit int64) []byte {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, up.URL.JoinPath(path).String(), nil)
 	if err != nil {
 		return nil
 	}
@@ -116,62 +171,16 @@ func (g *Gateway) backendModels(ctx context.Context, up *balancer.Upstream) []mo
 	if resp.StatusCode != http.StatusOK {
 		return nil
 	}
-	var out struct {
-		Data []modelEntry `json:"data"`
-	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 4<<20)).Decode(&out); err != nil {
+	if enc := resp.Header.Get("Content-Encoding"); enc != "" && !strings.EqualFold(enc, "identity") {
 		return nil
 	}
-	return out.Data
-}
-
-// filtersTags reports whether x is an Ollama model list (GET /api/tags)
-// asked with a key restricted to some models: the reply lists only those.
-func (x *exchange) filtersTags() bool {
-	return x.path == "/api/tags" && x.key != nil && x.key.AllowedModels != nil
-}
-
-// maxTagsBody bounds the model list held to be filtered.
-const maxTagsBody = 16 << 20
-
-// relayTags answers GET /api/tags for a key restricted to some models with
-// the backend's list less the models the key may not use (matched by name
-// or model, with and without the ":latest" tag Ollama adds). A reply that
-// is not such a list is refused rather than passed on whole. A failed
-// read of the reply is returned and fails the try, as in relayWithHook.
-func (g *Gateway) relayTags(w http.ResponseWriter, x *exchange, resp *http.Response) error {
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxTagsBody+1))
-	if err != nil {
-		return err
-	}
-	x.firstByte(resp.StatusCode)
-	var list struct {
-		Models []json.RawMessage `json:"models"`
-	}
-	enc := resp.Header.Get("Content-Encoding")
-	if err != nil || len(body) > maxTagsBody || (enc != "" && enc != "identity") || json.Unmarshal(body, &list) != nil {
-		g.failForward(w, x, apierr.BadGateway("the backend's model list could not be read"))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err != nil || int64(len(body)) > limit {
 		return nil
 	}
-	kept := make([]json.RawMessage, 0, len(list.Models))
-	for _, m := range list.Models {
-		var id struct{ Name, Model string }
-		if json.Unmarshal(m, &id) == nil && (id.Name != "" && x.key.AllowsModel(id.Name) || id.Model != "" && x.key.AllowsModel(id.Model)) {
-			kept = append(kept, m)
-		}
+	if body == nil {
+		body = []byte{}
 	}
-	out, _ := json.Marshal(map[string]any{"models": kept})
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(out)))
-	w.WriteHeader(http.StatusOK)
-	x.status = http.StatusOK
-	x.delivered = true
-	pace := newSendPace(http.NewResponseController(w), x.rt.sendTimeout)
-	defer pace.done()
-	pace.arm()
-	if _, err := w.Write(out); err != nil {
-		x.errMsg = pace.clientWriteError(err)
-	}
-	return nil
+	return body
 }
+

@@ -963,8 +963,6 @@ func (g *Gateway) relayTry(ctx context.Context, r *http.Request, w http.Response
 	rt := x.rt
 	if lua := rt.lua; lua != nil && lua.Has(hooks.HookResponse) && !usage.IsStreamType(resp.Header.Get("Content-Type")) {
 		return g.relayWithHook(r, w, x, resp)
-	} else if x.filtersTags() && resp.StatusCode == http.StatusOK {
-		return g.relayTags(w, x, resp)
 	}
 	return g.relay(ctx, w, x, resp)
 }
@@ -1073,7 +1071,7 @@ func (g *Gateway) roundTrip(ctx context.Context, r *http.Request, x *exchange, u
 	// on_response scripts read the reply's bytes, and its usage is read
 	// off the same bytes: they are asked for uncompressed.
 	hooked := x.rt.lua != nil && x.rt.lua.Has(hooks.HookResponse)
-	setBackendAcceptEncoding(out.Header, hooked || x.streams() || x.filtersTags())
+	setBackendAcceptEncoding(out.Header, hooked || x.streams())
 	out.Header.Set("X-Request-Id", x.traceID())
 	up.SetHeaders(out)
 	balancer.MarkReplayable(out)

@@ -3,6 +3,7 @@ package gateway
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -58,5 +59,61 @@ func TestTagsListOnlyTheKeysModels(t *testing.T) {
 			t.Errorf("chat with %s: %d %s, want %d", model, resp.StatusCode, body, want)
 		}
 		s.next(t)
+	}
+}
+
+// TestTagsAreTheUnionOfTheBackends: /api/tags lists every Ollama backend's
+// models once each (the first backend's entry for a name two list), in the
+// backends' order, whichever backend a round robin would pick; a backend
+// that is no Ollama adds nothing; a key limited to some models sees those.
+func TestTagsAreTheUnionOfTheBackends(t *testing.T) {
+	serve := func(tags string) *httptest.Server {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != "/api/tags" || tags == "" {
+				http.NotFound(w, r)
+				return
+			}
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, tags)
+		}))
+		t.Cleanup(srv.Close)
+		return srv
+	}
+	one := serve(`{"models":[{"name":"llama3:latest","model":"llama3:latest","size":1},{"name":"qwen2.5:7b","model":"qwen2.5:7b","size":2}]}`)
+	two := serve(`{"models":[{"name":"qwen2.5:7b","model":"qwen2.5:7b","size":99},{"name":"mistral:latest","model":"mistral:latest","size":3}]}`)
+	vllm := serve("") // no /api/tags
+	const limited, open = "sk-llmproxy-unit-limited-0046", "sk-llmproxy-unit-open-00047"
+	yaml := fmt.Sprintf("backends: [{url: %q}, {url: %q}, {url: %q}]\napi_keys:\n  - {key: %q, id: limited, allowed_models: [mistral]}\n  - {key: %q, id: open}\n",
+		one.URL, vllm.URL, two.URL, limited, open)
+	gw, s := gatewayFromYAML(t, yaml)
+	list := func(key string) []string {
+		resp, body := do(t, "GET", gw.URL+"/api/tags", "", map[string]string{"Authorization": "Bearer " + key})
+		s.next(t)
+		if resp.StatusCode != 200 {
+			t.Fatalf("%d %s", resp.StatusCode, body)
+		}
+		var l struct {
+			Models []struct {
+				Name string
+				Size int
+			}
+		}
+		if err := json.Unmarshal([]byte(body), &l); err != nil {
+			t.Fatalf("%v: %s", err, body)
+		}
+		var out []string
+		for _, m := range l.Models {
+			out = append(out, fmt.Sprintf("%s/%d", m.Name, m.Size))
+		}
+		return out
+	}
+	want := []string{"llama3:latest/1", "qwen2.5:7b/2", "mistral:latest/3"}
+	for range 3 { // as many as there are backends to pick
+		if got := list(open); !slices.Equal(got, want) {
+			t.Fatalf("open key sees %v, want %v", got, want)
+		}
+	}
+	if got := list(limited); !slices.Equal(got, []string{"mistral:latest/3"}) {
+		t.Fatalf("limited key sees %v", got)
 	}
 }
