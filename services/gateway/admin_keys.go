@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -49,10 +52,10 @@ func AdminKeysHandler(rdb redis.UniversalClient, prefix string, token string, st
 	mux := http.NewServeMux()
 	handle := func(pattern string, fn func(w http.ResponseWriter, r *http.Request) (int, any, error)) {
 		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
-			if r.URL.RawQuery != "" {
-				// No key route takes a query; one sent is a mistake
-				// (a filter that would be ignored).
-				apierr.Write(w, apierr.BadRequest("invalid_query", "the key API takes no query parameters"))
+			if r.URL.RawQuery != "" && pattern != "GET /admin/keys" {
+				// No other key route takes a query; one sent is a
+				// mistake (a filter that would be ignored).
+				apierr.Write(w, apierr.BadRequest("invalid_query", "this key API route takes no query parameters"))
 				return
 			}
 			status, body, err := fn(w, r)
@@ -90,11 +93,27 @@ func AdminKeysHandler(rdb redis.UniversalClient, prefix string, token string, st
 		return http.StatusCreated, map[string]any{"key": secret, "record": rec, "warning": SecretWarning}, nil
 	})
 	handle("GET /admin/keys", func(_ http.ResponseWriter, r *http.Request) (int, any, error) {
+		limit, after, err := listPage(r.URL.RawQuery)
+		if err != nil {
+			return 0, nil, apierr.BadRequest("invalid_query", "GET /admin/keys takes ?limit=N (1 to 10000) and after=CURSOR (the next of the page before), each at most once: "+err.Error())
+		}
 		list, err := keys.List(r.Context(), rdb, prefix)
 		if err != nil {
 			return 0, nil, err
 		}
-		return http.StatusOK, map[string]any{"keys": list}, nil
+		if after != "" {
+			i, _ := slices.BinarySearchFunc(list, after, func(rec keys.Record, c string) int { return strings.Compare(pageCursor(rec), c) })
+			if i < len(list) && pageCursor(list[i]) == after {
+				i++
+			}
+			list = list[i:]
+		}
+		out := map[string]any{"keys": list}
+		if limit > 0 && len(list) > limit {
+			list = list[:limit]
+			out["keys"], out["next"] = list, pageCursor(list[limit-1])
+		}
+		return http.StatusOK, out, nil
 	})
 	handle("GET /admin/keys/{id}", func(_ http.ResponseWriter, r *http.Request) (int, any, error) {
 		rec, err := keys.Get(r.Context(), rdb, prefix, r.PathValue("id"))
@@ -129,6 +148,35 @@ func AdminKeysHandler(rdb redis.UniversalClient, prefix string, token string, st
 		}
 		api.ServeHTTP(w, r)
 	}))
+}
+
+// listPage reads GET /admin/keys's query: at most limit keys (0: all)
+// after the cursor after ("": from the first).
+func listPage(rawQuery string) (limit int, after string, err error) {
+	q, err := url.ParseQuery(rawQuery)
+	if err == nil {
+		err = onlyOnce(q, "limit", "after")
+	}
+	if err != nil {
+		return 0, "", err
+	}
+	if v := q.Get("limit"); v != "" {
+		if limit, err = strconv.Atoi(v); err != nil || limit < 1 || limit > 10000 {
+			return 0, "", fmt.Errorf("limit %q", v)
+		}
+	}
+	after = q.Get("after")
+	if _, _, ok := strings.Cut(after, "."); after != "" && !ok {
+		return 0, "", fmt.Errorf("after %q is no cursor this API gave", after)
+	}
+	return limit, after, nil
+}
+
+// pageCursor is rec's place in the list's order (oldest first, then by
+// id), as text that sorts in that order: a page goes on after it however
+// the keys before it changed (deleted, made) meanwhile.
+func pageCursor(rec keys.Record) string {
+	return fmt.Sprintf("%020d.%s", rec.CreatedAt.UnixNano(), rec.ID)
 }
 
 // readKeySpec reads a request's JSON key spec (POST /admin/keys) or

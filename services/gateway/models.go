@@ -183,4 +183,3 @@ func (g *Gateway) backendList(ctx context.Context, up *balancer.Upstream, path s
 	}
 	return body
 }
-
