@@ -56,7 +56,7 @@ func newDecodeTee(enc string, streaming bool, format usage.Format, ex *usage.Ext
 			return
 		}
 		sp := usage.NewSplitter(format)
-		sp.Whole = ex.Event
+		sp.Whole, sp.Lost = ex.Event, ex.Unread
 		emit := func(ev []byte) error {
 			if !sp.Raw() {
 				ex.Event(ev)

@@ -13,7 +13,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/pkg/events"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/usage"
 )
 
 const testKey = "sk-llmproxy-unit-test-0042"
@@ -553,8 +553,9 @@ func TestHealthChangesGoToTheGatewaysLog(t *testing.T) {
 // event by event (the second event is sent only once the client has the
 // first) and its usage read; no content type is made up for it.
 func TestStreamWithoutItsContentTypeIsRelayedAsOne(t *testing.T) {
-	for _, ctype := range []string{"", "Text/Event-Stream;charset=UTF-8"} {
-		t.Run("content type "+strconv.Quote(ctype), func(t *testing.T) {
+	for _, tc := range []struct{ ctype, first string }{{"", ""}, {"", "d"}, {"", "\xef\xbb"}, {"Text/Event-Stream;charset=UTF-8", ""}} {
+		ctype := tc.ctype
+		t.Run(fmt.Sprintf("content type %q, first read %q", ctype, tc.first), func(t *testing.T) {
 			next := make(chan struct{})
 			backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if ctype == "" {
@@ -562,7 +563,18 @@ func TestStreamWithoutItsContentTypeIsRelayedAsOne(t *testing.T) {
 				} else {
 					w.Header().Set("Content-Type", ctype)
 				}
-				_, _ = io.WriteString(w, `data: {"choices":[{"index":0,"delta":{"content":"hello"}}]}`+"\n\n")
+				// A first read too short to tell an event stream by.
+				first := `data: {"choices":[{"index":0,"delta":{"content":"hello"}}]}` + "\n\n"
+				if tc.first != "" {
+					if strings.HasPrefix(tc.first, "\xef") {
+						first = "\xef\xbb\xbf" + first
+					}
+					_, _ = io.WriteString(w, tc.first)
+					w.(http.Flusher).Flush()
+					time.Sleep(50 * time.Millisecond)
+					first = first[len(tc.first):]
+				}
+				_, _ = io.WriteString(w, first)
 				w.(http.Flusher).Flush()
 				select {
 				case <-next:
@@ -660,5 +672,21 @@ func TestEventLargerThanTheSplitterHoldsIsBilled(t *testing.T) {
 				t.Fatalf("event: usage %+v (%s), finish %q", ev.Usage, ev.UsageSource, ev.FinishReason)
 			}
 		})
+	}
+}
+
+// TestEstimateCountsUnreadBytes: the text of an event too large to be read
+// whole is estimated from its length, not billed as nothing.
+func TestEstimateCountsUnreadBytes(t *testing.T) {
+	ex := usage.NewExtractor(usage.FormatOpenAISSE, usage.Options{})
+	ex.Unread(40_000)
+	if n := estimateCompletion(ex.Result()); n != 10_000 {
+		t.Fatalf("40,000 unread bytes estimated as %d tokens, want 10,000", n)
+	}
+	ex.Event([]byte(`data: {"choices":[{"index":0,"delta":{"content":"hello world"}}]}` + "\n\n"))
+	// With text read too, the unread bytes count at its rate: "hello
+	// world" is 2 tokens in 11 bytes.
+	if n := estimateCompletion(ex.Result()); n != 2*40_011/11 {
+		t.Fatalf("with some text read too: %d tokens, want %d", n, 2*40_011/11)
 	}
 }

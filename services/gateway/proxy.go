@@ -1121,6 +1121,16 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 		return err
 	}
 	ctype := resp.Header.Get("Content-Type")
+	// A reply without a content type may be an event stream: its first
+	// bytes say, once there are enough of them ("d" could open "data:").
+	for err == nil && n < len(buf) && usage.SniffNeedsMore(x.path, ctype, buf[:n]) {
+		var m int
+		m, err = resp.Body.Read(buf[n:])
+		n += m
+	}
+	if n == 0 && err != nil && err != io.EOF {
+		return err
+	}
 	format := usage.SniffFormat(x.path, ctype, buf[:n])
 	streaming := format.Streaming()
 	x.streamed = streaming
@@ -1160,8 +1170,9 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 			}
 		}
 		// An event larger than the splitter holds goes out in pieces as
-		// they come, and is read once whole.
-		sp.Whole = parse
+		// they come, and is read once whole (or, past what it keeps, counted
+		// by its length).
+		sp.Whole, sp.Lost = parse, ex.Unread
 		emit := func(ev []byte) error {
 			switch {
 			case sp.Raw():
@@ -1419,8 +1430,12 @@ func classify(err error) *apierr.Error {
 // kept text was cut short.
 func estimateCompletion(res usage.Result) int64 {
 	n := int64(usage.CountTokens(res.Text))
-	if res.TextTruncated && len(res.Text) > 0 {
+	switch {
+	case res.TextTruncated && len(res.Text) > 0:
 		n = n * res.TextBytes / int64(len(res.Text))
+	case res.TextTruncated:
+		// Only bytes no one could read (see Extractor.Unread).
+		n = (res.TextBytes + 3) / 4
 	}
 	return n
 }

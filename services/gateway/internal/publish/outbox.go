@@ -244,11 +244,13 @@ func (ob *outbox) loadSegment(id uint64, ack position, ackOK bool) (*segment, ui
 	boundarySeq := ^uint64(0)
 	// Once bytes are cut out, the acknowledged mark's offset no longer
 	// names a position here: recovery then republishes the outbox whole.
-	cut := false
-	r := bufio.NewReaderSize(io.NewSectionReader(f, 0, 1<<62), 256<<10)
+	cut := int64(0) // bytes cut out so far
+	// Reads stop at size: past it, after a cut, lie the moved bytes' old
+	// copies, which the truncation below drops.
+	r := bufio.NewReaderSize(io.NewSectionReader(f, 0, size), 256<<10)
 	var buf []byte
 	for {
-		if ackOK && !cut && ack.seg == id && ack.off == seg.size {
+		if ackOK && cut == 0 && ack.seg == id && ack.off == seg.size {
 			boundarySeq = id + seg.count
 		}
 		hdr, err := r.Peek(recordHeaderSize)
@@ -275,19 +277,20 @@ func (ob *outbox) loadSegment(id uint64, ack position, ackOK bool) (*segment, ui
 			return fail("read", err)
 		}
 		if next < 0 {
-			ob.log.Warn("event outbox: truncating unreadable record", "segment", path, "offset", seg.size)
+			ob.log.Warn("event outbox: truncating unreadable record", "segment", path, "offset", seg.size+cut)
 			break
 		}
+		// Offsets are the file's as it was found.
 		ob.log.Warn("event outbox: cutting out damaged bytes; the records after them are kept",
-			"segment", path, "offset", seg.size, "bytes", next-seg.size)
+			"segment", path, "offset", seg.size+cut, "bytes", next-seg.size)
 		if err := moveDown(f, next, seg.size, size); err != nil {
 			return fail("repair", err)
 		}
+		cut += next - seg.size
 		size -= next - seg.size
-		cut = true
-		r.Reset(io.NewSectionReader(f, seg.size, 1<<62))
+		r.Reset(io.NewSectionReader(f, seg.size, size-seg.size))
 	}
-	if size != seg.size || cut {
+	if st.Size() != seg.size {
 		if err := f.Truncate(seg.size); err != nil {
 			return fail("truncate", err)
 		}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/llmproxy/llmproxy/pkg/events"
@@ -131,11 +132,19 @@ func TestRecoverKeepsRecordsAfterDamage(t *testing.T) {
 				t.Fatal(err)
 			}
 			m, _ := newMetrics(prometheus.NewRegistry())
-			ob, err := openOutbox(dir, Options{}.withDefaults(), m)
+			var logged bytes.Buffer
+			o := Options{Logger: slog.New(slog.NewTextHandler(&logged, nil))}.withDefaults()
+			ob, err := openOutbox(dir, o, m)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer ob.closeFiles()
+			// Damage is cut out and said so; only the last record's,
+			// which nothing follows, reads as a torn tail.
+			cuts := tt.name != "the last record hit"
+			if l := logged.String(); strings.Contains(l, "cutting out damaged bytes") != cuts || strings.Contains(l, "truncating") == cuts {
+				t.Errorf("log:\n%s", l)
+			}
 			recs, err := ob.read(ob.ackedPos(), 100, readLimit)
 			if err != nil {
 				t.Fatal(err)

@@ -200,6 +200,17 @@ func (e *Extractor) addText(p []byte) {
 	e.text = append(e.text, p...)
 }
 
+// Unread counts n bytes of an event the gateway relayed but could not read
+// (one larger than its Splitter reassembles) as text not kept: an estimate
+// of the completion then counts them, four bytes a token when no text was
+// read at all.
+func (e *Extractor) Unread(n int) {
+	if n > 0 {
+		e.res.TextBytes += int64(n)
+		e.res.TextTruncated = true
+	}
+}
+
 // addJSONString appends the decoded JSON string raw to the text.
 func (e *Extractor) addJSONString(raw []byte) {
 	if !isJSONString(raw) || len(raw) == 2 {

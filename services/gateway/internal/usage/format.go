@@ -110,30 +110,9 @@ func DetectFormat(path string, contentType string) Format {
 // default. An engine that streams without a Content-Type is relayed as a
 // stream, event by event, and its usage read.
 func SniffFormat(path string, contentType string, first []byte) Format {
-	if i := strings.IndexAny(path, "?#"); i >= 0 {
-		path = path[:i]
-	}
-	path = strings.TrimRight(path, "/")
-	fam := familyOpenAI
-	switch {
-	case strings.HasSuffix(path, "/v1/messages"):
-		fam = familyAnthropic
-	case strings.HasPrefix(path, "/api/"):
-		fam = familyOllama
-	case path == "/generate" || path == "/generate_stream":
-		fam = familyTGI
-	}
-
-	media := mediaType(contentType)
-	var stream, known bool
-	switch media {
-	case "text/event-stream":
-		stream, known = true, true
-	case "application/x-ndjson", "application/ndjson", "application/jsonl":
-		stream, known = true, true
-	case "application/json":
-		stream, known = false, true
-	}
+	path = cleanPath(path)
+	fam := familyOf(path)
+	stream, known := streamMedia(contentType)
 	if !known {
 		switch {
 		case fam != familyOllama && opensSSE(first):
@@ -168,16 +147,75 @@ func SniffFormat(path string, contentType string, first []byte) Format {
 	return FormatOpenAIJSON
 }
 
+// cleanPath is path without its query and trailing slashes.
+func cleanPath(path string) string {
+	if i := strings.IndexAny(path, "?#"); i >= 0 {
+		path = path[:i]
+	}
+	return strings.TrimRight(path, "/")
+}
+
+// streamMedia reports whether the content type ct names a stream, and
+// whether it is a type the gateway knows (known false: missing or other).
+func streamMedia(ct string) (stream, known bool) {
+	switch mediaType(ct) {
+	case "text/event-stream", "application/x-ndjson", "application/ndjson", "application/jsonl":
+		return true, true
+	case "application/json":
+		return false, true
+	}
+	return false, false
+}
+
+// familyOf is the API family of a request path (no query, no trailing
+// slash).
+func familyOf(path string) family {
+	switch {
+	case strings.HasSuffix(path, "/v1/messages"):
+		return familyAnthropic
+	case strings.HasPrefix(path, "/api/"):
+		return familyOllama
+	case path == "/generate" || path == "/generate_stream":
+		return familyTGI
+	}
+	return familyOpenAI
+}
+
 // opensSSE reports whether b, the first bytes of a body, begin a
 // Server-Sent Event: a UTF-8 byte order mark and blank lines may come first.
 func opensSSE(b []byte) bool {
-	b = bytes.TrimPrefix(b, []byte("\xef\xbb\xbf"))
-	b = bytes.TrimLeft(b, "\r\n")
+	b = bytes.TrimLeft(bytes.TrimPrefix(b, bom), "\r\n")
 	if len(b) > 0 && b[0] == ':' {
 		return true
 	}
 	for _, f := range sseFieldNames {
 		if bytes.HasPrefix(b, f) {
+			return true
+		}
+	}
+	return false
+}
+
+var bom = []byte("\xef\xbb\xbf")
+
+// SniffNeedsMore reports whether SniffFormat cannot yet tell from first,
+// the body's first bytes so far, whether a reply to path with content type
+// contentType is an event stream: the type is missing or unknown and first
+// could still open one (it is empty, blank lines, part of a byte order
+// mark, or part of a field's name, "da" say). The caller reads on.
+func SniffNeedsMore(path, contentType string, first []byte) bool {
+	if _, known := streamMedia(contentType); known || familyOf(cleanPath(path)) == familyOllama {
+		return false
+	}
+	if len(first) < len(bom) && bytes.HasPrefix(bom, first) {
+		return true
+	}
+	b := bytes.TrimLeft(bytes.TrimPrefix(first, bom), "\r\n")
+	if len(b) == 0 {
+		return true
+	}
+	for _, f := range sseFieldNames {
+		if len(b) < len(f) && bytes.HasPrefix(f, b) {
 			return true
 		}
 	}

@@ -41,8 +41,12 @@ type Splitter struct {
 	// (0 means DefaultMaxWhole). It is valid only during the call.
 	Whole    func(ev []byte)
 	MaxWhole int
+	// Lost, when set, is told the length of each event larger than
+	// MaxWhole, which Whole is not given.
+	Lost func(n int)
 
 	big        []byte // the event larger than Max being emitted, for Whole
+	bigLen     int    // its length so far
 	inBig      bool   // its pieces are being emitted
 	bigLost    bool   // it outgrew MaxWhole
 	buf        []byte
@@ -70,7 +74,7 @@ func (s *Splitter) Raw() bool { return s.inBig }
 func (s *Splitter) Reset() {
 	s.buf = s.buf[:0]
 	s.notFresh, s.lineStart, s.skipLF, s.overflowed = false, false, false, false
-	s.big, s.inBig, s.bigLost = nil, false, false
+	s.big, s.bigLen, s.inBig, s.bigLost = nil, 0, false, false
 }
 
 func (s *Splitter) max() int {
@@ -149,7 +153,8 @@ func (s *Splitter) Feed(p []byte, emit func(ev []byte) error) error {
 		return nil
 	}
 	tail := p[start:]
-	if len(s.buf)+len(tail) > s.max() {
+	// An event already larger than the bound goes on as it comes.
+	if s.inBig || len(s.buf)+len(tail) > s.max() {
 		s.overflowed, s.inBig = true, true
 		if len(s.buf) > 0 {
 			s.keepBig(s.buf)
@@ -195,6 +200,7 @@ func (s *Splitter) emitPiece(piece []byte, emit func([]byte) error) error {
 
 // keepBig adds p to the event larger than the bound, for Whole.
 func (s *Splitter) keepBig(p []byte) {
+	s.bigLen += len(p)
 	if s.Whole == nil || s.bigLost {
 		return
 	}
@@ -217,9 +223,13 @@ func (s *Splitter) endBig(piece []byte, emit func([]byte) error) error {
 	if len(piece) > 0 {
 		err = emit(piece)
 	}
-	big, lost := s.big, s.bigLost
-	s.big, s.inBig, s.bigLost = nil, false, false
-	if err == nil && s.Whole != nil && !lost {
+	big, n, lost := s.big, s.bigLen, s.bigLost
+	s.big, s.bigLen, s.inBig, s.bigLost = nil, 0, false, false
+	switch {
+	case err != nil:
+	case lost && s.Lost != nil:
+		s.Lost(n)
+	case !lost && s.Whole != nil:
 		s.Whole(big)
 	}
 	return err

@@ -198,8 +198,10 @@ func TestSplitterWhole(t *testing.T) {
 		s := &Splitter{Max: 16, MaxWhole: 60}
 		var (
 			parsed []string // complete events and Whole's, in order
+			lost   []int
 			all    strings.Builder
 		)
+		s.Lost = func(n int) { lost = append(lost, n) }
 		s.Whole = func(ev []byte) {
 			if len(ev) > 60 {
 				t.Fatalf("step %d: Whole given %d bytes", step, len(ev))
@@ -220,6 +222,10 @@ func TestSplitterWhole(t *testing.T) {
 		if all.String() != in {
 			t.Fatalf("step %d: bytes changed", step)
 		}
+		// The huge event, when held across reads, is counted instead.
+		if inOne := slices.Contains(parsed, huge); inOne == (len(lost) == 1) || !inOne && lost[0] != len(huge) {
+			t.Fatalf("step %d: huge event parsed %v, lost %v", step, inOne, lost)
+		}
 		// A read that ends between the CR and the LF of the big event's
 		// CRLF leaves that LF to a piece of its own (see Splitter); the
 		// huge event is parsed only when it came in one read.
@@ -231,6 +237,25 @@ func TestSplitterWhole(t *testing.T) {
 		}
 		if want := []string{"data: a\n\n", big, "data: b\n\n", "data: c\n\n", big[:20]}; !slices.Equal(parsed, want) {
 			t.Fatalf("step %d: parsed %q, want %q", step, parsed, want)
+		}
+	}
+}
+
+// TestSplitterBigEventGoesOnAsItComes: once an event has outgrown the
+// bound, each later read of it is emitted at once, not held until the
+// bound fills again.
+func TestSplitterBigEventGoesOnAsItComes(t *testing.T) {
+	s := &Splitter{Max: 16}
+	var emitted int
+	emit := func(ev []byte) error { emitted += len(ev); return nil }
+	in := "data: " + strings.Repeat("x", 100) + "\n\n"
+	fed := 0
+	for i := 0; i < len(in); i += 7 {
+		chunk := in[i:min(i+7, len(in))]
+		_ = s.Feed([]byte(chunk), emit)
+		fed += len(chunk)
+		if fed > 16 && emitted != fed {
+			t.Fatalf("after %d bytes fed, %d emitted (%d held)", fed, emitted, len(s.buf))
 		}
 	}
 }
