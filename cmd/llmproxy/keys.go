@@ -127,10 +127,11 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 			return v, nil
 		}
 		list := func(v string) (any, error) {
-			if l := splitList(v); l != nil {
-				return l, nil
+			l, err := splitList(v)
+			if err != nil || l == nil {
+				return nil, err // "": back to no restriction
 			}
-			return nil, nil
+			return l, nil
 		}
 		count := func(v string) (any, error) {
 			n, err := strconv.ParseInt(v, 10, 64)
@@ -218,8 +219,13 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 		if set["quota"] {
 			spec.TotalQuota = &quota
 		}
-		spec.AllowedIPs = splitList(ips)
-		spec.AllowedModels = splitList(models)
+		var err error
+		if spec.AllowedIPs, err = splitList(ips); err != nil {
+			return fail(2, "--allowed-ips: %v", err)
+		}
+		if spec.AllowedModels, err = splitList(models); err != nil {
+			return fail(2, "--models: %v", err)
+		}
 		if expiry != "" {
 			t, err := time.Parse(time.RFC3339, expiry)
 			if err != nil {
@@ -376,14 +382,21 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func splitList(s string) []string {
+// splitList reads a comma-separated flag value: nil for "", and an error
+// for an empty entry (",", "a,,b"), which would otherwise be dropped, and
+// "," read as no restriction at all.
+func splitList(s string) ([]string, error) {
+	if s == "" {
+		return nil, nil
+	}
 	var out []string
 	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
+		if p = strings.TrimSpace(p); p == "" {
+			return nil, fmt.Errorf("%q has an empty entry", s)
 		}
+		out = append(out, p)
 	}
-	return out
+	return out, nil
 }
 
 func dash(s string) string {

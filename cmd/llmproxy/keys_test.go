@@ -220,6 +220,16 @@ func TestKeysUpdateCommand(t *testing.T) {
 	runKeysCmd(t, 2, "update", "team", "--config", cfg, "--quota", "lots")
 	runKeysCmd(t, 2, "update", "team", "--config", cfg, "--period", "hourly")
 	runKeysCmd(t, 2, "update", "team", "--config", cfg, "--no-limits", "--rpm", "5")
+	// An empty entry is a mistake, not "no restriction".
+	runKeysCmd(t, 2, "update", "team", "--config", cfg, "--models", ",")
+	runKeysCmd(t, 2, "update", "team", "--config", cfg, "--allowed-ips", "10.0.0.0/8,,")
+	runKeysCmd(t, 2, "create", "--config", cfg, "--models", "a,,b")
+	// A limit given to a key freed of limits limits it, in one command.
+	runKeysCmd(t, 0, "update", "team", "--config", cfg, "--no-limits")
+	runKeysCmd(t, 0, "update", "team", "--config", cfg, "--rpm", "10")
+	if rec, _ = keys.Get(ctx, rdb, prefix, "team"); rec.Limits == nil || rec.Limits.Enabled != nil || *rec.Limits.RequestsPerMinute != 10 {
+		t.Fatalf("after --no-limits then --rpm 10: limits %+v", rec.Limits)
+	}
 	runKeysCmd(t, 1, "update", "nobody", "--config", cfg, "--quota", "5")
 }
 

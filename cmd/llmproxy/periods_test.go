@@ -70,6 +70,10 @@ func TestUsagePeriodsOfRedisKeys(t *testing.T) {
 	if rows, err = readUsage(ctx, cfg, "no-such-key", ""); !errors.Is(err, ledger.ErrUnknownKey) {
 		t.Fatalf("--key no-such-key: %+v, %v; want ErrUnknownKey", rows, err)
 	}
+	// An id no key could have (a user's row of the ledger) is refused.
+	if code := cmdUsage([]string{"--config", path, "--key", "u:someone"}); code != 2 {
+		t.Fatalf("usage --key u:someone exited %d, want 2", code)
+	}
 	rows, err = readUsage(ctx, cfg, "gone-key", "")
 	if err != nil || len(rows) != 1 || rows[0].Period != ledger.Weekly || rows[0].TotalTokens != 4 {
 		t.Fatalf("--key gone-key: %+v, %v; want one weekly row of 4 tokens", rows, err)

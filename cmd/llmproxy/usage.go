@@ -33,6 +33,12 @@ func cmdUsage(args []string) int {
 		fmt.Fprintln(os.Stderr, "llmproxy usage: --config is required")
 		return 2
 	}
+	if *key != "" && !config.KeyIDPattern.MatchString(*key) {
+		// As GET /admin/usage: the ledger's other rows (a user's) are no
+		// key's.
+		fmt.Fprintf(os.Stderr, "llmproxy usage: --key %q is no key id (%s)\n", *key, config.KeyIDRule)
+		return 2
+	}
 	cfg, err := config.Load(*cfgPath)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -400,6 +400,20 @@ func TestUpdate(t *testing.T) {
 	if rec, err = Update(ctx, rdb, prefix, "team-a", []byte(`{"limits": {"max_concurrent": null}}`)); err != nil || rec.Limits != nil {
 		t.Fatalf("limits cleared: %+v, %v", rec.Limits, err)
 	}
+	// Freeing the key drops its own limits; a limit given then limits it
+	// again.
+	if _, err := Update(ctx, rdb, prefix, "team-a", []byte(`{"limits": {"max_concurrent": 3, "tokens_per_minute": 50}}`)); err != nil {
+		t.Fatal(err)
+	}
+	if rec, err = Update(ctx, rdb, prefix, "team-a", []byte(`{"limits": {"enabled": false}}`)); err != nil || rec.Limits == nil || rec.Limits.Enabled == nil || *rec.Limits.Enabled || rec.Limits.MaxConcurrent != nil || rec.Limits.TokensPerMinute != nil {
+		t.Fatalf("enabled false: %+v, %v", rec.Limits, err)
+	}
+	if rec, err = Update(ctx, rdb, prefix, "team-a", []byte(`{"limits": {"requests_per_minute": 10}}`)); err != nil || rec.Limits == nil || rec.Limits.Enabled != nil || *rec.Limits.RequestsPerMinute != 10 {
+		t.Fatalf("a limit for a freed key: %+v, %v", rec.Limits, err)
+	}
+	if rec, err = Update(ctx, rdb, prefix, "team-a", []byte(`{"limits": {"requests_per_minute": null}}`)); err != nil || rec.Limits != nil {
+		t.Fatalf("the last limit cleared: %+v, %v", rec.Limits, err)
+	}
 	future := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
 	if rec, err = Update(ctx, rdb, prefix, "team-a", []byte(`{"expires_at": "`+future+`", "status": "disabled"}`)); err != nil || rec.ExpiresAt == nil || rec.Status != StatusDisabled {
 		t.Fatalf("expiry and status: %+v, %v", rec, err)

@@ -183,7 +183,9 @@ func SetStatus(ctx context.Context, rdb redis.UniversalClient, prefix, id, statu
 // Update changes key id by patch, a JSON merge patch (RFC 7386) of its
 // Spec: a field given replaces the key's, null clears it (the key then
 // takes auth.defaults or rate_limit.per_key, or has no expiry, no model or
-// address restriction), and limits is merged field by field. The id and
+// address restriction), and limits is merged field by field (limits.enabled
+// false drops the key's own limits; a limit given to a key with enabled
+// false drops that). The id and
 // the secret do not change. The result is checked as Create checks a
 // spec (an error wrapping ErrInvalid), an expiry the patch sets must be
 // to come, and it returns the updated record. A gateway's cache may use
@@ -217,7 +219,9 @@ func Update(ctx context.Context, rdb redis.UniversalClient, prefix, id string, p
 		if err := dec.Decode(&doc); err != nil {
 			return err
 		}
-		merged, err := json.Marshal(mergePatch(doc, change))
+		doc = mergePatch(doc, change)
+		settleLimits(doc, change)
+		merged, err := json.Marshal(doc)
 		if err != nil {
 			return err
 		}
@@ -241,6 +245,38 @@ func Update(ctx context.Context, rdb redis.UniversalClient, prefix, id string, p
 		r.Spec = spec
 		return nil
 	})
+}
+
+// limitFields are the limits a key may set, beside enabled.
+var limitFields = []string{"requests_per_second", "requests_per_minute", "tokens_per_minute", "max_concurrent"}
+
+// settleLimits makes a change of limits mean what it says, in doc, the key
+// spec change was merged into: limits.enabled false frees the key of every
+// limit, so it drops the key's own (the change may not give any); a limit
+// given to a key that had none (enabled false) limits it, so it drops that
+// enabled false.
+func settleLimits(doc, change map[string]any) {
+	given, _ := change["limits"].(map[string]any)
+	merged, _ := doc["limits"].(map[string]any)
+	if given == nil || merged == nil {
+		return
+	}
+	enabled, setsEnabled := given["enabled"]
+	switch {
+	case setsEnabled && enabled == false:
+		for _, f := range limitFields {
+			if _, ok := given[f]; !ok {
+				delete(merged, f)
+			}
+		}
+	case !setsEnabled && merged["enabled"] == false:
+		for _, f := range limitFields {
+			if v, ok := given[f]; ok && v != nil {
+				delete(merged, "enabled")
+				return
+			}
+		}
+	}
 }
 
 // mergePatch applies the JSON merge patch patch to doc (RFC 7386 §2).
