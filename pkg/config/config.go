@@ -4,7 +4,10 @@
 // validates.
 package config
 
-import "path/filepath"
+import (
+	"path/filepath"
+	"strings"
+)
 
 // Config is the whole configuration file. Every target reads the same file
 // and uses the parts it needs.
@@ -136,6 +139,11 @@ type Backend struct {
 	// with neither is not actively checked.
 	HealthCheckPath string `yaml:"health_check_path"`
 }
+
+// ModelKey is the form in which model names compare: Ollama's "name" and
+// "name:latest" are one model (Ollama answers to both, and lists the
+// second), in a backend's models, a key's allowed_models and a request.
+func ModelKey(name string) string { return strings.TrimSuffix(name, ":latest") }
 
 // UsageHook is the upstream's single webhook; it is one of the notifier's
 // endpoints.

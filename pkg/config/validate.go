@@ -311,7 +311,7 @@ func (v *checker) backends() {
 // (lists it, or lists no models).
 func (c *Config) weightedServes(m string) bool {
 	for _, b := range c.Backends {
-		if b.Weight > 0 && (len(b.Models) == 0 || slices.Contains(b.Models, m)) {
+		if b.Weight > 0 && (len(b.Models) == 0 || slices.ContainsFunc(b.Models, func(n string) bool { return ModelKey(n) == ModelKey(m) })) {
 			return true
 		}
 	}

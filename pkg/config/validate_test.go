@@ -337,6 +337,11 @@ func TestValidate(t *testing.T) {
 			nil,
 		},
 		{
+			"a standby serving a weighted backend's model with Ollama's :latest",
+			"    models: [m]\n  - url: http://spare:8000\n    weight: 0\n    models: [\"m:latest\"]\n",
+			nil,
+		},
+		{
 			"missing lua script",
 			"lua:\n  scripts: [hooks/none.lua]\n",
 			[]string{`c.yaml:4: key lua.scripts[0]: cannot read script`},

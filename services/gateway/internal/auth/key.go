@@ -104,13 +104,8 @@ func (k *Key) AllowsModel(model string) bool {
 	if model == "" {
 		return false
 	}
-	if k.AllowedModels[model] {
-		return true
-	}
-	if base, ok := strings.CutSuffix(model, ":latest"); ok {
-		return k.AllowedModels[base]
-	}
-	return !strings.Contains(model, ":") && k.AllowedModels[model+":latest"]
+	base := config.ModelKey(model)
+	return k.AllowedModels[model] || k.AllowedModels[base] || k.AllowedModels[base+":latest"]
 }
 
 // allowedIP reports whether ip is in one of prefixes. A link-local client's

@@ -157,7 +157,7 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 		}
 	}
 	for _, u := range p.upstreams {
-		for m := range u.Models {
+		for m := range u.modelKeys {
 			if _, done := p.byModel[m]; done {
 				continue
 			}
@@ -232,8 +232,10 @@ func newUpstream(b config.Backend, clock Clock, threshold int64, cooldown time.D
 	}
 	if len(b.Models) > 0 {
 		up.Models = make(map[string]struct{}, len(b.Models))
+		up.modelKeys = make(map[string]struct{}, len(b.Models))
 		for _, m := range b.Models {
 			up.Models[m] = struct{}{}
+			up.modelKeys[config.ModelKey(m)] = struct{}{}
 		}
 	}
 	return up, nil
@@ -415,7 +417,7 @@ func (p *Pool) serving(model string) []*Upstream {
 	if model == "" {
 		return p.upstreams
 	}
-	if us, ok := p.byModel[model]; ok {
+	if us, ok := p.byModel[config.ModelKey(model)]; ok {
 		return us
 	}
 	return p.anyModel

@@ -16,6 +16,8 @@ func TestPickModelFiltering(t *testing.T) {
 			{URL: "http://qwen-1:8000", Name: "qwen-1", Models: []string{"qwen2.5-72b"}},
 			{URL: "http://qwen-2:8000", Name: "qwen-2", Models: []string{"qwen2.5-72b", "qwen2.5-7b"}},
 			{URL: "http://llama:8000", Name: "llama", Models: []string{"llama-3-8b"}},
+			{URL: "http://ollama-1:11434", Name: "ollama-1", Models: []string{"llama3"}},
+			{URL: "http://ollama-2:11434", Name: "ollama-2", Models: []string{"mistral:latest", "phi3:mini"}},
 		},
 		Clock: clk,
 	})
@@ -35,6 +37,12 @@ func TestPickModelFiltering(t *testing.T) {
 		{model: "qwen2.5-72b", tried: []string{"qwen-1", "qwen-2"}, wantErr: ErrNoAvailable},
 		{model: "qwen2.5-7b", down: []string{"qwen-2"}, wantErr: ErrNoAvailable},
 		{model: "llama-3-8b", down: []string{"qwen-1", "qwen-2"}, want: []string{"llama"}},
+		// Ollama's name and name:latest are one model, either way round;
+		// another tag is another model.
+		{model: "llama3:latest", want: []string{"ollama-1"}},
+		{model: "mistral", want: []string{"ollama-2"}},
+		{model: "phi3", wantErr: ErrModelNotFound},
+		{model: "llama3:8b", wantErr: ErrModelNotFound},
 	}
 	for _, tt := range tests {
 		name := tt.model + "/tried=" + strings.Join(tt.tried, ",") + "/down=" + strings.Join(tt.down, ",")

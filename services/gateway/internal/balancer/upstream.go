@@ -38,8 +38,10 @@ type Upstream struct {
 	URL *url.URL
 	// Weight is the backend's share for the weighted strategy (≥ 1).
 	Weight int
-	// Models, when non-empty, are the only models routed here.
-	Models map[string]struct{}
+	// Models, when non-empty, are the only models routed here, as the
+	// config names them; modelKeys the same in config.ModelKey's form.
+	Models    map[string]struct{}
+	modelKeys map[string]struct{}
 	// Headers are added to every request to this backend (credentials).
 	Headers map[string]string
 	// HealthPath is the path this backend is actively checked at, when its
@@ -116,7 +118,7 @@ func (u *Upstream) Serves(model string) bool {
 	if len(u.Models) == 0 || model == "" {
 		return true
 	}
-	_, ok := u.Models[model]
+	_, ok := u.modelKeys[config.ModelKey(model)]
 	return ok
 }
 
