@@ -1009,11 +1009,15 @@ func (x *exchange) errorShape() apierr.Shape { return shapeOf(x.path) }
 
 // shapeOf is the shape of the gateway's own errors on path: Anthropic's
 // for the Messages API and the paths under it (count_tokens, which the
-// gateway does not serve), whose SDKs read its envelope, OpenAI's for
-// every other path.
+// gateway does not serve), whose SDKs read its envelope; Ollama's for
+// Ollama's API (/api/...), whose clients show its error string; OpenAI's
+// for every other path.
 func shapeOf(path string) apierr.Shape {
-	if path == "/v1/messages" || strings.HasPrefix(path, "/v1/messages/") {
+	switch {
+	case path == "/v1/messages" || strings.HasPrefix(path, "/v1/messages/"):
 		return apierr.Anthropic
+	case strings.HasPrefix(path, "/api/"):
+		return apierr.Ollama
 	}
 	return apierr.OpenAI
 }

@@ -40,18 +40,28 @@ func inputBackend(t *testing.T) (*httptest.Server, *atomic.Int64) {
 // code, and that the request's event records the refusal with no tokens.
 func wantRefusal(t *testing.T, resp *http.Response, body []byte, s *sink, status int, code string) {
 	t.Helper()
-	var e struct {
-		Error *struct{ Message, Type, Code *string } `json:"error"`
-	}
-	if resp.StatusCode != status || json.Unmarshal(body, &e) != nil || e.Error == nil ||
-		e.Error.Message == nil || *e.Error.Message == "" || e.Error.Type == nil || *e.Error.Type == "" || e.Error.Code == nil || *e.Error.Code != code {
-		t.Fatalf("got %d %s, want %d in OpenAI's error shape with code %s", resp.StatusCode, body, status, code)
+	if msg, typ, c := refusalOf(body); resp.StatusCode != status || msg == "" || typ == "" || c != code {
+		t.Fatalf("got %d %s, want %d in the API's error shape with code %s", resp.StatusCode, body, status, code)
 	}
 	ev := s.next(t)
 	if ev.StatusCode != status || ev.Error != code || ev.Usage != (events.Usage{}) || ev.Reservation != 0 || ev.KeyID != "unit" {
 		t.Fatalf("event: status %d error %q usage %+v reservation %d key %q; want %d %q, no tokens, key unit",
 			ev.StatusCode, ev.Error, ev.Usage, ev.Reservation, ev.KeyID, status, code)
 	}
+}
+
+// refusalOf reads an error body in OpenAI's shape, Anthropic's (which
+// holds OpenAI's fields) or Ollama's ({"error":"message","type","code"}).
+func refusalOf(body []byte) (message, typ, code string) {
+	var ollama struct{ Error, Type, Code string }
+	if json.Unmarshal(body, &ollama) == nil {
+		return ollama.Error, ollama.Type, ollama.Code
+	}
+	var e struct {
+		Error struct{ Message, Type, Code string } `json:"error"`
+	}
+	_ = json.Unmarshal(body, &e)
+	return e.Error.Message, e.Error.Type, e.Error.Code
 }
 
 // TestCompressedRequestBodyIsRefused: a request body in gzip (or any coding
@@ -160,12 +170,8 @@ func TestNonUTF8BodiesAreRefused(t *testing.T) {
 			t.Run(path+" "+c.name, func(t *testing.T) {
 				resp, body := do(t, "POST", gw.URL+path, c.body, withKey())
 				wantRefusal(t, resp, body, s, http.StatusBadRequest, "invalid_json")
-				var e struct {
-					Error struct{ Message, Type string } `json:"error"`
-				}
-				_ = json.Unmarshal(body, &e)
-				if e.Error.Message != c.message || e.Error.Type != "invalid_request_error" {
-					t.Fatalf("%s %q, want invalid_request_error %q", e.Error.Type, e.Error.Message, c.message)
+				if msg, typ, _ := refusalOf(body); msg != c.message || typ != "invalid_request_error" {
+					t.Fatalf("%s %q, want invalid_request_error %q", typ, msg, c.message)
 				}
 			})
 		}

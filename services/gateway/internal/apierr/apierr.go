@@ -117,6 +117,9 @@ const (
 	// "message"}}, its error.type one of Anthropic's for the status, and
 	// code kept beside them: OpenAI's three fields are all there too.
 	Anthropic
+	// Ollama is Ollama's {"error":"message"}, which its clients show
+	// (ollama-js, Open WebUI), with code and type kept beside it.
+	Ollama
 )
 
 // Write sends e to the client in OpenAI's shape.
@@ -142,6 +145,10 @@ func Body(e *Error) []byte { return BodyShaped(e, OpenAI) }
 
 // BodyShaped returns e's JSON body in shape.
 func BodyShaped(e *Error, shape Shape) []byte {
+	if shape == Ollama {
+		b, _ := json.Marshal(ollamaWire{Error: e.Message, Type: e.Type, Code: e.Code})
+		return append(b, '\n')
+	}
 	v := wire{Error: wireError{Message: e.Message, Type: e.Type, Code: e.Code}}
 	if shape == Anthropic {
 		v.Type, v.Error.Type = "error", anthropicType(e.Status)
@@ -172,6 +179,12 @@ func anthropicType(status int) string {
 		return "timeout_error"
 	}
 	return "api_error"
+}
+
+type ollamaWire struct {
+	Error string `json:"error"`
+	Type  string `json:"type"`
+	Code  string `json:"code"`
 }
 
 type wire struct {
