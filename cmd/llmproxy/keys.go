@@ -172,8 +172,16 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 		field(limits, "tpm", "tokens_per_minute", "tokens per minute (0: no limit for this key; default: rate_limit.per_key's)", count)
 		field(limits, "max-concurrent", "max_concurrent", "requests at once (0: no limit for this key; default: rate_limit.per_key's)", count)
 		fs.BoolVar(&noLimits, "no-limits", false, "free the key of every per-key limit (rate_limit.per_key's and its own)")
-		fs.BoolFunc("default-limits", "drop the key's own limits: rate_limit.per_key's apply", func(string) error {
-			patch["limits"] = nil
+		fs.BoolFunc("default-limits", "drop the key's own limits: rate_limit.per_key's apply", func(v string) error {
+			on, err := strconv.ParseBool(v)
+			if err != nil {
+				return errors.New("want true or false")
+			}
+			if on {
+				patch["limits"] = nil
+			} else {
+				delete(patch, "limits")
+			}
 			return nil
 		})
 	}

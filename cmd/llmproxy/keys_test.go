@@ -216,6 +216,7 @@ func TestKeysUpdateCommand(t *testing.T) {
 		t.Fatalf("after --default-limits: limits %+v", rec.Limits)
 	}
 	runKeysCmd(t, 2, "update", "team", "--config", cfg)
+	runKeysCmd(t, 2, "update", "team", "--config", cfg, "--default-limits=false") // nothing to change
 	runKeysCmd(t, 2, "update", "team", "--config", cfg, "--quota", "-1")
 	runKeysCmd(t, 2, "update", "team", "--config", cfg, "--quota", "lots")
 	runKeysCmd(t, 2, "update", "team", "--config", cfg, "--period", "hourly")

@@ -441,3 +441,58 @@ func TestUpdate(t *testing.T) {
 		t.Fatalf("unknown key: %v", err)
 	}
 }
+
+// failSecond makes the second command of each pipeline fail as a read
+// timeout would, and answers the first command's error, as go-redis's
+// pipeline Exec does.
+type failSecond struct{}
+
+func (failSecond) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (failSecond) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (failSecond) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		_ = next(ctx, cmds)
+		if len(cmds) > 1 {
+			cmds[1].SetErr(errors.New("i/o timeout"))
+		}
+		for _, c := range cmds {
+			if err := c.Err(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// TestGetManyReportsFailedReads: a read that failed behind a missing key's
+// redis.Nil is an error, not a key that does not exist.
+func TestGetManyReportsFailedReads(t *testing.T) {
+	rdb, prefix := testRedis(t)
+	ctx := context.Background()
+	if _, _, err := Create(ctx, rdb, prefix, Spec{ID: "exists"}); err != nil {
+		t.Fatal(err)
+	}
+	rdb.AddHook(failSecond{})
+	if got, err := GetMany(ctx, rdb, prefix, []string{"missing", "exists"}); err == nil {
+		t.Fatalf("GetMany = %v, nil error; want the failed read's", got)
+	}
+}
+
+// TestUpdateTakesNamesAsWritten: a field in another case, which
+// encoding/json would take beside the real one, and a null status are
+// refused.
+func TestUpdateTakesNamesAsWritten(t *testing.T) {
+	rdb, prefix := testRedis(t)
+	ctx := context.Background()
+	if _, _, err := Create(ctx, rdb, prefix, Spec{ID: "k", Name: "old", Status: StatusDisabled}); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{`{"NAME":"new"}`, `{"limits":{"Max_Concurrent":2}}`, `{"status":null}`} {
+		if _, err := Update(ctx, rdb, prefix, "k", []byte(bad)); !errors.Is(err, ErrInvalid) {
+			t.Errorf("Update(%s) = %v, want ErrInvalid", bad, err)
+		}
+	}
+	if rec, _ := Get(ctx, rdb, prefix, "k"); rec.Name != "old" || rec.Status != StatusDisabled {
+		t.Fatalf("after refused changes: %+v", rec)
+	}
+}

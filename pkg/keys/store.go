@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -141,26 +142,32 @@ func GetMany(ctx context.Context, rdb redis.UniversalClient, prefix string, ids 
 	for i, id := range ids {
 		hashes[i] = pipe.Get(ctx, byIDKey(prefix, id))
 	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return nil, err
-	}
+	// Exec reports the first command's error only: a missing key's
+	// redis.Nil there would hide a failed read after it, each is looked at.
+	_, _ = pipe.Exec(ctx)
 	pipe = rdb.Pipeline()
 	var bodies []*redis.StringCmd
 	for _, h := range hashes {
-		if hash, err := h.Result(); err == nil {
-			bodies = append(bodies, pipe.Get(ctx, byHashKey(prefix, hash)))
+		hash, err := h.Result()
+		if errors.Is(err, redis.Nil) {
+			continue // no such key
 		}
+		if err != nil {
+			return nil, err
+		}
+		bodies = append(bodies, pipe.Get(ctx, byHashKey(prefix, hash)))
 	}
 	if len(bodies) == 0 {
 		return out, nil
 	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return nil, err
-	}
+	_, _ = pipe.Exec(ctx)
 	for _, b := range bodies {
 		body, err := b.Bytes()
-		if err != nil {
+		if errors.Is(err, redis.Nil) {
 			continue // a half-deleted key
+		}
+		if err != nil {
+			return nil, err
 		}
 		rec, err := decode(body)
 		if err != nil {
@@ -204,6 +211,17 @@ func Update(ctx context.Context, rdb redis.UniversalClient, prefix, id string, p
 	if err := strict.Decode(&check); err != nil {
 		return Record{}, fmt.Errorf("%w: %v", ErrInvalid, strings.TrimPrefix(err.Error(), "json: "))
 	}
+	if err := exactNames(change, specFields); err != nil {
+		return Record{}, err
+	}
+	if l, ok := change["limits"].(map[string]any); ok {
+		if err := exactNames(l, limitsFields); err != nil {
+			return Record{}, err
+		}
+	}
+	if v, ok := change["status"]; ok && v == nil {
+		return Record{}, fmt.Errorf("%w: status null: give active or disabled", ErrInvalid)
+	}
 	if v, ok := change["id"]; ok && v != id {
 		return Record{}, fmt.Errorf("%w: a key's id does not change (create a key with the new id, move its clients, delete this one)", ErrInvalid)
 	}
@@ -245,6 +263,34 @@ func Update(ctx context.Context, rdb redis.UniversalClient, prefix, id string, p
 		r.Spec = spec
 		return nil
 	})
+}
+
+// specFields and limitsFields are the JSON names of Spec's and Limits'
+// fields, as written: encoding/json would also take another case of them.
+var (
+	specFields   = jsonNames(reflect.TypeFor[Spec]())
+	limitsFields = jsonNames(reflect.TypeFor[Limits]())
+)
+
+func jsonNames(t reflect.Type) map[string]bool {
+	out := map[string]bool{}
+	for f := range t.Fields() {
+		if name, _, _ := strings.Cut(f.Tag.Get("json"), ","); name != "" && name != "-" {
+			out[name] = true
+		}
+	}
+	return out
+}
+
+// exactNames refuses a member of m whose name is not one of names as
+// written: a change spelled "NAME" would be merged beside "name" and lost.
+func exactNames(m map[string]any, names map[string]bool) error {
+	for k := range m {
+		if !names[k] {
+			return fmt.Errorf("%w: %q is no field of a key (the names are lower case, as documented)", ErrInvalid, k)
+		}
+	}
+	return nil
 }
 
 // limitFields are the limits a key may set, beside enabled.

@@ -106,10 +106,11 @@ func (x *exchange) listsModel(up *balancer.Upstream, model string) bool {
 	return up.Serves(model) && x.rt.pool.HasModel(model)
 }
 
-// The largest model list read from one backend.
+// The largest model list read from one backend (Ollama's list of a
+// thousand models is about 1 MB).
 const (
 	maxModelsBody = 4 << 20
-	maxTagsBody   = 16 << 20
+	maxTagsBody   = 4 << 20
 )
 
 // serveList answers a model list (GET path) as merge makes it, with the

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/llmproxy/llmproxy/pkg/events"
@@ -19,7 +20,9 @@ type meteredFields struct {
 	KeyID       string       `json:"key_id"`
 	Model       string       `json:"model"`
 	Timestamp   time.Time    `json:"timestamp"`
-	LatencyMS   int64        `json:"latency_ms"`
+	// LatencyMS is read leniently (endedAt): it only places the tokens
+	// in the TPM window, and an event is never refused for it.
+	LatencyMS json.RawMessage `json:"latency_ms"`
 	Usage       events.Usage `json:"usage"`
 	Reservation int64        `json:"reservation"`
 	BackendURL  string       `json:"backend_url"`
@@ -30,6 +33,21 @@ type meteredFields struct {
 // reservation, so the ledger has nothing to count. Such events stay in the
 // stream for the request log and the webhooks.
 var errNothingToApply = errors.New("request refused before a backend: nothing to apply")
+
+// maxLatency bounds the latency an event may claim when it places the
+// request's tokens in the TPM window.
+const maxLatency = 24 * time.Hour
+
+// endedAt is when a request that began at start and took latencyMS (a JSON
+// number of milliseconds) ended: start when latencyMS is missing, not a
+// number or negative, at most maxLatency after start.
+func endedAt(start time.Time, latencyMS json.RawMessage) time.Time {
+	ms, err := strconv.ParseFloat(string(latencyMS), 64)
+	if err != nil || !(ms > 0) {
+		return start
+	}
+	return start.Add(min(time.Duration(min(ms, float64(maxLatency/time.Millisecond))*float64(time.Millisecond)), maxLatency))
+}
 
 // entryFromEvent decodes one RequestCompleted body into the ledger entry it
 // stands for. An error means the body can never be applied (a poison
@@ -57,7 +75,7 @@ func entryFromEvent(data []byte) (ledger.Entry, error) {
 		UserID:           ev.UserID,
 		Model:            ev.Model,
 		Time:             ev.Timestamp,
-		Ended:            ev.Timestamp.Add(time.Duration(max(ev.LatencyMS, 0)) * time.Millisecond),
+		Ended:            endedAt(ev.Timestamp, ev.LatencyMS),
 		PromptTokens:     ev.Usage.PromptTokens,
 		CompletionTokens: ev.Usage.CompletionTokens,
 		Reserved:         ev.Reservation,

@@ -38,6 +38,28 @@ func TestEntryFromEvent(t *testing.T) {
 			body: `{"request_id":"r7","key_id":"k","timestamp":"2026-11-25T01:02:03Z","status_code":502,"backend_url":"http://b","usage":{}}`,
 			want: ledger.Entry{RequestID: "r7", KeyID: "k", Time: ts, Ended: ts},
 		},
+		// latency_ms only places the tokens in the TPM window: read
+		// leniently, bounded, never a reason to refuse the event.
+		{
+			name: "a fractional latency",
+			body: `{"request_id":"r8","key_id":"k","timestamp":"2026-11-25T01:02:03Z","latency_ms":12.5,"usage":{"prompt_tokens":1}}`,
+			want: ledger.Entry{RequestID: "r8", KeyID: "k", Time: ts, Ended: ts.Add(12500 * time.Microsecond), PromptTokens: 1},
+		},
+		{
+			name: "a latency that is no number",
+			body: `{"request_id":"r9","key_id":"k","timestamp":"2026-11-25T01:02:03Z","latency_ms":"slow","usage":{"prompt_tokens":1}}`,
+			want: ledger.Entry{RequestID: "r9", KeyID: "k", Time: ts, Ended: ts, PromptTokens: 1},
+		},
+		{
+			name: "a latency past the bound",
+			body: `{"request_id":"r10","key_id":"k","timestamp":"2026-11-25T01:02:03Z","latency_ms":99999999999999999,"usage":{"prompt_tokens":1}}`,
+			want: ledger.Entry{RequestID: "r10", KeyID: "k", Time: ts, Ended: ts.Add(24 * time.Hour), PromptTokens: 1},
+		},
+		{
+			name: "a negative latency",
+			body: `{"request_id":"r11","key_id":"k","timestamp":"2026-11-25T01:02:03Z","latency_ms":-5,"usage":{"prompt_tokens":1}}`,
+			want: ledger.Entry{RequestID: "r11", KeyID: "k", Time: ts, Ended: ts, PromptTokens: 1},
+		},
 		{name: "not JSON", body: `not json`, wantErr: "decode event"},
 		{name: "truncated", body: `{"request_id":"r3"`, wantErr: "decode event"},
 		{name: "no request id", body: `{"key_id":"k","timestamp":"2026-11-25T01:02:03Z"}`, wantErr: "empty request id"},

@@ -62,7 +62,7 @@ func decodeMetered(data []byte, ev *meteredFields) bool {
 			// time.Time decodes itself; null leaves it unchanged.
 			ok = ev.Timestamp.UnmarshalJSON(val) == nil
 		case "latency_ms":
-			ok = setInt(&ev.LatencyMS, val)
+			ev.LatencyMS = val
 		case "usage":
 			ok = decodeUsage(val, &ev.Usage)
 		case "reservation":

@@ -302,20 +302,24 @@ func (ob *outbox) loadSegment(id uint64, ack position, ackOK bool) (*segment, ui
 }
 
 // findRecord returns the offset of the first whole record of f at or after
-// from and before size, or -1 when there is none.
+// from and before size, or -1 when there is none. Each offset is first
+// looked at through its header alone (a length that fits the file, names
+// of a subject's and a request id's sizes, a subject that starts in
+// printable ASCII), so that damaged bytes, which rarely pass all of that,
+// cost no checksum of what follows them.
 func findRecord(f *os.File, from, size int64) (int64, error) {
-	const probe = recordHeaderSize + 4 // the header and the two name lengths
+	const (
+		names = recordHeaderSize + 4 // the header and the two name lengths
+		probe = names + 8            // and the subject's first bytes
+	)
 	r := bufio.NewReaderSize(io.NewSectionReader(f, from, max(size-from, 0)), 256<<10)
 	var rec []byte
-	for off := from; size-off >= probe; off++ {
-		hdr, err := r.Peek(probe)
+	for off := from; size-off >= names; off++ {
+		hdr, err := r.Peek(int(min(probe, size-off)))
 		if err != nil {
 			return -1, err
 		}
-		// The cheap checks first: a record's length that fits the file,
-		// and names that fit the record; only then its checksum.
-		if n, err := peekRecordLen(hdr); err == nil && off+int64(n) <= size &&
-			probe+int(binary.LittleEndian.Uint16(hdr[8:]))+int(binary.LittleEndian.Uint16(hdr[10:])) <= n {
+		if n, ok := plausibleRecord(hdr, size-off); ok {
 			rec = slices.Grow(rec[:0], n)[:n]
 			if _, err := f.ReadAt(rec, off); err != nil {
 				return -1, err
@@ -330,6 +334,30 @@ func findRecord(f *os.File, from, size int64) (int64, error) {
 	}
 	return -1, nil
 }
+
+// plausibleRecord reports whether hdr, the first bytes at an offset with
+// left bytes to the file's end, could start a record, and its length.
+func plausibleRecord(hdr []byte, left int64) (int, bool) {
+	n, err := peekRecordLen(hdr)
+	if err != nil || int64(n) > left || len(hdr) < recordHeaderSize+4 {
+		return 0, false
+	}
+	sl := int(binary.LittleEndian.Uint16(hdr[recordHeaderSize:]))
+	il := int(binary.LittleEndian.Uint16(hdr[recordHeaderSize+2:]))
+	if sl == 0 || sl > maxNameLen || il > maxNameLen || recordHeaderSize+4+sl+il > n {
+		return 0, false
+	}
+	for _, c := range hdr[recordHeaderSize+4 : min(len(hdr), recordHeaderSize+4+sl)] {
+		if c < 0x21 || c > 0x7e {
+			return 0, false
+		}
+	}
+	return n, true
+}
+
+// maxNameLen bounds a subject and a request id in a record that recovery
+// takes for whole: the gateway's are far shorter.
+const maxNameLen = 1024
 
 // moveDown copies f's bytes [from, size) to offset to (< from).
 func moveDown(f *os.File, from, to, size int64) error {

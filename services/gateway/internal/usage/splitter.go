@@ -215,23 +215,25 @@ func (s *Splitter) keepBig(p []byte) {
 	s.big = append(s.big, p...)
 }
 
-// endBig emits the last piece of the event larger than the bound and gives
-// the event to Whole.
+// endBig gives the event larger than the bound to Whole (or its length
+// to Lost), then emits its last piece: the event is read before its last
+// bytes go out, as an event within the bound is, and whether they can go
+// out or not.
 func (s *Splitter) endBig(piece []byte, emit func([]byte) error) error {
 	s.keepBig(piece)
-	var err error
-	if len(piece) > 0 {
-		err = emit(piece)
-	}
 	big, n, lost := s.big, s.bigLen, s.bigLost
-	s.big, s.bigLen, s.inBig, s.bigLost = nil, 0, false, false
+	s.big, s.bigLen, s.bigLost = nil, 0, false
 	switch {
-	case err != nil:
 	case lost && s.Lost != nil:
 		s.Lost(n)
 	case !lost && s.Whole != nil:
 		s.Whole(big)
 	}
+	var err error
+	if len(piece) > 0 {
+		err = emit(piece)
+	}
+	s.inBig = false
 	return err
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -287,5 +288,31 @@ func TestSplitterNoAlloc(t *testing.T) {
 	feed() // warm up the buffer
 	if n := testing.AllocsPerRun(50, feed); n != 0 {
 		t.Errorf("allocs per stream = %v, want 0", n)
+	}
+}
+
+// TestSplitterReadsABigEventBeforeItsLastPiece: an event larger than the
+// bound is given to Whole before its last piece is emitted (a stream's
+// final event is then known before the client has its last bytes), and
+// even when that piece cannot be written (a client that left).
+func TestSplitterReadsABigEventBeforeItsLastPiece(t *testing.T) {
+	in := "data: " + strings.Repeat("x", 40) + "\n\n"
+	var calls []string
+	s := &Splitter{Max: 16}
+	s.Whole = func(ev []byte) { calls = append(calls, "whole "+strconv.Itoa(len(ev))) }
+	gone := errors.New("client gone")
+	emit := func(ev []byte) error {
+		calls = append(calls, "emit")
+		if strings.HasSuffix(string(ev), "\n\n") {
+			return gone
+		}
+		return nil
+	}
+	_ = s.Feed([]byte(in[:20]), emit)
+	if err := s.Feed([]byte(in[20:]), emit); !errors.Is(err, gone) {
+		t.Fatalf("Feed = %v, want the emit's error", err)
+	}
+	if want := []string{"emit", "whole 48", "emit"}; !slices.Equal(calls, want) {
+		t.Fatalf("calls %v, want %v", calls, want)
 	}
 }
