@@ -15,17 +15,17 @@ import (
 // under the same JSON names. Decoding only these skips the request body and
 // captured response, which dominate the cost of decoding the whole event.
 type meteredFields struct {
-	RequestID   string       `json:"request_id"`
-	UserID      string       `json:"user_id"`
-	KeyID       string       `json:"key_id"`
-	Model       string       `json:"model"`
-	Timestamp   time.Time    `json:"timestamp"`
+	RequestID string    `json:"request_id"`
+	UserID    string    `json:"user_id"`
+	KeyID     string    `json:"key_id"`
+	Model     string    `json:"model"`
+	Timestamp time.Time `json:"timestamp"`
 	// LatencyMS is read leniently (endedAt): it only places the tokens
 	// in the TPM window, and an event is never refused for it.
-	LatencyMS json.RawMessage `json:"latency_ms"`
-	Usage       events.Usage `json:"usage"`
-	Reservation int64        `json:"reservation"`
-	BackendURL  string       `json:"backend_url"`
+	LatencyMS   json.RawMessage `json:"latency_ms"`
+	Usage       events.Usage    `json:"usage"`
+	Reservation int64           `json:"reservation"`
+	BackendURL  string          `json:"backend_url"`
 }
 
 // errNothingToApply marks an event of a request refused before it reached a
