@@ -283,6 +283,10 @@ func (ob *outbox) loadSegment(id uint64, ack position, ackOK bool) (*segment, ui
 		// Offsets are the file's as it was found.
 		ob.log.Warn("event outbox: cutting out damaged bytes; the records after them are kept",
 			"segment", path, "offset", seg.size+cut, "bytes", next-seg.size)
+		// In place: a crash during the move leaves records twice in the
+		// file, published twice at the next start, which the stream's
+		// duplicate window and the meter's idempotence absorb, as they do
+		// the republish of an outbox without a usable mark.
 		if err := moveDown(f, next, seg.size, size); err != nil {
 			return fail("repair", err)
 		}
