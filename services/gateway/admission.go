@@ -121,8 +121,11 @@ func reservation(path string, info usage.RequestInfo, capTokens, imageTokens int
 		}
 	}
 	prompt := min(int64(len(info.Prompt))/2+3*int64(info.Messages)+3+min(info.PromptTokenIDs, maxReservation)+images, maxReservation)
-	if path == "/v1/embeddings" || path == "/api/embed" {
+	switch path {
+	case "/v1/embeddings", "/api/embed":
 		return prompt
+	case "/api/show":
+		return 0 // a model's details: nothing is generated
 	}
 	if capTokens <= 0 {
 		capTokens = defaultMaxTokensCap

@@ -63,14 +63,15 @@ func (g *Gateway) serveModels(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-// serveTags answers Ollama's GET /api/tags with the union of every
+// serveOllamaList answers Ollama's model lists, GET /api/tags (the models
+// there are) and GET /api/ps (those loaded now), with the union of every
 // available backend's list, as serveModels does /v1/models: each model
 // once (by name, as the first backend in the config's order lists it,
 // fields and all), in the backends' order, leaving out those no request
 // could be routed to and, for a key restricted to some models, the others.
-// A backend that is no Ollama (its /api/tags a 404) adds nothing.
-func (g *Gateway) serveTags(w http.ResponseWriter, r *http.Request) {
-	g.serveList(w, r, "/api/tags", maxTagsBody, func(x *exchange, ups []*balancer.Upstream, replies [][]byte) (any, int) {
+// A backend that is no Ollama (a 404 there) adds nothing.
+func (g *Gateway) serveOllamaList(w http.ResponseWriter, r *http.Request) {
+	g.serveList(w, r, r.URL.Path, maxTagsBody, func(x *exchange, ups []*balancer.Upstream, replies [][]byte) (any, int) {
 		seen := map[string]bool{}
 		kept := []json.RawMessage{}
 		for i, up := range ups {

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/llmproxy/llmproxy/pkg/events"
@@ -115,5 +116,57 @@ func TestTagsAreTheUnionOfTheBackends(t *testing.T) {
 	}
 	if got := list(limited); !slices.Equal(got, []string{"mistral:latest/3"}) {
 		t.Fatalf("limited key sees %v", got)
+	}
+}
+
+// TestOllamaToolEndpoints: what Ollama's tools ask besides chat (the
+// ollama CLI and Continue read /api/show, Open WebUI checks /api/version
+// and lists /api/ps) is served: /api/show goes to a backend of the model,
+// checked against the key's models and reserving nothing; /api/version to
+// any backend; /api/ps is the union of the backends' lists.
+func TestOllamaToolEndpoints(t *testing.T) {
+	serve := func(model string) *httptest.Server {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			switch r.URL.Path {
+			case "/api/show":
+				b, _ := io.ReadAll(r.Body)
+				_, _ = fmt.Fprintf(w, `{"details":{"family":"llama"},"served_by":%q,"asked":%s}`, model, b)
+			case "/api/version":
+				_, _ = io.WriteString(w, `{"version":"0.5.1"}`)
+			case "/api/ps":
+				_, _ = fmt.Fprintf(w, `{"models":[{"name":%q,"model":%q,"size_vram":1}]}`, model, model)
+			default:
+				http.NotFound(w, r)
+			}
+		}))
+		t.Cleanup(srv.Close)
+		return srv
+	}
+	a, b := serve("llama3:latest"), serve("qwen2.5:7b")
+	const limited = "sk-llmproxy-unit-limited-0048"
+	yaml := fmt.Sprintf("backends: [{url: %q, models: [llama3]}, {url: %q, models: [\"qwen2.5:7b\"]}]\n"+
+		"api_keys:\n  - {key: %q, id: limited, allowed_models: [llama3], total_quota: 1}\n", a.URL, b.URL, limited)
+	gw, s := gatewayFromYAML(t, yaml)
+	key := map[string]string{"Authorization": "Bearer " + limited}
+	// A quota of one token: /api/show reserves nothing, so it is let in.
+	resp, body := do(t, "POST", gw.URL+"/api/show", `{"model":"llama3:latest"}`, key)
+	if ev := s.next(t); resp.StatusCode != 200 || !strings.Contains(string(body), `"served_by":"llama3:latest"`) || ev.Usage.TotalTokens != 0 {
+		t.Fatalf("show: %d %s, event usage %+v", resp.StatusCode, body, ev.Usage)
+	}
+	resp, body = do(t, "POST", gw.URL+"/api/show", `{"model":"qwen2.5:7b"}`, key)
+	s.next(t)
+	if resp.StatusCode != 403 || !strings.Contains(string(body), `"error":"this API key may not use model qwen2.5:7b`) {
+		t.Fatalf("show of a model the key may not use: %d %s, want 403 in Ollama's shape", resp.StatusCode, body)
+	}
+	resp, body = do(t, "GET", gw.URL+"/api/version", "", key)
+	s.next(t)
+	if resp.StatusCode != 200 || string(body) != `{"version":"0.5.1"}` {
+		t.Fatalf("version: %d %s", resp.StatusCode, body)
+	}
+	resp, body = do(t, "GET", gw.URL+"/api/ps", "", key)
+	s.next(t)
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "llama3:latest") || strings.Contains(string(body), "qwen") {
+		t.Fatalf("ps: %d %s, want the key's llama3 only", resp.StatusCode, body)
 	}
 }
