@@ -304,12 +304,10 @@ func (g *Gateway) routes() *echo.Echo {
 	for _, p := range proxiedPOST {
 		e.POST(p, proxy)
 	}
-	for _, p := range proxiedGET {
-		get(p, proxy)
-	}
 	get("/v1/models", echo.WrapHandler(http.HandlerFunc(g.serveModels)))
 	get("/api/tags", echo.WrapHandler(http.HandlerFunc(g.serveOllamaList)))
 	get("/api/ps", echo.WrapHandler(http.HandlerFunc(g.serveOllamaList)))
+	get("/api/version", echo.WrapHandler(http.HandlerFunc(g.serveOllamaVersion)))
 	get("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
 	get("/readyz", g.readyz)
 	if g.gatherer != nil {
@@ -428,8 +426,6 @@ var (
 		"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages",
 		"/api/chat", "/api/generate", "/api/embed", "/api/show", "/generate", "/generate_stream",
 	}
-	// proxiedGET are the GET endpoints passed to any one backend.
-	proxiedGET = []string{"/api/version"}
 )
 
 // BackendsReady reports an error when no backend is available, the

@@ -28,7 +28,7 @@ type modelEntry struct {
 // them), each model once, leaving out those no request could be routed to.
 // A key restricted to some models sees only those.
 func (g *Gateway) serveModels(w http.ResponseWriter, r *http.Request) {
-	g.serveList(w, r, "/v1/models", maxModelsBody, func(x *exchange, ups []*balancer.Upstream, replies [][]byte) (any, int) {
+	g.serveList(w, r, "/v1/models", maxModelsBody, func(x *exchange, ups []*balancer.Upstream, replies [][]byte) (any, int, *apierr.Error) {
 		seen := map[string]modelEntry{}
 		add := func(up *balancer.Upstream, m modelEntry) {
 			if m.ID == "" || !x.listsModel(up, m.ID) {
@@ -59,7 +59,7 @@ func (g *Gateway) serveModels(w http.ResponseWriter, r *http.Request) {
 			list = append(list, m)
 		}
 		sort.Slice(list, func(i, j int) bool { return list[i].ID < list[j].ID })
-		return map[string]any{"object": "list", "data": list}, len(list)
+		return map[string]any{"object": "list", "data": list}, len(list), nil
 	})
 }
 
@@ -71,7 +71,7 @@ func (g *Gateway) serveModels(w http.ResponseWriter, r *http.Request) {
 // could be routed to and, for a key restricted to some models, the others.
 // A backend that is no Ollama (a 404 there) adds nothing.
 func (g *Gateway) serveOllamaList(w http.ResponseWriter, r *http.Request) {
-	g.serveList(w, r, r.URL.Path, maxTagsBody, func(x *exchange, ups []*balancer.Upstream, replies [][]byte) (any, int) {
+	g.serveList(w, r, r.URL.Path, maxTagsBody, func(x *exchange, ups []*balancer.Upstream, replies [][]byte) (any, int, *apierr.Error) {
 		seen := map[string]bool{}
 		kept := []json.RawMessage{}
 		for i, up := range ups {
@@ -92,7 +92,25 @@ func (g *Gateway) serveOllamaList(w http.ResponseWriter, r *http.Request) {
 				}
 			}
 		}
-		return map[string]any{"models": kept}, len(kept)
+		return map[string]any{"models": kept}, len(kept), nil
+	})
+}
+
+// serveOllamaVersion answers Ollama's GET /api/version with the version
+// the first backend in the config's order that answers it gives: in a
+// fleet that mixes engines, one that is no Ollama (a 404 there) is passed
+// over.
+func (g *Gateway) serveOllamaVersion(w http.ResponseWriter, r *http.Request) {
+	g.serveList(w, r, "/api/version", 64<<10, func(_ *exchange, _ []*balancer.Upstream, replies [][]byte) (any, int, *apierr.Error) {
+		for _, b := range replies {
+			var v struct {
+				Version string `json:"version"`
+			}
+			if b != nil && json.Unmarshal(b, &v) == nil && v.Version != "" {
+				return json.RawMessage(b), 1, nil
+			}
+		}
+		return nil, 0, apierr.BadGateway("no backend answered /api/version: none is an Ollama")
 	})
 }
 
@@ -118,8 +136,9 @@ const (
 // number of its models, from the 200 replies of every available backend,
 // asked at once (nil for a backend that failed to answer, or was not asked:
 // not available), after the request is authenticated and admitted as any
-// other. An empty list while no backend is available is a 503.
-func (g *Gateway) serveList(w http.ResponseWriter, r *http.Request, path string, limit int64, merge func(x *exchange, ups []*balancer.Upstream, replies [][]byte) (any, int)) {
+// other. An empty list while no backend is available is a 503; merge's
+// error, that error.
+func (g *Gateway) serveList(w http.ResponseWriter, r *http.Request, path string, limit int64, merge func(x *exchange, ups []*balancer.Upstream, replies [][]byte) (any, int, *apierr.Error)) {
 	g.inflight.Add(1)
 	defer g.inflight.Add(-1)
 	x := g.begin(w, r)
@@ -140,9 +159,12 @@ func (g *Gateway) serveList(w http.ResponseWriter, r *http.Request, path string,
 		}
 	}
 	wg.Wait()
-	list, n := merge(x, ups, replies)
+	list, n, e := merge(x, ups, replies)
 	if n == 0 && !x.rt.pool.AnyAvailable() {
-		g.failForward(w, x, apierr.Unavailable("no_backend_available", "no backend is available; try again shortly"))
+		e = apierr.Unavailable("no_backend_available", "no backend is available; try again shortly")
+	}
+	if e != nil {
+		g.failForward(w, x, e)
 		g.finish(r.Context(), x)
 		g.observe(x)
 		return
