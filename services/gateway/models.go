@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/apierr"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/balancer"
 )
@@ -29,6 +30,8 @@ type modelEntry struct {
 // A key restricted to some models sees only those.
 func (g *Gateway) serveModels(w http.ResponseWriter, r *http.Request) {
 	g.serveList(w, r, "/v1/models", maxModelsBody, func(x *exchange, ups []*balancer.Upstream, replies [][]byte) (any, int, *apierr.Error) {
+		// By config.ModelKey: Ollama's name and name:latest are listed
+		// once, as first seen.
 		seen := map[string]modelEntry{}
 		add := func(up *balancer.Upstream, m modelEntry) {
 			if m.ID == "" || !x.listsModel(up, m.ID) {
@@ -37,8 +40,8 @@ func (g *Gateway) serveModels(w http.ResponseWriter, r *http.Request) {
 			if m.Object == "" {
 				m.Object = "model"
 			}
-			if _, ok := seen[m.ID]; !ok {
-				seen[m.ID] = m
+			if k := config.ModelKey(m.ID); seen[k].ID == "" {
+				seen[k] = m
 			}
 		}
 		for i, up := range ups {
@@ -83,11 +86,11 @@ func (g *Gateway) serveOllamaList(w http.ResponseWriter, r *http.Request) {
 			}
 			for _, m := range list.Models {
 				var id struct{ Name, Model string }
-				if json.Unmarshal(m, &id) != nil || id.Name == "" || seen[id.Name] {
+				if json.Unmarshal(m, &id) != nil || id.Name == "" || seen[config.ModelKey(id.Name)] {
 					continue
 				}
 				if x.listsModel(up, id.Name) || id.Model != "" && x.listsModel(up, id.Model) {
-					seen[id.Name] = true
+					seen[config.ModelKey(id.Name)] = true
 					kept = append(kept, m)
 				}
 			}

@@ -385,6 +385,17 @@ func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
 		}
 		r.Header = hr.Headers
 	}
+	if x.path == "/api/show" && x.info.Model == "" {
+		// Ollama's show takes the model as "name" too (its older field),
+		// and answers 400 without either.
+		var old struct {
+			Name string `json:"name"`
+		}
+		_ = json.Unmarshal(x.body, &old)
+		if x.info.Model = old.Name; x.info.Model == "" {
+			return g.reject("model_required", apierr.BadRequest("model_required", "model is required"))
+		}
+	}
 	if x.key != nil && r.Method == http.MethodPost {
 		// Every POST endpoint runs a model; the model lists (GET
 		// /v1/models, /api/tags) name none and are not refused.

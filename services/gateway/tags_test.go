@@ -157,6 +157,16 @@ func TestOllamaToolEndpoints(t *testing.T) {
 	if ev := s.next(t); resp.StatusCode != 200 || !strings.Contains(string(body), `"served_by":"llama3:latest"`) || ev.Usage.TotalTokens != 0 {
 		t.Fatalf("show: %d %s, event usage %+v", resp.StatusCode, body, ev.Usage)
 	}
+	// Ollama's older field, "name", names the model too; without either,
+	// Ollama's 400.
+	resp, body = do(t, "POST", gw.URL+"/api/show", `{"name":"llama3"}`, key)
+	if ev := s.next(t); resp.StatusCode != 200 || !strings.Contains(string(body), `"served_by":"llama3:latest"`) || ev.Model != "llama3" {
+		t.Fatalf("show by name: %d %s, event model %q", resp.StatusCode, body, ev.Model)
+	}
+	resp, body = do(t, "POST", gw.URL+"/api/show", `{}`, key)
+	if s.next(t); resp.StatusCode != 400 || !strings.Contains(string(body), `"error":"model is required"`) {
+		t.Fatalf("show of nothing: %d %s", resp.StatusCode, body)
+	}
 	resp, body = do(t, "POST", gw.URL+"/api/show", `{"model":"qwen2.5:7b"}`, key)
 	s.next(t)
 	if resp.StatusCode != 403 || !strings.Contains(string(body), `"error":"this API key may not use model qwen2.5:7b`) {
@@ -173,5 +183,22 @@ func TestOllamaToolEndpoints(t *testing.T) {
 	s.next(t)
 	if resp.StatusCode != 200 || !strings.Contains(string(body), "llama3:latest") || strings.Contains(string(body), "qwen") {
 		t.Fatalf("ps: %d %s, want the key's llama3 only", resp.StatusCode, body)
+	}
+}
+
+// TestModelsListsOllamaNamesOnce: /v1/models lists a model a backend's
+// config and its own list spell with and without :latest once.
+func TestModelsListsOllamaNamesOnce(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"object":"list","data":[{"id":"llama3:latest","object":"model"}]}`)
+	}))
+	defer backend.Close()
+	gw, s := gatewayFromYAML(t, fmt.Sprintf("backends: [{url: %q, models: [llama3]}]\n", backend.URL))
+	resp, body := do(t, "GET", gw.URL+"/v1/models", "", nil)
+	s.next(t)
+	var l struct{ Data []struct{ ID string } }
+	if err := json.Unmarshal(body, &l); err != nil || resp.StatusCode != 200 || len(l.Data) != 1 {
+		t.Fatalf("%d %s, want the model once", resp.StatusCode, body)
 	}
 }
