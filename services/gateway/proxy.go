@@ -1027,7 +1027,7 @@ func shapeOf(path string) apierr.Shape {
 	switch {
 	case path == "/v1/messages" || strings.HasPrefix(path, "/v1/messages/"):
 		return apierr.Anthropic
-	case strings.HasPrefix(path, "/api/"):
+	case path == "/api" || strings.HasPrefix(path, "/api/"):
 		return apierr.Ollama
 	}
 	return apierr.OpenAI
