@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"unicode/utf8"
 
+	"github.com/llmproxy/llmproxy/pkg/events"
+	"github.com/llmproxy/llmproxy/pkg/ledger"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/inflight"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/usage"
 )
@@ -35,12 +37,31 @@ func (g *Gateway) openJournal(dir string) error {
 		}
 		g.log.Warn("published the events of streams an earlier process left unfinished (it stopped without ending them); their usage is estimated up to their last checkpoint",
 			"streams", len(cut), "error", inflight.ErrorCrashed)
+		g.releaseCut(cut)
 	}
 	if err := j.Start(); err != nil {
 		return fmt.Errorf("event outbox: %w", err)
 	}
 	g.journal = j
 	return nil
+}
+
+// releaseCut frees, in the background, the concurrency leases the streams
+// an earlier process left unfinished still hold in a shared admitter
+// (Redis): their key's slots come free at this restart, not a lease TTL
+// after the crash. A local admitter's leases died with that process.
+func (g *Gateway) releaseCut(cut []*events.RequestCompleted) {
+	if g.admitter == nil {
+		return
+	}
+	if _, local := g.admitter.(*ledger.MemoryAdmitter); local {
+		return
+	}
+	go func() {
+		for _, ev := range cut {
+			g.releaseLease(ev.KeyID, ev.RequestID)
+		}
+	}()
 }
 
 // checkpoint keeps x's stream in the in-flight journal. It runs on the

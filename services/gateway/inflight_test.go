@@ -15,7 +15,9 @@ import (
 
 	"github.com/llmproxy/llmproxy/pkg/events"
 	"github.com/llmproxy/llmproxy/pkg/events/eventstest"
+	"github.com/llmproxy/llmproxy/pkg/ledger"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/inflight"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/redistest"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/usage"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -24,7 +26,9 @@ import (
 // a stream leaves the stream's entry in its in-flight journal; the next
 // gateway on the same directory publishes the stream's event before it
 // serves, billing the text delivered up to the last checkpoint. A stream
-// that ended is not published again.
+// that ended is not published again. With a shared (Redis) admitter, the
+// cut stream's concurrency lease is released at the restart, not a lease
+// TTL (here 10 minutes) after the crash.
 func TestStreamCutByACrashIsBilledAtRestart(t *testing.T) {
 	const (
 		before = "alpha beta gamma delta "
@@ -69,8 +73,10 @@ func TestStreamCutByACrashIsBilledAtRestart(t *testing.T) {
 	defer close(release)
 
 	dir := t.TempDir()
-	cfg := fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q, id: alpha}]\n", backend.URL, testKey)
-	g, err := New(Options{Config: parseConfig(t, cfg), JetStream: eventstest.JetStream(t), OutboxDir: dir})
+	cfg := fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q, id: alpha, limits: {max_concurrent: 1}}]\n"+
+		"rate_limit: {lease_ttl: 10m}\n", backend.URL, testKey)
+	rdb, prefix := redistest.New(t, "crash-lease")
+	g, err := New(Options{Config: parseConfig(t, cfg), JetStream: eventstest.JetStream(t), OutboxDir: dir, Admitter: ledger.NewRedisAdmitter(rdb, prefix)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +149,7 @@ func TestStreamCutByACrashIsBilledAtRestart(t *testing.T) {
 		}
 	}
 	js2 := eventstest.JetStream(t)
-	g2, err := New(Options{Config: parseConfig(t, cfg), JetStream: js2, OutboxDir: crashed})
+	g2, err := New(Options{Config: parseConfig(t, cfg), JetStream: js2, OutboxDir: crashed, Admitter: ledger.NewRedisAdmitter(rdb, prefix)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,6 +220,20 @@ func TestStreamCutByACrashIsBilledAtRestart(t *testing.T) {
 	b, _ := os.ReadFile(filepath.Join(crashed, inflight.FileName))
 	if len(b) != 0 {
 		t.Errorf("the journal after recovery holds %q", b)
+	}
+	// The key's one slot, which the cut stream held, is free again.
+	srv2 := httptest.NewServer(g2.Handler())
+	defer srv2.Close()
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		resp, body := do(t, "POST", srv2.URL+"/v1/chat/completions", `{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`,
+			map[string]string{"Authorization": "Bearer " + testKey, "X-Short": "1"})
+		if resp.StatusCode == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the restart the key's slot is still held: %d %s", resp.StatusCode, body)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
