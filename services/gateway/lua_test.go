@@ -544,3 +544,40 @@ func TestLuaRejectionsAreTypedByStatus(t *testing.T) {
 		}
 	}
 }
+
+// TestOnResponseLeavesStreamsWithoutContentType: an event stream sent
+// without a Content-Type is a stream with an on_response script loaded
+// too: relayed as it comes and billed, not held for the script (which
+// sees replies that are not streams) and billed nothing; a JSON reply
+// without one still goes to the script.
+func TestOnResponseLeavesStreamsWithoutContentType(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header()["Content-Type"] = nil
+		if strings.Contains(r.Header.Get("X-Want"), "json") {
+			_, _ = io.WriteString(w, `{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}`)
+			return
+		}
+		_, _ = io.WriteString(w, "d")
+		w.(http.Flusher).Flush()
+		time.Sleep(20 * time.Millisecond)
+		_, _ = io.WriteString(w, `ata: {"choices":[{"index":0,"delta":{"content":"hello there"}}]}`+"\n\n"+
+			`data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}`+"\n\ndata: [DONE]\n\n")
+	}))
+	defer backend.Close()
+	script := filepath.Join(t.TempDir(), "on_response.lua")
+	src := "function on_response(req, resp)\n  resp.headers:set(\"X-Seen-By-Script\", \"1\")\n  return nil\nend\n"
+	if err := os.WriteFile(script, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	gw, s := newTestGateway(t, backend.URL, fmt.Sprintf("lua: {scripts: [%q]}\n", script))
+	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1","stream":true,"stream_options":{"include_usage":true}}`, withKey())
+	ev := s.next(t)
+	if resp.StatusCode != 200 || resp.Header.Get("X-Seen-By-Script") != "" || !strings.Contains(string(body), "hello there") ||
+		ev.UsageSource != "backend" || ev.Usage.CompletionTokens != 2 || !ev.IsStream {
+		t.Fatalf("stream: %d %v %q; event %+v (%s)", resp.StatusCode, resp.Header, body, ev.Usage, ev.UsageSource)
+	}
+	resp, _ = do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1"}`, map[string]string{"Authorization": "Bearer " + testKey, "X-Want": "json"})
+	if ev := s.next(t); resp.Header.Get("X-Seen-By-Script") != "1" || ev.Usage.CompletionTokens != 1 {
+		t.Fatalf("json: script header %q, event %+v", resp.Header.Get("X-Seen-By-Script"), ev.Usage)
+	}
+}

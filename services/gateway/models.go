@@ -162,6 +162,13 @@ func (g *Gateway) serveList(w http.ResponseWriter, r *http.Request, path string,
 		}
 	}
 	wg.Wait()
+	if r.Context().Err() != nil {
+		// The client left while the backends were asked.
+		g.abandoned(r.Context(), w, x)
+		g.finish(r.Context(), x)
+		g.observe(x)
+		return
+	}
 	list, n, e := merge(x, ups, replies)
 	if n == 0 && !x.rt.pool.AnyAvailable() {
 		e = apierr.Unavailable("no_backend_available", "no backend is available; try again shortly")

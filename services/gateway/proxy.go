@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -388,11 +389,11 @@ func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
 	if x.path == "/api/show" && x.info.Model == "" {
 		// Ollama's show takes the model as "name" too (its older field),
 		// and answers 400 without either.
-		var old struct {
-			Name string `json:"name"`
+		name, ok := showName(x.body)
+		if !ok {
+			return g.reject("ambiguous_field", apierr.BadRequest("ambiguous_field", (&usage.AmbiguousFieldError{Field: "name"}).Error()))
 		}
-		_ = json.Unmarshal(x.body, &old)
-		if x.info.Model = old.Name; x.info.Model == "" {
+		if x.info.Model = name; name == "" {
 			return g.reject("model_required", apierr.BadRequest("model_required", "model is required"))
 		}
 	}
@@ -972,10 +973,68 @@ func (g *Gateway) relayTry(ctx context.Context, r *http.Request, w http.Response
 		return nil
 	}
 	rt := x.rt
-	if lua := rt.lua; lua != nil && lua.Has(hooks.HookResponse) && !usage.IsStreamType(resp.Header.Get("Content-Type")) {
+	if lua := rt.lua; lua != nil && lua.Has(hooks.HookResponse) && !g.sniffsStream(x, resp) {
 		return g.relayWithHook(r, w, x, resp)
 	}
 	return g.relay(ctx, w, x, resp)
+}
+
+// showName returns the "name" of an /api/show body (a JSON object), read
+// under every spelling an engine may match (Go's JSON takes any case and
+// keeps the last, others match exactly): false when two of them differ,
+// as the request's "model" is refused then.
+func showName(body []byte) (string, bool) {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return "", true
+	}
+	var name string
+	seen := false
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return name, true
+		}
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return name, true
+		}
+		if k, _ := t.(string); strings.EqualFold(k, "name") {
+			var s string
+			_ = json.Unmarshal(v, &s)
+			if seen && s != name {
+				return "", false
+			}
+			name, seen = s, true
+		}
+	}
+	return name, true
+}
+
+// sniffsStream reports whether resp is a stream: by its content type, or,
+// without a known one, by its first bytes, which it reads ahead (resp.Body
+// then gives them again), as relay would. Only an on_response script,
+// which sees replies that are not streams, needs to know before relay.
+func (g *Gateway) sniffsStream(x *exchange, resp *http.Response) bool {
+	ctype := resp.Header.Get("Content-Type")
+	if usage.IsStreamType(ctype) {
+		return true
+	}
+	var first []byte
+	if usage.SniffNeedsMore(x.path, ctype, nil) {
+		br := bufio.NewReaderSize(resp.Body, 512)
+		resp.Body = struct {
+			io.Reader
+			io.Closer
+		}{br, resp.Body}
+		for n := 1; n <= br.Size(); n = len(first) + 1 {
+			var err error
+			if first, err = br.Peek(n); err != nil || !usage.SniffNeedsMore(x.path, ctype, first) {
+				break
+			}
+		}
+	}
+	return usage.SniffFormat(x.path, ctype, first).Streaming()
 }
 
 // reportFailure counts a failed try against up unless up already failed

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/llmproxy/llmproxy/pkg/events"
 )
@@ -163,6 +165,12 @@ func TestOllamaToolEndpoints(t *testing.T) {
 	if ev := s.next(t); resp.StatusCode != 200 || !strings.Contains(string(body), `"served_by":"llama3:latest"`) || ev.Model != "llama3" {
 		t.Fatalf("show by name: %d %s, event model %q", resp.StatusCode, body, ev.Model)
 	}
+	// "name" twice in two spellings: refused, as "model" is (an engine
+	// that matches names in any case would show the other).
+	resp, body = do(t, "POST", gw.URL+"/api/show", `{"name":"llama3","Name":"qwen2.5:7b"}`, key)
+	if s.next(t); resp.StatusCode != 400 || !strings.Contains(string(body), `"code":"ambiguous_field"`) {
+		t.Fatalf("show with two names: %d %s", resp.StatusCode, body)
+	}
 	resp, body = do(t, "POST", gw.URL+"/api/show", `{}`, key)
 	if s.next(t); resp.StatusCode != 400 || !strings.Contains(string(body), `"error":"model is required"`) {
 		t.Fatalf("show of nothing: %d %s", resp.StatusCode, body)
@@ -200,5 +208,31 @@ func TestModelsListsOllamaNamesOnce(t *testing.T) {
 	var l struct{ Data []struct{ ID string } }
 	if err := json.Unmarshal(body, &l); err != nil || resp.StatusCode != 200 || len(l.Data) != 1 {
 		t.Fatalf("%d %s, want the model once", resp.StatusCode, body)
+	}
+}
+
+// TestListRequestWhoseClientLeft: a client that leaves while the gateway
+// asks the backends for a list is recorded as 499, as one that leaves
+// before any other reply began.
+func TestListRequestWhoseClientLeft(t *testing.T) {
+	hang := make(chan struct{})
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-hang:
+		case <-r.Context().Done():
+		}
+	}))
+	defer backend.Close()
+	defer close(hang)
+	gw, s := gatewayFromYAML(t, fmt.Sprintf("backends: [{url: %q}]\n", backend.URL))
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", gw.URL+"/api/tags", nil)
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp.Body.Close()
+		t.Fatalf("the list answered %d before the client left", resp.StatusCode)
+	}
+	if ev := s.next(t); ev.StatusCode != 499 || ev.Error != "client_closed_request" {
+		t.Fatalf("event: status %d error %q, want 499 client_closed_request", ev.StatusCode, ev.Error)
 	}
 }
