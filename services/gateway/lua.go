@@ -116,7 +116,7 @@ const maxHookBody = 16 << 20
 // the reply (the read timeout, the backend breaking it off) is returned
 // and fails the try: nothing goes to the client before the whole reply
 // has been read.
-func (g *Gateway) relayWithHook(r *http.Request, w http.ResponseWriter, x *exchange, resp *http.Response) error {
+func (g *Gateway) relayWithHook(r *http.Request, w http.ResponseWriter, x *exchange, resp *http.Response, format usage.Format) error {
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxHookBody+1))
 	if err != nil {
@@ -131,7 +131,6 @@ func (g *Gateway) relayWithHook(r *http.Request, w http.ResponseWriter, x *excha
 		g.failForward(w, x, e)
 		return nil
 	}
-	format := usage.DetectFormat(x.path, resp.Header.Get("Content-Type"))
 	ex := usage.NewExtractor(format, usage.Options{})
 	ex.ResponseHeader(resp.Header)
 	if resp.Header.Get("Content-Encoding") == "" {

@@ -973,10 +973,11 @@ func (g *Gateway) relayTry(ctx context.Context, r *http.Request, w http.Response
 		return nil
 	}
 	rt := x.rt
-	if lua := rt.lua; lua != nil && lua.Has(hooks.HookResponse) && !g.sniffsStream(x, resp) {
-		return g.relayWithHook(r, w, x, resp)
+	format := replyFormat(x, resp)
+	if lua := rt.lua; lua != nil && lua.Has(hooks.HookResponse) && !format.Streaming() {
+		return g.relayWithHook(r, w, x, resp, format)
 	}
-	return g.relay(ctx, w, x, resp)
+	return g.relay(ctx, w, x, resp, format)
 }
 
 // showName returns the "name" of an /api/show body (a JSON object), read
@@ -1011,15 +1012,13 @@ func showName(body []byte) (string, bool) {
 	return name, true
 }
 
-// sniffsStream reports whether resp is a stream: by its content type, or,
-// without a known one, by its first bytes, which it reads ahead (resp.Body
-// then gives them again), as relay would. Only an on_response script,
-// which sees replies that are not streams, needs to know before relay.
-func (g *Gateway) sniffsStream(x *exchange, resp *http.Response) bool {
+// replyFormat is resp's wire format: by its content type, or, without a
+// known one, by its first bytes ("d" could open "data:": it reads on until
+// they tell), which it reads ahead (resp.Body then gives them again). It
+// decides both whether an on_response script sees the reply (not a stream)
+// and how relay cuts and reads it.
+func replyFormat(x *exchange, resp *http.Response) usage.Format {
 	ctype := resp.Header.Get("Content-Type")
-	if usage.IsStreamType(ctype) {
-		return true
-	}
 	var first []byte
 	if usage.SniffNeedsMore(x.path, ctype, nil) {
 		br := bufio.NewReaderSize(resp.Body, 512)
@@ -1034,7 +1033,7 @@ func (g *Gateway) sniffsStream(x *exchange, resp *http.Response) bool {
 			}
 		}
 	}
-	return usage.SniffFormat(x.path, ctype, first).Streaming()
+	return usage.SniffFormat(x.path, ctype, first)
 }
 
 // reportFailure counts a failed try against up unless up already failed
@@ -1182,7 +1181,7 @@ func (x *exchange) firstByte(status int) {
 // timeout, or the backend closing the connection after its head):
 // nothing has gone to the client then, and the try has failed as one
 // whose head never came.
-func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange, resp *http.Response) error {
+func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange, resp *http.Response, format usage.Format) error {
 	defer resp.Body.Close()
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
@@ -1195,17 +1194,6 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 		return err
 	}
 	ctype := resp.Header.Get("Content-Type")
-	// A reply without a content type may be an event stream: its first
-	// bytes say, once there are enough of them ("d" could open "data:").
-	for err == nil && n < len(buf) && usage.SniffNeedsMore(x.path, ctype, buf[:n]) {
-		var m int
-		m, err = resp.Body.Read(buf[n:])
-		n += m
-	}
-	if n == 0 && err != nil && err != io.EOF {
-		return err
-	}
-	format := usage.SniffFormat(x.path, ctype, buf[:n])
 	streaming := format.Streaming()
 	x.streamed = streaming
 	copyResponseHeader(w.Header(), resp.Header)

@@ -40,7 +40,7 @@ func relayPieces(t *testing.T, g *Gateway, path, ctype string, hide bool, parts 
 	x := g.begin(rec, req)
 	x.hideUsage = hide
 	resp := &http.Response{StatusCode: 200, Header: http.Header{"Content-Type": {ctype}}, Body: &pieces{p: parts}}
-	g.relay(context.Background(), rec, x, resp)
+	g.relay(context.Background(), rec, x, resp, replyFormat(x, resp))
 	return rec.Body.String(), x
 }
 
