@@ -50,10 +50,12 @@ const SecretWarning = "store this key now: it is shown only once and cannot be r
 // refused 404 key_store_not_configured, as when there is no Redis at all.
 func AdminKeysHandler(rdb redis.UniversalClient, prefix string, token string, storage func() string) http.Handler {
 	mux := http.NewServeMux()
-	handle := func(pattern string, fn func(w http.ResponseWriter, r *http.Request) (int, any, error)) {
+	// route serves pattern; one that takesQuery reads its own, the others
+	// refuse any.
+	route := func(pattern string, takesQuery bool, fn func(w http.ResponseWriter, r *http.Request) (int, any, error)) {
 		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
-			if r.URL.RawQuery != "" && pattern != "GET /admin/keys" {
-				// No other key route takes a query; one sent is a
+			if r.URL.RawQuery != "" && !takesQuery {
+				// A query sent to a route that takes none is a
 				// mistake (a filter that would be ignored).
 				apierr.Write(w, apierr.BadRequest("invalid_query", "this key API route takes no query parameters"))
 				return
@@ -78,6 +80,9 @@ func AdminKeysHandler(rdb redis.UniversalClient, prefix string, token string, st
 			_ = json.NewEncoder(w).Encode(body)
 		})
 	}
+	handle := func(pattern string, fn func(w http.ResponseWriter, r *http.Request) (int, any, error)) {
+		route(pattern, false, fn)
+	}
 	handle("POST /admin/keys", func(w http.ResponseWriter, r *http.Request) (int, any, error) {
 		_, spec, err := readKeySpec(w, r)
 		if err != nil {
@@ -92,7 +97,7 @@ func AdminKeysHandler(rdb redis.UniversalClient, prefix string, token string, st
 		w.Header().Set("Cache-Control", "no-store")
 		return http.StatusCreated, map[string]any{"key": secret, "record": rec, "warning": SecretWarning}, nil
 	})
-	handle("GET /admin/keys", func(_ http.ResponseWriter, r *http.Request) (int, any, error) {
+	route("GET /admin/keys", true, func(_ http.ResponseWriter, r *http.Request) (int, any, error) {
 		limit, after, err := listPage(r.URL.RawQuery)
 		if err != nil {
 			return 0, nil, apierr.BadRequest("invalid_query", "GET /admin/keys takes ?limit=N (1 to 10000) and after=CURSOR (the next of the page before), each at most once: "+err.Error())
