@@ -46,7 +46,7 @@ func endedAt(start time.Time, latencyMS json.RawMessage) time.Time {
 	if err != nil || !(ms > 0) {
 		return start
 	}
-	return start.Add(min(time.Duration(min(ms, float64(maxLatency/time.Millisecond))*float64(time.Millisecond)), maxLatency))
+	return start.Add(time.Duration(min(ms, float64(maxLatency.Milliseconds())) * float64(time.Millisecond)))
 }
 
 // entryFromEvent decodes one RequestCompleted body into the ledger entry it
