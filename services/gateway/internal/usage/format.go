@@ -158,10 +158,10 @@ func cleanPath(path string) string {
 // streamMedia reports whether the content type ct names a stream, and
 // whether it is a type the gateway knows (known false: missing or other).
 func streamMedia(ct string) (stream, known bool) {
-	switch mediaType(ct) {
-	case "text/event-stream", "application/x-ndjson", "application/ndjson", "application/jsonl":
+	switch media := mediaType(ct); {
+	case media == "text/event-stream", media == "application/jsonl", strings.Contains(media, "ndjson"):
 		return true, true
-	case "application/json":
+	case media == "application/json":
 		return false, true
 	}
 	return false, false
@@ -225,10 +225,10 @@ func SniffNeedsMore(path, contentType string, first []byte) bool {
 var sseFieldNames = [][]byte{[]byte("data:"), []byte("event:"), []byte("id:"), []byte("retry:")}
 
 // IsStreamType reports whether the content type ct names a stream: Server-
-// Sent Events or NDJSON, in any case.
+// Sent Events or NDJSON (JSON lines), in any case.
 func IsStreamType(ct string) bool {
-	media := mediaType(ct)
-	return media == "text/event-stream" || strings.Contains(media, "ndjson")
+	stream, _ := streamMedia(ct)
+	return stream
 }
 
 // mediaType is ct's media type, lower case, without parameters.
