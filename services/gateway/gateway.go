@@ -114,6 +114,8 @@ type Gateway struct {
 	// BaseContext); CutOpenRequests cancels it with errServerShutdown.
 	stop       context.Context
 	stopCancel context.CancelCauseFunc
+	// lists keeps each backend's last model lists (models.go).
+	lists listCache
 }
 
 // errServerShutdown is the cause of a request's context cancelled by

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -135,6 +136,16 @@ const (
 	maxTagsBody   = 4 << 20
 )
 
+// A model list waits up to listWait for its backends. One that has not
+// answered by then (a hung or slow backend) is listed as it last answered,
+// within listKeep, while it is still asked (up to listTimeout, once at a
+// time), so that it holds no list for longer than listWait.
+const (
+	listWait    = 2 * time.Second
+	listTimeout = 10 * time.Second
+	listKeep    = 10 * time.Minute
+)
+
 // serveList answers a model list (GET path) as merge makes it, with the
 // number of its models, from the 200 replies of every available backend,
 // asked at once (nil for a backend that failed to answer, or was not asked:
@@ -150,24 +161,43 @@ func (g *Gateway) serveList(w http.ResponseWriter, r *http.Request, path string,
 		g.fail(w, x, e)
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
-	defer cancel()
 	ups := x.rt.pool.Upstreams()
-	replies := make([][]byte, len(ups))
-	var wg sync.WaitGroup
+	g.lists.prune(ups)
+	fetches := make([]*listFetch, len(ups))
 	now := time.Now()
 	for i, up := range ups {
 		if up.Available(now) {
-			wg.Go(func() { replies[i] = g.backendList(ctx, up, path, limit) })
+			fetches[i] = g.lists.fetch(g, up, path, limit)
 		}
 	}
-	wg.Wait()
-	if r.Context().Err() != nil {
-		// The client left while the backends were asked.
-		g.abandoned(r.Context(), w, x)
-		g.finish(r.Context(), x)
-		g.observe(x)
-		return
+	wait := time.NewTimer(listWait)
+	defer wait.Stop()
+	replies := make([][]byte, len(ups))
+	for i, f := range fetches {
+		if f == nil {
+			continue
+		}
+		select {
+		case <-f.done:
+			replies[i] = f.body
+			continue
+		case <-wait.C:
+		case <-r.Context().Done():
+		}
+		if r.Context().Err() != nil {
+			// The client left while the backends were asked.
+			g.abandoned(r.Context(), w, x)
+			g.finish(r.Context(), x)
+			g.observe(x)
+			return
+		}
+		// Past listWait: what each backend still asked last answered.
+		for j := i; j < len(fetches); j++ {
+			if fetches[j] != nil {
+				replies[j] = g.lists.latest(fetches[j], ups[j], path)
+			}
+		}
+		break
 	}
 	list, n, e := merge(x, ups, replies)
 	if n == 0 && !x.rt.pool.AnyAvailable() {
@@ -189,31 +219,124 @@ func (g *Gateway) serveList(w http.ResponseWriter, r *http.Request, path string,
 	g.observe(x)
 }
 
-// backendList asks one backend for its model list at path; a backend that
-// fails to answer, or answers other than 200, contributes none (nil).
-func (g *Gateway) backendList(ctx context.Context, up *balancer.Upstream, path string, limit int64) []byte {
+// listCache holds each backend's last list of each path, and the one
+// request for it in flight.
+type listCache struct {
+	mu sync.Mutex
+	m  map[listKey]*listEntry
+}
+
+type listKey struct {
+	up   *balancer.Upstream
+	path string
+}
+
+type listEntry struct {
+	body    []byte // the last 200 reply; nil after any other answer
+	at      time.Time
+	pending *listFetch
+}
+
+// listFetch is one request for a backend's list: body is its 200 reply
+// (nil for another answer or none), set before done is closed.
+type listFetch struct {
+	done chan struct{}
+	body []byte
+}
+
+// fetch asks up for its list at path, or joins the request for it in
+// flight. The request is the gateway's, not the client's: a client that
+// leaves does not cancel it, and its answer serves the next list.
+func (c *listCache) fetch(g *Gateway, up *balancer.Upstream, path string, limit int64) *listFetch {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[listKey]*listEntry{}
+	}
+	k := listKey{up, path}
+	e := c.m[k]
+	if e == nil {
+		e = &listEntry{}
+		c.m[k] = e
+	}
+	if e.pending != nil {
+		return e.pending
+	}
+	f := &listFetch{done: make(chan struct{})}
+	e.pending = f
+	go func() {
+		ctx, cancel := context.WithTimeout(g.stop, listTimeout)
+		body, answered := g.backendList(ctx, up, path, limit)
+		cancel()
+		c.mu.Lock()
+		if answered {
+			e.body, e.at = body, time.Now()
+		}
+		e.pending = nil
+		c.mu.Unlock()
+		f.body = body
+		close(f.done)
+	}()
+	return f
+}
+
+// latest is f's reply if it has come, else up's last list at path if it is
+// recent enough.
+func (c *listCache) latest(f *listFetch, up *balancer.Upstream, path string) []byte {
+	select {
+	case <-f.done:
+		return f.body
+	default:
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e := c.m[listKey{up, path}]; e != nil && e.body != nil && time.Since(e.at) < listKeep {
+		return e.body
+	}
+	return nil
+}
+
+// prune forgets the lists of backends that are no longer ups (a reload
+// replaced or removed them).
+func (c *listCache) prune(ups []*balancer.Upstream) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k := range c.m {
+		if !slices.Contains(ups, k.up) {
+			delete(c.m, k)
+		}
+	}
+}
+
+// backendList asks one backend for its model list at path: its 200 reply,
+// or nil for a backend that answered otherwise (answered) or failed to
+// answer (not answered).
+func (g *Gateway) backendList(ctx context.Context, up *balancer.Upstream, path string, limit int64) (body []byte, answered bool) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, up.URL.JoinPath(path).String(), nil)
 	if err != nil {
-		return nil
+		return nil, false
 	}
 	up.SetHeaders(req)
 	resp, err := up.Transport.RoundTrip(req)
 	if err != nil {
-		return nil
+		return nil, false
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil
+		return nil, true
 	}
 	if enc := resp.Header.Get("Content-Encoding"); enc != "" && !strings.EqualFold(enc, "identity") {
-		return nil
+		return nil, true
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
-	if err != nil || int64(len(body)) > limit {
-		return nil
+	body, err = io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err != nil {
+		return nil, false
+	}
+	if int64(len(body)) > limit {
+		return nil, true
 	}
 	if body == nil {
 		body = []byte{}
 	}
-	return body
+	return body, true
 }

@@ -9,6 +9,8 @@ import (
 	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -234,5 +236,84 @@ func TestListRequestWhoseClientLeft(t *testing.T) {
 	}
 	if ev := s.next(t); ev.StatusCode != 499 || ev.Error != "client_closed_request" {
 		t.Fatalf("event: status %d error %q, want 499 client_closed_request", ev.StatusCode, ev.Error)
+	}
+}
+
+// TestListsDoNotWaitForAHungBackend: a model list waits for a backend that
+// has stopped answering only listWait, not the listTimeout it is asked for,
+// and lists it as it last answered; one that never answered is left out.
+// The hung backend is asked once at a time, however many lists wait for it.
+func TestListsDoNotWaitForAHungBackend(t *testing.T) {
+	hang := make(chan struct{})
+	var hung atomic.Bool
+	var asked atomic.Int32
+	serve := func(model string, hangs func() bool) *httptest.Server {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != "/v1/models" {
+				http.NotFound(w, r)
+				return
+			}
+			if hangs() {
+				asked.Add(1)
+				select {
+				case <-hang:
+				case <-r.Context().Done():
+				}
+				return
+			}
+			_, _ = fmt.Fprintf(w, `{"object":"list","data":[{"id":%q,"object":"model"}]}`, model)
+		}))
+		t.Cleanup(srv.Close)
+		return srv
+	}
+	up := serve("up-model", func() bool { return false })
+	flaky := serve("flaky-model", hung.Load)
+	never := serve("never-model", func() bool { return true })
+	t.Cleanup(func() { close(hang) })
+	gw, s := gatewayFromYAML(t, fmt.Sprintf("backends: [{url: %q}, {url: %q}]\n", up.URL, flaky.URL))
+	list := func() ([]string, time.Duration) {
+		start := time.Now()
+		resp, body := do(t, "GET", gw.URL+"/v1/models", "", nil)
+		took := time.Since(start)
+		s.next(t)
+		if resp.StatusCode != 200 {
+			t.Fatalf("%d %s", resp.StatusCode, body)
+		}
+		var l struct{ Data []struct{ ID string } }
+		if err := json.Unmarshal([]byte(body), &l); err != nil {
+			t.Fatalf("%v: %s", err, body)
+		}
+		var ids []string
+		for _, m := range l.Data {
+			ids = append(ids, m.ID)
+		}
+		return ids, took
+	}
+	want := []string{"flaky-model", "up-model"}
+	if got, _ := list(); !slices.Equal(got, want) {
+		t.Fatalf("list %v, want %v", got, want)
+	}
+	hung.Store(true)
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Go(func() {
+			got, took := list()
+			if !slices.Equal(got, want) || took >= listTimeout {
+				t.Errorf("with the backend hung: %v in %v, want %v before %v", got, took, want, listTimeout)
+			}
+		})
+	}
+	wg.Wait()
+	if n := asked.Load(); n != 1 {
+		t.Errorf("the hung backend was asked %d times by three lists at once, want once", n)
+	}
+
+	// A backend hung from the start has no list to show.
+	gw2, s2 := gatewayFromYAML(t, fmt.Sprintf("backends: [{url: %q}, {url: %q}]\n", up.URL, never.URL))
+	start := time.Now()
+	resp, body := do(t, "GET", gw2.URL+"/v1/models", "", nil)
+	s2.next(t)
+	if took := time.Since(start); resp.StatusCode != 200 || !strings.Contains(string(body), "up-model") || strings.Contains(string(body), "never-model") || took >= listTimeout {
+		t.Fatalf("with a backend that never answered: %d %s in %v", resp.StatusCode, body, took)
 	}
 }
