@@ -57,10 +57,26 @@ func (g *Gateway) luaError(x *exchange, hook string, err error) *apierr.Error {
 		return apierr.ClientClosed()
 	}
 	g.log.Error("lua hook failed", "request_id", x.requestID, "hook", hook, "err", err)
+	code, e := "lua_error", apierr.Internal("lua_error", "a gateway script ("+hook+") failed")
 	if errors.Is(err, hooks.ErrTimeout) {
-		return g.reject("lua_timeout", apierr.Internal("lua_timeout", "a gateway script ("+hook+") ran past its time limit"))
+		code, e = "lua_timeout", apierr.Internal("lua_timeout", "a gateway script ("+hook+") ran past its time limit")
 	}
-	return g.reject("lua_error", apierr.Internal("lua_error", "a gateway script ("+hook+") failed"))
+	g.countLuaError(hook, err)
+	if hook == hooks.HookResponse {
+		// The request was admitted and answered: its reply is what
+		// failed, not its admission.
+		return e
+	}
+	return g.reject(code, e)
+}
+
+// countLuaError counts a failed call of hook in llmproxy_lua_errors_total.
+func (g *Gateway) countLuaError(hook string, err error) {
+	reason := "error"
+	if errors.Is(err, hooks.ErrTimeout) {
+		reason = "timeout"
+	}
+	g.metrics.luaErrors.WithLabelValues(hook, reason).Inc()
 }
 
 // identityKey turns an on_auth identity into a key with the script's

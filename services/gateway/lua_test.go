@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -579,5 +580,67 @@ func TestOnResponseLeavesStreamsWithoutContentType(t *testing.T) {
 	resp, _ = do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1"}`, map[string]string{"Authorization": "Bearer " + testKey, "X-Want": "json"})
 	if ev := s.next(t); resp.Header.Get("X-Seen-By-Script") != "1" || ev.Usage.CompletionTokens != 1 {
 		t.Fatalf("json: script header %q, event %+v", resp.Header.Get("X-Seen-By-Script"), ev.Usage)
+	}
+}
+
+// TestLuaErrorsAreCountedByHook: every failed hook call is counted in
+// llmproxy_lua_errors_total by hook and reason; a failed on_response, whose
+// request was admitted and answered, is not an admission rejection.
+func TestLuaErrorsAreCountedByHook(t *testing.T) {
+	got := make(chan map[string]any, 10)
+	a := recordingBackend(t, "a", got)
+	script := filepath.Join(t.TempDir(), "fail.lua")
+	src := `function on_request(req)
+  if req.headers:get("X-Fail") == "request" then error("request") end
+  if req.headers:get("X-Fail") == "loop" then while true do end end
+  return nil
+end
+function on_response(req, resp)
+  if req.headers:get("X-Fail") == "response" then error("response") end
+  return nil
+end
+function on_complete(ev)
+  if ev.model == "fail-complete" then error("complete") end
+end
+`
+	if err := os.WriteFile(script, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := parseConfig(t, fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q}]\nlua: {scripts: [%q], timeout: 200ms}\n", a.URL, testKey, script))
+	reg := prometheus.NewRegistry()
+	gw, s := serveOptions(t, Options{Config: cfg, Registerer: reg})
+	for _, tc := range []struct {
+		fail, model string
+		status      int
+	}{
+		{"request", "m", 500},
+		{"loop", "m", 500},
+		{"response", "m", 500},
+		{"", "fail-complete", 200},
+	} {
+		hdr := withKey()
+		if tc.fail != "" {
+			hdr["X-Fail"] = tc.fail
+		}
+		resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"`+tc.model+`"}`, hdr)
+		if resp.StatusCode != tc.status {
+			t.Fatalf("X-Fail %q model %s: %d %s, want %d", tc.fail, tc.model, resp.StatusCode, body, tc.status)
+		}
+		s.next(t)
+		if tc.fail == "response" || tc.fail == "" {
+			<-got
+		}
+	}
+	for _, c := range []struct{ hook, reason string }{
+		{"on_request", "error"}, {"on_request", "timeout"}, {"on_response", "error"}, {"on_complete", "error"},
+	} {
+		if n := counted(t, reg, "llmproxy_lua_errors_total", map[string]string{"hook": c.hook, "reason": c.reason}); n != 1 {
+			t.Errorf("llmproxy_lua_errors_total{hook=%q,reason=%q} = %v, want 1", c.hook, c.reason, n)
+		}
+	}
+	for reason, want := range map[string]float64{"lua_error": 1, "lua_timeout": 1} {
+		if n := counted(t, reg, "llmproxy_admission_rejections_total", map[string]string{"reason": reason}); n != want {
+			t.Errorf("llmproxy_admission_rejections_total{reason=%q} = %v, want %v (on_response's failure is no rejection)", reason, n, want)
+		}
 	}
 }

@@ -12,6 +12,7 @@ type metrics struct {
 	ttft       prometheus.Histogram
 	tokens     *prometheus.CounterVec
 	rejections *prometheus.CounterVec
+	luaErrors  *prometheus.CounterVec
 	prompt     prometheus.Counter
 	completion prometheus.Counter
 	recovered  prometheus.Counter
@@ -41,6 +42,10 @@ func newMetrics(reg prometheus.Registerer, inflight func() int64) *metrics {
 			Name: "llmproxy_admission_rejections_total",
 			Help: "Requests refused before reaching a backend, by reason.",
 		}, []string{"reason"}),
+		luaErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "llmproxy_lua_errors_total",
+			Help: "Lua hook calls that failed, by hook (on_auth, on_request, on_route, on_response, on_complete) and reason (error, timeout).",
+		}, []string{"hook", "reason"}),
 		recovered: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "llmproxy_streams_recovered_total",
 			Help: "Streams a previous process on this data directory left unfinished (it was killed mid-stream), whose events were published from the in-flight journal at start.",
@@ -52,6 +57,6 @@ func newMetrics(reg prometheus.Registerer, inflight func() int64) *metrics {
 		Name: "llmproxy_inflight_requests",
 		Help: "Requests being served right now.",
 	}, func() float64 { return float64(inflight()) })
-	reg.MustRegister(m.requests, m.latency, m.ttft, m.tokens, m.rejections, m.recovered, inflightGauge)
+	reg.MustRegister(m.requests, m.latency, m.ttft, m.tokens, m.rejections, m.luaErrors, m.recovered, inflightGauge)
 	return m
 }

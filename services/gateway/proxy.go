@@ -376,6 +376,7 @@ func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
 				// (the parse error names no secret: no body bytes).
 				g.log.Error("lua hook failed", "request_id", x.requestID, "hook", hooks.HookRequest,
 					"err", "the body it set is not a request the gateway can read: "+err.Error())
+				g.metrics.luaErrors.WithLabelValues(hooks.HookRequest, "error").Inc()
 				return g.reject("lua_error", apierr.Internal("lua_error", "on_request produced a body that is not valid JSON"))
 			}
 			// A script that copied the key into the body (from the
@@ -1603,6 +1604,7 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 	}
 	if lua := x.rt.lua; lua != nil && lua.Has(hooks.HookComplete) {
 		if err := lua.OnComplete(context.WithoutCancel(ctx), ev); err != nil {
+			g.countLuaError(hooks.HookComplete, err)
 			g.log.Warn("on_complete failed; the event is published without its request body and captured response", "request_id", x.requestID, "err", err)
 		}
 		scrubEventSecret(ev, x.secret)
