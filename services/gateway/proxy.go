@@ -1562,10 +1562,11 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 		if x.errMsg == "" {
 			x.errMsg = "backend_error"
 		}
-	} else if x.delivered && x.body != nil && (!res.Found || !res.PromptKnown || x.errMsg == "client_closed_request" || x.errMsg == "client_send_timeout" || x.errMsg == "server_shutdown") {
+	} else if x.delivered && x.body != nil && x.path != "/api/show" && (!res.Found || !res.PromptKnown || x.errMsg == "client_closed_request" || x.errMsg == "client_send_timeout" || x.errMsg == "server_shutdown") {
 		// No usage from the backend, or the client left: count what was
-		// delivered ourselves. (A GET, Ollama's model list, has no
-		// prompt and generates nothing: there is nothing to count.)
+		// delivered ourselves. (A GET, Ollama's model list, and
+		// /api/show, a model's details, have no prompt and generate
+		// nothing: there is nothing to count.)
 		x.source = events.UsageSourceEstimated
 		if res.CountRejected && x.upstream != nil {
 			// A misbehaving engine does this on every reply: the
@@ -1640,8 +1641,9 @@ func (g *Gateway) observe(x *exchange) {
 	g.metrics.requests.WithLabelValues(x.path, strconv.FormatBool(x.streams() || x.streamed), backend, strconv.Itoa(x.status)).Inc()
 	g.metrics.latency.Observe(float64(x.latency.Microseconds()) / 1000)
 	// Only a reply that served the request is a sample: an engine's fast
-	// refusal would pull the percentiles down while clients are refused.
-	if x.ttft > 0 && x.status >= 200 && x.status < 300 {
+	// refusal would pull the percentiles down while clients are refused,
+	// and so would a model's details (/api/show), which generate nothing.
+	if x.ttft > 0 && x.status >= 200 && x.status < 300 && x.path != "/api/show" {
 		g.metrics.ttft.Observe(float64(x.ttft.Microseconds()) / 1000)
 	}
 	if res.PromptTokens > 0 {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/llmproxy/llmproxy/pkg/events"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // TestTagsListOnlyTheKeysModels: Ollama's GET /api/tags, asked with a key
@@ -158,8 +159,8 @@ func TestOllamaToolEndpoints(t *testing.T) {
 	key := map[string]string{"Authorization": "Bearer " + limited}
 	// A quota of one token: /api/show reserves nothing, so it is let in.
 	resp, body := do(t, "POST", gw.URL+"/api/show", `{"model":"llama3:latest"}`, key)
-	if ev := s.next(t); resp.StatusCode != 200 || !strings.Contains(string(body), `"served_by":"llama3:latest"`) || ev.Usage.TotalTokens != 0 {
-		t.Fatalf("show: %d %s, event usage %+v", resp.StatusCode, body, ev.Usage)
+	if ev := s.next(t); resp.StatusCode != 200 || !strings.Contains(string(body), `"served_by":"llama3:latest"`) || ev.Usage.TotalTokens != 0 || ev.UsageSource != events.UsageSourceBackend {
+		t.Fatalf("show: %d %s, event usage %+v (%s), want none, not estimated", resp.StatusCode, body, ev.Usage, ev.UsageSource)
 	}
 	// Ollama's older field, "name", names the model too; without either,
 	// Ollama's 400.
@@ -315,5 +316,33 @@ func TestListsDoNotWaitForAHungBackend(t *testing.T) {
 	s2.next(t)
 	if took := time.Since(start); resp.StatusCode != 200 || !strings.Contains(string(body), "up-model") || strings.Contains(string(body), "never-model") || took >= listTimeout {
 		t.Fatalf("with a backend that never answered: %d %s in %v", resp.StatusCode, body, took)
+	}
+}
+
+// TestShowIsNoTTFTSample: a model's details (/api/show) are not a sample of
+// llmproxy_ttft_ms, which times the first tokens of replies; a chat is.
+func TestShowIsNoTTFTSample(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if r.URL.Path == "/api/show" {
+			_, _ = io.WriteString(w, `{"details":{"family":"llama"}}`)
+			return
+		}
+		_, _ = io.WriteString(w, `{"model":"llama3","message":{"role":"assistant","content":"hi"},"done":true,"prompt_eval_count":3,"eval_count":1}`)
+	}))
+	defer backend.Close()
+	cfg := parseConfig(t, fmt.Sprintf("backends: [{url: %q}]\n", backend.URL))
+	reg := prometheus.NewRegistry()
+	gw, s := serveOptions(t, Options{Config: cfg, Registerer: reg})
+	for _, path := range []string{"/api/show", "/api/show", "/api/chat"} {
+		resp, body := do(t, "POST", gw.URL+path, `{"model":"llama3","stream":false}`, nil)
+		s.next(t)
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: %d %s", path, resp.StatusCode, body)
+		}
+	}
+	h := gathered(t, reg, "llmproxy_ttft_ms", nil)
+	if len(h) != 1 || h[0].GetHistogram().GetSampleCount() != 1 {
+		t.Fatalf("llmproxy_ttft_ms: %v, want the chat's sample alone", h)
 	}
 }
