@@ -390,9 +390,9 @@ func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
 	if x.path == "/api/show" && x.info.Model == "" {
 		// Ollama's show takes the model as "name" too (its older field),
 		// and answers 400 without either.
-		name, ok := showName(x.body)
-		if !ok {
-			return g.reject("ambiguous_field", apierr.BadRequest("ambiguous_field", (&usage.AmbiguousFieldError{Field: "name"}).Error()))
+		name, e := showName(x.body)
+		if e != nil {
+			return g.reject(e.Code, e)
 		}
 		if x.info.Model = name; name == "" {
 			return g.reject("model_required", apierr.BadRequest("model_required", "model is required"))
@@ -984,33 +984,38 @@ func (g *Gateway) relayTry(ctx context.Context, r *http.Request, w http.Response
 // showName returns the "name" of an /api/show body (a JSON object), read
 // under every spelling an engine may match (Go's JSON takes any case and
 // keeps the last, others match exactly): false when two of them differ,
-// as the request's "model" is refused then.
-func showName(body []byte) (string, bool) {
+// as the request's "model" is refused then (400 ambiguous_field), or a
+// 400 invalid_type when one is not a string.
+func showName(body []byte) (string, *apierr.Error) {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
-		return "", true
+		return "", nil
 	}
 	var name string
 	seen := false
 	for dec.More() {
 		t, err := dec.Token()
 		if err != nil {
-			return name, true
+			return name, nil
 		}
 		var v json.RawMessage
 		if err := dec.Decode(&v); err != nil {
-			return name, true
+			return name, nil
 		}
 		if k, _ := t.(string); strings.EqualFold(k, "name") {
 			var s string
-			_ = json.Unmarshal(v, &s)
+			var te *json.UnmarshalTypeError
+			if err := json.Unmarshal(v, &s); errors.As(err, &te) {
+				te.Field = k
+				return "", typeMismatch(te, "")
+			}
 			if seen && s != name {
-				return "", false
+				return "", apierr.BadRequest("ambiguous_field", (&usage.AmbiguousFieldError{Field: "name"}).Error())
 			}
 			name, seen = s, true
 		}
 	}
-	return name, true
+	return name, nil
 }
 
 // replyFormat is resp's wire format: by its content type, or, without a

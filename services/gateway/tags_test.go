@@ -174,6 +174,11 @@ func TestOllamaToolEndpoints(t *testing.T) {
 	if s.next(t); resp.StatusCode != 400 || !strings.Contains(string(body), `"code":"ambiguous_field"`) {
 		t.Fatalf("show with two names: %d %s", resp.StatusCode, body)
 	}
+	// A name that is no string: Ollama's own 400, not "model is required".
+	resp, body = do(t, "POST", gw.URL+"/api/show", `{"name":5}`, key)
+	if s.next(t); resp.StatusCode != 400 || !strings.Contains(string(body), `"code":"invalid_type"`) || !strings.Contains(string(body), `'name'`) {
+		t.Fatalf("show with a number for its name: %d %s", resp.StatusCode, body)
+	}
 	resp, body = do(t, "POST", gw.URL+"/api/show", `{}`, key)
 	if s.next(t); resp.StatusCode != 400 || !strings.Contains(string(body), `"error":"model is required"`) {
 		t.Fatalf("show of nothing: %d %s", resp.StatusCode, body)
