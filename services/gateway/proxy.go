@@ -855,6 +855,10 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 	if x.route != "" {
 		if u := rt.pool.ByName(x.route); u != nil {
 			fallbacks = []*balancer.Upstream{u}
+			if !u.Serves(x.info.Model) {
+				g.log.Warn("on_route named a backend that does not serve the request's model; routed by the strategy",
+					"request_id", x.requestID, "backend", x.route, "model", x.info.Model)
+			}
 		} else {
 			g.log.Warn("on_route named an unknown backend", "request_id", x.requestID, "backend", x.route)
 		}

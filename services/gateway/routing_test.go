@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -483,4 +485,42 @@ func failingBackend(t *testing.T, fail string) (string, *atomic.Int64) {
 		}
 	}()
 	return "http://" + ln.Addr().String(), &n
+}
+
+// TestRouteToABackendWithoutTheModel: on_route naming a backend that does
+// not serve the request's model is a script's mistake: the request goes by
+// the strategy, and a WARN names the backend and the model.
+func TestRouteToABackendWithoutTheModel(t *testing.T) {
+	small, smallHits := countingBackend(t, http.StatusOK, `{"from":"small"}`)
+	big, _ := countingBackend(t, http.StatusOK, `{"from":"big"}`)
+	script := filepath.Join(t.TempDir(), "route.lua")
+	if err := os.WriteFile(script, []byte("function on_route(req)\n  return \"small\"\nend\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := parseConfig(t, fmt.Sprintf(`
+backends:
+  - {url: %q, name: small, models: [small-model]}
+  - {url: %q, name: big, models: [big-model]}
+lua: {scripts: [%q]}
+api_keys: [{key: %q}]
+`, small.URL, big.URL, script, testKey))
+	lines := make(chan map[string]string, 100)
+	gw, _ := serveOptions(t, Options{Config: cfg, Logger: slog.New(recordHandler{out: lines})})
+	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"big-model"}`, withKey())
+	if resp.StatusCode != 200 || string(body) != `{"from":"big"}` || smallHits.Load() != 0 {
+		t.Fatalf("%d %s (small asked %d times), want big's answer", resp.StatusCode, body, smallHits.Load())
+	}
+	for {
+		select {
+		case l := <-lines:
+			if strings.HasPrefix(l["msg"], "on_route named a backend that does not serve") {
+				if l["backend"] != "small" || l["model"] != "big-model" {
+					t.Fatalf("warning %v", l)
+				}
+				return
+			}
+		default:
+			t.Fatal("no warning for a route to a backend without the model")
+		}
+	}
 }
