@@ -70,6 +70,7 @@ func TestModelAlias(t *testing.T) {
 		want      string
 		unchanged bool
 		alias     string
+		path      string
 	}{
 		{name: "alias and default max_tokens", body: `{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}`,
 			want: `{"model":"qwen2.5-72b","max_tokens":512,"messages":[{"role":"user","content":"hi"}]}`, alias: "gpt-4o"},
@@ -81,10 +82,20 @@ func TestModelAlias(t *testing.T) {
 			want: `{"model":"llama3","max_tokens":10}`, unchanged: true},
 		{name: "empty arrays and nulls survive", body: `{"model":"gpt-4o","tools":[],"stop":null,"max_tokens":1}`,
 			want: `{"model":"qwen2.5-72b","tools":[],"stop":null,"max_tokens":1}`, alias: "gpt-4o"},
+		{name: "completions get the default", path: "/v1/completions", body: `{"model":"llama3","prompt":"x"}`,
+			want: `{"model":"llama3","prompt":"x","max_tokens":512}`},
+		{name: "embeddings do not", path: "/v1/embeddings", body: `{"model":"llama3","input":"x"}`,
+			want: `{"model":"llama3","input":"x"}`, unchanged: true},
+		{name: "nor a model's details", path: "/api/show", body: `{"model":"gpt-4o"}`,
+			want: `{"model":"qwen2.5-72b"}`, alias: "gpt-4o"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			r := &Request{Method: "POST", Path: "/v1/chat/completions", Headers: http.Header{}, Body: []byte(tc.body)}
+			path := tc.path
+			if path == "" {
+				path = "/v1/chat/completions"
+			}
+			r := &Request{Method: "POST", Path: path, Headers: http.Header{}, Body: []byte(tc.body)}
 			rej, err := e.OnRequest(context.Background(), r)
 			if err != nil || rej != nil {
 				t.Fatalf("OnRequest = %v, %v", rej, err)
