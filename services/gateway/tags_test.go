@@ -346,6 +346,10 @@ func TestShowIsNoTTFTSample(t *testing.T) {
 			t.Fatalf("%s: %d %s", path, resp.StatusCode, body)
 		}
 	}
+	// The metrics are counted once the reply has gone out, after its event.
+	for deadline := time.Now().Add(5 * time.Second); counted(t, reg, "llmproxy_requests_total", nil) < 3 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
 	h := gathered(t, reg, "llmproxy_ttft_ms", nil)
 	if len(h) != 1 || h[0].GetHistogram().GetSampleCount() != 1 {
 		t.Fatalf("llmproxy_ttft_ms: %v, want the chat's sample alone", h)
