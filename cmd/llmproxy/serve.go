@@ -605,6 +605,7 @@ func endpointsOf(cfg *config.Config) []notifier.Endpoint {
 			Name: w.Name, URL: w.URL, Secret: w.Secret,
 			Timeout: w.Timeout.D(), MaxAttempts: w.MaxAttempts, MaxAge: w.MaxAge.D(),
 			BackoffMax: w.BackoffMax.D(), LegacyName: w.LegacyName,
+			Unauthenticated: w.Unauthenticated,
 		})
 	}
 	return out

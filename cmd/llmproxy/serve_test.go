@@ -93,12 +93,12 @@ func TestServeHealthListeners(t *testing.T) {
 // TestEndpointsOfKeepsLegacyName: the notifier gets the name a defaulted
 // webhook had before, so that it takes over that name's consumer.
 func TestEndpointsOfKeepsLegacyName(t *testing.T) {
-	cfg, err := config.Parse([]byte("backends: [{url: http://127.0.0.1:9}]\nwebhooks: [{url: https://hooks.example.com/t0k3n}]\n"), "c.yaml")
+	cfg, err := config.Parse([]byte("backends: [{url: http://127.0.0.1:9}]\nwebhooks: [{url: https://hooks.example.com/t0k3n, unauthenticated: true}]\n"), "c.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
 	eps := endpointsOf(cfg)
-	if len(eps) != 1 || eps[0].Name != cfg.Webhooks[0].Name || eps[0].LegacyName != "hooks-example-com-t0k3n" {
+	if len(eps) != 1 || eps[0].Name != cfg.Webhooks[0].Name || eps[0].LegacyName != "hooks-example-com-t0k3n" || !eps[0].Unauthenticated {
 		t.Errorf("endpoints %+v", eps)
 	}
 }

@@ -156,6 +156,8 @@ type UsageHook struct {
 	// (default 2). Endpoints turns it into Webhook.MaxAttempts = Retry+1.
 	Retry  int    `yaml:"retry"`
 	Secret string `yaml:"secret"`
+	// Unauthenticated: see Webhook.Unauthenticated.
+	Unauthenticated bool `yaml:"unauthenticated"`
 }
 
 // IsEnabled reports whether the usage hook delivers.
@@ -181,6 +183,11 @@ type Webhook struct {
 	// 1s·2^(n-1))]. A low cap brings the backlog to a receiver soon after
 	// an outage that did not answer with Retry-After.
 	BackoffMax Duration `yaml:"backoff_max"`
+	// Unauthenticated, when true, sends this endpoint the events of
+	// requests refused without a valid key (key_id "unauthenticated")
+	// too; by default they are not sent: anyone can make them, as fast
+	// as the gateway refuses.
+	Unauthenticated bool `yaml:"unauthenticated"`
 	// LegacyName is set, not read from the file, when Name was defaulted:
 	// it is the name the URL's host and path gave before, so that the
 	// notifier can take over that name's consumer instead of delivering

@@ -23,6 +23,8 @@ func (c *Config) Endpoints() []Webhook {
 			MaxAttempts: max(u.Retry, 0) + 1,
 			MaxAge:      Duration(24 * time.Hour),
 			BackoffMax:  Duration(5 * time.Minute),
+
+			Unauthenticated: u.Unauthenticated,
 		})
 	}
 	return out

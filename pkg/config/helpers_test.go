@@ -43,6 +43,7 @@ func TestEndpointsAndWebhookDefaults(t *testing.T) {
   - url: https://audit.example.com/
     name: audit
     max_attempts: 3
+    unauthenticated: true
 usage_hook:
   url: https://h.example.com/u
 `
@@ -65,7 +66,7 @@ usage_hook:
 	if w.Timeout.D() != 5*time.Second || w.MaxAttempts != 10 || w.MaxAge.D() != 24*time.Hour {
 		t.Errorf("webhook defaults %+v", w)
 	}
-	if eps[2].MaxAttempts != 3 {
+	if eps[2].MaxAttempts != 3 || !eps[2].Unauthenticated || eps[0].Unauthenticated || eps[3].Unauthenticated {
 		t.Errorf("audit %+v", eps[2])
 	}
 	u := eps[3]

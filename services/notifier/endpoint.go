@@ -23,7 +23,8 @@ const (
 //
 //	notifier.Endpoint{Name: w.Name, URL: w.URL, Secret: w.Secret,
 //		Timeout: w.Timeout.D(), MaxAttempts: w.MaxAttempts, MaxAge: w.MaxAge.D(),
-//		BackoffMax: w.BackoffMax.D(), LegacyName: w.LegacyName}
+//		BackoffMax: w.BackoffMax.D(), LegacyName: w.LegacyName,
+//		Unauthenticated: w.Unauthenticated}
 //
 // and onto config.UsageHook, whose Retry is MaxAttempts (it has no name:
 // give it one, e.g. "usage_hook").
@@ -53,6 +54,11 @@ type Endpoint struct {
 	// is deleted. It may hold a secret and is never logged. It is ignored
 	// when its durable name is that of an endpoint's consumer.
 	LegacyName string
+	// Unauthenticated, when true, delivers the events of requests refused
+	// without a valid key (key_id "unauthenticated") too. By default they
+	// are acknowledged unsent and counted in llmproxy_webhook_skipped_total:
+	// any client can make them, as fast as the gateway refuses it.
+	Unauthenticated bool
 }
 
 func (e Endpoint) withDefaults() Endpoint {

@@ -8,12 +8,18 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/llmproxy/llmproxy/pkg/events"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
+// unauthenticatedSubject is the subject of the events of requests refused
+// without a valid key.
+var unauthenticatedSubject = events.Subject(events.UnauthenticatedKeyID)
+
 // message is the part of jetstream.Msg the handler uses.
 type message interface {
+	Subject() string
 	Data() []byte
 	Headers() nats.Header
 	Metadata() (*jetstream.MsgMetadata, error)
@@ -53,6 +59,13 @@ func (h *handler) handle(ctx context.Context, msg message) {
 		return
 	}
 	id := eventID(msg.Headers(), body, meta)
+	if !h.ep.Unauthenticated && msg.Subject() == unauthenticatedSubject {
+		if err := msg.Ack(); err != nil {
+			h.log.Warn("webhook: ack failed; the event may be skipped again", "endpoint", h.ep.Name, "event_id", id, "err", err)
+		}
+		h.metrics.skipped.WithLabelValues(h.ep.Name).Inc()
+		return
+	}
 	now := h.opts.Clock.Now()
 	// NumDelivered also counts deliveries that were no attempt (see
 	// AttemptsBucket): the attempts made are those written down. A first

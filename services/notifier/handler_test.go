@@ -17,6 +17,7 @@ import (
 
 // fakeMsg is a JetStream message without a broker.
 type fakeMsg struct {
+	subject  string
 	body     []byte
 	header   nats.Header
 	meta     jetstream.MsgMetadata
@@ -27,6 +28,7 @@ type fakeMsg struct {
 	ackErr   error
 }
 
+func (m *fakeMsg) Subject() string                           { return m.subject }
 func (m *fakeMsg) Data() []byte                              { return m.body }
 func (m *fakeMsg) Headers() nats.Header                      { return m.header }
 func (m *fakeMsg) Metadata() (*jetstream.MsgMetadata, error) { return &m.meta, nil }

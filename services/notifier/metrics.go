@@ -23,6 +23,7 @@ type metrics struct {
 	success    prometheus.Counter
 	failure    prometheus.Counter
 	deliveries *prometheus.CounterVec
+	skipped    *prometheus.CounterVec
 	retries    *prometheus.CounterVec
 	dlq        *prometheus.CounterVec
 	seconds    *prometheus.HistogramVec
@@ -43,6 +44,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "llmproxy_webhook_deliveries_total",
 			Help: "Webhook delivery attempts by endpoint and outcome (success, retry, dead_letter, dlq_error).",
 		}, []string{"endpoint", "outcome"}),
+		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "llmproxy_webhook_skipped_total",
+			Help: "Events not sent to an endpoint, by endpoint: those of requests refused without a valid key (key_id unauthenticated), to endpoints without unauthenticated: true.",
+		}, []string{"endpoint"}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "llmproxy_webhook_retries_total",
 			Help: "Webhook delivery attempts that failed and were scheduled for another attempt.",
@@ -70,6 +75,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.success = register(reg, m.success, &err)
 	m.failure = register(reg, m.failure, &err)
 	m.deliveries = register(reg, m.deliveries, &err)
+	m.skipped = register(reg, m.skipped, &err)
 	m.retries = register(reg, m.retries, &err)
 	m.dlq = register(reg, m.dlq, &err)
 	m.seconds = register(reg, m.seconds, &err)

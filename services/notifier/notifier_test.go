@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
@@ -637,5 +638,51 @@ func TestDeadLetterStoredLaterWithoutPostingAgain(t *testing.T) {
 	}
 	if info := attemptsStreamInfo(t, js); info.State.Msgs != 0 {
 		t.Errorf("attempt records left after the dead letter was stored: %d", info.State.Msgs)
+	}
+}
+
+// TestUnauthenticatedEventsSentOnlyToEndpointsThatAsk: the events of
+// requests refused without a valid key, which any client can make as fast
+// as the gateway refuses it, go only to an endpoint with Unauthenticated
+// set; the others acknowledge them unsent and count them.
+func TestUnauthenticatedEventsSentOnlyToEndpointsThatAsk(t *testing.T) {
+	t.Parallel()
+	js := eventstest.JetStream(t)
+	billing, audit := newReceiver(t, nil), newReceiver(t, nil)
+	reg := prometheus.NewRegistry()
+	opts := testOptions()
+	opts.Registerer = reg
+	runNotifier(t, js, []Endpoint{
+		{Name: "billing", URL: billing.srv.URL},
+		{Name: "audit", URL: audit.srv.URL, Unauthenticated: true},
+	}, opts)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i := range 3 {
+		e := events.RequestCompleted{RequestID: fmt.Sprintf("refused-%d", i), KeyID: events.UnauthenticatedKeyID,
+			Endpoint: "/v1/chat/completions", Timestamp: time.Now().UTC(), StatusCode: 401, Error: "invalid_api_key"}
+		body, err := e.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := js.Publish(ctx, events.Subject(e.KeyID), body, jetstream.WithMsgID(e.RequestID)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sent := publish(t, js, "served", 2)
+	waitFor(t, 10*time.Second, "the audit endpoint's 5 deliveries", func() bool { return len(audit.delivered()) == 5 })
+	waitFor(t, 10*time.Second, "the billing endpoint's consumer to settle", func() bool { return settled(t, js, "billing") })
+	got := billing.delivered()
+	if len(got) != len(sent) {
+		t.Fatalf("billing got %v, want the served requests' %d events alone", got, len(sent))
+	}
+	for id := range got {
+		if _, ok := sent[id]; !ok {
+			t.Errorf("billing got %s", id)
+		}
+	}
+	waitMetric(t, reg, 3, "llmproxy_webhook_skipped_total", "endpoint", "billing")
+	if n := metricValue(t, reg, "llmproxy_webhook_skipped_total", "endpoint", "audit"); n != 0 {
+		t.Errorf("audit skipped %v events", n)
 	}
 }
