@@ -449,7 +449,13 @@ func (g *Gateway) authenticate(r *http.Request, x *exchange, luaAuth bool) *apie
 		return g.reject("missing_key", apierr.Unauthorized("no API key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'"))
 	}
 	x.masked = auth.Mask(secret)
-	key, err := x.rt.keys.LookupHash(r.Context(), auth.HashSecret(secret))
+	var key *auth.Key
+	var err error
+	if cs, ok := x.rt.keys.(auth.ClientStore); ok {
+		key, err = cs.LookupHashFrom(r.Context(), auth.HashSecret(secret), x.clientIP)
+	} else {
+		key, err = x.rt.keys.LookupHash(r.Context(), auth.HashSecret(secret))
+	}
 	if err != nil {
 		if errors.Is(err, auth.ErrUnknownKey) {
 			return g.reject("invalid_key", apierr.Unauthorized("invalid API key "+x.masked))

@@ -19,6 +19,13 @@ type Store interface {
 	LookupHash(ctx context.Context, hash string) (*Key, error)
 }
 
+// ClientStore is a Store whose look-ups of keys it has not read are
+// budgeted per client (RedisStore).
+type ClientStore interface {
+	Store
+	LookupHashFrom(ctx context.Context, hash string, client netip.Addr) (*Key, error)
+}
+
 // FileStore holds the keys of the config file's api_keys list. It is
 // immutable after NewFileStore and safe for concurrent use.
 type FileStore struct {

@@ -1,6 +1,8 @@
 package auth
 
 import (
+	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -49,4 +51,56 @@ func (b *lookupBudget) take(now time.Time) (time.Duration, bool) {
 			return 0, true
 		}
 	}
+}
+
+// clientShare: one client may spend 1/clientShare of the look-up budget's
+// rate and burst, so that a flood of made-up keys from one client (an IPv4
+// address, an IPv6 /64) leaves the rest of it to the new keys of others.
+const clientShare = 4
+
+// maxClients is how many clients' budgets are kept in each of two
+// generations; a client not seen for two of them starts afresh.
+const maxClients = 10000
+
+// clientBudgets are the look-up budgets of single clients: each a
+// lookupBudget of 1/clientShare of the whole's rate and burst (at least one
+// read). It is safe for concurrent use.
+type clientBudgets struct {
+	interval, tau int64
+
+	mu       sync.Mutex
+	cur, old map[netip.Prefix]*lookupBudget
+}
+
+func newClientBudgets(g ledger.GlobalLimit) *clientBudgets {
+	interval, burst := g.Emission()
+	interval *= clientShare
+	burst = max(burst/clientShare, 1)
+	return &clientBudgets{interval: int64(interval), tau: int64(interval) * burst, cur: map[netip.Prefix]*lookupBudget{}}
+}
+
+// take spends one read of client's budget at now, or reports how long until
+// one fits. A client without an address has no budget of its own.
+func (c *clientBudgets) take(client netip.Addr, now time.Time) (time.Duration, bool) {
+	if !client.IsValid() {
+		return 0, true
+	}
+	bits := 64
+	if client = client.Unmap(); client.Is4() {
+		bits = 32
+	}
+	p, _ := client.Prefix(bits)
+	c.mu.Lock()
+	b := c.cur[p]
+	if b == nil {
+		if b = c.old[p]; b == nil {
+			b = &lookupBudget{interval: c.interval, tau: c.tau}
+		}
+		if len(c.cur) >= maxClients {
+			c.old, c.cur = c.cur, make(map[netip.Prefix]*lookupBudget, maxClients)
+		}
+		c.cur[p] = b
+	}
+	c.mu.Unlock()
+	return b.take(now)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -55,9 +56,11 @@ type RedisStore struct {
 
 	maxKnown, maxUnknown int
 
-	// lookups bounds the Redis reads of secrets not in known; nil
-	// without a global rate limit.
+	// lookups bounds the Redis reads of secrets not in known, and
+	// clients each client's share of them; nil without a global rate
+	// limit.
 	lookups *lookupBudget
+	clients *clientBudgets
 }
 
 type cached struct {
@@ -79,18 +82,28 @@ func NewRedisStore(rdb redis.UniversalClient, prefix string, cfg *config.Config,
 	}
 	if g := cfg.RateLimit.Global; cfg.RateLimitEnabled() && g.IsEnabled() {
 		s.lookups = newLookupBudget(ledger.GlobalLimit{RPS: g.RequestsPerSecond, Burst: g.BurstSize})
+		s.clients = newClientBudgets(ledger.GlobalLimit{RPS: g.RequestsPerSecond, Burst: g.BurstSize})
 	}
 	return s
 }
 
-// LookupHash returns the key whose secret hashes to hash, or ErrUnknownKey.
-// With a global rate limit, a secret that is not a key this store has read
-// (a new key, or a made-up one once its cached answer has expired) is read
-// from Redis only within that rate, with its burst; beyond it LookupHash
-// returns a *LookupsLimitedError. A key in use is re-read when its entry
-// expires whatever the rate, so a flood of made-up keys does not lock out
-// the keys in use.
+// LookupHash returns the key whose secret hashes to hash, or ErrUnknownKey,
+// as LookupHashFrom does for a client it does not know.
 func (s *RedisStore) LookupHash(ctx context.Context, hash string) (*Key, error) {
+	return s.LookupHashFrom(ctx, hash, netip.Addr{})
+}
+
+// LookupHashFrom returns the key whose secret hashes to hash, or
+// ErrUnknownKey, for a request from client. With a global rate limit, a
+// secret that is not a key this store has read (a new key, or a made-up one
+// once its cached answer has expired) is read from Redis only within that
+// rate, with its burst, and within a quarter of them for one client (an
+// IPv4 address, an IPv6 /64); beyond either it returns a
+// *LookupsLimitedError. A key in use is re-read when its entry expires
+// whatever the rate, so a flood of made-up keys does not lock out the keys
+// in use, and one client's flood leaves most of the budget to the others'
+// new keys.
+func (s *RedisStore) LookupHashFrom(ctx context.Context, hash string, client netip.Addr) (*Key, error) {
 	now := s.now()
 	s.mu.RLock()
 	c, known := s.known[hash]
@@ -103,6 +116,9 @@ func (s *RedisStore) LookupHash(ctx context.Context, hash string) (*Key, error) 
 			return nil, ErrUnknownKey
 		}
 		if s.lookups != nil {
+			if wait, ok := s.clients.take(client, now); !ok {
+				return nil, &LookupsLimitedError{RetryAfter: wait}
+			}
 			if wait, ok := s.lookups.take(now); !ok {
 				return nil, &LookupsLimitedError{RetryAfter: wait}
 			}

@@ -262,3 +262,41 @@ func BenchmarkRedisStoreHit(b *testing.B) {
 		}
 	})
 }
+
+// TestRedisStoreLookupsShareOutAmongClients: one client (an IPv4 address,
+// an IPv6 /64) may spend a quarter of the look-up budget: its flood of
+// made-up keys leaves the rest to another client's new key.
+func TestRedisStoreLookupsShareOutAmongClients(t *testing.T) {
+	ctx := context.Background()
+	rdb, prefix := redistest.New(t, "auth")
+	cfg := &config.Config{RateLimit: config.RateLimit{Global: config.GlobalLimit{RequestsPerSecond: 8, BurstSize: 8}}}
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	s := NewRedisStore(rdb, prefix, cfg, 5*time.Second)
+	s.now = func() time.Time { return now }
+	flooder := netip.MustParseAddr("2001:db8::1")
+	var limited *LookupsLimitedError
+	for i := range 20 {
+		// The flooder's /64: one client, whatever address it takes.
+		from := netip.MustParseAddr(fmt.Sprintf("2001:db8::%x", i+1))
+		_, err := s.LookupHashFrom(ctx, HashSecret(fmt.Sprintf("sk-made-up-%d", i)), from)
+		switch {
+		case i < 2 && !errors.Is(err, ErrUnknownKey):
+			t.Fatalf("made-up key %d within the client's share: %v, want ErrUnknownKey", i, err)
+		case i >= 2 && !errors.As(err, &limited):
+			t.Fatalf("made-up key %d beyond the client's share: %v, want a LookupsLimitedError", i, err)
+		}
+	}
+	if limited.RetryAfter != 500*time.Millisecond {
+		t.Fatalf("RetryAfter = %s, want 500ms (the client's share: 2 reads a second)", limited.RetryAfter)
+	}
+	secret, _, err := keys.Create(ctx, rdb, prefix, keys.Spec{Name: "new"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.LookupHashFrom(ctx, HashSecret(secret), flooder); !errors.As(err, &limited) {
+		t.Fatalf("a new key from the flooding client: %v, want a LookupsLimitedError", err)
+	}
+	if k, err := s.LookupHashFrom(ctx, HashSecret(secret), netip.MustParseAddr("192.0.2.7")); err != nil || k.Name != "new" {
+		t.Fatalf("a new key from another client during the flood: %+v, %v", k, err)
+	}
+}
