@@ -467,6 +467,7 @@ backends: [{url: %q}]
 auth: {enabled: true, storage: redis}
 redis: {url: "redis://127.0.0.1:6379/15"}
 rate_limit: {global: {requests_per_second: 0.01, burst_size: 3}}
+trusted_proxies: ["127.0.0.1/32"]
 `, backend.URL)), "c.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -479,7 +480,10 @@ rate_limit: {global: {requests_per_second: 0.01, burst_size: 3}}
 	}
 	before := gets.n.Load()
 	for i := range 20 {
-		resp, b := do(t, "POST", srv.URL+"/v1/chat/completions", `{"model":"m"}`, map[string]string{"Authorization": fmt.Sprintf("Bearer sk-made-up-%d", i)})
+		// From as many clients: one client alone may spend a quarter of
+		// the budget (TestRedisStoreLookupsShareOutAmongClients).
+		resp, b := do(t, "POST", srv.URL+"/v1/chat/completions", `{"model":"m"}`, map[string]string{
+			"Authorization": fmt.Sprintf("Bearer sk-made-up-%d", i), "X-Forwarded-For": fmt.Sprintf("198.51.100.%d", i+1)})
 		switch {
 		case i < 2 && resp.StatusCode != 401:
 			t.Fatalf("made-up key %d within the burst: %d %s, want 401", i, resp.StatusCode, b)

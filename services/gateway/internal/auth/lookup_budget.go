@@ -80,10 +80,27 @@ func newClientBudgets(g ledger.GlobalLimit) *clientBudgets {
 }
 
 // take spends one read of client's budget at now, or reports how long until
-// one fits. A client without an address has no budget of its own.
+// one fits; giveBack returns it. A client without an address has no budget
+// of its own.
 func (c *clientBudgets) take(client netip.Addr, now time.Time) (time.Duration, bool) {
-	if !client.IsValid() {
+	b := c.of(client)
+	if b == nil {
 		return 0, true
+	}
+	return b.take(now)
+}
+
+// giveBack returns a read client took (one that found a key).
+func (c *clientBudgets) giveBack(client netip.Addr) {
+	if b := c.of(client); b != nil {
+		b.tat.Add(-b.interval)
+	}
+}
+
+// of is client's budget, nil for a client without an address.
+func (c *clientBudgets) of(client netip.Addr) *lookupBudget {
+	if !client.IsValid() {
+		return nil
 	}
 	bits := 64
 	if client = client.Unmap(); client.Is4() {
@@ -102,5 +119,5 @@ func (c *clientBudgets) take(client netip.Addr, now time.Time) (time.Duration, b
 		c.cur[p] = b
 	}
 	c.mu.Unlock()
-	return b.take(now)
+	return b
 }

@@ -98,8 +98,8 @@ func (s *RedisStore) LookupHash(ctx context.Context, hash string) (*Key, error) 
 // secret that is not a key this store has read (a new key, or a made-up one
 // once its cached answer has expired) is read from Redis only within that
 // rate, with its burst, and within a quarter of them for one client (an
-// IPv4 address, an IPv6 /64); beyond either it returns a
-// *LookupsLimitedError. A key in use is re-read when its entry expires
+// IPv4 address, an IPv6 /64; a read that finds a key is given back to the
+// client's share); beyond either it returns a *LookupsLimitedError. A key in use is re-read when its entry expires
 // whatever the rate, so a flood of made-up keys does not lock out the keys
 // in use, and one client's flood leaves most of the budget to the others'
 // new keys.
@@ -135,6 +135,10 @@ func (s *RedisStore) LookupHashFrom(ctx context.Context, hash string, client net
 	key, err := FromRecord(s.cfg, rec)
 	if err != nil {
 		return nil, fmt.Errorf("key %s: %w", rec.ID, err)
+	}
+	if !known && s.clients != nil {
+		// The client's share bounds its made-up keys, not its real ones.
+		s.clients.giveBack(client)
 	}
 	s.putKnown(hash, cached{key: key, expires: now.Add(s.ttl)}, now)
 	return key, nil

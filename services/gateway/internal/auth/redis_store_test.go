@@ -273,6 +273,19 @@ func TestRedisStoreLookupsShareOutAmongClients(t *testing.T) {
 	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 	s := NewRedisStore(rdb, prefix, cfg, 5*time.Second)
 	s.now = func() time.Time { return now }
+	// Real keys cost a client none of its share: five new keys in a row
+	// from one client, past its burst of two.
+	office := netip.MustParseAddr("203.0.113.9")
+	for i := range 5 {
+		secret, _, err := keys.Create(ctx, rdb, prefix, keys.Spec{Name: fmt.Sprintf("staff-%d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.LookupHashFrom(ctx, HashSecret(secret), office); err != nil {
+			t.Fatalf("new key %d from one client: %v", i, err)
+		}
+	}
+	now = now.Add(time.Second) // the global budget back to its burst
 	flooder := netip.MustParseAddr("2001:db8::1")
 	var limited *LookupsLimitedError
 	for i := range 20 {
