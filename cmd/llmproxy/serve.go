@@ -364,7 +364,10 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 				return
 			}
 			if err := run(workers); err != nil && !errors.Is(err, context.Canceled) {
-				errc <- fmt.Errorf("%s: %w", name, err)
+				if !strings.HasPrefix(err.Error(), name+": ") {
+					err = fmt.Errorf("%s: %w", name, err)
+				}
+				errc <- err
 			}
 		}()
 	}

@@ -82,7 +82,8 @@ func (c *Config) applyDefaults() {
 		w := &c.Webhooks[i]
 		if w.Name == "" {
 			w.Name = uniqueName(defaultName(w.URL), names)
-			if old := uniqueName(slug(w.URL), legacy); old != w.Name {
+			// A former name too long to name a consumer named none.
+			if old := uniqueName(slug(w.URL), legacy); old != w.Name && len(old) <= maxConsumerSuffix {
 				w.LegacyName = old
 			}
 		}
@@ -212,9 +213,22 @@ func defaultName(raw string) string {
 	if u, err := url.Parse(raw); err == nil && u.Host != "" {
 		host = slug(u.Host)
 	}
+	// Room for the hash and uniqueName's "-N" within MaxWebhookName.
+	if len(host) > MaxWebhookName-16 {
+		host = strings.TrimRight(host[:MaxWebhookName-16], "-")
+	}
 	sum := sha256.Sum256([]byte(raw))
 	return host + "-" + hex.EncodeToString(sum[:4])
 }
+
+// MaxWebhookName is the longest webhook name: it names the endpoint's
+// durable consumer ("notifier-" and the name, at most 255 characters in
+// NATS), its dead letters' subject and its metrics label.
+const MaxWebhookName = 200
+
+// maxConsumerSuffix is the longest name "notifier-" may precede in a NATS
+// consumer name.
+const maxConsumerSuffix = 255 - len("notifier-")
 
 // slug makes a short name from a URL's host and path, e.g.
 // "https://billing.internal/llm-usage" → "billing-internal-llm-usage". It

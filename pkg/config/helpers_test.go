@@ -242,3 +242,28 @@ func TestKeyLimitsOverridePerKeyFieldByField(t *testing.T) {
 		})
 	}
 }
+
+// TestWebhookNamesFitAConsumerName: a webhook name names a NATS consumer
+// ("notifier-" and the name, at most 255 characters): a longer one is a
+// config error with its line, and a default name made from a long host is
+// cut to fit, as is the former name the notifier looks for.
+func TestWebhookNamesFitAConsumerName(t *testing.T) {
+	long := strings.Repeat("n", MaxWebhookName+1)
+	_, err := Parse([]byte(minimal+"webhooks:\n  - url: https://a/b\n    name: "+long+"\n"), "c.yaml")
+	if err == nil || !strings.Contains(err.Error(), "webhooks[0].name: want at most 200 characters") || !strings.Contains(err.Error(), "c.yaml:") {
+		t.Fatalf("a %d-character name: %v", len(long), err)
+	}
+	host := strings.Repeat("a", 63) + "." + strings.Repeat("b", 63) + "." + strings.Repeat("c", 63) + "." + strings.Repeat("d", 61)
+	c, err := Parse([]byte(minimal+"webhooks:\n  - url: https://"+host+"/"+strings.Repeat("p", 100)+"\n  - url: https://"+host+"/"+strings.Repeat("p", 100)+"\n"), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range c.Webhooks {
+		if len(w.Name) > MaxWebhookName || len(w.LegacyName) > 255-len("notifier-") {
+			t.Errorf("default name %d characters (former %d)", len(w.Name), len(w.LegacyName))
+		}
+	}
+	if c.Webhooks[0].Name == c.Webhooks[1].Name {
+		t.Errorf("two endpoints named %q", c.Webhooks[0].Name)
+	}
+}

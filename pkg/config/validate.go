@@ -370,6 +370,8 @@ func (v *checker) webhooks() {
 			v.add(p+".name", "%q is the usage hook's name; choose another", w.Name)
 		case !endpointName.MatchString(w.Name):
 			v.add(p+".name", "want letters, digits, '-' or '_' (it names a durable consumer), got %q", w.Name)
+		case len(w.Name) > MaxWebhookName:
+			v.add(p+".name", "want at most %d characters (it names a durable consumer), got %d", MaxWebhookName, len(w.Name))
 		case dup:
 			v.add(p+".name", "duplicate webhook name %q (also webhooks[%d])", w.Name, j)
 		}

@@ -78,6 +78,9 @@ func (e Endpoint) validate() error {
 	if e.Name == "" {
 		return errors.New("name is required")
 	}
+	if n := len(DurableName(e.Name)); n > maxConsumerName {
+		return fmt.Errorf("name is %d characters; its consumer's name would be %d, past NATS's %d", len(e.Name), n, maxConsumerName)
+	}
 	u, err := url.Parse(e.URL)
 	if err != nil {
 		return fmt.Errorf("url: %w", err)
@@ -87,6 +90,9 @@ func (e Endpoint) validate() error {
 	}
 	return nil
 }
+
+// maxConsumerName is the longest consumer name NATS takes.
+const maxConsumerName = 255
 
 // DurableName returns the name of the durable consumer that feeds the
 // endpoint called name: "notifier-" and the name with every character

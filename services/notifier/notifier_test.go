@@ -481,6 +481,7 @@ func TestNewRejectsBadEndpoints(t *testing.T) {
 		{"bad url", []Endpoint{{Name: "a", URL: "ftp://x"}}, Options{}},
 		{"duplicate durable", []Endpoint{{Name: "a.b", URL: "http://x"}, {Name: "a_b", URL: "http://y"}}, Options{}},
 		{"ack wait below timeout", []Endpoint{{Name: "a", URL: "http://x", Timeout: 5 * time.Second}}, Options{AckWait: time.Second}},
+		{"name too long for a consumer", []Endpoint{{Name: strings.Repeat("n", 247), URL: "http://x"}}, Options{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
