@@ -228,6 +228,8 @@ func TestCommandsRefuseFlagsThatDoNotFit(t *testing.T) {
 		{[]string{"webhooks", "dlq", "discard", "--config", "F", "--id", "3", "--all"}, "--all is for discard alone"},
 		{[]string{"webhooks", "dlq", "discard", "--config", "F", "--endpoint", "audit", "--all"}, "--all is for discard alone"},
 		{[]string{"webhooks", "dlq", "replay", "--config", "F", "--all"}, "--all is for discard alone"},
+		{[]string{"webhooks", "dlq", "replay", "--config", "F", "--json"}, "--json is for list alone"},
+		{[]string{"webhooks", "dlq", "discard", "--config", "F", "--all", "--json"}, "--json is for list alone"},
 		{[]string{"logs", "--config", "F", "--limit", "0"}, "--limit"},
 		{[]string{"logs", "--config", "F", "--limit", "-1"}, "--limit"},
 		{[]string{"logs", "--config", "F", "--since=-5m"}, "--since: \"-5m\": give how far back without a sign"},

@@ -20,7 +20,8 @@ import (
 // webhooksConnectTimeout bounds how long the webhooks commands try to reach NATS.
 var webhooksConnectTimeout = 60 * time.Second
 
-const webhooksUsage = "usage: llmproxy webhooks dlq list|replay --config FILE [--id ID] [--endpoint NAME] [--json] [--nats-url URL]\n" +
+const webhooksUsage = "usage: llmproxy webhooks dlq list --config FILE [--id ID] [--endpoint NAME] [--json] [--nats-url URL]\n" +
+	"       llmproxy webhooks dlq replay --config FILE [--id ID] [--endpoint NAME] [--nats-url URL]\n" +
 	"       llmproxy webhooks dlq discard --config FILE (--id ID | --endpoint NAME | --all) [--nats-url URL]"
 
 // cmdWebhooks runs `llmproxy webhooks dlq list|replay|discard`.
@@ -55,6 +56,10 @@ func runWebhooks(args []string, stdout, stderr io.Writer) int {
 	all := fs.Bool("all", false, "discard: every dead letter")
 	if code, ok := parseOnlyFlags(fs, args[2:], stdout, stderr); !ok {
 		return code
+	}
+	if *asJSON && args[1] != "list" {
+		fmt.Fprintln(stderr, "llmproxy webhooks dlq "+args[1]+": --json is for list alone")
+		return 2
 	}
 	if *all && (args[1] != "discard" || *id != "" || *endpoint != "") {
 		// --all with a filter would be read one way by one reader and
