@@ -100,7 +100,16 @@ type Server struct {
 	SendTimeout  Duration `yaml:"send_timeout"`  // default 60s
 	IdleTimeout  Duration `yaml:"idle_timeout"`  // default 120s
 	DrainTimeout Duration `yaml:"drain_timeout"` // default 30s
+	// PublicStatus, false, keeps the gateway's own listener (which
+	// clients reach) from serving /metrics and /readyz's details (backend
+	// names and URLs, store errors): its /readyz then says only whether
+	// it is ready, and the admin listener serves both whole. Default true.
+	PublicStatus *bool `yaml:"public_status"`
 }
+
+// PublicStatusOn reports whether the gateway's own listener serves
+// /metrics and /readyz's details.
+func (s Server) PublicStatusOn() bool { return s.PublicStatus == nil || *s.PublicStatus }
 
 // Backend is one inference engine.
 type Backend struct {

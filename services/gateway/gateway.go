@@ -313,7 +313,13 @@ func (g *Gateway) routes() *echo.Echo {
 	get("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
 	get("/readyz", g.readyz)
 	if g.gatherer != nil {
-		get("/metrics", echo.WrapHandler(promhttp.HandlerFor(g.gatherer, promhttp.HandlerOpts{})))
+		metrics := echo.WrapHandler(promhttp.HandlerFor(g.gatherer, promhttp.HandlerOpts{}))
+		get("/metrics", func(c echo.Context) error {
+			if !g.rt.Load().cfg.Server.PublicStatusOn() {
+				return echo.ErrNotFound
+			}
+			return metrics(c)
+		})
 	}
 	return e
 }
@@ -505,6 +511,13 @@ func (g *Gateway) readyz(c echo.Context) error {
 	status := http.StatusOK
 	if !resp.Ready {
 		status = http.StatusServiceUnavailable
+	}
+	if !g.rt.Load().cfg.Server.PublicStatusOn() {
+		// Clients reach this listener: the details are the admin
+		// listener's.
+		return c.JSON(status, struct {
+			Ready bool `json:"ready"`
+		}{resp.Ready})
 	}
 	return c.JSON(status, resp)
 }

@@ -315,3 +315,34 @@ func TestTTFTCountsOnlyServedReplies(t *testing.T) {
 		t.Errorf("llmproxy_ttft_ms has %d samples after one refused and one served request, want 1", n)
 	}
 }
+
+// TestPublicStatusOff: with server.public_status false the gateway's own
+// listener, which clients reach, serves no /metrics and a /readyz without
+// the backends' names and URLs; by default it serves both.
+func TestPublicStatusOff(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer backend.Close()
+	for _, c := range []struct {
+		setting      string
+		metrics      int
+		readyDetails bool
+	}{
+		{"", 200, true},
+		{"server: {public_status: true}\n", 200, true},
+		{"server: {public_status: false}\n", 404, false},
+	} {
+		cfg := parseConfig(t, fmt.Sprintf("backends: [{url: %q, name: internal-gpu}]\n%s", backend.URL, c.setting))
+		gw, _ := serveOptions(t, Options{Config: cfg, Registerer: prometheus.NewRegistry(), Gatherer: prometheus.NewRegistry()})
+		resp, body := do(t, "GET", gw.URL+"/metrics", "", nil)
+		if resp.StatusCode != c.metrics || c.metrics == 404 && !strings.Contains(string(body), "unknown_url") {
+			t.Errorf("%q: /metrics %d %s, want %d", c.setting, resp.StatusCode, body, c.metrics)
+		}
+		resp, body = do(t, "GET", gw.URL+"/readyz", "", nil)
+		if resp.StatusCode != 200 || strings.Contains(string(body), "internal-gpu") != c.readyDetails || strings.Contains(string(body), backend.URL) != c.readyDetails {
+			t.Errorf("%q: /readyz %d %s, details shown: want %v", c.setting, resp.StatusCode, body, c.readyDetails)
+		}
+		if !c.readyDetails && string(body) != "{\"ready\":true}\n" {
+			t.Errorf("%q: /readyz %s, want its status alone", c.setting, body)
+		}
+	}
+}
