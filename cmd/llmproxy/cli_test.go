@@ -194,7 +194,7 @@ func TestCommandHelpAndBadFlags(t *testing.T) {
 		})
 	}
 	for _, args := range [][]string{{"webhooks", "--help"}, {"webhooks", "dlq", "-h"}} {
-		if code, stdout, stderr := runSelf(t, args...); code != 0 || !strings.Contains(stdout, "webhooks dlq list|replay") || stderr != "" {
+		if code, stdout, stderr := runSelf(t, args...); code != 0 || !strings.Contains(stdout, "webhooks dlq list --config") || !strings.Contains(stdout, "webhooks dlq replay --config") || stderr != "" {
 			t.Errorf("%v = %d, %q, %q; want 0 and the usage on stdout", args, code, stdout, stderr)
 		}
 	}
