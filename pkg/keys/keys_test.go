@@ -496,3 +496,21 @@ func TestUpdateTakesNamesAsWritten(t *testing.T) {
 		t.Fatalf("after refused changes: %+v", rec)
 	}
 }
+
+// TestGetManyOverAConnectionThatFailedAuth: a pipeline that never went out
+// (its connection failed AUTH) is that failure, not keys that do not exist
+// or an empty record.
+func TestGetManyOverAConnectionThatFailedAuth(t *testing.T) {
+	good, prefix := testRedis(t)
+	ctx := context.Background()
+	if _, _, err := Create(ctx, good, prefix, Spec{ID: "exists"}); err != nil {
+		t.Fatal(err)
+	}
+	opts := *good.Options()
+	opts.Username, opts.Password, opts.MaxRetries = "llmproxy-test-nobody", "wrong-password", -1
+	rdb := redis.NewClient(&opts)
+	defer rdb.Close()
+	if got, err := GetMany(ctx, rdb, prefix, []string{"exists"}); err == nil || !strings.Contains(err.Error(), "WRONGPASS") {
+		t.Fatalf("GetMany = %v, %v; want the connection's WRONGPASS", got, err)
+	}
+}

@@ -144,7 +144,9 @@ func GetMany(ctx context.Context, rdb redis.UniversalClient, prefix string, ids 
 	}
 	// Exec reports the first command's error only: a missing key's
 	// redis.Nil there would hide a failed read after it, each is looked at.
-	_, _ = pipe.Exec(ctx)
+	if err := execEach(ctx, pipe); err != nil {
+		return nil, err
+	}
 	pipe = rdb.Pipeline()
 	var bodies []*redis.StringCmd
 	for _, h := range hashes {
@@ -160,7 +162,9 @@ func GetMany(ctx context.Context, rdb redis.UniversalClient, prefix string, ids 
 	if len(bodies) == 0 {
 		return out, nil
 	}
-	_, _ = pipe.Exec(ctx)
+	if err := execEach(ctx, pipe); err != nil {
+		return nil, err
+	}
 	for _, b := range bodies {
 		body, err := b.Bytes()
 		if errors.Is(err, redis.Nil) {
@@ -451,4 +455,21 @@ func decode(body []byte) (Record, error) {
 		return Record{}, fmt.Errorf("decode key record: %w", err)
 	}
 	return rec, nil
+}
+
+// execEach sends pipe, whose commands' errors the caller reads one by one,
+// and returns the pipeline's own failure: that of a pipeline that never went
+// out (a connection that failed its AUTH, say), whose commands go-redis
+// leaves without reply or error.
+func execEach(ctx context.Context, pipe redis.Pipeliner) error {
+	cmds, err := pipe.Exec(ctx)
+	if err == nil {
+		return nil
+	}
+	for _, c := range cmds {
+		if c.Err() != nil {
+			return nil
+		}
+	}
+	return err
 }

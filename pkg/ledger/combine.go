@@ -81,7 +81,9 @@ func execQueued(ctx context.Context, rdb redis.UniversalClient, qs []*queued) {
 		for _, q := range qs {
 			q.cmd = q.send(ctx, pipe, eval)
 		}
-		_, _ = pipe.Exec(ctx)
+		if _, err := pipe.Exec(ctx); err != nil {
+			failUnsent(qs, err)
+		}
 	}
 	run(qs, false)
 	var retry []*queued
@@ -92,6 +94,22 @@ func execQueued(ctx context.Context, rdb redis.UniversalClient, qs []*queued) {
 	}
 	if len(retry) > 0 {
 		run(retry, true)
+	}
+}
+
+// failUnsent gives err, the failure of a pipeline, to its commands when
+// none has an error of its own: the pipeline never went out (a connection
+// that failed its AUTH, say), and go-redis leaves its commands without a
+// reply or an error, which would read as empty replies. An error a command
+// has (a script's, say) is that command's alone.
+func failUnsent(qs []*queued, err error) {
+	for _, q := range qs {
+		if q.cmd.Err() != nil {
+			return
+		}
+	}
+	for _, q := range qs {
+		q.cmd.SetErr(err)
 	}
 }
 

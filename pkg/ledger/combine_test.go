@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -201,5 +202,29 @@ func TestRedisAdmitterGivesUpOnSilentRedis(t *testing.T) {
 				t.Fatal("still waiting for a Redis that never answers after 10s")
 			}
 		})
+	}
+}
+
+// TestCombinerFailedConnectionFailsEachCommand: a pipeline that never went
+// out (its connection failed AUTH: a wrong password, a rotation done in the
+// wrong order) fails each of its commands with that error. go-redis leaves
+// them without reply or error, which read as empty replies: an admission
+// failed with "unexpected type=<nil>", a lease release looked done.
+func TestCombinerFailedConnectionFailsEachCommand(t *testing.T) {
+	ctx := context.Background()
+	good := testRedis(t)
+	opts := *good.Options()
+	opts.Username, opts.Password = "llmproxy-test-nobody", "wrong-password"
+	opts.MaxRetries = -1
+	rdb := redis.NewClient(&opts)
+	defer rdb.Close()
+	c := &combiner{rdb: rdb}
+	if err := c.zrem(ctx, "llmproxy-test:z", "m").Err(); err == nil || !strings.Contains(err.Error(), "WRONGPASS") {
+		t.Fatalf("ZREM over a connection that failed AUTH: %v, want its WRONGPASS", err)
+	}
+	a := NewRedisAdmitter(rdb, "llmproxy-test-auth")
+	_, err := a.Admit(ctx, AdmitRequest{KeyID: "k", LeaseID: "l1", Limits: KeyLimits{RPM: 10}})
+	if err == nil || !strings.Contains(err.Error(), "WRONGPASS") {
+		t.Fatalf("admission over a connection that failed AUTH: %v, want its WRONGPASS", err)
 	}
 }
