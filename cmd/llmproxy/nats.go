@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -29,6 +30,9 @@ type bus struct {
 	// closing is set once the process closes the connection itself: the
 	// close is then no news, whatever error the connection last had.
 	closing atomic.Bool
+	// why is what a connection of diagnose's own last met while nc was
+	// not connected (nil: nothing, or connected).
+	why atomic.Pointer[string]
 }
 
 // openBus connects to cfg's NATS, or starts the embedded server under
@@ -144,6 +148,9 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 		return nil, fmt.Errorf("connect to nats: %w", connectError(err))
 	}
 	b.nc = nc
+	if e == nil {
+		go b.diagnose(url, extra, log)
+	}
 	// A publish ack the server never sends must not stay pending forever:
 	// the gateway's outbox retries it.
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(10*time.Second))
@@ -167,6 +174,7 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 	} else {
 		// The first connection failed (nats.go goes on trying): waiting
 		// for the streams would only hold the start.
+		// diagnose says why in a moment.
 		err = errors.New("nats is not answering")
 	}
 	// A server that comes back may have lost its store (a node without a
@@ -257,12 +265,72 @@ func (b *bus) jetStreamReady(ctx context.Context) error {
 // a store write fails (a full disk), and events then only wait in the
 // outbox until a restart.
 func (b *bus) ready() error {
+	if b.nc != nil && b.nc.IsClosed() && b.nc.LastError() != nil {
+		return fmt.Errorf("nats connection closed (%v); restart to connect again", b.nc.LastError())
+	}
 	if b.nc == nil || !b.nc.IsConnected() {
+		if why := b.why.Load(); why != nil {
+			return fmt.Errorf("nats is not connected: %s", *why)
+		}
 		return fmt.Errorf("nats is not connected")
 	}
 	if b.embedded != nil && !b.embedded.ns.JetStreamEnabled() {
 		return fmt.Errorf("the embedded NATS server has turned JetStream off (a write to data_dir failed: a full disk?); events wait in the outbox until llmproxy is restarted")
 	}
+	return nil
+}
+
+// diagnoseEvery is how often diagnose asks, while the connection is down.
+const diagnoseEvery = 10 * time.Second
+
+// diagnose finds out why b's connection to url is down while it is: nats.go
+// retries in silence (no callback reports a TLS handshake that failed, or a
+// server that refuses the credentials before the connection is up), so every
+// diagnoseEvery it makes a connection of its own, logs what that met when it
+// changes, and keeps it for ready(). It returns once b is closed.
+func (b *bus) diagnose(url string, extra []nats.Option, log *slog.Logger) {
+	var last string
+	down := 0
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for range tick.C {
+		if b.closing.Load() || b.nc.IsClosed() {
+			return
+		}
+		if b.nc.IsConnected() {
+			if last != "" {
+				b.why.Store(nil)
+				last = ""
+			}
+			down = 0
+			continue
+		}
+		if down++; down%int(diagnoseEvery/time.Second) != 2 {
+			// First after 2 s down: a reconnect takes about that.
+			continue
+		}
+		why := "no error; the connection is being made again"
+		if err := b.probe(url, extra, 5*time.Second); err != nil {
+			why = err.Error()
+		}
+		if why != last && !b.nc.IsConnected() {
+			log.Warn("nats is not connected; retrying", "err", why)
+			b.why.Store(&why)
+			last = why
+		}
+	}
+}
+
+// probe connects to url once, as b does, within timeout, and reports what
+// failed.
+func (b *bus) probe(url string, extra []nats.Option, timeout time.Duration) error {
+	opts := append(slices.Clone(extra), nats.Name("llmproxy-diagnose"), nats.RetryOnFailedConnect(false),
+		nats.MaxReconnects(0), nats.Timeout(timeout), nats.NoCallbacksAfterClientClose())
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return connectError(err)
+	}
+	nc.Close()
 	return nil
 }
 

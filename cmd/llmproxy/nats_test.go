@@ -3,8 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"strings"
 	"sync"
@@ -514,5 +521,50 @@ func TestBusLeavesAFrozenServer(t *testing.T) {
 			t.Fatalf("still on %q 10 s after its server froze; log:\n%s", bus.nc.ConnectedAddr(), out.String())
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestBusSaysWhyNATSIsNotConnected: a connection nats.go cannot make for a
+// reason it reports to no callback (a TLS server whose certificate is not
+// trusted) is explained: a WARN line and /readyz name the failure.
+func TestBusSaysWhyNATSIsNotConnected(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "nats-test"},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true, JetStream: true, StoreDir: t.TempDir(),
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}, TLSTimeout: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server did not start")
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	var out syncBuffer
+	cfg := &config.Config{}
+	cfg.NATS.URL = "tls://" + ns.Addr().String()
+	b, err := openBus(context.Background(), cfg, false, slog.New(slog.NewTextHandler(&out, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.close()
+	deadline := time.Now().Add(10 * time.Second)
+	for b.why.Load() == nil && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := b.ready(); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("ready = %v, want the certificate's failure", err)
+	}
+	if !strings.Contains(out.String(), "nats is not connected; retrying") || !strings.Contains(out.String(), "certificate") {
+		t.Fatalf("log:\n%s\nwant a WARN naming the certificate's failure", out.String())
 	}
 }
