@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"reflect"
 	"strconv"
@@ -949,6 +950,9 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 		}
 		failed = reportFailure(failed, up, g.now())
 		lastErr = classify(err)
+		// What the client is told does not say what failed (a refused
+		// connection, a TLS certificate not trusted): the log does.
+		g.logFailure(slog.LevelWarn, "backend request failed", "request_id", x.requestID, "backend", up.Name, "err", transportError(err))
 		// A configured fallback is tried at once, with retries on or
 		// off; a retry of the pool waits its backoff first.
 		fallback := nextFallback(fallbacks, isTried, x.info.Model, rt.pool.Now()) != nil
@@ -1484,6 +1488,16 @@ func (e endings) of(format usage.Format, ctype string) []byte {
 		return e.openai
 	}
 	return nil
+}
+
+// transportError is err, a transport's, without the URL net/http's errors
+// quote (a backend's URL may hold credentials).
+func transportError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
 }
 
 // classify maps a transport error to the client's error.

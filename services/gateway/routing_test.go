@@ -524,3 +524,33 @@ api_keys: [{key: %q}]
 		}
 	}
 }
+
+// TestBackendFailureIsLogged: the client's 502 does not say why a backend
+// could not be reached; the log does (rate-limited), without the backend's
+// URL, which may hold credentials: here a TLS certificate not trusted.
+func TestBackendFailureIsLogged(t *testing.T) {
+	backend := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer backend.Close()
+	withCreds := strings.Replace(backend.URL, "https://", "https://svc:hunter2-secret@", 1)
+	cfg := parseConfig(t, fmt.Sprintf("backends: [{url: %q, name: gpu}]\n", withCreds))
+	lines := make(chan map[string]string, 100)
+	gw, _ := serveOptions(t, Options{Config: cfg, Logger: slog.New(recordHandler{out: lines})})
+	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m"}`, nil)
+	if resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("%d %s, want 502", resp.StatusCode, body)
+	}
+	for {
+		select {
+		case l := <-lines:
+			if l["msg"] != "backend request failed" {
+				continue
+			}
+			if l["backend"] != "gpu" || !strings.Contains(l["err"], "certificate") || strings.Contains(fmt.Sprint(l), "hunter2") {
+				t.Fatalf("log line %v, want the backend's name and the certificate's failure, no credentials", l)
+			}
+			return
+		default:
+			t.Fatal("no log line for the backend's failure")
+		}
+	}
+}

@@ -6,6 +6,8 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -156,7 +158,8 @@ func (h *HealthChecker) check(ctx context.Context, u *Upstream) {
 	if ctx.Err() != nil {
 		return
 	}
-	ok := h.get(ctx, u, h.pathOf(u), nil)
+	why := h.fetch(ctx, u, h.pathOf(u), nil)
+	ok := why == ""
 	if ctx.Err() != nil {
 		// Stopped (a reload replaced this checker): the check was cut
 		// short, and the verdict is no longer this checker's to give.
@@ -165,7 +168,11 @@ func (h *HealthChecker) check(ctx context.Context, u *Upstream) {
 	was := u.Healthy()
 	u.recordCheck(ok, h.healthyN, h.unhealthyN)
 	if now := u.Healthy(); now != was {
-		h.log.Info("backend health changed", "backend", u.Name, "healthy", now)
+		if now {
+			h.log.Info("backend health changed", "backend", u.Name, "healthy", now)
+		} else {
+			h.log.Warn("backend health changed", "backend", u.Name, "healthy", now, "reason", why)
+		}
 	}
 }
 
@@ -223,29 +230,43 @@ func sameOrigin(req *http.Request, via []*http.Request) error {
 // get requests base URL + path with the backend's headers and reports a
 // 2xx; with body non-nil it also reads the body (bounded).
 func (h *HealthChecker) get(ctx context.Context, u *Upstream, path string, body *[]byte) bool {
+	return h.fetch(ctx, u, path, body) == ""
+}
+
+// fetch is get saying why it failed: "" when it did not.
+func (h *HealthChecker) fetch(ctx context.Context, u *Upstream, path string, body *[]byte) string {
 	ctx, cancel := context.WithTimeout(ctx, h.timeout)
 	defer cancel()
 	target := strings.TrimRight(u.URL.String(), "/") + path
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
 	if err != nil {
-		return false
+		return err.Error()
 	}
 	u.SetHeaders(req)
 	resp, err := h.client.Do(req)
 	if err != nil {
-		return false
+		// Without the URL net/http's error quotes (the backend's name
+		// says which).
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return err.Error()
 	}
 	defer resp.Body.Close()
-	ok := resp.StatusCode >= 200 && resp.StatusCode < 300
-	if body != nil && ok {
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+		return "status " + strconv.Itoa(resp.StatusCode) + " from " + path
+	}
+	if body != nil {
 		b, err := io.ReadAll(io.LimitReader(resp.Body, maxScrapeBytes))
 		if err != nil {
-			return false
+			return err.Error()
 		}
 		*body = b
-		return true
+		return ""
 	}
 	// Drain a little so the connection can be reused.
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
-	return ok
+	return ""
 }

@@ -1,10 +1,15 @@
 package balancer
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -304,4 +309,45 @@ func TestLoadScrape(t *testing.T) {
 	if u, _ := p.Pick("", nil); u.Name != "a" {
 		t.Fatalf("stale: picked %s, want a", u.Name)
 	}
+}
+
+// TestHealthCheckerSaysWhyABackendIsDown: the line of a backend marked down
+// says what its check met: a status, or a connection refused, without the
+// backend's URL.
+func TestHealthCheckerSaysWhyABackendIsDown(t *testing.T) {
+	failing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	defer failing.Close()
+	dead := httptest.NewServer(http.NotFoundHandler())
+	deadURL := dead.URL
+	dead.Close()
+	p := mustPool(t, PoolConfig{Backends: []config.Backend{{URL: failing.URL, Name: "failing"}, {URL: deadURL, Name: "dead"}}})
+	h := NewHealthChecker(p, config.HealthCheck{Path: "/health", UnhealthyThreshold: 1}, nil)
+	var out bytes.Buffer
+	var mu sync.Mutex
+	h.SetLogger(slog.New(slog.NewTextHandler(lockedWriter{&mu, &out}, nil)))
+	h.RunOnce(context.Background())
+	mu.Lock()
+	log := out.String()
+	mu.Unlock()
+	for _, want := range []string{`backend=failing healthy=false reason="status 503 from /health"`, `backend=dead healthy=false reason="dial tcp`} {
+		if !strings.Contains(log, want) {
+			t.Errorf("log:\n%s\nwant %s", log, want)
+		}
+	}
+	if strings.Contains(log, deadURL) {
+		t.Errorf("log quotes the backend's URL:\n%s", log)
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
 }
