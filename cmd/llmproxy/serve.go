@@ -552,7 +552,7 @@ func startAdmin(cfg *config.Config, target string, reg *prometheus.Registry, lh 
 	mux.Handle("/admin/", gateway.AdminHandler(opts))
 	mux.Handle("/debug/pprof/", gateway.ProfileHandler(cfg.Admin.Token))
 	if lh != nil && lh.rdb != nil {
-		keysAPI := gateway.AdminKeysHandler(lh.rdb, redisPrefix(cfg), cfg.Admin.Token, authStorage)
+		keysAPI := gateway.AdminKeysHandler(lh.rdb, redisPrefix(cfg), cfg.Admin.Token, authStorage, log)
 		mux.Handle("/admin/keys", keysAPI)
 		mux.Handle("/admin/keys/", keysAPI)
 	}

@@ -48,7 +48,11 @@ const SecretWarning = "store this key now: it is shown only once and cannot be r
 // means redis. While it is not redis the process's gateway takes its keys
 // from the config file and would accept none made here, so every call is
 // refused 404 key_store_not_configured, as when there is no Redis at all.
-func AdminKeysHandler(rdb redis.UniversalClient, prefix string, token string, storage func() string) http.Handler {
+// log (nil: slog's default) says why a call failed with 503.
+func AdminKeysHandler(rdb redis.UniversalClient, prefix string, token string, storage func() string, log *slog.Logger) http.Handler {
+	if log == nil {
+		log = slog.Default()
+	}
 	mux := http.NewServeMux()
 	// route serves pattern; one that takesQuery reads its own, the others
 	// refuse any.
@@ -66,7 +70,7 @@ func AdminKeysHandler(rdb redis.UniversalClient, prefix string, token string, st
 				if e.Status == http.StatusServiceUnavailable {
 					// The operator's answer says only "try again":
 					// the log says why.
-					slog.Warn("admin key API: the key store failed", "method", r.Method, "path", quotedPath(r), "err", err)
+					log.Warn("admin key API: the key store failed", "method", r.Method, "path", quotedPath(r), "err", err)
 				}
 				apierr.Write(w, e)
 				return

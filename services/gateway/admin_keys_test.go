@@ -3,12 +3,16 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"github.com/redis/go-redis/v9"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/llmproxy/llmproxy/pkg/keys"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/redistest"
@@ -16,7 +20,7 @@ import (
 
 func TestAdminKeysHandler(t *testing.T) {
 	rdb, prefix := redistest.New(t, "admin-keys")
-	srv := httptest.NewServer(AdminKeysHandler(rdb, prefix, "admin-secret", nil))
+	srv := httptest.NewServer(AdminKeysHandler(rdb, prefix, "admin-secret", nil, nil))
 	defer srv.Close()
 	var lastHeader http.Header
 	do := func(method, path, token, body string, want int) map[string]any {
@@ -119,7 +123,7 @@ func TestAdminKeysHandler(t *testing.T) {
 		t.Fatalf("create with a deleted key's id = %v, want key_id_deleted", e)
 	}
 
-	off := httptest.NewServer(AdminKeysHandler(rdb, prefix, "", nil))
+	off := httptest.NewServer(AdminKeysHandler(rdb, prefix, "", nil, nil))
 	defer off.Close()
 	resp, err := http.Get(off.URL + "/admin/keys")
 	if err != nil {
@@ -136,7 +140,7 @@ func TestAdminKeysHandler(t *testing.T) {
 // between pages neither repeats nor skips the others.
 func TestAdminKeysPages(t *testing.T) {
 	rdb, prefix := redistest.New(t, "admin-pages")
-	srv := httptest.NewServer(AdminKeysHandler(rdb, prefix, "admin-secret", nil))
+	srv := httptest.NewServer(AdminKeysHandler(rdb, prefix, "admin-secret", nil, nil))
 	defer srv.Close()
 	get := func(query string, want int) (ids []string, next string) {
 		t.Helper()
@@ -188,5 +192,34 @@ func TestAdminKeysPages(t *testing.T) {
 	}
 	for _, q := range []string{"?limit=0", "?limit=x", "?limit=10001", "?limit=1&limit=2", "?after=nonsense", "?page=2"} {
 		get(q, 400)
+	}
+}
+
+// TestAdminKeysLogsTheStoresFailure: a key API call that fails with 503 for
+// want of Redis says why on the process's logger (it was the default one,
+// a text line among the process's JSON).
+func TestAdminKeysLogsTheStoresFailure(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: dead, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	defer rdb.Close()
+	lines := make(chan map[string]string, 10)
+	srv := httptest.NewServer(AdminKeysHandler(rdb, "llmproxy-test", "admin-secret", nil, slog.New(recordHandler{out: lines})))
+	defer srv.Close()
+	resp, body := do(t, "GET", srv.URL+"/admin/keys", "", map[string]string{"Authorization": "Bearer admin-secret"})
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("%d %s, want 503", resp.StatusCode, body)
+	}
+	select {
+	case l := <-lines:
+		if l["msg"] != "admin key API: the key store failed" || !strings.Contains(l["err"], "connect") {
+			t.Fatalf("log line %v", l)
+		}
+	default:
+		t.Fatal("nothing logged on the handler's logger")
 	}
 }

@@ -43,10 +43,10 @@ func TestAdminRouteErrorsAreJSON(t *testing.T) {
 	}}
 	withKeys := httptest.NewServer(AdminHandler(AdminOptions{Token: token, Ledger: store, Periods: func() *ledger.KeyPeriods { return known }}))
 	defer withKeys.Close()
-	keysAPI := httptest.NewServer(AdminKeysHandler(rdb, prefix, token, nil))
+	keysAPI := httptest.NewServer(AdminKeysHandler(rdb, prefix, token, nil, nil))
 	defer keysAPI.Close()
 	// Redis there, but the gateway takes its keys from the file.
-	fileKeys := httptest.NewServer(AdminKeysHandler(rdb, prefix, token, func() string { return "file" }))
+	fileKeys := httptest.NewServer(AdminKeysHandler(rdb, prefix, token, func() string { return "file" }, nil))
 	defer fileKeys.Close()
 	// A notifier's or recorder's admin listener: neither API is served
 	// there, whatever the config says.
