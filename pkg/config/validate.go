@@ -688,8 +688,11 @@ func shownURL(u *url.URL) string {
 	host, rest := u.Host, u.RawQuery != "" || u.Fragment != "" || u.ForceQuery
 	switch {
 	case u.Opaque != "": // "vllm:8000", or "user:pass@host" without "//"
-		b.WriteString(u.Scheme + ":")
 		host, rest = hostPart(u.Opaque, rest)
+		if !strings.Contains(host, "@") {
+			// Else the "scheme" is the user's name.
+			b.WriteString(u.Scheme + ":")
+		}
 	case u.Scheme != "" || u.Host != "":
 		b.WriteString(u.Scheme + "://")
 		rest = rest || u.Path != "" && u.Path != "/"

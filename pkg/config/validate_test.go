@@ -377,7 +377,7 @@ func TestValidateNeverShowsSecrets(t *testing.T) {
 		"webhooks:\n  - url: ftp://u:ftp-secret-1@h/p\n  - url: hook-user:hook-secret-1@h\n"
 	_, err := Parse([]byte(y), "c.yaml")
 	errs := mustErrors(t, err)
-	want := []string{`got "http://xxxxx@n2:4222"`, `got "mysql://db/…"`, `got "hooks.slack.com/…"`, `got "ftp://xxxxx@h/…"`, `got "hook-user:xxxxx@h"`, `redis.addrs[0]: want host:port; a password goes in redis.password`}
+	want := []string{`got "http://xxxxx@n2:4222"`, `got "mysql://db/…"`, `got "hooks.slack.com/…"`, `got "ftp://xxxxx@h/…"`, `got "xxxxx@h"`, `redis.addrs[0]: want host:port; a password goes in redis.password`}
 	for _, w := range want {
 		if !strings.Contains(err.Error(), w) {
 			t.Errorf("no error has %s:\n%v", w, err)
@@ -387,7 +387,7 @@ func TestValidateNeverShowsSecrets(t *testing.T) {
 	if len(errs.List) != len(want)+3 {
 		t.Errorf("%d errors, want %d:\n%v", len(errs.List), len(want)+3, err)
 	}
-	for _, s := range []string{"hunter2", "sk-secret-1", "nats-token-1", "pg-secret-1", "slack-secret-1", "ftp-secret-1", "hook-secret-1", "redis-secret-1"} {
+	for _, s := range []string{"hunter2", "hook-user", "sk-secret-1", "nats-token-1", "pg-secret-1", "slack-secret-1", "ftp-secret-1", "hook-secret-1", "redis-secret-1"} {
 		if strings.Contains(err.Error(), s) {
 			t.Errorf("error shows %q:\n%v", s, err)
 		}
