@@ -140,6 +140,15 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 	if e != nil {
 		url = e.url()
 		opts = append(opts, nats.InProcessServer(e.ns), e.auth())
+	} else if cfg.NATS.URL != "" {
+		// The servers of nats.url (not the embedded one the CLI reaches
+		// by its own URL).
+		o, err := natsAccess(cfg.NATS)
+		if err != nil {
+			b.close()
+			return nil, err
+		}
+		extra = append(slices.Clone(extra), o...)
 	}
 	opts = append(opts, extra...)
 	nc, err := nats.Connect(url, opts...)
@@ -278,6 +287,25 @@ func (b *bus) ready() error {
 		return fmt.Errorf("the embedded NATS server has turned JetStream off (a write to data_dir failed: a full disk?); events wait in the outbox until llmproxy is restarted")
 	}
 	return nil
+}
+
+// natsAccess are the options of n's credentials and TLS files.
+func natsAccess(n config.NATS) ([]nats.Option, error) {
+	var opts []nats.Option
+	if n.Credentials != "" {
+		if _, err := os.Stat(n.Credentials); err != nil {
+			return nil, fmt.Errorf("nats.credentials: %w", err)
+		}
+		opts = append(opts, nats.UserCredentials(n.Credentials))
+	}
+	if n.TLS.IsSet() {
+		c, err := n.TLS.Load()
+		if err != nil {
+			return nil, fmt.Errorf("nats.tls: %w", err)
+		}
+		opts = append(opts, nats.Secure(c))
+	}
+	return opts, nil
 }
 
 // diagnoseEvery is how often diagnose asks, while the connection is down.

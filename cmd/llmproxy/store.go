@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"net"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,17 +23,38 @@ import (
 // openRedis returns a client for cfg's Redis (a single node from redis.url,
 // or a cluster from redis.addrs).
 func openRedis(cfg *config.Config) (redis.UniversalClient, error) {
-	if cfg.Redis.URL != "" {
-		opt, err := redis.ParseURL(cfg.Redis.URL)
+	r := cfg.Redis
+	var tlsConfig *tls.Config
+	if r.TLS.IsSet() {
+		c, err := r.TLS.Load()
+		if err != nil {
+			return nil, fmt.Errorf("redis.tls: %w", err)
+		}
+		tlsConfig = c
+	}
+	if r.URL != "" {
+		opt, err := redis.ParseURL(r.URL)
 		if err != nil {
 			return nil, fmt.Errorf("redis.url: %w", err)
 		}
-		if cfg.Redis.Password != "" {
-			opt.Password = cfg.Redis.Password
+		if r.Username != "" {
+			opt.Username = r.Username
+		}
+		if r.Password != "" {
+			opt.Password = r.Password
+		}
+		if tlsConfig != nil {
+			if opt.TLSConfig != nil {
+				// rediss://: its server name, with the files' trust.
+				tlsConfig.ServerName = opt.TLSConfig.ServerName
+			} else if host, _, err := net.SplitHostPort(opt.Addr); err == nil {
+				tlsConfig.ServerName = host
+			}
+			opt.TLSConfig = tlsConfig
 		}
 		return redis.NewClient(opt), nil
 	}
-	return redis.NewClusterClient(&redis.ClusterOptions{Addrs: cfg.Redis.Addrs, Password: cfg.Redis.Password}), nil
+	return redis.NewClusterClient(&redis.ClusterOptions{Addrs: r.Addrs, Username: r.Username, Password: r.Password, TLSConfig: tlsConfig}), nil
 }
 
 // quietRedis silences go-redis's own log lines for a command: it writes

@@ -54,7 +54,27 @@ type NATS struct {
 	// EmbeddedListen, when set, makes the embedded server (target all) also
 	// accept clients on this address, e.g. "127.0.0.1:4333".
 	EmbeddedListen string `yaml:"embedded_listen"`
+	// Credentials is a NATS credentials file (a user's JWT and NKey seed,
+	// as nsc writes it), for a server in operator mode.
+	Credentials string `yaml:"credentials"`
+	// TLS is the connection's trust and identity, for url's servers.
+	TLS TLS `yaml:"tls"`
 }
+
+// TLS names the PEM files of a TLS connection. A relative path is relative
+// to the config file's directory.
+type TLS struct {
+	// CAFile holds the CAs the server's certificate must chain to, in
+	// place of the system's.
+	CAFile string `yaml:"ca_file"`
+	// CertFile and KeyFile are a client certificate and its key, for a
+	// server that asks for one.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// IsSet reports whether t names any file.
+func (t TLS) IsSet() bool { return t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" }
 
 // Stream configures the LLMPROXY stream.
 type Stream struct {
@@ -68,8 +88,13 @@ type Redis struct {
 	URL string `yaml:"url"`
 	// Addrs lists Redis Cluster nodes (host:port) instead of URL.
 	Addrs []string `yaml:"addrs"`
-	// Password is Redis's password, for addrs or in place of one in url.
+	// Username and Password are Redis's ACL user and password, for addrs
+	// or in place of those in url.
+	Username string `yaml:"username"`
 	Password string `yaml:"password"`
+	// TLS, when set, makes the connection TLS (for url or addrs) with
+	// these files.
+	TLS TLS `yaml:"tls"`
 	// Prefix is put before every key (default "llmproxy").
 	Prefix string `yaml:"prefix"`
 }

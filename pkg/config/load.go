@@ -208,9 +208,10 @@ func (c *Config) resolvePaths() {
 	if c.src != nil {
 		dir = c.src.dir
 	}
-	for i, s := range c.Lua.Scripts {
+	resolve := func(p *string) {
+		s := *p
 		if s == "" {
-			continue
+			return
 		}
 		if !filepath.IsAbs(s) {
 			s = filepath.Join(dir, s)
@@ -218,6 +219,13 @@ func (c *Config) resolvePaths() {
 		if abs, err := filepath.Abs(s); err == nil {
 			s = abs
 		}
-		c.Lua.Scripts[i] = s
+		*p = s
+	}
+	for i := range c.Lua.Scripts {
+		resolve(&c.Lua.Scripts[i])
+	}
+	for _, p := range []*string{&c.NATS.Credentials, &c.NATS.TLS.CAFile, &c.NATS.TLS.CertFile, &c.NATS.TLS.KeyFile,
+		&c.Redis.TLS.CAFile, &c.Redis.TLS.CertFile, &c.Redis.TLS.KeyFile} {
+		resolve(p)
 	}
 }

@@ -247,3 +247,48 @@ backends:
 		}
 	}
 }
+
+// TestTLSFiles: the files of nats.tls, nats.credentials and redis.tls are
+// read relative to the config file's directory, and checked when it is
+// loaded: a file that cannot be read, a CA file without a certificate, a
+// certificate without its key, and files for servers that are not there
+// are errors with their lines.
+func TestTLSFiles(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), []byte("not a certificate\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "user.creds"), []byte("creds\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "c.yaml")
+	write := func(y string) {
+		if err := os.WriteFile(path, []byte(y), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(minimal + "nats:\n  url: tls://n:4222\n  credentials: user.creds\n  tls: { cert_file: client.pem, key_file: client-key.pem }\n")
+	c, err := Load(path)
+	if err == nil {
+		t.Fatal("a client certificate that is not there was accepted")
+	}
+	if !strings.Contains(err.Error(), "c.yaml:6: key nats.tls: cert_file: cannot read "+filepath.Join(dir, "client.pem")) {
+		t.Errorf("missing certificate: %v", err)
+	}
+	write(minimal + "nats:\n  url: tls://n:4222\n  credentials: user.creds\n")
+	if c, err = Load(path); err != nil || c.NATS.Credentials != filepath.Join(dir, "user.creds") {
+		t.Fatalf("credentials file: %v, %q", err, c.NATS.Credentials)
+	}
+	for _, tc := range []struct{ yaml, want string }{
+		{"redis:\n  url: rediss://r:6379\n  tls: { ca_file: ca.pem }\n", "c.yaml:5: key redis.tls: ca_file: " + filepath.Join(dir, "ca.pem") + " holds no PEM certificate"},
+		{"redis:\n  url: rediss://r:6379\n  tls: { cert_file: ca.pem }\n", "key redis.tls: cert_file needs key_file beside it"},
+		{"redis:\n  tls: { ca_file: ca.pem }\n", "key redis.tls: for the Redis that redis.url or redis.addrs names"},
+		{"nats:\n  credentials: user.creds\n", "c.yaml:4: key nats.credentials: for the servers nats.url names"},
+		{"nats:\n  url: nats://n:4222\n  credentials: nobody.creds\n", "key nats.credentials: cannot read " + filepath.Join(dir, "nobody.creds")},
+	} {
+		write(minimal + tc.yaml)
+		if _, err := Load(path); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", tc.yaml, err, tc.want)
+		}
+	}
+}

@@ -173,13 +173,42 @@ func (v *checker) nats() {
 		}
 	}
 	v.listener("nats.embedded_listen", n.EmbeddedListen)
+	if n.URL == "" && n.Credentials != "" {
+		v.add("nats.credentials", "for the servers nats.url names; the embedded server needs none")
+	}
+	if n.URL == "" && n.TLS.IsSet() {
+		v.add("nats.tls", "for the servers nats.url names; the embedded server needs none")
+	}
+	if n.Credentials != "" {
+		if _, err := os.ReadFile(n.Credentials); err != nil {
+			v.add("nats.credentials", "cannot read %s: %v", n.Credentials, unwrapPathError(err))
+		}
+	}
+	v.tls("nats.tls", n.TLS)
 	if r := n.Stream.Replicas; r < 1 || r > 5 {
 		v.add("nats.stream.replicas", "want 1 to 5 (JetStream's limit), got %d", r)
 	}
 }
 
+// tls checks the files of the TLS settings at path.
+func (v *checker) tls(path string, t TLS) {
+	if !t.IsSet() {
+		return
+	}
+	if _, err := t.Load(); err != nil {
+		v.add(path, "%v", err)
+	}
+}
+
 func (v *checker) redis() {
 	r := v.c.Redis
+	if !r.Enabled() && r.TLS.IsSet() {
+		v.add("redis.tls", "for the Redis that redis.url or redis.addrs names; there is none")
+	}
+	if !r.Enabled() && r.Username != "" {
+		v.add("redis.username", "for the Redis that redis.url or redis.addrs names; there is none")
+	}
+	v.tls("redis.tls", r.TLS)
 	if r.URL != "" {
 		n := len(v.errs.List)
 		v.url("redis.url", r.URL, redisSchemes, "want redis://host:port or rediss://host:port")
