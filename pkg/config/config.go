@@ -172,6 +172,10 @@ type Backend struct {
 	// and llama.cpp answer /health, Ollama / or /api/version). A backend
 	// with neither is not actively checked.
 	HealthCheckPath string `yaml:"health_check_path"`
+	// TLS, for an https:// backend, names a CA file in place of the
+	// system's (a private CA) and a client certificate and key (a
+	// backend that verifies clients), for requests and health checks.
+	TLS TLS `yaml:"tls"`
 }
 
 // ModelKey is the form in which model names compare: Ollama's "name" and

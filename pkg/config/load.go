@@ -224,6 +224,12 @@ func (c *Config) resolvePaths() {
 	for i := range c.Lua.Scripts {
 		resolve(&c.Lua.Scripts[i])
 	}
+	for i := range c.Backends {
+		t := &c.Backends[i].TLS
+		for _, p := range []*string{&t.CAFile, &t.CertFile, &t.KeyFile} {
+			resolve(p)
+		}
+	}
 	for _, p := range []*string{&c.NATS.Credentials, &c.NATS.TLS.CAFile, &c.NATS.TLS.CertFile, &c.NATS.TLS.KeyFile,
 		&c.Redis.TLS.CAFile, &c.Redis.TLS.CertFile, &c.Redis.TLS.KeyFile} {
 		resolve(p)

@@ -285,6 +285,10 @@ func (v *checker) backends() {
 		if b.Weight < 0 {
 			v.add(p+".weight", "must not be negative, got %d", b.Weight)
 		}
+		if b.TLS.IsSet() && !strings.HasPrefix(strings.ToLower(b.URL), "https://") {
+			v.add(p+".tls", "for an https:// backend; this one is not")
+		}
+		v.tls(p+".tls", b.TLS)
 		anyWeight = anyWeight || b.Weight > 0
 		negWeight = negWeight || b.Weight < 0
 		for j, m := range b.Models {

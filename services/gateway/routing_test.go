@@ -2,9 +2,17 @@ package gateway
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -552,5 +560,84 @@ func TestBackendFailureIsLogged(t *testing.T) {
 		default:
 			t.Fatal("no log line for the backend's failure")
 		}
+	}
+}
+
+// TestBackendTLSFiles: backends[].tls gives an https backend with a private
+// CA that verifies its clients the CA and a client certificate, for
+// requests, health checks and the model lists; without them the backend
+// cannot be reached.
+func TestBackendTLSFiles(t *testing.T) {
+	dir := t.TempDir()
+	// The client's certificate, self-signed: the backend trusts it alone.
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "gateway"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientCert, _ := x509.ParseCertificate(der)
+	writePEM := func(name, typ string, b []byte) string {
+		f := filepath.Join(dir, name)
+		if err := os.WriteFile(f, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	certFile, keyFile := writePEM("client.pem", "CERTIFICATE", der), writePEM("client-key.pem", "EC PRIVATE KEY", keyDER)
+	var checks atomic.Int32
+	backend := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/health":
+			checks.Add(1)
+		case "/v1/models":
+			_, _ = io.WriteString(w, `{"data":[{"id":"private-model"}]}`)
+		default:
+			_, _ = io.WriteString(w, `{"choices":[{"message":{"content":"hi"}}]}`)
+		}
+	}))
+	pool := x509.NewCertPool()
+	pool.AddCert(clientCert)
+	backend.TLS = &tls.Config{ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert}
+	backend.StartTLS()
+	defer backend.Close()
+	caFile := writePEM("ca.pem", "CERTIFICATE", backend.Certificate().Raw)
+	for _, c := range []struct {
+		name, tls string
+		status    int
+	}{
+		{"ca and client certificate", fmt.Sprintf("{ca_file: %q, cert_file: %q, key_file: %q}", caFile, certFile, keyFile), 200},
+		// Marked down by the first health check: 503.
+		{"ca alone", fmt.Sprintf("{ca_file: %q}", caFile), 503},
+		{"none", "{}", 503},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			g, gw := startGateway(t, fmt.Sprintf("backends: [{url: %q, name: private, tls: %s}]\nhealth_check: {path: /health, failure_threshold: 100}\n", backend.URL, c.tls))
+			resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m"}`, nil)
+			if resp.StatusCode != c.status {
+				t.Fatalf("chat: %d %s, want %d", resp.StatusCode, body, c.status)
+			}
+			if c.status != 200 {
+				return
+			}
+			resp, body = do(t, "GET", gw.URL+"/v1/models", "", nil)
+			if resp.StatusCode != 200 || !strings.Contains(string(body), "private-model") {
+				t.Fatalf("models: %d %s", resp.StatusCode, body)
+			}
+			before := checks.Load()
+			g.rt.Load().health.RunOnce(context.Background())
+			if checks.Load() == before || !g.rt.Load().pool.ByName("private").Healthy() {
+				t.Fatal("the health check did not reach the backend with its certificate")
+			}
+		})
 	}
 }

@@ -243,7 +243,11 @@ func (h *HealthChecker) fetch(ctx context.Context, u *Upstream, path string, bod
 		return err.Error()
 	}
 	u.SetHeaders(req)
-	resp, err := h.client.Do(req)
+	client := h.client
+	if u.healthClient != nil {
+		client = u.healthClient
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		// Without the URL net/http's error quotes (the backend's name
 		// says which).

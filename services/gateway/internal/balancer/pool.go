@@ -230,6 +230,16 @@ func newUpstream(b config.Backend, clock Clock, threshold int64, cooldown time.D
 	if up.Name == "" {
 		up.Name = b.URL
 	}
+	if b.TLS.IsSet() {
+		c, err := b.TLS.Load()
+		if err != nil {
+			return nil, fmt.Errorf("tls: %w", err)
+		}
+		// Health checks go with the backend's own trust and identity.
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.TLSClientConfig = c
+		up.healthClient = &http.Client{Transport: t, CheckRedirect: sameOrigin}
+	}
 	if len(b.Models) > 0 {
 		up.Models = make(map[string]struct{}, len(b.Models))
 		up.modelKeys = make(map[string]struct{}, len(b.Models))
@@ -256,7 +266,9 @@ func (p *Pool) same(b config.Backend, threshold int64, cooldown time.Duration, s
 	}
 	u := p.byName[name]
 	if u == nil || u.failureThreshold != threshold || u.cooldown != cooldown || u.standby != standby ||
-		!reflect.DeepEqual(u.spec, b) {
+		!reflect.DeepEqual(u.spec, b) || b.TLS.IsSet() {
+		// A backend with TLS files is made again: a reload reads
+		// them again (certificates rotated in place).
 		return nil
 	}
 	return u

@@ -2,6 +2,7 @@ package balancer
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -107,6 +108,16 @@ func NewTransport(b config.Backend) http.RoundTripper {
 	t.MaxIdleConnsPerHost = maxIdlePerHost
 	t.ReadBufferSize = connBufferSize
 	t.WriteBufferSize = connBufferSize
+	if b.TLS.IsSet() {
+		// Checked when the config was loaded, and again when the
+		// upstream was made (newUpstream): a file gone since fails the
+		// requests, each with its error.
+		c, err := b.TLS.Load()
+		if err != nil {
+			return failingTransport{fmt.Errorf("backend tls: %w", err)}
+		}
+		t.TLSClientConfig = c
+	}
 	replay := &ReplayTransport{Transport: t, heads: heads, write: write, read: read}
 	u, err := url.Parse(b.URL)
 	if err != nil || u.Scheme != "http" || u.Host == "" {
@@ -333,3 +344,8 @@ func (t *ReplayTransport) roundTrip(req *http.Request) (*http.Response, error) {
 	r.Header[idempotencyKey] = nil
 	return t.Transport.RoundTrip(&r)
 }
+
+// failingTransport fails every request with err.
+type failingTransport struct{ err error }
+
+func (f failingTransport) RoundTrip(*http.Request) (*http.Response, error) { return nil, f.err }

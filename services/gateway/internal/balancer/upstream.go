@@ -51,6 +51,10 @@ type Upstream struct {
 	// first-byte timeouts; it keeps the backend's idle connections.
 	Transport http.RoundTripper
 
+	// healthClient, when set (a backend with TLS files), makes its
+	// health checks in place of the checker's client.
+	healthClient *http.Client
+
 	// standby is set for a backend configured with weight 0 beside
 	// weighted ones: Pool.Pick never chooses it; fallback chains may.
 	standby bool
