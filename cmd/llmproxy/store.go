@@ -3,10 +3,10 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"net"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 	"sync"
