@@ -391,7 +391,11 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 		startWorker("meter", run)
 	}
 	if runNotifier {
-		n, err := notifier.New(b.js, endpointsOf(cfg), notifier.Options{Logger: log, Registerer: reg})
+		eps, err := endpointsOf(cfg)
+		if err != nil {
+			return err
+		}
+		n, err := notifier.New(b.js, eps, notifier.Options{Logger: log, Registerer: reg})
 		if err != nil {
 			return err
 		}
@@ -601,15 +605,23 @@ func registerFollowUps(reg prometheus.Registerer, a ledger.Admitter) {
 // batch is still being written is skipped by request id.
 const localMeterAckWait = 5 * time.Second
 
-func endpointsOf(cfg *config.Config) []notifier.Endpoint {
+func endpointsOf(cfg *config.Config) ([]notifier.Endpoint, error) {
 	var out []notifier.Endpoint
 	for _, w := range cfg.Endpoints() {
-		out = append(out, notifier.Endpoint{
+		e := notifier.Endpoint{
 			Name: w.Name, URL: w.URL, Secret: w.Secret,
 			Timeout: w.Timeout.D(), MaxAttempts: w.MaxAttempts, MaxAge: w.MaxAge.D(),
 			BackoffMax: w.BackoffMax.D(), LegacyName: w.LegacyName,
 			Unauthenticated: w.Unauthenticated,
-		})
+		}
+		if w.TLS.IsSet() {
+			c, err := w.TLS.Load()
+			if err != nil {
+				return nil, fmt.Errorf("webhook %s: tls: %w", w.Name, err)
+			}
+			e.TLSConfig = c
+		}
+		out = append(out, e)
 	}
-	return out
+	return out, nil
 }

@@ -97,7 +97,10 @@ func TestEndpointsOfKeepsLegacyName(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eps := endpointsOf(cfg)
+	eps, err := endpointsOf(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if len(eps) != 1 || eps[0].Name != cfg.Webhooks[0].Name || eps[0].LegacyName != "hooks-example-com-t0k3n" || !eps[0].Unauthenticated {
 		t.Errorf("endpoints %+v", eps)
 	}

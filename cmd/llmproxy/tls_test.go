@@ -314,3 +314,25 @@ func TestRedisOverTLSWithClientCertificates(t *testing.T) {
 		})
 	}
 }
+
+// TestWebhookTLSFiles: a webhook's tls files reach its endpoint as its
+// TLS configuration (the notifier's test delivers with one).
+func TestWebhookTLSFiles(t *testing.T) {
+	pki := newTestPKI(t)
+	path := filepath.Join(pki.dir, "c.yaml")
+	y := fmt.Sprintf("backends: [{url: http://127.0.0.1:9}]\nwebhooks:\n  - {name: audit, url: https://audit.internal/x, tls: {ca_file: ca.pem, cert_file: client.pem, key_file: client-key.pem}}\n  - {name: plain, url: https://b.internal/x}\n")
+	if err := os.WriteFile(path, []byte(y), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eps, err := endpointsOf(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if eps[0].TLSConfig == nil || eps[0].TLSConfig.RootCAs == nil || len(eps[0].TLSConfig.Certificates) != 1 || eps[1].TLSConfig != nil {
+		t.Fatalf("endpoints' TLS: %+v, %+v", eps[0].TLSConfig, eps[1].TLSConfig)
+	}
+}

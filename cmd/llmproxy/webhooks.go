@@ -105,7 +105,7 @@ func runWebhooks(args []string, stdout, stderr io.Writer) int {
 			return false
 		}
 		var names []string
-		for _, e := range endpointsOf(cfg) {
+		for _, e := range cfg.Endpoints() {
 			if e.Name == *endpoint {
 				return false
 			}
@@ -131,7 +131,12 @@ func runWebhooks(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	if args[1] == "replay" {
-		n, err := notifier.Replay(ctx, b.js, endpointsOf(cfg), notifier.DLQFilter{ID: *id, Endpoint: *endpoint})
+		eps, err := endpointsOf(cfg)
+		if err != nil {
+			fmt.Fprintln(stderr, "llmproxy webhooks:", err)
+			return 1
+		}
+		n, err := notifier.Replay(ctx, b.js, eps, notifier.DLQFilter{ID: *id, Endpoint: *endpoint})
 		if err == nil && unknownEndpoint(n) {
 			return 1
 		}

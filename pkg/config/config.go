@@ -196,6 +196,8 @@ type UsageHook struct {
 	Secret string `yaml:"secret"`
 	// Unauthenticated: see Webhook.Unauthenticated.
 	Unauthenticated bool `yaml:"unauthenticated"`
+	// TLS: see Webhook.TLS.
+	TLS TLS `yaml:"tls"`
 }
 
 // IsEnabled reports whether the usage hook delivers.
@@ -226,6 +228,10 @@ type Webhook struct {
 	// too; by default they are not sent: anyone can make them, as fast
 	// as the gateway refuses.
 	Unauthenticated bool `yaml:"unauthenticated"`
+	// TLS, for an https:// receiver, names a CA file in place of the
+	// system's (a private CA) and a client certificate and key (a
+	// receiver that verifies clients).
+	TLS TLS `yaml:"tls"`
 	// LegacyName is set, not read from the file, when Name was defaulted:
 	// it is the name the URL's host and path gave before, so that the
 	// notifier can take over that name's consumer instead of delivering

@@ -25,6 +25,7 @@ func (c *Config) Endpoints() []Webhook {
 			BackoffMax:  Duration(5 * time.Minute),
 
 			Unauthenticated: u.Unauthenticated,
+			TLS:             u.TLS,
 		})
 	}
 	return out

@@ -224,8 +224,14 @@ func (c *Config) resolvePaths() {
 	for i := range c.Lua.Scripts {
 		resolve(&c.Lua.Scripts[i])
 	}
+	tlsFiles := []*TLS{&c.UsageHook.TLS}
 	for i := range c.Backends {
-		t := &c.Backends[i].TLS
+		tlsFiles = append(tlsFiles, &c.Backends[i].TLS)
+	}
+	for i := range c.Webhooks {
+		tlsFiles = append(tlsFiles, &c.Webhooks[i].TLS)
+	}
+	for _, t := range tlsFiles {
 		for _, p := range []*string{&t.CAFile, &t.CertFile, &t.KeyFile} {
 			resolve(p)
 		}

@@ -286,6 +286,7 @@ func TestTLSFiles(t *testing.T) {
 		{"nats:\n  credentials: user.creds\n", "c.yaml:4: key nats.credentials: for the servers nats.url names"},
 		{"  - url: https://b2:8443\n    tls: { ca_file: ca.pem }\n", "c.yaml:4: key backends[1].tls: ca_file: " + filepath.Join(dir, "ca.pem") + " holds no PEM certificate"},
 		{"    tls: { ca_file: ca.pem }\n", "c.yaml:3: key backends[0].tls: for an https:// backend; this one is not"},
+		{"webhooks:\n  - url: http://h/x\n    tls: { cert_file: ca.pem }\n", "c.yaml:5: key webhooks[0].tls: for an https:// url; this one is not"},
 		{"nats:\n  url: nats://n:4222\n  credentials: nobody.creds\n", "key nats.credentials: cannot read " + filepath.Join(dir, "nobody.creds")},
 	} {
 		write(minimal + tc.yaml)

@@ -416,7 +416,17 @@ func (v *checker) webhooks() {
 			v.add(p+".backoff_max", "want at least 1s (the first retry waits up to 1s), got %s", w.BackoffMax.D())
 		}
 		v.webhookSecret(p+".secret", w.Secret)
+		v.receiverTLS(p+".tls", w.URL, w.TLS)
 	}
+	v.receiverTLS("usage_hook.tls", v.c.UsageHook.URL, v.c.UsageHook.TLS)
+}
+
+// receiverTLS checks the TLS files at path, of a receiver at url.
+func (v *checker) receiverTLS(path, url string, t TLS) {
+	if t.IsSet() && !strings.HasPrefix(strings.ToLower(url), "https://") {
+		v.add(path, "for an https:// url; this one is not")
+	}
+	v.tls(path, t)
 }
 
 func (v *checker) healthCheck() {

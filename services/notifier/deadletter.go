@@ -2,9 +2,11 @@ package notifier
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 	"strconv"
 	"time"
@@ -204,8 +206,26 @@ func Replay(ctx context.Context, js jetstream.JetStream, endpoints []Endpoint, f
 	if err != nil {
 		return 0, fmt.Errorf("dlq stream: %w", err)
 	}
-	client := newHTTPClient(1)
+	client := newHTTPClient(1, nil)
 	defer client.CloseIdleConnections()
+	// An endpoint with TLS files has a client of its own.
+	clients := map[*tls.Config]*http.Client{}
+	defer func() {
+		for _, c := range clients {
+			c.CloseIdleConnections()
+		}
+	}()
+	clientOf := func(ep Endpoint) *http.Client {
+		if ep.TLSConfig == nil {
+			return client
+		}
+		c := clients[ep.TLSConfig]
+		if c == nil {
+			c = newHTTPClient(1, ep.TLSConfig)
+			clients[ep.TLSConfig] = c
+		}
+		return c
+	}
 
 	var errs []error
 	for _, d := range letters {
@@ -217,7 +237,7 @@ func Replay(ctx context.Context, js jetstream.JetStream, endpoints []Endpoint, f
 			errs = append(errs, fmt.Errorf("dead letter %d (%s): endpoint %q is not configured", d.Seq, d.EventID, d.Endpoint))
 			continue
 		}
-		a := post(ctx, client, ep, d.EventID, d.Event, time.Now())
+		a := post(ctx, clientOf(ep), ep, d.EventID, d.Event, time.Now())
 		if classify(a.Status) != classSuccess {
 			errs = append(errs, fmt.Errorf("dead letter %d (%s) to %s: %w", d.Seq, d.EventID, ep.Name, a.Err))
 			continue

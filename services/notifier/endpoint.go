@@ -1,6 +1,7 @@
 package notifier
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/url"
@@ -24,7 +25,7 @@ const (
 //	notifier.Endpoint{Name: w.Name, URL: w.URL, Secret: w.Secret,
 //		Timeout: w.Timeout.D(), MaxAttempts: w.MaxAttempts, MaxAge: w.MaxAge.D(),
 //		BackoffMax: w.BackoffMax.D(), LegacyName: w.LegacyName,
-//		Unauthenticated: w.Unauthenticated}
+//		Unauthenticated: w.Unauthenticated, TLSConfig: <w.TLS.Load()>}
 //
 // and onto config.UsageHook, whose Retry is MaxAttempts (it has no name:
 // give it one, e.g. "usage_hook").
@@ -59,6 +60,9 @@ type Endpoint struct {
 	// are acknowledged unsent and counted in llmproxy_webhook_skipped_total:
 	// any client can make them, as fast as the gateway refuses it.
 	Unauthenticated bool
+	// TLSConfig, when set, is the TLS configuration of the connections to
+	// URL (a private CA, a client certificate) in place of the system's.
+	TLSConfig *tls.Config
 }
 
 func (e Endpoint) withDefaults() Endpoint {

@@ -239,7 +239,7 @@ func TestEventID(t *testing.T) {
 
 func TestTransportErrorHidesURL(t *testing.T) {
 	ep := Endpoint{Name: "x", URL: "http://user:pass@127.0.0.1:1/hook"}.withDefaults()
-	a := post(context.Background(), newHTTPClient(1), ep, "id", []byte("{}"), time.Now())
+	a := post(context.Background(), newHTTPClient(1, nil), ep, "id", []byte("{}"), time.Now())
 	if a.Err == nil || a.Status != 0 {
 		t.Fatalf("attempt = %+v", a)
 	}

@@ -117,9 +117,13 @@ func (n *Notifier) Run(ctx context.Context) error {
 	defer cancel(nil)
 	var wg sync.WaitGroup
 	for i, e := range n.endpoints {
+		client := n.opts.HTTPClient
+		if e.TLSConfig != nil {
+			client = newHTTPClient(n.opts.Concurrency, e.TLSConfig)
+		}
 		h := &handler{
 			ep:      e,
-			client:  n.opts.HTTPClient,
+			client:  client,
 			opts:    n.opts,
 			metrics: n.metrics,
 			log:     n.opts.Logger,

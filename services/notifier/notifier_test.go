@@ -3,13 +3,22 @@ package notifier
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/big"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -685,5 +694,47 @@ func TestUnauthenticatedEventsSentOnlyToEndpointsThatAsk(t *testing.T) {
 	waitMetric(t, reg, 3, "llmproxy_webhook_skipped_total", "endpoint", "billing")
 	if n := metricValue(t, reg, "llmproxy_webhook_skipped_total", "endpoint", "audit"); n != 0 {
 		t.Errorf("audit skipped %v events", n)
+	}
+}
+
+// TestEndpointTLSConfig: an endpoint's TLSConfig (a private CA, a client
+// certificate) reaches a receiver that verifies its clients; one without it
+// cannot deliver there.
+func TestEndpointTLSConfig(t *testing.T) {
+	t.Parallel()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(9), Subject: pkix.Name{CommonName: "notifier"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientCert, _ := x509.ParseCertificate(der)
+	var got atomic.Int32
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { got.Add(1) }))
+	pool := x509.NewCertPool()
+	pool.AddCert(clientCert)
+	srv.TLS = &tls.Config{ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert}
+	srv.StartTLS()
+	defer srv.Close()
+	roots := x509.NewCertPool()
+	roots.AddCert(srv.Certificate())
+	js := eventstest.JetStream(t)
+	reg := prometheus.NewRegistry()
+	opts := testOptions()
+	opts.Registerer = reg
+	runNotifier(t, js, []Endpoint{
+		{Name: "mtls", URL: srv.URL, TLSConfig: &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}},
+		{Name: "plain", URL: srv.URL, MaxAttempts: 1},
+	}, opts)
+	publish(t, js, "req", 1)
+	waitFor(t, 10*time.Second, "the delivery with the client certificate", func() bool { return got.Load() == 1 })
+	waitMetric(t, reg, 1, "llmproxy_webhook_dlq_total", "endpoint", "plain")
+	if n := got.Load(); n != 1 {
+		t.Fatalf("the receiver got %d deliveries, want the one with the certificate", n)
 	}
 }

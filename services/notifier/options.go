@@ -1,6 +1,7 @@
 package notifier
 
 import (
+	"crypto/tls"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -85,7 +86,7 @@ func (o Options) withDefaults() Options {
 		o.Rand = globalRand{}
 	}
 	if o.HTTPClient == nil {
-		o.HTTPClient = newHTTPClient(o.Concurrency)
+		o.HTTPClient = newHTTPClient(o.Concurrency, nil)
 	}
 	return o
 }
@@ -105,8 +106,13 @@ func (o Options) ackWait(timeout time.Duration) time.Duration {
 	return 2*timeout + 10*time.Second
 }
 
-func newHTTPClient(perHost int) *http.Client {
+// newHTTPClient is a client for deliveries, perHost at a time to a host,
+// with tlsConfig (nil: the system's).
+func newHTTPClient(perHost int, tlsConfig *tls.Config) *http.Client {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
+	if tlsConfig != nil {
+		tr.TLSClientConfig = tlsConfig
+	}
 	tr.MaxIdleConnsPerHost = perHost
 	tr.MaxIdleConns = 0
 	return &http.Client{
