@@ -179,7 +179,7 @@ func (g *Gateway) serveList(w http.ResponseWriter, r *http.Request, path string,
 		}
 		select {
 		case <-f.done:
-			replies[i] = f.body
+			replies[i] = g.lists.latest(f, ups[i], path)
 			continue
 		case <-wait.C:
 		case <-r.Context().Done():
@@ -238,10 +238,12 @@ type listEntry struct {
 }
 
 // listFetch is one request for a backend's list: body is its 200 reply
-// (nil for another answer or none), set before done is closed.
+// (nil for another answer or none) and answered whether the backend
+// answered, both set before done is closed.
 type listFetch struct {
-	done chan struct{}
-	body []byte
+	done     chan struct{}
+	body     []byte
+	answered bool
 }
 
 // fetch asks up for its list at path, or joins the request for it in
@@ -274,18 +276,21 @@ func (c *listCache) fetch(g *Gateway, up *balancer.Upstream, path string, limit 
 		}
 		e.pending = nil
 		c.mu.Unlock()
-		f.body = body
+		f.body, f.answered = body, answered
 		close(f.done)
 	}()
 	return f
 }
 
-// latest is f's reply if it has come, else up's last list at path if it is
-// recent enough.
+// latest is f's answer if it has come, else (not yet, or the backend did
+// not answer: a timeout, a connection refused) up's last list at path if it
+// is recent enough.
 func (c *listCache) latest(f *listFetch, up *balancer.Upstream, path string) []byte {
 	select {
 	case <-f.done:
-		return f.body
+		if f.answered {
+			return f.body
+		}
 	default:
 	}
 	c.mu.Lock()

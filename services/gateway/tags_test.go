@@ -314,6 +314,19 @@ func TestListsDoNotWaitForAHungBackend(t *testing.T) {
 		t.Errorf("the hung backend was asked %d times by three lists at once, want once", n)
 	}
 
+	// A backend that answered and is now gone (its connections refused)
+	// is listed as it last answered too.
+	gone := serve("gone-model", func() bool { return false })
+	gw3, s3 := gatewayFromYAML(t, fmt.Sprintf("backends: [{url: %q}, {url: %q}]\n", up.URL, gone.URL))
+	for i := range 2 {
+		resp, body := do(t, "GET", gw3.URL+"/v1/models", "", nil)
+		s3.next(t)
+		if resp.StatusCode != 200 || !strings.Contains(string(body), "gone-model") {
+			t.Fatalf("list %d with the backend gone: %d %s", i, resp.StatusCode, body)
+		}
+		gone.Close()
+	}
+
 	// A backend hung from the start has no list to show.
 	gw2, s2 := gatewayFromYAML(t, fmt.Sprintf("backends: [{url: %q}, {url: %q}]\n", up.URL, never.URL))
 	start := time.Now()
