@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"slices"
@@ -355,11 +356,43 @@ func (b *bus) probe(url string, extra []nats.Option, timeout time.Duration) erro
 	opts := append(slices.Clone(extra), nats.Name("llmproxy-diagnose"), nats.RetryOnFailedConnect(false),
 		nats.MaxReconnects(0), nats.Timeout(timeout), nats.NoCallbacksAfterClientClose())
 	nc, err := nats.Connect(url, opts...)
+	if errors.Is(err, nats.ErrNoServers) {
+		// nats.go's word for every server refusing the connection (or
+		// not resolving): the first server's own error says which.
+		if derr := dialServers(url, timeout); derr != nil {
+			return derr
+		}
+	}
 	if err != nil {
 		return connectError(err)
 	}
 	nc.Close()
 	return nil
+}
+
+// dialServers dials the servers of servers, nats.url's comma-separated
+// list, and returns the first's error when none answers.
+func dialServers(servers string, timeout time.Duration) error {
+	var first error
+	for s := range strings.SplitSeq(servers, ",") {
+		u, err := url.Parse(strings.TrimSpace(s))
+		if err != nil || u.Host == "" {
+			continue
+		}
+		host := u.Host
+		if u.Port() == "" {
+			host = net.JoinHostPort(u.Hostname(), "4222")
+		}
+		c, err := net.DialTimeout("tcp", host, timeout)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	return first
 }
 
 func (b *bus) close() {

@@ -568,3 +568,28 @@ func TestBusSaysWhyNATSIsNotConnected(t *testing.T) {
 		t.Fatalf("log:\n%s\nwant a WARN naming the certificate's failure", out.String())
 	}
 }
+
+// TestBusSaysNATSRefusedTheConnection: nats.go calls every refused dial "no
+// servers available"; the reason given is the dial's own.
+func TestBusSaysNATSRefusedTheConnection(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	cfg := &config.Config{}
+	cfg.NATS.URL = "nats://" + addr
+	b, err := openBus(context.Background(), cfg, false, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.close()
+	deadline := time.Now().Add(10 * time.Second)
+	for b.why.Load() == nil && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := b.ready(); err == nil || !strings.Contains(err.Error(), "connection refused") {
+		t.Fatalf("ready = %v, want the refused connection", err)
+	}
+}

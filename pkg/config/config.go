@@ -128,7 +128,8 @@ type Server struct {
 	// PublicStatus, false, keeps the gateway's own listener (which
 	// clients reach) from serving /metrics and /readyz's details (backend
 	// names and URLs, store errors): its /readyz then says only whether
-	// it is ready, and the admin listener serves both whole. Default true.
+	// it is ready; the admin listener's /readyz and /metrics stay as they
+	// are. Default true.
 	PublicStatus *bool `yaml:"public_status"`
 }
 

@@ -258,7 +258,8 @@ func TestTLSFiles(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), []byte("not a certificate\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "user.creds"), []byte("creds\n"), 0o600); err != nil {
+	creds := "-----BEGIN NATS USER JWT-----\neyJ0eXAi\n------END NATS USER JWT------\n\n-----BEGIN USER NKEY SEED-----\nSUAM\n------END USER NKEY SEED------\n"
+	if err := os.WriteFile(filepath.Join(dir, "user.creds"), []byte(creds), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	path := filepath.Join(dir, "c.yaml")
@@ -288,6 +289,7 @@ func TestTLSFiles(t *testing.T) {
 		{"    tls: { ca_file: ca.pem }\n", "c.yaml:3: key backends[0].tls: for an https:// backend; this one is not"},
 		{"webhooks:\n  - url: http://h/x\n    tls: { cert_file: ca.pem }\n", "c.yaml:5: key webhooks[0].tls: for an https:// url; this one is not"},
 		{"nats:\n  url: nats://n:4222\n  credentials: nobody.creds\n", "key nats.credentials: cannot read " + filepath.Join(dir, "nobody.creds")},
+		{"nats:\n  url: nats://n:4222\n  credentials: ca.pem\n", "c.yaml:5: key nats.credentials: " + filepath.Join(dir, "ca.pem") + " holds no NATS user JWT and NKey seed"},
 	} {
 		write(minimal + tc.yaml)
 		if _, err := Load(path); err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"fmt"
 	"maps"
 	"net"
@@ -180,8 +181,13 @@ func (v *checker) nats() {
 		v.add("nats.tls", "for the servers nats.url names; the embedded server needs none")
 	}
 	if n.Credentials != "" {
-		if _, err := os.ReadFile(n.Credentials); err != nil {
+		b, err := os.ReadFile(n.Credentials)
+		switch {
+		case err != nil:
 			v.add("nats.credentials", "cannot read %s: %v", n.Credentials, unwrapPathError(err))
+		case !bytes.Contains(b, []byte("-----BEGIN NATS USER JWT-----")) || !bytes.Contains(b, []byte("NKEY SEED-----")):
+			// As nsc writes it: the user's JWT, then its NKey seed.
+			v.add("nats.credentials", "%s holds no NATS user JWT and NKey seed (a .creds file as nsc writes it)", n.Credentials)
 		}
 	}
 	v.tls("nats.tls", n.TLS)
