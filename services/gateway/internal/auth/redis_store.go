@@ -120,6 +120,7 @@ func (s *RedisStore) LookupHashFrom(ctx context.Context, hash string, client net
 				return nil, &LookupsLimitedError{RetryAfter: wait}
 			}
 			if wait, ok := s.lookups.take(now); !ok {
+				s.clients.giveBack(client) // no read was made
 				return nil, &LookupsLimitedError{RetryAfter: wait}
 			}
 		}
