@@ -157,6 +157,7 @@ func TestOpsMetrics(t *testing.T) {
 		"llmproxy_webhook_retries_total":         {dto.MetricType_COUNTER, nil},
 		"llmproxy_webhook_dlq_total":             {dto.MetricType_COUNTER, nil},
 		"llmproxy_webhook_dlq_depth":             {dto.MetricType_GAUGE, nil},
+		"llmproxy_webhook_skipped_total":         {dto.MetricType_COUNTER, []string{"endpoint"}},
 	}
 	var fams map[string]*dto.MetricFamily
 	eventually(t, 60*time.Second, "every metric exported", func() (bool, string) {
@@ -171,8 +172,14 @@ func TestOpsMetrics(t *testing.T) {
 				missing = append(missing, name)
 			}
 		}
-		if f := fams["llmproxy_webhook_dlq_total"]; f != nil && sumOf(f) < 7 {
-			missing = append(missing, "7 dead letters")
+		// The six requests' events; the bad key's is not sent to the
+		// refusing endpoint (no unauthenticated: true), and is counted
+		// as skipped, there and at the usage hook.
+		if f := fams["llmproxy_webhook_dlq_total"]; f != nil && sumOf(f) < 6 {
+			missing = append(missing, "6 dead letters")
+		}
+		if f := fams["llmproxy_webhook_skipped_total"]; f != nil && sumOf(f) < 2 {
+			missing = append(missing, "2 skipped")
 		}
 		if f := fams["llmproxy_meter_events_applied_total"]; f != nil && sumOf(f) < 6 {
 			missing = append(missing, "6 events applied")
