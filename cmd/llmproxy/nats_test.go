@@ -3,15 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"strings"
 	"sync"
@@ -55,8 +49,15 @@ func startNATS(t *testing.T, host string, port int) *server.Server {
 // when empty).
 func startNATSWithToken(t *testing.T, host string, port int, token string) *server.Server {
 	t.Helper()
-	ns, err := server.NewServer(&server.Options{Host: host, Port: port, JetStream: true,
-		StoreDir: t.TempDir(), NoSigs: true, NoLog: true, Authorization: token})
+	return runNATS(t, &server.Options{Host: host, Port: port, JetStream: true, StoreDir: t.TempDir(), Authorization: token})
+}
+
+// runNATS starts a nats-server of opts (without signals or logs), waits
+// until it takes connections, and shuts it down when the test ends.
+func runNATS(t *testing.T, opts *server.Options) *server.Server {
+	t.Helper()
+	opts.NoSigs, opts.NoLog = true, true
+	ns, err := server.NewServer(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,6 +67,13 @@ func startNATSWithToken(t *testing.T, host string, port int, token string) *serv
 	}
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
 	return ns
+}
+
+// waitWhy waits up to 10 s for b to have found why it is not connected.
+func waitWhy(b *bus) {
+	for deadline := time.Now().Add(10 * time.Second); b.why.Load() == nil && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // TestBusLogsAsyncErrors: messages a subscription drops because it fell
@@ -370,15 +378,7 @@ func TestEmbeddedJetStreamOff(t *testing.T) {
 // a server without it is connected but not ready.
 func TestJetStreamReady(t *testing.T) {
 	ns := startNATS(t, "127.0.0.1", -1)
-	plain, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go plain.Start()
-	if !plain.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server did not start")
-	}
-	t.Cleanup(func() { plain.Shutdown(); plain.WaitForShutdown() })
+	plain := runNATS(t, &server.Options{Host: "127.0.0.1", Port: -1})
 	for _, c := range []struct {
 		name, url string
 		ok        bool
@@ -528,27 +528,11 @@ func TestBusLeavesAFrozenServer(t *testing.T) {
 // reason it reports to no callback (a TLS server whose certificate is not
 // trusted) is explained: a WARN line and /readyz name the failure.
 func TestBusSaysWhyNATSIsNotConnected(t *testing.T) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "nats-test"},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true, JetStream: true, StoreDir: t.TempDir(),
-		TLSConfig: &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}, TLSTimeout: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server did not start")
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	// A server whose certificate the client does not trust: the test's
+	// CA is not the system's.
+	pki := newTestPKI(t)
+	ns := runNATS(t, &server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{pki.server}}, TLSTimeout: 2})
 	var out syncBuffer
 	cfg := &config.Config{}
 	cfg.NATS.URL = "tls://" + ns.Addr().String()
@@ -557,10 +541,7 @@ func TestBusSaysWhyNATSIsNotConnected(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.close()
-	deadline := time.Now().Add(10 * time.Second)
-	for b.why.Load() == nil && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitWhy(b)
 	if err := b.ready(); err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Fatalf("ready = %v, want the certificate's failure", err)
 	}
@@ -585,10 +566,7 @@ func TestBusSaysNATSRefusedTheConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.close()
-	deadline := time.Now().Add(10 * time.Second)
-	for b.why.Load() == nil && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitWhy(b)
 	if err := b.ready(); err == nil || !strings.Contains(err.Error(), "connection refused") {
 		t.Fatalf("ready = %v, want the refused connection", err)
 	}

@@ -111,17 +111,9 @@ func newTestPKI(t *testing.T) *testPKI {
 // CA, the bus is not connected and says why.
 func TestNATSOverTLSWithClientCertificates(t *testing.T) {
 	pki := newTestPKI(t)
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true, JetStream: true, StoreDir: t.TempDir(),
+	ns := runNATS(t, &server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
 		TLSConfig: &tls.Config{Certificates: []tls.Certificate{pki.server}, ClientCAs: pki.ca, ClientAuth: tls.RequireAndVerifyClientCert},
 		TLSVerify: true, TLSTimeout: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server did not start")
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
 	for _, c := range []struct {
 		name string
 		tls  config.TLS
@@ -154,10 +146,7 @@ func TestNATSOverTLSWithClientCertificates(t *testing.T) {
 				}
 				return
 			}
-			deadline := time.Now().Add(10 * time.Second)
-			for b.why.Load() == nil && time.Now().Before(deadline) {
-				time.Sleep(50 * time.Millisecond)
-			}
+			waitWhy(b)
 			if err := b.ready(); err == nil || !strings.Contains(err.Error(), c.why) {
 				t.Fatalf("ready = %v, want it to say %q", err, c.why)
 			}
@@ -218,16 +207,8 @@ func TestNATSCredentialsFile(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true, JetStream: true, StoreDir: t.TempDir(),
+	ns := runNATS(t, &server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
 		TrustedOperators: []*jwt.OperatorClaims{op}, AccountResolver: resolver, SystemAccount: spub})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server did not start")
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
 	cfg := &config.Config{}
 	cfg.NATS.URL = ns.ClientURL()
 	cfg.NATS.Credentials = credsFile

@@ -3,16 +3,13 @@ package gateway
 import (
 	"context"
 	"encoding/json"
-	"github.com/redis/go-redis/v9"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/llmproxy/llmproxy/pkg/keys"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/redistest"
@@ -199,14 +196,7 @@ func TestAdminKeysPages(t *testing.T) {
 // want of Redis says why on the process's logger (it was the default one,
 // a text line among the process's JSON).
 func TestAdminKeysLogsTheStoresFailure(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := ln.Addr().String()
-	ln.Close()
-	rdb := redis.NewClient(&redis.Options{Addr: dead, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
-	defer rdb.Close()
+	rdb, _ := deadRedis(t)
 	lines := make(chan map[string]string, 10)
 	srv := httptest.NewServer(AdminKeysHandler(rdb, "llmproxy-test", "admin-secret", nil, slog.New(recordHandler{out: lines})))
 	defer srv.Close()

@@ -150,14 +150,7 @@ func TestPanickedRequestIsCountedAndLogged(t *testing.T) {
 // (reason key_store_unavailable), as one refused because the Redis rate
 // limiter does not answer is (ledger_unavailable).
 func TestKeyStoreDownIsARejection(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := ln.Addr().String()
-	ln.Close()
-	rdb := redis.NewClient(&redis.Options{Addr: dead, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
-	defer rdb.Close()
+	rdb, dead := deadRedis(t)
 	cfg := parseConfig(t, `
 backends: [{url: "http://127.0.0.1:9"}]
 auth: {enabled: true, storage: redis}
@@ -345,4 +338,19 @@ func TestPublicStatusOff(t *testing.T) {
 			t.Errorf("%q: /readyz %s, want its status alone", c.setting, body)
 		}
 	}
+}
+
+// deadRedis is a Redis client of an address nothing listens on, and the
+// address; the client is closed when the test ends.
+func deadRedis(t *testing.T) (*redis.Client, string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: dead, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	t.Cleanup(func() { rdb.Close() })
+	return rdb, dead
 }
