@@ -10,6 +10,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -34,6 +35,10 @@ type bus struct {
 	// why is what a connection of diagnose's own last met while nc was
 	// not connected (nil: nothing, or connected).
 	why atomic.Pointer[string]
+	// lost is closed when the NATS client gives the connection up for
+	// good (the server refused the credentials, say), not by the process.
+	lost     chan struct{}
+	lostOnce sync.Once
 }
 
 // openBus connects to cfg's NATS, or starts the embedded server under
@@ -90,7 +95,7 @@ var pingInterval = 5 * time.Second
 // command (update false) only creates missing streams, so that running it
 // with another config never changes the servers' streams.
 func connectBus(ctx context.Context, cfg *config.Config, url string, e *embeddedServer, extra []nats.Option, update bool, log *slog.Logger) (*bus, error) {
-	b := &bus{streams: make(chan struct{}), embedded: e}
+	b := &bus{streams: make(chan struct{}), embedded: e, lost: make(chan struct{})}
 	// reconnected runs after every reconnect, once the streams can be made.
 	var reconnected atomic.Pointer[func()]
 	opts := []nats.Option{
@@ -125,6 +130,7 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 			// when the process did not close the connection itself.
 			if err := c.LastError(); err != nil && !b.closing.Load() {
 				log.Error("nats connection closed; no more events are published or consumed until a restart", "err", err)
+				b.lostOnce.Do(func() { close(b.lost) })
 			}
 		}),
 		// Asynchronous errors, such as messages a subscription dropped

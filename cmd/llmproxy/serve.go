@@ -372,6 +372,19 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 		}()
 	}
 
+	if !runGateway {
+		// A worker has nothing to do once its NATS connection is given
+		// up for good: it stops, so that what runs it starts it again
+		// (a gateway goes on serving, its events kept in its outbox).
+		go func() {
+			select {
+			case <-b.lost:
+				errc <- fmt.Errorf("nats connection closed for good (%v): a %s has nothing to do without it; start it again once NATS takes the config's credentials", b.nc.LastError(), target)
+			case <-workers.Done():
+			}
+		}()
+	}
+
 	if runMeter {
 		mopts := meter.Options{Logger: log, Registerer: reg}
 		if lh.local != nil {

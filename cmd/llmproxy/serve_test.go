@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/nats-io/nats-server/v2/server"
 	"log/slog"
 	"net/http"
 	"os"
@@ -103,5 +104,47 @@ func TestEndpointsOfKeepsLegacyName(t *testing.T) {
 	}
 	if len(eps) != 1 || eps[0].Name != cfg.Webhooks[0].Name || eps[0].LegacyName != "hooks-example-com-t0k3n" || !eps[0].Unauthenticated {
 		t.Errorf("endpoints %+v", eps)
+	}
+}
+
+// TestWorkerStopsWhenNATSRefusesItForGood: a meter or notifier whose NATS
+// connection the client gives up for good (the server stopped taking its
+// credentials) stops with an error naming it, so that what runs it starts it
+// again; it stayed up doing nothing, healthy to a liveness probe.
+func TestWorkerStopsWhenNATSRefusesItForGood(t *testing.T) {
+	opts := &server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), Authorization: "first-token"}
+	ns := runNATS(t, opts)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "llmproxy.yaml")
+	yaml := fmt.Sprintf("data_dir: %q\nnats: { url: \"nats://first-token@%s\" }\nbackends: [{url: \"http://127.0.0.1:9\"}]\n"+
+		"redis: { url: \"redis://127.0.0.1:6379/15\", prefix: \"llmproxy-test-lost-%d\" }\n",
+		filepath.Join(dir, "data"), ns.Addr().String(), time.Now().UnixNano())
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logBuf syncBuffer
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	served := make(chan error, 1)
+	go func() { served <- serve(ctx, cfg, path, "meter", "", slog.New(slog.NewJSONHandler(&logBuf, nil))) }()
+	eventually(t, 10*time.Second, "the meter connected", func() (bool, string) {
+		return ns.NumClients() > 0, logBuf.String()
+	})
+	changed := *opts
+	changed.Authorization = "second-token"
+	if err := ns.ReloadOptions(&changed); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-served:
+		if err == nil || !strings.Contains(err.Error(), "nats connection closed for good") {
+			t.Fatalf("serve = %v, want the connection's end", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the meter stayed up without NATS:\n%s", logBuf.String())
 	}
 }
