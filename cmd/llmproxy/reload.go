@@ -36,7 +36,7 @@ func reload(ctx context.Context, path, adminListen string, running *config.Confi
 			// redis on a redis.url the process does not have yet).
 			attrs = append(attrs, "restart_only", keys, "hint", "these keys changed too and take a restart")
 		}
-		log.Error("reload failed; the running configuration stays", attrs...)
+		log.Error("reload refused; the running configuration stays", attrs...)
 		return nil
 	}
 	if keys := restartOnly(running, cfg); len(keys) > 0 {

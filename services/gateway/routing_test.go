@@ -641,3 +641,43 @@ func TestBackendTLSFiles(t *testing.T) {
 		})
 	}
 }
+
+// TestReloadSaysABackendIsBack: a reload that makes a backend again (its
+// health_check_path changed) and finds it healthy where it was down says
+// so, as a check that finds it back does; a log reader saw it go down and
+// never come back.
+func TestReloadSaysABackendIsBack(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/bad" {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	}))
+	defer backend.Close()
+	text := "backends: [{url: %q, name: one, health_check_path: %s}]\nhealth_check: {interval: 1h}\n"
+	lines := make(chan map[string]string, 100)
+	g, err := New(Options{Config: parseConfig(t, fmt.Sprintf(text, backend.URL, "/bad")), Events: newSink(), Logger: slog.New(recordHandler{out: lines})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Start(context.Background())
+	t.Cleanup(func() { g.rt.Load().stop() })
+	if g.rt.Load().pool.ByName("one").Healthy() {
+		t.Fatal("the backend is healthy with its check failing")
+	}
+	if err := g.Reload(context.Background(), parseConfig(t, fmt.Sprintf(text, backend.URL, "/good"))); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		select {
+		case l := <-lines:
+			if l["msg"] == "backend health changed" && l["healthy"] == "true" {
+				if l["backend"] != "one" || l["reason"] != "configuration reloaded" {
+					t.Fatalf("line %v", l)
+				}
+				return
+			}
+		default:
+			t.Fatal("no line for the backend back after the reload")
+		}
+	}
+}

@@ -151,6 +151,14 @@ func (g *Gateway) Reload(ctx context.Context, cfg *config.Config) error {
 	old := g.rt.Swap(rt)
 	if old != nil {
 		old.stop()
+		// A backend made again (its settings changed) has its health
+		// found afresh: one that was down and is up now says so, as a
+		// check that finds it back does.
+		for _, u := range rt.pool.Upstreams() {
+			if was := old.pool.ByName(u.Name); was != nil && was != u && !was.Healthy() && u.Healthy() {
+				g.log.Info("backend health changed", "backend", u.Name, "healthy", true, "reason", "configuration reloaded")
+			}
+		}
 		// Requests in flight keep their connections; idle ones of the
 		// replaced backends are closed (a backend kept as it was keeps
 		// them).
