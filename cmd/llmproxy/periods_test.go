@@ -118,8 +118,9 @@ func TestUsageFromAdminSaysWhy(t *testing.T) {
 	cfg.Admin.Listen = strings.TrimPrefix(srv.URL, "http://")
 	cfg.Admin.Token = "another-token"
 	_, err := usageFromAdmin(context.Background(), cfg, "", "")
-	if err == nil || !strings.Contains(err.Error(), "401") || !strings.Contains(err.Error(), "admin token required") {
-		t.Fatalf("wrong token: %v, want the 401 and the server's reason", err)
+	if err == nil || !strings.Contains(err.Error(), "401") || !strings.Contains(err.Error(), "admin token required") ||
+		!strings.Contains(err.Error(), "a changed admin.token takes a restart") {
+		t.Fatalf("wrong token: %v, want the 401, the server's reason and the hint", err)
 	}
 	cfg.Admin.Token = "server-token" // a process without a ledger
 	_, err = usageFromAdmin(context.Background(), cfg, "", "")

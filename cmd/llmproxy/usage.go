@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -128,8 +129,14 @@ func usageFromAdmin(ctx context.Context, cfg *config.Config, key string, p ledge
 			Error struct{ Message string }
 		}
 		_ = json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&e)
+		if resp.StatusCode == http.StatusUnauthorized {
+			// The file's admin.token is not the server's: changed in the
+			// file since the server started (it takes a restart), or
+			// from another environment.
+			e.Error.Message += " (the config's admin.token is not the running server's: a changed admin.token takes a restart)"
+		}
 		if e.Error.Message != "" {
-			return nil, fmt.Errorf("the running server answered %s: %s", resp.Status, e.Error.Message)
+			return nil, fmt.Errorf("the running server answered %s: %s", resp.Status, strings.TrimPrefix(e.Error.Message, " "))
 		}
 		return nil, fmt.Errorf("the running server answered %s", resp.Status)
 	}
