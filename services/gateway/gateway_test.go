@@ -690,3 +690,37 @@ func TestEstimateCountsUnreadBytes(t *testing.T) {
 		t.Fatalf("with some text read too: %d tokens, want %d", n, 2*40_011/11)
 	}
 }
+
+// TestUsageOnChunksHiddenFromAClientThatDidNotAsk: the gateway asks for
+// include_usage; an engine that then puts usage on every chunk (vLLM with
+// the client's continuous_usage_stats, which it honours only with
+// include_usage) or on its finish chunk gives the client chunks without it,
+// as the engine would have sent them, and the usage is billed.
+func TestUsageOnChunksHiddenFromAClientThatDidNotAsk(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		asked := strings.Contains(string(body), `"include_usage":true`)
+		w.Header().Set("Content-Type", "text/event-stream")
+		for i, c := range []string{"hel", "lo"} {
+			chunk := fmt.Sprintf(`{"id":"c","choices":[{"index":0,"delta":{"content":%q},"finish_reason":null}]`, c)
+			if asked {
+				chunk += fmt.Sprintf(`,"usage":{"prompt_tokens":7,"total_tokens":%d,"completion_tokens":%d}`, 8+i, 1+i)
+			}
+			_, _ = fmt.Fprintf(w, "data: %s}\n\n", chunk)
+		}
+		fin := `{"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]`
+		if asked {
+			fin += `,"usage":{"prompt_tokens":7,"total_tokens":10,"completion_tokens":3}`
+		}
+		_, _ = fmt.Fprintf(w, "data: %s}\n\ndata: [DONE]\n\n", fin)
+	}))
+	defer backend.Close()
+	gw, s := newTestGateway(t, backend.URL, "")
+	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1","stream":true,"stream_options":{"continuous_usage_stats":true},"messages":[{"role":"user","content":"hi"}]}`, withKey())
+	if resp.StatusCode != 200 || strings.Contains(string(body), "usage") || !strings.Contains(string(body), `"finish_reason":"stop"`) {
+		t.Fatalf("%d %s, want the chunks without usage", resp.StatusCode, body)
+	}
+	if ev := s.next(t); ev.Usage.PromptTokens != 7 || ev.Usage.CompletionTokens != 3 || ev.UsageSource != events.UsageSourceBackend {
+		t.Fatalf("billed %+v (%s), want the engine's 7/3", ev.Usage, ev.UsageSource)
+	}
+}

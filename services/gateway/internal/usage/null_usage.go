@@ -2,12 +2,13 @@ package usage
 
 import "bytes"
 
-var usageName = []byte(`"usage"`)
+var usageName, choicesName = []byte(`"usage"`), []byte(`"choices"`)
 
 // StripNullUsage removes the `"usage":null` member that OpenAI-style
-// engines add to every chunk of a stream asked for with include_usage, so
-// that a client who did not ask sees the chunks the engine would have sent
-// it. The member may have spaces around its colon (Python's json.dumps
+// engines add to every chunk of a stream asked for with include_usage (or
+// a usage object on a chunk with choices: vLLM's continuous usage, or an
+// engine's usage on its finish chunk), so that a client who did not ask
+// sees the chunks the engine would have sent it. The member may have spaces around its colon (Python's json.dumps
 // writes `"usage": null`). ev is edited in place and returned; an event
 // without the member is returned untouched.
 func StripNullUsage(ev []byte) []byte {
@@ -38,7 +39,8 @@ func StripNullUsage(ev []byte) []byte {
 	return append(ev[:start], ev[end:]...)
 }
 
-// nullUsageMember finds a `"usage"` name followed by a colon and null,
+// nullUsageMember finds a `"usage"` name followed by a colon and null (or
+// an object),
 // with optional JSON whitespace between them, and returns where the member
 // starts and ends; -1 when ev has none. A string value is never followed
 // by a colon, and a quote escaped inside a name starts nothing.
@@ -56,9 +58,20 @@ func nullUsageMember(ev []byte) (start, end int) {
 		j := skipWS(ev, i+len(usageName))
 		if bs%2 == 0 && j < len(ev) && ev[j] == ':' {
 			j = skipWS(ev, j+1)
-			if bytes.HasPrefix(ev[j:], []byte("null")) {
-				if k := skipWS(ev, j+len("null")); k < len(ev) && (ev[k] == ',' || ev[k] == '}') {
-					return i, j + len("null")
+			end := -1
+			switch {
+			case bytes.HasPrefix(ev[j:], []byte("null")):
+				end = j + len("null")
+			case j < len(ev) && ev[j] == '{' && bytes.Contains(ev, choicesName):
+				// A usage object on a chunk that carries choices: an
+				// engine's continuous usage (vLLM's
+				// continuous_usage_stats), or its usage on the finish
+				// chunk; neither reaches a client that did not ask.
+				end = valueEnd(ev, j)
+			}
+			if end > 0 {
+				if k := skipWS(ev, end); k < len(ev) && (ev[k] == ',' || ev[k] == '}') {
+					return i, end
 				}
 			}
 		}

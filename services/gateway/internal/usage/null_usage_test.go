@@ -20,6 +20,10 @@ func TestStripNullUsage(t *testing.T) {
 		`data: {"x":"usage","usage": null}` + "\n\n": `data: {"x":"usage"}` + "\n\n",
 		`data: {"a\"usage": null}` + "\n\n":          `data: {"a\"usage": null}` + "\n\n",
 		`data: {"usage": nullx}` + "\n\n":            `data: {"usage": nullx}` + "\n\n",
+		// A usage object on a chunk with choices: vLLM's continuous
+		// usage, or an engine's usage on its finish chunk.
+		`data: {"id":"a","choices":[{"delta":{"content":"x"}}],"usage":{"prompt_tokens":245,"total_tokens":246,"completion_tokens":1}}` + "\n\n":    `data: {"id":"a","choices":[{"delta":{"content":"x"}}]}` + "\n\n",
+		`data: {"choices":[{"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":2,"prompt_tokens_details":{"cached_tokens":1}},"x":1}` + "\n\n": `data: {"choices":[{"finish_reason":"tool_calls"}],"x":1}` + "\n\n",
 	}
 	for in, want := range cases {
 		got := string(StripNullUsage([]byte(in)))
