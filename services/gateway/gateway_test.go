@@ -724,3 +724,29 @@ func TestUsageOnChunksHiddenFromAClientThatDidNotAsk(t *testing.T) {
 		t.Fatalf("billed %+v (%s), want the engine's 7/3", ev.Usage, ev.UsageSource)
 	}
 }
+
+// TestResponsesStreamCutEndsWithItsOwnErrorEvent: a Responses API stream the
+// backend breaks off ends with that API's error event (a "type", no [DONE]:
+// clients dispatch on the type), and is recorded with no finish reason, not
+// the in_progress of its response.created.
+func TestResponsesStreamCutEndsWithItsOwnErrorEvent(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = w.Write([]byte("event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"status\":\"in_progress\"}}\n\n" +
+			"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"hel\"}\n\n"))
+		w.(http.Flusher).Flush()
+		hj, _ := w.(http.Hijacker)
+		conn, _, _ := hj.Hijack()
+		conn.Close()
+	}))
+	defer backend.Close()
+	gw, s := newTestGateway(t, backend.URL, "")
+	_, body := do(t, "POST", gw.URL+"/v1/responses", `{"model":"m1","stream":true,"input":"hi"}`, withKey())
+	want := "event: error\ndata: {\"type\":\"error\",\"code\":\"backend_stream_error\",\"message\":\"the backend failed mid-stream\",\"param\":null}\n\n"
+	if !bytes.HasSuffix(body, []byte(want)) || bytes.Contains(body, []byte("[DONE]")) {
+		t.Fatalf("stream ended %q, want the Responses error event", body)
+	}
+	if ev := s.next(t); ev.Error != "backend_stream_error" || ev.FinishReason != "" {
+		t.Fatalf("event: error %q finish %q", ev.Error, ev.FinishReason)
+	}
+}

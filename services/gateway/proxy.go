@@ -1309,7 +1309,7 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 					// connection is closed.
 					sp.Reset()
 					x.errMsg = "server_shutdown"
-					if end := streamShutdownEnding(format, ctype); end != nil {
+					if end := streamShutdownEnding(format, ctype, x.path); end != nil {
 						_, _ = w.Write(end)
 						_ = rc.Flush()
 					}
@@ -1325,7 +1325,7 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 					// error event and hide it.
 					sp.Reset()
 					x.errMsg = backendReadError(err, "backend_stream_error")
-					if end := streamErrorEnding(format, ctype); end != nil {
+					if end := streamErrorEnding(format, ctype, x.path); end != nil {
 						_, _ = w.Write(end)
 						_ = rc.Flush()
 					}
@@ -1438,8 +1438,9 @@ func backendReadError(err error, other string) string {
 
 // The endings of a stream cut mid-way, each in the shape its own clients
 // read as an error: OpenAI-style streams get an SSE error event and
-// [DONE], Anthropic's its error event, TGI's an event with error and
-// error_type, Ollama's an NDJSON line with error. One set for a backend
+// [DONE] (the Responses API's its own error event, without [DONE]),
+// Anthropic's its error event, TGI's an event with error and error_type,
+// Ollama's an NDJSON line with error. One set for a backend
 // that failed, one for a server cutting the stream at its drain deadline.
 var (
 	backendFailedEndings = streamEndings("the backend failed mid-stream", "api_error", "backend_stream_error")
@@ -1447,31 +1448,32 @@ var (
 )
 
 // endings are a stream's error endings, by dialect.
-type endings struct{ openai, anthropic, tgi, ollama []byte }
+type endings struct{ openai, responses, anthropic, tgi, ollama []byte }
 
 func streamEndings(msg, typ, code string) endings {
 	m, _ := json.Marshal(msg)
 	return endings{
 		openai:    []byte(`event: error` + "\n" + `data: {"error":{"message":` + string(m) + `,"type":"` + typ + `","code":"` + code + `"}}` + "\n\n" + `data: [DONE]` + "\n\n"),
+		responses: []byte(`event: error` + "\n" + `data: {"type":"error","code":"` + code + `","message":` + string(m) + `,"param":null}` + "\n\n"),
 		anthropic: []byte(`event: error` + "\n" + `data: {"type":"error","error":{"type":"` + typ + `","message":` + string(m) + `}}` + "\n\n"),
 		tgi:       []byte(`data:{"error":` + string(m) + `,"error_type":"` + code + `"}` + "\n\n"),
 		ollama:    []byte(`{"error":` + string(m) + `}` + "\n"),
 	}
 }
 
-// streamErrorEnding returns what ends a stream of format whose backend
-// failed mid-way.
-func streamErrorEnding(format usage.Format, ctype string) []byte {
-	return backendFailedEndings.of(format, ctype)
+// streamErrorEnding returns what ends a stream of format, on path, whose
+// backend failed mid-way.
+func streamErrorEnding(format usage.Format, ctype, path string) []byte {
+	return backendFailedEndings.of(format, ctype, path)
 }
 
-// streamShutdownEnding returns what ends a stream of format the server
-// cuts at its drain deadline.
-func streamShutdownEnding(format usage.Format, ctype string) []byte {
-	return shutdownEndings.of(format, ctype)
+// streamShutdownEnding returns what ends a stream of format, on path, the
+// server cuts at its drain deadline.
+func streamShutdownEnding(format usage.Format, ctype, path string) []byte {
+	return shutdownEndings.of(format, ctype, path)
 }
 
-func (e endings) of(format usage.Format, ctype string) []byte {
+func (e endings) of(format usage.Format, ctype, path string) []byte {
 	switch format {
 	case usage.FormatAnthropicSSE:
 		return e.anthropic
@@ -1484,6 +1486,9 @@ func (e endings) of(format usage.Format, ctype string) []byte {
 		// NDJSON on an OpenAI path ends as Ollama's lines do.
 		if strings.Contains(strings.ToLower(ctype), "ndjson") {
 			return e.ollama
+		}
+		if path == "/v1/responses" {
+			return e.responses
 		}
 		return e.openai
 	}

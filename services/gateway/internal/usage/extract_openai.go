@@ -145,7 +145,12 @@ func (e *Extractor) openaiResponsesEvent(typ, delta, response []byte) {
 		case keyIs(k, "model"):
 			e.setModel(v)
 		case keyIs(k, "status"):
-			e.setFinish(v)
+			// The status a stream ended with (completed, incomplete,
+			// failed); one still under way (response.created's
+			// in_progress, queued) says nothing of how it ended.
+			if s := string(v); s != `"in_progress"` && s != `"queued"` {
+				e.setFinish(v)
+			}
 		case keyIs(k, "usage"):
 			e.openaiUsage(v)
 		}

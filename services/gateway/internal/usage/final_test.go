@@ -105,3 +105,18 @@ func TestIsFinalEventDoesNotAllocate(t *testing.T) {
 		}
 	}
 }
+
+// TestResponsesStreamCutHasNoFinishReason: a Responses stream cut before its
+// end has no finish reason; response.created's in_progress is no ending.
+func TestResponsesStreamCutHasNoFinishReason(t *testing.T) {
+	ex := NewExtractor(FormatOpenAISSE, Options{})
+	ex.Event([]byte("event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"status\":\"in_progress\",\"model\":\"m\"}}\n\n"))
+	ex.Event([]byte("event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"hi\"}\n\n"))
+	if r := ex.Result(); r.FinishReason != "" {
+		t.Fatalf("cut after response.created: finish %q, want none", r.FinishReason)
+	}
+	ex.Event([]byte("event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"status\":\"completed\",\"usage\":{\"input_tokens\":1,\"output_tokens\":2}}}\n\n"))
+	if r := ex.Result(); r.FinishReason != "completed" {
+		t.Fatalf("completed: finish %q", r.FinishReason)
+	}
+}
