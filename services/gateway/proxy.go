@@ -1271,7 +1271,7 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 					return nil
 				}
 				hid = false
-				ev = usage.StripNullUsage(ev)
+				ev = usage.StripUsage(ev)
 			default:
 				parse(ev)
 			}

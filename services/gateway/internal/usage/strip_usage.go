@@ -4,15 +4,15 @@ import "bytes"
 
 var usageName, choicesName = []byte(`"usage"`), []byte(`"choices"`)
 
-// StripNullUsage removes the `"usage":null` member that OpenAI-style
+// StripUsage removes the `"usage":null` member that OpenAI-style
 // engines add to every chunk of a stream asked for with include_usage (or
 // a usage object on a chunk with choices: vLLM's continuous usage, or an
 // engine's usage on its finish chunk), so that a client who did not ask
-// sees the chunks the engine would have sent it. The member may have spaces around its colon (Python's json.dumps
-// writes `"usage": null`). ev is edited in place and returned; an event
+// sees the chunks the engine would have sent it. The member may have spaces
+// around its colon (Python's json.dumps writes `"usage": null`). ev is edited in place and returned; an event
 // without the member is returned untouched.
-func StripNullUsage(ev []byte) []byte {
-	i, end := nullUsageMember(ev)
+func StripUsage(ev []byte) []byte {
+	i, end := usageMember(ev)
 	if i < 0 {
 		return ev
 	}
@@ -39,12 +39,12 @@ func StripNullUsage(ev []byte) []byte {
 	return append(ev[:start], ev[end:]...)
 }
 
-// nullUsageMember finds a `"usage"` name followed by a colon and null (or
+// usageMember finds a `"usage"` name followed by a colon and null (or
 // an object),
 // with optional JSON whitespace between them, and returns where the member
 // starts and ends; -1 when ev has none. A string value is never followed
 // by a colon, and a quote escaped inside a name starts nothing.
-func nullUsageMember(ev []byte) (start, end int) {
+func usageMember(ev []byte) (start, end int) {
 	for off := 0; ; {
 		i := bytes.Index(ev[off:], usageName)
 		if i < 0 {

@@ -5,7 +5,7 @@ import (
 	"testing"
 )
 
-func TestStripNullUsage(t *testing.T) {
+func TestStripUsage(t *testing.T) {
 	cases := map[string]string{
 		`data: {"id":"a","choices":[],"usage":null}` + "\n\n":                                           `data: {"id":"a","choices":[]}` + "\n\n",
 		`data: {"usage":null,"id":"a"}` + "\n\n":                                                        `data: {"id":"a"}` + "\n\n",
@@ -26,21 +26,21 @@ func TestStripNullUsage(t *testing.T) {
 		`data: {"choices":[{"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":2,"prompt_tokens_details":{"cached_tokens":1}},"x":1}` + "\n\n": `data: {"choices":[{"finish_reason":"tool_calls"}],"x":1}` + "\n\n",
 	}
 	for in, want := range cases {
-		got := string(StripNullUsage([]byte(in)))
+		got := string(StripUsage([]byte(in)))
 		if got != want {
-			t.Errorf("StripNullUsage(%q) = %q, want %q", in, got, want)
+			t.Errorf("StripUsage(%q) = %q, want %q", in, got, want)
 		}
 	}
 }
 
-func FuzzStripNullUsage(f *testing.F) {
+func FuzzStripUsage(f *testing.F) {
 	f.Add([]byte(`{"a":1,"usage":null}`))
 	f.Add([]byte(`{"usage":null}`))
 	f.Add([]byte(`{"id": "a", "usage" :  null}`))
 	f.Add([]byte(`{"a\\\"usage": null, "usage": null}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		valid := json.Valid(b)
-		out := StripNullUsage(append([]byte(nil), b...))
+		out := StripUsage(append([]byte(nil), b...))
 		var m map[string]any
 		if valid && json.Unmarshal(b, &m) == nil {
 			if _, ok := m["usage"]; ok && m["usage"] == nil && !json.Valid(out) {
