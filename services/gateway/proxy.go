@@ -452,7 +452,7 @@ func (g *Gateway) authenticate(r *http.Request, x *exchange, luaAuth bool) *apie
 	x.masked = auth.Mask(secret)
 	var key *auth.Key
 	var err error
-	if cs, ok := x.rt.keys.(auth.ClientStore); ok {
+	if cs := x.rt.clientKeys; cs != nil {
 		key, err = cs.LookupHashFrom(r.Context(), auth.HashSecret(secret), x.clientIP)
 	} else {
 		key, err = x.rt.keys.LookupHash(r.Context(), auth.HashSecret(secret))

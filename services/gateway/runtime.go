@@ -21,14 +21,17 @@ import (
 // keeps it to its end, so a reload never changes a request midway. A
 // runtime is immutable once built.
 type runtime struct {
-	cfg    *config.Config
-	keys   auth.Store
-	authOn bool
-	ips    *clientip.Resolver
-	pool   *balancer.Pool
-	health *balancer.HealthChecker
-	retry  *retry.Policy
-	lua    *hooks.Engine // nil without scripts
+	cfg  *config.Config
+	keys auth.Store
+	// clientKeys is keys when it budgets its look-ups per client (a Redis
+	// key store), else nil: told once here, not per request.
+	clientKeys auth.ClientStore
+	authOn     bool
+	ips        *clientip.Resolver
+	pool       *balancer.Pool
+	health     *balancer.HealthChecker
+	retry      *retry.Policy
+	lua        *hooks.Engine // nil without scripts
 	// redact removes configured secrets from events; capture and
 	// maxCapture say whether and how much response content they carry.
 	redact     *redact.Redactor
@@ -67,6 +70,7 @@ func (g *Gateway) buildRuntime(cfg *config.Config, keys auth.Store) (*runtime, e
 		}
 		rt.keys = fs
 	}
+	rt.clientKeys, _ = rt.keys.(auth.ClientStore)
 	var trusted []netip.Prefix
 	for _, s := range cfg.TrustedProxies {
 		p, err := auth.ParsePrefix(s)
