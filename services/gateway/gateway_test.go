@@ -342,16 +342,24 @@ func TestEstimateCountsTokenIDsAndImages(t *testing.T) {
 	}
 }
 
-func TestBackendFailureMidStreamEndsWithErrorEvent(t *testing.T) {
+// streamCutBackend is a backend that sends the events of a stream and then
+// drops its connection, as an engine that dies mid-stream.
+func streamCutBackend(t *testing.T, events string) *httptest.Server {
+	t.Helper()
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/event-stream")
-		_, _ = w.Write([]byte("data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n"))
+		_, _ = w.Write([]byte(events))
 		w.(http.Flusher).Flush()
 		hj, _ := w.(http.Hijacker)
 		conn, _, _ := hj.Hijack()
 		conn.Close()
 	}))
-	defer backend.Close()
+	t.Cleanup(backend.Close)
+	return backend
+}
+
+func TestBackendFailureMidStreamEndsWithErrorEvent(t *testing.T) {
+	backend := streamCutBackend(t, "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n")
 	gw, _ := newTestGateway(t, backend.URL, "")
 	_, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1","stream":true}`, withKey())
 	if !bytes.Contains(body, []byte("event: error")) || !bytes.HasSuffix(body, []byte("data: [DONE]\n\n")) {
@@ -730,16 +738,8 @@ func TestUsageOnChunksHiddenFromAClientThatDidNotAsk(t *testing.T) {
 // clients dispatch on the type), and is recorded with no finish reason, not
 // the in_progress of its response.created.
 func TestResponsesStreamCutEndsWithItsOwnErrorEvent(t *testing.T) {
-	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/event-stream")
-		_, _ = w.Write([]byte("event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"status\":\"in_progress\"}}\n\n" +
-			"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"hel\"}\n\n"))
-		w.(http.Flusher).Flush()
-		hj, _ := w.(http.Hijacker)
-		conn, _, _ := hj.Hijack()
-		conn.Close()
-	}))
-	defer backend.Close()
+	backend := streamCutBackend(t, "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"status\":\"in_progress\"}}\n\n"+
+		"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"hel\"}\n\n")
 	gw, s := newTestGateway(t, backend.URL, "")
 	_, body := do(t, "POST", gw.URL+"/v1/responses", `{"model":"m1","stream":true,"input":"hi"}`, withKey())
 	want := "event: error\ndata: {\"type\":\"error\",\"code\":\"backend_stream_error\",\"message\":\"the backend failed mid-stream\",\"param\":null}\n\n"
