@@ -377,7 +377,7 @@ func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
 				// (the parse error names no secret: no body bytes).
 				g.log.Error("lua hook failed", "request_id", x.requestID, "hook", hooks.HookRequest,
 					"err", "the body it set is not a request the gateway can read: "+err.Error())
-				g.metrics.luaErrors.WithLabelValues(hooks.HookRequest, "error").Inc()
+				g.countLuaError(hooks.HookRequest, err)
 				return g.reject("lua_error", apierr.Internal("lua_error", "on_request produced a body that is not valid JSON"))
 			}
 			// A script that copied the key into the body (from the
