@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/url"
 	"os"
@@ -39,14 +40,44 @@ type bus struct {
 	// good (the server refused the credentials, say), not by the process.
 	lost     chan struct{}
 	lostOnce sync.Once
+	// refused is set while the servers refuse the connection's
+	// credentials (cleared by a reconnect): the client then waits
+	// refusedWait between its tries, not reconnectWait.
+	refused atomic.Bool
+}
+
+// reconnectWait and reconnectJitter pace the client's tries to reconnect;
+// refusedWait replaces them while the servers refuse the credentials, for a
+// client that keeps trying then (keepTrying).
+const (
+	reconnectWait   = 250 * time.Millisecond
+	reconnectJitter = 100 * time.Millisecond
+	refusedWait     = 2 * time.Second
+)
+
+// keepTrying is the option of a process that serves clients (a gateway):
+// nats.go gives a connection up for good once a server refuses its
+// credentials twice in a row, which would leave the gateway without NATS
+// until a restart even after the servers take them again (a credential
+// change rolled out to the servers in the wrong order, say). With it the
+// client keeps trying, every refusedWait, and the outbox keeps the events
+// meanwhile.
+func keepTrying() nats.Option { return nats.IgnoreAuthErrorAbort() }
+
+// isRefusal tells whether err is a server's refusal of the credentials.
+func isRefusal(err error) bool {
+	return errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) ||
+		errors.Is(err, nats.ErrAuthRevoked) || errors.Is(err, nats.ErrAccountAuthExpired)
 }
 
 // openBus connects to cfg's NATS, or starts the embedded server under
 // data_dir when nats.url is empty and embedded is allowed (llmproxy serve
 // --target all); that server also accepts the CLI's clients (embedded.go).
-func openBus(ctx context.Context, cfg *config.Config, allowEmbedded bool, log *slog.Logger) (*bus, error) {
+//
+// extra is added to the options of a connection to nats.url (keepTrying).
+func openBus(ctx context.Context, cfg *config.Config, allowEmbedded bool, log *slog.Logger, extra ...nats.Option) (*bus, error) {
 	if cfg.NATS.URL != "" {
-		return connectBus(ctx, cfg, cfg.NATS.URL, nil, nil, true, log)
+		return connectBus(ctx, cfg, cfg.NATS.URL, nil, extra, true, log)
 	}
 	if !allowEmbedded {
 		return nil, fmt.Errorf("nats.url is required for this target (the embedded server runs only with --target all)")
@@ -109,7 +140,12 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 		nats.PingInterval(pingInterval),
 		nats.MaxPingsOutstanding(2),
 		nats.MaxReconnects(-1),
-		nats.ReconnectWait(250 * time.Millisecond),
+		nats.CustomReconnectDelay(func(int) time.Duration {
+			if b.refused.Load() {
+				return refusedWait
+			}
+			return reconnectWait + rand.N(reconnectJitter)
+		}),
 		nats.RetryOnFailedConnect(true),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
@@ -117,6 +153,7 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 			}
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {
+			b.refused.Store(false)
 			log.Info("nats reconnected", "url", serverURL(c.ConnectedUrl()))
 			if f := reconnected.Load(); f != nil {
 				go (*f)()
@@ -139,6 +176,14 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 			if sub != nil {
 				log.Warn("nats async error", "subject", sub.Subject, "err", err)
+				return
+			}
+			if isRefusal(err) {
+				// Each try a client that keeps trying makes meets it:
+				// said once, until a reconnect.
+				if !b.refused.Swap(true) {
+					log.Warn("nats refused the credentials", "err", err)
+				}
 				return
 			}
 			log.Warn("nats async error", "err", err)

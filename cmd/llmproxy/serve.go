@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -289,7 +290,14 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	b, err := openBus(ctx, cfg, target == "all", log)
+	var keep []nats.Option
+	if runGateway {
+		// A gateway serves on without NATS (its outbox keeps the
+		// events): it waits out a refusal of its credentials rather
+		// than give the connection up.
+		keep = append(keep, keepTrying())
+	}
+	b, err := openBus(ctx, cfg, target == "all", log, keep...)
 	if err != nil {
 		return err
 	}

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"github.com/nats-io/nats-server/v2/server"
 	"log/slog"
 	"net/http"
 	"os"
@@ -12,7 +11,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/llmproxy/llmproxy/pkg/config"
+	"github.com/llmproxy/llmproxy/pkg/events"
 )
 
 // TestServeHealthListeners: every target serves /healthz and /readyz
@@ -147,4 +151,92 @@ func TestWorkerStopsWhenNATSRefusesItForGood(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("the meter stayed up without NATS:\n%s", logBuf.String())
 	}
+}
+
+// TestGatewayWaitsOutARefusal: a gateway whose NATS servers refuse its
+// credentials for a while (a credential change rolled out in the wrong
+// order) connects again once they take them, and publishes what it kept in
+// its outbox meanwhile; nats.go gave the connection up for good after the
+// second refusal, and the gateway stayed without NATS until a restart.
+func TestGatewayWaitsOutARefusal(t *testing.T) {
+	opts := &server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), Authorization: "first-token"}
+	ns := runNATS(t, opts)
+	dir := t.TempDir()
+	listen := freeAddr(t)
+	path := filepath.Join(dir, "llmproxy.yaml")
+	yaml := fmt.Sprintf("listen: %q\ndata_dir: %q\nnats: { url: \"nats://first-token@%s\" }\nbackends: [{url: \"http://127.0.0.1:9\"}]\n",
+		listen, filepath.Join(dir, "data"), ns.Addr().String())
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logBuf syncBuffer
+	ctx, stop := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- serve(ctx, cfg, path, "gateway", "", slog.New(slog.NewJSONHandler(&logBuf, nil))) }()
+	defer func() {
+		stop()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+	ready := func() (bool, string) {
+		resp, err := http.Get("http://" + listen + "/readyz")
+		if err != nil {
+			return false, err.Error()
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, resp.Status + "\n" + logBuf.String()
+	}
+	eventually(t, 10*time.Second, "the gateway ready", ready)
+
+	changed := *opts
+	changed.Authorization = "second-token"
+	if err := ns.ReloadOptions(&changed); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the refusal logged", func() (bool, string) {
+		return strings.Contains(logBuf.String(), "nats refused the credentials"), logBuf.String()
+	})
+	// Long enough for nats.go to meet the refusal twice more, when it
+	// gave the connection up.
+	time.Sleep(2*refusedWait + time.Second)
+	if strings.Contains(logBuf.String(), "nats connection closed") {
+		t.Fatalf("the gateway gave its connection up:\n%s", logBuf.String())
+	}
+	resp, err := http.Post("http://"+listen+"/v1/chat/completions", "application/json",
+		strings.NewReader(`{"model":"m","messages":[{"role":"user","content":"hi"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	id := resp.Header.Get("X-Request-Id")
+
+	if err := ns.ReloadOptions(opts); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 15*time.Second, "the gateway connected again", ready)
+	nc, err := nats.Connect(ns.ClientURL(), nats.Token("first-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 15*time.Second, "the outbox's event published", func() (bool, string) {
+		s, err := js.Stream(context.Background(), events.StreamName)
+		if err != nil {
+			return false, err.Error()
+		}
+		m, err := s.GetLastMsgForSubject(context.Background(), events.StreamSubject)
+		if err != nil {
+			return false, err.Error()
+		}
+		return strings.Contains(string(m.Data), id), string(m.Data)
+	})
 }
