@@ -103,8 +103,8 @@ func (h *HealthChecker) SetLogger(log *slog.Logger) {
 func (h *HealthChecker) Enabled() bool { return h.checks || h.scrape }
 
 // Start runs one round synchronously, so the gateway serves only after a
-// first verdict, then one round every interval in a goroutine until ctx is
-// done. It does nothing when the checker is disabled.
+// first verdict, then checks each upstream again interval after its last
+// check ended, in a goroutine per upstream, until ctx is done. It does nothing when the checker is disabled.
 func (h *HealthChecker) Start(ctx context.Context) {
 	// An upstream kept from the pool before a reload keeps its health
 	// verdict. One this checker does not check (the reload dropped
@@ -123,18 +123,27 @@ func (h *HealthChecker) Start(ctx context.Context) {
 		return
 	}
 	h.RunOnce(ctx)
-	go func() {
-		t := time.NewTicker(h.interval)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				h.RunOnce(ctx)
+	// Each upstream on its own loop, the next check interval after the
+	// last one ended: a check that hangs until its timeout neither holds
+	// up the others' nor, once it ends, is followed at once by the next
+	// (a ticker's tick kept while it hung), which would let a backend
+	// that has just come back pass healthy_threshold checks in a row
+	// within moments.
+	for _, u := range h.pool.Upstreams() {
+		go func() {
+			t := time.NewTimer(h.interval)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					h.runOne(ctx, u)
+					t.Reset(h.interval)
+				}
 			}
-		}
-	}()
+		}()
+	}
 }
 
 // RunOnce checks (and scrapes) every upstream once, in parallel, and
@@ -142,16 +151,19 @@ func (h *HealthChecker) Start(ctx context.Context) {
 func (h *HealthChecker) RunOnce(ctx context.Context) {
 	var wg sync.WaitGroup
 	for _, u := range h.pool.Upstreams() {
-		wg.Go(func() {
-			if h.checks && h.pathOf(u) != "" {
-				h.check(ctx, u)
-			}
-			if h.scrape {
-				h.scrapeLoad(ctx, u)
-			}
-		})
+		wg.Go(func() { h.runOne(ctx, u) })
 	}
 	wg.Wait()
+}
+
+// runOne checks and scrapes u, as configured.
+func (h *HealthChecker) runOne(ctx context.Context, u *Upstream) {
+	if h.checks && h.pathOf(u) != "" {
+		h.check(ctx, u)
+	}
+	if h.scrape {
+		h.scrapeLoad(ctx, u)
+	}
 }
 
 func (h *HealthChecker) check(ctx context.Context, u *Upstream) {

@@ -351,3 +351,70 @@ func (l lockedWriter) Write(b []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.w.Write(b)
 }
+
+// TestHealthChecksSpacedAfterASlowOne: a backend coming back passes its
+// healthy_threshold checks at least interval apart, counted from the end of
+// the check that hung until it came back; with a ticker, the tick kept while
+// that check hung started the next one at once, and the backend was marked
+// up within moments. A backend that hangs holds up no other's checks.
+func TestHealthChecksSpacedAfterASlowOne(t *testing.T) {
+	const interval = 100 * time.Millisecond
+	const (
+		down = iota
+		hanging
+		up
+	)
+	var mode atomic.Int32
+	release := make(chan struct{})
+	var passed atomic.Int64 // unix nanos of the hung check's end
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch mode.Load() {
+		case down:
+			w.WriteHeader(http.StatusServiceUnavailable)
+		case hanging:
+			<-release
+			passed.Store(time.Now().UnixNano())
+		}
+	}))
+	defer slow.Close()
+	defer func() { // before Close, which waits for a hung check
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	}()
+	other := newFlipServer(t)
+	p := mustPool(t, PoolConfig{Backends: []config.Backend{{URL: slow.URL, Name: "slow"}, {URL: other.URL, Name: "other"}}})
+	h := NewHealthChecker(p, config.HealthCheck{
+		Path: "/health", Interval: config.Duration(interval), Timeout: config.Duration(time.Minute),
+		HealthyThreshold: 3, UnhealthyThreshold: 1,
+	}, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	h.Start(ctx)
+	if got := p.ByName("slow").State(); got != StateUnhealthy {
+		t.Fatalf("state = %s, want unhealthy", got)
+	}
+	mode.Store(hanging)
+	// The other backend goes on being checked while slow's check hangs.
+	before := other.hits.Load()
+	time.Sleep(8 * interval)
+	if got := other.hits.Load() - before; got < 3 {
+		t.Errorf("the other backend was checked %d times while one hung, want several", got)
+	}
+	mode.Store(up)
+	close(release)
+	deadline := time.Now().Add(10 * time.Second)
+	for p.ByName("slow").State() != StateHealthy {
+		if time.Now().After(deadline) {
+			t.Fatal("the backend was not marked up")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// The hung check was the first pass; two more, each interval after the
+	// one before ended.
+	if took := time.Since(time.Unix(0, passed.Load())); took < 2*interval {
+		t.Errorf("marked up %s after the hung check passed, want at least %s (two more checks, interval apart)", took, 2*interval)
+	}
+}
