@@ -367,6 +367,45 @@ func TestBackendFailureMidStreamEndsWithErrorEvent(t *testing.T) {
 	}
 }
 
+// TestStreamWithoutLengthCutBeforeItsEnd: a stream whose reply has no
+// length (no Content-Length, not chunked) ends where the connection does,
+// so a backend that dies mid-stream cannot be told from the stream's end by
+// the framing: one that closes before its format's last event ends the
+// client's stream with the error event, as a chunked one cut there does; one
+// that sent it ends cleanly. The cut one ended in silence before.
+func TestStreamWithoutLengthCutBeforeItsEnd(t *testing.T) {
+	const chunk = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n"
+	for _, c := range []struct {
+		name, events string
+		cut          bool
+	}{
+		{"cut", chunk, true},
+		{"ended", chunk + "data: [DONE]\n\n", false},
+		{"ended, last event unterminated", chunk + "data: [DONE]", false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				_, _ = io.ReadAll(r.Body)
+				conn, bw, err := http.NewResponseController(w).Hijack()
+				if err != nil {
+					return
+				}
+				_, _ = bw.WriteString("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n" + c.events)
+				_ = bw.Flush()
+				conn.Close()
+			}))
+			defer backend.Close()
+			gw, s := newTestGateway(t, backend.URL, "")
+			_, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1","stream":true}`, withKey())
+			ev := s.next(t)
+			gotCut := bytes.Contains(body, []byte("event: error"))
+			if gotCut != c.cut || !bytes.Contains(body, []byte("data: [DONE]")) || (ev.Error == "backend_stream_error") != c.cut {
+				t.Fatalf("stream %q, event error %q; want cut %v", body, ev.Error, c.cut)
+			}
+		})
+	}
+}
+
 // TestReplyCutMidBodyBillsItsText: a non-streamed reply the backend
 // breaks off after part of its body bills the text that arrived (and was
 // delivered), estimated, not nothing.

@@ -138,6 +138,9 @@ func (g *Gateway) relayWithHook(r *http.Request, w http.ResponseWriter, x *excha
 	if err != nil {
 		return err
 	}
+	if len(body) == 0 && endsAtClose(resp) {
+		return errEndedAtHead
+	}
 	x.firstByte(resp.StatusCode)
 	if err != nil || len(body) > maxHookBody {
 		e := apierr.BadGateway("the backend's reply could not be read")

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -1195,6 +1196,21 @@ func (x *exchange) firstByte(status int) {
 	}
 }
 
+// errEndedAtHead fails a try whose 2xx reply ends where its connection does
+// (no Content-Length, not chunked) and ended before its first byte: the
+// backend closed the connection after its head, which a reply with a length
+// shows as io.ErrUnexpectedEOF, which it wraps (retried as a connect error).
+var errEndedAtHead = fmt.Errorf("the backend closed the connection after its head: %w", io.ErrUnexpectedEOF)
+
+// endsAtClose reports whether resp is a 2xx reply without a length: no
+// Content-Length and not chunked, its body ends where the connection does.
+// Such a body cannot tell its end from the backend's failure, but by what
+// it holds: an empty one, or a stream without its format's last event, is
+// the backend's failure.
+func endsAtClose(resp *http.Response) bool {
+	return resp.StatusCode/100 == 2 && resp.ContentLength < 0 && len(resp.TransferEncoding) == 0
+}
+
 // relay copies the backend's response to the client: streams event by
 // event with a flush after each read, other bodies as they come. It
 // returns the error of a first read that failed with no byte (the read
@@ -1210,6 +1226,10 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 	// would hold the head until then anyway: a stream is flushed after
 	// its first read).
 	n, err := resp.Body.Read(buf)
+	untilClose := endsAtClose(resp)
+	if n == 0 && err == io.EOF && untilClose {
+		return errEndedAtHead
+	}
 	if n == 0 && err != nil && err != io.EOF {
 		return err
 	}
@@ -1244,8 +1264,15 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 		sp := usage.NewSplitter(format)
 		var writeErr error
 		hid := false // the last piece was a hidden usage chunk
+		// ended is whether a reply that ends where its connection does
+		// has sent its format's last event: without it the connection's
+		// end is the backend's failure, not the stream's end.
+		ended := false
 		parse := func(ev []byte) {
 			ex.Event(ev)
+			if untilClose && !ended {
+				ended = usage.IsFinalEvent(format, ev)
+			}
 			if !x.committed && x.commit != nil && usage.IsFinalEvent(format, ev) {
 				x.result, x.delivered = ex.Result(), true
 				x.commit()
@@ -1317,9 +1344,11 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 					// The client left; the request's context cancelled
 					// the backend read.
 					writeErr = ctx.Err()
-				} else if err != io.EOF && writeErr == nil {
-					// The backend failed mid-stream: end the stream
-					// with an error event in the client's dialect rather
+				} else if writeErr == nil && (err != io.EOF || untilClose && !ended && !usage.IsFinalEvent(format, sp.Held())) {
+					// The backend failed mid-stream (or, with a reply
+					// that ends at the connection's close, closed it
+					// before the last event): end the stream with an
+					// error event in the client's dialect rather
 					// than silence. An event the backend tore off half
 					// way is not relayed: its bytes would run into the
 					// error event and hide it.

@@ -179,14 +179,24 @@ api_keys: [{key: %q, limits: {max_concurrent: 1}}]
 // never answered (502, retried as routing.retry's connect class), since
 // nothing has gone to the client. The client got a 200 holding nothing but
 // the in-band error event, and another backend was never tried.
+//
+// A reply without a length (no Content-Length, not chunked: it ends where
+// the connection does) is broken off the same way when the connection
+// closes before its first byte: it was relayed as an empty 200.
 func TestBrokenOffBeforeTheFirstByte(t *testing.T) {
+	const retried, notRetried = "{enabled: true, max_retries: 1, initial_wait: 10ms, max_wait: 20ms}", "{enabled: false}"
+	const chunked, untilClose = "Content-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n", "Content-Type: text/event-stream\r\n"
 	for _, c := range []struct {
-		name, retry string
-		status      int
-		tries       int64
+		name, retry, head string
+		stream            bool
+		status            int
+		tries             int64
 	}{
-		{"retried", "{enabled: true, max_retries: 1, initial_wait: 10ms, max_wait: 20ms}", 200, 2},
-		{"not retried", "{enabled: false}", 502, 1},
+		{"retried", retried, chunked, true, 200, 2},
+		{"not retried", notRetried, chunked, true, 502, 1},
+		{"no length, retried", retried, untilClose, true, 200, 2},
+		{"no length, not retried", notRetried, untilClose, true, 502, 1},
+		{"no length, not streamed", notRetried, "Content-Type: application/json\r\n", false, 502, 1},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var tries atomic.Int64
@@ -198,7 +208,7 @@ func TestBrokenOffBeforeTheFirstByte(t *testing.T) {
 						t.Error(err)
 						return
 					}
-					_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+					_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\n"+c.head+"\r\n")
 					conn.Close()
 					return
 				}
@@ -211,7 +221,7 @@ backends: [{url: %q, name: broken}]
 routing: {retry: %s}
 api_keys: [{key: %q, limits: {max_concurrent: 1}}]
 `, backend.URL, c.retry, testKey))
-			resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`, withKey())
+			resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", fmt.Sprintf(`{"model":"m","stream":%t,"messages":[{"role":"user","content":"hi"}]}`, c.stream), withKey())
 			if resp.StatusCode != c.status || tries.Load() != c.tries {
 				t.Fatalf("%d %s after %d tries; want %d after %d", resp.StatusCode, body, tries.Load(), c.status, c.tries)
 			}

@@ -70,6 +70,16 @@ func (s *Splitter) Overflowed() bool { return s.overflowed }
 // event larger than the bound rather than a complete event.
 func (s *Splitter) Raw() bool { return s.inBig }
 
+// Held returns the bytes of the unfinished event held (nil while an event
+// larger than the bound is being emitted): what Flush would emit. It is
+// valid until the next call.
+func (s *Splitter) Held() []byte {
+	if s.inBig {
+		return nil
+	}
+	return s.buf
+}
+
 // Reset clears the state and the held bytes, keeping the buffer's storage.
 func (s *Splitter) Reset() {
 	s.buf = s.buf[:0]
