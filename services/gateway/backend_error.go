@@ -26,8 +26,9 @@ import (
 //     Retry-After kept.
 //
 // JSON error bodies (vLLM's, TGI's, Ollama's own) and streams are the
-// engines' own answers and go through unchanged. name is the backend's.
-func backendErrorReply(resp *http.Response, name string) *apierr.Error {
+// engines' own answers and go through unchanged. label names the backend
+// (runtime.backendLabel).
+func backendErrorReply(resp *http.Response, label string) *apierr.Error {
 	st := resp.StatusCode
 	if st < 400 {
 		return nil
@@ -36,7 +37,7 @@ func backendErrorReply(resp *http.Response, name string) *apierr.Error {
 	if usage.IsStreamType(ct) {
 		return nil
 	}
-	answered := "backend " + name + " answered " + strconv.Itoa(st)
+	answered := label + " answered " + strconv.Itoa(st)
 	if t := http.StatusText(st); t != "" {
 		answered += " " + t
 	}

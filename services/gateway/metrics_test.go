@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -313,7 +314,15 @@ func TestTTFTCountsOnlyServedReplies(t *testing.T) {
 // listener, which clients reach, serves no /metrics and a /readyz without
 // the backends' names and URLs; by default it serves both.
 func TestPublicStatusOff(t *testing.T) {
-	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			// A proxy's page in front of the engine: its error is told
+			// in the gateway's words, naming the backend or not.
+			w.Header().Set("Content-Type", "text/html")
+			w.WriteHeader(http.StatusBadGateway)
+			_, _ = io.WriteString(w, "<html>bad gateway</html>")
+		}
+	}))
 	defer backend.Close()
 	for _, c := range []struct {
 		setting      string
@@ -336,6 +345,10 @@ func TestPublicStatusOff(t *testing.T) {
 		}
 		if !c.readyDetails && string(body) != "{\"ready\":true}\n" {
 			t.Errorf("%q: /readyz %s, want its status alone", c.setting, body)
+		}
+		resp, body = do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m"}`, nil)
+		if resp.StatusCode != 502 || strings.Contains(string(body), "internal-gpu") != c.readyDetails || !strings.Contains(string(body), "answered 502") {
+			t.Errorf("%q: a backend's error %d %s, its name shown: want %v", c.setting, resp.StatusCode, body, c.readyDetails)
 		}
 	}
 }

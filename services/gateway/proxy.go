@@ -923,7 +923,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 				drain(resp.Body)
 				cancel()
 				up.Release()
-				lastErr = apierr.BadGateway("backend " + up.Name + " answered " + strconv.Itoa(resp.StatusCode))
+				lastErr = apierr.BadGateway(rt.backendLabel(up) + " answered " + strconv.Itoa(resp.StatusCode))
 				if !fallback {
 					if !g.sleep(ctx, rt.retry.Backoff(retries)) {
 						g.abandoned(ctx, w, x)
@@ -983,7 +983,7 @@ func (g *Gateway) relayTry(ctx context.Context, r *http.Request, w http.Response
 	// least_connections and least_load would shun it.
 	defer cancel()
 	defer up.Release()
-	if e := backendErrorReply(resp, up.Name); e != nil {
+	if e := backendErrorReply(resp, x.rt.backendLabel(up)); e != nil {
 		drain(resp.Body)
 		g.failForward(w, x, e)
 		return nil

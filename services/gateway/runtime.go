@@ -195,3 +195,13 @@ func CheckScripts(paths []string) error {
 	eng.Close()
 	return nil
 }
+
+// backendLabel names up in what a client is told of its failures: "backend
+// NAME", or "the backend" when server.public_status is false, as /readyz
+// and /metrics keep the backends' names from clients then.
+func (rt *runtime) backendLabel(up *balancer.Upstream) string {
+	if rt.cfg.Server.PublicStatusOn() {
+		return "backend " + up.Name
+	}
+	return "the backend"
+}
