@@ -406,6 +406,46 @@ func TestStreamWithoutLengthCutBeforeItsEnd(t *testing.T) {
 	}
 }
 
+// TestClientLeavesMidReply: a client that stops taking a non-streamed reply
+// part way (its usage, at the end, never read) is billed the text it was
+// sent, estimated, as for a stream it left: at least what it read, less than
+// the whole reply. It was billed no completion tokens at all.
+func TestClientLeavesMidReply(t *testing.T) {
+	const words = 4 << 20 // 24 MiB of " hello": more than the sockets hold
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"`)
+		chunk := []byte(strings.Repeat(" hello", 1<<14))
+		for i := 0; i < words>>14; i++ {
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+		fmt.Fprintf(w, `"},"finish_reason":"stop"}],"usage":{"prompt_tokens":4,"completion_tokens":%d,"total_tokens":%d}}`, words, words+4)
+	}))
+	defer backend.Close()
+	gw, s := newTestGateway(t, backend.URL, "")
+	req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m1","messages":[{"role":"user","content":"hi"}]}`))
+	req.Header.Set("Authorization", "Bearer "+testKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const read = 1 << 20
+	if _, err := io.CopyN(io.Discard, resp.Body, read); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	ev := s.next(t)
+	if ev.Error != "client_closed_request" || ev.UsageSource != estimatedSource {
+		t.Fatalf("event: error %q, usage %+v (%s); want the client's leaving, estimated", ev.Error, ev.Usage, ev.UsageSource)
+	}
+	if got := ev.Usage.CompletionTokens; got < int64(read/len(" hello")) || got >= words {
+		t.Fatalf("completion tokens %d: want at least the %d the client read, less than the reply's %d", got, read/len(" hello"), words)
+	}
+}
+
 // TestReplyCutMidBodyBillsItsText: a non-streamed reply the backend
 // breaks off after part of its body bills the text that arrived (and was
 // delivered), estimated, not nothing.

@@ -1381,6 +1381,9 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 			defer bufPool.Put(sp)
 			held, spare = (*hp)[:0], (*sp)[:0]
 		}
+		// sent counts the bytes the client was sent; clientCut is set when
+		// it stopped taking them before the reply's end.
+		sent, clientCut := 0, false
 		for ; ; n, err = resp.Body.Read(buf) {
 			if n > 0 {
 				x.firstByte(resp.StatusCode)
@@ -1397,9 +1400,11 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 				}
 				if len(out) > 0 {
 					pace.arm()
-					if _, werr := w.Write(out); werr != nil {
+					wn, werr := w.Write(out)
+					sent += wn
+					if werr != nil {
 						x.errMsg = pace.clientWriteError(werr)
-						held = nil
+						held, clientCut = nil, true
 						break
 					}
 				}
@@ -1432,6 +1437,13 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 				// The backend broke the reply off: what arrived of
 				// its text was delivered, and is billed.
 				ex.BodyCut(x.replyBody)
+			} else if r, _ := ex.Partial(0); clientCut && !r.Found {
+				// The client stopped taking the reply before its
+				// usage (at its end) was read: the text it was sent
+				// is billed, estimated, as for a stream it left, and
+				// past what was kept of the reply, by its length.
+				ex.BodyCut(x.replyBody[:min(sent, len(x.replyBody))])
+				ex.Unread(sent - len(x.replyBody))
 			}
 		}
 		if len(held) > 0 {
