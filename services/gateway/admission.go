@@ -72,6 +72,13 @@ func (g *Gateway) admit(ctx context.Context, x *exchange) *apierr.Error {
 		req.Reserve = reservation(x.path, x.info, cfg.Auth.Defaults.MaxTokensCap, cfg.Auth.Defaults.ImageTokens)
 	}
 	d, err := g.admitter.Admit(ctx, req)
+	if err != nil && ctx.Err() != nil && !cutByServer(ctx) {
+		// The client left while the admission waited on a ledger that did
+		// not answer: the request ends as the client's leaving, not as a
+		// refusal no one received (the admitter cancels it all the same).
+		return &apierr.Error{Status: 499, Type: "invalid_request_error", Code: "client_closed_request",
+			Message: "the client left while the request waited for admission"}
+	}
 	if err != nil {
 		// The admitter cancels a failed admission itself: it holds nothing
 		// once the ledger answers again, even if it ran after all.

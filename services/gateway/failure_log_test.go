@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/pkg/ledger"
@@ -97,5 +98,30 @@ func TestRedisDownLogsNoLinePerRequest(t *testing.T) {
 			t.Errorf("%q: lines with suppressed counts %v over 101 failing requests spanning %s; want [0 99]",
 				msg, got, failureLogInterval+time.Second)
 		}
+	}
+}
+
+// TestClientLeavesWhileAdmissionWaits: a client that leaves while its
+// admission waits on a ledger that then fails ends as 499
+// client_closed_request, neither a refusal (counted, logged as the ledger's
+// failure) nor a 503 no one received.
+func TestClientLeavesWhileAdmissionWaits(t *testing.T) {
+	rec := &records{}
+	reg := prometheus.NewRegistry()
+	g := &Gateway{admitter: downAdmitter{}, log: slog.New(rec), now: time.Now}
+	g.metrics = newMetrics(reg, g.inflight.Load)
+	rt := &runtime{cfg: &config.Config{}}
+	key := &auth.Key{ID: "k", Limits: config.PerKeyLimits{MaxConcurrent: 5}}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	x := &exchange{requestID: "req-left", rt: rt, body: []byte(`{}`), key: key}
+	if e := g.admit(ctx, x); e == nil || e.Status != 499 || e.Code != "client_closed_request" {
+		t.Fatalf("admission failed after the client left: %+v, want 499 client_closed_request", e)
+	}
+	if n := testutil.ToFloat64(g.metrics.rejections.WithLabelValues("ledger_unavailable")); n != 0 {
+		t.Errorf("counted %v refusals for the ledger's failure", n)
+	}
+	if got := rec.lines("admission failed"); len(got) != 0 {
+		t.Errorf("logged the ledger's failure for a client that left")
 	}
 }
