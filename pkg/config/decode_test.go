@@ -53,7 +53,7 @@ func TestParseProblems(t *testing.T) {
 		},
 		{
 			name: "a rate that would read as 0",
-			yaml: minimal + "rate_limit:\n  per_key: { requests_per_second: 1e-400 }\n  global: { requests_per_second: 0.0e-999, burst_size: 2 }\napi_keys:\n  - key: sk-1\n    limits: { requests_per_second: -0x1p-2000 }\n",
+			yaml: minimal + "rate_limit:\n  per_key: { requests_per_second: 1e-400 }\n  global: { requests_per_second: 0.0e-999 }\napi_keys:\n  - key: sk-1\n    limits: { requests_per_second: -0x1p-2000 }\n",
 			want: []string{
 				`c.yaml:4: key rate_limit.per_key.requests_per_second: "1e-400" is too small to hold: it would read as 0, which means none`,
 				`c.yaml:8: key api_keys[0].limits.requests_per_second: "-0x1p-2000" is too small to hold: it would read as 0, which means none`,

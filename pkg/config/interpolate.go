@@ -133,11 +133,26 @@ func (d *decoder) interpolate(n *yaml.Node, path string, e *envRefs, lookup func
 		n.Value = val
 		if n.Style == 0 {
 			n.Tag = "" // resolved again from the new value
+			if val != "" && isNullWord(val) {
+				// A value of "null" or "~" is that text, not "not
+				// written": read again as YAML it would leave a
+				// secret (a webhook's, Redis's password) unset.
+				n.Tag = "!!str"
+			}
 		}
-		if val != "" && val != raw {
+		if val != raw {
 			d.fromEnv[n] = envValue{written: raw, value: val}
 		}
 	}
+}
+
+// isNullWord reports whether a plain YAML scalar s reads as null.
+func isNullWord(s string) bool {
+	switch s {
+	case "~", "null", "Null", "NULL":
+		return true
+	}
+	return false
 }
 
 // envValue is a value with references in it: as written, and expanded.
@@ -157,7 +172,7 @@ func hideEnv(e *Error, env map[string]envValue) {
 	// Messages quote values (%q); a number is written plain.
 	if q := strconv.Quote(ev.value); strings.Contains(e.Msg, q) {
 		e.Msg = strings.ReplaceAll(e.Msg, q, strconv.Quote(ev.written))
-	} else {
+	} else if ev.value != "" {
 		e.Msg = strings.ReplaceAll(e.Msg, ev.value, ev.written)
 	}
 }
@@ -240,7 +255,7 @@ func reference(s string, lookup func(string) (string, bool)) (ref, bool) {
 	}
 	name := s[2:i]
 	if name == "" {
-		return ref{}, false
+		return notAReference(s, 2)
 	}
 	if i >= len(s) || s[i] == '\n' {
 		// "token: ${ADMIN_TOKEN": a reference missing its brace, not a
@@ -264,7 +279,7 @@ func reference(s string, lookup func(string) (string, bool)) (ref, bool) {
 		op = s[j]
 		j++
 	} else if !colon && s[i] != '=' {
-		return ref{}, false // "${HOST x", "${user.name}": not a reference
+		return notAReference(s, i) // "${HOST x", "${user.name}"
 	}
 	end := closingBrace(s, j)
 	if end < 0 {
@@ -305,6 +320,20 @@ func reference(s string, lookup func(string) (string, bool)) (ref, bool) {
 		r.fails = []string{what}
 	}
 	return r, true
+}
+
+// notAReference is what reference reports for s, a "${" whose name ends
+// (or is missing) at s[i], which no form of reference continues: text kept
+// as written when no "}" closes it on its line ("${ x", a price in
+// "${5"), else a failure ("${user.name}", "${MY VAR}", "${}", "${1A}"): a
+// mistyped reference kept as written would become the value, a token or a
+// secret.
+func notAReference(s string, i int) (ref, bool) {
+	end := closingBrace(s, i)
+	if end < 0 {
+		return ref{}, false
+	}
+	return ref{n: end + 1, fails: []string{fmt.Sprintf("%s is not a reference LLMProxy reads: a variable's name is letters, digits and _, not starting with a digit ($${ writes a literal ${)", s[:end+1])}}, true
 }
 
 // closingBrace returns the index of the "}" that closes a reference whose

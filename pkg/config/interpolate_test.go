@@ -38,7 +38,12 @@ func TestExpand(t *testing.T) {
 		{"nor a substring", "${HOST:1}", "", nil, []string{"${HOST:1…} is not a form"}},
 		{"escape", "$${HOST} and $$HOST", "${HOST} and $$HOST", nil, nil},
 		{"escape in default", "${NOPE:-$${HOST}}", "${HOST}", nil, nil},
-		{"not a reference", "${not valid} ${1X} ${HOST ${user.name}", "${not valid} ${1X} ${HOST ${user.name}", nil, nil},
+		// "${" that no form of reference continues is text only when
+		// no brace closes it on its line; closed, it is a mistyped
+		// reference, which kept as written would become the value.
+		{"not a reference", "${HOST and ${ x and ${5", "${HOST and ${ x and ${5", nil, nil},
+		{"mistyped reference", "${not valid}|${1X}|${}|${my.var}", "|||", nil, []string{
+			"${not valid} is not a reference", "${1X} is not a reference", "${} is not a reference", "${my.var} is not a reference"}},
 		{"no brace before newline", "${NOPE:-x\nb: 1}", "x\nb: 1}", nil, []string{"${NOPE:- has no closing brace on its line"}},
 		{"dollar alone", "$5", "$5", nil, nil},
 		// A name that runs to the end of the value or its line is a
@@ -238,5 +243,32 @@ func TestParseValuesCannotChangeStructure(t *testing.T) {
 	_, err = Parse([]byte(y+"routng: {}\n"), "c.yaml")
 	if err == nil || !strings.HasPrefix(err.Error(), "c.yaml:5: key routng: unknown key") {
 		t.Fatalf("got %v, want the unknown key on line 5", err)
+	}
+}
+
+// TestEnvNullWordsStayText: a variable whose value is a YAML null word
+// ("null", "~") fills the key with that text; read again as YAML it left a
+// webhook unsigned, or Redis without its password, in silence. An empty
+// value still counts as not written.
+func TestEnvNullWordsStayText(t *testing.T) {
+	t.Setenv("LLMPROXY_TEST_NULL", "null")
+	t.Setenv("LLMPROXY_TEST_TILDE", "~")
+	c, err := Parse([]byte(minimal+"webhooks:\n  - url: http://hook:9000/a\n    secret: ${LLMPROXY_TEST_NULL}\n"+
+		"redis: { url: \"redis://r:6379\", password: ${LLMPROXY_TEST_TILDE} }\n"), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Webhooks[0].Secret != "null" || c.Redis.Password != "~" {
+		t.Errorf("secret %q, password %q; want the variables' text", c.Webhooks[0].Secret, c.Redis.Password)
+	}
+}
+
+// TestEmptyExpansionQuotedAsWritten: an error about a value a variable made
+// empty quotes the value as written, as it does one the variable filled.
+func TestEmptyExpansionQuotedAsWritten(t *testing.T) {
+	t.Setenv("LLMPROXY_TEST_EMPTY_MBB", "")
+	_, err := Parse([]byte(minimal+"server: { max_body_bytes: \"${LLMPROXY_TEST_EMPTY_MBB}\" }\n"), "c.yaml")
+	if err == nil || !strings.Contains(err.Error(), `"${LLMPROXY_TEST_EMPTY_MBB}"`) {
+		t.Fatalf("got %v, want the value quoted as written", err)
 	}
 }

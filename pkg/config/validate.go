@@ -214,6 +214,10 @@ func (v *checker) redis() {
 	if !r.Enabled() && r.Username != "" {
 		v.add("redis.username", "for the Redis that redis.url or redis.addrs names; there is none")
 	}
+	if !r.Enabled() && r.Password != "" {
+		// Not shown: the value is the password.
+		v.add("redis.password", "for the Redis that redis.url or redis.addrs names; there is none")
+	}
 	v.tls("redis.tls", r.TLS)
 	if r.URL != "" {
 		n := len(v.errs.List)
@@ -302,9 +306,16 @@ func (v *checker) backends() {
 				v.add(fmt.Sprintf("%s.models[%d]", p, j), "empty model name")
 			}
 		}
+		seen := map[string]string{}
 		for _, h := range slices.Sorted(maps.Keys(b.Headers)) {
 			val := b.Headers[h]
+			first, dup := seen[strings.ToLower(h)]
+			seen[strings.ToLower(h)] = h
 			switch {
+			case dup:
+				// Header names are the same in any case: which value
+				// went out would change from request to request.
+				v.add(p+".headers."+h, "the same header as %q (header names are not case-sensitive); give it once", first)
 			case !validHeaderName(h):
 				v.add(p+".headers."+h, "not a valid HTTP header name")
 			case strings.EqualFold(h, "Host") && !validHostValue(val):
@@ -344,6 +355,17 @@ func (v *checker) backends() {
 			}
 		}
 	}
+}
+
+// shareModel reports whether a and b serve a model in common (one that
+// lists no models serves them all).
+func shareModel(a, b Backend) bool {
+	if len(a.Models) == 0 || len(b.Models) == 0 {
+		return true
+	}
+	return slices.ContainsFunc(a.Models, func(m string) bool {
+		return slices.ContainsFunc(b.Models, func(n string) bool { return ModelKey(n) == ModelKey(m) })
+	})
 }
 
 // weightedServes reports whether a backend with a weight serves model m
@@ -515,6 +537,11 @@ func (v *checker) routing() {
 				v.add(fmt.Sprintf("%s.fallback[%d]", p, j), "%q names no configured backend (give its url or name)", name)
 			case fi == pi:
 				v.add(fmt.Sprintf("%s.fallback[%d]", p, j), "a backend cannot be its own fallback")
+			case ok && pi >= 0 && !shareModel(v.c.Backends[pi], v.c.Backends[fi]):
+				// A standby is tried only for a model it serves: this
+				// one would never take the primary's traffic.
+				v.add(fmt.Sprintf("%s.fallback[%d]", p, j), "%q serves none of the primary's models %v (its models: %v), so it would never take the primary's requests",
+					name, v.c.Backends[pi].Models, v.c.Backends[fi].Models)
 			}
 		}
 	}
@@ -614,6 +641,9 @@ func (v *checker) rateLimit() {
 		v.add("rate_limit.global.requests_per_second", "the global limit is enabled but has no rate")
 	}
 	v.nonNegative("rate_limit.global.burst_size", int64(g.BurstSize))
+	if g.BurstSize > 0 && g.RequestsPerSecond == 0 {
+		v.add("rate_limit.global.burst_size", "a burst of the global limit, which has no rate (requests_per_second); it would do nothing")
+	}
 	v.limits("rate_limit.per_key", r.PerKey)
 	// Every request in flight renews its lease each lease_ttl/2: below a
 	// second (2ms written for 2m, say) that is a ledger round trip every
@@ -837,6 +867,7 @@ func (c *Config) zeroKeys() []zeroKey {
 		{"routing.retry.max_wait", d(&c.Routing.Retry.MaxWait)},
 		{"auth.defaults.max_tokens_cap", i64(&c.Auth.Defaults.MaxTokensCap)},
 		{"rate_limit.lease_ttl", d(&c.RateLimit.LeaseTTL)},
+		{"rate_limit.global.burst_size", i(&c.RateLimit.Global.BurstSize)},
 		{"lua.timeout", d(&c.Lua.Timeout)},
 		{"logging.max_capture_bytes", i(&c.Logging.MaxCaptureBytes)},
 	}

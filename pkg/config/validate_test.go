@@ -342,6 +342,30 @@ func TestValidate(t *testing.T) {
 			nil,
 		},
 		{
+			"a header given twice in different cases",
+			"    headers: { Authorization: \"Bearer a\", authorization: \"Bearer b\", X-A: \"1\" }\n",
+			[]string{`c.yaml:3: key backends[0].headers.authorization: the same header as "Authorization" (header names are not case-sensitive)`},
+		},
+		{
+			"a burst written 0, and one without a rate",
+			"rate_limit: { global: { requests_per_second: 5, burst_size: 0 } }\n",
+			[]string{`c.yaml:3: key rate_limit.global.burst_size: want more than 0; leave the key out for the default, 5`},
+		},
+		{
+			"a burst without a rate, a Redis password without a Redis",
+			"rate_limit: { global: { burst_size: 10 } }\nredis: { password: pw-1 }\n",
+			[]string{
+				`c.yaml:3: key rate_limit.global.burst_size: a burst of the global limit, which has no rate`,
+				`c.yaml:4: key redis.password: for the Redis that redis.url or redis.addrs names; there is none`,
+			},
+		},
+		{
+			"a standby that serves none of its primary's models",
+			"    models: [m1]\n  - url: http://spare:8000\n    name: spare\n    models: [m2]\n  - url: http://any:8000\n    name: any\n" +
+				"routing:\n  fallback: [{primary: http://b:8000, fallback: [spare, any]}]\n",
+			[]string{`c.yaml:10: key routing.fallback[0].fallback[0]: "spare" serves none of the primary's models [m1] (its models: [m2])`},
+		},
+		{
 			"missing lua script",
 			"lua:\n  scripts: [hooks/none.lua]\n",
 			[]string{`c.yaml:4: key lua.scripts[0]: cannot read script`},
