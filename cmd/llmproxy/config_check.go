@@ -149,7 +149,7 @@ func checkRedact(cfg *config.Config) error {
 	errs := &config.Errors{}
 	for i := range cfg.Logging.Redact {
 		if e := bad[i]; e != nil {
-			errs.List = append(errs.List, cfg.Problem(fmt.Sprintf("logging.redact[%d]", i), "not a valid JSON path: %v", e))
+			errs.List = append(errs.List, cfg.Problem(fmt.Sprintf("logging.redact[%d]", i), "%v", e))
 		}
 	}
 	return errs

@@ -28,6 +28,8 @@ func TestConfigCheck(t *testing.T) {
 		{"unknown key with line", "backends: [{url: http://127.0.0.1:9000}]\nroutng: {}\n", []string{":2:", "routng"}},
 		{"unknown strategy", "backends: [{url: http://127.0.0.1:9000}]\nrouting: {load_balance_strategy: fastest}\n", []string{":2:", "load_balance_strategy"}},
 		{"redact JSON path that does not compile", "backends: [{url: http://127.0.0.1:9000}]\nlogging:\n  redact:\n    - '$.messages[*].content'\n    - '$.messages['\n    - 'sk-[a-z]+'\n", []string{":5: key logging.redact[1]: not a valid JSON path: unterminated ["}},
+		{"redact regex that matches nothing at all", "backends: [{url: http://127.0.0.1:9000}]\nlogging:\n  redact: ['.*']\n", []string{":3: key logging.redact[0]: the regular expression matches the empty string"}},
+		{"redact regex that does not compile", "backends: [{url: http://127.0.0.1:9000}]\nlogging:\n  redact: ['sk-(']\n", []string{":3: key logging.redact[0]: not a JSON path ($…) nor a valid regular expression"}},
 		{"redis url the client refuses", "backends: [{url: http://127.0.0.1:9000}]\nredis:\n  url: redis://:hunter2@127.0.0.1:6379/abc?dial_timeout=soon\n", []string{":3: key redis.url: invalid database number"}},
 		{"postgres url the client refuses", "backends: [{url: http://127.0.0.1:9000}]\nlogging:\n  postgres: {url: \"postgres://u:hunter2@db/x?sslmode=bogus\"}\n", []string{":3: key logging.postgres.url: not a valid PostgreSQL URL"}},
 		{"fallback naming no backend", "backends: [{url: http://127.0.0.1:9000}]\nrouting:\n  fallback:\n    - {primary: http://127.0.0.1:9000, fallback: [http://nowhere:1]}\n", []string{":4:", "fallback"}},

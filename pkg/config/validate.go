@@ -113,9 +113,16 @@ func (v *checker) listener(path, addr string) {
 
 // CheckAddr reports whether addr is a listener's address, host:port.
 func CheckAddr(addr string) error {
-	_, port, err := net.SplitHostPort(addr)
+	host, port, err := net.SplitHostPort(addr)
 	if err == nil {
 		if n, perr := strconv.Atoi(port); perr == nil && n >= 0 && n <= 65535 {
+			// A host of digits and dots is an IPv4 address or no
+			// host at all (256.1.1.1 would fail only at start).
+			if strings.Trim(host, "0123456789.") == "" && host != "" {
+				if _, perr := netip.ParseAddr(host); perr != nil {
+					return fmt.Errorf("%q is not an IPv4 address (want host:port such as :8000 or 127.0.0.1:8000)", host)
+				}
+			}
 			return nil
 		}
 	}

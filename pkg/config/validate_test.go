@@ -366,6 +366,11 @@ func TestValidate(t *testing.T) {
 			[]string{`c.yaml:10: key routing.fallback[0].fallback[0]: "spare" serves none of the primary's models [m1] (its models: [m2])`},
 		},
 		{
+			"a listener on no IPv4 address",
+			"listen: \"256.1.1.1:80\"\nadmin: { listen: \"10.0.0.1:81\", token: tok-a }\n",
+			[]string{`c.yaml:3: key listen: "256.1.1.1" is not an IPv4 address`},
+		},
+		{
 			"missing lua script",
 			"lua:\n  scripts: [hooks/none.lua]\n",
 			[]string{`c.yaml:4: key lua.scripts[0]: cannot read script`},

@@ -8,6 +8,7 @@
 package redact
 
 import (
+	"errors"
 	"fmt"
 	"regexp"
 	"strings"
@@ -41,17 +42,17 @@ func Compile(rules []string) (*Redactor, error) {
 		if strings.HasPrefix(rule, "$") {
 			p, err := parsePath(rule)
 			if err != nil {
-				return nil, fmt.Errorf("redact[%d] %q: %w", i, rule, err)
+				return nil, fmt.Errorf("redact[%d] %q: %w", i, rule, fmt.Errorf("not a valid JSON path: %w", err))
 			}
 			r.paths = append(r.paths, p)
 			continue
 		}
 		re, err := regexp.Compile(rule)
 		if err != nil {
-			return nil, fmt.Errorf("redact[%d] %q: %w", i, rule, err)
+			return nil, fmt.Errorf("redact[%d] %q: %w", i, rule, fmt.Errorf("not a valid regular expression: %w", err))
 		}
 		if re.MatchString("") {
-			return nil, fmt.Errorf("redact[%d] %q: matches the empty string, so it would put [REDACTED] between every two characters; make it match at least one (x+ rather than x*)", i, rule)
+			return nil, fmt.Errorf("redact[%d] %q: %w", i, rule, errors.New("the regular expression matches the empty string, so it would put [REDACTED] between every two characters; make it match at least one (x+ rather than x*)"))
 		}
 		r.regexps = append(r.regexps, re)
 	}
