@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -68,6 +69,18 @@ type embeddedServer struct {
 	// clientFile is the client file this server wrote, "" when it does not
 	// listen.
 	clientFile string
+	// storeFailed is the server's last failure to write its store
+	// (logTo), nil before any. A store whose write failed fails every
+	// write after it (nats-server does not try it again) until the
+	// process starts again, even once data_dir has room.
+	storeFailed atomic.Pointer[storeFailure]
+}
+
+// storeFailure is a failed write of the embedded server's store: when, and
+// the server's words.
+type storeFailure struct {
+	at  time.Time
+	msg string
 }
 
 // embeddedClient is the content of the client file.
@@ -236,20 +249,36 @@ func (e *embeddedServer) auth() nats.Option {
 // fails and turns JetStream off must reach the operator. Its notices,
 // debug and trace lines are left out.
 func (e *embeddedServer) logTo(log *slog.Logger) {
-	e.ns.SetLoggerV2(natsLogger{log}, false, false, false)
+	e.ns.SetLoggerV2(natsLogger{log, e}, false, false, false)
 }
 
-// natsLogger is a nats-server logger writing to a slog.Logger.
-type natsLogger struct{ log *slog.Logger }
+// natsLogger is a nats-server logger writing to a slog.Logger; it keeps the
+// store's write failures in e.
+type natsLogger struct {
+	log *slog.Logger
+	e   *embeddedServer
+}
 
 func (l natsLogger) Noticef(string, ...any) {}
 func (l natsLogger) Debugf(string, ...any)  {}
 func (l natsLogger) Tracef(string, ...any)  {}
 func (l natsLogger) Warnf(format string, v ...any) {
-	l.log.Warn("nats: " + fmt.Sprintf(format, v...))
+	msg := fmt.Sprintf(format, v...)
+	l.noteStore(msg)
+	l.log.Warn("nats: " + msg)
 }
+
+// noteStore keeps msg when it is the server's failure to write its store
+// (nats-server's filestore's words).
+func (l natsLogger) noteStore(msg string) {
+	if l.e != nil && strings.Contains(msg, "Critical write error") {
+		l.e.storeFailed.Store(&storeFailure{at: time.Now(), msg: msg})
+	}
+}
+
 func (l natsLogger) Errorf(format string, v ...any) {
 	msg := fmt.Sprintf(format, v...)
+	l.noteStore(msg)
 	if strings.Contains(msg, " - cid:") {
 		// One client's trouble (a wrong token, a slow reader), which the
 		// server names by its connection id: a warning, not the server's

@@ -338,6 +338,13 @@ func (b *bus) ready() error {
 	if b.embedded != nil && !b.embedded.ns.JetStreamEnabled() {
 		return fmt.Errorf("the embedded NATS server has turned JetStream off (a write to data_dir failed: a full disk?); events wait in the outbox until llmproxy is restarted")
 	}
+	if b.embedded != nil {
+		if f := b.embedded.storeFailed.Load(); f != nil {
+			return fmt.Errorf("the embedded NATS server could not write its store in data_dir at %s (%s): what it could not store waits, "+
+				"events in the outbox; once data_dir has room again, restart llmproxy (the server does not try a store that failed again)",
+				f.at.UTC().Format(time.RFC3339), f.msg)
+		}
+	}
 	return nil
 }
 

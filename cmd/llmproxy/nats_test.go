@@ -374,6 +374,29 @@ func TestEmbeddedJetStreamOff(t *testing.T) {
 	}
 }
 
+// TestEmbeddedStoreWriteFailed: once the embedded server has failed to
+// write a store (a full data_dir), /readyz's check says so and that a
+// restart is what publishes the events again: the server fails every write
+// of that store after it, even once data_dir has room, while JetStream stays
+// on; the check said only that events had not been published for a while.
+func TestEmbeddedStoreWriteFailed(t *testing.T) {
+	var out syncBuffer
+	b, err := openBus(context.Background(), &config.Config{DataDir: t.TempDir()}, true, slog.New(slog.NewTextHandler(&out, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.close()
+	if err := b.waitStreams(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// The server's words for it (its filestore's).
+	b.embedded.ns.Errorf("Critical write error: %v", "write /data/nats/jetstream/$G/streams/LLMPROXY/msgs/1.blk: no space left on device")
+	err = b.ready()
+	if err == nil || !strings.Contains(err.Error(), "no space left on device") || !strings.Contains(err.Error(), "restart llmproxy") {
+		t.Fatalf("ready after a failed store write: %v", err)
+	}
+}
+
 // TestJetStreamReady: a worker's readiness asks the server for JetStream:
 // a server without it is connected but not ready.
 func TestJetStreamReady(t *testing.T) {

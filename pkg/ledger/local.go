@@ -82,6 +82,10 @@ func OpenLocal(path string, opts ...Option) (*LocalStore, error) {
 			return nil, err // it names the file
 		case errors.Is(err, bolterrors.ErrTimeout):
 			err = ErrLocked
+		case errors.Is(err, bolterrors.ErrInvalid), errors.Is(err, bolterrors.ErrChecksum), errors.Is(err, bolterrors.ErrVersionMismatch):
+			// Both meta pages unreadable (the file's head overwritten,
+			// say): damaged, with what to do about it.
+			return nil, damaged(path, err)
 		}
 		return nil, fmt.Errorf("open ledger %s: %w", path, err)
 	}
@@ -287,7 +291,7 @@ func (s *LocalStore) view(ctx context.Context, fn func(tx *bolt.Tx) error) error
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := guard(s.path, func() error { return s.db.View(fn) }); err != nil {
+	if err := closedErr(guard(s.path, func() error { return s.db.View(fn) })); err != nil {
 		return fmt.Errorf("read ledger: %w", err)
 	}
 	return nil
@@ -295,7 +299,19 @@ func (s *LocalStore) view(ctx context.Context, fn func(tx *bolt.Tx) error) error
 
 // update is db.Update with bbolt's panics turned into errors (guard).
 func (s *LocalStore) update(fn func(tx *bolt.Tx) error) error {
-	return guard(s.path, func() error { return s.db.Update(fn) })
+	return closedErr(guard(s.path, func() error { return s.db.Update(fn) }))
+}
+
+// ErrClosed is the error of a store used after Close: the process is
+// stopping, which is no failure of the store's.
+var ErrClosed = errors.New("the ledger is closed")
+
+// closedErr wraps bbolt's error for a closed file in ErrClosed.
+func closedErr(err error) error {
+	if errors.Is(err, bolterrors.ErrDatabaseNotOpen) {
+		return fmt.Errorf("%w: %w", ErrClosed, err)
+	}
+	return err
 }
 
 // guard runs fn on the ledger file at path, turning a panic inside bbolt,

@@ -235,4 +235,39 @@ func TestLocalStoreDamage(t *testing.T) {
 			t.Fatalf("error %v; want ErrDamaged", err)
 		}
 	})
+	t.Run("meta pages zeroed", func(t *testing.T) {
+		// bbolt's own error at open (invalid database), which said
+		// nothing of what to do.
+		path := build(t)
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteAt(make([]byte, 2*4096), 0); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		if err := use(path); !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), "move the file aside") {
+			t.Fatalf("error %v; want ErrDamaged saying what to do", err)
+		}
+	})
+}
+
+// TestLocalStoreClosed: a store used after Close says so with ErrClosed,
+// which the meter takes for the process stopping, not a failed write.
+func TestLocalStoreClosed(t *testing.T) {
+	s, err := OpenLocal(filepath.Join(t.TempDir(), "ledger.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	if _, err := s.Apply(context.Background(), []Entry{{RequestID: "r1", KeyID: "k1", Model: "m", Time: at, PromptTokens: 1}}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Apply after Close: %v, want ErrClosed", err)
+	}
+	if _, err := s.UsageAll(context.Background(), Daily, at); !errors.Is(err, ErrClosed) {
+		t.Fatalf("UsageAll after Close: %v, want ErrClosed", err)
+	}
 }

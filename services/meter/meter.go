@@ -288,6 +288,13 @@ func (mt *Meter) apply(ctx context.Context, entries []ledger.Entry, msgs []jetst
 		}
 	case errors.Is(err, ledger.ErrInvalidEntry):
 		mt.poison(msgs[0], err)
+	case errors.Is(err, ledger.ErrClosed):
+		// The process is stopping (the store closed under a batch): no
+		// failure to report; the events are delivered again at the
+		// next start.
+		for _, msg := range msgs {
+			_ = msg.Nak()
+		}
 	default:
 		mt.m.applyErrors.Inc()
 		mt.logLimited(slog.LevelError, "meter: ledger write failed; events will be redelivered", "events", len(entries), "err", err)

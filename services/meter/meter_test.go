@@ -350,6 +350,45 @@ func TestApplyErrorRedeliversWithoutLoss(t *testing.T) {
 	}
 }
 
+// closingStore is a store whose first Applies meet it closed, as when the
+// process stops under a batch.
+type closingStore struct {
+	ledger.Store
+	closed atomic.Int64
+}
+
+func (s *closingStore) Apply(ctx context.Context, entries []ledger.Entry) (int, error) {
+	if s.closed.Add(-1) >= 0 {
+		return 0, fmt.Errorf("apply: %w", ledger.ErrClosed)
+	}
+	return s.Store.Apply(ctx, entries)
+}
+
+// TestClosedStoreIsNoFailure: a batch that meets the store closed (the
+// process stopping) is delivered again without an ERROR line or an apply
+// error counted, which read as a damaged ledger at a start that failed for
+// another reason.
+func TestClosedStoreIsNoFailure(t *testing.T) {
+	js := eventstest.Connect(t, eventstest.Server(t, -1))
+	store := &closingStore{Store: openStore(t)}
+	store.closed.Store(2)
+	o, logs := debugOptions()
+	m := newMeter(t, js, store, o)
+	run(t, m)
+	pub := publisher{t, js}
+	want := expected{}
+	for i := range 50 {
+		ev := event(i)
+		pub.event(ev, ev.RequestID)
+		want.add(ev)
+	}
+	pub.wait()
+	waitExact(t, js, store, want)
+	if got := testutil.ToFloat64(m.m.applyErrors); got != 0 || strings.Contains(logs.String(), "ledger write failed") {
+		t.Fatalf("apply errors = %v, log:\n%s", got, logs.String())
+	}
+}
+
 // logBuffer is an io.Writer for a test logger, safe for concurrent use.
 type logBuffer struct {
 	mu sync.Mutex
