@@ -225,11 +225,12 @@ func TestCommandsRefuseFlagsThatDoNotFit(t *testing.T) {
 		args []string
 		says string
 	}{
-		{[]string{"webhooks", "dlq", "discard", "--config", "F", "--id", "3", "--all"}, "--all is for discard alone"},
-		{[]string{"webhooks", "dlq", "discard", "--config", "F", "--endpoint", "audit", "--all"}, "--all is for discard alone"},
-		{[]string{"webhooks", "dlq", "replay", "--config", "F", "--all"}, "--all is for discard alone"},
-		{[]string{"webhooks", "dlq", "replay", "--config", "F", "--json"}, "--json is for list alone"},
-		{[]string{"webhooks", "dlq", "discard", "--config", "F", "--all", "--json"}, "--json is for list alone"},
+		{[]string{"webhooks", "dlq", "discard", "--config", "F", "--id", "3", "--all"}, "--all discards every dead letter; give it without --id or --endpoint"},
+		{[]string{"webhooks", "dlq", "discard", "--config", "F", "--endpoint", "audit", "--all"}, "--all discards every dead letter"},
+		{[]string{"webhooks", "dlq", "replay", "--config", "F", "--all"}, "flag provided but not defined: -all"},
+		{[]string{"webhooks", "dlq", "list", "--config", "F", "--all"}, "flag provided but not defined: -all"},
+		{[]string{"webhooks", "dlq", "replay", "--config", "F", "--json"}, "flag provided but not defined: -json"},
+		{[]string{"webhooks", "dlq", "discard", "--config", "F", "--all", "--json"}, "flag provided but not defined: -json"},
 		{[]string{"logs", "--config", "F", "--limit", "0"}, "--limit"},
 		{[]string{"logs", "--config", "F", "--limit", "-1"}, "--limit"},
 		{[]string{"logs", "--config", "F", "--since=-5m"}, "--since: \"-5m\": give how far back without a sign"},

@@ -22,7 +22,7 @@ import (
 	"github.com/llmproxy/llmproxy/services/recorder"
 )
 
-const logsUsage = "usage: llmproxy logs --config FILE [--key ID] [--request-id ID] [--client-request-id ID] [--since 1h|RFC3339] [--status N] [--limit N] [--from auto|stream|postgres] [--json]"
+const logsUsage = "usage: llmproxy logs --config FILE [--key ID] [--request-id ID] [--client-request-id ID] [--since 1h|7d|TIME] [--status N] [--limit N] [--from auto|stream|postgres] [--json]"
 
 // cmdLogs runs `llmproxy logs`: the request log, read from PostgreSQL when
 // logging.postgres.url is set, else straight from the event stream.
@@ -37,7 +37,7 @@ func runLogs(args []string, stdout, stderr io.Writer) int {
 	key := fs.String("key", "", "only this key (public id)")
 	requestID := fs.String("request-id", "", "only this request, by the gateway's id (searches the whole log unless --since is given)")
 	clientID := fs.String("client-request-id", "", "only the requests whose client sent this X-Request-Id (searches the whole log unless --since is given)")
-	since := fs.String("since", "", "earliest request: a duration back from now (1h, 30m) or a time (RFC3339 or 2006-01-02); default 1h")
+	since := fs.String("since", "", "earliest request: a duration back from now (1h, 30m, 7d) or a time (RFC3339; or 2006-01-02 or 2006-01-02T15:04:05 in the local zone, as the table shows times); default 1h")
 	status := fs.Int("status", 0, "only this HTTP status code")
 	limit := fs.Int("limit", recorder.DefaultLimit, "most requests shown, the newest")
 	from := fs.String("from", "auto", "where to read: auto (postgres when logging.postgres.url is set, else the stream), stream or postgres")
@@ -137,8 +137,9 @@ func readLogs(ctx context.Context, cfg *config.Config, from string, f recorder.F
 	return recorder.ReadStream(ctx, b.js, f)
 }
 
-// parseSince reads --since: a duration back from now, an RFC 3339 time or
-// a date (midnight UTC).
+// parseSince reads --since: a duration back from now, an RFC 3339 time, or
+// a time without a zone or a date (midnight) in now's zone, the local one
+// the table shows its times in.
 func parseSince(s string, now time.Time) (time.Time, error) {
 	if strings.HasPrefix(s, "-") || strings.HasPrefix(s, "+") {
 		return time.Time{}, fmt.Errorf("%q: give how far back without a sign (1h, 30m, 7d) or a time (RFC3339 or 2006-01-02)", s)
@@ -149,8 +150,11 @@ func parseSince(s string, now time.Time) (time.Time, error) {
 	if n, err := strconv.Atoi(strings.TrimSuffix(s, "d")); err == nil && strings.HasSuffix(s, "d") {
 		return now.AddDate(0, 0, -n), nil
 	}
-	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04:05", "2006-01-02"} {
-		if t, err := time.Parse(layout, s); err == nil {
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return t, nil
+	}
+	for _, layout := range []string{"2006-01-02T15:04:05", "2006-01-02 15:04:05", "2006-01-02"} {
+		if t, err := time.ParseInLocation(layout, s, now.Location()); err == nil {
 			return t, nil
 		}
 	}
@@ -160,7 +164,10 @@ func parseSince(s string, now time.Time) (time.Time, error) {
 // printLogs writes one line per request.
 func printLogs(w io.Writer, list []events.RequestCompleted) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TIME\tREQUEST ID\tKEY\tMODEL\tSTATUS\tTOKENS (P+C=T)\tLATENCY\tERROR")
+	// The local time, its zone named in the header (--since reads a time
+	// without a zone in it too).
+	zone, _ := time.Now().Zone()
+	fmt.Fprintln(tw, "TIME ("+zone+")\tREQUEST ID\tKEY\tMODEL\tSTATUS\tTOKENS (P+C=T)\tLATENCY\tERROR")
 	for _, e := range list {
 		key := e.KeyID
 		if e.KeyName != "" && e.KeyName != e.KeyID {

@@ -17,9 +17,11 @@ Usage:
   llmproxy config check [--target all|gateway|meter|notifier|recorder] FILE
   llmproxy usage --config FILE [--key ID] [--period daily|weekly|monthly|never] [--json]
   llmproxy keys create|update|list|show|disable|enable|delete --config FILE [ID] [flags]
-  llmproxy logs --config FILE [--key ID] [--request-id ID] [--client-request-id ID] [--since 1h|RFC3339] [--status N] [--limit N] [--from auto|stream|postgres] [--json]
-  llmproxy webhooks dlq list|replay --config FILE [--id EVENT_ID] [--endpoint NAME] [--nats-url URL] [--json]
+  llmproxy logs --config FILE [--key ID] [--request-id ID] [--client-request-id ID] [--since 1h|7d|TIME] [--status N] [--limit N] [--from auto|stream|postgres] [--json]
+  llmproxy webhooks dlq list --config FILE [--id ID] [--endpoint NAME] [--nats-url URL] [--json]
+  llmproxy webhooks dlq replay --config FILE [--id ID] [--endpoint NAME] [--nats-url URL]
   llmproxy webhooks dlq discard --config FILE (--id ID | --endpoint NAME | --all) [--nats-url URL]
+    (a dead letter's ID: its event id, ENDPOINT:EVENT_ID or its DLQ sequence number)
   llmproxy version
 `
 

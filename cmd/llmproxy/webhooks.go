@@ -47,24 +47,27 @@ func runWebhooks(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, webhooksUsage)
 		return 2
 	}
+	// Each subcommand has the flags it takes (its --help lists no other):
+	// --json is list's, --all discard's.
 	fs := flag.NewFlagSet("webhooks dlq "+args[1], flag.ContinueOnError)
 	cfgPath := fs.String("config", "", "config file (YAML)")
-	id := fs.String("id", "", "only this event id")
-	asJSON := fs.Bool("json", false, "print JSON")
+	id := fs.String("id", "", "only this dead letter: its event id, ENDPOINT:EVENT_ID, or its sequence number in the DLQ (list's SEQ)")
+	asJSON, all := new(bool), new(bool)
+	if args[1] == "list" {
+		fs.BoolVar(asJSON, "json", false, "print JSON")
+	}
 	natsURL := fs.String("nats-url", "", "NATS to use (overrides nats.url)")
 	endpoint := fs.String("endpoint", "", "only the dead letters of this endpoint")
-	all := fs.Bool("all", false, "discard: every dead letter")
+	if args[1] == "discard" {
+		fs.BoolVar(all, "all", false, "every dead letter")
+	}
 	if code, ok := parseOnlyFlags(fs, args[2:], stdout, stderr); !ok {
 		return code
 	}
-	if *asJSON && args[1] != "list" {
-		fmt.Fprintln(stderr, "llmproxy webhooks dlq "+args[1]+": --json is for list alone")
-		return 2
-	}
-	if *all && (args[1] != "discard" || *id != "" || *endpoint != "") {
+	if *all && (*id != "" || *endpoint != "") {
 		// --all with a filter would be read one way by one reader and
 		// the other way by another: refuse rather than choose.
-		fmt.Fprintln(stderr, "llmproxy webhooks dlq "+args[1]+": --all is for discard alone, without --id or --endpoint")
+		fmt.Fprintln(stderr, "llmproxy webhooks dlq discard: --all discards every dead letter; give it without --id or --endpoint")
 		return 2
 	}
 	if args[1] == "discard" && *id == "" && *endpoint == "" && !*all {
@@ -153,6 +156,11 @@ func runWebhooks(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if unknownEndpoint(len(list)) {
+		return 1
+	}
+	if *id != "" && len(list) == 0 {
+		// As replay and discard say of an --id that names none.
+		fmt.Fprintf(stderr, "llmproxy webhooks: no dead letter %q\n", *id)
 		return 1
 	}
 	if *asJSON {
