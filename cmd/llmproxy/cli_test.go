@@ -17,12 +17,13 @@ import (
 // `llmproxy logs`, `llmproxy config check` and `llmproxy webhooks dlq`
 // document.
 func TestUsageNamesCommandFlags(t *testing.T) {
-	list, discard, _ := strings.Cut(webhooksUsage, "\n")
+	lines := strings.Split(webhooksUsage, "\n")
 	for _, cmd := range []struct{ line, usage string }{
 		{"llmproxy logs ", logsUsage},
 		{"llmproxy config check ", configUsage},
-		{"llmproxy webhooks dlq list|replay ", list},
-		{"llmproxy webhooks dlq discard ", discard},
+		{"llmproxy webhooks dlq list ", lines[0]},
+		{"llmproxy webhooks dlq replay ", lines[1]},
+		{"llmproxy webhooks dlq discard ", lines[2]},
 	} {
 		var line string
 		for l := range strings.SplitSeq(usageText, "\n") {
