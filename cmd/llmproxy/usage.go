@@ -52,7 +52,7 @@ func cmdUsage(args []string) int {
 			return 2
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), usageWait)
 	defer cancel()
 	rows, err := readUsage(ctx, cfg, *key, p)
 	if err != nil {
@@ -99,6 +99,10 @@ func readUsage(ctx context.Context, cfg *config.Config, key string, p ledger.Per
 	return ledger.Report(ctx, lh.store, key, p, periodOf(cfg, lh.rdb), time.Now())
 }
 
+// usageWait bounds the usage command: a report over many keys takes a
+// while, a server that does not answer no longer.
+const usageWait = 30 * time.Second
+
 // usageFromAdmin asks the running server, which holds the local ledger.
 func usageFromAdmin(ctx context.Context, cfg *config.Config, key string, p ledger.Period) ([]ledger.UsageRow, error) {
 	if cfg.Admin.Listen == "" || cfg.Admin.Token == "" {
@@ -111,12 +115,19 @@ func usageFromAdmin(ctx context.Context, cfg *config.Config, key string, p ledge
 	if p != "" {
 		q.Set("period", string(p))
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+dialable(cfg.Admin.Listen)+"/admin/usage?"+q.Encode(), nil)
+	u := "http://" + dialable(cfg.Admin.Listen) + "/admin/usage"
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return nil, err
 	}
 	req.Header.Set("Authorization", "Bearer "+cfg.Admin.Token)
 	resp, err := http.DefaultClient.Do(req)
+	if errors.Is(err, context.DeadlineExceeded) {
+		return nil, fmt.Errorf("ask the running server: its admin listener %s did not answer within %s", cfg.Admin.Listen, usageWait)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("ask the running server: %w", err)
 	}
