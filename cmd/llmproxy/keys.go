@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -301,7 +302,13 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(v)
 	}
-	code := func(err error) int { return fail(1, "%v", err) }
+	code := func(err error) int {
+		if ne := net.Error(nil); errors.As(err, &ne) {
+			// "i/o timeout" alone does not say what did not answer.
+			return fail(1, "%v (Redis at %s)", err, redisAt(rdb))
+		}
+		return fail(1, "%v", err)
+	}
 
 	switch sub {
 	case "create":

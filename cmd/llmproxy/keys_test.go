@@ -6,6 +6,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -235,3 +237,40 @@ func TestKeysUpdateCommand(t *testing.T) {
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+// TestCommandsNameWhatDidNotAnswer: a keys command whose Redis takes the
+// connection and never answers, and a logs command whose NATS refuses it,
+// say which server: "list keys: i/o timeout" and "no servers available for
+// connection" named none.
+func TestCommandsNameWhatDidNotAnswer(t *testing.T) {
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	go func() {
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	refused := freeAddr(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c.yaml")
+	yaml := fmt.Sprintf("backends: [{url: \"http://127.0.0.1:9\"}]\nauth: {storage: redis}\nredis: {url: \"redis://%s/0\"}\nnats: {url: \"nats://%s\"}\n", silent.Addr(), refused)
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	if code := runKeys([]string{"list", "--config", path}, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "Redis at "+silent.Addr().String()) {
+		t.Errorf("keys list against a silent Redis: exit %d, %q", code, errOut.String())
+	}
+	out.Reset()
+	errOut.Reset()
+	if code := runLogs([]string{"--config", path, "--from", "stream"}, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), refused) || !strings.Contains(errOut.String(), "refused") {
+		t.Errorf("logs against a NATS that refuses: exit %d, %q", code, errOut.String())
+	}
+}

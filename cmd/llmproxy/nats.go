@@ -204,6 +204,14 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 	}
 	opts = append(opts, extra...)
 	nc, err := nats.Connect(url, opts...)
+	if errors.Is(err, nats.ErrNoServers) && e == nil {
+		// nats.go's word for every server refusing the connection: the
+		// first server's own error names it (a CLI command's connection,
+		// made once).
+		if derr := dialServers(url, 2*time.Second); derr != nil {
+			err = fmt.Errorf("%w (%w)", err, derr)
+		}
+	}
 	if err != nil {
 		b.close()
 		return nil, fmt.Errorf("connect to nats: %w", connectError(err))

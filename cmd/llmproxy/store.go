@@ -22,6 +22,18 @@ import (
 
 // openRedis returns a client for cfg's Redis (a single node from redis.url,
 // or a cluster from redis.addrs).
+// redisAt names the Redis rdb connects to, for an error: its addresses,
+// which hold no credentials.
+func redisAt(rdb redis.UniversalClient) string {
+	switch c := rdb.(type) {
+	case *redis.Client:
+		return c.Options().Addr
+	case *redis.ClusterClient:
+		return strings.Join(c.Options().Addrs, ",")
+	}
+	return "redis.url"
+}
+
 func openRedis(cfg *config.Config) (redis.UniversalClient, error) {
 	r := cfg.Redis
 	var tlsConfig *tls.Config
