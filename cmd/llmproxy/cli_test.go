@@ -56,7 +56,7 @@ func TestConfigCommandArguments(t *testing.T) {
 		{[]string{"--help"}, 0, "Usage:", ""},
 		{[]string{"check", good}, 0, good + ": ok", ""},
 		{[]string{"check"}, 2, "", "Usage:"},
-		{[]string{"check", good, "extra"}, 2, "", "Usage:"},
+		{[]string{"check", good, "extra"}, 2, "", "unexpected argument \"extra\": it checks one file"},
 		{[]string{"check", "--strict", good}, 2, "", "flag provided but not defined: -strict"},
 		{[]string{"verify", good}, 2, "", "llmproxy config: unknown command \"verify\""},
 		{[]string{"check", filepath.Join(dir, "missing.yaml")}, 1, "", "missing.yaml"},

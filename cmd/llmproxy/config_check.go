@@ -66,7 +66,7 @@ func runConfig(args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	if fs.NArg() != 0 {
-		fmt.Fprint(stderr, configUsage)
+		fmt.Fprintf(stderr, "llmproxy config check: unexpected argument %q: it checks one file\n\n%s", fs.Arg(0), configUsage)
 		return 2
 	}
 	switch *target {

@@ -157,7 +157,11 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 			return v, nil
 		})
 		field(patch, "capture-response", "capture_response", "true, false or default (logging.capture_response)", func(v string) (any, error) {
-			return strconv.ParseBool(v)
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return nil, errors.New("want true, false or default")
+			}
+			return b, nil
 		})
 		field(limits, "rps", "requests_per_second", "requests per second (0: no limit for this key; default: rate_limit.per_key's)", func(v string) (any, error) {
 			f, err := strconv.ParseFloat(v, 64)
