@@ -84,7 +84,14 @@ func TestParseProblems(t *testing.T) {
 			// of the construct left open: the brace is on line 3.
 			name: "unclosed brace",
 			yaml: "backends:\n  - url: http://b:8000\nlogging: {level: info\nauth: {}\n",
-			want: []string{`c.yaml:3: invalid YAML: did not find expected ',' or '}' (a bracket opened on this line is not closed`},
+			want: []string{`c.yaml:3: invalid YAML: did not find expected ',' or '}' (the '{' opened on this line is not closed)`},
+		},
+		{
+			// yaml.v3 names the line where it gave up, lines after
+			// the bracket; the bracket's line is the one to fix.
+			name: "bracket left open lines above",
+			yaml: "listen: [\ndata_dir: \"it's [x\"\nbackends:\n  - url: http://b:8000 # a [comment\n",
+			want: []string{`c.yaml:1: invalid YAML: did not find expected ',' or ']' (the '[' opened on this line is not closed)`},
 		},
 		{
 			name: "unclosed bracket",

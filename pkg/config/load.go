@@ -127,12 +127,12 @@ func parseYAML(text string) (root *yaml.Node, perr *Error) {
 		if errors.Is(err, io.EOF) {
 			return nil, nil
 		}
-		return nil, yamlError(err)
+		return nil, yamlError(err, text)
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
 		if err != nil {
-			return nil, yamlError(err)
+			return nil, yamlError(err, text)
 		}
 		return nil, &Error{Line: extra.Line, Msg: "only one YAML document is allowed"}
 	}
@@ -155,18 +155,67 @@ var yamlParserErrors = []string{
 	"did not find expected <document start>",
 }
 
-func yamlError(err error) *Error {
+func yamlError(err error, src string) *Error {
 	msg := err.Error()
 	if m := yamlLine.FindStringSubmatch(msg); m != nil {
 		line, _ := strconv.Atoi(m[1])
 		text := m[2]
 		if slices.Contains(yamlParserErrors, text) {
 			line++
-			text += " (a bracket opened on this line is not closed, or a line of the block that starts here is out of place)"
+			if open, c := unclosedBracket(src, line); open > 0 {
+				// yaml.v3's line is where it gave up, which may be
+				// lines past the bracket left open.
+				line = open
+				text += fmt.Sprintf(" (the %q opened on this line is not closed)", c)
+			} else {
+				text += " (a line of the block that starts here is out of place)"
+			}
 		}
 		return &Error{Line: line, Msg: "invalid YAML: " + text, Err: err}
 	}
 	return &Error{Msg: "invalid YAML: " + strings.TrimPrefix(msg, "yaml: "), Err: err}
+}
+
+// unclosedBracket returns the line (1-based) of the innermost '[' or '{'
+// of src that no bracket closes by the end of line upto, and the bracket;
+// 0 when every one is closed. Quoted text and comments are skipped.
+func unclosedBracket(src string, upto int) (int, byte) {
+	type opened struct {
+		line int
+		c    byte
+	}
+	var stack []opened
+	for i, l := range strings.Split(src, "\n") {
+		if i >= upto {
+			break
+		}
+		var quote byte
+		for j := 0; j < len(l); j++ {
+			c := l[j]
+			switch {
+			case quote != 0:
+				if c == quote {
+					quote = 0
+				} else if c == '\\' && quote == '"' {
+					j++
+				}
+			case (c == '"' || c == '\'') && (j == 0 || strings.IndexByte(" \t[{,:", l[j-1]) >= 0):
+				// A quote that starts a scalar ("it's" has none).
+				quote = c
+			case c == '#' && (j == 0 || l[j-1] == ' ' || l[j-1] == '\t'):
+				j = len(l)
+			case c == '[' || c == '{':
+				stack = append(stack, opened{i + 1, c})
+			case (c == ']' || c == '}') && len(stack) > 0:
+				stack = stack[:len(stack)-1]
+			}
+		}
+	}
+	if len(stack) == 0 {
+		return 0, 0
+	}
+	o := stack[len(stack)-1]
+	return o.line, o.c
 }
 
 // line returns the line of path, or of the nearest key above it that is in
