@@ -272,7 +272,7 @@ func TestFallbackWithoutRetries(t *testing.T) {
 	defer good.Close()
 	yaml := fmt.Sprintf(`
 backends:
-  - {url: %q, name: primary, models: [m]}
+  - {url: %q, name: primary, models: [m, x]}
   - {url: %q, name: other, models: [x]}
   - {url: %q, name: good, models: [m], weight: 0}
 routing:
