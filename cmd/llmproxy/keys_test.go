@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -243,20 +242,7 @@ func ptrTo[T any](v T) *T { return &v }
 // say which server: "list keys: i/o timeout" and "no servers available for
 // connection" named none.
 func TestCommandsNameWhatDidNotAnswer(t *testing.T) {
-	silent, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer silent.Close()
-	go func() {
-		for {
-			c, err := silent.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close()
-		}
-	}()
+	silent := silentListener(t)
 	refused := freeAddr(t)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "c.yaml")

@@ -428,22 +428,7 @@ func TestJetStreamReady(t *testing.T) {
 // at once, its streams made in the background once NATS answers, instead
 // of first waiting for the streams on a connection that is not there.
 func TestBusStartsWithoutWaitingForADeadNATS(t *testing.T) {
-	// A listener that takes connections and never says a word, as a
-	// stopped server's socket does.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close()
-		}
-	}()
+	ln := silentListener(t)
 	var out syncBuffer
 	cfg := &config.Config{}
 	cfg.NATS.URL = "nats://" + ln.Addr().String()
@@ -593,4 +578,31 @@ func TestBusSaysNATSRefusedTheConnection(t *testing.T) {
 	if err := b.ready(); err == nil || !strings.Contains(err.Error(), "connection refused") {
 		t.Fatalf("ready = %v, want the refused connection", err)
 	}
+}
+
+// silentListener is a listener that takes connections and never says a
+// word, as a stopped server's socket does; closed when the test ends.
+func silentListener(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c)
+		}
+	}()
+	return ln
 }

@@ -94,6 +94,13 @@ func TestParseProblems(t *testing.T) {
 			want: []string{`c.yaml:1: invalid YAML: did not find expected ',' or ']' (the '[' opened on this line is not closed)`},
 		},
 		{
+			// A bracket inside a plain value opens nothing: the error
+			// is the line out of place, as the parser says.
+			name: "brackets in plain values",
+			yaml: "backends:\n  - url: http://b:8000\nlogging:\n  redact:\n    - \\[REDACTED\n    - name: a[1\n  level: info\n bad: 1\n",
+			want: []string{`c.yaml:8: invalid YAML: did not find expected key (a line of the block that starts here is out of place)`},
+		},
+		{
 			name: "unclosed bracket",
 			yaml: "a: 1\nb: 2\nrouting: [oops\n",
 			want: []string{`c.yaml:3: invalid YAML: did not find expected ',' or ']'`},

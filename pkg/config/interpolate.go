@@ -53,7 +53,11 @@ func maskRefs(text string) (string, *envRefs) {
 			continue
 		}
 		r, ok := reference(text[i:], func(string) (string, bool) { return "", true })
-		if !ok {
+		if !ok || r.mistyped {
+			// A mistyped reference is found again in its value after
+			// parsing (expand), bounded by the value: here the "}"
+			// that closed it may be the file's own (a flow mapping's,
+			// a comment's).
 			b.WriteString("${")
 			i += 2
 			continue
@@ -173,7 +177,9 @@ func hideEnv(e *Error, env map[string]envValue) {
 	if q := strconv.Quote(ev.value); strings.Contains(e.Msg, q) {
 		e.Msg = strings.ReplaceAll(e.Msg, q, strconv.Quote(ev.written))
 	} else if ev.value != "" {
-		e.Msg = strings.ReplaceAll(e.Msg, ev.value, ev.written)
+		// A number is shown as "got N"; a bound the message names
+		// (want more than 0) is not the value.
+		e.Msg = strings.ReplaceAll(e.Msg, "got "+ev.value, "got "+ev.written)
 	}
 }
 
@@ -244,6 +250,9 @@ type ref struct {
 	n     int
 	unset []string
 	fails []string
+	// mistyped is set for a "${…}" whose name is no variable's
+	// (notAReference).
+	mistyped bool
 }
 
 // reference expands the reference at the start of s ("${…}"). It reports
@@ -333,7 +342,7 @@ func notAReference(s string, i int) (ref, bool) {
 	if end < 0 {
 		return ref{}, false
 	}
-	return ref{n: end + 1, fails: []string{fmt.Sprintf("%s is not a reference LLMProxy reads: a variable's name is letters, digits and _, not starting with a digit ($${ writes a literal ${)", s[:end+1])}}, true
+	return ref{n: end + 1, mistyped: true, fails: []string{fmt.Sprintf("%s is not a reference LLMProxy reads: a variable's name is letters, digits and _, not starting with a digit ($${ writes a literal ${)", s[:end+1])}}, true
 }
 
 // closingBrace returns the index of the "}" that closes a reference whose

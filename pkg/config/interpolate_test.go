@@ -272,3 +272,30 @@ func TestEmptyExpansionQuotedAsWritten(t *testing.T) {
 		t.Fatalf("got %v, want the value quoted as written", err)
 	}
 }
+
+// TestNotAReferenceInAQuotedValue: a "${" no reference continues, in a
+// quoted value followed on its line by a "}" of the file's own (a flow
+// mapping's, a comment's), stays text; the "}" closed it and the value's
+// quote went with it, and the file no longer parsed. A mistyped reference
+// within its value is still an error.
+func TestNotAReferenceInAQuotedValue(t *testing.T) {
+	t.Setenv("LLMPROXY_TEST_ZERO", "0")
+	c, err := Parse([]byte("backends:\n  - { url: http://b:8000, headers: { X-Api-Key: \"k${ey 12\" } }\n"+
+		"admin:\n  listen: \"127.0.0.1:8001\"\n  token: \"Xq7${ 9z!k\"   # rotated monthly {see runbook}\n"), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Backends[0].Headers["X-Api-Key"] != "k${ey 12" || c.Admin.Token != "Xq7${ 9z!k" {
+		t.Errorf("header %q, token %q; want them as written", c.Backends[0].Headers["X-Api-Key"], c.Admin.Token)
+	}
+	_, err = Parse([]byte(minimal+"admin: { listen: \"127.0.0.1:8001\", token: \"t-${my.var}\" }\n"), "c.yaml")
+	if err == nil || !strings.Contains(err.Error(), "${my.var} is not a reference") {
+		t.Errorf("a mistyped reference in a flow mapping: %v", err)
+	}
+	// A number a variable gives is named as written where the message
+	// shows it ("got …"), and a bound the message names is left alone.
+	_, err = Parse([]byte(minimal+"health_check: { path: /h, unhealthy_threshold: ${LLMPROXY_TEST_ZERO} }\n"), "c.yaml")
+	if err == nil || !strings.Contains(err.Error(), "want more than 0;") {
+		t.Errorf("a zero from a variable: %v", err)
+	}
+}

@@ -176,6 +176,14 @@ func yamlError(err error, src string) *Error {
 	return &Error{Msg: "invalid YAML: " + strings.TrimPrefix(msg, "yaml: "), Err: err}
 }
 
+// startsValue reports whether what precedes a character on its line puts
+// it where a block value starts: the line's start, or after "key:", "-" or
+// "?" and spaces.
+func startsValue(before string) bool {
+	t := strings.TrimRight(before, " \t")
+	return t == "" || strings.HasSuffix(t, ":") || strings.HasSuffix(t, "-") || strings.HasSuffix(t, "?")
+}
+
 // unclosedBracket returns the line (1-based) of the innermost '[' or '{'
 // of src that no bracket closes by the end of line upto, and the bracket;
 // 0 when every one is closed. Quoted text and comments are skipped.
@@ -204,7 +212,9 @@ func unclosedBracket(src string, upto int) (int, byte) {
 				quote = c
 			case c == '#' && (j == 0 || l[j-1] == ' ' || l[j-1] == '\t'):
 				j = len(l)
-			case c == '[' || c == '{':
+			case (c == '[' || c == '{') && (len(stack) > 0 || startsValue(l[:j])):
+				// Outside a flow collection a bracket opens one only
+				// where a value starts ("a[1" and "\[x" are text).
 				stack = append(stack, opened{i + 1, c})
 			case (c == ']' || c == '}') && len(stack) > 0:
 				stack = stack[:len(stack)-1]
