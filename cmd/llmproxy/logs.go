@@ -142,7 +142,7 @@ func readLogs(ctx context.Context, cfg *config.Config, from string, f recorder.F
 // the table shows its times in.
 func parseSince(s string, now time.Time) (time.Time, error) {
 	if strings.HasPrefix(s, "-") || strings.HasPrefix(s, "+") {
-		return time.Time{}, fmt.Errorf("%q: give how far back without a sign (1h, 30m, 7d) or a time (RFC3339 or 2006-01-02)", s)
+		return time.Time{}, fmt.Errorf("%q: give how far back without a sign (1h, 30m, 7d) or a time (RFC3339, or 2006-01-02 or 2006-01-02T15:04:05 in the local zone)", s)
 	}
 	if d, err := time.ParseDuration(s); err == nil {
 		return now.Add(-d), nil
@@ -158,7 +158,7 @@ func parseSince(s string, now time.Time) (time.Time, error) {
 			return t, nil
 		}
 	}
-	return time.Time{}, fmt.Errorf("%q is neither a duration (1h, 30m, 7d) nor a time (RFC3339 or 2006-01-02)", s)
+	return time.Time{}, fmt.Errorf("%q is neither a duration (1h, 30m, 7d) nor a time (RFC3339, or 2006-01-02 or 2006-01-02T15:04:05 in the local zone)", s)
 }
 
 // printLogs writes one line per request.

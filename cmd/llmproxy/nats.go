@@ -44,6 +44,8 @@ type bus struct {
 	// credentials (cleared by a reconnect): the client then waits
 	// refusedWait between its tries, not reconnectWait.
 	refused atomic.Bool
+	// conn is nc, for the reconnect delay, which may run before nc is set.
+	conn atomic.Pointer[nats.Conn]
 }
 
 // reconnectWait and reconnectJitter pace the client's tries to reconnect;
@@ -141,11 +143,21 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 		nats.MaxPingsOutstanding(2),
 		nats.MaxReconnects(-1),
 		nats.CustomReconnectDelay(func(int) time.Duration {
+			// A refusal while connecting for the first time reaches
+			// no handler: the connection's last error tells it.
+			if c := b.conn.Load(); c != nil {
+				if err := c.LastError(); isRefusal(err) && !b.refused.Swap(true) {
+					log.Warn("nats refused the credentials", "err", err)
+				}
+			}
 			if b.refused.Load() {
 				return refusedWait
 			}
 			return reconnectWait + rand.N(reconnectJitter)
 		}),
+		// The first connection, made late (RetryOnFailedConnect): no
+		// longer refused.
+		nats.ConnectHandler(func(*nats.Conn) { b.refused.Store(false) }),
 		nats.RetryOnFailedConnect(true),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
@@ -214,9 +226,13 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 	}
 	if err != nil {
 		b.close()
-		return nil, fmt.Errorf("connect to nats: %w", connectError(err))
+		if e != nil {
+			return nil, fmt.Errorf("connect to nats: %w", connectError(err))
+		}
+		return nil, fmt.Errorf("connect to nats %s: %w", shownServers(url), connectError(err))
 	}
 	b.nc = nc
+	b.conn.Store(nc)
 	if e == nil {
 		go b.diagnose(url, extra, log)
 	}
@@ -244,7 +260,7 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 		// The first connection failed (nats.go goes on trying): waiting
 		// for the streams would only hold the start.
 		// diagnose says why in a moment.
-		err = errors.New("nats is not answering")
+		err = errors.New("nats is not connected yet")
 	}
 	// A server that comes back may have lost its store (a node without a
 	// volume, say), and the streams with it: they are made again after
@@ -490,6 +506,16 @@ func serverURL(raw string) string {
 		return raw[:start] + raw[start+at+1:]
 	}
 	return raw
+}
+
+// shownServers is nats.url's list of servers as an error may show it:
+// each without its credentials (serverURL).
+func shownServers(servers string) string {
+	var out []string
+	for s := range strings.SplitSeq(servers, ",") {
+		out = append(out, serverURL(strings.TrimSpace(s)))
+	}
+	return strings.Join(out, ",")
 }
 
 // connectError is err, from nats.Connect, with the URL a parse error quotes

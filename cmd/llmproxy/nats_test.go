@@ -190,9 +190,23 @@ func TestBusErrorHidesUserInfo(t *testing.T) {
 		cfg := &config.Config{}
 		cfg.NATS.URL = u
 		_, err := openCLIBus(context.Background(), cfg, slog.New(slog.DiscardHandler))
-		if err == nil || strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "connect to nats: parse") {
+		if err == nil || strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "connect to nats ") || !strings.Contains(err.Error(), ": parse") {
 			t.Errorf("%s: error %v", u, err)
 		}
+	}
+}
+
+// TestCLIBusNamesTheServerThatRefused: a command whose NATS refuses its
+// credentials names the server (without the credentials): "nats:
+// Authorization Violation" alone named none.
+func TestCLIBusNamesTheServerThatRefused(t *testing.T) {
+	ns := startNATSWithToken(t, "127.0.0.1", -1, "the-right-token")
+	cfg := &config.Config{}
+	cfg.NATS.URL = strings.Replace(ns.ClientURL(), "nats://", "nats://wr0ng-token@", 1)
+	_, err := openCLIBus(context.Background(), cfg, slog.New(slog.DiscardHandler))
+	if err == nil || strings.Contains(err.Error(), "wr0ng-token") || !strings.Contains(err.Error(), ns.Addr().String()) ||
+		!strings.Contains(strings.ToLower(err.Error()), "authorization violation") {
+		t.Fatalf("error %v", err)
 	}
 }
 
@@ -439,7 +453,7 @@ func TestBusStartsWithoutWaitingForADeadNATS(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.close()
-	if !strings.Contains(out.String(), `event streams not ready yet; retrying in the background" err="nats is not answering"`) {
+	if !strings.Contains(out.String(), `event streams not ready yet; retrying in the background" err="nats is not connected yet"`) {
 		t.Fatalf("log:\n%s\nwant the streams left to the background, NATS not answering", out.String())
 	}
 	select {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -238,5 +239,74 @@ func TestGatewayWaitsOutARefusal(t *testing.T) {
 			return false, err.Error()
 		}
 		return strings.Contains(string(m.Data), id), string(m.Data)
+	})
+}
+
+// authFailures counts the connections a nats-server refused for their
+// credentials, from its log.
+type authFailures struct{ n atomic.Int64 }
+
+func (a *authFailures) Noticef(string, ...any) {}
+func (a *authFailures) Warnf(string, ...any)   {}
+func (a *authFailures) Debugf(string, ...any)  {}
+func (a *authFailures) Tracef(string, ...any)  {}
+func (a *authFailures) Fatalf(string, ...any)  {}
+func (a *authFailures) Errorf(format string, v ...any) {
+	if strings.Contains(fmt.Sprintf(format, v...), "authentication error") {
+		a.n.Add(1)
+	}
+}
+
+// TestGatewayRefusedFromTheStart: a gateway whose NATS refuses its
+// credentials from its first connection says so and tries every
+// refusedWait, as one refused after it had connected does (it tried every
+// 250 ms and never said "refused"), and connects once they are taken.
+func TestGatewayRefusedFromTheStart(t *testing.T) {
+	opts := &server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), Authorization: "first-token"}
+	ns := runNATS(t, opts)
+	var refusals authFailures
+	ns.SetLoggerV2(&refusals, false, false, false)
+	dir := t.TempDir()
+	listen := freeAddr(t)
+	path := filepath.Join(dir, "llmproxy.yaml")
+	yaml := fmt.Sprintf("listen: %q\ndata_dir: %q\nnats: { url: \"nats://second-token@%s\" }\nbackends: [{url: \"http://127.0.0.1:9\"}]\n",
+		listen, filepath.Join(dir, "data"), ns.Addr().String())
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logBuf syncBuffer
+	ctx, stop := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- serve(ctx, cfg, path, "gateway", "", slog.New(slog.NewJSONHandler(&logBuf, nil))) }()
+	defer func() {
+		stop()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+	eventually(t, 10*time.Second, "the refusal logged", func() (bool, string) {
+		return strings.Contains(logBuf.String(), `"msg":"nats refused the credentials"`), logBuf.String()
+	})
+	before := refusals.n.Load()
+	time.Sleep(2*refusedWait + 500*time.Millisecond)
+	if n := refusals.n.Load() - before; n > 4 {
+		t.Errorf("%d refused connections in %s; want one each %s", n, 2*refusedWait+500*time.Millisecond, refusedWait)
+	}
+	changed := *opts
+	changed.Authorization = "second-token"
+	if err := ns.ReloadOptions(&changed); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 15*time.Second, "the gateway connected", func() (bool, string) {
+		resp, err := http.Get("http://" + listen + "/readyz")
+		if err != nil {
+			return false, err.Error()
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, resp.Status + "\n" + logBuf.String()
 	})
 }
