@@ -3,16 +3,19 @@ package gateway
 import (
 	"bufio"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -443,6 +446,48 @@ func TestClientLeavesMidReply(t *testing.T) {
 	}
 	if got := ev.Usage.CompletionTokens; got < int64(read/len(" hello")) || got >= words {
 		t.Fatalf("completion tokens %d: want at least the %d the client read, less than the reply's %d", got, read/len(" hello"), words)
+	}
+}
+
+// TestClientLeavesMidCompressedReply: the same for a reply the backend
+// compressed (passed on compressed): the share of its text the client was
+// sent is billed, where nothing was.
+func TestClientLeavesMidCompressedReply(t *testing.T) {
+	// Words that gzip cannot shrink to nothing: 24 MiB compressed, about.
+	var plain bytes.Buffer
+	plain.WriteString(`{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"`)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for plain.Len() < 48<<20 {
+		fmt.Fprintf(&plain, " w%x", rng.Uint32())
+	}
+	plain.WriteString(`"},"finish_reason":"stop"}],"usage":{"prompt_tokens":4,"completion_tokens":9999999,"total_tokens":10000003}}`)
+	var zipped bytes.Buffer
+	zw := gzip.NewWriter(&zipped)
+	_, _ = zw.Write(plain.Bytes())
+	_ = zw.Close()
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Encoding", "gzip")
+		w.Header().Set("Content-Length", strconv.Itoa(zipped.Len()))
+		_, _ = w.Write(zipped.Bytes())
+	}))
+	defer backend.Close()
+	gw, s := newTestGateway(t, backend.URL, "")
+	req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m1","messages":[{"role":"user","content":"hi"}]}`))
+	req.Header.Set("Authorization", "Bearer "+testKey)
+	req.Header.Set("Accept-Encoding", "gzip") // as set, the client passes the bytes on compressed
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.CopyN(io.Discard, resp.Body, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	ev := s.next(t)
+	if ev.Error != "client_closed_request" || ev.UsageSource != estimatedSource || ev.Usage.CompletionTokens < 1000 || ev.Usage.CompletionTokens >= 9999999 {
+		t.Fatalf("event: error %q, usage %+v (%s); want the share of the text the client was sent, estimated", ev.Error, ev.Usage, ev.UsageSource)
 	}
 }
 

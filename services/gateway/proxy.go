@@ -1381,10 +1381,12 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 			defer bufPool.Put(sp)
 			held, spare = (*hp)[:0], (*sp)[:0]
 		}
-		// sent counts the bytes the client was sent; clientCut is set when
-		// it stopped taking them before the reply's end.
-		sent, clientCut := 0, false
+		// read and sent count the bytes of the reply read and the bytes
+		// the client was sent; clientCut is set when it stopped taking
+		// them before the reply's end.
+		read, sent, clientCut := 0, 0, false
 		for ; ; n, err = resp.Body.Read(buf) {
+			read += n
 			if n > 0 {
 				x.firstByte(resp.StatusCode)
 				if tee != nil {
@@ -1419,7 +1421,9 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 				if err != io.EOF {
 					x.errMsg = backendReadError(err, "backend_error")
 					if ctx.Err() != nil {
-						x.errMsg = "client_closed_request"
+						// The client left: the request's context
+						// cancelled the backend read.
+						x.errMsg, clientCut = "client_closed_request", true
 					} else {
 						x.aborted = true
 					}
@@ -1433,16 +1437,23 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 		} else if !compressed {
 			capture.meter(ex)
 			x.replyBody, x.replyCut = capture.kept()
-			if x.aborted {
-				// The backend broke the reply off: what arrived of
-				// its text was delivered, and is billed.
-				ex.BodyCut(x.replyBody)
-			} else if r, _ := ex.Partial(0); clientCut && !r.Found {
-				// The client stopped taking the reply before its
-				// usage (at its end) was read: the text it was sent
-				// is billed, estimated, as for a stream it left, and
-				// past what was kept of the reply, by its length.
-				ex.BodyCut(x.replyBody[:min(sent, len(x.replyBody))])
+		}
+		if metered := tee != nil || !compressed; metered && x.aborted {
+			// The backend broke the reply off: what arrived of its
+			// text was delivered, and is billed.
+			ex.BodyCut(x.replyBody)
+		} else if r, _ := ex.Partial(0); metered && clientCut && !r.Found {
+			// The client stopped taking the reply before its usage (at
+			// its end) was read: the text it was sent is billed,
+			// estimated, as for a stream it left; past what was kept
+			// of the reply, by its length. Of a compressed reply, the
+			// same share of what was decompressed.
+			n := sent
+			if tee != nil {
+				n = int(int64(len(x.replyBody)) * int64(sent) / int64(max(read, 1)))
+			}
+			ex.BodyCut(x.replyBody[:min(n, len(x.replyBody))])
+			if tee == nil {
 				ex.Unread(sent - len(x.replyBody))
 			}
 		}
