@@ -333,7 +333,7 @@ func TestPublicStatusOff(t *testing.T) {
 		{"server: {public_status: true}\n", 200, true},
 		{"server: {public_status: false}\n", 404, false},
 	} {
-		cfg := parseConfig(t, fmt.Sprintf("backends: [{url: %q, name: internal-gpu}]\n%s", backend.URL, c.setting))
+		cfg := parseConfig(t, fmt.Sprintf("backends: [{url: %q, name: internal-gpu, models: [m]}]\n%s", backend.URL, c.setting))
 		gw, _ := serveOptions(t, Options{Config: cfg, Registerer: prometheus.NewRegistry(), Gatherer: prometheus.NewRegistry()})
 		resp, body := do(t, "GET", gw.URL+"/metrics", "", nil)
 		if resp.StatusCode != c.metrics || c.metrics == 404 && !strings.Contains(string(body), "unknown_url") {
@@ -345,6 +345,10 @@ func TestPublicStatusOff(t *testing.T) {
 		}
 		if !c.readyDetails && string(body) != "{\"ready\":true}\n" {
 			t.Errorf("%q: /readyz %s, want its status alone", c.setting, body)
+		}
+		resp, body = do(t, "GET", gw.URL+"/v1/models", "", nil)
+		if resp.StatusCode != 200 || strings.Contains(string(body), "internal-gpu") != c.readyDetails {
+			t.Errorf("%q: /v1/models %d %s, the backend's name shown: want %v", c.setting, resp.StatusCode, body, c.readyDetails)
 		}
 		resp, body = do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m"}`, nil)
 		if resp.StatusCode != 502 || strings.Contains(string(body), "internal-gpu") != c.readyDetails || !strings.Contains(string(body), "answered 502") {

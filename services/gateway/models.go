@@ -46,8 +46,14 @@ func (g *Gateway) serveModels(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		for i, up := range ups {
+			// A model only the config lists is owned by its backend,
+			// named unless the backends' names are kept from clients.
+			owner := up.Name
+			if !x.rt.cfg.Server.PublicStatusOn() {
+				owner = "llmproxy"
+			}
 			for m := range up.Models {
-				add(up, modelEntry{ID: m, OwnedBy: up.Name})
+				add(up, modelEntry{ID: m, OwnedBy: owner})
 			}
 			var out struct {
 				Data []modelEntry `json:"data"`
