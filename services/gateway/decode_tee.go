@@ -21,6 +21,8 @@ type decodeTee struct {
 	// body went on past it; read them after Close.
 	body []byte
 	cut  bool
+	// capture is what kept body, for estimateCut.
+	capture *replyCapture
 }
 
 // newDecodeTee starts metering a body in encoding enc ("gzip", "deflate");
@@ -53,6 +55,7 @@ func newDecodeTee(enc string, streaming bool, format usage.Format, ex *usage.Ext
 			}
 			c.meter(ex)
 			t.body, t.cut = c.kept()
+			t.capture = &c
 			return
 		}
 		sp := usage.NewSplitter(format)

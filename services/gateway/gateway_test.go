@@ -449,6 +449,34 @@ func TestClientLeavesMidReply(t *testing.T) {
 	}
 }
 
+// TestLongReplyWithoutUsageIsEstimated: a whole reply longer than what is
+// kept of it (8 MiB), whose backend reports no usage, bills its text,
+// estimated, with its finish reason; it billed no completion tokens, and no
+// finish reason even with usage.
+func TestLongReplyWithoutUsageIsEstimated(t *testing.T) {
+	const words = 2 << 20 // 12 MiB of " hello"
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"`)
+		chunk := strings.Repeat(" hello", 1<<14)
+		for range words >> 14 {
+			_, _ = io.WriteString(w, chunk)
+		}
+		_, _ = io.WriteString(w, `"},"finish_reason":"length"}]}`)
+	}))
+	defer backend.Close()
+	gw, s := newTestGateway(t, backend.URL, "")
+	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1","messages":[{"role":"user","content":"hi"}]}`, withKey())
+	if resp.StatusCode != 200 || len(body) < words*len(" hello") {
+		t.Fatalf("%d, %d bytes", resp.StatusCode, len(body))
+	}
+	ev := s.next(t)
+	if ev.UsageSource != estimatedSource || ev.Usage.CompletionTokens < words/2 || ev.Usage.CompletionTokens > 2*words || ev.FinishReason != "length" {
+		t.Fatalf("event: usage %+v (%s), finish %q; want about %d completion tokens, estimated, and length", ev.Usage, ev.UsageSource, ev.FinishReason, words)
+	}
+}
+
 // TestClientLeavesMidCompressedReply: the same for a reply the backend
 // compressed (passed on compressed): the share of its text the client was
 // sent is billed, where nothing was.

@@ -1438,6 +1438,12 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 			capture.meter(ex)
 			x.replyBody, x.replyCut = capture.kept()
 		}
+		switch {
+		case tee != nil && tee.capture != nil && !x.aborted && !clientCut:
+			tee.capture.estimateCut(ex)
+		case !compressed && !x.aborted && !clientCut:
+			capture.estimateCut(ex)
+		}
 		if metered := tee != nil || !compressed; metered && x.aborted {
 			// The backend broke the reply off: what arrived of its
 			// text was delivered, and is billed.

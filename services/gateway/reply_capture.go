@@ -27,10 +27,13 @@ type replyCapture struct {
 	// and tail follows the reply's end.
 	cut  bool
 	tail []byte
+	// size counts the reply's bytes, kept or not.
+	size int
 }
 
 // Write keeps p, the reply's next bytes.
 func (c *replyCapture) Write(p []byte) {
+	c.size += len(p)
 	if !c.cut {
 		limit := c.max
 		if limit <= 0 {
@@ -65,6 +68,16 @@ func (c *replyCapture) meter(ex *usage.Extractor) {
 		ex.BodyTail(c.tail)
 	case c.body.Len() > 0:
 		ex.Body(c.body.Bytes())
+	}
+}
+
+// estimateCut gives ex the text of a whole reply too long to keep whose
+// tail held no usage, to be estimated: what the kept bytes hold, and the
+// rest by its length.
+func (c *replyCapture) estimateCut(ex *usage.Extractor) {
+	if r, _ := ex.Partial(0); c.cut && !r.Found {
+		ex.BodyCut(c.body.Bytes())
+		ex.Unread(c.size - c.body.Len())
 	}
 }
 

@@ -1,5 +1,7 @@
 package usage
 
+import "bytes"
+
 // BodyTail reads a non-streamed JSON body too large to be kept whole from
 // its last bytes, tail: the top-level members of the body that lie whole
 // within tail are read as Body reads a body holding just them. That is
@@ -8,6 +10,7 @@ package usage
 // usage that starts before tail is not found. tail is not modified; the
 // Extractor copies the members it reads.
 func (e *Extractor) BodyTail(tail []byte) {
+	defer e.tailFinish(tail)
 	i, whole := trailingMembers(tail)
 	switch {
 	case i < 0:
@@ -20,6 +23,63 @@ func (e *Extractor) BodyTail(tail []byte) {
 	// from there, behind an opening brace, are an object of their own.
 	e.scratch = append(append(e.scratch[:0], '{'), tail[i+1:]...)
 	e.Body(e.scratch)
+}
+
+// tailFinish reads the finish reason from tail when the members read were
+// not where it is (a long completion's choices begin before the tail): the
+// last "finish_reason" (Anthropic's "stop_reason", Ollama's "done_reason")
+// member with a string value. Its quotes are the JSON's own, not a string's
+// text: a quote inside a string is escaped, which the backslashes before it
+// tell.
+func (e *Extractor) tailFinish(tail []byte) {
+	if e.res.FinishReason != "" {
+		return
+	}
+	key := []byte(`"finish_reason"`)
+	switch e.format.family() {
+	case familyAnthropic:
+		key = []byte(`"stop_reason"`)
+	case familyOllama:
+		key = []byte(`"done_reason"`)
+	case familyNone:
+		return
+	}
+	for end := len(tail); ; {
+		i := bytes.LastIndex(tail[:end], key)
+		if i < 0 {
+			return
+		}
+		end = i
+		if escaped(tail, i) {
+			continue
+		}
+		v := bytes.TrimLeft(tail[i+len(key):], " \t\r\n")
+		if len(v) == 0 || v[0] != ':' {
+			continue
+		}
+		v = bytes.TrimLeft(v[1:], " \t\r\n")
+		if len(v) == 0 || v[0] != '"' {
+			continue
+		}
+		j := 1
+		for j < len(v) && (v[j] != '"' || escaped(v, j)) {
+			j++
+		}
+		if j < len(v) {
+			e.setFinish(v[:j+1])
+		}
+		return
+	}
+}
+
+// escaped reports whether the quote at b[i] is escaped: an odd number of
+// backslashes before it.
+func escaped(b []byte, i int) bool {
+	n := 0
+	for k := i - 1; k >= 0 && b[k] == '\\'; k-- {
+		n++
+	}
+	return n%2 == 1
 }
 
 // trailingMembers scans tail, the last bytes of a JSON object, backwards

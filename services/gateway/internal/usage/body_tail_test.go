@@ -122,3 +122,33 @@ func FuzzBodyTail(f *testing.F) {
 		}
 	})
 }
+
+// TestBodyTailFinishReason: the finish reason of a reply whose choices begin
+// before the tail is read from the tail, and a member's name inside a
+// string (its quotes escaped) is not taken for one.
+func TestBodyTailFinishReason(t *testing.T) {
+	cases := []struct {
+		name string
+		f    Format
+		body string
+		want string
+	}{
+		{"chat completion", FormatOpenAIJSON,
+			`{"choices":[{"index":0,"message":{"content":"` + strings.Repeat("ab", 500) + `"},"finish_reason":"length"}],"usage":{"prompt_tokens":3,"completion_tokens":1000}}`, "length"},
+		{"chat completion without usage", FormatOpenAIJSON,
+			`{"choices":[{"index":0,"message":{"content":"` + strings.Repeat("ab", 500) + `"},"finish_reason" : "stop"}]}`, "stop"},
+		{"a name inside the text", FormatOpenAIJSON,
+			`{"choices":[{"index":0,"message":{"content":"` + strings.Repeat("ab", 500) + ` \"finish_reason\":\"length\" \\"},"finish_reason":null}]}`, ""},
+		{"anthropic", FormatAnthropicJSON,
+			`{"content":[{"type":"text","text":"` + strings.Repeat("v", 300) + `"}],"stop_reason":"max_tokens","stop_sequence":null}`, "max_tokens"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			e := NewExtractor(c.f, Options{})
+			e.BodyTail([]byte(c.body[len(c.body)-120:]))
+			if got := e.Result().FinishReason; got != c.want {
+				t.Fatalf("finish reason %q, want %q", got, c.want)
+			}
+		})
+	}
+}
