@@ -55,7 +55,12 @@ func ReadStream(ctx context.Context, js jetstream.JetStream, f Filter) ([]events
 	if err != nil {
 		return nil, fmt.Errorf("read stream: consumer: %w", err)
 	}
-	it, err := cons.Messages()
+	// Each pull asks for at most 500 events and twice the largest a
+	// server takes: without a byte limit, 500 events of several MiB each
+	// were asked at once, and the server, holding them for a client that
+	// could not take them so fast, grew by hundreds of MiB and cut the
+	// connection.
+	it, err := cons.Messages(jetstream.PullMaxMessagesWithBytesLimit(500, max(2*int(js.Conn().MaxPayload()), 8<<20)))
 	if err != nil {
 		return nil, fmt.Errorf("read stream: %w", err)
 	}

@@ -2,9 +2,13 @@ package recorder
 
 import (
 	"context"
+	"fmt"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/llmproxy/llmproxy/pkg/events"
 	"github.com/llmproxy/llmproxy/pkg/events/eventstest"
@@ -129,5 +133,41 @@ func TestNewestOrdersAsPostgreSQLDoes(t *testing.T) {
 	}
 	if ids := requestIDs(newest(evs, 10)); !reflect.DeepEqual(ids, []string{"c", "a", "b"}) {
 		t.Fatalf("order %v, want c, a, b", ids)
+	}
+}
+
+// TestReadStreamOfLargeEvents: reading a stream of events of several MiB
+// asks the server for no more bytes than the client takes: asked for 500
+// events at once, the server held them for a client that could not take
+// them so fast, grew by hundreds of MiB and cut the connection as a slow
+// consumer.
+func TestReadStreamOfLargeEvents(t *testing.T) {
+	s, err := server.NewServer(&server.Options{
+		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
+		MaxPayload: 4 << 20, MaxPending: 16 << 20,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server not ready")
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	js := eventstest.Connect(t, s)
+	big := []byte(`{"model":"m","messages":[{"role":"user","content":"` + strings.Repeat("x", 3<<20) + `"}]}`)
+	for i := range 24 {
+		e := event(fmt.Sprintf("r%02d", i), "key1", 200)
+		e.RequestBody = big
+		publishEvent(t, js, e, e.RequestID)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	got, err := ReadStream(ctx, js, Filter{Limit: 1})
+	if err != nil || len(got) != 1 || got[0].RequestID != "r23" {
+		t.Fatalf("got %v, %v", requestIDs(got), err)
+	}
+	if v, err := s.Varz(nil); err != nil || v.SlowConsumers != 0 {
+		t.Fatalf("slow consumers %d (%v): the server held more than the client could take", v.SlowConsumers, err)
 	}
 }
