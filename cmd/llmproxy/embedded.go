@@ -76,6 +76,13 @@ type embeddedServer struct {
 	storeFailed atomic.Pointer[storeFailure]
 }
 
+// embeddedMaxPayload is the largest message the embedded server takes for
+// cfg: an event carries a request body up to max_body_bytes and a captured
+// response, JSON-escaped; at most NATS's 64 MiB.
+func embeddedMaxPayload(cfg *config.Config) int32 {
+	return int32(min(cfg.Server.MaxBodyBytes+6*int64(cfg.Logging.MaxCaptureBytes)+1<<20, 64<<20))
+}
+
 // storeFailure is a failed write of the embedded server's store: when, and
 // the server's words.
 type storeFailure struct {
@@ -116,9 +123,7 @@ func startEmbedded(cfg *config.Config, lock *storeLock, listen bool) (*embeddedS
 		NoSigs:     true,
 		NoLog:      true,
 		DontListen: true,
-		// An event carries a request body up to max_body_bytes and a
-		// captured response, JSON-escaped.
-		MaxPayload: int32(min(cfg.Server.MaxBodyBytes+6*int64(cfg.Logging.MaxCaptureBytes)+1<<20, 64<<20)),
+		MaxPayload: embeddedMaxPayload(cfg),
 		// The gateway's outbox drops an event OutboxDurableDelay after
 		// its publish was acknowledged, and the server acknowledges
 		// before it fsyncs: with nats-server's default (2 minutes) a

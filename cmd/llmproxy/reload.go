@@ -42,6 +42,14 @@ func reload(ctx context.Context, path, adminListen string, running *config.Confi
 	if keys := restartOnly(running, cfg); len(keys) > 0 {
 		log.Warn("changed in the file but not reloaded: these keys take a restart; the running values stay", "keys", keys)
 	}
+	if running.NATS.URL == "" && embeddedMaxPayload(cfg) > embeddedMaxPayload(running) {
+		// The embedded server's message size was set at start from
+		// these: the new sizes apply, but an event larger than the
+		// server takes is published cut until a restart.
+		log.Warn("server.max_body_bytes or logging.max_capture_bytes grew: until a restart the embedded NATS server takes events "+
+			"of the sizes the process started with, and a larger event is published with its request body or response cut (marked truncated)",
+			"max_payload", embeddedMaxPayload(running), "after_restart", embeddedMaxPayload(cfg))
+	}
 	return cfg
 }
 

@@ -216,3 +216,44 @@ func TestCarryHUPNeverBlocks(t *testing.T) {
 		t.Fatal("a SIGHUP caught early only was not carried over")
 	}
 }
+
+// TestReloadSaysWhenEventsOutgrowTheEmbeddedServer: a SIGHUP that raises
+// server.max_body_bytes (or the capture's size) past what the embedded NATS
+// server was started to take says that larger events are published cut
+// until a restart; one that lowers it says nothing. Events were cut in
+// silence, though the file's sizes applied.
+func TestReloadSaysWhenEventsOutgrowTheEmbeddedServer(t *testing.T) {
+	base := "backends: [{ url: \"http://127.0.0.1:9\" }]\nserver: { max_body_bytes: 10485760 }\n"
+	for _, c := range []struct {
+		name, size string
+		warn       bool
+	}{
+		{"raised", "31457280", true},
+		{"lowered", "1048576", false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "llmproxy.yaml")
+			if err := os.WriteFile(path, []byte(base), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			running, err := config.Load(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			gw, err := gateway.New(gateway.Options{Config: running, Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(path, []byte(strings.Replace(base, "10485760", c.size, 1)), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			var logBuf syncBuffer
+			if reload(context.Background(), path, "", running, gw, slog.New(slog.NewJSONHandler(&logBuf, nil))) == nil {
+				t.Fatalf("not reloaded:\n%s", logBuf.String())
+			}
+			if got := strings.Contains(logBuf.String(), "until a restart the embedded NATS server takes events"); got != c.warn {
+				t.Errorf("warned %v, want %v:\n%s", got, c.warn, logBuf.String())
+			}
+		})
+	}
+}
