@@ -1431,24 +1431,25 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 				break
 			}
 		}
+		// kept is what kept the reply for metering: nil for a
+		// compressed one the gateway cannot read.
+		var kept *replyCapture
 		if tee != nil {
 			tee.Close()
-			x.replyBody, x.replyCut = tee.body, tee.cut
+			x.replyBody, x.replyCut, kept = tee.body, tee.cut, tee.capture
 		} else if !compressed {
 			capture.meter(ex)
 			x.replyBody, x.replyCut = capture.kept()
+			kept = &capture
 		}
+		r, _ := ex.Partial(0)
 		switch {
-		case tee != nil && tee.capture != nil && !x.aborted && !clientCut:
-			tee.capture.estimateCut(ex)
-		case !compressed && !x.aborted && !clientCut:
-			capture.estimateCut(ex)
-		}
-		if metered := tee != nil || !compressed; metered && x.aborted {
+		case kept == nil:
+		case x.aborted:
 			// The backend broke the reply off: what arrived of its
 			// text was delivered, and is billed.
 			ex.BodyCut(x.replyBody)
-		} else if r, _ := ex.Partial(0); metered && clientCut && !r.Found {
+		case clientCut && !r.Found:
 			// The client stopped taking the reply before its usage (at
 			// its end) was read: the text it was sent is billed,
 			// estimated, as for a stream it left; past what was kept
@@ -1462,6 +1463,8 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 			if tee == nil {
 				ex.Unread(sent - len(x.replyBody))
 			}
+		case !clientCut:
+			kept.estimateCut(ex)
 		}
 		if len(held) > 0 {
 			x.result, x.delivered = ex.Result(), true
