@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -51,15 +52,45 @@ func TestMain(m *testing.M) {
 }
 
 // freeAddr returns a loopback address with a free port.
+//
+// The port is below the kernel's range for ports it picks itself
+// (32768–60999 on Linux), from which every listener on port 0 (an embedded
+// nats-server on Port -1, say) takes its own: a port from that range, free
+// when checked and closed again, could be taken by another test's listener
+// before this test's process binds it. Ports handed out are not handed out
+// again to the tests running at once.
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for range 10000 {
+		nextPort++
+		if nextPort < firstPort || nextPort >= firstPort+10000 {
+			nextPort = firstPort + rand.IntN(10000)
+		}
+		if portsGiven[nextPort] {
+			continue
+		}
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", nextPort))
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		portsGiven[nextPort] = true
+		return fmt.Sprintf("127.0.0.1:%d", nextPort)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Fatal("no free port")
+	return ""
 }
+
+// firstPort starts the ports freeAddr hands out: 10000–19999.
+const firstPort = 10000
+
+var (
+	portsMu    sync.Mutex
+	nextPort   int
+	portsGiven = map[int]bool{}
+)
 
 // proc is a child process of the test, stopped at cleanup.
 type proc struct {

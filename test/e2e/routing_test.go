@@ -878,12 +878,13 @@ routing: { retry: { enabled: false } }
 }
 
 // TestRoutingFallbackKeepsModels: a fallback chain does not carry a request
-// to a backend that does not serve its model. A (models [m-a], down) falls
-// back to B (models [m-b]); a request for m-a must not reach B.
+// to a backend that does not serve its model. A (models [m-a, m-b], down)
+// falls back to B (models [m-b]); a request for m-a must not reach B. (A
+// standby that serves none of its primary's models is a config error.)
 func TestRoutingFallbackKeepsModels(t *testing.T) {
 	downA := "http://" + freeAddr(t) // nothing listens there
 	b := startRoutingMock(t, "B", "--tokens", "2")
-	gw := startRoutingGateway(t, fmt.Sprintf(`  - { name: A, url: %q, models: [m-a] }
+	gw := startRoutingGateway(t, fmt.Sprintf(`  - { name: A, url: %q, models: [m-a, m-b] }
   - { name: B, url: %q, models: [m-b] }
 `, downA, b.url()), `
 routing:
