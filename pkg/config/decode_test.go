@@ -97,8 +97,8 @@ func TestParseProblems(t *testing.T) {
 			// A bracket inside a plain value opens nothing: the error
 			// is the line out of place, as the parser says.
 			name: "brackets in plain values",
-			yaml: "backends:\n  - url: http://b:8000\nlogging:\n  redact:\n    - \\[REDACTED\n    - name: a[1\n  level: info\n bad: 1\n",
-			want: []string{`c.yaml:8: invalid YAML: did not find expected key (a line of the block that starts here is out of place)`},
+			yaml: "backends:\n  - url: http://b:8000\nlogging:\n  redact:\n    - \\[REDACTED\n    - name: a[1\n    - name: a - [1\n    - name: why? {1\n  level: info\n bad: 1\n",
+			want: []string{`c.yaml:10: invalid YAML: did not find expected key (a line of the block that starts here is out of place)`},
 		},
 		{
 			name: "unclosed bracket",

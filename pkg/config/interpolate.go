@@ -53,11 +53,13 @@ func maskRefs(text string) (string, *envRefs) {
 			continue
 		}
 		r, ok := reference(text[i:], func(string) (string, bool) { return "", true })
-		if !ok || r.mistyped {
-			// A mistyped reference is found again in its value after
+		if !ok || r.mistyped && !plainRef(text, i, r.n) {
+			// A mistyped reference in a quoted value, or one whose
+			// "}" is in a comment, is found again in its value after
 			// parsing (expand), bounded by the value: here the "}"
-			// that closed it may be the file's own (a flow mapping's,
-			// a comment's).
+			// that closed it may be the file's own. Unquoted, it is
+			// masked as a reference is, so that inside "{ … }" its
+			// braces are no flow mapping's.
 			b.WriteString("${")
 			i += 2
 			continue
@@ -70,6 +72,32 @@ func maskRefs(text string) (string, *envRefs) {
 		e.re = regexp.MustCompile(regexp.QuoteMeta(e.pre) + `(\d+)_`)
 	}
 	return b.String(), e
+}
+
+// plainRef reports whether text[i:i+n], a reference on one line, is in a
+// plain (unquoted) value and ends before any comment: outside the quotes a
+// value may start with on its line (a quote that starts a scalar), and
+// without " #" in it.
+func plainRef(text string, i, n int) bool {
+	start := strings.LastIndexByte(text[:i], '\n') + 1
+	var quote byte
+	line := text[start:i]
+	for j := 0; j < len(line); j++ {
+		c := line[j]
+		switch {
+		case quote != 0:
+			if c == quote {
+				quote = 0
+			} else if c == '\\' && quote == '"' {
+				j++
+			}
+		case (c == '"' || c == '\'') && (j == 0 || strings.IndexByte(" \t[{,:", line[j-1]) >= 0):
+			quote = c
+		case c == '#' && (j == 0 || line[j-1] == ' ' || line[j-1] == '\t'):
+			return false // i is in a comment
+		}
+	}
+	return quote == 0 && !strings.Contains(text[i:i+n], " #") && !strings.Contains(text[i:i+n], "\t#")
 }
 
 // unmask puts the references maskRefs took out of s back.

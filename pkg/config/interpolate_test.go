@@ -299,3 +299,18 @@ func TestNotAReferenceInAQuotedValue(t *testing.T) {
 		t.Errorf("a zero from a variable: %v", err)
 	}
 }
+
+// TestMistypedReferenceUnquotedInAFlow: a mistyped reference written
+// without quotes inside "{ … }" or "[ … ]" is named as such; its braces
+// were read as the flow's and the file as bad YAML.
+func TestMistypedReferenceUnquotedInAFlow(t *testing.T) {
+	for _, y := range []string{
+		"admin: { listen: \"127.0.0.1:8001\", token: t-${my.var} }\n",
+		"backends:\n  - url: http://b:8000\n    models: [a, ${my.var}]\n",
+	} {
+		_, err := Parse([]byte(strings.Replace(minimal, "backends:\n  - url: http://b:8000\n", "", strings.Count(y, "backends"))+y), "c.yaml")
+		if err == nil || !strings.Contains(err.Error(), "${my.var} is not a reference") {
+			t.Errorf("%q: %v", y, err)
+		}
+	}
+}

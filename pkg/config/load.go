@@ -177,11 +177,25 @@ func yamlError(err error, src string) *Error {
 }
 
 // startsValue reports whether what precedes a character on its line puts
-// it where a block value starts: the line's start, or after "key:", "-" or
-// "?" and spaces.
+// it where a block value starts: after the indentation and any sequence
+// entries' "- " (or a complex key's "? "), alone or after the line's key
+// ("key:", with no other ": " before it).
 func startsValue(before string) bool {
-	t := strings.TrimRight(before, " \t")
-	return t == "" || strings.HasSuffix(t, ":") || strings.HasSuffix(t, "-") || strings.HasSuffix(t, "?")
+	t := strings.TrimLeft(before, " \t")
+	for {
+		switch {
+		case strings.HasPrefix(t, "- "), strings.HasPrefix(t, "? "):
+			t = strings.TrimLeft(t[2:], " \t")
+			continue
+		}
+		break
+	}
+	t = strings.TrimRight(t, " \t")
+	if t == "" || t == "-" || t == "?" {
+		return true
+	}
+	key, ok := strings.CutSuffix(t, ":")
+	return ok && !strings.Contains(key, ": ") && !strings.ContainsAny(key, "#")
 }
 
 // unclosedBracket returns the line (1-based) of the innermost '[' or '{'
