@@ -548,6 +548,41 @@ func TestReplyCutMidBodyBillsItsText(t *testing.T) {
 	}
 }
 
+// TestLongReplyCutBillsPastWhatWasKept: a reply the backend breaks off
+// after more than is kept of it (8 MiB) bills all the text that arrived:
+// what was kept, read, and the rest by its length; it billed the first
+// 8 MiB alone.
+func TestLongReplyCutBillsPastWhatWasKept(t *testing.T) {
+	const words = 2 << 20 // 12 MiB of " hello" arrive, of 24 announced
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body)
+		conn, bw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		_, _ = bw.WriteString("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 25165824\r\n\r\n" +
+			`{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"`)
+		chunk := strings.Repeat(" hello", 1<<14)
+		for range words >> 14 {
+			_, _ = bw.WriteString(chunk)
+		}
+		_ = bw.Flush()
+	}))
+	defer backend.Close()
+	gw, s := newTestGateway(t, backend.URL, "")
+	req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m1","messages":[{"role":"user","content":"hi"}]}`))
+	req.Header.Set("Authorization", "Bearer "+testKey)
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	ev := s.next(t)
+	if ev.UsageSource != estimatedSource || ev.Usage.CompletionTokens < words*9/10 || ev.Error != "backend_error" {
+		t.Fatalf("event: usage %+v (%s), error %q; want about %d completion tokens, estimated", ev.Usage, ev.UsageSource, ev.Error, words)
+	}
+}
+
 // TestLimitedKeyMustNameItsModel: a key with allowed_models is refused a
 // request that names no model (any backend could serve it any model), while
 // it still lists its models and runs the ones it may use.

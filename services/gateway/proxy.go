@@ -1447,8 +1447,10 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 		case kept == nil:
 		case x.aborted:
 			// The backend broke the reply off: what arrived of its
-			// text was delivered, and is billed.
+			// text was delivered, and is billed; past what was kept
+			// of it, by its length.
 			ex.BodyCut(x.replyBody)
+			ex.Unread(kept.size - len(x.replyBody))
 		case clientCut && !r.Found:
 			// The client stopped taking the reply before its usage (at
 			// its end) was read: the text it was sent is billed,
@@ -1457,12 +1459,10 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 			// same share of what was decompressed.
 			n := sent
 			if tee != nil {
-				n = int(int64(len(x.replyBody)) * int64(sent) / int64(max(read, 1)))
+				n = int(int64(kept.size) * int64(sent) / int64(max(read, 1)))
 			}
 			ex.BodyCut(x.replyBody[:min(n, len(x.replyBody))])
-			if tee == nil {
-				ex.Unread(sent - len(x.replyBody))
-			}
+			ex.Unread(n - len(x.replyBody))
 		case !clientCut:
 			kept.estimateCut(ex)
 		}
