@@ -216,13 +216,12 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 	}
 	opts = append(opts, extra...)
 	nc, err := nats.Connect(url, opts...)
-	if errors.Is(err, nats.ErrNoServers) && e == nil {
-		// nats.go's word for every server refusing the connection: the
-		// first server's own error names it (a CLI command's connection,
-		// made once).
-		if derr := dialServers(url, 2*time.Second); derr != nil {
-			err = fmt.Errorf("%w (%w)", err, derr)
-		}
+	if e == nil && err != nil && (errors.Is(err, nats.ErrNoServers) || isRefusal(err)) {
+		// A CLI command's connection, made once, that no server took:
+		// nats.go says "no servers available", or the error of the
+		// server it tried last, in its random order. Each server's
+		// own error says what each did.
+		err = fmt.Errorf("%w (%s)", err, serversSay(url, extra))
 	}
 	if err != nil {
 		b.close()
@@ -421,7 +420,7 @@ func (b *bus) diagnose(url string, extra []nats.Option, log *slog.Logger) {
 			continue
 		}
 		why := "no error; the connection is being made again"
-		if err := b.probe(url, extra, 5*time.Second); err != nil {
+		if err := probeNATS(url, extra, 5*time.Second); err != nil {
 			why = err.Error()
 		}
 		if why != last && !b.nc.IsConnected() {
@@ -432,9 +431,9 @@ func (b *bus) diagnose(url string, extra []nats.Option, log *slog.Logger) {
 	}
 }
 
-// probe connects to url once, as b does, within timeout, and reports what
-// failed.
-func (b *bus) probe(url string, extra []nats.Option, timeout time.Duration) error {
+// probeNATS connects to url once, as a bus does with extra, within timeout,
+// and reports what failed.
+func probeNATS(url string, extra []nats.Option, timeout time.Duration) error {
 	opts := append(slices.Clone(extra), nats.Name("llmproxy-diagnose"), nats.RetryOnFailedConnect(false),
 		nats.MaxReconnects(0), nats.Timeout(timeout), nats.NoCallbacksAfterClientClose())
 	nc, err := nats.Connect(url, opts...)
@@ -506,6 +505,21 @@ func serverURL(raw string) string {
 		return raw[:start] + raw[start+at+1:]
 	}
 	return raw
+}
+
+// serversSay connects to each server of servers, nats.url's list, once
+// with extra's credentials, and says what each answered.
+func serversSay(servers string, extra []nats.Option) string {
+	var out []string
+	for s := range strings.SplitSeq(servers, ",") {
+		s = strings.TrimSpace(s)
+		what := "took the connection"
+		if err := probeNATS(s, extra, 2*time.Second); err != nil {
+			what = err.Error()
+		}
+		out = append(out, serverURL(s)+": "+what)
+	}
+	return strings.Join(out, "; ")
 }
 
 // shownServers is nats.url's list of servers as an error may show it:

@@ -196,6 +196,24 @@ func TestBusErrorHidesUserInfo(t *testing.T) {
 	}
 }
 
+// TestCLIBusSaysWhatEachServerAnswered: with a list of servers, one down
+// and one refusing the credentials, a command's error says what each
+// answered: nats.go's "no servers available" or the refusal, in its random
+// order, said one of them.
+func TestCLIBusSaysWhatEachServerAnswered(t *testing.T) {
+	ns := startNATSWithToken(t, "127.0.0.1", -1, "the-right-token")
+	down := freeAddr(t)
+	cfg := &config.Config{}
+	cfg.NATS.URL = "nats://wr0ng-token@" + down + "," + strings.Replace(ns.ClientURL(), "nats://", "nats://wr0ng-token@", 1)
+	for range 3 {
+		_, err := openCLIBus(context.Background(), cfg, slog.New(slog.DiscardHandler))
+		if err == nil || strings.Contains(err.Error(), "wr0ng-token") || !strings.Contains(err.Error(), down+": dial tcp") ||
+			!strings.Contains(strings.ToLower(err.Error()), ns.Addr().String()+": nats: authorization violation") {
+			t.Fatalf("error %v", err)
+		}
+	}
+}
+
 // TestCLIBusNamesTheServerThatRefused: a command whose NATS refuses its
 // credentials names the server (without the credentials): "nats:
 // Authorization Violation" alone named none.
