@@ -67,6 +67,15 @@ func ReadStream(ctx context.Context, js jetstream.JetStream, f Filter) ([]events
 	defer it.Stop()
 	stop := context.AfterFunc(ctx, it.Stop)
 	defer stop()
+	// The consumer goes with the read: left to its inactive threshold,
+	// it held the events it had gathered for a client gone.
+	defer func() {
+		if info := cons.CachedInfo(); info != nil {
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			_ = js.DeleteConsumer(dctx, events.StreamName, info.Name)
+			cancel()
+		}
+	}()
 
 	// kept holds the matches, trimmed to the newest f.Limit by arrival
 	// whenever it holds twice as many: events are stored as their

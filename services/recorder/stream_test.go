@@ -68,6 +68,14 @@ func TestReadStream(t *testing.T) {
 	if err != nil || len(got) != 1 || got[0].Response == nil || got[0].Response.Content != "hello" || got[0].Usage.TotalTokens != 57 {
 		t.Fatalf("ReadStream returned %+v, %v", got, err)
 	}
+	// Each read's consumer went with it, not a minute later.
+	s, err := js.Stream(ctx, events.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := s.Info(ctx); err != nil || info.State.Consumers != 0 {
+		t.Fatalf("consumers left after the reads: %+v, %v", info.State.Consumers, err)
+	}
 }
 
 // TestReadStreamOrdersByArrival: the stream holds events in the order
