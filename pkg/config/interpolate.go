@@ -80,8 +80,17 @@ func maskRefs(text string) (string, *envRefs) {
 // without " #" in it.
 func plainRef(text string, i, n int) bool {
 	start := strings.LastIndexByte(text[:i], '\n') + 1
+	quoted, comment := scanPlain(text[start:i], nil)
+	return !quoted && !comment && !strings.Contains(text[i:i+n], " #") && !strings.Contains(text[i:i+n], "\t#")
+}
+
+// scanPlain calls each (when set) with the index of every byte of line
+// outside quoted text and comments, as YAML reads them well enough for a
+// hint: a quote that starts a scalar (after a space, "[", "{", "," or ":";
+// "it's" has none) opens quoted text, " #" a comment, which ends the scan.
+// It reports whether line ends inside quoted text or in a comment.
+func scanPlain(line string, each func(j int)) (quoted, comment bool) {
 	var quote byte
-	line := text[start:i]
 	for j := 0; j < len(line); j++ {
 		c := line[j]
 		switch {
@@ -94,10 +103,12 @@ func plainRef(text string, i, n int) bool {
 		case (c == '"' || c == '\'') && (j == 0 || strings.IndexByte(" \t[{,:", line[j-1]) >= 0):
 			quote = c
 		case c == '#' && (j == 0 || line[j-1] == ' ' || line[j-1] == '\t'):
-			return false // i is in a comment
+			return false, true
+		case each != nil:
+			each(j)
 		}
 	}
-	return quote == 0 && !strings.Contains(text[i:i+n], " #") && !strings.Contains(text[i:i+n], "\t#")
+	return quote != 0, false
 }
 
 // unmask puts the references maskRefs took out of s back.

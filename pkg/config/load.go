@@ -211,21 +211,8 @@ func unclosedBracket(src string, upto int) (int, byte) {
 		if i >= upto {
 			break
 		}
-		var quote byte
-		for j := 0; j < len(l); j++ {
-			c := l[j]
-			switch {
-			case quote != 0:
-				if c == quote {
-					quote = 0
-				} else if c == '\\' && quote == '"' {
-					j++
-				}
-			case (c == '"' || c == '\'') && (j == 0 || strings.IndexByte(" \t[{,:", l[j-1]) >= 0):
-				// A quote that starts a scalar ("it's" has none).
-				quote = c
-			case c == '#' && (j == 0 || l[j-1] == ' ' || l[j-1] == '\t'):
-				j = len(l)
+		scanPlain(l, func(j int) {
+			switch c := l[j]; {
 			case (c == '[' || c == '{') && (len(stack) > 0 || startsValue(l[:j])):
 				// Outside a flow collection a bracket opens one only
 				// where a value starts ("a[1" and "\[x" are text).
@@ -233,7 +220,7 @@ func unclosedBracket(src string, upto int) (int, byte) {
 			case (c == ']' || c == '}') && len(stack) > 0:
 				stack = stack[:len(stack)-1]
 			}
-		}
+		})
 	}
 	if len(stack) == 0 {
 		return 0, 0
