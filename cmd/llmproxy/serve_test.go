@@ -162,36 +162,7 @@ func TestWorkerStopsWhenNATSRefusesItForGood(t *testing.T) {
 func TestGatewayWaitsOutARefusal(t *testing.T) {
 	opts := &server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), Authorization: "first-token"}
 	ns := runNATS(t, opts)
-	dir := t.TempDir()
-	listen := freeAddr(t)
-	path := filepath.Join(dir, "llmproxy.yaml")
-	yaml := fmt.Sprintf("listen: %q\ndata_dir: %q\nnats: { url: \"nats://first-token@%s\" }\nbackends: [{url: \"http://127.0.0.1:9\"}]\n",
-		listen, filepath.Join(dir, "data"), ns.Addr().String())
-	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var logBuf syncBuffer
-	ctx, stop := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- serve(ctx, cfg, path, "gateway", "", slog.New(slog.NewJSONHandler(&logBuf, nil))) }()
-	defer func() {
-		stop()
-		if err := <-served; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	}()
-	ready := func() (bool, string) {
-		resp, err := http.Get("http://" + listen + "/readyz")
-		if err != nil {
-			return false, err.Error()
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, resp.Status + "\n" + logBuf.String()
-	}
+	listen, logBuf, ready := serveGatewayOn(t, ns, "first-token")
 	eventually(t, 10*time.Second, "the gateway ready", ready)
 
 	changed := *opts
@@ -266,28 +237,7 @@ func TestGatewayRefusedFromTheStart(t *testing.T) {
 	ns := runNATS(t, opts)
 	var refusals authFailures
 	ns.SetLoggerV2(&refusals, false, false, false)
-	dir := t.TempDir()
-	listen := freeAddr(t)
-	path := filepath.Join(dir, "llmproxy.yaml")
-	yaml := fmt.Sprintf("listen: %q\ndata_dir: %q\nnats: { url: \"nats://second-token@%s\" }\nbackends: [{url: \"http://127.0.0.1:9\"}]\n",
-		listen, filepath.Join(dir, "data"), ns.Addr().String())
-	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var logBuf syncBuffer
-	ctx, stop := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- serve(ctx, cfg, path, "gateway", "", slog.New(slog.NewJSONHandler(&logBuf, nil))) }()
-	defer func() {
-		stop()
-		if err := <-served; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	}()
+	_, logBuf, ready := serveGatewayOn(t, ns, "second-token")
 	eventually(t, 10*time.Second, "the refusal logged", func() (bool, string) {
 		return strings.Contains(logBuf.String(), `"msg":"nats refused the credentials"`), logBuf.String()
 	})
@@ -301,12 +251,42 @@ func TestGatewayRefusedFromTheStart(t *testing.T) {
 	if err := ns.ReloadOptions(&changed); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 15*time.Second, "the gateway connected", func() (bool, string) {
+	eventually(t, 15*time.Second, "the gateway connected", ready)
+}
+
+// serveGatewayOn serves a gateway whose NATS is ns, with token, until the
+// test ends: its listener, its log and whether its /readyz says ready.
+func serveGatewayOn(t *testing.T, ns *server.Server, token string) (string, *syncBuffer, func() (bool, string)) {
+	t.Helper()
+	dir := t.TempDir()
+	listen := freeAddr(t)
+	path := filepath.Join(dir, "llmproxy.yaml")
+	yaml := fmt.Sprintf("listen: %q\ndata_dir: %q\nnats: { url: \"nats://%s@%s\" }\nbackends: [{url: \"http://127.0.0.1:9\"}]\n",
+		listen, filepath.Join(dir, "data"), token, ns.Addr().String())
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logBuf := &syncBuffer{}
+	ctx, stop := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- serve(ctx, cfg, path, "gateway", "", slog.New(slog.NewJSONHandler(logBuf, nil))) }()
+	t.Cleanup(func() {
+		stop()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	ready := func() (bool, string) {
 		resp, err := http.Get("http://" + listen + "/readyz")
 		if err != nil {
 			return false, err.Error()
 		}
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK, resp.Status + "\n" + logBuf.String()
-	})
+	}
+	return listen, logBuf, ready
 }
