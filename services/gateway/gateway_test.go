@@ -477,6 +477,33 @@ func TestLongReplyWithoutUsageIsEstimated(t *testing.T) {
 	}
 }
 
+// TestLongEmbeddingsWithoutUsageBillNoCompletion: a whole embeddings reply
+// over 8 MiB without usage holds no text past what was kept either: its
+// length is not billed as completion tokens.
+func TestLongEmbeddingsWithoutUsageBillNoCompletion(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"object":"list","data":[`)
+		vec := `{"object":"embedding","index":0,"embedding":[` + strings.TrimSuffix(strings.Repeat("0.0123456,", 1000), ",") + `]}`
+		for i := range 1200 { // 12 MiB
+			if i > 0 {
+				_, _ = io.WriteString(w, ",")
+			}
+			_, _ = io.WriteString(w, vec)
+		}
+		_, _ = io.WriteString(w, `],"model":"m1"}`)
+	}))
+	defer backend.Close()
+	gw, s := newTestGateway(t, backend.URL, "")
+	if resp, body := do(t, "POST", gw.URL+"/v1/embeddings", `{"model":"m1","input":"hi"}`, withKey()); resp.StatusCode != 200 {
+		t.Fatalf("%d %.200s", resp.StatusCode, body)
+	}
+	if ev := s.next(t); ev.Usage.CompletionTokens != 0 {
+		t.Fatalf("completion tokens %d for an embeddings reply", ev.Usage.CompletionTokens)
+	}
+}
+
 // TestClientLeavesMidCompressedReply: the same for a reply the backend
 // compressed (passed on compressed): the share of its text the client was
 // sent is billed, where nothing was.

@@ -1202,13 +1202,14 @@ func (x *exchange) firstByte(status int) {
 // shows as io.ErrUnexpectedEOF, which it wraps (retried as a connect error).
 var errEndedAtHead = fmt.Errorf("the backend closed the connection after its head: %w", io.ErrUnexpectedEOF)
 
-// endsAtClose reports whether resp is a 2xx reply without a length: no
-// Content-Length and not chunked, its body ends where the connection does.
-// Such a body cannot tell its end from the backend's failure, but by what
-// it holds: an empty one, or a stream without its format's last event, is
-// the backend's failure.
+// endsAtClose reports whether resp is an HTTP/1 2xx reply without a
+// length: no Content-Length and not chunked, its body ends where the
+// connection does. Such a body cannot tell its end from the backend's
+// failure, but by what it holds: an empty one, or a stream without its
+// format's last event, is the backend's failure. (HTTP/2 ends a body
+// explicitly, with or without a length.)
 func endsAtClose(resp *http.Response) bool {
-	return resp.StatusCode/100 == 2 && resp.ContentLength < 0 && len(resp.TransferEncoding) == 0
+	return resp.ProtoMajor == 1 && resp.StatusCode/100 == 2 && resp.ContentLength < 0 && len(resp.TransferEncoding) == 0
 }
 
 // relay copies the backend's response to the client: streams event by
@@ -1450,7 +1451,7 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 			// text was delivered, and is billed; past what was kept
 			// of it, by its length.
 			ex.BodyCut(x.replyBody)
-			ex.Unread(kept.size - len(x.replyBody))
+			unreadText(ex, kept.size-len(x.replyBody))
 		case clientCut && !r.Found:
 			// The client stopped taking the reply before its usage (at
 			// its end) was read: the text it was sent is billed,
@@ -1462,7 +1463,7 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 				n = int(int64(kept.size) * int64(sent) / int64(max(read, 1)))
 			}
 			ex.BodyCut(x.replyBody[:min(n, len(x.replyBody))])
-			ex.Unread(n - len(x.replyBody))
+			unreadText(ex, n-len(x.replyBody))
 		case !clientCut:
 			kept.estimateCut(ex)
 		}

@@ -73,11 +73,21 @@ func (c *replyCapture) meter(ex *usage.Extractor) {
 
 // estimateCut gives ex the text of a whole reply too long to keep whose
 // tail held no usage, to be estimated: what the kept bytes hold, and the
-// rest by its length.
+// rest by its length (unreadText).
 func (c *replyCapture) estimateCut(ex *usage.Extractor) {
 	if r, _ := ex.Partial(0); c.cut && !r.Found {
 		ex.BodyCut(c.body.Bytes())
-		ex.Unread(c.size - c.body.Len())
+		unreadText(ex, c.size-c.body.Len())
+	}
+}
+
+// unreadText counts n bytes of a reply past what was kept of it as text,
+// by their length, when what was kept held text: the rest of an
+// embeddings reply's vectors, say, is none, and is not billed as a
+// completion.
+func unreadText(ex *usage.Extractor, n int) {
+	if r, _ := ex.Partial(0); r.TextBytes > 0 {
+		ex.Unread(n)
 	}
 }
 

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -19,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -679,5 +681,45 @@ func TestReloadSaysABackendIsBack(t *testing.T) {
 		default:
 			t.Fatal("no line for the backend back after the reload")
 		}
+	}
+}
+
+// TestHTTP2StreamWithoutLengthEnds: over HTTP/2 a reply without a length
+// ends explicitly, so a stream that ends without its format's last event
+// (a proxy that leaves out [DONE]) ends as it is, and an empty reply is
+// relayed; only an HTTP/1 reply without a length ends where its connection
+// does (TestStreamWithoutLengthCutBeforeItsEnd).
+func TestHTTP2StreamWithoutLengthEnds(t *testing.T) {
+	var protos sync.Map
+	backend := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		protos.Store(r.Proto, true)
+		_, _ = io.ReadAll(r.Body)
+		// Flushed, so that the server sends no length.
+		if r.URL.Path == "/v1/embeddings" {
+			w.WriteHeader(http.StatusOK)
+			w.(http.Flusher).Flush()
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n")
+		w.(http.Flusher).Flush()
+	}))
+	backend.EnableHTTP2 = true
+	backend.StartTLS()
+	defer backend.Close()
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: backend.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, gw := startGateway(t, fmt.Sprintf("backends: [{url: %q, name: h2, tls: {ca_file: %q}}]\n", backend.URL, caFile))
+	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m","stream":true}`, nil)
+	if resp.StatusCode != 200 || bytes.Contains(body, []byte("event: error")) || !bytes.Contains(body, []byte(`"a"`)) {
+		t.Fatalf("stream: %d %q", resp.StatusCode, body)
+	}
+	if resp, body := do(t, "POST", gw.URL+"/v1/embeddings", `{"model":"m","input":"x"}`, nil); resp.StatusCode != 200 {
+		t.Fatalf("empty reply: %d %s", resp.StatusCode, body)
+	}
+	if _, ok := protos.Load("HTTP/2.0"); !ok {
+		t.Fatal("the backend was not reached over HTTP/2")
 	}
 }
