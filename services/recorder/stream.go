@@ -68,8 +68,11 @@ func ReadStream(ctx context.Context, js jetstream.JetStream, f Filter) ([]events
 	stop := context.AfterFunc(ctx, it.Stop)
 	defer stop()
 	// The consumer goes with the read: left to its inactive threshold,
-	// it held the events it had gathered for a client gone.
+	// it held the events it had gathered for a client gone. The reading
+	// stops first: a pull the deleted consumer leaves open would have
+	// the ordered consumer make a new one.
 	defer func() {
+		it.Stop()
 		if info := cons.CachedInfo(); info != nil {
 			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 			_ = js.DeleteConsumer(dctx, events.StreamName, info.Name)
