@@ -146,8 +146,16 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 			// A refusal while connecting for the first time reaches
 			// no handler: the connection's last error tells it.
 			if c := b.conn.Load(); c != nil {
-				if err := c.LastError(); isRefusal(err) && !b.refused.Swap(true) {
-					log.Warn("nats refused the credentials", "err", err)
+				switch err := c.LastError(); {
+				case isRefusal(err):
+					if !b.refused.Swap(true) {
+						log.Warn("nats refused the credentials", "err", err)
+					}
+				default:
+					// The last try failed otherwise (a server down,
+					// whose failure nats.go leaves no error for): the
+					// refusal has passed.
+					b.refused.Store(false)
 				}
 			}
 			if b.refused.Load() {
