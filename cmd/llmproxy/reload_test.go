@@ -40,24 +40,7 @@ api_keys: [{ key: sk-one, id: one }]
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			path := filepath.Join(t.TempDir(), "llmproxy.yaml")
-			if err := os.WriteFile(path, []byte(base), 0o600); err != nil {
-				t.Fatal(err)
-			}
-			running, err := config.Load(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			running.Admin.Listen = "127.0.0.1:19999" // as --admin-listen does
-			gw, err := gateway.New(gateway.Options{Config: running, Logger: slog.New(slog.DiscardHandler)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(path, []byte(c.file), 0o600); err != nil {
-				t.Fatal(err)
-			}
-			var logBuf syncBuffer
-			reload(context.Background(), path, "127.0.0.1:19999", running, gw, slog.New(slog.NewJSONHandler(&logBuf, nil)))
+			logBuf, _ := reloadTo(t, base, c.file, "127.0.0.1:19999") // as --admin-listen does
 
 			var warned []string
 			for _, line := range strings.Split(strings.TrimSpace(logBuf.String()), "\n") {
@@ -171,7 +154,10 @@ func TestSIGHUPWhileStarting(t *testing.T) {
 // serveFile runs serve (target all) in this process on the config file at
 // path until the test ends; its log (JSON lines) goes to the buffer
 // returned.
-func serveFile(t *testing.T, path string) *syncBuffer {
+func serveFile(t *testing.T, path string) *syncBuffer { return serveAs(t, path, "all") }
+
+// serveAs is serveFile for target.
+func serveAs(t *testing.T, path, target string) *syncBuffer {
 	t.Helper()
 	cfg, err := config.Load(path)
 	if err != nil {
@@ -180,7 +166,7 @@ func serveFile(t *testing.T, path string) *syncBuffer {
 	logBuf := &syncBuffer{}
 	ctx, stop := context.WithCancel(context.Background())
 	served := make(chan error, 1)
-	go func() { served <- serve(ctx, cfg, path, "all", "", slog.New(slog.NewJSONHandler(logBuf, nil))) }()
+	go func() { served <- serve(ctx, cfg, path, target, "", slog.New(slog.NewJSONHandler(logBuf, nil))) }()
 	t.Cleanup(func() {
 		stop()
 		if err := <-served; err != nil {
@@ -232,23 +218,8 @@ func TestReloadSaysWhenEventsOutgrowTheEmbeddedServer(t *testing.T) {
 		{"lowered", "1048576", false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			path := filepath.Join(t.TempDir(), "llmproxy.yaml")
-			if err := os.WriteFile(path, []byte(base), 0o600); err != nil {
-				t.Fatal(err)
-			}
-			running, err := config.Load(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			gw, err := gateway.New(gateway.Options{Config: running, Logger: slog.New(slog.DiscardHandler)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(path, []byte(strings.Replace(base, "10485760", c.size, 1)), 0o600); err != nil {
-				t.Fatal(err)
-			}
-			var logBuf syncBuffer
-			if reload(context.Background(), path, "", running, gw, slog.New(slog.NewJSONHandler(&logBuf, nil))) == nil {
+			logBuf, next := reloadTo(t, base, strings.Replace(base, "10485760", c.size, 1), "")
+			if next == nil {
 				t.Fatalf("not reloaded:\n%s", logBuf.String())
 			}
 			if got := strings.Contains(logBuf.String(), "until a restart the embedded NATS server takes events"); got != c.warn {
@@ -256,4 +227,32 @@ func TestReloadSaysWhenEventsOutgrowTheEmbeddedServer(t *testing.T) {
 			}
 		})
 	}
+}
+
+// reloadTo starts a gateway on the config from, writes to in its file and
+// reloads it as a SIGHUP does, --admin-listen being adminListen: the
+// reload's log and the config it put in force (nil: none).
+func reloadTo(t *testing.T, from, to, adminListen string) (*syncBuffer, *config.Config) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "llmproxy.yaml")
+	if err := os.WriteFile(path, []byte(from), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	running, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if adminListen != "" {
+		running.Admin.Listen = adminListen
+	}
+	gw, err := gateway.New(gateway.Options{Config: running, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(to), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logBuf := &syncBuffer{}
+	next := reload(context.Background(), path, adminListen, running, gw, slog.New(slog.NewJSONHandler(logBuf, nil)))
+	return logBuf, next
 }

@@ -266,20 +266,7 @@ func serveGatewayOn(t *testing.T, ns *server.Server, token string) (string, *syn
 	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := config.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	logBuf := &syncBuffer{}
-	ctx, stop := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- serve(ctx, cfg, path, "gateway", "", slog.New(slog.NewJSONHandler(logBuf, nil))) }()
-	t.Cleanup(func() {
-		stop()
-		if err := <-served; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
+	logBuf := serveAs(t, path, "gateway")
 	ready := func() (bool, string) {
 		resp, err := http.Get("http://" + listen + "/readyz")
 		if err != nil {
