@@ -947,6 +947,71 @@ func TestUsageOnChunksHiddenFromAClientThatDidNotAsk(t *testing.T) {
 	}
 }
 
+// exactBackend is an OpenAI stream engine that reads its request's names in
+// their exact spelling, as vLLM, llama.cpp and TGI do: asked for usage by
+// stream_options.include_usage, it sends the usage chunk, or, when fin is
+// given, that chunk instead.
+func exactBackend(t *testing.T, fin string) *httptest.Server {
+	t.Helper()
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var req map[string]any
+		_ = json.NewDecoder(r.Body).Decode(&req)
+		opts, _ := req["stream_options"].(map[string]any)
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hello\"},\"finish_reason\":\"stop\"}]}\n\n")
+		if opts["include_usage"] == true {
+			if fin == "" {
+				fin = `{"id":"c","choices":[],"usage":{"prompt_tokens":1000,"total_tokens":1300,"completion_tokens":300}}`
+			}
+			_, _ = fmt.Fprintf(w, "data: %s\n\n", fin)
+		}
+		_, _ = io.WriteString(w, "data: [DONE]\n\n")
+	}))
+	t.Cleanup(backend.Close)
+	return backend
+}
+
+// TestIncludeUsageSpelledOtherwise: a client whose stream_options or
+// include_usage is spelled in another case asked an engine that reads the
+// exact spelling for nothing: the gateway asks in that spelling, bills the
+// engine's usage, and hides its chunk, as from any client that did not ask.
+func TestIncludeUsageSpelledOtherwise(t *testing.T) {
+	gw, s := newTestGateway(t, exactBackend(t, "").URL, "")
+	for _, opts := range []string{
+		`"stream_options":{"Include_Usage":true}`,
+		`"Stream_Options":{"include_usage":true}`,
+		`"stream_options":{"include_usage":false,"INCLUDE_USAGE":true}`,
+	} {
+		resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1","stream":true,`+opts+`,"messages":[{"role":"user","content":"hi"}]}`, withKey())
+		if resp.StatusCode != 200 || strings.Contains(string(body), "usage") || !strings.Contains(string(body), "hello") {
+			t.Fatalf("%s: %d %s, want the content without the usage chunk", opts, resp.StatusCode, body)
+		}
+		if ev := s.next(t); ev.Usage.PromptTokens != 1000 || ev.Usage.CompletionTokens != 300 || ev.UsageSource != events.UsageSourceBackend {
+			t.Fatalf("%s: billed %+v (%s), want the engine's 1000/300", opts, ev.Usage, ev.UsageSource)
+		}
+	}
+	// Asked in the exact spelling, the client gets the chunk.
+	_, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1","stream":true,"stream_options":{"include_usage":true},"messages":[]}`, withKey())
+	if !strings.Contains(string(body), `"completion_tokens":300`) {
+		t.Fatalf("%s: want the usage chunk", body)
+	}
+	s.next(t)
+}
+
+// TestNullUsageChunkHidden: an engine asked for usage that has none sends
+// its usage chunk with "usage":null; a client that did not ask gets no
+// empty-choices chunk it would not have had.
+func TestNullUsageChunkHidden(t *testing.T) {
+	gw, s := newTestGateway(t, exactBackend(t, `{"id":"c","choices":[],"usage":null}`).URL, "")
+	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1","stream":true,"messages":[{"role":"user","content":"hi"}]}`, withKey())
+	if resp.StatusCode != 200 || strings.Contains(string(body), `"choices":[]`) || !strings.HasSuffix(string(body), "data: [DONE]\n\n") {
+		t.Fatalf("%d %q, want the content chunk and [DONE] alone", resp.StatusCode, body)
+	}
+	if ev := s.next(t); ev.UsageSource != events.UsageSourceEstimated {
+		t.Fatalf("usage source %s, want estimated", ev.UsageSource)
+	}
+}
+
 // TestResponsesStreamCutEndsWithItsOwnErrorEvent: a Responses API stream the
 // backend breaks off ends with that API's error event (a "type", no [DONE]:
 // clients dispatch on the type), and is recorded with no finish reason, not

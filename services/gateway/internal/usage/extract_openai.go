@@ -221,8 +221,9 @@ func member(obj []byte, key string) []byte {
 
 // IsUsageOnlyChunk reports whether the SSE event ev (as emitted by a
 // Splitter) is the OpenAI trailing chunk that stream_options.include_usage
-// adds: "choices" is an empty array and "usage" is an object. The proxy
-// drops it when the client did not ask for usage. Byte checks reject other
+// adds: "choices" is an empty array and "usage" is an object, or null (an
+// engine asked for usage that has none to give still sends the chunk). The
+// proxy drops it when the client did not ask for usage. Byte checks reject other
 // events before any parsing; the function does not allocate for
 // single-data-line events.
 func IsUsageOnlyChunk(ev []byte) bool {
@@ -243,7 +244,7 @@ func IsUsageOnlyChunk(ev []byte) bool {
 			usage = v
 		}
 	}
-	if len(choices) == 0 || len(usage) == 0 || usage[0] != '{' {
+	if len(choices) == 0 || len(usage) == 0 || (usage[0] != '{' && !bytes.Equal(usage, litNull)) {
 		return false
 	}
 	el := arrayElements(choices)

@@ -43,7 +43,9 @@ type RequestInfo struct {
 	// the cap of a request that sets none.
 	CapsFolded bool
 	// IncludeUsage reports stream_options.include_usage == true as sent by
-	// the client.
+	// the client, in that spelling; false also when the body needed
+	// encoding/json to read it (a name in another case, given twice, or
+	// escaped), whose exact spelling AddIncludeUsage then reads.
 	IncludeUsage bool
 	// Messages counts the chat messages (plus one for an Anthropic or
 	// Ollama top-level system prompt), for the per-message overhead.
@@ -133,7 +135,11 @@ func ParseRequest(body []byte) (RequestInfo, error) {
 	if r.Stream != nil {
 		info.Stream, info.StreamSet = *r.Stream, true
 	}
-	if r.StreamOptions != nil {
+	if r.StreamOptions != nil && !slow {
+		// encoding/json also takes "Include_Usage", which the engines
+		// the gateway asks for usage (vLLM, llama.cpp, TGI) do not read:
+		// a body it had to read is left to AddIncludeUsage, which looks
+		// at the exact spelling.
 		info.IncludeUsage = r.StreamOptions.IncludeUsage
 	}
 	for _, c := range [3]*int64{r.MaxTokens, r.MaxCompletionTokens, r.MaxOutputTokens} {
