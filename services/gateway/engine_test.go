@@ -125,6 +125,37 @@ func TestModelsIsTheUnionOfBackends(t *testing.T) {
 	}
 }
 
+// TestModelsLeavesOutABackendMarkedDown: the models the config names for a
+// backend the health checks mark down are not listed while it is down,
+// since no request for them could be routed; those of a backend up are.
+func TestModelsLeavesOutABackendMarkedDown(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, `{"object":"list","data":[]}`)
+	}))
+	defer up.Close()
+	sick := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	defer sick.Close()
+	yaml := fmt.Sprintf("backends: [{url: %q, name: up, models: [alive]}, {url: %q, name: sick, models: [dead]}]\nhealth_check: {path: /health, interval: 20ms, unhealthy_threshold: 1}\napi_keys: [{key: %q}]\n", up.URL, sick.URL, testKey)
+	gw, _ := gatewayFromYAML(t, yaml)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		resp, body := do(t, "GET", gw.URL+"/v1/models", "", withKey())
+		if resp.StatusCode == 200 && strings.Contains(string(body), `"alive"`) && !strings.Contains(string(body), `"dead"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d %s, want alive listed and dead left out", resp.StatusCode, body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	resp, _ := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"dead"}`, withKey())
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("a request for the model left out: %d, want 503", resp.StatusCode)
+	}
+}
+
 func TestBackendTotalTimeout(t *testing.T) {
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/event-stream")

@@ -34,6 +34,7 @@ func (g *Gateway) serveModels(w http.ResponseWriter, r *http.Request) {
 		// By config.ModelKey: Ollama's name and name:latest are listed
 		// once, as first seen.
 		seen := map[string]modelEntry{}
+		now := time.Now()
 		add := func(up *balancer.Upstream, m modelEntry) {
 			if m.ID == "" || !x.listsModel(up, m.ID) {
 				return
@@ -52,8 +53,11 @@ func (g *Gateway) serveModels(w http.ResponseWriter, r *http.Request) {
 			if !x.rt.cfg.Server.PublicStatusOn() {
 				owner = "llmproxy"
 			}
-			for m := range up.Models {
-				add(up, modelEntry{ID: m, OwnedBy: owner})
+			if up.Available(now) {
+				// A backend marked down serves none of them.
+				for m := range up.Models {
+					add(up, modelEntry{ID: m, OwnedBy: owner})
+				}
 			}
 			var out struct {
 				Data []modelEntry `json:"data"`
