@@ -23,6 +23,7 @@ import (
 
 	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/pkg/events"
+	"github.com/llmproxy/llmproxy/pkg/ledger"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/usage"
 )
 
@@ -944,6 +945,42 @@ func TestUsageOnChunksHiddenFromAClientThatDidNotAsk(t *testing.T) {
 	}
 	if ev := s.next(t); ev.Usage.PromptTokens != 7 || ev.Usage.CompletionTokens != 3 || ev.UsageSource != events.UsageSourceBackend {
 		t.Fatalf("billed %+v (%s), want the engine's 7/3", ev.Usage, ev.UsageSource)
+	}
+}
+
+// TestRefusalEventsCarryNoBody: the event of a request the gateway refused
+// (a model the key may not use, a rate limit, a bad key) has no request
+// body, which a client could otherwise have the stream keep at will; one a
+// backend was sent has it.
+func TestRefusalEventsCarryNoBody(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, `{"choices":[{"message":{"content":"ok"}}],"usage":{"prompt_tokens":1,"completion_tokens":1}}`)
+	}))
+	defer backend.Close()
+	cfg := parseConfig(t, fmt.Sprintf("backends: [{url: %q, models: [m1, m2]}]\napi_keys: [{key: %q, id: k, allowed_models: [m1], limits: {requests_per_minute: 1}}]\n", backend.URL, testKey))
+	gw, s := serveOptions(t, Options{Config: cfg, Admitter: ledger.NewMemoryAdmitter(nil, nil)})
+	body := func(model string) string {
+		return `{"model":"` + model + `","messages":[{"role":"user","content":"` + strings.Repeat("x", 1000) + `"}]}`
+	}
+	for _, c := range []struct {
+		model  string
+		hdr    map[string]string
+		status int
+	}{
+		{"m1", withKey(), 200},
+		{"m2", withKey(), 403},
+		{"m1", withKey(), 429},
+		{"m1", map[string]string{"Authorization": "Bearer sk-nobody-1234567890"}, 401},
+	} {
+		resp, _ := do(t, "POST", gw.URL+"/v1/chat/completions", body(c.model), c.hdr)
+		if resp.StatusCode != c.status {
+			t.Fatalf("%s: %d, want %d", c.model, resp.StatusCode, c.status)
+		}
+		ev := s.next(t)
+		has := len(ev.RequestBody) > 0 && string(ev.RequestBody) != "null"
+		if has != (c.status == 200) {
+			t.Fatalf("%d: the event's request body is %.40q", c.status, ev.RequestBody)
+		}
 	}
 }
 

@@ -1681,7 +1681,12 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 		res = usage.Result{}
 	}
 	ev := x.event()
-	ev.RequestBody = x.requestBody()
+	if x.upstream != nil {
+		// Only a request a backend was sent carries its body: a refusal
+		// (a bad key, a limit, a model the key may not use) stores no
+		// body a client could make the stream keep at will.
+		ev.RequestBody = x.requestBody()
+	}
 	ev.Usage = events.Usage{
 		PromptTokens:     res.PromptTokens,
 		CompletionTokens: res.CompletionTokens,
