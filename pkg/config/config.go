@@ -387,11 +387,17 @@ type Lua struct {
 
 // Logging configures logs and the request log.
 type Logging struct {
-	Level           string   `yaml:"level"` // debug, info (default), warn, error
-	CaptureResponse bool     `yaml:"capture_response"`
-	MaxCaptureBytes int      `yaml:"max_capture_bytes"` // default 65536
-	Redact          []string `yaml:"redact"`
-	Postgres        Postgres `yaml:"postgres"`
+	Level           string `yaml:"level"` // debug, info (default), warn, error
+	CaptureResponse bool   `yaml:"capture_response"`
+	MaxCaptureBytes int    `yaml:"max_capture_bytes"` // default 65536
+	// RefusalEvents is how many events a second each key id (and the
+	// requests of no key, together) may have published of requests the
+	// gateway refused before admitting them or asking a backend, with
+	// ten seconds of them in a burst; the others are counted, not
+	// published. Default 10.
+	RefusalEvents int      `yaml:"refusal_events_per_second"`
+	Redact        []string `yaml:"redact"`
+	Postgres      Postgres `yaml:"postgres"`
 }
 
 // Postgres is the recorder's database.

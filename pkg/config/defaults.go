@@ -25,8 +25,10 @@ const (
 	DefaultImageTokens     = 2048
 	DefaultMaxBodyBytes    = 10 << 20
 	DefaultMaxCaptureBytes = 65536
-	DefaultLogLevel        = "info"
-	DefaultKeyStatus       = "active"
+	// DefaultRefusalEvents is logging.refusal_events_per_second's default.
+	DefaultRefusalEvents = 10
+	DefaultLogLevel      = "info"
+	DefaultKeyStatus     = "active"
 	// UsageHookName is the endpoint name Endpoints gives the usage hook.
 	UsageHookName = "usage_hook"
 )
@@ -163,6 +165,7 @@ func (c *Config) applyDefaults() {
 	setDur(&c.Lua.Timeout, 50*time.Millisecond)
 	setStr(&c.Logging.Level, DefaultLogLevel)
 	setInt(&c.Logging.MaxCaptureBytes, DefaultMaxCaptureBytes)
+	setInt(&c.Logging.RefusalEvents, DefaultRefusalEvents)
 }
 
 // keyLimits resolves api_keys[i].limits, as written (own), against

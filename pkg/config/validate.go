@@ -690,6 +690,7 @@ func (v *checker) logging() {
 	l := v.c.Logging
 	v.oneOf("logging.level", l.Level, LogLevels)
 	v.limit("logging.max_capture_bytes", int64(l.MaxCaptureBytes))
+	v.limit("logging.refusal_events_per_second", int64(l.RefusalEvents))
 	for i, r := range l.Redact {
 		p := fmt.Sprintf("logging.redact[%d]", i)
 		switch {
@@ -877,6 +878,7 @@ func (c *Config) zeroKeys() []zeroKey {
 		{"rate_limit.global.burst_size", i(&c.RateLimit.Global.BurstSize)},
 		{"lua.timeout", d(&c.Lua.Timeout)},
 		{"logging.max_capture_bytes", i(&c.Logging.MaxCaptureBytes)},
+		{"logging.refusal_events_per_second", i(&c.Logging.RefusalEvents)},
 	}
 	for n := range c.Backends {
 		b := &c.Backends[n]

@@ -116,6 +116,8 @@ type Gateway struct {
 	stopCancel context.CancelCauseFunc
 	// lists keeps each backend's last model lists (models.go).
 	lists listCache
+	// refusals bounds the events of refusals.
+	refusals refusalBudget
 }
 
 // errServerShutdown is the cause of a request's context cancelled by

@@ -25,6 +25,7 @@ import (
 	"github.com/llmproxy/llmproxy/pkg/events"
 	"github.com/llmproxy/llmproxy/pkg/ledger"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/usage"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 const testKey = "sk-llmproxy-unit-test-0042"
@@ -981,6 +982,58 @@ func TestRefusalEventsCarryNoBody(t *testing.T) {
 		if has != (c.status == 200) {
 			t.Fatalf("%d: the event's request body is %.40q", c.status, ev.RequestBody)
 		}
+	}
+}
+
+// TestRefusalEventsBudget: past logging.refusal_events_per_second (ten
+// seconds of them at once), the refusals of a key id, the requests of no
+// key together, are counted and not published; another key id's, and any
+// request a backend served, still are.
+func TestRefusalEventsBudget(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, `{"choices":[{"message":{"content":"ok"}}],"usage":{"prompt_tokens":1,"completion_tokens":1}}`)
+	}))
+	defer backend.Close()
+	cfg := parseConfig(t, fmt.Sprintf("backends: [{url: %q, models: [m1, m2]}]\napi_keys: [{key: %q, id: k, allowed_models: [m1]}]\nlogging: {refusal_events_per_second: 1}\n", backend.URL, testKey))
+	reg := prometheus.NewRegistry()
+	gw, s := serveOptions(t, Options{Config: cfg, Registerer: reg})
+	bad := map[string]string{"Authorization": "Bearer sk-nobody-1234567890"}
+	count := func(model string, hdr map[string]string, n, status int) {
+		t.Helper()
+		for range n {
+			if resp, _ := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"`+model+`"}`, hdr); resp.StatusCode != status {
+				t.Fatalf("%d, want %d", resp.StatusCode, status)
+			}
+		}
+	}
+	count("m1", bad, 30, 401)
+	count("m2", withKey(), 30, 403)
+	count("m1", withKey(), 5, 200)
+	var byKey map[string]int
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		byKey = map[string]int{}
+		s.mu.Lock()
+		for _, ev := range s.evs {
+			byKey[fmt.Sprintf("%s %d", ev.KeyID, ev.StatusCode)]++
+		}
+		n := len(s.evs)
+		s.mu.Unlock()
+		if n+int(counted(t, reg, "llmproxy_refusal_events_unpublished_total", nil)) == 65 || time.Now().After(deadline) {
+			break
+		}
+	}
+	// Ten at once, and one more a second while the requests run.
+	for _, k := range []string{"unauthenticated 401", "k 403"} {
+		if n := byKey[k]; n < 10 || n > 13 {
+			t.Errorf("%s: %d events published of 30, want 10 and about one a second more", k, n)
+		}
+	}
+	if byKey["k 200"] != 5 {
+		t.Errorf("%d events of 5 requests served", byKey["k 200"])
+	}
+	published := byKey["unauthenticated 401"] + byKey["k 403"]
+	if n := counted(t, reg, "llmproxy_refusal_events_unpublished_total", nil); int(n) != 60-published {
+		t.Errorf("llmproxy_refusal_events_unpublished_total = %v, want %d", n, 60-published)
 	}
 }
 

@@ -16,6 +16,9 @@ type metrics struct {
 	prompt     prometheus.Counter
 	completion prometheus.Counter
 	recovered  prometheus.Counter
+	// unrecorded counts refusals whose events the refusal budget left
+	// unpublished.
+	unrecorded prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, inflight func() int64) *metrics {
@@ -50,6 +53,10 @@ func newMetrics(reg prometheus.Registerer, inflight func() int64) *metrics {
 			Name: "llmproxy_streams_recovered_total",
 			Help: "Streams a previous process on this data directory left unfinished (it was killed mid-stream), whose events were published from the in-flight journal at start.",
 		}),
+		unrecorded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "llmproxy_refusal_events_unpublished_total",
+			Help: "Requests refused before admission or any backend whose events were not published: past logging.refusal_events_per_second for their key id.",
+		}),
 	}
 	m.prompt = m.tokens.WithLabelValues("prompt")
 	m.completion = m.tokens.WithLabelValues("completion")
@@ -57,6 +64,6 @@ func newMetrics(reg prometheus.Registerer, inflight func() int64) *metrics {
 		Name: "llmproxy_inflight_requests",
 		Help: "Requests being served right now.",
 	}, func() float64 { return float64(inflight()) })
-	reg.MustRegister(m.requests, m.latency, m.ttft, m.tokens, m.rejections, m.luaErrors, m.recovered, inflightGauge)
+	reg.MustRegister(m.requests, m.latency, m.ttft, m.tokens, m.rejections, m.luaErrors, m.recovered, m.unrecorded, inflightGauge)
 	return m
 }
