@@ -201,7 +201,15 @@ func (v *checker) nats() {
 	if r := n.Stream.Replicas; r < 1 || r > 5 {
 		v.add("nats.stream.replicas", "want 1 to 5 (JetStream's limit), got %d", r)
 	}
+	if a := n.Stream.MaxAge.D(); a > 0 && a < MinStreamMaxAge {
+		v.add("nats.stream.max_age", "want at least %s (the stream's duplicate window, which JetStream wants no longer than its "+
+			"max age), got %s", MinStreamMaxAge, a)
+	}
 }
+
+// MinStreamMaxAge is the least nats.stream.max_age: the LLMPROXY stream's
+// duplicate window (events.StreamOptions.DuplicateWindow's least).
+const MinStreamMaxAge = 2 * time.Minute
 
 // tls checks the files of the TLS settings at path.
 func (v *checker) tls(path string, t TLS) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -46,6 +47,9 @@ type StreamOptions struct {
 	// DuplicateWindow is the window in which a repeated Nats-Msg-Id is
 	// dropped by the server (default 2 minutes).
 	DuplicateWindow time.Duration
+	// Log, when set, is told of a retention EnsureStreams keeps rather
+	// than lower (see EnsureStreams).
+	Log *slog.Logger
 }
 
 func (o StreamOptions) withDefaults() StreamOptions {
@@ -95,7 +99,10 @@ func DLQStreamConfig(o StreamOptions) jetstream.StreamConfig {
 // one whose settings differ from o. It is safe to call from every process
 // at start: a stream that already has these settings is left alone, so
 // processes starting together do not update a stream under each other's
-// consumers.
+// consumers. A stream's retention is raised but never lowered: a shorter
+// max age drops at once the events older than it, those no meter has
+// applied yet included, and processes whose configs disagree would set it
+// back and forth; the longer one is kept, and said so to o.Log.
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions) error {
 	return ensureStreams(ctx, js, o, true)
 }
@@ -110,19 +117,23 @@ func CreateStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions)
 
 func ensureStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions, update bool) error {
 	for _, cfg := range []jetstream.StreamConfig{StreamConfig(o), DLQStreamConfig(o)} {
-		if err := ensureStream(ctx, js, cfg, update); err != nil {
+		if err := ensureStream(ctx, js, cfg, update, o.Log); err != nil {
 			return fmt.Errorf("ensure stream %s: %w", cfg.Name, err)
 		}
 	}
 	return nil
 }
 
-func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig, update bool) error {
+func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig, update bool, log *slog.Logger) error {
 	s, err := js.Stream(ctx, cfg.Name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		_, err = js.CreateStream(ctx, cfg)
 		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 			return nil // another process created it meanwhile
+		}
+		if other := overlapping(ctx, js, err, cfg.Subjects); other != "" {
+			return fmt.Errorf("%w: stream %s already captures %s; remove it or narrow its subjects (until then the "+
+				"gateways keep their events in their outboxes)", err, other, cfg.Subjects[0])
 		}
 		return err
 	}
@@ -131,12 +142,47 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.Str
 	}
 	// The persist mode is fixed when a stream is created: one made in
 	// async mode (by an earlier release) is updated in it.
-	cfg.PersistMode = s.CachedInfo().Config.PersistMode
-	if !update || sameSettings(s.CachedInfo().Config, cfg) {
+	have := s.CachedInfo().Config
+	cfg.PersistMode = have.PersistMode
+	if !update {
+		return nil
+	}
+	if have.MaxAge == 0 || have.MaxAge > cfg.MaxAge {
+		// 0: kept for ever.
+		if log != nil {
+			log.Warn("the event stream keeps its longer retention: lowering it would drop at once the events older than "+
+				"the new one, those no meter has applied yet included; lower it by hand once the meters have caught up",
+				"stream", cfg.Name, "max_age", have.MaxAge.String(), "configured", cfg.MaxAge.String())
+		}
+		cfg.MaxAge = have.MaxAge
+	}
+	if sameSettings(have, cfg) {
 		return nil
 	}
 	_, err = js.UpdateStream(ctx, cfg)
 	return err
+}
+
+// errCodeSubjectOverlap is JetStream's error code for a stream whose
+// subjects overlap an existing stream's (nats.go names no constant for it).
+const errCodeSubjectOverlap jetstream.ErrorCode = 10065
+
+// overlapping returns the name of the stream that captures subjects when
+// err is the server's refusal of a stream whose subjects overlap another's
+// ("" otherwise, or when the server does not say).
+func overlapping(ctx context.Context, js jetstream.JetStream, err error, subjects []string) string {
+	var api *jetstream.APIError
+	if !errors.As(err, &api) || api.ErrorCode != errCodeSubjectOverlap {
+		return ""
+	}
+	for _, s := range subjects {
+		// A subject of the family: the other stream captures some of it.
+		probe := strings.Replace(strings.TrimSuffix(s, ">")+"x", "*", "x", -1)
+		if name, err := js.StreamNameBySubject(ctx, probe); err == nil && name != "" {
+			return name
+		}
+	}
+	return ""
 }
 
 // sameSettings reports whether the stream's config already has what cfg

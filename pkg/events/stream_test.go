@@ -1,8 +1,10 @@
 package events
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -51,23 +53,36 @@ func TestEnsureStreamsCreatesUpdatesAndLeavesAlone(t *testing.T) {
 	if err := EnsureStreams(ctx, js, StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	// New retention: updated in place, messages kept.
-	if err := EnsureStreams(ctx, js, StreamOptions{MaxAge: time.Hour}); err != nil {
+	// A longer retention: updated in place, messages kept.
+	if err := EnsureStreams(ctx, js, StreamOptions{MaxAge: 30 * 24 * time.Hour}); err != nil {
 		t.Fatal(err)
 	}
 	s, _ = js.Stream(ctx, StreamName)
-	if s.CachedInfo().Config.MaxAge != time.Hour || !s.CachedInfo().Created.Equal(created) {
+	if s.CachedInfo().Config.MaxAge != 30*24*time.Hour || !s.CachedInfo().Created.Equal(created) {
 		t.Fatalf("stream not updated in place: %+v", s.CachedInfo())
+	}
+	// A shorter one is not applied (it would drop events no meter may
+	// have applied yet), and the log says so.
+	var logged bytes.Buffer
+	if err := EnsureStreams(ctx, js, StreamOptions{MaxAge: time.Hour, Log: slog.New(slog.NewTextHandler(&logged, nil))}); err != nil {
+		t.Fatal(err)
+	}
+	s, _ = js.Stream(ctx, StreamName)
+	if s.CachedInfo().Config.MaxAge != 30*24*time.Hour {
+		t.Fatalf("retention lowered to %s", s.CachedInfo().Config.MaxAge)
+	}
+	if !strings.Contains(logged.String(), "keeps its longer retention") || !strings.Contains(logged.String(), "configured=1h0m0s") {
+		t.Fatalf("log %q, want the retention kept said", logged.String())
 	}
 	if _, err := js.Stream(ctx, DLQStreamName); err != nil {
 		t.Fatalf("dead-letter stream: %v", err)
 	}
 	// CreateStreams (the commands that only read) leaves them as they are.
-	if err := CreateStreams(ctx, js, StreamOptions{MaxAge: 30 * 24 * time.Hour}); err != nil {
+	if err := CreateStreams(ctx, js, StreamOptions{MaxAge: 60 * 24 * time.Hour}); err != nil {
 		t.Fatal(err)
 	}
 	s, _ = js.Stream(ctx, StreamName)
-	if s.CachedInfo().Config.MaxAge != time.Hour {
+	if s.CachedInfo().Config.MaxAge != 30*24*time.Hour {
 		t.Fatalf("CreateStreams changed the stream's retention to %s", s.CachedInfo().Config.MaxAge)
 	}
 }
@@ -114,12 +129,12 @@ func TestAsyncStreamKeepsItsMode(t *testing.T) {
 	if _, err := js.CreateStream(ctx, async); err != nil {
 		t.Fatal(err)
 	}
-	if err := EnsureStreams(ctx, js, StreamOptions{MaxAge: time.Hour}); err != nil {
+	if err := EnsureStreams(ctx, js, StreamOptions{MaxAge: 30 * 24 * time.Hour}); err != nil {
 		t.Fatalf("update of an async stream: %v", err)
 	}
 	s, _ := js.Stream(ctx, StreamName)
-	if c := s.CachedInfo().Config; c.MaxAge != time.Hour || c.PersistMode != jetstream.AsyncPersistMode {
-		t.Fatalf("after an update: max age %s, persist mode %s; want 1h, async", c.MaxAge, c.PersistMode)
+	if c := s.CachedInfo().Config; c.MaxAge != 30*24*time.Hour || c.PersistMode != jetstream.AsyncPersistMode {
+		t.Fatalf("after an update: max age %s, persist mode %s; want 720h, async", c.MaxAge, c.PersistMode)
 	}
 }
 
@@ -130,5 +145,19 @@ func TestHeartbeatMissLevel(t *testing.T) {
 		if got := HeartbeatMissLevel(n); got != want {
 			t.Errorf("HeartbeatMissLevel(%d) = %v, want %v", n, got, want)
 		}
+	}
+}
+
+// TestStreamCapturingTheSubjectsNamed: LLMPROXY cannot be made while another
+// stream captures its subjects; the error names that stream.
+func TestStreamCapturingTheSubjectsNamed(t *testing.T) {
+	js := testJetStream(t)
+	ctx := context.Background()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "AUDIT", Subjects: []string{"llmproxy.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	err := EnsureStreams(ctx, js, StreamOptions{})
+	if err == nil || !strings.Contains(err.Error(), "stream AUDIT already captures llmproxy.v1.>") {
+		t.Fatalf("error %v, want the stream named", err)
 	}
 }

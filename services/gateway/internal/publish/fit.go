@@ -16,9 +16,11 @@ import (
 // fit on the same server.
 const dlqRoom = 8 << 10
 
-// msgIDHeaderSize is the size of the header block of a message whose only
-// header is an empty Nats-Msg-Id.
-const msgIDHeaderSize = len("NATS/1.0\r\n" + jetstream.MsgIDHeader + ": \r\n\r\n")
+// msgIDHeaderSize is the size of the header block of an event's message
+// but for its Nats-Msg-Id's value: that header, empty, and the stream it
+// expects.
+const msgIDHeaderSize = len("NATS/1.0\r\n" + jetstream.MsgIDHeader + ": \r\n" +
+	jetstream.ExpectedStreamHeader + ": " + events.StreamName + "\r\n\r\n")
 
 // errEventTooLarge reports an event that does not fit even with its content
 // cut.

@@ -121,7 +121,7 @@ func TestMaxEventBytes(t *testing.T) {
 	if got := maxEventBytes(0, id); got != 0 {
 		t.Errorf("unknown max payload: %d, want 0 (no bound)", got)
 	}
-	header := int64(len("NATS/1.0\r\nNats-Msg-Id: " + id + "\r\n\r\n"))
+	header := int64(len("NATS/1.0\r\nNats-Msg-Id: " + id + "\r\nNats-Expected-Stream: LLMPROXY\r\n\r\n"))
 	if got, want := maxEventBytes(1<<20, id), 1<<20-header-dlqRoom; got != want {
 		t.Errorf("1 MiB: %d, want %d", got, want)
 	}

@@ -788,3 +788,71 @@ func TestOutboxWriteFailureIsReported(t *testing.T) {
 	waitFor(t, 20*time.Second, "every event published", func() bool { return p.Depth() == 0 })
 	checkIDs(t, streamIDs(t, js), 0, 3)
 }
+
+// TestAnotherStreamCapturingTheSubjects: a stream other than LLMPROXY that
+// captures the events' subjects (an operator's "llmproxy.>") does not take
+// the events: the publish names the stream it expects, the server refuses
+// it, and the events wait in the outbox, the refusal reported, until
+// LLMPROXY takes them.
+func TestAnotherStreamCapturingTheSubjects(t *testing.T) {
+	srv := startNATS(t, t.TempDir(), -1)
+	defer srv.Shutdown()
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "AUDIT", Subjects: []string{"llmproxy.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	p := newPublisher(t, js, t.TempDir(), testOptions(prometheus.NewRegistry()))
+	defer closePublisher(t, p)
+	p.Publish(event(0))
+	waitFor(t, 5*time.Second, "the refusal reported", func() bool { d, _ := p.Stalled(); return d > 0 })
+	if _, msg := p.Stalled(); !strings.Contains(msg, "expected stream") || !strings.Contains(msg, "another stream than LLMPROXY captures") {
+		t.Errorf("stalled with %q, want the server's refusal of the stream", msg)
+	}
+	if p.Depth() != 1 {
+		t.Fatalf("outbox depth %d, want the event kept", p.Depth())
+	}
+	if s, _ := js.Stream(ctx, "AUDIT"); s.CachedInfo().State.Msgs != 0 {
+		t.Fatalf("AUDIT took %d events", s.CachedInfo().State.Msgs)
+	}
+	if err := js.DeleteStream(ctx, "AUDIT"); err != nil {
+		t.Fatal(err)
+	}
+	if err := events.EnsureStreams(ctx, js, events.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the event published", func() bool { return p.Depth() == 0 })
+	checkIDs(t, streamIDs(t, js), 0, 1)
+}
+
+// TestNoStreamSaysSo: with no stream taking the events (LLMPROXY deleted),
+// the publisher's stall says that the stream does not exist, not only
+// nats.go's "no response from stream".
+func TestNoStreamSaysSo(t *testing.T) {
+	srv := startNATS(t, t.TempDir(), -1)
+	defer srv.Shutdown()
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPublisher(t, js, t.TempDir(), testOptions(prometheus.NewRegistry()))
+	defer closePublisher(t, p)
+	p.Publish(event(0))
+	waitFor(t, 5*time.Second, "the failure reported", func() bool { d, _ := p.Stalled(); return d > 0 })
+	if _, msg := p.Stalled(); !strings.Contains(msg, "the stream LLMPROXY does not exist") {
+		t.Errorf("stalled with %q, want the missing stream named", msg)
+	}
+}

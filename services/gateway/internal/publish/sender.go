@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/llmproxy/llmproxy/pkg/events"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -199,7 +200,10 @@ func (p *Publisher) send(r record, maxPayload int64) (jetstream.PubAckFuture, er
 			p.truncated(r.msgID, len(data), len(fitted), "max_payload", maxPayload)
 			data = fitted
 		}
-		msg := &nats.Msg{Subject: r.subject, Data: data, Header: nats.Header{}}
+		// The stream named, so that one that is not LLMPROXY capturing
+		// the subject (an operator's "llmproxy.>") refuses the event
+		// rather than acknowledge it where no meter reads it.
+		msg := &nats.Msg{Subject: r.subject, Data: data, Header: nats.Header{jetstream.ExpectedStreamHeader: expectStream}}
 		if r.msgID != "" {
 			msg.Header[jetstream.MsgIDHeader] = []string{r.msgID}
 		}
@@ -218,6 +222,9 @@ func (p *Publisher) send(r record, maxPayload int64) (jetstream.PubAckFuture, er
 		return skipped, nil
 	}
 }
+
+// expectStream is the value of every event's Nats-Expected-Stream header.
+var expectStream = []string{events.StreamName}
 
 // maxPayload returns the most bytes the connected server takes per
 // message, or 0 before the connection has reached a server.
@@ -284,5 +291,16 @@ func (p *Publisher) explain(err error) error {
 			return errNotConnected
 		}
 	}
+	if errors.Is(err, jetstream.ErrNoStreamResponse) {
+		return fmt.Errorf("%w: no stream takes the events (the stream %s does not exist: deleted, or not made yet)", err, events.StreamName)
+	}
+	var api *jetstream.APIError
+	if errors.As(err, &api) && api.ErrorCode == errCodeStreamNotMatch {
+		return fmt.Errorf("%w: another stream than %s captures the events' subjects (see the log's \"ensure stream\" line)", err, events.StreamName)
+	}
 	return err
 }
+
+// errCodeStreamNotMatch is JetStream's refusal of a message whose
+// Nats-Expected-Stream is not the stream that captures its subject.
+const errCodeStreamNotMatch jetstream.ErrorCode = 10060
