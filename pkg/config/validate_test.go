@@ -297,6 +297,11 @@ func TestValidate(t *testing.T) {
 			},
 		},
 		{
+			"a stream kept shorter than its duplicate window",
+			"nats: { stream: { max_age: 1m } }\n",
+			[]string{`c.yaml:3: key nats.stream.max_age: want at least 2m0s (the stream's duplicate window, which JetStream wants no longer than its max age), got 1m0s`},
+		},
+		{
 			"a written 0 read_timeout",
 			"    read_timeout: 0s\n",
 			[]string{`c.yaml:3: key backends[0].read_timeout: want more than 0; leave the key out for the default, 5m0s`},
