@@ -49,6 +49,18 @@ const attemptsStream = "KV_" + AttemptsBucket
 // logged.
 const attemptsMaxBytes = 256 << 20
 
+// attemptsBounds are the bounds openAttempts tries in turn: a server whose
+// JetStream store is too small to reserve attemptsMaxBytes (max_file_store
+// under 256 MiB with the event streams) takes a smaller bound, and one that
+// can reserve nothing more an unbounded bucket, which its TTL and the
+// endpoints' MaxAckPending still keep small, rather than have the notifier
+// refuse to start.
+var attemptsBounds = []int64{attemptsMaxBytes, 16 << 20, -1}
+
+// errCodeNoStorage is JetStream's "insufficient storage resources
+// available": the server cannot reserve a stream's max bytes.
+const errCodeNoStorage jetstream.ErrorCode = 10047
+
 // attemptsTimeout bounds one read or write of the attempts bucket.
 const attemptsTimeout = 10 * time.Second
 
@@ -194,7 +206,8 @@ func (a *reopeningAttempts) do(ctx context.Context, f func(kvAttempts) error) er
 // openAttempts creates the attempts bucket, keeping entries for ttl, bounded
 // to attemptsMaxBytes and with the event stream's replicas, or opens it; a
 // bucket that keeps entries for less than ttl, or has another bound (one
-// made by an earlier release has none), is updated.
+// made by an earlier release has none), is updated. A server without room
+// for the bound gets the next of attemptsBounds.
 func openAttempts(ctx context.Context, js jetstream.JetStream, ttl time.Duration) (kvAttempts, error) {
 	kv, err := js.KeyValue(ctx, AttemptsBucket)
 	switch {
@@ -207,6 +220,7 @@ func openAttempts(ctx context.Context, js jetstream.JetStream, ttl time.Duration
 		if cfg.MaxAge >= ttl && cfg.MaxBytes == attemptsMaxBytes {
 			return kvAttempts{kv: kv, stream: s}, nil
 		}
+
 		// Another notifier may keep entries longer: keep its TTL.
 		ttl = max(ttl, cfg.MaxAge)
 	case !errors.Is(err, jetstream.ErrBucketNotFound):
@@ -216,15 +230,21 @@ func openAttempts(ctx context.Context, js jetstream.JetStream, ttl time.Duration
 	if s, err := js.Stream(ctx, events.StreamName); err == nil {
 		replicas = max(s.CachedInfo().Config.Replicas, 1)
 	}
-	kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      AttemptsBucket,
-		Description: "LLMProxy notifier: failed webhook attempts of events to be retried",
-		History:     1,
-		TTL:         ttl,
-		MaxBytes:    attemptsMaxBytes,
-		Storage:     jetstream.FileStorage,
-		Replicas:    replicas,
-	})
+	for _, bound := range attemptsBounds {
+		kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      AttemptsBucket,
+			Description: "LLMProxy notifier: failed webhook attempts of events to be retried",
+			History:     1,
+			TTL:         ttl,
+			MaxBytes:    bound,
+			Storage:     jetstream.FileStorage,
+			Replicas:    replicas,
+		})
+		var api *jetstream.APIError
+		if !errors.As(err, &api) || api.ErrorCode != errCodeNoStorage {
+			break
+		}
+	}
 	if err != nil {
 		return kvAttempts{}, err
 	}

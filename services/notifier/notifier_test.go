@@ -24,6 +24,7 @@ import (
 
 	"github.com/llmproxy/llmproxy/pkg/events"
 	"github.com/llmproxy/llmproxy/pkg/events/eventstest"
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -602,6 +603,32 @@ func TestAttemptsBucketOfEarlierReleaseBounded(t *testing.T) {
 	info := attemptsStreamInfo(t, js)
 	if info.Config.MaxBytes != attemptsMaxBytes || info.Config.MaxAge != 25*time.Hour {
 		t.Errorf("bucket max bytes %d, TTL %s; want %d, 25h", info.Config.MaxBytes, info.Config.MaxAge, attemptsMaxBytes)
+	}
+}
+
+// TestAttemptsBucketOnASmallStore: a server whose JetStream store cannot
+// reserve the bucket's bound (max_file_store under 256 MiB) gets a bucket
+// with a smaller one, and the notifier starts.
+func TestAttemptsBucketOnASmallStore(t *testing.T) {
+	t.Parallel()
+	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
+		JetStreamMaxStore: 200 << 20, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Start()
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server not ready")
+	}
+	js := eventstest.Connect(t, srv)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := openAttempts(ctx, js, 2*time.Hour); err != nil {
+		t.Fatalf("open on a 200 MiB store: %v", err)
+	}
+	if info := attemptsStreamInfo(t, js); info.Config.MaxBytes != attemptsBounds[1] {
+		t.Errorf("bucket max bytes %d, want %d", info.Config.MaxBytes, attemptsBounds[1])
 	}
 }
 
