@@ -251,7 +251,7 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 		return nil, err
 	}
 	b.js = js
-	so := events.StreamOptions{MaxAge: cfg.NATS.Stream.MaxAge.D(), Replicas: cfg.NATS.Stream.Replicas}
+	so := events.StreamOptions{MaxAge: cfg.NATS.Stream.MaxAge.D(), Replicas: cfg.NATS.Stream.Replicas, Log: log}
 	// The stream may not be reachable yet (NATS starting, or down): keep
 	// trying in the background rather than refuse to start, so a gateway
 	// can serve and keep its events in the outbox meanwhile.
@@ -297,6 +297,9 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 		}
 	}
 	reconnected.Store(&remake)
+	if update {
+		go b.watchStreams(ctx, so, streamCheckEvery, log)
+	}
 	if err == nil {
 		warnAsyncStream(ctx, js, log)
 		close(b.streams)
@@ -321,6 +324,53 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 		}()
 	}
 	return b, nil
+}
+
+// streamCheckEvery is how often a serving process checks that the event
+// streams it made still exist.
+var streamCheckEvery = 10 * time.Second
+
+// watchStreams makes the event streams again when one has gone while the
+// connection stayed up (an operator deleted it: nothing reconnects then),
+// every streamCheckEvery once they were ready, so that the gateways' outboxes
+// drain and the workers' consumers are made again without a restart. A
+// stream it cannot make is logged when the reason changes. It returns when
+// ctx is done or b is closed.
+func (b *bus) watchStreams(ctx context.Context, so events.StreamOptions, every time.Duration, log *slog.Logger) {
+	select {
+	case <-b.streams:
+	case <-ctx.Done():
+		return
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	last := ""
+	for {
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return
+		}
+		if b.closing.Load() || b.nc.IsClosed() {
+			return
+		}
+		if !b.nc.IsConnected() {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		made, err := events.MakeMissingStreams(cctx, b.js, so)
+		cancel()
+		if len(made) > 0 {
+			log.Warn("an event stream was missing (deleted?): made again", "streams", strings.Join(made, ","))
+		}
+		switch {
+		case err == nil:
+			last = ""
+		case err.Error() != last && ctx.Err() == nil:
+			last = err.Error()
+			log.Warn("an event stream is missing and could not be made again; retrying", "err", err)
+		}
+	}
 }
 
 // waitStreams blocks until the event streams exist or ctx is done. Workers
@@ -348,6 +398,14 @@ func (b *bus) jetStreamReady(ctx context.Context) error {
 	defer cancel()
 	if _, err := b.js.AccountInfo(ctx); err != nil {
 		return fmt.Errorf("nats jetstream: %w", err)
+	}
+	// A worker whose stream has gone reads nothing until it is made again.
+	if _, err := b.js.Stream(ctx, events.StreamName); err != nil {
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return fmt.Errorf("the event stream %s does not exist (deleted, or another stream captures its subjects: "+
+				"see the log); it is made again within %s when it can be", events.StreamName, streamCheckEvery)
+		}
+		return fmt.Errorf("nats jetstream: stream %s: %w", events.StreamName, err)
 	}
 	return nil
 }

@@ -310,6 +310,61 @@ func TestBusRemakesStreamsAfterReconnect(t *testing.T) {
 	}
 }
 
+// TestBusRemakesADeletedStream: a stream an operator deletes while the
+// connection stays up (nothing reconnects) is made again by a serving
+// process within streamCheckEvery, and said so; meanwhile a worker is not
+// ready, saying why.
+func TestBusRemakesADeletedStream(t *testing.T) {
+	defer func(d time.Duration) { streamCheckEvery = d }(streamCheckEvery)
+	streamCheckEvery = time.Hour
+	ns := startNATS(t, "127.0.0.1", -1)
+	cfg := &config.Config{}
+	cfg.NATS.URL = ns.ClientURL()
+	var out syncBuffer
+	b, err := openBus(context.Background(), cfg, false, slog.New(slog.NewTextHandler(&out, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.close()
+	ctx := context.Background()
+	if err := b.waitStreams(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.jetStreamReady(ctx); err != nil {
+		t.Fatalf("ready with the streams there: %v", err)
+	}
+	if err := b.js.DeleteStream(ctx, events.StreamName); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.jetStreamReady(ctx); err == nil || !strings.Contains(err.Error(), "the event stream LLMPROXY does not exist") {
+		t.Fatalf("jetStreamReady = %v, want the missing stream named", err)
+	}
+	b.close()
+
+	streamCheckEvery = 100 * time.Millisecond
+	b, err = openBus(ctx, cfg, false, slog.New(slog.NewTextHandler(&out, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.close()
+	if err := b.waitStreams(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.js.DeleteStream(ctx, events.StreamName); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for b.jetStreamReady(ctx) != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("stream not made again; log:\n%s", out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(out.String(), "an event stream was missing (deleted?): made again") {
+		t.Errorf("the remake not logged:\n%s", out.String())
+	}
+}
+
 // TestBusStreamPersistMode: the event stream the bus makes, on the
 // embedded server or an external one, is in the default persist mode (a
 // write per stored event, so a failed write fails its publish and the

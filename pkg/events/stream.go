@@ -115,6 +115,27 @@ func CreateStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions)
 	return ensureStreams(ctx, js, o, false)
 }
 
+// MakeMissingStreams creates the LLMPROXY and LLMPROXY_DLQ streams that do
+// not exist, as CreateStreams does, and returns the names of those it
+// made: for a process that checks, while it runs, that no stream has gone
+// (an operator deleted one).
+func MakeMissingStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions) (made []string, err error) {
+	for _, cfg := range []jetstream.StreamConfig{StreamConfig(o), DLQStreamConfig(o)} {
+		_, err := js.Stream(ctx, cfg.Name)
+		if !errors.Is(err, jetstream.ErrStreamNotFound) {
+			if err != nil {
+				return made, fmt.Errorf("check stream %s: %w", cfg.Name, err)
+			}
+			continue
+		}
+		if err := ensureStream(ctx, js, cfg, false, nil); err != nil {
+			return made, fmt.Errorf("make stream %s: %w", cfg.Name, err)
+		}
+		made = append(made, cfg.Name)
+	}
+	return made, nil
+}
+
 func ensureStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions, update bool) error {
 	for _, cfg := range []jetstream.StreamConfig{StreamConfig(o), DLQStreamConfig(o)} {
 		if err := ensureStream(ctx, js, cfg, update, o.Log); err != nil {

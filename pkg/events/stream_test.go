@@ -87,6 +87,28 @@ func TestEnsureStreamsCreatesUpdatesAndLeavesAlone(t *testing.T) {
 	}
 }
 
+// TestMakeMissingStreams: a stream deleted is made again, and named; with
+// both there, nothing is made.
+func TestMakeMissingStreams(t *testing.T) {
+	js := testJetStream(t)
+	ctx := context.Background()
+	if err := EnsureStreams(ctx, js, StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if made, err := MakeMissingStreams(ctx, js, StreamOptions{}); err != nil || len(made) != 0 {
+		t.Fatalf("made %v, %v; want nothing", made, err)
+	}
+	if err := js.DeleteStream(ctx, StreamName); err != nil {
+		t.Fatal(err)
+	}
+	if made, err := MakeMissingStreams(ctx, js, StreamOptions{}); err != nil || len(made) != 1 || made[0] != StreamName {
+		t.Fatalf("made %v, %v; want %s", made, err, StreamName)
+	}
+	if _, err := js.Stream(ctx, StreamName); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestCreateStreamsCreatesMissing(t *testing.T) {
 	js := testJetStream(t)
 	ctx := context.Background()
