@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 )
@@ -102,14 +101,14 @@ logging: { level: warn }
 func TestReadyWithinAnswersWhenTheStoreDoesNot(t *testing.T) {
 	stuck := make(chan struct{})
 	defer close(stuck)
-	check := readyWithin(50*time.Millisecond, func(context.Context) error {
+	check := readyWithin(50*time.Millisecond, "NATS or Redis", func(context.Context) error {
 		<-stuck // a frozen server's socket: no answer, whatever the context says
 		return nil
 	})
-	if err := check(context.Background()); err == nil || !strings.Contains(err.Error(), "no answer within 50ms") {
+	if err := check(context.Background()); err == nil || err.Error() != "no answer within 50ms from NATS or Redis" {
 		t.Fatalf("check = %v, want it to say nothing answered within its bound", err)
 	}
-	if err := readyWithin(time.Second, func(context.Context) error { return errors.New("redis: down") })(context.Background()); err == nil || err.Error() != "redis: down" {
+	if err := readyWithin(time.Second, "Redis", func(context.Context) error { return errors.New("redis: down") })(context.Background()); err == nil || err.Error() != "redis: down" {
 		t.Fatalf("a check that answers: %v, want its own error", err)
 	}
 }

@@ -218,7 +218,7 @@ const readyTimeout = 2 * time.Second
 // balancer's probe with a shorter timeout would count as a failure of the
 // process itself. The check goes on in the background until its client
 // gives up.
-func readyWithin(d time.Duration, ready func(context.Context) error) func(context.Context) error {
+func readyWithin(d time.Duration, stores string, ready func(context.Context) error) func(context.Context) error {
 	return func(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, d)
 		defer cancel()
@@ -228,7 +228,7 @@ func readyWithin(d time.Duration, ready func(context.Context) error) func(contex
 		case err := <-done:
 			return err
 		case <-ctx.Done():
-			return fmt.Errorf("no answer within %s from NATS, Redis or PostgreSQL", d)
+			return fmt.Errorf("no answer within %s from %s", d, stores)
 		}
 	}
 }
@@ -315,7 +315,7 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 		// stream, /readyz says why, and both carry on on their own once
 		// it answers. (Exiting would leave a gateway's outbox unsent and
 		// its restart to a supervisor.)
-		if err := readyWithin(time.Second, lh.ready)(ctx); err != nil {
+		if err := readyWithin(time.Second, "Redis", lh.ready)(ctx); err != nil {
 			log.Warn("redis is not answering; starting anyway, as if it had just gone away (/readyz fails until it answers)", "err", err)
 		}
 	}
@@ -329,7 +329,15 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 	// stopping is set once the process begins to shut down: its
 	// listeners close, so a load balancer must stop sending to it now.
 	var stopping atomic.Bool
-	readyFn := readyWithin(readyTimeout, func(ctx context.Context) error {
+	// The stores /readyz asks, named when one does not answer.
+	stores := []string{"NATS"}
+	if lh != nil && lh.ready != nil {
+		stores = append(stores, "Redis")
+	}
+	if pg != nil {
+		stores = append(stores, "PostgreSQL")
+	}
+	readyFn := readyWithin(readyTimeout, strings.Join(stores, " or "), func(ctx context.Context) error {
 		if stopping.Load() {
 			return errors.New("shutting down")
 		}
