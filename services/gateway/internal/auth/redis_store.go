@@ -29,6 +29,14 @@ const maxKnown = 100_000
 // the older half of it rather than a key in use.
 const maxUnknown = 100_000
 
+// LookupTimeout bounds one read of a key from Redis, as an admission is
+// bounded (ledger's callTimeout): a Redis that does not answer, or whose
+// address takes no connection, would otherwise hold the request through
+// go-redis's retries of dials and reads, a minute and more. The deadline
+// is checked between tries, so a read may last one dial or read timeout
+// past it.
+const LookupTimeout = 5 * time.Second
+
 // RedisStore finds keys in the Redis key store (auth.storage: redis) that
 // `llmproxy keys` and the admin API manage. It caches each answer, unknown
 // keys included, for its TTL, so the hot path reads Redis at most once per key
@@ -55,6 +63,9 @@ type RedisStore struct {
 	unknownOld map[string]time.Time
 
 	maxKnown, maxUnknown int
+	// lookupTimeout bounds a read from Redis (LookupTimeout; tests
+	// shorten it).
+	lookupTimeout time.Duration
 
 	// lookups bounds the Redis reads of secrets not in known, and
 	// clients each client's share of them; nil without a global rate
@@ -78,7 +89,7 @@ func NewRedisStore(rdb redis.UniversalClient, prefix string, cfg *config.Config,
 	s := &RedisStore{
 		rdb: rdb, prefix: prefix, cfg: cfg, ttl: ttl, now: time.Now,
 		known: map[string]cached{}, unknown: map[string]time.Time{},
-		maxKnown: maxKnown, maxUnknown: maxUnknown,
+		maxKnown: maxKnown, maxUnknown: maxUnknown, lookupTimeout: LookupTimeout,
 	}
 	if g := cfg.RateLimit.Global; cfg.RateLimitEnabled() && g.IsEnabled() {
 		s.lookups = newLookupBudget(ledger.GlobalLimit{RPS: g.RequestsPerSecond, Burst: g.BurstSize})
@@ -125,7 +136,9 @@ func (s *RedisStore) LookupHashFrom(ctx context.Context, hash string, client net
 			}
 		}
 	}
-	rec, err := keys.LookupHash(ctx, s.rdb, s.prefix, hash)
+	lctx, cancel := context.WithTimeout(ctx, s.lookupTimeout)
+	rec, err := keys.LookupHash(lctx, s.rdb, s.prefix, hash)
+	cancel()
 	switch {
 	case errors.Is(err, keys.ErrNotFound):
 		s.putUnknown(hash, now.Add(s.ttl), known)

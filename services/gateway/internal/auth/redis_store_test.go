@@ -2,9 +2,12 @@ package auth
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -120,6 +123,52 @@ func TestRedisStoreErrorsAreNotCached(t *testing.T) {
 	}
 	if len(s.known) != 0 || len(s.unknown) != 0 {
 		t.Fatalf("cache = %v, %v; want empty", s.known, s.unknown)
+	}
+}
+
+// TestRedisStoreLookupBounded: a Redis that takes connections and never
+// answers fails a look-up at the store's bound (plus what a try already
+// under way takes), not after the client's retries of every read.
+func TestRedisStoreLookupBounded(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var conns []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c) // held open, never answered
+			mu.Unlock()
+		}
+	}()
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	// A TLS client: its handshake, part of each dial, meets the silence.
+	// go-redis tries a dial five times, each within its dial timeout (a
+	// second here, five by default), and the command three times more.
+	rdb := redis.NewClient(&redis.Options{Addr: ln.Addr().String(), DialTimeout: time.Second, MaxRetries: 3,
+		TLSConfig: &tls.Config{InsecureSkipVerify: true}})
+	defer rdb.Close()
+	s := NewRedisStore(rdb, "p", &config.Config{}, time.Minute)
+	s.lookupTimeout = 300 * time.Millisecond
+	start := time.Now()
+	if _, err := s.LookupHash(context.Background(), "ab"); err == nil || errors.Is(err, ErrUnknownKey) {
+		t.Fatalf("LookupHash with a silent Redis = %v, want a store error", err)
+	}
+	if d := time.Since(start); d > 1500*time.Millisecond {
+		t.Fatalf("the look-up took %s, want about its 300ms bound (a dial under way may finish its second)", d)
 	}
 }
 
