@@ -309,6 +309,13 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 			return err
 		}
 		defer lh.close()
+		if lh.rdb != nil && (runMeter || cfg.RateLimitEnabled() && cfg.RateLimit.Storage == "redis") {
+			// This process writes to Redis: a Redis that answers a
+			// PING but refuses its writes or scripts (an ACL user
+			// without them, a read-only replica, maxmemory reached)
+			// fails every request or event, and /readyz says so.
+			lh.ready = writeReady(lh.rdb, redisPrefix(cfg))
+		}
 		// A Redis that is down now is waited for as one that goes down
 		// later is, rather than refused: a gateway refuses the requests
 		// that need it with 503, a meter leaves its events in the
@@ -316,7 +323,7 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 		// it answers. (Exiting would leave a gateway's outbox unsent and
 		// its restart to a supervisor.)
 		if err := readyWithin(time.Second, "Redis", lh.ready)(ctx); err != nil {
-			log.Warn("redis is not answering; starting anyway, as if it had just gone away (/readyz fails until it answers)", "err", err)
+			log.Warn("redis is not ready; starting anyway, as if it had just gone away (/readyz fails until it is)", "err", err)
 		}
 	}
 	// A recorder on its own is ready when it can write to PostgreSQL as

@@ -103,6 +103,29 @@ type ledgerHandle struct {
 	close func() error
 }
 
+// writeReadyLua is what writeReady asks of Redis: a script that writes a
+// key that expires at once, as the admission and the meter's writes do.
+var writeReadyLua = redis.NewScript(`redis.call('SET', KEYS[1], '1', 'PX', 1000) return 1`)
+
+// writeReady is the readiness of a process that writes to Redis (a meter,
+// a gateway admitting there): that Redis runs its scripts and takes its
+// writes, which a PING does not tell. An ACL user without EVALSHA or
+// writes, a read-only replica and a Redis at maxmemory with noeviction all
+// answer a PING, then refuse every admission or event.
+func writeReady(rdb redis.UniversalClient, prefix string) func(context.Context) error {
+	key := prefix + ":ready"
+	return func(ctx context.Context) error {
+		err := writeReadyLua.Run(ctx, rdb, []string{key}).Err()
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+			var rerr redis.Error
+			if errors.As(err, &rerr) {
+				return fmt.Errorf("it refuses this process's scripts or writes: %w", err)
+			}
+		}
+		return err
+	}
+}
+
 // openLedger opens the ledger: Redis when configured, else the local store
 // under data_dir (allowed only where the process owns data_dir). With
 // ping, a Redis that does not answer is an error (a command); a server

@@ -4,7 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"io"
 	"log/slog"
+	"net"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -93,5 +97,59 @@ func TestFollowUpMetrics(t *testing.T) {
 	}
 	if got := names(ledger.NewMemoryAdmitter(nil, nil)); len(got) != 0 {
 		t.Fatalf("memory admitter: metrics %v, want none", got)
+	}
+}
+
+// TestWriteReadyTellsARedisThatRefusesWrites: a process that writes to
+// Redis is not ready on a Redis that answers its PING but refuses its
+// scripts (an ACL user without EVALSHA) or its writes (a read-only user);
+// it is on one that takes them. It runs a redis-server of its own, with
+// those users.
+func TestWriteReadyTellsARedisThatRefusesWrites(t *testing.T) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Skip("no redis-server to run with ACL users")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	cmd := exec.Command(bin, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir(),
+		"--user", "default", "off",
+		"--user", "full", "on", ">pw", "~*", "&*", "+@all",
+		"--user", "noscript", "on", ">pw", "~*", "&*", "+@all", "-evalsha", "-eval",
+		"--user", "readonly", "on", ">pw", "~*", "&*", "+@read", "+@connection", "+evalsha", "+eval")
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("redis-server did not start")
+		}
+	}
+	for user, ok := range map[string]bool{"full": true, "noscript": false, "readonly": false} {
+		rdb, err := openRedis(&config.Config{Redis: config.Redis{URL: "redis://" + addr, Username: user, Password: "pw"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := rdb.Ping(ctx).Err(); err != nil {
+			t.Fatalf("%s: PING: %v", user, err)
+		}
+		err = writeReady(rdb, "llmproxy")(ctx)
+		cancel()
+		rdb.Close()
+		if (err == nil) != ok || err != nil && !strings.Contains(err.Error(), "refuses this process's scripts or writes") {
+			t.Errorf("%s: writeReady = %v, want ok %v", user, err, ok)
+		}
 	}
 }
