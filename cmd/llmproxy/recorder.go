@@ -54,6 +54,9 @@ func startRecorder(ctx context.Context, url string, b *bus, log *slog.Logger, re
 	pool, err := recorder.OpenPool(octx, url)
 	if err == nil {
 		err = recorder.Migrate(octx, pool)
+		if err == nil {
+			err = recorder.CheckTable(octx, pool)
+		}
 		if err != nil {
 			pool.Close()
 		}
@@ -69,6 +72,8 @@ func startRecorder(ctx context.Context, url string, b *bus, log *slog.Logger, re
 	if err != nil {
 		return permanentError{err}
 	}
+	pg.setRecorder(rec)
+	defer pg.setRecorder(nil)
 	log.Info("recorder: writing the request log to postgres")
 	if err := rec.Run(ctx); err != nil {
 		return permanentError{fmt.Errorf("recorder: %w", err)}
@@ -82,6 +87,15 @@ func startRecorder(ctx context.Context, url string, b *bus, log *slog.Logger, re
 type pgReady struct {
 	pool    atomic.Pointer[pgxpool.Pool]
 	lastErr atomic.Pointer[error]
+	rec     atomic.Pointer[recorder.Recorder]
+}
+
+// setRecorder gives ready the recorder writing through the pool, whose
+// table may refuse events while PostgreSQL answers.
+func (p *pgReady) setRecorder(r *recorder.Recorder) {
+	if p != nil {
+		p.rec.Store(r)
+	}
 }
 
 func (p *pgReady) set(pool *pgxpool.Pool) {
@@ -111,6 +125,11 @@ func (p *pgReady) ready(ctx context.Context) error {
 	defer cancel()
 	if err := pool.Ping(ctx); err != nil {
 		return fmt.Errorf("postgres: %w", err)
+	}
+	if r := p.rec.Load(); r != nil {
+		if err := r.Refusing(); err != nil {
+			return fmt.Errorf("postgres: %w", err)
+		}
 	}
 	return nil
 }

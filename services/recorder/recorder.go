@@ -15,8 +15,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -39,7 +41,28 @@ type Recorder struct {
 	// afterCommit, when set (tests), runs between a batch's commit and its
 	// acks; false skips the acks, as if the process had died there.
 	afterCommit func() bool
+
+	// refusal is the table's latest refusal of events, while it refuses
+	// them (see Refusing); nil once a batch is stored whole.
+	refusal atomic.Pointer[refusal]
+	// failLog rate-limits the lines of failed writes: one per
+	// failLogEvery, counting those left out.
+	failMu     sync.Mutex
+	failLogged time.Time
+	failLeft   int
 }
+
+// refusal is a write PostgreSQL refused for the table's sake, and since when
+// it has been refusing.
+type refusal struct {
+	err   error
+	since time.Time
+}
+
+// failLogEvery is the least time between two lines about failed writes: a
+// database that is down, or a table that refuses every event, fails every
+// batch.
+const failLogEvery = 10 * time.Second
 
 // New checks the options and returns a Recorder. It does no I/O; the
 // table must exist (Migrate) and the streams too (events.EnsureStreams).
@@ -91,6 +114,7 @@ func (r *Recorder) Run(ctx context.Context) error {
 		return fmt.Errorf("recorder: consumer: %w", err)
 	}
 	log := r.opts.Logger
+	var backoff time.Duration
 	for ctx.Err() == nil {
 		batch, err := cons.Fetch(r.opts.BatchSize, jetstream.FetchMaxWait(r.opts.BatchWait), jetstream.FetchMaxBytes(r.batchBytes()))
 		var msgs []jetstream.Msg
@@ -133,10 +157,21 @@ func (r *Recorder) Run(ctx context.Context) error {
 			}
 			return nil
 		}
-		r.process(context.WithoutCancel(ctx), msgs)
+		if r.process(context.WithoutCancel(ctx), msgs) {
+			backoff = 0
+			continue
+		}
+		// Nothing of the batch was stored (PostgreSQL down, or the table
+		// refusing): wait longer each time, up to maxBackoff, rather
+		// than fail the next batch at once.
+		backoff = min(max(2*backoff, r.opts.RetryWait), maxBackoff)
+		sleep(ctx, backoff)
 	}
 	return nil
 }
+
+// maxBackoff bounds the wait after batches that stored nothing.
+const maxBackoff = 30 * time.Second
 
 // batchHeadroom is what a delivered event may weigh beyond the server's
 // max_payload, which bounds only headers and data: its subject and reply
@@ -153,8 +188,9 @@ func (r *Recorder) batchBytes() int {
 
 // process writes one batch and settles each of its messages: ack after the
 // commit, term for a poison message, nak with delay when the write failed.
-func (r *Recorder) process(ctx context.Context, msgs []jetstream.Msg) {
-	log := r.opts.Logger
+// It reports false when the write stored none of the batch's events and
+// failed (PostgreSQL down, or the table refusing them), for Run to wait.
+func (r *Recorder) process(ctx context.Context, msgs []jetstream.Msg) bool {
 	rows := make([][]any, 0, len(msgs))
 	ok := make([]jetstream.Msg, 0, len(msgs))
 	seen := make(map[string]bool, len(msgs))
@@ -180,7 +216,7 @@ func (r *Recorder) process(ctx context.Context, msgs []jetstream.Msg) {
 		ok = append(ok, m)
 	}
 	if len(rows) == 0 {
-		return
+		return true
 	}
 	// The server redelivers a batch that is not settled within AckWait;
 	// while its transaction runs, tell it the batch is still being worked
@@ -190,28 +226,80 @@ func (r *Recorder) process(ctx context.Context, msgs []jetstream.Msg) {
 	defer stopKeepAlive()
 	err := r.writeAll(ctx, rows)
 	var pgErr *pgconn.PgError
-	if err != nil && errors.As(err, &pgErr) && (pgErr.Code[:2] == "22" || pgErr.Code[:2] == "23") {
-		// A data error in one row fails the whole batch: find it by
-		// writing the rows one at a time.
-		log.Warn("recorder: batch rejected, writing events one by one", "events", len(rows), "err", err)
-		r.writeEach(ctx, rows, ok)
+	if err != nil && errors.As(err, &pgErr) {
+		// PostgreSQL refused the batch (a value of one row, a
+		// constraint or trigger of the table): find the rows it refuses
+		// by writing them one at a time, so that the others are stored.
+		r.logFailure(slog.LevelWarn, "recorder: batch refused, writing events one by one", "events", len(rows), "err", err)
+		stored, again := r.writeEach(ctx, rows, ok)
 		stopKeepAlive()
-		r.ack(dups)
-		return
+		if again == 0 {
+			r.ack(dups)
+		} else {
+			r.nak(dups)
+		}
+		return stored > 0 || again == 0
 	}
 	stopKeepAlive()
 	if err != nil {
 		r.metrics.errors.WithLabelValues(errWrite).Inc()
-		log.Error("recorder: write batch; events will be redelivered", "events", len(rows), "err", err)
-		for _, m := range append(ok, dups...) {
-			_ = m.NakWithDelay(r.opts.RetryWait)
-		}
-		return
+		r.logFailure(slog.LevelError, "recorder: write batch; events will be redelivered", "events", len(rows), "err", err)
+		r.nak(append(ok, dups...))
+		return false
 	}
+	r.refusal.Store(nil)
 	if r.afterCommit != nil && !r.afterCommit() {
-		return
+		return true
 	}
 	r.ack(append(ok, dups...))
+	return true
+}
+
+// nak hands msgs back for redelivery after RetryWait.
+func (r *Recorder) nak(msgs []jetstream.Msg) {
+	for _, m := range msgs {
+		_ = m.NakWithDelay(r.opts.RetryWait)
+	}
+}
+
+// logFailure logs a failed write at most once per failLogEvery, with
+// "suppressed", how many were left out since the last line.
+func (r *Recorder) logFailure(level slog.Level, msg string, args ...any) {
+	r.failMu.Lock()
+	now := time.Now()
+	if now.Sub(r.failLogged) < failLogEvery {
+		r.failLeft++
+		r.failMu.Unlock()
+		return
+	}
+	if r.failLeft > 0 {
+		args = append(args, "suppressed", r.failLeft)
+	}
+	r.failLogged, r.failLeft = now, 0
+	r.failMu.Unlock()
+	r.opts.Logger.Log(context.Background(), level, msg, args...)
+}
+
+// Refusing reports the table refusing events: a constraint, trigger,
+// privilege or column of the table that PostgreSQL refuses them for, which
+// waiting alone does not fix. Those events wait in the stream, for as long
+// as it keeps them, until the table takes them. nil while it does.
+func (r *Recorder) Refusing() error {
+	f := r.refusal.Load()
+	if f == nil {
+		return nil
+	}
+	return fmt.Errorf("the table %s refuses events since %s (%w); they wait in the stream (nats.stream.max_age) until it takes them",
+		Table, f.since.UTC().Format(time.RFC3339), f.err)
+}
+
+// refused records the table's refusal of an event.
+func (r *Recorder) refused(err error) {
+	since := time.Now()
+	if f := r.refusal.Load(); f != nil {
+		since = f.since
+	}
+	r.refusal.Store(&refusal{err: err, since: since})
 }
 
 // keepAlive sends a progress acknowledgement for msgs every third of
@@ -242,12 +330,18 @@ func (r *Recorder) keepAlive(msgs []jetstream.Msg) func() {
 	}
 }
 
-// writeEach writes rows one at a time, after a batch was refused for a
-// data error. A row PostgreSQL refuses for a data exception (class 22) is
-// written again with its request body as a JSON string, then without its
-// request body and response, so that a request is never missing from the log because
-// of what its client sent; only a row refused in every form is poison.
-func (r *Recorder) writeEach(ctx context.Context, rows [][]any, msgs []jetstream.Msg) {
+// writeEach writes rows one at a time, after a batch was refused, and
+// returns how many it stored. A row PostgreSQL refuses for a data exception
+// (class 22) is written again with its request body as a JSON string, then
+// without its request body and response, so that a request is never
+// missing from the log because of what its client sent; only a row refused
+// in every form for its data is poison. A row refused for the table's sake
+// (a constraint or trigger of it, a column it lacks, a privilege: any other
+// class) is handed back for redelivery and the refusal recorded (Refusing),
+// so that an operator's change to the table loses no event; the rows after
+// it are still written. It returns how many rows it stored and how many it
+// handed back.
+func (r *Recorder) writeEach(ctx context.Context, rows [][]any, msgs []jetstream.Msg) (stored, again int) {
 	for i, row := range rows {
 		err := r.writeAll(ctx, rows[i:i+1])
 		if isDataException(err) {
@@ -266,15 +360,27 @@ func (r *Recorder) writeEach(ctx context.Context, rows [][]any, msgs []jetstream
 		var pgErr *pgconn.PgError
 		switch {
 		case err == nil:
+			stored++
 			r.ack(msgs[i : i+1])
-		case errors.As(err, &pgErr) && (pgErr.Code[:2] == "22" || pgErr.Code[:2] == "23"):
+		case isDataException(err):
 			r.poison(msgs[i], err)
+		case errors.As(err, &pgErr):
+			r.metrics.errors.WithLabelValues(errWrite).Inc()
+			r.refused(err)
+			r.logFailure(slog.LevelError, "recorder: the table refuses an event; it will be redelivered", "request_id", row[0], "err", err)
+			_ = msgs[i].NakWithDelay(r.opts.RetryWait)
+			again++
 		default:
 			r.metrics.errors.WithLabelValues(errWrite).Inc()
-			r.opts.Logger.Error("recorder: write event; it will be redelivered", "request_id", row[0], "err", err)
+			r.logFailure(slog.LevelError, "recorder: write event; it will be redelivered", "request_id", row[0], "err", err)
 			_ = msgs[i].NakWithDelay(r.opts.RetryWait)
+			again++
 		}
 	}
+	if again == 0 {
+		r.refusal.Store(nil)
+	}
+	return stored, again
 }
 
 // isDataException reports whether err is a PostgreSQL data exception

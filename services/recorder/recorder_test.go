@@ -489,3 +489,57 @@ func TestBatchBoundedByBytes(t *testing.T) {
 		t.Errorf("%d events of 300 KiB written in %d batch(es), want at most ~1 MiB (3 events) per batch", n, b)
 	}
 }
+
+// TestTableRefusalsLoseNothing: rows the table refuses for its own sake (a
+// CHECK constraint, a trigger an operator added) are handed back, not
+// terminated, while the rest of their batch is stored; Refusing says so;
+// once the table takes them, they are stored and Refusing clears.
+func TestTableRefusalsLoseNothing(t *testing.T) {
+	js, pool := eventstest.JetStream(t), startPostgres(t)
+	ctx := context.Background()
+	for _, stmt := range []string{
+		`ALTER TABLE ` + Table + ` ADD CONSTRAINT no_429 CHECK (status_code <> 429)`,
+		`CREATE FUNCTION refuse_blocked() RETURNS trigger LANGUAGE plpgsql AS $$
+		 BEGIN IF NEW.key_id = 'blocked' THEN RAISE EXCEPTION 'blocked key'; END IF; RETURN NEW; END $$`,
+		`CREATE TRIGGER refuse_blocked BEFORE INSERT ON ` + Table + ` FOR EACH ROW EXECUTE FUNCTION refuse_blocked()`,
+	} {
+		if _, err := pool.Exec(ctx, stmt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec, err := New(js, pool, testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	publishEvent(t, js, event("ok-1", "key1", 200), "ok-1")
+	publishEvent(t, js, event("limited", "key1", 429), "limited")
+	publishEvent(t, js, event("from-blocked", "blocked", 200), "from-blocked")
+	publishEvent(t, js, event("ok-2", "key2", 200), "ok-2")
+	runRecorder(t, rec)
+	waitRows(t, pool, 2)
+	deadline := time.Now().Add(10 * time.Second)
+	for rec.Refusing() == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("Refusing = nil while the table refuses two events")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := rec.Refusing(); !strings.Contains(err.Error(), "refuses events since") {
+		t.Fatalf("Refusing = %v", err)
+	}
+	if n := testutil.ToFloat64(rec.metrics.errors.WithLabelValues(errPoison)); n != 0 {
+		t.Fatalf("%v events terminated as poison, want none", n)
+	}
+	for _, stmt := range []string{`ALTER TABLE ` + Table + ` DROP CONSTRAINT no_429`, `DROP TRIGGER refuse_blocked ON ` + Table} {
+		if _, err := pool.Exec(ctx, stmt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitRows(t, pool, 4)
+	for deadline := time.Now().Add(10 * time.Second); rec.Refusing() != nil; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("Refusing = %v once the table takes every event", rec.Refusing())
+		}
+	}
+	assertAllAcked(t, js)
+}

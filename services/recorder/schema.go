@@ -103,6 +103,42 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
 	return nil
 }
 
+// CheckTable reports a request-log table that lacks a column the recorder
+// writes (one an operator made beforehand, or altered since): every batch
+// would fail on it, so the recorder does not start writing until it has
+// them.
+func CheckTable(ctx context.Context, pool *pgxpool.Pool) error {
+	rows, err := pool.Query(ctx, `SELECT attname FROM pg_attribute
+		WHERE attrelid = '`+Table+`'::regclass AND attnum > 0 AND NOT attisdropped`)
+	if err != nil {
+		return fmt.Errorf("check table %s: %w", Table, err)
+	}
+	has := map[string]bool{}
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			rows.Close()
+			return fmt.Errorf("check table %s: %w", Table, err)
+		}
+		has[name] = true
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("check table %s: %w", Table, err)
+	}
+	var missing []string
+	for _, c := range columns {
+		if !has[c] {
+			missing = append(missing, c)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("table %s lacks the columns %s that the recorder writes: add them as the README's layout has them",
+			Table, strings.Join(missing, ", "))
+	}
+	return nil
+}
+
 // CheckURL reports whether url is one OpenPool can parse, without
 // connecting; its error never quotes the URL, which may hold a password.
 func CheckURL(url string) error {

@@ -81,3 +81,20 @@ func TestOpenPoolGivesUpOnASilentServer(t *testing.T) {
 		t.Fatal("OpenPool of a silent server did not give up")
 	}
 }
+
+// TestCheckTableNamesMissingColumns: a table that lacks a column the
+// recorder writes is named with the column, rather than taken and every
+// batch failing on it.
+func TestCheckTableNamesMissingColumns(t *testing.T) {
+	pool := startPostgres(t)
+	ctx := context.Background()
+	if err := CheckTable(ctx, pool); err != nil {
+		t.Fatalf("CheckTable on the migrated table: %v", err)
+	}
+	if _, err := pool.Exec(ctx, `ALTER TABLE `+Table+` DROP COLUMN finish_reason`); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckTable(ctx, pool); err == nil || !strings.Contains(err.Error(), "lacks the columns finish_reason") {
+		t.Fatalf("CheckTable = %v, want the missing column named", err)
+	}
+}
