@@ -5,10 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
-	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -106,36 +103,12 @@ func TestFollowUpMetrics(t *testing.T) {
 // it is on one that takes them. It runs a redis-server of its own, with
 // those users.
 func TestWriteReadyTellsARedisThatRefusesWrites(t *testing.T) {
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Skip("no redis-server to run with ACL users")
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	cmd := exec.Command(bin, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir(),
-		"--user", "default", "off",
-		"--user", "full", "on", ">pw", "~*", "&*", "+@all",
-		"--user", "noscript", "on", ">pw", "~*", "&*", "+@all", "-evalsha", "-eval",
-		"--user", "readonly", "on", ">pw", "~*", "&*", "+@read", "+@connection", "+evalsha", "+eval")
-	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("redis-server did not start")
-		}
-	}
+	addr := runRedisServer(t, func(port int) []string {
+		return []string{"--port", fmt.Sprint(port), "--user", "default", "off",
+			"--user", "full", "on", ">pw", "~*", "&*", "+@all",
+			"--user", "noscript", "on", ">pw", "~*", "&*", "+@all", "-evalsha", "-eval",
+			"--user", "readonly", "on", ">pw", "~*", "&*", "+@read", "+@connection", "+evalsha", "+eval"}
+	})
 	for user, ok := range map[string]bool{"full": true, "noscript": false, "readonly": false} {
 		rdb, err := openRedis(&config.Config{Redis: config.Redis{URL: "redis://" + addr, Username: user, Password: "pw"}})
 		if err != nil {

@@ -234,26 +234,23 @@ func TestNATSCredentialsFile(t *testing.T) {
 	}
 }
 
-// TestRedisOverTLSWithClientCertificates: redis.tls gives the connection
-// a private CA and a client certificate, for a Redis that verifies
-// clients (tls-auth-clients), and redis.username an ACL user. It runs a
-// redis-server of its own, as CI machines have one.
-func TestRedisOverTLSWithClientCertificates(t *testing.T) {
+// runRedisServer runs a redis-server of the test's own on a free port of
+// 127.0.0.1, with the arguments args gives for that port (after --bind and
+// a store in a temporary directory), and returns its address once it takes
+// connections. It skips the test on a machine without redis-server.
+func runRedisServer(t *testing.T, args func(port int) []string) string {
+	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
-		t.Skip("no redis-server to run with TLS")
+		t.Skip("no redis-server to run")
 	}
-	pki := newTestPKI(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
-	cmd := exec.Command(bin, "--port", "0", "--tls-port", fmt.Sprint(port), "--bind", "127.0.0.1",
-		"--tls-cert-file", pki.serverCert, "--tls-key-file", pki.serverKeyFile, "--tls-ca-cert-file", pki.caFile,
-		"--tls-auth-clients", "yes", "--save", "", "--appendonly", "no", "--dir", t.TempDir(),
-		"--user", "default", "off", "--user", "gw", "on", ">gw-secret-1", "~*", "&*", "+@all")
+	cmd := exec.Command(bin, append([]string{"--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir()}, args(port)...)...)
 	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -263,12 +260,26 @@ func TestRedisOverTLSWithClientCertificates(t *testing.T) {
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		if c, err := net.Dial("tcp", addr); err == nil {
 			c.Close()
-			break
+			return addr
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("redis-server did not start with TLS")
+			t.Fatal("redis-server did not start")
 		}
 	}
+}
+
+// TestRedisOverTLSWithClientCertificates: redis.tls gives the connection
+// a private CA and a client certificate, for a Redis that verifies
+// clients (tls-auth-clients), and redis.username an ACL user. It runs a
+// redis-server of its own, as CI machines have one.
+func TestRedisOverTLSWithClientCertificates(t *testing.T) {
+	pki := newTestPKI(t)
+	addr := runRedisServer(t, func(port int) []string {
+		return []string{"--port", "0", "--tls-port", fmt.Sprint(port),
+			"--tls-cert-file", pki.serverCert, "--tls-key-file", pki.serverKeyFile, "--tls-ca-cert-file", pki.caFile,
+			"--tls-auth-clients", "yes", "--user", "default", "off", "--user", "gw", "on", ">gw-secret-1", "~*", "&*", "+@all"}
+	})
+	port := addr[strings.LastIndexByte(addr, ':')+1:]
 	for _, c := range []struct {
 		name string
 		r    config.Redis
@@ -276,7 +287,7 @@ func TestRedisOverTLSWithClientCertificates(t *testing.T) {
 	}{
 		{"url", config.Redis{URL: "redis://" + addr, Username: "gw", Password: "gw-secret-1",
 			TLS: config.TLS{CAFile: pki.caFile, CertFile: pki.certFile, KeyFile: pki.keyFile}}, true},
-		{"rediss url", config.Redis{URL: "rediss://gw:gw-secret-1@localhost:" + fmt.Sprint(port),
+		{"rediss url", config.Redis{URL: "rediss://gw:gw-secret-1@localhost:" + port,
 			TLS: config.TLS{CAFile: pki.caFile, CertFile: pki.certFile, KeyFile: pki.keyFile}}, true},
 		{"no client certificate", config.Redis{URL: "redis://" + addr, Username: "gw", Password: "gw-secret-1",
 			TLS: config.TLS{CAFile: pki.caFile}}, false},

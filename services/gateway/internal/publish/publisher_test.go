@@ -57,6 +57,18 @@ func startNATSMaxPayload(t testing.TB, storeDir string, port int, maxPayload int
 // ever, with the event streams in place.
 func connect(t testing.TB, url string) jetstream.JetStream {
 	t.Helper()
+	js := connectBare(t, url)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := events.EnsureStreams(ctx, js, events.StreamOptions{}); err != nil {
+		t.Fatalf("ensure streams: %v", err)
+	}
+	return js
+}
+
+// connectBare is connect without the event streams.
+func connectBare(t testing.TB, url string) jetstream.JetStream {
+	t.Helper()
 	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond))
 	if err != nil {
 		t.Fatalf("connect: %v", err)
@@ -65,11 +77,6 @@ func connect(t testing.TB, url string) jetstream.JetStream {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatalf("jetstream: %v", err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := events.EnsureStreams(ctx, js, events.StreamOptions{}); err != nil {
-		t.Fatalf("ensure streams: %v", err)
 	}
 	return js
 }
@@ -797,15 +804,7 @@ func TestOutboxWriteFailureIsReported(t *testing.T) {
 func TestAnotherStreamCapturingTheSubjects(t *testing.T) {
 	srv := startNATS(t, t.TempDir(), -1)
 	defer srv.Shutdown()
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := connectBare(t, srv.ClientURL())
 	ctx := context.Background()
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "AUDIT", Subjects: []string{"llmproxy.>"}}); err != nil {
 		t.Fatal(err)
@@ -839,15 +838,7 @@ func TestAnotherStreamCapturingTheSubjects(t *testing.T) {
 func TestNoStreamSaysSo(t *testing.T) {
 	srv := startNATS(t, t.TempDir(), -1)
 	defer srv.Shutdown()
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := connectBare(t, srv.ClientURL())
 	p := newPublisher(t, js, t.TempDir(), testOptions(prometheus.NewRegistry()))
 	defer closePublisher(t, p)
 	p.Publish(event(0))
