@@ -949,16 +949,23 @@ func TestUsageOnChunksHiddenFromAClientThatDidNotAsk(t *testing.T) {
 	}
 }
 
+// okBackend serves every request a short chat completion with its usage,
+// and returns its URL.
+func okBackend(t *testing.T) string {
+	t.Helper()
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, `{"choices":[{"message":{"content":"ok"}}],"usage":{"prompt_tokens":1,"completion_tokens":1}}`)
+	}))
+	t.Cleanup(backend.Close)
+	return backend.URL
+}
+
 // TestRefusalEventsCarryNoBody: the event of a request the gateway refused
 // (a model the key may not use, a rate limit, a bad key) has no request
 // body, which a client could otherwise have the stream keep at will; one a
 // backend was sent has it.
 func TestRefusalEventsCarryNoBody(t *testing.T) {
-	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.WriteString(w, `{"choices":[{"message":{"content":"ok"}}],"usage":{"prompt_tokens":1,"completion_tokens":1}}`)
-	}))
-	defer backend.Close()
-	cfg := parseConfig(t, fmt.Sprintf("backends: [{url: %q, models: [m1, m2]}]\napi_keys: [{key: %q, id: k, allowed_models: [m1], limits: {requests_per_minute: 1}}]\n", backend.URL, testKey))
+	cfg := parseConfig(t, fmt.Sprintf("backends: [{url: %q, models: [m1, m2]}]\napi_keys: [{key: %q, id: k, allowed_models: [m1], limits: {requests_per_minute: 1}}]\n", okBackend(t), testKey))
 	gw, s := serveOptions(t, Options{Config: cfg, Admitter: ledger.NewMemoryAdmitter(nil, nil)})
 	body := func(model string) string {
 		return `{"model":"` + model + `","messages":[{"role":"user","content":"` + strings.Repeat("x", 1000) + `"}]}`
@@ -990,11 +997,7 @@ func TestRefusalEventsCarryNoBody(t *testing.T) {
 // key together, are counted and not published; another key id's, and any
 // request a backend served, still are.
 func TestRefusalEventsBudget(t *testing.T) {
-	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.WriteString(w, `{"choices":[{"message":{"content":"ok"}}],"usage":{"prompt_tokens":1,"completion_tokens":1}}`)
-	}))
-	defer backend.Close()
-	cfg := parseConfig(t, fmt.Sprintf("backends: [{url: %q, models: [m1, m2]}]\napi_keys: [{key: %q, id: k, allowed_models: [m1]}]\nlogging: {refusal_events_per_second: 1}\n", backend.URL, testKey))
+	cfg := parseConfig(t, fmt.Sprintf("backends: [{url: %q, models: [m1, m2]}]\napi_keys: [{key: %q, id: k, allowed_models: [m1]}]\nlogging: {refusal_events_per_second: 1}\n", okBackend(t), testKey))
 	reg := prometheus.NewRegistry()
 	gw, s := serveOptions(t, Options{Config: cfg, Registerer: reg})
 	bad := map[string]string{"Authorization": "Bearer sk-nobody-1234567890"}
