@@ -46,6 +46,9 @@ type bus struct {
 	refused atomic.Bool
 	// conn is nc, for the reconnect delay, which may run before nc is set.
 	conn atomic.Pointer[nats.Conn]
+	// streamsErr is why the streams could not be made yet, while streams
+	// is open.
+	streamsErr atomic.Pointer[string]
 }
 
 // reconnectWait and reconnectJitter pace the client's tries to reconnect;
@@ -306,6 +309,8 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 	} else {
 		// A JetStream cluster that has just started needs some seconds to
 		// elect its meta leader before it can create a stream.
+		msg := err.Error()
+		b.streamsErr.Store(&msg)
 		log.Warn("event streams not ready yet; retrying in the background", "err", err)
 		go func() {
 			for ctx.Err() == nil {
@@ -319,6 +324,8 @@ func connectBus(ctx context.Context, cfg *config.Config, url string, e *embedded
 					close(b.streams)
 					return
 				}
+				msg := err.Error()
+				b.streamsErr.Store(&msg)
 				log.Debug("event streams not ready yet", "err", err)
 			}
 		}()
@@ -398,6 +405,16 @@ func (b *bus) jetStreamReady(ctx context.Context) error {
 	defer cancel()
 	if _, err := b.js.AccountInfo(ctx); err != nil {
 		return fmt.Errorf("nats jetstream: %w", err)
+	}
+	// A worker starts once both streams exist (waitStreams).
+	select {
+	case <-b.streams:
+	default:
+		why := "not checked yet"
+		if e := b.streamsErr.Load(); e != nil {
+			why = *e
+		}
+		return fmt.Errorf("the event streams are not made yet, so nothing is consumed (%s); retrying every second", why)
 	}
 	// A worker whose stream has gone reads nothing until it is made again.
 	if _, err := b.js.Stream(ctx, events.StreamName); err != nil {

@@ -365,6 +365,43 @@ func TestBusRemakesADeletedStream(t *testing.T) {
 	}
 }
 
+// TestWorkerNotReadyBeforeItsStreams: a worker whose streams cannot be
+// made (another stream captures the dead letters' subjects) consumes
+// nothing, and /readyz says so, naming what stands in the way.
+func TestWorkerNotReadyBeforeItsStreams(t *testing.T) {
+	ns := startNATS(t, "127.0.0.1", -1)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx := context.Background()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "LETTERS", Subjects: []string{"llmproxy.dlq.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := &config.Config{}
+	cfg.NATS.URL = ns.ClientURL()
+	b, err := openBus(ctx, cfg, false, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.close()
+	err = b.jetStreamReady(ctx)
+	if err == nil || !strings.Contains(err.Error(), "the event streams are not made yet") || !strings.Contains(err.Error(), "stream LETTERS") {
+		t.Fatalf("jetStreamReady = %v, want the streams not made and why", err)
+	}
+	if err := js.DeleteStream(ctx, "LETTERS"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.waitStreams(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.jetStreamReady(ctx); err != nil {
+		t.Fatalf("jetStreamReady once the streams are made: %v", err)
+	}
+}
+
 // TestBusStreamPersistMode: the event stream the bus makes, on the
 // embedded server or an external one, is in the default persist mode (a
 // write per stored event, so a failed write fails its publish and the

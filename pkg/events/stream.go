@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -197,10 +196,16 @@ func overlapping(ctx context.Context, js jetstream.JetStream, err error, subject
 		return ""
 	}
 	for _, s := range subjects {
-		// A subject of the family: the other stream captures some of it.
-		probe := strings.Replace(strings.TrimSuffix(s, ">")+"x", "*", "x", -1)
-		if name, err := js.StreamNameBySubject(ctx, probe); err == nil && name != "" {
-			return name
+		// The server lists the streams whose subjects overlap s.
+		names := js.StreamNames(ctx, jetstream.WithStreamListSubject(s))
+		other := ""
+		for name := range names.Name() { // read whole: the lister sends them all
+			if other == "" {
+				other = name
+			}
+		}
+		if other != "" {
+			return other
 		}
 	}
 	return ""

@@ -3,6 +3,7 @@ package events
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -175,11 +176,17 @@ func TestHeartbeatMissLevel(t *testing.T) {
 func TestStreamCapturingTheSubjectsNamed(t *testing.T) {
 	js := testJetStream(t)
 	ctx := context.Background()
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "AUDIT", Subjects: []string{"llmproxy.>"}}); err != nil {
-		t.Fatal(err)
-	}
-	err := EnsureStreams(ctx, js, StreamOptions{})
-	if err == nil || !strings.Contains(err.Error(), "stream AUDIT already captures llmproxy.v1.>") {
-		t.Fatalf("error %v, want the stream named", err)
+	for i, subject := range []string{"llmproxy.>", "llmproxy.v1.request.completed.k1"} {
+		name := fmt.Sprintf("AUDIT%d", i)
+		if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{subject}}); err != nil {
+			t.Fatal(err)
+		}
+		err := EnsureStreams(ctx, js, StreamOptions{})
+		if err == nil || !strings.Contains(err.Error(), "stream "+name+" already captures llmproxy.v1.>") {
+			t.Fatalf("%s: error %v, want the stream named", subject, err)
+		}
+		if err := js.DeleteStream(ctx, name); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -296,7 +296,7 @@ func (p *Publisher) explain(err error) error {
 	}
 	var api *jetstream.APIError
 	if errors.As(err, &api) && api.ErrorCode == errCodeStreamNotMatch {
-		return fmt.Errorf("%w: another stream than %s captures the events' subjects (see the log's \"ensure stream\" line)", err, events.StreamName)
+		return fmt.Errorf("%w: another stream than %s captures the events' subjects (the log's WARN about the event streams names it)", err, events.StreamName)
 	}
 	return err
 }
