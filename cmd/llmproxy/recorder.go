@@ -37,7 +37,7 @@ func runRecorder(ctx context.Context, cfg *config.Config, b *bus, log *slog.Logg
 			return err
 		}
 		pg.failed(err)
-		log.Warn("recorder: postgres not ready; retrying", "err", err, "in", wait)
+		log.Warn("recorder: postgres not ready; retrying", "err", err, "in", wait.String())
 		select {
 		case <-ctx.Done():
 			return nil

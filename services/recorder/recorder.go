@@ -18,7 +18,6 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -42,21 +41,19 @@ type Recorder struct {
 	// acks; false skips the acks, as if the process had died there.
 	afterCommit func() bool
 
-	// refusal is the table's latest refusal of events, while it refuses
-	// them (see Refusing); nil once a batch is stored whole.
-	refusal atomic.Pointer[refusal]
+	// refusedSeqs are the stream sequences of the events the table
+	// refused and this recorder has not stored since, with when each was
+	// last refused; refusedSince is when the first of them was, and
+	// refusedErr the latest refusal (see Refusing).
+	refMu        sync.Mutex
+	refusedSeqs  map[uint64]time.Time
+	refusedSince time.Time
+	refusedErr   error
 	// failLog rate-limits the lines of failed writes: one per
 	// failLogEvery, counting those left out.
 	failMu     sync.Mutex
 	failLogged time.Time
 	failLeft   int
-}
-
-// refusal is a write PostgreSQL refused for the table's sake, and since when
-// it has been refusing.
-type refusal struct {
-	err   error
-	since time.Time
 }
 
 // failLogEvery is the least time between two lines about failed writes: a
@@ -93,7 +90,9 @@ func (r *Recorder) consumerConfig() jetstream.ConsumerConfig {
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       r.opts.AckWait,
 		MaxDeliver:    -1,
-		MaxAckPending: 4 * r.opts.BatchSize,
+		// Events the table refuses stay pending until it takes them:
+		// room for many of them before the consumer stops delivering.
+		MaxAckPending: max(4*r.opts.BatchSize, 20_000),
 		MaxWaiting:    512,
 	}
 }
@@ -225,20 +224,17 @@ func (r *Recorder) process(ctx context.Context, msgs []jetstream.Msg) bool {
 	stopKeepAlive := r.keepAlive(append(ok[:len(ok):len(ok)], dups...))
 	defer stopKeepAlive()
 	err := r.writeAll(ctx, rows)
-	var pgErr *pgconn.PgError
-	if err != nil && errors.As(err, &pgErr) {
+	if err != nil && !outage(err) {
 		// PostgreSQL refused the batch (a value of one row, a
 		// constraint or trigger of the table): find the rows it refuses
 		// by writing them one at a time, so that the others are stored.
 		r.logFailure(slog.LevelWarn, "recorder: batch refused, writing events one by one", "events", len(rows), "err", err)
-		stored, again := r.writeEach(ctx, rows, ok)
+		stored, down := r.writeEach(ctx, rows, ok)
 		stopKeepAlive()
-		if again == 0 {
-			r.ack(dups)
-		} else {
-			r.nak(dups)
-		}
-		return stored > 0 || again == 0
+		// A duplicate's twin was settled with its row; should the row be
+		// handed back, the duplicate comes back with it, harmlessly.
+		r.ack(dups)
+		return stored > 0 || !down
 	}
 	stopKeepAlive()
 	if err != nil {
@@ -247,7 +243,7 @@ func (r *Recorder) process(ctx context.Context, msgs []jetstream.Msg) bool {
 		r.nak(append(ok, dups...))
 		return false
 	}
-	r.refusal.Store(nil)
+	r.stored(ok)
 	if r.afterCommit != nil && !r.afterCommit() {
 		return true
 	}
@@ -285,21 +281,20 @@ func (r *Recorder) logFailure(level slog.Level, msg string, args ...any) {
 // waiting alone does not fix. Those events wait in the stream, for as long
 // as it keeps them, until the table takes them. nil while it does.
 func (r *Recorder) Refusing() error {
-	f := r.refusal.Load()
-	if f == nil {
+	r.refMu.Lock()
+	defer r.refMu.Unlock()
+	// An event not seen again for long enough (stored by another
+	// recorder, or gone from the stream) no longer counts.
+	for seq, at := range r.refusedSeqs {
+		if time.Since(at) > 2*maxRefusedDelay+time.Minute {
+			delete(r.refusedSeqs, seq)
+		}
+	}
+	if len(r.refusedSeqs) == 0 {
 		return nil
 	}
-	return fmt.Errorf("the table %s refuses events since %s (%w); they wait in the stream (nats.stream.max_age) until it takes them",
-		Table, f.since.UTC().Format(time.RFC3339), f.err)
-}
-
-// refused records the table's refusal of an event.
-func (r *Recorder) refused(err error) {
-	since := time.Now()
-	if f := r.refusal.Load(); f != nil {
-		since = f.since
-	}
-	r.refusal.Store(&refusal{err: err, since: since})
+	return fmt.Errorf("the table %s refuses events since %s, %d of them now (%w); they wait in the stream (nats.stream.max_age) until it takes them",
+		Table, r.refusedSince.UTC().Format(time.RFC3339), len(r.refusedSeqs), r.refusedErr)
 }
 
 // keepAlive sends a progress acknowledgement for msgs every third of
@@ -331,56 +326,153 @@ func (r *Recorder) keepAlive(msgs []jetstream.Msg) func() {
 }
 
 // writeEach writes rows one at a time, after a batch was refused, and
-// returns how many it stored. A row PostgreSQL refuses for a data exception
-// (class 22) is written again with its request body as a JSON string, then
-// without its request body and response, so that a request is never
-// missing from the log because of what its client sent; only a row refused
-// in every form for its data is poison. A row refused for the table's sake
-// (a constraint or trigger of it, a column it lacks, a privilege: any other
-// class) is handed back for redelivery and the refusal recorded (Refusing),
-// so that an operator's change to the table loses no event; the rows after
-// it are still written. It returns how many rows it stored and how many it
-// handed back.
-func (r *Recorder) writeEach(ctx context.Context, rows [][]any, msgs []jetstream.Msg) (stored, again int) {
+// returns how many it stored and whether it met an outage. A row PostgreSQL
+// refuses for a data exception (class 22) is written again with its request
+// body as a JSON string, then without its request body and response, so
+// that a request is never missing from the log because of what its client
+// sent; a row refused in every form is poison only if the recorder's own
+// layout of the table would refuse it too (the event's values are at
+// fault). Any other refusal is the table's (a constraint, trigger, column
+// type or privilege an operator changed): the row is handed back, later
+// each time it comes back (refusedDelay), so that it does not crowd out the
+// events after it, and the refusal recorded (Refusing). At an outage (the
+// database refusing connections) the rows left are handed back at once.
+func (r *Recorder) writeEach(ctx context.Context, rows [][]any, msgs []jetstream.Msg) (stored int, down bool) {
 	for i, row := range rows {
+		if down {
+			_ = msgs[i].NakWithDelay(r.opts.RetryWait)
+			continue
+		}
 		err := r.writeAll(ctx, rows[i:i+1])
 		if isDataException(err) {
 			r.opts.Logger.Warn("recorder: event refused, storing its request body as text", "request_id", row[0], "err", err)
 			err = r.writeAll(ctx, [][]any{bodyAsText(row)})
 		}
+		var bare []any
 		if isDataException(err) {
 			r.opts.Logger.Warn("recorder: event refused, storing it without its bodies", "request_id", row[0], "err", err)
-			bare, berr := withoutBodies(row)
-			if berr != nil {
+			var berr error
+			if bare, berr = withoutBodies(row); berr != nil {
 				err = fmt.Errorf("%w; without bodies: %w", err, berr)
 			} else {
 				err = r.writeAll(ctx, [][]any{bare})
 			}
 		}
-		var pgErr *pgconn.PgError
 		switch {
 		case err == nil:
 			stored++
+			r.stored(msgs[i : i+1])
 			r.ack(msgs[i : i+1])
-		case isDataException(err):
-			r.poison(msgs[i], err)
-		case errors.As(err, &pgErr):
-			r.metrics.errors.WithLabelValues(errWrite).Inc()
-			r.refused(err)
-			r.logFailure(slog.LevelError, "recorder: the table refuses an event; it will be redelivered", "request_id", row[0], "err", err)
-			_ = msgs[i].NakWithDelay(r.opts.RetryWait)
-			again++
-		default:
+		case outage(err):
+			down = true
 			r.metrics.errors.WithLabelValues(errWrite).Inc()
 			r.logFailure(slog.LevelError, "recorder: write event; it will be redelivered", "request_id", row[0], "err", err)
 			_ = msgs[i].NakWithDelay(r.opts.RetryWait)
-			again++
+		case isDataException(err) && (bare == nil || !r.fitsOwnLayout(ctx, bare)):
+			r.poison(msgs[i], err)
+		default:
+			r.metrics.errors.WithLabelValues(errWrite).Inc()
+			r.refused(msgs[i], err)
+			r.logFailure(slog.LevelError, "recorder: the table refuses an event; it will be redelivered", "request_id", row[0], "err", err)
 		}
 	}
-	if again == 0 {
-		r.refusal.Store(nil)
+	return stored, down
+}
+
+// outage reports a failure of the database rather than a refusal of rows:
+// no answer, or PostgreSQL refusing the connection or the session (classes
+// 08 connection, 28 authorization, 3D database, 53 resources, 57 operator
+// intervention, 58 system error).
+func outage(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return true
 	}
-	return stored, again
+	switch pgErr.Code[:2] {
+	case "08", "28", "3D", "53", "57", "58":
+		return true
+	}
+	return false
+}
+
+// ownLayout is the request-log table as Migrate makes it, as a temporary
+// table: fitsOwnLayout tries a row there.
+var ownLayout = strings.Replace(migration[1], "CREATE TABLE IF NOT EXISTS "+Table, "CREATE TEMP TABLE llmproxy_requests_own", 1) +
+	" ON COMMIT DROP"
+
+// fitsOwnLayout reports whether row, refused by the table, would be taken
+// by the table as Migrate makes it: then the table was changed, and it is
+// at fault, not the event. A check that cannot run says it would fit, so
+// that nothing is terminated for want of an answer.
+func (r *Recorder) fitsOwnLayout(ctx context.Context, row []any) bool {
+	ctx, cancel := context.WithTimeout(ctx, r.opts.WriteTimeout)
+	defer cancel()
+	tx, err := r.pool.Begin(ctx)
+	if err != nil {
+		return true
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, ownLayout); err != nil {
+		return true
+	}
+	_, err = tx.CopyFrom(ctx, pgx.Identifier{"llmproxy_requests_own"}, columns, pgx.CopyFromRows([][]any{row}))
+	return err == nil || !isDataException(err)
+}
+
+// refusedDelay is how long an event the table refused waits before it
+// comes back: RetryWait, doubling with each delivery, up to maxRefusedDelay.
+// Events the table keeps refusing thus come back seldom, and the consumer
+// delivers the events after them meanwhile.
+func (r *Recorder) refusedDelay(m jetstream.Msg) time.Duration {
+	n := uint64(1)
+	if md, err := m.Metadata(); err == nil && md.NumDelivered > 0 {
+		n = md.NumDelivered
+	}
+	d := r.opts.RetryWait
+	for ; n > 1 && d < maxRefusedDelay; n-- {
+		d *= 2
+	}
+	return min(d, maxRefusedDelay)
+}
+
+// maxRefusedDelay bounds refusedDelay.
+const maxRefusedDelay = 5 * time.Minute
+
+// refused hands m back, the table having refused it for err, and records
+// the refusal for Refusing.
+func (r *Recorder) refused(m jetstream.Msg, err error) {
+	_ = m.NakWithDelay(r.refusedDelay(m))
+	seq := streamSeq(m)
+	now := time.Now()
+	r.refMu.Lock()
+	defer r.refMu.Unlock()
+	if len(r.refusedSeqs) == 0 {
+		r.refusedSince = now
+	}
+	if r.refusedSeqs == nil {
+		r.refusedSeqs = map[uint64]time.Time{}
+	}
+	r.refusedSeqs[seq] = now
+	r.refusedErr = err
+}
+
+// stored clears the refusals of msgs, which are now in the table.
+func (r *Recorder) stored(msgs []jetstream.Msg) {
+	r.refMu.Lock()
+	defer r.refMu.Unlock()
+	if len(r.refusedSeqs) == 0 {
+		return
+	}
+	for _, m := range msgs {
+		delete(r.refusedSeqs, streamSeq(m))
+	}
+}
+
+func streamSeq(m jetstream.Msg) uint64 {
+	if md, err := m.Metadata(); err == nil {
+		return md.Sequence.Stream
+	}
+	return 0
 }
 
 // isDataException reports whether err is a PostgreSQL data exception

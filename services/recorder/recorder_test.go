@@ -3,6 +3,7 @@ package recorder
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"reflect"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -542,4 +544,86 @@ func TestTableRefusalsLoseNothing(t *testing.T) {
 		}
 	}
 	assertAllAcked(t, js)
+}
+
+// TestNarrowedColumnHoldsEvents: a column an operator narrowed (a value of
+// the event's that PostgreSQL then refuses, class 22) is the table's fault,
+// since the recorder's own layout takes the value: the event is held, not
+// terminated, and stored once the column is widened again.
+func TestNarrowedColumnHoldsEvents(t *testing.T) {
+	js, pool := eventstest.JetStream(t), startPostgres(t)
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, `ALTER TABLE `+Table+` ALTER COLUMN key_name TYPE varchar(6)`); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := New(js, pool, testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	publishEvent(t, js, event("short", "k", 200), "short")        // "team k" fits
+	publishEvent(t, js, event("long", "a-long-key", 200), "long") // "team a-long-key" does not
+	runRecorder(t, rec)
+	waitRows(t, pool, 1)
+	for deadline := time.Now().Add(10 * time.Second); rec.Refusing() == nil; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("Refusing = nil while the table refuses an event")
+		}
+	}
+	if n := testutil.ToFloat64(rec.metrics.errors.WithLabelValues(errPoison)); n != 0 {
+		t.Fatalf("%v events terminated as poison, want none", n)
+	}
+	if _, err := pool.Exec(ctx, `ALTER TABLE `+Table+` ALTER COLUMN key_name TYPE text`); err != nil {
+		t.Fatal(err)
+	}
+	waitRows(t, pool, 2)
+}
+
+// TestRefusedEventsDoNotHoldBackOthers: many events the table refuses
+// come back later each time, so the events published after them are
+// delivered and stored meanwhile.
+func TestRefusedEventsDoNotHoldBackOthers(t *testing.T) {
+	js, pool := eventstest.JetStream(t), startPostgres(t)
+	ctx := context.Background()
+	for _, stmt := range []string{
+		`CREATE FUNCTION refuse_blocked() RETURNS trigger LANGUAGE plpgsql AS $$
+		 BEGIN IF NEW.key_id = 'blocked' THEN RAISE EXCEPTION 'blocked key'; END IF; RETURN NEW; END $$`,
+		`CREATE TRIGGER refuse_blocked BEFORE INSERT ON ` + Table + ` FOR EACH ROW EXECUTE FUNCTION refuse_blocked()`,
+	} {
+		if _, err := pool.Exec(ctx, stmt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec, err := New(js, pool, testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 300 {
+		id := fmt.Sprintf("blocked-%d", i)
+		publishEvent(t, js, event(id, "blocked", 200), id)
+	}
+	runRecorder(t, rec)
+	time.Sleep(time.Second) // the refused events go round a few times
+	for i := range 5 {
+		id := fmt.Sprintf("after-%d", i)
+		publishEvent(t, js, event(id, "key1", 200), id)
+	}
+	waitRows(t, pool, 5)
+	// The others stored do not clear the refusal of those still refused.
+	if err := rec.Refusing(); err == nil || !strings.Contains(err.Error(), "300 of them now") {
+		t.Fatalf("Refusing = %v, want the 300 events still refused", err)
+	}
+}
+
+// TestOutageIsNoRefusal: the database refusing the connection or session
+// is an outage, to wait out; a refusal of the rows is not.
+func TestOutageIsNoRefusal(t *testing.T) {
+	for code, want := range map[string]bool{"57P03": true, "53300": true, "28P01": true, "3D000": true, "08006": true,
+		"23514": false, "P0001": false, "42703": false, "22001": false} {
+		if got := outage(&pgconn.PgError{Code: code}); got != want {
+			t.Errorf("outage(%s) = %v, want %v", code, got, want)
+		}
+	}
+	if !outage(errors.New("dial tcp: connection refused")) {
+		t.Error("a connection that failed is no outage")
+	}
 }

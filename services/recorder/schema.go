@@ -133,7 +133,7 @@ func CheckTable(ctx context.Context, pool *pgxpool.Pool) error {
 		}
 	}
 	if len(missing) > 0 {
-		return fmt.Errorf("table %s lacks the columns %s that the recorder writes: add them as the README's layout has them",
+		return fmt.Errorf("table %s lacks the recorder's columns %s: add them as the README's layout has them",
 			Table, strings.Join(missing, ", "))
 	}
 	return nil

@@ -94,7 +94,7 @@ func TestCheckTableNamesMissingColumns(t *testing.T) {
 	if _, err := pool.Exec(ctx, `ALTER TABLE `+Table+` DROP COLUMN finish_reason`); err != nil {
 		t.Fatal(err)
 	}
-	if err := CheckTable(ctx, pool); err == nil || !strings.Contains(err.Error(), "lacks the columns finish_reason") {
+	if err := CheckTable(ctx, pool); err == nil || !strings.Contains(err.Error(), "lacks the recorder's columns finish_reason") {
 		t.Fatalf("CheckTable = %v, want the missing column named", err)
 	}
 }
