@@ -1713,9 +1713,11 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 	}
 	if x.upstream == nil && x.adm == nil && x.status >= 400 && ev.Usage.TotalTokens == 0 && !g.refusals.allow(ev.KeyID, float64(x.rt.cfg.Logging.RefusalEvents), time.Now()) {
 		// A refusal past its key's budget: nothing to bill, no
-		// reservation to settle, so nothing but its record is lost.
+		// reservation to settle, so nothing but its record is lost. A
+		// client hammering a limited key does this as a matter of
+		// course: INFO, not a warning.
 		g.metrics.unrecorded.Inc()
-		g.logFailure(slog.LevelWarn, "refusal events not published: past logging.refusal_events_per_second", "key_id", ev.KeyID)
+		g.logFailure(slog.LevelInfo, "refusal events not published: past logging.refusal_events_per_second", "key_id", ev.KeyID)
 	} else if d, ok := g.events.(durableSink); ok {
 		if !x.committed {
 			// Refusals and /v1/models finish after their reply is
