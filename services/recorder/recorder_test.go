@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -492,23 +493,31 @@ func TestBatchBoundedByBytes(t *testing.T) {
 	}
 }
 
+// refuseBlockedFn and refuseBlockedTrigger make the table refuse the rows
+// of key "blocked", as a trigger an operator adds would.
+const (
+	refuseBlockedFn = `CREATE FUNCTION refuse_blocked() RETURNS trigger LANGUAGE plpgsql AS $$
+		 BEGIN IF NEW.key_id = 'blocked' THEN RAISE EXCEPTION 'blocked key'; END IF; RETURN NEW; END $$`
+	refuseBlockedTrigger = `CREATE TRIGGER refuse_blocked BEFORE INSERT ON ` + Table + ` FOR EACH ROW EXECUTE FUNCTION refuse_blocked()`
+)
+
+// execAll runs stmts on pool, failing the test at the first error.
+func execAll(t *testing.T, pool *pgxpool.Pool, stmts ...string) {
+	t.Helper()
+	for _, stmt := range stmts {
+		if _, err := pool.Exec(context.Background(), stmt); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // TestTableRefusalsLoseNothing: rows the table refuses for its own sake (a
 // CHECK constraint, a trigger an operator added) are handed back, not
 // terminated, while the rest of their batch is stored; Refusing says so;
 // once the table takes them, they are stored and Refusing clears.
 func TestTableRefusalsLoseNothing(t *testing.T) {
 	js, pool := eventstest.JetStream(t), startPostgres(t)
-	ctx := context.Background()
-	for _, stmt := range []string{
-		`ALTER TABLE ` + Table + ` ADD CONSTRAINT no_429 CHECK (status_code <> 429)`,
-		`CREATE FUNCTION refuse_blocked() RETURNS trigger LANGUAGE plpgsql AS $$
-		 BEGIN IF NEW.key_id = 'blocked' THEN RAISE EXCEPTION 'blocked key'; END IF; RETURN NEW; END $$`,
-		`CREATE TRIGGER refuse_blocked BEFORE INSERT ON ` + Table + ` FOR EACH ROW EXECUTE FUNCTION refuse_blocked()`,
-	} {
-		if _, err := pool.Exec(ctx, stmt); err != nil {
-			t.Fatal(err)
-		}
-	}
+	execAll(t, pool, `ALTER TABLE `+Table+` ADD CONSTRAINT no_429 CHECK (status_code <> 429)`, refuseBlockedFn, refuseBlockedTrigger)
 	rec, err := New(js, pool, testOptions())
 	if err != nil {
 		t.Fatal(err)
@@ -532,11 +541,7 @@ func TestTableRefusalsLoseNothing(t *testing.T) {
 	if n := testutil.ToFloat64(rec.metrics.errors.WithLabelValues(errPoison)); n != 0 {
 		t.Fatalf("%v events terminated as poison, want none", n)
 	}
-	for _, stmt := range []string{`ALTER TABLE ` + Table + ` DROP CONSTRAINT no_429`, `DROP TRIGGER refuse_blocked ON ` + Table} {
-		if _, err := pool.Exec(ctx, stmt); err != nil {
-			t.Fatal(err)
-		}
-	}
+	execAll(t, pool, `ALTER TABLE `+Table+` DROP CONSTRAINT no_429`, `DROP TRIGGER refuse_blocked ON `+Table)
 	waitRows(t, pool, 4)
 	for deadline := time.Now().Add(10 * time.Second); rec.Refusing() != nil; time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -583,16 +588,7 @@ func TestNarrowedColumnHoldsEvents(t *testing.T) {
 // delivered and stored meanwhile.
 func TestRefusedEventsDoNotHoldBackOthers(t *testing.T) {
 	js, pool := eventstest.JetStream(t), startPostgres(t)
-	ctx := context.Background()
-	for _, stmt := range []string{
-		`CREATE FUNCTION refuse_blocked() RETURNS trigger LANGUAGE plpgsql AS $$
-		 BEGIN IF NEW.key_id = 'blocked' THEN RAISE EXCEPTION 'blocked key'; END IF; RETURN NEW; END $$`,
-		`CREATE TRIGGER refuse_blocked BEFORE INSERT ON ` + Table + ` FOR EACH ROW EXECUTE FUNCTION refuse_blocked()`,
-	} {
-		if _, err := pool.Exec(ctx, stmt); err != nil {
-			t.Fatal(err)
-		}
-	}
+	execAll(t, pool, refuseBlockedFn, refuseBlockedTrigger)
 	rec, err := New(js, pool, testOptions())
 	if err != nil {
 		t.Fatal(err)
