@@ -212,6 +212,13 @@ func (g *Gateway) begin(w http.ResponseWriter, r *http.Request) *exchange {
 	return x
 }
 
+// refusedUnadmitted reports a request refused before it was admitted or
+// any backend asked: it billed nothing and holds no reservation, so no
+// usage depends on its event.
+func (x *exchange) refusedUnadmitted() bool {
+	return x.upstream == nil && x.adm == nil && x.status >= 400
+}
+
 // requestBody is the request body the event carries: as the client sent
 // it (after any on_request rewrite), without what the gateway added.
 func (x *exchange) requestBody() []byte {
@@ -1711,7 +1718,7 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 		}
 		scrubEventSecret(ev, x.secret)
 	}
-	if x.upstream == nil && x.adm == nil && x.status >= 400 && ev.Usage.TotalTokens == 0 && !g.refusals.allow(ev.KeyID, float64(x.rt.cfg.Logging.RefusalEvents), time.Now()) {
+	if x.refusedUnadmitted() && !g.refusals.allow(ev.KeyID, float64(x.rt.cfg.Logging.RefusalEvents), time.Now()) {
 		// A refusal past its key's budget: nothing to bill, no
 		// reservation to settle, so nothing but its record is lost. A
 		// client hammering a limited key does this as a matter of
