@@ -97,18 +97,20 @@ logging: { level: warn }
 
 // TestReadyWithinAnswersWhenTheStoreDoesNot: a readiness check whose store
 // does not answer, and whose client does not heed the context, still fails
-// once its bound has passed.
+// once its bound has passed, naming the store it was asking.
 func TestReadyWithinAnswersWhenTheStoreDoesNot(t *testing.T) {
 	stuck := make(chan struct{})
 	defer close(stuck)
-	check := readyWithin(50*time.Millisecond, "NATS or Redis", func(context.Context) error {
+	check := readyWithin(50*time.Millisecond, func(_ context.Context, asking func(string)) error {
+		asking("NATS") // answers
+		asking("Redis")
 		<-stuck // a frozen server's socket: no answer, whatever the context says
 		return nil
 	})
-	if err := check(context.Background()); err == nil || err.Error() != "no answer within 50ms from NATS or Redis" {
-		t.Fatalf("check = %v, want it to say nothing answered within its bound", err)
+	if err := check(context.Background()); err == nil || err.Error() != "no answer within 50ms from Redis" {
+		t.Fatalf("check = %v, want it to say Redis did not answer within its bound", err)
 	}
-	if err := readyWithin(time.Second, "Redis", func(context.Context) error { return errors.New("redis: down") })(context.Background()); err == nil || err.Error() != "redis: down" {
+	if err := readyWithin(time.Second, readyOf("Redis", func(context.Context) error { return errors.New("redis: down") }))(context.Background()); err == nil || err.Error() != "redis: down" {
 		t.Fatalf("a check that answers: %v, want its own error", err)
 	}
 }

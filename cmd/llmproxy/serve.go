@@ -216,20 +216,35 @@ const readyTimeout = 2 * time.Second
 // but does not answer (a frozen Redis or NATS) fails the check once d has
 // passed, not after its client's own timeouts (5 to 10 s), which a load
 // balancer's probe with a shorter timeout would count as a failure of the
-// process itself. The check goes on in the background until its client
-// gives up.
-func readyWithin(d time.Duration, stores string, ready func(context.Context) error) func(context.Context) error {
+// process itself. ready names each store before it asks it (asking), so
+// that the failure names the one that did not answer. The check goes on
+// in the background until its client gives up.
+func readyWithin(d time.Duration, ready func(ctx context.Context, asking func(store string)) error) func(context.Context) error {
 	return func(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, d)
 		defer cancel()
+		var store atomic.Pointer[string]
+		asking := func(s string) { store.Store(&s) }
 		done := make(chan error, 1)
-		go func() { done <- ready(ctx) }()
+		go func() { done <- ready(ctx, asking) }()
 		select {
 		case err := <-done:
 			return err
 		case <-ctx.Done():
-			return fmt.Errorf("no answer within %s from %s", d, stores)
+			name := "its stores"
+			if s := store.Load(); s != nil {
+				name = *s
+			}
+			return fmt.Errorf("no answer within %s from %s", d, name)
 		}
+	}
+}
+
+// readyOf is the readiness check of one store, for readyWithin.
+func readyOf(store string, ready func(context.Context) error) func(context.Context, func(string)) error {
+	return func(ctx context.Context, asking func(string)) error {
+		asking(store)
+		return ready(ctx)
 	}
 }
 
@@ -322,7 +337,7 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 		// stream, /readyz says why, and both carry on on their own once
 		// it answers. (Exiting would leave a gateway's outbox unsent and
 		// its restart to a supervisor.)
-		if err := readyWithin(time.Second, "Redis", lh.ready)(ctx); err != nil {
+		if err := readyWithin(time.Second, readyOf("Redis", lh.ready))(ctx); err != nil {
 			log.Warn("redis is not ready; starting anyway, as if it had just gone away (/readyz fails until it is)", "err", err)
 		}
 	}
@@ -336,18 +351,11 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 	// stopping is set once the process begins to shut down: its
 	// listeners close, so a load balancer must stop sending to it now.
 	var stopping atomic.Bool
-	// The stores /readyz asks, named when one does not answer.
-	stores := []string{"NATS"}
-	if lh != nil && lh.ready != nil {
-		stores = append(stores, "Redis")
-	}
-	if pg != nil {
-		stores = append(stores, "PostgreSQL")
-	}
-	readyFn := readyWithin(readyTimeout, strings.Join(stores, " or "), func(ctx context.Context) error {
+	readyFn := readyWithin(readyTimeout, func(ctx context.Context, asking func(string)) error {
 		if stopping.Load() {
 			return errors.New("shutting down")
 		}
+		asking("NATS")
 		if err := b.ready(); err != nil {
 			return err
 		}
@@ -360,11 +368,13 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 			}
 		}
 		if lh != nil && lh.ready != nil {
+			asking("Redis")
 			if err := lh.ready(ctx); err != nil {
 				return fmt.Errorf("redis: %w", err)
 			}
 		}
 		if pg != nil {
+			asking("PostgreSQL")
 			return pg.ready(ctx)
 		}
 		return nil
