@@ -7,6 +7,8 @@ import (
 	"math"
 
 	lua "github.com/yuin/gopher-lua"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
 )
 
 // Every On* method is safe for concurrent use, returns at once when no
@@ -204,6 +206,12 @@ func identityFrom(ret lua.LValue) (*Identity, error) {
 		if id.ID != "" && !validID(id.ID) {
 			return nil, fmt.Errorf("returned id %s, want at most %d bytes and no spaces or control characters "+
 				"(it names the identity's events' subject and its limits' state)", quoteID(id.ID), maxIDLen)
+		}
+		if config.ReservedKeyID(id.ID) {
+			// Its requests would be counted, limited and listed with
+			// those of no key, and left out of the webhooks that skip
+			// them.
+			return nil, fmt.Errorf("returned id %s, which the gateway gives requests without a key of their own; no identity may take it", quoteID(id.ID))
 		}
 		switch lim := ret.RawGetString("limits").(type) {
 		case *lua.LNilType:

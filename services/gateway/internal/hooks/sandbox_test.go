@@ -466,6 +466,26 @@ func TestOnAuthIdIsBounded(t *testing.T) {
 	}
 }
 
+// TestOnAuthReservedIds: an identity may not take the ids the gateway gives
+// requests without a key ("anonymous" with auth off, "unauthenticated" for
+// refusals): its requests would be counted with theirs, and skipped by every
+// webhook that skips those.
+func TestOnAuthReservedIds(t *testing.T) {
+	e := newEngine(t, `function on_auth(req) return {id = req.headers:get("X-Id")} end`, Options{})
+	for _, c := range []struct {
+		id string
+		ok bool
+	}{{"anonymous", false}, {"unauthenticated", false}, {"anonymous-1", true}, {"Anonymous", true}} {
+		id, err := e.OnAuth(context.Background(), &Request{Headers: http.Header{"X-Id": {c.id}}})
+		if c.ok && (err != nil || id == nil || id.ID != c.id) {
+			t.Errorf("id %q: %+v, %v; want the identity", c.id, id, err)
+		}
+		if !c.ok && (!errors.Is(err, ErrScript) || !strings.Contains(err.Error(), "returned id \""+c.id+"\"")) {
+			t.Errorf("id %q: %+v, %v; want ErrScript naming the reserved id", c.id, id, err)
+		}
+	}
+}
+
 // TestRawsetOfADeclaredGlobal: rawset on a script's environment changes a
 // global its top-level code declared, as an assignment does.
 func TestRawsetOfADeclaredGlobal(t *testing.T) {
