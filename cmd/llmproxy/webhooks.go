@@ -126,7 +126,9 @@ func runWebhooks(args []string, stdout, stderr io.Writer) int {
 		if err == nil && unknownEndpoint(n) {
 			return 1
 		}
-		fmt.Fprintf(stdout, "discarded %d dead letter(s)\n", n)
+		if err == nil || n > 0 { // how far it got before the error
+			fmt.Fprintf(stdout, "discarded %d dead letter(s)\n", n)
+		}
 		if err != nil {
 			fmt.Fprintln(stderr, "llmproxy webhooks:", err)
 			return 1
@@ -143,7 +145,9 @@ func runWebhooks(args []string, stdout, stderr io.Writer) int {
 		if err == nil && unknownEndpoint(n) {
 			return 1
 		}
-		fmt.Fprintf(stdout, "replayed %d dead letter(s)\n", n)
+		if err == nil || n > 0 { // how far it got before the error
+			fmt.Fprintf(stdout, "replayed %d dead letter(s)\n", n)
+		}
 		if err != nil {
 			fmt.Fprintln(stderr, "llmproxy webhooks:", err)
 			return 1

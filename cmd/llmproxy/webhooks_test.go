@@ -140,8 +140,8 @@ func TestDLQDiscard(t *testing.T) {
 	// An id that selects nothing (a typo, or one discarded already) is
 	// an error, as it is for replay: exit 1, saying so.
 	for _, sub := range []string{"discard", "replay", "list"} {
-		if code, _, errOut := runCmd(runWebhooks, "dlq", sub, "--config", path, "--id", "req-1"); code != 1 || !strings.Contains(errOut, `no dead letter "req-1"`) || count() != 2 {
-			t.Fatalf("%s --id req-1 again: exit %d, %q", sub, code, errOut)
+		if code, out, errOut := runCmd(runWebhooks, "dlq", sub, "--config", path, "--id", "req-1"); code != 1 || !strings.Contains(errOut, `no dead letter "req-1"`) || out != "" || count() != 2 {
+			t.Fatalf("%s --id req-1 again: exit %d, %q, stdout %q (want nothing there)", sub, code, errOut, out)
 		}
 	}
 	// So is an endpoint the config does not name, when it has none.
