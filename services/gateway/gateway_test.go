@@ -479,6 +479,41 @@ func TestLongReplyWithoutUsageIsEstimated(t *testing.T) {
 	}
 }
 
+// TestEstimateBoundByTheRequestsCap: a reply without usage whose text the
+// gateway's tokenizer counts as more tokens than the request's max_tokens
+// (times n) let the engine make is billed the cap, not the count; a cap only
+// under another spelling, which vLLM ignores, bounds nothing.
+func TestEstimateBoundByTheRequestsCap(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		// Words cl100k splits into several tokens each.
+		_, _ = io.WriteString(w, `{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"`+
+			strings.Repeat(" xqzvkj", 40)+`"},"finish_reason":"length"}]}`)
+	}))
+	defer backend.Close()
+	gw, s := newTestGateway(t, backend.URL, "")
+	for _, c := range []struct {
+		caps     string
+		atMost   int64
+		moreThan int64
+	}{
+		{`"max_tokens":14`, 14, 13},
+		{`"max_tokens":14,"n":2`, 28, 27},
+		{`"MAX_TOKENS":14`, 1 << 20, 80},
+		{``, 1 << 20, 80},
+	} {
+		body := `{"model":"m1","messages":[{"role":"user","content":"hi"}]` + map[bool]string{true: "", false: "," + c.caps}[c.caps == ""] + `}`
+		if resp, b := do(t, "POST", gw.URL+"/v1/chat/completions", body, withKey()); resp.StatusCode != 200 {
+			t.Fatalf("%s: %d %.200s", body, resp.StatusCode, b)
+		}
+		ev := s.next(t)
+		if n := ev.Usage.CompletionTokens; ev.UsageSource != estimatedSource || n > c.atMost || n <= c.moreThan {
+			t.Errorf("%s: %d completion tokens (%s), want more than %d and at most %d", body, n, ev.UsageSource, c.moreThan, c.atMost)
+		}
+	}
+}
+
 // TestLongEmbeddingsWithoutUsageBillNoCompletion: a whole embeddings reply
 // over 8 MiB without usage holds no text past what was kept either: its
 // length is not billed as completion tokens.

@@ -1682,6 +1682,10 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 		}
 		if !res.Found {
 			res.CompletionTokens = min(estimateCompletion(res), events.MaxTokenCount)
+			if b := x.info.CompletionBound(x.path); b > 0 {
+				// No more than the engine could have made.
+				res.CompletionTokens = min(res.CompletionTokens, b)
+			}
 		}
 	}
 	if !x.delivered {

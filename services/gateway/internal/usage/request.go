@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"unsafe"
 
@@ -399,6 +400,25 @@ func (info RequestInfo) CompletionCap(path string) int64 {
 		return info.MaxNewTokens
 	}
 	return max(info.MaxTokens, info.NumPredict, info.MaxNewTokens)
+}
+
+// CompletionBound is the most completion tokens, all choices together, an
+// engine behind path that honours the request's cap can generate: the cap
+// times the choices; 0 when the request sets no cap every engine reads (none,
+// or one only under a name in another case, which vLLM, TGI and llama.cpp
+// ignore). An estimate of a reply's completion is never more: the gateway's
+// tokenizer is not the engine's, and counts more tokens than the engine
+// made in some texts.
+func (info RequestInfo) CompletionBound(path string) int64 {
+	limit := info.CompletionCap(path)
+	if limit <= 0 || info.CapsFolded {
+		return 0
+	}
+	c := max(info.Choices, 1)
+	if limit > math.MaxInt64/c {
+		return math.MaxInt64
+	}
+	return limit * c
 }
 
 // capNames are the completion caps' names: at the top level, in

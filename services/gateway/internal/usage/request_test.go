@@ -3,6 +3,7 @@ package usage
 import (
 	"encoding/json"
 	"errors"
+	"math"
 	"testing"
 )
 
@@ -155,6 +156,33 @@ func TestCompletionCap(t *testing.T) {
 		}
 		if got := info.CompletionCap(c.path); got != c.want {
 			t.Errorf("%s %s: cap %d, want %d", c.path, c.body, got, c.want)
+		}
+	}
+}
+
+// TestCompletionBound: the most completion tokens a request's cap lets an
+// engine generate, every choice counted; none when an engine may not read
+// the cap.
+func TestCompletionBound(t *testing.T) {
+	for _, c := range []struct {
+		path, body string
+		want       int64
+	}{
+		{"/v1/messages", `{"max_tokens":14}`, 14},
+		{"/v1/chat/completions", `{"max_tokens":10,"n":3}`, 30},
+		{"/v1/chat/completions", `{"max_tokens":10,"n":2,"best_of":4}`, 40},
+		{"/v1/chat/completions", `{}`, 0},
+		{"/v1/chat/completions", `{"MAX_TOKENS":10}`, 0},
+		{"/api/chat", `{"max_tokens":10}`, 0},
+		{"/api/chat", `{"options":{"num_predict":7}}`, 7},
+		{"/v1/chat/completions", `{"max_tokens":9223372036854775807,"n":2}`, math.MaxInt64},
+	} {
+		info, err := ParseRequest([]byte(c.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := info.CompletionBound(c.path); got != c.want {
+			t.Errorf("%s %s: bound %d, want %d", c.path, c.body, got, c.want)
 		}
 	}
 }
