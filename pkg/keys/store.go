@@ -21,6 +21,19 @@ func byIDKey(prefix, id string) string     { return prefix + ":keys:id:" + id }
 func idsKey(prefix string) string          { return prefix + ":keys:ids" }
 func deletedKey(prefix string) string      { return prefix + ":keys:deleted" }
 
+// ChangedChannel is the Redis Pub/Sub channel on which each change of a key
+// (changed, disabled, deleted) is announced once it is written, the
+// message being the key's hash (Record.SHA256), so that gateways drop what
+// they cached of it at once rather than when their entry expires.
+func ChangedChannel(prefix string) string { return prefix + ":keys:changed" }
+
+// announce publishes a change of the key hashed to hash on ChangedChannel.
+// It is best effort: a gateway that misses it reads the key again when its
+// cached entry expires.
+func announce(ctx context.Context, rdb redis.UniversalClient, prefix, hash string) {
+	_ = rdb.Publish(context.WithoutCancel(ctx), ChangedChannel(prefix), hash).Err()
+}
+
 // Create stores a new key made from spec and returns its secret, which is
 // shown once and never stored, and its record. A spec that Validate refuses,
 // or whose ExpiresAt has passed, is an error wrapping ErrInvalid; an id a
@@ -408,11 +421,13 @@ func update(ctx context.Context, rdb redis.UniversalClient, prefix, id string, f
 	if err != nil {
 		return Record{}, fmt.Errorf("key %s: %w", id, err)
 	}
+	announce(ctx, rdb, prefix, hash)
 	return rec, nil
 }
 
-// Delete removes key id: its secret stops working once gateways' caches
-// expire. The id is not given to another key (see Create): the usage the
+// Delete removes key id: its secret stops working at once on the gateways
+// that hear the announcement (ChangedChannel), and on the others once their
+// caches expire. The id is not given to another key (see Create): the usage the
 // ledger keeps under it stays the deleted key's.
 func Delete(ctx context.Context, rdb redis.UniversalClient, prefix, id string) error {
 	hash, err := rdb.Get(ctx, byIDKey(prefix, id)).Result()
@@ -438,7 +453,13 @@ func Delete(ctx context.Context, rdb redis.UniversalClient, prefix, id string) e
 	// delete cut short can be run again. One Redis key per write, as in
 	// Create.
 	for _, del := range []func() error{
-		func() error { return rdb.Del(ctx, byHashKey(prefix, hash)).Err() },
+		func() error {
+			err := rdb.Del(ctx, byHashKey(prefix, hash)).Err()
+			if err == nil {
+				announce(ctx, rdb, prefix, hash)
+			}
+			return err
+		},
 		func() error { return rdb.Del(ctx, byIDKey(prefix, id)).Err() },
 		func() error { return rdb.SRem(ctx, idsKey(prefix), id).Err() },
 	} {

@@ -224,9 +224,13 @@ func New(opts Options) (*Gateway, error) {
 }
 
 // Start runs the first round of health checks and starts the background
-// checkers; it returns when the first verdict is in.
+// checkers and, with Redis, the listener for key changes (watchKeyChanges);
+// it returns when the first verdict is in.
 func (g *Gateway) Start(ctx context.Context) {
 	g.rt.Load().start(ctx)
+	if g.redis != nil {
+		go g.watchKeyChanges(ctx)
+	}
 }
 
 // Close waits for the requests still running to finish and put their

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -16,7 +17,9 @@ import (
 )
 
 // DefaultCacheTTL is how long a RedisStore trusts what it read: a disabled or
-// deleted key keeps working (and a new one stays unknown) at most this long.
+// deleted key keeps working (and a new one stays unknown) at most this long
+// when the change's announcement (keys.ChangedChannel, see Forget) does not
+// reach it.
 const DefaultCacheTTL = 5 * time.Second
 
 // maxKnown bounds the keys a RedisStore caches; when it is full, expired
@@ -53,6 +56,10 @@ type RedisStore struct {
 	// mu guards known; a hit only reads it.
 	mu    sync.RWMutex
 	known map[string]cached // by hash
+	// forgets counts Forget and ForgetAll calls: a read from Redis that
+	// one overlapped may hold what the change replaced, and is not
+	// cached.
+	forgets atomic.Uint64
 
 	// unknownMu guards the unknown keys, kept in two generations: when
 	// unknown holds half of maxUnknown it becomes unknownOld (the
@@ -136,12 +143,17 @@ func (s *RedisStore) LookupHashFrom(ctx context.Context, hash string, client net
 			}
 		}
 	}
+	gen := s.forgets.Load()
 	lctx, cancel := context.WithTimeout(ctx, s.lookupTimeout)
 	rec, err := keys.LookupHash(lctx, s.rdb, s.prefix, hash)
 	cancel()
+	expires := now.Add(s.ttl)
+	if s.forgets.Load() != gen {
+		expires = now // answered, not kept
+	}
 	switch {
 	case errors.Is(err, keys.ErrNotFound):
-		s.putUnknown(hash, now.Add(s.ttl), known)
+		s.putUnknown(hash, expires, known)
 		return nil, ErrUnknownKey
 	case err != nil:
 		return nil, err
@@ -154,8 +166,41 @@ func (s *RedisStore) LookupHashFrom(ctx context.Context, hash string, client net
 		// The client's share bounds its made-up keys, not its real ones.
 		s.clients.giveBack(client)
 	}
-	s.putKnown(hash, cached{key: key, expires: now.Add(s.ttl)}, now)
+	s.putKnown(hash, cached{key: key, expires: expires}, now)
 	return key, nil
+}
+
+// Forget drops what the store knows of the key whose secret hashes to hash
+// (a change of it was announced): its next use reads it from Redis again,
+// as a key in use whose entry expired, outside the look-up budget.
+func (s *RedisStore) Forget(hash string) {
+	s.forgets.Add(1)
+	s.mu.Lock()
+	if c, ok := s.known[hash]; ok {
+		c.expires = time.Time{}
+		s.known[hash] = c
+	}
+	s.mu.Unlock()
+	s.unknownMu.Lock()
+	delete(s.unknown, hash)
+	delete(s.unknownOld, hash)
+	s.unknownMu.Unlock()
+}
+
+// ForgetAll drops what the store knows of every key, as Forget does of
+// one: for when announcements may have been missed.
+func (s *RedisStore) ForgetAll() {
+	s.forgets.Add(1)
+	s.mu.Lock()
+	for h, c := range s.known {
+		c.expires = time.Time{}
+		s.known[h] = c
+	}
+	s.mu.Unlock()
+	s.unknownMu.Lock()
+	clear(s.unknown)
+	clear(s.unknownOld)
+	s.unknownMu.Unlock()
 }
 
 // isUnknown reports whether hash is cached as unknown at now.

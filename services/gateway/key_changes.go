@@ -1,0 +1,75 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/llmproxy/llmproxy/pkg/keys"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/auth"
+)
+
+// keyChangesPing is how long the subscription may stay silent before it is
+// pinged: a connection that died without a word (a Redis restarted behind a
+// proxy, a dropped route) is found and made again within it.
+const keyChangesPing = 30 * time.Second
+
+// watchKeyChanges makes a change of a key in the Redis key store (`llmproxy
+// keys`, the admin API: changed, disabled, deleted) take effect at
+// once: it listens on keys.ChangedChannel and has the key store forget the
+// key each message names. Whenever it (re)subscribes, announcements may have
+// been missed meanwhile, and the store forgets every key. Without the
+// subscription (Redis down, an ACL user refused Pub/Sub) a change takes
+// effect when the cached entry expires (auth.DefaultCacheTTL), as it did
+// before. It returns when ctx is done.
+func (g *Gateway) watchKeyChanges(ctx context.Context) {
+	ps := g.redis.Subscribe(ctx, keys.ChangedChannel(g.redisPrefix))
+	stop := context.AfterFunc(ctx, func() { _ = ps.Close() })
+	defer stop()
+	wait := 100 * time.Millisecond
+	for {
+		msg, err := ps.ReceiveTimeout(ctx, keyChangesPing)
+		if ctx.Err() != nil || errors.Is(err, redis.ErrClosed) {
+			return
+		}
+		if err != nil {
+			if isTimeout(err) {
+				// Silence: a Ping finds out whether the connection is
+				// still there (go-redis makes it again if not).
+				_ = ps.Ping(ctx)
+				continue
+			}
+			g.logFailure(slog.LevelWarn, "key changes: not subscribed; a key's change takes effect when its cached entry expires",
+				"err", err, "within", auth.DefaultCacheTTL)
+			select {
+			case <-time.After(wait):
+			case <-ctx.Done():
+				return
+			}
+			wait = min(wait*2, 5*time.Second)
+			continue
+		}
+		wait = 100 * time.Millisecond
+		store, _ := g.rt.Load().keys.(*auth.RedisStore)
+		if store == nil {
+			continue
+		}
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			if m.Kind == "subscribe" {
+				store.ForgetAll()
+			}
+		case *redis.Message:
+			store.Forget(m.Payload)
+		}
+	}
+}
+
+// isTimeout reports a read that timed out.
+func isTimeout(err error) bool {
+	var t interface{ Timeout() bool }
+	return errors.As(err, &t) && t.Timeout()
+}
