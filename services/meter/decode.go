@@ -158,11 +158,12 @@ func setInt(dst *int64, val []byte) bool {
 }
 
 // foldsTo reports whether encoding/json could match key to one of names:
-// equal but for ASCII case, or holding non-ASCII bytes (its folding maps a
-// few non-ASCII letters to ASCII ones).
+// equal but for ASCII case, holding non-ASCII bytes (its folding maps a
+// few non-ASCII letters to ASCII ones), or holding an escape (request\u005fid
+// is request_id).
 func foldsTo(key []byte, names []string) bool {
 	for _, c := range key {
-		if c >= utf8.RuneSelf {
+		if c >= utf8.RuneSelf || c == '\\' {
 			return true
 		}
 	}

@@ -50,6 +50,7 @@ func decodeSeeds(tb testing.TB) []string {
 		`[]`, `"x"`, `null`, `{`, `{"request_id":"r"`, `{} `, ` {"a":{"b":[1,{"c":"}"}]}} `, `{"request_body":{"x":"\"}"},"request_id":"r"}`,
 		`{"ſ":1}`, `{"usage":{"Prompt_Tokens":3}}`, `{"usage":{"prompt_tokens":-1}}`, `{"usage":{"prompt_tokens":1,"prompt_tokens":null}}`,
 		`{"usage":{"ſ":1,"x":[1,2]}}`, `{"usage":"x"}`, `{"usage":{}}`, `{"usage":{"total_tokens":"3"}}`, `{"model":5}`, `{"request_id":true}`,
+		`{"request\u005fid":"x"}`, `{"usage":{"prompt\u005ftokens":5}}`, `{"reserv\u0061tion":7}`, `{"key\u005fid":"k"}`,
 	}
 }
 
