@@ -351,8 +351,10 @@ func AddIncludeUsage(body []byte) (newBody []byte, added bool, err error) {
 type span struct{ start, end int }
 
 // topLevelField finds the values of up to two keys among the members of the
-// JSON object starting at body[from] (exact, case-sensitive key match; the
-// last occurrence wins, as in encoding/json). body must be valid JSON.
+// JSON object starting at body[from] (exact, case-sensitive key match, after
+// escapes are decoded, as Python's reader does: "stre\u0061m" is "stream";
+// the last occurrence wins, as in encoding/json and Python). body must be
+// valid JSON.
 func topLevelField(body []byte, from int, key1, key2 string) (v1, v2 span, ok bool) {
 	v1, v2 = span{-1, -1}, span{-1, -1}
 	obj := body[from:]
@@ -364,13 +366,22 @@ func topLevelField(body []byte, from int, key1, key2 string) (v1, v2 span, ok bo
 	for k, v, ok := m.next(); ok; k, v, ok = m.next() {
 		s := span{from + m.i - len(v), from + m.i}
 		switch {
-		case keyIs(k, key1):
+		case keyNamed(k, key1):
 			v1 = s
-		case key2 != "" && keyIs(k, key2):
+		case key2 != "" && keyNamed(k, key2):
 			v2 = s
 		}
 	}
 	return v1, v2, true
+}
+
+// keyNamed reports whether the JSON string key is name once its escapes are
+// decoded.
+func keyNamed(key []byte, name string) bool {
+	if bytes.IndexByte(key, '\\') < 0 {
+		return keyIs(key, name)
+	}
+	return string(appendUnquoted(nil, key)) == name
 }
 
 // closingBrace returns the index of the final '}' of a valid JSON object.
@@ -468,9 +479,19 @@ func scanSpellings(body []byte, info *RequestInfo) error {
 		}
 	}
 	seen := map[string]string{} // model and stream: the first value
-	same := func(field string, v []byte) error {
+	// nullLast: the field's last value in its exact spelling is null,
+	// which encoding/json reads as no change and Python's reader, which
+	// keeps the last, as None.
+	nullLast := map[string]bool{}
+	same := func(field string, exact bool, v []byte) error {
 		if string(v) == "null" {
+			if exact {
+				nullLast[field] = true
+			}
 			return nil
+		}
+		if exact {
+			nullLast[field] = false
 		}
 		val := string(v)
 		if isJSONString(v) {
@@ -492,7 +513,7 @@ func scanSpellings(body []byte, info *RequestInfo) error {
 		}
 		for _, n := range [...]string{"model", "stream"} {
 			if strings.EqualFold(name, n) {
-				if err := same(n, val); err != nil {
+				if err := same(n, name == n, val); err != nil {
 					return err
 				}
 			}
@@ -519,6 +540,11 @@ func scanSpellings(body []byte, info *RequestInfo) error {
 	for i := range exact {
 		if folded[i] && !exact[i] {
 			info.CapsFolded = true
+		}
+	}
+	for _, n := range [...]string{"model", "stream"} {
+		if _, given := seen[n]; given && nullLast[n] {
+			return &AmbiguousFieldError{Field: n}
 		}
 	}
 	return nil

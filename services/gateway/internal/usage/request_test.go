@@ -40,6 +40,12 @@ func TestAddIncludeUsage(t *testing.T) {
 			`{"stream":true,"stream_options":{"x":{"include_usage":true},"include_usage":true}}`, true},
 		{"tabs and CRLF", "{\r\n\t\"stream\":\ttrue\r\n}\r\n",
 			"{\r\n\t\"stream\":\ttrue\r\n,\"stream_options\":{\"include_usage\":true}}\r\n", true},
+		{"escaped stream", `{"stre\u0061m":true}`,
+			`{"stre\u0061m":true,"stream_options":{"include_usage":true}}`, true},
+		{"escaped options, the last one taken", `{"stream":true,"stream_options":{"include_usage":false},"stream\u005foptions":{"include_usage":false}}`,
+			`{"stream":true,"stream_options":{"include_usage":false},"stream\u005foptions":{"include_usage":true}}`, true},
+		{"escaped include_usage", `{"stream":true,"stream_options":{"include\u005fusage":false}}`,
+			`{"stream":true,"stream_options":{"include\u005fusage":true}}`, true},
 		{"unicode kept", `{"stream":true,"messages":[{"content":"h\u00e9 – ok"}]}`,
 			`{"stream":true,"messages":[{"content":"h\u00e9 – ok"}],"stream_options":{"include_usage":true}}`, true},
 	}
@@ -238,6 +244,11 @@ func TestAmbiguousFields(t *testing.T) {
 		{`{"stream":false,"STREAM":true}`, "stream"},
 		{`{"stream":true,"Stream":true}`, ""},
 		{`{"model":"a","MODEL":null}`, ""},
+		{`{"model":"a","model":null}`, "model"},
+		{`{"model":"a","mod\u0065l":null}`, "model"},
+		{`{"model":null,"model":"a"}`, ""},
+		{`{"stream":true,"stream":null}`, "stream"},
+		{`{"model":null}`, ""},
 	} {
 		_, err := ParseRequest([]byte(c.body))
 		var ae *AmbiguousFieldError
