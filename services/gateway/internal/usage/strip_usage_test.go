@@ -1,6 +1,7 @@
 package usage
 
 import (
+	"bytes"
 	"encoding/json"
 	"testing"
 )
@@ -24,6 +25,16 @@ func TestStripUsage(t *testing.T) {
 		// usage, or an engine's usage on its finish chunk.
 		`data: {"id":"a","choices":[{"delta":{"content":"x"}}],"usage":{"prompt_tokens":245,"total_tokens":246,"completion_tokens":1}}` + "\n\n":    `data: {"id":"a","choices":[{"delta":{"content":"x"}}]}` + "\n\n",
 		`data: {"choices":[{"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":2,"prompt_tokens_details":{"cached_tokens":1}},"x":1}` + "\n\n": `data: {"choices":[{"finish_reason":"tool_calls"}],"x":1}` + "\n\n",
+		// Over several data lines (valid SSE; JSON whitespace between
+		// them), and with other fields.
+		"data: {\"id\":\"a\",\"choices\":[],\ndata: \"usage\":null}\n\n": "data: {\"id\":\"a\",\"choices\":[]}\n\n",
+		"event: x\r\ndata: {\"usage\":null\r\ndata: ,\"a\":1}\r\n\r\n":   "event: x\r\ndata: {\"a\":1}\r\n\r\n",
+		"data: {\"id\":\"a\",\"usage\":null\ndata: }\n\n":                "data: {\"id\":\"a\"\ndata: }\n\n",
+		// A usage inside a choice is the choice's own.
+		`data: {"choices":[{"delta":{"usage":null}}],"usage":null}` + "\n\n": `data: {"choices":[{"delta":{"usage":null}}]}` + "\n\n",
+		`data: {"choices":[{"delta":{"usage":null}}]}` + "\n\n":              `data: {"choices":[{"delta":{"usage":null}}]}` + "\n\n",
+		// Not JSON: untouched.
+		`data: {"usage":null,` + "\n\n": `data: {"usage":null,` + "\n\n",
 	}
 	for in, want := range cases {
 		got := string(StripUsage([]byte(in)))
@@ -38,13 +49,31 @@ func FuzzStripUsage(f *testing.F) {
 	f.Add([]byte(`{"usage":null}`))
 	f.Add([]byte(`{"id": "a", "usage" :  null}`))
 	f.Add([]byte(`{"a\\\"usage": null, "usage": null}`))
+	f.Add([]byte("{\"a\":1,\n\"usage\":null}"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		valid := json.Valid(b)
-		out := StripUsage(append([]byte(nil), b...))
+		if bytes.ContainsAny(b, "\r") {
+			return
+		}
+		// Every line of b a data line of its own.
+		in := append(append([]byte("data: "), bytes.ReplaceAll(b, []byte("\n"), []byte("\ndata: "))...), "\n\n"...)
+		out := StripUsage(append([]byte(nil), in...))
 		var m map[string]any
-		if valid && json.Unmarshal(b, &m) == nil {
-			if _, ok := m["usage"]; ok && m["usage"] == nil && !json.Valid(out) {
-				t.Fatalf("valid object %q became invalid %q", b, out)
+		if !json.Valid(b) || json.Unmarshal(b, &m) != nil {
+			return
+		}
+		data, _, ok := sseData(out, nil)
+		var got map[string]any
+		if !ok || json.Unmarshal(data, &got) != nil {
+			t.Fatalf("valid object %q became %q, whose data is not one", in, out)
+		}
+		if u, ok := m["usage"]; ok && u == nil {
+			if _, still := got["usage"]; still {
+				t.Fatalf("%q: usage null kept in %q", in, out)
+			}
+		}
+		for k := range m {
+			if _, kept := got[k]; !kept && k != "usage" {
+				t.Fatalf("%q: member %q lost in %q", in, k, out)
 			}
 		}
 	})
