@@ -24,12 +24,23 @@ func StripUsage(ev []byte) []byte {
 		return ev
 	}
 	data, scratch, ok := sseData(ev, nil)
-	if !ok || !jsonscan.Valid(data) {
+	if !ok {
 		return ev
 	}
 	if scratch == nil {
 		// One data line: data is a part of ev, edited in place.
 		off, n := cap(ev)-cap(data), len(data)
+		if start, end := lastNullUsage(data); start >= 0 {
+			// The common case, read without walking the chunk.
+			ev = append(ev[:off+start], ev[off+end:]...)
+			n -= end - start
+			if !bytes.Contains(ev[off:off+n], usageName) {
+				return ev
+			}
+		}
+		if !jsonscan.Valid(ev[off : off+n]) {
+			return ev
+		}
 		for {
 			start, end := usageMember(ev[off : off+n])
 			if start < 0 {
@@ -38,6 +49,9 @@ func StripUsage(ev []byte) []byte {
 			ev = append(ev[:off+start], ev[off+end:]...)
 			n -= end - start
 		}
+	}
+	if !jsonscan.Valid(data) {
+		return ev
 	}
 	stripped := false
 	for {
@@ -58,30 +72,84 @@ func StripUsage(ev []byte) []byte {
 // up to the next member) with it; -1 when it has none to strip: none, or a
 // usage that is neither null nor an object beside a "choices" member.
 func usageMember(data []byte) (start, end int) {
-	type member struct{ key, end int } // where its key starts, its value ends
-	var list []member
-	found, isObject, hasChoices := -1, false, false
+	found, isObject, hasChoices := false, false, false
+	var key, valEnd, prevEnd, nextKey int // the found member's; the ends of its neighbours
+	prevEnd, nextKey = -1, -1
+	last := -1 // the end of the member before the current one
 	m := objectMembers(data)
 	for k, v, ok := m.next(); ok; k, v, ok = m.next() {
+		at := cap(data) - cap(k)
+		if found && nextKey < 0 {
+			nextKey = at
+		}
 		switch {
 		case keyNamed(k, "usage") && (bytes.Equal(v, litNull) || v[0] == '{'):
-			found, isObject = len(list), v[0] == '{'
+			// A repeated one: this one now, the caller comes back for
+			// the others.
+			found, isObject, key, valEnd, prevEnd, nextKey = true, v[0] == '{', at, m.i, last, -1
 		case keyNamed(k, "choices"):
 			hasChoices = true
 		}
-		list = append(list, member{key: cap(data) - cap(k), end: m.i})
+		last = m.i
 	}
-	if found < 0 || (isObject && !hasChoices) {
+	if !found || (isObject && !hasChoices) {
 		return -1, -1
 	}
-	u := list[found]
 	switch {
-	case found+1 < len(list):
-		return u.key, list[found+1].key
-	case found > 0:
-		return list[found-1].end, u.end
+	case nextKey >= 0:
+		return key, nextKey
+	case prevEnd >= 0:
+		return prevEnd, valEnd
 	}
-	return u.key, u.end
+	return key, valEnd
+}
+
+// lastNullUsage finds the member most engines end every chunk with: data
+// (an object on one line) ending `, "usage" : null }` and whitespace, a
+// member of the object itself since the brace after it is the last byte
+// that is not whitespace. It returns where the member and the comma before
+// it start and end, or -1 when data does not end so.
+func lastNullUsage(data []byte) (start, end int) {
+	i := len(data) - 1
+	for i >= 0 && isSpace(data[i]) {
+		i--
+	}
+	if i < 0 || data[i] != '}' {
+		return -1, -1
+	}
+	i--
+	for i >= 0 && isSpace(data[i]) {
+		i--
+	}
+	if i < 3 || string(data[i-3:i+1]) != "null" {
+		return -1, -1
+	}
+	end = i + 1
+	i -= 4
+	for i >= 0 && isSpace(data[i]) {
+		i--
+	}
+	if i < 0 || data[i] != ':' {
+		return -1, -1
+	}
+	i--
+	for i >= 0 && isSpace(data[i]) {
+		i--
+	}
+	if i < len(usageName)-1 || !bytes.Equal(data[i-len(usageName)+1:i+1], usageName) {
+		return -1, -1
+	}
+	i -= len(usageName)
+	if i >= 0 && data[i] == '\\' {
+		return -1, -1 // the quote is escaped: not a name
+	}
+	for i >= 0 && isSpace(data[i]) {
+		i--
+	}
+	if i < 0 || data[i] != ',' {
+		return -1, -1
+	}
+	return i, end
 }
 
 // rewriteData writes ev anew with data as its data, over as many data lines
