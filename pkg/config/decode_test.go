@@ -111,6 +111,27 @@ func TestParseProblems(t *testing.T) {
 			want: []string{`c.yaml:2: invalid YAML: found character that cannot start any token`},
 		},
 		{
+			// yaml.v3 numbers no line for an error on the first.
+			name: "an error on the first line",
+			yaml: "listen: @x\nbackends: []\n",
+			want: []string{`c.yaml:1: invalid YAML: found character that cannot start any token`},
+		},
+		{
+			name: "a control character",
+			yaml: minimal + "listen: \"a\x01\"\n",
+			want: []string{`c.yaml:3: invalid YAML: control characters are not allowed`},
+		},
+		{
+			name: "bad UTF-8",
+			yaml: minimal + "# \u00e9 fine\nlisten: \"\xff\"\n",
+			want: []string{`c.yaml:4: invalid YAML: invalid leading UTF-8 octet`},
+		},
+		{
+			name: "an alias of no anchor",
+			yaml: minimal + "logging: *lg\n",
+			want: []string{`c.yaml:3: invalid YAML: unknown anchor 'lg' referenced`},
+		},
+		{
 			name: "top level not a mapping",
 			yaml: "- a\n- b\n",
 			want: []string{`c.yaml:1: want a mapping of keys at the top level, not a list`},

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
 )
@@ -173,7 +174,38 @@ func yamlError(err error, src string) *Error {
 		}
 		return &Error{Line: line, Msg: "invalid YAML: " + text, Err: err}
 	}
-	return &Error{Msg: "invalid YAML: " + strings.TrimPrefix(msg, "yaml: "), Err: err}
+	text := strings.TrimPrefix(msg, "yaml: ")
+	return &Error{Line: yamlProblemLine(text, src), Msg: "invalid YAML: " + text, Err: err}
+}
+
+// yamlProblemLine finds the line (1-based) of a yaml.v3 error that names
+// none: bytes its reader refuses (control characters, bad UTF-8) or an
+// alias of an anchor never set are looked for in src; any other is the
+// parser's or scanner's on the first line, which yaml.v3 leaves unnumbered
+// (its lines count from 0, and 0 is left out). 0 when it has no place.
+func yamlProblemLine(text, src string) int {
+	switch {
+	case strings.Contains(text, "excessive aliasing"):
+		return 0
+	case strings.HasPrefix(text, "unknown anchor '"):
+		name, _, _ := strings.Cut(strings.TrimPrefix(text, "unknown anchor '"), "'")
+		re := regexp.MustCompile(`\*` + regexp.QuoteMeta(name) + `(?:[\s,\]}]|$)`)
+		if loc := re.FindStringIndex(src); loc != nil {
+			return 1 + strings.Count(src[:loc[0]], "\n")
+		}
+		return 0
+	case strings.Contains(text, "control characters") || strings.Contains(text, "UTF-8") || strings.Contains(text, "Unicode"):
+		for i, r := range src {
+			bad := r == utf8.RuneError && !strings.HasPrefix(src[i:], "\uFFFD") ||
+				r < 0x20 && r != '\t' && r != '\n' && r != '\r' ||
+				r == 0x7f || r >= 0x80 && r <= 0x9f && r != 0x85 || r == 0xfffe || r == 0xffff
+			if bad {
+				return 1 + strings.Count(src[:i], "\n")
+			}
+		}
+		return 0
+	}
+	return 1
 }
 
 // startsValue reports whether what precedes a character on its line puts
