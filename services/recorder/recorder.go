@@ -49,11 +49,22 @@ type Recorder struct {
 	refusedSeqs  map[uint64]time.Time
 	refusedSince time.Time
 	refusedErr   error
-	// failLog rate-limits the lines of failed writes: one per
-	// failLogEvery, counting those left out.
-	failMu     sync.Mutex
-	failLogged time.Time
-	failLeft   int
+	// failLog rate-limits the lines of failed writes: one per message
+	// and failLogEvery, counting those left out.
+	failMu  sync.Mutex
+	failLog map[string]*limitedLine
+	// downSince is when writes began to fail for an outage (the
+	// database failing the write itself, not the table refusing it),
+	// and downErr why; zero while they succeed (see Refusing).
+	downSince time.Time
+	downErr   error
+}
+
+// limitedLine is one message's rate limit: when it was last logged and
+// how many lines were left out since.
+type limitedLine struct {
+	logged time.Time
+	left   int
 }
 
 // failLogEvery is the least time between two lines about failed writes: a
@@ -237,6 +248,7 @@ func (r *Recorder) process(ctx context.Context, msgs []jetstream.Msg) bool {
 		return stored > 0 || !down
 	}
 	stopKeepAlive()
+	r.writing(err)
 	if err != nil {
 		r.metrics.errors.WithLabelValues(errWrite).Inc()
 		r.logFailure(slog.LevelError, "recorder: write batch; events will be redelivered", "events", len(rows), "err", err)
@@ -258,31 +270,81 @@ func (r *Recorder) nak(msgs []jetstream.Msg) {
 	}
 }
 
-// logFailure logs a failed write at most once per failLogEvery, with
-// "suppressed", how many were left out since the last line.
+// logFailure logs a line of a failed write at most once per failLogEvery
+// for each message, with "suppressed", how many of that message were left
+// out since its last line.
 func (r *Recorder) logFailure(level slog.Level, msg string, args ...any) {
 	r.failMu.Lock()
 	now := time.Now()
-	if now.Sub(r.failLogged) < failLogEvery {
-		r.failLeft++
+	if r.failLog == nil {
+		r.failLog = map[string]*limitedLine{}
+	}
+	l := r.failLog[msg]
+	if l == nil {
+		l = &limitedLine{}
+		r.failLog[msg] = l
+	}
+	if !l.logged.IsZero() && now.Sub(l.logged) < failLogEvery {
+		l.left++
 		r.failMu.Unlock()
 		return
 	}
-	if r.failLeft > 0 {
-		args = append(args, "suppressed", r.failLeft)
+	if l.left > 0 {
+		args = append(args, "suppressed", l.left)
 	}
-	r.failLogged, r.failLeft = now, 0
+	l.logged, l.left = now, 0
 	r.failMu.Unlock()
 	r.opts.Logger.Log(context.Background(), level, msg, args...)
 }
 
-// Refusing reports the table refusing events: a constraint, trigger,
+// writing records how the latest write went: err, an outage, or nil. The
+// first failure starts the outage that Refusing reports; the first success
+// after one ends it, with a line saying so.
+func (r *Recorder) writing(err error) {
+	r.refMu.Lock()
+	defer r.refMu.Unlock()
+	switch {
+	case err != nil && r.downSince.IsZero():
+		r.downSince, r.downErr = time.Now(), err
+	case err != nil:
+		r.downErr = err
+	case !r.downSince.IsZero():
+		r.opts.Logger.Info("recorder: writing to the table again", "failing_since", r.downSince.UTC().Format(time.RFC3339))
+		r.downSince, r.downErr = time.Time{}, nil
+	}
+}
+
+// Refusing reports writes failing for an outage that the pool's ping does
+// not meet, or the table refusing events: a constraint, trigger,
 // privilege or column of the table that PostgreSQL refuses them for, which
 // waiting alone does not fix. Those events wait in the stream, for as long
 // as it keeps them, until the table takes them. nil while it does.
 func (r *Recorder) Refusing() error {
+	floor, floorOK := uint64(0), false
+	r.refMu.Lock()
+	asked := len(r.refusedSeqs) > 0
+	r.refMu.Unlock()
+	if asked {
+		floor, floorOK = r.ackFloor()
+	}
 	r.refMu.Lock()
 	defer r.refMu.Unlock()
+	if floorOK {
+		// Below the consumer's ack floor every event is settled: the
+		// refused ones among them were stored by another recorder.
+		for seq := range r.refusedSeqs {
+			if seq <= floor {
+				delete(r.refusedSeqs, seq)
+			}
+		}
+	}
+	if !r.downSince.IsZero() {
+		// Connections succeed (the pool's ping answers) while every
+		// write fails: a statement_timeout, a full disk, an
+		// administrator cancelling the statements.
+		return fmt.Errorf("writes to the table %s fail since %s: %w; the events wait in the stream and are tried again",
+			Table, r.downSince.UTC().Format(time.RFC3339), r.downErr)
+	}
 	// An event not seen again for long enough (stored by another
 	// recorder, or gone from the stream) no longer counts.
 	for seq, at := range r.refusedSeqs {
@@ -295,6 +357,22 @@ func (r *Recorder) Refusing() error {
 	}
 	return fmt.Errorf("the table %s refuses events since %s, %d of them now (%w); they wait in the stream (nats.stream.max_age) until it takes them",
 		Table, r.refusedSince.UTC().Format(time.RFC3339), len(r.refusedSeqs), r.refusedErr)
+}
+
+// ackFloor returns the stream sequence below which the recorders' consumer
+// has every event acknowledged, asked of the server within a second.
+func (r *Recorder) ackFloor() (uint64, bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	cons, err := r.js.Consumer(ctx, events.StreamName, r.opts.Durable)
+	if err != nil {
+		return 0, false
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return 0, false
+	}
+	return info.AckFloor.Stream, true
 }
 
 // keepAlive sends a progress acknowledgement for msgs every third of
@@ -326,17 +404,17 @@ func (r *Recorder) keepAlive(msgs []jetstream.Msg) func() {
 }
 
 // writeEach writes rows one at a time, after a batch was refused, and
-// returns how many it stored and whether it met an outage. A row PostgreSQL
-// refuses for a data exception (class 22) is written again with its request
-// body as a JSON string, then without its request body and response, so
-// that a request is never missing from the log because of what its client
-// sent; a row refused in every form is poison only if the recorder's own
-// layout of the table would refuse it too (the event's values are at
-// fault). Any other refusal is the table's (a constraint, trigger, column
-// type or privilege an operator changed): the row is handed back, later
-// each time it comes back (refusedDelay), so that it does not crowd out the
-// events after it, and the refusal recorded (Refusing). At an outage (the
-// database refusing connections) the rows left are handed back at once.
+// returns how many it stored and whether it met an outage. A row whose
+// values the recorder's own layout of the table refuses (eventValueRefused:
+// a value PostgreSQL cannot take, or one past its limits) is written again
+// with its request body as a JSON string, then without its request body and
+// response, so that a request is never missing from the log because of
+// what its client sent; a row refused in every form is poison. Any other
+// refusal is the table's (a constraint, trigger, column type or privilege
+// an operator changed): the row is handed back, later each time it comes
+// back (refusedDelay), so that it does not crowd out the events after it,
+// and the refusal recorded (Refusing). At an outage (the database refusing
+// connections) the rows left are handed back at once.
 func (r *Recorder) writeEach(ctx context.Context, rows [][]any, msgs []jetstream.Msg) (stored int, down bool) {
 	for i, row := range rows {
 		if down {
@@ -344,31 +422,33 @@ func (r *Recorder) writeEach(ctx context.Context, rows [][]any, msgs []jetstream
 			continue
 		}
 		err := r.writeAll(ctx, rows[i:i+1])
-		if isDataException(err) {
-			r.opts.Logger.Warn("recorder: event refused, storing its request body as text", "request_id", row[0], "err", err)
+		if eventValueRefused(err) {
+			r.logFailure(slog.LevelWarn, "recorder: an event's request body refused by PostgreSQL; storing it as text", "request_id", row[0], "err", err)
 			err = r.writeAll(ctx, [][]any{bodyAsText(row)})
 		}
-		var bare []any
-		if isDataException(err) {
-			r.opts.Logger.Warn("recorder: event refused, storing it without its bodies", "request_id", row[0], "err", err)
+		if eventValueRefused(err) {
 			var berr error
+			var bare []any
 			if bare, berr = withoutBodies(row); berr != nil {
 				err = fmt.Errorf("%w; without bodies: %w", err, berr)
 			} else {
+				r.logFailure(slog.LevelWarn, "recorder: an event's bodies refused by PostgreSQL; storing it without them", "request_id", row[0], "err", err)
 				err = r.writeAll(ctx, [][]any{bare})
 			}
 		}
 		switch {
 		case err == nil:
 			stored++
+			r.writing(nil)
 			r.stored(msgs[i : i+1])
 			r.ack(msgs[i : i+1])
 		case outage(err):
 			down = true
+			r.writing(err)
 			r.metrics.errors.WithLabelValues(errWrite).Inc()
 			r.logFailure(slog.LevelError, "recorder: write event; it will be redelivered", "request_id", row[0], "err", err)
 			_ = msgs[i].NakWithDelay(r.opts.RetryWait)
-		case isDataException(err) && (bare == nil || !r.fitsOwnLayout(ctx, bare)):
+		case eventValueRefused(err):
 			r.poison(msgs[i], err)
 		default:
 			r.metrics.errors.WithLabelValues(errWrite).Inc()
@@ -393,30 +473,6 @@ func outage(err error) bool {
 		return true
 	}
 	return false
-}
-
-// ownLayout is the request-log table as Migrate makes it, as a temporary
-// table: fitsOwnLayout tries a row there.
-var ownLayout = strings.Replace(migration[1], "CREATE TABLE IF NOT EXISTS "+Table, "CREATE TEMP TABLE llmproxy_requests_own", 1) +
-	" ON COMMIT DROP"
-
-// fitsOwnLayout reports whether row, refused by the table, would be taken
-// by the table as Migrate makes it: then the table was changed, and it is
-// at fault, not the event. A check that cannot run says it would fit, so
-// that nothing is terminated for want of an answer.
-func (r *Recorder) fitsOwnLayout(ctx context.Context, row []any) bool {
-	ctx, cancel := context.WithTimeout(ctx, r.opts.WriteTimeout)
-	defer cancel()
-	tx, err := r.pool.Begin(ctx)
-	if err != nil {
-		return true
-	}
-	defer func() { _ = tx.Rollback(ctx) }()
-	if _, err := tx.Exec(ctx, ownLayout); err != nil {
-		return true
-	}
-	_, err = tx.CopyFrom(ctx, pgx.Identifier{"llmproxy_requests_own"}, columns, pgx.CopyFromRows([][]any{row}))
-	return err == nil || !isDataException(err)
 }
 
 // refusedDelay is how long an event the table refused waits before it
@@ -475,13 +531,6 @@ func streamSeq(m jetstream.Msg) uint64 {
 	return 0
 }
 
-// isDataException reports whether err is a PostgreSQL data exception
-// (SQLSTATE class 22): a value the column's type refuses.
-func isDataException(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "22")
-}
-
 func (r *Recorder) ack(msgs []jetstream.Msg) {
 	for _, m := range msgs {
 		if err := m.Ack(); err != nil {
@@ -507,6 +556,32 @@ func (r *Recorder) poison(m jetstream.Msg, reason error) {
 	}
 }
 
+// stagingTable makes the session's staging table (emptied at each commit):
+// the table as Migrate makes it, without its constraints. A COPY into it
+// refuses only values the recorder's own layout refuses, the event's fault,
+// whatever an operator has changed in the table since; the INSERT from it
+// into the table then meets the table's own refusals, under its own name.
+var stagingTable = strings.NewReplacer(
+	"CREATE TABLE IF NOT EXISTS "+Table, "CREATE TEMP TABLE IF NOT EXISTS llmproxy_requests_in",
+	" PRIMARY KEY", "", " NOT NULL", "",
+).Replace(migration[1]) + " ON COMMIT DELETE ROWS"
+
+// copyError is a refusal of rows by the staging table.
+type copyError struct{ err error }
+
+func (e *copyError) Error() string { return "copy: " + e.err.Error() }
+func (e *copyError) Unwrap() error { return e.err }
+
+// eventValueRefused reports rows refused by the recorder's own layout (the
+// staging table) for their values: a data exception (SQLSTATE class 22,
+// such as a lone surrogate or a NUL in JSON) or a value past PostgreSQL's
+// limits (class 54, such as a JSON document too large for jsonb).
+func eventValueRefused(err error) bool {
+	var ce *copyError
+	var pgErr *pgconn.PgError
+	return errors.As(err, &ce) && errors.As(err, &pgErr) && (strings.HasPrefix(pgErr.Code, "22") || strings.HasPrefix(pgErr.Code, "54"))
+}
+
 // writeAll inserts rows in one transaction: COPY into a session-local
 // staging table, then one INSERT that skips request ids already stored.
 func (r *Recorder) writeAll(ctx context.Context, rows [][]any) error {
@@ -518,12 +593,11 @@ func (r *Recorder) writeAll(ctx context.Context, rows [][]any) error {
 		return fmt.Errorf("begin: %w", err)
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
-	if _, err := tx.Exec(ctx, `CREATE TEMP TABLE IF NOT EXISTS llmproxy_requests_in
-		(LIKE `+Table+` INCLUDING DEFAULTS) ON COMMIT DELETE ROWS`); err != nil {
+	if _, err := tx.Exec(ctx, stagingTable); err != nil {
 		return fmt.Errorf("staging table: %w", err)
 	}
 	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"llmproxy_requests_in"}, columns, pgx.CopyFromRows(rows)); err != nil {
-		return fmt.Errorf("copy: %w", err)
+		return &copyError{err}
 	}
 	// No conflict target: the table may be partitioned by day with a
 	// primary key of (request_id, ts), and a repeated event has the same ts.

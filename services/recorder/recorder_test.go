@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"reflect"
 	"strings"
@@ -581,6 +582,121 @@ func TestNarrowedColumnHoldsEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitRows(t, pool, 2)
+}
+
+// TestNarrowedBodyColumnKeepsBodies: a request_body column an operator
+// narrowed refuses the body for its own sake: the event is held, bodies and
+// all, not stored without them, and stored whole once the column takes it.
+func TestNarrowedBodyColumnKeepsBodies(t *testing.T) {
+	js, pool := eventstest.JetStream(t), startPostgres(t)
+	execAll(t, pool, `ALTER TABLE `+Table+` ALTER COLUMN request_body TYPE varchar(20) USING left(request_body::text, 20)`)
+	rec, err := New(js, pool, testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	publishEvent(t, js, event("bodied", "k", 200), "bodied")
+	runRecorder(t, rec)
+	for deadline := time.Now().Add(10 * time.Second); rec.Refusing() == nil; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("Refusing = nil while the table refuses an event's body")
+		}
+	}
+	if err := rec.Refusing(); !strings.Contains(err.Error(), "refuses events since") || strings.Contains(err.Error(), "llmproxy_requests_in") {
+		t.Fatalf("Refusing = %v, want the table's refusal under the table's name", err)
+	}
+	var n int
+	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM `+Table).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("%d rows (%v), want none while the body does not fit", n, err)
+	}
+	execAll(t, pool, `ALTER TABLE `+Table+` ALTER COLUMN request_body TYPE jsonb USING request_body::jsonb`)
+	waitRows(t, pool, 1)
+	var model string
+	if err := pool.QueryRow(context.Background(), `SELECT request_body->>'model' FROM `+Table).Scan(&model); err != nil || model != "m" {
+		t.Fatalf("request_body model %q (%v), want the body whole", model, err)
+	}
+}
+
+// TestWritesFailingIsNotReady: writes that fail for an outage while the
+// pool's connections answer (a statement_timeout, a full disk, statements
+// cancelled) make Refusing say so, and the first write that succeeds
+// clears it, with a line saying so.
+func TestWritesFailingIsNotReady(t *testing.T) {
+	js, pool := eventstest.JetStream(t), startPostgres(t)
+	execAll(t, pool, `CREATE FUNCTION disk_full() RETURNS trigger LANGUAGE plpgsql AS $$
+		 BEGIN RAISE EXCEPTION 'could not extend file' USING ERRCODE = '53100'; END $$`,
+		`CREATE TRIGGER disk_full BEFORE INSERT ON `+Table+` FOR EACH ROW EXECUTE FUNCTION disk_full()`)
+	opts := testOptions()
+	logs := &logBuffer{}
+	opts.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	rec, err := New(js, pool, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	publishEvent(t, js, event("e1", "k", 200), "e1")
+	runRecorder(t, rec)
+	for deadline := time.Now().Add(10 * time.Second); rec.Refusing() == nil; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("Refusing = nil while every write fails")
+		}
+	}
+	if err := rec.Refusing(); !strings.Contains(err.Error(), "fail since") || !strings.Contains(err.Error(), "53100") {
+		t.Fatalf("Refusing = %v", err)
+	}
+	execAll(t, pool, `DROP TRIGGER disk_full ON `+Table)
+	waitRows(t, pool, 1)
+	if err := rec.Refusing(); err != nil {
+		t.Fatalf("Refusing = %v once writes succeed", err)
+	}
+	waitLog(t, logs, "writing to the table again")
+}
+
+// TestRefusalStoredByAnotherRecorderClears: an event this recorder saw
+// refused and another recorder stored no longer counts as refused here.
+func TestRefusalStoredByAnotherRecorderClears(t *testing.T) {
+	js, pool := eventstest.JetStream(t), startPostgres(t)
+	execAll(t, pool, refuseBlockedFn, refuseBlockedTrigger)
+	a, err := New(js, pool, testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	publishEvent(t, js, event("from-blocked", "blocked", 200), "from-blocked")
+	stopA := runRecorder(t, a)
+	for deadline := time.Now().Add(10 * time.Second); a.Refusing() == nil; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("Refusing = nil while the table refuses an event")
+		}
+	}
+	if err := stopA(); err != nil {
+		t.Fatal(err)
+	}
+	execAll(t, pool, `DROP TRIGGER refuse_blocked ON `+Table)
+	b, err := New(js, pool, testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	runRecorder(t, b)
+	waitRows(t, pool, 1)
+	assertAllAcked(t, js)
+	if err := a.Refusing(); err != nil {
+		t.Fatalf("Refusing = %v after another recorder stored the event", err)
+	}
+}
+
+// TestFailureLinesLimitedByMessage: each kind of failure line has its own
+// limit, so a frequent one does not hide another.
+func TestFailureLinesLimitedByMessage(t *testing.T) {
+	logs := &logBuffer{}
+	opts := testOptions()
+	opts.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	r := &Recorder{opts: opts}
+	for range 3 {
+		r.logFailure(slog.LevelWarn, "batch refused")
+		r.logFailure(slog.LevelError, "event refused", "request_id", "r1")
+	}
+	out := logs.String()
+	if strings.Count(out, "batch refused") != 1 || strings.Count(out, "event refused") != 1 || !strings.Contains(out, "request_id=r1") {
+		t.Fatalf("log:\n%s\nwant one line of each", out)
+	}
 }
 
 // TestRefusedEventsDoNotHoldBackOthers: many events the table refuses
