@@ -181,10 +181,7 @@ func (s *RedisStore) Forget(hash string) {
 		s.known[hash] = c
 	}
 	s.mu.Unlock()
-	s.unknownMu.Lock()
-	delete(s.unknown, hash)
-	delete(s.unknownOld, hash)
-	s.unknownMu.Unlock()
+	s.dropUnknown(hash)
 }
 
 // ForgetAll drops what the store knows of every key, as Forget does of
@@ -247,6 +244,11 @@ func (s *RedisStore) putKnown(hash string, c cached, now time.Time) {
 	s.mu.Unlock()
 	// A key created after its hash was cached as unknown: the stale
 	// entry would only take room.
+	s.dropUnknown(hash)
+}
+
+// dropUnknown removes hash from the unknown keys.
+func (s *RedisStore) dropUnknown(hash string) {
 	s.unknownMu.Lock()
 	delete(s.unknown, hash)
 	delete(s.unknownOld, hash)

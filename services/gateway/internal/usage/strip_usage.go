@@ -110,43 +110,33 @@ func usageMember(data []byte) (start, end int) {
 // that is not whitespace. It returns where the member and the comma before
 // it start and end, or -1 when data does not end so.
 func lastNullUsage(data []byte) (start, end int) {
-	i := len(data) - 1
-	for i >= 0 && isSpace(data[i]) {
-		i--
+	// before returns the index of the last byte before i that is not
+	// whitespace, -1 when there is none.
+	before := func(i int) int {
+		for i >= 0 && isSpace(data[i]) {
+			i--
+		}
+		return i
 	}
+	i := before(len(data) - 1)
 	if i < 0 || data[i] != '}' {
 		return -1, -1
 	}
-	i--
-	for i >= 0 && isSpace(data[i]) {
-		i--
-	}
-	if i < 3 || string(data[i-3:i+1]) != "null" {
+	if i = before(i - 1); i < 3 || string(data[i-3:i+1]) != "null" {
 		return -1, -1
 	}
 	end = i + 1
-	i -= 4
-	for i >= 0 && isSpace(data[i]) {
-		i--
-	}
-	if i < 0 || data[i] != ':' {
+	if i = before(i - 4); i < 0 || data[i] != ':' {
 		return -1, -1
 	}
-	i--
-	for i >= 0 && isSpace(data[i]) {
-		i--
-	}
-	if i < len(usageName)-1 || !bytes.Equal(data[i-len(usageName)+1:i+1], usageName) {
+	if i = before(i - 1); i < len(usageName)-1 || !bytes.Equal(data[i-len(usageName)+1:i+1], usageName) {
 		return -1, -1
 	}
 	i -= len(usageName)
 	if i >= 0 && data[i] == '\\' {
 		return -1, -1 // the quote is escaped: not a name
 	}
-	for i >= 0 && isSpace(data[i]) {
-		i--
-	}
-	if i < 0 || data[i] != ',' {
+	if i = before(i); i < 0 || data[i] != ',' {
 		return -1, -1
 	}
 	return i, end
