@@ -26,44 +26,59 @@ const keyChangesPing = 30 * time.Second
 // effect when the cached entry expires (auth.DefaultCacheTTL), as it did
 // before. It returns when ctx is done.
 func (g *Gateway) watchKeyChanges(ctx context.Context) {
-	ps := g.redis.Subscribe(ctx, keys.ChangedChannel(g.redisPrefix))
-	stop := context.AfterFunc(ctx, func() { _ = ps.Close() })
-	defer stop()
 	wait := 100 * time.Millisecond
-	for {
-		msg, err := ps.ReceiveTimeout(ctx, keyChangesPing)
+	for ctx.Err() == nil {
+		err := g.listenKeyChanges(ctx)
 		if ctx.Err() != nil || errors.Is(err, redis.ErrClosed) {
 			return
 		}
+		g.logFailure(slog.LevelWarn, "key changes: not subscribed; a key's change takes effect when its cached entry expires",
+			"err", err, "within", auth.DefaultCacheTTL)
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return
+		}
+		wait = min(wait*2, 5*time.Second)
+	}
+}
+
+// listenKeyChanges subscribes and has the key store forget the keys the
+// messages name, until the subscription fails (a refusal, such as an ACL
+// user without the channel, or a connection lost) or ctx is done. A
+// subscription made again (go-redis reconnects on its own) makes the store
+// forget every key.
+func (g *Gateway) listenKeyChanges(ctx context.Context) error {
+	ps := g.redis.Subscribe(ctx, keys.ChangedChannel(g.redisPrefix))
+	defer ps.Close()
+	stop := context.AfterFunc(ctx, func() { _ = ps.Close() })
+	defer stop()
+	for {
+		msg, err := ps.ReceiveTimeout(ctx, keyChangesPing)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil && isTimeout(err) {
+			// Silence: a Ping finds out whether the connection is still
+			// there (go-redis makes it again if not).
+			if err := ps.Ping(ctx); err != nil && !isTimeout(err) {
+				return err
+			}
+			continue
+		}
 		if err != nil {
-			if isTimeout(err) {
-				// Silence: a Ping finds out whether the connection is
-				// still there (go-redis makes it again if not).
-				_ = ps.Ping(ctx)
-				continue
-			}
-			g.logFailure(slog.LevelWarn, "key changes: not subscribed; a key's change takes effect when its cached entry expires",
-				"err", err, "within", auth.DefaultCacheTTL)
-			select {
-			case <-time.After(wait):
-			case <-ctx.Done():
-				return
-			}
-			wait = min(wait*2, 5*time.Second)
-			continue
+			return err
 		}
-		wait = 100 * time.Millisecond
 		store, _ := g.rt.Load().keys.(*auth.RedisStore)
-		if store == nil {
-			continue
-		}
 		switch m := msg.(type) {
 		case *redis.Subscription:
-			if m.Kind == "subscribe" {
+			if m.Kind == "subscribe" && store != nil {
 				store.ForgetAll()
 			}
 		case *redis.Message:
-			store.Forget(m.Payload)
+			if store != nil {
+				store.Forget(m.Payload)
+			}
 		}
 	}
 }
