@@ -68,3 +68,15 @@ func BenchmarkSplitter(b *testing.B) {
 		_ = sp.Flush(emit)
 	}
 }
+
+// BenchmarkStripUsage: the usage member hidden from a client who did not
+// ask, on a vLLM chunk (the member last), for every chunk of such a stream.
+func BenchmarkStripUsage(b *testing.B) {
+	ev := []byte(`data: {"id":"chatcmpl-9f1c2a","object":"chat.completion.chunk","created":1732760000,"model":"qwen2.5-72b","choices":[{"index":0,"delta":{"content":" hello"},"logprobs":null,"finish_reason":null}],"usage":null}` + "\n\n")
+	buf := make([]byte, len(ev))
+	b.ReportAllocs()
+	for b.Loop() {
+		copy(buf, ev)
+		_ = StripUsage(buf[:len(ev)])
+	}
+}
