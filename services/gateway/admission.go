@@ -144,9 +144,10 @@ func reservation(path string, info usage.RequestInfo, capTokens, imageTokens int
 		// An engine that matches names exactly sees no cap.
 		limit = max(limit, capTokens)
 	}
-	// n and best_of ask for that many completions, each up to the limit.
-	// Saturate: a max_tokens or n near the int64 maximum must not wrap.
-	if c := max(info.Choices, 1); limit >= (maxReservation-prompt)/c {
+	// n and best_of ask for that many completions of each prompt, each up
+	// to the limit. Saturate: a max_tokens or n near the int64 maximum
+	// must not wrap.
+	if c := info.Completions(); limit >= (maxReservation-prompt)/c {
 		return maxReservation
 	} else {
 		limit *= c

@@ -59,6 +59,10 @@ type RequestInfo struct {
 	// n and best_of (OpenAI, vLLM) and TGI's parameters.best_of, at least
 	// 1.
 	Choices int64
+	// Prompts is how many prompts a completions request batches (prompt an
+	// array of strings or of token-id arrays), each given Choices
+	// completions; 0 for one prompt.
+	Prompts int64
 	// Images is how many images the prompt holds: content parts of type
 	// image_url (OpenAI chat), input_image (Responses) or image
 	// (Anthropic), and the entries of Ollama's images lists. Their tokens
@@ -173,6 +177,7 @@ func ParseRequest(body []byte) (RequestInfo, error) {
 		}
 	}
 	info.PromptTokenIDs = countTokenIDs(r.Prompt, 0) + countTokenIDs(r.Input, 0) + countTokenIDs(r.Inputs, 0)
+	info.Prompts = countPrompts(r.Prompt)
 
 	var p []byte
 	images := &info.Images
@@ -253,6 +258,22 @@ func countElements(raw []byte) int64 {
 	el := arrayElements(raw)
 	for _, ok := el.next(); ok; _, ok = el.next() {
 		n++
+	}
+	return n
+}
+
+// countPrompts counts the prompts of a batch: the strings and arrays in an
+// array (a single prompt of token ids, an array of integers, is none).
+func countPrompts(raw []byte) int64 {
+	if len(raw) == 0 || raw[0] != '[' {
+		return 0
+	}
+	var n int64
+	el := arrayElements(raw)
+	for v, ok := el.next(); ok; v, ok = el.next() {
+		if len(v) > 0 && (v[0] == '"' || v[0] == '[') {
+			n++
+		}
 	}
 	return n
 }
@@ -415,7 +436,7 @@ func (info RequestInfo) CompletionCap(path string) int64 {
 
 // CompletionBound is the most completion tokens, all choices together, an
 // engine behind path that honours the request's cap can generate: the cap
-// times the choices; 0 when the request sets no cap every engine reads (none,
+// times the completions (the choices of every prompt); 0 when the request sets no cap every engine reads (none,
 // or one only under a name in another case, which vLLM, TGI and llama.cpp
 // ignore). An estimate of a reply's completion is never more: the gateway's
 // tokenizer is not the engine's, and counts more tokens than the engine
@@ -425,11 +446,21 @@ func (info RequestInfo) CompletionBound(path string) int64 {
 	if limit <= 0 || info.CapsFolded {
 		return 0
 	}
-	c := max(info.Choices, 1)
+	c := info.Completions()
 	if limit > math.MaxInt64/c {
 		return math.MaxInt64
 	}
 	return limit * c
+}
+
+// Completions is how many completions the request asks for: Choices for
+// each of its prompts, at least 1.
+func (info RequestInfo) Completions() int64 {
+	c, p := max(info.Choices, 1), max(info.Prompts, 1)
+	if c > math.MaxInt64/p {
+		return math.MaxInt64
+	}
+	return c * p
 }
 
 // capNames are the completion caps' names: at the top level, in

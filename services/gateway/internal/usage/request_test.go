@@ -87,7 +87,7 @@ func TestParseRequest(t *testing.T) {
 		{"max_completion_tokens", `{"model":"o3","max_completion_tokens":100,"messages":[{"role":"user","content":"x"}]}`,
 			RequestInfo{Choices: 1, Model: "o3", MaxTokens: 100, Messages: 1, Prompt: "x"}},
 		{"completions prompt list", `{"model":"m","prompt":["a","b"],"max_tokens":5,"stream":false}`,
-			RequestInfo{Choices: 1, Model: "m", StreamSet: true, MaxTokens: 5, Prompt: "a\nb"}},
+			RequestInfo{Choices: 1, Model: "m", StreamSet: true, MaxTokens: 5, Prompt: "a\nb", Prompts: 2}},
 		{"embeddings", `{"model":"e","input":"hello world"}`,
 			RequestInfo{Choices: 1, Model: "e", Prompt: "hello world"}},
 		{"anthropic", `{"model":"claude","max_tokens":1024,"system":"Sys","messages":[{"role":"user","content":[{"type":"tool_result","tool_use_id":"t","content":[{"type":"text","text":"42"}]}]}],"stream":true}`,
@@ -182,6 +182,10 @@ func TestCompletionBound(t *testing.T) {
 		{"/api/chat", `{"max_tokens":10}`, 0},
 		{"/api/chat", `{"options":{"num_predict":7}}`, 7},
 		{"/v1/chat/completions", `{"max_tokens":9223372036854775807,"n":2}`, math.MaxInt64},
+		{"/v1/completions", `{"max_tokens":4,"prompt":["a","b","c"]}`, 12},
+		{"/v1/completions", `{"max_tokens":4,"n":2,"prompt":["a","b"]}`, 16},
+		{"/v1/completions", `{"max_tokens":2,"prompt":[[1,2],[3,4]]}`, 4},
+		{"/v1/completions", `{"max_tokens":2,"prompt":[1,2,3]}`, 2},
 	} {
 		info, err := ParseRequest([]byte(c.body))
 		if err != nil {
