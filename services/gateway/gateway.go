@@ -86,16 +86,18 @@ type Gateway struct {
 	settler      settler
 	redis        redis.UniversalClient
 	redisPrefix  string
-	collector    *poolCollector
-	events       EventSink
-	metrics      *metrics
-	log          *slog.Logger
-	ready        func(ctx context.Context) error
-	now          func() time.Time
-	gatherer     prometheus.Gatherer
-	echo         *echo.Echo
-	reqIDs       requestIDs
-	inflight     atomic.Int64
+	// keyPing overrides keyChangesPing (tests).
+	keyPing   time.Duration
+	collector *poolCollector
+	events    EventSink
+	metrics   *metrics
+	log       *slog.Logger
+	ready     func(ctx context.Context) error
+	now       func() time.Time
+	gatherer  prometheus.Gatherer
+	echo      *echo.Echo
+	reqIDs    requestIDs
+	inflight  atomic.Int64
 	// failures rate-limits the log lines of requests failed by a
 	// dependency that is down.
 	failures failureLog

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -13,9 +14,9 @@ import (
 )
 
 // keyChangesPing is how long the subscription may stay silent before it is
-// pinged: a connection that died without a word (a Redis restarted behind a
-// proxy, a dropped route) is found and made again within it.
-const keyChangesPing = 30 * time.Second
+// pinged; a connection that died without a word (a Redis restarted behind a
+// proxy, a dropped route) is found and made again within twice that.
+const keyChangesPing = 15 * time.Second
 
 // watchKeyChanges makes a change of a key in the Redis key store (`llmproxy
 // keys`, the admin API: changed, disabled, deleted) take effect at
@@ -53,23 +54,39 @@ func (g *Gateway) listenKeyChanges(ctx context.Context) error {
 	defer ps.Close()
 	stop := context.AfterFunc(ctx, func() { _ = ps.Close() })
 	defer stop()
+	every := g.keyPing
+	if every <= 0 {
+		every = keyChangesPing
+	}
+	pinged := false
 	for {
-		msg, err := ps.ReceiveTimeout(ctx, keyChangesPing)
+		msg, err := ps.ReceiveTimeout(ctx, every)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		if err != nil && isTimeout(err) {
 			// Silence: a Ping finds out whether the connection is still
-			// there (go-redis makes it again if not).
-			if err := ps.Ping(ctx); err != nil && !isTimeout(err) {
+			// there. A connection whose Redis went away without a word
+			// (a dropped route, a frozen proxy) takes the Ping and
+			// answers nothing: after another silence it is given up,
+			// and the subscription made on a new one.
+			if pinged {
+				return fmt.Errorf("no answer to a PING within %v", every)
+			}
+			if err := ps.Ping(ctx); err != nil {
 				return err
 			}
+			pinged = true
 			continue
 		}
 		if err != nil {
 			return err
 		}
-		store, _ := g.rt.Load().keys.(*auth.RedisStore)
+		pinged = false
+		var store *auth.RedisStore
+		if rt := g.rt.Load(); rt != nil {
+			store, _ = rt.keys.(*auth.RedisStore)
+		}
 		switch m := msg.(type) {
 		case *redis.Subscription:
 			if m.Kind == "subscribe" && store != nil {

@@ -1,11 +1,21 @@
 package gateway
 
 import (
+	"bufio"
 	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/llmproxy/llmproxy/pkg/keys"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/auth"
@@ -77,4 +87,109 @@ redis: {url: "redis://unused"}
 		t.Fatal(err)
 	}
 	within("deleted", secret, http.StatusUnauthorized)
+}
+
+// TestKeyChangesGiveUpASilentConnection: a subscription whose Redis takes
+// the PING and answers nothing (gone without a word behind a proxy or a
+// dropped route) is given up after two silences, so that it can be made
+// again on a new connection.
+func TestKeyChangesGiveUpASilentConnection(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go silentRedis(c, nil)
+		}
+	}()
+	rdb := redis.NewClient(&redis.Options{Addr: ln.Addr().String(), Protocol: 2, DisableIdentity: true})
+	defer rdb.Close()
+	g := &Gateway{redis: rdb, redisPrefix: "p", keyPing: 50 * time.Millisecond}
+	done := make(chan error, 1)
+	go func() { done <- g.listenKeyChanges(context.Background()) }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "no answer to a PING") {
+			t.Fatalf("listenKeyChanges = %v, want it to give up the silent connection", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("listenKeyChanges still listening on a connection that answers no PING")
+	}
+}
+
+// TestKeyChangesSubscribeAgainAfterARefusal: a SUBSCRIBE Redis refused
+// (an ACL user without the channel, granted it since) is sent again, on a
+// connection that is not broken and so would never be made again.
+func TestKeyChangesSubscribeAgainAfterARefusal(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var subscribes atomic.Int32
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go silentRedis(c, &subscribes)
+		}
+	}()
+	rdb := redis.NewClient(&redis.Options{Addr: ln.Addr().String(), Protocol: 2, DisableIdentity: true})
+	defer rdb.Close()
+	g := &Gateway{redis: rdb, redisPrefix: "p", log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go g.watchKeyChanges(ctx)
+	for deadline := time.Now().Add(3 * time.Second); subscribes.Load() < 2; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d SUBSCRIBE after a refusal, want it sent again", subscribes.Load())
+		}
+	}
+}
+
+// silentRedis answers a SUBSCRIBE as Redis does (the first refused, as a
+// Redis refuses an ACL user without the channel, when subscribes counts
+// them), and a PING never.
+func silentRedis(c net.Conn, subscribes *atomic.Int32) {
+	defer c.Close()
+	r := bufio.NewReader(c)
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		if !strings.HasPrefix(line, "*") {
+			continue
+		}
+		n, _ := strconv.Atoi(strings.TrimSpace(line[1:]))
+		args := make([]string, 0, n)
+		for range n {
+			if _, err := r.ReadString('\n'); err != nil { // $len
+				return
+			}
+			a, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			args = append(args, strings.TrimSpace(a))
+		}
+		switch {
+		case len(args) == 2 && strings.EqualFold(args[0], "subscribe") && subscribes != nil && subscribes.Add(1) == 1:
+			fmt.Fprintf(c, "-NOPERM this user has no permissions to access one of the channels used as arguments\r\n")
+		case len(args) == 2 && strings.EqualFold(args[0], "subscribe"):
+			fmt.Fprintf(c, "*3\r\n$9\r\nsubscribe\r\n$%d\r\n%s\r\n:1\r\n", len(args[1]), args[1])
+		case len(args) > 0 && strings.EqualFold(args[0], "ping"):
+			// Taken, and never answered.
+		default: // HELLO, as a Redis before 6 answers it
+			fmt.Fprintf(c, "-ERR unknown command\r\n")
+		}
+	}
 }
