@@ -362,6 +362,7 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 			return code(err)
 		}
 		rec, err := keys.Update(ctx, rdb, prefix, id, body)
+		err = notAnnounced(stderr, err)
 		if errors.Is(err, keys.ErrInvalid) {
 			return fail(2, "%v", err)
 		}
@@ -371,7 +372,7 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 		if *asJSON {
 			printJSON(rec)
 		} else {
-			fmt.Fprintf(stdout, "Key %s updated (gateways see the change within their key cache's TTL):\n\n", rec.ID)
+			fmt.Fprintf(stdout, "Key %s updated:\n\n", rec.ID)
 			printRecord(stdout, rec, time.Now())
 		}
 	case "disable", "enable":
@@ -380,22 +381,23 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 			status = keys.StatusActive
 		}
 		rec, err := keys.SetStatus(ctx, rdb, prefix, id, status)
+		err = notAnnounced(stderr, err)
 		if err != nil {
 			return code(err)
 		}
 		if *asJSON {
 			printJSON(rec)
 		} else {
-			fmt.Fprintf(stdout, "Key %s is %s (gateways see it within their key cache's TTL).\n", rec.ID, rec.Status)
+			fmt.Fprintf(stdout, "Key %s is %s.\n", rec.ID, rec.Status)
 		}
 	case "delete":
-		if err := keys.Delete(ctx, rdb, prefix, id); err != nil {
+		if err := notAnnounced(stderr, keys.Delete(ctx, rdb, prefix, id)); err != nil {
 			return code(err)
 		}
 		if *asJSON {
 			printJSON(map[string]any{"deleted": id})
 		} else {
-			fmt.Fprintf(stdout, "Key %s deleted (gateways refuse it within their key cache's TTL; its usage stays recorded under its id, which no new key may take).\n", id)
+			fmt.Fprintf(stdout, "Key %s deleted (its usage stays recorded under its id, which no new key may take).\n", id)
 		}
 	}
 	return 0
@@ -489,4 +491,14 @@ func expiresText(t *time.Time) string {
 		return "never"
 	}
 	return t.UTC().Format(time.RFC3339)
+}
+
+// notAnnounced writes the warning of a change made but not announced to the
+// gateways (keys.NotAnnouncedError) to stderr, and returns any other error.
+func notAnnounced(stderr io.Writer, err error) error {
+	warning, rest := keys.NotAnnounced(err)
+	if warning != "" {
+		fmt.Fprintln(stderr, "llmproxy keys: warning:", warning)
+	}
+	return rest
 }

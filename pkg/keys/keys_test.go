@@ -514,3 +514,75 @@ func TestGetManyOverAConnectionThatFailedAuth(t *testing.T) {
 		t.Fatalf("GetMany = %v, %v; want the connection's WRONGPASS", got, err)
 	}
 }
+
+// refusePublish is a go-redis hook that fails PUBLISH, as Redis does for an
+// ACL user without the channel.
+type refusePublish struct{}
+
+func (refusePublish) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (refusePublish) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() == "publish" {
+			cmd.SetErr(errors.New("NOPERM this user has no permissions to access one of the channels used as arguments"))
+			return cmd.Err()
+		}
+		return next(ctx, cmd)
+	}
+}
+func (refusePublish) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// TestChangesAnnounced: each change of a key is announced on
+// ChangedChannel with its hash; one whose announcement is refused is still
+// made, and says so apart from any failure (NotAnnounced).
+func TestChangesAnnounced(t *testing.T) {
+	rdb, prefix := testRedis(t)
+	ctx := context.Background()
+	_, rec, err := Create(ctx, rdb, prefix, Spec{ID: "ann"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := rdb.Subscribe(ctx, ChangedChannel(prefix))
+	defer sub.Close()
+	if _, err := sub.Receive(ctx); err != nil { // the subscription itself
+		t.Fatal(err)
+	}
+	heard := func(what string) {
+		t.Helper()
+		msg, err := sub.ReceiveTimeout(ctx, 2*time.Second)
+		if m, ok := msg.(*redis.Message); err != nil || !ok || m.Payload != rec.SHA256 {
+			t.Fatalf("%s: announced %v (%v), want the key's hash", what, msg, err)
+		}
+	}
+	if _, err := SetStatus(ctx, rdb, prefix, "ann", StatusDisabled); err != nil {
+		t.Fatal(err)
+	}
+	heard("disable")
+	if _, err := Update(ctx, rdb, prefix, "ann", []byte(`{"name":"n"}`)); err != nil {
+		t.Fatal(err)
+	}
+	heard("update")
+
+	opts := *rdb.Options()
+	refused := redis.NewClient(&opts)
+	defer refused.Close()
+	refused.AddHook(refusePublish{})
+	got, err := SetStatus(ctx, refused, prefix, "ann", StatusActive)
+	warning, rest := NotAnnounced(err)
+	if rest != nil || !strings.Contains(warning, "NOPERM") || got.Status != StatusActive {
+		t.Fatalf("enable with the announcement refused: %+v, %v; want it made, with a warning", got, err)
+	}
+	if now, err := Get(ctx, rdb, prefix, "ann"); err != nil || now.Status != StatusActive {
+		t.Fatalf("stored %+v (%v), want it enabled", now, err)
+	}
+	if _, rest := NotAnnounced(Delete(ctx, refused, prefix, "ann")); rest != nil {
+		t.Fatal(rest)
+	}
+	if _, err := Get(ctx, rdb, prefix, "ann"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("after delete: %v, want it gone", err)
+	}
+	if _, err := NotAnnounced(errors.New("down")); err == nil {
+		t.Fatal("NotAnnounced hid a failure")
+	}
+}

@@ -27,11 +27,37 @@ func deletedKey(prefix string) string      { return prefix + ":keys:deleted" }
 // they cached of it at once rather than when their entry expires.
 func ChangedChannel(prefix string) string { return prefix + ":keys:changed" }
 
-// announce publishes a change of the key hashed to hash on ChangedChannel.
-// It is best effort: a gateway that misses it reads the key again when its
-// cached entry expires.
-func announce(ctx context.Context, rdb redis.UniversalClient, prefix, hash string) {
-	_ = rdb.Publish(context.WithoutCancel(ctx), ChangedChannel(prefix), hash).Err()
+// NotAnnouncedError is what Update, SetStatus and Delete return when the
+// change is written (their other results are then valid) but its
+// announcement on ChangedChannel was refused or lost (an ACL user without
+// the channel, say): gateways see the change when their cached entry
+// expires, within 5 s, rather than at once. NotAnnounced tells it apart.
+type NotAnnouncedError struct{ Err error }
+
+func (e *NotAnnouncedError) Error() string {
+	return "the change is made, but the gateways could not be told at once (" + e.Err.Error() +
+		"): they see it within their key cache's 5 s"
+}
+
+func (e *NotAnnouncedError) Unwrap() error { return e.Err }
+
+// NotAnnounced splits err into the warning of a change made but not
+// announced (see NotAnnouncedError) and any other error.
+func NotAnnounced(err error) (warning string, rest error) {
+	var na *NotAnnouncedError
+	if errors.As(err, &na) {
+		return na.Error(), nil
+	}
+	return "", err
+}
+
+// announce publishes a change of the key hashed to hash on ChangedChannel,
+// returning a *NotAnnouncedError when that fails.
+func announce(ctx context.Context, rdb redis.UniversalClient, prefix, hash string) error {
+	if err := rdb.Publish(context.WithoutCancel(ctx), ChangedChannel(prefix), hash).Err(); err != nil {
+		return &NotAnnouncedError{Err: err}
+	}
+	return nil
 }
 
 // Create stores a new key made from spec and returns its secret, which is
@@ -421,8 +447,7 @@ func update(ctx context.Context, rdb redis.UniversalClient, prefix, id string, f
 	if err != nil {
 		return Record{}, fmt.Errorf("key %s: %w", id, err)
 	}
-	announce(ctx, rdb, prefix, hash)
-	return rec, nil
+	return rec, announce(ctx, rdb, prefix, hash)
 }
 
 // Delete removes key id: its secret stops working at once on the gateways
@@ -452,11 +477,12 @@ func Delete(ctx context.Context, rdb redis.UniversalClient, prefix, id string) e
 	// else changes: a key whose id outlives it reads as deleted, and a
 	// delete cut short can be run again. One Redis key per write, as in
 	// Create.
+	var announced error
 	for _, del := range []func() error{
 		func() error {
 			err := rdb.Del(ctx, byHashKey(prefix, hash)).Err()
 			if err == nil {
-				announce(ctx, rdb, prefix, hash)
+				announced = announce(ctx, rdb, prefix, hash)
 			}
 			return err
 		},
@@ -467,7 +493,7 @@ func Delete(ctx context.Context, rdb redis.UniversalClient, prefix, id string) e
 			return fmt.Errorf("delete key %s: %w", id, err)
 		}
 	}
-	return nil
+	return announced
 }
 
 func decode(body []byte) (Record, error) {

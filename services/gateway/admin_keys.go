@@ -65,6 +65,13 @@ func AdminKeysHandler(rdb redis.UniversalClient, prefix string, token string, st
 				return
 			}
 			status, body, err := fn(w, r)
+			if warning, rest := keys.NotAnnounced(err); warning != "" {
+				// Made, but the gateways see it within their key
+				// cache's 5 s rather than at once.
+				log.Warn("admin key API: "+warning, "method", r.Method, "path", quotedPath(r))
+				w.Header().Set("X-LLMProxy-Warning", warning)
+				err = rest
+			}
 			if err != nil {
 				e := keysError(err)
 				if e.Status == http.StatusServiceUnavailable {

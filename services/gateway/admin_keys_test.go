@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -10,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/llmproxy/llmproxy/pkg/keys"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/redistest"
@@ -212,4 +215,55 @@ func TestAdminKeysLogsTheStoresFailure(t *testing.T) {
 	default:
 		t.Fatal("nothing logged on the handler's logger")
 	}
+}
+
+// TestAdminKeysSaysAChangeWasNotAnnounced: a change made whose
+// announcement Redis refused (an ACL user without the key-change channel)
+// succeeds, with a warning in X-LLMProxy-Warning and the log: the gateways
+// see it within their key cache's 5 s, not at once.
+func TestAdminKeysSaysAChangeWasNotAnnounced(t *testing.T) {
+	rdb, prefix := redistest.New(t, "admin-keys-ann")
+	if _, _, err := keys.Create(context.Background(), rdb, prefix, keys.Spec{ID: "k"}); err != nil {
+		t.Fatal(err)
+	}
+	opts := *rdb.Options()
+	refused := redis.NewClient(&opts)
+	defer refused.Close()
+	refused.AddHook(refusePublish{})
+	lines := make(chan map[string]string, 10)
+	srv := httptest.NewServer(AdminKeysHandler(refused, prefix, "admin-secret", nil, slog.New(recordHandler{out: lines})))
+	defer srv.Close()
+	resp, body := do(t, "POST", srv.URL+"/admin/keys/k/disable", "", map[string]string{"Authorization": "Bearer admin-secret"})
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"disabled"`) {
+		t.Fatalf("%d %s, want the key disabled", resp.StatusCode, body)
+	}
+	if w := resp.Header.Get("X-LLMProxy-Warning"); !strings.Contains(w, "5 s") {
+		t.Fatalf("X-LLMProxy-Warning %q", w)
+	}
+	select {
+	case l := <-lines:
+		if !strings.Contains(l["msg"], "could not be told at once") {
+			t.Fatalf("log line %v", l)
+		}
+	default:
+		t.Fatal("nothing logged")
+	}
+}
+
+// refusePublish is a go-redis hook that fails PUBLISH, as Redis does for an
+// ACL user without the channel.
+type refusePublish struct{}
+
+func (refusePublish) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (refusePublish) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() == "publish" {
+			cmd.SetErr(errors.New("NOPERM this user has no permissions to access one of the channels used as arguments"))
+			return cmd.Err()
+		}
+		return next(ctx, cmd)
+	}
+}
+func (refusePublish) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
 }
