@@ -250,6 +250,7 @@ func (r *Recorder) process(ctx context.Context, msgs []jetstream.Msg) bool {
 	stopKeepAlive()
 	r.writing(err)
 	if err != nil {
+		r.renewSessions()
 		r.metrics.errors.WithLabelValues(errWrite).Inc()
 		r.logFailure(slog.LevelError, "recorder: write batch; events will be redelivered", "events", len(rows), "err", err)
 		r.nak(append(ok, dups...))
@@ -295,6 +296,15 @@ func (r *Recorder) logFailure(level slog.Level, msg string, args ...any) {
 	l.logged, l.left = now, 0
 	r.failMu.Unlock()
 	r.opts.Logger.Log(context.Background(), level, msg, args...)
+}
+
+// renewSessions closes the pool's connections after a write failed for an
+// outage, so that the next write starts a session of its own: one that
+// failed for a setting of the session (a role's statement_timeout, since
+// reset) would go on failing in it, since a role's or database's settings
+// apply to new sessions only.
+func (r *Recorder) renewSessions() {
+	r.pool.Reset()
 }
 
 // writing records how the latest write went: err, an outage, or nil. The
@@ -445,6 +455,7 @@ func (r *Recorder) writeEach(ctx context.Context, rows [][]any, msgs []jetstream
 		case outage(err):
 			down = true
 			r.writing(err)
+			r.renewSessions()
 			r.metrics.errors.WithLabelValues(errWrite).Inc()
 			r.logFailure(slog.LevelError, "recorder: write event; it will be redelivered", "request_id", row[0], "err", err)
 			_ = msgs[i].NakWithDelay(r.opts.RetryWait)

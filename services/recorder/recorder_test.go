@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go/jetstream"
@@ -648,6 +649,57 @@ func TestWritesFailingIsNotReady(t *testing.T) {
 		t.Fatalf("Refusing = %v once writes succeed", err)
 	}
 	waitLog(t, logs, "writing to the table again")
+}
+
+// TestOutageRenewsSessions: after writes fail for a setting of their
+// sessions (a role's statement_timeout, which applies to new sessions only
+// once it is reset), the next write starts a new session, so that the fix
+// applies without a restart. The trigger fails every session begun before
+// the time in fix_at.
+func TestOutageRenewsSessions(t *testing.T) {
+	js, pool := eventstest.JetStream(t), startPostgres(t)
+	execAll(t, pool, `CREATE TABLE fix_at (t timestamptz)`, `INSERT INTO fix_at VALUES ('infinity')`,
+		`CREATE FUNCTION old_session() RETURNS trigger LANGUAGE plpgsql AS $$
+		 BEGIN
+		   IF (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()) < (SELECT t FROM fix_at) THEN
+		     RAISE EXCEPTION 'canceling statement due to statement timeout' USING ERRCODE = '57014';
+		   END IF;
+		   RETURN NEW;
+		 END $$`,
+		`CREATE TRIGGER old_session BEFORE INSERT ON `+Table+` FOR EACH ROW EXECUTE FUNCTION old_session()`)
+	rec, err := New(js, pool, testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	publishEvent(t, js, event("e1", "k", 200), "e1")
+	runRecorder(t, rec)
+	for deadline := time.Now().Add(10 * time.Second); rec.Refusing() == nil; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("Refusing = nil while every write fails")
+		}
+	}
+	// The test's own statements go through a connection of their own:
+	// ones on the recorder's pool would make it open new sessions.
+	ctx := context.Background()
+	own, err := pgx.ConnectConfig(ctx, pool.Config().ConnConfig.Copy())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer own.Close(ctx)
+	if _, err := own.Exec(ctx, `UPDATE fix_at SET t = now()`); err != nil {
+		t.Fatal(err)
+	}
+	// Well within the backoff's 2 s doublings: the next write's session is
+	// a new one.
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		var n int
+		if err := own.QueryRow(ctx, `SELECT count(*) FROM `+Table).Scan(&n); err == nil && n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nothing stored 3 s after the sessions' setting was fixed: %v", rec.Refusing())
+		}
+	}
 }
 
 // TestRefusalStoredByAnotherRecorderClears: an event this recorder saw
