@@ -128,8 +128,8 @@ func TestParseProblems(t *testing.T) {
 		},
 		{
 			name: "an alias of no anchor",
-			yaml: minimal + "logging: *lg\n",
-			want: []string{`c.yaml:3: invalid YAML: unknown anchor 'lg' referenced`},
+			yaml: minimal + "# not *lg here\nlisten: \"*lg\"\nlogging: *lg\n",
+			want: []string{`c.yaml:5: invalid YAML: unknown anchor 'lg' referenced`},
 		},
 		{
 			name: "top level not a mapping",

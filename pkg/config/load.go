@@ -189,9 +189,16 @@ func yamlProblemLine(text, src string) int {
 		return 0
 	case strings.HasPrefix(text, "unknown anchor '"):
 		name, _, _ := strings.Cut(strings.TrimPrefix(text, "unknown anchor '"), "'")
-		re := regexp.MustCompile(`\*` + regexp.QuoteMeta(name) + `(?:[\s,\]}]|$)`)
-		if loc := re.FindStringIndex(src); loc != nil {
-			return 1 + strings.Count(src[:loc[0]], "\n")
+		re := regexp.MustCompile(`^\*` + regexp.QuoteMeta(name) + `(?:[\s,\]}]|$)`)
+		// The first alias outside quoted text and comments.
+		for i, line := range strings.Split(src, "\n") {
+			found := false
+			scanPlain(line, func(j int) {
+				found = found || line[j] == '*' && re.MatchString(line[j:])
+			})
+			if found {
+				return i + 1
+			}
 		}
 		return 0
 	case strings.Contains(text, "control characters") || strings.Contains(text, "UTF-8") || strings.Contains(text, "Unicode"):
