@@ -503,6 +503,17 @@ const (
 	refuseBlockedTrigger = `CREATE TRIGGER refuse_blocked BEFORE INSERT ON ` + Table + ` FOR EACH ROW EXECUTE FUNCTION refuse_blocked()`
 )
 
+// untilRefusing waits until r.Refusing reports something, failing the test
+// after 10 s, while what.
+func untilRefusing(t *testing.T, r *Recorder, what string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); r.Refusing() == nil; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("Refusing = nil while " + what)
+		}
+	}
+}
+
 // execAll runs stmts on pool, failing the test at the first error.
 func execAll(t *testing.T, pool *pgxpool.Pool, stmts ...string) {
 	t.Helper()
@@ -571,11 +582,7 @@ func TestNarrowedColumnHoldsEvents(t *testing.T) {
 	publishEvent(t, js, event("long", "a-long-key", 200), "long") // "team a-long-key" does not
 	runRecorder(t, rec)
 	waitRows(t, pool, 1)
-	for deadline := time.Now().Add(10 * time.Second); rec.Refusing() == nil; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("Refusing = nil while the table refuses an event")
-		}
-	}
+	untilRefusing(t, rec, "the table refuses an event")
 	if n := testutil.ToFloat64(rec.metrics.errors.WithLabelValues(errPoison)); n != 0 {
 		t.Fatalf("%v events terminated as poison, want none", n)
 	}
@@ -597,11 +604,7 @@ func TestNarrowedBodyColumnKeepsBodies(t *testing.T) {
 	}
 	publishEvent(t, js, event("bodied", "k", 200), "bodied")
 	runRecorder(t, rec)
-	for deadline := time.Now().Add(10 * time.Second); rec.Refusing() == nil; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("Refusing = nil while the table refuses an event's body")
-		}
-	}
+	untilRefusing(t, rec, "the table refuses an event's body")
 	if err := rec.Refusing(); !strings.Contains(err.Error(), "refuses events since") || strings.Contains(err.Error(), "llmproxy_requests_in") {
 		t.Fatalf("Refusing = %v, want the table's refusal under the table's name", err)
 	}
@@ -635,11 +638,7 @@ func TestWritesFailingIsNotReady(t *testing.T) {
 	}
 	publishEvent(t, js, event("e1", "k", 200), "e1")
 	runRecorder(t, rec)
-	for deadline := time.Now().Add(10 * time.Second); rec.Refusing() == nil; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("Refusing = nil while every write fails")
-		}
-	}
+	untilRefusing(t, rec, "every write fails")
 	if err := rec.Refusing(); !strings.Contains(err.Error(), "fail since") || !strings.Contains(err.Error(), "53100") {
 		t.Fatalf("Refusing = %v", err)
 	}
@@ -673,11 +672,7 @@ func TestOutageRenewsSessions(t *testing.T) {
 	}
 	publishEvent(t, js, event("e1", "k", 200), "e1")
 	runRecorder(t, rec)
-	for deadline := time.Now().Add(10 * time.Second); rec.Refusing() == nil; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("Refusing = nil while every write fails")
-		}
-	}
+	untilRefusing(t, rec, "every write fails")
 	// The test's own statements go through a connection of their own:
 	// ones on the recorder's pool would make it open new sessions.
 	ctx := context.Background()
@@ -713,11 +708,7 @@ func TestRefusalStoredByAnotherRecorderClears(t *testing.T) {
 	}
 	publishEvent(t, js, event("from-blocked", "blocked", 200), "from-blocked")
 	stopA := runRecorder(t, a)
-	for deadline := time.Now().Add(10 * time.Second); a.Refusing() == nil; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("Refusing = nil while the table refuses an event")
-		}
-	}
+	untilRefusing(t, a, "the table refuses an event")
 	if err := stopA(); err != nil {
 		t.Fatal(err)
 	}
