@@ -94,21 +94,7 @@ redis: {url: "redis://unused"}
 // dropped route) is given up after two silences, so that it can be made
 // again on a new connection.
 func TestKeyChangesGiveUpASilentConnection(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go silentRedis(c, nil)
-		}
-	}()
-	rdb := redis.NewClient(&redis.Options{Addr: ln.Addr().String(), Protocol: 2, DisableIdentity: true})
+	rdb := redis.NewClient(&redis.Options{Addr: fakeRedis(t, nil), Protocol: 2, DisableIdentity: true})
 	defer rdb.Close()
 	g := &Gateway{redis: rdb, redisPrefix: "p", keyPing: 50 * time.Millisecond}
 	done := make(chan error, 1)
@@ -127,22 +113,8 @@ func TestKeyChangesGiveUpASilentConnection(t *testing.T) {
 // (an ACL user without the channel, granted it since) is sent again, on a
 // connection that is not broken and so would never be made again.
 func TestKeyChangesSubscribeAgainAfterARefusal(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	var subscribes atomic.Int32
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go silentRedis(c, &subscribes)
-		}
-	}()
-	rdb := redis.NewClient(&redis.Options{Addr: ln.Addr().String(), Protocol: 2, DisableIdentity: true})
+	rdb := redis.NewClient(&redis.Options{Addr: fakeRedis(t, &subscribes), Protocol: 2, DisableIdentity: true})
 	defer rdb.Close()
 	g := &Gateway{redis: rdb, redisPrefix: "p", log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -153,6 +125,26 @@ func TestKeyChangesSubscribeAgainAfterARefusal(t *testing.T) {
 			t.Fatalf("%d SUBSCRIBE after a refusal, want it sent again", subscribes.Load())
 		}
 	}
+}
+
+// fakeRedis serves silentRedis on a port of its own until the test ends,
+// and returns its address.
+func fakeRedis(t *testing.T, subscribes *atomic.Int32) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go silentRedis(c, subscribes)
+		}
+	}()
+	return ln.Addr().String()
 }
 
 // silentRedis answers a SUBSCRIBE as Redis does (the first refused, as a
