@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -58,6 +59,9 @@ type Recorder struct {
 	// and downErr why; zero while they succeed (see Refusing).
 	downSince time.Time
 	downErr   error
+	// renew asks the next write to close the pool's connections first
+	// (renewSessions).
+	renew atomic.Bool
 }
 
 // limitedLine is one message's rate limit: when it was last logged and
@@ -298,13 +302,15 @@ func (r *Recorder) logFailure(level slog.Level, msg string, args ...any) {
 	r.opts.Logger.Log(context.Background(), level, msg, args...)
 }
 
-// renewSessions closes the pool's connections after a write failed for an
-// outage, so that the next write starts a session of its own: one that
-// failed for a setting of the session (a role's statement_timeout, since
-// reset) would go on failing in it, since a role's or database's settings
-// apply to new sessions only.
+// renewSessions has the next write, after one that failed for an outage,
+// start on a session of its own: one that failed for a setting of the
+// session (a role's statement_timeout, since reset) would go on failing in
+// it, since a role's or database's settings apply to new sessions only. The
+// pool's connections are closed just before that write, not at the
+// failure: a session opened meanwhile (a readiness ping) has the old
+// settings too.
 func (r *Recorder) renewSessions() {
-	r.pool.Reset()
+	r.renew.Store(true)
 }
 
 // writing records how the latest write went: err, an outage, or nil. The
@@ -596,6 +602,9 @@ func eventValueRefused(err error) bool {
 // writeAll inserts rows in one transaction: COPY into a session-local
 // staging table, then one INSERT that skips request ids already stored.
 func (r *Recorder) writeAll(ctx context.Context, rows [][]any) error {
+	if r.renew.Swap(false) {
+		r.pool.Reset()
+	}
 	ctx, cancel := context.WithTimeout(ctx, r.opts.WriteTimeout)
 	defer cancel()
 	start := time.Now()

@@ -653,7 +653,7 @@ func TestWritesFailingIsNotReady(t *testing.T) {
 // TestOutageRenewsSessions: after writes fail for a setting of their
 // sessions (a role's statement_timeout, which applies to new sessions only
 // once it is reset), the next write starts a new session, so that the fix
-// applies without a restart. The trigger fails every session begun before
+// applies without a restart, even over a session opened in between. The trigger fails every session begun before
 // the time in fix_at.
 func TestOutageRenewsSessions(t *testing.T) {
 	js, pool := eventstest.JetStream(t), startPostgres(t)
@@ -671,11 +671,20 @@ func TestOutageRenewsSessions(t *testing.T) {
 		t.Fatal(err)
 	}
 	publishEvent(t, js, event("e1", "k", 200), "e1")
-	runRecorder(t, rec)
+	stop := runRecorder(t, rec)
 	untilRefusing(t, rec, "every write fails")
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	// A session opened on the recorder's pool after the failure and
+	// before the fix (a readiness ping does this) has the old setting as
+	// well: the write after the fix must not run in it.
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, `SELECT 1`); err != nil {
+		t.Fatal(err)
+	}
 	// The test's own statements go through a connection of their own:
 	// ones on the recorder's pool would make it open new sessions.
-	ctx := context.Background()
 	own, err := pgx.ConnectConfig(ctx, pool.Config().ConnConfig.Copy())
 	if err != nil {
 		t.Fatal(err)
@@ -684,6 +693,8 @@ func TestOutageRenewsSessions(t *testing.T) {
 	if _, err := own.Exec(ctx, `UPDATE fix_at SET t = now()`); err != nil {
 		t.Fatal(err)
 	}
+	failed := testutil.ToFloat64(rec.metrics.errors.WithLabelValues(errWrite))
+	runRecorder(t, rec)
 	// Well within the backoff's 2 s doublings: the next write's session is
 	// a new one.
 	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(20 * time.Millisecond) {
@@ -694,6 +705,9 @@ func TestOutageRenewsSessions(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("nothing stored 3 s after the sessions' setting was fixed: %v", rec.Refusing())
 		}
+	}
+	if n := testutil.ToFloat64(rec.metrics.errors.WithLabelValues(errWrite)) - failed; n != 0 {
+		t.Fatalf("%v writes failed after the fix, want none: the first ran in a session begun before it", n)
 	}
 }
 
