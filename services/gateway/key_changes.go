@@ -27,11 +27,15 @@ const keyChangesPing = 15 * time.Second
 // effect when the cached entry expires (auth.DefaultCacheTTL), as it did
 // before. It returns when ctx is done.
 func (g *Gateway) watchKeyChanges(ctx context.Context) {
-	wait := 100 * time.Millisecond
+	const firstWait = 100 * time.Millisecond
+	wait := firstWait
 	for ctx.Err() == nil {
-		err := g.listenKeyChanges(ctx)
+		subscribed, err := g.listenKeyChanges(ctx)
 		if ctx.Err() != nil || errors.Is(err, redis.ErrClosed) {
 			return
+		}
+		if subscribed {
+			wait = firstWait // a new failure, not the last one's
 		}
 		g.logFailure(slog.LevelWarn, "key changes: not subscribed; a key's change takes effect when its cached entry expires",
 			"err", err, "within", auth.DefaultCacheTTL)
@@ -48,8 +52,8 @@ func (g *Gateway) watchKeyChanges(ctx context.Context) {
 // messages name, until the subscription fails (a refusal, such as an ACL
 // user without the channel, or a connection lost) or ctx is done. A
 // subscription made again (go-redis reconnects on its own) makes the store
-// forget every key.
-func (g *Gateway) listenKeyChanges(ctx context.Context) error {
+// forget every key. subscribed reports that a subscription was made.
+func (g *Gateway) listenKeyChanges(ctx context.Context) (subscribed bool, err error) {
 	ps := g.redis.Subscribe(ctx, keys.ChangedChannel(g.redisPrefix))
 	defer ps.Close()
 	stop := context.AfterFunc(ctx, func() { _ = ps.Close() })
@@ -62,7 +66,7 @@ func (g *Gateway) listenKeyChanges(ctx context.Context) error {
 	for {
 		msg, err := ps.ReceiveTimeout(ctx, every)
 		if ctx.Err() != nil {
-			return ctx.Err()
+			return subscribed, ctx.Err()
 		}
 		if err != nil && isTimeout(err) {
 			// Silence: a Ping finds out whether the connection is still
@@ -71,16 +75,16 @@ func (g *Gateway) listenKeyChanges(ctx context.Context) error {
 			// answers nothing: after another silence it is given up,
 			// and the subscription made on a new one.
 			if pinged {
-				return fmt.Errorf("no answer to a PING within %v", every)
+				return subscribed, fmt.Errorf("no answer to a PING within %v", every)
 			}
 			if err := ps.Ping(ctx); err != nil {
-				return err
+				return subscribed, err
 			}
 			pinged = true
 			continue
 		}
 		if err != nil {
-			return err
+			return subscribed, err
 		}
 		pinged = false
 		var store *auth.RedisStore
@@ -89,8 +93,11 @@ func (g *Gateway) listenKeyChanges(ctx context.Context) error {
 		}
 		switch m := msg.(type) {
 		case *redis.Subscription:
-			if m.Kind == "subscribe" && store != nil {
-				store.ForgetAll()
+			if m.Kind == "subscribe" {
+				subscribed = true
+				if store != nil {
+					store.ForgetAll()
+				}
 			}
 		case *redis.Message:
 			if store != nil {

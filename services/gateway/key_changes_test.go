@@ -98,7 +98,10 @@ func TestKeyChangesGiveUpASilentConnection(t *testing.T) {
 	defer rdb.Close()
 	g := &Gateway{redis: rdb, redisPrefix: "p", keyPing: 50 * time.Millisecond}
 	done := make(chan error, 1)
-	go func() { done <- g.listenKeyChanges(context.Background()) }()
+	go func() {
+		_, err := g.listenKeyChanges(context.Background())
+		done <- err
+	}()
 	select {
 	case err := <-done:
 		if err == nil || !strings.Contains(err.Error(), "no answer to a PING") {
