@@ -147,7 +147,7 @@ func reservation(path string, info usage.RequestInfo, capTokens, imageTokens int
 	// n and best_of ask for that many completions of each prompt, each up
 	// to the limit. Saturate: a max_tokens or n near the int64 maximum
 	// must not wrap.
-	if c := info.Completions(); limit >= (maxReservation-prompt)/c {
+	if c := info.Completions(path); limit >= (maxReservation-prompt)/c {
 		return maxReservation
 	} else {
 		limit *= c

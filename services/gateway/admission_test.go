@@ -49,6 +49,7 @@ func TestReservation(t *testing.T) {
 		{"token ids", "/v1/completions", usage.RequestInfo{PromptTokenIDs: 20000, MaxTokens: 16}, 0, 3 + 20000 + 16},
 		{"a batch of prompts, n 2", "/v1/completions", usage.RequestInfo{Prompts: 3, Choices: 2, MaxTokens: 16}, 0, 3 + 3*2*16},
 		{"a batch past the bound", "/v1/completions", usage.RequestInfo{Prompts: math.MaxInt64, Choices: 2, MaxTokens: 16}, 0, maxReservation},
+		{"a prompt list on a chat path", "/v1/chat/completions", usage.RequestInfo{Prompts: 3, MaxTokens: 16}, 0, 3 + 16},
 		{"token ids, embeddings", "/v1/embeddings", usage.RequestInfo{PromptTokenIDs: 20000}, 0, 3 + 20000},
 		{"token ids past the bound", "/v1/embeddings", usage.RequestInfo{PromptTokenIDs: math.MaxInt64}, 0, maxReservation},
 		// Ollama's API caps with num_predict alone: a max_tokens beside

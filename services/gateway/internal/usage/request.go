@@ -446,17 +446,22 @@ func (info RequestInfo) CompletionBound(path string) int64 {
 	if limit <= 0 || info.CapsFolded {
 		return 0
 	}
-	c := info.Completions()
+	c := info.Completions(path)
 	if limit > math.MaxInt64/c {
 		return math.MaxInt64
 	}
 	return limit * c
 }
 
-// Completions is how many completions the request asks for: Choices for
-// each of its prompts, at least 1.
-func (info RequestInfo) Completions() int64 {
-	c, p := max(info.Choices, 1), max(info.Prompts, 1)
+// Completions is how many completions the request to path asks for:
+// Choices for each of its prompts (a batch on /v1/completions, the one API
+// that takes one; a "prompt" elsewhere is no prompt the engine reads), at
+// least 1.
+func (info RequestInfo) Completions(path string) int64 {
+	c, p := max(info.Choices, 1), int64(1)
+	if path == "/v1/completions" {
+		p = max(info.Prompts, 1)
+	}
 	if c > math.MaxInt64/p {
 		return math.MaxInt64
 	}

@@ -186,6 +186,7 @@ func TestCompletionBound(t *testing.T) {
 		{"/v1/completions", `{"max_tokens":4,"n":2,"prompt":["a","b"]}`, 16},
 		{"/v1/completions", `{"max_tokens":2,"prompt":[[1,2],[3,4]]}`, 4},
 		{"/v1/completions", `{"max_tokens":2,"prompt":[1,2,3]}`, 2},
+		{"/v1/chat/completions", `{"max_tokens":2,"prompt":["a","b"],"messages":[]}`, 2},
 	} {
 		info, err := ParseRequest([]byte(c.body))
 		if err != nil {
