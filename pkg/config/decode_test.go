@@ -128,8 +128,8 @@ func TestParseProblems(t *testing.T) {
 		},
 		{
 			name: "an alias of no anchor",
-			yaml: minimal + "# not *lg here\nlisten: \"*lg\"\nlogging: *lg\n",
-			want: []string{`c.yaml:5: invalid YAML: unknown anchor 'lg' referenced`},
+			yaml: minimal + "# not *lg here\nlisten: \"*lg\"\ndata_dir: 'it''s *lg x'\nadmin:\n  token: \"a\n    *lg b\"\n  listen: x *lg\nroutin: >-\n  *lg\nfoo: a*lgx\nlogging: *lg\nauth: *lg\n",
+			want: []string{`c.yaml:13: invalid YAML: unknown anchor 'lg' referenced`},
 		},
 		{
 			name: "top level not a mapping",

@@ -178,6 +178,38 @@ func yamlError(err error, src string) *Error {
 	return &Error{Line: yamlProblemLine(text, src), Msg: "invalid YAML: " + text, Err: err}
 }
 
+// unknownAliasLine returns the line of the first alias *name that yaml.v3
+// reads as one (not text in a comment, a quoted or block scalar, or a plain
+// one): of the places "*name" stands, the first with which the file, every
+// later place blanked out, still fails for it. 0 when none does.
+func unknownAliasLine(src, name string) int {
+	alias := "*" + name
+	var at []int // where "*name" stands, ending where a name may end
+	for i := 0; ; {
+		j := strings.Index(src[i:], alias)
+		if j < 0 {
+			break
+		}
+		j += i
+		if e := j + len(alias); e == len(src) || strings.IndexByte(" \t\r\n,[]{}", src[e]) >= 0 {
+			at = append(at, j)
+		}
+		i = j + 1
+	}
+	blank := "~" + strings.Repeat(" ", len(alias)-1) // a null in YAML
+	for k, j := range at {
+		b := []byte(src)
+		for _, later := range at[k+1:] {
+			copy(b[later:], blank)
+		}
+		var n yaml.Node
+		if err := yaml.Unmarshal(b, &n); err != nil && strings.Contains(err.Error(), "unknown anchor '"+name+"'") {
+			return 1 + strings.Count(src[:j], "\n")
+		}
+	}
+	return 0
+}
+
 // yamlProblemLine finds the line (1-based) of a yaml.v3 error that names
 // none: bytes its reader refuses (control characters, bad UTF-8) or an
 // alias of an anchor never set are looked for in src; any other is the
@@ -189,18 +221,7 @@ func yamlProblemLine(text, src string) int {
 		return 0
 	case strings.HasPrefix(text, "unknown anchor '"):
 		name, _, _ := strings.Cut(strings.TrimPrefix(text, "unknown anchor '"), "'")
-		re := regexp.MustCompile(`^\*` + regexp.QuoteMeta(name) + `(?:[\s,\]}]|$)`)
-		// The first alias outside quoted text and comments.
-		for i, line := range strings.Split(src, "\n") {
-			found := false
-			scanPlain(line, func(j int) {
-				found = found || line[j] == '*' && re.MatchString(line[j:])
-			})
-			if found {
-				return i + 1
-			}
-		}
-		return 0
+		return unknownAliasLine(src, name)
 	case strings.Contains(text, "control characters") || strings.Contains(text, "UTF-8") || strings.Contains(text, "Unicode"):
 		for i, r := range src {
 			bad := r == utf8.RuneError && !strings.HasPrefix(src[i:], "\uFFFD") ||
