@@ -239,6 +239,22 @@ func (r *Recorder) process(ctx context.Context, msgs []jetstream.Msg) bool {
 	stopKeepAlive := r.keepAlive(append(ok[:len(ok):len(ok)], dups...))
 	defer stopKeepAlive()
 	err := r.writeAll(ctx, rows)
+	if undefinedColumn(err) {
+		if cerr := CheckTable(ctx, r.pool); cerr != nil {
+			// A column dropped while the recorder runs: every row is
+			// refused alike, so the batch is handed back whole, as the
+			// table refusing it, and the columns named (at start, the
+			// recorder waits for them before it consumes).
+			stopKeepAlive()
+			r.metrics.errors.WithLabelValues(errWrite).Inc()
+			r.logFailure(slog.LevelError, "recorder: the table lacks columns the recorder writes; its events wait until they are added", "err", cerr)
+			for _, m := range ok {
+				r.refused(m, cerr)
+			}
+			r.ack(dups)
+			return false
+		}
+	}
 	if err != nil && !outage(err) {
 		// PostgreSQL refused the batch (a value of one row, a
 		// constraint or trigger of the table): find the rows it refuses
@@ -546,6 +562,13 @@ func streamSeq(m jetstream.Msg) uint64 {
 		return md.Sequence.Stream
 	}
 	return 0
+}
+
+// undefinedColumn reports a statement naming a column the table does not
+// have (SQLSTATE 42703).
+func undefinedColumn(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "42703"
 }
 
 func (r *Recorder) ack(msgs []jetstream.Msg) {

@@ -711,6 +711,28 @@ func TestOutageRenewsSessions(t *testing.T) {
 	}
 }
 
+// TestColumnDroppedWhileRunning: a column the recorder writes, dropped
+// while it runs, holds every event, the columns named (as at start), and
+// they are stored once it is back.
+func TestColumnDroppedWhileRunning(t *testing.T) {
+	js, pool := eventstest.JetStream(t), startPostgres(t)
+	rec, err := New(js, pool, testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	publishEvent(t, js, event("before", "k", 200), "before")
+	runRecorder(t, rec)
+	waitRows(t, pool, 1)
+	execAll(t, pool, `ALTER TABLE `+Table+` DROP COLUMN finish_reason`)
+	publishEvent(t, js, event("after", "k", 200), "after")
+	untilRefusing(t, rec, "a column is missing")
+	if err := rec.Refusing(); !strings.Contains(err.Error(), "lacks the recorder's columns finish_reason") {
+		t.Fatalf("Refusing = %v, want the missing column named", err)
+	}
+	execAll(t, pool, `ALTER TABLE `+Table+` ADD COLUMN finish_reason text NOT NULL DEFAULT ''`)
+	waitRows(t, pool, 2)
+}
+
 // TestRefusalStoredByAnotherRecorderClears: an event this recorder saw
 // refused and another recorder stored no longer counts as refused here.
 func TestRefusalStoredByAnotherRecorderClears(t *testing.T) {
