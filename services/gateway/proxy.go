@@ -1349,9 +1349,16 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 						_ = rc.Flush()
 					}
 				} else if err != io.EOF && writeErr == nil && ctx.Err() != nil {
-					// The client left; the request's context cancelled
-					// the backend read.
-					writeErr = ctx.Err()
+					// The client left, or a write to it failed (net/http
+					// then cancels the request's context, which the
+					// backend read may see before the relay sees the
+					// write's error): the connection's writer keeps a
+					// failed write's error, which a flush returns.
+					if ferr := rc.Flush(); ferr != nil {
+						writeErr = ferr
+					} else {
+						writeErr = ctx.Err()
+					}
 				} else if writeErr == nil && (err != io.EOF || untilClose && !ended && !usage.IsFinalEvent(format, sp.Held())) {
 					// The backend failed mid-stream (or, with a reply
 					// that ends at the connection's close, closed it
