@@ -60,7 +60,7 @@ type Recorder struct {
 	downSince time.Time
 	downErr   error
 	// renew asks the next write to close the pool's connections first
-	// (renewSessions).
+	// (see writing).
 	renew atomic.Bool
 }
 
@@ -270,7 +270,6 @@ func (r *Recorder) process(ctx context.Context, msgs []jetstream.Msg) bool {
 	stopKeepAlive()
 	r.writing(err)
 	if err != nil {
-		r.renewSessions()
 		r.metrics.errors.WithLabelValues(errWrite).Inc()
 		r.logFailure(slog.LevelError, "recorder: write batch; events will be redelivered", "events", len(rows), "err", err)
 		r.nak(append(ok, dups...))
@@ -318,21 +317,19 @@ func (r *Recorder) logFailure(level slog.Level, msg string, args ...any) {
 	r.opts.Logger.Log(context.Background(), level, msg, args...)
 }
 
-// renewSessions has the next write, after one that failed for an outage,
-// start on a session of its own: one that failed for a setting of the
-// session (a role's statement_timeout, since reset) would go on failing in
-// it, since a role's or database's settings apply to new sessions only. The
-// pool's connections are closed just before that write, not at the
-// failure: a session opened meanwhile (a readiness ping) has the old
-// settings too.
-func (r *Recorder) renewSessions() {
-	r.renew.Store(true)
-}
-
 // writing records how the latest write went: err, an outage, or nil. The
 // first failure starts the outage that Refusing reports; the first success
-// after one ends it, with a line saying so.
+// after one ends it, with a line saying so. After a failure the next write
+// starts on a session of its own: one that failed for a setting of the
+// session (a role's statement_timeout, since reset) would go on failing in
+// it, since a role's or database's settings apply to new sessions only.
+// The pool's connections are closed just before that write (writeAll), not
+// here: a session opened meanwhile (a readiness ping) has the old settings
+// too.
 func (r *Recorder) writing(err error) {
+	if err != nil {
+		r.renew.Store(true)
+	}
 	r.refMu.Lock()
 	defer r.refMu.Unlock()
 	switch {
@@ -477,7 +474,6 @@ func (r *Recorder) writeEach(ctx context.Context, rows [][]any, msgs []jetstream
 		case outage(err):
 			down = true
 			r.writing(err)
-			r.renewSessions()
 			r.metrics.errors.WithLabelValues(errWrite).Inc()
 			r.logFailure(slog.LevelError, "recorder: write event; it will be redelivered", "request_id", row[0], "err", err)
 			_ = msgs[i].NakWithDelay(r.opts.RetryWait)
