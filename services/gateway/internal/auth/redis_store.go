@@ -58,7 +58,9 @@ type RedisStore struct {
 	known map[string]cached // by hash
 	// forgets counts Forget and ForgetAll calls: a read from Redis that
 	// one overlapped may hold what the change replaced, and is not
-	// cached.
+	// cached. It is added to and compared with mu held, so a Forget
+	// either comes before a read's answer is cached (which is then
+	// not kept) or after it (and expires it).
 	forgets atomic.Uint64
 
 	// unknownMu guards the unknown keys, kept in two generations: when
@@ -148,12 +150,9 @@ func (s *RedisStore) LookupHashFrom(ctx context.Context, hash string, client net
 	rec, err := keys.LookupHash(lctx, s.rdb, s.prefix, hash)
 	cancel()
 	expires := now.Add(s.ttl)
-	if s.forgets.Load() != gen {
-		expires = now // answered, not kept
-	}
 	switch {
 	case errors.Is(err, keys.ErrNotFound):
-		s.putUnknown(hash, expires, known)
+		s.putUnknown(hash, expires, known, gen, now)
 		return nil, ErrUnknownKey
 	case err != nil:
 		return nil, err
@@ -166,7 +165,7 @@ func (s *RedisStore) LookupHashFrom(ctx context.Context, hash string, client net
 		// The client's share bounds its made-up keys, not its real ones.
 		s.clients.giveBack(client)
 	}
-	s.putKnown(hash, cached{key: key, expires: expires}, now)
+	s.putKnown(hash, cached{key: key, expires: expires}, now, gen)
 	return key, nil
 }
 
@@ -174,8 +173,8 @@ func (s *RedisStore) LookupHashFrom(ctx context.Context, hash string, client net
 // (a change of it was announced): its next use reads it from Redis again,
 // as a key in use whose entry expired, outside the look-up budget.
 func (s *RedisStore) Forget(hash string) {
-	s.forgets.Add(1)
 	s.mu.Lock()
+	s.forgets.Add(1)
 	if c, ok := s.known[hash]; ok {
 		c.expires = time.Time{}
 		s.known[hash] = c
@@ -187,8 +186,8 @@ func (s *RedisStore) Forget(hash string) {
 // ForgetAll drops what the store knows of every key, as Forget does of
 // one: for when announcements may have been missed.
 func (s *RedisStore) ForgetAll() {
-	s.forgets.Add(1)
 	s.mu.Lock()
+	s.forgets.Add(1)
 	for h, c := range s.known {
 		c.expires = time.Time{}
 		s.known[h] = c
@@ -213,13 +212,16 @@ func (s *RedisStore) isUnknown(hash string, now time.Time) bool {
 
 // putUnknown caches hash as unknown until expires; wasKnown says it was a
 // key (deleted since), whose entry goes.
-func (s *RedisStore) putUnknown(hash string, expires time.Time, wasKnown bool) {
+func (s *RedisStore) putUnknown(hash string, expires time.Time, wasKnown bool, gen uint64, now time.Time) {
+	s.mu.Lock()
 	if wasKnown {
-		s.mu.Lock()
 		delete(s.known, hash)
-		s.mu.Unlock()
+	}
+	if s.forgets.Load() != gen {
+		expires = now // a change overlapped the read: answered, not kept
 	}
 	s.unknownMu.Lock()
+	s.mu.Unlock()
 	defer s.unknownMu.Unlock()
 	if _, ok := s.unknown[hash]; !ok && len(s.unknown) >= max(s.maxUnknown/2, 1) {
 		s.unknownOld, s.unknown = s.unknown, make(map[string]time.Time, len(s.unknown))
@@ -228,8 +230,11 @@ func (s *RedisStore) putUnknown(hash string, expires time.Time, wasKnown bool) {
 }
 
 // putKnown caches the key c hashed to hash.
-func (s *RedisStore) putKnown(hash string, c cached, now time.Time) {
+func (s *RedisStore) putKnown(hash string, c cached, now time.Time, gen uint64) {
 	s.mu.Lock()
+	if s.forgets.Load() != gen {
+		c.expires = now // a change overlapped the read: answered, not kept
+	}
 	if _, ok := s.known[hash]; !ok && len(s.known) >= s.maxKnown {
 		for h, e := range s.known {
 			if !now.Before(e.expires) {

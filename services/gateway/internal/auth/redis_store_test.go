@@ -362,3 +362,85 @@ func TestRedisStoreLookupsShareOutAmongClients(t *testing.T) {
 		t.Fatalf("a new key from another client during the flood: %+v, %v", k, err)
 	}
 }
+
+// afterGet runs fn, when armed, once a GET has been answered: between the
+// store's read of a key and what it does with the answer.
+type afterGet struct {
+	armed atomic.Bool
+	fn    func()
+}
+
+func (a *afterGet) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (a *afterGet) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (a *afterGet) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if cmd.Name() == "get" && a.armed.CompareAndSwap(true, false) {
+			a.fn()
+		}
+		return err
+	}
+}
+
+// TestRedisStoreForgetDuringARead: a key changed and forgotten while a
+// read of it is in flight is not cached as that read found it, whenever
+// the Forget lands against the read's last steps. Forget runs from another
+// goroutine after a spin of varying length, so that across the iterations
+// it meets the read between its check of the forgets and its caching.
+func TestRedisStoreForgetDuringARead(t *testing.T) {
+	ctx := context.Background()
+	rdb, prefix := redistest.New(t, "authforget")
+	writer := redis.NewClient(rdb.Options())
+	t.Cleanup(func() { writer.Close() })
+	s := NewRedisStore(rdb, prefix, &config.Config{}, time.Hour)
+	secret, rec, err := keys.Create(ctx, writer, prefix, keys.Spec{Name: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hash := HashSecret(secret)
+	hook := &afterGet{}
+	rdb.AddHook(hook)
+	var (
+		forgotten chan struct{}
+		spin      int
+	)
+	hook.fn = func() {
+		// The change is written after the store's read, and announced.
+		if _, err := keys.SetStatus(ctx, writer, prefix, rec.ID, keys.StatusDisabled); err != nil {
+			t.Error(err)
+		}
+		n, done := spin, forgotten
+		go func() {
+			x := 0
+			for i := range n {
+				x += i
+			}
+			_ = x
+			s.Forget(hash)
+			close(done)
+		}()
+	}
+	for i := range 2000 {
+		if _, err := keys.SetStatus(ctx, writer, prefix, rec.ID, keys.StatusActive); err != nil {
+			t.Fatal(err)
+		}
+		s.ForgetAll()
+		forgotten, spin = make(chan struct{}), i%400*5
+		hook.armed.Store(true)
+		if _, err := s.LookupHash(ctx, hash); err != nil {
+			t.Fatal(err)
+		}
+		<-forgotten
+		// Forget has returned and no read is in flight: the next use
+		// must see the key disabled.
+		k, err := s.LookupHash(ctx, hash)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !k.Disabled {
+			t.Fatalf("iteration %d (spin %d): the key was disabled and forgotten, and the store still serves it active", i, spin)
+		}
+	}
+}
