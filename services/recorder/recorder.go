@@ -56,9 +56,14 @@ type Recorder struct {
 	failLog map[string]*limitedLine
 	// downSince is when writes began to fail for an outage (the
 	// database failing the write itself, not the table refusing it),
-	// and downErr why; zero while they succeed (see Refusing).
+	// and downErr why; zero while they succeed (see Refusing). downSeq
+	// is the highest stream sequence of the events whose write failed
+	// meanwhile: once the consumer's ack floor passes it, they are all
+	// settled (another recorder stored them) and the outage is no
+	// longer this recorder's to report.
 	downSince time.Time
 	downErr   error
+	downSeq   uint64
 	// renew asks the next write to close the pool's connections first
 	// (see writing).
 	renew atomic.Bool
@@ -268,7 +273,7 @@ func (r *Recorder) process(ctx context.Context, msgs []jetstream.Msg) bool {
 		return stored > 0 || !down
 	}
 	stopKeepAlive()
-	r.writing(err)
+	r.writing(err, ok)
 	if err != nil {
 		r.metrics.errors.WithLabelValues(errWrite).Inc()
 		r.logFailure(slog.LevelError, "recorder: write batch; events will be redelivered", "events", len(rows), "err", err)
@@ -317,21 +322,27 @@ func (r *Recorder) logFailure(level slog.Level, msg string, args ...any) {
 	r.opts.Logger.Log(context.Background(), level, msg, args...)
 }
 
-// writing records how the latest write went: err, an outage, or nil. The
-// first failure starts the outage that Refusing reports; the first success
-// after one ends it, with a line saying so. After a failure the next write
+// writing records how the latest write, of msgs, went: err, an outage, or
+// nil. The first failure starts the outage that Refusing reports; the first
+// success after one ends it, with a line saying so, as does Refusing once
+// another recorder has stored every event whose write failed here. After a failure the next write
 // starts on a session of its own: one that failed for a setting of the
 // session (a role's statement_timeout, since reset) would go on failing in
 // it, since a role's or database's settings apply to new sessions only.
 // The pool's connections are closed just before that write (writeAll), not
 // here: a session opened meanwhile (a readiness ping) has the old settings
 // too.
-func (r *Recorder) writing(err error) {
+func (r *Recorder) writing(err error, msgs []jetstream.Msg) {
 	if err != nil {
 		r.renew.Store(true)
 	}
 	r.refMu.Lock()
 	defer r.refMu.Unlock()
+	if err != nil {
+		for _, m := range msgs {
+			r.downSeq = max(r.downSeq, streamSeq(m))
+		}
+	}
 	switch {
 	case err != nil && r.downSince.IsZero():
 		r.downSince, r.downErr = time.Now(), err
@@ -339,7 +350,7 @@ func (r *Recorder) writing(err error) {
 		r.downErr = err
 	case !r.downSince.IsZero():
 		r.opts.Logger.Info("recorder: writing to the table again", "failing_since", r.downSince.UTC().Format(time.RFC3339))
-		r.downSince, r.downErr = time.Time{}, nil
+		r.downSince, r.downErr, r.downSeq = time.Time{}, nil, 0
 	}
 }
 
@@ -351,7 +362,7 @@ func (r *Recorder) writing(err error) {
 func (r *Recorder) Refusing() error {
 	floor, floorOK := uint64(0), false
 	r.refMu.Lock()
-	asked := len(r.refusedSeqs) > 0
+	asked := len(r.refusedSeqs) > 0 || !r.downSince.IsZero()
 	r.refMu.Unlock()
 	if asked {
 		floor, floorOK = r.ackFloor()
@@ -366,6 +377,13 @@ func (r *Recorder) Refusing() error {
 				delete(r.refusedSeqs, seq)
 			}
 		}
+	}
+	if floorOK && !r.downSince.IsZero() && r.downSeq > 0 && floor >= r.downSeq {
+		// Every event whose write failed here is settled: another
+		// recorder stored them (or they left the stream). Nothing waits
+		// on this recorder; its next failure, if any, is reported anew.
+		r.opts.Logger.Info("recorder: the events whose writes failed were stored by another recorder", "failing_since", r.downSince.UTC().Format(time.RFC3339))
+		r.downSince, r.downErr, r.downSeq = time.Time{}, nil, 0
 	}
 	if !r.downSince.IsZero() {
 		// Connections succeed (the pool's ping answers) while every
@@ -468,12 +486,12 @@ func (r *Recorder) writeEach(ctx context.Context, rows [][]any, msgs []jetstream
 		switch {
 		case err == nil:
 			stored++
-			r.writing(nil)
+			r.writing(nil, nil)
 			r.stored(msgs[i : i+1])
 			r.ack(msgs[i : i+1])
 		case outage(err):
 			down = true
-			r.writing(err)
+			r.writing(err, msgs[i:i+1])
 			r.metrics.errors.WithLabelValues(errWrite).Inc()
 			r.logFailure(slog.LevelError, "recorder: write event; it will be redelivered", "request_id", row[0], "err", err)
 			_ = msgs[i].NakWithDelay(r.opts.RetryWait)

@@ -761,6 +761,40 @@ func TestRefusalStoredByAnotherRecorderClears(t *testing.T) {
 	}
 }
 
+// TestOutageStoredByAnotherRecorderClears: writes that failed for an
+// outage (a full disk), whose events another recorder then stored, no
+// longer make this recorder report writes failing: nothing waits on it.
+func TestOutageStoredByAnotherRecorderClears(t *testing.T) {
+	js, pool := eventstest.JetStream(t), startPostgres(t)
+	execAll(t, pool, `CREATE FUNCTION disk_full() RETURNS trigger LANGUAGE plpgsql AS $$
+		 BEGIN RAISE EXCEPTION 'could not extend file' USING ERRCODE = '53100'; END $$`,
+		`CREATE TRIGGER disk_full BEFORE INSERT ON `+Table+` FOR EACH ROW EXECUTE FUNCTION disk_full()`)
+	a, err := New(js, pool, testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	publishEvent(t, js, event("during-outage", "k", 200), "during-outage")
+	stopA := runRecorder(t, a)
+	untilRefusing(t, a, "every write fails")
+	if err := stopA(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Refusing(); err == nil || !strings.Contains(err.Error(), "fail since") {
+		t.Fatalf("Refusing = %v, want writes failing", err)
+	}
+	execAll(t, pool, `DROP TRIGGER disk_full ON `+Table)
+	b, err := New(js, pool, testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	runRecorder(t, b)
+	waitRows(t, pool, 1)
+	assertAllAcked(t, js)
+	if err := a.Refusing(); err != nil {
+		t.Fatalf("Refusing = %v after another recorder stored the events whose writes failed", err)
+	}
+}
+
 // TestFailureLinesLimitedByMessage: each kind of failure line has its own
 // limit, so a frequent one does not hide another.
 func TestFailureLinesLimitedByMessage(t *testing.T) {
