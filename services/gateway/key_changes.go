@@ -25,11 +25,22 @@ const keyChangesPing = 15 * time.Second
 // been missed meanwhile, and the store forgets every key. Without the
 // subscription (Redis down, an ACL user refused Pub/Sub) a change takes
 // effect when the cached entry expires (auth.DefaultCacheTTL), as it did
-// before. It returns when ctx is done.
+// before. Keys from the config file (auth.storage: file) are not cached
+// this way: while they are the store, nothing is subscribed or warned of,
+// and a reload that makes Redis the store is met within keyStorePoll (its
+// new store has nothing cached yet). It returns when ctx is done.
 func (g *Gateway) watchKeyChanges(ctx context.Context) {
 	const firstWait = 100 * time.Millisecond
 	wait := firstWait
 	for ctx.Err() == nil {
+		if g.redisKeyStore() == nil {
+			select {
+			case <-time.After(keyStorePoll):
+			case <-ctx.Done():
+				return
+			}
+			continue
+		}
 		subscribed, err := g.listenKeyChanges(ctx)
 		if ctx.Err() != nil || errors.Is(err, redis.ErrClosed) {
 			return
@@ -37,8 +48,10 @@ func (g *Gateway) watchKeyChanges(ctx context.Context) {
 		if subscribed {
 			wait = firstWait // a new failure, not the last one's
 		}
-		g.logFailure(slog.LevelWarn, "key changes: not subscribed; a key's change takes effect when its cached entry expires",
-			"err", err, "within", auth.DefaultCacheTTL)
+		if g.redisKeyStore() != nil {
+			g.logFailure(slog.LevelWarn, "key changes: not subscribed; a key's change takes effect when its cached entry expires",
+				"err", err, "within", auth.DefaultCacheTTL)
+		}
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():
@@ -87,10 +100,7 @@ func (g *Gateway) listenKeyChanges(ctx context.Context) (subscribed bool, err er
 			return subscribed, err
 		}
 		pinged = false
-		var store *auth.RedisStore
-		if rt := g.rt.Load(); rt != nil {
-			store, _ = rt.keys.(*auth.RedisStore)
-		}
+		store := g.redisKeyStore()
 		switch m := msg.(type) {
 		case *redis.Subscription:
 			if m.Kind == "subscribe" {
@@ -105,6 +115,20 @@ func (g *Gateway) listenKeyChanges(ctx context.Context) (subscribed bool, err er
 			}
 		}
 	}
+}
+
+// keyStorePoll is how often watchKeyChanges looks whether the key store,
+// which a reload may change, is in Redis.
+const keyStorePoll = time.Second
+
+// redisKeyStore returns the key store when it is Redis's, else nil.
+func (g *Gateway) redisKeyStore() *auth.RedisStore {
+	rt := g.rt.Load()
+	if rt == nil {
+		return nil
+	}
+	store, _ := rt.keys.(*auth.RedisStore)
+	return store
 }
 
 // isTimeout reports a read that timed out.

@@ -17,6 +17,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/pkg/keys"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/auth"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/redistest"
@@ -120,12 +121,50 @@ func TestKeyChangesSubscribeAgainAfterARefusal(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: fakeRedis(t, &subscribes), Protocol: 2, DisableIdentity: true})
 	defer rdb.Close()
 	g := &Gateway{redis: rdb, redisPrefix: "p", log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	g.rt.Store(&runtime{keys: auth.NewRedisStore(rdb, "p", &config.Config{}, 0)})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go g.watchKeyChanges(ctx)
 	for deadline := time.Now().Add(3 * time.Second); subscribes.Load() < 2; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d SUBSCRIBE after a refusal, want it sent again", subscribes.Load())
+		}
+	}
+}
+
+// TestKeyChangesNotAskedOfFileKeys: keys from the config file are not
+// cached as the Redis key store's are, so a gateway whose Redis serves
+// only the limits neither subscribes (its ACL user need not have the
+// channel) nor warns that it is not subscribed; a reload that makes Redis
+// the key store subscribes.
+func TestKeyChangesNotAskedOfFileKeys(t *testing.T) {
+	var subscribes atomic.Int32
+	subscribes.Store(1) // every SUBSCRIBE answered
+	rdb := redis.NewClient(&redis.Options{Addr: fakeRedis(t, &subscribes), Protocol: 2, DisableIdentity: true})
+	defer rdb.Close()
+	logs := &records{}
+	g := &Gateway{redis: rdb, redisPrefix: "p", log: slog.New(logs)}
+	cfg := parseConfig(t, `
+backends: [{url: "http://127.0.0.1:9"}]
+auth: {enabled: true}
+api_keys: [{key: "sk-llmproxy-filekey-0001", id: "k1"}]
+`)
+	fs, err := auth.NewFileStore(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.rt.Store(&runtime{keys: fs})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go g.watchKeyChanges(ctx)
+	time.Sleep(500 * time.Millisecond)
+	if n, lines := subscribes.Load()-1, logs.lines("key changes: not subscribed; a key's change takes effect when its cached entry expires"); n != 0 || len(lines) != 0 {
+		t.Fatalf("keys from the file: %d SUBSCRIBE, %d lines of not being subscribed", n, len(lines))
+	}
+	g.rt.Store(&runtime{keys: auth.NewRedisStore(rdb, "p", cfg, 0)})
+	for deadline := time.Now().Add(3 * keyStorePoll); subscribes.Load() < 2; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no SUBSCRIBE once the key store is Redis's")
 		}
 	}
 }
