@@ -132,6 +132,16 @@ func TestParseProblems(t *testing.T) {
 			want: []string{`c.yaml:13: invalid YAML: unknown anchor 'lg' referenced`},
 		},
 		{
+			name: "an alias of no anchor as a key",
+			yaml: minimal + "logging:\n  *lg: x\n",
+			want: []string{`c.yaml:4: invalid YAML: unknown anchor 'lg' referenced`},
+		},
+		{
+			name: "an alias of no anchor in a second document",
+			yaml: minimal + "---\nlogging: *lg\n",
+			want: []string{`c.yaml:4: invalid YAML: unknown anchor 'lg' referenced`},
+		},
+		{
 			name: "top level not a mapping",
 			yaml: "- a\n- b\n",
 			want: []string{`c.yaml:1: want a mapping of keys at the top level, not a list`},

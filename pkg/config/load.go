@@ -184,14 +184,14 @@ func yamlError(err error, src string) *Error {
 // later place blanked out, still fails for it. 0 when none does.
 func unknownAliasLine(src, name string) int {
 	alias := "*" + name
-	var at []int // where "*name" stands, ending where a name may end
+	var at []int // where "*name" stands, ending where yaml.v3 ends a name
 	for i := 0; ; {
 		j := strings.Index(src[i:], alias)
 		if j < 0 {
 			break
 		}
 		j += i
-		if e := j + len(alias); e == len(src) || strings.IndexByte(" \t\r\n,[]{}", src[e]) >= 0 {
+		if e := j + len(alias); e == len(src) || strings.IndexByte(" \t\r\n\x00?:,[]{}%@`", src[e]) >= 0 {
 			at = append(at, j)
 		}
 		i = j + 1
@@ -202,12 +202,31 @@ func unknownAliasLine(src, name string) int {
 		for _, later := range at[k+1:] {
 			copy(b[later:], blank)
 		}
-		var n yaml.Node
-		if err := yaml.Unmarshal(b, &n); err != nil && strings.Contains(err.Error(), "unknown anchor '"+name+"'") {
+		if err := decodeAll(b); err != nil && strings.Contains(err.Error(), "unknown anchor '"+name+"'") {
 			return 1 + strings.Count(src[:j], "\n")
 		}
 	}
 	return 0
+}
+
+// decodeAll decodes every YAML document of b, as parseYAML reads them, and
+// returns the first error.
+func decodeAll(b []byte) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%v", r)
+		}
+	}()
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	for {
+		var n yaml.Node
+		if err := dec.Decode(&n); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+	}
 }
 
 // yamlProblemLine finds the line (1-based) of a yaml.v3 error that names
