@@ -245,7 +245,12 @@ func (r *Recorder) process(ctx context.Context, msgs []jetstream.Msg) bool {
 	defer stopKeepAlive()
 	err := r.writeAll(ctx, rows)
 	if undefinedColumn(err) {
-		if cerr := CheckTable(ctx, r.pool); cerr != nil {
+		cctx, cancel := context.WithTimeout(ctx, r.opts.WriteTimeout)
+		cerr := CheckTable(cctx, r.pool)
+		cancel()
+		// A check that could not be made (the database gone meanwhile)
+		// leaves the batch to the paths below, as any failed write.
+		if errors.Is(cerr, ErrMissingColumns) {
 			// A column dropped while the recorder runs: every row is
 			// refused alike, so the batch is handed back whole, as the
 			// table refusing it, and the columns named (at start, the

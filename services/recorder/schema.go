@@ -103,10 +103,14 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
 	return nil
 }
 
+// ErrMissingColumns is the error of CheckTable for a table that lacks a
+// column the recorder writes (errors.Is), rather than a check that failed.
+var ErrMissingColumns = errors.New("missing columns")
+
 // CheckTable reports a request-log table that lacks a column the recorder
-// writes (one an operator made beforehand, or altered since): every batch
-// would fail on it, so the recorder does not start writing until it has
-// them.
+// writes (one an operator made beforehand, or altered since;
+// ErrMissingColumns): every batch would fail on it, so the recorder does
+// not start writing until it has them.
 func CheckTable(ctx context.Context, pool *pgxpool.Pool) error {
 	rows, err := pool.Query(ctx, `SELECT attname FROM pg_attribute
 		WHERE attrelid = '`+Table+`'::regclass AND attnum > 0 AND NOT attisdropped`)
@@ -133,11 +137,16 @@ func CheckTable(ctx context.Context, pool *pgxpool.Pool) error {
 		}
 	}
 	if len(missing) > 0 {
-		return fmt.Errorf("table %s lacks the recorder's columns %s: add them as the README's layout has them",
-			Table, strings.Join(missing, ", "))
+		return &missingColumnsError{fmt.Sprintf("table %s lacks the recorder's columns %s: add them as the README's layout has them",
+			Table, strings.Join(missing, ", "))}
 	}
 	return nil
 }
+
+type missingColumnsError struct{ msg string }
+
+func (e *missingColumnsError) Error() string        { return e.msg }
+func (e *missingColumnsError) Is(target error) bool { return target == ErrMissingColumns }
 
 // CheckURL reports whether url is one OpenPool can parse, without
 // connecting; its error never quotes the URL, which may hold a password.

@@ -2,6 +2,7 @@ package recorder
 
 import (
 	"context"
+	"errors"
 	"net"
 	"strings"
 	"testing"
@@ -94,7 +95,14 @@ func TestCheckTableNamesMissingColumns(t *testing.T) {
 	if _, err := pool.Exec(ctx, `ALTER TABLE `+Table+` DROP COLUMN finish_reason`); err != nil {
 		t.Fatal(err)
 	}
-	if err := CheckTable(ctx, pool); err == nil || !strings.Contains(err.Error(), "lacks the recorder's columns finish_reason") {
+	if err := CheckTable(ctx, pool); !errors.Is(err, ErrMissingColumns) || !strings.Contains(err.Error(), "lacks the recorder's columns finish_reason") {
 		t.Fatalf("CheckTable = %v, want the missing column named", err)
+	}
+	// A check that could not be made is no missing column: the recorder
+	// takes it as a failed write, not as the table refusing events.
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := CheckTable(cctx, pool); err == nil || errors.Is(err, ErrMissingColumns) {
+		t.Fatalf("CheckTable without a database = %v, want an error other than ErrMissingColumns", err)
 	}
 }
