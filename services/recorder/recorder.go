@@ -514,13 +514,20 @@ func (r *Recorder) writeEach(ctx context.Context, rows [][]any, msgs []jetstream
 // outage reports a failure of the database rather than a refusal of rows:
 // no answer, or PostgreSQL refusing the connection or the session (classes
 // 08 connection, 28 authorization, 3D database, 53 resources, 57 operator
-// intervention, 58 system error).
+// intervention, 58 system error), or a write that is to be waited out
+// (class 40, a deadlock or serialization failure, and 55P03, a lock not
+// had within the session's lock_timeout, say while an ALTER TABLE runs).
 func outage(err error) bool {
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) {
 		return true
 	}
+	if pgErr.Code == "55P03" {
+		return true
+	}
 	switch pgErr.Code[:2] {
+	case "40":
+		return true
 	case "08", "28", "3D", "53", "57", "58":
 		return true
 	}

@@ -650,6 +650,33 @@ func TestWritesFailingIsNotReady(t *testing.T) {
 	waitLog(t, logs, "writing to the table again")
 }
 
+// TestLockWaitIsAnOutage: a write that failed for a lock not had within
+// the session's lock_timeout (an ALTER TABLE holding the table) or for a
+// deadlock is waited out as an outage, the batch handed back whole, not
+// taken for the table refusing events.
+func TestLockWaitIsAnOutage(t *testing.T) {
+	for _, code := range []string{"55P03", "40P01"} {
+		t.Run(code, func(t *testing.T) {
+			js, pool := eventstest.JetStream(t), startPostgres(t)
+			execAll(t, pool, `CREATE FUNCTION held() RETURNS trigger LANGUAGE plpgsql AS $$
+				 BEGIN RAISE EXCEPTION 'waited too long' USING ERRCODE = '`+code+`'; END $$`,
+				`CREATE TRIGGER held BEFORE INSERT ON `+Table+` FOR EACH ROW EXECUTE FUNCTION held()`)
+			rec, err := New(js, pool, testOptions())
+			if err != nil {
+				t.Fatal(err)
+			}
+			publishEvent(t, js, event("e1", "k", 200), "e1")
+			runRecorder(t, rec)
+			untilRefusing(t, rec, "writes wait for a lock")
+			if err := rec.Refusing(); !strings.Contains(err.Error(), "fail since") || !strings.Contains(err.Error(), code) {
+				t.Fatalf("Refusing = %v, want writes failing for %s", err, code)
+			}
+			execAll(t, pool, `DROP TRIGGER held ON `+Table)
+			waitRows(t, pool, 1)
+		})
+	}
+}
+
 // TestOutageRenewsSessions: after writes fail for a setting of their
 // sessions (a role's statement_timeout, which applies to new sessions only
 // once it is reset), the next write starts a new session, so that the fix
@@ -840,9 +867,11 @@ func TestRefusedEventsDoNotHoldBackOthers(t *testing.T) {
 }
 
 // TestOutageIsNoRefusal: the database refusing the connection or session
-// is an outage, to wait out; a refusal of the rows is not.
+// is an outage, to wait out, as are a deadlock and a lock not had in time;
+// a refusal of the rows is not.
 func TestOutageIsNoRefusal(t *testing.T) {
 	for code, want := range map[string]bool{"57P03": true, "53300": true, "28P01": true, "3D000": true, "08006": true,
+		"40P01": true, "40001": true, "55P03": true, "55000": false,
 		"23514": false, "P0001": false, "42703": false, "22001": false} {
 		if got := outage(&pgconn.PgError{Code: code}); got != want {
 			t.Errorf("outage(%s) = %v, want %v", code, got, want)
