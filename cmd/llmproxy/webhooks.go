@@ -121,8 +121,16 @@ func runWebhooks(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "llmproxy webhooks: no dead letters of endpoint %q, which the config does not name (%s)\n", *endpoint, named)
 		return true
 	}
+	// The dead letters of an endpoint include those recorded under the
+	// name it had before a release named it otherwise.
+	filter := notifier.DLQFilter{ID: *id, Endpoint: *endpoint}
+	for _, e := range cfg.Endpoints() {
+		if *endpoint != "" && e.Name == *endpoint {
+			filter.FormerName = e.LegacyName
+		}
+	}
 	if args[1] == "discard" {
-		n, err := notifier.Discard(ctx, b.js, notifier.DLQFilter{ID: *id, Endpoint: *endpoint})
+		n, err := notifier.Discard(ctx, b.js, filter)
 		if err == nil && unknownEndpoint(n) {
 			return 1
 		}
@@ -141,7 +149,7 @@ func runWebhooks(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "llmproxy webhooks:", err)
 			return 1
 		}
-		n, err := notifier.Replay(ctx, b.js, eps, notifier.DLQFilter{ID: *id, Endpoint: *endpoint})
+		n, err := notifier.Replay(ctx, b.js, eps, filter)
 		if err == nil && unknownEndpoint(n) {
 			return 1
 		}
@@ -154,7 +162,7 @@ func runWebhooks(args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	}
-	list, err := notifier.ListDLQ(ctx, b.js, notifier.DLQFilter{ID: *id, Endpoint: *endpoint})
+	list, err := notifier.ListDLQ(ctx, b.js, filter)
 	if err != nil {
 		fmt.Fprintln(stderr, "llmproxy webhooks:", err)
 		return 1

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/pkg/events"
 )
 
@@ -213,4 +214,66 @@ func natsURLOf(t *testing.T, path string) string {
 	_, rest, _ := strings.Cut(string(b), `nats: {url: "`)
 	u, _, _ := strings.Cut(rest, `"`)
 	return u
+}
+
+// TestDLQByEndpointIncludesItsFormerName: `list`, `replay` and `discard
+// --endpoint NAME` of an endpoint named by default take the dead letters
+// recorded under the name a former release gave it (after the URL's path,
+// which the operator cannot type without writing the secret in it), and
+// keep to that endpoint's.
+func TestDLQByEndpointIncludesItsFormerName(t *testing.T) {
+	ns := startNATS(t, "127.0.0.1", -1)
+	var got atomic.Int32
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		got.Add(1)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(hook.Close)
+	path := filepath.Join(t.TempDir(), "llmproxy.yaml")
+	conf := fmt.Sprintf("nats: {url: %q}\nbackends: [{url: http://127.0.0.1:9}]\nwebhooks: [{url: %q}, {name: audit, url: %q}]\n",
+		ns.ClientURL(), hook.URL+"/hook/t0k3n", hook.URL)
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := cfg.Endpoints()[0]
+	if ep.LegacyName == "" || ep.LegacyName == ep.Name {
+		t.Fatalf("endpoint %q has no former name", ep.Name)
+	}
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx := context.Background()
+	if err := events.EnsureStreams(ctx, js, events.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range []struct{ endpoint, id string }{{ep.LegacyName, "req-old"}, {ep.LegacyName, "req-old2"}, {"audit", "req-a"}} {
+		d, _ := json.Marshal(map[string]any{"endpoint": l.endpoint, "event_id": l.id, "reason": "permanent_failure",
+			"attempts": 1, "event": map[string]string{"request_id": l.id}})
+		if _, err := js.Publish(ctx, events.DLQSubjectFor(l.endpoint), d, jetstream.WithMsgID(l.endpoint+":"+l.id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, out, errOut := runCmd(runWebhooks, "dlq", "list", "--config", path, "--endpoint", ep.Name, "--json")
+	if code != 0 || !strings.Contains(out, `"req-old"`) || strings.Contains(out, `"req-a"`) {
+		t.Fatalf("list --endpoint %s: exit %d\nstdout: %s\nstderr: %s", ep.Name, code, out, errOut)
+	}
+	code, out, errOut = runCmd(runWebhooks, "dlq", "discard", "--config", path, "--endpoint", ep.Name, "--id", "req-old2")
+	if code != 0 || !strings.Contains(out, "discarded 1 dead letter(s)") {
+		t.Fatalf("discard --endpoint %s --id req-old2: exit %d\nstdout: %s\nstderr: %s", ep.Name, code, out, errOut)
+	}
+	code, out, errOut = runCmd(runWebhooks, "dlq", "replay", "--config", path, "--endpoint", ep.Name)
+	if code != 0 || !strings.Contains(out, "replayed 1 dead letter(s)") || got.Load() != 1 {
+		t.Fatalf("replay --endpoint %s: exit %d, %d delivered\nstdout: %s\nstderr: %s", ep.Name, code, got.Load(), out, errOut)
+	}
+	code, out, _ = runCmd(runWebhooks, "dlq", "list", "--config", path, "--json")
+	if code != 0 || !strings.Contains(out, `"req-a"`) || strings.Contains(out, "req-old") {
+		t.Fatalf("after replaying %s's: %s", ep.Name, out)
+	}
 }

@@ -57,6 +57,10 @@ type DeadLetter struct {
 type DLQFilter struct {
 	// Endpoint keeps only the dead letters of this endpoint.
 	Endpoint string
+	// FormerName, with Endpoint, is the name that endpoint had before
+	// (Endpoint.LegacyName): the dead letters recorded under it are the
+	// endpoint's too.
+	FormerName string
 	// ID keeps only the dead letters whose event id, "<endpoint>:<event id>"
 	// message id or DLQ sequence number (decimal) equals it.
 	ID string
@@ -65,7 +69,7 @@ type DLQFilter struct {
 }
 
 func (f DLQFilter) match(d DeadLetter) bool {
-	if f.Endpoint != "" && d.Endpoint != f.Endpoint {
+	if f.Endpoint != "" && d.Endpoint != f.Endpoint && (f.FormerName == "" || d.Endpoint != f.FormerName) {
 		return false
 	}
 	if f.ID == "" {
@@ -122,15 +126,18 @@ func ListDLQ(ctx context.Context, js jetstream.JetStream, filter DLQFilter) ([]D
 	if err != nil {
 		return nil, fmt.Errorf("dlq stream: %w", err)
 	}
+	// One endpoint's dead letters are read through its subject; with a
+	// former name too, through every endpoint's (a consumer of several
+	// subjects needs a server of 2.10 or later), matched one by one.
 	subject := events.DLQSubject
-	if filter.Endpoint != "" {
+	if filter.Endpoint != "" && filter.FormerName == "" {
 		subject = events.DLQSubjectFor(filter.Endpoint)
 	}
 	info, err := stream.Info(ctx, jetstream.WithSubjectFilter(subject))
 	if err != nil {
 		return nil, fmt.Errorf("dlq stream info: %w", err)
 	}
-	if info.State.Msgs == 0 || (filter.Endpoint != "" && len(info.State.Subjects) == 0) {
+	if info.State.Msgs == 0 || (subject != events.DLQSubject && len(info.State.Subjects) == 0) {
 		return nil, nil
 	}
 	cons, err := js.OrderedConsumer(ctx, events.DLQStreamName, jetstream.OrderedConsumerConfig{
