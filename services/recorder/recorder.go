@@ -515,14 +515,17 @@ func (r *Recorder) writeEach(ctx context.Context, rows [][]any, msgs []jetstream
 // no answer, or PostgreSQL refusing the connection or the session (classes
 // 08 connection, 28 authorization, 3D database, 53 resources, 57 operator
 // intervention, 58 system error), or a write that is to be waited out
-// (class 40, a deadlock or serialization failure, and 55P03, a lock not
-// had within the session's lock_timeout, say while an ALTER TABLE runs).
+// (class 40, a deadlock or serialization failure; 55P03, a lock not had
+// within the session's lock_timeout, say while an ALTER TABLE runs; 25006,
+// a read-only session: a standby after a failover, or a role's or
+// database's default_transaction_read_only, which the sessions opened
+// anew after the failure pick up once it is reset).
 func outage(err error) bool {
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) {
 		return true
 	}
-	if pgErr.Code == "55P03" {
+	if pgErr.Code == "55P03" || pgErr.Code == "25006" {
 		return true
 	}
 	switch pgErr.Code[:2] {

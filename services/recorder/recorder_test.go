@@ -651,11 +651,12 @@ func TestWritesFailingIsNotReady(t *testing.T) {
 }
 
 // TestLockWaitIsAnOutage: a write that failed for a lock not had within
-// the session's lock_timeout (an ALTER TABLE holding the table) or for a
-// deadlock is waited out as an outage, the batch handed back whole, not
-// taken for the table refusing events.
+// the session's lock_timeout (an ALTER TABLE holding the table), for a
+// deadlock or for a read-only session (a standby) is waited out as an
+// outage, the batch handed back whole, not taken for the table refusing
+// events.
 func TestLockWaitIsAnOutage(t *testing.T) {
-	for _, code := range []string{"55P03", "40P01"} {
+	for _, code := range []string{"55P03", "40P01", "25006"} {
 		t.Run(code, func(t *testing.T) {
 			js, pool := eventstest.JetStream(t), startPostgres(t)
 			execAll(t, pool, `CREATE FUNCTION held() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -871,7 +872,7 @@ func TestRefusedEventsDoNotHoldBackOthers(t *testing.T) {
 // a refusal of the rows is not.
 func TestOutageIsNoRefusal(t *testing.T) {
 	for code, want := range map[string]bool{"57P03": true, "53300": true, "28P01": true, "3D000": true, "08006": true,
-		"40P01": true, "40001": true, "55P03": true, "55000": false,
+		"40P01": true, "40001": true, "55P03": true, "55000": false, "25006": true, "25P02": false,
 		"23514": false, "P0001": false, "42703": false, "22001": false} {
 		if got := outage(&pgconn.PgError{Code: code}); got != want {
 			t.Errorf("outage(%s) = %v, want %v", code, got, want)
