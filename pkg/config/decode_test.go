@@ -142,6 +142,16 @@ func TestParseProblems(t *testing.T) {
 			want: []string{`c.yaml:4: invalid YAML: unknown anchor 'lg' referenced`},
 		},
 		{
+			name: "an alias of no anchor, lines ended by CR alone",
+			yaml: "backends:\r  - url: http://b:8000\rlogging: *lg\r",
+			want: []string{`c.yaml:3: invalid YAML: unknown anchor 'lg' referenced`},
+		},
+		{
+			name: "a control character, lines ended by CR alone",
+			yaml: "backends:\r  - url: http://b:8000\rlisten: \"a\x01\"\r",
+			want: []string{`c.yaml:3: invalid YAML: control characters are not allowed`},
+		},
+		{
 			name: "top level not a mapping",
 			yaml: "- a\n- b\n",
 			want: []string{`c.yaml:1: want a mapping of keys at the top level, not a list`},

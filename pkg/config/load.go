@@ -157,6 +157,8 @@ var yamlParserErrors = []string{
 }
 
 func yamlError(err error, src string) *Error {
+	// Lines are counted as YAML breaks them: a CR alone ends one too.
+	src = strings.ReplaceAll(strings.ReplaceAll(src, "\r\n", "\n"), "\r", "\n")
 	msg := err.Error()
 	if m := yamlLine.FindStringSubmatch(msg); m != nil {
 		line, _ := strconv.Atoi(m[1])
