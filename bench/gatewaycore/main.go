@@ -74,6 +74,7 @@ func run(path string) error {
 
 	srv := &http.Server{
 		Handler:           g.Handler(),
+		ConnContext:       g.ConnContext,
 		ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout.D(),
 		IdleTimeout:       cfg.Server.IdleTimeout.D(),
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),

@@ -474,6 +474,7 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 			Addr:              cfg.Listen,
 			Handler:           gw.Handler(),
 			BaseContext:       gw.BaseContext,
+			ConnContext:       gw.ConnContext,
 			ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout.D(),
 			IdleTimeout:       cfg.Server.IdleTimeout.D(),
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),

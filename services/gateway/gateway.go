@@ -130,6 +130,24 @@ var errServerShutdown = errors.New("server shutdown: drain deadline passed")
 // http.Server's BaseContext. CutOpenRequests cancels it.
 func (g *Gateway) BaseContext(net.Listener) context.Context { return g.stop }
 
+// ConnContext is the gateway's http.Server ConnContext: it keeps each
+// client connection in its requests' contexts, so that server.send_timeout
+// can tell a client that reads slowly (its connection still taking bytes)
+// from one that stopped. Without it a write that waits send_timeout for a
+// large send buffer to drain is cut, however the client reads.
+func (g *Gateway) ConnContext(ctx context.Context, c net.Conn) context.Context {
+	return context.WithValue(ctx, clientConnKey{}, c)
+}
+
+// clientConnKey keys the client's connection in a request's context.
+type clientConnKey struct{}
+
+// clientConn returns the client connection of r (ConnContext), or nil.
+func clientConn(r *http.Request) net.Conn {
+	c, _ := r.Context().Value(clientConnKey{}).(net.Conn)
+	return c
+}
+
 // CutOpenRequests ends the requests still running when the drain deadline
 // of a shutdown has passed, before the server closes their connections:
 // their contexts are cancelled (when the server's BaseContext is the

@@ -105,7 +105,9 @@ func serveOptions(t *testing.T, opts Options) (*httptest.Server, *sink) {
 		t.Fatal(err)
 	}
 	g.Start(context.Background())
-	srv := httptest.NewServer(g.Handler())
+	srv := httptest.NewUnstartedServer(g.Handler())
+	srv.Config.ConnContext = g.ConnContext
+	srv.Start()
 	t.Cleanup(srv.Close)
 	return srv, s
 }

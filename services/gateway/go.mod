@@ -2,7 +2,10 @@ module github.com/llmproxy/llmproxy/services/gateway
 
 go 1.26.0
 
-require github.com/llmproxy/llmproxy/pkg v0.0.0
+require (
+	github.com/llmproxy/llmproxy/pkg v0.0.0
+	golang.org/x/sys v0.49.0
+)
 
 require (
 	github.com/cenkalti/backoff/v4 v4.3.0 // indirect
@@ -24,7 +27,6 @@ require (
 	github.com/yuin/gopher-lua v1.1.2 // indirect
 	golang.org/x/crypto v0.58.0 // indirect
 	golang.org/x/net v0.60.0 // indirect
-	golang.org/x/sys v0.49.0 // indirect
 	golang.org/x/text v0.43.0 // indirect
 )
 

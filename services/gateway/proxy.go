@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -39,6 +40,7 @@ type exchange struct {
 	// w is the client's response writer (its connection's read deadline
 	// paces the request body).
 	w           http.ResponseWriter
+	conn        net.Conn // the client's connection (ConnContext); nil without it
 	clientIP    netip.Addr
 	peer        netip.Addr // the connection's peer
 	peerTrusted bool       // peer is one of the trusted proxies
@@ -196,7 +198,7 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }
 // begin starts the exchange of r: the runtime it keeps to its end, its ids
 // and its client address.
 func (g *Gateway) begin(w http.ResponseWriter, r *http.Request) *exchange {
-	x := &exchange{rt: g.rt.Load(), start: g.now(), path: r.URL.Path, w: w}
+	x := &exchange{rt: g.rt.Load(), start: g.now(), path: r.URL.Path, w: w, conn: clientConn(r)}
 	// The request id names the request in the ledger, so it is always the
 	// gateway's own: a client reusing an id must not share a lease, a
 	// reservation or a dedupe entry. The client's X-Request-Id is kept for
@@ -1259,7 +1261,7 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 	ex := usage.NewExtractor(format, usage.Options{MaxText: maxText})
 	ex.ResponseHeader(resp.Header)
 	rc := http.NewResponseController(w)
-	pace := newSendPace(rc, x.rt.sendTimeout)
+	pace := newSendPace(rc, x.rt.sendTimeout, x.conn)
 	defer pace.done()
 	encoding := resp.Header.Get("Content-Encoding")
 	compressed := encoding != "" && !strings.EqualFold(encoding, "identity")

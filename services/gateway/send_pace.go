@@ -3,8 +3,10 @@ package gateway
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 )
 
@@ -18,6 +20,16 @@ import (
 // billed. Without it such a client would hold all three for as long as its
 // connection stayed open.
 //
+// A write can wait longer than timeout for a client that reads all along,
+// slowly: the kernel wakes a writer blocked on a full send buffer only once
+// half of it has gone, and autotuning grows that buffer to megabytes. With
+// the client's connection known (Gateway.ConnContext), a watch looks at it
+// while no write has moved the deadline for timeout/4: each time the
+// connection has had bytes acknowledged since its last look, the client
+// is still reading, and the deadline moves to timeout from then. A client
+// that stopped is cut as before, timeout after its last byte at most
+// timeout/4 later.
+//
 // arm moves the deadline at most every timeout/8 (a clock read per call,
 // no syscall), so a write starts with at least 7/8 of timeout left. done
 // takes the deadline off again: the connection goes on to the reply's end
@@ -28,10 +40,12 @@ type sendPace struct {
 	timeout time.Duration
 	armed   time.Time // when the deadline was last moved; zero: never
 	off     bool      // the writer takes no deadline
+	conn    net.Conn  // the client's connection; nil: not known
+	watch   *paceWatch
 }
 
-func newSendPace(rc *http.ResponseController, timeout time.Duration) sendPace {
-	return sendPace{rc: rc, timeout: timeout, off: timeout <= 0}
+func newSendPace(rc *http.ResponseController, timeout time.Duration, conn net.Conn) sendPace {
+	return sendPace{rc: rc, timeout: timeout, off: timeout <= 0, conn: conn}
 }
 
 func (p *sendPace) arm() {
@@ -42,11 +56,61 @@ func (p *sendPace) arm() {
 	if !p.armed.IsZero() && now.Sub(p.armed) < p.timeout/8 {
 		return
 	}
+	if p.watch != nil {
+		p.watch.mu.Lock()
+		defer p.watch.mu.Unlock()
+	}
 	if p.rc.SetWriteDeadline(now.Add(p.timeout)) != nil {
 		p.off = true
 		return
 	}
 	p.armed = now
+	switch {
+	case p.watch != nil:
+		p.watch.have = false // a new look starts from here
+		p.watch.timer.Reset(p.timeout / 4)
+	case p.conn != nil:
+		// A timer, and no more, for a reply that is sent in time.
+		w := &paceWatch{rc: p.rc, conn: p.conn, timeout: p.timeout}
+		w.timer = time.AfterFunc(p.timeout/4, w.look)
+		p.watch = w
+	}
+}
+
+// paceWatch moves a reply's write deadline on while its client's
+// connection takes bytes (see sendPace).
+type paceWatch struct {
+	rc      *http.ResponseController
+	conn    net.Conn
+	timeout time.Duration
+
+	mu      sync.Mutex // held by look, and by arm and done when they use rc
+	timer   *time.Timer
+	acked   uint64 // the bytes acknowledged at the last look
+	have    bool   // acked is set
+	stopped bool   // done: rc is not to be used again
+}
+
+// look runs timeout/4 after the deadline's last move and then every
+// timeout/4, as long as nothing moves it.
+func (w *paceWatch) look() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.stopped {
+		return
+	}
+	acked, ok := bytesAcked(w.conn)
+	if !ok {
+		return // the deadline stands
+	}
+	if w.have && acked > w.acked {
+		// The client took bytes since the last look: it reads.
+		if w.rc.SetWriteDeadline(time.Now().Add(w.timeout)) != nil {
+			return
+		}
+	}
+	w.acked, w.have = acked, true
+	w.timer.Reset(w.timeout / 4)
 }
 
 // timedOut reports whether err, a write's, is the deadline's doing (an
@@ -60,6 +124,13 @@ func (p *sendPace) timedOut(err error) bool {
 }
 
 func (p *sendPace) done() {
+	if p.watch != nil {
+		p.watch.mu.Lock()
+		p.watch.stopped = true
+		p.watch.timer.Stop()
+		p.watch.mu.Unlock()
+		p.watch = nil
+	}
 	if !p.armed.IsZero() {
 		_ = p.rc.SetWriteDeadline(time.Time{})
 		p.armed = time.Time{}

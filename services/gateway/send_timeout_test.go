@@ -77,3 +77,79 @@ func TestStalledClientIsCut(t *testing.T) {
 		t.Fatalf("the stalled stream still holds the key's slot: %d %s", r.StatusCode, b)
 	}
 }
+
+// bigSendBuffers sets every accepted connection's send buffer to n bytes,
+// as Linux's autotuning grows a fast link's: a write blocked on a full
+// buffer then waits until half of it has gone.
+type bigSendBuffers struct {
+	net.Listener
+	n int
+}
+
+func (l bigSendBuffers) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetWriteBuffer(l.n)
+	}
+	return c, err
+}
+
+// TestSlowReaderIsNotCut: a client that keeps taking bytes, slower than
+// the gateway sends them, is not cut by server.send_timeout, even when a
+// write waits longer than that for a large send buffer to drain: what
+// counts is that nothing could be sent for send_timeout.
+func TestSlowReaderIsNotCut(t *testing.T) {
+	const size = 3 << 20
+	reply := `{"choices":[{"message":{"content":"` + strings.Repeat("word ", size/5) + `"}}],"usage":{"prompt_tokens":1,"completion_tokens":7,"total_tokens":8}}`
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, reply)
+	}))
+	defer backend.Close()
+	cfg, err := config.Parse([]byte(fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q}]\nserver: {send_timeout: 400ms}\n", backend.URL, testKey)), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newSink()
+	g, err := New(Options{Config: cfg, Events: s})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Start(t.Context())
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: g.Handler(), ConnContext: g.ConnContext}
+	go func() { _ = srv.Serve(bigSendBuffers{ln, 1 << 20}) }()
+	t.Cleanup(func() { _ = srv.Close() })
+
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.(*net.TCPConn).SetReadBuffer(32 << 10)
+	body := `{"model":"m1","messages":[{"role":"user","content":"hi"}]}`
+	fmt.Fprintf(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", testKey, len(body), body)
+	// About 1.2 MB/s: the whole reply takes some 3 s, a write on the full
+	// buffer (half of 2 MB to drain) close to a second, over twice the
+	// send_timeout.
+	got := 0
+	buf := make([]byte, 16<<10)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for got < size {
+		<-tick.C
+		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, err := io.ReadFull(conn, buf[:12<<10])
+		got += n
+		if err != nil {
+			break
+		}
+	}
+	ev := s.next(t)
+	if ev.Error != "" || got < size {
+		t.Fatalf("a slow reader that kept reading: %d of %d bytes, event error %q", got, size, ev.Error)
+	}
+}
