@@ -69,6 +69,27 @@ func openRedis(cfg *config.Config) (redis.UniversalClient, error) {
 	return redis.NewClusterClient(&redis.ClusterOptions{Addrs: r.Addrs, Username: r.Username, Password: r.Password, TLSConfig: tlsConfig}), nil
 }
 
+// withoutRetries returns a client of rdb's options that sends no command
+// again after a failure (go-redis sends one up to 3 times when its
+// connection failed without an answer, as a reset or a read timeout
+// does): an admission Redis ran whose answer was lost would run twice,
+// the second time against the first one's lease and counts, and could
+// refuse a request that holds them. The admitter follows up such a
+// failure itself (its canceller).
+func withoutRetries(rdb redis.UniversalClient) redis.UniversalClient {
+	switch c := rdb.(type) {
+	case *redis.Client:
+		o := *c.Options()
+		o.MaxRetries = -1
+		return redis.NewClient(&o)
+	case *redis.ClusterClient:
+		o := *c.Options()
+		o.MaxRetries = -1
+		return redis.NewClusterClient(&o)
+	}
+	return rdb
+}
+
 // quietRedis silences go-redis's own log lines for a command: it writes
 // one to stderr per failed dial ("connection pool: failed to dial after 5
 // attempts …"), several before the command's own one-line error, which
@@ -99,8 +120,11 @@ type ledgerHandle struct {
 	// opened: a first start, or a ledger lost (see rebuildLostLedger).
 	fresh bool
 	rdb   redis.UniversalClient
-	ready func(ctx context.Context) error
-	close func() error
+	// admitRDB is rdb's twin without retries, for the admissions
+	// (NewRedisAdmitter).
+	admitRDB redis.UniversalClient
+	ready    func(ctx context.Context) error
+	close    func() error
 }
 
 // writeReadyLua is what writeReady asks of Redis: a script that writes a
@@ -144,12 +168,17 @@ func openLedger(ctx context.Context, cfg *config.Config, allowLocal, ping bool) 
 				return nil, fmt.Errorf("redis: %w", err)
 			}
 		}
-		return &ledgerHandle{
+		h := &ledgerHandle{
 			store: ledger.NewRedis(rdb, redisPrefix(cfg), ledger.WithDedupeRetention(dedupeRetention(cfg))),
 			rdb:   rdb,
 			ready: func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
 			close: rdb.Close,
-		}, nil
+		}
+		// Its connections are made when first used: none by a process
+		// that admits nothing.
+		h.admitRDB = withoutRetries(rdb)
+		h.close = func() error { return errors.Join(h.admitRDB.Close(), rdb.Close()) }
+		return h, nil
 	}
 	if !allowLocal {
 		return nil, fmt.Errorf("redis.url is required for this target (the local ledger is only for --target all)")
@@ -186,7 +215,7 @@ func chooseAdmitter(cfg *config.Config, lh *ledgerHandle) (a ledger.Admitter, se
 	case lh.local != nil:
 		return ledger.NewLocalAdmitter(lh.local, nil), false
 	case cfg.RateLimit.Storage == "redis":
-		return ledger.NewRedisAdmitter(lh.rdb, redisPrefix(cfg)), false
+		return ledger.NewRedisAdmitter(lh.admitRDB, redisPrefix(cfg)), false
 	}
 	return ledger.NewMemoryAdmitter(lh.store, nil), true
 }

@@ -80,7 +80,13 @@ type RedisAdmitter struct {
 }
 
 // NewRedisAdmitter returns an admitter on rdb for the keys of a RedisStore
-// with the same prefix. The caller owns rdb.
+// with the same prefix. The caller owns rdb, which should send no command
+// again after a failure (MaxRetries: -1): go-redis's retry of a script
+// Redis ran but whose answer was lost (a reset, a read timeout) runs it
+// twice, and the second run counts the first one's lease and place in the
+// windows, and may refuse the request that holds them (or, on Redis
+// Cluster, give the global bucket back twice). The admitter follows up a
+// failed call itself (see RedisAdmitter).
 func NewRedisAdmitter(rdb redis.UniversalClient, prefix string) *RedisAdmitter {
 	_, cluster := rdb.(*redis.ClusterClient)
 	batch := &combiner{rdb: rdb}
