@@ -35,6 +35,16 @@ func redisAt(rdb redis.UniversalClient) string {
 }
 
 func openRedis(cfg *config.Config) (redis.UniversalClient, error) {
+	return openRedisRetrying(cfg, true)
+}
+
+// openRedisRetrying is openRedis; without retries, the client sends no
+// command again after a failure (see withoutRetries).
+func openRedisRetrying(cfg *config.Config, retries bool) (redis.UniversalClient, error) {
+	maxRetries := 0 // go-redis's default: 3
+	if !retries {
+		maxRetries = -1
+	}
 	r := cfg.Redis
 	var tlsConfig *tls.Config
 	if r.TLS.IsSet() {
@@ -64,30 +74,13 @@ func openRedis(cfg *config.Config) (redis.UniversalClient, error) {
 			}
 			opt.TLSConfig = tlsConfig
 		}
+		if opt.MaxRetries == 0 || !retries {
+			opt.MaxRetries = maxRetries
+		}
 		return redis.NewClient(opt), nil
 	}
-	return redis.NewClusterClient(&redis.ClusterOptions{Addrs: r.Addrs, Username: r.Username, Password: r.Password, TLSConfig: tlsConfig}), nil
-}
-
-// withoutRetries returns a client of rdb's options that sends no command
-// again after a failure (go-redis sends one up to 3 times when its
-// connection failed without an answer, as a reset or a read timeout
-// does): an admission Redis ran whose answer was lost would run twice,
-// the second time against the first one's lease and counts, and could
-// refuse a request that holds them. The admitter follows up such a
-// failure itself (its canceller).
-func withoutRetries(rdb redis.UniversalClient) redis.UniversalClient {
-	switch c := rdb.(type) {
-	case *redis.Client:
-		o := *c.Options()
-		o.MaxRetries = -1
-		return redis.NewClient(&o)
-	case *redis.ClusterClient:
-		o := *c.Options()
-		o.MaxRetries = -1
-		return redis.NewClusterClient(&o)
-	}
-	return rdb
+	return redis.NewClusterClient(&redis.ClusterOptions{Addrs: r.Addrs, Username: r.Username, Password: r.Password, TLSConfig: tlsConfig,
+		MaxRetries: maxRetries}), nil
 }
 
 // quietRedis silences go-redis's own log lines for a command: it writes
@@ -120,8 +113,13 @@ type ledgerHandle struct {
 	// opened: a first start, or a ledger lost (see rebuildLostLedger).
 	fresh bool
 	rdb   redis.UniversalClient
-	// admitRDB is rdb's twin without retries, for the admissions
-	// (NewRedisAdmitter).
+	// admitRDB is rdb's twin that sends no command again after a
+	// failure, for the admissions (NewRedisAdmitter): go-redis sends one
+	// up to 3 times when its connection failed without an answer (a reset,
+	// a read timeout), and an admission Redis ran whose answer was lost
+	// would run twice, the second time against the first one's lease and
+	// counts, and could refuse a request that holds them. The admitter
+	// follows up such a failure itself (its canceller).
 	admitRDB redis.UniversalClient
 	ready    func(ctx context.Context) error
 	close    func() error
@@ -176,7 +174,11 @@ func openLedger(ctx context.Context, cfg *config.Config, allowLocal, ping bool) 
 		}
 		// Its connections are made when first used: none by a process
 		// that admits nothing.
-		h.admitRDB = withoutRetries(rdb)
+		h.admitRDB, err = openRedisRetrying(cfg, false)
+		if err != nil {
+			_ = rdb.Close()
+			return nil, err
+		}
 		h.close = func() error { return errors.Join(h.admitRDB.Close(), rdb.Close()) }
 		return h, nil
 	}
