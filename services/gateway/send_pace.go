@@ -86,9 +86,10 @@ type paceWatch struct {
 
 	mu      sync.Mutex // held by look, and by arm and done when they use rc
 	timer   *time.Timer
-	acked   uint64 // the bytes acknowledged at the last look
-	have    bool   // acked is set
-	stopped bool   // done: rc is not to be used again
+	acked   uint64    // the bytes acknowledged at the last look
+	have    bool      // acked is set
+	until   time.Time // the deadline look last set; zero: none
+	stopped bool      // done: rc is not to be used again
 }
 
 // look runs timeout/4 after the deadline's last move and then every
@@ -105,9 +106,11 @@ func (w *paceWatch) look() {
 	}
 	if w.have && acked > w.acked {
 		// The client took bytes since the last look: it reads.
-		if w.rc.SetWriteDeadline(time.Now().Add(w.timeout)) != nil {
+		until := time.Now().Add(w.timeout)
+		if w.rc.SetWriteDeadline(until) != nil {
 			return
 		}
+		w.until = until
 	}
 	w.acked, w.have = acked, true
 	w.timer.Reset(w.timeout / 4)
@@ -120,7 +123,18 @@ func (p *sendPace) timedOut(err error) bool {
 	if p.armed.IsZero() || err == nil || errors.Is(err, context.Canceled) {
 		return false
 	}
-	return errors.Is(err, os.ErrDeadlineExceeded) || !time.Now().Before(p.armed.Add(p.timeout))
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return true
+	}
+	deadline := p.armed.Add(p.timeout)
+	if p.watch != nil {
+		p.watch.mu.Lock()
+		if p.watch.until.After(deadline) {
+			deadline = p.watch.until // moved on for a client that read
+		}
+		p.watch.mu.Unlock()
+	}
+	return !time.Now().Before(deadline)
 }
 
 func (p *sendPace) done() {

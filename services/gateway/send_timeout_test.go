@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -97,7 +98,8 @@ func (l bigSendBuffers) Accept() (net.Conn, error) {
 // TestSlowReaderIsNotCut: a client that keeps taking bytes, slower than
 // the gateway sends them, is not cut by server.send_timeout, even when a
 // write waits longer than that for a large send buffer to drain: what
-// counts is that nothing could be sent for send_timeout.
+// counts is that nothing could be sent for send_timeout. One that leaves
+// midway is recorded as a client that left.
 func TestSlowReaderIsNotCut(t *testing.T) {
 	const size = 3 << 20
 	reply := `{"choices":[{"message":{"content":"` + strings.Repeat("word ", size/5) + `"}}],"usage":{"prompt_tokens":1,"completion_tokens":7,"total_tokens":8}}`
@@ -124,32 +126,57 @@ func TestSlowReaderIsNotCut(t *testing.T) {
 	go func() { _ = srv.Serve(bigSendBuffers{ln, 1 << 20}) }()
 	t.Cleanup(func() { _ = srv.Close() })
 
-	conn, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.(*net.TCPConn).SetReadBuffer(32 << 10)
-	body := `{"model":"m1","messages":[{"role":"user","content":"hi"}]}`
-	fmt.Fprintf(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", testKey, len(body), body)
 	// About 1.2 MB/s: the whole reply takes some 3 s, a write on the full
 	// buffer (half of 2 MB to drain) close to a second, over twice the
 	// send_timeout.
-	got := 0
-	buf := make([]byte, 16<<10)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for got < size {
-		<-tick.C
-		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-		n, err := io.ReadFull(conn, buf[:12<<10])
-		got += n
+	slowRead := func(leaveAfter time.Duration) int {
+		conn, err := net.Dial("tcp", ln.Addr().String())
 		if err != nil {
-			break
+			t.Fatal(err)
 		}
+		defer conn.Close()
+		_ = conn.(*net.TCPConn).SetReadBuffer(32 << 10)
+		body := `{"model":"m1","messages":[{"role":"user","content":"hi"}]}`
+		fmt.Fprintf(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", testKey, len(body), body)
+		got := 0
+		buf := make([]byte, 16<<10)
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for start := time.Now(); got < size && (leaveAfter == 0 || time.Since(start) < leaveAfter); {
+			<-tick.C
+			_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			n, err := io.ReadFull(conn, buf[:12<<10])
+			got += n
+			if err != nil {
+				break
+			}
+		}
+		return got
 	}
-	ev := s.next(t)
-	if ev.Error != "" || got < size {
+	got := slowRead(0)
+	if ev := s.next(t); ev.Error != "" || got < size {
 		t.Fatalf("a slow reader that kept reading: %d of %d bytes, event error %q", got, size, ev.Error)
+	}
+	got = slowRead(700 * time.Millisecond)
+	if ev := s.next(t); ev.Error != "client_closed_request" || got >= size {
+		t.Fatalf("a slow reader that left after %d bytes: event error %q, want client_closed_request", got, ev.Error)
+	}
+}
+
+// TestSlowReaderLeavingIsNoTimeout: a write that fails (the client gone)
+// past send_timeout from the deadline's last setting by the relay, but
+// before the deadline the watch moved on for a client that kept reading,
+// is a client that left, not one cut by send_timeout.
+func TestSlowReaderLeavingIsNoTimeout(t *testing.T) {
+	const timeout = time.Second
+	p := newSendPace(nil, timeout, nil)
+	p.armed = time.Now().Add(-3 * timeout)
+	p.watch = &paceWatch{timeout: timeout, until: time.Now().Add(timeout / 2)}
+	if got := p.clientWriteError(syscall.ECONNRESET); got != "client_closed_request" {
+		t.Fatalf("a reset before the deadline the watch set: %s, want client_closed_request", got)
+	}
+	p.watch.until = time.Now().Add(-timeout / 2)
+	if got := p.clientWriteError(syscall.ECONNRESET); got != "client_send_timeout" {
+		t.Fatalf("a failed write past the deadline the watch set: %s, want client_send_timeout", got)
 	}
 }
