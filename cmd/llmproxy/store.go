@@ -39,7 +39,8 @@ func openRedis(cfg *config.Config) (redis.UniversalClient, error) {
 }
 
 // openRedisRetrying is openRedis; without retries, the client sends no
-// command again after a failure (see withoutRetries).
+// command again after a failure (see ledgerHandle.admitRDB). Each client is
+// made from the config: go-redis warns of one made from another's options.
 func openRedisRetrying(cfg *config.Config, retries bool) (redis.UniversalClient, error) {
 	maxRetries := 0 // go-redis's default: 3
 	if !retries {
