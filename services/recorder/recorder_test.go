@@ -514,6 +514,15 @@ func untilRefusing(t *testing.T, r *Recorder, what string) {
 	}
 }
 
+// failInserts has every insert into the table fail with SQLSTATE code and
+// message msg, until the trigger name is dropped.
+func failInserts(t *testing.T, pool *pgxpool.Pool, name, code, msg string) {
+	t.Helper()
+	execAll(t, pool, `CREATE FUNCTION `+name+`() RETURNS trigger LANGUAGE plpgsql AS $$
+		 BEGIN RAISE EXCEPTION '`+msg+`' USING ERRCODE = '`+code+`'; END $$`,
+		`CREATE TRIGGER `+name+` BEFORE INSERT ON `+Table+` FOR EACH ROW EXECUTE FUNCTION `+name+`()`)
+}
+
 // execAll runs stmts on pool, failing the test at the first error.
 func execAll(t *testing.T, pool *pgxpool.Pool, stmts ...string) {
 	t.Helper()
@@ -626,9 +635,7 @@ func TestNarrowedBodyColumnKeepsBodies(t *testing.T) {
 // clears it, with a line saying so.
 func TestWritesFailingIsNotReady(t *testing.T) {
 	js, pool := eventstest.JetStream(t), startPostgres(t)
-	execAll(t, pool, `CREATE FUNCTION disk_full() RETURNS trigger LANGUAGE plpgsql AS $$
-		 BEGIN RAISE EXCEPTION 'could not extend file' USING ERRCODE = '53100'; END $$`,
-		`CREATE TRIGGER disk_full BEFORE INSERT ON `+Table+` FOR EACH ROW EXECUTE FUNCTION disk_full()`)
+	failInserts(t, pool, "disk_full", "53100", "could not extend file")
 	opts := testOptions()
 	logs := &logBuffer{}
 	opts.Logger = slog.New(slog.NewTextHandler(logs, nil))
@@ -659,9 +666,7 @@ func TestLockWaitIsAnOutage(t *testing.T) {
 	for _, code := range []string{"55P03", "40P01", "25006"} {
 		t.Run(code, func(t *testing.T) {
 			js, pool := eventstest.JetStream(t), startPostgres(t)
-			execAll(t, pool, `CREATE FUNCTION held() RETURNS trigger LANGUAGE plpgsql AS $$
-				 BEGIN RAISE EXCEPTION 'waited too long' USING ERRCODE = '`+code+`'; END $$`,
-				`CREATE TRIGGER held BEFORE INSERT ON `+Table+` FOR EACH ROW EXECUTE FUNCTION held()`)
+			failInserts(t, pool, "held", code, "waited too long")
 			rec, err := New(js, pool, testOptions())
 			if err != nil {
 				t.Fatal(err)
@@ -794,9 +799,7 @@ func TestRefusalStoredByAnotherRecorderClears(t *testing.T) {
 // longer make this recorder report writes failing: nothing waits on it.
 func TestOutageStoredByAnotherRecorderClears(t *testing.T) {
 	js, pool := eventstest.JetStream(t), startPostgres(t)
-	execAll(t, pool, `CREATE FUNCTION disk_full() RETURNS trigger LANGUAGE plpgsql AS $$
-		 BEGIN RAISE EXCEPTION 'could not extend file' USING ERRCODE = '53100'; END $$`,
-		`CREATE TRIGGER disk_full BEFORE INSERT ON `+Table+` FOR EACH ROW EXECUTE FUNCTION disk_full()`)
+	failInserts(t, pool, "disk_full", "53100", "could not extend file")
 	a, err := New(js, pool, testOptions())
 	if err != nil {
 		t.Fatal(err)
