@@ -35,17 +35,6 @@ func redisAt(rdb redis.UniversalClient) string {
 }
 
 func openRedis(cfg *config.Config) (redis.UniversalClient, error) {
-	return openRedisRetrying(cfg, true)
-}
-
-// openRedisRetrying is openRedis; without retries, the client sends no
-// command again after a failure (see ledgerHandle.admitRDB). Each client is
-// made from the config: go-redis warns of one made from another's options.
-func openRedisRetrying(cfg *config.Config, retries bool) (redis.UniversalClient, error) {
-	maxRetries := 0 // go-redis's default: 3
-	if !retries {
-		maxRetries = -1
-	}
 	r := cfg.Redis
 	var tlsConfig *tls.Config
 	if r.TLS.IsSet() {
@@ -75,13 +64,9 @@ func openRedisRetrying(cfg *config.Config, retries bool) (redis.UniversalClient,
 			}
 			opt.TLSConfig = tlsConfig
 		}
-		if opt.MaxRetries == 0 || !retries {
-			opt.MaxRetries = maxRetries
-		}
 		return redis.NewClient(opt), nil
 	}
-	return redis.NewClusterClient(&redis.ClusterOptions{Addrs: r.Addrs, Username: r.Username, Password: r.Password, TLSConfig: tlsConfig,
-		MaxRetries: maxRetries}), nil
+	return redis.NewClusterClient(&redis.ClusterOptions{Addrs: r.Addrs, Username: r.Username, Password: r.Password, TLSConfig: tlsConfig}), nil
 }
 
 // quietRedis silences go-redis's own log lines for a command: it writes
@@ -114,16 +99,8 @@ type ledgerHandle struct {
 	// opened: a first start, or a ledger lost (see rebuildLostLedger).
 	fresh bool
 	rdb   redis.UniversalClient
-	// admitRDB is rdb's twin that sends no command again after a
-	// failure, for the admissions (NewRedisAdmitter): go-redis sends one
-	// up to 3 times when its connection failed without an answer (a reset,
-	// a read timeout), and an admission Redis ran whose answer was lost
-	// would run twice, the second time against the first one's lease and
-	// counts, and could refuse a request that holds them. The admitter
-	// follows up such a failure itself (its canceller).
-	admitRDB redis.UniversalClient
-	ready    func(ctx context.Context) error
-	close    func() error
+	ready func(ctx context.Context) error
+	close func() error
 }
 
 // writeReadyLua is what writeReady asks of Redis: a script that writes a
@@ -167,21 +144,12 @@ func openLedger(ctx context.Context, cfg *config.Config, allowLocal, ping bool) 
 				return nil, fmt.Errorf("redis: %w", err)
 			}
 		}
-		h := &ledgerHandle{
+		return &ledgerHandle{
 			store: ledger.NewRedis(rdb, redisPrefix(cfg), ledger.WithDedupeRetention(dedupeRetention(cfg))),
 			rdb:   rdb,
 			ready: func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
 			close: rdb.Close,
-		}
-		// Its connections are made when first used: none by a process
-		// that admits nothing.
-		h.admitRDB, err = openRedisRetrying(cfg, false)
-		if err != nil {
-			_ = rdb.Close()
-			return nil, err
-		}
-		h.close = func() error { return errors.Join(h.admitRDB.Close(), rdb.Close()) }
-		return h, nil
+		}, nil
 	}
 	if !allowLocal {
 		return nil, fmt.Errorf("redis.url is required for this target (the local ledger is only for --target all)")
@@ -218,7 +186,7 @@ func chooseAdmitter(cfg *config.Config, lh *ledgerHandle) (a ledger.Admitter, se
 	case lh.local != nil:
 		return ledger.NewLocalAdmitter(lh.local, nil), false
 	case cfg.RateLimit.Storage == "redis":
-		return ledger.NewRedisAdmitter(lh.admitRDB, redisPrefix(cfg)), false
+		return ledger.NewRedisAdmitter(lh.rdb, redisPrefix(cfg)), false
 	}
 	return ledger.NewMemoryAdmitter(lh.store, nil), true
 }

@@ -9,7 +9,6 @@ import (
 	"net"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -208,50 +207,5 @@ func TestAdmissionsAreNotSentTwice(t *testing.T) {
 		Limits: ledger.KeyLimits{MaxConcurrent: 1}, Quota: 1 << 30, Reserve: 424242, LeaseTTL: time.Minute})
 	if n := sent.Load(); err == nil || n != 1 {
 		t.Fatalf("an admission whose answer was lost: sent %d times, Admit error %v; want it sent once and failed", n, err)
-	}
-}
-
-// redisLines keeps what go-redis logs.
-type redisLines struct {
-	mu    sync.Mutex
-	lines []string
-}
-
-func (r *redisLines) Printf(_ context.Context, format string, v ...any) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.lines = append(r.lines, fmt.Sprintf(format, v...))
-}
-
-// TestLedgerClientsOpenQuietly: the ledger's two Redis clients (the
-// admissions' one sends no command twice), opened as serve opens them,
-// start and answer without a word from go-redis, which logs a warning for
-// a client made from another one's options (their maintenance
-// notifications' handlers registered twice).
-func TestLedgerClientsOpenQuietly(t *testing.T) {
-	_, url, prefix := testRedis(t, "quiet")
-	lines := &redisLines{}
-	redis.SetLogger(lines)
-	t.Cleanup(quietRedis)
-	cfg := &config.Config{Redis: config.Redis{URL: url, Prefix: prefix}, RateLimit: config.RateLimit{Storage: "redis"}}
-	lh, err := openLedger(context.Background(), cfg, false, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lh.close()
-	for _, c := range []redis.UniversalClient{lh.rdb, lh.admitRDB} {
-		if err := c.Ping(context.Background()).Err(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	a, _ := chooseAdmitter(cfg, lh)
-	if _, err := a.Admit(context.Background(), ledger.AdmitRequest{KeyID: "k", LeaseID: "r1", Limits: ledger.KeyLimits{MaxConcurrent: 1}}); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(100 * time.Millisecond)
-	lines.mu.Lock()
-	defer lines.mu.Unlock()
-	if len(lines.lines) > 0 {
-		t.Fatalf("go-redis logged %q", lines.lines)
 	}
 }

@@ -66,7 +66,10 @@ type RedisAdmitter struct {
 	split   bool
 	resvTTL time.Duration
 
-	admitScript, globalScript, undoScript, renewScript *redis.Script
+	// The decisions' scripts, and their undoing, are sent without
+	// go-redis's retries (oneShot); renewScript, idempotent, with them.
+	admitScript, globalScript, undoScript oneShot
+	renewScript                           *redis.Script
 
 	// batch carries the admissions (outside the Redis Cluster split path)
 	// and releases of concurrent requests in shared pipelines.
@@ -80,13 +83,7 @@ type RedisAdmitter struct {
 }
 
 // NewRedisAdmitter returns an admitter on rdb for the keys of a RedisStore
-// with the same prefix. The caller owns rdb, which should send no command
-// again after a failure (MaxRetries: -1): go-redis's retry of a script
-// Redis ran but whose answer was lost (a reset, a read timeout) runs it
-// twice, and the second run counts the first one's lease and place in the
-// windows, and may refuse the request that holds them (or, on Redis
-// Cluster, give the global bucket back twice). The admitter follows up a
-// failed call itself (see RedisAdmitter).
+// with the same prefix. The caller owns rdb.
 func NewRedisAdmitter(rdb redis.UniversalClient, prefix string) *RedisAdmitter {
 	_, cluster := rdb.(*redis.ClusterClient)
 	batch := &combiner{rdb: rdb}
@@ -95,9 +92,9 @@ func NewRedisAdmitter(rdb redis.UniversalClient, prefix string) *RedisAdmitter {
 		prefix:       prefix,
 		split:        cluster,
 		resvTTL:      DefaultReservationTTL,
-		admitScript:  redis.NewScript(admitLua),
-		globalScript: redis.NewScript(globalLua),
-		undoScript:   redis.NewScript(undoLua),
+		admitScript:  newOneShot(admitLua),
+		globalScript: newOneShot(globalLua),
+		undoScript:   newOneShot(undoLua),
 		renewScript:  redis.NewScript(renewLua),
 		cancelScript: redis.NewScript(cancelLua),
 		batch:        batch,
@@ -463,7 +460,7 @@ func (a *RedisAdmitter) Admit(ctx context.Context, req AdmitRequest) (Decision, 
 		if gT > 0 {
 			keys = append(keys, a.globalKey())
 		}
-		res, err := a.batch.evalSha(ctx, a.admitScript, keys, args...).Slice()
+		res, err := a.batch.evalOnce(ctx, a.admitScript, keys, args...).Slice()
 		if err != nil {
 			a.cancel(req)
 			return Decision{}, fmt.Errorf("admit key %s: %w", req.KeyID, err)
@@ -503,13 +500,8 @@ func (a *RedisAdmitter) admitSplit(ctx context.Context, req AdmitRequest, keys [
 	run := func(evalsha bool) (*redis.Cmd, *redis.Cmd, error) {
 		pipe := a.rdb.Pipeline()
 		var kc, gc *redis.Cmd
-		if evalsha {
-			kc = a.admitScript.EvalSha(ctx, pipe, keys, args...)
-			gc = a.globalScript.EvalSha(ctx, pipe, gkeys, gargs...)
-		} else {
-			kc = a.admitScript.Eval(ctx, pipe, keys, args...)
-			gc = a.globalScript.Eval(ctx, pipe, gkeys, gargs...)
-		}
+		kc = a.admitScript.queue(ctx, pipe, !evalsha, keys, args)
+		gc = a.globalScript.queue(ctx, pipe, !evalsha, gkeys, gargs)
 		_, err := pipe.Exec(ctx)
 		return kc, gc, err
 	}
@@ -546,7 +538,7 @@ func (a *RedisAdmitter) admitSplit(ctx context.Context, req AdmitRequest, keys [
 		}
 		d.Allowed, d.Reason, d.RetryAfter = false, ReasonGlobalRPS, time.Duration(retry)*time.Microsecond
 	case !d.Allowed && gOK:
-		if err := a.undoScript.Run(ctx, a.rdb, []string{a.globalKey()}, clock, "global", gT).Err(); err != nil {
+		if err := a.undoScript.run(ctx, a.rdb, []string{a.globalKey()}, clock, "global", gT).Err(); err != nil {
 			return Decision{}, fmt.Errorf("admit key %s: undo global: %w", req.KeyID, err)
 		}
 	}
@@ -562,7 +554,7 @@ func (a *RedisAdmitter) undoRan(ctx context.Context, req AdmitRequest, kc, gc *r
 	}
 	if gc.Err() == nil {
 		if res, _ := gc.Slice(); len(res) > 0 && res[0] == int64(1) {
-			return a.undoScript.Run(ctx, a.rdb, []string{a.globalKey()}, clock, "global", gT).Err()
+			return a.undoScript.run(ctx, a.rdb, []string{a.globalKey()}, clock, "global", gT).Err()
 		}
 	}
 	return nil
@@ -571,7 +563,7 @@ func (a *RedisAdmitter) undoRan(ctx context.Context, req AdmitRequest, kc, gc *r
 func (a *RedisAdmitter) undoKey(ctx context.Context, req AdmitRequest, clock string, kT int64) error {
 	k := a.keyKeys(req.KeyID, "", req.LeaseID)
 	keys := append(k[:5:5], k[8])
-	if err := a.undoScript.Run(ctx, a.rdb, keys, clock, req.LeaseID, kT).Err(); err != nil {
+	if err := a.undoScript.run(ctx, a.rdb, keys, clock, req.LeaseID, kT).Err(); err != nil {
 		return fmt.Errorf("admit key %s: undo: %w", req.KeyID, err)
 	}
 	return nil

@@ -120,12 +120,69 @@ type pending struct {
 	lead bool          // set before done is closed: this caller sends the next pipeline
 }
 
-// evalSha sends an EVALSHA of script, falling back to EVAL, and returns its
-// reply.
-func (c *combiner) evalSha(ctx context.Context, s *redis.Script, keys []string, args ...any) *redis.Cmd {
-	p := &pending{queued: scriptCmd(s, keys, func() []any { return args })}
+// evalOnce sends an EVALSHA of s, falling back to EVAL, that go-redis
+// sends no second time (see oneShot), and returns its reply.
+func (c *combiner) evalOnce(ctx context.Context, s oneShot, keys []string, args ...any) *redis.Cmd {
+	p := &pending{queued: queued{script: true, send: func(ctx context.Context, pipe redis.Pipeliner, eval bool) redis.Cmder {
+		return s.queue(ctx, pipe, eval, keys, args)
+	}}}
 	c.do(ctx, p)
 	return p.cmd.(*redis.Cmd)
+}
+
+// oneShot is a Lua script whose calls go-redis never sends a second time.
+// go-redis sends a command again when its connection failed without an
+// answer (a reset, a read timeout; up to 3 times, and on Redis Cluster
+// whatever the client's MaxRetries), though Redis may have run it: an
+// admission run twice counts the first run's lease and places in the
+// windows, and may refuse the request that holds them; an undo run twice
+// gives back twice. A pipeline holding such a call is not sent again
+// either: its calls fail, and the admitter follows them up itself (see
+// canceller).
+type oneShot struct{ src, sha string }
+
+func newOneShot(src string) oneShot { return oneShot{src: src, sha: redis.NewScript(src).Hash()} }
+
+// noRetry marks a command go-redis does not send again.
+type noRetry struct{ *redis.Cmd }
+
+func (noRetry) NoRetry() bool { return true }
+
+// queue queues a call of s on pipe, as EVAL with eval, else EVALSHA, and
+// returns its reply.
+func (s oneShot) queue(ctx context.Context, pipe redis.Pipeliner, eval bool, keys []string, args []any) *redis.Cmd {
+	a := make([]any, 0, 3+len(keys)+len(args))
+	if eval {
+		a = append(a, "eval", s.src)
+	} else {
+		a = append(a, "evalsha", s.sha)
+	}
+	a = append(a, len(keys))
+	for _, k := range keys {
+		a = append(a, k)
+	}
+	a = append(a, args...)
+	cmd := redis.NewCmd(ctx, a...)
+	cmd.SetFirstKeyPos(3)
+	_ = pipe.Process(ctx, noRetry{cmd})
+	return cmd
+}
+
+// run calls s alone, as EVALSHA, then as EVAL if Redis has not cached it.
+func (s oneShot) run(ctx context.Context, rdb redis.UniversalClient, keys []string, args ...any) *redis.Cmd {
+	send := func(eval bool) *redis.Cmd {
+		pipe := rdb.Pipeline()
+		cmd := s.queue(ctx, pipe, eval, keys, args)
+		if _, err := pipe.Exec(ctx); err != nil && cmd.Err() == nil {
+			cmd.SetErr(err)
+		}
+		return cmd
+	}
+	cmd := send(false)
+	if isNoScript(cmd.Err()) {
+		cmd = send(true)
+	}
+	return cmd
 }
 
 // zrem sends a ZREM and returns its reply.
