@@ -24,11 +24,13 @@ import (
 // slowly: the kernel wakes a writer blocked on a full send buffer only once
 // half of it has gone, and autotuning grows that buffer to megabytes. With
 // the client's connection known (Gateway.ConnContext), a watch looks at it
-// while no write has moved the deadline for timeout/4: each time the
-// connection has had bytes acknowledged since its last look, the client
-// is still reading, and the deadline moves to timeout from then. A client
-// that stopped is cut as before, timeout after its last byte at most
-// timeout/4 later.
+// every timeout/8 while no write has moved the deadline: each time the
+// connection has had bytes acknowledged since the watch's last look, the
+// client is still reading, and the deadline moves to timeout from then.
+// The client's kernel acknowledges in steps of about its receive buffer,
+// so a reader is seen reading if it takes a step within about 7/8 of
+// timeout. A client that stopped is cut as before, timeout after its last
+// acknowledged byte at most timeout/8 later.
 //
 // arm moves the deadline at most every timeout/8 (a clock read per call,
 // no syscall), so a write starts with at least 7/8 of timeout left. done
@@ -67,15 +69,19 @@ func (p *sendPace) arm() {
 	p.armed = now
 	switch {
 	case p.watch != nil:
-		p.watch.have = false // a new look starts from here
-		p.watch.timer.Reset(p.timeout / 4)
+		p.watch.timer.Reset(p.timeout / 8)
 	case p.conn != nil:
 		// A timer, and no more, for a reply that is sent in time.
 		w := &paceWatch{rc: p.rc, conn: p.conn, timeout: p.timeout}
-		w.timer = time.AfterFunc(p.timeout/4, w.look)
+		w.mu.Lock() // look reads timer
+		w.timer = time.AfterFunc(p.timeout/8, w.look)
+		w.mu.Unlock()
 		p.watch = w
 	}
 }
+
+// ackedBytes is bytesAcked (tests replace it).
+var ackedBytes = bytesAcked
 
 // paceWatch moves a reply's write deadline on while its client's
 // connection takes bytes (see sendPace).
@@ -86,21 +92,21 @@ type paceWatch struct {
 
 	mu      sync.Mutex // held by look, and by arm and done when they use rc
 	timer   *time.Timer
-	acked   uint64    // the bytes acknowledged at the last look
+	acked   uint64    // the bytes acknowledged at the last look (the first: a baseline)
 	have    bool      // acked is set
 	until   time.Time // the deadline look last set; zero: none
 	stopped bool      // done: rc is not to be used again
 }
 
-// look runs timeout/4 after the deadline's last move and then every
-// timeout/4, as long as nothing moves it.
+// look runs timeout/8 after the deadline's last move by the relay and then
+// every timeout/8, as long as the relay does not move it.
 func (w *paceWatch) look() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.stopped {
 		return
 	}
-	acked, ok := bytesAcked(w.conn)
+	acked, ok := ackedBytes(w.conn)
 	if !ok {
 		return // the deadline stands
 	}
@@ -113,7 +119,7 @@ func (w *paceWatch) look() {
 		w.until = until
 	}
 	w.acked, w.have = acked, true
-	w.timer.Reset(w.timeout / 4)
+	w.timer.Reset(w.timeout / 8)
 }
 
 // timedOut reports whether err, a write's, is the deadline's doing (an

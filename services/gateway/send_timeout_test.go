@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -178,5 +179,33 @@ func TestSlowReaderLeavingIsNoTimeout(t *testing.T) {
 	p.watch.until = time.Now().Add(-timeout / 2)
 	if got := p.clientWriteError(syscall.ECONNRESET); got != "client_send_timeout" {
 		t.Fatalf("a failed write past the deadline the watch set: %s, want client_send_timeout", got)
+	}
+}
+
+// TestPaceWatchSeesProgressAcrossArms: bytes the client acknowledged
+// between two looks count though the relay moved the deadline meanwhile
+// (a write that ended, the next one blocked at once): the watch's looks
+// are every send_timeout/8, and each compares with the last.
+func TestPaceWatchSeesProgressAcrossArms(t *testing.T) {
+	var acked atomic.Uint64
+	was := ackedBytes
+	ackedBytes = func(net.Conn) (uint64, bool) { return acked.Load(), true }
+	t.Cleanup(func() { ackedBytes = was })
+	c1, c2 := net.Pipe()
+	defer c1.Close()
+	defer c2.Close()
+	const timeout = 800 * time.Millisecond
+	p := newSendPace(http.NewResponseController(deadlineRecorder{httptest.NewRecorder()}), timeout, c1)
+	defer p.done()
+	p.arm()
+	time.Sleep(timeout/8 + 50*time.Millisecond) // the first look: a baseline
+	p.arm()                                     // a write ended; the next one waits
+	acked.Add(100 << 10)                        // the client takes a step
+	time.Sleep(timeout/8 + 50*time.Millisecond)
+	p.watch.mu.Lock()
+	until := p.watch.until
+	p.watch.mu.Unlock()
+	if until.IsZero() {
+		t.Fatal("the client's step after the relay moved the deadline was not seen at the next look")
 	}
 }
