@@ -142,8 +142,15 @@ func (g *Gateway) ConnContext(ctx context.Context, c net.Conn) context.Context {
 // clientConnKey keys the client's connection in a request's context.
 type clientConnKey struct{}
 
-// clientConn returns the client connection of r (ConnContext), or nil.
+// clientConn returns the client connection of r (ConnContext) when r is
+// its only request in flight (HTTP/1), else nil. On HTTP/2 a connection's
+// acknowledged bytes are every stream's, and one stream's writes wait on
+// its own flow control, not on the send buffer: a stream its client
+// stopped reading must be cut though another one is read.
 func clientConn(r *http.Request) net.Conn {
+	if r.ProtoMajor != 1 {
+		return nil
+	}
 	c, _ := r.Context().Value(clientConnKey{}).(net.Conn)
 	return c
 }

@@ -9,6 +9,9 @@ import (
 	"net/http/httptrace"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/llmproxy/llmproxy/pkg/config"
 )
 
 // TestHTTP2ClientGetsEachEventAsItComes: behind an HTTP/2 front (the
@@ -103,5 +106,81 @@ func TestHTTP2RefusalKeepsTheConnection(t *testing.T) {
 	}
 	if conns[0] != conns[1] {
 		t.Fatalf("the request after a refusal used a new connection (%s, then %s)", conns[0], conns[1])
+	}
+}
+
+// TestHTTP2StalledStreamIsCutBesideARead: on HTTP/2 a stream whose client
+// stopped reading is cut by send_timeout though the client keeps reading
+// another stream of the same connection, whose acknowledged bytes are not
+// that stream's progress.
+func TestHTTP2StalledStreamIsCutBesideARead(t *testing.T) {
+	chunk := "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"" + strings.Repeat("word ", 2000) + "\"}}]}\n\n"
+	cancelled := make(chan string, 4)
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		name := "read"
+		if strings.Contains(string(b), "STALL") {
+			name = "stalled"
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		for r.Context().Err() == nil {
+			if _, err := io.WriteString(w, chunk); err != nil {
+				break
+			}
+			w.(http.Flusher).Flush()
+			time.Sleep(2 * time.Millisecond)
+		}
+		cancelled <- name
+	}))
+	defer backend.Close()
+	cfg, err := config.Parse([]byte(fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q}]\nserver: {send_timeout: 300ms}\n", backend.URL, testKey)), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := New(Options{Config: cfg, Events: newSink()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Start(t.Context())
+	srv := httptest.NewUnstartedServer(g.Handler())
+	srv.Config.ConnContext = g.ConnContext
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	defer srv.Close()
+	send := func(tag string) *http.Response {
+		req, _ := http.NewRequest("POST", srv.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m1","stream":true,"messages":[{"role":"user","content":"`+tag+`"}]}`))
+		req.Header.Set("Authorization", "Bearer "+testKey)
+		resp, err := srv.Client().Do(req)
+		if err != nil || resp.ProtoMajor != 2 {
+			t.Fatalf("%s: %v %v", tag, resp, err)
+		}
+		return resp
+	}
+	stalled := send("STALL") // never read
+	defer stalled.Body.Close()
+	read := send("READ")
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		defer read.Body.Close()
+		buf := make([]byte, 16<<10)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			if _, err := read.Body.Read(buf); err != nil {
+				return
+			}
+		}
+	}()
+	select {
+	case name := <-cancelled:
+		if name != "stalled" {
+			t.Fatalf("the %s stream was cut first", name)
+		}
+	case <-time.After(6 * time.Second):
+		t.Fatal("the stalled stream was not cut in 6 s (send_timeout 300ms) while another stream of its connection was read")
 	}
 }
