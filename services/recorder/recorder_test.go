@@ -766,63 +766,49 @@ func TestColumnDroppedWhileRunning(t *testing.T) {
 	waitRows(t, pool, 2)
 }
 
-// TestRefusalStoredByAnotherRecorderClears: an event this recorder saw
-// refused and another recorder stored no longer counts as refused here.
-func TestRefusalStoredByAnotherRecorderClears(t *testing.T) {
-	js, pool := eventstest.JetStream(t), startPostgres(t)
-	execAll(t, pool, refuseBlockedFn, refuseBlockedTrigger)
-	a, err := New(js, pool, testOptions())
-	if err != nil {
-		t.Fatal(err)
-	}
-	publishEvent(t, js, event("from-blocked", "blocked", 200), "from-blocked")
-	stopA := runRecorder(t, a)
-	untilRefusing(t, a, "the table refuses an event")
-	if err := stopA(); err != nil {
-		t.Fatal(err)
-	}
-	execAll(t, pool, `DROP TRIGGER refuse_blocked ON `+Table)
-	b, err := New(js, pool, testOptions())
-	if err != nil {
-		t.Fatal(err)
-	}
-	runRecorder(t, b)
-	waitRows(t, pool, 1)
-	assertAllAcked(t, js)
-	if err := a.Refusing(); err != nil {
-		t.Fatalf("Refusing = %v after another recorder stored the event", err)
-	}
-}
-
-// TestOutageStoredByAnotherRecorderClears: writes that failed for an
-// outage (a full disk), whose events another recorder then stored, no
-// longer make this recorder report writes failing: nothing waits on it.
-func TestOutageStoredByAnotherRecorderClears(t *testing.T) {
-	js, pool := eventstest.JetStream(t), startPostgres(t)
-	failInserts(t, pool, "disk_full", "53100", "could not extend file")
-	a, err := New(js, pool, testOptions())
-	if err != nil {
-		t.Fatal(err)
-	}
-	publishEvent(t, js, event("during-outage", "k", 200), "during-outage")
-	stopA := runRecorder(t, a)
-	untilRefusing(t, a, "every write fails")
-	if err := stopA(); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Refusing(); err == nil || !strings.Contains(err.Error(), "fail since") {
-		t.Fatalf("Refusing = %v, want writes failing", err)
-	}
-	execAll(t, pool, `DROP TRIGGER disk_full ON `+Table)
-	b, err := New(js, pool, testOptions())
-	if err != nil {
-		t.Fatal(err)
-	}
-	runRecorder(t, b)
-	waitRows(t, pool, 1)
-	assertAllAcked(t, js)
-	if err := a.Refusing(); err != nil {
-		t.Fatalf("Refusing = %v after another recorder stored the events whose writes failed", err)
+// TestStoredByAnotherRecorderClears: an event the table refused, or whose
+// write failed for an outage (a full disk), and that another recorder then
+// stored no longer counts here: nothing waits on this recorder.
+func TestStoredByAnotherRecorderClears(t *testing.T) {
+	for _, tc := range []struct {
+		name, trigger, key, want string
+		make                     func(t *testing.T, pool *pgxpool.Pool)
+	}{
+		{"refusal", "refuse_blocked", "blocked", "refuses", func(t *testing.T, pool *pgxpool.Pool) {
+			execAll(t, pool, refuseBlockedFn, refuseBlockedTrigger)
+		}},
+		{"outage", "disk_full", "k", "fail since", func(t *testing.T, pool *pgxpool.Pool) {
+			failInserts(t, pool, "disk_full", "53100", "could not extend file")
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			js, pool := eventstest.JetStream(t), startPostgres(t)
+			tc.make(t, pool)
+			a, err := New(js, pool, testOptions())
+			if err != nil {
+				t.Fatal(err)
+			}
+			publishEvent(t, js, event("e1", tc.key, 200), "e1")
+			stopA := runRecorder(t, a)
+			untilRefusing(t, a, "the table refuses or fails the event")
+			if err := stopA(); err != nil {
+				t.Fatal(err)
+			}
+			if err := a.Refusing(); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Refusing = %v, want %q", err, tc.want)
+			}
+			execAll(t, pool, `DROP TRIGGER `+tc.trigger+` ON `+Table)
+			b, err := New(js, pool, testOptions())
+			if err != nil {
+				t.Fatal(err)
+			}
+			runRecorder(t, b)
+			waitRows(t, pool, 1)
+			assertAllAcked(t, js)
+			if err := a.Refusing(); err != nil {
+				t.Fatalf("Refusing = %v after another recorder stored the event", err)
+			}
+		})
 	}
 }
 
