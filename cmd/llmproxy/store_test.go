@@ -6,10 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"net"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -126,86 +124,5 @@ func TestWriteReadyTellsARedisThatRefusesWrites(t *testing.T) {
 		if (err == nil) != ok || err != nil && !strings.Contains(err.Error(), "refuses this process's scripts or writes") {
 			t.Errorf("%s: writeReady = %v, want ok %v", user, err, ok)
 		}
-	}
-}
-
-// TestAdmissionsAreNotSentTwice: an admission whose answer is lost (the
-// connection reset after Redis ran it) is not sent again by the Redis
-// client: run twice, the second run would count the first one's lease and
-// could refuse a request that holds it. The admitter follows up the
-// failure itself (its cancellation).
-func TestAdmissionsAreNotSentTwice(t *testing.T) {
-	_, url, prefix := testRedis(t, "noretry")
-	opts, _ := redis.ParseURL(url)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	// The relay counts the requests that carry the marked admission
-	// (its reservation, 424242, which no other call carries) and resets
-	// the connection instead of relaying the first one's answer.
-	var sent, reset atomic.Int32
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			r, err := net.Dial("tcp", opts.Addr)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			var marked atomic.Bool
-			go func() {
-				b := make([]byte, 64<<10)
-				for {
-					n, err := c.Read(b)
-					if n > 0 && bytes.Contains(b[:n], []byte("424242")) {
-						sent.Add(1)
-						marked.Store(true)
-					}
-					if n > 0 {
-						_, _ = r.Write(b[:n])
-					}
-					if err != nil {
-						r.Close()
-						return
-					}
-				}
-			}()
-			go func() {
-				b := make([]byte, 64<<10)
-				for {
-					n, err := r.Read(b)
-					if n > 0 && marked.Load() && reset.Add(1) == 1 {
-						c.Close()
-						r.Close()
-						return
-					}
-					if n > 0 {
-						_, _ = c.Write(b[:n])
-					}
-					if err != nil {
-						c.Close()
-						return
-					}
-				}
-			}()
-		}
-	}()
-	cfg := &config.Config{Redis: config.Redis{URL: fmt.Sprintf("redis://%s/%d", ln.Addr(), opts.DB), Prefix: prefix},
-		RateLimit: config.RateLimit{Storage: "redis"}}
-	lh, err := openLedger(context.Background(), cfg, false, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lh.close()
-	a, _ := chooseAdmitter(cfg, lh)
-	_, err = a.Admit(context.Background(), ledger.AdmitRequest{KeyID: "k", LeaseID: "r1",
-		Limits: ledger.KeyLimits{MaxConcurrent: 1}, Quota: 1 << 30, Reserve: 424242, LeaseTTL: time.Minute})
-	if n := sent.Load(); err == nil || n != 1 {
-		t.Fatalf("an admission whose answer was lost: sent %d times, Admit error %v; want it sent once and failed", n, err)
 	}
 }
