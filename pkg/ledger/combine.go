@@ -123,9 +123,7 @@ type pending struct {
 // evalOnce sends an EVALSHA of s, falling back to EVAL, that go-redis
 // sends no second time (see oneShot), and returns its reply.
 func (c *combiner) evalOnce(ctx context.Context, s oneShot, keys []string, args ...any) *redis.Cmd {
-	p := &pending{queued: queued{script: true, send: func(ctx context.Context, pipe redis.Pipeliner, eval bool) redis.Cmder {
-		return s.queue(ctx, pipe, eval, keys, args)
-	}}}
+	p := &pending{queued: s.call(keys, args)}
 	c.do(ctx, p)
 	return p.cmd.(*redis.Cmd)
 }
@@ -168,21 +166,18 @@ func (s oneShot) queue(ctx context.Context, pipe redis.Pipeliner, eval bool, key
 	return cmd
 }
 
+// call is the queued call of s.
+func (s oneShot) call(keys []string, args []any) queued {
+	return queued{script: true, send: func(ctx context.Context, pipe redis.Pipeliner, eval bool) redis.Cmder {
+		return s.queue(ctx, pipe, eval, keys, args)
+	}}
+}
+
 // run calls s alone, as EVALSHA, then as EVAL if Redis has not cached it.
 func (s oneShot) run(ctx context.Context, rdb redis.UniversalClient, keys []string, args ...any) *redis.Cmd {
-	send := func(eval bool) *redis.Cmd {
-		pipe := rdb.Pipeline()
-		cmd := s.queue(ctx, pipe, eval, keys, args)
-		if _, err := pipe.Exec(ctx); err != nil && cmd.Err() == nil {
-			cmd.SetErr(err)
-		}
-		return cmd
-	}
-	cmd := send(false)
-	if isNoScript(cmd.Err()) {
-		cmd = send(true)
-	}
-	return cmd
+	q := s.call(keys, args)
+	execQueued(ctx, rdb, []*queued{&q})
+	return q.cmd.(*redis.Cmd)
 }
 
 // zrem sends a ZREM and returns its reply.
