@@ -777,7 +777,7 @@ func (v *checker) url(path, raw string, schemes []string, want string) {
 // which NATS takes as the user: url.Redacted would show that) and anything
 // after the host as "/…" (a webhook's path, such as Slack's, or a query
 // parameter may be its secret too). Without a scheme, the first segment of
-// the path stands for the host.
+// the path stands for the host; a keyword/value string shows its keywords.
 func shownURL(u *url.URL) string {
 	var b strings.Builder
 	host, rest := u.Host, u.RawQuery != "" || u.Fragment != "" || u.ForceQuery
@@ -792,6 +792,11 @@ func shownURL(u *url.URL) string {
 		b.WriteString(u.Scheme + "://")
 		rest = rest || u.Path != "" && u.Path != "/"
 	default:
+		if i := strings.IndexAny(u.Path, "= \t"); i >= 0 && !strings.Contains(u.Path[:i], "/") {
+			// A keyword/value string (host=db user=app password=…), which
+			// libpq takes: its keywords alone, no value.
+			return keywordsOnly(u.Path)
+		}
 		host, rest = hostPart(u.Path, rest)
 	}
 	if u.User != nil || strings.Contains(host, "@") {
@@ -803,6 +808,20 @@ func shownURL(u *url.URL) string {
 		b.WriteString("/…")
 	}
 	return b.String()
+}
+
+// keywordsOnly is s, a keyword/value string, with each value as "…".
+func keywordsOnly(s string) string {
+	fields := strings.Fields(s)
+	for i, f := range fields {
+		k, _, ok := strings.Cut(f, "=")
+		if !ok || strings.ContainsAny(k, "'\"\\") {
+			fields[i] = "…" // a part of a quoted value
+			continue
+		}
+		fields[i] = k + "=…"
+	}
+	return strings.Join(fields, " ")
 }
 
 // hostPart returns s up to its first '/', and whether anything followed

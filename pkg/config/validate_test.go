@@ -493,3 +493,19 @@ func TestNegativeWeightIsOneError(t *testing.T) {
 		t.Fatalf("errors:\n%v\nwant only the negative weight's", err)
 	}
 }
+
+// TestValidateShowsNoValueOfAKeywordString: a libpq keyword/value string
+// where a URL belongs is refused showing its keywords, not its password.
+func TestValidateShowsNoValueOfAKeywordString(t *testing.T) {
+	y := minimal + "logging:\n  postgres:\n    url: \"host=db user=app password='pg dsn-secret-1' dbname=llm\"\n"
+	_, err := Parse([]byte(y), "c.yaml")
+	if err == nil {
+		t.Fatal("a keyword/value string was taken for a URL")
+	}
+	if strings.Contains(err.Error(), "dsn-secret-1") || strings.Contains(err.Error(), "app") {
+		t.Errorf("the error shows a value: %v", err)
+	}
+	if want := `got "host=… user=… password=… … dbname=…"`; !strings.Contains(err.Error(), want) {
+		t.Errorf("error %q, want it to contain %s", err, want)
+	}
+}
