@@ -3,9 +3,12 @@ package gateway
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -75,6 +78,37 @@ func TestBodyKeyIsScrubbed(t *testing.T) {
 	resp, b := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"`+testKey+`"}`, withKey())
 	if ev := s.next(t); ev.Model == testKey || strings.Contains(string(b), testKey) {
 		t.Errorf("a key sent as the model: event model %q, reply %d %s", ev.Model, resp.StatusCode, b)
+	}
+	// In a model too long to take, refused with what the event keeps of
+	// it: the whole model is scrubbed before it is cut (a cut through the
+	// key would keep part of it), and no backend serves the rest.
+	for _, model := range []string{testKey + strings.Repeat("a", 600), strings.Repeat("a", 500) + testKey} {
+		resp, b = do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"`+model+`"}`, withKey())
+		if resp.StatusCode/100 != 4 || strings.Contains(string(b), testKey[:20]) {
+			t.Fatalf("%d %s", resp.StatusCode, b)
+		}
+		if ev := s.next(t); strings.Contains(ev.Model, testKey[:20]) {
+			t.Errorf("a model of %d bytes holding the key: event model %.60q…", len(model), ev.Model)
+		}
+	}
+}
+
+// TestKeyRefusedAfterOnAuthIsScrubbed: with an on_auth hook the body is
+// read before the key is checked; a key refused then (disabled, expired,
+// from an address it may not be used from) records no key sent as the
+// model.
+func TestKeyRefusedAfterOnAuthIsScrubbed(t *testing.T) {
+	script := filepath.Join(t.TempDir(), "a.lua")
+	if err := os.WriteFile(script, []byte("function on_auth(req) return nil end\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	gw, s := gatewayFromYAML(t, fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q, status: disabled}]\nlua: {scripts: [%q]}\n", okBackend(t), testKey, script))
+	resp, b := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"`+testKey+`"}`, withKey())
+	if resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("%d %s", resp.StatusCode, b)
+	}
+	if ev := s.next(t); strings.Contains(ev.Model, testKey) {
+		t.Errorf("event model is the client's key: %q", ev.Model)
 	}
 }
 

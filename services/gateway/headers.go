@@ -29,7 +29,8 @@ var hopHeaders = []string{
 func copyRequestHeader(dst, src http.Header, secret string) {
 	for k, vv := range src {
 		switch k {
-		case "Authorization", "X-Api-Key", "Api-Key", "Content-Length", "Cookie", "Host", "Expect":
+		case "Authorization", "X-Api-Key", "Api-Key", "Content-Length", "Cookie", "Host", "Expect",
+			"X-Llmproxy-Request-Id": // the gateway's name: a client's would pose as its id
 			continue
 		}
 		dst[k] = vv

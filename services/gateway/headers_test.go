@@ -192,11 +192,11 @@ func TestRequestHeadersForTheBackend(t *testing.T) {
 	src := http.Header{
 		"Authorization": {"Bearer sk-x"}, "X-Api-Key": {"sk-x"}, "Api-Key": {"sk-x"}, "Cookie": {"a=b"},
 		"Expect": {"100-continue"}, "Connection": {"keep-alive"}, "Te": {"trailers"},
-		"Content-Type": {"application/json"}, "X-Custom": {"kept"},
+		"Content-Type": {"application/json"}, "X-Custom": {"kept"}, "X-Llmproxy-Request-Id": {"req_posing"},
 	}
 	dst := http.Header{}
 	copyRequestHeader(dst, src, "sk-x")
-	for _, k := range []string{"Authorization", "X-Api-Key", "Api-Key", "Cookie", "Expect", "Connection", "Te"} {
+	for _, k := range []string{"Authorization", "X-Api-Key", "Api-Key", "Cookie", "Expect", "Connection", "Te", "X-Llmproxy-Request-Id"} {
 		if v, ok := dst[k]; ok {
 			t.Errorf("%s reached the backend: %q", k, v)
 		}

@@ -56,7 +56,9 @@ func (g *Gateway) luaError(x *exchange, hook string, err error) *apierr.Error {
 		// the script's failure.
 		return apierr.ClientClosed()
 	}
-	g.log.Error("lua hook failed", "request_id", x.requestID, "hook", hook, "err", err)
+	// A script's error() text may quote the key it saw (the
+	// Authorization header): the log gets it without.
+	g.log.Error("lua hook failed", "request_id", x.requestID, "hook", hook, "err", withoutKey(err.Error(), x.secret))
 	code, e := "lua_error", apierr.Internal("lua_error", "a gateway script ("+hook+") failed")
 	if errors.Is(err, hooks.ErrTimeout) {
 		code, e = "lua_timeout", apierr.Internal("lua_timeout", "a gateway script ("+hook+") ran past its time limit")

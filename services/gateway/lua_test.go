@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"github.com/prometheus/client_golang/prometheus"
 	"io"
 	"net/http"
@@ -642,5 +643,50 @@ end
 		if n := counted(t, reg, "llmproxy_admission_rejections_total", map[string]string{"reason": reason}); n != want {
 			t.Errorf("llmproxy_admission_rejections_total{reason=%q} = %v, want %v (on_response's failure is no rejection)", reason, n, want)
 		}
+	}
+}
+
+// TestLuaErrorsLogNoKey: a script's error() that quotes the key it sees
+// (the Authorization header), in on_request and in on_complete, is logged
+// without it, as a rejection's text reaches the client without it.
+func TestLuaErrorsLogNoKey(t *testing.T) {
+	script := filepath.Join(t.TempDir(), "e.lua")
+	src := `auth = ""
+function on_request(req)
+  if req.headers:get("X-Fail") then error("cannot handle " .. req.headers:get("Authorization")) end
+  auth = req.headers:get("Authorization")
+end
+function on_complete(ev)
+  error("cannot record " .. auth)
+end
+`
+	if err := os.WriteFile(script, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := parseConfig(t, fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q}]\nlua: {scripts: [%q]}\n", okBackend(t), testKey, script))
+	lines := make(chan map[string]string, 1000)
+	gw, s := serveOptions(t, Options{Config: cfg, Logger: slog.New(recordHandler{out: lines})})
+	hdr := withKey()
+	hdr["X-Fail"] = "1"
+	if resp, b := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m"}`, hdr); resp.StatusCode != http.StatusInternalServerError {
+		t.Fatalf("%d %s", resp.StatusCode, b)
+	}
+	s.next(t)
+	if resp, b := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m"}`, withKey()); resp.StatusCode != http.StatusOK {
+		t.Fatalf("%d %s", resp.StatusCode, b)
+	}
+	s.next(t)
+	failed := 0
+	for len(lines) > 0 {
+		m := <-lines
+		if strings.Contains(fmt.Sprint(m), testKey) {
+			t.Errorf("a log line holds the key: %v", m)
+		}
+		if strings.Contains(m["err"], "Bearer [REDACTED]") {
+			failed++
+		}
+	}
+	if failed != 2 {
+		t.Errorf("%d lines name the scripts' errors, want 2 (on_request, on_complete)", failed)
 	}
 }

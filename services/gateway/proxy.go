@@ -363,7 +363,6 @@ func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
 			return e
 		}
 	}
-	x.scrubSecret()
 	if lua != nil && lua.Has(hooks.HookRequest) {
 		hr := g.hookRequest(r, x)
 		rej, err := lua.OnRequest(r.Context(), hr)
@@ -524,12 +523,15 @@ func (g *Gateway) readRequest(r *http.Request, x *exchange) *apierr.Error {
 		return g.reject(e.Code, e)
 	}
 	x.body, x.info = body, info
-	if n := len(info.Model); n > maxModelBytes {
+	// Scrubbed at once: every refusal from here on (a model too long, a
+	// key refused after on_auth read the body) records the model.
+	x.scrubSecret()
+	if n := len(x.info.Model); n > maxModelBytes {
 		// A model name goes into the event, the access line and the
 		// metrics' errors whole: one of a megabyte would make the event
 		// too large to publish, and the request would go unbilled. The
 		// event keeps its first bytes.
-		x.info.Model = clip(strings.ToValidUTF8(info.Model[:maxModelBytes], ""), maxModelBytes)
+		x.info.Model = clip(strings.ToValidUTF8(x.info.Model[:maxModelBytes], ""), maxModelBytes)
 		return g.reject("invalid_model", apierr.BadRequest("invalid_model",
 			"the model name is "+strconv.Itoa(n)+" bytes long; at most "+strconv.Itoa(maxModelBytes)))
 	}
@@ -1727,7 +1729,7 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 	if lua := x.rt.lua; lua != nil && lua.Has(hooks.HookComplete) {
 		if err := lua.OnComplete(context.WithoutCancel(ctx), ev); err != nil {
 			g.countLuaError(hooks.HookComplete, err)
-			g.log.Warn("on_complete failed; the event is published without its request body and captured response", "request_id", x.requestID, "err", err)
+			g.log.Warn("on_complete failed; the event is published without its request body and captured response", "request_id", x.requestID, "err", withoutKey(err.Error(), x.secret))
 		}
 		scrubEventSecret(ev, x.secret)
 	}
