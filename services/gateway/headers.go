@@ -64,7 +64,10 @@ func copyRequestHeader(dst, src http.Header, secret string) {
 // peer alone.
 // untrustedForwarding are the headers (canonical) a proxy sets about a
 // client's connection, dropped when the peer is not a trusted proxy.
-var untrustedForwarding = []string{"X-Forwarded-For", "X-Real-Ip", "Forwarded", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Forwarded-Port", "X-Forwarded-Server", "X-Client-Ip", "True-Client-Ip"}
+// Besides the standard ones, those of CDNs and proxies a backend may be
+// set to believe (Cloudflare, Fastly, Envoy, ingress-nginx, GKE).
+var untrustedForwarding = []string{"X-Forwarded-For", "X-Real-Ip", "Forwarded", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Forwarded-Port", "X-Forwarded-Server", "X-Client-Ip", "True-Client-Ip",
+	"Cf-Connecting-Ip", "Fastly-Client-Ip", "X-Envoy-External-Address", "X-Original-Forwarded-For", "X-Cluster-Client-Ip"}
 
 func setForwardedFor(dst http.Header, peer netip.Addr, trusted bool) {
 	if !trusted {

@@ -131,9 +131,11 @@ func TestForwardedForReachesTheBackend(t *testing.T) {
 		"X-Real-Ip":       "203.0.113.9",
 		"Forwarded":       "for=203.0.113.9",
 		// Claims about the client's connection a proxy would make.
-		"X-Forwarded-Host":  "evil.example",
-		"X-Forwarded-Proto": "https",
-		"True-Client-Ip":    "203.0.113.9",
+		"X-Forwarded-Host":         "evil.example",
+		"X-Forwarded-Proto":        "https",
+		"True-Client-Ip":           "203.0.113.9",
+		"Cf-Connecting-Ip":         "203.0.113.9",
+		"X-Envoy-External-Address": "203.0.113.9",
 		// Not a claim: the client's own, for the backend's logs.
 		"User-Agent": "openai-python/1.52",
 	}
@@ -157,7 +159,7 @@ func TestForwardedForReachesTheBackend(t *testing.T) {
 			if h.Get("X-Real-Ip") != c.realIP || (c.realIP == "") != (h.Get("Forwarded") == "") {
 				t.Errorf("backend X-Real-Ip %q, Forwarded %q", h.Get("X-Real-Ip"), h.Get("Forwarded"))
 			}
-			for _, k := range []string{"X-Forwarded-Host", "X-Forwarded-Proto", "True-Client-Ip"} {
+			for _, k := range []string{"X-Forwarded-Host", "X-Forwarded-Proto", "True-Client-Ip", "Cf-Connecting-Ip", "X-Envoy-External-Address"} {
 				if (c.realIP == "") != (h.Get(k) == "") {
 					t.Errorf("backend %s %q", k, h.Get(k))
 				}
