@@ -7,6 +7,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nkeys"
 )
 
 // mustErrors returns err as *Errors, failing the test when it is not one.
@@ -258,9 +261,24 @@ func TestTLSFiles(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), []byte("not a certificate\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	creds := "-----BEGIN NATS USER JWT-----\neyJ0eXAi\n------END NATS USER JWT------\n\n-----BEGIN USER NKEY SEED-----\nSUAM\n------END USER NKEY SEED------\n"
-	if err := os.WriteFile(filepath.Join(dir, "user.creds"), []byte(creds), 0o600); err != nil {
+	// A user's .creds as nsc writes it, and one whose parts are damaged.
+	account, _ := nkeys.CreateAccount()
+	user, _ := nkeys.CreateUser()
+	pub, _ := user.PublicKey()
+	seed, _ := user.Seed()
+	token, err := jwt.NewUserClaims(pub).Encode(account)
+	if err != nil {
 		t.Fatal(err)
+	}
+	creds, err := jwt.FormatUserConfig(token, seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	damaged := "-----BEGIN NATS USER JWT-----\neyJ0eXAi\n------END NATS USER JWT------\n\n-----BEGIN USER NKEY SEED-----\nSUAM\n------END USER NKEY SEED------\n"
+	for name, b := range map[string][]byte{"user.creds": creds, "damaged.creds": []byte(damaged)} {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	path := filepath.Join(dir, "c.yaml")
 	write := func(y string) {
@@ -290,6 +308,7 @@ func TestTLSFiles(t *testing.T) {
 		{"webhooks:\n  - url: http://h/x\n    tls: { cert_file: ca.pem }\n", "c.yaml:5: key webhooks[0].tls: for an https:// url; this one is not"},
 		{"nats:\n  url: nats://n:4222\n  credentials: nobody.creds\n", "key nats.credentials: cannot read " + filepath.Join(dir, "nobody.creds")},
 		{"nats:\n  url: nats://n:4222\n  credentials: ca.pem\n", "c.yaml:5: key nats.credentials: " + filepath.Join(dir, "ca.pem") + " holds no NATS user JWT and NKey seed"},
+		{"nats:\n  url: nats://n:4222\n  credentials: damaged.creds\n", "c.yaml:5: key nats.credentials: " + filepath.Join(dir, "damaged.creds") + ": its user JWT is not a valid NATS user JWT"},
 	} {
 		write(minimal + tc.yaml)
 		if _, err := Load(path); err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -195,6 +196,17 @@ func (v *checker) nats() {
 		case !bytes.Contains(b, []byte("-----BEGIN NATS USER JWT-----")) || !bytes.Contains(b, []byte("NKEY SEED-----")):
 			// As nsc writes it: the user's JWT, then its NKey seed.
 			v.add("nats.credentials", "%s holds no NATS user JWT and NKey seed (a .creds file as nsc writes it)", n.Credentials)
+		default:
+			// What the NATS client reads of it when it connects, read
+			// now: a damaged file fails here, not at every connection.
+			if tok, err := jwt.ParseDecoratedJWT(b); err != nil {
+				v.add("nats.credentials", "%s: its user JWT cannot be read: %v", n.Credentials, err)
+			} else if _, err := jwt.DecodeUserClaims(tok); err != nil {
+				v.add("nats.credentials", "%s: its user JWT is not a valid NATS user JWT: %v", n.Credentials, err)
+			}
+			if _, err := jwt.ParseDecoratedUserNKey(b); err != nil {
+				v.add("nats.credentials", "%s: its NKey seed is not a valid user seed: %v", n.Credentials, err)
+			}
 		}
 	}
 	v.tls("nats.tls", n.TLS)
