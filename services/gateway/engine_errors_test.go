@@ -13,7 +13,8 @@ import (
 // unchanged, and its event records the failure with no tokens: the engine
 // refused or failed the request and generated nothing, so an estimate of
 // the prompt (a whole over-long prompt, for a context-length refusal) must
-// not be charged.
+// not be charged. One that reports what it used is billed that, its event
+// still backend_error.
 func TestEngineErrorRepliesAreNotBilled(t *testing.T) {
 	const prompt = `"messages":[{"role":"user","content":"tell me a long story about the sea and the ships on it"}]`
 	tests := []struct {
@@ -37,7 +38,13 @@ func TestEngineErrorRepliesAreNotBilled(t *testing.T) {
 			`{"id":"resp_1","object":"response","status":"failed","error":{"code":"server_error","message":"The model failed to generate a response."},"output":[],"usage":null}`},
 		{"anthropic overloaded", "/v1/messages", `{"model":"m1","max_tokens":100,` + prompt + `}`, "application/json", 529,
 			`{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}`},
+		// An engine of one's own that reports what it used before it
+		// failed: billed as reported, and still its error.
+		{"error with usage", "/v1/chat/completions", `{"model":"m1",` + prompt + `}`, "application/json", 500,
+			`{"error":{"message":"generation failed","type":"server_error"},"usage":{"prompt_tokens":70,"completion_tokens":9,"total_tokens":79}}`},
 	}
+	// What the engines reported they used.
+	billed := map[string]int64{"error with usage": 79}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -55,8 +62,8 @@ func TestEngineErrorRepliesAreNotBilled(t *testing.T) {
 			if ev.StatusCode != tt.status || ev.Error != "backend_error" {
 				t.Errorf("event status %d error %q, want %d backend_error", ev.StatusCode, ev.Error, tt.status)
 			}
-			if ev.Usage.TotalTokens != 0 || ev.Usage.PromptTokens != 0 || ev.Usage.CompletionTokens != 0 {
-				t.Errorf("event usage %+v (%s), want none billed for an error reply", ev.Usage, ev.UsageSource)
+			if n := billed[tt.name]; ev.Usage.TotalTokens != n || n == 0 && (ev.Usage.PromptTokens != 0 || ev.Usage.CompletionTokens != 0) {
+				t.Errorf("event usage %+v (%s), want %d billed for an error reply", ev.Usage, ev.UsageSource, n)
 			}
 		})
 	}

@@ -1666,6 +1666,11 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 		// The engine ended its stream with its own error event.
 		x.errMsg = "backend_stream_error"
 	}
+	if x.delivered && res.Found && x.status >= 400 && x.errMsg == "" {
+		// An engine's error reply that reported usage: billed as
+		// reported, and its event says it failed all the same.
+		x.errMsg = "backend_error"
+	}
 	if x.delivered && !res.Found && (x.status >= 400 || res.BackendError && res.TextBytes == 0) {
 		// The backend answered with its own error (vLLM's context-length
 		// 400, Ollama's unknown-model 404, TGI's 422 or its validation
