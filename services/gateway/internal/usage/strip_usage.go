@@ -143,7 +143,8 @@ func lastNullUsage(data []byte) (start, end int) {
 }
 
 // rewriteData writes ev anew with data as its data, over as many data lines
-// as data has lines; its other lines are kept, before them, and its ending.
+// as data has lines; its other lines are kept, before them, and its ending
+// (a last CRLF's CR alone, where a read cut the LF off).
 func rewriteData(ev, data []byte) []byte {
 	nl := []byte("\n")
 	if i := bytes.IndexAny(ev, "\r\n"); i >= 0 && ev[i] == '\r' {
@@ -177,6 +178,11 @@ func rewriteData(ev, data []byte) []byte {
 			data = nil
 		}
 		out = append(append(append(out, "data: "...), line...), nl...)
+	}
+	if len(nl) == 2 && ev[len(ev)-1] == '\r' {
+		// A CRLF event whose last LF a read cut off (see Splitter): the
+		// relay sends that LF after it, as its own piece.
+		return append(out, '\r')
 	}
 	return append(out, nl...)
 }

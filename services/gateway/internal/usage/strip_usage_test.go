@@ -30,6 +30,9 @@ func TestStripUsage(t *testing.T) {
 		"data: {\"id\":\"a\",\"choices\":[],\ndata: \"usage\":null}\n\n": "data: {\"id\":\"a\",\"choices\":[]}\n\n",
 		"event: x\r\ndata: {\"usage\":null\r\ndata: ,\"a\":1}\r\n\r\n":   "event: x\r\ndata: {\"a\":1}\r\n\r\n",
 		"data: {\"id\":\"a\",\"usage\":null\ndata: }\n\n":                "data: {\"id\":\"a\"\ndata: }\n\n",
+		// CRLF with the last LF cut off by a read: it follows as a
+		// piece of its own, so the event keeps its lone CR.
+		"data: {\"id\":\"a\",\r\ndata: \"usage\":null}\r\n\r": "data: {\"id\":\"a\"}\r\n\r",
 		// A usage inside a choice is the choice's own.
 		`data: {"choices":[{"delta":{"usage":null}}],"usage":null}` + "\n\n": `data: {"choices":[{"delta":{"usage":null}}]}` + "\n\n",
 		`data: {"choices":[{"delta":{"usage":null}}]}` + "\n\n":              `data: {"choices":[{"delta":{"usage":null}}]}` + "\n\n",
