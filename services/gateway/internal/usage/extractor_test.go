@@ -131,6 +131,12 @@ func TestExtractorUsageVariants(t *testing.T) {
 		{"ollama not done", FormatOllamaNDJSON, []string{
 			`{"model":"m","response":"x","done":false,"eval_count":3}` + "\n",
 		}, 0, 0, false, false},
+		{"whole counts written as floats", FormatOpenAIJSON, []string{
+			`{"choices":[{"message":{"content":"hello there"}}],"usage":{"prompt_tokens":70.0,"completion_tokens":7e1}}`,
+		}, 70, 70, true, true},
+		{"a fraction is no count", FormatOpenAIJSON, []string{
+			`{"choices":[{"message":{"content":"hello there"}}],"usage":{"prompt_tokens":70.5,"completion_tokens":2}}`,
+		}, 0, 2, true, false},
 		{"ollama cached prompt", FormatOllamaNDJSON, []string{
 			`{"model":"m","response":"","done":true,"eval_count":3}` + "\n",
 		}, 0, 3, true, false},

@@ -1,5 +1,11 @@
 package usage
 
+import (
+	"bytes"
+	"math"
+	"strconv"
+)
+
 // A small allocation-free walk over JSON that jsonscan.Valid has checked
 // (json.Unmarshal would allocate on every object). Values are returned as
 // raw subslices of the input; keys are compared raw, quotes included, which
@@ -161,19 +167,34 @@ func stringEnd(b []byte, i int) int {
 	return -1
 }
 
-// parseCount reads a non-negative JSON integer; ok is false for anything
-// else (null, strings, fractions, negative numbers, overflow).
+// parseCount reads a non-negative JSON integer, or a whole number written
+// as a JSON fraction or exponent (70.0, 7e1: an engine of one's own that
+// counts in floats); ok is false for anything else (null, strings, other
+// fractions, negative numbers, overflow).
 func parseCount(raw []byte) (n int64, ok bool) {
 	if len(raw) == 0 || len(raw) > 18 {
 		return 0, false
 	}
 	for _, c := range raw {
 		if c < '0' || c > '9' {
-			return 0, false
+			return parseWholeFloat(raw)
 		}
 		n = n*10 + int64(c-'0')
 	}
 	return n, true
+}
+
+// parseWholeFloat reads a JSON number with a fraction or exponent whose
+// value is a whole number from 0 to 10^17.
+func parseWholeFloat(raw []byte) (int64, bool) {
+	if raw[0] < '0' || raw[0] > '9' || !bytes.ContainsAny(raw, ".eE") {
+		return 0, false
+	}
+	f, err := strconv.ParseFloat(string(raw), 64)
+	if err != nil || f != math.Trunc(f) || f < 0 || f > 1e17 {
+		return 0, false
+	}
+	return int64(f), true
 }
 
 // keyIs compares a raw key (quotes included) with name.
