@@ -13,12 +13,15 @@ import (
 )
 
 // resetRelay forwards connections to Redis; the first answer to a request
-// holding its mark is lost with its connection (reset, as a proxy, a load
-// balancer or the network does), after Redis ran the request. It counts
-// the requests that held the mark.
+// holding its mark is lost with its connection (closed, as a proxy, a load
+// balancer or the network does), after Redis ran the request, or, with
+// drop, the request itself, before Redis has it (as with a connection
+// Redis closed while it was idle in the client's pool). It counts the
+// requests that held the mark.
 type resetRelay struct {
 	mu    sync.Mutex
 	mark  []byte
+	drop  bool
 	sent  atomic.Int32
 	reset atomic.Bool // the one reset is done
 }
@@ -54,10 +57,15 @@ func newResetRelay(t *testing.T, target string) (*resetRelay, string) {
 				for {
 					n, err := c.Read(b)
 					r.mu.Lock()
-					m := r.mark
+					m, drop := r.mark, r.drop
 					r.mu.Unlock()
 					if n > 0 && len(m) > 0 && bytes.Contains(b[:n], m) {
 						r.sent.Add(1)
+						if drop && r.reset.CompareAndSwap(false, true) {
+							c.Close()
+							s.Close()
+							return
+						}
 						marked.Store(true)
 					}
 					if n > 0 {
@@ -105,40 +113,59 @@ func resetAdmitter(t *testing.T) (*RedisAdmitter, *redis.Client, *resetRelay, st
 	return NewRedisAdmitter(rdb, prefix), direct, relay, prefix
 }
 
-// TestRedisAdmitterSendsAnAdmissionOnce: an admission Redis ran whose
-// answer was lost is not sent again by go-redis (whose client retries by
-// default): run again, it would count the first run's lease and places in
-// the windows and could refuse the request that holds them. It fails, and
-// once cancelled holds nothing; the key's next request is admitted.
+// TestRedisAdmitterSendsAnAdmissionOnce: an admission whose connection
+// closed without an answer is sent a second time, once: it ran before the
+// connection closed or it did not, and will not run later. Sent again as
+// it was, one that ran would count its own lease and places in the windows
+// and could refuse itself; sent as a second sending, it is admitted holding
+// one lease, one place in the RPM window and one reservation, whether the
+// first ran (its answer lost) or not (dropped with its connection).
 func TestRedisAdmitterSendsAnAdmissionOnce(t *testing.T) {
-	for _, split := range []bool{false, true} {
-		name := "single node"
-		if split {
-			name = "split"
-		}
-		t.Run(name, func(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		split, drop bool
+	}{
+		{"answer lost", false, false},
+		{"answer lost, split", true, false},
+		{"request dropped", false, true},
+		{"request dropped, split", true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
 			a, direct, relay, prefix := resetAdmitter(t)
-			a.split = split
+			a.split = tc.split
+			// Every limit at one request: a second count of it refuses.
 			req := AdmitRequest{KeyID: "k", Global: GlobalLimit{RPS: 1000, Burst: 1000},
-				Limits: KeyLimits{RPS: 1, MaxConcurrent: 1, RPM: 100, TPM: 1000000},
+				Limits: KeyLimits{RPS: 1, MaxConcurrent: 1, RPM: 1, TPM: 424242},
 				Quota:  1000000, Reserve: 424242, LeaseTTL: time.Minute}
-			relay.setMark("424242")
+			// Redis has the scripts (else the first answer is NOSCRIPT).
+			if _, err := a.Admit(ctx, AdmitRequest{KeyID: "other", LeaseID: "w", Global: req.Global, LeaseTTL: time.Minute}); err != nil {
+				t.Fatal(err)
+			}
+			relay.mu.Lock()
+			relay.mark, relay.drop = []byte("424242"), tc.drop
+			relay.mu.Unlock()
 			r1 := req
 			r1.LeaseID = "r1"
 			d, err := a.Admit(ctx, r1)
-			if n := relay.sent.Load(); n != 1 || err == nil {
-				t.Fatalf("an admission whose answer was lost: sent %d times, Admit = %+v, %v; want it sent once and failed", n, d, err)
+			if n := relay.sent.Load(); n != 2 || err != nil || !d.Allowed {
+				t.Fatalf("an admission whose connection closed: sent %d times, Admit = %+v, %v; want it sent twice and admitted", n, d, err)
 			}
-			a.cancels.wait()
-			if lease, resv, rpm := held(t, direct, prefix, "r1"); lease || resv || rpm {
-				t.Fatalf("the failed admission holds lease=%v reservation=%v rpm=%v once cancelled", lease, resv, rpm)
+			if lease, resv, rpm := held(t, direct, prefix, "r1"); !lease || !resv || !rpm {
+				t.Fatalf("the admission holds lease=%v reservation=%v rpm=%v; want all", lease, resv, rpm)
 			}
-			time.Sleep(1100 * time.Millisecond) // the key's RPS
-			r2 := req
-			r2.LeaseID = "r2"
-			if d, err := a.Admit(ctx, r2); err != nil || !d.Allowed {
-				t.Fatalf("the key's next request: %+v, %v; want it admitted", d, err)
+			tag := prefix + ":{k}"
+			if n, _ := direct.ZCard(ctx, tag+":rl:rpm").Result(); n != 1 {
+				t.Errorf("the RPM window holds %d requests, want 1", n)
+			}
+			if v, _ := direct.Get(ctx, tag+":rl:resvsum").Int64(); v != 424242 {
+				t.Errorf("reserved %d tokens, want 424242", v)
+			}
+			if err := a.Release(ctx, "k", "r1"); err != nil {
+				t.Fatal(err)
+			}
+			if lease, _, _ := held(t, direct, prefix, "r1"); lease {
+				t.Error("released, the lease is still held")
 			}
 		})
 	}

@@ -135,7 +135,12 @@ end
 // failed: it is refused with reason "cancelled" and changes nothing. ARGV after the clock: lease id, global
 // interval (µs, 0 = none) and burst, key interval (µs, 0 = none) and burst,
 // rpm, tpm, max concurrent, quota, reserve, lease TTL (µs), reservation TTL
-// (µs), period end (µs, 0 = never).
+// (µs), period end (µs, 0 = never), and, "1" when the call is sent a second
+// time after its connection closed without an answer (see execQueued),
+// again: a request that holds a lease, a place in the RPM window or a
+// reservation was admitted by the first sending, and is admitted again
+// without counting twice (a first sending that admitted it with none of
+// those limits on took its places in the RPS buckets, which it takes again).
 // It returns allowed (0/1), reason, retry after (µs), limit, remaining and
 // reset (µs) of requests, the same of tokens, and whether only outstanding
 // reservations made the quota refuse (0/1, Decision.HeldByReservations).
@@ -144,6 +149,9 @@ if redis.call('EXISTS', KEYS[11]) == 1 then
   return {0, 'cancelled', '0', 0, 0, '0', 0, 0, '0', 0}
 end
 local lease = ARGV[2]
+if ARGV[15] == '1' and (redis.call('ZSCORE', KEYS[3], lease) or redis.call('ZSCORE', KEYS[2], lease) or redis.call('HEXISTS', KEYS[4], lease) == 1) then
+  return {1, '', '0', 0, 0, '0', 0, 0, '0', 0}
+end
 local gT, gburst = tonumber(ARGV[3]), tonumber(ARGV[4])
 local kT, kburst = tonumber(ARGV[5]), tonumber(ARGV[6])
 local rpm, tpm, maxc = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
@@ -460,7 +468,9 @@ func (a *RedisAdmitter) Admit(ctx context.Context, req AdmitRequest) (Decision, 
 		if gT > 0 {
 			keys = append(keys, a.globalKey())
 		}
-		res, err := a.batch.evalOnce(ctx, a.admitScript, keys, args...).Slice()
+		q := a.admitScript.call(keys, args)
+		q.again = a.admitScript.call(keys, append(args[:len(args):len(args)], "1")).send
+		res, err := a.batch.evalOnce(ctx, q).Slice()
 		if err != nil {
 			a.cancel(req)
 			return Decision{}, fmt.Errorf("admit key %s: %w", req.KeyID, err)
@@ -506,6 +516,13 @@ func (a *RedisAdmitter) admitSplit(ctx context.Context, req AdmitRequest, keys [
 		return kc, gc, err
 	}
 	kc, gc, err := run(true)
+	if err != nil && connClosed(kc.Err()) && connClosed(gc.Err()) {
+		// The connection closed without an answer (see execQueued): sent
+		// once more, the key's admission as a second sending. The global
+		// bucket's may take a second place, and refuse.
+		args = append(args[:len(args):len(args)], "1")
+		kc, gc, err = run(true)
+	}
 	if err != nil && (isNoScript(kc.Err()) || isNoScript(gc.Err())) {
 		// A NOSCRIPT reply means that script did not run; the other one
 		// may have, so it is undone (if it admitted) before both are sent

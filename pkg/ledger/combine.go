@@ -2,7 +2,11 @@ package ledger
 
 import (
 	"context"
+	"errors"
+	"io"
+	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -59,7 +63,12 @@ type queued struct {
 	// script is set when the command is an EVALSHA: a NOSCRIPT reply (a
 	// server that has not cached the script) sends it again as EVAL.
 	script bool
-	cmd    redis.Cmder // its reply, once sent
+	// again, when set, queues the command for its second sending after
+	// its connection closed without an answer (see execQueued): the
+	// command as it was, when running it twice does what running it once
+	// does, or a form of it that finds out whether the first ran.
+	again func(ctx context.Context, pipe redis.Pipeliner, eval bool) redis.Cmder
+	cmd   redis.Cmder // its reply, once sent
 }
 
 // scriptCmd returns the queued EVALSHA of s.
@@ -72,9 +81,24 @@ func scriptCmd(s *redis.Script, keys []string, args func() []any) queued {
 	}}
 }
 
+// idempotent returns q with its command sent again as it is after its
+// connection closed without an answer.
+func idempotent(q queued) queued {
+	q.again = q.send
+	return q
+}
+
 // execQueued sends qs in one pipeline, then the scripts the server had not
 // cached again as EVAL in a second one. Each command keeps its own reply or
 // error.
+//
+// A pipeline whose connection closed without an answer (EOF, a reset) is
+// one Redis closed, most often a pooled connection it had closed before
+// (idle past its timeout, a restart; over TLS go-redis cannot tell before
+// it uses one): each command ran or did not, and none will run later. Its
+// commands that can be sent again (queued.again) go once more, on another
+// connection. go-redis does that itself for a pipeline of commands it may
+// send again, but not for one holding a command it may not (see oneShot).
 func execQueued(ctx context.Context, rdb redis.UniversalClient, qs []*queued) {
 	run := func(qs []*queued, eval bool) {
 		pipe := rdb.Pipeline()
@@ -86,6 +110,16 @@ func execQueued(ctx context.Context, rdb redis.UniversalClient, qs []*queued) {
 		}
 	}
 	run(qs, false)
+	var again []*queued
+	for _, q := range qs {
+		if q.again != nil && connClosed(q.cmd.Err()) {
+			q.send, q.again = q.again, nil
+			again = append(again, q)
+		}
+	}
+	if len(again) > 0 {
+		run(again, false)
+	}
 	var retry []*queued
 	for _, q := range qs {
 		if q.script && isNoScript(q.cmd.Err()) {
@@ -95,6 +129,13 @@ func execQueued(ctx context.Context, rdb redis.UniversalClient, qs []*queued) {
 	if len(retry) > 0 {
 		run(retry, true)
 	}
+}
+
+// connClosed reports whether err is a connection's closing without an
+// answer (not a timeout: a call that timed out may still run later).
+func connClosed(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed)
 }
 
 // failUnsent gives err, the failure of a pipeline, to its commands when
@@ -120,10 +161,9 @@ type pending struct {
 	lead bool          // set before done is closed: this caller sends the next pipeline
 }
 
-// evalOnce sends an EVALSHA of s, falling back to EVAL, that go-redis
-// sends no second time (see oneShot), and returns its reply.
-func (c *combiner) evalOnce(ctx context.Context, s oneShot, keys []string, args ...any) *redis.Cmd {
-	p := &pending{queued: s.call(keys, args)}
+// evalOnce sends q, a call of a oneShot, and returns its reply.
+func (c *combiner) evalOnce(ctx context.Context, q queued) *redis.Cmd {
+	p := &pending{queued: q}
 	c.do(ctx, p)
 	return p.cmd.(*redis.Cmd)
 }
@@ -182,9 +222,9 @@ func (s oneShot) run(ctx context.Context, rdb redis.UniversalClient, keys []stri
 
 // zrem sends a ZREM and returns its reply.
 func (c *combiner) zrem(ctx context.Context, key string, member string) *redis.IntCmd {
-	p := &pending{queued: queued{send: func(ctx context.Context, pipe redis.Pipeliner, _ bool) redis.Cmder {
+	p := &pending{queued: idempotent(queued{send: func(ctx context.Context, pipe redis.Pipeliner, _ bool) redis.Cmder {
 		return pipe.ZRem(ctx, key, member)
-	}}}
+	}})}
 	c.do(ctx, p)
 	return p.cmd.(*redis.IntCmd)
 }
