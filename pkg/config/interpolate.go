@@ -151,6 +151,12 @@ func (d *decoder) interpolate(n *yaml.Node, path string, e *envRefs, lookup func
 				}
 			}
 			d.interpolate(v, p, e, lookup, depth+1)
+			if strings.HasSuffix(path, ".headers") && v.Kind == yaml.ScalarNode && v.Style == 0 && v.Value == "" && d.fromEnv[v].written != "" {
+				// A header a variable left empty is not written: not
+				// sent, rather than sent empty (a map keeps a null).
+				n.Content = slices.Delete(n.Content, i, i+2)
+				i -= 2
+			}
 		}
 	case yaml.SequenceNode:
 		for i, item := range n.Content {

@@ -314,3 +314,21 @@ func TestMistypedReferenceUnquotedInAFlow(t *testing.T) {
 		}
 	}
 }
+
+// TestEmptyHeaderIsNotWritten: a header whose unquoted value a variable
+// leaves empty is not written, as any other such value: the backend gets
+// no header, not an empty one. One written empty in quotes is kept.
+func TestEmptyHeaderIsNotWritten(t *testing.T) {
+	t.Setenv("LLMPROXY_TEST_EMPTY_H", "")
+	c, err := Parse([]byte("backends:\n  - url: http://b:8000\n    headers:\n      X-A: ${LLMPROXY_TEST_EMPTY_H-dflt}\n      X-B: ${LLMPROXY_TEST_EMPTY_H:-dflt}\n      X-C: \"\"\n      X-D: ${LLMPROXY_TEST_EMPTY_H}\n"), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := c.Backends[0].Headers
+	if _, ok := h["X-A"]; ok || h["X-B"] != "dflt" || len(h) != 2 {
+		t.Errorf("headers %q; want X-B: dflt and X-C empty, no X-A or X-D", h)
+	}
+	if v, ok := h["X-C"]; !ok || v != "" {
+		t.Errorf("X-C %q, %v; want it kept empty", v, ok)
+	}
+}
