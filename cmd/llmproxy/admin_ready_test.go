@@ -97,20 +97,29 @@ logging: { level: warn }
 
 // TestReadyWithinAnswersWhenTheStoreDoesNot: a readiness check whose store
 // does not answer, and whose client does not heed the context, still fails
-// once its bound has passed, naming the store it was asking.
+// once its bound has passed, naming the store it was asking and what the
+// stores asked before it said; a check that answers names every store that
+// failed, not only the first.
 func TestReadyWithinAnswersWhenTheStoreDoesNot(t *testing.T) {
 	stuck := make(chan struct{})
 	defer close(stuck)
-	check := readyWithin(50*time.Millisecond, func(_ context.Context, asking func(string)) error {
-		asking("NATS") // answers
-		asking("Redis")
+	check := readyWithin(50*time.Millisecond, func(ctx context.Context, p *readyProgress) {
+		readyOf("NATS", func(context.Context) error { return errors.New("nats: not connected") })(ctx, p)
+		p.asking("Redis")
 		<-stuck // a frozen server's socket: no answer, whatever the context says
-		return nil
 	})
-	if err := check(context.Background()); err == nil || err.Error() != "no answer within 50ms from Redis" {
-		t.Fatalf("check = %v, want it to say Redis did not answer within its bound", err)
+	if err := check(context.Background()); err == nil || err.Error() != "nats: not connected; no answer within 50ms from Redis" {
+		t.Fatalf("check = %v, want it to say NATS failed and Redis did not answer within its bound", err)
 	}
-	if err := readyWithin(time.Second, readyOf("Redis", func(context.Context) error { return errors.New("redis: down") }))(context.Background()); err == nil || err.Error() != "redis: down" {
-		t.Fatalf("a check that answers: %v, want its own error", err)
+	check = readyWithin(time.Second, func(ctx context.Context, p *readyProgress) {
+		readyOf("NATS", func(context.Context) error { return errors.New("nats: not connected") })(ctx, p)
+		readyOf("Redis", func(context.Context) error { return errors.New("redis: down") })(ctx, p)
+		readyOf("PostgreSQL", func(context.Context) error { return nil })(ctx, p)
+	})
+	if err := check(context.Background()); err == nil || err.Error() != "nats: not connected; redis: down" {
+		t.Fatalf("a check that answers: %v, want every store's error", err)
+	}
+	if err := readyWithin(time.Second, readyOf("Redis", func(context.Context) error { return nil }))(context.Background()); err != nil {
+		t.Fatalf("a ready store: %v", err)
 	}
 }

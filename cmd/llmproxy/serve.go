@@ -216,35 +216,79 @@ const readyTimeout = 2 * time.Second
 // but does not answer (a frozen Redis or NATS) fails the check once d has
 // passed, not after its client's own timeouts (5 to 10 s), which a load
 // balancer's probe with a shorter timeout would count as a failure of the
-// process itself. ready names each store before it asks it (asking), so
-// that the failure names the one that did not answer. The check goes on
-// in the background until its client gives up.
-func readyWithin(d time.Duration, ready func(ctx context.Context, asking func(store string)) error) func(context.Context) error {
+// process itself. ready asks every store in turn, naming each before it
+// asks it and noting what each that failed said (readyProgress), so that
+// the failure names every store that is not ready and the one that did not
+// answer. The check goes on in the background until its client gives up.
+func readyWithin(d time.Duration, ready func(ctx context.Context, p *readyProgress)) func(context.Context) error {
 	return func(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, d)
 		defer cancel()
-		var store atomic.Pointer[string]
-		asking := func(s string) { store.Store(&s) }
-		done := make(chan error, 1)
-		go func() { done <- ready(ctx, asking) }()
+		p := &readyProgress{}
+		done := make(chan struct{})
+		go func() {
+			ready(ctx, p)
+			close(done)
+		}()
 		select {
-		case err := <-done:
-			return err
+		case <-done:
+			return p.err("")
 		case <-ctx.Done():
-			name := "its stores"
-			if s := store.Load(); s != nil {
-				name = *s
+			p.mu.Lock()
+			name := p.store
+			p.mu.Unlock()
+			if name == "" {
+				name = "its stores"
 			}
-			return fmt.Errorf("no answer within %s from %s", d, name)
+			return p.err(fmt.Sprintf("no answer within %s from %s", d, name))
 		}
 	}
 }
 
+// readyProgress is how far a readiness check has come: the store it is
+// asking and what the stores that failed said.
+type readyProgress struct {
+	mu     sync.Mutex
+	store  string
+	failed []string
+}
+
+// asking names the store asked next.
+func (p *readyProgress) asking(store string) {
+	p.mu.Lock()
+	p.store = store
+	p.mu.Unlock()
+}
+
+// fail notes what the store asked said.
+func (p *readyProgress) fail(err error) {
+	p.mu.Lock()
+	p.failed = append(p.failed, err.Error())
+	p.mu.Unlock()
+}
+
+// err is the check's error: every failure noted, and last, when not
+// empty; nil for none.
+func (p *readyProgress) err(last string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	all := p.failed
+	if last != "" {
+		all = append(all[:len(all):len(all)], last)
+	}
+	if len(all) == 0 {
+		return nil
+	}
+	return errors.New(strings.Join(all, "; "))
+}
+
 // readyOf is the readiness check of one store, for readyWithin.
-func readyOf(store string, ready func(context.Context) error) func(context.Context, func(string)) error {
-	return func(ctx context.Context, asking func(string)) error {
-		asking(store)
-		return ready(ctx)
+func readyOf(store string, ready func(context.Context) error) func(context.Context, *readyProgress) {
+	return func(ctx context.Context, p *readyProgress) {
+		p.asking(store)
+		if err := ready(ctx); err != nil {
+			p.fail(err)
+		}
 	}
 }
 
@@ -351,33 +395,31 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 	// stopping is set once the process begins to shut down: its
 	// listeners close, so a load balancer must stop sending to it now.
 	var stopping atomic.Bool
-	readyFn := readyWithin(readyTimeout, func(ctx context.Context, asking func(string)) error {
+	readyFn := readyWithin(readyTimeout, func(ctx context.Context, p *readyProgress) {
 		if stopping.Load() {
-			return errors.New("shutting down")
+			p.fail(errors.New("shutting down"))
+			return
 		}
-		asking("NATS")
+		p.asking("NATS")
 		if err := b.ready(); err != nil {
-			return err
-		}
-		// A worker connected to a NATS whose JetStream does not answer
-		// cannot pull; a gateway's outbox keeps its events, and its
-		// stall says so (Gateway.EventsReady).
-		if !runGateway {
+			p.fail(err)
+		} else if !runGateway {
+			// A worker connected to a NATS whose JetStream does not
+			// answer cannot pull; a gateway's outbox keeps its
+			// events, and its stall says so (Gateway.EventsReady).
 			if err := b.jetStreamReady(ctx); err != nil {
-				return err
+				p.fail(err)
 			}
 		}
 		if lh != nil && lh.ready != nil {
-			asking("Redis")
+			p.asking("Redis")
 			if err := lh.ready(ctx); err != nil {
-				return fmt.Errorf("redis: %w", err)
+				p.fail(fmt.Errorf("redis: %w", err))
 			}
 		}
 		if pg != nil {
-			asking("PostgreSQL")
-			return pg.ready(ctx)
+			readyOf("PostgreSQL", pg.ready)(ctx, p)
 		}
-		return nil
 	})
 
 	workers, stopWorkers := context.WithCancel(context.WithoutCancel(ctx))
@@ -508,13 +550,13 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 			// The admin listener's /readyz says what the gateway's does:
 			// backends, events, NATS and Redis.
 			adminReady = func(ctx context.Context) error {
-				if err := gw.BackendsReady(); err != nil {
-					return err
+				p := &readyProgress{}
+				for _, err := range []error{gw.BackendsReady(), gw.EventsReady(), readyFn(ctx)} {
+					if err != nil {
+						p.fail(err)
+					}
 				}
-				if err := gw.EventsReady(); err != nil {
-					return err
-				}
-				return readyFn(ctx)
+				return p.err("")
 			}
 		}
 		admin, err = startAdmin(cfg, target, reg, lh, periods, func() string { return *authStorage.Load() }, adminReady, log, errc)

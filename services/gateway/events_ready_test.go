@@ -2,9 +2,11 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,7 +29,16 @@ func TestReadyzSaysEventsAreStalled(t *testing.T) {
 		_, _ = w.Write([]byte(`{"choices":[{"message":{"content":"a"}}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}`))
 	}))
 	defer backend.Close()
-	g, err := New(Options{Config: parseConfig(t, "backends: [{url: \""+backend.URL+"\"}]\n"), JetStream: js, OutboxDir: t.TempDir()})
+	// And, once the request is in, a store of the process's own that is
+	// not ready: /readyz names both.
+	var storeDown atomic.Bool
+	ready := func(context.Context) error {
+		if storeDown.Load() {
+			return errors.New("redis: down")
+		}
+		return nil
+	}
+	g, err := New(Options{Config: parseConfig(t, "backends: [{url: \""+backend.URL+"\"}]\n"), JetStream: js, OutboxDir: t.TempDir(), Ready: ready})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,10 +54,11 @@ func TestReadyzSaysEventsAreStalled(t *testing.T) {
 	if resp, body := do(t, "POST", srv.URL+"/v1/chat/completions", `{"model":"m"}`, nil); resp.StatusCode != 200 {
 		t.Fatalf("request: %d %s", resp.StatusCode, body)
 	}
+	storeDown.Store(true)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		resp, body := do(t, "GET", srv.URL+"/readyz", "", nil)
-		if resp.StatusCode == 503 && strings.Contains(string(body), "events have not been published for") {
+		if resp.StatusCode == 503 && strings.Contains(string(body), "events have not been published for") && strings.Contains(string(body), "redis: down") {
 			break
 		}
 		if time.Now().After(deadline) {

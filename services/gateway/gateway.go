@@ -528,18 +528,23 @@ func (g *Gateway) readyz(c echo.Context) error {
 			anyUp = true
 		}
 	}
+	// Everything that is not ready is named, not only the first.
+	var failed []string
 	if !anyUp {
-		resp.Ready, resp.Error = false, "no backend is available"
+		failed = append(failed, "no backend is available")
 	}
 	if err := g.EventsReady(); err != nil {
-		resp.Ready, resp.Error = false, err.Error()
+		failed = append(failed, err.Error())
 	}
 	if g.ready != nil {
 		ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
 		defer cancel()
 		if err := g.ready(ctx); err != nil {
-			resp.Ready, resp.Error = false, err.Error()
+			failed = append(failed, err.Error())
 		}
+	}
+	if len(failed) > 0 {
+		resp.Ready, resp.Error = false, strings.Join(failed, "; ")
 	}
 	status := http.StatusOK
 	if !resp.Ready {
