@@ -34,7 +34,6 @@ func (g *Gateway) serveModels(w http.ResponseWriter, r *http.Request) {
 		// By config.ModelKey: Ollama's name and name:latest are listed
 		// once, as first seen.
 		seen := map[string]modelEntry{}
-		now := time.Now()
 		add := func(up *balancer.Upstream, m modelEntry) {
 			if m.ID == "" || !x.listsModel(up, m.ID) {
 				return
@@ -53,8 +52,9 @@ func (g *Gateway) serveModels(w http.ResponseWriter, r *http.Request) {
 			if !x.rt.cfg.Server.PublicStatusOn() {
 				owner = "llmproxy"
 			}
-			if up.Available(now) {
-				// A backend marked down serves none of them.
+			if up.Healthy() {
+				// A backend marked down serves none of them; one only
+				// ejected is still tried when nothing else is left.
 				for m := range up.Models {
 					add(up, modelEntry{ID: m, OwnedBy: owner})
 				}
@@ -174,9 +174,10 @@ func (g *Gateway) serveList(w http.ResponseWriter, r *http.Request, path string,
 	ups := x.rt.pool.Upstreams()
 	g.lists.prune(ups)
 	fetches := make([]*listFetch, len(ups))
-	now := time.Now()
 	for i, up := range ups {
-		if up.Available(now) {
+		if up.Healthy() {
+			// Not only an available one: a backend only ejected is
+			// still tried when nothing else is left (see servable).
 			fetches[i] = g.lists.fetch(g, up, path, limit)
 		}
 	}
@@ -210,7 +211,7 @@ func (g *Gateway) serveList(w http.ResponseWriter, r *http.Request, path string,
 		break
 	}
 	list, n, e := merge(x, ups, replies)
-	if n == 0 && !x.rt.pool.AnyAvailable() {
+	if n == 0 && !anyServable(ups) {
 		e = apierr.Unavailable("no_backend_available", "no backend is available; try again shortly")
 	}
 	if e != nil {
@@ -354,4 +355,15 @@ func (g *Gateway) backendList(ctx context.Context, up *balancer.Upstream, path s
 		body = []byte{}
 	}
 	return body, true
+}
+
+// anyServable reports whether any of ups is still sent requests (see
+// servable): one the health checks do not mark down.
+func anyServable(ups []*balancer.Upstream) bool {
+	for _, up := range ups {
+		if up.Healthy() {
+			return true
+		}
+	}
+	return false
 }

@@ -141,7 +141,8 @@ api_keys: [{key: %q}]
 
 // TestOnlyBackendEjectedIsStillTried: a backend ejected after a blip is the
 // only one for the model; the next request is sent to it anyway and
-// succeeds, instead of 503 for the whole cooldown.
+// succeeds, instead of 503 for the whole cooldown, and the model lists
+// keep its models.
 func TestOnlyBackendEjectedIsStillTried(t *testing.T) {
 	var calls atomic.Int64
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -153,7 +154,7 @@ func TestOnlyBackendEjectedIsStillTried(t *testing.T) {
 	}))
 	t.Cleanup(backend.Close)
 	gw, pool := routingGateway(t, fmt.Sprintf(`
-backends: [{url: %q, name: only}]
+backends: [{url: %q, name: only, models: [m]}]
 routing:
   retry: {enabled: false}
 health_check: {failure_threshold: 1, cooldown: 1m}
@@ -168,6 +169,9 @@ api_keys: [{key: %q}]
 	// Requests are still sent to it: the gateway stays ready.
 	if resp, body := do(t, "GET", gw.URL+"/readyz", "", nil); resp.StatusCode != 200 {
 		t.Fatalf("/readyz with the only backend ejected: %d %s", resp.StatusCode, body)
+	}
+	if resp, body := do(t, "GET", gw.URL+"/v1/models", "", withKey()); resp.StatusCode != 200 || !strings.Contains(string(body), `"id":"m"`) {
+		t.Fatalf("/v1/models with the only backend ejected: %d %s, want m listed", resp.StatusCode, body)
 	}
 	for i := range 3 {
 		resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m"}`, withKey())

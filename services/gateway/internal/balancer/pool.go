@@ -505,13 +505,3 @@ func (p *Pool) Snapshot() []UpstreamStatus {
 	return out
 }
 
-// AnyAvailable reports whether at least one upstream is available now.
-func (p *Pool) AnyAvailable() bool {
-	now := p.clock.Now()
-	for _, u := range p.upstreams {
-		if u.Available(now) {
-			return true
-		}
-	}
-	return false
-}

@@ -256,9 +256,6 @@ func TestSnapshot(t *testing.T) {
 	if got[1].State != StateUnhealthy || got[1].InFlight != 0 {
 		t.Errorf("b = %+v", got[1])
 	}
-	if !p.AnyAvailable() {
-		t.Error("AnyAvailable = false with a up")
-	}
 }
 
 func TestPickConcurrent(t *testing.T) {
