@@ -346,6 +346,11 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 			"set admin.listen or pass --admin-listen ADDR, one address per process on a host")
 	}
 
+	if runGateway && cfg.AuthOffUnsaid() {
+		log.Warn("authentication is off: no api_keys and auth.storage is file, so every client is served as anonymous, " +
+			"with no per-key limit or quota; add api_keys, set auth.storage: redis, or set auth.enabled: false to say it is meant")
+	}
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 

@@ -92,6 +92,10 @@ func TestServeHealthListeners(t *testing.T) {
 			if strings.Contains(logBuf.String(), warning) {
 				t.Errorf("warned of no admin listener while %s serves health:\n%s", c.probe, logBuf.String())
 			}
+			// A gateway without api_keys serves every client: it says so.
+			if off := strings.Contains(logBuf.String(), "authentication is off"); off != (c.target == "gateway") {
+				t.Errorf("%s: warned that authentication is off: %v\n%s", c.target, off, logBuf.String())
+			}
 		})
 	}
 }

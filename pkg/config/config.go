@@ -414,6 +414,14 @@ func (c *Config) AuthEnabled() bool {
 	return len(c.APIKeys) > 0 || c.Auth.Storage == "redis"
 }
 
+// AuthOffUnsaid reports whether authentication is off without the config
+// saying so (auth.enabled): no api_keys, keys from the file, no Lua
+// scripts (an on_auth hook may be the gateway's check). Most likely a config
+// that forgot its keys.
+func (c *Config) AuthOffUnsaid() bool {
+	return !c.AuthEnabled() && !c.given("auth.enabled") && len(c.Lua.Scripts) == 0
+}
+
 // RateLimitEnabled reports whether rate limits apply (rate_limit.enabled,
 // default true). Each limit also has its own switch: see
 // GlobalLimit.IsEnabled and PerKeyLimits.IsEnabled.

@@ -316,3 +316,26 @@ func TestTLSFiles(t *testing.T) {
 		}
 	}
 }
+
+// TestAuthOffUnsaid: a config without api_keys serves every client; unless
+// it says so (auth.enabled: false) or loads scripts (an on_auth hook may be
+// its check), it most likely forgot its keys.
+func TestAuthOffUnsaid(t *testing.T) {
+	for _, tc := range []struct {
+		yaml string
+		want bool
+	}{
+		{minimal, true},
+		{minimal + "auth: { enabled: false }\n", false},
+		{minimal + "api_keys: [{key: sk-test-123456789}]\n", false},
+		{minimal + "auth: { storage: redis }\nredis: { url: \"redis://r:6379\" }\n", false},
+	} {
+		c, err := Parse([]byte(tc.yaml), "c.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := c.AuthOffUnsaid(); got != tc.want {
+			t.Errorf("%q: AuthOffUnsaid = %v, want %v", tc.yaml, got, tc.want)
+		}
+	}
+}
