@@ -301,6 +301,12 @@ func (v *checker) backends() {
 				v.add(p+".url", "want no query or fragment: requests keep the client's query, so this one would never be sent, "+
 					"and the url names the backend in events, metrics and /readyz; give credentials in headers")
 			}
+			if u, err := url.Parse(b.URL); err == nil && strings.HasSuffix(strings.TrimSuffix(u.Path, "/"), "/v1") {
+				// The base URL an OpenAI SDK takes: the client's path
+				// already starts with /v1.
+				v.add(p+".url", "ends in /v1, which the client's path (/v1/chat/completions) already holds: the backend "+
+					"would be asked /v1/v1/chat/completions; give the engine's root, such as http://vllm:8000")
+			}
 			if j, dup := urls[strings.TrimSuffix(b.URL, "/")]; dup {
 				v.add(p+".url", "backends[%d] has the same url; give each backend its own url", j)
 			}

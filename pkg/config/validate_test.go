@@ -164,11 +164,19 @@ func TestValidate(t *testing.T) {
 		},
 		{
 			"backend url with a query",
-			"  - url: http://c:1/v1?api_key=sk-backend-1\n  - url: http://d:1#x\n  - url: http://e:1/?\n",
+			"  - url: http://c:1/llm?api_key=sk-backend-1\n  - url: http://d:1#x\n  - url: http://e:1/?\n",
 			[]string{
 				`c.yaml:3: key backends[1].url: want no query or fragment: requests keep the client's query, so this one would never be sent`,
 				`c.yaml:4: key backends[2].url: want no query or fragment`,
 				`c.yaml:5: key backends[3].url: want no query or fragment`,
+			},
+		},
+		{
+			"backend url that is an SDK's base URL",
+			"  - url: http://c:1/v1\n  - url: http://d:1/llm/v1/\n  - url: http://e:1/llm/\n",
+			[]string{
+				`c.yaml:3: key backends[1].url: ends in /v1, which the client's path (/v1/chat/completions) already holds`,
+				`c.yaml:4: key backends[2].url: ends in /v1`,
 			},
 		},
 		{
