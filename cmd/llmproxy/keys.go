@@ -286,7 +286,7 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if !cfg.Redis.Enabled() {
-		return fail(1, "keys live in Redis: set redis.url (or redis.addrs) in %s", *cfgPath)
+		return fail(1, "keys live in Redis: set redis.url (or redis.addrs, or redis.sentinel) in %s", *cfgPath)
 	}
 	if cfg.Auth.Storage != "redis" {
 		fmt.Fprintf(stderr, "llmproxy keys: warning: auth.storage is %q, not redis: gateways with this config will not accept these keys\n", cfg.Auth.Storage)

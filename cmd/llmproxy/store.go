@@ -20,20 +20,23 @@ import (
 	"github.com/llmproxy/llmproxy/pkg/ledger"
 )
 
-// openRedis returns a client for cfg's Redis (a single node from redis.url,
-// or a cluster from redis.addrs).
 // redisAt names the Redis rdb connects to, for an error: its addresses,
 // which hold no credentials.
 func redisAt(rdb redis.UniversalClient) string {
 	switch c := rdb.(type) {
 	case *redis.Client:
-		return c.Options().Addr
+		if a := c.Options().Addr; a != "FailoverClient" {
+			return a
+		}
+		return "the master of redis.sentinel"
 	case *redis.ClusterClient:
 		return strings.Join(c.Options().Addrs, ",")
 	}
 	return "redis.url"
 }
 
+// openRedis returns a client for cfg's Redis (a single node from redis.url,
+// a cluster from redis.addrs, or the master redis.sentinel names).
 func openRedis(cfg *config.Config) (redis.UniversalClient, error) {
 	r := cfg.Redis
 	var tlsConfig *tls.Config
@@ -65,6 +68,15 @@ func openRedis(cfg *config.Config) (redis.UniversalClient, error) {
 			opt.TLSConfig = tlsConfig
 		}
 		return redis.NewClient(opt), nil
+	}
+	if s := r.Sentinel; s.MasterName != "" {
+		// The sentinels say where the master is, and where it is after
+		// they fail it over; the client connects to it anew then.
+		return redis.NewFailoverClient(&redis.FailoverOptions{
+			MasterName: s.MasterName, SentinelAddrs: s.Addrs,
+			SentinelUsername: s.Username, SentinelPassword: s.Password,
+			Username: r.Username, Password: r.Password, DB: s.DB, TLSConfig: tlsConfig,
+		}), nil
 	}
 	return redis.NewClusterClient(&redis.ClusterOptions{Addrs: r.Addrs, Username: r.Username, Password: r.Password, TLSConfig: tlsConfig}), nil
 }

@@ -25,11 +25,11 @@ func checkTarget(cfg *config.Config, target string) error {
 	switch target {
 	case "gateway":
 		need(hasNATS, "nats.url", embedded)
-		need(hasRedis, "redis.url (or redis.addrs)",
+		need(hasRedis, "redis.url (or redis.addrs, or redis.sentinel)",
 			"gateways admit requests against the shared ledger; without it no token quota would be enforced")
 	case "meter":
 		need(hasNATS, "nats.url", embedded)
-		need(hasRedis, "redis.url (or redis.addrs)", "the meter writes usage to the shared ledger")
+		need(hasRedis, "redis.url (or redis.addrs, or redis.sentinel)", "the meter writes usage to the shared ledger")
 	case "notifier":
 		need(hasNATS, "nats.url", embedded)
 	case "recorder":

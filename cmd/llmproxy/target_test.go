@@ -22,7 +22,7 @@ func TestCheckTarget(t *testing.T) {
 		{"all needs nothing", "all", "", nil},
 		{"gateway with both", "gateway", natsURL + redisURL, nil},
 		{"gateway on a cluster", "gateway", natsURL + "redis: {addrs: [127.0.0.1:7000]}\n", nil},
-		{"gateway without redis", "gateway", natsURL, []string{"--target gateway needs redis.url (or redis.addrs): gateways admit requests against the shared ledger; without it no token quota would be enforced"}},
+		{"gateway without redis", "gateway", natsURL, []string{"--target gateway needs redis.url (or redis.addrs, or redis.sentinel): gateways admit requests against the shared ledger; without it no token quota would be enforced"}},
 		{"gateway without either", "gateway", "", []string{"--target gateway needs nats.url", "--target gateway needs redis.url"}},
 		{"meter without redis", "meter", natsURL, []string{"--target meter needs redis.url"}},
 		{"notifier with nats", "notifier", natsURL, nil},

@@ -88,8 +88,12 @@ type Redis struct {
 	URL string `yaml:"url"`
 	// Addrs lists Redis Cluster nodes (host:port) instead of URL.
 	Addrs []string `yaml:"addrs"`
+	// Sentinel names a master that Redis Sentinel watches, instead of URL
+	// or Addrs: the client asks the sentinels where the master is, and
+	// follows it when they fail it over.
+	Sentinel Sentinel `yaml:"sentinel"`
 	// Username and Password are Redis's ACL user and password, for addrs
-	// or in place of those in url.
+	// or sentinel's master, or in place of those in url.
 	Username string `yaml:"username"`
 	Password string `yaml:"password"`
 	// TLS, when set, makes the connection TLS (for url or addrs) with
@@ -99,8 +103,22 @@ type Redis struct {
 	Prefix string `yaml:"prefix"`
 }
 
+// Sentinel is a master Redis Sentinel watches.
+type Sentinel struct {
+	// MasterName is the master's name in the sentinels' configuration.
+	MasterName string `yaml:"master_name"`
+	// Addrs lists the sentinels (host:port).
+	Addrs []string `yaml:"addrs"`
+	// Username and Password are the sentinels' own, when they ask for
+	// one (Redis's are redis.username and redis.password).
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
+	// DB is the master's database number (default 0).
+	DB int `yaml:"db"`
+}
+
 // Enabled reports whether a Redis server is configured.
-func (r Redis) Enabled() bool { return r.URL != "" || len(r.Addrs) > 0 }
+func (r Redis) Enabled() bool { return r.URL != "" || len(r.Addrs) > 0 || r.Sentinel.MasterName != "" }
 
 // Admin is the admin API's own listener.
 type Admin struct {

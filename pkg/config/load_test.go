@@ -117,7 +117,7 @@ func TestUpstreamModelProviderNeedsRedis(t *testing.T) {
 	if got := paths(errs); len(got) != 1 || got[0] != "auth.storage" {
 		t.Fatalf("errors name %v, want only auth.storage:\n%v", got, err)
 	}
-	want := `03-model-provider.yaml:13: key auth.storage: "redis" needs redis.url (or redis.addrs) to say where Redis is`
+	want := `03-model-provider.yaml:13: key auth.storage: "redis" needs redis.url (or redis.addrs, or redis.sentinel) to say where Redis is`
 	if !strings.HasSuffix(err.Error(), want) {
 		t.Errorf("got %q, want it to end in %q", err, want)
 	}
@@ -301,7 +301,7 @@ func TestTLSFiles(t *testing.T) {
 	for _, tc := range []struct{ yaml, want string }{
 		{"redis:\n  url: rediss://r:6379\n  tls: { ca_file: ca.pem }\n", "c.yaml:5: key redis.tls: ca_file: " + filepath.Join(dir, "ca.pem") + " holds no PEM certificate"},
 		{"redis:\n  url: rediss://r:6379\n  tls: { cert_file: ca.pem }\n", "key redis.tls: cert_file needs key_file beside it"},
-		{"redis:\n  tls: { ca_file: ca.pem }\n", "key redis.tls: for the Redis that redis.url or redis.addrs names"},
+		{"redis:\n  tls: { ca_file: ca.pem }\n", "key redis.tls: for the Redis that redis.url, redis.addrs or redis.sentinel names"},
 		{"nats:\n  credentials: user.creds\n", "c.yaml:4: key nats.credentials: for the servers nats.url names"},
 		{"  - url: https://b2:8443\n    tls: { ca_file: ca.pem }\n", "c.yaml:4: key backends[1].tls: ca_file: " + filepath.Join(dir, "ca.pem") + " holds no PEM certificate"},
 		{"    tls: { ca_file: ca.pem }\n", "c.yaml:3: key backends[0].tls: for an https:// backend; this one is not"},

@@ -31,7 +31,7 @@ var (
 	pgSchemes     = []string{"postgres", "postgresql"}
 	endpointName  = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
 	sha256Hex     = regexp.MustCompile(`^[0-9a-fA-F]{64}$`)
-	needRedisText = `"redis" needs redis.url (or redis.addrs) to say where Redis is`
+	needRedisText = `"redis" needs redis.url (or redis.addrs, or redis.sentinel) to say where Redis is`
 )
 
 // MinLeaseTTL is the shortest rate_limit.lease_ttl accepted.
@@ -236,14 +236,14 @@ func (v *checker) tls(path string, t TLS) {
 func (v *checker) redis() {
 	r := v.c.Redis
 	if !r.Enabled() && r.TLS.IsSet() {
-		v.add("redis.tls", "for the Redis that redis.url or redis.addrs names; there is none")
+		v.add("redis.tls", "for the Redis that redis.url, redis.addrs or redis.sentinel names; there is none")
 	}
 	if !r.Enabled() && r.Username != "" {
-		v.add("redis.username", "for the Redis that redis.url or redis.addrs names; there is none")
+		v.add("redis.username", "for the Redis that redis.url, redis.addrs or redis.sentinel names; there is none")
 	}
 	if !r.Enabled() && r.Password != "" {
 		// Not shown: the value is the password.
-		v.add("redis.password", "for the Redis that redis.url or redis.addrs names; there is none")
+		v.add("redis.password", "for the Redis that redis.url, redis.addrs or redis.sentinel names; there is none")
 	}
 	v.tls("redis.tls", r.TLS)
 	if r.URL != "" {
@@ -261,14 +261,33 @@ func (v *checker) redis() {
 			v.add("redis.addrs", "set redis.url or redis.addrs (a cluster), not both")
 		}
 	}
-	for i, a := range r.Addrs {
+	v.hostPorts("redis.addrs", r.Addrs, "redis.password")
+	s := r.Sentinel
+	switch {
+	case s.MasterName == "" && (len(s.Addrs) > 0 || s.Username != "" || s.Password != "" || s.DB != 0):
+		v.add("redis.sentinel", "needs master_name, the name of the master the sentinels watch")
+	case s.MasterName != "" && len(s.Addrs) == 0:
+		v.add("redis.sentinel.addrs", "list the sentinels (host:port) that watch master %q", s.MasterName)
+	case s.MasterName != "" && (r.URL != "" || len(r.Addrs) > 0):
+		v.add("redis.sentinel", "set redis.url, redis.addrs (a cluster) or redis.sentinel, one of them")
+	}
+	v.hostPorts("redis.sentinel.addrs", s.Addrs, "redis.sentinel.password")
+	if s.DB < 0 {
+		v.add("redis.sentinel.db", "want a database number, 0 or more, got %d", s.DB)
+	}
+}
+
+// hostPorts checks a list of host:port addresses at path; a password goes
+// in passwordKey, not in an address.
+func (v *checker) hostPorts(path string, addrs []string, passwordKey string) {
+	for i, a := range addrs {
 		host, port, err := net.SplitHostPort(a)
 		switch _, perr := strconv.Atoi(port); {
 		case strings.Contains(a, "@"):
 			// Not shown: what comes before the @ is a password.
-			v.add(fmt.Sprintf("redis.addrs[%d]", i), "want host:port; a password goes in redis.password")
+			v.add(fmt.Sprintf("%s[%d]", path, i), "want host:port; a password goes in %s", passwordKey)
 		case err != nil || perr != nil || host == "":
-			v.add(fmt.Sprintf("redis.addrs[%d]", i), "want host:port, got %q", a)
+			v.add(fmt.Sprintf("%s[%d]", path, i), "want host:port, got %q", a)
 		}
 	}
 }

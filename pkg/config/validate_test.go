@@ -180,11 +180,29 @@ func TestValidate(t *testing.T) {
 			},
 		},
 		{
+			"redis sentinel",
+			"redis:\n  url: redis://r:6379\n  sentinel: { master_name: m, addrs: [\"s1:26379\", \"u:pw@s2:26379\", s3], db: -1 }\n",
+			[]string{
+				`c.yaml:5: key redis.sentinel: set redis.url, redis.addrs (a cluster) or redis.sentinel, one of them`,
+				`key redis.sentinel.addrs[1]: want host:port; a password goes in redis.sentinel.password`,
+				`key redis.sentinel.addrs[2]: want host:port, got "s3"`,
+				`key redis.sentinel.db: want a database number, 0 or more, got -1`,
+			},
+		},
+		{
+			"redis sentinel without its master or its sentinels",
+			"redis:\n  sentinel: { addrs: [\"s1:26379\"] }\nrate_limit:\n  storage: redis\n",
+			[]string{
+				`c.yaml:4: key redis.sentinel: needs master_name, the name of the master the sentinels watch`,
+				`rate_limit.storage: "redis" needs redis.url`,
+			},
+		},
+		{
 			"storages",
 			"auth:\n  storage: ldap\nrate_limit:\n  storage: redis\n",
 			[]string{
 				`c.yaml:4: key auth.storage: want one of file, redis, got "ldap"`,
-				`c.yaml:6: key rate_limit.storage: "redis" needs redis.url (or redis.addrs) to say where Redis is`,
+				`c.yaml:6: key rate_limit.storage: "redis" needs redis.url (or redis.addrs, or redis.sentinel) to say where Redis is`,
 			},
 		},
 		{
@@ -369,7 +387,7 @@ func TestValidate(t *testing.T) {
 			"rate_limit: { global: { burst_size: 10 } }\nredis: { password: pw-1 }\n",
 			[]string{
 				`c.yaml:3: key rate_limit.global.burst_size: a burst of the global limit, which has no rate`,
-				`c.yaml:4: key redis.password: for the Redis that redis.url or redis.addrs names; there is none`,
+				`c.yaml:4: key redis.password: for the Redis that redis.url, redis.addrs or redis.sentinel names; there is none`,
 			},
 		},
 		{
