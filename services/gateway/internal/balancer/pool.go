@@ -504,4 +504,3 @@ func (p *Pool) Snapshot() []UpstreamStatus {
 	}
 	return out
 }
-
