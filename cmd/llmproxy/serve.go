@@ -346,6 +346,12 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 			"set admin.listen or pass --admin-listen ADDR, one address per process on a host")
 	}
 
+	if target == "gateway" && cfg.RateLimitEnabled() && cfg.RateLimit.Storage != "redis" {
+		// A gateway of its own is one of several behind a balancer: each
+		// would hold the limits for itself.
+		log.Warn("rate_limit.storage is memory: this gateway holds its rate limits, concurrency and token reservations " +
+			"for itself, so N gateways admit up to N times a key's limits; set rate_limit.storage: redis to share them")
+	}
 	if runGateway && cfg.AuthOffUnsaid() {
 		log.Warn("authentication is off: no api_keys and auth.storage is file, so every client is served as anonymous, " +
 			"with no per-key limit or quota; add api_keys, set auth.storage: redis, or set auth.enabled: false to say it is meant")

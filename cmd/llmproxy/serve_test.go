@@ -92,9 +92,12 @@ func TestServeHealthListeners(t *testing.T) {
 			if strings.Contains(logBuf.String(), warning) {
 				t.Errorf("warned of no admin listener while %s serves health:\n%s", c.probe, logBuf.String())
 			}
-			// A gateway without api_keys serves every client: it says so.
-			if off := strings.Contains(logBuf.String(), "authentication is off"); off != (c.target == "gateway") {
-				t.Errorf("%s: warned that authentication is off: %v\n%s", c.target, off, logBuf.String())
+			// A gateway without api_keys serves every client, and one with
+			// its limits in memory holds them for itself: it says so.
+			for _, w := range []string{"authentication is off", "rate_limit.storage is memory"} {
+				if said := strings.Contains(logBuf.String(), w); said != (c.target == "gateway") {
+					t.Errorf("%s: warned %q: %v\n%s", c.target, w, said, logBuf.String())
+				}
 			}
 		})
 	}
