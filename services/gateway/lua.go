@@ -169,7 +169,7 @@ func (g *Gateway) relayWithHook(r *http.Request, w http.ResponseWriter, x *excha
 	// before the client has the reply, and a panic writing it is
 	// recorded as the nothing the client got.
 	w.WriteHeader(hresp.Status)
-	x.status = hresp.Status
+	x.status, x.engineStatus = hresp.Status, resp.StatusCode
 	x.result, x.delivered = ex.Result(), true
 	if x.commit != nil {
 		x.commit()

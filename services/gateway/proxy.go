@@ -69,8 +69,11 @@ type exchange struct {
 	// sent is when the last try was sent to upstream.
 	sent   time.Time
 	status int
-	ttft   time.Duration
-	result usage.Result
+	// engineStatus is the status of the reply relayed, as the engine
+	// sent it (status is the client's, which on_response may change).
+	engineStatus int
+	ttft         time.Duration
+	result       usage.Result
 	// body is the non-stream reply as the client got it (decompressed,
 	// bounded), kept for response capture; replyCut says the reply went on
 	// past it.
@@ -1255,7 +1258,7 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 	// The status is recorded once its head is written: a panic writing
 	// it leaves the client nothing, which end records as a 500.
 	w.WriteHeader(resp.StatusCode)
-	x.status = resp.StatusCode
+	x.status, x.engineStatus = resp.StatusCode, resp.StatusCode
 	maxText := 1 << 20
 	if x.captures() {
 		maxText = x.rt.maxCapture + captureRedactMargin
@@ -1423,6 +1426,16 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 					pace.arm()
 					wn, werr := w.Write(out)
 					sent += wn
+					if werr == nil && !streaming {
+						// Out to the connection now, not held in the
+						// server's buffers (up to 6 KB): a reply slow to
+						// come reaches the client as it comes, and a
+						// client that leaves is billed for what reached
+						// its connection, not for what it never had.
+						if werr = rc.Flush(); werr != nil {
+							sent -= wn
+						}
+					}
 					if werr != nil {
 						x.errMsg = pace.clientWriteError(werr)
 						held, clientCut = nil, true
@@ -1666,7 +1679,7 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 		// The engine ended its stream with its own error event.
 		x.errMsg = "backend_stream_error"
 	}
-	if x.delivered && res.Found && x.status >= 400 && x.errMsg == "" {
+	if x.delivered && res.Found && x.engineStatus >= 400 && x.errMsg == "" {
 		// An engine's error reply that reported usage: billed as
 		// reported, and its event says it failed all the same.
 		x.errMsg = "backend_error"

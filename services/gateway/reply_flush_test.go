@@ -180,3 +180,51 @@ func wantReply(t *testing.T, got <-chan string, held string) {
 		t.Fatal("the reply waited for " + held)
 	}
 }
+
+// TestSlowWholeReplyReachesTheClientAsItComes: a whole (non-stream) reply
+// that an engine sends in pieces reaches the client piece by piece, not
+// held in the server's buffers until 6 KB or the end have come; a client
+// that leaves then is billed for the text its connection was sent.
+func TestSlowWholeReplyReachesTheClientAsItComes(t *testing.T) {
+	release := make(chan struct{})
+	first := `{"id":"x","choices":[{"message":{"role":"assistant","content":"` + strings.Repeat("word ", 400)
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		for _, piece := range []string{first, strings.Repeat("more ", 400)} {
+			_, _ = io.WriteString(w, piece)
+			w.(http.Flusher).Flush()
+			time.Sleep(50 * time.Millisecond)
+		}
+		select { // the rest never comes while the client waits
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer backend.Close()
+	defer close(release) // before the backend's Close waits for its handler
+	gw, s := newTestGateway(t, backend.URL, "")
+	req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m1","messages":[{"role":"user","content":"hi"}]}`))
+	req.Header.Set("Authorization", "Bearer "+testKey)
+	got := make(chan error, 1)
+	var resp *http.Response
+	go func() {
+		var err error
+		if resp, err = http.DefaultClient.Do(req); err == nil {
+			_, err = io.ReadFull(resp.Body, make([]byte, len(first)))
+		}
+		got <- err
+	}()
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("the reply's first piece did not reach the client while the engine was still sending")
+	}
+	resp.Body.Close() // the client leaves
+	ev := s.next(t)
+	if ev.Error != "client_closed_request" || ev.UsageSource != events.UsageSourceEstimated || ev.Usage.CompletionTokens == 0 {
+		t.Errorf("event error %q, usage %+v (%s); want the delivered text billed, estimated", ev.Error, ev.Usage, ev.UsageSource)
+	}
+}
