@@ -568,3 +568,13 @@ type settler interface {
 type discardEvents struct{}
 
 func (discardEvents) Publish(*events.RequestCompleted) {}
+
+// responseController is http.NewResponseController for the writer echo's
+// Response wraps: echo's Flush swallows the connection's error, which the
+// relay needs to see (a client gone, a write deadline passed).
+func responseController(w http.ResponseWriter) *http.ResponseController {
+	if r, ok := w.(*echo.Response); ok {
+		w = r.Writer
+	}
+	return http.NewResponseController(w)
+}

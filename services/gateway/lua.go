@@ -177,7 +177,7 @@ func (g *Gateway) relayWithHook(r *http.Request, w http.ResponseWriter, x *excha
 	if hresp.Status == http.StatusNoContent || hresp.Status == http.StatusNotModified {
 		return nil // no body goes with these
 	}
-	pace := newSendPace(http.NewResponseController(w), x.rt.sendTimeout, x.conn)
+	pace := newSendPace(responseController(w), x.rt.sendTimeout, x.conn)
 	defer pace.done()
 	pace.arm()
 	if _, err := w.Write(hresp.Body); err != nil {

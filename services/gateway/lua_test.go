@@ -691,3 +691,39 @@ end
 		t.Errorf("%d lines name the scripts' errors, want 2 (on_request, on_complete)", failed)
 	}
 }
+
+// TestOnResponseStatusDoesNotDecideBilling: what is billed follows the
+// engine's reply, not the status an on_response script gives the client:
+// a whole reply (200, no usage reported) made a 503 is billed an estimate
+// of what was delivered, and an engine's refusal (400, no usage) made a
+// 200 bills nothing and is recorded backend_error.
+func TestOnResponseStatusDoesNotDecideBilling(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		engine, script int
+		body           string
+		billed         bool
+		wantErr        string
+	}{
+		{"whole reply made 503", 200, 503, `{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"a long answer about the sea"},"finish_reason":"stop"}]}`, true, ""},
+		{"refusal made 200", 400, 200, `{"object":"error","message":"This model's maximum context length is 10 tokens","type":"BadRequestError","code":400}`, false, "backend_error"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(tc.engine)
+				_, _ = io.WriteString(w, tc.body)
+			}))
+			defer backend.Close()
+			gw, s := scriptGateway(t, backend.URL, fmt.Sprintf("function on_response(req, resp) resp.status = %d end\n", tc.script))
+			resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1","messages":[{"role":"user","content":"tell me a long story about the sea"}]}`, withKey())
+			if resp.StatusCode != tc.script {
+				t.Fatalf("client got %d %s, want the script's %d", resp.StatusCode, body, tc.script)
+			}
+			ev := s.next(t)
+			if billed := ev.Usage.TotalTokens > 0; billed != tc.billed || ev.Error != tc.wantErr {
+				t.Errorf("event error %q, usage %+v (%s); want billed %v, error %q", ev.Error, ev.Usage, ev.UsageSource, tc.billed, tc.wantErr)
+			}
+		})
+	}
+}

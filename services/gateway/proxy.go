@@ -1265,7 +1265,7 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 	}
 	ex := usage.NewExtractor(format, usage.Options{MaxText: maxText})
 	ex.ResponseHeader(resp.Header)
-	rc := http.NewResponseController(w)
+	rc := responseController(w)
 	pace := newSendPace(rc, x.rt.sendTimeout, x.conn)
 	defer pace.done()
 	encoding := resp.Header.Get("Content-Encoding")
@@ -1684,7 +1684,7 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 		// reported, and its event says it failed all the same.
 		x.errMsg = "backend_error"
 	}
-	if x.delivered && !res.Found && (x.status >= 400 || res.BackendError && res.TextBytes == 0) {
+	if x.delivered && !res.Found && (x.engineStatus >= 400 || res.BackendError && res.TextBytes == 0) {
 		// The backend answered with its own error (vLLM's context-length
 		// 400, Ollama's unknown-model 404, TGI's 422 or its validation
 		// error event in a 200 stream, an overloaded 5xx) before any

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -9,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/labstack/echo/v4"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/pkg/events"
@@ -226,5 +229,22 @@ func TestSlowWholeReplyReachesTheClientAsItComes(t *testing.T) {
 	ev := s.next(t)
 	if ev.Error != "client_closed_request" || ev.UsageSource != events.UsageSourceEstimated || ev.Usage.CompletionTokens == 0 {
 		t.Errorf("event error %q, usage %+v (%s); want the delivered text billed, estimated", ev.Error, ev.Usage, ev.UsageSource)
+	}
+}
+
+// failFlushWriter is a connection's writer whose flush fails (the client
+// has gone).
+type failFlushWriter struct{ http.ResponseWriter }
+
+func (failFlushWriter) FlushError() error { return io.ErrClosedPipe }
+
+// TestRelayFlushSeesTheConnectionsError: the relay's flushes go past
+// echo's Response, whose Flush swallows the connection's error: a flush
+// that failed must end the relay (a stream's client gone) and not count
+// its piece as sent.
+func TestRelayFlushSeesTheConnectionsError(t *testing.T) {
+	w := echo.NewResponse(failFlushWriter{httptest.NewRecorder()}, echo.New())
+	if err := responseController(w).Flush(); !errors.Is(err, io.ErrClosedPipe) {
+		t.Errorf("a flush that failed on the connection: %v, want its error", err)
 	}
 }
