@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"path"
 	"regexp"
 	"slices"
 	"strconv"
@@ -320,10 +321,10 @@ func (v *checker) backends() {
 				v.add(p+".url", "want no query or fragment: requests keep the client's query, so this one would never be sent, "+
 					"and the url names the backend in events, metrics and /readyz; give credentials in headers")
 			}
-			if u, err := url.Parse(b.URL); err == nil && strings.HasSuffix(strings.TrimSuffix(u.Path, "/"), "/v1") {
-				// The base URL an OpenAI SDK takes: the client's path
-				// already starts with /v1.
-				v.add(p+".url", "ends in /v1, which the client's path (/v1/chat/completions) already holds: the backend "+
+			if u, err := url.Parse(b.URL); err == nil && slices.Contains(strings.Split(strings.ToLower(path.Clean("/"+u.Path)), "/"), "v1") {
+				// The base URL an OpenAI SDK takes, or an endpoint's URL:
+				// the client's path already starts with /v1.
+				v.add(p+".url", "holds /v1, which the client's path (/v1/chat/completions) already starts with: the backend "+
 					"would be asked /v1/v1/chat/completions; give the engine's root, such as http://vllm:8000")
 			}
 			if j, dup := urls[strings.TrimSuffix(b.URL, "/")]; dup {
@@ -847,19 +848,53 @@ func shownURL(u *url.URL) string {
 	return b.String()
 }
 
-// keywordsOnly is s, a keyword/value string, with each value as "…".
+// keywordsOnly is s, a keyword/value string, with each value as "…". A
+// value in single quotes (libpq's, which may hold spaces and '=') is
+// skipped whole, backslash escapes included.
 func keywordsOnly(s string) string {
-	fields := strings.Fields(s)
-	for i, f := range fields {
-		k, _, ok := strings.Cut(f, "=")
-		if !ok || strings.ContainsAny(k, "'\"\\") {
-			fields[i] = "…" // a part of a quoted value
-			continue
+	var out []string
+	for i := 0; i < len(s); {
+		for i < len(s) && isSpaceByte(s[i]) {
+			i++
 		}
-		fields[i] = k + "=…"
+		if i == len(s) {
+			break
+		}
+		start := i
+		for i < len(s) && s[i] != '=' && !isSpaceByte(s[i]) {
+			i++
+		}
+		key := s[start:i]
+		for i < len(s) && isSpaceByte(s[i]) {
+			i++
+		}
+		if i == len(s) || s[i] != '=' || key == "" || strings.ContainsAny(key, "'\"\\") {
+			// Not keyword=value: nothing more of it is shown.
+			out = append(out, "…")
+			break
+		}
+		i++
+		for i < len(s) && isSpaceByte(s[i]) {
+			i++
+		}
+		if i < len(s) && s[i] == '\'' {
+			for i++; i < len(s) && s[i] != '\''; i++ {
+				if s[i] == '\\' {
+					i++
+				}
+			}
+			i++
+		} else {
+			for i < len(s) && !isSpaceByte(s[i]) {
+				i++
+			}
+		}
+		out = append(out, key+"=…")
 	}
-	return strings.Join(fields, " ")
+	return strings.Join(out, " ")
 }
+
+func isSpaceByte(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
 
 // hostPart returns s up to its first '/', and whether anything followed
 // (or rest already).

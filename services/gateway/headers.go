@@ -56,25 +56,39 @@ func copyRequestHeader(dst, src http.Header, secret string) {
 	}
 }
 
+// untrustedForwarding reports whether k (canonical) is a header a proxy,
+// a CDN or a platform's edge sets about a client's connection (its
+// address, scheme, host, certificate, the URL it asked for), dropped when
+// the peer is not a trusted proxy: from any other peer it is the client's
+// own claim, which a backend set to believe it would take as fact.
+func untrustedForwarding(k string) bool {
+	switch k {
+	case "X-Forwarded-For", "X-Real-Ip", "Forwarded", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Forwarded-Port",
+		"X-Forwarded-Server", "X-Forwarded", "Forwarded-For", "X-Client-Ip", "True-Client-Ip", "Client-Ip",
+		"X-Originating-Ip", "X-Remote-Ip", "X-Remote-Addr", "X-Proxyuser-Ip", "X-Cluster-Client-Ip",
+		"X-Original-Forwarded-For", "X-Original-Host", "X-Original-Url", "X-Rewrite-Url",
+		"Cf-Connecting-Ip", "Cf-Connecting-Ipv6", "Fastly-Client-Ip", "Fly-Client-Ip", "X-Azure-Clientip",
+		"X-Azure-Socketip", "X-Appengine-User-Ip", "Cloudfront-Viewer-Address", "X-Vercel-Forwarded-For",
+		"X-Nf-Client-Connection-Ip", "X-Envoy-External-Address", "X-Envoy-Internal", "X-Forwarded-Client-Cert":
+		return true
+	}
+	return false
+}
+
 // setForwardedFor gives the backend the request's chain of addresses in
 // X-Forwarded-For, as reverse proxies do: behind a trusted proxy the chain
 // it sent is kept and the peer (that proxy) is appended; from any other
 // peer the client's own X-Forwarded-For, X-Real-Ip and Forwarded are not
 // believed (a client could write anything there) and the backend sees the
 // peer alone.
-// untrustedForwarding are the headers (canonical) a proxy sets about a
-// client's connection, dropped when the peer is not a trusted proxy.
-// Besides the standard ones, those of CDNs and proxies a backend may be
-// set to believe (Cloudflare, Fastly, Envoy, ingress-nginx, GKE).
-var untrustedForwarding = []string{"X-Forwarded-For", "X-Real-Ip", "Forwarded", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Forwarded-Port", "X-Forwarded-Server", "X-Client-Ip", "True-Client-Ip",
-	"Cf-Connecting-Ip", "Fastly-Client-Ip", "X-Envoy-External-Address", "X-Original-Forwarded-For", "X-Cluster-Client-Ip"}
-
 func setForwardedFor(dst http.Header, peer netip.Addr, trusted bool) {
 	if !trusted {
 		// Every header a proxy would set about the client's connection:
 		// from any other peer they are the client's own claims.
-		for _, h := range untrustedForwarding {
-			delete(dst, h)
+		for k := range dst {
+			if untrustedForwarding(k) {
+				delete(dst, k)
+			}
 		}
 		if peer.IsValid() {
 			dst["X-Forwarded-For"] = []string{peer.String()}

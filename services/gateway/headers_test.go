@@ -136,6 +136,9 @@ func TestForwardedForReachesTheBackend(t *testing.T) {
 		"True-Client-Ip":           "203.0.113.9",
 		"Cf-Connecting-Ip":         "203.0.113.9",
 		"X-Envoy-External-Address": "203.0.113.9",
+		"Fly-Client-Ip":            "203.0.113.9",
+		"X-Original-Url":           "/admin",
+		"X-Forwarded-Client-Cert":  "By=spiffe://x",
 		// Not a claim: the client's own, for the backend's logs.
 		"User-Agent": "openai-python/1.52",
 	}
@@ -159,7 +162,7 @@ func TestForwardedForReachesTheBackend(t *testing.T) {
 			if h.Get("X-Real-Ip") != c.realIP || (c.realIP == "") != (h.Get("Forwarded") == "") {
 				t.Errorf("backend X-Real-Ip %q, Forwarded %q", h.Get("X-Real-Ip"), h.Get("Forwarded"))
 			}
-			for _, k := range []string{"X-Forwarded-Host", "X-Forwarded-Proto", "True-Client-Ip", "Cf-Connecting-Ip", "X-Envoy-External-Address"} {
+			for _, k := range []string{"X-Forwarded-Host", "X-Forwarded-Proto", "True-Client-Ip", "Cf-Connecting-Ip", "X-Envoy-External-Address", "Fly-Client-Ip", "X-Original-Url", "X-Forwarded-Client-Cert"} {
 				if (c.realIP == "") != (h.Get(k) == "") {
 					t.Errorf("backend %s %q", k, h.Get(k))
 				}

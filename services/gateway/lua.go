@@ -58,7 +58,7 @@ func (g *Gateway) luaError(x *exchange, hook string, err error) *apierr.Error {
 	}
 	// A script's error() text may quote the key it saw (the
 	// Authorization header): the log gets it without.
-	g.log.Error("lua hook failed", "request_id", x.requestID, "hook", hook, "err", withoutKey(err.Error(), x.secret))
+	g.log.Error("lua hook failed", "request_id", x.requestID, "hook", hook, "err", x.withoutKeys(err.Error()))
 	code, e := "lua_error", apierr.Internal("lua_error", "a gateway script ("+hook+") failed")
 	if errors.Is(err, hooks.ErrTimeout) {
 		code, e = "lua_timeout", apierr.Internal("lua_timeout", "a gateway script ("+hook+") ran past its time limit")

@@ -654,7 +654,7 @@ func TestLuaErrorsLogNoKey(t *testing.T) {
 	script := filepath.Join(t.TempDir(), "e.lua")
 	src := `auth = ""
 function on_request(req)
-  if req.headers:get("X-Fail") then error("cannot handle " .. req.headers:get("Authorization")) end
+  if req.headers:get("X-Fail") then error("cannot handle " .. req.headers:get("Authorization") .. " or " .. req.headers:get("X-Api-Key")) end
   auth = req.headers:get("Authorization")
 end
 function on_complete(ev)
@@ -669,6 +669,9 @@ end
 	gw, s := serveOptions(t, Options{Config: cfg, Logger: slog.New(recordHandler{out: lines})})
 	hdr := withKey()
 	hdr["X-Fail"] = "1"
+	// Another key beside it, in x-api-key, which a script may quote too.
+	const other = "sk-llmproxy-another-key-0123456789"
+	hdr["X-Api-Key"] = other
 	if resp, b := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m"}`, hdr); resp.StatusCode != http.StatusInternalServerError {
 		t.Fatalf("%d %s", resp.StatusCode, b)
 	}
@@ -680,7 +683,7 @@ end
 	failed := 0
 	for len(lines) > 0 {
 		m := <-lines
-		if strings.Contains(fmt.Sprint(m), testKey) {
+		if strings.Contains(fmt.Sprint(m), testKey) || strings.Contains(fmt.Sprint(m), other) {
 			t.Errorf("a log line holds the key: %v", m)
 		}
 		if strings.Contains(m["err"], "Bearer [REDACTED]") {

@@ -49,6 +49,9 @@ type exchange struct {
 	// secret is the key the client sent (bearer), read once: looked up,
 	// and kept out of its X-Request-Id and its body.
 	secret string
+	// otherSecret is another key the client sent in x-api-key beside the
+	// one it authenticates with, kept out of what scripts' text logs.
+	otherSecret string
 	// unauthenticated is set when on_auth refused the request or failed
 	// on it: its event is "unauthenticated" even with auth off.
 	unauthenticated bool
@@ -208,6 +211,11 @@ func (g *Gateway) begin(w http.ResponseWriter, r *http.Request) *exchange {
 	// tracing: echoed back, sent to the backend and recorded in the event.
 	x.requestID = g.reqIDs.next()
 	x.secret = bearer(r)
+	if k := r.Header.Get("X-Api-Key"); k != "" && strings.TrimSpace(k) != x.secret {
+		// The client sent another key beside the one it authenticates
+		// with: a script may quote either.
+		x.otherSecret = strings.TrimSpace(k)
+	}
 	if id := r.Header.Get("X-Request-Id"); validRequestID(id) && !holdsKey(id, x.secret) {
 		x.clientRequestID = id
 	}
@@ -320,6 +328,13 @@ func (x *exchange) wakeSender() {
 	}
 }
 
+// withoutKeys is s without the keys the client sent (see withoutKey): the
+// one it authenticates with and another in x-api-key beside it, which a
+// script's text may quote.
+func (x *exchange) withoutKeys(s string) string {
+	return withoutKey(withoutKey(s, x.secret), x.otherSecret)
+}
+
 // scrubSecret takes the request's key out of x's body, and out of the
 // model read from it, which goes into the event, the access line and
 // routing's errors: a key sent in the body, or as the model, or copied
@@ -376,7 +391,7 @@ func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
 			// A script that quotes the key in its refusal (the
 			// Authorization header it sees) does not send it to the
 			// event, the log or back.
-			rej.Message, rej.Code = withoutKey(rej.Message, x.secret), withoutKey(rej.Code, x.secret)
+			rej.Message, rej.Code = x.withoutKeys(rej.Message), x.withoutKeys(rej.Code)
 			return g.reject("lua_rejected", luaRejection(rej))
 		}
 		if !bytes.Equal(hr.Body, x.body) {
@@ -529,12 +544,14 @@ func (g *Gateway) readRequest(r *http.Request, x *exchange) *apierr.Error {
 	// Scrubbed at once: every refusal from here on (a model too long, a
 	// key refused after on_auth read the body) records the model.
 	x.scrubSecret()
-	if n := len(x.info.Model); n > maxModelBytes {
+	if n := len(info.Model); n > maxModelBytes {
 		// A model name goes into the event, the access line and the
 		// metrics' errors whole: one of a megabyte would make the event
 		// too large to publish, and the request would go unbilled. The
-		// event keeps its first bytes.
-		x.info.Model = clip(strings.ToValidUTF8(x.info.Model[:maxModelBytes], ""), maxModelBytes)
+		// event keeps its first bytes (of the model as scrubbed).
+		if m := x.info.Model; len(m) > maxModelBytes {
+			x.info.Model = clip(strings.ToValidUTF8(m[:maxModelBytes], ""), maxModelBytes)
+		}
 		return g.reject("invalid_model", apierr.BadRequest("invalid_model",
 			"the model name is "+strconv.Itoa(n)+" bytes long; at most "+strconv.Itoa(maxModelBytes)))
 	}
@@ -1747,7 +1764,7 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 	if lua := x.rt.lua; lua != nil && lua.Has(hooks.HookComplete) {
 		if err := lua.OnComplete(context.WithoutCancel(ctx), ev); err != nil {
 			g.countLuaError(hooks.HookComplete, err)
-			g.log.Warn("on_complete failed; the event is published without its request body and captured response", "request_id", x.requestID, "err", withoutKey(err.Error(), x.secret))
+			g.log.Warn("on_complete failed; the event is published without its request body and captured response", "request_id", x.requestID, "err", x.withoutKeys(err.Error()))
 		}
 		scrubEventSecret(ev, x.secret)
 	}
