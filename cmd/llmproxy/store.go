@@ -157,7 +157,8 @@ func openLedger(ctx context.Context, cfg *config.Config, allowLocal, ping bool) 
 			}
 		}
 		return &ledgerHandle{
-			store: ledger.NewRedis(rdb, redisPrefix(cfg), ledger.WithDedupeRetention(dedupeRetention(cfg))),
+			store: ledger.NewRedis(rdb, redisPrefix(cfg), ledger.WithDedupeRetention(dedupeRetention(cfg)),
+				ledger.WithWaitReplicas(cfg.Redis.WaitReplicas, time.Second)),
 			rdb:   rdb,
 			ready: func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
 			close: rdb.Close,
@@ -198,7 +199,7 @@ func chooseAdmitter(cfg *config.Config, lh *ledgerHandle) (a ledger.Admitter, se
 	case lh.local != nil:
 		return ledger.NewLocalAdmitter(lh.local, nil), false
 	case cfg.RateLimit.Storage == "redis":
-		return ledger.NewRedisAdmitter(lh.rdb, redisPrefix(cfg)), false
+		return ledger.NewRedisAdmitter(lh.rdb, redisPrefix(cfg), ledger.WithWaitReplicas(cfg.Redis.WaitReplicas, time.Second)), false
 	}
 	return ledger.NewMemoryAdmitter(lh.store, nil), true
 }

@@ -101,6 +101,14 @@ type Redis struct {
 	TLS TLS `yaml:"tls"`
 	// Prefix is put before every key (default "llmproxy").
 	Prefix string `yaml:"prefix"`
+	// WaitReplicas, when above 0, has a meter acknowledge its events only
+	// once that many replicas of the Redis it writes to have the usage
+	// (Redis's WAIT, within a second; else the events are applied again
+	// later, each counted once), and a gateway count a lease released
+	// only once they have the release (else it is sent again until they
+	// do): a failover then loses no usage and holds no slot. For a single
+	// node or redis.sentinel, not a Redis Cluster. Default 0.
+	WaitReplicas int `yaml:"wait_replicas"`
 }
 
 // Sentinel is a master Redis Sentinel watches.

@@ -276,6 +276,14 @@ func (v *checker) redis() {
 	if s.DB < 0 {
 		v.add("redis.sentinel.db", "want a database number, 0 or more, got %d", s.DB)
 	}
+	switch {
+	case r.WaitReplicas < 0:
+		v.add("redis.wait_replicas", "want a number of replicas, 0 or more, got %d", r.WaitReplicas)
+	case r.WaitReplicas > 0 && len(r.Addrs) > 0:
+		v.add("redis.wait_replicas", "is for a single Redis or redis.sentinel's master, not a Redis Cluster (redis.addrs), whose writes span nodes")
+	case r.WaitReplicas > 0 && !r.Enabled():
+		v.add("redis.wait_replicas", "for the Redis that redis.url or redis.sentinel names; there is none")
+	}
 }
 
 // hostPorts checks a list of host:port addresses at path; a password goes

@@ -193,6 +193,13 @@ func TestValidate(t *testing.T) {
 			},
 		},
 		{
+			"redis wait_replicas",
+			"redis:\n  addrs: [\"r1:6379\"]\n  wait_replicas: 1\n",
+			[]string{
+				`c.yaml:5: key redis.wait_replicas: is for a single Redis or redis.sentinel's master, not a Redis Cluster`,
+			},
+		},
+		{
 			"redis sentinel without its master or its sentinels",
 			"redis:\n  sentinel: { addrs: [\"s1:26379\"] }\nrate_limit:\n  storage: redis\n",
 			[]string{

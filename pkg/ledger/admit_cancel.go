@@ -126,7 +126,7 @@ func (c *canceller) run() {
 		c.mu.Unlock()
 
 		ctx, cancel := context.WithTimeout(context.Background(), c.batch.callTimeout())
-		execQueued(ctx, c.batch.rdb, batch)
+		execQueued(ctx, c.batch.rdb, batch, c.batch.wait)
 		cancel()
 		var again []*queued
 		closed := false

@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -84,9 +85,13 @@ type RedisAdmitter struct {
 
 // NewRedisAdmitter returns an admitter on rdb for the keys of a RedisStore
 // with the same prefix. The caller owns rdb.
-func NewRedisAdmitter(rdb redis.UniversalClient, prefix string) *RedisAdmitter {
+func NewRedisAdmitter(rdb redis.UniversalClient, prefix string, opts ...Option) *RedisAdmitter {
 	_, cluster := rdb.(*redis.ClusterClient)
+	o := newOptions(opts)
 	batch := &combiner{rdb: rdb}
+	if _, ok := rdb.(*redis.Client); ok && o.waitReplicas > 0 {
+		batch.wait = replicaWait{n: o.waitReplicas, timeout: cmp.Or(o.waitTimeout, time.Second)}
+	}
 	return &RedisAdmitter{
 		rdb:          rdb,
 		prefix:       prefix,
@@ -495,7 +500,9 @@ func (a *RedisAdmitter) cancel(req AdmitRequest) {
 	k := a.keyKeys(req.KeyID, "", req.LeaseID)
 	keys := []string{k[1], k[2], k[3], k[4], k[8], k[10]}
 	ttl := max(req.LeaseTTL, a.resvTTL).Milliseconds()
-	a.cancels.add(scriptCmd(a.cancelScript, keys, func() []any { return []any{req.LeaseID, ttl} }))
+	q := scriptCmd(a.cancelScript, keys, func() []any { return []any{req.LeaseID, ttl} })
+	q.wait = true
+	a.cancels.add(q)
 }
 
 // admitSplit decides req on Redis Cluster: the key's script and the global
@@ -595,7 +602,7 @@ func (a *RedisAdmitter) FollowUps() FollowUps { return a.cancels.followUps() }
 func (a *RedisAdmitter) Release(ctx context.Context, keyID, leaseID string) error {
 	key := a.tag(keyID) + ":rl:leases"
 	if err := a.batch.zrem(ctx, key, leaseID).Err(); err != nil {
-		a.cancels.add(queued{send: func(ctx context.Context, pipe redis.Pipeliner, _ bool) redis.Cmder {
+		a.cancels.add(queued{wait: true, send: func(ctx context.Context, pipe redis.Pipeliner, _ bool) redis.Cmder {
 			return pipe.ZRem(ctx, key, leaseID)
 		}})
 		return fmt.Errorf("release lease of key %s: %w", keyID, err)

@@ -3,6 +3,7 @@ package ledger
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -29,6 +30,9 @@ type combiner struct {
 	rdb redis.UniversalClient
 	// timeout bounds each pipeline (0: callTimeout).
 	timeout time.Duration
+	// wait is how many replicas must have the writes of a pipeline's
+	// commands marked queued.wait (see WithWaitReplicas).
+	wait replicaWait
 
 	mu    sync.Mutex
 	busy  bool       // a pipeline is in flight, or its sender is being woken
@@ -68,7 +72,20 @@ type queued struct {
 	// command as it was, when running it twice does what running it once
 	// does, or a form of it that finds out whether the first ran.
 	again func(ctx context.Context, pipe redis.Pipeliner, eval bool) redis.Cmder
-	cmd   redis.Cmder // its reply, once sent
+	// wait marks a command whose writes must reach the replicas the
+	// combiner waits for (a lease's release, an admission's cancellation:
+	// lost in a failover, they would hold a slot until its TTL): one that
+	// fewer replicas had in time fails with ErrNotReplicated, and is sent
+	// again by whoever follows it up.
+	wait bool
+	cmd  redis.Cmder // its reply, once sent
+}
+
+// replicaWait is how many replicas, within timeout, must acknowledge the
+// writes of the commands marked queued.wait; n 0 waits for none.
+type replicaWait struct {
+	n       int
+	timeout time.Duration
 }
 
 // scriptCmd returns the queued EVALSHA of s.
@@ -99,14 +116,30 @@ func idempotent(q queued) queued {
 // commands that can be sent again (queued.again) go once more, on another
 // connection. go-redis does that itself for a pipeline of commands it may
 // send again, but not for one holding a command it may not (see oneShot).
-func execQueued(ctx context.Context, rdb redis.UniversalClient, qs []*queued) {
+func execQueued(ctx context.Context, rdb pipeliner, qs []*queued, rw replicaWait) {
 	run := func(qs []*queued, eval bool) {
 		pipe := rdb.Pipeline()
+		waits := false
 		for _, q := range qs {
 			q.cmd = q.send(ctx, pipe, eval)
+			waits = waits || q.wait
+		}
+		var w *redis.IntCmd
+		if waits && rw.n > 0 {
+			// WAIT counts the replicas that have the writes of its own
+			// connection, the pipeline's.
+			w = redis.NewIntCmd(ctx, "wait", rw.n, rw.timeout.Milliseconds())
+			_ = pipe.Process(ctx, w)
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
 			failUnsent(qs, err)
+		}
+		if w != nil && (w.Err() != nil || w.Val() < int64(rw.n)) {
+			for _, q := range qs {
+				if q.wait && q.cmd.Err() == nil {
+					q.cmd.SetErr(fmt.Errorf("%w: %d of %d within %s", ErrNotReplicated, w.Val(), rw.n, rw.timeout))
+				}
+			}
 		}
 	}
 	run(qs, false)
@@ -130,6 +163,9 @@ func execQueued(ctx context.Context, rdb redis.UniversalClient, qs []*queued) {
 		run(retry, true)
 	}
 }
+
+// pipeliner is what execQueued sends on: a client, or one connection of it.
+type pipeliner interface{ Pipeline() redis.Pipeliner }
 
 // connClosed reports whether err is a connection's closing without an
 // answer (not a timeout: a call that timed out may still run later).
@@ -216,13 +252,13 @@ func (s oneShot) call(keys []string, args []any) queued {
 // run calls s alone, as EVALSHA, then as EVAL if Redis has not cached it.
 func (s oneShot) run(ctx context.Context, rdb redis.UniversalClient, keys []string, args ...any) *redis.Cmd {
 	q := s.call(keys, args)
-	execQueued(ctx, rdb, []*queued{&q})
+	execQueued(ctx, rdb, []*queued{&q}, replicaWait{})
 	return q.cmd.(*redis.Cmd)
 }
 
 // zrem sends a ZREM and returns its reply.
 func (c *combiner) zrem(ctx context.Context, key string, member string) *redis.IntCmd {
-	p := &pending{queued: idempotent(queued{send: func(ctx context.Context, pipe redis.Pipeliner, _ bool) redis.Cmder {
+	p := &pending{queued: idempotent(queued{wait: true, send: func(ctx context.Context, pipe redis.Pipeliner, _ bool) redis.Cmder {
 		return pipe.ZRem(ctx, key, member)
 	}})}
 	c.do(ctx, p)
@@ -261,7 +297,7 @@ func (c *combiner) send(ctx context.Context, batch []*pending) {
 		qs[i] = &p.queued
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.callTimeout())
-	execQueued(ctx, c.rdb, qs)
+	execQueued(ctx, c.rdb, qs, c.wait)
 	cancel()
 	for _, p := range batch[1:] {
 		close(p.done)

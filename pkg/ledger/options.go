@@ -10,6 +10,8 @@ type options struct {
 	lockTimeout     time.Duration
 	dedupeRetention time.Duration
 	now             func() time.Time
+	waitReplicas    int
+	waitTimeout     time.Duration
 }
 
 func newOptions(opts []Option) options {
@@ -52,5 +54,21 @@ func WithClock(now func() time.Time) Option {
 		if now != nil {
 			o.now = now
 		}
+	}
+}
+
+// WithWaitReplicas has each Apply wait until n replicas of the Redis it
+// writes to have its writes, at most timeout (default 1s), and fail with
+// ErrNotReplicated when fewer have: Redis replicates after it answers, so
+// a failover to a replica that had not yet received writes loses them, and
+// a meter that acknowledged their events would never apply them again.
+// RedisStore, and RedisAdmitter for its lease releases and cancellations
+// (a release fewer replicas had fails, and is sent again until they have
+// it); on a single node or a Sentinel's master, not a Redis Cluster, whose
+// pipelines span nodes.
+func WithWaitReplicas(n int, timeout time.Duration) Option {
+	return func(o *options) {
+		o.waitReplicas = max(n, 0)
+		o.waitTimeout = timeout
 	}
 }

@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -46,6 +47,10 @@ type RedisStore struct {
 	rdb    redis.UniversalClient
 	prefix string
 	ttl    int64 // dedupe retention in seconds
+	// waitReplicas, when above 0, is how many replicas must have an
+	// Apply's writes, within waitTimeout, for it to succeed.
+	waitReplicas int
+	waitTimeout  time.Duration
 
 	apply, addReserved *redis.Script
 }
@@ -55,11 +60,13 @@ type RedisStore struct {
 func NewRedis(rdb redis.UniversalClient, prefix string, opts ...Option) *RedisStore {
 	o := newOptions(opts)
 	return &RedisStore{
-		rdb:         rdb,
-		prefix:      prefix,
-		ttl:         max(int64(o.dedupeRetention/time.Second), 1),
-		apply:       redis.NewScript(applyLua),
-		addReserved: redis.NewScript(addReservedLua),
+		rdb:          rdb,
+		prefix:       prefix,
+		ttl:          max(int64(o.dedupeRetention/time.Second), 1),
+		waitReplicas: o.waitReplicas,
+		waitTimeout:  cmp.Or(o.waitTimeout, time.Second),
+		apply:        redis.NewScript(applyLua),
+		addReserved:  redis.NewScript(addReservedLua),
 	}
 }
 
@@ -386,10 +393,28 @@ func (s *RedisStore) Apply(ctx context.Context, entries []Entry) (int, error) {
 	}
 	// A script the server has not cached does not run: execQueued sends
 	// those calls again with their source, which also caches them.
-	execQueued(ctx, s.rdb, qs)
+	var on pipeliner = s.rdb
+	var conn *redis.Conn
+	if c, ok := s.rdb.(*redis.Client); ok && s.waitReplicas > 0 {
+		// WAIT counts the replicas that have the writes of its own
+		// connection: the writes and the WAIT go on one.
+		conn = c.Conn()
+		defer conn.Close()
+		on = conn
+	}
+	execQueued(ctx, on, qs, replicaWait{}) // waited for below, over them all
 	for _, q := range qs {
 		if err := q.cmd.Err(); err != nil {
 			return 0, fmt.Errorf("apply %d entries: %w", len(entries), err)
+		}
+	}
+	if conn != nil {
+		n, err := conn.Wait(ctx, s.waitReplicas, s.waitTimeout).Result()
+		if err != nil {
+			return 0, fmt.Errorf("apply %d entries: wait for replicas: %w", len(entries), err)
+		}
+		if n < int64(s.waitReplicas) {
+			return 0, fmt.Errorf("apply %d entries: %w: %d of %d within %s", len(entries), ErrNotReplicated, n, s.waitReplicas, s.waitTimeout)
 		}
 	}
 
@@ -406,6 +431,11 @@ func (s *RedisStore) Apply(ctx context.Context, entries []Entry) (int, error) {
 	}
 	return applied, nil
 }
+
+// ErrNotReplicated is an Apply whose writes fewer replicas than
+// WithWaitReplicas asks for acknowledged in time: they may be lost in a
+// failover, so its entries must be applied again (which counts each once).
+var ErrNotReplicated = errors.New("not acknowledged by enough replicas")
 
 func isNoScript(err error) bool { return err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") }
 

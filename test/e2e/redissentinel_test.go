@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -73,9 +75,10 @@ func redisSentinel(t testing.TB) (master, replica, sentinel string) {
 func TestLimitsOnRedisSentinel(t *testing.T) {
 	master, replica, sentinel := redisSentinel(t)
 	c := &limCluster{prefix: "e2elim"}
-	c.configure(t, fmt.Sprintf("{ sentinel: { master_name: %s, addrs: [%q] }, prefix: %q }", sentinelMaster, sentinel, c.prefix), "")
+	c.configure(t, fmt.Sprintf("{ sentinel: { master_name: %s, addrs: [%q] }, prefix: %q, wait_replicas: 1 }", sentinelMaster, sentinel, c.prefix), "")
 	kRPM := limCreateKey(t, c.cfgA, "--id", "rpm", "--name", "rpm", "--rpm", "300")
 	kConc := limCreateKey(t, c.cfgA, "--id", "conc", "--name", "conc", "--max-concurrent", "3")
+	kLoad := limCreateKey(t, c.cfgA, "--id", "load", "--name", "load")
 	c.run(t)
 
 	// The keys are on the master the sentinel names.
@@ -90,6 +93,40 @@ func TestLimitsOnRedisSentinel(t *testing.T) {
 	t.Run("MaxConcurrent", func(t *testing.T) { limConcCase(t, c, kConc.secret, 3) })
 
 	t.Run("Failover", func(t *testing.T) {
+		// Requests of two keys, one at its concurrency limit, run through
+		// the failover: every one served is counted once in the usage
+		// (wait_replicas: the meter acknowledges an event only once the
+		// replica has it), and every lease is released on the new master.
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		var served sync.Map // key secret → *atomic.Int64
+		for _, k := range []string{kLoad.secret, kConc.secret} {
+			served.Store(k, new(atomic.Int64))
+		}
+		for i := range 6 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				k, gw := kLoad.secret, c.gwA
+				if i%2 == 1 {
+					k, gw = kConc.secret, c.gwB
+				}
+				n, _ := served.Load(k)
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					if r := limSend(gw, k, limQuickChat(), nil); r.err == nil && r.status == 200 {
+						n.(*atomic.Int64).Add(1)
+					} else {
+						time.Sleep(10 * time.Millisecond)
+					}
+				}
+			}()
+		}
+		time.Sleep(time.Second)
 		sc := redis.NewSentinelClient(&redis.Options{Addr: sentinel})
 		defer sc.Close()
 		if err := sc.Failover(ctx, sentinelMaster).Err(); err != nil {
@@ -100,6 +137,24 @@ func TestLimitsOnRedisSentinel(t *testing.T) {
 			addr, err := sc.GetMasterAddrByName(ctx, sentinelMaster).Result()
 			return err == nil && len(addr) == 2 && addr[1] == rport, fmt.Sprint(errString(err), addr)
 		})
+		time.Sleep(2 * time.Second)
+		close(stop)
+		wg.Wait()
+		nLoad, _ := served.Load(kLoad.secret)
+		nConc, _ := served.Load(kConc.secret)
+		want := map[string]int64{kLoad.id: nLoad.(*atomic.Int64).Load(), kConc.id: nConc.(*atomic.Int64).Load()}
+		t.Logf("served through the failover: %v", want)
+		eventually(t, 60*time.Second, "the usage counting every request served through the failover once", func() (bool, string) {
+			rows, err := usageOf(t, c.cfgA)
+			if err != nil {
+				return false, err.Error()
+			}
+			got := map[string]int64{kLoad.id: rows[kLoad.id].Requests, kConc.id: rows[kConc.id].Requests + 0}
+			// kConc served requests before the failover too.
+			return got[kLoad.id] == want[kLoad.id], fmt.Sprintf("usage %v, served %v", got, want)
+		})
+		// No lease of kConc's is left held: its three slots are free.
+		limConcCase(t, c, kConc.secret, 3)
 		// A key made after the failover, written to the new master, is
 		// served by both gateways, and its limit holds there.
 		kAfter := limCreateKey(t, c.cfgB, "--id", "after", "--name", "after", "--max-concurrent", "2")

@@ -1,0 +1,162 @@
+package ledger
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// replicatedRedis starts a Redis master and a replica of it (redis-server
+// on free ports, the test's own) and returns clients of both. Without
+// redis-server the test is skipped, or fails when CI=true.
+func replicatedRedis(t *testing.T) (master, replica *redis.Client) {
+	t.Helper()
+	server, err := exec.LookPath("redis-server")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("redis-server is required in CI: %v", err)
+		}
+		t.Skipf("no redis-server: %v", err)
+	}
+	port := func() string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	}
+	start := func(p string, extra ...string) *redis.Client {
+		cmd := exec.Command(server, append([]string{"--bind", "127.0.0.1", "--port", p, "--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0", "--dir", t.TempDir()}, extra...)...)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + p})
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	mp := port()
+	master = start(mp)
+	replica = start(port(), "--replicaof", "127.0.0.1", mp)
+	waitLinked(t, master, replica)
+	return master, replica
+}
+
+// waitLinked waits until replica is in sync with master, as each of them
+// sees it.
+func waitLinked(t *testing.T, master, replica *redis.Client) {
+	t.Helper()
+	ctx := context.Background()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		r, err := replica.Info(ctx, "replication").Result()
+		m, merr := master.Info(ctx, "replication").Result()
+		if err == nil && merr == nil && strings.Contains(r, "master_link_status:up") && strings.Contains(m, "state=online") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the replica never linked: %v %v\n%s\n%s", err, merr, r, m)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestApplyWaitsForReplicas: with WithWaitReplicas an Apply succeeds only
+// once a replica has its writes; with none to have them it fails with
+// ErrNotReplicated within its timeout, and the same entries applied again
+// once the replica is back are counted once.
+func TestApplyWaitsForReplicas(t *testing.T) {
+	ctx := context.Background()
+	master, replica := replicatedRedis(t)
+	// A replica that has just linked may answer a first WAIT only with
+	// its next acknowledgement, within a second.
+	s := NewRedis(master, "llmproxy-test", WithWaitReplicas(1, 2*time.Second))
+	at := time.Now()
+	e1 := Entry{RequestID: "r1", KeyID: "k", Time: at, PromptTokens: 3, CompletionTokens: 4}
+	if n, err := s.Apply(ctx, []Entry{e1}); err != nil || n != 1 {
+		t.Fatalf("Apply with the replica up = %d, %v", n, err)
+	}
+	if u, err := NewRedis(replica, "llmproxy-test").Usage(ctx, "k", Daily, at); err != nil || u.TotalTokens != 7 {
+		t.Fatalf("the replica has usage %+v, %v once Apply returned; want 7 tokens", u, err)
+	}
+
+	// The replica leaves: nothing has the writes but the master.
+	if err := replica.Do(ctx, "REPLICAOF", "NO", "ONE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	e2 := Entry{RequestID: "r2", KeyID: "k", Time: at, PromptTokens: 10}
+	start := time.Now()
+	short := NewRedis(master, "llmproxy-test", WithWaitReplicas(1, 300*time.Millisecond))
+	if _, err := short.Apply(ctx, []Entry{e2}); !errors.Is(err, ErrNotReplicated) {
+		t.Fatalf("Apply with no replica = %v, want ErrNotReplicated", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("the failed Apply took %s, want about its 300ms timeout", d)
+	}
+
+	// Back (it resyncs from the master): applied again, counted once.
+	mport := strings.TrimPrefix(master.Options().Addr, "127.0.0.1:")
+	if err := replica.Do(ctx, "REPLICAOF", "127.0.0.1", mport).Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitLinked(t, master, replica)
+	if _, err := s.Apply(ctx, []Entry{e2}); err != nil {
+		t.Fatalf("Apply again with the replica back: %v", err)
+	}
+	if u, err := s.Usage(ctx, "k", Daily, at); err != nil || u.TotalTokens != 17 || u.Requests != 2 {
+		t.Fatalf("usage %+v, %v; want 17 tokens of 2 requests, each counted once", u, err)
+	}
+}
+
+// TestReleaseWaitsForReplicas: with WithWaitReplicas a lease's release
+// succeeds once a replica has it; one no replica had fails, and is sent
+// again until one has it (a release lost in a failover would hold the
+// slot until its TTL).
+func TestReleaseWaitsForReplicas(t *testing.T) {
+	ctx := context.Background()
+	master, replica := replicatedRedis(t)
+	a := NewRedisAdmitter(master, "llmproxy-test", WithWaitReplicas(1, 2*time.Second))
+	req := AdmitRequest{KeyID: "k", LeaseID: "r1", Limits: KeyLimits{MaxConcurrent: 1}, LeaseTTL: time.Hour}
+	if d, err := a.Admit(ctx, req); err != nil || !d.Allowed {
+		t.Fatalf("Admit = %+v, %v", d, err)
+	}
+	if err := a.Release(ctx, "k", "r1"); err != nil {
+		t.Fatalf("Release with the replica up: %v", err)
+	}
+	if n, _ := replica.ZCard(ctx, "llmproxy-test:{k}:rl:leases").Result(); n != 0 {
+		t.Fatalf("the replica holds %d leases once the release returned", n)
+	}
+
+	req.LeaseID = "r2"
+	if d, err := a.Admit(ctx, req); err != nil || !d.Allowed {
+		t.Fatalf("Admit = %+v, %v", d, err)
+	}
+	if err := replica.Do(ctx, "REPLICAOF", "NO", "ONE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	a.batch.wait.timeout = 300 * time.Millisecond
+	if err := a.Release(ctx, "k", "r2"); !errors.Is(err, ErrNotReplicated) {
+		t.Fatalf("Release with no replica = %v, want ErrNotReplicated", err)
+	}
+	if f := a.FollowUps(); f.Waiting == 0 {
+		t.Fatalf("the failed release is not followed up: %+v", f)
+	}
+	mport := strings.TrimPrefix(master.Options().Addr, "127.0.0.1:")
+	if err := replica.Do(ctx, "REPLICAOF", "127.0.0.1", mport).Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitLinked(t, master, replica)
+	a.cancels.wait()
+	if n, _ := replica.ZCard(ctx, "llmproxy-test:{k}:rl:leases").Result(); n != 0 {
+		t.Fatalf("the replica holds %d leases once the release was followed up", n)
+	}
+}
