@@ -222,8 +222,20 @@ func newRedisLogger(log *slog.Logger) *redisLogger {
 	return &redisLogger{log: log.With("component", "redis"), interval: time.Second, now: time.Now}
 }
 
+// routineRedisLog are the starts of go-redis's messages about what it
+// handles itself: a pooled connection the server had closed (its idle
+// timeout, over TLS, where the pool cannot check one before using it) is
+// retired and the command sent on another. They go to DEBUG.
+var routineRedisLog = []string{"push: pre-command drain failed, retiring conn"}
+
 // Printf implements go-redis's internal.Logging.
 func (l *redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	for _, r := range routineRedisLog {
+		if strings.HasPrefix(format, r) {
+			l.log.DebugContext(ctx, strings.TrimPrefix(fmt.Sprintf(format, v...), "redis: "))
+			return
+		}
+	}
 	l.mu.Lock()
 	now := l.now()
 	if !l.last.IsZero() && now.Sub(l.last) < l.interval {

@@ -51,6 +51,15 @@ func TestRedisLogger(t *testing.T) {
 			t.Fatalf("line %d: suppressed = %v, want %v", i, rec["suppressed"], want)
 		}
 	}
+
+	// What go-redis handles itself (a stale pooled connection retired, its
+	// command sent on another) is not a warning.
+	buf.Reset()
+	now = now.Add(time.Minute)
+	l.Printf(ctx, "push: pre-command drain failed, retiring conn: %v", "EOF")
+	if strings.Contains(buf.String(), "WARN") || buf.Len() != 0 {
+		t.Fatalf("a routine message logged at the default level: %s", buf.String())
+	}
 }
 
 // TestDedupeRetention: the ledger remembers request ids for longer than the
