@@ -126,7 +126,11 @@ func (c *canceller) run() {
 		c.mu.Unlock()
 
 		ctx, cancel := context.WithTimeout(context.Background(), c.batch.callTimeout())
-		execQueued(ctx, c.batch.rdb, batch, c.batch.wait)
+		if waited, short := execQueued(ctx, c.batch.rdb, batch, c.batch.wait); waited && !short {
+			// The replicas have writes again: the combiner's
+			// pipelines wait for them again.
+			c.batch.replicasShort.Store(false)
+		}
 		cancel()
 		var again []*queued
 		closed := false

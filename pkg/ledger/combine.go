@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -33,6 +34,12 @@ type combiner struct {
 	// wait is how many replicas must have the writes of a pipeline's
 	// commands marked queued.wait (see WithWaitReplicas).
 	wait replicaWait
+	// replicasShort is set once a WAIT fell short, until one the
+	// canceller sends in the background succeeds: meanwhile the
+	// combiner's pipelines, which requests wait on, do not wait (a WAIT
+	// that cannot succeed would hold every admission queued behind it for
+	// its timeout); their marked commands are followed up instead.
+	replicasShort atomic.Bool
 
 	mu    sync.Mutex
 	busy  bool       // a pipeline is in flight, or its sender is being woken
@@ -86,6 +93,9 @@ type queued struct {
 type replicaWait struct {
 	n       int
 	timeout time.Duration
+	// skip sends no WAIT and fails the marked commands with
+	// ErrNotReplicated at once, to be followed up.
+	skip bool
 }
 
 // scriptCmd returns the queued EVALSHA of s.
@@ -116,7 +126,12 @@ func idempotent(q queued) queued {
 // commands that can be sent again (queued.again) go once more, on another
 // connection. go-redis does that itself for a pipeline of commands it may
 // send again, but not for one holding a command it may not (see oneShot).
-func execQueued(ctx context.Context, rdb pipeliner, qs []*queued, rw replicaWait) {
+//
+// With rw, a pipeline holding commands marked queued.wait ends with a WAIT
+// for rw.n replicas; when fewer have its writes in time, those commands
+// fail with ErrNotReplicated. execQueued reports whether a WAIT was sent
+// (waited) and whether one fell short (short).
+func execQueued(ctx context.Context, rdb pipeliner, qs []*queued, rw replicaWait) (waited, short bool) {
 	run := func(qs []*queued, eval bool) {
 		pipe := rdb.Pipeline()
 		waits := false
@@ -125,19 +140,28 @@ func execQueued(ctx context.Context, rdb pipeliner, qs []*queued, rw replicaWait
 			waits = waits || q.wait
 		}
 		var w *redis.IntCmd
-		if waits && rw.n > 0 {
+		if waits && rw.n > 0 && !rw.skip {
 			// WAIT counts the replicas that have the writes of its own
 			// connection, the pipeline's.
 			w = redis.NewIntCmd(ctx, "wait", rw.n, rw.timeout.Milliseconds())
 			_ = pipe.Process(ctx, w)
+			waited = true
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
 			failUnsent(qs, err)
 		}
-		if w != nil && (w.Err() != nil || w.Val() < int64(rw.n)) {
+		var notReplicated error
+		switch {
+		case waits && rw.n > 0 && rw.skip:
+			notReplicated = fmt.Errorf("%w: replicas fell short before; followed up", ErrNotReplicated)
+		case w != nil && (w.Err() != nil || w.Val() < int64(rw.n)):
+			short = true
+			notReplicated = fmt.Errorf("%w: %d of %d within %s", ErrNotReplicated, w.Val(), rw.n, rw.timeout)
+		}
+		if notReplicated != nil {
 			for _, q := range qs {
 				if q.wait && q.cmd.Err() == nil {
-					q.cmd.SetErr(fmt.Errorf("%w: %d of %d within %s", ErrNotReplicated, w.Val(), rw.n, rw.timeout))
+					q.cmd.SetErr(notReplicated)
 				}
 			}
 		}
@@ -162,6 +186,7 @@ func execQueued(ctx context.Context, rdb pipeliner, qs []*queued, rw replicaWait
 	if len(retry) > 0 {
 		run(retry, true)
 	}
+	return waited, short
 }
 
 // pipeliner is what execQueued sends on: a client, or one connection of it.
@@ -297,7 +322,11 @@ func (c *combiner) send(ctx context.Context, batch []*pending) {
 		qs[i] = &p.queued
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.callTimeout())
-	execQueued(ctx, c.rdb, qs, c.wait)
+	rw := c.wait
+	rw.skip = c.replicasShort.Load()
+	if _, short := execQueued(ctx, c.rdb, qs, rw); short {
+		c.replicasShort.Store(true)
+	}
 	cancel()
 	for _, p := range batch[1:] {
 		close(p.done)

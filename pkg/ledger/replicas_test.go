@@ -150,6 +150,17 @@ func TestReleaseWaitsForReplicas(t *testing.T) {
 	if f := a.FollowUps(); f.Waiting == 0 {
 		t.Fatalf("the failed release is not followed up: %+v", f)
 	}
+	// Meanwhile releases do not wait for replicas that fell short (every
+	// admission queued behind a WAIT would wait its timeout too): they
+	// are followed up at once.
+	req.LeaseID = "r3"
+	if d, err := a.Admit(ctx, req); err != nil || !d.Allowed {
+		t.Fatalf("Admit = %+v, %v (r2's release took effect on the master)", d, err)
+	}
+	start := time.Now()
+	if err := a.Release(ctx, "k", "r3"); !errors.Is(err, ErrNotReplicated) || time.Since(start) > 200*time.Millisecond {
+		t.Fatalf("a release while the replicas are short = %v after %s, want ErrNotReplicated at once", err, time.Since(start))
+	}
 	mport := strings.TrimPrefix(master.Options().Addr, "127.0.0.1:")
 	if err := replica.Do(ctx, "REPLICAOF", "127.0.0.1", mport).Err(); err != nil {
 		t.Fatal(err)
@@ -158,5 +169,16 @@ func TestReleaseWaitsForReplicas(t *testing.T) {
 	a.cancels.wait()
 	if n, _ := replica.ZCard(ctx, "llmproxy-test:{k}:rl:leases").Result(); n != 0 {
 		t.Fatalf("the replica holds %d leases once the release was followed up", n)
+	}
+	// Replicated again, releases wait for them again.
+	if a.batch.replicasShort.Load() {
+		t.Fatal("the replicas are still taken for short after a follow-up they acknowledged")
+	}
+	req.LeaseID = "r4"
+	if d, err := a.Admit(ctx, req); err != nil || !d.Allowed {
+		t.Fatalf("Admit = %+v, %v", d, err)
+	}
+	if err := a.Release(ctx, "k", "r4"); err != nil {
+		t.Fatalf("Release with the replica back: %v", err)
 	}
 }
