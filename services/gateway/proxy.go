@@ -1448,10 +1448,10 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 						// server's buffers (up to 6 KB): a reply slow to
 						// come reaches the client as it comes, and a
 						// client that leaves is billed for what reached
-						// its connection, not for what it never had.
-						if werr = rc.Flush(); werr != nil {
-							sent -= wn
-						}
+						// its connection, not for what it never had. A
+						// piece whose flush failed may have gone in part:
+						// it counts, as a stream's last piece does.
+						werr = rc.Flush()
 					}
 					if werr != nil {
 						x.errMsg = pace.clientWriteError(werr)
