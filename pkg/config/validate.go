@@ -329,7 +329,7 @@ func (v *checker) backends() {
 				v.add(p+".url", "want no query or fragment: requests keep the client's query, so this one would never be sent, "+
 					"and the url names the backend in events, metrics and /readyz; give credentials in headers")
 			}
-			if u, err := url.Parse(b.URL); err == nil && slices.Contains(strings.Split(strings.ToLower(path.Clean("/"+u.Path)), "/"), "v1") {
+			if u, err := url.Parse(b.URL); err == nil && sdkBaseURL(u.Path) {
 				// The base URL an OpenAI SDK takes, or an endpoint's URL:
 				// the client's path already starts with /v1.
 				v.add(p+".url", "holds /v1, which the client's path (/v1/chat/completions) already starts with: the backend "+
@@ -856,6 +856,24 @@ func shownURL(u *url.URL) string {
 	return b.String()
 }
 
+// sdkBaseURL reports whether p, a backend url's path, is an SDK's base URL
+// (ending in /v1) or an endpoint's URL (/v1/chat/completions and the like),
+// in any spelling: the client's path, appended, already holds /v1. A path
+// with /v1 inside it that ends elsewhere (a Kubernetes service proxy's
+// /api/v1/…/proxy) is a prefix of its own.
+func sdkBaseURL(p string) bool {
+	p = strings.ToLower(path.Clean("/" + p))
+	if strings.HasSuffix(p, "/v1") {
+		return true
+	}
+	for _, e := range []string{"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/messages", "/v1/responses"} {
+		if strings.HasSuffix(p, e) {
+			return true
+		}
+	}
+	return false
+}
+
 // keywordsOnly is s, a keyword/value string, with each value as "…". A
 // value in single quotes (libpq's, which may hold spaces and '=') is
 // skipped whole, backslash escapes included.
@@ -894,6 +912,9 @@ func keywordsOnly(s string) string {
 			i++
 		} else {
 			for i < len(s) && !isSpaceByte(s[i]) {
+				if s[i] == '\\' {
+					i++ // an escaped space or quote is the value's
+				}
 				i++
 			}
 		}

@@ -173,7 +173,7 @@ func TestValidate(t *testing.T) {
 		},
 		{
 			"backend url that is an SDK's base URL",
-			"  - url: http://c:1/v1\n  - url: http://d:1/llm/v1/\n  - url: http://e:1/llm/\n  - url: http://f:1//V1//\n  - url: http://g:1/v1/.\n  - url: http://h:1/v1/chat/completions\n",
+			"  - url: http://c:1/v1\n  - url: http://d:1/llm/v1/\n  - url: http://e:1/api/v1/namespaces/llm/services/vllm:8000/proxy\n  - url: http://f:1//V1//\n  - url: http://g:1/v1/.\n  - url: http://h:1/v1/chat/completions\n",
 			[]string{
 				`c.yaml:3: key backends[1].url: holds /v1, which the client's path (/v1/chat/completions) already starts with`,
 				`c.yaml:4: key backends[2].url: holds /v1`,
@@ -533,15 +533,15 @@ func TestNegativeWeightIsOneError(t *testing.T) {
 // TestValidateShowsNoValueOfAKeywordString: a libpq keyword/value string
 // where a URL belongs is refused showing its keywords, not its password.
 func TestValidateShowsNoValueOfAKeywordString(t *testing.T) {
-	y := minimal + "logging:\n  postgres:\n    url: \"host=db user=app password='pg dsn-secret-1 horse=battery\\\\' staple' dbname=llm\"\n"
+	y := minimal + "logging:\n  postgres:\n    url: \"host=db user=app password='pg dsn-secret-1 horse=battery\\\\' staple' sslpassword=pw\\\\ hunter2=x dbname=llm\"\n"
 	_, err := Parse([]byte(y), "c.yaml")
 	if err == nil {
 		t.Fatal("a keyword/value string was taken for a URL")
 	}
-	if strings.Contains(err.Error(), "dsn-secret-1") || strings.Contains(err.Error(), "app") || strings.Contains(err.Error(), "horse") || strings.Contains(err.Error(), "staple") {
+	if strings.Contains(err.Error(), "dsn-secret-1") || strings.Contains(err.Error(), "app") || strings.Contains(err.Error(), "horse") || strings.Contains(err.Error(), "staple") || strings.Contains(err.Error(), "hunter2") {
 		t.Errorf("the error shows a value: %v", err)
 	}
-	if want := `got "host=… user=… password=… dbname=…"`; !strings.Contains(err.Error(), want) {
+	if want := `got "host=… user=… password=… sslpassword=… dbname=…"`; !strings.Contains(err.Error(), want) {
 		t.Errorf("error %q, want it to contain %s", err, want)
 	}
 }
