@@ -147,7 +147,9 @@ func execQueued(ctx context.Context, rdb pipeliner, qs []*queued, rw replicaWait
 			_ = pipe.Process(ctx, w)
 			waited = true
 		}
-		if _, err := pipe.Exec(ctx); err != nil {
+		if _, err := pipe.Exec(ctx); err != nil && (w == nil || w.Err() != err) {
+			// (The WAIT's own error, a NOPERM say, is its marked
+			// commands' below, not everyone's.)
 			failUnsent(qs, err)
 		}
 		var notReplicated error

@@ -3,11 +3,14 @@ package ledger
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -180,5 +183,49 @@ func TestReleaseWaitsForReplicas(t *testing.T) {
 	}
 	if err := a.Release(ctx, "k", "r4"); err != nil {
 		t.Fatalf("Release with the replica back: %v", err)
+	}
+}
+
+// TestWaitRefusedFailsOnlyItsCommands: a WAIT Redis refuses (an ACL user
+// without it) fails the releases whose writes it was to confirm, not the
+// admissions that shared their pipeline: those ran, and their answers
+// stand.
+func TestWaitRefusedFailsOnlyItsCommands(t *testing.T) {
+	ctx := context.Background()
+	master, _ := replicatedRedis(t)
+	if err := master.Do(ctx, "ACL", "SETUSER", "nowait", "on", ">pw", "~*", "&*", "+@all", "-wait").Err(); err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: master.Options().Addr, Username: "nowait", Password: "pw"})
+	defer rdb.Close()
+	a := NewRedisAdmitter(rdb, "llmproxy-test", WithWaitReplicas(1, 300*time.Millisecond))
+	var wg sync.WaitGroup
+	var admitErrs, releaseErrs atomic.Int64
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 50 {
+				id := fmt.Sprintf("r%d-%d", w, i)
+				d, err := a.Admit(ctx, AdmitRequest{KeyID: "k", LeaseID: id, Limits: KeyLimits{MaxConcurrent: 1000, RPM: 1 << 30}, LeaseTTL: time.Minute})
+				if err != nil || !d.Allowed {
+					admitErrs.Add(1)
+					continue
+				}
+				if err := a.Release(ctx, "k", id); err != nil {
+					if !errors.Is(err, ErrNotReplicated) {
+						t.Errorf("release: %v, want ErrNotReplicated", err)
+					}
+					releaseErrs.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := admitErrs.Load(); n > 0 {
+		t.Errorf("%d of 400 admissions failed with the WAIT beside them refused", n)
+	}
+	if releaseErrs.Load() == 0 {
+		t.Error("no release failed although no WAIT could confirm one")
 	}
 }
