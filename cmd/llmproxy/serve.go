@@ -395,6 +395,13 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 		if err := readyWithin(time.Second, readyOf("Redis", lh.ready))(ctx); err != nil {
 			log.Warn("redis is not ready; starting anyway, as if it had just gone away (/readyz fails until it is)", "err", err)
 		}
+		if n := cfg.Redis.WaitReplicas; n > 0 && lh.rdb != nil {
+			if m, err := connectedReplicas(ctx, lh.rdb); err == nil && m != n {
+				log.Warn("redis.wait_replicas is not the number of replicas the master has: with fewer replicas nothing waited for is confirmed "+
+					"(meters apply nothing, releases are followed up in the background); with more, a failover to one that had not the writes still loses them",
+					"wait_replicas", n, "replicas", m)
+			}
+		}
 	}
 	// A recorder on its own is ready when it can write to PostgreSQL as
 	// well. Beside a gateway (target all) the request log is optional: a

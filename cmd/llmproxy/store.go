@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -274,4 +275,21 @@ func rebuildLostLedger(ctx context.Context, js jetstream.JetStream, durable, pat
 	if err := js.DeleteConsumer(ctx, events.StreamName, durable); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		log.Error("rebuild the local ledger: delete the meter's consumer", "consumer", durable, "err", err)
 	}
+}
+
+// connectedReplicas returns how many replicas the Redis rdb writes to
+// reports connected (INFO replication), asked within a second.
+func connectedReplicas(ctx context.Context, rdb redis.UniversalClient) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	info, err := rdb.Info(ctx, "replication").Result()
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "connected_slaves:"); ok {
+			return strconv.Atoi(v)
+		}
+	}
+	return 0, errors.New("no connected_slaves in INFO replication")
 }

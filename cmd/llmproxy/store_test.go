@@ -135,3 +135,17 @@ func TestWriteReadyTellsARedisThatRefusesWrites(t *testing.T) {
 		}
 	}
 }
+
+// TestConnectedReplicas: the count serve compares with redis.wait_replicas
+// is the one Redis reports (the test Redis, a master of none).
+func TestConnectedReplicas(t *testing.T) {
+	rdb, _, _ := testRedis(t, "replicas")
+	info, err := rdb.Info(context.Background(), "replication").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := connectedReplicas(context.Background(), rdb)
+	if err != nil || !strings.Contains(info, fmt.Sprintf("connected_slaves:%d", n)) {
+		t.Fatalf("connectedReplicas = %d, %v; INFO replication:\n%s", n, err, info)
+	}
+}

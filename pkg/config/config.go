@@ -106,8 +106,9 @@ type Redis struct {
 	// (Redis's WAIT, within a second; else the events are applied again
 	// later, each counted once), and a gateway count a lease released
 	// only once they have the release (else it is sent again until they
-	// do): a failover then loses no usage and holds no slot. For a single
-	// node or redis.sentinel, not a Redis Cluster. Default 0.
+	// do): a failover then loses no usage and holds no slot, when it is
+	// the number of replicas the master has. For a single node or
+	// redis.sentinel, not a Redis Cluster. Default 0.
 	WaitReplicas int `yaml:"wait_replicas"`
 }
 
