@@ -332,7 +332,11 @@ func (x *exchange) wakeSender() {
 // one it authenticates with and another in x-api-key beside it, which a
 // script's text may quote.
 func (x *exchange) withoutKeys(s string) string {
-	return withoutKey(withoutKey(s, x.secret), x.otherSecret)
+	a, b := x.secret, x.otherSecret
+	if len(b) > len(a) {
+		a, b = b, a // the longer first: one may start with the other
+	}
+	return withoutKey(withoutKey(s, a), b)
 }
 
 // scrubSecret takes the request's key out of x's body, and out of the
