@@ -200,3 +200,18 @@ func FuzzScrubBodySecret(f *testing.F) {
 		}
 	})
 }
+
+// TestWithoutKeysOneStartingWithTheOther: of the two keys a client sent
+// (bearer, and another in x-api-key), one may start with the other; no
+// tail of the longer is left.
+func TestWithoutKeysOneStartingWithTheOther(t *testing.T) {
+	for _, x := range []*exchange{
+		{secret: "sk-llmproxy-aaaaaaaaaaaa", otherSecret: "sk-llmproxy-aaaaaaaaaaaaTAIL99"},
+		{secret: "sk-llmproxy-aaaaaaaaaaaaTAIL99", otherSecret: "sk-llmproxy-aaaaaaaaaaaa"},
+	} {
+		got := x.withoutKeys("keys sk-llmproxy-aaaaaaaaaaaaTAIL99 and sk-llmproxy-aaaaaaaaaaaa")
+		if strings.Contains(got, "TAIL99") || strings.Contains(got, "aaaa") {
+			t.Errorf("withoutKeys = %q", got)
+		}
+	}
+}
