@@ -104,10 +104,10 @@ type Redis struct {
 	// WaitReplicas, when above 0, has a meter acknowledge its events only
 	// once that many replicas of the Redis it writes to have the usage
 	// (Redis's WAIT, within a second; else the events are applied again
-	// later, each counted once), and a gateway count a lease released
-	// only once they have the release (else it is sent again until they
-	// do): a failover then loses no usage and holds no slot, when it is
-	// the number of replicas the master has. For a single node or
+	// later, each counted once), and a gateway send each lease release
+	// again in the background until they have it: a failover then loses
+	// no usage and holds no slot, when it is the number of replicas the
+	// master has. For a single node or
 	// redis.sentinel, not a Redis Cluster. Default 0.
 	WaitReplicas int `yaml:"wait_replicas"`
 }

@@ -126,11 +126,7 @@ func (c *canceller) run() {
 		c.mu.Unlock()
 
 		ctx, cancel := context.WithTimeout(context.Background(), c.batch.callTimeout())
-		if waited, short := execQueued(ctx, c.batch.rdb, batch, c.batch.wait); waited && !short {
-			// The replicas have writes again: the combiner's
-			// pipelines wait for them again.
-			c.batch.replicasShort.Store(false)
-		}
+		execQueued(ctx, c.batch.rdb, batch, c.batch.wait)
 		cancel()
 		var again []*queued
 		closed := false

@@ -601,11 +601,20 @@ func (a *RedisAdmitter) FollowUps() FollowUps { return a.cancels.followUps() }
 // the release again until Redis answers.
 func (a *RedisAdmitter) Release(ctx context.Context, keyID, leaseID string) error {
 	key := a.tag(keyID) + ":rl:leases"
+	again := queued{wait: true, send: func(ctx context.Context, pipe redis.Pipeliner, _ bool) redis.Cmder {
+		return pipe.ZRem(ctx, key, leaseID)
+	}}
 	if err := a.batch.zrem(ctx, key, leaseID).Err(); err != nil {
-		a.cancels.add(queued{wait: true, send: func(ctx context.Context, pipe redis.Pipeliner, _ bool) redis.Cmder {
-			return pipe.ZRem(ctx, key, leaseID)
-		}})
+		a.cancels.add(again)
 		return fmt.Errorf("release lease of key %s: %w", keyID, err)
+	}
+	if a.batch.wait.n > 0 {
+		// Done on the master; sent again in the background until
+		// enough replicas have it (see WithWaitReplicas), not waited
+		// for here: a request's end, and the admissions sharing its
+		// pipeline, would wait for the replicas too, and for a second
+		// each while there are none.
+		a.cancels.add(again)
 	}
 	return nil
 }

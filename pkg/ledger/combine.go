@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -31,15 +30,10 @@ type combiner struct {
 	rdb redis.UniversalClient
 	// timeout bounds each pipeline (0: callTimeout).
 	timeout time.Duration
-	// wait is how many replicas must have the writes of a pipeline's
-	// commands marked queued.wait (see WithWaitReplicas).
+	// wait is how many replicas must have the writes of the commands
+	// marked queued.wait that the canceller sends (see WithWaitReplicas);
+	// the combiner's own pipelines, which requests wait on, never wait.
 	wait replicaWait
-	// replicasShort is set once a WAIT fell short, until one the
-	// canceller sends in the background succeeds: meanwhile the
-	// combiner's pipelines, which requests wait on, do not wait (a WAIT
-	// that cannot succeed would hold every admission queued behind it for
-	// its timeout); their marked commands are followed up instead.
-	replicasShort atomic.Bool
 
 	mu    sync.Mutex
 	busy  bool       // a pipeline is in flight, or its sender is being woken
@@ -79,11 +73,11 @@ type queued struct {
 	// command as it was, when running it twice does what running it once
 	// does, or a form of it that finds out whether the first ran.
 	again func(ctx context.Context, pipe redis.Pipeliner, eval bool) redis.Cmder
-	// wait marks a command whose writes must reach the replicas the
-	// combiner waits for (a lease's release, an admission's cancellation:
+	// wait marks a command the canceller sends until enough replicas
+	// have its writes (a lease's release, an admission's cancellation:
 	// lost in a failover, they would hold a slot until its TTL): one that
 	// fewer replicas had in time fails with ErrNotReplicated, and is sent
-	// again by whoever follows it up.
+	// again.
 	wait bool
 	cmd  redis.Cmder // its reply, once sent
 }
@@ -93,9 +87,6 @@ type queued struct {
 type replicaWait struct {
 	n       int
 	timeout time.Duration
-	// skip sends no WAIT and fails the marked commands with
-	// ErrNotReplicated at once, to be followed up.
-	skip bool
 }
 
 // scriptCmd returns the queued EVALSHA of s.
@@ -129,9 +120,8 @@ func idempotent(q queued) queued {
 //
 // With rw, a pipeline holding commands marked queued.wait ends with a WAIT
 // for rw.n replicas; when fewer have its writes in time, those commands
-// fail with ErrNotReplicated. execQueued reports whether a WAIT was sent
-// (waited) and whether one fell short (short).
-func execQueued(ctx context.Context, rdb pipeliner, qs []*queued, rw replicaWait) (waited, short bool) {
+// fail with ErrNotReplicated.
+func execQueued(ctx context.Context, rdb pipeliner, qs []*queued, rw replicaWait) {
 	run := func(qs []*queued, eval bool) {
 		pipe := rdb.Pipeline()
 		waits := false
@@ -140,27 +130,22 @@ func execQueued(ctx context.Context, rdb pipeliner, qs []*queued, rw replicaWait
 			waits = waits || q.wait
 		}
 		var w *redis.IntCmd
-		if waits && rw.n > 0 && !rw.skip {
+		if waits && rw.n > 0 {
 			// WAIT counts the replicas that have the writes of its own
 			// connection, the pipeline's.
 			w = redis.NewIntCmd(ctx, "wait", rw.n, rw.timeout.Milliseconds())
 			_ = pipe.Process(ctx, w)
-			waited = true
 		}
 		if _, err := pipe.Exec(ctx); err != nil && (w == nil || w.Err() != err) {
 			// (The WAIT's own error, a NOPERM say, is its marked
 			// commands' below, not everyone's.)
 			failUnsent(qs, err)
 		}
-		var notReplicated error
-		switch {
-		case waits && rw.n > 0 && rw.skip:
-			notReplicated = fmt.Errorf("%w: replicas fell short before; followed up", ErrNotReplicated)
-		case w != nil && (w.Err() != nil || w.Val() < int64(rw.n)):
-			short = true
-			notReplicated = fmt.Errorf("%w: %d of %d within %s", ErrNotReplicated, w.Val(), rw.n, rw.timeout)
-		}
-		if notReplicated != nil {
+		if w != nil && (w.Err() != nil || w.Val() < int64(rw.n)) {
+			notReplicated := fmt.Errorf("%w: %d of %d within %s", ErrNotReplicated, w.Val(), rw.n, rw.timeout)
+			if w.Err() != nil {
+				notReplicated = fmt.Errorf("%w: %w", ErrNotReplicated, w.Err())
+			}
 			for _, q := range qs {
 				if q.wait && q.cmd.Err() == nil {
 					q.cmd.SetErr(notReplicated)
@@ -188,7 +173,6 @@ func execQueued(ctx context.Context, rdb pipeliner, qs []*queued, rw replicaWait
 	if len(retry) > 0 {
 		run(retry, true)
 	}
-	return waited, short
 }
 
 // pipeliner is what execQueued sends on: a client, or one connection of it.
@@ -285,7 +269,7 @@ func (s oneShot) run(ctx context.Context, rdb redis.UniversalClient, keys []stri
 
 // zrem sends a ZREM and returns its reply.
 func (c *combiner) zrem(ctx context.Context, key string, member string) *redis.IntCmd {
-	p := &pending{queued: idempotent(queued{wait: true, send: func(ctx context.Context, pipe redis.Pipeliner, _ bool) redis.Cmder {
+	p := &pending{queued: idempotent(queued{send: func(ctx context.Context, pipe redis.Pipeliner, _ bool) redis.Cmder {
 		return pipe.ZRem(ctx, key, member)
 	}})}
 	c.do(ctx, p)
@@ -324,11 +308,7 @@ func (c *combiner) send(ctx context.Context, batch []*pending) {
 		qs[i] = &p.queued
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.callTimeout())
-	rw := c.wait
-	rw.skip = c.replicasShort.Load()
-	if _, short := execQueued(ctx, c.rdb, qs, rw); short {
-		c.replicasShort.Store(true)
-	}
+	execQueued(ctx, c.rdb, qs, replicaWait{})
 	cancel()
 	for _, p := range batch[1:] {
 		close(p.done)

@@ -62,10 +62,10 @@ func WithClock(now func() time.Time) Option {
 // ErrNotReplicated when fewer have: Redis replicates after it answers, so
 // a failover to a replica that had not yet received writes loses them, and
 // a meter that acknowledged their events would never apply them again.
-// RedisStore, and RedisAdmitter for its lease releases and cancellations
-// (a release fewer replicas had fails, and is sent again until they have
-// it); on a single node or a Sentinel's master, not a Redis Cluster, whose
-// pipelines span nodes.
+// RedisStore, and RedisAdmitter for its lease releases and cancellations,
+// which it sends again in the background until enough replicas have them
+// (without holding the release); on a single node or a Sentinel's master,
+// not a Redis Cluster, whose pipelines span nodes.
 func WithWaitReplicas(n int, timeout time.Duration) Option {
 	return func(o *options) {
 		o.waitReplicas = max(n, 0)
