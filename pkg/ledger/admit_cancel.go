@@ -77,7 +77,8 @@ func newCanceller(batch *combiner) *canceller {
 
 // FollowUps counts the calls a RedisAdmitter sends again in the background
 // (the cancellation of an admission whose call failed, a release that
-// failed) until Redis answers them.
+// failed, with WithWaitReplicas a release to be confirmed) until Redis
+// answers them (and enough replicas have them).
 type FollowUps struct {
 	// Waiting are queued, to be sent again.
 	Waiting int
@@ -147,7 +148,10 @@ func (c *canceller) run() {
 			c.mu.Unlock()
 			continue
 		}
-		c.queue = append(again, c.queue[n:]...)
+		// Those to send again go behind the rest: a batch that fails
+		// every time (confirmations while no replica can have them)
+		// must not keep the calls behind it from being sent at all.
+		c.queue = append(c.queue[n:], again...)
 		c.mu.Unlock()
 		if len(again) == 0 {
 			wait = cancelWait

@@ -243,3 +243,31 @@ func TestWaitRefusedFailsOnlyItsCommands(t *testing.T) {
 	}
 	a.cancels.wait() // a refused WAIT is not tried again for ever
 }
+
+// TestFollowUpsBehindUnconfirmedOnesAreSent: calls queued behind a batch
+// that fails every try (confirmations while no replica can have them) are
+// still sent: a failed batch goes to the back of the queue.
+func TestFollowUpsBehindUnconfirmedOnesAreSent(t *testing.T) {
+	ctx := context.Background()
+	master, replica := replicatedRedis(t)
+	a := NewRedisAdmitter(master, "llmproxy-test", WithWaitReplicas(1, 100*time.Millisecond))
+	if err := replica.Do(ctx, "REPLICAOF", "NO", "ONE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 * cancelBatch {
+		id := fmt.Sprint("x", i)
+		a.cancels.add(queued{wait: true, send: func(ctx context.Context, pipe redis.Pipeliner, _ bool) redis.Cmder {
+			return pipe.ZRem(ctx, "llmproxy-test:{k}:rl:leases", id)
+		}})
+	}
+	a.cancels.add(queued{wait: true, send: func(ctx context.Context, pipe redis.Pipeliner, _ bool) redis.Cmder {
+		return pipe.Set(ctx, "llmproxy-test:behind", "sent", time.Minute)
+	}})
+	deadline := time.Now().Add(10 * time.Second)
+	for master.Get(ctx, "llmproxy-test:behind").Val() != "sent" {
+		if time.Now().After(deadline) {
+			t.Fatalf("the call behind %d unconfirmed ones was never sent: %+v", 2*cancelBatch, a.FollowUps())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
