@@ -61,12 +61,19 @@ const (
 type canceller struct {
 	batch *combiner // its client and call timeout
 
-	mu      sync.Mutex
-	idle    sync.Cond // broadcast when running turns false
-	queue   []*queued
-	running bool
-	max     int   // most calls queued (maxCancels)
-	dropped int64 // calls not followed up since queue was full
+	mu    sync.Mutex
+	idle  sync.Cond // broadcast when running turns false
+	queue []*queued
+	// confirms are releases done on the master, sent again until enough
+	// replicas have them (see WithWaitReplicas): apart from queue, and
+	// sent only in what a batch leaves of its room, so that while no
+	// replica can have them they neither hold up nor crowd out the calls
+	// that have yet to take effect at all. A confirmation left out is
+	// only that release's protection against a failover.
+	confirms []*queued
+	running  bool
+	max      int   // most calls queued, and most confirmations (maxCancels)
+	dropped  int64 // calls not followed up since queue was full
 }
 
 func newCanceller(batch *combiner) *canceller {
@@ -91,7 +98,7 @@ type FollowUps struct {
 func (c *canceller) followUps() FollowUps {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return FollowUps{Waiting: len(c.queue), Dropped: c.dropped}
+	return FollowUps{Waiting: len(c.queue) + len(c.confirms), Dropped: c.dropped}
 }
 
 // add queues q, without waiting, and starts the goroutine that sends it if
@@ -104,6 +111,24 @@ func (c *canceller) add(q queued) {
 		return
 	}
 	c.queue = append(c.queue, &q)
+	c.start()
+}
+
+// confirm queues q, a release done on the master, to be sent again until
+// enough replicas have it; past the cap it is left out (see confirms).
+func (c *canceller) confirm(q queued) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.confirms) >= c.max {
+		return
+	}
+	c.confirms = append(c.confirms, &q)
+	c.start()
+}
+
+// start starts the goroutine that sends the queues, if none runs; c.mu is
+// held.
+func (c *canceller) start() {
 	if !c.running {
 		c.running = true
 		go c.run()
@@ -116,44 +141,50 @@ func (c *canceller) run() {
 	for {
 		c.mu.Lock()
 		n := min(len(c.queue), cancelBatch)
-		if n == 0 {
+		m := min(len(c.confirms), cancelBatch-n)
+		if n+m == 0 {
 			c.running = false
-			c.queue = nil
+			c.queue, c.confirms = nil, nil
 			c.idle.Broadcast()
 			c.mu.Unlock()
 			return
 		}
-		batch := append([]*queued(nil), c.queue[:n]...)
+		batch := append(append([]*queued(nil), c.queue[:n]...), c.confirms[:m]...)
 		c.mu.Unlock()
 
 		ctx, cancel := context.WithTimeout(context.Background(), c.batch.callTimeout())
 		execQueued(ctx, c.batch.rdb, batch, c.batch.wait)
 		cancel()
-		var again []*queued
+		var again, confirmAgain []*queued
 		closed := false
-		for _, q := range batch {
+		for i, q := range batch {
 			err := q.cmd.Err()
 			if errors.Is(err, redis.ErrClosed) {
 				closed = true
 			}
-			if retryable(err) {
+			if !retryable(err) {
+				continue
+			}
+			if i < n {
 				again = append(again, q)
+			} else {
+				confirmAgain = append(confirmAgain, q)
 			}
 		}
 
 		c.mu.Lock()
 		if closed {
 			// The client is closed (shutdown): nothing more can be sent.
-			c.queue = nil
+			c.queue, c.confirms = nil, nil
 			c.mu.Unlock()
 			continue
 		}
 		// Those to send again go behind the rest: a batch that fails
-		// every time (confirmations while no replica can have them)
-		// must not keep the calls behind it from being sent at all.
+		// every time must not keep the calls behind it from being sent.
 		c.queue = append(c.queue[n:], again...)
+		c.confirms = append(c.confirms[m:], confirmAgain...)
 		c.mu.Unlock()
-		if len(again) == 0 {
+		if len(again)+len(confirmAgain) == 0 {
 			wait = cancelWait
 			continue
 		}
@@ -182,7 +213,7 @@ func retryable(err error) bool {
 	if !errors.As(err, &rerr) {
 		return true
 	}
-	for _, p := range []string{"LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "READONLY", "OOM", "NOSCRIPT"} {
+	for _, p := range []string{"LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "READONLY", "OOM", "NOSCRIPT", "NOREPLICAS"} {
 		if redis.HasErrorPrefix(err, p) {
 			return true
 		}

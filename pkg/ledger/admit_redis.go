@@ -614,7 +614,7 @@ func (a *RedisAdmitter) Release(ctx context.Context, keyID, leaseID string) erro
 		// for here: a request's end, and the admissions sharing its
 		// pipeline, would wait for the replicas too, and for a second
 		// each while there are none.
-		a.cancels.add(again)
+		a.cancels.confirm(again)
 	}
 	return nil
 }

@@ -271,3 +271,97 @@ func TestFollowUpsBehindUnconfirmedOnesAreSent(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// lonelyMaster is a master whose replica has left it, for the tests of
+// what waits for replicas that are not there.
+func lonelyMaster(t *testing.T) *redis.Client {
+	t.Helper()
+	master, replica := replicatedRedis(t)
+	if err := replica.Do(context.Background(), "REPLICAOF", "NO", "ONE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	return master
+}
+
+// TestCancellationsGoBeforeConfirmations: with no replica to confirm the
+// releases (queued to be confirmed with every request's end), a failed
+// admission's cancellation still reaches the master at once, and is not
+// crowded out of the follow-ups' cap by them.
+func TestCancellationsGoBeforeConfirmations(t *testing.T) {
+	ctx := context.Background()
+	a := NewRedisAdmitter(lonelyMaster(t), "llmproxy-test", WithWaitReplicas(1, 200*time.Millisecond))
+	a.cancels.mu.Lock()
+	a.cancels.max = 300 // the cap, lowered to keep the test short
+	a.cancels.mu.Unlock()
+	for i := range 300 {
+		id := fmt.Sprint("b", i)
+		if d, err := a.Admit(ctx, AdmitRequest{KeyID: "busy", LeaseID: id, Limits: KeyLimits{MaxConcurrent: 1000}, LeaseTTL: time.Minute}); err != nil || !d.Allowed {
+			t.Fatalf("Admit = %+v, %v", d, err)
+		}
+		if err := a.Release(ctx, "busy", id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A request whose admission call failed though Redis ran it: Admit
+	// queues its cancellation.
+	req := AdmitRequest{KeyID: "k", LeaseID: "victim", Limits: KeyLimits{MaxConcurrent: 1}, LeaseTTL: time.Hour}.withDefaults()
+	if d, err := a.Admit(ctx, req); err != nil || !d.Allowed {
+		t.Fatalf("Admit = %+v, %v", d, err)
+	}
+	a.cancel(req)
+	if f := a.FollowUps(); f.Dropped > 0 {
+		t.Fatalf("the cancellation was dropped (follow-ups %+v) behind confirmations", f)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for a.rdb.ZCard(ctx, "llmproxy-test:{k}:rl:leases").Val() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the cancellation did not reach the master in 3 s (follow-ups %+v)", a.FollowUps())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestReleaseRefusedForWantOfReplicasIsSentAgain: a master run with
+// min-replicas-to-write refuses writes with NOREPLICAS while its replicas
+// are gone; a release refused so is sent again until it takes, once the
+// replica is back.
+func TestReleaseRefusedForWantOfReplicasIsSentAgain(t *testing.T) {
+	ctx := context.Background()
+	master, replica := replicatedRedis(t)
+	for _, kv := range [][2]string{{"min-replicas-to-write", "1"}, {"min-replicas-max-lag", "10"}} {
+		if err := master.ConfigSet(ctx, kv[0], kv[1]).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := NewRedisAdmitter(master, "llmproxy-test")
+	req := AdmitRequest{KeyID: "k", LeaseID: "L1", Limits: KeyLimits{MaxConcurrent: 1}, LeaseTTL: time.Hour}
+	if d, err := a.Admit(ctx, req); err != nil || !d.Allowed {
+		t.Fatalf("Admit = %+v, %v", d, err)
+	}
+	if err := replica.Do(ctx, "REPLICAOF", "NO", "ONE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(master.Info(ctx, "replication").Val(), "connected_slaves:0") {
+		if time.Now().After(deadline) {
+			t.Fatal("the master still counts its replica")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := a.Release(ctx, "k", "L1"); err == nil || !strings.Contains(err.Error(), "NOREPLICAS") {
+		t.Fatalf("Release with no replica = %v, want NOREPLICAS", err)
+	}
+	time.Sleep(time.Second)
+	mport := strings.TrimPrefix(master.Options().Addr, "127.0.0.1:")
+	if err := replica.Do(ctx, "REPLICAOF", "127.0.0.1", mport).Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitLinked(t, master, replica)
+	deadline = time.Now().Add(10 * time.Second)
+	for master.ZCard(ctx, "llmproxy-test:{k}:rl:leases").Val() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the refused release was not sent again once the replica was back (follow-ups %+v)", a.FollowUps())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
