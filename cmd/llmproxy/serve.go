@@ -695,7 +695,7 @@ func registerFollowUps(reg prometheus.Registerer, a ledger.Admitter) {
 	reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "llmproxy_admission_followups_waiting",
-			Help: "Cancellations of failed admissions and failed lease releases waiting to be sent to Redis again.",
+			Help: "Cancellations of failed admissions and failed lease releases waiting to be sent to Redis again, and with redis.wait_replicas lease releases waiting for the replicas to confirm them.",
 		}, func() float64 { return float64(ra.FollowUps().Waiting) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "llmproxy_admission_followups_dropped_total",
