@@ -473,10 +473,8 @@ var (
 // backends' half of the gateway's /readyz, for a readiness check served
 // elsewhere (the admin listener).
 func (g *Gateway) BackendsReady() error {
-	for _, s := range g.rt.Load().pool.Snapshot() {
-		if servable(s.State) {
-			return nil
-		}
+	if g.rt.Load().pool.AnyHealthy() {
+		return nil
 	}
 	return errors.New("no backend is available")
 }

@@ -211,7 +211,7 @@ func (g *Gateway) serveList(w http.ResponseWriter, r *http.Request, path string,
 		break
 	}
 	list, n, e := merge(x, ups, replies)
-	if n == 0 && !anyServable(ups) {
+	if n == 0 && !x.rt.pool.AnyHealthy() {
 		e = apierr.Unavailable("no_backend_available", "no backend is available; try again shortly")
 	}
 	if e != nil {
@@ -355,15 +355,4 @@ func (g *Gateway) backendList(ctx context.Context, up *balancer.Upstream, path s
 		body = []byte{}
 	}
 	return body, true
-}
-
-// anyServable reports whether any of ups is still sent requests (see
-// servable): one the health checks do not mark down.
-func anyServable(ups []*balancer.Upstream) bool {
-	for _, up := range ups {
-		if up.Healthy() {
-			return true
-		}
-	}
-	return false
 }

@@ -489,6 +489,18 @@ type UpstreamStatus struct {
 	InFlight int64  `json:"inflight"`
 }
 
+// AnyHealthy reports whether any upstream is still sent requests: one the
+// active health checks do not mark down (an ejected one is tried when
+// nothing else is left).
+func (p *Pool) AnyHealthy() bool {
+	for _, u := range p.upstreams {
+		if u.Healthy() {
+			return true
+		}
+	}
+	return false
+}
+
 // Snapshot returns every upstream's state, in config order, for /readyz.
 // URLs are given without credentials.
 func (p *Pool) Snapshot() []UpstreamStatus {

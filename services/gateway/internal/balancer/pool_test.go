@@ -256,6 +256,13 @@ func TestSnapshot(t *testing.T) {
 	if got[1].State != StateUnhealthy || got[1].InFlight != 0 {
 		t.Errorf("b = %+v", got[1])
 	}
+	if !p.AnyHealthy() {
+		t.Error("AnyHealthy = false with a up")
+	}
+	p.ByName("a").recordCheck(false, 1, 1)
+	if p.AnyHealthy() {
+		t.Error("AnyHealthy = true with every upstream marked down")
+	}
 }
 
 func TestPickConcurrent(t *testing.T) {
