@@ -50,7 +50,8 @@ type exchange struct {
 	// and kept out of its X-Request-Id and its body.
 	secret string
 	// otherSecret is another key the client sent in x-api-key beside the
-	// one it authenticates with, kept out of what scripts' text logs.
+	// one it authenticates with, kept out of what scripts' text logs (set
+	// only when scripts are loaded).
 	otherSecret string
 	// unauthenticated is set when on_auth refused the request or failed
 	// on it: its event is "unauthenticated" even with auth off.
@@ -211,10 +212,11 @@ func (g *Gateway) begin(w http.ResponseWriter, r *http.Request) *exchange {
 	// tracing: echoed back, sent to the backend and recorded in the event.
 	x.requestID = g.reqIDs.next()
 	x.secret = bearer(r)
-	if k := r.Header.Get("X-Api-Key"); k != "" && strings.TrimSpace(k) != x.secret {
-		// The client sent another key beside the one it authenticates
-		// with: a script may quote either.
-		x.otherSecret = strings.TrimSpace(k)
+	if x.rt.lua != nil {
+		// Only scripts' text is scrubbed of it (withoutKeys).
+		if k := strings.TrimSpace(r.Header.Get("X-Api-Key")); k != x.secret {
+			x.otherSecret = k
+		}
 	}
 	if id := r.Header.Get("X-Request-Id"); validRequestID(id) && !holdsKey(id, x.secret) {
 		x.clientRequestID = id
