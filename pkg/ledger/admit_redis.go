@@ -473,9 +473,7 @@ func (a *RedisAdmitter) Admit(ctx context.Context, req AdmitRequest) (Decision, 
 		if gT > 0 {
 			keys = append(keys, a.globalKey())
 		}
-		q := a.admitScript.call(keys, args)
-		q.again = a.admitScript.call(keys, append(args[:len(args):len(args)], "1")).send
-		res, err := a.batch.evalOnce(ctx, q).Slice()
+		res, err := a.batch.evalOnce(ctx, a.admitScript.callOnce(keys, args)).Slice()
 		if err != nil {
 			a.cancel(req)
 			return Decision{}, fmt.Errorf("admit key %s: %w", req.KeyID, err)
@@ -601,11 +599,8 @@ func (a *RedisAdmitter) FollowUps() FollowUps { return a.cancels.followUps() }
 // the release again until Redis answers.
 func (a *RedisAdmitter) Release(ctx context.Context, keyID, leaseID string) error {
 	key := a.tag(keyID) + ":rl:leases"
-	again := queued{wait: true, send: func(ctx context.Context, pipe redis.Pipeliner, _ bool) redis.Cmder {
-		return pipe.ZRem(ctx, key, leaseID)
-	}}
 	if err := a.batch.zrem(ctx, key, leaseID).Err(); err != nil {
-		a.cancels.add(again)
+		a.cancels.add(releaseAgain(key, leaseID))
 		return fmt.Errorf("release lease of key %s: %w", keyID, err)
 	}
 	if a.batch.wait.n > 0 {
@@ -614,9 +609,17 @@ func (a *RedisAdmitter) Release(ctx context.Context, keyID, leaseID string) erro
 		// for here: a request's end, and the admissions sharing its
 		// pipeline, would wait for the replicas too, and for a second
 		// each while there are none.
-		a.cancels.confirm(again)
+		a.cancels.confirm(releaseAgain(key, leaseID))
 	}
 	return nil
+}
+
+// releaseAgain is the release of lease leaseID in key for the canceller,
+// to be sent until Redis, and the replicas waited for, have it.
+func releaseAgain(key, leaseID string) queued {
+	return queued{wait: true, send: func(ctx context.Context, pipe redis.Pipeliner, _ bool) redis.Cmder {
+		return pipe.ZRem(ctx, key, leaseID)
+	}}
 }
 
 // Renew extends a held lease and reservation; see LeaseRenewer.

@@ -260,6 +260,18 @@ func (s oneShot) call(keys []string, args []any) queued {
 	}}
 }
 
+// callOnce is the queued call of s that, when its connection closes
+// without an answer, goes again with "1" after args: its second sending,
+// which the script tells from the first (see admitLua). The args of the
+// second are made only then.
+func (s oneShot) callOnce(keys []string, args []any) queued {
+	q := s.call(keys, args)
+	q.again = func(ctx context.Context, pipe redis.Pipeliner, eval bool) redis.Cmder {
+		return s.queue(ctx, pipe, eval, keys, append(args[:len(args):len(args)], "1"))
+	}
+	return q
+}
+
 // run calls s alone, as EVALSHA, then as EVAL if Redis has not cached it.
 func (s oneShot) run(ctx context.Context, rdb redis.UniversalClient, keys []string, args ...any) *redis.Cmd {
 	q := s.call(keys, args)
