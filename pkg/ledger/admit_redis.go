@@ -1,7 +1,6 @@
 package ledger
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -87,11 +86,7 @@ type RedisAdmitter struct {
 // with the same prefix. The caller owns rdb.
 func NewRedisAdmitter(rdb redis.UniversalClient, prefix string, opts ...Option) *RedisAdmitter {
 	_, cluster := rdb.(*redis.ClusterClient)
-	o := newOptions(opts)
-	batch := &combiner{rdb: rdb}
-	if _, ok := rdb.(*redis.Client); ok && o.waitReplicas > 0 {
-		batch.wait = replicaWait{n: o.waitReplicas, timeout: cmp.Or(o.waitTimeout, time.Second)}
-	}
+	batch := &combiner{rdb: rdb, wait: newOptions(opts).replicaWait(rdb)}
 	return &RedisAdmitter{
 		rdb:          rdb,
 		prefix:       prefix,

@@ -121,7 +121,7 @@ func idempotent(q queued) queued {
 // With rw, a pipeline holding commands marked queued.wait ends with a WAIT
 // for rw.n replicas; when fewer have its writes in time, those commands
 // fail with ErrNotReplicated.
-func execQueued(ctx context.Context, rdb pipeliner, qs []*queued, rw replicaWait) {
+func execQueued(ctx context.Context, rdb redis.UniversalClient, qs []*queued, rw replicaWait) {
 	run := func(qs []*queued, eval bool) {
 		pipe := rdb.Pipeline()
 		waits := false
@@ -174,9 +174,6 @@ func execQueued(ctx context.Context, rdb pipeliner, qs []*queued, rw replicaWait
 		run(retry, true)
 	}
 }
-
-// pipeliner is what execQueued sends on: a client, or one connection of it.
-type pipeliner interface{ Pipeline() redis.Pipeliner }
 
 // connClosed reports whether err is a connection's closing without an
 // answer (not a timeout: a call that timed out may still run later).

@@ -1,6 +1,11 @@
 package ledger
 
-import "time"
+import (
+	"cmp"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
 
 // Option configures a store. Each option says which stores read it; the
 // others ignore it.
@@ -71,4 +76,13 @@ func WithWaitReplicas(n int, timeout time.Duration) Option {
 		o.waitReplicas = max(n, 0)
 		o.waitTimeout = timeout
 	}
+}
+
+// replicaWait is the wait WithWaitReplicas asks for, on rdb: none on a
+// Redis Cluster, whose pipelines span nodes.
+func (o options) replicaWait(rdb redis.UniversalClient) replicaWait {
+	if _, ok := rdb.(*redis.Client); !ok || o.waitReplicas <= 0 {
+		return replicaWait{}
+	}
+	return replicaWait{n: o.waitReplicas, timeout: cmp.Or(o.waitTimeout, time.Second)}
 }

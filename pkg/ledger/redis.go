@@ -1,7 +1,6 @@
 package ledger
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -47,26 +46,25 @@ type RedisStore struct {
 	rdb    redis.UniversalClient
 	prefix string
 	ttl    int64 // dedupe retention in seconds
-	// waitReplicas, when above 0, is how many replicas must have an
-	// Apply's writes, within waitTimeout, for it to succeed.
-	waitReplicas int
-	waitTimeout  time.Duration
+	// wait is how many replicas must have an Apply's writes for it to
+	// succeed (see WithWaitReplicas).
+	wait replicaWait
 
 	apply, addReserved *redis.Script
 }
 
 // NewRedis returns a store on rdb whose keys all start with prefix. It reads
-// WithDedupeRetention. The caller owns rdb: Close does not close it.
+// WithDedupeRetention and WithWaitReplicas. The caller owns rdb: Close does
+// not close it.
 func NewRedis(rdb redis.UniversalClient, prefix string, opts ...Option) *RedisStore {
 	o := newOptions(opts)
 	return &RedisStore{
-		rdb:          rdb,
-		prefix:       prefix,
-		ttl:          max(int64(o.dedupeRetention/time.Second), 1),
-		waitReplicas: o.waitReplicas,
-		waitTimeout:  cmp.Or(o.waitTimeout, time.Second),
-		apply:        redis.NewScript(applyLua),
-		addReserved:  redis.NewScript(addReservedLua),
+		rdb:         rdb,
+		prefix:      prefix,
+		ttl:         max(int64(o.dedupeRetention/time.Second), 1),
+		wait:        o.replicaWait(rdb),
+		apply:       redis.NewScript(applyLua),
+		addReserved: redis.NewScript(addReservedLua),
 	}
 }
 
@@ -378,6 +376,7 @@ func (s *RedisStore) Apply(ctx context.Context, entries []Entry) (int, error) {
 	qs := make([]*queued, 0, len(calls)+len(sets))
 	for _, c := range calls {
 		c.q = scriptCmd(s.apply, c.keys, c.args)
+		c.q.wait = true
 		qs = append(qs, &c.q)
 	}
 	// The period sets only list key ids; adding one is idempotent, and
@@ -387,34 +386,19 @@ func (s *RedisStore) Apply(ctx context.Context, entries []Entry) (int, error) {
 		for k := range ks {
 			members = append(members, k)
 		}
-		qs = append(qs, &queued{send: func(ctx context.Context, pipe redis.Pipeliner, _ bool) redis.Cmder {
+		qs = append(qs, &queued{wait: true, send: func(ctx context.Context, pipe redis.Pipeliner, _ bool) redis.Cmder {
 			return pipe.SAdd(ctx, key, members...)
 		}})
 	}
 	// A script the server has not cached does not run: execQueued sends
-	// those calls again with their source, which also caches them.
-	var on pipeliner = s.rdb
-	var conn *redis.Conn
-	if c, ok := s.rdb.(*redis.Client); ok && s.waitReplicas > 0 {
-		// WAIT counts the replicas that have the writes of its own
-		// connection: the writes and the WAIT go on one.
-		conn = c.Conn()
-		defer conn.Close()
-		on = conn
-	}
-	execQueued(ctx, on, qs, replicaWait{}) // waited for below, over them all
+	// those calls again with their source, which also caches them. With
+	// s.wait, each pipeline it sends ends with a WAIT for its writes, and
+	// its calls fail with ErrNotReplicated when too few replicas have
+	// them.
+	execQueued(ctx, s.rdb, qs, s.wait)
 	for _, q := range qs {
 		if err := q.cmd.Err(); err != nil {
 			return 0, fmt.Errorf("apply %d entries: %w", len(entries), err)
-		}
-	}
-	if conn != nil {
-		n, err := conn.Wait(ctx, s.waitReplicas, s.waitTimeout).Result()
-		if err != nil {
-			return 0, fmt.Errorf("apply %d entries: wait for replicas: %w", len(entries), err)
-		}
-		if n < int64(s.waitReplicas) {
-			return 0, fmt.Errorf("apply %d entries: %w: %d of %d within %s", len(entries), ErrNotReplicated, n, s.waitReplicas, s.waitTimeout)
 		}
 	}
 
