@@ -324,16 +324,18 @@ func (v *checker) backends() {
 			v.add(p+".url", "every backend needs a url such as http://vllm:8000")
 		} else {
 			v.httpURL(p+".url", b.URL)
-			if u, err := url.Parse(b.URL); err == nil && (u.RawQuery != "" || u.ForceQuery || u.Fragment != "") {
-				// Not shown: a query is where a key would be.
-				v.add(p+".url", "want no query or fragment: requests keep the client's query, so this one would never be sent, "+
-					"and the url names the backend in events, metrics and /readyz; give credentials in headers")
-			}
-			if u, err := url.Parse(b.URL); err == nil && sdkBaseURL(u.Path) {
-				// The base URL an OpenAI SDK takes, or an endpoint's URL:
-				// the client's path already starts with /v1.
-				v.add(p+".url", "holds /v1, which the client's path (/v1/chat/completions) already starts with: the backend "+
-					"would be asked /v1/v1/chat/completions; give the engine's root, such as http://vllm:8000")
+			if u, err := url.Parse(b.URL); err == nil {
+				if u.RawQuery != "" || u.ForceQuery || u.Fragment != "" {
+					// Not shown: a query is where a key would be.
+					v.add(p+".url", "want no query or fragment: requests keep the client's query, so this one would never be sent, "+
+						"and the url names the backend in events, metrics and /readyz; give credentials in headers")
+				}
+				if sdkBaseURL(u.Path) {
+					// The base URL an OpenAI SDK takes, or an endpoint's
+					// URL: the client's path already starts with /v1.
+					v.add(p+".url", "holds /v1, which the client's path (/v1/chat/completions) already starts with: the backend "+
+						"would be asked /v1/v1/chat/completions; give the engine's root, such as http://vllm:8000")
+				}
 			}
 			if j, dup := urls[strings.TrimSuffix(b.URL, "/")]; dup {
 				v.add(p+".url", "backends[%d] has the same url; give each backend its own url", j)
@@ -879,44 +881,39 @@ func sdkBaseURL(p string) bool {
 // skipped whole, backslash escapes included.
 func keywordsOnly(s string) string {
 	var out []string
-	for i := 0; i < len(s); {
+	i := 0
+	skipSpace := func() {
 		for i < len(s) && isSpaceByte(s[i]) {
 			i++
 		}
-		if i == len(s) {
-			break
-		}
+	}
+	for skipSpace(); i < len(s); skipSpace() {
 		start := i
 		for i < len(s) && s[i] != '=' && !isSpaceByte(s[i]) {
 			i++
 		}
 		key := s[start:i]
-		for i < len(s) && isSpaceByte(s[i]) {
-			i++
-		}
+		skipSpace()
 		if i == len(s) || s[i] != '=' || key == "" || strings.ContainsAny(key, "'\"\\") {
 			// Not keyword=value: nothing more of it is shown.
 			out = append(out, "…")
 			break
 		}
 		i++
-		for i < len(s) && isSpaceByte(s[i]) {
+		skipSpace()
+		quoted := i < len(s) && s[i] == '\''
+		if quoted {
 			i++
 		}
-		if i < len(s) && s[i] == '\'' {
-			for i++; i < len(s) && s[i] != '\''; i++ {
-				if s[i] == '\\' {
-					i++
-				}
-			}
-			i++
-		} else {
-			for i < len(s) && !isSpaceByte(s[i]) {
-				if s[i] == '\\' {
-					i++ // an escaped space or quote is the value's
-				}
+		// To the closing quote, or the next space; an escaped one (a
+		// backslash before it) is the value's.
+		for ; i < len(s) && (quoted && s[i] != '\'' || !quoted && !isSpaceByte(s[i])); i++ {
+			if s[i] == '\\' {
 				i++
 			}
+		}
+		if quoted {
+			i++
 		}
 		out = append(out, key+"=…")
 	}
