@@ -413,6 +413,10 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 	// stopping is set once the process begins to shut down: its
 	// listeners close, so a load balancer must stop sending to it now.
 	var stopping atomic.Bool
+	// meterReady is a meter's own half of /readyz (target meter): a Redis
+	// that answers but cannot have a batch (no replica to confirm it with
+	// redis.wait_replicas, say) leaves every event in the stream.
+	var meterReady atomic.Pointer[meter.Meter]
 	readyFn := readyWithin(readyTimeout, func(ctx context.Context, p *readyProgress) {
 		if stopping.Load() {
 			p.fail(errors.New("shutting down"))
@@ -437,6 +441,11 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 		}
 		if pg != nil {
 			readyOf("PostgreSQL", pg.ready)(ctx, p)
+		}
+		if m := meterReady.Load(); m != nil {
+			if err := m.Ready(); err != nil {
+				p.fail(err)
+			}
 		}
 	})
 
@@ -486,6 +495,11 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath, target, adminListen
 		m, err := meter.New(b.js, lh.store, mopts)
 		if err != nil {
 			return err
+		}
+		if target == "meter" {
+			// Beside a gateway (target all) the meter's backlog does not
+			// take the gateway out of its load balancer.
+			meterReady.Store(m)
 		}
 		run := m.Run
 		if lh.fresh {

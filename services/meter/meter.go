@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/llmproxy/llmproxy/pkg/events"
@@ -42,6 +43,21 @@ type Meter struct {
 	logMu    sync.Mutex
 	logLast  map[string]time.Time
 	logSkips map[string]int
+
+	// failed is why the last batch the store was asked to apply was not
+	// applied (nil once one is); Ready reports it.
+	failed atomic.Pointer[error]
+}
+
+// Ready reports why the meter's last batch was not applied, or nil when it
+// was (or none was tried yet): a store that refuses its writes or cannot
+// have them replicated leaves the events in the stream, to be delivered
+// again, and /readyz says so until a batch is applied.
+func (mt *Meter) Ready() error {
+	if err := mt.failed.Load(); err != nil {
+		return fmt.Errorf("meter: the last batch was not applied (its events wait in the stream): %w", *err)
+	}
+	return nil
 }
 
 // logInterval is the least time between two lines of one kind logged per
@@ -275,6 +291,7 @@ func (mt *Meter) apply(ctx context.Context, entries []ledger.Entry, msgs []jetst
 	cancel()
 	switch {
 	case err == nil:
+		mt.failed.Store(nil)
 		for _, msg := range msgs {
 			// A lost ack means a redelivery, which the ledger ignores.
 			_ = msg.Ack()
@@ -296,6 +313,7 @@ func (mt *Meter) apply(ctx context.Context, entries []ledger.Entry, msgs []jetst
 			_ = msg.Nak()
 		}
 	default:
+		mt.failed.Store(&err)
 		mt.m.applyErrors.Inc()
 		mt.logLimited(slog.LevelError, "meter: ledger write failed; events will be redelivered", "events", len(entries), "err", err)
 		for _, msg := range msgs {

@@ -626,3 +626,41 @@ func TestCountBeyondTheBoundIsPoison(t *testing.T) {
 		})
 	}
 }
+
+// TestReadySaysABatchWasNotApplied: while the store fails every batch the
+// meter is not ready, saying why; once a batch is applied it is again.
+func TestReadySaysABatchWasNotApplied(t *testing.T) {
+	js := eventstest.Connect(t, eventstest.Server(t, -1))
+	store := &flakyStore{Store: openStore(t)}
+	store.failures.Store(1 << 30)
+	m := newMeter(t, js, store, testOptions(nil))
+	if err := m.Ready(); err != nil {
+		t.Fatalf("Ready before any batch = %v", err)
+	}
+	run(t, m)
+
+	pub := publisher{t, js}
+	want := expected{}
+	ev := event(1)
+	pub.event(ev, ev.RequestID)
+	want.add(ev)
+	pub.wait()
+	deadline := time.Now().Add(10 * time.Second)
+	for m.Ready() == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("Ready stayed nil while the store failed every batch")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := m.Ready(); !strings.Contains(err.Error(), "store unavailable") {
+		t.Fatalf("Ready = %v, want the store's error", err)
+	}
+	store.failures.Store(0)
+	waitExact(t, js, store, want)
+	// The store has the batch a moment before Apply returns to the meter.
+	for deadline := time.Now().Add(5 * time.Second); m.Ready() != nil; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("Ready after the batch was applied = %v", m.Ready())
+		}
+	}
+}
