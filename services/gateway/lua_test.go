@@ -730,3 +730,57 @@ func TestOnResponseStatusDoesNotDecideBilling(t *testing.T) {
 		})
 	}
 }
+
+// TestOnAuthFailsOpen: with lua.fail_open an on_auth that fails (an error
+// quoting the key, or a loop past the time limit) leaves the decision to
+// the key check: a known key is served, none is refused. The failure is
+// counted and logged with the request's id and without the key.
+func TestOnAuthFailsOpen(t *testing.T) {
+	script := filepath.Join(t.TempDir(), "auth.lua")
+	src := `function on_auth(req)
+  if req.headers:get("X-Loop") then while true do end end
+  error("cannot parse credential " .. (req.headers:get("Authorization") or "none"))
+end
+`
+	if err := os.WriteFile(script, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := parseConfig(t, fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q}]\nlua: {scripts: [%q], timeout: 100ms, fail_open: true}\n", okBackend(t), testKey, script))
+	lines := make(chan map[string]string, 1000)
+	reg := prometheus.NewRegistry()
+	gw, s := serveOptions(t, Options{Config: cfg, Registerer: reg, Logger: slog.New(recordHandler{out: lines})})
+
+	if resp, b := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m"}`, withKey()); resp.StatusCode != http.StatusOK {
+		t.Fatalf("a known key with on_auth failing open: %d %s", resp.StatusCode, b)
+	}
+	s.next(t)
+	if resp, b := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m"}`, nil); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("no key with on_auth failing open: %d %s", resp.StatusCode, b)
+	}
+	s.next(t)
+	hdr := withKey()
+	hdr["X-Loop"] = "1"
+	if resp, b := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m"}`, hdr); resp.StatusCode != http.StatusOK {
+		t.Fatalf("a known key with on_auth past its time limit: %d %s", resp.StatusCode, b)
+	}
+	s.next(t)
+
+	for reason, want := range map[string]float64{"error": 2, "timeout": 1} {
+		if n := counted(t, reg, "llmproxy_lua_errors_total", map[string]string{"hook": "on_auth", "reason": reason}); n != want {
+			t.Errorf("llmproxy_lua_errors_total{hook=on_auth,reason=%s} = %v, want %v", reason, n, want)
+		}
+	}
+	named := false
+	for len(lines) > 0 {
+		m := <-lines
+		if strings.Contains(fmt.Sprint(m), testKey) {
+			t.Errorf("a log line holds the key: %v", m)
+		}
+		if m["msg"] == "lua on_auth failed; failing open" && m["request_id"] != "" && strings.Contains(m["err"], "Bearer [REDACTED]") {
+			named = true
+		}
+	}
+	if !named {
+		t.Error("no line says on_auth failed open, with the request's id and the key redacted")
+	}
+}

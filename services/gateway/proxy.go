@@ -461,9 +461,15 @@ func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
 func (g *Gateway) authenticate(r *http.Request, x *exchange, luaAuth bool) *apierr.Error {
 	if luaAuth {
 		id, err := x.rt.lua.OnAuth(r.Context(), g.hookRequest(r, x))
-		if err != nil {
+		if err != nil && (!x.rt.cfg.Lua.FailOpen || errors.Is(err, context.Canceled)) {
 			x.unauthenticated = true
 			return g.luaError(x, hooks.HookAuth, err)
+		}
+		if err != nil {
+			// lua.fail_open: the key check decides. The script's text
+			// may quote the key it saw: the log gets it without.
+			g.countLuaError(hooks.HookAuth, err)
+			g.logFailure(slog.LevelWarn, "lua on_auth failed; failing open", "request_id", x.requestID, "err", x.withoutKeys(err.Error()))
 		}
 		if id != nil {
 			if !id.Allowed {

@@ -123,7 +123,7 @@ func (g *Gateway) buildRuntime(cfg *config.Config, keys auth.Store) (*runtime, e
 	rt.health.SetLogger(g.log)
 	if len(cfg.Lua.Scripts) > 0 {
 		eng, err := hooks.Load(cfg.Lua.Scripts, hooks.Options{
-			Timeout: cfg.Lua.Timeout.D(), FailOpen: cfg.Lua.FailOpen, Logger: g.log,
+			Timeout: cfg.Lua.Timeout.D(), Logger: g.log,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("lua: %w", err)

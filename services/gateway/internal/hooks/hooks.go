@@ -20,8 +20,9 @@ import (
 
 // OnAuth runs on_auth(req). The first script that returns something other
 // than nil decides: nil means no opinion (the normal key check applies), an
-// Identity with Allowed=false means reject with 401. With Options.FailOpen,
-// an error is logged and reported as no opinion.
+// Identity with Allowed=false means reject with 401. An error is the
+// caller's to act on (refuse, or with lua.fail_open let the key check
+// decide).
 func (e *Engine) OnAuth(ctx context.Context, r *Request) (*Identity, error) {
 	if !e.has[hookAuth] {
 		return nil, nil
@@ -44,10 +45,6 @@ func (e *Engine) OnAuth(ctx context.Context, r *Request) (*Identity, error) {
 		return nil
 	})
 	if err != nil {
-		if e.opts.FailOpen {
-			e.opts.Logger.WarnContext(ctx, "lua on_auth failed; failing open", "err", err)
-			return nil, nil
-		}
 		return nil, err
 	}
 	return id, nil

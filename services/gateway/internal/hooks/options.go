@@ -32,13 +32,9 @@ type Options struct {
 	// concurrency; it caps the memory held between bursts.
 	// Default 2*GOMAXPROCS.
 	PoolSize int
-	// Logger receives llmproxy.log and print output and the errors swallowed
-	// by FailOpen. Default slog.Default().
+	// Logger receives llmproxy.log and print output. Default
+	// slog.Default().
 	Logger *slog.Logger
-	// FailOpen makes OnAuth report "no opinion" (nil, nil) when on_auth
-	// fails or times out, so the normal key check decides. Default false:
-	// the error is returned and the request must be refused.
-	FailOpen bool
 
 	// MaxCallDepth bounds nested Lua calls (lua.Options.CallStackSize);
 	// deeper recursion fails with "stack overflow". Default 200.

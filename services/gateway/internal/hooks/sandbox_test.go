@@ -272,18 +272,6 @@ function on_route(req) return "third" end`},
 	}
 }
 
-func TestFailOpen(t *testing.T) {
-	src := `function on_auth(req) error("backend down") end`
-	closed := newEngine(t, src, Options{})
-	if id, err := closed.OnAuth(context.Background(), &Request{}); err == nil || id != nil {
-		t.Errorf("fail closed: OnAuth = %v, %v; want an error", id, err)
-	}
-	open := newEngine(t, src, Options{FailOpen: true})
-	if id, err := open.OnAuth(context.Background(), &Request{}); err != nil || id != nil {
-		t.Errorf("fail open: OnAuth = %v, %v; want no opinion", id, err)
-	}
-}
-
 func TestOnResponse(t *testing.T) {
 	e := newEngine(t, `
 function on_response(req, resp)

@@ -100,13 +100,6 @@ func TestCallerCancelIsNotATimeout(t *testing.T) {
 	}
 }
 
-func TestFailOpenOnTimeout(t *testing.T) {
-	e := newEngine(t, runaway, Options{Timeout: 10 * time.Millisecond, FailOpen: true})
-	if id, err := e.OnAuth(context.Background(), &Request{}); err != nil || id != nil {
-		t.Fatalf("OnAuth = %v, %v; want no opinion", id, err)
-	}
-}
-
 func TestConcurrentTimeoutsLeakNothing(t *testing.T) {
 	e := newEngine(t, `
 function on_request(req)
