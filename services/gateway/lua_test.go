@@ -784,3 +784,55 @@ end
 		t.Error("no line says on_auth failed open, with the request's id and the key redacted")
 	}
 }
+
+// TestScriptNamesHoldingTheKey: names a script makes up from the request
+// never carry the client's key out: an on_auth identity whose id is the
+// caller's token is the script's error (its id would name the caller in
+// events, logs and counters), and an on_route backend name quoting it is
+// logged without it.
+func TestScriptNamesHoldingTheKey(t *testing.T) {
+	script := filepath.Join(t.TempDir(), "names.lua")
+	src := `function on_auth(req)
+  local token = string.sub(req.headers:get("Authorization") or "", 8)
+  if req.headers:get("X-Id-Is-Token") then return {id = "user-" .. token} end
+  return {id = "tenant"}
+end
+function on_route(req)
+  return "pool-" .. (req.headers:get("Authorization") or "")
+end
+`
+	if err := os.WriteFile(script, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := parseConfig(t, fmt.Sprintf("backends: [{url: %q}]\nlua: {scripts: [%q]}\n", okBackend(t), script))
+	lines := make(chan map[string]string, 1000)
+	gw, s := serveOptions(t, Options{Config: cfg, Logger: slog.New(recordHandler{out: lines})})
+
+	hdr := withKey()
+	hdr["X-Id-Is-Token"] = "1"
+	if resp, b := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m"}`, hdr); resp.StatusCode != http.StatusInternalServerError || strings.Contains(string(b), testKey) {
+		t.Fatalf("an identity named by the token: %d %s, want 500 lua_error", resp.StatusCode, b)
+	}
+	if ev := s.next(t); strings.Contains(ev.APIKey+ev.KeyID, testKey[8:]) {
+		t.Errorf("the event names the caller by its key: api_key %q key_id %q", ev.APIKey, ev.KeyID)
+	}
+	if resp, b := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m"}`, withKey()); resp.StatusCode != http.StatusOK {
+		t.Fatalf("an identity named tenant, routed to an unknown backend: %d %s", resp.StatusCode, b)
+	}
+	if ev := s.next(t); ev.KeyID != "tenant" && !strings.Contains(ev.APIKey, "tenant") {
+		t.Errorf("event api_key %q key_id %q, want the tenant", ev.APIKey, ev.KeyID)
+	}
+	unknown := false
+	for len(lines) > 0 {
+		m := <-lines
+		if strings.Contains(fmt.Sprint(m), testKey[8:]) {
+			t.Errorf("a log line holds the key: %v", m)
+		}
+		if m["msg"] == "on_route named an unknown backend" && strings.Contains(m["backend"], "[REDACTED]") {
+			unknown = true
+		}
+	}
+	if !unknown {
+		t.Error("no line names the unknown backend on_route gave, without the key")
+	}
+}

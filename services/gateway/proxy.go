@@ -461,6 +461,12 @@ func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
 func (g *Gateway) authenticate(r *http.Request, x *exchange, luaAuth bool) *apierr.Error {
 	if luaAuth {
 		id, err := x.rt.lua.OnAuth(r.Context(), g.hookRequest(r, x))
+		if err == nil && id != nil && id.Allowed && x.withoutKeys(id.ID) != id.ID {
+			// The identity's id names the caller in events, logs and
+			// counters: a script that gave it the caller's secret
+			// would put the key in all of them.
+			err = fmt.Errorf("%w: on_auth: the identity's id holds the request's API key; return a name for the caller, not its secret", hooks.ErrScript)
+		}
 		if err != nil && (!x.rt.cfg.Lua.FailOpen || errors.Is(err, context.Canceled)) {
 			x.unauthenticated = true
 			return g.luaError(x, hooks.HookAuth, err)
@@ -911,7 +917,8 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 					"request_id", x.requestID, "backend", x.route, "model", x.info.Model)
 			}
 		} else {
-			g.log.Warn("on_route named an unknown backend", "request_id", x.requestID, "backend", x.route)
+			// A name the script made up may quote the key it saw.
+			g.log.Warn("on_route named an unknown backend", "request_id", x.requestID, "backend", x.withoutKeys(x.route))
 		}
 	}
 	// failed are the upstreams that failed a try of this request.
