@@ -62,6 +62,11 @@ func copyRequestHeader(dst, src http.Header, secret string) {
 // the peer is not a trusted proxy: from any other peer it is the client's
 // own claim, which a backend set to believe it would take as fact.
 func untrustedForwarding(k string) bool {
+	if strings.IndexByte(k, '_') >= 0 {
+		// X_Forwarded_For: CGI-style servers (WSGI, PHP) read '_' and
+		// '-' alike.
+		k = http.CanonicalHeaderKey(strings.ReplaceAll(k, "_", "-"))
+	}
 	switch k {
 	case "X-Forwarded-For", "X-Real-Ip", "Forwarded", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Forwarded-Port",
 		"X-Forwarded-Server", "X-Forwarded", "Forwarded-For", "X-Client-Ip", "True-Client-Ip", "Client-Ip",
@@ -69,7 +74,9 @@ func untrustedForwarding(k string) bool {
 		"X-Original-Forwarded-For", "X-Original-Host", "X-Original-Url", "X-Rewrite-Url",
 		"Cf-Connecting-Ip", "Cf-Connecting-Ipv6", "Fastly-Client-Ip", "Fly-Client-Ip", "X-Azure-Clientip",
 		"X-Azure-Socketip", "X-Appengine-User-Ip", "Cloudfront-Viewer-Address", "X-Vercel-Forwarded-For",
-		"X-Nf-Client-Connection-Ip", "X-Envoy-External-Address", "X-Envoy-Internal", "X-Forwarded-Client-Cert":
+		"X-Nf-Client-Connection-Ip", "X-Envoy-External-Address", "X-Envoy-Internal", "X-Forwarded-Client-Cert",
+		"X-Forwarded-Prefix", "X-Forwarded-Uri", "X-Forwarded-Path", "X-Original-Uri", "X-Host", "X-Forwarded-Ssl",
+		"X-Forwarded-Scheme", "X-Url-Scheme", "Front-End-Https", "X-Scheme", "X-Client-Cert", "Ssl-Client-Cert":
 		return true
 	}
 	return false

@@ -139,6 +139,15 @@ func TestForwardedForReachesTheBackend(t *testing.T) {
 		"Fly-Client-Ip":            "203.0.113.9",
 		"X-Original-Url":           "/admin",
 		"X-Forwarded-Client-Cert":  "By=spiffe://x",
+		"X-Forwarded-Prefix":       "/admin",
+		"X-Forwarded-Uri":          "/admin",
+		"X-Original-Uri":           "/admin",
+		"X-Host":                   "evil.example",
+		"X-Forwarded-Ssl":          "on",
+		// Spelled with underscores, which CGI-style servers read as the
+		// same header.
+		"X_Forwarded_For": "203.0.113.9",
+		"X-Real_Ip":       "203.0.113.9",
 		// Not a claim: the client's own, for the backend's logs.
 		"User-Agent": "openai-python/1.52",
 	}
@@ -162,7 +171,8 @@ func TestForwardedForReachesTheBackend(t *testing.T) {
 			if h.Get("X-Real-Ip") != c.realIP || (c.realIP == "") != (h.Get("Forwarded") == "") {
 				t.Errorf("backend X-Real-Ip %q, Forwarded %q", h.Get("X-Real-Ip"), h.Get("Forwarded"))
 			}
-			for _, k := range []string{"X-Forwarded-Host", "X-Forwarded-Proto", "True-Client-Ip", "Cf-Connecting-Ip", "X-Envoy-External-Address", "Fly-Client-Ip", "X-Original-Url", "X-Forwarded-Client-Cert"} {
+			for _, k := range []string{"X-Forwarded-Host", "X-Forwarded-Proto", "True-Client-Ip", "Cf-Connecting-Ip", "X-Envoy-External-Address", "Fly-Client-Ip", "X-Original-Url", "X-Forwarded-Client-Cert",
+				"X-Forwarded-Prefix", "X-Forwarded-Uri", "X-Original-Uri", "X-Host", "X-Forwarded-Ssl", "X_forwarded_for", "X-Real_ip"} {
 				if (c.realIP == "") != (h.Get(k) == "") {
 					t.Errorf("backend %s %q", k, h.Get(k))
 				}
