@@ -1510,6 +1510,13 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 			x.replyBody, x.replyCut = capture.kept()
 			kept = &capture
 		}
+		// clientGot is how much of the reply the client was sent when it
+		// stopped taking it: of a compressed reply, the same share of
+		// what was decompressed.
+		clientGot := sent
+		if tee != nil {
+			clientGot = int(int64(kept.size) * int64(sent) / int64(max(read, 1)))
+		}
 		r, _ := ex.Partial(0)
 		switch {
 		case kept == nil:
@@ -1523,16 +1530,15 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 			// The client stopped taking the reply before its usage (at
 			// its end) was read: the text it was sent is billed,
 			// estimated, as for a stream it left; past what was kept
-			// of the reply, by its length. Of a compressed reply, the
-			// same share of what was decompressed.
-			n := sent
-			if tee != nil {
-				n = int(int64(kept.size) * int64(sent) / int64(max(read, 1)))
-			}
-			ex.BodyCut(x.replyBody[:min(n, len(x.replyBody))])
-			unreadText(ex, n-len(x.replyBody))
+			// of the reply, by its length.
+			ex.BodyCut(x.replyBody[:min(clientGot, len(x.replyBody))])
+			unreadText(ex, clientGot-len(x.replyBody))
 		case !clientCut:
 			kept.estimateCut(ex)
+		}
+		if clientCut && kept != nil && clientGot < len(x.replyBody) {
+			// The captured reply is what the client got, marked cut.
+			x.replyBody, x.replyCut = x.replyBody[:clientGot], true
 		}
 		if len(held) > 0 {
 			x.result, x.delivered = ex.Result(), true

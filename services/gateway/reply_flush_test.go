@@ -205,7 +205,7 @@ func TestSlowWholeReplyReachesTheClientAsItComes(t *testing.T) {
 	}))
 	defer backend.Close()
 	defer close(release) // before the backend's Close waits for its handler
-	gw, s := newTestGateway(t, backend.URL, "")
+	gw, s := newTestGateway(t, backend.URL, "logging: {capture_response: true}\n")
 	req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m1","messages":[{"role":"user","content":"hi"}]}`))
 	req.Header.Set("Authorization", "Bearer "+testKey)
 	got := make(chan error, 1)
@@ -229,6 +229,11 @@ func TestSlowWholeReplyReachesTheClientAsItComes(t *testing.T) {
 	ev := s.next(t)
 	if ev.Error != "client_closed_request" || ev.UsageSource != events.UsageSourceEstimated || ev.Usage.CompletionTokens == 0 {
 		t.Errorf("event error %q, usage %+v (%s); want the delivered text billed, estimated", ev.Error, ev.Usage, ev.UsageSource)
+	}
+	// The captured reply is what the client got, not the piece held
+	// back when it left.
+	if c := ev.Response; c == nil || c.Content != first || !c.Truncated {
+		t.Errorf("captured response %+v, want the first piece alone, marked truncated", c)
 	}
 }
 
