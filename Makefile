@@ -41,6 +41,9 @@ lint: vet
 test: lint build
 	@for m in $(MODULES); do echo "== $$m"; p=; [ $$m = test/e2e ] && p="-parallel 8"; \
 		(cd $$m && $(GO) test -race -count=1 -timeout 600s $$p ./...) || exit 1; done
+	@if [ -n "$$LLMPROXY_TEST_VALKEY" ]; then echo "== pkg/ledger's replication tests on $$LLMPROXY_TEST_VALKEY"; \
+		(cd pkg/ledger && LLMPROXY_TEST_REDIS_SERVER="$$LLMPROXY_TEST_VALKEY" $(GO) test -race -count=1 -timeout 300s \
+			-run 'Replicas|AppliedAgain|WaitRefused|FollowUpsBehind|CancellationsGoBefore|WantOfReplicas' .) || exit 1; fi
 	@echo "== test/compat (real clients: openai, @anthropic-ai/sdk, opencode, the README's curl lines)"
 	@bash test/compat/run.sh
 

@@ -86,7 +86,7 @@ type RedisAdmitter struct {
 // with the same prefix. The caller owns rdb.
 func NewRedisAdmitter(rdb redis.UniversalClient, prefix string, opts ...Option) *RedisAdmitter {
 	_, cluster := rdb.(*redis.ClusterClient)
-	batch := &combiner{rdb: rdb, wait: newOptions(opts).replicaWait(rdb)}
+	batch := &combiner{rdb: rdb, wait: newOptions(opts).replicaWait(rdb, prefix)}
 	return &RedisAdmitter{
 		rdb:          rdb,
 		prefix:       prefix,

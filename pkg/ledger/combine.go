@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -83,10 +84,13 @@ type queued struct {
 }
 
 // replicaWait is how many replicas, within timeout, must acknowledge the
-// writes of the commands marked queued.wait; n 0 waits for none.
+// writes of the commands marked queued.wait; n 0 waits for none. mark is
+// the key of the write each such pipeline makes before its WAIT (see
+// execQueued).
 type replicaWait struct {
 	n       int
 	timeout time.Duration
+	mark    string
 }
 
 // scriptCmd returns the queued EVALSHA of s.
@@ -130,21 +134,30 @@ func execQueued(ctx context.Context, rdb redis.UniversalClient, qs []*queued, rw
 			waits = waits || q.wait
 		}
 		var w *redis.IntCmd
+		var m *redis.StatusCmd
 		if waits && rw.n > 0 {
-			// WAIT counts the replicas that have the writes of its own
-			// connection, the pipeline's.
+			// WAIT counts the replicas that have the last write of its
+			// own connection, the pipeline's; since Redis 7.2 (and in
+			// Valkey) a command that changed nothing is none, so a
+			// release already done on the master, or an Apply sent
+			// again whose entries were all there, would have WAIT
+			// measure whatever the pooled connection last wrote, or
+			// nothing (every replica at once). A write that always
+			// replicates comes after theirs in the replication stream:
+			// a replica that has it has them.
+			m = pipe.Set(ctx, rw.mark, 1, 0)
 			w = redis.NewIntCmd(ctx, "wait", rw.n, rw.timeout.Milliseconds())
 			_ = pipe.Process(ctx, w)
 		}
-		if _, err := pipe.Exec(ctx); err != nil && (w == nil || w.Err() != err) {
-			// (The WAIT's own error, a NOPERM say, is its marked
-			// commands' below, not everyone's.)
+		if _, err := pipe.Exec(ctx); err != nil && (w == nil || w.Err() != err && m.Err() != err) {
+			// (The WAIT's own error, or its mark's, a NOPERM say, is
+			// its marked commands' below, not everyone's.)
 			failUnsent(qs, err)
 		}
-		if w != nil && (w.Err() != nil || w.Val() < int64(rw.n)) {
+		if w != nil && (m.Err() != nil || w.Err() != nil || w.Val() < int64(rw.n)) {
 			notReplicated := fmt.Errorf("%w: %d of %d within %s", ErrNotReplicated, w.Val(), rw.n, rw.timeout)
-			if w.Err() != nil {
-				notReplicated = fmt.Errorf("%w: %w", ErrNotReplicated, w.Err())
+			if err := cmp.Or(m.Err(), w.Err()); err != nil {
+				notReplicated = fmt.Errorf("%w: %w", ErrNotReplicated, err)
 			}
 			for _, q := range qs {
 				if q.wait && q.cmd.Err() == nil {

@@ -78,11 +78,11 @@ func WithWaitReplicas(n int, timeout time.Duration) Option {
 	}
 }
 
-// replicaWait is the wait WithWaitReplicas asks for, on rdb: none on a
-// Redis Cluster, whose pipelines span nodes.
-func (o options) replicaWait(rdb redis.UniversalClient) replicaWait {
+// replicaWait is the wait WithWaitReplicas asks for, on rdb with the keys
+// under prefix: none on a Redis Cluster, whose pipelines span nodes.
+func (o options) replicaWait(rdb redis.UniversalClient, prefix string) replicaWait {
 	if _, ok := rdb.(*redis.Client); !ok || o.waitReplicas <= 0 {
 		return replicaWait{}
 	}
-	return replicaWait{n: o.waitReplicas, timeout: cmp.Or(o.waitTimeout, time.Second)}
+	return replicaWait{n: o.waitReplicas, timeout: cmp.Or(o.waitTimeout, time.Second), mark: prefix + ":replicated"}
 }

@@ -62,7 +62,7 @@ func NewRedis(rdb redis.UniversalClient, prefix string, opts ...Option) *RedisSt
 		rdb:         rdb,
 		prefix:      prefix,
 		ttl:         max(int64(o.dedupeRetention/time.Second), 1),
-		wait:        o.replicaWait(rdb),
+		wait:        o.replicaWait(rdb, prefix),
 		apply:       redis.NewScript(applyLua),
 		addReserved: redis.NewScript(addReservedLua),
 	}

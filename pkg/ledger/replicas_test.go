@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -22,13 +23,26 @@ import (
 // redis-server the test is skipped, or fails when CI=true.
 func replicatedRedis(t *testing.T) (master, replica *redis.Client) {
 	t.Helper()
-	server, err := exec.LookPath("redis-server")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("redis-server is required in CI: %v", err)
+	master, replica, _ = replicatedRedisProcess(t)
+	return master, replica
+}
+
+// replicatedRedisProcess is replicatedRedis, with the replica's process.
+// LLMPROXY_TEST_REDIS_SERVER names the server to run instead of
+// redis-server (a Valkey, or a Redis of another version).
+func replicatedRedisProcess(t *testing.T) (master, replica *redis.Client, replicaProcess *os.Process) {
+	t.Helper()
+	server := os.Getenv("LLMPROXY_TEST_REDIS_SERVER")
+	if server == "" {
+		var err error
+		if server, err = exec.LookPath("redis-server"); err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("redis-server is required in CI: %v", err)
+			}
+			t.Skipf("no redis-server: %v", err)
 		}
-		t.Skipf("no redis-server: %v", err)
 	}
+	var last *exec.Cmd
 	port := func() string {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -45,13 +59,14 @@ func replicatedRedis(t *testing.T) (master, replica *redis.Client) {
 		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 		c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + p})
 		t.Cleanup(func() { c.Close() })
+		last = cmd
 		return c
 	}
 	mp := port()
 	master = start(mp)
 	replica = start(port(), "--replicaof", "127.0.0.1", mp)
 	waitLinked(t, master, replica)
-	return master, replica
+	return master, replica, last.Process
 }
 
 // waitLinked waits until replica is in sync with master, as each of them
@@ -117,6 +132,50 @@ func TestApplyWaitsForReplicas(t *testing.T) {
 	}
 	if u, err := s.Usage(ctx, "k", Daily, at); err != nil || u.TotalTokens != 17 || u.Requests != 2 {
 		t.Fatalf("usage %+v, %v; want 17 tokens of 2 requests, each counted once", u, err)
+	}
+}
+
+// TestAppliedAgainWaitsOnAnyConnection: an Apply sent again whose entries
+// the master has already (its first sending's WAIT fell short) writes
+// nothing of its own; on a connection that wrote nothing before (or only
+// long ago) its WAIT still waits for a replica to have those entries.
+// Since Redis 7.2, and in Valkey, WAIT measures the last write of its
+// connection that changed something: without a write of the Apply's own
+// it answered at once with every replica linked, and the meter
+// acknowledged usage the stopped replica did not have.
+// (LLMPROXY_TEST_REDIS_SERVER runs it on such a server; Redis 7.0 counts
+// any command.)
+func TestAppliedAgainWaitsOnAnyConnection(t *testing.T) {
+	ctx := context.Background()
+	master, replica, proc := replicatedRedisProcess(t)
+	at := time.Now()
+	e := Entry{RequestID: "r1", KeyID: "k", Time: at, PromptTokens: 3, CompletionTokens: 4}
+	// The replica stops taking the master's writes, linked still.
+	if err := proc.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer proc.Signal(syscall.SIGCONT)
+	first := NewRedis(master, "llmproxy-test", WithWaitReplicas(1, 300*time.Millisecond))
+	if _, err := first.Apply(ctx, []Entry{e}); !errors.Is(err, ErrNotReplicated) {
+		t.Fatalf("Apply with the replica stopped = %v, want ErrNotReplicated", err)
+	}
+	fresh := redis.NewClient(&redis.Options{Addr: master.Options().Addr})
+	defer fresh.Close()
+	again := NewRedis(fresh, "llmproxy-test", WithWaitReplicas(1, 300*time.Millisecond))
+	if n, err := again.Apply(ctx, []Entry{e}); !errors.Is(err, ErrNotReplicated) {
+		t.Fatalf("the same Apply again, on a new connection, with the replica stopped = %d, %v; want ErrNotReplicated", n, err)
+	}
+	if err := proc.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	// A replica that has just woken may answer only with its next
+	// acknowledgement, within a second.
+	patient := NewRedis(fresh, "llmproxy-test", WithWaitReplicas(1, 2*time.Second))
+	if _, err := patient.Apply(ctx, []Entry{e}); err != nil {
+		t.Fatalf("Apply again with the replica going on: %v", err)
+	}
+	if u, err := NewRedis(replica, "llmproxy-test").Usage(ctx, "k", Daily, at); err != nil || u.TotalTokens != 7 || u.Requests != 1 {
+		t.Fatalf("the replica has usage %+v, %v; want 7 tokens of 1 request", u, err)
 	}
 }
 
