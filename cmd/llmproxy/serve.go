@@ -715,6 +715,10 @@ func registerFollowUps(reg prometheus.Registerer, a ledger.Admitter) {
 			Name: "llmproxy_admission_followups_dropped_total",
 			Help: "Follow-ups not queued because too many were waiting; what they held in Redis is freed by its TTL.",
 		}, func() float64 { return float64(ra.FollowUps().Dropped) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "llmproxy_admission_followups_unconfirmed_total",
+			Help: "With redis.wait_replicas, lease releases done on the master but not queued to be confirmed by the replicas because too many were waiting.",
+		}, func() float64 { return float64(ra.FollowUps().Unconfirmed) }),
 	)
 }
 

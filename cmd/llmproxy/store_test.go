@@ -97,7 +97,7 @@ func TestFollowUpMetrics(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
 	defer rdb.Close()
 	got := names(ledger.NewRedisAdmitter(rdb, "followups"))
-	want := []string{"llmproxy_admission_followups_dropped_total", "llmproxy_admission_followups_waiting"}
+	want := []string{"llmproxy_admission_followups_dropped_total", "llmproxy_admission_followups_unconfirmed_total", "llmproxy_admission_followups_waiting"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("Redis admitter: metrics %v, want %v", got, want)
 	}

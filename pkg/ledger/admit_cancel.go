@@ -70,10 +70,11 @@ type canceller struct {
 	// replica can have them they neither hold up nor crowd out the calls
 	// that have yet to take effect at all. A confirmation left out is
 	// only that release's protection against a failover.
-	confirms []*queued
-	running  bool
-	max      int   // most calls queued, and most confirmations (maxCancels)
-	dropped  int64 // calls not followed up since queue was full
+	confirms    []*queued
+	running     bool
+	max         int   // most calls queued, and most confirmations (maxCancels)
+	dropped     int64 // calls not followed up since queue was full
+	unconfirmed int64 // releases not confirmed since confirms was full
 }
 
 func newCanceller(batch *combiner) *canceller {
@@ -93,12 +94,17 @@ type FollowUps struct {
 	// admitter was made): what they may hold in Redis is freed by its
 	// TTL instead.
 	Dropped int64
+	// Unconfirmed are releases done on the master that were not queued
+	// to be confirmed since that queue was full (with WithWaitReplicas):
+	// a failover to a replica without them would hold their slots until
+	// their TTL.
+	Unconfirmed int64
 }
 
 func (c *canceller) followUps() FollowUps {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return FollowUps{Waiting: len(c.queue) + len(c.confirms), Dropped: c.dropped}
+	return FollowUps{Waiting: len(c.queue) + len(c.confirms), Dropped: c.dropped, Unconfirmed: c.unconfirmed}
 }
 
 // add queues q, without waiting, and starts the goroutine that sends it if
@@ -120,6 +126,7 @@ func (c *canceller) confirm(q queued) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.confirms) >= c.max {
+		c.unconfirmed++
 		return
 	}
 	c.confirms = append(c.confirms, &q)

@@ -371,6 +371,14 @@ func TestCancellationsGoBeforeConfirmations(t *testing.T) {
 	if f := a.FollowUps(); f.Dropped > 0 {
 		t.Fatalf("the cancellation was dropped (follow-ups %+v) behind confirmations", f)
 	}
+	// The confirmations' queue is full: a release past it is done, and
+	// counted as left unconfirmed.
+	if err := a.Release(ctx, "busy", "past-the-cap"); err != nil {
+		t.Fatal(err)
+	}
+	if f := a.FollowUps(); f.Unconfirmed != 1 {
+		t.Fatalf("follow-ups %+v, want 1 release left unconfirmed past the cap", f)
+	}
 	deadline := time.Now().Add(3 * time.Second)
 	for a.rdb.ZCard(ctx, "llmproxy-test:{k}:rl:leases").Val() != 0 {
 		if time.Now().After(deadline) {
