@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"strconv"
 
@@ -28,6 +29,16 @@ func (g *Gateway) hookRequest(r *http.Request, x *exchange) *hooks.Request {
 		hr.Key = hooks.KeyInfo{ID: x.key.ID, Name: x.key.Name, UserID: x.key.UserID}
 	}
 	return hr
+}
+
+// hookContext is ctx for a hook call of x's request: what a script logs
+// (llmproxy.log, print) goes without the request's keys, which it can read
+// from the headers.
+func (x *exchange) hookContext(ctx context.Context) context.Context {
+	if x.secret == "" && x.otherSecret == "" {
+		return ctx
+	}
+	return hooks.WithRedactor(ctx, x.withoutKeys)
 }
 
 // luaRejection is the client's error for an on_request rejection, typed
@@ -58,7 +69,8 @@ func (g *Gateway) luaError(x *exchange, hook string, err error) *apierr.Error {
 	}
 	// A script's error() text may quote the key it saw (the
 	// Authorization header): the log gets it without.
-	g.log.Error("lua hook failed", "request_id", x.requestID, "hook", hook, "err", x.withoutKeys(err.Error()))
+	// At most a line per 10 s: a broken script fails every request.
+	g.logFailure(slog.LevelError, "lua hook failed", "request_id", x.requestID, "hook", hook, "err", x.withoutKeys(err.Error()))
 	code, e := "lua_error", apierr.Internal("lua_error", "a gateway script ("+hook+") failed")
 	if errors.Is(err, hooks.ErrTimeout) {
 		code, e = "lua_timeout", apierr.Internal("lua_timeout", "a gateway script ("+hook+") ran past its time limit")
@@ -158,7 +170,7 @@ func (g *Gateway) relayWithHook(r *http.Request, w http.ResponseWriter, x *excha
 		ex.Body(body)
 	}
 	hresp := &hooks.Response{Status: resp.StatusCode, Headers: resp.Header, Body: body}
-	if err := x.rt.lua.OnResponse(r.Context(), g.hookRequest(r, x), hresp); err != nil {
+	if err := x.rt.lua.OnResponse(x.hookContext(r.Context()), g.hookRequest(r, x), hresp); err != nil {
 		g.failForward(w, x, g.luaError(x, hooks.HookResponse, err))
 		return nil
 	}

@@ -654,10 +654,13 @@ func TestLuaErrorsLogNoKey(t *testing.T) {
 	script := filepath.Join(t.TempDir(), "e.lua")
 	src := `auth = ""
 function on_request(req)
+  llmproxy.log("warn", "hdr=" .. req.headers:get("Authorization"))
+  print("hdr=", req.headers:get("Authorization"))
   if req.headers:get("X-Fail") then error("cannot handle " .. req.headers:get("Authorization") .. " or " .. req.headers:get("X-Api-Key")) end
   auth = req.headers:get("Authorization")
 end
 function on_complete(ev)
+  llmproxy.log("info", "hdr=" .. auth)
   error("cannot record " .. auth)
 end
 `
@@ -680,7 +683,7 @@ end
 		t.Fatalf("%d %s", resp.StatusCode, b)
 	}
 	s.next(t)
-	failed := 0
+	failed, logged := 0, 0
 	for len(lines) > 0 {
 		m := <-lines
 		if strings.Contains(fmt.Sprint(m), testKey) || strings.Contains(fmt.Sprint(m), other) {
@@ -689,9 +692,16 @@ end
 		if strings.Contains(m["err"], "Bearer [REDACTED]") {
 			failed++
 		}
+		if strings.HasPrefix(m["msg"], "hdr=") && strings.Contains(m["msg"], "Bearer [REDACTED]") {
+			logged++
+		}
 	}
 	if failed != 2 {
 		t.Errorf("%d lines name the scripts' errors, want 2 (on_request, on_complete)", failed)
+	}
+	// on_request's llmproxy.log and print, twice; on_complete's once.
+	if logged != 5 {
+		t.Errorf("%d lines the scripts logged with the key redacted, want 5", logged)
 	}
 }
 
@@ -834,5 +844,33 @@ end
 	}
 	if !unknown {
 		t.Error("no line names the unknown backend on_route gave, without the key")
+	}
+}
+
+// TestLuaFailuresLogNoLinePerRequest: a script that fails every request
+// gets every request its 500 and the log one line per 10 s, the next one
+// saying how many were left out, as Redis's failures do.
+func TestLuaFailuresLogNoLinePerRequest(t *testing.T) {
+	script := filepath.Join(t.TempDir(), "broken.lua")
+	if err := os.WriteFile(script, []byte("function on_request(req) error(\"broken\") end\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := parseConfig(t, fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q}]\nlua: {scripts: [%q]}\n", okBackend(t), testKey, script))
+	lines := make(chan map[string]string, 1000)
+	gw, s := serveOptions(t, Options{Config: cfg, Logger: slog.New(recordHandler{out: lines})})
+	for range 20 {
+		if resp, b := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m"}`, withKey()); resp.StatusCode != http.StatusInternalServerError {
+			t.Fatalf("%d %s", resp.StatusCode, b)
+		}
+		s.next(t)
+	}
+	n := 0
+	for len(lines) > 0 {
+		if m := <-lines; m["msg"] == "lua hook failed" {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d lines say a hook failed over 20 failing requests within 10 s, want 1", n)
 	}
 }

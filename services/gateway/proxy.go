@@ -389,7 +389,7 @@ func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
 	}
 	if lua != nil && lua.Has(hooks.HookRequest) {
 		hr := g.hookRequest(r, x)
-		rej, err := lua.OnRequest(r.Context(), hr)
+		rej, err := lua.OnRequest(x.hookContext(r.Context()), hr)
 		if err != nil {
 			return g.luaError(x, hooks.HookRequest, err)
 		}
@@ -443,7 +443,7 @@ func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
 		return e
 	}
 	if lua != nil && lua.Has(hooks.HookRoute) {
-		name, err := lua.OnRoute(r.Context(), g.hookRequest(r, x))
+		name, err := lua.OnRoute(x.hookContext(r.Context()), g.hookRequest(r, x))
 		if err != nil {
 			return g.luaError(x, hooks.HookRoute, err)
 		}
@@ -460,7 +460,7 @@ func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
 // authenticate finds the request's key, or lets on_auth decide.
 func (g *Gateway) authenticate(r *http.Request, x *exchange, luaAuth bool) *apierr.Error {
 	if luaAuth {
-		id, err := x.rt.lua.OnAuth(r.Context(), g.hookRequest(r, x))
+		id, err := x.rt.lua.OnAuth(x.hookContext(r.Context()), g.hookRequest(r, x))
 		if err == nil && id != nil && id.Allowed && x.withoutKeys(id.ID) != id.ID {
 			// The identity's id names the caller in events, logs and
 			// counters: a script that gave it the caller's secret
@@ -1787,7 +1787,7 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 		g.settler.Settle(x.adm.keyID, x.requestID, ev.Usage.TotalTokens, x.start.Add(latency))
 	}
 	if lua := x.rt.lua; lua != nil && lua.Has(hooks.HookComplete) {
-		if err := lua.OnComplete(context.WithoutCancel(ctx), ev); err != nil {
+		if err := lua.OnComplete(x.hookContext(context.WithoutCancel(ctx)), ev); err != nil {
 			g.countLuaError(hooks.HookComplete, err)
 			g.log.Warn("on_complete failed; the event is published without its request body and captured response", "request_id", x.requestID, "err", x.withoutKeys(err.Error()))
 		}

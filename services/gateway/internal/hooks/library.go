@@ -37,6 +37,24 @@ func (e *Engine) logger(L *lua.LState) (context.Context, *slog.Logger) {
 	return ctx, e.opts.Logger.With("at", strings.TrimSuffix(L.Where(1), ":"))
 }
 
+type redactorKey struct{}
+
+// WithRedactor returns ctx carrying redact, which llmproxy.log and print
+// apply to a hook's text before it is logged: the caller's way to keep
+// what a script copies there (the request's API key, from its headers)
+// out of the log.
+func WithRedactor(ctx context.Context, redact func(string) string) context.Context {
+	return context.WithValue(ctx, redactorKey{}, redact)
+}
+
+// redacted is msg as the redactor of ctx leaves it, if it has one.
+func redacted(ctx context.Context, msg string) string {
+	if f, ok := ctx.Value(redactorKey{}).(func(string) string); ok {
+		return f(msg)
+	}
+	return msg
+}
+
 // luaLog is llmproxy.log(level, msg): level is "debug", "info", "warn" or
 // "error" (anything else logs at info).
 func (e *Engine) luaLog(L *lua.LState) int {
@@ -51,7 +69,7 @@ func (e *Engine) luaLog(L *lua.LState) int {
 	}
 	msg := L.ToStringMeta(L.Get(2)).String()
 	ctx, log := e.logger(L)
-	log.Log(ctx, level, msg)
+	log.Log(ctx, level, redacted(ctx, msg))
 	return 0
 }
 
@@ -63,7 +81,7 @@ func (e *Engine) luaPrint(L *lua.LState) int {
 		parts[i] = L.ToStringMeta(L.Get(i + 1)).String()
 	}
 	ctx, log := e.logger(L)
-	log.Log(ctx, slog.LevelDebug, strings.Join(parts, "\t"))
+	log.Log(ctx, slog.LevelDebug, redacted(ctx, strings.Join(parts, "\t")))
 	return 0
 }
 
