@@ -1514,7 +1514,7 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 		// stopped taking it: of a compressed reply, the same share of
 		// what was decompressed.
 		clientGot := sent
-		if tee != nil {
+		if tee != nil && kept != nil {
 			clientGot = int(int64(kept.size) * int64(sent) / int64(max(read, 1)))
 		}
 		r, _ := ex.Partial(0)
