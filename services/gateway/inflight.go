@@ -93,7 +93,8 @@ func (g *Gateway) checkpoint(x *exchange, ex *usage.Extractor) {
 		Uncounted:    res.TextBytes - int64(x.journalText+n),
 		PromptTokens: res.PromptTokens, PromptKnown: res.PromptKnown,
 		CompletionTokens: res.CompletionTokens, CompletionKnown: res.Found,
-		Latency: now.Sub(x.start), TTFT: x.ttft,
+		CompletionBound: x.info.CompletionBound(x.path),
+		Latency:         now.Sub(x.start), TTFT: x.ttft,
 	}
 	if n > 0 {
 		cp.Text = bytes.Clone(text[:n])

@@ -79,6 +79,10 @@ type Checkpoint struct {
 	// reported one (CompletionKnown); it stands over the text's count.
 	CompletionTokens int64
 	CompletionKnown  bool
+	// CompletionBound, when not 0, is the most completion tokens the
+	// engine can have made (the request's own cap times its
+	// completions): the text's count, an estimate, is never more.
+	CompletionBound int64
 	// Latency is the time since the request started, TTFT its time to
 	// first token.
 	Latency, TTFT time.Duration
@@ -487,6 +491,8 @@ func (j *Journal) apply(o *op) {
 		}
 		if cp.CompletionKnown {
 			st.CompletionTokens = cp.CompletionTokens
+		} else if cp.CompletionBound > 0 {
+			st.CompletionTokens = min(st.CompletionTokens, cp.CompletionBound)
 		}
 		b, err := json.Marshal(line{ID: o.id, At: &st})
 		if err != nil {

@@ -78,6 +78,9 @@ func TestRecoversTheStreamsLeftOpen(t *testing.T) {
 	j.Progress("c", Checkpoint{Text: []byte("z "), Latency: time.Second})
 	j.Close("c")
 	// d: opened, never checkpointed.
+	// e: 6 words counted, but the request capped the engine at 4.
+	j.Open(skeleton("e", 10))
+	j.Progress("e", Checkpoint{Text: []byte("a b c d e f "), CompletionBound: 4, Latency: time.Second})
 	if err := j.Shut(); err != nil {
 		t.Fatal(err)
 	}
@@ -89,8 +92,8 @@ func TestRecoversTheStreamsLeftOpen(t *testing.T) {
 		got[ev.RequestID] = ev
 		order = append(order, ev.RequestID)
 	}
-	if strings.Join(order, ",") != "a,b,d" {
-		t.Fatalf("recovered %v, want a,b,d in the order opened", order)
+	if strings.Join(order, ",") != "a,b,d,e" {
+		t.Fatalf("recovered %v, want a,b,d,e in the order opened", order)
 	}
 	for _, ev := range evs {
 		if ev.UsageSource != events.UsageSourceEstimated || ev.Error != ErrorCrashed {
@@ -117,6 +120,9 @@ func TestRecoversTheStreamsLeftOpen(t *testing.T) {
 	}
 	if u := got["d"].Usage; u.PromptTokens != 70 || u.CompletionTokens != 0 {
 		t.Errorf("d: usage %+v, want the prompt estimate alone", u)
+	}
+	if u := got["e"].Usage; u.CompletionTokens != 4 {
+		t.Errorf("e: usage %+v, want completion 4, the request's cap, not the 6 its text counts", u)
 	}
 }
 
