@@ -168,7 +168,17 @@ func (d *decoder) interpolate(n *yaml.Node, path string, e *envRefs, lookup func
 			n.Value = raw
 			return
 		}
-		val, unset, fails := expand(raw, lookup)
+		val, unset, fails, empty := expand(raw, lookup)
+		if len(empty) > 0 && emptyRefused(path) {
+			// A secret or header a variable leaves empty: set but
+			// empty is as bad as unset (a .env line "KEY=").
+			what := "header"
+			if strings.HasSuffix(path, ".secret") {
+				what = "secret"
+			}
+			fails = append(fails, fmt.Sprintf("environment variable %s is set but empty, which would leave this %s empty: set it, or write ${%s:-} for an empty value on purpose",
+				empty[0], what, empty[0]))
+		}
 		if len(fails) > 0 {
 			d.fail(n, path, "%s", strings.Join(fails, "; "))
 			n.Value, n.Tag, n.Style = "", "!!null", 0
@@ -193,6 +203,14 @@ func (d *decoder) interpolate(n *yaml.Node, path string, e *envRefs, lookup func
 			d.fromEnv[n] = envValue{written: raw, value: val}
 		}
 	}
+}
+
+// emptyRefused reports whether path is a value a plain ${VAR} set but
+// empty may not fill: a webhook's or the usage hook's secret (the POSTs
+// would go unsigned) or a header a backend or receiver is sent ("Bearer ").
+func emptyRefused(path string) bool {
+	return strings.HasSuffix(path, ".secret") && (strings.HasPrefix(path, "webhooks[") || strings.HasPrefix(path, "usage_hook.")) ||
+		strings.Contains(path, ".headers.")
 }
 
 // isNullWord reports whether a plain YAML scalar s reads as null.
@@ -253,9 +271,9 @@ func unsetMessage(names []string) string {
 // be expanded: a ${VAR:?message} whose VAR is missing, an operator LLMProxy
 // does not support (${VAR:=default} assigns in a shell, which a config
 // file cannot), or an operator with no closing brace on its line.
-func expand(s string, lookup func(string) (string, bool)) (out string, unset, fails []string) {
+func expand(s string, lookup func(string) (string, bool)) (out string, unset, fails, empty []string) {
 	if !strings.Contains(s, "${") {
-		return s, nil, nil
+		return s, nil, nil, nil
 	}
 	var b strings.Builder
 	b.Grow(len(s))
@@ -282,10 +300,13 @@ func expand(s string, lookup func(string) (string, bool)) (out string, unset, fa
 			}
 		}
 		fails = append(fails, r.fails...)
+		if r.empty && !slices.Contains(empty, r.name) {
+			empty = append(empty, r.name)
+		}
 		b.WriteString(r.val)
 		i += r.n
 	}
-	return b.String(), unset, fails
+	return b.String(), unset, fails, empty
 }
 
 // ref is one reference, expanded: its value, how many bytes it spans, the
@@ -298,6 +319,10 @@ type ref struct {
 	// mistyped is set for a "${…}" whose name is no variable's
 	// (notAReference).
 	mistyped bool
+	// empty is set for a plain ${VAR} whose variable is set but empty,
+	// named name.
+	empty bool
+	name  string
 }
 
 // reference expands the reference at the start of s ("${…}"). It reports
@@ -321,7 +346,7 @@ func reference(s string, lookup func(string) (string, bool)) (ref, bool) {
 		if !set {
 			return ref{n: i + 1, unset: []string{name}}, true
 		}
-		return ref{val: v, n: i + 1}, true
+		return ref{val: v, n: i + 1, empty: v == "", name: name}, true
 	}
 	colon := s[i] == ':'
 	j := i
@@ -352,18 +377,18 @@ func reference(s string, lookup func(string) (string, bool)) (ref, bool) {
 		if present {
 			r.val = v
 		} else {
-			r.val, r.unset, r.fails = expand(word, lookup)
+			r.val, r.unset, r.fails, _ = expand(word, lookup)
 		}
 	case '+':
 		if present {
-			r.val, r.unset, r.fails = expand(word, lookup)
+			r.val, r.unset, r.fails, _ = expand(word, lookup)
 		}
 	case '?':
 		if present {
 			r.val = v
 			break
 		}
-		msg, _, _ := expand(word, lookup)
+		msg, _, _, _ := expand(word, lookup)
 		what := "environment variable " + name + " is not set"
 		if set {
 			what = "environment variable " + name + " is empty"

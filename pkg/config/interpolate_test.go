@@ -54,7 +54,7 @@ func TestExpand(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, unset, fails := expand(tt.in, lookup)
+			got, unset, fails, _ := expand(tt.in, lookup)
 			if got != tt.want || !slices.Equal(unset, tt.unset) || len(fails) != len(tt.fails) {
 				t.Fatalf("expand(%q) = %q, unset %q, fails %q; want %q, unset %q, fails %q", tt.in, got, unset, fails, tt.want, tt.unset, tt.fails)
 			}
@@ -76,7 +76,7 @@ backends:
   - url: "${LLMPROXY_TEST_BACKEND}"
     headers:
       Authorization: "Bearer ${LLMPROXY_TEST_UNSET_KEY:-dev-key}"
-      X-Empty: "${LLMPROXY_TEST_EMPTY}"
+      X-Empty: "${LLMPROXY_TEST_EMPTY:-}"
   - { url: ${LLMPROXY_TEST_BACKEND}/b, name: ${LLMPROXY_TEST_UNSET_NAME:-second} }
 admin:
   listen: "${LLMPROXY_TEST_UNSET_ADMIN:-127.0.0.1:8001}"
@@ -320,7 +320,7 @@ func TestMistypedReferenceUnquotedInAFlow(t *testing.T) {
 // no header, not an empty one. One written empty in quotes is kept.
 func TestEmptyHeaderIsNotWritten(t *testing.T) {
 	t.Setenv("LLMPROXY_TEST_EMPTY_H", "")
-	c, err := Parse([]byte("backends:\n  - url: http://b:8000\n    headers:\n      X-A: ${LLMPROXY_TEST_EMPTY_H-dflt}\n      X-B: ${LLMPROXY_TEST_EMPTY_H:-dflt}\n      X-C: \"\"\n      X-D: ${LLMPROXY_TEST_EMPTY_H}\n"), "c.yaml")
+	c, err := Parse([]byte("backends:\n  - url: http://b:8000\n    headers:\n      X-A: ${LLMPROXY_TEST_EMPTY_H-dflt}\n      X-B: ${LLMPROXY_TEST_EMPTY_H:-dflt}\n      X-C: \"\"\n      X-D: ${LLMPROXY_TEST_EMPTY_H:-}\n"), "c.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -330,5 +330,34 @@ func TestEmptyHeaderIsNotWritten(t *testing.T) {
 	}
 	if v, ok := h["X-C"]; !ok || v != "" {
 		t.Errorf("X-C %q, %v; want it kept empty", v, ok)
+	}
+}
+
+// TestEmptySecretOrHeaderIsAnError: a plain ${VAR} whose variable is set
+// but empty (a .env line "KEY=") is an error in a webhook's or the usage
+// hook's secret and in a header, as an unset one is: the POSTs would go
+// unsigned, the backend would get "Bearer ". ${VAR:-} asks for it on
+// purpose; elsewhere an empty value is no error.
+func TestEmptySecretOrHeaderIsAnError(t *testing.T) {
+	t.Setenv("LLMPROXY_TEST_EMPTY", "")
+	for _, c := range []struct{ yaml, key string }{
+		{"backends:\n  - url: http://b:8000\n    headers: {Authorization: \"Bearer ${LLMPROXY_TEST_EMPTY}\"}\n", "backends[0].headers.Authorization"},
+		{"backends:\n  - url: http://b:8000\n    headers:\n      X-Key: ${LLMPROXY_TEST_EMPTY}\n", "backends[0].headers.X-Key"},
+		{"backends:\n  - url: http://b:8000\nwebhooks: [{name: w, url: \"http://h/x\", secret: \"${LLMPROXY_TEST_EMPTY}\"}]\n", "webhooks[0].secret"},
+		{"backends:\n  - url: http://b:8000\nusage_hook: {url: \"http://h/x\", secret: ${LLMPROXY_TEST_EMPTY}}\n", "usage_hook.secret"},
+	} {
+		_, err := Parse([]byte(c.yaml), "c.yaml")
+		if err == nil || !strings.Contains(err.Error(), "key "+c.key+":") || !strings.Contains(err.Error(), "LLMPROXY_TEST_EMPTY is set but empty") {
+			t.Errorf("%q: %v; want an error at %s naming the empty variable", c.yaml, err, c.key)
+		}
+	}
+	for _, y := range []string{
+		"backends:\n  - url: http://b:8000\n    headers: {Authorization: \"Bearer ${LLMPROXY_TEST_EMPTY:-}\"}\n",
+		"backends:\n  - url: http://b:8000\nwebhooks: [{name: w, url: \"http://h/x\", secret: \"${LLMPROXY_TEST_EMPTY:-}\"}]\n",
+		"backends:\n  - url: http://b:8000\nredis: {url: \"redis://127.0.0.1:6379\", password: \"${LLMPROXY_TEST_EMPTY}\"}\n",
+	} {
+		if _, err := Parse([]byte(y), "c.yaml"); err != nil {
+			t.Errorf("%q: %v; want no error", y, err)
+		}
 	}
 }
