@@ -241,6 +241,11 @@ func readKeySpec(w http.ResponseWriter, r *http.Request) ([]byte, keys.Spec, err
 	if errors.As(err, &te) && te.Field != "" {
 		return nil, keys.Spec{}, typeMismatch(te, "the key spec")
 	}
+	if errors.As(err, &te) {
+		// The whole body is of another type ([1], "x", 3): Go's
+		// message would name its own type for the spec.
+		return nil, keys.Spec{}, apierr.BadRequest("invalid_json", "the body must be a JSON object (a key spec), not "+jsonValueKind(te.Value))
+	}
 	if err != nil {
 		return nil, keys.Spec{}, apierr.BadRequest("invalid_json", "the body must be a JSON key spec: "+strings.TrimPrefix(err.Error(), "json: "))
 	}
@@ -339,4 +344,20 @@ func oddField(body []byte, t reflect.Type) (field, why string) {
 	}
 	f, why, _ := walk(t, "")
 	return f, why
+}
+
+// jsonValueKind names, with its article, the kind of JSON value an
+// UnmarshalTypeError's Value gives ("array", "string", "number 3", "bool").
+func jsonValueKind(v string) string {
+	switch {
+	case v == "array":
+		return "an array"
+	case strings.HasPrefix(v, "number"):
+		return "a number"
+	case v == "bool":
+		return "a boolean"
+	case v == "":
+		return "another type"
+	}
+	return "a " + v
 }

@@ -81,6 +81,13 @@ func TestAdminKeysHandler(t *testing.T) {
 	if e, _ := do("POST", "/admin/keys", "admin-secret", `{"limits":{"requests_per_second":1e-400}}`, http.StatusBadRequest)["error"].(map[string]any); e["code"] != "invalid_key_spec" {
 		t.Errorf("rps 1e-400: %v", e)
 	}
+	// A body of another kind is named as JSON names it, not as Go does.
+	for body, kind := range map[string]string{`[1]`: "an array", `"x"`: "a string", `3`: "a number", `true`: "a boolean"} {
+		e, _ := do("POST", "/admin/keys", "admin-secret", body, http.StatusBadRequest)["error"].(map[string]any)
+		if msg, _ := e["message"].(string); e["code"] != "invalid_json" || msg != "the body must be a JSON object (a key spec), not "+kind {
+			t.Errorf("body %s: %v", body, e)
+		}
+	}
 	do("POST", "/admin/keys", "admin-secret", `{"id":"bob"} {"id":"carol"}`, http.StatusBadRequest)
 	do("POST", "/admin/keys", "admin-secret", `{"id":"bob"}]`, http.StatusBadRequest)
 	do("POST", "/admin/keys", "admin-secret", `{"name":"`+strings.Repeat("x", maxKeySpecBytes)+`"}`, http.StatusRequestEntityTooLarge)
