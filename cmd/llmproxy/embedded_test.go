@@ -304,6 +304,15 @@ func TestStoreLock(t *testing.T) {
 		t.Fatalf("lock after release: %v", err)
 	}
 	second.release()
+
+	// A data_dir the lock cannot be made in is named as the key.
+	file := filepath.Join(t.TempDir(), "not-a-dir")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lockStore(ctx, &config.Config{DataDir: file}, 0); err == nil || !strings.HasPrefix(err.Error(), "data_dir: ") || !strings.Contains(err.Error(), file) {
+		t.Fatalf("lock in a data_dir that is a file = %v; want an error naming data_dir and the path", err)
+	}
 }
 
 // TestCLIWithoutStore: without nats.url, a data_dir where serve never ran

@@ -37,7 +37,9 @@ func lockStore(ctx context.Context, cfg *config.Config, wait time.Duration) (*st
 	path := cfg.DataPath(storeLockFile)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, err // an *os.PathError: it names the file
+		// An *os.PathError: it names the file; the key names where
+		// it comes from (a data_dir not writable by this user, say).
+		return nil, fmt.Errorf("data_dir: %w", err)
 	}
 	deadline := time.Now().Add(wait)
 	for {
