@@ -29,7 +29,7 @@ const keysUsage = `Usage:
   llmproxy keys list --config FILE [--json]
   llmproxy keys show|disable|enable|delete ID --config FILE [--json]
 
-Keys live in Redis (redis.url or redis.addrs); only the SHA-256 of a secret is
+Keys live in Redis (redis.url, redis.addrs or redis.sentinel); only the SHA-256 of a secret is
 stored, so create prints the secret once. Unset fields take auth.defaults and
 rate_limit.per_key; 0 means unlimited. update changes only the fields given
 ("default", or an empty list or name, puts a field back to the defaults);

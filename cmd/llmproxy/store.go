@@ -229,11 +229,23 @@ func newRedisLogger(log *slog.Logger) *redisLogger {
 // retired and the command sent on another. They go to DEBUG.
 var routineRedisLog = []string{"push: pre-command drain failed, retiring conn"}
 
+// noticeRedisLog are the starts of go-redis's messages about a Sentinel
+// setup working as it should: the master the sentinels named, a failover
+// followed, a sentinel found. They go to INFO; a sentinel that fails to
+// answer stays a WARN.
+var noticeRedisLog = []string{"sentinel: selected addr=", "sentinel: new master=", "sentinel: discovered new sentinel="}
+
 // Printf implements go-redis's internal.Logging.
 func (l *redisLogger) Printf(ctx context.Context, format string, v ...any) {
 	for _, r := range routineRedisLog {
 		if strings.HasPrefix(format, r) {
 			l.log.DebugContext(ctx, strings.TrimPrefix(fmt.Sprintf(format, v...), "redis: "))
+			return
+		}
+	}
+	for _, r := range noticeRedisLog {
+		if strings.HasPrefix(format, r) {
+			l.log.InfoContext(ctx, fmt.Sprintf(format, v...))
 			return
 		}
 	}

@@ -60,6 +60,21 @@ func TestRedisLogger(t *testing.T) {
 	if strings.Contains(buf.String(), "WARN") || buf.Len() != 0 {
 		t.Fatalf("a routine message logged at the default level: %s", buf.String())
 	}
+
+	// A Sentinel setup doing its work (a master named, a failover
+	// followed) is news, not trouble; a sentinel that fails is trouble.
+	buf.Reset()
+	l.Printf(ctx, "sentinel: selected addr=%s masterAddr=%s", "127.0.0.1:26379", "127.0.0.1:6380")
+	l.Printf(ctx, "sentinel: new master=%q addr=%q", "mymaster", "127.0.0.1:6381")
+	if got := buf.String(); strings.Count(got, `"level":"INFO"`) != 2 || strings.Contains(got, "WARN") {
+		t.Fatalf("Sentinel's routine logged as %s", got)
+	}
+	buf.Reset()
+	now = now.Add(time.Minute)
+	l.Printf(ctx, "sentinel: GetMasterAddrByName name=%q failed: %s", "mymaster", "i/o timeout")
+	if !strings.Contains(buf.String(), `"level":"WARN"`) {
+		t.Fatalf("a sentinel's failure logged as %s", buf.String())
+	}
 }
 
 // TestDedupeRetention: the ledger remembers request ids for longer than the
