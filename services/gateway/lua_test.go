@@ -749,6 +749,7 @@ func TestOnAuthFailsOpen(t *testing.T) {
 	script := filepath.Join(t.TempDir(), "auth.lua")
 	src := `function on_auth(req)
   if req.headers:get("X-Loop") then while true do end end
+  if req.headers:get("X-Id-Is-Token") then return {id = "user-" .. string.sub(req.headers:get("Authorization") or "", 8)} end
   error("cannot parse credential " .. (req.headers:get("Authorization") or "none"))
 end
 `
@@ -775,7 +776,18 @@ end
 	}
 	s.next(t)
 
-	for reason, want := range map[string]float64{"error": 2, "timeout": 1} {
+	// An identity named by the key is the script's error: failing open,
+	// the key check decides (a known key, served as itself).
+	hdr = withKey()
+	hdr["X-Id-Is-Token"] = "1"
+	if resp, b := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m"}`, hdr); resp.StatusCode != http.StatusOK {
+		t.Fatalf("a known key, on_auth naming it by the key, failing open: %d %s", resp.StatusCode, b)
+	}
+	if ev := s.next(t); strings.Contains(ev.KeyID+ev.APIKey, testKey[8:]) || strings.HasPrefix(ev.APIKey, "lua:") {
+		t.Errorf("failing open, the event is the script's identity: key_id %q api_key %q", ev.KeyID, ev.APIKey)
+	}
+
+	for reason, want := range map[string]float64{"error": 3, "timeout": 1} {
 		if n := counted(t, reg, "llmproxy_lua_errors_total", map[string]string{"hook": "on_auth", "reason": reason}); n != want {
 			t.Errorf("llmproxy_lua_errors_total{hook=on_auth,reason=%s} = %v, want %v", reason, n, want)
 		}
@@ -805,6 +817,7 @@ func TestScriptNamesHoldingTheKey(t *testing.T) {
 	src := `function on_auth(req)
   local token = string.sub(req.headers:get("Authorization") or "", 8)
   if req.headers:get("X-Id-Is-Token") then return {id = "user-" .. token} end
+  if req.headers:get("X-User-Is-Token") then return {id = "tenant", user_id = "u-" .. token} end
   return {id = "tenant"}
 end
 function on_route(req)
@@ -825,6 +838,14 @@ end
 	}
 	if ev := s.next(t); strings.Contains(ev.APIKey+ev.KeyID, testKey[8:]) {
 		t.Errorf("the event names the caller by its key: api_key %q key_id %q", ev.APIKey, ev.KeyID)
+	}
+	hdr = withKey()
+	hdr["X-User-Is-Token"] = "1"
+	if resp, b := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m"}`, hdr); resp.StatusCode != http.StatusInternalServerError {
+		t.Fatalf("an identity whose user is named by the token: %d %s, want 500 lua_error", resp.StatusCode, b)
+	}
+	if ev := s.next(t); strings.Contains(ev.UserID, testKey[8:]) {
+		t.Errorf("the event names the user by the key: user_id %q", ev.UserID)
 	}
 	if resp, b := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m"}`, withKey()); resp.StatusCode != http.StatusOK {
 		t.Fatalf("an identity named tenant, routed to an unknown backend: %d %s", resp.StatusCode, b)

@@ -461,19 +461,26 @@ func (g *Gateway) prepare(r *http.Request, x *exchange) *apierr.Error {
 func (g *Gateway) authenticate(r *http.Request, x *exchange, luaAuth bool) *apierr.Error {
 	if luaAuth {
 		id, err := x.rt.lua.OnAuth(x.hookContext(r.Context()), g.hookRequest(r, x))
-		if err == nil && id != nil && id.Allowed && x.withoutKeys(id.ID) != id.ID {
-			// The identity's id names the caller in events, logs and
-			// counters: a script that gave it the caller's secret
-			// would put the key in all of them.
-			err = fmt.Errorf("%w: on_auth: the identity's id holds the request's API key; return a name for the caller, not its secret", hooks.ErrScript)
+		if err == nil && id != nil && id.Allowed {
+			// The identity's id, name and user name the caller in
+			// events, logs and counters: a script that gave one of
+			// them the caller's secret would put the key in all of them.
+			for field, v := range map[string]string{"id": id.ID, "name": id.Name, "user_id": id.UserID} {
+				if x.withoutKeys(v) != v {
+					err = fmt.Errorf("%w: on_auth: the identity's %s holds the request's API key; name the caller, not its secret", hooks.ErrScript, field)
+					break
+				}
+			}
 		}
 		if err != nil && (!x.rt.cfg.Lua.FailOpen || errors.Is(err, context.Canceled)) {
 			x.unauthenticated = true
 			return g.luaError(x, hooks.HookAuth, err)
 		}
 		if err != nil {
-			// lua.fail_open: the key check decides. The script's text
-			// may quote the key it saw: the log gets it without.
+			// lua.fail_open: the key check decides, as for no opinion
+			// (an identity the script gave is not used). The script's
+			// text may quote the key it saw: the log gets it without.
+			id = nil
 			g.countLuaError(hooks.HookAuth, err)
 			g.logFailure(slog.LevelWarn, "lua on_auth failed; failing open", "request_id", x.requestID, "err", x.withoutKeys(err.Error()))
 		}
