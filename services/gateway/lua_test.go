@@ -660,6 +660,7 @@ function on_request(req)
   auth = req.headers:get("Authorization")
 end
 function on_complete(ev)
+  if auth == "" then return end
   llmproxy.log("info", "hdr=" .. auth)
   error("cannot record " .. auth)
 end
@@ -873,7 +874,7 @@ end
 // saying how many were left out, as Redis's failures do.
 func TestLuaFailuresLogNoLinePerRequest(t *testing.T) {
 	script := filepath.Join(t.TempDir(), "broken.lua")
-	if err := os.WriteFile(script, []byte("function on_request(req) error(\"broken\") end\n"), 0o600); err != nil {
+	if err := os.WriteFile(script, []byte("function on_request(req) error(\"broken\") end\nfunction on_complete(ev) error(\"broken too\") end\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cfg := parseConfig(t, fmt.Sprintf("backends: [{url: %q}]\napi_keys: [{key: %q}]\nlua: {scripts: [%q]}\n", okBackend(t), testKey, script))
@@ -885,13 +886,17 @@ func TestLuaFailuresLogNoLinePerRequest(t *testing.T) {
 		}
 		s.next(t)
 	}
-	n := 0
+	n, complete := 0, 0
 	for len(lines) > 0 {
-		if m := <-lines; m["msg"] == "lua hook failed" {
+		m := <-lines
+		if m["msg"] == "lua hook failed" {
 			n++
 		}
+		if strings.HasPrefix(m["msg"], "on_complete failed") {
+			complete++
+		}
 	}
-	if n != 1 {
-		t.Errorf("%d lines say a hook failed over 20 failing requests within 10 s, want 1", n)
+	if n != 1 || complete != 1 {
+		t.Errorf("%d lines say a hook failed and %d that on_complete did over 20 failing requests within 10 s, want 1 each", n, complete)
 	}
 }

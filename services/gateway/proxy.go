@@ -78,11 +78,13 @@ type exchange struct {
 	engineStatus int
 	ttft         time.Duration
 	result       usage.Result
-	// body is the non-stream reply as the client got it (decompressed,
-	// bounded), kept for response capture; replyCut says the reply went on
-	// past it.
+	// body is the non-stream reply (decompressed, bounded), kept for
+	// response capture; replyCut says the reply went on past it. With
+	// replyLeft, the client left having got its first replyGot bytes.
 	replyBody []byte
 	replyCut  bool
+	replyLeft bool
+	replyGot  int
 	// streamed is set when the reply was SSE or NDJSON.
 	streamed  bool
 	source    string
@@ -139,6 +141,9 @@ func (g *Gateway) capture(x *exchange, ev *events.RequestCompleted, res usage.Re
 	if x.streamed || x.replyBody == nil {
 		c.Content, c.Truncated = redactThenCut(red, res.Text, x.rt.maxCapture)
 		c.Truncated = c.Truncated || res.TextTruncated
+	} else if x.replyLeft {
+		c.Content, _ = cutAt(redactedAsGot(red, x.replyBody, x.replyGot), x.rt.maxCapture)
+		c.Truncated = true
 	} else {
 		body := x.replyBody
 		if len(body) <= x.rt.maxCapture && !x.replyCut {
@@ -150,6 +155,26 @@ func (g *Gateway) capture(x *exchange, ev *events.RequestCompleted, res usage.Re
 		}
 	}
 	ev.Response = c
+}
+
+// redactedAsGot is the reply body a client left after its first got bytes,
+// redacted, as far as the client got it: the part it got redacted alone
+// would keep the start of a secret the cut split, which the rules no longer
+// find, and the reply redacted further on is cut at no place that maps to
+// got. What both redactions agree on is kept: the part the client got, up
+// to the first place a secret (or a redacted field) runs past its end.
+func redactedAsGot(red *redact.Redactor, body []byte, got int) string {
+	got = min(got, len(body))
+	part := red.CutJSON(string(body[:got]))
+	whole := red.CutJSON(string(body[:min(len(body), got+captureRedactMargin)]))
+	n := 0
+	for n < len(part) && n < len(whole) && part[n] == whole[n] {
+		n++
+	}
+	for n > 0 && n < len(part) && !utf8.RuneStart(part[n]) {
+		n--
+	}
+	return part[:n]
 }
 
 // captureRedactMargin is how much text past logging.max_capture_bytes a
@@ -1544,8 +1569,9 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 			kept.estimateCut(ex)
 		}
 		if clientCut && kept != nil && clientGot < len(x.replyBody) {
-			// The captured reply is what the client got, marked cut.
-			x.replyBody, x.replyCut = x.replyBody[:clientGot], true
+			// The captured reply is what the client got, marked cut
+			// (once redacted: a secret the cut splits is whole then).
+			x.replyLeft, x.replyGot = true, clientGot
 		}
 		if len(held) > 0 {
 			x.result, x.delivered = ex.Result(), true
@@ -1796,7 +1822,7 @@ func (g *Gateway) finish(ctx context.Context, x *exchange) {
 	if lua := x.rt.lua; lua != nil && lua.Has(hooks.HookComplete) {
 		if err := lua.OnComplete(x.hookContext(context.WithoutCancel(ctx)), ev); err != nil {
 			g.countLuaError(hooks.HookComplete, err)
-			g.log.Warn("on_complete failed; the event is published without its request body and captured response", "request_id", x.requestID, "err", x.withoutKeys(err.Error()))
+			g.logFailure(slog.LevelWarn, "on_complete failed; the event is published without its request body and captured response", "request_id", x.requestID, "err", x.withoutKeys(err.Error()))
 		}
 		scrubEventSecret(ev, x.secret)
 	}

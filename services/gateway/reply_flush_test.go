@@ -253,3 +253,44 @@ func TestRelayFlushSeesTheConnectionsError(t *testing.T) {
 		t.Errorf("a flush that failed on the connection: %v, want its error", err)
 	}
 }
+
+// TestCaptureOfAReplyLeftIsRedactedWhole: the capture of a whole reply the
+// client left is cut at what the client got after it is redacted, so that
+// a secret the cut splits is replaced whole, not published in part.
+func TestCaptureOfAReplyLeftIsRedactedWhole(t *testing.T) {
+	release := make(chan struct{})
+	secret := "sk-" + strings.Repeat("A", 15) + strings.Repeat("B", 15)
+	first := `{"id":"x","choices":[{"message":{"role":"assistant","content":"` + strings.Repeat("word ", 400) + "the key is " + secret[:18]
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		for _, piece := range []string{first, secret[18:] + strings.Repeat(" more", 400)} {
+			_, _ = io.WriteString(w, piece)
+			w.(http.Flusher).Flush()
+			time.Sleep(50 * time.Millisecond)
+		}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer backend.Close()
+	defer close(release)
+	gw, s := newTestGateway(t, backend.URL, "logging: {capture_response: true, redact: ['sk-[A-Za-z0-9]{20,}']}\n")
+	req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m1","messages":[{"role":"user","content":"hi"}]}`))
+	req.Header.Set("Authorization", "Bearer "+testKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(resp.Body, make([]byte, len(first))); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close() // the client leaves mid-secret
+	ev := s.next(t)
+	if ev.Response == nil || !ev.Response.Truncated {
+		t.Fatalf("captured response %+v, want it marked truncated", ev.Response)
+	}
+	if c := ev.Response.Content; strings.Contains(c, "AAAAAAAAAA") || strings.Contains(c, " more") {
+		t.Errorf("the capture holds part of the secret, or text the client never got: %q", c[max(0, len(c)-80):])
+	}
+}
