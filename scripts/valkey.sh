@@ -14,13 +14,15 @@ mirror=http://deb.debian.org/debian
 mkdir -p "$dir"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-curl -fsS --max-time 60 "$mirror/dists/bookworm-backports/main/binary-amd64/Packages.xz" -o "$tmp/Packages.xz"
+arch=$(dpkg --print-architecture)
+curl -fsS --max-time 60 "$mirror/dists/bookworm-backports/main/binary-$arch/Packages.xz" -o "$tmp/Packages.xz"
 file=$(xz -dc "$tmp/Packages.xz" | awk '/^Package: valkey-tools$/{p=1} p&&/^Filename:/&&!f{f=$2} END{print f}')
 [ -n "$file" ] || { echo "valkey-tools not in bookworm-backports" >&2; exit 1; }
 curl -fsS --max-time 120 "$mirror/$file" -o "$tmp/valkey-tools.deb"
 dpkg-deb -x "$tmp/valkey-tools.deb" "$tmp/x"
 # The package's one binary is the server, named by its link.
 cp "$tmp/x/usr/bin/valkey-check-rdb" "$dir/valkey-server.new"
+# Kept only once it runs here.
+"$dir/valkey-server.new" --version >&2
 mv "$dir/valkey-server.new" "$dir/valkey-server"
-"$dir/valkey-server" --version >&2
 echo "$dir/valkey-server"
