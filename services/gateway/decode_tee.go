@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"compress/flate"
 	"compress/gzip"
 	"compress/zlib"
@@ -114,4 +115,27 @@ func (t *decodeTee) Write(p []byte) { _, _ = t.pw.Write(p) }
 func (t *decodeTee) Close() {
 	_ = t.pw.Close()
 	<-t.done
+}
+
+// decodeWhole decompresses body, a whole reply in encoding enc ("gzip",
+// "deflate"), up to max bytes: ok with what it holds; not ok and nil for
+// an encoding it cannot read or bytes that are not of it; not ok and not
+// nil when it holds more than max.
+func decodeWhole(enc string, body []byte, max int) (plain []byte, ok bool) {
+	enc = strings.ToLower(strings.TrimSpace(enc))
+	if enc != "gzip" && enc != "x-gzip" && enc != "deflate" {
+		return nil, false
+	}
+	r, err := decompressor(enc, bytes.NewReader(body))
+	if err != nil {
+		return nil, false
+	}
+	plain, err = io.ReadAll(io.LimitReader(r, int64(max)+1))
+	if err != nil {
+		return nil, false
+	}
+	if len(plain) > max {
+		return plain[:0], false
+	}
+	return plain, true
 }

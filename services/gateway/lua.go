@@ -164,6 +164,20 @@ func (g *Gateway) relayWithHook(r *http.Request, w http.ResponseWriter, x *excha
 		g.failForward(w, x, e)
 		return nil
 	}
+	if enc := resp.Header.Get("Content-Encoding"); enc != "" {
+		// The gateway asked for the reply uncompressed (a script
+		// reads it); a backend that compressed it anyway has it
+		// decompressed here, for the script and the bill, and the
+		// client gets it so. One the gateway cannot read goes as it
+		// came.
+		if plain, ok := decodeWhole(enc, body, maxHookBody); ok {
+			body = plain
+			resp.Header.Del("Content-Encoding")
+		} else if plain != nil {
+			g.failForward(w, x, apierr.BadGateway("the backend's reply is too large for on_response"))
+			return nil
+		}
+	}
 	ex := usage.NewExtractor(format, usage.Options{})
 	ex.ResponseHeader(resp.Header)
 	if resp.Header.Get("Content-Encoding") == "" {

@@ -274,7 +274,7 @@ func TestOnResponseRepliesAreAskedUncompressed(t *testing.T) {
 		seen <- r.Header.Get("Accept-Encoding")
 		body := []byte(`{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":11,"completion_tokens":22,"total_tokens":33}}`)
 		w.Header().Set("Content-Type", "application/json")
-		if strings.Contains(r.Header.Get("Accept-Encoding"), "gzip") {
+		if strings.Contains(r.Header.Get("Accept-Encoding"), "gzip") || r.Header.Get("X-Compress-Anyway") != "" {
 			w.Header().Set("Content-Encoding", "gzip")
 			body = gzipBytes(t, string(body))
 		}
@@ -296,6 +296,17 @@ func TestOnResponseRepliesAreAskedUncompressed(t *testing.T) {
 	}
 	if ev := s.next(t); ev.UsageSource != "backend" || ev.Usage.CompletionTokens != 22 {
 		t.Fatalf("usage %+v source %s", ev.Usage, ev.UsageSource)
+	}
+
+	// A backend that compresses all the same: the gateway decompresses
+	// the reply for the script and the bill, and the client gets it so.
+	resp, body = do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1"}`, map[string]string{"Authorization": "Bearer " + testKey, "Accept-Encoding": "gzip", "X-Compress-Anyway": "1"})
+	<-seen
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Encoding") != "" || !strings.Contains(string(body), `"hi"`) {
+		t.Fatalf("a reply compressed against the gateway's asking: %d %q %s", resp.StatusCode, resp.Header.Get("Content-Encoding"), body)
+	}
+	if ev := s.next(t); ev.UsageSource != "backend" || ev.Usage.CompletionTokens != 22 {
+		t.Fatalf("a reply compressed against the gateway's asking: usage %+v source %s", ev.Usage, ev.UsageSource)
 	}
 }
 
