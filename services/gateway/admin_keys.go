@@ -213,6 +213,11 @@ func readKeySpec(w http.ResponseWriter, r *http.Request) ([]byte, keys.Spec, err
 		// encoding/json would store U+FFFD for the bad bytes.
 		return nil, keys.Spec{}, apierr.BadRequest("invalid_json", "the key spec is not valid UTF-8")
 	}
+	if string(bytes.TrimSpace(body)) == "null" {
+		// encoding/json reads null into a spec as no change at all: an
+		// empty key created, a PATCH of nothing.
+		return nil, keys.Spec{}, apierr.BadRequest("invalid_json", "the body must be a JSON object (a key spec), not null")
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	var spec keys.Spec

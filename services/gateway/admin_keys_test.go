@@ -82,7 +82,7 @@ func TestAdminKeysHandler(t *testing.T) {
 		t.Errorf("rps 1e-400: %v", e)
 	}
 	// A body of another kind is named as JSON names it, not as Go does.
-	for body, kind := range map[string]string{`[1]`: "an array", `"x"`: "a string", `3`: "a number", `true`: "a boolean"} {
+	for body, kind := range map[string]string{`[1]`: "an array", `"x"`: "a string", `3`: "a number", `true`: "a boolean", ` null `: "null"} {
 		e, _ := do("POST", "/admin/keys", "admin-secret", body, http.StatusBadRequest)["error"].(map[string]any)
 		if msg, _ := e["message"].(string); e["code"] != "invalid_json" || msg != "the body must be a JSON object (a key spec), not "+kind {
 			t.Errorf("body %s: %v", body, e)
