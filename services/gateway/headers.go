@@ -76,7 +76,10 @@ func untrustedForwarding(k string) bool {
 		"X-Azure-Socketip", "X-Appengine-User-Ip", "Cloudfront-Viewer-Address", "X-Vercel-Forwarded-For",
 		"X-Nf-Client-Connection-Ip", "X-Envoy-External-Address", "X-Envoy-Internal", "X-Forwarded-Client-Cert",
 		"X-Forwarded-Prefix", "X-Forwarded-Uri", "X-Forwarded-Path", "X-Original-Uri", "X-Host", "X-Forwarded-Ssl",
-		"X-Forwarded-Scheme", "X-Url-Scheme", "Front-End-Https", "X-Scheme", "X-Client-Cert", "Ssl-Client-Cert":
+		"X-Forwarded-Scheme", "X-Url-Scheme", "Front-End-Https", "X-Scheme", "X-Client-Cert", "Ssl-Client-Cert",
+		"X-Forwarded-Protocol", "X-Forwarded-Proto-Version", "X-Original-Proto", "X-Https", "X-Arr-Ssl", "Cf-Visitor",
+		"Ssl-Offloaded", "X-Envoy-Original-Path", "X-Envoy-Original-Host", "X-Original-Path", "X-Proxy-Url",
+		"Remote-Addr", "X-Original-Remote-Addr", "Akamai-Origin-Hop", "X-Arr-Clientcert":
 		return true
 	}
 	return false

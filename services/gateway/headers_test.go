@@ -144,6 +144,10 @@ func TestForwardedForReachesTheBackend(t *testing.T) {
 		"X-Original-Uri":           "/admin",
 		"X-Host":                   "evil.example",
 		"X-Forwarded-Ssl":          "on",
+		"X-Forwarded-Protocol":     "https",
+		"Cf-Visitor":               `{"scheme":"https"}`,
+		"X-Envoy-Original-Path":    "/admin",
+		"Remote-Addr":              "203.0.113.9",
 		// Spelled with underscores, which CGI-style servers read as the
 		// same header.
 		"X_Forwarded_For": "203.0.113.9",
@@ -172,7 +176,8 @@ func TestForwardedForReachesTheBackend(t *testing.T) {
 				t.Errorf("backend X-Real-Ip %q, Forwarded %q", h.Get("X-Real-Ip"), h.Get("Forwarded"))
 			}
 			for _, k := range []string{"X-Forwarded-Host", "X-Forwarded-Proto", "True-Client-Ip", "Cf-Connecting-Ip", "X-Envoy-External-Address", "Fly-Client-Ip", "X-Original-Url", "X-Forwarded-Client-Cert",
-				"X-Forwarded-Prefix", "X-Forwarded-Uri", "X-Original-Uri", "X-Host", "X-Forwarded-Ssl", "X_forwarded_for", "X-Real_ip"} {
+				"X-Forwarded-Prefix", "X-Forwarded-Uri", "X-Original-Uri", "X-Host", "X-Forwarded-Ssl", "X_forwarded_for", "X-Real_ip",
+				"X-Forwarded-Protocol", "Cf-Visitor", "X-Envoy-Original-Path", "Remote-Addr"} {
 				if (c.realIP == "") != (h.Get(k) == "") {
 					t.Errorf("backend %s %q", k, h.Get(k))
 				}
