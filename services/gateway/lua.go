@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/apierr"
@@ -164,7 +165,11 @@ func (g *Gateway) relayWithHook(r *http.Request, w http.ResponseWriter, x *excha
 		g.failForward(w, x, e)
 		return nil
 	}
-	if enc := resp.Header.Get("Content-Encoding"); enc != "" {
+	if encs := resp.Header.Values("Content-Encoding"); len(encs) == 1 && strings.EqualFold(strings.TrimSpace(encs[0]), "identity") {
+		resp.Header.Del("Content-Encoding") // none, as the relay reads it
+	}
+	if encs := resp.Header.Values("Content-Encoding"); len(encs) == 1 && !strings.Contains(encs[0], ",") {
+		enc := encs[0]
 		// The gateway asked for the reply uncompressed (a script
 		// reads it); a backend that compressed it anyway has it
 		// decompressed here, for the script and the bill, and the

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
@@ -274,9 +275,17 @@ func TestOnResponseRepliesAreAskedUncompressed(t *testing.T) {
 		seen <- r.Header.Get("Accept-Encoding")
 		body := []byte(`{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":11,"completion_tokens":22,"total_tokens":33}}`)
 		w.Header().Set("Content-Type", "application/json")
-		if strings.Contains(r.Header.Get("Accept-Encoding"), "gzip") || r.Header.Get("X-Compress-Anyway") != "" {
+		switch {
+		case strings.Contains(r.Header.Get("Accept-Encoding"), "gzip") || r.Header.Get("X-Compress-Anyway") != "":
 			w.Header().Set("Content-Encoding", "gzip")
 			body = gzipBytes(t, string(body))
+		case r.Header.Get("X-Identity") != "":
+			w.Header().Set("Content-Encoding", "identity")
+		case r.Header.Get("X-Twice") != "":
+			// Two layers, named on two lines.
+			w.Header().Add("Content-Encoding", "gzip")
+			w.Header().Add("Content-Encoding", "gzip")
+			body = gzipBytes(t, string(gzipBytes(t, string(body))))
 		}
 		_, _ = w.Write(body)
 	}))
@@ -307,6 +316,21 @@ func TestOnResponseRepliesAreAskedUncompressed(t *testing.T) {
 	}
 	if ev := s.next(t); ev.UsageSource != "backend" || ev.Usage.CompletionTokens != 22 {
 		t.Fatalf("a reply compressed against the gateway's asking: usage %+v source %s", ev.Usage, ev.UsageSource)
+	}
+
+	// "identity" is no encoding: billed as the relay bills it.
+	resp, body = do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1"}`, map[string]string{"Authorization": "Bearer " + testKey, "X-Identity": "1"})
+	<-seen
+	if ev := s.next(t); resp.StatusCode != 200 || ev.UsageSource != "backend" || ev.Usage.CompletionTokens != 22 {
+		t.Fatalf("Content-Encoding identity: %d %s, usage %+v source %s", resp.StatusCode, body, ev.Usage, ev.UsageSource)
+	}
+	// Two layers the gateway does not undo both of go as they came,
+	// labelled: never decoded once and sent as if plain.
+	resp, body = do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1"}`, map[string]string{"Authorization": "Bearer " + testKey, "Accept-Encoding": "gzip", "X-Twice": "1"})
+	<-seen
+	s.next(t)
+	if bytes.HasPrefix(body, []byte{0x1f, 0x8b}) && len(resp.Header.Values("Content-Encoding")) != 2 {
+		t.Fatalf("a reply gzipped twice reached the client as %q with Content-Encoding %q", body[:4], resp.Header.Values("Content-Encoding"))
 	}
 }
 

@@ -142,7 +142,9 @@ func (g *Gateway) capture(x *exchange, ev *events.RequestCompleted, res usage.Re
 		c.Content, c.Truncated = redactThenCut(red, res.Text, x.rt.maxCapture)
 		c.Truncated = c.Truncated || res.TextTruncated
 	} else if x.replyLeft {
-		c.Content, _ = cutAt(redactedAsGot(red, x.replyBody, x.replyGot), x.rt.maxCapture)
+		// What the client got past what is captured is not redacted.
+		got := min(x.replyGot, x.rt.maxCapture+captureRedactMargin)
+		c.Content, _ = cutAt(redactedAsGot(red, x.replyBody, got), x.rt.maxCapture)
 		c.Truncated = true
 	} else {
 		body := x.replyBody
@@ -172,6 +174,13 @@ func redactedAsGot(red *redact.Redactor, body []byte, got int) string {
 		n++
 	}
 	for n > 0 && n < len(part) && !utf8.RuneStart(part[n]) {
+		n--
+	}
+	// got itself may split a character: its first bytes go too.
+	for i := 0; i < utf8.UTFMax-1 && n > 0; i++ {
+		if r, size := utf8.DecodeLastRuneInString(part[:n]); r != utf8.RuneError || size != 1 {
+			break
+		}
 		n--
 	}
 	return part[:n]

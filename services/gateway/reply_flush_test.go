@@ -10,11 +10,13 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/labstack/echo/v4"
 
 	"github.com/llmproxy/llmproxy/pkg/config"
 	"github.com/llmproxy/llmproxy/pkg/events"
+	"github.com/llmproxy/llmproxy/services/gateway/internal/redact"
 )
 
 // blockingHandler holds every "request" access line until release is
@@ -292,5 +294,20 @@ func TestCaptureOfAReplyLeftIsRedactedWhole(t *testing.T) {
 	}
 	if c := ev.Response.Content; strings.Contains(c, "AAAAAAAAAA") || strings.Contains(c, " more") {
 		t.Errorf("the capture holds part of the secret, or text the client never got: %q", c[max(0, len(c)-80):])
+	}
+}
+
+// TestRedactedAsGotKeepsWholeCharacters: the part of a reply a client got
+// may end inside a character; the capture drops its first bytes.
+func TestRedactedAsGotKeepsWholeCharacters(t *testing.T) {
+	red, err := redact.Compile([]string{`sk-[A-Za-z0-9]{20,}`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := []byte(`{"content":"héllo wörld €"}`)
+	for got := 0; got <= len(body); got++ {
+		if out := redactedAsGot(red, body, got); !utf8.ValidString(out) || !strings.HasPrefix(string(body), out) || len(out) < got-3 {
+			t.Errorf("got=%d: capture %q, want the valid start of the body, at most 3 bytes short", got, out)
+		}
 	}
 }
