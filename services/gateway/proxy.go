@@ -1303,6 +1303,11 @@ func endsAtClose(resp *http.Response) bool {
 	return resp.ProtoMajor == 1 && resp.StatusCode/100 == 2 && resp.ContentLength < 0 && len(resp.TransferEncoding) == 0
 }
 
+// finalEventGrace is how long a stream's connection may go on after its
+// last event before the relay stops reading it: the client's reply ends
+// then, not at the backend's read timeout.
+const finalEventGrace = 2 * time.Second
+
 // relay copies the backend's response to the client: streams event by
 // event with a flush after each read, other bodies as they come. It
 // returns the error of a first read that failed with no byte (the read
@@ -1356,20 +1361,32 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 		sp := usage.NewSplitter(format)
 		var writeErr error
 		hid := false // the last piece was a hidden usage chunk
-		// ended is whether a reply that ends where its connection does
-		// has sent its format's last event: without it the connection's
-		// end is the backend's failure, not the stream's end.
+		// ended is whether the stream has sent its format's last event:
+		// without it the connection's end (of a reply that ends where
+		// its connection does) is the backend's failure, not the
+		// stream's end; with it, whatever the connection does next
+		// (closed without the chunked ending, held open: llama.cpp's
+		// server has done both) is no failure of the stream's.
 		ended := false
 		parse := func(ev []byte) {
 			ex.Event(ev)
-			if untilClose && !ended {
-				ended = usage.IsFinalEvent(format, ev)
-			}
-			if !x.committed && x.commit != nil && usage.IsFinalEvent(format, ev) {
-				x.result, x.delivered = ex.Result(), true
-				x.commit()
+			if !ended && usage.IsFinalEvent(format, ev) {
+				ended = true
+				if !x.committed && x.commit != nil {
+					x.result, x.delivered = ex.Result(), true
+					x.commit()
+				}
 			}
 		}
+		// afterEnd closes the body of a stream whose last event came but
+		// whose connection does not end within finalEventGrace, ending
+		// the relay's read.
+		var afterEnd *time.Timer
+		defer func() {
+			if afterEnd != nil {
+				afterEnd.Stop()
+			}
+		}()
 		// An event larger than the splitter holds goes out in pieces as
 		// they come, and is read once whole (or, past what it keeps, counted
 		// by its length).
@@ -1416,6 +1433,10 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 						g.checkpoint(x, ex)
 					}
 				}
+				if ended && afterEnd == nil {
+					body := resp.Body
+					afterEnd = time.AfterFunc(finalEventGrace, func() { _ = body.Close() })
+				}
 			}
 			if err != nil {
 				// What ends the stream may follow a long silence (a
@@ -1443,7 +1464,7 @@ func (g *Gateway) relay(ctx context.Context, w http.ResponseWriter, x *exchange,
 					} else {
 						writeErr = ctx.Err()
 					}
-				} else if writeErr == nil && (err != io.EOF || untilClose && !ended && !usage.IsFinalEvent(format, sp.Held())) {
+				} else if writeErr == nil && !ended && (err != io.EOF || untilClose && !usage.IsFinalEvent(format, sp.Held())) {
 					// The backend failed mid-stream (or, with a reply
 					// that ends at the connection's close, closed it
 					// before the last event): end the stream with an

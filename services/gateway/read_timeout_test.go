@@ -258,3 +258,57 @@ func assertTryEnded(t *testing.T, g *Gateway, gw *httptest.Server, backend strin
 		t.Fatalf("the ended try still holds the key's slot: %d %s", r.StatusCode, b)
 	}
 }
+
+// TestStreamEndedButConnectionNot: a backend that sends a stream whole,
+// its last event included, then holds the connection open (or closes it
+// without the chunked ending) has its stream end for the client within a
+// moment of the last event, as sent: no error event after it, none in the
+// record, not a wait for read_timeout.
+func TestStreamEndedButConnectionNot(t *testing.T) {
+	for _, c := range []struct{ name, then string }{{"held open", "hold"}, {"closed without its ending", "close"}} {
+		t.Run(c.name, func(t *testing.T) {
+			release := make(chan struct{})
+			backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				_, _ = io.ReadAll(r.Body)
+				conn, _, err := http.NewResponseController(w).Hijack()
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				defer conn.Close()
+				chunk := func(s string) string { return fmt.Sprintf("%x\r\n%s\r\n", len(s), s) }
+				_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"+
+					chunk("data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n")+
+					chunk("data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\n")+
+					chunk("data: [DONE]\n\n"))
+				if c.then == "hold" {
+					select {
+					case <-release:
+					case <-r.Context().Done():
+					}
+				}
+			}))
+			t.Cleanup(backend.Close)
+			t.Cleanup(func() { close(release) })
+			_, gw, s := readTimeoutGateway(t, fmt.Sprintf("backends: [{url: %q, name: lingering, read_timeout: 60s}]\napi_keys: [{key: %q}]\n", backend.URL, testKey))
+			client := &http.Client{Timeout: 20 * time.Second}
+			req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`))
+			req.Header.Set("Authorization", "Bearer "+testKey)
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil {
+				t.Fatalf("the stream did not end well before read_timeout: %v after %q", err, body)
+			}
+			if strings.Contains(string(body), "error") || !strings.HasSuffix(string(body), "data: [DONE]\n\n") || strings.Count(string(body), "[DONE]") != 1 {
+				t.Fatalf("the client got %q; want the stream as sent, ending with its one [DONE]", body)
+			}
+			if ev := s.next(t); ev.Error != "" || ev.Usage.TotalTokens != 4 || ev.UsageSource != "backend" {
+				t.Fatalf("event error %q, usage %+v (%s); want the backend's usage, no error", ev.Error, ev.Usage, ev.UsageSource)
+			}
+		})
+	}
+}
