@@ -183,6 +183,13 @@ func (g *Gateway) relayWithHook(r *http.Request, w http.ResponseWriter, x *excha
 			return nil
 		}
 	}
+	if enc := resp.Header.Values("Content-Encoding"); len(enc) > 0 && len(body) > 0 {
+		// Still encoded (br, two encodings, bytes not of their
+		// encoding): the script would get bytes it cannot read, and
+		// the policy it applies would not be.
+		g.failForward(w, x, apierr.BadGateway("the backend's reply is in an encoding on_response cannot read ("+strings.Join(enc, ", ")+")"))
+		return nil
+	}
 	ex := usage.NewExtractor(format, usage.Options{})
 	ex.ResponseHeader(resp.Header)
 	if resp.Header.Get("Content-Encoding") == "" {
@@ -201,6 +208,8 @@ func (g *Gateway) relayWithHook(r *http.Request, w http.ResponseWriter, x *excha
 	// recorded as the nothing the client got.
 	w.WriteHeader(hresp.Status)
 	x.status, x.engineStatus = hresp.Status, resp.StatusCode
+	// The capture is the reply as the client gets it.
+	x.replyBody = hresp.Body
 	x.result, x.delivered = ex.Result(), true
 	if x.commit != nil {
 		x.commit()
