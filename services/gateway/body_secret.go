@@ -217,6 +217,6 @@ func scrubEventSecret(ev *events.RequestCompleted, secret string) {
 	}
 	ev.RequestBody = scrubBodySecret(ev.RequestBody, secret)
 	if ev.Response != nil {
-		ev.Response.Content = withoutKey(ev.Response.Content, secret)
+		ev.Response.Content = withoutKey(string(scrubBodySecret([]byte(ev.Response.Content), secret)), secret)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/llmproxy/llmproxy/pkg/jsonscan"
+	"github.com/llmproxy/llmproxy/pkg/keys"
 )
 
 // TestEventCarriesTheClientsBody: the backend is asked for a usage chunk
@@ -212,6 +213,58 @@ func TestWithoutKeysOneStartingWithTheOther(t *testing.T) {
 		got := x.withoutKeys("keys sk-llmproxy-aaaaaaaaaaaaTAIL99 and sk-llmproxy-aaaaaaaaaaaa")
 		if strings.Contains(got, "TAIL99") || strings.Contains(got, "aaaa") {
 			t.Errorf("withoutKeys = %q", got)
+		}
+	}
+}
+
+// TestKeysOutOfPlaceAreNotRecorded: the request's key a backend writes
+// back, as written or in JSON's escapes, is not captured; a key made by
+// `llmproxy keys` sent as the model or as X-Request-Id (a client that put
+// it in the wrong field, with none or another key in its header), or the
+// request's key percent-encoded in X-Request-Id, is recorded nowhere and
+// not sent on.
+func TestKeysOutOfPlaceAreNotRecorded(t *testing.T) {
+	escaped := strings.ReplaceAll(testKey, "-", `\u002d`)
+	got := make(chan http.Header, 4)
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- r.Header.Clone()
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"choices":[{"message":{"content":"your key is `+testKey+` or `+escaped+`"}}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}`)
+	}))
+	defer backend.Close()
+	gw, s := newTestGateway(t, backend.URL, "logging: {capture_response: true}\n")
+
+	resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", `{"model":"m1","messages":[]}`, withKey())
+	if resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	<-got
+	if ev := s.next(t); ev.Response == nil || strings.Contains(ev.Response.Content, testKey) || strings.Contains(ev.Response.Content, escaped) {
+		t.Fatalf("captured %+v: the request's key written back is published", ev.Response)
+	}
+
+	const made = keys.SecretPrefix + "Zq8RkT2vLm9XwY4bN7cH"
+	for _, c := range []struct {
+		name, body string
+		hdr        map[string]string
+	}{
+		{"a made key as the model, no key", `{"model":"` + made + `","messages":[]}`, map[string]string{}},
+		{"a made key as the model, another key", `{"model":"` + made + `","messages":[]}`, map[string]string{"Authorization": "Bearer sk-llmproxy-wrong-0000000000"}},
+		{"a made key as X-Request-Id", `{"model":"m1","messages":[]}`, map[string]string{"X-Request-Id": made}},
+		{"the request's key percent-encoded as X-Request-Id", `{"model":"m1","messages":[]}`,
+			map[string]string{"Authorization": "Bearer " + testKey, "X-Request-Id": strings.ReplaceAll(testKey, "-", "%2D")}},
+	} {
+		resp, body := do(t, "POST", gw.URL+"/v1/chat/completions", c.body, c.hdr)
+		ev := s.next(t)
+		if strings.Contains(ev.Model+ev.ClientRequestID, made) || strings.Contains(ev.ClientRequestID, "%2D") {
+			t.Errorf("%s: event model %q client_request_id %q", c.name, ev.Model, ev.ClientRequestID)
+		}
+		if resp.StatusCode == 200 {
+			if h := <-got; strings.Contains(h.Get("X-Request-Id"), made) || strings.Contains(h.Get("X-Request-Id"), "%2D") {
+				t.Errorf("%s: the backend got X-Request-Id %q", c.name, h.Get("X-Request-Id"))
+			}
+		} else if strings.Contains(string(body), made) {
+			t.Errorf("%s: the refusal quotes the key: %s", c.name, body)
 		}
 	}
 }

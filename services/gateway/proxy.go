@@ -22,6 +22,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/llmproxy/llmproxy/pkg/events"
+	"github.com/llmproxy/llmproxy/pkg/keys"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/apierr"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/auth"
 	"github.com/llmproxy/llmproxy/services/gateway/internal/balancer"
@@ -156,6 +157,11 @@ func (g *Gateway) capture(x *exchange, ev *events.RequestCompleted, res usage.Re
 			c.Truncated = true
 		}
 	}
+	// The request's own key, which a backend may write back (as written
+	// or in JSON's escapes), is not published with the reply.
+	if x.secret != "" || x.otherSecret != "" {
+		c.Content = x.withoutKeys(string(scrubBodySecret([]byte(c.Content), x.secret)))
+	}
 	ev.Response = c
 }
 
@@ -252,7 +258,7 @@ func (g *Gateway) begin(w http.ResponseWriter, r *http.Request) *exchange {
 			x.otherSecret = k
 		}
 	}
-	if id := r.Header.Get("X-Request-Id"); validRequestID(id) && !holdsKey(id, x.secret) {
+	if id := r.Header.Get("X-Request-Id"); validRequestID(id) && !requestIDHoldsKey(id, x.secret) {
 		x.clientRequestID = id
 	}
 	w.Header().Set("X-Request-Id", x.traceID())
@@ -384,9 +390,27 @@ func (x *exchange) scrubSecret() {
 		return
 	}
 	x.body = scrubBodySecret(x.body, x.secret)
-	if holdsKey(x.info.Model, x.secret) {
+	if holdsKey(x.info.Model, x.secret) || strings.Contains(x.info.Model, keys.SecretPrefix) {
+		// The key presented, or a key made by `llmproxy keys` (a
+		// client that put its key in the wrong field, with none or
+		// another in its header).
 		x.info.Model = redact.Placeholder
 	}
+}
+
+// requestIDHoldsKey reports whether a client's X-Request-Id holds the key
+// the request presents, or a key made by `llmproxy keys`, as written or
+// percent-encoded: such an id is not kept (sent on, recorded).
+func requestIDHoldsKey(id, secret string) bool {
+	if holdsKey(id, secret) || strings.Contains(id, keys.SecretPrefix) {
+		return true
+	}
+	if strings.IndexByte(id, '%') >= 0 {
+		if d, err := url.PathUnescape(id); err == nil && (holdsKey(d, secret) || strings.Contains(d, keys.SecretPrefix)) {
+			return true
+		}
+	}
+	return false
 }
 
 // prepare authenticates, reads and checks the request, and runs the
