@@ -615,13 +615,15 @@ func shownServers(servers string) string {
 	return strings.Join(out, ",")
 }
 
-// connectError is err, from nats.Connect, with the URL a parse error quotes
-// shown as serverURL shows it: a url given on the command line (--nats-url)
-// is not checked as the config's is before it gets there.
+// connectError is err, from nats.Connect, without the URL a parse error
+// quotes: a url given on the command line (--nats-url) is not checked as
+// the config's is before it gets there, and one that does not parse may
+// hold its password anywhere (a "#" in it ends what is parsed, and the
+// parser's own message quotes the rest as a port).
 func connectError(err error) error {
 	var ue *url.Error
 	if errors.As(err, &ue) {
-		return &url.Error{Op: ue.Op, URL: serverURL(ue.URL), Err: ue.Err}
+		return errors.New("the NATS url cannot be parsed: percent-encode any '/', '?', '#', '@' or ':' in its user name or password")
 	}
 	return err
 }

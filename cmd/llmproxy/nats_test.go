@@ -190,7 +190,7 @@ func TestBusErrorHidesUserInfo(t *testing.T) {
 		cfg := &config.Config{}
 		cfg.NATS.URL = u
 		_, err := openCLIBus(context.Background(), cfg, slog.New(slog.DiscardHandler))
-		if err == nil || strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "connect to nats ") || !strings.Contains(err.Error(), ": parse") {
+		if err == nil || strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "connect to nats ") || !strings.Contains(err.Error(), "cannot be parsed") {
 			t.Errorf("%s: error %v", u, err)
 		}
 	}
@@ -729,4 +729,19 @@ func silentListener(t *testing.T) net.Listener {
 		}
 	}()
 	return ln
+}
+
+// TestConnectErrorQuotesNoPassword: a NATS url that does not parse (a '#'
+// or '/' left in its password) is refused without quoting any part of it;
+// Go's parser quotes what follows the user name as a port.
+func TestConnectErrorQuotesNoPassword(t *testing.T) {
+	for _, u := range []string{"nats://user:Wrong#Pw-SECRET@127.0.0.1:4222", "nats://user:Wrong/Pw-SECRET@127.0.0.1:4222"} {
+		_, err := nats.Connect(u, nats.Timeout(time.Second))
+		if err == nil {
+			t.Fatalf("%s: connected", u)
+		}
+		if msg := connectError(err).Error(); strings.Contains(msg, "Wrong") || strings.Contains(msg, "SECRET") || !strings.Contains(msg, "cannot be parsed") {
+			t.Errorf("%s: %s", u, msg)
+		}
+	}
 }
