@@ -120,6 +120,15 @@ func compile(s Script) (*lua.FunctionProto, error) {
 			if perr.Pos.Line == parse.EOF {
 				return nil, fmt.Errorf("%s: at end of file: %s", s.Name, perr.Message)
 			}
+			// A literal may be a secret the script keeps (a tenant's
+			// signing key): config check and a refused reload print
+			// this message.
+			if strings.Contains(perr.Message, "string") {
+				return nil, fmt.Errorf("%s:%d: %s", s.Name, perr.Pos.Line, perr.Message)
+			}
+			if stringToken(s.Source, perr) {
+				return nil, fmt.Errorf("%s:%d: %s near a string literal", s.Name, perr.Pos.Line, perr.Message)
+			}
 			return nil, fmt.Errorf("%s:%d: %s near '%s'", s.Name, perr.Pos.Line, perr.Message, perr.Token)
 		}
 		return nil, fmt.Errorf("%s: %w", s.Name, err)
@@ -133,6 +142,17 @@ func compile(s Script) (*lua.FunctionProto, error) {
 		return nil, fmt.Errorf("%s: %w", s.Name, err)
 	}
 	return proto, nil
+}
+
+// stringToken reports whether the token a parse error is near is a string
+// literal: the message says so rather than quote it.
+func stringToken(source string, perr *parse.Error) bool {
+	lines := strings.Split(source, "\n")
+	if perr.Pos.Line < 1 || perr.Pos.Line > len(lines) || perr.Token == "" {
+		return false
+	}
+	line := lines[perr.Pos.Line-1]
+	return strings.Contains(line, `"`+perr.Token) || strings.Contains(line, `'`+perr.Token) || strings.Contains(line, "[["+perr.Token)
 }
 
 // Has reports whether any script defines hook (one of the Hook* names). The

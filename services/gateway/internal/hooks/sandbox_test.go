@@ -179,6 +179,22 @@ func TestLoadErrors(t *testing.T) {
 	if _, err := Load([]string{"/nonexistent/x.lua"}, Options{}); err == nil {
 		t.Fatal("Load of a missing file succeeded")
 	}
+	// A syntax error near a literal names the line, not the literal: a
+	// script may keep a secret there (a tenant's signing key).
+	for _, src := range []string{
+		"local keys = { acme = \"acme-SECRET-signing2 }\n",
+		"local keys = { acme = \"acme-SECRET-signing2\" beta }\n",
+		"local k = 'acme-SECRET-signing2' x\n",
+	} {
+		_, err := New([]Script{{Name: "test.lua", Source: src}}, Options{Logger: quietLogger()})
+		if err == nil || strings.Contains(err.Error(), "SECRET") || !strings.Contains(err.Error(), "test.lua") {
+			t.Errorf("%q: New error = %v, want the line without the literal", src, err)
+		}
+	}
+	// Other tokens are still quoted.
+	if _, err := New([]Script{{Name: "test.lua", Source: "local x = = 1\n"}}, Options{Logger: quietLogger()}); err == nil || !strings.Contains(err.Error(), "near '='") {
+		t.Errorf("a syntax error near an operator: %v", err)
+	}
 }
 
 func TestRuntimeErrors(t *testing.T) {
