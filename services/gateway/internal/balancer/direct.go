@@ -336,8 +336,11 @@ func (t *DirectTransport) CloseIdleConnections() {
 // connection before the request reached it answers at once (the close's
 // FIN, or a reset for the bytes it no longer reads); one that took the
 // request and then closed it, having done the request's work or part of
-// it, is not that quick.
-const staleWindow = 2 * time.Millisecond
+// it, is not that quick. It allows for a loaded host's scheduling between
+// the request's last byte and the read that sees the close (2 ms was
+// passed under load: a llama.cpp-like engine closing each connection a
+// millisecond after its stream had 1 in 400 requests fail with 502).
+const staleWindow = 10 * time.Millisecond
 
 // resendable reports whether err, the failure of a request on a reused
 // connection before any byte of a response, says that the backend had
