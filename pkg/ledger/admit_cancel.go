@@ -109,27 +109,22 @@ func (c *canceller) followUps() FollowUps {
 
 // add queues q, without waiting, and starts the goroutine that sends it if
 // none runs.
-func (c *canceller) add(q queued) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(c.queue) >= c.max {
-		c.dropped++
-		return
-	}
-	c.queue = append(c.queue, &q)
-	c.start()
-}
+func (c *canceller) add(q queued) { c.push(&c.queue, &c.dropped, q) }
 
 // confirm queues q, a release done on the master, to be sent again until
 // enough replicas have it; past the cap it is left out (see confirms).
-func (c *canceller) confirm(q queued) {
+func (c *canceller) confirm(q queued) { c.push(&c.confirms, &c.unconfirmed, q) }
+
+// push appends q to list, or past c.max counts it in left, and starts the
+// goroutine that sends the queues if none runs.
+func (c *canceller) push(list *[]*queued, left *int64, q queued) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.confirms) >= c.max {
-		c.unconfirmed++
+	if len(*list) >= c.max {
+		*left++
 		return
 	}
-	c.confirms = append(c.confirms, &q)
+	*list = append(*list, &q)
 	c.start()
 }
 

@@ -201,6 +201,12 @@ func withoutKey(s, secret string) string {
 	return strings.ReplaceAll(s, secret, redact.Placeholder)
 }
 
+// textWithoutKey is s, a captured reply (JSON, cut JSON or plain text),
+// with the client's key replaced as written and in JSON's escapes.
+func textWithoutKey(s, secret string) string {
+	return withoutKey(string(scrubBodySecret([]byte(s), secret)), secret)
+}
+
 // scrubEventSecret takes the key out of what on_complete may have written
 // into ev (its tags, request body and captured response), as it is taken
 // out of the body and headers a script sets: a script sees the key and
@@ -217,6 +223,6 @@ func scrubEventSecret(ev *events.RequestCompleted, secret string) {
 	}
 	ev.RequestBody = scrubBodySecret(ev.RequestBody, secret)
 	if ev.Response != nil {
-		ev.Response.Content = withoutKey(string(scrubBodySecret([]byte(ev.Response.Content), secret)), secret)
+		ev.Response.Content = textWithoutKey(ev.Response.Content, secret)
 	}
 }

@@ -29,8 +29,8 @@ type decodeTee struct {
 // newDecodeTee starts metering a body in encoding enc ("gzip", "deflate");
 // it returns nil for encodings it cannot read.
 func newDecodeTee(enc string, streaming bool, format usage.Format, ex *usage.Extractor) *decodeTee {
-	enc = strings.ToLower(strings.TrimSpace(enc))
-	if enc != "gzip" && enc != "x-gzip" && enc != "deflate" {
+	enc, ok := readableEncoding(enc)
+	if !ok {
 		return nil
 	}
 	pr, pw := io.Pipe()
@@ -122,8 +122,8 @@ func (t *decodeTee) Close() {
 // an encoding it cannot read or bytes that are not of it; not ok and not
 // nil when it holds more than max.
 func decodeWhole(enc string, body []byte, max int) (plain []byte, ok bool) {
-	enc = strings.ToLower(strings.TrimSpace(enc))
-	if enc != "gzip" && enc != "x-gzip" && enc != "deflate" {
+	enc, ok = readableEncoding(enc)
+	if !ok {
 		return nil, false
 	}
 	r, err := decompressor(enc, bytes.NewReader(body))
@@ -138,4 +138,11 @@ func decodeWhole(enc string, body []byte, max int) (plain []byte, ok bool) {
 		return plain[:0], false
 	}
 	return plain, true
+}
+
+// readableEncoding is enc, a Content-Encoding, as decompressor takes it,
+// and whether the gateway can read it (gzip, x-gzip, deflate).
+func readableEncoding(enc string) (string, bool) {
+	enc = strings.ToLower(strings.TrimSpace(enc))
+	return enc, enc == "gzip" || enc == "x-gzip" || enc == "deflate"
 }

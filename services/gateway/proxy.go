@@ -160,7 +160,7 @@ func (g *Gateway) capture(x *exchange, ev *events.RequestCompleted, res usage.Re
 	// The request's own key, which a backend may write back (as written
 	// or in JSON's escapes), is not published with the reply.
 	if x.secret != "" || x.otherSecret != "" {
-		c.Content = x.withoutKeys(string(scrubBodySecret([]byte(c.Content), x.secret)))
+		c.Content = x.withoutKeys(textWithoutKey(c.Content, x.secret))
 	}
 	ev.Response = c
 }
@@ -523,9 +523,9 @@ func (g *Gateway) authenticate(r *http.Request, x *exchange, luaAuth bool) *apie
 			// The identity's id, name and user name the caller in
 			// events, logs and counters: a script that gave one of
 			// them the caller's secret would put the key in all of them.
-			for field, v := range map[string]string{"id": id.ID, "name": id.Name, "user_id": id.UserID} {
-				if x.withoutKeys(v) != v {
-					err = fmt.Errorf("%w: on_auth: the identity's %s holds the request's API key; name the caller, not its secret", hooks.ErrScript, field)
+			for _, f := range [...]struct{ name, v string }{{"id", id.ID}, {"name", id.Name}, {"user_id", id.UserID}} {
+				if x.withoutKeys(f.v) != f.v {
+					err = fmt.Errorf("%w: on_auth: the identity's %s holds the request's API key; name the caller, not its secret", hooks.ErrScript, f.name)
 					break
 				}
 			}
